@@ -1,0 +1,273 @@
+//! Command-line definitions only: clap derive structs whose `///` comments are the help text.
+//!
+//! Values that also come from the environment or the config file are kept as raw
+//! `Option`s here; `config` layers them (flag > `AMLX_*` > file > default) and
+//! validates them with one error style.
+
+mod relay;
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use relay::{RelayArgs, RelayCommand};
+
+/// Makes exactly the right processes of a distributed training job remotely debuggable.
+///
+/// Put it in front of every process of the job. Processes that are not debug targets
+/// pay well under a millisecond and then *are* the command (same PID, same exit code).
+/// Debug targets get a node-unique port, a published endpoint, a relay path and debugpy.
+#[derive(Debug, Parser)]
+#[command(
+    name = "amlx-agent",
+    version,
+    propagate_version = true,
+    after_help = "Examples:\n  \
+        amlx-agent exec -- python train.py --lr 0.1\n  \
+        AMLX_DEBUG=1 mpiexec -n 4 amlx-agent exec --ranks 0 -- python train.py\n  \
+        amlx-agent detect --json\n  \
+        amlx-agent ports list"
+)]
+pub struct Cli {
+    /// Config file (TOML). Without it: $AMLX_CONFIG, then /etc/amlx/agent.toml if present.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "AMLX_LOG_FORMAT"
+    )]
+    pub log_format: Option<LogFormat>,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG, when set, wins.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command, making it debuggable when the policy selects this process.
+    ///
+    /// Non-targets become the command at once (no network, no lock, no runtime).
+    /// Targets reserve a node-unique debug port, log "rank R/W (launcher) host H ip I
+    /// debug port P", and run the step with the debugger set up.
+    #[command(after_help = "Examples:\n  \
+        amlx-agent exec -- python step.py --lr 0.1\n  \
+        amlx-agent exec --debug --ranks 0,3 -- python -m trainer\n  \
+        mpiexec -n 4 amlx-agent exec --debug --ranks all -- python step.py\n  \
+        amlx-agent exec --supervise -- ./serve.sh     # stay as parent, forward signals")]
+    Exec(ExecArgs),
+
+    /// Show what the agent sees here: launcher, ranks, node, and the debug decision.
+    #[command(after_help = "Examples:\n  \
+        amlx-agent detect\n  \
+        mpiexec -n 4 amlx-agent detect --json\n  \
+        RANK=3 WORLD_SIZE=8 amlx-agent detect --debug --ranks 0-3")]
+    Detect(DetectArgs),
+
+    /// Inspect this node's debug-port reservations.
+    #[command(subcommand)]
+    Ports(PortsCommand),
+
+    /// Azure Relay Hybrid Connections: self-hosted server, listener and sender forwarders.
+    Relay(RelayArgs),
+}
+
+/// `exec`: everything that decides and sets up a debug session, then the command.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub role: RoleArgs,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    #[command(flatten)]
+    pub ports: PortArgs,
+
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    #[command(flatten)]
+    pub session: SessionArgs,
+
+    /// Become the command with execve (same PID). Default unless running as PID 1.
+    #[arg(long, conflicts_with = "supervise", help_heading = "Process")]
+    pub replace: bool,
+
+    /// Stay as the parent like tini: forward signals, reap zombies, pass the exit code
+    /// through. Default when running as PID 1 (container ENTRYPOINT).
+    #[arg(long, help_heading = "Process")]
+    pub supervise: bool,
+
+    /// The command to run and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// `detect`: role and policy flags, plus output shape.
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    #[command(flatten)]
+    pub role: RoleArgs,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortsCommand {
+    /// List live reservations (port, pid, rank, command, since) and stale lock files.
+    #[command(
+        after_help = "Examples:\n  amlx-agent ports list\n  amlx-agent ports list --json --lock-dir /shared/amlx/ports"
+    )]
+    List(PortsListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PortsListArgs {
+    #[command(flatten)]
+    pub ports: PortArgs,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Explicit role overrides; they beat every launcher variable.
+#[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = "Role overrides (win over launcher variables)")]
+pub struct RoleArgs {
+    /// Global rank of this process [env: AMLX_RANK]
+    #[arg(long, value_name = "N")]
+    pub rank: Option<u32>,
+
+    /// Rank of this process on its node [env: AMLX_LOCAL_RANK]
+    #[arg(long, value_name = "N")]
+    pub local_rank: Option<u32>,
+
+    /// Number of processes in the job [env: AMLX_WORLD_SIZE]
+    #[arg(long, value_name = "N")]
+    pub world_size: Option<u32>,
+}
+
+/// Which processes become debug targets.
+#[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = "Debug policy")]
+pub struct PolicyArgs {
+    /// Make selected processes debuggable [env: AMLX_DEBUG] [default: off]
+    #[arg(long, overrides_with = "no_debug")]
+    pub debug: bool,
+
+    /// Never debug, whatever the environment or config says.
+    #[arg(long)]
+    pub no_debug: bool,
+
+    /// Which ranks are targets: 0 | all | master | local0 | a list like 0,3,5-7
+    /// [env: AMLX_RANKS] [default: 0]
+    #[arg(long, value_name = "SPEC")]
+    pub ranks: Option<String>,
+
+    /// At most this many debug targets on one node [env: AMLX_MAX_TARGETS_PER_NODE]
+    #[arg(long, value_name = "N")]
+    pub max_targets_per_node: Option<String>,
+}
+
+impl PolicyArgs {
+    /// `Some(true)` for `--debug`, `Some(false)` for `--no-debug`, `None` when neither was given.
+    pub fn debug_flag(&self) -> Option<bool> {
+        match (self.debug, self.no_debug) {
+            (_, true) => Some(false),
+            (true, false) => Some(true),
+            (false, false) => None,
+        }
+    }
+}
+
+/// Where debug ports come from.
+#[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = "Ports")]
+pub struct PortArgs {
+    /// Inclusive range of debug ports, START-END [env: AMLX_PORT_RANGE] [default: 5678-5777]
+    #[arg(long, value_name = "START-END")]
+    pub port_range: Option<String>,
+
+    /// Node-wide lock directory shared by every process (and container) on the node
+    /// [env: AMLX_LOCK_DIR] [default: /run/amlx/ports, then $XDG_RUNTIME_DIR/amlx/ports,
+    /// then /tmp/amlx-<uid>/ports]
+    #[arg(long, value_name = "DIR")]
+    pub lock_dir: Option<PathBuf>,
+}
+
+/// How this node is announced.
+#[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = "Node")]
+pub struct NodeArgs {
+    /// IP address to publish for this node instead of the detected one [env: AMLX_NODE_IP]
+    #[arg(long, value_name = "IP")]
+    pub node_ip: Option<IpAddr>,
+}
+
+/// How a debug session behaves once this process is a target.
+#[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = "Debug session")]
+pub struct SessionArgs {
+    /// connect: debugpy connects out through the relay (default); listen: the node
+    /// listens through the relay; direct: debugpy listens on the node IP [env: AMLX_DEBUG_MODE]
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
+
+    /// What to do when debugging cannot be set up: continue (run the step without a
+    /// debugger, the default) or fail [env: AMLX_ON_DEBUG_FAILURE]
+    #[arg(long, value_name = "POLICY")]
+    pub on_debug_failure: Option<String>,
+
+    /// How long to wait for a debugger before running on, e.g. 30s, 10m
+    /// [env: AMLX_ATTACH_TIMEOUT] [default: 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub attach_timeout: Option<String>,
+
+    /// auto | debugpy | none [env: AMLX_INJECT] [default: auto]
+    #[arg(long, value_name = "HOW")]
+    pub inject: Option<String>,
+
+    /// Hold the step at startup until a debugger attaches (bounded by --attach-timeout)
+    /// [env: AMLX_WAIT_FOR_CLIENT]
+    #[arg(long)]
+    pub wait_for_client: bool,
+}

@@ -1,0 +1,15 @@
+//! amlx-agent: makes exactly the right processes of a distributed training job
+//! remotely debuggable. The binary is a thin shell over this library.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod inject;
+pub mod logging;
+pub mod netinfo;
+pub mod policy;
+pub mod ports;
+pub mod process;
+pub mod relay;
+pub mod role;
+pub mod session;

@@ -1,0 +1,2 @@
+//! Azure Relay Hybrid Connections: SAS tokens, connection strings, the wire protocol,
+//! the client (listener + sender), the azbridge preamble, and the self-hosted server.
