@@ -108,6 +108,11 @@ impl Reservation {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    /// Clears close-on-exec so the lock survives `execve` (replace mode).
+    pub fn keep_across_exec(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What to reserve.
@@ -129,6 +134,13 @@ pub struct ReserveRequest<'a> {
 pub enum ReserveError {
     #[error("stub")]
     Stub,
+}
+
+impl ReserveError {
+    /// The node already has its allowed number of debug targets.
+    pub fn is_slots_full(&self) -> bool {
+        false
+    }
 }
 
 /// The lock directory: `explicit`, else the documented fallbacks; created if missing.
