@@ -1,5 +1,8 @@
 //! One debug session: modes, failure policy, sidecar lifecycle and attach timeout.
 
+pub mod dap;
+pub mod sidecar;
+
 use serde::Serialize;
 
 /// Who listens and who connects (DESIGN.md "Debug modes").
