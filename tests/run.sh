@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 echo "== installing test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
-for dir in tests/interop; do
+for dir in tests/dap tests/interop; do
   if [ -f "$dir/package-lock.json" ]; then
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi

@@ -1,0 +1,63 @@
+// A developer's VS Code, reduced to what the end-to-end tests need: for each session it
+// starts the real debugpy adapter (as VS Code's Python debugger does), attaches with the
+// given "listen" or "connect" config, sets one breakpoint, waits for `stopped` on that
+// line, reads one local variable, continues, and waits for the debuggee to finish.
+//
+// Usage: node dap_client.js '<json>' where json is
+//   {"python": "python3", "adapter": "/path/to/debugpy/adapter",
+//    "timeoutMs": 60000,
+//    "sessions": [{"attach": {"listen": {"host": "127.0.0.1", "port": 5678}},
+//                  "program": "/abs/step.py", "line": 12, "variable": "loss"}]}
+// Prints one JSON line per finished session: {"index", "ok", "line", "value", "error"}.
+'use strict';
+
+const { DebugClient } = require('@vscode/debugadapter-testsupport');
+
+async function runSession(spec, session, index) {
+  const timeout = spec.timeoutMs || 60000;
+  const dc = new DebugClient(spec.python, spec.adapter, 'debugpy', { stdio: 'pipe' }, false);
+  dc.defaultTimeout = timeout;
+  const result = { index, ok: false };
+  try {
+    await dc.start();
+    await dc.initializeRequest({
+      adapterID: 'debugpy', clientID: 'amlx-e2e', linesStartAt1: true, columnsStartAt1: true, pathFormat: 'path',
+    });
+    const initialized = dc.waitForEvent('initialized', timeout);
+    const attached = dc.attachRequest({ justMyCode: false, ...session.attach });
+    console.log(JSON.stringify({ index, event: 'attach-sent' }));
+    await initialized;
+    await dc.setBreakpointsRequest({ source: { path: session.program }, breakpoints: [{ line: session.line }] });
+    await dc.configurationDoneRequest();
+    await attached;
+    const stopped = await dc.waitForEvent('stopped', timeout);
+    const threadId = stopped.body.threadId;
+    const stack = await dc.stackTraceRequest({ threadId });
+    const frame = stack.body.stackFrames[0];
+    result.line = frame.line;
+    const scopes = await dc.scopesRequest({ frameId: frame.id });
+    const locals = scopes.body.scopes[0];
+    const vars = await dc.variablesRequest({ variablesReference: locals.variablesReference });
+    const found = vars.body.variables.find((v) => v.name === session.variable);
+    result.value = found ? found.value : null;
+    const terminated = dc.waitForEvent('terminated', timeout);
+    await dc.setBreakpointsRequest({ source: { path: session.program }, breakpoints: [] });
+    await dc.continueRequest({ threadId });
+    await terminated;
+    result.ok = true;
+  } catch (err) {
+    result.error = String(err && err.message ? err.message : err);
+  } finally {
+    try { await dc.stop(); } catch (_) { /* the adapter may be gone already */ }
+  }
+  console.log(JSON.stringify(result));
+  return result;
+}
+
+async function main() {
+  const spec = JSON.parse(process.argv[2]);
+  const results = await Promise.all(spec.sessions.map((s, i) => runSession(spec, s, i)));
+  process.exit(results.every((r) => r.ok) ? 0 : 1);
+}
+
+main().catch((err) => { console.error(err); process.exit(2); });
