@@ -1,0 +1,75 @@
+//! What a non-target process pays for having `amlx-agent exec --` in front of it.
+//!
+//! Runs `true` directly and through the agent (debugging off, so the agent takes its
+//! shortest path: config, role, decision, execve), interleaved so machine noise hits
+//! both alike, and prints the medians, the overhead and the ratio, plus the peak RSS
+//! of the agent path. Run with `cargo bench --bench exec_overhead`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs per variant; enough for a stable median on a noisy 2-core machine.
+const RUNS: usize = 300;
+
+fn main() {
+    let agent = env!("CARGO_BIN_EXE_amlx-agent");
+    let direct = || Command::new("true");
+    let through_agent = || {
+        let mut cmd = Command::new(agent);
+        cmd.args(["exec", "--", "true"]).env_remove("AMLX_DEBUG").env_remove("AMLX_CONFIG");
+        cmd
+    };
+    // Warm the page cache and the dynamic loader for both.
+    for _ in 0..20 {
+        time_one(direct());
+        time_one(through_agent());
+    }
+    let mut direct_times = Vec::with_capacity(RUNS);
+    let mut agent_times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        direct_times.push(time_one(direct()));
+        agent_times.push(time_one(through_agent()));
+    }
+    let direct_median = median(&mut direct_times);
+    let agent_median = median(&mut agent_times);
+    let overhead = agent_median.saturating_sub(direct_median);
+    println!("exec overhead for a non-target process ({RUNS} runs each, medians)");
+    println!("  direct `true`:                 {:>8.1} us", micros(direct_median));
+    println!("  `amlx-agent exec -- true`:     {:>8.1} us", micros(agent_median));
+    println!("  overhead:                      {:>8.1} us", micros(overhead));
+    println!("  ratio agent/direct:            {:>8.2}x", ratio(agent_median, direct_median));
+    println!("  agent path peak RSS (children): {} KiB", peak_child_rss_kib());
+}
+
+fn time_one(mut cmd: Command) -> Duration {
+    let start = Instant::now();
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the benchmark command runs");
+    let elapsed = start.elapsed();
+    assert!(status.success(), "{cmd:?} failed: {status}");
+    elapsed
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
+/// The largest RSS of any waited-for child so far (the agent path dominates: `true` is tiny).
+fn peak_child_rss_kib() -> i64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map(|usage| usage.max_rss())
+        .unwrap_or(-1)
+}
