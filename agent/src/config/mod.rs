@@ -43,16 +43,21 @@ pub struct Settings {
     pub source: Option<PathBuf>,
     /// `None`: not configured anywhere (text).
     pub log_format: Option<LogFormat>,
+    /// `[debug]` enabled, ranks, max_targets_per_node: which processes are targets.
     pub policy: Policy,
+    /// `[ports]`: where debug ports come from.
     pub ports: PortSettings,
     /// The IP to publish for this node; `None`: detect it.
     pub node_ip: Option<IpAddr>,
+    /// The rest of `[debug]`: how a target's session behaves.
     pub session: SessionSettings,
+    /// `[relay]` and `[relay.server]`.
     pub relay: RelaySettings,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortSettings {
+    /// Inclusive debug-port range; the preferred port is its start + global rank.
     pub range: PortRange,
     /// `None`: the documented fallbacks (`/run/amlx/ports`, ...).
     pub lock_dir: Option<PathBuf>,
@@ -60,10 +65,13 @@ pub struct PortSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSettings {
+    /// Who listens and who connects.
     pub mode: DebugMode,
+    /// Run the step undebugged (default) or fail when debugging cannot be set up.
     pub on_failure: FailurePolicy,
     /// How long a target waits for a developer before running on undebugged.
     pub attach_timeout: Duration,
+    /// How the debugger gets into the step.
     pub inject: InjectMode,
     /// Hold the step at startup until a debugger attaches (bounded by `attach_timeout`).
     pub wait_for_client: bool,
@@ -101,9 +109,13 @@ pub struct RelaySettings {
 }
 
 /// Flag values from the command line (the top layer).
+///
+/// A command passes the flag groups it has; `None` groups leave lower layers alone.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Flags<'a> {
+    /// `--config`: the file to read (it must exist).
     pub config: Option<&'a Path>,
+    /// `--log-format` (clap also folds `AMLX_LOG_FORMAT` into it).
     pub log_format: Option<LogFormat>,
     pub policy: Option<&'a PolicyArgs>,
     pub ports: Option<&'a PortArgs>,
@@ -196,24 +208,17 @@ fn apply_file(ctx: file::FileContext<'_>, s: &mut Settings) -> Result<(), Config
     let d = f.debug;
     set(&mut s.policy.enabled, d.enabled);
     set(&mut s.policy.ranks, d.ranks.map(|v| v.0));
-    if let Some(limit) = d.max_targets_per_node {
-        s.policy.max_targets_per_node = Some(limit.0.0);
-    }
+    let limit = d.max_targets_per_node.map(|v| Some(v.0.0));
+    set(&mut s.policy.max_targets_per_node, limit);
     set(&mut s.session.mode, d.mode.map(|v| v.0));
     set(&mut s.session.on_failure, d.on_debug_failure.map(|v| v.0));
     set(&mut s.session.attach_timeout, d.attach_timeout.map(|v| v.0));
     set(&mut s.session.inject, d.inject.map(|v| v.0));
     set(&mut s.session.wait_for_client, d.wait_for_client);
     set(&mut s.ports.range, f.ports.range.map(|v| v.0));
-    if f.ports.lock_dir.is_some() {
-        s.ports.lock_dir = f.ports.lock_dir;
-    }
-    if let Some(ip) = f.node.ip {
-        s.node_ip = Some(ip.0);
-    }
-    if let Some(format) = f.log.format {
-        s.log_format = Some(format.0);
-    }
+    set(&mut s.ports.lock_dir, f.ports.lock_dir.map(Some));
+    set(&mut s.node_ip, f.node.ip.map(|v| Some(v.0)));
+    set(&mut s.log_format, f.log.format.map(|v| Some(v.0)));
     let r = f.relay;
     s.relay.connection_string = r
         .connection_string
