@@ -1,0 +1,83 @@
+//! The `AMLX_*` environment layer: one variable per setting; an empty value is unset.
+//!
+//! `AMLX_RANK`, `AMLX_LOCAL_RANK` and `AMLX_WORLD_SIZE` are role overrides and belong to
+//! the `role` module. `AMLX_CONFIG` picks the file (see `load`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::LogFormat;
+use crate::inject::InjectMode;
+use crate::policy::RankSpec;
+use crate::ports::PortRange;
+use crate::role::Env;
+use crate::session::{DebugMode, FailurePolicy};
+
+use super::value::{FromConfig, TargetLimit};
+use super::{ConfigError, Secret, Settings};
+
+/// The config file to read when `--config` is not given.
+pub const ENV_CONFIG: &str = "AMLX_CONFIG";
+/// Secret: the Hybrid Connections connection string. Never echoed.
+pub const ENV_RELAY_CONNECTION_STRING: &str = "AMLX_RELAY_CONNECTION_STRING";
+
+/// The variable's value, `None` when unset or empty (an exported empty variable is a
+/// common way of "unsetting" in job specs).
+pub(super) fn nonempty(env: &dyn Env, name: &str) -> Option<String> {
+    env.var(name).filter(|v| !v.trim().is_empty())
+}
+
+/// Parses a non-secret variable; the error names the variable and quotes the value.
+fn get<T: FromConfig>(env: &dyn Env, name: &str) -> Result<Option<T>, ConfigError> {
+    nonempty(env, name)
+        .map(|v| T::from_config(&v).map_err(|m| ConfigError::new(format!("{name}: {m}"))))
+        .transpose()
+}
+
+/// Applies every `AMLX_*` setting that is set over `s`.
+pub(super) fn apply(env: &dyn Env, s: &mut Settings) -> Result<(), ConfigError> {
+    if let Some(v) = get::<bool>(env, "AMLX_DEBUG")? {
+        s.policy.enabled = v;
+    }
+    if let Some(v) = get::<RankSpec>(env, "AMLX_RANKS")? {
+        s.policy.ranks = v;
+    }
+    if let Some(TargetLimit(v)) = get::<TargetLimit>(env, "AMLX_MAX_TARGETS_PER_NODE")? {
+        s.policy.max_targets_per_node = Some(v);
+    }
+    if let Some(v) = get::<PortRange>(env, "AMLX_PORT_RANGE")? {
+        s.ports.range = v;
+    }
+    if let Some(v) = get::<PathBuf>(env, "AMLX_LOCK_DIR")? {
+        s.ports.lock_dir = Some(v);
+    }
+    if let Some(v) = get::<IpAddr>(env, "AMLX_NODE_IP")? {
+        s.node_ip = Some(v);
+    }
+    if let Some(v) = get::<DebugMode>(env, "AMLX_DEBUG_MODE")? {
+        s.session.mode = v;
+    }
+    if let Some(v) = get::<FailurePolicy>(env, "AMLX_ON_DEBUG_FAILURE")? {
+        s.session.on_failure = v;
+    }
+    if let Some(v) = get::<Duration>(env, "AMLX_ATTACH_TIMEOUT")? {
+        s.session.attach_timeout = v;
+    }
+    if let Some(v) = get::<InjectMode>(env, "AMLX_INJECT")? {
+        s.session.inject = v;
+    }
+    if let Some(v) = get::<bool>(env, "AMLX_WAIT_FOR_CLIENT")? {
+        s.session.wait_for_client = v;
+    }
+    if let Some(v) = get::<LogFormat>(env, "AMLX_LOG_FORMAT")? {
+        s.log_format = Some(v);
+    }
+    if let Some(v) = nonempty(env, ENV_RELAY_CONNECTION_STRING) {
+        s.relay.connection_string = Some(Secret::new(v.trim()));
+    }
+    if let Some(v) = get::<String>(env, "AMLX_RELAY_HC")? {
+        s.relay.hybrid_connection = Some(v.trim().to_owned());
+    }
+    Ok(())
+}

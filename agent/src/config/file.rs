@@ -1,0 +1,177 @@
+//! The TOML file: its schema (an unknown key is an error), and errors naming file, line, key.
+
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_path_to_error::Segment;
+
+use crate::cli::LogFormat;
+use crate::inject::InjectMode;
+use crate::policy::RankSpec;
+use crate::ports::PortRange;
+use crate::session::{DebugMode, FailurePolicy};
+
+use super::ConfigError;
+use super::secret::Secret;
+use super::server::ServerSection;
+use super::value::{Parsed, TargetLimit};
+
+/// The whole file as written; every key is optional, absent means "not set here".
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileConfig {
+    pub debug: DebugSection,
+    pub ports: PortsSection,
+    pub node: NodeSection,
+    pub log: LogSection,
+    pub relay: RelaySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DebugSection {
+    pub enabled: Option<bool>,
+    pub ranks: Option<Parsed<RankSpec>>,
+    pub max_targets_per_node: Option<Parsed<TargetLimit>>,
+    pub mode: Option<Parsed<DebugMode>>,
+    pub on_debug_failure: Option<Parsed<FailurePolicy>>,
+    pub attach_timeout: Option<Parsed<Duration>>,
+    pub inject: Option<Parsed<InjectMode>>,
+    pub wait_for_client: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PortsSection {
+    pub range: Option<Parsed<PortRange>>,
+    pub lock_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NodeSection {
+    pub ip: Option<Parsed<IpAddr>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogSection {
+    pub format: Option<Parsed<LogFormat>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RelaySection {
+    pub connection_string: Option<Secret>,
+    pub hybrid_connection: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_ws: Option<bool>,
+    #[serde(default)]
+    pub server: ServerSection,
+}
+
+/// The file being read, for error messages (`path:line: key: message`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FileContext<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+}
+
+impl FileContext<'_> {
+    /// An error at `span` (a byte range of the text) about `key` (dotted; may be empty).
+    pub fn error(&self, span: Option<Range<usize>>, key: &str, message: &str) -> ConfigError {
+        let mut out = self.path.display().to_string();
+        if let Some(span) = span {
+            out.push_str(&format!(":{}", line_of(self.text, span.start)));
+        }
+        if !key.is_empty() {
+            out.push_str(&format!(": {key}"));
+        }
+        ConfigError::new(format!("{out}: {message}"))
+    }
+
+    /// Parses the text. Messages never quote the file's text, only keys and values of
+    /// non-secret settings, so a secret near a syntax error stays out of the log.
+    pub fn parse(&self) -> Result<FileConfig, ConfigError> {
+        let de = toml::Deserializer::parse(self.text)
+            .map_err(|e| self.error(e.span(), "", &format!("malformed TOML: {}", e.message())))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = dotted(e.path());
+            let inner = e.into_inner();
+            let (key, message) = explain(key, inner.message());
+            self.error(inner.span(), &key, &message)
+        })
+    }
+}
+
+/// 1-based line of a byte offset.
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// `relay.server.keys[0].name`, leaving out the private fields of `toml::Spanned`.
+fn dotted(path: &serde_path_to_error::Path) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Map { key } if key.starts_with("$__") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Rewrites serde's wording for keys ("unknown field `x`, expected one of `a`, `b`")
+/// into the file's (`unknown key debug.x (known keys: a, b)`), returning (key, message).
+fn explain(key: String, message: &str) -> (String, String) {
+    let quoted = |text: &str| -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (field, known) = rest.split_once('`').unwrap_or((rest, ""));
+        // serde_path_to_error may or may not have pushed the unknown key itself.
+        let full = if key == field || key.ends_with(&format!(".{field}")) {
+            key.clone()
+        } else if key.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{key}.{field}")
+        };
+        let known = quoted(known);
+        let hint = if known.is_empty() {
+            "this table takes no keys".to_owned()
+        } else {
+            format!("known keys: {}", known.join(", "))
+        };
+        return (String::new(), format!("unknown key {full} ({hint})"));
+    }
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or(rest);
+        let full = if key.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{key}.{field}")
+        };
+        return (String::new(), format!("missing key {full}"));
+    }
+    (key, message.to_owned())
+}

@@ -1,0 +1,66 @@
+//! The flag layer: clap hands over raw strings, parsed here so errors name the flag.
+
+use crate::policy::RankSpec;
+use crate::ports::PortRange;
+
+use super::value::{FromConfig, TargetLimit};
+use super::{ConfigError, Flags, Settings};
+
+/// Parses one flag value; the error names the flag and quotes the value.
+fn parse<T: FromConfig>(flag: &str, value: Option<&String>) -> Result<Option<T>, ConfigError> {
+    value
+        .map(|v| T::from_config(v).map_err(|m| ConfigError::new(format!("{flag}: {m}"))))
+        .transpose()
+}
+
+/// Applies every flag that was given over `s`.
+pub(super) fn apply(flags: &Flags<'_>, s: &mut Settings) -> Result<(), ConfigError> {
+    if let Some(format) = flags.log_format {
+        s.log_format = Some(format);
+    }
+    if let Some(p) = flags.policy {
+        if let Some(enabled) = p.debug_flag() {
+            s.policy.enabled = enabled;
+        }
+        if let Some(v) = parse::<RankSpec>("--ranks", p.ranks.as_ref())? {
+            s.policy.ranks = v;
+        }
+        let limit =
+            parse::<TargetLimit>("--max-targets-per-node", p.max_targets_per_node.as_ref())?;
+        if let Some(TargetLimit(v)) = limit {
+            s.policy.max_targets_per_node = Some(v);
+        }
+    }
+    if let Some(p) = flags.ports {
+        if let Some(v) = parse::<PortRange>("--port-range", p.port_range.as_ref())? {
+            s.ports.range = v;
+        }
+        if let Some(dir) = &p.lock_dir {
+            s.ports.lock_dir = Some(dir.clone());
+        }
+    }
+    if let Some(n) = flags.node
+        && let Some(ip) = n.node_ip
+    {
+        s.node_ip = Some(ip);
+    }
+    if let Some(p) = flags.session {
+        if let Some(v) = parse("--mode", p.mode.as_ref())? {
+            s.session.mode = v;
+        }
+        if let Some(v) = parse("--on-debug-failure", p.on_debug_failure.as_ref())? {
+            s.session.on_failure = v;
+        }
+        if let Some(v) = parse("--attach-timeout", p.attach_timeout.as_ref())? {
+            s.session.attach_timeout = v;
+        }
+        if let Some(v) = parse("--inject", p.inject.as_ref())? {
+            s.session.inject = v;
+        }
+        // A plain switch: present means on; off comes from a lower layer or the default.
+        if p.wait_for_client {
+            s.session.wait_for_client = true;
+        }
+    }
+    Ok(())
+}

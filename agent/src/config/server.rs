@@ -1,0 +1,355 @@
+//! `[relay.server]`: settings for `amlx-agent relay serve`, the self-hosted relay.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use toml::Spanned;
+
+use super::ConfigError;
+use super::file::FileContext;
+use super::secret::Secret;
+use super::value::Parsed;
+use crate::session::keyword_enum;
+
+/// Where the relay listens by default: loopback only, so nothing is exposed unasked.
+pub const DEFAULT_SERVER_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9351));
+/// Listeners one Hybrid Connection path may have at once (Azure's limit).
+pub const DEFAULT_MAX_LISTENERS_PER_PATH: usize = 25;
+/// Open WebSocket connections (control channels, senders, rendezvous) at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Time a client has to complete the WebSocket upgrade.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a listener has to open the rendezvous address of an accept (Azure: about 30 s).
+pub const DEFAULT_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest control-channel message accepted, in bytes (Azure: 64 kB).
+pub const DEFAULT_MAX_CONTROL_MESSAGE: usize = 64 * 1024;
+/// Time open connections get to finish on shutdown before they are dropped.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// SAS key names and keys are at most this many characters (the Azure limit).
+pub const MAX_KEY_CHARS: usize = 256;
+
+/// Everything `relay serve` needs, validated.
+///
+/// The server itself refuses to start with neither `tls` nor `insecure_ws`, and with no
+/// `keys`: the agent's other commands load the same settings and must not fail on that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Certificate chain and private key (PEM) for wss; `None` means no TLS.
+    pub tls: Option<TlsFiles>,
+    /// Serve plain ws without TLS; only when asked, since tokens then travel in clear.
+    pub insecure_ws: bool,
+    /// Allow `insecure_ws` on a non-loopback `listen` address.
+    pub allow_insecure_remote: bool,
+    /// Listeners one Hybrid Connection path may have at once.
+    pub max_listeners_per_path: usize,
+    /// Open WebSocket connections at once.
+    pub max_connections: usize,
+    /// Time a client has to complete the WebSocket upgrade.
+    pub handshake_timeout: Duration,
+    /// Time a listener has to open an accept's rendezvous address.
+    pub rendezvous_timeout: Duration,
+    /// Largest control-channel message in bytes.
+    pub max_control_message: usize,
+    /// Time open connections get to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Shared access keys that sign clients' SAS tokens (names are unique).
+    pub keys: Vec<ServerKey>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: DEFAULT_SERVER_LISTEN,
+            tls: None,
+            insecure_ws: false,
+            allow_insecure_remote: false,
+            max_listeners_per_path: DEFAULT_MAX_LISTENERS_PER_PATH,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
+            max_control_message: DEFAULT_MAX_CONTROL_MESSAGE,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            keys: Vec::new(),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The key a token's `skn` names.
+    pub fn key(&self, name: &str) -> Option<&ServerKey> {
+        self.keys.iter().find(|k| k.name == name)
+    }
+}
+
+/// PEM files for wss.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key of the leaf certificate.
+    pub key: PathBuf,
+}
+
+/// What a token signed with a key may do (Azure's Listen and Send claims).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Right {
+    /// Open a listener control channel and accept rendezvous.
+    Listen,
+    /// Connect as a sender.
+    Send,
+}
+
+keyword_enum!(Right, "right", "listen" => Right::Listen, "send" => Right::Send);
+
+/// One shared access key of the self-hosted relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerKey {
+    /// The `skn` tokens name.
+    pub name: String,
+    /// The key as written (signing uses its UTF-8 bytes, never a base64 decoding).
+    pub key: Secret,
+    /// What tokens signed with it may do.
+    pub rights: Vec<Right>,
+    /// Hybrid Connection paths it covers: exact names or globs where `*` matches any run
+    /// of characters, `/` included (`*`, `team-a/*`); compared case-insensitively.
+    pub paths: Vec<String>,
+}
+
+impl ServerKey {
+    /// Whether a token signed with this key may do `right` on `path`.
+    pub fn allows(&self, right: Right, path: &str) -> bool {
+        self.rights.contains(&right) && self.paths.iter().any(|p| path_matches(p, path))
+    }
+}
+
+/// Case-insensitive glob match of a Hybrid Connection path; outer slashes do not count.
+///
+/// ```
+/// use amlx_agent::config::path_matches;
+/// assert!(path_matches("team-a/*", "Team-A/job1/"));
+/// assert!(!path_matches("team-a/*", "team-b/job1"));
+/// ```
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let norm = |s: &str| {
+        s.trim_matches('/')
+            .to_lowercase()
+            .chars()
+            .collect::<Vec<_>>()
+    };
+    let (pat, text) = (norm(pattern), norm(path));
+    // Greedy wildcard match with one backtrack point: linear enough for short paths.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pat.len() && pat[p] == '*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pat.len() && pat[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pat[p..].iter().all(|c| *c == '*')
+}
+
+/// `[relay.server]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ServerSection {
+    listen: Option<Spanned<Parsed<SocketAddr>>>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    insecure_ws: Option<Spanned<bool>>,
+    allow_insecure_remote: Option<bool>,
+    #[serde(default, deserialize_with = "positive_count")]
+    max_listeners_per_path: Option<usize>,
+    #[serde(default, deserialize_with = "positive_count")]
+    max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    handshake_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    rendezvous_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "positive_count")]
+    max_control_message: Option<usize>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    shutdown_grace: Option<Duration>,
+    #[serde(default)]
+    keys: Vec<KeySection>,
+}
+
+/// One `[[relay.server.keys]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySection {
+    #[serde(deserialize_with = "key_name")]
+    name: Spanned<String>,
+    #[serde(deserialize_with = "key_secret")]
+    key: Secret,
+    #[serde(default, deserialize_with = "rights")]
+    rights: Option<Vec<Right>>,
+    #[serde(default, deserialize_with = "paths")]
+    paths: Option<Vec<String>>,
+}
+
+fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(de::Error::custom("must be at least 1")),
+        n => Ok(Some(n)),
+    }
+}
+
+fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let Parsed(duration) = Parsed::<Duration>::deserialize(d)?;
+    if duration.is_zero() {
+        return Err(de::Error::custom("must be longer than 0s"));
+    }
+    Ok(Some(duration))
+}
+
+fn key_name<'de, D: Deserializer<'de>>(d: D) -> Result<Spanned<String>, D::Error> {
+    let name = Spanned::<String>::deserialize(d)?;
+    let len = name.get_ref().chars().count();
+    if len == 0 || len > MAX_KEY_CHARS {
+        return Err(de::Error::custom(format!(
+            "key name must be 1 to {MAX_KEY_CHARS} characters (it has {len})"
+        )));
+    }
+    Ok(name)
+}
+
+fn key_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    let key = Secret::deserialize(d)?;
+    let len = key.char_len();
+    if len == 0 || len > MAX_KEY_CHARS {
+        return Err(de::Error::custom(format!(
+            "key must be 1 to {MAX_KEY_CHARS} characters (it has {len})"
+        )));
+    }
+    Ok(key)
+}
+
+fn rights<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Right>>, D::Error> {
+    let rights: Vec<Right> = Vec::<Parsed<Right>>::deserialize(d)?
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    if rights.is_empty() {
+        return Err(de::Error::custom(
+            "must name at least one of listen, send (omit it for both)",
+        ));
+    }
+    Ok(Some(rights))
+}
+
+fn paths<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let paths = Vec::<String>::deserialize(d)?;
+    if paths.is_empty() || paths.iter().any(|p| p.trim_matches('/').is_empty()) {
+        return Err(de::Error::custom(
+            "must list non-empty path patterns, e.g. [\"*\"] or [\"team-a/*\"]",
+        ));
+    }
+    Ok(Some(paths))
+}
+
+impl ServerSection {
+    /// Applies the section over the defaults and checks what spans several keys.
+    pub(super) fn into_settings(
+        self,
+        ctx: &FileContext<'_>,
+    ) -> Result<ServerSettings, ConfigError> {
+        let d = ServerSettings::default();
+        let key = |name: &str| format!("relay.server.{name}");
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.into_inner(),
+                key: key.into_inner(),
+            }),
+            (Some(cert), None) => {
+                return Err(ctx.error(
+                    Some(cert.span()),
+                    &key("tls_cert"),
+                    "tls_cert is set but tls_key is not (set both PEM files, or neither)",
+                ));
+            }
+            (None, Some(k)) => {
+                return Err(ctx.error(
+                    Some(k.span()),
+                    &key("tls_key"),
+                    "tls_key is set but tls_cert is not (set both PEM files, or neither)",
+                ));
+            }
+        };
+        let (listen, listen_span) = match self.listen {
+            Some(l) => (l.get_ref().0, Some(l.span())),
+            None => (d.listen, None),
+        };
+        let insecure_span = self.insecure_ws.as_ref().map(Spanned::span);
+        let insecure_ws = self.insecure_ws.map_or(d.insecure_ws, Spanned::into_inner);
+        let allow_insecure_remote = self
+            .allow_insecure_remote
+            .unwrap_or(d.allow_insecure_remote);
+        if insecure_ws && tls.is_some() {
+            return Err(ctx.error(
+                insecure_span,
+                &key("insecure_ws"),
+                "insecure_ws = true contradicts tls_cert/tls_key (choose one)",
+            ));
+        }
+        if insecure_ws && !listen.ip().is_loopback() && !allow_insecure_remote {
+            return Err(ctx.error(
+                listen_span,
+                &key("listen"),
+                &format!(
+                    "{listen} is not a loopback address and insecure_ws = true would send tokens \
+                 in clear (use TLS, or set allow_insecure_remote = true)"
+                ),
+            ));
+        }
+        let mut keys: Vec<ServerKey> = Vec::with_capacity(self.keys.len());
+        for (i, k) in self.keys.into_iter().enumerate() {
+            let span = k.name.span();
+            let name = k.name.into_inner();
+            if keys.iter().any(|seen| seen.name == name) {
+                return Err(ctx.error(
+                    Some(span),
+                    &format!("relay.server.keys[{i}].name"),
+                    &format!("duplicate key name {name:?}"),
+                ));
+            }
+            keys.push(ServerKey {
+                name,
+                key: k.key,
+                rights: k.rights.unwrap_or_else(|| vec![Right::Listen, Right::Send]),
+                paths: k.paths.unwrap_or_else(|| vec!["*".to_owned()]),
+            });
+        }
+        Ok(ServerSettings {
+            listen,
+            tls,
+            insecure_ws,
+            allow_insecure_remote,
+            max_listeners_per_path: self
+                .max_listeners_per_path
+                .unwrap_or(d.max_listeners_per_path),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
+            rendezvous_timeout: self.rendezvous_timeout.unwrap_or(d.rendezvous_timeout),
+            max_control_message: self.max_control_message.unwrap_or(d.max_control_message),
+            shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
+            keys,
+        })
+    }
+}

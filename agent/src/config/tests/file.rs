@@ -1,0 +1,115 @@
+//! File errors name file, line and key, and never show a secret.
+
+use super::super::*;
+use super::{SECRET, env, file_err, from_file};
+
+#[test]
+fn file_errors_name_file_line_and_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[debug]\nenabled = true\n\n\nrank = 3\n",
+            "/cfg/agent.toml:5: unknown key debug.rank (known keys: enabled, ranks, \
+             max_targets_per_node, mode, on_debug_failure, attach_timeout, inject, wait_for_client)",
+        ),
+        (
+            "# comment\nbogus = 1\n",
+            "/cfg/agent.toml:2: unknown key bogus (known keys: debug, ports, node, log, relay)",
+        ),
+        (
+            "[debug]\nenabled = true\nattach_timeout = \"10 parsecs\"\n",
+            "/cfg/agent.toml:3: debug.attach_timeout: invalid duration \"10 parsecs\" \
+             (expected e.g. 30s, 10m)",
+        ),
+        (
+            "[debug]\nenabled = \"yes\"\n",
+            "/cfg/agent.toml:2: debug.enabled: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "[debug]\nranks = \"0,x\"\n",
+            "/cfg/agent.toml:2: debug.ranks: invalid rank spec \"0,x\": \"x\" is not a rank number \
+             (expected 0, all, master, local0 or a list like 0,3,5-7)",
+        ),
+        (
+            "[debug]\nmax_targets_per_node = 0\n",
+            "/cfg/agent.toml:2: debug.max_targets_per_node: invalid target count \"0\" \
+             (expected a whole number of at least 1)",
+        ),
+        (
+            "[debug]\nmode = \"attach\"\n",
+            "/cfg/agent.toml:2: debug.mode: invalid debug mode \"attach\": expected one of \
+             connect, listen, direct",
+        ),
+        (
+            "[ports]\nrange = \"9-1\"\n",
+            "/cfg/agent.toml:2: ports.range: invalid port range \"9-1\": expected START-END \
+             with 1 <= START <= END <= 65535, e.g. 5678-5777",
+        ),
+        (
+            "[node]\nip = \"10.0.0.300\"\n",
+            "/cfg/agent.toml:2: node.ip: invalid IP address \"10.0.0.300\" \
+             (expected e.g. 10.0.0.4 or fd00::4)",
+        ),
+        (
+            "[log]\nformat = \"xml\"\n",
+            "/cfg/agent.toml:2: log.format: invalid log format \"xml\": expected one of text, json",
+        ),
+        (
+            "[relay]\nhybrid_connection = \"hc\"\nentity = \"x\"\n",
+            "/cfg/agent.toml:3: unknown key relay.entity (known keys: connection_string, \
+             hybrid_connection, ca_file, insecure_ws, server)",
+        ),
+        (
+            "[debug\nenabled = true\n",
+            "/cfg/agent.toml:1: malformed TOML: unclosed table, expected `]`",
+        ),
+        (
+            "[debug]\nenabled = true\nenabled = false\n",
+            "/cfg/agent.toml:3: malformed TOML: duplicate key",
+        ),
+        (
+            "[debug]\nattach_timeout = 10m\n",
+            "/cfg/agent.toml:2: malformed TOML: string values must be quoted, expected literal string",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(file_err(text), format!("config error: {want}"), "{text}");
+    }
+}
+
+#[test]
+fn errors_around_secrets_never_show_them() {
+    let broken = [
+        format!("[relay]\nconnection_string = \"Endpoint=sb://h/;SharedAccessKey={SECRET}\n"),
+        format!("[relay]\nconnection_string = Endpoint=sb://h/;SharedAccessKey={SECRET}\n"),
+        format!("Endpoint=sb://h/;SharedAccessKeyName=k;SharedAccessKey={SECRET}\n"),
+        format!("[relay]\nconnection_string = \"{SECRET}\"\nbad = 1\n"),
+        format!("[relay]\nconnection_strin = \"{SECRET}\"\n"),
+        format!("[relay]\nconnection_string = [\"{SECRET}\"]\n"),
+        format!("[relay]\nconnection_string = \"{SECRET}\"\n[debug]\nranks = \"x\"\n"),
+        format!(
+            "[[relay.server.keys]]\nname = \"k\"\nkey = \"{SECRET}{}\"\n",
+            "x".repeat(300)
+        ),
+        "[[relay.server.keys]]\nname = \"k\"\nkey = 123456789\n".to_owned(),
+    ];
+    for text in &broken {
+        let err = file_err(text);
+        assert!(!err.contains(SECRET) && !err.contains("123456789"), "{err}");
+        assert!(err.contains("/cfg/agent.toml:"), "{err}");
+    }
+    // A bad variable next to a secret one, and a good file holding one.
+    let vars = env(&[
+        ("AMLX_RELAY_CONNECTION_STRING", SECRET),
+        ("AMLX_ATTACH_TIMEOUT", "soon"),
+    ]);
+    let err = layer(&Flags::default(), &vars, None).expect_err("bad timeout");
+    assert!(!err.to_string().contains(SECRET));
+    let text = format!("[relay]\nconnection_string = \"{SECRET}\"\n");
+    let got = from_file(&text);
+    assert_eq!(
+        got.relay.connection_string.as_ref().map(Secret::expose),
+        Some(SECRET)
+    );
+    assert!(!format!("{got:?}").contains(SECRET));
+    assert!(!format!("{got:#?}").contains(SECRET));
+}

@@ -1,0 +1,227 @@
+//! The text form of every setting, parsed the same way from a flag, a variable or the file.
+//!
+//! Messages quote the offending text: none of these values is a secret.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+use crate::cli::LogFormat;
+use crate::inject::InjectMode;
+use crate::policy::RankSpec;
+use crate::ports::PortRange;
+use crate::session::{DebugMode, FailurePolicy};
+
+use super::duration::parse_duration;
+use super::server::Right;
+
+/// A setting's value parsed from text, with a message that quotes the text and the
+/// expected form.
+pub trait FromConfig: Sized {
+    fn from_config(text: &str) -> Result<Self, String>;
+}
+
+/// Implements `FromConfig` through the type's `FromStr`, whose message is already ours.
+macro_rules! via_from_str {
+    ($($ty:ty),+) => {$(
+        impl FromConfig for $ty {
+            fn from_config(text: &str) -> Result<Self, String> {
+                text.parse::<$ty>().map_err(|e| e.to_string())
+            }
+        }
+    )+};
+}
+
+via_from_str!(
+    RankSpec,
+    PortRange,
+    DebugMode,
+    FailurePolicy,
+    InjectMode,
+    Right
+);
+
+impl FromConfig for Duration {
+    fn from_config(text: &str) -> Result<Self, String> {
+        parse_duration(text).map_err(|e| e.to_string())
+    }
+}
+
+impl FromConfig for bool {
+    fn from_config(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(format!(
+                "invalid switch {text:?} (expected 1, true, yes, on or 0, false, no, off)"
+            )),
+        }
+    }
+}
+
+/// The node-slot bound: a count of at least one (zero targets is `--no-debug`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetLimit(pub u32);
+
+impl FromConfig for TargetLimit {
+    fn from_config(text: &str) -> Result<Self, String> {
+        match text.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(TargetLimit(n)),
+            _ => Err(format!(
+                "invalid target count {text:?} (expected a whole number of at least 1)"
+            )),
+        }
+    }
+}
+
+impl FromConfig for IpAddr {
+    fn from_config(text: &str) -> Result<Self, String> {
+        text.trim()
+            .parse()
+            .map_err(|_| format!("invalid IP address {text:?} (expected e.g. 10.0.0.4 or fd00::4)"))
+    }
+}
+
+impl FromConfig for SocketAddr {
+    fn from_config(text: &str) -> Result<Self, String> {
+        text.trim().parse().map_err(|_| {
+            format!("invalid address {text:?} (expected IP:PORT, e.g. 127.0.0.1:9351 or [::]:443)")
+        })
+    }
+}
+
+impl FromConfig for LogFormat {
+    fn from_config(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!(
+                "invalid log format {text:?}: expected one of text, json"
+            )),
+        }
+    }
+}
+
+impl FromConfig for PathBuf {
+    fn from_config(text: &str) -> Result<Self, String> {
+        Ok(PathBuf::from(text))
+    }
+}
+
+impl FromConfig for String {
+    fn from_config(text: &str) -> Result<Self, String> {
+        Ok(text.to_owned())
+    }
+}
+
+/// A file value read through `FromConfig`, so the file reports the same message a flag
+/// would. Integers are accepted as text too (`ranks = 0`, `max_targets_per_node = 2`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed<T>(pub T);
+
+struct ParsedVisitor<T>(PhantomData<T>);
+
+impl<T: FromConfig> ParsedVisitor<T> {
+    fn parse<E: de::Error>(text: &str) -> Result<Parsed<T>, E> {
+        T::from_config(text).map(Parsed).map_err(E::custom)
+    }
+}
+
+impl<'de, T: FromConfig> Visitor<'de> for ParsedVisitor<T> {
+    type Value = Parsed<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Parsed<T>, E> {
+        Self::parse(v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Parsed<T>, E> {
+        Self::parse(&v.to_string())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Parsed<T>, E> {
+        Self::parse(&v.to_string())
+    }
+}
+
+impl<'de, T: FromConfig> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ParsedVisitor(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches() {
+        for (text, want) in [
+            ("1", Some(true)),
+            ("true", Some(true)),
+            ("YES", Some(true)),
+            ("on", Some(true)),
+            ("0", Some(false)),
+            ("False", Some(false)),
+            ("no", Some(false)),
+            ("off", Some(false)),
+            ("maybe", None),
+            ("2", None),
+        ] {
+            assert_eq!(bool::from_config(text).ok(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn target_limits() {
+        for (text, want) in [
+            ("1", Some(1)),
+            (" 8 ", Some(8)),
+            ("0", None),
+            ("-1", None),
+            ("x", None),
+        ] {
+            assert_eq!(
+                TargetLimit::from_config(text).ok().map(|t| t.0),
+                want,
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_quote_the_text() {
+        let cases: Vec<(String, &str)> = vec![
+            (
+                IpAddr::from_config("10.0.0.300").expect_err("bad ip"),
+                "\"10.0.0.300\"",
+            ),
+            (
+                SocketAddr::from_config("localhost").expect_err("bad addr"),
+                "\"localhost\"",
+            ),
+            (
+                LogFormat::from_config("xml").expect_err("bad format"),
+                "\"xml\"",
+            ),
+            (
+                Duration::from_config("soon").expect_err("bad duration"),
+                "\"soon\"",
+            ),
+            (
+                DebugMode::from_config("attach").expect_err("bad mode"),
+                "\"attach\"",
+            ),
+        ];
+        for (message, quoted) in cases {
+            assert!(message.contains(quoted), "{message}");
+        }
+    }
+}
