@@ -14,7 +14,12 @@ pub(super) struct Slurm;
 
 impl Detector for Slurm {
     fn applies(&self, vars: &Vars<'_>) -> bool {
-        vars.any_set(&["SLURM_PROCID", "SLURM_STEP_ID", "SLURM_JOB_ID", "SLURM_JOBID"])
+        vars.any_set(&[
+            "SLURM_PROCID",
+            "SLURM_STEP_ID",
+            "SLURM_JOB_ID",
+            "SLURM_JOBID",
+        ])
     }
 
     fn read(&self, vars: &mut Vars<'_>) -> Found {
@@ -129,7 +134,10 @@ pub(super) fn azure_node_master(vars: &mut Vars<'_>) -> Option<bool> {
     if let Some(node) = vars.text(BATCH_MASTER_NODE) {
         let host = match node.parse::<SocketAddr>() {
             Ok(addr) => addr.ip().to_string(),
-            Err(_) => node.rsplit_once(':').map_or(node.as_str(), |(h, _)| h).to_owned(),
+            Err(_) => node
+                .rsplit_once(':')
+                .map_or(node.as_str(), |(h, _)| h)
+                .to_owned(),
         };
         if let Some(master) = is_this_node(vars, &host) {
             return Some(master);

@@ -296,8 +296,18 @@ fn apply_overrides(found: &mut Found, overrides: &Overrides, vars: &mut Vars<'_>
         }
     };
     let rank = pick(overrides.rank, "--rank", "AMLX_RANK", false);
-    let local_rank = pick(overrides.local_rank, "--local-rank", "AMLX_LOCAL_RANK", false);
-    let world_size = pick(overrides.world_size, "--world-size", "AMLX_WORLD_SIZE", true);
+    let local_rank = pick(
+        overrides.local_rank,
+        "--local-rank",
+        "AMLX_LOCAL_RANK",
+        false,
+    );
+    let world_size = pick(
+        overrides.world_size,
+        "--world-size",
+        "AMLX_WORLD_SIZE",
+        true,
+    );
     if rank.is_some() {
         found.launcher = Launcher::Override;
         found.rank = rank;

@@ -153,7 +153,11 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "hydra PMI_PORT mode sets PMI_ID, not PMI_RANK",
-            &[("PMI_ID", "3"), ("PMI_PORT", "node1:4567"), ("MPI_LOCALRANKID", "1")],
+            &[
+                ("PMI_ID", "3"),
+                ("PMI_PORT", "node1:4567"),
+                ("MPI_LOCALRANKID", "1"),
+            ],
             role(L::Mpich).rank(3).local(1).multi(),
             &[],
         ),
@@ -166,7 +170,11 @@ fn cases() -> Vec<Case> {
                 ("PMI_LOCAL_SIZE", "8"),
                 ("PALS_NODEID", "1"),
             ],
-            role(L::CrayPals).ranks(9, 1, 16).local_world(8).node(1).multi(),
+            role(L::CrayPals)
+                .ranks(9, 1, 16)
+                .local_world(8)
+                .node(1)
+                .multi(),
             &[],
         ),
         case(
@@ -181,7 +189,10 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "pmix alone gives only the rank",
-            &[("PMIX_RANK", "6"), ("PMIX_NAMESPACE", "prterun-host-1234@1")],
+            &[
+                ("PMIX_RANK", "6"),
+                ("PMIX_NAMESPACE", "prterun-host-1234@1"),
+            ],
             role(L::Pmix).rank(6).multi(),
             &[],
         ),
@@ -252,12 +263,21 @@ fn cases() -> Vec<Case> {
                 ("LOCAL_WORLD_SIZE", "4"),
                 ("GROUP_RANK", "1"),
             ],
-            role(L::Torchrun).ranks(5, 1, 8).local_world(4).node(1).multi(),
+            role(L::Torchrun)
+                .ranks(5, 1, 8)
+                .local_world(4)
+                .node(1)
+                .multi(),
             &[],
         ),
         case(
             "torchrun marked by GROUP_RANK only, node master",
-            &[("GROUP_RANK", "0"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2")],
+            &[
+                ("GROUP_RANK", "0"),
+                ("RANK", "0"),
+                ("LOCAL_RANK", "0"),
+                ("WORLD_SIZE", "2"),
+            ],
             role(L::Torchrun).ranks(0, 0, 2).node(0).multi(),
             &[],
         ),
@@ -270,7 +290,11 @@ fn cases() -> Vec<Case> {
                 ("HOROVOD_LOCAL_SIZE", "2"),
                 ("HOROVOD_CROSS_RANK", "1"),
             ],
-            role(L::Horovod).ranks(3, 1, 4).local_world(2).node(1).multi(),
+            role(L::Horovod)
+                .ranks(3, 1, 4)
+                .local_world(2)
+                .node(1)
+                .multi(),
             &[],
         ),
         case(
@@ -283,7 +307,11 @@ fn cases() -> Vec<Case> {
                 ("CROSS_RANK", "1"),
                 ("MASTER_ADDR", "10.0.0.4"),
             ],
-            role(L::DeepSpeed).ranks(2, 0, 4).local_world(2).node(1).multi(),
+            role(L::DeepSpeed)
+                .ranks(2, 0, 4)
+                .local_world(2)
+                .node(1)
+                .multi(),
             &[],
         ),
         case(
@@ -339,7 +367,10 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "azure batch master node",
-            &[("AZ_BATCH_IS_CURRENT_NODE_MASTER", "true"), ("AZ_BATCH_MASTER_NODE", "10.0.0.4:6000")],
+            &[
+                ("AZ_BATCH_IS_CURRENT_NODE_MASTER", "true"),
+                ("AZ_BATCH_MASTER_NODE", "10.0.0.4:6000"),
+            ],
             role(L::AzureBatch).master(true).multi(),
             &[],
         ),
@@ -351,13 +382,19 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "trap: AZ_BATCH_IS_CURRENT_NODE_MASTER=false is false",
-            &[("AZ_BATCH_IS_CURRENT_NODE_MASTER", "false"), ("AZ_BATCH_MASTER_NODE", "10.0.0.5:6000")],
+            &[
+                ("AZ_BATCH_IS_CURRENT_NODE_MASTER", "false"),
+                ("AZ_BATCH_MASTER_NODE", "10.0.0.5:6000"),
+            ],
             role(L::AzureBatch).master(false).multi(),
             &[],
         ),
         case(
             "azure batch master by address, this node",
-            &[("AZ_BATCH_MASTER_NODE", "10.0.0.5:6000"), ("AZ_BATCH_HOST_LIST", "10.0.0.5,10.0.0.6")],
+            &[
+                ("AZ_BATCH_MASTER_NODE", "10.0.0.5:6000"),
+                ("AZ_BATCH_HOST_LIST", "10.0.0.5,10.0.0.6"),
+            ],
             role(L::AzureBatch).master(true).multi(),
             &[],
         ),
@@ -476,7 +513,11 @@ fn cases() -> Vec<Case> {
         ),
         Case {
             name: "flags override every variable",
-            env: &[("AMLX_RANK", "6"), ("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "8")],
+            env: &[
+                ("AMLX_RANK", "6"),
+                ("OMPI_COMM_WORLD_RANK", "1"),
+                ("OMPI_COMM_WORLD_SIZE", "8"),
+            ],
             overrides: Overrides {
                 rank: Some(7),
                 local_rank: Some(3),
@@ -498,13 +539,22 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "empty AMLX_* (exported as unknown by exec) are unset, silently",
-            &[("AMLX_RANK", ""), ("AMLX_LOCAL_RANK", " "), ("PMI_RANK", "1")],
+            &[
+                ("AMLX_RANK", ""),
+                ("AMLX_LOCAL_RANK", " "),
+                ("PMI_RANK", "1"),
+            ],
             role(L::Mpich).rank(1).multi(),
             &[],
         ),
         case(
             "AMLX_* exported by an outer agent are not overrides",
-            &[("AMLX_AGENT_ACTIVE", "1"), ("AMLX_RANK", "0"), ("PMI_RANK", "3"), ("PMI_SIZE", "4")],
+            &[
+                ("AMLX_AGENT_ACTIVE", "1"),
+                ("AMLX_RANK", "0"),
+                ("PMI_RANK", "3"),
+                ("PMI_SIZE", "4"),
+            ],
             role(L::Mpich).rank(3).world(4).multi(),
             &[],
         ),
@@ -517,7 +567,11 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "LOCAL_RANK=-1",
-            &[("TORCHELASTIC_RUN_ID", "x"), ("RANK", "0"), ("LOCAL_RANK", "-1")],
+            &[
+                ("TORCHELASTIC_RUN_ID", "x"),
+                ("RANK", "0"),
+                ("LOCAL_RANK", "-1"),
+            ],
             role(L::Torchrun).rank(0).multi(),
             &[&["LOCAL_RANK", "\"-1\"", "negative"]],
         ),
@@ -535,13 +589,21 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "rank not below world size",
-            &[("PMI_RANK", "4"), ("PMI_SIZE", "4"), ("MPI_LOCALRANKID", "0")],
+            &[
+                ("PMI_RANK", "4"),
+                ("PMI_SIZE", "4"),
+                ("MPI_LOCALRANKID", "0"),
+            ],
             role(L::Mpich).local(0).world(4).multi(),
             &[&["PMI_RANK", "\"4\"", "PMI_SIZE=4"]],
         ),
         case(
             "local rank not below local size",
-            &[("HOROVOD_RANK", "1"), ("HOROVOD_LOCAL_RANK", "2"), ("HOROVOD_LOCAL_SIZE", "2")],
+            &[
+                ("HOROVOD_RANK", "1"),
+                ("HOROVOD_LOCAL_RANK", "2"),
+                ("HOROVOD_LOCAL_SIZE", "2"),
+            ],
             role(L::Horovod).rank(1).local_world(2).multi(),
             &[&["HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE=2"]],
         ),
@@ -555,7 +617,11 @@ fn cases() -> Vec<Case> {
             "bad master flag",
             &[("AZ_BATCH_IS_CURRENT_NODE_MASTER", "yes")],
             role(L::AzureBatch).multi(),
-            &[&["AZ_BATCH_IS_CURRENT_NODE_MASTER", "\"yes\"", "true or false"]],
+            &[&[
+                "AZ_BATCH_IS_CURRENT_NODE_MASTER",
+                "\"yes\"",
+                "true or false",
+            ]],
         ),
         case(
             "bad AMLX_RANK falls back to the launcher",
@@ -565,19 +631,32 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "kubeflow node rank not below node count",
-            &[("KUBERNETES_SERVICE_HOST", "10.96.0.1"), ("RANK", "3"), ("WORLD_SIZE", "3")],
+            &[
+                ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+                ("RANK", "3"),
+                ("WORLD_SIZE", "3"),
+            ],
             role(L::KubeflowPytorch).multi(),
             &[&["RANK", "WORLD_SIZE=3", "node rank"]],
         ),
         case(
             "bad slurm node list",
-            &[("SLURM_STEP_ID", "0"), ("SLURM_PROCID", "0"), ("SLURM_STEP_NODELIST", "node[")],
+            &[
+                ("SLURM_STEP_ID", "0"),
+                ("SLURM_PROCID", "0"),
+                ("SLURM_STEP_NODELIST", "node["),
+            ],
             role(L::Slurm).rank(0).multi(),
             &[&["SLURM_STEP_NODELIST", "host list"]],
         ),
         case(
             "several bad values: one warning each",
-            &[("TORCHELASTIC_RUN_ID", "x"), ("RANK", "$(hostname)"), ("LOCAL_RANK", ""), ("WORLD_SIZE", "-3")],
+            &[
+                ("TORCHELASTIC_RUN_ID", "x"),
+                ("RANK", "$(hostname)"),
+                ("LOCAL_RANK", ""),
+                ("WORLD_SIZE", "-3"),
+            ],
             role(L::Torchrun).multi(),
             &[&["RANK="], &["LOCAL_RANK="], &["WORLD_SIZE="]],
         ),
