@@ -122,10 +122,10 @@ impl Detector for KubeflowMpi {
     }
 
     fn read(&self, vars: &mut Vars<'_>) -> Found {
-        if let Some(role) = vars.text("K_MPI_JOB_ROLE") {
-            if !KUBEFLOW_MPI_ROLES.contains(&role.as_str()) {
-                vars.reject("K_MPI_JOB_ROLE", &role, "expected launcher or worker");
-            }
+        if let Some(role) = vars.text("K_MPI_JOB_ROLE")
+            && !KUBEFLOW_MPI_ROLES.contains(&role.as_str())
+        {
+            vars.reject("K_MPI_JOB_ROLE", &role, "expected launcher or worker");
         }
         Found {
             multi_process: true,

@@ -1,6 +1,6 @@
 //! Who this process is in the job: launcher, global/local rank, world size, node master.
 //!
-//! One [`Detector`] per launcher family, applied innermost launcher first (see
+//! One detector per launcher family, applied innermost launcher first (see
 //! `shared/docs/launchers.md`): explicit overrides, torchrun, Open MPI, MVAPICH2,
 //! PMI (MPICH Hydra / Intel MPI / Cray PALS), PMIx, Horovod, bare `RANK`
 //! (DeepSpeed, Azure ML PyTorch, Kubeflow PyTorchJob), Kubeflow MPIJob pods,

@@ -108,20 +108,18 @@ impl Detector for Pmix {
             .is_some_and(|ns| ns.starts_with(SLURM_PMIX_NAMESPACE));
         // srun is the PMIx server here, so its task variables describe these same
         // processes: fill what PMIx leaves out, if srun agrees on the rank.
-        if under_srun {
-            if let Some(step) = cluster::slurm_step(vars) {
-                let agrees = match (found.rank, step.rank) {
-                    (Some(a), Some(b)) => a.n == b.n,
-                    _ => true,
-                };
-                if agrees {
-                    found.rank = found.rank.or(step.rank);
-                    found.local_rank = step.local_rank;
-                    found.world_size = step.world_size;
-                    found.local_world_size = step.local_world_size;
-                    found.node_rank = step.node_rank;
-                    found.node_master = step.node_master;
-                }
+        if under_srun && let Some(step) = cluster::slurm_step(vars) {
+            let agrees = match (found.rank, step.rank) {
+                (Some(a), Some(b)) => a.n == b.n,
+                _ => true,
+            };
+            if agrees {
+                found.rank = found.rank.or(step.rank);
+                found.local_rank = step.local_rank;
+                found.world_size = step.world_size;
+                found.local_world_size = step.local_world_size;
+                found.node_rank = step.node_rank;
+                found.node_master = step.node_master;
             }
         }
         found
