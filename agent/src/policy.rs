@@ -8,6 +8,9 @@
 //! launcher says (Azure Batch flag, Slurm's first step host), else node rank 0 (see
 //! [`Role::node_master`]); when no launcher says anything about nodes, it falls back on
 //! global rank 0, which every launcher places first on the first node.
+//!
+//! A Kubeflow MPIJob pod process that mpirun did not start (a worker's sshd, the
+//! launcher pod's mpirun) is never a target, whatever the spec: it is not a rank.
 
 use std::fmt;
 use std::ops::RangeInclusive;
