@@ -1,0 +1,175 @@
+//! The run-mode table: every launcher family, the precedence rules and the traps.
+
+mod families;
+mod precedence;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+use Launcher as L;
+
+/// A node called `node02` with address 10.0.0.5.
+struct FakeHost;
+
+const FAKE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));
+
+impl Host for FakeHost {
+    fn hostname(&self) -> Option<String> {
+        Some("node02.cluster.local".into())
+    }
+    fn has_addr(&self, addr: IpAddr) -> bool {
+        addr == FAKE_IP
+    }
+}
+
+/// The expected role, built up from an all-unknown one.
+pub(super) fn role(launcher: Launcher) -> Role {
+    Role {
+        launcher,
+        rank: None,
+        local_rank: None,
+        world_size: None,
+        local_world_size: None,
+        node_rank: None,
+        node_master: None,
+        multi_process: false,
+    }
+}
+
+pub(super) trait RoleExt {
+    fn ranks(self, rank: u32, local: u32, world: u32) -> Role;
+    fn rank(self, rank: u32) -> Role;
+    fn local(self, local: u32) -> Role;
+    fn world(self, world: u32) -> Role;
+    fn local_world(self, n: u32) -> Role;
+    fn node(self, node_rank: u32) -> Role;
+    fn master(self, master: bool) -> Role;
+    fn multi(self) -> Role;
+}
+
+impl RoleExt for Role {
+    fn ranks(self, rank: u32, local: u32, world: u32) -> Role {
+        self.rank(rank).local(local).world(world)
+    }
+    fn rank(mut self, rank: u32) -> Role {
+        self.rank = Some(rank);
+        self
+    }
+    fn local(mut self, local: u32) -> Role {
+        self.local_rank = Some(local);
+        self
+    }
+    fn world(mut self, world: u32) -> Role {
+        self.world_size = Some(world);
+        self
+    }
+    fn local_world(mut self, n: u32) -> Role {
+        self.local_world_size = Some(n);
+        self
+    }
+    /// Node rank; the master node follows (rank 0) unless set afterwards.
+    fn node(mut self, node_rank: u32) -> Role {
+        self.node_rank = Some(node_rank);
+        self.node_master = Some(node_rank == 0);
+        self
+    }
+    fn master(mut self, master: bool) -> Role {
+        self.node_master = Some(master);
+        self
+    }
+    fn multi(mut self) -> Role {
+        self.multi_process = true;
+        self
+    }
+}
+
+pub(super) struct Case {
+    name: &'static str,
+    env: &'static [(&'static str, &'static str)],
+    overrides: Overrides,
+    want: Role,
+    /// One warning per entry, each containing every listed fragment.
+    warnings: &'static [&'static [&'static str]],
+}
+
+pub(super) fn case(
+    name: &'static str,
+    env: &'static [(&'static str, &'static str)],
+    want: Role,
+    warnings: &'static [&'static [&'static str]],
+) -> Case {
+    Case {
+        name,
+        env,
+        overrides: Overrides::default(),
+        want,
+        warnings,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let mut all = families::cases();
+    all.extend(precedence::cases());
+    all.extend(precedence::traps());
+    all
+}
+
+#[test]
+fn run_mode_table() {
+    for case in cases() {
+        let env: HashMap<String, String> = case
+            .env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let got = detect_on(&env, &case.overrides, &FakeHost);
+        assert_eq!(got.role, case.want, "case {:?}", case.name);
+        assert_eq!(
+            got.warnings.len(),
+            case.warnings.len(),
+            "case {:?}: warnings {:?}",
+            case.name,
+            got.warnings
+        );
+        for (warning, fragments) in got.warnings.iter().zip(case.warnings) {
+            for fragment in *fragments {
+                assert!(
+                    warning.contains(fragment),
+                    "case {:?}: warning {warning:?} lacks {fragment:?}",
+                    case.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn alone() {
+    let cases = [
+        (role(L::None), true),
+        (role(L::Slurm), true),
+        (role(L::AzureBatch).multi(), false),
+        (role(L::Rank).world(1).multi(), true),
+        (role(L::Rank).world(2), false),
+    ];
+    for (role, want) in cases {
+        assert_eq!(role.alone(), want, "{role:?}");
+    }
+}
+
+#[test]
+fn launcher_names() {
+    let cases = [
+        (L::OpenMpi, "open-mpi"),
+        (L::Mpich, "mpich"),
+        (L::CrayPals, "cray-pals"),
+        (L::DeepSpeed, "deepspeed"),
+        (L::KubeflowPytorch, "kubeflow-pytorch"),
+        (L::AzureBatch, "azure-batch"),
+        (L::None, "none"),
+    ];
+    for (launcher, name) in cases {
+        assert_eq!(launcher.to_string(), name);
+    }
+}
