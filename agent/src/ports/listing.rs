@@ -153,7 +153,10 @@ mod tests {
 
         // Probing released its shared lock: the stale port can be taken at once.
         let again = lockfile::open_lock_file(&lockfile::lock_path(tmp.path(), 4101)).expect("open");
-        again.file.try_lock().expect("stale lock is free after the scan");
+        again
+            .file
+            .try_lock()
+            .expect("stale lock is free after the scan");
 
         let only = scan(tmp.path()).expect("scan").within(PortRange {
             start: 4101,

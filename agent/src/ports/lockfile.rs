@@ -182,7 +182,8 @@ fn ensure_dir(dir: &Path, mode: u32) -> Result<(), String> {
 /// A per-user directory in a shared place (`/tmp`) must be ours, a real directory, and not
 /// writable by others: otherwise someone created it first to read or steer our files.
 fn check_private(dir: &Path) -> Result<(), String> {
-    let meta = fs::symlink_metadata(dir).map_err(|e| format!("cannot stat {} ({e})", dir.display()))?;
+    let meta =
+        fs::symlink_metadata(dir).map_err(|e| format!("cannot stat {} ({e})", dir.display()))?;
     let uid = nix::unistd::getuid().as_raw();
     if !meta.file_type().is_dir() {
         return Err(format!("{} is not a directory", dir.display()));
@@ -379,7 +380,10 @@ mod tests {
         let err = lock_dir(Some(&file)).expect_err("a file is not a lock dir");
         assert_eq!(err.tried.len(), 1);
         let text = err.to_string();
-        assert!(text.contains("not-a-dir") && text.contains("--lock-dir"), "{text}");
+        assert!(
+            text.contains("not-a-dir") && text.contains("--lock-dir"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -245,7 +245,12 @@ fn try_port(req: &ReserveRequest<'_>, port: u16) -> Result<Attempt, ReserveError
     let lock = match lockfile::open_lock_file(&path) {
         Ok(lock) => lock,
         // The directory itself is gone or closed to us: every port would fail the same way.
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) =>
+        {
             return Err(dir_error(
                 req.lock_dir,
                 &io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())),

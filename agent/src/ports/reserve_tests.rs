@@ -81,9 +81,7 @@ fn concurrent_reservers_get_distinct_ports() {
     const THREADS: usize = 16;
     let f = fixture(THREADS as u16);
     let ports: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..THREADS)
-            .map(|_| s.spawn(|| f.reserve(None)))
-            .collect();
+        let handles: Vec<_> = (0..THREADS).map(|_| s.spawn(|| f.reserve(None))).collect();
         let held: Vec<Reservation> = handles
             .into_iter()
             .map(|h| h.join().expect("reserver thread"))
@@ -144,7 +142,10 @@ fn slot_limit_counts_live_reservations() {
         panic!("unexpected {err:?}");
     };
     assert_eq!((*limit, holders.len()), (2, 2));
-    assert!(err.to_string().contains("--max-targets-per-node 2"), "{err}");
+    assert!(
+        err.to_string().contains("--max-targets-per-node 2"),
+        "{err}"
+    );
     drop(a);
     let c = reserve(&f.request(None, Some(2))).expect("a slot is free again");
     assert_eq!(c.port, f.range.start);
@@ -201,10 +202,12 @@ fn keep_across_exec_clears_close_on_exec() {
     use nix::fcntl::{FcntlArg, FdFlag, fcntl};
     let f = fixture(1);
     let r = f.reserve(None);
-    let flags = |file: &File| {
-        FdFlag::from_bits_retain(fcntl(file, FcntlArg::F_GETFD).expect("F_GETFD"))
-    };
-    assert!(flags(r.file()).contains(FdFlag::FD_CLOEXEC), "std opens O_CLOEXEC");
+    let flags =
+        |file: &File| FdFlag::from_bits_retain(fcntl(file, FcntlArg::F_GETFD).expect("F_GETFD"));
+    assert!(
+        flags(r.file()).contains(FdFlag::FD_CLOEXEC),
+        "std opens O_CLOEXEC"
+    );
     let fd = r.keep_across_exec().expect("clear FD_CLOEXEC");
     assert_eq!(fd, r.file().as_raw_fd());
     assert!(!flags(r.file()).contains(FdFlag::FD_CLOEXEC));
