@@ -140,6 +140,14 @@ pub enum ReserveError {
     },
 }
 
+impl ReserveError {
+    /// The node already has its allowed number of debug targets (not a failure for a
+    /// candidate that merely lost the race for a slot).
+    pub fn is_slots_full(&self) -> bool {
+        matches!(self, ReserveError::SlotsFull { .. })
+    }
+}
+
 fn exhausted_detail(holders: &[Holder], busy: &[u16], unusable: &[(u16, String)]) -> String {
     let mut parts = Vec::new();
     if !holders.is_empty() {

@@ -1,0 +1,82 @@
+//! Integration tests: the command line teaches (`--help` on every level, `--version`).
+
+use crate::util::agent;
+
+fn stdout_of(args: &[&str]) -> String {
+    let out = agent().args(args).output().expect("agent runs");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn top_level_help_lists_every_command() {
+    let help = stdout_of(&["--help"]);
+    for command in ["exec", "detect", "ports", "relay"] {
+        assert!(
+            help.contains(command),
+            "--help does not list {command}:\n{help}"
+        );
+    }
+    for global in [
+        "--config",
+        "--log-format",
+        "--verbose",
+        "--quiet",
+        "--version",
+    ] {
+        assert!(
+            help.contains(global),
+            "--help does not list {global}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn every_subcommand_help_has_examples() {
+    for args in [
+        &["exec", "--help"][..],
+        &["detect", "--help"][..],
+        &["ports", "list", "--help"][..],
+    ] {
+        let help = stdout_of(args);
+        assert!(
+            help.contains("Examples:"),
+            "{args:?} has no examples:\n{help}"
+        );
+        assert!(
+            help.contains("amlx-agent"),
+            "{args:?} examples do not show the command:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn version_names_the_binary() {
+    let version = stdout_of(&["--version"]);
+    assert!(version.starts_with("amlx-agent "), "{version}");
+}
+
+#[test]
+fn exec_help_documents_the_policy_and_process_flags() {
+    let help = stdout_of(&["exec", "--help"]);
+    for flag in [
+        "--debug",
+        "--no-debug",
+        "--ranks",
+        "--max-targets-per-node",
+        "--port-range",
+        "--lock-dir",
+        "--rank",
+        "--local-rank",
+        "--world-size",
+        "--replace",
+        "--supervise",
+        "AMLX_DEBUG",
+    ] {
+        assert!(help.contains(flag), "exec --help lacks {flag}");
+    }
+}
