@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn picks_first_usable_interface_address_ipv4_first() {
-        let cases: &[(&[(bool, &str)], Option<&str>)] = &[
+        type Case<'a> = (&'a [(bool, &'a str)], Option<&'a str>);
+        let cases: &[Case<'_>] = &[
             (&[], None),
             (&[(true, "127.0.0.1"), (true, "::1")], None),
             (

@@ -4,21 +4,25 @@
 //! Layout on disk (DESIGN.md "Port reservations"):
 //!
 //! ```text
-//! <lock dir>/            mode 1777 when we create it: every user and container on the node
-//!                        shares it (bind-mount it into containers); sticky, so nobody can
-//!                        delete another user's files
+//! <lock dir>/            node-wide: one directory shared by every user and container on
+//!                        the node (bind-mount it into containers). Created 1777 (sticky,
+//!                        world-writable, like /tmp: anyone may reserve, nobody may delete
+//!                        another user's files); the per-user fallbacks are created 0700
 //! <lock dir>/.guard      exclusive flock held only while a slot-limited reserver counts and
 //!                        scans, so "count + reserve" is atomic across processes
-//! <lock dir>/5678.lock   one per port, mode 0666 so any user can take a free port and write
-//!                        its record; the flock on it *is* the reservation, the JSON inside
-//!                        (a [`HolderRecord`]) only says who holds it; never deleted
+//! <lock dir>/5678.lock   one per port; 0644 plus the directory's group/other write (0666 in
+//!                        a 1777 dir), so whoever may reserve may take over a free port and
+//!                        write its record. The flock on it *is* the reservation; the JSON
+//!                        inside (a [`HolderRecord`]) only says who holds it. Never deleted:
+//!                        deleting a lock file would reopen the race it closes
 //! ```
 //!
-//! Modules: [`lockfile`] (directory resolution, opening and probing lock files),
-//! [`record`] (the holder record), `reserve` (reservation, bind probe, slot limit),
-//! [`listing`] (what `ports list` shows).
+//! Modules: [`lockdir`] (which directory, creating it), [`lockfile`] (opening and probing
+//! a port's lock file), [`record`] (the holder record), `reserve` (reservation, bind probe,
+//! slot limit), [`listing`] (what `ports list` shows).
 
 pub mod listing;
+pub mod lockdir;
 pub mod lockfile;
 pub mod record;
 mod reserve;
@@ -26,7 +30,7 @@ mod reserve;
 use std::fmt;
 use std::str::FromStr;
 
-pub use lockfile::{LockDirError, find_lock_dir, lock_dir};
+pub use lockdir::{LockDirError, LockDirLookup, find_lock_dir, lock_dir};
 pub use record::HolderRecord;
 pub use reserve::{Holder, Reservation, ReserveError, ReserveRequest, reserve};
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::PortRange;
 use super::listing::{self, Entry};
-use super::lockfile::{self, GUARD_FILE, LockDirError};
+use super::lockdir::LockDirError;
+use super::lockfile::{self, GUARD_FILE};
 use super::record::HolderRecord;
 
 /// How long a slot-limited reserver waits for another one to finish its scan (a scan takes
@@ -123,7 +124,7 @@ pub enum ReserveError {
     /// The lock directory cannot be used.
     #[error(transparent)]
     LockDir(#[from] LockDirError),
-    /// Another reserver held the guard for longer than [`GUARD_WAIT`].
+    /// Another reserver held the guard for longer than `GUARD_WAIT` (10 s).
     #[error(
         "timed out after {waited:?} waiting for {} (another amlx-agent is counting debug slots \
          and has not finished; is it stopped or traced?)",
