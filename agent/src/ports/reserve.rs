@@ -78,13 +78,13 @@ impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.record {
             Some(r) => {
-                write!(f, "{} by pid {}", self.port, r.pid)?;
+                write!(f, "port {} (pid {}", self.port, r.pid)?;
                 if let Some(rank) = r.rank {
-                    write!(f, " rank {rank}")?;
+                    write!(f, ", rank {rank}")?;
                 }
-                write!(f, " `{}`", r.command)
+                write!(f, ", `{}`)", r.command)
             }
-            None => write!(f, "{} by an unknown holder", self.port),
+            None => write!(f, "port {} (holder unknown)", self.port),
         }
     }
 }
