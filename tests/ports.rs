@@ -1,1 +1,340 @@
-//! Integration tests: `ports`.
+//! Integration tests: `ports` — node-unique debug ports under real concurrency, `kill -9`,
+//! unrelated listeners, an exhausted range, and `ports list`.
+//!
+//! Every test has its own temp lock dir and a random free port window (`free_port_range`),
+//! so tests run in parallel with each other and with other test binaries.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::{agent, free_port_range, output_within, wait_for};
+
+/// Generous: 64 debug-build agents start on a small machine shared with other tests.
+const STARTUP: Duration = Duration::from_secs(120);
+/// How long a released or killed step may take to go away.
+const EXIT: Duration = Duration::from_secs(60);
+/// Bound for one short agent run (`ports list`, a step that only echoes).
+const SHORT_RUN: Duration = Duration::from_secs(60);
+
+/// A step that writes its debug port to `$OUT/<pid>.port` (atomically, via rename) and then
+/// waits for `$OUT/release`, bounded (1200 × 0.1 s), so a failed test never leaves it behind.
+const HOLDING_STEP: &str = r#"echo "$AMLX_DEBUG_PORT" > "$OUT/$$.tmp" && mv "$OUT/$$.tmp" "$OUT/$$.port"
+i=0; while [ ! -e "$OUT/release" ] && [ "$i" -lt 1200 ]; do sleep 0.1; i=$((i+1)); done"#;
+
+/// One simulated node: a lock dir, a port window and the agents started on it.
+struct Node {
+    _tmp: tempfile::TempDir,
+    lock_dir: PathBuf,
+    out: PathBuf,
+    start: u16,
+    end: u16,
+    children: Vec<Child>,
+}
+
+impl Node {
+    fn new(ports: u16) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let lock_dir = tmp.path().join("locks");
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).expect("out dir");
+        let (start, end) = free_port_range(ports);
+        Node {
+            _tmp: tmp,
+            lock_dir,
+            out,
+            start,
+            end,
+            children: Vec::new(),
+        }
+    }
+
+    fn range(&self) -> String {
+        format!("{}-{}", self.start, self.end)
+    }
+
+    /// `amlx-agent exec --debug --ranks all` on this node, no rank variables, then `sh -c step`.
+    fn exec(&self, extra: &[&str], step: &str) -> Command {
+        let mut cmd = agent();
+        cmd.args(["exec", "--debug", "--ranks", "all", "--lock-dir"])
+            .arg(&self.lock_dir)
+            .args(["--port-range", &self.range()])
+            .args(extra)
+            .args(["--", "sh", "-c", step])
+            .env("OUT", &self.out);
+        cmd
+    }
+
+    /// Starts a step that holds its reservation until [`Node::release`]; returns its pid
+    /// (the agent's pid is the step's: replace mode execs in place).
+    fn start_holder(&mut self) -> u32 {
+        let n = self.children.len();
+        let stderr = File::create(self.out.join(format!("agent-{n}.stderr"))).expect("stderr file");
+        let child = self
+            .exec(&[], HOLDING_STEP)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn amlx-agent");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// The port the step with `pid` was given, once it has written it.
+    fn port_of(&self, pid: u32) -> u16 {
+        let path = self.out.join(format!("{pid}.port"));
+        let text = wait_for(&format!("{}", path.display()), STARTUP, || {
+            std::fs::read_to_string(&path).ok()
+        });
+        text.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "step {pid} got no debug port ({text:?}); agent stderr:\n{}",
+                self.stderrs()
+            )
+        })
+    }
+
+    fn stderrs(&self) -> String {
+        (0..self.children.len())
+            .filter_map(|n| {
+                std::fs::read_to_string(self.out.join(format!("agent-{n}.stderr"))).ok()
+            })
+            .collect()
+    }
+
+    /// `ports list --json` for this node, parsed (it must be one JSON document).
+    fn list(&self) -> Value {
+        let out = output_within(
+            agent()
+                .args(["ports", "list", "--json", "--lock-dir"])
+                .arg(&self.lock_dir),
+            SHORT_RUN,
+        );
+        assert!(
+            out.status.success(),
+            "ports list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("ports list --json prints one JSON document")
+    }
+
+    fn release(&self) {
+        File::create(self.out.join("release")).expect("release file");
+    }
+
+    /// Waits (bounded) for every started agent and returns whether each exited with 0.
+    fn wait_all(&mut self) -> Vec<bool> {
+        let children = std::mem::take(&mut self.children);
+        children
+            .into_iter()
+            .map(|child| reap(child).success())
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A failing test must not leave holders behind.
+        self.release();
+        for mut child in self.children.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits for `child` to exit within [`EXIT`].
+fn reap(mut child: Child) -> std::process::ExitStatus {
+    wait_for("a step to exit", EXIT, || {
+        child.try_wait().expect("try_wait")
+    })
+}
+
+/// The ports in `list[key]` (`"live"` or `"stale"`).
+fn ports_in(list: &Value, key: &str) -> BTreeSet<u16> {
+    list[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} is not an array in {list}"))
+        .iter()
+        .map(|e| {
+            e["port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .expect("port")
+        })
+        .collect()
+}
+
+#[test]
+fn sixty_four_processes_started_at_once_get_distinct_ports() {
+    const PROCS: usize = 64;
+    let mut node = Node::new(PROCS as u16);
+    let pids: Vec<u32> = (0..PROCS).map(|_| node.start_holder()).collect();
+    let ports: Vec<u16> = pids.iter().map(|pid| node.port_of(*pid)).collect();
+
+    let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), PROCS, "ports handed out twice: {ports:?}");
+    assert!(
+        distinct.iter().all(|p| (node.start..=node.end).contains(p)),
+        "{ports:?}"
+    );
+
+    let list = node.list();
+    assert_eq!(ports_in(&list, "live"), distinct, "{list:#}");
+    for entry in list["live"].as_array().expect("live") {
+        let pid = entry["pid"].as_u64().expect("pid") as u32;
+        let port = entry["port"].as_u64().expect("port") as u16;
+        let i = pids
+            .iter()
+            .position(|p| *p == pid)
+            .expect("the holder is one of ours");
+        assert_eq!(ports[i], port, "record of {pid}");
+        assert_eq!(entry["holder_running"], true, "{entry}");
+    }
+
+    node.release();
+    assert!(
+        node.wait_all().iter().all(|ok| *ok),
+        "a step failed:\n{}",
+        node.stderrs()
+    );
+    let list = node.list();
+    assert_eq!(
+        ports_in(&list, "live"),
+        BTreeSet::new(),
+        "locks outlived their steps"
+    );
+    assert_eq!(ports_in(&list, "stale"), distinct);
+}
+
+#[test]
+fn kill_9_of_a_holder_frees_its_port_for_the_next_process() {
+    let mut node = Node::new(4);
+    let first = node.start_holder();
+    let first_port = node.port_of(first);
+    let second = node.start_holder();
+    assert_ne!(node.port_of(second), first_port);
+
+    // The step (same pid as the agent, which exec'd into it) holds the lock: kill it.
+    let mut victim = node.children.remove(0);
+    victim.kill().expect("kill -9 the first step");
+    reap(victim);
+    // Its `sleep` child inherited the lock descriptor and exits within 0.1 s.
+    wait_for("the killed step's lock to be free", EXIT, || {
+        ports_in(&node.list(), "stale")
+            .contains(&first_port)
+            .then_some(())
+    });
+
+    let third = node.start_holder();
+    assert_eq!(
+        node.port_of(third),
+        first_port,
+        "the freed port is reserved again"
+    );
+    assert_eq!(ports_in(&node.list(), "live").len(), 2);
+}
+
+#[test]
+fn a_port_an_unrelated_program_listens_on_is_skipped() {
+    let node = Node::new(3);
+    let _unrelated = TcpListener::bind(("127.0.0.1", node.start)).expect("bind the first port");
+    // (extra args, expected offset from the range start)
+    let cases: &[(&[&str], u16)] = &[(&[], 1), (&["--rank", "0"], 1), (&["--rank", "2"], 2)];
+    for (extra, offset) in cases {
+        let out = output_within(
+            &mut node.exec(extra, r#"echo "$AMLX_DEBUG_PORT""#),
+            SHORT_RUN,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            stdout.trim(),
+            (node.start + offset).to_string(),
+            "{extra:?}"
+        );
+    }
+    let list = node.list();
+    assert!(ports_in(&list, "live").is_empty(), "{list:#}");
+    assert!(
+        ports_in(&list, "stale").contains(&node.start),
+        "probed lock released: {list:#}"
+    );
+}
+
+#[test]
+fn exhausted_range_still_runs_the_step_and_says_why() {
+    let mut node = Node::new(2);
+    let _unrelated = TcpListener::bind(("127.0.0.1", node.end)).expect("bind the last port");
+    let holder = node.start_holder();
+    assert_eq!(node.port_of(holder), node.start);
+
+    let step = r#"echo "ran target=$AMLX_DEBUG_TARGET port=$AMLX_DEBUG_PORT""#;
+    let out = output_within(&mut node.exec(&[], step), SHORT_RUN);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the step must run: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ran target=false port="
+    );
+    for needle in [
+        node.range(),
+        node.lock_dir.display().to_string(),
+        format!("pid {holder}"),
+        "1 busy with unrelated programs".to_owned(),
+        "--port-range".to_owned(),
+    ] {
+        assert!(
+            stderr.contains(&needle),
+            "stderr lacks {needle:?}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn ports_list_table_and_missing_directory() {
+    let mut node = Node::new(2);
+    let missing = output_within(
+        agent()
+            .args(["ports", "list", "--lock-dir"])
+            .arg(&node.lock_dir),
+        SHORT_RUN,
+    );
+    assert!(missing.status.success());
+    let text = String::from_utf8_lossy(&missing.stdout);
+    assert!(text.contains("nothing is reserved"), "{text}");
+    assert!(
+        !node.lock_dir.exists(),
+        "ports list must not create the lock dir"
+    );
+
+    let holder = node.start_holder();
+    let port = node.port_of(holder);
+    let table = output_within(
+        agent()
+            .args(["ports", "list", "--lock-dir"])
+            .arg(&node.lock_dir),
+        SHORT_RUN,
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("1 live reservation"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&port.to_string()))
+        .unwrap_or_else(|| panic!("no row for {port}:\n{text}"));
+    assert!(
+        row.contains(&holder.to_string()) && row.contains("sh -c"),
+        "{row}"
+    );
+}

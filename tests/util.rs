@@ -74,3 +74,91 @@ pub fn mpiexec() -> PathBuf {
     );
     candidate
 }
+
+/// A random window of `len` ports (inclusive `(start, end)`) outside the kernel's ephemeral
+/// range, so connections of concurrently running tests never land in it, and every port
+/// of which could be bound on 127.0.0.1 just now. For `--port-range` in debug-port tests.
+pub fn free_port_range(len: u16) -> (u16, u16) {
+    /// Below this, ports are commonly taken by system services.
+    const LOWEST: u16 = 10_000;
+    /// Windows tried before giving up.
+    const ATTEMPTS: usize = 200;
+    let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    let mut windows: Vec<(u16, u16)> = Vec::new();
+    if eph_lo > LOWEST && eph_lo - LOWEST > len {
+        windows.push((LOWEST, eph_lo - len));
+    }
+    if eph_hi < u16::MAX - len {
+        windows.push((eph_hi + 1, u16::MAX - len));
+    }
+    assert!(
+        !windows.is_empty(),
+        "no room for {len} ports outside the ephemeral range"
+    );
+    for _ in 0..ATTEMPTS {
+        let (lo, hi) = windows[rand::random_range(0..windows.len())];
+        let start = rand::random_range(lo..=hi);
+        let end = start + len - 1;
+        let all_free = (start..=end).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return (start, end);
+        }
+    }
+    panic!("found no {len} free consecutive ports in {ATTEMPTS} attempts");
+}
+
+/// Polls `probe` every few milliseconds until it returns `Some`, panicking with `what`
+/// after `timeout`. The bounded replacement for sleeping in tests.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    /// Pause between polls.
+    const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Runs `cmd` to completion with captured stdout/stderr, killing it (SIGKILL) and
+/// panicking if it has not exited within `timeout`.
+pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the command");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => output.expect("collect the command's output"),
+        Err(_) => {
+            let pid = i32::try_from(pid).expect("pids fit in i32");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("{cmd:?} did not exit within {timeout:?}");
+        }
+    }
+}

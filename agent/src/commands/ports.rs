@@ -1,8 +1,152 @@
 //! `amlx-agent ports list`: this node's live reservations and stale lock files.
 
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Serialize;
+
 use crate::cli::{Cli, PortsListArgs};
+use crate::config::{self, Flags};
+use crate::ports::listing::{self, Entry, Listing};
+use crate::ports::{self, PortRange};
+use crate::role::ProcessEnv;
+
+/// Widest command shown in the table (the JSON has it whole).
+const COMMAND_COLUMN: usize = 60;
+
+/// The whole `--json` document.
+#[derive(Debug, Serialize)]
+struct Report {
+    /// The directory listed; `null` when none of the candidates exists.
+    lock_dir: Option<PathBuf>,
+    /// Every directory considered, in order.
+    candidates: Vec<PathBuf>,
+    /// The `--port-range` filter, when one was given.
+    range: Option<String>,
+    #[serde(flatten)]
+    listing: Listing,
+}
 
 pub fn list(cli: &Cli, args: &PortsListArgs) -> anyhow::Result<i32> {
-    let _ = (cli, args);
+    let flags = Flags {
+        config: cli.config.as_deref(),
+        log_format: cli.log_format,
+        ports: Some(&args.ports),
+        ..Flags::default()
+    };
+    let settings = config::load(&flags, &ProcessEnv)?;
+    let lookup = ports::find_lock_dir(settings.ports.lock_dir.as_deref());
+    // The whole directory unless a range was asked for: it is node-wide, shared by jobs
+    // with different ranges.
+    let range = args
+        .ports
+        .port_range
+        .is_some()
+        .then_some(settings.ports.range);
+    let listing = match &lookup.dir {
+        Some(dir) => {
+            let listing = listing::scan(dir)
+                .with_context(|| format!("could not list lock directory {}", dir.display()))?;
+            match range {
+                Some(range) => listing.within(range),
+                None => listing,
+            }
+        }
+        None => Listing::default(),
+    };
+    let report = Report {
+        lock_dir: lookup.dir,
+        candidates: lookup.candidates,
+        range: range.map(|r| r.to_string()),
+        listing,
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report).context("could not write JSON")?;
+        writeln!(out)?;
+    } else {
+        write_table(&mut out, &report, range)?;
+    }
     Ok(0)
+}
+
+fn write_table(
+    out: &mut impl Write,
+    report: &Report,
+    range: Option<PortRange>,
+) -> std::io::Result<()> {
+    let Some(dir) = &report.lock_dir else {
+        let tried: Vec<String> = report
+            .candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        return writeln!(
+            out,
+            "no lock directory exists ({}): nothing is reserved on this node",
+            tried.join(", ")
+        );
+    };
+    let scope = range.map(|r| format!(" in {r}")).unwrap_or_default();
+    writeln!(out, "lock dir {}", dir.display())?;
+    let live = &report.listing.live;
+    if live.is_empty() {
+        writeln!(out, "no live reservations{scope}")?;
+    } else {
+        writeln!(out, "{} live reservation(s){scope}:", live.len())?;
+        writeln!(
+            out,
+            "{:<6} {:<8} {:<5} {:<21} COMMAND",
+            "PORT", "PID", "RANK", "SINCE"
+        )?;
+        for entry in live {
+            writeln!(out, "{}", row(entry))?;
+        }
+    }
+    let stale = &report.listing.stale;
+    if !stale.is_empty() {
+        let ports: Vec<String> = stale.iter().map(|e| e.port.to_string()).collect();
+        writeln!(
+            out,
+            "{} stale lock file(s), free for reuse (holder gone): {}",
+            stale.len(),
+            ports.join(" ")
+        )?;
+    }
+    for bad in &report.listing.unreadable {
+        writeln!(out, "cannot inspect {}: {}", bad.path.display(), bad.error)?;
+    }
+    Ok(())
+}
+
+fn row(entry: &Entry) -> String {
+    let Some(record) = &entry.record else {
+        return format!(
+            "{:<6} {:<8} {:<5} {:<21} (record not readable)",
+            entry.port, "?", "?", "?"
+        );
+    };
+    let rank = record
+        .rank
+        .map_or_else(|| "-".to_owned(), |r| r.to_string());
+    let since = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.since),
+    );
+    let mut command: String = record.command.chars().take(COMMAND_COLUMN).collect();
+    if command.len() < record.command.len() {
+        command.push('…');
+    }
+    let note = if entry.holder_running {
+        ""
+    } else {
+        "  (pid gone: held by a child that inherited the lock)"
+    };
+    format!(
+        "{:<6} {:<8} {:<5} {:<21} {command}{note}",
+        entry.port,
+        record.pid,
+        rank,
+        since.to_string()
+    )
 }

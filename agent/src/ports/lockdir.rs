@@ -1,0 +1,271 @@
+//! The lock directory: which one (explicit, else `/run/amlx/ports`, then
+//! `$XDG_RUNTIME_DIR/amlx/ports`, then `/tmp/amlx-<uid>/ports`) and creating it with modes
+//! that let every user and container on the node share it.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::lockfile::{GUARD_FILE, open_lock_file};
+
+/// The node-wide default, shared by every user and container on the node.
+pub const SYSTEM_LOCK_DIR: &str = "/run/amlx/ports";
+
+/// Mode of a shared lock directory we create: world-writable so every user and container
+/// on the node can reserve, sticky so nobody can delete another user's lock files.
+const SHARED_DIR_MODE: u32 = 0o1777;
+
+/// Mode of a per-user lock directory we create (`$XDG_RUNTIME_DIR/...`, `/tmp/amlx-<uid>`).
+const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// The directory candidates, in order, with why each could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct LockDirError {
+    /// Each directory tried and why it failed, in order.
+    pub tried: Vec<(PathBuf, String)>,
+}
+
+impl fmt::Display for LockDirError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no usable debug-port lock directory (tried ")?;
+        for (i, (path, why)) in self.tried.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{}: {why}", path.display())?;
+        }
+        f.write_str("); point --lock-dir or AMLX_LOCK_DIR at a writable directory")
+    }
+}
+
+/// Who a lock directory is shared with, which decides the mode we create it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    /// Every user and container on the node (explicit dir, `/run/amlx/ports`).
+    Node,
+    /// This user only; with `check_parent_owner` the parent must be ours and not writable
+    /// by others (`/tmp/amlx-<uid>`, which someone else could have created first).
+    User { check_parent_owner: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Candidate {
+    path: PathBuf,
+    sharing: Sharing,
+}
+
+/// The default candidates: `/run/amlx/ports`, `$XDG_RUNTIME_DIR/amlx/ports` (when set and
+/// absolute), `/tmp/amlx-<uid>/ports`.
+fn default_candidates(xdg_runtime_dir: Option<&OsStr>, uid: u32) -> Vec<Candidate> {
+    let mut out = vec![Candidate {
+        path: PathBuf::from(SYSTEM_LOCK_DIR),
+        sharing: Sharing::Node,
+    }];
+    if let Some(xdg) = xdg_runtime_dir.map(Path::new).filter(|p| p.is_absolute()) {
+        out.push(Candidate {
+            path: xdg.join("amlx").join("ports"),
+            sharing: Sharing::User {
+                check_parent_owner: false,
+            },
+        });
+    }
+    out.push(Candidate {
+        path: PathBuf::from(format!("/tmp/amlx-{uid}")).join("ports"),
+        sharing: Sharing::User {
+            check_parent_owner: true,
+        },
+    });
+    out
+}
+
+fn candidates(explicit: Option<&Path>) -> Vec<Candidate> {
+    match explicit {
+        Some(path) => vec![Candidate {
+            path: path.to_path_buf(),
+            sharing: Sharing::Node,
+        }],
+        None => default_candidates(
+            std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+            nix::unistd::getuid().as_raw(),
+        ),
+    }
+}
+
+/// The lock directory: `explicit`, else the documented fallbacks (`/run/amlx/ports`,
+/// `$XDG_RUNTIME_DIR/amlx/ports`, `/tmp/amlx-<uid>/ports`): the first that can be created
+/// and written. An explicit directory has no fallback.
+pub fn lock_dir(explicit: Option<&Path>) -> Result<PathBuf, LockDirError> {
+    let mut tried = Vec::new();
+    for candidate in candidates(explicit) {
+        match prepare(&candidate) {
+            Ok(()) => return Ok(candidate.path),
+            Err(why) => tried.push((candidate.path, why)),
+        }
+    }
+    Err(LockDirError { tried })
+}
+
+/// Where `ports list` looks, without creating anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockDirLookup {
+    /// The directory reservations would be in, when one exists.
+    pub dir: Option<PathBuf>,
+    /// Every candidate considered, in order (for "nothing reserved: none of ... exists").
+    pub candidates: Vec<PathBuf>,
+}
+
+/// Resolves the lock directory like [`lock_dir`] but never creates one: the first existing
+/// candidate this user can write (the one `reserve` would pick), else the first existing.
+pub fn find_lock_dir(explicit: Option<&Path>) -> LockDirLookup {
+    let candidates: Vec<PathBuf> = candidates(explicit).into_iter().map(|c| c.path).collect();
+    let existing: Vec<&PathBuf> = candidates.iter().filter(|p| p.is_dir()).collect();
+    let writable = existing.iter().find(|p| {
+        use nix::unistd::{AccessFlags, access};
+        access(p.as_path(), AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
+    });
+    let dir = writable.or(existing.first()).map(|p| p.to_path_buf());
+    LockDirLookup { dir, candidates }
+}
+
+/// Creates `candidate` if missing (with its mode) and checks that files can be created in
+/// it by creating the guard file. The error says what failed, for [`LockDirError`].
+fn prepare(candidate: &Candidate) -> Result<(), String> {
+    let path = &candidate.path;
+    if let Sharing::User {
+        check_parent_owner: true,
+    } = candidate.sharing
+    {
+        let parent = path.parent().expect("/tmp/amlx-<uid>/ports has a parent");
+        ensure_dir(parent, PRIVATE_DIR_MODE)?;
+        check_private(parent)?;
+    }
+    let mode = match candidate.sharing {
+        Sharing::Node => SHARED_DIR_MODE,
+        Sharing::User { .. } => PRIVATE_DIR_MODE,
+    };
+    ensure_dir(path, mode)?;
+    open_lock_file(&path.join(GUARD_FILE))
+        .map(drop)
+        .map_err(|e| format!("cannot create files in it ({e})"))
+}
+
+/// Creates `dir` (and missing parents, with default modes) and, only when we created the
+/// leaf, sets `mode` on it exactly (mkdir's mode is cut by the umask).
+fn ensure_dir(dir: &Path, mode: u32) -> Result<(), String> {
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {} ({e})", parent.display()))?;
+    }
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("cannot set mode {mode:o} on {} ({e})", dir.display())),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(format!("{} exists and is not a directory", dir.display()))
+        }
+        Err(e) => Err(format!("cannot create {} ({e})", dir.display())),
+    }
+}
+
+/// A per-user directory in a shared place (`/tmp`) must be ours, a real directory, and not
+/// writable by others: otherwise someone created it first to read or steer our files.
+fn check_private(dir: &Path) -> Result<(), String> {
+    let meta =
+        fs::symlink_metadata(dir).map_err(|e| format!("cannot stat {} ({e})", dir.display()))?;
+    let uid = nix::unistd::getuid().as_raw();
+    if !meta.file_type().is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if meta.uid() != uid {
+        return Err(format!(
+            "{} belongs to uid {}, not to us (uid {uid})",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by others (mode {:o})",
+            dir.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_candidates_in_order() {
+        let with_xdg = default_candidates(Some(OsStr::new("/run/user/1000")), 1000);
+        let paths: Vec<_> = with_xdg.iter().map(|c| c.path.clone()).collect();
+        assert_eq!(
+            paths,
+            [
+                PathBuf::from("/run/amlx/ports"),
+                PathBuf::from("/run/user/1000/amlx/ports"),
+                PathBuf::from("/tmp/amlx-1000/ports"),
+            ]
+        );
+        for xdg in [None, Some(OsStr::new("relative/dir")), Some(OsStr::new(""))] {
+            let paths: Vec<_> = default_candidates(xdg, 7)
+                .into_iter()
+                .map(|c| c.path)
+                .collect();
+            assert_eq!(
+                paths,
+                [
+                    PathBuf::from("/run/amlx/ports"),
+                    PathBuf::from("/tmp/amlx-7/ports")
+                ],
+                "{xdg:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_dir_is_created_shared_and_has_no_fallback() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("a/b/ports");
+        assert_eq!(lock_dir(Some(&dir)), Ok(dir.clone()));
+        let mode = fs::metadata(&dir).expect("created").mode() & 0o7777;
+        assert_eq!(mode, SHARED_DIR_MODE);
+        let guard = fs::metadata(dir.join(GUARD_FILE)).expect("guard created");
+        assert_eq!(guard.mode() & 0o777, 0o666, "files in a 1777 dir are 0666");
+
+        let file = tmp.path().join("not-a-dir");
+        fs::write(&file, b"").expect("write");
+        let err = lock_dir(Some(&file)).expect_err("a file is not a lock dir");
+        assert_eq!(err.tried.len(), 1);
+        let text = err.to_string();
+        assert!(
+            text.contains("not-a-dir") && text.contains("--lock-dir"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn find_lock_dir_never_creates() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("missing");
+        let found = find_lock_dir(Some(&dir));
+        assert_eq!(found.dir, None);
+        assert_eq!(found.candidates, std::slice::from_ref(&dir));
+        assert!(!dir.exists());
+        assert_eq!(find_lock_dir(Some(tmp.path())).dir, Some(tmp.path().into()));
+    }
+
+    #[test]
+    fn private_parent_must_be_ours_and_closed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("amlx-x");
+        ensure_dir(&dir, PRIVATE_DIR_MODE).expect("create");
+        assert_eq!(check_private(&dir), Ok(()));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = check_private(&dir).expect_err("world-writable");
+        assert!(err.contains("writable by others"), "{err}");
+    }
+}

@@ -1,0 +1,215 @@
+//! A port's lock file: its name, opening it safely in a shared directory, probing whether
+//! someone holds it, and reading/writing the holder record inside.
+//!
+//! Locks are taken with std's `File::try_lock` / `try_lock_shared` (stable since Rust 1.89,
+//! `flock(2)` on Linux) rather than the `fs2` crate: no extra dependency, and `flock` has
+//! exactly the semantics we rely on — the lock belongs to the open file description, is
+//! released by the kernel when the last descriptor to it closes (so `kill -9` never leaks a
+//! port), and survives `execve` when the descriptor is inherited. The unit test
+//! `a_second_open_in_the_same_process_conflicts` pins the one property that would break
+//! silently if std ever switched to POSIX record locks.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Name of the guard file serialising slot-limited scans (never a port).
+pub const GUARD_FILE: &str = ".guard";
+
+/// Suffix of a port's lock file: `<port>.lock`.
+pub const LOCK_SUFFIX: &str = ".lock";
+
+/// The lock file of `port` in `dir`.
+pub fn lock_path(dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!("{port}{LOCK_SUFFIX}"))
+}
+
+/// The port a lock file name stands for (`5678.lock` → 5678); `None` for anything else.
+pub fn port_of(file_name: &OsStr) -> Option<u16> {
+    let name = file_name.to_str()?;
+    let digits = name.strip_suffix(LOCK_SUFFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|p| *p != 0)
+}
+
+/// An open lock file.
+#[derive(Debug)]
+pub struct LockFile {
+    pub file: File,
+    /// False when only a read-only open was allowed (a file another user created without
+    /// group/other write): it still locks (flock needs no write access), but the record
+    /// cannot be updated.
+    pub writable: bool,
+}
+
+/// Opens (creating if missing) a lock file without following symlinks, checking it is a
+/// plain file with one link: a shared sticky directory lets anyone plant `5678.lock`, and
+/// we truncate what we lock, so it must never be someone's other file.
+///
+/// New files get mode 0644 plus group/other write when the directory grants them, so
+/// whoever may create lock files may also take over a free one and write its record.
+pub fn open_lock_file(path: &Path) -> io::Result<LockFile> {
+    let nofollow = nix::fcntl::OFlag::O_NOFOLLOW.bits();
+    let created = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nofollow)
+        .open(path);
+    let (file, writable) = match created {
+        Ok(file) => {
+            let mode = file_mode_for_dir(path.parent().unwrap_or(Path::new(".")));
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+            (file, true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let open = |write| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(write)
+                    .custom_flags(nofollow)
+                    .open(path)
+            };
+            match open(true) {
+                Ok(file) => (file, true),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => (open(false)?, false),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() || meta.nlink() != 1 {
+        return Err(io::Error::other(format!(
+            "{} is not a plain lock file (type {:?}, {} links); remove it",
+            path.display(),
+            meta.file_type(),
+            meta.nlink()
+        )));
+    }
+    Ok(LockFile { file, writable })
+}
+
+/// 0644, plus group/other write when the directory is group/other writable.
+fn file_mode_for_dir(dir: &Path) -> u32 {
+    let dir_mode = fs::metadata(dir).map(|m| m.mode()).unwrap_or(0o700);
+    0o644 | (dir_mode & 0o022)
+}
+
+/// Whether someone holds a lock file's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    /// Held: a live reservation.
+    Held,
+    /// Free: the file is left over from a holder that is gone.
+    Free,
+}
+
+/// Probes `file` with a non-blocking *shared* lock, released at once; never blocks.
+///
+/// A shared probe never excludes another prober, but for its instant it does make a
+/// concurrent exclusive `try_lock` fail; reservers then just take the next port.
+pub fn lock_state(file: &File) -> io::Result<LockState> {
+    match file.try_lock_shared() {
+        Ok(()) => {
+            file.unlock()?;
+            Ok(LockState::Free)
+        }
+        Err(TryLockError::WouldBlock) => Ok(LockState::Held),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Reads the whole lock file from the start (a record is small).
+pub fn read_record(file: &File) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    /// Records are far smaller; a bigger file is not ours and only its start is read.
+    const MAX_RECORD_BYTES: usize = 64 * 1024;
+    let mut buf = vec![0; MAX_RECORD_BYTES];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read_at(&mut buf[len..], len as u64)? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// Replaces the lock file's content with `bytes` (called only while holding the lock).
+pub fn write_record(file: &File, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.set_len(0)?;
+    file.write_all_at(bytes, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_file_names() {
+        let cases: &[(&str, Option<u16>)] = &[
+            ("5678.lock", Some(5678)),
+            ("65535.lock", Some(65535)),
+            ("0.lock", None),
+            ("65536.lock", None),
+            (".guard", None),
+            ("+5.lock", None),
+            (".lock", None),
+            ("5678.lock.tmp", None),
+            ("5678", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(port_of(OsStr::new(name)), *want, "{name}");
+        }
+        assert_eq!(
+            port_of(lock_path(Path::new("/x"), 5678).file_name().expect("name")),
+            Some(5678)
+        );
+    }
+
+    #[test]
+    fn a_second_open_in_the_same_process_conflicts() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = lock_path(tmp.path(), 4000);
+        let a = open_lock_file(&path).expect("open a");
+        let b = open_lock_file(&path).expect("open b");
+        a.file.try_lock().expect("first lock");
+        assert!(matches!(b.file.try_lock(), Err(TryLockError::WouldBlock)));
+        assert_eq!(lock_state(&b.file).expect("probe"), LockState::Held);
+        drop(a);
+        assert_eq!(lock_state(&b.file).expect("probe"), LockState::Free);
+        b.file.try_lock().expect("free after the holder closed");
+    }
+
+    #[test]
+    fn refuses_symlinks_and_hard_links() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"precious").expect("write");
+        let link = lock_path(tmp.path(), 4001);
+        std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+        assert!(open_lock_file(&link).is_err(), "symlink followed");
+        let hard = lock_path(tmp.path(), 4002);
+        fs::hard_link(&victim, &hard).expect("hard link");
+        let err = open_lock_file(&hard).expect_err("hard link accepted");
+        assert!(err.to_string().contains("not a plain lock file"), "{err}");
+        assert_eq!(fs::read(&victim).expect("read"), b"precious");
+    }
+
+    #[test]
+    fn record_write_replaces_content() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let lock = open_lock_file(&lock_path(tmp.path(), 4003)).expect("open");
+        write_record(&lock.file, b"a much longer first record").expect("write");
+        write_record(&lock.file, b"short").expect("write");
+        assert_eq!(read_record(&lock.file).expect("read"), b"short");
+    }
+}
