@@ -74,3 +74,62 @@ pub fn mpiexec() -> PathBuf {
     );
     candidate
 }
+
+/// Longest a test waits for a process or a condition before failing.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Pause between two polls of a condition (polling, never synchronisation by itself).
+const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Polls `condition` until it holds; panics naming `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Waits for `child` at most [`DEADLINE`]; kills it and panics when it is still running.
+pub fn wait_bounded(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if start.elapsed() >= DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "process {} still running after {DEADLINE:?}; killed",
+                child.id()
+            );
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Runs `cmd` to completion, bounded by [`DEADLINE`]. Output goes through files, so a
+/// leftover grandchild holding stdout open cannot block the test.
+pub fn output_bounded(cmd: &mut Command) -> std::process::Output {
+    let stdout = tempfile::tempfile().expect("stdout file");
+    let stderr = tempfile::tempfile().expect("stderr file");
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout.try_clone().expect("clone stdout file"))
+        .stderr(stderr.try_clone().expect("clone stderr file"))
+        .spawn()
+        .expect("spawn");
+    let status = wait_bounded(&mut child);
+    let read = |mut file: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut bytes = Vec::new();
+        file.rewind().expect("rewind");
+        file.read_to_end(&mut bytes).expect("read output");
+        bytes
+    };
+    std::process::Output {
+        status,
+        stdout: read(stdout),
+        stderr: read(stderr),
+    }
+}
