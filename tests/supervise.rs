@@ -259,3 +259,120 @@ fn processes_mentioning(needle: &Path) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// Sets a distinctive signal state (blocked and ignored signals, SIGCHLD ignored), prints
+/// its own `SigBlk`/`SigIgn`, then execs `argv[1..]`: the agent starts with that state.
+const SIGNAL_STATE_WRAPPER: &str = r#"
+import os, signal, sys
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # python ignores it; start the agent clean
+for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD):
+    signal.signal(sig, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGALRM})
+with open('/proc/self/status') as status:
+    sys.stdout.write(''.join(l for l in status if l.startswith(('SigBlk', 'SigIgn'))))
+sys.stdout.flush()
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+#[test]
+fn step_gets_the_signal_mask_and_ignored_signals_the_agent_received() {
+    for mode in ["--replace", "--supervise"] {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", SIGNAL_STATE_WRAPPER])
+            .arg(util::agent_bin())
+            .args([
+                "exec",
+                mode,
+                "--",
+                "grep",
+                "-E",
+                "^Sig(Blk|Ign)",
+                "/proc/self/status",
+            ]);
+        let out = output_bounded(&mut cmd);
+        let stdout = text(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 4, "{mode}: {stdout}{}", text(&out.stderr));
+        assert_eq!(
+            lines[0..2],
+            lines[2..4],
+            "{mode}: step state == agent's start state"
+        );
+        assert_ne!(
+            lines[0], "SigBlk:\t0000000000000000",
+            "the wrapper blocked signals"
+        );
+        // The step's exit status survived SIGCHLD being ignored at start.
+        assert_eq!(out.status.code(), Some(0), "{mode}");
+    }
+    // And a non-zero code too, with SIGCHLD ignored at start.
+    let out = output_bounded(
+        Command::new("python3")
+            .args(["-c", SIGNAL_STATE_WRAPPER])
+            .arg(util::agent_bin())
+            .args(["exec", "--supervise", "--", "sh", "-c", "exit 7"]),
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+}
+
+/// Runs `argv[1..]` on a new pseudo-terminal (session leader, foreground), types a line,
+/// then ^C; prints everything the terminal showed and the exit code. All waits bounded.
+const PTY_DRIVER: &str = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+seen = b''
+def read_until(token, limit):
+    global seen
+    deadline = time.monotonic() + limit
+    while token not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.05)[0]:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen += chunk
+read_until(b'ready', 10)
+os.write(fd, b'hello\n')
+read_until(b'got hello', 10)
+os.write(fd, b'\x03')
+code = 'timeout'
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        code = os.waitstatus_to_exitcode(status)
+        break
+    read_until(b'\0', 0.05)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+print(seen.decode(errors='replace'))
+print('exit', code)
+"#;
+
+#[test]
+fn step_gets_the_terminal_foreground() {
+    // The step reads from the terminal: as a background group it would be stopped by
+    // SIGTTIN. ^C then goes to the foreground group (the step): 128+SIGINT.
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", PTY_DRIVER]).arg(util::agent_bin()).args([
+        "exec",
+        "--supervise",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; read line; echo \"got $line\"; exec sleep 30",
+    ]);
+    let out = output_bounded(&mut cmd);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("got hello"),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.trim_end().ends_with("exit 130"), "{stdout}");
+}
