@@ -1,7 +1,7 @@
 //! Running the step: replace (execve, same PID) or supervise (PID 1 duties like tini).
 //!
-//! - [`replace`]: the agent *becomes* the step. No threads, no runtime, no handlers.
-//! - [`supervise`]: the agent stays the parent: forwards signals to the step's process
+//! - replace: the agent *becomes* the step. No threads, no runtime, no handlers.
+//! - supervise: the agent stays the parent: forwards signals to the step's process
 //!   group, reaps every child (orphans included), exits with the step's code.
 //!
 //! # The signal rule for supervise mode
@@ -11,9 +11,11 @@
 //! [`Supervisor::spawn`]. Threads inherit the mask of the thread that creates them, so
 //! every thread then has the forwarded signals blocked and only the supervisor's
 //! `sigwait` takes them. A thread started earlier could have a forwarded signal delivered
-//! to it (default action: kill the agent) instead of to the step. For the same reason,
-//! nothing in the process may use `tokio::signal` for these signals or spawn children
-//! through `tokio::process`: the supervisor reaps *every* child with `waitpid(-1)`.
+//! to it (default action: kill the agent) instead of to the step. Likewise nothing else
+//! in the process may use `tokio::signal` for these signals, or spawn and wait for its
+//! own children (`tokio::process`, `Command::status`): the supervisor reaps *every*
+//! child with `waitpid(-1)`. Signals that arrive between `block` and `spawn` stay
+//! pending and reach the step as soon as it starts.
 
 mod exit;
 mod program;
@@ -32,7 +34,9 @@ pub use supervise::Supervisor;
 /// How the agent runs the step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcessMode {
+    /// `execve` into the step: same PID, so launchers see the process they started.
     Replace,
+    /// Stay the step's parent like tini (PID 1 of a container).
     Supervise,
 }
 

@@ -120,7 +120,9 @@ fn in_child(
         // Failure only leaves the step in the background: not worth aborting over.
         let _ = tcsetpgrp(stdin.as_fd(), getpgrp());
     }
-    inherit_fds(keep_fds)?;
+    // Best effort, as in replace mode: a descriptor that is not open must not stop the
+    // step (nothing can be logged from here; replace mode logs the same failure).
+    let _ = inherit_fds(keep_fds);
     signals.restore_in_child()
 }
 
