@@ -113,15 +113,18 @@ pub fn free_port_range(len: u16) -> (u16, u16) {
     panic!("found no {len} free consecutive ports in {ATTEMPTS} attempts");
 }
 
-/// Polls `probe` every few milliseconds until it returns `Some`, panicking with `what`
-/// after `timeout`. The bounded replacement for sleeping in tests.
+/// Longest a test waits for a process or a condition before failing.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Pause between two polls of a condition (polling, never synchronisation by itself).
+const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Polls `probe` until it returns `Some`, panicking with `what` after `timeout`.
+/// The bounded replacement for sleeping in tests.
 pub fn wait_for<T>(
     what: &str,
     timeout: std::time::Duration,
     mut probe: impl FnMut() -> Option<T>,
 ) -> T {
-    /// Pause between polls.
-    const POLL: std::time::Duration = std::time::Duration::from_millis(10);
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(value) = probe() {
@@ -131,34 +134,69 @@ pub fn wait_for<T>(
             std::time::Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
-        std::thread::sleep(POLL);
+        std::thread::sleep(POLL_INTERVAL);
     }
 }
 
-/// Runs `cmd` to completion with captured stdout/stderr, killing it (SIGKILL) and
-/// panicking if it has not exited within `timeout`.
-pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> std::process::Output {
-    use std::process::Stdio;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the command");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(output) => output.expect("collect the command's output"),
-        Err(_) => {
-            let pid = i32::try_from(pid).expect("pids fit in i32");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("{cmd:?} did not exit within {timeout:?}");
+/// Polls `condition` until it holds; panics naming `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    wait_for(what, DEADLINE, || condition().then_some(()));
+}
+
+/// Waits for `child` at most `timeout`; kills it and panics when it is still running.
+pub fn wait_within(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
         }
+        if start.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "process {} still running after {timeout:?}; killed",
+                child.id()
+            );
+        }
+        std::thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Waits for `child` at most [`DEADLINE`]; kills it and panics when it is still running.
+pub fn wait_bounded(child: &mut std::process::Child) -> std::process::ExitStatus {
+    wait_within(child, DEADLINE)
+}
+
+/// Runs `cmd` to completion, killing it and panicking after `timeout`. Output goes
+/// through files, so a leftover grandchild holding stdout open cannot block the test.
+pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> std::process::Output {
+    let stdout = tempfile::tempfile().expect("stdout file");
+    let stderr = tempfile::tempfile().expect("stderr file");
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout.try_clone().expect("clone stdout file"))
+        .stderr(stderr.try_clone().expect("clone stderr file"))
+        .spawn()
+        .expect("spawn");
+    let status = wait_within(&mut child, timeout);
+    let read = |mut file: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut bytes = Vec::new();
+        file.rewind().expect("rewind");
+        file.read_to_end(&mut bytes).expect("read output");
+        bytes
+    };
+    std::process::Output {
+        status,
+        stdout: read(stdout),
+        stderr: read(stderr),
+    }
+}
+
+/// [`output_within`] bounded by [`DEADLINE`].
+pub fn output_bounded(cmd: &mut Command) -> std::process::Output {
+    output_within(cmd, DEADLINE)
 }

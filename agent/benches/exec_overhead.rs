@@ -16,7 +16,9 @@ fn main() {
     let direct = || Command::new("true");
     let through_agent = || {
         let mut cmd = Command::new(agent);
-        cmd.args(["exec", "--", "true"]).env_remove("AMLX_DEBUG").env_remove("AMLX_CONFIG");
+        cmd.args(["exec", "--", "true"])
+            .env_remove("AMLX_DEBUG")
+            .env_remove("AMLX_CONFIG");
         cmd
     };
     // Warm the page cache and the dynamic loader for both.
@@ -34,11 +36,26 @@ fn main() {
     let agent_median = median(&mut agent_times);
     let overhead = agent_median.saturating_sub(direct_median);
     println!("exec overhead for a non-target process ({RUNS} runs each, medians)");
-    println!("  direct `true`:                 {:>8.1} us", micros(direct_median));
-    println!("  `amlx-agent exec -- true`:     {:>8.1} us", micros(agent_median));
-    println!("  overhead:                      {:>8.1} us", micros(overhead));
-    println!("  ratio agent/direct:            {:>8.2}x", ratio(agent_median, direct_median));
-    println!("  agent path peak RSS (children): {} KiB", peak_child_rss_kib());
+    println!(
+        "  direct `true`:                 {:>8.1} us",
+        micros(direct_median)
+    );
+    println!(
+        "  `amlx-agent exec -- true`:     {:>8.1} us",
+        micros(agent_median)
+    );
+    println!(
+        "  overhead:                      {:>8.1} us",
+        micros(overhead)
+    );
+    println!(
+        "  ratio agent/direct:            {:>8.2}x",
+        ratio(agent_median, direct_median)
+    );
+    println!(
+        "  agent path peak RSS (children): {} KiB",
+        peak_child_rss_kib()
+    );
 }
 
 fn time_one(mut cmd: Command) -> Duration {

@@ -1,0 +1,104 @@
+//! Running the step: replace (execve, same PID) or supervise (PID 1 duties like tini).
+//!
+//! - replace: the agent *becomes* the step. No threads, no runtime, no handlers.
+//! - supervise: the agent stays the parent: forwards signals to the step's process
+//!   group, reaps every child (orphans included), exits with the step's code.
+//!
+//! # The signal rule for supervise mode
+//!
+//! Block the supervisor's signals ([`SignalMask::block`]) on the main thread **before any
+//! other thread exists**, then start threads (the in-process relay runtime), then
+//! [`Supervisor::spawn`]. Threads inherit the mask of the thread that creates them, so
+//! every thread then has the forwarded signals blocked and only the supervisor's
+//! `sigwait` takes them. A thread started earlier could have a forwarded signal delivered
+//! to it (default action: kill the agent) instead of to the step. Likewise nothing else
+//! in the process may use `tokio::signal` for these signals, or spawn and wait for its
+//! own children (`tokio::process`, `Command::status`): the supervisor reaps *every*
+//! child with `waitpid(-1)`. Signals that arrive between `block` and `spawn` stay
+//! pending and reach the step as soon as it starts.
+
+mod exit;
+mod program;
+mod replace;
+mod signals;
+mod supervise;
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+
+pub use exit::StepExit;
+pub use program::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
+pub use signals::{FORWARDED, SignalMask};
+pub use supervise::Supervisor;
+
+/// How the agent runs the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessMode {
+    /// `execve` into the step: same PID, so launchers see the process they started.
+    Replace,
+    /// Stay the step's parent like tini (PID 1 of a container).
+    Supervise,
+}
+
+/// The command plus what the agent adds to its environment.
+#[derive(Debug, Clone, Default)]
+pub struct Step {
+    /// Program and arguments; the program is looked up in `PATH` like a shell does
+    /// (the `PATH` in `env` when it sets one), and `argv[0]` is passed on as given.
+    pub argv: Vec<OsString>,
+    /// Added to (or overriding) the agent's own environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Descriptors the step must inherit (port locks in replace mode). They must be open;
+    /// the step inherits them in both modes, every other descriptor stays close-on-exec.
+    /// In supervise mode the supervisor can hold a lock itself instead of listing it here.
+    pub keep_fds: Vec<RawFd>,
+}
+
+/// Could not start the step.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExecError {
+    /// 127 not found, 126 not executable.
+    pub exit_code: i32,
+    /// One line: "cannot run 'foo': command not found".
+    pub message: String,
+}
+
+/// Replace when not PID 1, supervise when PID 1 (container ENTRYPOINT).
+pub fn default_mode() -> ProcessMode {
+    if std::process::id() == 1 {
+        ProcessMode::Supervise
+    } else {
+        ProcessMode::Replace
+    }
+}
+
+/// Runs the step. Replace mode returns only when `execve` failed; supervise mode returns
+/// the step's exit code (128+N when it died of signal N). Failures to start the step are
+/// reported as one line on stderr and returned as 127 / 126.
+pub fn run(mode: ProcessMode, step: &Step) -> i32 {
+    match mode {
+        ProcessMode::Replace => report(replace::exec(step)),
+        ProcessMode::Supervise => {
+            let signals = match SignalMask::block() {
+                Ok(signals) => signals,
+                Err(err) => {
+                    // Never seen in practice (sigprocmask only fails on a bad argument);
+                    // running the step unsupervised beats not running it.
+                    tracing::warn!("cannot block signals for supervise mode ({err}); replacing");
+                    return report(replace::exec(step));
+                }
+            };
+            match Supervisor::spawn(step, signals) {
+                Ok(supervisor) => supervisor.wait().code(),
+                Err(err) => report(err),
+            }
+        }
+    }
+}
+
+/// Prints the one-line reason the step could not start and returns its exit code.
+fn report(err: ExecError) -> i32 {
+    eprintln!("amlx-agent: {err} (exit {})", err.exit_code);
+    err.exit_code
+}
