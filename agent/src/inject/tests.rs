@@ -46,7 +46,8 @@ fn plan_by_mode_and_command() {
             program: p.to_owned(),
         })
     };
-    let cases: Vec<(InjectMode, &[&str], HashMap<String, String>, Want)> = vec![
+    type Case<'a> = (InjectMode, &'a [&'a str], HashMap<String, String>, Want);
+    let cases: Vec<Case<'_>> = vec![
         (
             InjectMode::Auto,
             &["python3", "s.py"],
