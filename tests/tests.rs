@@ -7,6 +7,7 @@ mod config;
 mod detect;
 mod exec;
 mod inject;
+mod launch_json;
 mod ports;
 mod relay;
 mod supervise;

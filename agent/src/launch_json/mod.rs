@@ -257,7 +257,7 @@ pub fn render(spec: &LaunchSpec) -> String {
     merge(NEW_DOCUMENT, spec).expect("the built-in document is a JSON object")
 }
 
-/// What [`write`] did to the file.
+/// What [`write()`] did to the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
     /// The file did not exist.
@@ -270,6 +270,15 @@ pub enum WriteOutcome {
 
 /// Creates or merges into `path`; keeps the previous content in `<path>.bak` when it changes.
 pub fn write(path: &Path, spec: &LaunchSpec) -> anyhow::Result<WriteOutcome> {
+    // Write through a symlinked launch.json (dotfiles) instead of replacing the link.
+    let resolved;
+    let path = if path.is_symlink() {
+        resolved = std::fs::canonicalize(path)
+            .with_context(|| format!("could not resolve the symlink {}", path.display()))?;
+        resolved.as_path()
+    } else {
+        path
+    };
     let old = match std::fs::read(path) {
         Ok(bytes) => Some(
             String::from_utf8(bytes)
