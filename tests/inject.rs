@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,11 @@ fn run_bounded(mut cmd: Command, deadline: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the step");
+    wait_bounded(child, deadline)
+}
+
+/// Waits for a child and collects its output, killing it if it outlives `deadline`.
+fn wait_bounded(child: Child, deadline: Duration) -> Output {
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -67,8 +72,23 @@ fn run_bounded(mut cmd: Command, deadline: Duration) -> Output {
     match rx.recv_timeout(deadline) {
         Ok(output) => output.expect("wait for the step"),
         Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            kill(pid);
             panic!("step {pid} did not finish within {deadline:?}");
+        }
+    }
+}
+
+fn kill(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+/// Kills a step that a failing assertion would otherwise leave waiting for a debugger.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            kill(self.0);
         }
     }
 }
@@ -173,11 +193,7 @@ fn connect_mode_holds_the_step_until_released() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
+    let _guard = KillOnPanic(child.id());
     let mut conn = accept_within(&listener, CONNECT_DEADLINE);
     conn.write_all(&inject::release_request())
         .expect("send configurationDone");
@@ -198,16 +214,125 @@ fn connect_mode_holds_the_step_until_released() {
         "no successful configurationDone response: {}",
         String::from_utf8_lossy(&seen)
     );
-    let output = match rx.recv_timeout(STEP_DEADLINE) {
-        Ok(output) => output.expect("wait"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("the released step did not finish");
-        }
-    };
+    let output = wait_bounded(child, STEP_DEADLINE);
     let report = report(&output);
     assert_eq!(report["running"], "true");
     assert_eq!(report["loaded"], true);
+}
+
+/// Sends one framed DAP request.
+fn dap_send(conn: &mut TcpStream, seq: u64, command: &str, arguments: serde_json::Value) {
+    let body = serde_json::json!({
+        "seq": seq, "type": "request", "command": command, "arguments": arguments,
+    })
+    .to_string();
+    write!(conn, "Content-Length: {}\r\n\r\n{body}", body.len()).expect("send DAP request");
+}
+
+/// Reads one framed DAP message; `None` at end of stream.
+fn dap_read(reader: &mut BufReader<TcpStream>) -> Option<serde_json::Value> {
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read DAP header") == 0 {
+            return None;
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(n) = line.strip_prefix("Content-Length:") {
+            length = n.trim().parse::<usize>().ok();
+        }
+    }
+    let mut body = vec![0; length.expect("a Content-Length header")];
+    reader.read_exact(&mut body).expect("read DAP body");
+    Some(serde_json::from_slice(&body).expect("DAP body is JSON"))
+}
+
+/// A breakpoint on line 2, set by a client speaking DAP on the socket debugpy connected
+/// to, is hit: connect mode holds the step until the client's configuration is done.
+#[test]
+fn connect_mode_hits_a_breakpoint_on_the_first_lines() {
+    const MAX_MESSAGES: usize = 500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("bp.py");
+    std::fs::write(
+        &script,
+        "import sys\nx = 1\nprint('after the breakpoint', x)\n",
+    )
+    .expect("write bp.py");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = Endpoint {
+        mode: DebugMode::Connect,
+        port: listener.local_addr().expect("addr").port(),
+        node_ip: None,
+    };
+    let (mut cmd, _) = injected_command(&["python3".into(), script.clone().into()], endpoint);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let _guard = KillOnPanic(child.id());
+    let mut conn = accept_within(&listener, CONNECT_DEADLINE);
+    conn.set_read_timeout(Some(CONNECT_DEADLINE))
+        .expect("read timeout");
+    let mut reader = BufReader::new(conn.try_clone().expect("clone stream"));
+    let path = script.display().to_string();
+    let requests = [
+        (
+            "initialize",
+            serde_json::json!({"adapterID": "amlx-test", "linesStartAt1": true, "columnsStartAt1": true, "pathFormat": "path"}),
+        ),
+        ("attach", serde_json::json!({"justMyCode": false})),
+        (
+            "setBreakpoints",
+            serde_json::json!({"source": {"path": path}, "breakpoints": [{"line": 2}]}),
+        ),
+        ("configurationDone", serde_json::json!({})),
+    ];
+    let mut seq = 0;
+    for (command, arguments) in requests {
+        seq += 1;
+        dap_send(&mut conn, seq, command, arguments);
+    }
+    let mut stopped_at = None;
+    for _ in 0..MAX_MESSAGES {
+        let Some(message) = dap_read(&mut reader) else {
+            break;
+        };
+        if message["event"] == "stopped" {
+            seq += 1;
+            let thread = message["body"]["threadId"].clone();
+            dap_send(
+                &mut conn,
+                seq,
+                "stackTrace",
+                serde_json::json!({"threadId": thread}),
+            );
+        } else if message["command"] == "stackTrace" {
+            let top = &message["body"]["stackFrames"][0];
+            stopped_at = Some((top["source"]["path"].clone(), top["line"].clone()));
+            seq += 1;
+            dap_send(&mut conn, seq, "disconnect", serde_json::json!({}));
+        } else if message["command"] == "disconnect" {
+            break;
+        }
+    }
+    drop(reader);
+    drop(conn);
+    let (path_seen, line) = stopped_at.expect("the breakpoint was hit");
+    assert_eq!(line, 2);
+    assert!(
+        path_seen.as_str().unwrap_or_default().ends_with("bp.py"),
+        "{path_seen}"
+    );
+    let output = wait_bounded(child, STEP_DEADLINE);
+    assert!(output.status.success(), "{}", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("after the breakpoint 1"), "{stdout}");
 }
 
 /// Accepts one connection, polling a non-blocking listener up to `deadline`.
