@@ -19,6 +19,9 @@
 //! - `--listen` returns as soon as its adapter listens; without `--wait-for-client` user
 //!   code runs at once and only breakpoints set after the attach are honoured. With it,
 //!   the step waits (without limit) for the IDE's `configurationDone`.
+//! - `PYTHONBREAKPOINT=debugpy.breakpoint` makes `breakpoint()` stop in the IDE (and do
+//!   nothing while no IDE is attached). Interpreters started with `-E` or `-I` ignore
+//!   it; their options are kept as the user wrote them.
 //! - If `DEBUGPY_RUNNING=true` is inherited, `-m debugpy` neither listens nor connects
 //!   and runs the target undebugged without a word, so [`plan`] refuses to inject.
 //! - Python 3.11+ freezes stdlib modules, and debugpy then warns it may miss
