@@ -6,6 +6,8 @@ mod cli;
 mod config;
 mod detect;
 mod exec;
+mod inject;
+mod launch_json;
 mod ports;
 mod relay;
 mod supervise;

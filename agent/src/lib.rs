@@ -5,6 +5,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod inject;
+pub mod launch_json;
 pub mod logging;
 pub mod netinfo;
 pub mod policy;

@@ -94,6 +94,21 @@ pub enum Command {
 
     /// Azure Relay Hybrid Connections: self-hosted server, listener and sender forwarders.
     Relay(RelayArgs),
+
+    /// Write VS Code attach configurations for a job's debug ports into launch.json.
+    ///
+    /// One "amlx: ..." attach configuration per port plus the compound "amlx: all ranks"
+    /// that starts them together. connect mode (the default) makes VS Code listen, for
+    /// debugpy arriving through `relay listen`; listen and direct modes make VS Code
+    /// connect. An existing launch.json (comments, trailing commas and all) keeps every
+    /// entry not named "amlx: ..." and its comments; the old file is saved as
+    /// launch.json.bak. Running it again with the same flags changes nothing.
+    #[command(after_help = "Examples:\n  \
+        amlx-agent launch-json --ranks 0-3                # ports 5678-5681, VS Code listens\n  \
+        amlx-agent launch-json --ports 5678,5690 --mode listen\n  \
+        amlx-agent launch-json --ranks 0 --mode direct --host 10.0.0.4 --remote-root /mnt/code\n  \
+        amlx-agent launch-json --ranks 0,3 --port-base 6000 --output -   # print, do not write")]
+    LaunchJson(LaunchJsonArgs),
 }
 
 /// `exec`: everything that decides and sets up a debug session, then the command.
@@ -270,4 +285,48 @@ pub struct SessionArgs {
     /// [env: AMLX_WAIT_FOR_CLIENT]
     #[arg(long)]
     pub wait_for_client: bool,
+}
+
+/// `launch-json`: which ports, how VS Code meets debugpy, and where to write.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("targets").required(true).args(["ports", "ranks"])))]
+pub struct LaunchJsonArgs {
+    /// Debug ports, comma-separated; one configuration each.
+    #[arg(long, value_delimiter = ',', value_name = "PORT,...")]
+    pub ports: Vec<u16>,
+
+    /// Ranks to debug, like 0-3 or 0,2,5-7; rank R gets port --port-base + R.
+    #[arg(long, value_name = "SPEC")]
+    pub ranks: Option<String>,
+
+    /// The port of rank 0 (the agent's reservations prefer base + rank).
+    #[arg(long, value_name = "PORT", default_value_t = crate::launch_json::DEFAULT_PORT_BASE)]
+    pub port_base: u16,
+
+    /// connect: VS Code listens (debugpy connects out through the relay); listen: VS Code
+    /// connects to the laptop end of `relay connect`; direct: VS Code connects to the node.
+    #[arg(long, value_name = "MODE", default_value = "connect")]
+    pub mode: crate::session::DebugMode,
+
+    /// Host VS Code listens on (connect mode) or connects to (listen/direct mode; for
+    /// direct, the node IP the agent logged).
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Local side of the path mapping.
+    #[arg(long, value_name = "DIR", default_value = "${workspaceFolder}")]
+    pub local_root: String,
+
+    /// Remote side of the path mapping (`.`: the step's working directory).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub remote_root: String,
+
+    /// File to create or merge into; `-` prints the configurations instead.
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = ".vscode/launch.json"
+    )]
+    pub output: PathBuf,
 }

@@ -2,6 +2,7 @@
 
 mod detect;
 mod exec;
+mod launch_json;
 mod ports;
 mod relay;
 
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Detect(args) => detect::run(&cli, args),
         Command::Ports(PortsCommand::List(args)) => ports::list(&cli, args),
         Command::Relay(args) => relay::run(&cli, args),
+        Command::LaunchJson(args) => launch_json::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,58 @@
+//! `amlx-agent launch-json`: VS Code attach configurations for a job's debug ports.
+
+use std::io::Write;
+
+use anyhow::Context;
+
+use crate::cli::LaunchJsonArgs;
+use crate::launch_json::{self, LaunchSpec, WriteOutcome};
+use crate::session::DebugMode;
+
+pub fn run(args: &LaunchJsonArgs) -> anyhow::Result<i32> {
+    let targets = match &args.ranks {
+        Some(spec) => launch_json::targets_from_ranks(spec, args.port_base)
+            .with_context(|| format!("invalid --ranks {spec:?}"))?,
+        None => launch_json::targets_from_ports(&args.ports).context("invalid --ports")?,
+    };
+    if args.mode == DebugMode::Direct && is_loopback(&args.host) {
+        tracing::warn!(
+            "direct mode connects VS Code to the node itself: pass --host with the node IP the agent logged"
+        );
+    }
+    let spec = LaunchSpec {
+        mode: args.mode,
+        host: args.host.clone(),
+        targets,
+        local_root: args.local_root.clone(),
+        remote_root: args.remote_root.clone(),
+    };
+    if args.output.as_os_str() == "-" {
+        std::io::stdout()
+            .write_all(launch_json::render(&spec).as_bytes())
+            .context("could not write to stdout")?;
+        return Ok(0);
+    }
+    let path = &args.output;
+    let summary = format!(
+        "{} configuration(s) and \"{}\"",
+        spec.targets.len(),
+        launch_json::COMPOUND_NAME
+    );
+    match launch_json::write(path, &spec)? {
+        WriteOutcome::Created => println!("wrote {summary} to new {}", path.display()),
+        WriteOutcome::Updated { backup } => println!(
+            "wrote {summary} to {} (previous version: {})",
+            path.display(),
+            backup.display()
+        ),
+        WriteOutcome::Unchanged => println!("{} already has {summary}", path.display()),
+    }
+    Ok(0)
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}

@@ -1,0 +1,414 @@
+//! Integration tests: the debugpy rewrite run for real, with python3 and debugpy.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use amlx_agent::inject::{
+    self, DEBUGPY_CHECK_TIMEOUT, DebugpyOptions, Endpoint, InjectError, InjectMode, Plan,
+};
+use amlx_agent::session::DebugMode;
+
+/// Upper bound for a debugged step to finish (debugpy's adapter start dominates).
+const STEP_DEADLINE: Duration = Duration::from_secs(60);
+/// Upper bound for debugpy to connect out to our listener.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Prints what the step sees, then calls `breakpoint()`, which must not stop without a client.
+const STEP: &str = r#"
+import json, os, sys
+import debugpy
+probe = None
+if len(sys.argv) > 1 and sys.argv[1].startswith("probe="):
+    import socket
+    # The adapter must be listening on exactly the port the rewrite chose.
+    socket.create_connection(("127.0.0.1", int(sys.argv[1][6:])), timeout=10).close()
+    probe = "listening"
+breakpoint()
+print(json.dumps({
+    "loaded": "debugpy" in sys.modules,
+    "running": os.environ.get("DEBUGPY_RUNNING"),
+    "hook": os.environ.get("PYTHONBREAKPOINT"),
+    "connected": debugpy.is_client_connected(),
+    "argv": sys.argv,
+    "name": __name__,
+    "probe": probe,
+}))
+"#;
+
+fn write_step(dir: &Path) -> OsString {
+    let path = dir.join("step.py");
+    std::fs::write(&path, STEP).expect("write step.py");
+    path.into_os_string()
+}
+
+fn words(items: &[&str]) -> Vec<OsString> {
+    items.iter().map(OsString::from).collect()
+}
+
+/// Runs a command to completion, killing it if it outlives `deadline`.
+fn run_bounded(mut cmd: Command, deadline: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the step");
+    wait_bounded(child, deadline)
+}
+
+/// Waits for a child and collects its output, killing it if it outlives `deadline`.
+fn wait_bounded(child: Child, deadline: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(output) => output.expect("wait for the step"),
+        Err(_) => {
+            kill(pid);
+            panic!("step {pid} did not finish within {deadline:?}");
+        }
+    }
+}
+
+fn kill(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+/// Kills a step that a failing assertion would otherwise leave waiting for a debugger.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            kill(self.0);
+        }
+    }
+}
+
+fn injected_command(argv: &[OsString], endpoint: Endpoint) -> (Command, Vec<OsString>) {
+    let env: HashMap<String, String> = HashMap::new();
+    let Plan::Debugpy(python) = inject::plan(InjectMode::Auto, argv, &env).expect("plans") else {
+        panic!("{argv:?} should be injected");
+    };
+    inject::check_debugpy(&python, DEBUGPY_CHECK_TIMEOUT)
+        .expect("debugpy is installed (tests/requirements.txt)");
+    let injected =
+        inject::rewrite(&python, &endpoint, &DebugpyOptions::default()).expect("rewrites");
+    let mut cmd = Command::new(&injected.argv[0]);
+    cmd.args(&injected.argv[1..])
+        .envs(injected.env.iter().cloned())
+        .env_remove(inject::DEBUGPY_RUNNING);
+    (cmd, injected.argv)
+}
+
+fn report(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "step failed ({}):\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not the step's report: {stdout}"))
+}
+
+#[test]
+fn listen_mode_runs_the_step_under_debugpy_to_completion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let step = write_step(dir.path());
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let probe = format!("probe={port}");
+    let argv: Vec<OsString> = vec!["python3".into(), "-u".into(), step, probe.clone().into()];
+    let endpoint = Endpoint {
+        mode: DebugMode::Listen,
+        port,
+        node_ip: None,
+    };
+    let (cmd, rewritten) = injected_command(&argv, endpoint);
+    assert!(
+        rewritten.contains(&OsString::from("debugpy")),
+        "{rewritten:?}"
+    );
+    let report = report(&run_bounded(cmd, STEP_DEADLINE));
+    assert_eq!(report["loaded"], true);
+    assert_eq!(report["running"], "true");
+    assert_eq!(report["hook"], "debugpy.breakpoint");
+    assert_eq!(report["connected"], false);
+    assert_eq!(report["name"], "__main__");
+    assert_eq!(report["probe"], "listening");
+    // The step's own arguments arrive unchanged, with the script as argv[0].
+    let argv0 = report["argv"][0].as_str().unwrap_or_default();
+    assert!(argv0.ends_with("step.py"), "{report}");
+    assert_eq!(report["argv"][1], probe.as_str());
+}
+
+#[test]
+fn module_and_code_targets_run_under_debugpy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_step(dir.path());
+    let endpoint = Endpoint {
+        mode: DebugMode::Listen,
+        port: 0,
+        node_ip: None,
+    };
+    for argv in [
+        words(&["python3", "-m", "step", "a"]),
+        words(&["python3", "-B", "-c", "import step", "a"]),
+    ] {
+        let (mut cmd, _) = injected_command(&argv, endpoint);
+        cmd.current_dir(dir.path());
+        let report = report(&run_bounded(cmd, STEP_DEADLINE));
+        assert_eq!(report["running"], "true", "{argv:?}");
+        assert_eq!(report["argv"][1], "a", "{argv:?}");
+    }
+}
+
+#[test]
+fn connect_mode_holds_the_step_until_released() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let step = write_step(dir.path());
+    // The test plays the sidecar: it listens where debugpy connects out.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = Endpoint {
+        mode: DebugMode::Connect,
+        port: listener.local_addr().expect("addr").port(),
+        node_ip: None,
+    };
+    let (mut cmd, _) = injected_command(&["python3".into(), step], endpoint);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let _guard = KillOnPanic(child.id());
+    let mut conn = accept_within(&listener, CONNECT_DEADLINE);
+    conn.write_all(&inject::release_request())
+        .expect("send configurationDone");
+    // debugpy answers before it lets the step go on.
+    let mut seen = Vec::new();
+    conn.set_read_timeout(Some(CONNECT_DEADLINE))
+        .expect("read timeout");
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"configurationDone\"") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    drop(conn);
+    assert!(
+        String::from_utf8_lossy(&seen).contains("\"success\": true"),
+        "no successful configurationDone response: {}",
+        String::from_utf8_lossy(&seen)
+    );
+    let output = wait_bounded(child, STEP_DEADLINE);
+    let report = report(&output);
+    assert_eq!(report["running"], "true");
+    assert_eq!(report["loaded"], true);
+}
+
+/// Sends one framed DAP request.
+fn dap_send(conn: &mut TcpStream, seq: u64, command: &str, arguments: serde_json::Value) {
+    let body = serde_json::json!({
+        "seq": seq, "type": "request", "command": command, "arguments": arguments,
+    })
+    .to_string();
+    write!(conn, "Content-Length: {}\r\n\r\n{body}", body.len()).expect("send DAP request");
+}
+
+/// Reads one framed DAP message; `None` at end of stream.
+fn dap_read(reader: &mut BufReader<TcpStream>) -> Option<serde_json::Value> {
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read DAP header") == 0 {
+            return None;
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(n) = line.strip_prefix("Content-Length:") {
+            length = n.trim().parse::<usize>().ok();
+        }
+    }
+    let mut body = vec![0; length.expect("a Content-Length header")];
+    reader.read_exact(&mut body).expect("read DAP body");
+    Some(serde_json::from_slice(&body).expect("DAP body is JSON"))
+}
+
+/// A breakpoint on line 2, set by a client speaking DAP on the socket debugpy connected
+/// to, is hit: connect mode holds the step until the client's configuration is done.
+#[test]
+fn connect_mode_hits_a_breakpoint_on_the_first_lines() {
+    const MAX_MESSAGES: usize = 500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("bp.py");
+    std::fs::write(
+        &script,
+        "import sys\nx = 1\nprint('after the breakpoint', x)\n",
+    )
+    .expect("write bp.py");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = Endpoint {
+        mode: DebugMode::Connect,
+        port: listener.local_addr().expect("addr").port(),
+        node_ip: None,
+    };
+    let (mut cmd, _) = injected_command(&["python3".into(), script.clone().into()], endpoint);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let _guard = KillOnPanic(child.id());
+    let mut conn = accept_within(&listener, CONNECT_DEADLINE);
+    conn.set_read_timeout(Some(CONNECT_DEADLINE))
+        .expect("read timeout");
+    let mut reader = BufReader::new(conn.try_clone().expect("clone stream"));
+    let path = script.display().to_string();
+    let requests = [
+        (
+            "initialize",
+            serde_json::json!({"adapterID": "amlx-test", "linesStartAt1": true, "columnsStartAt1": true, "pathFormat": "path"}),
+        ),
+        ("attach", serde_json::json!({"justMyCode": false})),
+        (
+            "setBreakpoints",
+            serde_json::json!({"source": {"path": path}, "breakpoints": [{"line": 2}]}),
+        ),
+        ("configurationDone", serde_json::json!({})),
+    ];
+    let mut seq = 0;
+    for (command, arguments) in requests {
+        seq += 1;
+        dap_send(&mut conn, seq, command, arguments);
+    }
+    let mut stopped_at = None;
+    for _ in 0..MAX_MESSAGES {
+        let Some(message) = dap_read(&mut reader) else {
+            break;
+        };
+        if message["event"] == "stopped" {
+            seq += 1;
+            let thread = message["body"]["threadId"].clone();
+            dap_send(
+                &mut conn,
+                seq,
+                "stackTrace",
+                serde_json::json!({"threadId": thread}),
+            );
+        } else if message["command"] == "stackTrace" {
+            let top = &message["body"]["stackFrames"][0];
+            stopped_at = Some((top["source"]["path"].clone(), top["line"].clone()));
+            seq += 1;
+            dap_send(&mut conn, seq, "disconnect", serde_json::json!({}));
+        } else if message["command"] == "disconnect" {
+            break;
+        }
+    }
+    drop(reader);
+    drop(conn);
+    let (path_seen, line) = stopped_at.expect("the breakpoint was hit");
+    assert_eq!(line, 2);
+    assert!(
+        path_seen.as_str().unwrap_or_default().ends_with("bp.py"),
+        "{path_seen}"
+    );
+    let output = wait_bounded(child, STEP_DEADLINE);
+    assert!(output.status.success(), "{}", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("after the breakpoint 1"), "{stdout}");
+}
+
+/// Accepts one connection, polling a non-blocking listener up to `deadline`.
+fn accept_within(listener: &TcpListener, deadline: Duration) -> TcpStream {
+    listener.set_nonblocking(true).expect("non-blocking");
+    let start = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).expect("blocking stream");
+                return stream;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    start.elapsed() < deadline,
+                    "debugpy did not connect within {deadline:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn availability_check_reports_a_missing_debugpy_with_the_fix() {
+    // -S drops site-packages, where the test requirements put debugpy.
+    let python = inject::python_argv::parse(&words(&["python3", "-S", "s.py"])).expect("parses");
+    let err = inject::check_debugpy(&python, DEBUGPY_CHECK_TIMEOUT).expect_err("missing");
+    assert!(matches!(err, InjectError::DebugpyMissing { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("python3 -S"), "{message}");
+    assert!(message.contains("pip install debugpy"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}
+
+#[test]
+fn availability_check_names_an_interpreter_that_does_not_exist() {
+    let python =
+        inject::python_argv::parse(&words(&["/nonexistent/python3", "s.py"])).expect("parses");
+    let err = inject::check_debugpy(&python, DEBUGPY_CHECK_TIMEOUT).expect_err("no such file");
+    assert!(
+        matches!(err, InjectError::InterpreterNotRunnable { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("/nonexistent/python3"), "{err}");
+}
+
+#[test]
+fn availability_check_kills_an_interpreter_that_hangs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("pid");
+    // A sitecustomize on the env prefix's PYTHONPATH hangs the interpreter at startup.
+    std::fs::write(
+        dir.path().join("sitecustomize.py"),
+        format!(
+            "import os, time\nopen({:?}, 'w').write(str(os.getpid()))\ntime.sleep(300)\n",
+            pid_file.display().to_string()
+        ),
+    )
+    .expect("write sitecustomize.py");
+    let assignment = format!("PYTHONPATH={}", dir.path().display());
+    let argv = words(&["env", &assignment, "python3", "s.py"]);
+    let python = inject::python_argv::parse(&argv).expect("parses");
+    let timeout = Duration::from_secs(5);
+    let err = inject::check_debugpy(&python, timeout).expect_err("hangs");
+    assert!(matches!(err, InjectError::CheckTimedOut { .. }), "{err}");
+    let pid =
+        std::fs::read_to_string(&pid_file).expect("the interpreter started and wrote its pid");
+    let proc_dir = Path::new("/proc").join(pid.trim());
+    let start = Instant::now();
+    while proc_dir.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "interpreter {pid} still alive after the check gave up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,271 @@
+//! Integration tests: `launch-json` through the real binary, on real files.
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+
+use crate::util::agent;
+
+fn launch_json(dir: &Path, args: &[&str]) -> Output {
+    agent()
+        .current_dir(dir)
+        .arg("launch-json")
+        .args(args)
+        .output()
+        .expect("agent runs")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "launch-json failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Parses the generated file, whose only comments are whole `//` lines of our own.
+fn parse_generated(text: &str) -> Value {
+    let plain: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    serde_json::from_str(&plain).unwrap_or_else(|e| panic!("{e}:\n{text}"))
+}
+
+fn names(doc: &Value, key: &str) -> Vec<String> {
+    doc[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} is not an array: {doc}"))
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn creates_a_new_file_with_one_configuration_per_rank_and_the_compound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stdout = ok(launch_json(dir.path(), &["--ranks", "0-3"]));
+    assert!(stdout.contains("new .vscode/launch.json"), "{stdout}");
+    let path = dir.path().join(".vscode/launch.json");
+    let doc = parse_generated(&std::fs::read_to_string(&path).expect("written"));
+    assert_eq!(doc["version"], "0.2.0");
+    let configs = names(&doc, "configurations");
+    assert_eq!(
+        configs,
+        (0..4)
+            .map(|r| format!("amlx: rank {r} (port {})", 5678 + r))
+            .collect::<Vec<_>>()
+    );
+    for (i, config) in doc["configurations"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .enumerate()
+    {
+        // connect mode (default): VS Code listens where `relay listen` delivers debugpy.
+        assert_eq!(config["listen"]["host"], "127.0.0.1");
+        assert_eq!(config["listen"]["port"], 5678 + i);
+        assert_eq!(config["type"], "debugpy");
+        assert_eq!(config["request"], "attach");
+        assert_eq!(config["pathMappings"][0]["localRoot"], "${workspaceFolder}");
+        assert_eq!(config["pathMappings"][0]["remoteRoot"], ".");
+    }
+    assert_eq!(names(&doc, "compounds"), ["amlx: all ranks"]);
+    assert_eq!(
+        doc["compounds"][0]["configurations"],
+        serde_json::json!(configs)
+    );
+    assert!(!dir.path().join(".vscode/launch.json.bak").exists());
+}
+
+#[test]
+fn stdout_output_is_plain_json_and_the_compound_matches_the_ports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stdout = ok(launch_json(
+        dir.path(),
+        &[
+            "--ports",
+            "5690,5678",
+            "--mode",
+            "direct",
+            "--host",
+            "10.0.0.4",
+            "--remote-root",
+            "/mnt/code",
+            "--output",
+            "-",
+        ],
+    ));
+    let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(
+        names(&doc, "configurations"),
+        ["amlx: port 5690", "amlx: port 5678"]
+    );
+    assert_eq!(
+        doc["compounds"][0]["configurations"],
+        serde_json::json!(["amlx: port 5690", "amlx: port 5678"])
+    );
+    assert_eq!(doc["configurations"][0]["connect"]["host"], "10.0.0.4");
+    assert_eq!(doc["configurations"][1]["connect"]["port"], 5678);
+    assert_eq!(
+        doc["configurations"][0]["pathMappings"][0]["remoteRoot"],
+        "/mnt/code"
+    );
+    assert!(
+        std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .next()
+            .is_none(),
+        "--output - must not write files"
+    );
+}
+
+const USER_LAUNCH_JSON: &str = r#"{
+    // Team settings: do not lose this comment.
+    "version": "0.2.0",
+    "configurations": [
+        {
+            "name": "Python: current file", /* inline */
+            "type": "debugpy",
+            "request": "launch",
+            "program": "${file}",
+        },
+        {
+            "name": "amlx: rank 7 (port 9999)",
+            "type": "debugpy",
+            "request": "attach",
+            "listen": { "host": "127.0.0.1", "port": 9999 }
+        },
+    ],
+    "compounds": [
+        // user compound
+        { "name": "Both", "configurations": ["Python: current file"] }
+    ]
+}
+"#;
+
+#[test]
+fn merging_keeps_user_entries_and_comments_backs_up_and_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vscode = dir.path().join(".vscode");
+    std::fs::create_dir(&vscode).expect("mkdir");
+    let path = vscode.join("launch.json");
+    let backup = vscode.join("launch.json.bak");
+    std::fs::write(&path, USER_LAUNCH_JSON).expect("write user file");
+
+    let stdout = ok(launch_json(
+        dir.path(),
+        &["--ranks", "0,2", "--mode", "listen"],
+    ));
+    assert!(stdout.contains("launch.json.bak"), "{stdout}");
+    let merged = std::fs::read_to_string(&path).expect("merged");
+    for kept in [
+        "// Team settings: do not lose this comment.",
+        "\"name\": \"Python: current file\", /* inline */",
+        "\"program\": \"${file}\",",
+        "// user compound",
+        "{ \"name\": \"Both\", \"configurations\": [\"Python: current file\"] }",
+    ] {
+        assert!(merged.contains(kept), "lost {kept:?}:\n{merged}");
+    }
+    assert!(!merged.contains("port 9999"), "stale entry kept:\n{merged}");
+    assert!(
+        merged.contains("\"name\": \"amlx: rank 2 (port 5680)\""),
+        "{merged}"
+    );
+    assert!(merged.contains("\"name\": \"amlx: all ranks\""), "{merged}");
+    assert_eq!(
+        std::fs::read_to_string(&backup).expect("backup"),
+        USER_LAUNCH_JSON
+    );
+
+    // Same flags again: nothing changes, not even the backup.
+    let stdout = ok(launch_json(
+        dir.path(),
+        &["--ranks", "0,2", "--mode", "listen"],
+    ));
+    assert!(stdout.contains("already has"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), merged);
+    assert_eq!(
+        std::fs::read_to_string(&backup).expect("backup"),
+        USER_LAUNCH_JSON
+    );
+
+    // Other ports replace the generated entries; the user's stay.
+    ok(launch_json(dir.path(), &["--ports", "6000"]));
+    let replaced = std::fs::read_to_string(&path).expect("read");
+    assert!(
+        replaced.contains("\"name\": \"amlx: port 6000\""),
+        "{replaced}"
+    );
+    assert!(!replaced.contains("port 5680"), "{replaced}");
+    assert!(replaced.contains("// Team settings: do not lose this comment."));
+    assert_eq!(std::fs::read_to_string(&backup).expect("backup"), merged);
+}
+
+#[test]
+fn a_file_it_cannot_parse_is_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("launch.json");
+    let broken = "{\n    \"configurations\": [\n        { \"name\": \"x\" }\n        { \"name\": \"y\" }\n    ]\n}\n";
+    std::fs::write(&path, broken).expect("write");
+    let output = launch_json(dir.path(), &["--ranks", "0", "--output", "launch.json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("left unchanged"), "{stderr}");
+    assert!(stderr.contains("line 4, column 9"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), broken);
+    assert!(!dir.path().join("launch.json.bak").exists());
+}
+
+#[test]
+fn bad_flags_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "--ports"),
+        (&["--ports", "1", "--ranks", "0"], "cannot be used with"),
+        (&["--ranks", "all"], "list the ranks"),
+        (
+            &["--ranks", "0-3", "--port-base", "65534"],
+            "past port 65535",
+        ),
+        (&["--ports", "5678,5678"], "listed twice"),
+        (
+            &["--ports", "5678", "--mode", "tunnel"],
+            "expected one of connect, listen, direct",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = launch_json(dir.path(), args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert!(!dir.path().join(".vscode").exists());
+}
+
+#[test]
+fn help_explains_the_modes_and_shows_examples() {
+    let help = ok(agent()
+        .args(["launch-json", "--help"])
+        .output()
+        .expect("agent runs"));
+    for needle in [
+        "Examples:",
+        "amlx-agent launch-json --ranks 0-3",
+        "--ports",
+        "--port-base",
+        "--mode",
+        "--local-root",
+        "--remote-root",
+        "--output",
+        "launch.json.bak",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
+    }
+    assert!(ok(agent().arg("--help").output().expect("runs")).contains("launch-json"));
+}
