@@ -4,6 +4,10 @@
 //! `Option`s here; `config` layers them (flag > `AMLX_*` > file > default) and
 //! validates them with one error style.
 
+// The help text uses clap's own `[env: X] [default: Y]` notation, which rustdoc would
+// otherwise read as intra-doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod relay;
 
 use std::ffi::OsString;
@@ -244,7 +248,7 @@ pub struct PortArgs {
 
     /// Node-wide lock directory shared by every process (and container) on the node
     /// [env: AMLX_LOCK_DIR] [default: /run/amlx/ports, then $XDG_RUNTIME_DIR/amlx/ports,
-    /// then /tmp/amlx-<uid>/ports]
+    /// then /tmp/amlx-UID/ports]
     #[arg(long, value_name = "DIR")]
     pub lock_dir: Option<PathBuf>,
 }
