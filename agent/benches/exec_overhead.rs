@@ -1,9 +1,11 @@
 //! What a non-target process pays for having `amlx-agent exec --` in front of it.
 //!
-//! Runs `true` directly and through the agent (debugging off, so the agent takes its
-//! shortest path: config, role, decision, execve), interleaved so machine noise hits
-//! both alike, and prints the medians, the overhead and the ratio, plus the peak RSS
-//! of the agent path. Run with `cargo bench --bench exec_overhead`.
+//! Runs `true` three ways, interleaved so machine noise hits all alike: directly; through
+//! `env` (the smallest possible wrapper: one extra execve, nothing else); and through
+//! the agent (debugging off, so it takes its shortest path: config, role, decision,
+//! execve). Agent minus `env` is what the agent's own work costs; agent minus direct is
+//! what a job sees. Prints medians, differences, ratios and the peak RSS.
+//! Run with `cargo bench --bench exec_overhead`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +16,11 @@ const RUNS: usize = 300;
 fn main() {
     let agent = env!("CARGO_BIN_EXE_amlx-agent");
     let direct = || Command::new("true");
+    let wrapper = || {
+        let mut cmd = Command::new("env");
+        cmd.arg("true");
+        cmd
+    };
     let through_agent = || {
         let mut cmd = Command::new(agent);
         cmd.args(["exec", "--", "true"])

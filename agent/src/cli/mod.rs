@@ -39,14 +39,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Log format on stderr.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        value_name = "FORMAT",
-        env = "AMLX_LOG_FORMAT"
-    )]
+    /// Log format on stderr [env: AMLX_LOG_FORMAT] [default: text]
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
     /// More log output (-v debug, -vv trace). RUST_LOG, when set, wins.

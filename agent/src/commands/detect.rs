@@ -9,23 +9,14 @@ use std::net::IpAddr;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::cli::{Cli, DetectArgs};
-use crate::config::{self, Flags};
+use crate::cli::DetectArgs;
+use crate::config::Settings;
 use crate::netinfo::{self, NodeInfo};
 use crate::policy::{self, Decision, Policy, Verdict};
 use crate::role::{self, Detection, Launcher, Overrides, ProcessEnv};
 
-pub fn run(cli: &Cli, args: &DetectArgs) -> anyhow::Result<i32> {
+pub fn run(args: &DetectArgs, settings: &Settings) -> anyhow::Result<i32> {
     let env = ProcessEnv;
-    let flags = Flags {
-        config: cli.config.as_deref(),
-        log_format: cli.log_format,
-        policy: Some(&args.policy),
-        ports: None,
-        node: Some(&args.node),
-        session: None,
-    };
-    let settings = config::load(&flags, &env)?;
     let overrides = Overrides {
         rank: args.role.rank,
         local_rank: args.role.local_rank,

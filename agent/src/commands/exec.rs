@@ -6,11 +6,10 @@
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::EXIT_AGENT_ERROR;
-use crate::cli::{Cli, ExecArgs};
-use crate::config::{self, Flags, Settings};
+use crate::cli::ExecArgs;
+use crate::config::{ConfigError, Settings};
 use crate::netinfo::{self, NodeInfo};
 use crate::policy::{self, Decision, Verdict};
 use crate::ports::{self, HolderRecord, Reservation, ReserveRequest};
@@ -18,18 +17,10 @@ use crate::process::{self, ProcessMode, Step};
 use crate::role::{self, Detection, Overrides, ProcessEnv};
 use crate::session::{DebugMode, FailurePolicy};
 
-pub fn run(cli: &Cli, args: &ExecArgs) -> i32 {
+pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
     let env = ProcessEnv;
-    let flags = Flags {
-        config: cli.config.as_deref(),
-        log_format: cli.log_format,
-        policy: Some(&args.policy),
-        ports: Some(&args.ports),
-        node: Some(&args.node),
-        session: Some(&args.session),
-    };
     // A bad config must not stop training: the step runs undebugged and the log says why.
-    let settings = match config::load(&flags, &env) {
+    let settings = match settings {
         Ok(settings) => Some(settings),
         Err(err) => {
             tracing::error!("{err}; running the step without debugging");
@@ -121,25 +112,13 @@ fn reserve_port(
 ) -> anyhow::Result<Option<Reservation>> {
     let lock_dir = ports::lock_dir(settings.ports.lock_dir.as_deref())?;
     let range = settings.ports.range;
-    let preferred = detection
-        .role
-        .rank
-        .and_then(|rank| u16::try_from(rank).ok())
-        .and_then(|rank| range.start.checked_add(rank))
-        .filter(|port| range.contains(*port));
     let request = ReserveRequest {
         range,
-        preferred,
+        preferred: range.preferred_for_rank(detection.role.rank),
         lock_dir: &lock_dir,
         slot_limit: decision.slot_limit,
         bind_ip: debugger_bind_ip(settings, node),
-        record: HolderRecord {
-            pid: std::process::id(),
-            start_time: None,
-            rank: detection.role.rank,
-            command: command_line(&step.argv),
-            since: unix_now(),
-        },
+        record: HolderRecord::for_current_process(detection.role.rank, &command_line(&step.argv)),
     };
     match ports::reserve(&request) {
         Ok(reservation) => Ok(Some(reservation)),
@@ -205,12 +184,6 @@ fn command_line(argv: &[OsString]) -> String {
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn process_mode(args: &ExecArgs) -> ProcessMode {

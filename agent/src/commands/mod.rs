@@ -7,7 +7,9 @@ mod ports;
 mod relay;
 
 use crate::cli::{Cli, Command, LogFormat, PortsCommand};
+use crate::config::{self, Flags};
 use crate::logging;
+use crate::role::ProcessEnv;
 
 /// Exit code for errors in the agent itself (bad config, I/O), as opposed to the step's.
 pub const EXIT_AGENT_ERROR: i32 = 1;
@@ -15,14 +17,63 @@ pub const EXIT_AGENT_ERROR: i32 = 1;
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let verbosity = i8::try_from(i16::from(cli.verbose) - i16::from(cli.quiet)).unwrap_or(0);
-    logging::init(cli.log_format.unwrap_or(LogFormat::Text), verbosity);
+    // Settings first, so `[log] format` from the file counts; the outcome is reported
+    // once logging is up.
+    let settings = config::load(&flags_for(&cli), &ProcessEnv);
+    let format = match &settings {
+        Ok(settings) => settings.log_format,
+        Err(_) => cli.log_format,
+    };
+    logging::init(format.unwrap_or(LogFormat::Text), verbosity);
+    if let Ok(settings) = &settings {
+        tracing::debug!(?settings, "configuration loaded");
+    }
     let result = match &cli.command {
-        Command::Exec(args) => return exec::run(&cli, args),
-        Command::Detect(args) => detect::run(&cli, args),
-        Command::Ports(PortsCommand::List(args)) => ports::list(&cli, args),
-        Command::Relay(args) => relay::run(&cli, args),
+        Command::Exec(args) => return exec::run(args, settings),
+        Command::Detect(args) => settings
+            .map_err(Into::into)
+            .and_then(|s| detect::run(args, &s)),
+        Command::Ports(PortsCommand::List(args)) => settings
+            .map_err(Into::into)
+            .and_then(|s| ports::list(args, &s)),
+        Command::Relay(args) => settings
+            .map_err(Into::into)
+            .and_then(|s| relay::run(args, &s)),
         Command::LaunchJson(args) => launch_json::run(args),
     };
+    report(result)
+}
+
+/// Which command-line values take part in config layering, per subcommand.
+fn flags_for(cli: &Cli) -> Flags<'_> {
+    let base = Flags {
+        config: cli.config.as_deref(),
+        log_format: cli.log_format,
+        ..Flags::default()
+    };
+    match &cli.command {
+        Command::Exec(args) => Flags {
+            policy: Some(&args.policy),
+            ports: Some(&args.ports),
+            node: Some(&args.node),
+            session: Some(&args.session),
+            ..base
+        },
+        Command::Detect(args) => Flags {
+            policy: Some(&args.policy),
+            node: Some(&args.node),
+            ..base
+        },
+        Command::Ports(PortsCommand::List(args)) => Flags {
+            ports: Some(&args.ports),
+            ..base
+        },
+        Command::Relay(_) | Command::LaunchJson(_) => base,
+    }
+}
+
+/// Maps a command's outcome to the exit code, printing the whole error chain once.
+fn report(result: anyhow::Result<i32>) -> i32 {
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::cli::{Cli, PortsListArgs};
-use crate::config::{self, Flags};
+use crate::cli::PortsListArgs;
+use crate::config::Settings;
 use crate::ports::listing::{self, Entry, Listing};
 use crate::ports::{self, PortRange};
-use crate::role::ProcessEnv;
 
 /// Widest command shown in the table (the JSON has it whole).
 const COMMAND_COLUMN: usize = 60;
@@ -28,14 +27,7 @@ struct Report {
     listing: Listing,
 }
 
-pub fn list(cli: &Cli, args: &PortsListArgs) -> anyhow::Result<i32> {
-    let flags = Flags {
-        config: cli.config.as_deref(),
-        log_format: cli.log_format,
-        ports: Some(&args.ports),
-        ..Flags::default()
-    };
-    let settings = config::load(&flags, &ProcessEnv)?;
+pub fn list(args: &PortsListArgs, settings: &Settings) -> anyhow::Result<i32> {
     let lookup = ports::find_lock_dir(settings.ports.lock_dir.as_deref());
     // The whole directory unless a range was asked for: it is node-wide, shared by jobs
     // with different ranges.

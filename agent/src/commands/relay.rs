@@ -1,8 +1,9 @@
 //! `amlx-agent relay ...`: the self-hosted server and the laptop-side forwarders.
 
-use crate::cli::{Cli, RelayArgs};
+use crate::cli::RelayArgs;
+use crate::config::Settings;
 
-pub fn run(cli: &Cli, args: &RelayArgs) -> anyhow::Result<i32> {
-    let _ = (cli, args);
+pub fn run(args: &RelayArgs, settings: &Settings) -> anyhow::Result<i32> {
+    let _ = (args, settings);
     anyhow::bail!("relay: not built yet")
 }

@@ -198,7 +198,6 @@ fn layer(
     env::apply(env, &mut s)?;
     flags::apply(flags, &mut s)?;
     // `Debug` masks every secret, so the whole result is safe to show with -v.
-    tracing::debug!(settings = ?s, "configuration loaded");
     Ok(s)
 }
 
