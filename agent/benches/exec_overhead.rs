@@ -28,39 +28,48 @@ fn main() {
             .env_remove("AMLX_CONFIG");
         cmd
     };
-    // Warm the page cache and the dynamic loader for both.
+    // Warm the page cache and the dynamic loader for all three.
     for _ in 0..20 {
         time_one(direct());
+        time_one(wrapper());
         time_one(through_agent());
     }
     let mut direct_times = Vec::with_capacity(RUNS);
+    let mut wrapper_times = Vec::with_capacity(RUNS);
     let mut agent_times = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         direct_times.push(time_one(direct()));
+        wrapper_times.push(time_one(wrapper()));
         agent_times.push(time_one(through_agent()));
     }
     let direct_median = median(&mut direct_times);
+    let wrapper_median = median(&mut wrapper_times);
     let agent_median = median(&mut agent_times);
-    let overhead = agent_median.saturating_sub(direct_median);
     println!("exec overhead for a non-target process ({RUNS} runs each, medians)");
     println!(
-        "  direct `true`:                 {:>8.1} us",
+        "  `true`                            {:>8.1} us",
         micros(direct_median)
     );
     println!(
-        "  `amlx-agent exec -- true`:     {:>8.1} us",
+        "  `env true` (baseline wrapper)     {:>8.1} us",
+        micros(wrapper_median)
+    );
+    println!(
+        "  `amlx-agent exec -- true`         {:>8.1} us",
         micros(agent_median)
     );
     println!(
-        "  overhead:                      {:>8.1} us",
-        micros(overhead)
+        "  agent's own work (agent - env)    {:>8.1} us   ratio agent/env    {:.2}x",
+        micros(agent_median.saturating_sub(wrapper_median)),
+        ratio(agent_median, wrapper_median)
     );
     println!(
-        "  ratio agent/direct:            {:>8.2}x",
+        "  what a job sees (agent - true)    {:>8.1} us   ratio agent/direct {:.2}x",
+        micros(agent_median.saturating_sub(direct_median)),
         ratio(agent_median, direct_median)
     );
     println!(
-        "  agent path peak RSS (children): {} KiB",
+        "  peak RSS of any child (the agent) {} KiB",
         peak_child_rss_kib()
     );
 }
