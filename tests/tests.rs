@@ -8,4 +8,5 @@ mod detect;
 mod exec;
 mod ports;
 mod relay;
+mod status;
 mod supervise;

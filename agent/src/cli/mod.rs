@@ -94,6 +94,16 @@ pub enum Command {
 
     /// Azure Relay Hybrid Connections: self-hosted server, listener and sender forwarders.
     Relay(RelayArgs),
+
+    /// Show this node's debug sessions: rank, port, mode, state and for how long.
+    ///
+    /// States: waiting-for-debugger, attached, relay-unreachable, timed-out,
+    /// running-undebugged, and ended (the session's process is gone).
+    #[command(after_help = "Examples:\n  \
+        amlx-agent status\n  \
+        amlx-agent status --json\n  \
+        amlx-agent status --state-dir /shared/amlx      # a state directory mounted from the host")]
+    Status(StatusArgs),
 }
 
 /// `exec`: everything that decides and sets up a debug session, then the command.
@@ -270,4 +280,17 @@ pub struct SessionArgs {
     /// [env: AMLX_WAIT_FOR_CLIENT]
     #[arg(long)]
     pub wait_for_client: bool,
+}
+
+/// `status`: where the session records are and how to print them.
+#[derive(Debug, Args, Default, Clone)]
+pub struct StatusArgs {
+    /// Node-wide state directory holding one record per session [env: AMLX_STATE_DIR]
+    /// [default: /run/amlx, then $XDG_RUNTIME_DIR/amlx, then /tmp/amlx-<uid>]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Print one JSON object (times in RFC 3339) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

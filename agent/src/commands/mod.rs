@@ -4,6 +4,7 @@ mod detect;
 mod exec;
 mod ports;
 mod relay;
+mod status;
 
 use crate::cli::{Cli, Command, LogFormat, PortsCommand};
 use crate::logging;
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Detect(args) => detect::run(&cli, args),
         Command::Ports(PortsCommand::List(args)) => ports::list(&cli, args),
         Command::Relay(args) => relay::run(&cli, args),
+        Command::Status(args) => status::run(&cli, args),
     };
     match result {
         Ok(code) => code,
