@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod detect;
 mod exec;
+mod mlflow;
 mod ports;
 mod relay;
 mod status;

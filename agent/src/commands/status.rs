@@ -9,8 +9,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::cli::{Cli, StatusArgs};
-use crate::publish::status_file::{self, SESSIONS_DIR, unix_now};
-use crate::publish::{Holder, SessionEntry, SessionState};
+use crate::publish::status_file::{self, SESSIONS_DIR, Unreadable, unix_now};
+use crate::publish::{Holder, Listing, SessionEntry, SessionState};
 use crate::role::{Env, ProcessEnv};
 use crate::session::DebugMode;
 
@@ -23,19 +23,19 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<i32> {
             .map(PathBuf::from)
     });
     let dir = status_file::state_dir(explicit.as_deref(), &env)?;
-    let (sessions, unreadable) = status_file::list_sessions(&dir)?;
-    for (path, why) in &unreadable {
-        tracing::warn!("skipping {}: {why}", path.display());
+    let Listing {
+        sessions,
+        unreadable,
+    } = status_file::list_sessions(&dir)?;
+    for file in &unreadable {
+        tracing::warn!("skipping {}: {}", file.path.display(), file.error);
     }
     let now = unix_now();
     if args.json {
         let report = Report {
             state_dir: &dir,
             sessions: sessions.iter().map(|e| SessionView::of(e, now)).collect(),
-            unreadable: unreadable
-                .iter()
-                .map(|(path, error)| Unreadable { path, error })
-                .collect(),
+            unreadable: &unreadable,
         };
         let text = serde_json::to_string_pretty(&report).expect("the report always serializes");
         println!("{text}");
@@ -55,13 +55,7 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<i32> {
 struct Report<'a> {
     state_dir: &'a Path,
     sessions: Vec<SessionView>,
-    unreadable: Vec<Unreadable<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct Unreadable<'a> {
-    path: &'a Path,
-    error: &'a str,
+    unreadable: &'a [Unreadable],
 }
 
 /// One session as `status --json` shows it.

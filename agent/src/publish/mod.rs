@@ -12,7 +12,9 @@ pub mod status_file;
 use serde::{Deserialize, Serialize};
 
 pub use mlflow::{MlflowError, MlflowTags, TagPublisher, session_tag_key, session_tag_value};
-pub use status_file::{Holder, SessionEntry, StatusFile, StatusRecord, list_sessions, state_dir};
+pub use status_file::{
+    Holder, Listing, SessionEntry, StatusFile, StatusRecord, list_sessions, state_dir,
+};
 
 /// Where one debug session is. `ended` is terminal; every other state can follow any other.
 ///

@@ -201,17 +201,30 @@ impl SessionEntry {
     }
 }
 
-/// Every record in `<state_dir>/sessions` (none when the directory does not exist),
-/// sorted by rank then PID, plus the files that could not be read, with why.
-pub fn list_sessions(
-    state_dir: &Path,
-) -> anyhow::Result<(Vec<SessionEntry>, Vec<(PathBuf, String)>)> {
+/// What a reader found in the sessions directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Sorted by rank (unknown last), then PID.
+    pub sessions: Vec<SessionEntry>,
+    /// Files that look like records but could not be read or parsed.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A record file that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub path: PathBuf,
+    pub error: String,
+}
+
+/// Every record in `<state_dir>/sessions` (none when the directory does not exist).
+pub fn list_sessions(state_dir: &Path) -> anyhow::Result<Listing> {
     let dir = state_dir.join(SESSIONS_DIR);
     let mut sessions = Vec::new();
     let mut unreadable = Vec::new();
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok((sessions, unreadable)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Listing::default()),
         Err(err) => return Err(err).with_context(|| format!("could not read {}", dir.display())),
     };
     for entry in entries {
@@ -232,11 +245,17 @@ pub fn list_sessions(
             }
             // Removed between read_dir and open: the session just ended cleanly.
             Err(err) if is_not_found(&err) => {}
-            Err(err) => unreadable.push((path, format!("{err:#}"))),
+            Err(err) => unreadable.push(Unreadable {
+                path,
+                error: format!("{err:#}"),
+            }),
         }
     }
     sessions.sort_by_key(|e| (e.record.rank.is_none(), e.record.rank, e.record.pid));
-    Ok((sessions, unreadable))
+    Ok(Listing {
+        sessions,
+        unreadable,
+    })
 }
 
 /// The state directory: `explicit` (flag or `AMLX_STATE_DIR`, already layered by the

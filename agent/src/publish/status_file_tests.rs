@@ -75,7 +75,7 @@ fn listing_judges_holders_and_reports_unreadable_files() {
     let dir = tempfile::tempdir().expect("temp dir");
     assert_eq!(
         list_sessions(dir.path()).expect("no sessions dir yet"),
-        (vec![], vec![])
+        Listing::default()
     );
     let live = StatusFile::create(dir.path(), own_record()).expect("create");
     let sessions = dir.path().join(SESSIONS_DIR);
@@ -89,7 +89,10 @@ fn listing_judges_holders_and_reports_unreadable_files() {
     fs::write(sessions.join(".half.json.1.tmp"), "{").expect("temp file");
     fs::write(sessions.join("notes.txt"), "ignored").expect("other file");
 
-    let (entries, unreadable) = list_sessions(dir.path()).expect("list");
+    let Listing {
+        sessions: entries,
+        unreadable,
+    } = list_sessions(dir.path()).expect("list");
     assert_eq!(entries.len(), 2, "{entries:?}");
     // Sorted by rank: the stale rank 0 first, the live rank 3 second.
     assert_eq!(entries[0].holder, Holder::Dead);
@@ -100,7 +103,7 @@ fn listing_judges_holders_and_reports_unreadable_files() {
     assert_eq!(entries[1].state(), SessionState::WaitingForDebugger);
     assert_eq!(&entries[1].record, live.record());
     assert_eq!(unreadable.len(), 1, "{unreadable:?}");
-    assert!(unreadable[0].0.ends_with("garbage.json"));
+    assert!(unreadable[0].path.ends_with("garbage.json"));
 }
 
 #[test]
@@ -122,7 +125,7 @@ fn records_from_another_pid_namespace_are_not_judged() {
     let mut foreign = stale_record();
     foreign.pid_ns = Some(holder::pid_namespace().unwrap_or(0).wrapping_add(1));
     let file = StatusFile::create(dir.path(), foreign).expect("create");
-    let (entries, _) = list_sessions(dir.path()).expect("list");
+    let entries = list_sessions(dir.path()).expect("list").sessions;
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].holder, Holder::Unknown);
     assert_eq!(entries[0].state(), file.record().state);
