@@ -286,7 +286,7 @@ pub struct SessionArgs {
 #[derive(Debug, Args, Default, Clone)]
 pub struct StatusArgs {
     /// Node-wide state directory holding one record per session [env: AMLX_STATE_DIR]
-    /// [default: /run/amlx, then $XDG_RUNTIME_DIR/amlx, then /tmp/amlx-<uid>]
+    /// [default: /run/amlx, then $XDG_RUNTIME_DIR/amlx, then /tmp/amlx-$UID]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 

@@ -8,6 +8,7 @@
 pub mod holder;
 pub mod mlflow;
 pub mod status_file;
+pub mod tag_publisher;
 
 use serde::{Deserialize, Serialize};
 
