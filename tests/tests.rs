@@ -8,6 +8,8 @@ mod detect;
 mod exec;
 mod inject;
 mod launch_json;
+mod mlflow;
 mod ports;
 mod relay;
+mod status;
 mod supervise;

@@ -11,6 +11,7 @@ pub mod netinfo;
 pub mod policy;
 pub mod ports;
 pub mod process;
+pub mod publish;
 pub mod relay;
 pub mod role;
 pub mod session;

@@ -107,6 +107,15 @@ pub enum Command {
         amlx-agent launch-json --ranks 0 --mode direct --host 10.0.0.4 --remote-root /mnt/code\n  \
         amlx-agent launch-json --ranks 0,3 --port-base 6000 --output -   # print, do not write")]
     LaunchJson(LaunchJsonArgs),
+    /// Show this node's debug sessions: rank, port, mode, state and for how long.
+    ///
+    /// States: waiting-for-debugger, attached, relay-unreachable, timed-out,
+    /// running-undebugged, and ended (the session's process is gone).
+    #[command(after_help = "Examples:\n  \
+        amlx-agent status\n  \
+        amlx-agent status --json\n  \
+        amlx-agent status --state-dir /shared/amlx      # a state directory mounted from the host")]
+    Status(StatusArgs),
 }
 
 /// `exec`: everything that decides and sets up a debug session, then the command.
@@ -327,4 +336,17 @@ pub struct LaunchJsonArgs {
         default_value = ".vscode/launch.json"
     )]
     pub output: PathBuf,
+}
+
+/// `status`: where the session records are and how to print them.
+#[derive(Debug, Args, Default, Clone)]
+pub struct StatusArgs {
+    /// Node-wide state directory holding one record per session [env: AMLX_STATE_DIR]
+    /// [default: /run/amlx, then $XDG_RUNTIME_DIR/amlx, then /tmp/amlx-$UID]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Print one JSON object (times in RFC 3339) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -5,6 +5,7 @@ mod exec;
 mod launch_json;
 mod ports;
 mod relay;
+mod status;
 
 use crate::cli::{Cli, Command, LogFormat, PortsCommand};
 use crate::config::{self, Flags};
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> i32 {
             .map_err(Into::into)
             .and_then(|s| relay::run(args, &s)),
         Command::LaunchJson(args) => launch_json::run(args),
+        Command::Status(args) => status::run(args),
     };
     report(result)
 }
@@ -68,7 +70,7 @@ fn flags_for(cli: &Cli) -> Flags<'_> {
             ports: Some(&args.ports),
             ..base
         },
-        Command::Relay(_) | Command::LaunchJson(_) => base,
+        Command::Relay(_) | Command::LaunchJson(_) | Command::Status(_) => base,
     }
 }
 

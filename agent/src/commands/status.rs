@@ -1,0 +1,205 @@
+//! `amlx-agent status`: this node's debug sessions from their status records.
+//!
+//! A record whose process is gone (PID dead, or reused by a process that started at
+//! another time) is shown as `ended`, never as live.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::cli::StatusArgs;
+use crate::publish::status_file::{self, SESSIONS_DIR, Unreadable, unix_now};
+use crate::publish::{Holder, Listing, SessionEntry, SessionState};
+use crate::role::{Env, ProcessEnv};
+use crate::session::DebugMode;
+
+pub fn run(args: &StatusArgs) -> anyhow::Result<i32> {
+    let env = ProcessEnv;
+    let explicit = args.state_dir.clone().or_else(|| {
+        env.var("AMLX_STATE_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    let dir = status_file::state_dir(explicit.as_deref(), &env)?;
+    let Listing {
+        sessions,
+        unreadable,
+    } = status_file::list_sessions(&dir)?;
+    for file in &unreadable {
+        tracing::warn!("skipping {}: {}", file.path.display(), file.error);
+    }
+    let now = unix_now();
+    if args.json {
+        let report = Report {
+            state_dir: &dir,
+            sessions: sessions.iter().map(|e| SessionView::of(e, now)).collect(),
+            unreadable: &unreadable,
+        };
+        let text = serde_json::to_string_pretty(&report).expect("the report always serializes");
+        println!("{text}");
+    } else if sessions.is_empty() {
+        println!(
+            "no debug sessions on this node ({})",
+            dir.join(SESSIONS_DIR).display()
+        );
+    } else {
+        print!("{}", table(&sessions, now));
+    }
+    Ok(0)
+}
+
+/// `status --json`.
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    state_dir: &'a Path,
+    sessions: Vec<SessionView>,
+    unreadable: &'a [Unreadable],
+}
+
+/// One session as `status --json` shows it.
+#[derive(Debug, Serialize)]
+struct SessionView {
+    pid: u32,
+    start_time: Option<u64>,
+    rank: Option<u32>,
+    local_rank: Option<u32>,
+    port: u16,
+    mode: DebugMode,
+    endpoint: String,
+    /// `ended` when the holder is dead; otherwise what was recorded.
+    state: SessionState,
+    /// What the holder last wrote.
+    recorded_state: SessionState,
+    holder: Holder,
+    reason: Option<String>,
+    since: String,
+    started: String,
+    updated: String,
+    /// Seconds in the current state.
+    age_seconds: u64,
+}
+
+impl SessionView {
+    fn of(entry: &SessionEntry, now: u64) -> Self {
+        let r = &entry.record;
+        SessionView {
+            pid: r.pid,
+            start_time: r.start_time,
+            rank: r.rank,
+            local_rank: r.local_rank,
+            port: r.port,
+            mode: r.mode,
+            endpoint: r.endpoint.clone(),
+            state: entry.state(),
+            recorded_state: r.state,
+            holder: entry.holder,
+            reason: entry.reason(),
+            since: rfc3339(r.since),
+            started: rfc3339(r.started),
+            updated: rfc3339(r.updated),
+            age_seconds: now.saturating_sub(r.since),
+        }
+    }
+}
+
+fn rfc3339(unix_seconds: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_seconds)).to_string()
+}
+
+/// A compact age without spaces, so columns stay awk-friendly: 45s, 2m05s, 3h04m, 2d03h.
+fn human_age(seconds: u64) -> String {
+    const MINUTE: u64 = 60;
+    const HOUR: u64 = 60 * MINUTE;
+    const DAY: u64 = 24 * HOUR;
+    match seconds {
+        s if s < MINUTE => format!("{s}s"),
+        s if s < HOUR => format!("{}m{:02}s", s / MINUTE, s % MINUTE),
+        s if s < DAY => format!("{}h{:02}m", s / HOUR, s % HOUR / MINUTE),
+        s => format!("{}d{:02}h", s / DAY, s % DAY / HOUR),
+    }
+}
+
+const HEADERS: [&str; 9] = [
+    "PID", "RANK", "LOCAL", "PORT", "MODE", "STATE", "SINCE", "ENDPOINT", "REASON",
+];
+
+/// The text table: one row per session, columns padded to their widest cell.
+fn table(sessions: &[SessionEntry], now: u64) -> String {
+    let known = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    let rows: Vec<[String; 9]> = sessions
+        .iter()
+        .map(|e| {
+            let r = &e.record;
+            let state = match e.holder {
+                Holder::Unknown => format!("{}?", e.state()),
+                Holder::Live | Holder::Dead => e.state().to_string(),
+            };
+            [
+                r.pid.to_string(),
+                known(r.rank),
+                known(r.local_rank),
+                r.port.to_string(),
+                r.mode.to_string(),
+                state,
+                human_age(now.saturating_sub(r.since)),
+                r.endpoint.clone(),
+                e.reason().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = HEADERS.map(str::to_owned);
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if sessions.iter().any(|e| e.holder == Holder::Unknown) {
+        out.push_str("?: recorded by another PID namespace (container); liveness not checked\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_compact() {
+        let cases = [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m00s"),
+            (125, "2m05s"),
+            (3_599, "59m59s"),
+            (3_600, "1h00m"),
+            (3_725, "1h02m"),
+            (86_399, "23h59m"),
+            (86_400, "1d00h"),
+            (3 * 86_400 + 5 * 3_600 + 59, "3d05h"),
+        ];
+        for (seconds, want) in cases {
+            assert_eq!(human_age(seconds), want, "{seconds}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_is_utc_seconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+}

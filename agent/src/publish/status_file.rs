@@ -1,0 +1,375 @@
+//! Per-session status records in the node's state directory
+//! (`<state_dir>/sessions/<pid>[-<pidns>].json`), read back by `amlx-agent status`.
+//!
+//! One JSON file per session, written atomically (temp file + rename) by the one process
+//! that drives the session, and removed when its [`StatusFile`] is dropped. A holder that
+//! dies without dropping it leaves the file behind; readers judge the holder by PID,
+//! process start time and PID namespace ([`Holder`]) and show such a record as `ended`.
+//! The next [`StatusFile::create`] in the same directory and namespace deletes them.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::SessionState;
+use super::holder;
+pub use super::holder::Holder;
+use crate::role::Env;
+use crate::session::DebugMode;
+
+/// The node-wide default, shared by every user and container that mounts it.
+pub const SYSTEM_STATE_DIR: &str = "/run/amlx";
+
+/// Subdirectory of the state directory holding one record per session.
+pub const SESSIONS_DIR: &str = "sessions";
+
+/// What `amlx-agent status` shows about one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    /// The process whose life is the session's: the step (in replace mode, the agent's
+    /// own PID, which the step keeps across `execve`).
+    pub pid: u32,
+    /// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat` field 22), so a
+    /// reused PID is not mistaken for the holder. [`StatusFile::create`] fills it in.
+    pub start_time: Option<u64>,
+    /// PID namespace of the writer, so a reader in another container sharing the
+    /// directory does not judge this PID against its own processes. Filled in on create.
+    pub pid_ns: Option<u64>,
+    pub rank: Option<u32>,
+    pub local_rank: Option<u32>,
+    /// The reserved debug port on this node.
+    pub port: u16,
+    #[serde(deserialize_with = "mode_from_text")]
+    pub mode: DebugMode,
+    /// Where a developer attaches: `ip:port` (direct) or the relay's Hybrid Connection
+    /// and port name (connect, listen).
+    pub endpoint: String,
+    pub state: SessionState,
+    /// Why the session is in its state, when that needs saying (relay-unreachable, ...).
+    pub reason: Option<String>,
+    /// Unix seconds when `state` last changed.
+    pub since: u64,
+    /// Unix seconds when the session started.
+    pub started: u64,
+    /// Unix seconds of the last write.
+    pub updated: u64,
+}
+
+impl StatusRecord {
+    /// A new session waiting for its debugger, started now; set `rank`, `local_rank`
+    /// (and anything else) on the result.
+    pub fn new(pid: u32, port: u16, mode: DebugMode, endpoint: impl Into<String>) -> Self {
+        let now = unix_now();
+        StatusRecord {
+            pid,
+            start_time: None,
+            pid_ns: None,
+            rank: None,
+            local_rank: None,
+            port,
+            mode,
+            endpoint: endpoint.into(),
+            state: SessionState::WaitingForDebugger,
+            reason: None,
+            since: now,
+            started: now,
+            updated: now,
+        }
+    }
+
+    /// The record's file name: PID, plus the PID namespace when known (containers
+    /// sharing the directory may reuse each other's PIDs).
+    fn file_name(&self) -> String {
+        match self.pid_ns {
+            Some(ns) => format!("{}-{ns}.json", self.pid),
+            None => format!("{}.json", self.pid),
+        }
+    }
+}
+
+fn mode_from_text<'de, D: Deserializer<'de>>(de: D) -> Result<DebugMode, D::Error> {
+    let text = String::deserialize(de)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+/// The live record of one session; dropping it removes the record.
+///
+/// Keep it in exactly one process: the first of two copies to be dropped would remove
+/// the record under the other.
+#[derive(Debug)]
+pub struct StatusFile {
+    path: PathBuf,
+    record: StatusRecord,
+}
+
+impl StatusFile {
+    /// Writes `record` under `<state_dir>/sessions/`, filling in the holder's start time
+    /// and PID namespace, after deleting records whose holders are dead.
+    pub fn create(state_dir: &Path, mut record: StatusRecord) -> anyhow::Result<StatusFile> {
+        let dir = state_dir.join(SESSIONS_DIR);
+        fs::create_dir_all(&dir).with_context(|| {
+            format!("could not create the sessions directory {}", dir.display())
+        })?;
+        if record.start_time.is_none() {
+            record.start_time = holder::process_start_time(record.pid);
+        }
+        if record.pid_ns.is_none() {
+            record.pid_ns = holder::pid_namespace();
+        }
+        record.updated = unix_now();
+        prune_dead(&dir);
+        let path = dir.join(record.file_name());
+        write_atomic(&path, &record)?;
+        Ok(StatusFile { path, record })
+    }
+
+    /// Records a new state (`since` moves only when the state changes) and its reason.
+    pub fn set_state(&mut self, state: SessionState, reason: Option<&str>) -> anyhow::Result<()> {
+        let now = unix_now();
+        if state != self.record.state {
+            self.record.since = now;
+        }
+        self.record.state = state;
+        self.record.reason = reason.map(str::to_owned);
+        self.record.updated = now;
+        write_atomic(&self.path, &self.record)
+    }
+
+    /// Replaces the published endpoint (e.g. once the relay path is known).
+    pub fn set_endpoint(&mut self, endpoint: impl Into<String>) -> anyhow::Result<()> {
+        self.record.endpoint = endpoint.into();
+        self.record.updated = unix_now();
+        write_atomic(&self.path, &self.record)
+    }
+
+    /// What was last written.
+    pub fn record(&self) -> &StatusRecord {
+        &self.record
+    }
+
+    /// The record's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StatusFile {
+    fn drop(&mut self) {
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => tracing::debug!(
+                "could not remove the status record {}: {err}",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// One record found by a reader, with the verdict on its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEntry {
+    pub path: PathBuf,
+    pub record: StatusRecord,
+    pub holder: Holder,
+}
+
+impl SessionEntry {
+    /// The state to show: `ended` when the holder is dead, whatever was recorded.
+    pub fn state(&self) -> SessionState {
+        match self.holder {
+            Holder::Dead => SessionState::Ended,
+            Holder::Live | Holder::Unknown => self.record.state,
+        }
+    }
+
+    /// The reason to show; for a dead holder it says so and names the last recorded state.
+    pub fn reason(&self) -> Option<String> {
+        match (self.holder, self.record.state) {
+            (Holder::Dead, SessionState::Ended) => self.record.reason.clone(),
+            (Holder::Dead, last) => Some(format!(
+                "process {} is gone (last recorded state: {last})",
+                self.record.pid
+            )),
+            _ => self.record.reason.clone(),
+        }
+    }
+}
+
+/// What a reader found in the sessions directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Sorted by rank (unknown last), then PID.
+    pub sessions: Vec<SessionEntry>,
+    /// Files that look like records but could not be read or parsed.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A record file that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub path: PathBuf,
+    pub error: String,
+}
+
+/// Every record in `<state_dir>/sessions` (none when the directory does not exist).
+pub fn list_sessions(state_dir: &Path) -> anyhow::Result<Listing> {
+    let dir = state_dir.join(SESSIONS_DIR);
+    let mut sessions = Vec::new();
+    let mut unreadable = Vec::new();
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Listing::default()),
+        Err(err) => return Err(err).with_context(|| format!("could not read {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("could not read {}", dir.display()))?
+            .path();
+        if !is_record_name(&path) {
+            continue;
+        }
+        match read_record(&path) {
+            Ok(record) => {
+                let holder = holder::holder_of(record.pid, record.start_time, record.pid_ns);
+                sessions.push(SessionEntry {
+                    path,
+                    record,
+                    holder,
+                });
+            }
+            // Removed between read_dir and open: the session just ended cleanly.
+            Err(err) if is_not_found(&err) => {}
+            Err(err) => unreadable.push(Unreadable {
+                path,
+                error: format!("{err:#}"),
+            }),
+        }
+    }
+    sessions.sort_by_key(|e| (e.record.rank.is_none(), e.record.rank, e.record.pid));
+    Ok(Listing {
+        sessions,
+        unreadable,
+    })
+}
+
+/// The state directory: `explicit` (flag or `AMLX_STATE_DIR`, already layered by the
+/// caller), else the first of `/run/amlx`, `$XDG_RUNTIME_DIR/amlx`, `/tmp/amlx-<uid>`
+/// that can be created and written. Created if missing.
+pub fn state_dir(explicit: Option<&Path>, env: &dyn Env) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("could not create the state directory {}", dir.display()))?;
+        return Ok(dir.to_path_buf());
+    }
+    let uid = nix::unistd::getuid().as_raw();
+    let mut candidates = vec![(PathBuf::from(SYSTEM_STATE_DIR), None)];
+    if let Some(runtime) = env.var("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        candidates.push((Path::new(&runtime).join("amlx"), None));
+    }
+    // In world-writable /tmp, only a directory we own is ours (no squatting).
+    candidates.push((std::env::temp_dir().join(format!("amlx-{uid}")), Some(uid)));
+    first_usable(&candidates)
+}
+
+/// The first candidate directory that can be created and written (and, when an owner
+/// uid is given, is owned by it).
+fn first_usable(candidates: &[(PathBuf, Option<u32>)]) -> anyhow::Result<PathBuf> {
+    let mut tried = Vec::new();
+    for (dir, owner) in candidates {
+        match usable_dir(dir, *owner) {
+            Ok(()) => return Ok(dir.clone()),
+            Err(why) => tried.push(format!("{}: {why}", dir.display())),
+        }
+    }
+    anyhow::bail!(
+        "no usable state directory (set --state-dir or AMLX_STATE_DIR): {}",
+        tried.join("; ")
+    )
+}
+
+/// Creates `dir` if needed and checks it is a writable directory (owned by `owner`).
+fn usable_dir(dir: &Path, owner: Option<u32>) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let meta = fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Err("not a directory".to_owned());
+    }
+    if let Some(uid) = owner
+        && meta.uid() != uid
+    {
+        return Err(format!("owned by uid {}, not {uid}", meta.uid()));
+    }
+    let rwx = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
+    nix::unistd::access(dir, rwx).map_err(|e| format!("not writable: {e}"))
+}
+
+/// Deletes records (in our PID namespace) whose holders are dead. Best effort.
+fn prune_dead(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for path in entries.flatten().map(|e| e.path()) {
+        if !is_record_name(&path) {
+            continue;
+        }
+        let Ok(record) = read_record(&path) else {
+            continue;
+        };
+        if holder::holder_of(record.pid, record.start_time, record.pid_ns) == Holder::Dead {
+            tracing::debug!("removing the stale status record {}", path.display());
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+/// Record files end in `.json`; temp files start with a dot.
+fn is_record_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".json") && !n.starts_with('.'))
+}
+
+fn read_record(path: &Path) -> anyhow::Result<StatusRecord> {
+    let text = fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a status record", path.display()))
+}
+
+fn is_not_found(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
+}
+
+/// Writes to a temp file in the same directory, then renames it over `path`, so a
+/// reader sees the old record or the new one, never half of one.
+fn write_atomic(path: &Path, record: &StatusRecord) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("record paths are built from a file name");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let mut json = serde_json::to_vec(record).expect("a status record always serializes");
+    json.push(b'\n');
+    fs::write(&tmp, &json).with_context(|| format!("could not write {}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|err| {
+        let _ = fs::remove_file(&tmp);
+        anyhow::Error::new(err).context(format!("could not write {}", path.display()))
+    })
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+#[path = "status_file_tests.rs"]
+mod tests;

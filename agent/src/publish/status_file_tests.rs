@@ -1,0 +1,162 @@
+//! Unit tests for status records: lifecycle, listing, dead holders, state directory.
+
+use super::*;
+
+fn own_record() -> StatusRecord {
+    let mut record = StatusRecord::new(
+        std::process::id(),
+        5678,
+        DebugMode::Connect,
+        "10.1.2.3:5678",
+    );
+    record.rank = Some(3);
+    record.local_rank = Some(1);
+    record
+}
+
+/// A record naming this process but with a start time it never had: a "reused PID".
+fn stale_record() -> StatusRecord {
+    let mut record = own_record();
+    let real = holder::process_start_time(record.pid).expect("/proc/self/stat is readable");
+    record.start_time = Some(real + 1);
+    record
+}
+
+#[test]
+fn create_writes_a_complete_record_and_drop_removes_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = StatusFile::create(dir.path(), own_record()).expect("create");
+    let path = file.path().to_path_buf();
+    assert!(path.starts_with(dir.path().join(SESSIONS_DIR)), "{path:?}");
+    let on_disk = read_record(&path).expect("readable");
+    assert_eq!(&on_disk, file.record());
+    assert_eq!(
+        on_disk.start_time,
+        holder::process_start_time(std::process::id())
+    );
+    assert_eq!(on_disk.pid_ns, holder::pid_namespace());
+    assert_eq!(on_disk.state, SessionState::WaitingForDebugger);
+    drop(file);
+    assert!(!path.exists(), "drop must remove {path:?}");
+}
+
+#[test]
+fn set_state_moves_since_only_on_a_change_and_keeps_the_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut record = own_record();
+    record.since = 1;
+    let mut file = StatusFile::create(dir.path(), record).expect("create");
+    file.set_state(SessionState::WaitingForDebugger, Some("relay says 404"))
+        .expect("same state");
+    assert_eq!(file.record().since, 1, "same state keeps since");
+    assert_eq!(file.record().reason.as_deref(), Some("relay says 404"));
+    file.set_state(SessionState::RelayUnreachable, Some("dns: no such host"))
+        .expect("new state");
+    assert!(file.record().since > 1, "a state change moves since");
+    let on_disk = read_record(file.path()).expect("readable");
+    assert_eq!(on_disk.state, SessionState::RelayUnreachable);
+    assert_eq!(on_disk.reason.as_deref(), Some("dns: no such host"));
+    file.set_endpoint("relay hc1/5678").expect("endpoint");
+    assert_eq!(
+        read_record(file.path()).expect("readable").endpoint,
+        "relay hc1/5678"
+    );
+    let leftovers: Vec<_> = fs::read_dir(dir.path().join(SESSIONS_DIR))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+#[test]
+fn listing_judges_holders_and_reports_unreadable_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    assert_eq!(
+        list_sessions(dir.path()).expect("no sessions dir yet"),
+        Listing::default()
+    );
+    let live = StatusFile::create(dir.path(), own_record()).expect("create");
+    let sessions = dir.path().join(SESSIONS_DIR);
+    let mut stale = stale_record();
+    stale.pid_ns = live.record().pid_ns;
+    stale.state = SessionState::Attached;
+    stale.rank = Some(0);
+    let stale_path = sessions.join("stale.json");
+    write_atomic(&stale_path, &stale).expect("write stale");
+    fs::write(sessions.join("garbage.json"), "{not json").expect("garbage");
+    fs::write(sessions.join(".half.json.1.tmp"), "{").expect("temp file");
+    fs::write(sessions.join("notes.txt"), "ignored").expect("other file");
+
+    let Listing {
+        sessions: entries,
+        unreadable,
+    } = list_sessions(dir.path()).expect("list");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    // Sorted by rank: the stale rank 0 first, the live rank 3 second.
+    assert_eq!(entries[0].holder, Holder::Dead);
+    assert_eq!(entries[0].state(), SessionState::Ended);
+    let reason = entries[0].reason().expect("a dead holder has a reason");
+    assert!(reason.contains("last recorded state: attached"), "{reason}");
+    assert_eq!(entries[1].holder, Holder::Live);
+    assert_eq!(entries[1].state(), SessionState::WaitingForDebugger);
+    assert_eq!(&entries[1].record, live.record());
+    assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+    assert!(unreadable[0].path.ends_with("garbage.json"));
+}
+
+#[test]
+fn create_prunes_records_of_dead_holders() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sessions = dir.path().join(SESSIONS_DIR);
+    fs::create_dir_all(&sessions).expect("dir");
+    let mut stale = stale_record();
+    stale.pid_ns = holder::pid_namespace();
+    let stale_path = sessions.join("99999999.json");
+    write_atomic(&stale_path, &stale).expect("write");
+    let _live = StatusFile::create(dir.path(), own_record()).expect("create");
+    assert!(!stale_path.exists(), "a dead holder's record is pruned");
+}
+
+#[test]
+fn records_from_another_pid_namespace_are_not_judged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut foreign = stale_record();
+    foreign.pid_ns = Some(holder::pid_namespace().unwrap_or(0).wrapping_add(1));
+    let file = StatusFile::create(dir.path(), foreign).expect("create");
+    let entries = list_sessions(dir.path()).expect("list").sessions;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].holder, Holder::Unknown);
+    assert_eq!(entries[0].state(), file.record().state);
+}
+
+#[test]
+fn first_usable_skips_files_and_foreign_owners() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let file = root.path().join("a-file");
+    fs::write(&file, "").expect("file");
+    let not_ours = root.path().join("not-ours");
+    let ours = root.path().join("nested").join("ours");
+    let me = nix::unistd::getuid().as_raw();
+    let candidates = [
+        (file.clone(), None),
+        (not_ours.clone(), Some(me.wrapping_add(1))),
+        (ours.clone(), Some(me)),
+    ];
+    assert_eq!(first_usable(&candidates).expect("one is usable"), ours);
+    let err = first_usable(&candidates[..2]).expect_err("none usable");
+    let text = format!("{err:#}");
+    assert!(text.contains("AMLX_STATE_DIR"), "{text}");
+    assert!(text.contains("a-file"), "{text}");
+    assert!(text.contains("owned by uid"), "{text}");
+}
+
+#[test]
+fn explicit_state_dir_wins_and_is_created() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let wanted = root.path().join("x").join("y");
+    let env = std::collections::HashMap::new();
+    assert_eq!(state_dir(Some(&wanted), &env).expect("explicit"), wanted);
+    assert!(wanted.is_dir());
+}
