@@ -1,4 +1,5 @@
 //! Azure Relay Hybrid Connections: SAS tokens, connection strings, the wire protocol,
 //! the client (listener + sender), the azbridge preamble, and the self-hosted server.
 
+pub mod connection_string;
 pub mod sas;
