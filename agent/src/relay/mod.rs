@@ -2,4 +2,5 @@
 //! the client (listener + sender), the azbridge preamble, and the self-hosted server.
 
 pub mod connection_string;
+pub mod protocol;
 pub mod sas;
