@@ -67,23 +67,31 @@ impl Tunnel {
     /// ended) first.
     pub async fn read_exact(&mut self, n: usize) -> io::Result<Option<Vec<u8>>> {
         while self.pending.len() < n {
-            match self.next_data().await? {
-                Some(data) => self.pending.extend_from_slice(&data),
-                None => return Ok(None),
+            match self.next_data().await {
+                Ok(Some(data)) => self.pending.extend_from_slice(&data),
+                Ok(None) => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(e),
             }
         }
         Ok(Some(self.pending.drain(..n).collect()))
     }
 
-    /// The next data payload; answers Pings on the way. `None` at the peer's Close or EOF.
+    /// The next data payload; answers Pings on the way. `None` at the peer's Close, an
+    /// `UnexpectedEof` error when the transport ends without one.
     async fn next_data(&mut self) -> io::Result<Option<Vec<u8>>> {
         if self.peer_closed {
             return Ok(None);
         }
         loop {
             let Some(frame) = self.reader.read_frame().await? else {
+                // Without a Close the peer's state is unknown: abort rather than
+                // half-close, or the other direction could wait forever.
                 self.peer_closed = true;
-                return Ok(None);
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the relayed connection ended without a Close frame",
+                ));
             };
             match frame.opcode {
                 OpCode::Binary | OpCode::Text | OpCode::Continuation => {
@@ -191,3 +199,7 @@ impl Tunnel {
         Ok(stats)
     }
 }
+
+#[cfg(test)]
+#[path = "tunnel_tests.rs"]
+mod tests;
