@@ -2,3 +2,4 @@
 //! the client (listener + sender), the azbridge preamble, and the self-hosted server.
 
 pub mod sas;
+pub mod server;
