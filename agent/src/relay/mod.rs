@@ -6,3 +6,4 @@ pub mod client;
 pub mod connection_string;
 pub mod protocol;
 pub mod sas;
+pub mod server;
