@@ -62,7 +62,9 @@ mod serve {
         ) {
             (Ok(t), Ok(i)) => (t, i),
             (Err(err), _) | (_, Err(err)) => {
-                tracing::error!("relay serve: cannot watch SIGTERM/SIGINT ({err}); stop it with SIGKILL");
+                tracing::error!(
+                    "relay serve: cannot watch SIGTERM/SIGINT ({err}); stop it with SIGKILL"
+                );
                 return;
             }
         };
@@ -156,9 +158,7 @@ mod serve {
         l.max_connections = section.max_connections.unwrap_or(l.max_connections);
         l.handshake_timeout = section.handshake_timeout.unwrap_or(l.handshake_timeout);
         l.rendezvous_timeout = section.rendezvous_timeout.unwrap_or(l.rendezvous_timeout);
-        l.max_control_message = section
-            .max_control_message
-            .unwrap_or(l.max_control_message);
+        l.max_control_message = section.max_control_message.unwrap_or(l.max_control_message);
         l.shutdown_grace = section.shutdown_grace.unwrap_or(l.shutdown_grace);
         config.listen = args.listen.or(section.listen).unwrap_or(config.listen);
         // TLS from flags replaces TLS (and insecure_ws) from the file, and vice versa.
@@ -190,11 +190,7 @@ mod serve {
             .with_context(|| format!("could not read config file {}", path.display()))?;
         let table: toml::Table = toml::from_str(&text)
             .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
-        let Some(section) = table
-            .get("relay")
-            .and_then(|r| r.get("server"))
-            .cloned()
-        else {
+        let Some(section) = table.get("relay").and_then(|r| r.get("server")).cloned() else {
             return Ok(FileSection::default());
         };
         section

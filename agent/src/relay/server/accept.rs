@@ -74,7 +74,10 @@ pub fn command(address: &str, id: &str, sender: &Request, peer: SocketAddr) -> S
 fn connect_headers(sender: &Request) -> Map<String, Value> {
     let mut map = Map::new();
     for (name, value) in &sender.headers {
-        if WITHHELD_HEADERS.iter().any(|w| w.eq_ignore_ascii_case(name)) {
+        if WITHHELD_HEADERS
+            .iter()
+            .any(|w| w.eq_ignore_ascii_case(name))
+        {
             continue;
         }
         let name = canonical(name);
@@ -138,8 +141,16 @@ mod tests {
     #[test]
     fn address_keeps_suffix_and_app_query() {
         let cases = [
-            ("/$hc/hc1", "sb-hc-action=connect&sb-hc-token=t", "ws://l:1/$hc/hc1?sb-hc-action=accept&sb-hc-id=ID"),
-            ("/%24hc/hc1/a%20b", "x=1&sb-hc-id=s&y", "ws://l:1/$hc/hc1/a%20b?x=1&y&sb-hc-action=accept&sb-hc-id=ID"),
+            (
+                "/$hc/hc1",
+                "sb-hc-action=connect&sb-hc-token=t",
+                "ws://l:1/$hc/hc1?sb-hc-action=accept&sb-hc-id=ID",
+            ),
+            (
+                "/%24hc/hc1/a%20b",
+                "x=1&sb-hc-id=s&y",
+                "ws://l:1/$hc/hc1/a%20b?x=1&y&sb-hc-action=accept&sb-hc-id=ID",
+            ),
         ];
         for (path, query, want) in cases {
             assert_eq!(address(&request(path, query, &[]), "ws", "l:1", "ID"), want);
@@ -177,7 +188,13 @@ mod tests {
 
     #[test]
     fn reject_statuses() {
-        for (raw, want) in [("403", 403), (" 404 ", 404), ("200", 502), ("abc", 502), ("599", 599)] {
+        for (raw, want) in [
+            ("403", 403),
+            (" 404 ", 404),
+            ("200", 502),
+            ("abc", 502),
+            ("599", 599),
+        ] {
             assert_eq!(reject_status(raw), want, "{raw}");
         }
     }

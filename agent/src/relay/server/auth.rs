@@ -22,7 +22,9 @@ impl KeyRight {
     fn grants(self, right: Right) -> bool {
         matches!(
             (self, right),
-            (KeyRight::Manage, _) | (KeyRight::Listen, Right::Listen) | (KeyRight::Send, Right::Send)
+            (KeyRight::Manage, _)
+                | (KeyRight::Listen, Right::Listen)
+                | (KeyRight::Send, Right::Send)
         )
     }
 }
@@ -158,21 +160,101 @@ mod tests {
     #[test]
     fn decisions() {
         let ok = |uri: &str, name: &str| token(uri, name, KEY, NOW + 60);
-        let cases: Vec<(&str, Option<String>, &str, Right, Result<(), u16>)> = vec![
+        // (name, token, path, right, expected status)
+        type Case<'a> = (&'a str, Option<String>, &'a str, Right, Result<(), u16>);
+        let cases: Vec<Case> = vec![
             ("no token", None, "hc", Right::Listen, Err(401)),
-            ("garbage", Some("nonsense".into()), "hc", Right::Listen, Err(401)),
-            ("dotnet audience", Some(ok("http://h/hc/", "listen")), "hc", Right::Listen, Ok(())),
-            ("hyco-ws audience", Some(ok("http://h:9/hc", "listen")), "hc", Right::Listen, Ok(())),
-            ("namespace token", Some(ok("http://h/", "root")), "x/y", Right::Send, Ok(())),
-            ("other path", Some(ok("http://h/hc", "listen")), "hc2", Right::Listen, Err(403)),
-            ("under path", Some(ok("http://h/hc", "listen")), "hc/sub", Right::Listen, Ok(())),
-            ("send key listens", Some(ok("http://h/shared", "send-a")), "shared", Right::Listen, Err(403)),
-            ("send key sends", Some(ok("http://h/shared", "send-a")), "shared", Right::Send, Ok(())),
-            ("key path pattern", Some(ok("http://h/", "send-a")), "team-a/x", Right::Send, Ok(())),
-            ("outside key paths", Some(ok("http://h/", "send-a")), "team-b/x", Right::Send, Err(403)),
-            ("unknown key", Some(ok("http://h/hc", "nobody")), "hc", Right::Listen, Err(401)),
-            ("bad signature", Some(token("http://h/hc", "listen", "other", NOW + 60)), "hc", Right::Listen, Err(401)),
-            ("expired", Some(token("http://h/hc", "listen", KEY, NOW - 1)), "hc", Right::Listen, Err(401)),
+            (
+                "garbage",
+                Some("nonsense".into()),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+            (
+                "dotnet audience",
+                Some(ok("http://h/hc/", "listen")),
+                "hc",
+                Right::Listen,
+                Ok(()),
+            ),
+            (
+                "hyco-ws audience",
+                Some(ok("http://h:9/hc", "listen")),
+                "hc",
+                Right::Listen,
+                Ok(()),
+            ),
+            (
+                "namespace token",
+                Some(ok("http://h/", "root")),
+                "x/y",
+                Right::Send,
+                Ok(()),
+            ),
+            (
+                "other path",
+                Some(ok("http://h/hc", "listen")),
+                "hc2",
+                Right::Listen,
+                Err(403),
+            ),
+            (
+                "under path",
+                Some(ok("http://h/hc", "listen")),
+                "hc/sub",
+                Right::Listen,
+                Ok(()),
+            ),
+            (
+                "send key listens",
+                Some(ok("http://h/shared", "send-a")),
+                "shared",
+                Right::Listen,
+                Err(403),
+            ),
+            (
+                "send key sends",
+                Some(ok("http://h/shared", "send-a")),
+                "shared",
+                Right::Send,
+                Ok(()),
+            ),
+            (
+                "key path pattern",
+                Some(ok("http://h/", "send-a")),
+                "team-a/x",
+                Right::Send,
+                Ok(()),
+            ),
+            (
+                "outside key paths",
+                Some(ok("http://h/", "send-a")),
+                "team-b/x",
+                Right::Send,
+                Err(403),
+            ),
+            (
+                "unknown key",
+                Some(ok("http://h/hc", "nobody")),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+            (
+                "bad signature",
+                Some(token("http://h/hc", "listen", "other", NOW + 60)),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+            (
+                "expired",
+                Some(token("http://h/hc", "listen", KEY, NOW - 1)),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
         ];
         for (name, tok, path, right, want) in cases {
             let got = authorize(&keys(), tok.as_deref(), path, right, NOW)
@@ -186,7 +268,13 @@ mod tests {
     fn grant_carries_the_expiry() {
         let tok = token("http://h/hc", "listen", KEY, NOW + 99);
         let grant = authorize(&keys(), Some(&tok), "hc", Right::Listen, NOW).expect("valid");
-        assert_eq!(grant, Grant { key_name: "listen".into(), expiry: NOW + 99 });
+        assert_eq!(
+            grant,
+            Grant {
+                key_name: "listen".into(),
+                expiry: NOW + 99
+            }
+        );
     }
 
     #[test]

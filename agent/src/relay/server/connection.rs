@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument as _;
@@ -16,7 +16,7 @@ use super::io::{BoxIo, Prefixed};
 use super::registry::{CONTROL_QUEUE, ListenerHandle};
 use super::rendezvous::{Decision, Leg, Pending};
 use super::upgrade::{self, HeadError, Request};
-use super::{Server, accept, auth, control, frame, relay};
+use super::{Server, Slot, accept, auth, control, frame, relay};
 use crate::relay::sas::{Right, SasError};
 
 /// Where Hybrid Connection upgrades live.
@@ -31,12 +31,7 @@ pub const NO_LISTENERS: &str = "There are no listeners connected for the endpoin
 type Stream = Prefixed<BoxIo>;
 
 /// Serves one accepted TCP connection to the end; errors are logged here.
-pub(super) async fn handle(
-    server: Arc<Server>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
+pub(super) async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, permit: Slot) {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
     let timeout = server.settings.limits.handshake_timeout;
@@ -95,7 +90,7 @@ struct Ctx {
     peer: SocketAddr,
     local: Option<SocketAddr>,
     request: Request,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
 }
 
 impl Ctx {
@@ -131,7 +126,8 @@ impl Ctx {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let entity = entity.to_owned();
         let action = self.request.query_param("sb-hc-action").unwrap_or_default();
-        let span = tracing::info_span!("hc", tracking = %tracking, action = %action, path = %entity);
+        let span =
+            tracing::info_span!("hc", tracking = %tracking, action = %action, path = %entity);
         match action.as_str() {
             "listen" => self.listen(stream, &entity, &key).instrument(span).await,
             "connect" => {
@@ -234,7 +230,8 @@ impl Ctx {
         tracing::debug!(listener_path = %entity_path, "sender waiting for a listener");
         let (ticket, decision) = server.rendezvous.open(tracking, entity);
         let delivered = listeners.iter().any(|l| {
-            let address = accept::address(&self.request, server.settings.scheme(), &l.host, &ticket.id);
+            let address =
+                accept::address(&self.request, server.settings.scheme(), &l.host, &ticket.id);
             let command = accept::command(&address, &ticket.id, &self.request, self.peer);
             l.commands.try_send(command).is_ok()
         });
@@ -359,6 +356,10 @@ impl Ctx {
 async fn refuse(stream: &mut Stream, err: &SasError) {
     let status = err.status();
     tracing::info!(status, "refused: {err}");
-    let title = if status == 401 { "Unauthorized" } else { "Forbidden" };
+    let title = if status == 401 {
+        "Unauthorized"
+    } else {
+        "Forbidden"
+    };
     upgrade::write_status(stream, status, &format!("{title}: {err}")).await;
 }

@@ -153,7 +153,10 @@ mod tests {
     #[test]
     fn recognises_renew_token() {
         let cases = [
-            (r#"{"renewToken":{"token":"SharedAccessSignature sr=a"}}"#, Some("SharedAccessSignature sr=a")),
+            (
+                r#"{"renewToken":{"token":"SharedAccessSignature sr=a"}}"#,
+                Some("SharedAccessSignature sr=a"),
+            ),
             (r#"{"renewToken":{}}"#, None),
             (r#"{"unknown":{"x":1}}"#, None),
             ("not json", None),

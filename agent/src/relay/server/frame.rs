@@ -165,10 +165,18 @@ mod tests {
             let payload = vec![7u8; len];
             let bytes = client_frame(0x82, &payload, [1, 2, 3, 4]);
             let mut input = bytes.as_slice();
-            let h = read_header(&mut input).await.expect("valid").expect("frame");
+            let h = read_header(&mut input)
+                .await
+                .expect("valid")
+                .expect("frame");
             assert_eq!(
                 h,
-                Header { fin: true, opcode: OP_BINARY, mask: Some([1, 2, 3, 4]), len: len as u64 }
+                Header {
+                    fin: true,
+                    opcode: OP_BINARY,
+                    mask: Some([1, 2, 3, 4]),
+                    len: len as u64
+                }
             );
             let mut body = input.to_vec();
             unmask(&mut body, h.mask, 0);

@@ -136,7 +136,10 @@ mod tests {
         let reg = Registry::new(2);
         assert!(reg.add("hc", handle(&reg)).is_ok());
         assert!(reg.add("HC/", handle(&reg)).is_ok());
-        assert_eq!(reg.add("hc", handle(&reg)), Err(TooManyListeners { max: 2 }));
+        assert_eq!(
+            reg.add("hc", handle(&reg)),
+            Err(TooManyListeners { max: 2 })
+        );
         assert!(reg.add("other", handle(&reg)).is_ok());
         assert_eq!(reg.count(), 3);
     }

@@ -128,7 +128,12 @@ async fn forward(
                     FrameError::Io(_) => frame::CLOSE_GOING_AWAY,
                 };
                 abort.cancel();
-                goodbye(&dst_out, frame::CLOSE_GOING_AWAY, "the other side went away").await;
+                goodbye(
+                    &dst_out,
+                    frame::CLOSE_GOING_AWAY,
+                    "the other side went away",
+                )
+                .await;
                 if code == frame::CLOSE_PROTOCOL_ERROR {
                     goodbye(&src_out, code, "WebSocket protocol error").await;
                 }

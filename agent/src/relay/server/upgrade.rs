@@ -138,7 +138,9 @@ pub async fn read_request<S: AsyncRead + Unpin>(
             Ok(None) if buf.len() > MAX_HEAD_BYTES => {
                 return Ok(Some(Err(HeadError {
                     status: 431,
-                    message: format!("Request Header Fields Too Large: over {MAX_HEAD_BYTES} bytes"),
+                    message: format!(
+                        "Request Header Fields Too Large: over {MAX_HEAD_BYTES} bytes"
+                    ),
                 })));
             }
             Ok(None) => {}
@@ -210,7 +212,13 @@ fn standard_reason(status: u16) -> &'static str {
 pub fn reason_phrase(description: &str) -> String {
     let cleaned: String = description
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { ' ' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                ' '
+            }
+        })
         .take(MAX_REASON_CHARS)
         .collect();
     cleaned.trim().to_owned()
@@ -297,7 +305,10 @@ mod tests {
         assert_eq!(req.raw_path, "/$hc/hc1/sub");
         assert_eq!(req.query_param("SB-HC-TOKEN").as_deref(), Some("a b"));
         assert_eq!(req.app_query(), vec!["x=1", "y"]);
-        assert_eq!(req.websocket_key().expect("upgrade"), "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(
+            req.websocket_key().expect("upgrade"),
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        );
         assert_eq!(req.header("host"), Some("relay:9443"));
     }
 
@@ -343,8 +354,14 @@ mod tests {
     fn status_response_carries_the_description() {
         let text = String::from_utf8(status_response(404, "There are no listeners\r\nX: y"))
             .expect("ascii");
-        assert!(text.starts_with("HTTP/1.1 404 There are no listeners  X: y\r\n"), "{text}");
-        assert!(text.ends_with("\r\n\r\nThere are no listeners\r\nX: y\n"), "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 404 There are no listeners  X: y\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\r\n\r\nThere are no listeners\r\nX: y\n"),
+            "{text}"
+        );
     }
 
     #[test]
