@@ -93,7 +93,9 @@ fn refusals_and_their_status() {
     let good = sign("http://h/hc/", "send", &key(), 100).expect("short key");
     let good = good.expose();
     let forged = good.replace("sig=", "sig=AA");
-    let cases: &[(Option<&str>, &str, Right, u64, u16, &str)] = &[
+    /// token, path, right, now, expected status, why
+    type Case<'a> = (Option<&'a str>, &'a str, Right, u64, u16, &'a str);
+    let cases: &[Case] = &[
         (None, "hc", Right::Send, 50, 401, "missing"),
         (Some(""), "hc", Right::Send, 50, 401, "empty"),
         (Some("Bearer abc"), "hc", Right::Send, 50, 401, "not SAS"),
