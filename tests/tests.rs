@@ -7,4 +7,5 @@ mod detect;
 mod exec;
 mod ports;
 mod relay;
+mod relay_server;
 mod supervise;

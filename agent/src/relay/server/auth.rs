@@ -160,7 +160,9 @@ mod tests {
     #[test]
     fn decisions() {
         let ok = |uri: &str, name: &str| token(uri, name, KEY, NOW + 60);
-        let cases: Vec<(&str, Option<String>, &str, Right, Result<(), u16>)> = vec![
+        // (name, token, path, right, expected status)
+        type Case<'a> = (&'a str, Option<String>, &'a str, Right, Result<(), u16>);
+        let cases: Vec<Case> = vec![
             ("no token", None, "hc", Right::Listen, Err(401)),
             (
                 "garbage",

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument as _;
@@ -16,7 +16,7 @@ use super::io::{BoxIo, Prefixed};
 use super::registry::{CONTROL_QUEUE, ListenerHandle};
 use super::rendezvous::{Decision, Leg, Pending};
 use super::upgrade::{self, HeadError, Request};
-use super::{Server, accept, auth, control, frame, relay};
+use super::{Server, Slot, accept, auth, control, frame, relay};
 use crate::relay::sas::{Right, SasError};
 
 /// Where Hybrid Connection upgrades live.
@@ -31,12 +31,7 @@ pub const NO_LISTENERS: &str = "There are no listeners connected for the endpoin
 type Stream = Prefixed<BoxIo>;
 
 /// Serves one accepted TCP connection to the end; errors are logged here.
-pub(super) async fn handle(
-    server: Arc<Server>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
+pub(super) async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, permit: Slot) {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
     let timeout = server.settings.limits.handshake_timeout;
@@ -95,7 +90,7 @@ struct Ctx {
     peer: SocketAddr,
     local: Option<SocketAddr>,
     request: Request,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
 }
 
 impl Ctx {

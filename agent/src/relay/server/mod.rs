@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -178,6 +178,8 @@ struct Server {
     rendezvous: Rendezvous,
     /// Caps open TCP connections; a permit lives as long as its connection.
     connections: Arc<Semaphore>,
+    /// TCP connections open now (each holds a [`Slot`]).
+    open: Arc<AtomicUsize>,
     /// Relayed (sender ↔ listener) connections open now.
     relayed: AtomicUsize,
     /// Relayed connections since start.
@@ -190,15 +192,37 @@ struct Server {
 
 impl Server {
     fn status_json(&self) -> String {
-        let open = self.settings.limits.max_connections - self.connections.available_permits();
         serde_json::json!({
             "listeners": self.registry.count(),
             "pending": self.rendezvous.count(),
             "relayed": self.relayed.load(Ordering::Relaxed),
             "relayed_total": self.relayed_total.load(Ordering::Relaxed),
-            "connections": open,
+            "connections": self.open.load(Ordering::Relaxed),
         })
         .to_string()
+    }
+}
+
+/// A connection's place under `max_connections`, counted in `/$status` while it lives.
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Arc<AtomicUsize>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, open: Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -216,6 +240,7 @@ pub async fn run(
         registry: Registry::new(settings.limits.max_listeners_per_path),
         rendezvous: Rendezvous::default(),
         connections: Arc::new(Semaphore::new(max)),
+        open: Arc::new(AtomicUsize::new(0)),
         relayed: AtomicUsize::new(0),
         relayed_total: AtomicU64::new(0),
         shutdown: shutdown.clone(),
@@ -242,8 +267,9 @@ pub async fn run(
                 }
             },
         };
+        let slot = Slot::new(permit, server.open.clone());
         let span = tracing::info_span!("conn", %peer);
-        tracker.spawn(connection::handle(server.clone(), tcp, peer, permit).instrument(span));
+        tracker.spawn(connection::handle(server.clone(), tcp, peer, slot).instrument(span));
     }
     drop(listener);
     tracker.close();

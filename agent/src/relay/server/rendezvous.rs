@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 
+use super::Slot;
 use super::io::{BoxIo, Prefixed};
 
 /// The listener's end of an accepted rendezvous, handed to the sender's task.
@@ -22,7 +23,7 @@ pub struct Leg {
     /// Where the rendezvous came from (logs).
     pub peer: SocketAddr,
     /// The connection slot of the listener's leg, released when the pump ends.
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Slot,
 }
 
 /// What the listener decided.
