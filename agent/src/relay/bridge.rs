@@ -12,6 +12,7 @@
 use std::fmt;
 use std::io;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::relay::client::Tunnel;
 use crate::relay::protocol::close_code;
@@ -32,6 +33,8 @@ pub const REPLY_EXPECTED_TCP: [u8; 3] = [0, 0, 255];
 pub const REPLY_OK_TCP: [u8; 3] = [1, 0, MODE_TCP];
 /// Longest port name (its length travels in one byte).
 pub const MAX_PORT_NAME_BYTES: usize = 255;
+/// How long either side waits for the other's preamble (azbridge uses 60 s write timeouts).
+pub const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the preamble failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,8 @@ pub enum BridgeError {
     ExpectedUdp(String),
     #[error("the listener answered {0:?} instead of [1,0,0]")]
     BadReply([u8; 3]),
+    #[error("the listener did not answer the preamble within {PREAMBLE_TIMEOUT:?}")]
+    Timeout,
     #[error("the relayed connection failed during the preamble: {0}")]
     Io(#[from] io::Error),
 }
@@ -66,9 +71,9 @@ pub fn encode_request(port_name: &str) -> Result<Vec<u8>, BridgeError> {
 pub async fn open(tunnel: &mut Tunnel, port_name: &str) -> Result<(), BridgeError> {
     let request = encode_request(port_name)?;
     tunnel.write(&request).await?;
-    let reply = tunnel
-        .read_exact(3)
-        .await?
+    let reply = tokio::time::timeout(PREAMBLE_TIMEOUT, tunnel.read_exact(3))
+        .await
+        .map_err(|_| BridgeError::Timeout)??
         .ok_or_else(|| BridgeError::Refused(port_name.to_owned()))?;
     match [reply[0], reply[1], reply[2]] {
         REPLY_OK_TCP => Ok(()),
@@ -159,26 +164,26 @@ pub async fn accept(
     mut tunnel: Tunnel,
     forwards: &Forwards,
 ) -> Result<Option<(Tunnel, Forward)>, BridgeError> {
-    let Some(head) = tunnel.read_exact(3).await? else {
-        tunnel.finish(close_code::NORMAL, "").await;
-        return Ok(None);
+    let request = tokio::time::timeout(PREAMBLE_TIMEOUT, read_request(&mut tunnel)).await;
+    let (mode, name) = match request {
+        Ok(Ok(Request::Valid { mode, name })) => (mode, name),
+        Ok(Ok(Request::UnknownVersion(head))) => {
+            tracing::warn!(?head, "sender speaks an unknown preamble version");
+            tunnel.write(&REPLY_UNKNOWN_VERSION).await?;
+            tunnel.finish(close_code::NORMAL, "").await;
+            return Ok(None);
+        }
+        Ok(Ok(Request::Closed)) => {
+            tunnel.finish(close_code::NORMAL, "").await;
+            return Ok(None);
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            tracing::warn!("sender sent no preamble within {PREAMBLE_TIMEOUT:?}");
+            tunnel.finish(close_code::NORMAL, "").await;
+            return Ok(None);
+        }
     };
-    let (version, mode) = ([head[0], head[1]], head[2]);
-    if version != VERSION || !(mode == MODE_TCP || mode == MODE_UDP) {
-        tracing::warn!(?head, "sender speaks an unknown preamble version");
-        tunnel.write(&REPLY_UNKNOWN_VERSION).await?;
-        tunnel.finish(close_code::NORMAL, "").await;
-        return Ok(None);
-    }
-    let Some(len) = tunnel.read_exact(1).await? else {
-        tunnel.finish(close_code::NORMAL, "").await;
-        return Ok(None);
-    };
-    let Some(name) = tunnel.read_exact(usize::from(len[0])).await? else {
-        tunnel.finish(close_code::NORMAL, "").await;
-        return Ok(None);
-    };
-    let name = String::from_utf8_lossy(&name).into_owned();
     let Some(forward) = forwards.resolve(&name).cloned() else {
         tracing::warn!(
             port_name = name,
@@ -194,6 +199,37 @@ pub async fn accept(
         return Ok(None);
     }
     Ok(Some((tunnel, forward)))
+}
+
+/// What a sender's preamble said.
+enum Request {
+    Valid {
+        mode: u8,
+        name: String,
+    },
+    UnknownVersion([u8; 3]),
+    /// The sender closed before a whole preamble.
+    Closed,
+}
+
+async fn read_request(tunnel: &mut Tunnel) -> io::Result<Request> {
+    let Some(head) = tunnel.read_exact(3).await? else {
+        return Ok(Request::Closed);
+    };
+    let (version, mode) = ([head[0], head[1]], head[2]);
+    if version != VERSION || !(mode == MODE_TCP || mode == MODE_UDP) {
+        return Ok(Request::UnknownVersion([head[0], head[1], head[2]]));
+    }
+    let Some(len) = tunnel.read_exact(1).await? else {
+        return Ok(Request::Closed);
+    };
+    let Some(name) = tunnel.read_exact(usize::from(len[0])).await? else {
+        return Ok(Request::Closed);
+    };
+    Ok(Request::Valid {
+        mode,
+        name: String::from_utf8_lossy(&name).into_owned(),
+    })
 }
 
 /// Listener side, after the local target is connected: tells the sender to go ahead.
@@ -217,6 +253,98 @@ mod tests {
             encode_request(&"x".repeat(256)),
             Err(BridgeError::NameTooLong(_))
         ));
+    }
+
+    /// The listener's answers, against a scripted sender.
+    #[tokio::test]
+    async fn listener_replies_follow_azbridge() {
+        use crate::relay::client::frame::OpCode;
+        use crate::relay::client::tunnel::test_support::tunnel_and_peer;
+
+        let forwards = Forwards::from_ports(&[5678, 5679]);
+        // (what the sender writes, in separate messages; the reply bytes before Close)
+        let cases: &[(&[&[u8]], &[u8], bool)] = &[
+            (&[&[1, 0, 0, 4], b"5679"], &[], true),
+            (&[&[2, 0, 0, 4], b"5679"], &REPLY_UNKNOWN_VERSION, false),
+            (&[&[1, 0, 7, 4], b"5679"], &REPLY_UNKNOWN_VERSION, false),
+            (&[&[1, 0, 1, 4], b"5678"], &REPLY_EXPECTED_TCP, false),
+            (&[&[1, 0, 0, 3], b"web"], &[], false),
+        ];
+        for (messages, reply, accepted) in cases {
+            let (tunnel, (mut peer_reader, mut peer_writer)) = tunnel_and_peer();
+            for m in *messages {
+                peer_writer
+                    .write_frame(OpCode::Binary, m)
+                    .await
+                    .expect("write");
+            }
+            let got = accept(tunnel, &forwards).await.expect("no transport error");
+            assert_eq!(got.is_some(), *accepted, "{messages:?}");
+            if let Some((tunnel, forward)) = got {
+                assert_eq!(forward.port, 5679);
+                confirm(&tunnel).await.expect("reply");
+                let f = peer_reader
+                    .read_frame()
+                    .await
+                    .expect("read")
+                    .expect("frame");
+                assert_eq!(f.payload, REPLY_OK_TCP);
+                continue;
+            }
+            let mut bytes = Vec::new();
+            let close = loop {
+                let f = peer_reader
+                    .read_frame()
+                    .await
+                    .expect("read")
+                    .expect("frame");
+                match f.opcode {
+                    OpCode::Close => break f,
+                    _ => bytes.extend_from_slice(&f.payload),
+                }
+            };
+            assert_eq!(bytes, *reply, "{messages:?}");
+            assert_eq!(close.close_code().0, close_code::NORMAL);
+        }
+    }
+
+    /// The sender's view of each answer.
+    #[tokio::test]
+    async fn sender_understands_every_reply() {
+        use crate::relay::client::frame::OpCode;
+        use crate::relay::client::tunnel::test_support::tunnel_and_peer;
+
+        let cases: &[(Option<[u8; 3]>, &str)] = &[
+            (Some(REPLY_OK_TCP), "ok"),
+            (Some(REPLY_UNKNOWN_VERSION), "does not speak"),
+            (Some(REPLY_EXPECTED_UDP), "as UDP"),
+            (Some([9, 9, 9]), "instead of [1,0,0]"),
+            (None, "not forwarded there"),
+        ];
+        for (reply, expected) in cases {
+            let (mut tunnel, (mut peer_reader, mut peer_writer)) = tunnel_and_peer();
+            match reply {
+                Some(r) => peer_writer
+                    .write_frame(OpCode::Binary, r)
+                    .await
+                    .expect("write"),
+                None => peer_writer
+                    .write_close(close_code::NORMAL, "")
+                    .await
+                    .expect("write"),
+            }
+            let got = match open(&mut tunnel, "5678").await {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(got.contains(expected), "{reply:?}: {got}");
+            let request = peer_reader
+                .read_frame()
+                .await
+                .expect("read")
+                .expect("frame");
+            assert_eq!(request.payload, encode_request("5678").expect("short"));
+        }
     }
 
     #[test]
