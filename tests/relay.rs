@@ -1,1 +1,8 @@
-//! Integration tests: `relay`.
+//! Integration tests: `relay` — `relay serve`, `relay listen` and `relay connect` as real
+//! processes on loopback, end to end.
+
+mod errors;
+mod harness;
+mod interop;
+mod reconnect;
+mod tunnels;

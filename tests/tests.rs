@@ -11,5 +11,6 @@ mod launch_json;
 mod mlflow;
 mod ports;
 mod relay;
+mod relay_server;
 mod status;
 mod supervise;

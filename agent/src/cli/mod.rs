@@ -16,7 +16,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use relay::{RelayArgs, RelayCommand};
+pub use relay::{ConnectArgs, ListenArgs, RelayClientArgs};
+pub use relay::{RelayArgs, RelayCommand, ServeArgs};
 
 /// Makes exactly the right processes of a distributed training job remotely debuggable.
 ///

@@ -1,0 +1,174 @@
+//! Why a WebSocket to the relay could not be opened: one variant per cause the caller
+//! branches on, each message naming the cause and the fix on one line.
+
+use std::io;
+use std::time::Duration;
+
+use crate::relay::protocol::status;
+
+/// A failed connect, listen or rendezvous upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "relay {url} rejected the token (401 Unauthorized: {text}); check SharedAccessKeyName/SharedAccessKey in the connection string and this machine's clock"
+    )]
+    Unauthorized { url: String, text: String },
+    #[error(
+        "relay {url} refused access (403 Forbidden: {text}); use a key with the {right} right on this Hybrid Connection{hint}"
+    )]
+    Forbidden {
+        url: String,
+        text: String,
+        right: &'static str,
+        /// For senders: a listener may also refuse with 403.
+        hint: &'static str,
+    },
+    #[error("relay {url} has no such endpoint (404 Not Found: {text}); {fix}")]
+    NotFound {
+        url: String,
+        text: String,
+        fix: &'static str,
+    },
+    #[error(
+        "relay {url} answered 410 Gone ({text}); the rendezvous expired or was already used, retry"
+    )]
+    Gone { url: String, text: String },
+    #[error(
+        "relay {url} failed with HTTP {status} ({text}); retry later, or check the relay's log"
+    )]
+    Server {
+        url: String,
+        status: u16,
+        text: String,
+    },
+    #[error(
+        "relay {url} answered HTTP {status} ({text}) instead of a WebSocket upgrade; check that Endpoint points at a Hybrid Connections relay"
+    )]
+    Unexpected {
+        url: String,
+        status: u16,
+        text: String,
+    },
+    #[error(
+        "cannot reach relay {addr}: {source}; check the Endpoint host and port in the connection string and that the relay is running"
+    )]
+    Connect { addr: String, source: io::Error },
+    #[error(
+        "TLS with relay {host} failed: {source}; for a relay with a private CA pass --ca-file, for a loopback relay without TLS use --insecure-ws"
+    )]
+    Tls { host: String, source: io::Error },
+    #[error(
+        "relay {url} did not finish the WebSocket handshake within {timeout:?}; check that the relay is healthy"
+    )]
+    Timeout { url: String, timeout: Duration },
+    #[error("relay {url} broke the WebSocket handshake: {detail}")]
+    Protocol { url: String, detail: String },
+}
+
+/// Fix for a 404 on listen (the Hybrid Connection does not exist).
+pub const NOT_FOUND_LISTEN_FIX: &str = "create the Hybrid Connection or fix --hc / EntityPath";
+/// Fix for a 404 on connect (nobody listening).
+pub const NOT_FOUND_SEND_FIX: &str = "start `amlx-agent relay listen` (or azbridge -R) for this Hybrid Connection, or fix --hc / EntityPath";
+/// Extra hint for a sender's 403.
+pub const FORBIDDEN_SEND_HINT: &str = " (or the listener refused this sender)";
+
+/// Which side of the protocol failed: decides the texts of 403 and 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Control channel (needs Listen).
+    Listen,
+    /// Sender (needs Send).
+    Send,
+    /// Listener's rendezvous.
+    Rendezvous,
+}
+
+impl ConnectError {
+    /// Maps a non-101 handshake answer.
+    pub fn from_status(role: Role, url: String, status_code: u16, text: String) -> ConnectError {
+        match status_code {
+            status::UNAUTHORIZED => ConnectError::Unauthorized { url, text },
+            status::FORBIDDEN => ConnectError::Forbidden {
+                url,
+                text,
+                right: if role == Role::Send { "Send" } else { "Listen" },
+                hint: if role == Role::Send {
+                    FORBIDDEN_SEND_HINT
+                } else {
+                    ""
+                },
+            },
+            status::NOT_FOUND => ConnectError::NotFound {
+                url,
+                text,
+                fix: if role == Role::Listen {
+                    NOT_FOUND_LISTEN_FIX
+                } else {
+                    NOT_FOUND_SEND_FIX
+                },
+            },
+            status::GONE => ConnectError::Gone { url, text },
+            500..=599 => ConnectError::Server {
+                url,
+                status: status_code,
+                text,
+            },
+            _ => ConnectError::Unexpected {
+                url,
+                status: status_code,
+                text,
+            },
+        }
+    }
+
+    /// The HTTP status the relay answered, if it answered one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ConnectError::Unauthorized { .. } => Some(status::UNAUTHORIZED),
+            ConnectError::Forbidden { .. } => Some(status::FORBIDDEN),
+            ConnectError::NotFound { .. } => Some(status::NOT_FOUND),
+            ConnectError::Gone { .. } => Some(status::GONE),
+            ConnectError::Server { status, .. } | ConnectError::Unexpected { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    /// True when waiting cannot help: wrong credentials, rights or name.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Unauthorized { .. }
+                | ConnectError::Forbidden { .. }
+                | ConnectError::NotFound { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_kinds_with_one_line_messages() {
+        let cases = [
+            (Role::Send, 401, "401 Unauthorized", true),
+            (Role::Send, 403, "Send right", true),
+            (Role::Listen, 403, "Listen right", true),
+            (Role::Send, 404, "relay listen", true),
+            (Role::Listen, 404, "create the Hybrid Connection", true),
+            (Role::Rendezvous, 410, "410 Gone", false),
+            (Role::Send, 503, "HTTP 503", false),
+            (Role::Send, 200, "instead of a WebSocket upgrade", false),
+        ];
+        for (role, code, needle, permanent) in cases {
+            let err = ConnectError::from_status(role, "ws://h/$hc/x".into(), code, "why".into());
+            let text = err.to_string();
+            assert!(text.contains(needle), "{code}: {text}");
+            assert!(!text.contains('\n'), "{text}");
+            assert_eq!(err.status(), Some(code));
+            assert_eq!(err.is_permanent(), permanent, "{code}");
+        }
+    }
+}

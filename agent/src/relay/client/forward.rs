@@ -1,0 +1,285 @@
+//! The two forwarders: relayed connections to local ports by azbridge port name
+//! (`relay listen`, azbridge -R) and local connections out through the relay
+//! (`relay connect`, azbridge -L).
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use super::listener::{AcceptHandler, DRAIN_TIMEOUT, Decision};
+use super::{Endpoint, Tunnel, sender};
+use crate::relay::bridge::{self, Forwards};
+use crate::relay::protocol::{Accept, close_code, status};
+
+/// How long connecting to a local forward target may take.
+pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed local accept (e.g. out of file descriptors) so it cannot spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(200);
+
+/// A network in CIDR notation (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or CIDR network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            max
+        } else {
+            prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix must be 0-{max}"))?
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> (u128, u8) {
+            match ip.to_canonical() {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, net_width), (addr, width)) = (bits(self.addr), bits(ip));
+        if net_width != width {
+            return false;
+        }
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        net & mask == addr & mask
+    }
+}
+
+/// `relay listen`: forwards relayed connections by port name, rejecting senders from
+/// outside the allowed networks with 403.
+#[derive(Debug)]
+pub struct RemoteForwarder {
+    pub forwards: Forwards,
+    /// Empty means every sender is allowed.
+    pub allow: Vec<IpNet>,
+}
+
+impl AcceptHandler for RemoteForwarder {
+    fn decide(&self, accept: &Accept) -> Decision {
+        if self.allow.is_empty() {
+            return Decision::Accept;
+        }
+        let from = accept.remote_endpoint.address.parse::<IpAddr>();
+        match from {
+            Ok(ip) if self.allow.iter().any(|net| net.contains(ip)) => Decision::Accept,
+            _ => Decision::Reject {
+                status: status::FORBIDDEN,
+                description: format!(
+                    "sender address {} is not allowed by this listener",
+                    accept.remote_endpoint.address
+                ),
+            },
+        }
+    }
+
+    async fn handle(self: Arc<Self>, tunnel: Tunnel, _accept: Accept) {
+        let (tunnel, forward) = match bridge::accept(tunnel, &self.forwards).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("relayed connection failed: {e}");
+                return;
+            }
+        };
+        let target = (forward.host.as_str(), forward.port);
+        let tcp =
+            match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        port_name = forward.name,
+                        "cannot connect to {}:{}: {e}",
+                        forward.host,
+                        forward.port
+                    );
+                    tunnel
+                        .finish(close_code::SERVER_ERROR, "local target unreachable")
+                        .await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        port_name = forward.name,
+                        "connecting to {}:{} took over {LOCAL_CONNECT_TIMEOUT:?}",
+                        forward.host,
+                        forward.port
+                    );
+                    tunnel
+                        .finish(close_code::SERVER_ERROR, "local target unreachable")
+                        .await;
+                    return;
+                }
+            };
+        let _ = tcp.set_nodelay(true);
+        if let Err(e) = bridge::confirm(&tunnel).await {
+            tracing::warn!("relayed connection failed: {e}");
+            return;
+        }
+        tracing::info!(
+            port_name = forward.name,
+            "forwarding to {}:{}",
+            forward.host,
+            forward.port
+        );
+        match tunnel.splice(tcp).await {
+            Ok(stats) => tracing::info!(
+                sent = stats.sent,
+                received = stats.received,
+                "relayed connection closed"
+            ),
+            Err(e) => tracing::warn!("relayed connection broke: {e}"),
+        }
+    }
+}
+
+/// `relay connect`: accepts on `listener` and forwards each connection through the
+/// relay under `port_name`, until `shutdown`.
+pub async fn serve_local(
+    listener: TcpListener,
+    endpoint: Arc<Endpoint>,
+    port_name: String,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = shutdown.cancelled() => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!("accepting a local connection failed: {e}");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let endpoint = Arc::clone(&endpoint);
+        let port_name = port_name.clone();
+        let span = tracing::info_span!("local", peer = %peer);
+        tracker.spawn(forward_local(tcp, peer, endpoint, port_name).instrument(span));
+    }
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("relayed connections still open after {DRAIN_TIMEOUT:?}; dropping them");
+    }
+}
+
+async fn forward_local(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    endpoint: Arc<Endpoint>,
+    port_name: String,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut tunnel = match sender::connect(&endpoint, None).await {
+        Ok(t) => t,
+        Err(e) => {
+            // One line naming the cause and the fix; the local client sees its socket close.
+            tracing::error!("{e}");
+            return;
+        }
+    };
+    if let Err(e) = bridge::open(&mut tunnel, &port_name).await {
+        tracing::error!("{e}");
+        tunnel.finish(close_code::NORMAL, "").await;
+        return;
+    }
+    tracing::info!(port_name, "connection from {peer} relayed");
+    match tunnel.splice(tcp).await {
+        Ok(stats) => tracing::info!(
+            sent = stats.sent,
+            received = stats.received,
+            "relayed connection closed"
+        ),
+        Err(e) => tracing::warn!("relayed connection broke: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks() {
+        let cases = [
+            ("10.0.0.0/8", "10.1.2.3", true),
+            ("10.0.0.0/8", "11.0.0.1", false),
+            ("127.0.0.1", "127.0.0.1", true),
+            ("127.0.0.1", "127.0.0.2", false),
+            ("0.0.0.0/0", "8.8.8.8", true),
+            ("0.0.0.0/0", "::1", false),
+            ("127.0.0.0/8", "::ffff:127.0.0.1", true),
+            ("fd00::/8", "fd12::1", true),
+            ("::1", "::1", true),
+        ];
+        for (net, ip, inside) in cases {
+            let net: IpNet = net.parse().expect(net);
+            let ip: IpAddr = ip.parse().expect(ip);
+            assert_eq!(net.contains(ip), inside, "{net:?} {ip}");
+        }
+        for bad in ["10.0.0.0/33", "::/129", "host", "10.0.0.0/x"] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn allowlist_rejects_with_403() {
+        let forwarder = RemoteForwarder {
+            forwards: Forwards::default(),
+            allow: vec!["10.0.0.0/8".parse().expect("valid")],
+        };
+        let mut accept = Accept {
+            address: "ws://h/".into(),
+            id: "i".into(),
+            connect_headers: Default::default(),
+            remote_endpoint: crate::relay::protocol::RemoteEndpoint {
+                address: "127.0.0.1".into(),
+                port: 1,
+            },
+        };
+        assert!(matches!(
+            forwarder.decide(&accept),
+            Decision::Reject { status: 403, .. }
+        ));
+        accept.remote_endpoint.address = "10.9.9.9".into();
+        assert_eq!(forwarder.decide(&accept), Decision::Accept);
+        let open = RemoteForwarder {
+            forwards: Forwards::default(),
+            allow: vec![],
+        };
+        accept.remote_endpoint.address = "garbage".into();
+        assert_eq!(open.decide(&accept), Decision::Accept);
+    }
+}

@@ -1,0 +1,275 @@
+//! The client side of the WebSocket upgrade (RFC 6455 section 4), written out so that a
+//! non-101 answer's status and text reach the caller and no extension is ever offered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use url::Url;
+
+use super::error::{ConnectError, Role};
+use super::frame::{FrameReader, FrameWriter};
+use super::tls::{self, BoxedIo};
+use crate::config::Secret;
+use crate::relay::protocol;
+
+/// Longest response head we read before giving up.
+const MAX_HEAD_LEN: usize = 64 * 1024;
+/// Longest error body we keep for the message.
+const MAX_ERROR_BODY: usize = 8 * 1024;
+/// How long we wait for an error body after the head.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest status text we put in a one-line error.
+const MAX_TEXT_CHARS: usize = 300;
+
+/// An open WebSocket to the relay, split for a reader task and a writer.
+#[derive(Debug)]
+pub struct WebSocket {
+    pub reader: FrameReader<ReadHalf<BoxedIo>>,
+    pub writer: FrameWriter<WriteHalf<BoxedIo>>,
+}
+
+/// The URL without its query (tracking ids and app arguments), for messages.
+pub fn display_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.to_string()
+}
+
+/// Opens `url` and performs the upgrade, sending `token` in `ServiceBusAuthorization`.
+pub async fn connect(
+    url: &Url,
+    token: Option<&Secret>,
+    tls_config: Option<&Arc<rustls::ClientConfig>>,
+    role: Role,
+    timeout: Duration,
+) -> Result<WebSocket, ConnectError> {
+    let mut target = url.path().to_owned();
+    if let Some(q) = url.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    connect_with_target(url, target, token, tls_config, role, timeout).await
+}
+
+/// Opens a rendezvous `address` from an accept message, sending its path and query
+/// byte for byte as the service wrote them.
+pub async fn connect_address(
+    address: &str,
+    tls_config: Option<&Arc<rustls::ClientConfig>>,
+    role: Role,
+    timeout: Duration,
+) -> Result<WebSocket, ConnectError> {
+    let url = Url::parse(address).map_err(|e| ConnectError::Protocol {
+        url: address.to_owned(),
+        detail: format!("the rendezvous address is not a URL: {e}"),
+    })?;
+    let target = verbatim_target(address).unwrap_or_else(|| "/".to_owned());
+    connect_with_target(&url, target, None, tls_config, role, timeout).await
+}
+
+/// Path and query of `address` exactly as written (`None` when it has no path).
+fn verbatim_target(address: &str) -> Option<String> {
+    let after_scheme = address.split_once("://")?.1;
+    let start = after_scheme.find('/')?;
+    let target = &after_scheme[start..];
+    Some(target.split('#').next().unwrap_or(target).to_owned())
+}
+
+async fn connect_with_target(
+    url: &Url,
+    target: String,
+    token: Option<&Secret>,
+    tls_config: Option<&Arc<rustls::ClientConfig>>,
+    role: Role,
+    timeout: Duration,
+) -> Result<WebSocket, ConnectError> {
+    let io = tls::connect(url, tls_config).await?;
+    match tokio::time::timeout(timeout, upgrade(io, url, target, token, role)).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Timeout {
+            url: display_url(url),
+            timeout,
+        }),
+    }
+}
+
+async fn upgrade(
+    mut io: BoxedIo,
+    url: &Url,
+    target: String,
+    token: Option<&Secret>,
+    role: Role,
+) -> Result<WebSocket, ConnectError> {
+    let shown = display_url(url);
+    let broken = |detail: String| ConnectError::Protocol {
+        url: shown.clone(),
+        detail,
+    };
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    };
+    let mut request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+         User-Agent: amlx-agent/{}\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(token) = token {
+        request.push_str(&format!(
+            "{}: {}\r\n",
+            protocol::HEADER_TOKEN,
+            token.expose()
+        ));
+    }
+    request.push_str("\r\n");
+    let write = async {
+        io.write_all(request.as_bytes()).await?;
+        io.flush().await
+    };
+    write
+        .await
+        .map_err(|e| broken(format!("sending the upgrade request: {e}")))?;
+
+    let mut buf = Vec::with_capacity(4096);
+    let head_end = loop {
+        if let Some(pos) = find(&buf, b"\r\n\r\n") {
+            break pos + 4;
+        }
+        if buf.len() > MAX_HEAD_LEN {
+            return Err(broken(format!(
+                "response head longer than {MAX_HEAD_LEN} bytes"
+            )));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = io
+            .read(&mut chunk)
+            .await
+            .map_err(|e| broken(format!("reading the upgrade response: {e}")))?;
+        if n == 0 {
+            return Err(broken("connection closed before an HTTP response".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let (version, code, reason) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+    let code: u16 = match (version, code.and_then(|c| c.parse().ok())) {
+        (Some(v), Some(c)) if v.starts_with("HTTP/1.") => c,
+        _ => return Err(broken(format!("not an HTTP response: {status_line:?}"))),
+    };
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+
+    if code != 101 {
+        let mut body = buf[head_end..].to_vec();
+        let want = header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(MAX_ERROR_BODY)
+            .min(MAX_ERROR_BODY);
+        let read_body = async {
+            let mut chunk = [0u8; 1024];
+            while body.len() < want {
+                match io.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => body.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_body).await;
+        let chunked =
+            header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let body = if chunked { dechunk(&body) } else { body };
+        let text = one_line(if body.trim().is_empty() {
+            reason
+        } else {
+            &body
+        });
+        return Err(ConnectError::from_status(role, shown, code, text));
+    }
+
+    let accept = header("sec-websocket-accept").unwrap_or_default();
+    if accept != tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()) {
+        return Err(broken("wrong or missing Sec-WebSocket-Accept".into()));
+    }
+    if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+        return Err(broken("101 without Upgrade: websocket".into()));
+    }
+    if header("sec-websocket-extensions").is_some_and(|v| !v.trim().is_empty()) {
+        return Err(broken(
+            "the relay negotiated a WebSocket extension we never offered".into(),
+        ));
+    }
+    let leftover = buf[head_end..].to_vec();
+    let (read_half, write_half) = tokio::io::split(io);
+    Ok(WebSocket {
+        reader: FrameReader::new(read_half, leftover),
+        writer: FrameWriter::new(write_half, true),
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The data of a chunked body (best effort: error texts only).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size =
+            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            out.push_str(&after[..size.min(after.len())]);
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Collapses a status text to one short line.
+fn one_line(text: &str) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match joined.char_indices().nth(MAX_TEXT_CHARS) {
+        Some((cut, _)) => format!("{}...", &joined[..cut]),
+        None => joined,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts() {
+        assert_eq!(one_line(" a\r\n b  c\n"), "a b c");
+        assert_eq!(one_line(&"x".repeat(400)).len(), MAX_TEXT_CHARS + 3);
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+        assert_eq!(dechunk("ff\r\nshort"), "short");
+        let url = Url::parse("wss://h:1/$hc/p?sb-hc-id=1").expect("valid");
+        assert_eq!(display_url(&url), "wss://h:1/$hc/p");
+        assert_eq!(
+            verbatim_target("wss://H:1/$hc/p?a=%7e&b#frag").as_deref(),
+            Some("/$hc/p?a=%7e&b")
+        );
+        assert_eq!(verbatim_target("wss://h"), None);
+    }
+}

@@ -1,0 +1,236 @@
+//! One relayed connection as a byte stream, and splicing it to a local TCP socket with
+//! half-close in both directions (azbridge semantics).
+//!
+//! - Local TCP read hits EOF: send Close (azbridge's `CloseOutput`) and keep reading.
+//! - Close arrives: shut down the local write side and keep sending the other direction
+//!   until the local side ends too; only then is our Close sent.
+//!
+//! Message boundaries mean nothing: every data frame is a slice of the stream.
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use super::frame::{FrameReader, FrameWriter, OpCode};
+use super::handshake::WebSocket;
+use super::tls::BoxedIo;
+use crate::relay::protocol::close_code;
+
+/// Bytes read from local TCP per frame.
+const CHUNK: usize = 64 * 1024;
+
+/// The sending half, shared by the data pump and Pong replies.
+#[derive(Debug)]
+struct Writer {
+    frames: FrameWriter<WriteHalf<BoxedIo>>,
+    /// Our Close went out: nothing else may be sent (not even a Pong).
+    closed: bool,
+}
+
+/// A relayed connection after the WebSocket upgrade.
+#[derive(Debug)]
+pub struct Tunnel {
+    reader: FrameReader<ReadHalf<BoxedIo>>,
+    writer: Arc<Mutex<Writer>>,
+    /// Stream bytes received but not consumed yet (e.g. read past the preamble).
+    pending: Vec<u8>,
+    /// The peer's Close arrived (its direction is finished).
+    peer_closed: bool,
+}
+
+/// How a splice ended, for logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpliceStats {
+    /// Bytes from the relay to local TCP.
+    pub received: u64,
+    /// Bytes from local TCP to the relay.
+    pub sent: u64,
+}
+
+impl Tunnel {
+    pub fn new(ws: WebSocket) -> Tunnel {
+        Tunnel {
+            reader: ws.reader,
+            writer: Arc::new(Mutex::new(Writer {
+                frames: ws.writer,
+                closed: false,
+            })),
+            pending: Vec::new(),
+            peer_closed: false,
+        }
+    }
+
+    /// Reads exactly `n` stream bytes; `None` if the peer closed (or the transport
+    /// ended) first.
+    pub async fn read_exact(&mut self, n: usize) -> io::Result<Option<Vec<u8>>> {
+        while self.pending.len() < n {
+            match self.next_data().await {
+                Ok(Some(data)) => self.pending.extend_from_slice(&data),
+                Ok(None) => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(self.pending.drain(..n).collect()))
+    }
+
+    /// The next data payload; answers Pings on the way. `None` at the peer's Close, an
+    /// `UnexpectedEof` error when the transport ends without one.
+    async fn next_data(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if self.peer_closed {
+            return Ok(None);
+        }
+        loop {
+            let Some(frame) = self.reader.read_frame().await? else {
+                // Without a Close the peer's state is unknown: abort rather than
+                // half-close, or the other direction could wait forever.
+                self.peer_closed = true;
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the relayed connection ended without a Close frame",
+                ));
+            };
+            match frame.opcode {
+                OpCode::Binary | OpCode::Text | OpCode::Continuation => {
+                    return Ok(Some(frame.payload));
+                }
+                OpCode::Ping => {
+                    let mut w = self.writer.lock().await;
+                    if !w.closed {
+                        w.frames.write_frame(OpCode::Pong, &frame.payload).await?;
+                    }
+                }
+                OpCode::Pong => {}
+                OpCode::Close => {
+                    let (code, reason) = frame.close_code();
+                    tracing::debug!(code, reason, "peer closed its direction");
+                    self.peer_closed = true;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Sends stream bytes as one binary message.
+    pub async fn write(&self, data: &[u8]) -> io::Result<()> {
+        let mut w = self.writer.lock().await;
+        if w.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel already closed",
+            ));
+        }
+        w.frames.write_frame(OpCode::Binary, data).await
+    }
+
+    /// Sends our Close (ends our direction); a second call does nothing.
+    pub async fn close(&self, code: u16, reason: &str) -> io::Result<()> {
+        let mut w = self.writer.lock().await;
+        if w.closed {
+            return Ok(());
+        }
+        w.closed = true;
+        w.frames.write_close(code, reason).await
+    }
+
+    /// Closes both directions now (refusing a connection) and drops the transport.
+    pub async fn finish(self, code: u16, reason: &str) {
+        let _ = self.close(code, reason).await;
+        let mut w = self.writer.lock().await;
+        let _ = w.frames.shutdown().await;
+    }
+
+    /// Pumps bytes both ways between the tunnel and `tcp` until both directions ended.
+    pub async fn splice(mut self, tcp: TcpStream) -> io::Result<SpliceStats> {
+        let (mut tcp_read, mut tcp_write) = tcp.into_split();
+        let writer = Arc::clone(&self.writer);
+        let mut stats = SpliceStats::default();
+
+        let inbound = async {
+            let mut received = 0u64;
+            let pending = std::mem::take(&mut self.pending);
+            if !pending.is_empty() {
+                tcp_write.write_all(&pending).await?;
+                received += pending.len() as u64;
+            }
+            while let Some(data) = self.next_data().await? {
+                tcp_write.write_all(&data).await?;
+                received += data.len() as u64;
+            }
+            // The peer will send no more: pass the half-close on to the local side.
+            tcp_write.shutdown().await?;
+            Ok::<u64, io::Error>(received)
+        };
+        let outbound = async {
+            let mut sent = 0u64;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = tcp_read.read(&mut buf).await?;
+                let mut w = writer.lock().await;
+                if n == 0 {
+                    w.closed = true;
+                    w.frames.write_close(close_code::NORMAL, "").await?;
+                    return Ok::<u64, io::Error>(sent);
+                }
+                w.frames.write_frame(OpCode::Binary, &buf[..n]).await?;
+                sent += n as u64;
+            }
+        };
+        tokio::pin!(inbound, outbound);
+        let (mut inbound_done, mut outbound_done) = (false, false);
+        // Dropping the other future on an error is the intended abort of both directions.
+        while !(inbound_done && outbound_done) {
+            tokio::select! {
+                r = &mut inbound, if !inbound_done => {
+                    stats.received = r?;
+                    inbound_done = true;
+                }
+                r = &mut outbound, if !outbound_done => {
+                    stats.sent = r?;
+                    outbound_done = true;
+                }
+            }
+        }
+        let mut w = writer.lock().await;
+        let _ = w.frames.shutdown().await;
+        Ok(stats)
+    }
+}
+
+/// A tunnel whose other end is a relay peer that tests script frame by frame.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+
+    use super::*;
+
+    /// The relay's end: unmasked frames, like a server.
+    pub(crate) type Peer = (
+        FrameReader<ReadHalf<DuplexStream>>,
+        FrameWriter<WriteHalf<DuplexStream>>,
+    );
+
+    pub(crate) fn tunnel_and_peer() -> (Tunnel, Peer) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (r, w) = tokio::io::split(Box::new(ours) as BoxedIo);
+        let tunnel = Tunnel::new(WebSocket {
+            reader: FrameReader::new(r, Vec::new()),
+            writer: FrameWriter::new(w, true),
+        });
+        let (pr, pw) = tokio::io::split(theirs);
+        (
+            tunnel,
+            (
+                FrameReader::new(pr, Vec::new()),
+                FrameWriter::new(pw, false),
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+#[path = "tunnel_tests.rs"]
+mod tests;

@@ -1,0 +1,175 @@
+//! Half-close in both directions, against a scripted relay peer over an in-memory pipe
+//! and a real local TCP socket.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::test_support::{Peer, tunnel_and_peer};
+use super::*;
+use crate::relay::client::frame::Frame;
+
+/// Bound for every wait in these tests.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A connected pair of loopback TCP sockets: (the app's end, the tunnel's end).
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("bound");
+    let (app, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (app.expect("connect"), accepted.expect("accept").0)
+}
+
+async fn next(peer: &mut Peer) -> Frame {
+    tokio::time::timeout(DEADLINE, peer.0.read_frame())
+        .await
+        .expect("frame within the deadline")
+        .expect("valid frame")
+        .expect("a frame, not EOF")
+}
+
+/// Reads stream bytes from the peer's side until `n` arrived (skipping message boundaries).
+async fn read_stream(peer: &mut Peer, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let f = next(peer).await;
+        assert_eq!(f.opcode, OpCode::Binary, "expected data, got {f:?}");
+        got.extend_from_slice(&f.payload);
+    }
+    got
+}
+
+#[tokio::test]
+async fn local_eof_sends_close_and_keeps_receiving() {
+    let (tunnel, mut peer) = tunnel_and_peer();
+    let (mut app, local) = tcp_pair().await;
+    let splice = tokio::spawn(tunnel.splice(local));
+
+    app.write_all(b"request").await.expect("write");
+    app.shutdown().await.expect("half-close");
+    assert_eq!(read_stream(&mut peer, 7).await, b"request");
+    let close = next(&mut peer).await;
+    assert_eq!(close.opcode, OpCode::Close, "local EOF becomes Close");
+    assert_eq!(close.close_code().0, close_code::NORMAL);
+
+    // The reverse direction still flows after our Close (azbridge CloseOutput).
+    peer.1.write_frame(OpCode::Ping, b"p").await.expect("write");
+    peer.1
+        .write_frame(OpCode::Binary, b"resp")
+        .await
+        .expect("write");
+    peer.1
+        .write_frame(OpCode::Binary, b"onse")
+        .await
+        .expect("write");
+    peer.1
+        .write_close(close_code::NORMAL, "")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, app.read_to_end(&mut got))
+        .await
+        .expect("EOF within the deadline")
+        .expect("read");
+    assert_eq!(got, b"response");
+    let stats = tokio::time::timeout(DEADLINE, splice)
+        .await
+        .expect("splice ends")
+        .expect("task")
+        .expect("clean end");
+    assert_eq!(
+        stats,
+        SpliceStats {
+            received: 8,
+            sent: 7
+        }
+    );
+}
+
+#[tokio::test]
+async fn peer_close_shuts_local_write_and_keeps_sending() {
+    let (tunnel, mut peer) = tunnel_and_peer();
+    let (mut app, local) = tcp_pair().await;
+    let splice = tokio::spawn(tunnel.splice(local));
+
+    peer.1
+        .write_frame(OpCode::Binary, b"hello")
+        .await
+        .expect("write");
+    peer.1
+        .write_close(close_code::NORMAL, "")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, app.read_to_end(&mut got))
+        .await
+        .expect("EOF within the deadline")
+        .expect("read");
+    assert_eq!(got, b"hello", "peer Close becomes local EOF");
+
+    // No automatic Close answer: our direction is still open.
+    app.write_all(b"still talking")
+        .await
+        .expect("write after peer close");
+    assert_eq!(read_stream(&mut peer, 13).await, b"still talking");
+    app.shutdown().await.expect("half-close");
+    assert_eq!(next(&mut peer).await.opcode, OpCode::Close);
+    tokio::time::timeout(DEADLINE, splice)
+        .await
+        .expect("splice ends")
+        .expect("task")
+        .expect("clean end");
+}
+
+#[tokio::test]
+async fn preamble_bytes_and_stream_share_frames() {
+    let (mut tunnel, mut peer) = tunnel_and_peer();
+    // One frame holding a 3-byte reply plus the first stream bytes.
+    peer.1
+        .write_frame(OpCode::Binary, b"\x01\x00\x00abc")
+        .await
+        .expect("write");
+    assert_eq!(
+        tunnel.read_exact(3).await.expect("read"),
+        Some(vec![1, 0, 0])
+    );
+    let (mut app, local) = tcp_pair().await;
+    let splice = tokio::spawn(tunnel.splice(local));
+    peer.1
+        .write_close(close_code::NORMAL, "")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, app.read_to_end(&mut got))
+        .await
+        .expect("EOF within the deadline")
+        .expect("read");
+    assert_eq!(got, b"abc", "bytes after the preamble are not lost");
+    drop(app);
+    let _ = tokio::time::timeout(DEADLINE, splice)
+        .await
+        .expect("splice ends");
+}
+
+#[tokio::test]
+async fn transport_loss_aborts_both_directions() {
+    let (tunnel, peer) = tunnel_and_peer();
+    let (mut app, local) = tcp_pair().await;
+    let splice = tokio::spawn(tunnel.splice(local));
+    drop(peer);
+    let result = tokio::time::timeout(DEADLINE, splice)
+        .await
+        .expect("splice ends")
+        .expect("task");
+    let err = result.expect_err("a transport lost without Close is an error, not a half-close");
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(DEADLINE, app.read(&mut buf))
+        .await
+        .expect("local side sees the end")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}

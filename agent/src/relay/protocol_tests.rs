@@ -1,0 +1,165 @@
+//! Unit tests for `protocol`.
+
+use super::*;
+
+fn base() -> Url {
+    Url::parse("wss://ns.example:9443/").expect("valid")
+}
+
+#[test]
+fn listen_and_connect_urls() {
+    assert_eq!(
+        listen_url(&base(), "hyco", "id1").as_str(),
+        "wss://ns.example:9443/$hc/hyco?sb-hc-action=listen&sb-hc-id=id1"
+    );
+    assert_eq!(
+        connect_url(&base(), "/a/b/", None, &[], "id2").as_str(),
+        "wss://ns.example:9443/$hc/a/b?sb-hc-action=connect&sb-hc-id=id2"
+    );
+    let app = [
+        ("x".to_owned(), "1 2".to_owned()),
+        ("sb-hc-token".to_owned(), "smuggled".to_owned()),
+    ];
+    assert_eq!(
+        connect_url(&base(), "hc", Some("sub/dir"), &app, "id3").as_str(),
+        "wss://ns.example:9443/$hc/hc/sub/dir?x=1+2&sb-hc-action=connect&sb-hc-id=id3"
+    );
+    assert_eq!(
+        accept_url(&base(), "hc/sub", &app, "id4").as_str(),
+        "wss://ns.example:9443/$hc/hc/sub?x=1+2&sb-hc-action=accept&sb-hc-id=id4"
+    );
+}
+
+#[test]
+fn reject_appends_status_to_the_address_as_given() {
+    let address = "wss://Other-Host:1/$hc/hc?sb-hc-action=accept&sb-hc-id=A";
+    assert_eq!(
+        reject_url(address, 403, "not today"),
+        "wss://Other-Host:1/$hc/hc?sb-hc-action=accept&sb-hc-id=A&sb-hc-statusCode=403&sb-hc-statusDescription=not+today"
+    );
+}
+
+#[test]
+fn request_targets() {
+    let req = HcRequest::parse(
+        "/$hc/hc/sub?x=1&sb-hc-action=connect&SB-HC-ID=abc&sb-hc-token=SharedAccessSignature%20sr%3Dh%252F%26sig%3Da%252Bb&sb-hc-other=z",
+    )
+    .expect("valid");
+    assert_eq!(req.path, "hc/sub");
+    assert_eq!(req.action, Some(Action::Connect));
+    assert_eq!(req.id.as_deref(), Some("abc"));
+    assert_eq!(
+        req.token.as_deref(),
+        Some("SharedAccessSignature sr=h%2F&sig=a%2Bb")
+    );
+    assert_eq!(req.app_query, vec![("x".to_owned(), "1".to_owned())]);
+
+    let reject = HcRequest::parse(
+        "/%24hc/hc/?sb-hc-action=accept&sb-hc-id=i&sb-hc-statusCode=403&sb-hc-statusDescription=no+way",
+    )
+    .expect("valid");
+    assert_eq!(reject.path, "hc");
+    assert_eq!(reject.status_code, Some(403));
+    assert_eq!(reject.status_description.as_deref(), Some("no way"));
+
+    let cases = [
+        (
+            "/hc?sb-hc-action=listen",
+            ProtocolError::NotHybridConnection,
+        ),
+        ("/$hc/?sb-hc-action=listen", ProtocolError::NoEntity),
+        (
+            "/$hc/hc?sb-hc-action=dance",
+            ProtocolError::UnknownAction("dance".into()),
+        ),
+        (
+            "/$hc/hc?sb-hc-statusCode=abc",
+            ProtocolError::BadStatusCode("abc".into()),
+        ),
+        (
+            "/$hc/hc?sb-hc-statusCode=99",
+            ProtocolError::BadStatusCode("99".into()),
+        ),
+    ];
+    for (target, expected) in cases {
+        assert_eq!(HcRequest::parse(target), Err(expected), "{target}");
+    }
+}
+
+#[test]
+fn url_builders_round_trip_through_the_parser() {
+    let url = connect_url(&base(), "hc", Some("s"), &[("k".into(), "v&w".into())], "t");
+    let target = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+    let req = HcRequest::parse(&target).expect("valid");
+    assert_eq!(req.path, "hc/s");
+    assert_eq!(req.app_query, vec![("k".to_owned(), "v&w".to_owned())]);
+    assert_eq!(req.id.as_deref(), Some("t"));
+}
+
+#[test]
+fn prefixes_longest_first() {
+    let got: Vec<&str> = path_prefixes("/a/b/c/").collect();
+    assert_eq!(got, ["a/b/c", "a/b", "a"]);
+    assert_eq!(path_prefixes("hc").collect::<Vec<_>>(), ["hc"]);
+    assert_eq!(path_prefixes("").count(), 0);
+}
+
+#[test]
+fn accept_message_round_trip_and_shape() {
+    let text = r#"{"accept":{"address":"wss://h/$hc/p?sb-hc-action=accept&sb-hc-id=1","id":"g","connectHeaders":{"Sec-WebSocket-Key":"k","Sec-WebSocket-Version":"13"},"remoteEndpoint":{"address":"1.2.3.4","port":50123}}}"#;
+    let msg = ControlMessage::parse(text).expect("valid");
+    let ControlMessage::Accept(accept) = &msg else {
+        panic!("not an accept: {msg:?}");
+    };
+    assert_eq!(accept.remote_endpoint.port, 50123);
+    assert_eq!(accept.connect_headers["Sec-WebSocket-Key"], "k");
+    let again: serde_json::Value = serde_json::from_str(&msg.to_json()).expect("json");
+    let original: serde_json::Value = serde_json::from_str(text).expect("json");
+    assert_eq!(again, original);
+
+    // A minimal accept (other servers) still parses; ours always sends both fields.
+    let minimal =
+        ControlMessage::parse(r#"{"accept":{"address":"wss://h/","id":"g"}}"#).expect("valid");
+    let json = minimal.to_json();
+    assert!(
+        json.contains("connectHeaders") && json.contains("remoteEndpoint"),
+        "{json}"
+    );
+}
+
+#[test]
+fn other_messages() {
+    let renew = ControlMessage::parse(r#"{"renewToken":{"token":"SharedAccessSignature sr=x"}}"#)
+        .expect("valid");
+    let ControlMessage::RenewToken(r) = &renew else {
+        panic!("not a renewToken: {renew:?}");
+    };
+    assert_eq!(r.token.expose(), "SharedAccessSignature sr=x");
+    assert!(
+        !format!("{renew:?}").contains("sr=x"),
+        "Debug hides the token"
+    );
+    assert!(
+        renew
+            .to_json()
+            .contains(r#""renewToken":{"token":"SharedAccessSignature sr=x"}"#)
+    );
+
+    let cases = [
+        (r#"{"request":{"address":"a"}}"#, "request"),
+        (r#"{"response":{"statusCode":200}}"#, "response"),
+        (r#"{"somethingNew":{}}"#, "unknown"),
+        (r#"{}"#, "unknown"),
+    ];
+    for (text, kind) in cases {
+        let got = match ControlMessage::parse(text).expect(text) {
+            ControlMessage::Request(_) => "request",
+            ControlMessage::Response(_) => "response",
+            ControlMessage::Unknown(_) => "unknown",
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(got, kind, "{text}");
+    }
+    assert!(ControlMessage::parse("not json").is_err());
+    assert!(ControlMessage::parse(r#"{"accept":{"id":1}}"#).is_err());
+}

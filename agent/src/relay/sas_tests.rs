@@ -1,0 +1,224 @@
+//! Unit tests for `sas`: the documented vectors, parsing, verification, authorisation.
+
+use super::*;
+
+const KEY: &str = "SGVsbG9Xb3JsZEtleUZvclRlc3RpbmdPbmx5IQ==";
+const KEY_NAME: &str = "RootManageSharedAccessKey";
+const EXPIRY: u64 = 1_700_000_000;
+const URI: &str = "http://contoso.servicebus.windows.net/hyco/";
+const SIG: &str = "V2vY/GGpVAbOe3TOt+FANHiotMuW/1qhr7k4tXr1/3I=";
+const TOKEN: &str = "SharedAccessSignature sr=http%3A%2F%2Fcontoso.servicebus.windows.net%2Fhyco%2F&sig=V2vY%2FGGpVAbOe3TOt%2BFANHiotMuW%2F1qhr7k4tXr1%2F3I%3D&se=1700000000&skn=RootManageSharedAccessKey";
+const SIG_NO_SLASH: &str = "ReBn5R+BmoZRfuQ+hznjk77QqFCm40bsUISudBOqzZU=";
+const SIG_DECODED_KEY: &str = "+YqzGWp4u+wBLg7i1zQ9G1iMmAba79GQZvsU8xEfOE4=";
+
+fn key() -> Secret {
+    Secret::new(KEY)
+}
+
+#[test]
+fn documented_vector_with_trailing_slash() {
+    assert_eq!(signature(URI, &key(), EXPIRY), SIG);
+    let token = sign(URI, KEY_NAME, &key(), EXPIRY).expect("short key");
+    assert_eq!(token.expose(), TOKEN);
+}
+
+#[test]
+fn documented_vector_without_trailing_slash() {
+    let uri = "http://contoso.servicebus.windows.net/hyco";
+    assert_eq!(signature(uri, &key(), EXPIRY), SIG_NO_SLASH);
+}
+
+#[test]
+fn documented_wrong_vector_is_the_base64_decoded_key() {
+    // The documented "wrong" value is what a client gets by base64-decoding the key first;
+    // we must never produce it.
+    let decoded = BASE64.decode(KEY).expect("vector key is base64");
+    let decoded = Secret::new(String::from_utf8(decoded).expect("vector key decodes to text"));
+    assert_eq!(signature(URI, &decoded, EXPIRY), SIG_DECODED_KEY);
+    assert_ne!(signature(URI, &key(), EXPIRY), SIG_DECODED_KEY);
+}
+
+#[test]
+fn documented_token_verifies() {
+    let token = SasToken::parse(TOKEN).expect("vector parses");
+    assert_eq!(token.key_name, KEY_NAME);
+    assert_eq!(token.signature, SIG);
+    let audience = token
+        .verify(&key(), EXPIRY - 1)
+        .expect("valid before expiry");
+    assert_eq!(audience.host, "contoso.servicebus.windows.net");
+    assert_eq!(audience.path, "hyco");
+}
+
+#[test]
+fn query_form_is_decoded_once() {
+    let query: String = url::form_urlencoded::byte_serialize(TOKEN.as_bytes()).collect();
+    let token = SasToken::parse_query(&query).expect("query token parses");
+    token
+        .verify(&key(), EXPIRY - 1)
+        .expect("query token verifies");
+}
+
+#[test]
+fn hyco_ws_style_audience_with_port_and_no_slash_verifies() {
+    // hyco-ws signs the URI with its port and without a trailing slash.
+    let token = sign("http://127.0.0.1:9443/a/b", "k", &key(), EXPIRY).expect("short key");
+    let audience = SasToken::parse(token.expose())
+        .and_then(|t| t.verify(&key(), EXPIRY - 10))
+        .expect("verifies");
+    assert_eq!(
+        audience,
+        Audience {
+            host: "127.0.0.1".into(),
+            path: "a/b".into()
+        }
+    );
+}
+
+#[test]
+fn lower_case_escapes_are_verified_over_the_raw_bytes() {
+    // A client writing %2f instead of %2F: the HMAC covers its bytes, not our re-encoding.
+    let raw_sr = "http%3a%2f%2fhost%2fhc%2f";
+    let sig = BASE64.encode(hmac(&key(), raw_sr, "99"));
+    let sig: String = url::form_urlencoded::byte_serialize(sig.as_bytes()).collect();
+    let token = format!("SharedAccessSignature sr={raw_sr}&sig={sig}&se=99&skn=k");
+    let audience = SasToken::parse(&token)
+        .and_then(|t| t.verify(&key(), 98))
+        .expect("verifies");
+    assert_eq!(audience.path, "hc");
+}
+
+#[test]
+fn refusals_and_their_status() {
+    let good = sign("http://h/hc/", "send", &key(), 100).expect("short key");
+    let good = good.expose();
+    let forged = good.replace("sig=", "sig=AA");
+    /// token, path, right, now, expected status, why
+    type Case<'a> = (Option<&'a str>, &'a str, Right, u64, u16, &'a str);
+    let cases: &[Case] = &[
+        (None, "hc", Right::Send, 50, 401, "missing"),
+        (Some(""), "hc", Right::Send, 50, 401, "empty"),
+        (Some("Bearer abc"), "hc", Right::Send, 50, 401, "not SAS"),
+        (
+            Some("SharedAccessSignature sr=x&se=1&skn=send"),
+            "hc",
+            Right::Send,
+            50,
+            401,
+            "no sig",
+        ),
+        (
+            Some("SharedAccessSignature sr=x&sig=a&se=soon&skn=send"),
+            "hc",
+            Right::Send,
+            50,
+            401,
+            "bad se",
+        ),
+        (Some(&forged), "hc", Right::Send, 50, 401, "forged"),
+        (Some(good), "hc", Right::Send, 100, 401, "expired"),
+        (Some(good), "other", Right::Send, 50, 403, "other path"),
+        (
+            Some(good),
+            "hcx",
+            Right::Send,
+            50,
+            403,
+            "prefix but not a segment",
+        ),
+        (
+            Some(good),
+            "hc",
+            Right::Listen,
+            50,
+            403,
+            "send-only key listening",
+        ),
+    ];
+    let keys = [
+        SasKey {
+            name: "send".into(),
+            key: key(),
+            listen: false,
+            send: true,
+        },
+        SasKey {
+            name: "listen".into(),
+            key: Secret::new("other"),
+            listen: true,
+            send: false,
+        },
+    ];
+    for (token, path, right, now, status, why) in cases {
+        let err = authorize(*token, &keys, path, *right, *now).expect_err(why);
+        assert_eq!(err.status(), *status, "{why}: {err}");
+    }
+    let unknown = sign("http://h/hc/", "nobody", &key(), 100).expect("short key");
+    let err = authorize(Some(unknown.expose()), &keys, "hc", Right::Send, 50).expect_err("unknown");
+    assert_eq!(err, SasError::UnknownKey("nobody".into()));
+    assert_eq!(err.status(), 401);
+}
+
+#[test]
+fn accepted_paths() {
+    let ns_wide = sign("sb://h/", "send", &key(), 100).expect("short key");
+    let entity = sign("http://h:1/Hc/", "send", &key(), 100).expect("short key");
+    let keys = [SasKey {
+        name: "send".into(),
+        key: key(),
+        listen: true,
+        send: true,
+    }];
+    let cases: &[(&Secret, &str)] = &[
+        (&ns_wide, "anything/at/all"),
+        (&entity, "hc"),
+        (&entity, "/HC/"),
+        (&entity, "hc/suffix/more"),
+    ];
+    for (token, path) in cases {
+        let key = authorize(Some(token.expose()), &keys, path, Right::Listen, 50)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(key.name, "send");
+    }
+}
+
+#[test]
+fn audience_normalisation() {
+    let cases = [
+        (
+            "http%3A%2F%2Fns.servicebus.windows.net%2Fhc%2F",
+            "ns.servicebus.windows.net",
+            "hc",
+        ),
+        (
+            "https%3A%2F%2FNS.example%3A9443%2FA%2FB",
+            "ns.example",
+            "a/b",
+        ),
+        ("sb%3A%2F%2Fns%2F", "ns", ""),
+        ("ns%2Fhc", "ns", "hc"),
+        ("http%3A%2F%2F%5B%3A%3A1%5D%3A80%2Fhc", "[::1]", "hc"),
+    ];
+    for (raw, host, path) in cases {
+        let a = Audience::from_raw(raw).expect(raw);
+        assert_eq!((a.host.as_str(), a.path.as_str()), (host, path), "{raw}");
+    }
+}
+
+#[test]
+fn net_style_audience() {
+    assert_eq!(audience("NS.example", "/Hyco"), "http://ns.example/hyco/");
+    assert_eq!(audience("ns", ""), "http://ns/");
+}
+
+#[test]
+fn over_long_key_fields_are_refused() {
+    let long = "k".repeat(MAX_KEY_FIELD_CHARS + 1);
+    assert_eq!(sign(URI, &long, &key(), 1), Err(SasError::TooLong));
+    assert_eq!(
+        sign(URI, "k", &Secret::new(long), 1),
+        Err(SasError::TooLong)
+    );
+    let ok = "k".repeat(MAX_KEY_FIELD_CHARS);
+    sign(URI, &ok, &Secret::new(ok.clone()), 1).expect("256 characters are allowed");
+}

@@ -1,0 +1,296 @@
+//! Who may do what: the relay's keys (name, secret, rights, path patterns) and the check
+//! every upgrade goes through, built on `sas` (lenient audience, constant-time compare).
+
+use serde::Deserialize;
+
+use crate::config::Secret;
+use crate::relay::sas::{self, Right, SasError, SasToken};
+
+/// A right a key grants, as written in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRight {
+    /// Open control channels and answer rendezvous.
+    Listen,
+    /// Connect as a sender.
+    Send,
+    /// Both (Azure's Manage claim implies Listen and Send).
+    Manage,
+}
+
+impl KeyRight {
+    fn grants(self, right: Right) -> bool {
+        matches!(
+            (self, right),
+            (KeyRight::Manage, _)
+                | (KeyRight::Listen, Right::Listen)
+                | (KeyRight::Send, Right::Send)
+        )
+    }
+}
+
+/// One shared access key the relay accepts.
+#[derive(Debug, Clone)]
+pub struct ServerKey {
+    /// The `skn` clients sign with.
+    pub name: String,
+    /// The key string as written (never base64-decoded).
+    pub key: Secret,
+    pub rights: Vec<KeyRight>,
+    /// Entity paths this key may be used on. `*` matches any run of characters, so
+    /// `"*"` is the whole relay and `"team-a/*"` everything under `team-a/`; matching is
+    /// case-insensitive, like Azure entity names.
+    pub paths: Vec<String>,
+}
+
+/// What a verified token allows, for logging and for the control channel's lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The key that signed the token (a name, never the secret).
+    pub key_name: String,
+    /// Unix seconds at which the token expires.
+    pub expiry: u64,
+}
+
+/// Checks `token` (a header value, or the `sb-hc-token` query value decoded once) for
+/// `right` on entity `path`. Errors map to 401 (missing, forged, expired) or 403 (valid
+/// but not for this path or action) through [`SasError::status`].
+pub fn authorize(
+    keys: &[ServerKey],
+    token: Option<&str>,
+    path: &str,
+    right: Right,
+    now: u64,
+) -> Result<Grant, SasError> {
+    let token = SasToken::parse(token.ok_or(SasError::Missing)?)?;
+    let key = keys
+        .iter()
+        .find(|k| k.name == token.key_name)
+        .ok_or_else(|| SasError::UnknownKey(token.key_name.clone()))?;
+    let audience = token.verify(&key.key, now)?;
+    if !audience.covers(path) || !key.paths.iter().any(|p| path_matches(p, path)) {
+        return Err(SasError::WrongPath {
+            audience: format!("{}/{}", audience.host, audience.path),
+            path: path.to_owned(),
+        });
+    }
+    if !key.rights.iter().any(|r| r.grants(right)) {
+        return Err(SasError::MissingRight {
+            key_name: key.name.clone(),
+            right,
+        });
+    }
+    Ok(Grant {
+        key_name: key.name.clone(),
+        expiry: token.expiry,
+    })
+}
+
+/// Glob match with `*` only, case-insensitive, ignoring leading/trailing `/`.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let pattern = pattern.trim_matches('/').to_ascii_lowercase();
+    let path = path.trim_matches('/').to_ascii_lowercase();
+    glob(pattern.as_bytes(), path.as_bytes())
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    // Iterative matcher with one backtrack point: linear enough for short entity paths.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    sas::unix_now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "c2VjcmV0LWtleS1mb3ItdGVzdHM=";
+    const NOW: u64 = 1_800_000_000;
+
+    fn keys() -> Vec<ServerKey> {
+        vec![
+            ServerKey {
+                name: "listen".into(),
+                key: Secret::new(KEY),
+                rights: vec![KeyRight::Listen],
+                paths: vec!["*".into()],
+            },
+            ServerKey {
+                name: "send-a".into(),
+                key: Secret::new(KEY),
+                rights: vec![KeyRight::Send],
+                paths: vec!["team-a/*".into(), "shared".into()],
+            },
+            ServerKey {
+                name: "root".into(),
+                key: Secret::new(KEY),
+                rights: vec![KeyRight::Manage],
+                paths: vec!["*".into()],
+            },
+        ]
+    }
+
+    fn token(uri: &str, name: &str, key: &str, expiry: u64) -> String {
+        sas::sign(uri, name, &Secret::new(key), expiry)
+            .expect("short key")
+            .expose()
+            .to_owned()
+    }
+
+    #[test]
+    fn decisions() {
+        let ok = |uri: &str, name: &str| token(uri, name, KEY, NOW + 60);
+        // (name, token, path, right, expected status)
+        type Case<'a> = (&'a str, Option<String>, &'a str, Right, Result<(), u16>);
+        let cases: Vec<Case> = vec![
+            ("no token", None, "hc", Right::Listen, Err(401)),
+            (
+                "garbage",
+                Some("nonsense".into()),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+            (
+                "dotnet audience",
+                Some(ok("http://h/hc/", "listen")),
+                "hc",
+                Right::Listen,
+                Ok(()),
+            ),
+            (
+                "hyco-ws audience",
+                Some(ok("http://h:9/hc", "listen")),
+                "hc",
+                Right::Listen,
+                Ok(()),
+            ),
+            (
+                "namespace token",
+                Some(ok("http://h/", "root")),
+                "x/y",
+                Right::Send,
+                Ok(()),
+            ),
+            (
+                "other path",
+                Some(ok("http://h/hc", "listen")),
+                "hc2",
+                Right::Listen,
+                Err(403),
+            ),
+            (
+                "under path",
+                Some(ok("http://h/hc", "listen")),
+                "hc/sub",
+                Right::Listen,
+                Ok(()),
+            ),
+            (
+                "send key listens",
+                Some(ok("http://h/shared", "send-a")),
+                "shared",
+                Right::Listen,
+                Err(403),
+            ),
+            (
+                "send key sends",
+                Some(ok("http://h/shared", "send-a")),
+                "shared",
+                Right::Send,
+                Ok(()),
+            ),
+            (
+                "key path pattern",
+                Some(ok("http://h/", "send-a")),
+                "team-a/x",
+                Right::Send,
+                Ok(()),
+            ),
+            (
+                "outside key paths",
+                Some(ok("http://h/", "send-a")),
+                "team-b/x",
+                Right::Send,
+                Err(403),
+            ),
+            (
+                "unknown key",
+                Some(ok("http://h/hc", "nobody")),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+            (
+                "bad signature",
+                Some(token("http://h/hc", "listen", "other", NOW + 60)),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+            (
+                "expired",
+                Some(token("http://h/hc", "listen", KEY, NOW - 1)),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+        ];
+        for (name, tok, path, right, want) in cases {
+            let got = authorize(&keys(), tok.as_deref(), path, right, NOW)
+                .map(|_| ())
+                .map_err(|e| e.status());
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn grant_carries_the_expiry() {
+        let tok = token("http://h/hc", "listen", KEY, NOW + 99);
+        let grant = authorize(&keys(), Some(&tok), "hc", Right::Listen, NOW).expect("valid");
+        assert_eq!(
+            grant,
+            Grant {
+                key_name: "listen".into(),
+                expiry: NOW + 99
+            }
+        );
+    }
+
+    #[test]
+    fn globs() {
+        let cases = [
+            ("*", "anything/at/all", true),
+            ("hc", "HC", true),
+            ("hc", "hc2", false),
+            ("team-*", "team-a", true),
+            ("team-*/dbg", "team-a/dbg", true),
+            ("team-*/dbg", "team-a/x", false),
+            ("/hc/", "hc", true),
+            ("", "hc", false),
+        ];
+        for (pattern, path, want) in cases {
+            assert_eq!(path_matches(pattern, path), want, "{pattern} vs {path}");
+        }
+    }
+}

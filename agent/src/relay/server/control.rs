@@ -1,0 +1,168 @@
+//! One listener's control channel: deliver accept commands, take `renewToken`, answer
+//! Pings, and close it when its token expires (1008), a message is too large (1009) or
+//! the relay stops (1001).
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{self, ServerKey};
+use super::io::{BoxIo, Prefixed};
+use crate::relay::sas::Right;
+
+/// How long we wait for the listener's reply to our Close before dropping the socket.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a control channel ended (logged by the caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The listener closed it or the connection dropped.
+    ByListener,
+    /// Its token expired without a valid `renewToken` (1008).
+    TokenExpired,
+    /// A `renewToken` carried an invalid token (1008).
+    BadRenewal(String),
+    /// A control message exceeded the limit (1009).
+    TooLarge,
+    /// The relay is shutting down (1001).
+    Shutdown,
+}
+
+/// What the control channel needs besides its socket.
+#[derive(Debug)]
+pub struct Channel<'a> {
+    /// Entity path the listener registered on.
+    pub path: &'a str,
+    /// Keys, for verifying `renewToken`.
+    pub keys: &'a [ServerKey],
+    /// Unix seconds at which the current token expires.
+    pub expiry: u64,
+    /// Accept commands queued by senders.
+    pub commands: mpsc::Receiver<String>,
+    pub shutdown: CancellationToken,
+}
+
+/// Runs the control channel until it ends; never returns an error (the listener's
+/// misbehaviour only ends its own channel).
+pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>) -> Ended {
+    let expiry = tokio::time::sleep_until(deadline(ch.expiry));
+    tokio::pin!(expiry);
+    let ended = loop {
+        // Every branch is cancel-safe: `cancelled`, `recv`, `Sleep` and the WebSocket's
+        // `next` keep their state in their owners, not in the dropped future.
+        tokio::select! {
+            () = ch.shutdown.cancelled() => break Ended::Shutdown,
+            () = &mut expiry => break Ended::TokenExpired,
+            cmd = ch.commands.recv() => {
+                let Some(json) = cmd else { break Ended::Shutdown };
+                if let Err(err) = ws.send(Message::text(json)).await {
+                    tracing::debug!("control channel send failed: {err}");
+                    break Ended::ByListener;
+                }
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => match renewal(&text) {
+                    Some(token) => match auth::authorize(
+                        ch.keys, Some(&token), ch.path, Right::Listen, auth::now(),
+                    ) {
+                        Ok(grant) => {
+                            tracing::info!(key = %grant.key_name, expiry = grant.expiry, "control channel token renewed");
+                            ch.expiry = grant.expiry;
+                            expiry.as_mut().reset(deadline(ch.expiry));
+                        }
+                        Err(err) => break Ended::BadRenewal(err.to_string()),
+                    },
+                    None => tracing::debug!(len = text.len(), "ignoring unknown control command"),
+                },
+                Some(Ok(Message::Binary(b))) => {
+                    tracing::debug!(len = b.len(), "ignoring binary control message");
+                }
+                // Pings are answered by tungstenite on the next read; Pongs need nothing.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break Ended::ByListener,
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                    break Ended::TooLarge;
+                }
+                Some(Err(err)) => {
+                    tracing::debug!("control channel read failed: {err}");
+                    break Ended::ByListener;
+                }
+            },
+        }
+    };
+    let close = match &ended {
+        Ended::ByListener => None,
+        Ended::TokenExpired => Some((CloseCode::Policy, "token expired".to_owned())),
+        Ended::BadRenewal(why) => Some((CloseCode::Policy, format!("renewToken refused: {why}"))),
+        Ended::TooLarge => Some((CloseCode::Size, "control message too large".to_owned())),
+        Ended::Shutdown => Some((CloseCode::Away, "relay shutting down".to_owned())),
+    };
+    finish(ws, close).await;
+    ended
+}
+
+/// Sends our Close (if any) and waits, bounded, for the stream to end.
+async fn finish(mut ws: WebSocketStream<Prefixed<BoxIo>>, close: Option<(CloseCode, String)>) {
+    let wind_down = async {
+        if let Some((code, reason)) = close {
+            let mut reason = reason;
+            reason.truncate(120);
+            while !reason.is_char_boundary(reason.len()) {
+                reason.pop();
+            }
+            let _ = ws
+                .close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }))
+                .await;
+        }
+        // Drive the socket so tungstenite sends any Close reply, until the peer is done.
+        while let Some(Ok(_)) = ws.next().await {}
+    };
+    let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, wind_down).await;
+}
+
+/// The token of a `{"renewToken":{"token":"..."}}` command, if that is what `text` is.
+fn renewal(text: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    value
+        .get("renewToken")?
+        .get("token")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The instant a token expiring at unix second `expiry` runs out.
+fn deadline(expiry: u64) -> Instant {
+    Instant::now() + Duration::from_secs(expiry.saturating_sub(auth::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_renew_token() {
+        let cases = [
+            (
+                r#"{"renewToken":{"token":"SharedAccessSignature sr=a"}}"#,
+                Some("SharedAccessSignature sr=a"),
+            ),
+            (r#"{"renewToken":{}}"#, None),
+            (r#"{"unknown":{"x":1}}"#, None),
+            ("not json", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(renewal(text).as_deref(), want, "{text}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The byte stream every connection is carried on (plain TCP or TLS), and a wrapper that
+//! replays bytes read past the end of the HTTP upgrade request.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A client connection after the optional TLS handshake.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// A boxed [`Io`]: plain and TLS connections take the same path through the server.
+pub type BoxIo = Box<dyn Io>;
+
+/// A stream whose first reads return `prefix`: the bytes that arrived in the same read as
+/// the end of the upgrade request belong to the WebSocket that follows it.
+pub struct Prefixed<S> {
+    /// Bytes not yet handed to the reader.
+    prefix: Vec<u8>,
+    /// How much of `prefix` has been handed out.
+    pos: usize,
+    inner: S,
+}
+
+impl<S> std::fmt::Debug for Prefixed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefixed")
+            .field("pending", &(self.prefix.len() - self.pos))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.pos);
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn prefix_is_read_before_the_stream() {
+        let cases: &[(&[u8], &[u8])] = &[(b"", b"abc"), (b"ab", b"c"), (b"abc", b"")];
+        for (prefix, rest) in cases {
+            let mut s = Prefixed::new(prefix.to_vec(), *rest);
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.expect("in-memory read");
+            assert_eq!(out, b"abc", "prefix {prefix:?}");
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The byte pump between a sender and a listener after rendezvous: frames are forwarded
+//! as they are (opcode, fragmentation), Pings answered, Pongs dropped, and a Close is a
+//! half-close: it is forwarded and the other direction keeps flowing until that side
+//! closes too (azbridge's `CloseOutput`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{self, FrameError, Header};
+use super::io::{BoxIo, Prefixed};
+
+/// Payload bytes copied per read while streaming a data frame.
+const CHUNK: usize = 16 * 1024;
+
+/// How long a best-effort goodbye (Close frame, TLS close_notify) may take.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+type Stream = Prefixed<BoxIo>;
+
+/// One side's write half, and whether it was already sent a Close.
+struct Out {
+    w: WriteHalf<Stream>,
+    closed: bool,
+}
+
+type Shared = Arc<Mutex<Out>>;
+
+/// How one direction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The source sent Close, which was forwarded.
+    Closed,
+    /// The source vanished or broke the protocol; the pair was torn down.
+    Gone,
+    /// The other direction failed, or the relay is shutting down.
+    Aborted,
+}
+
+/// What a finished relayed connection did, for the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub sender_to_listener: (End, u64),
+    pub listener_to_sender: (End, u64),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (e1, b1) = self.sender_to_listener;
+        let (e2, b2) = self.listener_to_sender;
+        write!(
+            f,
+            "sender->listener {b1} bytes ({e1:?}), listener->sender {b2} bytes ({e2:?})"
+        )
+    }
+}
+
+/// Relays between `sender` and `listener` until both have closed, one fails, or
+/// `hard_stop` fires (then both get Close 1001).
+pub async fn pump(sender: Stream, listener: Stream, hard_stop: CancellationToken) -> Outcome {
+    let (sr, sw) = tokio::io::split(sender);
+    let (lr, lw) = tokio::io::split(listener);
+    let sw: Shared = Arc::new(Mutex::new(Out {
+        w: sw,
+        closed: false,
+    }));
+    let lw: Shared = Arc::new(Mutex::new(Out {
+        w: lw,
+        closed: false,
+    }));
+    let abort = hard_stop.child_token();
+    let (s2l, l2s) = tokio::join!(
+        forward(sr, sw.clone(), lw.clone(), abort.clone()),
+        forward(lr, lw.clone(), sw.clone(), abort.clone()),
+    );
+    if hard_stop.is_cancelled() {
+        for out in [&sw, &lw] {
+            goodbye(out, frame::CLOSE_GOING_AWAY, "relay shutting down").await;
+        }
+    }
+    for out in [&sw, &lw] {
+        let mut out = out.lock().await;
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, out.w.shutdown()).await;
+    }
+    Outcome {
+        sender_to_listener: s2l,
+        listener_to_sender: l2s,
+    }
+}
+
+/// Closes a leg that will never be relayed: Close `code`, then TCP/TLS shutdown (bounded).
+pub async fn close(mut stream: Stream, code: u16, reason: &str) {
+    let frame = frame::control_frame(frame::OP_CLOSE, &frame::close_payload(code, reason));
+    let bye = async {
+        let _ = write_frame(&mut stream, &frame).await;
+        let _ = stream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, bye).await;
+}
+
+/// Copies frames from `src` to `dst` until Close, failure or abort. Returns how it ended
+/// and the payload bytes forwarded.
+async fn forward(
+    mut src: ReadHalf<Stream>,
+    src_out: Shared,
+    dst_out: Shared,
+    abort: CancellationToken,
+) -> (End, u64) {
+    let mut bytes = 0u64;
+    loop {
+        // `step` is not cancel-safe (a frame may be half copied), and need not be: the
+        // only cancellation is `abort`, which tears the whole pair down.
+        let step = tokio::select! {
+            step = step(&mut src, &src_out, &dst_out) => step,
+            () = abort.cancelled() => return (End::Aborted, bytes),
+        };
+        match step {
+            Ok(Step::Data(n)) => bytes += n,
+            Ok(Step::Control) => {}
+            Ok(Step::Close) => return (End::Closed, bytes),
+            Err(err) => {
+                tracing::debug!("relayed connection: {err}");
+                let code = match err {
+                    FrameError::Protocol(_) => frame::CLOSE_PROTOCOL_ERROR,
+                    FrameError::Io(_) => frame::CLOSE_GOING_AWAY,
+                };
+                abort.cancel();
+                goodbye(
+                    &dst_out,
+                    frame::CLOSE_GOING_AWAY,
+                    "the other side went away",
+                )
+                .await;
+                if code == frame::CLOSE_PROTOCOL_ERROR {
+                    goodbye(&src_out, code, "WebSocket protocol error").await;
+                }
+                return (End::Gone, bytes);
+            }
+        }
+    }
+}
+
+enum Step {
+    Data(u64),
+    Control,
+    Close,
+}
+
+async fn step(
+    src: &mut ReadHalf<Stream>,
+    src_out: &Shared,
+    dst_out: &Shared,
+) -> Result<Step, FrameError> {
+    let Some(header) = frame::read_header(src).await? else {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    };
+    match header.opcode {
+        frame::OP_PING => {
+            let payload = read_small(src, &header).await?;
+            let mut out = src_out.lock().await;
+            if !out.closed {
+                write_frame(&mut out.w, &frame::control_frame(frame::OP_PONG, &payload)).await?;
+            }
+            Ok(Step::Control)
+        }
+        frame::OP_PONG => {
+            read_small(src, &header).await?;
+            Ok(Step::Control)
+        }
+        frame::OP_CLOSE => {
+            let payload = read_small(src, &header).await?;
+            let mut out = dst_out.lock().await;
+            if !out.closed {
+                out.closed = true;
+                write_frame(&mut out.w, &frame::control_frame(frame::OP_CLOSE, &payload)).await?;
+            }
+            Ok(Step::Close)
+        }
+        _ => {
+            let mut out = dst_out.lock().await;
+            copy_data(src, &mut out.w, &header).await?;
+            Ok(Step::Data(header.len))
+        }
+    }
+}
+
+/// Reads a control frame's payload (at most 125 bytes, checked by `read_header`).
+async fn read_small(src: &mut ReadHalf<Stream>, header: &Header) -> Result<Vec<u8>, FrameError> {
+    let mut payload = vec![0u8; header.len as usize];
+    src.read_exact(&mut payload).await?;
+    frame::unmask(&mut payload, header.mask, 0);
+    Ok(payload)
+}
+
+/// Streams one data frame's payload from `src` to `dst` without buffering it whole.
+async fn copy_data<W: AsyncWrite + Unpin>(
+    src: &mut ReadHalf<Stream>,
+    dst: &mut W,
+    header: &Header,
+) -> Result<(), FrameError> {
+    dst.write_all(&frame::encode_header(header.fin, header.opcode, header.len))
+        .await?;
+    let mut buf = vec![0u8; CHUNK.min(header.len as usize)];
+    let mut done = 0u64;
+    while done < header.len {
+        let want = (header.len - done).min(CHUNK as u64) as usize;
+        let n = src.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        frame::unmask(&mut buf[..n], header.mask, done);
+        dst.write_all(&buf[..n]).await?;
+        done += n as u64;
+    }
+    dst.flush().await?;
+    Ok(())
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+/// Sends Close `code` unless that side already got one; bounded, errors ignored.
+async fn goodbye(out: &Shared, code: u16, reason: &str) {
+    let attempt = async {
+        let mut out = out.lock().await;
+        if !out.closed {
+            out.closed = true;
+            let frame = frame::control_frame(frame::OP_CLOSE, &frame::close_payload(code, reason));
+            let _ = write_frame(&mut out.w, &frame).await;
+        }
+    };
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, attempt).await;
+}

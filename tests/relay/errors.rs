@@ -1,0 +1,226 @@
+//! Refusals reach the user as one line naming the cause and the fix.
+
+use std::io::Read;
+use std::net::TcpStream;
+
+use amlx_agent::config::Secret;
+use amlx_agent::relay::{protocol, sas};
+
+use super::harness::*;
+use crate::util;
+
+/// Runs `relay listen` expecting it to give up; returns its error line.
+fn listen_fails(relay: &Relay, cs: &str) -> String {
+    let mut p = relay.listen(cs, &["--ports", "5678"]);
+    let status = p.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", p.dump());
+    p.stderr
+        .wait_for("amlx-agent: error:")
+        .unwrap_or_else(|| panic!("no error line:\n{}", p.dump()))
+}
+
+/// Opens a local connection through `relay connect` and returns the error line it logs.
+fn connect_fails(relay: &Relay, cs: &str, needle: &str) -> String {
+    let (p, addr) = relay.connect(cs, "5678");
+    let mut s = TcpStream::connect(addr).expect("connect locally");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "nothing may arrive through a refused tunnel"
+    );
+    p.stderr
+        .wait_for(needle)
+        .unwrap_or_else(|| panic!("no {needle:?} line:\n{}", p.dump()))
+}
+
+#[test]
+fn bad_signature_is_401() {
+    let relay = Relay::start();
+    let cs = relay.connection_string(("both", "not-the-key"), "hc");
+    let line = listen_fails(&relay, &cs);
+    assert!(
+        line.contains("401 Unauthorized")
+            && line.contains("check SharedAccessKeyName/SharedAccessKey"),
+        "{line}"
+    );
+    let line = connect_fails(&relay, &cs, "401 Unauthorized");
+    assert!(line.contains("check SharedAccessKeyName"), "{line}");
+}
+
+#[test]
+fn expired_token_is_401() {
+    let relay = Relay::start();
+    let token = sas::sign(
+        "http://127.0.0.1/hc/",
+        KEY_BOTH.0,
+        &Secret::new(KEY_BOTH.1),
+        1,
+    )
+    .expect("sign");
+    let cs = format!(
+        "Endpoint=sb://127.0.0.1:{}/;SharedAccessSignature={};EntityPath=hc",
+        relay.addr.port(),
+        token.expose()
+    );
+    let line = listen_fails(&relay, &cs);
+    assert!(line.contains("401 Unauthorized"), "{line}");
+}
+
+#[test]
+fn send_only_key_cannot_listen_403() {
+    let relay = Relay::start();
+    let line = listen_fails(&relay, &relay.connection_string(KEY_SEND, "hc"));
+    assert!(
+        line.contains("403 Forbidden") && line.contains("Listen right"),
+        "{line}"
+    );
+    let line = connect_fails(
+        &relay,
+        &relay.connection_string(KEY_LISTEN, "hc"),
+        "403 Forbidden",
+    );
+    assert!(line.contains("Send right"), "{line}");
+}
+
+#[test]
+fn no_listener_is_404_with_the_service_text() {
+    let relay = Relay::start();
+    let line = connect_fails(
+        &relay,
+        &relay.connection_string(KEY_BOTH, "nobody"),
+        "404 Not Found",
+    );
+    assert!(line.contains(protocol::NO_LISTENER_TEXT), "{line}");
+    assert!(line.contains("start `amlx-agent relay listen`"), "{line}");
+}
+
+#[test]
+fn listener_reject_403_reaches_the_sender_and_the_reject_gets_410() {
+    let relay = Relay::start();
+    let cs = relay.connection_string(KEY_BOTH, "picky");
+    // Loopback senders are outside the allowed network: the listener rejects with 403.
+    let listener = relay.listen_online(
+        &cs,
+        &["--ports", "5678", "--allow-remote", "10.255.255.255/32"],
+    );
+    let line = connect_fails(&relay, &cs, "403 Forbidden");
+    assert!(line.contains("not allowed by this listener"), "{line}");
+    // "rejected sender" is only logged when the reject rendezvous was answered with 410.
+    listener
+        .stderr
+        .wait_for("rejected sender")
+        .unwrap_or_else(|| panic!("{}", listener.dump()));
+}
+
+#[test]
+fn unknown_connection_string_key_is_named_and_secrets_are_not_echoed() {
+    let mut cmd = util::agent();
+    cmd.args(["relay", "listen", "--ports", "5678", "--insecure-ws"]).env(
+        "AMLX_RELAY_CONNECTION_STRING",
+        "Endpoint=sb://127.0.0.1:1/;SharedAccessKeyName=n;SharedAccessKey=TopSecretValue;Colour=blue",
+    );
+    let out = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("unknown connection string key \"Colour\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("TopSecretValue"), "{stderr}");
+}
+
+#[test]
+fn credentials_never_come_from_argv_and_plain_ws_only_to_loopback() {
+    let out = util::agent()
+        .args(["relay", "connect", "--hc", "x"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no relay credentials: set AMLX_RELAY_CONNECTION_STRING"),
+        "{stderr}"
+    );
+
+    let out = util::agent()
+        .args(["relay", "connect", "--insecure-ws"])
+        .env(
+            "AMLX_RELAY_CONNECTION_STRING",
+            "Endpoint=sb://relay.example:9443/;SharedAccessKeyName=n;SharedAccessKey=k;EntityPath=hc",
+        )
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("only allowed to a loopback relay"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn connection_string_file_is_read_and_loose_permissions_warned() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let relay = Relay::start();
+    let file = relay.dir().join("cs.txt");
+    std::fs::write(
+        &file,
+        format!("{}\n", relay.connection_string(KEY_BOTH, "filehc")),
+    )
+    .expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut cmd = util::agent();
+    cmd.args([
+        "relay",
+        "listen",
+        "--insecure-ws",
+        "--ports",
+        "5678",
+        "--connection-string-file",
+    ])
+    .arg(&file)
+    .env("NO_COLOR", "1")
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("piped");
+    let lines = std::io::BufReader::new(stderr);
+    let mut seen = Vec::new();
+    use std::io::BufRead as _;
+    for line in lines.lines() {
+        let line = line.expect("utf-8");
+        let online = line.contains("listener online");
+        seen.push(line);
+        if online {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = seen.join("\n");
+    assert!(
+        text.contains("readable by group or others; chmod 600"),
+        "{text}"
+    );
+    assert!(text.contains("listener online"), "{text}");
+}
+
+#[test]
+fn sas_vectors_from_the_design_doc() {
+    let key = Secret::new("SGVsbG9Xb3JsZEtleUZvclRlc3RpbmdPbmx5IQ==");
+    let cases = [
+        (
+            "http://contoso.servicebus.windows.net/hyco/",
+            "V2vY/GGpVAbOe3TOt+FANHiotMuW/1qhr7k4tXr1/3I=",
+        ),
+        (
+            "http://contoso.servicebus.windows.net/hyco",
+            "ReBn5R+BmoZRfuQ+hznjk77QqFCm40bsUISudBOqzZU=",
+        ),
+    ];
+    for (uri, sig) in cases {
+        assert_eq!(sas::signature(uri, &key, 1_700_000_000), sig, "{uri}");
+        assert_ne!(sig, "+YqzGWp4u+wBLg7i1zQ9G1iMmAba79GQZvsU8xEfOE4=");
+    }
+}

@@ -1,0 +1,135 @@
+//! Limits and the control channel: listener quota, oversized messages, stalled handshakes,
+//! Pings, renewToken and expiry. One misbehaving client never stops the others.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::harness::*;
+
+#[tokio::test]
+async fn listeners_per_path_are_capped() {
+    let relay = Relay::start("max_listeners_per_path = 2");
+    let _a = listen(&relay, "hc").await;
+    let _b = listen(&relay, "hc").await;
+    let tok = token(ROOT, KEY, "hc", 3600);
+    assert_eq!(
+        open(request(&relay.url("hc", "listen"), Some(&tok)))
+            .await
+            .err(),
+        Some(403)
+    );
+    let _other = listen(&relay, "other").await;
+    relay.wait_status("listeners", 3).await;
+}
+
+#[tokio::test]
+async fn an_oversized_control_message_drops_only_that_listener() {
+    let relay = Relay::start("max_control_message = 1024");
+    let mut big = listen(&relay, "big").await;
+    let mut other = listen(&relay, "other").await;
+    relay.wait_status("listeners", 2).await;
+    big.send(Message::text("x".repeat(4096)))
+        .await
+        .expect("send oversized");
+    assert_eq!(next_close(&mut big).await, Some(1009));
+    relay.wait_status("listeners", 1).await;
+    let tok = token(ROOT, KEY, "big", 3600);
+    assert_eq!(
+        open(request(&relay.url("big", "connect"), Some(&tok)))
+            .await
+            .err(),
+        Some(404)
+    );
+    let (mut sender, mut data) = rendezvous(&relay, &mut other, "other").await;
+    assert_relays(&mut sender, &mut data, b"still serving").await;
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_cut_off_while_others_are_served() {
+    let relay = Relay::start("handshake_timeout = \"300ms\"");
+    let mut silent = TcpStream::connect(relay.addr).await.expect("connect");
+    let mut partial = TcpStream::connect(relay.addr).await.expect("connect");
+    partial
+        .write_all(b"GET /$hc/hc?sb-hc-action=listen HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("send half a request");
+
+    let mut control = listen(&relay, "hc").await;
+    let (mut sender, mut data) = rendezvous(&relay, &mut control, "hc").await;
+    assert_relays(&mut sender, &mut data, b"served meanwhile").await;
+
+    for (name, stream) in [("silent", &mut silent), ("partial", &mut partial)] {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{name} connection was not cut off"));
+        assert!(matches!(read, Ok(0) | Err(_)), "{name}: {read:?}");
+    }
+    assert_relays(&mut data, &mut sender, b"and after").await;
+}
+
+#[tokio::test]
+async fn the_control_channel_pings_renews_and_expires() {
+    let relay = Relay::start("");
+    let short_ttl = 3;
+    let first_expiry = amlx_agent::relay::sas::unix_now() + short_ttl;
+    let short = token(ROOT, KEY, "hc", short_ttl as i64);
+    let mut control = open(request(&relay.url("hc", "listen"), Some(&short)))
+        .await
+        .expect("listener");
+    control
+        .send(Message::Pong(b"unsolicited".to_vec().into()))
+        .await
+        .expect("pong");
+    control
+        .send(Message::text(r#"{"someFutureCommand":{"x":1}}"#))
+        .await
+        .expect("unknown command");
+    let renew =
+        |tok: String| Message::text(serde_json::json!({"renewToken": {"token": tok}}).to_string());
+    control
+        .send(renew(token(ROOT, KEY, "hc", 3600)))
+        .await
+        .expect("renew");
+    // Past the first token's expiry, the channel still answers and still gets senders.
+    let started = std::time::Instant::now();
+    while amlx_agent::relay::sas::unix_now() <= first_expiry + 1 {
+        assert!(started.elapsed() < DEADLINE, "clock did not advance");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    control
+        .send(Message::Ping(b"still there".to_vec().into()))
+        .await
+        .expect("ping");
+    loop {
+        match tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut control))
+            .await
+            .expect("pong in time")
+        {
+            Some(Ok(Message::Pong(p))) if p.as_ref() == b"still there" => break,
+            Some(Ok(_)) => {}
+            other => panic!("control channel ended: {other:?}"),
+        }
+    }
+    let (mut sender, mut data) = rendezvous(&relay, &mut control, "hc").await;
+    assert_relays(&mut sender, &mut data, b"renewed").await;
+    // A bad renewal closes the channel with 1008 (policy).
+    control
+        .send(renew(token(ROOT, "not-the-key", "hc", 3600)))
+        .await
+        .expect("bad renew");
+    assert_eq!(next_close(&mut control).await, Some(1008));
+
+    // Without renewal, the channel closes (1008) when its token expires.
+    let mut lapsing = open(request(
+        &relay.url("hc", "listen"),
+        Some(&token(ROOT, KEY, "hc", 2)),
+    ))
+    .await
+    .expect("listener");
+    assert_eq!(next_close(&mut lapsing).await, Some(1008));
+}

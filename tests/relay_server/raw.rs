@@ -1,0 +1,106 @@
+//! A frame-level WebSocket client for the tests that need control a library would take
+//! away (sending after a Close), and the raw upgrade head used with `harness::http`.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::harness::DEADLINE;
+
+/// A WebSocket upgrade request head for raw HTTP.
+pub fn upgrade_head(url: &str, extra_headers: &[(&str, &str)]) -> String {
+    let url = url::Url::parse(url).expect("valid URL");
+    let host = format!(
+        "{}:{}",
+        url.host_str().expect("host"),
+        url.port().expect("port")
+    );
+    let target = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let mut head = format!(
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (name, value) in extra_headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// A frame-level WebSocket client: it never answers a Close by itself, so a test can
+/// keep sending after receiving one (what a half-closing peer does).
+pub struct RawWs {
+    tcp: TcpStream,
+}
+
+/// Opcodes the raw client uses.
+pub const OP_BINARY: u8 = 2;
+pub const OP_CLOSE: u8 = 8;
+pub const OP_PING: u8 = 9;
+pub const OP_PONG: u8 = 10;
+
+impl RawWs {
+    /// Upgrades to `url` (ws only); panics unless the answer is 101.
+    pub async fn connect(url: &str, extra_headers: &[(&str, &str)]) -> RawWs {
+        let parsed = url::Url::parse(url).expect("valid URL");
+        let addr = format!(
+            "{}:{}",
+            parsed.host_str().expect("host"),
+            parsed.port().expect("port")
+        );
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(upgrade_head(url, extra_headers).as_bytes())
+            .await
+            .expect("send upgrade");
+        // Read the response head byte by byte so no frame bytes are swallowed.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let b = tokio::time::timeout(DEADLINE, tcp.read_u8())
+                .await
+                .expect("101 in time")
+                .expect("read 101");
+            head.push(b);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
+        RawWs { tcp }
+    }
+
+    /// Sends one masked frame.
+    pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.tcp.write_all(&frame).await.expect("send frame");
+    }
+
+    /// Receives one (unmasked, unfragmented) frame; `None` on TCP EOF.
+    pub async fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
+        tokio::time::timeout(DEADLINE, self.recv_inner())
+            .await
+            .expect("frame in time")
+    }
+
+    async fn recv_inner(&mut self) -> Option<(u8, Vec<u8>)> {
+        let b0 = self.tcp.read_u8().await.ok()?;
+        let b1 = self.tcp.read_u8().await.ok()?;
+        let len = match b1 & 0x7F {
+            126 => u64::from(self.tcp.read_u16().await.ok()?),
+            127 => self.tcp.read_u64().await.ok()?,
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        self.tcp.read_exact(&mut payload).await.ok()?;
+        Some((b0 & 0x0F, payload))
+    }
+}

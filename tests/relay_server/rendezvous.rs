@@ -1,0 +1,274 @@
+//! Rendezvous: the accept command, refusals with their statuses, reject, timeout, half-close.
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use super::harness::*;
+use super::raw::*;
+
+#[tokio::test]
+async fn rendezvous_relays_bytes_and_the_accept_is_complete() {
+    let relay = Relay::start("");
+    let mut control = listen(&relay, "hc1").await;
+
+    // The sender: token in the query, a suffix, an app parameter, two sub-protocols and
+    // a header the relay does not know.
+    let tok = token(SEND_ONLY, KEY, "hc1", 3600);
+    let url = format!(
+        "{}&sb-hc-id=trk-1&sb-hc-token={}&app=1",
+        relay.url("hc1/suffix", "connect"),
+        enc(&tok)
+    );
+    let mut req = request(&url, None);
+    let h = req.headers_mut();
+    h.insert("Sec-WebSocket-Protocol", HeaderValue::from_static("p1, p2"));
+    h.insert("Relay-User-Agent", HeaderValue::from_static("tests/1.0"));
+    let sender_key = req.headers()["sec-websocket-key"]
+        .to_str()
+        .expect("ascii key")
+        .to_owned();
+    let tcp = TcpStream::connect(relay.addr).await.expect("connect");
+    let sender_port = tcp.local_addr().expect("local addr").port();
+    let sender = tokio::spawn(tokio_tungstenite::client_async(
+        req,
+        MaybeTlsStream::Plain(tcp),
+    ));
+
+    let accept = next_accept(&mut control).await;
+    let a = &accept["accept"];
+    let headers = &a["connectHeaders"];
+    assert_eq!(
+        headers["Sec-WebSocket-Key"],
+        sender_key.as_str(),
+        "{accept}"
+    );
+    assert_eq!(headers["Sec-WebSocket-Version"], "13", "{accept}");
+    assert_eq!(headers["Host"], relay.addr.to_string().as_str(), "{accept}");
+    assert_eq!(headers["Sec-WebSocket-Protocol"], "p1, p2", "{accept}");
+    assert_eq!(headers["Relay-User-Agent"], "tests/1.0", "{accept}");
+    assert_eq!(a["remoteEndpoint"]["address"], "127.0.0.1", "{accept}");
+    assert_eq!(a["remoteEndpoint"]["port"], sender_port, "{accept}");
+    let address = a["address"].as_str().expect("address").to_owned();
+    let id = a["id"].as_str().expect("id");
+    assert_eq!(
+        address,
+        format!(
+            "ws://{}/$hc/hc1/suffix?app=1&sb-hc-action=accept&sb-hc-id={id}",
+            relay.addr
+        )
+    );
+
+    // The listener accepts with one of the offered sub-protocols.
+    let mut lreq = request(&address, None);
+    lreq.headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("p2"));
+    let (mut data, lresp) = tokio_tungstenite::connect_async(lreq)
+        .await
+        .expect("rendezvous accepted");
+    assert_eq!(lresp.headers()["sec-websocket-protocol"], "p2");
+    let (mut sender, sresp) = sender.await.expect("sender task").expect("sender upgraded");
+    assert_eq!(sresp.headers()["sec-websocket-protocol"], "p2");
+    assert!(sresp.headers().get("sec-websocket-extensions").is_none());
+    relay.wait_status("relayed", 1).await;
+
+    assert_relays(&mut sender, &mut data, b"from the sender").await;
+    assert_relays(&mut data, &mut sender, b"from the listener").await;
+    let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    assert_relays(&mut sender, &mut data, &big).await;
+
+    // The address was single-use.
+    assert_eq!(open(request(&address, None)).await.err(), Some(404));
+
+    sender.close(Some(normal_close())).await.expect("close");
+    assert_eq!(next_close(&mut data).await, Some(1000));
+    assert_eq!(
+        next_close(&mut sender).await,
+        Some(1000),
+        "the listener's reply"
+    );
+    relay.wait_status("relayed", 0).await;
+}
+
+#[tokio::test]
+async fn refusals_have_the_documented_statuses_and_text() {
+    let relay = Relay::start("");
+    let _control = listen(&relay, "hc").await;
+    let root = |path: &str| token(ROOT, KEY, path, 3600);
+    let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
+        (
+            "listen without a token",
+            relay.url("hc", "listen"),
+            None,
+            401,
+            "Unauthorized",
+        ),
+        (
+            "bad signature",
+            relay.url("hc", "listen"),
+            Some(token(ROOT, "not-the-key", "hc", 3600)),
+            401,
+            "Unauthorized",
+        ),
+        (
+            "expired token",
+            relay.url("hc", "listen"),
+            Some(token(ROOT, KEY, "hc", -10)),
+            401,
+            "Unauthorized",
+        ),
+        (
+            "unknown key name",
+            relay.url("hc", "listen"),
+            Some(token("nobody", KEY, "hc", 3600)),
+            401,
+            "Unauthorized",
+        ),
+        (
+            "send-only key listens",
+            relay.url("hc", "listen"),
+            Some(token(SEND_ONLY, KEY, "hc", 3600)),
+            403,
+            "Forbidden",
+        ),
+        (
+            "token for another path",
+            relay.url("hc", "connect"),
+            Some(root("other")),
+            403,
+            "Forbidden",
+        ),
+        (
+            "sender without listener",
+            relay.url("nobody", "connect"),
+            Some(root("nobody")),
+            404,
+            NO_LISTENERS,
+        ),
+        (
+            "unknown action",
+            relay.url("hc", "dance"),
+            Some(root("hc")),
+            400,
+            "Bad Request",
+        ),
+        (
+            "not a /$hc path",
+            format!("ws://{}/elsewhere", relay.addr),
+            None,
+            404,
+            "Not Found",
+        ),
+    ];
+    for (name, url, tok, want, text) in cases {
+        let mut headers = vec![("Relay-User-Agent", "tests/1.0")];
+        if let Some(t) = &tok {
+            headers.push(("ServiceBusAuthorization", t.as_str()));
+        }
+        let (status, reason, body) = http(relay.addr, &upgrade_head(&url, &headers)).await;
+        assert_eq!(status, want, "{name}: {reason} / {body}");
+        assert!(reason.starts_with(text), "{name}: reason {reason:?}");
+        assert!(body.starts_with(text), "{name}: body {body:?}");
+    }
+    // The same through a WebSocket client, with the token in the query.
+    let bad = enc(&token(ROOT, "not-the-key", "hc", 3600));
+    let url = format!("{}&sb-hc-token={bad}", relay.url("hc", "connect"));
+    assert_eq!(open(request(&url, None)).await.err(), Some(401));
+    // Nothing above disturbed the listener.
+    relay.wait_status("listeners", 1).await;
+}
+
+#[tokio::test]
+async fn a_reject_reaches_the_sender_and_the_rendezvous_gets_410() {
+    let relay = Relay::start("");
+    let mut control = listen(&relay, "hc").await;
+    let tok = token(ROOT, KEY, "hc", 3600);
+    let head = upgrade_head(
+        &relay.url("hc", "connect"),
+        &[("ServiceBusAuthorization", &tok)],
+    );
+    let addr = relay.addr;
+    let sender = tokio::spawn(async move { http(addr, &head).await });
+    let accept = next_accept(&mut control).await;
+    let address = accept["accept"]["address"].as_str().expect("address");
+    let reject = format!(
+        "{address}&sb-hc-statusCode=403&sb-hc-statusDescription={}",
+        enc("Forbidden by the listener")
+    );
+    let (status, _, _) = http(relay.addr, &upgrade_head(&reject, &[])).await;
+    assert_eq!(status, 410, "the reject itself succeeds with 410");
+    let (status, reason, body) = sender.await.expect("sender task");
+    assert_eq!(status, 403);
+    assert_eq!(reason, "Forbidden by the listener");
+    assert!(body.starts_with("Forbidden by the listener"), "{body}");
+    // Used once: accepting afterwards finds nothing.
+    assert_eq!(open(request(address, None)).await.err(), Some(404));
+}
+
+#[tokio::test]
+async fn a_sender_times_out_when_the_listener_never_answers() {
+    let relay = Relay::start("rendezvous_timeout = \"1s\"");
+    let mut control = listen(&relay, "hc").await;
+    let tok = token(ROOT, KEY, "hc", 3600);
+    let head = upgrade_head(
+        &relay.url("hc", "connect"),
+        &[("ServiceBusAuthorization", &tok)],
+    );
+    let (status, reason, _) = http(relay.addr, &head).await;
+    assert_eq!(status, 504, "{reason}");
+    // The expired address is refused.
+    let accept = next_accept(&mut control).await;
+    let address = accept["accept"]["address"].as_str().expect("address");
+    assert_eq!(open(request(address, None)).await.err(), Some(404));
+}
+
+#[tokio::test]
+async fn a_close_is_a_half_close() {
+    let relay = Relay::start("");
+    let mut control = listen(&relay, "hc").await;
+    let tok = token(ROOT, KEY, "hc", 3600);
+    let url = relay.url("hc", "connect");
+    let sender =
+        tokio::spawn(
+            async move { RawWs::connect(&url, &[("ServiceBusAuthorization", &tok)]).await },
+        );
+    let accept = next_accept(&mut control).await;
+    let address = accept["accept"]["address"].as_str().expect("address");
+    let mut listener = RawWs::connect(address, &[]).await;
+    let mut sender = sender.await.expect("sender task");
+
+    sender.send(OP_BINARY, b"request").await;
+    assert_eq!(
+        listener.recv().await,
+        Some((OP_BINARY, b"request".to_vec()))
+    );
+    // Pings are answered by the relay, unsolicited Pongs swallowed.
+    sender.send(OP_PING, b"are you there").await;
+    assert_eq!(
+        sender.recv().await,
+        Some((OP_PONG, b"are you there".to_vec()))
+    );
+    listener.send(OP_PONG, b"unsolicited").await;
+
+    // The sender closes its direction (azbridge's CloseOutput)...
+    let normal = 1000u16.to_be_bytes();
+    sender.send(OP_CLOSE, &normal).await;
+    assert_eq!(listener.recv().await, Some((OP_CLOSE, normal.to_vec())));
+    // ...and the listener keeps sending until it is done.
+    listener.send(OP_BINARY, b"response 1").await;
+    listener.send(OP_BINARY, b"response 2").await;
+    assert_eq!(
+        sender.recv().await,
+        Some((OP_BINARY, b"response 1".to_vec()))
+    );
+    assert_eq!(
+        sender.recv().await,
+        Some((OP_BINARY, b"response 2".to_vec()))
+    );
+    listener.send(OP_CLOSE, &normal).await;
+    assert_eq!(sender.recv().await, Some((OP_CLOSE, normal.to_vec())));
+    // Both directions closed: the relay ends both connections.
+    assert_eq!(sender.recv().await, None);
+    assert_eq!(listener.recv().await, None);
+    relay.wait_status("relayed", 0).await;
+}
