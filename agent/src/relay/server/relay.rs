@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, FrameError, Header};
 use super::io::{BoxIo, Prefixed};
+use crate::relay::protocol::close_code;
 
 /// Payload bytes copied per read while streaming a data frame.
 const CHUNK: usize = 16 * 1024;
@@ -78,7 +79,7 @@ pub async fn pump(sender: Stream, listener: Stream, hard_stop: CancellationToken
     );
     if hard_stop.is_cancelled() {
         for out in [&sw, &lw] {
-            goodbye(out, frame::CLOSE_GOING_AWAY, "relay shutting down").await;
+            goodbye(out, close_code::GOING_AWAY, "relay shutting down").await;
         }
     }
     for out in [&sw, &lw] {
@@ -125,15 +126,10 @@ async fn forward(
                 tracing::debug!("relayed connection: {err}");
                 let code = match err {
                     FrameError::Protocol(_) => frame::CLOSE_PROTOCOL_ERROR,
-                    FrameError::Io(_) => frame::CLOSE_GOING_AWAY,
+                    FrameError::Io(_) => close_code::GOING_AWAY,
                 };
                 abort.cancel();
-                goodbye(
-                    &dst_out,
-                    frame::CLOSE_GOING_AWAY,
-                    "the other side went away",
-                )
-                .await;
+                goodbye(&dst_out, close_code::GOING_AWAY, "the other side went away").await;
                 if code == frame::CLOSE_PROTOCOL_ERROR {
                     goodbye(&src_out, code, "WebSocket protocol error").await;
                 }
