@@ -36,7 +36,7 @@ pub enum RelayCommand {
         #   key = \"<the key>\"\n  \
         #   rights = [\"listen\", \"send\"]\n  \
         #   paths = [\"*\"]\n  \
-        amlx-agent relay serve --config relay.toml --listen 127.0.0.1:9443 --insecure-ws\n  \
+        amlx-agent relay serve --config relay.toml --insecure-ws        # ws://127.0.0.1:9351\n  \
         # TLS for remote clients (a self-signed pair for testing):\n  \
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \\\n      \
         -subj /CN=relay.example -addext subjectAltName=DNS:relay.example -keyout key.pem -out cert.pem\n  \
@@ -75,7 +75,7 @@ pub enum RelayCommand {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to bind; port 0 picks a free port (the bound address is printed)
-    /// [default: 0.0.0.0:9443]
+    /// [default: 127.0.0.1:9351]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
 

@@ -29,7 +29,7 @@ mod serve {
 
     use crate::cli::{Cli, ServeArgs};
     use crate::config::Secret;
-    use crate::relay::server::{self, KeyRight, ServerConfig, ServerKey};
+    use crate::relay::server::{self, Right, ServerConfig, ServerKey};
 
     pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<i32> {
         let file = cli
@@ -112,7 +112,9 @@ mod serve {
     struct FileKey {
         name: String,
         key: String,
-        rights: Vec<KeyRight>,
+        /// `listen` and/or `send`; both when omitted.
+        #[serde(default = "both_rights")]
+        rights: Vec<String>,
         #[serde(default = "all_paths")]
         paths: Vec<String>,
     }
@@ -130,6 +132,18 @@ mod serve {
 
     fn all_paths() -> Vec<String> {
         vec!["*".to_owned()]
+    }
+
+    fn both_rights() -> Vec<String> {
+        vec!["listen".to_owned(), "send".to_owned()]
+    }
+
+    fn right(word: &str) -> anyhow::Result<Right> {
+        match word.to_ascii_lowercase().as_str() {
+            "listen" => Ok(Right::Listen),
+            "send" => Ok(Right::Send),
+            other => anyhow::bail!("unknown right {other:?} (expected listen or send)"),
+        }
     }
 
     /// Durations written like `30s` or `1m 30s`.
@@ -176,16 +190,20 @@ mod serve {
             config.insecure_ws = section.insecure_ws;
         }
         config.allow_insecure_remote = args.allow_insecure_remote || section.allow_insecure_remote;
-        config.keys = section
-            .keys
-            .into_iter()
-            .map(|k| ServerKey {
+        for k in section.keys {
+            let rights = k
+                .rights
+                .iter()
+                .map(|r| right(r))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| format!("[[relay.server.keys]] {:?}", k.name))?;
+            config.keys.push(ServerKey {
                 name: k.name,
                 key: Secret::new(k.key),
-                rights: k.rights,
+                rights,
                 paths: k.paths,
-            })
-            .collect();
+            });
+        }
         Ok(config)
     }
 

@@ -230,20 +230,29 @@ impl Ctx {
         };
         tracing::debug!(listener_path = %entity_path, "sender waiting for a listener");
         let (ticket, decision) = server.rendezvous.open(tracking, &call.hc.path);
-        let delivered = listeners.iter().any(|l| {
-            let command = accept::command(&l.base, &self.request, &call.hc, &ticket.id, self.peer);
-            l.commands.try_send(command).is_ok()
-        });
+        let wait = server.settings.limits.rendezvous_timeout;
+        let deadline = tokio::time::Instant::now() + wait;
+        let command = |l: &ListenerHandle| {
+            accept::command(&l.base, &self.request, &call.hc, &ticket.id, self.peer)
+        };
+        let mut delivered = listeners
+            .iter()
+            .any(|l| l.commands.try_send(command(l)).is_ok());
+        if !delivered && let Some(first) = listeners.first() {
+            // Every queue is full (a burst of senders): wait for room, within our deadline.
+            let send = first.commands.send(command(first));
+            delivered = matches!(tokio::time::timeout_at(deadline, send).await, Ok(Ok(())));
+        }
         if !delivered {
-            tracing::info!("sender refused: every listener's queue is full or closed");
+            tracing::info!("sender refused: no listener took the accept in time");
             return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
         }
-        let wait = server.settings.limits.rendezvous_timeout;
         let decision = tokio::select! {
             () = server.shutdown.cancelled() => {
-                return upgrade::write_status(&mut stream, 503, "Service Unavailable: the relay is shutting down").await;
+                let msg = "Service Unavailable: the relay is shutting down";
+                return upgrade::write_status(&mut stream, 503, msg).await;
             }
-            d = tokio::time::timeout(wait, decision) => d,
+            d = tokio::time::timeout_at(deadline, decision) => d,
         };
         drop(ticket);
         match decision {

@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-pub use auth::{KeyRight, ServerKey};
+pub use crate::relay::sas::Right;
+pub use auth::ServerKey;
 pub use tls::Tls;
 
 use registry::Registry;
@@ -41,7 +42,7 @@ use rendezvous::Rendezvous;
 /// Azure's cap on listeners per Hybrid Connection.
 pub const DEFAULT_MAX_LISTENERS_PER_PATH: usize = 25;
 /// Open TCP connections (listeners, senders, rendezvous legs, handshakes) at once.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// A connection must finish TLS and send its upgrade request within this.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a sender waits for the listener's accept or reject (Azure: about 30 s).
@@ -49,9 +50,9 @@ pub const DEFAULT_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest control-channel message a listener may send (Azure: 64 kB).
 pub const DEFAULT_MAX_CONTROL_MESSAGE: usize = 64 * 1024;
 /// How long relayed connections may finish on their own after SIGTERM.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Default bind address; TLS is required off loopback.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9443";
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default bind address: loopback, so nothing is exposed unasked.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9351";
 
 /// After the grace, how long cut connections get to say goodbye before `run` returns.
 const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(3);

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 
 use crate::relay::protocol;
 
-/// How many accept commands may queue for one listener before it counts as stuck.
-pub const CONTROL_QUEUE: usize = 64;
+/// Accept commands that may queue for one listener; senders beyond it wait for room.
+pub const CONTROL_QUEUE: usize = 256;
 
 /// One listener's control channel, as seen by senders.
 #[derive(Debug, Clone)]
