@@ -23,8 +23,8 @@ pub enum RelayCommand {
     /// Listeners, senders and Microsoft's clients (azure-relay-dotnet, hyco-ws,
     /// azure-relay-java, azbridge) use it like an Azure Relay namespace. Keys come from
     /// the config file's [[relay.server.keys]] (name, key, rights, paths), never from flags.
-    /// Prints "relay serve: listening on ws[s]://ADDR" on stderr once bound; `GET /$status`
-    /// on the same port returns live counts as JSON. SIGTERM/SIGINT drain relayed
+    /// Prints "relay serve: listening on ws://ADDR" (wss:// with TLS) on stderr once bound;
+    /// `GET /$status` on the same port returns live counts as JSON. SIGTERM/SIGINT drain relayed
     /// connections for shutdown_grace, then exit.
     #[command(after_help = "Examples:\n  \
         # a key: any string works, the relay uses its UTF-8 bytes as written\n  \
