@@ -21,12 +21,17 @@ use crate::relay::sas::Right;
 
 /// How long we wait for the listener's reply to our Close before dropping the socket.
 const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A listener that does not take an accept command off the wire within this (its
+/// socket buffers are full: it stopped reading) is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a control channel ended (logged by the caller).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
     /// The listener closed it or the connection dropped.
     ByListener,
+    /// The listener stopped reading its control channel.
+    Stuck,
     /// Its token expired without a valid `renewToken` (1008).
     TokenExpired,
     /// A `renewToken` carried an invalid token (1008).
@@ -64,9 +69,13 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
             () = &mut expiry => break Ended::TokenExpired,
             cmd = ch.commands.recv() => {
                 let Some(json) = cmd else { break Ended::Shutdown };
-                if let Err(err) = ws.send(Message::text(json)).await {
-                    tracing::debug!("control channel send failed: {err}");
-                    break Ended::ByListener;
+                match tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::text(json))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        tracing::debug!("control channel send failed: {err}");
+                        break Ended::ByListener;
+                    }
+                    Err(_) => break Ended::Stuck,
                 }
             }
             msg = ws.next() => match msg {
@@ -101,7 +110,7 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
         }
     };
     let close = match &ended {
-        Ended::ByListener => None,
+        Ended::ByListener | Ended::Stuck => None,
         Ended::TokenExpired => Some((CloseCode::Policy, "token expired".to_owned())),
         Ended::BadRenewal(why) => Some((CloseCode::Policy, format!("renewToken refused: {why}"))),
         Ended::TooLarge => Some((CloseCode::Size, "control message too large".to_owned())),
