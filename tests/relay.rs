@@ -3,5 +3,6 @@
 
 mod errors;
 mod harness;
+mod interop;
 mod reconnect;
 mod tunnels;

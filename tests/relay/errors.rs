@@ -52,8 +52,13 @@ fn bad_signature_is_401() {
 #[test]
 fn expired_token_is_401() {
     let relay = Relay::start();
-    let audience = format!("http://127.0.0.1/hc/");
-    let token = sas::sign(&audience, KEY_BOTH.0, &Secret::new(KEY_BOTH.1), 1).expect("sign");
+    let token = sas::sign(
+        "http://127.0.0.1/hc/",
+        KEY_BOTH.0,
+        &Secret::new(KEY_BOTH.1),
+        1,
+    )
+    .expect("sign");
     let cs = format!(
         "Endpoint=sb://127.0.0.1:{}/;SharedAccessSignature={};EntityPath=hc",
         relay.addr.port(),

@@ -26,6 +26,11 @@ pub const KEY_LISTEN: (&str, &str) = ("listenonly", "bGlzdGVuLW9ubHkta2V5");
 pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
 
 impl Lines {
+    /// Collects the lines of `stream` (a child's stdout or stderr) in a thread.
+    pub fn from_reader(stream: impl Read + Send + 'static) -> Lines {
+        Lines::capture(stream)
+    }
+
     fn capture(stream: impl Read + Send + 'static) -> Lines {
         let lines = Lines::default();
         let sink = lines.clone();

@@ -45,3 +45,41 @@ fn listener_reconnects_after_the_relay_restarts() {
         relay.proc.dump()
     );
 }
+
+#[test]
+fn listener_renews_its_token_before_the_relay_would_close_the_channel() {
+    let relay = Relay::start();
+    let echo = echo_server();
+    let cs = relay.connection_string(KEY_BOTH, "renew");
+    // 3 s tokens: without renewToken the relay closes the control channel (1008) in <= 3 s.
+    let listener = relay.listen_online(
+        &cs,
+        &["--ports", &echo.port().to_string(), "--token-ttl", "3s"],
+    );
+    let mut from = 0;
+    for _ in 0..4 {
+        let (at, _) = relay
+            .proc
+            .stderr
+            .wait_for_from(from, "token renewed", DEADLINE)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no renewal:\nrelay:\n{}\nlisten:\n{}",
+                    relay.proc.dump(),
+                    listener.dump()
+                )
+            });
+        from = at + 1;
+    }
+    // Four renewals span more than one token lifetime: the channel never dropped.
+    assert!(
+        !listener.dump().contains("listener offline"),
+        "{}",
+        listener.dump()
+    );
+    let (_connect, addr) = relay.connect(&cs, &echo.port().to_string());
+    assert_eq!(
+        round_trip(addr, b"still here").expect("round trip"),
+        b"still here"
+    );
+}

@@ -51,6 +51,8 @@ pub enum RelayCommand {
     /// Senders (`amlx-agent relay connect`, azbridge -L, the agent's debug sidecar) name a
     /// port; names not in --ports/--forward are refused. Reconnects after 0, 1, 2, 5, 10,
     /// 30 s (then every 30 s); a 401, 403 or 404 from the relay ends it with the reason.
+    /// Credentials: AMLX_RELAY_CONNECTION_STRING, --connection-string-file or `[relay]
+    /// connection_string` in the config file, never a flag.
     #[command(after_help = "Examples:\n  \
         AMLX_RELAY_CONNECTION_STRING='Endpoint=sb://ns.servicebus.windows.net/;...' \\\n    \
         amlx-agent relay listen --hc debug --ports 5678,5679\n  \
@@ -61,11 +63,16 @@ pub enum RelayCommand {
     /// Bind a local TCP port and forward each connection to it through the relay as a
     /// sender with an azbridge port name (like `azbridge -L`).
     ///
-    /// Prints `listening on ADDR` on stderr once bound (useful with port 0).
+    /// Prints `listening on ADDR` on stderr once bound (useful with port 0). Each failed
+    /// relay connection is logged as one line naming the cause (401 credentials, 403
+    /// rights or a refusing listener, 404 no listener) and the fix.
+    /// Credentials: AMLX_RELAY_CONNECTION_STRING, --connection-string-file or `[relay]
+    /// connection_string` in the config file, never a flag.
     #[command(after_help = "Examples:\n  \
         amlx-agent relay connect --hc debug --bind 127.0.0.1:5678\n  \
         amlx-agent relay connect --hc debug --bind 127.0.0.1:0 --port-name 5678\n  \
-        amlx-agent relay connect --connection-string-file relay.cs --insecure-ws --bind 127.0.0.1:5678  # loopback relay")]
+        # a self-hosted relay on this machine, without TLS:\n  \
+        amlx-agent relay connect --connection-string-file relay.cs --insecure-ws")]
     Connect(ConnectArgs),
     // --- end client side ---
 }

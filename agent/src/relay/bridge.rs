@@ -12,6 +12,7 @@
 use std::fmt;
 use std::io;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::relay::client::Tunnel;
 use crate::relay::protocol::close_code;
@@ -32,6 +33,8 @@ pub const REPLY_EXPECTED_TCP: [u8; 3] = [0, 0, 255];
 pub const REPLY_OK_TCP: [u8; 3] = [1, 0, MODE_TCP];
 /// Longest port name (its length travels in one byte).
 pub const MAX_PORT_NAME_BYTES: usize = 255;
+/// How long either side waits for the other's preamble (azbridge uses 60 s write timeouts).
+pub const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the preamble failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,8 @@ pub enum BridgeError {
     ExpectedUdp(String),
     #[error("the listener answered {0:?} instead of [1,0,0]")]
     BadReply([u8; 3]),
+    #[error("the listener did not answer the preamble within {PREAMBLE_TIMEOUT:?}")]
+    Timeout,
     #[error("the relayed connection failed during the preamble: {0}")]
     Io(#[from] io::Error),
 }
@@ -66,9 +71,9 @@ pub fn encode_request(port_name: &str) -> Result<Vec<u8>, BridgeError> {
 pub async fn open(tunnel: &mut Tunnel, port_name: &str) -> Result<(), BridgeError> {
     let request = encode_request(port_name)?;
     tunnel.write(&request).await?;
-    let reply = tunnel
-        .read_exact(3)
-        .await?
+    let reply = tokio::time::timeout(PREAMBLE_TIMEOUT, tunnel.read_exact(3))
+        .await
+        .map_err(|_| BridgeError::Timeout)??
         .ok_or_else(|| BridgeError::Refused(port_name.to_owned()))?;
     match [reply[0], reply[1], reply[2]] {
         REPLY_OK_TCP => Ok(()),
@@ -159,26 +164,26 @@ pub async fn accept(
     mut tunnel: Tunnel,
     forwards: &Forwards,
 ) -> Result<Option<(Tunnel, Forward)>, BridgeError> {
-    let Some(head) = tunnel.read_exact(3).await? else {
-        tunnel.finish(close_code::NORMAL, "").await;
-        return Ok(None);
+    let request = tokio::time::timeout(PREAMBLE_TIMEOUT, read_request(&mut tunnel)).await;
+    let (mode, name) = match request {
+        Ok(Ok(Request::Valid { mode, name })) => (mode, name),
+        Ok(Ok(Request::UnknownVersion(head))) => {
+            tracing::warn!(?head, "sender speaks an unknown preamble version");
+            tunnel.write(&REPLY_UNKNOWN_VERSION).await?;
+            tunnel.finish(close_code::NORMAL, "").await;
+            return Ok(None);
+        }
+        Ok(Ok(Request::Closed)) => {
+            tunnel.finish(close_code::NORMAL, "").await;
+            return Ok(None);
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            tracing::warn!("sender sent no preamble within {PREAMBLE_TIMEOUT:?}");
+            tunnel.finish(close_code::NORMAL, "").await;
+            return Ok(None);
+        }
     };
-    let (version, mode) = ([head[0], head[1]], head[2]);
-    if version != VERSION || !(mode == MODE_TCP || mode == MODE_UDP) {
-        tracing::warn!(?head, "sender speaks an unknown preamble version");
-        tunnel.write(&REPLY_UNKNOWN_VERSION).await?;
-        tunnel.finish(close_code::NORMAL, "").await;
-        return Ok(None);
-    }
-    let Some(len) = tunnel.read_exact(1).await? else {
-        tunnel.finish(close_code::NORMAL, "").await;
-        return Ok(None);
-    };
-    let Some(name) = tunnel.read_exact(usize::from(len[0])).await? else {
-        tunnel.finish(close_code::NORMAL, "").await;
-        return Ok(None);
-    };
-    let name = String::from_utf8_lossy(&name).into_owned();
     let Some(forward) = forwards.resolve(&name).cloned() else {
         tracing::warn!(
             port_name = name,
@@ -196,6 +201,37 @@ pub async fn accept(
     Ok(Some((tunnel, forward)))
 }
 
+/// What a sender's preamble said.
+enum Request {
+    Valid {
+        mode: u8,
+        name: String,
+    },
+    UnknownVersion([u8; 3]),
+    /// The sender closed before a whole preamble.
+    Closed,
+}
+
+async fn read_request(tunnel: &mut Tunnel) -> io::Result<Request> {
+    let Some(head) = tunnel.read_exact(3).await? else {
+        return Ok(Request::Closed);
+    };
+    let (version, mode) = ([head[0], head[1]], head[2]);
+    if version != VERSION || !(mode == MODE_TCP || mode == MODE_UDP) {
+        return Ok(Request::UnknownVersion([head[0], head[1], head[2]]));
+    }
+    let Some(len) = tunnel.read_exact(1).await? else {
+        return Ok(Request::Closed);
+    };
+    let Some(name) = tunnel.read_exact(usize::from(len[0])).await? else {
+        return Ok(Request::Closed);
+    };
+    Ok(Request::Valid {
+        mode,
+        name: String::from_utf8_lossy(&name).into_owned(),
+    })
+}
+
 /// Listener side, after the local target is connected: tells the sender to go ahead.
 pub async fn confirm(tunnel: &Tunnel) -> Result<(), BridgeError> {
     tunnel.write(&REPLY_OK_TCP).await?;
@@ -203,64 +239,5 @@ pub async fn confirm(tunnel: &Tunnel) -> Result<(), BridgeError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_bytes() {
-        assert_eq!(
-            encode_request("5678").expect("short"),
-            [1, 0, 0, 4, b'5', b'6', b'7', b'8']
-        );
-        assert_eq!(encode_request("").expect("short"), [1, 0, 0, 0]);
-        assert!(matches!(
-            encode_request(&"x".repeat(256)),
-            Err(BridgeError::NameTooLong(_))
-        ));
-    }
-
-    #[test]
-    fn forward_specs() {
-        let cases = [
-            ("dbg=127.0.0.1:5678", Some(("dbg", "127.0.0.1", 5678))),
-            ("5679=[::1]:5679", Some(("5679", "::1", 5679))),
-            ("a=host.example:1", Some(("a", "host.example", 1))),
-            ("noequals", None),
-            ("a=host", None),
-            ("a=host:0", None),
-            ("a=host:70000", None),
-            ("=host:1", None),
-        ];
-        for (spec, expected) in cases {
-            let got = spec.parse::<Forward>().ok();
-            let got = got
-                .as_ref()
-                .map(|f| (f.name.as_str(), f.host.as_str(), f.port));
-            assert_eq!(got, expected, "{spec}");
-        }
-    }
-
-    #[test]
-    fn resolution_follows_azbridge() {
-        let one = Forwards::from_ports(&[5678]);
-        let two = Forwards::from_ports(&[5678, 5679]);
-        let named = Forwards(vec!["dbg=127.0.0.1:1".parse().expect("valid")]);
-        let cases: &[(&Forwards, &str, Option<u16>)] = &[
-            (&one, "5678", Some(5678)),
-            (&one, "9999", Some(5678)),
-            (&one, "web", None),
-            (&two, "5679", Some(5679)),
-            (&two, "9999", None),
-            (&named, "dbg", Some(1)),
-            (&named, "42", Some(1)),
-            (&named, "other", None),
-        ];
-        for (forwards, name, port) in cases {
-            assert_eq!(
-                forwards.resolve(name).map(|f| f.port),
-                *port,
-                "{name} in {forwards:?}"
-            );
-        }
-    }
-}
+#[path = "bridge_tests.rs"]
+mod tests;

@@ -200,6 +200,37 @@ impl Tunnel {
     }
 }
 
+/// A tunnel whose other end is a relay peer that tests script frame by frame.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+
+    use super::*;
+
+    /// The relay's end: unmasked frames, like a server.
+    pub(crate) type Peer = (
+        FrameReader<ReadHalf<DuplexStream>>,
+        FrameWriter<WriteHalf<DuplexStream>>,
+    );
+
+    pub(crate) fn tunnel_and_peer() -> (Tunnel, Peer) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (r, w) = tokio::io::split(Box::new(ours) as BoxedIo);
+        let tunnel = Tunnel::new(WebSocket {
+            reader: FrameReader::new(r, Vec::new()),
+            writer: FrameWriter::new(w, true),
+        });
+        let (pr, pw) = tokio::io::split(theirs);
+        (
+            tunnel,
+            (
+                FrameReader::new(pr, Vec::new()),
+                FrameWriter::new(pw, false),
+            ),
+        )
+    }
+}
+
 #[cfg(test)]
 #[path = "tunnel_tests.rs"]
 mod tests;

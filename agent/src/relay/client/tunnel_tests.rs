@@ -3,37 +3,15 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::test_support::{Peer, tunnel_and_peer};
 use super::*;
 use crate::relay::client::frame::Frame;
 
 /// Bound for every wait in these tests.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-type Peer = (
-    FrameReader<ReadHalf<DuplexStream>>,
-    FrameWriter<WriteHalf<DuplexStream>>,
-);
-
-/// A tunnel whose other end is a relay peer we script frame by frame.
-fn tunnel_and_peer() -> (Tunnel, Peer) {
-    let (ours, theirs) = tokio::io::duplex(1 << 20);
-    let (r, w) = tokio::io::split(Box::new(ours) as BoxedIo);
-    let tunnel = Tunnel::new(WebSocket {
-        reader: FrameReader::new(r, Vec::new()),
-        writer: FrameWriter::new(w, true),
-    });
-    let (pr, pw) = tokio::io::split(theirs);
-    (
-        tunnel,
-        (
-            FrameReader::new(pr, Vec::new()),
-            FrameWriter::new(pw, false),
-        ),
-    )
-}
 
 /// A connected pair of loopback TCP sockets: (the app's end, the tunnel's end).
 async fn tcp_pair() -> (TcpStream, TcpStream) {
