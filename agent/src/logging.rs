@@ -4,6 +4,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
+/// Caps for libraries whose verbose logs would print secrets.
+const QUIET_WEBSOCKET_LOGS: &str = "tokio_tungstenite=info";
+const QUIET_TUNGSTENITE_LOGS: &str = "tungstenite=info";
+
 /// Installs the global subscriber. `verbosity` is `-v` count minus `-q` count.
 pub fn init(format: LogFormat, verbosity: i8) {
     let level = match verbosity {
@@ -13,7 +17,12 @@ pub fn init(format: LogFormat, verbosity: i8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // tungstenite logs whole control messages at trace level, and those carry tokens and
+    // one-time rendezvous addresses: cap it whatever the filter asks for.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level))
+        .add_directive(QUIET_WEBSOCKET_LOGS.parse().expect("a valid directive"))
+        .add_directive(QUIET_TUNGSTENITE_LOGS.parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

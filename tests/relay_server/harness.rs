@@ -65,7 +65,7 @@ impl Relay {
             &config,
             format!(
                 "[relay.server]\n{server_toml}\n\
-                 [[relay.server.keys]]\nname = \"{ROOT}\"\nkey = \"{KEY}\"\nrights = [\"manage\"]\n\
+                 [[relay.server.keys]]\nname = \"{ROOT}\"\nkey = \"{KEY}\"\nrights = [\"listen\", \"send\"]\n\
                  [[relay.server.keys]]\nname = \"{SEND_ONLY}\"\nkey = \"{KEY}\"\nrights = [\"send\"]\npaths = [\"*\"]\n"
             ),
         )

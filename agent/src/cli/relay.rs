@@ -23,8 +23,8 @@ pub enum RelayCommand {
     /// Listeners, senders and Microsoft's clients (azure-relay-dotnet, hyco-ws,
     /// azure-relay-java, azbridge) use it like an Azure Relay namespace. Keys come from
     /// the config file's [[relay.server.keys]] (name, key, rights, paths), never from flags.
-    /// Prints "relay serve: listening on ws[s]://ADDR" on stderr once bound; `GET /$status`
-    /// on the same port returns live counts as JSON. SIGTERM/SIGINT drain relayed
+    /// Prints "relay serve: listening on ws://ADDR" (wss:// with TLS) on stderr once bound;
+    /// `GET /$status` on the same port returns live counts as JSON. SIGTERM/SIGINT drain relayed
     /// connections for shutdown_grace, then exit.
     #[command(after_help = "Examples:\n  \
         # a key: any string works, the relay uses its UTF-8 bytes as written\n  \
@@ -36,7 +36,7 @@ pub enum RelayCommand {
         #   key = \"<the key>\"\n  \
         #   rights = [\"listen\", \"send\"]\n  \
         #   paths = [\"*\"]\n  \
-        amlx-agent relay serve --config relay.toml --listen 127.0.0.1:9443 --insecure-ws\n  \
+        amlx-agent relay serve --config relay.toml --insecure-ws        # ws://127.0.0.1:9351\n  \
         # TLS for remote clients (a self-signed pair for testing):\n  \
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \\\n      \
         -subj /CN=relay.example -addext subjectAltName=DNS:relay.example -keyout key.pem -out cert.pem\n  \
@@ -82,7 +82,7 @@ pub enum RelayCommand {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to bind; port 0 picks a free port (the bound address is printed)
-    /// [default: 0.0.0.0:9443]
+    /// [default: 127.0.0.1:9351]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
 

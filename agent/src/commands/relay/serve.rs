@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
 use crate::config::{self, ServerSettings, Settings};
-use crate::relay::server::{self, KeyRight, Limits, ServerConfig, ServerKey};
+use crate::relay::server::{self, Limits, Right, ServerConfig, ServerKey};
 
 pub fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<i32> {
     let config = server_config(&settings.relay.server, args);
@@ -69,11 +69,12 @@ fn server_config(file: &ServerSettings, args: &ServeArgs) -> ServerConfig {
                 rights: key
                     .rights
                     .iter()
-                    .map(|right| match right {
-                        config::Right::Listen => KeyRight::Listen,
-                        config::Right::Send => KeyRight::Send,
-                        config::Right::Manage => KeyRight::Manage,
+                    .flat_map(|right| match right {
+                        config::Right::Listen => &[Right::Listen][..],
+                        config::Right::Send => &[Right::Send][..],
+                        config::Right::Manage => &[Right::Listen, Right::Send][..],
                     })
+                    .copied()
                     .collect(),
                 paths: key.paths.clone(),
             })

@@ -3,14 +3,18 @@
 //! without `connectHeaders`/`remoteEndpoint`, and the Node listener gives up without the
 //! sender's `Sec-WebSocket-Key`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use serde_json::{Map, Value, json};
+use url::Url;
 
 use super::upgrade::Request;
+use crate::relay::protocol::{
+    self, Accept, ControlMessage, HEADER_TOKEN, HcRequest, RemoteEndpoint,
+};
 
 /// Headers never forwarded: the sender's token is a Send credential, not the listener's.
-const WITHHELD_HEADERS: &[&str] = &["serviceBusAuthorization"];
+const WITHHELD_HEADERS: &[&str] = &[HEADER_TOKEN];
 
 /// Canonical spellings of the headers listeners look up (Java uses a case-sensitive map;
 /// many clients send lower case).
@@ -24,55 +28,40 @@ const CANONICAL_HEADERS: &[&str] = &[
     "Sec-WebSocket-Version",
     "Sec-WebSocket-Protocol",
     "Sec-WebSocket-Extensions",
-    "Relay-User-Agent",
+    protocol::HEADER_USER_AGENT,
 ];
 
 /// Status the sender gets when a listener's `sb-hc-statusCode` is not an error status.
 pub const INVALID_REJECT_STATUS: u16 = 502;
 
-/// The rendezvous address for one listener: the listener's own `Host`, the sender's path
-/// (suffix included, still encoded) and the sender's own query parameters, then the
-/// accept action and the single-use id.
-pub fn address(sender: &Request, scheme: &str, listener_host: &str, id: &str) -> String {
-    let raw = &sender.raw_path;
-    let entity = ["/$hc/", "/%24hc/"]
-        .iter()
-        .find_map(|prefix| {
-            raw.get(..prefix.len())
-                .filter(|head| head.eq_ignore_ascii_case(prefix))
-                .map(|_| &raw[prefix.len()..])
-        })
-        .unwrap_or_else(|| raw.trim_start_matches('/'));
-    let mut query: Vec<&str> = sender.app_query();
-    let action = "sb-hc-action=accept".to_owned();
-    let id = format!("sb-hc-id={id}");
-    query.push(&action);
-    query.push(&id);
-    format!(
-        "{scheme}://{listener_host}/$hc/{entity}?{}",
-        query.join("&")
-    )
+/// Where a listener reaches this relay: its scheme and the `Host` it connected with.
+/// `None` when that `Host` is not a valid authority.
+pub fn listener_base(scheme: &str, host: &str) -> Option<Url> {
+    Url::parse(&format!("{scheme}://{host}/"))
+        .ok()
+        .filter(|u| u.path() == "/" && u.query().is_none() && u.username().is_empty())
 }
 
-/// The `{"accept":{...}}` JSON text.
-pub fn command(address: &str, id: &str, sender: &Request, peer: SocketAddr) -> String {
-    json!({
-        "accept": {
-            "address": address,
-            "id": id,
-            "connectHeaders": connect_headers(sender),
-            "remoteEndpoint": {
-                "address": peer.ip().to_string(),
-                "port": peer.port(),
-            },
-        }
+/// The `{"accept":{...}}` text for one listener: the rendezvous address on the listener's
+/// own base URL with the sender's full path and app query, the sender's headers and its
+/// address.
+pub fn command(base: &Url, sender: &Request, hc: &HcRequest, id: &str, peer: SocketAddr) -> String {
+    let address = protocol::accept_url(base, &hc.path, &hc.app_query, id);
+    ControlMessage::Accept(Accept {
+        address: address.to_string(),
+        id: id.to_owned(),
+        connect_headers: connect_headers(sender),
+        remote_endpoint: RemoteEndpoint {
+            address: peer.ip().to_string(),
+            port: peer.port(),
+        },
     })
-    .to_string()
+    .to_json()
 }
 
 /// Every sender header but the token, names canonicalised, repeats joined with `, `.
-fn connect_headers(sender: &Request) -> Map<String, Value> {
-    let mut map = Map::new();
+fn connect_headers(sender: &Request) -> BTreeMap<String, String> {
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &sender.headers {
         if WITHHELD_HEADERS
             .iter()
@@ -80,16 +69,12 @@ fn connect_headers(sender: &Request) -> Map<String, Value> {
         {
             continue;
         }
-        let name = canonical(name);
-        match map.get_mut(&name) {
-            Some(Value::String(existing)) => {
+        map.entry(canonical(name))
+            .and_modify(|existing| {
                 existing.push_str(", ");
                 existing.push_str(value);
-            }
-            _ => {
-                map.insert(name, Value::String(value.clone()));
-            }
-        }
+            })
+            .or_insert_with(|| value.clone());
     }
     map
 }
@@ -114,17 +99,18 @@ fn canonical(name: &str) -> String {
 }
 
 /// The status a rejecting listener asked for; anything but a 4xx/5xx becomes 502.
-pub fn reject_status(raw: &str) -> u16 {
-    raw.trim()
-        .parse::<u16>()
-        .ok()
-        .filter(|s| (400..=599).contains(s))
-        .unwrap_or(INVALID_REJECT_STATUS)
+pub fn reject_status(asked: u16) -> u16 {
+    if (400..=599).contains(&asked) {
+        asked
+    } else {
+        INVALID_REJECT_STATUS
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn request(raw_path: &str, raw_query: &str, headers: &[(&str, &str)]) -> Request {
         Request {
@@ -138,22 +124,47 @@ mod tests {
         }
     }
 
+    fn hc(target: &str) -> HcRequest {
+        HcRequest::parse(target).expect("valid target")
+    }
+
     #[test]
     fn address_keeps_suffix_and_app_query() {
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("literal");
+        let base = listener_base("ws", "l:1").expect("valid host");
         let cases = [
             (
-                "/$hc/hc1",
-                "sb-hc-action=connect&sb-hc-token=t",
+                "/$hc/hc1?sb-hc-action=connect&sb-hc-token=t",
                 "ws://l:1/$hc/hc1?sb-hc-action=accept&sb-hc-id=ID",
             ),
             (
-                "/%24hc/hc1/a%20b",
-                "x=1&sb-hc-id=s&y",
-                "ws://l:1/$hc/hc1/a%20b?x=1&y&sb-hc-action=accept&sb-hc-id=ID",
+                "/%24hc/hc1/a%20b?x=1&sb-hc-id=s&y=",
+                "ws://l:1/$hc/hc1/a%20b?x=1&y=&sb-hc-action=accept&sb-hc-id=ID",
             ),
         ];
-        for (path, query, want) in cases {
-            assert_eq!(address(&request(path, query, &[]), "ws", "l:1", "ID"), want);
+        for (target, want) in cases {
+            let text = command(&base, &request("", "", &[]), &hc(target), "ID", peer);
+            let v: Value = serde_json::from_str(&text).expect("JSON");
+            assert_eq!(v["accept"]["address"], want, "{target}");
+        }
+    }
+
+    #[test]
+    fn listener_bases() {
+        let cases = [
+            ("127.0.0.1:9443", Some("ws://127.0.0.1:9443/")),
+            ("relay.example", Some("ws://relay.example/")),
+            ("[::1]:9", Some("ws://[::1]:9/")),
+            ("a b", None),
+            ("x/y", None),
+            ("u@h", None),
+        ];
+        for (host, want) in cases {
+            assert_eq!(
+                listener_base("ws", host).map(|u| u.to_string()).as_deref(),
+                want,
+                "{host}"
+            );
         }
     }
 
@@ -172,11 +183,15 @@ mod tests {
             ],
         );
         let peer: SocketAddr = "10.1.2.3:50123".parse().expect("literal");
-        let text = command("ws://a", "ID", &sender, peer);
+        let base = listener_base("wss", "relay:9443").expect("valid host");
+        let text = command(&base, &sender, &hc("/$hc/hc1"), "ID", peer);
         assert!(!text.contains("secret"), "token withheld: {text}");
         let v: Value = serde_json::from_str(&text).expect("JSON");
         let a = &v["accept"];
-        assert_eq!(a["address"], "ws://a");
+        assert_eq!(
+            a["address"],
+            "wss://relay:9443/$hc/hc1?sb-hc-action=accept&sb-hc-id=ID"
+        );
         assert_eq!(a["id"], "ID");
         assert_eq!(a["connectHeaders"]["Host"], "relay:9443");
         assert_eq!(a["connectHeaders"]["Sec-WebSocket-Key"], "k==");
@@ -188,14 +203,8 @@ mod tests {
 
     #[test]
     fn reject_statuses() {
-        for (raw, want) in [
-            ("403", 403),
-            (" 404 ", 404),
-            ("200", 502),
-            ("abc", 502),
-            ("599", 599),
-        ] {
-            assert_eq!(reject_status(raw), want, "{raw}");
+        for (asked, want) in [(403, 403), (404, 404), (200, 502), (101, 502), (599, 599)] {
+            assert_eq!(reject_status(asked), want, "{asked}");
         }
     }
 }

@@ -1,33 +1,8 @@
 //! Who may do what: the relay's keys (name, secret, rights, path patterns) and the check
 //! every upgrade goes through, built on `sas` (lenient audience, constant-time compare).
 
-use serde::Deserialize;
-
 use crate::config::Secret;
 use crate::relay::sas::{self, Right, SasError, SasToken};
-
-/// A right a key grants, as written in the config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyRight {
-    /// Open control channels and answer rendezvous.
-    Listen,
-    /// Connect as a sender.
-    Send,
-    /// Both (Azure's Manage claim implies Listen and Send).
-    Manage,
-}
-
-impl KeyRight {
-    fn grants(self, right: Right) -> bool {
-        matches!(
-            (self, right),
-            (KeyRight::Manage, _)
-                | (KeyRight::Listen, Right::Listen)
-                | (KeyRight::Send, Right::Send)
-        )
-    }
-}
 
 /// One shared access key the relay accepts.
 #[derive(Debug, Clone)]
@@ -36,7 +11,8 @@ pub struct ServerKey {
     pub name: String,
     /// The key string as written (never base64-decoded).
     pub key: Secret,
-    pub rights: Vec<KeyRight>,
+    /// Listen (control channels, rendezvous) and/or Send (senders).
+    pub rights: Vec<Right>,
     /// Entity paths this key may be used on. `*` matches any run of characters, so
     /// `"*"` is the whole relay and `"team-a/*"` everything under `team-a/`; matching is
     /// case-insensitive, like Azure entity names.
@@ -74,7 +50,7 @@ pub fn authorize(
             path: path.to_owned(),
         });
     }
-    if !key.rights.iter().any(|r| r.grants(right)) {
+    if !key.rights.contains(&right) {
         return Err(SasError::MissingRight {
             key_name: key.name.clone(),
             right,
@@ -132,19 +108,19 @@ mod tests {
             ServerKey {
                 name: "listen".into(),
                 key: Secret::new(KEY),
-                rights: vec![KeyRight::Listen],
+                rights: vec![Right::Listen],
                 paths: vec!["*".into()],
             },
             ServerKey {
                 name: "send-a".into(),
                 key: Secret::new(KEY),
-                rights: vec![KeyRight::Send],
+                rights: vec![Right::Send],
                 paths: vec!["team-a/*".into(), "shared".into()],
             },
             ServerKey {
                 name: "root".into(),
                 key: Secret::new(KEY),
-                rights: vec![KeyRight::Manage],
+                rights: vec![Right::Listen, Right::Send],
                 paths: vec!["*".into()],
             },
         ]

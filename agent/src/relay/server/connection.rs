@@ -16,17 +16,14 @@ use super::io::{BoxIo, Prefixed};
 use super::registry::{CONTROL_QUEUE, ListenerHandle};
 use super::rendezvous::{Decision, Leg, Pending};
 use super::upgrade::{self, HeadError, Request};
-use super::{Server, Slot, accept, auth, control, frame, relay};
+use super::{Server, Slot, accept, auth, control, relay};
+use crate::relay::protocol::{
+    self, Action, HEADER_TOKEN, HcRequest, NO_LISTENER_TEXT, ProtocolError, close_code, status,
+};
 use crate::relay::sas::{Right, SasError};
 
-/// Where Hybrid Connection upgrades live.
-const HC_PREFIX: &str = "/$hc/";
 /// The stats document.
 const STATUS_PATH: &str = "/$status";
-/// The header .NET and Node send their token in.
-const AUTH_HEADER: &str = "ServiceBusAuthorization";
-/// What the service says when a sender finds nobody (clients match on it).
-pub const NO_LISTENERS: &str = "There are no listeners connected for the endpoint.";
 
 type Stream = Prefixed<BoxIo>;
 
@@ -107,58 +104,56 @@ impl Ctx {
             let _ = stream.shutdown().await;
             return;
         }
-        let Some(entity) = path.strip_prefix(HC_PREFIX).map(|e| e.trim_matches('/')) else {
-            let msg = "Not Found: Hybrid Connection addresses look like /$hc/{path}";
-            return upgrade::write_status(&mut stream, 404, msg).await;
+        let hc = match HcRequest::parse(&self.request.target()) {
+            Ok(hc) => hc,
+            Err(err) => {
+                let code = match err {
+                    ProtocolError::NotHybridConnection | ProtocolError::NoEntity => {
+                        status::NOT_FOUND
+                    }
+                    ProtocolError::UnknownAction(_) | ProtocolError::BadStatusCode(_) => 400,
+                };
+                let title = if code == 400 {
+                    "Bad Request"
+                } else {
+                    "Not Found"
+                };
+                let msg = format!("{title}: {err}");
+                return upgrade::write_status(&mut stream, code, &msg).await;
+            }
         };
-        if entity.is_empty() {
-            let msg = "Not Found: no Hybrid Connection path after /$hc/";
-            return upgrade::write_status(&mut stream, 404, msg).await;
-        }
         let key = match self.request.websocket_key() {
             Ok(k) => k.to_owned(),
             Err(e) => return upgrade::write_status(&mut stream, e.status, &e.message).await,
         };
-        let tracking = self
-            .request
-            .query_param("sb-hc-id")
+        let tracking = hc
+            .id
+            .clone()
             .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let entity = entity.to_owned();
-        let action = self.request.query_param("sb-hc-action").unwrap_or_default();
-        let span =
-            tracing::info_span!("hc", tracking = %tracking, action = %action, path = %entity);
-        match action.as_str() {
-            "listen" => self.listen(stream, &entity, &key).instrument(span).await,
-            "connect" => {
-                self.connect(stream, &entity, &key, &tracking)
-                    .instrument(span)
-                    .await
-            }
-            "accept" => self.accept(stream, &entity, &key).instrument(span).await,
-            other => {
-                let msg = format!(
-                    "Bad Request: sb-hc-action must be listen, connect or accept (got {other:?})"
-                );
-                upgrade::write_status(&mut stream, 400, &msg).await;
-            }
+            .unwrap_or_else(protocol::new_tracking_id);
+        let Some(action) = hc.action else {
+            let msg = "Bad Request: sb-hc-action must be listen, connect or accept";
+            return upgrade::write_status(&mut stream, 400, msg).await;
+        };
+        let span = tracing::info_span!("hc", tracking = %tracking, %action, path = %hc.path);
+        let call = Call { key, hc, tracking };
+        match action {
+            Action::Listen => self.listen(stream, call).instrument(span).await,
+            Action::Connect => self.connect(stream, call).instrument(span).await,
+            Action::Accept => self.accept(stream, call).instrument(span).await,
         }
     }
 
-    /// The token from the header, else from `sb-hc-token` (decoded once).
-    fn token(&self) -> Option<String> {
-        self.request
-            .header(AUTH_HEADER)
-            .map(str::to_owned)
-            .or_else(|| self.request.query_param("sb-hc-token"))
-    }
-
-    fn authorize(&self, entity: &str, right: Right) -> Result<auth::Grant, SasError> {
-        let token = self.token();
+    /// Checks the token from the header, else from `sb-hc-token` (decoded once).
+    fn authorize(&self, call: &Call, right: Right) -> Result<auth::Grant, SasError> {
+        let token = self
+            .request
+            .header(HEADER_TOKEN)
+            .or(call.hc.token.as_deref());
         auth::authorize(
             &self.server.settings.keys,
-            token.as_deref(),
-            entity,
+            token,
+            &call.hc.path,
             right,
             auth::now(),
         )
@@ -174,24 +169,29 @@ impl Ctx {
         }
     }
 
-    async fn listen(self, mut stream: Stream, entity: &str, key: &str) {
-        let grant = match self.authorize(entity, Right::Listen) {
+    async fn listen(self, mut stream: Stream, call: Call) {
+        let grant = match self.authorize(&call, Right::Listen) {
             Ok(g) => g,
             Err(err) => return refuse(&mut stream, &err).await,
         };
         let server = self.server.clone();
+        let Some(base) = accept::listener_base(server.settings.scheme(), &self.host()) else {
+            let msg = "Bad Request: the Host header is not a host[:port]";
+            return upgrade::write_status(&mut stream, 400, msg).await;
+        };
+        let entity = call.hc.path.as_str();
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
         let id = server.registry.next_id();
         let handle = ListenerHandle {
             id,
-            host: self.host(),
+            base,
             commands: tx,
         };
         if let Err(full) = server.registry.add(entity, handle) {
             tracing::warn!("listener refused: {full}");
-            return upgrade::write_status(&mut stream, 403, &full.to_string()).await;
+            return upgrade::write_status(&mut stream, status::FORBIDDEN, &full.to_string()).await;
         }
-        if let Err(err) = upgrade::write_switching(&mut stream, key, None).await {
+        if let Err(err) = upgrade::write_switching(&mut stream, &call.key, None).await {
             tracing::debug!("listener vanished during the handshake: {err}");
             server.registry.remove(entity, id);
             return;
@@ -217,34 +217,42 @@ impl Ctx {
         drop(self.permit);
     }
 
-    async fn connect(self, mut stream: Stream, entity: &str, key: &str, tracking: &str) {
-        if let Err(err) = self.authorize(entity, Right::Send) {
+    async fn connect(self, mut stream: Stream, call: Call) {
+        if let Err(err) = self.authorize(&call, Right::Send) {
             return refuse(&mut stream, &err).await;
         }
         let server = self.server.clone();
-        let no_listener = format!("{NO_LISTENERS} TrackingId:{tracking}");
-        let Some((entity_path, listeners)) = server.registry.resolve(entity) else {
+        let tracking = call.tracking.as_str();
+        let no_listener = format!("{NO_LISTENER_TEXT} TrackingId:{tracking}");
+        let Some((entity_path, listeners)) = server.registry.resolve(&call.hc.path) else {
             tracing::info!("sender refused: no listener");
-            return upgrade::write_status(&mut stream, 404, &no_listener).await;
+            return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
         };
         tracing::debug!(listener_path = %entity_path, "sender waiting for a listener");
-        let (ticket, decision) = server.rendezvous.open(tracking, entity);
-        let delivered = listeners.iter().any(|l| {
-            let address =
-                accept::address(&self.request, server.settings.scheme(), &l.host, &ticket.id);
-            let command = accept::command(&address, &ticket.id, &self.request, self.peer);
-            l.commands.try_send(command).is_ok()
-        });
-        if !delivered {
-            tracing::info!("sender refused: every listener's queue is full or closed");
-            return upgrade::write_status(&mut stream, 404, &no_listener).await;
-        }
+        let (ticket, decision) = server.rendezvous.open(tracking, &call.hc.path);
         let wait = server.settings.limits.rendezvous_timeout;
+        let deadline = tokio::time::Instant::now() + wait;
+        let command = |l: &ListenerHandle| {
+            accept::command(&l.base, &self.request, &call.hc, &ticket.id, self.peer)
+        };
+        let mut delivered = listeners
+            .iter()
+            .any(|l| l.commands.try_send(command(l)).is_ok());
+        if !delivered && let Some(first) = listeners.first() {
+            // Every queue is full (a burst of senders): wait for room, within our deadline.
+            let send = first.commands.send(command(first));
+            delivered = matches!(tokio::time::timeout_at(deadline, send).await, Ok(Ok(())));
+        }
+        if !delivered {
+            tracing::info!("sender refused: no listener took the accept in time");
+            return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
+        }
         let decision = tokio::select! {
             () = server.shutdown.cancelled() => {
-                return upgrade::write_status(&mut stream, 503, "Service Unavailable: the relay is shutting down").await;
+                let msg = "Service Unavailable: the relay is shutting down";
+                return upgrade::write_status(&mut stream, 503, msg).await;
             }
-            d = tokio::time::timeout(wait, decision) => d,
+            d = tokio::time::timeout_at(deadline, decision) => d,
         };
         drop(ticket);
         match decision {
@@ -257,8 +265,8 @@ impl Ctx {
                 upgrade::write_status(&mut stream, 504, &msg).await;
             }
             Ok(Err(_)) => {
-                upgrade::write_status(&mut stream, 500, "Internal Server Error: rendezvous lost")
-                    .await;
+                let msg = "Internal Server Error: rendezvous lost";
+                upgrade::write_status(&mut stream, status::SERVER_ERROR, msg).await;
             }
             Ok(Ok(Decision::Reject {
                 status,
@@ -267,7 +275,7 @@ impl Ctx {
                 tracing::info!(status, "sender rejected by the listener");
                 upgrade::write_status(&mut stream, status, &description).await;
             }
-            Ok(Ok(Decision::Accept(leg))) => self.relay(stream, key, leg).await,
+            Ok(Ok(Decision::Accept(leg))) => self.relay(stream, &call.key, leg).await,
         }
     }
 
@@ -277,7 +285,7 @@ impl Ctx {
         if let Err(err) = upgrade::write_switching(&mut stream, key, leg.protocol.as_deref()).await
         {
             tracing::info!("sender vanished before its 101: {err}");
-            relay::close(leg.stream, frame::CLOSE_GOING_AWAY, "the sender went away").await;
+            relay::close(leg.stream, close_code::GOING_AWAY, "the sender went away").await;
             return;
         }
         server.relayed.fetch_add(1, Ordering::Relaxed);
@@ -291,47 +299,45 @@ impl Ctx {
 
     /// The listener's rendezvous: accept (101, hand the socket to the sender) or reject
     /// (410 here, the listener's status to the sender).
-    async fn accept(self, mut stream: Stream, entity: &str, key: &str) {
-        let id = self.request.query_param("sb-hc-id").unwrap_or_default();
+    async fn accept(self, mut stream: Stream, call: Call) {
+        let id = call.hc.id.as_deref().unwrap_or_default();
         // The address is the capability; the path must still be the one it was issued for.
         let pending = self
             .server
             .rendezvous
-            .take(&id)
-            .filter(|p| p.path == entity.to_ascii_lowercase());
+            .take(id)
+            .filter(|p| p.path == call.hc.path.to_ascii_lowercase());
         let Some(pending) = pending else {
             let msg = "Not Found: this rendezvous address is unknown, used or expired";
-            return upgrade::write_status(&mut stream, 404, msg).await;
+            return upgrade::write_status(&mut stream, status::NOT_FOUND, msg).await;
         };
         let span = tracing::info_span!("rendezvous", tracking = %pending.tracking_id);
-        self.decide(stream, key, pending).instrument(span).await;
+        self.decide(stream, call, pending).instrument(span).await;
     }
 
-    async fn decide(self, mut stream: Stream, key: &str, pending: Pending) {
-        if let Some(raw) = self.request.query_param("sb-hc-statusCode") {
-            let description = self
-                .request
-                .query_param("sb-hc-statusDescription")
-                .unwrap_or_default();
-            let status = accept::reject_status(&raw);
+    async fn decide(self, mut stream: Stream, call: Call, pending: Pending) {
+        if let Some(asked) = call.hc.status_code {
+            let description = call.hc.status_description.unwrap_or_default();
+            let status = accept::reject_status(asked);
             tracing::info!(status, "listener rejected the connection");
             let _ = pending.decision.send(Decision::Reject {
                 status,
                 description,
             });
             let msg = "Gone: the connection was rejected as asked";
-            return upgrade::write_status(&mut stream, 410, msg).await;
+            return upgrade::write_status(&mut stream, status::GONE, msg).await;
         }
         if pending.decision.is_closed() {
             let msg = "Not Found: the sender is gone";
-            return upgrade::write_status(&mut stream, 404, msg).await;
+            return upgrade::write_status(&mut stream, status::NOT_FOUND, msg).await;
         }
         let protocol = self
             .request
             .header("Sec-WebSocket-Protocol")
             .and_then(|p| p.split(',').map(str::trim).find(|p| !p.is_empty()))
             .map(str::to_owned);
-        if let Err(err) = upgrade::write_switching(&mut stream, key, protocol.as_deref()).await {
+        let switched = upgrade::write_switching(&mut stream, &call.key, protocol.as_deref()).await;
+        if let Err(err) = switched {
             tracing::info!("listener's rendezvous vanished during the handshake: {err}");
             let _ = pending.decision.send(Decision::Reject {
                 status: 502,
@@ -347,9 +353,18 @@ impl Ctx {
         };
         if let Err(Decision::Accept(leg)) = pending.decision.send(Decision::Accept(leg)) {
             tracing::info!("sender gave up just before the accept");
-            relay::close(leg.stream, frame::CLOSE_GOING_AWAY, "the sender went away").await;
+            relay::close(leg.stream, close_code::GOING_AWAY, "the sender went away").await;
         }
     }
+}
+
+/// What the request asked for, once it is known to be a Hybrid Connections upgrade.
+struct Call {
+    /// The client's `Sec-WebSocket-Key`.
+    key: String,
+    hc: HcRequest,
+    /// `sb-hc-id`, or a fresh id when the client sent none (logs, 404 text).
+    tracking: String,
 }
 
 /// Answers a failed authorisation: 401 or 403 with the reason (never the token).

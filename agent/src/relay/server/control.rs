@@ -16,16 +16,22 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, ServerKey};
 use super::io::{BoxIo, Prefixed};
+use crate::relay::protocol::ControlMessage;
 use crate::relay::sas::Right;
 
 /// How long we wait for the listener's reply to our Close before dropping the socket.
 const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A listener that does not take an accept command off the wire within this (its
+/// socket buffers are full: it stopped reading) is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a control channel ended (logged by the caller).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
     /// The listener closed it or the connection dropped.
     ByListener,
+    /// The listener stopped reading its control channel.
+    Stuck,
     /// Its token expired without a valid `renewToken` (1008).
     TokenExpired,
     /// A `renewToken` carried an invalid token (1008).
@@ -63,15 +69,19 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
             () = &mut expiry => break Ended::TokenExpired,
             cmd = ch.commands.recv() => {
                 let Some(json) = cmd else { break Ended::Shutdown };
-                if let Err(err) = ws.send(Message::text(json)).await {
-                    tracing::debug!("control channel send failed: {err}");
-                    break Ended::ByListener;
+                match tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::text(json))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        tracing::debug!("control channel send failed: {err}");
+                        break Ended::ByListener;
+                    }
+                    Err(_) => break Ended::Stuck,
                 }
             }
             msg = ws.next() => match msg {
-                Some(Ok(Message::Text(text))) => match renewal(&text) {
-                    Some(token) => match auth::authorize(
-                        ch.keys, Some(&token), ch.path, Right::Listen, auth::now(),
+                Some(Ok(Message::Text(text))) => match ControlMessage::parse(&text) {
+                    Ok(ControlMessage::RenewToken(renew)) => match auth::authorize(
+                        ch.keys, Some(renew.token.expose()), ch.path, Right::Listen, auth::now(),
                     ) {
                         Ok(grant) => {
                             tracing::info!(key = %grant.key_name, expiry = grant.expiry, "control channel token renewed");
@@ -80,7 +90,8 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
                         }
                         Err(err) => break Ended::BadRenewal(err.to_string()),
                     },
-                    None => tracing::debug!(len = text.len(), "ignoring unknown control command"),
+                    Ok(other) => tracing::debug!("ignoring control command {}", command_name(&other)),
+                    Err(err) => tracing::debug!("ignoring a control message that is not a command: {err}"),
                 },
                 Some(Ok(Message::Binary(b))) => {
                     tracing::debug!(len = b.len(), "ignoring binary control message");
@@ -99,7 +110,7 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
         }
     };
     let close = match &ended {
-        Ended::ByListener => None,
+        Ended::ByListener | Ended::Stuck => None,
         Ended::TokenExpired => Some((CloseCode::Policy, "token expired".to_owned())),
         Ended::BadRenewal(why) => Some((CloseCode::Policy, format!("renewToken refused: {why}"))),
         Ended::TooLarge => Some((CloseCode::Size, "control message too large".to_owned())),
@@ -131,14 +142,15 @@ async fn finish(mut ws: WebSocketStream<Prefixed<BoxIo>>, close: Option<(CloseCo
     let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, wind_down).await;
 }
 
-/// The token of a `{"renewToken":{"token":"..."}}` command, if that is what `text` is.
-fn renewal(text: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    value
-        .get("renewToken")?
-        .get("token")?
-        .as_str()
-        .map(str::to_owned)
+/// The command's name, for logs (never its content: a renewal carries a token).
+fn command_name(msg: &ControlMessage) -> &str {
+    match msg {
+        ControlMessage::Accept(_) => "accept",
+        ControlMessage::RenewToken(_) => "renewToken",
+        ControlMessage::Request(_) => "request",
+        ControlMessage::Response(_) => "response",
+        ControlMessage::Unknown(name) => name,
+    }
 }
 
 /// The instant a token expiring at unix second `expiry` runs out.
@@ -151,18 +163,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recognises_renew_token() {
+    fn names_commands_without_their_content() {
         let cases = [
             (
                 r#"{"renewToken":{"token":"SharedAccessSignature sr=a"}}"#,
-                Some("SharedAccessSignature sr=a"),
+                "renewToken",
             ),
-            (r#"{"renewToken":{}}"#, None),
-            (r#"{"unknown":{"x":1}}"#, None),
-            ("not json", None),
+            (r#"{"someFutureCommand":{"x":1}}"#, "someFutureCommand"),
         ];
         for (text, want) in cases {
-            assert_eq!(renewal(text).as_deref(), want, "{text}");
+            let msg = ControlMessage::parse(text).expect("command");
+            assert_eq!(command_name(&msg), want, "{text}");
         }
     }
 }

@@ -17,9 +17,7 @@ pub const OP_PONG: u8 = 0xA;
 /// Control frames carry at most this many payload bytes (RFC 6455 5.5).
 pub const MAX_CONTROL_PAYLOAD: u64 = 125;
 
-/// Close code: going away (the other side vanished, or the relay is stopping).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code: protocol error.
+/// Close code: protocol error (the protocol module lists only the relay's own codes).
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 
 /// One frame header as read from a client.

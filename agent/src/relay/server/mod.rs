@@ -5,7 +5,13 @@
 //! [`run`] takes a bound listener and a shutdown token (mini-redis style), so tests bind
 //! port 0. `GET /$status` on the same port answers a small JSON document with live counts
 //! (`listeners`, `pending`, `relayed`, `relayed_total`, `connections`): numbers only, no
-//! paths, no names, no authentication.
+//! paths, no names, no authentication. On shutdown the last log line says how many
+//! relayed connections drained and how many were cut at the end of the grace.
+//!
+//! Statuses beyond the protocol table: a sender whose listener neither accepts nor
+//! rejects within `rendezvous_timeout` gets 504 (the .NET client maps it to a
+//! `TimeoutException`); a sender waiting when the relay stops gets 503; a listener past
+//! `max_listeners_per_path` gets 403 (quota); a malformed upgrade gets 400 or 431.
 
 mod accept;
 mod auth;
@@ -32,7 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-pub use auth::{KeyRight, ServerKey};
+pub use crate::relay::sas::Right;
+pub use auth::ServerKey;
 pub use tls::Tls;
 
 use registry::Registry;
@@ -41,7 +48,7 @@ use rendezvous::Rendezvous;
 /// Azure's cap on listeners per Hybrid Connection.
 pub const DEFAULT_MAX_LISTENERS_PER_PATH: usize = 25;
 /// Open TCP connections (listeners, senders, rendezvous legs, handshakes) at once.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// A connection must finish TLS and send its upgrade request within this.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a sender waits for the listener's accept or reject (Azure: about 30 s).
@@ -49,9 +56,9 @@ pub const DEFAULT_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest control-channel message a listener may send (Azure: 64 kB).
 pub const DEFAULT_MAX_CONTROL_MESSAGE: usize = 64 * 1024;
 /// How long relayed connections may finish on their own after SIGTERM.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Default bind address; TLS is required off loopback.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9443";
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default bind address: loopback, so nothing is exposed unasked.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9351";
 
 /// After the grace, how long cut connections get to say goodbye before `run` returns.
 const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -61,11 +68,17 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Limits that keep one misbehaving client from hurting the others.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Control channels per Hybrid Connection path; the next one gets 403.
     pub max_listeners_per_path: usize,
+    /// Open TCP connections; past it, new ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// TLS plus the upgrade request must arrive within this, or the socket is dropped.
     pub handshake_timeout: Duration,
+    /// A sender waits this long for accept or reject (then 504); the address expires.
     pub rendezvous_timeout: Duration,
+    /// Largest control-channel message from a listener; larger closes it with 1009.
     pub max_control_message: usize,
+    /// After SIGTERM, relayed connections get this long; the rest get Close 1001.
     pub shutdown_grace: Duration,
 }
 
@@ -85,8 +98,11 @@ impl Default for Limits {
 /// The `[relay.server]` settings, as configured (paths, flags, keys).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Address `relay serve` binds (tests pass port 0).
     pub listen: SocketAddr,
+    /// PEM certificate chain for wss.
     pub tls_cert: Option<PathBuf>,
+    /// PEM private key for wss.
     pub tls_key: Option<PathBuf>,
     /// Serve plain ws (no TLS); only on loopback unless `allow_insecure_remote`.
     pub insecure_ws: bool,
@@ -94,6 +110,7 @@ pub struct ServerConfig {
     /// in clear text).
     pub allow_insecure_remote: bool,
     pub limits: Limits,
+    /// Keys that sign clients' tokens; at least one is required.
     pub keys: Vec<ServerKey>,
 }
 

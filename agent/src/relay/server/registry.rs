@@ -7,17 +7,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-/// How many accept commands may queue for one listener before it counts as stuck.
-pub const CONTROL_QUEUE: usize = 64;
+use crate::relay::protocol;
+
+/// Accept commands that may queue for one listener; senders beyond it wait for room.
+pub const CONTROL_QUEUE: usize = 256;
 
 /// One listener's control channel, as seen by senders.
 #[derive(Debug, Clone)]
 pub struct ListenerHandle {
     /// Unique per control channel, to remove exactly this one.
     pub id: u64,
-    /// The `Host` the listener connected with: reachable by that listener, so accept
-    /// addresses use it.
-    pub host: String,
+    /// Scheme and `Host` the listener connected with: reachable by that listener, so
+    /// its accept addresses use them.
+    pub base: url::Url,
     /// Accept commands (JSON text) for the control-channel task to send.
     pub commands: mpsc::Sender<String>,
 }
@@ -88,18 +90,12 @@ impl Registry {
     /// entity path and its listeners in random order.
     pub fn resolve(&self, sender_path: &str) -> Option<(String, Vec<ListenerHandle>)> {
         let map = self.lock();
-        let mut candidate = key(sender_path);
-        loop {
-            if let Some(list) = map.get(&candidate).filter(|l| !l.is_empty()) {
-                let mut list = list.clone();
-                shuffle(&mut list);
-                return Some((candidate, list));
-            }
-            match candidate.rfind('/') {
-                Some(i) => candidate.truncate(i),
-                None => return None,
-            }
-        }
+        let path = key(sender_path);
+        protocol::path_prefixes(&path).find_map(|candidate| {
+            let mut list = map.get(candidate).filter(|l| !l.is_empty())?.clone();
+            shuffle(&mut list);
+            Some((candidate.to_owned(), list))
+        })
     }
 
     /// Number of connected listeners on every path.
@@ -126,7 +122,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         ListenerHandle {
             id: reg.next_id(),
-            host: "h".into(),
+            base: url::Url::parse("ws://h/").expect("literal"),
             commands: tx,
         }
     }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, FrameError, Header};
 use super::io::{BoxIo, Prefixed};
+use crate::relay::protocol::close_code;
 
 /// Payload bytes copied per read while streaming a data frame.
 const CHUNK: usize = 16 * 1024;
@@ -78,7 +79,7 @@ pub async fn pump(sender: Stream, listener: Stream, hard_stop: CancellationToken
     );
     if hard_stop.is_cancelled() {
         for out in [&sw, &lw] {
-            goodbye(out, frame::CLOSE_GOING_AWAY, "relay shutting down").await;
+            goodbye(out, close_code::GOING_AWAY, "relay shutting down").await;
         }
     }
     for out in [&sw, &lw] {
@@ -125,15 +126,10 @@ async fn forward(
                 tracing::debug!("relayed connection: {err}");
                 let code = match err {
                     FrameError::Protocol(_) => frame::CLOSE_PROTOCOL_ERROR,
-                    FrameError::Io(_) => frame::CLOSE_GOING_AWAY,
+                    FrameError::Io(_) => close_code::GOING_AWAY,
                 };
                 abort.cancel();
-                goodbye(
-                    &dst_out,
-                    frame::CLOSE_GOING_AWAY,
-                    "the other side went away",
-                )
-                .await;
+                goodbye(&dst_out, close_code::GOING_AWAY, "the other side went away").await;
                 if code == frame::CLOSE_PROTOCOL_ERROR {
                     goodbye(&src_out, code, "WebSocket protocol error").await;
                 }
@@ -235,4 +231,113 @@ async fn goodbye(out: &Shared, code: u16, reason: &str) {
         }
     };
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, attempt).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    /// A pump between two in-memory clients; returns the clients' ends and the pump task.
+    fn pair() -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<Outcome>) {
+        let (sender_client, sender_server) = tokio::io::duplex(64 * 1024);
+        let (listener_client, listener_server) = tokio::io::duplex(64 * 1024);
+        let wrap = |s: DuplexStream| Prefixed::new(Vec::new(), Box::new(s) as BoxIo);
+        let pump = tokio::spawn(pump(
+            wrap(sender_server),
+            wrap(listener_server),
+            CancellationToken::new(),
+        ));
+        (sender_client, listener_client, pump)
+    }
+
+    /// A masked client frame.
+    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = frame::encode_header(true, opcode, payload.len() as u64);
+        out[1] |= 0x80;
+        out.extend_from_slice(&mask);
+        let mut body = payload.to_vec();
+        frame::unmask(&mut body, Some(mask), 0);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// The next (unmasked) frame the relay wrote, or `None` at EOF.
+    async fn server_frame(s: &mut DuplexStream) -> Option<(u8, Vec<u8>)> {
+        let header = frame::read_header(s).await.ok()??;
+        let mut payload = vec![0u8; header.len as usize];
+        s.read_exact(&mut payload).await.ok()?;
+        Some((header.opcode, payload))
+    }
+
+    #[tokio::test]
+    async fn close_is_forwarded_and_the_other_direction_keeps_flowing() {
+        let (mut s, mut l, pump) = pair();
+        let close = frame::close_payload(close_code::NORMAL, "");
+        s.write_all(&client_frame(frame::OP_PING, b"hi"))
+            .await
+            .expect("ping");
+        assert_eq!(
+            server_frame(&mut s).await,
+            Some((frame::OP_PONG, b"hi".to_vec()))
+        );
+        s.write_all(&client_frame(frame::OP_CLOSE, &close))
+            .await
+            .expect("close");
+        assert_eq!(
+            server_frame(&mut l).await,
+            Some((frame::OP_CLOSE, close.clone()))
+        );
+        l.write_all(&client_frame(frame::OP_BINARY, b"late"))
+            .await
+            .expect("data");
+        assert_eq!(
+            server_frame(&mut s).await,
+            Some((frame::OP_BINARY, b"late".to_vec()))
+        );
+        l.write_all(&client_frame(frame::OP_CLOSE, &close))
+            .await
+            .expect("close");
+        assert_eq!(server_frame(&mut s).await, Some((frame::OP_CLOSE, close)));
+        let outcome = pump.await.expect("pump task");
+        assert_eq!(outcome.sender_to_listener.0, End::Closed);
+        assert_eq!(outcome.listener_to_sender, (End::Closed, 4));
+    }
+
+    #[tokio::test]
+    async fn a_vanished_side_gets_the_other_a_going_away_close() {
+        let (s, mut l, pump) = pair();
+        drop(s);
+        let (opcode, payload) = server_frame(&mut l).await.expect("a close frame");
+        assert_eq!(opcode, frame::OP_CLOSE);
+        assert_eq!(&payload[..2], &close_code::GOING_AWAY.to_be_bytes());
+        let outcome = pump.await.expect("pump task");
+        assert_eq!(outcome.sender_to_listener.0, End::Gone);
+        assert_eq!(outcome.listener_to_sender.0, End::Aborted);
+    }
+
+    #[tokio::test]
+    async fn a_protocol_error_closes_both_sides() {
+        let (mut s, mut l, pump) = pair();
+        // RSV1 set: compression that nobody negotiated.
+        let mut bad = client_frame(frame::OP_BINARY, b"x");
+        bad[0] |= 0x40;
+        s.write_all(&bad).await.expect("bad frame");
+        let (op, payload) = server_frame(&mut s).await.expect("close to the offender");
+        assert_eq!(
+            (op, &payload[..2]),
+            (
+                frame::OP_CLOSE,
+                &frame::CLOSE_PROTOCOL_ERROR.to_be_bytes()[..]
+            )
+        );
+        let (op, payload) = server_frame(&mut l).await.expect("close to the other side");
+        assert_eq!(
+            (op, &payload[..2]),
+            (frame::OP_CLOSE, &close_code::GOING_AWAY.to_be_bytes()[..])
+        );
+        pump.await.expect("pump task");
+    }
 }

@@ -58,39 +58,20 @@ impl Request {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 
+    /// The request target as sent (`path?query`).
+    pub fn target(&self) -> String {
+        if self.raw_query.is_empty() {
+            self.raw_path.clone()
+        } else {
+            format!("{}?{}", self.raw_path, self.raw_query)
+        }
+    }
+
     /// The path percent-decoded (for routing; `$` may arrive as `%24`).
     pub fn decoded_path(&self) -> String {
         percent_decode_str(&self.raw_path)
             .decode_utf8_lossy()
             .into_owned()
-    }
-
-    /// Query parameters decoded once (`+` is a space, as in a form).
-    pub fn query(&self) -> Vec<(String, String)> {
-        url::form_urlencoded::parse(self.raw_query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect()
-    }
-
-    /// First query parameter called `name` (case-insensitive), decoded once.
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query()
-            .into_iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    }
-
-    /// Query parameters the application chose, still encoded: everything not `sb-hc-*`.
-    /// They are forwarded to the listener in the accept address.
-    pub fn app_query(&self) -> Vec<&str> {
-        self.raw_query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .filter(|p| {
-                let name = p.split_once('=').map_or(*p, |(n, _)| n);
-                !name.to_ascii_lowercase().starts_with("sb-hc-")
-            })
-            .collect()
     }
 
     /// Checks this is a WebSocket (version 13) upgrade and returns the client's key.
@@ -303,8 +284,10 @@ mod tests {
             .expect("valid head");
         assert_eq!(rest, b"EXTRA");
         assert_eq!(req.raw_path, "/$hc/hc1/sub");
-        assert_eq!(req.query_param("SB-HC-TOKEN").as_deref(), Some("a b"));
-        assert_eq!(req.app_query(), vec!["x=1", "y"]);
+        assert_eq!(
+            req.target(),
+            "/$hc/hc1/sub?x=1&sb-hc-action=connect&sb-hc-token=a%20b&y"
+        );
         assert_eq!(
             req.websocket_key().expect("upgrade"),
             "dGhlIHNhbXBsZSBub25jZQ=="
