@@ -103,11 +103,9 @@ pub enum Right {
     Listen,
     /// Connect as a sender.
     Send,
-    /// Both (Azure's Manage claim implies Listen and Send).
-    Manage,
 }
 
-keyword_enum!(Right, "right", "listen" => Right::Listen, "send" => Right::Send, "manage" => Right::Manage);
+keyword_enum!(Right, "right", "listen" => Right::Listen, "send" => Right::Send);
 
 /// One shared access key of the self-hosted relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,8 +124,7 @@ pub struct ServerKey {
 impl ServerKey {
     /// Whether a token signed with this key may do `right` on `path`.
     pub fn allows(&self, right: Right, path: &str) -> bool {
-        let granted = self.rights.contains(&right) || self.rights.contains(&Right::Manage);
-        granted && self.paths.iter().any(|p| path_matches(p, path))
+        self.rights.contains(&right) && self.paths.iter().any(|p| path_matches(p, path))
     }
 }
 

@@ -69,12 +69,10 @@ fn server_config(file: &ServerSettings, args: &ServeArgs) -> ServerConfig {
                 rights: key
                     .rights
                     .iter()
-                    .flat_map(|right| match right {
-                        config::Right::Listen => &[Right::Listen][..],
-                        config::Right::Send => &[Right::Send][..],
-                        config::Right::Manage => &[Right::Listen, Right::Send][..],
+                    .map(|right| match right {
+                        config::Right::Listen => Right::Listen,
+                        config::Right::Send => Right::Send,
                     })
-                    .copied()
                     .collect(),
                 paths: key.paths.clone(),
             })
