@@ -2,7 +2,7 @@
 //! processes on loopback, end to end.
 
 mod errors;
-mod harness;
+pub mod harness;
 mod interop;
 mod reconnect;
 mod tunnels;

@@ -12,5 +12,6 @@ mod mlflow;
 mod ports;
 mod relay;
 mod relay_server;
+mod session;
 mod status;
 mod supervise;
