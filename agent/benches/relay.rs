@@ -8,17 +8,20 @@
 //! port 0. Direct and relayed runs alternate so machine noise hits both alike.
 //! Run with `cargo bench --bench relay`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+// A crate root resolves `mod` next to itself, where cargo would take it for a bench.
+#[path = "relay/procs.rs"]
+mod procs;
+
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt as _;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail, ensure};
-use base64::Engine as _;
+use anyhow::{Context as _, anyhow, ensure};
+
+use procs::RelayPath;
 
 /// Each throughput measurement sends for this long, then waits for the sink's byte count.
 const SEND_FOR: Duration = Duration::from_secs(1);
@@ -64,95 +67,6 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `relay serve`, `relay listen` and one `relay connect` per local server.
-#[derive(Debug)]
-struct RelayPath {
-    serve: Proc,
-    listen: Proc,
-    connect_sink: (Proc, SocketAddr),
-    connect_echo: (Proc, SocketAddr),
-    /// Holds the config file (and its key) until the processes are gone.
-    _dir: tempfile::TempDir,
-}
-
-impl RelayPath {
-    fn start(sink: SocketAddr, echo: SocketAddr) -> anyhow::Result<RelayPath> {
-        let dir = tempfile::tempdir().context("could not create a temp dir")?;
-        let mut key = [0u8; 32];
-        rand::fill(&mut key);
-        let key = base64::engine::general_purpose::STANDARD.encode(key);
-        let config = dir.path().join("relay.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[relay.server]\n[[relay.server.keys]]\nname = \"bench\"\nkey = \"{key}\"\n\
-                 rights = [\"listen\", \"send\"]\npaths = [\"*\"]\n"
-            ),
-        )
-        .with_context(|| format!("could not write {}", config.display()))?;
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("could not chmod {}", config.display()))?;
-
-        let mut serve = Proc::spawn("relay serve", |cmd| {
-            cmd.arg("--config").arg(&config).args([
-                "relay",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--insecure-ws",
-            ]);
-        })?;
-        let line = serve.wait_for("listening on ws://")?;
-        let relay_addr: SocketAddr = address_after(&line, "ws://")?;
-        // Credentials travel in the environment, never in argv.
-        let cs = format!(
-            "Endpoint=sb://{relay_addr}/;SharedAccessKeyName=bench;SharedAccessKey={key};EntityPath={HC}"
-        );
-        let mut listen = Proc::spawn("relay listen", |cmd| {
-            cmd.args(["relay", "listen", "--insecure-ws", "--forward"])
-                .arg(format!("{SINK_NAME}={sink}"))
-                .arg("--forward")
-                .arg(format!("{ECHO_NAME}={echo}"))
-                .env("AMLX_RELAY_CONNECTION_STRING", &cs);
-        })?;
-        listen.wait_for("listener online")?;
-        let connect = |name: &str| -> anyhow::Result<(Proc, SocketAddr)> {
-            let mut p = Proc::spawn("relay connect", |cmd| {
-                cmd.args(["relay", "connect", "--insecure-ws", "--bind", "127.0.0.1:0"])
-                    .args(["--port-name", name])
-                    .env("AMLX_RELAY_CONNECTION_STRING", &cs);
-            })?;
-            let line = p.wait_for("listening on ")?;
-            let addr = address_after(&line, "listening on ")?;
-            Ok((p, addr))
-        };
-        Ok(RelayPath {
-            connect_sink: connect(SINK_NAME)?,
-            connect_echo: connect(ECHO_NAME)?,
-            serve,
-            listen,
-            _dir: dir,
-        })
-    }
-
-    /// Everything the relay processes said, for a failed run.
-    fn dump(&mut self) -> String {
-        [
-            &mut self.serve,
-            &mut self.listen,
-            &mut self.connect_sink.0,
-            &mut self.connect_echo.0,
-        ]
-        .into_iter()
-        .map(|p| {
-            let lines = p.drain().join("\n");
-            format!("--- {} stderr:\n{lines}", p.name)
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-    }
-}
-
 /// Direct and relayed figures of one run.
 #[derive(Debug)]
 struct Report {
@@ -165,8 +79,8 @@ struct Report {
 }
 
 fn measure(relay: &RelayPath, sink: SocketAddr, echo: SocketAddr) -> anyhow::Result<Report> {
-    let relay_sink = relay.connect_sink.1;
-    let relay_echo = relay.connect_echo.1;
+    let relay_sink = relay.sink();
+    let relay_echo = relay.echo();
     let mut chunk = vec![0u8; CHUNK];
     rand::fill(chunk.as_mut_slice());
     let chunk: Arc<[u8]> = chunk.into();
@@ -214,10 +128,9 @@ fn measure(relay: &RelayPath, sink: SocketAddr, echo: SocketAddr) -> anyhow::Res
 
 impl Report {
     fn print(mut self) {
-        println!(
-            "relay benchmark: TCP client -> relay connect -> relay serve (ws, loopback) -> \
-             relay listen -> local server, vs the same client and server directly"
-        );
+        println!("relay benchmark, loopback, one run:");
+        println!("  relay:  client -> relay connect -> relay serve (ws) -> relay listen -> server");
+        println!("  direct: client -> server (the same client and server)");
         println!(
             "{:<34} {:>12} {:>12} {:>13}",
             "", "direct", "relay", "relay/direct"
@@ -393,99 +306,6 @@ fn serve_each(handle: fn(TcpStream) -> std::io::Result<()>) -> anyhow::Result<So
         }
     });
     Ok(addr)
-}
-
-/// An `amlx-agent` child, killed when dropped; its stderr is drained in a thread (so its
-/// logging never blocks) and kept for waits and failure reports.
-#[derive(Debug)]
-struct Proc {
-    name: &'static str,
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, args: impl FnOnce(&mut Command)) -> anyhow::Result<Proc> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_amlx-agent"));
-        // The agent's settings come from this benchmark alone.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("AMLX_") || key == "RUST_LOG" {
-                cmd.env_remove(key);
-            }
-        }
-        args(&mut cmd);
-        cmd.env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("could not start {name}"))?;
-        let stderr = child.stderr.take().context("stderr is piped")?;
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Proc {
-            name,
-            child,
-            lines,
-            seen: Vec::new(),
-        })
-    }
-
-    /// Waits (at most [`WAIT`]) for a stderr line containing `needle`.
-    fn wait_for(&mut self, needle: &str) -> anyhow::Result<String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Ok(line),
-                Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Timeout) => {
-                    bail!(
-                        "{} printed no {needle:?} within {WAIT:?}:\n{}",
-                        self.name,
-                        self.seen.join("\n")
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().ok();
-                    bail!(
-                        "{} exited ({status:?}) before printing {needle:?}:\n{}",
-                        self.name,
-                        self.seen.join("\n")
-                    )
-                }
-            }
-        }
-    }
-
-    /// Every stderr line so far.
-    fn drain(&mut self) -> &[String] {
-        self.seen.extend(self.lines.try_iter());
-        &self.seen
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The socket address that follows `marker` in `line`.
-fn address_after(line: &str, marker: &str) -> anyhow::Result<SocketAddr> {
-    line.split_once(marker)
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|addr| addr.parse().ok())
-        .with_context(|| format!("no address after {marker:?} in {line:?}"))
 }
 
 fn median_f64(values: &mut [f64]) -> f64 {
