@@ -2,6 +2,8 @@
 //! driving the real debugpy adapter, behind `relay listen`) and the node's side
 //! (`amlx-agent exec --debug` running an unchanged step through `relay serve`).
 
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -144,7 +146,7 @@ impl DapClient {
     }
 
     /// Every session's outcome, in the order given to `start` (bounded).
-    pub fn finish(mut self, count: usize) -> Vec<Outcome> {
+    pub fn finish(self, count: usize) -> Vec<Outcome> {
         let deadline = Instant::now() + SESSION_DEADLINE;
         let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
         while outcomes.len() < count {
