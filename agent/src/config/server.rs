@@ -11,8 +11,8 @@ use toml::Spanned;
 use super::ConfigError;
 use super::file::FileContext;
 use super::secret::Secret;
-use super::value::Parsed;
-use crate::session::keyword_enum;
+use super::value::{FromConfig, Parsed};
+use crate::relay::sas::Right;
 
 /// Where the relay listens by default: loopback only, so nothing is exposed unasked.
 pub const DEFAULT_SERVER_LISTEN: SocketAddr =
@@ -85,6 +85,12 @@ impl ServerSettings {
     pub fn key(&self, name: &str) -> Option<&ServerKey> {
         self.keys.iter().find(|k| k.name == name)
     }
+
+    /// Whether plain ws would carry tokens in clear across the network: `insecure_ws` on a
+    /// non-loopback `listen` address without `allow_insecure_remote`.
+    pub fn insecure_remote(&self) -> bool {
+        self.insecure_ws && !self.listen.ip().is_loopback() && !self.allow_insecure_remote
+    }
 }
 
 /// PEM files for wss.
@@ -96,18 +102,23 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// What a token signed with a key may do (Azure's Listen and Send claims).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Right {
-    /// Open a listener control channel and accept rendezvous.
-    Listen,
-    /// Connect as a sender.
-    Send,
-    /// Both (Azure's Manage claim implies Listen and Send).
-    Manage,
-}
+/// One word of a key's `rights`: Azure's claim names, where `manage` means both.
+///
+/// Only the file knows `manage`; what the server checks is a set of [`Right`]s.
+struct RightWord(&'static [Right]);
 
-keyword_enum!(Right, "right", "listen" => Right::Listen, "send" => Right::Send, "manage" => Right::Manage);
+impl FromConfig for RightWord {
+    fn from_config(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "listen" => Ok(RightWord(&[Right::Listen])),
+            "send" => Ok(RightWord(&[Right::Send])),
+            "manage" => Ok(RightWord(&[Right::Listen, Right::Send])),
+            _ => Err(format!(
+                "invalid right {text:?}: expected one of listen, send, manage"
+            )),
+        }
+    }
+}
 
 /// One shared access key of the self-hosted relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +127,7 @@ pub struct ServerKey {
     pub name: String,
     /// The key as written (signing uses its UTF-8 bytes, never a base64 decoding).
     pub key: Secret,
-    /// What tokens signed with it may do.
+    /// What tokens signed with it may do (`manage` in the file is both; no repeats).
     pub rights: Vec<Right>,
     /// Hybrid Connection paths it covers: exact names or globs where `*` matches any run
     /// of characters, `/` included (`*`, `team-a/*`); compared case-insensitively.
@@ -126,8 +137,12 @@ pub struct ServerKey {
 impl ServerKey {
     /// Whether a token signed with this key may do `right` on `path`.
     pub fn allows(&self, right: Right, path: &str) -> bool {
-        let granted = self.rights.contains(&right) || self.rights.contains(&Right::Manage);
-        granted && self.paths.iter().any(|p| path_matches(p, path))
+        self.rights.contains(&right) && self.covers(path)
+    }
+
+    /// Whether one of its path patterns matches `path`.
+    pub fn covers(&self, path: &str) -> bool {
+        self.paths.iter().any(|p| path_matches(p, path))
     }
 }
 
@@ -244,10 +259,14 @@ fn key_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
 }
 
 fn rights<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Right>>, D::Error> {
-    let rights: Vec<Right> = Vec::<Parsed<Right>>::deserialize(d)?
-        .into_iter()
-        .map(|r| r.0)
-        .collect();
+    let mut rights: Vec<Right> = Vec::new();
+    for Parsed(RightWord(granted)) in Vec::<Parsed<RightWord>>::deserialize(d)? {
+        for right in granted {
+            if !rights.contains(right) {
+                rights.push(*right);
+            }
+        }
+    }
     if rights.is_empty() {
         return Err(de::Error::custom(
             "must name at least one of listen, send (omit it for both)",
@@ -300,18 +319,31 @@ impl ServerSection {
             None => (d.listen, None),
         };
         let insecure_span = self.insecure_ws.as_ref().map(Spanned::span);
-        let insecure_ws = self.insecure_ws.map_or(d.insecure_ws, Spanned::into_inner);
-        let allow_insecure_remote = self
-            .allow_insecure_remote
-            .unwrap_or(d.allow_insecure_remote);
-        if insecure_ws && tls.is_some() {
+        let mut settings = ServerSettings {
+            listen,
+            tls,
+            insecure_ws: self.insecure_ws.map_or(d.insecure_ws, Spanned::into_inner),
+            allow_insecure_remote: self
+                .allow_insecure_remote
+                .unwrap_or(d.allow_insecure_remote),
+            max_listeners_per_path: self
+                .max_listeners_per_path
+                .unwrap_or(d.max_listeners_per_path),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
+            rendezvous_timeout: self.rendezvous_timeout.unwrap_or(d.rendezvous_timeout),
+            max_control_message: self.max_control_message.unwrap_or(d.max_control_message),
+            shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
+            keys: Vec::with_capacity(self.keys.len()),
+        };
+        if settings.insecure_ws && settings.tls.is_some() {
             return Err(ctx.error(
                 insecure_span,
                 &key("insecure_ws"),
                 "insecure_ws = true contradicts tls_cert/tls_key (choose one)",
             ));
         }
-        if insecure_ws && !listen.ip().is_loopback() && !allow_insecure_remote {
+        if settings.insecure_remote() {
             return Err(ctx.error(
                 listen_span,
                 &key("listen"),
@@ -321,38 +353,23 @@ impl ServerSection {
                 ),
             ));
         }
-        let mut keys: Vec<ServerKey> = Vec::with_capacity(self.keys.len());
         for (i, k) in self.keys.into_iter().enumerate() {
             let span = k.name.span();
             let name = k.name.into_inner();
-            if keys.iter().any(|seen| seen.name == name) {
+            if settings.key(&name).is_some() {
                 return Err(ctx.error(
                     Some(span),
                     &format!("relay.server.keys[{i}].name"),
                     &format!("duplicate key name {name:?}"),
                 ));
             }
-            keys.push(ServerKey {
+            settings.keys.push(ServerKey {
                 name,
                 key: k.key,
                 rights: k.rights.unwrap_or_else(|| vec![Right::Listen, Right::Send]),
                 paths: k.paths.unwrap_or_else(|| vec!["*".to_owned()]),
             });
         }
-        Ok(ServerSettings {
-            listen,
-            tls,
-            insecure_ws,
-            allow_insecure_remote,
-            max_listeners_per_path: self
-                .max_listeners_per_path
-                .unwrap_or(d.max_listeners_per_path),
-            max_connections: self.max_connections.unwrap_or(d.max_connections),
-            handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
-            rendezvous_timeout: self.rendezvous_timeout.unwrap_or(d.rendezvous_timeout),
-            max_control_message: self.max_control_message.unwrap_or(d.max_control_message),
-            shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
-            keys,
-        })
+        Ok(settings)
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::super::*;
 use super::{SECRET, file_err, from_file};
+use crate::relay::sas::Right;
 
 #[test]
 fn server_settings_from_file() {
@@ -163,9 +164,10 @@ fn server_errors_name_file_line_and_key() {
             "3: relay.server.keys[0].key: key must be 1 to 256 characters (it has 0)",
         ),
         (
-            "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nrights = [\"listen\", \"manage\"]\n"
+            "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nrights = [\"listen\", \"admin\"]\n"
                 .into(),
-            "4: relay.server.keys[0].rights[1]: invalid right \"manage\": expected one of listen, send",
+            "4: relay.server.keys[0].rights[1]: invalid right \"admin\": expected one of listen, \
+             send, manage",
         ),
         (
             "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nrights = []\n".into(),
@@ -200,6 +202,29 @@ fn server_errors_name_file_line_and_key() {
 }
 
 #[test]
+fn manage_means_listen_and_send() {
+    let cases: &[(&str, &[Right])] = &[
+        (r#"["manage"]"#, &[Right::Listen, Right::Send]),
+        (r#"["Send", "manage"]"#, &[Right::Send, Right::Listen]),
+        (r#"["listen", "listen"]"#, &[Right::Listen]),
+        (r#"["send"]"#, &[Right::Send]),
+    ];
+    for (rights, want) in cases {
+        let text = format!("[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nrights = {rights}\n");
+        let server = from_file(&text).relay.server;
+        let key = server.key("a").expect("key a");
+        assert_eq!(key.rights.as_slice(), *want, "{rights}");
+        for right in [Right::Listen, Right::Send] {
+            assert_eq!(
+                key.allows(right, "hc"),
+                want.contains(&right),
+                "{rights} {right}"
+            );
+        }
+    }
+}
+
+#[test]
 fn path_patterns() {
     let cases: &[(&str, &str, bool)] = &[
         ("*", "anything/at/all", true),
@@ -217,6 +242,13 @@ fn path_patterns() {
         ("a*b*c", "axxbyyc", true),
         ("a*b*c", "axxbyy", false),
         ("a*a", "aaa", true),
+        ("hc", "HC", true),
+        ("hc", "hc2", false),
+        ("team-*", "team-a", true),
+        ("team-*/dbg", "team-a/dbg", true),
+        ("team-*/dbg", "team-a/x", false),
+        ("/hc/", "hc", true),
+        ("", "hc", false),
     ];
     for (pattern, path, want) in cases {
         assert_eq!(path_matches(pattern, path), *want, "{pattern} vs {path}");
