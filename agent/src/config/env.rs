@@ -79,5 +79,14 @@ pub(super) fn apply(env: &dyn Env, s: &mut Settings) -> Result<(), ConfigError> 
     if let Some(v) = get::<String>(env, "AMLX_RELAY_HC")? {
         s.relay.hybrid_connection = Some(v.trim().to_owned());
     }
+    if let Some(v) = get::<PathBuf>(env, "AMLX_RELAY_CA_FILE")? {
+        s.relay.ca_file = Some(v);
+    }
+    if let Some(v) = get::<bool>(env, "AMLX_RELAY_INSECURE_WS")? {
+        s.relay.insecure_ws = v;
+    }
+    if let Some(v) = get::<PathBuf>(env, "AMLX_STATE_DIR")? {
+        s.state_dir = Some(v);
+    }
     Ok(())
 }

@@ -54,6 +54,7 @@ pub(super) struct PortsSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct NodeSection {
     pub ip: Option<Parsed<IpAddr>>,
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

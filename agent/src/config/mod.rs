@@ -48,6 +48,9 @@ pub struct Settings {
     pub ports: PortSettings,
     /// The IP to publish for this node; `None`: detect it.
     pub node_ip: Option<IpAddr>,
+    /// Node-wide directory for session status records; `None`: the fallbacks
+    /// (`/run/amlx`, `$XDG_RUNTIME_DIR/amlx`, `/tmp/amlx-UID`).
+    pub state_dir: Option<PathBuf>,
     /// The rest of `[debug]`: how a target's session behaves.
     pub session: SessionSettings,
     /// `[relay]` and `[relay.server]`.
@@ -216,6 +219,7 @@ fn apply_file(ctx: file::FileContext<'_>, s: &mut Settings) -> Result<(), Config
     set(&mut s.ports.range, f.ports.range.map(|v| v.0));
     set(&mut s.ports.lock_dir, f.ports.lock_dir.map(Some));
     set(&mut s.node_ip, f.node.ip.map(|v| Some(v.0)));
+    set(&mut s.state_dir, f.node.state_dir.map(Some));
     set(&mut s.log_format, f.log.format.map(|v| Some(v.0)));
     let r = f.relay;
     s.relay.connection_string = r

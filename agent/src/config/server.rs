@@ -102,19 +102,15 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// One word of a key's `rights`: Azure's claim names, where `manage` means both.
-///
-/// Only the file knows `manage`; what the server checks is a set of [`Right`]s.
-struct RightWord(&'static [Right]);
-
-impl FromConfig for RightWord {
+/// A key's `rights` words are Azure's claim names, parsed straight into the server's
+/// vocabulary.
+impl FromConfig for Right {
     fn from_config(text: &str) -> Result<Self, String> {
         match text.trim().to_ascii_lowercase().as_str() {
-            "listen" => Ok(RightWord(&[Right::Listen])),
-            "send" => Ok(RightWord(&[Right::Send])),
-            "manage" => Ok(RightWord(&[Right::Listen, Right::Send])),
+            "listen" => Ok(Right::Listen),
+            "send" => Ok(Right::Send),
             _ => Err(format!(
-                "invalid right {text:?}: expected one of listen, send, manage"
+                "invalid right {text:?}: expected one of listen, send"
             )),
         }
     }
@@ -127,7 +123,7 @@ pub struct ServerKey {
     pub name: String,
     /// The key as written (signing uses its UTF-8 bytes, never a base64 decoding).
     pub key: Secret,
-    /// What tokens signed with it may do (`manage` in the file is both; no repeats).
+    /// What tokens signed with it may do.
     pub rights: Vec<Right>,
     /// Hybrid Connection paths it covers: exact names or globs where `*` matches any run
     /// of characters, `/` included (`*`, `team-a/*`); compared case-insensitively.
@@ -259,14 +255,10 @@ fn key_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
 }
 
 fn rights<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Right>>, D::Error> {
-    let mut rights: Vec<Right> = Vec::new();
-    for Parsed(RightWord(granted)) in Vec::<Parsed<RightWord>>::deserialize(d)? {
-        for right in granted {
-            if !rights.contains(right) {
-                rights.push(*right);
-            }
-        }
-    }
+    let rights: Vec<Right> = Vec::<Parsed<Right>>::deserialize(d)?
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
     if rights.is_empty() {
         return Err(de::Error::custom(
             "must name at least one of listen, send (omit it for both)",

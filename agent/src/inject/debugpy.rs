@@ -63,7 +63,9 @@ pub fn check_debugpy(python: &PythonCommand, timeout: Duration) -> Result<(), In
     let pid = child.id();
     let mut stderr = child.stderr.take();
     let (done_tx, done_rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    // The waiter is joined before returning: a debug target forks its relay sidecar
+    // next, which must happen in a single-threaded process.
+    let waiter = std::thread::spawn(move || {
         let mut text = String::new();
         if let Some(stderr) = stderr.as_mut() {
             // Lossy on purpose: the text only decorates the error message.
@@ -74,13 +76,18 @@ pub fn check_debugpy(python: &PythonCommand, timeout: Duration) -> Result<(), In
         let _ = done_tx.send((child.wait(), text));
     });
     let (status, stderr_text) = match done_rx.recv_timeout(timeout) {
-        Ok(result) => result,
+        Ok(result) => {
+            let _ = waiter.join();
+            result
+        }
         Err(_) => {
             if let Ok(pid) = i32::try_from(pid) {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
             // Reap it (the waiting thread does), but never wait without a bound.
-            let _ = done_rx.recv_timeout(REAP_GRACE);
+            if done_rx.recv_timeout(REAP_GRACE).is_ok() {
+                let _ = waiter.join();
+            }
             return Err(InjectError::CheckTimedOut {
                 python: shown,
                 timeout,

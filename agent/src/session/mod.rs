@@ -1,7 +1,25 @@
 //! One debug session: modes, failure policy, sidecar lifecycle and attach timeout.
+//!
+//! The agent decides and prepares (`commands::exec`); the sidecar process runs the
+//! session: [`run_sidecar`] reports readiness, then keeps the relay path and the
+//! published state for exactly as long as the step lives.
 
+mod connect;
 pub mod dap;
+mod listen;
+pub mod report;
 pub mod sidecar;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::publish::SessionState;
+use crate::relay::client::Endpoint;
+use report::Reporter;
+use sidecar::ReadySignal;
 
 use serde::Serialize;
 
@@ -53,3 +71,155 @@ pub(crate) use keyword_enum;
 
 keyword_enum!(DebugMode, "debug mode", "connect" => DebugMode::Connect, "listen" => DebugMode::Listen, "direct" => DebugMode::Direct);
 keyword_enum!(FailurePolicy, "failure policy", "continue" => FailurePolicy::Continue, "fail" => FailurePolicy::Fail);
+
+/// How long the relay may take to answer the readiness probe before the step starts.
+pub const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the final state may take to reach MLflow once the step is gone: the sidecar
+/// must be gone within a second of the step.
+const FINAL_PUBLISH_TIMEOUT: Duration = Duration::from_millis(600);
+
+/// Everything the sidecar needs, prepared by the agent before it forks.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    pub mode: DebugMode,
+    /// The reserved debug port (also the azbridge port name).
+    pub port: u16,
+    pub rank: Option<u32>,
+    pub local_rank: Option<u32>,
+    pub hostname: String,
+    pub node_ip: Option<IpAddr>,
+    /// The process the session belongs to: the agent, which becomes (replace) or
+    /// supervises the step. The status record is alive exactly as long as it is.
+    pub holder_pid: u32,
+    pub attach_timeout: Duration,
+    /// The step waits at startup for a debugger (listen/direct modes; connect mode
+    /// always waits, debugpy's `--connect` does).
+    pub wait_for_client: bool,
+    /// The relay (connect and listen modes).
+    pub relay: Option<Endpoint>,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl SessionSpec {
+    /// How a developer reaches this session, for the status record and the run tag.
+    pub fn endpoint_text(&self) -> String {
+        match (&self.relay, self.mode) {
+            (Some(relay), DebugMode::Connect | DebugMode::Listen) => {
+                format!("relay:{}/{}", relay.entity, self.port)
+            }
+            _ => {
+                let ip = self.node_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                SocketAddr::new(ip, self.port).to_string()
+            }
+        }
+    }
+
+    /// Where debugpy listens (listen and direct modes).
+    fn debugpy_address(&self) -> SocketAddr {
+        let ip = match self.mode {
+            DebugMode::Direct => self.node_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            DebugMode::Connect | DebugMode::Listen => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, self.port)
+    }
+}
+
+/// The sidecar's whole life: returns its exit code. Reports readiness through `ready`
+/// before the step starts, then serves the session until the step dies (SIGTERM from
+/// the parent-death signal).
+pub fn run_sidecar(spec: SessionSpec, mut ready: ReadySignal) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            ready.failed(&format!("could not start the sidecar's runtime: {err}"));
+            return 1;
+        }
+    };
+    runtime.block_on(async move {
+        let parent = nix::unistd::getppid();
+        let mut reporter = Reporter::start(&spec);
+        let session = async {
+            match spec.mode {
+                DebugMode::Connect => connect::run(&spec, ready, &mut reporter).await,
+                DebugMode::Listen => listen::run(&spec, ready, &mut reporter).await,
+                DebugMode::Direct => direct(&spec, ready, &mut reporter).await,
+            }
+        };
+        tokio::select! {
+            () = session => {}
+            () = step_gone(parent) => {}
+        }
+        let _ = tokio::time::timeout(FINAL_PUBLISH_TIMEOUT, reporter.finish()).await;
+    });
+    0
+}
+
+/// Resolves when the step is gone. SIGTERM also reaches the sidecar when a launcher
+/// signals the whole process group while the step traps it and runs on (a graceful
+/// checkpoint): only a SIGTERM after the parent died ends the session.
+async fn step_gone(parent: nix::unistd::Pid) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::warn!(
+                "sidecar cannot watch SIGTERM ({err}); it ends with the step regardless"
+            );
+            return std::future::pending().await;
+        }
+    };
+    // SIGINT/SIGHUP/SIGQUIT to the foreground group are the step's business.
+    for kind in [
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+    ] {
+        if let Ok(mut ignored) = signal(kind) {
+            tokio::spawn(async move { while ignored.recv().await.is_some() {} });
+        }
+    }
+    loop {
+        term.recv().await;
+        if nix::unistd::getppid() != parent {
+            return;
+        }
+        tracing::debug!("sidecar: SIGTERM while the step still runs; staying with it");
+    }
+}
+
+/// Direct mode: debugpy itself listens on the node IP; the sidecar only publishes and,
+/// with `--wait-for-client`, releases the step at the attach timeout.
+async fn direct(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Reporter) {
+    ready.ready();
+    reporter.set(SessionState::WaitingForDebugger, None);
+    if spec.wait_for_client {
+        tokio::time::sleep(spec.attach_timeout).await;
+        release_listening_debuggee(spec, reporter).await;
+    }
+    std::future::pending::<()>().await;
+}
+
+/// At the attach timeout, a debuggee that listens and waits for a client (listen and
+/// direct modes with `--wait-for-client`) is released by attaching and leaving.
+async fn release_listening_debuggee(spec: &SessionSpec, reporter: &mut Reporter) {
+    let address = spec.debugpy_address();
+    let deadline = Instant::now() + dap::RELEASE_DRAIN_TIMEOUT;
+    match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(address)).await {
+        Ok(Ok(mut stream)) => {
+            let _ = dap::release(&mut stream).await;
+            reporter.set(
+                SessionState::TimedOut,
+                Some(&format!(
+                    "no debugger attached within {}; the step runs on without one",
+                    humantime::format_duration(spec.attach_timeout)
+                )),
+            );
+        }
+        Ok(Err(err)) => tracing::warn!("could not reach debugpy at {address} to release it: {err}"),
+        Err(_) => tracing::warn!("debugpy at {address} did not answer the release in time"),
+    }
+}

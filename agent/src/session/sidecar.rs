@@ -93,7 +93,7 @@ pub fn spawn<F>(close_in_child: &[RawFd], body: F) -> anyhow::Result<(Sidecar, R
 where
     F: FnOnce(ReadySignal) -> i32,
 {
-    let threads = thread_count();
+    let threads = settled_thread_count();
     if threads != Some(1) {
         bail!("cannot fork the relay sidecar from a process with {threads:?} threads");
     }
@@ -183,6 +183,21 @@ fn thread_count() -> Option<usize> {
     std::fs::read_dir("/proc/self/task")
         .ok()
         .map(|dir| dir.count())
+}
+
+/// How long a just-joined helper thread may take to disappear from /proc.
+const THREAD_SETTLE: Duration = Duration::from_millis(200);
+
+/// The thread count once threads that were already finishing have gone (bounded).
+fn settled_thread_count() -> Option<usize> {
+    let deadline = Instant::now() + THREAD_SETTLE;
+    loop {
+        let count = thread_count();
+        if count == Some(1) || Instant::now() >= deadline {
+            return count;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[cfg(test)]

@@ -164,10 +164,9 @@ fn server_errors_name_file_line_and_key() {
             "3: relay.server.keys[0].key: key must be 1 to 256 characters (it has 0)",
         ),
         (
-            "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nrights = [\"listen\", \"admin\"]\n"
+            "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nrights = [\"listen\", \"manage\"]\n"
                 .into(),
-            "4: relay.server.keys[0].rights[1]: invalid right \"admin\": expected one of listen, \
-             send, manage",
+            "4: relay.server.keys[0].rights[1]: invalid right \"manage\": expected one of listen, send",
         ),
         (
             "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nrights = []\n".into(),
@@ -198,29 +197,6 @@ fn server_errors_name_file_line_and_key() {
             format!("config error: /cfg/agent.toml:{want}"),
             "{text}"
         );
-    }
-}
-
-#[test]
-fn manage_means_listen_and_send() {
-    let cases: &[(&str, &[Right])] = &[
-        (r#"["manage"]"#, &[Right::Listen, Right::Send]),
-        (r#"["Send", "manage"]"#, &[Right::Send, Right::Listen]),
-        (r#"["listen", "listen"]"#, &[Right::Listen]),
-        (r#"["send"]"#, &[Right::Send]),
-    ];
-    for (rights, want) in cases {
-        let text = format!("[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nrights = {rights}\n");
-        let server = from_file(&text).relay.server;
-        let key = server.key("a").expect("key a");
-        assert_eq!(key.rights.as_slice(), *want, "{rights}");
-        for right in [Right::Listen, Right::Send] {
-            assert_eq!(
-                key.allows(right, "hc"),
-                want.contains(&right),
-                "{rights} {right}"
-            );
-        }
     }
 }
 

@@ -46,6 +46,8 @@ pub trait AcceptHandler: Send + Sync + 'static {
     fn decide(&self, accept: &Accept) -> Decision;
     /// Serves one accepted connection.
     fn handle(self: Arc<Self>, tunnel: Tunnel, accept: Accept) -> impl Future<Output = ()> + Send;
+    /// The control channel is up (again): senders can reach this listener now.
+    fn online(&self) {}
 }
 
 /// Runs the listener until `shutdown` (then `Ok`) or a terminal refusal (`Err`).
@@ -98,6 +100,7 @@ async fn listen_loop<H: AcceptHandler>(
         let reason = match attempt {
             Ok(ws) => {
                 tracing::info!(parent: &span, url = %handshake::display_url(&url), "listener online");
+                handler.online();
                 let since = Instant::now();
                 let reason = control_loop(ws, endpoint, handler, tracker, shutdown)
                     .instrument(span.clone())

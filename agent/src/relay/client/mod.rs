@@ -2,6 +2,7 @@
 //! sender, over our own WebSocket framing (see `frame` for why) and rustls.
 
 pub mod backoff;
+pub mod credentials;
 pub mod error;
 pub mod forward;
 pub mod frame;

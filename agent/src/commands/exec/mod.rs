@@ -1,0 +1,103 @@
+//! `amlx-agent exec`: decide, reserve, announce, then become (or supervise) the step.
+//!
+//! Non-targets take the shortest path: config, role, decision, then `execve`. No async
+//! runtime, no network, no lock.
+
+mod target;
+
+use std::ffi::OsString;
+
+use crate::cli::ExecArgs;
+use crate::config::{ConfigError, Settings};
+use crate::inject::prior_art;
+use crate::policy::{self, Verdict};
+use crate::process::{self, ProcessMode, Step};
+use crate::role::{self, Detection, Overrides, ProcessEnv};
+
+pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
+    let env = ProcessEnv;
+    // A bad config must not stop training: the step runs undebugged and the log says why.
+    let settings = match settings {
+        Ok(settings) => Some(honour_prior_art(settings, &args.command)),
+        Err(err) => {
+            tracing::error!("{err}; running the step without debugging");
+            None
+        }
+    };
+    let overrides = Overrides {
+        rank: args.role.rank,
+        local_rank: args.role.local_rank,
+        world_size: args.role.world_size,
+    };
+    let detection = role::detect(&env, &overrides);
+    for warning in &detection.warnings {
+        tracing::warn!("{warning}");
+    }
+    let decision = match &settings {
+        Some(settings) => policy::decide(&settings.policy, &detection.role),
+        None => policy::decide(&policy::Policy::default(), &detection.role),
+    };
+    let mode = process_mode(args);
+    let mut step = Step {
+        argv: args.command.clone(),
+        ..Step::default()
+    };
+    step.env = role_env(&detection);
+    match (decision.verdict, settings) {
+        (Verdict::NotTarget, _) | (_, None) => {
+            tracing::debug!(reason = %decision.reason, "not a debug target");
+            step.env.push(env_pair("AMLX_DEBUG_TARGET", "false"));
+            process::run(mode, &step)
+        }
+        (_, Some(settings)) => target::run(&settings, &detection, &decision, mode, step),
+    }
+}
+
+/// Steps written for the prior art parse `--is-debug`, `--debug-port` and
+/// `--debug-relay-connection-name` themselves; the agent reads them too (never removes
+/// them), so such a step is debuggable exactly as its arguments say.
+fn honour_prior_art(mut settings: Settings, argv: &[OsString]) -> Settings {
+    let prior = prior_art::read(argv);
+    for warning in &prior.warnings {
+        tracing::warn!("{warning}");
+    }
+    if let Some(is_debug) = prior.is_debug {
+        settings.policy.enabled = is_debug;
+    }
+    if let Some(port) = prior.debug_port {
+        settings.ports.range = crate::ports::PortRange {
+            start: port,
+            end: port,
+        };
+    }
+    if let Some(name) = prior.relay_connection_name {
+        settings.relay.hybrid_connection = Some(name);
+    }
+    settings
+}
+
+fn process_mode(args: &ExecArgs) -> ProcessMode {
+    if args.supervise {
+        ProcessMode::Supervise
+    } else if args.replace {
+        ProcessMode::Replace
+    } else {
+        process::default_mode()
+    }
+}
+
+/// The role variables every step gets (`AMLX_AGENT_ACTIVE` guards shims against recursion).
+fn role_env(detection: &Detection) -> Vec<(OsString, OsString)> {
+    let role = &detection.role;
+    let known = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_default();
+    vec![
+        env_pair("AMLX_AGENT_ACTIVE", "1"),
+        env_pair("AMLX_RANK", &known(role.rank)),
+        env_pair("AMLX_LOCAL_RANK", &known(role.local_rank)),
+        env_pair("AMLX_WORLD_SIZE", &known(role.world_size)),
+    ]
+}
+
+pub(super) fn env_pair(key: &str, value: &str) -> (OsString, OsString) {
+    (key.into(), value.into())
+}

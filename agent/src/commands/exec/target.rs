@@ -1,0 +1,233 @@
+//! The debug-target path of `exec`: reserve a port, prepare the debugger and the relay,
+//! start the sidecar, announce, then run the step holding all of it.
+//!
+//! Any failure here is a debug failure: by default the step still runs, without a
+//! debugger, and the log says why (`--on-debug-failure fail` stops instead).
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use super::env_pair;
+use crate::commands::EXIT_AGENT_ERROR;
+use crate::config::Settings;
+use crate::inject::{self, DebugpyOptions, Injected, Plan, Skip};
+use crate::netinfo::{self, NodeInfo};
+use crate::policy::{Decision, Verdict};
+use crate::ports::{self, HolderRecord, Reservation, ReserveRequest};
+use crate::process::{self, ProcessMode, Step};
+use crate::relay::client::credentials;
+use crate::role::{Detection, ProcessEnv};
+use crate::session::sidecar::{self, Readiness};
+use crate::session::{self, DebugMode, FailurePolicy, SessionSpec};
+
+pub fn run(
+    settings: &Settings,
+    detection: &Detection,
+    decision: &Decision,
+    mode: ProcessMode,
+    mut step: Step,
+) -> i32 {
+    let node = netinfo::discover(settings.node_ip);
+    if let Some(ip) = node.ip {
+        step.env.push(env_pair("AMLX_NODE_IP", &ip.to_string()));
+    }
+    let reservation = match reserve_port(settings, detection, decision, &node, &step) {
+        Ok(Some(reservation)) => reservation,
+        Ok(None) => {
+            step.env.push(env_pair("AMLX_DEBUG_TARGET", "false"));
+            return process::run(mode, &step);
+        }
+        Err(err) => return debug_failed(settings, &format!("{err:#}"), mode, step),
+    };
+    let port = reservation.port;
+    let (spec, injected) = match prepare(settings, detection, &node, port, &step.argv) {
+        Ok(prepared) => prepared,
+        Err(err) => return debug_failed(settings, &format!("{err:#}"), mode, step),
+    };
+    let lock_fd = reservation.file().as_raw_fd();
+    let sidecar = match sidecar::spawn(&[lock_fd], move |ready| session::run_sidecar(spec, ready)) {
+        Ok((sidecar, Readiness::Ready)) => sidecar,
+        Ok((sidecar, Readiness::Failed(why))) => {
+            sidecar.terminate();
+            return debug_failed(settings, &why, mode, step);
+        }
+        Err(err) => return debug_failed(settings, &format!("{err:#}"), mode, step),
+    };
+    announce(detection, &node, port, settings.session.mode);
+    if let Some(injected) = injected {
+        step.argv = injected.argv;
+        step.env.extend(injected.env);
+    }
+    step.env.push(env_pair("AMLX_DEBUG_TARGET", "true"));
+    step.env
+        .push(env_pair("AMLX_DEBUG_PORT", &port.to_string()));
+    step.env.push(env_pair(
+        "AMLX_DEBUG_MODE",
+        &settings.session.mode.to_string(),
+    ));
+    if mode == ProcessMode::Replace {
+        // The step itself must hold the lock after execve, for exactly its lifetime.
+        match reservation.keep_across_exec() {
+            Ok(fd) => step.keep_fds.push(fd),
+            Err(err) => {
+                sidecar.terminate();
+                let why = format!("could not keep the port lock across exec: {err}");
+                return debug_failed(settings, &why, mode, step);
+            }
+        }
+    }
+    let code = process::run(mode, &step);
+    // Supervise mode (or a failed execve): the session ends with the step.
+    sidecar.terminate();
+    drop(reservation);
+    code
+}
+
+/// Takes this node's port reservation. `Ok(None)`: a candidate that lost the node slot.
+fn reserve_port(
+    settings: &Settings,
+    detection: &Detection,
+    decision: &Decision,
+    node: &NodeInfo,
+    step: &Step,
+) -> anyhow::Result<Option<Reservation>> {
+    let lock_dir = ports::lock_dir(settings.ports.lock_dir.as_deref())?;
+    let range = settings.ports.range;
+    let request = ReserveRequest {
+        range,
+        preferred: range.preferred_for_rank(detection.role.rank),
+        lock_dir: &lock_dir,
+        slot_limit: decision.slot_limit,
+        bind_ip: debugger_bind_ip(settings, node),
+        record: HolderRecord::for_current_process(detection.role.rank, &command_line(&step.argv)),
+    };
+    match ports::reserve(&request) {
+        Ok(reservation) => Ok(Some(reservation)),
+        Err(err) if decision.verdict == Verdict::Candidate && err.is_slots_full() => {
+            tracing::info!("not a debug target: {err}");
+            Ok(None)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The session for the sidecar and the rewritten command line, or why debugging is off.
+fn prepare(
+    settings: &Settings,
+    detection: &Detection,
+    node: &NodeInfo,
+    port: u16,
+    argv: &[OsString],
+) -> anyhow::Result<(SessionSpec, Option<Injected>)> {
+    let mode = settings.session.mode;
+    let relay = match mode {
+        DebugMode::Connect | DebugMode::Listen => Some(
+            credentials::endpoint(&settings.relay, credentials::Overrides::default()).map_err(
+                |err| anyhow::anyhow!("{err:#} (or use --mode direct when the node is reachable)"),
+            )?,
+        ),
+        DebugMode::Direct => None,
+    };
+    let injected = match inject::plan(settings.session.inject, argv, &ProcessEnv)? {
+        Plan::Debugpy(python) => {
+            inject::check_debugpy(&python, inject::DEBUGPY_CHECK_TIMEOUT)?;
+            let endpoint = inject::Endpoint {
+                mode,
+                port,
+                node_ip: node.ip,
+            };
+            let options = DebugpyOptions {
+                wait_for_client: settings.session.wait_for_client,
+                sub_process: false,
+            };
+            Some(inject::rewrite(&python, &endpoint, &options)?)
+        }
+        Plan::Unchanged(skip) => {
+            match &skip {
+                Skip::Disabled => tracing::debug!("{skip}"),
+                Skip::NotInjectable(_) => tracing::info!("{skip}"),
+                Skip::AlreadyDebugged => tracing::warn!("{skip}"),
+            }
+            None
+        }
+    };
+    let spec = SessionSpec {
+        mode,
+        port,
+        rank: detection.role.rank,
+        local_rank: detection.role.local_rank,
+        hostname: node.hostname.clone(),
+        node_ip: node.ip,
+        holder_pid: std::process::id(),
+        attach_timeout: settings.session.attach_timeout,
+        wait_for_client: settings.session.wait_for_client,
+        relay,
+        state_dir: settings.state_dir.clone(),
+    };
+    Ok((spec, injected))
+}
+
+/// Where the debugger will listen: the node IP in direct mode, loopback otherwise.
+fn debugger_bind_ip(settings: &Settings, node: &NodeInfo) -> IpAddr {
+    match (settings.session.mode, node.ip) {
+        (DebugMode::Direct, Some(ip)) => ip,
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
+}
+
+/// The startup line for a debug target: everything a developer greps the logs for.
+fn announce(detection: &Detection, node: &NodeInfo, port: u16, mode: DebugMode) {
+    let role = &detection.role;
+    let show = |v: Option<u32>| v.map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let ip = node
+        .ip
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    tracing::info!(
+        rank = role.rank,
+        world_size = role.world_size,
+        launcher = %role.launcher,
+        host = %node.hostname,
+        ip = %ip,
+        port,
+        mode = %mode,
+        "amlx-agent: rank {}/{} ({}) host {} ip {} debug port {} mode {}",
+        show(role.rank),
+        show(role.world_size),
+        role.launcher,
+        node.hostname,
+        ip,
+        port,
+        mode
+    );
+    if role.world_size.is_some_and(|n| n > 1) {
+        tracing::info!(
+            "while a debugger pauses this rank, the other ranks run on into their collective \
+             timeouts (NCCL, gloo, Horovod): raise those timeouts for debugging sessions"
+        );
+    }
+}
+
+/// Debugging could not be set up: by default the step runs anyway, and the log says why.
+fn debug_failed(settings: &Settings, why: &str, mode: ProcessMode, mut step: Step) -> i32 {
+    match settings.session.on_failure {
+        FailurePolicy::Continue => {
+            tracing::error!(
+                "debugging disabled for this run: {why}; running the step without a debugger"
+            );
+            step.env.push(env_pair("AMLX_DEBUG_TARGET", "false"));
+            process::run(mode, &step)
+        }
+        FailurePolicy::Fail => {
+            tracing::error!("{why}; not running the step (--on-debug-failure fail)");
+            EXIT_AGENT_ERROR
+        }
+    }
+}
+
+fn command_line(argv: &[OsString]) -> String {
+    argv.iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,65 @@
+//! Which relay, as whom: the endpoint from the layered settings plus command-line
+//! overrides. Credentials never come from argv: a file, the environment or the config.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use super::Endpoint;
+use crate::config::{RelaySettings, Secret};
+use crate::relay::connection_string::{ConnectionString, Transport};
+
+/// What a command line may add on top of the settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides<'a> {
+    /// `--connection-string-file`: wins over AMLX_RELAY_CONNECTION_STRING and the config.
+    pub connection_string_file: Option<&'a Path>,
+    /// `--hc`: wins over `[relay] hybrid_connection` and EntityPath.
+    pub hybrid_connection: Option<&'a str>,
+    pub ca_file: Option<&'a Path>,
+    pub insecure_ws: bool,
+}
+
+/// The relay endpoint, or an error naming every way to provide what is missing.
+pub fn endpoint(settings: &RelaySettings, overrides: Overrides<'_>) -> anyhow::Result<Endpoint> {
+    let text = match overrides.connection_string_file {
+        Some(path) => read_secret_file(path)?,
+        // `config` layered AMLX_RELAY_CONNECTION_STRING over `[relay] connection_string`.
+        None => settings.connection_string.clone().context(
+            "no relay credentials: set AMLX_RELAY_CONNECTION_STRING, pass --connection-string-file FILE, or set [relay] connection_string in the config file",
+        )?,
+    };
+    let connection: ConnectionString = text.expose().parse()?;
+    let hc = overrides
+        .hybrid_connection
+        .or(settings.hybrid_connection.as_deref());
+    let ca_file = overrides.ca_file.or(settings.ca_file.as_deref());
+    let transport = if overrides.insecure_ws || settings.insecure_ws {
+        Transport::InsecureWs
+    } else {
+        Transport::Tls
+    };
+    Endpoint::new(connection, hc, transport, ca_file)
+}
+
+/// Reads a connection string file, warning when others may read it.
+pub fn read_secret_file(path: &Path) -> anyhow::Result<Secret> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("could not read connection string file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            "connection string file {} is readable by group or others; chmod 600 it",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read connection string file {}", path.display()))?;
+    let text = text.trim();
+    anyhow::ensure!(
+        !text.is_empty(),
+        "connection string file {} is empty",
+        path.display()
+    );
+    Ok(Secret::new(text))
+}

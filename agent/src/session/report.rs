@@ -1,0 +1,91 @@
+//! Where a session tells the world how it is doing: the log, the node's status record
+//! (`amlx-agent status`) and, in Azure ML / MLflow runs, a run tag.
+
+use crate::publish::{
+    MlflowTags, SessionState, StatusFile, StatusRecord, TagPublisher, session_tag_key,
+    session_tag_value,
+};
+use crate::role::ProcessEnv;
+
+use super::{DebugMode, SessionSpec};
+
+/// Publishes state changes; lives in the sidecar (the one process that owns the record).
+#[derive(Debug)]
+pub struct Reporter {
+    state: Option<(SessionState, Option<String>)>,
+    mode: DebugMode,
+    endpoint: String,
+    status: Option<StatusFile>,
+    tags: Option<TagPublisher>,
+}
+
+impl Reporter {
+    /// Creates the status record and, when MLflow variables are set, the tag publisher.
+    /// Both are best effort: a failure is one warning, never a reason to stop.
+    /// Must run inside a Tokio runtime (the tag publisher spawns a task).
+    pub fn start(spec: &SessionSpec) -> Reporter {
+        let endpoint = spec.endpoint_text();
+        let status = match crate::publish::state_dir(spec.state_dir.as_deref(), &ProcessEnv) {
+            Ok(dir) => {
+                let mut record =
+                    StatusRecord::new(spec.holder_pid, spec.port, spec.mode, endpoint.clone());
+                record.rank = spec.rank;
+                record.local_rank = spec.local_rank;
+                StatusFile::create(&dir, record)
+                    .map_err(|err| tracing::warn!("no status record for this session: {err:#}"))
+                    .ok()
+            }
+            Err(err) => {
+                tracing::warn!("no status record for this session: {err:#}");
+                None
+            }
+        };
+        let tags = MlflowTags::from_env(&ProcessEnv).and_then(|tags| {
+            let key = session_tag_key(spec.rank, &spec.hostname, spec.port);
+            TagPublisher::spawn(tags, key)
+                .map_err(|err| tracing::warn!("no MLflow run tag for this session: {err:#}"))
+                .ok()
+        });
+        Reporter {
+            state: None,
+            mode: spec.mode,
+            endpoint,
+            status,
+            tags,
+        }
+    }
+
+    /// Records a state change (repeats of the same state and reason are ignored).
+    pub fn set(&mut self, state: SessionState, reason: Option<&str>) {
+        let next = (state, reason.map(str::to_owned));
+        if self.state.as_ref() == Some(&next) {
+            return;
+        }
+        match reason {
+            Some(reason) => tracing::info!(state = %state, "debug session {state}: {reason}"),
+            None => tracing::info!(state = %state, "debug session {state}"),
+        }
+        if let Some(status) = &mut self.status
+            && let Err(err) = status.set_state(state, reason)
+        {
+            tracing::warn!("could not update the status record: {err:#}");
+        }
+        if let Some(tags) = &self.tags {
+            tags.publish(session_tag_value(&self.endpoint, self.mode, state, reason));
+        }
+        self.state = Some(next);
+    }
+
+    /// The last state set.
+    pub fn state(&self) -> Option<SessionState> {
+        self.state.as_ref().map(|(state, _)| *state)
+    }
+
+    /// The session is over: publish `ended` (bounded) and remove the status record.
+    pub async fn finish(mut self) {
+        self.set(SessionState::Ended, None);
+        if let Some(tags) = self.tags.take() {
+            tags.finish().await;
+        }
+    }
+}
