@@ -91,21 +91,26 @@ impl Relay {
             }
         });
         let started = Instant::now();
+        // Everything before the address line, so a refused start explains itself.
+        let mut before = Vec::new();
         let url = loop {
             let left = DEADLINE.saturating_sub(started.elapsed());
             match lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("relay serve: listening on ") {
-                        break Some(url.to_owned());
-                    }
-                }
+                Ok(line) => match line.strip_prefix("relay serve: listening on ") {
+                    Some(url) => break Some(url.to_owned()),
+                    None => before.push(line),
+                },
                 Err(_) => break None,
             }
         };
         let Some((scheme, addr)) = url.as_deref().and_then(|u| u.split_once("://")) else {
             let _ = child.kill();
-            let _ = child.wait();
-            panic!("relay serve did not print its address within {DEADLINE:?}");
+            let exit = child.wait();
+            panic!(
+                "relay serve did not print its address within {DEADLINE:?} ({exit:?}); \
+                 its stderr so far:\n{}",
+                before.join("\n")
+            );
         };
         Relay {
             addr: addr.parse().expect("socket address"),

@@ -29,8 +29,7 @@ pub use secret::Secret;
 pub use server::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONTROL_MESSAGE,
     DEFAULT_MAX_LISTENERS_PER_PATH, DEFAULT_RENDEZVOUS_TIMEOUT, DEFAULT_SERVER_LISTEN,
-    DEFAULT_SHUTDOWN_GRACE, MAX_KEY_CHARS, Right, ServerKey, ServerSettings, TlsFiles,
-    path_matches,
+    DEFAULT_SHUTDOWN_GRACE, MAX_KEY_CHARS, ServerKey, ServerSettings, TlsFiles, path_matches,
 };
 
 /// The config file read when neither `--config` nor `AMLX_CONFIG` names one (if present).

@@ -11,8 +11,8 @@ use toml::Spanned;
 use super::ConfigError;
 use super::file::FileContext;
 use super::secret::Secret;
-use super::value::Parsed;
-use crate::session::keyword_enum;
+use super::value::{FromConfig, Parsed};
+use crate::relay::sas::Right;
 
 /// Where the relay listens by default: loopback only, so nothing is exposed unasked.
 pub const DEFAULT_SERVER_LISTEN: SocketAddr =
@@ -85,6 +85,12 @@ impl ServerSettings {
     pub fn key(&self, name: &str) -> Option<&ServerKey> {
         self.keys.iter().find(|k| k.name == name)
     }
+
+    /// Whether plain ws would carry tokens in clear across the network: `insecure_ws` on a
+    /// non-loopback `listen` address without `allow_insecure_remote`.
+    pub fn insecure_remote(&self) -> bool {
+        self.insecure_ws && !self.listen.ip().is_loopback() && !self.allow_insecure_remote
+    }
 }
 
 /// PEM files for wss.
@@ -96,16 +102,19 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// What a token signed with a key may do (Azure's Listen and Send claims).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Right {
-    /// Open a listener control channel and accept rendezvous.
-    Listen,
-    /// Connect as a sender.
-    Send,
+/// A key's `rights` words are Azure's claim names, parsed straight into the server's
+/// vocabulary.
+impl FromConfig for Right {
+    fn from_config(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "listen" => Ok(Right::Listen),
+            "send" => Ok(Right::Send),
+            _ => Err(format!(
+                "invalid right {text:?}: expected one of listen, send"
+            )),
+        }
+    }
 }
-
-keyword_enum!(Right, "right", "listen" => Right::Listen, "send" => Right::Send);
 
 /// One shared access key of the self-hosted relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +133,12 @@ pub struct ServerKey {
 impl ServerKey {
     /// Whether a token signed with this key may do `right` on `path`.
     pub fn allows(&self, right: Right, path: &str) -> bool {
-        self.rights.contains(&right) && self.paths.iter().any(|p| path_matches(p, path))
+        self.rights.contains(&right) && self.covers(path)
+    }
+
+    /// Whether one of its path patterns matches `path`.
+    pub fn covers(&self, path: &str) -> bool {
+        self.paths.iter().any(|p| path_matches(p, path))
     }
 }
 
@@ -297,18 +311,31 @@ impl ServerSection {
             None => (d.listen, None),
         };
         let insecure_span = self.insecure_ws.as_ref().map(Spanned::span);
-        let insecure_ws = self.insecure_ws.map_or(d.insecure_ws, Spanned::into_inner);
-        let allow_insecure_remote = self
-            .allow_insecure_remote
-            .unwrap_or(d.allow_insecure_remote);
-        if insecure_ws && tls.is_some() {
+        let mut settings = ServerSettings {
+            listen,
+            tls,
+            insecure_ws: self.insecure_ws.map_or(d.insecure_ws, Spanned::into_inner),
+            allow_insecure_remote: self
+                .allow_insecure_remote
+                .unwrap_or(d.allow_insecure_remote),
+            max_listeners_per_path: self
+                .max_listeners_per_path
+                .unwrap_or(d.max_listeners_per_path),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
+            rendezvous_timeout: self.rendezvous_timeout.unwrap_or(d.rendezvous_timeout),
+            max_control_message: self.max_control_message.unwrap_or(d.max_control_message),
+            shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
+            keys: Vec::with_capacity(self.keys.len()),
+        };
+        if settings.insecure_ws && settings.tls.is_some() {
             return Err(ctx.error(
                 insecure_span,
                 &key("insecure_ws"),
                 "insecure_ws = true contradicts tls_cert/tls_key (choose one)",
             ));
         }
-        if insecure_ws && !listen.ip().is_loopback() && !allow_insecure_remote {
+        if settings.insecure_remote() {
             return Err(ctx.error(
                 listen_span,
                 &key("listen"),
@@ -318,38 +345,23 @@ impl ServerSection {
                 ),
             ));
         }
-        let mut keys: Vec<ServerKey> = Vec::with_capacity(self.keys.len());
         for (i, k) in self.keys.into_iter().enumerate() {
             let span = k.name.span();
             let name = k.name.into_inner();
-            if keys.iter().any(|seen| seen.name == name) {
+            if settings.key(&name).is_some() {
                 return Err(ctx.error(
                     Some(span),
                     &format!("relay.server.keys[{i}].name"),
                     &format!("duplicate key name {name:?}"),
                 ));
             }
-            keys.push(ServerKey {
+            settings.keys.push(ServerKey {
                 name,
                 key: k.key,
                 rights: k.rights.unwrap_or_else(|| vec![Right::Listen, Right::Send]),
                 paths: k.paths.unwrap_or_else(|| vec!["*".to_owned()]),
             });
         }
-        Ok(ServerSettings {
-            listen,
-            tls,
-            insecure_ws,
-            allow_insecure_remote,
-            max_listeners_per_path: self
-                .max_listeners_per_path
-                .unwrap_or(d.max_listeners_per_path),
-            max_connections: self.max_connections.unwrap_or(d.max_connections),
-            handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
-            rendezvous_timeout: self.rendezvous_timeout.unwrap_or(d.rendezvous_timeout),
-            max_control_message: self.max_control_message.unwrap_or(d.max_control_message),
-            shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
-            keys,
-        })
+        Ok(settings)
     }
 }

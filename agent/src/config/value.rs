@@ -17,7 +17,6 @@ use crate::ports::PortRange;
 use crate::session::{DebugMode, FailurePolicy};
 
 use super::duration::parse_duration;
-use super::server::Right;
 
 /// A setting's value parsed from text, with a message that quotes the text and the
 /// expected form.
@@ -36,14 +35,7 @@ macro_rules! via_from_str {
     )+};
 }
 
-via_from_str!(
-    RankSpec,
-    PortRange,
-    DebugMode,
-    FailurePolicy,
-    InjectMode,
-    Right
-);
+via_from_str!(RankSpec, PortRange, DebugMode, FailurePolicy, InjectMode);
 
 impl FromConfig for Duration {
     fn from_config(text: &str) -> Result<Self, String> {

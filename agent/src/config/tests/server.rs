@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::super::*;
 use super::{SECRET, file_err, from_file};
+use crate::relay::sas::Right;
 
 #[test]
 fn server_settings_from_file() {
@@ -217,6 +218,13 @@ fn path_patterns() {
         ("a*b*c", "axxbyyc", true),
         ("a*b*c", "axxbyy", false),
         ("a*a", "aaa", true),
+        ("hc", "HC", true),
+        ("hc", "hc2", false),
+        ("team-*", "team-a", true),
+        ("team-*/dbg", "team-a/dbg", true),
+        ("team-*/dbg", "team-a/x", false),
+        ("/hc/", "hc", true),
+        ("", "hc", false),
     ];
     for (pattern, path, want) in cases {
         assert_eq!(path_matches(pattern, path), *want, "{pattern} vs {path}");

@@ -31,7 +31,7 @@ type Stream = Prefixed<BoxIo>;
 pub(super) async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, permit: Slot) {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
-    let timeout = server.settings.limits.handshake_timeout;
+    let timeout = server.settings.config.handshake_timeout;
     let head = tokio::select! {
         () = server.shutdown.cancelled() => return,
         head = tokio::time::timeout(timeout, read_head(&server, tcp)) => head,
@@ -151,7 +151,7 @@ impl Ctx {
             .header(HEADER_TOKEN)
             .or(call.hc.token.as_deref());
         auth::authorize(
-            &self.server.settings.keys,
+            &self.server.settings.config.keys,
             token,
             &call.hc.path,
             right,
@@ -198,14 +198,14 @@ impl Ctx {
         }
         tracing::info!(key = %grant.key_name, "listener connected");
         let config = WebSocketConfig::default()
-            .max_message_size(Some(server.settings.limits.max_control_message))
-            .max_frame_size(Some(server.settings.limits.max_control_message));
+            .max_message_size(Some(server.settings.config.max_control_message))
+            .max_frame_size(Some(server.settings.config.max_control_message));
         let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
         let ended = control::serve(
             ws,
             control::Channel {
                 path: entity,
-                keys: &server.settings.keys,
+                keys: &server.settings.config.keys,
                 expiry: grant.expiry,
                 commands: rx,
                 shutdown: server.shutdown.clone(),
@@ -230,7 +230,7 @@ impl Ctx {
         };
         tracing::debug!(listener_path = %entity_path, "sender waiting for a listener");
         let (ticket, decision) = server.rendezvous.open(tracking, &call.hc.path);
-        let wait = server.settings.limits.rendezvous_timeout;
+        let wait = server.settings.config.rendezvous_timeout;
         let deadline = tokio::time::Instant::now() + wait;
         let command = |l: &ListenerHandle| {
             accept::command(&l.base, &self.request, &call.hc, &ticket.id, self.peer)

@@ -14,8 +14,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{self, ServerKey};
+use super::auth;
 use super::io::{BoxIo, Prefixed};
+use crate::config::ServerKey;
 use crate::relay::protocol::ControlMessage;
 use crate::relay::sas::Right;
 

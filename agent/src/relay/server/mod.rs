@@ -25,8 +25,6 @@ mod rendezvous;
 mod tls;
 mod upgrade;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -38,146 +36,60 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-pub use crate::relay::sas::Right;
-pub use auth::ServerKey;
 pub use tls::Tls;
 
+use crate::config::ServerSettings;
 use registry::Registry;
 use rendezvous::Rendezvous;
-
-/// Azure's cap on listeners per Hybrid Connection.
-pub const DEFAULT_MAX_LISTENERS_PER_PATH: usize = 25;
-/// Open TCP connections (listeners, senders, rendezvous legs, handshakes) at once.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
-/// A connection must finish TLS and send its upgrade request within this.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a sender waits for the listener's accept or reject (Azure: about 30 s).
-pub const DEFAULT_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest control-channel message a listener may send (Azure: 64 kB).
-pub const DEFAULT_MAX_CONTROL_MESSAGE: usize = 64 * 1024;
-/// How long relayed connections may finish on their own after SIGTERM.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Default bind address: loopback, so nothing is exposed unasked.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9351";
 
 /// After the grace, how long cut connections get to say goodbye before `run` returns.
 const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Limits that keep one misbehaving client from hurting the others.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Control channels per Hybrid Connection path; the next one gets 403.
-    pub max_listeners_per_path: usize,
-    /// Open TCP connections; past it, new ones wait in the kernel's accept queue.
-    pub max_connections: usize,
-    /// TLS plus the upgrade request must arrive within this, or the socket is dropped.
-    pub handshake_timeout: Duration,
-    /// A sender waits this long for accept or reject (then 504); the address expires.
-    pub rendezvous_timeout: Duration,
-    /// Largest control-channel message from a listener; larger closes it with 1009.
-    pub max_control_message: usize,
-    /// After SIGTERM, relayed connections get this long; the rest get Close 1001.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_listeners_per_path: DEFAULT_MAX_LISTENERS_PER_PATH,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
-            max_control_message: DEFAULT_MAX_CONTROL_MESSAGE,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-        }
-    }
-}
-
-/// The `[relay.server]` settings, as configured (paths, flags, keys).
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Address `relay serve` binds (tests pass port 0).
-    pub listen: SocketAddr,
-    /// PEM certificate chain for wss.
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for wss.
-    pub tls_key: Option<PathBuf>,
-    /// Serve plain ws (no TLS); only on loopback unless `allow_insecure_remote`.
-    pub insecure_ws: bool,
-    /// Permit `insecure_ws` on a non-loopback address (tokens then cross the network
-    /// in clear text).
-    pub allow_insecure_remote: bool,
-    pub limits: Limits,
-    /// Keys that sign clients' tokens; at least one is required.
-    pub keys: Vec<ServerKey>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: DEFAULT_LISTEN
-                .parse()
-                .expect("DEFAULT_LISTEN is a socket address"),
-            tls_cert: None,
-            tls_key: None,
-            insecure_ws: false,
-            allow_insecure_remote: false,
-            limits: Limits::default(),
-            keys: Vec::new(),
-        }
-    }
-}
-
-/// What [`run`] needs: TLS loaded, keys, limits.
+/// What [`run`] needs: the certificate loaded, the validated `[relay.server]` settings.
 #[derive(Debug)]
 pub struct Settings {
     /// `None` serves plain ws.
     pub tls: Option<Tls>,
-    pub keys: Vec<ServerKey>,
-    pub limits: Limits,
+    /// Keys and limits (and the address and TLS files they came with).
+    pub config: ServerSettings,
 }
 
 impl Settings {
-    /// Validates `config` (TLS or an explicit, safe `insecure_ws`; at least one key) and
-    /// loads the certificate.
-    pub fn from_config(config: &ServerConfig) -> anyhow::Result<Settings> {
+    /// Checks what `config` cannot check alone, since flags may still change it (TLS or an
+    /// explicit, safe `insecure_ws`; at least one key), and loads the certificate.
+    pub fn from_config(config: &ServerSettings) -> anyhow::Result<Settings> {
         anyhow::ensure!(
             !config.keys.is_empty(),
             "relay serve has no keys: add [[relay.server.keys]] (name, key, rights, paths) to the config file"
         );
-        let tls = match (&config.tls_cert, &config.tls_key, config.insecure_ws) {
-            (Some(_), Some(_), true) => {
+        let tls = match (&config.tls, config.insecure_ws) {
+            (Some(_), true) => {
                 anyhow::bail!("choose TLS (--tls-cert/--tls-key) or --insecure-ws, not both")
             }
-            (Some(cert), Some(key), false) => Some(Tls::load(cert, key)?),
-            (Some(_), None, _) | (None, Some(_), _) => {
-                anyhow::bail!("--tls-cert and --tls-key go together")
-            }
-            (None, None, true) => {
+            (Some(files), false) => Some(Tls::load(&files.cert, &files.key)?),
+            (None, true) => {
                 anyhow::ensure!(
-                    config.listen.ip().is_loopback() || config.allow_insecure_remote,
+                    !config.insecure_remote(),
                     "--insecure-ws serves tokens in clear text: bind a loopback address \
                      (e.g. --listen 127.0.0.1:9443) or add --allow-insecure-remote (not {})",
                     config.listen
                 );
                 None
             }
-            (None, None, false) => anyhow::bail!(
+            (None, false) => anyhow::bail!(
                 "relay serve needs a certificate (--tls-cert PEM --tls-key PEM), \
                  or --insecure-ws on a loopback address"
             ),
         };
-        let limits = config.limits.clone();
         anyhow::ensure!(
-            limits.max_connections > 0 && limits.max_listeners_per_path > 0,
+            config.max_connections > 0 && config.max_listeners_per_path > 0,
             "max_connections and max_listeners_per_path must be at least 1"
         );
         Ok(Settings {
             tls,
-            keys: config.keys.clone(),
-            limits,
+            config: config.clone(),
         })
     }
 
@@ -251,10 +163,10 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let max = settings.limits.max_connections;
-    let grace = settings.limits.shutdown_grace;
+    let max = settings.config.max_connections;
+    let grace = settings.config.shutdown_grace;
     let server = Arc::new(Server {
-        registry: Registry::new(settings.limits.max_listeners_per_path),
+        registry: Registry::new(settings.config.max_listeners_per_path),
         rendezvous: Rendezvous::default(),
         connections: Arc::new(Semaphore::new(max)),
         open: Arc::new(AtomicUsize::new(0)),
