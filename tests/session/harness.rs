@@ -66,6 +66,10 @@ pub struct Attach {
     /// VS Code's attach config: `{"listen": {...}}` or `{"connect": {...}}`.
     pub attach: serde_json::Value,
     pub line: u32,
+    /// The script holding the breakpoint (default: tests/session/step.py).
+    pub program: Option<PathBuf>,
+    /// The local read at the breakpoint (default: [`VARIABLE`]).
+    pub variable: Option<String>,
 }
 
 impl Attach {
@@ -74,6 +78,8 @@ impl Attach {
         Attach {
             attach: serde_json::json!({"listen": {"host": "127.0.0.1", "port": port}}),
             line: BREAKPOINT_LINE,
+            program: None,
+            variable: None,
         }
     }
 
@@ -82,7 +88,17 @@ impl Attach {
         Attach {
             attach: serde_json::json!({"connect": {"host": host, "port": port}}),
             line: BREAKPOINT_LINE,
+            program: None,
+            variable: None,
         }
+    }
+
+    /// The breakpoint at `line` of `program` instead, reading `variable` there.
+    pub fn at(mut self, program: &Path, line: u32, variable: &str) -> Attach {
+        self.program = Some(program.to_path_buf());
+        self.line = line;
+        self.variable = Some(variable.to_owned());
+        self
     }
 }
 
@@ -110,9 +126,9 @@ impl DapClient {
             "timeoutMs": SESSION_DEADLINE.as_millis() as u64,
             "sessions": sessions.iter().map(|s| serde_json::json!({
                 "attach": s.attach,
-                "program": step_py(),
+                "program": s.program.clone().unwrap_or_else(step_py),
                 "line": s.line,
-                "variable": VARIABLE.0,
+                "variable": s.variable.as_deref().unwrap_or(VARIABLE.0),
             })).collect::<Vec<_>>(),
         });
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dap/dap_client.js");

@@ -30,6 +30,7 @@ pub use relay::{RelayArgs, RelayCommand, ServeArgs};
     version,
     propagate_version = true,
     after_help = "Examples:\n  \
+        amlx-agent demo                          # a whole debug session on this machine\n  \
         amlx-agent exec -- python train.py --lr 0.1\n  \
         AMLX_DEBUG=1 mpiexec -n 4 amlx-agent exec --ranks 0 -- python train.py\n  \
         amlx-agent detect --json\n  \

@@ -8,24 +8,24 @@
 
 mod reap;
 mod relay;
+mod report;
 mod step;
 mod watch;
 
 use std::io::Write as _;
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::launch_json::{self, DebugTarget, LaunchSpec};
 use crate::ports::PortRange;
-use crate::publish::SessionState;
 use crate::session::DebugMode;
 use relay::{LaptopListener, LocalRelay};
+use report::{Report, exit_code};
 use step::{Launch, StepCommand};
-use watch::{History, Watcher};
+use watch::Watcher;
 
 pub use step::{EXAMPLE_STEP, STEP_FILE, breakpoint_line};
 
@@ -38,8 +38,6 @@ const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Random hex characters in the temporary directory's name (short enough to type).
 const TEMP_ID_CHARS: usize = 12;
-/// Exit code for a step killed by a signal: 128 + the signal (shell convention).
-const SIGNAL_EXIT_BASE: i32 = 128;
 
 /// What the demo runs, from the command line and the settings.
 #[derive(Debug, Clone)]
@@ -141,19 +139,21 @@ async fn session(
         }
     };
     let watcher = Watcher::start(options.state_dir.clone(), format!("relay:{}/", relay.hc));
-    let status = reap::wait_step(child, STOP_GRACE).await;
+    let ended = reap::wait_step(child, STOP_GRACE).await;
     let _ = tokio::task::spawn_blocking(|| reap::leftovers(LEFTOVER_TIMEOUT)).await;
     let history = watcher.finish().await;
-    let attached = listener
-        .seen
-        .attached
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let attached = listener.seen.attached.load(Ordering::Relaxed);
     stop_relay(listener, relay).await;
-    let code = exit_code(status?);
-    println!(
-        "{}",
-        summary(&history, attached, options.attach_timeout, code)
-    );
+    let ended = ended?;
+    let report = Report {
+        history,
+        attached,
+        interrupted: ended.interrupted,
+        attach_timeout: options.attach_timeout,
+        code: exit_code(ended.status),
+    };
+    println!("{}", report.summary());
+    let code = report.code;
     Ok(code)
 }
 
@@ -255,36 +255,6 @@ fn instructions(
         .context("could not print the instructions")
 }
 
-/// The step's exit code: its own, or 128+N when signal N killed it.
-fn exit_code(status: ExitStatus) -> i32 {
-    status
-        .code()
-        .or_else(|| status.signal().map(|signal| SIGNAL_EXIT_BASE + signal))
-        .unwrap_or(1)
-}
-
-/// The closing line: what happened to the debug session, and how the step ended.
-fn summary(history: &History, attached: bool, attach_timeout: Duration, code: i32) -> String {
-    let session = if attached || history.was(SessionState::Attached) {
-        "VS Code attached to rank 0".to_owned()
-    } else if history.was(SessionState::TimedOut) {
-        format!(
-            "nobody attached within {}, so rank 0 ran on without a debugger",
-            humantime::format_duration(attach_timeout)
-        )
-    } else if let Some(reason) = &history.last_reason {
-        format!("no debugger attached ({reason})")
-    } else {
-        "no debug session was set up (the agent's log above says why)".to_owned()
-    };
-    let states = if history.states.is_empty() {
-        String::new()
-    } else {
-        format!(" [session: {}]", history.path())
-    };
-    format!("amlx-agent demo: {session}; the step exited {code}{states}")
-}
-
 /// The directory holding the example step: given (kept), or temporary (removed on drop).
 #[derive(Debug)]
 struct WorkDir {
@@ -329,55 +299,6 @@ impl Drop for WorkDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn history(states: &[SessionState], reason: Option<&str>) -> History {
-        History {
-            states: states.to_vec(),
-            last_reason: reason.map(str::to_owned),
-        }
-    }
-
-    #[test]
-    fn summaries_say_what_happened() {
-        use SessionState::*;
-        let minute = Duration::from_secs(60);
-        let cases = [
-            (
-                history(&[WaitingForDebugger, Attached, RunningUndebugged], None),
-                false,
-                "VS Code attached to rank 0; the step exited 0 \
-                 [session: waiting-for-debugger → attached → running-undebugged]",
-            ),
-            (
-                history(&[WaitingForDebugger], None),
-                true,
-                "VS Code attached to rank 0; the step exited 0 [session: waiting-for-debugger]",
-            ),
-            (
-                history(&[WaitingForDebugger, TimedOut], Some("no debugger")),
-                false,
-                "nobody attached within 1m, so rank 0 ran on without a debugger; \
-                 the step exited 0 [session: waiting-for-debugger → timed-out]",
-            ),
-            (
-                history(&[RunningUndebugged], Some("401 from the relay")),
-                false,
-                "no debugger attached (401 from the relay); the step exited 0 \
-                 [session: running-undebugged]",
-            ),
-            (
-                history(&[], None),
-                false,
-                "no debug session was set up (the agent's log above says why); the step exited 0",
-            ),
-        ];
-        for (history, attached, want) in cases {
-            assert_eq!(
-                summary(&history, attached, minute, 0),
-                format!("amlx-agent demo: {want}")
-            );
-        }
-    }
 
     #[test]
     fn a_temporary_workdir_is_removed_and_a_given_one_kept() {

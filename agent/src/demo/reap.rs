@@ -13,9 +13,17 @@ use nix::unistd::Pid;
 /// Between two looks for exited leftovers.
 const REAP_POLL: Duration = Duration::from_millis(20);
 
+/// How the step ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    pub status: ExitStatus,
+    /// The demo was asked to stop (Ctrl-C, SIGTERM) and stopped the step.
+    pub interrupted: bool,
+}
+
 /// Waits for the step; on SIGINT or SIGTERM to the demo, sends SIGTERM to the step and
 /// gives it `grace` before SIGKILL.
-pub async fn wait_step(child: Child, grace: Duration) -> anyhow::Result<ExitStatus> {
+pub async fn wait_step(child: Child, grace: Duration) -> anyhow::Result<Ended> {
     use tokio::signal::unix::{SignalKind, signal};
     let pid = pid_of(&child);
     let mut child = child;
@@ -25,20 +33,26 @@ pub async fn wait_step(child: Child, grace: Duration) -> anyhow::Result<ExitStat
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     // Every branch is cancel-safe: a join handle and signal streams keep their state.
     tokio::select! {
-        status = &mut waiter => return joined(status),
+        status = &mut waiter => {
+            return joined(status).map(|status| Ended { status, interrupted: false });
+        }
         _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
     println!("amlx-agent demo: stopping the step");
     // The waiter has not reaped the step yet (it would have returned): the PID is its.
     let _ = kill(pid, Signal::SIGTERM);
-    match tokio::time::timeout(grace, &mut waiter).await {
+    let status = match tokio::time::timeout(grace, &mut waiter).await {
         Ok(status) => joined(status),
         Err(_) => {
             let _ = kill(pid, Signal::SIGKILL);
             joined(waiter.await)
         }
-    }
+    };
+    status.map(|status| Ended {
+        status,
+        interrupted: true,
+    })
 }
 
 fn joined(

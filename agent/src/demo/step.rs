@@ -165,8 +165,8 @@ mod tests {
 
     #[test]
     fn launch_uses_mpiexec_only_when_asked_and_found() {
-        let dir = std::env::temp_dir().join(format!("amlx-demo-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_path_buf();
         let mpiexec = dir.join("mpiexec");
         std::fs::write(&mpiexec, "#!/bin/sh\n").expect("write");
         use std::os::unix::fs::PermissionsExt as _;
@@ -194,7 +194,6 @@ mod tests {
         for (why, count, path, want) in cases {
             assert_eq!(Launch::choose(count, path.as_deref()), want, "{why}");
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
