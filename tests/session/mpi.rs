@@ -164,7 +164,7 @@ fn step_dir() -> PathBuf {
 /// The port each rank's startup line names: "rank R/4 ... debug port P".
 fn announced_ports(stderr: &[String]) -> BTreeMap<u32, u16> {
     let mut ports = BTreeMap::new();
-    for line in stderr.iter().filter(|l| l.contains("debug port ")) {
+    for line in stderr.iter().filter(|l| l.contains("amlx-agent: rank ")) {
         let number_after = |marker: &str| {
             line.split(marker)
                 .nth(1)
