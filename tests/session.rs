@@ -3,3 +3,4 @@
 
 mod connect_mode;
 pub mod harness;
+mod mpi;
