@@ -165,7 +165,11 @@ fn vscode_attaching_during_the_demo_hits_a_breakpoint_in_the_example_step() {
         read(&stdout_file).contains("Run and Debug").then_some(())
     });
     let step: PathBuf = dir_path.join(STEP_FILE);
-    let dap = DapClient::start(&[Attach::listen(vscode_port).at(&step, breakpoint_line(), "step")]);
+    let attach = Attach {
+        line: breakpoint_line(),
+        ..Attach::listen(vscode_port)
+    };
+    let dap = DapClient::start_in(&[attach], &step, "step");
     let outcome = &dap.finish(1)[0];
     let status = util::wait_within(&mut child, SESSION_DEADLINE);
     let stdout = read(&stdout_file);

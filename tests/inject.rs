@@ -195,8 +195,9 @@ fn connect_mode_holds_the_step_until_released() {
         .expect("spawn");
     let _guard = KillOnPanic(child.id());
     let mut conn = accept_within(&listener, CONNECT_DEADLINE);
-    conn.write_all(&inject::release_request())
-        .expect("send configurationDone");
+    // A lone configurationDone is enough to release `--connect` (the sidecar sends the
+    // fuller sequence in `session::dap`, which also releases a listening adapter).
+    dap_send(&mut conn, 1, "configurationDone", serde_json::json!({}));
     // debugpy answers before it lets the step go on.
     let mut seen = Vec::new();
     conn.set_read_timeout(Some(CONNECT_DEADLINE))

@@ -4,3 +4,4 @@
 mod connect_mode;
 pub mod harness;
 mod mlflow_tags;
+mod mpi;

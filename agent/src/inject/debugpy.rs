@@ -117,32 +117,3 @@ pub fn check_debugpy(python: &PythonCommand, timeout: Duration) -> Result<(), In
         detail,
     })
 }
-
-/// The DAP `configurationDone` request, framed, that releases a step held by
-/// `debugpy --connect` when no IDE attaches in time: write it on the accepted local
-/// connection, then close it, and the step runs on undebugged. (Closing alone leaves the
-/// step waiting forever; checked against debugpy 1.8.22.)
-pub fn release_request() -> Vec<u8> {
-    let body = r#"{"seq": 1, "type": "request", "command": "configurationDone"}"#;
-    format!("Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn release_request_is_a_framed_configuration_done() {
-        let bytes = release_request();
-        let text = String::from_utf8(bytes).expect("ASCII");
-        let (header, body) = text.split_once("\r\n\r\n").expect("header and body");
-        let length: usize = header
-            .strip_prefix("Content-Length: ")
-            .and_then(|n| n.parse().ok())
-            .expect("a Content-Length header");
-        assert_eq!(length, body.len());
-        let json: serde_json::Value = serde_json::from_str(body).expect("JSON body");
-        assert_eq!(json["command"], "configurationDone");
-        assert_eq!(json["type"], "request");
-    }
-}

@@ -15,7 +15,8 @@
 //!   mode. If nobody listens on the address, the step dies at once with
 //!   `ConnectionRefusedError`: the sidecar must listen before the step starts. Closing
 //!   the accepted socket does *not* release a step that is still waiting; a DAP
-//!   `configurationDone` request does ([`release_request`]).
+//!   `configurationDone` request does (the sidecar sends one at the attach timeout:
+//!   `session::dap`).
 //! - `--listen` returns as soon as its adapter listens; without `--wait-for-client` user
 //!   code runs at once and only breakpoints set after the attach are honoured. With it,
 //!   the step waits (without limit) for the IDE's `configurationDone`.
@@ -48,7 +49,7 @@ use serde::Serialize;
 use crate::role::Env;
 use crate::session::{DebugMode, keyword_enum};
 
-pub use debugpy::{DEBUGPY_CHECK_TIMEOUT, check_debugpy, release_request};
+pub use debugpy::{DEBUGPY_CHECK_TIMEOUT, check_debugpy};
 pub use prior_art::PriorArt;
 pub use python_argv::{NotInjectable, PythonCommand, Target};
 
