@@ -238,3 +238,41 @@ fn demo_help_names_its_options_and_examples() {
         assert!(help.contains(needle), "demo --help lacks {needle}:\n{help}");
     }
 }
+
+#[test]
+fn sigterm_to_the_demo_stops_the_waiting_step_and_everything_else() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let marker = new_marker();
+    let stdout_file = tempfile::NamedTempFile::new().expect("stdout file");
+    let stderr_file = tempfile::NamedTempFile::new().expect("stderr file");
+    let mut child = demo(state.path(), free_port(), "10m", &marker)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout_file.reopen().expect("reopen"))
+        .stderr(stderr_file.reopen().expect("reopen"))
+        .spawn()
+        .expect("spawn the demo");
+    let read = |file: &tempfile::NamedTempFile| {
+        let mut text = String::new();
+        let _ = file.reopen().and_then(|mut f| f.read_to_string(&mut text));
+        text
+    };
+    // The step's debugpy came through the relay: the session waits for VS Code.
+    util::wait_for("the step to wait for VS Code", SESSION_DEADLINE, || {
+        read(&stdout_file)
+            .contains("is waiting for VS Code")
+            .then_some(())
+    });
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM the demo");
+    let status = util::wait_within(&mut child, SESSION_DEADLINE);
+    let stdout = read(&stdout_file);
+    let all = format!("stdout:\n{stdout}\nstderr:\n{}", read(&stderr_file));
+    position(&stdout, "amlx-agent demo: stopping the step");
+    position(
+        &stdout,
+        "amlx-agent demo: stopped before a debugger attached",
+    );
+    assert!(!status.success(), "a stopped step does not exit 0\n{all}");
+    let left = processes_with(&marker);
+    assert!(left.is_empty(), "left running: {left:?}\n{all}");
+}

@@ -29,15 +29,29 @@ pub async fn wait_step(child: Child, grace: Duration) -> anyhow::Result<Ended> {
     let mut child = child;
     let waiter = tokio::task::spawn_blocking(move || child.wait());
     tokio::pin!(waiter);
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    // Every branch is cancel-safe: a join handle and signal streams keep their state.
+    let stop_asked = async {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!("cannot watch SIGINT/SIGTERM ({err}); the step runs to its end");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    // Both branches are cancel-safe: a join handle and signal streams keep their state.
     tokio::select! {
         status = &mut waiter => {
             return joined(status).map(|status| Ended { status, interrupted: false });
         }
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+        () = stop_asked => {}
     }
     println!("amlx-agent demo: stopping the step");
     // The waiter has not reaped the step yet (it would have returned): the PID is its.
