@@ -16,6 +16,11 @@ use crate::publish::SessionState;
 use crate::relay::bridge;
 use crate::relay::client::{ConnectError, Endpoint, Tunnel, backoff, sender};
 
+/// Longest pause between two attempts to reach the developer: a 404 costs the relay
+/// next to nothing, and a developer who starts VS Code late should not wait the
+/// listener schedule's 30 s for the next try.
+const MAX_ATTACH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Reporter) {
     let Some(endpoint) = spec.relay.clone() else {
         ready.failed("connect mode needs a relay; none is configured");
@@ -140,7 +145,7 @@ async fn relay_debuggee(
             }
             Err(err) => reporter.set(SessionState::RelayUnreachable, Some(&err.to_string())),
         }
-        let pause = backoff::reconnect_delay(failures.max(1));
+        let pause = backoff::reconnect_delay(failures.max(1)).min(MAX_ATTACH_RETRY_PAUSE);
         failures = failures.saturating_add(1);
         if tokio::time::timeout_at(deadline, tokio::time::sleep(pause))
             .await
