@@ -17,6 +17,8 @@ pub struct Reporter {
     endpoint: String,
     status: Option<StatusFile>,
     tags: Option<TagPublisher>,
+    /// Leave the record when the sidecar ends before the step (see [`Reporter::keep_record`]).
+    keep_record: bool,
 }
 
 impl Reporter {
@@ -52,6 +54,7 @@ impl Reporter {
             endpoint,
             status,
             tags,
+            keep_record: false,
         }
     }
 
@@ -81,9 +84,23 @@ impl Reporter {
         self.state.as_ref().map(|(state, _)| *state)
     }
 
-    /// The session is over: publish `ended` (bounded) and remove the status record.
+    /// The sidecar ends but the step runs on (undebugged): [`Reporter::finish`] leaves
+    /// the last state in the record, held by the step's PID, so `amlx-agent status`
+    /// shows it (and why) until the step is gone, then `ended`.
+    pub fn keep_record(&mut self) {
+        self.keep_record = true;
+    }
+
+    /// The session is over: publish `ended` (bounded) and remove the status record, or
+    /// with [`Reporter::keep_record`] flush the last state and leave the record.
     pub async fn finish(mut self) {
-        self.set(SessionState::Ended, None);
+        if self.keep_record {
+            // Dropping the StatusFile would remove the record; readers judge it by its
+            // holder's PID and start time, and the next session's create prunes it.
+            std::mem::forget(self.status.take());
+        } else {
+            self.set(SessionState::Ended, None);
+        }
         if let Some(tags) = self.tags.take() {
             tags.finish().await;
         }
