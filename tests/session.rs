@@ -2,4 +2,7 @@
 //! client, real `mpiexec`, the real relay.
 
 mod connect_mode;
+mod failures;
 pub mod harness;
+mod lifecycle;
+mod modes;

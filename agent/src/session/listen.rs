@@ -62,6 +62,11 @@ impl AcceptHandler for Forwarder {
                 .await;
             return;
         };
+        // The sender waits for the listener's go-ahead before sending anything.
+        if let Err(err) = bridge::confirm(&tunnel).await {
+            tracing::warn!("a developer connection failed its preamble: {err}");
+            return;
+        }
         self.attached.notify_one();
         match tunnel.splice(debugpy).await {
             Ok(stats) => tracing::info!(
