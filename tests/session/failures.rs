@@ -82,7 +82,10 @@ fn an_unusable_relay_runs_the_step_undebugged_and_the_log_names_the_cause() {
         (
             "listen-only key",
             relay.connection_string(KEY_LISTEN, "debug"),
-            format!("refused access (403 Forbidden: Forbidden: SAS key \"{}\" lacks the Send right", KEY_LISTEN.0),
+            format!(
+                "refused access (403 Forbidden: Forbidden: SAS key \"{}\" lacks the Send right",
+                KEY_LISTEN.0
+            ),
         ),
     ];
     for (what, connection_string, cause) in cases {
@@ -92,7 +95,10 @@ fn an_unusable_relay_runs_the_step_undebugged_and_the_log_names_the_cause() {
             .lines()
             .find(|l| l.contains("debugging disabled for this run"))
             .unwrap_or_else(|| panic!("{what}: no line says debugging is off:\n{stderr}"));
-        assert!(disabled.contains(&cause), "{what}: want {cause:?} in {disabled:?}");
+        assert!(
+            disabled.contains(&cause),
+            "{what}: want {cause:?} in {disabled:?}"
+        );
         assert!(
             disabled.contains("running the step without a debugger"),
             "{what}: {disabled}"

@@ -104,16 +104,36 @@ pub(super) fn session_of(state_dir: &Path, pid: u32) -> Option<serde_json::Value
 }
 
 /// Polls `status` until the session of `pid` is in `state`; returns it.
-pub(super) fn wait_state(state_dir: &Path, pid: u32, state: &str, agent: &Running) -> serde_json::Value {
+pub(super) fn wait_state(
+    state_dir: &Path,
+    pid: u32,
+    state: &str,
+    agent: &Running,
+) -> serde_json::Value {
+    wait_state_why(state_dir, pid, state, "", agent)
+}
+
+/// Polls `status` until the session of `pid` is in `state` for a reason containing
+/// `why`; returns it.
+pub(super) fn wait_state_why(
+    state_dir: &Path,
+    pid: u32,
+    state: &str,
+    why: &str,
+    agent: &Running,
+) -> serde_json::Value {
     let deadline = Instant::now() + SESSION_DEADLINE;
     loop {
         let session = session_of(state_dir, pid);
-        if let Some(session) = session.as_ref().filter(|s| s["state"] == state) {
+        let matches = |s: &&serde_json::Value| {
+            s["state"] == state && s["reason"].as_str().unwrap_or_default().contains(why)
+        };
+        if let Some(session) = session.as_ref().filter(matches) {
             return session.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "status never showed {state} for {pid}; last: {session:?}\nagent:\n{}",
+            "status never showed {state} ({why:?}) for {pid}; last: {session:?}\nagent:\n{}",
             agent.log()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -176,6 +196,26 @@ fn wait_gone((pid, start): (u32, u64), within: Duration) -> Duration {
     began.elapsed()
 }
 
+/// Processes with `path` open, with their command lines (for failure messages).
+fn holders_of(path: &Path) -> Vec<(u32, String)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok)
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == path))
+            })
+        })
+        .map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            (pid, String::from_utf8_lossy(&cmd).replace('\0', " "))
+        })
+        .collect()
+}
+
 /// `ports list --json`: (live ports, stale ports) in `lock_dir`.
 fn ports(lock_dir: &Path) -> (Vec<u64>, Vec<u64>) {
     let out = util::output_bounded(
@@ -210,7 +250,15 @@ fn status_shows_waiting_and_killing_the_step_leaves_no_sidecar_and_no_lock() {
             .arg(step_py()),
     );
     let pid = agent.pid();
-    let session = wait_state(&state_dir, pid, "waiting-for-debugger", &agent);
+    // Waiting with debugpy connected to the sidecar: the step is python in debugpy
+    // (not a launcher shim still starting it), and nobody listens on the relay.
+    let session = wait_state_why(
+        &state_dir,
+        pid,
+        "waiting-for-debugger",
+        "no listener on the Hybrid Connection yet",
+        &agent,
+    );
     assert_eq!(session["port"], debug_port, "{session}");
     assert_eq!(session["rank"], 0, "{session}");
     assert_eq!(session["mode"], "connect", "{session}");
@@ -223,11 +271,21 @@ fn status_shows_waiting_and_killing_the_step_leaves_no_sidecar_and_no_lock() {
     agent.child.kill().expect("SIGKILL the step");
     agent.child.wait().expect("reap the step");
     let took = wait_gone(sidecar, SIDECAR_GONE_WITHIN);
-    eprintln!("sidecar {} gone {took:?} after SIGKILL of the step", sidecar.0);
+    eprintln!(
+        "sidecar {} gone {took:?} after SIGKILL of the step",
+        sidecar.0
+    );
 
     let (live, stale) = ports(locks.path());
-    assert!(!live.contains(&u64::from(debug_port)), "still live: {live:?}");
-    assert!(stale.contains(&u64::from(debug_port)), "not stale: {stale:?}");
+    assert!(
+        !live.contains(&u64::from(debug_port)),
+        "still live: {live:?}; held by {:?}",
+        holders_of(&locks.path().join(format!("{debug_port}.lock")))
+    );
+    assert!(
+        stale.contains(&u64::from(debug_port)),
+        "not stale: {stale:?}"
+    );
     assert_session_over(&state_dir, pid);
 }
 
@@ -329,16 +387,30 @@ fn attached_session(process_flag: &str) {
     let sidecar = wait_sidecar(pid);
     gate.open();
     let outcome = &client.finish(1)[0];
-    assert!(outcome.ok, "DAP session failed: {outcome:?}\n{}", agent.log());
+    assert!(
+        outcome.ok,
+        "DAP session failed: {outcome:?}\n{}",
+        agent.log()
+    );
     assert_eq!(outcome.line, Some(BREAKPOINT_LINE));
     assert_eq!(outcome.value.as_deref(), Some(VARIABLE.1));
     let status = agent.wait_exit();
-    assert!(status.success(), "agent exited {status:?}:\n{}", agent.log());
+    assert!(
+        status.success(),
+        "agent exited {status:?}:\n{}",
+        agent.log()
+    );
     let took = wait_gone(sidecar, SIDECAR_GONE_WITHIN);
-    eprintln!("{process_flag}: sidecar {} gone {took:?} after the step", sidecar.0);
+    eprintln!(
+        "{process_flag}: sidecar {} gone {took:?} after the step",
+        sidecar.0
+    );
     assert_session_over(&state_dir, pid);
     let (live, _) = ports(locks.path());
-    assert!(!live.contains(&u64::from(debug_port)), "still live: {live:?}");
+    assert!(
+        !live.contains(&u64::from(debug_port)),
+        "still live: {live:?}"
+    );
 }
 
 #[test]

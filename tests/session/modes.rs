@@ -69,7 +69,11 @@ fn listen_mode_holds_the_step_until_the_developer_attaches_through_relay_connect
         "the step did not wait:\n{}",
         agent.log()
     );
-    assert_eq!(agent.stdout.len(), 0, "the step ran before anybody attached");
+    assert_eq!(
+        agent.stdout.len(),
+        0,
+        "the step ran before anybody attached"
+    );
 
     // Later, the developer: `relay connect` to the node's port name, then VS Code.
     let (_connect, bound) = developer
@@ -79,7 +83,11 @@ fn listen_mode_holds_the_step_until_the_developer_attaches_through_relay_connect
     let outcome = &client.finish(1)[0];
     assert_breakpoint_hit(outcome, &agent);
     let status = agent.wait_exit();
-    assert!(status.success(), "agent exited {status:?}:\n{}", agent.log());
+    assert!(
+        status.success(),
+        "agent exited {status:?}:\n{}",
+        agent.log()
+    );
     assert!(
         agent.stdout.wait_for("done total 6").is_some(),
         "the step did not run to its end"
@@ -98,7 +106,14 @@ fn direct_mode_logs_the_address_a_debugger_attaches_to() {
             .env("AMLX_LOCK_DIR", locks.path())
             .env("AMLX_STATE_DIR", locks.path().join("state"))
             .env("NO_COLOR", "1")
-            .args(["exec", "--debug", "--mode", "direct", "--node-ip", "127.0.0.1"])
+            .args([
+                "exec",
+                "--debug",
+                "--mode",
+                "direct",
+                "--node-ip",
+                "127.0.0.1",
+            ])
             .args(["--wait-for-client", "--attach-timeout", "60s"])
             .args(["--port-range", &range, "--", "python3"])
             .arg(step_py()),
@@ -111,7 +126,11 @@ fn direct_mode_logs_the_address_a_debugger_attaches_to() {
     let outcome = &client.finish(1)[0];
     assert_breakpoint_hit(outcome, &agent);
     let status = agent.wait_exit();
-    assert!(status.success(), "agent exited {status:?}:\n{}", agent.log());
+    assert!(
+        status.success(),
+        "agent exited {status:?}:\n{}",
+        agent.log()
+    );
     assert!(agent.stdout.wait_for("done total 6").is_some());
 }
 

@@ -35,10 +35,7 @@ pub fn release_requests() -> Vec<u8> {
         // Not `{}`: the debugpy adapter forwards empty arguments as none at all, and
         // pydevd then fails the attach ("missing ... 'arguments'"), which leaves a
         // listening debuggee waiting forever.
-        (
-            "attach",
-            serde_json::json!({"name": "amlx-agent release"}),
-        ),
+        ("attach", serde_json::json!({"name": "amlx-agent release"})),
         ("configurationDone", serde_json::json!({})),
         (
             "disconnect",
