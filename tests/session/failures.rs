@@ -1,11 +1,12 @@
 //! Failure modes never cost the step: nobody attaching, the relay down, wrong credentials.
-//! The step runs to its end, its exit code passes through, and the log says why
-//! (`--on-debug-failure fail` is the one way to stop the step instead).
+//! The step runs to its end, its exit code passes through, the log says why and `status`
+//! shows it while the step runs (`--on-debug-failure fail` is the one way to stop the
+//! step instead).
 
 use std::process::Output;
 
 use super::harness::{DeveloperSide, SESSION_DEADLINE, free_port, port_range, step_py};
-use super::lifecycle::down_relay;
+use super::lifecycle::{Gate, Running, assert_session_over, wait_state};
 use crate::relay::harness::{KEY_BOTH, KEY_LISTEN, Relay};
 use crate::util;
 
@@ -131,4 +132,45 @@ fn relay_down_with_on_debug_failure_fail_does_not_run_the_step() {
             && stderr.contains("not running the step (--on-debug-failure fail)"),
         "{stderr}"
     );
+}
+
+#[test]
+fn status_says_why_while_a_step_runs_undebugged_with_the_relay_down() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let gate = Gate::in_dir(locks.path());
+    let closed = free_port();
+    let (_, _, range) = port_range(4);
+    let mut agent = Running::spawn(
+        util::agent()
+            .env("AMLX_RELAY_CONNECTION_STRING", down_relay(closed))
+            .env("AMLX_RELAY_INSECURE_WS", "true")
+            .env("AMLX_LOCK_DIR", locks.path())
+            .env("AMLX_STATE_DIR", &state_dir)
+            .env("NO_COLOR", "1")
+            .args(["exec", "--debug", "--rank", "0", "--port-range", &range])
+            .args(["--", "python3"])
+            .arg(step_py())
+            .env("STEP_GATE", gate.path())
+            .env("STEP_EXIT_CODE", "5"),
+    );
+    let pid = agent.pid();
+    let session = wait_state(&state_dir, pid, "running-undebugged", &agent);
+    let reason = session["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("cannot reach relay 127.0.0.1:{closed}")),
+        "{session}"
+    );
+    assert_eq!(session["holder"], "live", "{session}");
+    gate.open();
+    assert_eq!(agent.wait_exit().code(), Some(5), "{}", agent.log());
+    assert_session_over(&state_dir, pid);
+}
+
+/// A connection string for a relay that is not running (nothing listens on `port`).
+pub(super) fn down_relay(port: u16) -> String {
+    format!(
+        "Endpoint=sb://127.0.0.1:{port}/;SharedAccessKeyName={};SharedAccessKey={};EntityPath=debug",
+        KEY_BOTH.0, KEY_BOTH.1
+    )
 }

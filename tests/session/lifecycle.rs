@@ -10,7 +10,7 @@ use super::harness::{
     Attach, BREAKPOINT_LINE, DapClient, DeveloperSide, SESSION_DEADLINE, VARIABLE, free_port,
     port_range, step_py,
 };
-use crate::relay::harness::{KEY_BOTH, Lines};
+use crate::relay::harness::Lines;
 use crate::util;
 
 /// How soon after the step dies its sidecar must be gone (the design aims at a second).
@@ -318,47 +318,6 @@ fn status_shows_timed_out_while_the_step_runs_on() {
     let status = agent.wait_exit();
     assert_eq!(status.code(), Some(5), "{}", agent.log());
     assert_session_over(&state_dir, pid);
-}
-
-#[test]
-fn status_says_why_while_a_step_runs_undebugged_with_the_relay_down() {
-    let locks = tempfile::tempdir().expect("tempdir");
-    let state_dir = locks.path().join("state");
-    let gate = Gate::in_dir(locks.path());
-    let closed = free_port();
-    let (_, _, range) = port_range(4);
-    let mut agent = Running::spawn(
-        util::agent()
-            .env("AMLX_RELAY_CONNECTION_STRING", down_relay(closed))
-            .env("AMLX_RELAY_INSECURE_WS", "true")
-            .env("AMLX_LOCK_DIR", locks.path())
-            .env("AMLX_STATE_DIR", &state_dir)
-            .env("NO_COLOR", "1")
-            .args(["exec", "--debug", "--rank", "0", "--port-range", &range])
-            .args(["--", "python3"])
-            .arg(step_py())
-            .env("STEP_GATE", gate.path())
-            .env("STEP_EXIT_CODE", "5"),
-    );
-    let pid = agent.pid();
-    let session = wait_state(&state_dir, pid, "running-undebugged", &agent);
-    let reason = session["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains(&format!("cannot reach relay 127.0.0.1:{closed}")),
-        "{session}"
-    );
-    assert_eq!(session["holder"], "live", "{session}");
-    gate.open();
-    assert_eq!(agent.wait_exit().code(), Some(5), "{}", agent.log());
-    assert_session_over(&state_dir, pid);
-}
-
-/// A connection string for a relay that is not running (nothing listens on `port`).
-pub(super) fn down_relay(port: u16) -> String {
-    format!(
-        "Endpoint=sb://127.0.0.1:{port}/;SharedAccessKeyName={};SharedAccessKey={};EntityPath=debug",
-        KEY_BOTH.0, KEY_BOTH.1
-    )
 }
 
 /// A connect-mode session through the relay: `status` shows `attached` while the

@@ -147,7 +147,7 @@ async fn relay_debuggee(
             break;
         }
     }
-    let _ = dap::release(&mut debuggee).await;
+    // Recorded first: the release drains debugpy's answers for up to two seconds.
     reporter.set(
         SessionState::TimedOut,
         Some(&format!(
@@ -155,6 +155,7 @@ async fn relay_debuggee(
             humantime::format_duration(spec.attach_timeout)
         )),
     );
+    let _ = dap::release(&mut debuggee).await;
 }
 
 /// A refusal that retrying cannot fix (bad credentials, wrong rights): release the
