@@ -23,9 +23,10 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(180);
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// A running `mlflow server`, killed with its whole process group on drop.
-struct MlflowServer {
+pub(crate) struct MlflowServer {
     child: Child,
-    base: String,
+    /// `http://127.0.0.1:PORT`: the tracking URI.
+    pub(crate) base: String,
     /// Everything the server printed, for failure messages.
     output: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
@@ -33,7 +34,7 @@ struct MlflowServer {
 
 impl MlflowServer {
     /// Starts the server on 127.0.0.1 port 0 and waits for the port it reports.
-    fn start() -> MlflowServer {
+    pub(crate) fn start() -> MlflowServer {
         let probe = Command::new("python3")
             .args(["-c", "import mlflow.server, sqlalchemy, alembic, flask"])
             .output()
@@ -97,7 +98,7 @@ impl MlflowServer {
         server
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         self.output.lock().map(|o| o.clone()).unwrap_or_default()
     }
 }
@@ -137,7 +138,7 @@ fn reported_port(line: &str) -> Option<u16> {
 }
 
 /// A plain-HTTP client for the test's own calls to the server.
-fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -151,7 +152,7 @@ fn http_client() -> reqwest::Client {
         .expect("client")
 }
 
-async fn wait_healthy(client: &reqwest::Client, server: &MlflowServer) {
+pub(crate) async fn wait_healthy(client: &reqwest::Client, server: &MlflowServer) {
     let deadline = Instant::now() + STARTUP_DEADLINE;
     loop {
         let health = client.get(format!("{}/health", server.base)).send().await;
@@ -167,7 +168,12 @@ async fn wait_healthy(client: &reqwest::Client, server: &MlflowServer) {
     }
 }
 
-async fn call(client: &reqwest::Client, server: &MlflowServer, path: &str, body: Value) -> Value {
+pub(crate) async fn call(
+    client: &reqwest::Client,
+    server: &MlflowServer,
+    path: &str,
+    body: Value,
+) -> Value {
     let response = client
         .post(format!("{}/api/2.0/mlflow/{path}", server.base))
         .json(&body)
@@ -181,7 +187,7 @@ async fn call(client: &reqwest::Client, server: &MlflowServer, path: &str, body:
 }
 
 /// The run's tag `key`, read back through `runs/get`.
-async fn tag(
+pub(crate) async fn tag(
     client: &reqwest::Client,
     server: &MlflowServer,
     run_id: &str,
@@ -204,6 +210,33 @@ async fn tag(
         .map(str::to_owned)
 }
 
+/// A new run in a new experiment named `experiment`, created through the REST API.
+pub(crate) async fn create_run(
+    client: &reqwest::Client,
+    server: &MlflowServer,
+    experiment: &str,
+) -> String {
+    let created = call(
+        client,
+        server,
+        "experiments/create",
+        json!({"name": experiment}),
+    )
+    .await;
+    let experiment_id = created["experiment_id"].as_str().expect("experiment id");
+    let run = call(
+        client,
+        server,
+        "runs/create",
+        json!({"experiment_id": experiment_id}),
+    )
+    .await;
+    run["run"]["info"]["run_id"]
+        .as_str()
+        .expect("run id")
+        .to_owned()
+}
+
 fn tags_for(server: &MlflowServer, run_id: &str) -> MlflowTags {
     let env: HashMap<String, String> = [
         ("MLFLOW_TRACKING_URI", server.base.as_str()),
@@ -224,25 +257,7 @@ fn session_tags_are_set_updated_and_read_back_from_a_real_server() {
     runtime.block_on(async {
         let client = http_client();
         wait_healthy(&client, &server).await;
-        let experiment = call(
-            &client,
-            &server,
-            "experiments/create",
-            json!({"name": "amlx-tags"}),
-        )
-        .await;
-        let experiment_id = experiment["experiment_id"].as_str().expect("experiment id");
-        let run = call(
-            &client,
-            &server,
-            "runs/create",
-            json!({"experiment_id": experiment_id}),
-        )
-        .await;
-        let run_id = run["run"]["info"]["run_id"]
-            .as_str()
-            .expect("run id")
-            .to_owned();
+        let run_id = create_run(&client, &server, "amlx-tags").await;
 
         let tags = tags_for(&server, &run_id);
         let key = session_tag_key(Some(0), "node-0", 5678);

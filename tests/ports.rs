@@ -59,9 +59,11 @@ impl Node {
     }
 
     /// `amlx-agent exec --debug --ranks all` on this node, no rank variables, then `sh -c step`.
+    /// Direct mode on loopback: these tests are about reservations, not the relay.
     fn exec(&self, extra: &[&str], step: &str) -> Command {
         let mut cmd = agent();
-        cmd.args(["exec", "--debug", "--ranks", "all", "--lock-dir"])
+        cmd.args(["exec", "--debug", "--ranks", "all", "--mode", "direct"])
+            .args(["--node-ip", "127.0.0.1", "--lock-dir"])
             .arg(&self.lock_dir)
             .args(["--port-range", &self.range()])
             .args(extra)

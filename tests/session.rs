@@ -5,4 +5,6 @@ mod connect_mode;
 mod failures;
 pub mod harness;
 mod lifecycle;
+mod mlflow_tags;
 mod modes;
+mod mpi;

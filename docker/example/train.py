@@ -1,7 +1,8 @@
-"""A tiny stand-in for a training step: no dependencies, a few seconds long.
+"""A tiny stand-in for a training step: no dependencies, about a second long.
 
 It prints what amlx-agent told it (rank, debug port) and runs a toy loop whose
-local variables are worth a breakpoint.
+local variables are worth a breakpoint. `amlx-agent demo` embeds this file and
+suggests the breakpoint on the line its comment marks.
 """
 
 import os
@@ -11,7 +12,7 @@ import time
 def train(steps: int) -> float:
     loss = 1.0
     for step in range(steps):
-        loss = loss * 0.9  # a good line for a breakpoint: inspect `step` and `loss`
+        loss = loss * 0.9  # breakpoint: inspect `step` and `loss`
         time.sleep(0.05)
     return loss
 

@@ -8,11 +8,27 @@
 //   {"python": "python3", "adapter": "/path/to/debugpy/adapter",
 //    "timeoutMs": 60000,
 //    "sessions": [{"attach": {"listen": {"host": "127.0.0.1", "port": 5678}},
-//                  "program": "/abs/step.py", "line": 12, "variable": "loss"}]}
-// Prints one JSON line per finished session: {"index", "ok", "line", "value", "error"}.
+//                  "program": "/abs/step.py", "line": 12, "variable": "loss",
+//                  "holdUntilFile": "/tmp/x/release"}]}
+// "holdUntilFile" (optional) keeps the debuggee stopped at the breakpoint until that file
+// exists (bounded by timeoutMs), so a test can observe other processes meanwhile.
+// Prints {"index", "event": "stopped", "line"} when a session stops at the breakpoint, and
+// one JSON line per finished session: {"index", "ok", "line", "value", "error"}.
 'use strict';
 
+const fs = require('fs');
 const { DebugClient } = require('@vscode/debugadapter-testsupport');
+
+// Pause between two checks for a hold file.
+const HOLD_POLL_MS = 20;
+
+async function holdUntil(file, timeout) {
+  const deadline = Date.now() + timeout;
+  while (!fs.existsSync(file)) {
+    if (Date.now() >= deadline) throw new Error(`held at the breakpoint: ${file} did not appear within ${timeout} ms`);
+    await new Promise((resolve) => setTimeout(resolve, HOLD_POLL_MS));
+  }
+}
 
 async function runSession(spec, session, index) {
   const timeout = spec.timeoutMs || 60000;
@@ -49,6 +65,8 @@ async function runSession(spec, session, index) {
     const vars = await dc.variablesRequest({ variablesReference: locals.variablesReference });
     const found = vars.body.variables.find((v) => v.name === session.variable);
     result.value = found ? found.value : null;
+    console.log(JSON.stringify({ index, event: 'stopped', line: frame.line }));
+    if (session.holdUntilFile) await holdUntil(session.holdUntilFile, timeout);
     const terminated = dc.waitForEvent('terminated', timeout);
     await dc.setBreakpointsRequest({ source: { path: session.program }, breakpoints: [] });
     await dc.continueRequest({ threadId });

@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -66,6 +67,8 @@ pub struct Attach {
     /// VS Code's attach config: `{"listen": {...}}` or `{"connect": {...}}`.
     pub attach: serde_json::Value,
     pub line: u32,
+    /// Keep the debuggee stopped at the breakpoint until this file exists (bounded).
+    pub hold_until_file: Option<PathBuf>,
 }
 
 impl Attach {
@@ -74,6 +77,7 @@ impl Attach {
         Attach {
             attach: serde_json::json!({"listen": {"host": "127.0.0.1", "port": port}}),
             line: BREAKPOINT_LINE,
+            hold_until_file: None,
         }
     }
 
@@ -82,7 +86,14 @@ impl Attach {
         Attach {
             attach: serde_json::json!({"connect": {"host": host, "port": port}}),
             line: BREAKPOINT_LINE,
+            hold_until_file: None,
         }
+    }
+
+    /// The session stays stopped at the breakpoint until `file` exists.
+    pub fn hold_until(mut self, file: &Path) -> Attach {
+        self.hold_until_file = Some(file.to_owned());
+        self
     }
 }
 
@@ -103,16 +114,23 @@ pub struct DapClient {
 }
 
 impl DapClient {
+    /// Sessions with breakpoints in tests/session/step.py, reading [`VARIABLE`].
     pub fn start(sessions: &[Attach]) -> DapClient {
+        DapClient::start_in(sessions, &step_py(), VARIABLE.0)
+    }
+
+    /// Sessions with breakpoints in `program`, reading `variable` at the breakpoint.
+    pub fn start_in(sessions: &[Attach], program: &Path, variable: &str) -> DapClient {
         let spec = serde_json::json!({
             "python": "python3",
             "adapter": debugpy_adapter(),
             "timeoutMs": SESSION_DEADLINE.as_millis() as u64,
             "sessions": sessions.iter().map(|s| serde_json::json!({
                 "attach": s.attach,
-                "program": step_py(),
+                "program": program,
                 "line": s.line,
-                "variable": VARIABLE.0,
+                "variable": variable,
+                "holdUntilFile": s.hold_until_file,
             })).collect::<Vec<_>>(),
         });
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dap/dap_client.js");
@@ -122,6 +140,8 @@ impl DapClient {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // Its own group: the adapters it starts go with it on drop.
+            .process_group(0)
             .spawn()
             .expect("node runs tests/dap/dap_client.js (npm ci in tests/dap; tests/run.sh does)");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -173,6 +193,13 @@ impl DapClient {
 
 impl Drop for DapClient {
     fn drop(&mut self) {
+        // Not reaped yet, so the group id is still ours: node and its debugpy adapters.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -30,6 +30,7 @@ pub use relay::{RelayArgs, RelayCommand, ServeArgs};
     version,
     propagate_version = true,
     after_help = "Examples:\n  \
+        amlx-agent demo                          # a whole debug session on this machine\n  \
         amlx-agent exec -- python train.py --lr 0.1\n  \
         AMLX_DEBUG=1 mpiexec -n 4 amlx-agent exec --ranks 0 -- python train.py\n  \
         amlx-agent detect --json\n  \
@@ -117,6 +118,18 @@ pub enum Command {
         amlx-agent status --json\n  \
         amlx-agent status --state-dir /shared/amlx      # a state directory mounted from the host")]
     Status(StatusArgs),
+
+    /// Run one whole debug session on this machine: a loopback relay, the laptop-side
+    /// listener and an example training step as rank 0's debug target.
+    ///
+    /// Prints how to attach from VS Code before the step starts (the launch.json
+    /// configuration, also written next to the step), waits up to --attach-timeout for
+    /// VS Code, then says what happened and stops everything it started.
+    #[command(after_help = "Examples:\n  \
+        amlx-agent demo\n  \
+        amlx-agent demo --ranks-count 4 --attach-timeout 10m   # under mpiexec, rank 0 debugged\n  \
+        amlx-agent demo --vscode-port 5690 --dir ./amlx-demo")]
+    Demo(DemoArgs),
 }
 
 /// `exec`: everything that decides and sets up a debug session, then the command.
@@ -350,4 +363,35 @@ pub struct StatusArgs {
     /// Print one JSON object (times in RFC 3339) instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `demo`: where VS Code listens, how long the step waits, how many processes.
+#[derive(Debug, Args, Clone)]
+pub struct DemoArgs {
+    /// Port VS Code listens on for debugpy (the launch.json "listen" port).
+    #[arg(long, value_name = "PORT", default_value_t = crate::launch_json::DEFAULT_PORT_BASE)]
+    pub vscode_port: u16,
+
+    /// How long the step waits for VS Code before running on without a debugger.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::config::parse_duration)]
+    pub attach_timeout: std::time::Duration,
+
+    /// Processes to start, under `mpiexec -n N` when mpiexec is on PATH (else one);
+    /// rank 0 is the debug target.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub ranks_count: u32,
+
+    /// Debug ports the step's agent may reserve; must not hold --vscode-port, since
+    /// both listen on this machine.
+    #[arg(long, value_name = "START-END", default_value = "5700-5799")]
+    pub port_range: crate::ports::PortRange,
+
+    /// Where to write the example step and its .vscode/launch.json (kept) [default: a
+    /// fresh temporary directory, removed at the end]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Python interpreter for the example step (it needs debugpy).
+    #[arg(long, value_name = "PYTHON", default_value = "python3")]
+    pub python: PathBuf,
 }

@@ -1,5 +1,6 @@
 //! One function per subcommand: glue between the CLI and the domain modules.
 
+mod demo;
 mod detect;
 mod exec;
 mod launch_json;
@@ -42,6 +43,9 @@ pub fn run(cli: Cli) -> i32 {
             .and_then(|s| relay::run(args, &s)),
         Command::LaunchJson(args) => launch_json::run(args),
         Command::Status(args) => status::run(args),
+        Command::Demo(args) => settings
+            .map_err(Into::into)
+            .and_then(|s| demo::run(args, &s, cli.config.as_deref())),
     };
     report(result)
 }
@@ -70,7 +74,7 @@ fn flags_for(cli: &Cli) -> Flags<'_> {
             ports: Some(&args.ports),
             ..base
         },
-        Command::Relay(_) | Command::LaunchJson(_) | Command::Status(_) => base,
+        Command::Relay(_) | Command::LaunchJson(_) | Command::Status(_) | Command::Demo(_) => base,
     }
 }
 

@@ -1,6 +1,7 @@
 //! MLflow run tags: `amlx.debug.rank<N>` = "endpoint mode=M state=S" on the job's run,
 //! so the endpoint shows on the run page (Azure ML sets `MLFLOW_TRACKING_URI` and
-//! `MLFLOW_RUN_ID` in every job).
+//! `MLFLOW_RUN_ID` in every job). Once the session is over the tag reads
+//! `state=ended last=<the last state> reason=<its reason>`.
 //!
 //! Best effort: one bounded request per update ([`REQUEST_TIMEOUT`]), never on the
 //! step's path ([`TagPublisher`] runs them on a task, latest value wins), and a failure
@@ -76,7 +77,44 @@ pub fn session_tag_value(
     state: SessionState,
     reason: Option<&str>,
 ) -> String {
-    let mut value = format!("{endpoint} mode={mode} state={state}");
+    capped(
+        format!("{endpoint} mode={mode} state={state}"),
+        None,
+        reason,
+    )
+}
+
+/// The tag value a session leaves behind: `state=ended`, plus the last state it was in
+/// and why (`… state=ended last=timed-out reason=no debugger attached within 10m; …`).
+/// After the job the run page still tells what happened, not only that it is over.
+///
+/// ```
+/// use amlx_agent::publish::{SessionState, session_ended_tag_value};
+/// use amlx_agent::session::DebugMode;
+/// let last = Some((SessionState::TimedOut, Some("nobody came")));
+/// assert_eq!(
+///     session_ended_tag_value("relay:hc/5678", DebugMode::Connect, last),
+///     "relay:hc/5678 mode=connect state=ended last=timed-out reason=nobody came"
+/// );
+/// ```
+pub fn session_ended_tag_value(
+    endpoint: &str,
+    mode: DebugMode,
+    last: Option<(SessionState, Option<&str>)>,
+) -> String {
+    let ended = SessionState::Ended;
+    let value = format!("{endpoint} mode={mode} state={ended}");
+    match last.filter(|(state, _)| *state != ended) {
+        Some((state, reason)) => capped(value, Some(state), reason),
+        None => capped(value, None, None),
+    }
+}
+
+/// Appends `last=` and `reason=` and cuts the value to [`MAX_TAG_VALUE_CHARS`].
+fn capped(mut value: String, last: Option<SessionState>, reason: Option<&str>) -> String {
+    if let Some(last) = last {
+        value.push_str(&format!(" last={last}"));
+    }
     if let Some(reason) = reason {
         value.push_str(" reason=");
         value.push_str(reason);

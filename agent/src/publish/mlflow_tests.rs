@@ -61,6 +61,33 @@ fn session_tag_values() {
 }
 
 #[test]
+fn ended_tag_values_keep_the_last_state() {
+    let cases = [
+        (None, "e mode=connect state=ended"),
+        (
+            Some((SessionState::TimedOut, Some("nobody attached within 3s"))),
+            "e mode=connect state=ended last=timed-out reason=nobody attached within 3s",
+        ),
+        (
+            Some((SessionState::Attached, None)),
+            "e mode=connect state=ended last=attached",
+        ),
+        // An explicit `ended` is not repeated as its own last state.
+        (
+            Some((SessionState::Ended, Some("gone"))),
+            "e mode=connect state=ended",
+        ),
+    ];
+    for (last, want) in cases {
+        assert_eq!(session_ended_tag_value("e", DebugMode::Connect, last), want);
+    }
+    let long = "é".repeat(2 * MAX_TAG_VALUE_CHARS);
+    let last = Some((SessionState::TimedOut, Some(long.as_str())));
+    let value = session_ended_tag_value("e", DebugMode::Connect, last);
+    assert_eq!(value.chars().count(), MAX_TAG_VALUE_CHARS);
+}
+
+#[test]
 fn rest_bases() {
     let ws = "/mlflow/v1.0/subscriptions/sub/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws";
     let cases: Vec<(String, Result<String, UriError>)> = vec![

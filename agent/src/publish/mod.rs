@@ -12,7 +12,10 @@ pub mod tag_publisher;
 
 use serde::{Deserialize, Serialize};
 
-pub use mlflow::{MlflowError, MlflowTags, TagPublisher, session_tag_key, session_tag_value};
+pub use mlflow::{
+    MlflowError, MlflowTags, TagPublisher, session_ended_tag_value, session_tag_key,
+    session_tag_value,
+};
 pub use status_file::{
     Holder, Listing, SessionEntry, StatusFile, StatusRecord, list_sessions, state_dir,
 };

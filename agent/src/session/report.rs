@@ -2,8 +2,8 @@
 //! (`amlx-agent status`) and, in Azure ML / MLflow runs, a run tag.
 
 use crate::publish::{
-    MlflowTags, SessionState, StatusFile, StatusRecord, TagPublisher, session_tag_key,
-    session_tag_value,
+    MlflowTags, SessionState, StatusFile, StatusRecord, TagPublisher, session_ended_tag_value,
+    session_tag_key, session_tag_value,
 };
 use crate::role::ProcessEnv;
 
@@ -64,15 +64,7 @@ impl Reporter {
         if self.state.as_ref() == Some(&next) {
             return;
         }
-        match reason {
-            Some(reason) => tracing::info!(state = %state, "debug session {state}: {reason}"),
-            None => tracing::info!(state = %state, "debug session {state}"),
-        }
-        if let Some(status) = &mut self.status
-            && let Err(err) = status.set_state(state, reason)
-        {
-            tracing::warn!("could not update the status record: {err:#}");
-        }
+        self.log_and_record(state, reason);
         if let Some(tags) = &self.tags {
             tags.publish(session_tag_value(&self.endpoint, self.mode, state, reason));
         }
@@ -91,18 +83,41 @@ impl Reporter {
         self.keep_record = true;
     }
 
-    /// The session is over: publish `ended` (bounded) and remove the status record, or
-    /// with [`Reporter::keep_record`] flush the last state and leave the record.
+    /// The session is over: the log and the status record say `ended` (the record is
+    /// then removed); the run tag says `ended` *and* the last state with its reason
+    /// (`state=ended last=timed-out reason=…`), since after the job the tag is all that
+    /// is left to tell what happened. The tag is sent bounded by the publisher's timeout.
+    /// With [`Reporter::keep_record`] the record and the tag keep the last state.
     pub async fn finish(mut self) {
+        let last = self.state.take();
         if self.keep_record {
             // Dropping the StatusFile would remove the record; readers judge it by its
             // holder's PID and start time, and the next session's create prunes it.
             std::mem::forget(self.status.take());
         } else {
-            self.set(SessionState::Ended, None);
+            self.log_and_record(SessionState::Ended, None);
         }
         if let Some(tags) = self.tags.take() {
+            if !self.keep_record {
+                let last = last
+                    .as_ref()
+                    .map(|(state, reason)| (*state, reason.as_deref()));
+                tags.publish(session_ended_tag_value(&self.endpoint, self.mode, last));
+            }
             tags.finish().await;
+        }
+    }
+
+    /// The log line and the status record for a state change.
+    fn log_and_record(&mut self, state: SessionState, reason: Option<&str>) {
+        match reason {
+            Some(reason) => tracing::info!(state = %state, "debug session {state}: {reason}"),
+            None => tracing::info!(state = %state, "debug session {state}"),
+        }
+        if let Some(status) = &mut self.status
+            && let Err(err) = status.set_state(state, reason)
+        {
+            tracing::warn!("could not update the status record: {err:#}");
         }
     }
 }

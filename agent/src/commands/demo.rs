@@ -1,0 +1,26 @@
+//! `amlx-agent demo`: the command line and settings into `demo::Options`.
+
+use std::path::Path;
+
+use crate::cli::DemoArgs;
+use crate::config::Settings;
+use crate::demo::{self, Options};
+use crate::publish;
+use crate::role::ProcessEnv;
+
+pub fn run(args: &DemoArgs, settings: &Settings, config: Option<&Path>) -> anyhow::Result<i32> {
+    // The step's agent gets this directory explicitly, so the demo follows its record
+    // wherever the settings put it.
+    let state_dir = publish::state_dir(settings.state_dir.as_deref(), &ProcessEnv)?;
+    let options = Options {
+        vscode_port: args.vscode_port,
+        attach_timeout: args.attach_timeout,
+        ranks_count: args.ranks_count,
+        port_range: args.port_range,
+        dir: args.dir.clone(),
+        python: args.python.clone(),
+        config: config.map(Path::to_path_buf),
+        state_dir,
+    };
+    demo::run(&options)
+}

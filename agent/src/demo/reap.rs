@@ -1,0 +1,160 @@
+//! Waiting for the demo's step, stopping it on Ctrl-C/SIGTERM, and collecting the
+//! processes it leaves behind (the demo is their subreaper), all bounded.
+
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// Between two looks for exited leftovers.
+const REAP_POLL: Duration = Duration::from_millis(20);
+
+/// How the step ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    pub status: ExitStatus,
+    /// The demo was asked to stop (Ctrl-C, SIGTERM) and stopped the step.
+    pub interrupted: bool,
+}
+
+/// Waits for the step; on SIGINT or SIGTERM to the demo, sends SIGTERM to the step and
+/// gives it `grace` before SIGKILL.
+pub async fn wait_step(child: Child, grace: Duration) -> anyhow::Result<Ended> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let pid = pid_of(&child);
+    let mut child = child;
+    let waiter = tokio::task::spawn_blocking(move || child.wait());
+    tokio::pin!(waiter);
+    let stop_asked = async {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!("cannot watch SIGINT/SIGTERM ({err}); the step runs to its end");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    // Both branches are cancel-safe: a join handle and signal streams keep their state.
+    tokio::select! {
+        status = &mut waiter => {
+            return joined(status).map(|status| Ended { status, interrupted: false });
+        }
+        () = stop_asked => {}
+    }
+    println!("amlx-agent demo: stopping the step");
+    // The waiter has not reaped the step yet (it would have returned): the PID is its.
+    let _ = kill(pid, Signal::SIGTERM);
+    let status = match tokio::time::timeout(grace, &mut waiter).await {
+        Ok(status) => joined(status),
+        Err(_) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            joined(waiter.await)
+        }
+    };
+    status.map(|status| Ended {
+        status,
+        interrupted: true,
+    })
+}
+
+fn joined(
+    status: Result<std::io::Result<ExitStatus>, tokio::task::JoinError>,
+) -> anyhow::Result<ExitStatus> {
+    status
+        .context("the step's waiter failed")?
+        .context("could not wait for the step")
+}
+
+fn pid_of(child: &Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id()).expect("PIDs fit in i32"))
+}
+
+/// Reaps every remaining child (processes the step left behind and the kernel handed to
+/// the demo as subreaper) until none is left; kills what remains after `timeout`.
+pub fn leftovers(timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut killed = false;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Err(Errno::ECHILD) => return,
+            Err(Errno::EINTR) => {}
+            Err(err) => {
+                tracing::warn!("could not wait for the step's leftover processes: {err}");
+                return;
+            }
+            Ok(WaitStatus::StillAlive) => {
+                if Instant::now() >= deadline {
+                    if killed {
+                        tracing::warn!("leftover processes survived SIGKILL; leaving them");
+                        return;
+                    }
+                    kill_children();
+                    killed = true;
+                } else {
+                    std::thread::sleep(REAP_POLL);
+                }
+            }
+            // One reaped; look again at once.
+            Ok(_) => {}
+        }
+    }
+}
+
+/// SIGKILLs every child of this process (found through /proc).
+fn kill_children() {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| parent_pid(&stat));
+        if parent == Some(me) {
+            tracing::warn!("process {pid} outlived the step; killing it");
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The parent PID in a /proc/PID/stat line (the field after the `(comm)` and state).
+fn parent_pid(stat: &str) -> Option<u32> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_pid_reads_the_fourth_field() {
+        let cases = [
+            ("123 (python3) S 77 123 123 0", Some(77)),
+            ("9 (a) b) c) R 1 9 9", Some(1)),
+            ("garbage", None),
+        ];
+        for (stat, want) in cases {
+            assert_eq!(parent_pid(stat), want, "{stat}");
+        }
+    }
+}
