@@ -2,6 +2,9 @@
 //! client, real `mpiexec`, the real relay.
 
 mod connect_mode;
+mod failures;
 pub mod harness;
+mod lifecycle;
 mod mlflow_tags;
+mod modes;
 mod mpi;

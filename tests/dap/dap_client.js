@@ -1,7 +1,8 @@
 // A developer's VS Code, reduced to what the end-to-end tests need: for each session it
-// starts the real debugpy adapter (as VS Code's Python debugger does), attaches with the
-// given "listen" or "connect" config, sets one breakpoint, waits for `stopped` on that
-// line, reads one local variable, continues, and waits for the debuggee to finish.
+// starts the real debugpy adapter (as VS Code's Python debugger does) for a "listen"
+// config, or connects to the debugpy adapter on the node for a "connect" config;
+// attaches, sets one breakpoint, waits for `stopped` on that line, reads one local
+// variable, continues, and waits for the debuggee to finish.
 //
 // Usage: node dap_client.js '<json>' where json is
 //   {"python": "python3", "adapter": "/path/to/debugpy/adapter",
@@ -35,7 +36,15 @@ async function runSession(spec, session, index) {
   dc.defaultTimeout = timeout;
   const result = { index, ok: false };
   try {
-    await dc.start();
+    // A "connect" config reaches debugpy's own adapter on the node (debugpy --listen
+    // runs one), as VS Code does with a debug adapter server: no local adapter.
+    const connect = session.attach.connect;
+    if (connect) {
+      if (connect.host !== '127.0.0.1') throw new Error(`connect host must be 127.0.0.1, not ${connect.host}`);
+      await dc.start(connect.port);
+    } else {
+      await dc.start();
+    }
     await dc.initializeRequest({
       adapterID: 'debugpy', clientID: 'amlx-e2e', linesStartAt1: true, columnsStartAt1: true, pathFormat: 'path',
     });

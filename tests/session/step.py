@@ -19,4 +19,13 @@ if __name__ == "__main__":
     total, _ = train(4)
     rank = os.environ.get("AMLX_RANK") or "?"
     print(f"step.py rank {rank} done total {total}", flush=True)
+    gate = os.environ.get("STEP_GATE")
+    if gate:
+        # A test holds the step here to look at its live session (bounded: 60 s).
+        import time
+
+        for _ in range(600):
+            if os.path.exists(gate):
+                break
+            time.sleep(0.1)
     sys.exit(int(os.environ.get("STEP_EXIT_CODE", "0")))

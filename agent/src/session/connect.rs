@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
-use super::{READY_PROBE_TIMEOUT, SessionSpec, dap};
+use super::{READY_PROBE_TIMEOUT, SessionSpec, dap, setup_failed};
 use crate::publish::SessionState;
 use crate::relay::bridge;
 use crate::relay::client::{ConnectError, Endpoint, Tunnel, backoff, sender};
@@ -45,8 +45,7 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
         Ok(Ok(tunnel)) => spare = Some(tunnel),
         Ok(Err(err)) if err.status() == Some(404) => {}
         Ok(Err(err)) => {
-            reporter.set(SessionState::RunningUndebugged, Some(&err.to_string()));
-            ready.failed(&err.to_string());
+            setup_failed(spec, &mut ready, reporter, &err.to_string());
             return;
         }
         Err(_) => {
@@ -54,8 +53,7 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
                 "the relay did not answer within {}",
                 humantime::format_duration(READY_PROBE_TIMEOUT)
             );
-            reporter.set(SessionState::RelayUnreachable, Some(&why));
-            ready.failed(&why);
+            setup_failed(spec, &mut ready, reporter, &why);
             return;
         }
     }
@@ -154,7 +152,7 @@ async fn relay_debuggee(
             break;
         }
     }
-    let _ = dap::release(&mut debuggee).await;
+    // Recorded first: the release drains debugpy's answers for up to two seconds.
     reporter.set(
         SessionState::TimedOut,
         Some(&format!(
@@ -162,6 +160,7 @@ async fn relay_debuggee(
             humantime::format_duration(spec.attach_timeout)
         )),
     );
+    let _ = dap::release(&mut debuggee).await;
 }
 
 /// A refusal that retrying cannot fix (bad credentials, wrong rights): release the

@@ -23,6 +23,8 @@ pub const RELEASE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// assert!(text.starts_with("Content-Length: "));
 /// assert!(text.contains(r#""command":"configurationDone""#));
 /// assert!(text.contains(r#""terminateDebuggee":false"#));
+/// // The attach carries arguments: an empty object fails in the debugpy adapter.
+/// assert!(text.contains(r#""name":"amlx-agent release""#));
 /// ```
 pub fn release_requests() -> Vec<u8> {
     let requests = [
@@ -30,7 +32,10 @@ pub fn release_requests() -> Vec<u8> {
             "initialize",
             serde_json::json!({"adapterID": "amlx-agent", "clientID": "amlx-agent"}),
         ),
-        ("attach", serde_json::json!({})),
+        // Not `{}`: the debugpy adapter forwards empty arguments as none at all, and
+        // pydevd then fails the attach ("missing ... 'arguments'"), which leaves a
+        // listening debuggee waiting forever.
+        ("attach", serde_json::json!({"name": "amlx-agent release"})),
         ("configurationDone", serde_json::json!({})),
         (
             "disconnect",

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
-use super::{READY_PROBE_TIMEOUT, SessionSpec, release_listening_debuggee};
+use super::{READY_PROBE_TIMEOUT, SessionSpec, release_listening_debuggee, setup_failed};
 use crate::publish::SessionState;
 use crate::relay::bridge::{self, Forwards};
 use crate::relay::client::listener::{self, AcceptHandler, Decision};
@@ -62,6 +62,11 @@ impl AcceptHandler for Forwarder {
                 .await;
             return;
         };
+        // The sender waits for the listener's go-ahead before sending anything.
+        if let Err(err) = bridge::confirm(&tunnel).await {
+            tracing::warn!("a developer connection failed its preamble: {err}");
+            return;
+        }
         self.attached.notify_one();
         match tunnel.splice(debugpy).await {
             Ok(stats) => tracing::info!(
@@ -108,8 +113,7 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
         )),
     };
     if let Err(why) = ready_outcome {
-        reporter.set(SessionState::RunningUndebugged, Some(&why));
-        ready.failed(&why);
+        setup_failed(spec, &mut ready, reporter, &why);
         return;
     }
     ready.ready();

@@ -99,6 +99,9 @@ pub struct SessionSpec {
     /// The relay (connect and listen modes).
     pub relay: Option<Endpoint>,
     pub state_dir: Option<PathBuf>,
+    /// With `continue`, a session that cannot be set up leaves its `running-undebugged`
+    /// record (and the reason) for the step's lifetime; with `fail` no step runs.
+    pub on_failure: FailurePolicy,
 }
 
 impl SessionSpec {
@@ -201,6 +204,16 @@ async fn direct(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repor
         release_listening_debuggee(spec, reporter).await;
     }
     std::future::pending::<()>().await;
+}
+
+/// The relay path cannot be set up: record why, tell the agent, and (when the step runs
+/// anyway) keep the `running-undebugged` record for the step's lifetime.
+fn setup_failed(spec: &SessionSpec, ready: &mut ReadySignal, reporter: &mut Reporter, why: &str) {
+    reporter.set(SessionState::RunningUndebugged, Some(why));
+    if spec.on_failure == FailurePolicy::Continue {
+        reporter.keep_record();
+    }
+    ready.failed(why);
 }
 
 /// At the attach timeout, a debuggee that listens and waits for a client (listen and

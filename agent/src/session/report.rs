@@ -17,6 +17,8 @@ pub struct Reporter {
     endpoint: String,
     status: Option<StatusFile>,
     tags: Option<TagPublisher>,
+    /// Leave the record when the sidecar ends before the step (see [`Reporter::keep_record`]).
+    keep_record: bool,
 }
 
 impl Reporter {
@@ -52,6 +54,7 @@ impl Reporter {
             endpoint,
             status,
             tags,
+            keep_record: false,
         }
     }
 
@@ -73,18 +76,34 @@ impl Reporter {
         self.state.as_ref().map(|(state, _)| *state)
     }
 
+    /// The sidecar ends but the step runs on (undebugged): [`Reporter::finish`] leaves
+    /// the last state in the record, held by the step's PID, so `amlx-agent status`
+    /// shows it (and why) until the step is gone, then `ended`.
+    pub fn keep_record(&mut self) {
+        self.keep_record = true;
+    }
+
     /// The session is over: the log and the status record say `ended` (the record is
     /// then removed); the run tag says `ended` *and* the last state with its reason
     /// (`state=ended last=timed-out reason=…`), since after the job the tag is all that
     /// is left to tell what happened. The tag is sent bounded by the publisher's timeout.
+    /// With [`Reporter::keep_record`] the record and the tag keep the last state.
     pub async fn finish(mut self) {
         let last = self.state.take();
-        self.log_and_record(SessionState::Ended, None);
+        if self.keep_record {
+            // Dropping the StatusFile would remove the record; readers judge it by its
+            // holder's PID and start time, and the next session's create prunes it.
+            std::mem::forget(self.status.take());
+        } else {
+            self.log_and_record(SessionState::Ended, None);
+        }
         if let Some(tags) = self.tags.take() {
-            let last = last
-                .as_ref()
-                .map(|(state, reason)| (*state, reason.as_deref()));
-            tags.publish(session_ended_tag_value(&self.endpoint, self.mode, last));
+            if !self.keep_record {
+                let last = last
+                    .as_ref()
+                    .map(|(state, reason)| (*state, reason.as_deref()));
+                tags.publish(session_ended_tag_value(&self.endpoint, self.mode, last));
+            }
             tags.finish().await;
         }
     }

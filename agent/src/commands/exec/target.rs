@@ -164,6 +164,7 @@ fn prepare(
         wait_for_client: settings.session.wait_for_client,
         relay,
         state_dir: settings.state_dir.clone(),
+        on_failure: settings.session.on_failure,
     };
     Ok((spec, injected))
 }

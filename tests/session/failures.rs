@@ -1,0 +1,176 @@
+//! Failure modes never cost the step: nobody attaching, the relay down, wrong credentials.
+//! The step runs to its end, its exit code passes through, the log says why and `status`
+//! shows it while the step runs (`--on-debug-failure fail` is the one way to stop the
+//! step instead).
+
+use std::process::Output;
+
+use super::harness::{DeveloperSide, SESSION_DEADLINE, free_port, port_range, step_py};
+use super::lifecycle::{Gate, Running, assert_session_over, wait_state};
+use crate::relay::harness::{KEY_BOTH, KEY_LISTEN, Relay};
+use crate::util;
+
+/// The exit code the step chooses (STEP_EXIT_CODE in tests/session/step.py).
+const STEP_CODE: i32 = 5;
+
+/// Runs step.py under `exec --debug` with `connection_string`; returns its output.
+fn run_step(connection_string: &str, extra: &[&str]) -> Output {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let (_, _, range) = port_range(4);
+    util::output_within(
+        util::agent()
+            .env("AMLX_RELAY_CONNECTION_STRING", connection_string)
+            .env("AMLX_RELAY_INSECURE_WS", "true")
+            .env("AMLX_LOCK_DIR", locks.path())
+            .env("AMLX_STATE_DIR", locks.path().join("state"))
+            .env("NO_COLOR", "1")
+            .env("STEP_EXIT_CODE", STEP_CODE.to_string())
+            .args(["exec", "--debug", "--port-range", &range])
+            .args(extra)
+            .args(["--", "python3"])
+            .arg(step_py()),
+        SESSION_DEADLINE,
+    )
+}
+
+/// The step ran to its end and its exit code came through the agent.
+fn assert_step_ran(out: &Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(STEP_CODE),
+        "{what}: the step's exit code did not pass through:\n{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("done total 6"),
+        "{what}: the step did not run to its end:\n{stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn nobody_attaching_times_out_and_the_step_exit_code_passes_through() {
+    let developer = DeveloperSide::relay_only("debug");
+    let out = run_step(&developer.connection_string(), &["--attach-timeout", "3s"]);
+    let stderr = assert_step_ran(&out, "nobody listening");
+    assert!(
+        stderr.contains("no listener on the Hybrid Connection yet"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("debug session timed-out: no debugger attached within 3s"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("debug session attached"), "{stderr}");
+}
+
+#[test]
+fn an_unusable_relay_runs_the_step_undebugged_and_the_log_names_the_cause() {
+    let relay = Relay::start();
+    let wrong_key = (KEY_BOTH.0, "d3Jvbmcta2V5");
+    let closed = free_port();
+    let cases = [
+        (
+            "relay down",
+            down_relay(closed),
+            format!("cannot reach relay 127.0.0.1:{closed}"),
+        ),
+        (
+            "wrong key",
+            relay.connection_string(wrong_key, "debug"),
+            "rejected the token (401".to_owned(),
+        ),
+        (
+            "listen-only key",
+            relay.connection_string(KEY_LISTEN, "debug"),
+            format!(
+                "refused access (403 Forbidden: Forbidden: SAS key \"{}\" lacks the Send right",
+                KEY_LISTEN.0
+            ),
+        ),
+    ];
+    for (what, connection_string, cause) in cases {
+        let out = run_step(&connection_string, &["--attach-timeout", "3s"]);
+        let stderr = assert_step_ran(&out, what);
+        let disabled = stderr
+            .lines()
+            .find(|l| l.contains("debugging disabled for this run"))
+            .unwrap_or_else(|| panic!("{what}: no line says debugging is off:\n{stderr}"));
+        assert!(
+            disabled.contains(&cause),
+            "{what}: want {cause:?} in {disabled:?}"
+        );
+        assert!(
+            disabled.contains("running the step without a debugger"),
+            "{what}: {disabled}"
+        );
+        assert!(
+            [KEY_BOTH.1, KEY_LISTEN.1, wrong_key.1]
+                .iter()
+                .all(|key| !stderr.contains(key)),
+            "{what}: a key reached the log"
+        );
+    }
+}
+
+#[test]
+fn relay_down_with_on_debug_failure_fail_does_not_run_the_step() {
+    let closed = free_port();
+    let out = run_step(&down_relay(closed), &["--on-debug-failure", "fail"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && out.status.code() != Some(STEP_CODE),
+        "agent exited {:?}:\n{stderr}",
+        out.status
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("done total"),
+        "the step ran:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("cannot reach relay 127.0.0.1:{closed}"))
+            && stderr.contains("not running the step (--on-debug-failure fail)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn status_says_why_while_a_step_runs_undebugged_with_the_relay_down() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let gate = Gate::in_dir(locks.path());
+    let closed = free_port();
+    let (_, _, range) = port_range(4);
+    let mut agent = Running::spawn(
+        util::agent()
+            .env("AMLX_RELAY_CONNECTION_STRING", down_relay(closed))
+            .env("AMLX_RELAY_INSECURE_WS", "true")
+            .env("AMLX_LOCK_DIR", locks.path())
+            .env("AMLX_STATE_DIR", &state_dir)
+            .env("NO_COLOR", "1")
+            .args(["exec", "--debug", "--rank", "0", "--port-range", &range])
+            .args(["--", "python3"])
+            .arg(step_py())
+            .env("STEP_GATE", gate.path())
+            .env("STEP_EXIT_CODE", "5"),
+    );
+    let pid = agent.pid();
+    let session = wait_state(&state_dir, pid, "running-undebugged", &agent);
+    let reason = session["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("cannot reach relay 127.0.0.1:{closed}")),
+        "{session}"
+    );
+    assert_eq!(session["holder"], "live", "{session}");
+    gate.open();
+    assert_eq!(agent.wait_exit().code(), Some(5), "{}", agent.log());
+    assert_session_over(&state_dir, pid);
+}
+
+/// A connection string for a relay that is not running (nothing listens on `port`).
+pub(super) fn down_relay(port: u16) -> String {
+    format!(
+        "Endpoint=sb://127.0.0.1:{port}/;SharedAccessKeyName={};SharedAccessKey={};EntityPath=debug",
+        KEY_BOTH.0, KEY_BOTH.1
+    )
+}

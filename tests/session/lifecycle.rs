@@ -1,0 +1,383 @@
+//! Status and lifecycle: `amlx-agent status` shows each session state as it happens,
+//! killing the step leaves no sidecar and no held lock, and supervise mode runs the
+//! same session with the sidecar gone when the step exits.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::harness::{
+    Attach, BREAKPOINT_LINE, DapClient, DeveloperSide, SESSION_DEADLINE, VARIABLE, free_port,
+    port_range, step_py,
+};
+use crate::relay::harness::Lines;
+use crate::util;
+
+/// How soon after the step dies its sidecar must be gone (the design aims at a second).
+const SIDECAR_GONE_WITHIN: Duration = Duration::from_secs(5);
+
+/// `amlx-agent exec` running in the background, stdout and stderr captured by line.
+pub(super) struct Running {
+    pub child: Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Running {
+    pub fn spawn(cmd: &mut Command) -> Running {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn amlx-agent exec");
+        let stdout = Lines::from_reader(child.stdout.take().expect("piped stdout"));
+        let stderr = Lines::from_reader(child.stderr.take().expect("piped stderr"));
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The agent's PID: the step's in replace mode, the supervisor's in supervise mode.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (bounded) until stderr has a line containing `needle`.
+    pub fn wait_stderr(&self, needle: &str) -> String {
+        self.stderr
+            .wait_for_from(0, needle, SESSION_DEADLINE)
+            .map(|(_, line)| line)
+            .unwrap_or_else(|| panic!("no {needle:?} in stderr:\n{}", self.log()))
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        util::wait_within(&mut self.child, SESSION_DEADLINE)
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.all().join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A file whose creation lets a step run with `STEP_GATE` set finish.
+pub(super) struct Gate(PathBuf);
+
+impl Gate {
+    pub fn in_dir(dir: &Path) -> Gate {
+        Gate(dir.join("gate"))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn open(&self) {
+        std::fs::write(&self.0, b"").expect("create the gate file");
+    }
+}
+
+/// `amlx-agent status --json` for `state_dir`: the session whose holder is `pid`.
+pub(super) fn session_of(state_dir: &Path, pid: u32) -> Option<serde_json::Value> {
+    let out = util::output_bounded(
+        util::agent()
+            .args(["status", "--json", "--state-dir"])
+            .arg(state_dir),
+    );
+    assert!(out.status.success(), "status failed: {out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    report["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .find(|s| s["pid"] == pid)
+        .cloned()
+}
+
+/// Polls `status` until the session of `pid` is in `state`; returns it.
+pub(super) fn wait_state(
+    state_dir: &Path,
+    pid: u32,
+    state: &str,
+    agent: &Running,
+) -> serde_json::Value {
+    wait_state_why(state_dir, pid, state, "", agent)
+}
+
+/// Polls `status` until the session of `pid` is in `state` for a reason containing
+/// `why`; returns it.
+pub(super) fn wait_state_why(
+    state_dir: &Path,
+    pid: u32,
+    state: &str,
+    why: &str,
+    agent: &Running,
+) -> serde_json::Value {
+    let deadline = Instant::now() + SESSION_DEADLINE;
+    loop {
+        let session = session_of(state_dir, pid);
+        let matches = |s: &&serde_json::Value| {
+            s["state"] == state && s["reason"].as_str().unwrap_or_default().contains(why)
+        };
+        if let Some(session) = session.as_ref().filter(matches) {
+            return session.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {state} ({why:?}) for {pid}; last: {session:?}\nagent:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The session of `pid` is over: no record, or one `status` shows as ended.
+pub(super) fn assert_session_over(state_dir: &Path, pid: u32) {
+    if let Some(session) = session_of(state_dir, pid) {
+        assert_eq!(session["state"], "ended", "{session}");
+    }
+}
+
+/// A process's parent and start time, from /proc (None once it is gone or a zombie).
+fn live_process(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after "(comm)": state ppid ... starttime is field 22 overall.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// The sidecar: the child of `parent` running the agent binary, with its start time.
+pub(super) fn sidecar_of(parent: u32) -> Option<(u32, u64)> {
+    let agent = util::agent_bin().canonicalize().expect("agent binary path");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != parent)
+        .find_map(|pid| {
+            let (ppid, start) = live_process(pid)?;
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            (ppid == parent && exe == agent).then_some((pid, start))
+        })
+}
+
+/// Waits (bounded) for the sidecar of `parent` to appear.
+pub(super) fn wait_sidecar(parent: u32) -> (u32, u64) {
+    util::wait_for(
+        &format!("the sidecar of {parent}"),
+        SESSION_DEADLINE,
+        || sidecar_of(parent),
+    )
+}
+
+/// Whether the process `pid` that started at `start` is gone (dead, zombie or reused).
+fn gone(pid: u32, start: u64) -> bool {
+    live_process(pid).is_none_or(|(_, now)| now != start)
+}
+
+/// Waits until the sidecar is gone; returns how long that took.
+fn wait_gone((pid, start): (u32, u64), within: Duration) -> Duration {
+    let began = Instant::now();
+    util::wait_for(&format!("sidecar {pid} to be gone"), within, || {
+        gone(pid, start).then_some(())
+    });
+    began.elapsed()
+}
+
+/// Processes with `path` open, with their command lines (for failure messages).
+fn holders_of(path: &Path) -> Vec<(u32, String)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok)
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == path))
+            })
+        })
+        .map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            (pid, String::from_utf8_lossy(&cmd).replace('\0', " "))
+        })
+        .collect()
+}
+
+/// `ports list --json`: (live ports, stale ports) in `lock_dir`.
+fn ports(lock_dir: &Path) -> (Vec<u64>, Vec<u64>) {
+    let out = util::output_bounded(
+        util::agent()
+            .args(["ports", "list", "--json", "--lock-dir"])
+            .arg(lock_dir),
+    );
+    assert!(out.status.success(), "ports list failed: {out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ports JSON");
+    let port_list = |key: &str| -> Vec<u64> {
+        report[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {key} in {report}"))
+            .iter()
+            .filter_map(|p| p["port"].as_u64())
+            .collect()
+    };
+    (port_list("live"), port_list("stale"))
+}
+
+#[test]
+fn status_shows_waiting_and_killing_the_step_leaves_no_sidecar_and_no_lock() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let developer = DeveloperSide::relay_only("debug");
+    let (debug_port, _, range) = port_range(4);
+    let mut agent = Running::spawn(
+        developer
+            .agent(locks.path())
+            .args(["exec", "--debug", "--rank", "0", "--port-range", &range])
+            .args(["--attach-timeout", "10m", "--", "python3"])
+            .arg(step_py()),
+    );
+    let pid = agent.pid();
+    // Waiting with debugpy connected to the sidecar: the step is python in debugpy
+    // (not a launcher shim still starting it), and nobody listens on the relay.
+    let session = wait_state_why(
+        &state_dir,
+        pid,
+        "waiting-for-debugger",
+        "no listener on the Hybrid Connection yet",
+        &agent,
+    );
+    assert_eq!(session["port"], debug_port, "{session}");
+    assert_eq!(session["rank"], 0, "{session}");
+    assert_eq!(session["mode"], "connect", "{session}");
+    assert_eq!(session["holder"], "live", "{session}");
+    let (live, _) = ports(locks.path());
+    assert!(live.contains(&u64::from(debug_port)), "live: {live:?}");
+    let sidecar = wait_sidecar(pid);
+
+    // In replace mode the agent's PID is the step's.
+    agent.child.kill().expect("SIGKILL the step");
+    agent.child.wait().expect("reap the step");
+    let took = wait_gone(sidecar, SIDECAR_GONE_WITHIN);
+    eprintln!(
+        "sidecar {} gone {took:?} after SIGKILL of the step",
+        sidecar.0
+    );
+
+    let (live, stale) = ports(locks.path());
+    assert!(
+        !live.contains(&u64::from(debug_port)),
+        "still live: {live:?}; held by {:?}",
+        holders_of(&locks.path().join(format!("{debug_port}.lock")))
+    );
+    assert!(
+        stale.contains(&u64::from(debug_port)),
+        "not stale: {stale:?}"
+    );
+    assert_session_over(&state_dir, pid);
+}
+
+#[test]
+fn status_shows_timed_out_while_the_step_runs_on() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let gate = Gate::in_dir(locks.path());
+    let developer = DeveloperSide::relay_only("debug");
+    let (_, _, range) = port_range(4);
+    let mut agent = Running::spawn(
+        developer
+            .agent(locks.path())
+            .args(["exec", "--debug", "--rank", "0", "--port-range", &range])
+            .args(["--attach-timeout", "3s", "--", "python3"])
+            .arg(step_py())
+            .env("STEP_GATE", gate.path())
+            .env("STEP_EXIT_CODE", "5"),
+    );
+    let pid = agent.pid();
+    wait_state(&state_dir, pid, "waiting-for-debugger", &agent);
+    let session = wait_state(&state_dir, pid, "timed-out", &agent);
+    assert!(
+        session["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no debugger attached within 3s")),
+        "{session}"
+    );
+    gate.open();
+    let status = agent.wait_exit();
+    assert_eq!(status.code(), Some(5), "{}", agent.log());
+    assert_session_over(&state_dir, pid);
+}
+
+/// A connect-mode session through the relay: `status` shows `attached` while the
+/// developer is attached, the breakpoint hits, and the sidecar is gone with the step.
+fn attached_session(process_flag: &str) {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let gate = Gate::in_dir(locks.path());
+    let mut developer = DeveloperSide::relay_only("debug");
+    let vscode_port = free_port();
+    let client = DapClient::start(&[Attach::listen(vscode_port)]);
+    client.wait_listening(vscode_port);
+    let (debug_port, _, range) = port_range(4);
+    developer.listen(&[(debug_port, vscode_port)]);
+    let mut agent = Running::spawn(
+        developer
+            .agent(locks.path())
+            .args(["exec", process_flag, "--debug", "--rank", "0"])
+            .args(["--port-range", &range, "--", "python3"])
+            .arg(step_py())
+            .env("STEP_GATE", gate.path()),
+    );
+    let pid = agent.pid();
+    let session = wait_state(&state_dir, pid, "attached", &agent);
+    assert_eq!(session["port"], debug_port, "{session}");
+    let sidecar = wait_sidecar(pid);
+    gate.open();
+    let outcome = &client.finish(1)[0];
+    assert!(
+        outcome.ok,
+        "DAP session failed: {outcome:?}\n{}",
+        agent.log()
+    );
+    assert_eq!(outcome.line, Some(BREAKPOINT_LINE));
+    assert_eq!(outcome.value.as_deref(), Some(VARIABLE.1));
+    let status = agent.wait_exit();
+    assert!(
+        status.success(),
+        "agent exited {status:?}:\n{}",
+        agent.log()
+    );
+    let took = wait_gone(sidecar, SIDECAR_GONE_WITHIN);
+    eprintln!(
+        "{process_flag}: sidecar {} gone {took:?} after the step",
+        sidecar.0
+    );
+    assert_session_over(&state_dir, pid);
+    let (live, _) = ports(locks.path());
+    assert!(
+        !live.contains(&u64::from(debug_port)),
+        "still live: {live:?}"
+    );
+}
+
+#[test]
+fn replace_mode_status_shows_attached_and_the_sidecar_ends_with_the_step() {
+    attached_session("--replace");
+}
+
+#[test]
+fn supervise_mode_runs_the_same_session_and_the_sidecar_ends_with_the_step() {
+    attached_session("--supervise");
+}

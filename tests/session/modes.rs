@@ -1,0 +1,164 @@
+//! listen and direct modes end to end: in listen mode the step waits at startup and the
+//! developer attaches later through `relay connect`; in direct mode the logged
+//! `ip ... debug port ...` is exactly what a debugger attaches to. Either mode releases
+//! a waiting step at the attach timeout when nobody comes.
+
+use std::net::IpAddr;
+
+use super::harness::{
+    Attach, BREAKPOINT_LINE, DapClient, DeveloperSide, Outcome, SESSION_DEADLINE, VARIABLE,
+    is_listening, port_range, step_py,
+};
+use super::lifecycle::Running;
+use crate::util;
+
+/// The `ip` and `debug port` of the agent's startup line.
+fn announced_address(line: &str) -> (IpAddr, u16) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |key: &[&str]| {
+        words
+            .windows(key.len() + 1)
+            .find(|w| w[..key.len()] == *key)
+            .map(|w| w[key.len()])
+            .unwrap_or_else(|| panic!("no {key:?} in {line:?}"))
+    };
+    let ip = after(&["ip"]).parse().expect("an IP in the startup line");
+    let port = after(&["debug", "port"])
+        .parse()
+        .expect("a port in the startup line");
+    (ip, port)
+}
+
+fn assert_breakpoint_hit(outcome: &Outcome, agent: &Running) {
+    assert!(
+        outcome.ok,
+        "the DAP session failed: {outcome:?}\nagent:\n{}",
+        agent.log()
+    );
+    assert_eq!(outcome.line, Some(BREAKPOINT_LINE), "stopped elsewhere");
+    assert_eq!(outcome.value.as_deref(), Some(VARIABLE.1), "wrong value");
+}
+
+/// Waits (bounded) until debugpy listens on `port`: the step is at its startup wait.
+fn wait_debugpy_listening(port: u16) {
+    util::wait_for(
+        &format!("debugpy to listen on {port}"),
+        SESSION_DEADLINE,
+        || is_listening(port).then_some(()),
+    );
+}
+
+#[test]
+fn listen_mode_holds_the_step_until_the_developer_attaches_through_relay_connect() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let developer = DeveloperSide::relay_only("debug");
+    let (debug_port, _, range) = port_range(4);
+    let mut agent = Running::spawn(
+        developer
+            .agent(locks.path())
+            .args(["exec", "--debug", "--mode", "listen", "--wait-for-client"])
+            .args(["--attach-timeout", "60s", "--port-range", &range])
+            .args(["--", "python3"])
+            .arg(step_py()),
+    );
+    agent.wait_stderr("debug session waiting-for-debugger");
+    wait_debugpy_listening(debug_port);
+    // The step waits at startup: running, and none of its output yet.
+    assert!(
+        agent.child.try_wait().expect("try_wait").is_none(),
+        "the step did not wait:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        agent.stdout.len(),
+        0,
+        "the step ran before anybody attached"
+    );
+
+    // Later, the developer: `relay connect` to the node's port name, then VS Code.
+    let (_connect, bound) = developer
+        .relay
+        .connect(&developer.connection_string(), &debug_port.to_string());
+    let client = DapClient::start(&[Attach::connect("127.0.0.1", bound.port())]);
+    let outcome = &client.finish(1)[0];
+    assert_breakpoint_hit(outcome, &agent);
+    let status = agent.wait_exit();
+    assert!(
+        status.success(),
+        "agent exited {status:?}:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.stdout.wait_for("done total 6").is_some(),
+        "the step did not run to its end"
+    );
+    let log = agent.log();
+    assert!(log.contains("debug session attached"), "{log}");
+    assert!(!log.contains("timed-out"), "{log}");
+}
+
+#[test]
+fn direct_mode_logs_the_address_a_debugger_attaches_to() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let (_, _, range) = port_range(4);
+    let mut agent = Running::spawn(
+        util::agent()
+            .env("AMLX_LOCK_DIR", locks.path())
+            .env("AMLX_STATE_DIR", locks.path().join("state"))
+            .env("NO_COLOR", "1")
+            .args([
+                "exec",
+                "--debug",
+                "--mode",
+                "direct",
+                "--node-ip",
+                "127.0.0.1",
+            ])
+            .args(["--wait-for-client", "--attach-timeout", "60s"])
+            .args(["--port-range", &range, "--", "python3"])
+            .arg(step_py()),
+    );
+    let line = agent.wait_stderr(" debug port ");
+    let (ip, port) = announced_address(&line);
+    assert_eq!(ip.to_string(), "127.0.0.1", "{line}");
+    wait_debugpy_listening(port);
+    let client = DapClient::start(&[Attach::connect(&ip.to_string(), port)]);
+    let outcome = &client.finish(1)[0];
+    assert_breakpoint_hit(outcome, &agent);
+    let status = agent.wait_exit();
+    assert!(
+        status.success(),
+        "agent exited {status:?}:\n{}",
+        agent.log()
+    );
+    assert!(agent.stdout.wait_for("done total 6").is_some());
+}
+
+#[test]
+fn a_waiting_step_is_released_at_the_attach_timeout_when_nobody_attaches() {
+    for mode in ["listen", "direct"] {
+        let locks = tempfile::tempdir().expect("tempdir");
+        let developer = DeveloperSide::relay_only("debug");
+        let (_, _, range) = port_range(4);
+        let out = util::output_within(
+            developer
+                .agent(locks.path())
+                .env("STEP_EXIT_CODE", "5")
+                .args(["exec", "--debug", "--mode", mode, "--node-ip", "127.0.0.1"])
+                .args(["--wait-for-client", "--attach-timeout", "3s"])
+                .args(["--port-range", &range, "--", "python3"])
+                .arg(step_py()),
+            SESSION_DEADLINE,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{mode}:\n{stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("done total 6"),
+            "{mode}: the step did not run to its end:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("debug session timed-out: no debugger attached within 3s"),
+            "{mode}:\n{stderr}"
+        );
+    }
+}
