@@ -147,8 +147,17 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
                     Ok(()) => "the relay listener stopped".to_owned(),
                     Err(err) => err.to_string(),
                 };
-                reporter.set(SessionState::RelayUnreachable, Some(&why));
-                return;
+                // The listener only stops for good on a refusal (revoked key, deleted
+                // Hybrid Connection): a step still held for a debugger must not wait on.
+                if spec.wait_for_client && !attached_once {
+                    release_listening_debuggee(spec, reporter).await;
+                }
+                reporter.set(
+                    SessionState::RunningUndebugged,
+                    Some(&format!("the relay listener stopped for good: {why}")),
+                );
+                // The record stays, saying why, for as long as the step runs.
+                return std::future::pending().await;
             }
         }
     }
