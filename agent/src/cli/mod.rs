@@ -127,7 +127,7 @@ pub enum Command {
     /// VS Code, then says what happened and stops everything it started.
     #[command(after_help = "Examples:\n  \
         amlx-agent demo\n  \
-        amlx-agent demo --ranks-count 4 --attach-timeout 10m   # under mpiexec, rank 0 debugged\n  \
+        amlx-agent demo --ranks-count 1 --attach-timeout 10m   # one process, no mpiexec\n  \
         amlx-agent demo --vscode-port 5690 --dir ./amlx-demo")]
     Demo(DemoArgs),
 }
@@ -378,7 +378,7 @@ pub struct DemoArgs {
 
     /// Processes to start, under `mpiexec -n N` when mpiexec is on PATH (else one);
     /// rank 0 is the debug target.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub ranks_count: u32,
 
     /// Debug ports the step's agent may reserve; must not hold --vscode-port, since

@@ -42,7 +42,7 @@ pub enum BridgeError {
     #[error("port name {0:?} is longer than {MAX_PORT_NAME_BYTES} bytes")]
     NameTooLong(String),
     #[error(
-        "the listener closed the connection before answering: port {0:?} is not forwarded there (check its --ports/--forward or azbridge -R list)"
+        "the listener closed the connection before answering: either port {0:?} is not forwarded there (check its --ports/--forward or azbridge -R list) or nothing listens on the port it forwards to (is the debugger, e.g. VS Code's \"listen\" configuration, started?)"
     )]
     Refused(String),
     #[error("the listener does not speak azbridge preamble 1.0 (it answered [0,0,0])")]
