@@ -58,6 +58,34 @@ fn two_hundred_concurrent_tunnels() {
         .filter(|r| matches!(r, Ok(true)))
         .count();
     assert_eq!(intact, TUNNELS, "connect:\n{}", connect.dump());
+    // Every relayed connection is gone from the relay once the tunnels are done.
+    let status = poll(DEADLINE, || {
+        let status = relay_status(relay.addr)?;
+        (status["relayed"] == 0).then_some(status)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "relayed connections never returned to zero: {:?}",
+            relay_status(relay.addr)
+        )
+    });
+    assert!(
+        status["relayed_total"].as_u64() >= Some(TUNNELS as u64),
+        "the relay counted fewer tunnels than were made: {status}"
+    );
+}
+
+/// `GET /$status` from a running `relay serve`.
+fn relay_status(addr: std::net::SocketAddr) -> Option<serde_json::Value> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(DEADLINE)).ok()?;
+    stream
+        .write_all(b"GET /$status HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
 }
 
 #[test]
