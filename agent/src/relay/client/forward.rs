@@ -133,20 +133,8 @@ impl AcceptHandler for RemoteForwarder {
             tracing::warn!("relayed connection failed: {e}");
             return;
         }
-        tracing::info!(
-            port_name = forward.name,
-            "forwarding to {}:{}",
-            forward.host,
-            forward.port
-        );
-        match tunnel.splice(tcp).await {
-            Ok(stats) => tracing::info!(
-                sent = stats.sent,
-                received = stats.received,
-                "relayed connection closed"
-            ),
-            Err(e) => tracing::warn!("relayed connection broke: {e}"),
-        }
+        tracing::info!(port_name = forward.name, "forwarding to {host}:{port}");
+        splice(tunnel, tcp).await;
     }
 }
 
@@ -207,6 +195,12 @@ async fn forward_local(
         return;
     }
     tracing::info!(port_name, "connection from {peer} relayed");
+    splice(tunnel, tcp).await;
+}
+
+/// Splices a relayed connection with its local socket until both ends close, logging
+/// the byte counts or why it broke.
+async fn splice(tunnel: Tunnel, tcp: TcpStream) {
     match tunnel.splice(tcp).await {
         Ok(stats) => tracing::info!(
             sent = stats.sent,
