@@ -13,19 +13,10 @@ use crate::cli::DetectArgs;
 use crate::config::Settings;
 use crate::netinfo::{self, NodeInfo};
 use crate::policy::{self, Decision, Policy, Verdict};
-use crate::role::{self, Detection, Launcher, Overrides, ProcessEnv};
+use crate::role::{Detection, Launcher};
 
 pub fn run(args: &DetectArgs, settings: &Settings) -> anyhow::Result<i32> {
-    let env = ProcessEnv;
-    let overrides = Overrides {
-        rank: args.role.rank,
-        local_rank: args.role.local_rank,
-        world_size: args.role.world_size,
-    };
-    let detection = role::detect(&env, &overrides);
-    for warning in &detection.warnings {
-        tracing::warn!("{warning}");
-    }
+    let detection = super::detect_role(&args.role);
     let decision = policy::decide(&settings.policy, &detection.role);
     let node = netinfo::discover(settings.node_ip);
     let report = Report {

@@ -8,10 +8,10 @@ mod ports;
 mod relay;
 mod status;
 
-use crate::cli::{Cli, Command, LogFormat, PortsCommand};
+use crate::cli::{Cli, Command, LogFormat, PortsCommand, RoleArgs};
 use crate::config::{self, Flags};
 use crate::logging;
-use crate::role::ProcessEnv;
+use crate::role::{self, Detection, Overrides, ProcessEnv};
 
 /// Exit code for errors in the agent itself (bad config, I/O), as opposed to the step's.
 pub const EXIT_AGENT_ERROR: i32 = 1;
@@ -87,4 +87,18 @@ fn report(result: anyhow::Result<i32>) -> i32 {
             EXIT_AGENT_ERROR
         }
     }
+}
+
+/// This process's role, the `--rank`-style flags winning; each ignored value is logged.
+fn detect_role(args: &RoleArgs) -> Detection {
+    let overrides = Overrides {
+        rank: args.rank,
+        local_rank: args.local_rank,
+        world_size: args.world_size,
+    };
+    let detection = role::detect(&ProcessEnv, &overrides);
+    for warning in &detection.warnings {
+        tracing::warn!("{warning}");
+    }
+    detection
 }

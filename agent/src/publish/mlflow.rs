@@ -19,7 +19,6 @@
 //! have no REST server: tags are off.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,6 +29,7 @@ use url::Url;
 use super::SessionState;
 pub use super::tag_publisher::TagPublisher;
 use crate::config::Secret;
+use crate::relay::client::tls;
 use crate::role::Env;
 use crate::session::DebugMode;
 
@@ -349,7 +349,7 @@ fn error_detail(body: &str) -> String {
     }
 }
 
-/// rustls with the ring provider; roots from `ca_file` or the system store (https only).
+/// The agent's rustls setup; roots from `ca_file` or the system store (https only).
 fn tls_config(https: bool, ca_file: Option<&str>) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     if https {
@@ -366,14 +366,7 @@ fn tls_config(https: bool, ca_file: Option<&str>) -> anyhow::Result<rustls::Clie
             );
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("rustls rejected its default protocol versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    tls::config_with_roots(roots)
 }
 
 #[cfg(test)]

@@ -311,58 +311,6 @@ impl Audience {
     }
 }
 
-/// One key a relay knows: its name, secret and rights.
-#[derive(Debug, Clone)]
-pub struct SasKey {
-    pub name: String,
-    pub key: Secret,
-    /// May open a control channel (and rendezvous) on a Hybrid Connection.
-    pub listen: bool,
-    /// May connect as a sender.
-    pub send: bool,
-}
-
-impl SasKey {
-    fn has(&self, right: Right) -> bool {
-        match right {
-            Right::Listen => self.listen,
-            Right::Send => self.send,
-        }
-    }
-}
-
-/// The whole server-side check: parse, find the key by `skn`, verify signature and
-/// expiry, then check that the audience covers `path` and the key has `right`.
-///
-/// `token` is a header value (or a query value decoded once); `None` means none was sent.
-pub fn authorize<'k>(
-    token: Option<&str>,
-    keys: &'k [SasKey],
-    path: &str,
-    right: Right,
-    now: u64,
-) -> Result<&'k SasKey, SasError> {
-    let token = SasToken::parse(token.ok_or(SasError::Missing)?)?;
-    let key = keys
-        .iter()
-        .find(|k| k.name == token.key_name)
-        .ok_or_else(|| SasError::UnknownKey(token.key_name.clone()))?;
-    let audience = token.verify(&key.key, now)?;
-    if !audience.covers(path) {
-        return Err(SasError::WrongPath {
-            audience: format!("{}/{}", audience.host, audience.path),
-            path: path.to_owned(),
-        });
-    }
-    if !key.has(right) {
-        return Err(SasError::MissingRight {
-            key_name: key.name.clone(),
-            right,
-        });
-    }
-    Ok(key)
-}
-
 #[cfg(test)]
 #[path = "sas_tests.rs"]
 mod tests;

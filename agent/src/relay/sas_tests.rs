@@ -1,4 +1,5 @@
-//! Unit tests for `sas`: the documented vectors, parsing, verification, authorisation.
+//! Unit tests for `sas`: the documented vectors, parsing and verification (authorisation
+//! against the server's keys is tested in `relay::server::auth`).
 
 use super::*;
 
@@ -86,100 +87,6 @@ fn lower_case_escapes_are_verified_over_the_raw_bytes() {
         .and_then(|t| t.verify(&key(), 98))
         .expect("verifies");
     assert_eq!(audience.path, "hc");
-}
-
-#[test]
-fn refusals_and_their_status() {
-    let good = sign("http://h/hc/", "send", &key(), 100).expect("short key");
-    let good = good.expose();
-    let forged = good.replace("sig=", "sig=AA");
-    /// token, path, right, now, expected status, why
-    type Case<'a> = (Option<&'a str>, &'a str, Right, u64, u16, &'a str);
-    let cases: &[Case] = &[
-        (None, "hc", Right::Send, 50, 401, "missing"),
-        (Some(""), "hc", Right::Send, 50, 401, "empty"),
-        (Some("Bearer abc"), "hc", Right::Send, 50, 401, "not SAS"),
-        (
-            Some("SharedAccessSignature sr=x&se=1&skn=send"),
-            "hc",
-            Right::Send,
-            50,
-            401,
-            "no sig",
-        ),
-        (
-            Some("SharedAccessSignature sr=x&sig=a&se=soon&skn=send"),
-            "hc",
-            Right::Send,
-            50,
-            401,
-            "bad se",
-        ),
-        (Some(&forged), "hc", Right::Send, 50, 401, "forged"),
-        (Some(good), "hc", Right::Send, 100, 401, "expired"),
-        (Some(good), "other", Right::Send, 50, 403, "other path"),
-        (
-            Some(good),
-            "hcx",
-            Right::Send,
-            50,
-            403,
-            "prefix but not a segment",
-        ),
-        (
-            Some(good),
-            "hc",
-            Right::Listen,
-            50,
-            403,
-            "send-only key listening",
-        ),
-    ];
-    let keys = [
-        SasKey {
-            name: "send".into(),
-            key: key(),
-            listen: false,
-            send: true,
-        },
-        SasKey {
-            name: "listen".into(),
-            key: Secret::new("other"),
-            listen: true,
-            send: false,
-        },
-    ];
-    for (token, path, right, now, status, why) in cases {
-        let err = authorize(*token, &keys, path, *right, *now).expect_err(why);
-        assert_eq!(err.status(), *status, "{why}: {err}");
-    }
-    let unknown = sign("http://h/hc/", "nobody", &key(), 100).expect("short key");
-    let err = authorize(Some(unknown.expose()), &keys, "hc", Right::Send, 50).expect_err("unknown");
-    assert_eq!(err, SasError::UnknownKey("nobody".into()));
-    assert_eq!(err.status(), 401);
-}
-
-#[test]
-fn accepted_paths() {
-    let ns_wide = sign("sb://h/", "send", &key(), 100).expect("short key");
-    let entity = sign("http://h:1/Hc/", "send", &key(), 100).expect("short key");
-    let keys = [SasKey {
-        name: "send".into(),
-        key: key(),
-        listen: true,
-        send: true,
-    }];
-    let cases: &[(&Secret, &str)] = &[
-        (&ns_wide, "anything/at/all"),
-        (&entity, "hc"),
-        (&entity, "/HC/"),
-        (&entity, "hc/suffix/more"),
-    ];
-    for (token, path) in cases {
-        let key = authorize(Some(token.expose()), &keys, path, Right::Listen, 50)
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(key.name, "send");
-    }
 }
 
 #[test]

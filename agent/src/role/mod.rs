@@ -72,7 +72,7 @@ impl Host for LocalHost {
 }
 
 /// The launcher family whose variables decided the role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Launcher {
     /// `--rank` / `AMLX_RANK`.
@@ -105,6 +105,7 @@ pub enum Launcher {
     /// Node-level Azure Batch / Azure ML variables only (ParallelRunStep workers).
     AzureBatch,
     /// Nothing recognised: a plain single process.
+    #[default]
     None,
 }
 
@@ -134,6 +135,21 @@ pub struct Role {
 }
 
 impl Role {
+    /// A role started by `launcher` with nothing else known: no ranks, no sizes, no
+    /// node, and not known to be one of several processes.
+    pub fn unknown(launcher: Launcher) -> Self {
+        Role {
+            launcher,
+            rank: None,
+            local_rank: None,
+            world_size: None,
+            local_world_size: None,
+            node_rank: None,
+            node_master: None,
+            multi_process: false,
+        }
+    }
+
     /// Whether this process is the only one of its job: a world of one, or no world
     /// size and no launcher that starts several processes.
     pub fn alone(&self) -> bool {
@@ -208,7 +224,8 @@ static DETECTORS: &[&dyn Detector] = &[
 ];
 
 /// A detector's raw result: numbers keep their source so consistency warnings can name it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The default knows nothing, like [`Role::unknown`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Found {
     launcher: Launcher,
     rank: Option<Value>,
@@ -221,16 +238,11 @@ struct Found {
 }
 
 impl Found {
+    /// `launcher` with nothing else known yet.
     fn new(launcher: Launcher) -> Self {
         Found {
             launcher,
-            rank: None,
-            local_rank: None,
-            world_size: None,
-            local_world_size: None,
-            node_rank: None,
-            node_master: None,
-            multi_process: false,
+            ..Found::default()
         }
     }
 

@@ -12,10 +12,9 @@ use crate::config::{ConfigError, Settings};
 use crate::inject::prior_art;
 use crate::policy::{self, Verdict};
 use crate::process::{self, ProcessMode, Step};
-use crate::role::{self, Detection, Overrides, ProcessEnv};
+use crate::role::Detection;
 
 pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
-    let env = ProcessEnv;
     // A bad config must not stop training: the step runs undebugged and the log says why.
     let settings = match settings {
         Ok(settings) => Some(honour_prior_art(settings, &args.command)),
@@ -24,15 +23,7 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
             None
         }
     };
-    let overrides = Overrides {
-        rank: args.role.rank,
-        local_rank: args.role.local_rank,
-        world_size: args.role.world_size,
-    };
-    let detection = role::detect(&env, &overrides);
-    for warning in &detection.warnings {
-        tracing::warn!("{warning}");
-    }
+    let detection = super::detect_role(&args.role);
     let decision = match &settings {
         Some(settings) => policy::decide(&settings.policy, &detection.role),
         None => policy::decide(&policy::Policy::default(), &detection.role),

@@ -3,16 +3,11 @@
 use super::super::*;
 use crate::role::Launcher as L;
 
+/// An all-unknown role; every launcher but none and Slurm starts several processes.
 fn role(launcher: L) -> Role {
     Role {
-        launcher,
-        rank: None,
-        local_rank: None,
-        world_size: None,
-        local_world_size: None,
-        node_rank: None,
-        node_master: None,
         multi_process: launcher != L::None && launcher != L::Slurm,
+        ..Role::unknown(launcher)
     }
 }
 

@@ -109,54 +109,32 @@ impl AcceptHandler for RemoteForwarder {
                 return;
             }
         };
-        let target = (forward.host.as_str(), forward.port);
-        let tcp =
-            match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(e)) => {
-                    tracing::warn!(
-                        port_name = forward.name,
-                        "cannot connect to {}:{}: {e}",
-                        forward.host,
-                        forward.port
-                    );
-                    tunnel
-                        .finish(close_code::SERVER_ERROR, "local target unreachable")
-                        .await;
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        port_name = forward.name,
-                        "connecting to {}:{} took over {LOCAL_CONNECT_TIMEOUT:?}",
-                        forward.host,
-                        forward.port
-                    );
-                    tunnel
-                        .finish(close_code::SERVER_ERROR, "local target unreachable")
-                        .await;
-                    return;
-                }
-            };
+        let (host, port) = (forward.host.as_str(), forward.port);
+        let connect = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect((host, port)));
+        let tcp = match connect.await {
+            Ok(Ok(tcp)) => Ok(tcp),
+            Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
+            Err(_) => Err(format!(
+                "connecting to {host}:{port} took over {LOCAL_CONNECT_TIMEOUT:?}"
+            )),
+        };
+        let tcp = match tcp {
+            Ok(tcp) => tcp,
+            Err(why) => {
+                tracing::warn!(port_name = forward.name, "{why}");
+                tunnel
+                    .finish(close_code::SERVER_ERROR, "local target unreachable")
+                    .await;
+                return;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         if let Err(e) = bridge::confirm(&tunnel).await {
             tracing::warn!("relayed connection failed: {e}");
             return;
         }
-        tracing::info!(
-            port_name = forward.name,
-            "forwarding to {}:{}",
-            forward.host,
-            forward.port
-        );
-        match tunnel.splice(tcp).await {
-            Ok(stats) => tracing::info!(
-                sent = stats.sent,
-                received = stats.received,
-                "relayed connection closed"
-            ),
-            Err(e) => tracing::warn!("relayed connection broke: {e}"),
-        }
+        tracing::info!(port_name = forward.name, "forwarding to {host}:{port}");
+        splice(tunnel, tcp).await;
     }
 }
 
@@ -217,6 +195,12 @@ async fn forward_local(
         return;
     }
     tracing::info!(port_name, "connection from {peer} relayed");
+    splice(tunnel, tcp).await;
+}
+
+/// Splices a relayed connection with its local socket until both ends close, logging
+/// the byte counts or why it broke.
+async fn splice(tunnel: Tunnel, tcp: TcpStream) {
     match tunnel.splice(tcp).await {
         Ok(stats) => tracing::info!(
             sent = stats.sent,

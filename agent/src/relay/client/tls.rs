@@ -65,6 +65,13 @@ pub fn client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::Clien
             }
         }
     }
+    Ok(Arc::new(config_with_roots(roots)?))
+}
+
+/// The agent's one rustls client setup (ring provider, safe default versions, no client
+/// certificate, ALPN `http/1.1`) trusting `roots`; the relay and the MLflow client differ
+/// only in where their roots come from.
+pub fn config_with_roots(roots: rustls::RootCertStore) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -72,7 +79,7 @@ pub fn client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::Clien
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 /// Opens the transport for a `ws://` or `wss://` URL.

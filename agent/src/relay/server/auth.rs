@@ -94,10 +94,46 @@ mod tests {
     #[test]
     fn decisions() {
         let ok = |uri: &str, name: &str| token(uri, name, KEY, NOW + 60);
-        // (name, token, path, right, expected status)
-        type Case<'a> = (&'a str, Option<String>, &'a str, Right, Result<(), u16>);
+        let forged = ok("http://h/hc/", "listen").replace("sig=", "sig=AA");
+        // (name, token, path, right, expected key name or status)
+        type Case<'a> = (
+            &'a str,
+            Option<String>,
+            &'a str,
+            Right,
+            Result<&'a str, u16>,
+        );
         let cases: Vec<Case> = vec![
             ("no token", None, "hc", Right::Listen, Err(401)),
+            (
+                "empty token",
+                Some(String::new()),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+            (
+                "not SAS",
+                Some("Bearer abc".into()),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+            (
+                "no sig",
+                Some("SharedAccessSignature sr=x&se=1&skn=listen".into()),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+            (
+                "bad se",
+                Some("SharedAccessSignature sr=x&sig=a&se=soon&skn=listen".into()),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+            ("forged", Some(forged), "hc", Right::Listen, Err(401)),
             (
                 "garbage",
                 Some("nonsense".into()),
@@ -110,21 +146,21 @@ mod tests {
                 Some(ok("http://h/hc/", "listen")),
                 "hc",
                 Right::Listen,
-                Ok(()),
+                Ok("listen"),
             ),
             (
                 "hyco-ws audience",
                 Some(ok("http://h:9/hc", "listen")),
                 "hc",
                 Right::Listen,
-                Ok(()),
+                Ok("listen"),
             ),
             (
                 "namespace token",
                 Some(ok("http://h/", "root")),
                 "x/y",
                 Right::Send,
-                Ok(()),
+                Ok("root"),
             ),
             (
                 "other path",
@@ -138,7 +174,7 @@ mod tests {
                 Some(ok("http://h/hc", "listen")),
                 "hc/sub",
                 Right::Listen,
-                Ok(()),
+                Ok("listen"),
             ),
             (
                 "send key listens",
@@ -152,14 +188,14 @@ mod tests {
                 Some(ok("http://h/shared", "send-a")),
                 "shared",
                 Right::Send,
-                Ok(()),
+                Ok("send-a"),
             ),
             (
                 "key path pattern",
                 Some(ok("http://h/", "send-a")),
                 "team-a/x",
                 Right::Send,
-                Ok(()),
+                Ok("send-a"),
             ),
             (
                 "outside key paths",
@@ -189,13 +225,65 @@ mod tests {
                 Right::Listen,
                 Err(401),
             ),
+            (
+                "expires now",
+                Some(token("http://h/hc", "listen", KEY, NOW)),
+                "hc",
+                Right::Listen,
+                Err(401),
+            ),
+            (
+                "prefix but not a segment",
+                Some(ok("http://h/hc/", "listen")),
+                "hcx",
+                Right::Listen,
+                Err(403),
+            ),
+            (
+                "sb:// namespace audience",
+                Some(ok("sb://h/", "listen")),
+                "anything/at/all",
+                Right::Listen,
+                Ok("listen"),
+            ),
+            (
+                "audience case and port",
+                Some(ok("http://h:1/Hc/", "listen")),
+                "hc",
+                Right::Listen,
+                Ok("listen"),
+            ),
+            (
+                "path case and slashes",
+                Some(ok("http://h:1/Hc/", "listen")),
+                "/HC/",
+                Right::Listen,
+                Ok("listen"),
+            ),
+            (
+                "deep under path",
+                Some(ok("http://h:1/Hc/", "listen")),
+                "hc/suffix/more",
+                Right::Listen,
+                Ok("listen"),
+            ),
         ];
         for (name, tok, path, right, want) in cases {
-            let got = authorize(&keys(), tok.as_deref(), path, right, NOW)
-                .map(|_| ())
+            let got = authorize(&keys(), tok.as_deref(), path, right, NOW);
+            let got = got
+                .as_ref()
+                .map(|g| g.key_name.as_str())
                 .map_err(|e| e.status());
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let tok = token("http://h/hc/", "nobody", KEY, NOW + 60);
+        let err = authorize(&keys(), Some(&tok), "hc", Right::Listen, NOW).expect_err("unknown");
+        assert_eq!(err, SasError::UnknownKey("nobody".into()));
+        assert_eq!(err.status(), 401);
     }
 
     #[test]

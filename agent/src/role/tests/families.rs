@@ -1,7 +1,7 @@
 //! Run-mode table: one or more cases per launcher family.
 
 use super::super::Launcher as L;
-use super::{Case, RoleExt as _, case, role};
+use super::{Case, Role, RoleExt as _, case};
 
 const HYDRA: &[(&str, &str)] = &[
     ("PMI_RANK", "2"),
@@ -13,7 +13,7 @@ const HYDRA: &[(&str, &str)] = &[
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
-        case("nothing", &[], role(L::None), &[]),
+        case("nothing", &[], Role::unknown(L::None), &[]),
         case(
             "open mpi",
             &[
@@ -22,13 +22,16 @@ pub(super) fn cases() -> Vec<Case> {
                 ("OMPI_COMM_WORLD_SIZE", "8"),
                 ("OMPI_COMM_WORLD_LOCAL_SIZE", "4"),
             ],
-            role(L::OpenMpi).ranks(5, 1, 8).local_world(4).multi(),
+            Role::unknown(L::OpenMpi)
+                .ranks(5, 1, 8)
+                .local_world(4)
+                .multi(),
             &[],
         ),
         case(
             "OMPI_MCA tuning variables are not a launch",
             &[("OMPI_MCA_btl_vader_single_copy_mechanism", "none")],
-            role(L::None),
+            Role::unknown(L::None),
             &[],
         ),
         case(
@@ -38,13 +41,16 @@ pub(super) fn cases() -> Vec<Case> {
                 ("OMPI_COMM_WORLD_SIZE", "4"),
                 ("OMPI_COMM_WORLD_NODE_RANK", "3"),
             ],
-            role(L::OpenMpi).rank(3).world(4).multi(),
+            Role::unknown(L::OpenMpi).rank(3).world(4).multi(),
             &[],
         ),
         case(
             "mpich hydra",
             HYDRA,
-            role(L::Mpich).ranks(2, 2, 4).local_world(4).multi(),
+            Role::unknown(L::Mpich)
+                .ranks(2, 2, 4)
+                .local_world(4)
+                .multi(),
             &[],
         ),
         case(
@@ -54,7 +60,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("PMI_PORT", "node1:4567"),
                 ("MPI_LOCALRANKID", "1"),
             ],
-            role(L::Mpich).rank(3).local(1).multi(),
+            Role::unknown(L::Mpich).rank(3).local(1).multi(),
             &[],
         ),
         case(
@@ -66,7 +72,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("PMI_LOCAL_SIZE", "8"),
                 ("PALS_NODEID", "1"),
             ],
-            role(L::CrayPals)
+            Role::unknown(L::CrayPals)
                 .ranks(9, 1, 16)
                 .local_world(8)
                 .node(1)
@@ -80,7 +86,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("MV2_COMM_WORLD_LOCAL_RANK", "1"),
                 ("MV2_COMM_WORLD_SIZE", "2"),
             ],
-            role(L::Mvapich2).ranks(1, 1, 2).multi(),
+            Role::unknown(L::Mvapich2).ranks(1, 1, 2).multi(),
             &[],
         ),
         case(
@@ -89,7 +95,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("PMIX_RANK", "6"),
                 ("PMIX_NAMESPACE", "prterun-host-1234@1"),
             ],
-            role(L::Pmix).rank(6).multi(),
+            Role::unknown(L::Pmix).rank(6).multi(),
             &[],
         ),
         case(
@@ -103,7 +109,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("SLURM_STEP_NUM_TASKS", "4"),
                 ("SLURM_NODEID", "1"),
             ],
-            role(L::Pmix).ranks(3, 1, 4).node(1).multi(),
+            Role::unknown(L::Pmix).ranks(3, 1, 4).node(1).multi(),
             &[],
         ),
         case(
@@ -115,7 +121,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("SLURM_PROCID", "0"),
                 ("SLURM_NTASKS", "1"),
             ],
-            role(L::Pmix).rank(3).multi(),
+            Role::unknown(L::Pmix).rank(3).multi(),
             &[],
         ),
         case(
@@ -129,7 +135,11 @@ pub(super) fn cases() -> Vec<Case> {
                 ("SLURM_NODEID", "1"),
                 ("SLURM_STEP_NODELIST", "node[02-05]"),
             ],
-            role(L::Slurm).ranks(4, 0, 8).node(1).master(true).multi(),
+            Role::unknown(L::Slurm)
+                .ranks(4, 0, 8)
+                .node(1)
+                .master(true)
+                .multi(),
             &[],
         ),
         case(
@@ -141,7 +151,11 @@ pub(super) fn cases() -> Vec<Case> {
                 ("SLURM_STEP_NODELIST", "node[01-02]"),
                 ("SLURMD_NODENAME", "node02"),
             ],
-            role(L::Slurm).rank(1).node(0).master(false).multi(),
+            Role::unknown(L::Slurm)
+                .rank(1)
+                .node(0)
+                .master(false)
+                .multi(),
             &[],
         ),
         case(
@@ -152,13 +166,13 @@ pub(super) fn cases() -> Vec<Case> {
                 ("SLURM_NTASKS", "1"),
                 ("SLURM_NODEID", "0"),
             ],
-            role(L::Slurm),
+            Role::unknown(L::Slurm),
             &[],
         ),
         case(
             "slurm batch pseudo step",
             &[("SLURM_STEP_ID", "4294967291"), ("SLURM_PROCID", "0")],
-            role(L::Slurm),
+            Role::unknown(L::Slurm),
             &[],
         ),
         case(
@@ -171,7 +185,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("LOCAL_WORLD_SIZE", "4"),
                 ("GROUP_RANK", "1"),
             ],
-            role(L::Torchrun)
+            Role::unknown(L::Torchrun)
                 .ranks(5, 1, 8)
                 .local_world(4)
                 .node(1)
@@ -186,7 +200,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("LOCAL_RANK", "0"),
                 ("WORLD_SIZE", "2"),
             ],
-            role(L::Torchrun).ranks(0, 0, 2).node(0).multi(),
+            Role::unknown(L::Torchrun).ranks(0, 0, 2).node(0).multi(),
             &[],
         ),
         case(
@@ -198,7 +212,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("HOROVOD_LOCAL_SIZE", "2"),
                 ("HOROVOD_CROSS_RANK", "1"),
             ],
-            role(L::Horovod)
+            Role::unknown(L::Horovod)
                 .ranks(3, 1, 4)
                 .local_world(2)
                 .node(1)
@@ -215,7 +229,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("CROSS_RANK", "1"),
                 ("MASTER_ADDR", "10.0.0.4"),
             ],
-            role(L::DeepSpeed)
+            Role::unknown(L::DeepSpeed)
                 .ranks(2, 0, 4)
                 .local_world(2)
                 .node(1)
@@ -231,13 +245,13 @@ pub(super) fn cases() -> Vec<Case> {
                 ("NODE_RANK", "0"),
                 ("MASTER_ADDR", "10.0.0.4"),
             ],
-            role(L::Rank).ranks(0, 0, 4).node(0).multi(),
+            Role::unknown(L::Rank).ranks(0, 0, 4).node(0).multi(),
             &[],
         ),
         case(
             "bare RANK outside kubernetes is a process rank",
             &[("RANK", "1"), ("WORLD_SIZE", "2")],
-            role(L::Rank).rank(1).world(2).multi(),
+            Role::unknown(L::Rank).rank(1).world(2).multi(),
             &[],
         ),
         case(
@@ -248,19 +262,19 @@ pub(super) fn cases() -> Vec<Case> {
                 ("WORLD_SIZE", "3"),
                 ("MASTER_ADDR", "job-master-0"),
             ],
-            role(L::KubeflowPytorch).node(2).multi(),
+            Role::unknown(L::KubeflowPytorch).node(2).multi(),
             &[],
         ),
         case(
             "kubeflow pytorchjob pod with PET_NODE_RANK",
             &[("PET_NODE_RANK", "0"), ("PET_NNODES", "2"), ("RANK", "0")],
-            role(L::KubeflowPytorch).node(0).multi(),
+            Role::unknown(L::KubeflowPytorch).node(0).multi(),
             &[],
         ),
         case(
             "kubeflow mpijob worker pod entrypoint",
             &[("K_MPI_JOB_ROLE", "worker")],
-            role(L::KubeflowMpi).multi(),
+            Role::unknown(L::KubeflowMpi).multi(),
             &[],
         ),
         case(
@@ -270,7 +284,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("OMPI_COMM_WORLD_RANK", "1"),
                 ("OMPI_COMM_WORLD_SIZE", "2"),
             ],
-            role(L::OpenMpi).rank(1).world(2).multi(),
+            Role::unknown(L::OpenMpi).rank(1).world(2).multi(),
             &[],
         ),
         case(
@@ -279,13 +293,13 @@ pub(super) fn cases() -> Vec<Case> {
                 ("AZ_BATCH_IS_CURRENT_NODE_MASTER", "true"),
                 ("AZ_BATCH_MASTER_NODE", "10.0.0.4:6000"),
             ],
-            role(L::AzureBatch).master(true).multi(),
+            Role::unknown(L::AzureBatch).master(true).multi(),
             &[],
         ),
         case(
             "azure batch master flag is compared case-insensitively",
             &[("AZ_BATCH_IS_CURRENT_NODE_MASTER", "True")],
-            role(L::AzureBatch).master(true).multi(),
+            Role::unknown(L::AzureBatch).master(true).multi(),
             &[],
         ),
         case(
@@ -294,7 +308,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("AZ_BATCH_IS_CURRENT_NODE_MASTER", "false"),
                 ("AZ_BATCH_MASTER_NODE", "10.0.0.5:6000"),
             ],
-            role(L::AzureBatch).master(false).multi(),
+            Role::unknown(L::AzureBatch).master(false).multi(),
             &[],
         ),
         case(
@@ -303,13 +317,13 @@ pub(super) fn cases() -> Vec<Case> {
                 ("AZ_BATCH_MASTER_NODE", "10.0.0.5:6000"),
                 ("AZ_BATCH_HOST_LIST", "10.0.0.5,10.0.0.6"),
             ],
-            role(L::AzureBatch).master(true).multi(),
+            Role::unknown(L::AzureBatch).master(true).multi(),
             &[],
         ),
         case(
             "azure batch master by address, another node",
             &[("AZ_BATCH_MASTER_NODE", "10.0.0.4:6000")],
-            role(L::AzureBatch).master(false).multi(),
+            Role::unknown(L::AzureBatch).master(false).multi(),
             &[],
         ),
         case(
@@ -319,7 +333,11 @@ pub(super) fn cases() -> Vec<Case> {
                 ("OMPI_COMM_WORLD_SIZE", "2"),
                 ("AZ_BATCHAI_MPI_MASTER_NODE", "node02"),
             ],
-            role(L::OpenMpi).rank(0).world(2).master(true).multi(),
+            Role::unknown(L::OpenMpi)
+                .rank(0)
+                .world(2)
+                .master(true)
+                .multi(),
             &[],
         ),
         case(
@@ -329,7 +347,11 @@ pub(super) fn cases() -> Vec<Case> {
                 ("OMPI_COMM_WORLD_SIZE", "2"),
                 ("AZ_BATCHAI_MPI_MASTER_NODE", "10.0.0.4"),
             ],
-            role(L::OpenMpi).rank(1).world(2).master(false).multi(),
+            Role::unknown(L::OpenMpi)
+                .rank(1)
+                .world(2)
+                .master(false)
+                .multi(),
             &[],
         ),
         case(
@@ -341,7 +363,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("WORLD_SIZE", "4"),
                 ("CROSS_RANK", "1"),
             ],
-            role(L::DeepSpeed).ranks(3, 1, 4).node(1).multi(),
+            Role::unknown(L::DeepSpeed).ranks(3, 1, 4).node(1).multi(),
             &[],
         ),
     ]

@@ -23,20 +23,6 @@ impl Host for FakeHost {
     }
 }
 
-/// The expected role, built up from an all-unknown one.
-pub(super) fn role(launcher: Launcher) -> Role {
-    Role {
-        launcher,
-        rank: None,
-        local_rank: None,
-        world_size: None,
-        local_world_size: None,
-        node_rank: None,
-        node_master: None,
-        multi_process: false,
-    }
-}
-
 pub(super) trait RoleExt {
     fn ranks(self, rank: u32, local: u32, world: u32) -> Role;
     fn rank(self, rank: u32) -> Role;
@@ -147,11 +133,11 @@ fn run_mode_table() {
 #[test]
 fn alone() {
     let cases = [
-        (role(L::None), true),
-        (role(L::Slurm), true),
-        (role(L::AzureBatch).multi(), false),
-        (role(L::Rank).world(1).multi(), true),
-        (role(L::Rank).world(2), false),
+        (Role::unknown(L::None), true),
+        (Role::unknown(L::Slurm), true),
+        (Role::unknown(L::AzureBatch).multi(), false),
+        (Role::unknown(L::Rank).world(1).multi(), true),
+        (Role::unknown(L::Rank).world(2), false),
     ];
     for (role, want) in cases {
         assert_eq!(role.alone(), want, "{role:?}");

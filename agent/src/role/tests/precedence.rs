@@ -1,7 +1,7 @@
 //! Run-mode table: which launcher wins, overrides, and the traps seen in real jobs.
 
 use super::super::{Launcher as L, Overrides};
-use super::{Case, RoleExt as _, case, role};
+use super::{Case, Role, RoleExt as _, case};
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -16,7 +16,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("LOCAL_RANK", "3"),
                 ("WORLD_SIZE", "8"),
             ],
-            role(L::Torchrun).ranks(3, 3, 8).multi(),
+            Role::unknown(L::Torchrun).ranks(3, 3, 8).multi(),
             &[],
         ),
         case(
@@ -28,7 +28,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("PMI_RANK", "2"),
                 ("PMI_SIZE", "4"),
             ],
-            role(L::Mpich).rank(2).world(4).multi(),
+            Role::unknown(L::Mpich).rank(2).world(4).multi(),
             &[],
         ),
         case(
@@ -40,7 +40,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("RANK", "1"),
                 ("WORLD_SIZE", "2"),
             ],
-            role(L::Torchrun).rank(1).world(2).node(0).multi(),
+            Role::unknown(L::Torchrun).rank(1).world(2).node(0).multi(),
             &[],
         ),
         case(
@@ -51,31 +51,31 @@ pub(super) fn cases() -> Vec<Case> {
                 ("MV2_COMM_WORLD_RANK", "7"),
                 ("OMPI_COMM_WORLD_RANK", "6"),
             ],
-            role(L::OpenMpi).rank(6).multi(),
+            Role::unknown(L::OpenMpi).rank(6).multi(),
             &[],
         ),
         case(
             "mvapich2 over pmi",
             &[("PMI_RANK", "8"), ("MV2_COMM_WORLD_RANK", "7")],
-            role(L::Mvapich2).rank(7).multi(),
+            Role::unknown(L::Mvapich2).rank(7).multi(),
             &[],
         ),
         case(
             "pmi over pmix",
             &[("PMIX_RANK", "9"), ("PMI_RANK", "8")],
-            role(L::Mpich).rank(8).multi(),
+            Role::unknown(L::Mpich).rank(8).multi(),
             &[],
         ),
         case(
             "mpi over horovod over bare RANK",
             &[("RANK", "5"), ("HOROVOD_RANK", "4"), ("PMIX_RANK", "3")],
-            role(L::Pmix).rank(3).multi(),
+            Role::unknown(L::Pmix).rank(3).multi(),
             &[],
         ),
         case(
             "horovod over bare RANK",
             &[("RANK", "5"), ("HOROVOD_RANK", "4")],
-            role(L::Horovod).rank(4).multi(),
+            Role::unknown(L::Horovod).rank(4).multi(),
             &[],
         ),
         case(
@@ -87,7 +87,11 @@ pub(super) fn cases() -> Vec<Case> {
                 ("RANK", "1"),
                 ("LOCAL_RANK", "1"),
             ],
-            role(L::Rank).rank(1).local(1).master(false).multi(),
+            Role::unknown(L::Rank)
+                .rank(1)
+                .local(1)
+                .master(false)
+                .multi(),
             &[],
         ),
         case(
@@ -98,7 +102,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("SLURM_PROCID", "1"),
                 ("SLURM_NODEID", "1"),
             ],
-            role(L::Slurm).rank(1).node(1).master(true).multi(),
+            Role::unknown(L::Slurm).rank(1).node(1).master(true).multi(),
             &[],
         ),
         Case {
@@ -113,7 +117,7 @@ pub(super) fn cases() -> Vec<Case> {
                 local_rank: Some(3),
                 world_size: None,
             },
-            want: role(L::Override).ranks(7, 3, 8).multi(),
+            want: Role::unknown(L::Override).ranks(7, 3, 8).multi(),
             warnings: &[],
         },
         case(
@@ -124,7 +128,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("OMPI_COMM_WORLD_RANK", "1"),
                 ("OMPI_COMM_WORLD_SIZE", "8"),
             ],
-            role(L::Override).rank(6).world(10).multi(),
+            Role::unknown(L::Override).rank(6).world(10).multi(),
             &[],
         ),
         case(
@@ -134,7 +138,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("AMLX_LOCAL_RANK", " "),
                 ("PMI_RANK", "1"),
             ],
-            role(L::Mpich).rank(1).multi(),
+            Role::unknown(L::Mpich).rank(1).multi(),
             &[],
         ),
         case(
@@ -145,7 +149,7 @@ pub(super) fn cases() -> Vec<Case> {
                 ("PMI_RANK", "3"),
                 ("PMI_SIZE", "4"),
             ],
-            role(L::Mpich).rank(3).world(4).multi(),
+            Role::unknown(L::Mpich).rank(3).world(4).multi(),
             &[],
         ),
     ]
@@ -157,7 +161,7 @@ pub(super) fn traps() -> Vec<Case> {
         case(
             "RANK=abc",
             &[("RANK", "abc"), ("WORLD_SIZE", "4")],
-            role(L::Rank).world(4).multi(),
+            Role::unknown(L::Rank).world(4).multi(),
             &[&["RANK", "\"abc\"", "not a whole number"]],
         ),
         case(
@@ -167,19 +171,19 @@ pub(super) fn traps() -> Vec<Case> {
                 ("RANK", "0"),
                 ("LOCAL_RANK", "-1"),
             ],
-            role(L::Torchrun).rank(0).multi(),
+            Role::unknown(L::Torchrun).rank(0).multi(),
             &[&["LOCAL_RANK", "\"-1\"", "negative"]],
         ),
         case(
             "empty values",
             &[("OMPI_COMM_WORLD_RANK", ""), ("OMPI_COMM_WORLD_SIZE", "4")],
-            role(L::OpenMpi).world(4).multi(),
+            Role::unknown(L::OpenMpi).world(4).multi(),
             &[&["OMPI_COMM_WORLD_RANK", "empty"]],
         ),
         case(
             "range value PET_NNODES=1:4",
             &[("PET_NODE_RANK", "1"), ("PET_NNODES", "1:4")],
-            role(L::KubeflowPytorch).node(1).multi(),
+            Role::unknown(L::KubeflowPytorch).node(1).multi(),
             &[&["PET_NNODES", "\"1:4\"", "range"]],
         ),
         case(
@@ -189,7 +193,7 @@ pub(super) fn traps() -> Vec<Case> {
                 ("PMI_SIZE", "4"),
                 ("MPI_LOCALRANKID", "0"),
             ],
-            role(L::Mpich).local(0).world(4).multi(),
+            Role::unknown(L::Mpich).local(0).world(4).multi(),
             &[&["PMI_RANK", "\"4\"", "PMI_SIZE=4"]],
         ),
         case(
@@ -199,19 +203,19 @@ pub(super) fn traps() -> Vec<Case> {
                 ("HOROVOD_LOCAL_RANK", "2"),
                 ("HOROVOD_LOCAL_SIZE", "2"),
             ],
-            role(L::Horovod).rank(1).local_world(2).multi(),
+            Role::unknown(L::Horovod).rank(1).local_world(2).multi(),
             &[&["HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE=2"]],
         ),
         case(
             "zero world size",
             &[("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "0")],
-            role(L::Rank).rank(0).local(0).multi(),
+            Role::unknown(L::Rank).rank(0).local(0).multi(),
             &[&["WORLD_SIZE", "zero"]],
         ),
         case(
             "bad master flag",
             &[("AZ_BATCH_IS_CURRENT_NODE_MASTER", "yes")],
-            role(L::AzureBatch).multi(),
+            Role::unknown(L::AzureBatch).multi(),
             &[&[
                 "AZ_BATCH_IS_CURRENT_NODE_MASTER",
                 "\"yes\"",
@@ -221,7 +225,7 @@ pub(super) fn traps() -> Vec<Case> {
         case(
             "bad AMLX_RANK falls back to the launcher",
             &[("AMLX_RANK", "first"), ("PMI_RANK", "1")],
-            role(L::Mpich).rank(1).multi(),
+            Role::unknown(L::Mpich).rank(1).multi(),
             &[&["AMLX_RANK", "\"first\""]],
         ),
         case(
@@ -231,7 +235,7 @@ pub(super) fn traps() -> Vec<Case> {
                 ("RANK", "3"),
                 ("WORLD_SIZE", "3"),
             ],
-            role(L::KubeflowPytorch).multi(),
+            Role::unknown(L::KubeflowPytorch).multi(),
             &[&["RANK", "WORLD_SIZE=3", "node rank"]],
         ),
         case(
@@ -241,7 +245,7 @@ pub(super) fn traps() -> Vec<Case> {
                 ("SLURM_PROCID", "0"),
                 ("SLURM_STEP_NODELIST", "node["),
             ],
-            role(L::Slurm).rank(0).multi(),
+            Role::unknown(L::Slurm).rank(0).multi(),
             &[&["SLURM_STEP_NODELIST", "host list"]],
         ),
         case(
@@ -252,13 +256,13 @@ pub(super) fn traps() -> Vec<Case> {
                 ("LOCAL_RANK", ""),
                 ("WORLD_SIZE", "-3"),
             ],
-            role(L::Torchrun).multi(),
+            Role::unknown(L::Torchrun).multi(),
             &[&["RANK="], &["LOCAL_RANK="], &["WORLD_SIZE="]],
         ),
         case(
             "bad kubeflow mpi role",
             &[("K_MPI_JOB_ROLE", "boss")],
-            role(L::KubeflowMpi).multi(),
+            Role::unknown(L::KubeflowMpi).multi(),
             &[&["K_MPI_JOB_ROLE", "\"boss\""]],
         ),
     ]
