@@ -41,6 +41,14 @@ fn every_subcommand_help_has_examples() {
         &["exec", "--help"][..],
         &["detect", "--help"][..],
         &["ports", "list", "--help"][..],
+        &["ports", "--help"][..],
+        &["relay", "--help"][..],
+        &["relay", "serve", "--help"][..],
+        &["relay", "listen", "--help"][..],
+        &["relay", "connect", "--help"][..],
+        &["status", "--help"][..],
+        &["launch-json", "--help"][..],
+        &["demo", "--help"][..],
     ] {
         let help = stdout_of(args);
         assert!(

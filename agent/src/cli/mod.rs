@@ -89,10 +89,23 @@ pub enum Command {
     Detect(DetectArgs),
 
     /// Inspect this node's debug-port reservations.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+        amlx-agent ports list\n  \
+        amlx-agent ports list --json --lock-dir /shared/amlx/ports"
+    )]
     Ports(PortsCommand),
 
     /// Azure Relay Hybrid Connections: self-hosted server, listener and sender forwarders.
+    ///
+    /// One protocol for Azure Relay and the self-hosted `relay serve`. Credentials come
+    /// from AMLX_RELAY_CONNECTION_STRING, --connection-string-file or the config file,
+    /// never from an argument.
+    #[command(after_help = "Examples:\n  \
+        amlx-agent --config relay.toml relay serve --tls-cert cert.pem --tls-key key.pem\n  \
+        amlx-agent relay listen --hc debug --ports 5678        # laptop, connect mode\n  \
+        amlx-agent relay connect --hc debug --bind 127.0.0.1:5678   # laptop, listen mode")]
     Relay(RelayArgs),
 
     /// Write VS Code attach configurations for a job's debug ports into launch.json.
