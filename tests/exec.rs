@@ -206,3 +206,46 @@ fn sigkill_gives_137_in_both_modes() {
     let out = output_bounded(&mut exec("--supervise", &kill_self));
     assert_eq!(out.status.code(), Some(137), "supervise: exit code 137");
 }
+
+/// The whole set of exported variables, for a non-target and for a target.
+#[test]
+fn every_exported_variable_reaches_the_step() {
+    const SHOW: &str = "echo \"active=$AMLX_AGENT_ACTIVE rank=$AMLX_RANK local=$AMLX_LOCAL_RANK \
+        world=$AMLX_WORLD_SIZE ip=$AMLX_NODE_IP target=$AMLX_DEBUG_TARGET \
+        port=${AMLX_DEBUG_PORT-unset} mode=${AMLX_DEBUG_MODE-unset}\"";
+    let locks = tempfile::tempdir().expect("tempdir");
+    let (start, end) = util::free_port_range(4);
+    let range = format!("{start}-{end}");
+    let run = |extra: &[&str]| {
+        let mut cmd = util::agent();
+        cmd.args([
+            "exec",
+            "--rank",
+            "1",
+            "--local-rank",
+            "1",
+            "--world-size",
+            "2",
+        ])
+        .args(["--node-ip", "127.0.0.1", "--lock-dir"])
+        .arg(locks.path())
+        .env("AMLX_STATE_DIR", locks.path().join("state"))
+        .args(["--port-range", &range])
+        .args(extra)
+        .args(["--", "sh", "-c", SHOW]);
+        let out = output_bounded(&mut cmd);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(
+        run(&[]),
+        "active=1 rank=1 local=1 world=2 ip=127.0.0.1 target=false port=unset mode=unset\n"
+    );
+    assert_eq!(
+        run(&["--debug", "--ranks", "1", "--mode", "direct"]),
+        format!(
+            "active=1 rank=1 local=1 world=2 ip=127.0.0.1 target=true port={} mode=direct\n",
+            start + 1
+        )
+    );
+}

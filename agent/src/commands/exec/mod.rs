@@ -34,13 +34,18 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
         ..Step::default()
     };
     step.env = role_env(&detection);
-    match (decision.verdict, settings) {
+    match (decision.verdict, &settings) {
         (Verdict::NotTarget, _) | (_, None) => {
             tracing::debug!(reason = %decision.reason, "not a debug target");
+            // The shortest path discovers nothing: the node IP is exported when it was
+            // given (--node-ip, AMLX_NODE_IP, [node] ip), detected only for targets.
+            if let Some(ip) = settings.as_ref().and_then(|s| s.node_ip) {
+                step.env.push(env_pair("AMLX_NODE_IP", &ip.to_string()));
+            }
             step.env.push(env_pair("AMLX_DEBUG_TARGET", "false"));
             process::run(mode, &step)
         }
-        (_, Some(settings)) => target::run(&settings, &detection, &decision, mode, step),
+        (_, Some(settings)) => target::run(settings, &detection, &decision, mode, step),
     }
 }
 
