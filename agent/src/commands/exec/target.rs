@@ -16,6 +16,7 @@ use crate::netinfo::{self, NodeInfo};
 use crate::policy::{Decision, Verdict};
 use crate::ports::{self, HolderRecord, Reservation, ReserveRequest};
 use crate::process::{self, ProcessMode, Step};
+use crate::publish::{SessionState, StatusFile, StatusRecord};
 use crate::relay::client::credentials;
 use crate::role::{Detection, ProcessEnv};
 use crate::session::sidecar::{self, Readiness};
@@ -43,16 +44,25 @@ pub fn run(
     let port = reservation.port;
     let (spec, injected) = match prepare(settings, detection, &node, port, &step.argv) {
         Ok(prepared) => prepared,
-        Err(err) => return debug_failed(settings, &format!("{err:#}"), mode, step),
+        Err(err) => {
+            let why = format!("{err:#}");
+            record_undebugged(settings, detection, &node, port, &why);
+            return debug_failed(settings, &why, mode, step);
+        }
     };
     let lock_fd = reservation.file().as_raw_fd();
     let sidecar = match sidecar::spawn(&[lock_fd], move |ready| session::run_sidecar(spec, ready)) {
         Ok((sidecar, Readiness::Ready)) => sidecar,
         Ok((sidecar, Readiness::Failed(why))) => {
+            // The sidecar recorded this failure itself.
             sidecar.terminate();
             return debug_failed(settings, &why, mode, step);
         }
-        Err(err) => return debug_failed(settings, &format!("{err:#}"), mode, step),
+        Err(err) => {
+            let why = format!("{err:#}");
+            record_undebugged(settings, detection, &node, port, &why);
+            return debug_failed(settings, &why, mode, step);
+        }
     };
     announce(detection, &node, port, settings.session.mode);
     if let Some(injected) = injected {
@@ -206,6 +216,39 @@ fn announce(detection: &Detection, node: &NodeInfo, port: u16, mode: DebugMode) 
             "while a debugger pauses this rank, the other ranks run on into their collective \
              timeouts (NCCL, gloo, Horovod): raise those timeouts for debugging sessions"
         );
+    }
+}
+
+/// A target whose session could not start still shows in `amlx-agent status`, as
+/// `running-undebugged` with the reason, for as long as the step runs (its holder is
+/// this process, which becomes or supervises the step). Best effort.
+fn record_undebugged(
+    settings: &Settings,
+    detection: &Detection,
+    node: &NodeInfo,
+    port: u16,
+    why: &str,
+) {
+    if settings.session.on_failure != FailurePolicy::Continue {
+        return;
+    }
+    let Ok(dir) = crate::publish::state_dir(settings.state_dir.as_deref(), &ProcessEnv) else {
+        return;
+    };
+    let endpoint = match node.ip {
+        Some(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        None => format!("port {port}"),
+    };
+    let mut record = StatusRecord::new(std::process::id(), port, settings.session.mode, endpoint);
+    record.rank = detection.role.rank;
+    record.local_rank = detection.role.local_rank;
+    match StatusFile::create(&dir, record) {
+        Ok(mut status) => {
+            let _ = status.set_state(SessionState::RunningUndebugged, Some(why));
+            // Dropping it would remove the record; readers judge it by its holder.
+            std::mem::forget(status);
+        }
+        Err(err) => tracing::debug!("no status record for this failed session: {err:#}"),
     }
 }
 
