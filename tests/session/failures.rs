@@ -134,17 +134,29 @@ fn relay_down_with_on_debug_failure_fail_does_not_run_the_step() {
     );
 }
 
+/// While a step runs undebugged, `status` says why: a relay that is down (the sidecar
+/// finds out), and no relay credentials at all (found before any sidecar starts).
 #[test]
-fn status_says_why_while_a_step_runs_undebugged_with_the_relay_down() {
-    let locks = tempfile::tempdir().expect("tempdir");
-    let state_dir = locks.path().join("state");
-    let gate = Gate::in_dir(locks.path());
+fn status_says_why_while_a_step_runs_undebugged() {
     let closed = free_port();
-    let (_, _, range) = port_range(4);
-    let mut agent = Running::spawn(
-        util::agent()
-            .env("AMLX_RELAY_CONNECTION_STRING", down_relay(closed))
-            .env("AMLX_RELAY_INSECURE_WS", "true")
+    let relay_down = [
+        ("AMLX_RELAY_CONNECTION_STRING", down_relay(closed)),
+        ("AMLX_RELAY_INSECURE_WS", "true".to_owned()),
+    ];
+    let cases: [(&[(&str, String)], String); 2] = [
+        (
+            &relay_down,
+            format!("cannot reach relay 127.0.0.1:{closed}"),
+        ),
+        (&[], "no relay credentials".to_owned()),
+    ];
+    for (env, cause) in cases {
+        let locks = tempfile::tempdir().expect("tempdir");
+        let state_dir = locks.path().join("state");
+        let gate = Gate::in_dir(locks.path());
+        let (_, _, range) = port_range(4);
+        let mut cmd = util::agent();
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
             .env("AMLX_LOCK_DIR", locks.path())
             .env("AMLX_STATE_DIR", &state_dir)
             .env("NO_COLOR", "1")
@@ -152,48 +164,17 @@ fn status_says_why_while_a_step_runs_undebugged_with_the_relay_down() {
             .args(["--", "python3"])
             .arg(step_py())
             .env("STEP_GATE", gate.path())
-            .env("STEP_EXIT_CODE", "5"),
-    );
-    let pid = agent.pid();
-    let session = wait_state(&state_dir, pid, "running-undebugged", &agent);
-    let reason = session["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains(&format!("cannot reach relay 127.0.0.1:{closed}")),
-        "{session}"
-    );
-    assert_eq!(session["holder"], "live", "{session}");
-    gate.open();
-    assert_eq!(agent.wait_exit().code(), Some(5), "{}", agent.log());
-    assert_session_over(&state_dir, pid);
-}
-
-/// A failure before the sidecar starts (here: no relay credentials at all) is on
-/// record too, with its cause, while the step runs.
-#[test]
-fn status_says_why_when_the_session_cannot_even_start() {
-    let locks = tempfile::tempdir().expect("tempdir");
-    let state_dir = locks.path().join("state");
-    let gate = Gate::in_dir(locks.path());
-    let (_, _, range) = port_range(4);
-    let mut agent = Running::spawn(
-        util::agent()
-            .env("AMLX_LOCK_DIR", locks.path())
-            .env("AMLX_STATE_DIR", &state_dir)
-            .env("NO_COLOR", "1")
-            .args(["exec", "--debug", "--rank", "0", "--port-range", &range])
-            .args(["--", "python3"])
-            .arg(step_py())
-            .env("STEP_GATE", gate.path())
-            .env("STEP_EXIT_CODE", "5"),
-    );
-    let pid = agent.pid();
-    let session = wait_state(&state_dir, pid, "running-undebugged", &agent);
-    let reason = session["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("no relay credentials"), "{session}");
-    assert_eq!(session["holder"], "live", "{session}");
-    gate.open();
-    assert_eq!(agent.wait_exit().code(), Some(5), "{}", agent.log());
-    assert_session_over(&state_dir, pid);
+            .env("STEP_EXIT_CODE", "5");
+        let mut agent = Running::spawn(&mut cmd);
+        let pid = agent.pid();
+        let session = wait_state(&state_dir, pid, "running-undebugged", &agent);
+        let reason = session["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(&cause), "expected {cause:?}: {session}");
+        assert_eq!(session["holder"], "live", "{session}");
+        gate.open();
+        assert_eq!(agent.wait_exit().code(), Some(5), "{}", agent.log());
+        assert_session_over(&state_dir, pid);
+    }
 }
 
 /// A connection string for a relay that is not running (nothing listens on `port`).
