@@ -381,3 +381,30 @@ fn replace_mode_status_shows_attached_and_the_sidecar_ends_with_the_step() {
 fn supervise_mode_runs_the_same_session_and_the_sidecar_ends_with_the_step() {
     attached_session("--supervise");
 }
+
+/// Supervise mode ends the session through the lifeline, not a signal the sidecar must
+/// ignore while its parent lives: the sidecar publishes `ended` before the agent exits.
+#[test]
+fn supervise_mode_ends_the_session_cleanly_when_the_step_exits() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let (_, _, range) = super::harness::port_range(4);
+    let out = util::output_bounded(
+        util::agent()
+            .env("AMLX_LOCK_DIR", locks.path())
+            .env("AMLX_STATE_DIR", locks.path().join("state"))
+            .env("NO_COLOR", "1")
+            .args(["exec", "--supervise", "--debug", "--mode", "direct"])
+            .args([
+                "--node-ip",
+                "127.0.0.1",
+                "--inject",
+                "none",
+                "--port-range",
+                &range,
+            ])
+            .args(["--", "sh", "-c", "exit 3"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("debug session ended"), "{stderr}");
+}

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::publish::SessionState;
 use crate::relay::client::Endpoint;
 use report::Reporter;
-use sidecar::ReadySignal;
+use sidecar::{Lifeline, ReadySignal};
 
 use serde::Serialize;
 
@@ -131,7 +131,7 @@ impl SessionSpec {
 /// The sidecar's whole life: returns its exit code. Reports readiness through `ready`
 /// before the step starts, then serves the session until the step dies (SIGTERM from
 /// the parent-death signal).
-pub fn run_sidecar(spec: SessionSpec, mut ready: ReadySignal) -> i32 {
+pub fn run_sidecar(spec: SessionSpec, mut ready: ReadySignal, lifeline: Lifeline) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -154,6 +154,7 @@ pub fn run_sidecar(spec: SessionSpec, mut ready: ReadySignal) -> i32 {
         };
         tokio::select! {
             () = session => {}
+            () = lifeline.ended() => {}
             () = step_gone(parent) => {}
         }
         let _ = tokio::time::timeout(FINAL_PUBLISH_TIMEOUT, reporter.finish()).await;

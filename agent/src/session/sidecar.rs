@@ -7,10 +7,16 @@
 //! within a second. A dead sidecar never takes the step down: nothing links them the
 //! other way. The parent learns whether the sidecar is usable through a readiness pipe
 //! before the step starts.
+//!
+//! A second pipe, the lifeline, ends the session without a signal: the sidecar reads it
+//! until EOF, which comes when every holder of its write end is gone. The supervisor
+//! (supervise mode) closes it once the step exited; in replace mode the step inherits it
+//! across `execve`. SIGTERM cannot serve here, since launchers signal whole process
+//! groups while the step may trap the signal and run on.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -22,7 +28,7 @@ use nix::unistd::{ForkResult, Pid, getppid};
 /// How long the parent waits for the sidecar to report that the relay path is usable.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a terminated sidecar gets to publish its final state before SIGKILL.
+/// How long an ended sidecar gets to publish its final state before SIGKILL.
 pub const TERMINATE_GRACE: Duration = Duration::from_secs(1);
 
 /// What the sidecar reported before the step starts.
@@ -56,10 +62,30 @@ impl ReadySignal {
     }
 }
 
+/// The sidecar's end of the lifeline: resolves [`Lifeline::ended`] at EOF.
+#[derive(Debug)]
+pub struct Lifeline(OwnedFd);
+
+impl Lifeline {
+    /// Resolves once every holder of the write end is gone (the step's session is over).
+    /// Must run inside a Tokio runtime.
+    pub async fn ended(self) {
+        use tokio::io::AsyncReadExt as _;
+        let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(self.0) else {
+            tracing::warn!("sidecar cannot watch its lifeline; it ends with the step's death");
+            return std::future::pending().await;
+        };
+        let mut sink = [0u8; 64];
+        while matches!(pipe.read(&mut sink).await, Ok(n) if n > 0) {}
+    }
+}
+
 /// The parent's handle on a running sidecar.
 #[derive(Debug)]
 pub struct Sidecar {
     pid: Pid,
+    /// Write end of the lifeline; closing it (in every holder) ends the session.
+    lifeline: Option<OwnedFd>,
 }
 
 impl Sidecar {
@@ -68,10 +94,24 @@ impl Sidecar {
         self.pid.as_raw().unsigned_abs()
     }
 
-    /// Stops the sidecar (supervise mode, after the step exited): SIGTERM, a short
-    /// grace to publish the final state, then SIGKILL. Always reaps it.
-    pub fn terminate(self) {
-        let _ = kill(self.pid, Signal::SIGTERM);
+    /// Lets the lifeline survive `execve` (replace mode): the step holds it from then on,
+    /// and the session ends when the step (and whatever inherited it) is gone.
+    pub fn keep_across_exec(&self) -> std::io::Result<RawFd> {
+        use nix::fcntl::{F_GETFD, F_SETFD, FdFlag, fcntl};
+        let fd = self
+            .lifeline
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the lifeline is already closed"))?;
+        let flags = FdFlag::from_bits_truncate(fcntl(fd, F_GETFD)?);
+        fcntl(fd, F_SETFD(flags - FdFlag::FD_CLOEXEC))?;
+        Ok(fd.as_raw_fd())
+    }
+
+    /// Ends the session (supervise mode, after the step exited; or a failed start):
+    /// closes the lifeline, gives the sidecar a short grace to publish its final state,
+    /// then SIGKILL. Always reaps it.
+    pub fn terminate(mut self) {
+        drop(self.lifeline.take());
         let deadline = Instant::now() + TERMINATE_GRACE;
         while Instant::now() < deadline {
             match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
@@ -91,7 +131,7 @@ impl Sidecar {
 /// exit code; it must call `ready()` or `failed()` on the signal it gets.
 pub fn spawn<F>(close_in_child: &[RawFd], body: F) -> anyhow::Result<(Sidecar, Readiness)>
 where
-    F: FnOnce(ReadySignal) -> i32,
+    F: FnOnce(ReadySignal, Lifeline) -> i32,
 {
     let threads = settled_thread_count();
     if threads != Some(1) {
@@ -99,6 +139,9 @@ where
     }
     let (read_end, write_end) =
         nix::unistd::pipe().context("could not create the sidecar readiness pipe")?;
+    // Close-on-exec, so a supervised step never holds the lifeline by accident.
+    let (lifeline_read, lifeline_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .context("could not create the sidecar lifeline pipe")?;
     let parent = nix::unistd::getpid();
     // SAFETY: the process has exactly one thread (checked above), so the child starts
     // with no lock held by a vanished thread; it only calls async-signal-safe setup
@@ -108,20 +151,33 @@ where
     match fork {
         ForkResult::Child => {
             drop(read_end);
-            let code = run_child(parent, close_in_child, write_end, body);
+            drop(lifeline_write);
+            let lifeline = Lifeline(lifeline_read);
+            let code = run_child(parent, close_in_child, write_end, lifeline, body);
             std::process::exit(code);
         }
         ForkResult::Parent { child } => {
             drop(write_end);
+            drop(lifeline_read);
             let readiness = wait_ready(read_end, READY_TIMEOUT);
-            Ok((Sidecar { pid: child }, readiness))
+            let sidecar = Sidecar {
+                pid: child,
+                lifeline: Some(lifeline_write),
+            };
+            Ok((sidecar, readiness))
         }
     }
 }
 
-fn run_child<F>(parent: Pid, close_in_child: &[RawFd], write_end: OwnedFd, body: F) -> i32
+fn run_child<F>(
+    parent: Pid,
+    close_in_child: &[RawFd],
+    write_end: OwnedFd,
+    lifeline: Lifeline,
+    body: F,
+) -> i32
 where
-    F: FnOnce(ReadySignal) -> i32,
+    F: FnOnce(ReadySignal, Lifeline) -> i32,
 {
     if nix::sys::prctl::set_pdeathsig(Some(Signal::SIGTERM)).is_err() || getppid() != parent {
         // The parent died before the death signal was armed: there is no step to serve.
@@ -131,7 +187,7 @@ where
         let _ = nix::unistd::close(*fd);
     }
     redirect_stdin_to_null();
-    body(ReadySignal(Some(File::from(write_end))))
+    body(ReadySignal(Some(File::from(write_end))), lifeline)
 }
 
 /// The sidecar must not hold the step's stdin (MPI launchers forward stdin to rank 0).
@@ -208,7 +264,7 @@ mod tests {
     #[test]
     fn refuses_to_fork_a_threaded_process() {
         let _other = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(200)));
-        let err = spawn(&[], |_| 0).expect_err("must refuse");
+        let err = spawn(&[], |_, _| 0).expect_err("must refuse");
         assert!(err.to_string().contains("threads"), "{err}");
     }
 }

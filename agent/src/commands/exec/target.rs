@@ -51,7 +51,9 @@ pub fn run(
         }
     };
     let lock_fd = reservation.file().as_raw_fd();
-    let sidecar = match sidecar::spawn(&[lock_fd], move |ready| session::run_sidecar(spec, ready)) {
+    let sidecar = match sidecar::spawn(&[lock_fd], move |ready, lifeline| {
+        session::run_sidecar(spec, ready, lifeline)
+    }) {
         Ok((sidecar, Readiness::Ready)) => sidecar,
         Ok((sidecar, Readiness::Failed(why))) => {
             // The sidecar recorded this failure itself.
@@ -77,12 +79,21 @@ pub fn run(
         &settings.session.mode.to_string(),
     ));
     if mode == ProcessMode::Replace {
-        // The step itself must hold the lock after execve, for exactly its lifetime.
-        match reservation.keep_across_exec() {
-            Ok(fd) => step.keep_fds.push(fd),
-            Err(err) => {
+        // The step itself must hold the lock and the sidecar's lifeline after execve,
+        // for exactly its lifetime.
+        let kept = reservation
+            .keep_across_exec()
+            .map_err(|err| format!("could not keep the port lock across exec: {err}"))
+            .and_then(|lock| {
+                let lifeline = sidecar.keep_across_exec().map_err(|err| {
+                    format!("could not keep the sidecar's lifeline across exec: {err}")
+                })?;
+                Ok([lock, lifeline])
+            });
+        match kept {
+            Ok(fds) => step.keep_fds.extend(fds),
+            Err(why) => {
                 sidecar.terminate();
-                let why = format!("could not keep the port lock across exec: {err}");
                 return debug_failed(settings, &why, mode, step);
             }
         }
