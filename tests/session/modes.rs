@@ -132,6 +132,8 @@ fn direct_mode_logs_the_address_a_debugger_attaches_to() {
         agent.log()
     );
     assert!(agent.stdout.wait_for("done total 6").is_some());
+    // The sidecar saw the developer's connection to debugpy (direct mode has no relay).
+    assert!(agent.log().contains("debug session attached"), "{}", agent.log());
 }
 
 #[test]

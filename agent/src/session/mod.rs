@@ -200,11 +200,46 @@ async fn step_gone(parent: nix::unistd::Pid) {
 async fn direct(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Reporter) {
     ready.ready();
     reporter.set(SessionState::WaitingForDebugger, None);
-    if spec.wait_for_client {
-        tokio::time::sleep(spec.attach_timeout).await;
-        release_listening_debuggee(spec, reporter).await;
+    let deadline = Instant::now() + spec.attach_timeout;
+    let mut attached_once = false;
+    let mut released = !spec.wait_for_client;
+    loop {
+        // debugpy accepts the developer itself; its connections show in the kernel's
+        // socket table (its own adapter-to-debuggee link uses another port).
+        let attached = clients_connected(spec.port);
+        match (attached, attached_once) {
+            (true, _) => reporter.set(SessionState::Attached, None),
+            (false, true) => reporter.set(
+                SessionState::RunningUndebugged,
+                Some("the debugger detached; the step runs on"),
+            ),
+            (false, false) => {}
+        }
+        attached_once |= attached;
+        if !released && !attached_once && Instant::now() >= deadline {
+            release_listening_debuggee(spec, reporter).await;
+            released = true;
+        }
+        tokio::time::sleep(ATTACH_POLL).await;
     }
-    std::future::pending::<()>().await;
+}
+
+/// How often direct mode looks for a connected debugger.
+const ATTACH_POLL: Duration = Duration::from_millis(200);
+
+/// Whether an established TCP connection has `port` as its local port (IPv4 or IPv6),
+/// read from /proc without touching the socket.
+fn clients_connected(port: u16) -> bool {
+    let local = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // fields: sl, local_address, rem_address, st (01 = ESTABLISHED), ...
+                fields.len() > 3 && format!("{} ", fields[1]).ends_with(&local) && fields[3] == "01"
+            })
+        })
+    })
 }
 
 /// The relay path cannot be set up: record why, tell the agent, and (when the step runs
