@@ -133,7 +133,11 @@ fn direct_mode_logs_the_address_a_debugger_attaches_to() {
     );
     assert!(agent.stdout.wait_for("done total 6").is_some());
     // The sidecar saw the developer's connection to debugpy (direct mode has no relay).
-    assert!(agent.log().contains("debug session attached"), "{}", agent.log());
+    assert!(
+        agent.log().contains("debug session attached"),
+        "{}",
+        agent.log()
+    );
 }
 
 #[test]
