@@ -46,6 +46,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::Serialize;
 
+use crate::process::command_line;
 use crate::role::Env;
 use crate::session::{DebugMode, keyword_enum};
 
@@ -261,13 +262,6 @@ pub fn rewrite(
         argv,
         env: vec![(key.into(), value.into())],
     })
-}
-
-fn command_line(argv: &[OsString]) -> String {
-    argv.iter()
-        .map(|w| w.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::publish::holder::process_start_time;
+
 /// Longest command line stored in a record; longer ones are cut (with `…`) so a record
 /// stays one small write.
 pub const MAX_RECORD_COMMAND: usize = 512;
@@ -60,24 +62,6 @@ impl HolderRecord {
     }
 }
 
-/// Start time of `pid` in clock ticks since boot, from `/proc/<pid>/stat` field 22.
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_time(&stat)
-}
-
-/// Field 22 of a `/proc/<pid>/stat` line. The command (field 2) is in parentheses and may
-/// itself contain spaces and `)`, so fields are counted after the *last* `)`.
-fn parse_start_time(stat: &str) -> Option<u64> {
-    /// Field 3 (state) is the first after the command; field 22 is 19 further on.
-    const START_TIME_AFTER_COMM: usize = 22 - 3;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace()
-        .nth(START_TIME_AFTER_COMM)?
-        .parse()
-        .ok()
-}
-
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -130,21 +114,6 @@ mod tests {
     fn unreadable_records_are_none() {
         for bytes in [&b""[..], b"{", b"{\"pid\":1}", b"not json"] {
             assert_eq!(HolderRecord::from_bytes(bytes), None, "{bytes:?}");
-        }
-    }
-
-    #[test]
-    fn parses_stat_field_22() {
-        let fields: Vec<String> = (3..=30).map(|n| n.to_string()).collect();
-        let tail = fields.join(" ");
-        let cases = [
-            (format!("1234 (python) {tail}"), Some(22)),
-            (format!("1234 (a b) c)) {tail}"), Some(22)),
-            ("1234 (short) S 1 2".to_owned(), None),
-            ("garbage".to_owned(), None),
-        ];
-        for (line, want) in cases {
-            assert_eq!(parse_start_time(&line), want, "{line}");
         }
     }
 

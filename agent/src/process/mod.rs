@@ -64,6 +64,14 @@ pub struct ExecError {
     pub message: String,
 }
 
+/// A command line for logs and records: the words joined by spaces (lossy UTF-8).
+pub fn command_line(argv: &[OsString]) -> String {
+    argv.iter()
+        .map(|word| word.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Replace when not PID 1, supervise when PID 1 (container ENTRYPOINT).
 pub fn default_mode() -> ProcessMode {
     if std::process::id() == 1 {

@@ -98,7 +98,17 @@ mod tests {
 
     #[test]
     fn parses_state_and_start_time() {
+        // Fields 3..=30 hold their own numbers: field 22 is 22, whatever the name holds.
+        let numbered = (3..=30)
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let plain = format!("1234 (python) {numbered}");
+        let nested = format!("1234 (a b) c)) {numbered}");
         let cases = [
+            (plain.as_str(), Some(('3', 22))),
+            (nested.as_str(), Some(('3', 22))),
+            ("garbage", None),
             (STAT_SLEEP, Some(('S', 987_654))),
             (STAT_ODD_NAME, Some(('Z', 5))),
             ("", None),

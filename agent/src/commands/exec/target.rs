@@ -15,7 +15,7 @@ use crate::inject::{self, DebugpyOptions, Injected, Plan, Skip};
 use crate::netinfo::{self, NodeInfo};
 use crate::policy::{Decision, Verdict};
 use crate::ports::{self, HolderRecord, Reservation, ReserveRequest};
-use crate::process::{self, ProcessMode, Step};
+use crate::process::{self, ProcessMode, Step, command_line};
 use crate::publish::{SessionState, StatusFile, StatusRecord};
 use crate::relay::client::credentials;
 use crate::role::{Detection, ProcessEnv};
@@ -278,11 +278,4 @@ fn debug_failed(settings: &Settings, why: &str, mode: ProcessMode, mut step: Ste
             EXIT_AGENT_ERROR
         }
     }
-}
-
-fn command_line(argv: &[OsString]) -> String {
-    argv.iter()
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
