@@ -145,24 +145,14 @@ fn vscode_attaching_during_the_demo_hits_a_breakpoint_in_the_example_step() {
     let dir_path = dir.path().canonicalize().expect("canonical dir");
     let vscode_port = free_port();
     let marker = new_marker();
-    let stdout_file = tempfile::NamedTempFile::new().expect("stdout file");
-    let stderr_file = tempfile::NamedTempFile::new().expect("stderr file");
-    let mut child = demo(state.path(), vscode_port, "60s", &marker)
-        .arg("--dir")
-        .arg(&dir_path)
-        .stdin(std::process::Stdio::null())
-        .stdout(stdout_file.reopen().expect("reopen"))
-        .stderr(stderr_file.reopen().expect("reopen"))
-        .spawn()
-        .expect("spawn the demo");
-    let read = |file: &tempfile::NamedTempFile| {
-        let mut text = String::new();
-        let _ = file.reopen().and_then(|mut f| f.read_to_string(&mut text));
-        text
-    };
+    let (mut child, output) = Captured::spawn(
+        demo(state.path(), vscode_port, "60s", &marker)
+            .arg("--dir")
+            .arg(&dir_path),
+    );
     // The developer reads the instructions, then starts "VS Code".
     util::wait_for("the demo's attach instructions", SESSION_DEADLINE, || {
-        read(&stdout_file).contains("Run and Debug").then_some(())
+        output.stdout().contains("Run and Debug").then_some(())
     });
     let step: PathBuf = dir_path.join(STEP_FILE);
     let attach = Attach {
@@ -172,8 +162,8 @@ fn vscode_attaching_during_the_demo_hits_a_breakpoint_in_the_example_step() {
     let dap = DapClient::start_in(&[attach], &step, "step");
     let outcome = &dap.finish(1)[0];
     let status = util::wait_within(&mut child, SESSION_DEADLINE);
-    let stdout = read(&stdout_file);
-    let all = format!("stdout:\n{stdout}\nstderr:\n{}", read(&stderr_file));
+    let stdout = output.stdout();
+    let all = format!("stdout:\n{stdout}\nstderr:\n{}", output.stderr());
     assert!(outcome.ok, "the DAP session failed: {outcome:?}\n{all}");
     assert_eq!(outcome.line, Some(breakpoint_line()), "stopped elsewhere");
     assert_eq!(outcome.value.as_deref(), Some("0"), "first loop iteration");
@@ -243,30 +233,19 @@ fn demo_help_names_its_options_and_examples() {
 fn sigterm_to_the_demo_stops_the_waiting_step_and_everything_else() {
     let state = tempfile::tempdir().expect("tempdir");
     let marker = new_marker();
-    let stdout_file = tempfile::NamedTempFile::new().expect("stdout file");
-    let stderr_file = tempfile::NamedTempFile::new().expect("stderr file");
-    let mut child = demo(state.path(), free_port(), "10m", &marker)
-        .stdin(std::process::Stdio::null())
-        .stdout(stdout_file.reopen().expect("reopen"))
-        .stderr(stderr_file.reopen().expect("reopen"))
-        .spawn()
-        .expect("spawn the demo");
-    let read = |file: &tempfile::NamedTempFile| {
-        let mut text = String::new();
-        let _ = file.reopen().and_then(|mut f| f.read_to_string(&mut text));
-        text
-    };
+    let (mut child, output) = Captured::spawn(&mut demo(state.path(), free_port(), "10m", &marker));
     // The step's debugpy came through the relay: the session waits for VS Code.
     util::wait_for("the step to wait for VS Code", SESSION_DEADLINE, || {
-        read(&stdout_file)
+        output
+            .stdout()
             .contains("is waiting for VS Code")
             .then_some(())
     });
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM the demo");
     let status = util::wait_within(&mut child, SESSION_DEADLINE);
-    let stdout = read(&stdout_file);
-    let all = format!("stdout:\n{stdout}\nstderr:\n{}", read(&stderr_file));
+    let stdout = output.stdout();
+    let all = format!("stdout:\n{stdout}\nstderr:\n{}", output.stderr());
     position(&stdout, "amlx-agent demo: stopping the step");
     position(
         &stdout,
@@ -275,4 +254,41 @@ fn sigterm_to_the_demo_stops_the_waiting_step_and_everything_else() {
     assert!(!status.success(), "a stopped step does not exit 0\n{all}");
     let left = processes_with(&marker);
     assert!(left.is_empty(), "left running: {left:?}\n{all}");
+}
+
+/// A running demo's stdout and stderr, through files (readable while it runs, and a
+/// leftover process holding them open cannot block the test).
+struct Captured {
+    stdout: tempfile::NamedTempFile,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Captured {
+    fn spawn(cmd: &mut Command) -> (std::process::Child, Captured) {
+        let captured = Captured {
+            stdout: tempfile::NamedTempFile::new().expect("stdout file"),
+            stderr: tempfile::NamedTempFile::new().expect("stderr file"),
+        };
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(captured.stdout.reopen().expect("reopen"))
+            .stderr(captured.stderr.reopen().expect("reopen"))
+            .spawn()
+            .expect("spawn the demo");
+        (child, captured)
+    }
+
+    fn stdout(&self) -> String {
+        Self::read(&self.stdout)
+    }
+
+    fn stderr(&self) -> String {
+        Self::read(&self.stderr)
+    }
+
+    fn read(file: &tempfile::NamedTempFile) -> String {
+        let mut text = String::new();
+        let _ = file.reopen().and_then(|mut f| f.read_to_string(&mut text));
+        text
+    }
 }

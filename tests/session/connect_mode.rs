@@ -2,20 +2,18 @@
 //! the developer's side behind `relay listen`; an unchanged step runs under
 //! `amlx-agent exec --debug` through `relay serve`; the breakpoint hits.
 
-use super::harness::{
-    Attach, BREAKPOINT_LINE, DapClient, DeveloperSide, VARIABLE, free_port, port_range, step_py,
-};
+use super::harness::{Attach, BREAKPOINT_LINE, ListeningDeveloper, VARIABLE, step_py};
 use crate::util;
 
 #[test]
 fn a_breakpoint_hits_through_the_relay_and_the_step_exits_0() {
     let locks = tempfile::tempdir().expect("tempdir");
-    let mut developer = DeveloperSide::relay_only("debug");
-    let vscode_port = free_port();
-    let client = DapClient::start(&[Attach::listen(vscode_port)]);
-    client.wait_listening(vscode_port);
-    let (debug_port, _, range) = port_range(4);
-    developer.listen(&[(debug_port, vscode_port)]);
+    let ListeningDeveloper {
+        side: developer,
+        client,
+        debug_port,
+        range,
+    } = ListeningDeveloper::start("debug", 4, Attach::listen);
 
     let out = util::output_within(
         developer

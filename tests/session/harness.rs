@@ -249,6 +249,35 @@ impl DeveloperSide {
     }
 }
 
+/// The developer ready for rank 0's connect-mode session: VS Code (the DAP client, one
+/// session from `attach` given its listen port) listening behind `relay listen`, which
+/// forwards the first port of a fresh window of `ports` debug ports.
+pub struct ListeningDeveloper {
+    pub side: DeveloperSide,
+    pub client: DapClient,
+    /// Rank 0's debug port (the window's first).
+    pub debug_port: u16,
+    /// The window, for `--port-range`.
+    pub range: String,
+}
+
+impl ListeningDeveloper {
+    pub fn start(hc: &str, ports: u16, attach: impl FnOnce(u16) -> Attach) -> ListeningDeveloper {
+        let mut side = DeveloperSide::relay_only(hc);
+        let vscode_port = free_port();
+        let client = DapClient::start(&[attach(vscode_port)]);
+        client.wait_listening(vscode_port);
+        let (debug_port, _, range) = port_range(ports);
+        side.listen(&[(debug_port, vscode_port)]);
+        ListeningDeveloper {
+            side,
+            client,
+            debug_port,
+            range,
+        }
+    }
+}
+
 /// A window of free debug ports for one test (distinct per test: no collisions).
 pub fn port_range(len: u16) -> (u16, u16, String) {
     let (start, end) = util::free_port_range(len);

@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::harness::{
-    Attach, BREAKPOINT_LINE, DapClient, DeveloperSide, SESSION_DEADLINE, VARIABLE, free_port,
+    Attach, BREAKPOINT_LINE, DeveloperSide, ListeningDeveloper, SESSION_DEADLINE, VARIABLE,
     port_range, step_py,
 };
 use crate::relay::harness::Lines;
@@ -326,12 +326,12 @@ fn attached_session(process_flag: &str) {
     let locks = tempfile::tempdir().expect("tempdir");
     let state_dir = locks.path().join("state");
     let gate = Gate::in_dir(locks.path());
-    let mut developer = DeveloperSide::relay_only("debug");
-    let vscode_port = free_port();
-    let client = DapClient::start(&[Attach::listen(vscode_port)]);
-    client.wait_listening(vscode_port);
-    let (debug_port, _, range) = port_range(4);
-    developer.listen(&[(debug_port, vscode_port)]);
+    let ListeningDeveloper {
+        side: developer,
+        client,
+        debug_port,
+        range,
+    } = ListeningDeveloper::start("debug", 4, Attach::listen);
     let mut agent = Running::spawn(
         developer
             .agent(locks.path())

@@ -12,8 +12,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use super::harness::{
-    Attach, BREAKPOINT_LINE, DapClient, DeveloperSide, Outcome, VARIABLE, free_port, port_range,
-    step_py,
+    Attach, BREAKPOINT_LINE, DapClient, DeveloperSide, ListeningDeveloper, Outcome, VARIABLE,
+    port_range, step_py,
 };
 use crate::relay::harness::Lines;
 use crate::util;
@@ -208,12 +208,14 @@ fn assert_hit(outcome: &Outcome, rank: usize, job: &Job) {
 fn ranks_0_stops_only_rank_0_while_ranks_1_to_3_run_to_their_end() {
     let locks = tempfile::tempdir().expect("tempdir");
     let release = locks.path().join("release-rank-0");
-    let mut developer = DeveloperSide::relay_only("mpi-rank0");
-    let vscode_port = free_port();
-    let client = DapClient::start(&[Attach::listen(vscode_port).hold_until(&release)]);
-    client.wait_listening(vscode_port);
-    let (base, _, range) = port_range(RANKS);
-    developer.listen(&[(base, vscode_port)]);
+    let ListeningDeveloper {
+        side: developer,
+        client,
+        debug_port: base,
+        range,
+    } = ListeningDeveloper::start("mpi-rank0", RANKS, |port| {
+        Attach::listen(port).hold_until(&release)
+    });
 
     let mut job = Job::start(
         &developer,
