@@ -14,7 +14,7 @@ use super::sidecar::ReadySignal;
 use super::{READY_PROBE_TIMEOUT, SessionSpec, dap, setup_failed};
 use crate::publish::SessionState;
 use crate::relay::bridge;
-use crate::relay::client::{ConnectError, Endpoint, Tunnel, backoff, sender};
+use crate::relay::client::{Endpoint, Tunnel, backoff, sender};
 
 /// Longest pause between two attempts to reach the developer: a 404 costs the relay
 /// next to nothing, and a developer who starts VS Code late should not wait the
@@ -132,13 +132,10 @@ async fn relay_debuggee(
                 Some("no listener on the Hybrid Connection yet"),
             ),
             Err(err) if err.is_permanent() => {
-                give_up(
-                    &mut debuggee,
-                    reporter,
-                    SessionState::RunningUndebugged,
-                    &err,
-                )
-                .await;
+                // Retrying cannot fix bad credentials or wrong rights: release the step
+                // at once and say why.
+                let _ = dap::release(&mut debuggee).await;
+                reporter.set(SessionState::RunningUndebugged, Some(&err.to_string()));
                 return;
             }
             Err(err) => reporter.set(SessionState::RelayUnreachable, Some(&err.to_string())),
@@ -161,16 +158,4 @@ async fn relay_debuggee(
         )),
     );
     let _ = dap::release(&mut debuggee).await;
-}
-
-/// A refusal that retrying cannot fix (bad credentials, wrong rights): release the
-/// step at once and say why.
-async fn give_up(
-    debuggee: &mut TcpStream,
-    reporter: &mut Reporter,
-    state: SessionState,
-    err: &ConnectError,
-) {
-    let _ = dap::release(debuggee).await;
-    reporter.set(state, Some(&err.to_string()));
 }

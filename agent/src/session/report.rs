@@ -71,11 +71,6 @@ impl Reporter {
         self.state = Some(next);
     }
 
-    /// The last state set.
-    pub fn state(&self) -> Option<SessionState> {
-        self.state.as_ref().map(|(state, _)| *state)
-    }
-
     /// The sidecar ends but the step runs on (undebugged): [`Reporter::finish`] leaves
     /// the last state in the record, held by the step's PID, so `amlx-agent status`
     /// shows it (and why) until the step is gone, then `ended`.
