@@ -3,6 +3,7 @@
 
 mod connect_mode;
 mod failures;
+mod faults;
 pub mod harness;
 mod lifecycle;
 mod mlflow_tags;

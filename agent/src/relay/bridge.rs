@@ -161,8 +161,28 @@ impl Forwards {
 /// the tunnel itself for a version or mode it cannot serve; returns `None` then, and for
 /// an unknown name (closed without a reply, as azbridge does).
 pub async fn accept(
+    tunnel: Tunnel,
+    forwards: &Forwards,
+) -> Result<Option<(Tunnel, Forward)>, BridgeError> {
+    accept_matching(tunnel, forwards, Forwards::resolve).await
+}
+
+/// [`accept`] without azbridge's lone-forward rule: the port name must match exactly
+/// (a debug target must never hand a developer another rank's debugger).
+pub async fn accept_exact(
+    tunnel: Tunnel,
+    forwards: &Forwards,
+) -> Result<Option<(Tunnel, Forward)>, BridgeError> {
+    accept_matching(tunnel, forwards, |forwards, name| {
+        forwards.0.iter().find(|f| f.name == name)
+    })
+    .await
+}
+
+async fn accept_matching(
     mut tunnel: Tunnel,
     forwards: &Forwards,
+    resolve: impl for<'f> Fn(&'f Forwards, &str) -> Option<&'f Forward>,
 ) -> Result<Option<(Tunnel, Forward)>, BridgeError> {
     let request = tokio::time::timeout(PREAMBLE_TIMEOUT, read_request(&mut tunnel)).await;
     let (mode, name) = match request {
@@ -184,7 +204,7 @@ pub async fn accept(
             return Ok(None);
         }
     };
-    let Some(forward) = forwards.resolve(&name).cloned() else {
+    let Some(forward) = resolve(forwards, &name).cloned() else {
         tracing::warn!(
             port_name = name,
             "refused: port name not in the forward list"

@@ -44,6 +44,9 @@ pub mod status {
     pub const NOT_FOUND: u16 = 404;
     /// Answer to a listener's reject rendezvous: the reject succeeded.
     pub const GONE: u16 = 410;
+    /// Misdirected request: a listener refusing a sender meant for another listener
+    /// on the same Hybrid Connection (the sender tries again).
+    pub const MISDIRECTED: u16 = 421;
     /// Service error.
     pub const SERVER_ERROR: u16 = 500;
 }

@@ -6,12 +6,15 @@
 //! then holds debugpy's socket (the step waits in `--connect`) and retries on the
 //! reconnect schedule until the attach timeout, when it releases the step (see `dap`).
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
+use std::sync::atomic::Ordering;
 
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::gate::{self, GateState, PumpEnd};
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
-use super::{READY_PROBE_TIMEOUT, SessionSpec, dap, setup_failed};
+use super::{READY_PROBE_TIMEOUT, SessionSpec, deadline_after, setup_failed};
 use crate::publish::SessionState;
 use crate::relay::bridge;
 use crate::relay::client::{Endpoint, Tunnel, backoff, sender};
@@ -78,8 +81,23 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
     }
 }
 
-/// Carries one debugpy connection to the developer, retrying while nobody listens;
-/// releases the step at the attach timeout.
+/// How one debuggee connection's attach phase ended.
+#[derive(Debug)]
+enum AttachEnd {
+    /// A debugger configured the debuggee and has left again.
+    Debugged,
+    /// The debuggee closed its connection (the step is over, or debugpy gave up).
+    DebuggeeGone,
+    /// The relay refused us for good (credentials, rights): release at once.
+    Refused(String),
+}
+
+/// Carries one debugpy connection to the developer, retrying while nobody listens.
+///
+/// This function owns the attach deadline: whatever the attach machinery is doing when
+/// it passes (waiting for a listener, a relay that does not answer, a debugger half-way
+/// through its setup, a peer that is not a debugger), the attempt is dropped and the
+/// step is released on debugpy's own connection, retried until debugpy acknowledges.
 async fn relay_debuggee(
     spec: &SessionSpec,
     endpoint: &Endpoint,
@@ -87,75 +105,188 @@ async fn relay_debuggee(
     mut debuggee: TcpStream,
     reporter: &mut Reporter,
 ) {
+    let deadline = deadline_after(spec.attach_timeout);
+    let mut gate = GateState::default();
+    let configured = gate.configured_flag();
+    let mut cause = Cause::NobodyCame;
+    let attach = attach(
+        spec,
+        endpoint,
+        spare,
+        &mut debuggee,
+        &mut gate,
+        reporter,
+        &mut cause,
+    );
+    let deadline_passed = async {
+        tokio::time::sleep_until(deadline).await;
+        if configured.load(Ordering::Acquire) {
+            // Configured in time: the debugger owns the step from here on.
+            std::future::pending::<()>().await;
+        }
+    };
+    let end = tokio::select! {
+        end = attach => Some(end),
+        () = deadline_passed => None,
+    };
+    let why = match end {
+        Some(AttachEnd::Debugged) => {
+            reporter.set(
+                SessionState::RunningUndebugged,
+                Some("the debugger detached; the step runs on"),
+            );
+            return;
+        }
+        Some(AttachEnd::DebuggeeGone) => return,
+        Some(AttachEnd::Refused(why)) => {
+            reporter.set(SessionState::RunningUndebugged, Some(&why));
+            why
+        }
+        None => {
+            let why = cause.timed_out(spec.attach_timeout, &gate);
+            // Recorded first: the release may take up to RELEASE_GRACE.
+            reporter.set(SessionState::TimedOut, Some(&why));
+            why
+        }
+    };
+    release_held(&mut gate, &mut debuggee, &why).await;
+}
+
+/// What kept the debugger from attaching, for the log and `status` at the deadline.
+#[derive(Debug)]
+enum Cause {
+    NobodyCame,
+    /// A developer's connection was still in its DAP setup at the deadline.
+    InSetup,
+    LeftDuringSetup,
+    NotADebugger(String),
+    Refused(String),
+}
+
+impl Cause {
+    /// Keeps the most telling cause: what a debugger did beats a refused retry.
+    fn note(&mut self, next: Cause) {
+        let rank = |cause: &Cause| match cause {
+            Cause::NobodyCame => 0,
+            Cause::Refused(_) => 1,
+            Cause::InSetup | Cause::LeftDuringSetup | Cause::NotADebugger(_) => 2,
+        };
+        if rank(&next) >= rank(self) {
+            *self = next;
+        }
+    }
+
+    fn timed_out(&self, limit: std::time::Duration, gate: &GateState) -> String {
+        let limit = humantime::format_duration(limit);
+        match self {
+            Cause::NobodyCame => {
+                format!("no debugger attached within {limit}; the step runs on without one")
+            }
+            Cause::InSetup => format!(
+                "a connection from the developer's side did not finish its DAP setup within \
+                 {limit} (stopped {}); the step runs on without one",
+                gate.progress()
+            ),
+            Cause::LeftDuringSetup => format!(
+                "a debugger connected but left {} without finishing its setup, and none \
+                 finished within {limit}; the step runs on without one",
+                gate.progress()
+            ),
+            Cause::NotADebugger(what) => format!(
+                "the developer's side is not a debugger ({what}); no debugger attached \
+                 within {limit}; the step runs on without one"
+            ),
+            Cause::Refused(what) => format!(
+                "the developer's listener refused the connection ({what}); no debugger \
+                 attached within {limit}; the step runs on without one"
+            ),
+        }
+    }
+}
+
+/// Tries to reach the developer until a debugger configured the debuggee and left, or
+/// until cancelled by the deadline (every await here may be dropped at any point).
+async fn attach(
+    spec: &SessionSpec,
+    endpoint: &Endpoint,
+    spare: &mut Option<Tunnel>,
+    debuggee: &mut TcpStream,
+    gate: &mut GateState,
+    reporter: &mut Reporter,
+    cause: &mut Cause,
+) -> AttachEnd {
     let port_name = spec.port.to_string();
-    let deadline = Instant::now() + spec.attach_timeout;
     let mut failures = 0usize;
     loop {
         let attempt = match spare.take() {
             Some(tunnel) => Ok(tunnel),
-            None => {
-                match tokio::time::timeout_at(deadline, sender::connect(endpoint, None)).await {
-                    Ok(result) => result,
-                    Err(_) => break,
-                }
-            }
+            None => sender::connect(endpoint, None).await,
         };
         match attempt {
             Ok(mut tunnel) => match bridge::open(&mut tunnel, &port_name).await {
                 Ok(()) => {
+                    failures = 0;
                     reporter.set(SessionState::Attached, None);
-                    match tunnel.splice(debuggee).await {
-                        Ok(stats) => tracing::info!(
-                            sent = stats.sent,
-                            received = stats.received,
-                            "debugger detached"
-                        ),
-                        Err(err) => tracing::warn!("the debug connection broke: {err}"),
+                    cause.note(Cause::InSetup);
+                    match gate::carry(tunnel, gate, debuggee).await {
+                        PumpEnd::Finished => return AttachEnd::Debugged,
+                        PumpEnd::DebuggeeClosed => return AttachEnd::DebuggeeGone,
+                        PumpEnd::DebuggeeBroken(err) => {
+                            tracing::warn!("the connection to debugpy broke: {err}");
+                            return AttachEnd::DebuggeeGone;
+                        }
+                        PumpEnd::LeftDuringSetup => {
+                            cause.note(Cause::LeftDuringSetup);
+                            reporter.set(
+                                SessionState::WaitingForDebugger,
+                                Some(&format!(
+                                    "a debugger connected but left {} without finishing its \
+                                     setup; waiting for another until the attach deadline",
+                                    gate.progress()
+                                )),
+                            );
+                        }
+                        PumpEnd::NotDap(not_dap) => {
+                            let what = format!("it sent {not_dap}");
+                            reporter.set(
+                                SessionState::WaitingForDebugger,
+                                Some(&format!(
+                                    "the developer's side is not a debugger ({what}); cut it \
+                                     off, waiting for a debugger until the attach deadline"
+                                )),
+                            );
+                            cause.note(Cause::NotADebugger(what));
+                        }
                     }
-                    reporter.set(
-                        SessionState::RunningUndebugged,
-                        Some("the debugger detached; the step runs on"),
-                    );
-                    return;
                 }
                 Err(err) => {
+                    let what = format!("port {port_name}: {err}");
                     reporter.set(
                         SessionState::WaitingForDebugger,
-                        Some(&format!(
-                            "the developer's listener refused port {port_name}: {err}"
-                        )),
+                        Some(&format!("the developer's listener refused {what}")),
                     );
+                    cause.note(Cause::Refused(what));
                 }
             },
             Err(err) if err.status() == Some(404) => reporter.set(
                 SessionState::WaitingForDebugger,
                 Some("no listener on the Hybrid Connection yet"),
             ),
-            Err(err) if err.is_permanent() => {
-                // Retrying cannot fix bad credentials or wrong rights: release the step
-                // at once and say why.
-                let _ = dap::release(&mut debuggee).await;
-                reporter.set(SessionState::RunningUndebugged, Some(&err.to_string()));
-                return;
-            }
+            // Retrying cannot fix bad credentials or wrong rights.
+            Err(err) if err.is_permanent() => return AttachEnd::Refused(err.to_string()),
             Err(err) => reporter.set(SessionState::RelayUnreachable, Some(&err.to_string())),
         }
         let pause = backoff::reconnect_delay(failures.max(1)).min(MAX_ATTACH_RETRY_PAUSE);
         failures = failures.saturating_add(1);
-        if tokio::time::timeout_at(deadline, tokio::time::sleep(pause))
-            .await
-            .is_err()
-        {
-            break;
-        }
+        tokio::time::sleep(pause).await;
     }
-    // Recorded first: the release drains debugpy's answers for up to two seconds.
-    reporter.set(
-        SessionState::TimedOut,
-        Some(&format!(
-            "no debugger attached within {}; the step runs on without one",
-            humantime::format_duration(spec.attach_timeout)
-        )),
-    );
-    let _ = dap::release(&mut debuggee).await;
+}
+
+/// Releases a step still held by debugpy on debugpy's own connection.
+async fn release_held(gate: &mut GateState, debuggee: &mut TcpStream, why: &str) {
+    match super::release_on(gate, debuggee).await {
+        Ok(()) => tracing::info!("released the step: {why}"),
+        Err(err) => tracing::warn!("{err}"),
+    }
+    let _ = debuggee.shutdown().await;
 }

@@ -74,3 +74,236 @@ where
     let _ = stream.shutdown().await;
     Ok(())
 }
+
+/// The longest header section (everything before the blank line) a DAP peer may send:
+/// real clients send one `Content-Length` line, so anything longer is not a debugger.
+pub const MAX_HEADER_BYTES: usize = 1024;
+
+/// The largest DAP message held back whole before the debuggee is configured. Setup
+/// messages are small; a larger one is not a debugger setting up a session.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Why a byte stream is not the Debug Adapter Protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotDap {
+    #[error("a header section longer than {MAX_HEADER_BYTES} bytes")]
+    HeaderTooLong,
+    #[error("a header byte {0:#04x} that no DAP header contains")]
+    BadHeaderByte(u8),
+    #[error("a header section without a valid Content-Length")]
+    MissingLength,
+    #[error("a message of {0} bytes (at most {MAX_MESSAGE_BYTES} are accepted during setup)")]
+    TooLarge(usize),
+}
+
+/// One whole DAP message as it arrived: the header section, the blank line, the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub raw: Vec<u8>,
+    body_start: usize,
+}
+
+impl Message {
+    /// The JSON body.
+    pub fn body(&self) -> &[u8] {
+        self.raw.get(self.body_start..).unwrap_or_default()
+    }
+
+    /// The command of a request (`None` for responses, events and unreadable bodies).
+    ///
+    /// ```
+    /// use amlx_agent::session::dap::Framer;
+    /// let mut framer = Framer::default();
+    /// framer.push(b"Content-Length: 45\r\n\r\n{\"seq\":1,\"type\":\"request\",\"command\":\"attach\"}");
+    /// let message = framer.next_message().unwrap().unwrap();
+    /// assert_eq!(message.request_command().as_deref(), Some("attach"));
+    /// ```
+    pub fn request_command(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            command: Option<String>,
+        }
+        let head: Head = serde_json::from_slice(self.body()).ok()?;
+        (head.kind.as_deref() == Some("request"))
+            .then_some(head.command)
+            .flatten()
+    }
+}
+
+/// Splits a byte stream into whole DAP messages (`Content-Length` framing), refusing
+/// streams that are not DAP early and never buffering more than one bounded message.
+#[derive(Debug, Default)]
+pub struct Framer {
+    buf: Vec<u8>,
+}
+
+impl Framer {
+    /// Adds bytes from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received that do not make a whole message yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes whatever is buffered, whole or not (the gate turns transparent).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// The next whole message, `Ok(None)` while more bytes are needed, or why the
+    /// stream is not DAP. Never panics, whatever the bytes.
+    pub fn next_message(&mut self) -> Result<Option<Message>, NotDap> {
+        const BLANK_LINE: &[u8] = b"\r\n\r\n";
+        let end = self
+            .buf
+            .windows(BLANK_LINE.len())
+            .position(|window| window == BLANK_LINE);
+        let header_len = end.unwrap_or(self.buf.len());
+        let header = self.buf.get(..header_len).unwrap_or_default();
+        if let Some(&bad) = header
+            .iter()
+            .find(|&&byte| !(byte == b'\r' || byte == b'\n' || (0x20..0x7f).contains(&byte)))
+        {
+            return Err(NotDap::BadHeaderByte(bad));
+        }
+        if header_len > MAX_HEADER_BYTES {
+            return Err(NotDap::HeaderTooLong);
+        }
+        let Some(header_len) = end else {
+            return Ok(None);
+        };
+        let length = content_length(header).ok_or(NotDap::MissingLength)?;
+        if length > MAX_MESSAGE_BYTES {
+            return Err(NotDap::TooLarge(length));
+        }
+        let body_start = header_len + BLANK_LINE.len();
+        let total = body_start + length;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let rest = self.buf.split_off(total);
+        let raw = std::mem::replace(&mut self.buf, rest);
+        Ok(Some(Message { raw, body_start }))
+    }
+}
+
+/// The `Content-Length` of a header section (ASCII, lines split by CRLF).
+fn content_length(header: &[u8]) -> Option<usize> {
+    header.split(|&byte| byte == b'\n').find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&byte| byte == b':')?;
+        let (name, value) = (line.get(..colon)?, line.get(colon + 1..)?);
+        if !name.trim_ascii().eq_ignore_ascii_case(b"content-length") {
+            return None;
+        }
+        std::str::from_utf8(value.trim_ascii()).ok()?.parse().ok()
+    })
+}
+
+/// Whether bytes from a debuggee contain its answer to `configurationDone`: the one
+/// message naming that command once the developer's own never reached it.
+#[derive(Debug, Default)]
+pub struct AckScanner {
+    /// The tail of what was scanned, so a name split across reads is still found.
+    tail: Vec<u8>,
+}
+
+impl AckScanner {
+    const NAME: &'static [u8] = b"configurationDone";
+
+    /// Scans the next bytes; true once the acknowledgement was seen.
+    pub fn saw_ack(&mut self, bytes: &[u8]) -> bool {
+        self.tail.extend_from_slice(bytes);
+        let found = self
+            .tail
+            .windows(Self::NAME.len())
+            .any(|window| window == Self::NAME);
+        let keep = Self::NAME.len() - 1;
+        if self.tail.len() > keep {
+            self.tail.drain(..self.tail.len() - keep);
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(body: &str) -> Vec<u8> {
+        format!("Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+    }
+
+    #[test]
+    fn messages_split_at_any_byte_come_out_whole() {
+        let stream = [
+            framed(r#"{"type":"request","command":"initialize"}"#),
+            b"content-length:2\r\nContent-Type: x\r\n\r\n{}".to_vec(),
+            framed(r#"{"type":"request","command":"attach","x":"é"}"#),
+        ]
+        .concat();
+        for cut in 0..=stream.len() {
+            let mut framer = Framer::default();
+            let mut commands = Vec::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                framer.push(part);
+                while let Some(message) = framer.next_message().expect("dap") {
+                    commands.push(message.request_command());
+                }
+            }
+            assert_eq!(
+                commands,
+                [
+                    Some("initialize".to_owned()),
+                    None,
+                    Some("attach".to_owned())
+                ],
+                "cut at {cut}"
+            );
+            assert_eq!(framer.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn streams_that_are_not_dap_are_refused_early() {
+        let cases: &[(&[u8], NotDap)] = &[
+            (b"\x16\x03\x01", NotDap::BadHeaderByte(0x16)),
+            ("Content-Length: é".as_bytes(), NotDap::BadHeaderByte(0xc3)),
+            (b"Content-Type: x\r\n\r\n", NotDap::MissingLength),
+            (b"Content-Length: -1\r\n\r\n", NotDap::MissingLength),
+            (
+                b"Content-Length: 99999999999999999999999\r\n\r\n",
+                NotDap::MissingLength,
+            ),
+            (
+                b"Content-Length: 16777217\r\n\r\n",
+                NotDap::TooLarge(16_777_217),
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let mut framer = Framer::default();
+            framer.push(bytes);
+            assert_eq!(framer.next_message().as_ref(), Err(expected), "{bytes:?}");
+        }
+        let mut framer = Framer::default();
+        framer.push(&[b'a'; MAX_HEADER_BYTES + 1]);
+        assert_eq!(framer.next_message(), Err(NotDap::HeaderTooLong));
+    }
+
+    #[test]
+    fn the_acknowledgement_is_found_across_reads() {
+        let reply = br#"{"type":"response","command":"configurationDone"}"#;
+        for cut in 0..reply.len() {
+            let mut scanner = AckScanner::default();
+            let first = scanner.saw_ack(&reply[..cut]);
+            assert!(first || scanner.saw_ack(&reply[cut..]), "cut at {cut}");
+        }
+        let capabilities = br#"{"supportsConfigurationDoneRequest":true}"#;
+        assert!(!AckScanner::default().saw_ack(capabilities));
+    }
+}

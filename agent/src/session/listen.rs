@@ -1,40 +1,84 @@
 //! Listen mode: debugpy listens on 127.0.0.1:port, and the sidecar is the Hybrid
 //! Connection listener that forwards the developer's connection to it (the developer
-//! attaches whenever, through `relay connect`).
+//! attaches whenever, through `relay connect`), through the DAP gate ([`super::attach`]).
+//!
+//! Several listen-mode targets may share one Hybrid Connection, and the relay spreads
+//! senders across listeners at random. A sender that names its port in the path suffix
+//! (`relay connect --port-name P` does) is refused by every other target's sidecar with
+//! [`WRONG_LISTENER`], and tries again until it reaches the owner; the preamble's port
+//! name must match exactly too, so a sender never reaches another rank's debugger.
 
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::attach::{self, Developer, Shared};
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
-use super::{READY_PROBE_TIMEOUT, SessionSpec, release_listening_debuggee, setup_failed};
+use super::{READY_PROBE_TIMEOUT, SessionSpec, setup_failed};
 use crate::publish::SessionState;
-use crate::relay::bridge::{self, Forwards};
+use crate::relay::bridge::{self, Forward, Forwards};
+use crate::relay::client::Tunnel;
 use crate::relay::client::listener::{self, AcceptHandler, Decision};
-use crate::relay::client::{Tunnel, backoff};
-use crate::relay::protocol::Accept;
+use crate::relay::protocol::{Accept, close_code, status};
+
+/// The status a sidecar refuses a sender with when the sender named another port:
+/// "misdirected request" — the relay picked the wrong listener, try again.
+pub const WRONG_LISTENER: u16 = status::MISDIRECTED;
 
 /// What the relay listener does with each developer connection.
 #[derive(Debug)]
 struct Forwarder {
-    forwards: Forwards,
+    /// This target's entity (to find a sender's path suffix).
+    entity: String,
     port: u16,
     /// Signalled when the control channel is up.
     online: Notify,
-    /// Signalled when a developer's connection reached debugpy.
-    attached: Notify,
+    shared: Shared,
+}
+
+impl Forwarder {
+    /// The port a sender named in its path suffix (`$hc/{entity}/{port}`), if any.
+    fn named_port(&self, accept: &Accept) -> Option<String> {
+        named_port(&self.entity, &accept.address)
+    }
+}
+
+/// The path suffix after `$hc/{entity}/` in a rendezvous address, if any.
+fn named_port(entity: &str, address: &str) -> Option<String> {
+    let url = url::Url::parse(address).ok()?;
+    let path = percent_encoding::percent_decode_str(url.path())
+        .decode_utf8_lossy()
+        .into_owned();
+    let rest = path.trim_matches('/');
+    let rest = rest.strip_prefix("$hc/")?;
+    let suffix = rest.strip_prefix(entity)?;
+    // At a segment boundary only: entity `debug` is not a prefix of `debugger/1`.
+    let suffix = suffix.strip_prefix('/')?.trim_matches('/');
+    (!suffix.is_empty()).then(|| suffix.to_owned())
 }
 
 impl AcceptHandler for Forwarder {
-    fn decide(&self, _accept: &Accept) -> Decision {
-        Decision::Accept
+    fn decide(&self, accept: &Accept) -> Decision {
+        match self.named_port(accept) {
+            Some(named) if named != self.port.to_string() => Decision::Reject {
+                status: WRONG_LISTENER,
+                description: format!("port {named} is served by another listener"),
+            },
+            _ => Decision::Accept,
+        }
     }
 
     async fn handle(self: Arc<Self>, tunnel: Tunnel, _accept: Accept) {
-        let tunnel = match bridge::accept(tunnel, &self.forwards).await {
+        // Exactly this target's port name: azbridge's rule that a lone forward takes any
+        // number would hand a developer another rank's debugger.
+        let own = Forwards(vec![Forward {
+            name: self.port.to_string(),
+            host: "127.0.0.1".to_owned(),
+            port: self.port,
+        }]);
+        let tunnel = match bridge::accept_exact(tunnel, &own).await {
             Ok(Some((tunnel, _forward))) => tunnel,
             Ok(None) => return,
             Err(err) => {
@@ -42,24 +86,9 @@ impl AcceptHandler for Forwarder {
                 return;
             }
         };
-        // debugpy may still be starting: retry the local connection briefly.
-        let mut debugpy = None;
-        for attempt in 0..DEBUGPY_CONNECT_ATTEMPTS {
-            match TcpStream::connect(("127.0.0.1", self.port)).await {
-                Ok(stream) => {
-                    debugpy = Some(stream);
-                    break;
-                }
-                Err(err) if attempt + 1 == DEBUGPY_CONNECT_ATTEMPTS => {
-                    tracing::warn!("debugpy does not listen on 127.0.0.1:{}: {err}", self.port);
-                }
-                Err(_) => tokio::time::sleep(backoff::reconnect_delay(1)).await,
-            }
-        }
-        let Some(debugpy) = debugpy else {
-            tunnel
-                .finish(crate::relay::protocol::close_code::NORMAL, "")
-                .await;
+        self.shared.arrived();
+        let Some(debugpy) = self.shared.connect_debugpy().await else {
+            tunnel.finish(close_code::NORMAL, "").await;
             return;
         };
         // The sender waits for the listener's go-ahead before sending anything.
@@ -67,15 +96,7 @@ impl AcceptHandler for Forwarder {
             tracing::warn!("a developer connection failed its preamble: {err}");
             return;
         }
-        self.attached.notify_one();
-        match tunnel.splice(debugpy).await {
-            Ok(stats) => tracing::info!(
-                sent = stats.sent,
-                received = stats.received,
-                "debugger detached"
-            ),
-            Err(err) => tracing::warn!("the debug connection broke: {err}"),
-        }
+        self.shared.serve(Developer::Relayed(tunnel), debugpy).await;
     }
 
     fn online(&self) {
@@ -83,19 +104,17 @@ impl AcceptHandler for Forwarder {
     }
 }
 
-/// Tries to reach debugpy this many times, a second apart, per developer connection.
-const DEBUGPY_CONNECT_ATTEMPTS: usize = 10;
-
 pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Reporter) {
     let Some(endpoint) = spec.relay.clone() else {
         ready.failed("listen mode needs a relay; none is configured");
         return;
     };
+    let (shared, events) = Shared::new(spec.debugpy_address());
     let forwarder = Arc::new(Forwarder {
-        forwards: Forwards::from_ports(&[spec.port]),
+        entity: endpoint.entity.clone(),
         port: spec.port,
         online: Notify::new(),
-        attached: Notify::new(),
+        shared: shared.clone(),
     });
     let shutdown = CancellationToken::new();
     let listening = listener::run(Arc::new(endpoint), Arc::clone(&forwarder), shutdown.clone());
@@ -121,44 +140,46 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
         SessionState::WaitingForDebugger,
         Some("listening on the Hybrid Connection; attach with `amlx-agent relay connect`"),
     );
-    let attach_deadline = async {
-        if spec.wait_for_client {
-            tokio::time::sleep(spec.attach_timeout).await;
-        } else {
-            std::future::pending::<()>().await;
+    // The listener only stops for good on a refusal (revoked key, deleted Hybrid
+    // Connection).
+    let stopped = async {
+        match listening.await {
+            Ok(()) => "the relay listener stopped".to_owned(),
+            Err(err) => err.to_string(),
         }
     };
-    tokio::pin!(attach_deadline);
-    let mut attached_once = false;
-    loop {
-        tokio::select! {
-            () = forwarder.attached.notified() => {
-                attached_once = true;
-                reporter.set(SessionState::Attached, None);
-            }
-            () = &mut attach_deadline, if !attached_once => {
-                // Nobody came: release the waiting step (the listener stays up, so a
-                // developer can still attach later).
-                attached_once = true;
-                release_listening_debuggee(spec, reporter).await;
-            }
-            result = &mut listening => {
-                let why = match result {
-                    Ok(()) => "the relay listener stopped".to_owned(),
-                    Err(err) => err.to_string(),
-                };
-                // The listener only stops for good on a refusal (revoked key, deleted
-                // Hybrid Connection): a step still held for a debugger must not wait on.
-                if spec.wait_for_client && !attached_once {
-                    release_listening_debuggee(spec, reporter).await;
-                }
-                reporter.set(
-                    SessionState::RunningUndebugged,
-                    Some(&format!("the relay listener stopped for good: {why}")),
-                );
-                // The record stays, saying why, for as long as the step runs.
-                return std::future::pending().await;
-            }
+    let why = attach::hold(spec, &shared, events, reporter, stopped).await;
+    reporter.set(
+        SessionState::RunningUndebugged,
+        Some(&format!("the relay listener stopped for good: {why}")),
+    );
+    // The record stays, saying why, for as long as the step runs.
+    std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named_port;
+
+    #[test]
+    fn the_port_a_sender_named_is_its_path_suffix() {
+        let cases = [
+            ("ws://h:1/$hc/debug/5678?sb-hc-action=accept", Some("5678")),
+            ("ws://h:1/%24hc/debug/5678/?x=1", Some("5678")),
+            ("wss://h/$hc/debug?sb-hc-action=accept", None),
+            ("wss://h/$hc/debug/", None),
+            ("wss://h/$hc/debugger/5678", None),
+            ("wss://h/$hc/other/5678", None),
+            ("not a url", None),
+            ("wss://h/$hc/debug/%C3%A9", Some("é")),
+            ("wss://h/$hc/debug/%FF", Some("\u{FFFD}")),
+        ];
+        for (address, expected) in cases {
+            assert_eq!(
+                named_port("debug", address).as_deref(),
+                expected,
+                "{address}"
+            );
         }
     }
 }

@@ -4,8 +4,11 @@
 //! session: [`run_sidecar`] reports readiness, then keeps the relay path and the
 //! published state for exactly as long as the step lives.
 
+mod attach;
 mod connect;
 pub mod dap;
+mod direct;
+pub mod gate;
 mod listen;
 pub mod report;
 pub mod sidecar;
@@ -75,6 +78,23 @@ keyword_enum!(FailurePolicy, "failure policy", "continue" => FailurePolicy::Cont
 /// How long the relay may take to answer the readiness probe before the step starts.
 pub const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long releasing a step that debugpy still holds may take after the attach
+/// deadline: attempts (each bounded by [`dap::RELEASE_DRAIN_TIMEOUT`]) repeat until
+/// debugpy acknowledges or this passes. A step finishes within its attach timeout plus
+/// this grace, whatever the debugger, the relay or the network did.
+pub const RELEASE_GRACE: Duration = Duration::from_secs(10);
+
+/// The longest wait any session timer honours: user durations beyond it (up to
+/// `u64::MAX` seconds) saturate here instead of overflowing a clock.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// The instant `wait` from now, saturating at [`LONGEST_WAIT`]: never panics.
+pub fn deadline_after(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait.min(LONGEST_WAIT))
+        .unwrap_or_else(|| now + Duration::from_secs(24 * 60 * 60))
+}
+
 /// How long the final state may take to reach MLflow once the step is gone: the sidecar
 /// must be gone within a second of the step.
 const FINAL_PUBLISH_TIMEOUT: Duration = Duration::from_millis(600);
@@ -85,6 +105,10 @@ pub struct SessionSpec {
     pub mode: DebugMode,
     /// The reserved debug port (also the azbridge port name).
     pub port: u16,
+    /// Direct mode with debugpy injected: the loopback port debugpy listens on, while
+    /// the sidecar listens on the published `node-ip:port` and passes developers
+    /// through the DAP gate. `None`: debugpy (or the step's own code) owns `port`.
+    pub proxy_port: Option<u16>,
     pub rank: Option<u32>,
     pub local_rank: Option<u32>,
     pub hostname: String,
@@ -119,11 +143,21 @@ impl SessionSpec {
     }
 
     /// Where debugpy listens (listen and direct modes).
-    fn debugpy_address(&self) -> SocketAddr {
-        let ip = match self.mode {
-            DebugMode::Direct => self.node_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            DebugMode::Connect | DebugMode::Listen => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        };
+    pub(crate) fn debugpy_address(&self) -> SocketAddr {
+        match (self.mode, self.proxy_port) {
+            (DebugMode::Direct, Some(port)) => {
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+            }
+            (DebugMode::Direct, None) => self.published_address(),
+            (DebugMode::Connect | DebugMode::Listen, _) => {
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.port)
+            }
+        }
+    }
+
+    /// Where a developer reaches this node in direct mode: the node IP and the port.
+    pub(crate) fn published_address(&self) -> SocketAddr {
+        let ip = self.node_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         SocketAddr::new(ip, self.port)
     }
 }
@@ -149,7 +183,7 @@ pub fn run_sidecar(spec: SessionSpec, mut ready: ReadySignal, lifeline: Lifeline
             match spec.mode {
                 DebugMode::Connect => connect::run(&spec, ready, &mut reporter).await,
                 DebugMode::Listen => listen::run(&spec, ready, &mut reporter).await,
-                DebugMode::Direct => direct(&spec, ready, &mut reporter).await,
+                DebugMode::Direct => direct::run(&spec, ready, &mut reporter).await,
             }
         };
         tokio::select! {
@@ -195,53 +229,6 @@ async fn step_gone(parent: nix::unistd::Pid) {
     }
 }
 
-/// Direct mode: debugpy itself listens on the node IP; the sidecar only publishes and,
-/// with `--wait-for-client`, releases the step at the attach timeout.
-async fn direct(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Reporter) {
-    ready.ready();
-    reporter.set(SessionState::WaitingForDebugger, None);
-    let deadline = Instant::now() + spec.attach_timeout;
-    let mut attached_once = false;
-    let mut released = !spec.wait_for_client;
-    loop {
-        // debugpy accepts the developer itself; its connections show in the kernel's
-        // socket table (its own adapter-to-debuggee link uses another port).
-        let attached = clients_connected(spec.port);
-        match (attached, attached_once) {
-            (true, _) => reporter.set(SessionState::Attached, None),
-            (false, true) => reporter.set(
-                SessionState::RunningUndebugged,
-                Some("the debugger detached; the step runs on"),
-            ),
-            (false, false) => {}
-        }
-        attached_once |= attached;
-        if !released && !attached_once && Instant::now() >= deadline {
-            release_listening_debuggee(spec, reporter).await;
-            released = true;
-        }
-        tokio::time::sleep(ATTACH_POLL).await;
-    }
-}
-
-/// How often direct mode looks for a connected debugger.
-const ATTACH_POLL: Duration = Duration::from_millis(200);
-
-/// Whether an established TCP connection has `port` as its local port (IPv4 or IPv6),
-/// read from /proc without touching the socket.
-fn clients_connected(port: u16) -> bool {
-    let local = format!(":{port:04X} ");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table).is_ok_and(|text| {
-            text.lines().skip(1).any(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                // fields: sl, local_address, rem_address, st (01 = ESTABLISHED), ...
-                fields.len() > 3 && format!("{} ", fields[1]).ends_with(&local) && fields[3] == "01"
-            })
-        })
-    })
-}
-
 /// The relay path cannot be set up: record why, tell the agent, and (when the step runs
 /// anyway) keep the `running-undebugged` record for the step's lifetime.
 fn setup_failed(spec: &SessionSpec, ready: &mut ReadySignal, reporter: &mut Reporter, why: &str) {
@@ -253,22 +240,66 @@ fn setup_failed(spec: &SessionSpec, ready: &mut ReadySignal, reporter: &mut Repo
 }
 
 /// At the attach timeout, a debuggee that listens and waits for a client (listen and
-/// direct modes with `--wait-for-client`) is released by attaching and leaving.
-async fn release_listening_debuggee(spec: &SessionSpec, reporter: &mut Reporter) {
-    let address = spec.debugpy_address();
-    let deadline = Instant::now() + dap::RELEASE_DRAIN_TIMEOUT;
-    match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(address)).await {
-        Ok(Ok(mut stream)) => {
-            let _ = dap::release(&mut stream).await;
-            reporter.set(
-                SessionState::TimedOut,
-                Some(&format!(
-                    "no debugger attached within {}; the step runs on without one",
-                    humantime::format_duration(spec.attach_timeout)
-                )),
-            );
+/// direct modes with `--wait-for-client`) is released by attaching and leaving, on a
+/// fresh connection each try (debugpy may not listen yet, or may be busy with a client
+/// that just left), until it acknowledges; bounded by [`RELEASE_GRACE`].
+async fn release_listening_debuggee(address: SocketAddr) {
+    let outcome = tokio::time::timeout(RELEASE_GRACE, async {
+        loop {
+            let attempt = async {
+                let mut stream = tokio::net::TcpStream::connect(address).await?;
+                gate::release(&mut gate::GateState::default(), &mut stream)
+                    .await
+                    .map_err(std::io::Error::other)
+            };
+            match tokio::time::timeout(dap::RELEASE_DRAIN_TIMEOUT, attempt).await {
+                Ok(Ok(())) => return,
+                Ok(Err(err)) => tracing::debug!("releasing debugpy at {address}: {err}; again"),
+                Err(_) => tracing::debug!("debugpy at {address} did not answer; again"),
+            }
+            tokio::time::sleep(RELEASE_RETRY_PAUSE).await;
         }
-        Ok(Err(err)) => tracing::warn!("could not reach debugpy at {address} to release it: {err}"),
-        Err(_) => tracing::warn!("debugpy at {address} did not answer the release in time"),
+    })
+    .await;
+    match outcome {
+        Ok(()) => tracing::info!("released the step waiting for a debugger at {address}"),
+        Err(_) => tracing::warn!(
+            "debugpy at {address} did not acknowledge a release within {}",
+            humantime::format_duration(RELEASE_GRACE)
+        ),
     }
 }
+
+/// Releases a step held by debugpy over an open connection (connect mode's debugpy
+/// connection, or an adapter connection a developer left), retrying until debugpy
+/// acknowledges; bounded by [`RELEASE_GRACE`].
+async fn release_on(
+    state: &mut gate::GateState,
+    debuggee: &mut tokio::net::TcpStream,
+) -> Result<(), String> {
+    let released = tokio::time::timeout(RELEASE_GRACE, async {
+        loop {
+            match gate::release(state, debuggee).await {
+                Ok(()) => return Ok(()),
+                Err(err @ (gate::ReleaseError::Closed | gate::ReleaseError::Io(_))) => {
+                    return Err(format!(
+                        "debugpy's connection ended during the release: {err}"
+                    ));
+                }
+                Err(gate::ReleaseError::NoAck(_)) => {
+                    tracing::debug!("debugpy has not acknowledged the release yet; again");
+                }
+            }
+        }
+    })
+    .await;
+    released.unwrap_or_else(|_| {
+        Err(format!(
+            "debugpy did not acknowledge the release within {}",
+            humantime::format_duration(RELEASE_GRACE)
+        ))
+    })
+}
+
+/// Pause between two release attempts on fresh connections.
+const RELEASE_RETRY_PAUSE: Duration = Duration::from_millis(200);

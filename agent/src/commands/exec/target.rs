@@ -150,13 +150,27 @@ fn prepare(
         ),
         DebugMode::Direct => None,
     };
+    let mut proxy_port = None;
     let injected = match inject::plan(settings.session.inject, argv, &ProcessEnv)? {
         Plan::Debugpy(python) => {
             inject::check_debugpy(&python, inject::DEBUGPY_CHECK_TIMEOUT)?;
-            let endpoint = inject::Endpoint {
-                mode,
-                port,
-                node_ip: node.ip,
+            let endpoint = match mode {
+                // debugpy listens on a loopback port of its own; the sidecar owns the
+                // published port and gates every developer (session::direct).
+                DebugMode::Direct => {
+                    let loopback = free_loopback_port()?;
+                    proxy_port = Some(loopback);
+                    inject::Endpoint {
+                        mode: DebugMode::Listen,
+                        port: loopback,
+                        node_ip: node.ip,
+                    }
+                }
+                DebugMode::Connect | DebugMode::Listen => inject::Endpoint {
+                    mode,
+                    port,
+                    node_ip: node.ip,
+                },
             };
             let options = DebugpyOptions {
                 wait_for_client: settings.session.wait_for_client,
@@ -176,6 +190,7 @@ fn prepare(
     let spec = SessionSpec {
         mode,
         port,
+        proxy_port,
         rank: detection.role.rank,
         local_rank: detection.role.local_rank,
         hostname: node.hostname.clone(),
@@ -188,6 +203,16 @@ fn prepare(
         on_failure: settings.session.on_failure,
     };
     Ok((spec, injected))
+}
+
+/// A loopback port free right now, for debugpy behind the direct-mode gate. The kernel
+/// hands out ephemeral ports in a spread order, so the moment between this probe and
+/// debugpy's bind is not a practical race; if it ever loses, the step still runs (debugpy
+/// fails to listen and the release finds nobody).
+fn free_loopback_port() -> anyhow::Result<u16> {
+    let probe = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|err| anyhow::anyhow!("could not find a loopback port for debugpy: {err}"))?;
+    Ok(probe.local_addr()?.port())
 }
 
 /// Where the debugger will listen: the node IP in direct mode, loopback otherwise.

@@ -181,7 +181,7 @@ async fn forward_local(
     port_name: String,
 ) {
     let _ = tcp.set_nodelay(true);
-    let mut tunnel = match sender::connect(&endpoint, None).await {
+    let mut tunnel = match connect_to_owner(&endpoint, &port_name).await {
         Ok(t) => t,
         Err(e) => {
             // One line naming the cause and the fix; the local client sees its socket close.
@@ -196,6 +196,33 @@ async fn forward_local(
     }
     tracing::info!(port_name, "connection from {peer} relayed");
     splice(tunnel, tcp).await;
+}
+
+/// How many times a sender tries again when a listener answers that another listener
+/// serves its port: the relay spreads senders across listeners at random, so with L
+/// listeners all attempts miss with probability ((L-1)/L)^n — about 1e-8 for 4
+/// listeners, 3e-5 for Azure's maximum of 25.
+pub const WRONG_LISTENER_ATTEMPTS: usize = 256;
+
+/// Connects as a sender naming `port_name` in the path suffix, so that only the
+/// listener serving that port accepts (several debug targets can listen on one Hybrid
+/// Connection); tries again while the relay picks a listener that serves another port.
+async fn connect_to_owner(
+    endpoint: &Endpoint,
+    port_name: &str,
+) -> Result<Tunnel, super::error::ConnectError> {
+    let mut attempt = 1;
+    loop {
+        match sender::connect(endpoint, Some(port_name)).await {
+            Err(e)
+                if e.status() == Some(status::MISDIRECTED) && attempt < WRONG_LISTENER_ATTEMPTS =>
+            {
+                tracing::debug!(attempt, "reached a listener for another port; again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Splices a relayed connection with its local socket until both ends close, logging

@@ -10,8 +10,7 @@
 use std::io;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Mutex;
 
 use super::frame::{FrameReader, FrameWriter, OpCode};
@@ -143,9 +142,13 @@ impl Tunnel {
         let _ = w.frames.shutdown().await;
     }
 
-    /// Pumps bytes both ways between the tunnel and `tcp` until both directions ended.
-    pub async fn splice(mut self, tcp: TcpStream) -> io::Result<SpliceStats> {
-        let (mut tcp_read, mut tcp_write) = tcp.into_split();
+    /// Pumps bytes both ways between the tunnel and a local stream (a TCP connection, or
+    /// an in-process pipe to a gate) until both directions ended.
+    pub async fn splice<S>(mut self, local: S) -> io::Result<SpliceStats>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin,
+    {
+        let (mut tcp_read, mut tcp_write) = tokio::io::split(local);
         let writer = Arc::clone(&self.writer);
         let mut stats = SpliceStats::default();
 

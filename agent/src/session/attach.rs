@@ -1,0 +1,285 @@
+//! The attach phase of a debuggee that listens (listen mode, and direct mode when the
+//! agent injected debugpy): developer connections reach debugpy only through the DAP
+//! gate, and [`hold`] owns the attach deadline.
+//!
+//! Each developer connection gets its own connection to debugpy's adapter. Until some
+//! debugger has sent `configurationDone` the step is held. A developer who leaves (or
+//! is cut off) during its setup does not take its adapter connection along: the adapter
+//! ends for good once its last session ends, and an adapter that already took an
+//! `attach` then leaves the step waiting forever. So that connection is kept, *held*,
+//! until the next developer's connection exists, and the release at the deadline goes
+//! over it (a repeated `initialize`/`attach` is refused, `configurationDone` is
+//! honoured). Without a held connection the release uses a fresh one. Either way it is
+//! retried until debugpy acknowledges, bounded by [`super::RELEASE_GRACE`]. A developer
+//! may still attach after that.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::gate::{self, GateState, PumpEnd};
+use super::report::Reporter;
+use super::{SessionSpec, deadline_after, release_listening_debuggee};
+use crate::publish::SessionState;
+use crate::relay::client::{Tunnel, backoff};
+
+/// What happened to a developer connection, for the deadline's owner.
+#[derive(Debug)]
+pub enum Event {
+    /// A developer's connection reached debugpy.
+    Connected,
+    /// The debuggee received `configurationDone`: the step is no longer held.
+    Configured,
+    /// The developer left before finishing its setup (how far it got).
+    LeftDuringSetup(String),
+    /// The developer's side is not a debugger (what it sent).
+    NotDap(String),
+    /// A configured debugger detached.
+    Detached,
+}
+
+/// A developer's connection, as it arrived.
+#[derive(Debug)]
+pub enum Developer {
+    /// Through the relay, preamble done and confirmed.
+    Relayed(Tunnel),
+    /// Straight to the node (direct mode).
+    Direct(TcpStream),
+}
+
+/// What every developer connection of one session shares with its owner.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Where debugpy listens.
+    pub debugpy: SocketAddr,
+    pub events: mpsc::UnboundedSender<Event>,
+    /// Cancelled at the attach deadline: connections still in their setup are cut.
+    pub setup_cutoff: CancellationToken,
+    /// The adapter connection of the last developer who left during its setup.
+    held: Arc<Mutex<Option<Held>>>,
+    /// Developer connections being served, and a signal when one finishes, so the
+    /// deadline's owner can wait (bounded) for cut connections to be held.
+    serving: Arc<AtomicUsize>,
+    served: Arc<Notify>,
+}
+
+/// An adapter connection kept open after its developer left during the setup.
+#[derive(Debug)]
+struct Held {
+    debugpy: TcpStream,
+    state: GateState,
+}
+
+/// How long the deadline's owner waits for cut connections to come back as held ones.
+const CUTOFF_SETTLE: Duration = Duration::from_secs(1);
+
+impl Shared {
+    pub fn new(debugpy: SocketAddr) -> (Shared, mpsc::UnboundedReceiver<Event>) {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let shared = Shared {
+            debugpy,
+            events,
+            setup_cutoff: CancellationToken::new(),
+            held: Arc::new(Mutex::new(None)),
+            serving: Arc::new(AtomicUsize::new(0)),
+            served: Arc::new(Notify::new()),
+        };
+        (shared, receiver)
+    }
+
+    /// A developer's connection arrived (before debugpy is reached: it may be starting).
+    pub fn arrived(&self) {
+        let _ = self.events.send(Event::Connected);
+    }
+
+    /// Connects to debugpy, which may still be starting (bounded retries).
+    pub async fn connect_debugpy(&self) -> Option<TcpStream> {
+        for attempt in 0..DEBUGPY_CONNECT_ATTEMPTS {
+            let connect = TcpStream::connect(self.debugpy);
+            match tokio::time::timeout(DEBUGPY_CONNECT_TIMEOUT, connect).await {
+                Ok(Ok(stream)) => return Some(stream),
+                Ok(Err(err)) if attempt + 1 == DEBUGPY_CONNECT_ATTEMPTS => {
+                    tracing::warn!("debugpy does not listen on {}: {err}", self.debugpy);
+                }
+                Err(_) if attempt + 1 == DEBUGPY_CONNECT_ATTEMPTS => {
+                    tracing::warn!("debugpy on {} does not accept", self.debugpy);
+                }
+                _ => tokio::time::sleep(backoff::reconnect_delay(1)).await,
+            }
+        }
+        None
+    }
+
+    /// Serves one developer connection through the gate to `debugpy`; reports how it
+    /// went. Cut, and kept as the held connection, when the deadline passes while this
+    /// developer has not finished its setup.
+    pub async fn serve(&self, developer: Developer, mut debugpy: TcpStream) {
+        self.serving.fetch_add(1, Ordering::AcqRel);
+        // The new connection exists now: an older held one may go.
+        drop(self.held.lock().await.take());
+        let mut state = GateState::default();
+        let configured = state.configured_flag();
+        let cutoff = async {
+            self.setup_cutoff.cancelled().await;
+            if configured.load(Ordering::Acquire) {
+                // This developer owns the step now: the deadline is not for them.
+                std::future::pending::<()>().await;
+            }
+        };
+        let pumping = async {
+            match developer {
+                Developer::Relayed(tunnel) => gate::carry(tunnel, &mut state, &mut debugpy).await,
+                Developer::Direct(tcp) => gate::pump(&mut state, &mut debugpy, tcp).await,
+            }
+        };
+        let end = tokio::select! {
+            end = pumping => Some(end),
+            () = cutoff => None,
+        };
+        let event = match end {
+            Some(PumpEnd::Finished | PumpEnd::DebuggeeClosed) => Some(Event::Detached),
+            Some(PumpEnd::DebuggeeBroken(err)) => {
+                tracing::warn!("the connection to debugpy broke: {err}");
+                Some(Event::Detached)
+            }
+            Some(PumpEnd::LeftDuringSetup) => Some(Event::LeftDuringSetup(state.progress())),
+            Some(PumpEnd::NotDap(not_dap)) => Some(Event::NotDap(not_dap.to_string())),
+            None => None,
+        };
+        let keep = !state.configured()
+            && matches!(
+                &event,
+                None | Some(Event::LeftDuringSetup(_) | Event::NotDap(_))
+            );
+        if state.configured() {
+            let _ = self.events.send(Event::Configured);
+        }
+        if keep {
+            *self.held.lock().await = Some(Held { debugpy, state });
+        }
+        if let Some(event) = event {
+            let _ = self.events.send(event);
+        }
+        self.serving.fetch_sub(1, Ordering::AcqRel);
+        self.served.notify_waiters();
+    }
+
+    /// Cuts the connections still in their setup and releases the step: over the held
+    /// connection when there is one, else over fresh ones; bounded by RELEASE_GRACE
+    /// (plus [`CUTOFF_SETTLE`] for cut connections to come back).
+    pub async fn release(&self) {
+        self.setup_cutoff.cancel();
+        let _ = tokio::time::timeout(CUTOFF_SETTLE, async {
+            while self.serving.load(Ordering::Acquire) > 0 {
+                let served = self.served.notified();
+                if self.serving.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                served.await;
+            }
+        })
+        .await;
+        let held = self.held.lock().await.take();
+        if let Some(Held {
+            mut debugpy,
+            mut state,
+        }) = held
+        {
+            match super::release_on(&mut state, &mut debugpy).await {
+                Ok(()) => {
+                    tracing::info!("released the step over the connection a developer left");
+                    return;
+                }
+                Err(err) => tracing::info!(
+                    "the held connection to debugpy could not release the step ({err}); \
+                     trying fresh connections"
+                ),
+            }
+        }
+        release_listening_debuggee(self.debugpy).await;
+    }
+}
+
+/// Tries to reach debugpy this many times per developer connection.
+const DEBUGPY_CONNECT_ATTEMPTS: usize = 10;
+
+/// How long one connection attempt to debugpy (on this node) may take.
+const DEBUGPY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Owns the attach deadline of a listening debuggee until `source` (what brings
+/// developer connections: the relay listener, the direct-mode accept loop) ends for
+/// good; returns why it ended. `held` says whether the step waits for a debugger.
+pub async fn hold<F>(
+    spec: &SessionSpec,
+    shared: &Shared,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    reporter: &mut Reporter,
+    source: F,
+) -> String
+where
+    F: Future<Output = String>,
+{
+    let mut held = spec.wait_for_client;
+    let deadline = tokio::time::sleep_until(deadline_after(spec.attach_timeout));
+    tokio::pin!(deadline, source);
+    let mut cause: Option<String> = None;
+    loop {
+        tokio::select! {
+            Some(event) = events.recv() => match event {
+                Event::Connected => {
+                    reporter.set(SessionState::Attached, None);
+                    cause.get_or_insert_with(|| {
+                        "a connection from the developer's side did not finish its DAP setup"
+                            .to_owned()
+                    });
+                }
+                Event::Configured => held = false,
+                Event::Detached => reporter.set(
+                    SessionState::RunningUndebugged,
+                    Some("the debugger detached; the step runs on"),
+                ),
+                Event::LeftDuringSetup(progress) => {
+                    let why = format!(
+                        "a debugger connected but left {progress} without finishing its setup"
+                    );
+                    reporter.set(SessionState::WaitingForDebugger, Some(&format!(
+                        "{why}; waiting for another until the attach deadline"
+                    )));
+                    cause = Some(why);
+                }
+                Event::NotDap(what) => {
+                    let why = format!("the developer's side is not a debugger (it sent {what})");
+                    reporter.set(SessionState::WaitingForDebugger, Some(&format!(
+                        "{why}; cut it off, waiting for a debugger until the attach deadline"
+                    )));
+                    cause = Some(why);
+                }
+            },
+            () = &mut deadline, if held => {
+                shared.setup_cutoff.cancel();
+                let limit = humantime::format_duration(spec.attach_timeout);
+                let why = match &cause {
+                    None => format!("no debugger attached within {limit}; the step runs on without one"),
+                    Some(cause) => format!(
+                        "{cause}, and no debugger attached within {limit}; the step runs on without one"
+                    ),
+                };
+                reporter.set(SessionState::TimedOut, Some(&why));
+                shared.release().await;
+                held = false;
+            }
+            why = &mut source => {
+                // Nothing can reach the step any more: a held step must not wait on.
+                if held {
+                    shared.release().await;
+                }
+                return why;
+            }
+        }
+    }
+}

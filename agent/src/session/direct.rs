@@ -1,0 +1,135 @@
+//! Direct mode: the developer reaches the node's IP and debug port without a relay.
+//!
+//! When the agent injected debugpy, debugpy listens on a loopback port of its own and
+//! the sidecar listens on the published `node-ip:port`, passing each developer through
+//! the DAP gate ([`super::attach`]), so the attach deadline holds whatever a client
+//! does. When the step starts debugpy itself (prior-art code reading
+//! `AMLX_DEBUG_PORT`), debugpy owns the published port and the sidecar can only watch
+//! the kernel's socket table and release at the deadline when nobody is connected.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use super::attach::{self, Developer, Shared};
+use super::report::Reporter;
+use super::sidecar::ReadySignal;
+use super::{SessionSpec, deadline_after, release_listening_debuggee};
+use crate::publish::SessionState;
+
+/// Pause after a failed accept (e.g. out of descriptors) so the loop cannot spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(200);
+
+pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Reporter) {
+    if spec.proxy_port.is_none() {
+        return watch(spec, ready, reporter).await;
+    }
+    let published = spec.published_address();
+    let listener = match TcpListener::bind(published).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            super::setup_failed(
+                spec,
+                &mut ready,
+                reporter,
+                &format!("could not listen on {published} for the developer: {err}"),
+            );
+            return;
+        }
+    };
+    ready.ready();
+    reporter.set(SessionState::WaitingForDebugger, None);
+    let (shared, events) = Shared::new(spec.debugpy_address());
+    let accepting = accept_loop(listener, shared.clone());
+    let why = attach::hold(spec, &shared, events, reporter, accepting).await;
+    tracing::warn!("direct mode stopped accepting developers: {why}");
+    std::future::pending().await
+}
+
+/// Accepts developers until the step ends; each is served on its own task.
+async fn accept_loop(listener: TcpListener, shared: Shared) -> String {
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, peer)) => {
+                tracing::info!("developer connection from {peer}");
+                tcp
+            }
+            Err(err) => {
+                tracing::warn!("accepting a developer connection failed: {err}");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        shared.arrived();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Some(debugpy) = shared.connect_debugpy().await else {
+                return;
+            };
+            shared.serve(Developer::Direct(tcp), debugpy).await;
+        });
+    }
+}
+
+/// The step's own debugpy holds the published port: watch for connected clients and,
+/// with `--wait-for-client`, release at the deadline the first moment nobody is
+/// connected (a client connected then holds the step for as long as it stays).
+async fn watch(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Reporter) {
+    ready.ready();
+    reporter.set(SessionState::WaitingForDebugger, None);
+    let deadline = deadline_after(spec.attach_timeout);
+    let mut attached_once = false;
+    let mut released = !spec.wait_for_client;
+    loop {
+        let attached = clients_connected(spec.port);
+        match (attached, attached_once) {
+            (true, _) => reporter.set(SessionState::Attached, None),
+            (false, true) => reporter.set(
+                SessionState::RunningUndebugged,
+                Some("the debugger detached; the step runs on"),
+            ),
+            (false, false) => {}
+        }
+        attached_once |= attached;
+        if !released && !attached && Instant::now() >= deadline {
+            let why = if attached_once {
+                "a debugger connected and left, and none was attached at the attach deadline"
+                    .to_owned()
+            } else {
+                format!(
+                    "no debugger attached within {}",
+                    humantime::format_duration(spec.attach_timeout)
+                )
+            };
+            reporter.set(
+                SessionState::TimedOut,
+                Some(&format!("{why}; the step runs on without one")),
+            );
+            release_listening_debuggee(spec.published_address()).await;
+            released = true;
+        }
+        tokio::time::sleep(ATTACH_POLL).await;
+    }
+}
+
+/// How often the watch looks for a connected debugger.
+const ATTACH_POLL: Duration = Duration::from_millis(200);
+
+/// Whether an established TCP connection has `port` as its local port (IPv4 or IPv6),
+/// read from /proc without touching the socket.
+fn clients_connected(port: u16) -> bool {
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let mut fields = line.split_whitespace();
+                // fields: sl, local_address, rem_address, st (01 = ESTABLISHED), ...
+                let local_address = fields.nth(1).unwrap_or_default();
+                let state = fields.nth(1).unwrap_or_default();
+                local_address.ends_with(&local) && state == "01"
+            })
+        })
+    })
+}

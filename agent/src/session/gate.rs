@@ -1,0 +1,280 @@
+//! The DAP gate between a developer's connection and the debuggee.
+//!
+//! debugpy has no bounded wait (see [`super::dap`]): a debuggee that got part of a
+//! debugger's setup and then lost it waits forever. So until the debuggee has received
+//! `configurationDone` the gate forwards the developer's bytes only as whole DAP
+//! messages, remembers how far the setup got, and keeps the debuggee's socket open when
+//! the developer leaves, so the session can still release the step on that very socket.
+//! Once `configurationDone` is through, the debuggee runs on its own and the gate is a
+//! plain pipe: a developer dropping at a breakpoint is the debugger's business.
+//!
+//! The gate never waits on its own: the session's attach deadline cancels [`pump`]
+//! from outside, and [`GateState`] (owned by the caller) keeps what was half-written,
+//! so the release that follows completes the debuggee's current message first.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::dap::{AckScanner, Framer, NotDap};
+use crate::relay::client::Tunnel;
+
+/// Bytes read per transfer in either direction.
+const CHUNK: usize = 16 * 1024;
+
+/// How far one debuggee connection's setup got; lives outside [`pump`] so a cancelled
+/// pump loses nothing.
+#[derive(Debug, Default)]
+pub struct GateState {
+    framer: Framer,
+    /// Whole messages (or, once configured, any bytes) not yet written to the debuggee.
+    unsent: Vec<u8>,
+    /// Bytes of `unsent` up to the end of the developer's `configurationDone`.
+    configuration_done_at: Option<usize>,
+    /// The debuggee received `configurationDone`: it runs, the gate is transparent.
+    /// Shared so the deadline's owner can read it while a pump holds the state.
+    configured: Arc<AtomicBool>,
+    /// The last request the developer's side sent (for the log and `status`).
+    last_request: Option<String>,
+}
+
+impl GateState {
+    /// Whether the debuggee received `configurationDone` (the step is not held).
+    pub fn configured(&self) -> bool {
+        self.configured.load(Ordering::Acquire)
+    }
+
+    /// A handle on [`GateState::configured`] that stays readable while a pump runs.
+    pub fn configured_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.configured)
+    }
+
+    fn set_configured(&self) {
+        self.configured.store(true, Ordering::Release);
+    }
+
+    /// How far the setup got, in words: `before any request`, `after "attach"`.
+    pub fn progress(&self) -> String {
+        match &self.last_request {
+            None => "before sending any request".to_owned(),
+            Some(command) => format!("after {command:?}"),
+        }
+    }
+
+    /// Takes developer bytes: whole messages are queued for the debuggee.
+    fn accept(&mut self, bytes: &[u8]) -> Result<(), NotDap> {
+        if self.configured() || self.configuration_done_at.is_some() {
+            self.unsent.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.framer.push(bytes);
+        while let Some(message) = self.framer.next_message()? {
+            let command = message.request_command();
+            self.unsent.extend_from_slice(&message.raw);
+            if let Some(command) = command {
+                if command == "configurationDone" {
+                    self.configuration_done_at = Some(self.unsent.len());
+                    // Whatever follows goes through as it comes.
+                    let rest = self.framer.take_rest();
+                    self.unsent.extend_from_slice(&rest);
+                    self.last_request = Some(command);
+                    break;
+                }
+                self.last_request = Some(command);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the queued bytes; progress is recorded per write, so cancelling this
+    /// future mid-way loses nothing and never splits a message for good.
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, debuggee: &mut W) -> io::Result<()> {
+        while !self.unsent.is_empty() {
+            let written = debuggee.write(&self.unsent).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.unsent.drain(..written.min(self.unsent.len()));
+            if let Some(at) = self.configuration_done_at {
+                let left = at.saturating_sub(written);
+                self.configuration_done_at = (left > 0).then_some(left);
+                if left == 0 {
+                    self.set_configured();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How one developer connection through the gate ended.
+#[derive(Debug)]
+pub enum PumpEnd {
+    /// Both directions finished after the debuggee was configured.
+    Finished,
+    /// The developer's side ended (or broke) before `configurationDone`: the debuggee is
+    /// still held and its socket still open.
+    LeftDuringSetup,
+    /// The developer's side sent bytes that are not DAP; it was cut off.
+    NotDap(NotDap),
+    /// The debuggee closed its connection (the step ended, or debugpy gave up).
+    DebuggeeClosed,
+    /// Writing to the debuggee failed.
+    DebuggeeBroken(io::Error),
+}
+
+/// Carries one developer connection to `debuggee` through the gate until it ends.
+///
+/// Cancel-safe with respect to the debuggee: every partial write is in `state`.
+pub async fn pump<D, S>(state: &mut GateState, debuggee: &mut D, developer: S) -> PumpEnd
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut debuggee_in, mut debuggee_out) = tokio::io::split(debuggee);
+    let (mut developer_in, mut developer_out) = tokio::io::split(developer);
+    let mut from_developer = vec![0u8; CHUNK];
+    let mut from_debuggee = vec![0u8; CHUNK];
+    if let Err(err) = state.flush(&mut debuggee_out).await {
+        return PumpEnd::DebuggeeBroken(err);
+    }
+    loop {
+        // Both reads are cancel-safe (tokio's `read` loses nothing when dropped).
+        tokio::select! {
+            read = developer_in.read(&mut from_developer) => {
+                let n = match read {
+                    Ok(n) => n,
+                    Err(_) => 0,
+                };
+                if n == 0 {
+                    if !state.configured() {
+                        return PumpEnd::LeftDuringSetup;
+                    }
+                    // Pass the developer's half-close on; the debuggee may still answer.
+                    let _ = debuggee_out.shutdown().await;
+                    let _ = copy_until_end(&mut debuggee_in, &mut developer_out, &mut from_debuggee).await;
+                    return PumpEnd::Finished;
+                }
+                let chunk = from_developer.get(..n).unwrap_or_default();
+                if let Err(not_dap) = state.accept(chunk) {
+                    return PumpEnd::NotDap(not_dap);
+                }
+                if let Err(err) = state.flush(&mut debuggee_out).await {
+                    return PumpEnd::DebuggeeBroken(err);
+                }
+            }
+            read = debuggee_in.read(&mut from_debuggee) => {
+                let n = read.unwrap_or(0);
+                if n == 0 {
+                    let _ = developer_out.shutdown().await;
+                    return PumpEnd::DebuggeeClosed;
+                }
+                let chunk = from_debuggee.get(..n).unwrap_or_default();
+                if developer_out.write_all(chunk).await.is_err() && !state.configured() {
+                    return PumpEnd::LeftDuringSetup;
+                }
+            }
+        }
+    }
+}
+
+/// One developer connection: the relayed tunnel is spliced to an in-process pipe whose
+/// other end goes through the gate to the debuggee. Ends when the gate's pump ends; the
+/// splice then gets [`SPLICE_CLOSE_GRACE`] to finish its Close and is dropped.
+pub async fn carry<D>(tunnel: Tunnel, state: &mut GateState, debuggee: &mut D) -> PumpEnd
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let (gate_end, tunnel_end) = tokio::io::duplex(PIPE_CAPACITY);
+    let splice = tunnel.splice(tunnel_end);
+    tokio::pin!(splice);
+    let pump = pump(state, debuggee, gate_end);
+    tokio::pin!(pump);
+    let mut splice_done = false;
+    let end = loop {
+        tokio::select! {
+            end = &mut pump => break end,
+            result = &mut splice, if !splice_done => {
+                splice_done = true;
+                if let Err(err) = result {
+                    tracing::debug!("the developer's relayed connection ended: {err}");
+                }
+            }
+        }
+    };
+    if !splice_done {
+        let _ = tokio::time::timeout(SPLICE_CLOSE_GRACE, splice).await;
+    }
+    end
+}
+
+/// Bytes buffered between a tunnel and its gate.
+const PIPE_CAPACITY: usize = 64 * 1024;
+
+/// How long a finished developer connection may take to complete its Close.
+const SPLICE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn copy_until_end<R, W>(from: &mut R, to: &mut W, buf: &mut [u8]) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let n = from.read(buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(buf.get(..n).unwrap_or_default()).await?;
+    }
+}
+
+/// Why a release attempt did not get the debuggee's acknowledgement.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("the debuggee did not acknowledge configurationDone within {0:?}")]
+    NoAck(std::time::Duration),
+    #[error("the debuggee closed the connection before acknowledging")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Releases a held debuggee on its own connection: completes any half-written message,
+/// sends the release requests (see [`super::dap`]) and waits, bounded by
+/// [`super::dap::RELEASE_DRAIN_TIMEOUT`], for the answer to `configurationDone`.
+pub async fn release<D>(state: &mut GateState, debuggee: &mut D) -> Result<(), ReleaseError>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let limit = super::dap::RELEASE_DRAIN_TIMEOUT;
+    let attempt = async {
+        state.flush(debuggee).await?;
+        // A message the developer started but never finished is dropped, not completed:
+        // the debuggee has seen none of it (only whole messages go through).
+        drop(state.framer.take_rest());
+        debuggee.write_all(&super::dap::release_requests()).await?;
+        debuggee.flush().await?;
+        let mut scanner = AckScanner::default();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = debuggee.read(&mut buf).await?;
+            if n == 0 {
+                return Err(ReleaseError::Closed);
+            }
+            if scanner.saw_ack(buf.get(..n).unwrap_or_default()) {
+                state.set_configured();
+                return Ok(());
+            }
+        }
+    };
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(ReleaseError::NoAck(limit)),
+    }
+}
+
+#[cfg(test)]
+#[path = "gate_tests.rs"]
+mod tests;

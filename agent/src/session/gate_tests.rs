@@ -1,0 +1,154 @@
+//! The gate against scripted developers and debuggees over in-memory pipes.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+use super::*;
+use crate::session::dap::{Framer, MAX_HEADER_BYTES};
+
+fn request(command: &str) -> Vec<u8> {
+    let body = format!(r#"{{"seq":1,"type":"request","command":"{command}"}}"#);
+    format!("Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// Runs one developer session: `developer_bytes` are sent, then the developer leaves;
+/// the debuggee reads until the gate closes its direction (or is dropped), then closes.
+async fn session(developer_bytes: Vec<u8>) -> (PumpEnd, GateState, Vec<u8>) {
+    let (mut ours, mut theirs) = duplex(1 << 16);
+    let (dev_local, mut dev_remote) = duplex(1 << 16);
+    let mut state = GateState::default();
+    let developer = tokio::spawn(async move {
+        dev_remote.write_all(&developer_bytes).await.expect("write");
+        dev_remote.shutdown().await.expect("shutdown");
+        // Keep reading so the gate's writes towards the developer never block.
+        let mut sink = Vec::new();
+        let _ = dev_remote.read_to_end(&mut sink).await;
+    });
+    let debuggee = tokio::spawn(async move {
+        let mut received = Vec::new();
+        let _ = theirs.read_to_end(&mut received).await;
+        received
+    });
+    let end = pump(&mut state, &mut ours, dev_local).await;
+    drop(ours);
+    developer.await.expect("developer task");
+    let received = debuggee.await.expect("debuggee task");
+    (end, state, received)
+}
+
+#[tokio::test]
+async fn a_developer_leaving_during_setup_leaves_the_debuggee_at_a_message_boundary() {
+    let cases: &[(&str, Vec<u8>, Vec<u8>, &str)] = &[
+        (
+            "nothing",
+            Vec::new(),
+            Vec::new(),
+            "before sending any request",
+        ),
+        (
+            "after initialize",
+            request("initialize"),
+            request("initialize"),
+            "after \"initialize\"",
+        ),
+        (
+            "after attach, half a message pending",
+            [
+                request("initialize"),
+                request("attach"),
+                b"Content-Length: 40\r\n\r\n{\"se".to_vec(),
+            ]
+            .concat(),
+            [request("initialize"), request("attach")].concat(),
+            "after \"attach\"",
+        ),
+        (
+            "half a header",
+            b"Content-Len".to_vec(),
+            Vec::new(),
+            "before sending any request",
+        ),
+    ];
+    for (name, sent, expected, progress) in cases {
+        let (end, state, received) = session(sent.clone()).await;
+        assert!(matches!(end, PumpEnd::LeftDuringSetup), "{name}: {end:?}");
+        assert!(!state.configured(), "{name}");
+        assert_eq!(&received, expected, "{name}");
+        assert_eq!(state.progress(), *progress, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_dap_are_cut_off() {
+    let cases: &[(&str, Vec<u8>)] = &[
+        ("binary", vec![0x16, 0x03, 0x01, 0x00]),
+        (
+            "non-ASCII header",
+            "Content-Length: ٣\r\n\r\n".as_bytes().to_vec(),
+        ),
+        ("no length", b"Content-Type: x\r\n\r\n{}".to_vec()),
+        ("endless header", vec![b'a'; MAX_HEADER_BYTES + 1]),
+        (
+            "huge message",
+            b"Content-Length: 999999999999\r\n\r\n".to_vec(),
+        ),
+        ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+    ];
+    for (name, sent) in cases {
+        let (end, state, received) = session(sent.clone()).await;
+        assert!(matches!(end, PumpEnd::NotDap(_)), "{name}: {end:?}");
+        assert!(received.is_empty(), "{name}: {received:?}");
+        assert!(!state.configured(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn configuration_done_makes_the_gate_transparent() {
+    let sent = [
+        request("initialize"),
+        request("attach"),
+        request("configurationDone"),
+        b"raw bytes after setup".to_vec(),
+    ]
+    .concat();
+    let (end, state, received) = session(sent.clone()).await;
+    assert!(matches!(end, PumpEnd::Finished), "{end:?}");
+    assert!(state.configured());
+    assert_eq!(received, sent);
+}
+
+#[tokio::test]
+async fn release_completes_the_setup_and_waits_for_the_acknowledgement() {
+    let (end, mut state, _) = session(request("initialize")).await;
+    assert!(matches!(end, PumpEnd::LeftDuringSetup));
+    // The state carries over to a scripted debuggee that answers configurationDone.
+    let (mut ours, mut theirs) = duplex(1 << 16);
+    let responder = tokio::spawn(async move {
+        let mut framer = Framer::default();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = theirs.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before configurationDone");
+            framer.push(&buf[..n]);
+            while let Some(message) = framer.next_message().expect("dap") {
+                if message.request_command().as_deref() == Some("configurationDone") {
+                    let body =
+                        r#"{"type":"response","command":"configurationDone","success":true}"#;
+                    let reply = format!("Content-Length: {}\r\n\r\n{body}", body.len());
+                    theirs.write_all(reply.as_bytes()).await.expect("reply");
+                    return;
+                }
+            }
+        }
+    });
+    release(&mut state, &mut ours).await.expect("acknowledged");
+    assert!(state.configured());
+    responder.await.expect("responder");
+}
+
+#[tokio::test]
+async fn release_without_an_answer_is_bounded() {
+    let (mut ours, _theirs) = duplex(1 << 16);
+    let mut state = GateState::default();
+    let err = release(&mut state, &mut ours).await.expect_err("no answer");
+    assert!(matches!(err, ReleaseError::NoAck(_)), "{err}");
+}

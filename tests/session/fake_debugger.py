@@ -1,0 +1,111 @@
+"""A debugger that goes wrong on purpose, for the fault-matrix tests (faults.rs).
+
+    fake_debugger.py listen PORT_FILE FAULT   # waits for debugpy (connect mode)
+    fake_debugger.py connect PORT FAULT       # reaches debugpy (listen, direct modes)
+
+FAULT is one of:
+  drop-at-once       connect, then close without a byte
+  drop-after-init    send `initialize`, then close
+  drop-after-attach  send `initialize` and `attach`, then close
+  drop-after-bp      ... and `setBreakpoints`, then close
+  drop-mid-message   ... and half of a `configurationDone`, then close
+  garbage            send bytes that are not DAP, then hold the connection open
+  silent             hold the connection open without sending anything
+
+Holding faults stay until the peer closes or HOLD_LIMIT passes (bounded). In listen
+mode the bound port is written to PORT_FILE once listening. Prints "fault done" when its
+part is over so the test knows the fault happened.
+"""
+
+import json
+import socket
+import sys
+import time
+
+HOLD_LIMIT = 60.0
+CONNECT_LIMIT = 30.0
+
+
+def request(seq, command, arguments):
+    body = json.dumps(
+        {"seq": seq, "type": "request", "command": command, "arguments": arguments}
+    ).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+SETUP = [
+    request(1, "initialize", {"adapterID": "fake", "clientID": "fake"}),
+    request(2, "attach", {"name": "fake"}),
+    request(
+        3,
+        "setBreakpoints",
+        {"source": {"path": "/nowhere/step.py"}, "breakpoints": [{"line": 1}]},
+    ),
+]
+SENT_BEFORE_DROP = {
+    "drop-at-once": 0,
+    "drop-after-init": 1,
+    "drop-after-attach": 2,
+    "drop-after-bp": 3,
+    "drop-mid-message": 3,
+}
+
+
+def hold(conn):
+    conn.settimeout(HOLD_LIMIT)
+    deadline = time.monotonic() + HOLD_LIMIT
+    try:
+        while time.monotonic() < deadline:
+            if not conn.recv(65536):
+                return
+    except OSError:
+        return
+
+
+def misbehave(conn, fault):
+    if fault in SENT_BEFORE_DROP:
+        for message in SETUP[: SENT_BEFORE_DROP[fault]]:
+            conn.sendall(message)
+        if fault == "drop-mid-message":
+            whole = request(4, "configurationDone", {})
+            conn.sendall(whole[: len(whole) // 2])
+        # Let the bytes travel before the close overtakes them.
+        time.sleep(0.3)
+        print("fault done", flush=True)
+        conn.close()
+        return
+    if fault == "garbage":
+        conn.sendall(b"\x00\xffHELLO this is not DAP\r\n\r\n" * 4)
+    print("fault done", flush=True)
+    hold(conn)
+    conn.close()
+
+
+def main():
+    role, where, fault = sys.argv[1], sys.argv[2], sys.argv[3]
+    if role == "listen":
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(HOLD_LIMIT)
+        with open(where + ".tmp", "w") as out:
+            out.write(str(server.getsockname()[1]))
+        import os
+
+        os.replace(where + ".tmp", where)
+        conn, _ = server.accept()
+    else:
+        deadline = time.monotonic() + CONNECT_LIMIT
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", int(where)), timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    misbehave(conn, fault)
+
+
+if __name__ == "__main__":
+    main()

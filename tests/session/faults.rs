@@ -1,0 +1,323 @@
+//! The fault matrix: whatever a debugger, the relay or the network does, a step held
+//! for a debugger finishes with its own exit code within the attach timeout plus
+//! `session::RELEASE_GRACE`, and `status` and the log name the cause.
+//!
+//! Each mode runs the same table of faults, played by a real debugpy on the node and a
+//! scripted debugger (fake_debugger.py) on the developer's side: nobody comes; one that
+//! connects and drops before `initialize`, after `initialize`, after `attach`, after
+//! `setBreakpoints`, in the middle of a message; one that sends bytes that are not DAP;
+//! one that connects and stays silent; the relay killed while a silent one holds the
+//! session; and an attach timeout that passes before debugpy even listens.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use amlx_agent::session::RELEASE_GRACE;
+
+use super::harness::{DeveloperSide, SESSION_DEADLINE, port_range, step_py};
+use super::lifecycle::{Gate, Running, wait_state_why};
+use crate::relay::harness::Lines;
+use crate::util;
+
+/// The exit code the step chooses.
+const STEP_CODE: i32 = 5;
+
+/// The attach timeout of every case but the zero one: long enough for debugpy to start
+/// and the fault to be played before it passes, on a loaded machine.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+const ATTACH_TIMEOUT_TEXT: &str = "10s";
+
+/// What starting the agent, Python and debugpy may add on a loaded 2-core machine
+/// before the attach clock even starts (connect mode starts it at debugpy's connection).
+const STARTUP_ALLOWANCE: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Connect,
+    Listen,
+    Direct,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Connect => "connect",
+            Mode::Listen => "listen",
+            Mode::Direct => "direct",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Nobody attaches.
+    NobodyComes,
+    /// fake_debugger.py plays this fault.
+    Scripted(&'static str),
+    /// A silent debugger holds the session, then `relay serve` is killed.
+    RelayKilled,
+    /// The attach timeout is zero: it passes before debugpy listens or connects.
+    DeadlineBeforeDebugpy,
+}
+
+struct Case {
+    fault: Fault,
+    /// A part of the `timed-out` reason that names the cause.
+    cause: &'static str,
+}
+
+/// The faults every mode must survive, with the cause `status` must name.
+fn table(mode: Mode) -> Vec<Case> {
+    // Direct mode sees connections at the TCP level too; the gate's words are the same.
+    let silent_cause = "did not finish its DAP setup";
+    let mut cases = vec![
+        Case {
+            fault: Fault::NobodyComes,
+            cause: "no debugger attached within 10s",
+        },
+        Case {
+            fault: Fault::Scripted("drop-at-once"),
+            cause: "left before sending any request",
+        },
+        Case {
+            fault: Fault::Scripted("drop-after-init"),
+            cause: "left after \"initialize\"",
+        },
+        Case {
+            fault: Fault::Scripted("drop-after-attach"),
+            cause: "left after \"attach\"",
+        },
+        Case {
+            fault: Fault::Scripted("drop-after-bp"),
+            cause: "left after \"setBreakpoints\"",
+        },
+        Case {
+            fault: Fault::Scripted("drop-mid-message"),
+            cause: "left after \"setBreakpoints\"",
+        },
+        Case {
+            fault: Fault::Scripted("garbage"),
+            cause: "not a debugger",
+        },
+        Case {
+            fault: Fault::Scripted("silent"),
+            cause: silent_cause,
+        },
+        Case {
+            fault: Fault::DeadlineBeforeDebugpy,
+            cause: "no debugger attached within 0s",
+        },
+    ];
+    if mode != Mode::Direct {
+        cases.push(Case {
+            fault: Fault::RelayKilled,
+            cause: "within 10s",
+        });
+    }
+    cases
+}
+
+/// fake_debugger.py, next to this file.
+fn fake_debugger() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/session/fake_debugger.py")
+}
+
+/// A running fake_debugger.py; killed on drop.
+struct Fake {
+    child: Child,
+    stdout: Lines,
+}
+
+impl Fake {
+    fn spawn(args: &[&str]) -> Fake {
+        let mut child = Command::new("python3")
+            .arg(fake_debugger())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fake_debugger.py");
+        let stdout = Lines::from_reader(child.stdout.take().expect("piped stdout"));
+        Fake { child, stdout }
+    }
+
+    /// Waits (bounded) until the fake has played its part.
+    fn wait_done(&self, agent: &Running) {
+        assert!(
+            self.stdout
+                .wait_for_from(0, "fault done", SESSION_DEADLINE)
+                .is_some(),
+            "the fake debugger never played its fault\nagent:\n{}",
+            agent.log()
+        );
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs one case; panics with the agent's log when the promise breaks.
+fn run_case(mode: Mode, case: &Case) {
+    let what = format!("{} / {:?}", mode.name(), case.fault);
+    eprintln!("fault case: {what}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let mut developer = DeveloperSide::relay_only("faults");
+    let (debug_port, _, range) = port_range(4);
+    let mut fake = None;
+    // Connect mode: the developer's listener is the fake, waiting for debugpy.
+    if mode == Mode::Connect
+        && let Fault::Scripted(name) = fault_script(case.fault)
+    {
+        let port_file = dir.path().join("fake-port");
+        let started = Fake::spawn(&["listen", &port_file.to_string_lossy(), name]);
+        let fake_port: u16 = util::wait_for("the fake debugger's port", SESSION_DEADLINE, || {
+            std::fs::read_to_string(&port_file)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        });
+        developer.listen(&[(debug_port, fake_port)]);
+        fake = Some(started);
+    }
+    let timeout = match case.fault {
+        Fault::DeadlineBeforeDebugpy => "0s",
+        _ => ATTACH_TIMEOUT_TEXT,
+    };
+    let gate = Gate::in_dir(dir.path());
+    let mut cmd = developer.agent(dir.path());
+    cmd.env("STEP_EXIT_CODE", STEP_CODE.to_string())
+        .env("RUST_LOG", "amlx_agent=debug")
+        .env("STEP_GATE", gate.path())
+        .args([
+            "exec",
+            "--debug",
+            "--mode",
+            mode.name(),
+            "--node-ip",
+            "127.0.0.1",
+        ])
+        .args(["--attach-timeout", timeout, "--port-range", &range]);
+    if mode != Mode::Connect {
+        cmd.arg("--wait-for-client");
+    }
+    cmd.args(["--", "python3"]).arg(step_py());
+    let started = Instant::now();
+    let mut agent = Running::spawn(&mut cmd);
+
+    // Listen and direct modes: the fake reaches debugpy once the session waits.
+    let mut _relay_connect = None;
+    if mode != Mode::Connect
+        && let Fault::Scripted(name) = fault_script(case.fault)
+    {
+        agent.wait_stderr("debug session waiting-for-debugger");
+        let port = match mode {
+            Mode::Listen => {
+                let (connect, bound) = developer
+                    .relay
+                    .connect(&developer.connection_string(), &debug_port.to_string());
+                _relay_connect = Some(connect);
+                bound.port()
+            }
+            _ => debug_port,
+        };
+        fake = Some(Fake::spawn(&["connect", &port.to_string(), name]));
+    }
+    if let Some(fake) = &fake {
+        fake.wait_done(&agent);
+    }
+    if let Fault::RelayKilled = case.fault {
+        developer.relay.proc.kill();
+    }
+
+    let session = wait_state_why(&state_dir, agent.pid(), "timed-out", case.cause, &agent);
+    let released_at = agent
+        .stdout
+        .wait_for_from(0, "done total 6", SESSION_DEADLINE)
+        .map(|_| started.elapsed())
+        .unwrap_or_else(|| panic!("{what}: the step was never released\n{}", agent.log()));
+    let attach = if timeout == "0s" {
+        Duration::ZERO
+    } else {
+        ATTACH_TIMEOUT
+    };
+    let bound = attach + RELEASE_GRACE + STARTUP_ALLOWANCE;
+    assert!(
+        released_at <= bound,
+        "{what}: released after {released_at:?}, over {bound:?}\n{}",
+        agent.log()
+    );
+    gate.open();
+    // Fails with the agent's log just before wait_for would fail without it.
+    let give_up = Instant::now() + SESSION_DEADLINE.saturating_sub(Duration::from_secs(1));
+    let status = util::wait_for(
+        &format!("{what}: the agent to exit"),
+        SESSION_DEADLINE,
+        || {
+            let exited = agent.child.try_wait().expect("try_wait");
+            assert!(
+                exited.is_some() || Instant::now() < give_up,
+                "{what}: the agent did not exit\n{}",
+                agent.log()
+            );
+            exited
+        },
+    );
+    assert_eq!(
+        status.code(),
+        Some(STEP_CODE),
+        "{what}: the step's exit code did not pass through\n{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("debug session timed-out") && log.contains(case.cause),
+        "{what}: the log does not name the cause {:?}:\n{log}\nstatus: {session}",
+        case.cause
+    );
+    drop(fake);
+}
+
+/// The script fault a case plays (a relay kill is played over a silent debugger).
+fn fault_script(fault: Fault) -> Fault {
+    match fault {
+        Fault::RelayKilled => Fault::Scripted("silent"),
+        other => other,
+    }
+}
+
+fn run_table(mode: Mode) {
+    // FAULTS_ONLY=drop-after-attach narrows a run while debugging a failure.
+    let only = std::env::var("FAULTS_ONLY").ok();
+    for case in table(mode) {
+        if only
+            .as_deref()
+            .is_some_and(|only| !format!("{:?}", case.fault).contains(only))
+        {
+            continue;
+        }
+        run_case(mode, &case);
+    }
+}
+
+#[test]
+fn connect_mode_releases_the_step_whatever_the_debugger_does() {
+    run_table(Mode::Connect);
+}
+
+#[test]
+fn listen_mode_releases_the_step_whatever_the_debugger_does() {
+    run_table(Mode::Listen);
+}
+
+#[test]
+fn direct_mode_releases_the_step_whatever_the_debugger_does() {
+    run_table(Mode::Direct);
+}
