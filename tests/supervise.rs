@@ -546,8 +546,16 @@ impl SignalStep {
     fn start(mode: &str) -> SignalStep {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = util::agent();
-        cmd.args(["exec", "--supervise", "--", "python3", "-c", SIGNAL_STEP, mode])
-            .arg(dir.path());
+        cmd.args([
+            "exec",
+            "--supervise",
+            "--",
+            "python3",
+            "-c",
+            SIGNAL_STEP,
+            mode,
+        ])
+        .arg(dir.path());
         let mut agent = spawn(&mut cmd);
         let ready = dir.path().join("ready");
         let step = wait_for_text(&ready).trim().parse().expect("step pid");
@@ -626,9 +634,10 @@ fn every_catchable_signal_reaches_the_step_or_is_consumed_as_documented() {
         let mut step = SignalStep::start("record");
         step.send(row.signo);
         step.send(barrier());
-        wait_until(&format!("{}: the barrier reaches the step", row.name), || {
-            step.received().contains(&barrier())
-        });
+        wait_until(
+            &format!("{}: the barrier reaches the step", row.name),
+            || step.received().contains(&barrier()),
+        );
         let reached = step.received().contains(&row.signo);
         let want = row.route == Route::Forwarded;
         if reached != want {

@@ -57,7 +57,13 @@ pub(super) fn is_ignored(signal: Signal) -> Option<bool> {
     let mut current = MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: with a null new action, sigaction only writes the current action into
     // `current`, a valid and writable `struct sigaction`.
-    let rc = unsafe { libc::sigaction(signal as libc::c_int, std::ptr::null(), current.as_mut_ptr()) };
+    let rc = unsafe {
+        libc::sigaction(
+            signal as libc::c_int,
+            std::ptr::null(),
+            current.as_mut_ptr(),
+        )
+    };
     if rc != 0 {
         return None;
     }

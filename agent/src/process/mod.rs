@@ -33,8 +33,8 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 
 pub use exit::StepExit;
-pub use program::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
 pub use inherited::record_inherited_signals;
+pub use program::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
 pub use signals::{Handling, SignalMask, handling};
 pub use supervise::Supervisor;
 

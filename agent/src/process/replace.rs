@@ -31,7 +31,9 @@ pub(super) fn exec(step: &Step) -> ExecError {
     let attempt = |mut command: std::process::Command| {
         if let Some(ignored) = sigpipe_ignored {
             // Runs in this process after std's reset, right before execve: one sigaction.
-            pre_exec(&mut command, move || Ok(set_ignored(Signal::SIGPIPE, ignored)?));
+            pre_exec(&mut command, move || {
+                Ok(set_ignored(Signal::SIGPIPE, ignored)?)
+            });
         }
         Err::<Infallible, _>(command.exec())
     };

@@ -119,10 +119,21 @@ impl SignalMask {
         // The recorded mask is the one the agent's parent gave; nothing changes it before
         // this point, so the two agree unless a library blocked signals on its own.
         let original = inherited().map_or(at_block, |state| state.mask);
-        let ttin_ignored = ignore(Signal::SIGTTIN)?;
-        let ttou_ignored = ignore(Signal::SIGTTOU)?;
-        let sigchld_ignored = is_ignored(Signal::SIGCHLD).unwrap_or(false);
-        set_ignored(Signal::SIGCHLD, false)?;
+        let dispositions = || -> nix::Result<(bool, bool, bool)> {
+            let ttin_ignored = ignore(Signal::SIGTTIN)?;
+            let ttou_ignored = ignore(Signal::SIGTTOU)?;
+            let sigchld_ignored = is_ignored(Signal::SIGCHLD).unwrap_or(false);
+            set_ignored(Signal::SIGCHLD, false)?;
+            Ok((ttin_ignored, ttou_ignored, sigchld_ignored))
+        };
+        let (ttin_ignored, ttou_ignored, sigchld_ignored) = match dispositions() {
+            Ok(found) => found,
+            Err(err) => {
+                // The caller then runs the step unsupervised: it must not inherit our mask.
+                let _ = at_block.thread_set_mask();
+                return Err(err);
+            }
+        };
         let threads = thread_count();
         if threads > 1 {
             tracing::warn!(
@@ -224,12 +235,12 @@ mod tests {
         let rtmax = libc::SIGRTMAX();
         for signo in 0..=rtmax + 2 {
             let want = match signo {
-                17 => Handling::Reap,           // SIGCHLD
-                21 | 22 => Handling::Ignore,    // SIGTTIN, SIGTTOU
+                17 => Handling::Reap,            // SIGCHLD
+                21 | 22 => Handling::Ignore,     // SIGTTIN, SIGTTOU
                 9 | 19 => Handling::Uncatchable, // SIGKILL, SIGSTOP
                 1..=31 => Handling::Forward,
                 _ if signo >= rtmin && signo <= rtmax => Handling::Forward,
-                _ => Handling::Invalid,         // 0, 32..SIGRTMIN, > SIGRTMAX
+                _ => Handling::Invalid, // 0, 32..SIGRTMIN, > SIGRTMAX
             };
             assert_eq!(handling(signo), want, "signal {signo} ({})", name(signo));
         }
@@ -279,7 +290,11 @@ mod tests {
             (libc::CLD_EXITED, ME, false),
         ];
         for (code, pid, want) in cases {
-            assert_eq!(raised_by(code, pid, ME), want, "si_code {code}, si_pid {pid}");
+            assert_eq!(
+                raised_by(code, pid, ME),
+                want,
+                "si_code {code}, si_pid {pid}"
+            );
         }
     }
 
