@@ -35,7 +35,7 @@ use std::os::fd::RawFd;
 pub use exit::StepExit;
 pub use inherited::record_inherited_signals;
 pub use program::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
-pub use signals::{Handling, SignalMask, handling};
+pub use signals::SignalMask;
 pub use supervise::Supervisor;
 
 /// How the agent runs the step.
