@@ -1,6 +1,7 @@
 //! Integration tests: supervise mode — signal forwarding to the step's process group,
 //! reaping orphans (as a subreaper and as PID 1 of a PID namespace), exit codes, the
-//! signal state the step inherits, and the terminal.
+//! signal state the step inherits, and the terminal; and tini parity, one table row per
+//! catchable signal (which reach the step, which the supervisor consumes, none orphans).
 //!
 //! Steps announce readiness by creating a file after installing their traps; the test
 //! polls for it (bounded) before sending a signal. Every loop in a step script is bounded.
@@ -538,37 +539,62 @@ fn rows() -> Vec<Row> {
 /// The agent supervising [`SIGNAL_STEP`], set up and ready.
 struct SignalStep {
     dir: tempfile::TempDir,
+    /// The agent, or `unshare` running it as PID 1 of a new PID namespace.
     agent: Child,
+    /// The agent's pid (in the test's PID namespace), where signals are sent.
+    agent_pid: i32,
+    /// The step's pid (in the test's PID namespace).
     step: i32,
 }
 
 impl SignalStep {
+    /// `amlx-agent exec --supervise -- python3 -c SIGNAL_STEP MODE DIR`.
     fn start(mode: &str) -> SignalStep {
-        let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = util::agent();
-        cmd.args([
-            "exec",
-            "--supervise",
-            "--",
-            "python3",
-            "-c",
-            SIGNAL_STEP,
-            mode,
-        ])
-        .arg(dir.path());
+        cmd.args(["exec", "--supervise", "--"]);
+        SignalStep::launch(cmd, mode, false)
+    }
+
+    /// The same with the agent as PID 1 of a new PID namespace (its default: supervise).
+    fn start_as_pid1(mode: &str) -> SignalStep {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc"])
+            .arg(util::agent_bin())
+            .args(["exec", "--"]);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("AMLX_") {
+                cmd.env_remove(key);
+            }
+        }
+        SignalStep::launch(cmd, mode, true)
+    }
+
+    fn launch(mut cmd: Command, mode: &str, under_unshare: bool) -> SignalStep {
+        let dir = tempfile::tempdir().expect("tempdir");
+        cmd.args(["python3", "-c", SIGNAL_STEP, mode])
+            .arg(dir.path());
         let mut agent = spawn(&mut cmd);
-        let ready = dir.path().join("ready");
-        let step = wait_for_text(&ready).trim().parse().expect("step pid");
+        wait_for_text(&dir.path().join("ready"));
         assert!(
             agent.try_wait().expect("try_wait").is_none(),
             "agent running"
         );
-        SignalStep { dir, agent, step }
+        let mut agent_pid = pid_of(&agent);
+        if under_unshare {
+            agent_pid = only_child(agent_pid, "unshare runs the agent");
+        }
+        let step = only_child(agent_pid, "the agent runs the step");
+        SignalStep {
+            dir,
+            agent,
+            agent_pid,
+            step,
+        }
     }
 
     fn send(&self, signo: i32) {
         assert!(
-            send_raw(agent_pid(&self.agent), signo),
+            send_raw(self.agent_pid, signo),
             "send signal {signo} to the agent"
         );
     }
@@ -605,6 +631,29 @@ impl SignalStep {
 fn send_raw(pid: i32, signo: i32) -> bool {
     // SAFETY: kill takes two integers and touches no memory of ours.
     unsafe { nix::libc::kill(pid, signo) == 0 }
+}
+
+/// The one child of `parent` (polled: it may not be there yet).
+fn only_child(parent: i32, what: &str) -> i32 {
+    util::wait_for(what, util::DEADLINE, || {
+        let children: Vec<i32> = fs::read_dir("/proc")
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| parent_pid(pid) == Some(parent))
+            .collect();
+        match children[..] {
+            [child] => Some(child),
+            _ => None,
+        }
+    })
+}
+
+/// A process's parent from `/proc/<pid>/stat`, `None` when it does not exist.
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split(' ').nth(1)?.parse().ok()
 }
 
 /// A process's state letter from `/proc/<pid>/stat`, `None` when it does not exist.
@@ -680,7 +729,7 @@ fn no_signal_leaves_an_orphan_step() {
             wait_until(&format!("{}: the step stops", row.name), || {
                 step.step_state() == Some('T')
             });
-            if !step.agent_running() || process_state(agent_pid(&step.agent)) == Some('T') {
+            if !step.agent_running() || process_state(step.agent_pid) == Some('T') {
                 failures.push(format!("{}: the agent stopped or exited", row.name));
             }
             step.send(Signal::SIGCONT as i32);
@@ -710,7 +759,7 @@ fn no_signal_leaves_an_orphan_step() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-fn agent_pid(agent: &Child) -> i32 {
+fn pid_of(agent: &Child) -> i32 {
     i32::try_from(agent.id()).expect("pid fits i32")
 }
 
@@ -729,7 +778,7 @@ fn sigtstp_stops_the_step_not_the_agent_and_sigcont_resumes_it() {
     wait_until("the step stops", || step.step_state() == Some('T'));
     assert!(step.agent_running(), "the agent keeps running");
     assert_ne!(
-        process_state(agent_pid(&step.agent)),
+        process_state(step.agent_pid),
         Some('T'),
         "the agent is not stopped"
     );
@@ -770,4 +819,36 @@ fn an_ignored_sigpipe_stays_ignored_in_the_step_in_both_modes() {
             assert_eq!(out.status.code(), Some(0), "{mode} {trap}");
         }
     }
+}
+
+/// As PID 1 of a PID namespace (a container's ENTRYPOINT) the kernel drops any signal
+/// from outside the namespace that init neither handles nor blocks, so `docker kill -s
+/// ALRM` and the like used to vanish. The supervisor blocks and forwards them: each
+/// reaches the step, sent from outside the namespace like an orchestrator would.
+#[test]
+fn as_pid1_signals_from_outside_reach_the_step() {
+    let sent = [
+        ("SIGALRM", Signal::SIGALRM as i32),
+        ("SIGURG", Signal::SIGURG as i32),
+        ("SIGPIPE", Signal::SIGPIPE as i32),
+        ("SIGSEGV", Signal::SIGSEGV as i32),
+        ("SIGTSTP", Signal::SIGTSTP as i32),
+        ("SIGRTMIN", nix::libc::SIGRTMIN()),
+    ];
+    let step = SignalStep::start_as_pid1("record");
+    for (_, signo) in sent {
+        step.send(signo);
+    }
+    step.send(barrier());
+    wait_until("the barrier reaches the step", || {
+        step.received().contains(&barrier())
+    });
+    let received = step.received();
+    for (name, signo) in sent {
+        assert!(
+            received.contains(&signo),
+            "{name} reached the step: {received:?}"
+        );
+    }
+    assert_eq!(step.finish().code(), Some(0));
 }
