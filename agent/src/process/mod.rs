@@ -1,8 +1,13 @@
 //! Running the step: replace (execve, same PID) or supervise (PID 1 duties like tini).
 //!
 //! - replace: the agent *becomes* the step. No threads, no runtime, no handlers.
-//! - supervise: the agent stays the parent: forwards signals to the step's process
-//!   group, reaps every child (orphans included), exits with the step's code.
+//! - supervise: the agent stays the parent: forwards every catchable signal it does not
+//!   need itself to the step's process group (see `signals` for the list), reaps every
+//!   child (orphans included), exits with the step's code.
+//!
+//! Both modes give the step the signal mask and the ignored dispositions the agent was
+//! started with, SIGPIPE included, which Rust's runtime changes before `main`: the binary
+//! records it first ([`record_inherited_signals`]).
 //!
 //! # The signal rule for supervise mode
 //!
@@ -10,14 +15,15 @@
 //! other thread exists**, then start threads (the in-process relay runtime), then
 //! [`Supervisor::spawn`]. Threads inherit the mask of the thread that creates them, so
 //! every thread then has the forwarded signals blocked and only the supervisor's
-//! `sigwait` takes them. A thread started earlier could have a forwarded signal delivered
-//! to it (default action: kill the agent) instead of to the step. Likewise nothing else
-//! in the process may use `tokio::signal` for these signals, or spawn and wait for its
-//! own children (`tokio::process`, `Command::status`): the supervisor reaps *every*
-//! child with `waitpid(-1)`. Signals that arrive between `block` and `spawn` stay
-//! pending and reach the step as soon as it starts.
+//! `sigwaitinfo` takes them. A thread started earlier could have a forwarded signal
+//! delivered to it (default action: kill the agent) instead of to the step. Likewise
+//! nothing else in the process may use `tokio::signal`, or spawn and wait for its own
+//! children (`tokio::process`, `Command::status`): the supervisor reaps *every* child
+//! with `waitpid(-1)`. Signals that arrive between `block` and `spawn` stay pending and
+//! reach the step as soon as it starts.
 
 mod exit;
+mod inherited;
 mod program;
 mod replace;
 mod signals;
@@ -27,8 +33,9 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 
 pub use exit::StepExit;
+pub use inherited::record_inherited_signals;
 pub use program::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
-pub use signals::{FORWARDED, SignalMask};
+pub use signals::SignalMask;
 pub use supervise::Supervisor;
 
 /// How the agent runs the step.

@@ -51,6 +51,20 @@ pub(super) fn launch<T>(
     }
 }
 
+/// Registers `body` to run in the child between std's own setup (process group, SIGPIPE
+/// reset to the default) and `execve`; with [`CommandExt::exec`] that is this process.
+/// The caller guarantees `body` is async-signal-safe (no allocation, no locks): after a
+/// fork of a threaded process nothing else is sound.
+#[allow(unsafe_code)]
+pub(super) fn pre_exec(
+    command: &mut Command,
+    body: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
+) {
+    // SAFETY: both callers pass closures that only make async-signal-safe system calls
+    // (tcsetpgrp, fcntl, sigaction, pthread_sigmask) on values prepared before the fork.
+    unsafe { command.pre_exec(body) };
+}
+
 /// Clears close-on-exec on `fds` so the step inherits them. Async-signal-safe (no
 /// allocation), so it may run in a `pre_exec` closure.
 #[allow(unsafe_code)]

@@ -12,12 +12,12 @@ use std::os::fd::{AsFd, RawFd};
 use std::os::unix::process::CommandExt;
 
 use nix::errno::Errno;
+use nix::libc;
 use nix::sys::prctl;
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getpgrp, isatty, tcgetpgrp, tcsetpgrp};
 
-use super::program::{self, inherit_fds};
+use super::program::{self, inherit_fds, pre_exec};
+use super::signals::{self, Handling};
 use super::{ExecError, SignalMask, Step, StepExit};
 
 /// Exit code when the step's status was lost (someone else reaped it); never expected.
@@ -56,6 +56,9 @@ impl Supervisor {
             command.process_group(0);
             let keep_fds = keep_fds.clone();
             let stdin = std::io::stdin();
+            // `in_child` only makes async-signal-safe system calls (tcsetpgrp, fcntl,
+            // sigaction, pthread_sigmask) on values prepared before the fork: no
+            // allocation, no locks, so it is sound in the child of a threaded parent.
             pre_exec(&mut command, move || {
                 in_child(&stdin, hand_terminal, &keep_fds, &signals)
             });
@@ -75,39 +78,37 @@ impl Supervisor {
     /// Runs on the thread that called [`SignalMask::block`] and never returns earlier.
     pub fn wait(self) -> StepExit {
         loop {
-            match self.signals.next() {
-                Ok(Signal::SIGCHLD) => {
+            let received = match self.signals.next() {
+                Ok(received) => received,
+                Err(err) => {
+                    tracing::warn!("sigwaitinfo failed ({err}); no longer forwarding signals");
+                    return wait_for(self.step);
+                }
+            };
+            match signals::handling(received.signo) {
+                Handling::Reap => {
                     if let Some(exit) = reap(self.step) {
                         tracing::debug!(?exit, "step exited");
                         return exit;
                     }
                 }
-                Ok(signal) => forward(self.step, signal),
-                Err(err) => {
-                    tracing::warn!("sigwait failed ({err}); no longer forwarding signals");
-                    return wait_for(self.step);
-                }
+                Handling::Forward if received.from_self => tracing::debug!(
+                    signal = %signals::name(received.signo),
+                    "dropped a signal the agent's own write raised"
+                ),
+                Handling::Forward => forward(self.step, received.signo),
+                // Not in the waited set; nothing to do should one ever show up.
+                Handling::Ignore | Handling::Uncatchable | Handling::Invalid => {}
             }
         }
     }
 }
 
-/// Registers `body` to run in the forked child between `setpgid` and `execve`.
-#[allow(unsafe_code)]
-fn pre_exec(
-    command: &mut std::process::Command,
-    body: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
-) {
-    // SAFETY: `body` is `in_child`, which only makes async-signal-safe system calls
-    // (tcsetpgrp, fcntl, sigaction, pthread_sigmask) on values prepared before the fork:
-    // no allocation, no locks, so it is sound in the child of a multi-threaded parent.
-    unsafe { command.pre_exec(body) };
-}
-
 /// Runs in the child: takes the terminal, keeps `keep_fds` open across `execve`, and
 /// restores the signal state the agent received. std does not reset the signal mask
-/// for the child (it inherits ours, with the forwarded signals blocked), so without the
-/// restore the step would start with SIGTERM and friends blocked.
+/// for the child (it inherits ours, with every forwarded signal blocked) and sets SIGPIPE
+/// to the default, so without the restore the step would start with SIGTERM and friends
+/// blocked, SIGTTIN / SIGTTOU ignored, and an ignored SIGPIPE lost.
 fn in_child(
     stdin: &std::io::Stdin,
     hand_terminal: bool,
@@ -116,7 +117,7 @@ fn in_child(
 ) -> io::Result<()> {
     if hand_terminal {
         // The foreground group gets the terminal's SIGINT / SIGTSTP / reads, like a
-        // shell's job. SIGTTOU is still blocked here, so this cannot stop the child.
+        // shell's job. SIGTTOU is still ignored here, so this cannot stop the child.
         // Failure only leaves the step in the background: not worth aborting over.
         let _ = tcsetpgrp(stdin.as_fd(), getpgrp());
     }
@@ -142,30 +143,45 @@ fn become_subreaper() {
     }
 }
 
-/// Forwards `signal` to the step's process group, or to the step alone when the group
+/// Forwards `signo` to the step's process group, or to the step alone when the group
 /// is gone (the step moved itself into a new session or group).
-fn forward(step: Pid, signal: Signal) {
+fn forward(step: Pid, signo: i32) {
+    let signal = signals::name(signo);
     tracing::debug!(%signal, pid = step.as_raw(), "forwarding signal");
-    match killpg(step, signal) {
+    match signals::send(-step.as_raw(), signo) {
         Ok(()) => {}
         Err(Errno::ESRCH) => {
-            let _ = kill(step, signal);
+            if let Err(err) = signals::send(step.as_raw(), signo) {
+                tracing::debug!(%signal, "step already gone: {err}");
+            }
         }
         Err(err) => tracing::warn!(%signal, "cannot forward signal: {err}"),
+    }
+}
+
+/// One `waitpid` call: `Ok(None)` when `WNOHANG` found nothing to report.
+#[allow(unsafe_code)]
+fn wait_pid(pid: Pid, flags: libc::c_int) -> nix::Result<Option<(Pid, i32)>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a valid, writable int; waitpid writes only it.
+    let reaped = unsafe { libc::waitpid(pid.as_raw(), &mut status, flags) };
+    match Errno::result(reaped)? {
+        0 => Ok(None),
+        reaped => Ok(Some((Pid::from_raw(reaped), status))),
     }
 }
 
 /// Reaps every child that has exited; returns the step's end if it was among them.
 fn reap(step: Pid) -> Option<StepExit> {
     let mut exit = None;
-    // Each pass reaps one zombie; the loop ends when none is left (StillAlive / ECHILD).
+    // Each pass reaps one zombie; the loop ends when none is left (nothing / ECHILD).
     loop {
-        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return exit,
-            Ok(status) if status.pid() == Some(step) => {
-                exit = StepExit::from_wait(status).or(exit);
+        match wait_pid(Pid::from_raw(-1), libc::WNOHANG) {
+            Ok(None) | Err(Errno::ECHILD) => return exit,
+            Ok(Some((pid, status))) if pid == step => {
+                exit = StepExit::from_status(status).or(exit);
             }
-            Ok(status) => tracing::trace!(pid = ?status.pid(), "reaped orphan"),
+            Ok(Some((pid, _))) => tracing::trace!(pid = pid.as_raw(), "reaped orphan"),
             Err(Errno::EINTR) => {}
             Err(err) => {
                 tracing::warn!("waitpid failed: {err}");
@@ -175,16 +191,16 @@ fn reap(step: Pid) -> Option<StepExit> {
     }
 }
 
-/// Last resort when `sigwait` fails: block on the step alone.
+/// Last resort when `sigwaitinfo` fails: block on the step alone.
 fn wait_for(step: Pid) -> StepExit {
     loop {
-        match waitpid(step, None) {
-            Ok(status) => {
-                if let Some(exit) = StepExit::from_wait(status) {
+        match wait_pid(step, 0) {
+            Ok(Some((_, status))) => {
+                if let Some(exit) = StepExit::from_status(status) {
                     return exit;
                 }
             }
-            Err(Errno::EINTR) => {}
+            Ok(None) | Err(Errno::EINTR) => {}
             Err(err) => {
                 tracing::error!("lost the step's exit status: {err}");
                 return StepExit::Exited(EXIT_STATUS_LOST);
