@@ -81,6 +81,9 @@ impl Fixture {
     }
 }
 
+/// Environment variables of one table row.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -281,7 +284,7 @@ fn launch_json_uses_the_layered_settings() {
         (ports, json.contains("\"connect\""))
     };
     // (flags, environment) -> (ports, VS Code connects)
-    let cases: [(&[&str], &[(&str, &str)], Vec<u16>, bool); 4] = [
+    let cases: [(&[&str], Vars<'_>, Vec<u16>, bool); 4] = [
         (&[], &[], vec![6100, 6101], true),
         (
             &[],

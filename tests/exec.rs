@@ -19,6 +19,9 @@ fn exec(mode: &str, step: &[&str]) -> Command {
     cmd
 }
 
+/// Environment variables of one table row.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -362,7 +365,7 @@ fn relay_credentials_from_a_file_reach_the_relay() {
     write_file(&file, &developer.connection_string(), 0o600);
     let file = file.to_str().expect("utf-8 temp path").to_owned();
     // (flags, environment, what the log must say)
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+    let cases: [(&[&str], Vars<'_>, &str); 3] = [
         (
             &["--connection-string-file", &file, "--insecure-ws"],
             &[],
@@ -426,35 +429,31 @@ fn prior_art_step_arguments_sit_below_the_environment_and_the_flags() {
     let (step_port, _) = util::free_port_range(1);
     let step_port_text = step_port.to_string();
     let step_args: &[&str] = &["--is-debug", "true", "--debug-port", &step_port_text];
+    let range_var: Vars<'_> = &[("AMLX_PORT_RANGE", &range)];
     // (agent flags, environment, expected output, what the log says)
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, String, Option<String>)> = vec![
-        (
-            vec![],
-            vec![],
-            format!("target=true port={step_port}"),
-            None,
-        ),
+    let cases: Vec<(Vec<&str>, Vars<'_>, String, Option<String>)> = vec![
+        (vec![], &[], format!("target=true port={step_port}"), None),
         (
             vec!["--no-debug"],
-            vec![],
+            &[],
             "target=false port=unset".to_owned(),
             Some("ignoring the step's --is-debug true: --no-debug wins".to_owned()),
         ),
         (
             vec!["--no-debug"],
-            vec![("AMLX_DEBUG", "1")],
+            &[("AMLX_DEBUG", "1")],
             "target=false port=unset".to_owned(),
             Some("--no-debug wins".to_owned()),
         ),
         (
             vec![],
-            vec![("AMLX_DEBUG", "0")],
+            &[("AMLX_DEBUG", "0")],
             "target=false port=unset".to_owned(),
             Some("ignoring the step's --is-debug true: AMLX_DEBUG wins".to_owned()),
         ),
         (
             vec!["--port-range", &range],
-            vec![],
+            &[],
             format!("target=true port={start}"),
             Some(format!(
                 "ignoring the step's --debug-port {step_port}: --port-range {range} wins"
@@ -462,7 +461,7 @@ fn prior_art_step_arguments_sit_below_the_environment_and_the_flags() {
         ),
         (
             vec![],
-            vec![("AMLX_PORT_RANGE", &range)],
+            range_var,
             format!("target=true port={start}"),
             Some(format!(
                 "ignoring the step's --debug-port {step_port}: AMLX_PORT_RANGE {range} wins"

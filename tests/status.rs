@@ -39,6 +39,9 @@ impl Drop for Sleeper {
     }
 }
 
+/// Environment variables of one table row.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
 fn record(pid: u32, rank: u32, port: u16) -> StatusRecord {
     let mut record = StatusRecord::new(pid, port, DebugMode::Connect, format!("10.9.8.7:{port}"));
     record.rank = Some(rank);
@@ -282,7 +285,7 @@ fn state_dir_comes_from_the_config_file() {
     let _file = StatusFile::create(&state, record(holder.pid(), 2, 5690)).expect("create");
     // (extra arguments, environment, the directory that must be read, record found)
     let other_text = other.to_string_lossy().into_owned();
-    let cases: [(&[&str], &[(&str, &str)], &Path, bool); 3] = [
+    let cases: [(&[&str], Vars<'_>, &Path, bool); 3] = [
         (&[], &[], &state, true),
         (&["--state-dir", &other_text], &[], &other, false),
         (&[], &[("AMLX_STATE_DIR", &other_text)], &other, false),

@@ -93,7 +93,7 @@ pub enum Command {
         AMLX_RELAY_CONNECTION_STRING_FILE=/etc/amlx/relay.cs amlx-agent exec --debug \\\n      \
         --ca-file /etc/amlx/relay-ca.pem -- python step.py"
     )]
-    Exec(ExecArgs),
+    Exec(Box<ExecArgs>),
 
     /// Show what the agent sees here: launcher, ranks, node, and the debug decision.
     #[command(after_help = "Examples:\n  \
