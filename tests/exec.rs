@@ -364,8 +364,16 @@ fn relay_credentials_from_a_file_reach_the_relay() {
     let file = dir.path().join("relay.cs");
     write_file(&file, &developer.connection_string(), 0o600);
     let file = file.to_str().expect("utf-8 temp path").to_owned();
+    // The Hybrid Connection from `--hc` when the connection string names none.
+    let without_entity = dir.path().join("no-entity.cs");
+    let connection = developer.connection_string();
+    let (namespace_and_key, _) = connection
+        .rsplit_once(";EntityPath=")
+        .expect("the harness names the Hybrid Connection");
+    write_file(&without_entity, namespace_and_key, 0o600);
+    let without_entity = without_entity.to_str().expect("utf-8 temp path").to_owned();
     // (flags, environment, what the log must say)
-    let cases: [(&[&str], Vars<'_>, &str); 3] = [
+    let cases: [(&[&str], Vars<'_>, &str); 5] = [
         (
             &["--connection-string-file", &file, "--insecure-ws"],
             &[],
@@ -378,6 +386,16 @@ fn relay_credentials_from_a_file_reach_the_relay() {
                 ("AMLX_RELAY_INSECURE_WS", "true"),
             ],
             "no listener on the Hybrid Connection yet",
+        ),
+        (
+            &["--connection-string-file", &without_entity, "--hc", "debug"],
+            &[("AMLX_RELAY_INSECURE_WS", "1")],
+            "no listener on the Hybrid Connection yet",
+        ),
+        (
+            &["--connection-string-file", &without_entity, "--insecure-ws"],
+            &[],
+            "no Hybrid Connection name",
         ),
         (&["--insecure-ws"], &[], "no relay credentials"),
     ];

@@ -24,7 +24,10 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<i32> {
     let Listing {
         sessions,
         unreadable,
-    } = status_file::list_sessions_in(&dirs)?;
+    } = match explicit {
+        Some(dir) => status_file::list_sessions(dir)?,
+        None => status_file::list_sessions_in(&dirs),
+    };
     for file in &unreadable {
         tracing::warn!("skipping {}: {}", file.path.display(), file.error);
     }

@@ -426,13 +426,11 @@ fn per_user_dirs(root: &Path, prefix: &str, leaf: &str) -> Vec<PathBuf> {
     out
 }
 
-/// Every record in the `sessions` directory of each of `dirs`, merged and sorted like
-/// [`list_sessions`]. A directory we may not read is skipped when it was only a
-/// candidate, and an error when it is the only one (an explicit directory).
-pub fn list_sessions_in(dirs: &[PathBuf]) -> anyhow::Result<Listing> {
-    if let [only] = dirs {
-        return list_sessions(only);
-    }
+/// Every record in the `sessions` directory of each candidate of [`record_dirs`], merged
+/// and sorted like [`list_sessions`]. A candidate we may not read is skipped (logged at
+/// debug level): it may be another user's. Read a configured directory with
+/// [`list_sessions`], whose errors count.
+pub fn list_sessions_in(dirs: &[PathBuf]) -> Listing {
     let mut all = Listing::default();
     for dir in dirs {
         match list_sessions(dir) {
@@ -445,7 +443,7 @@ pub fn list_sessions_in(dirs: &[PathBuf]) -> anyhow::Result<Listing> {
     }
     all.sessions
         .sort_by_key(|e| (e.record.rank.is_none(), e.record.rank, e.record.pid));
-    Ok(all)
+    all
 }
 
 /// Deletes records (in our PID namespace) whose holders are dead. Best effort.

@@ -229,11 +229,18 @@ fn records_of_every_directory_are_listed_together() {
     let _high = StatusFile::create(&first, high).expect("create");
     let _low = StatusFile::create(&second, low).expect("create");
     let dirs = [first.clone(), second, root.path().join("missing")];
-    let listing = list_sessions_in(&dirs).expect("listing");
+    let listing = list_sessions_in(&dirs);
     let ranks: Vec<_> = listing.sessions.iter().map(|e| e.record.rank).collect();
     assert_eq!(ranks, [Some(0), Some(7)]);
-    let only = list_sessions_in(std::slice::from_ref(&first)).expect("listing");
+    let only = list_sessions_in(std::slice::from_ref(&first));
     assert_eq!(only.sessions.len(), 1);
+    let unreadable = root.path().join("a-file");
+    fs::write(&unreadable, "").expect("write");
+    assert_eq!(list_sessions_in(&[unreadable.clone()]), Listing::default());
+    assert!(
+        list_sessions(&unreadable).is_err(),
+        "a configured directory's errors count"
+    );
     let env = std::collections::HashMap::new();
     assert_eq!(record_dirs(Some(&first), &env), [first]);
 }
