@@ -236,7 +236,10 @@ fn records_of_every_directory_are_listed_together() {
     assert_eq!(only.sessions.len(), 1);
     let unreadable = root.path().join("a-file");
     fs::write(&unreadable, "").expect("write");
-    assert_eq!(list_sessions_in(&[unreadable.clone()]), Listing::default());
+    assert_eq!(
+        list_sessions_in(std::slice::from_ref(&unreadable)),
+        Listing::default()
+    );
     assert!(
         list_sessions(&unreadable).is_err(),
         "a configured directory's errors count"
