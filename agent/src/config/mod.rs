@@ -231,14 +231,15 @@ fn layer(
         apply_file(file::FileContext { path, text }, &mut s)?;
         s.source = Some(path.to_owned());
     }
-    if let Some(step) = flags.step {
+    // Snapshots only for a step with prior-art arguments, to say which ones were overruled.
+    let after_step = flags.step.map(|step| {
         apply_step(step, &mut s);
-    }
-    let after_step = s.clone();
+        s.clone()
+    });
     env::apply(env, &mut s)?;
-    let after_env = s.clone();
+    let after_env = after_step.is_some().then(|| s.clone());
     flags::apply(flags, &mut s)?;
-    if let Some(step) = flags.step {
+    if let (Some(step), Some(after_step), Some(after_env)) = (flags.step, after_step, after_env) {
         s.notes = overruled(step, &after_step, &after_env, &s);
     }
     // `Debug` masks every secret, so the whole result is safe to show with -v.
