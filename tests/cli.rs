@@ -88,3 +88,38 @@ fn exec_help_documents_the_policy_and_process_flags() {
         assert!(help.contains(flag), "exec --help lacks {flag}");
     }
 }
+
+/// `exec --help` has a Relay section with the relay commands' flags and says how to give
+/// credentials (never a flag), with an example.
+#[test]
+fn exec_help_has_a_relay_section_with_credentials() {
+    let help = stdout_of(&["exec", "--help"]);
+    let relay = help
+        .split_once("\nRelay:\n")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("exec --help has no Relay section:\n{help}"));
+    for needle in [
+        "--hc",
+        "AMLX_RELAY_HC",
+        "--connection-string-file",
+        "AMLX_RELAY_CONNECTION_STRING_FILE",
+        "--ca-file",
+        "AMLX_RELAY_CA_FILE",
+        "--insecure-ws",
+        "AMLX_RELAY_INSECURE_WS",
+        "Relay credentials",
+        "AMLX_RELAY_CONNECTION_STRING,",
+        "[relay] connection_string",
+        "never from a command-line argument",
+        "amlx-agent exec --debug --connection-string-file",
+    ] {
+        assert!(
+            relay.contains(needle),
+            "exec --help lacks {needle}:\n{help}"
+        );
+    }
+    assert!(
+        !help.contains("--connection-string "),
+        "the connection string must not be a flag:\n{help}"
+    );
+}

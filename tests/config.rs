@@ -81,6 +81,9 @@ impl Fixture {
     }
 }
 
+/// Environment variables of one table row.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -213,4 +216,91 @@ fn exec_never_prints_a_secret() {
     let fixture = Fixture::new(&secret_config);
     let stderr = assert_step_ran(&run_bounded(fixture.exec(&["-vv"])));
     assert!(stderr.contains("connection_string: Some(***)"), "{stderr}");
+}
+
+/// A config file is read with a bound: `/dev/zero` fails fast naming the file and the
+/// limit; a FIFO (which would block) and a directory are named for what they are. `exec`
+/// still runs the step (a bad config never stops training); `status` fails.
+#[test]
+fn config_files_that_are_too_big_or_not_files_fail_fast() {
+    /// Far below the time it would take to fill memory from /dev/zero.
+    const FAST: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let cases: [(&Path, &str); 3] = [
+        (
+            Path::new("/dev/zero"),
+            "cannot read /dev/zero: it is larger than the 1024 KiB limit for config files",
+        ),
+        (&fifo, "it is a FIFO or socket, not a regular file"),
+        (dir.path(), "it is a directory, not a file"),
+    ];
+    for (path, want) in cases {
+        let started = std::time::Instant::now();
+        let out = util::output_within(util::agent().arg("status").arg("--config").arg(path), FAST);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", path.display());
+        assert!(
+            stderr.contains(&format!(
+                "config error: --config: cannot read {}",
+                path.display()
+            )) && stderr.contains(want),
+            "{}: want {want:?} in {stderr}",
+            path.display()
+        );
+        let mut exec = util::agent();
+        exec.arg("exec").arg("--config").arg(path).args([
+            "--",
+            "sh",
+            "-c",
+            &format!("echo {STEP_MARK}"),
+        ]);
+        let stderr = assert_step_ran(&util::output_within(&mut exec, FAST));
+        assert!(stderr.contains(want), "exec {}: {stderr}", path.display());
+        assert!(started.elapsed() < FAST, "{}: slow", path.display());
+    }
+}
+
+/// `launch-json` takes its port base and mode from the same layered settings as `exec`
+/// (`AMLX_PORT_RANGE`, `[debug] mode`), flags still winning.
+#[test]
+fn launch_json_uses_the_layered_settings() {
+    let fixture = Fixture::new("[ports]\nrange = \"6100-6199\"\n[debug]\nmode = \"listen\"\n");
+    let run = |extra: &[&str], vars: &[(&str, &str)]| {
+        let mut cmd = util::agent();
+        cmd.arg("--config")
+            .arg(fixture.config())
+            .args(["launch-json", "--ranks", "0-1", "--output", "-"])
+            .args(extra)
+            .envs(vars.iter().copied());
+        let out = run_bounded(cmd);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let json = text(&out.stdout);
+        // Each configuration names its port; connect to it (listen) or listen on it.
+        let ports: Vec<u16> = (6000..6300)
+            .filter(|p| json.contains(&format!("\"port\": {p}")))
+            .collect();
+        (ports, json.contains("\"connect\""))
+    };
+    // (flags, environment) -> (ports, VS Code connects)
+    let cases: [(&[&str], Vars<'_>, Vec<u16>, bool); 4] = [
+        (&[], &[], vec![6100, 6101], true),
+        (
+            &[],
+            &[("AMLX_PORT_RANGE", "6200-6299")],
+            vec![6200, 6201],
+            true,
+        ),
+        (&["--port-base", "6010"], &[], vec![6010, 6011], true),
+        (
+            &["--mode", "connect"],
+            &[("AMLX_DEBUG_MODE", "listen")],
+            vec![6100, 6101],
+            false,
+        ),
+    ];
+    for (extra, vars, ports, connects) in cases {
+        assert_eq!(run(extra, vars), (ports, connects), "{extra:?} {vars:?}");
+    }
 }

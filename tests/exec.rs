@@ -19,6 +19,9 @@ fn exec(mode: &str, step: &[&str]) -> Command {
     cmd
 }
 
+/// Environment variables of one table row.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -248,4 +251,258 @@ fn every_exported_variable_reaches_the_step() {
             start + 1
         )
     );
+}
+
+/// A mistyped or unknown option before the command is a usage error (exit 2, the option
+/// named, a close match suggested), never the command: the step does not run.
+#[test]
+fn unknown_options_before_the_command_are_usage_errors() {
+    const STEP: [&str; 3] = ["sh", "-c", "echo step-ran"];
+    // (options before the step, with `--`?, the option named, the suggestion if any)
+    let cases: &[(&[&str], bool, &str, Option<&str>)] = &[
+        (&["--debgu"], true, "--debgu", Some("--debug")),
+        (&["--debgu"], false, "--debgu", Some("--debug")),
+        (
+            &["--rank", "0", "--debgu"],
+            true,
+            "--debgu",
+            Some("--debug"),
+        ),
+        (
+            &["--port-rang", "1-2"],
+            true,
+            "--port-rang",
+            Some("--port-range"),
+        ),
+        (&["--superivse"], true, "--superivse", Some("--supervise")),
+        (&["--no-debgu"], false, "--no-debgu", Some("--no-debug")),
+        (
+            &["--insecure-wss"],
+            true,
+            "--insecure-wss",
+            Some("--insecure-ws"),
+        ),
+        // The connection string itself is never a flag (`ps` shows argv).
+        (
+            &["--connection-string", "Endpoint=sb://x/"],
+            true,
+            "--connection-string",
+            Some("--connection-string-file"),
+        ),
+        (&["--no-such-option"], true, "--no-such-option", None),
+        (&["-x"], true, "-x", None),
+    ];
+    for (options, dashes, named, suggested) in cases {
+        let mut cmd = util::agent();
+        cmd.arg("exec").args(*options);
+        if *dashes {
+            cmd.arg("--");
+        }
+        let out = output_bounded(cmd.args(STEP));
+        let stderr = text(&out.stderr);
+        let what = format!("{options:?} (-- {dashes})");
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(out.stdout.is_empty(), "{what}: the step ran");
+        assert!(
+            stderr.contains(&format!("unexpected argument '{named}'")),
+            "{what}: {stderr}"
+        );
+        if let Some(suggested) = suggested {
+            assert!(
+                stderr.contains(&format!("similar argument exists: '{suggested}'")),
+                "{what}: {stderr}"
+            );
+        }
+        assert!(!stderr.contains("Endpoint=sb://"), "{what}: argv echoed");
+    }
+}
+
+/// Everything after the command is the step's: its own `--debug`, `--foo` and `-x`,
+/// with or without `--` before the command.
+#[test]
+fn options_after_the_command_belong_to_the_step() {
+    const SHOW_ARGS: &str = "printf '%s|' \"$@\"";
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--", "sh", "-c", SHOW_ARGS, "0", "--debug", "--foo"],
+            "--debug|--foo|",
+        ),
+        (
+            &["sh", "-c", SHOW_ARGS, "0", "--debgu", "-x", "--"],
+            "--debgu|-x|--|",
+        ),
+        (
+            &["--ranks", "0", "sh", "-c", SHOW_ARGS, "0", "--lr", "0.1"],
+            "--lr|0.1|",
+        ),
+        (
+            &["--", "sh", "-c", SHOW_ARGS, "0", "--", "--no-debug"],
+            "--|--no-debug|",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = output_bounded(util::agent().arg("exec").args(*args));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), *want, "{args:?}");
+    }
+}
+
+/// `exec --connection-string-file F` and `AMLX_RELAY_CONNECTION_STRING_FILE=F` (like the
+/// relay commands, with `--insecure-ws` or `AMLX_RELAY_INSECURE_WS`) reach a real `relay
+/// serve`: the sidecar's sender is let in and told nobody listens yet, and the step runs
+/// to its end when the attach timeout passes. Without credentials the log says so.
+#[test]
+fn relay_credentials_from_a_file_reach_the_relay() {
+    use crate::session::harness::{DeveloperSide, SESSION_DEADLINE, port_range, step_py};
+    let developer = DeveloperSide::relay_only("debug");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("relay.cs");
+    write_file(&file, &developer.connection_string(), 0o600);
+    let file = file.to_str().expect("utf-8 temp path").to_owned();
+    // The Hybrid Connection from `--hc` when the connection string names none.
+    let without_entity = dir.path().join("no-entity.cs");
+    let connection = developer.connection_string();
+    let (namespace_and_key, _) = connection
+        .rsplit_once(";EntityPath=")
+        .expect("the harness names the Hybrid Connection");
+    write_file(&without_entity, namespace_and_key, 0o600);
+    let without_entity = without_entity.to_str().expect("utf-8 temp path").to_owned();
+    // (flags, environment, what the log must say)
+    let cases: [(&[&str], Vars<'_>, &str); 5] = [
+        (
+            &["--connection-string-file", &file, "--insecure-ws"],
+            &[],
+            "no listener on the Hybrid Connection yet",
+        ),
+        (
+            &[],
+            &[
+                ("AMLX_RELAY_CONNECTION_STRING_FILE", &file),
+                ("AMLX_RELAY_INSECURE_WS", "true"),
+            ],
+            "no listener on the Hybrid Connection yet",
+        ),
+        (
+            &["--connection-string-file", &without_entity, "--hc", "debug"],
+            &[("AMLX_RELAY_INSECURE_WS", "1")],
+            "no listener on the Hybrid Connection yet",
+        ),
+        (
+            &["--connection-string-file", &without_entity, "--insecure-ws"],
+            &[],
+            "no Hybrid Connection name",
+        ),
+        (&["--insecure-ws"], &[], "no relay credentials"),
+    ];
+    for (flags, vars, want) in cases {
+        let locks = tempfile::tempdir().expect("tempdir");
+        let (_, _, range) = port_range(4);
+        let mut cmd = util::agent();
+        cmd.envs(vars.iter().copied())
+            .env("AMLX_LOCK_DIR", locks.path())
+            .env("AMLX_STATE_DIR", locks.path().join("state"))
+            .env("NO_COLOR", "1")
+            .env("STEP_EXIT_CODE", "5")
+            .args([
+                "exec",
+                "--debug",
+                "--attach-timeout",
+                "2s",
+                "--port-range",
+                &range,
+            ])
+            .args(flags)
+            .args(["--", "python3"])
+            .arg(step_py());
+        let out = util::output_within(&mut cmd, SESSION_DEADLINE);
+        let stderr = text(&out.stderr);
+        let what = format!("{flags:?} {vars:?}");
+        assert_eq!(out.status.code(), Some(5), "{what}: {stderr}");
+        assert!(
+            text(&out.stdout).contains("done total 6"),
+            "{what}: {stderr}"
+        );
+        assert!(stderr.contains(want), "{what}: want {want:?} in\n{stderr}");
+        assert!(
+            !stderr.contains(&developer.connection_string()),
+            "{what}: the connection string reached the log"
+        );
+    }
+}
+
+/// The step's prior-art arguments sit below the environment and the flags: `--no-debug`
+/// (or `AMLX_DEBUG=0`) means never whatever `--is-debug` says, and an explicit port range
+/// beats the step's `--debug-port`; the log says which step argument was ignored.
+#[test]
+fn prior_art_step_arguments_sit_below_the_environment_and_the_flags() {
+    const SHOW: &str = "echo \"target=$AMLX_DEBUG_TARGET port=${AMLX_DEBUG_PORT-unset}\"";
+    let locks = tempfile::tempdir().expect("tempdir");
+    let (start, end) = util::free_port_range(2);
+    let range = format!("{start}-{end}");
+    let (step_port, _) = util::free_port_range(1);
+    let step_port_text = step_port.to_string();
+    let step_args: &[&str] = &["--is-debug", "true", "--debug-port", &step_port_text];
+    let range_var: Vars<'_> = &[("AMLX_PORT_RANGE", &range)];
+    // (agent flags, environment, expected output, what the log says)
+    let cases: Vec<(Vec<&str>, Vars<'_>, String, Option<String>)> = vec![
+        (vec![], &[], format!("target=true port={step_port}"), None),
+        (
+            vec!["--no-debug"],
+            &[],
+            "target=false port=unset".to_owned(),
+            Some("ignoring the step's --is-debug true: --no-debug wins".to_owned()),
+        ),
+        (
+            vec!["--no-debug"],
+            &[("AMLX_DEBUG", "1")],
+            "target=false port=unset".to_owned(),
+            Some("--no-debug wins".to_owned()),
+        ),
+        (
+            vec![],
+            &[("AMLX_DEBUG", "0")],
+            "target=false port=unset".to_owned(),
+            Some("ignoring the step's --is-debug true: AMLX_DEBUG wins".to_owned()),
+        ),
+        (
+            vec!["--port-range", &range],
+            &[],
+            format!("target=true port={start}"),
+            Some(format!(
+                "ignoring the step's --debug-port {step_port}: --port-range {range} wins"
+            )),
+        ),
+        (
+            vec![],
+            range_var,
+            format!("target=true port={start}"),
+            Some(format!(
+                "ignoring the step's --debug-port {step_port}: AMLX_PORT_RANGE {range} wins"
+            )),
+        ),
+    ];
+    for (flags, vars, want, note) in cases {
+        let mut cmd = util::agent();
+        cmd.args(["exec", "--mode", "direct", "--inject", "none", "--lock-dir"])
+            .arg(locks.path())
+            .env("AMLX_STATE_DIR", locks.path().join("state"))
+            .envs(vars.iter().copied())
+            .args(&flags)
+            .args(["--", "sh", "-c", SHOW, "step.py"])
+            .args(step_args);
+        let out = output_bounded(&mut cmd);
+        let stderr = text(&out.stderr);
+        let what = format!("{flags:?} {vars:?}");
+        assert_eq!(out.status.code(), Some(0), "{what}: {stderr}");
+        assert_eq!(text(&out.stdout).trim(), want, "{what}: {stderr}");
+        match note {
+            Some(note) => assert!(stderr.contains(&note), "{what}: want {note:?} in\n{stderr}"),
+            None => assert!(!stderr.contains("ignoring the step's"), "{what}: {stderr}"),
+        }
+    }
 }

@@ -39,6 +39,9 @@ impl Drop for Sleeper {
     }
 }
 
+/// Environment variables of one table row.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
 fn record(pid: u32, rank: u32, port: u16) -> StatusRecord {
     let mut record = StatusRecord::new(pid, port, DebugMode::Connect, format!("10.9.8.7:{port}"));
     record.rank = Some(rank);
@@ -263,4 +266,122 @@ fn status_help_has_examples() {
             "status --help lacks {needle}:\n{help}"
         );
     }
+}
+
+/// `status --config FILE` reads `[node] state_dir` like `exec` does; `--state-dir` and
+/// `AMLX_STATE_DIR` still win over the file.
+#[test]
+fn state_dir_comes_from_the_config_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let other = dir.path().join("other");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[node]\nstate_dir = \"{}\"\n", state.display()),
+    )
+    .expect("write config");
+    let holder = Sleeper::spawn();
+    let _file = StatusFile::create(&state, record(holder.pid(), 2, 5690)).expect("create");
+    // (extra arguments, environment, the directory that must be read, record found)
+    let other_text = other.to_string_lossy().into_owned();
+    let cases: [(&[&str], Vars<'_>, &Path, bool); 3] = [
+        (&[], &[], &state, true),
+        (&["--state-dir", &other_text], &[], &other, false),
+        (&[], &[("AMLX_STATE_DIR", &other_text)], &other, false),
+    ];
+    for (extra, vars, read, found) in cases {
+        let out = agent()
+            .args(["status", "--json", "--config"])
+            .arg(&config)
+            .args(extra)
+            .envs(vars.iter().copied())
+            .output()
+            .expect("agent runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{extra:?} {vars:?}: {stderr}");
+        let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(report["state_dir"], read.to_string_lossy().as_ref());
+        assert_eq!(report["searched"], serde_json::json!([read]));
+        let pids: Vec<&Value> = report["sessions"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|s| &s["pid"])
+            .collect();
+        assert_eq!(
+            pids.contains(&&Value::from(holder.pid())),
+            found,
+            "{extra:?} {vars:?}: {report:#}"
+        );
+    }
+}
+
+/// A step running as another user records itself where that user can write (here
+/// `/tmp/amlx-<uid>`, or `/run/amlx` when its sessions directory is shared); root's
+/// `status` without a state directory finds it. Needs root to switch users (skipped
+/// otherwise).
+#[test]
+fn status_finds_the_sessions_of_every_user() {
+    const NOBODY: &str = "65534";
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a step as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .expect("chmod");
+    let gate = dir.path().join("gate");
+    let (start, end) = crate::util::free_port_range(2);
+    // The step waits for the gate, bounded (20 s).
+    let step = format!(
+        "i=0; while [ ! -e '{}' ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done",
+        gate.display()
+    );
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+        .arg(crate::util::agent_bin())
+        .args(["exec", "--debug", "--mode", "direct", "--inject", "none"])
+        .arg("--lock-dir")
+        .arg(dir.path())
+        .args(["--port-range", &format!("{start}-{end}")])
+        .args(["--", "sh", "-c", &step]);
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("AMLX_") || name == "XDG_RUNTIME_DIR" {
+            cmd.env_remove(&key);
+        }
+    }
+    let mut step_child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv runs");
+    let pid = step_child.id();
+    let report = crate::util::wait_for("the other user's session", crate::util::DEADLINE, || {
+        let out = agent()
+            .env_remove("XDG_RUNTIME_DIR")
+            .args(["status", "--json"])
+            .output()
+            .expect("agent runs");
+        let report: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let found = report["sessions"]
+            .as_array()?
+            .iter()
+            .any(|s| s["pid"] == pid && s["state"] == "waiting-for-debugger");
+        found.then_some(report)
+    });
+    std::fs::write(&gate, "").expect("open the gate");
+    let status = crate::util::wait_bounded(&mut step_child);
+    let mut stderr = String::new();
+    if let Some(mut pipe) = step_child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    assert!(status.success(), "{stderr}");
+    let searched = report["searched"].as_array().expect("searched");
+    assert!(searched.len() > 1, "every candidate is read: {report:#}");
 }

@@ -76,12 +76,24 @@ pub enum Command {
     /// Non-targets become the command at once (no network, no lock, no runtime).
     /// Targets reserve a node-unique debug port, log "rank R/W (launcher) host H ip I
     /// debug port P", and run the step with the debugger set up.
-    #[command(after_help = "Examples:\n  \
+    #[command(
+        after_help = "Relay credentials (connect and listen modes): the connection string \
+        (Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...[;EntityPath=HC]) comes \
+        from --connection-string-file FILE (chmod 600; or AMLX_RELAY_CONNECTION_STRING_FILE), \
+        AMLX_RELAY_CONNECTION_STRING, or [relay] connection_string / connection_string_file in \
+        the config file; never from a command-line argument. Direct mode needs none.\n\n\
+        Examples:\n  \
         amlx-agent exec -- python step.py --lr 0.1\n  \
         amlx-agent exec --debug --ranks 0,3 -- python -m trainer\n  \
         mpiexec -n 4 amlx-agent exec --debug --ranks all -- python step.py\n  \
-        amlx-agent exec --supervise -- ./serve.sh     # stay as parent, forward signals")]
-    Exec(ExecArgs),
+        amlx-agent exec --supervise -- ./serve.sh     # stay as parent, forward signals\n  \
+        # relay credentials from a file, a Hybrid Connection named debug:\n  \
+        amlx-agent exec --debug --connection-string-file ~/.amlx/relay --hc debug -- python step.py\n  \
+        # a self-hosted `relay serve` with a private CA:\n  \
+        AMLX_RELAY_CONNECTION_STRING_FILE=/etc/amlx/relay.cs amlx-agent exec --debug \\\n      \
+        --ca-file /etc/amlx/relay-ca.pem -- python step.py"
+    )]
+    Exec(Box<ExecArgs>),
 
     /// Show what the agent sees here: launcher, ranks, node, and the debug decision.
     #[command(after_help = "Examples:\n  \
@@ -165,6 +177,9 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub session: SessionArgs,
 
+    #[command(flatten)]
+    pub relay: RelayClientArgs,
+
     /// Become the command with execve (same PID). Default unless running as PID 1.
     #[arg(long, conflicts_with = "supervise", help_heading = "Process")]
     pub replace: bool,
@@ -174,12 +189,16 @@ pub struct ExecArgs {
     #[arg(long, help_heading = "Process")]
     pub supervise: bool,
 
-    /// The command to run and its arguments (after `--`).
+    /// The command to run and its arguments (after `--`, or from the first word that is
+    /// not an option). An unknown option before the command is a usage error; options
+    /// after the command are the command's own.
+    // No `allow_hyphen_values`: with it, a mistyped `--debgu` would become the command.
+    // `trailing_var_arg` still hands every word after the first one to the step.
     #[arg(
         required = true,
         trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
+        value_name = "CMD",
+        help_heading = "Arguments"
     )]
     pub command: Vec<OsString>,
 }

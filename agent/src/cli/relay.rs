@@ -117,7 +117,8 @@ pub struct RelayClientArgs {
     pub hc: Option<String>,
 
     /// File holding the connection string (keep it chmod 600); wins over
-    /// AMLX_RELAY_CONNECTION_STRING and the config file
+    /// AMLX_RELAY_CONNECTION_STRING and the config file. The connection string itself is
+    /// never a flag: `ps` would show it
     #[arg(long, value_name = "FILE", env = "AMLX_RELAY_CONNECTION_STRING_FILE")]
     pub connection_string_file: Option<PathBuf>,
 
@@ -127,6 +128,7 @@ pub struct RelayClientArgs {
     pub ca_file: Option<PathBuf>,
 
     /// Use plain ws:// instead of wss:// (refused unless the relay is on a loopback address)
+    /// [env: AMLX_RELAY_INSECURE_WS]
     #[arg(long)]
     pub insecure_ws: bool,
 

@@ -17,14 +17,16 @@ pub struct LaunchJsonArgs {
     #[arg(long, value_name = "SPEC")]
     pub ranks: Option<String>,
 
-    /// The port of rank 0 (the agent's reservations prefer base + rank).
-    #[arg(long, value_name = "PORT", default_value_t = crate::launch_json::DEFAULT_PORT_BASE)]
-    pub port_base: u16,
+    /// The port of rank 0 (the agent's reservations prefer base + rank)
+    /// [default: the start of the port range: AMLX_PORT_RANGE, [ports] range, else 5678]
+    #[arg(long, value_name = "PORT")]
+    pub port_base: Option<u16>,
 
     /// connect: VS Code listens (debugpy connects out through the relay); listen: VS Code
-    /// connects to the laptop end of `relay connect`; direct: VS Code connects to the node.
-    #[arg(long, value_name = "MODE", default_value = "connect")]
-    pub mode: crate::session::DebugMode,
+    /// connects to the laptop end of `relay connect`; direct: VS Code connects to the node
+    /// [default: AMLX_DEBUG_MODE, [debug] mode, else connect]
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<crate::session::DebugMode>,
 
     /// Host VS Code listens on (connect mode) or connects to (listen/direct mode; for
     /// direct, the node IP the agent logged).
@@ -53,7 +55,8 @@ pub struct LaunchJsonArgs {
 #[derive(Debug, Args, Default, Clone)]
 pub struct StatusArgs {
     /// Node-wide state directory holding one record per session [env: AMLX_STATE_DIR]
-    /// [default: /run/amlx, then $XDG_RUNTIME_DIR/amlx, then /tmp/amlx-$UID]
+    /// [config: [node] state_dir] [default: every place a session can record itself:
+    /// /run/amlx, $XDG_RUNTIME_DIR/amlx and /tmp/amlx-UID of every user]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 

@@ -5,22 +5,28 @@ use std::io::Write;
 use anyhow::Context;
 
 use crate::cli::LaunchJsonArgs;
+use crate::config::Settings;
 use crate::launch_json::{self, LaunchSpec, WriteOutcome};
 use crate::session::DebugMode;
 
-pub fn run(args: &LaunchJsonArgs) -> anyhow::Result<i32> {
+/// Flags win; the port base and the mode otherwise come from the same layered settings
+/// `exec` uses (`AMLX_PORT_RANGE`, `AMLX_DEBUG_MODE`, the config file), so the
+/// configurations match the job's ports when both sides share a config.
+pub fn run(args: &LaunchJsonArgs, settings: &Settings) -> anyhow::Result<i32> {
+    let port_base = args.port_base.unwrap_or(settings.ports.range.start);
+    let mode = args.mode.unwrap_or(settings.session.mode);
     let targets = match &args.ranks {
-        Some(spec) => launch_json::targets_from_ranks(spec, args.port_base)
+        Some(spec) => launch_json::targets_from_ranks(spec, port_base)
             .with_context(|| format!("invalid --ranks {spec:?}"))?,
         None => launch_json::targets_from_ports(&args.ports).context("invalid --ports")?,
     };
-    if args.mode == DebugMode::Direct && is_loopback(&args.host) {
+    if mode == DebugMode::Direct && is_loopback(&args.host) {
         tracing::warn!(
             "direct mode connects VS Code to the node itself: pass --host with the node IP the agent logged"
         );
     }
     let spec = LaunchSpec {
-        mode: args.mode,
+        mode,
         host: args.host.clone(),
         targets,
         local_root: args.local_root.clone(),

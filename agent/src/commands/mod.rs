@@ -8,8 +8,12 @@ mod ports;
 mod relay;
 mod status;
 
-use crate::cli::{Cli, Command, LogFormat, PortsCommand, RoleArgs};
-use crate::config::{self, Flags};
+use crate::cli::{
+    Cli, Command, ConnectArgs, ListenArgs, LogFormat, PortsCommand, RelayArgs, RelayCommand,
+    RoleArgs,
+};
+use crate::config::{self, Flags, StepHints};
+use crate::inject::prior_art::{self, PriorArt};
 use crate::logging;
 use crate::role::{self, Detection, Overrides, ProcessEnv};
 
@@ -19,16 +23,28 @@ pub const EXIT_AGENT_ERROR: i32 = 1;
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let verbosity = i8::try_from(i16::from(cli.verbose) - i16::from(cli.quiet)).unwrap_or(0);
+    // A step written for the prior art carries its own debug arguments: a settings layer.
+    let prior_art = match &cli.command {
+        Command::Exec(args) => Some(prior_art::read(&args.command)),
+        _ => None,
+    };
+    let hints = prior_art.as_ref().map(step_hints);
     // Settings first, so `[log] format` from the file counts; the outcome is reported
     // once logging is up.
-    let settings = config::load(&flags_for(&cli), &ProcessEnv);
+    let settings = config::load(&flags_for(&cli, hints.as_ref()), &ProcessEnv);
     let format = match &settings {
         Ok(settings) => settings.log_format,
         Err(_) => cli.log_format,
     };
     logging::init(format.unwrap_or(LogFormat::Text), verbosity);
+    for warning in prior_art.iter().flat_map(|p| &p.warnings) {
+        tracing::warn!("{warning}");
+    }
     if let Ok(settings) = &settings {
         tracing::debug!(?settings, "configuration loaded");
+        for note in &settings.notes {
+            tracing::info!("{note}");
+        }
     }
     let result = match &cli.command {
         Command::Exec(args) => return exec::run(args, settings),
@@ -41,8 +57,12 @@ pub fn run(cli: Cli) -> i32 {
         Command::Relay(args) => settings
             .map_err(Into::into)
             .and_then(|s| relay::run(args, &s)),
-        Command::LaunchJson(args) => launch_json::run(args),
-        Command::Status(args) => status::run(args),
+        Command::LaunchJson(args) => settings
+            .map_err(Into::into)
+            .and_then(|s| launch_json::run(args, &s)),
+        Command::Status(args) => settings
+            .map_err(Into::into)
+            .and_then(|s| status::run(args, &s)),
         Command::Demo(args) => settings
             .map_err(Into::into)
             .and_then(|s| demo::run(args, &s, cli.config.as_deref())),
@@ -50,8 +70,17 @@ pub fn run(cli: Cli) -> i32 {
     report(result)
 }
 
+/// The prior-art arguments as a settings layer.
+fn step_hints(prior: &PriorArt) -> StepHints {
+    StepHints {
+        debug: prior.is_debug,
+        debug_port: prior.debug_port,
+        hybrid_connection: prior.relay_connection_name.clone(),
+    }
+}
+
 /// Which command-line values take part in config layering, per subcommand.
-fn flags_for(cli: &Cli) -> Flags<'_> {
+fn flags_for<'a>(cli: &'a Cli, step: Option<&'a StepHints>) -> Flags<'a> {
     let base = Flags {
         config: cli.config.as_deref(),
         log_format: cli.log_format,
@@ -63,6 +92,8 @@ fn flags_for(cli: &Cli) -> Flags<'_> {
             ports: Some(&args.ports),
             node: Some(&args.node),
             session: Some(&args.session),
+            relay: Some(&args.relay),
+            step,
             ..base
         },
         Command::Detect(args) => Flags {
@@ -74,7 +105,20 @@ fn flags_for(cli: &Cli) -> Flags<'_> {
             ports: Some(&args.ports),
             ..base
         },
-        Command::Relay(_) | Command::LaunchJson(_) | Command::Status(_) | Command::Demo(_) => base,
+        Command::Relay(RelayArgs {
+            command: RelayCommand::Listen(ListenArgs { relay, .. }),
+        })
+        | Command::Relay(RelayArgs {
+            command: RelayCommand::Connect(ConnectArgs { relay, .. }),
+        }) => Flags {
+            relay: Some(relay),
+            ..base
+        },
+        Command::Status(args) => Flags {
+            state_dir: args.state_dir.as_deref(),
+            ..base
+        },
+        Command::Relay(_) | Command::LaunchJson(_) | Command::Demo(_) => base,
     }
 }
 

@@ -1,7 +1,9 @@
 //! `amlx-agent status`: this node's debug sessions from their status records.
 //!
 //! A record whose process is gone (PID dead, or reused by a process that started at
-//! another time) is shown as `ended`, never as live.
+//! another time) is shown as `ended`, never as live. The state directory comes from the
+//! same layered settings as `exec`'s (`--state-dir` > `AMLX_STATE_DIR` > `[node]
+//! state_dir`); without one, every place a step of any user can record itself is read.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -9,40 +11,47 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
-use crate::publish::status_file::{self, SESSIONS_DIR, Unreadable, unix_now};
+use crate::config::Settings;
+use crate::publish::status_file::{self, SESSIONS_DIR, SYSTEM_STATE_DIR, Unreadable, unix_now};
 use crate::publish::{Holder, Listing, SessionEntry, SessionState};
-use crate::role::{Env, ProcessEnv};
+use crate::role::ProcessEnv;
 use crate::session::DebugMode;
 
-pub fn run(args: &StatusArgs) -> anyhow::Result<i32> {
-    let env = ProcessEnv;
-    let explicit = args.state_dir.clone().or_else(|| {
-        env.var("AMLX_STATE_DIR")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
-    let dir = status_file::state_dir(explicit.as_deref(), &env)?;
+pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<i32> {
+    // `--state-dir` is already layered into the settings.
+    let explicit = settings.state_dir.as_deref();
+    let dirs = status_file::record_dirs(explicit, &ProcessEnv);
     let Listing {
         sessions,
         unreadable,
-    } = status_file::list_sessions(&dir)?;
+    } = match explicit {
+        Some(dir) => status_file::list_sessions(dir)?,
+        None => status_file::list_sessions_in(&dirs),
+    };
     for file in &unreadable {
         tracing::warn!("skipping {}: {}", file.path.display(), file.error);
     }
     let now = unix_now();
     if args.json {
         let report = Report {
-            state_dir: &dir,
+            state_dir: explicit.unwrap_or(Path::new(SYSTEM_STATE_DIR)),
+            searched: &dirs,
             sessions: sessions.iter().map(|e| SessionView::of(e, now)).collect(),
             unreadable: &unreadable,
         };
         let text = serde_json::to_string_pretty(&report).expect("the report always serializes");
         println!("{text}");
     } else if sessions.is_empty() {
-        println!(
-            "no debug sessions on this node ({})",
-            dir.join(SESSIONS_DIR).display()
-        );
+        let looked: Vec<String> = dirs
+            .iter()
+            .map(|dir| dir.join(SESSIONS_DIR).display().to_string())
+            .collect();
+        let looked = if looked.is_empty() {
+            format!("none of {SYSTEM_STATE_DIR} or the per-user directories exists")
+        } else {
+            looked.join(", ")
+        };
+        println!("no debug sessions on this node ({looked})");
     } else {
         print!("{}", table(&sessions, now));
     }
@@ -52,7 +61,10 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<i32> {
 /// `status --json`.
 #[derive(Debug, Serialize)]
 struct Report<'a> {
+    /// The configured state directory, else the node-wide default.
     state_dir: &'a Path,
+    /// Every state directory read (only the configured one when there is one).
+    searched: &'a [PathBuf],
     sessions: Vec<SessionView>,
     unreadable: &'a [Unreadable],
 }

@@ -21,6 +21,8 @@ use super::{ConfigError, Secret, Settings};
 pub const ENV_CONFIG: &str = "AMLX_CONFIG";
 /// Secret: the Hybrid Connections connection string. Never echoed.
 pub const ENV_RELAY_CONNECTION_STRING: &str = "AMLX_RELAY_CONNECTION_STRING";
+/// A file holding the connection string; wins over [`ENV_RELAY_CONNECTION_STRING`].
+pub const ENV_RELAY_CONNECTION_STRING_FILE: &str = "AMLX_RELAY_CONNECTION_STRING_FILE";
 
 /// The variable's value, `None` when unset or empty (an exported empty variable is a
 /// common way of "unsetting" in job specs).
@@ -73,9 +75,9 @@ pub(super) fn apply(env: &dyn Env, s: &mut Settings) -> Result<(), ConfigError> 
     if let Some(v) = get::<LogFormat>(env, "AMLX_LOG_FORMAT")? {
         s.log_format = Some(v);
     }
-    if let Some(v) = nonempty(env, ENV_RELAY_CONNECTION_STRING) {
-        s.relay.connection_string = Some(Secret::new(v.trim()));
-    }
+    let inline = nonempty(env, ENV_RELAY_CONNECTION_STRING).map(|v| Secret::new(v.trim()));
+    let file = get::<PathBuf>(env, ENV_RELAY_CONNECTION_STRING_FILE)?;
+    super::set_credentials(&mut s.relay, inline, file);
     if let Some(v) = get::<String>(env, "AMLX_RELAY_HC")? {
         s.relay.hybrid_connection = Some(v.trim().to_owned());
     }

@@ -62,5 +62,22 @@ pub(super) fn apply(flags: &Flags<'_>, s: &mut Settings) -> Result<(), ConfigErr
             s.session.wait_for_client = true;
         }
     }
+    if let Some(dir) = flags.state_dir {
+        s.state_dir = Some(dir.to_owned());
+    }
+    if let Some(r) = flags.relay {
+        // clap folds AMLX_RELAY_HC, AMLX_RELAY_CONNECTION_STRING_FILE and AMLX_RELAY_CA_FILE
+        // into these (the relay commands' contract); they equal what `env` read.
+        super::set_credentials(&mut s.relay, None, r.connection_string_file.clone());
+        if let Some(hc) = r.hc.as_deref().map(str::trim).filter(|h| !h.is_empty()) {
+            s.relay.hybrid_connection = Some(hc.to_owned());
+        }
+        if let Some(ca) = &r.ca_file {
+            s.relay.ca_file = Some(ca.clone());
+        }
+        if r.insecure_ws {
+            s.relay.insecure_ws = true;
+        }
+    }
     Ok(())
 }

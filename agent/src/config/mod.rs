@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{LogFormat, NodeArgs, PolicyArgs, PortArgs, SessionArgs};
+use crate::cli::{LogFormat, NodeArgs, PolicyArgs, PortArgs, RelayClientArgs, SessionArgs};
 use crate::inject::InjectMode;
 use crate::policy::Policy;
 use crate::ports::PortRange;
@@ -24,7 +24,8 @@ use crate::role::Env;
 use crate::session::{DebugMode, FailurePolicy};
 
 pub use duration::{DurationError, parse_duration};
-pub use env::{ENV_CONFIG, ENV_RELAY_CONNECTION_STRING};
+pub use env::{ENV_CONFIG, ENV_RELAY_CONNECTION_STRING, ENV_RELAY_CONNECTION_STRING_FILE};
+pub use file::MAX_CONFIG_BYTES;
 pub use secret::Secret;
 pub use server::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONTROL_MESSAGE,
@@ -55,6 +56,10 @@ pub struct Settings {
     pub session: SessionSettings,
     /// `[relay]` and `[relay.server]`.
     pub relay: RelaySettings,
+    /// What layering decided that the log should say, e.g. a step's own `--debug-port`
+    /// overruled by `--port-range`. Settings load before logging starts, so the command
+    /// logs these once it can.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,7 +104,12 @@ pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelaySettings {
     /// `Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...[;EntityPath=...]`.
+    /// At most one of this and `connection_string_file` is set: the highest layer that
+    /// gives credentials in either form wins, and within one layer the file wins.
     pub connection_string: Option<Secret>,
+    /// A file (chmod 600) holding the connection string, read only when a session needs
+    /// it, so a non-target never opens it.
+    pub connection_string_file: Option<PathBuf>,
     /// The Hybrid Connection to use when the connection string has no `EntityPath`.
     pub hybrid_connection: Option<String>,
     /// Extra CA certificate (PEM) to trust, for a self-hosted relay with a private CA.
@@ -123,6 +133,29 @@ pub struct Flags<'a> {
     pub ports: Option<&'a PortArgs>,
     pub node: Option<&'a NodeArgs>,
     pub session: Option<&'a SessionArgs>,
+    /// `--state-dir` (`status`).
+    pub state_dir: Option<&'a Path>,
+    /// `--hc`, `--connection-string-file`, `--ca-file`, `--insecure-ws`.
+    pub relay: Option<&'a RelayClientArgs>,
+    /// The step's own prior-art arguments (`exec` only): below the environment and the
+    /// flags, above the config file.
+    pub step: Option<&'a StepHints>,
+}
+
+/// What a step written for the prior art asks for in its own arguments (`--is-debug`,
+/// `--debug-port`, `--debug-relay-connection-name`; see `inject::prior_art`).
+///
+/// They are a layer of their own: above the config file (the step is more specific than
+/// the node), below `AMLX_*` variables and flags (the person running the job decides), so
+/// `--no-debug` means never and an explicit `--port-range` keeps its range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepHints {
+    /// `--is-debug [true|false]`.
+    pub debug: Option<bool>,
+    /// `--debug-port N`: the one port the step expects.
+    pub debug_port: Option<u16>,
+    /// `--debug-relay-connection-name NAME`.
+    pub hybrid_connection: Option<String>,
 }
 
 /// A setting that could not be used, naming where it came from (flag, variable, or
@@ -159,8 +192,8 @@ pub(crate) fn load_with_default(
 ) -> Result<Settings, ConfigError> {
     let file = match find_file(flags, env, default_path) {
         Some((path, origin)) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::new(format!("{origin}: cannot read {}: {e}", path.display()))
+            let text = file::read_bounded(&path).map_err(|why| {
+                ConfigError::new(format!("{origin}: cannot read {}: {why}", path.display()))
             })?;
             Some((path, text))
         }
@@ -186,7 +219,8 @@ fn find_file(flags: &Flags<'_>, env: &dyn Env, default_path: &Path) -> Option<(P
         .then(|| (default_path.to_owned(), "default config".to_owned()))
 }
 
-/// Defaults, then the file (path and text), then the environment, then the flags.
+/// Defaults, then the file (path and text), then the step's own arguments, then the
+/// environment, then the flags.
 fn layer(
     flags: &Flags<'_>,
     env: &dyn Env,
@@ -197,10 +231,110 @@ fn layer(
         apply_file(file::FileContext { path, text }, &mut s)?;
         s.source = Some(path.to_owned());
     }
+    // Snapshots only for a step with prior-art arguments, to say which ones were overruled.
+    let after_step = flags.step.map(|step| {
+        apply_step(step, &mut s);
+        s.clone()
+    });
     env::apply(env, &mut s)?;
+    let after_env = after_step.is_some().then(|| s.clone());
     flags::apply(flags, &mut s)?;
+    if let (Some(step), Some(after_step), Some(after_env)) = (flags.step, after_step, after_env) {
+        s.notes = overruled(step, &after_step, &after_env, &s);
+    }
     // `Debug` masks every secret, so the whole result is safe to show with -v.
     Ok(s)
+}
+
+/// The step's prior-art arguments over the file's settings.
+fn apply_step(step: &StepHints, s: &mut Settings) {
+    set(&mut s.policy.enabled, step.debug);
+    let range = step.debug_port.map(|port| PortRange {
+        start: port,
+        end: port,
+    });
+    set(&mut s.ports.range, range);
+    set(
+        &mut s.relay.hybrid_connection,
+        step.hybrid_connection.clone().map(Some),
+    );
+}
+
+/// One note per prior-art argument that a variable or a flag overruled, naming both.
+fn overruled(
+    step: &StepHints,
+    after_step: &Settings,
+    after_env: &Settings,
+    last: &Settings,
+) -> Vec<String> {
+    // Which layer changed the value last: the flags, else the environment.
+    let by = |changed_by_flag: bool, flag: &str, variable: &str| {
+        if changed_by_flag {
+            flag.to_owned()
+        } else {
+            variable.to_owned()
+        }
+    };
+    let mut notes = Vec::new();
+    if let Some(debug) = step.debug
+        && last.policy.enabled != after_step.policy.enabled
+    {
+        let winner = by(
+            last.policy.enabled != after_env.policy.enabled,
+            if last.policy.enabled {
+                "--debug"
+            } else {
+                "--no-debug"
+            },
+            "AMLX_DEBUG",
+        );
+        notes.push(format!(
+            "ignoring the step's --is-debug {debug}: {winner} wins over the step's arguments"
+        ));
+    }
+    if let Some(port) = step.debug_port
+        && last.ports.range != after_step.ports.range
+    {
+        let winner = by(
+            last.ports.range != after_env.ports.range,
+            "--port-range",
+            "AMLX_PORT_RANGE",
+        );
+        notes.push(format!(
+            "ignoring the step's --debug-port {port}: {winner} {} wins over the step's arguments",
+            last.ports.range
+        ));
+    }
+    if let Some(name) = &step.hybrid_connection
+        && last.relay.hybrid_connection != after_step.relay.hybrid_connection
+    {
+        let winner = by(
+            last.relay.hybrid_connection != after_env.relay.hybrid_connection,
+            "--hc",
+            "AMLX_RELAY_HC",
+        );
+        notes.push(format!(
+            "ignoring the step's --debug-relay-connection-name {name:?}: {winner} wins over \
+             the step's arguments"
+        ));
+    }
+    notes
+}
+
+/// Credentials from one layer replace every credential from the layers below, whichever
+/// form each has; within the layer a file wins over an inline connection string.
+pub(crate) fn set_credentials(
+    relay: &mut RelaySettings,
+    inline: Option<Secret>,
+    file: Option<PathBuf>,
+) {
+    if let Some(file) = file {
+        relay.connection_string_file = Some(file);
+        relay.connection_string = None;
+    } else if let Some(inline) = inline {
+        relay.connection_string = Some(inline);
+        relay.connection_string_file = None;
+    }
 }
 
 /// Applies every key the file sets over `s`.
@@ -222,9 +356,13 @@ fn apply_file(ctx: file::FileContext<'_>, s: &mut Settings) -> Result<(), Config
     set(&mut s.state_dir, f.node.state_dir.map(Some));
     set(&mut s.log_format, f.log.format.map(|v| Some(v.0)));
     let r = f.relay;
-    s.relay.connection_string = r
+    let inline = r
         .connection_string
         .filter(|c| !c.expose().trim().is_empty());
+    let file = r
+        .connection_string_file
+        .filter(|p| !p.as_os_str().is_empty());
+    set_credentials(&mut s.relay, inline, file);
     s.relay.hybrid_connection = r.hybrid_connection.filter(|h| !h.trim().is_empty());
     s.relay.ca_file = r.ca_file;
     set(&mut s.relay.insecure_ws, r.insecure_ws);

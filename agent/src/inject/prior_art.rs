@@ -2,7 +2,9 @@
 //!
 //! Steps written for the Azure ML "debug relay" samples parse `--is-debug`, `--debug-port`
 //! and `--debug-relay-connection-name` themselves, so the words must reach the step
-//! unchanged; the agent only reads them as hints for the session. Forms follow argparse:
+//! unchanged; the agent only reads them as hints for the session: a settings layer above
+//! the config file and below `AMLX_*` variables and flags (`config::StepHints`), so
+//! `--no-debug` and an explicit `--port-range` win over them. Forms follow argparse:
 //! `--flag value` and `--flag=value`, the last occurrence wins, a bare `--` ends the flags.
 //! One deliberate difference: the samples declare `--is-debug` with `type=bool`, which
 //! makes `--is-debug false` true; here `false`/`0` mean false.

@@ -258,27 +258,53 @@ pub fn list_sessions(state_dir: &Path) -> anyhow::Result<Listing> {
     })
 }
 
-/// The state directory: `explicit` (flag or `AMLX_STATE_DIR`, already layered by the
-/// caller), else the first of `/run/amlx`, `$XDG_RUNTIME_DIR/amlx`, `/tmp/amlx-<uid>`
-/// that can be created and written. Created if missing.
+/// The state directory a session writes its record to: `explicit` (flag,
+/// `AMLX_STATE_DIR` or `[node] state_dir`, already layered by the caller), else the first
+/// of `/run/amlx`, `$XDG_RUNTIME_DIR/amlx`, `/tmp/amlx-<uid>` whose `sessions`
+/// directory can be created and written. Created if missing.
+///
+/// The same order as the port lock directory, with the same sharing: a `sessions`
+/// directory we create in `/run/amlx` or an explicit directory is world-writable and
+/// sticky (every user's step records itself where `status` looks first; nobody can
+/// remove another user's record); the per-user fallbacks are private, and
+/// [`record_dirs`] finds them for `status`.
 pub fn state_dir(explicit: Option<&Path>, env: &dyn Env) -> anyhow::Result<PathBuf> {
     if let Some(dir) = explicit {
         fs::create_dir_all(dir)
             .with_context(|| format!("could not create the state directory {}", dir.display()))?;
+        prepare_sessions_dir(dir, SHARED_SESSIONS_MODE).map_err(|why| {
+            anyhow::anyhow!("could not use the state directory {}: {why}", dir.display())
+        })?;
         return Ok(dir.to_path_buf());
     }
     let uid = nix::unistd::getuid().as_raw();
     let mut candidates = vec![(PathBuf::from(SYSTEM_STATE_DIR), None)];
     if let Some(runtime) = env.var("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        candidates.push((Path::new(&runtime).join("amlx"), None));
+        candidates.push((Path::new(&runtime).join("amlx"), Some(uid)));
     }
-    // In world-writable /tmp, only a directory we own is ours (no squatting).
-    candidates.push((std::env::temp_dir().join(format!("amlx-{uid}")), Some(uid)));
+    // In world-writable /tmp, only a directory we own is ours (no squatting). A fixed
+    // /tmp, not $TMPDIR, so `status` of another user finds it (like the lock directory).
+    candidates.push((private_tmp_dir(uid), Some(uid)));
     first_usable(&candidates)
 }
 
-/// The first candidate directory that can be created and written (and, when an owner
-/// uid is given, is owned by it).
+/// Mode of a `sessions` directory shared by the node's users: everyone may add a record,
+/// the sticky bit keeps each record its writer's.
+const SHARED_SESSIONS_MODE: u32 = 0o1777;
+/// Mode of a per-user state directory and its `sessions` directory.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Where each user's per-user fallback lives (`/tmp/amlx-<uid>`, shared with the lock
+/// directory's `/tmp/amlx-<uid>/ports`).
+const TMP_DIR_PREFIX: &str = "/tmp/amlx-";
+/// Where systemd puts each user's `$XDG_RUNTIME_DIR` (`/run/user/<uid>`).
+const USER_RUNTIME_ROOT: &str = "/run/user";
+
+fn private_tmp_dir(uid: u32) -> PathBuf {
+    PathBuf::from(format!("{TMP_DIR_PREFIX}{uid}"))
+}
+
+/// The first candidate directory whose `sessions` directory can be created and written
+/// (and, when an owner uid is given, that is owned by it; such a directory is private).
 fn first_usable(candidates: &[(PathBuf, Option<u32>)]) -> anyhow::Result<PathBuf> {
     let mut tried = Vec::new();
     for (dir, owner) in candidates {
@@ -293,9 +319,13 @@ fn first_usable(candidates: &[(PathBuf, Option<u32>)]) -> anyhow::Result<PathBuf
     )
 }
 
-/// Creates `dir` if needed and checks it is a writable directory (owned by `owner`).
+/// Creates `dir` if needed, checks it is a directory (owned by `owner`), and prepares
+/// its `sessions` directory: shared without an owner, private with one.
 fn usable_dir(dir: &Path, owner: Option<u32>) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    match owner {
+        Some(_) => create_dir_with_mode(dir, PRIVATE_DIR_MODE)?,
+        None => fs::create_dir_all(dir).map_err(|e| e.to_string())?,
+    }
     let meta = fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
     if !meta.is_dir() {
         return Err("not a directory".to_owned());
@@ -305,8 +335,115 @@ fn usable_dir(dir: &Path, owner: Option<u32>) -> Result<(), String> {
     {
         return Err(format!("owned by uid {}, not {uid}", meta.uid()));
     }
+    let mode = match owner {
+        Some(_) => PRIVATE_DIR_MODE,
+        None => SHARED_SESSIONS_MODE,
+    };
+    prepare_sessions_dir(dir, mode)
+}
+
+/// Creates `<dir>/sessions` with `mode` if missing and checks we can add records to it.
+fn prepare_sessions_dir(dir: &Path, mode: u32) -> Result<(), String> {
+    let sessions = dir.join(SESSIONS_DIR);
+    create_dir_with_mode(&sessions, mode)?;
     let rwx = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
-    nix::unistd::access(dir, rwx).map_err(|e| format!("not writable: {e}"))
+    nix::unistd::access(&sessions, rwx)
+        .map_err(|e| format!("{} is not writable: {e}", sessions.display()))
+}
+
+/// Creates `dir` (parents with default modes) and, only when we created it, sets `mode`
+/// exactly (mkdir's mode is cut by the umask). An existing directory is left as it is.
+fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {} ({e})", parent.display()))?;
+    }
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("cannot set mode {mode:o} on {} ({e})", dir.display())),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(format!("{} exists and is not a directory", dir.display()))
+        }
+        Err(e) => Err(format!("cannot create {} ({e})", dir.display())),
+    }
+}
+
+/// Every state directory a session record can be in, for readers; nothing is created.
+///
+/// `explicit` alone when given (a configured directory has no fallback, as for writers).
+/// Else `/run/amlx`, this user's `$XDG_RUNTIME_DIR/amlx`, and for every user the
+/// per-user fallbacks a step running as them may have used: `/run/user/<uid>/amlx` and
+/// `/tmp/amlx-<uid>`, each only when owned by that uid (a directory someone else created
+/// under another user's name is not that user's) and readable by us (root reads all).
+pub fn record_dirs(explicit: Option<&Path>, env: &dyn Env) -> Vec<PathBuf> {
+    if let Some(dir) = explicit {
+        return vec![dir.to_path_buf()];
+    }
+    let mut dirs = vec![PathBuf::from(SYSTEM_STATE_DIR)];
+    if let Some(runtime) = env.var("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        dirs.push(Path::new(&runtime).join("amlx"));
+    }
+    dirs.extend(per_user_dirs(Path::new(USER_RUNTIME_ROOT), "", "amlx"));
+    let (tmp, prefix) = TMP_DIR_PREFIX
+        .rsplit_once('/')
+        .expect("the prefix is an absolute path");
+    dirs.extend(per_user_dirs(Path::new(tmp), prefix, ""));
+    let mut seen = std::collections::HashSet::new();
+    dirs.into_iter()
+        .filter(|dir| dir.is_dir())
+        .filter(|dir| seen.insert(fs::canonicalize(dir).unwrap_or_else(|_| dir.clone())))
+        .collect()
+}
+
+/// `<root>/<prefix><uid>[/<leaf>]` for every entry of `root` named `<prefix><uid>` whose
+/// directory (the leaf, when given) belongs to that uid and that we may read.
+fn per_user_dirs(root: &Path, prefix: &str, leaf: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let uid: u32 = name.to_str()?.strip_prefix(prefix)?.parse().ok()?;
+            let dir = if leaf.is_empty() {
+                entry.path()
+            } else {
+                entry.path().join(leaf)
+            };
+            let meta = fs::symlink_metadata(&dir).ok()?;
+            let readable = nix::unistd::access(
+                &dir,
+                nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .is_ok();
+            (meta.is_dir() && meta.uid() == uid && readable).then_some(dir)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every record in the `sessions` directory of each candidate of [`record_dirs`], merged
+/// and sorted like [`list_sessions`]. A candidate we may not read is skipped (logged at
+/// debug level): it may be another user's. Read a configured directory with
+/// [`list_sessions`], whose errors count.
+pub fn list_sessions_in(dirs: &[PathBuf]) -> Listing {
+    let mut all = Listing::default();
+    for dir in dirs {
+        match list_sessions(dir) {
+            Ok(listing) => {
+                all.sessions.extend(listing.sessions);
+                all.unreadable.extend(listing.unreadable);
+            }
+            Err(err) => tracing::debug!("skipping {}: {err:#}", dir.display()),
+        }
+    }
+    all.sessions
+        .sort_by_key(|e| (e.record.rank.is_none(), e.record.rank, e.record.pid));
+    all
 }
 
 /// Deletes records (in our PID namespace) whose holders are dead. Best effort.
@@ -356,11 +493,31 @@ fn write_atomic(path: &Path, record: &StatusRecord) -> anyhow::Result<()> {
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let mut json = serde_json::to_vec(record).expect("a status record always serializes");
     json.push(b'\n');
-    fs::write(&tmp, &json).with_context(|| format!("could not write {}", tmp.display()))?;
+    write_new(&tmp, &json).with_context(|| format!("could not write {}", tmp.display()))?;
     fs::rename(&tmp, path).map_err(|err| {
         let _ = fs::remove_file(&tmp);
         anyhow::Error::new(err).context(format!("could not write {}", path.display()))
     })
+}
+
+/// Creates `path` afresh and writes `bytes`. The sessions directory may be shared by
+/// every user (mode 1777), so never follow a link or reuse a file someone else put there:
+/// a leftover of ours (a crashed writer with our PID) is removed first.
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(bytes)
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -160,3 +160,105 @@ fn explicit_state_dir_wins_and_is_created() {
     assert_eq!(state_dir(Some(&wanted), &env).expect("explicit"), wanted);
     assert!(wanted.is_dir());
 }
+
+/// A shared candidate (no owner) gets a world-writable sticky `sessions` directory, so
+/// every user's step can record itself where `status` looks first; a per-user one stays
+/// private.
+#[test]
+fn shared_state_dirs_have_a_sticky_sessions_dir_and_private_ones_do_not() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().expect("temp dir");
+    let me = nix::unistd::getuid().as_raw();
+    let cases = [
+        (root.path().join("shared"), None, 0o1777),
+        (root.path().join("private"), Some(me), 0o700),
+    ];
+    for (dir, owner, mode) in cases {
+        let got = first_usable(&[(dir.clone(), owner)]).expect("usable");
+        assert_eq!(got, dir);
+        let sessions = fs::metadata(dir.join(SESSIONS_DIR)).expect("sessions dir created");
+        assert_eq!(sessions.permissions().mode() & 0o7777, mode, "{owner:?}");
+    }
+    let explicit = root.path().join("explicit");
+    let env = std::collections::HashMap::new();
+    state_dir(Some(&explicit), &env).expect("explicit");
+    let sessions = fs::metadata(explicit.join(SESSIONS_DIR)).expect("created");
+    assert_eq!(sessions.permissions().mode() & 0o7777, 0o1777);
+}
+
+/// Readers find every user's per-user directory by name, but only when that user owns it.
+#[test]
+fn per_user_dirs_are_found_by_name_and_owner() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let me = nix::unistd::getuid().as_raw();
+    let other = me.wrapping_add(1);
+    for name in [
+        format!("amlx-{me}"),
+        format!("amlx-{other}"),
+        "amlx-abc".to_owned(),
+        format!("amlx-{me}x"),
+        format!("other-{me}"),
+    ] {
+        fs::create_dir(root.path().join(name)).expect("mkdir");
+    }
+    fs::write(root.path().join("amlx-12345678"), "").expect("a file, not a dir");
+    // (prefix, leaf) -> the directories found; `amlx-<other>` is ours, so it is a squat.
+    let found = per_user_dirs(root.path(), "amlx-", "");
+    assert_eq!(found, [root.path().join(format!("amlx-{me}"))]);
+
+    let runtime = tempfile::tempdir().expect("temp dir");
+    for uid in [me, other] {
+        fs::create_dir_all(runtime.path().join(uid.to_string()).join("amlx")).expect("mkdir");
+    }
+    let found = per_user_dirs(runtime.path(), "", "amlx");
+    assert_eq!(found, [runtime.path().join(me.to_string()).join("amlx")]);
+    assert!(per_user_dirs(&root.path().join("missing"), "", "amlx").is_empty());
+}
+
+/// `status` reads every candidate: records of several directories merge in rank order; a
+/// missing candidate is nothing, an explicit directory is the only one read.
+#[test]
+fn records_of_every_directory_are_listed_together() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (first, second) = (root.path().join("a"), root.path().join("b"));
+    let mut low = own_record();
+    low.rank = Some(0);
+    let mut high = own_record();
+    high.rank = Some(7);
+    high.pid_ns = Some(1);
+    let _high = StatusFile::create(&first, high).expect("create");
+    let _low = StatusFile::create(&second, low).expect("create");
+    let dirs = [first.clone(), second, root.path().join("missing")];
+    let listing = list_sessions_in(&dirs);
+    let ranks: Vec<_> = listing.sessions.iter().map(|e| e.record.rank).collect();
+    assert_eq!(ranks, [Some(0), Some(7)]);
+    let only = list_sessions_in(std::slice::from_ref(&first));
+    assert_eq!(only.sessions.len(), 1);
+    let unreadable = root.path().join("a-file");
+    fs::write(&unreadable, "").expect("write");
+    assert_eq!(
+        list_sessions_in(std::slice::from_ref(&unreadable)),
+        Listing::default()
+    );
+    assert!(
+        list_sessions(&unreadable).is_err(),
+        "a configured directory's errors count"
+    );
+    let env = std::collections::HashMap::new();
+    assert_eq!(record_dirs(Some(&first), &env), [first]);
+}
+
+/// In a shared sessions directory a planted link at our temp file's name is replaced,
+/// never written through.
+#[test]
+fn a_planted_link_is_not_followed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "keep").expect("write");
+    let path = dir.path().join(".1-2.json.3.tmp");
+    std::os::unix::fs::symlink(&victim, &path).expect("symlink");
+    write_new(&path, b"record").expect("write");
+    assert_eq!(fs::read_to_string(&victim).expect("read"), "keep");
+    assert_eq!(fs::read_to_string(&path).expect("read"), "record");
+    assert!(!fs::symlink_metadata(&path).expect("stat").is_symlink());
+}

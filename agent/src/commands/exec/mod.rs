@@ -9,15 +9,16 @@ use std::ffi::OsString;
 
 use crate::cli::ExecArgs;
 use crate::config::{ConfigError, Settings};
-use crate::inject::prior_art;
 use crate::policy::{self, Verdict};
 use crate::process::{self, ProcessMode, Step};
 use crate::role::Detection;
 
 pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
     // A bad config must not stop training: the step runs undebugged and the log says why.
+    // The step's prior-art arguments (`--is-debug`, `--debug-port`, ...) are already a
+    // layer of `settings`, below the environment and the flags.
     let settings = match settings {
-        Ok(settings) => Some(honour_prior_art(settings, &args.command)),
+        Ok(settings) => Some(settings),
         Err(err) => {
             tracing::error!("{err}; running the step without debugging");
             None
@@ -45,31 +46,15 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
             step.env.push(env_pair("AMLX_DEBUG_TARGET", "false"));
             process::run(mode, &step)
         }
-        (_, Some(settings)) => target::run(settings, &detection, &decision, mode, step),
+        (_, Some(settings)) => target::run(
+            settings,
+            &detection,
+            &decision,
+            mode,
+            step,
+            args.relay.token_ttl,
+        ),
     }
-}
-
-/// Steps written for the prior art parse `--is-debug`, `--debug-port` and
-/// `--debug-relay-connection-name` themselves; the agent reads them too (never removes
-/// them), so such a step is debuggable exactly as its arguments say.
-fn honour_prior_art(mut settings: Settings, argv: &[OsString]) -> Settings {
-    let prior = prior_art::read(argv);
-    for warning in &prior.warnings {
-        tracing::warn!("{warning}");
-    }
-    if let Some(is_debug) = prior.is_debug {
-        settings.policy.enabled = is_debug;
-    }
-    if let Some(port) = prior.debug_port {
-        settings.ports.range = crate::ports::PortRange {
-            start: port,
-            end: port,
-        };
-    }
-    if let Some(name) = prior.relay_connection_name {
-        settings.relay.hybrid_connection = Some(name);
-    }
-    settings
 }
 
 fn process_mode(args: &ExecArgs) -> ProcessMode {

@@ -28,6 +28,7 @@ pub fn run(
     decision: &Decision,
     mode: ProcessMode,
     mut step: Step,
+    token_ttl: Option<std::time::Duration>,
 ) -> i32 {
     let node = netinfo::discover(settings.node_ip);
     if let Some(ip) = node.ip {
@@ -42,7 +43,7 @@ pub fn run(
         Err(err) => return debug_failed(settings, &format!("{err:#}"), mode, step),
     };
     let port = reservation.port;
-    let (spec, injected) = match prepare(settings, detection, &node, port, &step.argv) {
+    let (spec, injected) = match prepare(settings, detection, &node, port, &step.argv, token_ttl) {
         Ok(prepared) => prepared,
         Err(err) => {
             let why = format!("{err:#}");
@@ -140,14 +141,11 @@ fn prepare(
     node: &NodeInfo,
     port: u16,
     argv: &[OsString],
+    token_ttl: Option<std::time::Duration>,
 ) -> anyhow::Result<(SessionSpec, Option<Injected>)> {
     let mode = settings.session.mode;
     let relay = match mode {
-        DebugMode::Connect | DebugMode::Listen => Some(
-            credentials::endpoint(&settings.relay, credentials::Overrides::default()).map_err(
-                |err| anyhow::anyhow!("{err:#} (or use --mode direct when the node is reachable)"),
-            )?,
-        ),
+        DebugMode::Connect | DebugMode::Listen => Some(relay_endpoint(settings, token_ttl)?),
         DebugMode::Direct => None,
     };
     let mut proxy_port = None;
@@ -213,6 +211,29 @@ fn free_loopback_port() -> anyhow::Result<u16> {
     let probe = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|err| anyhow::anyhow!("could not find a loopback port for debugpy: {err}"))?;
     Ok(probe.local_addr()?.port())
+}
+
+/// The relay endpoint from the layered settings (flags, `AMLX_RELAY_*`, `[relay]`).
+///
+/// Only a target reaches this, so only a target reads the connection string file.
+fn relay_endpoint(
+    settings: &Settings,
+    token_ttl: Option<std::time::Duration>,
+) -> anyhow::Result<crate::relay::client::Endpoint> {
+    // Layering left at most one credential form; `credentials` reads the file if that
+    // is the one.
+    let overrides = credentials::Overrides {
+        connection_string_file: settings.relay.connection_string_file.as_deref(),
+        ..credentials::Overrides::default()
+    };
+    let mut endpoint = credentials::endpoint(&settings.relay, overrides).map_err(|err| {
+        anyhow::anyhow!("{err:#} (or use --mode direct when the node is reachable)")
+    })?;
+    if let Some(ttl) = token_ttl {
+        anyhow::ensure!(ttl.as_secs() >= 1, "--token-ttl must be at least 1s");
+        endpoint.token_ttl = ttl;
+    }
+    Ok(endpoint)
 }
 
 /// Where the debugger will listen: the node IP in direct mode, loopback otherwise.

@@ -73,7 +73,11 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
 /// The relay endpoint from flags, environment and config, credentials never from argv.
 fn endpoint(args: &RelayClientArgs, settings: &Settings) -> anyhow::Result<Endpoint> {
     let overrides = credentials::Overrides {
-        connection_string_file: args.connection_string_file.as_deref(),
+        // `[relay] connection_string_file` from the config counts too (layered in settings).
+        connection_string_file: args
+            .connection_string_file
+            .as_deref()
+            .or(settings.relay.connection_string_file.as_deref()),
         hybrid_connection: args.hc.as_deref(),
         ca_file: args.ca_file.as_deref(),
         insecure_ws: args.insecure_ws,

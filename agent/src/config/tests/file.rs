@@ -56,7 +56,7 @@ fn file_errors_name_file_line_and_key() {
         (
             "[relay]\nhybrid_connection = \"hc\"\nentity = \"x\"\n",
             "/cfg/agent.toml:3: unknown key relay.entity (known keys: connection_string, \
-             hybrid_connection, ca_file, insecure_ws, server)",
+             connection_string_file, hybrid_connection, ca_file, insecure_ws, server)",
         ),
         (
             "[debug\nenabled = true\n",
@@ -112,4 +112,60 @@ fn errors_around_secrets_never_show_them() {
     );
     assert!(!format!("{got:?}").contains(SECRET));
     assert!(!format!("{got:#?}").contains(SECRET));
+}
+
+/// A config file is read with a size bound; what is not a regular file says what it is
+/// (a FIFO is refused before opening it, which would block).
+#[test]
+fn config_files_are_read_with_a_bound() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let at_limit = dir.path().join("at-limit.toml");
+    let limit = usize::try_from(MAX_CONFIG_BYTES).expect("the limit fits in memory");
+    std::fs::write(&at_limit, "#".repeat(limit)).expect("write");
+    let over = dir.path().join("over.toml");
+    std::fs::write(&over, "#".repeat(limit + 1)).expect("write");
+    let not_utf8 = dir.path().join("latin1.toml");
+    std::fs::write(&not_utf8, b"# caf\xe9\n").expect("write");
+    let fifo = dir.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let unreadable = dir.path().join("unreadable.toml");
+    std::fs::write(&unreadable, "").expect("write");
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    let missing = dir.path().join("missing.toml");
+    let root = nix::unistd::geteuid().is_root();
+    let cases: Vec<(&Path, Option<&str>)> = vec![
+        (&at_limit, None),
+        (Path::new("/dev/null"), None),
+        (&over, Some("larger than the 1024 KiB limit")),
+        (
+            Path::new("/dev/zero"),
+            Some("larger than the 1024 KiB limit"),
+        ),
+        (&not_utf8, Some("not UTF-8")),
+        (&fifo, Some("FIFO")),
+        (dir.path(), Some("is a directory")),
+        (&missing, Some("No such file")),
+        (&unreadable, (!root).then_some("Permission denied")),
+    ];
+    for (path, want) in cases {
+        let got = file::read_bounded(path);
+        match want {
+            None => assert!(got.is_ok(), "{}: {got:?}", path.display()),
+            Some(want) => {
+                let err = got.expect_err(&path.display().to_string());
+                assert!(err.contains(want), "{}: {err}", path.display());
+            }
+        }
+    }
+    // Through `load`, the error names the file and who named it.
+    let flags = Flags {
+        config: Some(Path::new("/dev/zero")),
+        ..Flags::default()
+    };
+    let err = load(&flags, &env(&[])).expect_err("/dev/zero").to_string();
+    assert!(
+        err.starts_with("config error: --config: cannot read /dev/zero: it is larger than"),
+        "{err}"
+    );
 }

@@ -16,6 +16,9 @@ struct Args {
     ports: PortArgs,
     node: NodeArgs,
     session: SessionArgs,
+    relay: RelayClientArgs,
+    state_dir: Option<PathBuf>,
+    step: Option<StepHints>,
 }
 
 impl Args {
@@ -27,6 +30,9 @@ impl Args {
             ports: Some(&self.ports),
             node: Some(&self.node),
             session: Some(&self.session),
+            state_dir: self.state_dir.as_deref(),
+            relay: Some(&self.relay),
+            step: self.step.as_ref(),
         }
     }
 }
@@ -135,9 +141,47 @@ fn precedence_cases() -> Vec<Case> {
         Case {
             file: "[relay]\nhybrid_connection = \"from-file\"",
             env: ("AMLX_RELAY_HC", "from-env"),
-            flag: None,
+            flag: Some(|a| a.relay.hc = s("from-flag")),
             get: |s| format!("{:?}", s.relay.hybrid_connection),
-            want: ["None", "Some(\"from-file\")", "Some(\"from-env\")", ""],
+            want: [
+                "None",
+                "Some(\"from-file\")",
+                "Some(\"from-env\")",
+                "Some(\"from-flag\")",
+            ],
+        },
+        Case {
+            file: "[relay]\nconnection_string_file = \"/f\"",
+            env: ("AMLX_RELAY_CONNECTION_STRING_FILE", "/e"),
+            flag: Some(|a| a.relay.connection_string_file = Some("/g".into())),
+            get: |s| format!("{:?}", s.relay.connection_string_file),
+            want: ["None", "Some(\"/f\")", "Some(\"/e\")", "Some(\"/g\")"],
+        },
+        Case {
+            file: "[relay]\nca_file = \"/f.pem\"",
+            env: ("AMLX_RELAY_CA_FILE", "/e.pem"),
+            flag: Some(|a| a.relay.ca_file = Some("/g.pem".into())),
+            get: |s| format!("{:?}", s.relay.ca_file),
+            want: [
+                "None",
+                "Some(\"/f.pem\")",
+                "Some(\"/e.pem\")",
+                "Some(\"/g.pem\")",
+            ],
+        },
+        Case {
+            file: "[relay]\ninsecure_ws = true",
+            env: ("AMLX_RELAY_INSECURE_WS", "false"),
+            flag: Some(|a| a.relay.insecure_ws = true),
+            get: |s| s.relay.insecure_ws.to_string(),
+            want: ["false", "true", "false", "true"],
+        },
+        Case {
+            file: "[node]\nstate_dir = \"/f\"",
+            env: ("AMLX_STATE_DIR", "/e"),
+            flag: Some(|a| a.state_dir = Some("/g".into())),
+            get: |s| format!("{:?}", s.state_dir),
+            want: ["None", "Some(\"/f\")", "Some(\"/e\")", "Some(\"/g\")"],
         },
         Case {
             file: "[relay]\nconnection_string = \"Endpoint=sb://file/\"",
@@ -219,6 +263,198 @@ fn no_debug_beats_everything_and_empty_variables_are_unset() {
     assert_eq!(got.policy.ranks.to_string(), "all");
     assert_eq!(got.relay.connection_string, None);
     assert_eq!(got.session.attach_timeout, DEFAULT_ATTACH_TIMEOUT);
+}
+
+/// Credentials in either form (inline or a file): the highest layer giving any wins and
+/// drops both forms below it; within one layer the file wins.
+#[test]
+fn credentials_of_either_form_layer_as_one_setting() {
+    const INLINE_FILE: &str = "[relay]\nconnection_string = \"Endpoint=sb://file/\"";
+    const PATH_FILE: &str = "[relay]\nconnection_string_file = \"/cfg.cs\"";
+    const BOTH_FILE: &str = "[relay]\nconnection_string = \"Endpoint=sb://file/\"\nconnection_string_file = \"/cfg.cs\"";
+    // (config file, environment, --connection-string-file) -> (inline, file) after layering
+    type Row = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<&'static str>,
+    );
+    let rows: &[Row] = &[
+        ("", &[], None, None, None),
+        (INLINE_FILE, &[], None, Some("Endpoint=sb://file/"), None),
+        (PATH_FILE, &[], None, None, Some("/cfg.cs")),
+        (BOTH_FILE, &[], None, None, Some("/cfg.cs")),
+        (
+            PATH_FILE,
+            &[("AMLX_RELAY_CONNECTION_STRING", "Endpoint=sb://env/")],
+            None,
+            Some("Endpoint=sb://env/"),
+            None,
+        ),
+        (
+            INLINE_FILE,
+            &[("AMLX_RELAY_CONNECTION_STRING_FILE", "/env.cs")],
+            None,
+            None,
+            Some("/env.cs"),
+        ),
+        (
+            "",
+            &[
+                ("AMLX_RELAY_CONNECTION_STRING", "Endpoint=sb://env/"),
+                ("AMLX_RELAY_CONNECTION_STRING_FILE", "/env.cs"),
+            ],
+            None,
+            None,
+            Some("/env.cs"),
+        ),
+        (
+            INLINE_FILE,
+            &[("AMLX_RELAY_CONNECTION_STRING", "Endpoint=sb://env/")],
+            Some("/flag.cs"),
+            None,
+            Some("/flag.cs"),
+        ),
+        (
+            "",
+            &[("AMLX_RELAY_CONNECTION_STRING_FILE", " ")],
+            None,
+            None,
+            None,
+        ),
+    ];
+    for (file, vars, flag, inline, path) in rows {
+        let mut args = Args::default();
+        args.relay.connection_string_file = flag.map(PathBuf::from);
+        let got = layer(&args.flags(), &env(vars), Some((Path::new(FILE), file)))
+            .expect("valid")
+            .relay;
+        assert_eq!(
+            (
+                got.connection_string.as_ref().map(Secret::expose),
+                got.connection_string_file.as_deref(),
+            ),
+            (*inline, path.map(Path::new)),
+            "file {file:?} env {vars:?} flag {flag:?}"
+        );
+    }
+}
+
+/// The step's prior-art arguments sit above the config file and below the environment
+/// and the flags; each one overruled leaves a note naming the winner.
+#[test]
+fn step_arguments_sit_between_the_file_and_the_environment() {
+    let step = StepHints {
+        debug: Some(true),
+        debug_port: Some(5699),
+        hybrid_connection: Some("from-step".into()),
+    };
+    type Row = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        fn(&mut Args),
+        bool,
+        &'static str,
+        &'static str,
+        &'static [&'static str],
+    );
+    // (file, env, flags) -> (debug on, port range, hc, what the notes name)
+    let rows: &[Row] = &[
+        (
+            "[debug]\nenabled = false\n[ports]\nrange = \"6000-6009\"",
+            &[],
+            |_| {},
+            true,
+            "5699-5699",
+            "from-step",
+            &[],
+        ),
+        (
+            "",
+            &[],
+            |a| a.policy.no_debug = true,
+            false,
+            "5699-5699",
+            "from-step",
+            &["ignoring the step's --is-debug true: --no-debug wins"],
+        ),
+        (
+            "",
+            &[("AMLX_DEBUG", "0")],
+            |_| {},
+            false,
+            "5699-5699",
+            "from-step",
+            &["ignoring the step's --is-debug true: AMLX_DEBUG wins"],
+        ),
+        (
+            "",
+            &[("AMLX_DEBUG", "1")],
+            |a| a.policy.no_debug = true,
+            false,
+            "5699-5699",
+            "from-step",
+            &["--is-debug true: --no-debug wins"],
+        ),
+        (
+            "",
+            &[],
+            |a| a.ports.port_range = s("7000-7009"),
+            true,
+            "7000-7009",
+            "from-step",
+            &["ignoring the step's --debug-port 5699: --port-range 7000-7009 wins"],
+        ),
+        (
+            "",
+            &[
+                ("AMLX_PORT_RANGE", "7100-7109"),
+                ("AMLX_RELAY_HC", "env-hc"),
+            ],
+            |_| {},
+            true,
+            "7100-7109",
+            "env-hc",
+            &[
+                "--debug-port 5699: AMLX_PORT_RANGE 7100-7109 wins",
+                "--debug-relay-connection-name \"from-step\": AMLX_RELAY_HC wins",
+            ],
+        ),
+        (
+            "",
+            &[],
+            |a| {
+                a.policy.no_debug = true;
+                a.ports.port_range = s("7000-7009");
+                a.relay.hc = s("flag-hc");
+            },
+            false,
+            "7000-7009",
+            "flag-hc",
+            &[
+                "--no-debug wins",
+                "--port-range 7000-7009 wins",
+                "--hc wins",
+            ],
+        ),
+    ];
+    for (file, vars, set_flags, debug, range, hc, notes) in rows {
+        let mut args = Args {
+            step: Some(step.clone()),
+            ..Args::default()
+        };
+        set_flags(&mut args);
+        let got = layer(&args.flags(), &env(vars), Some((Path::new(FILE), file))).expect("valid");
+        let what = format!("file {file:?} env {vars:?}: {:?}", got.notes);
+        assert_eq!(got.policy.enabled, *debug, "{what}");
+        assert_eq!(got.ports.range.to_string(), *range, "{what}");
+        assert_eq!(got.relay.hybrid_connection.as_deref(), Some(*hc), "{what}");
+        assert_eq!(got.notes.len(), notes.len(), "{what}");
+        for (note, want) in got.notes.iter().zip(*notes) {
+            assert!(note.contains(want), "{want:?} not in {note:?}");
+        }
+    }
 }
 
 #[test]
@@ -330,7 +566,9 @@ fn example_config_commented_settings_are_valid() {
     let got = from_file(&text);
     assert_eq!(got.policy.max_targets_per_node, Some(1));
     assert!(got.ports.lock_dir.is_some() && got.node_ip.is_some());
-    assert!(got.relay.connection_string.is_some() && got.relay.ca_file.is_some());
+    // Both credential forms are in the example; within one layer the file wins.
+    assert!(got.relay.connection_string_file.is_some() && got.relay.ca_file.is_some());
+    assert_eq!(got.relay.connection_string, None);
     let server = &got.relay.server;
     assert!(server.tls.is_some());
     assert_eq!(server.keys.len(), 2);
