@@ -19,9 +19,16 @@ pub const DEFAULT_SERVER_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9351));
 /// Listeners one Hybrid Connection path may have at once (Azure's limit).
 pub const DEFAULT_MAX_LISTENERS_PER_PATH: usize = 25;
-/// Open WebSocket connections (control channels, senders, rendezvous) at once.
+/// Authenticated WebSocket connections (control channels, senders, rendezvous) at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
-/// Time a client has to complete the WebSocket upgrade.
+/// Connections still in their handshake (before the upgrade is authenticated) at once,
+/// every source together; past it the oldest pending handshake is cut.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// Connections still in their handshake at once from one source address; past it that
+/// source's oldest pending handshake is cut. Generous for a NAT with many ranks behind
+/// it (a real handshake lasts a round trip), small next to an idle flood.
+pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 128;
+/// Time a client has to send its whole request head (TLS included).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a listener has to open the rendezvous address of an accept (Azure: about 30 s).
 pub const DEFAULT_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,9 +55,13 @@ pub struct ServerSettings {
     pub allow_insecure_remote: bool,
     /// Listeners one Hybrid Connection path may have at once.
     pub max_listeners_per_path: usize,
-    /// Open WebSocket connections at once.
+    /// Authenticated WebSocket connections at once (relayed slots).
     pub max_connections: usize,
-    /// Time a client has to complete the WebSocket upgrade.
+    /// Connections in their handshake at once (handshake slots), every source together.
+    pub max_handshakes: usize,
+    /// Connections in their handshake at once from one source address.
+    pub max_handshakes_per_source: usize,
+    /// Time a client has to send its whole request head.
     pub handshake_timeout: Duration,
     /// Time a listener has to open an accept's rendezvous address.
     pub rendezvous_timeout: Duration,
@@ -71,6 +82,8 @@ impl Default for ServerSettings {
             allow_insecure_remote: false,
             max_listeners_per_path: DEFAULT_MAX_LISTENERS_PER_PATH,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_source: DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
             max_control_message: DEFAULT_MAX_CONTROL_MESSAGE,
@@ -191,6 +204,10 @@ pub(super) struct ServerSection {
     max_listeners_per_path: Option<usize>,
     #[serde(default, deserialize_with = "positive_count")]
     max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "positive_count")]
+    max_handshakes: Option<usize>,
+    #[serde(default, deserialize_with = "positive_count")]
+    max_handshakes_per_source: Option<usize>,
     #[serde(default, deserialize_with = "positive_duration")]
     handshake_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_duration")]
@@ -322,6 +339,10 @@ impl ServerSection {
                 .max_listeners_per_path
                 .unwrap_or(d.max_listeners_per_path),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_handshakes: self.max_handshakes.unwrap_or(d.max_handshakes),
+            max_handshakes_per_source: self
+                .max_handshakes_per_source
+                .unwrap_or(d.max_handshakes_per_source),
             handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
             rendezvous_timeout: self.rendezvous_timeout.unwrap_or(d.rendezvous_timeout),
             max_control_message: self.max_control_message.unwrap_or(d.max_control_message),
