@@ -25,9 +25,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// every source together; past it the oldest pending handshake is cut.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 /// Connections still in their handshake at once from one source address; past it that
-/// source's oldest pending handshake is cut. Generous for a NAT with many ranks behind
-/// it (a real handshake lasts a round trip), small next to an idle flood.
-pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 128;
+/// source's oldest pending handshake is cut. Generous: a burst of hundreds of tunnels
+/// from one host or NAT (a sender and a rendezvous each) must fit, since a client that
+/// has sent its head but not yet been read would be cut too; still half the total, so
+/// one source never holds every handshake slot.
+pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 512;
 /// Time a client has to send its whole request head (TLS included).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a listener has to open the rendezvous address of an accept (Azure: about 30 s).

@@ -193,6 +193,34 @@ impl Drop for Open {
     }
 }
 
+/// Raises the soft open-file limit to the hard one (as Go programs do at start): every
+/// handshake and relayed slot is a descriptor, and a server out of descriptors cannot
+/// even accept the connection that would evict an idle one. Warns when the slots still
+/// do not fit.
+fn check_fd_limit(slots: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    // Each relayed leg and handshake is one descriptor; leave room for the rest.
+    let needed = (slots as u64).saturating_add(FD_HEADROOM);
+    if limit < needed {
+        tracing::warn!(
+            "relay serve: the open-file limit ({limit}) is below max_connections + \
+             max_handshakes + {FD_HEADROOM} ({needed}): under a flood, accepting new \
+             connections may fail; raise the limit (ulimit -n, LimitNOFILE=) or lower them"
+        );
+    }
+}
+
+/// Descriptors kept for everything but client connections (listener, log, runtime).
+const FD_HEADROOM: u64 = 64;
+
 /// The text of a caught panic, for the log.
 fn panic_text(panic: &(dyn Any + Send)) -> &str {
     panic
@@ -212,6 +240,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let max = settings.config.max_connections;
     let grace = settings.config.shutdown_grace;
+    check_fd_limit(max.saturating_add(settings.config.max_handshakes));
     let server = Arc::new(Server {
         registry: Registry::new(settings.config.max_listeners_per_path),
         rendezvous: Rendezvous::default(),
