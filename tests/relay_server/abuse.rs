@@ -260,14 +260,17 @@ async fn broken_frames_and_control_messages_never_end_the_relay() {
         payload.extend_from_slice(reason);
         payload
     };
-    // A key name that is long and non-ASCII: the refusal's Close reason quotes it.
-    let renew_long_key = {
-        let name = "ключ".repeat(100);
+    // A key name that is long (but within the 256-character limit) and non-ASCII: the
+    // refusal's Close reason quotes it. Two names one byte apart, so that any fixed byte
+    // count cuts one of them inside a two-byte character.
+    let renew_long_key = |name: String| {
         let forged = format!(
             "SharedAccessSignature sr=http%3A%2F%2F127.0.0.1%2Fhc&sig=AAAA&se=9999999999&skn={name}"
         );
         serde_json::json!({"renewToken": {"token": forged}}).to_string()
     };
+    let renew_even = renew_long_key("ключ".repeat(60));
+    let renew_odd = renew_long_key(format!("k{}", "ключ".repeat(60)));
     let renew_wrong_key = {
         let tok = token(ROOT, "not-the-key", "hc", 3600);
         serde_json::json!({"renewToken": {"token": tok}}).to_string()
@@ -298,7 +301,13 @@ async fn broken_frames_and_control_messages_never_end_the_relay() {
         (
             "renewToken with a long non-ASCII key name",
             Leg::Control,
-            whole_frame(OP_TEXT, renew_long_key.as_bytes()),
+            whole_frame(OP_TEXT, renew_even.as_bytes()),
+            Some(1008),
+        ),
+        (
+            "renewToken with a long non-ASCII key name, shifted by a byte",
+            Leg::Control,
+            whole_frame(OP_TEXT, renew_odd.as_bytes()),
             Some(1008),
         ),
         (
@@ -510,9 +519,9 @@ async fn an_idle_flood_and_a_slowloris_leave_new_tunnels_and_status_working() {
                 break;
             }
             let mut probe = [0u8; 1];
-            match tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut probe)).await {
-                Ok(Ok(0) | Err(_)) => break,
-                _ => {}
+            let probe = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut probe));
+            if let Ok(Ok(0) | Err(_)) = probe.await {
+                break;
             }
         }
         started.elapsed()

@@ -167,7 +167,11 @@ fn other_messages() {
 #[test]
 fn hostile_targets_parse_without_panicking() {
     // (target, expected path or error, expected app query)
-    type Case<'a> = (&'a str, Result<&'a str, ProtocolError>, &'a [(&'a str, &'a str)]);
+    type Case<'a> = (
+        &'a str,
+        Result<&'a str, ProtocolError>,
+        &'a [(&'a str, &'a str)],
+    );
     let cases: &[Case] = &[
         // The request: a query name of 5 ASCII bytes then a 2-byte character
         // once decoded, so byte 6 (the `sb-hc-` length) falls inside it.
@@ -182,15 +186,31 @@ fn hostile_targets_parse_without_panicking() {
         ("/$hc/x?sb-hc-%C3%A9=dropped", Ok("x"), &[]),
         ("/$hc/x?SB-HC-ID=i", Ok("x"), &[]),
         // Bad escapes pass through as text; lone continuation bytes become U+FFFD.
-        ("/$hc/x?a=%&b=%G1&c=%2", Ok("x"), &[("a", "%"), ("b", "%G1"), ("c", "%2")]),
-        ("/$hc/x?%80%80%80%80%80%80%80=1", Ok("x"), &[("\u{FFFD}".repeat(7).leak(), "1")]),
+        (
+            "/$hc/x?a=%&b=%G1&c=%2",
+            Ok("x"),
+            &[("a", "%"), ("b", "%G1"), ("c", "%2")],
+        ),
+        (
+            "/$hc/x?%80%80%80%80%80%80%80=1",
+            Ok("x"),
+            &[("\u{FFFD}".repeat(7).leak(), "1")],
+        ),
         ("/$hc/%C3%A9t%C3%A9/%FF", Ok("été/\u{FFFD}"), &[]),
         ("/$hc/é/ü?ä=ö", Ok("é/ü"), &[("ä", "ö")]),
         ("/$hc/%", Ok("%"), &[]),
         ("/é", Err(ProtocolError::NotHybridConnection), &[]),
-        ("/%24h%C3%A9/x", Err(ProtocolError::NotHybridConnection), &[]),
+        (
+            "/%24h%C3%A9/x",
+            Err(ProtocolError::NotHybridConnection),
+            &[],
+        ),
         ("", Err(ProtocolError::NotHybridConnection), &[]),
-        ("/$hc/x?sb-hc-action=%C3%A9", Err(ProtocolError::UnknownAction("é".into())), &[]),
+        (
+            "/$hc/x?sb-hc-action=%C3%A9",
+            Err(ProtocolError::UnknownAction("é".into())),
+            &[],
+        ),
         (
             "/$hc/x?sb-hc-statusCode=%C3%A9",
             Err(ProtocolError::BadStatusCode("é".into())),

@@ -278,7 +278,10 @@ mod tests {
     fn texts() {
         assert_eq!(one_line(" a\r\n b  c\n"), "a b c");
         assert_eq!(one_line(&"x".repeat(400)).len(), MAX_TEXT_CHARS + 3);
-        assert_eq!(one_line(&"é".repeat(400)).chars().count(), MAX_TEXT_CHARS + 3);
+        assert_eq!(
+            one_line(&"é".repeat(400)).chars().count(),
+            MAX_TEXT_CHARS + 3
+        );
         let url = Url::parse("wss://h:1/$hc/p?sb-hc-id=1").expect("valid");
         assert_eq!(display_url(&url), "wss://h:1/$hc/p");
         assert_eq!(

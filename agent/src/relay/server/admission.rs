@@ -174,7 +174,10 @@ struct Counts {
 
 impl Counts {
     fn any(&self) -> bool {
-        self.source_cap + self.handshake_cap + self.timeouts + self.connections_full
+        self.source_cap
+            + self.handshake_cap
+            + self.timeouts
+            + self.connections_full
             + self.accept_failed
             > 0
     }
@@ -303,7 +306,10 @@ mod tests {
         log.note(Overload::HandshakeTimeout);
         log.note(Overload::HandshakeTimeout);
         let counts = log.counts.lock().expect("not poisoned");
-        assert!(counts.last_warning.is_some(), "the first event warns at once");
+        assert!(
+            counts.last_warning.is_some(),
+            "the first event warns at once"
+        );
         assert_eq!((counts.source_cap, counts.timeouts), (0, 2));
     }
 }

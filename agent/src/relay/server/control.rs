@@ -14,8 +14,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
-use super::{CLOSE_HANDSHAKE_TIMEOUT, auth};
 use super::io::{BoxIo, Prefixed};
+use super::{CLOSE_HANDSHAKE_TIMEOUT, auth};
 use crate::config::ServerKey;
 use crate::relay::protocol::{self, ControlMessage};
 use crate::relay::sas::Right;

@@ -9,7 +9,7 @@
 //! says how many relayed connections drained and how many were cut at the end of the
 //! grace.
 //!
-//! Admission (see [`admission`]): a connection holds a *handshake slot* until its request
+//! Admission (see the `admission` module): a connection holds a *handshake slot* until its request
 //! head is read and its upgrade authenticated, then a *relayed slot* (`max_connections`)
 //! for as long as it is a control channel, a waiting sender or a relayed leg. Handshakes
 //! have a deadline (`handshake_timeout`) and caps in total and per source address that

@@ -2,7 +2,7 @@
 //! as they are (opcode, fragmentation), Pings answered, Pongs dropped, and a Close is a
 //! half-close: it is forwarded and the other direction keeps flowing until that side
 //! closes too (azbridge's `CloseOutput`) — as long as that side keeps sending: one that
-//! stays silent for [`CLOSE_HANDSHAKE_TIMEOUT`] after it was sent a Close is dropped.
+//! stays silent for `CLOSE_HANDSHAKE_TIMEOUT` after it was sent a Close is dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +13,6 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, FrameError, Header};
-#[cfg(doc)]
-use super::CLOSE_HANDSHAKE_TIMEOUT;
 use super::io::{BoxIo, Prefixed};
 use crate::relay::protocol::close_code;
 
@@ -89,7 +87,7 @@ impl std::fmt::Display for Outcome {
 
 /// Relays between `sender` and `listener` until both have closed, one fails, one sent a
 /// Close stays silent for `close_deadline` (the server passes
-/// [`CLOSE_HANDSHAKE_TIMEOUT`]), or `hard_stop` fires (then both get Close 1001).
+/// `CLOSE_HANDSHAKE_TIMEOUT`), or `hard_stop` fires (then both get Close 1001).
 pub async fn pump(
     sender: Stream,
     listener: Stream,
@@ -152,10 +150,16 @@ async fn forward(
             Ok(Step::Control) => {}
             Ok(Step::Close) => return (End::Closed, bytes),
             Ok(Step::Unanswered) => {
-                tracing::debug!("relayed connection: no answer to a Close within {close_deadline:?}");
+                tracing::debug!(
+                    "relayed connection: no answer to a Close within {close_deadline:?}"
+                );
                 abort.cancel();
-                goodbye(&dst_out, close_code::GOING_AWAY, "the other side did not answer Close")
-                    .await;
+                goodbye(
+                    &dst_out,
+                    close_code::GOING_AWAY,
+                    "the other side did not answer Close",
+                )
+                .await;
                 return (End::Unanswered, bytes);
             }
             Err(err) => {

@@ -343,13 +343,27 @@ mod tests {
             "X: y\r\n".repeat(MAX_HEADERS + 1)
         );
         let cases: Vec<(Vec<u8>, Option<u16>)> = vec![
-            (b"GET /$hc/x?sb-hc-action=listen&a=%C3%A9%FF HTTP/1.1\r\n\r\n".to_vec(), None),
-            ("GET /$hc/é?ü=ö HTTP/1.1\r\nHost: h\r\n\r\n".as_bytes().to_vec(), None),
+            (
+                b"GET /$hc/x?sb-hc-action=listen&a=%C3%A9%FF HTTP/1.1\r\n\r\n".to_vec(),
+                None,
+            ),
+            (
+                "GET /$hc/é?ü=ö HTTP/1.1\r\nHost: h\r\n\r\n"
+                    .as_bytes()
+                    .to_vec(),
+                None,
+            ),
             (b"GET /$hc/\xff\xfe HTTP/1.1\r\n\r\n".to_vec(), Some(400)),
             ("GÉT / HTTP/1.1\r\n\r\n".as_bytes().to_vec(), Some(400)),
             ("GET / HTTP/1.1é\r\n\r\n".as_bytes().to_vec(), Some(400)),
-            ("GET / HTTP/1.1\r\nHöst: h\r\n\r\n".as_bytes().to_vec(), Some(400)),
-            (b"GET / HTTP/1.1\r\nHost: h\xc3\xa9\xff\r\n\r\n".to_vec(), None),
+            (
+                "GET / HTTP/1.1\r\nHöst: h\r\n\r\n".as_bytes().to_vec(),
+                Some(400),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: h\xc3\xa9\xff\r\n\r\n".to_vec(),
+                None,
+            ),
             (b"GET / HTTP/1.1\r\nX: \xc3\r\n\r\n".to_vec(), None),
             (b"GET /%%%% HTTP/1.1\r\n\r\n".to_vec(), None),
             (b"\x00\x01\x02\r\n\r\n".to_vec(), Some(400)),
@@ -362,7 +376,11 @@ mod tests {
             let got = match read_request(&mut input).await {
                 Ok(Some(Ok((req, _)))) => {
                     // Routing helpers must not panic on what was read either.
-                    let _ = (req.decoded_path(), req.target(), req.websocket_key().is_ok());
+                    let _ = (
+                        req.decoded_path(),
+                        req.target(),
+                        req.websocket_key().is_ok(),
+                    );
                     let _ = crate::relay::protocol::HcRequest::parse(&req.target());
                     None
                 }
