@@ -590,3 +590,66 @@ async fn an_idle_flood_and_a_slowloris_leave_new_tunnels_and_status_working() {
         "overload warnings are not rate-limited:\n{log}"
     );
 }
+
+/// A peer we sent a Close and that never answers (nor sends anything) is dropped at the
+/// close deadline: a listener told its renewal was refused, and the listener side of a
+/// relayed connection whose sender closed.
+#[tokio::test]
+async fn a_peer_that_never_answers_our_close_is_dropped_at_the_close_deadline() {
+    use amlx_agent::relay::server::CLOSE_HANDSHAKE_TIMEOUT;
+    let mut relay = Relay::start("");
+    let renew_refused = async {
+        let tok = token(ROOT, KEY, "mute-listener", 3600);
+        let url = relay.url("mute-listener", "listen");
+        let mut mute = RawWs::connect(&url, &[("ServiceBusAuthorization", &tok)]).await;
+        let renew = serde_json::json!({"renewToken": {"token": token(ROOT, "wrong", "mute-listener", 3600)}});
+        mute.send(OP_TEXT, renew.to_string().as_bytes()).await;
+        let close = mute.recv_close().await.expect("the relay's Close");
+        assert_eq!(close.get(..2), Some(&1008u16.to_be_bytes()[..]));
+        let told = Instant::now();
+        // Never answered: the relay hangs up at the deadline.
+        let ended = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT + SLACK, mute.recv()).await;
+        assert!(matches!(ended, Ok(None)), "still open: {ended:?}");
+        told.elapsed()
+    };
+    let relayed_close_unanswered = async {
+        let path = "mute-relayed";
+        let tok = token(ROOT, KEY, path, 3600);
+        let mut control = listen(&relay, path).await;
+        let url = relay.url(path, "connect");
+        let sender_tok = tok.clone();
+        let sender = tokio::spawn(async move {
+            RawWs::connect(&url, &[("ServiceBusAuthorization", &sender_tok)]).await
+        });
+        let accept = next_accept(&mut control).await;
+        let address = accept["accept"]["address"].as_str().expect("address");
+        let mut mute = RawWs::connect(address, &[]).await;
+        let mut sender = sender.await.expect("sender task");
+        sender.send(OP_CLOSE, &1000u16.to_be_bytes()).await;
+        assert_eq!(
+            mute.recv_close().await.as_deref(),
+            Some(&1000u16.to_be_bytes()[..])
+        );
+        let told = Instant::now();
+        let ended = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT + SLACK, mute.recv()).await;
+        assert!(matches!(ended, Ok(None)), "still open: {ended:?}");
+        // The sender, still waiting for the other half, is told it went away.
+        assert_eq!(
+            sender
+                .recv_close()
+                .await
+                .as_deref()
+                .and_then(|c| c.get(..2)),
+            Some(&1001u16.to_be_bytes()[..])
+        );
+        told.elapsed()
+    };
+    let (control_after, relayed_after) = tokio::join!(renew_refused, relayed_close_unanswered);
+    for (what, after) in [("control", control_after), ("relayed", relayed_after)] {
+        assert!(
+            after + Duration::from_millis(500) >= CLOSE_HANDSHAKE_TIMEOUT,
+            "{what}: dropped after {after:?}, before the close deadline"
+        );
+    }
+    assert_still_serving(&mut relay, "unanswered Closes", "after-mute").await;
+}

@@ -39,6 +39,7 @@ mod tls;
 mod upgrade;
 
 use std::any::Any;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -221,6 +222,20 @@ fn check_fd_limit(slots: usize) {
 /// Descriptors kept for everything but client connections (listener, log, runtime).
 const FD_HEADROOM: u64 = 64;
 
+/// Runs one connection's task so that a panic in it is logged and ends that connection
+/// only: its guards (slots, registrations, counts) drop while unwinding, and the shared
+/// state they touch stays consistent (poison-tolerant locks, atomics).
+async fn confined(task: impl Future<Output = ()>, peer: SocketAddr, open: Open) {
+    if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
+        tracing::error!(
+            "relay serve: bug: the task of the connection from {peer} panicked ({}); that \
+             connection was dropped, every other one goes on",
+            panic_text(panic.as_ref())
+        );
+    }
+    drop(open);
+}
+
 /// The text of a caught panic, for the log.
 fn panic_text(panic: &(dyn Any + Send)) -> &str {
     panic
@@ -281,19 +296,8 @@ pub async fn run(
         let open = Open::new(server.open.clone());
         let handshake = server.admission.admit(peer.ip());
         let span = tracing::info_span!("conn", %peer);
-        let task = AssertUnwindSafe(connection::handle(server.clone(), tcp, peer, handshake))
-            .catch_unwind()
-            .map(move |finished| {
-                if let Err(panic) = finished {
-                    tracing::error!(
-                        "relay serve: bug: the task of the connection from {peer} panicked \
-                         ({}); that connection was dropped, every other one goes on",
-                        panic_text(panic.as_ref())
-                    );
-                }
-                drop(open);
-            });
-        tracker.spawn(task.instrument(span));
+        let task = connection::handle(server.clone(), tcp, peer, handshake);
+        tracker.spawn(confined(task, peer, open).instrument(span));
     }
     drop(listener);
     tracker.close();
@@ -320,4 +324,42 @@ pub async fn run(
         at_shutdown.saturating_sub(cut)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_is_confined_and_uncounted() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("literal");
+        let messages = [String::from("owned"), String::new()];
+        for message in messages {
+            let task = async move {
+                if !message.is_empty() {
+                    std::panic::panic_any(message);
+                }
+                panic!("a bug in one connection");
+            };
+            let guard = Open::new(open.clone());
+            assert_eq!(open.load(Ordering::Relaxed), 1);
+            // A spawned, panicking task ends normally: its JoinHandle sees no panic.
+            let joined = tokio::spawn(confined(task, peer, guard)).await;
+            assert!(joined.is_ok(), "the panic escaped: {joined:?}");
+            assert_eq!(open.load(Ordering::Relaxed), 0);
+        }
+    }
+
+    #[test]
+    fn panic_texts() {
+        let cases: [(Box<dyn Any + Send>, &str); 3] = [
+            (Box::new("static"), "static"),
+            (Box::new(String::from("owned")), "owned"),
+            (Box::new(7u8), "(not a string)"),
+        ];
+        for (panic, want) in cases {
+            assert_eq!(panic_text(panic.as_ref()), want);
+        }
+    }
 }

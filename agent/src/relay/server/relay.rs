@@ -1,11 +1,11 @@
 //! The byte pump between a sender and a listener after rendezvous: frames are forwarded
 //! as they are (opcode, fragmentation), Pings answered, Pongs dropped, and a Close is a
 //! half-close: it is forwarded and the other direction keeps flowing until that side
-//! closes too (azbridge's `CloseOutput`) — as long as that side keeps sending: one that
-//! stays silent for `CLOSE_HANDSHAKE_TIMEOUT` after it was sent a Close is dropped.
+//! closes too (azbridge's `CloseOutput`) — as long as that side keeps sending: once it
+//! was sent a Close, each frame it still sends (its own Close included) must arrive
+//! within `CLOSE_HANDSHAKE_TIMEOUT`, or the pair is dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -30,25 +30,25 @@ struct Out {
     closed: bool,
 }
 
-/// One side's writer, and whether it was sent a Close, readable without the writer's
-/// lock (the reader of that side checks it, and must not wait for a long write).
+/// One side's writer, and a signal that it was sent a Close, which the reader of that
+/// side waits on without the writer's lock (it must not wait for a long write).
 struct Side {
     out: Mutex<Out>,
-    sent_close: AtomicBool,
+    sent_close: CancellationToken,
 }
 
 impl Side {
     fn new(w: WriteHalf<Stream>) -> Arc<Side> {
         Arc::new(Side {
             out: Mutex::new(Out { w, closed: false }),
-            sent_close: AtomicBool::new(false),
+            sent_close: CancellationToken::new(),
         })
     }
 
     /// Marks `out` (this side's locked writer) as sent a Close.
     fn mark_closed(&self, out: &mut Out) {
         out.closed = true;
-        self.sent_close.store(true, Ordering::Relaxed);
+        self.sent_close.cancel();
     }
 }
 
@@ -139,11 +139,18 @@ async fn forward(
 ) -> (End, u64) {
     let mut bytes = 0u64;
     loop {
-        // `step` is not cancel-safe (a frame may be half copied), and need not be: the
-        // only cancellation is `abort`, which tears the whole pair down.
+        // Once the source was sent a Close, its next frame has `close_deadline` to arrive
+        // (re-armed per frame, since the select is rebuilt each time round).
+        let unanswered = async {
+            src_out.sent_close.cancelled().await;
+            tokio::time::sleep(close_deadline).await;
+        };
+        // `step` is not cancel-safe (a frame may be half copied), and need not be: both
+        // cancellations (`abort`, the close deadline) tear the whole pair down.
         let step = tokio::select! {
-            step = step(&mut src, &src_out, &dst_out, close_deadline) => step,
+            step = step(&mut src, &src_out, &dst_out) => step,
             () = abort.cancelled() => return (End::Aborted, bytes),
+            () = unanswered => Ok(Step::Unanswered),
         };
         match step {
             Ok(Step::Data(n)) => bytes += n,
@@ -191,17 +198,8 @@ async fn step(
     src: &mut ReadHalf<Stream>,
     src_out: &Shared,
     dst_out: &Shared,
-    close_deadline: Duration,
 ) -> Result<Step, FrameError> {
-    let header = if src_out.sent_close.load(Ordering::Relaxed) {
-        match tokio::time::timeout(close_deadline, frame::read_header(src)).await {
-            Ok(header) => header?,
-            Err(_) => return Ok(Step::Unanswered),
-        }
-    } else {
-        frame::read_header(src).await?
-    };
-    let Some(header) = header else {
+    let Some(header) = frame::read_header(src).await? else {
         return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
     };
     match header.opcode {
@@ -370,6 +368,15 @@ mod tests {
     #[tokio::test]
     async fn a_side_that_never_answers_a_close_is_dropped_at_the_deadline() {
         let (mut s, mut l, pump) = pair();
+        // A frame through first, so the listener's direction is already waiting for its
+        // next frame when the Close arrives (the deadline must reach a wait in progress).
+        l.write_all(&client_frame(frame::OP_BINARY, b"x"))
+            .await
+            .expect("data");
+        assert_eq!(
+            server_frame(&mut s).await,
+            Some((frame::OP_BINARY, b"x".to_vec()))
+        );
         let close = frame::close_payload(close_code::NORMAL, "");
         s.write_all(&client_frame(frame::OP_CLOSE, &close))
             .await
