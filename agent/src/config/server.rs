@@ -32,6 +32,10 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 512;
 /// Time a client has to send its whole request head (TLS included).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After one side of a relayed connection closed (its Close forwarded), how long the
+/// other side may stay silent before the pair is dropped; each frame it still sends
+/// restarts the clock. Generous: that side may be finishing a reply under load.
+pub const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a listener has to open the rendezvous address of an accept (Azure: about 30 s).
 pub const DEFAULT_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest control-channel message accepted, in bytes (Azure: 64 kB).
@@ -67,6 +71,8 @@ pub struct ServerSettings {
     pub handshake_timeout: Duration,
     /// Time a listener has to open an accept's rendezvous address.
     pub rendezvous_timeout: Duration,
+    /// Silence allowed from the side of a relayed connection that was forwarded a Close.
+    pub half_close_timeout: Duration,
     /// Largest control-channel message in bytes.
     pub max_control_message: usize,
     /// Time open connections get to finish on shutdown.
@@ -88,6 +94,7 @@ impl Default for ServerSettings {
             max_handshakes_per_source: DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
+            half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
             max_control_message: DEFAULT_MAX_CONTROL_MESSAGE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             keys: Vec::new(),
@@ -214,6 +221,8 @@ pub(super) struct ServerSection {
     handshake_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_duration")]
     rendezvous_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    half_close_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_count")]
     max_control_message: Option<usize>,
     #[serde(default, deserialize_with = "positive_duration")]
@@ -347,6 +356,7 @@ impl ServerSection {
                 .unwrap_or(d.max_handshakes_per_source),
             handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
             rendezvous_timeout: self.rendezvous_timeout.unwrap_or(d.rendezvous_timeout),
+            half_close_timeout: self.half_close_timeout.unwrap_or(d.half_close_timeout),
             max_control_message: self.max_control_message.unwrap_or(d.max_control_message),
             shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
             keys: Vec::with_capacity(self.keys.len()),

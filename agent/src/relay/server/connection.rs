@@ -364,7 +364,7 @@ impl Ctx {
             stream,
             leg.stream,
             server.hard_stop.clone(),
-            super::CLOSE_HANDSHAKE_TIMEOUT,
+            server.settings.config.half_close_timeout,
         )
         .await;
         drop(relayed);

@@ -14,9 +14,11 @@
 //! for as long as it is a control channel, a waiting sender or a relayed leg. Handshakes
 //! have a deadline (`handshake_timeout`) and caps in total and per source address that
 //! evict the oldest instead of refusing the newest, so an idle or slowloris flood never
-//! keeps a real tunnel or `/$status` out. A peer we sent a Close must answer (or keep
-//! sending) within [`CLOSE_HANDSHAKE_TIMEOUT`]. A panic in one connection's task is
-//! logged and ends that connection only (release builds unwind).
+//! keeps a real tunnel or `/$status` out. A peer the relay sent its own Close (control
+//! channels) must answer within [`CLOSE_HANDSHAKE_TIMEOUT`]; the side of a relayed
+//! connection that was forwarded the other side's Close may go on sending, but not stay
+//! silent longer than `half_close_timeout`. A panic in one connection's task is logged
+//! and ends that connection only (release builds unwind).
 //!
 //! Statuses beyond the protocol table: a sender whose listener neither accepts nor
 //! rejects within `rendezvous_timeout` gets 504 (the .NET client maps it to a
@@ -63,8 +65,8 @@ use rendezvous::Rendezvous;
 const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-/// A peer we sent a Close (ours, or one forwarded from the other side of a relayed
-/// connection) is dropped when it neither answers nor sends anything for this long.
+/// A peer the relay sent its own Close (a control channel: token expired, renewal
+/// refused, message too large, shutdown) is dropped when it has not answered within this.
 pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What [`run`] needs: the certificate loaded, the validated `[relay.server]` settings.

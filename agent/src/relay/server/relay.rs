@@ -3,7 +3,7 @@
 //! half-close: it is forwarded and the other direction keeps flowing until that side
 //! closes too (azbridge's `CloseOutput`) — as long as that side keeps sending: once it
 //! was sent a Close, each frame it still sends (its own Close included) must arrive
-//! within `CLOSE_HANDSHAKE_TIMEOUT`, or the pair is dropped.
+//! within `half_close_timeout`, or the pair is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,8 +86,8 @@ impl std::fmt::Display for Outcome {
 }
 
 /// Relays between `sender` and `listener` until both have closed, one fails, one sent a
-/// Close stays silent for `close_deadline` (the server passes
-/// `CLOSE_HANDSHAKE_TIMEOUT`), or `hard_stop` fires (then both get Close 1001).
+/// Close stays silent for `close_deadline` (`half_close_timeout`), or `hard_stop` fires
+/// (then both get Close 1001).
 pub async fn pump(
     sender: Stream,
     listener: Stream,
