@@ -152,6 +152,26 @@ impl Relay {
         }
     }
 
+    /// Panics unless the process is still running.
+    pub fn assert_alive(&mut self, after: &str) {
+        let exited = self.child.try_wait().expect("try_wait");
+        assert!(
+            exited.is_none(),
+            "relay serve exited ({exited:?}) after {after}; its stderr:\n{}",
+            self.log()
+        );
+    }
+
+    /// The stderr lines printed so far and not yet taken (never waits).
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        while let Ok(line) = self.lines.try_recv() {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    }
+
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("signal relay serve");

@@ -29,6 +29,32 @@ pub fn upgrade_head(url: &str, extra_headers: &[(&str, &str)]) -> String {
     head
 }
 
+/// A masked client frame with any first byte and any *declared* payload length (which
+/// may differ from, or dwarf, the payload actually appended).
+pub fn masked_frame(b0: u8, declared_len: u64, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x0f, 0x1e, 0x2d, 0x3c];
+    let mut frame = vec![b0];
+    match declared_len {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= u64::from(u16::MAX) => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// A whole masked frame: FIN set, `opcode`, the payload's own length.
+pub fn whole_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    masked_frame(0x80 | opcode, payload.len() as u64, payload)
+}
+
 /// A frame-level WebSocket client: it never answers a Close by itself, so a test can
 /// keep sending after receiving one (what a half-closing peer does).
 pub struct RawWs {
@@ -84,6 +110,22 @@ impl RawWs {
         self.tcp.write_all(&frame).await.expect("send frame");
     }
 
+    /// Sends bytes as they are: a hand-made (possibly broken) frame, or garbage.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        // The relay may already have hung up on an earlier part: that is not our concern.
+        let _ = self.tcp.write_all(bytes).await;
+    }
+
+    /// Receives frames until a Close (its payload) or the end of the stream (`None`).
+    pub async fn recv_close(&mut self) -> Option<Vec<u8>> {
+        loop {
+            match self.recv().await? {
+                (OP_CLOSE, payload) => return Some(payload),
+                _ => continue,
+            }
+        }
+    }
+
     /// Receives one (unmasked, unfragmented) frame; `None` on TCP EOF.
     pub async fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
         tokio::time::timeout(DEADLINE, self.recv_inner())
@@ -92,6 +134,8 @@ impl RawWs {
     }
 
     async fn recv_inner(&mut self) -> Option<(u8, Vec<u8>)> {
+        // Bounded: a test frame is small; anything bigger is a relay bug, not a test hang.
+        const MAX_TEST_FRAME: u64 = 1 << 20;
         let b0 = self.tcp.read_u8().await.ok()?;
         let b1 = self.tcp.read_u8().await.ok()?;
         let len = match b1 & 0x7F {
@@ -99,6 +143,7 @@ impl RawWs {
             127 => self.tcp.read_u64().await.ok()?,
             n => u64::from(n),
         };
+        assert!(len <= MAX_TEST_FRAME, "the relay sent a {len}-byte frame");
         let mut payload = vec![0u8; len as usize];
         self.tcp.read_exact(&mut payload).await.ok()?;
         Some((b0 & 0x0F, payload))

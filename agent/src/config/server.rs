@@ -19,10 +19,23 @@ pub const DEFAULT_SERVER_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9351));
 /// Listeners one Hybrid Connection path may have at once (Azure's limit).
 pub const DEFAULT_MAX_LISTENERS_PER_PATH: usize = 25;
-/// Open WebSocket connections (control channels, senders, rendezvous) at once.
+/// Authenticated WebSocket connections (control channels, senders, rendezvous) at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
-/// Time a client has to complete the WebSocket upgrade.
+/// Connections still in their handshake (before the upgrade is authenticated) at once,
+/// every source together; past it the oldest pending handshake is cut.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// Connections still in their handshake at once from one source address; past it that
+/// source's oldest pending handshake is cut. Generous: a burst of hundreds of tunnels
+/// from one host or NAT (a sender and a rendezvous each) must fit, since a client that
+/// has sent its head but not yet been read would be cut too; still half the total, so
+/// one source never holds every handshake slot.
+pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 512;
+/// Time a client has to send its whole request head (TLS included).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After one side of a relayed connection closed (its Close forwarded), how long the
+/// other side may stay silent before the pair is dropped; each frame it still sends
+/// restarts the clock. Generous: that side may be finishing a reply under load.
+pub const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a listener has to open the rendezvous address of an accept (Azure: about 30 s).
 pub const DEFAULT_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest control-channel message accepted, in bytes (Azure: 64 kB).
@@ -48,12 +61,18 @@ pub struct ServerSettings {
     pub allow_insecure_remote: bool,
     /// Listeners one Hybrid Connection path may have at once.
     pub max_listeners_per_path: usize,
-    /// Open WebSocket connections at once.
+    /// Authenticated WebSocket connections at once (relayed slots).
     pub max_connections: usize,
-    /// Time a client has to complete the WebSocket upgrade.
+    /// Connections in their handshake at once (handshake slots), every source together.
+    pub max_handshakes: usize,
+    /// Connections in their handshake at once from one source address.
+    pub max_handshakes_per_source: usize,
+    /// Time a client has to send its whole request head.
     pub handshake_timeout: Duration,
     /// Time a listener has to open an accept's rendezvous address.
     pub rendezvous_timeout: Duration,
+    /// Silence allowed from the side of a relayed connection that was forwarded a Close.
+    pub half_close_timeout: Duration,
     /// Largest control-channel message in bytes.
     pub max_control_message: usize,
     /// Time open connections get to finish on shutdown.
@@ -71,8 +90,11 @@ impl Default for ServerSettings {
             allow_insecure_remote: false,
             max_listeners_per_path: DEFAULT_MAX_LISTENERS_PER_PATH,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_source: DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
+            half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
             max_control_message: DEFAULT_MAX_CONTROL_MESSAGE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             keys: Vec::new(),
@@ -191,10 +213,16 @@ pub(super) struct ServerSection {
     max_listeners_per_path: Option<usize>,
     #[serde(default, deserialize_with = "positive_count")]
     max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "positive_count")]
+    max_handshakes: Option<usize>,
+    #[serde(default, deserialize_with = "positive_count")]
+    max_handshakes_per_source: Option<usize>,
     #[serde(default, deserialize_with = "positive_duration")]
     handshake_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_duration")]
     rendezvous_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    half_close_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_count")]
     max_control_message: Option<usize>,
     #[serde(default, deserialize_with = "positive_duration")]
@@ -322,8 +350,13 @@ impl ServerSection {
                 .max_listeners_per_path
                 .unwrap_or(d.max_listeners_per_path),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_handshakes: self.max_handshakes.unwrap_or(d.max_handshakes),
+            max_handshakes_per_source: self
+                .max_handshakes_per_source
+                .unwrap_or(d.max_handshakes_per_source),
             handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
             rendezvous_timeout: self.rendezvous_timeout.unwrap_or(d.rendezvous_timeout),
+            half_close_timeout: self.half_close_timeout.unwrap_or(d.half_close_timeout),
             max_control_message: self.max_control_message.unwrap_or(d.max_control_message),
             shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
             keys: Vec::with_capacity(self.keys.len()),

@@ -1,7 +1,9 @@
 //! Hybrid Connections wire protocol: URLs, query names, status texts and the control
 //! channel's JSON messages, shared by the client and `relay serve`.
 //!
-//! See shared/docs/hybrid-connections.md. Everything here is pure (no I/O).
+//! See shared/docs/hybrid-connections.md. Everything here is pure (no I/O), and parses
+//! text from outside: no byte-index slicing, no indexing that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -59,6 +61,27 @@ pub mod close_code {
     /// Token expired or invalid, or another policy violation.
     pub const POLICY: u16 = 1008;
     pub const SERVER_ERROR: u16 = 1011;
+}
+
+/// Longest Close reason in bytes: a control frame carries at most 125 payload bytes, two
+/// of which are the close code (RFC 6455 5.5, 5.5.1).
+pub const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// The longest prefix of `reason` that fits a Close frame, cut at a character boundary
+/// (a cut inside a character would panic, or send invalid UTF-8 the peer must reject).
+/// Every Close the relay code builds, client and server, goes through this.
+///
+/// ```
+/// use amlx_agent::relay::protocol::close_reason;
+/// assert_eq!(close_reason("token expired"), "token expired");
+/// assert_eq!(close_reason(&"é".repeat(100)).len(), 122);
+/// ```
+pub fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CLOSE_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    reason.get(..end).unwrap_or_default()
 }
 
 /// Characters escaped in one path segment (everything but unreserved and `$`-style sub-delims).
@@ -207,9 +230,12 @@ pub fn reject_url(address: &str, status: u16, description: &str) -> String {
     )
 }
 
+/// Whether a query name starts with `sb-hc-` (any case). Compares bytes: the name is
+/// decoded text from outside and may have a multi-byte character at any offset.
 fn is_protocol_param(name: &str) -> bool {
-    name.len() >= QUERY_PREFIX.len()
-        && name[..QUERY_PREFIX.len()].eq_ignore_ascii_case(QUERY_PREFIX)
+    name.as_bytes()
+        .get(..QUERY_PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(QUERY_PREFIX.as_bytes()))
 }
 
 /// What a server reads from a request target (`/$hc/path?query`).
@@ -285,7 +311,7 @@ pub fn path_prefixes(path: &str) -> impl Iterator<Item = &str> {
         .map(|(i, _)| i)
         .rev();
     std::iter::once(path)
-        .chain(cuts.map(move |i| &path[..i]))
+        .chain(cuts.filter_map(move |i| path.get(..i)))
         .filter(|p| !p.is_empty())
 }
 

@@ -163,3 +163,120 @@ fn other_messages() {
     assert!(ControlMessage::parse("not json").is_err());
     assert!(ControlMessage::parse(r#"{"accept":{"id":1}}"#).is_err());
 }
+
+#[test]
+fn hostile_targets_parse_without_panicking() {
+    // (target, expected path or error, expected app query)
+    type Case<'a> = (
+        &'a str,
+        Result<&'a str, ProtocolError>,
+        &'a [(&'a str, &'a str)],
+    );
+    let cases: &[Case] = &[
+        // The issue's request: a query name of 5 ASCII bytes then a 2-byte character
+        // once decoded, so byte 6 (the `sb-hc-` length) falls inside it.
+        (
+            "/$hc/x?sb-hc-action=listen&a=%C3%A9%FF",
+            Ok("x"),
+            &[("a", "é\u{FFFD}")],
+        ),
+        ("/$hc/x?aaaaa%C3%A9=1", Ok("x"), &[("aaaaaé", "1")]),
+        ("/$hc/x?aaaa%C3%A9%C3%A9=1", Ok("x"), &[("aaaaéé", "1")]),
+        ("/$hc/x?%E2%82%AC%E2%82%AC=v", Ok("x"), &[("€€", "v")]),
+        ("/$hc/x?sb-hc-%C3%A9=dropped", Ok("x"), &[]),
+        ("/$hc/x?SB-HC-ID=i", Ok("x"), &[]),
+        // Bad escapes pass through as text; lone continuation bytes become U+FFFD.
+        (
+            "/$hc/x?a=%&b=%G1&c=%2",
+            Ok("x"),
+            &[("a", "%"), ("b", "%G1"), ("c", "%2")],
+        ),
+        (
+            "/$hc/x?%80%80%80%80%80%80%80=1",
+            Ok("x"),
+            &[("\u{FFFD}".repeat(7).leak(), "1")],
+        ),
+        ("/$hc/%C3%A9t%C3%A9/%FF", Ok("été/\u{FFFD}"), &[]),
+        ("/$hc/é/ü?ä=ö", Ok("é/ü"), &[("ä", "ö")]),
+        ("/$hc/%", Ok("%"), &[]),
+        ("/é", Err(ProtocolError::NotHybridConnection), &[]),
+        (
+            "/%24h%C3%A9/x",
+            Err(ProtocolError::NotHybridConnection),
+            &[],
+        ),
+        ("", Err(ProtocolError::NotHybridConnection), &[]),
+        (
+            "/$hc/x?sb-hc-action=%C3%A9",
+            Err(ProtocolError::UnknownAction("é".into())),
+            &[],
+        ),
+        (
+            "/$hc/x?sb-hc-statusCode=%C3%A9",
+            Err(ProtocolError::BadStatusCode("é".into())),
+            &[],
+        ),
+    ];
+    for (target, want, query) in cases {
+        let got = HcRequest::parse(target);
+        assert_eq!(
+            got.as_ref().map(|r| r.path.as_str()),
+            want.as_ref().copied(),
+            "{target}"
+        );
+        if let Ok(req) = got {
+            let want_query: Vec<(String, String)> = query
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            assert_eq!(req.app_query, want_query, "{target}");
+        }
+    }
+}
+
+#[test]
+fn protocol_params_are_recognised_by_bytes() {
+    let cases = [
+        ("sb-hc-action", true),
+        ("SB-HC-X", true),
+        ("sb-hc-", true),
+        ("sb-hc", false),
+        ("", false),
+        ("aaaaé", false),
+        ("sb-hcé", false),
+        ("ééé", false),
+        ("€€", false),
+    ];
+    for (name, want) in cases {
+        assert_eq!(is_protocol_param(name), want, "{name:?}");
+    }
+}
+
+#[test]
+fn close_reasons_fit_a_control_frame_at_a_character_boundary() {
+    // (reason, expected length in bytes)
+    let cases = [
+        (String::new(), 0),
+        ("token expired".to_owned(), 13),
+        ("a".repeat(123), 123),
+        ("a".repeat(124), 123),
+        ("é".repeat(61) + "a", 123),
+        ("é".repeat(62), 122),
+        ("a".to_owned() + &"é".repeat(100), 123),
+        ("€".repeat(50), 123),
+        ("ab".to_owned() + &"€".repeat(50), 122),
+        ("😀".repeat(40), 120),
+    ];
+    for (reason, want) in cases {
+        let cut = close_reason(&reason);
+        assert_eq!(cut.len(), want, "{reason:?}");
+        assert!(reason.starts_with(cut), "{reason:?}");
+        assert!(cut.len() <= MAX_CLOSE_REASON_BYTES);
+    }
+}
+
+#[test]
+fn path_prefixes_of_non_ascii_paths() {
+    let got: Vec<&str> = path_prefixes("é/ü/€").collect();
+    assert_eq!(got, ["é/ü/€", "é/ü", "é"]);
+}

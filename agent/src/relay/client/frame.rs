@@ -251,16 +251,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Sends a Close frame with `code` (our half of the connection is then done).
     pub async fn write_close(&mut self, code: u16, reason: &str) -> io::Result<()> {
         let mut payload = code.to_be_bytes().to_vec();
-        // Control payloads are capped at 125 bytes; cut the reason on a char boundary.
-        let mut reason = reason;
-        while reason.len() > MAX_CONTROL_LEN - 2 {
-            let mut cut = MAX_CONTROL_LEN - 2;
-            while !reason.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            reason = &reason[..cut];
-        }
-        payload.extend_from_slice(reason.as_bytes());
+        payload.extend_from_slice(crate::relay::protocol::close_reason(reason).as_bytes());
         self.write_frame(OpCode::Close, &payload).await
     }
 

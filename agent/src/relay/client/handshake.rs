@@ -1,5 +1,9 @@
 //! The client side of the WebSocket upgrade (RFC 6455 section 4), written out so that a
 //! non-101 answer's status and text reach the caller and no extension is ever offered.
+//!
+//! The response comes from the network: it is split and decoded as bytes, never sliced
+//! as text (a byte index inside a character panics).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +76,7 @@ pub async fn connect_address(
 fn verbatim_target(address: &str) -> Option<String> {
     let after_scheme = address.split_once("://")?.1;
     let start = after_scheme.find('/')?;
-    let target = &after_scheme[start..];
+    let target = after_scheme.get(start..)?;
     Some(target.split('#').next().unwrap_or(target).to_owned())
 }
 
@@ -151,9 +155,12 @@ async fn upgrade(
         if n == 0 {
             return Err(broken("connection closed before an HTTP response".into()));
         }
-        buf.extend_from_slice(&chunk[..n]);
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let (head, after_head) = buf.split_at_checked(head_end).unwrap_or((&buf, &[]));
+    // Lossy text is only split on ASCII separators below, never indexed.
+    let head = String::from_utf8_lossy(head).into_owned();
+    let after_head = after_head.to_vec();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let mut parts = status_line.splitn(3, ' ');
@@ -174,7 +181,7 @@ async fn upgrade(
     };
 
     if code != 101 {
-        let mut body = buf[head_end..].to_vec();
+        let mut body = after_head;
         let want = header("content-length")
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(MAX_ERROR_BODY)
@@ -184,15 +191,15 @@ async fn upgrade(
             while body.len() < want {
                 match io.read(&mut chunk).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    Ok(n) => body.extend_from_slice(chunk.get(..n).unwrap_or_default()),
                 }
             }
         };
         let _ = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_body).await;
         let chunked =
             header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-        let body = String::from_utf8_lossy(&body).into_owned();
         let body = if chunked { dechunk(&body) } else { body };
+        let body = String::from_utf8_lossy(&body).into_owned();
         let text = one_line(if body.trim().is_empty() {
             reason
         } else {
@@ -213,7 +220,7 @@ async fn upgrade(
             "the relay negotiated a WebSocket extension we never offered".into(),
         ));
     }
-    let leftover = buf[head_end..].to_vec();
+    let leftover = after_head;
     let (read_half, write_half) = tokio::io::split(io);
     Ok(WebSocket {
         reader: FrameReader::new(read_half, leftover),
@@ -225,29 +232,41 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The data of a chunked body (best effort: error texts only).
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
+/// The data of a chunked body (best effort: error texts only). Works on bytes, so a
+/// chunk boundary inside a multi-byte character (or invalid UTF-8) cannot panic; the
+/// caller decodes the result once.
+fn dechunk(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
     let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size =
-            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            out.push_str(&after[..size.min(after.len())]);
+    while let Some(line_end) = find(rest, b"\r\n") {
+        let (size_line, after) = rest.split_at_checked(line_end).unwrap_or((rest, &[]));
+        let after = after.get(2..).unwrap_or_default();
+        let size = std::str::from_utf8(size_line)
+            .ok()
+            .and_then(|line| line.split(';').next())
+            .and_then(|hex| usize::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0);
+        let (data, tail) = after
+            .split_at_checked(size.min(after.len()))
+            .unwrap_or((after, &[]));
+        out.extend_from_slice(data);
+        if size == 0 || data.len() < size {
             break;
         }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
+        rest = tail.strip_prefix(b"\r\n").unwrap_or(tail);
     }
     out
 }
 
-/// Collapses a status text to one short line.
+/// Collapses a status text to one short line of at most `MAX_TEXT_CHARS` characters.
 fn one_line(text: &str) -> String {
     let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match joined.char_indices().nth(MAX_TEXT_CHARS) {
-        Some((cut, _)) => format!("{}...", &joined[..cut]),
-        None => joined,
+    let mut chars = joined.chars();
+    let short: String = chars.by_ref().take(MAX_TEXT_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{short}...")
+    } else {
+        short
     }
 }
 
@@ -260,10 +279,9 @@ mod tests {
         assert_eq!(one_line(" a\r\n b  c\n"), "a b c");
         assert_eq!(one_line(&"x".repeat(400)).len(), MAX_TEXT_CHARS + 3);
         assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
+            one_line(&"é".repeat(400)).chars().count(),
+            MAX_TEXT_CHARS + 3
         );
-        assert_eq!(dechunk("ff\r\nshort"), "short");
         let url = Url::parse("wss://h:1/$hc/p?sb-hc-id=1").expect("valid");
         assert_eq!(display_url(&url), "wss://h:1/$hc/p");
         assert_eq!(
@@ -271,5 +289,30 @@ mod tests {
             Some("/$hc/p?a=%7e&b")
         );
         assert_eq!(verbatim_target("wss://h"), None);
+        assert_eq!(verbatim_target("wss://é/ü").as_deref(), Some("/ü"));
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded_as_bytes() {
+        // (body, data)
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", b"hello world"),
+            (b"ff\r\nshort", b"short"),
+            // A chunk ending inside a two-byte character, then the rest of it.
+            (b"1\r\n\xc3\r\n1\r\n\xa9\r\n0\r\n\r\n", "é".as_bytes()),
+            // Sizes counted in bytes: 4 bytes are two characters.
+            ("4\r\néé\r\n0\r\n\r\n".as_bytes(), "éé".as_bytes()),
+            // Invalid UTF-8 and a size line that is not hex.
+            (b"2\r\n\xff\xfe\r\n", b"\xff\xfe"),
+            ("é\r\nabc".as_bytes(), b""),
+            (b"3;ext=1\r\nabc\r\n0\r\n", b"abc"),
+            (b"", b""),
+            (b"\r\n", b""),
+            (b"ffffffffffffffffffff\r\nx", b""),
+            (b"1\r\n", b""),
+        ];
+        for (body, want) in cases {
+            assert_eq!(dechunk(body), *want, "{:?}", String::from_utf8_lossy(body));
+        }
     }
 }

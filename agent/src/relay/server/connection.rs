@@ -1,5 +1,9 @@
 //! One TCP connection: TLS, the upgrade request under the handshake timeout, then the
 //! action it asks for (`listen`, `connect`, `accept` or `GET /$status`).
+//!
+//! The connection holds its handshake slot until its upgrade is authenticated, then
+//! trades it for a relayed slot ([`Ctx::take_relayed_slot`]); an eviction (a newer
+//! connection needed the handshake slot) ends it while it is still reading its head.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument as _;
 
+use super::admission::{HandshakeSlot, Overload};
 use super::io::{BoxIo, Prefixed};
 use super::registry::{CONTROL_QUEUE, ListenerHandle};
 use super::rendezvous::{Decision, Leg, Pending};
@@ -28,17 +33,28 @@ const STATUS_PATH: &str = "/$status";
 type Stream = Prefixed<BoxIo>;
 
 /// Serves one accepted TCP connection to the end; errors are logged here.
-pub(super) async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, permit: Slot) {
+pub(super) async fn handle(
+    server: Arc<Server>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    handshake: HandshakeSlot,
+) {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
     let timeout = server.settings.config.handshake_timeout;
+    // Dropping `read_head` drops the socket: that is how a cut handshake ends.
     let head = tokio::select! {
         () = server.shutdown.cancelled() => return,
+        () = handshake.evicted.cancelled() => {
+            tracing::debug!("cut off: a newer connection needed the handshake slot");
+            return;
+        }
         head = tokio::time::timeout(timeout, read_head(&server, tcp)) => head,
     };
     let (mut stream, request) = match head {
         Err(_) => {
-            tracing::info!("cut off: no complete upgrade request within {timeout:?}");
+            tracing::debug!("cut off: no complete upgrade request within {timeout:?}");
+            server.admission.overload.note(Overload::HandshakeTimeout);
             return;
         }
         Ok(Err(err)) => {
@@ -60,7 +76,7 @@ pub(super) async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr
         peer,
         local,
         request,
-        permit,
+        handshake: Some(handshake),
     };
     ctx.route(stream).await;
 }
@@ -87,10 +103,52 @@ struct Ctx {
     peer: SocketAddr,
     local: Option<SocketAddr>,
     request: Request,
-    permit: Slot,
+    /// Held until the upgrade is authenticated (then `None`).
+    handshake: Option<HandshakeSlot>,
 }
 
+/// Takes a listener off the registry when its control channel ends, however it ends.
+struct Registration<'a> {
+    server: &'a Server,
+    entity: &'a str,
+    id: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.server.registry.remove(self.entity, self.id);
+    }
+}
+
+/// Counts a relayed connection in `/$status` while it lives.
+struct Relayed<'a>(&'a Server);
+
+impl<'a> Relayed<'a> {
+    fn new(server: &'a Server) -> Self {
+        server.relayed.fetch_add(1, Ordering::Relaxed);
+        server.relayed_total.fetch_add(1, Ordering::Relaxed);
+        Relayed(server)
+    }
+}
+
+impl Drop for Relayed<'_> {
+    fn drop(&mut self) {
+        self.0.relayed.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a client past `max_connections` reads.
+const CONNECTIONS_FULL: &str = "Service Unavailable: the relay is at its connection limit";
+
 impl Ctx {
+    /// Trades the handshake slot for a relayed slot; `None` (answer 503) when every
+    /// relayed slot is taken, in which case the handshake slot is kept until the answer.
+    fn take_relayed_slot(&mut self) -> Option<Slot> {
+        let slot = self.server.relayed_slot()?;
+        self.handshake = None;
+        Some(slot)
+    }
+
     async fn route(self, mut stream: Stream) {
         let path = self.request.decoded_path();
         if path == STATUS_PATH && self.request.header("Upgrade").is_none() {
@@ -169,7 +227,7 @@ impl Ctx {
         }
     }
 
-    async fn listen(self, mut stream: Stream, call: Call) {
+    async fn listen(mut self, mut stream: Stream, call: Call) {
         let grant = match self.authorize(&call, Right::Listen) {
             Ok(g) => g,
             Err(err) => return refuse(&mut stream, &err).await,
@@ -178,6 +236,10 @@ impl Ctx {
         let Some(base) = accept::listener_base(server.settings.scheme(), &self.host()) else {
             let msg = "Bad Request: the Host header is not a host[:port]";
             return upgrade::write_status(&mut stream, 400, msg).await;
+        };
+        let Some(permit) = self.take_relayed_slot() else {
+            tracing::info!("listener refused: max_connections reached");
+            return upgrade::write_status(&mut stream, 503, CONNECTIONS_FULL).await;
         };
         let entity = call.hc.path.as_str();
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
@@ -191,9 +253,13 @@ impl Ctx {
             tracing::warn!("listener refused: {full}");
             return upgrade::write_status(&mut stream, status::FORBIDDEN, &full.to_string()).await;
         }
+        let registration = Registration {
+            server: &server,
+            entity,
+            id,
+        };
         if let Err(err) = upgrade::write_switching(&mut stream, &call.key, None).await {
             tracing::debug!("listener vanished during the handshake: {err}");
-            server.registry.remove(entity, id);
             return;
         }
         tracing::info!(key = %grant.key_name, "listener connected");
@@ -212,15 +278,19 @@ impl Ctx {
             },
         )
         .await;
-        server.registry.remove(entity, id);
+        drop(registration);
         tracing::info!("listener disconnected: {ended:?}");
-        drop(self.permit);
+        drop(permit);
     }
 
-    async fn connect(self, mut stream: Stream, call: Call) {
+    async fn connect(mut self, mut stream: Stream, call: Call) {
         if let Err(err) = self.authorize(&call, Right::Send) {
             return refuse(&mut stream, &err).await;
         }
+        let Some(permit) = self.take_relayed_slot() else {
+            tracing::info!("sender refused: max_connections reached");
+            return upgrade::write_status(&mut stream, 503, CONNECTIONS_FULL).await;
+        };
         let server = self.server.clone();
         let tracking = call.tracking.as_str();
         let no_listener = format!("{NO_LISTENER_TEXT} TrackingId:{tracking}");
@@ -275,12 +345,12 @@ impl Ctx {
                 tracing::info!(status, "sender rejected by the listener");
                 upgrade::write_status(&mut stream, status, &description).await;
             }
-            Ok(Ok(Decision::Accept(leg))) => self.relay(stream, &call.key, leg).await,
+            Ok(Ok(Decision::Accept(leg))) => self.relay(stream, &call.key, leg, permit).await,
         }
     }
 
     /// Completes the sender's upgrade and pumps bytes until both sides are done.
-    async fn relay(self, mut stream: Stream, key: &str, leg: Leg) {
+    async fn relay(self, mut stream: Stream, key: &str, leg: Leg, permit: Slot) {
         let server = self.server.clone();
         if let Err(err) = upgrade::write_switching(&mut stream, key, leg.protocol.as_deref()).await
         {
@@ -288,13 +358,18 @@ impl Ctx {
             relay::close(leg.stream, close_code::GOING_AWAY, "the sender went away").await;
             return;
         }
-        server.relayed.fetch_add(1, Ordering::Relaxed);
-        server.relayed_total.fetch_add(1, Ordering::Relaxed);
+        let relayed = Relayed::new(&server);
         tracing::info!(listener = %leg.peer, "relayed connection open");
-        let outcome = relay::pump(stream, leg.stream, server.hard_stop.clone()).await;
-        server.relayed.fetch_sub(1, Ordering::Relaxed);
+        let outcome = relay::pump(
+            stream,
+            leg.stream,
+            server.hard_stop.clone(),
+            server.settings.config.half_close_timeout,
+        )
+        .await;
+        drop(relayed);
         tracing::info!("relayed connection closed: {outcome}");
-        drop((leg.permit, self.permit));
+        drop((leg.permit, permit));
     }
 
     /// The listener's rendezvous: accept (101, hand the socket to the sender) or reject
@@ -315,7 +390,7 @@ impl Ctx {
         self.decide(stream, call, pending).instrument(span).await;
     }
 
-    async fn decide(self, mut stream: Stream, call: Call, pending: Pending) {
+    async fn decide(mut self, mut stream: Stream, call: Call, pending: Pending) {
         if let Some(asked) = call.hc.status_code {
             let description = call.hc.status_description.unwrap_or_default();
             let status = accept::reject_status(asked);
@@ -331,6 +406,14 @@ impl Ctx {
             let msg = "Not Found: the sender is gone";
             return upgrade::write_status(&mut stream, status::NOT_FOUND, msg).await;
         }
+        let Some(permit) = self.take_relayed_slot() else {
+            tracing::info!("rendezvous refused: max_connections reached");
+            let _ = pending.decision.send(Decision::Reject {
+                status: 503,
+                description: CONNECTIONS_FULL.to_owned(),
+            });
+            return upgrade::write_status(&mut stream, 503, CONNECTIONS_FULL).await;
+        };
         let protocol = self
             .request
             .header("Sec-WebSocket-Protocol")
@@ -349,7 +432,7 @@ impl Ctx {
             stream,
             protocol,
             peer: self.peer,
-            permit: self.permit,
+            permit,
         };
         if let Err(Decision::Accept(leg)) = pending.decision.send(Decision::Accept(leg)) {
             tracing::info!("sender gave up just before the accept");

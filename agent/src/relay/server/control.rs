@@ -14,14 +14,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
-use super::auth;
 use super::io::{BoxIo, Prefixed};
+use super::{CLOSE_HANDSHAKE_TIMEOUT, auth};
 use crate::config::ServerKey;
-use crate::relay::protocol::ControlMessage;
+use crate::relay::protocol::{self, ControlMessage};
 use crate::relay::sas::Right;
 
-/// How long we wait for the listener's reply to our Close before dropping the socket.
-const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A listener that does not take an accept command off the wire within this (its
 /// socket buffers are full: it stopped reading) is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,22 +123,17 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
 async fn finish(mut ws: WebSocketStream<Prefixed<BoxIo>>, close: Option<(CloseCode, String)>) {
     let wind_down = async {
         if let Some((code, reason)) = close {
-            let mut reason = reason;
-            reason.truncate(120);
-            while !reason.is_char_boundary(reason.len()) {
-                reason.pop();
-            }
             let _ = ws
                 .close(Some(CloseFrame {
                     code,
-                    reason: reason.into(),
+                    reason: protocol::close_reason(&reason).to_owned().into(),
                 }))
                 .await;
         }
         // Drive the socket so tungstenite sends any Close reply, until the peer is done.
         while let Some(Ok(_)) = ws.next().await {}
     };
-    let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, wind_down).await;
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, wind_down).await;
 }
 
 /// The command's name, for logs (never its content: a renewal carries a token).

@@ -101,8 +101,9 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Heade
 /// Unmasks `buf`, which starts `offset` bytes into the frame's payload.
 pub fn unmask(buf: &mut [u8], mask: Option<[u8; 4]>, offset: u64) {
     if let Some(mask) = mask {
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b ^= mask[((offset + i as u64) % 4) as usize];
+        let key = mask.iter().cycle().skip((offset % 4) as usize);
+        for (b, k) in buf.iter_mut().zip(key) {
+            *b ^= k;
         }
     }
 }
@@ -133,11 +134,7 @@ pub fn control_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// A Close frame payload: code then a reason trimmed to fit a control frame.
 pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     let mut out = code.to_be_bytes().to_vec();
-    let mut end = reason.len().min(MAX_CONTROL_PAYLOAD as usize - 2);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    out.extend_from_slice(&reason.as_bytes()[..end]);
+    out.extend_from_slice(crate::relay::protocol::close_reason(reason).as_bytes());
     out
 }
 

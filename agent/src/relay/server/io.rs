@@ -50,9 +50,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.pos < this.prefix.len() {
-            let n = buf.remaining().min(this.prefix.len() - this.pos);
-            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+        if let Some(pending) = this.prefix.get(this.pos..).filter(|p| !p.is_empty()) {
+            let n = buf.remaining().min(pending.len());
+            buf.put_slice(pending.get(..n).unwrap_or_default());
             this.pos += n;
             if this.pos == this.prefix.len() {
                 this.prefix = Vec::new();

@@ -4,16 +4,31 @@
 //!
 //! [`run`] takes a bound listener and a shutdown token (mini-redis style), so tests bind
 //! port 0. `GET /$status` on the same port answers a small JSON document with live counts
-//! (`listeners`, `pending`, `relayed`, `relayed_total`, `connections`): numbers only, no
-//! paths, no names, no authentication. On shutdown the last log line says how many
-//! relayed connections drained and how many were cut at the end of the grace.
+//! (`listeners`, `pending`, `relayed`, `relayed_total`, `connections`, `handshakes`):
+//! numbers only, no paths, no names, no authentication. On shutdown the last log line
+//! says how many relayed connections drained and how many were cut at the end of the
+//! grace.
+//!
+//! Admission (see the `admission` module): a connection holds a *handshake slot* until its request
+//! head is read and its upgrade authenticated, then a *relayed slot* (`max_connections`)
+//! for as long as it is a control channel, a waiting sender or a relayed leg. Handshakes
+//! have a deadline (`handshake_timeout`) and caps in total and per source address that
+//! evict the oldest instead of refusing the newest, so an idle or slowloris flood never
+//! keeps a real tunnel or `/$status` out. A peer the relay sent its own Close (control
+//! channels) must answer within [`CLOSE_HANDSHAKE_TIMEOUT`]; the side of a relayed
+//! connection that was forwarded the other side's Close may go on sending, but not stay
+//! silent longer than `half_close_timeout`. A panic in one connection's task is logged
+//! and ends that connection only (release builds unwind).
 //!
 //! Statuses beyond the protocol table: a sender whose listener neither accepts nor
 //! rejects within `rendezvous_timeout` gets 504 (the .NET client maps it to a
 //! `TimeoutException`); a sender waiting when the relay stops gets 503; a listener past
-//! `max_listeners_per_path` gets 403 (quota); a malformed upgrade gets 400 or 431.
+//! `max_listeners_per_path` gets 403 (quota); a malformed upgrade gets 400 or 431; an
+//! authenticated upgrade past `max_connections` gets 503.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod accept;
+mod admission;
 mod auth;
 mod connection;
 mod control;
@@ -25,11 +40,14 @@ mod rendezvous;
 mod tls;
 mod upgrade;
 
+use std::any::Any;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use futures_util::FutureExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +57,7 @@ use tracing::Instrument as _;
 pub use tls::Tls;
 
 use crate::config::ServerSettings;
+use admission::{Admission, Overload};
 use registry::Registry;
 use rendezvous::Rendezvous;
 
@@ -46,6 +65,9 @@ use rendezvous::Rendezvous;
 const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// A peer the relay sent its own Close (a control channel: token expired, renewal
+/// refused, message too large, shutdown) is dropped when it has not answered within this.
+pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What [`run`] needs: the certificate loaded, the validated `[relay.server]` settings.
 #[derive(Debug)]
@@ -84,8 +106,12 @@ impl Settings {
             ),
         };
         anyhow::ensure!(
-            config.max_connections > 0 && config.max_listeners_per_path > 0,
-            "max_connections and max_listeners_per_path must be at least 1"
+            config.max_connections > 0
+                && config.max_listeners_per_path > 0
+                && config.max_handshakes > 0
+                && config.max_handshakes_per_source > 0,
+            "max_connections, max_handshakes, max_handshakes_per_source and \
+             max_listeners_per_path must be at least 1"
         );
         Ok(Settings {
             tls,
@@ -105,9 +131,12 @@ struct Server {
     settings: Settings,
     registry: Registry,
     rendezvous: Rendezvous,
-    /// Caps open TCP connections; a permit lives as long as its connection.
+    /// Handshake slots: every connection until its upgrade is authenticated.
+    admission: Arc<Admission>,
+    /// Relayed slots (`max_connections`): a permit lives as long as an authenticated
+    /// connection (control channel, waiting sender, relayed leg).
     connections: Arc<Semaphore>,
-    /// TCP connections open now (each holds a [`Slot`]).
+    /// TCP connections open now, in any phase (each task holds an [`Open`]).
     open: Arc<AtomicUsize>,
     /// Relayed (sender ↔ listener) connections open now.
     relayed: AtomicUsize,
@@ -127,32 +156,95 @@ impl Server {
             "relayed": self.relayed.load(Ordering::Relaxed),
             "relayed_total": self.relayed_total.load(Ordering::Relaxed),
             "connections": self.open.load(Ordering::Relaxed),
+            "handshakes": self.admission.count(),
         })
         .to_string()
     }
-}
 
-/// A connection's place under `max_connections`, counted in `/$status` while it lives.
-#[derive(Debug)]
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    open: Arc<AtomicUsize>,
-}
-
-impl Slot {
-    fn new(permit: OwnedSemaphorePermit, open: Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        Slot {
-            _permit: permit,
-            open,
+    /// A relayed slot, if one is free (the caller answers 503 otherwise).
+    fn relayed_slot(&self) -> Option<Slot> {
+        match self.connections.clone().try_acquire_owned() {
+            Ok(permit) => Some(Slot { _permit: permit }),
+            Err(_) => {
+                self.admission.overload.note(Overload::ConnectionsFull);
+                None
+            }
         }
     }
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+/// An authenticated connection's place under `max_connections`.
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Counts one TCP connection in `/$status` while its task lives (unwinding included).
+#[derive(Debug)]
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(open: Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Open(open)
     }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (as Go programs do at start): every
+/// handshake and relayed slot is a descriptor, and a server out of descriptors cannot
+/// even accept the connection that would evict an idle one. Warns when the slots still
+/// do not fit.
+fn check_fd_limit(slots: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    // Each relayed leg and handshake is one descriptor; leave room for the rest.
+    let needed = (slots as u64).saturating_add(FD_HEADROOM);
+    if limit < needed {
+        tracing::warn!(
+            "relay serve: the open-file limit ({limit}) is below max_connections + \
+             max_handshakes + {FD_HEADROOM} ({needed}): under a flood, accepting new \
+             connections may fail; raise the limit (ulimit -n, LimitNOFILE=) or lower them"
+        );
+    }
+}
+
+/// Descriptors kept for everything but client connections (listener, log, runtime).
+const FD_HEADROOM: u64 = 64;
+
+/// Runs one connection's task so that a panic in it is logged and ends that connection
+/// only: its guards (slots, registrations, counts) drop while unwinding, and the shared
+/// state they touch stays consistent (poison-tolerant locks, atomics).
+async fn confined(task: impl Future<Output = ()>, peer: SocketAddr, open: Open) {
+    if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
+        tracing::error!(
+            "relay serve: bug: the task of the connection from {peer} panicked ({}); that \
+             connection was dropped, every other one goes on",
+            panic_text(panic.as_ref())
+        );
+    }
+    drop(open);
+}
+
+/// The text of a caught panic, for the log.
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 /// Serves `listener` until `shutdown` fires, then stops accepting, closes control
@@ -165,9 +257,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let max = settings.config.max_connections;
     let grace = settings.config.shutdown_grace;
+    check_fd_limit(max.saturating_add(settings.config.max_handshakes));
     let server = Arc::new(Server {
         registry: Registry::new(settings.config.max_listeners_per_path),
         rendezvous: Rendezvous::default(),
+        admission: Arc::new(Admission::new(
+            settings.config.max_handshakes,
+            settings.config.max_handshakes_per_source,
+        )),
         connections: Arc::new(Semaphore::new(max)),
         open: Arc::new(AtomicUsize::new(0)),
         relayed: AtomicUsize::new(0),
@@ -177,28 +274,32 @@ pub async fn run(
         settings,
     });
     let tracker = TaskTracker::new();
+    let mut overload_flush = tokio::time::interval(admission::OVERLOAD_LOG_INTERVAL);
     loop {
-        // Both futures are cancel-safe: an unused permit or an un-accepted socket stays put.
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = server.connections.clone().acquire_owned() => {
-                permit.context("connection limit semaphore closed")?
-            }
-        };
+        // Every branch is cancel-safe: an un-accepted socket stays in the backlog and an
+        // interval keeps its schedule. Accepting never waits for a slot: admission (which
+        // may evict an older handshake) decides what a new connection gets.
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = overload_flush.tick() => {
+                server.admission.overload.flush();
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
-                    tracing::warn!("relay serve: accept failed: {err}");
+                    tracing::debug!("relay serve: accept failed: {err}");
+                    server.admission.overload.note(Overload::AcceptFailed);
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
             },
         };
-        let slot = Slot::new(permit, server.open.clone());
+        let open = Open::new(server.open.clone());
+        let handshake = server.admission.admit(peer.ip());
         let span = tracing::info_span!("conn", %peer);
-        tracker.spawn(connection::handle(server.clone(), tcp, peer, slot).instrument(span));
+        let task = connection::handle(server.clone(), tcp, peer, handshake);
+        tracker.spawn(confined(task, peer, open).instrument(span));
     }
     drop(listener);
     tracker.close();
@@ -225,4 +326,42 @@ pub async fn run(
         at_shutdown.saturating_sub(cut)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_is_confined_and_uncounted() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("literal");
+        let messages = [String::from("owned"), String::new()];
+        for message in messages {
+            let task = async move {
+                if !message.is_empty() {
+                    std::panic::panic_any(message);
+                }
+                panic!("a bug in one connection");
+            };
+            let guard = Open::new(open.clone());
+            assert_eq!(open.load(Ordering::Relaxed), 1);
+            // A spawned, panicking task ends normally: its JoinHandle sees no panic.
+            let joined = tokio::spawn(confined(task, peer, guard)).await;
+            assert!(joined.is_ok(), "the panic escaped: {joined:?}");
+            assert_eq!(open.load(Ordering::Relaxed), 0);
+        }
+    }
+
+    #[test]
+    fn panic_texts() {
+        let cases: [(Box<dyn Any + Send>, &str); 3] = [
+            (Box::new("static"), "static"),
+            (Box::new(String::from("owned")), "owned"),
+            (Box::new(7u8), "(not a string)"),
+        ];
+        for (panic, want) in cases {
+            assert_eq!(panic_text(panic.as_ref()), want);
+        }
+    }
 }

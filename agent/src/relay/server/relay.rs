@@ -1,7 +1,9 @@
 //! The byte pump between a sender and a listener after rendezvous: frames are forwarded
 //! as they are (opcode, fragmentation), Pings answered, Pongs dropped, and a Close is a
 //! half-close: it is forwarded and the other direction keeps flowing until that side
-//! closes too (azbridge's `CloseOutput`).
+//! closes too (azbridge's `CloseOutput`) — as long as that side keeps sending: once it
+//! was sent a Close, each frame it still sends (its own Close included) must arrive
+//! within `half_close_timeout`, or the pair is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +30,29 @@ struct Out {
     closed: bool,
 }
 
-type Shared = Arc<Mutex<Out>>;
+/// One side's writer, and a signal that it was sent a Close, which the reader of that
+/// side waits on without the writer's lock (it must not wait for a long write).
+struct Side {
+    out: Mutex<Out>,
+    sent_close: CancellationToken,
+}
+
+impl Side {
+    fn new(w: WriteHalf<Stream>) -> Arc<Side> {
+        Arc::new(Side {
+            out: Mutex::new(Out { w, closed: false }),
+            sent_close: CancellationToken::new(),
+        })
+    }
+
+    /// Marks `out` (this side's locked writer) as sent a Close.
+    fn mark_closed(&self, out: &mut Out) {
+        out.closed = true;
+        self.sent_close.cancel();
+    }
+}
+
+type Shared = Arc<Side>;
 
 /// How one direction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +63,8 @@ pub enum End {
     Gone,
     /// The other direction failed, or the relay is shutting down.
     Aborted,
+    /// The source was sent a Close and then stayed silent past the close deadline.
+    Unanswered,
 }
 
 /// What a finished relayed connection did, for the log.
@@ -59,31 +85,31 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// Relays between `sender` and `listener` until both have closed, one fails, or
-/// `hard_stop` fires (then both get Close 1001).
-pub async fn pump(sender: Stream, listener: Stream, hard_stop: CancellationToken) -> Outcome {
+/// Relays between `sender` and `listener` until both have closed, one fails, one sent a
+/// Close stays silent for `close_deadline` (`half_close_timeout`), or `hard_stop` fires
+/// (then both get Close 1001).
+pub async fn pump(
+    sender: Stream,
+    listener: Stream,
+    hard_stop: CancellationToken,
+    close_deadline: Duration,
+) -> Outcome {
     let (sr, sw) = tokio::io::split(sender);
     let (lr, lw) = tokio::io::split(listener);
-    let sw: Shared = Arc::new(Mutex::new(Out {
-        w: sw,
-        closed: false,
-    }));
-    let lw: Shared = Arc::new(Mutex::new(Out {
-        w: lw,
-        closed: false,
-    }));
+    let sw = Side::new(sw);
+    let lw = Side::new(lw);
     let abort = hard_stop.child_token();
     let (s2l, l2s) = tokio::join!(
-        forward(sr, sw.clone(), lw.clone(), abort.clone()),
-        forward(lr, lw.clone(), sw.clone(), abort.clone()),
+        forward(sr, sw.clone(), lw.clone(), abort.clone(), close_deadline),
+        forward(lr, lw.clone(), sw.clone(), abort.clone(), close_deadline),
     );
     if hard_stop.is_cancelled() {
         for out in [&sw, &lw] {
             goodbye(out, close_code::GOING_AWAY, "relay shutting down").await;
         }
     }
-    for out in [&sw, &lw] {
-        let mut out = out.lock().await;
+    for side in [&sw, &lw] {
+        let mut out = side.out.lock().await;
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, out.w.shutdown()).await;
     }
     Outcome {
@@ -109,19 +135,40 @@ async fn forward(
     src_out: Shared,
     dst_out: Shared,
     abort: CancellationToken,
+    close_deadline: Duration,
 ) -> (End, u64) {
     let mut bytes = 0u64;
     loop {
-        // `step` is not cancel-safe (a frame may be half copied), and need not be: the
-        // only cancellation is `abort`, which tears the whole pair down.
+        // Once the source was sent a Close, its next frame has `close_deadline` to arrive
+        // (re-armed per frame, since the select is rebuilt each time round).
+        let unanswered = async {
+            src_out.sent_close.cancelled().await;
+            tokio::time::sleep(close_deadline).await;
+        };
+        // `step` is not cancel-safe (a frame may be half copied), and need not be: both
+        // cancellations (`abort`, the close deadline) tear the whole pair down.
         let step = tokio::select! {
             step = step(&mut src, &src_out, &dst_out) => step,
             () = abort.cancelled() => return (End::Aborted, bytes),
+            () = unanswered => Ok(Step::Unanswered),
         };
         match step {
             Ok(Step::Data(n)) => bytes += n,
             Ok(Step::Control) => {}
             Ok(Step::Close) => return (End::Closed, bytes),
+            Ok(Step::Unanswered) => {
+                tracing::debug!(
+                    "relayed connection: no answer to a Close within {close_deadline:?}"
+                );
+                abort.cancel();
+                goodbye(
+                    &dst_out,
+                    close_code::GOING_AWAY,
+                    "the other side did not answer Close",
+                )
+                .await;
+                return (End::Unanswered, bytes);
+            }
             Err(err) => {
                 tracing::debug!("relayed connection: {err}");
                 let code = match err {
@@ -143,6 +190,8 @@ enum Step {
     Data(u64),
     Control,
     Close,
+    /// The source, sent a Close, sent nothing more within the close deadline.
+    Unanswered,
 }
 
 async fn step(
@@ -156,7 +205,7 @@ async fn step(
     match header.opcode {
         frame::OP_PING => {
             let payload = read_small(src, &header).await?;
-            let mut out = src_out.lock().await;
+            let mut out = src_out.out.lock().await;
             if !out.closed {
                 write_frame(&mut out.w, &frame::control_frame(frame::OP_PONG, &payload)).await?;
             }
@@ -168,25 +217,30 @@ async fn step(
         }
         frame::OP_CLOSE => {
             let payload = read_small(src, &header).await?;
-            let mut out = dst_out.lock().await;
+            let mut out = dst_out.out.lock().await;
             if !out.closed {
-                out.closed = true;
+                dst_out.mark_closed(&mut out);
                 write_frame(&mut out.w, &frame::control_frame(frame::OP_CLOSE, &payload)).await?;
             }
             Ok(Step::Close)
         }
         _ => {
-            let mut out = dst_out.lock().await;
+            let mut out = dst_out.out.lock().await;
             copy_data(src, &mut out.w, &header).await?;
             Ok(Step::Data(header.len))
         }
     }
 }
 
-/// Reads a control frame's payload (at most 125 bytes, checked by `read_header`).
+/// Reads a control frame's payload (at most 125 bytes, checked by `read_header`; the
+/// `take` keeps it so whatever a header claims).
 async fn read_small(src: &mut ReadHalf<Stream>, header: &Header) -> Result<Vec<u8>, FrameError> {
-    let mut payload = vec![0u8; header.len as usize];
-    src.read_exact(&mut payload).await?;
+    let mut payload = Vec::with_capacity(frame::MAX_CONTROL_PAYLOAD as usize);
+    let limit = header.len.min(frame::MAX_CONTROL_PAYLOAD);
+    (&mut *src).take(limit).read_to_end(&mut payload).await?;
+    if (payload.len() as u64) < header.len {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     frame::unmask(&mut payload, header.mask, 0);
     Ok(payload)
 }
@@ -199,16 +253,17 @@ async fn copy_data<W: AsyncWrite + Unpin>(
 ) -> Result<(), FrameError> {
     dst.write_all(&frame::encode_header(header.fin, header.opcode, header.len))
         .await?;
-    let mut buf = vec![0u8; CHUNK.min(header.len as usize)];
+    // The buffer is at most one chunk, whatever length the header declares.
+    let mut buf = vec![0u8; usize::try_from(header.len).map_or(CHUNK, |len| CHUNK.min(len))];
+    let mut payload = (&mut *src).take(header.len);
     let mut done = 0u64;
     while done < header.len {
-        let want = (header.len - done).min(CHUNK as u64) as usize;
-        let n = src.read(&mut buf[..want]).await?;
-        if n == 0 {
+        let n = payload.read(&mut buf).await?;
+        let Some(chunk) = buf.get_mut(..n).filter(|c| !c.is_empty()) else {
             return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        frame::unmask(&mut buf[..n], header.mask, done);
-        dst.write_all(&buf[..n]).await?;
+        };
+        frame::unmask(chunk, header.mask, done);
+        dst.write_all(chunk).await?;
         done += n as u64;
     }
     dst.flush().await?;
@@ -221,11 +276,11 @@ async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io:
 }
 
 /// Sends Close `code` unless that side already got one; bounded, errors ignored.
-async fn goodbye(out: &Shared, code: u16, reason: &str) {
+async fn goodbye(side: &Shared, code: u16, reason: &str) {
     let attempt = async {
-        let mut out = out.lock().await;
+        let mut out = side.out.lock().await;
         if !out.closed {
-            out.closed = true;
+            side.mark_closed(&mut out);
             let frame = frame::control_frame(frame::OP_CLOSE, &frame::close_payload(code, reason));
             let _ = write_frame(&mut out.w, &frame).await;
         }
@@ -239,6 +294,9 @@ mod tests {
 
     use super::*;
 
+    /// The close deadline of the pumps under test.
+    const CLOSE_DEADLINE: Duration = Duration::from_millis(200);
+
     /// A pump between two in-memory clients; returns the clients' ends and the pump task.
     fn pair() -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<Outcome>) {
         let (sender_client, sender_server) = tokio::io::duplex(64 * 1024);
@@ -248,6 +306,7 @@ mod tests {
             wrap(sender_server),
             wrap(listener_server),
             CancellationToken::new(),
+            CLOSE_DEADLINE,
         ));
         (sender_client, listener_client, pump)
     }
@@ -304,6 +363,35 @@ mod tests {
         let outcome = pump.await.expect("pump task");
         assert_eq!(outcome.sender_to_listener.0, End::Closed);
         assert_eq!(outcome.listener_to_sender, (End::Closed, 4));
+    }
+
+    #[tokio::test]
+    async fn a_side_that_never_answers_a_close_is_dropped_at_the_deadline() {
+        let (mut s, mut l, pump) = pair();
+        // A frame through first, so the listener's direction is already waiting for its
+        // next frame when the Close arrives (the deadline must reach a wait in progress).
+        l.write_all(&client_frame(frame::OP_BINARY, b"x"))
+            .await
+            .expect("data");
+        assert_eq!(
+            server_frame(&mut s).await,
+            Some((frame::OP_BINARY, b"x".to_vec()))
+        );
+        let close = frame::close_payload(close_code::NORMAL, "");
+        s.write_all(&client_frame(frame::OP_CLOSE, &close))
+            .await
+            .expect("close");
+        assert_eq!(server_frame(&mut l).await, Some((frame::OP_CLOSE, close)));
+        // `l` keeps its socket open and says nothing.
+        let started = tokio::time::Instant::now();
+        let (opcode, payload) = server_frame(&mut s).await.expect("a close for the sender");
+        assert_eq!(
+            (opcode, &payload[..2]),
+            (frame::OP_CLOSE, &close_code::GOING_AWAY.to_be_bytes()[..])
+        );
+        assert!(started.elapsed() >= CLOSE_DEADLINE);
+        let outcome = pump.await.expect("pump task");
+        assert_eq!(outcome.listener_to_sender.0, End::Unanswered);
     }
 
     #[tokio::test]

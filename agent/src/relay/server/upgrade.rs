@@ -113,7 +113,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(
             }
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        buf.extend_from_slice(&chunk[..n]);
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         match parse(&buf) {
             Ok(Some((request, used))) => return Ok(Some(Ok((request, buf.split_off(used))))),
             Ok(None) if buf.len() > MAX_HEAD_BYTES => {
@@ -331,6 +331,64 @@ mod tests {
             .expect("some")
             .expect_err("too big");
         assert_eq!(err.status, 431);
+    }
+
+    /// Hostile heads: each is answered with a status (or read as a request that later
+    /// fails routing), never a panic. (head, status from reading, or `None` when it reads)
+    #[tokio::test]
+    async fn hostile_heads_never_panic() {
+        let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(2 * MAX_HEAD_BYTES));
+        let many_headers = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X: y\r\n".repeat(MAX_HEADERS + 1)
+        );
+        let cases: Vec<(Vec<u8>, Option<u16>)> = vec![
+            (
+                b"GET /$hc/x?sb-hc-action=listen&a=%C3%A9%FF HTTP/1.1\r\n\r\n".to_vec(),
+                None,
+            ),
+            (
+                "GET /$hc/é?ü=ö HTTP/1.1\r\nHost: h\r\n\r\n"
+                    .as_bytes()
+                    .to_vec(),
+                None,
+            ),
+            (b"GET /$hc/\xff\xfe HTTP/1.1\r\n\r\n".to_vec(), Some(400)),
+            ("GÉT / HTTP/1.1\r\n\r\n".as_bytes().to_vec(), Some(400)),
+            ("GET / HTTP/1.1é\r\n\r\n".as_bytes().to_vec(), Some(400)),
+            (
+                "GET / HTTP/1.1\r\nHöst: h\r\n\r\n".as_bytes().to_vec(),
+                Some(400),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: h\xc3\xa9\xff\r\n\r\n".to_vec(),
+                None,
+            ),
+            (b"GET / HTTP/1.1\r\nX: \xc3\r\n\r\n".to_vec(), None),
+            (b"GET /%%%% HTTP/1.1\r\n\r\n".to_vec(), None),
+            (b"\x00\x01\x02\r\n\r\n".to_vec(), Some(400)),
+            (long_line.into_bytes(), Some(431)),
+            (many_headers.into_bytes(), Some(431)),
+        ];
+        for (head, want) in cases {
+            let mut input = head.as_slice();
+            let shown = String::from_utf8_lossy(head.get(..60).unwrap_or(&head)).into_owned();
+            let got = match read_request(&mut input).await {
+                Ok(Some(Ok((req, _)))) => {
+                    // Routing helpers must not panic on what was read either.
+                    let _ = (
+                        req.decoded_path(),
+                        req.target(),
+                        req.websocket_key().is_ok(),
+                    );
+                    let _ = crate::relay::protocol::HcRequest::parse(&req.target());
+                    None
+                }
+                Ok(Some(Err(err))) => Some(err.status),
+                other => panic!("{shown:?}: {other:?}"),
+            };
+            assert_eq!(got, want, "{shown:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,315 @@
+//! Who gets a handshake slot: every accepted TCP connection holds one until its upgrade
+//! is authenticated (then it trades it for a relayed slot under `max_connections`), so a
+//! flood of idle or slow connections can never take the slots real tunnels use.
+//!
+//! Handshake slots are capped per source address and in total. A connection that finds
+//! its cap full is still admitted: the *oldest* pending handshake of that source (or of
+//! all, for the total cap) is cut instead. A real client sends its whole request head
+//! within a round trip, so it is never the oldest for long; an idle flood only ever
+//! evicts itself, and new connections (a real tunnel, `/$status`) are served at once.
+//! The overload is logged at most once per [`OVERLOAD_LOG_INTERVAL`], with counts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+/// At most one overload warning per this interval; the warning carries the counts since
+/// the previous one.
+pub const OVERLOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The pending handshakes, oldest first.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Handshake ids grow with arrival, so the first entry is the oldest.
+    all: BTreeMap<u64, Entry>,
+    /// The same ids per source address.
+    by_source: HashMap<IpAddr, BTreeSet<u64>>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    source: IpAddr,
+    /// Cancelled when this handshake is evicted to make room.
+    evict: CancellationToken,
+}
+
+impl Pending {
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.all.remove(&id)?;
+        if let Some(ids) = self.by_source.get_mut(&entry.source) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_source.remove(&entry.source);
+            }
+        }
+        Some(entry)
+    }
+
+    fn source_count(&self, source: IpAddr) -> usize {
+        self.by_source.get(&source).map_or(0, BTreeSet::len)
+    }
+
+    fn oldest_of(&self, source: IpAddr) -> Option<u64> {
+        self.by_source.get(&source)?.first().copied()
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.all.keys().next().copied()
+    }
+}
+
+/// Handshake slots of the whole server.
+#[derive(Debug)]
+pub struct Admission {
+    pending: Mutex<Pending>,
+    /// Pending handshakes at once, every source together.
+    max_pending: usize,
+    /// Pending handshakes at once from one source address.
+    max_per_source: usize,
+    pub overload: OverloadLog,
+}
+
+/// One connection's handshake slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct HandshakeSlot {
+    id: u64,
+    /// Fires when a newer connection took this slot.
+    pub evicted: CancellationToken,
+    admission: Arc<Admission>,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.admission.lock().remove(self.id);
+    }
+}
+
+impl Admission {
+    pub fn new(max_pending: usize, max_per_source: usize) -> Self {
+        Admission {
+            pending: Mutex::new(Pending::default()),
+            max_pending: max_pending.max(1),
+            max_per_source: max_per_source.max(1),
+            overload: OverloadLog::new(OVERLOAD_LOG_INTERVAL),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Every critical section leaves both maps consistent before it could panic (they
+        // only insert or remove), so a poisoned lock is still usable.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A handshake slot for a connection from `source`, evicting the oldest pending
+    /// handshake of that source (or of all) when a cap is full.
+    pub fn admit(self: &Arc<Self>, source: IpAddr) -> HandshakeSlot {
+        let mut pending = self.lock();
+        let victim = if pending.source_count(source) >= self.max_per_source {
+            pending
+                .oldest_of(source)
+                .map(|id| (id, Overload::SourceCapFull))
+        } else if pending.all.len() >= self.max_pending {
+            pending.oldest().map(|id| (id, Overload::HandshakeCapFull))
+        } else {
+            None
+        };
+        if let Some((id, why)) = victim {
+            if let Some(entry) = pending.remove(id) {
+                entry.evict.cancel();
+            }
+            self.overload.note(why);
+        }
+        let id = pending.next_id;
+        pending.next_id = pending.next_id.wrapping_add(1);
+        let evicted = CancellationToken::new();
+        pending.all.insert(
+            id,
+            Entry {
+                source,
+                evict: evicted.clone(),
+            },
+        );
+        pending.by_source.entry(source).or_default().insert(id);
+        HandshakeSlot {
+            id,
+            evicted,
+            admission: self.clone(),
+        }
+    }
+
+    /// Handshakes pending now (for `/$status`).
+    pub fn count(&self) -> usize {
+        self.lock().all.len()
+    }
+}
+
+/// What the overload warning counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// A source had `max_handshakes_per_source` pending: its oldest was cut.
+    SourceCapFull,
+    /// `max_handshakes` were pending: the oldest of all was cut.
+    HandshakeCapFull,
+    /// A client did not send its whole request head within `handshake_timeout`.
+    HandshakeTimeout,
+    /// An authenticated upgrade found every `max_connections` slot taken (503).
+    ConnectionsFull,
+    /// `accept` failed (out of file descriptors, usually).
+    AcceptFailed,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    source_cap: u64,
+    handshake_cap: u64,
+    timeouts: u64,
+    connections_full: u64,
+    accept_failed: u64,
+    last_warning: Option<Instant>,
+}
+
+impl Counts {
+    fn any(&self) -> bool {
+        self.source_cap
+            + self.handshake_cap
+            + self.timeouts
+            + self.connections_full
+            + self.accept_failed
+            > 0
+    }
+}
+
+/// Rate-limited overload warnings: at most one per interval, with counts.
+#[derive(Debug)]
+pub struct OverloadLog {
+    counts: Mutex<Counts>,
+    interval: Duration,
+}
+
+impl OverloadLog {
+    pub fn new(interval: Duration) -> Self {
+        OverloadLog {
+            counts: Mutex::new(Counts::default()),
+            interval,
+        }
+    }
+
+    /// Counts one event, and warns if the last warning is an interval old.
+    pub fn note(&self, what: Overload) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = match what {
+            Overload::SourceCapFull => &mut counts.source_cap,
+            Overload::HandshakeCapFull => &mut counts.handshake_cap,
+            Overload::HandshakeTimeout => &mut counts.timeouts,
+            Overload::ConnectionsFull => &mut counts.connections_full,
+            Overload::AcceptFailed => &mut counts.accept_failed,
+        };
+        *n = n.saturating_add(1);
+        self.warn_if_due(&mut counts);
+    }
+
+    /// Warns with the counts not yet reported, if the last warning is an interval old
+    /// (called periodically, so the tail of a flood is reported too).
+    pub fn flush(&self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        self.warn_if_due(&mut counts);
+    }
+
+    fn warn_if_due(&self, counts: &mut Counts) {
+        let due = counts
+            .last_warning
+            .is_none_or(|last| last.elapsed() >= self.interval);
+        if !due || !counts.any() {
+            return;
+        }
+        tracing::warn!(
+            evicted_per_source = counts.source_cap,
+            evicted_total = counts.handshake_cap,
+            handshake_timeouts = counts.timeouts,
+            refused_connections_full = counts.connections_full,
+            accept_failures = counts.accept_failed,
+            "relay serve: overloaded: {} handshake(s) cut to make room ({} over the per-source \
+             cap, {} over the total cap), {} handshake(s) timed out, {} upgrade(s) refused \
+             at max_connections (503), {} accept failure(s) since the last warning (at most \
+             one warning per {}s)",
+            counts.source_cap + counts.handshake_cap,
+            counts.source_cap,
+            counts.handshake_cap,
+            counts.timeouts,
+            counts.connections_full,
+            counts.accept_failed,
+            self.interval.as_secs()
+        );
+        *counts = Counts {
+            last_warning: Some(Instant::now()),
+            ..Counts::default()
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn a_full_source_evicts_its_own_oldest() {
+        let admission = Arc::new(Admission::new(100, 2));
+        let a1 = admission.admit(ip(1));
+        let a2 = admission.admit(ip(1));
+        let b1 = admission.admit(ip(2));
+        assert_eq!(admission.count(), 3);
+        let a3 = admission.admit(ip(1));
+        assert!(a1.evicted.is_cancelled(), "oldest of the full source");
+        assert!(!a2.evicted.is_cancelled() && !b1.evicted.is_cancelled());
+        assert!(!a3.evicted.is_cancelled());
+        assert_eq!(admission.count(), 3);
+        drop(a1);
+        assert_eq!(admission.count(), 3, "an evicted slot is already gone");
+        drop((a2, a3, b1));
+        assert_eq!(admission.count(), 0);
+    }
+
+    #[test]
+    fn a_full_server_evicts_the_oldest_of_all() {
+        let admission = Arc::new(Admission::new(3, 3));
+        let slots: Vec<HandshakeSlot> = (1..=3).map(|i| admission.admit(ip(i))).collect();
+        let newest = admission.admit(ip(9));
+        let evicted: Vec<bool> = slots.iter().map(|s| s.evicted.is_cancelled()).collect();
+        assert_eq!(evicted, [true, false, false]);
+        assert!(!newest.evicted.is_cancelled());
+        assert_eq!(admission.count(), 3);
+    }
+
+    #[test]
+    fn a_flood_from_one_source_leaves_others_alone() {
+        let admission = Arc::new(Admission::new(1000, 8));
+        let other = admission.admit(ip(2));
+        let flood: Vec<HandshakeSlot> = (0..1500).map(|_| admission.admit(ip(1))).collect();
+        assert!(!other.evicted.is_cancelled());
+        let alive = flood.iter().filter(|s| !s.evicted.is_cancelled()).count();
+        assert_eq!(alive, 8);
+        assert_eq!(admission.count(), 9);
+    }
+
+    #[test]
+    fn overload_counts_reset_after_a_warning() {
+        let log = OverloadLog::new(Duration::from_secs(3600));
+        log.note(Overload::SourceCapFull);
+        log.note(Overload::HandshakeTimeout);
+        log.note(Overload::HandshakeTimeout);
+        let counts = log.counts.lock().expect("not poisoned");
+        assert!(
+            counts.last_warning.is_some(),
+            "the first event warns at once"
+        );
+        assert_eq!((counts.source_cap, counts.timeouts), (0, 2));
+    }
+}
