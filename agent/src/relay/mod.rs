@@ -7,3 +7,4 @@ pub mod connection_string;
 pub mod protocol;
 pub mod sas;
 pub mod server;
+pub mod websocket;
