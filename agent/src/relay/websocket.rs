@@ -24,7 +24,7 @@ use std::io;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts, FramedWrite};
 
 /// Largest frame payload we accept (a 16 MiB sender write fits in one frame).
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
@@ -323,9 +323,8 @@ impl Decoder for Codec {
                 return Ok(None);
             };
             // Bounded by MAX_FRAME_LEN, itself a usize.
-            let len = usize::try_from(header.len).map_err(|_| FrameError::TooBig {
-                len: header.len,
-            })?;
+            let len =
+                usize::try_from(header.len).map_err(|_| FrameError::TooBig { len: header.len })?;
             if header.opcode.is_control() {
                 let whole = header.size + len;
                 if src.len() < whole {
@@ -443,16 +442,22 @@ impl Encoder<OutFrame<'_>> for Codec {
 /// Reads frames from the receiving half of a WebSocket.
 #[derive(Debug)]
 pub struct FrameReader<R> {
-    frames: FramedRead<R, Codec>,
+    /// Only ever read from. A `Framed` rather than a `FramedRead` because only `Framed`
+    /// can start with bytes already buffered *and decode them before reading*: bytes
+    /// pushed into a `FramedRead`'s buffer wait for the transport's next read, which
+    /// never comes when the peer waits for our answer to them.
+    frames: Framed<R, Codec>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `already_read`: bytes the upgrade read past the HTTP head, decoded first.
     pub fn new(inner: R, already_read: Vec<u8>) -> Self {
         // The reading side never masks; masking is the writer's business.
-        let mut frames = FramedRead::new(inner, Codec::new(false));
-        frames.read_buffer_mut().extend_from_slice(&already_read);
-        FrameReader { frames }
+        let mut parts = FramedParts::new::<OutFrame<'_>>(inner, Codec::new(false));
+        parts.read_buf = BytesMut::from(already_read.as_slice());
+        FrameReader {
+            frames: Framed::from_parts(parts),
+        }
     }
 
     /// The next frame (or data piece), or `None` when the transport ended cleanly between

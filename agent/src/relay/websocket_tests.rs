@@ -81,7 +81,17 @@ fn pattern(n: usize) -> Vec<u8> {
 
 #[test]
 fn every_length_form_round_trips_masked_and_unmasked() {
-    let lengths = [0usize, 1, 125, 126, 127, 65_535, 65_536, PIECE_LEN + 1, 300_000];
+    let lengths = [
+        0usize,
+        1,
+        125,
+        126,
+        127,
+        65_535,
+        65_536,
+        PIECE_LEN + 1,
+        300_000,
+    ];
     for mask in [false, true] {
         for len in lengths {
             let payload = pattern(len);
@@ -131,7 +141,11 @@ fn headers_use_the_shortest_length_form() {
             }],
         );
         assert_eq!(bytes.get(..head.len()), Some(*head), "len {len}");
-        assert_eq!(bytes.len(), head.len() + len, "header + payload in one buffer");
+        assert_eq!(
+            bytes.len(),
+            head.len() + len,
+            "header + payload in one buffer"
+        );
         // A client sets the mask bit and adds a 4-byte key.
         let masked = encode_all(
             true,
@@ -269,13 +283,41 @@ fn refusal(err: &FrameError) -> Refusal {
 #[test]
 fn bad_frames_are_refused_with_the_right_close_code() {
     let mut cases: Vec<(String, Vec<u8>, Refusal)> = vec![
-        ("rsv1 set".into(), wire(0xC2, b"x", Some(KEY)), Refusal::Protocol),
-        ("rsv2 set".into(), wire(0xA2, b"x", Some(KEY)), Refusal::Protocol),
-        ("rsv3 set".into(), wire(0x92, b"x", Some(KEY)), Refusal::Protocol),
-        ("fragmented ping".into(), wire(0x09, b"x", Some(KEY)), Refusal::Protocol),
-        ("fragmented close".into(), wire(0x08, b"", Some(KEY)), Refusal::Protocol),
-        ("ping over 125 bytes".into(), wire(0x89, &[0; 126], Some(KEY)), Refusal::Protocol),
-        ("pong over 125 bytes".into(), wire(0x8A, &[0; 200], None), Refusal::Protocol),
+        (
+            "rsv1 set".into(),
+            wire(0xC2, b"x", Some(KEY)),
+            Refusal::Protocol,
+        ),
+        (
+            "rsv2 set".into(),
+            wire(0xA2, b"x", Some(KEY)),
+            Refusal::Protocol,
+        ),
+        (
+            "rsv3 set".into(),
+            wire(0x92, b"x", Some(KEY)),
+            Refusal::Protocol,
+        ),
+        (
+            "fragmented ping".into(),
+            wire(0x09, b"x", Some(KEY)),
+            Refusal::Protocol,
+        ),
+        (
+            "fragmented close".into(),
+            wire(0x08, b"", Some(KEY)),
+            Refusal::Protocol,
+        ),
+        (
+            "ping over 125 bytes".into(),
+            wire(0x89, &[0; 126], Some(KEY)),
+            Refusal::Protocol,
+        ),
+        (
+            "pong over 125 bytes".into(),
+            wire(0x8A, &[0; 200], None),
+            Refusal::Protocol,
+        ),
         (
             "close of one byte".into(),
             wire(0x88, &[3], Some(KEY)),
@@ -476,7 +518,10 @@ async fn reader_and_writer_carry_frames_and_leftover_bytes() {
     let (head, tail) = wire_bytes.split_at(3);
     let mut reader = FrameReader::new(tail, head.to_vec());
     let first = reader.read_frame().await.expect("valid").expect("frame");
-    assert_eq!((first.opcode, first.payload.as_ref()), (OpCode::Text, &b"hello"[..]));
+    assert_eq!(
+        (first.opcode, first.payload.as_ref()),
+        (OpCode::Text, &b"hello"[..])
+    );
     let close = reader.read_frame().await.expect("valid").expect("frame");
     assert_eq!(close.close_code(), (1000, "bye".to_owned()));
     assert_eq!(reader.read_frame().await.expect("clean end"), None);
@@ -499,4 +544,18 @@ async fn a_reader_is_cancel_safe_mid_frame() {
         .expect("write");
     let frame = reader.read_frame().await.expect("valid").expect("frame");
     assert_eq!(frame.payload.as_ref(), b"patience");
+}
+
+#[tokio::test]
+async fn bytes_read_with_the_handshake_are_decoded_without_waiting_for_more() {
+    // The peer sent one frame right behind its 101 and now waits for our answer: the
+    // transport has nothing more to give, but the frame must come out.
+    let (_peer, ours) = tokio::io::duplex(1024);
+    let mut reader = FrameReader::new(ours, wire(0x82, b"preamble", None));
+    let frame = tokio::time::timeout(std::time::Duration::from_secs(5), reader.read_frame())
+        .await
+        .expect("decoded from the leftover bytes alone")
+        .expect("valid")
+        .expect("frame");
+    assert_eq!(frame.payload.as_ref(), b"preamble");
 }

@@ -8,7 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::test_support::{Peer, tunnel_and_peer};
 use super::*;
-use crate::relay::client::frame::Frame;
+use crate::relay::websocket::Frame;
 
 /// Bound for every wait in these tests.
 const DEADLINE: Duration = Duration::from_secs(10);

@@ -17,7 +17,6 @@ mod accept;
 mod auth;
 mod connection;
 mod control;
-mod frame;
 mod io;
 mod registry;
 mod relay;
