@@ -401,3 +401,7 @@ async fn rendezvous<H: AcceptHandler>(
     }
     drop(slot);
 }
+
+#[cfg(test)]
+#[path = "listener_tests.rs"]
+mod tests;
