@@ -24,7 +24,7 @@ use super::error::{ConnectError, Role};
 use super::handshake::{self, WebSocket};
 use super::{Endpoint, Tunnel};
 use crate::relay::protocol::{self, Accept, ControlMessage, RenewToken, close_code, status};
-use crate::relay::websocket::OpCode;
+use crate::relay::websocket::{self, OpCode};
 
 /// How long the listener waits for a rendezvous upgrade (what .NET uses).
 pub const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(20);
@@ -199,23 +199,6 @@ async fn control_loop<H: AcceptHandler>(
     // Reset by every frame that arrives; the relay is dead when it fires.
     let silence = tokio::time::sleep(SILENCE_LIMIT);
     tokio::pin!(silence);
-    // A write may take CONTROL_WRITE_TIMEOUT, but never past the silence deadline: a dead
-    // relay is declared within SILENCE_LIMIT whatever we were doing.
-    macro_rules! write_or_return {
-        ($write:expr) => {{
-            let limit = (Instant::now() + CONTROL_WRITE_TIMEOUT).min(silence.deadline());
-            match tokio::time::timeout_at(limit, $write).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return format!("control channel write failed: {e}"),
-                Err(_) => {
-                    return format!(
-                        "the relay took no control frame within {CONTROL_WRITE_TIMEOUT:?} \
-                         (or was silent for {SILENCE_LIMIT:?})"
-                    );
-                }
-            }
-        }};
-    }
     let mut message: Vec<u8> = Vec::new();
     loop {
         // Every branch is cancel-safe: `cancelled`, interval ticks, `Sleep` and
@@ -227,7 +210,9 @@ async fn control_loop<H: AcceptHandler>(
                 return "shutting down".into();
             }
             () = &mut silence => {
-                return format!("nothing from the relay for {SILENCE_LIMIT:?} (not even a Pong); the connection is dead");
+                return format!(
+                    "nothing from the relay for {SILENCE_LIMIT:?} (not even a Pong); the connection is dead"
+                );
             }
             _ = renew.tick(), if renew_every.is_some() => {
                 let token = match endpoint.token() {
@@ -235,11 +220,17 @@ async fn control_loop<H: AcceptHandler>(
                     Err(e) => return format!("cannot sign a renewal token: {e}"),
                 };
                 let text = ControlMessage::RenewToken(RenewToken { token }).to_json();
-                write_or_return!(writer.write_frame(OpCode::Text, text.as_bytes()));
+                let renewal = writer.write_frame(OpCode::Text, text.as_bytes());
+                if let Err(why) = control_write(renewal, silence.deadline()).await {
+                    return why;
+                }
                 tracing::debug!("token renewed");
             }
             _ = ping.tick() => {
-                write_or_return!(writer.write_frame(OpCode::Ping, b""));
+                let probe = writer.write_frame(OpCode::Ping, b"");
+                if let Err(why) = control_write(probe, silence.deadline()).await {
+                    return why;
+                }
             }
             frame = reader.read_frame() => {
                 let frame = match frame {
@@ -255,7 +246,12 @@ async fn control_loop<H: AcceptHandler>(
                 };
                 silence.as_mut().reset(Instant::now() + SILENCE_LIMIT);
                 match frame.opcode {
-                    OpCode::Ping => write_or_return!(writer.write_frame(OpCode::Pong, &frame.payload)),
+                    OpCode::Ping => {
+                        let pong = writer.write_frame(OpCode::Pong, &frame.payload);
+                        if let Err(why) = control_write(pong, silence.deadline()).await {
+                            return why;
+                        }
+                    }
                     OpCode::Pong => {}
                     OpCode::Close => {
                         let (code, reason) = frame.close_code();
@@ -270,7 +266,7 @@ async fn control_loop<H: AcceptHandler>(
                     OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                         message.extend_from_slice(&frame.payload);
                         if message.len() > MAX_CONTROL_MESSAGE {
-                            let bye = writer.write_close(close_code::POLICY, "message too big");
+                            let bye = writer.write_close(websocket::close_code::TOO_BIG, "message too big");
                             let _ = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, bye).await;
                             return format!("control message over {MAX_CONTROL_MESSAGE} bytes");
                         }
@@ -282,6 +278,24 @@ async fn control_loop<H: AcceptHandler>(
                 }
             }
         }
+    }
+}
+
+/// Runs one control-channel write, bounded by [`CONTROL_WRITE_TIMEOUT`] and never past
+/// `silent_at`, so a dead relay is declared within [`SILENCE_LIMIT`] whatever we were
+/// doing. `Err` says why the channel is dead.
+async fn control_write(
+    write: impl Future<Output = std::io::Result<()>>,
+    silent_at: Instant,
+) -> Result<(), String> {
+    let limit = (Instant::now() + CONTROL_WRITE_TIMEOUT).min(silent_at);
+    match tokio::time::timeout_at(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("control channel write failed: {e}")),
+        Err(_) => Err(format!(
+            "the relay took no control frame within {CONTROL_WRITE_TIMEOUT:?} \
+             (or was silent for {SILENCE_LIMIT:?})"
+        )),
     }
 }
 

@@ -116,3 +116,37 @@ async fn senders_over_the_cap_are_rejected_at_once_and_admitted_when_a_slot_free
     shutdown.cancel();
     let _ = tokio::time::timeout(DEADLINE, listening).await;
 }
+
+#[tokio::test]
+async fn control_writes_end_by_the_silence_deadline_whatever_the_write_does() {
+    type Write = std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+    let far = Instant::now() + Duration::from_secs(3600);
+    let soon = Instant::now() + Duration::from_millis(100);
+    let cases: Vec<(&str, Write, Instant, Option<&str>)> = vec![
+        ("written", Box::pin(async { Ok(()) }), far, None),
+        (
+            "broken pipe",
+            Box::pin(async { Err(std::io::ErrorKind::BrokenPipe.into()) }),
+            far,
+            Some("write failed"),
+        ),
+        (
+            "relay never takes the frame",
+            Box::pin(std::future::pending()),
+            soon,
+            Some("took no control frame"),
+        ),
+    ];
+    for (name, write, silent_at, want) in cases {
+        let started = Instant::now();
+        let got = tokio::time::timeout(DEADLINE, control_write(write, silent_at))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: control_write outlived its deadline"));
+        match (got, want) {
+            (Ok(()), None) => {}
+            (Err(why), Some(want)) => assert!(why.contains(want), "{name}: {why}"),
+            (got, want) => panic!("{name}: got {got:?}, wanted {want:?}"),
+        }
+        assert!(started.elapsed() < CONTROL_WRITE_TIMEOUT, "{name}");
+    }
+}
