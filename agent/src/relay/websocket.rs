@@ -19,6 +19,9 @@
 //! Writing encodes a frame's header and (masked) payload into one buffer, written with
 //! one write: a small frame leaves as one TLS record.
 
+// Network input never indexes or slices unchecked: a bad frame must not panic.
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 use std::io;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -171,16 +174,10 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 /// XORs `data` with `key`, as if `data` started `offset` bytes into a payload; eight
 /// bytes at a time.
 pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
-    let shift = offset % 4;
-    let key = [
-        key[shift],
-        key[(shift + 1) % 4],
-        key[(shift + 2) % 4],
-        key[(shift + 3) % 4],
-    ];
-    let word = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
+    let mut key = key;
+    key.rotate_left(offset % 4);
+    let [k0, k1, k2, k3] = key;
+    let word = u64::from_ne_bytes([k0, k1, k2, k3, k0, k1, k2, k3]);
     let mut words = data.chunks_exact_mut(8);
     for chunk in &mut words {
         let mut bytes = [0u8; 8];

@@ -32,8 +32,8 @@ fn wire(b0: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
 
 /// The textbook per-byte masking, to check the word-at-a-time one against.
 fn naive_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
-    for (i, b) in data.iter_mut().enumerate() {
-        *b ^= key[(offset + i) % 4];
+    for (b, k) in data.iter_mut().zip(key.iter().cycle().skip(offset % 4)) {
+        *b ^= k;
     }
 }
 
