@@ -14,7 +14,9 @@
 //! last carries the frame's FIN; RFC 6455 section 5.4 lets an intermediary re-fragment a
 //! message without extensions, and no reader of ours cares about boundaries). A frame
 //! declaring more than [`MAX_FRAME_LEN`] bytes is refused before any of it is buffered
-//! (Close 1009). No extensions are negotiated, so reserved bits are always zero.
+//! (Close 1009). No extensions are negotiated, so reserved bits are always zero. Text
+//! payloads are not checked for UTF-8 (no 1007): the relay passes bytes through and the
+//! control channel decodes them lossily.
 //!
 //! Writing encodes a frame's header and (masked) payload into one buffer, written with
 //! one write: a small frame leaves as one TLS record.
@@ -22,12 +24,12 @@
 // Network input never indexes or slices unchecked: a bad frame must not panic.
 #![deny(clippy::string_slice, clippy::indexing_slicing)]
 
-use std::io;
+use std::io::{self, Cursor};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts, FramedWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Chain};
+use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
 
 /// Largest frame payload we accept (a 16 MiB sender write fits in one frame).
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
@@ -439,21 +441,20 @@ impl Encoder<OutFrame<'_>> for Codec {
 /// Reads frames from the receiving half of a WebSocket.
 #[derive(Debug)]
 pub struct FrameReader<R> {
-    /// Only ever read from. A `Framed` rather than a `FramedRead` because only `Framed`
-    /// can start with bytes already buffered *and decode them before reading*: bytes
-    /// pushed into a `FramedRead`'s buffer wait for the transport's next read, which
-    /// never comes when the peer waits for our answer to them.
-    frames: Framed<R, Codec>,
+    /// The transport behind the bytes the upgrade already read. Those go first through
+    /// the transport rather than into the decoder's buffer: a `FramedRead` decodes only
+    /// after a read, so pre-buffered bytes would wait for one that never comes when the
+    /// peer is waiting for our answer to them.
+    frames: FramedRead<Chain<Cursor<Vec<u8>>, R>, Codec>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `already_read`: bytes the upgrade read past the HTTP head, decoded first.
     pub fn new(inner: R, already_read: Vec<u8>) -> Self {
+        let transport = AsyncReadExt::chain(Cursor::new(already_read), inner);
         // The reading side never masks; masking is the writer's business.
-        let mut parts = FramedParts::new::<OutFrame<'_>>(inner, Codec::new(false));
-        parts.read_buf = BytesMut::from(already_read.as_slice());
         FrameReader {
-            frames: Framed::from_parts(parts),
+            frames: FramedRead::new(transport, Codec::new(false)),
         }
     }
 
