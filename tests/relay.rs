@@ -4,5 +4,6 @@
 mod errors;
 pub mod harness;
 mod interop;
+mod liveness;
 mod reconnect;
 mod tunnels;

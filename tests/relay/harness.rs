@@ -302,6 +302,16 @@ impl Relay {
     }
 }
 
+/// `relay listen` over plain ws to a relay that is not a `relay serve` (a test double),
+/// with `connection_string` in the environment and extra `args`.
+pub fn listen_without_relay(connection_string: &str, args: &[&str]) -> Proc {
+    let mut cmd = util::agent();
+    cmd.args(["relay", "listen", "--insecure-ws"])
+        .args(args)
+        .env("AMLX_RELAY_CONNECTION_STRING", connection_string);
+    Proc::spawn(cmd)
+}
+
 /// A local TCP echo server (echoes until EOF, then half-closes).
 pub fn echo_server() -> SocketAddr {
     serve_each(|mut s| {

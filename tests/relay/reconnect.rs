@@ -18,12 +18,13 @@ fn listener_reconnects_after_the_relay_restarts() {
         .stderr
         .wait_for_from(mark, "listener online", DEADLINE)
         .unwrap_or_else(|| panic!("listener did not reconnect:\n{}", listener.dump()));
-    // ...after waits that follow the schedule 0, 1, 2, 5, ... seconds.
+    // ...after waits that follow the schedule 0, 1, 2, 5, ... seconds (each jittered).
     let delays: Vec<String> = listener.stderr.all()[mark..]
         .iter()
         .filter_map(|l| {
-            l.split("reconnecting in ")
+            l.split("(backoff step ")
                 .nth(1)
+                .and_then(|d| d.split(')').next())
                 .map(|d| d.trim().to_owned())
         })
         .collect();

@@ -16,9 +16,10 @@ fn sixteen_mib_each_way(relay: Relay) {
     let data = random_bytes(16 << 20);
     let back = round_trip(addr, &data).unwrap_or_else(|e| {
         panic!(
-            "round trip failed: {e}\nlisten:\n{}\nconnect:\n{}",
+            "round trip failed: {e}\nlisten:\n{}\nconnect:\n{}\nrelay:\n{}",
             listener.dump(),
-            connect.dump()
+            connect.dump(),
+            relay.proc.dump()
         )
     });
     assert_eq!(back.len(), data.len(), "connect:\n{}", connect.dump());

@@ -18,8 +18,8 @@ fn request_bytes() {
 /// The listener's answers, against a scripted sender.
 #[tokio::test]
 async fn listener_replies_follow_azbridge() {
-    use crate::relay::client::frame::OpCode;
     use crate::relay::client::tunnel::test_support::tunnel_and_peer;
+    use crate::relay::websocket::OpCode;
 
     let forwards = Forwards::from_ports(&[5678, 5679]);
     // (what the sender writes, in separate messages; the reply bytes before Close)
@@ -50,7 +50,7 @@ async fn listener_replies_follow_azbridge() {
                 .await
                 .expect("read")
                 .expect("frame");
-            assert_eq!(f.payload, REPLY_OK_TCP);
+            assert_eq!(f.payload, &REPLY_OK_TCP[..]);
             continue;
         }
         let mut bytes = Vec::new();
@@ -73,8 +73,8 @@ async fn listener_replies_follow_azbridge() {
 /// The sender's view of each answer.
 #[tokio::test]
 async fn sender_understands_every_reply() {
-    use crate::relay::client::frame::OpCode;
     use crate::relay::client::tunnel::test_support::tunnel_and_peer;
+    use crate::relay::websocket::OpCode;
 
     let cases: &[(Option<[u8; 3]>, &str)] = &[
         (Some(REPLY_OK_TCP), "ok"),

@@ -14,3 +14,4 @@ pub mod connection_string;
 pub mod protocol;
 pub mod sas;
 pub mod server;
+pub mod websocket;

@@ -12,10 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use url::Url;
 
 use super::error::{ConnectError, Role};
-use super::frame::{FrameReader, FrameWriter};
 use super::tls::{self, BoxedIo};
 use crate::config::Secret;
 use crate::relay::protocol;
+use crate::relay::websocket::{FrameReader, FrameWriter};
 
 /// Longest response head we read before giving up.
 const MAX_HEAD_LEN: usize = 64 * 1024;

@@ -1,13 +1,19 @@
 //! The listener: holds the control channel, renews its token, and turns each accept
 //! message into a rendezvous (or a reject) handled by an [`AcceptHandler`].
 //!
-//! Reconnects on [`backoff::RECONNECT_SCHEDULE`]; 401, 403 and 404 are terminal.
+//! Liveness: the channel is pinged every [`PING_INTERVAL`]; a relay from which nothing at
+//! all (data, Ping or Pong) arrived for [`SILENCE_LIMIT`] is taken for dead (a NAT drop or
+//! a hung relay leaves a half-open TCP connection that would otherwise look idle for
+//! ever), and so is one that takes no control frame within [`CONTROL_WRITE_TIMEOUT`].
+//! Reconnects on the jittered [`backoff::RECONNECT_SCHEDULE`]; 401, 403 and 404 are
+//! terminal. At most [`MAX_TUNNELS`] relayed connections are served at once; senders over
+//! that are rejected (503) at once rather than queued.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,19 +21,32 @@ use tracing::Instrument as _;
 
 use super::backoff;
 use super::error::{ConnectError, Role};
-use super::frame::{Frame, OpCode};
 use super::handshake::{self, WebSocket};
 use super::{Endpoint, Tunnel};
 use crate::relay::protocol::{self, Accept, ControlMessage, RenewToken, close_code, status};
+use crate::relay::websocket::{self, OpCode};
 
 /// How long the listener waits for a rendezvous upgrade (what .NET uses).
 pub const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(20);
-/// Ping the control channel this often so idle NATs keep it (.NET: 3.5 minutes).
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(210);
+/// Ping the control channel this often: idle NATs keep it, and the relay's Pong proves it
+/// is alive (.NET pings every 3.5 minutes, which leaves a dead channel unnoticed as long).
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// A control channel on which nothing arrived for this long (three missed Pongs) is dead.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+/// One control frame the relay does not take within this means a dead channel.
+pub const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest control message we assemble (Azure caps bodies at 64 kB).
 pub const MAX_CONTROL_MESSAGE: usize = 1024 * 1024;
 /// How long relayed connections may finish after shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most relayed connections one listener serves at a time (a debug session needs one per
+/// debugger; this only stops a flood of senders from exhausting the process).
+pub const MAX_TUNNELS: usize = 256;
+/// Most reject rendezvous in flight; accepts beyond this are dropped (the relay fails the
+/// sender's upgrade when the rendezvous never comes).
+pub const MAX_PENDING_REJECTS: usize = 32;
+/// The HTTP status a sender gets when the listener already serves [`MAX_TUNNELS`].
+const BUSY_STATUS: u16 = 503;
 
 /// What to do with one sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +75,22 @@ pub async fn run<H: AcceptHandler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectError> {
+    run_with_cap(endpoint, handler, shutdown, MAX_TUNNELS).await
+}
+
+/// [`run`] serving at most `max_tunnels` relayed connections at once.
+pub async fn run_with_cap<H: AcceptHandler>(
+    endpoint: Arc<Endpoint>,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    max_tunnels: usize,
+) -> Result<(), ConnectError> {
     let tracker = TaskTracker::new();
-    let result = listen_loop(&endpoint, &handler, &tracker, &shutdown).await;
+    let admission = Admission {
+        tunnels: Arc::new(Semaphore::new(max_tunnels)),
+        rejects: Arc::new(Semaphore::new(MAX_PENDING_REJECTS)),
+    };
+    let result = listen_loop(&endpoint, &handler, &tracker, &admission, &shutdown).await;
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
         .await
@@ -68,10 +101,19 @@ pub async fn run<H: AcceptHandler>(
     result
 }
 
+/// Slots for relayed connections and for reject rendezvous; they outlive control
+/// channels (tunnels survive a reconnect).
+#[derive(Debug, Clone)]
+struct Admission {
+    tunnels: Arc<Semaphore>,
+    rejects: Arc<Semaphore>,
+}
+
 async fn listen_loop<H: AcceptHandler>(
     endpoint: &Arc<Endpoint>,
     handler: &Arc<H>,
     tracker: &TaskTracker,
+    admission: &Admission,
     shutdown: &CancellationToken,
 ) -> Result<(), ConnectError> {
     let mut failures = 0usize;
@@ -102,7 +144,7 @@ async fn listen_loop<H: AcceptHandler>(
                 tracing::info!(parent: &span, url = %handshake::display_url(&url), "listener online");
                 handler.online();
                 let since = Instant::now();
-                let reason = control_loop(ws, endpoint, handler, tracker, shutdown)
+                let reason = control_loop(ws, endpoint, handler, tracker, admission, shutdown)
                     .instrument(span.clone())
                     .await;
                 if shutdown.is_cancelled() {
@@ -116,9 +158,15 @@ async fn listen_loop<H: AcceptHandler>(
             Err(err) if err.is_permanent() => return Err(err),
             Err(err) => err.to_string(),
         };
+        let step = backoff::schedule_step(failures);
         let delay = backoff::reconnect_delay(failures);
         failures = failures.saturating_add(1);
-        tracing::warn!(parent: &span, "listener offline: {reason}; reconnecting in {}s", delay.as_secs());
+        tracing::warn!(
+            parent: &span,
+            "listener offline: {reason}; reconnecting in {:.2}s (backoff step {}s)",
+            delay.as_secs_f64(),
+            step.as_secs()
+        );
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => return Ok(()),
@@ -126,30 +174,19 @@ async fn listen_loop<H: AcceptHandler>(
     }
 }
 
-/// Serves one control channel until it drops; returns why.
+/// Serves one control channel until it drops or goes silent; returns why.
 async fn control_loop<H: AcceptHandler>(
     ws: WebSocket,
     endpoint: &Arc<Endpoint>,
     handler: &Arc<H>,
     tracker: &TaskTracker,
+    admission: &Admission,
     shutdown: &CancellationToken,
 ) -> String {
     let WebSocket {
         mut reader,
         mut writer,
     } = ws;
-    // Reading is not cancel-safe mid-frame, so it lives in its own task; the channel is.
-    let (tx, mut frames) = mpsc::channel::<std::io::Result<Option<Frame>>>(16);
-    let read_task = tokio::spawn(async move {
-        loop {
-            let r = reader.read_frame().await;
-            let end = !matches!(r, Ok(Some(_)));
-            if tx.send(r).await.is_err() || end {
-                break;
-            }
-        }
-    });
-    let _abort_reader = AbortOnDrop(read_task);
     let renew_every = endpoint.renew_interval();
     let far = Duration::from_secs(365 * 24 * 3600);
     let mut renew = tokio::time::interval_at(
@@ -157,14 +194,25 @@ async fn control_loop<H: AcceptHandler>(
         renew_every.unwrap_or(far),
     );
     renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut keepalive =
-        tokio::time::interval_at(Instant::now() + KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL);
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Reset by every frame that arrives; the relay is dead when it fires.
+    let silence = tokio::time::sleep(SILENCE_LIMIT);
+    tokio::pin!(silence);
     let mut message: Vec<u8> = Vec::new();
     loop {
+        // Every branch is cancel-safe: `cancelled`, interval ticks, `Sleep` and
+        // `read_frame` (its partial frame stays in the reader's buffer).
         tokio::select! {
             () = shutdown.cancelled() => {
-                let _ = writer.write_close(close_code::NORMAL, "listener shutting down").await;
+                let bye = writer.write_close(close_code::NORMAL, "listener shutting down");
+                let _ = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, bye).await;
                 return "shutting down".into();
+            }
+            () = &mut silence => {
+                return format!(
+                    "nothing from the relay for {SILENCE_LIMIT:?} (not even a Pong); the connection is dead"
+                );
             }
             _ = renew.tick(), if renew_every.is_some() => {
                 let token = match endpoint.token() {
@@ -172,50 +220,82 @@ async fn control_loop<H: AcceptHandler>(
                     Err(e) => return format!("cannot sign a renewal token: {e}"),
                 };
                 let text = ControlMessage::RenewToken(RenewToken { token }).to_json();
-                if let Err(e) = writer.write_frame(OpCode::Text, text.as_bytes()).await {
-                    return format!("control channel write failed: {e}");
+                let renewal = writer.write_frame(OpCode::Text, text.as_bytes());
+                if let Err(why) = control_write(renewal, silence.deadline()).await {
+                    return why;
                 }
                 tracing::debug!("token renewed");
             }
-            _ = keepalive.tick() => {
-                if let Err(e) = writer.write_frame(OpCode::Ping, b"").await {
-                    return format!("control channel write failed: {e}");
+            _ = ping.tick() => {
+                let probe = writer.write_frame(OpCode::Ping, b"");
+                if let Err(why) = control_write(probe, silence.deadline()).await {
+                    return why;
                 }
             }
-            frame = frames.recv() => {
+            frame = reader.read_frame() => {
                 let frame = match frame {
-                    Some(Ok(Some(frame))) => frame,
-                    Some(Ok(None)) | None => return "the relay closed the control channel without a Close frame".into(),
-                    Some(Err(e)) => return format!("control channel read failed: {e}"),
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return "the relay closed the control channel without a Close frame".into(),
+                    Err(e) => {
+                        if let Some(code) = e.close_code() {
+                            let bye = writer.write_close(code, "WebSocket protocol error");
+                            let _ = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, bye).await;
+                        }
+                        return format!("control channel read failed: {e}");
+                    }
                 };
+                silence.as_mut().reset(Instant::now() + SILENCE_LIMIT);
                 match frame.opcode {
                     OpCode::Ping => {
-                        if let Err(e) = writer.write_frame(OpCode::Pong, &frame.payload).await {
-                            return format!("control channel write failed: {e}");
+                        let pong = writer.write_frame(OpCode::Pong, &frame.payload);
+                        if let Err(why) = control_write(pong, silence.deadline()).await {
+                            return why;
                         }
                     }
                     OpCode::Pong => {}
                     OpCode::Close => {
                         let (code, reason) = frame.close_code();
-                        let _ = writer.write_close(code_to_echo(code), "").await;
-                        let _ = writer.shutdown().await;
+                        let bye = async {
+                            let _ = writer.write_close(code_to_echo(code), "").await;
+                            let _ = writer.shutdown().await;
+                        };
+                        let _ = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, bye).await;
                         let why = if code == close_code::POLICY { " (token expired or refused)" } else { "" };
                         return format!("the relay closed the control channel with {code} {reason:?}{why}");
                     }
                     OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                         message.extend_from_slice(&frame.payload);
                         if message.len() > MAX_CONTROL_MESSAGE {
-                            let _ = writer.write_close(close_code::POLICY, "message too big").await;
+                            let bye = writer.write_close(websocket::close_code::TOO_BIG, "message too big");
+                            let _ = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, bye).await;
                             return format!("control message over {MAX_CONTROL_MESSAGE} bytes");
                         }
                         if frame.fin {
                             let text = std::mem::take(&mut message);
-                            dispatch(&text, endpoint, handler, tracker);
+                            dispatch(&text, endpoint, handler, tracker, admission);
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Runs one control-channel write, bounded by [`CONTROL_WRITE_TIMEOUT`] and never past
+/// `silent_at`, so a dead relay is declared within [`SILENCE_LIMIT`] whatever we were
+/// doing. `Err` says why the channel is dead.
+async fn control_write(
+    write: impl Future<Output = std::io::Result<()>>,
+    silent_at: Instant,
+) -> Result<(), String> {
+    let limit = (Instant::now() + CONTROL_WRITE_TIMEOUT).min(silent_at);
+    match tokio::time::timeout_at(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("control channel write failed: {e}")),
+        Err(_) => Err(format!(
+            "the relay took no control frame within {CONTROL_WRITE_TIMEOUT:?} \
+             (or was silent for {SILENCE_LIMIT:?})"
+        )),
     }
 }
 
@@ -232,6 +312,7 @@ fn dispatch<H: AcceptHandler>(
     endpoint: &Arc<Endpoint>,
     handler: &Arc<H>,
     tracker: &TaskTracker,
+    admission: &Admission,
 ) {
     let text = String::from_utf8_lossy(text);
     match ControlMessage::parse(&text) {
@@ -243,7 +324,23 @@ fn dispatch<H: AcceptHandler>(
             );
             let endpoint = Arc::clone(endpoint);
             let handler = Arc::clone(handler);
-            tracker.spawn(rendezvous(accept, endpoint, handler).instrument(span));
+            let slot = match Arc::clone(&admission.tunnels).try_acquire_owned() {
+                Ok(permit) => Slot {
+                    busy: false,
+                    _permit: permit,
+                },
+                Err(_) => match Arc::clone(&admission.rejects).try_acquire_owned() {
+                    Ok(permit) => Slot {
+                        busy: true,
+                        _permit: permit,
+                    },
+                    Err(_) => {
+                        tracing::warn!(parent: &span, "{MAX_TUNNELS} relayed connections and {MAX_PENDING_REJECTS} rejects in flight; ignoring the sender");
+                        return;
+                    }
+                },
+            };
+            tracker.spawn(rendezvous(accept, endpoint, handler, slot).instrument(span));
         }
         Ok(ControlMessage::Unknown(command)) => {
             tracing::debug!(command, "ignoring unknown control command")
@@ -253,8 +350,30 @@ fn dispatch<H: AcceptHandler>(
     }
 }
 
-async fn rendezvous<H: AcceptHandler>(accept: Accept, endpoint: Arc<Endpoint>, handler: Arc<H>) {
-    match handler.decide(&accept) {
+/// What an accept was admitted to; the permit is held until the rendezvous ends.
+#[derive(Debug)]
+struct Slot {
+    busy: bool,
+    /// Released when the rendezvous (and the relayed connection) ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+async fn rendezvous<H: AcceptHandler>(
+    accept: Accept,
+    endpoint: Arc<Endpoint>,
+    handler: Arc<H>,
+    slot: Slot,
+) {
+    let decision = if slot.busy {
+        tracing::warn!("already serving the most relayed connections; rejecting the sender");
+        Decision::Reject {
+            status: BUSY_STATUS,
+            description: "the listener serves as many connections as it can".to_owned(),
+        }
+    } else {
+        handler.decide(&accept)
+    };
+    match decision {
         Decision::Reject {
             status: code,
             description,
@@ -294,14 +413,9 @@ async fn rendezvous<H: AcceptHandler>(accept: Accept, endpoint: Arc<Endpoint>, h
             }
         }
     }
+    drop(slot);
 }
 
-/// Aborts a task when dropped (the control channel's reader).
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+#[cfg(test)]
+#[path = "listener_tests.rs"]
+mod tests;

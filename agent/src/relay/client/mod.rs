@@ -1,11 +1,11 @@
 //! Hybrid Connections client: the listener (control channel + rendezvous) and the
-//! sender, over our own WebSocket framing (see `frame` for why) and rustls.
+//! sender, over the agent's one WebSocket codec (`relay::websocket`, which says why) and
+//! rustls.
 
 pub mod backoff;
 pub mod credentials;
 pub mod error;
 pub mod forward;
-pub mod frame;
 pub mod handshake;
 pub mod listener;
 pub mod sender;

@@ -7,19 +7,37 @@
 //!
 //! Message boundaries mean nothing: every data frame is a slice of the stream.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Mutex;
 
-use super::frame::{FrameReader, FrameWriter, OpCode};
 use super::handshake::WebSocket;
 use super::tls::BoxedIo;
 use crate::relay::protocol::close_code;
+use crate::relay::websocket::{FrameError, FrameReader, FrameWriter, OpCode};
 
 /// Bytes read from local TCP per frame.
 const CHUNK: usize = 64 * 1024;
+
+/// A frame the relay has not taken off our hands within this is a dead tunnel: a relay
+/// that stops reading must not hold a debug session (and its task) forever.
+pub const TUNNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs one frame write, bounded by [`TUNNEL_WRITE_TIMEOUT`].
+async fn bounded(write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    match tokio::time::timeout(TUNNEL_WRITE_TIMEOUT, write).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the relay took no frame for {TUNNEL_WRITE_TIMEOUT:?}"),
+        )),
+    }
+}
 
 /// The sending half, shared by the data pump and Pong replies.
 #[derive(Debug)]
@@ -78,12 +96,16 @@ impl Tunnel {
 
     /// The next data payload; answers Pings on the way. `None` at the peer's Close, an
     /// `UnexpectedEof` error when the transport ends without one.
-    async fn next_data(&mut self) -> io::Result<Option<Vec<u8>>> {
+    async fn next_data(&mut self) -> io::Result<Option<Bytes>> {
         if self.peer_closed {
             return Ok(None);
         }
         loop {
-            let Some(frame) = self.reader.read_frame().await? else {
+            let frame = match self.reader.read_frame().await {
+                Ok(frame) => frame,
+                Err(err) => return Err(self.refuse(err).await),
+            };
+            let Some(frame) = frame else {
                 // Without a Close the peer's state is unknown: abort rather than
                 // half-close, or the other direction could wait forever.
                 self.peer_closed = true;
@@ -99,7 +121,7 @@ impl Tunnel {
                 OpCode::Ping => {
                     let mut w = self.writer.lock().await;
                     if !w.closed {
-                        w.frames.write_frame(OpCode::Pong, &frame.payload).await?;
+                        bounded(w.frames.write_frame(OpCode::Pong, &frame.payload)).await?;
                     }
                 }
                 OpCode::Pong => {}
@@ -113,7 +135,19 @@ impl Tunnel {
         }
     }
 
-    /// Sends stream bytes as one binary message.
+    /// Tells the peer (best effort, bounded) why its frames are refused, and turns the
+    /// refusal into the error the reading caller sees.
+    async fn refuse(&mut self, err: FrameError) -> io::Error {
+        self.peer_closed = true;
+        if let Some(code) = err.close_code() {
+            tracing::debug!(code, "refusing the relayed connection: {err}");
+            let _ = self.close(code, "WebSocket protocol error").await;
+        }
+        err.into()
+    }
+
+    /// Sends stream bytes as binary frames of at most [`CHUNK`] bytes (the peer's frame
+    /// limit never matters, and a frame write stays short).
     pub async fn write(&self, data: &[u8]) -> io::Result<()> {
         let mut w = self.writer.lock().await;
         if w.closed {
@@ -122,7 +156,10 @@ impl Tunnel {
                 "tunnel already closed",
             ));
         }
-        w.frames.write_frame(OpCode::Binary, data).await
+        for chunk in data.chunks(CHUNK) {
+            bounded(w.frames.write_frame(OpCode::Binary, chunk)).await?;
+        }
+        Ok(())
     }
 
     /// Sends our Close (ends our direction); a second call does nothing.
@@ -132,14 +169,14 @@ impl Tunnel {
             return Ok(());
         }
         w.closed = true;
-        w.frames.write_close(code, reason).await
+        bounded(w.frames.write_close(code, reason)).await
     }
 
     /// Closes both directions now (refusing a connection) and drops the transport.
     pub async fn finish(self, code: u16, reason: &str) {
         let _ = self.close(code, reason).await;
         let mut w = self.writer.lock().await;
-        let _ = w.frames.shutdown().await;
+        let _ = bounded(w.frames.shutdown()).await;
     }
 
     /// Pumps bytes both ways between the tunnel and a local stream (a TCP connection, or
@@ -175,10 +212,11 @@ impl Tunnel {
                 let mut w = writer.lock().await;
                 if n == 0 {
                     w.closed = true;
-                    w.frames.write_close(close_code::NORMAL, "").await?;
+                    bounded(w.frames.write_close(close_code::NORMAL, "")).await?;
                     return Ok::<u64, io::Error>(sent);
                 }
-                w.frames.write_frame(OpCode::Binary, &buf[..n]).await?;
+                let data = buf.get(..n).unwrap_or_default();
+                bounded(w.frames.write_frame(OpCode::Binary, data)).await?;
                 sent += n as u64;
             }
         };
@@ -198,7 +236,7 @@ impl Tunnel {
             }
         }
         let mut w = writer.lock().await;
-        let _ = w.frames.shutdown().await;
+        let _ = bounded(w.frames.shutdown()).await;
         Ok(stats)
     }
 }

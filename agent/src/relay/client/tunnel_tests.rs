@@ -8,7 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::test_support::{Peer, tunnel_and_peer};
 use super::*;
-use crate::relay::client::frame::Frame;
+use crate::relay::websocket::Frame;
 
 /// Bound for every wait in these tests.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -172,4 +172,54 @@ async fn transport_loss_aborts_both_directions() {
         .expect("local side sees the end")
         .unwrap_or(0);
     assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn frames_that_break_the_protocol_are_refused_with_their_close_code() {
+    use crate::relay::websocket::{MAX_FRAME_LEN, OutFrame, close_code as ws_close};
+
+    // What the peer sends, as (opcode, fin, payload length) frames.
+    type Script = &'static [(OpCode, bool, usize)];
+    let cases: [(&str, Script, u16); 2] = [
+        (
+            "a new message inside an unfinished one",
+            &[(OpCode::Binary, false, 1), (OpCode::Binary, true, 1)],
+            ws_close::PROTOCOL_ERROR,
+        ),
+        (
+            "a frame over the limit",
+            &[(OpCode::Binary, true, MAX_FRAME_LEN + 1)],
+            ws_close::TOO_BIG,
+        ),
+    ];
+    for (name, script, code) in cases {
+        let (mut tunnel, (mut peer_reader, mut peer_writer)) = tunnel_and_peer();
+        // The peer writes in its own task: a refused frame is never read to its end.
+        let writing = tokio::spawn(async move {
+            for (opcode, fin, len) in script {
+                let payload = vec![0u8; *len];
+                let frame = OutFrame {
+                    opcode: *opcode,
+                    fin: *fin,
+                    payload: &payload,
+                };
+                if peer_writer.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let err = tokio::time::timeout(DEADLINE, tunnel.read_exact(3))
+            .await
+            .expect("refused within the deadline")
+            .expect_err(name);
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{name}: {err}");
+        let close = tokio::time::timeout(DEADLINE, peer_reader.read_frame())
+            .await
+            .expect("close within the deadline")
+            .expect("valid frame")
+            .expect("a Close, not EOF");
+        assert_eq!(close.opcode, OpCode::Close, "{name}");
+        assert_eq!(close.close_code().0, code, "{name}");
+        writing.abort();
+    }
 }

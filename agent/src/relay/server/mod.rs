@@ -32,7 +32,6 @@ mod admission;
 mod auth;
 mod connection;
 mod control;
-mod frame;
 mod io;
 mod registry;
 mod relay;

@@ -8,25 +8,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{self, FrameError, Header};
 use super::io::{BoxIo, Prefixed};
 use crate::relay::protocol::close_code;
-
-/// Payload bytes copied per read while streaming a data frame.
-const CHUNK: usize = 16 * 1024;
+use crate::relay::websocket::{FrameError, FrameReader, FrameWriter, OpCode, OutFrame};
 
 /// How long a best-effort goodbye (Close frame, TLS close_notify) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Servers never mask what they send.
+const SERVER_MASKS: bool = false;
 
 type Stream = Prefixed<BoxIo>;
 
 /// One side's write half, and whether it was already sent a Close.
 struct Out {
-    w: WriteHalf<Stream>,
+    w: FrameWriter<WriteHalf<Stream>>,
     closed: bool,
 }
 
@@ -40,7 +40,10 @@ struct Side {
 impl Side {
     fn new(w: WriteHalf<Stream>) -> Arc<Side> {
         Arc::new(Side {
-            out: Mutex::new(Out { w, closed: false }),
+            out: Mutex::new(Out {
+                w: FrameWriter::new(w, SERVER_MASKS),
+                closed: false,
+            }),
             sent_close: CancellationToken::new(),
         })
     }
@@ -96,8 +99,12 @@ pub async fn pump(
 ) -> Outcome {
     let (sr, sw) = tokio::io::split(sender);
     let (lr, lw) = tokio::io::split(listener);
-    let sw = Side::new(sw);
-    let lw = Side::new(lw);
+    let (sw, lw): (Shared, Shared) = (Side::new(sw), Side::new(lw));
+    // The upgrade's leftover bytes are replayed by `Prefixed`.
+    let (sr, lr) = (
+        FrameReader::new(sr, Vec::new()),
+        FrameReader::new(lr, Vec::new()),
+    );
     let abort = hard_stop.child_token();
     let (s2l, l2s) = tokio::join!(
         forward(sr, sw.clone(), lw.clone(), abort.clone(), close_deadline),
@@ -120,9 +127,10 @@ pub async fn pump(
 
 /// Closes a leg that will never be relayed: Close `code`, then TCP/TLS shutdown (bounded).
 pub async fn close(mut stream: Stream, code: u16, reason: &str) {
-    let frame = frame::control_frame(frame::OP_CLOSE, &frame::close_payload(code, reason));
     let bye = async {
-        let _ = write_frame(&mut stream, &frame).await;
+        let _ = FrameWriter::new(&mut stream, SERVER_MASKS)
+            .write_close(code, reason)
+            .await;
         let _ = stream.shutdown().await;
     };
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, bye).await;
@@ -131,7 +139,7 @@ pub async fn close(mut stream: Stream, code: u16, reason: &str) {
 /// Copies frames from `src` to `dst` until Close, failure or abort. Returns how it ended
 /// and the payload bytes forwarded.
 async fn forward(
-    mut src: ReadHalf<Stream>,
+    mut src: FrameReader<ReadHalf<Stream>>,
     src_out: Shared,
     dst_out: Shared,
     abort: CancellationToken,
@@ -145,8 +153,9 @@ async fn forward(
             src_out.sent_close.cancelled().await;
             tokio::time::sleep(close_deadline).await;
         };
-        // `step` is not cancel-safe (a frame may be half copied), and need not be: both
-        // cancellations (`abort`, the close deadline) tear the whole pair down.
+        // `step` is not cancel-safe once it writes (a frame may be half written), and
+        // need not be: both cancellations (`abort`, the close deadline) tear the whole
+        // pair down.
         let step = tokio::select! {
             step = step(&mut src, &src_out, &dst_out) => step,
             () = abort.cancelled() => return (End::Aborted, bytes),
@@ -171,13 +180,10 @@ async fn forward(
             }
             Err(err) => {
                 tracing::debug!("relayed connection: {err}");
-                let code = match err {
-                    FrameError::Protocol(_) => frame::CLOSE_PROTOCOL_ERROR,
-                    FrameError::Io(_) => close_code::GOING_AWAY,
-                };
                 abort.cancel();
                 goodbye(&dst_out, close_code::GOING_AWAY, "the other side went away").await;
-                if code == frame::CLOSE_PROTOCOL_ERROR {
+                // 1002 for a protocol error, 1009 for a frame over the limit.
+                if let Some(code) = err.close_code() {
                     goodbye(&src_out, code, "WebSocket protocol error").await;
                 }
                 return (End::Gone, bytes);
@@ -194,85 +200,45 @@ enum Step {
     Unanswered,
 }
 
+/// Forwards one frame (or one piece of a long data frame: the codec hands data on in
+/// bounded pieces, re-fragmenting as RFC 6455 lets an intermediary).
 async fn step(
-    src: &mut ReadHalf<Stream>,
+    src: &mut FrameReader<ReadHalf<Stream>>,
     src_out: &Shared,
     dst_out: &Shared,
 ) -> Result<Step, FrameError> {
-    let Some(header) = frame::read_header(src).await? else {
+    let Some(frame) = src.read_frame().await? else {
         return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
     };
-    match header.opcode {
-        frame::OP_PING => {
-            let payload = read_small(src, &header).await?;
+    match frame.opcode {
+        OpCode::Ping => {
             let mut out = src_out.out.lock().await;
             if !out.closed {
-                write_frame(&mut out.w, &frame::control_frame(frame::OP_PONG, &payload)).await?;
+                out.w.write_frame(OpCode::Pong, &frame.payload).await?;
             }
             Ok(Step::Control)
         }
-        frame::OP_PONG => {
-            read_small(src, &header).await?;
-            Ok(Step::Control)
-        }
-        frame::OP_CLOSE => {
-            let payload = read_small(src, &header).await?;
+        OpCode::Pong => Ok(Step::Control),
+        OpCode::Close => {
             let mut out = dst_out.out.lock().await;
             if !out.closed {
                 dst_out.mark_closed(&mut out);
-                write_frame(&mut out.w, &frame::control_frame(frame::OP_CLOSE, &payload)).await?;
+                out.w.write_frame(OpCode::Close, &frame.payload).await?;
             }
             Ok(Step::Close)
         }
-        _ => {
+        OpCode::Text | OpCode::Binary | OpCode::Continuation => {
             let mut out = dst_out.out.lock().await;
-            copy_data(src, &mut out.w, &header).await?;
-            Ok(Step::Data(header.len))
+            out.w
+                .send(OutFrame {
+                    opcode: frame.opcode,
+                    fin: frame.fin,
+                    payload: &frame.payload,
+                })
+                .await?;
+            Ok(Step::Data(frame.payload.len() as u64))
         }
     }
-}
-
-/// Reads a control frame's payload (at most 125 bytes, checked by `read_header`; the
-/// `take` keeps it so whatever a header claims).
-async fn read_small(src: &mut ReadHalf<Stream>, header: &Header) -> Result<Vec<u8>, FrameError> {
-    let mut payload = Vec::with_capacity(frame::MAX_CONTROL_PAYLOAD as usize);
-    let limit = header.len.min(frame::MAX_CONTROL_PAYLOAD);
-    (&mut *src).take(limit).read_to_end(&mut payload).await?;
-    if (payload.len() as u64) < header.len {
-        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-    }
-    frame::unmask(&mut payload, header.mask, 0);
-    Ok(payload)
-}
-
-/// Streams one data frame's payload from `src` to `dst` without buffering it whole.
-async fn copy_data<W: AsyncWrite + Unpin>(
-    src: &mut ReadHalf<Stream>,
-    dst: &mut W,
-    header: &Header,
-) -> Result<(), FrameError> {
-    dst.write_all(&frame::encode_header(header.fin, header.opcode, header.len))
-        .await?;
-    // The buffer is at most one chunk, whatever length the header declares.
-    let mut buf = vec![0u8; usize::try_from(header.len).map_or(CHUNK, |len| CHUNK.min(len))];
-    let mut payload = (&mut *src).take(header.len);
-    let mut done = 0u64;
-    while done < header.len {
-        let n = payload.read(&mut buf).await?;
-        let Some(chunk) = buf.get_mut(..n).filter(|c| !c.is_empty()) else {
-            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        };
-        frame::unmask(chunk, header.mask, done);
-        dst.write_all(chunk).await?;
-        done += n as u64;
-    }
-    dst.flush().await?;
-    Ok(())
-}
-
-async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    w.write_all(bytes).await?;
-    w.flush().await
 }
 
 /// Sends Close `code` unless that side already got one; bounded, errors ignored.
@@ -281,8 +247,7 @@ async fn goodbye(side: &Shared, code: u16, reason: &str) {
         let mut out = side.out.lock().await;
         if !out.closed {
             side.mark_closed(&mut out);
-            let frame = frame::control_frame(frame::OP_CLOSE, &frame::close_payload(code, reason));
-            let _ = write_frame(&mut out.w, &frame).await;
+            let _ = out.w.write_close(code, reason).await;
         }
     };
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, attempt).await;
@@ -290,15 +255,25 @@ async fn goodbye(side: &Shared, code: u16, reason: &str) {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use bytes::BytesMut;
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+    use tokio_util::codec::Encoder as _;
 
     use super::*;
+    use crate::relay::websocket::{Codec, MAX_FRAME_LEN, close_code as ws_close, close_payload};
 
-    /// The close deadline of the pumps under test.
-    const CLOSE_DEADLINE: Duration = Duration::from_millis(200);
+    /// A test client: frames the relay wrote come out of `r`; raw bytes go into `w`.
+    struct Client {
+        r: FrameReader<ReadHalf<DuplexStream>>,
+        w: WriteHalf<DuplexStream>,
+    }
 
-    /// A pump between two in-memory clients; returns the clients' ends and the pump task.
-    fn pair() -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<Outcome>) {
+    /// A pump between two in-memory clients; returns the clients and the pump task.
+    /// The close deadline of the pumps under test (long: these tests do not probe it;
+    /// `tests/relay_server/abuse.rs` does, through the binary).
+    const CLOSE_DEADLINE: Duration = Duration::from_secs(30);
+
+    fn pair() -> (Client, Client, tokio::task::JoinHandle<Outcome>) {
         let (sender_client, sender_server) = tokio::io::duplex(64 * 1024);
         let (listener_client, listener_server) = tokio::io::duplex(64 * 1024);
         let wrap = |s: DuplexStream| Prefixed::new(Vec::new(), Box::new(s) as BoxIo);
@@ -308,90 +283,70 @@ mod tests {
             CancellationToken::new(),
             CLOSE_DEADLINE,
         ));
-        (sender_client, listener_client, pump)
+        let client = |s: DuplexStream| {
+            let (r, w) = tokio::io::split(s);
+            Client {
+                r: FrameReader::new(r, Vec::new()),
+                w,
+            }
+        };
+        (client(sender_client), client(listener_client), pump)
     }
 
     /// A masked client frame.
-    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut out = frame::encode_header(true, opcode, payload.len() as u64);
-        out[1] |= 0x80;
-        out.extend_from_slice(&mask);
-        let mut body = payload.to_vec();
-        frame::unmask(&mut body, Some(mask), 0);
-        out.extend_from_slice(&body);
-        out
+    fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        Codec::new(true)
+            .encode(
+                OutFrame {
+                    opcode,
+                    fin: true,
+                    payload,
+                },
+                &mut out,
+            )
+            .expect("encodable");
+        out.to_vec()
     }
 
-    /// The next (unmasked) frame the relay wrote, or `None` at EOF.
-    async fn server_frame(s: &mut DuplexStream) -> Option<(u8, Vec<u8>)> {
-        let header = frame::read_header(s).await.ok()??;
-        let mut payload = vec![0u8; header.len as usize];
-        s.read_exact(&mut payload).await.ok()?;
-        Some((header.opcode, payload))
+    /// The next frame the relay wrote, or `None` at EOF.
+    async fn server_frame(c: &mut Client) -> Option<(OpCode, Vec<u8>)> {
+        let frame = c.r.read_frame().await.ok()??;
+        Some((frame.opcode, frame.payload.to_vec()))
     }
 
     #[tokio::test]
     async fn close_is_forwarded_and_the_other_direction_keeps_flowing() {
         let (mut s, mut l, pump) = pair();
-        let close = frame::close_payload(close_code::NORMAL, "");
-        s.write_all(&client_frame(frame::OP_PING, b"hi"))
+        let close = close_payload(close_code::NORMAL, "");
+        s.w.write_all(&client_frame(OpCode::Ping, b"hi"))
             .await
             .expect("ping");
         assert_eq!(
             server_frame(&mut s).await,
-            Some((frame::OP_PONG, b"hi".to_vec()))
+            Some((OpCode::Pong, b"hi".to_vec()))
         );
-        s.write_all(&client_frame(frame::OP_CLOSE, &close))
+        s.w.write_all(&client_frame(OpCode::Close, &close))
             .await
             .expect("close");
         assert_eq!(
             server_frame(&mut l).await,
-            Some((frame::OP_CLOSE, close.clone()))
+            Some((OpCode::Close, close.clone()))
         );
-        l.write_all(&client_frame(frame::OP_BINARY, b"late"))
+        l.w.write_all(&client_frame(OpCode::Binary, b"late"))
             .await
             .expect("data");
         assert_eq!(
             server_frame(&mut s).await,
-            Some((frame::OP_BINARY, b"late".to_vec()))
+            Some((OpCode::Binary, b"late".to_vec()))
         );
-        l.write_all(&client_frame(frame::OP_CLOSE, &close))
+        l.w.write_all(&client_frame(OpCode::Close, &close))
             .await
             .expect("close");
-        assert_eq!(server_frame(&mut s).await, Some((frame::OP_CLOSE, close)));
+        assert_eq!(server_frame(&mut s).await, Some((OpCode::Close, close)));
         let outcome = pump.await.expect("pump task");
         assert_eq!(outcome.sender_to_listener.0, End::Closed);
         assert_eq!(outcome.listener_to_sender, (End::Closed, 4));
-    }
-
-    #[tokio::test]
-    async fn a_side_that_never_answers_a_close_is_dropped_at_the_deadline() {
-        let (mut s, mut l, pump) = pair();
-        // A frame through first, so the listener's direction is already waiting for its
-        // next frame when the Close arrives (the deadline must reach a wait in progress).
-        l.write_all(&client_frame(frame::OP_BINARY, b"x"))
-            .await
-            .expect("data");
-        assert_eq!(
-            server_frame(&mut s).await,
-            Some((frame::OP_BINARY, b"x".to_vec()))
-        );
-        let close = frame::close_payload(close_code::NORMAL, "");
-        s.write_all(&client_frame(frame::OP_CLOSE, &close))
-            .await
-            .expect("close");
-        assert_eq!(server_frame(&mut l).await, Some((frame::OP_CLOSE, close)));
-        // `l` keeps its socket open and says nothing.
-        let started = tokio::time::Instant::now();
-        let (opcode, payload) = server_frame(&mut s).await.expect("a close for the sender");
-        assert_eq!(
-            (opcode, &payload[..2]),
-            (frame::OP_CLOSE, &close_code::GOING_AWAY.to_be_bytes()[..])
-        );
-        assert!(started.elapsed() >= CLOSE_DEADLINE);
-        let outcome = pump.await.expect("pump task");
-        assert_eq!(outcome.listener_to_sender.0, End::Unanswered);
     }
 
     #[tokio::test]
@@ -399,33 +354,72 @@ mod tests {
         let (s, mut l, pump) = pair();
         drop(s);
         let (opcode, payload) = server_frame(&mut l).await.expect("a close frame");
-        assert_eq!(opcode, frame::OP_CLOSE);
-        assert_eq!(&payload[..2], &close_code::GOING_AWAY.to_be_bytes());
+        assert_eq!(opcode, OpCode::Close);
+        assert_eq!(
+            payload.get(..2),
+            Some(&close_code::GOING_AWAY.to_be_bytes()[..])
+        );
         let outcome = pump.await.expect("pump task");
         assert_eq!(outcome.sender_to_listener.0, End::Gone);
         assert_eq!(outcome.listener_to_sender.0, End::Aborted);
     }
 
     #[tokio::test]
-    async fn a_protocol_error_closes_both_sides() {
-        let (mut s, mut l, pump) = pair();
+    async fn a_bad_frame_closes_both_sides_with_the_right_codes() {
+        let mut rsv1 = client_frame(OpCode::Binary, b"x");
         // RSV1 set: compression that nobody negotiated.
-        let mut bad = client_frame(frame::OP_BINARY, b"x");
-        bad[0] |= 0x40;
-        s.write_all(&bad).await.expect("bad frame");
-        let (op, payload) = server_frame(&mut s).await.expect("close to the offender");
-        assert_eq!(
-            (op, &payload[..2]),
-            (
-                frame::OP_CLOSE,
-                &frame::CLOSE_PROTOCOL_ERROR.to_be_bytes()[..]
-            )
-        );
-        let (op, payload) = server_frame(&mut l).await.expect("close to the other side");
-        assert_eq!(
-            (op, &payload[..2]),
-            (frame::OP_CLOSE, &close_code::GOING_AWAY.to_be_bytes()[..])
-        );
+        rsv1[0] |= 0x40;
+        let mut too_big = vec![0x82, 0x80 | 127];
+        too_big.extend_from_slice(&(MAX_FRAME_LEN as u64 + 1).to_be_bytes());
+        let cases = [
+            ("reserved bit", rsv1, ws_close::PROTOCOL_ERROR),
+            ("frame over the limit", too_big, ws_close::TOO_BIG),
+        ];
+        for (name, bad, code) in cases {
+            let (mut s, mut l, pump) = pair();
+            s.w.write_all(&bad).await.expect("bad frame");
+            let (op, payload) = server_frame(&mut s).await.expect("close to the offender");
+            assert_eq!(
+                (op, payload.get(..2)),
+                (OpCode::Close, Some(&code.to_be_bytes()[..])),
+                "{name}"
+            );
+            let (op, payload) = server_frame(&mut l).await.expect("close to the other side");
+            assert_eq!(
+                (op, payload.get(..2)),
+                (
+                    OpCode::Close,
+                    Some(&close_code::GOING_AWAY.to_be_bytes()[..])
+                ),
+                "{name}"
+            );
+            pump.await.expect("pump task");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_frame_arrives_whole_in_bounded_pieces() {
+        let (mut s, mut l, pump) = pair();
+        let data: Vec<u8> = (0..300_000).map(|i| (i % 241) as u8).collect();
+        let wire = client_frame(OpCode::Binary, &data);
+        let write = tokio::spawn(async move {
+            s.w.write_all(&wire).await.expect("long frame");
+            s
+        });
+        let mut got = Vec::new();
+        while got.len() < data.len() {
+            let (op, piece) = server_frame(&mut l).await.expect("a piece");
+            let want = if got.is_empty() {
+                OpCode::Binary
+            } else {
+                OpCode::Continuation
+            };
+            assert_eq!(op, want);
+            got.extend_from_slice(&piece);
+        }
+        assert_eq!(got, data);
+        drop(write.await.expect("writer"));
+        drop(l);
         pump.await.expect("pump task");
     }
 }
