@@ -110,7 +110,12 @@ pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
         .ok();
     let mut debuggee: Option<OwnedFd> = None;
     loop {
-        let wake = wait_session(&watch, sidecar_fd.as_ref(), watch.channel.as_ref(), KEEPER_TICK);
+        let wake = wait_session(
+            &watch,
+            sidecar_fd.as_ref(),
+            watch.channel.as_ref(),
+            KEEPER_TICK,
+        );
         if wake == Wake::SessionOver {
             end_sidecar(watch.sidecar, sidecar_fd.as_ref());
             return 0;
@@ -128,7 +133,12 @@ pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
                 return 0;
             }
             Ok(status) => {
-                sidecar_died(duties, &watch, &death_cause(watch.sidecar, status), debuggee);
+                sidecar_died(
+                    duties,
+                    &watch,
+                    &death_cause(watch.sidecar, status),
+                    debuggee,
+                );
                 return 0;
             }
             Err(err) => {
@@ -178,7 +188,11 @@ fn wait_session(
                 return Wake::SessionOver;
             }
         }
-        let fired = |i: usize| fds.get(i).and_then(PollFd::revents).is_some_and(|r| !r.is_empty());
+        let fired = |i: usize| {
+            fds.get(i)
+                .and_then(PollFd::revents)
+                .is_some_and(|r| !r.is_empty())
+        };
         let (step_gone, lifeline_moved, other) = (fired(0), fired(1), fired(2) || fired(3));
         drop(fds);
         if step_gone || (lifeline_moved && lifeline_closed(watch.lifeline.as_fd())) {
@@ -230,7 +244,11 @@ fn end_sidecar(sidecar: Pid, sidecar_fd: Option<&OwnedFd>) {
 fn death_cause(sidecar: Pid, status: WaitStatus) -> String {
     let how = match status {
         WaitStatus::Signaled(_, signal, _) => {
-            format!("was killed by signal {} ({})", signal as i32, signal.as_str())
+            format!(
+                "was killed by signal {} ({})",
+                signal as i32,
+                signal.as_str()
+            )
         }
         WaitStatus::Exited(_, code) => format!("exited with code {code}"),
         other => format!("ended ({other:?})"),
@@ -242,8 +260,14 @@ fn death_cause(sidecar: Pid, status: WaitStatus) -> String {
 /// record until the session is over.
 fn sidecar_died(duties: &Duties, watch: &Watch, cause: &str, debuggee: Option<OwnedFd>) {
     let reason = format!("{cause}; the step runs on without a debugger");
-    tracing::warn!("debug session {}: {reason}", SessionState::RunningUndebugged);
-    let record = duties.session.as_ref().and_then(|spec| record_death(spec, &reason));
+    tracing::warn!(
+        "debug session {}: {reason}",
+        SessionState::RunningUndebugged
+    );
+    let record = duties
+        .session
+        .as_ref()
+        .and_then(|spec| record_death(spec, &reason));
     if let Some(spec) = &duties.session {
         release(spec, duties.attach_deadline, watch, debuggee);
     }
@@ -346,10 +370,14 @@ fn release_listening(spec: &SessionSpec, watch: &Watch) {
 fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
     let fail = |what: &str, err: std::io::Error| format!("{what}: {err}");
     // Unread bytes from before (a half-read message) would confuse the answer parser.
-    stream.set_nonblocking(true).map_err(|e| fail("socket", e))?;
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| fail("socket", e))?;
     let mut chunk = [0u8; 4096];
     while matches!((&*stream).read(&mut chunk), Ok(n) if n > 0) {}
-    stream.set_nonblocking(false).map_err(|e| fail("socket", e))?;
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| fail("socket", e))?;
     stream
         .set_write_timeout(Some(RELEASE_ANSWER_TIMEOUT))
         .map_err(|e| fail("socket", e))?;
@@ -503,13 +531,19 @@ mod tests {
 
     #[test]
     fn responses_are_taken_off_complete_messages_only() {
-        let done = frame(r#"{"seq": 4, "type": "response", "command": "configurationDone", "success": true}"#);
+        let done = frame(
+            r#"{"seq": 4, "type": "response", "command": "configurationDone", "success": true}"#,
+        );
         let event = frame(r#"{"seq": 2, "type": "event", "event": "initialized"}"#);
         let mut whole = event.clone();
         whole.extend_from_slice(&done);
         let cases: Vec<(Vec<u8>, Result<Vec<&str>, ()>, usize)> = vec![
             (whole.clone(), Ok(vec!["configurationDone"]), 0),
-            (done.get(..done.len() - 3).unwrap_or_default().to_vec(), Ok(vec![]), done.len() - 3),
+            (
+                done.get(..done.len() - 3).unwrap_or_default().to_vec(),
+                Ok(vec![]),
+                done.len() - 3,
+            ),
             (event.clone(), Ok(vec![]), 0),
             (b"Content-Length: 99999999\r\n\r\n".to_vec(), Err(()), 0),
             (b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), Err(()), 0),
@@ -531,7 +565,10 @@ mod tests {
     fn causes_name_the_signal_or_the_code() {
         let pid = Pid::from_raw(42);
         let killed = death_cause(pid, WaitStatus::Signaled(pid, Signal::SIGKILL, false));
-        assert_eq!(killed, "the debug sidecar (pid 42) was killed by signal 9 (SIGKILL)");
+        assert_eq!(
+            killed,
+            "the debug sidecar (pid 42) was killed by signal 9 (SIGKILL)"
+        );
         let crashed = death_cause(pid, WaitStatus::Exited(pid, 101));
         assert_eq!(crashed, "the debug sidecar (pid 42) exited with code 101");
     }

@@ -11,8 +11,7 @@ use super::{DebugMode, SessionSpec};
 
 /// A new status record for `spec`'s session, waiting for its debugger.
 pub(super) fn new_record(spec: &SessionSpec) -> StatusRecord {
-    let mut record =
-        StatusRecord::new(spec.holder_pid, spec.port, spec.mode, spec.endpoint_text());
+    let mut record = StatusRecord::new(spec.holder_pid, spec.port, spec.mode, spec.endpoint_text());
     record.rank = spec.rank;
     record.local_rank = spec.local_rank;
     record

@@ -313,7 +313,9 @@ where
     let (keeper_end, sidecar_end) = match channel {
         Ok((a, b)) => (Some(a), Some(b)),
         Err(err) => {
-            tracing::warn!("no channel from the sidecar to its keeper ({err}); connect mode cannot release a step after a sidecar death");
+            tracing::warn!(
+                "no channel from the sidecar to its keeper ({err}); connect mode cannot release a step after a sidecar death"
+            );
             (None, None)
         }
     };
