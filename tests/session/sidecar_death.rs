@@ -83,19 +83,21 @@ fn children(pid: u32) -> Vec<(u32, char)> {
         .collect()
 }
 
-/// The step's PID: the agent's own in replace mode, its one child in supervise mode.
+/// The step's PID: the agent's own in replace mode, in supervise mode its child running
+/// step.py (the supervisor, a subreaper, also adopts debugpy's adapter).
 fn step_pid(agent: &Running, process: &str) -> u32 {
     if process == "--replace" {
         return agent.pid();
     }
-    util::wait_for(
-        "the supervised step",
-        SESSION_DEADLINE,
-        || match children(agent.pid()).as_slice() {
-            [(step, _)] => Some(*step),
-            _ => None,
-        },
-    )
+    let script = step_py();
+    util::wait_for("the supervised step", SESSION_DEADLINE, || {
+        children(agent.pid()).into_iter().find_map(|(child, _)| {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(script.to_string_lossy().as_ref())
+                .then_some(child)
+        })
+    })
 }
 
 /// Whether `process` is gone from /proc altogether (reaped: not even a zombie).

@@ -99,7 +99,13 @@ pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
             &watch,
             sidecar_fd.as_ref(),
             watch.channel.as_ref(),
-            KEEPER_TICK,
+            // Idle unless there is debugpy's connection to look after (or no pidfd
+            // wakes the keeper when the sidecar dies).
+            if debuggee.is_some() || sidecar_fd.is_none() {
+                KEEPER_TICK
+            } else {
+                Duration::MAX
+            },
         );
         if wake == Wake::SessionOver {
             end_sidecar(watch.sidecar, sidecar_fd.as_ref());
@@ -134,9 +140,11 @@ pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
         }
         // The sidecar let go of debugpy's connection (a debugger detached, or it was
         // released): our copy must not keep pydevd from seeing it close.
+        // A sidecar that died meanwhile holds nothing, but its connection is ours to
+        // release: look (without reaping) whether it still runs.
         if let Some(socket) = &debuggee
             && !holds_socket(watch.sidecar, socket.as_fd())
-            && waitpid(watch.sidecar, Some(WaitPidFlag::WNOHANG)) == Ok(WaitStatus::StillAlive)
+            && sidecar_fd.as_ref().is_some_and(still_running)
         {
             debuggee = None;
         }
@@ -187,6 +195,12 @@ fn wait_session(
             return Wake::Ready;
         }
     }
+}
+
+/// Whether the process of `pidfd` still runs (its pidfd is not readable yet).
+fn still_running(pidfd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO) == Ok(0)
 }
 
 /// Reads what the lifeline has (nobody writes to it): true at EOF.
