@@ -17,7 +17,8 @@ pub(super) fn new_record(spec: &SessionSpec) -> StatusRecord {
     record
 }
 
-/// Publishes state changes; lives in the sidecar (the one process that owns the record).
+/// Publishes state changes; lives in the sidecar (the one process that owns the record;
+/// should the sidecar die, its keeper adopts the record).
 #[derive(Debug)]
 pub struct Reporter {
     state: Option<(SessionState, Option<String>)>,
