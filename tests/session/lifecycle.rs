@@ -65,6 +65,9 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("agent {} stderr:\n{}", self.pid(), self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

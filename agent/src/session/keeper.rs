@@ -113,6 +113,7 @@ pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
         }
         // Every connection shared so far: the last one is debugpy's current connection.
         while let Some(shared) = watch.channel.as_ref().and_then(receive_debuggee) {
+            tracing::debug!("the keeper holds debugpy's connection");
             debuggee = Some(shared);
         }
         match waitpid(watch.sidecar, Some(WaitPidFlag::WNOHANG)) {
@@ -146,6 +147,7 @@ pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
             && !holds_socket(watch.sidecar, socket.as_fd())
             && sidecar_fd.as_ref().is_some_and(still_running)
         {
+            tracing::debug!("the sidecar let go of debugpy's connection; so does the keeper");
             debuggee = None;
         }
     }
@@ -322,7 +324,8 @@ fn receive_debuggee(channel: &OwnedFd) -> Option<OwnedFd> {
 }
 
 /// Whether `sidecar` still has the socket `ours` refers to open (from /proc). When
-/// /proc cannot say, it assumes it does: dropping our copy early is the worse mistake.
+/// /proc cannot say, it assumes it does: dropping our copy early is the worse mistake
+/// (a step left waiting for good), keeping it a little longer only delays a close.
 fn holds_socket(sidecar: Pid, ours: BorrowedFd<'_>) -> bool {
     let Ok(stat) = nix::sys::stat::fstat(ours) else {
         return true;
@@ -331,10 +334,15 @@ fn holds_socket(sidecar: Pid, ours: BorrowedFd<'_>) -> bool {
     let Ok(entries) = std::fs::read_dir(format!("/proc/{sidecar}/fd")) else {
         return true;
     };
-    entries.flatten().any(|entry| {
-        std::fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == target.as_str())
-    })
+    let links: Vec<_> = entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .collect();
+    // A dying process shows no descriptors at all before its pidfd turns readable: that
+    // is a sidecar being killed, not one that let go.
+    links.is_empty() || links.iter().any(|link| link.as_os_str() == target.as_str())
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
