@@ -3,7 +3,7 @@
 //!
 //! Both are forked before any async runtime thread exists (forking a threaded process
 //! leaves locks held by threads that no longer exist). The agent forks an intermediate
-//! that forks the [keeper](super::keeper) and exits at once; the agent reaps it before it
+//! that forks the [`keeper`] and exits at once; the agent reaps it before it
 //! goes on, so the step (which the agent becomes in replace mode) never has a child of
 //! ours to reap. The keeper, reparented to init (or the nearest subreaper), forks the
 //! sidecar and is its parent: it reaps the sidecar whenever it dies, so no zombie stays,
