@@ -9,3 +9,4 @@ mod lifecycle;
 mod mlflow_tags;
 mod modes;
 mod mpi;
+mod sidecar_death;

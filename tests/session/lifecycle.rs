@@ -13,8 +13,9 @@ use super::harness::{
 use crate::relay::harness::Lines;
 use crate::util;
 
-/// How soon after the step dies its sidecar must be gone (the design aims at a second).
-const SIDECAR_GONE_WITHIN: Duration = Duration::from_secs(5);
+/// How soon after the step dies its sidecar (and keeper) must be gone, and how soon after
+/// a sidecar dies `status` must say so (issue 7, acceptance item 7).
+pub(super) const SIDECAR_GONE_WITHIN: Duration = Duration::from_secs(1);
 
 /// `amlx-agent exec` running in the background, stdout and stderr captured by line.
 pub(super) struct Running {
@@ -64,6 +65,9 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("agent {} stderr:\n{}", self.pid(), self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -148,10 +152,10 @@ pub(super) fn assert_session_over(state_dir: &Path, pid: u32) {
 }
 
 /// A process's parent and start time, from /proc (None once it is gone or a zombie).
-fn live_process(pid: u32) -> Option<(u32, u64)> {
+pub(super) fn live_process(pid: u32) -> Option<(u32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after "(comm)": state ppid ... starttime is field 22 overall.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     if fields.first() == Some(&"Z") {
         return None;
@@ -159,40 +163,36 @@ fn live_process(pid: u32) -> Option<(u32, u64)> {
     Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
-/// The sidecar: the child of `parent` running the agent binary, with its start time.
-pub(super) fn sidecar_of(parent: u32) -> Option<(u32, u64)> {
-    let agent = util::agent_bin().canonicalize().expect("agent binary path");
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != parent)
-        .find_map(|pid| {
-            let (ppid, start) = live_process(pid)?;
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-            (ppid == parent && exe == agent).then_some((pid, start))
-        })
-}
-
-/// Waits (bounded) for the sidecar of `parent` to appear.
-pub(super) fn wait_sidecar(parent: u32) -> (u32, u64) {
-    util::wait_for(
-        &format!("the sidecar of {parent}"),
-        SESSION_DEADLINE,
-        || sidecar_of(parent),
-    )
+/// A session's sidecar and keeper as `status --json` names them, with their start times.
+pub(super) fn session_processes(session: &serde_json::Value) -> [(u32, u64); 2] {
+    ["sidecar_pid", "keeper_pid"].map(|key| {
+        let pid = session[key]
+            .as_u64()
+            .and_then(|pid| u32::try_from(pid).ok())
+            .unwrap_or_else(|| panic!("no {key} in {session}"));
+        let (_, start) = live_process(pid).unwrap_or_else(|| panic!("{key} {pid} is not alive"));
+        (pid, start)
+    })
 }
 
 /// Whether the process `pid` that started at `start` is gone (dead, zombie or reused).
-fn gone(pid: u32, start: u64) -> bool {
+pub(super) fn gone(pid: u32, start: u64) -> bool {
     live_process(pid).is_none_or(|(_, now)| now != start)
 }
 
-/// Waits until the sidecar is gone; returns how long that took.
-fn wait_gone((pid, start): (u32, u64), within: Duration) -> Duration {
+/// Waits until every one of `processes` is gone; returns how long that took.
+pub(super) fn wait_gone(processes: &[(u32, u64)], within: Duration) -> Duration {
     let began = Instant::now();
-    util::wait_for(&format!("sidecar {pid} to be gone"), within, || {
-        gone(pid, start).then_some(())
-    });
+    util::wait_for(
+        &format!("processes {processes:?} to be gone"),
+        within,
+        || {
+            processes
+                .iter()
+                .all(|(pid, start)| gone(*pid, *start))
+                .then_some(())
+        },
+    );
     began.elapsed()
 }
 
@@ -265,16 +265,13 @@ fn status_shows_waiting_and_killing_the_step_leaves_no_sidecar_and_no_lock() {
     assert_eq!(session["holder"], "live", "{session}");
     let (live, _) = ports(locks.path());
     assert!(live.contains(&u64::from(debug_port)), "live: {live:?}");
-    let sidecar = wait_sidecar(pid);
+    let processes = session_processes(&session);
 
     // In replace mode the agent's PID is the step's.
     agent.child.kill().expect("SIGKILL the step");
     agent.child.wait().expect("reap the step");
-    let took = wait_gone(sidecar, SIDECAR_GONE_WITHIN);
-    eprintln!(
-        "sidecar {} gone {took:?} after SIGKILL of the step",
-        sidecar.0
-    );
+    let took = wait_gone(&processes, SIDECAR_GONE_WITHIN);
+    eprintln!("sidecar and keeper {processes:?} gone {took:?} after SIGKILL of the step");
 
     let (live, stale) = ports(locks.path());
     assert!(
@@ -343,7 +340,7 @@ fn attached_session(process_flag: &str) {
     let pid = agent.pid();
     let session = wait_state(&state_dir, pid, "attached", &agent);
     assert_eq!(session["port"], debug_port, "{session}");
-    let sidecar = wait_sidecar(pid);
+    let processes = session_processes(&session);
     gate.open();
     let outcome = &client.finish(1)[0];
     assert!(
@@ -359,11 +356,8 @@ fn attached_session(process_flag: &str) {
         "agent exited {status:?}:\n{}",
         agent.log()
     );
-    let took = wait_gone(sidecar, SIDECAR_GONE_WITHIN);
-    eprintln!(
-        "{process_flag}: sidecar {} gone {took:?} after the step",
-        sidecar.0
-    );
+    let took = wait_gone(&processes, SIDECAR_GONE_WITHIN);
+    eprintln!("{process_flag}: sidecar and keeper {processes:?} gone {took:?} after the step");
     assert_session_over(&state_dir, pid);
     let (live, _) = ports(locks.path());
     assert!(

@@ -90,6 +90,9 @@ struct SessionView {
     updated: String,
     /// Seconds in the current state.
     age_seconds: u64,
+    /// The session's sidecar and the keeper that reaps it (`kill -9` targets for tests).
+    sidecar_pid: Option<u32>,
+    keeper_pid: Option<u32>,
 }
 
 impl SessionView {
@@ -111,6 +114,8 @@ impl SessionView {
             started: rfc3339(r.started),
             updated: rfc3339(r.updated),
             age_seconds: now.saturating_sub(r.since),
+            sidecar_pid: r.sidecar_pid,
+            keeper_pid: r.keeper_pid,
         }
     }
 }

@@ -28,7 +28,7 @@ pub use status_file::{
 /// | `attached` | a debugger client is connected |
 /// | `relay-unreachable` | the relay stopped answering after the session was set up (DNS, TCP, TLS); the sidecar keeps retrying until the attach timeout; `reason` says why |
 /// | `timed-out` | nobody attached within the attach timeout; the step runs on without a debugger |
-/// | `running-undebugged` | debugging could not be set up (`--on-debug-failure continue`: relay down or silent at startup, key refused with 401/403), was given up (401/403 later) or the debugger detached; the step runs; `reason` says why |
+/// | `running-undebugged` | debugging could not be set up (`--on-debug-failure continue`: relay down or silent at startup, key refused with 401/403), was given up (401/403 later), the debugger detached, or the debug sidecar died (its keeper records the cause: `the debug sidecar (pid N) was killed by signal 9 (SIGKILL)`); the step runs; `reason` says why |
 /// | `ended` | the session is over: its holder process is gone |
 ///
 /// `ended` is mostly a reader's verdict: a [`StatusFile`] removes its record when dropped,

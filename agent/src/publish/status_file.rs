@@ -58,6 +58,12 @@ pub struct StatusRecord {
     pub started: u64,
     /// Unix seconds of the last write.
     pub updated: u64,
+    /// The sidecar process carrying the session (the relay path), while it is known.
+    #[serde(default)]
+    pub sidecar_pid: Option<u32>,
+    /// The keeper process that reaps the sidecar and records its death.
+    #[serde(default)]
+    pub keeper_pid: Option<u32>,
 }
 
 impl StatusRecord {
@@ -79,6 +85,8 @@ impl StatusRecord {
             since: now,
             started: now,
             updated: now,
+            sidecar_pid: None,
+            keeper_pid: None,
         }
     }
 
@@ -126,6 +134,22 @@ impl StatusFile {
         let path = dir.join(record.file_name());
         write_atomic(&path, &record)?;
         Ok(StatusFile { path, record })
+    }
+
+    /// Takes over the record of `holder_pid` in `state_dir` (this PID namespace) that
+    /// another process wrote and can no longer update (a sidecar that died): the caller
+    /// becomes its one owner. `Ok(None)` when there is no such record.
+    pub fn adopt(state_dir: &Path, holder_pid: u32) -> anyhow::Result<Option<StatusFile>> {
+        let key = StatusRecord {
+            pid_ns: holder::pid_namespace(),
+            ..StatusRecord::new(holder_pid, 0, DebugMode::default(), "")
+        };
+        let path = state_dir.join(SESSIONS_DIR).join(key.file_name());
+        match read_record(&path) {
+            Ok(record) => Ok(Some(StatusFile { path, record })),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// Records a new state (`since` moves only when the state changes) and its reason.

@@ -261,4 +261,42 @@ fn a_planted_link_is_not_followed() {
     assert_eq!(fs::read_to_string(&victim).expect("read"), "keep");
     assert_eq!(fs::read_to_string(&path).expect("read"), "record");
     assert!(!fs::symlink_metadata(&path).expect("stat").is_symlink());
+
+#[test]
+fn adopt_takes_over_a_record_another_process_wrote() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut record = own_record();
+    record.sidecar_pid = Some(4242);
+    record.keeper_pid = Some(4241);
+    let writer = StatusFile::create(dir.path(), record).expect("create");
+    let path = writer.path().to_path_buf();
+    // The writer dies without removing its record (a killed sidecar).
+    std::mem::forget(writer);
+    let mut adopted = StatusFile::adopt(dir.path(), std::process::id())
+        .expect("readable")
+        .expect("found");
+    assert_eq!(adopted.path(), path);
+    assert_eq!(adopted.record().sidecar_pid, Some(4242));
+    adopted
+        .set_state(SessionState::RunningUndebugged, Some("sidecar killed"))
+        .expect("update");
+    assert_eq!(
+        read_record(&path).expect("readable").reason.as_deref(),
+        Some("sidecar killed")
+    );
+    drop(adopted);
+    assert!(!path.exists(), "the adopter owns the record now");
+    let none = StatusFile::adopt(dir.path(), std::process::id()).expect("no error");
+    assert!(none.is_none());
+}
+
+#[test]
+fn a_record_without_process_ids_still_parses() {
+    let mut json = serde_json::to_value(own_record()).expect("serializes");
+    let object = json.as_object_mut().expect("an object");
+    object.remove("sidecar_pid");
+    object.remove("keeper_pid");
+    let back: StatusRecord = serde_json::from_value(json).expect("old records parse");
+    assert_eq!(back.sidecar_pid, None);
+    assert_eq!(back.keeper_pid, None);
 }

@@ -76,6 +76,7 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
                 continue;
             }
         };
+        super::sidecar::share_debuggee_with_keeper(std::os::fd::AsFd::as_fd(&debuggee));
         let _ = debuggee.set_nodelay(true);
         relay_debuggee(spec, &endpoint, &mut spare, debuggee, reporter).await;
     }

@@ -119,7 +119,7 @@ const ATTACH_POLL: Duration = Duration::from_millis(200);
 
 /// Whether an established TCP connection has `port` as its local port (IPv4 or IPv6),
 /// read from /proc without touching the socket.
-fn clients_connected(port: u16) -> bool {
+pub(crate) fn clients_connected(port: u16) -> bool {
     let local = format!(":{port:04X}");
     ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
         std::fs::read_to_string(table).is_ok_and(|text| {

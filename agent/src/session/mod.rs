@@ -8,7 +8,9 @@ mod attach;
 mod connect;
 pub mod dap;
 mod direct;
+pub(crate) use direct::clients_connected;
 pub mod gate;
+pub mod keeper;
 mod listen;
 pub mod report;
 pub mod sidecar;
@@ -96,8 +98,9 @@ pub fn deadline_after(wait: Duration) -> Instant {
 }
 
 /// How long the final state may take to reach MLflow once the step is gone: the sidecar
-/// must be gone within a second of the step.
-const FINAL_PUBLISH_TIMEOUT: Duration = Duration::from_millis(600);
+/// must be gone within a second of the step, and its keeper kills it after
+/// [`keeper::SIDECAR_EXIT_GRACE`].
+const FINAL_PUBLISH_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// Everything the sidecar needs, prepared by the agent before it forks.
 #[derive(Debug, Clone)]
@@ -163,8 +166,8 @@ impl SessionSpec {
 }
 
 /// The sidecar's whole life: returns its exit code. Reports readiness through `ready`
-/// before the step starts, then serves the session until the step dies (SIGTERM from
-/// the parent-death signal).
+/// before the step starts, then serves the session until the step dies or the lifeline
+/// closes (see [`Lifeline::ended`]).
 pub fn run_sidecar(spec: SessionSpec, mut ready: ReadySignal, lifeline: Lifeline) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -177,7 +180,6 @@ pub fn run_sidecar(spec: SessionSpec, mut ready: ReadySignal, lifeline: Lifeline
         }
     };
     runtime.block_on(async move {
-        let parent = nix::unistd::getppid();
         let mut reporter = Reporter::start(&spec);
         let session = async {
             match spec.mode {
@@ -189,44 +191,13 @@ pub fn run_sidecar(spec: SessionSpec, mut ready: ReadySignal, lifeline: Lifeline
         tokio::select! {
             () = session => {}
             () = lifeline.ended() => {}
-            () = step_gone(parent) => {}
         }
         let _ = tokio::time::timeout(FINAL_PUBLISH_TIMEOUT, reporter.finish()).await;
     });
+    // Dropping the runtime would wait for blocking tasks (a DNS lookup, say): the
+    // session is over, so leave them to the process exit.
+    runtime.shutdown_background();
     0
-}
-
-/// Resolves when the step is gone. SIGTERM also reaches the sidecar when a launcher
-/// signals the whole process group while the step traps it and runs on (a graceful
-/// checkpoint): only a SIGTERM after the parent died ends the session.
-async fn step_gone(parent: nix::unistd::Pid) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::warn!(
-                "sidecar cannot watch SIGTERM ({err}); it ends with the step regardless"
-            );
-            return std::future::pending().await;
-        }
-    };
-    // SIGINT/SIGHUP/SIGQUIT to the foreground group are the step's business.
-    for kind in [
-        SignalKind::interrupt(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-    ] {
-        if let Ok(mut ignored) = signal(kind) {
-            tokio::spawn(async move { while ignored.recv().await.is_some() {} });
-        }
-    }
-    loop {
-        term.recv().await;
-        if nix::unistd::getppid() != parent {
-            return;
-        }
-        tracing::debug!("sidecar: SIGTERM while the step still runs; staying with it");
-    }
 }
 
 /// The relay path cannot be set up: record why, tell the agent, and (when the step runs

@@ -9,7 +9,16 @@ use crate::role::ProcessEnv;
 
 use super::{DebugMode, SessionSpec};
 
-/// Publishes state changes; lives in the sidecar (the one process that owns the record).
+/// A new status record for `spec`'s session, waiting for its debugger.
+pub(super) fn new_record(spec: &SessionSpec) -> StatusRecord {
+    let mut record = StatusRecord::new(spec.holder_pid, spec.port, spec.mode, spec.endpoint_text());
+    record.rank = spec.rank;
+    record.local_rank = spec.local_rank;
+    record
+}
+
+/// Publishes state changes; lives in the sidecar (the one process that owns the record;
+/// should the sidecar die, its keeper adopts the record).
 #[derive(Debug)]
 pub struct Reporter {
     state: Option<(SessionState, Option<String>)>,
@@ -29,10 +38,10 @@ impl Reporter {
         let endpoint = spec.endpoint_text();
         let status = match crate::publish::state_dir(spec.state_dir.as_deref(), &ProcessEnv) {
             Ok(dir) => {
-                let mut record =
-                    StatusRecord::new(spec.holder_pid, spec.port, spec.mode, endpoint.clone());
-                record.rank = spec.rank;
-                record.local_rank = spec.local_rank;
+                let mut record = new_record(spec);
+                // Only the sidecar starts a reporter: these are its and its keeper's.
+                record.sidecar_pid = Some(std::process::id());
+                record.keeper_pid = super::sidecar::keeper_pid();
                 StatusFile::create(&dir, record)
                     .map_err(|err| tracing::warn!("no status record for this session: {err:#}"))
                     .ok()

@@ -1,35 +1,60 @@
-//! The sidecar: a child process that carries the relay for exactly the step's lifetime.
+//! The sidecar: a child process that carries the relay for exactly the step's lifetime,
+//! and the keeper that is its parent.
 //!
-//! It is forked before any async runtime thread exists (forking a threaded process
-//! leaves locks held by threads that no longer exist). In replace mode the agent then
-//! `execve`s into the step, so the sidecar's parent *is* the step: `PR_SET_PDEATHSIG`
-//! delivers SIGTERM to the sidecar the moment the step dies, and the sidecar is gone
-//! within a second. A dead sidecar never takes the step down: nothing links them the
-//! other way. The parent learns whether the sidecar is usable through a readiness pipe
-//! before the step starts.
+//! Both are forked before any async runtime thread exists (forking a threaded process
+//! leaves locks held by threads that no longer exist). The agent forks an intermediate
+//! that forks the [`keeper`] and exits at once; the agent reaps it before it
+//! goes on, so the step (which the agent becomes in replace mode) never has a child of
+//! ours to reap. The keeper, reparented to init (or the nearest subreaper), forks the
+//! sidecar and is its parent: it reaps the sidecar whenever it dies, so no zombie stays,
+//! records the death (`status`), releases a step still waiting for a debugger, and
+//! makes sure the sidecar is gone within a second of the step.
 //!
-//! A second pipe, the lifeline, ends the session without a signal: the sidecar reads it
-//! until EOF, which comes when every holder of its write end is gone. The supervisor
-//! (supervise mode) closes it once the step exited; in replace mode the step inherits it
-//! across `execve`. SIGTERM cannot serve here, since launchers signal whole process
-//! groups while the step may trap the signal and run on.
+//! The step is watched through a pidfd of the agent, opened before the forks: it stays
+//! valid across the step's `execve` and becomes readable the moment the process is gone.
+//! A dead sidecar never takes the step down: nothing links them the other way. The
+//! agent learns whether the sidecar is usable through a readiness pipe before the step
+//! starts.
+//!
+//! A second pipe, the lifeline, ends the session without a signal: the sidecar and the
+//! keeper read it until EOF, which comes when every holder of its write end is gone. The
+//! supervisor (supervise mode) closes it once the step exited; in replace mode the step
+//! inherits it across `execve`. SIGTERM cannot serve here, since launchers signal whole
+//! process groups while the step may trap the signal and run on; the keeper and the
+//! sidecar ignore it.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::io::{IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, getppid};
+use nix::sys::signal::{SigHandler, Signal};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
+};
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Pid};
+
+use super::keeper::{self, Duties, Watch};
 
 /// How long the parent waits for the sidecar to report that the relay path is usable.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long an ended sidecar gets to publish its final state before SIGKILL.
+/// How long the agent waits for the keeper (and with it the sidecar) to be gone once
+/// it closed the lifeline: longer than the keeper's own grace for the sidecar.
 pub const TERMINATE_GRACE: Duration = Duration::from_secs(1);
+
+/// Signals a launcher sends to the whole process group that are the step's business:
+/// the keeper ignores them, and the sidecar inherits that.
+const STEP_SIGNALS: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
 
 /// What the sidecar reported before the step starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,38 +87,62 @@ impl ReadySignal {
     }
 }
 
-/// The sidecar's end of the lifeline: resolves [`Lifeline::ended`] at EOF.
+/// The sidecar's end of the lifeline: resolves [`Lifeline::ended`] at EOF, or when the
+/// step is gone.
 #[derive(Debug)]
-pub struct Lifeline(OwnedFd);
+pub struct Lifeline {
+    pipe: OwnedFd,
+    /// A pidfd of the agent (the step in replace mode, the supervisor otherwise).
+    step: OwnedFd,
+}
 
 impl Lifeline {
-    /// Resolves once every holder of the write end is gone (the step's session is over).
-    /// Must run inside a Tokio runtime.
+    /// Resolves once the session is over: every holder of the write end is gone, or the
+    /// step (the agent's process) died. Must run inside a Tokio runtime.
     pub async fn ended(self) {
         use tokio::io::AsyncReadExt as _;
-        let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(self.0) else {
-            tracing::warn!("sidecar cannot watch its lifeline; it ends with the step's death");
-            return std::future::pending().await;
+        let step_gone = async {
+            let interest = tokio::io::Interest::READABLE;
+            // SAFETY: the AsyncFd owns the OwnedFd it registers, so the descriptor stays
+            // open and the same for the AsyncFd's whole life.
+            #[allow(unsafe_code)]
+            let registered =
+                unsafe { tokio::io::unix::AsyncFd::register_with_interest(self.step, interest) };
+            match registered {
+                // A pidfd becomes readable when its process is gone.
+                Ok(step) => drop(step.readable().await),
+                Err(err) => {
+                    tracing::warn!("sidecar cannot watch the step ({err}); the keeper ends it");
+                    std::future::pending::<()>().await;
+                }
+            }
         };
-        let mut sink = [0u8; 64];
-        while matches!(pipe.read(&mut sink).await, Ok(n) if n > 0) {}
+        let pipe_closed = async {
+            let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(self.pipe) else {
+                tracing::warn!("sidecar cannot watch its lifeline; it ends with the step");
+                return std::future::pending().await;
+            };
+            let mut sink = [0u8; 64];
+            while matches!(pipe.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        tokio::select! {
+            () = step_gone => {}
+            () = pipe_closed => {}
+        }
     }
 }
 
-/// The parent's handle on a running sidecar.
+/// The agent's handle on a running session: the lifeline's write end, and a pipe whose
+/// EOF says the keeper (which outlives the sidecar it reaps) is gone.
 #[derive(Debug)]
 pub struct Sidecar {
-    pid: Pid,
     /// Write end of the lifeline; closing it (in every holder) ends the session.
     lifeline: Option<OwnedFd>,
+    /// Read end of a pipe only the keeper writes to (never): EOF once it exited.
+    keeper_gone: OwnedFd,
 }
 
 impl Sidecar {
-    /// The sidecar's process id.
-    pub fn pid(&self) -> u32 {
-        self.pid.as_raw().unsigned_abs()
-    }
-
     /// Lets the lifeline survive `execve` (replace mode): the step holds it from then on,
     /// and the session ends when the step (and whatever inherited it) is gone.
     pub fn keep_across_exec(&self) -> std::io::Result<RawFd> {
@@ -108,28 +157,55 @@ impl Sidecar {
     }
 
     /// Ends the session (supervise mode, after the step exited; or a failed start):
-    /// closes the lifeline, gives the sidecar a short grace to publish its final state,
-    /// then SIGKILL. Always reaps it.
+    /// closes the lifeline and waits (bounded by [`TERMINATE_GRACE`]) until the keeper is
+    /// gone. The keeper gives the sidecar a short grace to publish its final state, then
+    /// SIGKILLs and reaps it.
     pub fn terminate(mut self) {
         drop(self.lifeline.take());
         let deadline = Instant::now() + TERMINATE_GRACE;
-        while Instant::now() < deadline {
-            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
-                _ => return,
+        let mut pipe = File::from(self.keeper_gone);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    "the debug session's keeper did not exit within {TERMINATE_GRACE:?}; \
+                     it ends when this process does"
+                );
+                return;
+            }
+            let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, poll_timeout(left)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            let mut byte = [0u8; 1];
+            match pipe.read(&mut byte) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
             }
         }
-        let _ = kill(self.pid, Signal::SIGKILL);
-        let _ = waitpid(self.pid, None);
     }
 }
 
-/// Forks the sidecar, runs `body` in it, and waits (bounded) for its readiness report.
+/// A poll timeout of at most `left` (saturating at poll's maximum).
+pub(super) fn poll_timeout(left: Duration) -> PollTimeout {
+    PollTimeout::from(u16::try_from(left.as_millis()).unwrap_or(u16::MAX))
+}
+
+/// Forks the keeper, which forks the sidecar and runs `body` in it, and waits (bounded)
+/// for the sidecar's readiness report. `duties` says what the keeper does when the
+/// sidecar dies before the step.
 ///
-/// `close_in_child` are descriptors the sidecar must not keep (the port lock: the step
-/// holds it, and a lingering copy would outlive the step). `body` returns the sidecar's
-/// exit code; it must call `ready()` or `failed()` on the signal it gets.
-pub fn spawn<F>(close_in_child: &[RawFd], body: F) -> anyhow::Result<(Sidecar, Readiness)>
+/// `close_in_child` are descriptors neither the keeper nor the sidecar may keep (the
+/// port lock: the step holds it, and a lingering copy would outlive the step). `body`
+/// returns the sidecar's exit code; it must call `ready()` or `failed()` on the signal
+/// it gets.
+pub fn spawn<F>(
+    close_in_child: &[RawFd],
+    duties: Duties,
+    body: F,
+) -> anyhow::Result<(Sidecar, Readiness)>
 where
     F: FnOnce(ReadySignal, Lifeline) -> i32,
 {
@@ -142,55 +218,214 @@ where
     // Close-on-exec, so a supervised step never holds the lifeline by accident.
     let (lifeline_read, lifeline_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .context("could not create the sidecar lifeline pipe")?;
-    let parent = nix::unistd::getpid();
+    let (gone_read, gone_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .context("could not create the keeper's exit pipe")?;
+    // Close-on-exec (pidfd_open always is): the step does not keep a pidfd of itself.
+    let step = pidfd_open(nix::unistd::getpid()).context("could not open a pidfd of the step")?;
     // SAFETY: the process has exactly one thread (checked above), so the child starts
-    // with no lock held by a vanished thread; it only calls async-signal-safe setup
-    // (prctl, close, dup2) before building its own runtime.
+    // with no lock held by a vanished thread; the intermediate only closes descriptors
+    // and forks again before it exits.
     #[allow(unsafe_code)]
     let fork = unsafe { nix::unistd::fork() }.context("could not fork the relay sidecar")?;
     match fork {
         ForkResult::Child => {
             drop(read_end);
             drop(lifeline_write);
-            let lifeline = Lifeline(lifeline_read);
-            let code = run_child(parent, close_in_child, write_end, lifeline, body);
-            std::process::exit(code);
+            drop(gone_read);
+            for fd in close_in_child {
+                let _ = nix::unistd::close(*fd);
+            }
+            let keeper = KeeperStart {
+                step,
+                lifeline: lifeline_read,
+                ready: write_end,
+                gone: gone_write,
+            };
+            std::process::exit(fork_keeper(keeper, duties, body));
         }
         ForkResult::Parent { child } => {
             drop(write_end);
             drop(lifeline_read);
+            drop(gone_write);
+            drop(step);
+            // The intermediate exits right after its fork: reaping it here means the step
+            // never has a zombie child of ours.
+            if let Err(err) = waitpid(child, None) {
+                tracing::warn!("could not reap the sidecar's intermediate process: {err}");
+            }
             let readiness = wait_ready(read_end, READY_TIMEOUT);
             let sidecar = Sidecar {
-                pid: child,
                 lifeline: Some(lifeline_write),
+                keeper_gone: gone_read,
             };
             Ok((sidecar, readiness))
         }
     }
 }
 
-fn run_child<F>(
-    parent: Pid,
-    close_in_child: &[RawFd],
-    write_end: OwnedFd,
-    lifeline: Lifeline,
-    body: F,
-) -> i32
+/// What the intermediate hands the keeper.
+struct KeeperStart {
+    step: OwnedFd,
+    lifeline: OwnedFd,
+    ready: OwnedFd,
+    gone: OwnedFd,
+}
+
+/// In the intermediate: forks the keeper and returns the intermediate's exit code.
+fn fork_keeper<F>(start: KeeperStart, duties: Duties, body: F) -> i32
 where
     F: FnOnce(ReadySignal, Lifeline) -> i32,
 {
-    if nix::sys::prctl::set_pdeathsig(Some(Signal::SIGTERM)).is_err() || getppid() != parent {
-        // The parent died before the death signal was armed: there is no step to serve.
-        return 0;
+    // SAFETY: forked from a single-threaded process, so single-threaded itself.
+    #[allow(unsafe_code)]
+    let fork = unsafe { nix::unistd::fork() };
+    match fork {
+        Ok(ForkResult::Child) => run_keeper(start, duties, body),
+        Ok(ForkResult::Parent { .. }) => 0,
+        Err(err) => {
+            ReadySignal(Some(File::from(start.ready)))
+                .failed(&format!("could not fork the debug session's keeper: {err}"));
+            1
+        }
     }
-    for fd in close_in_child {
-        let _ = nix::unistd::close(*fd);
-    }
-    redirect_stdin_to_null();
-    body(ReadySignal(Some(File::from(write_end))), lifeline)
 }
 
-/// The sidecar must not hold the step's stdin (MPI launchers forward stdin to rank 0).
+/// In the keeper: forks the sidecar, then watches it and the step until both are gone.
+fn run_keeper<F>(start: KeeperStart, duties: Duties, body: F) -> i32
+where
+    F: FnOnce(ReadySignal, Lifeline) -> i32,
+{
+    ignore_step_signals();
+    redirect_stdin_to_null();
+    let KeeperStart {
+        step,
+        lifeline,
+        ready,
+        gone,
+    } = start;
+    // Datagrams keep one shared descriptor per message; close-on-exec like the rest.
+    let channel = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    );
+    let (keeper_end, sidecar_end) = match channel {
+        Ok((a, b)) => (Some(a), Some(b)),
+        Err(err) => {
+            tracing::warn!(
+                "no channel from the sidecar to its keeper ({err}); connect mode cannot release a step after a sidecar death"
+            );
+            (None, None)
+        }
+    };
+    let keeper_pid = nix::unistd::getpid();
+    // SAFETY: the keeper is single-threaded (forked from a single-threaded process), so
+    // the sidecar starts with no lock held by a vanished thread; it builds its own
+    // runtime after the fork.
+    #[allow(unsafe_code)]
+    let fork = unsafe { nix::unistd::fork() };
+    match fork {
+        Ok(ForkResult::Child) => {
+            drop(keeper_end);
+            drop(gone);
+            let _ = KEEPER.set(KeeperLink {
+                pid: keeper_pid,
+                channel: sidecar_end,
+            });
+            let lifeline = Lifeline {
+                pipe: lifeline,
+                step,
+            };
+            body(ReadySignal(Some(File::from(ready))), lifeline)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(sidecar_end);
+            // The sidecar alone reports readiness: the agent sees EOF if it dies first.
+            drop(ready);
+            let watch = Watch {
+                step,
+                lifeline,
+                sidecar: child,
+                channel: keeper_end,
+                _gone: gone,
+            };
+            keeper::keep(&duties, watch)
+        }
+        Err(err) => {
+            ReadySignal(Some(File::from(ready)))
+                .failed(&format!("could not fork the relay sidecar: {err}"));
+            1
+        }
+    }
+}
+
+/// What the sidecar knows about its keeper.
+#[derive(Debug)]
+struct KeeperLink {
+    pid: Pid,
+    /// The sidecar's end of the socket pair descriptors are shared over.
+    channel: Option<OwnedFd>,
+}
+
+/// Set once in the sidecar, right after its fork.
+static KEEPER: OnceLock<KeeperLink> = OnceLock::new();
+
+/// The keeper's PID, in the sidecar (None in any other process).
+pub fn keeper_pid() -> Option<u32> {
+    KEEPER.get().map(|link| link.pid.as_raw().unsigned_abs())
+}
+
+/// Hands the keeper a duplicate of debugpy's connection (connect mode), so that when the
+/// sidecar dies the keeper can still release a step that waits in pydevd (closing that
+/// socket would leave it hung for good). Call it right after accepting the connection.
+/// A no-op (with a debug log) when this process has no keeper.
+pub fn share_debuggee_with_keeper(fd: BorrowedFd<'_>) {
+    let Some(channel) = KEEPER.get().and_then(|link| link.channel.as_ref()) else {
+        tracing::debug!("no keeper to share debugpy's connection with");
+        return;
+    };
+    let fds = [fd.as_raw_fd()];
+    let message = [IoSlice::new(b"d")];
+    let sent = sendmsg::<()>(
+        channel.as_raw_fd(),
+        &message,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
+    if let Err(err) = sent {
+        tracing::warn!("could not share debugpy's connection with the keeper: {err}");
+    }
+}
+
+/// `pidfd_open(2)`: a close-on-exec descriptor that becomes readable once `pid` is gone.
+pub(super) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1; no
+    // memory is passed.
+    #[allow(unsafe_code)]
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| std::io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    #[allow(unsafe_code)]
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The keeper (and, inherited, the sidecar) ignore the signals launchers send the whole
+/// process group: the step decides about those, and the session ends with the step.
+fn ignore_step_signals() {
+    for signal in STEP_SIGNALS {
+        // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety concern.
+        #[allow(unsafe_code)]
+        let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) };
+    }
+}
+
+/// The keeper and the sidecar must not hold the step's stdin (MPI launchers forward
+/// stdin to rank 0).
 fn redirect_stdin_to_null() {
     if let Ok(null) = File::open("/dev/null") {
         let _ = nix::unistd::dup2_stdin(null.as_fd());
@@ -209,8 +444,7 @@ fn wait_ready(read_end: OwnedFd, timeout: Duration) -> Readiness {
             ));
         }
         let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
-        let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        match poll(&mut fds, PollTimeout::from(millis)) {
+        match poll(&mut fds, poll_timeout(left)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(err) => return Readiness::Failed(format!("readiness pipe: {err}")),
@@ -264,7 +498,7 @@ mod tests {
     #[test]
     fn refuses_to_fork_a_threaded_process() {
         let _other = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(200)));
-        let err = spawn(&[], |_, _| 0).expect_err("must refuse");
+        let err = spawn(&[], Duties::none(), |_, _| 0).expect_err("must refuse");
         assert!(err.to_string().contains("threads"), "{err}");
     }
 }

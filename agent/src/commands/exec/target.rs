@@ -19,6 +19,7 @@ use crate::process::{self, ProcessMode, Step, command_line};
 use crate::publish::{SessionState, StatusFile, StatusRecord};
 use crate::relay::client::credentials;
 use crate::role::{Detection, ProcessEnv};
+use crate::session::keeper;
 use crate::session::sidecar::{self, Readiness};
 use crate::session::{self, DebugMode, FailurePolicy, SessionSpec};
 
@@ -52,7 +53,8 @@ pub fn run(
         }
     };
     let lock_fd = reservation.file().as_raw_fd();
-    let sidecar = match sidecar::spawn(&[lock_fd], move |ready, lifeline| {
+    let duties = keeper::Duties::of(&spec);
+    let sidecar = match sidecar::spawn(&[lock_fd], duties, move |ready, lifeline| {
         session::run_sidecar(spec, ready, lifeline)
     }) {
         Ok((sidecar, Readiness::Ready)) => sidecar,

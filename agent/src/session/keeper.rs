@@ -1,0 +1,361 @@
+//! The keeper: a tiny single-threaded process that is the sidecar's parent (see
+//! [`sidecar`](super::sidecar) for how it is forked).
+//!
+//! It blocks in `poll` on the step's pidfd, the lifeline, the sidecar's pidfd and the
+//! channel the sidecar shares debugpy's connection over (connect mode), and:
+//! - when the session is over (the step died, or the supervisor closed the lifeline),
+//!   gives the sidecar [`SIDECAR_EXIT_GRACE`] to publish its final state, SIGKILLs it if
+//!   it is still there, reaps it and exits: the sidecar is gone within a second;
+//! - when the sidecar dies while the step lives (killed, crashed), reaps it (no zombie),
+//!   records `running-undebugged` with the cause in the session's status record, and
+//!   releases a step still held waiting for a debugger, since debugpy has no bounded
+//!   wait of its own (see [`dap`](super::dap)); then it keeps the record for the step's
+//!   life and exits when the step does.
+//!
+//! No async runtime here: the keeper must stay alive and small whatever the sidecar did.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+mod release;
+
+use super::sidecar::{pidfd_open, poll_timeout};
+use super::{SessionSpec, report};
+use crate::publish::{SessionState, StatusFile};
+use crate::role::ProcessEnv;
+
+/// How long a sidecar whose session is over may take to publish its final state before
+/// the keeper SIGKILLs it (the sidecar must be gone within a second of the step).
+pub const SIDECAR_EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// How often the keeper looks whether the sidecar still holds debugpy's connection.
+const KEEPER_TICK: Duration = Duration::from_millis(200);
+
+/// What the keeper does for a session when its sidecar dies before the step.
+#[derive(Debug, Clone)]
+pub struct Duties {
+    /// None: nothing to record or release.
+    session: Option<SessionSpec>,
+    /// When the attach timeout runs out (None: never).
+    attach_deadline: Option<Instant>,
+}
+
+impl Duties {
+    /// The duties for `spec`, whose attach timeout starts now.
+    pub fn of(spec: &SessionSpec) -> Duties {
+        Duties {
+            session: Some(spec.clone()),
+            attach_deadline: Instant::now().checked_add(spec.attach_timeout),
+        }
+    }
+
+    /// No session: the keeper only reaps and ends the sidecar.
+    pub fn none() -> Duties {
+        Duties {
+            session: None,
+            attach_deadline: None,
+        }
+    }
+}
+
+/// What the keeper watches (built in [`sidecar`](super::sidecar) after its forks).
+#[derive(Debug)]
+pub(super) struct Watch {
+    /// pidfd of the agent: the step in replace mode, the supervisor otherwise.
+    pub step: OwnedFd,
+    /// Read end of the lifeline.
+    pub lifeline: OwnedFd,
+    pub sidecar: Pid,
+    /// The keeper's end of the channel the sidecar shares debugpy's connection over.
+    pub channel: Option<OwnedFd>,
+    /// Held, never written: the agent sees EOF once the keeper is gone.
+    pub _gone: OwnedFd,
+}
+
+/// What woke the keeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// The fd waited for is readable.
+    Ready,
+    /// The session is over: the step died or the lifeline closed.
+    SessionOver,
+    Timeout,
+}
+
+/// The keeper's whole life; returns its exit code.
+pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
+    let sidecar_fd = pidfd_open(watch.sidecar)
+        .map_err(|err| tracing::debug!("no pidfd of the sidecar ({err}); polling it"))
+        .ok();
+    let mut debuggee: Option<OwnedFd> = None;
+    loop {
+        let wake = wait_session(
+            &watch,
+            sidecar_fd.as_ref(),
+            watch.channel.as_ref(),
+            // Idle unless there is debugpy's connection to look after (or no pidfd
+            // wakes the keeper when the sidecar dies).
+            if debuggee.is_some() || sidecar_fd.is_none() {
+                KEEPER_TICK
+            } else {
+                Duration::MAX
+            },
+        );
+        if wake == Wake::SessionOver {
+            end_sidecar(watch.sidecar, sidecar_fd.as_ref());
+            return 0;
+        }
+        // Every connection shared so far: the last one is debugpy's current connection.
+        while let Some(shared) = watch.channel.as_ref().and_then(receive_debuggee) {
+            tracing::debug!("the keeper holds debugpy's connection");
+            debuggee = Some(shared);
+        }
+        match waitpid(watch.sidecar, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(WaitStatus::Exited(_, 0)) => {
+                // Finished on its own (a setup failure it recorded): nothing to add.
+                drop(debuggee.take());
+                wait_session(&watch, None, None, Duration::MAX);
+                return 0;
+            }
+            Ok(status) => {
+                sidecar_died(
+                    duties,
+                    &watch,
+                    &death_cause(watch.sidecar, status),
+                    debuggee,
+                );
+                return 0;
+            }
+            Err(err) => {
+                tracing::warn!("the keeper lost its sidecar ({err}); it waits for the step");
+                wait_session(&watch, None, None, Duration::MAX);
+                return 0;
+            }
+        }
+        // The sidecar let go of debugpy's connection (a debugger detached, or it was
+        // released): our copy must not keep pydevd from seeing it close.
+        // A sidecar that died meanwhile holds nothing, but its connection is ours to
+        // release: look (without reaping) whether it still runs.
+        if let Some(socket) = &debuggee
+            && !holds_socket(watch.sidecar, socket.as_fd())
+            && sidecar_fd.as_ref().is_some_and(still_running)
+        {
+            tracing::debug!("the sidecar let go of debugpy's connection; so does the keeper");
+            debuggee = None;
+        }
+    }
+}
+
+/// Waits up to `timeout` for the session to end or `extra` / `channel` to be readable.
+fn wait_session(
+    watch: &Watch,
+    extra: Option<&OwnedFd>,
+    channel: Option<&OwnedFd>,
+    timeout: Duration,
+) -> Wake {
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut fds = vec![
+            PollFd::new(watch.step.as_fd(), PollFlags::POLLIN),
+            PollFd::new(watch.lifeline.as_fd(), PollFlags::POLLIN),
+        ];
+        fds.extend(
+            [extra, channel]
+                .into_iter()
+                .flatten()
+                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+        );
+        let timeout = left.map_or(PollTimeout::NONE, poll_timeout);
+        match poll(&mut fds, timeout) {
+            Ok(0) if left.is_some_and(|l| l.is_zero()) => return Wake::Timeout,
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!("the keeper cannot poll ({err}); it ends the session");
+                return Wake::SessionOver;
+            }
+        }
+        let fired = |i: usize| {
+            fds.get(i)
+                .and_then(PollFd::revents)
+                .is_some_and(|r| !r.is_empty())
+        };
+        let (step_gone, lifeline_moved, other) = (fired(0), fired(1), fired(2) || fired(3));
+        drop(fds);
+        if step_gone || (lifeline_moved && lifeline_closed(watch.lifeline.as_fd())) {
+            return Wake::SessionOver;
+        }
+        if other {
+            return Wake::Ready;
+        }
+    }
+}
+
+/// Whether the process of `pidfd` still runs (its pidfd is not readable yet).
+fn still_running(pidfd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO) == Ok(0)
+}
+
+/// Reads what the lifeline has (nobody writes to it): true at EOF.
+fn lifeline_closed(lifeline: BorrowedFd<'_>) -> bool {
+    let mut sink = [0u8; 64];
+    match nix::unistd::read(lifeline, &mut sink) {
+        Ok(0) => true,
+        Ok(_) | Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => false,
+        Err(_) => true,
+    }
+}
+
+/// The session is over: the sidecar publishes its final state within the grace, or is
+/// killed; either way it is reaped.
+fn end_sidecar(sidecar: Pid, sidecar_fd: Option<&OwnedFd>) {
+    let deadline = Instant::now() + SIDECAR_EXIT_GRACE;
+    loop {
+        match waitpid(sidecar, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            _ => return,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tracing::debug!("the sidecar outlived its grace; killing it");
+            let _ = kill(sidecar, Signal::SIGKILL);
+            let _ = waitpid(sidecar, None);
+            return;
+        }
+        match sidecar_fd {
+            Some(fd) => {
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, poll_timeout(left));
+            }
+            None => std::thread::sleep(left.min(Duration::from_millis(10))),
+        }
+    }
+}
+
+/// How the sidecar died, in words: "was killed by signal 9 (SIGKILL)".
+fn death_cause(sidecar: Pid, status: WaitStatus) -> String {
+    let how = match status {
+        WaitStatus::Signaled(_, signal, _) => {
+            format!(
+                "was killed by signal {} ({})",
+                signal as i32,
+                signal.as_str()
+            )
+        }
+        WaitStatus::Exited(_, code) => format!("exited with code {code}"),
+        other => format!("ended ({other:?})"),
+    };
+    format!("the debug sidecar (pid {sidecar}) {how}")
+}
+
+/// The sidecar died while the step lives: record it, release the step, and keep the
+/// record until the session is over.
+fn sidecar_died(duties: &Duties, watch: &Watch, cause: &str, debuggee: Option<OwnedFd>) {
+    let reason = format!("{cause}; the step runs on without a debugger");
+    tracing::warn!(
+        "debug session {}: {reason}",
+        SessionState::RunningUndebugged
+    );
+    let record = duties
+        .session
+        .as_ref()
+        .and_then(|spec| record_death(spec, &reason));
+    if let Some(spec) = &duties.session {
+        release::release(spec, duties.attach_deadline, watch, debuggee);
+    }
+    wait_session(watch, None, None, Duration::MAX);
+    // Dropping the record removes it: the session ended with the step.
+    drop(record);
+}
+
+/// Takes over the session's status record (the sidecar owned it) and writes the death.
+fn record_death(spec: &SessionSpec, reason: &str) -> Option<StatusFile> {
+    let dir = crate::publish::state_dir(spec.state_dir.as_deref(), &ProcessEnv)
+        .map_err(|err| tracing::warn!("no status record for the sidecar's death: {err:#}"))
+        .ok()?;
+    let adopted = match StatusFile::adopt(&dir, spec.holder_pid) {
+        Ok(Some(file)) => Ok(file),
+        Ok(None) => StatusFile::create(&dir, report::new_record(spec)),
+        Err(err) => Err(err),
+    };
+    let mut file = adopted
+        .map_err(|err| tracing::warn!("no status record for the sidecar's death: {err:#}"))
+        .ok()?;
+    if let Err(err) = file.set_state(SessionState::RunningUndebugged, Some(reason)) {
+        tracing::warn!("could not record the sidecar's death: {err:#}");
+    }
+    Some(file)
+}
+
+/// Takes a descriptor the sidecar shared, if one is waiting on the channel.
+fn receive_debuggee(channel: &OwnedFd) -> Option<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let message = recvmsg::<()>(
+        channel.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let mut received = None;
+    for cmsg in message.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for fd in fds {
+                // SAFETY: SCM_RIGHTS just installed this descriptor in our table; we are
+                // its only owner.
+                #[allow(unsafe_code)]
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                received = Some(owned);
+            }
+        }
+    }
+    received
+}
+
+/// Whether `sidecar` still has the socket `ours` refers to open (from /proc). When
+/// /proc cannot say, it assumes it does: dropping our copy early is the worse mistake
+/// (a step left waiting for good), keeping it a little longer only delays a close.
+fn holds_socket(sidecar: Pid, ours: BorrowedFd<'_>) -> bool {
+    let Ok(stat) = nix::sys::stat::fstat(ours) else {
+        return true;
+    };
+    let target = format!("socket:[{}]", stat.st_ino);
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{sidecar}/fd")) else {
+        return true;
+    };
+    let links: Vec<_> = entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .collect();
+    // A dying process shows no descriptors at all before its pidfd turns readable: that
+    // is a sidecar being killed, not one that let go.
+    links.is_empty() || links.iter().any(|link| link.as_os_str() == target.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_name_the_signal_or_the_code() {
+        let pid = Pid::from_raw(42);
+        let killed = death_cause(pid, WaitStatus::Signaled(pid, Signal::SIGKILL, false));
+        assert_eq!(
+            killed,
+            "the debug sidecar (pid 42) was killed by signal 9 (SIGKILL)"
+        );
+        let crashed = death_cause(pid, WaitStatus::Exited(pid, 101));
+        assert_eq!(crashed, "the debug sidecar (pid 42) exited with code 101");
+    }
+}

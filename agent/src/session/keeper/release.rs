@@ -1,0 +1,255 @@
+//! How the keeper releases a step still held waiting for a debugger after the sidecar
+//! died: it plays the debugger that attaches and leaves (see [`dap`](crate::session::dap)),
+//! with blocking I/O, every wait bounded and the step watched throughout.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, poll};
+
+use super::{Wake, Watch, wait_session};
+use crate::session::sidecar::poll_timeout;
+use crate::session::{DebugMode, SessionSpec, clients_connected, dap};
+
+/// How long the keeper keeps trying to release a waiting step after the sidecar died.
+pub const RELEASE_GRACE: Duration = Duration::from_secs(10);
+
+/// Pause between two release attempts (debugpy may not listen yet).
+const RELEASE_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// How long one connection attempt to debugpy may take.
+const RELEASE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long debugpy may take to answer the release requests of one attempt.
+const RELEASE_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Longest DAP message (header or body) the keeper reads from debugpy.
+const MAX_DAP_MESSAGE: usize = 1 << 20;
+
+/// Releases a step that may still be held waiting for a debugger.
+pub(super) fn release(
+    spec: &SessionSpec,
+    attach_deadline: Option<Instant>,
+    watch: &Watch,
+    debuggee: Option<OwnedFd>,
+) {
+    match spec.mode {
+        DebugMode::Connect => {
+            let Some(socket) = debuggee else {
+                tracing::debug!("debugpy had not connected to the sidecar: nothing to release");
+                return;
+            };
+            let stream = TcpStream::from(socket);
+            match release_over(&stream, watch) {
+                Ok(()) => tracing::info!("released the step after the sidecar's death"),
+                Err(why) => tracing::warn!("could not release the step: {why}"),
+            }
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        DebugMode::Listen | DebugMode::Direct if !spec.wait_for_client => {}
+        DebugMode::Listen => release_listening(spec, watch),
+        DebugMode::Direct => {
+            // debugpy itself listens on the node: a developer can still attach until the
+            // attach timeout, without the sidecar.
+            if let Some(deadline) = attach_deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if wait_session(watch, None, None, left) == Wake::SessionOver {
+                    return;
+                }
+            }
+            if clients_connected(spec.port) {
+                tracing::info!("a debugger is attached to debugpy: it releases the step");
+                return;
+            }
+            release_listening(spec, watch);
+        }
+    }
+}
+
+/// Attaches to debugpy and leaves (listen and direct modes), retrying for
+/// [`RELEASE_GRACE`] until debugpy acknowledges `configurationDone`.
+fn release_listening(spec: &SessionSpec, watch: &Watch) {
+    let address = spec.debugpy_address();
+    let deadline = Instant::now() + RELEASE_GRACE;
+    loop {
+        let outcome = TcpStream::connect_timeout(&address, RELEASE_CONNECT_TIMEOUT)
+            .map_err(|err| format!("could not reach debugpy at {address}: {err}"))
+            .and_then(|stream| {
+                let released = release_over(&stream, watch);
+                let _ = stream.shutdown(Shutdown::Both);
+                released
+            });
+        match outcome {
+            Ok(()) => {
+                tracing::info!("released the step after the sidecar's death");
+                return;
+            }
+            Err(why) if Instant::now() >= deadline => {
+                tracing::warn!("gave up releasing the step after {RELEASE_GRACE:?}: {why}");
+                return;
+            }
+            Err(why) => tracing::debug!("release attempt failed: {why}"),
+        }
+        if wait_session(watch, None, None, RELEASE_RETRY_PAUSE) == Wake::SessionOver {
+            return;
+        }
+    }
+}
+
+/// Sends the release requests over `stream` and waits (bounded) for the answer to
+/// `configurationDone`, then briefly for the one to `disconnect`.
+fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
+    let fail = |what: &str, err: std::io::Error| format!("{what}: {err}");
+    // Unread bytes from before (a half-read message) would confuse the answer parser.
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| fail("socket", e))?;
+    let mut chunk = [0u8; 4096];
+    while matches!((&*stream).read(&mut chunk), Ok(n) if n > 0) {}
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| fail("socket", e))?;
+    stream
+        .set_write_timeout(Some(RELEASE_ANSWER_TIMEOUT))
+        .map_err(|e| fail("socket", e))?;
+    (&*stream)
+        .write_all(&dap::release_requests())
+        .map_err(|e| fail("sending the release", e))?;
+    let deadline = Instant::now() + RELEASE_ANSWER_TIMEOUT;
+    let mut buffer = Vec::new();
+    let mut acknowledged = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let socket = stream.as_fd();
+        match wait_readable(watch, socket, left) {
+            Wake::Ready => {}
+            Wake::SessionOver => return Ok(()),
+            Wake::Timeout if acknowledged => return Ok(()),
+            Wake::Timeout => return Err("debugpy did not answer the release in time".into()),
+        }
+        let n = match (&*stream).read(&mut chunk) {
+            Ok(n) => n,
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+            Err(err) => return Err(fail("reading debugpy's answer", err)),
+        };
+        if n == 0 {
+            return if acknowledged {
+                Ok(())
+            } else {
+                Err("debugpy closed the connection before it answered".into())
+            };
+        }
+        buffer.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        for command in take_responses(&mut buffer)? {
+            match command.as_str() {
+                "configurationDone" => acknowledged = true,
+                "disconnect" if acknowledged => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Waits up to `timeout` for `fd` to be readable, or the session to end.
+fn wait_readable(watch: &Watch, fd: BorrowedFd<'_>, timeout: Duration) -> Wake {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [
+            PollFd::new(watch.step.as_fd(), PollFlags::POLLIN),
+            PollFd::new(fd, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, poll_timeout(left)) {
+            Ok(0) if left.is_zero() => return Wake::Timeout,
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(_) => return Wake::Timeout,
+        }
+        let fired = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+        if fired(&fds[0]) {
+            return Wake::SessionOver;
+        }
+        if fired(&fds[1]) {
+            return Wake::Ready;
+        }
+    }
+}
+
+/// Takes every complete DAP message off the front of `buffer` and returns the commands
+/// of the responses among them. Errors on a message that is not DAP or too long.
+fn take_responses(buffer: &mut Vec<u8>) -> Result<Vec<String>, String> {
+    let mut commands = Vec::new();
+    loop {
+        let Some(header_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            if buffer.len() > MAX_DAP_MESSAGE {
+                return Err("debugpy sent a header without an end".into());
+            }
+            return Ok(commands);
+        };
+        let header = String::from_utf8_lossy(buffer.get(..header_end).unwrap_or_default());
+        let length = header
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+            .ok_or_else(|| format!("not a DAP message header: {header:?}"))?;
+        if length > MAX_DAP_MESSAGE {
+            return Err(format!("a DAP message of {length} bytes is too long"));
+        }
+        let body_start = header_end + 4;
+        let Some(body) = buffer.get(body_start..body_start + length) else {
+            return Ok(commands);
+        };
+        if let Ok(message) = serde_json::from_slice::<serde_json::Value>(body)
+            && message["type"] == "response"
+            && let Some(command) = message["command"].as_str()
+        {
+            commands.push(command.to_owned());
+        }
+        buffer.drain(..body_start + length);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(json: &str) -> Vec<u8> {
+        format!("Content-Length: {}\r\n\r\n{json}", json.len()).into_bytes()
+    }
+
+    #[test]
+    fn responses_are_taken_off_complete_messages_only() {
+        let done = frame(
+            r#"{"seq": 4, "type": "response", "command": "configurationDone", "success": true}"#,
+        );
+        let event = frame(r#"{"seq": 2, "type": "event", "event": "initialized"}"#);
+        let mut whole = event.clone();
+        whole.extend_from_slice(&done);
+        // (input, the response commands, or None for an error; bytes left over)
+        let cases = [
+            (whole.clone(), Some(vec!["configurationDone"]), 0),
+            (
+                done.get(..done.len() - 3).unwrap_or_default().to_vec(),
+                Some(vec![]),
+                done.len() - 3,
+            ),
+            (event.clone(), Some(vec![]), 0),
+            (b"Content-Length: 99999999\r\n\r\n".to_vec(), None, 0),
+            (b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), None, 0),
+        ];
+        for (input, want, left) in cases {
+            let mut buffer = input.clone();
+            let got = take_responses(&mut buffer);
+            match want {
+                Some(commands) => {
+                    assert_eq!(got, Ok(commands.iter().map(|c| c.to_string()).collect()));
+                    assert_eq!(buffer.len(), left, "{:?}", String::from_utf8_lossy(&input));
+                }
+                None => assert!(got.is_err(), "{got:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! A dead sidecar is visible and cheap (issue 7, acceptance item 7): after `kill -9` of
+//! the sidecar, `status` shows the session's new state and the cause within a second,
+//! no zombie stays, and the step, held waiting for a debugger, is released and finishes
+//! on its own; after `kill -9` of the step, the sidecar and its keeper are gone within a
+//! second. In connect, listen and direct modes, replace and supervise.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::harness::{DeveloperSide, SESSION_DEADLINE, is_listening, port_range, step_py};
+use super::lifecycle::{
+    Running, SIDECAR_GONE_WITHIN, gone, live_process, session_of, session_processes, wait_gone,
+    wait_state_why,
+};
+use crate::util;
+
+/// The step waits this long for a debugger unless released earlier (the keeper releases
+/// at once in connect and listen modes, at the deadline in direct mode).
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The keeper's retry window for releasing a step (`session::keeper::RELEASE_GRACE`).
+const RELEASE_GRACE: Duration = Duration::from_secs(10);
+
+/// What `status` says after the sidecar was killed.
+const KILLED_STATE: &str = "running-undebugged";
+const KILLED_CAUSE: &str = "was killed by signal 9 (SIGKILL); the step runs on without a debugger";
+
+/// `amlx-agent exec` for a step waiting for a debugger in `mode` (`process`: `--replace`
+/// or `--supervise`), through a relay where nobody listens.
+fn waiting_step(
+    developer: &DeveloperSide,
+    locks: &Path,
+    mode: &str,
+    process: &str,
+) -> (Command, u16) {
+    let (debug_port, _, range) = port_range(4);
+    let timeout = format!("{}s", ATTACH_TIMEOUT.as_secs());
+    let mut cmd = developer.agent(locks);
+    cmd.args(["exec", process, "--debug", "--rank", "0", "--mode", mode])
+        .args(["--node-ip", "127.0.0.1", "--wait-for-client"])
+        .args(["--attach-timeout", &timeout, "--port-range", &range])
+        .args(["--", "python3"])
+        .arg(step_py());
+    (cmd, debug_port)
+}
+
+/// Waits until the step is held by debugpy and the session waits for the developer;
+/// returns the session as `status --json` shows it.
+fn wait_held(state_dir: &Path, agent: &Running, mode: &str, debug_port: u16) -> serde_json::Value {
+    // Connect mode says so only once debugpy's connection reached the sidecar.
+    let why = if mode == "connect" {
+        "no listener on the Hybrid Connection yet"
+    } else {
+        ""
+    };
+    let session = wait_state_why(state_dir, agent.pid(), "waiting-for-debugger", why, agent);
+    if mode != "connect" {
+        util::wait_for(
+            &format!("debugpy to listen on {debug_port}"),
+            SESSION_DEADLINE,
+            || is_listening(debug_port).then_some(()),
+        );
+    }
+    session
+}
+
+/// Children of `pid` in any state (zombies included), from /proc.
+fn children(pid: u32) -> Vec<(u32, char)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let rest = stat.get(stat.rfind(')')? + 2..)?;
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let ppid: u32 = fields.next()?.parse().ok()?;
+            (ppid == pid).then_some((child, state))
+        })
+        .collect()
+}
+
+/// The step's PID: the agent's own in replace mode, in supervise mode its child running
+/// step.py (the supervisor, a subreaper, also adopts debugpy's adapter).
+fn step_pid(agent: &Running, process: &str) -> u32 {
+    if process == "--replace" {
+        return agent.pid();
+    }
+    let script = step_py();
+    util::wait_for("the supervised step", SESSION_DEADLINE, || {
+        children(agent.pid()).into_iter().find_map(|(child, _)| {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(script.to_string_lossy().as_ref())
+                .then_some(child)
+        })
+    })
+}
+
+/// Whether `process` is gone from /proc altogether (reaped: not even a zombie).
+fn reaped((pid, start): (u32, u64)) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+        || live_process(pid).is_some_and(|(_, now)| now != start)
+}
+
+fn kill(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a PID fits i32"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+}
+
+/// kill -9 of the sidecar: the new state and its cause within a second, no zombie (the
+/// sidecar is reaped at once, and nothing of ours is left under the step), and the step
+/// released to finish with its own output and exit code.
+fn killed_sidecar(mode: &str, process: &str) {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let developer = DeveloperSide::relay_only("debug");
+    let (mut cmd, debug_port) = waiting_step(&developer, locks.path(), mode, process);
+    let mut agent = Running::spawn(&mut cmd);
+    let session = wait_held(&state_dir, &agent, mode, debug_port);
+    let step = step_pid(&agent, process);
+    let [sidecar, keeper] = session_processes(&session);
+
+    kill(sidecar.0);
+    let killed = Instant::now();
+    let shown = util::wait_for(
+        &format!("{mode} {process}: status to show the sidecar's death"),
+        SIDECAR_GONE_WITHIN,
+        || {
+            session_of(&state_dir, agent.pid()).filter(|s| {
+                s["state"] == KILLED_STATE
+                    && s["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains(KILLED_CAUSE))
+            })
+        },
+    );
+    let took = killed.elapsed();
+    let reason = shown["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&format!("(pid {})", sidecar.0)), "{shown}");
+    // Reaped, not a zombie: its /proc entry is gone altogether.
+    util::wait_for(
+        &format!("{mode} {process}: sidecar {} reaped", sidecar.0),
+        SIDECAR_GONE_WITHIN,
+        || reaped(sidecar).then_some(()),
+    );
+    for parent in [agent.pid(), step] {
+        let zombies: Vec<_> = children(parent)
+            .into_iter()
+            .filter(|(_, s)| *s == 'Z')
+            .collect();
+        assert!(
+            zombies.is_empty(),
+            "{mode} {process}: zombies under {parent}: {zombies:?}"
+        );
+    }
+    assert!(!gone(keeper.0, keeper.1), "the keeper stays with the step");
+    eprintln!("{mode} {process}: status showed the sidecar's death {took:?} after kill -9");
+
+    let status = util::wait_within(&mut agent.child, ATTACH_TIMEOUT + RELEASE_GRACE);
+    assert_eq!(status.code(), Some(0), "{mode} {process}:\n{}", agent.log());
+    assert!(
+        agent.stdout.wait_for("done total 6").is_some(),
+        "{mode} {process}: the step did not run to its end:\n{}",
+        agent.log()
+    );
+    wait_gone(&[keeper], SIDECAR_GONE_WITHIN);
+}
+
+#[test]
+fn a_killed_sidecar_shows_in_status_leaves_no_zombie_and_the_step_is_released() {
+    for mode in ["connect", "listen", "direct"] {
+        for process in ["--replace", "--supervise"] {
+            killed_sidecar(mode, process);
+        }
+    }
+}
+
+/// kill -9 of the step: its sidecar and keeper are gone within a second.
+fn killed_step(mode: &str, process: &str) {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let developer = DeveloperSide::relay_only("debug");
+    let (mut cmd, debug_port) = waiting_step(&developer, locks.path(), mode, process);
+    let mut agent = Running::spawn(&mut cmd);
+    let session = wait_held(&state_dir, &agent, mode, debug_port);
+    let step = step_pid(&agent, process);
+    let processes = session_processes(&session);
+    assert!(live_process(step).is_some());
+
+    kill(step);
+    let took = wait_gone(&processes, SIDECAR_GONE_WITHIN);
+    eprintln!(
+        "{mode} {process}: sidecar and keeper {processes:?} gone {took:?} after kill -9 of the step"
+    );
+    let _ = util::wait_within(&mut agent.child, SESSION_DEADLINE);
+}
+
+#[test]
+fn a_killed_step_takes_its_sidecar_and_keeper_within_a_second() {
+    for mode in ["connect", "listen", "direct"] {
+        for process in ["--replace", "--supervise"] {
+            killed_step(mode, process);
+        }
+    }
+}
