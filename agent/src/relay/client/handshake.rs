@@ -69,7 +69,7 @@ pub async fn connect_address(
 }
 
 /// Path and query of `address` exactly as written (`None` when it has no path).
-fn verbatim_target(address: &str) -> Option<String> {
+pub(crate) fn verbatim_target(address: &str) -> Option<String> {
     let after_scheme = address.split_once("://")?.1;
     let start = after_scheme.find('/')?;
     let target = &after_scheme[start..];
@@ -94,7 +94,7 @@ async fn connect_with_target(
     }
 }
 
-async fn upgrade(
+pub(crate) async fn upgrade(
     mut io: BoxedIo,
     url: &Url,
     target: String,

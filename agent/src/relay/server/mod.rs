@@ -13,17 +13,17 @@
 //! `TimeoutException`); a sender waiting when the relay stops gets 503; a listener past
 //! `max_listeners_per_path` gets 403 (quota); a malformed upgrade gets 400 or 431.
 
-mod accept;
-mod auth;
+pub(crate) mod accept;
+pub(crate) mod auth;
 mod connection;
-mod control;
-mod frame;
-mod io;
+pub(crate) mod control;
+pub(crate) mod frame;
+pub(crate) mod io;
 mod registry;
-mod relay;
+pub(crate) mod relay;
 mod rendezvous;
 mod tls;
-mod upgrade;
+pub(crate) mod upgrade;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
