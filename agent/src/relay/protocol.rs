@@ -205,8 +205,11 @@ pub fn reject_url(address: &str, status: u16, description: &str) -> String {
 }
 
 fn is_protocol_param(name: &str) -> bool {
-    name.len() >= QUERY_PREFIX.len()
-        && name[..QUERY_PREFIX.len()].eq_ignore_ascii_case(QUERY_PREFIX)
+    // Bytes, not a `&str` slice: the name is outside text and may have a character
+    // straddling the prefix length.
+    name.as_bytes()
+        .get(..QUERY_PREFIX.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(QUERY_PREFIX.as_bytes()))
 }
 
 /// What a server reads from a request target (`/$hc/path?query`).

@@ -191,8 +191,8 @@ pub(crate) async fn upgrade(
         let _ = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_body).await;
         let chunked =
             header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-        let body = String::from_utf8_lossy(&body).into_owned();
         let body = if chunked { dechunk(&body) } else { body };
+        let body = String::from_utf8_lossy(&body).into_owned();
         let text = one_line(if body.trim().is_empty() {
             reason
         } else {
@@ -225,19 +225,23 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The data of a chunked body (best effort: error texts only).
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
+/// The data of a chunked body (best effort: error texts only). Works on bytes: a chunk
+/// boundary may fall inside a character, which is decoded once the chunks are joined.
+fn dechunk(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
     let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
+    while let Some(line_end) = find(rest, b"\r\n") {
+        let (size_line, after) = rest.split_at(line_end);
+        let after = after.get(2..).unwrap_or_default();
+        let size = String::from_utf8_lossy(size_line);
         let size =
             usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            out.push_str(&after[..size.min(after.len())]);
+        let (chunk, next) = after.split_at(size.min(after.len()));
+        out.extend_from_slice(chunk);
+        if size == 0 || next.is_empty() {
             break;
         }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
+        rest = next.strip_prefix(b"\r\n").unwrap_or(next);
     }
     out
 }
@@ -260,10 +264,10 @@ mod tests {
         assert_eq!(one_line(" a\r\n b  c\n"), "a b c");
         assert_eq!(one_line(&"x".repeat(400)).len(), MAX_TEXT_CHARS + 3);
         assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
+            dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            b"hello world"
         );
-        assert_eq!(dechunk("ff\r\nshort"), "short");
+        assert_eq!(dechunk(b"ff\r\nshort"), b"short");
         let url = Url::parse("wss://h:1/$hc/p?sb-hc-id=1").expect("valid");
         assert_eq!(display_url(&url), "wss://h:1/$hc/p");
         assert_eq!(
@@ -271,5 +275,24 @@ mod tests {
             Some("/$hc/p?a=%7e&b")
         );
         assert_eq!(verbatim_target("wss://h"), None);
+    }
+
+    /// Found by `cargo fuzz` (target `upgrade_response`): a chunk size ending inside a
+    /// character of the lossily decoded body panicked while reading a relay's error.
+    #[test]
+    fn chunks_that_split_a_character_are_joined_before_decoding() {
+        let cases: [(&[u8], &[u8]); 4] = [
+            (
+                b"6\r\nhello\r\n6\r\n wor\x9bd\r\n0\r\n\r\n",
+                b"hello wor\x9bd",
+            ),
+            (b"1\r\n\xc3\r\n1\r\n\xa9\r\n0\r\n\r\n", "\u{e9}".as_bytes()),
+            (b"1\r\n\xc3\xa9\r\n0\r\n\r\n", b"\xc3"),
+            (b"3\r\n\xe2\x82", b"\xe2\x82"),
+        ];
+        for (body, want) in cases {
+            assert_eq!(dechunk(body), want, "{body:?}");
+            let _ = one_line(&String::from_utf8_lossy(&dechunk(body)));
+        }
     }
 }
