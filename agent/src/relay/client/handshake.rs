@@ -284,7 +284,7 @@ mod tests {
         let cases: [(&[u8], &[u8]); 4] = [
             (
                 b"6\r\nhello\r\n6\r\n wor\x9bd\r\n0\r\n\r\n",
-                b"hello wor\x9bd",
+                b"hello\r wor\x9bd",
             ),
             (b"1\r\n\xc3\r\n1\r\n\xa9\r\n0\r\n\r\n", "\u{e9}".as_bytes()),
             (b"1\r\n\xc3\xa9\r\n0\r\n\r\n", b"\xc3"),
