@@ -167,7 +167,7 @@ impl Host for FuzzHost {
     }
 }
 
-/// Launcher variables (records as in [`env_from_records`]) through role detection and
+/// Launcher variables (records as in `env_from_records`) through role detection and
 /// every policy; the first byte picks host name and overrides.
 pub fn role_environment(data: &[u8]) {
     let (shape, rest) = selector(data);
