@@ -5,6 +5,8 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod inject;
 pub mod launch_json;
 pub mod logging;

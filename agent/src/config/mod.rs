@@ -221,7 +221,7 @@ fn find_file(flags: &Flags<'_>, env: &dyn Env, default_path: &Path) -> Option<(P
 
 /// Defaults, then the file (path and text), then the step's own arguments, then the
 /// environment, then the flags.
-fn layer(
+pub(crate) fn layer(
     flags: &Flags<'_>,
     env: &dyn Env,
     file: Option<(&Path, &str)>,

@@ -327,7 +327,7 @@ fn error_chain(err: reqwest::Error) -> String {
 }
 
 /// MLflow's `{"error_code", "message"}` when the body has them, else the body, shortened.
-fn error_detail(body: &str) -> String {
+pub(crate) fn error_detail(body: &str) -> String {
     let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
     let field = |name: &str| {
         parsed

@@ -213,8 +213,14 @@ fn parse_timespan(value: &str) -> Result<Duration, ConnectionStringError> {
     if minutes >= 60 || !(0.0..60.0).contains(&seconds) {
         return Err(bad());
     }
-    let whole = days * 86_400 + hours * 3_600 + minutes * 60;
-    Ok(Duration::from_secs(whole) + Duration::from_secs_f64(seconds))
+    let whole = days
+        .checked_mul(86_400)
+        .and_then(|d| d.checked_add(hours.checked_mul(3_600)?))
+        .and_then(|dh| dh.checked_add(minutes * 60))
+        .ok_or_else(bad)?;
+    Duration::from_secs(whole)
+        .checked_add(Duration::from_secs_f64(seconds))
+        .ok_or_else(bad)
 }
 
 impl ConnectionString {

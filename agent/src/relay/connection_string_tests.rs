@@ -195,6 +195,27 @@ fn timespans() {
     }
 }
 
+/// Found by review and confirmed with `cargo fuzz` (target `connection_string`): days or
+/// hours too large for `u64` seconds overflowed instead of being refused.
+#[test]
+fn timeouts_too_large_to_count_are_refused() {
+    let cases: [&[u8]; 3] = [
+        b"Endpoint=sb://a/;SharedAccessSignature=x;OperationTimeout=999999999999999999.00:00:00",
+        b"Endpoint=sb://a/;SharedAccessSignature=x;OperationTimeout=5124095576030432:00:00",
+        b"Endpoint=sb://a/;SharedAccessSignature=x;OperationTimeout=213503982334601.07:00:59",
+    ];
+    for raw in cases {
+        let text = String::from_utf8_lossy(raw);
+        let err = text
+            .parse::<ConnectionString>()
+            .expect_err("timeout out of range");
+        assert!(
+            matches!(err, ConnectionStringError::BadTimeout(_)),
+            "{text}: {err}"
+        );
+    }
+}
+
 #[test]
 fn token_is_signed_for_the_net_audience() {
     let cs: ConnectionString = "Endpoint=sb://NS:9/;SharedAccessKeyName=n;SharedAccessKey=k"

@@ -6,6 +6,23 @@ fn base() -> Url {
     Url::parse("wss://ns.example:9443/").expect("valid")
 }
 
+/// Found by `cargo fuzz` (target `hc_request_target`): a query name whose sixth byte is
+/// inside a character panicked in the `sb-hc-` prefix check, before authentication.
+#[test]
+fn a_non_ascii_query_name_is_an_app_argument() {
+    let cases: [&[u8]; 4] = [
+        b"/%24hc/fuzz?sb-hc-action=accept&sb-hc-id=abc&sb-hc-statusCode=404&sb-hc\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff-statusDescription=no+Bu\xe3h+port",
+        b"/$hc/x?abcde\xc3\xa9=1",
+        b"/$hc/x?abcde%C3%A9=1",
+        b"/$hc/x?sb-hc\xe2\x82\xac=1&sb-hc-action=listen",
+    ];
+    for raw in cases {
+        let target = String::from_utf8_lossy(raw);
+        let req = HcRequest::parse(&target).expect("an HC target");
+        assert_eq!(req.app_query.len(), 1, "{target}");
+    }
+}
+
 #[test]
 fn listen_and_connect_urls() {
     assert_eq!(

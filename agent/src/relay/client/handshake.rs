@@ -73,7 +73,7 @@ pub async fn connect_address(
 }
 
 /// Path and query of `address` exactly as written (`None` when it has no path).
-fn verbatim_target(address: &str) -> Option<String> {
+pub(crate) fn verbatim_target(address: &str) -> Option<String> {
     let after_scheme = address.split_once("://")?.1;
     let start = after_scheme.find('/')?;
     let target = after_scheme.get(start..)?;
@@ -98,7 +98,7 @@ async fn connect_with_target(
     }
 }
 
-async fn upgrade(
+pub(crate) async fn upgrade(
     mut io: BoxedIo,
     url: &Url,
     target: String,
@@ -282,6 +282,11 @@ mod tests {
             one_line(&"é".repeat(400)).chars().count(),
             MAX_TEXT_CHARS + 3
         );
+    assert_eq!(
+            dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            b"hello world"
+        );
+        assert_eq!(dechunk(b"ff\r\nshort"), b"short");
         let url = Url::parse("wss://h:1/$hc/p?sb-hc-id=1").expect("valid");
         assert_eq!(display_url(&url), "wss://h:1/$hc/p");
         assert_eq!(
@@ -313,6 +318,25 @@ mod tests {
         ];
         for (body, want) in cases {
             assert_eq!(dechunk(body), *want, "{:?}", String::from_utf8_lossy(body));
+        }
+    }
+
+    /// Found by `cargo fuzz` (target `upgrade_response`): a chunk size ending inside a
+    /// character of the lossily decoded body panicked while reading a relay's error.
+    #[test]
+    fn chunks_that_split_a_character_are_joined_before_decoding() {
+        let cases: [(&[u8], &[u8]); 4] = [
+            (
+                b"6\r\nhello\r\n6\r\n wor\x9bd\r\n0\r\n\r\n",
+                b"hello\r wor\x9bd",
+            ),
+            (b"1\r\n\xc3\r\n1\r\n\xa9\r\n0\r\n\r\n", "\u{e9}".as_bytes()),
+            (b"1\r\n\xc3\xa9\r\n0\r\n\r\n", b"\xc3"),
+            (b"3\r\n\xe2\x82", b"\xe2\x82"),
+        ];
+        for (body, want) in cases {
+            assert_eq!(dechunk(body), want, "{body:?}");
+            let _ = one_line(&String::from_utf8_lossy(&dechunk(body)));
         }
     }
 }

@@ -27,17 +27,17 @@
 //! authenticated upgrade past `max_connections` gets 503.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
-mod accept;
+pub(crate) mod accept;
 mod admission;
-mod auth;
+pub(crate) mod auth;
 mod connection;
-mod control;
-mod io;
+pub(crate) mod control;
+pub(crate) mod io;
 mod registry;
-mod relay;
+pub(crate) mod relay;
 mod rendezvous;
 mod tls;
-mod upgrade;
+pub(crate) mod upgrade;
 
 use std::any::Any;
 use std::net::SocketAddr;
