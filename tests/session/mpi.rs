@@ -359,3 +359,67 @@ fn ranks_all_attaches_four_debuggers_through_the_launch_json_compound() {
         job.dump()
     );
 }
+
+/// Listen mode with every rank a target on one Hybrid Connection: the relay spreads
+/// senders across the four sidecars at random, yet `relay connect --port-name P` always
+/// reaches the rank that owns P, 20 times of 20 for each rank: after each connection
+/// the one new "a developer reached rank R (port P)" line in the job's log (written by
+/// the sidecar that took the connection, after the preamble named its port) is that
+/// rank's.
+#[test]
+fn listen_mode_relay_connect_reaches_the_rank_that_owns_the_port() {
+    const ROUNDS: usize = 20;
+    let locks = tempfile::tempdir().expect("tempdir");
+    let developer = DeveloperSide::relay_only("routing");
+    let (_, _, range) = port_range(RANKS);
+    let job = Job::start(
+        &developer,
+        locks.path(),
+        &[
+            "--debug",
+            "--ranks",
+            "all",
+            "--mode",
+            "listen",
+            "--wait-for-client",
+            "--attach-timeout",
+            "10m",
+            "--port-range",
+            &range,
+        ],
+    );
+    let ports = util::wait_for("all four ranks to announce", JOB_DEADLINE, || {
+        let ports = announced_ports(&job.stderr.all());
+        (ports.len() == usize::from(RANKS)).then_some(ports)
+    });
+    util::wait_for("every rank's debugpy to listen", JOB_DEADLINE, || {
+        ports
+            .values()
+            .all(|port| super::harness::is_listening(*port))
+            .then_some(())
+    });
+    for (rank, port) in &ports {
+        let (_connect, bound) = developer
+            .relay
+            .connect(&developer.connection_string(), &port.to_string());
+        for round in 0..ROUNDS {
+            let before = job.stderr.len();
+            let stream = std::net::TcpStream::connect(bound).expect("relay connect");
+            let reached = util::wait_for("the sidecar's log line", JOB_DEADLINE, || {
+                let lines: Vec<String> = job.stderr.all()[before..]
+                    .iter()
+                    .filter(|line| line.contains("a developer reached rank"))
+                    .cloned()
+                    .collect();
+                (!lines.is_empty()).then_some(lines)
+            });
+            let want = format!("a developer reached rank {rank} (port {port})");
+            assert!(
+                reached.len() == 1 && reached[0].ends_with(&want),
+                "rank {rank}, round {round}: port {port} reached {reached:?}\n{}",
+                job.dump()
+            );
+            drop(stream);
+        }
+    }
+}

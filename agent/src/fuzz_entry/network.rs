@@ -16,7 +16,6 @@ use crate::config::{Secret, ServerKey};
 use crate::relay::bridge::{self, Forward, Forwards};
 use crate::relay::client::Tunnel;
 use crate::relay::client::error::Role as ClientRole;
-use crate::relay::websocket::{self as frame, FrameReader, FrameWriter, OpCode};
 use crate::relay::client::handshake::{self, WebSocket};
 use crate::relay::client::tls::BoxedIo;
 use crate::relay::connection_string::{self, ConnectionString, Transport};
@@ -25,6 +24,7 @@ use crate::relay::sas::{self, Audience, Right, SasError, SasToken};
 use crate::relay::server::io::{BoxIo, Prefixed};
 use crate::relay::server::relay as pump;
 use crate::relay::server::{accept, auth, control, upgrade};
+use crate::relay::websocket::{self as frame, FrameReader, FrameWriter, OpCode};
 
 /// "Now" for token checks that must not depend on the clock (2023-11-14).
 const FUZZ_NOW: u64 = 1_700_000_000;

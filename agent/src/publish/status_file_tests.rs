@@ -261,6 +261,7 @@ fn a_planted_link_is_not_followed() {
     assert_eq!(fs::read_to_string(&victim).expect("read"), "keep");
     assert_eq!(fs::read_to_string(&path).expect("read"), "record");
     assert!(!fs::symlink_metadata(&path).expect("stat").is_symlink());
+}
 
 #[test]
 fn adopt_takes_over_a_record_another_process_wrote() {

@@ -144,10 +144,8 @@ where
         // Both reads are cancel-safe (tokio's `read` loses nothing when dropped).
         tokio::select! {
             read = developer_in.read(&mut from_developer) => {
-                let n = match read {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                };
+                // A broken developer connection ends like a closed one.
+                let n: usize = read.unwrap_or_default();
                 if n == 0 {
                     if !state.configured() {
                         return PumpEnd::LeftDuringSetup;

@@ -33,6 +33,8 @@ struct Forwarder {
     /// This target's entity (to find a sender's path suffix).
     entity: String,
     port: u16,
+    /// This target's rank, for the log line that says which rank a developer reached.
+    rank: Option<u32>,
     /// Signalled when the control channel is up.
     online: Notify,
     shared: Shared,
@@ -86,6 +88,10 @@ impl AcceptHandler for Forwarder {
                 return;
             }
         };
+        let rank = self
+            .rank
+            .map_or_else(|| "?".to_owned(), |rank| rank.to_string());
+        tracing::info!("a developer reached rank {rank} (port {})", self.port);
         self.shared.arrived();
         let Some(debugpy) = self.shared.connect_debugpy().await else {
             tunnel.finish(close_code::NORMAL, "").await;
@@ -113,6 +119,7 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
     let forwarder = Arc::new(Forwarder {
         entity: endpoint.entity.clone(),
         port: spec.port,
+        rank: spec.rank,
         online: Notify::new(),
         shared: shared.clone(),
     });

@@ -282,7 +282,7 @@ mod tests {
             one_line(&"é".repeat(400)).chars().count(),
             MAX_TEXT_CHARS + 3
         );
-    assert_eq!(
+        assert_eq!(
             dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
             b"hello world"
         );
