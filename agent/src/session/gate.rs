@@ -180,7 +180,7 @@ where
 
 /// One developer connection: the relayed tunnel is spliced to an in-process pipe whose
 /// other end goes through the gate to the debuggee. Ends when the gate's pump ends; the
-/// splice then gets [`SPLICE_CLOSE_GRACE`] to finish its Close and is dropped.
+/// splice then gets `SPLICE_CLOSE_GRACE` to finish its Close and is dropped.
 pub async fn carry<D>(tunnel: Tunnel, state: &mut GateState, debuggee: &mut D) -> PumpEnd
 where
     D: AsyncRead + AsyncWrite + Unpin,

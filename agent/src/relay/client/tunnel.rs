@@ -146,7 +146,7 @@ impl Tunnel {
         err.into()
     }
 
-    /// Sends stream bytes as binary frames of at most [`CHUNK`] bytes (the peer's frame
+    /// Sends stream bytes as binary frames of at most `CHUNK` bytes (the peer's frame
     /// limit never matters, and a frame write stays short).
     pub async fn write(&self, data: &[u8]) -> io::Result<()> {
         let mut w = self.writer.lock().await;
