@@ -151,8 +151,9 @@ fn prepare(candidate: &Candidate) -> Result<(), String> {
 }
 
 /// Creates `dir` (and missing parents, with default modes) and, only when we created the
-/// leaf, sets `mode` on it exactly (mkdir's mode is cut by the umask).
-fn ensure_dir(dir: &Path, mode: u32) -> Result<(), String> {
+/// leaf, sets `mode` on it exactly (mkdir's mode is cut by the umask). Shared with the
+/// status records' directories.
+pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> Result<(), String> {
     if let Some(parent) = dir.parent() {
         fs::create_dir_all(parent)
             .map_err(|e| format!("cannot create {} ({e})", parent.display()))?;

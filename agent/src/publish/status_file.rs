@@ -347,7 +347,7 @@ fn first_usable(candidates: &[(PathBuf, Option<u32>)]) -> anyhow::Result<PathBuf
 /// its `sessions` directory: shared without an owner, private with one.
 fn usable_dir(dir: &Path, owner: Option<u32>) -> Result<(), String> {
     match owner {
-        Some(_) => create_dir_with_mode(dir, PRIVATE_DIR_MODE)?,
+        Some(_) => crate::ports::lockdir::ensure_dir(dir, PRIVATE_DIR_MODE)?,
         None => fs::create_dir_all(dir).map_err(|e| e.to_string())?,
     }
     let meta = fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
@@ -369,29 +369,10 @@ fn usable_dir(dir: &Path, owner: Option<u32>) -> Result<(), String> {
 /// Creates `<dir>/sessions` with `mode` if missing and checks we can add records to it.
 fn prepare_sessions_dir(dir: &Path, mode: u32) -> Result<(), String> {
     let sessions = dir.join(SESSIONS_DIR);
-    create_dir_with_mode(&sessions, mode)?;
+    crate::ports::lockdir::ensure_dir(&sessions, mode)?;
     let rwx = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
     nix::unistd::access(&sessions, rwx)
         .map_err(|e| format!("{} is not writable: {e}", sessions.display()))
-}
-
-/// Creates `dir` (parents with default modes) and, only when we created it, sets `mode`
-/// exactly (mkdir's mode is cut by the umask). An existing directory is left as it is.
-fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    if let Some(parent) = dir.parent() {
-        fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {} ({e})", parent.display()))?;
-    }
-    match fs::DirBuilder::new().mode(mode).create(dir) {
-        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("cannot set mode {mode:o} on {} ({e})", dir.display())),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            Err(format!("{} exists and is not a directory", dir.display()))
-        }
-        Err(e) => Err(format!("cannot create {} ({e})", dir.display())),
-    }
 }
 
 /// Every state directory a session record can be in, for readers; nothing is created.
