@@ -307,6 +307,75 @@ fn run_table(mode: Mode) {
     }
 }
 
+/// Rank 0 of a real `mpiexec -n 4` job, connect mode, behind a debugger that leaves
+/// after `attach`: rank 0 is released within the attach timeout plus the grace, ranks
+/// 1-3 run to their end meanwhile, and the job ends with every rank's own exit code.
+#[test]
+fn rank_0_under_mpiexec_is_released_when_its_debugger_leaves_during_setup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut developer = DeveloperSide::relay_only("faults-mpi");
+    let (_, _, range) = port_range(4);
+    let rank0_port: u16 = range
+        .split('-')
+        .next()
+        .and_then(|start| start.parse().ok())
+        .expect("a port range");
+    let port_file = dir.path().join("fake-port");
+    let fake = Fake::spawn(&["listen", &port_file.to_string_lossy(), "drop-after-attach"]);
+    let fake_port: u16 = util::wait_for("the fake debugger's port", SESSION_DEADLINE, || {
+        std::fs::read_to_string(&port_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    developer.listen(&[(rank0_port, fake_port)]);
+    let started = Instant::now();
+    let mut job = super::mpi::Job::start(
+        &developer,
+        dir.path(),
+        &[
+            "--debug",
+            "--attach-timeout",
+            ATTACH_TIMEOUT_TEXT,
+            "--port-range",
+            &range,
+        ],
+    );
+    let released = job
+        .stdout
+        .wait_for_from(0, "step.py rank 0 done total 6", SESSION_DEADLINE)
+        .map(|_| started.elapsed())
+        .unwrap_or_else(|| panic!("rank 0 was never released\n{}", job.dump()));
+    let bound = ATTACH_TIMEOUT + RELEASE_GRACE + STARTUP_ALLOWANCE;
+    assert!(
+        released <= bound,
+        "rank 0 released after {released:?}, over {bound:?}\n{}",
+        job.dump()
+    );
+    let status = job.wait_exit();
+    assert!(
+        status.success(),
+        "the job failed: {status:?}\n{}",
+        job.dump()
+    );
+    for rank in 0..4 {
+        assert!(
+            job.stdout
+                .wait_for(&format!("step.py rank {rank} done total 6"))
+                .is_some(),
+            "rank {rank} did not run to its end\n{}",
+            job.dump()
+        );
+    }
+    let log = job.stderr.all().join("\n");
+    assert!(
+        log.contains("debug session timed-out") && log.contains("left after \"attach\""),
+        "the log does not name the cause:\n{log}"
+    );
+    drop(fake);
+}
+
 #[test]
 fn connect_mode_releases_the_step_whatever_the_debugger_does() {
     run_table(Mode::Connect);

@@ -34,10 +34,10 @@ const LAPTOP_HOST: &str = "127.0.0.2";
 const JOB_MARKER: &str = "SESSION_TEST_JOB";
 
 /// `mpiexec -n 4 amlx-agent exec ...`; every process of the job is killed on drop.
-struct Job {
+pub(super) struct Job {
     child: Child,
-    stdout: Lines,
-    stderr: Lines,
+    pub stdout: Lines,
+    pub stderr: Lines,
     /// `JOB_MARKER=value` in the environment of mpiexec and all it starts.
     marker: String,
 }
@@ -45,7 +45,7 @@ struct Job {
 impl Job {
     /// Runs the unchanged step on four ranks with `exec_args`, the relay settings on
     /// mpiexec's environment (Hydra hands it to every rank).
-    fn start(developer: &DeveloperSide, locks: &Path, exec_args: &[&str]) -> Job {
+    pub fn start(developer: &DeveloperSide, locks: &Path, exec_args: &[&str]) -> Job {
         let agent = developer.agent(locks);
         let mut cmd = Command::new(util::mpiexec());
         for (key, value) in agent.get_envs() {
@@ -87,7 +87,7 @@ impl Job {
     }
 
     /// Waits (bounded) for mpiexec, then for every process of the job to be gone.
-    fn wait_exit(&mut self) -> ExitStatus {
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let end = Instant::now() + JOB_DEADLINE;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait mpiexec") {
@@ -108,7 +108,7 @@ impl Job {
         status
     }
 
-    fn dump(&self) -> String {
+    pub fn dump(&self) -> String {
         format!(
             "stdout:\n{}\nstderr:\n{}",
             self.stdout.all().join("\n"),
