@@ -119,6 +119,16 @@ impl Message {
     /// assert_eq!(message.request_command().as_deref(), Some("attach"));
     /// ```
     pub fn request_command(&self) -> Option<String> {
+        self.command_of("request")
+    }
+
+    /// The command a response answers (`None` for requests, events and unreadable
+    /// bodies).
+    pub fn response_command(&self) -> Option<String> {
+        self.command_of("response")
+    }
+
+    fn command_of(&self, kind: &str) -> Option<String> {
         #[derive(serde::Deserialize)]
         struct Head {
             #[serde(rename = "type")]
@@ -126,7 +136,7 @@ impl Message {
             command: Option<String>,
         }
         let head: Head = serde_json::from_slice(self.body()).ok()?;
-        (head.kind.as_deref() == Some("request"))
+        (head.kind.as_deref() == Some(kind))
             .then_some(head.command)
             .flatten()
     }

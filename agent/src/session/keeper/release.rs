@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, poll};
 
 use super::{Wake, Watch, wait_session};
+use crate::session::dap::{self, Framer};
 use crate::session::sidecar::poll_timeout;
-use crate::session::{DebugMode, SessionSpec, clients_connected, dap};
+use crate::session::{DebugMode, SessionSpec, clients_connected};
 
 /// How long the keeper keeps trying to release a waiting step after the sidecar died.
 pub const RELEASE_GRACE: Duration = Duration::from_secs(10);
@@ -24,9 +25,6 @@ const RELEASE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long debugpy may take to answer the release requests of one attempt.
 const RELEASE_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Longest DAP message (header or body) the keeper reads from debugpy.
-const MAX_DAP_MESSAGE: usize = 1 << 20;
 
 /// Releases a step that may still be held waiting for a debugger.
 pub(super) fn release(
@@ -118,7 +116,7 @@ fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
         .write_all(&dap::release_requests())
         .map_err(|e| fail("sending the release", e))?;
     let deadline = Instant::now() + RELEASE_ANSWER_TIMEOUT;
-    let mut buffer = Vec::new();
+    let mut framer = Framer::default();
     let mut acknowledged = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -141,8 +139,8 @@ fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
                 Err("debugpy closed the connection before it answered".into())
             };
         }
-        buffer.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        for command in take_responses(&mut buffer)? {
+        framer.push(chunk.get(..n).unwrap_or_default());
+        for command in take_responses(&mut framer)? {
             match command.as_str() {
                 "configurationDone" => acknowledged = true,
                 "disconnect" if acknowledged => return Ok(()),
@@ -177,39 +175,17 @@ fn wait_readable(watch: &Watch, fd: BorrowedFd<'_>, timeout: Duration) -> Wake {
     }
 }
 
-/// Takes every complete DAP message off the front of `buffer` and returns the commands
-/// of the responses among them. Errors on a message that is not DAP or too long.
-fn take_responses(buffer: &mut Vec<u8>) -> Result<Vec<String>, String> {
+/// The commands of the responses among the complete DAP messages received so far
+/// (the one DAP framing, [`Framer`]); an error when debugpy's bytes are not DAP.
+fn take_responses(framer: &mut Framer) -> Result<Vec<String>, String> {
     let mut commands = Vec::new();
-    loop {
-        let Some(header_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-            if buffer.len() > MAX_DAP_MESSAGE {
-                return Err("debugpy sent a header without an end".into());
-            }
-            return Ok(commands);
-        };
-        let header = String::from_utf8_lossy(buffer.get(..header_end).unwrap_or_default());
-        let length = header
-            .lines()
-            .filter_map(|line| line.split_once(':'))
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, value)| value.trim().parse::<usize>().ok())
-            .ok_or_else(|| format!("not a DAP message header: {header:?}"))?;
-        if length > MAX_DAP_MESSAGE {
-            return Err(format!("a DAP message of {length} bytes is too long"));
-        }
-        let body_start = header_end + 4;
-        let Some(body) = buffer.get(body_start..body_start + length) else {
-            return Ok(commands);
-        };
-        if let Ok(message) = serde_json::from_slice::<serde_json::Value>(body)
-            && message["type"] == "response"
-            && let Some(command) = message["command"].as_str()
-        {
-            commands.push(command.to_owned());
-        }
-        buffer.drain(..body_start + length);
+    while let Some(message) = framer
+        .next_message()
+        .map_err(|err| format!("debugpy's answer is not DAP: {err}"))?
+    {
+        commands.extend(message.response_command());
     }
+    Ok(commands)
 }
 
 #[cfg(test)]
@@ -241,12 +217,18 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), None, 0),
         ];
         for (input, want, left) in cases {
-            let mut buffer = input.clone();
-            let got = take_responses(&mut buffer);
+            let mut framer = Framer::default();
+            framer.push(&input);
+            let got = take_responses(&mut framer);
             match want {
                 Some(commands) => {
                     assert_eq!(got, Ok(commands.iter().map(|c| c.to_string()).collect()));
-                    assert_eq!(buffer.len(), left, "{:?}", String::from_utf8_lossy(&input));
+                    assert_eq!(
+                        framer.buffered(),
+                        left,
+                        "{:?}",
+                        String::from_utf8_lossy(&input)
+                    );
                 }
                 None => assert!(got.is_err(), "{got:?}"),
             }
