@@ -506,3 +506,33 @@ fn prior_art_step_arguments_sit_below_the_environment_and_the_flags() {
         }
     }
 }
+
+/// A debug target logs a good deal before it runs the step; with stderr a closed pipe
+/// (the launcher's log collector gone) those lines are lost, and the step still runs
+/// with its own exit code, in both modes.
+#[test]
+fn a_closed_stderr_loses_log_lines_not_the_step() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let (start, end) = util::free_port_range(4);
+    let range = format!("{start}-{end}");
+    for mode in MODES {
+        let mut child = util::agent()
+            .args([
+                "exec", mode, "--debug", "--mode", "direct", "--inject", "none",
+            ])
+            .args(["--node-ip", "127.0.0.1", "--lock-dir"])
+            .arg(locks.path())
+            .env("AMLX_STATE_DIR", locks.path().join("state"))
+            .args(["--port-range", &range, "--attach-timeout", "1s"])
+            .args(["--", "sh", "-c", "exit 7"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the agent");
+        // Nobody reads stderr any more: every write to it fails with EPIPE.
+        drop(child.stderr.take());
+        let status = util::wait_bounded(&mut child);
+        assert_eq!(status.code(), Some(7), "{mode}: {status:?}");
+    }
+}

@@ -28,7 +28,11 @@ pub fn init(format: LogFormat, verbosity: i8) {
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal; job logs must stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
+        .with_target(false)
+        // A log line that cannot be written (stderr a closed pipe: the launcher's log
+        // collector is gone) is lost, not reported with `eprintln!`, which would panic
+        // the agent before or while it runs the step.
+        .log_internal_errors(false);
     // A second init (tests calling into the library twice) is harmless: keep the first.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
