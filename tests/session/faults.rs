@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use amlx_agent::session::RELEASE_GRACE;
 
 use super::harness::{DeveloperSide, SESSION_DEADLINE, port_range, step_py};
-use super::lifecycle::{Gate, Running, wait_state_why};
+use super::lifecycle::{Gate, Running, session_processes, wait_state_why};
 use crate::relay::harness::Lines;
 use crate::util;
 
@@ -59,12 +59,26 @@ enum Fault {
     RelayKilled,
     /// The attach timeout is zero: it passes before debugpy listens or connects.
     DeadlineBeforeDebugpy,
+    /// The sidecar is killed (SIGKILL) while the step waits for a debugger.
+    SidecarKilled,
 }
 
 struct Case {
     fault: Fault,
-    /// A part of the `timed-out` reason that names the cause.
+    /// The state `status` must reach (`timed-out`, or `running-undebugged` when the
+    /// sidecar itself is gone).
+    state: &'static str,
+    /// A part of that state's reason that names the cause.
     cause: &'static str,
+}
+
+/// A case that ends at the attach deadline.
+fn timed_out(fault: Fault, cause: &'static str) -> Case {
+    Case {
+        fault,
+        state: "timed-out",
+        cause,
+    }
 }
 
 /// The faults every mode must survive, with the cause `status` must name.
@@ -72,48 +86,41 @@ fn table(mode: Mode) -> Vec<Case> {
     // Direct mode sees connections at the TCP level too; the gate's words are the same.
     let silent_cause = "did not finish its DAP setup";
     let mut cases = vec![
-        Case {
-            fault: Fault::NobodyComes,
-            cause: "no debugger attached within 10s",
-        },
-        Case {
-            fault: Fault::Scripted("drop-at-once"),
-            cause: "left before sending any request",
-        },
-        Case {
-            fault: Fault::Scripted("drop-after-init"),
-            cause: "left after \"initialize\"",
-        },
-        Case {
-            fault: Fault::Scripted("drop-after-attach"),
-            cause: "left after \"attach\"",
-        },
-        Case {
-            fault: Fault::Scripted("drop-after-bp"),
-            cause: "left after \"setBreakpoints\"",
-        },
-        Case {
-            fault: Fault::Scripted("drop-mid-message"),
-            cause: "left after \"setBreakpoints\"",
-        },
-        Case {
-            fault: Fault::Scripted("garbage"),
-            cause: "not a debugger",
-        },
-        Case {
-            fault: Fault::Scripted("silent"),
-            cause: silent_cause,
-        },
-        Case {
-            fault: Fault::DeadlineBeforeDebugpy,
-            cause: "no debugger attached within 0s",
-        },
+        timed_out(Fault::NobodyComes, "no debugger attached within 10s"),
+        timed_out(
+            Fault::Scripted("drop-at-once"),
+            "left before sending any request",
+        ),
+        timed_out(
+            Fault::Scripted("drop-after-init"),
+            "left after \"initialize\"",
+        ),
+        timed_out(
+            Fault::Scripted("drop-after-attach"),
+            "left after \"attach\"",
+        ),
+        timed_out(
+            Fault::Scripted("drop-after-bp"),
+            "left after \"setBreakpoints\"",
+        ),
+        timed_out(
+            Fault::Scripted("drop-mid-message"),
+            "left after \"setBreakpoints\"",
+        ),
+        timed_out(Fault::Scripted("garbage"), "not a debugger"),
+        timed_out(Fault::Scripted("silent"), silent_cause),
+        timed_out(
+            Fault::DeadlineBeforeDebugpy,
+            "no debugger attached within 0s",
+        ),
     ];
+    cases.push(Case {
+        fault: Fault::SidecarKilled,
+        state: "running-undebugged",
+        cause: "was killed by signal 9",
+    });
     if mode != Mode::Direct {
-        cases.push(Case {
-            fault: Fault::RelayKilled,
-            cause: "within 10s",
-        });
+        cases.push(timed_out(Fault::RelayKilled, "within 10s"));
     }
     cases
 }
@@ -236,8 +243,26 @@ fn run_case(mode: Mode, case: &Case) {
     if let Fault::RelayKilled = case.fault {
         developer.relay.proc.kill();
     }
+    if let Fault::SidecarKilled = case.fault {
+        // Connect mode: once debugpy's connection reached the sidecar (it then says
+        // nobody listens yet), so the keeper holds a copy of it to release the step.
+        let after = match mode {
+            Mode::Connect => "no listener on the Hybrid Connection yet",
+            Mode::Listen | Mode::Direct => "",
+        };
+        let waiting = wait_state_why(
+            &state_dir,
+            agent.pid(),
+            "waiting-for-debugger",
+            after,
+            &agent,
+        );
+        let [(sidecar, _), _] = session_processes(&waiting);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(sidecar).expect("a pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the sidecar");
+    }
 
-    let session = wait_state_why(&state_dir, agent.pid(), "timed-out", case.cause, &agent);
+    let session = wait_state_why(&state_dir, agent.pid(), case.state, case.cause, &agent);
     let released_at = agent
         .stdout
         .wait_for_from(0, "done total 6", SESSION_DEADLINE)
@@ -277,8 +302,13 @@ fn run_case(mode: Mode, case: &Case) {
         agent.log()
     );
     let log = agent.log();
+    let logged = match case.fault {
+        // The keeper writes the record; the dead sidecar logs nothing more.
+        Fault::SidecarKilled => true,
+        _ => log.contains("debug session timed-out") && log.contains(case.cause),
+    };
     assert!(
-        log.contains("debug session timed-out") && log.contains(case.cause),
+        logged,
         "{what}: the log does not name the cause {:?}:\n{log}\nstatus: {session}",
         case.cause
     );
