@@ -258,8 +258,7 @@ fn run_case(mode: Mode, case: &Case) {
             &agent,
         );
         let [(sidecar, _), _] = session_processes(&waiting);
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(sidecar).expect("a pid"));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the sidecar");
+        super::sidecar_death::kill(sidecar);
     }
 
     let session = wait_state_why(&state_dir, agent.pid(), case.state, case.cause, &agent);
@@ -341,12 +340,8 @@ fn run_table(mode: Mode) {
 fn rank_0_under_mpiexec_is_released_when_its_debugger_leaves_during_setup() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut developer = DeveloperSide::relay_only("faults-mpi");
-    let (_, _, range) = port_range(4);
-    let rank0_port: u16 = range
-        .split('-')
-        .next()
-        .and_then(|start| start.parse().ok())
-        .expect("a port range");
+    // Rank 0's port is the window's first (base + rank).
+    let (rank0_port, _, range) = port_range(4);
     let port_file = dir.path().join("fake-port");
     let fake = Fake::spawn(&["listen", &port_file.to_string_lossy(), "drop-after-attach"]);
     let fake_port: u16 = util::wait_for("the fake debugger's port", SESSION_DEADLINE, || {

@@ -106,7 +106,7 @@ fn reaped((pid, start): (u32, u64)) -> bool {
         || live_process(pid).is_some_and(|(_, now)| now != start)
 }
 
-fn kill(pid: u32) {
+pub(super) fn kill(pid: u32) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a PID fits i32"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill -9");
 }

@@ -152,7 +152,8 @@ where
                     }
                     // Pass the developer's half-close on; the debuggee may still answer.
                     let _ = debuggee_out.shutdown().await;
-                    let _ = copy_until_end(&mut debuggee_in, &mut developer_out, &mut from_debuggee).await;
+                    let _ = tokio::io::copy(&mut debuggee_in, &mut developer_out).await;
+                    let _ = developer_out.shutdown().await;
                     return PumpEnd::Finished;
                 }
                 let chunk = from_developer.get(..n).unwrap_or_default();
@@ -213,20 +214,6 @@ const PIPE_CAPACITY: usize = 64 * 1024;
 
 /// How long a finished developer connection may take to complete its Close.
 const SPLICE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-
-async fn copy_until_end<R, W>(from: &mut R, to: &mut W, buf: &mut [u8]) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        let n = from.read(buf).await?;
-        if n == 0 {
-            return to.shutdown().await;
-        }
-        to.write_all(buf.get(..n).unwrap_or_default()).await?;
-    }
-}
 
 /// Why a release attempt did not get the debuggee's acknowledgement.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use crate::publish::SessionState;
 use crate::relay::bridge::{self, Forward, Forwards};
 use crate::relay::client::Tunnel;
 use crate::relay::client::listener::{self, AcceptHandler, Decision};
-use crate::relay::protocol::{Accept, close_code, status};
+use crate::relay::protocol::{Accept, HcRequest, close_code, status};
 
 /// The status a sidecar refuses a sender with when the sender named another port:
 /// "misdirected request" — the relay picked the wrong listener, try again.
@@ -47,17 +47,13 @@ impl Forwarder {
     }
 }
 
-/// The path suffix after `$hc/{entity}/` in a rendezvous address, if any.
+/// The path suffix after `$hc/{entity}/` in a rendezvous address, if any (the path is
+/// read as `relay serve` reads request targets: [`HcRequest::parse`]).
 fn named_port(entity: &str, address: &str) -> Option<String> {
     let url = url::Url::parse(address).ok()?;
-    let path = percent_encoding::percent_decode_str(url.path())
-        .decode_utf8_lossy()
-        .into_owned();
-    let rest = path.trim_matches('/');
-    let rest = rest.strip_prefix("$hc/")?;
-    let suffix = rest.strip_prefix(entity)?;
+    let request = HcRequest::parse(url.path()).ok()?;
     // At a segment boundary only: entity `debug` is not a prefix of `debugger/1`.
-    let suffix = suffix.strip_prefix('/')?.trim_matches('/');
+    let suffix = request.path.strip_prefix(entity)?.strip_prefix('/')?;
     (!suffix.is_empty()).then(|| suffix.to_owned())
 }
 
