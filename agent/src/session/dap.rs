@@ -215,29 +215,51 @@ fn content_length(header: &[u8]) -> Option<usize> {
     })
 }
 
-/// Whether bytes from a debuggee contain its answer to `configurationDone`: the one
-/// message naming that command once the developer's own never reached it.
+/// Finds a debuggee's answer to `configurationDone` in its byte stream, which may start
+/// in the middle of a message (a developer read part of it and left): framing resumes
+/// at the next `Content-Length` header.
 #[derive(Debug, Default)]
 pub struct AckScanner {
-    /// The tail of what was scanned, so a name split across reads is still found.
-    tail: Vec<u8>,
+    framer: Framer,
 }
 
 impl AckScanner {
-    const NAME: &'static [u8] = b"configurationDone";
+    const HEADER: &'static [u8] = b"Content-Length";
 
-    /// Scans the next bytes; true once the acknowledgement was seen.
-    pub fn saw_ack(&mut self, bytes: &[u8]) -> bool {
-        self.tail.extend_from_slice(bytes);
-        let found = self
-            .tail
-            .windows(Self::NAME.len())
-            .any(|window| window == Self::NAME);
-        let keep = Self::NAME.len() - 1;
-        if self.tail.len() > keep {
-            self.tail.drain(..self.tail.len() - keep);
+    /// Scans the next bytes: `Some(true)` once `configurationDone` succeeded,
+    /// `Some(false)` if debugpy refused it (a retry is due), `None` while neither.
+    pub fn scan(&mut self, bytes: &[u8]) -> Option<bool> {
+        self.framer.push(bytes);
+        loop {
+            match self.framer.next_message() {
+                Ok(Some(message)) => {
+                    if message.response_command().as_deref() == Some("configurationDone") {
+                        let body: serde_json::Value =
+                            serde_json::from_slice(message.body()).unwrap_or_default();
+                        return Some(body["success"] == true);
+                    }
+                }
+                Ok(None) => return None,
+                // Not at a message start: skip to the next header.
+                Err(_) => {
+                    let rest = self.framer.take_rest();
+                    let next = rest
+                        .windows(Self::HEADER.len())
+                        .skip(1)
+                        .position(|window| window == Self::HEADER)
+                        .map(|at| at + 1);
+                    match next {
+                        Some(at) => self.framer.push(rest.get(at..).unwrap_or_default()),
+                        None => {
+                            // Keep a tail that may hold the start of a header.
+                            let keep = rest.len().saturating_sub(Self::HEADER.len());
+                            self.framer.push(rest.get(keep..).unwrap_or_default());
+                            return None;
+                        }
+                    }
+                }
+            }
         }
-        found
     }
 }
 
@@ -306,14 +328,28 @@ mod tests {
     }
 
     #[test]
-    fn the_acknowledgement_is_found_across_reads() {
-        let reply = br#"{"type":"response","command":"configurationDone"}"#;
-        for cut in 0..reply.len() {
+    fn the_acknowledgement_is_found_across_reads_and_after_a_partial_message() {
+        let done = framed(r#"{"type":"response","command":"configurationDone","success":true}"#);
+        let refused =
+            framed(r#"{"type":"response","command":"configurationDone","success":false}"#);
+        let capabilities = framed(
+            r#"{"type":"response","command":"initialize","body":{"supportsConfigurationDoneRequest":true}}"#,
+        );
+        // A stream joined in the middle of a message, then whole ones.
+        let stream = [
+            capabilities.get(7..).unwrap_or_default().to_vec(),
+            capabilities.clone(),
+            done,
+        ]
+        .concat();
+        for cut in 0..=stream.len() {
             let mut scanner = AckScanner::default();
-            let first = scanner.saw_ack(&reply[..cut]);
-            assert!(first || scanner.saw_ack(&reply[cut..]), "cut at {cut}");
+            let first = scanner.scan(&stream[..cut]);
+            let second = scanner.scan(&stream[cut..]);
+            assert_eq!(first.or(second), Some(true), "cut at {cut}");
         }
-        let capabilities = br#"{"supportsConfigurationDoneRequest":true}"#;
-        assert!(!AckScanner::default().saw_ack(capabilities));
+        assert_eq!(AckScanner::default().scan(&refused), Some(false));
+        assert_eq!(AckScanner::default().scan(&capabilities), None);
+        assert_eq!(AckScanner::default().scan(b"garbage with no header"), None);
     }
 }

@@ -222,6 +222,10 @@ pub enum ReleaseError {
     NoAck(std::time::Duration),
     #[error("the debuggee closed the connection before acknowledging")]
     Closed,
+    /// debugpy answered `configurationDone` with a failure (e.g. its adapter was not
+    /// ready): the release is not done, and is retried.
+    #[error("the debuggee refused configurationDone")]
+    Refused,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -248,9 +252,13 @@ where
             if n == 0 {
                 return Err(ReleaseError::Closed);
             }
-            if scanner.saw_ack(buf.get(..n).unwrap_or_default()) {
-                state.set_configured();
-                return Ok(());
+            match scanner.scan(buf.get(..n).unwrap_or_default()) {
+                Some(true) => {
+                    state.set_configured();
+                    return Ok(());
+                }
+                Some(false) => return Err(ReleaseError::Refused),
+                None => {}
             }
         }
     };

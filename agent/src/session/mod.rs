@@ -257,7 +257,7 @@ async fn release_on(
                         "debugpy's connection ended during the release: {err}"
                     ));
                 }
-                Err(gate::ReleaseError::NoAck(_)) => {
+                Err(gate::ReleaseError::NoAck(_) | gate::ReleaseError::Refused) => {
                     tracing::debug!("debugpy has not acknowledged the release yet; again");
                 }
             }
