@@ -14,5 +14,6 @@ mod ports;
 mod relay;
 mod relay_server;
 mod session;
+mod shims;
 mod status;
 mod supervise;

@@ -40,7 +40,11 @@ const LEAKY_NAMES: &[&str] = &[
 
 /// `amlx-agent` with every rank/launcher/AMLX variable removed from its environment.
 pub fn agent() -> Command {
-    let mut cmd = Command::new(agent_bin());
+    clean(Command::new(agent_bin()))
+}
+
+/// `cmd` with every rank/launcher/AMLX variable of the test runner removed.
+pub fn clean(mut cmd: Command) -> Command {
     for (key, _) in std::env::vars_os() {
         let key_str = key.to_string_lossy();
         if LEAKY_PREFIXES.iter().any(|p| key_str.starts_with(p))

@@ -20,6 +20,10 @@ use serde::Serialize;
 
 use crate::role::{Launcher, Role};
 
+mod process_kind;
+
+pub use process_kind::{Ancestor, ProcessKind, StepFacts, decide_step, kind_of};
+
 /// The `--ranks` spec.
 ///
 /// ```

@@ -13,7 +13,7 @@
 // "holdUntilFile" (optional) keeps the debuggee stopped at the breakpoint until that file
 // exists (bounded by timeoutMs), so a test can observe other processes meanwhile.
 // Prints {"index", "event": "stopped", "line"} when a session stops at the breakpoint, and
-// one JSON line per finished session: {"index", "ok", "line", "value", "error"}.
+// one JSON line per finished session: {"index", "ok", "line", "value", "error", "end"}.
 'use strict';
 
 const fs = require('fs');
@@ -30,11 +30,32 @@ async function holdUntil(file, timeout) {
   }
 }
 
+// Sessions not reported yet. A debuggee that dies after `continue` (a worker that
+// exits abruptly) can take the adapter's connection with it before any `terminated`
+// event: then nothing keeps Node's event loop alive, and 'beforeExit' reports them.
+const unfinished = new Map();
+
+process.on('beforeExit', () => {
+  for (const result of unfinished.values()) {
+    if (result.continued) {
+      result.ok = true;
+      result.end = 'connection closed after continue';
+    } else {
+      result.error = 'the debug adapter closed the connection';
+    }
+    console.log(JSON.stringify(result));
+  }
+  const failed = [...unfinished.values()].some((r) => !r.ok);
+  unfinished.clear();
+  process.exit(failed ? 1 : 0);
+});
+
 async function runSession(spec, session, index) {
   const timeout = spec.timeoutMs || 60000;
   const dc = new DebugClient(spec.python, spec.adapter, 'debugpy', { stdio: 'pipe' }, false);
   dc.defaultTimeout = timeout;
   const result = { index, ok: false };
+  unfinished.set(index, result);
   try {
     // A "connect" config reaches debugpy's own adapter on the node (debugpy --listen
     // runs one), as VS Code does with a debug adapter server: no local adapter.
@@ -69,6 +90,7 @@ async function runSession(spec, session, index) {
     if (session.holdUntilFile) await holdUntil(session.holdUntilFile, timeout);
     const terminated = dc.waitForEvent('terminated', timeout);
     await dc.setBreakpointsRequest({ source: { path: session.program }, breakpoints: [] });
+    result.continued = true;
     await dc.continueRequest({ threadId });
     await terminated;
     result.ok = true;
@@ -77,6 +99,7 @@ async function runSession(spec, session, index) {
   } finally {
     try { await dc.stop(); } catch (_) { /* the adapter may be gone already */ }
   }
+  unfinished.delete(index);
   console.log(JSON.stringify(result));
   return result;
 }

@@ -93,6 +93,7 @@ struct SessionView {
     /// The session's sidecar and the keeper that reaps it (`kill -9` targets for tests).
     sidecar_pid: Option<u32>,
     keeper_pid: Option<u32>,
+    warning: Option<String>,
 }
 
 impl SessionView {
@@ -116,6 +117,7 @@ impl SessionView {
             age_seconds: now.saturating_sub(r.since),
             sidecar_pid: r.sidecar_pid,
             keeper_pid: r.keeper_pid,
+            warning: r.warning.clone(),
         }
     }
 }
@@ -187,6 +189,14 @@ fn table(sessions: &[SessionEntry], now: u64) -> String {
     }
     if sessions.iter().any(|e| e.holder == Holder::Unknown) {
         out.push_str("?: recorded by another PID namespace (container); liveness not checked\n");
+    }
+    // Once per distinct warning, however many sessions share it.
+    let mut warned: Vec<&str> = Vec::new();
+    for warning in sessions.iter().filter_map(|e| e.record.warning.as_deref()) {
+        if !warned.contains(&warning) {
+            warned.push(warning);
+            out.push_str(&format!("warning: {warning}\n"));
+        }
     }
     out
 }

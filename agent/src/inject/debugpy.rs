@@ -42,6 +42,8 @@ pub fn check_debugpy(python: &PythonCommand, timeout: Duration) -> Result<(), In
     }
     cmd.args(["-c", CHECK_CODE])
         .envs(python.env_assignments())
+        // The shims must not bring this probe under the agent: it is not a step.
+        .env(crate::process::lineage::SHIM_VAR, "off")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

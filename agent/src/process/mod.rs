@@ -24,6 +24,7 @@
 
 mod exit;
 mod inherited;
+pub mod lineage;
 mod program;
 mod replace;
 mod signals;
@@ -55,6 +56,9 @@ pub struct Step {
     pub argv: Vec<OsString>,
     /// Added to (or overriding) the agent's own environment.
     pub env: Vec<(OsString, OsString)>,
+    /// Removed from the agent's own environment (stale values inherited from an outer
+    /// step, like another process's `AMLX_DEBUG_PORT`). `env` wins over this.
+    pub env_remove: Vec<OsString>,
     /// Descriptors the step must inherit (port locks in replace mode). They must be open;
     /// the step inherits them in both modes, every other descriptor stays close-on-exec.
     /// In supervise mode the supervisor can hold a lock itself instead of listing it here.

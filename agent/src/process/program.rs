@@ -36,19 +36,26 @@ pub(super) fn launch<T>(
     };
     let program = find(name, step_path(step).as_deref())?;
     let mut command = Command::new(&program);
-    command.arg0(name).args(args).envs(step.env.iter().cloned());
+    command.arg0(name).args(args);
+    step_env(&mut command, step);
     match attempt(command) {
         Ok(started) => Ok(started),
         Err(err) if err.raw_os_error() == Some(Errno::ENOEXEC as i32) => {
             let mut command = Command::new(FALLBACK_SHELL);
-            command
-                .arg(&program)
-                .args(args)
-                .envs(step.env.iter().cloned());
+            command.arg(&program).args(args);
+            step_env(&mut command, step);
             attempt(command).map_err(|_| classify(name, &program, &err))
         }
         Err(err) => Err(classify(name, &program, &err)),
     }
+}
+
+/// The step's environment: the agent's, minus `env_remove`, plus `env`.
+fn step_env(command: &mut Command, step: &Step) {
+    for key in &step.env_remove {
+        command.env_remove(key);
+    }
+    command.envs(step.env.iter().cloned());
 }
 
 /// Registers `body` to run in the child between std's own setup (process group, SIGPIPE

@@ -64,6 +64,10 @@ pub struct StatusRecord {
     /// The keeper process that reaps the sidecar and records its death.
     #[serde(default)]
     pub keeper_pid: Option<u32>,
+    /// What the developer must know before pausing this step (a ParallelRunStep worker's
+    /// run() timeout). Said once, here and in the log.
+    #[serde(default)]
+    pub warning: Option<String>,
 }
 
 impl StatusRecord {
@@ -87,6 +91,7 @@ impl StatusRecord {
             updated: now,
             sidecar_pid: None,
             keeper_pid: None,
+            warning: None,
         }
     }
 

@@ -175,6 +175,24 @@ pub struct Overrides {
 /// Set by `exec` in every step's environment, with `AMLX_RANK` and friends.
 const AGENT_ACTIVE_VAR: &str = "AMLX_AGENT_ACTIVE";
 
+/// Whether `role` is exactly what an agent above exported to its step (`AMLX_RANK`,
+/// `AMLX_LOCAL_RANK`, `AMLX_WORLD_SIZE`; empty for unknown): then this process inherited
+/// its launcher's variables rather than getting its own from a launcher in between.
+pub fn matches_exported(env: &dyn Env, role: &Role) -> bool {
+    let same = |var: &str, value: Option<u32>| {
+        let exported = env.var(var).unwrap_or_default();
+        let exported = exported.trim();
+        match value {
+            Some(n) => exported.parse::<u32>().ok() == Some(n),
+            None => exported.is_empty(),
+        }
+    };
+    env.var(AGENT_ACTIVE_VAR).is_some()
+        && same("AMLX_RANK", role.rank)
+        && same("AMLX_LOCAL_RANK", role.local_rank)
+        && same("AMLX_WORLD_SIZE", role.world_size)
+}
+
 /// Detects the role from `env` on this machine, with `overrides` winning.
 pub fn detect(env: &dyn Env, overrides: &Overrides) -> Detection {
     detect_on(env, overrides, &LocalHost)

@@ -129,6 +129,9 @@ pub struct SessionSpec {
     /// With `continue`, a session that cannot be set up leaves its `running-undebugged`
     /// record (and the reason) for the step's lifetime; with `fail` no step runs.
     pub on_failure: FailurePolicy,
+    /// Something the developer must know before pausing this step (a ParallelRunStep
+    /// worker's run() timeout), shown in `status` as well as in the log.
+    pub warning: Option<String>,
 }
 
 impl SessionSpec {

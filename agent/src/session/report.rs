@@ -14,6 +14,7 @@ pub(super) fn new_record(spec: &SessionSpec) -> StatusRecord {
     let mut record = StatusRecord::new(spec.holder_pid, spec.port, spec.mode, spec.endpoint_text());
     record.rank = spec.rank;
     record.local_rank = spec.local_rank;
+    record.warning = spec.warning.clone();
     record
 }
 

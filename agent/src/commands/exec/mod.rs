@@ -9,11 +9,26 @@ use std::ffi::OsString;
 
 use crate::cli::ExecArgs;
 use crate::config::{ConfigError, Settings};
-use crate::policy::{self, Verdict};
+use crate::policy::{self, Ancestor, ProcessKind, StepFacts, Verdict};
+use crate::process::lineage::{self, Lineage, StepKind};
 use crate::process::{self, ProcessMode, Step};
-use crate::role::Detection;
+use crate::role::{self, Detection, ProcessEnv};
 
 pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
+    let lineage = lineage::current(&ProcessEnv);
+    if let Lineage::Step { agent_pid } = lineage {
+        // A shim (the `python` shim, the sitecustomize hook) ran us inside a process that
+        // an agent already runs as its step: that agent decided; become the command.
+        tracing::info!(
+            "amlx-agent (pid {agent_pid}) already runs this process as its step; running the \
+             command as is"
+        );
+        let step = Step {
+            argv: args.command.clone(),
+            ..Step::default()
+        };
+        return process::run(ProcessMode::Replace, &step);
+    }
     // A bad config must not stop training: the step runs undebugged and the log says why.
     // The step's prior-art arguments (`--is-debug`, `--debug-port`, ...) are already a
     // layer of `settings`, below the environment and the flags.
@@ -25,8 +40,9 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
         }
     };
     let detection = super::detect_role(&args.role);
+    let facts = step_facts(&args.command, lineage, &detection);
     let decision = match &settings {
-        Some(settings) => policy::decide(&settings.policy, &detection.role),
+        Some(settings) => policy::decide_step(&settings.policy, &detection.role, &facts),
         None => policy::decide(&policy::Policy::default(), &detection.role),
     };
     let mode = process_mode(args);
@@ -35,6 +51,7 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
         ..Step::default()
     };
     step.env = role_env(&detection);
+    step.env.extend(lineage::step_env(mode));
     match (decision.verdict, &settings) {
         (Verdict::NotTarget, _) | (_, None) => {
             tracing::debug!(reason = %decision.reason, "not a debug target");
@@ -43,18 +60,52 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
             if let Some(ip) = settings.as_ref().and_then(|s| s.node_ip) {
                 step.env.push(env_pair("AMLX_NODE_IP", &ip.to_string()));
             }
-            step.env.push(env_pair("AMLX_DEBUG_TARGET", "false"));
+            let kind = match facts.kind {
+                ProcessKind::Launcher(_) => StepKind::Launcher,
+                ProcessKind::Helper(_) | ProcessKind::SpawnWorker | ProcessKind::Step => {
+                    StepKind::Other
+                }
+            };
+            mark_undebugged(&mut step, kind);
             process::run(mode, &step)
         }
         (_, Some(settings)) => target::run(
             settings,
             &detection,
             &decision,
+            &facts,
             mode,
             step,
             args.relay.token_ttl,
         ),
     }
+}
+
+/// What the command line and the agents above say about this process.
+fn step_facts(command: &[OsString], lineage: Lineage, detection: &Detection) -> StepFacts {
+    let same_role_ancestor = match lineage {
+        Lineage::Descendant {
+            agent_pid,
+            ancestor,
+        } if role::matches_exported(&ProcessEnv, &detection.role) => Some(Ancestor {
+            agent_pid,
+            kind: ancestor,
+        }),
+        _ => None,
+    };
+    StepFacts {
+        kind: policy::kind_of(command),
+        same_role_ancestor,
+    }
+}
+
+/// Marks a step that runs without the agent's debugger: `AMLX_DEBUG_TARGET=false`, no
+/// `AMLX_DEBUG_PORT` (one inherited from a debugged ancestor names that process's port).
+fn mark_undebugged(step: &mut Step, kind: StepKind) {
+    step.env.push(env_pair("AMLX_DEBUG_TARGET", "false"));
+    step.env
+        .push(env_pair(lineage::STEP_KIND_VAR, kind.as_str()));
+    step.env_remove.push("AMLX_DEBUG_PORT".into());
 }
 
 fn process_mode(args: &ExecArgs) -> ProcessMode {

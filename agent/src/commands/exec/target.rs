@@ -8,17 +8,18 @@ use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
-use super::env_pair;
+use super::{env_pair, mark_undebugged};
 use crate::commands::EXIT_AGENT_ERROR;
 use crate::config::Settings;
 use crate::inject::{self, DebugpyOptions, Injected, Plan, Skip};
 use crate::netinfo::{self, NodeInfo};
-use crate::policy::{Decision, Verdict};
+use crate::policy::{Decision, ProcessKind, StepFacts, Verdict};
 use crate::ports::{self, HolderRecord, Reservation, ReserveRequest};
+use crate::process::lineage::{self, StepKind};
 use crate::process::{self, ProcessMode, Step, command_line};
 use crate::publish::{SessionState, StatusFile, StatusRecord};
 use crate::relay::client::credentials;
-use crate::role::{Detection, ProcessEnv};
+use crate::role::{Detection, Launcher, ProcessEnv};
 use crate::session::keeper;
 use crate::session::sidecar::{self, Readiness};
 use crate::session::{self, DebugMode, FailurePolicy, SessionSpec};
@@ -27,6 +28,7 @@ pub fn run(
     settings: &Settings,
     detection: &Detection,
     decision: &Decision,
+    facts: &StepFacts,
     mode: ProcessMode,
     mut step: Step,
     token_ttl: Option<std::time::Duration>,
@@ -38,14 +40,21 @@ pub fn run(
     let reservation = match reserve_port(settings, detection, decision, &node, &step) {
         Ok(Some(reservation)) => reservation,
         Ok(None) => {
-            step.env.push(env_pair("AMLX_DEBUG_TARGET", "false"));
+            mark_undebugged(&mut step, StepKind::Other);
             return process::run(mode, &step);
         }
         Err(err) => return debug_failed(settings, &format!("{err:#}"), mode, step),
     };
     let port = reservation.port;
+    let warning = timeout_warning(detection, facts);
     let (spec, injected) = match prepare(settings, detection, &node, port, &step.argv, token_ttl) {
-        Ok(prepared) => prepared,
+        Ok((spec, injected)) => (
+            SessionSpec {
+                warning: warning.clone(),
+                ..spec
+            },
+            injected,
+        ),
         Err(err) => {
             let why = format!("{err:#}");
             record_undebugged(settings, detection, &node, port, &why);
@@ -70,11 +79,21 @@ pub fn run(
         }
     };
     announce(detection, &node, port, settings.session.mode);
+    if let Some(warning) = &warning {
+        tracing::warn!("{warning}");
+    }
+    let kind = if injected.is_some() {
+        StepKind::DebuggedTarget
+    } else {
+        StepKind::Other
+    };
     if let Some(injected) = injected {
         step.argv = injected.argv;
         step.env.extend(injected.env);
     }
     step.env.push(env_pair("AMLX_DEBUG_TARGET", "true"));
+    step.env
+        .push(env_pair(lineage::STEP_KIND_VAR, kind.as_str()));
     step.env
         .push(env_pair("AMLX_DEBUG_PORT", &port.to_string()));
     step.env.push(env_pair(
@@ -201,6 +220,7 @@ fn prepare(
         relay,
         state_dir: settings.state_dir.clone(),
         on_failure: settings.session.on_failure,
+        warning: None,
     };
     Ok((spec, injected))
 }
@@ -236,6 +256,21 @@ fn relay_endpoint(
         endpoint.token_ttl = ttl;
     }
     Ok(endpoint)
+}
+
+/// The one thing a ParallelRunStep (parallel job) worker's developer must know before
+/// pausing it: the driver aborts a long `run()` and fails a long `init()`.
+fn timeout_warning(detection: &Detection, facts: &StepFacts) -> Option<String> {
+    (facts.kind == ProcessKind::SpawnWorker && detection.role.launcher == Launcher::AzureBatch)
+        .then(|| {
+            "this looks like a ParallelRunStep / parallel job worker: while a debugger pauses \
+             it, the driver aborts and retries a run() that takes longer than \
+             run_invocation_timeout (v1) / retry_settings.timeout (v2), 60 s by default, and a \
+             worker held in init() longer than 3 x run_invocation_timeout + 30 s fails the job; \
+             raise them for a debugging run (v1: ParallelRunConfig(run_invocation_timeout=3600), \
+             v2: retry_settings=dict(timeout=3600))"
+                .to_owned()
+        })
 }
 
 /// Where the debugger will listen: the node IP in direct mode, loopback otherwise.
@@ -318,7 +353,7 @@ fn debug_failed(settings: &Settings, why: &str, mode: ProcessMode, mut step: Ste
             tracing::error!(
                 "debugging disabled for this run: {why}; running the step without a debugger"
             );
-            step.env.push(env_pair("AMLX_DEBUG_TARGET", "false"));
+            mark_undebugged(&mut step, StepKind::Other);
             process::run(mode, &step)
         }
         FailurePolicy::Fail => {

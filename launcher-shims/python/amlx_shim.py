@@ -1,0 +1,134 @@
+"""Brings Python processes that amlx-agent did not start under `amlx-agent exec`.
+
+Loaded at interpreter start by `sitecustomize.py` (a `PYTHONPATH` entry) or by
+`amlx_shim.pth` (baked into site-packages). A process that is not already the step of
+an agent is re-executed in place, same PID and same open descriptors, as
+`amlx-agent exec -- <this interpreter> <its arguments>`: multiprocessing *spawn*
+workers, `subprocess` children running Python, ParallelRunStep's `worker_main`.
+The agent then decides whether the process is a debug target.
+
+The guard is per process: the agent exports the PID it ran as (`AMLX_AGENT_PID`) and
+how it runs its step (`AMLX_AGENT_PROCESS`); only that one process counts as wrapped.
+An inherited flag would stop the wrapping of every child too.
+
+Nothing here may break the interpreter: any failure is one line on stderr and the
+process goes on unwrapped.
+"""
+
+import os
+import sys
+
+# Set once this interpreter asked to be wrapped: a second re-exec of the same process
+# means the agent did not mark it (an old agent), and looping would never end.
+_REEXEC_VAR = "AMLX_SHIM_REEXEC_PID"
+_activated = False
+
+
+def _flag(value):
+    """True / False for the usual spellings, None for anything else."""
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    return None
+
+
+def enabled(env):
+    """Whether to wrap at all: not when switched off, and only when debugging may be on
+    (AMLX_DEBUG true, or unset with a config file that may turn it on), so an image with
+    the hook baked in pays nothing when nobody debugs."""
+    if env.get("AMLX_SHIM", "").strip().lower() == "off":
+        return False
+    debug = env.get("AMLX_DEBUG", "")
+    if debug.strip():
+        return _flag(debug) is True
+    return bool(env.get("AMLX_CONFIG", "").strip()) or os.path.isfile("/etc/amlx/agent.toml")
+
+
+def is_step(env, pid, ppid):
+    """Whether this process is already the step of an agent (see the module doc)."""
+    try:
+        agent_pid = int(env.get("AMLX_AGENT_PID", "").strip())
+    except ValueError:
+        return False
+    how = env.get("AMLX_AGENT_PROCESS", "").strip()
+    return (how == "replace" and pid == agent_pid) or (how == "supervise" and ppid == agent_pid)
+
+
+def find_agent(env):
+    """AMLX_AGENT_BIN, else the bundle's bin/amlx-agent next to this folder, else PATH."""
+    explicit = env.get("AMLX_AGENT_BIN", "").strip()
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    here = os.path.dirname(os.path.abspath(__file__))
+    bundled = os.path.join(os.path.dirname(here), "bin", "amlx-agent")
+    if os.access(bundled, os.X_OK):
+        return bundled
+    import shutil
+
+    return shutil.which("amlx-agent")
+
+
+def _own_argv():
+    """This process's argv exactly as exec'd (bytes; not decoded, not rewritten)."""
+    with open("/proc/self/cmdline", "rb") as f:
+        words = f.read().split(b"\0")
+    if words and words[-1] == b"":
+        words.pop()
+    return words
+
+
+def _warn(message):
+    try:
+        sys.stderr.write("amlx-agent shim: %s\n" % message)
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def activate(env=None):
+    """Re-executes this interpreter under `amlx-agent exec` when it should be; returns
+    only when it should not (or could not)."""
+    global _activated
+    if _activated:
+        return
+    _activated = True
+    env = os.environ if env is None else env
+    try:
+        if not enabled(env) or is_step(env, os.getpid(), os.getppid()):
+            return
+        if env.get(_REEXEC_VAR, "") == str(os.getpid()):
+            _warn(
+                "the agent did not mark this process as its step (AMLX_AGENT_PID); "
+                "running unwrapped (is amlx-agent older than the shim?)"
+            )
+            return
+        agent = find_agent(env)
+        if agent is None:
+            _warn("amlx-agent not found (set AMLX_AGENT_BIN or put it on PATH); running unwrapped")
+            return
+        argv = _own_argv()
+        if not argv:
+            return
+        program = os.fsencode(sys.executable) if sys.executable else argv[0]
+        os.environ[_REEXEC_VAR] = str(os.getpid())
+        os.execv(agent, [os.fsencode(agent), b"exec", b"--", program] + argv[1:])
+    except Exception as err:  # never break the interpreter over debugging
+        _warn("not wrapped: %s" % (err,))
+
+
+def chain_sitecustomize(own_file):
+    """Runs the next `sitecustomize` on sys.path after the one in own_file's folder, as
+    Python would have without ours, and makes it the `sitecustomize` module."""
+    import importlib.machinery
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(own_file))
+    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sitecustomize"] = module
+    spec.loader.exec_module(module)
