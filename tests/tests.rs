@@ -16,3 +16,4 @@ mod relay_server;
 mod session;
 mod status;
 mod supervise;
+mod systemd;
