@@ -17,3 +17,4 @@ mod session;
 mod shims;
 mod status;
 mod supervise;
+mod systemd;

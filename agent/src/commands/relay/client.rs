@@ -59,12 +59,14 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
         let bound = listener
             .local_addr()
             .context("bound socket has no address")?;
+        // Signals are watched before the line announces the port, so a stop right after
+        // it drains.
+        let shutdown = super::shutdown_on_signal();
         // A stable line for scripts and tests (port 0 picks the port).
         eprintln!(
             "amlx-agent relay connect: listening on {bound} (port name {port_name}, hc {})",
             endpoint.entity
         );
-        let shutdown = super::shutdown_on_signal();
         forward::serve_local(listener, endpoint, port_name, shutdown).await;
         Ok(0)
     })

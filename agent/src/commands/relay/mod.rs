@@ -16,21 +16,31 @@ pub fn run(args: &RelayArgs, settings: &Settings) -> anyhow::Result<i32> {
 
 /// A token cancelled at the first SIGINT or SIGTERM (must run inside a runtime).
 fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
     let token = tokio_util::sync::CancellationToken::new();
     let cancel = token.clone();
+    // Registered now, not in the task: the caller prints its "listening" line next, and a
+    // SIGTERM right after it (systemd stopping a unit it just started) must drain, not
+    // kill the process with the default disposition before the task first runs.
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+                    _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
                     _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
                 }
             }
-            Err(err) => {
+            (Err(err), Ok(mut interrupt)) => {
                 tracing::warn!("cannot watch SIGTERM ({err}); stop with SIGINT");
-                let _ = tokio::signal::ctrl_c().await;
+                interrupt.recv().await;
             }
+            (Ok(mut term), Err(err)) => {
+                tracing::warn!("cannot watch SIGINT ({err}); stop with SIGTERM");
+                term.recv().await;
+            }
+            (Err(err), Err(_)) => tracing::warn!("cannot watch SIGTERM or SIGINT ({err})"),
         }
         cancel.cancel();
     });

@@ -18,12 +18,14 @@ pub fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<i32> {
         let bound = listener
             .local_addr()
             .context("relay serve: bound address")?;
+        // Signals are watched before the line announces the relay, so a stop right after
+        // it drains.
+        let shutdown = super::shutdown_on_signal();
         // A stable line for scripts and tests (port 0 picks the port).
         eprintln!(
             "relay serve: listening on {}://{bound}",
             server_settings.scheme()
         );
-        let shutdown = super::shutdown_on_signal();
         server::run(listener, server_settings, shutdown).await
     })?;
     Ok(0)
