@@ -159,7 +159,7 @@ pub fn decide_step(policy: &Policy, role: &Role, facts: &StepFacts) -> Decision 
                  same role: the target is debugged, not its children",
                 ancestor.agent_pid
             ),
-            slot_limit: base.slot_limit,
+            slot_limit: policy.max_targets_per_node,
         };
     }
     if role.rank.is_some() {
@@ -169,12 +169,12 @@ pub fn decide_step(policy: &Policy, role: &Role, facts: &StepFacts) -> Decision 
         ProcessKind::Launcher(name) => Decision {
             verdict: Verdict::NotTarget,
             reason: format!("{name} starts the job's workers: they are the debug targets, not it"),
-            slot_limit: base.slot_limit,
+            slot_limit: policy.max_targets_per_node,
         },
         ProcessKind::Helper(name) => Decision {
             verdict: Verdict::NotTarget,
             reason: format!("{name} is part of the job's machinery, not its code"),
-            slot_limit: base.slot_limit,
+            slot_limit: policy.max_targets_per_node,
         },
         ProcessKind::SpawnWorker => spawn_worker(policy, role),
         ProcessKind::Step => base,
@@ -215,6 +215,179 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::role::Launcher;
+
+    fn prs_worker(master: Option<bool>) -> Role {
+        Role {
+            node_master: master,
+            multi_process: true,
+            ..Role::unknown(Launcher::AzureBatch)
+        }
+    }
+
+    fn policy(ranks: &str, max: Option<u32>) -> Policy {
+        Policy {
+            enabled: true,
+            ranks: ranks.parse().expect("a rank spec"),
+            max_targets_per_node: max,
+        }
+    }
+
+    fn facts(kind: ProcessKind, ancestor: Option<StepKind>) -> StepFacts {
+        StepFacts {
+            kind,
+            same_role_ancestor: ancestor.map(|kind| Ancestor {
+                agent_pid: 40,
+                kind,
+            }),
+        }
+    }
+
+    #[test]
+    fn decisions_for_processes_the_shims_bring_in() {
+        let ranked = Role {
+            rank: Some(0),
+            world_size: Some(4),
+            multi_process: true,
+            ..Role::unknown(Launcher::Torchrun)
+        };
+        let lone = Role::unknown(Launcher::None);
+        // (name, policy, role, facts, verdict, slot limit, reason fragment)
+        let cases: Vec<(&str, Policy, Role, StepFacts, Verdict, Option<u32>, &str)> = vec![
+            (
+                "PRS worker on the master node: one of max slots",
+                policy("master", Some(2)),
+                prs_worker(Some(true)),
+                facts(ProcessKind::SpawnWorker, Some(StepKind::Launcher)),
+                Verdict::Candidate,
+                Some(2),
+                "2 debug slots",
+            ),
+            (
+                "PRS worker, no bound given: one slot",
+                policy("master", None),
+                prs_worker(Some(true)),
+                facts(ProcessKind::SpawnWorker, None),
+                Verdict::Candidate,
+                Some(1),
+                "1 debug slot ",
+            ),
+            (
+                "PRS worker on a non-master node",
+                policy("master", Some(2)),
+                prs_worker(Some(false)),
+                facts(ProcessKind::SpawnWorker, Some(StepKind::Launcher)),
+                Verdict::NotTarget,
+                Some(2),
+                "not the master node",
+            ),
+            (
+                "PRS worker with --ranks 0 on a non-master node",
+                policy("0", None),
+                prs_worker(Some(false)),
+                facts(ProcessKind::SpawnWorker, None),
+                Verdict::NotTarget,
+                None,
+                "not the master node",
+            ),
+            (
+                "the PRS driver is a launcher",
+                policy("master", Some(2)),
+                prs_worker(Some(true)),
+                facts(
+                    ProcessKind::Launcher("the ParallelRunStep driver (amlbi_main.py)"),
+                    None,
+                ),
+                Verdict::NotTarget,
+                Some(2),
+                "starts the job's workers",
+            ),
+            (
+                "torchrun's agent process alone is still a launcher",
+                policy("0", None),
+                lone.clone(),
+                facts(ProcessKind::Launcher("torchrun"), None),
+                Verdict::NotTarget,
+                None,
+                "torchrun starts",
+            ),
+            (
+                "multiprocessing's resource tracker",
+                policy("all", None),
+                prs_worker(Some(true)),
+                facts(
+                    ProcessKind::Helper("multiprocessing's resource tracker"),
+                    None,
+                ),
+                Verdict::NotTarget,
+                None,
+                "machinery",
+            ),
+            (
+                "a DataLoader worker of debugged rank 0",
+                policy("0", None),
+                ranked.clone(),
+                facts(ProcessKind::SpawnWorker, Some(StepKind::DebuggedTarget)),
+                Verdict::NotTarget,
+                None,
+                "pid 40",
+            ),
+            (
+                "a Python child of a debugged lone step",
+                policy("0", None),
+                lone.clone(),
+                facts(ProcessKind::Step, Some(StepKind::DebuggedTarget)),
+                Verdict::NotTarget,
+                None,
+                "not its children",
+            ),
+            (
+                "a Python child of a non-Python target (bash) may be the target",
+                policy("0", None),
+                lone.clone(),
+                facts(ProcessKind::Step, Some(StepKind::Other)),
+                Verdict::Target,
+                None,
+                "alone",
+            ),
+            (
+                "a rank started by a launcher in between: the rank decides",
+                policy("0", None),
+                ranked.clone(),
+                facts(ProcessKind::Step, None),
+                Verdict::Target,
+                None,
+                "rank 0",
+            ),
+            (
+                "debugging off wins over everything",
+                Policy {
+                    enabled: false,
+                    ..policy("all", None)
+                },
+                prs_worker(Some(true)),
+                facts(ProcessKind::SpawnWorker, None),
+                Verdict::NotTarget,
+                None,
+                "debugging is off",
+            ),
+            (
+                "--max-targets-per-node 0 wins over a spawn worker",
+                policy("all", Some(0)),
+                prs_worker(Some(true)),
+                facts(ProcessKind::SpawnWorker, None),
+                Verdict::NotTarget,
+                Some(0),
+                "is 0",
+            ),
+        ];
+        for (name, policy, role, facts, verdict, slots, reason) in cases {
+            let got = decide_step(&policy, &role, &facts);
+            assert_eq!(got.verdict, verdict, "{name}: {got:?}");
+            assert_eq!(got.slot_limit, slots, "{name}: {got:?}");
+            assert!(got.reason.contains(reason), "{name}: {:?}", got.reason);
+        }
+    }
 
     fn argv(words: &[&str]) -> Vec<OsString> {
         words.iter().map(OsString::from).collect()
