@@ -45,8 +45,11 @@ const CONFIG_VARS: [&str; 17] = [
 ];
 
 /// The variables role detection reads (`role/*.rs`), launcher by launcher.
-const ROLE_VARS: [&str; 58] = [
+const ROLE_VARS: [&str; 61] = [
     "AMLX_AGENT_ACTIVE",
+    "AMLX_AGENT_PID",
+    "AMLX_AGENT_PROCESS",
+    "AMLX_AGENT_STEP_KIND",
     "AMLX_RANK",
     "AMLX_LOCAL_RANK",
     "AMLX_WORLD_SIZE",
@@ -184,6 +187,20 @@ pub fn role_environment(data: &[u8]) {
         world_size: (shape & 8 != 0).then_some(u32::from(shape >> 4)),
     };
     let detection = role::detect_on(&env, &overrides, &host);
+    // The lineage the shims' guard reads, seen from a process that may or may not be
+    // the step (pid and parent pid from the shape byte).
+    let pid = u32::from(shape >> 4);
+    let lineage = process::lineage::lineage_of(&env, pid, pid.wrapping_add(1));
+    let same_role = role::matches_exported(&env, &detection.role);
+    let same_role_ancestor = match lineage {
+        process::lineage::Lineage::Descendant { agent_pid, ancestor } if same_role => {
+            Some(policy::Ancestor {
+                agent_pid,
+                kind: ancestor,
+            })
+        }
+        _ => None,
+    };
     for ranks in [
         RankSpec::default(),
         RankSpec::All,
@@ -197,6 +214,18 @@ pub fn role_environment(data: &[u8]) {
                 max_targets_per_node,
             };
             let _ = policy::decide(&policy, &detection.role);
+            for kind in [
+                policy::ProcessKind::Step,
+                policy::ProcessKind::SpawnWorker,
+                policy::ProcessKind::Launcher("torchrun"),
+                policy::ProcessKind::Helper("a helper"),
+            ] {
+                let facts = policy::StepFacts {
+                    kind,
+                    same_role_ancestor,
+                };
+                let _ = policy::decide_step(&policy, &detection.role, &facts);
+            }
         }
     }
 }
@@ -240,6 +269,7 @@ pub fn inject_python_argv(data: &[u8]) {
         .collect();
     let _ = prior_art::read(&argv);
     let _ = process::command_line(&argv);
+    let _ = policy::kind_of(&argv);
     if let Some(program) = argv.first() {
         let _ = python_argv::is_python_interpreter(program);
     }
