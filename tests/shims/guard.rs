@@ -37,7 +37,7 @@ impl Scratch {
     /// mpich wheel's launchers after it, debugging on and its state kept in here.
     fn shimmed(&self, program: &str) -> Command {
         let mut cmd = util::clean(Command::new(program));
-        let mut path = std::ffi::OsString::from(path_with(Some(&shims_dir().join("bin"))));
+        let mut path = path_with(Some(&shims_dir().join("bin")));
         path.push(":");
         path.push(util::python_scripts_dir());
         cmd.env("PATH", path);

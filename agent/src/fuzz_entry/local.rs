@@ -193,12 +193,13 @@ pub fn role_environment(data: &[u8]) {
     let lineage = process::lineage::lineage_of(&env, pid, pid.wrapping_add(1));
     let same_role = role::matches_exported(&env, &detection.role);
     let same_role_ancestor = match lineage {
-        process::lineage::Lineage::Descendant { agent_pid, ancestor } if same_role => {
-            Some(policy::Ancestor {
-                agent_pid,
-                kind: ancestor,
-            })
-        }
+        process::lineage::Lineage::Descendant {
+            agent_pid,
+            ancestor,
+        } if same_role => Some(policy::Ancestor {
+            agent_pid,
+            kind: ancestor,
+        }),
         _ => None,
     };
     for ranks in [

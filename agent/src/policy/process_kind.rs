@@ -243,6 +243,17 @@ mod tests {
         }
     }
 
+    /// (name, policy, role, facts, verdict, slot limit, reason fragment)
+    type Case = (
+        &'static str,
+        Policy,
+        Role,
+        StepFacts,
+        Verdict,
+        Option<u32>,
+        &'static str,
+    );
+
     #[test]
     fn decisions_for_processes_the_shims_bring_in() {
         let ranked = Role {
@@ -252,8 +263,7 @@ mod tests {
             ..Role::unknown(Launcher::Torchrun)
         };
         let lone = Role::unknown(Launcher::None);
-        // (name, policy, role, facts, verdict, slot limit, reason fragment)
-        let cases: Vec<(&str, Policy, Role, StepFacts, Verdict, Option<u32>, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "PRS worker on the master node: one of max slots",
                 policy("master", Some(2)),

@@ -137,9 +137,18 @@ mod tests {
             .collect()
     }
 
+    /// (name, environment, pid, parent pid, lineage)
+    type Case = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        u32,
+        u32,
+        Lineage,
+    );
+
     #[test]
     fn lineage_table() {
-        let cases: &[(&str, &[(&str, &str)], u32, u32, Lineage)] = &[
+        let cases: &[Case] = &[
             ("no variables", &[], 5, 4, Lineage::Outside),
             (
                 "replace: same pid is the step",
