@@ -12,6 +12,14 @@ for dir in tests/dap tests/interop; do
   fi
 done
 
+# systemd's own tools check the units (tests/systemd.rs); setpriv runs `systemd --test`
+# as an unprivileged user when the suite runs as root.
+if ! command -v systemd-analyze >/dev/null || ! command -v setpriv >/dev/null; then
+  echo "== installing systemd and util-linux (systemd-analyze, setpriv)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd util-linux
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
