@@ -249,3 +249,25 @@ fn switched_off_or_without_the_agent_the_shims_run_the_program_plainly() {
         assert!(stderr.contains(said), "{setting}: {stderr}");
     }
 }
+
+#[test]
+fn the_entrypoint_shim_as_pid_1_supervises_the_step_and_the_hook_reaches_its_children() {
+    let scratch = Scratch::new();
+    // `unshare --pid --fork` makes the shim, and so the agent it becomes, PID 1.
+    let mut cmd = scratch.shimmed("unshare");
+    let out = util::output_bounded(
+        cmd.args(["--pid", "--fork", "--kill-child"])
+            .arg(shims_dir().join("bin/amlx-entrypoint"))
+            .arg("python3")
+            .arg(probe())
+            .args(["chain", "1", "5"])
+            .env("AMLX_RANKS", "5"),
+    );
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let records = scratch.records();
+    assert_eq!(records.len(), 2, "{records:?}");
+    // The step is the supervisor's child; its Python child was wrapped in place.
+    assert_eq!(records[0]["agent_pid"], "1", "{records:?}");
+    assert_eq!(records[0]["process"], "supervise", "{records:?}");
+    assert!(wrapped_in_place(&records[1]), "{records:?}");
+}
