@@ -8,6 +8,8 @@
 # MAX_AGE_DAYS (security updates); stale tarballs are removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# debootstrap lives in /usr/sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 suite=bookworm
 variant=minbase

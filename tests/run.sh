@@ -11,6 +11,7 @@ for dir in tests/dap tests/interop; do
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 done
+bash tests/containers/setup.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

@@ -8,6 +8,8 @@
 # No network plumbing: no iptables, no bridge; containers use --network host or none.
 set -uo pipefail
 dir=$1
+# dockerd lives in /usr/sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 # Longest wait for the engine to answer after it started.
 START_SECONDS=60
 # Longest wait for the engine to stop after SIGTERM before SIGKILL.

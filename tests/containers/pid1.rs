@@ -63,6 +63,21 @@ fn the_agent_is_pid_1_and_passes_exit_codes_and_signal_deaths_through() {
 }
 
 #[test]
+fn the_example_image_runs_train_py_under_the_agent_by_default() {
+    let container = Container::new("example");
+    let out = container.run(&["--rm", EXAMPLE_IMAGE], DOCKER_DEADLINE);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("debug target false")
+            && stdout.contains("done, loss"),
+        "{:?}\n{stdout}{}",
+        out.status,
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn the_from_scratch_agent_image_runs_and_carries_ca_certificates() {
     let container = Container::new("scratch");
     // The image's ENTRYPOINT is the agent; as PID 1 it supervises even itself.
