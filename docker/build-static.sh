@@ -24,7 +24,8 @@ fi
 # Variables cargo sets for a test or a build script (this runs under `cargo test` too)
 # would look like a changed environment to ring's build script and rebuild it each time.
 while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(CARGO_(MANIFEST_|PKG_|CRATE_|BIN_|CFG_|PRIMARY_PACKAGE|TARGET_TMPDIR)|OUT_DIR$)')
-# ring compiles C and assembly: with the host's gcc it would link against glibc headers.
+# ring compiles C and assembly, with musl's compiler wrapper. cc-rs finds Debian's
+# x86_64-linux-musl-gcc (musl-tools) by itself; naming it keeps other hosts honest.
 export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-musl-gcc}"
 nice -n 10 cargo build --release --locked -p amlx-agent --bin amlx-agent --target "$target" >&2
 
