@@ -11,6 +11,7 @@ for dir in tests/dap tests/interop; do
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 done
+bash tests/containers/setup.sh
 
 # systemd's own tools check the units (tests/systemd.rs); setpriv runs `systemd --test`
 # as an unprivileged user when the suite runs as root.

@@ -4,6 +4,7 @@ mod util;
 
 mod cli;
 mod config;
+mod containers;
 mod demo;
 mod detect;
 mod exec;

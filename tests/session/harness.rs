@@ -263,9 +263,20 @@ pub struct ListeningDeveloper {
 
 impl ListeningDeveloper {
     pub fn start(hc: &str, ports: u16, attach: impl FnOnce(u16) -> Attach) -> ListeningDeveloper {
+        ListeningDeveloper::start_in(hc, ports, attach, &step_py(), VARIABLE.0)
+    }
+
+    /// [`ListeningDeveloper::start`] with the breakpoint in `program`, reading `variable`.
+    pub fn start_in(
+        hc: &str,
+        ports: u16,
+        attach: impl FnOnce(u16) -> Attach,
+        program: &Path,
+        variable: &str,
+    ) -> ListeningDeveloper {
         let mut side = DeveloperSide::relay_only(hc);
         let vscode_port = free_port();
-        let client = DapClient::start(&[attach(vscode_port)]);
+        let client = DapClient::start_in(&[attach(vscode_port)], program, variable);
         client.wait_listening(vscode_port);
         let (debug_port, _, range) = port_range(ports);
         side.listen(&[(debug_port, vscode_port)]);

@@ -1,0 +1,8 @@
+//! Integration tests: the static release binary and the container images, in a real
+//! Docker engine the tests start for themselves (docker/README.md's commands).
+
+mod engine;
+mod pid1;
+mod ports;
+mod session;
+mod static_binary;
