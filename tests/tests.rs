@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod demo;
 mod detect;
+mod docs;
 mod exec;
 mod inject;
 mod launch_json;
