@@ -7,6 +7,7 @@ mod config;
 mod containers;
 mod demo;
 mod detect;
+mod docs;
 mod exec;
 mod inject;
 mod launch_json;
