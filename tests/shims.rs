@@ -3,6 +3,7 @@
 //! real multiprocessing, the real `mpiexec` and a real DAP client.
 
 mod guard;
+mod hostile;
 mod parallel_run_step;
 
 use std::ffi::OsString;

@@ -1,0 +1,294 @@
+//! Hostile cases for the shims: each test is a way a job could run a Python process or a
+//! launcher that the shims must survive without changing what the job sees (exit code,
+//! interpreter, environment) and without hanging. Every test here failed when written;
+//! the reproduction is in the test's doc comment.
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{path_with, shims_dir, with_python_hook};
+use crate::util;
+
+/// The interpreter `python3` on PATH really runs (resolving pyenv-style shims).
+fn real_python() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .env("AMLX_SHIM", "off")
+        .output()
+        .expect("python3 runs");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A scratch folder with the agent's locks and state in it and debugging on.
+fn debug_on(cmd: &mut Command, dir: &Path) {
+    cmd.env("AMLX_DEBUG", "1")
+        .env("AMLX_RANKS", "99")
+        .env("AMLX_LOCK_DIR", dir.join("locks"))
+        .env("AMLX_STATE_DIR", dir.join("state"))
+        .env("NO_COLOR", "1");
+}
+
+fn write_exe(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// `bash -c 'exec -a weird python3 -c "import sys; sys.exit(3)"'` with the hook and
+/// AMLX_DEBUG=1 exits 127 ("amlx-agent: cannot run 'weird'"): with an argv[0] Python
+/// cannot resolve, `sys.executable` is empty and the hook re-executes argv[0].
+#[test]
+fn an_argv0_that_is_not_a_path_to_python_does_not_lose_the_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = with_python_hook(real_python());
+    debug_on(&mut cmd, dir.path());
+    cmd.arg0("weird-name-not-on-path")
+        .args(["-c", "import sys; sys.exit(3)"]);
+    let out = util::output_bounded(&mut cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the step did not run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `bash -c 'exec -a python3 /usr/bin/python3.11 x.py'` with another `python3` first on
+/// PATH: the hook re-executes `sys.executable`, which CPython derived from argv[0] by a
+/// PATH lookup, so the step runs under a *different* interpreter (here: a stand-in that
+/// exits 42).
+#[test]
+fn the_hook_re_executes_the_interpreter_that_was_running_not_the_one_argv0_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let decoy_dir = dir.path().join("decoy");
+    std::fs::create_dir(&decoy_dir).expect("mkdir");
+    write_exe(
+        &decoy_dir.join("python3"),
+        "#!/bin/sh\necho 'WRONG INTERPRETER' >&2\nexit 42\n",
+    );
+    let mut path = OsString::from(&decoy_dir);
+    path.push(":");
+    path.push(path_with(None));
+    let mut cmd = with_python_hook(real_python());
+    debug_on(&mut cmd, dir.path());
+    cmd.env("PATH", path)
+        .arg0("python3")
+        .args(["-c", "import sys; sys.exit(3)"]);
+    let out = util::output_bounded(&mut cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "another interpreter ran the step: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two copies of the shim script on PATH (a copy "installed under the name", plus the
+/// bundle's `bin/`; or the bundle reached through two bind mounts):
+/// `PATH=/a:/b:/usr/bin python3 -c pass` with `cp amlx-shim /a/python3; cp amlx-shim
+/// /b/python3` never ends: each copy's "next python3 that is not me" is the other one.
+#[test]
+fn two_copies_of_the_python_shim_on_path_do_not_exec_each_other_forever() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = std::fs::read_to_string(shims_dir().join("bin/amlx-shim")).expect("shim");
+    let mut path = OsString::new();
+    for copy in ["a", "b"] {
+        let bin = dir.path().join(copy);
+        std::fs::create_dir(&bin).expect("mkdir");
+        write_exe(&bin.join("python3"), &script);
+        path.push(&bin);
+        path.push(":");
+    }
+    path.push(path_with(None));
+    let mut cmd = util::clean(Command::new("python3"));
+    debug_on(&mut cmd, dir.path());
+    cmd.env("PATH", path)
+        .env("AMLX_DEBUG", "0")
+        .args(["-c", "import sys; sys.exit(3)"]);
+    let out = util::output_within(&mut cmd, Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
+/// Open MPI 3.x/4.x `mpirun` refuses to start when `-x VAR` is given and
+/// `OMPI_MCA_mca_base_env_list` is set ("orterun:conflict-env-set", ORTE_ERR_FATAL).
+/// The mpirun shim always sets the latter, even with debugging off, so
+/// `mpirun -x NCCL_DEBUG -n 2 python train.py` stops working when the shims are on PATH.
+/// The stand-in `mpirun` below makes Open MPI's check.
+#[test]
+fn mpirun_with_dash_x_still_starts_under_open_mpi() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("ompi");
+    std::fs::create_dir(&fake).expect("mkdir");
+    write_exe(
+        &fake.join("mpirun"),
+        "#!/bin/sh\n\
+         for a in \"$@\"; do\n\
+           if [ \"$a\" = -x ] && [ -n \"${OMPI_MCA_mca_base_env_list+set}\" ]; then\n\
+             echo 'ERROR: You have attempted to pass environment variables to Open MPI with both the \"-x\" method and by setting the MCA parameter \"mca_base_env_list\".' >&2\n\
+             exit 1\n\
+           fi\n\
+         done\n\
+         exit 0\n",
+    );
+    for debug in ["0", "1"] {
+        let mut path = OsString::from(shims_dir().join("bin"));
+        path.push(":");
+        path.push(&fake);
+        path.push(":");
+        path.push(path_with(None));
+        let mut cmd = util::clean(Command::new("mpirun"));
+        debug_on(&mut cmd, dir.path());
+        cmd.env("PATH", path).env("AMLX_DEBUG", debug).args([
+            "-x",
+            "NCCL_DEBUG",
+            "-n",
+            "2",
+            "python3",
+            "train.py",
+        ]);
+        let out = util::output_bounded(&mut cmd);
+        assert!(
+            out.status.success(),
+            "AMLX_DEBUG={debug}: Open MPI's mpirun would refuse to start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `AMLX_DEBUG=0 PATH=launcher-shims/bin:$PATH python3 -c 'import os;
+/// print(os.environ["PYTHONPATH"], os.environ["OMPI_MCA_mca_base_env_list"])'`: with
+/// debugging off the python shim still rewrites PYTHONPATH and sets
+/// OMPI_MCA_mca_base_env_list for the program and all its children.
+#[test]
+fn with_debugging_off_the_python_shim_leaves_the_environment_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut path = OsString::from(shims_dir().join("bin"));
+    path.push(":");
+    path.push(path_with(None));
+    let mut cmd = util::clean(Command::new("python3"));
+    debug_on(&mut cmd, dir.path());
+    cmd.env("PATH", path)
+        .env("AMLX_DEBUG", "0")
+        .env_remove("PYTHONPATH")
+        .args([
+            "-c",
+            "import os; print(repr(os.environ.get('PYTHONPATH')), \
+             repr(os.environ.get('OMPI_MCA_mca_base_env_list')))",
+        ]);
+    let out = util::output_bounded(&mut cmd);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "None None",
+        "the environment changed with debugging off"
+    );
+}
+
+/// Each nested `python3` through the shim appends the whole list again:
+/// OMPI_MCA_mca_base_env_list grows with every level (duplicates of PYTHONPATH and of
+/// every AMLX_* name).
+#[test]
+fn nested_python_shims_do_not_grow_the_mpi_forwarding_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The real interpreter's folder right after the shims: a pyenv-style `python3`
+    // would put it first on PATH and hide the shims from the inner `python3`.
+    let mut path = OsString::from(shims_dir().join("bin"));
+    path.push(":");
+    path.push(real_python().parent().expect("a folder"));
+    path.push(":");
+    path.push(path_with(None));
+    let inner = "import os; print(os.environ['OMPI_MCA_mca_base_env_list'])";
+    let outer =
+        format!("import subprocess; subprocess.run(['python3', '-c', {inner:?}], check=True)");
+    let mut cmd = util::clean(Command::new("python3"));
+    debug_on(&mut cmd, dir.path());
+    cmd.env("PATH", path).args(["-c", &outer]);
+    let out = util::output_bounded(&mut cmd);
+    assert!(out.status.success(), "{out:?}");
+    let list = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let names: Vec<&str> = list.split(';').collect();
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(names.len(), unique.len(), "duplicates in {list}");
+}
+
+/// Near ARG_MAX: a command line the kernel accepts for python is re-executed as
+/// `amlx-agent exec -- <sys.executable> ...`; the agent then adds its AMLX_* variables
+/// and its own `execve` fails with E2BIG: "amlx-agent: cannot run '...python3':
+/// Argument list too long (exit 126)". The step is gone; unhooked it exits 7.
+#[test]
+fn a_command_line_near_arg_max_still_runs_the_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let python = real_python();
+    // `len` bytes of arguments: 999-byte words and one shorter word for the rest.
+    let run = |len: usize, hook: bool| -> Option<i32> {
+        let mut cmd = with_python_hook(&python);
+        debug_on(&mut cmd, dir.path());
+        if !hook {
+            cmd.env("AMLX_SHIM", "off");
+        }
+        cmd.env("PAD", "x".repeat(100_000))
+            .args(["-c", "import sys; sys.exit(7)"])
+            .args(std::iter::repeat_n("a".repeat(999), len / 1000));
+        if len % 1000 > 0 {
+            cmd.arg("b".repeat(len % 1000 - 1));
+        }
+        match cmd.output() {
+            Ok(out) => out.status.code(),
+            Err(_) => None, // E2BIG at spawn: too long even unhooked
+        }
+    };
+    // The longest command line that python accepts unhooked.
+    let (mut lo, mut hi) = (1000usize, 8_000_000usize);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if run(mid, false) == Some(7) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    eprintln!("longest unhooked command line: {lo} bytes of arguments");
+    assert_eq!(run(lo, false), Some(7));
+    // Right at the limit the hook's own execv fails and it falls back; a few hundred
+    // bytes below it, that execv succeeds and the agent's fails.
+    for len in (lo.saturating_sub(1000)..=lo).step_by(16) {
+        assert_eq!(
+            run(len, true),
+            Some(7),
+            "{len} bytes of arguments (limit {lo}): the step runs unhooked, not with the hook"
+        );
+    }
+}
+
+/// An older agent that supervises its step (runs it as a child) and does not export
+/// AMLX_AGENT_PID: the loop breaker (AMLX_SHIM_REEXEC_PID) compares PIDs, the child
+/// has a new PID, so every level wraps itself again without end. The stand-in agent
+/// stops at depth 10.
+#[test]
+fn an_old_supervising_agent_does_not_make_the_hook_wrap_without_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("old-agent");
+    write_exe(
+        &fake,
+        "#!/bin/sh\n\
+         d=$(( ${OLD_AGENT_DEPTH:-0} + 1 )); export OLD_AGENT_DEPTH=$d\n\
+         [ $d -gt 10 ] && { echo \"runaway: depth $d\" >&2; exit 111; }\n\
+         shift 2; \"$@\"; exit $?\n",
+    );
+    let mut cmd = with_python_hook(real_python());
+    debug_on(&mut cmd, dir.path());
+    cmd.env("AMLX_AGENT_BIN", &fake)
+        .args(["-c", "import sys; sys.exit(3)"]);
+    let out = util::output_bounded(&mut cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
