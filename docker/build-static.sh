@@ -37,8 +37,8 @@ if [ "$size" -gt "$max_bytes" ]; then
 fi
 echo "build-static.sh: $bin, $size bytes" >&2
 
-# The build context of docker/Dockerfile.prebuilt: the binary and the CA certificates the
-# agent needs for wss (a FROM-scratch image has no other source of them).
+# The build context of docker/Dockerfile.prebuilt: the binary, the CA certificates the
+# agent needs for wss (a FROM-scratch image has no other source of them) and the shims.
 ca=/etc/ssl/certs/ca-certificates.crt
 if [ ! -f "$ca" ]; then
   echo "build-static.sh: $ca not found: apt-get install ca-certificates" >&2
@@ -48,4 +48,8 @@ context="${CARGO_TARGET_DIR:-target}/docker-context"
 mkdir -p "$context"
 cp "$bin" "$context/amlx-agent.partial" && mv "$context/amlx-agent.partial" "$context/amlx-agent"
 cp "$ca" "$context/ca-certificates.crt"
+# The launcher shims travel with the agent, so training images can take both at once.
+rm -rf "$context/launcher-shims"
+cp -a launcher-shims "$context/launcher-shims"
+rm -f "$context/launcher-shims/README.md"
 realpath "$bin"

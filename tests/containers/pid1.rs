@@ -168,3 +168,37 @@ fn docker_stop_reaches_the_step_and_a_step_that_ignores_it_is_killed_after_the_g
         );
     }
 }
+
+#[test]
+fn the_example_image_has_the_python_hook_baked_in_for_the_steps_children() {
+    let container = Container::new("hook");
+    // The step starts one Python child with the absolute sys.executable, as
+    // multiprocessing does: the baked hook brings it under the agent in place.
+    let child = "import os; print('child', os.getpid(), os.environ.get('AMLX_AGENT_PID'))";
+    let step = format!(
+        "import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', {child:?}]))"
+    );
+    let out = container.run(
+        &[
+            "--network",
+            "none",
+            "-e",
+            "AMLX_DEBUG=1",
+            "-e",
+            "AMLX_RANKS=5",
+            EXAMPLE_IMAGE,
+            "python3",
+            "-c",
+            &step,
+        ],
+        DOCKER_DEADLINE,
+    );
+    let stdout = text(&out.stdout);
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    assert!(
+        out.status.success() && words.len() == 3 && words[0] == "child" && words[1] == words[2],
+        "{:?}\n{stdout}{}",
+        out.status,
+        text(&out.stderr)
+    );
+}
