@@ -61,7 +61,6 @@ impl Node {
             .env("AMLX_DEBUG_MODE", "direct")
             .env("AMLX_NODE_IP", "127.0.0.1")
             .env("AMLX_WAIT_FOR_CLIENT", "true")
-            .env("AMLX_ATTACH_TIMEOUT", "120s")
             .env("AMLX_PORT_RANGE", &range)
             .env("AMLX_LOCK_DIR", dir.path().join("locks"))
             .env("AMLX_STATE_DIR", dir.path().join("state"))
@@ -187,6 +186,16 @@ fn parallel_run_step_workers_compete_for_slots_and_a_breakpoint_hits_inside_run(
         node.log().matches(warning).count(),
         MAX_TARGETS,
         "one warning per target in the log:\n{}",
+        node.log()
+    );
+    // Left at the general default (10 min, longer than ParallelRunStep tolerates a
+    // worker in init()), a worker's attach timeout is 3 min.
+    assert_eq!(
+        node.log()
+            .matches("attach timeout 3m instead of the default 10m")
+            .count(),
+        MAX_TARGETS,
+        "{}",
         node.log()
     );
     assert_eq!(

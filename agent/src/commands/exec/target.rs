@@ -7,10 +7,11 @@
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use super::{env_pair, mark_undebugged};
 use crate::commands::EXIT_AGENT_ERROR;
-use crate::config::Settings;
+use crate::config::{DEFAULT_ATTACH_TIMEOUT, Settings};
 use crate::inject::{self, DebugpyOptions, Injected, Plan, Skip};
 use crate::netinfo::{self, NodeInfo};
 use crate::policy::{Decision, ProcessKind, StepFacts, Verdict};
@@ -47,10 +48,15 @@ pub fn run(
     };
     let port = reservation.port;
     let warning = timeout_warning(detection, facts);
+    let attach_timeout = match &warning {
+        Some(_) => parallel_worker_attach_timeout(settings.session.attach_timeout),
+        None => settings.session.attach_timeout,
+    };
     let (spec, injected) = match prepare(settings, detection, &node, port, &step.argv, token_ttl) {
         Ok((spec, injected)) => (
             SessionSpec {
                 warning: warning.clone(),
+                attach_timeout,
                 ..spec
             },
             injected,
@@ -271,6 +277,28 @@ fn timeout_warning(detection: &Detection, facts: &StepFacts) -> Option<String> {
              v2: retry_settings=dict(timeout=3600))"
                 .to_owned()
         })
+}
+
+/// A ParallelRunStep worker held in `init()` longer than 3 x run_invocation_timeout + 30 s
+/// fails the job: 210 s with the default 60 s. Left at the general default, a worker's
+/// attach timeout is this, so nobody attaching never fails the job.
+const PARALLEL_WORKER_ATTACH_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The attach timeout of a ParallelRunStep worker: `configured`, except that the general
+/// default (ten minutes, longer than the job tolerates) becomes
+/// [`PARALLEL_WORKER_ATTACH_TIMEOUT`]. A timeout the user set is theirs to keep.
+fn parallel_worker_attach_timeout(configured: Duration) -> Duration {
+    if configured != DEFAULT_ATTACH_TIMEOUT {
+        return configured;
+    }
+    tracing::warn!(
+        "attach timeout {} instead of the default {}: a ParallelRunStep worker held longer \
+         than 3 x run_invocation_timeout + 30 s (210 s by default) fails the job; after \
+         raising run_invocation_timeout, set --attach-timeout (AMLX_ATTACH_TIMEOUT) to wait longer",
+        humantime::format_duration(PARALLEL_WORKER_ATTACH_TIMEOUT),
+        humantime::format_duration(DEFAULT_ATTACH_TIMEOUT)
+    );
+    PARALLEL_WORKER_ATTACH_TIMEOUT
 }
 
 /// Where the debugger will listen: the node IP in direct mode, loopback otherwise.
