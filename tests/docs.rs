@@ -88,7 +88,7 @@ const RUN: &[(&str, &str)] = &[
         "not wrapped",
     ),
     (
-        r#"PATH=/opt/amlx/launcher-shims/bin:$PATH AMLX_RANKS=1 python3 -c 'import os; print(os.environ["AMLX_AGENT_PROCESS"])'"#,
+        r#"PATH=/opt/amlx/launcher-shims/bin:$PATH AMLX_DEBUG=1 AMLX_RANKS=1 python3 -c 'import os; print(os.environ["AMLX_AGENT_PROCESS"])'"#,
         "replace",
     ),
 ];

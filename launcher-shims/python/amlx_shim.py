@@ -18,9 +18,14 @@ process goes on unwrapped.
 import os
 import sys
 
-# Set once this interpreter asked to be wrapped: a second re-exec of the same process
-# means the agent did not mark it (an old agent), and looping would never end.
+# Set once this interpreter asked to be wrapped. Seen again in the same process (replace)
+# or in its child (supervise), the agent did not mark its step (an old agent), and
+# wrapping again would never end. The step itself drops it, so its children start clean.
 _REEXEC_VAR = "AMLX_SHIM_REEXEC_PID"
+# Room left on the command line for what the agent adds before its own execve (its
+# AMLX_* variables, debugpy's arguments): a command line the kernel takes for Python
+# must not fail with E2BIG one exec later.
+_ARG_ROOM = 64 * 1024
 _activated = False
 
 
@@ -70,6 +75,32 @@ def find_agent(env):
     return shutil.which("amlx-agent")
 
 
+def _program(argv):
+    """The interpreter that is running: `sys.executable` when it is that very file (a
+    venv's `bin/python` symlink keeps the venv), else /proc/self/exe. `sys.executable`
+    is worked out from argv[0] and PATH, and can name another interpreter or nothing."""
+    running = os.readlink("/proc/self/exe")
+    if sys.executable:
+        try:
+            if os.path.samefile(sys.executable, running):
+                return os.fsencode(sys.executable)
+        except OSError:
+            pass
+    return os.fsencode(running)
+
+
+def _fits(argv, env):
+    """Whether argv and env leave the agent room under the kernel's ARG_MAX."""
+    try:
+        limit = os.sysconf("SC_ARG_MAX")
+    except (OSError, ValueError):
+        return True
+    pointer = 8
+    size = sum(len(word) + 1 + pointer for word in argv)
+    size += sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2 + pointer for k, v in env.items())
+    return size + _ARG_ROOM <= limit
+
+
 def _own_argv():
     """This process's argv exactly as exec'd (bytes; not decoded, not rewritten)."""
     with open("/proc/self/cmdline", "rb") as f:
@@ -96,9 +127,13 @@ def activate(env=None):
     _activated = True
     env = os.environ if env is None else env
     try:
-        if not enabled(env) or is_step(env, os.getpid(), os.getppid()):
+        if not enabled(env):
             return
-        if env.get(_REEXEC_VAR, "") == str(os.getpid()):
+        if is_step(env, os.getpid(), os.getppid()):
+            env.pop(_REEXEC_VAR, None)
+            return
+        if env.get(_REEXEC_VAR, "") in (str(os.getpid()), str(os.getppid())):
+            env.pop(_REEXEC_VAR, None)
             _warn(
                 "the agent did not mark this process as its step (AMLX_AGENT_PID); "
                 "running unwrapped (is amlx-agent older than the shim?)"
@@ -111,9 +146,12 @@ def activate(env=None):
         argv = _own_argv()
         if not argv:
             return
-        program = os.fsencode(sys.executable) if sys.executable else argv[0]
+        command = [os.fsencode(agent), b"exec", b"--", _program(argv)] + argv[1:]
+        if not _fits(command, env):
+            _warn("the command line is too long to wrap (near ARG_MAX); running unwrapped")
+            return
         os.environ[_REEXEC_VAR] = str(os.getpid())
-        os.execv(agent, [os.fsencode(agent), b"exec", b"--", program] + argv[1:])
+        os.execv(agent, command)
     except Exception as err:  # never break the interpreter over debugging
         _warn("not wrapped: %s" % (err,))
 
