@@ -234,7 +234,7 @@ fn a_command_line_near_arg_max_still_runs_the_step() {
         cmd.env("PAD", "x".repeat(100_000))
             .args(["-c", "import sys; sys.exit(7)"])
             .args(std::iter::repeat_n("a".repeat(999), len / 1000));
-        if len % 1000 > 0 {
+        if !len.is_multiple_of(1000) {
             cmd.arg("b".repeat(len % 1000 - 1));
         }
         match cmd.output() {
