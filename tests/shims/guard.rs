@@ -271,3 +271,46 @@ fn the_entrypoint_shim_as_pid_1_supervises_the_step_and_the_hook_reaches_its_chi
     assert_eq!(records[0]["process"], "supervise", "{records:?}");
     assert!(wrapped_in_place(&records[1]), "{records:?}");
 }
+
+#[test]
+fn torchrun_with_the_wrapper_first_on_path_debugs_rank_0_only_and_not_the_launcher() {
+    let scratch = Scratch::new();
+    let (_, _, range) = port_range(8);
+    // The model torchrun comes after the shims on PATH: the wrapper runs it.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/shims/torchrun_model")
+        .canonicalize()
+        .expect("tests/shims/torchrun_model exists");
+    let mut cmd = scratch.shimmed("torchrun");
+    let mut path = path_with(Some(&shims_dir().join("bin")));
+    path.push(":");
+    path.push(&model);
+    let out = util::output_within(
+        cmd.env("PATH", path)
+            .args(["--nproc_per_node", "3"])
+            .arg(probe())
+            .args(["exit", "0"])
+            .env("AMLX_DEBUG_MODE", "direct")
+            .env("AMLX_NODE_IP", "127.0.0.1")
+            .env("AMLX_PORT_RANGE", &range)
+            .env("RUST_LOG", "amlx_agent=debug"),
+        crate::session::harness::SESSION_DEADLINE,
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "torchrun failed: {out:?}");
+    let records = scratch.records();
+    assert_eq!(records.len(), 3, "one record per worker:\n{log}");
+    for record in &records {
+        let rank0 = record["rank"] == "0";
+        assert!(
+            wrapped_in_place(record),
+            "worker not under the agent: {record}"
+        );
+        assert_eq!(record["debugpy"], rank0, "debugpy only in rank 0: {record}");
+    }
+    // One debug target in all: rank 0, not the launcher (which the hook also wraps).
+    let announced: Vec<&str> = log.lines().filter(|l| l.contains(" debug port ")).collect();
+    assert_eq!(announced.len(), 1, "{log}");
+    assert!(announced[0].contains("rank 0/3 (torchrun)"), "{log}");
+    assert!(log.contains("torchrun starts the job's workers"), "{log}");
+}

@@ -1,7 +1,7 @@
 """A step for the shim tests: records how it runs, then does what argv says.
 
 Appends one JSON line to $SHIM_PROBE_OUT: its pid, the agent's marks (AMLX_AGENT_PID,
-AMLX_AGENT_PROCESS, AMLX_DEBUG_TARGET), whether debugpy is loaded and its MPI rank.
+AMLX_AGENT_PROCESS, AMLX_DEBUG_TARGET), whether debugpy is loaded and its rank (MPI's or torchrun's).
 
   probe.py exit N         exit with code N
   probe.py chain N CODE   start itself N more times, alternating `sys.executable` (the
@@ -27,7 +27,7 @@ def record():
                     "process": os.environ.get("AMLX_AGENT_PROCESS"),
                     "target": os.environ.get("AMLX_DEBUG_TARGET"),
                     "debugpy": "debugpy" in sys.modules,
-                    "rank": os.environ.get("PMI_RANK"),
+                    "rank": os.environ.get("PMI_RANK") or os.environ.get("RANK"),
                 }
             )
             + "\n"
