@@ -5,6 +5,7 @@
 mod guard;
 mod hostile;
 mod parallel_run_step;
+mod review;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
