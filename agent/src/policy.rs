@@ -22,7 +22,10 @@ use crate::role::{Launcher, Role};
 
 mod process_kind;
 
-pub use process_kind::{Ancestor, ProcessKind, StepFacts, decide_step, kind_of};
+pub use process_kind::{
+    Ancestor, PARALLEL_WORKER_ATTACH_TIMEOUT, ProcessKind, StepFacts, decide_step, kind_of,
+    parallel_worker_attach_timeout, parallel_worker_warning,
+};
 
 /// The `--ranks` spec.
 ///

@@ -51,13 +51,20 @@ def enabled(env):
     return bool(env.get("AMLX_CONFIG", "").strip()) or os.path.isfile("/etc/amlx/agent.toml")
 
 
+def _canonical_pid(text):
+    """A PID as the agent writes it: ASCII digits, no sign, no leading zero, not zero, no
+    spaces (the agent's lineage.rs and the shell shim apply the same rule)."""
+    if not text or text[0] == "0" or any(c not in "0123456789" for c in text):
+        return None
+    return int(text)
+
+
 def is_step(env, pid, ppid):
     """Whether this process is already the step of an agent (see the module doc)."""
-    try:
-        agent_pid = int(env.get("AMLX_AGENT_PID", "").strip())
-    except ValueError:
+    agent_pid = _canonical_pid(env.get("AMLX_AGENT_PID", ""))
+    if agent_pid is None:
         return False
-    how = env.get("AMLX_AGENT_PROCESS", "").strip()
+    how = env.get("AMLX_AGENT_PROCESS", "")
     return (how == "replace" and pid == agent_pid) or (how == "supervise" and ppid == agent_pid)
 
 
@@ -153,6 +160,8 @@ def activate(env=None):
         os.environ[_REEXEC_VAR] = str(os.getpid())
         os.execv(agent, command)
     except Exception as err:  # never break the interpreter over debugging
+        # A failed execv must not leave the loop breaker set for this process's children.
+        os.environ.pop(_REEXEC_VAR, None)
         _warn("not wrapped: %s" % (err,))
 
 

@@ -95,7 +95,7 @@ fn mpirun_with_the_wrapper_first_on_path_debugs_rank_0_only_with_no_edit() {
         assert_eq!(record["debugpy"], rank0, "debugpy only in rank 0: {record}");
     }
     assert!(
-        !log.contains("already runs this process as its step"),
+        !log.contains("already debugs this process"),
         "a shim called the agent for a process it already runs:\n{log}"
     );
 }
@@ -119,7 +119,7 @@ fn nested_interpreters_are_wrapped_once_each_and_the_innermost_exit_code_comes_b
     assert!(records.iter().all(wrapped_in_place), "{records:?}");
     // One decision per process: a second wrap of any of them would add one.
     assert_eq!(log.matches("not a debug target").count(), 4, "{log}");
-    assert!(!log.contains("already runs this process"), "{log}");
+    assert!(!log.contains("already debugs this process"), "{log}");
 }
 
 #[test]

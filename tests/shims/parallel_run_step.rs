@@ -189,10 +189,10 @@ fn parallel_run_step_workers_compete_for_slots_and_a_breakpoint_hits_inside_run(
         node.log()
     );
     // Left at the general default (10 min, longer than ParallelRunStep tolerates a
-    // worker in init()), a worker's attach timeout is 3 min.
+    // worker in init()), a worker's attach timeout is 2.5 min.
     assert_eq!(
         node.log()
-            .matches("attach timeout 3m instead of the default 10m")
+            .matches("attach timeout 2m 30s instead of the default 10m")
             .count(),
         MAX_TARGETS,
         "{}",

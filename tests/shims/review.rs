@@ -209,13 +209,24 @@ fn review_a_grandchild_of_the_debugged_rank_0_is_not_a_target() {
         multi_process: true,
         ..amlx_agent::role::Role::unknown(amlx_agent::role::Launcher::Torchrun)
     };
-    // What the DataLoader worker's agent exported: the worker decided NotTarget and
-    // mark_undebugged wrote AMLX_AGENT_STEP_KIND=other.
+    // The DataLoader worker (a child of debugged rank 0, same role) is not a target; what
+    // its agent exports about it is what the grandchild inherits.
+    let worker = StepFacts {
+        kind: ProcessKind::SpawnWorker,
+        same_role_ancestor: Some(Ancestor {
+            agent_pid: 40,
+            kind: StepKind::DebuggedTarget,
+        }),
+    };
+    assert_eq!(
+        decide_step(&policy("0"), &rank0, &worker).verdict,
+        amlx_agent::policy::Verdict::NotTarget
+    );
     let grandchild = StepFacts {
         kind: ProcessKind::Step,
         same_role_ancestor: Some(Ancestor {
             agent_pid: 41,
-            kind: StepKind::Other,
+            kind: worker.undebugged_kind(),
         }),
     };
     let decision = decide_step(&policy("0"), &rank0, &grandchild);
@@ -226,12 +237,13 @@ fn review_a_grandchild_of_the_debugged_rank_0_is_not_a_target() {
     );
 }
 
-/// `amlx-agent exec -- sh -c 'exec python3 step.py'` (also `bash -c 'python3 step.py'`,
-/// which bash execs in place, and entrypoint scripts ending in `exec python ...`): the
-/// agent decided for `sh` (not injectable); the Python that replaces it has the same PID,
-/// so the hook takes it for the agent's step and never brings it under the debugger.
+/// `amlx-agent exec -- sh -c 'exec amlx-agent exec -- python3 step.py'`: the outer agent
+/// decided for `sh` (not injectable); the inner one, in the same PID, decides again for
+/// the Python it runs and injects the debugger, instead of passing through. (A shell that
+/// execs Python *without* the inner agent is still not reached: the hook takes that Python
+/// for the agent's step; see the closing note.)
 #[test]
-fn review_python_execd_by_a_shell_step_is_debugged() {
+fn review_python_execd_by_a_shell_step_through_a_nested_agent_is_debugged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out_file = dir.path().join("probe.jsonl");
     let probe = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -242,7 +254,11 @@ fn review_python_execd_by_a_shell_step_is_debugged() {
     let out = util::output_within(
         util::clean(Command::new(util::agent_bin()))
             .args(["exec", "--", "sh", "-c"])
-            .arg(format!("exec python3 {} exit 0", probe.display()))
+            .arg(format!(
+                "exec {} exec -- python3 {} exit 0",
+                util::agent_bin().display(),
+                probe.display()
+            ))
             .env("PATH", path_with(None))
             .env("PYTHONPATH", shims_dir().join("python"))
             .env("SHIM_PROBE_OUT", &out_file)

@@ -11,9 +11,11 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use std::time::Duration;
+
 use crate::inject::{self, Target};
 use crate::process::lineage::StepKind;
-use crate::role::Role;
+use crate::role::{Launcher, Role};
 
 use super::{Decision, Policy, Verdict, decide};
 
@@ -38,6 +40,7 @@ const LAUNCHER_MODULES: &[(&str, &str)] = &[
     ("torch.distributed.run", "torchrun"),
     ("torch.distributed.launch", "torch.distributed.launch"),
     ("deepspeed.launcher.runner", "deepspeed"),
+    ("deepspeed.launcher.launch", "deepspeed"),
     ("accelerate.commands.launch", "accelerate launch"),
 ];
 
@@ -74,6 +77,19 @@ const HELPER_CODE: &[(&str, &str)] = &[
     ),
 ];
 
+/// Launcher programs run directly (not through a Python command line), by file name.
+const LAUNCHER_PROGRAMS: &[(&str, &str)] = &[
+    ("torchrun", "torchrun"),
+    ("deepspeed", "deepspeed"),
+    ("horovodrun", "horovodrun"),
+    ("accelerate", "accelerate"),
+    ("mpirun", "mpirun"),
+    ("mpiexec", "mpiexec"),
+    ("mpiexec.hydra", "mpiexec"),
+    ("prterun", "prterun"),
+    ("srun", "srun"),
+];
+
 /// The argument multiprocessing's spawn start method appends to a worker's command line.
 const SPAWN_MARKER: &str = "--multiprocessing-fork";
 
@@ -93,6 +109,16 @@ const SPAWN_MARKER: &str = "--multiprocessing-fork";
 /// assert_eq!(kind_of(&argv(&["python", "train.py"])), ProcessKind::Step);
 /// ```
 pub fn kind_of(argv: &[OsString]) -> ProcessKind {
+    let program = argv
+        .first()
+        .and_then(|word| Path::new(word).file_name())
+        .unwrap_or_default();
+    if let Some((_, shown)) = LAUNCHER_PROGRAMS
+        .iter()
+        .find(|(name, _)| program.as_bytes() == name.as_bytes())
+    {
+        return ProcessKind::Launcher(shown);
+    }
     let Ok(python) = inject::python_argv::parse(argv) else {
         return ProcessKind::Step;
     };
@@ -131,6 +157,21 @@ pub struct StepFacts {
     pub same_role_ancestor: Option<Ancestor>,
 }
 
+impl StepFacts {
+    /// What to tell this process's own children about it when it runs without the
+    /// agent's debugger: a part of a debugged target stays one (so a grandchild of the
+    /// debugged rank 0 is not a second rank 0), a launcher says so, anything else is other.
+    pub fn undebugged_kind(&self) -> StepKind {
+        match (self.same_role_ancestor, self.kind) {
+            (Some(ancestor), _) if ancestor.kind == StepKind::DebuggedTarget => {
+                StepKind::DebuggedTarget
+            }
+            (_, ProcessKind::Launcher(_)) => StepKind::Launcher,
+            _ => StepKind::Other,
+        }
+    }
+}
+
 /// An agent step above this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ancestor {
@@ -152,32 +193,36 @@ pub fn decide_step(policy: &Policy, role: &Role, facts: &StepFacts) -> Decision 
     if let Some(ancestor) = facts.same_role_ancestor
         && ancestor.kind == StepKind::DebuggedTarget
     {
-        return Decision {
-            verdict: Verdict::NotTarget,
-            reason: format!(
+        return not_target(
+            policy,
+            format!(
                 "a child process of the debug target started by amlx-agent (pid {}), with the \
                  same role: the target is debugged, not its children",
                 ancestor.agent_pid
             ),
-            slot_limit: policy.max_targets_per_node,
-        };
-    }
-    if role.rank.is_some() {
-        return base;
+        );
     }
     match facts.kind {
-        ProcessKind::Launcher(name) => Decision {
-            verdict: Verdict::NotTarget,
-            reason: format!("{name} starts the job's workers: they are the debug targets, not it"),
-            slot_limit: policy.max_targets_per_node,
-        },
-        ProcessKind::Helper(name) => Decision {
-            verdict: Verdict::NotTarget,
-            reason: format!("{name} is part of the job's machinery, not its code"),
-            slot_limit: policy.max_targets_per_node,
-        },
-        ProcessKind::SpawnWorker => spawn_worker(policy, role),
-        ProcessKind::Step => base,
+        // A launcher is never a target, whatever rank an outer launcher gave it
+        // (`srun ... torchrun`: SLURM_PROCID=0 is the node's task, not rank 0).
+        ProcessKind::Launcher(name) => not_target(
+            policy,
+            format!("{name} starts the job's workers: they are the debug targets, not it"),
+        ),
+        ProcessKind::Helper(name) => not_target(
+            policy,
+            format!("{name} is part of the job's machinery, not its code"),
+        ),
+        ProcessKind::SpawnWorker if role.rank.is_none() => spawn_worker(policy, role),
+        ProcessKind::SpawnWorker | ProcessKind::Step => base,
+    }
+}
+
+fn not_target(policy: &Policy, reason: String) -> Decision {
+    Decision {
+        verdict: Verdict::NotTarget,
+        reason,
+        slot_limit: policy.max_targets_per_node,
     }
 }
 
@@ -212,274 +257,44 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::role::Launcher;
-
-    fn prs_worker(master: Option<bool>) -> Role {
-        Role {
-            node_master: master,
-            multi_process: true,
-            ..Role::unknown(Launcher::AzureBatch)
-        }
-    }
-
-    fn policy(ranks: &str, max: Option<u32>) -> Policy {
-        Policy {
-            enabled: true,
-            ranks: ranks.parse().expect("a rank spec"),
-            max_targets_per_node: max,
-        }
-    }
-
-    fn facts(kind: ProcessKind, ancestor: Option<StepKind>) -> StepFacts {
-        StepFacts {
-            kind,
-            same_role_ancestor: ancestor.map(|kind| Ancestor {
-                agent_pid: 40,
-                kind,
-            }),
-        }
-    }
-
-    /// (name, policy, role, facts, verdict, slot limit, reason fragment)
-    type Case = (
-        &'static str,
-        Policy,
-        Role,
-        StepFacts,
-        Verdict,
-        Option<u32>,
-        &'static str,
-    );
-
-    #[test]
-    fn decisions_for_processes_the_shims_bring_in() {
-        let ranked = Role {
-            rank: Some(0),
-            world_size: Some(4),
-            multi_process: true,
-            ..Role::unknown(Launcher::Torchrun)
-        };
-        let lone = Role::unknown(Launcher::None);
-        let cases: Vec<Case> = vec![
-            (
-                "PRS worker on the master node: one of max slots",
-                policy("master", Some(2)),
-                prs_worker(Some(true)),
-                facts(ProcessKind::SpawnWorker, Some(StepKind::Launcher)),
-                Verdict::Candidate,
-                Some(2),
-                "2 debug slots",
-            ),
-            (
-                "PRS worker, no bound given: one slot",
-                policy("master", None),
-                prs_worker(Some(true)),
-                facts(ProcessKind::SpawnWorker, None),
-                Verdict::Candidate,
-                Some(1),
-                "1 debug slot ",
-            ),
-            (
-                "PRS worker on a non-master node",
-                policy("master", Some(2)),
-                prs_worker(Some(false)),
-                facts(ProcessKind::SpawnWorker, Some(StepKind::Launcher)),
-                Verdict::NotTarget,
-                Some(2),
-                "not the master node",
-            ),
-            (
-                "PRS worker with --ranks 0 on a non-master node",
-                policy("0", None),
-                prs_worker(Some(false)),
-                facts(ProcessKind::SpawnWorker, None),
-                Verdict::NotTarget,
-                None,
-                "not the master node",
-            ),
-            (
-                "the PRS driver is a launcher",
-                policy("master", Some(2)),
-                prs_worker(Some(true)),
-                facts(
-                    ProcessKind::Launcher("the ParallelRunStep driver (amlbi_main.py)"),
-                    None,
-                ),
-                Verdict::NotTarget,
-                Some(2),
-                "starts the job's workers",
-            ),
-            (
-                "torchrun's agent process alone is still a launcher",
-                policy("0", None),
-                lone.clone(),
-                facts(ProcessKind::Launcher("torchrun"), None),
-                Verdict::NotTarget,
-                None,
-                "torchrun starts",
-            ),
-            (
-                "multiprocessing's resource tracker",
-                policy("all", None),
-                prs_worker(Some(true)),
-                facts(
-                    ProcessKind::Helper("multiprocessing's resource tracker"),
-                    None,
-                ),
-                Verdict::NotTarget,
-                None,
-                "machinery",
-            ),
-            (
-                "a DataLoader worker of debugged rank 0",
-                policy("0", None),
-                ranked.clone(),
-                facts(ProcessKind::SpawnWorker, Some(StepKind::DebuggedTarget)),
-                Verdict::NotTarget,
-                None,
-                "pid 40",
-            ),
-            (
-                "a Python child of a debugged lone step",
-                policy("0", None),
-                lone.clone(),
-                facts(ProcessKind::Step, Some(StepKind::DebuggedTarget)),
-                Verdict::NotTarget,
-                None,
-                "not its children",
-            ),
-            (
-                "a Python child of a non-Python target (bash) may be the target",
-                policy("0", None),
-                lone.clone(),
-                facts(ProcessKind::Step, Some(StepKind::Other)),
-                Verdict::Target,
-                None,
-                "alone",
-            ),
-            (
-                "a rank started by a launcher in between: the rank decides",
-                policy("0", None),
-                ranked.clone(),
-                facts(ProcessKind::Step, None),
-                Verdict::Target,
-                None,
-                "rank 0",
-            ),
-            (
-                "debugging off wins over everything",
-                Policy {
-                    enabled: false,
-                    ..policy("all", None)
-                },
-                prs_worker(Some(true)),
-                facts(ProcessKind::SpawnWorker, None),
-                Verdict::NotTarget,
-                None,
-                "debugging is off",
-            ),
-            (
-                "--max-targets-per-node 0 wins over a spawn worker",
-                policy("all", Some(0)),
-                prs_worker(Some(true)),
-                facts(ProcessKind::SpawnWorker, None),
-                Verdict::NotTarget,
-                Some(0),
-                "is 0",
-            ),
-        ];
-        for (name, policy, role, facts, verdict, slots, reason) in cases {
-            let got = decide_step(&policy, &role, &facts);
-            assert_eq!(got.verdict, verdict, "{name}: {got:?}");
-            assert_eq!(got.slot_limit, slots, "{name}: {got:?}");
-            assert!(got.reason.contains(reason), "{name}: {:?}", got.reason);
-        }
-    }
-
-    fn argv(words: &[&str]) -> Vec<OsString> {
-        words.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn kinds_table() {
-        let spawn =
-            "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7)";
-        let cases: &[(&[&str], ProcessKind)] = &[
-            (
-                &[
-                    "/opt/py/bin/python3.11",
-                    "-B",
-                    "-c",
-                    spawn,
-                    "--multiprocessing-fork",
-                ],
-                ProcessKind::SpawnWorker,
-            ),
-            (&["python3", "-c", spawn], ProcessKind::Step),
-            (
-                &["python3", "-c", "print(1)", "--multiprocessing-fork"],
-                ProcessKind::Step,
-            ),
-            (
-                &[
-                    "python3",
-                    "-m",
-                    "torch.distributed.run",
-                    "--nproc_per_node",
-                    "4",
-                    "t.py",
-                ],
-                ProcessKind::Launcher("torchrun"),
-            ),
-            (
-                &["/usr/bin/python3", "/usr/local/bin/torchrun", "t.py"],
-                ProcessKind::Launcher("torchrun"),
-            ),
-            (
-                &[
-                    "python",
-                    "/mnt/prs/driver/amlbi_main.py",
-                    "--scoring_module_name",
-                    "s.py",
-                ],
-                ProcessKind::Launcher("the ParallelRunStep driver (amlbi_main.py)"),
-            ),
-            (
-                &["python", "driver/worker_main.py", "--x"],
-                ProcessKind::Launcher("the ParallelRunStep worker manager (worker_main.py)"),
-            ),
-            (
-                &[
-                    "/usr/bin/python3",
-                    "-B",
-                    "-c",
-                    "from multiprocessing.resource_tracker import main;main(3)",
-                ],
-                ProcessKind::Helper("multiprocessing's resource tracker"),
-            ),
-            (
-                &[
-                    "python3",
-                    "-c",
-                    "from multiprocessing.forkserver import main; main(5, 6, ['__main__'])",
-                ],
-                ProcessKind::Helper("multiprocessing's fork server"),
-            ),
-            (&["python", "train.py"], ProcessKind::Step),
-            (&["python", "-m", "torch"], ProcessKind::Step),
-            (&["bash", "-c", "x"], ProcessKind::Step),
-            (&[], ProcessKind::Step),
-            (&["python", "-m"], ProcessKind::Step),
-            (
-                &["python", "trainé.py", "--multiprocessing-fork"],
-                ProcessKind::Step,
-            ),
-        ];
-        for (words, want) in cases {
-            assert_eq!(kind_of(&argv(words)), *want, "{words:?}");
-        }
-    }
+/// The one thing a ParallelRunStep (parallel job) worker's developer must know before
+/// pausing it: the driver aborts a long `run()` and fails a long `init()`.
+pub fn parallel_worker_warning(role: &Role, facts: &StepFacts) -> Option<String> {
+    (facts.kind == ProcessKind::SpawnWorker && role.launcher == Launcher::AzureBatch).then(|| {
+        "this looks like a ParallelRunStep / parallel job worker: while a debugger pauses \
+             it, the driver aborts and retries a run() that takes longer than \
+             run_invocation_timeout (v1) / retry_settings.timeout (v2), 60 s by default, and a \
+             worker held in init() longer than 3 x run_invocation_timeout + 30 s fails the job; \
+             raise them for a debugging run (v1: ParallelRunConfig(run_invocation_timeout=3600), \
+             v2: retry_settings=dict(timeout=3600))"
+            .to_owned()
+    })
 }
+
+/// A ParallelRunStep worker held in `init()` longer than 3 x run_invocation_timeout + 30 s
+/// fails the job: 210 s with the default 60 s. Left at the general default, a worker's
+/// attach timeout is this, so nobody attaching never fails the job: it leaves 60 s for
+/// what comes before the wait (the debugpy check, up to 10 s; the sidecar's readiness,
+/// up to 30 s; two interpreter starts).
+pub const PARALLEL_WORKER_ATTACH_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// The attach timeout of a ParallelRunStep worker: `configured`, except that the general
+/// `default` (ten minutes, longer than the job tolerates) becomes
+/// [`PARALLEL_WORKER_ATTACH_TIMEOUT`]. A timeout the user set is theirs to keep.
+pub fn parallel_worker_attach_timeout(configured: Duration, default: Duration) -> Duration {
+    if configured != default {
+        return configured;
+    }
+    tracing::warn!(
+        "attach timeout {} instead of the default {}: a ParallelRunStep worker held longer \
+         than 3 x run_invocation_timeout + 30 s (210 s by default) fails the job; after \
+         raising run_invocation_timeout, set --attach-timeout (AMLX_ATTACH_TIMEOUT) to wait longer",
+        humantime::format_duration(PARALLEL_WORKER_ATTACH_TIMEOUT),
+        humantime::format_duration(default)
+    );
+    PARALLEL_WORKER_ATTACH_TIMEOUT
+}
+
+#[cfg(test)]
+#[path = "process_kind_tests.rs"]
+mod tests;

@@ -25,7 +25,8 @@ pub const SHIM_VAR: &str = "AMLX_SHIM";
 /// What an agent made of its step, for the processes the step starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepKind {
-    /// A debug target running under the injected debugger: its children are part of it.
+    /// A debug target running under the injected debugger, or a process with its role
+    /// started inside one: children with that role are part of it.
     DebuggedTarget,
     /// A launcher of other workers (torchrun, ParallelRunStep's `worker_main`).
     Launcher,
@@ -44,7 +45,7 @@ impl StepKind {
     }
 
     fn parse(text: &str) -> StepKind {
-        match text.trim() {
+        match text {
             "debugged-target" => StepKind::DebuggedTarget,
             "launcher" => StepKind::Launcher,
             _ => StepKind::Other,
@@ -58,7 +59,12 @@ pub enum Lineage {
     /// No agent above this process (or variables that make no sense: treated the same).
     Outside,
     /// This process is the step of the agent that ran as `agent_pid`: already wrapped.
-    Step { agent_pid: u32 },
+    Step {
+        agent_pid: u32,
+        /// What that agent made of it (a shell it did not inject may since have exec'd
+        /// Python in place).
+        kind: StepKind,
+    },
     /// Started, directly or not, by the step of the agent that ran as `agent_pid`.
     Descendant {
         agent_pid: u32,
@@ -76,35 +82,43 @@ pub enum Lineage {
 ///     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 /// };
 /// let replaced = env(&[("AMLX_AGENT_PID", "40"), ("AMLX_AGENT_PROCESS", "replace")]);
-/// assert_eq!(lineage_of(&replaced, 40, 1), Lineage::Step { agent_pid: 40 });
+/// assert!(matches!(lineage_of(&replaced, 40, 1), Lineage::Step { agent_pid: 40, .. }));
 /// let supervised = env(&[("AMLX_AGENT_PID", "1"), ("AMLX_AGENT_PROCESS", "supervise")]);
-/// assert_eq!(lineage_of(&supervised, 7, 1), Lineage::Step { agent_pid: 1 });
+/// assert!(matches!(lineage_of(&supervised, 7, 1), Lineage::Step { agent_pid: 1, .. }));
 /// assert!(matches!(lineage_of(&supervised, 9, 7), Lineage::Descendant { agent_pid: 1, .. }));
 /// assert_eq!(lineage_of(&env(&[]), 9, 7), Lineage::Outside);
 /// ```
 pub fn lineage_of(env: &dyn Env, pid: u32, ppid: u32) -> Lineage {
-    let Some(agent_pid) = env
-        .var(AGENT_PID_VAR)
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .filter(|&n| n > 0)
-    else {
+    let Some(agent_pid) = env.var(AGENT_PID_VAR).as_deref().and_then(canonical_pid) else {
         return Lineage::Outside;
     };
-    let is_step = match env.var(AGENT_PROCESS_VAR).as_deref().map(str::trim) {
+    let is_step = match env.var(AGENT_PROCESS_VAR).as_deref() {
         Some("replace") => pid == agent_pid,
         Some("supervise") => ppid == agent_pid,
         _ => return Lineage::Outside,
     };
+    let kind = env
+        .var(STEP_KIND_VAR)
+        .map_or(StepKind::Other, |v| StepKind::parse(&v));
     if is_step {
-        Lineage::Step { agent_pid }
+        Lineage::Step { agent_pid, kind }
     } else {
         Lineage::Descendant {
             agent_pid,
-            ancestor: env
-                .var(STEP_KIND_VAR)
-                .map_or(StepKind::Other, |v| StepKind::parse(&v)),
+            ancestor: kind,
         }
     }
+}
+
+/// A PID as the agent writes it: ASCII digits, no sign, no leading zero, not zero, no
+/// spaces. The Python hook and the shell shims apply exactly this rule too, so all three
+/// guards agree on every value (tests/shims/review.rs compares them).
+fn canonical_pid(text: &str) -> Option<u32> {
+    let digits = text.as_bytes();
+    let canonical = !digits.is_empty()
+        && digits.first() != Some(&b'0')
+        && digits.iter().all(u8::is_ascii_digit);
+    canonical.then(|| text.parse().ok()).flatten()
 }
 
 /// This process's lineage.
@@ -155,7 +169,10 @@ mod tests {
                 &[("AMLX_AGENT_PID", "5"), ("AMLX_AGENT_PROCESS", "replace")],
                 5,
                 4,
-                Lineage::Step { agent_pid: 5 },
+                Lineage::Step {
+                    agent_pid: 5,
+                    kind: StepKind::Other,
+                },
             ),
             (
                 "replace: a child of the step is a descendant",
@@ -176,7 +193,10 @@ mod tests {
                 &[("AMLX_AGENT_PID", "1"), ("AMLX_AGENT_PROCESS", "supervise")],
                 7,
                 1,
-                Lineage::Step { agent_pid: 1 },
+                Lineage::Step {
+                    agent_pid: 1,
+                    kind: StepKind::Other,
+                },
             ),
             (
                 "supervise: a grandchild is a descendant",
@@ -203,6 +223,34 @@ mod tests {
                 "pid zero",
                 &[("AMLX_AGENT_PID", "0"), ("AMLX_AGENT_PROCESS", "replace")],
                 0,
+                4,
+                Lineage::Outside,
+            ),
+            (
+                "spaces, signs and leading zeros are not the agent's",
+                &[("AMLX_AGENT_PID", " 5"), ("AMLX_AGENT_PROCESS", "replace")],
+                5,
+                4,
+                Lineage::Outside,
+            ),
+            (
+                "a sign",
+                &[("AMLX_AGENT_PID", "+5"), ("AMLX_AGENT_PROCESS", "replace")],
+                5,
+                4,
+                Lineage::Outside,
+            ),
+            (
+                "a leading zero",
+                &[("AMLX_AGENT_PID", "05"), ("AMLX_AGENT_PROCESS", "replace")],
+                5,
+                4,
+                Lineage::Outside,
+            ),
+            (
+                "a padded process kind",
+                &[("AMLX_AGENT_PID", "5"), ("AMLX_AGENT_PROCESS", "replace ")],
+                5,
                 4,
                 Lineage::Outside,
             ),

@@ -9,19 +9,22 @@ use std::ffi::OsString;
 
 use crate::cli::ExecArgs;
 use crate::config::{ConfigError, Settings};
-use crate::policy::{self, Ancestor, ProcessKind, StepFacts, Verdict};
+use crate::policy::{self, Ancestor, StepFacts, Verdict};
 use crate::process::lineage::{self, Lineage, StepKind};
 use crate::process::{self, ProcessMode, Step};
 use crate::role::{self, Detection, ProcessEnv};
 
 pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
     let lineage = lineage::current(&ProcessEnv);
-    if let Lineage::Step { agent_pid } = lineage {
-        // A shim (the `python` shim, the sitecustomize hook) ran us inside a process that
-        // an agent already runs as its step: that agent decided; become the command.
+    if let Lineage::Step {
+        agent_pid,
+        kind: StepKind::DebuggedTarget,
+    } = lineage
+    {
+        // An agent already runs this very process as a debugged target (a nested
+        // `amlx-agent exec` inside it): a second debugger could only get in the way.
         tracing::info!(
-            "amlx-agent (pid {agent_pid}) already runs this process as its step; running the \
-             command as is"
+            "amlx-agent (pid {agent_pid}) already debugs this process; running the command as is"
         );
         let step = Step {
             argv: args.command.clone(),
@@ -29,9 +32,8 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
         };
         return process::run(ProcessMode::Replace, &step);
     }
-    // A bad config must not stop training: the step runs undebugged and the log says why.
-    // The step's prior-art arguments (`--is-debug`, `--debug-port`, ...) are already a
-    // layer of `settings`, below the environment and the flags.
+    // Otherwise an agent above decided for another program in this process (a shell
+    // that then ran `exec amlx-agent exec -- python ...`): decide again, for this one.
     let settings = match settings {
         Ok(settings) => Some(settings),
         Err(err) => {
@@ -60,12 +62,7 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
             if let Some(ip) = settings.as_ref().and_then(|s| s.node_ip) {
                 step.env.push(env_pair("AMLX_NODE_IP", &ip.to_string()));
             }
-            let kind = match facts.kind {
-                ProcessKind::Launcher(_) => StepKind::Launcher,
-                ProcessKind::Helper(_) | ProcessKind::SpawnWorker | ProcessKind::Step => {
-                    StepKind::Other
-                }
-            };
+            let kind = facts.undebugged_kind();
             mark_undebugged(&mut step, kind);
             process::run(mode, &step)
         }
@@ -100,8 +97,11 @@ fn step_facts(command: &[OsString], lineage: Lineage, detection: &Detection) -> 
 }
 
 /// Marks a step that runs without the agent's debugger: `AMLX_DEBUG_TARGET=false`, no
-/// `AMLX_DEBUG_PORT` (one inherited from a debugged ancestor names that process's port).
+/// `AMLX_DEBUG_PORT` (one inherited from a debugged ancestor names that process's port;
+/// one set by a target path that failed later is dropped too).
 fn mark_undebugged(step: &mut Step, kind: StepKind) {
+    step.env
+        .retain(|(key, _)| key != "AMLX_DEBUG_PORT" && key != lineage::STEP_KIND_VAR);
     step.env.push(env_pair("AMLX_DEBUG_TARGET", "false"));
     step.env
         .push(env_pair(lineage::STEP_KIND_VAR, kind.as_str()));

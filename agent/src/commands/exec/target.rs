@@ -7,20 +7,19 @@
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 use super::{env_pair, mark_undebugged};
 use crate::commands::EXIT_AGENT_ERROR;
 use crate::config::{DEFAULT_ATTACH_TIMEOUT, Settings};
 use crate::inject::{self, DebugpyOptions, Injected, Plan, Skip};
 use crate::netinfo::{self, NodeInfo};
-use crate::policy::{Decision, ProcessKind, StepFacts, Verdict};
+use crate::policy::{self, Decision, StepFacts, Verdict};
 use crate::ports::{self, HolderRecord, Reservation, ReserveRequest};
 use crate::process::lineage::{self, StepKind};
 use crate::process::{self, ProcessMode, Step, command_line};
 use crate::publish::{SessionState, StatusFile, StatusRecord};
 use crate::relay::client::credentials;
-use crate::role::{Detection, Launcher, ProcessEnv};
+use crate::role::{Detection, ProcessEnv};
 use crate::session::keeper;
 use crate::session::sidecar::{self, Readiness};
 use crate::session::{self, DebugMode, FailurePolicy, SessionSpec};
@@ -41,15 +40,18 @@ pub fn run(
     let reservation = match reserve_port(settings, detection, decision, &node, &step) {
         Ok(Some(reservation)) => reservation,
         Ok(None) => {
-            mark_undebugged(&mut step, StepKind::Other);
+            mark_undebugged(&mut step, facts.undebugged_kind());
             return process::run(mode, &step);
         }
         Err(err) => return debug_failed(settings, &format!("{err:#}"), mode, step),
     };
     let port = reservation.port;
-    let warning = timeout_warning(detection, facts);
+    let warning = policy::parallel_worker_warning(&detection.role, facts);
     let attach_timeout = match &warning {
-        Some(_) => parallel_worker_attach_timeout(settings.session.attach_timeout),
+        Some(_) => policy::parallel_worker_attach_timeout(
+            settings.session.attach_timeout,
+            DEFAULT_ATTACH_TIMEOUT,
+        ),
         None => settings.session.attach_timeout,
     };
     let (spec, injected) = match prepare(settings, detection, &node, port, &step.argv, token_ttl) {
@@ -88,6 +90,27 @@ pub fn run(
     if let Some(warning) = &warning {
         tracing::warn!("{warning}");
     }
+    if mode == ProcessMode::Replace {
+        // The step itself must hold the lock and the sidecar's lifeline after execve,
+        // for exactly its lifetime. Arranged before the command is rewritten, so a
+        // failure here runs the step exactly as given.
+        let kept = reservation
+            .keep_across_exec()
+            .map_err(|err| format!("could not keep the port lock across exec: {err}"))
+            .and_then(|lock| {
+                let lifeline = sidecar.keep_across_exec().map_err(|err| {
+                    format!("could not keep the sidecar's lifeline across exec: {err}")
+                })?;
+                Ok([lock, lifeline])
+            });
+        match kept {
+            Ok(fds) => step.keep_fds.extend(fds),
+            Err(why) => {
+                sidecar.terminate();
+                return debug_failed(settings, &why, mode, step);
+            }
+        }
+    }
     let kind = if injected.is_some() {
         StepKind::DebuggedTarget
     } else {
@@ -106,26 +129,6 @@ pub fn run(
         "AMLX_DEBUG_MODE",
         &settings.session.mode.to_string(),
     ));
-    if mode == ProcessMode::Replace {
-        // The step itself must hold the lock and the sidecar's lifeline after execve,
-        // for exactly its lifetime.
-        let kept = reservation
-            .keep_across_exec()
-            .map_err(|err| format!("could not keep the port lock across exec: {err}"))
-            .and_then(|lock| {
-                let lifeline = sidecar.keep_across_exec().map_err(|err| {
-                    format!("could not keep the sidecar's lifeline across exec: {err}")
-                })?;
-                Ok([lock, lifeline])
-            });
-        match kept {
-            Ok(fds) => step.keep_fds.extend(fds),
-            Err(why) => {
-                sidecar.terminate();
-                return debug_failed(settings, &why, mode, step);
-            }
-        }
-    }
     let code = process::run(mode, &step);
     // Supervise mode (or a failed execve): the session ends with the step.
     sidecar.terminate();
@@ -262,43 +265,6 @@ fn relay_endpoint(
         endpoint.token_ttl = ttl;
     }
     Ok(endpoint)
-}
-
-/// The one thing a ParallelRunStep (parallel job) worker's developer must know before
-/// pausing it: the driver aborts a long `run()` and fails a long `init()`.
-fn timeout_warning(detection: &Detection, facts: &StepFacts) -> Option<String> {
-    (facts.kind == ProcessKind::SpawnWorker && detection.role.launcher == Launcher::AzureBatch)
-        .then(|| {
-            "this looks like a ParallelRunStep / parallel job worker: while a debugger pauses \
-             it, the driver aborts and retries a run() that takes longer than \
-             run_invocation_timeout (v1) / retry_settings.timeout (v2), 60 s by default, and a \
-             worker held in init() longer than 3 x run_invocation_timeout + 30 s fails the job; \
-             raise them for a debugging run (v1: ParallelRunConfig(run_invocation_timeout=3600), \
-             v2: retry_settings=dict(timeout=3600))"
-                .to_owned()
-        })
-}
-
-/// A ParallelRunStep worker held in `init()` longer than 3 x run_invocation_timeout + 30 s
-/// fails the job: 210 s with the default 60 s. Left at the general default, a worker's
-/// attach timeout is this, so nobody attaching never fails the job.
-const PARALLEL_WORKER_ATTACH_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// The attach timeout of a ParallelRunStep worker: `configured`, except that the general
-/// default (ten minutes, longer than the job tolerates) becomes
-/// [`PARALLEL_WORKER_ATTACH_TIMEOUT`]. A timeout the user set is theirs to keep.
-fn parallel_worker_attach_timeout(configured: Duration) -> Duration {
-    if configured != DEFAULT_ATTACH_TIMEOUT {
-        return configured;
-    }
-    tracing::warn!(
-        "attach timeout {} instead of the default {}: a ParallelRunStep worker held longer \
-         than 3 x run_invocation_timeout + 30 s (210 s by default) fails the job; after \
-         raising run_invocation_timeout, set --attach-timeout (AMLX_ATTACH_TIMEOUT) to wait longer",
-        humantime::format_duration(PARALLEL_WORKER_ATTACH_TIMEOUT),
-        humantime::format_duration(DEFAULT_ATTACH_TIMEOUT)
-    );
-    PARALLEL_WORKER_ATTACH_TIMEOUT
 }
 
 /// Where the debugger will listen: the node IP in direct mode, loopback otherwise.
