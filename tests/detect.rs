@@ -317,3 +317,48 @@ fn config_error_exits_1_with_the_message() {
     );
     assert!(out.stdout.is_empty(), "no report on a config error");
 }
+
+#[test]
+fn with_a_command_detect_decides_exactly_as_exec_would() {
+    let spawn =
+        "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=4, pipe_handle=6)";
+    let master = [("AZ_BATCH_IS_CURRENT_NODE_MASTER", "true")];
+    let ranked = [
+        ("SLURM_PROCID", "0"),
+        ("SLURM_NTASKS", "2"),
+        ("SLURM_JOB_ID", "1"),
+    ];
+    // (environment, command, verdict, reason fragment)
+    let cases: &[(&[(&str, &str)], &[&str], &str, &str)] = &[
+        (
+            &master,
+            &["python3", "-B", "-c", spawn, "--multiprocessing-fork"],
+            "candidate",
+            "a multiprocessing worker without a rank",
+        ),
+        (
+            &ranked,
+            &["torchrun", "--nproc_per_node", "4", "train.py"],
+            "not-target",
+            "torchrun starts the job's workers",
+        ),
+        (
+            &master,
+            &["python3", "driver/amlbi_main.py"],
+            "not-target",
+            "ParallelRunStep driver",
+        ),
+        (&[], &["python3", "train.py"], "target", "alone"),
+    ];
+    for (env, command, verdict, reason) in cases {
+        let mut args = vec!["--debug", "--ranks", "0", "--"];
+        args.extend_from_slice(command);
+        let (report, _) = detect_json(env, &args);
+        assert_eq!(
+            report["debug"]["verdict"], *verdict,
+            "{command:?}: {report}"
+        );
+        let said = report["debug"]["reason"].as_str().unwrap_or_default();
+        assert!(said.contains(reason), "{command:?}: {said}");
+    }
+}

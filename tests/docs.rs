@@ -79,6 +79,10 @@ const RUN: &[(&str, &str)] = &[
     ("amlx-agent launch-json --ranks 0-1", ""),
     ("openssl rand -base64 32", "="),
     (
+        "amlx-agent detect --debug -- python -m torch.distributed.run train.py",
+        "torchrun starts the job's workers",
+    ),
+    (
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 -subj /CN=relay.example -addext subjectAltName=DNS:relay.example -keyout key.pem -out cert.pem",
         "",
     ),

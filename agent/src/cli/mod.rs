@@ -99,7 +99,8 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         amlx-agent detect\n  \
         mpiexec -n 4 amlx-agent detect --json\n  \
-        RANK=3 WORLD_SIZE=8 amlx-agent detect --debug --ranks 0-3")]
+        RANK=3 WORLD_SIZE=8 amlx-agent detect --debug --ranks 0-3\n  \
+        amlx-agent detect --debug -- python -m torch.distributed.run train.py")]
     Detect(DetectArgs),
 
     /// Inspect this node's debug-port reservations.
@@ -218,6 +219,16 @@ pub struct DetectArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// The command `exec` would run (after `--`): the decision then takes it into account
+    /// as `exec` does (a launcher such as torchrun or a multiprocessing helper is never a
+    /// target; a spawned worker competes for a node slot) and the agents above this process.
+    #[arg(
+        trailing_var_arg = true,
+        value_name = "CMD",
+        help_heading = "Arguments"
+    )]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,11 +13,19 @@ use crate::cli::DetectArgs;
 use crate::config::Settings;
 use crate::netinfo::{self, NodeInfo};
 use crate::policy::{self, Decision, Policy, Verdict};
-use crate::role::{Detection, Launcher};
+use crate::process::lineage;
+use crate::role::{Detection, Launcher, ProcessEnv};
 
 pub fn run(args: &DetectArgs, settings: &Settings) -> anyhow::Result<i32> {
     let detection = super::detect_role(&args.role);
-    let decision = policy::decide(&settings.policy, &detection.role);
+    // With a command, exactly `exec`'s decision; without one, the launcher variables'.
+    let decision = if args.command.is_empty() {
+        policy::decide(&settings.policy, &detection.role)
+    } else {
+        let lineage = lineage::current(&ProcessEnv);
+        let facts = super::exec::step_facts(&args.command, lineage, &detection);
+        policy::decide_step(&settings.policy, &detection.role, &facts)
+    };
     let node = netinfo::discover(settings.node_ip);
     let report = Report {
         detection: &detection,

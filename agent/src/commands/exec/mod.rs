@@ -79,7 +79,11 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
 }
 
 /// What the command line and the agents above say about this process.
-fn step_facts(command: &[OsString], lineage: Lineage, detection: &Detection) -> StepFacts {
+pub(crate) fn step_facts(
+    command: &[OsString],
+    lineage: Lineage,
+    detection: &Detection,
+) -> StepFacts {
     let same_role_ancestor = match lineage {
         Lineage::Descendant {
             agent_pid,
