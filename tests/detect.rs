@@ -318,6 +318,9 @@ fn config_error_exits_1_with_the_message() {
     assert!(out.stdout.is_empty(), "no report on a config error");
 }
 
+/// (environment, command, verdict, reason fragment)
+type CommandCase<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str, &'a str);
+
 #[test]
 fn with_a_command_detect_decides_exactly_as_exec_would() {
     let spawn =
@@ -328,8 +331,7 @@ fn with_a_command_detect_decides_exactly_as_exec_would() {
         ("SLURM_NTASKS", "2"),
         ("SLURM_JOB_ID", "1"),
     ];
-    // (environment, command, verdict, reason fragment)
-    let cases: &[(&[(&str, &str)], &[&str], &str, &str)] = &[
+    let cases: &[CommandCase] = &[
         (
             &master,
             &["python3", "-B", "-c", spawn, "--multiprocessing-fork"],
