@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, poll};
 
 use super::{Wake, Watch, wait_session};
-use crate::session::dap::{self, Framer};
+use crate::session::dap::{self, AckScanner};
 use crate::session::sidecar::poll_timeout;
 use crate::session::{DebugMode, SessionSpec, clients_connected};
 
@@ -40,9 +40,24 @@ pub(super) fn release(
                 return;
             };
             let stream = TcpStream::from(socket);
-            match release_over(&stream, watch) {
-                Ok(()) => tracing::info!("released the step after the sidecar's death"),
-                Err(why) => tracing::warn!("could not release the step: {why}"),
+            // A refusal (debugpy not ready yet) is retried on the same connection, the
+            // only one there is in connect mode, for at most RELEASE_GRACE.
+            let deadline = Instant::now() + RELEASE_GRACE;
+            loop {
+                match release_over(&stream, watch) {
+                    Ok(()) => {
+                        tracing::info!("released the step after the sidecar's death");
+                        break;
+                    }
+                    Err(why) if Instant::now() >= deadline => {
+                        tracing::warn!("could not release the step: {why}");
+                        break;
+                    }
+                    Err(why) => tracing::debug!("release attempt failed: {why}"),
+                }
+                if wait_session(watch, None, None, RELEASE_RETRY_PAUSE) == Wake::SessionOver {
+                    break;
+                }
             }
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -96,8 +111,10 @@ fn release_listening(spec: &SessionSpec, watch: &Watch) {
     }
 }
 
-/// Sends the release requests over `stream` and waits (bounded) for the answer to
-/// `configurationDone`, then briefly for the one to `disconnect`.
+/// Sends the release requests over `stream` and waits (bounded) for debugpy's answer to
+/// `configurationDone`: success releases the step, a refusal is an error (retried). After
+/// a success it waits, within the same bound, for debugpy to take the `disconnect` and
+/// close.
 fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
     let fail = |what: &str, err: std::io::Error| format!("{what}: {err}");
     // Unread bytes from before (a half-read message) would confuse the answer parser.
@@ -116,7 +133,10 @@ fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
         .write_all(&dap::release_requests())
         .map_err(|e| fail("sending the release", e))?;
     let deadline = Instant::now() + RELEASE_ANSWER_TIMEOUT;
-    let mut framer = Framer::default();
+    // The one reading of debugpy's answer the sidecar's release uses too: only a
+    // *successful* configurationDone releases the step (debugpy refuses it while its
+    // adapter is not ready), and bytes that are not DAP are skipped to the next header.
+    let mut scanner = AckScanner::default();
     let mut acknowledged = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -132,6 +152,8 @@ fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
             Err(err) if err.kind() == ErrorKind::Interrupted => continue,
             Err(err) => return Err(fail("reading debugpy's answer", err)),
         };
+        // After the acknowledgement, debugpy answers `disconnect` and closes: closing
+        // first, before it has taken the disconnect, left the step held in tests.
         if n == 0 {
             return if acknowledged {
                 Ok(())
@@ -139,13 +161,13 @@ fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
                 Err("debugpy closed the connection before it answered".into())
             };
         }
-        framer.push(chunk.get(..n).unwrap_or_default());
-        for command in take_responses(&mut framer)? {
-            match command.as_str() {
-                "configurationDone" => acknowledged = true,
-                "disconnect" if acknowledged => return Ok(()),
-                _ => {}
-            }
+        if acknowledged {
+            continue;
+        }
+        match scanner.scan(chunk.get(..n).unwrap_or_default()) {
+            Some(true) => acknowledged = true,
+            Some(false) => return Err("debugpy refused configurationDone (not ready yet)".into()),
+            None => {}
         }
     }
 }
@@ -171,67 +193,6 @@ fn wait_readable(watch: &Watch, fd: BorrowedFd<'_>, timeout: Duration) -> Wake {
         }
         if fired(&fds[1]) {
             return Wake::Ready;
-        }
-    }
-}
-
-/// The commands of the responses among the complete DAP messages received so far
-/// (the one DAP framing, [`Framer`]); an error when debugpy's bytes are not DAP.
-fn take_responses(framer: &mut Framer) -> Result<Vec<String>, String> {
-    let mut commands = Vec::new();
-    while let Some(message) = framer
-        .next_message()
-        .map_err(|err| format!("debugpy's answer is not DAP: {err}"))?
-    {
-        commands.extend(message.response_command());
-    }
-    Ok(commands)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(json: &str) -> Vec<u8> {
-        format!("Content-Length: {}\r\n\r\n{json}", json.len()).into_bytes()
-    }
-
-    #[test]
-    fn responses_are_taken_off_complete_messages_only() {
-        let done = frame(
-            r#"{"seq": 4, "type": "response", "command": "configurationDone", "success": true}"#,
-        );
-        let event = frame(r#"{"seq": 2, "type": "event", "event": "initialized"}"#);
-        let mut whole = event.clone();
-        whole.extend_from_slice(&done);
-        // (input, the response commands, or None for an error; bytes left over)
-        let cases = [
-            (whole.clone(), Some(vec!["configurationDone"]), 0),
-            (
-                done.get(..done.len() - 3).unwrap_or_default().to_vec(),
-                Some(vec![]),
-                done.len() - 3,
-            ),
-            (event.clone(), Some(vec![]), 0),
-            (b"Content-Length: 99999999\r\n\r\n".to_vec(), None, 0),
-            (b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), None, 0),
-        ];
-        for (input, want, left) in cases {
-            let mut framer = Framer::default();
-            framer.push(&input);
-            let got = take_responses(&mut framer);
-            match want {
-                Some(commands) => {
-                    assert_eq!(got, Ok(commands.iter().map(|c| c.to_string()).collect()));
-                    assert_eq!(
-                        framer.buffered(),
-                        left,
-                        "{:?}",
-                        String::from_utf8_lossy(&input)
-                    );
-                }
-                None => assert!(got.is_err(), "{got:?}"),
-            }
         }
     }
 }
