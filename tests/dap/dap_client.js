@@ -74,9 +74,14 @@ async function runSession(spec, session, index) {
     console.log(JSON.stringify({ index, event: 'attach-sent' }));
     await initialized;
     await dc.setBreakpointsRequest({ source: { path: session.program }, breakpoints: [{ line: session.line }] });
+    // Listen for `stopped` before configurationDone: a breakpoint on the step's first
+    // lines is hit as soon as debugpy lets the step go, and an event that arrives before
+    // anyone listens is lost (the test then waited out its whole timeout).
+    const stoppedEvent = dc.waitForEvent('stopped', timeout);
+    stoppedEvent.catch(() => { /* awaited below; this only marks it handled */ });
     await dc.configurationDoneRequest();
     await attached;
-    const stopped = await dc.waitForEvent('stopped', timeout);
+    const stopped = await stoppedEvent;
     const threadId = stopped.body.threadId;
     const stack = await dc.stackTraceRequest({ threadId });
     const frame = stack.body.stackFrames[0];
