@@ -41,24 +41,8 @@ pub(super) fn release(
             };
             let stream = TcpStream::from(socket);
             // A refusal (debugpy not ready yet) is retried on the same connection, the
-            // only one there is in connect mode, for at most RELEASE_GRACE.
-            let deadline = Instant::now() + RELEASE_GRACE;
-            loop {
-                match release_over(&stream, watch) {
-                    Ok(()) => {
-                        tracing::info!("released the step after the sidecar's death");
-                        break;
-                    }
-                    Err(why) if Instant::now() >= deadline => {
-                        tracing::warn!("could not release the step: {why}");
-                        break;
-                    }
-                    Err(why) => tracing::debug!("release attempt failed: {why}"),
-                }
-                if wait_session(watch, None, None, RELEASE_RETRY_PAUSE) == Wake::SessionOver {
-                    break;
-                }
-            }
+            // only one there is in connect mode.
+            retry_release(watch, || release_over(&stream, watch));
             let _ = stream.shutdown(Shutdown::Both);
         }
         DebugMode::Listen | DebugMode::Direct if !spec.wait_for_client => {}
@@ -85,16 +69,23 @@ pub(super) fn release(
 /// [`RELEASE_GRACE`] until debugpy acknowledges `configurationDone`.
 fn release_listening(spec: &SessionSpec, watch: &Watch) {
     let address = spec.debugpy_address();
-    let deadline = Instant::now() + RELEASE_GRACE;
-    loop {
-        let outcome = TcpStream::connect_timeout(&address, RELEASE_CONNECT_TIMEOUT)
+    retry_release(watch, || {
+        TcpStream::connect_timeout(&address, RELEASE_CONNECT_TIMEOUT)
             .map_err(|err| format!("could not reach debugpy at {address}: {err}"))
             .and_then(|stream| {
                 let released = release_over(&stream, watch);
                 let _ = stream.shutdown(Shutdown::Both);
                 released
-            });
-        match outcome {
+            })
+    });
+}
+
+/// Runs `attempt` until it releases the step, the session ends, or [`RELEASE_GRACE`]
+/// has passed, pausing [`RELEASE_RETRY_PAUSE`] between attempts.
+fn retry_release(watch: &Watch, mut attempt: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + RELEASE_GRACE;
+    loop {
+        match attempt() {
             Ok(()) => {
                 tracing::info!("released the step after the sidecar's death");
                 return;
