@@ -5,11 +5,9 @@
 //! the `systemd` package (`apt-get install systemd`), never a running systemd; sends no
 //! network traffic (the relay binds 127.0.0.1 and nobody connects).
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 
 use crate::util::{self, DEADLINE};
 
@@ -464,14 +462,7 @@ fn relay_unit_serves_tls_from_its_credentials() {
         .spawn()
         .expect("spawn the unit's command line");
     let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = util::line_channel(stderr);
     let mut seen = Vec::new();
     let bound = loop {
         match lines.recv_timeout(DEADLINE) {

@@ -117,6 +117,26 @@ pub fn free_port_range(len: u16) -> (u16, u16) {
     panic!("found no {len} free consecutive ports in {ATTEMPTS} attempts");
 }
 
+/// The lines `reader` yields, sent one by one from a thread of their own, so a test can
+/// wait for a line with a bound (`recv_timeout`) without blocking on the pipe.
+pub fn line_channel(
+    reader: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(reader)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// Longest a test waits for a process or a condition before failing.
 pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Pause between two polls of a condition (polling, never synchronisation by itself).

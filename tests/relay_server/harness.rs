@@ -1,7 +1,6 @@
 //! Plumbing for the `relay serve` tests: the real binary on port 0, tokens, a tungstenite
 //! client, a raw frame-level client (for half-close) and raw HTTP (for status bodies).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
@@ -82,14 +81,7 @@ impl Relay {
             .spawn()
             .expect("spawn amlx-agent relay serve");
         let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = util::line_channel(stderr);
         let started = Instant::now();
         // Everything before the address line, so a refused start explains itself.
         let mut before = Vec::new();
