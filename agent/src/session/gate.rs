@@ -232,13 +232,19 @@ pub enum ReleaseError {
 
 /// Releases a held debuggee on its own connection: completes any half-written message,
 /// sends the release requests (see [`super::dap`]) and waits, bounded by
-/// [`super::dap::RELEASE_DRAIN_TIMEOUT`], for the answer to `configurationDone`.
+/// [`super::dap::RELEASE_DRAIN_TIMEOUT`], for the answer to `configurationDone`. After a
+/// success it goes on reading, within the same bound, until debugpy has taken the
+/// `disconnect` and closed: a caller that closed at once, with debugpy's answers unread,
+/// reset the connection under the adapter, which then left the step held (seen once
+/// in a loaded test run, as the keeper's blocking release had been).
 pub async fn release<D>(state: &mut GateState, debuggee: &mut D) -> Result<(), ReleaseError>
 where
     D: AsyncRead + AsyncWrite + Unpin,
 {
     let limit = super::dap::RELEASE_DRAIN_TIMEOUT;
-    let attempt = async {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = vec![0u8; CHUNK];
+    let acknowledge = async {
         state.flush(debuggee).await?;
         // A message the developer started but never finished is dropped, not completed:
         // the debuggee has seen none of it (only whole messages go through).
@@ -246,7 +252,6 @@ where
         debuggee.write_all(&super::dap::release_requests()).await?;
         debuggee.flush().await?;
         let mut scanner = AckScanner::default();
-        let mut buf = vec![0u8; CHUNK];
         loop {
             let n = debuggee.read(&mut buf).await?;
             if n == 0 {
@@ -262,10 +267,18 @@ where
             }
         }
     };
-    match tokio::time::timeout(limit, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(ReleaseError::NoAck(limit)),
+    match tokio::time::timeout_at(deadline, acknowledge).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return Err(err),
+        Err(_) => return Err(ReleaseError::NoAck(limit)),
     }
+    // The step runs on: what debugpy says after this does not matter, only that it has
+    // read everything before the connection goes.
+    let _ = tokio::time::timeout_at(deadline, async {
+        while debuggee.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! The gate against scripted developers and debuggees over in-memory pipes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
 use super::*;
@@ -151,4 +153,64 @@ async fn release_without_an_answer_is_bounded() {
     let mut state = GateState::default();
     let err = release(&mut state, &mut ours).await.expect_err("no answer");
     assert!(matches!(err, ReleaseError::NoAck(_)), "{err}");
+}
+
+/// A debuggee that acknowledges configurationDone, reads everything after it (the
+/// `disconnect`), waits `linger`, then closes; true once it has closed.
+fn acknowledging_debuggee(
+    mut theirs: tokio::io::DuplexStream,
+    linger: std::time::Duration,
+) -> (tokio::task::JoinHandle<()>, std::sync::Arc<AtomicBool>) {
+    let closed = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
+    let task = tokio::spawn(async move {
+        let mut framer = Framer::default();
+        let mut buf = [0u8; 4096];
+        let mut commands = Vec::new();
+        while !commands.iter().any(|c: &String| c == "disconnect") {
+            let n = theirs.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before disconnect");
+            framer.push(&buf[..n]);
+            while let Some(message) = framer.next_message().expect("dap") {
+                let command = message.request_command().unwrap_or_default();
+                if command == "configurationDone" {
+                    let body =
+                        r#"{"type":"response","command":"configurationDone","success":true}"#;
+                    let reply = format!("Content-Length: {}\r\n\r\n{body}", body.len());
+                    theirs.write_all(reply.as_bytes()).await.expect("reply");
+                }
+                commands.push(command.to_string());
+            }
+        }
+        tokio::time::sleep(linger).await;
+        flag.store(true, Ordering::Release);
+    });
+    (task, closed)
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_keeps_the_connection_until_the_debuggee_closes_it() {
+    // Closing right after the acknowledgement reset the connection before debugpy had
+    // taken the `disconnect`, and the step stayed held.
+    let (mut ours, theirs) = duplex(1 << 16);
+    let (debuggee, closed) = acknowledging_debuggee(theirs, std::time::Duration::from_millis(500));
+    let mut state = GateState::default();
+    release(&mut state, &mut ours).await.expect("acknowledged");
+    assert!(
+        closed.load(Ordering::Acquire),
+        "release returned before the debuggee closed"
+    );
+    debuggee.await.expect("debuggee");
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_of_a_debuggee_that_never_closes_is_bounded() {
+    let (mut ours, theirs) = duplex(1 << 16);
+    let (_debuggee, closed) = acknowledging_debuggee(theirs, std::time::Duration::from_secs(3600));
+    let mut state = GateState::default();
+    let started = tokio::time::Instant::now();
+    release(&mut state, &mut ours).await.expect("acknowledged");
+    assert!(state.configured());
+    assert!(!closed.load(Ordering::Acquire));
+    assert!(started.elapsed() <= crate::session::dap::RELEASE_DRAIN_TIMEOUT);
 }
