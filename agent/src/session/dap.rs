@@ -4,25 +4,37 @@
 //! `configurationDone`, and closing its socket does not release it (it waits forever).
 //! `--listen --wait-for-client` blocks the same way. What does release both is a
 //! debugger that attaches and leaves at once, so at the attach timeout the sidecar
-//! plays that debugger: `initialize`, `attach`, `configurationDone`, then
+//! plays that debugger: `initialize`, `attach`, `configurationDone`, then, once
+//! `configurationDone` is acknowledged and [`DISCONNECT_SETTLE`] has passed,
 //! `disconnect` with `terminateDebuggee: false`. This is plain Debug Adapter Protocol,
 //! understood by pydevd (connect mode) and by the debugpy adapter (listen mode) alike.
+//!
+//! Why the pause before `disconnect`: pydevd's `configurationDone` *sets* the event the
+//! waiting main thread polls, and its `disconnect` *clears* it again. Sent back to back,
+//! both are handled by pydevd's reader thread before a loaded machine schedules the main
+//! thread, which then never sees the event and waits forever (seen in debugpy's own
+//! logs: both requests answered, the main thread still in
+//! `block_until_configuration_done`).
 
 use std::time::Duration;
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How long to wait for the debuggee to answer before closing the socket anyway.
 pub const RELEASE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The four requests that let a waiting debuggee run on, framed as DAP messages.
+/// What the released debuggee is left to before `disconnect` is sent: long enough for
+/// its main thread to get the interpreter lock and leave its wait (milliseconds on an
+/// idle machine) on a loaded one.
+pub const DISCONNECT_SETTLE: Duration = Duration::from_secs(1);
+
+/// The requests that let a waiting debuggee run on, framed as DAP messages; the
+/// `disconnect` ([`disconnect_request`]) follows once `configurationDone` is answered.
 ///
 /// ```
 /// let bytes = amlx_agent::session::dap::release_requests();
 /// let text = String::from_utf8(bytes).unwrap();
 /// assert!(text.starts_with("Content-Length: "));
 /// assert!(text.contains(r#""command":"configurationDone""#));
-/// assert!(text.contains(r#""terminateDebuggee":false"#));
+/// assert!(!text.contains("disconnect"));
 /// // The attach carries arguments: an empty object fails in the debugpy adapter.
 /// assert!(text.contains(r#""name":"amlx-agent release""#));
 /// ```
@@ -37,42 +49,40 @@ pub fn release_requests() -> Vec<u8> {
         // listening debuggee waiting forever.
         ("attach", serde_json::json!({"name": "amlx-agent release"})),
         ("configurationDone", serde_json::json!({})),
-        (
-            "disconnect",
-            serde_json::json!({"terminateDebuggee": false}),
-        ),
     ];
     let mut out = Vec::new();
-    for (seq, (command, arguments)) in requests.into_iter().enumerate() {
-        let body = serde_json::json!({
-            "seq": seq + 1,
-            "type": "request",
-            "command": command,
-            "arguments": arguments,
-        })
-        .to_string();
-        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
-        out.extend_from_slice(body.as_bytes());
+    for (seq, (command, arguments)) in (1..).zip(requests) {
+        out.extend(request(seq, command, arguments));
     }
     out
 }
 
-/// Sends the release requests and drains the answers for a bounded time.
-pub async fn release<S>(stream: &mut S) -> std::io::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    stream.write_all(&release_requests()).await?;
-    stream.flush().await?;
-    let mut sink = [0u8; 4096];
-    // The answers themselves do not matter; reading until the debuggee closes (or the
-    // timeout) just avoids resetting the connection under its feet.
-    let _ = tokio::time::timeout(RELEASE_DRAIN_TIMEOUT, async {
-        while stream.read(&mut sink).await.map(|n| n > 0).unwrap_or(false) {}
+/// The `disconnect` that ends the release, leaving the debuggee running.
+///
+/// ```
+/// let text = String::from_utf8(amlx_agent::session::dap::disconnect_request()).unwrap();
+/// assert!(text.contains(r#""terminateDebuggee":false"#));
+/// ```
+pub fn disconnect_request() -> Vec<u8> {
+    request(
+        4,
+        "disconnect",
+        serde_json::json!({"terminateDebuggee": false}),
+    )
+}
+
+/// One DAP request, framed.
+fn request(seq: u32, command: &str, arguments: serde_json::Value) -> Vec<u8> {
+    let body = serde_json::json!({
+        "seq": seq,
+        "type": "request",
+        "command": command,
+        "arguments": arguments,
     })
-    .await;
-    let _ = stream.shutdown().await;
-    Ok(())
+    .to_string();
+    let mut out = format!("Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
 }
 
 /// The longest header section (everything before the blank line) a DAP peer may send:

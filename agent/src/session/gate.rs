@@ -233,16 +233,15 @@ pub enum ReleaseError {
 /// Releases a held debuggee on its own connection: completes any half-written message,
 /// sends the release requests (see [`super::dap`]) and waits, bounded by
 /// [`super::dap::RELEASE_DRAIN_TIMEOUT`], for the answer to `configurationDone`. After a
-/// success it goes on reading, within the same bound, until debugpy has taken the
-/// `disconnect` and closed: a caller that closed at once, with debugpy's answers unread,
-/// reset the connection under the adapter, which then left the step held (seen once
-/// in a loaded test run, as the keeper's blocking release had been).
+/// success it leaves the debuggee [`super::dap::DISCONNECT_SETTLE`] to run on, sends the
+/// `disconnect`, and reads on, within the same bound again, until debugpy has taken it
+/// and closed: closing at once, with debugpy's answers unread, resets the connection
+/// under the adapter.
 pub async fn release<D>(state: &mut GateState, debuggee: &mut D) -> Result<(), ReleaseError>
 where
     D: AsyncRead + AsyncWrite + Unpin,
 {
     let limit = super::dap::RELEASE_DRAIN_TIMEOUT;
-    let deadline = tokio::time::Instant::now() + limit;
     let mut buf = vec![0u8; CHUNK];
     let acknowledge = async {
         state.flush(debuggee).await?;
@@ -267,15 +266,26 @@ where
             }
         }
     };
-    match tokio::time::timeout_at(deadline, acknowledge).await {
+    match tokio::time::timeout(limit, acknowledge).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => return Err(err),
         Err(_) => return Err(ReleaseError::NoAck(limit)),
     }
-    // The step runs on: what debugpy says after this does not matter, only that it has
-    // read everything before the connection goes.
-    let _ = tokio::time::timeout_at(deadline, async {
-        while debuggee.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    // The step runs on whatever happens from here: failures only end the release early.
+    let _ = tokio::time::timeout(super::dap::DISCONNECT_SETTLE + limit, async {
+        // Read (and drop) what debugpy says meanwhile, so nothing waits on a full buffer.
+        let _ = tokio::time::timeout(super::dap::DISCONNECT_SETTLE, async {
+            while debuggee.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        if debuggee
+            .write_all(&super::dap::disconnect_request())
+            .await
+            .is_ok()
+            && debuggee.flush().await.is_ok()
+        {
+            while debuggee.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        }
     })
     .await;
     Ok(())

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
 use super::*;
-use crate::session::dap::{Framer, MAX_HEADER_BYTES};
+use crate::session::dap::{DISCONNECT_SETTLE, Framer, MAX_HEADER_BYTES};
 
 fn request(command: &str) -> Vec<u8> {
     let body = format!(r#"{{"seq":1,"type":"request","command":"{command}"}}"#);
@@ -167,6 +167,7 @@ fn acknowledging_debuggee(
         let mut framer = Framer::default();
         let mut buf = [0u8; 4096];
         let mut commands = Vec::new();
+        let mut acknowledged_at = None;
         while !commands.iter().any(|c: &String| c == "disconnect") {
             let n = theirs.read(&mut buf).await.expect("read");
             assert!(n > 0, "closed before disconnect");
@@ -178,6 +179,13 @@ fn acknowledging_debuggee(
                         r#"{"type":"response","command":"configurationDone","success":true}"#;
                     let reply = format!("Content-Length: {}\r\n\r\n{body}", body.len());
                     theirs.write_all(reply.as_bytes()).await.expect("reply");
+                    acknowledged_at = Some(tokio::time::Instant::now());
+                }
+                if command == "disconnect" {
+                    // pydevd's disconnect undoes configurationDone for a main thread
+                    // that has not yet seen it: it must come after the settle.
+                    let at = acknowledged_at.expect("disconnect after configurationDone");
+                    assert!(at.elapsed() >= DISCONNECT_SETTLE, "disconnect too soon");
                 }
                 commands.push(command.to_string());
             }
@@ -212,5 +220,6 @@ async fn release_of_a_debuggee_that_never_closes_is_bounded() {
     release(&mut state, &mut ours).await.expect("acknowledged");
     assert!(state.configured());
     assert!(!closed.load(Ordering::Acquire));
-    assert!(started.elapsed() <= crate::session::dap::RELEASE_DRAIN_TIMEOUT);
+    let bound = crate::session::dap::RELEASE_DRAIN_TIMEOUT * 2 + DISCONNECT_SETTLE;
+    assert!(started.elapsed() <= bound);
 }

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, poll};
 
 use super::{Wake, Watch, wait_session};
+use crate::ports::connections::established_on;
 use crate::session::dap::{self, AckScanner};
 use crate::session::sidecar::poll_timeout;
-use crate::session::{DebugMode, SessionSpec, clients_connected};
+use crate::session::{DebugMode, SessionSpec};
 
 /// How long the keeper keeps trying to release a waiting step after the sidecar died.
 pub const RELEASE_GRACE: Duration = Duration::from_secs(10);
@@ -56,7 +57,7 @@ pub(super) fn release(
                     return;
                 }
             }
-            if clients_connected(spec.port) {
+            if established_on(spec.port) {
                 tracing::info!("a debugger is attached to debugpy: it releases the step");
                 return;
             }
@@ -104,8 +105,8 @@ fn retry_release(watch: &Watch, mut attempt: impl FnMut() -> Result<(), String>)
 
 /// Sends the release requests over `stream` and waits (bounded) for debugpy's answer to
 /// `configurationDone`: success releases the step, a refusal is an error (retried). After
-/// a success it waits, within the same bound, for debugpy to take the `disconnect` and
-/// close.
+/// a success it leaves the step [`dap::DISCONNECT_SETTLE`] to run on, sends `disconnect`
+/// and waits, within the same bound again, for debugpy to take it and close.
 fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
     let fail = |what: &str, err: std::io::Error| format!("{what}: {err}");
     // Unread bytes from before (a half-read message) would confuse the answer parser.
@@ -128,37 +129,58 @@ fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
     // *successful* configurationDone releases the step (debugpy refuses it while its
     // adapter is not ready), and bytes that are not DAP are skipped to the next header.
     let mut scanner = AckScanner::default();
-    let mut acknowledged = false;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let socket = stream.as_fd();
-        match wait_readable(watch, socket, left) {
-            Wake::Ready => {}
-            Wake::SessionOver => return Ok(()),
-            Wake::Timeout if acknowledged => return Ok(()),
-            Wake::Timeout => return Err("debugpy did not answer the release in time".into()),
-        }
-        let n = match (&*stream).read(&mut chunk) {
-            Ok(n) => n,
-            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
-            Err(err) => return Err(fail("reading debugpy's answer", err)),
+        let n = match read_before(stream, watch, deadline, &mut chunk)? {
+            Some(n) => n,
+            None => return Ok(()),
         };
-        // After the acknowledgement, debugpy answers `disconnect` and closes: closing
-        // first, before it has taken the disconnect, left the step held in tests.
         if n == 0 {
-            return if acknowledged {
-                Ok(())
-            } else {
-                Err("debugpy closed the connection before it answered".into())
-            };
-        }
-        if acknowledged {
-            continue;
+            return Err("debugpy closed the connection before it answered".into());
         }
         match scanner.scan(chunk.get(..n).unwrap_or_default()) {
-            Some(true) => acknowledged = true,
+            Some(true) => break,
             Some(false) => return Err("debugpy refused configurationDone (not ready yet)".into()),
             None => {}
+        }
+    }
+    // Released. The step's main thread must leave its wait before `disconnect` clears
+    // what released it (see `dap::DISCONNECT_SETTLE`).
+    if wait_session(watch, None, None, dap::DISCONNECT_SETTLE) == Wake::SessionOver {
+        return Ok(());
+    }
+    if (&*stream).write_all(&dap::disconnect_request()).is_err() {
+        return Ok(());
+    }
+    // debugpy answers `disconnect` and closes: closing first, before it has taken the
+    // disconnect, left the step held in tests. Failures here change nothing any more.
+    let deadline = Instant::now() + RELEASE_ANSWER_TIMEOUT;
+    while let Ok(Some(n)) = read_before(stream, watch, deadline, &mut chunk) {
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads what `stream` has before `deadline`: `Ok(None)` when the session ended first,
+/// an error when the deadline passed or the read failed.
+fn read_before(
+    stream: &TcpStream,
+    watch: &Watch,
+    deadline: Instant,
+    chunk: &mut [u8],
+) -> Result<Option<usize>, String> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match wait_readable(watch, stream.as_fd(), left) {
+            Wake::Ready => {}
+            Wake::SessionOver => return Ok(None),
+            Wake::Timeout => return Err("debugpy did not answer the release in time".into()),
+        }
+        match (&*stream).read(chunk) {
+            Ok(n) => return Ok(Some(n)),
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+            Err(err) => return Err(format!("reading debugpy's answer: {err}")),
         }
     }
 }
