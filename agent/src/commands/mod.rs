@@ -22,7 +22,8 @@ pub const EXIT_AGENT_ERROR: i32 = 1;
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    let verbosity = i8::try_from(i16::from(cli.verbose) - i16::from(cli.quiet)).unwrap_or(0);
+    let verbosity =
+        i8::try_from(i16::from(cli.global.verbose) - i16::from(cli.global.quiet)).unwrap_or(0);
     // A step written for the prior art carries its own debug arguments: a settings layer.
     let prior_art = match &cli.command {
         Command::Exec(args) => Some(prior_art::read(&args.command)),
@@ -34,7 +35,7 @@ pub fn run(cli: Cli) -> i32 {
     let settings = config::load(&flags_for(&cli, hints.as_ref()), &ProcessEnv);
     let format = match &settings {
         Ok(settings) => settings.log_format,
-        Err(_) => cli.log_format,
+        Err(_) => cli.global.log_format,
     };
     logging::init(format.unwrap_or(LogFormat::Text), verbosity);
     for warning in prior_art.iter().flat_map(|p| &p.warnings) {
@@ -65,7 +66,7 @@ pub fn run(cli: Cli) -> i32 {
             .and_then(|s| status::run(args, &s)),
         Command::Demo(args) => settings
             .map_err(Into::into)
-            .and_then(|s| demo::run(args, &s, cli.config.as_deref())),
+            .and_then(|s| demo::run(args, &s, cli.global.config.as_deref())),
     };
     report(result)
 }
@@ -82,8 +83,8 @@ fn step_hints(prior: &PriorArt) -> StepHints {
 /// Which command-line values take part in config layering, per subcommand.
 fn flags_for<'a>(cli: &'a Cli, step: Option<&'a StepHints>) -> Flags<'a> {
     let base = Flags {
-        config: cli.config.as_deref(),
-        log_format: cli.log_format,
+        config: cli.global.config.as_deref(),
+        log_format: cli.global.log_format,
         ..Flags::default()
     };
     match &cli.command {

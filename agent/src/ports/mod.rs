@@ -19,8 +19,10 @@
 //!
 //! Modules: [`lockdir`] (which directory, creating it), [`lockfile`] (opening and probing
 //! a port's lock file), [`record`] (the holder record), `reserve` (reservation, bind probe,
-//! slot limit), [`listing`] (what `ports list` shows).
+//! slot limit), [`listing`] (what `ports list` shows), [`connections`] (whether a
+//! developer is connected to a port).
 
+pub mod connections;
 pub mod listing;
 pub mod lockdir;
 pub mod lockfile;

@@ -8,7 +8,6 @@ mod attach;
 mod connect;
 pub mod dap;
 mod direct;
-pub(crate) use direct::clients_connected;
 pub mod gate;
 pub mod keeper;
 mod listen;
