@@ -9,9 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use amlx_agent::inject::{
-    self, DEBUGPY_CHECK_TIMEOUT, DebugpyOptions, Endpoint, InjectError, InjectMode, Plan,
-};
+use amlx_agent::inject::bootstrap::{self, Report};
+use amlx_agent::inject::{self, DebugpyOptions, Endpoint, InjectMode, Plan};
 use amlx_agent::session::DebugMode;
 
 /// Upper bound for a debugged step to finish (debugpy's adapter start dominates).
@@ -94,14 +93,19 @@ impl Drop for KillOnPanic {
 }
 
 fn injected_command(argv: &[OsString], endpoint: Endpoint) -> (Command, Vec<OsString>) {
+    injected_with(argv, endpoint, DebugpyOptions::default())
+}
+
+fn injected_with(
+    argv: &[OsString],
+    endpoint: Endpoint,
+    options: DebugpyOptions,
+) -> (Command, Vec<OsString>) {
     let env: HashMap<String, String> = HashMap::new();
     let Plan::Debugpy(python) = inject::plan(InjectMode::Auto, argv, &env).expect("plans") else {
         panic!("{argv:?} should be injected");
     };
-    inject::check_debugpy(&python, DEBUGPY_CHECK_TIMEOUT)
-        .expect("debugpy is installed (tests/requirements.txt)");
-    let injected =
-        inject::rewrite(&python, &endpoint, &DebugpyOptions::default()).expect("rewrites");
+    let injected = inject::rewrite(&python, &endpoint, &options).expect("rewrites");
     let mut cmd = Command::new(&injected.argv[0]);
     cmd.args(&injected.argv[1..])
         .envs(injected.env.iter().cloned())
@@ -136,12 +140,20 @@ fn listen_mode_runs_the_step_under_debugpy_to_completion() {
         port,
         node_ip: None,
     };
-    let (cmd, rewritten) = injected_command(&argv, endpoint);
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    let options = DebugpyOptions {
+        report_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&write)),
+        ..DebugpyOptions::default()
+    };
+    let (cmd, rewritten) = injected_with(&argv, endpoint, options);
     assert!(
-        rewritten.contains(&OsString::from("debugpy")),
+        rewritten.contains(&OsString::from(bootstrap::LAUNCHER)),
         "{rewritten:?}"
     );
-    let report = report(&run_bounded(cmd, STEP_DEADLINE));
+    let output = run_bounded(cmd, STEP_DEADLINE);
+    drop(write);
+    assert_eq!(read_pipe(read), Report::Started);
+    let report = report(&output);
     assert_eq!(report["loaded"], true);
     assert_eq!(report["running"], "true");
     assert_eq!(report["hook"], "debugpy.breakpoint");
@@ -358,58 +370,113 @@ fn accept_within(listener: &TcpListener, deadline: Duration) -> TcpStream {
     }
 }
 
-#[test]
-fn availability_check_reports_a_missing_debugpy_with_the_fix() {
-    // -S drops site-packages, where the test requirements put debugpy.
-    let python = inject::python_argv::parse(&words(&["python3", "-S", "s.py"])).expect("parses");
-    let err = inject::check_debugpy(&python, DEBUGPY_CHECK_TIMEOUT).expect_err("missing");
-    assert!(matches!(err, InjectError::DebugpyMissing { .. }), "{err}");
-    let message = err.to_string();
-    assert!(message.contains("python3 -S"), "{message}");
-    assert!(message.contains("pip install debugpy"), "{message}");
-    assert!(!message.contains('\n'), "{message}");
+/// What a step sees when it runs without debugpy (it must not need debugpy itself).
+const PLAIN_STEP: &str = r#"
+import json, os, sys
+print(json.dumps({
+    "argv": sys.argv,
+    "name": __name__,
+    "path0": sys.path[0],
+    "hook": os.environ.get("PYTHONBREAKPOINT"),
+    "bootstrap": "AMLX_DEBUGPY_BOOTSTRAP" in os.environ,
+    "debugpy": "debugpy" in sys.modules,
+}))
+sys.exit(7)
+"#;
+
+/// Everything the bootstrap wrote to its report pipe, read as the sidecar reads it.
+fn read_pipe(read: std::os::fd::OwnedFd) -> Report {
+    let mut bytes = Vec::new();
+    std::fs::File::from(read)
+        .read_to_end(&mut bytes)
+        .expect("read the report pipe");
+    bootstrap::read_report(&bytes)
+}
+
+/// Runs `argv` through the bootstrap with `python3 -S` (no site-packages, so no debugpy:
+/// the test requirements put it there) and its report on a pipe.
+fn without_debugpy(dir: &Path, argv: &[&str], fail: bool) -> (Output, Report) {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    let options = DebugpyOptions {
+        report_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&write)),
+        fail_without_debugpy: fail,
+        ..DebugpyOptions::default()
+    };
+    let endpoint = Endpoint {
+        mode: DebugMode::Connect,
+        port: 1,
+        node_ip: None,
+    };
+    let (mut cmd, _) = injected_with(&words(argv), endpoint, options);
+    cmd.current_dir(dir);
+    let output = run_bounded(cmd, STEP_DEADLINE);
+    drop(write);
+    (output, read_pipe(read))
 }
 
 #[test]
-fn availability_check_names_an_interpreter_that_does_not_exist() {
-    let python =
-        inject::python_argv::parse(&words(&["/nonexistent/python3", "s.py"])).expect("parses");
-    let err = inject::check_debugpy(&python, DEBUGPY_CHECK_TIMEOUT).expect_err("no such file");
-    assert!(
-        matches!(err, InjectError::InterpreterNotRunnable { .. }),
-        "{err}"
-    );
-    assert!(err.to_string().contains("/nonexistent/python3"), "{err}");
-}
-
-#[test]
-fn availability_check_kills_an_interpreter_that_hangs() {
+fn without_debugpy_the_step_runs_in_the_same_interpreter_and_the_sidecar_hears_why() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pid_file = dir.path().join("pid");
-    // A sitecustomize on the env prefix's PYTHONPATH hangs the interpreter at startup.
-    std::fs::write(
-        dir.path().join("sitecustomize.py"),
-        format!(
-            "import os, time\nopen({:?}, 'w').write(str(os.getpid()))\ntime.sleep(300)\n",
-            pid_file.display().to_string()
+    std::fs::write(dir.path().join("plain.py"), PLAIN_STEP).expect("write plain.py");
+    let script = dir.path().join("plain.py").display().to_string();
+    let real_dir = std::fs::canonicalize(dir.path()).expect("canonical dir");
+    // Each target kind, with its arguments, as `python3 -S <target> <args>` runs it.
+    let cases: Vec<(Vec<&str>, serde_json::Value, Option<String>)> = vec![
+        (
+            vec!["python3", "-S", &script, "a", "b c", "é"],
+            serde_json::json!([&script, "a", "b c", "é"]),
+            Some(real_dir.display().to_string()),
         ),
-    )
-    .expect("write sitecustomize.py");
-    let assignment = format!("PYTHONPATH={}", dir.path().display());
-    let argv = words(&["env", &assignment, "python3", "s.py"]);
-    let python = inject::python_argv::parse(&argv).expect("parses");
-    let timeout = Duration::from_secs(5);
-    let err = inject::check_debugpy(&python, timeout).expect_err("hangs");
-    assert!(matches!(err, InjectError::CheckTimedOut { .. }), "{err}");
-    let pid =
-        std::fs::read_to_string(&pid_file).expect("the interpreter started and wrote its pid");
-    let proc_dir = Path::new("/proc").join(pid.trim());
-    let start = Instant::now();
-    while proc_dir.exists() {
+        (
+            vec!["python3", "-S", "-m", "plain", "a"],
+            serde_json::json!([&script, "a"]),
+            None,
+        ),
+        (
+            vec!["python3", "-S", "-c", "exec(open('plain.py').read())", "a"],
+            serde_json::json!(["-c", "a"]),
+            None,
+        ),
+    ];
+    for (argv, want_argv, want_path0) in cases {
+        let (output, report) = without_debugpy(dir.path(), &argv, false);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(7), "{argv:?}: {stderr}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let seen: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}: {stdout} {stderr}"));
+        assert_eq!(seen["argv"], want_argv, "{argv:?}");
+        assert_eq!(seen["name"], "__main__", "{argv:?}");
+        if let Some(path0) = &want_path0 {
+            assert_eq!(seen["path0"], path0.as_str(), "{argv:?}");
+        }
+        // The debugger's leftovers are gone: no hook into a missing debugpy, no text.
+        assert_eq!(seen["hook"], serde_json::Value::Null, "{argv:?}");
+        assert_eq!(seen["bootstrap"], false, "{argv:?}");
+        assert_eq!(seen["debugpy"], false, "{argv:?}");
         assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "interpreter {pid} still alive after the check gave up"
+            stderr.contains("debugging disabled for this run"),
+            "{stderr}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(stderr.contains("pip install debugpy"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        match report {
+            Report::Missing(why) => {
+                assert!(why.contains("No module named 'debugpy'"), "{why}");
+            }
+            other => panic!("{argv:?}: the sidecar heard {other:?}"),
+        }
     }
+}
+
+#[test]
+fn without_debugpy_and_on_debug_failure_fail_the_step_does_not_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("plain.py"), PLAIN_STEP).expect("write plain.py");
+    let (output, report) = without_debugpy(dir.path(), &["python3", "-S", "plain.py"], true);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty(), "the step ran");
+    assert!(stderr.contains("--on-debug-failure fail"), "{stderr}");
+    assert!(matches!(report, Report::Missing(_)), "{report:?}");
 }

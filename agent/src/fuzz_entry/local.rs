@@ -261,8 +261,10 @@ pub fn duration_text(data: &[u8]) {
 
 /// A step's argv (NUL-separated words) through prior-art reading, the injection plan and
 /// the debugpy rewrite for every mode. The first byte picks the inject mode and whether
-/// debugpy already runs.
+/// debugpy already runs. The same bytes are also read as a bootstrap report (what an
+/// injected step writes to its sidecar).
 pub fn inject_python_argv(data: &[u8]) {
+    let _ = inject::bootstrap::read_report(data);
     let (shape, rest) = selector(data);
     let argv: Vec<OsString> = rest
         .split(|b| *b == 0)
@@ -297,6 +299,7 @@ pub fn inject_python_argv(data: &[u8]) {
         let options = DebugpyOptions {
             wait_for_client: shape & 8 != 0,
             sub_process: shape & 16 != 0,
+            ..DebugpyOptions::default()
         };
         let _ = inject::rewrite(&python, &endpoint, &options);
     }

@@ -1,11 +1,13 @@
 //! Debugger injection: how the step's argv is rewritten to run under debugpy.
 //!
-//! Three steps, each callable on its own:
+//! Two steps, each callable on its own:
 //! 1. [`plan`] reads the argv and the `--inject` mode: run under debugpy, or leave the
 //!    command alone (only `AMLX_DEBUG_*` exported) with a reason, or an error.
-//! 2. [`check_debugpy`] asks the step's own interpreter whether it can import debugpy.
-//! 3. [`rewrite`] builds `python <interpreter options> -m debugpy <debugpy options>
-//!    <target> <args>` for an [`Endpoint`], plus the environment additions.
+//! 2. [`rewrite`] builds `python <interpreter options> -c <bootstrap launcher> <target>
+//!    <args>` for an [`Endpoint`], plus the environment additions: the [`bootstrap`]
+//!    runs what `python -m debugpy <debugpy options> <target> <args>` runs when the
+//!    step's interpreter can import debugpy, and the target without it (saying why)
+//!    when it cannot, in one interpreter either way.
 //!
 //! debugpy 1.8 facts this relies on (read in `debugpy/server/cli.py` and `api.py`):
 //! - `--connect` blocks the step before its first line until the IDE has sent
@@ -37,7 +39,7 @@
 //!   Children still inherit `DEBUGPY_RUNNING=true`, so an agent in front of a child
 //!   reports that it cannot inject there.
 
-mod debugpy;
+pub mod bootstrap;
 pub mod prior_art;
 pub mod python_argv;
 
@@ -50,7 +52,6 @@ use crate::process::command_line;
 use crate::role::Env;
 use crate::session::{DebugMode, keyword_enum};
 
-pub use debugpy::{DEBUGPY_CHECK_TIMEOUT, check_debugpy};
 pub use prior_art::PriorArt;
 pub use python_argv::{NotInjectable, PythonCommand, Target};
 
@@ -116,27 +117,6 @@ pub enum InjectError {
     AlreadyDebugged,
     #[error("direct mode needs the node's IP address to listen on; pass --node-ip")]
     NoNodeIp,
-    #[error(
-        "debugpy is not importable by `{python}`{detail}: install it in the step's environment (`{interpreter} -m pip install debugpy`) or use --inject none"
-    )]
-    DebugpyMissing {
-        python: String,
-        interpreter: String,
-        /// `: <last stderr line>` when the check printed something, else empty.
-        detail: String,
-    },
-    #[error("could not run `{python}` to look for debugpy: {source}")]
-    InterpreterNotRunnable {
-        python: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "`{python}` did not answer whether debugpy is installed within {timeout:?}; it was killed"
-    )]
-    CheckTimedOut {
-        python: String,
-        timeout: std::time::Duration,
-    },
 }
 
 /// Decides whether the step runs under debugpy.
@@ -201,21 +181,28 @@ pub struct DebugpyOptions {
     /// Let debugpy follow Python child processes (debugpy's own default; off here, see
     /// the module docs).
     pub sub_process: bool,
+    /// Where the bootstrap reports whether debugpy could be imported (a pipe the step
+    /// inherits); `None`: nowhere.
+    pub report_fd: Option<std::os::fd::RawFd>,
+    /// `--on-debug-failure fail`: without debugpy the step exits 1 instead of running.
+    pub fail_without_debugpy: bool,
 }
 
 /// The rewritten command and what to add to its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Injected {
-    /// `[env NAME=VALUE...] python <options> -m debugpy ... <target> <args>`.
+    /// `[env NAME=VALUE...] python <options> -c <launcher> <target> <args>`.
     pub argv: Vec<OsString>,
-    /// Variables to add to the step's environment.
+    /// Variables to add to the step's environment (the bootstrap text among them).
     pub env: Vec<(OsString, OsString)>,
+    /// What debugpy's command line gets in front of the target (`--connect ADDR …`).
+    pub debugpy_args: Vec<String>,
 }
 
-/// Builds the debugpy command line for `python` at `endpoint`.
+/// Builds the command line that runs `python` under debugpy at `endpoint`.
 ///
 /// ```
-/// use amlx_agent::inject::{self, DebugpyOptions, Endpoint, python_argv};
+/// use amlx_agent::inject::{self, bootstrap, DebugpyOptions, Endpoint, python_argv};
 /// use amlx_agent::session::DebugMode;
 /// let argv = ["python3", "-u", "step.py", "--lr", "0.1"].map(Into::into);
 /// let python = python_argv::parse(&argv).unwrap();
@@ -223,8 +210,11 @@ pub struct Injected {
 /// let injected = inject::rewrite(&python, &endpoint, &DebugpyOptions::default()).unwrap();
 /// assert_eq!(
 ///     injected.argv.join(" ".as_ref()),
-///     "python3 -u -Xfrozen_modules=off -m debugpy --connect 127.0.0.1:5678 \
-///      --configure-subProcess false step.py --lr 0.1"
+///     format!("python3 -u -Xfrozen_modules=off -c {} step.py --lr 0.1", bootstrap::LAUNCHER)
+/// );
+/// assert_eq!(
+///     injected.debugpy_args.join(" "),
+///     "--connect 127.0.0.1:5678 --configure-subProcess false"
 /// );
 /// ```
 pub fn rewrite(
@@ -233,24 +223,24 @@ pub fn rewrite(
     options: &DebugpyOptions,
 ) -> Result<Injected, InjectError> {
     let address = endpoint.address()?;
+    let switch = match endpoint.mode {
+        DebugMode::Connect => "--connect",
+        DebugMode::Listen | DebugMode::Direct => "--listen",
+    };
+    // SocketAddr prints IPv6 as [addr]:port, which debugpy strips back to addr.
+    let mut debugpy_args = vec![switch.to_owned(), address.to_string()];
+    if options.wait_for_client && endpoint.mode != DebugMode::Connect {
+        debugpy_args.push("--wait-for-client".to_owned());
+    }
+    let sub_process = if options.sub_process { "true" } else { "false" };
+    debugpy_args.extend(["--configure-subProcess".to_owned(), sub_process.to_owned()]);
     let mut argv: Vec<OsString> = python.prefix.clone();
     argv.push(python.interpreter.clone());
     argv.extend(python.options.iter().cloned());
     if !python.has_x_option("frozen_modules") {
         argv.push(FROZEN_MODULES_OFF.into());
     }
-    argv.extend(["-m", "debugpy"].map(OsString::from));
-    let switch = match endpoint.mode {
-        DebugMode::Connect => "--connect",
-        DebugMode::Listen | DebugMode::Direct => "--listen",
-    };
-    // SocketAddr prints IPv6 as [addr]:port, which debugpy strips back to addr.
-    argv.extend([switch.into(), address.to_string().into()]);
-    if options.wait_for_client && endpoint.mode != DebugMode::Connect {
-        argv.push("--wait-for-client".into());
-    }
-    let sub_process = if options.sub_process { "true" } else { "false" };
-    argv.extend(["--configure-subProcess", sub_process].map(OsString::from));
+    argv.extend(["-c", bootstrap::LAUNCHER].map(OsString::from));
     match &python.target {
         Target::Script(script) => argv.push(script.clone()),
         Target::Module(module) => argv.extend(["-m".into(), module.clone()]),
@@ -258,9 +248,18 @@ pub fn rewrite(
     }
     argv.extend(python.args.iter().cloned());
     let (key, value) = PYTHONBREAKPOINT;
+    let text = bootstrap::text(
+        &debugpy_args,
+        options.report_fd,
+        options.fail_without_debugpy,
+    );
     Ok(Injected {
         argv,
-        env: vec![(key.into(), value.into())],
+        env: vec![
+            (key.into(), value.into()),
+            (bootstrap::BOOTSTRAP_VAR.into(), text.into()),
+        ],
+        debugpy_args,
     })
 }
 

@@ -134,13 +134,25 @@ fn plan_by_mode_and_command() {
     }
 }
 
+/// The rewritten command line, shown as the `python -m debugpy …` command it amounts to:
+/// the bootstrap launcher pair is replaced by `-m debugpy` and the debugpy arguments the
+/// bootstrap puts in front of the target.
 fn rewritten(words: &[&str], endpoint: Endpoint, options: DebugpyOptions) -> String {
     let python = python_argv::parse(&argv(words)).expect("a Python command");
-    joined(
-        &rewrite(&python, &endpoint, &options)
-            .expect("rewrites")
-            .argv,
-    )
+    let injected = rewrite(&python, &endpoint, &options).expect("rewrites");
+    let launcher = injected
+        .argv
+        .windows(2)
+        .position(|pair| pair[0] == "-c" && pair[1] == bootstrap::LAUNCHER)
+        .expect("the bootstrap launcher");
+    let mut shown = injected.argv.clone();
+    let debugpy: Vec<OsString> = ["-m", "debugpy"]
+        .into_iter()
+        .map(OsString::from)
+        .chain(injected.debugpy_args.iter().map(OsString::from))
+        .collect();
+    shown.splice(launcher..launcher + 2, debugpy);
+    joined(&shown)
 }
 
 #[test]
@@ -149,11 +161,11 @@ fn rewrite_by_mode() {
     let v6 = Some(IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 7)));
     let wait = DebugpyOptions {
         wait_for_client: true,
-        sub_process: false,
+        ..DebugpyOptions::default()
     };
     let follow_children = DebugpyOptions {
-        wait_for_client: false,
         sub_process: true,
+        ..DebugpyOptions::default()
     };
     let at = |mode, node_ip| Endpoint {
         mode,
@@ -279,11 +291,21 @@ fn rewrite_exports_the_breakpoint_hook() {
         port: 1,
         node_ip: None,
     };
-    let injected = rewrite(&python, &endpoint, &DebugpyOptions::default()).expect("rewrites");
+    let options = DebugpyOptions {
+        report_fd: Some(9),
+        ..DebugpyOptions::default()
+    };
+    let injected = rewrite(&python, &endpoint, &options).expect("rewrites");
     assert_eq!(
-        injected.env,
-        vec![("PYTHONBREAKPOINT".into(), "debugpy.breakpoint".into())]
+        injected.env[0],
+        ("PYTHONBREAKPOINT".into(), "debugpy.breakpoint".into())
     );
+    // The bootstrap text rides along, with the debugpy arguments and the report pipe.
+    let (key, text) = &injected.env[1];
+    assert_eq!(key, bootstrap::BOOTSTRAP_VAR);
+    let text = text.to_string_lossy();
+    assert!(text.starts_with("AMLX_REPORT_FD = 9\n"), "{text}");
+    assert!(text.contains(r#"["--listen","127.0.0.1:1","--configure-subProcess","false"]"#));
 }
 
 #[test]

@@ -15,11 +15,13 @@ pub mod report;
 pub mod sidecar;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::inject::bootstrap::{self, Report};
 use crate::publish::SessionState;
 use crate::relay::client::Endpoint;
 use report::Reporter;
@@ -169,8 +171,15 @@ impl SessionSpec {
 
 /// The sidecar's whole life: returns its exit code. Reports readiness through `ready`
 /// before the step starts, then serves the session until the step dies or the lifeline
-/// closes (see [`Lifeline::ended`]).
-pub fn run_sidecar(spec: SessionSpec, mut ready: ReadySignal, lifeline: Lifeline) -> i32 {
+/// closes (see [`Lifeline::ended`]), or the step's bootstrap reports through `bootstrap`
+/// that it runs without debugpy (see [`crate::inject::bootstrap`]): then the session
+/// stops and the record says `running-undebugged` with the reason.
+pub fn run_sidecar(
+    spec: SessionSpec,
+    mut ready: ReadySignal,
+    lifeline: Lifeline,
+    bootstrap: Option<OwnedFd>,
+) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -183,16 +192,30 @@ pub fn run_sidecar(spec: SessionSpec, mut ready: ReadySignal, lifeline: Lifeline
     };
     runtime.block_on(async move {
         let mut reporter = Reporter::start(&spec);
-        let session = async {
-            match spec.mode {
-                DebugMode::Connect => connect::run(&spec, ready, &mut reporter).await,
-                DebugMode::Listen => listen::run(&spec, ready, &mut reporter).await,
-                DebugMode::Direct => direct::run(&spec, ready, &mut reporter).await,
+        let ended = lifeline.ended();
+        tokio::pin!(ended);
+        let without_debugpy = {
+            let session = async {
+                match spec.mode {
+                    DebugMode::Connect => connect::run(&spec, ready, &mut reporter).await,
+                    DebugMode::Listen => listen::run(&spec, ready, &mut reporter).await,
+                    DebugMode::Direct => direct::run(&spec, ready, &mut reporter).await,
+                }
+            };
+            tokio::select! {
+                () = session => None,
+                () = &mut ended => None,
+                why = bootstrap_missing(bootstrap) => Some(why),
             }
         };
-        tokio::select! {
-            () = session => {}
-            () = lifeline.ended() => {}
+        if let Some(why) = without_debugpy {
+            // The step runs without a debugger: nothing to wait for or release.
+            reporter.set(
+                SessionState::RunningUndebugged,
+                Some(&format!("debugging disabled for this run: {why}")),
+            );
+            reporter.keep_record();
+            ended.await;
         }
         let _ = tokio::time::timeout(FINAL_PUBLISH_TIMEOUT, reporter.finish()).await;
     });
@@ -200,6 +223,38 @@ pub fn run_sidecar(spec: SessionSpec, mut ready: ReadySignal, lifeline: Lifeline
     // session is over, so leave them to the process exit.
     runtime.shutdown_background();
     0
+}
+
+/// Resolves (with the reason) only when the step's bootstrap reports that it could not
+/// import debugpy; a started debugpy, a silent step or no pipe at all never resolve.
+async fn bootstrap_missing(report: Option<OwnedFd>) -> String {
+    use tokio::io::AsyncReadExt as _;
+    if let Some(fd) = report {
+        // One line, then the bootstrap closes its end; a supervisor may still hold a
+        // copy of the write end, so the line's end, not EOF, ends the read.
+        let read = async {
+            let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+            let mut bytes = Vec::new();
+            let mut chunk = [0u8; 512];
+            while !bytes.contains(&b'\n') && bytes.len() < bootstrap::MAX_REPORT_BYTES {
+                let n = pipe.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                bytes.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            }
+            Ok::<_, std::io::Error>(bytes)
+        };
+        match read.await {
+            Ok(bytes) => match bootstrap::read_report(&bytes) {
+                Report::Missing(why) => return why,
+                Report::Started => tracing::debug!("the step's bootstrap started debugpy"),
+                Report::Silent => tracing::debug!("the step's bootstrap did not report"),
+            },
+            Err(err) => tracing::debug!("reading the step's bootstrap report: {err}"),
+        }
+    }
+    std::future::pending().await
 }
 
 /// The relay path cannot be set up: record why, tell the agent, and (when the step runs

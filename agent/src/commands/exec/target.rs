@@ -54,7 +54,16 @@ pub fn run(
         ),
         None => settings.session.attach_timeout,
     };
-    let (spec, injected) = match prepare(settings, detection, &node, port, &step.argv, token_ttl) {
+    // The bootstrap's report pipe (see `inject::bootstrap`): the step writes whether it
+    // could import debugpy, the sidecar reads. Without it the session just never hears.
+    let report = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .inspect_err(|err| tracing::debug!("no bootstrap report pipe: {err}"))
+        .ok();
+    let report_fd = report.as_ref().map(|(_, write)| write.as_raw_fd());
+    let prepared = prepare(
+        settings, detection, &node, port, &step.argv, token_ttl, report_fd,
+    );
+    let (spec, injected) = match prepared {
         Ok((spec, injected)) => (
             SessionSpec {
                 warning: warning.clone(),
@@ -69,10 +78,19 @@ pub fn run(
             return debug_failed(settings, &why, mode, step);
         }
     };
+    // Only an injected step has a bootstrap to report.
+    let (report_read, report_write) = match report {
+        Some((read, write)) if injected.is_some() => (Some(read), Some(write)),
+        _ => (None, None),
+    };
     let lock_fd = reservation.file().as_raw_fd();
+    let mut close_in_sidecar = vec![lock_fd];
+    close_in_sidecar.extend(report_write.as_ref().map(AsRawFd::as_raw_fd));
     let duties = keeper::Duties::of(&spec);
-    let sidecar = match sidecar::spawn(&[lock_fd], duties, move |ready, lifeline| {
-        session::run_sidecar(spec, ready, lifeline)
+    // The closure owns the report's read end: the sidecar runs it; here it is dropped
+    // (closed) when `spawn` returns.
+    let sidecar = match sidecar::spawn(&close_in_sidecar, duties, move |ready, lifeline| {
+        session::run_sidecar(spec, ready, lifeline, report_read)
     }) {
         Ok((sidecar, Readiness::Ready)) => sidecar,
         Ok((sidecar, Readiness::Failed(why))) => {
@@ -104,7 +122,11 @@ pub fn run(
                 Ok([lock, lifeline])
             });
         match kept {
-            Ok(fds) => step.keep_fds.extend(fds),
+            Ok(fds) => {
+                step.keep_fds.extend(fds);
+                step.keep_fds
+                    .extend(report_write.as_ref().map(AsRawFd::as_raw_fd));
+            }
             Err(why) => {
                 sidecar.terminate();
                 return debug_failed(settings, &why, mode, step);
@@ -129,7 +151,12 @@ pub fn run(
         "AMLX_DEBUG_MODE",
         &settings.session.mode.to_string(),
     ));
+    if mode == ProcessMode::Supervise {
+        step.keep_fds
+            .extend(report_write.as_ref().map(AsRawFd::as_raw_fd));
+    }
     let code = process::run(mode, &step);
+    drop(report_write);
     // Supervise mode (or a failed execve): the session ends with the step.
     sidecar.terminate();
     drop(reservation);
@@ -172,6 +199,7 @@ fn prepare(
     port: u16,
     argv: &[OsString],
     token_ttl: Option<std::time::Duration>,
+    report_fd: Option<std::os::fd::RawFd>,
 ) -> anyhow::Result<(SessionSpec, Option<Injected>)> {
     let mode = settings.session.mode;
     let relay = match mode {
@@ -181,7 +209,8 @@ fn prepare(
     let mut proxy_port = None;
     let injected = match inject::plan(settings.session.inject, argv, &ProcessEnv)? {
         Plan::Debugpy(python) => {
-            inject::check_debugpy(&python, inject::DEBUGPY_CHECK_TIMEOUT)?;
+            // Whether the step's interpreter has debugpy is found out by the step itself,
+            // at its start (`inject::bootstrap`), which tells the sidecar.
             let endpoint = match mode {
                 // debugpy listens on a loopback port of its own; the sidecar owns the
                 // published port and gates every developer (session::direct).
@@ -203,6 +232,8 @@ fn prepare(
             let options = DebugpyOptions {
                 wait_for_client: settings.session.wait_for_client,
                 sub_process: false,
+                report_fd,
+                fail_without_debugpy: settings.session.on_failure == FailurePolicy::Fail,
             };
             Some(inject::rewrite(&python, &endpoint, &options)?)
         }

@@ -1,0 +1,81 @@
+# The start of a debug target's Python, in the step's own interpreter (amlx-agent's
+# `inject::bootstrap`). The agent runs `python <options> -c <LAUNCHER> <target> <args>`,
+# the launcher executes this text from the environment, and this text starts debugpy's
+# command line exactly as `python -m debugpy <args> <target> <args>` would, or, when
+# debugpy cannot be imported, runs the target without it in this same interpreter and
+# says why. One interpreter either way: asking a second one first cost ~80 ms a start.
+# The agent fills in the three values below; everything else is fixed text.
+import os
+import sys
+
+
+def _amlx_bootstrap(report_fd, debugpy_args, fail):
+    def report(line):
+        # One line to the sidecar (the session's status), then the pipe is gone, so no
+        # child of the step inherits it.
+        if report_fd < 0:
+            return
+        try:
+            os.write(report_fd, line.encode("utf-8", "replace")[:4000] + b"\n")
+        except OSError:
+            pass
+        try:
+            os.close(report_fd)
+        except OSError:
+            pass
+
+    try:
+        from debugpy.server import cli
+    except Exception as error:  # not installed, or installed but broken
+        why = "debugpy is not importable by `%s` (%s: %s)" % (
+            sys.executable,
+            type(error).__name__,
+            error,
+        )
+        report("missing " + why)
+        fix = "install it in the step's environment (`%s -m pip install debugpy`)" % (
+            sys.executable,
+        )
+        if fail:
+            sys.stderr.write(
+                "amlx-agent: %s: %s; not running the step (--on-debug-failure fail)\n"
+                % (why, fix)
+            )
+            sys.stderr.flush()
+            os._exit(1)
+        sys.stderr.write(
+            "amlx-agent: debugging disabled for this run: %s: %s or use --inject none; "
+            "running the step without a debugger\n" % (why, fix)
+        )
+        sys.stderr.flush()
+        return None
+    report("ok")
+    sys.argv[1:1] = debugpy_args
+    return cli
+
+
+def _amlx_run_plain(target):
+    # The target as `python <target>` runs it, but in this interpreter.
+    import runpy
+
+    if os.environ.get("PYTHONBREAKPOINT") == "debugpy.breakpoint":
+        del os.environ["PYTHONBREAKPOINT"]
+    if target[0] == "-m":
+        sys.argv[:] = ["-m"] + target[2:]
+        runpy._run_module_as_main(target[1])
+    elif target[0] == "-c":
+        import __main__
+
+        sys.argv[:] = ["-c"] + target[2:]
+        exec(compile(target[1], "<string>", "exec"), __main__.__dict__)
+    else:
+        sys.argv[:] = target
+        sys.path[0] = os.path.dirname(os.path.realpath(target[0]))
+        runpy.run_path(target[0], run_name="__main__")
+
+
+_amlx_cli = _amlx_bootstrap(AMLX_REPORT_FD, AMLX_DEBUGPY_ARGS, AMLX_FAIL)
+if _amlx_cli is not None:
+    _amlx_cli.main()
+else:
+    _amlx_run_plain(sys.argv[1:])

@@ -1,0 +1,128 @@
+//! The debugpy bootstrap: how an injected step starts debugpy in its own interpreter,
+//! or runs without it when debugpy cannot be imported, and how it tells the sidecar.
+//!
+//! The step runs `python <options> -c LAUNCHER <target> <args>`. [`LAUNCHER`] executes
+//! the text of `bootstrap.py` (next to this file), which the agent puts, with three
+//! values filled in, into [`BOOTSTRAP_VAR`]; the launcher pops that variable, so no
+//! child of the step sees it. The text imports debugpy's command line and starts it
+//! with the debugpy arguments in front of the target: what `python -m debugpy …` does.
+//! When the import fails it runs the target in the same interpreter without debugpy
+//! (or exits 1 under `--on-debug-failure fail`), and says why on stderr. Either way it
+//! writes one line ([`Report`]) to a pipe the sidecar reads, then closes it.
+
+use std::os::fd::RawFd;
+
+/// The `-c` program of an injected step: runs the bootstrap text from the environment.
+pub const LAUNCHER: &str = "import os;exec(os.environ.pop('AMLX_DEBUGPY_BOOTSTRAP'))";
+
+/// The variable that carries the bootstrap text to the step's interpreter.
+pub const BOOTSTRAP_VAR: &str = "AMLX_DEBUGPY_BOOTSTRAP";
+
+/// The fixed part of the bootstrap.
+const TEXT: &str = include_str!("bootstrap.py");
+
+/// The most a report may hold; the bootstrap writes at most 4000 bytes.
+pub const MAX_REPORT_BYTES: usize = 4096;
+
+/// The bootstrap text for these debugpy arguments (`--connect ADDR …`), report pipe
+/// (`None`: nobody listens) and failure policy (`fail`: exit 1 instead of running the
+/// step without debugpy).
+///
+/// ```
+/// use amlx_agent::inject::bootstrap;
+/// let args = ["--connect".to_owned(), "127.0.0.1:5678".to_owned()];
+/// let text = bootstrap::text(&args, Some(7), false);
+/// assert!(text.starts_with("AMLX_REPORT_FD = 7\nAMLX_DEBUGPY_ARGS = [\"--connect\",\"127.0.0.1:5678\"]\nAMLX_FAIL = False\n"));
+/// ```
+pub fn text(debugpy_args: &[String], report_fd: Option<RawFd>, fail: bool) -> String {
+    // The arguments are the agent's own (switches, an address, a port, true/false):
+    // JSON string literals of them are Python string literals too.
+    let args = serde_json::to_string(debugpy_args).unwrap_or_else(|_| "[]".to_owned());
+    let fail = if fail { "True" } else { "False" };
+    format!(
+        "AMLX_REPORT_FD = {}\nAMLX_DEBUGPY_ARGS = {args}\nAMLX_FAIL = {fail}\n{TEXT}",
+        report_fd.unwrap_or(-1)
+    )
+}
+
+/// What the bootstrap told the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// debugpy was imported: the session goes on.
+    Started,
+    /// debugpy could not be imported (why): the step runs without it.
+    Missing(String),
+    /// Nothing usable: the step ended (or was replaced) before its bootstrap wrote.
+    Silent,
+}
+
+/// Reads the bootstrap's line (bytes from the step's process: anything is possible).
+///
+/// ```
+/// use amlx_agent::inject::bootstrap::{Report, read_report};
+/// assert_eq!(read_report(b"ok\n"), Report::Started);
+/// assert_eq!(read_report(b"missing no debugpy\n"), Report::Missing("no debugpy".into()));
+/// assert_eq!(read_report(b""), Report::Silent);
+/// assert_eq!(read_report(b"\xff\xfe"), Report::Silent);
+/// ```
+pub fn read_report(bytes: &[u8]) -> Report {
+    let bytes = bytes.get(..MAX_REPORT_BYTES).unwrap_or(bytes);
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    if line == b"ok" {
+        return Report::Started;
+    }
+    match line.strip_prefix(b"missing ") {
+        Some(why) => {
+            let why = String::from_utf8_lossy(why);
+            // Printable text only: it goes into the log and the status record.
+            let why: String = why.chars().filter(|c| !c.is_control()).collect();
+            Report::Missing(why.trim().to_owned())
+        }
+        None => Report::Silent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_of_any_shape_are_read_without_panicking() {
+        let long = [b"missing ".as_slice(), &[b'x'; 10_000]].concat();
+        let cases: Vec<(&[u8], Report)> = vec![
+            (b"ok", Report::Started),
+            (b"ok\nmissing x\n", Report::Started),
+            (b"okay\n", Report::Silent),
+            (
+                b"missing \xe9t\xc3\xa9\x1b[31m\n",
+                Report::Missing("\u{fffd}t\u{e9}[31m".into()),
+            ),
+            (b"missing", Report::Silent),
+            (b"\n\n", Report::Silent),
+            (&long, Report::Missing("x".repeat(MAX_REPORT_BYTES - 8))),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                read_report(bytes),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn the_text_fills_in_exactly_the_three_values() {
+        let text = text(&[], None, true);
+        assert!(
+            text.starts_with("AMLX_REPORT_FD = -1\nAMLX_DEBUGPY_ARGS = []\nAMLX_FAIL = True\n")
+        );
+        for name in ["AMLX_REPORT_FD", "AMLX_DEBUGPY_ARGS", "AMLX_FAIL"] {
+            assert!(TEXT.contains(name), "{name} is used by bootstrap.py");
+            assert!(
+                !TEXT.contains(&format!("{name} =")),
+                "{name} is set only here"
+            );
+        }
+    }
+}
