@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 target=x86_64-unknown-linux-musl
 # The release binary must stay at most this many bytes (LTO + strip in [profile.release]).
-max_bytes=$((8 * 1000 * 1000))
+max_bytes=$((6 * 1000 * 1000))
 
 if ! command -v musl-gcc >/dev/null; then
   echo "build-static.sh: musl-gcc not found: apt-get install musl-tools" >&2
@@ -27,6 +27,13 @@ while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(CARGO_(MANI
 # ring compiles C and assembly, with musl's compiler wrapper. cc-rs finds Debian's
 # x86_64-linux-musl-gcc (musl-tools) by itself; naming it keeps other hosts honest.
 export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-musl-gcc}"
+# Static and *not* position-independent: a static-pie binary relocates itself at every
+# start (41 % of a non-target `exec`'s instructions), and its relocation tables make it
+# larger. Set for this target only, so host builds (build scripts, proc macros) keep
+# their defaults.
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C relocation-model=static -C target-feature=+crt-static"
+# Optimised for size: 5.7 MB against 7.5 MB at opt-level 3 (the ceiling above is 6 MB).
+export CARGO_PROFILE_RELEASE_OPT_LEVEL=s
 nice -n 10 cargo build --release --locked -p amlx-agent --bin amlx-agent --target "$target" >&2
 
 bin="${CARGO_TARGET_DIR:-target}/$target/release/amlx-agent"

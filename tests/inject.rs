@@ -380,6 +380,8 @@ print(json.dumps({
     "hook": os.environ.get("PYTHONBREAKPOINT"),
     "bootstrap": "AMLX_DEBUGPY_BOOTSTRAP" in os.environ,
     "debugpy": "debugpy" in sys.modules,
+    "target": os.environ.get("AMLX_DEBUG_TARGET"),
+    "port": os.environ.get("AMLX_DEBUG_PORT"),
 }))
 sys.exit(7)
 "#;

@@ -135,7 +135,8 @@ fn relay_down_with_on_debug_failure_fail_does_not_run_the_step() {
 }
 
 /// While a step runs undebugged, `status` says why: a relay that is down (the sidecar
-/// finds out), and no relay credentials at all (found before any sidecar starts).
+/// finds out), no relay credentials at all (found before any sidecar starts), and an
+/// interpreter without debugpy (the step's bootstrap finds out and tells the sidecar).
 #[test]
 fn status_says_why_while_a_step_runs_undebugged() {
     let closed = free_port();
@@ -143,14 +144,30 @@ fn status_says_why_while_a_step_runs_undebugged() {
         ("AMLX_RELAY_CONNECTION_STRING", down_relay(closed)),
         ("AMLX_RELAY_INSECURE_WS", "true".to_owned()),
     ];
-    let cases: [(&[(&str, String)], String); 2] = [
+    let direct: &[&str] = &["--mode", "direct", "--node-ip", "127.0.0.1"];
+    type Case<'a> = (
+        &'a [(&'a str, String)],
+        &'a [&'a str],
+        &'a [&'a str],
+        String,
+    );
+    let cases: [Case<'_>; 3] = [
         (
             &relay_down,
+            &[],
+            &[],
             format!("cannot reach relay 127.0.0.1:{closed}"),
         ),
-        (&[], "no relay credentials".to_owned()),
+        (&[], &[], &[], "no relay credentials".to_owned()),
+        // -S: no site-packages, where the test requirements put debugpy.
+        (
+            &[],
+            direct,
+            &["-S"],
+            "debugpy is not importable by".to_owned(),
+        ),
     ];
-    for (env, cause) in cases {
+    for (env, agent_args, python_flags, cause) in cases {
         let locks = tempfile::tempdir().expect("tempdir");
         let state_dir = locks.path().join("state");
         let gate = Gate::in_dir(locks.path());
@@ -161,7 +178,9 @@ fn status_says_why_while_a_step_runs_undebugged() {
             .env("AMLX_STATE_DIR", &state_dir)
             .env("NO_COLOR", "1")
             .args(["exec", "--debug", "--rank", "0", "--port-range", &range])
+            .args(agent_args)
             .args(["--", "python3"])
+            .args(python_flags)
             .arg(step_py())
             .env("STEP_GATE", gate.path())
             .env("STEP_EXIT_CODE", "5");

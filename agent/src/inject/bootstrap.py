@@ -60,6 +60,10 @@ def _amlx_run_plain(target):
 
     if os.environ.get("PYTHONBREAKPOINT") == "debugpy.breakpoint":
         del os.environ["PYTHONBREAKPOINT"]
+    # What the agent exports for a step it does not debug (its `mark_undebugged`).
+    os.environ.pop("AMLX_DEBUG_PORT", None)
+    os.environ["AMLX_DEBUG_TARGET"] = "false"
+    os.environ["AMLX_AGENT_STEP_KIND"] = "other"
     if target[0] == "-m":
         sys.argv[:] = ["-m"] + target[2:]
         runpy._run_module_as_main(target[1])
