@@ -79,6 +79,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
+    let load_at_start = load_average();
     raise_open_files();
     let agent = Path::new(env!("CARGO_BIN_EXE_amlx-agent"));
     let mut report = Report::default();
@@ -171,6 +172,11 @@ fn run() -> anyhow::Result<()> {
         figures::START_ROUNDS,
         settings.idle.as_secs()
     ));
+    report.note(format!(
+        "load average (1, 5, 15 min) at start {load_at_start}, at end {}: other work on the \
+         machine moves every figure",
+        load_average()
+    ));
     report.print();
     Ok(())
 }
@@ -196,6 +202,13 @@ fn python_with_debugpy(report: &mut Report) -> Option<PathBuf> {
         return None;
     }
     python
+}
+
+/// The first three fields of `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// Thousands of idle tunnels need thousands of descriptors here and in every tunnel
