@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # amlx-agent next to its peers, one table: installs what is missing, then runs
 # `cargo bench --bench compare` (agent/benches/compare.rs) on the optimised build.
-#   bash tests/bench.sh                  # about 3 minutes after the first build
+#   bash tests/bench.sh                  # about 4 minutes after the first build
 #   BENCH_TUNNELS=5000 bash tests/bench.sh
 # Peers: rathole, bore and websocat are built once into target/bench-peers (cargo install,
 # about 10 minutes on 2 cores the first time); iperf3, tini, strace and valgrind come from
