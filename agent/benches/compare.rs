@@ -1,0 +1,221 @@
+//! amlx-agent next to its peers, one figure per row, in one run: the relay tunnel
+//! (`relay connect` → `relay serve` → `relay listen`) against rathole, bore and a websocat
+//! pair over loopback, and `exec` against `tini`. Each cell of a peer shows the ratio
+//! agent/peer. Rounds of every measurement are interleaved so machine noise hits all
+//! alike; medians are reported; nothing is asserted about time.
+//!
+//! Run it with `bash tests/bench.sh`, which installs the peers first (a peer that is missing
+//! is named and its cells say so). Settings, from the environment: `BENCH_TUNNELS` (idle
+//! tunnels of the memory figure, default 250; the agent's `relay listen` serves at most
+//! 256, so it is measured at no more than 250), `BENCH_SECONDS` (per iperf3 run, default 2),
+//! `BENCH_ROUNDS` (iperf3 runs per figure, default 3), `BENCH_IDLE_SECONDS` (sidecar
+//! window, default 10).
+
+// A crate root resolves `mod` next to itself, where cargo would take it for a bench.
+#[path = "compare/figures.rs"]
+mod figures;
+#[path = "compare/procs.rs"]
+mod procs;
+#[path = "compare/report.rs"]
+mod report;
+#[path = "compare/session.rs"]
+mod session;
+#[path = "compare/traffic.rs"]
+mod traffic;
+#[path = "compare/tunnels.rs"]
+mod tunnels;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use report::{AGENT, Report, TINI};
+use traffic::Iperf;
+use tunnels::{Targets, Tunnel};
+
+/// The tunnel peers, in the order of the table's columns.
+const PEERS: [&str; 3] = ["rathole", "bore", "websocat"];
+/// What the environment may change.
+#[derive(Debug)]
+pub struct Settings {
+    pub tunnels: usize,
+    pub seconds: u64,
+    pub rounds: usize,
+    pub idle: Duration,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .ok()
+                    .with_context(|| format!("{name}={v:?} is not a number")),
+                Err(_) => Ok(default),
+            }
+        }
+        Ok(Settings {
+            tunnels: var("BENCH_TUNNELS", 250)?,
+            seconds: var("BENCH_SECONDS", 2)?,
+            rounds: var("BENCH_ROUNDS", 3)?,
+            idle: Duration::from_secs(var("BENCH_IDLE_SECONDS", 10)?),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    // Every child is killed by its guard when `run` returns, error or not.
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("benchmark failed: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let load_at_start = load_average();
+    raise_open_files();
+    let agent = Path::new(env!("CARGO_BIN_EXE_amlx-agent"));
+    let mut report = Report::default();
+    let tool = |name: &str, report: &mut Report| {
+        let found = procs::which(name);
+        if found.is_none() {
+            report.note(format!(
+                "{name} is not installed: the figures that need it are skipped"
+            ));
+        }
+        found
+    };
+    let iperf3 = tool("iperf3", &mut report);
+    let strace = tool("strace", &mut report);
+    let valgrind = tool("valgrind", &mut report);
+    let tini = tool("tini", &mut report);
+    if tini.is_none() {
+        report.missing(TINI, "not installed");
+    }
+    let python = python_with_debugpy(&mut report);
+
+    let echo = traffic::echo_server()?;
+    let iperf = iperf3.map(|_| Iperf::start()).transpose()?;
+    let targets = Targets {
+        iperf: iperf.as_ref().map_or(echo, |i| i.addr),
+        echo,
+    };
+    let mut tunnels: Vec<(&'static str, Tunnel)> = vec![(
+        AGENT,
+        tunnels::agent(agent, targets, false, settings.tunnels)?,
+    )];
+    for peer in PEERS {
+        let Some(bin) = procs::which(peer) else {
+            report.missing(peer, "not installed");
+            continue;
+        };
+        let started = match peer {
+            "rathole" => tunnels::rathole(&bin, targets),
+            "bore" => tunnels::bore(&bin, targets),
+            _ => tunnels::websocat(&bin, targets),
+        };
+        match started {
+            Ok(tunnel) => tunnels.push((peer, tunnel)),
+            Err(err) => report.missing(peer, &format!("did not start: {err:#}")),
+        }
+    }
+    let wss = tunnels::agent(agent, targets, true, 16)?;
+
+    if let Some(iperf) = &iperf {
+        let figure = figures::throughput(&settings, iperf.addr, &tunnels, &wss);
+        report.figures(figure, "1-3 throughput");
+    }
+    report.figures(figures::round_trips(echo, &tunnels), "4 round trip");
+    if strace.is_some() {
+        let figure = figures::syscalls(&mut tunnels);
+        report.figures(figure, "5 syscalls");
+    }
+    report.figures(figures::opens(echo, &tunnels), "6 new tunnel");
+    let figure = figures::idle_memory(settings.tunnels, &tunnels, &mut report);
+    report.figures(figure, "7 idle tunnels");
+    drop(tunnels);
+    drop(wss);
+    report.figures(
+        figures::exec(agent, tini.as_deref(), valgrind.is_some()),
+        "8 exec",
+    );
+    if let Some(python) = &python {
+        report.figures(figures::target_start(agent, python), "9 target start");
+        report.figures(
+            figures::idle_sidecar(agent, python, settings.idle),
+            "10 idle sidecar",
+        );
+    }
+    let figure = figures::binary(agent, &mut report);
+    report.figures(figure, "11 binary");
+    report.note(format!(
+        "settings: {}x{}s iperf3 runs per figure; {} round trips of {} B after \
+         {} warm-up; {} round trips under strace; \
+         {} new tunnels; {} idle tunnels; {} exec runs; {} target \
+         starts; {}s sidecar window",
+        settings.rounds,
+        settings.seconds,
+        figures::ROUND_TRIPS,
+        traffic::PING,
+        figures::WARMUP_ROUND_TRIPS,
+        figures::STRACE_ROUND_TRIPS,
+        figures::OPENS,
+        settings.tunnels,
+        figures::EXEC_RUNS,
+        figures::START_ROUNDS,
+        settings.idle.as_secs()
+    ));
+    report.note(format!(
+        "load average (1, 5, 15 min) at start {load_at_start}, at end {}: other work on the \
+         machine moves every figure",
+        load_average()
+    ));
+    report.print();
+    Ok(())
+}
+
+/// `python3` when it can import debugpy (figures 9 and 10 need it).
+/// The interpreter itself (`sys.executable`), not a launcher script such as pyenv's shim,
+/// whose own start would count as the step's.
+fn python_with_debugpy(report: &mut Report) -> Option<PathBuf> {
+    let python = procs::which("python3").and_then(|p| {
+        let out = std::process::Command::new(p)
+            .args(["-c", "import debugpy, sys; print(sys.executable)"])
+            .output()
+            .ok()?;
+        let path = String::from_utf8(out.stdout).ok()?;
+        out.status.success().then(|| PathBuf::from(path.trim()))
+    });
+    if python.is_none() {
+        report.note(
+            "python3 with debugpy is missing (pip install -r tests/requirements.txt): \
+             figures 9 and 10 are skipped"
+                .to_owned(),
+        );
+        return None;
+    }
+    python
+}
+
+/// The first three fields of `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Thousands of idle tunnels need thousands of descriptors here and in every tunnel
+/// process (they inherit the limit): the soft limit goes up to the hard one.
+fn raise_open_files() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

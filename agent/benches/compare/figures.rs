@@ -1,0 +1,339 @@
+//! The figures of the comparison, one function each, returning the table's rows.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::Settings;
+use super::procs;
+use super::report::{AGENT, DIRECT, Report, Row, TINI};
+use super::session;
+use super::traffic::{self, Pinger};
+use super::tunnels::Tunnel;
+
+/// Stream count of the multi-stream throughput figure.
+pub const STREAMS: usize = 8;
+/// Round trips on an open tunnel before measuring.
+pub const WARMUP_ROUND_TRIPS: usize = 200;
+/// Round trips measured per tunnel, interleaved.
+pub const ROUND_TRIPS: usize = 2000;
+/// Round trips counted under strace.
+pub const STRACE_ROUND_TRIPS: usize = 1000;
+/// New tunnels opened per tunnel, interleaved.
+pub const OPENS: usize = 200;
+/// `exec -- true` runs per variant.
+pub const EXEC_RUNS: usize = 300;
+/// Debug-target starts per variant.
+pub const START_ROUNDS: usize = 9;
+
+/// Figures 1-3: iperf3 through every tunnel and directly, 1 and [`STREAMS`] streams, with the
+/// CPU time of the tunnel's processes per GB moved; the agent over wss, 1 stream.
+pub fn throughput(
+    settings: &Settings,
+    direct: SocketAddr,
+    tunnels: &[(&'static str, Tunnel)],
+    wss: &Tunnel,
+) -> anyhow::Result<Vec<Row>> {
+    let mut one = Row::new("1 tunnel throughput, 1 stream (iperf3)", "Gbit/s").higher_is_better();
+    let mut many = Row::new(
+        &format!("1 tunnel throughput, {STREAMS} streams (iperf3)"),
+        "Gbit/s",
+    )
+    .higher_is_better();
+    let mut cpu = Row::new(
+        "2 CPU time of all tunnel processes per GB moved (1- and 8-stream runs)",
+        "s/GB",
+    );
+    let mut tls = Row::new("3 throughput over TLS (wss), 1 stream", "Gbit/s")
+        .higher_is_better()
+        .only_agent();
+    let ticks = procs::ticks_per_second();
+    let measure = |tunnel: &Tunnel, streams: usize| -> anyhow::Result<(f64, f64)> {
+        let before = tunnel.cpu_ticks()?;
+        let moved = traffic::iperf(tunnel.iperf, streams, settings.seconds)?;
+        let cpu = (tunnel.cpu_ticks()? - before) as f64 / ticks;
+        Ok((moved.gbit_per_s, cpu / (moved.bytes / 1e9)))
+    };
+    for _ in 0..settings.rounds {
+        for (streams, row) in [(1, &mut one), (STREAMS, &mut many)] {
+            row.sample(
+                DIRECT,
+                traffic::iperf(direct, streams, settings.seconds)?.gbit_per_s,
+            );
+            for (name, tunnel) in tunnels {
+                let (gbit, cpu_per_gb) =
+                    measure(tunnel, streams).with_context(|| format!("iperf3 through {name}"))?;
+                row.sample(name, gbit);
+                cpu.sample(name, cpu_per_gb);
+            }
+            if streams == 1 {
+                tls.sample(AGENT, measure(wss, 1).context("iperf3 through wss")?.0);
+            }
+        }
+    }
+    Ok(vec![one, many, cpu, tls])
+}
+
+/// Figure 4: request/response round trips on one open connection per tunnel, interleaved.
+pub fn round_trips(
+    echo: SocketAddr,
+    tunnels: &[(&'static str, Tunnel)],
+) -> anyhow::Result<Vec<Row>> {
+    let mut pingers = vec![(DIRECT, Pinger::connect(echo)?)];
+    for (name, tunnel) in tunnels {
+        pingers.push((name, Pinger::connect(tunnel.echo)?));
+    }
+    for _ in 0..WARMUP_ROUND_TRIPS {
+        for (name, pinger) in &mut pingers {
+            pinger
+                .ping()
+                .with_context(|| format!("warm-up through {name}"))?;
+        }
+    }
+    let mut row = Row::new(
+        &format!(
+            "4 added round trip p50 over direct, {} B (direct: its own p50)",
+            traffic::PING
+        ),
+        "us",
+    )
+    .added_over_direct();
+    for _ in 0..ROUND_TRIPS {
+        for (name, pinger) in &mut pingers {
+            let rtt = pinger
+                .ping()
+                .with_context(|| format!("round trip through {name}"))?;
+            row.sample(name, micros(rtt));
+        }
+    }
+    Ok(vec![row])
+}
+
+/// Figure 5: system calls of every process of a tunnel per round trip.
+pub fn syscalls(tunnels: &mut [(&'static str, Tunnel)]) -> anyhow::Result<Vec<Row>> {
+    let mut row = Row::new(
+        "5 syscalls per round trip, all tunnel processes (strace -c -f)",
+        "calls",
+    );
+    for (name, tunnel) in tunnels.iter_mut() {
+        let mut pinger = Pinger::connect(tunnel.echo)?;
+        for _ in 0..WARMUP_ROUND_TRIPS {
+            pinger.ping()?;
+        }
+        let calls = procs::syscalls_during(&tunnel.pids(), || {
+            for _ in 0..STRACE_ROUND_TRIPS {
+                pinger.ping()?;
+            }
+            Ok(())
+        })
+        .with_context(|| format!("strace of {name}\n{}", tunnel.dump()))?;
+        row.sample(name, calls as f64 / STRACE_ROUND_TRIPS as f64);
+    }
+    Ok(vec![row])
+}
+
+/// Figure 6: connect, 1-byte echo, close, through each tunnel in turn.
+pub fn opens(echo: SocketAddr, tunnels: &[(&'static str, Tunnel)]) -> anyhow::Result<Vec<Row>> {
+    let mut row = Row::new("6 new tunnel p50 (connect, 1 B echo, close)", "ms");
+    for _ in 0..OPENS {
+        row.sample(DIRECT, millis(traffic::open_once(echo)?));
+        for (name, tunnel) in tunnels {
+            let took = traffic::open_once(tunnel.echo)
+                .with_context(|| format!("new tunnel through {name}"))?;
+            row.sample(name, millis(took));
+        }
+    }
+    Ok(vec![row])
+}
+
+/// Most idle tunnels measured through the agent: `relay listen` serves at most 256 relayed
+/// connections at once (`relay::client::listener::MAX_TUNNELS`) and ignores senders past it.
+pub const AGENT_TUNNEL_CAP: usize = 250;
+
+/// Figure 7: RSS growth per idle tunnel of each process, `n` tunnels held open (each
+/// carried one echoed byte, so it is set up end to end); the agent at most
+/// [`AGENT_TUNNEL_CAP`]. A tunnel that fails is noted and the others are measured.
+pub fn idle_memory(
+    n: usize,
+    tunnels: &[(&'static str, Tunnel)],
+    report: &mut Report,
+) -> anyhow::Result<Vec<Row>> {
+    let agent_n = n.min(AGENT_TUNNEL_CAP);
+    let label = if agent_n == n {
+        format!("7 memory per idle tunnel, all processes ({n} tunnels)")
+    } else {
+        format!("7 memory per idle tunnel, all processes ({n} tunnels; amlx-agent {agent_n})")
+    };
+    let mut total = Row::new(&label, "KiB");
+    let mut rows: Vec<Row> = Vec::new();
+    for (name, tunnel) in tunnels {
+        let n = if *name == AGENT { agent_n } else { n };
+        match idle_tunnels(n, tunnel) {
+            Ok(parts) => {
+                total.sample(name, parts.iter().map(|(_, kib)| kib).sum());
+                for (role, per_tunnel) in parts {
+                    let label = format!("7 memory per idle tunnel: {role}");
+                    match rows.iter_mut().find(|r| r.label == label) {
+                        Some(row) => row.sample(name, per_tunnel),
+                        None => {
+                            let mut row = Row::new(&label, "KiB").only(name);
+                            row.sample(name, per_tunnel);
+                            rows.push(row);
+                        }
+                    }
+                }
+            }
+            Err(err) => report.note(format!("7 {n} idle tunnels through {name} failed: {err:#}")),
+        }
+    }
+    rows.insert(0, total);
+    Ok(rows)
+}
+
+/// KiB of RSS per tunnel in each process carrying the echo service, `n` tunnels open.
+fn idle_tunnels(n: usize, tunnel: &Tunnel) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    drop(traffic::echo_one(tunnel.echo)?);
+    let parts: Vec<_> = tunnel.echo_parts().collect();
+    let before = parts
+        .iter()
+        .map(|p| procs::rss_kib(p.proc.pid()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let held = (0..n)
+        .map(|i| traffic::echo_one(tunnel.echo).with_context(|| format!("tunnel {}", i + 1)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    for (part, before) in parts.iter().zip(before) {
+        let after = procs::rss_kib(part.proc.pid())?;
+        out.push((part.role, (after as f64 - before as f64) / n as f64));
+    }
+    drop(held);
+    Ok(out)
+}
+
+/// Figure 8: `exec -- true` for a non-target next to `tini -s -- true`, added over `true`;
+/// and the user-space instructions of each wrapper.
+pub fn exec(agent: &Path, tini: Option<&Path>, valgrind: bool) -> anyhow::Result<Vec<Row>> {
+    let (direct, through_agent, through_tini) = session::exec_times(agent, tini, EXEC_RUNS)?;
+    let mut row = Row::new(
+        "8 `exec -- true` (non-target) added over `true` (direct: `true` itself)",
+        "ms",
+    )
+    .added_over_direct()
+    .only(TINI);
+    for (column, times) in [
+        (DIRECT, direct),
+        (AGENT, through_agent),
+        (TINI, through_tini),
+    ] {
+        for t in times {
+            row.sample(column, millis(t));
+        }
+    }
+    let mut rows = vec![row];
+    if valgrind {
+        let mut row = Row::new(
+            "8 user-space instructions of the wrapper until it execs `true` (callgrind Ir)",
+            "M",
+        )
+        .only(TINI);
+        let agent = agent.to_string_lossy();
+        row.sample(
+            AGENT,
+            session::instructions(&[&agent, "exec", "--", "true"])? as f64 / 1e6,
+        );
+        if let Some(tini) = tini {
+            let tini = tini.to_string_lossy();
+            row.sample(
+                TINI,
+                session::instructions(&[&tini, "-s", "--", "true"])? as f64 / 1e6,
+            );
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Figure 9: time to a debug target's first line, connect mode, debugpy injected and a
+/// debugger attaching through the relay, added over the plain step; and the part of it
+/// that is the agent's and the relay's (over debugpy connecting straight to the
+/// debugger). Both are medians of per-round differences: the three variants of a round run
+/// back to back, so a slow moment of the machine hits all three.
+pub fn target_start(agent: &Path, python: &Path) -> anyhow::Result<Vec<Row>> {
+    let starts = session::target_start(agent, python, START_ROUNDS)?;
+    let mut row = Row::new(
+        "9 debug target start, connect mode + debugpy + relay, added over the step's own start (direct: plain python)",
+        "ms",
+    )
+    .only_agent();
+    let mut share = Row::new(
+        "9 of that, the agent's and relay's share: added over debugpy alone (direct: debugpy --connect straight to the debugger, no agent)",
+        "ms",
+    )
+    .only_agent();
+    for ((plain, alone), debugged) in starts.plain.iter().zip(&starts.debugpy).zip(&starts.agent) {
+        row.sample(DIRECT, millis(*plain));
+        row.sample(AGENT, millis(*debugged) - millis(*plain));
+        share.sample(DIRECT, millis(*alone));
+        share.sample(AGENT, millis(*debugged) - millis(*alone));
+    }
+    Ok(vec![row, share])
+}
+
+/// Figure 10: CPU of an idle direct-mode session: the sidecar, its keeper and, for
+/// scale, the step (debugpy waiting for a client).
+pub fn idle_sidecar(agent: &Path, python: &Path, idle: Duration) -> anyhow::Result<Vec<Row>> {
+    let [sidecar, keeper, step] = session::idle_sidecar(agent, python, idle)?;
+    let secs = idle.as_secs();
+    let mut rows = Vec::new();
+    for (what, value) in [
+        ("10 idle direct-mode sidecar CPU", sidecar),
+        ("10 its keeper", keeper),
+        (
+            "10 for scale: the step (debugpy waiting for a client)",
+            step,
+        ),
+    ] {
+        let mut row = Row::new(&format!("{what}, over {secs} s"), "% core").only_agent();
+        row.sample(AGENT, value);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Figure 11: the binary's size and linkage (`file` and `ldd`).
+pub fn binary(agent: &Path, report: &mut Report) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    // The musl build lands next to the release one: target/<triple>/release.
+    let target = agent.parent().and_then(Path::parent).unwrap_or(agent);
+    let musl = target.join("x86_64-unknown-linux-musl/release/amlx-agent");
+    for (what, path) in [("release build", agent.to_owned()), ("musl build", musl)] {
+        if !path.exists() {
+            report.note(format!(
+                "11 {what}: not built here ({}; bash docker/build-static.sh builds it)",
+                path.display()
+            ));
+            continue;
+        }
+        let b = session::binary(&path)?;
+        let linkage = if b.is_static { "static" } else { "dynamic" };
+        let mut row = Row::new(&format!("11 {what} size, {linkage} per ldd"), "MB").only_agent();
+        row.sample(AGENT, b.bytes as f64 / 1e6);
+        rows.push(row);
+        report.note(format!(
+            "11 {what} ({}): `file`: {}",
+            path.display(),
+            b.file
+        ));
+    }
+    Ok(rows)
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# amlx-agent next to its peers, one table: installs what is missing, then runs
+# `cargo bench --bench compare` (agent/benches/compare.rs) on the optimised build.
+#   bash tests/bench.sh                  # about 4 minutes after the first build
+#   BENCH_TUNNELS=5000 bash tests/bench.sh
+# Peers: rathole, bore and websocat are built once into target/bench-peers (cargo install,
+# about 10 minutes on 2 cores the first time); iperf3, tini, strace and valgrind come from
+# apt when missing. A peer that still cannot be had is named in the output and its cells
+# say "missing"; the rest is measured. Not part of tests/run.sh or CI. (No hyperfine: it
+# runs each command's repetitions in one block, and the bench interleaves them run by run.)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+peers=target/bench-peers
+export PATH="$PWD/$peers/bin:$PATH"
+
+missing_crates=()
+command -v rathole >/dev/null || missing_crates+=(rathole)
+command -v bore >/dev/null || missing_crates+=(bore-cli)
+command -v websocat >/dev/null || missing_crates+=('websocat@^1')
+if [ ${#missing_crates[@]} -gt 0 ]; then
+  echo "== cargo install --root $peers ${missing_crates[*]}" >&2
+  start=$SECONDS
+  nice cargo install --quiet --root "$peers" "${missing_crates[@]}" >&2 \
+    || echo "bench.sh: cargo install failed; the peers it did not build are reported missing" >&2
+  echo "== peers built in $((SECONDS - start)) s" >&2
+fi
+
+missing_packages=()
+for tool in iperf3 tini strace valgrind; do
+  command -v "$tool" >/dev/null || missing_packages+=("$tool")
+done
+if [ ${#missing_packages[@]} -gt 0 ]; then
+  echo "== apt-get install ${missing_packages[*]}" >&2
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_packages[@]}" >&2; then
+    apt-get update -qq >&2 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_packages[@]}" >&2 ||
+      echo "bench.sh: apt-get install failed; figures needing ${missing_packages[*]} are skipped" >&2
+  fi
+fi
+
+# Thousands of idle tunnels need thousands of descriptors (the bench raises the soft
+# limit to this hard one).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+echo "== nice cargo bench --bench compare" >&2
+exec nice cargo bench --quiet --bench compare
