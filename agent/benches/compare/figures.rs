@@ -302,10 +302,16 @@ pub fn idle_sidecar(agent: &Path, python: &Path, idle: Duration) -> anyhow::Resu
     Ok(rows)
 }
 
+/// The static musl build next to the release build `agent`, when it has been built.
+pub fn static_build(agent: &Path) -> Option<std::path::PathBuf> {
+    // The musl build lands next to the release one: target/<triple>/release.
+    let target = agent.parent().and_then(Path::parent).unwrap_or(agent);
+    Some(target.join("x86_64-unknown-linux-musl/release/amlx-agent")).filter(|p| p.exists())
+}
+
 /// Figure 11: the binary's size and linkage (`file` and `ldd`).
 pub fn binary(agent: &Path, report: &mut Report) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    // The musl build lands next to the release one: target/<triple>/release.
     let target = agent.parent().and_then(Path::parent).unwrap_or(agent);
     let musl = target.join("x86_64-unknown-linux-musl/release/amlx-agent");
     for (what, path) in [("release build", agent.to_owned()), ("musl build", musl)] {
