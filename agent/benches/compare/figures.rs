@@ -234,20 +234,20 @@ pub fn exec(agent: &Path, tini: Option<&Path>, valgrind: bool) -> anyhow::Result
     let mut rows = vec![row];
     if valgrind {
         let mut row = Row::new(
-            "8 user-space instructions of the wrapper until it execs `true` (callgrind Ir)",
+            "8 user-space instructions of the wrapper up to its execve (callgrind Ir, all processes)",
             "M",
         )
         .only(TINI);
         let agent = agent.to_string_lossy();
         row.sample(
             AGENT,
-            session::instructions(&[&agent, "exec", "--", "true"])? as f64 / 1e6,
+            session::instructions(&[&agent, "exec", "--"])? as f64 / 1e6,
         );
         if let Some(tini) = tini {
             let tini = tini.to_string_lossy();
             row.sample(
                 TINI,
-                session::instructions(&[&tini, "-s", "--", "true"])? as f64 / 1e6,
+                session::instructions(&[&tini, "-s", "--"])? as f64 / 1e6,
             );
         }
         rows.push(row);

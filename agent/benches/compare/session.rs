@@ -71,38 +71,46 @@ pub fn exec_times(
     Ok((d, a, t))
 }
 
-/// User-space instructions a wrapper executes before the command runs: callgrind counts
-/// every process of `cmd` (forked children too) up to its `execve` of `true`, which then
-/// runs natively.
-pub fn instructions(cmd: &[&str]) -> anyhow::Result<u64> {
+/// User-space instructions a wrapper executes up to its `execve` of the command: the
+/// command is one that does not exist, so each wrapper's run ends right there (an error
+/// line and an exit) and callgrind counts the whole run of every process. Finding the
+/// `execve` by name (`--dump-before=execve`) counted nothing for a stripped static
+/// binary, which has no symbol to find.
+pub fn instructions(wrapper: &[&str]) -> anyhow::Result<u64> {
     let dir = tempfile::tempdir().context("could not create a temp dir")?;
+    let missing = dir.path().join("no-such-command");
     let out = Command::new("valgrind")
-        .args(["--tool=callgrind", "--dump-before=execve"])
+        .args(["--tool=callgrind", "--trace-children=yes"])
         .arg(format!(
             "--callgrind-out-file={}/cg.%p",
             dir.path().display()
         ))
-        .args(cmd)
+        .args(wrapper)
+        .arg(&missing)
         .env_remove("AMLX_DEBUG")
         .env_remove("AMLX_CONFIG")
         .output()
         .context("could not run valgrind")?;
+    // The wrapper fails (no such command); valgrind itself must have run it.
     ensure!(
-        out.status.success(),
-        "valgrind {cmd:?} failed: {}",
+        !String::from_utf8_lossy(&out.stderr).contains("valgrind: "),
+        "valgrind {wrapper:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let mut total = 0;
     for entry in std::fs::read_dir(dir.path()).context("read callgrind's output")? {
-        let text = std::fs::read_to_string(entry.context("a callgrind file")?.path())?;
-        // Each dump holds the instructions since the previous one.
+        let path = entry.context("a callgrind file")?.path();
+        if path == missing {
+            continue;
+        }
+        let text = std::fs::read_to_string(path)?;
         total += text
             .lines()
             .filter_map(|l| l.strip_prefix("totals:"))
             .filter_map(|v| v.trim().parse::<u64>().ok())
             .sum::<u64>();
     }
-    ensure!(total > 0, "callgrind counted nothing for {cmd:?}");
+    ensure!(total > 0, "callgrind counted nothing for {wrapper:?}");
     Ok(total)
 }
 

@@ -47,7 +47,7 @@ pub struct Cli {
 }
 
 /// The options every subcommand takes.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 pub struct GlobalArgs {
     /// Config file (TOML). Without it: $AMLX_CONFIG, then /etc/amlx/agent.toml if present.
     #[arg(long, global = true, value_name = "FILE")]
@@ -66,15 +66,68 @@ pub struct GlobalArgs {
     pub quiet: u8,
 }
 
+/// The variables `exec`'s flags take values from (clap's `env = …`): `--hc`,
+/// `--connection-string-file`, `--ca-file`. A test checks the list against the flags.
+const EXEC_FLAG_VARS: [&str; 3] = [
+    "AMLX_RELAY_HC",
+    "AMLX_RELAY_CONNECTION_STRING_FILE",
+    "AMLX_RELAY_CA_FILE",
+];
+
 impl Cli {
     /// Parses the process's arguments. `amlx-agent exec …`, which runs in front of every
-    /// process of a job, is parsed by a command tree holding only `exec`: building the
-    /// whole tree was 29 % of a non-target's instructions. Anything that tree does not
-    /// parse cleanly (`--help`, a mistake) goes to the whole tree, so help and errors are
-    /// the same either way.
+    /// process of a job, takes a shortcut when it has no option of the agent's
+    /// ([`Cli::exec_shortcut`]), else is parsed by a command tree holding only `exec`:
+    /// building the whole tree was 29 % of a non-target's instructions. Anything that
+    /// tree does not parse cleanly (`--help`, a mistake) goes to the whole tree, so help
+    /// and errors are the same either way.
     pub fn parse_args() -> Cli {
         let args: Vec<OsString> = std::env::args_os().collect();
-        Cli::exec_only(&args).unwrap_or_else(|| Cli::parse_from(args))
+        Cli::exec_shortcut(&args, |name| std::env::var_os(name))
+            .or_else(|| Cli::exec_only(&args))
+            .unwrap_or_else(|| Cli::parse_from(args))
+    }
+
+    /// `amlx-agent exec -- CMD [ARGS…]` with no option of the agent's: the line every
+    /// launcher runs for every process, parsed without building any command tree (what
+    /// clap costs even for the `exec` tree alone was half of a non-target's
+    /// instructions). The only values such a line has besides the command are the
+    /// variables of [`EXEC_FLAG_VARS`], read here as clap reads them; one that is not
+    /// UTF-8 is left to clap, which reports it.
+    fn exec_shortcut(args: &[OsString], var: impl Fn(&str) -> Option<OsString>) -> Option<Cli> {
+        let [_, exec, dashes, command @ ..] = args else {
+            return None;
+        };
+        if exec != "exec" || dashes != "--" || command.is_empty() {
+            return None;
+        }
+        // clap takes a variable that is set and not empty as the flag's value.
+        let var = |name: &str| var(name).filter(|value| !value.is_empty());
+        let hc = match var(EXEC_FLAG_VARS[0]) {
+            Some(value) => Some(value.into_string().ok()?),
+            None => None,
+        };
+        let relay = RelayClientArgs {
+            hc,
+            connection_string_file: var(EXEC_FLAG_VARS[1]).map(PathBuf::from),
+            ca_file: var(EXEC_FLAG_VARS[2]).map(PathBuf::from),
+            ..RelayClientArgs::default()
+        };
+        let exec = ExecArgs {
+            role: RoleArgs::default(),
+            policy: PolicyArgs::default(),
+            ports: PortArgs::default(),
+            node: NodeArgs::default(),
+            session: SessionArgs::default(),
+            relay,
+            replace: false,
+            supervise: false,
+            command: command.to_vec(),
+        };
+        Some(Cli {
+            global: GlobalArgs::default(),
+            command: Command::Exec(Box::new(exec)),
+        })
     }
 
     /// `args` parsed by a tree holding only `exec`, when they are an `exec` command line
@@ -388,6 +441,84 @@ pub struct SessionArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory as _;
+
+    fn with_name(words: &[&str]) -> Vec<OsString> {
+        std::iter::once("amlx-agent")
+            .chain(words.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    /// The shortcut reads the flag variables as clap does: set and not empty is a value,
+    /// a `--hc` that is not UTF-8 goes to clap (which reports it).
+    #[test]
+    fn the_exec_shortcut_reads_the_flag_variables() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let args = with_name(&["exec", "--", "x"]);
+        let with = |pairs: Vec<(&'static str, OsString)>| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| value.clone())
+            }
+        };
+        let relay = |cli: Cli| match cli.command {
+            Command::Exec(exec) => exec.relay,
+            _ => panic!("not exec"),
+        };
+        let set = with(vec![
+            ("AMLX_RELAY_HC", "debug".into()),
+            (
+                "AMLX_RELAY_CONNECTION_STRING_FILE",
+                "/etc/amlx/relay".into(),
+            ),
+            ("AMLX_RELAY_CA_FILE", "".into()),
+        ]);
+        let parsed = relay(Cli::exec_shortcut(&args, set).expect("shortcut"));
+        assert_eq!(parsed.hc.as_deref(), Some("debug"));
+        assert_eq!(
+            parsed.connection_string_file,
+            Some(PathBuf::from("/etc/amlx/relay"))
+        );
+        assert_eq!(parsed.ca_file, None, "empty is unset");
+        let not_utf8 = with(vec![("AMLX_RELAY_HC", OsString::from_vec(vec![0xff]))]);
+        assert!(Cli::exec_shortcut(&args, not_utf8).is_none());
+    }
+
+    /// Every flag of `exec` that takes a value from the environment is one the shortcut
+    /// reads, and none has a default it would miss: a new one fails here, not in a job.
+    #[test]
+    fn the_exec_shortcut_knows_every_variable_and_default_of_exec() {
+        let mut cli = Cli::command();
+        cli.build();
+        let exec = cli.find_subcommand("exec").expect("exec");
+        let mut vars: Vec<String> = Vec::new();
+        for arg in exec.get_arguments() {
+            if let Some(name) = arg.get_env() {
+                vars.push(name.to_string_lossy().into_owned());
+            }
+            let defaults: Vec<_> = arg.get_default_values().to_vec();
+            let flag_default = defaults.is_empty()
+                || matches!(
+                    arg.get_action(),
+                    clap::ArgAction::SetTrue
+                        | clap::ArgAction::Count
+                        | clap::ArgAction::Help
+                        | clap::ArgAction::Version
+                );
+            assert!(
+                flag_default,
+                "--{:?} has defaults {defaults:?}",
+                arg.get_id()
+            );
+        }
+        vars.sort();
+        let mut known = EXEC_FLAG_VARS.map(str::to_owned).to_vec();
+        known.sort();
+        assert_eq!(vars, known);
+    }
 
     /// The `exec`-only tree parses every `exec` command line as the whole tree does, and
     /// leaves help, version and mistakes to the whole tree.
@@ -441,6 +572,33 @@ mod tests {
             let fast = Cli::exec_only(&args).unwrap_or_else(|| panic!("{words:?}"));
             let whole = Cli::try_parse_from(&args).expect("the whole tree parses it");
             assert_eq!(format!("{fast:?}"), format!("{whole:?}"), "{words:?}");
+        }
+        // The shortcut agrees with the whole tree wherever it applies (this process's
+        // environment gives the flag variables their values, both ways).
+        let shortcut: &[&[&str]] = &[
+            &["exec", "--", "true"],
+            &[
+                "exec", "--", "python3", "-u", "step.py", "--debug", "-v", "--", "x",
+            ],
+            &["exec", "--", "--help"],
+            &["exec", "--", "é", "--ünïcode"],
+        ];
+        let env = |name: &str| std::env::var_os(name);
+        for words in shortcut {
+            let args = with_name(words);
+            let fast = Cli::exec_shortcut(&args, env).unwrap_or_else(|| panic!("{words:?}"));
+            let whole = Cli::try_parse_from(&args).expect("the whole tree parses it");
+            assert_eq!(format!("{fast:?}"), format!("{whole:?}"), "{words:?}");
+        }
+        for words in [
+            &["exec", "--"][..],
+            &["exec", "true"],
+            &["exec", "-v", "--", "x"],
+        ] {
+            assert!(
+                Cli::exec_shortcut(&with_name(words), env).is_none(),
+                "{words:?}"
+            );
         }
         let left_to_the_whole_tree: &[&[&str]] = &[
             &["exec", "--help"],
