@@ -9,6 +9,7 @@
 #![deny(clippy::string_slice)]
 
 pub mod bridge;
+pub mod buffer;
 pub mod client;
 pub mod connection_string;
 pub mod protocol;

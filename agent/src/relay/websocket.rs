@@ -7,29 +7,36 @@
 //! answers every Close at once and then refuses to send. So this codec never answers
 //! anything by itself: Pings, Pongs and Closes are handed to the caller, who decides.
 //!
-//! Reading is a [`tokio_util::codec::Decoder`] over a `BytesMut` that grows as bytes
-//! arrive, never to a length the peer declared: control frames (at most 125 bytes) are
-//! handed on whole, data frames in pieces of at most [`PIECE_LEN`] bytes as their payload
-//! arrives (the first piece keeps the frame's opcode, later ones are continuations, the
-//! last carries the frame's FIN; RFC 6455 section 5.4 lets an intermediary re-fragment a
-//! message without extensions, and no reader of ours cares about boundaries). A frame
-//! declaring more than [`MAX_FRAME_LEN`] bytes is refused before any of it is buffered
-//! (Close 1009). No extensions are negotiated, so reserved bits are always zero. Text
-//! payloads are not checked for UTF-8 (no 1007): the relay passes bytes through and the
-//! control channel decodes them lossily.
+//! Reading is a [`tokio_util::codec::Decoder`] over a [`ReadBuffer`] that grows as bytes
+//! arrive, never to a length the peer declared, and holds no memory while the connection
+//! is idle: control frames (at most 125 bytes) are handed on whole, data frames in pieces
+//! of at most [`PIECE_LEN`] bytes as their payload arrives (the first piece keeps the
+//! frame's opcode, later ones are continuations, the last carries the frame's FIN; RFC
+//! 6455 section 5.4 lets an intermediary re-fragment a message without extensions, and no
+//! reader of ours cares about boundaries). Payloads are unmasked in place and handed on
+//! as slices of the read buffer, never copied. A bulk stream takes one read per piece.
+//! A frame declaring more than [`MAX_FRAME_LEN`] bytes is refused before any of it is
+//! buffered (Close 1009). No extensions are negotiated, so reserved bits are always zero.
+//! Text payloads are not checked for UTF-8 (no 1007): the relay passes bytes through and
+//! the control channel decodes them lossily.
 //!
-//! Writing encodes a frame's header and (masked) payload into one buffer, written with
-//! one write: a small frame leaves as one TLS record.
+//! Writing sends a frame's header (built on the stack) and its payload with one vectored
+//! write: one system call on TCP, one TLS record (per 16 KiB) on TLS, and no copy of the
+//! payload. A client masks the payload in place when the caller lends it mutably
+//! ([`FrameWriter::send_in_place`], the data path), and masks a copy otherwise.
 
 // Network input never indexes or slices unchecked: a bad frame must not panic.
 #![deny(clippy::string_slice, clippy::indexing_slicing)]
 
-use std::io::{self, Cursor};
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Chain};
-use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::buffer::ReadBuffer;
 
 /// Largest frame payload we accept (a 16 MiB sender write fits in one frame).
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
@@ -43,6 +50,10 @@ pub const PIECE_LEN: usize = 64 * 1024;
 
 /// Longest frame header: 2 bytes, a 64-bit length and a masking key.
 const MAX_HEADER_LEN: usize = 14;
+
+/// Most a read takes between frames: a header and a whole piece, so a bulk stream of
+/// full frames takes one read (one system call) per piece.
+const READ_LEN: usize = PIECE_LEN + MAX_HEADER_LEN;
 
 /// Close codes the codec's callers send (the relay's own codes live in
 /// `protocol::close_code`).
@@ -290,6 +301,17 @@ impl Codec {
         }))
     }
 
+    /// How many bytes the next read should take, with `buffered` bytes not decoded yet: the
+    /// rest of the piece in progress and at most the next header, so a read ends on a
+    /// piece boundary and what a reused buffer must move to its front (the bytes past the
+    /// piece) stays a few bytes; between frames, a header and a whole piece.
+    fn read_len(&self, buffered: usize) -> usize {
+        match &self.streaming {
+            Some(data) => data.remaining.min(PIECE_LEN).saturating_sub(buffered) + MAX_HEADER_LEN,
+            None => READ_LEN,
+        }
+    }
+
     /// Checks a data frame against the message in progress and updates it.
     fn track_message(&mut self, header: &Header) -> Result<(), FrameError> {
         match (header.opcode, self.in_message) {
@@ -398,41 +420,64 @@ impl Decoder for Codec {
     }
 }
 
-impl Encoder<OutFrame<'_>> for Codec {
-    type Error = io::Error;
+/// An encoded frame header, built on the stack.
+#[derive(Debug, Clone, Copy)]
+struct HeaderBytes {
+    bytes: [u8; MAX_HEADER_LEN],
+    len: usize,
+}
 
-    fn encode(&mut self, frame: OutFrame<'_>, dst: &mut BytesMut) -> io::Result<()> {
-        let len = frame.payload.len();
-        if frame.opcode.is_control() && (len > MAX_CONTROL_LEN || !frame.fin) {
+impl HeaderBytes {
+    /// The header of a frame of `len` payload bytes, masked with `key` when given (every
+    /// client frame). Refuses a control frame that RFC 6455 forbids.
+    fn new(opcode: OpCode, fin: bool, len: usize, key: Option<[u8; 4]>) -> io::Result<Self> {
+        if opcode.is_control() && (len > MAX_CONTROL_LEN || !fin) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "control frame fragmented or longer than 125 bytes",
             ));
         }
-        dst.reserve(MAX_HEADER_LEN + len);
-        dst.put_u8(if frame.fin { 0x80 } else { 0 } | frame.opcode.bits());
-        let mask_bit = if self.mask_outgoing { 0x80 } else { 0 };
+        let mut bytes = [0u8; MAX_HEADER_LEN];
+        let mut out = bytes.as_mut_slice();
+        out.put_u8(if fin { 0x80 } else { 0 } | opcode.bits());
+        let mask_bit = if key.is_some() { 0x80 } else { 0 };
         if let Ok(short) = u8::try_from(len)
             && short < 126
         {
-            dst.put_u8(mask_bit | short);
+            out.put_u8(mask_bit | short);
         } else if let Ok(medium) = u16::try_from(len) {
-            dst.put_u8(mask_bit | 126);
-            dst.put_u16(medium);
+            out.put_u8(mask_bit | 126);
+            out.put_u16(medium);
         } else {
-            dst.put_u8(mask_bit | 127);
-            dst.put_u64(len as u64);
+            out.put_u8(mask_bit | 127);
+            out.put_u64(len as u64);
         }
-        if self.mask_outgoing {
-            let key: [u8; 4] = rand::random();
-            dst.put_slice(&key);
-            let start = dst.len();
-            dst.put_slice(frame.payload);
-            if let Some(payload) = dst.get_mut(start..) {
-                apply_mask(payload, key, 0);
-            }
-        } else {
-            dst.put_slice(frame.payload);
+        if let Some(key) = key {
+            out.put_slice(&key);
+        }
+        let len = MAX_HEADER_LEN - out.len();
+        Ok(HeaderBytes { bytes, len })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// Encodes whole frames into a buffer (tests, fuzz seeds); [`FrameWriter`] writes the same
+/// bytes without building them in one buffer.
+impl Encoder<OutFrame<'_>> for Codec {
+    type Error = io::Error;
+
+    fn encode(&mut self, frame: OutFrame<'_>, dst: &mut BytesMut) -> io::Result<()> {
+        let key = self.mask_outgoing.then(rand::random::<[u8; 4]>);
+        let header = HeaderBytes::new(frame.opcode, frame.fin, frame.payload.len(), key)?;
+        dst.reserve(header.len + frame.payload.len());
+        dst.put_slice(header.as_slice());
+        let start = dst.len();
+        dst.put_slice(frame.payload);
+        if let (Some(key), Some(payload)) = (key, dst.get_mut(start..)) {
+            apply_mask(payload, key, 0);
         }
         Ok(())
     }
@@ -441,50 +486,120 @@ impl Encoder<OutFrame<'_>> for Codec {
 /// Reads frames from the receiving half of a WebSocket.
 #[derive(Debug)]
 pub struct FrameReader<R> {
-    /// The transport behind the bytes the upgrade already read. Those go first through
-    /// the transport rather than into the decoder's buffer: a `FramedRead` decodes only
-    /// after a read, so pre-buffered bytes would wait for one that never comes when the
-    /// peer is waiting for our answer to them.
-    frames: FramedRead<Chain<Cursor<Vec<u8>>, R>, Codec>,
+    inner: R,
+    /// Bytes read and not decoded yet; no memory while the connection is idle.
+    buf: ReadBuffer,
+    /// The reading side never masks; masking is the writer's business.
+    codec: Codec,
+    /// The transport ended: what is left in `buf` is decoded, then the end reported.
+    eof: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// `already_read`: bytes the upgrade read past the HTTP head, decoded first.
+    /// `already_read`: bytes the upgrade read past the HTTP head, decoded first (without
+    /// waiting for the transport: the peer may be waiting for our answer to them).
     pub fn new(inner: R, already_read: Vec<u8>) -> Self {
-        let transport = AsyncReadExt::chain(Cursor::new(already_read), inner);
-        // The reading side never masks; masking is the writer's business.
         FrameReader {
-            frames: FramedRead::new(transport, Codec::new(false)),
+            inner,
+            buf: ReadBuffer::new(already_read),
+            codec: Codec::new(false),
+            eof: false,
         }
     }
 
     /// The next frame (or data piece), or `None` when the transport ended cleanly between
     /// frames. Cancel-safe: a partly read frame stays buffered in the reader.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        self.frames.next().await.transpose()
+        poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, FrameError>> {
+        loop {
+            if self.eof {
+                return Poll::Ready(self.codec.decode_eof(self.buf.bytes_mut()));
+            }
+            if let Some(frame) = self.codec.decode(self.buf.bytes_mut())? {
+                return Poll::Ready(Ok(Some(frame)));
+            }
+            let len = self.codec.read_len(self.buf.bytes_mut().len());
+            if ready!(self.buf.poll_fill(&mut self.inner, cx, len))? == 0 {
+                self.eof = true;
+            }
+        }
+    }
+
+    /// Memory the reader holds for bytes (for tests of the idle footprint).
+    pub fn buffered_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 }
 
 /// Writes frames to the sending half of a WebSocket.
 #[derive(Debug)]
 pub struct FrameWriter<W> {
-    frames: FramedWrite<W, Codec>,
+    inner: W,
+    /// Clients mask every frame they send; servers never do.
+    mask: bool,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// `mask`: true for a client (every client frame is masked), false for a server.
     pub fn new(inner: W, mask: bool) -> Self {
-        FrameWriter {
-            frames: FramedWrite::new(inner, Codec::new(mask)),
-        }
+        FrameWriter { inner, mask }
     }
 
-    /// Writes one frame (header and payload in one write) and flushes it.
+    /// Writes one frame (header and payload in one vectored write) and flushes it. A
+    /// client masks a copy of the payload; the data path lends its buffer to
+    /// [`FrameWriter::send_in_place`] instead.
     ///
     /// Not cancel-safe: a frame cut off mid-write leaves the stream unusable, so a
     /// cancelled write (a timeout) must end the connection.
     pub async fn send(&mut self, frame: OutFrame<'_>) -> io::Result<()> {
-        self.frames.send(frame).await
+        if self.mask {
+            // Control frames and preambles only: short, and rare next to the data.
+            let mut copy = frame.payload.to_vec();
+            self.send_in_place(frame.opcode, frame.fin, &mut copy).await
+        } else {
+            let header = HeaderBytes::new(frame.opcode, frame.fin, frame.payload.len(), None)?;
+            self.write_frame_parts(header.as_slice(), frame.payload)
+                .await
+        }
+    }
+
+    /// Writes one frame whose payload the caller lends: a client masks it in place (the
+    /// buffer is left masked), so no byte of it is copied. Not cancel-safe (see
+    /// [`FrameWriter::send`]).
+    pub async fn send_in_place(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        payload: &mut [u8],
+    ) -> io::Result<()> {
+        let key = self.mask.then(rand::random::<[u8; 4]>);
+        let header = HeaderBytes::new(opcode, fin, payload.len(), key)?;
+        if let Some(key) = key {
+            apply_mask(payload, key, 0);
+        }
+        self.write_frame_parts(header.as_slice(), payload).await
+    }
+
+    /// Writes `header` and `payload` with as few writes as the transport allows (one
+    /// vectored write on TCP and TLS; a transport without vectored writes takes the header
+    /// first), then flushes.
+    async fn write_frame_parts(&mut self, header: &[u8], payload: &[u8]) -> io::Result<()> {
+        let (mut header, mut payload) = (header, payload);
+        while !header.is_empty() {
+            let parts = [IoSlice::new(header), IoSlice::new(payload)];
+            let n = self.inner.write_vectored(&parts).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let from_header = n.min(header.len());
+            header = header.get(from_header..).unwrap_or_default();
+            payload = payload.get(n - from_header..).unwrap_or_default();
+        }
+        self.inner.write_all(payload).await?;
+        self.inner.flush().await
     }
 
     /// Writes one complete (final) frame and flushes it.
@@ -505,7 +620,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Flushes and shuts the transport's write side down (after the Close frames).
     pub async fn shutdown(&mut self) -> io::Result<()> {
-        SinkExt::<OutFrame<'_>>::close(&mut self.frames).await
+        self.inner.shutdown().await
     }
 }
 

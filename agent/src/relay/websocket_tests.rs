@@ -454,14 +454,23 @@ fn arbitrary_bytes_never_panic() {
 }
 
 #[test]
-fn word_masking_matches_byte_masking_at_every_offset() {
-    for len in 0..40 {
-        for offset in 0..8 {
-            let mut fast = pattern(len);
-            let mut slow = fast.clone();
-            apply_mask(&mut fast, KEY, offset);
-            naive_mask(&mut slow, KEY, offset);
-            assert_eq!(fast, slow, "len {len} offset {offset}");
+fn word_masking_matches_byte_masking_at_every_offset_length_and_alignment() {
+    let keys = [KEY, [0xff; 4], [0x01, 0x00, 0x00, 0x80]];
+    let source = pattern(200);
+    for key in keys {
+        // Every start within a word (the slice's alignment), every length through a few
+        // words and their tails, every key phase, and phases past the first turn.
+        for align in 0..8 {
+            for len in 0..(source.len() - align) {
+                for offset in [0, 1, 2, 3, 4, 5, 6, 7, 1001, usize::MAX] {
+                    let mut fast = source.clone();
+                    let mut slow = source.clone();
+                    let range = align..align + len;
+                    apply_mask(fast.get_mut(range.clone()).expect("in range"), key, offset);
+                    naive_mask(slow.get_mut(range).expect("in range"), key, offset);
+                    assert_eq!(fast, slow, "align {align} len {len} offset {offset}");
+                }
+            }
         }
     }
 }
@@ -558,4 +567,183 @@ async fn bytes_read_with_the_handshake_are_decoded_without_waiting_for_more() {
         .expect("valid")
         .expect("frame");
     assert_eq!(frame.payload.as_ref(), b"preamble");
+}
+
+/// A transport that records each write call, so tests can count system calls.
+#[derive(Debug, Default)]
+struct CountingWriter {
+    bytes: Vec<u8>,
+    writes: usize,
+}
+
+impl tokio::io::AsyncWrite for CountingWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.writes += 1;
+        self.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.writes += 1;
+        let mut n = 0;
+        for buf in bufs {
+            self.bytes.extend_from_slice(buf);
+            n += buf.len();
+        }
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_frame_leaves_in_one_write_masked_in_place_or_copied() {
+    for len in [0usize, 5, 125, 126, 70_000] {
+        let payload = pattern(len);
+        for mask in [false, true] {
+            let mut out = CountingWriter::default();
+            let mut writer = FrameWriter::new(&mut out, mask);
+            writer
+                .write_frame(OpCode::Binary, &payload)
+                .await
+                .expect("write");
+            let mut lent = payload.clone();
+            writer
+                .send_in_place(OpCode::Binary, true, &mut lent)
+                .await
+                .expect("write");
+            assert_eq!(out.writes, 2, "len {len} mask {mask}: one write per frame");
+            let frames = decode_all(&out.bytes).expect("valid frames");
+            let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload.to_vec()).collect();
+            assert_eq!(joined, [payload.clone(), payload.clone()].concat());
+            // A server's lent payload goes out as it is; a client's is left masked.
+            assert_eq!(lent == payload, !mask || len == 0, "len {len} mask {mask}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_writer_refuses_control_frames_rfc_6455_forbids() {
+    let mut out = CountingWriter::default();
+    let mut writer = FrameWriter::new(&mut out, true);
+    let err = writer
+        .write_frame(OpCode::Ping, &[0; 126])
+        .await
+        .expect_err("too long");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(out.writes, 0);
+}
+
+/// A transport holding `bytes` that hands out as much as each read asks for, counting reads.
+#[derive(Debug)]
+struct CountingReader {
+    bytes: io::Cursor<Vec<u8>>,
+    reads: usize,
+}
+
+impl tokio::io::AsyncRead for CountingReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.reads += 1;
+        std::pin::Pin::new(&mut self.bytes).poll_read(cx, buf)
+    }
+}
+
+#[tokio::test]
+async fn a_bulk_stream_takes_one_read_per_piece() {
+    let frames = 16;
+    // Full pieces, then a long frame that comes in pieces, then short frames.
+    let mut bytes = encode_all(
+        false,
+        &vec![
+            OutFrame {
+                opcode: OpCode::Binary,
+                fin: true,
+                payload: &pattern(PIECE_LEN),
+            };
+            frames
+        ],
+    )
+    .to_vec();
+    bytes.extend_from_slice(&wire(0x82, &pattern(4 * PIECE_LEN), None));
+    let mut reader = FrameReader::new(
+        CountingReader {
+            bytes: io::Cursor::new(bytes),
+            reads: 0,
+        },
+        Vec::new(),
+    );
+    let (mut pieces, mut got) = (0, Vec::new());
+    while let Some(frame) = reader.read_frame().await.expect("valid") {
+        assert_eq!(frame.payload.len(), PIECE_LEN);
+        got.extend_from_slice(&frame.payload);
+        pieces += 1;
+    }
+    assert_eq!(pieces, frames + 4);
+    let want = [
+        vec![pattern(PIECE_LEN); frames].concat(),
+        pattern(4 * PIECE_LEN),
+    ]
+    .concat();
+    assert!(got == want, "the stream arrives intact");
+    // One read per piece, and one that finds the end.
+    assert_eq!(reader.inner.reads, pieces + 1);
+}
+
+#[tokio::test]
+async fn an_idle_reader_holds_no_memory() {
+    let (mut peer, ours) = tokio::io::duplex(4 * PIECE_LEN);
+    let mut reader = FrameReader::new(ours, Vec::new());
+    assert_eq!(reader.buffered_capacity(), 0, "a new reader holds nothing");
+    let frames = 8;
+    let sender = tokio::spawn(async move {
+        let mut w = FrameWriter::new(&mut peer, true);
+        for _ in 0..frames {
+            w.write_frame(OpCode::Binary, &pattern(PIECE_LEN))
+                .await
+                .expect("write");
+        }
+        peer
+    });
+    for _ in 0..frames {
+        let frame = reader.read_frame().await.expect("valid").expect("frame");
+        assert_eq!(frame.payload.len(), PIECE_LEN);
+        assert_eq!(frame.payload.as_ref(), pattern(PIECE_LEN).as_slice());
+    }
+    let _peer = sender.await.expect("sender");
+    // Nothing more is coming: the reader gives its buffer back while it waits.
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), reader.read_frame());
+    assert!(waiting.await.is_err(), "no frame is there");
+    assert_eq!(
+        reader.buffered_capacity(),
+        0,
+        "an idle reader holds nothing"
+    );
 }

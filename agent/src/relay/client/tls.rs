@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use url::Url;
 
 use super::error::ConnectError;
+use crate::relay::buffer::BufferedReads;
 
 /// A byte stream to the relay, plain or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
@@ -124,6 +125,7 @@ pub async fn connect(
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             })?;
             let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+            let tcp = BufferedReads::new(tcp);
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
                 .await
                 .map_err(|_| timed_out("TLS handshake"))

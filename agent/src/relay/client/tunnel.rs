@@ -7,22 +7,24 @@
 //!
 //! Message boundaries mean nothing: every data frame is a slice of the stream.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Mutex;
 
 use super::handshake::WebSocket;
 use super::tls::BoxedIo;
+use crate::relay::buffer::ReadBuffer;
 use crate::relay::protocol::close_code;
 use crate::relay::websocket::{FrameError, FrameReader, FrameWriter, OpCode};
 
-/// Bytes read from local TCP per frame.
-const CHUNK: usize = 64 * 1024;
+/// Most bytes read from local TCP into one frame: large enough that a bulk stream costs
+/// few system calls and frames, and what the relay hands on as one piece anyway.
+const CHUNK: usize = crate::relay::websocket::PIECE_LEN;
 
 /// A frame the relay has not taken off our hands within this is a dead tunnel: a relay
 /// that stops reading must not hold a debug session (and its task) forever.
@@ -91,7 +93,8 @@ impl Tunnel {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Some(self.pending.drain(..n).collect()))
+        let rest = self.pending.split_off(n);
+        Ok(Some(std::mem::replace(&mut self.pending, rest)))
     }
 
     /// The next data payload; answers Pings on the way. `None` at the peer's Close, an
@@ -206,18 +209,21 @@ impl Tunnel {
         };
         let outbound = async {
             let mut sent = 0u64;
-            let mut buf = vec![0u8; CHUNK];
+            // Holds memory only while the local side sends (an idle tunnel holds none).
+            let mut buf = ReadBuffer::new(Vec::new());
             loop {
-                let n = tcp_read.read(&mut buf).await?;
+                let n = poll_fn(|cx| buf.poll_fill(&mut tcp_read, cx, CHUNK)).await?;
                 let mut w = writer.lock().await;
                 if n == 0 {
                     w.closed = true;
                     bounded(w.frames.write_close(close_code::NORMAL, "")).await?;
                     return Ok::<u64, io::Error>(sent);
                 }
-                let data = buf.get(..n).unwrap_or_default();
-                bounded(w.frames.write_frame(OpCode::Binary, data)).await?;
-                sent += n as u64;
+                // Masked where it was read: the payload is never copied.
+                let data = buf.bytes_mut();
+                bounded(w.frames.send_in_place(OpCode::Binary, true, data)).await?;
+                sent += data.len() as u64;
+                data.clear();
             }
         };
         tokio::pin!(inbound, outbound);

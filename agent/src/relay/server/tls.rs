@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::relay::buffer::BufferedReads;
+
 /// A loaded certificate and key, ready to terminate TLS.
 #[derive(Clone)]
 pub struct Tls {
@@ -60,8 +62,11 @@ impl Tls {
     }
 
     /// Runs the server side of the TLS handshake.
-    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
-        self.acceptor.accept(tcp).await
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> std::io::Result<TlsStream<BufferedReads<TcpStream>>> {
+        self.acceptor.accept(BufferedReads::new(tcp)).await
     }
 }
 
