@@ -77,7 +77,7 @@ const EXEC_FLAG_VARS: [&str; 3] = [
 impl Cli {
     /// Parses the process's arguments. `amlx-agent exec …`, which runs in front of every
     /// process of a job, takes a shortcut when it has no option of the agent's
-    /// ([`Cli::exec_shortcut`]), else is parsed by a command tree holding only `exec`:
+    /// (`exec_shortcut`), else is parsed by a command tree holding only `exec`:
     /// building the whole tree was 29 % of a non-target's instructions. Anything that
     /// tree does not parse cleanly (`--help`, a mistake) goes to the whole tree, so help
     /// and errors are the same either way.
