@@ -209,7 +209,7 @@ pub struct Injected {
 /// let endpoint = Endpoint { mode: DebugMode::Connect, port: 5678, node_ip: None };
 /// let injected = inject::rewrite(&python, &endpoint, &DebugpyOptions::default()).unwrap();
 /// assert_eq!(
-///     injected.argv.join(" ".as_ref()),
+///     injected.argv.join(" ".as_ref()).to_string_lossy(),
 ///     format!("python3 -u -Xfrozen_modules=off -c {} step.py --lr 0.1", bootstrap::LAUNCHER)
 /// );
 /// assert_eq!(
