@@ -122,11 +122,7 @@ pub fn run(
                 Ok([lock, lifeline])
             });
         match kept {
-            Ok(fds) => {
-                step.keep_fds.extend(fds);
-                step.keep_fds
-                    .extend(report_write.as_ref().map(AsRawFd::as_raw_fd));
-            }
+            Ok(fds) => step.keep_fds.extend(fds),
             Err(why) => {
                 sidecar.terminate();
                 return debug_failed(settings, &why, mode, step);
@@ -141,6 +137,9 @@ pub fn run(
     if let Some(injected) = injected {
         step.argv = injected.argv;
         step.env.extend(injected.env);
+        // Its bootstrap writes to the report pipe (set only for an injected step).
+        step.keep_fds
+            .extend(report_write.as_ref().map(AsRawFd::as_raw_fd));
     }
     step.env.push(env_pair("AMLX_DEBUG_TARGET", "true"));
     step.env
@@ -151,10 +150,6 @@ pub fn run(
         "AMLX_DEBUG_MODE",
         &settings.session.mode.to_string(),
     ));
-    if mode == ProcessMode::Supervise {
-        step.keep_fds
-            .extend(report_write.as_ref().map(AsRawFd::as_raw_fd));
-    }
     let code = process::run(mode, &step);
     drop(report_write);
     // Supervise mode (or a failed execve): the session ends with the step.
