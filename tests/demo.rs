@@ -13,7 +13,7 @@ use crate::session::harness::{Attach, DapClient, SESSION_DEADLINE, free_port, po
 use crate::util;
 
 /// Set on the demo only: every process it starts inherits it, so leftovers can be found.
-const MARKER_VAR: &str = "AMLX_DEMO_TEST_MARKER";
+pub const MARKER_VAR: &str = "AMLX_DEMO_TEST_MARKER";
 
 /// `amlx-agent demo` with per-test ports, lock and state directories, and `mpiexec` (the
 /// mpich wheel's) on PATH.
@@ -52,7 +52,7 @@ fn demo_in_range(
 }
 
 /// Processes still carrying `marker` in their environment.
-fn processes_with(marker: &str) -> Vec<String> {
+pub fn processes_with(marker: &str) -> Vec<String> {
     let needle = format!("{MARKER_VAR}={marker}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -75,12 +75,12 @@ fn processes_with(marker: &str) -> Vec<String> {
         .collect()
 }
 
-fn new_marker() -> String {
+pub fn new_marker() -> String {
     format!("{}-{}", std::process::id(), free_port())
 }
 
 /// The position of `needle` in `text`, or a failure showing the text.
-fn position(text: &str, needle: &str) -> usize {
+pub fn position(text: &str, needle: &str) -> usize {
     text.find(needle)
         .unwrap_or_else(|| panic!("{needle:?} is missing from:\n{text}"))
 }
@@ -258,13 +258,13 @@ fn sigterm_to_the_demo_stops_the_waiting_step_and_everything_else() {
 
 /// A running demo's stdout and stderr, through files (readable while it runs, and a
 /// leftover process holding them open cannot block the test).
-struct Captured {
+pub struct Captured {
     stdout: tempfile::NamedTempFile,
     stderr: tempfile::NamedTempFile,
 }
 
 impl Captured {
-    fn spawn(cmd: &mut Command) -> (std::process::Child, Captured) {
+    pub fn spawn(cmd: &mut Command) -> (std::process::Child, Captured) {
         let captured = Captured {
             stdout: tempfile::NamedTempFile::new().expect("stdout file"),
             stderr: tempfile::NamedTempFile::new().expect("stderr file"),
@@ -278,11 +278,11 @@ impl Captured {
         (child, captured)
     }
 
-    fn stdout(&self) -> String {
+    pub fn stdout(&self) -> String {
         Self::read(&self.stdout)
     }
 
-    fn stderr(&self) -> String {
+    pub fn stderr(&self) -> String {
         Self::read(&self.stderr)
     }
 

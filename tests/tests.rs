@@ -15,6 +15,7 @@ mod mlflow;
 mod ports;
 mod relay;
 mod relay_server;
+mod run;
 mod session;
 mod shims;
 mod status;

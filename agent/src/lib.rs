@@ -17,4 +17,5 @@ pub mod process;
 pub mod publish;
 pub mod relay;
 pub mod role;
+pub mod run;
 pub mod session;

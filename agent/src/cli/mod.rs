@@ -9,6 +9,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod relay;
+mod run;
 mod sessions;
 
 use std::ffi::OsString;
@@ -19,6 +20,7 @@ use clap::{Args, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
 pub use relay::{ConnectArgs, ListenArgs, RelayClientArgs};
 pub use relay::{RelayArgs, RelayCommand, ServeArgs};
+pub use run::{RunArgs, TargetsCommand, TargetsListArgs};
 pub use sessions::{DemoArgs, LaunchJsonArgs, StatusArgs};
 
 /// Makes exactly the right processes of a distributed training job remotely debuggable.
@@ -33,6 +35,7 @@ pub use sessions::{DemoArgs, LaunchJsonArgs, StatusArgs};
     propagate_version = true,
     after_help = "Examples:\n  \
         amlx-agent demo                          # a whole debug session on this machine\n  \
+        amlx-agent run -- python train.py        # your step, VS Code attached\n  \
         amlx-agent exec -- python train.py --lr 0.1\n  \
         AMLX_DEBUG=1 mpiexec -n 4 amlx-agent exec --ranks 0 -- python train.py\n  \
         amlx-agent detect --json\n  \
@@ -243,6 +246,40 @@ pub enum Command {
         amlx-agent demo --ranks-count 1 --attach-timeout 10m   # one process, no mpiexec\n  \
         amlx-agent demo --vscode-port 5690 --dir ./amlx-demo")]
     Demo(DemoArgs),
+
+    /// Run a step on a compute target with VS Code attached through a relay.
+    ///
+    /// Starts the developer side here (a loopback relay with a fresh in-memory key and
+    /// the listener that hands each debugged rank to its own VS Code port), writes the
+    /// project's .vscode/launch.json (one "listen" configuration per rank and a compound
+    /// starting them all, with path mappings to where the code runs), prints how to
+    /// attach, then runs the step on the target behind `amlx-agent exec --debug`,
+    /// exactly as on a cluster node. Streams the step's output and exits with its code;
+    /// Ctrl-C stops the step and removes whatever the run started, bounded.
+    ///
+    /// Targets: local (this machine, the project folder); docker (a container of
+    /// --image on the local engine or DOCKER_HOST, the agent bind-mounted read-only as
+    /// its entrypoint, the project mounted at /workspace, host network); a name from
+    /// .amlx/targets.toml or the config's [targets.NAME] (see `targets list`).
+    #[command(after_help = "Examples:\n  \
+        amlx-agent run -- python train.py --lr 0.1\n  \
+        amlx-agent run --ranks-count 4 --ranks all -- python train.py   # 4 ranks under mpiexec\n  \
+        amlx-agent run -t docker --image my-training:latest -- python train.py\n  \
+        amlx-agent run -t docker --image my-training --build Dockerfile -- python train.py\n  \
+        amlx-agent run -t remotevm -- python train.py              # [targets.remotevm]")]
+    Run(RunArgs),
+
+    /// Named run targets: list them and check they are reachable.
+    #[command(
+        subcommand,
+        after_help = "Targets live in .amlx/targets.toml in the project, or in the config \
+        file, as [targets.NAME] tables: kind = \"local\" | \"docker\" | \"ssh\", and host, \
+        user, port, identity_file, image, build, env, ranks_count, ranks.\n\n\
+        Examples:\n  \
+        amlx-agent targets list\n  \
+        amlx-agent targets list --dir ~/src/trainer --no-check"
+    )]
+    Targets(TargetsCommand),
 }
 
 /// `exec`: everything that decides and sets up a debug session, then the command.

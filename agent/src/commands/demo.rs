@@ -5,6 +5,7 @@ use std::path::Path;
 use crate::cli::DemoArgs;
 use crate::config::Settings;
 use crate::demo::{self, Options};
+use crate::ports;
 use crate::publish;
 use crate::role::ProcessEnv;
 
@@ -21,6 +22,7 @@ pub fn run(args: &DemoArgs, settings: &Settings, config: Option<&Path>) -> anyho
         python: args.python.clone(),
         config: config.map(Path::to_path_buf),
         state_dir,
+        lock_dir: ports::lock_dir(settings.ports.lock_dir.as_deref()).ok(),
     };
     demo::run(&options)
 }

@@ -6,11 +6,12 @@ mod exec;
 mod launch_json;
 mod ports;
 mod relay;
+mod run;
 mod status;
 
 use crate::cli::{
     Cli, Command, ConnectArgs, ListenArgs, LogFormat, PortsCommand, RelayArgs, RelayCommand,
-    RoleArgs,
+    RoleArgs, TargetsCommand,
 };
 use crate::config::{self, Flags, StepHints};
 use crate::inject::prior_art::{self, PriorArt};
@@ -67,6 +68,12 @@ pub fn run(cli: Cli) -> i32 {
         Command::Demo(args) => settings
             .map_err(Into::into)
             .and_then(|s| demo::run(args, &s, cli.global.config.as_deref())),
+        Command::Run(args) => settings
+            .map_err(Into::into)
+            .and_then(|s| run::run(args, &s, cli.global.config.as_deref())),
+        Command::Targets(TargetsCommand::List(args)) => settings
+            .map_err(Into::into)
+            .and_then(|s| run::list_targets(args, &s)),
     };
     report(result)
 }
@@ -119,7 +126,11 @@ fn flags_for<'a>(cli: &'a Cli, step: Option<&'a StepHints>) -> Flags<'a> {
             state_dir: args.state_dir.as_deref(),
             ..base
         },
-        Command::Relay(_) | Command::LaunchJson(_) | Command::Demo(_) => base,
+        Command::Relay(_)
+        | Command::LaunchJson(_)
+        | Command::Demo(_)
+        | Command::Run(_)
+        | Command::Targets(_) => base,
     }
 }
 

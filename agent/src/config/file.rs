@@ -1,5 +1,6 @@
 //! The TOML file: its schema (an unknown key is an error), and errors naming file, line, key.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,9 @@ use crate::session::{DebugMode, FailurePolicy};
 use super::ConfigError;
 use super::secret::Secret;
 use super::server::ServerSection;
+use super::targets::TargetSection;
 use super::value::{Parsed, TargetLimit};
+use toml::Spanned;
 
 /// The whole file as written; every key is optional, absent means "not set here".
 #[derive(Debug, Default, Deserialize)]
@@ -28,6 +31,7 @@ pub(super) struct FileConfig {
     pub node: NodeSection,
     pub log: LogSection,
     pub relay: RelaySection,
+    pub targets: BTreeMap<String, Spanned<TargetSection>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +136,11 @@ impl FileContext<'_> {
     /// Parses the text. Messages never quote the file's text, only keys and values of
     /// non-secret settings, so a secret near a syntax error stays out of the log.
     pub fn parse(&self) -> Result<FileConfig, ConfigError> {
+        self.parse_as()
+    }
+
+    /// [`parse`](Self::parse) into any schema (a targets file holds only `[targets.*]`).
+    pub fn parse_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
         let de = toml::Deserializer::parse(self.text)
             .map_err(|e| self.error(e.span(), "", &format!("malformed TOML: {}", e.message())))?;
         serde_path_to_error::deserialize(de).map_err(|e| {

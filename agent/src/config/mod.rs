@@ -10,6 +10,7 @@ mod file;
 mod flags;
 mod secret;
 mod server;
+mod targets;
 mod value;
 
 use std::net::IpAddr;
@@ -31,6 +32,10 @@ pub use server::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONTROL_MESSAGE,
     DEFAULT_MAX_LISTENERS_PER_PATH, DEFAULT_RENDEZVOUS_TIMEOUT, DEFAULT_SERVER_LISTEN,
     DEFAULT_SHUTDOWN_GRACE, MAX_KEY_CHARS, ServerKey, ServerSettings, TlsFiles, path_matches,
+};
+pub use targets::{
+    MAX_RANKS_COUNT, PROJECT_TARGETS_FILE, TargetKind, TargetSpec, parse_targets_file,
+    read_project_targets,
 };
 
 /// The config file read when neither `--config` nor `AMLX_CONFIG` names one (if present).
@@ -56,6 +61,8 @@ pub struct Settings {
     pub session: SessionSettings,
     /// `[relay]` and `[relay.server]`.
     pub relay: RelaySettings,
+    /// `[targets.NAME]`: named places `amlx-agent run -t NAME` runs a step.
+    pub targets: std::collections::BTreeMap<String, TargetSpec>,
     /// What layering decided that the log should say, e.g. a step's own `--debug-port`
     /// overruled by `--port-range`. Settings load before logging starts, so the command
     /// logs these once it can.
@@ -367,6 +374,7 @@ fn apply_file(ctx: file::FileContext<'_>, s: &mut Settings) -> Result<(), Config
     s.relay.ca_file = r.ca_file;
     set(&mut s.relay.insecure_ws, r.insecure_ws);
     s.relay.server = r.server.into_settings(&ctx)?;
+    s.targets = targets::into_specs(f.targets, &ctx)?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ fn file_errors_name_file_line_and_key() {
         ),
         (
             "# comment\nbogus = 1\n",
-            "/cfg/agent.toml:2: unknown key bogus (known keys: debug, ports, node, log, relay)",
+            "/cfg/agent.toml:2: unknown key bogus (known keys: debug, ports, node, log, relay, targets)",
         ),
         (
             "[debug]\nenabled = true\nattach_timeout = \"10 parsecs\"\n",

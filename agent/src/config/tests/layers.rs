@@ -573,6 +573,8 @@ fn example_config_commented_settings_are_valid() {
     assert!(server.tls.is_some());
     assert_eq!(server.keys.len(), 2);
     assert!(!format!("{got:?}").contains(SECRET));
+    let names: Vec<&str> = got.targets.keys().map(String::as_str).collect();
+    assert_eq!(names, ["box", "remotevm"]);
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Waiting for the demo's step, stopping it on Ctrl-C/SIGTERM, and collecting the
-//! processes it leaves behind (the demo is their subreaper), all bounded.
+//! Waiting for the run's step, stopping it on Ctrl-C/SIGTERM, and collecting the
+//! processes it leaves behind (`run` is their subreaper), all bounded.
 
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
@@ -17,13 +17,14 @@ const REAP_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Copy)]
 pub struct Ended {
     pub status: ExitStatus,
-    /// The demo was asked to stop (Ctrl-C, SIGTERM) and stopped the step.
+    /// This process was asked to stop (Ctrl-C, SIGTERM) and stopped the step.
     pub interrupted: bool,
 }
 
-/// Waits for the step; on SIGINT or SIGTERM to the demo, sends SIGTERM to the step and
-/// gives it `grace` before SIGKILL.
-pub async fn wait_step(child: Child, grace: Duration) -> anyhow::Result<Ended> {
+/// Waits for the step; on SIGINT or SIGTERM to this process, sends SIGTERM to the step
+/// (for a container or a remote host: its client, which passes it on) and gives it
+/// `grace` before SIGKILL. `label` starts the line that says so.
+pub async fn wait_step(child: Child, grace: Duration, label: &str) -> anyhow::Result<Ended> {
     use tokio::signal::unix::{SignalKind, signal};
     let pid = pid_of(&child);
     let mut child = child;
@@ -53,7 +54,7 @@ pub async fn wait_step(child: Child, grace: Duration) -> anyhow::Result<Ended> {
         }
         () = stop_asked => {}
     }
-    println!("amlx-agent demo: stopping the step");
+    println!("{label}: stopping the step");
     // The waiter has not reaped the step yet (it would have returned): the PID is its.
     let _ = kill(pid, Signal::SIGTERM);
     let status = match tokio::time::timeout(grace, &mut waiter).await {
@@ -82,7 +83,7 @@ fn pid_of(child: &Child) -> Pid {
 }
 
 /// Reaps every remaining child (processes the step left behind and the kernel handed to
-/// the demo as subreaper) until none is left; kills what remains after `timeout`.
+/// this process as subreaper) until none is left; kills what remains after `timeout`.
 pub fn leftovers(timeout: Duration) {
     let deadline = Instant::now() + timeout;
     let mut killed = false;

@@ -1,6 +1,8 @@
-//! Follows the demo session through its status record (what `amlx-agent status` reads),
-//! so the demo can say at the end what happened: waited, attached, timed out.
+//! Follows the run's debug sessions through their status records (what `amlx-agent
+//! status` reads), so `run` can say at the end what happened to each rank: waited,
+//! attached, timed out.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use crate::publish::{SessionState, list_sessions};
 /// Between two reads of the state directory.
 const POLL: Duration = Duration::from_millis(50);
 
-/// The states the demo's session went through, in order, and the last reason given.
+/// The states one session went through, in order, and the last reason given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
     pub states: Vec<SessionState>,
@@ -43,11 +45,14 @@ impl History {
     }
 }
 
-/// Watches `state_dir` for the session whose endpoint starts with `endpoint_prefix`.
+/// Each session's history, by rank (`None`: a session that recorded no rank).
+pub type Histories = BTreeMap<Option<u32>, History>;
+
+/// Watches `state_dir` for the sessions whose endpoint starts with `endpoint_prefix`.
 #[derive(Debug)]
 pub struct Watcher {
     stop: CancellationToken,
-    task: JoinHandle<History>,
+    task: JoinHandle<Histories>,
 }
 
 impl Watcher {
@@ -55,7 +60,7 @@ impl Watcher {
         let stop = CancellationToken::new();
         let cancelled = stop.clone();
         let task = tokio::spawn(async move {
-            let mut history = History::default();
+            let mut history = Histories::new();
             loop {
                 observe(&state_dir, &endpoint_prefix, &mut history);
                 tokio::select! {
@@ -71,13 +76,13 @@ impl Watcher {
     }
 
     /// Stops watching; what was seen.
-    pub async fn finish(self) -> History {
+    pub async fn finish(self) -> Histories {
         self.stop.cancel();
         self.task.await.unwrap_or_default()
     }
 }
 
-fn observe(state_dir: &std::path::Path, endpoint_prefix: &str, history: &mut History) {
+fn observe(state_dir: &std::path::Path, endpoint_prefix: &str, histories: &mut Histories) {
     // A missing or unreadable directory just means no record (yet).
     let Ok(listing) = list_sessions(state_dir) else {
         return;
@@ -88,10 +93,13 @@ fn observe(state_dir: &std::path::Path, endpoint_prefix: &str, history: &mut His
         .filter(|e| e.record.endpoint.starts_with(endpoint_prefix))
     {
         // What the session recorded, even once its process is gone (a reader would show
-        // `ended` then): the demo reports the end itself.
+        // `ended` then): `run` reports the end itself.
         let record = &entry.record;
         if record.state != SessionState::Ended {
-            history.saw(record.state, record.reason.clone());
+            histories
+                .entry(record.rank)
+                .or_default()
+                .saw(record.state, record.reason.clone());
         }
     }
 }

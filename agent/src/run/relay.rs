@@ -1,10 +1,10 @@
-//! The demo's two relay ends in one process: a self-hosted relay on 127.0.0.1:0 (plain
+//! The developer side of `run` in one process: a self-hosted relay on 127.0.0.1:0 (plain
 //! ws, loopback only, a fresh random key that lives in memory only) and the laptop-side
-//! listener that hands the debugged step's connection to VS Code.
+//! listener that hands each debugged rank's connection to its own VS Code port.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,9 +24,9 @@ use crate::relay::protocol::{Accept, close_code};
 use crate::relay::sas::Right;
 use crate::relay::server;
 
-/// The SAS key name of the demo relay's only key.
-const KEY_NAME: &str = "demo";
-/// Random bytes in the demo key (base64 in the connection string, like Azure's keys).
+/// The SAS key name of the in-process relay's only key.
+const KEY_NAME: &str = "amlx-run";
+/// Random bytes in the key (base64 in the connection string, like Azure's keys).
 const KEY_BYTES: usize = 32;
 /// Relayed connections get this long to finish when the demo stops.
 const SERVER_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -43,7 +43,7 @@ const VSCODE_POLL: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub struct LocalRelay {
     pub addr: SocketAddr,
-    /// The Hybrid Connection the demo uses (unique per run).
+    /// The Hybrid Connection this run uses (unique per run).
     pub hc: String,
     key: Secret,
     shutdown: CancellationToken,
@@ -55,7 +55,7 @@ impl LocalRelay {
     pub async fn start() -> anyhow::Result<LocalRelay> {
         let key_bytes: [u8; KEY_BYTES] = rand::random();
         let key = Secret::new(base64::engine::general_purpose::STANDARD.encode(key_bytes));
-        let hc = format!("amlx-demo-{}", uuid::Uuid::new_v4().simple());
+        let hc = format!("amlx-run-{}", uuid::Uuid::new_v4().simple());
         let config = ServerSettings {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             insecure_ws: true,
@@ -71,8 +71,10 @@ impl LocalRelay {
         let settings = server::Settings::from_config(&config)?;
         let listener = TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("demo relay: could not bind {}", config.listen))?;
-        let addr = listener.local_addr().context("demo relay: bound address")?;
+            .with_context(|| format!("in-process relay: could not bind {}", config.listen))?;
+        let addr = listener
+            .local_addr()
+            .context("in-process relay: bound address")?;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::run(listener, settings, shutdown.clone()));
         Ok(LocalRelay {
@@ -84,14 +86,20 @@ impl LocalRelay {
         })
     }
 
-    /// The connection string for the step's agent (environment only, never argv).
-    pub fn connection_string(&self) -> Secret {
+    /// The connection string for the step's agent (environment only, never argv), with
+    /// the relay at `addr`: where the step reaches it (this machine's address, or the
+    /// far end of a forward).
+    pub fn connection_string_at(&self, addr: &str) -> Secret {
         Secret::new(format!(
-            "Endpoint=sb://{}/;SharedAccessKeyName={KEY_NAME};SharedAccessKey={};EntityPath={}",
-            self.addr,
+            "Endpoint=sb://{addr}/;SharedAccessKeyName={KEY_NAME};SharedAccessKey={};EntityPath={}",
             self.key.expose(),
             self.hc
         ))
+    }
+
+    /// The connection string with the relay's own address.
+    pub fn connection_string(&self) -> Secret {
+        self.connection_string_at(&self.addr.to_string())
     }
 
     /// The endpoint the in-process listener uses.
@@ -105,30 +113,64 @@ impl LocalRelay {
         self.shutdown.cancel();
         match self.task.await {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!("demo relay: {err:#}"),
-            Err(err) => tracing::warn!("demo relay task failed: {err}"),
+            Ok(Err(err)) => tracing::warn!("in-process relay: {err:#}"),
+            Err(err) => tracing::warn!("in-process relay task failed: {err}"),
         }
     }
+}
+
+/// One debug target's way to VS Code: the relayed connection named `debug_port` (the
+/// port the rank's agent reserves on the target) goes to VS Code on `vscode_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub rank: u32,
+    pub debug_port: u16,
+    pub vscode_port: u16,
 }
 
 /// What the laptop side saw of VS Code.
 #[derive(Debug, Default)]
 pub struct VsCodeSeen {
-    /// A relayed debug connection reached VS Code.
-    pub attached: AtomicBool,
-    /// "Waiting for VS Code" was said once already.
-    announced_wait: AtomicBool,
+    /// Ranks whose relayed debug connection reached VS Code.
+    attached: Mutex<BTreeSet<u32>>,
+    /// Ranks for which "waiting for VS Code" was said already.
+    announced_wait: Mutex<BTreeSet<u32>>,
 }
 
-/// Hands every relayed connection to VS Code on 127.0.0.1:`port`, holding it (bounded)
+impl VsCodeSeen {
+    /// The ranks whose debug connection reached VS Code.
+    pub fn attached(&self) -> BTreeSet<u32> {
+        self.attached
+            .lock()
+            .map(|set| set.clone())
+            .unwrap_or_default()
+    }
+
+    fn mark_attached(&self, rank: u32) {
+        if let Ok(mut set) = self.attached.lock() {
+            set.insert(rank);
+        }
+    }
+
+    /// True the first time for `rank`.
+    fn first_wait(&self, rank: u32) -> bool {
+        self.announced_wait
+            .lock()
+            .is_ok_and(|mut set| set.insert(rank))
+    }
+}
+
+/// Hands every relayed connection to the VS Code port of its rank, holding it (bounded)
 /// while VS Code is not listening yet, so VS Code can be started at any time before
 /// the attach timeout and attaches at once.
 #[derive(Debug)]
 struct VsCodeForwarder {
     forwards: Forwards,
-    port: u16,
+    routes: Vec<Route>,
+    /// `amlx-agent run` or `amlx-agent demo`: how its lines start.
+    label: &'static str,
     attach_timeout: Duration,
-    /// When the step's debugpy first came through: its agent's attach timeout runs from
+    /// When a step's debugpy first came through: its agent's attach timeout runs from
     /// about then, so connections are held for VS Code no longer than that.
     first_debuggee: OnceLock<Instant>,
     seen: Arc<VsCodeSeen>,
@@ -147,35 +189,48 @@ impl AcceptHandler for VsCodeForwarder {
     }
 
     async fn handle(self: Arc<Self>, tunnel: Tunnel, _accept: Accept) {
-        let tunnel = match bridge::accept(tunnel, &self.forwards).await {
-            Ok(Some((tunnel, _))) => {
+        let (tunnel, forward) = match bridge::accept(tunnel, &self.forwards).await {
+            Ok(Some(accepted)) => {
                 let _ = self.first_debuggee.set(Instant::now());
-                tunnel
+                accepted
             }
             Ok(None) => return,
             Err(err) => {
-                tracing::warn!("demo listener: relayed connection failed: {err}");
+                tracing::warn!("laptop listener: relayed connection failed: {err}");
                 return;
             }
         };
-        let Some(vscode) = self.reach_vscode().await else {
+        let Some(route) = self
+            .routes
+            .iter()
+            .find(|r| r.vscode_port == forward.port)
+            .copied()
+        else {
+            tracing::warn!("laptop listener: no rank forwards to {forward}");
+            return;
+        };
+        let Some(vscode) = self.reach_vscode(route).await else {
             tunnel
                 .finish(close_code::SERVER_ERROR, "VS Code is not listening")
                 .await;
             return;
         };
         if let Err(err) = bridge::confirm(&tunnel).await {
-            tracing::warn!("demo listener: relayed connection failed: {err}");
+            tracing::warn!("laptop listener: relayed connection failed: {err}");
             return;
         }
-        self.seen.attached.store(true, Ordering::Relaxed);
+        self.seen.mark_attached(route.rank);
+        let label = self.label;
         println!(
-            "amlx-agent demo: VS Code on 127.0.0.1:{} has the debug connection of rank 0",
-            self.port
+            "{label}: VS Code on 127.0.0.1:{} has the debug connection of rank {}",
+            route.vscode_port, route.rank
         );
         match tunnel.splice(vscode).await {
-            Ok(_) => println!("amlx-agent demo: VS Code detached"),
-            Err(err) => println!("amlx-agent demo: the debug connection broke: {err}"),
+            Ok(_) => println!("{label}: VS Code detached from rank {}", route.rank),
+            Err(err) => println!(
+                "{label}: the debug connection of rank {} broke: {err}",
+                route.rank
+            ),
         }
     }
 }
@@ -183,21 +238,21 @@ impl AcceptHandler for VsCodeForwarder {
 impl VsCodeForwarder {
     /// Connects to VS Code, retrying until it listens, the step's attach deadline, the
     /// hold limit or shutdown, whichever comes first.
-    async fn reach_vscode(&self) -> Option<TcpStream> {
+    async fn reach_vscode(&self, route: Route) -> Option<TcpStream> {
         let hold = Instant::now() + HOLD_FOR_VSCODE;
         let until = self
             .first_debuggee
             .get()
             .map_or(hold, |first| hold.min(*first + self.attach_timeout));
         loop {
-            if let Ok(stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).await {
+            if let Ok(stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, route.vscode_port)).await {
                 let _ = stream.set_nodelay(true);
                 return Some(stream);
             }
-            if !self.seen.announced_wait.swap(true, Ordering::Relaxed) {
+            if self.seen.first_wait(route.rank) {
                 println!(
-                    "amlx-agent demo: rank 0 is waiting for VS Code to listen on 127.0.0.1:{}",
-                    self.port
+                    "{}: rank {} is waiting for VS Code to listen on 127.0.0.1:{}",
+                    self.label, route.rank, route.vscode_port
                 );
             }
             if Instant::now() + VSCODE_POLL >= until {
@@ -224,23 +279,31 @@ impl LaptopListener {
     /// connections are held for VS Code at most `attach_timeout` (the step's).
     pub async fn start(
         relay: &LocalRelay,
-        vscode_port: u16,
+        routes: &[Route],
         attach_timeout: Duration,
+        label: &'static str,
     ) -> anyhow::Result<LaptopListener> {
         let endpoint = Arc::new(relay.endpoint()?);
         let (online, mut is_online) = watch::channel(false);
         let seen = Arc::new(VsCodeSeen::default());
         let shutdown = CancellationToken::new();
-        // One forward: the azbridge rule sends every numeric port name (whichever debug
-        // port the agent reserves) to it.
-        let forwards = Forwards(vec![Forward {
-            name: "vscode".to_owned(),
-            host: Ipv4Addr::LOCALHOST.to_string(),
-            port: vscode_port,
-        }]);
+        // One forward per rank, named by the debug port its agent reserves (the port
+        // name the agent's sidecar sends). With one rank, azbridge's lone-forward rule
+        // takes any numeric name, so a rank that had to take another port still arrives.
+        let forwards = Forwards(
+            routes
+                .iter()
+                .map(|route| Forward {
+                    name: route.debug_port.to_string(),
+                    host: Ipv4Addr::LOCALHOST.to_string(),
+                    port: route.vscode_port,
+                })
+                .collect(),
+        );
         let handler = Arc::new(VsCodeForwarder {
             forwards,
-            port: vscode_port,
+            routes: routes.to_vec(),
+            label,
             attach_timeout,
             first_debuggee: OnceLock::new(),
             seen: seen.clone(),
@@ -250,7 +313,7 @@ impl LaptopListener {
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
             if let Err(err) = listener::run(endpoint, handler, stop).await {
-                tracing::error!("demo listener stopped: {err}");
+                tracing::error!("laptop listener stopped: {err}");
             }
         });
         let came_online = tokio::time::timeout(ONLINE_TIMEOUT, is_online.wait_for(|up| *up)).await;
@@ -258,7 +321,7 @@ impl LaptopListener {
             shutdown.cancel();
             let _ = task.await;
             anyhow::bail!(
-                "the demo's listener did not come online on its own relay within {}",
+                "the laptop listener did not come online on the in-process relay within {}",
                 humantime::format_duration(ONLINE_TIMEOUT)
             );
         }
@@ -273,7 +336,7 @@ impl LaptopListener {
     pub async fn stop(self) {
         self.shutdown.cancel();
         if let Err(err) = self.task.await {
-            tracing::warn!("demo listener task failed: {err}");
+            tracing::warn!("laptop listener task failed: {err}");
         }
     }
 }

@@ -1,0 +1,475 @@
+//! `amlx-agent run`: one command on the developer's machine runs a step on a compute
+//! target with VS Code attached through the same relay path a cluster job uses.
+//!
+//! A self-hosted relay and the laptop-side listener run in this process (loopback only,
+//! a fresh key held in memory); `.vscode/launch.json` gets one `listen` configuration per
+//! debugged rank and a compound; the step runs on the target behind the agent's own
+//! `exec --debug` (under `mpiexec -n N` when asked), exactly as on a node. Before the
+//! step starts, `run` prints how to attach; at the end it says what happened, returns the
+//! step's exit code, and stops everything it started, bounded. `demo` is `run` with the
+//! embedded example step.
+
+mod reap;
+mod relay;
+mod report;
+mod step;
+pub mod target;
+mod vscode_ports;
+mod watch;
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::launch_json::{self, DebugTarget, LaunchSpec};
+use crate::policy::RankSpec;
+use crate::ports::PortRange;
+use crate::session::DebugMode;
+use relay::{LaptopListener, LocalRelay, Route};
+use report::{Report, exit_code};
+use target::Target;
+use watch::Watcher;
+
+pub use step::{Launch, StepCommand};
+
+/// After the step exited, how long the relay and the listener get to stop.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the step exited, how long its leftover processes (the relay sidecar publishing
+/// its final state) get before they are killed.
+const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// After Ctrl-C or SIGTERM, how long the step gets to stop before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Where a default debug port block may start on the target: above the ports people
+/// configure by hand, below the kernel's usual ephemeral range (32768-60999 on Linux,
+/// where a block could collide with outgoing connections).
+const DEBUG_PORTS_FROM: u16 = 20000;
+/// The end (exclusive) of that window.
+const DEBUG_PORTS_TO: u16 = 32000;
+/// Random blocks tried before giving up on finding free debug ports on this machine.
+const DEBUG_PORT_TRIES: usize = 32;
+
+/// What `run` runs, from the command line and the settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How the lines this command prints start: `amlx-agent run` or `amlx-agent demo`.
+    pub label: &'static str,
+    /// The step: the user's command and its arguments.
+    pub command: Vec<OsString>,
+    /// The project folder on this machine (the step's working directory on the target,
+    /// and the folder whose `.vscode/launch.json` gets the configurations).
+    pub project: PathBuf,
+    /// The first port VS Code listens on (one per debugged rank, from here up).
+    pub vscode_port: u16,
+    pub attach_timeout: Duration,
+    /// Processes to start; more than one runs under `mpiexec -n`.
+    pub ranks_count: u32,
+    /// Which ranks wait for VS Code: `all` or explicit ranks (`0`, `0,2`, `1-3`).
+    pub ranks: String,
+    /// Debug ports the step's agents may reserve on the target; `None`: a free block.
+    pub port_range: Option<PortRange>,
+    /// The config file `run` was given, passed on to a local step's agent.
+    pub config: Option<PathBuf>,
+    /// Where a local step's agent keeps its status record (`run` follows it there).
+    pub state_dir: PathBuf,
+    /// Where VS Code port reservations are kept (the node's ports lock directory);
+    /// `None`: none usable, the ports are used unreserved.
+    pub lock_dir: Option<PathBuf>,
+    /// An extra numbered step of the attach instructions (the demo names its breakpoint).
+    pub hint: Option<String>,
+}
+
+/// The ranks that wait for VS Code, from `--ranks` and the number of processes.
+pub fn debugged_ranks(spec: &str, count: u32) -> anyhow::Result<Vec<u32>> {
+    let parsed: RankSpec = spec.parse().with_context(|| format!("--ranks {spec:?}"))?;
+    let ranks: Vec<u32> = match parsed {
+        RankSpec::All => (0..count).collect(),
+        RankSpec::Ranks(ranges) => {
+            let mut ranks = std::collections::BTreeSet::new();
+            for range in ranges {
+                anyhow::ensure!(
+                    *range.start() < count,
+                    "--ranks {spec}: rank {} is past the {count} process(es) this run starts \
+                     (--ranks-count {count}); ranks count from 0",
+                    range.start()
+                );
+                ranks.extend(*range.start()..=(*range.end()).min(count - 1));
+            }
+            ranks.into_iter().collect()
+        }
+        _ => anyhow::bail!(
+            "--ranks {spec}: `run` starts the processes itself, so list the ranks to debug \
+             (0, 0,2, 1-3) or say all"
+        ),
+    };
+    anyhow::ensure!(!ranks.is_empty(), "--ranks {spec} selects no rank");
+    Ok(ranks)
+}
+
+/// Runs the step on `target`; returns the step's exit code.
+pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
+    anyhow::ensure!(
+        !options.command.is_empty(),
+        "no command to run: put it after --, e.g. `amlx-agent run -- python train.py`"
+    );
+    let launch = target.launch(options.ranks_count);
+    let ranks = debugged_ranks(&options.ranks, launch.count())?;
+    let last_rank = *ranks.last().expect("debugged_ranks is never empty");
+    let port_range = match options.port_range {
+        Some(range) => range,
+        None => free_debug_ports(last_rank, target.shares_this_network())?,
+    };
+    let vscode = vscode_ports::reserve(
+        options.lock_dir.as_deref(),
+        options.vscode_port,
+        ranks.len(),
+    )?;
+    let routes: Vec<Route> = ranks
+        .iter()
+        .zip(vscode.ports())
+        .map(|(&rank, vscode_port)| {
+            let debug_port = u16::try_from(rank)
+                .ok()
+                .and_then(|r| port_range.start.checked_add(r))
+                .filter(|port| port_range.contains(*port))
+                .with_context(|| {
+                    format!(
+                        "rank {rank} has no port in --port-range {port_range}: the agent \
+                         gives rank r the port start + r, so widen the range"
+                    )
+                })?;
+            anyhow::ensure!(
+                !target.shares_this_network() || !port_range.contains(vscode_port),
+                "VS Code port {vscode_port} is inside the debug port range {port_range}: \
+                 both listen on this machine, so pick a --vscode-port or a --port-range \
+                 that do not overlap"
+            );
+            Ok(Route {
+                rank,
+                debug_port,
+                vscode_port,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // The step's relay sidecars outlive the step by up to a second: as subreaper, `run`
+    // inherits them and can wait for them, so nothing it started outlives it.
+    if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!("cannot adopt the step's leftover processes ({err}); they end on their own");
+    }
+    target.prepare()?;
+    // One thread for the relay, the listener and the watcher: the quiet log default
+    // below is per thread, and a run needs no more.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    let _quiet = quiet_logs();
+    let plan = Plan {
+        options,
+        launch: &launch,
+        ranks: &ranks,
+        routes: &routes,
+        port_range,
+    };
+    let result = runtime.block_on(session(&plan, target));
+    runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+    target.cleanup();
+    drop(vscode);
+    result
+}
+
+/// Everything decided before the session starts.
+struct Plan<'a> {
+    options: &'a Options,
+    launch: &'a Launch,
+    ranks: &'a [u32],
+    routes: &'a [Route],
+    port_range: PortRange,
+}
+
+async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32> {
+    let options = plan.options;
+    let relay = LocalRelay::start().await?;
+    let listener =
+        match LaptopListener::start(&relay, plan.routes, options.attach_timeout, options.label)
+            .await
+        {
+            Ok(listener) => listener,
+            Err(err) => {
+                relay.stop().await;
+                return Err(err);
+            }
+        };
+    let started = start_step(plan, target, &relay);
+    let (child, state_dir) = match started {
+        Ok(started) => started,
+        Err(err) => {
+            stop_relay(listener, relay).await;
+            return Err(err);
+        }
+    };
+    let watcher = state_dir.map(|dir| Watcher::start(dir, format!("relay:{}/", relay.hc)));
+    let ended = reap::wait_step(child, STOP_GRACE, options.label).await;
+    let _ = tokio::task::spawn_blocking(|| reap::leftovers(LEFTOVER_TIMEOUT)).await;
+    let history = match watcher {
+        Some(watcher) => watcher.finish().await,
+        None => Default::default(),
+    };
+    let attached = listener.seen.attached();
+    stop_relay(listener, relay).await;
+    let ended = ended?;
+    let report = Report {
+        label: options.label,
+        ranks: plan.ranks.to_vec(),
+        history,
+        attached,
+        interrupted: ended.interrupted,
+        attach_timeout: options.attach_timeout,
+        code: exit_code(ended.status),
+    };
+    println!("{}", report.summary());
+    Ok(report.code)
+}
+
+/// Writes launch.json, prints how to attach, and starts the step on the target; the
+/// state directory to follow, when the target's records are readable here.
+fn start_step(
+    plan: &Plan<'_>,
+    target: &mut dyn Target,
+    relay: &LocalRelay,
+) -> anyhow::Result<(std::process::Child, Option<PathBuf>)> {
+    let options = plan.options;
+    let connection_string = relay.connection_string_at(&target.relay_address(relay.addr));
+    let agent = target.agent_path()?;
+    let state_dir = target.state_dir(&options.state_dir);
+    let command = StepCommand {
+        agent: &agent,
+        launch: plan.launch,
+        command: &options.command,
+        ranks: &options.ranks,
+        attach_timeout: options.attach_timeout,
+        port_range: plan.port_range,
+        config: target
+            .passes_config()
+            .then_some(options.config.as_deref())
+            .flatten(),
+        connection_string: &connection_string,
+        hc: &relay.hc,
+        state_dir: state_dir.as_ref().map(|dirs| dirs.on_target.as_path()),
+    };
+    instructions(plan, target, relay)?;
+    let child = target
+        .command(&command)?
+        .spawn()
+        .with_context(|| format!("could not start the step on {}", target.describe()))?;
+    Ok((child, state_dir.map(|dirs| dirs.here)))
+}
+
+/// A free block of debug ports for ranks 0..=`last_rank`: the agent gives rank r the
+/// range's start + r. Probed on this machine when the target shares its network.
+fn free_debug_ports(last_rank: u32, probe_here: bool) -> anyhow::Result<PortRange> {
+    let size = u16::try_from(last_rank)
+        .ok()
+        .filter(|n| *n < DEBUG_PORTS_TO - DEBUG_PORTS_FROM)
+        .context("too many ranks for one block of debug ports")?;
+    let span = DEBUG_PORTS_TO - DEBUG_PORTS_FROM - size;
+    for _ in 0..DEBUG_PORT_TRIES {
+        let start = DEBUG_PORTS_FROM + rand::random_range(0..span);
+        let range = PortRange {
+            start,
+            end: start + size,
+        };
+        let free = !probe_here
+            || (range.start..=range.end)
+                .all(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok());
+        if free {
+            return Ok(range);
+        }
+    }
+    anyhow::bail!(
+        "found no {} free debug port(s) in {DEBUG_PORTS_FROM}-{DEBUG_PORTS_TO} after \
+         {DEBUG_PORT_TRIES} tries; give one with --port-range",
+        size + 1
+    )
+}
+
+/// The in-process relay's and listener's own logs: warnings only on this thread, unless
+/// `-v` asked for more. The step's agent logs the session itself, which is the point.
+fn quiet_logs() -> Option<tracing::subscriber::DefaultGuard> {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        return None;
+    }
+    let quiet = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .finish();
+    Some(tracing::subscriber::set_default(quiet))
+}
+
+/// Stops the listener, then the relay, within [`SHUTDOWN_TIMEOUT`].
+async fn stop_relay(listener: LaptopListener, relay: LocalRelay) {
+    let stop = async {
+        listener.stop().await;
+        relay.stop().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, stop).await.is_err() {
+        tracing::warn!(
+            "the in-process relay did not stop within {}; leaving it to the process exit",
+            humantime::format_duration(SHUTDOWN_TIMEOUT)
+        );
+    }
+}
+
+/// Writes `.vscode/launch.json` in the project and prints how to attach.
+fn instructions(plan: &Plan<'_>, target: &dyn Target, relay: &LocalRelay) -> anyhow::Result<()> {
+    let options = plan.options;
+    let root = options.project.display().to_string();
+    let spec = LaunchSpec {
+        mode: DebugMode::Connect,
+        host: "127.0.0.1".to_owned(),
+        targets: plan
+            .routes
+            .iter()
+            .map(|route| DebugTarget {
+                rank: Some(route.rank),
+                port: route.vscode_port,
+            })
+            .collect(),
+        local_root: root,
+        remote_root: target.remote_root(),
+    };
+    let launch_json = options.project.join(".vscode").join("launch.json");
+    launch_json::write(&launch_json, &spec)?;
+    let configurations = launch_json::configurations(&spec);
+    let start = match spec.targets.as_slice() {
+        [only] => only.name(),
+        _ => launch_json::COMPOUND_NAME.to_owned(),
+    };
+    let label = options.label;
+    let processes = plan.launch.describe(options.ranks_count);
+    let debugged = rank_list(plan.ranks);
+    let mut text = String::new();
+    text.push_str(&format!(
+        "{label}: {} on {}\n",
+        command_line(&options.command),
+        target.describe()
+    ));
+    text.push_str(&format!(
+        "  relay     ws://{} (in-process, loopback only, a fresh key kept in memory)\n",
+        relay.addr
+    ));
+    for route in plan.routes {
+        text.push_str(&format!(
+            "  listener  hands rank {}'s debug connection to VS Code on 127.0.0.1:{}\n",
+            route.rank, route.vscode_port
+        ));
+    }
+    let verb = if plan.ranks.len() == 1 { "is" } else { "are" };
+    text.push_str(&format!(
+        "  step      {processes}; {debugged} {verb} the debug target{}\n\n",
+        if plan.ranks.len() == 1 { "" } else { "s" }
+    ));
+    text.push_str("To attach from VS Code:\n");
+    text.push_str(&format!(
+        "  1. Open the folder in VS Code: code {}\n     \
+         Its .vscode/launch.json holds {} (or paste {} into yours):\n",
+        options.project.display(),
+        if configurations.len() == 1 {
+            "this configuration"
+        } else {
+            "these configurations and a compound starting them all"
+        },
+        if configurations.len() == 1 {
+            "it"
+        } else {
+            "them"
+        },
+    ));
+    for line in configurations.iter().flat_map(|c| c.lines()) {
+        text.push_str(&format!("     {line}\n"));
+    }
+    let mut step = 2;
+    if let Some(hint) = &options.hint {
+        text.push_str(&format!("  {step}. {hint}\n"));
+        step += 1;
+    }
+    text.push_str(&format!(
+        "  {step}. Start \"{start}\" in VS Code (Run and Debug): the step waits up to {} for it.\n\n",
+        humantime::format_duration(options.attach_timeout)
+    ));
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("could not print the instructions")
+}
+
+/// `rank 0`, `ranks 0, 2, 3`.
+fn rank_list(ranks: &[u32]) -> String {
+    let list: Vec<String> = ranks.iter().map(u32::to_string).collect();
+    match list.as_slice() {
+        [one] => format!("rank {one}"),
+        _ => format!("ranks {}", list.join(", ")),
+    }
+}
+
+/// The user's command for messages (lossy: only printed).
+fn command_line(command: &[OsString]) -> String {
+    command
+        .iter()
+        .map(|word| word.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `path` made absolute and real: breakpoints match on the path debugpy sees.
+pub fn project_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    path.canonicalize()
+        .with_context(|| format!("the project folder {} is not usable", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debugged_ranks_are_explicit_or_all_and_within_the_processes() {
+        type Want = Result<Vec<u32>, &'static str>;
+        let cases: [(&str, u32, Want); 8] = [
+            ("0", 1, Ok(vec![0])),
+            ("all", 4, Ok(vec![0, 1, 2, 3])),
+            ("0,2", 4, Ok(vec![0, 2])),
+            ("1-9", 4, Ok(vec![1, 2, 3])),
+            ("3", 2, Err("rank 3 is past the 2 process(es)")),
+            ("master", 4, Err("list the ranks to debug")),
+            ("local0", 4, Err("list the ranks to debug")),
+            ("x", 4, Err("--ranks \"x\"")),
+        ];
+        for (spec, count, want) in cases {
+            let got = debugged_ranks(spec, count).map_err(|e| format!("{e:#}"));
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{spec}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{spec}: {got}"),
+                (got, want) => panic!("{spec}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_free_block_of_debug_ports_covers_every_rank() {
+        let range = free_debug_ports(3, true).expect("a free block");
+        assert_eq!(range.end - range.start, 3);
+        assert!(range.start >= DEBUG_PORTS_FROM && range.end < DEBUG_PORTS_TO);
+    }
+
+    #[test]
+    fn rank_lists_read_naturally() {
+        assert_eq!(rank_list(&[0]), "rank 0");
+        assert_eq!(rank_list(&[0, 2, 3]), "ranks 0, 2, 3");
+    }
+}

@@ -1,0 +1,224 @@
+//! The run's closing line: what happened to each debugged rank and how the step ended.
+
+use std::collections::BTreeSet;
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use super::watch::{Histories, History};
+use crate::publish::SessionState;
+
+/// Exit code for a step killed by a signal: 128 + the signal (shell convention).
+const SIGNAL_EXIT_BASE: i32 = 128;
+
+/// The step's exit code: its own, or 128+N when signal N killed it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|signal| SIGNAL_EXIT_BASE + signal))
+        .unwrap_or(1)
+}
+
+/// What `run` saw, for its closing line.
+#[derive(Debug)]
+pub struct Report {
+    /// `amlx-agent run` / `amlx-agent demo`.
+    pub label: &'static str,
+    /// The ranks that waited for VS Code.
+    pub ranks: Vec<u32>,
+    /// What their status records said (empty when the target's are not readable here).
+    pub history: Histories,
+    /// Ranks whose debug connection the laptop side handed to VS Code.
+    pub attached: BTreeSet<u32>,
+    pub interrupted: bool,
+    pub attach_timeout: Duration,
+    pub code: i32,
+}
+
+/// What happened to one rank's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Attached,
+    TimedOut,
+    Interrupted,
+    NotAttached(String),
+    NotSetUp,
+}
+
+impl Report {
+    fn outcome(&self, rank: u32, history: Option<&History>) -> Outcome {
+        let was = |state| history.is_some_and(|h| h.was(state));
+        if self.attached.contains(&rank) || was(SessionState::Attached) {
+            Outcome::Attached
+        } else if was(SessionState::TimedOut) {
+            Outcome::TimedOut
+        } else if self.interrupted {
+            Outcome::Interrupted
+        } else if let Some(reason) = history.and_then(|h| h.last_reason.clone()) {
+            Outcome::NotAttached(reason)
+        } else {
+            Outcome::NotSetUp
+        }
+    }
+
+    /// The closing line: what happened to the debug sessions, and how the step ended.
+    pub fn summary(&self) -> String {
+        let label = self.label;
+        let timeout = humantime::format_duration(self.attach_timeout);
+        if let [rank] = self.ranks.as_slice() {
+            let history = self
+                .history
+                .get(&Some(*rank))
+                .or_else(|| self.history.get(&None));
+            let session = match self.outcome(*rank, history) {
+                Outcome::Attached => format!("VS Code attached to rank {rank}"),
+                Outcome::TimedOut => format!(
+                    "nobody attached within {timeout}, so rank {rank} ran on without a debugger"
+                ),
+                Outcome::Interrupted => "stopped before a debugger attached".to_owned(),
+                Outcome::NotAttached(reason) => format!("no debugger attached ({reason})"),
+                Outcome::NotSetUp => {
+                    "no debug session was set up (the agent's log above says why)".to_owned()
+                }
+            };
+            let states = match history {
+                Some(history) if !history.states.is_empty() => {
+                    format!(" [session: {}]", history.path())
+                }
+                _ => String::new(),
+            };
+            return format!("{label}: {session}; the step exited {}{states}", self.code);
+        }
+        // Several ranks: one clause per outcome, naming its ranks.
+        let mut groups: Vec<(Outcome, Vec<u32>)> = Vec::new();
+        for &rank in &self.ranks {
+            let outcome = self.outcome(rank, self.history.get(&Some(rank)));
+            match groups.iter_mut().find(|(o, _)| *o == outcome) {
+                Some((_, ranks)) => ranks.push(rank),
+                None => groups.push((outcome, vec![rank])),
+            }
+        }
+        let clauses: Vec<String> = groups
+            .into_iter()
+            .map(|(outcome, ranks)| {
+                let who = super::rank_list(&ranks);
+                match outcome {
+                    Outcome::Attached => format!("VS Code attached to {who}"),
+                    Outcome::TimedOut => format!(
+                        "nobody attached to {who} within {timeout}, so it ran on without a debugger"
+                    ),
+                    Outcome::Interrupted => format!("{who}: stopped before a debugger attached"),
+                    Outcome::NotAttached(reason) => {
+                        format!("{who}: no debugger attached ({reason})")
+                    }
+                    Outcome::NotSetUp => format!(
+                        "{who}: no debug session was set up (the agent's log above says why)"
+                    ),
+                }
+            })
+            .collect();
+        format!(
+            "{label}: {}; the step exited {}",
+            clauses.join("; "),
+            self.code
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(states: &[SessionState], reason: Option<&str>) -> History {
+        History {
+            states: states.to_vec(),
+            last_reason: reason.map(str::to_owned),
+        }
+    }
+
+    fn report(ranks: &[u32], history: Histories, attached: &[u32]) -> Report {
+        Report {
+            label: "amlx-agent demo",
+            ranks: ranks.to_vec(),
+            history,
+            attached: attached.iter().copied().collect(),
+            interrupted: false,
+            attach_timeout: Duration::from_secs(60),
+            code: 0,
+        }
+    }
+
+    #[test]
+    fn summaries_say_what_happened() {
+        use SessionState::*;
+        let cases = [
+            (
+                history(&[WaitingForDebugger, Attached, RunningUndebugged], None),
+                false,
+                "VS Code attached to rank 0; the step exited 0 \
+                 [session: waiting-for-debugger → attached → running-undebugged]",
+            ),
+            (
+                history(&[WaitingForDebugger], None),
+                true,
+                "VS Code attached to rank 0; the step exited 0 [session: waiting-for-debugger]",
+            ),
+            (
+                history(&[WaitingForDebugger, TimedOut], Some("no debugger")),
+                false,
+                "nobody attached within 1m, so rank 0 ran on without a debugger; \
+                 the step exited 0 [session: waiting-for-debugger → timed-out]",
+            ),
+            (
+                history(&[RunningUndebugged], Some("401 from the relay")),
+                false,
+                "no debugger attached (401 from the relay); the step exited 0 \
+                 [session: running-undebugged]",
+            ),
+            (
+                history(&[], None),
+                false,
+                "no debug session was set up (the agent's log above says why); the step exited 0",
+            ),
+        ];
+        for (history, attached, want) in cases {
+            let attached: &[u32] = if attached { &[0] } else { &[] };
+            let report = report(&[0], Histories::from([(Some(0), history)]), attached);
+            assert_eq!(report.summary(), format!("amlx-agent demo: {want}"));
+        }
+        let interrupted = Report {
+            interrupted: true,
+            code: 143,
+            ..report(
+                &[0],
+                Histories::from([(Some(0), history(&[WaitingForDebugger], Some("waiting")))]),
+                &[],
+            )
+        };
+        assert_eq!(
+            interrupted.summary(),
+            "amlx-agent demo: stopped before a debugger attached; the step exited 143 \
+             [session: waiting-for-debugger]"
+        );
+    }
+
+    #[test]
+    fn several_ranks_are_grouped_by_what_happened_to_them() {
+        use SessionState::*;
+        let histories = Histories::from([
+            (Some(1), history(&[WaitingForDebugger, TimedOut], None)),
+            (Some(3), history(&[WaitingForDebugger, TimedOut], None)),
+        ]);
+        let report = report(&[0, 1, 2, 3], histories, &[0, 2]);
+        assert_eq!(
+            report.summary(),
+            "amlx-agent demo: VS Code attached to ranks 0, 2; nobody attached to ranks 1, 3 \
+             within 1m, so it ran on without a debugger; the step exited 0"
+        );
+        let remote = self::report(&[0, 1], Histories::new(), &[0, 1]);
+        assert_eq!(
+            remote.summary(),
+            "amlx-agent demo: VS Code attached to ranks 0, 1; the step exited 0"
+        );
+    }
+}

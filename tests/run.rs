@@ -1,0 +1,434 @@
+//! Integration tests: `amlx-agent run` on the local target — the user's own step in a
+//! project folder, VS Code (the test suite's real DAP client) started on the
+//! configurations `run` wrote, the step's exit code passed through — plus named targets
+//! and two runs at once.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::demo::{Captured, MARKER_VAR, new_marker, position, processes_with};
+use crate::session::harness::{Attach, DapClient, SESSION_DEADLINE};
+use crate::util;
+
+/// The user's step: a breakpoint line, a local to read there, and its own exit code.
+const STEP: &str = "import os, sys\n\
+rank = int(os.environ.get('AMLX_RANK', '0'))\n\
+value = rank * 10 + 7\n\
+print(f'user step rank {rank} value {value}', flush=True)  # breakpoint\n\
+sys.exit(3)\n";
+/// The line of `# breakpoint` in [`STEP`].
+const STEP_LINE: u32 = 4;
+/// The step's own exit code, which `run` returns.
+const STEP_EXIT: i32 = 3;
+
+/// A temporary project folder holding step.py.
+fn project() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().canonicalize().expect("canonical project");
+    std::fs::write(path.join("step.py"), STEP).expect("write step.py");
+    (dir, path)
+}
+
+/// `amlx-agent run` in `project` with per-test lock and state directories, `mpiexec` on
+/// PATH, and `marker` in its environment (so leftovers can be found).
+fn run_in(project: &Path, state: &Path, marker: &str) -> Command {
+    let mut path = vec![util::python_scripts_dir()];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path: OsString = std::env::join_paths(path).expect("PATH entries join");
+    let mut cmd = util::agent();
+    cmd.current_dir(project)
+        .env("PATH", path)
+        .env("AMLX_LOCK_DIR", state.join("ports"))
+        .env("AMLX_STATE_DIR", state.join("state"))
+        .env(MARKER_VAR, marker)
+        .arg("run");
+    std::fs::create_dir_all(state.join("ports")).expect("lock dir");
+    cmd
+}
+
+/// The attach configurations of the launch.json `run` wrote, and the compound's names.
+fn launch_configs(project: &Path) -> (Vec<Value>, Vec<Value>) {
+    let text = std::fs::read_to_string(project.join(".vscode/launch.json"))
+        .expect("run wrote .vscode/launch.json");
+    // Its only comments are whole `//` lines of its own.
+    let plain: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let doc: Value = serde_json::from_str(&plain).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+    let configs = doc["configurations"]
+        .as_array()
+        .expect("configurations")
+        .clone();
+    let compound = doc["compounds"][0]["configurations"]
+        .as_array()
+        .expect("a compound")
+        .clone();
+    (configs, compound)
+}
+
+/// Starts the DAP client on every configuration, as VS Code starts the compound.
+fn start_vscode(configs: &[Value], project: &Path) -> DapClient {
+    let sessions: Vec<Attach> = configs
+        .iter()
+        .map(|config| Attach {
+            attach: config.clone(),
+            line: STEP_LINE,
+            hold_until_file: None,
+        })
+        .collect();
+    DapClient::start_in(&sessions, &project.join("step.py"), "value")
+}
+
+/// One run, started; its output captured.
+struct Running {
+    child: std::process::Child,
+    output: Captured,
+    marker: String,
+}
+
+impl Running {
+    fn start(cmd: &mut Command, marker: String) -> Running {
+        let (child, output) = Captured::spawn(cmd);
+        Running {
+            child,
+            output,
+            marker,
+        }
+    }
+
+    fn wait_instructions(&self) {
+        util::wait_for("run's attach instructions", SESSION_DEADLINE, || {
+            self.output.stdout().contains("Run and Debug").then_some(())
+        });
+    }
+
+    fn all(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.output.stdout(),
+            self.output.stderr()
+        )
+    }
+
+    /// The exit code, once nothing it started is left.
+    fn finish(mut self) -> (i32, String) {
+        let status = util::wait_within(&mut self.child, SESSION_DEADLINE);
+        let all = self.all();
+        let left = processes_with(&self.marker);
+        assert!(left.is_empty(), "left running: {left:?}\n{all}");
+        (status.code().unwrap_or(-1), all)
+    }
+}
+
+/// Debugs `ranks` of `count` processes of a run in a fresh project; returns the outcome.
+fn debug_a_run(count: u32, ranks: &str, debugged: &[u32]) {
+    let (_dir, project) = project();
+    let state = tempfile::tempdir().expect("tempdir");
+    let (vscode_port, _) = util::free_port_range(4);
+    let marker = new_marker();
+    let run = Running::start(
+        run_in(&project, state.path(), &marker).args([
+            "--ranks-count",
+            &count.to_string(),
+            "--ranks",
+            ranks,
+            "--attach-timeout",
+            "60s",
+            "--vscode-port",
+            &vscode_port.to_string(),
+            "--",
+            "python3",
+            "step.py",
+        ]),
+        marker,
+    );
+    run.wait_instructions();
+    let (configs, compound) = launch_configs(&project);
+    assert_eq!(configs.len(), debugged.len(), "{}", run.all());
+    assert_eq!(compound.len(), debugged.len(), "{}", run.all());
+    let client = start_vscode(&configs, &project);
+    let outcomes = client.finish(debugged.len());
+    let stdout = run.output.stdout();
+    for (outcome, rank) in outcomes.iter().zip(debugged) {
+        assert!(outcome.ok, "rank {rank}: {outcome:?}\n{}", run.all());
+        assert_eq!(outcome.line, Some(STEP_LINE), "rank {rank}\n{}", run.all());
+        let want = (rank * 10 + 7).to_string();
+        assert_eq!(outcome.value.as_deref(), Some(want.as_str()), "rank {rank}");
+    }
+    let (code, all) = run.finish();
+    assert_eq!(code, STEP_EXIT, "run returns the step's exit code\n{all}");
+    for rank in 0..count {
+        position(
+            &all,
+            &format!("user step rank {rank} value {}", rank * 10 + 7),
+        );
+    }
+    for rank in debugged {
+        position(&stdout, &format!("has the debug connection of rank {rank}"));
+    }
+    let attached = if debugged.len() == 1 {
+        format!("VS Code attached to rank {}", debugged[0])
+    } else {
+        let list: Vec<String> = debugged.iter().map(u32::to_string).collect();
+        format!("VS Code attached to ranks {}", list.join(", "))
+    };
+    position(
+        &all,
+        &format!("amlx-agent run: {attached}; the step exited {STEP_EXIT}"),
+    );
+}
+
+#[test]
+fn run_debugs_the_users_step_on_this_machine_and_returns_its_exit_code() {
+    debug_a_run(1, "0", &[0]);
+}
+
+#[test]
+fn run_with_four_ranks_attaches_four_sessions_through_the_compound() {
+    debug_a_run(4, "all", &[0, 1, 2, 3]);
+}
+
+#[test]
+fn two_runs_at_once_get_their_own_vscode_ports_and_both_attach() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let (vscode_port, _) = util::free_port_range(4);
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (dir, project) = project();
+        let marker = new_marker();
+        let run = Running::start(
+            run_in(&project, state.path(), &marker).args([
+                "--attach-timeout",
+                "60s",
+                "--vscode-port",
+                &vscode_port.to_string(),
+                "--",
+                "python3",
+                "step.py",
+            ]),
+            marker,
+        );
+        run.wait_instructions();
+        runs.push((dir, project, run));
+    }
+    let ports: Vec<u64> = runs
+        .iter()
+        .map(|(_, project, _)| {
+            launch_configs(project).0[0]["listen"]["port"]
+                .as_u64()
+                .expect("port")
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [u64::from(vscode_port), u64::from(vscode_port) + 1],
+        "the second run skips the port the first holds"
+    );
+    position(
+        &runs[1].2.output.stdout(),
+        &format!(
+            "VS Code port {vscode_port} is taken by another run; using {}",
+            vscode_port + 1
+        ),
+    );
+    let clients: Vec<DapClient> = runs
+        .iter()
+        .map(|(_, project, _)| start_vscode(&launch_configs(project).0, project))
+        .collect();
+    for (client, (_, _, run)) in clients.into_iter().zip(&runs) {
+        let outcome = &client.finish(1)[0];
+        assert!(
+            outcome.ok && outcome.line == Some(STEP_LINE),
+            "{outcome:?}\n{}",
+            run.all()
+        );
+    }
+    for (_dir, _, run) in runs {
+        let (code, all) = run.finish();
+        assert_eq!(code, STEP_EXIT, "{all}");
+        position(&all, "VS Code attached to rank 0");
+    }
+}
+
+#[test]
+fn a_named_target_from_the_project_file_sets_the_ranks() {
+    let (_dir, project) = project();
+    std::fs::create_dir(project.join(".amlx")).expect("mkdir .amlx");
+    std::fs::write(
+        project.join(".amlx/targets.toml"),
+        "# this machine, two ranks, both debugged\n[targets.pair]\nkind = \"local\"\n\
+         ranks_count = 2\nranks = \"all\"\n",
+    )
+    .expect("write targets.toml");
+    let state = tempfile::tempdir().expect("tempdir");
+    let marker = new_marker();
+    let run = Running::start(
+        run_in(&project, state.path(), &marker).args([
+            "-t",
+            "pair",
+            "--attach-timeout",
+            "2s",
+            "--",
+            "python3",
+            "step.py",
+        ]),
+        marker,
+    );
+    let (code, all) = run.finish();
+    assert_eq!(code, STEP_EXIT, "{all}");
+    position(
+        &all,
+        "2 processes under mpiexec; ranks 0, 1 are the debug targets",
+    );
+    position(
+        &all,
+        "amlx-agent run: nobody attached to ranks 0, 1 within 2s, so it ran on without a \
+         debugger; the step exited 3",
+    );
+    let (configs, _) = launch_configs(&project);
+    assert_eq!(configs.len(), 2);
+}
+
+/// Bad targets and bad `run` input: a clear error naming the cause, exit 1, and the step
+/// never started.
+#[test]
+fn bad_targets_and_bad_input_fail_before_anything_starts() {
+    let cases: [(&str, Option<&str>, &[&str], &str); 7] = [
+        (
+            "malformed targets file",
+            Some("[targets.vm]\nkind = \"ssh\"\nhots = \"x\"\n"),
+            &["-t", "vm"],
+            ".amlx/targets.toml:3: unknown key targets.vm.hots",
+        ),
+        (
+            "a bad value names its line and key",
+            Some("[targets.vm]\n\nkind = \"ssh\"\nhost = \"x\"\nport = 0\n"),
+            &["-t", "vm"],
+            ".amlx/targets.toml:5: targets.vm.port: port 0 is not an SSH port",
+        ),
+        (
+            "unknown target name",
+            Some("[targets.vm]\nkind = \"local\"\n"),
+            &["-t", "gpu"],
+            "unknown target \"gpu\": expected local, docker, ssh://[USER@]HOST[:PORT] or a name; named targets: vm",
+        ),
+        (
+            "rank past the processes",
+            None,
+            &["--ranks", "3"],
+            "--ranks 3: rank 3 is past the 1 process(es)",
+        ),
+        (
+            "a policy word run cannot use",
+            None,
+            &["--ranks", "master"],
+            "list the ranks to debug",
+        ),
+        (
+            "image on the local target",
+            None,
+            &["--image", "x"],
+            "--image is for docker and ssh targets",
+        ),
+        (
+            "bad ssh address",
+            None,
+            &["-t", "ssh://-oProxyCommand=x"],
+            "bad ssh address",
+        ),
+    ];
+    for (why, targets, args, message) in cases {
+        let (_dir, project) = project();
+        if let Some(text) = targets {
+            std::fs::create_dir(project.join(".amlx")).expect("mkdir");
+            std::fs::write(project.join(".amlx/targets.toml"), text).expect("write");
+        }
+        let state = tempfile::tempdir().expect("tempdir");
+        let out = util::output_bounded(
+            run_in(&project, state.path(), &new_marker())
+                .args(args)
+                .args(["--", "python3", "step.py"]),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{why}: {stderr}");
+        assert!(stderr.contains(message), "{why}: {stderr}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("user step"),
+            "{why}: the step ran"
+        );
+        assert!(
+            !project.join(".vscode").exists(),
+            "{why}: launch.json written"
+        );
+    }
+}
+
+#[test]
+fn targets_list_shows_where_each_is_defined_and_reports_an_unreachable_one() {
+    let (_dir, project) = project();
+    std::fs::create_dir(project.join(".amlx")).expect("mkdir");
+    std::fs::write(
+        project.join(".amlx/targets.toml"),
+        "[targets.here]\nkind = \"local\"\n\n[targets.box]\nkind = \"docker\"\nimage = \"train:1\"\n",
+    )
+    .expect("write");
+    let out = util::output_bounded(
+        util::agent()
+            .current_dir(&project)
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .args(["targets", "list"]),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unreachable target: exit 1\n{stdout}"
+    );
+    let file = project.join(".amlx/targets.toml");
+    position(
+        &stdout,
+        &format!(
+            "here  local    ({}:1)  reachable: this machine",
+            file.display()
+        ),
+    );
+    position(
+        &stdout,
+        &format!(
+            "box  docker  train:1  ({}:4)  UNREACHABLE: the Docker engine is unreachable",
+            file.display()
+        ),
+    );
+    let listed = util::output_bounded(util::agent().current_dir(&project).args([
+        "targets",
+        "list",
+        "--no-check",
+    ]));
+    assert!(listed.status.success());
+}
+
+#[test]
+fn run_help_teaches_targets_and_examples() {
+    let out = util::output_bounded(util::agent().args(["run", "--help"]));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--target",
+        "--image",
+        "--ranks-count",
+        "--ranks",
+        "--attach-timeout",
+        "--vscode-port",
+        "ssh://[USER@]HOST[:PORT]",
+        ".amlx/targets.toml",
+        "Examples:",
+    ] {
+        assert!(help.contains(needle), "run --help lacks {needle}:\n{help}");
+    }
+}
