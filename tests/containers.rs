@@ -4,5 +4,6 @@
 mod engine;
 mod pid1;
 mod ports;
+mod run;
 mod session;
 mod static_binary;

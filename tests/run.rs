@@ -20,12 +20,12 @@ value = rank * 10 + 7\n\
 print(f'user step rank {rank} value {value}', flush=True)  # breakpoint\n\
 sys.exit(3)\n";
 /// The line of `# breakpoint` in [`STEP`].
-const STEP_LINE: u32 = 4;
+pub const STEP_LINE: u32 = 4;
 /// The step's own exit code, which `run` returns.
-const STEP_EXIT: i32 = 3;
+pub const STEP_EXIT: i32 = 3;
 
 /// A temporary project folder holding step.py.
-fn project() -> (tempfile::TempDir, PathBuf) {
+pub fn project() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().canonicalize().expect("canonical project");
     std::fs::write(path.join("step.py"), STEP).expect("write step.py");
@@ -34,7 +34,7 @@ fn project() -> (tempfile::TempDir, PathBuf) {
 
 /// `amlx-agent run` in `project` with per-test lock and state directories, `mpiexec` on
 /// PATH, and `marker` in its environment (so leftovers can be found).
-fn run_in(project: &Path, state: &Path, marker: &str) -> Command {
+pub fn run_in(project: &Path, state: &Path, marker: &str) -> Command {
     let mut path = vec![util::python_scripts_dir()];
     path.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
@@ -52,7 +52,7 @@ fn run_in(project: &Path, state: &Path, marker: &str) -> Command {
 }
 
 /// The attach configurations of the launch.json `run` wrote, and the compound's names.
-fn launch_configs(project: &Path) -> (Vec<Value>, Vec<Value>) {
+pub fn launch_configs(project: &Path) -> (Vec<Value>, Vec<Value>) {
     let text = std::fs::read_to_string(project.join(".vscode/launch.json"))
         .expect("run wrote .vscode/launch.json");
     // Its only comments are whole `//` lines of its own.
@@ -74,7 +74,7 @@ fn launch_configs(project: &Path) -> (Vec<Value>, Vec<Value>) {
 }
 
 /// Starts the DAP client on every configuration, as VS Code starts the compound.
-fn start_vscode(configs: &[Value], project: &Path) -> DapClient {
+pub fn start_vscode(configs: &[Value], project: &Path) -> DapClient {
     let sessions: Vec<Attach> = configs
         .iter()
         .map(|config| Attach {
@@ -87,14 +87,14 @@ fn start_vscode(configs: &[Value], project: &Path) -> DapClient {
 }
 
 /// One run, started; its output captured.
-struct Running {
-    child: std::process::Child,
-    output: Captured,
+pub struct Running {
+    pub child: std::process::Child,
+    pub output: Captured,
     marker: String,
 }
 
 impl Running {
-    fn start(cmd: &mut Command, marker: String) -> Running {
+    pub fn start(cmd: &mut Command, marker: String) -> Running {
         let (child, output) = Captured::spawn(cmd);
         Running {
             child,
@@ -103,13 +103,13 @@ impl Running {
         }
     }
 
-    fn wait_instructions(&self) {
+    pub fn wait_instructions(&self) {
         util::wait_for("run's attach instructions", SESSION_DEADLINE, || {
             self.output.stdout().contains("Run and Debug").then_some(())
         });
     }
 
-    fn all(&self) -> String {
+    pub fn all(&self) -> String {
         format!(
             "stdout:\n{}\nstderr:\n{}",
             self.output.stdout(),
@@ -118,7 +118,7 @@ impl Running {
     }
 
     /// The exit code, once nothing it started is left.
-    fn finish(mut self) -> (i32, String) {
+    pub fn finish(mut self) -> (i32, String) {
         let status = util::wait_within(&mut self.child, SESSION_DEADLINE);
         let all = self.all();
         let left = processes_with(&self.marker);

@@ -156,12 +156,17 @@ impl Engine {
     /// classic builder: no buildx plugin needed).
     pub fn docker(&self) -> Command {
         let mut cmd = Command::new("docker");
+        self.client_env(&mut cmd);
+        cmd
+    }
+
+    /// Points `cmd` (a `docker` client, or a program that runs one) at this engine.
+    pub fn client_env(&self, cmd: &mut Command) {
         cmd.env("DOCKER_HOST", &self.host)
             .env("DOCKER_CONFIG", self.dir.join("client"))
             .env("DOCKER_BUILDKIT", "0")
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_TLS_VERIFY");
-        cmd
     }
 
     /// Runs `docker ARGS` (bounded) and fails with its output when it fails.
