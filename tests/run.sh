@@ -14,11 +14,14 @@ done
 bash tests/containers/setup.sh
 
 # systemd's own tools check the units (tests/systemd.rs); setpriv runs `systemd --test`
-# as an unprivileged user when the suite runs as root.
-if ! command -v systemd-analyze >/dev/null || ! command -v setpriv >/dev/null; then
-  echo "== installing systemd and util-linux (systemd-analyze, setpriv)"
+# as an unprivileged user when the suite runs as root. The ssh target's tests
+# (tests/ssh.rs) run a real sshd in a network namespace of their own.
+if ! command -v systemd-analyze >/dev/null || ! command -v setpriv >/dev/null \
+    || [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null || ! command -v ip >/dev/null; then
+  echo "== installing systemd, util-linux, openssh-server and iproute2"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd util-linux
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    systemd util-linux openssh-server openssh-client iproute2
 fi
 
 echo "== cargo fmt --check"

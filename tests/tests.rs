@@ -18,6 +18,7 @@ mod relay_server;
 mod run;
 mod session;
 mod shims;
+mod ssh;
 mod status;
 mod supervise;
 mod systemd;

@@ -87,6 +87,11 @@ pub struct TargetSpec {
     pub port: Option<u16>,
     /// ssh: the private key; `None`: the SSH agent and ssh's default keys.
     pub identity_file: Option<PathBuf>,
+    /// ssh: an ssh config file to use instead of the user's (`ssh -F`).
+    pub ssh_config: Option<PathBuf>,
+    /// ssh: where on the host the agent and the project copies live; `None`:
+    /// `~/.cache/amlx`.
+    pub remote_dir: Option<String>,
     /// docker, or ssh with Docker on the host: the image the step runs in.
     pub image: Option<String>,
     /// A Dockerfile (relative to the project folder) to build `image` from first.
@@ -111,6 +116,8 @@ pub(super) struct TargetSection {
     #[serde(default, deserialize_with = "ssh_port")]
     port: Option<u16>,
     identity_file: Option<PathBuf>,
+    ssh_config: Option<PathBuf>,
+    remote_dir: Option<String>,
     image: Option<String>,
     build: Option<PathBuf>,
     #[serde(default)]
@@ -191,6 +198,8 @@ fn into_spec(
         ("user", t.user.is_some()),
         ("port", t.port.is_some()),
         ("identity_file", t.identity_file.is_some()),
+        ("ssh_config", t.ssh_config.is_some()),
+        ("remote_dir", t.remote_dir.is_some()),
     ];
     match kind {
         TargetKind::Ssh => {
@@ -214,6 +223,12 @@ fn into_spec(
             "a local target runs no container; use kind = \"docker\"",
         ));
     }
+    if kind == TargetKind::Ssh && t.build.is_some() {
+        return Err(fail(
+            "build",
+            "build runs on this machine's engine: only docker targets take it",
+        ));
+    }
     if t.build.is_some() && t.image.is_none() {
         return Err(fail(
             "build",
@@ -234,6 +249,8 @@ fn into_spec(
         user: t.user,
         port: t.port,
         identity_file: t.identity_file,
+        ssh_config: t.ssh_config,
+        remote_dir: t.remote_dir.filter(|d| !d.trim().is_empty()),
         image: t.image,
         build: t.build,
         env: t.env,

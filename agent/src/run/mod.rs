@@ -204,7 +204,7 @@ async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32
             }
         };
     let started = start_step(plan, target, &relay);
-    let (child, state_dir) = match started {
+    let (child, lifeline, state_dir) = match started {
         Ok(started) => started,
         Err(err) => {
             stop_relay(listener, relay).await;
@@ -212,7 +212,7 @@ async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32
         }
     };
     let watcher = state_dir.map(|dir| Watcher::start(dir, format!("relay:{}/", relay.hc)));
-    let ended = reap::wait_step(child, STOP_GRACE, options.label).await;
+    let ended = reap::wait_step(child, lifeline, STOP_GRACE, options.label).await;
     let _ = tokio::task::spawn_blocking(|| reap::leftovers(LEFTOVER_TIMEOUT)).await;
     let history = match watcher {
         Some(watcher) => watcher.finish().await,
@@ -234,13 +234,18 @@ async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32
     Ok(report.code)
 }
 
-/// Writes launch.json, prints how to attach, and starts the step on the target; the
-/// state directory to follow, when the target's records are readable here.
+/// Writes launch.json, prints how to attach, and starts the step on the target; its
+/// stdin lifeline (targets that stop the step when it closes), and the state directory
+/// to follow when the target's records are readable here.
 fn start_step(
     plan: &Plan<'_>,
     target: &mut dyn Target,
     relay: &LocalRelay,
-) -> anyhow::Result<(std::process::Child, Option<PathBuf>)> {
+) -> anyhow::Result<(
+    std::process::Child,
+    Option<std::process::ChildStdin>,
+    Option<PathBuf>,
+)> {
     let options = plan.options;
     let connection_string = relay.connection_string_at(&target.relay_address(relay.addr));
     let agent = target.agent_path()?;
@@ -261,11 +266,26 @@ fn start_step(
         state_dir: state_dir.as_ref().map(|dirs| dirs.on_target.as_path()),
     };
     instructions(plan, target, relay)?;
-    let child = target
-        .command(&command)?
+    let mut cmd = target.command(&command, relay.addr)?;
+    let input = target.stdin(&command);
+    if input.is_some() {
+        cmd.stdin(std::process::Stdio::piped());
+    }
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("could not start the step on {}", target.describe()))?;
-    Ok((child, state_dir.map(|dirs| dirs.here)))
+    let lifeline = match input {
+        Some(bytes) => {
+            let mut stdin = child.stdin.take().expect("stdin was piped");
+            // A few hundred bytes into an empty pipe: this does not block.
+            if let Err(err) = stdin.write_all(&bytes) {
+                tracing::warn!("could not hand the step its input: {err}");
+            }
+            Some(stdin)
+        }
+        None => None,
+    };
+    Ok((child, lifeline, state_dir.map(|dirs| dirs.here)))
 }
 
 /// A free block of debug ports for ranks 0..=`last_rank`: the agent gives rank r the

@@ -1,7 +1,7 @@
 //! Waiting for the run's step, stopping it on Ctrl-C/SIGTERM, and collecting the
 //! processes it leaves behind (`run` is their subreaper), all bounded.
 
-use std::process::{Child, ExitStatus};
+use std::process::{Child, ChildStdin, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -21,10 +21,16 @@ pub struct Ended {
     pub interrupted: bool,
 }
 
-/// Waits for the step; on SIGINT or SIGTERM to this process, sends SIGTERM to the step
-/// (for a container or a remote host: its client, which passes it on) and gives it
+/// Waits for the step; on SIGINT or SIGTERM to this process, asks the step to stop —
+/// by closing its `lifeline` when it has one (a remote host stops the step when its
+/// input ends), else by SIGTERM (a container's client passes it on) — and gives it
 /// `grace` before SIGKILL. `label` starts the line that says so.
-pub async fn wait_step(child: Child, grace: Duration, label: &str) -> anyhow::Result<Ended> {
+pub async fn wait_step(
+    child: Child,
+    lifeline: Option<ChildStdin>,
+    grace: Duration,
+    label: &str,
+) -> anyhow::Result<Ended> {
     use tokio::signal::unix::{SignalKind, signal};
     let pid = pid_of(&child);
     let mut child = child;
@@ -55,8 +61,13 @@ pub async fn wait_step(child: Child, grace: Duration, label: &str) -> anyhow::Re
         () = stop_asked => {}
     }
     println!("{label}: stopping the step");
-    // The waiter has not reaped the step yet (it would have returned): the PID is its.
-    let _ = kill(pid, Signal::SIGTERM);
+    match lifeline {
+        Some(lifeline) => drop(lifeline),
+        // The waiter has not reaped the step yet (it would have returned): the PID is its.
+        None => {
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+    }
     let status = match tokio::time::timeout(grace, &mut waiter).await {
         Ok(status) => joined(status),
         Err(_) => {
