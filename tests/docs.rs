@@ -101,6 +101,38 @@ const RUN: &[(&str, &str)] = &[
 /// (`path::name`, under `tests/`) that runs the same thing.
 const EXERCISED_BY: &[(&str, &str)] = &[
     (
+        "amlx-agent run -- python train.py",
+        "run.rs::run_debugs_the_users_step_on_this_machine_and_returns_its_exit_code",
+    ),
+    (
+        "amlx-agent run --ranks-count 4 --ranks all -- python train.py",
+        "run.rs::run_with_four_ranks_attaches_four_sessions_through_the_compound",
+    ),
+    (
+        "amlx-agent run -t docker --image my-training:latest --agent-binary ./amlx-agent-static -- python train.py",
+        "containers/run.rs::run_in_docker_hits_a_breakpoint_through_the_relay_and_leaves_no_container",
+    ),
+    (
+        "amlx-agent run -t remotevm -- python train.py",
+        "ssh.rs::run_over_ssh_copies_the_agent_once_and_the_breakpoint_hits_through_the_reverse_forward",
+    ),
+    (
+        "amlx-agent targets list",
+        "run.rs::targets_list_shows_where_each_is_defined_and_reports_an_unreachable_one",
+    ),
+    (
+        "amlx-agent demo",
+        "demo.rs::the_demo_prints_how_to_attach_runs_the_step_times_out_and_leaves_nothing_running",
+    ),
+    (
+        "amlx-agent demo --ranks-count 1 --attach-timeout 10m",
+        "demo.rs::sigterm_to_the_demo_stops_the_waiting_step_and_everything_else",
+    ),
+    (
+        "amlx-agent demo --vscode-port 5690 --dir ./amlx-demo",
+        "demo.rs::vscode_attaching_during_the_demo_hits_a_breakpoint_in_the_example_step",
+    ),
+    (
         "amlx-agent relay listen --hc debug --ports 5678",
         "session/connect_mode.rs::a_breakpoint_hits_through_the_relay_and_the_step_exits_0",
     ),
@@ -225,8 +257,9 @@ fn commands(page: &str, text: &str) -> Vec<DocCommand> {
 
 fn all_commands() -> Vec<DocCommand> {
     pages()
-        .iter()
-        .flat_map(|(page, text)| commands(page, text))
+        .into_iter()
+        .chain([readme_run_section()])
+        .flat_map(|(page, text)| commands(&page, &text))
         .collect()
 }
 
@@ -240,6 +273,47 @@ fn pages_stand_alone() {
                 index + 1
             );
         }
+    }
+}
+
+/// The README's `run` section (up to the next heading of its level): its commands count
+/// as a page of their own.
+fn readme_run_section() -> DocCommandPage {
+    let text = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let start = text
+        .find("### `amlx-agent run")
+        .expect("the README has a `run` section");
+    let rest = text.get(start..).unwrap_or_default();
+    let end = rest
+        .get(4..)
+        .and_then(|after| after.find("\n## ").or_else(|| after.find("\n### ")))
+        .map_or(rest.len(), |at| at + 4);
+    (
+        "README.md (run section)".to_owned(),
+        rest.get(..end).unwrap_or(rest).to_owned(),
+    )
+}
+
+/// A page's name and text.
+type DocCommandPage = (String, String);
+
+#[test]
+fn the_readme_run_section_shows_only_tested_commands() {
+    let (page, text) = readme_run_section();
+    let found = commands(&page, &text);
+    assert!(
+        found.len() >= 6,
+        "the run section shows its commands: {found:?}"
+    );
+    for command in found {
+        assert!(
+            EXERCISED_BY.iter().any(|(c, _)| *c == command.text)
+                || RUN.iter().any(|(c, _)| *c == command.text),
+            "README.md's run section shows `{}` (line {} of the section), which no test \
+             runs: add it to RUN or EXERCISED_BY in tests/docs.rs",
+            command.text,
+            command.line
+        );
     }
 }
 
