@@ -117,6 +117,10 @@ const EXERCISED_BY: &[(&str, &str)] = &[
         "ssh.rs::run_over_ssh_copies_the_agent_once_and_the_breakpoint_hits_through_the_reverse_forward",
     ),
     (
+        "amlx-agent run --external-relay -- python train.py",
+        "run.rs::an_external_relay_from_the_settings_carries_the_session_and_a_send_only_key_is_refused",
+    ),
+    (
         "amlx-agent targets list",
         "run.rs::targets_list_shows_where_each_is_defined_and_reports_an_unreachable_one",
     ),

@@ -432,3 +432,85 @@ fn run_help_teaches_targets_and_examples() {
         assert!(help.contains(needle), "run --help lacks {needle}:\n{help}");
     }
 }
+
+/// `--external-relay`: a `relay serve` of the user's settings instead of the in-process
+/// relay carries the session; a key without Listen rights is refused before the step
+/// starts, saying why.
+#[test]
+fn an_external_relay_from_the_settings_carries_the_session_and_a_send_only_key_is_refused() {
+    use crate::relay::harness::{KEY_BOTH, KEY_SEND, Relay};
+    let relay = Relay::start();
+    let (_dir, project) = project();
+    let state = tempfile::tempdir().expect("tempdir");
+    let marker = new_marker();
+    let vscode_port = util::free_port_range(1).0;
+    let run = Running::start(
+        run_in(&project, state.path(), &marker)
+            .env(
+                "AMLX_RELAY_CONNECTION_STRING",
+                relay.connection_string(KEY_BOTH, "ext"),
+            )
+            .env("AMLX_RELAY_INSECURE_WS", "true")
+            .args([
+                "--external-relay",
+                "--attach-timeout",
+                "60s",
+                "--vscode-port",
+                &vscode_port.to_string(),
+                "--",
+                "python3",
+                "step.py",
+            ]),
+        marker,
+    );
+    run.wait_instructions();
+    position(
+        &run.output.stdout(),
+        "(from your relay settings), Hybrid Connection ext",
+    );
+    let (configs, _) = launch_configs(&project);
+    let outcome = &start_vscode(&configs, &project).finish(1)[0];
+    assert!(
+        outcome.ok && outcome.line == Some(STEP_LINE),
+        "{outcome:?}\n{}",
+        run.all()
+    );
+    let (code, all) = run.finish();
+    assert_eq!(code, STEP_EXIT, "{all}");
+    position(
+        &all,
+        "amlx-agent run: VS Code attached to rank 0; the step exited 3",
+    );
+    assert!(!all.contains("SharedAccessKey"), "{all}");
+
+    let (_refused_dir, refused) = self::project();
+    let out = util::output_bounded(
+        run_in(&refused, state.path(), &new_marker())
+            .env(
+                "AMLX_RELAY_CONNECTION_STRING",
+                relay.connection_string(KEY_SEND, "ext"),
+            )
+            .env("AMLX_RELAY_INSECURE_WS", "true")
+            .args(["--external-relay", "--", "python3", "step.py"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    position(&stderr, "the laptop listener on the relay at ws://");
+    position(&stderr, "403");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("user step"),
+        "the step ran"
+    );
+
+    let out = util::output_bounded(
+        run_in(&refused, state.path(), &new_marker())
+            .env_remove("AMLX_RELAY_CONNECTION_STRING")
+            .args(["--external-relay", "--", "python3", "step.py"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    position(
+        &stderr,
+        "--external-relay needs the relay's settings: no relay credentials",
+    );
+}

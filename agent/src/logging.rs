@@ -1,13 +1,14 @@
 //! Logging to stderr: text or JSON, `RUST_LOG`-style filter with an `info` default.
 
 use tracing::Level;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::cli::LogFormat;
 
-/// Caps for libraries whose verbose logs would print secrets.
-const QUIET_WEBSOCKET_LOGS: &str = "tokio_tungstenite=info";
-const QUIET_TUNGSTENITE_LOGS: &str = "tungstenite=info";
+/// Libraries whose verbose logs would print secrets, capped at info whatever `RUST_LOG`
+/// asks for.
+const QUIET_LIBRARIES: [&str; 2] = ["tokio_tungstenite", "tungstenite"];
 
 /// Installs the global subscriber. `verbosity` is `-v` count minus `-q` count.
 pub fn init(format: LogFormat, verbosity: i8) {
@@ -43,12 +44,43 @@ pub fn init(format: LogFormat, verbosity: i8) {
         }};
     }
     if needs_filter {
-        let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(level.as_str()))
-            .add_directive(QUIET_WEBSOCKET_LOGS.parse().expect("a valid directive"))
-            .add_directive(QUIET_TUNGSTENITE_LOGS.parse().expect("a valid directive"));
-        install!(tracing_subscriber::fmt().with_env_filter(filter));
+        // `target=level` directives and a bare default level (`RUST_LOG=amlx_agent=debug`,
+        // `RUST_LOG=warn`); a value that does not parse falls back to the flags' level.
+        // (`Targets`, not `EnvFilter`: the same directives without span and field
+        // matching, and without a regex engine in a binary that must stay small.)
+        let filter = std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|text| text.parse::<Targets>().ok())
+            .unwrap_or_else(|| Targets::new().with_default(level));
+        let filter = QUIET_LIBRARIES.iter().fold(filter, |filter, library| {
+            filter.with_target(*library, Level::INFO)
+        });
+        let _ = filter_subscriber(format, filter);
     } else {
         install!(tracing_subscriber::fmt().with_max_level(level));
+    }
+}
+
+/// Installs the formatter behind a `Targets` filter (a layer: the formatter's own
+/// builder takes only `EnvFilter`).
+fn filter_subscriber(
+    format: LogFormat,
+    filter: Targets,
+) -> Result<(), tracing::subscriber::SetGlobalDefaultError> {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(layer).with(filter),
+        ),
+        LogFormat::Json => tracing::subscriber::set_global_default(
+            tracing_subscriber::registry()
+                .with(layer.json())
+                .with(filter),
+        ),
     }
 }

@@ -57,6 +57,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "START-END")]
     pub port_range: Option<crate::ports::PortRange>,
 
+    /// Use the relay of your settings (Azure Relay, or a `relay serve` elsewhere) instead
+    /// of one inside this process, for targets that reach it but not this machine. Its
+    /// credentials come from AMLX_RELAY_CONNECTION_STRING, --connection-string-file or the
+    /// config, as for `exec`; the key needs Listen and Send rights (both ends use it).
+    #[arg(long, help_heading = "Relay")]
+    pub external_relay: bool,
+
+    #[command(flatten, next_help_heading = "Relay")]
+    pub relay: crate::cli::RelayClientArgs,
+
     /// The step's command and its arguments (after --).
     #[arg(
         required = true,

@@ -126,11 +126,11 @@ fn flags_for<'a>(cli: &'a Cli, step: Option<&'a StepHints>) -> Flags<'a> {
             state_dir: args.state_dir.as_deref(),
             ..base
         },
-        Command::Relay(_)
-        | Command::LaunchJson(_)
-        | Command::Demo(_)
-        | Command::Run(_)
-        | Command::Targets(_) => base,
+        Command::Run(args) => Flags {
+            relay: Some(&args.relay),
+            ..base
+        },
+        Command::Relay(_) | Command::LaunchJson(_) | Command::Demo(_) | Command::Targets(_) => base,
     }
 }
 

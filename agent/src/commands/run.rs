@@ -3,10 +3,13 @@
 
 use std::path::Path;
 
+use anyhow::Context as _;
+
 use crate::cli::{RunArgs, TargetsListArgs};
 use crate::config::{Settings, read_project_targets};
 use crate::ports;
 use crate::publish;
+use crate::relay::client::credentials;
 use crate::role::ProcessEnv;
 use crate::run::{self, target};
 
@@ -47,8 +50,42 @@ pub fn run(args: &RunArgs, settings: &Settings, config: Option<&Path>) -> anyhow
         state_dir,
         lock_dir: ports::lock_dir(settings.ports.lock_dir.as_deref()).ok(),
         hint: None,
+        relay: relay_choice(args, settings)?,
     };
     run::run(&options, target.as_mut())
+}
+
+/// The in-process relay, or with `--external-relay` the one of the settings (the same
+/// flags, variables and config keys `exec` and `relay listen` take).
+fn relay_choice(args: &RunArgs, settings: &Settings) -> anyhow::Result<run::RelayChoice> {
+    if !args.external_relay {
+        return Ok(run::RelayChoice::InProcess);
+    }
+    let endpoint = super::relay::endpoint_for(&args.relay, settings)
+        .context("--external-relay needs the relay's settings")?;
+    let file = args
+        .relay
+        .connection_string_file
+        .as_deref()
+        .or(settings.relay.connection_string_file.as_deref());
+    let connection_string = match file {
+        Some(path) => credentials::read_secret_file(path)?,
+        None => settings
+            .relay
+            .connection_string
+            .clone()
+            .context("--external-relay: no connection string in the settings")?,
+    };
+    Ok(run::RelayChoice::External(run::ExternalRelay {
+        endpoint: std::sync::Arc::new(endpoint),
+        connection_string,
+        insecure_ws: args.relay.insecure_ws || settings.relay.insecure_ws,
+        ca_file: args
+            .relay
+            .ca_file
+            .clone()
+            .or_else(|| settings.relay.ca_file.clone()),
+    }))
 }
 
 /// `targets list`: every named target, where it is defined, and (unless `--no-check`)

@@ -73,6 +73,7 @@ pub fn run(options: &Options) -> anyhow::Result<i32> {
         state_dir: options.state_dir.clone(),
         lock_dir: options.lock_dir.clone(),
         hint: Some(hint),
+        relay: run::RelayChoice::InProcess,
     };
     let mut target = Local {
         project: workdir.path().to_path_buf(),

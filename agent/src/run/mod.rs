@@ -80,6 +80,32 @@ pub struct Options {
     pub lock_dir: Option<PathBuf>,
     /// An extra numbered step of the attach instructions (the demo names its breakpoint).
     pub hint: Option<String>,
+    /// The relay between the step and this machine.
+    pub relay: RelayChoice,
+}
+
+/// Which relay carries the debug connections.
+#[derive(Debug, Clone, Default)]
+pub enum RelayChoice {
+    /// A relay inside this process, on loopback, with a fresh key (the default).
+    #[default]
+    InProcess,
+    /// A relay of the user's settings (Azure Relay, or a `relay serve` elsewhere), for
+    /// targets that reach it but not this machine. One connection string serves both
+    /// ends, so its key needs Listen and Send rights.
+    External(ExternalRelay),
+}
+
+/// The user's relay, as the listener here and the step's agent use it.
+#[derive(Debug, Clone)]
+pub struct ExternalRelay {
+    pub endpoint: std::sync::Arc<crate::relay::client::Endpoint>,
+    /// The connection string the step's agent gets (environment only).
+    pub connection_string: crate::config::Secret,
+    /// Plain ws:// (a loopback `relay serve` with `insecure_ws`).
+    pub insecure_ws: bool,
+    /// A private CA's PEM file (local target only: its path is this machine's).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The ranks that wait for VS Code, from `--ranks` and the number of processes.
@@ -190,19 +216,72 @@ struct Plan<'a> {
     port_range: PortRange,
 }
 
+/// The relay of this run, running (in-process) or configured (external).
+enum Relay {
+    InProcess(LocalRelay),
+    External(ExternalRelay),
+}
+
+impl Relay {
+    async fn start(choice: &RelayChoice) -> anyhow::Result<Relay> {
+        Ok(match choice {
+            RelayChoice::InProcess => Relay::InProcess(LocalRelay::start().await?),
+            RelayChoice::External(external) => Relay::External(external.clone()),
+        })
+    }
+
+    fn endpoint(&self) -> anyhow::Result<std::sync::Arc<crate::relay::client::Endpoint>> {
+        match self {
+            Relay::InProcess(local) => Ok(std::sync::Arc::new(local.endpoint()?)),
+            Relay::External(external) => Ok(external.endpoint.clone()),
+        }
+    }
+
+    fn hc(&self) -> &str {
+        match self {
+            Relay::InProcess(local) => &local.hc,
+            Relay::External(external) => &external.endpoint.entity,
+        }
+    }
+
+    /// For the instructions: where the relay is and what it is.
+    fn describe(&self) -> String {
+        match self {
+            Relay::InProcess(local) => format!(
+                "ws://{} (in-process, loopback only, a fresh key kept in memory)",
+                local.addr
+            ),
+            Relay::External(external) => format!(
+                "{} (from your relay settings), Hybrid Connection {}",
+                external.endpoint.base, external.endpoint.entity
+            ),
+        }
+    }
+
+    async fn stop(self) {
+        if let Relay::InProcess(local) = self {
+            local.stop().await;
+        }
+    }
+}
+
 async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32> {
     let options = plan.options;
-    let relay = LocalRelay::start().await?;
-    let listener =
-        match LaptopListener::start(&relay, plan.routes, options.attach_timeout, options.label)
-            .await
-        {
-            Ok(listener) => listener,
-            Err(err) => {
-                relay.stop().await;
-                return Err(err);
-            }
-        };
+    let relay = Relay::start(&options.relay).await?;
+    let listener = match relay.endpoint() {
+        Ok(endpoint) => {
+            LaptopListener::start(endpoint, plan.routes, options.attach_timeout, options.label)
+                .await
+        }
+        Err(err) => Err(err),
+    };
+    let listener = match listener {
+        Ok(listener) => listener,
+        Err(err) => {
+            relay.stop().await;
+            return Err(err);
+        }
+    };
     let started = start_step(plan, target, &relay);
     let (child, lifeline, state_dir) = match started {
         Ok(started) => started,
@@ -211,7 +290,7 @@ async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32
             return Err(err);
         }
     };
-    let watcher = state_dir.map(|dir| Watcher::start(dir, format!("relay:{}/", relay.hc)));
+    let watcher = state_dir.map(|dir| Watcher::start(dir, format!("relay:{}/", relay.hc())));
     let ended = reap::wait_step(child, lifeline, STOP_GRACE, options.label).await;
     let _ = tokio::task::spawn_blocking(|| reap::leftovers(LEFTOVER_TIMEOUT)).await;
     let history = match watcher {
@@ -240,14 +319,37 @@ async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32
 fn start_step(
     plan: &Plan<'_>,
     target: &mut dyn Target,
-    relay: &LocalRelay,
+    relay: &Relay,
 ) -> anyhow::Result<(
     std::process::Child,
     Option<std::process::ChildStdin>,
     Option<PathBuf>,
 )> {
     let options = plan.options;
-    let connection_string = relay.connection_string_at(&target.relay_address(relay.addr));
+    // The in-process relay is reached at the target's own address for it (a forward's
+    // end on a remote host); a relay of the settings by its own address.
+    let (connection_string, local_relay, insecure_ws, ca_file) = match relay {
+        Relay::InProcess(local) => (
+            local.connection_string_at(&target.relay_address(local.addr)),
+            Some(local.addr),
+            true,
+            None,
+        ),
+        Relay::External(external) => {
+            anyhow::ensure!(
+                external.ca_file.is_none() || target.passes_config(),
+                "--ca-file names a file on this machine, which {} cannot read: install the \
+                 CA there and set AMLX_RELAY_CA_FILE in the target's env",
+                target.describe()
+            );
+            (
+                external.connection_string.clone(),
+                None,
+                external.insecure_ws,
+                external.ca_file.as_deref(),
+            )
+        }
+    };
     let agent = target.agent_path()?;
     let state_dir = target.state_dir(&options.state_dir);
     let command = StepCommand {
@@ -262,11 +364,13 @@ fn start_step(
             .then_some(options.config.as_deref())
             .flatten(),
         connection_string: &connection_string,
-        hc: &relay.hc,
+        hc: relay.hc(),
+        insecure_ws,
+        ca_file,
         state_dir: state_dir.as_ref().map(|dirs| dirs.on_target.as_path()),
     };
     instructions(plan, target, relay)?;
-    let mut cmd = target.command(&command, relay.addr)?;
+    let mut cmd = target.command(&command, local_relay)?;
     let input = target.stdin(&command);
     if input.is_some() {
         cmd.stdin(std::process::Stdio::piped());
@@ -332,7 +436,7 @@ fn quiet_logs() -> Option<tracing::subscriber::DefaultGuard> {
 }
 
 /// Stops the listener, then the relay, within [`SHUTDOWN_TIMEOUT`].
-async fn stop_relay(listener: LaptopListener, relay: LocalRelay) {
+async fn stop_relay(listener: LaptopListener, relay: Relay) {
     let stop = async {
         listener.stop().await;
         relay.stop().await;
@@ -346,7 +450,7 @@ async fn stop_relay(listener: LaptopListener, relay: LocalRelay) {
 }
 
 /// Writes `.vscode/launch.json` in the project and prints how to attach.
-fn instructions(plan: &Plan<'_>, target: &dyn Target, relay: &LocalRelay) -> anyhow::Result<()> {
+fn instructions(plan: &Plan<'_>, target: &dyn Target, relay: &Relay) -> anyhow::Result<()> {
     let options = plan.options;
     let root = options.project.display().to_string();
     let spec = LaunchSpec {
@@ -379,10 +483,7 @@ fn instructions(plan: &Plan<'_>, target: &dyn Target, relay: &LocalRelay) -> any
         command_line(&options.command),
         target.describe()
     ));
-    text.push_str(&format!(
-        "  relay     ws://{} (in-process, loopback only, a fresh key kept in memory)\n",
-        relay.addr
-    ));
+    text.push_str(&format!("  relay     {}\n", relay.describe()));
     for route in plan.routes {
         text.push_str(&format!(
             "  listener  hands rank {}'s debug connection to VS Code on 127.0.0.1:{}\n",

@@ -103,7 +103,7 @@ impl LocalRelay {
     }
 
     /// The endpoint the in-process listener uses.
-    fn endpoint(&self) -> anyhow::Result<Endpoint> {
+    pub fn endpoint(&self) -> anyhow::Result<Endpoint> {
         let connection: ConnectionString = self.connection_string().expose().parse()?;
         Endpoint::new(connection, Some(&self.hc), Transport::InsecureWs, None)
     }
@@ -275,15 +275,16 @@ pub struct LaptopListener {
 }
 
 impl LaptopListener {
-    /// Starts the listener for `relay` and waits (bounded) until it is online. Relayed
-    /// connections are held for VS Code at most `attach_timeout` (the step's).
+    /// Starts the listener on `endpoint` (the in-process relay's, or one of the user's
+    /// settings) and waits (bounded) until it is online; a listener that fails first (a
+    /// key without Listen rights, an unknown Hybrid Connection) is an error saying why.
+    /// Relayed connections are held for VS Code at most `attach_timeout` (the step's).
     pub async fn start(
-        relay: &LocalRelay,
+        endpoint: Arc<Endpoint>,
         routes: &[Route],
         attach_timeout: Duration,
         label: &'static str,
     ) -> anyhow::Result<LaptopListener> {
-        let endpoint = Arc::new(relay.endpoint()?);
         let (online, mut is_online) = watch::channel(false);
         let seen = Arc::new(VsCodeSeen::default());
         let shutdown = CancellationToken::new();
@@ -311,19 +312,34 @@ impl LaptopListener {
             shutdown: shutdown.clone(),
         });
         let stop = shutdown.clone();
+        let base = endpoint.base.clone();
+        let (failed, mut failure) = tokio::sync::oneshot::channel::<String>();
         let task = tokio::spawn(async move {
             if let Err(err) = listener::run(endpoint, handler, stop).await {
                 tracing::error!("laptop listener stopped: {err}");
+                let _ = failed.send(format!("{err:#}"));
             }
         });
-        let came_online = tokio::time::timeout(ONLINE_TIMEOUT, is_online.wait_for(|up| *up)).await;
-        if !matches!(came_online, Ok(Ok(_))) {
+        // Both are cancel-safe: a watch receiver and a oneshot receiver keep their state.
+        let came_online = tokio::time::timeout(ONLINE_TIMEOUT, async {
+            tokio::select! {
+                up = is_online.wait_for(|up| *up) => up.map(|_| ()).map_err(|_| "it stopped".to_owned()),
+                why = &mut failure => Err(why.unwrap_or_else(|_| "it stopped".to_owned())),
+            }
+        })
+        .await;
+        let why = match came_online {
+            Ok(Ok(())) => None,
+            Ok(Err(why)) => Some(why),
+            Err(_) => Some(format!(
+                "it did not come online within {}",
+                humantime::format_duration(ONLINE_TIMEOUT)
+            )),
+        };
+        if let Some(why) = why {
             shutdown.cancel();
             let _ = task.await;
-            anyhow::bail!(
-                "the laptop listener did not come online on the in-process relay within {}",
-                humantime::format_duration(ONLINE_TIMEOUT)
-            );
+            anyhow::bail!("the laptop listener on the relay at {base} failed: {why}");
         }
         Ok(LaptopListener {
             seen,

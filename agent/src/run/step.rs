@@ -78,6 +78,10 @@ pub struct StepCommand<'a> {
     pub config: Option<&'a Path>,
     pub connection_string: &'a Secret,
     pub hc: &'a str,
+    /// Plain ws:// to the relay (the in-process one, or a loopback `relay serve`).
+    pub insecure_ws: bool,
+    /// A private CA for the relay's certificate, as the step's agent finds it.
+    pub ca_file: Option<&'a Path>,
     /// Where the step's agent keeps its status record, when `run` follows it there.
     pub state_dir: Option<&'a Path>,
 }
@@ -128,8 +132,13 @@ impl StepCommand<'_> {
                 self.connection_string.expose().into(),
             ),
             ("AMLX_RELAY_HC", self.hc.into()),
-            ("AMLX_RELAY_INSECURE_WS", "true".into()),
         ];
+        if self.insecure_ws {
+            env.push(("AMLX_RELAY_INSECURE_WS", "true".into()));
+        }
+        if let Some(ca_file) = self.ca_file {
+            env.push(("AMLX_RELAY_CA_FILE", ca_file.into()));
+        }
         if let Some(dir) = self.state_dir {
             env.push(("AMLX_STATE_DIR", dir.into()));
         }
@@ -224,6 +233,8 @@ mod tests {
                 config: None,
                 connection_string: &secret,
                 hc: "amlx-run-1",
+                insecure_ws: true,
+                ca_file: None,
                 state_dir: None,
             };
             let argv = step.argv();

@@ -73,7 +73,7 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
 }
 
 /// The relay endpoint from flags, environment and config, credentials never from argv.
-fn endpoint(args: &RelayClientArgs, settings: &Settings) -> anyhow::Result<Endpoint> {
+pub(crate) fn endpoint(args: &RelayClientArgs, settings: &Settings) -> anyhow::Result<Endpoint> {
     let overrides = credentials::Overrides {
         // `[relay] connection_string_file` from the config counts too (layered in settings).
         connection_string_file: args

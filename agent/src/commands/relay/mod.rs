@@ -3,6 +3,8 @@
 mod client;
 mod serve;
 
+pub(crate) use client::endpoint as endpoint_for;
+
 use crate::cli::{RelayArgs, RelayCommand};
 use crate::config::Settings;
 
