@@ -371,3 +371,156 @@ fn ctrl_c_stops_the_step_on_the_host_and_targets_list_checks_reachability() {
     position(&stdout, &format!("down  ssh  {}:2", host.address));
     position(&stdout, "UNREACHABLE: ");
 }
+
+/// A Docker engine inside the ssh host's network namespace (tests/containers/dockerd.sh
+/// under `ip netns exec`), so `--network host` containers share the host's network and
+/// its end of the relay's reverse forward, holding the example image copied from the
+/// suite's engine.
+struct HostEngine {
+    keeper: Child,
+    /// `unix://<dir>/docker.sock`: the netns shares this machine's filesystem.
+    host: String,
+    dir: PathBuf,
+}
+
+/// Longest wait for the host's engine to answer, and for the image copy.
+const HOST_ENGINE_DEADLINE: Duration = Duration::from_secs(180);
+
+impl HostEngine {
+    fn start(ssh_host: &SshHost) -> HostEngine {
+        use crate::containers::engine::{EXAMPLE_IMAGE, engine, repo};
+        use std::io::BufRead as _;
+        use std::os::unix::process::CommandExt as _;
+        let suite = engine();
+        // Short, in /tmp: containerd's socket path must fit a sockaddr_un.
+        let dir = tempfile::Builder::new()
+            .prefix("amlx-hostd-")
+            .tempdir_in("/tmp")
+            .expect("engine dir")
+            .keep();
+        // nsenter, not `ip netns exec`: that one also remounts /sys for the namespace,
+        // which hides the cgroup hierarchy dockerd needs.
+        let mut keeper = Command::new(require("nsenter", "util-linux"))
+            .arg(format!("--net=/run/netns/{}", ssh_host.namespace))
+            .arg("bash")
+            .arg(repo().join("tests/containers/dockerd.sh"))
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .expect("start dockerd.sh in the host's namespace");
+        let stdout = keeper.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(HOST_ENGINE_DEADLINE)
+            .expect("the host's engine started");
+        assert!(line.starts_with("ready "), "the host's engine: {line}");
+        let host = format!("unix://{}/docker.sock", dir.display());
+        let archive = dir.join("image.tar");
+        suite.ok(
+            &["save", "-o", &archive.to_string_lossy(), EXAMPLE_IMAGE],
+            HOST_ENGINE_DEADLINE,
+        );
+        let load = util::output_within(
+            Command::new("docker")
+                .env("DOCKER_HOST", &host)
+                .env("DOCKER_CONFIG", dir.join("client"))
+                .args(["load", "-q", "-i"])
+                .arg(&archive),
+            HOST_ENGINE_DEADLINE,
+        );
+        let _ = std::fs::remove_file(&archive);
+        assert!(
+            load.status.success(),
+            "docker load: {}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+        HostEngine { keeper, host, dir }
+    }
+
+    /// Names of the containers the host's engine still has.
+    fn containers(&self) -> String {
+        let out = util::output_bounded(
+            Command::new("docker")
+                .env("DOCKER_HOST", &self.host)
+                .env("DOCKER_CONFIG", self.dir.join("client"))
+                .args(["ps", "-a", "--format", "{{.Names}}"]),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for HostEngine {
+    fn drop(&mut self) {
+        // EOF on its stdin: dockerd.sh stops the engine and removes its directory.
+        drop(self.keeper.stdin.take());
+        let _ = util::wait_within(&mut self.keeper, HOST_ENGINE_DEADLINE);
+    }
+}
+
+#[test]
+fn run_over_ssh_with_an_image_runs_the_step_in_docker_on_the_host() {
+    use crate::containers::engine::{EXAMPLE_IMAGE, static_binary};
+    let host = SshHost::start();
+    let engine = HostEngine::start(&host);
+    let state = tempfile::tempdir().expect("tempdir");
+    let marker = new_marker();
+    let (_dir, project) = project();
+    std::fs::create_dir(project.join(".amlx")).expect("mkdir .amlx");
+    // The host's shell reaches its engine through DOCKER_HOST (the step gets it too).
+    let targets = host.target("vm", &marker).replace(
+        "env = { ",
+        &format!("env = {{ DOCKER_HOST = \"{}\", ", engine.host),
+    );
+    std::fs::write(project.join(".amlx/targets.toml"), targets).expect("targets.toml");
+    let run = Running::start(
+        run_in(&project, state.path(), &marker)
+            .args(["-t", "vm", "--image", EXAMPLE_IMAGE, "--agent-binary"])
+            .arg(static_binary())
+            .args([
+                "--attach-timeout",
+                "60s",
+                "--vscode-port",
+                &util::free_port_range(1).0.to_string(),
+                "--",
+                "python3",
+                "step.py",
+            ]),
+        marker,
+    );
+    run.wait_instructions();
+    let stdout = run.output.stdout();
+    position(
+        &stdout,
+        &format!("of {EXAMPLE_IMAGE} on {} over SSH", host.address),
+    );
+    let (configs, _) = launch_configs(&project);
+    assert_eq!(
+        configs[0]["pathMappings"][0]["remoteRoot"],
+        "/workspace",
+        "{}",
+        run.all()
+    );
+    let outcome = &start_vscode(&configs, &project).finish(1)[0];
+    assert!(outcome.ok, "{outcome:?}\n{}", run.all());
+    assert_eq!(outcome.line, Some(STEP_LINE));
+    assert_eq!(outcome.value.as_deref(), Some("7"));
+    let (code, all) = run.finish();
+    assert_eq!(code, STEP_EXIT, "{all}");
+    position(
+        &all,
+        "amlx-agent run: VS Code attached to rank 0; the step exited 3",
+    );
+    assert_eq!(
+        engine.containers(),
+        "",
+        "a container was left on the host\n{all}"
+    );
+}
