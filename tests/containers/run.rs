@@ -19,17 +19,21 @@ const REMOTE_ROOT: &str = "/workspace";
 /// grace (5 s) plus `docker rm` and a margin for a loaded machine.
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
-/// `run -t docker` against the test engine, with the static agent.
+/// `run -t docker --image IMAGE [extra]` against the test engine, with the static agent.
 fn run_docker(
     project: &std::path::Path,
     state: &std::path::Path,
     marker: &str,
     attach_timeout: &str,
+    image: &str,
+    extra: &[&str],
 ) -> Command {
     let mut cmd = run_in(project, state, marker);
     engine().client_env(&mut cmd);
     let vscode_port = util::free_port_range(1).0;
-    cmd.args(["-t", "docker", "--image", EXAMPLE_IMAGE, "--agent-binary"])
+    cmd.args(["-t", "docker", "--image", image])
+        .args(extra)
+        .arg("--agent-binary")
         .arg(static_binary())
         .args(["--attach-timeout", attach_timeout])
         .args(["--vscode-port", &vscode_port.to_string()])
@@ -63,16 +67,40 @@ fn container_exists(name: &str) -> bool {
     !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
+/// The image `--build` makes from the project's Dockerfile (on top of the example image).
+const BUILT_IMAGE: &str = "amlx-run-built";
+
 #[test]
 fn run_in_docker_hits_a_breakpoint_through_the_relay_and_leaves_no_container() {
     engine();
     let (_dir, project) = project();
+    // `--build`: the project's own Dockerfile, built first (with the engine's cache).
+    std::fs::write(
+        project.join("Dockerfile"),
+        format!("FROM {EXAMPLE_IMAGE}\nENV AMLX_RUN_BUILT=yes\n"),
+    )
+    .expect("Dockerfile");
+    std::fs::write(
+        project.join("step.py"),
+        std::fs::read_to_string(project.join("step.py"))
+            .expect("step.py")
+            .replace(
+                "import os, sys",
+                "import os, sys; print('built', os.environ.get('AMLX_RUN_BUILT'))",
+            ),
+    )
+    .expect("step.py");
     let state = tempfile::tempdir().expect("tempdir");
     let marker = new_marker();
-    let run = Running::start(
-        &mut run_docker(&project, state.path(), &marker, "60s"),
-        marker,
+    let mut built = run_docker(
+        &project,
+        state.path(),
+        &marker,
+        "60s",
+        BUILT_IMAGE,
+        &["--build", "Dockerfile"],
     );
+    let run = Running::start(&mut built, marker);
     run.wait_instructions();
     let (configs, _) = launch_configs(&project);
     assert_eq!(
@@ -104,7 +132,7 @@ fn ctrl_c_stops_the_step_in_its_container_and_removes_it_within_the_bound() {
     let state = tempfile::tempdir().expect("tempdir");
     let marker = new_marker();
     let mut run = Running::start(
-        &mut run_docker(&project, state.path(), &marker, "10m"),
+        &mut run_docker(&project, state.path(), &marker, "10m", EXAMPLE_IMAGE, &[]),
         marker,
     );
     util::wait_for(
