@@ -259,13 +259,18 @@ pub enum Command {
     ///
     /// Targets: local (this machine, the project folder); docker (a container of
     /// --image on the local engine or DOCKER_HOST, the agent bind-mounted read-only as
-    /// its entrypoint, the project mounted at /workspace, host network); a name from
-    /// .amlx/targets.toml or the config's [targets.NAME] (see `targets list`).
+    /// its entrypoint, the project mounted at /workspace, host network);
+    /// ssh://[USER@]HOST[:PORT] (a Linux host reached with your SSH agent or key: the
+    /// agent copied once, the project copied, the relay reached through an SSH reverse
+    /// forward; with --image, in Docker on that host); a name from .amlx/targets.toml or
+    /// the config's [targets.NAME] (see `targets list`). --external-relay uses the relay
+    /// of your settings instead of the in-process one.
     #[command(after_help = "Examples:\n  \
         amlx-agent run -- python train.py --lr 0.1\n  \
         amlx-agent run --ranks-count 4 --ranks all -- python train.py   # 4 ranks under mpiexec\n  \
         amlx-agent run -t docker --image my-training:latest -- python train.py\n  \
         amlx-agent run -t docker --image my-training --build Dockerfile -- python train.py\n  \
+        amlx-agent run -t ssh://azureuser@10.0.0.4 -- python train.py\n  \
         amlx-agent run -t remotevm -- python train.py              # [targets.remotevm]")]
     Run(RunArgs),
 
