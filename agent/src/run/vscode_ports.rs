@@ -29,7 +29,10 @@ pub struct VsCodePorts {
 impl VsCodePorts {
     /// The ports, first to last.
     pub fn ports(&self) -> impl Iterator<Item = u16> + use<> {
-        self.first..self.first + self.count
+        // Inclusive of the last port: a block may end at 65535, whose exclusive end
+        // would not fit in a u16.
+        let first = self.first;
+        (0..self.count).map(move |i| first + i)
     }
 }
 
@@ -37,6 +40,16 @@ impl VsCodePorts {
 /// whole block past it. Without a usable lock directory the ports are used unlocked.
 pub fn reserve(lock_dir: Option<&Path>, first: u16, count: usize) -> anyhow::Result<VsCodePorts> {
     let count = u16::try_from(count).context("too many VS Code ports")?;
+    anyhow::ensure!(
+        first != 0,
+        "--vscode-port 0 is not a port VS Code can listen on; pick one like 5678"
+    );
+    // Checked here too, for a run without a lock directory.
+    first
+        .checked_add(count.saturating_sub(1))
+        .with_context(|| {
+            format!("no {count} VS Code port(s) from {first} up to 65535; pick a --vscode-port")
+        })?;
     let unlocked = VsCodePorts {
         first,
         count,
@@ -132,5 +145,22 @@ mod tests {
         );
         let unlocked = reserve(Some(&dir.path().join("missing")), 5678, 1).expect("unlocked");
         assert_eq!(unlocked.ports().collect::<Vec<_>>(), [5678]);
+    }
+
+    #[test]
+    fn a_block_ending_at_65535_lists_its_ports_and_one_past_it_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // `run --vscode-port 65534 --ranks-count 2 --ranks all` panicked here
+        // (65534 + 2 overflowed u16 in `ports`).
+        let top = reserve(Some(dir.path()), 65534, 2).expect("65534-65535");
+        assert_eq!(top.ports().collect::<Vec<_>>(), [65534, 65535]);
+        let unlocked = reserve(None, 65535, 1).expect("65535 alone");
+        assert_eq!(unlocked.ports().collect::<Vec<_>>(), [65535]);
+        for lock_dir in [None, Some(dir.path())] {
+            let err = reserve(lock_dir, 65535, 4).expect_err("past 65535");
+            assert!(format!("{err:#}").contains("pick a --vscode-port"), "{err:#}");
+            let err = reserve(lock_dir, 0, 1).expect_err("port 0");
+            assert!(format!("{err:#}").contains("--vscode-port 0"), "{err:#}");
+        }
     }
 }
