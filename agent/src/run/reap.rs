@@ -60,7 +60,13 @@ pub async fn wait_step(
         }
         () = stop_asked => {}
     }
-    println!("{label}: stopping the step");
+    // Never println!: with stdout a closed pipe (`run … | head`) it panics, the step is
+    // never stopped, and dropping the runtime then waits for the step's waiter: `run`
+    // hangs until the step ends on its own.
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), "{label}: stopping the step");
+    }
     match lifeline {
         Some(lifeline) => drop(lifeline),
         // The waiter has not reaped the step yet (it would have returned): the PID is its.
