@@ -487,6 +487,45 @@ fn run_over_ssh_with_an_image_runs_the_step_in_docker_on_the_host() {
             .args([
                 "--attach-timeout",
                 "60s",
+
+/// Every process carrying `marker` (on the host, which shares this machine's process
+/// table) ends within [`STOP_DEADLINE`].
+fn nothing_left(marker: &str, context: &dyn Fn() -> String) {
+    let deadline = std::time::Instant::now() + STOP_DEADLINE;
+    loop {
+        let left = crate::demo::processes_with(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left running on the host: {left:?}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Review regression: a terminal's Ctrl-C reaches the whole foreground process group,
+/// the `ssh` client included. It must not kill ssh first (exit 255, the step's own code
+/// lost); and a step that leaves a background process holding the connection's output
+/// must not keep `run` waiting for it.
+#[test]
+fn terminal_ctrl_c_and_a_leftover_daemon_keep_the_steps_exit_code_over_ssh() {
+    use std::os::unix::process::CommandExt as _;
+    let host = SshHost::start();
+    let state = tempfile::tempdir().expect("tempdir");
+
+    // Ctrl-C at a terminal: SIGINT to run's whole process group.
+    let marker = new_marker();
+    let (_dir, project) = project_on(&host, &marker);
+    let mut run = Running::start(
+        run_in(&project, state.path(), &marker)
+            .args([
+                "-t",
+                "vm",
+                "--attach-timeout",
+                "10m",
                 "--vscode-port",
                 &util::free_port_range(1).0.to_string(),
                 "--",
@@ -523,4 +562,51 @@ fn run_over_ssh_with_an_image_runs_the_step_in_docker_on_the_host() {
         "",
         "a container was left on the host\n{all}"
     );
+
+            ])
+            .process_group(0),
+        marker.clone(),
+    );
+    util::wait_for(
+        "the remote step to wait for VS Code",
+        SESSION_DEADLINE,
+        || {
+            run.output
+                .stdout()
+                .contains("is waiting for VS Code")
+                .then_some(())
+        },
+    );
+    let group = nix::unistd::Pid::from_raw(i32::try_from(run.child.id()).expect("pid"));
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).expect("Ctrl-C");
+    let status = util::wait_within(&mut run.child, STOP_DEADLINE);
+    // The remote step stopped by SIGTERM: 128 + 15, not ssh's own 255.
+    assert_eq!(status.code(), Some(143), "{}", run.all());
+    nothing_left(&marker, &|| run.all());
+
+    // A step that exits 5 and leaves a background process behind.
+    let marker = new_marker();
+    let (_dir, project) = project_on(&host, &marker);
+    let started = std::time::Instant::now();
+    let mut run = Running::start(
+        run_in(&project, state.path(), &marker).args([
+            "-t",
+            "vm",
+            "--attach-timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            "(sleep 600 &); exit 5",
+        ]),
+        marker.clone(),
+    );
+    let status = util::wait_within(&mut run.child, SESSION_DEADLINE);
+    assert_eq!(status.code(), Some(5), "{}", run.all());
+    assert!(
+        started.elapsed() < SESSION_DEADLINE,
+        "run waited for the step's leftover: {:?}",
+        started.elapsed()
+    );
+    nothing_left(&marker, &|| run.all());
 }
