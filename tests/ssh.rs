@@ -487,6 +487,43 @@ fn run_over_ssh_with_an_image_runs_the_step_in_docker_on_the_host() {
             .args([
                 "--attach-timeout",
                 "60s",
+                "--vscode-port",
+                &util::free_port_range(1).0.to_string(),
+                "--",
+                "python3",
+                "step.py",
+            ]),
+        marker,
+    );
+    run.wait_instructions();
+    let stdout = run.output.stdout();
+    position(
+        &stdout,
+        &format!("of {EXAMPLE_IMAGE} on {} over SSH", host.address),
+    );
+    let (configs, _) = launch_configs(&project);
+    assert_eq!(
+        configs[0]["pathMappings"][0]["remoteRoot"],
+        "/workspace",
+        "{}",
+        run.all()
+    );
+    let outcome = &start_vscode(&configs, &project).finish(1)[0];
+    assert!(outcome.ok, "{outcome:?}\n{}", run.all());
+    assert_eq!(outcome.line, Some(STEP_LINE));
+    assert_eq!(outcome.value.as_deref(), Some("7"));
+    let (code, all) = run.finish();
+    assert_eq!(code, STEP_EXIT, "{all}");
+    position(
+        &all,
+        "amlx-agent run: VS Code attached to rank 0; the step exited 3",
+    );
+    assert_eq!(
+        engine.containers(),
+        "",
+        "a container was left on the host\n{all}"
+    );
+}
 
 /// Every process carrying `marker` (on the host, which shares this machine's process
 /// table) ends within [`STOP_DEADLINE`].
@@ -531,38 +568,6 @@ fn terminal_ctrl_c_and_a_leftover_daemon_keep_the_steps_exit_code_over_ssh() {
                 "--",
                 "python3",
                 "step.py",
-            ]),
-        marker,
-    );
-    run.wait_instructions();
-    let stdout = run.output.stdout();
-    position(
-        &stdout,
-        &format!("of {EXAMPLE_IMAGE} on {} over SSH", host.address),
-    );
-    let (configs, _) = launch_configs(&project);
-    assert_eq!(
-        configs[0]["pathMappings"][0]["remoteRoot"],
-        "/workspace",
-        "{}",
-        run.all()
-    );
-    let outcome = &start_vscode(&configs, &project).finish(1)[0];
-    assert!(outcome.ok, "{outcome:?}\n{}", run.all());
-    assert_eq!(outcome.line, Some(STEP_LINE));
-    assert_eq!(outcome.value.as_deref(), Some("7"));
-    let (code, all) = run.finish();
-    assert_eq!(code, STEP_EXIT, "{all}");
-    position(
-        &all,
-        "amlx-agent run: VS Code attached to rank 0; the step exited 3",
-    );
-    assert_eq!(
-        engine.containers(),
-        "",
-        "a container was left on the host\n{all}"
-    );
-
             ])
             .process_group(0),
         marker.clone(),
