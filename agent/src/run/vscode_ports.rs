@@ -158,7 +158,10 @@ mod tests {
         assert_eq!(unlocked.ports().collect::<Vec<_>>(), [65535]);
         for lock_dir in [None, Some(dir.path())] {
             let err = reserve(lock_dir, 65535, 4).expect_err("past 65535");
-            assert!(format!("{err:#}").contains("pick a --vscode-port"), "{err:#}");
+            assert!(
+                format!("{err:#}").contains("pick a --vscode-port"),
+                "{err:#}"
+            );
             let err = reserve(lock_dir, 0, 1).expect_err("port 0");
             assert!(format!("{err:#}").contains("--vscode-port 0"), "{err:#}");
         }

@@ -49,6 +49,8 @@ const FORWARD_PORTS: std::ops::Range<u16> = 33000..39000;
 const HASH_CHARS: usize = 16;
 /// Exit code of the remote script when it cannot even start the step.
 const SETUP_FAILED: u8 = 97;
+/// Characters of the project folder's own name kept in its copy's name.
+const PROJECT_NAME_CHARS: usize = 64;
 /// Files and folders of the project that are not copied.
 const NOT_COPIED: [&str; 3] = ["./.git", "./.vscode", "./.amlx"];
 
@@ -188,6 +190,8 @@ impl Ssh {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
             .chars()
+            // A folder name is at most 255 bytes on the host: the hash follows.
+            .take(PROJECT_NAME_CHARS)
             .map(|c| {
                 if c.is_ascii_alphanumeric() || "._-".contains(c) {
                     c
@@ -391,9 +395,18 @@ impl Target for Ssh {
             "{{ while IFS= read -r _; do :; done; \
              kill -TERM -$step 2>/dev/null || kill -TERM $step 2>/dev/null; \
              sleep {REMOTE_STOP_GRACE_SECS}; {stop_container}\
-             kill -KILL -$step 2>/dev/null || kill -KILL $step 2>/dev/null; }} <&3 3<&- &\nwatch=$!"
+             kill -KILL -$step 2>/dev/null || kill -KILL $step 2>/dev/null; }} <&3 3<&- >/dev/null 2>&1 &\nwatch=$!"
         );
-        script.push_str("wait $step\ncode=$?\nkill -TERM $watch 2>/dev/null\nexit $code\n");
+        // The watcher's output goes nowhere: its `sleep` must not hold the connection's
+        // stdout open after the step ended (ssh would wait for it). Whatever the step
+        // left behind in its process group (a daemon holding the connection's output)
+        // is stopped too, as a local step's leftovers are: ssh returns once they are gone.
+        let _ = writeln!(
+            script,
+            "wait $step\ncode=$?\nkill -TERM $watch 2>/dev/null\n\
+             if kill -TERM -$step 2>/dev/null; then sleep 1; kill -KILL -$step 2>/dev/null; fi\n\
+             exit $code"
+        );
         // The forward must work, or the step could never reach the relay: fail instead.
         let forward = match relay {
             Some(relay) => vec![
@@ -406,6 +419,10 @@ impl Target for Ssh {
         };
         let mut ssh = self.ssh_with(&forward);
         ssh.arg(remote_sh(&script));
+        // Its own process group: a terminal's Ctrl-C reaches `run`, which closes the
+        // lifeline so the step's own exit code comes back, instead of killing ssh at
+        // once (exit 255, the remote step stopped only after `run` returned).
+        std::os::unix::process::CommandExt::process_group(&mut ssh, 0);
         Ok(ssh)
     }
 
