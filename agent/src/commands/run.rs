@@ -116,7 +116,7 @@ pub fn list_targets(args: &TargetsListArgs, settings: &Settings) -> anyhow::Resu
         let status = if args.no_check {
             String::new()
         } else {
-            match target::check(spec) {
+            match target::check(spec, &project) {
                 Ok(seen) => format!("  reachable: {seen}"),
                 Err(why) => {
                     unreachable += 1;

@@ -203,8 +203,26 @@ fn into_spec(
     ];
     match kind {
         TargetKind::Ssh => {
-            if t.host.as_deref().is_none_or(|h| h.trim().is_empty()) {
+            let Some(host) = t.host.as_deref().filter(|h| !h.trim().is_empty()) else {
                 return Err(fail("host", "an ssh target needs a host"));
+            };
+            // ssh would take `-o…` for an option (a targets file in a cloned repository
+            // must not run commands through ProxyCommand that way).
+            if !valid_ssh_word(host) {
+                return Err(fail(
+                    "host",
+                    "not a host name: it must not start with '-' or hold spaces or control \
+                     characters",
+                ));
+            }
+            if let Some(user) = t.user.as_deref()
+                && !valid_ssh_word(user)
+            {
+                return Err(fail(
+                    "user",
+                    "not a user name: it must not start with '-' or hold spaces or control \
+                     characters",
+                ));
             }
         }
         TargetKind::Local | TargetKind::Docker => {
@@ -270,6 +288,13 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A host or user name ssh cannot mistake for an option or split into words.
+fn valid_ssh_word(word: &str) -> bool {
+    !word.is_empty()
+        && !word.starts_with('-')
+        && !word.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn valid_env_name(name: &str) -> bool {
@@ -375,6 +400,16 @@ mod tests {
                 "[targets.docker]\nkind = \"docker\"\nimage = \"x\"\n",
                 "targets.docker",
                 "a target name is",
+            ),
+            (
+                "[targets.a]\nkind = \"ssh\"\nhost = \"-oProxyCommand=touch x\"\n",
+                "targets.a.host",
+                "not a host name",
+            ),
+            (
+                "[targets.a]\nkind = \"ssh\"\nhost = \"vm\"\nuser = \"-l root\"\n",
+                "targets.a.user",
+                "not a user name",
             ),
             (
                 "[targets.a]\nhost = \"x\"\n",

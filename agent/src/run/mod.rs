@@ -9,6 +9,16 @@
 //! step's exit code, and stops everything it started, bounded. `demo` is `run` with the
 //! embedded example step.
 
+/// Prints one line for the developer on stdout and never panics: with stdout a closed
+/// pipe (`run … | head`) the line is lost and the run goes on — a panic here would skip
+/// stopping the step, and dropping the runtime would then wait for the step to end.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod reap;
 mod relay;
 mod report;
@@ -293,6 +303,7 @@ async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32
     let watcher = state_dir.map(|dir| Watcher::start(dir, format!("relay:{}/", relay.hc())));
     let ended = reap::wait_step(child, lifeline, STOP_GRACE, options.label).await;
     let _ = tokio::task::spawn_blocking(|| reap::leftovers(LEFTOVER_TIMEOUT)).await;
+    let followed = watcher.is_some();
     let history = match watcher {
         Some(watcher) => watcher.finish().await,
         None => Default::default(),
@@ -308,8 +319,9 @@ async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32
         interrupted: ended.interrupted,
         attach_timeout: options.attach_timeout,
         code: exit_code(ended.status),
+        followed,
     };
-    println!("{}", report.summary());
+    say!("{}", report.summary());
     Ok(report.code)
 }
 

@@ -12,6 +12,8 @@ use nix::unistd::Pid;
 
 /// Between two looks for exited leftovers.
 const REAP_POLL: Duration = Duration::from_millis(20);
+/// After SIGKILL, how long leftovers get to be reaped before they are given up on.
+const AFTER_KILL: Duration = Duration::from_secs(2);
 
 /// How the step ended.
 #[derive(Debug, Clone, Copy)]
@@ -60,13 +62,10 @@ pub async fn wait_step(
         }
         () = stop_asked => {}
     }
-    // Never println!: with stdout a closed pipe (`run … | head`) it panics, the step is
-    // never stopped, and dropping the runtime then waits for the step's waiter: `run`
-    // hangs until the step ends on its own.
-    {
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), "{label}: stopping the step");
-    }
+    // `say!`, never println!: with stdout a closed pipe (`run … | head`) a panic here
+    // would skip stopping the step, and dropping the runtime would then wait for the
+    // step's waiter: `run` would hang until the step ended on its own.
+    say!("{label}: stopping the step");
     match lifeline {
         Some(lifeline) => drop(lifeline),
         // The waiter has not reaped the step yet (it would have returned): the PID is its.
@@ -102,7 +101,7 @@ fn pid_of(child: &Child) -> Pid {
 /// Reaps every remaining child (processes the step left behind and the kernel handed to
 /// this process as subreaper) until none is left; kills what remains after `timeout`.
 pub fn leftovers(timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
     let mut killed = false;
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -120,6 +119,8 @@ pub fn leftovers(timeout: Duration) {
                     }
                     kill_children();
                     killed = true;
+                    // SIGKILL takes effect at once, but the kernel needs a moment.
+                    deadline = Instant::now() + AFTER_KILL;
                 } else {
                     std::thread::sleep(REAP_POLL);
                 }

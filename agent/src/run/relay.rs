@@ -221,13 +221,14 @@ impl AcceptHandler for VsCodeForwarder {
         }
         self.seen.mark_attached(route.rank);
         let label = self.label;
-        println!(
+        say!(
             "{label}: VS Code on 127.0.0.1:{} has the debug connection of rank {}",
-            route.vscode_port, route.rank
+            route.vscode_port,
+            route.rank
         );
         match tunnel.splice(vscode).await {
-            Ok(_) => println!("{label}: VS Code detached from rank {}", route.rank),
-            Err(err) => println!(
+            Ok(_) => say!("{label}: VS Code detached from rank {}", route.rank),
+            Err(err) => say!(
                 "{label}: the debug connection of rank {} broke: {err}",
                 route.rank
             ),
@@ -243,16 +244,19 @@ impl VsCodeForwarder {
         let until = self
             .first_debuggee
             .get()
-            .map_or(hold, |first| hold.min(*first + self.attach_timeout));
+            .and_then(|first| first.checked_add(self.attach_timeout))
+            .map_or(hold, |deadline| hold.min(deadline));
         loop {
             if let Ok(stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, route.vscode_port)).await {
                 let _ = stream.set_nodelay(true);
                 return Some(stream);
             }
             if self.seen.first_wait(route.rank) {
-                println!(
+                say!(
                     "{}: rank {} is waiting for VS Code to listen on 127.0.0.1:{}",
-                    self.label, route.rank, route.vscode_port
+                    self.label,
+                    route.rank,
+                    route.vscode_port
                 );
             }
             if Instant::now() + VSCODE_POLL >= until {

@@ -33,6 +33,8 @@ pub struct Report {
     pub interrupted: bool,
     pub attach_timeout: Duration,
     pub code: i32,
+    /// Whether the step's status records were followed (local and docker targets).
+    pub followed: bool,
 }
 
 /// What happened to one rank's session.
@@ -43,19 +45,27 @@ enum Outcome {
     Interrupted,
     NotAttached(String),
     NotSetUp,
+    /// No debugger came, and the target's records are not readable here.
+    NotFollowed,
 }
 
 impl Report {
     fn outcome(&self, rank: u32, history: Option<&History>) -> Outcome {
         let was = |state| history.is_some_and(|h| h.was(state));
-        if self.attached.contains(&rank) || was(SessionState::Attached) {
+        // The step's own record, where it is readable here, knows best: the listener
+        // only sees that VS Code's port took the connection, not that a debugger set up.
+        if was(SessionState::Attached) {
             Outcome::Attached
         } else if was(SessionState::TimedOut) {
             Outcome::TimedOut
+        } else if self.attached.contains(&rank) {
+            Outcome::Attached
         } else if self.interrupted {
             Outcome::Interrupted
         } else if let Some(reason) = history.and_then(|h| h.last_reason.clone()) {
             Outcome::NotAttached(reason)
+        } else if !self.followed {
+            Outcome::NotFollowed
         } else {
             Outcome::NotSetUp
         }
@@ -79,6 +89,9 @@ impl Report {
                 Outcome::NotAttached(reason) => format!("no debugger attached ({reason})"),
                 Outcome::NotSetUp => {
                     "no debug session was set up (the agent's log above says why)".to_owned()
+                }
+                Outcome::NotFollowed => {
+                    format!("no debugger attached to rank {rank} (the agent's log above says why)")
                 }
             };
             let states = match history {
@@ -114,6 +127,9 @@ impl Report {
                     Outcome::NotSetUp => format!(
                         "{who}: no debug session was set up (the agent's log above says why)"
                     ),
+                    Outcome::NotFollowed => {
+                        format!("no debugger attached to {who} (the agent's log above says why)")
+                    }
                 }
             })
             .collect();
@@ -145,6 +161,7 @@ mod tests {
             interrupted: false,
             attach_timeout: Duration::from_secs(60),
             code: 0,
+            followed: true,
         }
     }
 
@@ -215,10 +232,25 @@ mod tests {
             "amlx-agent demo: VS Code attached to ranks 0, 2; nobody attached to ranks 1, 3 \
              within 1m, so it ran on without a debugger; the step exited 0"
         );
-        let remote = self::report(&[0, 1], Histories::new(), &[0, 1]);
+        let remote = Report {
+            followed: false,
+            ..self::report(&[0, 1], Histories::new(), &[0])
+        };
         assert_eq!(
             remote.summary(),
-            "amlx-agent demo: VS Code attached to ranks 0, 1; the step exited 0"
+            "amlx-agent demo: VS Code attached to rank 0; no debugger attached to rank 1 \
+             (the agent's log above says why); the step exited 0"
+        );
+        // The step's record wins over the listener's sight of a TCP connection.
+        let fake = self::report(
+            &[0],
+            Histories::from([(Some(0), history(&[WaitingForDebugger, TimedOut], None))]),
+            &[0],
+        );
+        assert!(
+            fake.summary().contains("nobody attached within 1m"),
+            "{}",
+            fake.summary()
         );
     }
 }

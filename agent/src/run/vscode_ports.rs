@@ -68,7 +68,7 @@ pub fn reserve(lock_dir: Option<&Path>, first: u16, count: usize) -> anyhow::Res
         match lock_block(lock_dir, start, last) {
             Ok(Some(locks)) => {
                 if start != first {
-                    println!(
+                    say!(
                         "amlx-agent run: VS Code port {first} is taken by another run; using {start}"
                     );
                 }

@@ -138,7 +138,7 @@ impl Target for Docker {
             self.agent.display()
         );
         if is_dynamic_elf(&self.agent) {
-            println!(
+            say!(
                 "amlx-agent run: {} is dynamically linked, so it runs in the container only if \
                  {} has a compatible C library; --agent-binary takes the static build \
                  (docker/build-static.sh)",
@@ -151,7 +151,7 @@ impl Target for Docker {
         succeed_within(version, ENGINE_TIMEOUT, "docker version")
             .context("cannot reach the Docker engine: start it, or point DOCKER_HOST at it")?;
         if let Some(dockerfile) = &self.build {
-            println!(
+            say!(
                 "amlx-agent run: building {} from {}",
                 self.image,
                 dockerfile.display()

@@ -97,6 +97,7 @@ pub fn open(
     use crate::config::TargetKind;
     use anyhow::Context as _;
     let image = overrides.image.clone().or_else(|| spec.image.clone());
+    let spec = &in_project(spec, project);
     let agent = match &overrides.agent_binary {
         Some(path) => path.clone(),
         None => std::env::current_exe().context("could not locate the amlx-agent binary")?,
@@ -139,10 +140,27 @@ pub fn open(
     }
 }
 
-/// Whether the target `spec` names can be used from here: `Ok(what was seen)` or
-/// `Err(why not)`, each one line. Bounded.
-pub fn check(spec: &crate::config::TargetSpec) -> Result<String, String> {
+/// `spec` with its relative paths made the project's: a targets file means the
+/// project's files wherever `run` is started from (as `build` does); `~/…` is left to
+/// ssh, which expands it.
+fn in_project(spec: &crate::config::TargetSpec, project: &Path) -> crate::config::TargetSpec {
+    let mut spec = spec.clone();
+    for path in [&mut spec.identity_file, &mut spec.ssh_config]
+        .into_iter()
+        .flatten()
+    {
+        if path.is_relative() && !path.starts_with("~") {
+            *path = project.join(&*path);
+        }
+    }
+    spec
+}
+
+/// Whether the target `spec` names can be used from here (for `project`): `Ok(what was
+/// seen)` or `Err(why not)`, each one line. Bounded.
+pub fn check(spec: &crate::config::TargetSpec, project: &Path) -> Result<String, String> {
     use crate::config::TargetKind;
+    let spec = &in_project(spec, project);
     match spec.kind {
         TargetKind::Local => Ok("this machine".to_owned()),
         TargetKind::Docker => docker::check(

@@ -290,7 +290,7 @@ impl Target for Ssh {
         };
         let agent = format!("{base_dir}/{agent_file}");
         if *agent_state == "present" {
-            println!(
+            say!(
                 "amlx-agent run: the agent is on {} already ({agent})",
                 self.place()
             );
@@ -303,7 +303,7 @@ impl Target for Ssh {
             let mut cmd = self.ssh();
             cmd.arg(remote_sh(&copy));
             pipe_file_into(cmd, &self.agent, COPY_TIMEOUT, "copying the agent")?;
-            println!(
+            say!(
                 "amlx-agent run: copied the agent to {}:{agent}",
                 self.place()
             );
@@ -565,7 +565,7 @@ impl Ssh {
         {
             tracing::warn!("tar reported a problem reading the project ({status})");
         }
-        println!(
+        say!(
             "amlx-agent run: copied {} to {}:{remote}",
             self.project.display(),
             self.place()
