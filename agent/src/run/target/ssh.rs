@@ -340,6 +340,14 @@ impl Target for Ssh {
             .remote
             .as_ref()
             .context("the ssh target was not prepared")?;
+        // The script is text: refuse what it would mangle rather than run something else.
+        if let Some(bad) = step.command.iter().find(|arg| arg.to_str().is_none()) {
+            anyhow::bail!(
+                "the ssh target passes the command to the host's shell as text, and \
+                 argument {:?} is not UTF-8; rename it or run the step locally",
+                bad
+            );
+        }
         let mut script = String::new();
         // fd 3 keeps the connection's stdin: the secret's line, then the lifeline.
         script.push_str("exec 3<&0\n");
@@ -493,8 +501,8 @@ fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
 }
 
-/// An argument as one shell word (lossy for non-UTF-8 bytes, which a remote shell
-/// command line cannot carry faithfully anyway).
+/// An argument as one shell word. Arguments are checked to be UTF-8 before the script
+/// is built ([`Ssh::command`]), so nothing is replaced here in practice.
 fn quote_os(text: &std::ffi::OsStr) -> String {
     quote(&text.to_string_lossy())
 }
@@ -670,6 +678,15 @@ mod tests {
         );
         assert!(line.contains("export EPOCHS="), "{line}");
         assert!(!line.contains("hunter2"), "{line}");
+        let non_utf8: Vec<std::ffi::OsString> = vec![std::os::unix::ffi::OsStringExt::from_vec(
+            b"caf\xe9".to_vec(),
+        )];
+        let refused = StepCommand {
+            command: &non_utf8,
+            ..step
+        };
+        let err = ssh.command(&refused, None).expect_err("non-UTF-8 refused");
+        assert!(err.to_string().contains("is not UTF-8"), "{err}");
         let stdin = ssh.stdin(&step).expect("stdin");
         assert!(String::from_utf8_lossy(&stdin).contains("hunter2"));
     }
