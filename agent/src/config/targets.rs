@@ -148,10 +148,16 @@ fn ranks_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D:
 }
 
 /// The text of a rank spec (`ranks = 0` or `"0-3"`), checked by parsing it.
+/// `run` starts the processes itself, so only `all` and explicit ranks mean something.
 fn rank_spec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let Parsed(text) = Parsed::<String>::deserialize(d)?;
-    text.parse::<RankSpec>().map_err(serde::de::Error::custom)?;
-    Ok(Some(text))
+    match text.parse::<RankSpec>().map_err(serde::de::Error::custom)? {
+        RankSpec::All | RankSpec::Ranks(_) => Ok(Some(text)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{text:?} depends on the job; `run` starts the processes itself, so list the \
+             ranks (0, 0,2, 1-3) or say all"
+        ))),
+    }
 }
 
 /// The whole `.amlx/targets.toml`: nothing but targets.
@@ -310,7 +316,8 @@ pub fn read_project_targets(
     project: &Path,
 ) -> Result<Option<BTreeMap<String, TargetSpec>>, ConfigError> {
     let path = project.join(PROJECT_TARGETS_FILE);
-    if !path.exists() {
+    // `symlink_metadata`: a dangling symlink is an error to report, not "no file".
+    if std::fs::symlink_metadata(&path).is_err() {
         return Ok(None);
     }
     let text = read_bounded(&path)
@@ -351,6 +358,20 @@ mod tests {
         assert_eq!(vm.env["EPOCHS"], "2");
         assert_eq!(vm.defined_at, "/p/.amlx/targets.toml:1");
         assert_eq!(targets["box"].defined_at, "/p/.amlx/targets.toml:12");
+    }
+
+    #[test]
+    fn a_missing_project_file_is_none_and_a_dangling_link_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(read_project_targets(dir.path()).expect("no file").is_none());
+        std::fs::create_dir(dir.path().join(".amlx")).expect("mkdir");
+        std::os::unix::fs::symlink(
+            "/nonexistent/targets.toml",
+            dir.path().join(PROJECT_TARGETS_FILE),
+        )
+        .expect("symlink");
+        let err = read_project_targets(dir.path()).expect_err("dangling link");
+        assert!(err.to_string().contains(".amlx/targets.toml"), "{err}");
     }
 
     #[test]
@@ -410,6 +431,11 @@ mod tests {
                 "[targets.a]\nkind = \"ssh\"\nhost = \"vm\"\nuser = \"-l root\"\n",
                 "targets.a.user",
                 "not a user name",
+            ),
+            (
+                "[targets.a]\nkind = \"local\"\nranks = \"master\"\n",
+                "targets.a.ranks",
+                "list the ranks",
             ),
             (
                 "[targets.a]\nhost = \"x\"\n",
