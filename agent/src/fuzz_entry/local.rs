@@ -130,7 +130,8 @@ fn env_from_records(data: &[u8], names: &[&str]) -> HashMap<String, String> {
     env
 }
 
-/// The config file's text, then (after a NUL) `AMLX_*` variables, layered as `exec` does.
+/// The config file's text, then (after a NUL) `AMLX_*` variables, layered as `exec` does;
+/// the text also as a targets file and as an ssh address.
 pub fn config_file_and_env(data: &[u8]) {
     let mut parts = data.splitn(2, |b| *b == 0);
     let file_text = text(parts.next().unwrap_or_default());
@@ -155,6 +156,16 @@ pub fn config_file_and_env(data: &[u8]) {
             let _ = err.to_string();
         }
     }
+    // The same text as a project's .amlx/targets.toml, and as `run -t ssh://…`.
+    match config::parse_targets_file(Path::new(".amlx/targets.toml"), &file_text) {
+        Ok(targets) => {
+            let _ = format!("{targets:?}");
+        }
+        Err(err) => {
+            let _ = err.to_string();
+        }
+    }
+    let _ = crate::run::target::parse_ssh_address(&file_text);
 }
 
 /// A test host for role detection: named [`FUZZ_HOSTNAME`], owning the loopback addresses.
