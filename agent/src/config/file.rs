@@ -17,7 +17,7 @@ use crate::session::{DebugMode, FailurePolicy};
 use super::ConfigError;
 use super::secret::Secret;
 use super::server::ServerSection;
-use super::value::{Parsed, TargetLimit};
+use super::value::{Parsed, TargetLimit, TunnelLimit};
 
 /// The whole file as written; every key is optional, absent means "not set here".
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +71,7 @@ pub(super) struct RelaySection {
     pub hybrid_connection: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub insecure_ws: Option<bool>,
+    pub max_tunnels: Option<Parsed<TunnelLimit>>,
     #[serde(default)]
     pub server: ServerSection,
 }

@@ -55,6 +55,7 @@ pub mod bridge;
 pub mod buffer;
 pub mod client;
 pub mod connection_string;
+pub mod open_files;
 pub mod protocol;
 pub mod sas;
 pub mod server;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -139,15 +140,27 @@ impl AcceptHandler for RemoteForwarder {
 }
 
 /// `relay connect`: accepts on `listener` and forwards each connection through the
-/// relay under `port_name`, until `shutdown`.
+/// relay under `port_name`, until `shutdown`; at most `max_tunnels` at once (later
+/// connections wait in the kernel's accept backlog until one ends).
 pub async fn serve_local(
     listener: TcpListener,
     endpoint: Arc<Endpoint>,
     port_name: String,
+    max_tunnels: usize,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(max_tunnels));
     loop {
+        // Both branches are cancel-safe: a permit not yet granted is simply not taken.
+        let slot = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // never closed; stop rather than spin if it were
+            },
+            () = shutdown.cancelled() => break,
+        };
+        // Cancel-safe too: an un-accepted connection stays in the backlog.
         let accepted = tokio::select! {
             r = listener.accept() => r,
             () = shutdown.cancelled() => break,
@@ -163,7 +176,11 @@ pub async fn serve_local(
         let endpoint = Arc::clone(&endpoint);
         let port_name = port_name.clone();
         let span = tracing::info_span!("local", peer = %peer);
-        tracker.spawn(forward_local(tcp, peer, endpoint, port_name).instrument(span));
+        let forward = async move {
+            forward_local(tcp, peer, endpoint, port_name).await;
+            drop(slot);
+        };
+        tracker.spawn(forward.instrument(span));
     }
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
