@@ -14,8 +14,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use super::listener::{AcceptHandler, DRAIN_TIMEOUT, Decision};
+use super::tunnel::Expect;
 use super::{Endpoint, Tunnel, sender};
-use crate::relay::bridge::{self, Forwards};
+use crate::relay::bridge::{self, BridgeError, Forwards};
 use crate::relay::protocol::{Accept, close_code, status};
 
 /// How long connecting to a local forward target may take.
@@ -198,7 +199,7 @@ async fn forward_local(
     port_name: String,
 ) {
     let _ = tcp.set_nodelay(true);
-    let mut tunnel = match connect_to_owner(&endpoint, &port_name).await {
+    let tunnel = match connect_to_owner(&endpoint, &port_name).await {
         Ok(t) => t,
         Err(e) => {
             // One line naming the cause and the fix; the local client sees its socket close.
@@ -206,13 +207,34 @@ async fn forward_local(
             return;
         }
     };
-    if let Err(e) = bridge::open(&mut tunnel, &port_name).await {
+    if let Err(e) = bridge::request(&tunnel, &port_name).await {
         tracing::error!("{e}");
         tunnel.finish(close_code::NORMAL, "").await;
         return;
     }
+    // The client's bytes follow the preamble at once instead of a round trip through the
+    // relay later; the listener's answer is checked before any byte reaches the client.
+    let name = port_name.clone();
+    let expect = Expect {
+        len: bridge::REPLY_LEN,
+        within: bridge::PREAMBLE_TIMEOUT,
+        check: Box::new(move |answer| {
+            bridge::check_reply(answer, &name).map_err(std::io::Error::other)
+        }),
+    };
     tracing::info!(port_name, "connection from {peer} relayed");
-    splice(tunnel, tcp).await;
+    match tunnel.splice_after(tcp, expect).await {
+        Ok(stats) => tracing::info!(
+            sent = stats.sent,
+            received = stats.received,
+            "relayed connection closed"
+        ),
+        // A refusal reads as before: one line naming the cause and the fix.
+        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<BridgeError>()) => {
+            tracing::error!("{e}")
+        }
+        Err(e) => tracing::warn!("relayed connection broke: {e}"),
+    }
 }
 
 /// How many times a sender tries again when a listener answers that another listener
