@@ -37,7 +37,7 @@ pub fn listen(args: &ListenArgs, settings: &Settings) -> anyhow::Result<i32> {
     }
     let handler = Arc::new(RemoteForwarder { forwards, allow });
     let max_tunnels = settings.relay.max_tunnels;
-    super::runtime()?.block_on(async move {
+    super::forwarder_runtime()?.block_on(async move {
         // Each tunnel is the rendezvous WebSocket and the local connection; a reject
         // rendezvous is one more.
         let needed = (max_tunnels as u64)
@@ -65,7 +65,7 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
     crate::relay::bridge::encode_request(&port_name)?;
     let endpoint = Arc::new(endpoint(&args.relay, settings)?);
     let max_tunnels = settings.relay.max_tunnels;
-    super::runtime()?.block_on(async move {
+    super::forwarder_runtime()?.block_on(async move {
         // Each tunnel is the local connection and its WebSocket to the relay.
         let needed = (max_tunnels as u64).saturating_mul(2);
         let cap = format!("max_tunnels {max_tunnels} (2 each)");
