@@ -53,6 +53,7 @@ macro_rules! forward_writes_to_inner {
 
 pub mod bridge;
 pub mod buffer;
+pub mod cipher;
 pub mod client;
 pub mod connection_string;
 pub mod open_files;
