@@ -2,6 +2,7 @@
 //! (`relay listen`, azbridge -R) and local connections out through the relay
 //! (`relay connect`, azbridge -L).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use tracing::Instrument as _;
 use super::listener::{AcceptHandler, DRAIN_TIMEOUT, Decision};
 use super::tunnel::Expect;
 use super::{Endpoint, Tunnel, sender};
-use crate::relay::bridge::{self, BridgeError, Forwards};
+use crate::relay::bridge::{self, BridgeError, Forward, Forwards};
 use crate::relay::protocol::{Accept, close_code, status};
 
 /// How long connecting to a local forward target may take.
@@ -103,6 +104,46 @@ impl AcceptHandler for RemoteForwarder {
     }
 
     async fn handle(self: Arc<Self>, tunnel: Tunnel, _accept: Accept) {
+        self.forward(tunnel, None).await;
+    }
+
+    /// Connects to the target the sender's address names while the rendezvous is under
+    /// way, rather than after it and the preamble: the two overlap instead of adding up.
+    async fn serve(
+        self: Arc<Self>,
+        rendezvous: impl Future<Output = Option<Tunnel>> + Send,
+        accept: Accept,
+    ) {
+        let Some(named) = self.named_forward(&accept).cloned() else {
+            if let Some(tunnel) = rendezvous.await {
+                self.forward(tunnel, None).await;
+            }
+            return;
+        };
+        let (tunnel, early) = tokio::join!(rendezvous, connect_local(&named));
+        // Without a tunnel the early connection just closes (the sender is gone).
+        if let Some(tunnel) = tunnel {
+            self.forward(tunnel, Some((named, early))).await;
+        }
+    }
+}
+
+impl RemoteForwarder {
+    /// The forward named by the last segment of the sender's address (where
+    /// `relay connect` and the debug sidecar put the port name), if one is named exactly.
+    fn named_forward(&self, accept: &Accept) -> Option<&Forward> {
+        let url = url::Url::parse(&accept.address).ok()?;
+        let last = url.path_segments()?.next_back()?;
+        let name = percent_encoding::percent_decode_str(last)
+            .decode_utf8()
+            .ok()?;
+        self.forwards.0.iter().find(|f| f.name == name)
+    }
+
+    /// Reads the preamble and splices the tunnel to its target; `early` is a connection
+    /// made before the preamble to the forward the address named, used only when the
+    /// preamble names that same forward.
+    async fn forward(&self, tunnel: Tunnel, early: Option<(Forward, Result<TcpStream, String>)>) {
         let (tunnel, forward) = match bridge::accept(tunnel, &self.forwards).await {
             Ok(Some(found)) => found,
             Ok(None) => return,
@@ -112,13 +153,9 @@ impl AcceptHandler for RemoteForwarder {
             }
         };
         let (host, port) = (forward.host.as_str(), forward.port);
-        let connect = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect((host, port)));
-        let tcp = match connect.await {
-            Ok(Ok(tcp)) => Ok(tcp),
-            Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
-            Err(_) => Err(format!(
-                "connecting to {host}:{port} took over {LOCAL_CONNECT_TIMEOUT:?}"
-            )),
+        let tcp = match early {
+            Some((named, tcp)) if named == forward => tcp,
+            _ => connect_local(&forward).await,
         };
         let tcp = match tcp {
             Ok(tcp) => tcp,
@@ -137,6 +174,19 @@ impl AcceptHandler for RemoteForwarder {
         }
         tracing::info!(port_name = forward.name, "forwarding to {host}:{port}");
         splice(tunnel, tcp).await;
+    }
+}
+
+/// Connects to a forward's target within [`LOCAL_CONNECT_TIMEOUT`]; `Err` says why not.
+async fn connect_local(forward: &Forward) -> Result<TcpStream, String> {
+    let (host, port) = (forward.host.as_str(), forward.port);
+    let connect = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect((host, port)));
+    match connect.await {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
+        Err(_) => Err(format!(
+            "connecting to {host}:{port} took over {LOCAL_CONNECT_TIMEOUT:?}"
+        )),
     }
 }
 
@@ -301,6 +351,45 @@ mod tests {
         }
         for bad in ["10.0.0.0/33", "::/129", "host", "10.0.0.0/x"] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_address_names_a_forward_only_exactly() {
+        let forwarder = RemoteForwarder {
+            forwards: Forwards(vec![
+                "echo=127.0.0.1:7".parse().expect("valid"),
+                "a b=127.0.0.1:8".parse().expect("valid"),
+            ]),
+            allow: vec![],
+        };
+        let cases = [
+            (
+                "ws://h:1/$hc/hc/echo?sb-hc-action=accept&sb-hc-id=1",
+                Some("echo"),
+            ),
+            (
+                "wss://ns.example/$hc/hc/a%20b?sb-hc-action=accept",
+                Some("a b"),
+            ),
+            ("ws://h/$hc/hc?sb-hc-action=accept", None),
+            ("ws://h/$hc/hc/echo2?x=1", None),
+            ("ws://h/$hc/hc/%FF?x=1", None),
+            ("not a url", None),
+            ("", None),
+        ];
+        for (address, want) in cases {
+            let accept = Accept {
+                address: address.into(),
+                id: "i".into(),
+                connect_headers: Default::default(),
+                remote_endpoint: crate::relay::protocol::RemoteEndpoint {
+                    address: "127.0.0.1".into(),
+                    port: 1,
+                },
+            };
+            let got = forwarder.named_forward(&accept).map(|f| f.name.as_str());
+            assert_eq!(got, want, "{address}");
         }
     }
 

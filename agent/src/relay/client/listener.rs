@@ -64,6 +64,20 @@ pub trait AcceptHandler: Send + Sync + 'static {
     fn decide(&self, accept: &Accept) -> Decision;
     /// Serves one accepted connection.
     fn handle(self: Arc<Self>, tunnel: Tunnel, accept: Accept) -> impl Future<Output = ()> + Send;
+    /// Serves one accepted sender whose rendezvous `rendezvous` opens (`None`: it failed
+    /// and was logged). By default waits for it, then [`handle`](Self::handle)s the
+    /// tunnel; a handler may do its own set-up meanwhile.
+    fn serve(
+        self: Arc<Self>,
+        rendezvous: impl Future<Output = Option<Tunnel>> + Send,
+        accept: Accept,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            if let Some(tunnel) = rendezvous.await {
+                self.handle(tunnel, accept).await;
+            }
+        }
+    }
     /// The control channel is up (again): senders can reach this listener now.
     fn online(&self) {}
 }
@@ -402,17 +416,24 @@ async fn rendezvous<H: AcceptHandler>(
             }
         }
         Decision::Accept => {
-            match handshake::connect_address(
-                &accept.address,
-                endpoint.tls.as_ref(),
-                Role::Rendezvous,
-                RENDEZVOUS_TIMEOUT,
-            )
-            .await
-            {
-                Ok(ws) => handler.handle(Tunnel::new(ws), accept).await,
-                Err(e) => tracing::warn!("rendezvous failed: {e}"),
-            }
+            let address = accept.address.clone();
+            let open = async {
+                match handshake::connect_address(
+                    &address,
+                    endpoint.tls.as_ref(),
+                    Role::Rendezvous,
+                    RENDEZVOUS_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(ws) => Some(Tunnel::new(ws)),
+                    Err(e) => {
+                        tracing::warn!("rendezvous failed: {e}");
+                        None
+                    }
+                }
+            };
+            handler.serve(open, accept).await;
         }
     }
     drop(slot);
