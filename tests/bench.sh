@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # amlx-agent next to its peers, one table: installs what is missing, then runs
 # `cargo bench --bench compare` (agent/benches/compare.rs) on the optimised build.
-#   bash tests/bench.sh                  # about 4 minutes after the first build
-#   BENCH_TUNNELS=5000 bash tests/bench.sh
+#   bash tests/bench.sh                  # about 5 minutes after the first build
+#   BENCH_TUNNELS=250 bash tests/bench.sh   # idle-tunnel memory at 250 tunnels instead of 5000
 # Peers: rathole, bore and websocat are built once into target/bench-peers (cargo install,
 # about 10 minutes on 2 cores the first time); iperf3, tini, strace and valgrind come from
 # apt when missing. A peer that still cannot be had is named in the output and its cells

@@ -148,30 +148,66 @@ pub fn opens(echo: SocketAddr, tunnels: &[(&'static str, Tunnel)]) -> anyhow::Re
     Ok(vec![row])
 }
 
-/// Most idle tunnels measured through the agent: `relay listen` serves at most 256 relayed
-/// connections at once (`relay::client::listener::MAX_TUNNELS`) and ignores senders past it.
-pub const AGENT_TUNNEL_CAP: usize = 250;
+/// Most idle tunnels measured through websocat: it opens one in about 0.1 s, so 5,000
+/// would take over eight minutes, and its memory per tunnel is the same at 250 as at
+/// 5,000 (135 and 132 KiB in both, 2026-12-03).
+pub const WEBSOCAT_TUNNEL_CAP: usize = 250;
+
+/// Descriptors the bench process keeps for everything but the idle tunnels.
+const FD_HEADROOM: u64 = 256;
+
+/// How many idle tunnels this machine allows: the bench process holds two descriptors
+/// per tunnel (the client's socket and the in-process echo server's), and so do the
+/// tunnels' own processes; every one of them is limited by the hard `RLIMIT_NOFILE`.
+/// `None` when `n` fits; else the most that fit and why.
+pub fn tunnel_room(n: usize) -> Option<(usize, String)> {
+    use nix::sys::resource::{Resource, getrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let limit = soft.max(hard).min(usize::MAX as u64);
+    let room = (limit.saturating_sub(FD_HEADROOM) / 2) as usize;
+    (room < n).then(|| {
+        (
+            room,
+            format!(
+                "7: measured at {room} idle tunnels, not {n}: the hard open-file limit is                  {hard} and each tunnel takes two descriptors in the bench and in each                  tunnel process (raise it: ulimit -Hn as root)"
+            ),
+        )
+    })
+}
 
 /// Figure 7: RSS growth per idle tunnel of each process, `n` tunnels held open (each
-/// carried one echoed byte, so it is set up end to end); the agent at most
-/// [`AGENT_TUNNEL_CAP`]. A tunnel that fails is noted and the others are measured.
+/// carried one echoed byte, so it is set up end to end); websocat at most
+/// [`WEBSOCAT_TUNNEL_CAP`]. A tunnel that fails is noted and the others are measured.
 pub fn idle_memory(
     n: usize,
     tunnels: &[(&'static str, Tunnel)],
     report: &mut Report,
 ) -> anyhow::Result<Vec<Row>> {
-    let agent_n = n.min(AGENT_TUNNEL_CAP);
-    let label = if agent_n == n {
+    let n = match tunnel_room(n) {
+        Some((room, why)) => {
+            report.note(why);
+            room
+        }
+        None => n,
+    };
+    let websocat_n = n.min(WEBSOCAT_TUNNEL_CAP);
+    let measured = |name: &str| if name == "websocat" { websocat_n } else { n };
+    let label = if websocat_n == n || !tunnels.iter().any(|(name, _)| *name == "websocat") {
         format!("7 memory per idle tunnel, all processes ({n} tunnels)")
     } else {
-        format!("7 memory per idle tunnel, all processes ({n} tunnels; amlx-agent {agent_n})")
+        format!("7 memory per idle tunnel, all processes ({n} tunnels; websocat {websocat_n})")
     };
     let mut total = Row::new(&label, "KiB");
     let mut rows: Vec<Row> = Vec::new();
     for (name, tunnel) in tunnels {
-        let n = if *name == AGENT { agent_n } else { n };
+        let n = measured(name);
+        let started = std::time::Instant::now();
         match idle_tunnels(n, tunnel) {
             Ok(parts) => {
+                eprintln!(
+                    "7: {n} idle tunnels through {name} opened and measured in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
                 total.sample(name, parts.iter().map(|(_, kib)| kib).sum());
                 for (role, per_tunnel) in parts {
                     let label = format!("7 memory per idle tunnel: {role}");

@@ -79,6 +79,10 @@ impl Tunnel {
     }
 }
 
+/// Handshakes `relay serve` takes at once, from one source and in all (its defaults would
+/// refuse a burst of benchmark clients, which all come from 127.0.0.1).
+const HANDSHAKES: usize = 1024;
+
 /// A running `relay serve` and how its clients reach it.
 #[derive(Debug)]
 pub struct Relay {
@@ -100,14 +104,16 @@ impl Relay {
         let mut key = [0u8; 32];
         rand::fill(&mut key);
         let key = base64::engine::general_purpose::STANDARD.encode(key);
-        // Each tunnel is two relayed WebSockets (sender and rendezvous); leave room for more.
-        let max_connections = 4 * max_tunnels + 100;
+        // Each tunnel is two relayed WebSockets (sender and rendezvous); room for the
+        // control channels and the tunnels that check the idle ones are set up. Handshakes
+        // are few at once (tunnels open one after another) but all come from 127.0.0.1.
+        let max_connections = 2 * max_tunnels + 256;
         let config = write_private(
             dir.path(),
             "relay.toml",
             &format!(
                 "[relay.server]\nmax_connections = {max_connections}\n\
-                 max_handshakes_per_source = {max_connections}\nmax_handshakes = {max_connections}\n\
+                 max_handshakes_per_source = {HANDSHAKES}\nmax_handshakes = {HANDSHAKES}\n\
                  [[relay.server.keys]]\nname = \"bench\"\nkey = \"{key}\"\n\
                  rights = [\"listen\", \"send\"]\npaths = [\"*\"]\n"
             ),
@@ -162,6 +168,8 @@ impl Relay {
 /// per service.
 pub fn agent(agent: &Path, to: Targets, tls: bool, max_tunnels: usize) -> anyhow::Result<Tunnel> {
     let relay = Relay::start(agent, tls, max_tunnels)?;
+    // Room for the idle tunnels plus the one that checks each is set up.
+    let cap = (max_tunnels + 16).to_string();
     let mut listen = Proc::spawn(
         "relay listen",
         relay.client(&[
@@ -170,6 +178,8 @@ pub fn agent(agent: &Path, to: Targets, tls: bool, max_tunnels: usize) -> anyhow
             &format!("iperf={}", to.iperf),
             "--forward",
             &format!("echo={}", to.echo),
+            "--max-tunnels",
+            &cap,
         ]),
     )?;
     listen.wait_for("listener online")?;
@@ -178,7 +188,15 @@ pub fn agent(agent: &Path, to: Targets, tls: bool, max_tunnels: usize) -> anyhow
     for (name, service) in [("iperf", Service::Iperf), ("echo", Service::Echo)] {
         let mut proc = Proc::spawn(
             "relay connect",
-            relay.client(&["connect", "--bind", "127.0.0.1:0", "--port-name", name]),
+            relay.client(&[
+                "connect",
+                "--bind",
+                "127.0.0.1:0",
+                "--port-name",
+                name,
+                "--max-tunnels",
+                &cap,
+            ]),
         )?;
         entries.push(address_after(
             &proc.wait_for("listening on ")?,

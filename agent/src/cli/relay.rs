@@ -156,6 +156,11 @@ pub struct ListenArgs {
     /// others are rejected with 403
     #[arg(long, value_name = "CIDR", value_delimiter = ',')]
     pub allow_remote: Vec<String>,
+
+    /// Most relayed connections served at once; senders past it are refused with 503
+    /// [env: AMLX_RELAY_MAX_TUNNELS] [default: 256]
+    #[arg(long, value_name = "N")]
+    pub max_tunnels: Option<String>,
 }
 
 /// `relay connect`.
@@ -171,5 +176,10 @@ pub struct ConnectArgs {
     /// azbridge port name sent to the listener [default: the bind port]
     #[arg(long, value_name = "NAME")]
     pub port_name: Option<String>,
+
+    /// Most local connections forwarded at once; later ones wait in the accept backlog
+    /// [env: AMLX_RELAY_MAX_TUNNELS] [default: 256]
+    #[arg(long, value_name = "N")]
+    pub max_tunnels: Option<String>,
 }
 // --- end client side ---

@@ -114,12 +114,19 @@ fn flags_for<'a>(cli: &'a Cli, step: Option<&'a StepHints>) -> Flags<'a> {
             ..base
         },
         Command::Relay(RelayArgs {
-            command: RelayCommand::Listen(ListenArgs { relay, .. }),
+            command:
+                RelayCommand::Listen(ListenArgs {
+                    relay, max_tunnels, ..
+                }),
         })
         | Command::Relay(RelayArgs {
-            command: RelayCommand::Connect(ConnectArgs { relay, .. }),
+            command:
+                RelayCommand::Connect(ConnectArgs {
+                    relay, max_tunnels, ..
+                }),
         }) => Flags {
             relay: Some(relay),
+            max_tunnels: max_tunnels.as_ref(),
             ..base
         },
         Command::Status(args) => Flags {

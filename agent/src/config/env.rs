@@ -14,7 +14,7 @@ use crate::ports::PortRange;
 use crate::role::Env;
 use crate::session::{DebugMode, FailurePolicy};
 
-use super::value::{FromConfig, TargetLimit};
+use super::value::{FromConfig, TargetLimit, TunnelLimit};
 use super::{ConfigError, Secret, Settings};
 
 /// The config file to read when `--config` is not given.
@@ -86,6 +86,9 @@ pub(super) fn apply(env: &dyn Env, s: &mut Settings) -> Result<(), ConfigError> 
     }
     if let Some(v) = get::<bool>(env, "AMLX_RELAY_INSECURE_WS")? {
         s.relay.insecure_ws = v;
+    }
+    if let Some(TunnelLimit(v)) = get::<TunnelLimit>(env, "AMLX_RELAY_MAX_TUNNELS")? {
+        s.relay.max_tunnels = v;
     }
     if let Some(v) = get::<PathBuf>(env, "AMLX_STATE_DIR")? {
         s.state_dir = Some(v);

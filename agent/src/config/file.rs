@@ -19,7 +19,7 @@ use super::ConfigError;
 use super::secret::Secret;
 use super::server::ServerSection;
 use super::targets::TargetSection;
-use super::value::{Parsed, TargetLimit};
+use super::value::{Parsed, TargetLimit, TunnelLimit};
 use toml::Spanned;
 
 /// The whole file as written; every key is optional, absent means "not set here".
@@ -75,6 +75,7 @@ pub(super) struct RelaySection {
     pub hybrid_connection: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub insecure_ws: Option<bool>,
+    pub max_tunnels: Option<Parsed<TunnelLimit>>,
     #[serde(default)]
     pub server: ServerSection,
 }

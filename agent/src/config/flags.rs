@@ -3,7 +3,7 @@
 use crate::policy::RankSpec;
 use crate::ports::PortRange;
 
-use super::value::{FromConfig, TargetLimit};
+use super::value::{FromConfig, TargetLimit, TunnelLimit};
 use super::{ConfigError, Flags, Settings};
 
 /// Parses one flag value; the error names the flag and quotes the value.
@@ -78,6 +78,9 @@ pub(super) fn apply(flags: &Flags<'_>, s: &mut Settings) -> Result<(), ConfigErr
         if r.insecure_ws {
             s.relay.insecure_ws = true;
         }
+    }
+    if let Some(TunnelLimit(v)) = parse::<TunnelLimit>("--max-tunnels", flags.max_tunnels)? {
+        s.relay.max_tunnels = v;
     }
     Ok(())
 }

@@ -106,9 +106,14 @@ impl Default for SessionSettings {
 /// How long a target waits for a developer before running on undebugged.
 pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Most relayed connections one `relay listen` or `relay connect` serves at once unless
+/// `max_tunnels` says otherwise: a debug session needs one per debugger, and the cap only
+/// stops a flood of senders from exhausting the process (two descriptors per tunnel).
+pub const DEFAULT_MAX_TUNNELS: usize = 256;
+
 /// `[relay]`: the client side (the agent's sidecar and the laptop forwarders), and
 /// `[relay.server]` for `relay serve`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelaySettings {
     /// `Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...[;EntityPath=...]`.
     /// At most one of this and `connection_string_file` is set: the highest layer that
@@ -123,8 +128,24 @@ pub struct RelaySettings {
     pub ca_file: Option<PathBuf>,
     /// Plain ws:// instead of wss:// (a self-hosted relay with `insecure_ws`, on loopback).
     pub insecure_ws: bool,
+    /// Most relayed connections `relay listen` (and `relay connect`) serves at once.
+    pub max_tunnels: usize,
     /// The self-hosted relay server.
     pub server: ServerSettings,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            connection_string: None,
+            connection_string_file: None,
+            hybrid_connection: None,
+            ca_file: None,
+            insecure_ws: false,
+            max_tunnels: DEFAULT_MAX_TUNNELS,
+            server: ServerSettings::default(),
+        }
+    }
 }
 
 /// Flag values from the command line (the top layer).
@@ -144,6 +165,8 @@ pub struct Flags<'a> {
     pub state_dir: Option<&'a Path>,
     /// `--hc`, `--connection-string-file`, `--ca-file`, `--insecure-ws`.
     pub relay: Option<&'a RelayClientArgs>,
+    /// `--max-tunnels` (`relay listen`, `relay connect`).
+    pub max_tunnels: Option<&'a String>,
     /// The step's own prior-art arguments (`exec` only): below the environment and the
     /// flags, above the config file.
     pub step: Option<&'a StepHints>,
@@ -373,6 +396,7 @@ fn apply_file(ctx: file::FileContext<'_>, s: &mut Settings) -> Result<(), Config
     s.relay.hybrid_connection = r.hybrid_connection.filter(|h| !h.trim().is_empty());
     s.relay.ca_file = r.ca_file;
     set(&mut s.relay.insecure_ws, r.insecure_ws);
+    set(&mut s.relay.max_tunnels, r.max_tunnels.map(|v| v.0.0));
     s.relay.server = r.server.into_settings(&ctx)?;
     s.targets = targets::into_specs(f.targets, &ctx)?;
     Ok(())

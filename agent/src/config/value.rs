@@ -70,6 +70,22 @@ impl FromConfig for TargetLimit {
     }
 }
 
+/// The cap on relayed connections one `relay listen` or `relay connect` serves at once:
+/// a count of at least one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelLimit(pub usize);
+
+impl FromConfig for TunnelLimit {
+    fn from_config(text: &str) -> Result<Self, String> {
+        match text.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(TunnelLimit(n)),
+            _ => Err(format!(
+                "invalid tunnel count {text:?} (expected a whole number of at least 1)"
+            )),
+        }
+    }
+}
+
 impl FromConfig for IpAddr {
     fn from_config(text: &str) -> Result<Self, String> {
         text.trim()
@@ -182,6 +198,24 @@ mod tests {
         ] {
             assert_eq!(
                 TargetLimit::from_config(text).ok().map(|t| t.0),
+                want,
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tunnel_limits() {
+        for (text, want) in [
+            ("1", Some(1)),
+            (" 5000 ", Some(5000)),
+            ("0", None),
+            ("-1", None),
+            ("1e3", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                TunnelLimit::from_config(text).ok().map(|t| t.0),
                 want,
                 "{text:?}"
             );

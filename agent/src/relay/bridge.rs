@@ -15,6 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::relay::client::Tunnel;
+use crate::relay::client::tunnel::Answer;
 use crate::relay::protocol::close_code;
 
 /// Preamble version we speak (1.0).
@@ -69,17 +70,37 @@ pub fn encode_request(port_name: &str) -> Result<Vec<u8>, BridgeError> {
 
 /// Sender side: writes the preamble for `port_name` and waits for the listener's answer.
 pub async fn open(tunnel: &mut Tunnel, port_name: &str) -> Result<(), BridgeError> {
+    request(tunnel, port_name).await?;
+    let reply = tokio::time::timeout(PREAMBLE_TIMEOUT, tunnel.read_exact(REPLY_LEN)).await;
+    check_reply(reply, port_name)
+}
+
+/// Length of the listener's answer to a preamble.
+pub const REPLY_LEN: usize = 3;
+
+/// Sender side, first half of [`open`]: writes the preamble for `port_name` only. The
+/// answer is then read by [`Tunnel::splice_after`] with [`check_reply`], while the
+/// client's first bytes already travel (the listener keeps them until its target is
+/// connected; a refusing listener drops them with the connection).
+pub async fn request(tunnel: &Tunnel, port_name: &str) -> Result<(), BridgeError> {
     let request = encode_request(port_name)?;
     tunnel.write(&request).await?;
-    let reply = tokio::time::timeout(PREAMBLE_TIMEOUT, tunnel.read_exact(3))
-        .await
+    Ok(())
+}
+
+/// Sender side: what the listener's answer (read within [`PREAMBLE_TIMEOUT`]) means.
+pub fn check_reply(answer: Answer, port_name: &str) -> Result<(), BridgeError> {
+    let reply = answer
         .map_err(|_| BridgeError::Timeout)??
         .ok_or_else(|| BridgeError::Refused(port_name.to_owned()))?;
-    match [reply[0], reply[1], reply[2]] {
-        REPLY_OK_TCP => Ok(()),
-        REPLY_UNKNOWN_VERSION => Err(BridgeError::UnknownVersion),
-        REPLY_EXPECTED_UDP => Err(BridgeError::ExpectedUdp(port_name.to_owned())),
-        other => Err(BridgeError::BadReply(other)),
+    match reply.as_slice() {
+        [a, b, c] => match [*a, *b, *c] {
+            REPLY_OK_TCP => Ok(()),
+            REPLY_UNKNOWN_VERSION => Err(BridgeError::UnknownVersion),
+            REPLY_EXPECTED_UDP => Err(BridgeError::ExpectedUdp(port_name.to_owned())),
+            other => Err(BridgeError::BadReply(other)),
+        },
+        _ => Err(BridgeError::Refused(port_name.to_owned())),
     }
 }
 

@@ -153,3 +153,97 @@ fn resolution_follows_azbridge() {
         );
     }
 }
+
+/// The sender's bytes follow the preamble before the answer, and the answer is checked
+/// before any byte reaches the local side: a refusal delivers nothing.
+#[tokio::test]
+async fn sender_sends_early_and_delivers_only_after_an_ok() {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use crate::relay::client::tunnel::Expect;
+    use crate::relay::client::tunnel::test_support::tunnel_and_peer;
+    use crate::relay::websocket::OpCode;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+    let cases: &[(Option<[u8; 3]>, Option<&str>)] = &[
+        (Some(REPLY_OK_TCP), None),
+        (Some(REPLY_UNKNOWN_VERSION), Some("does not speak")),
+        (Some([9, 9, 9]), Some("instead of [1,0,0]")),
+        (None, Some("not forwarded there")),
+    ];
+    for (reply, refusal) in cases {
+        let (tunnel, (mut peer_reader, mut peer_writer)) = tunnel_and_peer();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let (app, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut app, local) = (app.expect("connect"), accepted.expect("accept").0);
+
+        request(&tunnel, "5678").await.expect("preamble");
+        let expect = Expect {
+            len: REPLY_LEN,
+            within: DEADLINE,
+            check: Box::new(|answer| check_reply(answer, "5678").map_err(io::Error::other)),
+        };
+        let splice = tokio::spawn(tunnel.splice_after(local, expect));
+        app.write_all(b"early").await.expect("write");
+        let mut seen = Vec::new();
+        while seen.len() < encode_request("5678").expect("short").len() + 5 {
+            let frame = tokio::time::timeout(DEADLINE, peer_reader.read_frame())
+                .await
+                .expect("in time")
+                .expect("read")
+                .expect("frame");
+            seen.extend_from_slice(&frame.payload);
+        }
+        assert!(
+            seen.ends_with(b"early"),
+            "{reply:?}: sent before the answer"
+        );
+        match reply {
+            Some(r) => {
+                let mut bytes = r.to_vec();
+                bytes.extend_from_slice(b"late");
+                peer_writer
+                    .write_frame(OpCode::Binary, &bytes)
+                    .await
+                    .expect("write");
+            }
+            None => peer_writer
+                .write_close(close_code::NORMAL, "")
+                .await
+                .expect("write"),
+        }
+        let ended = tokio::time::timeout(DEADLINE, async {
+            match refusal {
+                None => {
+                    let mut got = [0u8; 4];
+                    app.read_exact(&mut got).await.expect("read");
+                    assert_eq!(&got, b"late", "only what follows the answer");
+                    peer_writer
+                        .write_close(close_code::NORMAL, "")
+                        .await
+                        .expect("write");
+                    app.shutdown().await.expect("half-close");
+                    splice.await.expect("joined").map(|_| ())
+                }
+                Some(_) => {
+                    let result = splice.await.expect("joined");
+                    let mut got = Vec::new();
+                    let _ = app.read_to_end(&mut got).await;
+                    assert!(got.is_empty(), "{reply:?}: delivered {got:?}");
+                    result.map(|_| ())
+                }
+            }
+        })
+        .await
+        .expect("splice ends in time");
+        match (refusal, ended) {
+            (None, Ok(())) => {}
+            (Some(want), Err(e)) => assert!(e.to_string().contains(want), "{reply:?}: {e}"),
+            (want, got) => panic!("{reply:?}: wanted {want:?}, got {got:?}"),
+        }
+    }
+}

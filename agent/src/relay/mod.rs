@@ -53,8 +53,10 @@ macro_rules! forward_writes_to_inner {
 
 pub mod bridge;
 pub mod buffer;
+pub mod cipher;
 pub mod client;
 pub mod connection_string;
+pub mod open_files;
 pub mod protocol;
 pub mod sas;
 pub mod server;

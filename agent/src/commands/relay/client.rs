@@ -11,6 +11,7 @@ use crate::relay::bridge::{Forward, Forwards};
 use crate::relay::client::forward::{self, IpNet, RemoteForwarder};
 use crate::relay::client::listener;
 use crate::relay::client::{Endpoint, credentials};
+use crate::relay::open_files;
 
 pub fn listen(args: &ListenArgs, settings: &Settings) -> anyhow::Result<i32> {
     let mut forwards = Forwards::from_ports(&args.ports);
@@ -35,9 +36,20 @@ pub fn listen(args: &ListenArgs, settings: &Settings) -> anyhow::Result<i32> {
         tracing::info!("forwarding port name {f}");
     }
     let handler = Arc::new(RemoteForwarder { forwards, allow });
-    super::runtime()?.block_on(async move {
+    let max_tunnels = settings.relay.max_tunnels;
+    super::forwarder_runtime()?.block_on(async move {
+        // Each tunnel is the rendezvous WebSocket and the local connection; a reject
+        // rendezvous is one more.
+        let needed = (max_tunnels as u64)
+            .saturating_mul(2)
+            .saturating_add(listener::MAX_PENDING_REJECTS as u64);
+        let cap = format!(
+            "max_tunnels {max_tunnels} (2 each) + {} rejects",
+            listener::MAX_PENDING_REJECTS
+        );
+        open_files::raise("relay listen", needed, &cap);
         let shutdown = super::shutdown_on_signal();
-        listener::run(endpoint, handler, shutdown).await?;
+        listener::run_with_cap(endpoint, handler, shutdown, max_tunnels).await?;
         Ok(0)
     })
 }
@@ -52,7 +64,12 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
     };
     crate::relay::bridge::encode_request(&port_name)?;
     let endpoint = Arc::new(endpoint(&args.relay, settings)?);
-    super::runtime()?.block_on(async move {
+    let max_tunnels = settings.relay.max_tunnels;
+    super::forwarder_runtime()?.block_on(async move {
+        // Each tunnel is the local connection and its WebSocket to the relay.
+        let needed = (max_tunnels as u64).saturating_mul(2);
+        let cap = format!("max_tunnels {max_tunnels} (2 each)");
+        open_files::raise("relay connect", needed, &cap);
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("could not bind {}", args.bind))?;
@@ -67,7 +84,7 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
             "amlx-agent relay connect: listening on {bound} (port name {port_name}, hc {})",
             endpoint.entity
         );
-        forward::serve_local(listener, endpoint, port_name, shutdown).await;
+        forward::serve_local(listener, endpoint, port_name, max_tunnels, shutdown).await;
         Ok(0)
     })
 }

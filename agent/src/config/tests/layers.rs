@@ -17,6 +17,7 @@ struct Args {
     node: NodeArgs,
     session: SessionArgs,
     relay: RelayClientArgs,
+    max_tunnels: Option<String>,
     state_dir: Option<PathBuf>,
     step: Option<StepHints>,
 }
@@ -32,6 +33,7 @@ impl Args {
             session: Some(&self.session),
             state_dir: self.state_dir.as_deref(),
             relay: Some(&self.relay),
+            max_tunnels: self.max_tunnels.as_ref(),
             step: self.step.as_ref(),
         }
     }
@@ -175,6 +177,13 @@ fn precedence_cases() -> Vec<Case> {
             flag: Some(|a| a.relay.insecure_ws = true),
             get: |s| s.relay.insecure_ws.to_string(),
             want: ["false", "true", "false", "true"],
+        },
+        Case {
+            file: "[relay]\nmax_tunnels = 5000",
+            env: ("AMLX_RELAY_MAX_TUNNELS", "10"),
+            flag: Some(|a| a.max_tunnels = s("7")),
+            get: |s| s.relay.max_tunnels.to_string(),
+            want: ["256", "5000", "10", "7"],
         },
         Case {
             file: "[node]\nstate_dir = \"/f\"",
@@ -479,6 +488,7 @@ fn env_errors_name_the_variable() {
         ("AMLX_INJECT", "x", "invalid inject mode \"x\""),
         ("AMLX_WAIT_FOR_CLIENT", "x", "invalid switch \"x\""),
         ("AMLX_LOG_FORMAT", "x", "invalid log format \"x\""),
+        ("AMLX_RELAY_MAX_TUNNELS", "0", "invalid tunnel count \"0\""),
     ];
     for (name, value, want) in cases {
         let err = layer(&Flags::default(), &env(&[(name, value)]), None).expect_err(name);
@@ -521,6 +531,10 @@ fn flag_errors_name_the_flag() {
         (
             |a| a.session.inject = s("x"),
             "--inject: invalid inject mode \"x\"",
+        ),
+        (
+            |a| a.max_tunnels = s("many"),
+            "--max-tunnels: invalid tunnel count \"many\"",
         ),
     ];
     for (set_flag, want) in cases {

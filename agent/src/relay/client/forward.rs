@@ -2,19 +2,22 @@
 //! (`relay listen`, azbridge -R) and local connections out through the relay
 //! (`relay connect`, azbridge -L).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use super::listener::{AcceptHandler, DRAIN_TIMEOUT, Decision};
+use super::tunnel::Expect;
 use super::{Endpoint, Tunnel, sender};
-use crate::relay::bridge::{self, Forwards};
+use crate::relay::bridge::{self, BridgeError, Forward, Forwards};
 use crate::relay::protocol::{Accept, close_code, status};
 
 /// How long connecting to a local forward target may take.
@@ -101,6 +104,46 @@ impl AcceptHandler for RemoteForwarder {
     }
 
     async fn handle(self: Arc<Self>, tunnel: Tunnel, _accept: Accept) {
+        self.forward(tunnel, None).await;
+    }
+
+    /// Connects to the target the sender's address names while the rendezvous is under
+    /// way, rather than after it and the preamble: the two overlap instead of adding up.
+    async fn serve(
+        self: Arc<Self>,
+        rendezvous: impl Future<Output = Option<Tunnel>> + Send,
+        accept: Accept,
+    ) {
+        let Some(named) = self.named_forward(&accept).cloned() else {
+            if let Some(tunnel) = rendezvous.await {
+                self.forward(tunnel, None).await;
+            }
+            return;
+        };
+        let (tunnel, early) = tokio::join!(rendezvous, connect_local(&named));
+        // Without a tunnel the early connection just closes (the sender is gone).
+        if let Some(tunnel) = tunnel {
+            self.forward(tunnel, Some((named, early))).await;
+        }
+    }
+}
+
+impl RemoteForwarder {
+    /// The forward named by the last segment of the sender's address (where
+    /// `relay connect` and the debug sidecar put the port name), if one is named exactly.
+    fn named_forward(&self, accept: &Accept) -> Option<&Forward> {
+        let url = url::Url::parse(&accept.address).ok()?;
+        let last = url.path_segments()?.next_back()?;
+        let name = percent_encoding::percent_decode_str(last)
+            .decode_utf8()
+            .ok()?;
+        self.forwards.0.iter().find(|f| f.name == name)
+    }
+
+    /// Reads the preamble and splices the tunnel to its target; `early` is a connection
+    /// made before the preamble to the forward the address named, used only when the
+    /// preamble names that same forward.
+    async fn forward(&self, tunnel: Tunnel, early: Option<(Forward, Result<TcpStream, String>)>) {
         let (tunnel, forward) = match bridge::accept(tunnel, &self.forwards).await {
             Ok(Some(found)) => found,
             Ok(None) => return,
@@ -110,13 +153,9 @@ impl AcceptHandler for RemoteForwarder {
             }
         };
         let (host, port) = (forward.host.as_str(), forward.port);
-        let connect = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect((host, port)));
-        let tcp = match connect.await {
-            Ok(Ok(tcp)) => Ok(tcp),
-            Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
-            Err(_) => Err(format!(
-                "connecting to {host}:{port} took over {LOCAL_CONNECT_TIMEOUT:?}"
-            )),
+        let tcp = match early {
+            Some((named, tcp)) if named == forward => tcp,
+            _ => connect_local(&forward).await,
         };
         let tcp = match tcp {
             Ok(tcp) => tcp,
@@ -138,16 +177,41 @@ impl AcceptHandler for RemoteForwarder {
     }
 }
 
+/// Connects to a forward's target within [`LOCAL_CONNECT_TIMEOUT`]; `Err` says why not.
+async fn connect_local(forward: &Forward) -> Result<TcpStream, String> {
+    let (host, port) = (forward.host.as_str(), forward.port);
+    let connect = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect((host, port)));
+    match connect.await {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
+        Err(_) => Err(format!(
+            "connecting to {host}:{port} took over {LOCAL_CONNECT_TIMEOUT:?}"
+        )),
+    }
+}
+
 /// `relay connect`: accepts on `listener` and forwards each connection through the
-/// relay under `port_name`, until `shutdown`.
+/// relay under `port_name`, until `shutdown`; at most `max_tunnels` at once (later
+/// connections wait in the kernel's accept backlog until one ends).
 pub async fn serve_local(
     listener: TcpListener,
     endpoint: Arc<Endpoint>,
     port_name: String,
+    max_tunnels: usize,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(max_tunnels));
     loop {
+        // Both branches are cancel-safe: a permit not yet granted is simply not taken.
+        let slot = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // never closed; stop rather than spin if it were
+            },
+            () = shutdown.cancelled() => break,
+        };
+        // Cancel-safe too: an un-accepted connection stays in the backlog.
         let accepted = tokio::select! {
             r = listener.accept() => r,
             () = shutdown.cancelled() => break,
@@ -163,7 +227,11 @@ pub async fn serve_local(
         let endpoint = Arc::clone(&endpoint);
         let port_name = port_name.clone();
         let span = tracing::info_span!("local", peer = %peer);
-        tracker.spawn(forward_local(tcp, peer, endpoint, port_name).instrument(span));
+        let forward = async move {
+            forward_local(tcp, peer, endpoint, port_name).await;
+            drop(slot);
+        };
+        tracker.spawn(forward.instrument(span));
     }
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
@@ -181,7 +249,7 @@ async fn forward_local(
     port_name: String,
 ) {
     let _ = tcp.set_nodelay(true);
-    let mut tunnel = match connect_to_owner(&endpoint, &port_name).await {
+    let tunnel = match connect_to_owner(&endpoint, &port_name).await {
         Ok(t) => t,
         Err(e) => {
             // One line naming the cause and the fix; the local client sees its socket close.
@@ -189,13 +257,34 @@ async fn forward_local(
             return;
         }
     };
-    if let Err(e) = bridge::open(&mut tunnel, &port_name).await {
+    if let Err(e) = bridge::request(&tunnel, &port_name).await {
         tracing::error!("{e}");
         tunnel.finish(close_code::NORMAL, "").await;
         return;
     }
+    // The client's bytes follow the preamble at once instead of a round trip through the
+    // relay later; the listener's answer is checked before any byte reaches the client.
+    let name = port_name.clone();
+    let expect = Expect {
+        len: bridge::REPLY_LEN,
+        within: bridge::PREAMBLE_TIMEOUT,
+        check: Box::new(move |answer| {
+            bridge::check_reply(answer, &name).map_err(std::io::Error::other)
+        }),
+    };
     tracing::info!(port_name, "connection from {peer} relayed");
-    splice(tunnel, tcp).await;
+    match tunnel.splice_after(tcp, expect).await {
+        Ok(stats) => tracing::info!(
+            sent = stats.sent,
+            received = stats.received,
+            "relayed connection closed"
+        ),
+        // A refusal reads as before: one line naming the cause and the fix.
+        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<BridgeError>()) => {
+            tracing::error!("{e}")
+        }
+        Err(e) => tracing::warn!("relayed connection broke: {e}"),
+    }
 }
 
 /// How many times a sender tries again when a listener answers that another listener
@@ -262,6 +351,45 @@ mod tests {
         }
         for bad in ["10.0.0.0/33", "::/129", "host", "10.0.0.0/x"] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_address_names_a_forward_only_exactly() {
+        let forwarder = RemoteForwarder {
+            forwards: Forwards(vec![
+                "echo=127.0.0.1:7".parse().expect("valid"),
+                "a b=127.0.0.1:8".parse().expect("valid"),
+            ]),
+            allow: vec![],
+        };
+        let cases = [
+            (
+                "ws://h:1/$hc/hc/echo?sb-hc-action=accept&sb-hc-id=1",
+                Some("echo"),
+            ),
+            (
+                "wss://ns.example/$hc/hc/a%20b?sb-hc-action=accept",
+                Some("a b"),
+            ),
+            ("ws://h/$hc/hc?sb-hc-action=accept", None),
+            ("ws://h/$hc/hc/echo2?x=1", None),
+            ("ws://h/$hc/hc/%FF?x=1", None),
+            ("not a url", None),
+            ("", None),
+        ];
+        for (address, want) in cases {
+            let accept = Accept {
+                address: address.into(),
+                id: "i".into(),
+                connect_headers: Default::default(),
+                remote_endpoint: crate::relay::protocol::RemoteEndpoint {
+                    address: "127.0.0.1".into(),
+                    port: 1,
+                },
+            };
+            let got = forwarder.named_forward(&accept).map(|f| f.name.as_str());
+            assert_eq!(got, want, "{address}");
         }
     }
 

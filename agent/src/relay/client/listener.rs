@@ -6,8 +6,9 @@
 //! a hung relay leaves a half-open TCP connection that would otherwise look idle for
 //! ever), and so is one that takes no control frame within [`CONTROL_WRITE_TIMEOUT`].
 //! Reconnects on the jittered [`backoff::RECONNECT_SCHEDULE`]; 401, 403 and 404 are
-//! terminal. At most [`MAX_TUNNELS`] relayed connections are served at once; senders over
-//! that are rejected (503) at once rather than queued.
+//! terminal. At most `max_tunnels` relayed connections ([`DEFAULT_MAX_TUNNELS`] unless
+//! the `max_tunnels` setting says otherwise) are served at once; senders over that are
+//! rejected (503) at once rather than queued.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,13 +40,11 @@ pub const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONTROL_MESSAGE: usize = 1024 * 1024;
 /// How long relayed connections may finish after shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most relayed connections one listener serves at a time (a debug session needs one per
-/// debugger; this only stops a flood of senders from exhausting the process).
-pub const MAX_TUNNELS: usize = 256;
+pub use crate::config::DEFAULT_MAX_TUNNELS;
 /// Most reject rendezvous in flight; accepts beyond this are dropped (the relay fails the
 /// sender's upgrade when the rendezvous never comes).
 pub const MAX_PENDING_REJECTS: usize = 32;
-/// The HTTP status a sender gets when the listener already serves [`MAX_TUNNELS`].
+/// The HTTP status a sender gets when the listener already serves its most tunnels.
 const BUSY_STATUS: u16 = 503;
 
 /// What to do with one sender.
@@ -65,6 +64,20 @@ pub trait AcceptHandler: Send + Sync + 'static {
     fn decide(&self, accept: &Accept) -> Decision;
     /// Serves one accepted connection.
     fn handle(self: Arc<Self>, tunnel: Tunnel, accept: Accept) -> impl Future<Output = ()> + Send;
+    /// Serves one accepted sender whose rendezvous `rendezvous` opens (`None`: it failed
+    /// and was logged). By default waits for it, then [`handle`](Self::handle)s the
+    /// tunnel; a handler may do its own set-up meanwhile.
+    fn serve(
+        self: Arc<Self>,
+        rendezvous: impl Future<Output = Option<Tunnel>> + Send,
+        accept: Accept,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            if let Some(tunnel) = rendezvous.await {
+                self.handle(tunnel, accept).await;
+            }
+        }
+    }
     /// The control channel is up (again): senders can reach this listener now.
     fn online(&self) {}
 }
@@ -75,7 +88,7 @@ pub async fn run<H: AcceptHandler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectError> {
-    run_with_cap(endpoint, handler, shutdown, MAX_TUNNELS).await
+    run_with_cap(endpoint, handler, shutdown, DEFAULT_MAX_TUNNELS).await
 }
 
 /// [`run`] serving at most `max_tunnels` relayed connections at once.
@@ -87,6 +100,7 @@ pub async fn run_with_cap<H: AcceptHandler>(
 ) -> Result<(), ConnectError> {
     let tracker = TaskTracker::new();
     let admission = Admission {
+        max_tunnels,
         tunnels: Arc::new(Semaphore::new(max_tunnels)),
         rejects: Arc::new(Semaphore::new(MAX_PENDING_REJECTS)),
     };
@@ -105,6 +119,8 @@ pub async fn run_with_cap<H: AcceptHandler>(
 /// channels (tunnels survive a reconnect).
 #[derive(Debug, Clone)]
 struct Admission {
+    /// The size of `tunnels`, for the log.
+    max_tunnels: usize,
     tunnels: Arc<Semaphore>,
     rejects: Arc<Semaphore>,
 }
@@ -335,7 +351,7 @@ fn dispatch<H: AcceptHandler>(
                         _permit: permit,
                     },
                     Err(_) => {
-                        tracing::warn!(parent: &span, "{MAX_TUNNELS} relayed connections and {MAX_PENDING_REJECTS} rejects in flight; ignoring the sender");
+                        tracing::warn!(parent: &span, "{} relayed connections and {MAX_PENDING_REJECTS} rejects in flight; ignoring the sender", admission.max_tunnels);
                         return;
                     }
                 },
@@ -400,17 +416,27 @@ async fn rendezvous<H: AcceptHandler>(
             }
         }
         Decision::Accept => {
-            match handshake::connect_address(
-                &accept.address,
-                endpoint.tls.as_ref(),
-                Role::Rendezvous,
-                RENDEZVOUS_TIMEOUT,
-            )
-            .await
-            {
-                Ok(ws) => handler.handle(Tunnel::new(ws), accept).await,
-                Err(e) => tracing::warn!("rendezvous failed: {e}"),
-            }
+            let address = accept.address.clone();
+            let open = async {
+                match handshake::connect_address(
+                    &address,
+                    endpoint.tls.as_ref(),
+                    Role::Rendezvous,
+                    RENDEZVOUS_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(ws) => Some(Tunnel::new(ws)),
+                    Err(e) => {
+                        tracing::warn!("rendezvous failed: {e}");
+                        None
+                    }
+                }
+            };
+            // Boxed: the handshake's state is large, and handed on by value it would be
+            // laid out again in every handler's future for the tunnel's whole life (an
+            // idle tunnel paid ~5 KiB for it); the box is freed once the rendezvous is open.
+            handler.serve(Box::pin(open), accept).await;
         }
     }
     drop(slot);

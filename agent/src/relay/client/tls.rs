@@ -69,11 +69,11 @@ pub fn client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::Clien
     Ok(Arc::new(config_with_roots(roots)?))
 }
 
-/// The agent's one rustls client setup (ring provider, safe default versions, no client
-/// certificate, ALPN `http/1.1`) trusting `roots`; the relay and the MLflow client differ
-/// only in where their roots come from.
+/// The agent's one rustls client setup (ring provider with AES-128-GCM first, safe
+/// default versions, no client certificate, ALPN `http/1.1`) trusting `roots`; the relay
+/// and the MLflow client differ only in where their roots come from.
 pub fn config_with_roots(roots: rustls::RootCertStore) -> anyhow::Result<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::relay::cipher::provider();
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("rustls rejected its default protocol versions")?

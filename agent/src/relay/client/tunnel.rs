@@ -60,6 +60,30 @@ pub struct Tunnel {
     peer_closed: bool,
 }
 
+/// The peer's answer as [`Tunnel::splice_after`] read it: `Err` when it did not come in
+/// time, else what [`Tunnel::read_exact`] returned.
+pub type Answer = Result<io::Result<Option<Vec<u8>>>, tokio::time::error::Elapsed>;
+
+/// What [`Tunnel::splice_after`] waits for from the peer before its bytes reach the local
+/// side.
+pub struct Expect {
+    /// How many bytes the answer is.
+    pub len: usize,
+    /// How long the peer has to send them.
+    pub within: Duration,
+    /// Accepts the answer (`Ok`) or says why not.
+    pub check: Box<dyn FnOnce(Answer) -> io::Result<()> + Send>,
+}
+
+impl std::fmt::Debug for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expect")
+            .field("len", &self.len)
+            .field("within", &self.within)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How a splice ended, for logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpliceStats {
@@ -184,7 +208,26 @@ impl Tunnel {
 
     /// Pumps bytes both ways between the tunnel and a local stream (a TCP connection, or
     /// an in-process pipe to a gate) until both directions ended.
-    pub async fn splice<S>(mut self, local: S) -> io::Result<SpliceStats>
+    pub async fn splice<S>(self, local: S) -> io::Result<SpliceStats>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin,
+    {
+        self.pump(local, None).await
+    }
+
+    /// [`splice`](Self::splice), with the first `expect.len` bytes from the peer (its
+    /// answer to what we sent first) read within `expect.within` and given to
+    /// `expect.check` before anything reaches the local side; the local side's bytes go
+    /// out meanwhile, which saves the round trip of waiting for the answer first. An
+    /// `Err` from the check ends both directions with that error.
+    pub async fn splice_after<S>(self, local: S, expect: Expect) -> io::Result<SpliceStats>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin,
+    {
+        self.pump(local, Some(expect)).await
+    }
+
+    async fn pump<S>(mut self, local: S, expect: Option<Expect>) -> io::Result<SpliceStats>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin,
     {
@@ -193,6 +236,10 @@ impl Tunnel {
         let mut stats = SpliceStats::default();
 
         let inbound = async {
+            if let Some(expect) = expect {
+                let answer = tokio::time::timeout(expect.within, self.read_exact(expect.len)).await;
+                (expect.check)(answer)?;
+            }
             let mut received = 0u64;
             let pending = std::mem::take(&mut self.pending);
             if !pending.is_empty() {

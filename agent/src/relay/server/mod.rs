@@ -195,33 +195,14 @@ impl Drop for Open {
     }
 }
 
-/// Raises the soft open-file limit to the hard one (as Go programs do at start): every
-/// handshake and relayed slot is a descriptor, and a server out of descriptors cannot
-/// even accept the connection that would evict an idle one. Warns when the slots still
-/// do not fit.
-fn check_fd_limit(slots: usize) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
-    };
-    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
-    } else {
-        soft
-    };
-    // Each relayed leg and handshake is one descriptor; leave room for the rest.
-    let needed = (slots as u64).saturating_add(FD_HEADROOM);
-    if limit < needed {
-        tracing::warn!(
-            "relay serve: the open-file limit ({limit}) is below max_connections + \
-             max_handshakes + {FD_HEADROOM} ({needed}): under a flood, accepting new \
-             connections may fail; raise the limit (ulimit -n, LimitNOFILE=) or lower them"
-        );
-    }
+/// Raises the soft open-file limit to the hard one: every handshake and relayed slot is
+/// a descriptor, and a server out of descriptors cannot even accept the connection that
+/// would evict an idle one. Warns when the slots still do not fit.
+fn check_fd_limit(max_connections: usize, max_handshakes: usize) {
+    let slots = max_connections.saturating_add(max_handshakes) as u64;
+    let cap = format!("max_connections {max_connections} + max_handshakes {max_handshakes}");
+    crate::relay::open_files::raise("relay serve", slots, &cap);
 }
-
-/// Descriptors kept for everything but client connections (listener, log, runtime).
-const FD_HEADROOM: u64 = 64;
 
 /// Runs one connection's task so that a panic in it is logged and ends that connection
 /// only: its guards (slots, registrations, counts) drop while unwinding, and the shared
@@ -256,7 +237,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let max = settings.config.max_connections;
     let grace = settings.config.shutdown_grace;
-    check_fd_limit(max.saturating_add(settings.config.max_handshakes));
+    check_fd_limit(max, settings.config.max_handshakes);
     let server = Arc::new(Server {
         registry: Registry::new(settings.config.max_listeners_per_path),
         rendezvous: Rendezvous::default(),

@@ -43,7 +43,7 @@ impl Tls {
         ))
         .with_context(|| format!("could not read the PEM key in {}", key.display()))?
         .with_context(|| format!("no private key found in {}", key.display()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::relay::cipher::provider();
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
