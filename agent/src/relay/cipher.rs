@@ -19,7 +19,7 @@ const PREFERRED: [CipherSuite; 3] = [
     CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
 ];
 
-/// ring's default provider with [`PREFERRED`] first.
+/// ring's default provider with `PREFERRED` first.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites = preferred_first(provider.cipher_suites);
