@@ -217,6 +217,13 @@ def main():
           + records([("AMLX_RANKS", "all"), ("AMLX_ATTACH_TIMEOUT", "1h 30m"), ("AMLX_PORT_RANGE", "6000-6010"),
                      ("AMLX_NODE_IP", "10.0.0.4"), ("AMLX_DEBUG_MODE", "listen")], CONFIG_VARS))
 
+    # The same target also reads its text as a project's .amlx/targets.toml.
+    write("config", "targets",
+          b'[targets.vm]\nkind = "ssh"\nhost = "me@[fd00::4]:2222"\nuser = "azureuser"\nport = 22\n'
+          b'identity_file = "~/.ssh/id"\nssh_config = "cfg"\nremote_dir = "~/x y"\nimage = "img:1"\n'
+          b'env = { EPOCHS = "2", PATH = "/bin" }\nranks_count = 4\nranks = "all"\n\n'
+          b'[targets.box]\nkind = "docker"\nimage = "x"\nbuild = "Dockerfile"\n')
+
     # Rank specs.
     for name, spec in [("zero", "0"), ("list", "0,3,5-7"), ("all", "all"), ("master", "master"),
                        ("local0", "local0"), ("spaces", " 1 , 2-4 ")]:
