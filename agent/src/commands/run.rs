@@ -9,7 +9,6 @@ use crate::cli::{RunArgs, TargetsListArgs};
 use crate::config::{Settings, read_project_targets};
 use crate::ports;
 use crate::publish;
-use crate::relay::client::credentials;
 use crate::role::ProcessEnv;
 use crate::run::{self, target};
 
@@ -61,25 +60,13 @@ fn relay_choice(args: &RunArgs, settings: &Settings) -> anyhow::Result<run::Rela
     if !args.external_relay {
         return Ok(run::RelayChoice::InProcess);
     }
-    let endpoint = super::relay::endpoint_for(&args.relay, settings)
+    let (endpoint, connection_string) = super::relay::endpoint_and_secret(&args.relay, settings)
         .context("--external-relay needs the relay's settings")?;
-    let file = args
-        .relay
-        .connection_string_file
-        .as_deref()
-        .or(settings.relay.connection_string_file.as_deref());
-    let connection_string = match file {
-        Some(path) => credentials::read_secret_file(path)?,
-        None => settings
-            .relay
-            .connection_string
-            .clone()
-            .context("--external-relay: no connection string in the settings")?,
-    };
     Ok(run::RelayChoice::External(run::ExternalRelay {
+        // Plain ws exactly when the endpoint was resolved without TLS.
+        insecure_ws: endpoint.tls.is_none(),
         endpoint: std::sync::Arc::new(endpoint),
         connection_string,
-        insecure_ws: args.relay.insecure_ws || settings.relay.insecure_ws,
         ca_file: args
             .relay
             .ca_file

@@ -31,6 +31,19 @@ impl Launch {
         }
     }
 
+    /// `count` processes under the `mpiexec` the target's own PATH finds (a container's
+    /// or a remote host's, which this machine cannot look into); one process for 1.
+    pub fn on_target_path(count: u32) -> Launch {
+        if count <= 1 {
+            Launch::Single
+        } else {
+            Launch::Mpi {
+                mpiexec: PathBuf::from("mpiexec"),
+                count,
+            }
+        }
+    }
+
     /// How many processes start.
     pub fn count(&self) -> u32 {
         match self {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::cli::{ConnectArgs, ListenArgs, RelayClientArgs};
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::relay::bridge::{Forward, Forwards};
 use crate::relay::client::forward::{self, IpNet, RemoteForwarder};
 use crate::relay::client::listener;
@@ -90,7 +90,15 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
 }
 
 /// The relay endpoint from flags, environment and config, credentials never from argv.
-pub(crate) fn endpoint(args: &RelayClientArgs, settings: &Settings) -> anyhow::Result<Endpoint> {
+fn endpoint(args: &RelayClientArgs, settings: &Settings) -> anyhow::Result<Endpoint> {
+    endpoint_and_secret(args, settings).map(|(endpoint, _)| endpoint)
+}
+
+/// [`endpoint`] and the connection string it was made from (read once).
+pub(crate) fn endpoint_and_secret(
+    args: &RelayClientArgs,
+    settings: &Settings,
+) -> anyhow::Result<(Endpoint, Secret)> {
     let overrides = credentials::Overrides {
         // `[relay] connection_string_file` from the config counts too (layered in settings).
         connection_string_file: args
@@ -101,10 +109,10 @@ pub(crate) fn endpoint(args: &RelayClientArgs, settings: &Settings) -> anyhow::R
         ca_file: args.ca_file.as_deref(),
         insecure_ws: args.insecure_ws,
     };
-    let mut endpoint = credentials::endpoint(&settings.relay, overrides)?;
+    let (mut endpoint, secret) = credentials::endpoint_and_secret(&settings.relay, overrides)?;
     if let Some(ttl) = args.token_ttl {
         anyhow::ensure!(ttl.as_secs() >= 1, "--token-ttl must be at least 1s");
         endpoint.token_ttl = ttl;
     }
-    Ok(endpoint)
+    Ok((endpoint, secret))
 }

@@ -3,7 +3,7 @@
 mod client;
 mod serve;
 
-pub(crate) use client::endpoint as endpoint_for;
+pub(crate) use client::endpoint_and_secret;
 
 use crate::cli::{RelayArgs, RelayCommand};
 use crate::config::Settings;

@@ -23,6 +23,15 @@ pub struct Overrides<'a> {
 
 /// The relay endpoint, or an error naming every way to provide what is missing.
 pub fn endpoint(settings: &RelaySettings, overrides: Overrides<'_>) -> anyhow::Result<Endpoint> {
+    endpoint_and_secret(settings, overrides).map(|(endpoint, _)| endpoint)
+}
+
+/// [`endpoint`] and the connection string it was made from (read once), for a caller
+/// that hands the same credentials on (`run --external-relay` gives them to its step).
+pub fn endpoint_and_secret(
+    settings: &RelaySettings,
+    overrides: Overrides<'_>,
+) -> anyhow::Result<(Endpoint, Secret)> {
     let text = match overrides.connection_string_file {
         Some(path) => read_secret_file(path)?,
         // `config` layered AMLX_RELAY_CONNECTION_STRING over `[relay] connection_string`.
@@ -40,7 +49,7 @@ pub fn endpoint(settings: &RelaySettings, overrides: Overrides<'_>) -> anyhow::R
     } else {
         Transport::Tls
     };
-    Endpoint::new(connection, hc, transport, ca_file)
+    Ok((Endpoint::new(connection, hc, transport, ca_file)?, text))
 }
 
 /// Reads a connection string file, warning when others may read it.

@@ -120,15 +120,7 @@ impl Target for Docker {
     }
 
     fn launch(&self, count: u32) -> Launch {
-        if count <= 1 {
-            Launch::Single
-        } else {
-            // The image's own mpiexec, found on the container's PATH.
-            Launch::Mpi {
-                mpiexec: PathBuf::from("mpiexec"),
-                count,
-            }
-        }
+        Launch::on_target_path(count)
     }
 
     fn prepare(&mut self) -> anyhow::Result<()> {

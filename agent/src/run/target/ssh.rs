@@ -253,15 +253,7 @@ impl Target for Ssh {
     }
 
     fn launch(&self, count: u32) -> Launch {
-        if count <= 1 {
-            Launch::Single
-        } else {
-            // The host's own mpiexec, found on its PATH.
-            Launch::Mpi {
-                mpiexec: PathBuf::from("mpiexec"),
-                count,
-            }
-        }
+        Launch::on_target_path(count)
     }
 
     fn prepare(&mut self) -> anyhow::Result<()> {
