@@ -372,96 +372,47 @@ fn ctrl_c_stops_the_step_on_the_host_and_targets_list_checks_reachability() {
     position(&stdout, "UNREACHABLE: ");
 }
 
-/// A Docker engine inside the ssh host's network namespace (tests/containers/dockerd.sh
-/// under `ip netns exec`), so `--network host` containers share the host's network and
-/// its end of the relay's reverse forward, holding the example image copied from the
-/// suite's engine.
-struct HostEngine {
-    keeper: Child,
-    /// `unix://<dir>/docker.sock`: the netns shares this machine's filesystem.
-    host: String,
-    dir: PathBuf,
-}
+/// A Docker engine inside the ssh host's network namespace, so `--network host`
+/// containers share the host's network and its end of the relay's reverse forward,
+/// holding the example image copied from the suite's engine; stopped when dropped.
+struct HostEngine(Option<crate::containers::engine::Engine>);
 
-/// Longest wait for the host's engine to answer, and for the image copy.
-const HOST_ENGINE_DEADLINE: Duration = Duration::from_secs(180);
+/// Longest wait for the image copy into the host's engine.
+const IMAGE_COPY_DEADLINE: Duration = Duration::from_secs(180);
 
 impl HostEngine {
     fn start(ssh_host: &SshHost) -> HostEngine {
-        use crate::containers::engine::{EXAMPLE_IMAGE, engine, repo};
-        use std::io::BufRead as _;
-        use std::os::unix::process::CommandExt as _;
+        use crate::containers::engine::{EXAMPLE_IMAGE, Engine, engine};
         let suite = engine();
-        // Short, in /tmp: containerd's socket path must fit a sockaddr_un.
-        let dir = tempfile::Builder::new()
-            .prefix("amlx-hostd-")
-            .tempdir_in("/tmp")
-            .expect("engine dir")
-            .keep();
-        // nsenter, not `ip netns exec`: that one also remounts /sys for the namespace,
-        // which hides the cgroup hierarchy dockerd needs.
-        let mut keeper = Command::new(require("nsenter", "util-linux"))
-            .arg(format!("--net=/run/netns/{}", ssh_host.namespace))
-            .arg("bash")
-            .arg(repo().join("tests/containers/dockerd.sh"))
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .process_group(0)
-            .spawn()
-            .expect("start dockerd.sh in the host's namespace");
-        let stdout = keeper.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(HOST_ENGINE_DEADLINE)
-            .expect("the host's engine started");
-        assert!(line.starts_with("ready "), "the host's engine: {line}");
-        let host = format!("unix://{}/docker.sock", dir.display());
-        let archive = dir.join("image.tar");
+        let host_engine = Engine::start_in(Some(&ssh_host.namespace));
+        let archive = tempfile::NamedTempFile::new().expect("image archive");
+        let archive = archive.path().to_string_lossy().into_owned();
         suite.ok(
-            &["save", "-o", &archive.to_string_lossy(), EXAMPLE_IMAGE],
-            HOST_ENGINE_DEADLINE,
+            &["save", "-o", &archive, EXAMPLE_IMAGE],
+            IMAGE_COPY_DEADLINE,
         );
-        let load = util::output_within(
-            Command::new("docker")
-                .env("DOCKER_HOST", &host)
-                .env("DOCKER_CONFIG", dir.join("client"))
-                .args(["load", "-q", "-i"])
-                .arg(&archive),
-            HOST_ENGINE_DEADLINE,
-        );
-        let _ = std::fs::remove_file(&archive);
-        assert!(
-            load.status.success(),
-            "docker load: {}",
-            String::from_utf8_lossy(&load.stderr)
-        );
-        HostEngine { keeper, host, dir }
+        host_engine.ok(&["load", "-q", "-i", &archive], IMAGE_COPY_DEADLINE);
+        HostEngine(Some(host_engine))
+    }
+
+    fn engine(&self) -> &crate::containers::engine::Engine {
+        self.0.as_ref().expect("running until dropped")
     }
 
     /// Names of the containers the host's engine still has.
     fn containers(&self) -> String {
-        let out = util::output_bounded(
-            Command::new("docker")
-                .env("DOCKER_HOST", &self.host)
-                .env("DOCKER_CONFIG", self.dir.join("client"))
-                .args(["ps", "-a", "--format", "{{.Names}}"]),
-        );
+        let out = self
+            .engine()
+            .ok(&["ps", "-a", "--format", "{{.Names}}"], IMAGE_COPY_DEADLINE);
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
 
 impl Drop for HostEngine {
     fn drop(&mut self) {
-        // EOF on its stdin: dockerd.sh stops the engine and removes its directory.
-        drop(self.keeper.stdin.take());
-        let _ = util::wait_within(&mut self.keeper, HOST_ENGINE_DEADLINE);
+        if let Some(engine) = self.0.take() {
+            engine.stop();
+        }
     }
 }
 
@@ -477,7 +428,7 @@ fn run_over_ssh_with_an_image_runs_the_step_in_docker_on_the_host() {
     // The host's shell reaches its engine through DOCKER_HOST (the step gets it too).
     let targets = host.target("vm", &marker).replace(
         "env = { ",
-        &format!("env = {{ DOCKER_HOST = \"{}\", ", engine.host),
+        &format!("env = {{ DOCKER_HOST = \"{}\", ", engine.engine().host()),
     );
     std::fs::write(project.join(".amlx/targets.toml"), targets).expect("targets.toml");
     let run = Running::start(

@@ -17,6 +17,8 @@ use crate::util;
 const ENGINE_START_DEADLINE: Duration = Duration::from_secs(150);
 /// Longest a `docker` client command may take (build, import, run of a short step).
 pub const DOCKER_DEADLINE: Duration = Duration::from_secs(120);
+/// Longest wait for a test's own engine to stop (dockerd.sh's 30 s bound and a margin).
+const ENGINE_STOP_DEADLINE: Duration = Duration::from_secs(60);
 /// Longest wait for the static build: seconds when tests/containers/setup.sh built it,
 /// about 5 minutes on 2 cores from a cold cache.
 const STATIC_BUILD_DEADLINE: Duration = Duration::from_secs(20 * 60);
@@ -96,13 +98,19 @@ pub struct Engine {
     /// The engine's directory: data root, exec root, socket, logs; dockerd.sh removes it.
     dir: PathBuf,
     /// dockerd.sh, waiting for EOF on its stdin (our end of the pipe is `_keeper.stdin`).
-    _keeper: Child,
+    keeper: Child,
     /// `unix://<dir>/docker.sock`.
     host: String,
 }
 
 impl Engine {
     fn start() -> Engine {
+        Engine::start_in(None)
+    }
+
+    /// A private engine, in the network namespace `namespace` (its name under
+    /// /run/netns) when given, so `--network host` containers share that namespace.
+    pub fn start_in(namespace: Option<&str>) -> Engine {
         require("dockerd", "docker.io");
         require("docker", "docker.io");
         // In /tmp, short: containerd's socket path must fit a sockaddr_un (108 bytes).
@@ -111,7 +119,17 @@ impl Engine {
             .tempdir_in("/tmp")
             .expect("engine directory in /tmp")
             .keep();
-        let mut keeper = Command::new("bash")
+        // nsenter, not `ip netns exec`: that one also remounts /sys for the namespace,
+        // which hides the cgroup hierarchy dockerd needs.
+        let mut keeper = match namespace {
+            Some(namespace) => {
+                let mut cmd = Command::new(require("nsenter", "util-linux"));
+                cmd.arg(format!("--net=/run/netns/{namespace}")).arg("bash");
+                cmd
+            }
+            None => Command::new("bash"),
+        };
+        let mut keeper = keeper
             .arg(repo().join("tests/containers/dockerd.sh"))
             .arg(&dir)
             .stdin(Stdio::piped())
@@ -145,11 +163,19 @@ impl Engine {
             line.trim()
         );
         let host = format!("unix://{}", dir.join("docker.sock").display());
-        Engine {
-            dir,
-            _keeper: keeper,
-            host,
-        }
+        Engine { dir, keeper, host }
+    }
+
+    /// The engine's socket address (`unix://…`), for a client elsewhere (a host's shell).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Stops the engine (EOF on dockerd.sh's stdin: it stops dockerd and removes its
+    /// directory) and waits for that, bounded; for engines a test starts for itself.
+    pub fn stop(mut self) {
+        drop(self.keeper.stdin.take());
+        let _ = util::wait_within(&mut self.keeper, ENGINE_STOP_DEADLINE);
     }
 
     /// A `docker` client command for this engine only (its own config directory, the
