@@ -81,6 +81,7 @@ pub fn start_vscode(configs: &[Value], project: &Path) -> DapClient {
             attach: config.clone(),
             line: STEP_LINE,
             hold_until_file: None,
+            post_mortem: false,
         })
         .collect();
     DapClient::start_in(&sessions, &project.join("step.py"), "value")

@@ -9,4 +9,5 @@ mod lifecycle;
 mod mlflow_tags;
 mod modes;
 mod mpi;
+mod post_mortem;
 mod sidecar_death;

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod netinfo;
 pub mod policy;
 pub mod ports;
+pub mod post_mortem;
 pub mod process;
 pub mod publish;
 pub mod relay;

@@ -10,6 +10,9 @@
 //    "sessions": [{"attach": {"listen": {"host": "127.0.0.1", "port": 5678}},
 //                  "program": "/abs/step.py", "line": 12, "variable": "loss",
 //                  "holdUntilFile": "/tmp/x/release"}]}
+// "postMortem": true (optional) sets no breakpoint: the debuggee is a crashed process
+// that stops by itself at the frame that raised; the session reads the exception's
+// message ("exception" in its result) and detaches with `disconnect` instead of continuing.
 // "holdUntilFile" (optional) keeps the debuggee stopped at the breakpoint until that file
 // exists (bounded by timeoutMs), so a test can observe other processes meanwhile.
 // Prints {"index", "event": "stopped", "line"} when a session stops at the breakpoint, and
@@ -73,7 +76,12 @@ async function runSession(spec, session, index) {
     const attached = dc.attachRequest({ justMyCode: false, ...session.attach });
     console.log(JSON.stringify({ index, event: 'attach-sent' }));
     await initialized;
-    await dc.setBreakpointsRequest({ source: { path: session.program }, breakpoints: [{ line: session.line }] });
+    if (session.postMortem) {
+      // What VS Code sends by default: stop on uncaught exceptions.
+      await dc.setExceptionBreakpointsRequest({ filters: ['uncaught'] });
+    } else {
+      await dc.setBreakpointsRequest({ source: { path: session.program }, breakpoints: [{ line: session.line }] });
+    }
     // Listen for `stopped` before configurationDone: a breakpoint on the step's first
     // lines is hit as soon as debugpy lets the step go, and an event that arrives before
     // anyone listens is lost (the test then waited out its whole timeout).
@@ -93,6 +101,20 @@ async function runSession(spec, session, index) {
     result.value = found ? found.value : null;
     console.log(JSON.stringify({ index, event: 'stopped', line: frame.line }));
     if (session.holdUntilFile) await holdUntil(session.holdUntilFile, timeout);
+    if (session.postMortem) {
+      const info = await dc.exceptionInfoRequest({ threadId });
+      result.exception = info.body.description;
+      result.reason = stopped.body.reason;
+      result.continued = true;
+      await dc.disconnectRequest({});
+      result.ok = true;
+      // Reported before stopping the adapter, which may be gone with the debuggee (a
+      // stop that never settles leaves an empty event loop, and Node exits).
+      unfinished.delete(index);
+      console.log(JSON.stringify(result));
+      try { await dc.stop(); } catch (_) { /* the adapter may be gone already */ }
+      return result;
+    }
     const terminated = dc.waitForEvent('terminated', timeout);
     await dc.setBreakpointsRequest({ source: { path: session.program }, breakpoints: [] });
     result.continued = true;

@@ -68,6 +68,9 @@ pub struct Attach {
     pub line: u32,
     /// Keep the debuggee stopped at the breakpoint until this file exists (bounded).
     pub hold_until_file: Option<PathBuf>,
+    /// A crashed process: no breakpoint, it stops at the frame that raised; the session
+    /// reads the exception and detaches.
+    pub post_mortem: bool,
 }
 
 impl Attach {
@@ -77,6 +80,7 @@ impl Attach {
             attach: serde_json::json!({"listen": {"host": "127.0.0.1", "port": port}}),
             line: BREAKPOINT_LINE,
             hold_until_file: None,
+            post_mortem: false,
         }
     }
 
@@ -86,7 +90,14 @@ impl Attach {
             attach: serde_json::json!({"connect": {"host": host, "port": port}}),
             line: BREAKPOINT_LINE,
             hold_until_file: None,
+            post_mortem: false,
         }
+    }
+
+    /// A post-mortem session: stops where the process raised, detaches after reading.
+    pub fn post_mortem(mut self) -> Attach {
+        self.post_mortem = true;
+        self
     }
 
     /// The session stays stopped at the breakpoint until `file` exists.
@@ -103,6 +114,11 @@ pub struct Outcome {
     pub line: Option<u32>,
     pub value: Option<String>,
     pub error: Option<String>,
+    /// Post-mortem sessions: the exception's description and the stop's reason.
+    #[serde(default)]
+    pub exception: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// The developer's VS Code: tests/dap/dap_client.js with one session per attach.
@@ -130,6 +146,7 @@ impl DapClient {
                 "line": s.line,
                 "variable": variable,
                 "holdUntilFile": s.hold_until_file,
+                "postMortem": s.post_mortem,
             })).collect::<Vec<_>>(),
         });
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dap/dap_client.js");

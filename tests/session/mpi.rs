@@ -46,6 +46,17 @@ impl Job {
     /// Runs the unchanged step on four ranks with `exec_args`, the relay settings on
     /// mpiexec's environment (Hydra hands it to every rank).
     pub fn start(developer: &DeveloperSide, locks: &Path, exec_args: &[&str]) -> Job {
+        Job::start_step(developer, locks, exec_args, &step_py(), &[])
+    }
+
+    /// [`Job::start`] for another step script, with extra variables for every rank.
+    pub fn start_step(
+        developer: &DeveloperSide,
+        locks: &Path,
+        exec_args: &[&str],
+        step: &Path,
+        env: &[(&str, &str)],
+    ) -> Job {
         let agent = developer.agent(locks);
         let mut cmd = Command::new(util::mpiexec());
         for (key, value) in agent.get_envs() {
@@ -61,8 +72,9 @@ impl Job {
             .arg(util::agent_bin())
             .arg("exec")
             .args(exec_args)
+            .envs(env.iter().copied())
             .args(["--", "python3"])
-            .arg(step_py())
+            .arg(step)
             .current_dir(step_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -79,7 +91,7 @@ impl Job {
     }
 
     /// Waits (bounded) for a stdout line containing `needle`.
-    fn wait_stdout(&self, needle: &str) -> String {
+    pub(super) fn wait_stdout(&self, needle: &str) -> String {
         self.stdout
             .wait_for_from(0, needle, JOB_DEADLINE)
             .map(|(_, line)| line)
@@ -310,6 +322,7 @@ fn ranks_all_attaches_four_debuggers_through_the_launch_json_compound() {
             attach: config.clone(),
             line: BREAKPOINT_LINE,
             hold_until_file: None,
+            post_mortem: false,
         })
         .collect();
     let client = DapClient::start(&sessions);

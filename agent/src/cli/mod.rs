@@ -183,6 +183,11 @@ pub enum Command {
     )]
     Exec(Box<ExecArgs>),
 
+    /// The helper a crashed Python process starts under `exec --post-mortem` (not for
+    /// people: its stdin and stdout are the hook's pipes). Takes `exec`'s options.
+    #[command(hide = true)]
+    PostMortem(Box<PostMortemArgs>),
+
     /// Show what the agent sees here: launcher, ranks, node, and the debug decision.
     #[command(after_help = "Examples:\n  \
         amlx-agent detect\n  \
@@ -329,6 +334,37 @@ pub struct ExecArgs {
         help_heading = "Arguments"
     )]
     pub command: Vec<OsString>,
+}
+
+/// `post-mortem`: `exec`'s options without the command (the helper resolves exactly the
+/// settings of the `exec` in front of the crashed process).
+#[derive(Debug, Args)]
+pub struct PostMortemArgs {
+    #[command(flatten)]
+    pub role: RoleArgs,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    #[command(flatten)]
+    pub ports: PortArgs,
+
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    #[command(flatten)]
+    pub session: SessionArgs,
+
+    #[command(flatten)]
+    pub relay: RelayClientArgs,
+
+    /// Accepted (the `exec` line had it); means nothing here.
+    #[arg(long, hide = true)]
+    pub replace: bool,
+
+    /// Accepted (the `exec` line had it); means nothing here.
+    #[arg(long, hide = true)]
+    pub supervise: bool,
 }
 
 /// `detect`: role and policy flags, plus output shape.
@@ -478,6 +514,22 @@ pub struct SessionArgs {
     /// [env: AMLX_WAIT_FOR_CLIENT]
     #[arg(long)]
     pub wait_for_client: bool,
+
+    /// Debug the process that crashes: every Python process (target or not) hooks
+    /// unhandled exceptions; the one that raises gets a session stopped at the raising
+    /// frame, then exits exactly as it would have [env: AMLX_POST_MORTEM]
+    #[arg(long)]
+    pub post_mortem: bool,
+
+    /// How long a crashed process waits for a debugger, e.g. 30s, 10m
+    /// [env: AMLX_POST_MORTEM_TIMEOUT] [default: 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub post_mortem_timeout: Option<String>,
+
+    /// How many crashed processes per node get a session at once (the first to crash;
+    /// the rest exit as they would have) [env: AMLX_POST_MORTEM_MAX] [default: 1]
+    #[arg(long, value_name = "N")]
+    pub post_mortem_max: Option<String>,
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod detect;
 mod exec;
 mod launch_json;
 mod ports;
+mod post_mortem;
 mod relay;
 mod run;
 mod status;
@@ -50,6 +51,7 @@ pub fn run(cli: Cli) -> i32 {
     }
     let result = match &cli.command {
         Command::Exec(args) => return exec::run(args, settings),
+        Command::PostMortem(args) => return post_mortem::run(args, settings),
         Command::Detect(args) => settings
             .map_err(Into::into)
             .and_then(|s| detect::run(args, &s)),
@@ -102,6 +104,14 @@ fn flags_for<'a>(cli: &'a Cli, step: Option<&'a StepHints>) -> Flags<'a> {
             session: Some(&args.session),
             relay: Some(&args.relay),
             step,
+            ..base
+        },
+        Command::PostMortem(args) => Flags {
+            policy: Some(&args.policy),
+            ports: Some(&args.ports),
+            node: Some(&args.node),
+            session: Some(&args.session),
+            relay: Some(&args.relay),
             ..base
         },
         Command::Detect(args) => Flags {

@@ -14,7 +14,7 @@ use crate::ports::PortRange;
 use crate::role::Env;
 use crate::session::{DebugMode, FailurePolicy};
 
-use super::value::{FromConfig, TargetLimit, TunnelLimit};
+use super::value::{FromConfig, PostMortemLimit, TargetLimit, TunnelLimit};
 use super::{ConfigError, Secret, Settings};
 
 /// The config file to read when `--config` is not given.
@@ -71,6 +71,15 @@ pub(super) fn apply(env: &dyn Env, s: &mut Settings) -> Result<(), ConfigError> 
     }
     if let Some(v) = get::<bool>(env, "AMLX_WAIT_FOR_CLIENT")? {
         s.session.wait_for_client = v;
+    }
+    if let Some(v) = get::<bool>(env, "AMLX_POST_MORTEM")? {
+        s.session.post_mortem = v;
+    }
+    if let Some(v) = get::<Duration>(env, "AMLX_POST_MORTEM_TIMEOUT")? {
+        s.session.post_mortem_timeout = v;
+    }
+    if let Some(v) = get::<PostMortemLimit>(env, "AMLX_POST_MORTEM_MAX")? {
+        s.session.post_mortem_max = v.0;
     }
     if let Some(v) = get::<LogFormat>(env, "AMLX_LOG_FORMAT")? {
         s.log_format = Some(v);

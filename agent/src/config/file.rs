@@ -19,7 +19,7 @@ use super::ConfigError;
 use super::secret::Secret;
 use super::server::ServerSection;
 use super::targets::TargetSection;
-use super::value::{Parsed, TargetLimit, TunnelLimit};
+use super::value::{Parsed, PostMortemLimit, TargetLimit, TunnelLimit};
 use toml::Spanned;
 
 /// The whole file as written; every key is optional, absent means "not set here".
@@ -45,6 +45,9 @@ pub(super) struct DebugSection {
     pub attach_timeout: Option<Parsed<Duration>>,
     pub inject: Option<Parsed<InjectMode>>,
     pub wait_for_client: Option<bool>,
+    pub post_mortem: Option<bool>,
+    pub post_mortem_timeout: Option<Parsed<Duration>>,
+    pub post_mortem_max: Option<Parsed<PostMortemLimit>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,7 +3,7 @@
 use crate::policy::RankSpec;
 use crate::ports::PortRange;
 
-use super::value::{FromConfig, TargetLimit, TunnelLimit};
+use super::value::{FromConfig, PostMortemLimit, TargetLimit, TunnelLimit};
 use super::{ConfigError, Flags, Settings};
 
 /// Parses one flag value; the error names the flag and quotes the value.
@@ -60,6 +60,16 @@ pub(super) fn apply(flags: &Flags<'_>, s: &mut Settings) -> Result<(), ConfigErr
         // A plain switch: present means on; off comes from a lower layer or the default.
         if p.wait_for_client {
             s.session.wait_for_client = true;
+        }
+        if p.post_mortem {
+            s.session.post_mortem = true;
+        }
+        if let Some(v) = parse("--post-mortem-timeout", p.post_mortem_timeout.as_ref())? {
+            s.session.post_mortem_timeout = v;
+        }
+        if let Some(v) = parse::<PostMortemLimit>("--post-mortem-max", p.post_mortem_max.as_ref())?
+        {
+            s.session.post_mortem_max = v.0;
         }
     }
     if let Some(dir) = flags.state_dir {

@@ -89,6 +89,13 @@ pub struct SessionSettings {
     pub inject: InjectMode,
     /// Hold the step at startup until a debugger attaches (bounded by `attach_timeout`).
     pub wait_for_client: bool,
+    /// Hook every Python step: the process that raises an unhandled exception gets a
+    /// post-mortem session (see `post_mortem`).
+    pub post_mortem: bool,
+    /// How long a post-mortem session waits for a developer.
+    pub post_mortem_timeout: Duration,
+    /// How many post-mortem sessions a node holds at once.
+    pub post_mortem_max: u32,
 }
 
 impl Default for SessionSettings {
@@ -99,6 +106,9 @@ impl Default for SessionSettings {
             attach_timeout: DEFAULT_ATTACH_TIMEOUT,
             inject: InjectMode::default(),
             wait_for_client: false,
+            post_mortem: false,
+            post_mortem_timeout: crate::post_mortem::DEFAULT_TIMEOUT,
+            post_mortem_max: crate::post_mortem::DEFAULT_MAX_PER_NODE,
         }
     }
 }
@@ -380,6 +390,15 @@ fn apply_file(ctx: file::FileContext<'_>, s: &mut Settings) -> Result<(), Config
     set(&mut s.session.attach_timeout, d.attach_timeout.map(|v| v.0));
     set(&mut s.session.inject, d.inject.map(|v| v.0));
     set(&mut s.session.wait_for_client, d.wait_for_client);
+    set(&mut s.session.post_mortem, d.post_mortem);
+    set(
+        &mut s.session.post_mortem_timeout,
+        d.post_mortem_timeout.map(|v| v.0),
+    );
+    set(
+        &mut s.session.post_mortem_max,
+        d.post_mortem_max.map(|v| v.0.0),
+    );
     set(&mut s.ports.range, f.ports.range.map(|v| v.0));
     set(&mut s.ports.lock_dir, f.ports.lock_dir.map(Some));
     set(&mut s.node_ip, f.node.ip.map(|v| Some(v.0)));

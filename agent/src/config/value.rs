@@ -70,6 +70,23 @@ impl FromConfig for TargetLimit {
     }
 }
 
+/// How many post-mortem sessions a node holds at once: 1 to
+/// [`crate::post_mortem::slots::MAX_SLOTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostMortemLimit(pub u32);
+
+impl FromConfig for PostMortemLimit {
+    fn from_config(text: &str) -> Result<Self, String> {
+        let max = crate::post_mortem::slots::MAX_SLOTS;
+        match text.trim().parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(PostMortemLimit(n)),
+            _ => Err(format!(
+                "invalid post-mortem session count {text:?} (expected a whole number from 1 to {max})"
+            )),
+        }
+    }
+}
+
 /// The cap on relayed connections one `relay listen` or `relay connect` serves at once:
 /// a count of at least one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,6 +40,8 @@ pub use status_file::{
 #[serde(rename_all = "kebab-case")]
 pub enum SessionState {
     WaitingForDebugger,
+    /// A crashed process waits for a debugger (a post-mortem session).
+    PostMortem,
     Attached,
     RelayUnreachable,
     TimedOut,
@@ -49,8 +51,9 @@ pub enum SessionState {
 
 impl SessionState {
     /// Every state, in lifecycle order (for help text and tests).
-    pub const ALL: [SessionState; 6] = [
+    pub const ALL: [SessionState; 7] = [
         SessionState::WaitingForDebugger,
+        SessionState::PostMortem,
         SessionState::Attached,
         SessionState::RelayUnreachable,
         SessionState::TimedOut,
@@ -68,6 +71,7 @@ crate::session::keyword_enum!(
     SessionState,
     "session state",
     "waiting-for-debugger" => SessionState::WaitingForDebugger,
+    "post-mortem" => SessionState::PostMortem,
     "attached" => SessionState::Attached,
     "relay-unreachable" => SessionState::RelayUnreachable,
     "timed-out" => SessionState::TimedOut,

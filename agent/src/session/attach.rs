@@ -224,7 +224,10 @@ pub async fn hold<F>(
 where
     F: Future<Output = String>,
 {
-    let mut held = spec.wait_for_client;
+    // A crashed process is always held; its session ends at the deadline or when its
+    // debugger leaves, and its hook (not a release) lets it go.
+    let post_mortem = spec.post_mortem.is_some();
+    let mut held = spec.wait_for_client || post_mortem;
     let deadline = tokio::time::sleep_until(deadline_after(spec.attach_timeout));
     tokio::pin!(deadline, source);
     let mut cause: Option<String> = None;
@@ -239,6 +242,11 @@ where
                     });
                 }
                 Event::Configured => held = false,
+                Event::Detached if post_mortem => {
+                    let why = "the debugger detached; the process exits as it would have";
+                    reporter.set(SessionState::RunningUndebugged, Some(why));
+                    return why.to_owned();
+                }
                 Event::Detached => reporter.set(
                     SessionState::RunningUndebugged,
                     Some("the debugger detached; the step runs on"),
@@ -263,6 +271,15 @@ where
             () = &mut deadline, if held => {
                 shared.setup_cutoff.cancel();
                 let limit = humantime::format_duration(spec.attach_timeout);
+                if post_mortem {
+                    let why = match &cause {
+                        None => format!("no debugger attached within {limit}"),
+                        Some(cause) => format!("{cause}, and no debugger attached within {limit}"),
+                    };
+                    let why = format!("{why}; the process exits as it would have");
+                    reporter.set(SessionState::TimedOut, Some(&why));
+                    return why;
+                }
                 let why = match &cause {
                     None => format!("no debugger attached within {limit}; the step runs on without one"),
                     Some(cause) => format!(
@@ -275,7 +292,7 @@ where
             }
             why = &mut source => {
                 // Nothing can reach the step any more: a held step must not wait on.
-                if held {
+                if held && !post_mortem {
                     shared.release().await;
                 }
                 return why;

@@ -79,6 +79,10 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
         super::sidecar::share_debuggee_with_keeper(std::os::fd::AsFd::as_fd(&debuggee));
         let _ = debuggee.set_nodelay(true);
         relay_debuggee(spec, &endpoint, &mut spare, debuggee, reporter).await;
+        if spec.post_mortem.is_some() {
+            // One crash, one chance: its end is the session's.
+            return;
+        }
     }
 }
 
@@ -130,18 +134,28 @@ async fn relay_debuggee(
         end = attach => Some(end),
         () = deadline_passed => None,
     };
+    let post_mortem = spec.post_mortem.is_some();
     let why = match end {
         Some(AttachEnd::Debugged) => {
-            reporter.set(
-                SessionState::RunningUndebugged,
-                Some("the debugger detached; the step runs on"),
-            );
+            let why = if post_mortem {
+                "the debugger detached; the process exits as it would have"
+            } else {
+                "the debugger detached; the step runs on"
+            };
+            reporter.set(SessionState::RunningUndebugged, Some(why));
             return;
         }
         Some(AttachEnd::DebuggeeGone) => return,
         Some(AttachEnd::Refused(why)) => {
             reporter.set(SessionState::RunningUndebugged, Some(&why));
             why
+        }
+        None if post_mortem => {
+            // The hook waits for the session's end, not for debugpy to be released: a
+            // release here would look like a debugger to it.
+            let why = cause.post_mortem_timed_out(spec.attach_timeout, &gate);
+            reporter.set(SessionState::TimedOut, Some(&why));
+            return;
         }
         None => {
             let why = cause.timed_out(spec.attach_timeout, &gate);
@@ -175,6 +189,15 @@ impl Cause {
         if rank(&next) >= rank(self) {
             *self = next;
         }
+    }
+
+    /// [`Cause::timed_out`] for a crashed process, which exits rather than runs on.
+    fn post_mortem_timed_out(&self, limit: std::time::Duration, gate: &GateState) -> String {
+        let why = self.timed_out(limit, gate);
+        let why = why
+            .strip_suffix("; the step runs on without one")
+            .unwrap_or(&why);
+        format!("{why}; the process exits as it would have")
     }
 
     fn timed_out(&self, limit: std::time::Duration, gate: &GateState) -> String {

@@ -44,6 +44,9 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
     let (shared, events) = Shared::new(spec.debugpy_address());
     let accepting = accept_loop(listener, shared.clone());
     let why = attach::hold(spec, &shared, events, reporter, accepting).await;
+    if spec.post_mortem.is_some() {
+        return;
+    }
     tracing::warn!("direct mode stopped accepting developers: {why}");
     std::future::pending().await
 }

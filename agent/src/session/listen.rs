@@ -152,6 +152,9 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
         }
     };
     let why = attach::hold(spec, &shared, events, reporter, stopped).await;
+    if spec.post_mortem.is_some() {
+        return;
+    }
     reporter.set(
         SessionState::RunningUndebugged,
         Some(&format!("the relay listener stopped for good: {why}")),

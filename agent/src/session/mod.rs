@@ -11,6 +11,7 @@ mod direct;
 pub mod gate;
 pub mod keeper;
 mod listen;
+pub mod peers;
 pub mod report;
 pub mod sidecar;
 
@@ -133,6 +134,36 @@ pub struct SessionSpec {
     /// Something the developer must know before pausing this step (a ParallelRunStep
     /// worker's run() timeout), shown in `status` as well as in the log.
     pub warning: Option<String>,
+    /// A post-mortem session (the process crashed, see `post_mortem`): it waits in the
+    /// `post-mortem` state, ends at the deadline or when the debugger leaves, and never
+    /// releases debugpy itself (the hook is released by the session's end).
+    pub post_mortem: Option<PostMortem>,
+}
+
+/// What a post-mortem session shows about the crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostMortem {
+    pub crash: crate::post_mortem::crash::Crash,
+    /// No other process of this node was in a post-mortem session when this one
+    /// crashed: as far as one node can tell, this rank failed first.
+    pub first: bool,
+}
+
+impl PostMortem {
+    /// The crash, for the log, `status` and the run tag.
+    pub fn describe(&self) -> String {
+        let first = if self.first {
+            ", failed first on this node"
+        } else {
+            ""
+        };
+        format!(
+            "{} at {} (thread {}{first})",
+            self.crash.summary(),
+            self.crash.location,
+            self.crash.thread
+        )
+    }
 }
 
 impl SessionSpec {

@@ -29,6 +29,8 @@ pub struct Reporter {
     tags: Option<TagPublisher>,
     /// Leave the record when the sidecar ends before the step (see [`Reporter::keep_record`]).
     keep_record: bool,
+    /// A post-mortem session: waiting is shown as `post-mortem`, with the crash.
+    crash: Option<String>,
 }
 
 impl Reporter {
@@ -65,11 +67,23 @@ impl Reporter {
             status,
             tags,
             keep_record: false,
+            crash: spec.post_mortem.as_ref().map(super::PostMortem::describe),
         }
     }
 
     /// Records a state change (repeats of the same state and reason are ignored).
     pub fn set(&mut self, state: SessionState, reason: Option<&str>) {
+        let crashed;
+        let (state, reason) = match (&self.crash, state) {
+            (Some(crash), SessionState::WaitingForDebugger) => {
+                crashed = match reason {
+                    Some(reason) => format!("{crash}; {reason}"),
+                    None => crash.clone(),
+                };
+                (SessionState::PostMortem, Some(crashed.as_str()))
+            }
+            _ => (state, reason),
+        };
         let next = (state, reason.map(str::to_owned));
         if self.state.as_ref() == Some(&next) {
             return;

@@ -69,6 +69,11 @@ pub enum Readiness {
 pub struct ReadySignal(Option<File>);
 
 impl ReadySignal {
+    /// A readiness signal written to `pipe` (a post-mortem helper answers its hook so).
+    pub fn new(pipe: File) -> ReadySignal {
+        ReadySignal(Some(pipe))
+    }
+
     /// Tells the parent the relay path is usable.
     pub fn ready(&mut self) {
         self.send("ready");
@@ -97,6 +102,12 @@ pub struct Lifeline {
 }
 
 impl Lifeline {
+    /// A lifeline read from `pipe`, ending too when the process behind the pidfd `step`
+    /// is gone.
+    pub fn new(pipe: OwnedFd, step: OwnedFd) -> Lifeline {
+        Lifeline { pipe, step }
+    }
+
     /// Resolves once the session is over: every holder of the write end is gone, or the
     /// step (the agent's process) died. Must run inside a Tokio runtime.
     pub async fn ended(self) {
@@ -400,7 +411,7 @@ pub fn share_debuggee_with_keeper(fd: BorrowedFd<'_>) {
 }
 
 /// `pidfd_open(2)`: a close-on-exec descriptor that becomes readable once `pid` is gone.
-pub(super) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+pub fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1; no
     // memory is passed.
     #[allow(unsafe_code)]

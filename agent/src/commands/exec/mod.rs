@@ -3,7 +3,7 @@
 //! Non-targets take the shortest path: config, role, decision, then `execve`. No async
 //! runtime, no network, no lock.
 
-mod target;
+pub(super) mod target;
 
 use std::ffi::OsString;
 
@@ -64,6 +64,11 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
             }
             let kind = facts.undebugged_kind();
             mark_undebugged(&mut step, kind);
+            if let Some(settings) = &settings
+                && settings.session.post_mortem
+            {
+                hook_post_mortem(&mut step, args.command.len());
+            }
             process::run(mode, &step)
         }
         (_, Some(settings)) => target::run(
@@ -76,6 +81,32 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
             args.relay.token_ttl,
         ),
     }
+}
+
+/// `--post-mortem`: a Python step runs behind the unhandled-exception hook
+/// (`post_mortem`); anything else runs as it is, and the log says why.
+fn hook_post_mortem(step: &mut Step, command_len: usize) {
+    let python = match crate::inject::python_argv::parse(&step.argv) {
+        Ok(python) => python,
+        Err(why) => {
+            tracing::debug!("no post-mortem hook: {why}");
+            return;
+        }
+    };
+    let helper = std::env::current_exe().ok().and_then(|agent| {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        crate::post_mortem::helper_argv(&agent, &args, command_len)
+    });
+    let Some(helper) = helper else {
+        tracing::warn!(
+            "no post-mortem hook: this agent's path or options are not UTF-8 text; the step \
+             runs without it"
+        );
+        return;
+    };
+    let hooked = crate::post_mortem::rewrite(&python, &helper);
+    step.argv = hooked.argv;
+    step.env.extend(hooked.env);
 }
 
 /// What the command line and the agents above say about this process.

@@ -256,6 +256,7 @@ fn prepare(
         state_dir: settings.state_dir.clone(),
         on_failure: settings.session.on_failure,
         warning: None,
+        post_mortem: None,
     };
     Ok((spec, injected))
 }
@@ -264,7 +265,7 @@ fn prepare(
 /// hands out ephemeral ports in a spread order, so the moment between this probe and
 /// debugpy's bind is not a practical race; if it ever loses, the step still runs (debugpy
 /// fails to listen and the release finds nobody).
-fn free_loopback_port() -> anyhow::Result<u16> {
+pub(in crate::commands) fn free_loopback_port() -> anyhow::Result<u16> {
     let probe = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|err| anyhow::anyhow!("could not find a loopback port for debugpy: {err}"))?;
     Ok(probe.local_addr()?.port())
@@ -273,7 +274,7 @@ fn free_loopback_port() -> anyhow::Result<u16> {
 /// The relay endpoint from the layered settings (flags, `AMLX_RELAY_*`, `[relay]`).
 ///
 /// Only a target reaches this, so only a target reads the connection string file.
-fn relay_endpoint(
+pub(in crate::commands) fn relay_endpoint(
     settings: &Settings,
     token_ttl: Option<std::time::Duration>,
 ) -> anyhow::Result<crate::relay::client::Endpoint> {
@@ -294,7 +295,7 @@ fn relay_endpoint(
 }
 
 /// Where the debugger will listen: the node IP in direct mode, loopback otherwise.
-fn debugger_bind_ip(settings: &Settings, node: &NodeInfo) -> IpAddr {
+pub(in crate::commands) fn debugger_bind_ip(settings: &Settings, node: &NodeInfo) -> IpAddr {
     match (settings.session.mode, node.ip) {
         (DebugMode::Direct, Some(ip)) => ip,
         _ => IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -9,7 +9,7 @@ fn file_errors_name_file_line_and_key() {
         (
             "[debug]\nenabled = true\n\n\nrank = 3\n",
             "/cfg/agent.toml:5: unknown key debug.rank (known keys: enabled, ranks, \
-             max_targets_per_node, mode, on_debug_failure, attach_timeout, inject, wait_for_client)",
+             max_targets_per_node, mode, on_debug_failure, attach_timeout, inject, wait_for_client, post_mortem, post_mortem_timeout, post_mortem_max)",
         ),
         (
             "# comment\nbogus = 1\n",

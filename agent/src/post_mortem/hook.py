@@ -1,0 +1,335 @@
+# amlx-agent's post-mortem hook (`post_mortem::hook`), run in the step's own interpreter.
+# The agent runs `python <options> -c <LAUNCHER> <target> <args>`; the launcher executes
+# this text from the environment. It installs the unhandled-exception hooks, then runs the
+# target exactly as `python <target> <args>` would, in `__main__`. Nothing else happens
+# until an exception reaches a hook: no debugger is imported on the normal path.
+#
+# On an unhandled exception (main thread, another thread, a multiprocessing worker's
+# run()) the process asks `amlx-agent post-mortem` (the helper, a child) for a session:
+# the helper claims this node's post-mortem slot, reserves a port, opens the relay path
+# and publishes the session. Then this process connects debugpy, waits until a debugger
+# is configured or the helper ends (the attach deadline is the helper's), stops at the
+# frame that raised, and once the debugger leaves prints the traceback Python would have
+# printed and exits as Python would have. Every message of ours goes to stdout, so the
+# process's stderr is exactly Python's.
+#
+# The agent fills in AMLX_HELPER_ARGV (the helper's command line) and AMLX_SPAWN_WORKER
+# (whether this process is a multiprocessing spawn worker).
+import sys
+
+
+def _amlx_install_post_mortem(helper_argv, spawn_worker):
+    import os
+
+    # How long the helper may take to say whether there is a session and to make its
+    # relay path usable (its own bounds are shorter: 15 s for the relay's answer).
+    ready_wait_s = 60.0
+    # How long the helper may take to finish once this process is done with it.
+    helper_exit_wait_s = 5.0
+    # Pause between two looks at whether a debugger is configured.
+    poll_s = 0.05
+    # The most of the exception's message the helper is told (it shows it in `status`).
+    message_chars = 2000
+
+    state = {"used": False}
+    # Code objects where the step's own frames begin: frames above them are ours.
+    anchors = []
+
+    def say(line):
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+        try:
+            os.write(1, ("amlx-agent: %s\n" % line).encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+    def strip(tb):
+        here = tb
+        while here is not None:
+            code = here.tb_frame.f_code
+            if any(code is anchor for anchor in anchors):
+                return here
+            here = here.tb_next
+        return tb
+
+    def describe(exc_type, exc):
+        name = getattr(exc_type, "__qualname__", None) or getattr(exc_type, "__name__", "?")
+        module = getattr(exc_type, "__module__", None)
+        if module and module not in ("builtins", "__main__"):
+            name = "%s.%s" % (module, name)
+        try:
+            message = str(exc)
+        except Exception:
+            message = "<exception str() failed>"
+        message = message.encode("utf-8", "replace").decode("utf-8", "replace")
+        return name, message[:message_chars]
+
+    def innermost(tb):
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        return "%s:%d" % (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+
+    def read_line(fd, deadline, pending):
+        import select
+        import time
+
+        while b"\n" not in pending[0]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return None
+            pending[0] += chunk
+        line, _, rest = pending[0].partition(b"\n")
+        pending[0] = rest
+        return line.decode("utf-8", "replace")
+
+    def session(exc_type, exc, tb, thread_name):
+        """Holds this process in a post-mortem session, or returns at once."""
+        if state["used"] or tb is None or issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            return
+        state["used"] = True
+        helper = None
+        try:
+            import json
+            import subprocess
+            import threading
+            import time
+
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            name, message = describe(exc_type, exc)
+            helper = subprocess.Popen(
+                helper_argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=1,
+                close_fds=True,
+            )
+            crash = {
+                "type": name,
+                "message": message,
+                "thread": thread_name,
+                "where": innermost(tb),
+            }
+            helper.stdin.write(json.dumps(crash).encode("ascii") + b"\n")
+            helper.stdin.flush()
+            fd = helper.stdout.fileno()
+            pending = [b""]
+            deadline = time.monotonic() + ready_wait_s
+            words = (read_line(fd, deadline, pending) or "").split()
+            if len(words) != 4 or words[0] != "debugpy":
+                return
+            mode, host, port = words[1], words[2], int(words[3])
+            if (read_line(fd, deadline, pending) or "") != "ready":
+                return
+            # Not the frozen-modules warning on stderr: stderr stays Python's. (Left set:
+            # pydevd reads it when it starts, in the connecting thread.)
+            os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+            ended = threading.Event()
+            try:
+                import debugpy
+
+                debugpy.configure(subProcess=False)
+                if mode == "connect":
+                    # debugpy.connect() returns only once a debugger has configured the
+                    # session, and never if none does: it waits in a thread of its own,
+                    # and this one waits for whichever comes first, that or the end.
+                    def connect():
+                        try:
+                            debugpy.connect((host, port))
+                        except Exception as error:
+                            say("post-mortem session: debugpy could not connect: %s" % (error,))
+                            ended.set()
+
+                    threading.Thread(target=connect, name="amlx-agent connect", daemon=True).start()
+                else:
+                    debugpy.listen((host, port))
+            except ImportError as error:
+                say(
+                    "no post-mortem session: debugpy is not importable by `%s` (%s: %s); "
+                    "install it in the step's environment" % (sys.executable, type(error).__name__, error)
+                )
+                return
+
+            def watch():
+                # The helper ends the session (the deadline passed, the debugger left, the
+                # relay is gone) by exiting: its stdout reaches EOF.
+                try:
+                    while os.read(fd, 4096):
+                        pass
+                except OSError:
+                    pass
+                ended.set()
+
+            threading.Thread(target=watch, name="amlx-agent post-mortem", daemon=True).start()
+            while not ended.is_set() and not debugpy.is_client_connected():
+                ended.wait(poll_s)
+            if ended.is_set():
+                return
+            trigger = getattr(debugpy, "trigger_exception_handler", None)
+            if trigger is not None:
+                trigger((exc_type, exc, tb), as_uncaught=False)
+            else:
+                stop_without_api(exc_type, exc, tb)
+        except Exception as error:
+            say("post-mortem session failed: %s: %s" % (type(error).__name__, error))
+        finally:
+            if helper is not None:
+                try:
+                    helper.stdin.close()
+                except Exception:
+                    pass
+                try:
+                    helper.wait(helper_exit_wait_s)
+                except Exception:
+                    try:
+                        helper.kill()
+                        helper.wait(helper_exit_wait_s)
+                    except Exception:
+                        pass
+
+    def stop_without_api(exc_type, exc, tb):
+        # debugpy before 1.8.17 has no trigger_exception_handler: pydevd's own
+        # post-mortem stop, on the innermost frame.
+        import threading
+
+        import pydevd
+
+        py_db = pydevd.get_global_debugger()
+        if py_db is None:
+            return
+        frame = tb
+        while frame.tb_next is not None:
+            frame = frame.tb_next
+        thread = threading.current_thread()
+        py_db.set_additional_thread_info(thread)
+        py_db.do_stop_on_unhandled_exception(thread, frame.tb_frame, None, (exc_type, exc, tb))
+
+    original_excepthook = sys.excepthook
+
+    def excepthook(exc_type, exc, tb):
+        tb = strip(tb)
+        if exc is not None:
+            # Python prints the exception's own traceback when it has one.
+            try:
+                exc.__traceback__ = tb
+            except Exception:
+                pass
+        try:
+            import threading
+
+            session(exc_type, exc, tb, threading.current_thread().name)
+        except Exception:
+            pass
+        original_excepthook(exc_type, exc, tb)
+
+    sys.excepthook = excepthook
+
+    def install_for_threads():
+        import threading
+
+        original = threading.excepthook
+
+        def thread_hook(args):
+            if args.exc_type is not SystemExit:
+                name = args.thread.name if args.thread is not None else "?"
+                try:
+                    session(args.exc_type, args.exc_value, args.exc_traceback, name)
+                except Exception:
+                    pass
+            original(args)
+
+        threading.excepthook = thread_hook
+
+    install_for_threads()
+
+    if spawn_worker:
+        # multiprocessing's Process._bootstrap catches what run() raises and prints it
+        # with traceback.print_exc(): the session is held there, before the print.
+        import traceback
+
+        original_print_exc = traceback.print_exc
+
+        def print_exc(*args, **kwargs):
+            caller = sys._getframe(1)
+            if caller.f_code.co_name == "_bootstrap" and "multiprocessing" in caller.f_code.co_filename:
+                exc_type, exc, tb = sys.exc_info()
+                if exc_type is not None:
+                    try:
+                        session(exc_type, exc, tb, "process %s" % os.getpid())
+                    except Exception:
+                        pass
+            return original_print_exc(*args, **kwargs)
+
+        traceback.print_exc = print_exc
+
+    return anchors, state
+
+
+def _amlx_run(target, anchors, state):
+    """Runs the target as `python <target>` would, in `__main__`."""
+    import os
+
+    import __main__
+
+    globals_ = __main__.__dict__
+    # The launcher's own import; the step's namespace starts as Python's would (this text
+    # runs in a namespace of its own).
+    globals_.pop("os", None)
+    if target[0] == "-m":
+        import runpy
+
+        anchors.append(runpy._run_module_as_main.__code__)
+        sys.argv[:] = ["-m"] + target[2:]
+        runpy._run_module_as_main(target[1])
+        return
+    if target[0] == "-c":
+        sys.argv[:] = ["-c"] + target[2:]
+        code = compile(target[1], "<string>", "exec")
+        anchors.append(code)
+        exec(code, globals_)
+        return
+    path = target[0]
+    sys.argv[:] = target
+    sys.path[0] = os.path.dirname(os.path.realpath(path))
+    if not os.path.isfile(path):
+        # A directory or zip with __main__.py: as runpy runs it (frames of runpy show).
+        import runpy
+
+        runpy.run_path(path, run_name="__main__")
+        return
+    # Python 3.9+ names the script by its absolute path (tracebacks, __file__).
+    filename = os.path.abspath(path) if sys.version_info >= (3, 9) else path
+    with open(path, "rb") as source:
+        text = source.read()
+    try:
+        code = compile(text, filename, "exec", dont_inherit=True)
+    except SyntaxError:
+        # As Python reports a script that does not compile: no traceback header.
+        error = sys.exc_info()[1]
+        sys.__excepthook__(type(error), error, None)
+        raise SystemExit(1)
+    anchors.append(code)
+    globals_["__file__"] = filename
+    globals_["__cached__"] = None
+    try:
+        import importlib.machinery
+
+        globals_["__loader__"] = importlib.machinery.SourceFileLoader("__main__", filename)
+    except Exception:
+        pass
+    exec(code, globals_)
+
+
+_amlx_anchors, _amlx_state = _amlx_install_post_mortem(AMLX_HELPER_ARGV, AMLX_SPAWN_WORKER)
+_amlx_run(sys.argv[1:], _amlx_anchors, _amlx_state)

@@ -1,0 +1,220 @@
+//! Post-mortem sessions: the process that raises an unhandled exception, and only that
+//! one, becomes debuggable at the frame that raised, for a bounded time, then exits as it
+//! would have without the agent.
+//!
+//! Three parts, in three processes:
+//! 1. `exec --post-mortem` rewrites a Python step ([`rewrite`]) so its interpreter runs
+//!    [`hook`]'s text first: unhandled-exception hooks (main thread, `threading`, a
+//!    multiprocessing worker's `run()`), then the target exactly as Python would run it.
+//!    No debugger is loaded until something raises.
+//! 2. On an exception the hook starts the helper, `amlx-agent post-mortem` with the same
+//!    options as the `exec` in front of it ([`helper_argv`]), tells it what raised
+//!    ([`crash`]), and waits (bounded) to hear whether there is a session.
+//! 3. The helper (`commands::post_mortem`) claims one of the node's post-mortem slots
+//!    ([`slots`]), reserves a port, opens the relay path and publishes the session in
+//!    the `post-mortem` state; it ends the session at the deadline, which releases the
+//!    hook. Everything the helper and the hook say goes to the process's stdout: its
+//!    stderr stays exactly what Python writes.
+
+pub mod crash;
+pub mod hook;
+pub mod slots;
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::inject::python_argv::{PythonCommand, Target};
+
+/// How long a post-mortem session waits for a developer unless configured otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How many post-mortem sessions a node holds at once unless configured otherwise: when
+/// ranks crash together (a collective error cascades), the first one is debugged.
+pub const DEFAULT_MAX_PER_NODE: u32 = 1;
+
+/// The helper's subcommand.
+pub const HELPER_SUBCOMMAND: &str = "post-mortem";
+
+/// The marker multiprocessing gives a spawned worker's command line.
+const SPAWN_WORKER_MARKER: &[u8] = b"--multiprocessing-fork";
+
+/// The step's command line and environment additions with the hook installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hooked {
+    pub argv: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// Rewrites `python <options> <target> <args>` into `python <options> -c <LAUNCHER>
+/// <target> <args>`, the hook's text in [`hook::HOOK_VAR`].
+///
+/// ```
+/// use amlx_agent::inject::python_argv;
+/// use amlx_agent::post_mortem::{self, hook};
+/// let argv = ["python3", "-u", "step.py", "--lr", "0.1"].map(Into::into);
+/// let python = python_argv::parse(&argv).unwrap();
+/// let hooked = post_mortem::rewrite(&python, &["/bin/amlx-agent".into(), "post-mortem".into()]);
+/// assert_eq!(
+///     hooked.argv.join(" ".as_ref()).to_string_lossy(),
+///     format!("python3 -u -c {} step.py --lr 0.1", hook::LAUNCHER)
+/// );
+/// ```
+pub fn rewrite(python: &PythonCommand, helper_argv: &[String]) -> Hooked {
+    let mut argv: Vec<OsString> = python.prefix.clone();
+    argv.push(python.interpreter.clone());
+    argv.extend(python.options.iter().cloned());
+    argv.extend(["-c", hook::LAUNCHER].map(OsString::from));
+    match &python.target {
+        Target::Script(script) => argv.push(script.clone()),
+        Target::Module(module) => argv.extend(["-m".into(), module.clone()]),
+        Target::Code(code) => argv.extend(["-c".into(), code.clone()]),
+    }
+    argv.extend(python.args.iter().cloned());
+    let spawn_worker = python
+        .args
+        .iter()
+        .any(|word| word.as_bytes() == SPAWN_WORKER_MARKER);
+    Hooked {
+        argv,
+        env: vec![(
+            hook::HOOK_VAR.into(),
+            hook::text(helper_argv, spawn_worker).into(),
+        )],
+    }
+}
+
+/// The helper's command line: `agent` and this agent's own words, with the `exec`
+/// subcommand replaced by [`HELPER_SUBCOMMAND`] and the step's command (the last
+/// `command_len` words, and a `--` before them) left out, so the helper resolves exactly
+/// the settings this `exec` did. `None` when a word is not UTF-8 (the hook's text holds
+/// them as Python strings) or the line has no `exec`.
+///
+/// ```
+/// use amlx_agent::post_mortem::helper_argv;
+/// let args = ["amlx-agent", "-v", "exec", "--post-mortem", "--mode", "listen", "--", "python3", "x.py"]
+///     .map(Into::into);
+/// assert_eq!(
+///     helper_argv("/opt/amlx-agent".as_ref(), &args, 2).unwrap().join(" "),
+///     "/opt/amlx-agent -v post-mortem --post-mortem --mode listen"
+/// );
+/// ```
+pub fn helper_argv(agent: &Path, args: &[OsString], command_len: usize) -> Option<Vec<String>> {
+    let options_end = args.len().checked_sub(command_len)?;
+    let mut words = args.get(1..options_end)?.to_vec();
+    if words.last().is_some_and(|word| word == "--") {
+        words.pop();
+    }
+    let exec = words.iter().position(|word| word == "exec")?;
+    let mut argv = vec![agent.to_str()?.to_owned()];
+    for (index, word) in words.iter().enumerate() {
+        if index == exec {
+            argv.push(HELPER_SUBCOMMAND.to_owned());
+        } else {
+            argv.push(word.to_str()?.to_owned());
+        }
+    }
+    Some(argv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inject::python_argv;
+
+    fn words(text: &[&str]) -> Vec<OsString> {
+        text.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn every_target_shape_keeps_its_words_after_the_launcher() {
+        let cases: &[(&[&str], &str, bool)] = &[
+            (&["python3", "x.py", "a"], "x.py a", false),
+            (
+                &["python3", "-m", "pkg.mod", "--x"],
+                "-m pkg.mod --x",
+                false,
+            ),
+            (&["python3", "-c", "print(1)", "y"], "-c print(1) y", false),
+            (
+                &[
+                    "/usr/bin/python3",
+                    "-c",
+                    "from multiprocessing.spawn import spawn_main; spawn_main()",
+                    "--multiprocessing-fork",
+                ],
+                "-c from multiprocessing.spawn import spawn_main; spawn_main() --multiprocessing-fork",
+                true,
+            ),
+            (
+                &["env", "A=1", "python", "-X", "dev", "s.py"],
+                "s.py",
+                false,
+            ),
+        ];
+        for (argv, tail, spawn_worker) in cases {
+            let python = python_argv::parse(&words(argv)).expect("python");
+            let hooked = rewrite(&python, &["agent".into()]);
+            let line = hooked.argv.join(std::ffi::OsStr::new(" "));
+            let line = line.to_string_lossy();
+            let (head, rest) = line.split_once(hook::LAUNCHER).expect("the launcher");
+            assert!(head.ends_with("-c "), "{line}");
+            assert_eq!(rest.trim_start(), *tail, "{argv:?}");
+            let text = &hooked.env[0].1;
+            let marker = if *spawn_worker {
+                "AMLX_SPAWN_WORKER = True"
+            } else {
+                "AMLX_SPAWN_WORKER = False"
+            };
+            assert!(text.to_string_lossy().contains(marker), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn the_helper_line_is_the_exec_line_without_the_step() {
+        let agent = Path::new("/a");
+        let cases: &[(&[&str], usize, Option<&str>)] = &[
+            (
+                &["amlx-agent", "exec", "--", "python3", "x.py"],
+                2,
+                Some("/a post-mortem"),
+            ),
+            (
+                &["amlx-agent", "exec", "python3", "x.py"],
+                2,
+                Some("/a post-mortem"),
+            ),
+            (
+                &[
+                    "amlx-agent",
+                    "--config",
+                    "c.toml",
+                    "exec",
+                    "--post-mortem-timeout",
+                    "3s",
+                    "--",
+                    "python3",
+                    "x.py",
+                ],
+                2,
+                Some("/a --config c.toml post-mortem --post-mortem-timeout 3s"),
+            ),
+            (&["amlx-agent", "run", "x"], 1, None),
+            (&["amlx-agent"], 5, None),
+        ];
+        for (args, command_len, want) in cases {
+            let got = helper_argv(agent, &words(args), *command_len).map(|argv| argv.join(" "));
+            assert_eq!(got.as_deref(), *want, "{args:?}");
+        }
+        use std::os::unix::ffi::OsStringExt as _;
+        let not_utf8 = vec![
+            OsString::from("amlx-agent"),
+            OsString::from("exec"),
+            OsString::from("--state-dir"),
+            OsString::from_vec(vec![0xff]),
+            OsString::from("python3"),
+        ];
+        assert_eq!(helper_argv(agent, &not_utf8, 1), None);
+    }
+}

@@ -1,0 +1,270 @@
+//! Post-mortem sessions (`exec --post-mortem`): the process that raises, and only that
+//! one, stops at the raising frame for a real DAP client behind `relay listen`, then exits
+//! exactly as Python would have; nobody attaching changes nothing a log reader or a
+//! launcher can see (exit code and stderr byte for byte).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use super::harness::{Attach, DapClient, DeveloperSide, SESSION_DEADLINE, free_port, port_range};
+use super::mpi::Job;
+use crate::util;
+
+/// The line of `raise ValueError(...)` in tests/session/crash.py.
+const RAISE_LINE: u32 = 18;
+/// The local variable of that frame the tests read.
+const VARIABLE: &str = "scale";
+
+fn crash_py() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/session/crash.py")
+        .canonicalize()
+        .expect("tests/session/crash.py exists")
+}
+
+fn session_dir() -> PathBuf {
+    crash_py().parent().expect("a directory").to_owned()
+}
+
+/// The step without the agent: what every hooked run must reproduce.
+fn plain(python_args: &[&str], env: &[(&str, &str)]) -> Output {
+    util::output_within(
+        Command::new("python3")
+            .args(python_args)
+            .envs(env.iter().copied())
+            .current_dir(session_dir()),
+        SESSION_DEADLINE,
+    )
+}
+
+/// The step under `exec` with `exec_args`, pointed at `developer`'s relay.
+fn hooked(
+    developer: &DeveloperSide,
+    locks: &Path,
+    exec_args: &[&str],
+    python_args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    util::output_within(
+        developer
+            .agent(locks)
+            .arg("exec")
+            .args(exec_args)
+            .args(["--", "python3"])
+            .args(python_args)
+            .envs(env.iter().copied())
+            .current_dir(session_dir()),
+        SESSION_DEADLINE,
+    )
+}
+
+/// Nobody attaches: each shape of crash exits with Python's code and stderr, byte for
+/// byte; the session is announced and times out on stdout. Without `--post-mortem`
+/// nothing is hooked; a step that does not crash or only exits is left alone.
+#[test]
+fn nobody_attaches_and_the_process_exits_exactly_as_without_the_agent() {
+    let developer = DeveloperSide::relay_only("debug");
+    let locks = tempfile::tempdir().expect("tempdir");
+    let crash = crash_py();
+    let crash = crash.to_str().expect("a UTF-8 path");
+    let code = "exec(compile(open('crash.py').read(), 'crash.py', 'exec'))";
+    let post_mortem = ["--post-mortem", "--post-mortem-timeout", "3s"];
+    /// (what, exec options, python args, env, a session is expected)
+    type Case<'a> = (
+        &'a str,
+        &'a [&'a str],
+        &'a [&'a str],
+        &'a [(&'a str, &'a str)],
+        bool,
+    );
+    let cases: &[Case<'_>] = &[
+        ("a script", &post_mortem, &[crash], &[], true),
+        ("a relative script", &post_mortem, &["crash.py"], &[], true),
+        ("a module", &post_mortem, &["-m", "crash"], &[], true),
+        ("code", &post_mortem, &["-c", code], &[], true),
+        (
+            "a thread",
+            &post_mortem,
+            &[crash],
+            &[("CRASH_IN", "thread")],
+            true,
+        ),
+        (
+            "sys.exit(3)",
+            &post_mortem,
+            &[crash],
+            &[("CRASH_IN", "exit")],
+            false,
+        ),
+        (
+            "no crash",
+            &post_mortem,
+            &[crash],
+            &[("CRASH_RANKS", "5")],
+            false,
+        ),
+        ("no --post-mortem", &[], &[crash], &[], false),
+        (
+            "AMLX_POST_MORTEM=off",
+            &[],
+            &[crash],
+            &[("AMLX_POST_MORTEM", "off")],
+            false,
+        ),
+    ];
+    for (what, exec_args, python_args, env, session) in cases {
+        let want = plain(python_args, env);
+        let got = hooked(&developer, locks.path(), exec_args, python_args, env);
+        let stdout = String::from_utf8_lossy(&got.stdout);
+        let context = format!(
+            "{what}:\nstdout:\n{stdout}\nstderr:\n{}\nwithout the agent:\n{}",
+            String::from_utf8_lossy(&got.stderr),
+            String::from_utf8_lossy(&want.stderr)
+        );
+        assert_eq!(got.status.code(), want.status.code(), "{context}");
+        assert_eq!(got.stderr, want.stderr, "stderr differs: {context}");
+        assert_eq!(
+            stdout.contains("post-mortem session on host"),
+            *session,
+            "{context}"
+        );
+        if *session {
+            assert!(
+                stdout.contains("crashed: ValueError: loss is nan at scale 42 (é)"),
+                "{context}"
+            );
+            assert!(
+                stdout.contains("debug session timed-out: no debugger attached within 3s"),
+                "{context}"
+            );
+        }
+    }
+}
+
+/// `mpiexec -n 4`, rank 2 raises: VS Code (listening behind `relay listen` for whichever
+/// rank crashes) stops at the raising line, reads a local and the message, detaches; rank
+/// 2 exits 1 with Python's traceback, the other ranks finish.
+#[test]
+fn the_rank_that_raises_stops_at_the_raising_frame_under_mpiexec() {
+    let mut developer = DeveloperSide::relay_only("debug");
+    let vscode_port = free_port();
+    let client = DapClient::start_in(
+        &[Attach::listen(vscode_port).post_mortem()],
+        &crash_py(),
+        VARIABLE,
+    );
+    client.wait_listening(vscode_port);
+    let (base, _, range) = port_range(4);
+    let forwards: Vec<(u16, u16)> = (0..4).map(|rank| (base + rank, vscode_port)).collect();
+    developer.listen(&forwards);
+    let locks = tempfile::tempdir().expect("tempdir");
+    let env = [("CRASH_RANKS", "2")];
+    let mut job = Job::start_step(
+        &developer,
+        locks.path(),
+        &["--post-mortem", "--port-range", &range],
+        &crash_py(),
+        &env,
+    );
+    let outcome = &client.finish(1)[0];
+    let status = job.wait_exit();
+    let dump = job.dump();
+    assert!(outcome.ok, "the DAP session failed: {outcome:?}\n{dump}");
+    assert_eq!(outcome.reason.as_deref(), Some("exception"), "{dump}");
+    assert_eq!(outcome.line, Some(RAISE_LINE), "stopped elsewhere: {dump}");
+    assert_eq!(outcome.value.as_deref(), Some("54"), "{dump}");
+    assert!(
+        outcome
+            .exception
+            .as_deref()
+            .is_some_and(|e| e.contains("loss is nan at scale 54")),
+        "{outcome:?}"
+    );
+    assert!(!status.success(), "rank 2 failed: {dump}");
+    for rank in [0, 1, 3] {
+        let scale = (rank + 7) * 6;
+        job.wait_stdout(&format!("rank {rank} result {scale}"));
+    }
+    let want = plain(
+        &[crash_py().to_str().expect("utf-8")],
+        &[("CRASH_RANKS", "2"), ("PMI_RANK", "2")],
+    );
+    let want = String::from_utf8_lossy(&want.stderr).into_owned();
+    assert!(want.contains("Traceback"), "{want}");
+    let stderr = job.stderr.all().join("\n");
+    assert!(
+        stderr.contains(want.trim_end()),
+        "rank 2's traceback differs from Python's own:\nwant:\n{want}\n{dump}"
+    );
+    let stdout = job.stdout.all().join("\n");
+    assert_eq!(
+        stdout.matches("post-mortem session on host").count(),
+        1,
+        "{dump}"
+    );
+    assert!(
+        stdout.contains("rank 2/4 (mpich) crashed: ValueError"),
+        "{dump}"
+    );
+    assert!(
+        stdout.contains(&format!("debug port {}", base + 2)),
+        "{dump}"
+    );
+}
+
+/// Two ranks raise at once with the default `--post-mortem-max 1`: one session (shown by
+/// `status` as `post-mortem` with the exception), the other exits as it would have.
+#[test]
+fn of_two_ranks_that_crash_together_one_gets_the_session() {
+    let developer = DeveloperSide::relay_only("debug");
+    let locks = tempfile::tempdir().expect("tempdir");
+    let (_, _, range) = port_range(4);
+    let mut job = Job::start_step(
+        &developer,
+        locks.path(),
+        &[
+            "--post-mortem",
+            "--post-mortem-timeout",
+            "20s",
+            "--port-range",
+            &range,
+        ],
+        &crash_py(),
+        &[("CRASH_RANKS", "1,2")],
+    );
+    job.wait_stdout("crashed too");
+    let status = util::wait_for(
+        "status to show the post-mortem session",
+        SESSION_DEADLINE,
+        || {
+            let out = util::output_within(
+                util::agent()
+                    .arg("status")
+                    .env("AMLX_STATE_DIR", locks.path().join("state")),
+                Duration::from_secs(30),
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("post-mortem").then_some(text)
+        },
+    );
+    assert!(status.contains("ValueError: loss is nan"), "{status}");
+    assert!(status.contains("failed first"), "{status}");
+    let exit = job.wait_exit();
+    assert!(!exit.success());
+    let stdout = job.stdout.all().join("\n");
+    assert_eq!(
+        stdout.matches("post-mortem session on host").count(),
+        1,
+        "{}",
+        job.dump()
+    );
+    assert_eq!(stdout.matches("crashed too").count(), 1, "{}", job.dump());
+    let stderr = job.stderr.all().join("\n");
+    assert_eq!(
+        stderr.matches("Traceback (most recent call last)").count(),
+        2,
+        "{}",
+        job.dump()
+    );
+}
