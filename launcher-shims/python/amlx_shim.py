@@ -41,10 +41,12 @@ def _flag(value):
 
 def enabled(env):
     """Whether to wrap at all: not when switched off, and only when debugging may be on
-    (AMLX_DEBUG true, or unset with a config file that may turn it on), so an image with
-    the hook baked in pays nothing when nobody debugs."""
+    (AMLX_POST_MORTEM or AMLX_DEBUG true, or AMLX_DEBUG unset with a config file that may
+    turn it on), so an image with the hook baked in pays nothing when nobody debugs."""
     if env.get("AMLX_SHIM", "").strip().lower() == "off":
         return False
+    if _flag(env.get("AMLX_POST_MORTEM", "")) is True:
+        return True
     debug = env.get("AMLX_DEBUG", "")
     if debug.strip():
         return _flag(debug) is True

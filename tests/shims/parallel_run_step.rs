@@ -20,7 +20,22 @@ const MAX_TARGETS: usize = 2;
 /// Mini-batches each worker runs.
 const BATCHES: u32 = 3;
 /// The line of `record(total)` inside `run()` in prs_model/score.py.
-const LINE_IN_RUN: u32 = 17;
+const LINE_IN_RUN: u32 = 18;
+/// The line of `raise ValueError(...)` inside `run()` in prs_model/score.py.
+const LINE_OF_RAISE: u32 = 21;
+
+/// The agent's settings in the debugging tests: workers on the master node compete for
+/// `MAX_TARGETS` slots and wait for a developer, in direct mode.
+fn debug_settings() -> Vec<(&'static str, String)> {
+    vec![
+        ("AMLX_DEBUG", "1".to_owned()),
+        ("AMLX_RANKS", "master".to_owned()),
+        ("AMLX_MAX_TARGETS_PER_NODE", MAX_TARGETS.to_string()),
+        ("AMLX_DEBUG_MODE", "direct".to_owned()),
+        ("AMLX_NODE_IP", "127.0.0.1".to_owned()),
+        ("AMLX_WAIT_FOR_CLIENT", "true".to_owned()),
+    ]
+}
 
 fn model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -41,7 +56,15 @@ struct Node {
 
 impl Node {
     fn start(master: bool) -> Node {
+        Node::start_with(master, &debug_settings(), false)
+    }
+
+    /// A node with these agent settings; `raise`: one worker's run() raises ValueError.
+    fn start_with(master: bool, settings: &[(&str, String)], raise: bool) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
+        if raise {
+            std::fs::write(dir.path().join("raise"), b"").expect("raise file");
+        }
         let (first_port, _, range) = port_range(8);
         let score = model().join("score.py");
         let log = std::fs::File::create(dir.path().join("driver.log")).expect("log file");
@@ -55,17 +78,13 @@ impl Node {
                 "AZ_BATCH_IS_CURRENT_NODE_MASTER",
                 if master { "true" } else { "false" },
             )
-            .env("AMLX_DEBUG", "1")
-            .env("AMLX_RANKS", "master")
-            .env("AMLX_MAX_TARGETS_PER_NODE", MAX_TARGETS.to_string())
-            .env("AMLX_DEBUG_MODE", "direct")
-            .env("AMLX_NODE_IP", "127.0.0.1")
-            .env("AMLX_WAIT_FOR_CLIENT", "true")
+            .envs(settings.iter().map(|(key, value)| (*key, value)))
             .env("AMLX_PORT_RANGE", &range)
             .env("AMLX_LOCK_DIR", dir.path().join("locks"))
             .env("AMLX_STATE_DIR", dir.path().join("state"))
             .env("PRS_MODEL_RESULTS", dir.path().join("results.jsonl"))
             .env("PRS_MODEL_DIE_FILE", dir.path().join("die"))
+            .env("PRS_MODEL_RAISE_FILE", dir.path().join("raise"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -266,4 +285,76 @@ fn parallel_run_step_workers_on_a_non_master_node_get_no_debugger_with_ranks_mas
         "{starts:?}"
     );
     assert!(node.live_sessions().is_empty());
+}
+
+/// `--post-mortem` reaches ParallelRunStep's workers through the hook alone: the one
+/// worker whose run() raises gets a session (the only one), stopped at the raising line;
+/// the others run their whole loop meanwhile; after the detach the worker exits with
+/// Python's code 1 and multiprocessing's own report, and the manager replaces it.
+#[test]
+fn the_worker_whose_run_raises_gets_the_only_post_mortem_session() {
+    let settings = [
+        ("AMLX_POST_MORTEM", "1".to_owned()),
+        ("AMLX_DEBUG_MODE", "direct".to_owned()),
+        ("AMLX_NODE_IP", "127.0.0.1".to_owned()),
+    ];
+    let node = Node::start_with(true, &settings, true);
+    let (pid, port) = util::wait_for(
+        "the raising worker's session while the others finish",
+        SESSION_DEADLINE,
+        || {
+            let sessions = node.live_sessions();
+            let done = node.events("done").len();
+            match sessions.as_slice() {
+                [session] if done == WORKERS - 1 => Some(*session),
+                _ => None,
+            }
+        },
+    );
+    let status = node.status_text();
+    assert!(status.contains("post-mortem"), "{status}");
+    assert!(status.contains("ValueError: bad mini-batch"), "{status}");
+    let mut attach = Attach::connect("127.0.0.1", port).post_mortem();
+    attach.line = LINE_OF_RAISE;
+    let client = DapClient::start_in(&[attach], &model().join("score.py"), "total");
+    let outcome = client.finish(1).remove(0);
+    assert!(outcome.ok, "DAP session: {outcome:?}\n{}", node.log());
+    assert_eq!(outcome.line, Some(LINE_OF_RAISE), "stopped elsewhere");
+    assert!(outcome.value.is_some(), "{outcome:?}");
+    assert!(
+        outcome
+            .exception
+            .as_deref()
+            .is_some_and(|e| e.contains("bad mini-batch")),
+        "{outcome:?}"
+    );
+    let died = util::wait_for("the raising worker to exit", SESSION_DEADLINE, || {
+        node.events("died").into_iter().next()
+    });
+    assert_eq!(died["exitcode"], 1, "Python's own code: {died}");
+    let raised = node
+        .events("start")
+        .into_iter()
+        .find(|start| start["index"] == died["index"])
+        .expect("the worker's start");
+    assert_eq!(
+        raised["pid"].as_u64(),
+        Some(pid),
+        "the session is another worker's"
+    );
+    let (exit, node) = node.finish();
+    assert!(exit.success(), "the job failed: {exit}\n{}", node.log());
+    assert_eq!(node.events("done").len(), WORKERS, "{}", node.log());
+    let log = node.log();
+    assert_eq!(
+        log.matches("post-mortem session on host").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("Traceback (most recent call last)"), "{log}");
+    assert!(log.contains("ValueError: bad mini-batch"), "{log}");
+    assert!(
+        !log.contains("amlx_post_mortem") && !log.contains("<string>"),
+        "the hook's own frames show in the traceback:\n{log}"
+    );
 }
