@@ -3,7 +3,8 @@
 The ranks named in CRASH_RANKS (comma-separated; every rank when unset) raise ValueError
 on RAISE_LINE (tests/session/post_mortem.rs), where `scale` is a local variable; CRASH_IN
 says where: "main" (default), "thread" (a worker thread), "exit" (sys.exit(3), not a
-crash). The others print their result and exit 0.
+crash), "unprintable" (an exception whose str() fails). The others print their result
+and exit 0.
 """
 
 import os
@@ -26,10 +27,17 @@ def rank_of_this_process():
     return 0
 
 
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
 rank = rank_of_this_process()
 where = os.environ.get("CRASH_IN", "main")
 if where == "exit":
     sys.exit(3)
+if where == "unprintable":
+    raise Unprintable()
 if where == "thread":
     worker = threading.Thread(target=train, args=(rank,), name="loader")
     worker.start()

@@ -174,6 +174,21 @@ impl DapClient {
         );
     }
 
+    /// Waits (bounded) until a session reports it stopped (lines before it are dropped).
+    pub fn wait_stopped(&self) {
+        let deadline = Instant::now() + SESSION_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no session stopped within {SESSION_DEADLINE:?}"));
+            if line.contains("\"event\":\"stopped\"") {
+                return;
+            }
+        }
+    }
+
     /// Every session's outcome, in the order given to `start` (bounded).
     pub fn finish(self, count: usize) -> Vec<Outcome> {
         let deadline = Instant::now() + SESSION_DEADLINE;

@@ -139,6 +139,7 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
             try:
                 import debugpy
 
+                quiet_pydevd()
                 debugpy.configure(subProcess=False)
                 if mode == "connect":
                     # debugpy.connect() returns only once a debugger has configured the
@@ -197,6 +198,22 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
                         helper.wait(helper_exit_wait_s)
                     except Exception:
                         pass
+
+    def quiet_pydevd():
+        # pydevd reports its own troubles (a refused connection, with a traceback) on
+        # stderr, which must stay Python's: its log goes nowhere instead (best effort,
+        # for the pydevd inside debugpy 1.8; PYDEVD_DEBUG_FILE, when set, still wins).
+        if os.environ.get("PYDEVD_DEBUG_FILE"):
+            return
+        try:
+            import debugpy.server.api  # noqa: F401 (loads pydevd)
+
+            logging_globals = sys.modules["_pydev_bundle.pydev_log"]._LoggingGlobals
+            with logging_globals._initialize_lock:
+                logging_globals._debug_stream = open(os.devnull, "w")
+                logging_globals._debug_stream_initialized = True
+        except Exception:
+            pass
 
     def stop_without_api(exc_type, exc, tb):
         # debugpy before 1.8.17 has no trigger_exception_handler: pydevd's own
