@@ -314,6 +314,10 @@ fn the_worker_whose_run_raises_gets_the_only_post_mortem_session() {
     let status = node.status_text();
     assert!(status.contains("post-mortem"), "{status}");
     assert!(status.contains("ValueError: bad mini-batch"), "{status}");
+    assert!(
+        status.contains("ParallelRunStep / parallel job worker"),
+        "the run() timeout warning: {status}"
+    );
     let mut attach = Attach::connect("127.0.0.1", port).post_mortem();
     attach.line = LINE_OF_RAISE;
     let client = DapClient::start_in(&[attach], &model().join("score.py"), "total");

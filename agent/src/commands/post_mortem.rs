@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::cli::PostMortemArgs;
 use crate::config::{ConfigError, Settings};
 use crate::netinfo::{self, NodeInfo};
+use crate::policy::{self, ProcessKind, StepFacts};
 use crate::ports::record::unix_now;
 use crate::ports::{self, HolderRecord, ReserveRequest};
 use crate::post_mortem::crash::{self, Crash};
@@ -117,6 +118,16 @@ fn serve(
         DebugMode::Direct => Some(free_loopback_port()?),
         DebugMode::Connect | DebugMode::Listen => None,
     };
+    // A ParallelRunStep worker held too long makes its driver give up on it.
+    let facts = StepFacts {
+        kind: if crash.spawn_worker {
+            ProcessKind::SpawnWorker
+        } else {
+            ProcessKind::Step
+        },
+        same_role_ancestor: None,
+    };
+    let warning = policy::parallel_worker_warning(role, &facts);
     let post_mortem = PostMortem { crash, first };
     let spec = SessionSpec {
         mode,
@@ -132,10 +143,13 @@ fn serve(
         relay,
         state_dir: settings.state_dir.clone(),
         on_failure: FailurePolicy::Continue,
-        warning: None,
+        warning: warning.clone(),
         post_mortem: Some(post_mortem.clone()),
     };
     announce(detection, &node, &spec, &post_mortem);
+    if let Some(warning) = &warning {
+        tracing::warn!("{warning}");
+    }
     let debugpy = spec.debugpy_address();
     let debugpy_mode = match mode {
         DebugMode::Connect => "connect",

@@ -22,6 +22,9 @@ pub struct Crash {
     pub thread: String,
     /// `file:line` of the innermost frame.
     pub location: String,
+    /// The process is a multiprocessing spawn worker (a ParallelRunStep worker, when the
+    /// launcher is Azure Batch).
+    pub spawn_worker: bool,
 }
 
 #[derive(Deserialize)]
@@ -34,6 +37,8 @@ struct Line {
     thread: String,
     #[serde(rename = "where", default)]
     location: String,
+    #[serde(default)]
+    spawn_worker: bool,
 }
 
 impl Crash {
@@ -55,6 +60,7 @@ impl Crash {
             message: printable(&line.message),
             thread: printable(&line.thread),
             location: printable(&line.location),
+            spawn_worker: line.spawn_worker,
         };
         (!crash.kind.is_empty()).then_some(crash)
     }

@@ -120,6 +120,7 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
                 "message": message,
                 "thread": thread_name,
                 "where": innermost(tb),
+                "spawn_worker": bool(spawn_worker),
             }
             helper.stdin.write(json.dumps(crash).encode("ascii") + b"\n")
             helper.stdin.flush()

@@ -326,11 +326,9 @@ fn announce(detection: &Detection, node: &NodeInfo, port: u16, mode: DebugMode) 
         port,
         mode
     );
-    if role.world_size.is_some_and(|n| n > 1) {
-        tracing::info!(
-            "while a debugger pauses this rank, the other ranks run on into their collective \
-             timeouts (NCCL, gloo, Horovod): raise those timeouts for debugging sessions"
-        );
+    // Which timeout ends the job while this rank is held, and how to raise it.
+    if let Some(advice) = crate::session::peers::timeout_advice(&ProcessEnv, role.world_size) {
+        tracing::info!("{advice}");
     }
 }
 
