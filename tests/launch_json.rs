@@ -222,6 +222,52 @@ fn a_file_it_cannot_parse_is_left_alone() {
     assert!(!dir.path().join("launch.json.bak").exists());
 }
 
+/// `--post-mortem`: one more configuration where VS Code listens for whichever rank
+/// crashes (alone: the only one, no compound), and the relay command that feeds it.
+#[test]
+fn post_mortem_adds_a_listening_configuration_for_any_rank() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stdout = ok(launch_json(
+        dir.path(),
+        &["--ranks", "0-1", "--post-mortem"],
+    ));
+    assert!(
+        stdout.contains("relay listen --forward any=127.0.0.1:5677"),
+        "{stdout}"
+    );
+    let text = std::fs::read_to_string(dir.path().join(".vscode/launch.json")).expect("written");
+    let doc = parse_generated(&text);
+    assert_eq!(
+        names(&doc, "configurations"),
+        [
+            "amlx: rank 0 (port 5678)",
+            "amlx: rank 1 (port 5679)",
+            "amlx: post-mortem (any rank)"
+        ]
+    );
+    assert_eq!(doc["configurations"][2]["listen"]["port"], 5677);
+    assert_eq!(
+        doc["compounds"][0]["configurations"],
+        serde_json::json!(["amlx: rank 0 (port 5678)", "amlx: rank 1 (port 5679)"])
+    );
+    // Alone, on a port of its own; the earlier rank entries and compound are replaced.
+    ok(launch_json(
+        dir.path(),
+        &["--post-mortem", "--post-mortem-port", "9000"],
+    ));
+    let text = std::fs::read_to_string(dir.path().join(".vscode/launch.json")).expect("written");
+    let doc = parse_generated(&text);
+    assert_eq!(
+        names(&doc, "configurations"),
+        ["amlx: post-mortem (any rank)"]
+    );
+    assert_eq!(doc["configurations"][0]["listen"]["port"], 9000);
+    assert!(
+        doc["compounds"].as_array().is_none_or(Vec::is_empty),
+        "{text}"
+    );
+}
+
 #[test]
 fn bad_flags_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -237,6 +283,22 @@ fn bad_flags_are_refused_with_the_reason() {
         (
             &["--ports", "5678", "--mode", "tunnel"],
             "expected one of connect, listen, direct",
+        ),
+        (&["--post-mortem", "--mode", "listen"], "needs connect mode"),
+        (&["--post-mortem", "--port-base", "1"], "--post-mortem-port"),
+        (
+            &[
+                "--ranks",
+                "0-1",
+                "--post-mortem",
+                "--post-mortem-port",
+                "5679",
+            ],
+            "also a rank's port",
+        ),
+        (
+            &["--ports", "5678", "--post-mortem-port", "5600"],
+            "--post-mortem",
         ),
     ];
     for (args, expected) in cases {

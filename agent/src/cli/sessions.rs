@@ -7,10 +7,15 @@ use clap::Args;
 
 /// `launch-json`: which ports, how VS Code meets debugpy, and where to write.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("targets").required(true).args(["ports", "ranks"])))]
+#[command(group(clap::ArgGroup::new("targets").required(true).multiple(true).args(["ports", "ranks", "post_mortem"])))]
 pub struct LaunchJsonArgs {
     /// Debug ports, comma-separated; one configuration each.
-    #[arg(long, value_delimiter = ',', value_name = "PORT,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "PORT,...",
+        conflicts_with = "ranks"
+    )]
     pub ports: Vec<u16>,
 
     /// Ranks to debug, like 0-3 or 0,2,5-7; rank R gets port --port-base + R.
@@ -40,6 +45,17 @@ pub struct LaunchJsonArgs {
     /// Remote side of the path mapping (`.`: the step's working directory).
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub remote_root: String,
+
+    /// Add "amlx: post-mortem (any rank)": VS Code listens for the post-mortem session
+    /// of whichever rank crashes under `exec --post-mortem` (connect mode; run
+    /// `amlx-agent relay listen --forward any=127.0.0.1:PORT`, which delivers every port
+    /// to it). Alone, without --ports/--ranks, it is the only configuration written.
+    #[arg(long)]
+    pub post_mortem: bool,
+
+    /// The port VS Code listens on for post-mortem sessions [default: --port-base - 1]
+    #[arg(long, value_name = "PORT", requires = "post_mortem")]
+    pub post_mortem_port: Option<u16>,
 
     /// File to create or merge into; `-` prints the configurations instead.
     #[arg(

@@ -18,7 +18,37 @@ pub fn run(args: &LaunchJsonArgs, settings: &Settings) -> anyhow::Result<i32> {
     let targets = match &args.ranks {
         Some(spec) => launch_json::targets_from_ranks(spec, port_base)
             .with_context(|| format!("invalid --ranks {spec:?}"))?,
+        None if args.post_mortem && args.ports.is_empty() => Vec::new(),
         None => launch_json::targets_from_ports(&args.ports).context("invalid --ports")?,
+    };
+    let post_mortem_port = if args.post_mortem {
+        anyhow::ensure!(
+            mode == DebugMode::Connect,
+            "--post-mortem needs connect mode (VS Code listens for whichever rank crashes); \
+             in {mode} mode, attach to the port the crash's log line names"
+        );
+        let port = match args.post_mortem_port {
+            Some(port) => port,
+            None => port_base
+                .checked_sub(1)
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--port-base {port_base} leaves no port below it: pass --post-mortem-port"
+                    )
+                })?,
+        };
+        anyhow::ensure!(
+            port != 0,
+            "--post-mortem-port 0 is not a port VS Code can listen on"
+        );
+        anyhow::ensure!(
+            !targets.iter().any(|t| t.port == port),
+            "--post-mortem-port {port} is also a rank's port: pick another"
+        );
+        Some(port)
+    } else {
+        None
     };
     if mode == DebugMode::Direct && is_loopback(&args.host) {
         tracing::warn!(
@@ -31,6 +61,7 @@ pub fn run(args: &LaunchJsonArgs, settings: &Settings) -> anyhow::Result<i32> {
         targets,
         local_root: args.local_root.clone(),
         remote_root: args.remote_root.clone(),
+        post_mortem_port,
     };
     if args.output.as_os_str() == "-" {
         std::io::stdout()
@@ -39,11 +70,18 @@ pub fn run(args: &LaunchJsonArgs, settings: &Settings) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let path = &args.output;
-    let summary = format!(
-        "{} configuration(s) and \"{}\"",
-        spec.targets.len(),
-        launch_json::COMPOUND_NAME
-    );
+    let summary = match (spec.targets.len(), post_mortem_port) {
+        (0, _) => format!("\"{}\"", launch_json::POST_MORTEM_NAME),
+        (n, None) => format!(
+            "{n} configuration(s) and \"{}\"",
+            launch_json::COMPOUND_NAME
+        ),
+        (n, Some(_)) => format!(
+            "{n} configuration(s), \"{}\" and \"{}\"",
+            launch_json::COMPOUND_NAME,
+            launch_json::POST_MORTEM_NAME
+        ),
+    };
     match launch_json::write(path, &spec)? {
         WriteOutcome::Created => println!("wrote {summary} to new {}", path.display()),
         WriteOutcome::Updated { backup } => println!(
@@ -52,6 +90,14 @@ pub fn run(args: &LaunchJsonArgs, settings: &Settings) -> anyhow::Result<i32> {
             backup.display()
         ),
         WriteOutcome::Unchanged => println!("{} already has {summary}", path.display()),
+    }
+    if let Some(port) = post_mortem_port {
+        println!(
+            "for \"{}\": start it in VS Code, then run `amlx-agent relay listen --forward \
+             any={}:{port}` here; the crashed rank's session arrives whatever its port",
+            launch_json::POST_MORTEM_NAME,
+            args.host
+        );
     }
     Ok(0)
 }

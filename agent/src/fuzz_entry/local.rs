@@ -338,6 +338,7 @@ pub fn launch_json_merge(data: &[u8]) {
         targets,
         local_root: "${workspaceFolder}".to_owned(),
         remote_root: ".".to_owned(),
+        post_mortem_port: None,
     };
     if let Ok(merged) = launch_json::merge(&existing, &spec)
         && let Err(err) = launch_json::merge(&merged, &spec)

@@ -32,6 +32,8 @@ pub use merge::MergeError;
 pub const NAME_PREFIX: &str = "amlx: ";
 /// The compound that starts every generated configuration.
 pub const COMPOUND_NAME: &str = "amlx: all ranks";
+/// The configuration that listens for whichever rank crashes (`--post-mortem`).
+pub const POST_MORTEM_NAME: &str = "amlx: post-mortem (any rank)";
 /// Rank r gets port base + r, as the agent's reservations prefer.
 pub const DEFAULT_PORT_BASE: u16 = 5678;
 /// More configurations than this is a typo (`--ranks 0-100000`), not a debugging session.
@@ -142,6 +144,10 @@ pub struct LaunchSpec {
     pub local_root: String,
     /// `pathMappings[0].remoteRoot`, e.g. `.` (the step's working directory).
     pub remote_root: String,
+    /// Connect mode: one more configuration, [`POST_MORTEM_NAME`], where VS Code listens
+    /// on this port for the post-mortem session of whichever rank crashes (`relay listen`
+    /// with a single forward delivers any port to it).
+    pub post_mortem_port: Option<u16>,
 }
 
 #[derive(Serialize)]
@@ -196,22 +202,28 @@ fn pretty(value: &impl Serialize) -> String {
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
-/// The generated attach configurations, pretty-printed, one per target.
+/// The generated attach configurations, pretty-printed, one per target (and the
+/// post-mortem one last).
 pub fn configurations(spec: &LaunchSpec) -> Vec<String> {
+    let post_mortem = spec
+        .post_mortem_port
+        .map(|port| (POST_MORTEM_NAME.to_owned(), port, DebugMode::Connect));
     spec.targets
         .iter()
+        .map(|target| (target.name(), target.port, spec.mode))
+        .chain(post_mortem)
         .enumerate()
-        .map(|(i, target)| {
+        .map(|(i, (name, port, mode))| {
             let endpoint = HostPort {
                 host: &spec.host,
-                port: target.port,
+                port,
             };
-            let (listen, connect) = match spec.mode {
+            let (listen, connect) = match mode {
                 DebugMode::Connect => (Some(endpoint), None),
                 DebugMode::Listen | DebugMode::Direct => (None, Some(endpoint)),
             };
             pretty(&AttachConfig {
-                name: target.name(),
+                name,
                 kind: "debugpy",
                 request: "attach",
                 listen,
@@ -245,9 +257,16 @@ pub fn compound(spec: &LaunchSpec) -> String {
 /// Replaces the generated entries of an existing launch.json (JSON with comments),
 /// keeping every other entry, comment and blank line as it was.
 pub fn merge(existing: &str, spec: &LaunchSpec) -> Result<String, MergeError> {
+    // Without rank configurations (only the post-mortem one) there is nothing to start
+    // together.
+    let compounds = if spec.targets.is_empty() {
+        Vec::new()
+    } else {
+        vec![compound(spec)]
+    };
     let sections = [
         ("configurations", configurations(spec)),
-        ("compounds", vec![compound(spec)]),
+        ("compounds", compounds),
     ];
     merge::merge(existing, |name| name.starts_with(NAME_PREFIX), &sections)
 }

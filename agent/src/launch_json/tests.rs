@@ -9,6 +9,7 @@ fn spec(mode: DebugMode, ports: &[u16]) -> LaunchSpec {
         targets: targets_from_ports(ports).expect("valid ports"),
         local_root: "${workspaceFolder}".into(),
         remote_root: ".".into(),
+        post_mortem_port: None,
     }
 }
 
@@ -262,6 +263,7 @@ fn merge_output_has_the_expected_layout() {
         }],
         local_root: "${workspaceFolder}".into(),
         remote_root: ".".into(),
+        post_mortem_port: None,
     };
     let expected = r#"{
   // two-space file

@@ -478,6 +478,7 @@ fn instructions(plan: &Plan<'_>, target: &dyn Target, relay: &Relay) -> anyhow::
             .collect(),
         local_root: root,
         remote_root: target.remote_root(),
+        post_mortem_port: None,
     };
     let launch_json = options.project.join(".vscode").join("launch.json");
     launch_json::write(&launch_json, &spec)?;
