@@ -288,6 +288,13 @@ def main():
           b'{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"Run \'x\' not found"}')
     write("mlflow_response", "http", b"http://127.0.0.1:5000\0<html>Bad Gateway</html>")
 
+    # The post-mortem hook's crash line, and another rank's slot record.
+    write("post_mortem_crash", "crash_line",
+          '{"type":"ValueError","message":"loss is nan at scale 42 (\\u00e9)","thread":"MainThread",'
+          '"where":"/w/crash.py:19","spawn_worker":false}\n')
+    write("post_mortem_crash", "slot_record",
+          '{"pid":4242,"rank":2,"exception":"ValueError: bad","since":1796375559}\n')
+
 
 if __name__ == "__main__":
     main()

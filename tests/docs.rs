@@ -36,6 +36,11 @@ const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 const RUN: &[(&str, &str)] = &[
     ("amlx-agent launch-json --ranks 0", ""),
     (
+        "amlx-agent launch-json --post-mortem",
+        // The port is the port base minus one: this test runs with a port range of its own.
+        "relay listen --forward any=127.0.0.1:",
+    ),
+    (
         "mpiexec -n 4 amlx-agent detect --json --debug --ranks 0",
         "\"reason\":\"rank 0 matches --ranks 0\"",
     ),
@@ -119,6 +124,18 @@ const EXERCISED_BY: &[(&str, &str)] = &[
     (
         "amlx-agent run --external-relay -- python train.py",
         "run.rs::an_external_relay_from_the_settings_carries_the_session_and_a_send_only_key_is_refused",
+    ),
+    (
+        "mpiexec -n 4 amlx-agent exec --post-mortem -- python train.py",
+        "session/post_mortem.rs::the_rank_that_raises_stops_at_the_raising_frame_under_mpiexec",
+    ),
+    (
+        "amlx-agent relay listen --forward any=127.0.0.1:5677",
+        "session/post_mortem.rs::the_rank_that_raises_stops_at_the_raising_frame_under_mpiexec",
+    ),
+    (
+        "export AMLX_POST_MORTEM=1 AMLX_POST_MORTEM_TIMEOUT=30m",
+        "shims/parallel_run_step.rs::the_worker_whose_run_raises_gets_the_only_post_mortem_session",
     ),
     (
         "amlx-agent targets list",

@@ -257,6 +257,12 @@ impl DeveloperSide {
         self.listen = Some(self.relay.listen_online(&connection, &args));
     }
 
+    /// Starts `relay listen` with these arguments and waits until online.
+    pub fn listen_raw(&mut self, args: &[&str]) {
+        let connection = self.connection_string();
+        self.listen = Some(self.relay.listen_online(&connection, args));
+    }
+
     pub fn connection_string(&self) -> String {
         self.relay.connection_string(KEY_BOTH, &self.hc)
     }

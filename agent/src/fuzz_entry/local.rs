@@ -316,6 +316,21 @@ pub fn inject_python_argv(data: &[u8]) {
         };
         let _ = inject::rewrite(&python, &endpoint, &options);
     }
+    let _ = crate::post_mortem::rewrite(&python, &["amlx-agent".to_owned()]);
+    let agent = std::path::Path::new("/opt/amlx-agent");
+    let _ = crate::post_mortem::helper_argv(agent, &argv, usize::from(shape >> 5));
+}
+
+/// The post-mortem hook's crash line as the helper reads it, and a slot's record as a
+/// crashing rank reads another's.
+pub fn post_mortem_crash(data: &[u8]) {
+    use crate::post_mortem::crash::Crash;
+    if let Some(crash) = Crash::parse(data) {
+        let summary = crash.summary();
+        assert!(!summary.chars().any(char::is_control), "{summary:?}");
+        let _ = crate::session::PostMortem { crash, first: true }.describe();
+    }
+    let _ = serde_json::from_slice::<crate::post_mortem::slots::SlotRecord>(data);
 }
 
 /// An existing launch.json (JSONC) merged with generated entries; a merged file must

@@ -14,7 +14,7 @@ mod scripted_io;
 
 pub use local::{
     config_file_and_env, duration_text, inject_python_argv, launch_json_merge, lock_records,
-    mlflow_response, rank_spec_text, role_environment,
+    mlflow_response, post_mortem_crash, rank_spec_text, role_environment,
 };
 pub use network::{
     bridge_preamble, client_frame_reader, connection_string_text, control_message_text,

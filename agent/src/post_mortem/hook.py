@@ -131,7 +131,12 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
             if len(words) != 4 or words[0] != "debugpy":
                 return
             mode, host, port = words[1], words[2], int(words[3])
-            if (read_line(fd, deadline, pending) or "") != "ready":
+            answer = read_line(fd, deadline, pending)
+            if answer != "ready":
+                why = (answer or "")[len("error "):] if (answer or "").startswith("error ") else (
+                    "the helper did not answer within %d s" % ready_wait_s if answer is None else answer
+                )
+                say("no post-mortem session: %s; the process exits as it would have" % why)
                 return
             # Not the frozen-modules warning on stderr: stderr stays Python's. (Left set:
             # pydevd reads it when it starts, in the connecting thread.)
