@@ -162,6 +162,10 @@ fn run() -> anyhow::Result<()> {
             figures::idle_sidecar(agent, python, settings.idle),
             "10 idle sidecar",
         );
+        report.figures(
+            figures::post_mortem_hook(exec_agent, python),
+            "12 post-mortem hook",
+        );
     }
     let figure = figures::binary(agent, &mut report);
     report.figures(figure, "11 binary");
@@ -169,7 +173,7 @@ fn run() -> anyhow::Result<()> {
         "settings: {}x{}s iperf3 runs per figure; {} round trips of {} B after \
          {} warm-up; {} round trips under strace; \
          {} new tunnels; {} idle tunnels; {} exec runs; {} target \
-         starts; {}s sidecar window",
+         starts; {}s sidecar window; {} hooked starts",
         settings.rounds,
         settings.seconds,
         figures::ROUND_TRIPS,
@@ -180,7 +184,8 @@ fn run() -> anyhow::Result<()> {
         settings.tunnels,
         figures::EXEC_RUNS,
         figures::START_ROUNDS,
-        settings.idle.as_secs()
+        settings.idle.as_secs(),
+        figures::HOOK_RUNS
     ));
     report.note(format!(
         "load average (1, 5, 15 min) at start {load_at_start}, at end {}: other work on the \

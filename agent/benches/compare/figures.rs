@@ -27,6 +27,8 @@ pub const OPENS: usize = 200;
 pub const EXEC_RUNS: usize = 300;
 /// Debug-target starts per variant.
 pub const START_ROUNDS: usize = 9;
+/// Starts of a non-crashing step per variant (with and without the post-mortem hook).
+pub const HOOK_RUNS: usize = 60;
 
 /// Figures 1-3: iperf3 through every tunnel and directly, 1 and [`STREAMS`] streams, with the
 /// CPU time of the tunnel's processes per GB moved; the agent over wss, 1 stream.
@@ -289,6 +291,24 @@ pub fn exec(agent: &Path, tini: Option<&Path>, valgrind: bool) -> anyhow::Result
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// Figure 12: what `--post-mortem` adds to the start of a Python step that does not crash
+/// (the hook's installation and the step run through it), over the same `exec` without it.
+pub fn post_mortem_hook(agent: &Path, python: &Path) -> anyhow::Result<Vec<Row>> {
+    let (alone, hooked) = session::hook_times(agent, python, HOOK_RUNS)?;
+    let mut row = Row::new(
+        "12 post-mortem hook: a non-crashing Python step's start-to-exit, `exec --post-mortem` added over `exec` (direct: `exec` without it)",
+        "ms",
+    )
+    .added_over_direct()
+    .only_agent();
+    for (column, times) in [(DIRECT, alone), (AGENT, hooked)] {
+        for t in times {
+            row.sample(column, millis(t));
+        }
+    }
+    Ok(vec![row])
 }
 
 /// Figure 9: time to a debug target's first line, connect mode, debugpy injected and a

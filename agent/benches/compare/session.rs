@@ -71,6 +71,37 @@ pub fn exec_times(
     Ok((d, a, t))
 }
 
+/// Start-to-exit times of a step that does not crash (`python3 step.py`, one line) under
+/// `amlx-agent exec` and under `amlx-agent exec --post-mortem` (the hook installed),
+/// interleaved `runs` times after a warm-up.
+pub fn hook_times(
+    agent: &Path,
+    python: &Path,
+    runs: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let dir = tempfile::tempdir().context("could not create a temp dir")?;
+    let step = dir.path().join("step.py");
+    std::fs::write(&step, STEP).context("could not write the step")?;
+    let under = |post_mortem: bool| {
+        let mut cmd = agent_command(agent);
+        cmd.arg("exec");
+        if post_mortem {
+            cmd.arg("--post-mortem");
+        }
+        cmd.arg("--").arg(python).arg(&step);
+        cmd
+    };
+    let (mut alone, mut hooked) = (Vec::new(), Vec::new());
+    for i in 0..runs + runs / 10 {
+        let times = (time_one(under(false))?, time_one(under(true))?);
+        if i >= runs / 10 {
+            alone.push(times.0);
+            hooked.push(times.1);
+        }
+    }
+    Ok((alone, hooked))
+}
+
 /// User-space instructions a wrapper executes up to its `execve` of the command: the
 /// command is one that does not exist, so each wrapper's run ends right there (an error
 /// line and an exit) and callgrind counts the whole run of every process. Finding the

@@ -10,8 +10,15 @@ pub const LAUNCHER: &str =
 /// so no child of the step sees it).
 pub const HOOK_VAR: &str = "AMLX_POST_MORTEM_HOOK";
 
+/// The variable that carries the crash-time part (`session.py`), compiled by the hook only
+/// when something raises (popped at once too).
+pub const SESSION_VAR: &str = "AMLX_POST_MORTEM_SESSION";
+
 /// The fixed part of the hook.
 const TEXT: &str = include_str!("hook.py");
+
+/// The crash-time part, as it is.
+pub const SESSION_TEXT: &str = include_str!("session.py");
 
 /// The hook's text for this helper command line; `spawn_worker`: the process is a
 /// multiprocessing spawn worker (its `run()` failures are caught by multiprocessing,
@@ -40,5 +47,7 @@ mod tests {
             );
         }
         assert!(super::LAUNCHER.contains(super::HOOK_VAR));
+        assert!(super::TEXT.contains(super::SESSION_VAR));
+        assert!(super::SESSION_TEXT.contains("def run_session("));
     }
 }

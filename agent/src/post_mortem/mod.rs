@@ -78,10 +78,13 @@ pub fn rewrite(python: &PythonCommand, helper_argv: &[String]) -> Hooked {
         .any(|word| word.as_bytes() == SPAWN_WORKER_MARKER);
     Hooked {
         argv,
-        env: vec![(
-            hook::HOOK_VAR.into(),
-            hook::text(helper_argv, spawn_worker).into(),
-        )],
+        env: vec![
+            (
+                hook::HOOK_VAR.into(),
+                hook::text(helper_argv, spawn_worker).into(),
+            ),
+            (hook::SESSION_VAR.into(), hook::SESSION_TEXT.into()),
+        ],
     }
 }
 
