@@ -515,3 +515,89 @@ fn an_external_relay_from_the_settings_carries_the_session_and_a_send_only_key_i
         "--external-relay needs the relay's settings: no relay credentials",
     );
 }
+
+/// `run --post-mortem`: rank 0 waits for VS Code as usual; rank 1 (hooked) crashes and
+/// its post-mortem session reaches VS Code on the one more port "amlx: post-mortem (any
+/// rank)" listens on, stopped where it raised; the closing line says so.
+#[test]
+fn run_with_post_mortem_hands_the_crashed_rank_to_vscode() {
+    const CRASHING_STEP: &str = "import os, sys\n\
+rank = int(os.environ.get('AMLX_RANK', '0'))\n\
+value = rank * 10 + 7\n\
+print(f'user step rank {rank} value {value}', flush=True)  # breakpoint\n\
+if rank == 1:\n    raise ValueError(f'rank {rank} failed with value {value}')\n\
+sys.exit(3)\n";
+    const RAISE_LINE: u32 = 6;
+    let (_dir, project) = project();
+    std::fs::write(project.join("step.py"), CRASHING_STEP).expect("write step.py");
+    let state = tempfile::tempdir().expect("tempdir");
+    let (vscode_port, _) = util::free_port_range(4);
+    let marker = new_marker();
+    let run = Running::start(
+        run_in(&project, state.path(), &marker).args([
+            "--ranks-count",
+            "2",
+            "--ranks",
+            "0",
+            "--post-mortem",
+            "--attach-timeout",
+            "60s",
+            "--vscode-port",
+            &vscode_port.to_string(),
+            "--",
+            "python3",
+            "step.py",
+        ]),
+        marker,
+    );
+    run.wait_instructions();
+    let (configs, compound) = launch_configs(&project);
+    assert_eq!(configs.len(), 2, "{}", run.all());
+    assert_eq!(
+        compound.len(),
+        1,
+        "the compound starts the ranks' configurations"
+    );
+    assert_eq!(configs[1]["name"], "amlx: post-mortem (any rank)");
+    let sessions = [
+        Attach {
+            attach: configs[0].clone(),
+            line: STEP_LINE,
+            hold_until_file: None,
+            post_mortem: false,
+        },
+        Attach {
+            attach: configs[1].clone(),
+            line: RAISE_LINE,
+            hold_until_file: None,
+            post_mortem: true,
+        },
+    ];
+    let client = DapClient::start_in(&sessions, &project.join("step.py"), "value");
+    let outcomes = client.finish(2);
+    for outcome in &outcomes {
+        assert!(outcome.ok, "{outcome:?}\n{}", run.all());
+    }
+    assert_eq!(outcomes[0].line, Some(STEP_LINE));
+    assert_eq!(outcomes[1].line, Some(RAISE_LINE), "{}", run.all());
+    assert_eq!(outcomes[1].value.as_deref(), Some("17"));
+    assert!(
+        outcomes[1]
+            .exception
+            .as_deref()
+            .is_some_and(|e| e.contains("rank 1 failed with value 17")),
+        "{:?}",
+        outcomes[1]
+    );
+    let (code, all) = run.finish();
+    assert_ne!(code, 0, "{all}");
+    position(
+        &all,
+        "has the debug connection of a crashed rank (post-mortem)",
+    );
+    position(
+        &all,
+        "rank 1 crashed and VS Code attached to its post-mortem session",
+    );
+    position(&all, "ValueError: rank 1 failed with value 17");
+}

@@ -76,6 +76,11 @@ fn nobody_attaches_and_the_process_exits_exactly_as_without_the_agent() {
     let crash = crash_py();
     let crash = crash.to_str().expect("a UTF-8 path");
     let code = "exec(compile(open('crash.py').read(), 'crash.py', 'exec'))";
+    // A script that does not compile: Python reports it without a traceback header.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let broken = scratch.path().join("broken.py");
+    std::fs::write(&broken, "x = 1\nif x:\nprint(x)\n").expect("write broken.py");
+    let broken = broken.to_str().expect("utf-8");
     let post_mortem = ["--post-mortem", "--post-mortem-timeout", "3s"];
     /// (what, exec options, python args, env, a session is expected)
     type Case<'a> = (
@@ -102,6 +107,13 @@ fn nobody_attaches_and_the_process_exits_exactly_as_without_the_agent() {
             &post_mortem,
             &[crash],
             &[("CRASH_IN", "exit")],
+            false,
+        ),
+        (
+            "a script that does not compile",
+            &post_mortem,
+            &[broken],
+            &[],
             false,
         ),
         (

@@ -64,6 +64,12 @@ pub struct RunArgs {
     #[arg(long, help_heading = "Relay")]
     pub external_relay: bool,
 
+    /// Also debug the rank that crashes: every other rank is hooked, and one that raises
+    /// an unhandled exception waits (up to --attach-timeout) for VS Code on one more port,
+    /// "amlx: post-mortem (any rank)" in launch.json, stopped where it raised
+    #[arg(long)]
+    pub post_mortem: bool,
+
     #[command(flatten, next_help_heading = "Relay")]
     pub relay: crate::cli::RelayClientArgs,
 

@@ -110,4 +110,9 @@ pub struct DemoArgs {
     /// Python interpreter for the example step (it needs debugpy).
     #[arg(long, value_name = "PYTHON", default_value = "python3")]
     pub python: PathBuf,
+
+    /// Hook the other ranks too: one that crashes waits for VS Code on one more port
+    /// ("amlx: post-mortem (any rank)"); the example step itself does not crash.
+    #[arg(long)]
+    pub post_mortem: bool,
 }

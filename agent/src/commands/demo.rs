@@ -23,6 +23,7 @@ pub fn run(args: &DemoArgs, settings: &Settings, config: Option<&Path>) -> anyho
         config: config.map(Path::to_path_buf),
         state_dir,
         lock_dir: ports::lock_dir(settings.ports.lock_dir.as_deref()).ok(),
+        post_mortem: args.post_mortem,
     };
     demo::run(&options)
 }

@@ -50,6 +50,7 @@ pub fn run(args: &RunArgs, settings: &Settings, config: Option<&Path>) -> anyhow
         lock_dir: ports::lock_dir(settings.ports.lock_dir.as_deref()).ok(),
         hint: None,
         relay: relay_choice(args, settings)?,
+        post_mortem: args.post_mortem,
     };
     run::run(&options, target.as_mut())
 }

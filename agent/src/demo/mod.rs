@@ -41,6 +41,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// The node's ports lock directory (VS Code's port is held there while the demo runs).
     pub lock_dir: Option<PathBuf>,
+    /// `--post-mortem`: the other ranks are hooked (see `run::Options::post_mortem`).
+    pub post_mortem: bool,
 }
 
 /// Runs the demo; returns the step's exit code.
@@ -74,6 +76,7 @@ pub fn run(options: &Options) -> anyhow::Result<i32> {
         lock_dir: options.lock_dir.clone(),
         hint: Some(hint),
         relay: run::RelayChoice::InProcess,
+        post_mortem: options.post_mortem,
     };
     let mut target = Local {
         project: workdir.path().to_path_buf(),

@@ -149,6 +149,7 @@ def _amlx_run(target, anchors, state):
     except SyntaxError:
         # As Python reports a script that does not compile: no traceback header.
         error = sys.exc_info()[1]
+        error.__traceback__ = None
         sys.__excepthook__(type(error), error, None)
         raise SystemExit(1)
     anchors.append(code)

@@ -39,7 +39,7 @@ use crate::launch_json::{self, DebugTarget, LaunchSpec};
 use crate::policy::RankSpec;
 use crate::ports::PortRange;
 use crate::session::DebugMode;
-use relay::{LaptopListener, LocalRelay, Route};
+use relay::{LaptopListener, LocalRelay, PostMortemRoute, Route};
 use report::{Report, exit_code};
 use target::Target;
 use watch::Watcher;
@@ -92,6 +92,10 @@ pub struct Options {
     pub hint: Option<String>,
     /// The relay between the step and this machine.
     pub relay: RelayChoice,
+    /// `--post-mortem`: every other rank's step is hooked, and a rank that crashes
+    /// reaches VS Code on one more port ("amlx: post-mortem (any rank)"), waiting up to
+    /// the attach timeout.
+    pub post_mortem: bool,
 }
 
 /// Which relay carries the debug connections.
@@ -153,7 +157,11 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
     );
     let launch = target.launch(options.ranks_count);
     let ranks = debugged_ranks(&options.ranks, launch.count())?;
-    let last_rank = *ranks.last().expect("debugged_ranks is never empty");
+    // With --post-mortem any rank may take its port (base + rank) for a crash.
+    let last_rank = match options.post_mortem {
+        true => launch.count().saturating_sub(1),
+        false => *ranks.last().expect("debugged_ranks is never empty"),
+    };
     let port_range = match options.port_range {
         Some(range) => range,
         None => free_debug_ports(last_rank, target.shares_this_network())?,
@@ -161,7 +169,7 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
     let vscode = vscode_ports::reserve(
         options.lock_dir.as_deref(),
         options.vscode_port,
-        ranks.len(),
+        ranks.len() + usize::from(options.post_mortem),
     )?;
     let routes: Vec<Route> = ranks
         .iter()
@@ -190,6 +198,16 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
+    let post_mortem = match options.post_mortem {
+        true => Some(PostMortemRoute {
+            debug_ports: port_range,
+            vscode_port: vscode
+                .ports()
+                .last()
+                .context("no VS Code port for post-mortem")?,
+        }),
+        false => None,
+    };
     // The step's relay sidecars outlive the step by up to a second: as subreaper, `run`
     // inherits them and can wait for them, so nothing it started outlives it.
     if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
@@ -208,6 +226,7 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
         launch: &launch,
         ranks: &ranks,
         routes: &routes,
+        post_mortem,
         port_range,
     };
     let result = runtime.block_on(session(&plan, target));
@@ -223,6 +242,7 @@ struct Plan<'a> {
     launch: &'a Launch,
     ranks: &'a [u32],
     routes: &'a [Route],
+    post_mortem: Option<PostMortemRoute>,
     port_range: PortRange,
 }
 
@@ -280,8 +300,14 @@ async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32
     let relay = Relay::start(&options.relay).await?;
     let listener = match relay.endpoint() {
         Ok(endpoint) => {
-            LaptopListener::start(endpoint, plan.routes, options.attach_timeout, options.label)
-                .await
+            LaptopListener::start(
+                endpoint,
+                plan.routes,
+                plan.post_mortem,
+                options.attach_timeout,
+                options.label,
+            )
+            .await
         }
         Err(err) => Err(err),
     };
@@ -380,6 +406,7 @@ fn start_step(
         insecure_ws,
         ca_file,
         state_dir: state_dir.as_ref().map(|dirs| dirs.on_target.as_path()),
+        post_mortem: options.post_mortem,
     };
     instructions(plan, target, relay)?;
     let mut cmd = target.command(&command, local_relay)?;
@@ -478,7 +505,7 @@ fn instructions(plan: &Plan<'_>, target: &dyn Target, relay: &Relay) -> anyhow::
             .collect(),
         local_root: root,
         remote_root: target.remote_root(),
-        post_mortem_port: None,
+        post_mortem_port: plan.post_mortem.map(|p| p.vscode_port),
     };
     let launch_json = options.project.join(".vscode").join("launch.json");
     launch_json::write(&launch_json, &spec)?;
@@ -487,6 +514,8 @@ fn instructions(plan: &Plan<'_>, target: &dyn Target, relay: &Relay) -> anyhow::
         [only] => only.name(),
         _ => launch_json::COMPOUND_NAME.to_owned(),
     };
+    // The rank configurations only: the post-mortem one is not in the compound.
+    let several = configurations.len() > 1;
     let label = options.label;
     let processes = plan.launch.describe(options.ranks_count);
     let debugged = rank_list(plan.ranks);
@@ -503,6 +532,12 @@ fn instructions(plan: &Plan<'_>, target: &dyn Target, relay: &Relay) -> anyhow::
             route.rank, route.vscode_port
         ));
     }
+    if let Some(post_mortem) = plan.post_mortem {
+        text.push_str(&format!(
+            "  listener  hands a crashed rank's post-mortem session to VS Code on 127.0.0.1:{}\n",
+            post_mortem.vscode_port
+        ));
+    }
     let verb = if plan.ranks.len() == 1 { "is" } else { "are" };
     text.push_str(&format!(
         "  step      {processes}; {debugged} {verb} the debug target{}\n\n",
@@ -513,16 +548,12 @@ fn instructions(plan: &Plan<'_>, target: &dyn Target, relay: &Relay) -> anyhow::
         "  1. Open the folder in VS Code: code {}\n     \
          Its .vscode/launch.json holds {} (or paste {} into yours):\n",
         options.project.display(),
-        if configurations.len() == 1 {
+        if several {
+            "these configurations and a compound starting the ranks' ones"
+        } else {
             "this configuration"
-        } else {
-            "these configurations and a compound starting them all"
         },
-        if configurations.len() == 1 {
-            "it"
-        } else {
-            "them"
-        },
+        if several { "them" } else { "it" },
     ));
     for line in configurations.iter().flat_map(|c| c.lines()) {
         text.push_str(&format!("     {line}\n"));
@@ -533,9 +564,19 @@ fn instructions(plan: &Plan<'_>, target: &dyn Target, relay: &Relay) -> anyhow::
         step += 1;
     }
     text.push_str(&format!(
-        "  {step}. Start \"{start}\" in VS Code (Run and Debug): the step waits up to {} for it.\n\n",
+        "  {step}. Start \"{start}\" in VS Code (Run and Debug): the step waits up to {} for it.\n",
         humantime::format_duration(options.attach_timeout)
     ));
+    if plan.post_mortem.is_some() {
+        text.push_str(&format!(
+            "  {}. When a rank crashes (every other rank is hooked), start \"{}\": the crashed \
+             rank waits up to {} for it, stopped where it raised.\n",
+            step + 1,
+            launch_json::POST_MORTEM_NAME,
+            humantime::format_duration(options.attach_timeout)
+        ));
+    }
+    text.push('\n');
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(text.as_bytes())

@@ -128,6 +128,25 @@ pub struct Route {
     pub vscode_port: u16,
 }
 
+impl Route {
+    /// How the lines this listener prints name the route's process.
+    fn who(&self, post_mortem: Option<u16>) -> String {
+        if post_mortem == Some(self.vscode_port) {
+            "a crashed rank (post-mortem)".to_owned()
+        } else {
+            format!("rank {}", self.rank)
+        }
+    }
+}
+
+/// `run --post-mortem`: every debug port that is not a debugged rank's (the crashed
+/// rank's post-mortem session takes its own) goes to this VS Code port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostMortemRoute {
+    pub debug_ports: crate::ports::PortRange,
+    pub vscode_port: u16,
+}
+
 /// What the laptop side saw of VS Code.
 #[derive(Debug, Default)]
 pub struct VsCodeSeen {
@@ -167,6 +186,8 @@ impl VsCodeSeen {
 struct VsCodeForwarder {
     forwards: Forwards,
     routes: Vec<Route>,
+    /// The VS Code port of post-mortem sessions (`run --post-mortem`).
+    post_mortem: Option<u16>,
     /// `amlx-agent run` or `amlx-agent demo`: how its lines start.
     label: &'static str,
     attach_timeout: Duration,
@@ -200,11 +221,20 @@ impl AcceptHandler for VsCodeForwarder {
                 return;
             }
         };
+        let post_mortem =
+            self.post_mortem
+                .filter(|port| *port == forward.port)
+                .map(|vscode_port| Route {
+                    rank: u32::MAX,
+                    debug_port: 0,
+                    vscode_port,
+                });
         let Some(route) = self
             .routes
             .iter()
             .find(|r| r.vscode_port == forward.port)
             .copied()
+            .or(post_mortem)
         else {
             tracing::warn!("laptop listener: no rank forwards to {forward}");
             return;
@@ -219,19 +249,18 @@ impl AcceptHandler for VsCodeForwarder {
             tracing::warn!("laptop listener: relayed connection failed: {err}");
             return;
         }
-        self.seen.mark_attached(route.rank);
+        let who = route.who(self.post_mortem);
+        if post_mortem.is_none() {
+            self.seen.mark_attached(route.rank);
+        }
         let label = self.label;
         say!(
-            "{label}: VS Code on 127.0.0.1:{} has the debug connection of rank {}",
-            route.vscode_port,
-            route.rank
+            "{label}: VS Code on 127.0.0.1:{} has the debug connection of {who}",
+            route.vscode_port
         );
         match tunnel.splice(vscode).await {
-            Ok(_) => say!("{label}: VS Code detached from rank {}", route.rank),
-            Err(err) => say!(
-                "{label}: the debug connection of rank {} broke: {err}",
-                route.rank
-            ),
+            Ok(_) => say!("{label}: VS Code detached from {who}"),
+            Err(err) => say!("{label}: the debug connection of {who} broke: {err}"),
         }
     }
 }
@@ -253,9 +282,9 @@ impl VsCodeForwarder {
             }
             if self.seen.first_wait(route.rank) {
                 say!(
-                    "{}: rank {} is waiting for VS Code to listen on 127.0.0.1:{}",
+                    "{}: {} is waiting for VS Code to listen on 127.0.0.1:{}",
                     self.label,
-                    route.rank,
+                    route.who(self.post_mortem),
                     route.vscode_port
                 );
             }
@@ -286,6 +315,7 @@ impl LaptopListener {
     pub async fn start(
         endpoint: Arc<Endpoint>,
         routes: &[Route],
+        post_mortem: Option<PostMortemRoute>,
         attach_timeout: Duration,
         label: &'static str,
     ) -> anyhow::Result<LaptopListener> {
@@ -295,19 +325,32 @@ impl LaptopListener {
         // One forward per rank, named by the debug port its agent reserves (the port
         // name the agent's sidecar sends). With one rank, azbridge's lone-forward rule
         // takes any numeric name, so a rank that had to take another port still arrives.
-        let forwards = Forwards(
-            routes
-                .iter()
-                .map(|route| Forward {
-                    name: route.debug_port.to_string(),
-                    host: Ipv4Addr::LOCALHOST.to_string(),
-                    port: route.vscode_port,
-                })
-                .collect(),
-        );
+        let mut forwards: Vec<Forward> = routes
+            .iter()
+            .map(|route| Forward {
+                name: route.debug_port.to_string(),
+                host: Ipv4Addr::LOCALHOST.to_string(),
+                port: route.vscode_port,
+            })
+            .collect();
+        // A crash's session comes under the port its rank reserved: any of the range's
+        // that is not a debugged rank's.
+        if let Some(post_mortem) = post_mortem {
+            let range = post_mortem.debug_ports;
+            forwards.extend(
+                (range.start..=range.end)
+                    .filter(|port| !routes.iter().any(|r| r.debug_port == *port))
+                    .map(|port| Forward {
+                        name: port.to_string(),
+                        host: Ipv4Addr::LOCALHOST.to_string(),
+                        port: post_mortem.vscode_port,
+                    }),
+            );
+        }
         let handler = Arc::new(VsCodeForwarder {
-            forwards,
+            forwards: Forwards(forwards),
             routes: routes.to_vec(),
+            post_mortem: post_mortem.map(|p| p.vscode_port),
             label,
             attach_timeout,
             first_debuggee: OnceLock::new(),

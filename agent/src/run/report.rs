@@ -100,7 +100,11 @@ impl Report {
                 }
                 _ => String::new(),
             };
-            return format!("{label}: {session}; the step exited {}{states}", self.code);
+            return format!(
+                "{label}: {session}{}; the step exited {}{states}",
+                self.crashes(),
+                self.code
+            );
         }
         // Several ranks: one clause per outcome, naming its ranks.
         let mut groups: Vec<(Outcome, Vec<u32>)> = Vec::new();
@@ -134,10 +138,32 @@ impl Report {
             })
             .collect();
         format!(
-            "{label}: {}; the step exited {}",
+            "{label}: {}{}; the step exited {}",
             clauses.join("; "),
+            self.crashes(),
             self.code
         )
+    }
+
+    /// `; rank R crashed: ...` for each rank that had a post-mortem session (empty when
+    /// none did, or when the records are not readable here).
+    fn crashes(&self) -> String {
+        let timeout = humantime::format_duration(self.attach_timeout);
+        self.history
+            .iter()
+            .filter(|(_, history)| history.was(SessionState::PostMortem))
+            .map(|(rank, history)| {
+                let who = rank.map_or_else(|| "a process".to_owned(), |r| format!("rank {r}"));
+                if history.was(SessionState::Attached) {
+                    format!("; {who} crashed and VS Code attached to its post-mortem session")
+                } else {
+                    format!(
+                        "; {who} crashed and nobody attached to its post-mortem session within \
+                         {timeout}"
+                    )
+                }
+            })
+            .collect()
     }
 }
 
@@ -163,6 +189,25 @@ mod tests {
             code: 0,
             followed: true,
         }
+    }
+
+    #[test]
+    fn a_crashed_rank_is_named_with_what_became_of_its_post_mortem_session() {
+        use SessionState::*;
+        let mut histories = Histories::new();
+        histories.insert(Some(0), history(&[WaitingForDebugger, Attached], None));
+        histories.insert(
+            Some(2),
+            history(&[PostMortem, Attached, RunningUndebugged], None),
+        );
+        histories.insert(Some(3), history(&[PostMortem, TimedOut], None));
+        let summary = report(&[0], histories, &[0]).summary();
+        assert_eq!(
+            summary,
+            "amlx-agent demo: VS Code attached to rank 0; rank 2 crashed and VS Code attached \
+             to its post-mortem session; rank 3 crashed and nobody attached to its post-mortem \
+             session within 1m; the step exited 0 [session: waiting-for-debugger → attached]"
+        );
     }
 
     #[test]

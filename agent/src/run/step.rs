@@ -97,6 +97,8 @@ pub struct StepCommand<'a> {
     pub ca_file: Option<&'a Path>,
     /// Where the step's agent keeps its status record, when `run` follows it there.
     pub state_dir: Option<&'a Path>,
+    /// `--post-mortem` for the step's agents, with the attach timeout as its timeout.
+    pub post_mortem: bool,
 }
 
 impl StepCommand<'_> {
@@ -131,6 +133,15 @@ impl StepCommand<'_> {
         );
         args.push("--port-range".into());
         args.push(format!("{}-{}", self.port_range.start, self.port_range.end).into());
+        if self.post_mortem {
+            args.push("--post-mortem".into());
+            args.push("--post-mortem-timeout".into());
+            args.push(
+                humantime::format_duration(self.attach_timeout)
+                    .to_string()
+                    .into(),
+            );
+        }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
         args
@@ -222,17 +233,27 @@ mod tests {
             (
                 &single,
                 "0",
+                false,
                 "/bin/amlx-agent exec --debug --ranks 0 --mode connect --rank 0 \
                  --attach-timeout 5m --port-range 5700-5799 -- python3 /tmp/x/train.py",
             ),
             (
                 &mpi,
                 "all",
+                false,
                 "/opt/mpiexec -n 4 /bin/amlx-agent exec --debug --ranks all --mode connect \
                  --attach-timeout 5m --port-range 5700-5799 -- python3 /tmp/x/train.py",
             ),
+            (
+                &mpi,
+                "0",
+                true,
+                "/opt/mpiexec -n 4 /bin/amlx-agent exec --debug --ranks 0 --mode connect \
+                 --attach-timeout 5m --port-range 5700-5799 --post-mortem \
+                 --post-mortem-timeout 5m -- python3 /tmp/x/train.py",
+            ),
         ];
-        for (launch, ranks, want) in cases {
+        for (launch, ranks, post_mortem, want) in cases {
             let step = StepCommand {
                 agent: Path::new("/bin/amlx-agent"),
                 launch,
@@ -249,6 +270,7 @@ mod tests {
                 insecure_ws: true,
                 ca_file: None,
                 state_dir: None,
+                post_mortem,
             };
             let argv = step.argv();
             assert_eq!(words(&argv), want);

@@ -403,6 +403,7 @@ mod tests {
             insecure_ws: true,
             ca_file: None,
             state_dir: None,
+            post_mortem: false,
         };
         let cmd = docker.command(&step, None).expect("command");
         let args: Vec<String> = cmd

@@ -652,6 +652,7 @@ mod tests {
             insecure_ws: true,
             ca_file: None,
             state_dir: None,
+            post_mortem: false,
         };
         let cmd = ssh
             .command(&step, Some(SocketAddr::from(([127, 0, 0, 1], 4242))))
