@@ -138,6 +138,10 @@ const EXERCISED_BY: &[(&str, &str)] = &[
         "shims/parallel_run_step.rs::the_worker_whose_run_raises_gets_the_only_post_mortem_session",
     ),
     (
+        "amlx-agent run --ranks-count 4 --ranks 0 --post-mortem -- python train.py",
+        "run.rs::run_with_post_mortem_hands_the_crashed_rank_to_vscode",
+    ),
+    (
         "amlx-agent targets list",
         "run.rs::targets_list_shows_where_each_is_defined_and_reports_an_unreachable_one",
     ),

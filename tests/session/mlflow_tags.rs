@@ -193,3 +193,61 @@ fn the_run_tag_shows_the_waiting_session_and_its_last_state_after_the_end() {
         idle_agent.stderr()
     );
 }
+
+/// A post-mortem session's run tag: `post-mortem` with the exception while it waits,
+/// then the end with the last state, as for a debug target.
+#[test]
+fn the_run_tag_shows_a_crashed_rank_in_post_mortem_with_its_exception() {
+    let server = MlflowServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let client = http_client();
+    runtime.block_on(wait_healthy(&client, &server));
+    let run = runtime.block_on(create_run(&client, &server, "amlx-post-mortem"));
+    let developer = DeveloperSide::relay_only("crash");
+    let locks = tempfile::tempdir().expect("tempdir");
+    let (debug_port, _, range) = port_range(4);
+    let crash = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/session/crash.py");
+    let mut agent = Agent::spawn(
+        developer
+            .agent(locks.path())
+            .env("MLFLOW_TRACKING_URI", &server.base)
+            .env("MLFLOW_RUN_ID", &run)
+            .args([
+                "exec",
+                "--rank",
+                "0",
+                "--post-mortem",
+                "--post-mortem-timeout",
+            ])
+            .arg(SHORT_ATTACH_TIMEOUT)
+            .args(["--port-range", &range, "--", "python3"])
+            .arg(crash),
+    );
+    let waiting = wait_tag(&runtime, &server, &run, "post-mortem", |v| {
+        v.contains("state=post-mortem")
+    });
+    assert!(
+        waiting.starts_with(&format!(
+            "relay:crash/{debug_port} mode=connect state=post-mortem reason=ValueError: loss is nan"
+        )),
+        "{waiting}"
+    );
+    let status = util::wait_within(&mut agent.child, SESSION_DEADLINE);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "Python's own code: {}",
+        agent.stderr()
+    );
+    let ended = wait_tag(&runtime, &server, &run, "ended", |v| {
+        v.contains("state=ended")
+    });
+    assert_eq!(
+        ended,
+        format!(
+            "relay:crash/{debug_port} mode=connect state=ended last=timed-out \
+             reason=no debugger attached within {SHORT_ATTACH_TIMEOUT}; the process exits as it \
+             would have"
+        )
+    );
+}
