@@ -314,7 +314,13 @@ impl Running {
     ) -> Running {
         let mut child = developer
             .agent(locks)
-            .args(["exec", "--post-mortem", "--post-mortem-timeout", "60s"])
+            .args(["exec", "--post-mortem"])
+            .args(
+                (!exec_args.contains(&"--post-mortem-timeout"))
+                    .then_some(["--post-mortem-timeout", "60s"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(exec_args)
             .args(["--", "python3"])
             .args(python_args)
@@ -346,8 +352,9 @@ impl Running {
 
     /// Waits (bounded) for the session's announcement; returns the helper's pid.
     fn wait_session(&self) -> Pid {
+        // The state line comes after the helper told the hook it is ready.
         self.stdout
-            .wait_for_from(0, "post-mortem session on host", SESSION_DEADLINE)
+            .wait_for_from(0, "debug session post-mortem:", SESSION_DEADLINE)
             .unwrap_or_else(|| panic!("no session:\n{}", self.stdout.all().join("\n")));
         children_of(self.pid())
             .into_iter()
@@ -359,8 +366,13 @@ impl Running {
     }
 
     /// Waits (bounded by [`EXIT_BOUND`]) for the exit; the status and all of stderr.
-    fn finish(mut self) -> (ExitStatus, Vec<u8>) {
-        let status = util::wait_within(&mut self.child, EXIT_BOUND);
+    fn finish(self) -> (ExitStatus, Vec<u8>) {
+        self.finish_within(EXIT_BOUND)
+    }
+
+    /// [`Running::finish`] with another bound for the exit.
+    fn finish_within(mut self, bound: Duration) -> (ExitStatus, Vec<u8>) {
+        let status = util::wait_within(&mut self.child, bound);
         let stderr = util::wait_for("stderr to close", EXIT_BOUND, || {
             let done = Arc::strong_count(&self.stderr) == 1;
             done.then(|| self.stderr.lock().expect("stderr lock").clone())
@@ -416,19 +428,30 @@ fn a_held_crash_ends_within_a_bound_whatever_happens_to_it() {
     // (what happens, expected exit code or signal)
     let cases: &[(&str, Result<i32, i32>)] = &[
         ("the helper is killed", Ok(1)),
+        ("the helper hangs", Ok(1)),
         ("the process gets SIGTERM", Err(15)),
         ("the process is killed", Err(9)),
     ];
     for (what, expected) in cases {
         let locks = tempfile::tempdir().expect("tempdir");
-        let running = Running::start(&developer, locks.path(), &[], &[crash]);
+        // A hung helper never ends the session: the hook gives up its deadline_grace_s
+        // (30 s) after the attach deadline (2 s here), then kills it (5 s more at most).
+        let (exec_args, bound): (&[&str], Duration) = match *what {
+            "the helper hangs" => (
+                &["--post-mortem-timeout", "2s"],
+                Duration::from_secs(2 + 1 + 30 + 5 + 10),
+            ),
+            _ => (&[], EXIT_BOUND),
+        };
+        let running = Running::start(&developer, locks.path(), exec_args, &[crash]);
         let helper = running.wait_session();
         match *what {
             "the helper is killed" => kill(helper, Signal::SIGKILL).expect("kill the helper"),
+            "the helper hangs" => kill(helper, Signal::SIGSTOP).expect("stop the helper"),
             "the process gets SIGTERM" => kill(running.pid(), Signal::SIGTERM).expect("SIGTERM"),
             _ => kill(running.pid(), Signal::SIGKILL).expect("SIGKILL"),
         }
-        let (status, stderr) = running.finish();
+        let (status, stderr) = running.finish_within(bound);
         match expected {
             Ok(code) => {
                 assert_eq!(status.code(), Some(*code), "{what}");

@@ -155,11 +155,17 @@ fn serve(
         DebugMode::Connect => "connect",
         DebugMode::Listen | DebugMode::Direct => "listen",
     };
+    // The attach deadline goes along: should this helper ever hang (a log write into a
+    // full pipe), the hook stops waiting a grace after it on its own.
     writeln!(
         reply,
-        "debugpy {debugpy_mode} {} {}",
+        "debugpy {debugpy_mode} {} {} {}",
         debugpy.ip(),
-        debugpy.port()
+        debugpy.port(),
+        spec.attach_timeout
+            .min(session::LONGEST_WAIT)
+            .as_secs()
+            .saturating_add(1)
     )?;
     let lifeline = Lifeline::new(stdin_fd()?, sidecar::pidfd_open(crashed)?);
     let ready = ReadySignal::new(reply.try_clone()?);

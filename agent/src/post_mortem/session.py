@@ -15,6 +15,10 @@ ready_wait_s = 60.0
 helper_exit_wait_s = 5.0
 # Pause between two looks at whether a debugger is configured.
 poll_s = 0.05
+# How long past the helper's attach deadline the hook waits for the helper to end the
+# session before it stops waiting on its own (a helper that hangs must not hold the
+# process forever).
+deadline_grace_s = 30.0
 # The most of the exception's message the helper is told (it shows it in `status`).
 message_chars = 2000
 
@@ -104,9 +108,10 @@ def run_session(exc_type, exc, tb, thread_name, helper_argv, spawn_worker):
         pending = [b""]
         deadline = time.monotonic() + ready_wait_s
         words = (read_line(fd, deadline, pending) or "").split()
-        if len(words) != 4 or words[0] != "debugpy":
+        if len(words) != 5 or words[0] != "debugpy":
             return
         mode, host, port = words[1], words[2], int(words[3])
+        attach_deadline = time.monotonic() + int(words[4]) + deadline_grace_s
         answer = read_line(fd, deadline, pending)
         if answer != "ready":
             why = (answer or "")[len("error "):] if (answer or "").startswith("error ") else (
@@ -156,6 +161,12 @@ def run_session(exc_type, exc, tb, thread_name, helper_argv, spawn_worker):
 
         threading.Thread(target=watch, name="amlx-agent post-mortem", daemon=True).start()
         while not ended.is_set() and not debugpy.is_client_connected():
+            if time.monotonic() >= attach_deadline:
+                say(
+                    "the post-mortem helper did not end the session %d s after its deadline; "
+                    "the process exits as it would have" % deadline_grace_s
+                )
+                return
             ended.wait(poll_s)
         if ended.is_set():
             return
