@@ -270,12 +270,16 @@ fn a_named_target_from_the_project_file_sets_the_ranks() {
     .expect("write targets.toml");
     let state = tempfile::tempdir().expect("tempdir");
     let marker = new_marker();
+    // Not the default 5678: whatever listens there (a developer's VS Code) would attach.
+    let (vscode_port, _) = util::free_port_range(4);
     let run = Running::start(
         run_in(&project, state.path(), &marker).args([
             "-t",
             "pair",
             "--attach-timeout",
             "2s",
+            "--vscode-port",
+            &vscode_port.to_string(),
             "--",
             "python3",
             "step.py",

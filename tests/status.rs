@@ -335,6 +335,19 @@ fn status_finds_the_sessions_of_every_user() {
     )
     .expect("chmod");
     let gate = dir.path().join("gate");
+    // Another user's own candidate directory, made here when no earlier run left one, so
+    // the search has more than one place to read whatever ran on this machine before.
+    let own = std::path::Path::new("/tmp/amlx-65534");
+    let made_own = !own.exists();
+    if made_own {
+        std::fs::create_dir(own).expect("mkdir /tmp/amlx-65534");
+        nix::unistd::chown(
+            own,
+            Some(nix::unistd::Uid::from_raw(65534)),
+            Some(nix::unistd::Gid::from_raw(65534)),
+        )
+        .expect("chown /tmp/amlx-65534");
+    }
     let (start, end) = crate::util::free_port_range(2);
     // The step waits for the gate, bounded (20 s).
     let step = format!(
@@ -383,5 +396,11 @@ fn status_finds_the_sessions_of_every_user() {
     }
     assert!(status.success(), "{stderr}");
     let searched = report["searched"].as_array().expect("searched");
-    assert!(searched.len() > 1, "every candidate is read: {report:#}");
+    if made_own {
+        let _ = std::fs::remove_dir_all(own);
+    }
+    assert!(
+        searched.iter().any(|dir| dir == "/tmp/amlx-65534"),
+        "every candidate is read: {report:#}"
+    );
 }

@@ -350,12 +350,17 @@ impl Running {
         Pid::from_raw(i32::try_from(self.child.id()).expect("a pid"))
     }
 
-    /// Waits (bounded) for the session's announcement; returns the helper's pid.
-    fn wait_session(&self) -> Pid {
-        // The state line comes after the helper told the hook it is ready.
+    /// Waits (bounded) until the session waits for a debugger (the state line comes
+    /// after the helper told the hook it is ready).
+    fn wait_session(&self) {
         self.stdout
             .wait_for_from(0, "debug session post-mortem:", SESSION_DEADLINE)
             .unwrap_or_else(|| panic!("no session:\n{}", self.stdout.all().join("\n")));
+    }
+
+    /// The helper's pid, once the session waits (it is the crashed process's child).
+    fn wait_helper(&self) -> Pid {
+        self.wait_session();
         children_of(self.pid())
             .into_iter()
             .find(|pid| {
@@ -444,7 +449,7 @@ fn a_held_crash_ends_within_a_bound_whatever_happens_to_it() {
             _ => (&[], EXIT_BOUND),
         };
         let running = Running::start(&developer, locks.path(), exec_args, &[crash]);
-        let helper = running.wait_session();
+        let helper = running.wait_helper();
         match *what {
             "the helper is killed" => kill(helper, Signal::SIGKILL).expect("kill the helper"),
             "the helper hangs" => kill(helper, Signal::SIGSTOP).expect("stop the helper"),
