@@ -2,9 +2,11 @@
 
 The ranks named in CRASH_RANKS (comma-separated; every rank when unset) raise ValueError
 on RAISE_LINE (tests/session/post_mortem.rs), where `scale` is a local variable; CRASH_IN
-says where: "main" (default), "thread" (a worker thread), "exit" (sys.exit(3), not a
-crash), "unprintable" (an exception whose str() fails). The others print their result
-and exit 0.
+says where: "main" (default), "thread" (a worker thread), "daemon" (a daemon thread,
+the main thread exiting 0.5 s later), "exit" (sys.exit(3), not a crash), "unprintable"
+(an exception whose str() fails), "str-exits" (whose str() raises SystemExit(5)),
+"handled" (caught, reported through sys.excepthook, exit 0), "fill" (64000 bytes on
+stdout first). The others print their result and exit 0.
 """
 
 import os
@@ -32,12 +34,33 @@ class Unprintable(Exception):
         raise RuntimeError("no text")
 
 
+class StrExits(Exception):
+    def __str__(self):
+        raise SystemExit(5)
+
+
 rank = rank_of_this_process()
 where = os.environ.get("CRASH_IN", "main")
 if where == "exit":
     sys.exit(3)
 if where == "unprintable":
     raise Unprintable()
+if where == "str-exits":
+    raise StrExits()
+if where == "handled":
+    try:
+        train(rank)
+    except ValueError:
+        sys.excepthook(*sys.exc_info())
+    sys.exit(0)
+if where == "fill":
+    os.write(1, b"x" * 64000)
+if where == "daemon":
+    import time
+
+    threading.Thread(target=train, args=(rank,), name="loader", daemon=True).start()
+    time.sleep(0.5)
+    sys.exit(0)
 if where == "thread":
     worker = threading.Thread(target=train, args=(rank,), name="loader")
     worker.start()

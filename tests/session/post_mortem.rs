@@ -19,7 +19,7 @@ use crate::relay::harness::Lines;
 use crate::util;
 
 /// The line of `raise ValueError(...)` in tests/session/crash.py.
-const RAISE_LINE: u32 = 19;
+const RAISE_LINE: u32 = 21;
 /// The local variable of that frame the tests read.
 const VARIABLE: &str = "scale";
 
@@ -81,6 +81,26 @@ fn nobody_attaches_and_the_process_exits_exactly_as_without_the_agent() {
     let broken = scratch.path().join("broken.py");
     std::fs::write(&broken, "x = 1\nif x:\nprint(x)\n").expect("write broken.py");
     let broken = broken.to_str().expect("utf-8");
+    // What Python runs another way than a script's source: a directory and a zip with
+    // __main__.py (both crash through crash.py), a script that is not there.
+    let app = scratch.path().join("app");
+    std::fs::create_dir(&app).expect("mkdir app");
+    let main = format!(
+        "import sys; sys.path.insert(0, {:?}); import crash\n",
+        session_dir()
+    );
+    std::fs::write(app.join("__main__.py"), &main).expect("write __main__.py");
+    let app = app.to_str().expect("utf-8");
+    let zip = scratch.path().join("app.pyz");
+    let zipped = util::output_bounded(
+        Command::new("python3")
+            .args(["-m", "zipapp", app, "-o"])
+            .arg(&zip),
+    );
+    assert!(zipped.status.success(), "{zipped:?}");
+    let zip = zip.to_str().expect("utf-8");
+    let missing = scratch.path().join("missing.py");
+    let missing = missing.to_str().expect("utf-8");
     let post_mortem = ["--post-mortem", "--post-mortem-timeout", "3s"];
     /// (what, exec options, python args, env, a session is expected)
     type Case<'a> = (
@@ -93,6 +113,28 @@ fn nobody_attaches_and_the_process_exits_exactly_as_without_the_agent() {
     let cases: &[Case<'_>] = &[
         ("a script", &post_mortem, &[crash], &[], true),
         ("a relative script", &post_mortem, &["crash.py"], &[], true),
+        (
+            "a script path through ..",
+            &post_mortem,
+            &["./../session/crash.py"],
+            &[],
+            true,
+        ),
+        (
+            "a directory with __main__.py",
+            &post_mortem,
+            &[app],
+            &[],
+            false,
+        ),
+        ("a zip app", &post_mortem, &[zip], &[], false),
+        (
+            "a script that is not there",
+            &post_mortem,
+            &[missing],
+            &[],
+            false,
+        ),
         ("a module", &post_mortem, &["-m", "crash"], &[], true),
         ("code", &post_mortem, &["-c", code], &[], true),
         (
@@ -122,6 +164,20 @@ fn nobody_attaches_and_the_process_exits_exactly_as_without_the_agent() {
             &[crash],
             &[("CRASH_IN", "unprintable")],
             true,
+        ),
+        (
+            "an exception whose str() exits",
+            &post_mortem,
+            &[crash],
+            &[("CRASH_IN", "str-exits")],
+            true,
+        ),
+        (
+            "a handled exception reported through sys.excepthook",
+            &post_mortem,
+            &[crash],
+            &[("CRASH_IN", "handled")],
+            false,
         ),
         (
             "no crash",
@@ -530,4 +586,126 @@ fn a_debugger_that_vanishes_mid_stop_lets_the_crash_exit() {
     let (status, stderr) = running.finish();
     assert_eq!(status.code(), Some(1));
     assert_eq!(stderr, want.stderr, "{}", String::from_utf8_lossy(&stderr));
+}
+
+/// A daemon thread crashes and the process ends 0.5 s later, while the thread's session
+/// is being set up: the thread's traceback is reported first, as Python reports it, so
+/// it is not lost; the exit is the step's own.
+#[test]
+fn a_crashing_daemon_thread_is_reported_before_its_session() {
+    let developer = DeveloperSide::relay_only("debug");
+    let locks = tempfile::tempdir().expect("tempdir");
+    let crash = crash_py();
+    let crash = crash.to_str().expect("utf-8");
+    let env = [("CRASH_IN", "daemon")];
+    let want = plain(&[crash], &env);
+    assert!(
+        String::from_utf8_lossy(&want.stderr).contains("Exception in thread loader"),
+        "{want:?}"
+    );
+    let got = hooked(
+        &developer,
+        locks.path(),
+        &["--post-mortem", "--post-mortem-timeout", "30s"],
+        &[crash],
+        &env,
+    );
+    assert_eq!(got.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&got.stderr),
+        String::from_utf8_lossy(&want.stderr)
+    );
+}
+
+/// The process's stdout is a pipe nobody empties (already full when it crashes): the
+/// session's log lines are dropped rather than block it, and it exits at the deadline.
+#[test]
+fn a_full_stdout_pipe_does_not_hold_the_crash_past_its_deadline() {
+    let developer = DeveloperSide::relay_only("debug");
+    let locks = tempfile::tempdir().expect("tempdir");
+    let crash = crash_py();
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    let mut child = developer
+        .agent(locks.path())
+        .args([
+            "exec",
+            "--post-mortem",
+            "--post-mortem-timeout",
+            "2s",
+            "--",
+            "python3",
+        ])
+        .arg(&crash)
+        .env("CRASH_IN", "fill")
+        .current_dir(session_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Nobody reads `read_end` until the process is gone (the pipe holds 64 KiB).
+    let status = util::wait_within(&mut child, EXIT_BOUND);
+    let mut stderr = Vec::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_end(&mut stderr)
+        .expect("stderr");
+    drop(read_end);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&stderr)
+    );
+    let want = plain(&[crash.to_str().expect("utf-8")], &[("CRASH_IN", "fill")]);
+    assert_eq!(stderr, want.stderr, "{}", String::from_utf8_lossy(&stderr));
+}
+
+/// `exec --post-mortem` as flags, with the launcher shims on PYTHONPATH: a multiprocessing
+/// spawn worker (which comes back through the shims as a plain `exec`) is hooked with the
+/// same timeout, because the step's environment carries the post-mortem settings.
+#[test]
+fn the_post_mortem_flags_reach_workers_the_shims_bring_back() {
+    const STEP: &str = "import multiprocessing as mp\n\
+def work():\n    raise ValueError('worker failed')\n\
+if __name__ == '__main__':\n    mp.set_start_method('spawn')\n    p = mp.Process(target=work)\n    p.start()\n    p.join()\n    print('worker exit', p.exitcode, flush=True)\n";
+    let developer = DeveloperSide::relay_only("debug");
+    let locks = tempfile::tempdir().expect("tempdir");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let step = scratch.path().join("spawner.py");
+    std::fs::write(&step, STEP).expect("write the step");
+    let shims = Path::new(env!("CARGO_MANIFEST_DIR")).join("../launcher-shims/python");
+    let out = util::output_within(
+        developer
+            .agent(locks.path())
+            .env("PYTHONPATH", &shims)
+            .env("AMLX_AGENT_BIN", util::agent_bin())
+            .args([
+                "exec",
+                "--post-mortem",
+                "--post-mortem-timeout",
+                "2s",
+                "--",
+                "python3",
+            ])
+            .arg(&step)
+            .current_dir(scratch.path()),
+        SESSION_DEADLINE,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("worker exit 1"), "{stdout}");
+    assert!(
+        stdout.contains("crashed: ValueError: worker failed")
+            && stdout.contains("attach within 2s"),
+        "the worker's session, with the flags' timeout:\n{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ValueError: worker failed"), "{stderr}");
+    assert!(
+        !stderr.contains("<string>"),
+        "the hook's frames show:\n{stderr}"
+    );
 }

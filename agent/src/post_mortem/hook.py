@@ -28,6 +28,13 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
     state = {"used": False}
     # Code objects where the step's own frames begin: frames above them are ours.
     anchors = []
+    # The bottom of the main thread's stack while the step runs (the launcher's module):
+    # an excepthook called with it still on the stack is called by the step's own code.
+    bottom = sys._getframe()
+    while bottom.f_back is not None:
+        bottom = bottom.f_back
+    launcher_code = bottom.f_code
+    del bottom
 
     def strip(tb):
         here = tb
@@ -39,31 +46,59 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
         return tb
 
     def session(exc_type, exc, tb, thread_name):
-        """Holds this process in a post-mortem session (once), or returns at once."""
-        if state["used"] or tb is None or issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
-            return
-        state["used"] = True
-        code = compile(session_text, "<amlx-agent post-mortem>", "exec")
-        namespace = {"__name__": "amlx_post_mortem_session"}
-        exec(code, namespace)
-        namespace["run_session"](exc_type, exc, tb, thread_name, helper_argv, spawn_worker)
+        """Holds this process in a post-mortem session (once), or returns at once. Never
+        raises, whatever happens meanwhile (Ctrl-C included): its callers report the
+        exception as Python would, before it."""
+        try:
+            if state["used"] or tb is None or issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+                return
+            state["used"] = True
+            code = compile(session_text, "<amlx-agent post-mortem>", "exec")
+            namespace = {"__name__": "amlx_post_mortem_session"}
+            exec(code, namespace)
+            namespace["run_session"](exc_type, exc, tb, thread_name, helper_argv, spawn_worker)
+        except BaseException:
+            pass
+
+    def flush_stderr():
+        try:
+            sys.stderr.flush()
+        except BaseException:
+            pass
 
     original_excepthook = sys.excepthook
 
     def excepthook(exc_type, exc, tb):
-        # Nothing here may fail in a way Python would report ("Error in sys.excepthook"):
-        # whatever happens, Python's own hook reports the exception last.
+        # Python's own hook reports the exception first, exactly as it would have (the
+        # log shows the crash at once); then the session holds the process. Nothing here
+        # may fail in a way Python would report ("Error in sys.excepthook").
         try:
             tb = strip(tb)
             if exc is not None:
                 # Python prints the exception's own traceback when it has one.
                 exc.__traceback__ = tb
-            import threading
-
-            session(exc_type, exc, tb, threading.current_thread().name)
-        except Exception:
+        except BaseException:
+            pass
+        # Called by the step's own code (a framework reporting an exception it handled),
+        # not by the interpreter for an unhandled one: nothing is crashing.
+        direct = False
+        try:
+            frame = sys._getframe(1)
+            while frame is not None:
+                direct = direct or frame.f_code is launcher_code
+                frame = frame.f_back
+        except BaseException:
             pass
         original_excepthook(exc_type, exc, tb)
+        flush_stderr()
+        if not direct:
+            try:
+                import threading
+
+                name = threading.current_thread().name
+            except BaseException:
+                name = "MainThread"
+            session(exc_type, exc, tb, name)
 
     sys.excepthook = excepthook
 
@@ -73,35 +108,36 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
         original = threading.excepthook
 
         def thread_hook(args):
+            # Reported first: the rest of the process goes on, and may end meanwhile.
+            original(args)
+            flush_stderr()
             if args.exc_type is not SystemExit:
                 name = args.thread.name if args.thread is not None else "?"
-                try:
-                    session(args.exc_type, args.exc_value, args.exc_traceback, name)
-                except Exception:
-                    pass
-            original(args)
+                session(args.exc_type, args.exc_value, args.exc_traceback, name)
 
         threading.excepthook = thread_hook
 
     install_for_threads()
 
     if spawn_worker:
-        # multiprocessing's Process._bootstrap catches what run() raises and prints it
-        # with traceback.print_exc(): the session is held there, before the print.
+        # multiprocessing's Process._bootstrap catches what run() raises and reports it
+        # with traceback.print_exc(): the session is held right after that report.
         import traceback
 
         original_print_exc = traceback.print_exc
 
         def print_exc(*args, **kwargs):
-            caller = sys._getframe(1)
-            if caller.f_code.co_name == "_bootstrap" and "multiprocessing" in caller.f_code.co_filename:
+            result = original_print_exc(*args, **kwargs)
+            try:
+                caller = sys._getframe(1)
+                ours = caller.f_code.co_name == "_bootstrap" and "multiprocessing" in caller.f_code.co_filename
                 exc_type, exc, tb = sys.exc_info()
-                if exc_type is not None:
-                    try:
-                        session(exc_type, exc, tb, "process %s" % os.getpid())
-                    except Exception:
-                        pass
-            return original_print_exc(*args, **kwargs)
+            except BaseException:
+                return result
+            if ours and exc_type is not None:
+                flush_stderr()
+                session(exc_type, exc, tb, "process %s" % os.getpid())
+            return result
 
         traceback.print_exc = print_exc
 
@@ -118,11 +154,16 @@ def _amlx_run(target, anchors, state):
     # The launcher's own import; the step's namespace starts as Python's would (this text
     # runs in a namespace of its own).
     globals_.pop("os", None)
+    # -P / -I (Python 3.11+): nothing is put in front of sys.path, so nothing is replaced.
+    safe_path = getattr(sys.flags, "safe_path", False)
     if target[0] == "-m":
         import runpy
 
         anchors.append(runpy._run_module_as_main.__code__)
         sys.argv[:] = ["-m"] + target[2:]
+        if not safe_path:
+            # `python -m` puts the current directory first, by its full path.
+            sys.path[0] = os.getcwd()
         runpy._run_module_as_main(target[1])
         return
     if target[0] == "-c":
@@ -133,15 +174,13 @@ def _amlx_run(target, anchors, state):
         return
     path = target[0]
     sys.argv[:] = target
-    sys.path[0] = os.path.dirname(os.path.realpath(path))
-    if not os.path.isfile(path):
-        # A directory or zip with __main__.py: as runpy runs it (frames of runpy show).
-        import runpy
-
-        runpy.run_path(path, run_name="__main__")
-        return
-    # Python 3.9+ names the script by its absolute path (tracebacks, __file__).
-    filename = os.path.abspath(path) if sys.version_info >= (3, 9) else path
+    if not safe_path:
+        sys.path[0] = os.path.dirname(os.path.realpath(path))
+    # Python 3.9+ names the script by its absolute path (tracebacks, __file__), joined
+    # to the current directory as given: `./a/../b.py` stays so.
+    filename = path
+    if sys.version_info >= (3, 9) and not os.path.isabs(path):
+        filename = os.path.join(os.getcwd(), path)
     with open(path, "rb") as source:
         text = source.read()
     try:

@@ -40,6 +40,64 @@ pub const HELPER_SUBCOMMAND: &str = "post-mortem";
 /// The marker multiprocessing gives a spawned worker's command line.
 const SPAWN_WORKER_MARKER: &[u8] = b"--multiprocessing-fork";
 
+/// What the step's environment says to the `exec` in front of its Python children (the
+/// launcher shims bring them back without this agent's flags): post-mortem is on, with
+/// this timeout and node limit.
+///
+/// ```
+/// let env = amlx_agent::post_mortem::step_env(std::time::Duration::from_secs(90), 2);
+/// let text: Vec<String> = env.iter().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())).collect();
+/// assert_eq!(text, ["AMLX_POST_MORTEM=1", "AMLX_POST_MORTEM_TIMEOUT=1m 30s", "AMLX_POST_MORTEM_MAX=2"]);
+/// ```
+pub fn step_env(timeout: Duration, max_per_node: u32) -> Vec<(OsString, OsString)> {
+    vec![
+        ("AMLX_POST_MORTEM".into(), "1".into()),
+        (
+            "AMLX_POST_MORTEM_TIMEOUT".into(),
+            humantime::format_duration(timeout).to_string().into(),
+        ),
+        (
+            "AMLX_POST_MORTEM_MAX".into(),
+            max_per_node.to_string().into(),
+        ),
+    ]
+}
+
+/// Why a Python command is left alone (no hook), or `Ok` to hook it. The hook runs a
+/// script's source as Python would; what Python runs another way — a directory or zip
+/// with `__main__.py`, a compiled `.pyc`, a script it cannot open (it reports that
+/// itself, with its own exit code) — runs exactly as given.
+pub fn hookable(python: &PythonCommand) -> Result<(), &'static str> {
+    let Target::Script(script) = &python.target else {
+        return Ok(());
+    };
+    if script.as_bytes() == b"-" {
+        return Err("the script is read from stdin");
+    }
+    let path = Path::new(script);
+    let compiled = path.extension().is_some_and(|ext| {
+        ["pyc", "pyo", "pyz", "zip"]
+            .iter()
+            .any(|known| ext.eq_ignore_ascii_case(known))
+    });
+    if compiled {
+        return Err("the script is compiled or a zip archive");
+    }
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(_) => return Err("Python cannot open the script either (it says so itself)"),
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err("the script is not a regular file (a directory with __main__.py?)");
+    }
+    let mut start = [0u8; 4];
+    let read = std::io::Read::read(&mut file, &mut start).unwrap_or(0);
+    if start.get(..read) == Some(b"PK\x03\x04".as_slice()) {
+        return Err("the script is a zip archive");
+    }
+    Ok(())
+}
+
 /// The step's command line and environment additions with the hook installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hooked {

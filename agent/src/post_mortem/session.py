@@ -24,13 +24,17 @@ message_chars = 2000
 
 
 def say(line):
+    """One line on stdout, never blocking: dropped when stdout is a pipe nobody empties
+    (a crashed process must not hang on its own log line)."""
+    import select
+
+    data = ("amlx-agent: %s\n" % line).encode("utf-8", "replace")[:4000]
     try:
-        sys.stdout.flush()
-    except Exception:
-        pass
-    try:
-        os.write(1, ("amlx-agent: %s\n" % line).encode("utf-8", "replace"))
-    except OSError:
+        _, writable, _ = select.select([], [1], [], 0)
+        if writable:
+            # Up to PIPE_BUF bytes into a pipe that has room go in whole, at once.
+            os.write(1, data)
+    except (OSError, ValueError):
         pass
 
 
@@ -41,10 +45,17 @@ def describe(exc_type, exc):
         name = "%s.%s" % (module, name)
     try:
         message = str(exc)
-    except Exception:
+    except BaseException:
         message = "<exception str() failed>"
-    message = message.encode("utf-8", "replace").decode("utf-8", "replace")
-    return name, message[:message_chars]
+    return text(name), text(message)[:message_chars]
+
+
+def text(value):
+    """Any str (lone surrogates from undecodable names included) as valid UTF-8 text."""
+    try:
+        return str(value).encode("utf-8", "replace").decode("utf-8", "replace")
+    except BaseException:
+        return "?"
 
 
 def innermost(tb):
@@ -76,6 +87,8 @@ def read_line(fd, deadline, pending):
 def run_session(exc_type, exc, tb, thread_name, helper_argv, spawn_worker):
     """Holds this process in a post-mortem session, or returns at once."""
     helper = None
+    # Once the watching thread owns the helper's stdout (see watch()): its end event.
+    watching = [None]
     try:
         import json
         import subprocess
@@ -98,8 +111,8 @@ def run_session(exc_type, exc, tb, thread_name, helper_argv, spawn_worker):
         crash = {
             "type": name,
             "message": message,
-            "thread": thread_name,
-            "where": innermost(tb),
+            "thread": text(thread_name),
+            "where": text(innermost(tb)),
             "spawn_worker": bool(spawn_worker),
         }
         helper.stdin.write(json.dumps(crash).encode("ascii") + b"\n")
@@ -145,20 +158,32 @@ def run_session(exc_type, exc, tb, thread_name, helper_argv, spawn_worker):
         except ImportError as error:
             say(
                 "no post-mortem session: debugpy is not importable by `%s` (%s: %s); "
-                "install it in the step's environment" % (sys.executable, type(error).__name__, error)
+                "install it in the step's environment%s"
+                % (
+                    sys.executable,
+                    type(error).__name__,
+                    error,
+                    " (or drop -S / -I, which hide site-packages)" if sys.flags.no_site or sys.flags.isolated else "",
+                )
             )
             return
 
         def watch():
-            # The helper ends the session (the deadline passed, the debugger left, the
-            # relay is gone) by exiting: its stdout reaches EOF.
+            # The helper ends the session (the deadline passed, the debugger left) by
+            # exiting: its stdout reaches EOF. This thread owns the pipe from here on and
+            # closes it itself (closed under a blocked read, its number could be reused).
             try:
                 while os.read(fd, 4096):
                     pass
             except OSError:
                 pass
+            try:
+                helper.stdout.close()
+            except BaseException:
+                pass
             ended.set()
 
+        watching[0] = ended
         threading.Thread(target=watch, name="amlx-agent post-mortem", daemon=True).start()
         while not ended.is_set() and not debugpy.is_client_connected():
             if time.monotonic() >= attach_deadline:
@@ -177,19 +202,31 @@ def run_session(exc_type, exc, tb, thread_name, helper_argv, spawn_worker):
             stop_without_api(exc_type, exc, tb)
     except Exception as error:
         say("post-mortem session failed: %s: %s" % (type(error).__name__, error))
+    except BaseException:
+        # Ctrl-C (or an exit) while held: the session is over; Python reports the
+        # crash as it would have.
+        pass
     finally:
         if helper is not None:
-            try:
-                helper.stdin.close()
-            except Exception:
-                pass
+            pipes = [helper.stdin] if watching[0] is not None else [helper.stdin, helper.stdout]
+            for pipe in pipes:
+                try:
+                    pipe.close()
+                except BaseException:
+                    pass
             try:
                 helper.wait(helper_exit_wait_s)
-            except Exception:
+            except BaseException:
                 try:
                     helper.kill()
                     helper.wait(helper_exit_wait_s)
-                except Exception:
+                except BaseException:
+                    pass
+            if watching[0] is not None:
+                # The helper is gone: its pipe's EOF reaches the watching thread at once.
+                try:
+                    watching[0].wait(1.0)
+                except BaseException:
                     pass
 
 

@@ -54,6 +54,14 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
     };
     step.env = role_env(&detection);
     step.env.extend(lineage::step_env(mode));
+    if let Some(settings) = settings.as_ref().filter(|s| s.session.post_mortem) {
+        // The step's Python children come back through the launcher shims as `exec`
+        // without this line's flags: they read these.
+        step.env.extend(crate::post_mortem::step_env(
+            settings.session.post_mortem_timeout,
+            settings.session.post_mortem_max,
+        ));
+    }
     match (decision.verdict, &settings) {
         (Verdict::NotTarget, _) | (_, None) => {
             tracing::debug!(reason = %decision.reason, "not a debug target");
@@ -93,6 +101,10 @@ fn hook_post_mortem(step: &mut Step, command_len: usize) {
             return;
         }
     };
+    if let Err(why) = crate::post_mortem::hookable(&python) {
+        tracing::debug!("no post-mortem hook: {why}");
+        return;
+    }
     let helper = std::env::current_exe().ok().and_then(|agent| {
         let args: Vec<OsString> = std::env::args_os().collect();
         crate::post_mortem::helper_argv(&agent, &args, command_len)
