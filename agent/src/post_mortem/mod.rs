@@ -233,6 +233,36 @@ mod tests {
     }
 
     #[test]
+    fn only_what_python_runs_as_source_is_hooked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        std::fs::write(at("ok.py"), "print(1)\n").expect("write");
+        std::fs::write(at("app.pyz"), "PK\x03\x04").expect("write");
+        std::fs::write(at("zipped"), "PK\x03\x04rest").expect("write");
+        std::fs::write(at("x.pyc"), [0u8; 16]).expect("write");
+        std::fs::create_dir(at("pkg")).expect("mkdir");
+        let cases: Vec<(Vec<String>, bool)> = vec![
+            (vec!["python3".into(), at("ok.py")], true),
+            (vec!["python3".into(), "-m".into(), "pkg".into()], true),
+            (vec!["python3".into(), "-c".into(), "1/0".into()], true),
+            (vec!["python3".into(), at("missing.py")], false),
+            (vec!["python3".into(), at("pkg")], false),
+            (vec!["python3".into(), at("app.pyz")], false),
+            (vec!["python3".into(), at("zipped")], false),
+            (vec!["python3".into(), at("x.pyc")], false),
+            (vec!["python3".into(), "-".into()], false),
+        ];
+        for (argv, want) in cases {
+            let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+            let Ok(python) = python_argv::parse(&argv) else {
+                assert!(!want, "{argv:?} is not even Python");
+                continue;
+            };
+            assert_eq!(hookable(&python).is_ok(), want, "{argv:?}");
+        }
+    }
+
+    #[test]
     fn the_helper_line_is_the_exec_line_without_the_step() {
         let agent = Path::new("/a");
         let cases: &[(&[&str], usize, Option<&str>)] = &[
