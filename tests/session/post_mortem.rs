@@ -588,6 +588,93 @@ fn a_debugger_that_vanishes_mid_stop_lets_the_crash_exit() {
     assert_eq!(stderr, want.stderr, "{}", String::from_utf8_lossy(&stderr));
 }
 
+/// A debugger attached through listen mode (`relay connect`) or straight to the node
+/// (direct mode) stays stopped past the post-mortem deadline: the deadline is for
+/// attaching, not for debugging. The session ends when it detaches, and the process
+/// then exits as Python would have.
+#[test]
+fn an_attached_debugger_is_not_cut_off_at_the_post_mortem_deadline() {
+    let crash = crash_py();
+    let crash = crash.to_str().expect("utf-8");
+    let want = plain(&[crash], &[]);
+    for mode in ["direct", "listen"] {
+        let developer = DeveloperSide::relay_only("debug");
+        let hold = tempfile::tempdir().expect("tempdir");
+        let release = hold.path().join("release");
+        let (base, _, range) = port_range(1);
+        let locks = tempfile::tempdir().expect("tempdir");
+        let running = Running::start(
+            &developer,
+            locks.path(),
+            &[
+                "--mode",
+                mode,
+                "--node-ip",
+                "127.0.0.1",
+                "--port-range",
+                &range,
+                "--post-mortem-timeout",
+                "3s",
+            ],
+            &[crash],
+        );
+        running.wait_session();
+        // Listen mode: the developer's `relay connect`, kept for the session's life.
+        let mut relay_connect = None;
+        let port = if mode == "listen" {
+            let (connect, bound) = developer
+                .relay
+                .connect(&developer.connection_string(), &base.to_string());
+            relay_connect = Some(connect);
+            bound.port()
+        } else {
+            base
+        };
+        let client = DapClient::start_in(
+            &[Attach::connect("127.0.0.1", port)
+                .post_mortem()
+                .hold_until(&release)],
+            &crash_py(),
+            VARIABLE,
+        );
+        client.wait_stopped();
+        running
+            .stdout
+            .wait_for_from(0, "passed with a debugger attached", SESSION_DEADLINE)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{mode}: the deadline did not pass quietly:\n{}",
+                    running.stdout.all().join("\n")
+                )
+            });
+        std::fs::write(&release, b"").expect("release the client");
+        let outcome = &client.finish(1)[0];
+        assert!(
+            outcome.ok,
+            "{mode}: the debugger was cut off: {outcome:?}\n{}",
+            running.stdout.all().join("\n")
+        );
+        assert!(
+            outcome
+                .exception
+                .as_deref()
+                .is_some_and(|e| e.contains("loss is nan")),
+            "{mode}: {outcome:?}"
+        );
+        let stdout = running.stdout.all().join("\n");
+        assert!(!stdout.contains("timed-out"), "{mode}:\n{stdout}");
+        let (status, stderr) = running.finish();
+        assert_eq!(status.code(), Some(1), "{mode}");
+        assert_eq!(
+            stderr,
+            want.stderr,
+            "{mode}: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+        drop(relay_connect);
+    }
+}
+
 /// A daemon thread crashes and the process ends 0.5 s later, while the thread's session
 /// is being set up: the thread's traceback is reported first, as Python reports it, so
 /// it is not lost; the exit is the step's own.

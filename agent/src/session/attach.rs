@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -66,6 +66,10 @@ pub struct Shared {
     /// deadline's owner can wait (bounded) for cut connections to be held.
     serving: Arc<AtomicUsize>,
     served: Arc<Notify>,
+    /// The `configured` flags of the connections being served: a debugger that has
+    /// configured the debuggee owns the step, and the attach deadline is not for it
+    /// (its [`Event::Configured`] comes only when it leaves).
+    live: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
 }
 
 /// An adapter connection kept open after its developer left during the setup.
@@ -88,8 +92,23 @@ impl Shared {
             held: Arc::new(Mutex::new(None)),
             serving: Arc::new(AtomicUsize::new(0)),
             served: Arc::new(Notify::new()),
+            live: Arc::default(),
         };
         (shared, receiver)
+    }
+
+    /// Whether a debugger being served right now has configured the debuggee.
+    pub fn owned(&self) -> bool {
+        self.live_flags()
+            .iter()
+            .any(|configured| configured.load(Ordering::Acquire))
+    }
+
+    fn live_flags(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicBool>>> {
+        // A poisoned list is still a list of flags.
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A developer's connection arrived (before debugpy is reached: it may be starting).
@@ -124,6 +143,7 @@ impl Shared {
         drop(self.held.lock().await.take());
         let mut state = GateState::default();
         let configured = state.configured_flag();
+        self.live_flags().push(Arc::clone(&configured));
         let cutoff = async {
             self.setup_cutoff.cancelled().await;
             if configured.load(Ordering::Acquire) {
@@ -156,6 +176,8 @@ impl Shared {
                 &event,
                 None | Some(Event::LeftDuringSetup(_) | Event::NotDap(_))
             );
+        self.live_flags()
+            .retain(|flag| !Arc::ptr_eq(flag, &configured));
         if state.configured() {
             let _ = self.events.send(Event::Configured);
         }
@@ -251,6 +273,14 @@ where
                     SessionState::RunningUndebugged,
                     Some("the debugger detached; the step runs on"),
                 ),
+                Event::LeftDuringSetup(progress) if shared.owned() => tracing::info!(
+                    "a second debugger connected but left {progress} without finishing its \
+                     setup; the first one is still attached"
+                ),
+                Event::NotDap(what) if shared.owned() => tracing::info!(
+                    "a second connection from the developer's side is not a debugger (it \
+                     sent {what}); cut it off, the first debugger is still attached"
+                ),
                 Event::LeftDuringSetup(progress) => {
                     let why = format!(
                         "a debugger connected but left {progress} without finishing its setup"
@@ -269,6 +299,18 @@ where
                 }
             },
             () = &mut deadline, if held => {
+                if shared.owned() {
+                    // Attached and configured in time; connections still in their
+                    // setup are cut, the debugger that owns the step is not.
+                    shared.setup_cutoff.cancel();
+                    held = false;
+                    tracing::info!(
+                        "the attach deadline ({}) passed with a debugger attached; the \
+                         session lasts until it detaches",
+                        humantime::format_duration(spec.attach_timeout)
+                    );
+                    continue;
+                }
                 shared.setup_cutoff.cancel();
                 let limit = humantime::format_duration(spec.attach_timeout);
                 if post_mortem {
