@@ -145,10 +145,10 @@ impl Report {
         )
     }
 
-    /// `; rank R crashed: ...` for each rank that had a post-mortem session (empty when
-    /// none did, or when the records are not readable here).
+    /// `; rank R crashed …` for each rank that had a post-mortem session (empty when
+    /// none did, or when the records are not readable here). Its deadline is the step's
+    /// `--post-mortem-timeout`, not the run's attach timeout, so none is named.
     fn crashes(&self) -> String {
-        let timeout = humantime::format_duration(self.attach_timeout);
         self.history
             .iter()
             .filter(|(_, history)| history.was(SessionState::PostMortem))
@@ -156,10 +156,24 @@ impl Report {
                 let who = rank.map_or_else(|| "a process".to_owned(), |r| format!("rank {r}"));
                 if history.was(SessionState::Attached) {
                     format!("; {who} crashed and VS Code attached to its post-mortem session")
-                } else {
+                } else if history.was(SessionState::TimedOut) {
                     format!(
                         "; {who} crashed and nobody attached to its post-mortem session within \
-                         {timeout}"
+                         its --post-mortem-timeout"
+                    )
+                } else if self.interrupted {
+                    format!(
+                        "; {who} crashed and the run was stopped before a debugger attached to \
+                         its post-mortem session"
+                    )
+                } else {
+                    let why = history
+                        .last_reason
+                        .as_deref()
+                        .map(|reason| format!(" ({reason})"))
+                        .unwrap_or_default();
+                    format!(
+                        "; {who} crashed; its post-mortem session ended without a debugger{why}"
                     )
                 }
             })
@@ -206,8 +220,26 @@ mod tests {
             summary,
             "amlx-agent demo: VS Code attached to rank 0; rank 2 crashed and VS Code attached \
              to its post-mortem session; rank 3 crashed and nobody attached to its post-mortem \
-             session within 1m; the step exited 0 [session: waiting-for-debugger → attached]"
+             session within its --post-mortem-timeout; the step exited 0 \
+             [session: waiting-for-debugger → attached]"
         );
+        let mut histories = Histories::new();
+        histories.insert(Some(1), history(&[PostMortem], None));
+        histories.insert(Some(2), history(&[PostMortem], Some("the helper ended")));
+        let mut stopped = report(&[0], histories.clone(), &[]);
+        stopped.interrupted = true;
+        assert!(
+            stopped.summary().contains(
+                "rank 1 crashed and the run was stopped before a debugger attached to its \
+                 post-mortem session; rank 2 crashed and the run was stopped"
+            ),
+            "{}",
+            stopped.summary()
+        );
+        assert!(report(&[0], histories, &[]).summary().contains(
+            "rank 2 crashed; its post-mortem session ended without a debugger (the helper \
+                 ended)"
+        ));
     }
 
     #[test]
