@@ -10,6 +10,7 @@ FAULT is one of:
   drop-after-bp      ... and `setBreakpoints`, then close
   drop-mid-message   ... and half of a `configurationDone`, then close
   garbage            send bytes that are not DAP, then hold the connection open
+  bad-body           send a well-framed message whose body is not JSON, then hold
   silent             hold the connection open without sending anything
 
 Holding faults stay until the peer closes or HOLD_LIMIT passes (bounded). In listen
@@ -76,6 +77,8 @@ def misbehave(conn, fault):
         return
     if fault == "garbage":
         conn.sendall(b"\x00\xffHELLO this is not DAP\r\n\r\n" * 4)
+    if fault == "bad-body":
+        conn.sendall(b"Content-Length: 5\r\n\r\n{{{{{")
     print("fault done", flush=True)
     hold(conn)
     conn.close()

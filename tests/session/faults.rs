@@ -108,6 +108,7 @@ fn table(mode: Mode) -> Vec<Case> {
             "left after \"setBreakpoints\"",
         ),
         timed_out(Fault::Scripted("garbage"), "not a debugger"),
+        timed_out(Fault::Scripted("bad-body"), "not a debugger"),
         timed_out(Fault::Scripted("silent"), silent_cause),
         timed_out(
             Fault::DeadlineBeforeDebugpy,

@@ -104,6 +104,8 @@ pub enum NotDap {
     MissingLength,
     #[error("a message of {0} bytes (at most {MAX_MESSAGE_BYTES} are accepted during setup)")]
     TooLarge(usize),
+    #[error("a message whose body is not a DAP JSON object with a \"type\"")]
+    BadBody,
 }
 
 /// One whole DAP message as it arrived: the header section, the blank line, the body.
@@ -136,6 +138,25 @@ impl Message {
     /// bodies).
     pub fn response_command(&self) -> Option<String> {
         self.command_of("response")
+    }
+
+    /// Whether the body is a JSON object with a string `type`, as every DAP message is.
+    /// debugpy's adapter ends its session on a body it cannot parse, leaving the step
+    /// held with nobody to release it: the gate does not pass one on.
+    ///
+    /// ```
+    /// use amlx_agent::session::dap::Framer;
+    /// let mut framer = Framer::default();
+    /// framer.push(b"Content-Length: 5\r\n\r\n{{{{{");
+    /// assert!(!framer.next_message().unwrap().unwrap().is_dap());
+    /// ```
+    pub fn is_dap(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Kind {
+            #[serde(rename = "type")]
+            _kind: String,
+        }
+        serde_json::from_slice::<Kind>(self.body()).is_ok()
     }
 
     fn command_of(&self, kind: &str) -> Option<String> {
