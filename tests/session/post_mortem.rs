@@ -640,7 +640,7 @@ fn an_attached_debugger_is_not_cut_off_at_the_post_mortem_deadline() {
         client.wait_stopped();
         running
             .stdout
-            .wait_for_from(0, "passed with a debugger attached", SESSION_DEADLINE)
+            .wait_for_from(0, "passed after a debugger attached", SESSION_DEADLINE)
             .unwrap_or_else(|| {
                 panic!(
                     "{mode}: the deadline did not pass quietly:\n{}",

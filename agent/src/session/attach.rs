@@ -70,6 +70,9 @@ pub struct Shared {
     /// configured the debuggee owns the step, and the attach deadline is not for it
     /// (its [`Event::Configured`] comes only when it leaves).
     live: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
+    /// A debugger configured the debuggee and has left (its events may still be on
+    /// their way to the deadline's owner).
+    was_configured: Arc<AtomicBool>,
 }
 
 /// An adapter connection kept open after its developer left during the setup.
@@ -93,15 +96,19 @@ impl Shared {
             serving: Arc::new(AtomicUsize::new(0)),
             served: Arc::new(Notify::new()),
             live: Arc::default(),
+            was_configured: Arc::default(),
         };
         (shared, receiver)
     }
 
-    /// Whether a debugger being served right now has configured the debuggee.
+    /// Whether a debugger has configured the debuggee: one being served right now, or
+    /// one that has left (the step is no longer held by the attach phase).
     pub fn owned(&self) -> bool {
-        self.live_flags()
-            .iter()
-            .any(|configured| configured.load(Ordering::Acquire))
+        self.was_configured.load(Ordering::Acquire)
+            || self
+                .live_flags()
+                .iter()
+                .any(|configured| configured.load(Ordering::Acquire))
     }
 
     fn live_flags(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicBool>>> {
@@ -176,6 +183,10 @@ impl Shared {
                 &event,
                 None | Some(Event::LeftDuringSetup(_) | Event::NotDap(_))
             );
+        if state.configured() {
+            // Before the flag leaves the list, so `owned` never misses it.
+            self.was_configured.store(true, Ordering::Release);
+        }
         self.live_flags()
             .retain(|flag| !Arc::ptr_eq(flag, &configured));
         if state.configured() {
@@ -305,7 +316,7 @@ where
                     shared.setup_cutoff.cancel();
                     held = false;
                     tracing::info!(
-                        "the attach deadline ({}) passed with a debugger attached; the \
+                        "the attach deadline ({}) passed after a debugger attached; the \
                          session lasts until it detaches",
                         humantime::format_duration(spec.attach_timeout)
                     );
