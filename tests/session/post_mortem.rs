@@ -368,6 +368,17 @@ impl Running {
         exec_args: &[&str],
         python_args: &[&str],
     ) -> Running {
+        Running::start_with_env(developer, locks, exec_args, python_args, &[])
+    }
+
+    /// [`Running::start`] with `env` added to the step's environment.
+    fn start_with_env(
+        developer: &DeveloperSide,
+        locks: &Path,
+        exec_args: &[&str],
+        python_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Running {
         let mut child = developer
             .agent(locks)
             .args(["exec", "--post-mortem"])
@@ -380,6 +391,7 @@ impl Running {
             .args(exec_args)
             .args(["--", "python3"])
             .args(python_args)
+            .envs(env.iter().copied())
             .current_dir(session_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -536,22 +548,32 @@ fn a_held_crash_ends_within_a_bound_whatever_happens_to_it() {
 #[test]
 fn without_debugpy_the_crash_exits_as_it_would_have_and_says_why() {
     let developer = DeveloperSide::relay_only("debug");
-    let locks = tempfile::tempdir().expect("tempdir");
     let crash = crash_py();
     // -S: no site-packages, so no debugpy (the step's traceback is the same without).
+    // Nor does site import `threading` first, so the thread case sees the hook patch it
+    // when the step imports it.
     let args = ["-S", crash.to_str().expect("utf-8")];
-    let want = plain(&args, &[]);
-    let running = Running::start(&developer, locks.path(), &[], &args);
-    running.wait_session();
-    let stdout = running.stdout.clone();
-    let (status, stderr) = running.finish();
-    assert_eq!(status.code(), Some(1));
-    assert_eq!(stderr, want.stderr, "{}", String::from_utf8_lossy(&stderr));
-    assert!(
-        stdout.wait_for("debugpy is not importable").is_some(),
-        "{}",
-        stdout.all().join("\n")
-    );
+    for place in ["main", "thread"] {
+        let locks = tempfile::tempdir().expect("tempdir");
+        let env = [("CRASH_IN", place)];
+        let want = plain(&args, &env);
+        let running = Running::start_with_env(&developer, locks.path(), &[], &args, &env);
+        running.wait_session();
+        let stdout = running.stdout.clone();
+        let (status, stderr) = running.finish();
+        assert_eq!(status, want.status, "{place}");
+        assert_eq!(
+            stderr,
+            want.stderr,
+            "{place}: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+        assert!(
+            stdout.wait_for("debugpy is not importable").is_some(),
+            "{place}: {}",
+            stdout.all().join("\n")
+        );
+    }
 }
 
 /// The developer's VS Code disappears while the crash is stopped: the process exits at

@@ -102,9 +102,7 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
 
     sys.excepthook = excepthook
 
-    def install_for_threads():
-        import threading
-
+    def patch_threading(threading):
         original = threading.excepthook
 
         def thread_hook(args):
@@ -117,7 +115,49 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
 
         threading.excepthook = thread_hook
 
-    install_for_threads()
+    class PatchingLoader:
+        """threading's own loader, which patches the module once it has run (and then
+        gives the module its own loader back)."""
+
+        def __init__(self, loader):
+            self.loader = loader
+
+        def create_module(self, spec):
+            return self.loader.create_module(spec)
+
+        def exec_module(self, module):
+            self.loader.exec_module(module)
+            try:
+                module.__loader__ = module.__spec__.loader = self.loader
+                patch_threading(module)
+            except BaseException:
+                pass
+
+    class ThreadingWatch:
+        """Patches `threading` when something first imports it: importing it here would
+        add its import (~4 ms with collections and functools) to every hooked start, and
+        threads exist only once it is imported."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name != "threading":
+                return None
+            try:
+                sys.meta_path.remove(self)
+                for finder in sys.meta_path:
+                    find = getattr(finder, "find_spec", None)
+                    spec = find(name, path, target) if find is not None else None
+                    if spec is not None:
+                        if hasattr(spec.loader, "exec_module"):
+                            spec.loader = PatchingLoader(spec.loader)
+                        return spec
+            except Exception:
+                pass
+            return None
+
+    if "threading" in sys.modules:
+        patch_threading(sys.modules["threading"])
+    else:
+        sys.meta_path.insert(0, ThreadingWatch())
 
     if spawn_worker:
         # multiprocessing's Process._bootstrap catches what run() raises and reports it
@@ -195,9 +235,12 @@ def _amlx_run(target, anchors, state):
     globals_["__file__"] = filename
     globals_["__cached__"] = None
     try:
-        import importlib.machinery
-
-        globals_["__loader__"] = importlib.machinery.SourceFileLoader("__main__", filename)
+        # The frozen importlib's own class (importlib.machinery's), without importing
+        # importlib at start-up.
+        external = sys.modules.get("_frozen_importlib_external")
+        if external is None:
+            import importlib.machinery as external
+        globals_["__loader__"] = external.SourceFileLoader("__main__", filename)
     except Exception:
         pass
     exec(code, globals_)
