@@ -6,11 +6,18 @@ says where: "main" (default), "thread" (a worker thread), "daemon" (a daemon thr
 the main thread exiting 0.5 s later), "exit" (sys.exit(3), not a crash), "unprintable"
 (an exception whose str() fails), "str-exits" (whose str() raises SystemExit(5)),
 "handled" (caught, reported through sys.excepthook, exit 0), "fill" (64000 bytes on
-stdout first). The others print their result and exit 0.
+stdout first). The others print their result and exit 0. CRASH_LOOKUP_THREADING=1 looks
+`threading` up (importlib.util.find_spec) before importing it.
 """
 
 import os
 import sys
+
+if os.environ.get("CRASH_LOOKUP_THREADING"):
+    # A lookup before the import (as "is it available" probes do) changes nothing.
+    import importlib.util
+
+    importlib.util.find_spec("threading")
 import threading
 
 

@@ -19,7 +19,7 @@ use crate::relay::harness::Lines;
 use crate::util;
 
 /// The line of `raise ValueError(...)` in tests/session/crash.py.
-const RAISE_LINE: u32 = 21;
+const RAISE_LINE: u32 = 28;
 /// The local variable of that frame the tests read.
 const VARIABLE: &str = "scale";
 
@@ -553,9 +553,10 @@ fn without_debugpy_the_crash_exits_as_it_would_have_and_says_why() {
     // Nor does site import `threading` first, so the thread case sees the hook patch it
     // when the step imports it.
     let args = ["-S", crash.to_str().expect("utf-8")];
-    for place in ["main", "thread"] {
+    for (place, lookup) in [("main", "0"), ("thread", "0"), ("thread", "1")] {
         let locks = tempfile::tempdir().expect("tempdir");
-        let env = [("CRASH_IN", place)];
+        let lookup = if lookup == "1" { "1" } else { "" };
+        let env = [("CRASH_IN", place), ("CRASH_LOOKUP_THREADING", lookup)];
         let want = plain(&args, &env);
         let running = Running::start_with_env(&developer, locks.path(), &[], &args, &env);
         running.wait_session();

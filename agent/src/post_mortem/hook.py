@@ -102,9 +102,7 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
 
     sys.excepthook = excepthook
 
-    def patch_threading(threading):
-        original = threading.excepthook
-
+    def thread_hook_over(original):
         def thread_hook(args):
             # Reported first: the rest of the process goes on, and may end meanwhile.
             original(args)
@@ -113,51 +111,22 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
                 name = args.thread.name if args.thread is not None else "?"
                 session(args.exc_type, args.exc_value, args.exc_traceback, name)
 
-        threading.excepthook = thread_hook
+        return thread_hook
 
-    class PatchingLoader:
-        """threading's own loader, which patches the module once it has run (and then
-        gives the module its own loader back)."""
-
-        def __init__(self, loader):
-            self.loader = loader
-
-        def create_module(self, spec):
-            return self.loader.create_module(spec)
-
-        def exec_module(self, module):
-            self.loader.exec_module(module)
-            try:
-                module.__loader__ = module.__spec__.loader = self.loader
-                patch_threading(module)
-            except BaseException:
-                pass
-
-    class ThreadingWatch:
-        """Patches `threading` when something first imports it: importing it here would
-        add its import (~4 ms with collections and functools) to every hooked start, and
-        threads exist only once it is imported."""
-
-        def find_spec(self, name, path=None, target=None):
-            if name != "threading":
-                return None
-            try:
-                sys.meta_path.remove(self)
-                for finder in sys.meta_path:
-                    find = getattr(finder, "find_spec", None)
-                    spec = find(name, path, target) if find is not None else None
-                    if spec is not None:
-                        if hasattr(spec.loader, "exec_module"):
-                            spec.loader = PatchingLoader(spec.loader)
-                        return spec
-            except Exception:
-                pass
-            return None
-
-    if "threading" in sys.modules:
-        patch_threading(sys.modules["threading"])
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading.excepthook = thread_hook_over(threading.excepthook)
     else:
-        sys.meta_path.insert(0, ThreadingWatch())
+        # Not imported here: `threading` (with collections and functools) would add ~4 ms
+        # to every hooked start of a bare interpreter. threading takes its excepthook
+        # from `_thread._excepthook` when it is first imported (3.8+), so the hook goes
+        # there: the step's own `import threading` picks it up (as `excepthook` and, as
+        # in a plain run, `__excepthook__` too), however and whenever it is imported.
+        import _thread
+
+        original = getattr(_thread, "_excepthook", None)
+        if original is not None:
+            _thread._excepthook = thread_hook_over(original)
 
     if spawn_worker:
         # multiprocessing's Process._bootstrap catches what run() raises and reports it
