@@ -41,6 +41,9 @@ pub enum Event {
     NotDap(String),
     /// A configured debugger detached.
     Detached,
+    /// debugpy closed (or broke) the connection of a developer who had not finished
+    /// its setup (how far it got).
+    DebuggeeLeftSetup(String),
 }
 
 /// A developer's connection, as it arrived.
@@ -104,11 +107,14 @@ impl Shared {
     /// Whether a debugger has configured the debuggee: one being served right now, or
     /// one that has left (the step is no longer held by the attach phase).
     pub fn owned(&self) -> bool {
-        self.was_configured.load(Ordering::Acquire)
-            || self
-                .live_flags()
-                .iter()
-                .any(|configured| configured.load(Ordering::Acquire))
+        self.was_configured.load(Ordering::Acquire) || self.attached_now()
+    }
+
+    /// Whether a debugger being served right now has configured the debuggee.
+    pub fn attached_now(&self) -> bool {
+        self.live_flags()
+            .iter()
+            .any(|configured| configured.load(Ordering::Acquire))
     }
 
     fn live_flags(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicBool>>> {
@@ -168,11 +174,18 @@ impl Shared {
             end = pumping => Some(end),
             () = cutoff => None,
         };
+        let detached = |state: &GateState| {
+            if state.configured() {
+                Event::Detached
+            } else {
+                Event::DebuggeeLeftSetup(state.progress())
+            }
+        };
         let event = match end {
-            Some(PumpEnd::Finished | PumpEnd::DebuggeeClosed) => Some(Event::Detached),
+            Some(PumpEnd::Finished | PumpEnd::DebuggeeClosed) => Some(detached(&state)),
             Some(PumpEnd::DebuggeeBroken(err)) => {
                 tracing::warn!("the connection to debugpy broke: {err}");
-                Some(Event::Detached)
+                Some(detached(&state))
             }
             Some(PumpEnd::LeftDuringSetup) => Some(Event::LeftDuringSetup(state.progress())),
             Some(PumpEnd::NotDap(not_dap)) => Some(Event::NotDap(not_dap.to_string())),
@@ -284,25 +297,42 @@ where
                     SessionState::RunningUndebugged,
                     Some("the debugger detached; the step runs on"),
                 ),
-                Event::LeftDuringSetup(progress) if shared.owned() => tracing::info!(
-                    "a second debugger connected but left {progress} without finishing its \
-                     setup; the first one is still attached"
-                ),
-                Event::NotDap(what) if shared.owned() => tracing::info!(
-                    "a second connection from the developer's side is not a debugger (it \
-                     sent {what}); cut it off, the first debugger is still attached"
-                ),
-                Event::LeftDuringSetup(progress) => {
-                    let why = format!(
-                        "a debugger connected but left {progress} without finishing its setup"
+                Event::LeftDuringSetup(_) | Event::NotDap(_) | Event::DebuggeeLeftSetup(_)
+                    if shared.owned() =>
+                {
+                    // Another connection, while (or after) a debugger owned the step:
+                    // it changes nothing for the step.
+                    let why = setup_failure(&event);
+                    if shared.attached_now() {
+                        tracing::info!("{why}; the debugger that is attached stays");
+                    } else {
+                        reporter.set(
+                            SessionState::RunningUndebugged,
+                            Some(&format!("{why}; the step runs on")),
+                        );
+                    }
+                }
+                Event::DebuggeeLeftSetup(_) => {
+                    let why = setup_failure(&event);
+                    if post_mortem {
+                        let why = format!("{why}; the process exits as it would have");
+                        reporter.set(SessionState::RunningUndebugged, Some(&why));
+                        return why;
+                    }
+                    reporter.set(
+                        SessionState::RunningUndebugged,
+                        Some(&format!("{why}; the step runs on")),
                     );
+                }
+                Event::LeftDuringSetup(_) => {
+                    let why = setup_failure(&event);
                     reporter.set(SessionState::WaitingForDebugger, Some(&format!(
                         "{why}; waiting for another until the attach deadline"
                     )));
                     cause = Some(why);
                 }
-                Event::NotDap(what) => {
-                    let why = format!("the developer's side is not a debugger (it sent {what})");
+                Event::NotDap(_) => {
+                    let why = setup_failure(&event);
                     reporter.set(SessionState::WaitingForDebugger, Some(&format!(
                         "{why}; cut it off, waiting for a debugger until the attach deadline"
                     )));
@@ -311,15 +341,17 @@ where
             },
             () = &mut deadline, if held => {
                 if shared.owned() {
-                    // Attached and configured in time; connections still in their
-                    // setup are cut, the debugger that owns the step is not.
-                    shared.setup_cutoff.cancel();
+                    // Configured in time: the deadline is for attaching, not for
+                    // debugging. (A debugger that has left already: its events are on
+                    // their way and end the session or leave the step running.)
                     held = false;
-                    tracing::info!(
-                        "the attach deadline ({}) passed after a debugger attached; the \
-                         session lasts until it detaches",
-                        humantime::format_duration(spec.attach_timeout)
-                    );
+                    if shared.attached_now() {
+                        tracing::info!(
+                            "the attach deadline ({}) passed after a debugger attached; the \
+                             session lasts until it detaches",
+                            humantime::format_duration(spec.attach_timeout)
+                        );
+                    }
                     continue;
                 }
                 shared.setup_cutoff.cancel();
@@ -351,5 +383,20 @@ where
                 return why;
             }
         }
+    }
+}
+
+/// What went wrong with a connection that did not finish its setup, in words.
+fn setup_failure(event: &Event) -> String {
+    match event {
+        Event::LeftDuringSetup(progress) => {
+            format!("a debugger connected but left {progress} without finishing its setup")
+        }
+        Event::NotDap(what) => format!("the developer's side is not a debugger (it sent {what})"),
+        Event::DebuggeeLeftSetup(progress) => format!(
+            "debugpy closed the connection of a debugger that had not finished its setup \
+             ({progress})"
+        ),
+        Event::Connected | Event::Configured | Event::Detached => String::new(),
     }
 }
