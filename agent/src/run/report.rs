@@ -146,35 +146,33 @@ impl Report {
     }
 
     /// `; rank R crashed …` for each rank that had a post-mortem session (empty when
-    /// none did, or when the records are not readable here). Its deadline is the step's
-    /// `--post-mortem-timeout`, not the run's attach timeout, so none is named.
+    /// none did, or when the records are not readable here). `run` gives the step its
+    /// attach timeout as `--post-mortem-timeout`, so that is the session's deadline too.
     fn crashes(&self) -> String {
+        let timeout = humantime::format_duration(self.attach_timeout);
         self.history
             .iter()
             .filter(|(_, history)| history.was(SessionState::PostMortem))
             .map(|(rank, history)| {
                 let who = rank.map_or_else(|| "a process".to_owned(), |r| format!("rank {r}"));
-                if history.was(SessionState::Attached) {
-                    format!("; {who} crashed and VS Code attached to its post-mortem session")
-                } else if history.was(SessionState::TimedOut) {
+                // Timed out first: `attached` is recorded for any connection that
+                // arrived, debugger or not, and a session that timed out had none.
+                if history.was(SessionState::TimedOut) {
                     format!(
                         "; {who} crashed and nobody attached to its post-mortem session within \
-                         its --post-mortem-timeout"
+                         {timeout}"
                     )
+                } else if history.was(SessionState::Attached) {
+                    format!("; {who} crashed and VS Code attached to its post-mortem session")
+                } else if let Some(reason) = history.last_reason.as_deref() {
+                    format!("; {who} crashed; its post-mortem session ended without a debugger ({reason})")
                 } else if self.interrupted {
                     format!(
                         "; {who} crashed and the run was stopped before a debugger attached to \
                          its post-mortem session"
                     )
                 } else {
-                    let why = history
-                        .last_reason
-                        .as_deref()
-                        .map(|reason| format!(" ({reason})"))
-                        .unwrap_or_default();
-                    format!(
-                        "; {who} crashed; its post-mortem session ended without a debugger{why}"
-                    )
+                    format!("; {who} crashed; its post-mortem session ended without a debugger")
                 }
             })
             .collect()
@@ -214,14 +212,13 @@ mod tests {
             Some(2),
             history(&[PostMortem, Attached, RunningUndebugged], None),
         );
-        histories.insert(Some(3), history(&[PostMortem, TimedOut], None));
+        histories.insert(Some(3), history(&[PostMortem, Attached, TimedOut], None));
         let summary = report(&[0], histories, &[0]).summary();
         assert_eq!(
             summary,
             "amlx-agent demo: VS Code attached to rank 0; rank 2 crashed and VS Code attached \
              to its post-mortem session; rank 3 crashed and nobody attached to its post-mortem \
-             session within its --post-mortem-timeout; the step exited 0 \
-             [session: waiting-for-debugger → attached]"
+             session within 1m; the step exited 0 [session: waiting-for-debugger → attached]"
         );
         let mut histories = Histories::new();
         histories.insert(Some(1), history(&[PostMortem], None));
@@ -231,7 +228,8 @@ mod tests {
         assert!(
             stopped.summary().contains(
                 "rank 1 crashed and the run was stopped before a debugger attached to its \
-                 post-mortem session; rank 2 crashed and the run was stopped"
+                 post-mortem session; rank 2 crashed; its post-mortem session ended without a \
+                 debugger (the helper ended)"
             ),
             "{}",
             stopped.summary()
