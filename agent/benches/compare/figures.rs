@@ -294,21 +294,31 @@ pub fn exec(agent: &Path, tini: Option<&Path>, valgrind: bool) -> anyhow::Result
 }
 
 /// Figure 12: what `--post-mortem` adds to the start of a Python step that does not crash
-/// (the hook's installation and the step run through it), over the same `exec` without it.
+/// (the hook's installation and the step run through it), over the same `exec` without it:
+/// a step as users start it (`site` loaded), and a bare interpreter (`-S`: nothing the
+/// hook uses is loaded yet, its worst case).
 pub fn post_mortem_hook(agent: &Path, python: &Path) -> anyhow::Result<Vec<Row>> {
-    let (alone, hooked) = session::hook_times(agent, python, HOOK_RUNS)?;
-    let mut row = Row::new(
-        "12 post-mortem hook: a non-crashing Python step's start-to-exit, `exec --post-mortem` added over `exec` (direct: `exec` without it)",
-        "ms",
-    )
-    .added_over_direct()
-    .only_agent();
-    for (column, times) in [(DIRECT, alone), (AGENT, hooked)] {
-        for t in times {
-            row.sample(column, millis(t));
+    let mut rows = Vec::new();
+    for (python_args, title) in [
+        (
+            &[][..],
+            "12 post-mortem hook: a non-crashing `python step.py`'s start-to-exit, `exec --post-mortem` added over `exec` (direct: `exec` without it)",
+        ),
+        (
+            &["-S"][..],
+            "12 the same for `python -S step.py` (no site: the hook's worst case)",
+        ),
+    ] {
+        let (alone, hooked) = session::hook_times(agent, python, python_args, HOOK_RUNS)?;
+        let mut row = Row::new(title, "ms").added_over_direct().only_agent();
+        for (column, times) in [(DIRECT, alone), (AGENT, hooked)] {
+            for t in times {
+                row.sample(column, millis(t));
+            }
         }
+        rows.push(row);
     }
-    Ok(vec![row])
+    Ok(rows)
 }
 
 /// Figure 9: time to a debug target's first line, connect mode, debugpy injected and a

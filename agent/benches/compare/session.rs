@@ -71,12 +71,13 @@ pub fn exec_times(
     Ok((d, a, t))
 }
 
-/// Start-to-exit times of a step that does not crash (`python3 step.py`, one line) under
+/// Start-to-exit times of a step that does not crash (`python3 <python_args> step.py`, one line) under
 /// `amlx-agent exec` and under `amlx-agent exec --post-mortem` (the hook installed),
 /// interleaved `runs` times after a warm-up.
 pub fn hook_times(
     agent: &Path,
     python: &Path,
+    python_args: &[&str],
     runs: usize,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let dir = tempfile::tempdir().context("could not create a temp dir")?;
@@ -88,7 +89,7 @@ pub fn hook_times(
         if post_mortem {
             cmd.arg("--post-mortem");
         }
-        cmd.arg("--").arg(python).arg(&step);
+        cmd.arg("--").arg(python).args(python_args).arg(&step);
         cmd
     };
     let (mut alone, mut hooked) = (Vec::new(), Vec::new());
