@@ -115,7 +115,11 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
 
     threading = sys.modules.get("threading")
     if threading is not None:
-        threading.excepthook = thread_hook_over(threading.excepthook)
+        # A threading without excepthook (before 3.8, or replaced) is left alone: the
+        # step must start whatever it finds.
+        original = getattr(threading, "excepthook", None)
+        if original is not None:
+            threading.excepthook = thread_hook_over(original)
     else:
         # Not imported here: `threading` (with collections and functools) would add ~4 ms
         # to every hooked start of a bare interpreter. threading takes its excepthook
