@@ -168,3 +168,55 @@ fn a_waiting_step_is_released_at_the_attach_timeout_when_nobody_attaches() {
         );
     }
 }
+
+/// A developer who comes after the attach timeout (the step already runs on) can still
+/// attach in listen mode: the deadline cuts the connections in their setup *then*, not
+/// every connection after it.
+#[test]
+fn listen_mode_takes_a_debugger_that_comes_after_the_attach_timeout() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let gate = locks.path().join("gate");
+    let developer = DeveloperSide::relay_only("debug");
+    let (debug_port, _, range) = port_range(4);
+    let mut agent = Running::spawn(
+        developer
+            .agent(locks.path())
+            .args(["exec", "--debug", "--mode", "listen", "--wait-for-client"])
+            .args(["--attach-timeout", "2s", "--port-range", &range])
+            .args(["--", "python3"])
+            .arg(step_py())
+            .env("STEP_GATE", &gate),
+    );
+    agent.wait_stderr("debug session timed-out");
+    assert!(
+        agent.stdout.wait_for("done total 6").is_some(),
+        "the step was not released at the timeout:\n{}",
+        agent.log()
+    );
+    // The step now waits in its gate loop (bounded: 60 s); the late debugger stops
+    // there.
+    let source = std::fs::read_to_string(step_py()).expect("step.py");
+    let sleep_line = source
+        .lines()
+        .position(|line| line.trim() == "time.sleep(0.1)")
+        .expect("step.py's gate loop sleeps") as u32
+        + 1;
+    let (_connect, bound) = developer
+        .relay
+        .connect(&developer.connection_string(), &debug_port.to_string());
+    let mut late = Attach::connect("127.0.0.1", bound.port());
+    late.line = sleep_line;
+    let client = DapClient::start_in(&[late], &step_py(), "gate");
+    // Stopped in the loop: the gate opens, and the session ends with the step.
+    client.wait_stopped();
+    std::fs::write(&gate, b"").expect("open the gate");
+    let outcome = &client.finish(1)[0];
+    assert!(
+        outcome.ok,
+        "the late debugger was not let in: {outcome:?}\n{}",
+        agent.log()
+    );
+    assert_eq!(outcome.line, Some(sleep_line), "{}", agent.log());
+    let status = agent.wait_exit();
+    assert!(status.success(), "{status:?}:\n{}", agent.log());
+}

@@ -61,8 +61,10 @@ pub struct Shared {
     /// Where debugpy listens.
     pub debugpy: SocketAddr,
     pub events: mpsc::UnboundedSender<Event>,
-    /// Cancelled at the attach deadline: connections still in their setup are cut.
-    pub setup_cutoff: CancellationToken,
+    /// Cancelled at the attach deadline: connections still in their setup *then* are
+    /// cut. Replaced by a fresh one when cancelled, so a developer who comes later may
+    /// still attach (each connection takes the token current when it arrives).
+    setup_cutoff: Arc<std::sync::Mutex<CancellationToken>>,
     /// The adapter connection of the last developer who left during its setup.
     held: Arc<Mutex<Option<Held>>>,
     /// Developer connections being served, and a signal when one finishes, so the
@@ -94,7 +96,7 @@ impl Shared {
         let shared = Shared {
             debugpy,
             events,
-            setup_cutoff: CancellationToken::new(),
+            setup_cutoff: Arc::default(),
             held: Arc::new(Mutex::new(None)),
             serving: Arc::new(AtomicUsize::new(0)),
             served: Arc::new(Notify::new()),
@@ -102,6 +104,23 @@ impl Shared {
             was_configured: Arc::default(),
         };
         (shared, receiver)
+    }
+
+    /// Cuts the connections that are in their setup now; later ones are not.
+    pub fn cut_setups(&self) {
+        let fresh = CancellationToken::new();
+        let mut current = self
+            .setup_cutoff
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::replace(&mut *current, fresh).cancel();
+    }
+
+    fn current_cutoff(&self) -> CancellationToken {
+        self.setup_cutoff
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Whether a debugger has configured the debuggee: one being served right now, or
@@ -157,8 +176,9 @@ impl Shared {
         let mut state = GateState::default();
         let configured = state.configured_flag();
         self.live_flags().push(Arc::clone(&configured));
+        let setup_cutoff = self.current_cutoff();
         let cutoff = async {
-            self.setup_cutoff.cancelled().await;
+            setup_cutoff.cancelled().await;
             if configured.load(Ordering::Acquire) {
                 // This developer owns the step now: the deadline is not for them.
                 std::future::pending::<()>().await;
@@ -219,7 +239,7 @@ impl Shared {
     /// connection when there is one, else over fresh ones; bounded by RELEASE_GRACE
     /// (plus [`CUTOFF_SETTLE`] for cut connections to come back).
     pub async fn release(&self) {
-        self.setup_cutoff.cancel();
+        self.cut_setups();
         let _ = tokio::time::timeout(CUTOFF_SETTLE, async {
             while self.serving.load(Ordering::Acquire) > 0 {
                 let served = self.served.notified();
@@ -354,7 +374,7 @@ where
                     }
                     continue;
                 }
-                shared.setup_cutoff.cancel();
+                shared.cut_setups();
                 let limit = humantime::format_duration(spec.attach_timeout);
                 if post_mortem {
                     let why = match &cause {
