@@ -131,45 +131,48 @@ impl Message {
     /// assert_eq!(message.request_command().as_deref(), Some("attach"));
     /// ```
     pub fn request_command(&self) -> Option<String> {
-        self.command_of("request")
+        self.head()?.request_command()
     }
 
     /// The command a response answers (`None` for requests, events and unreadable
     /// bodies).
     pub fn response_command(&self) -> Option<String> {
-        self.command_of("response")
+        self.head()?.command_of("response")
     }
 
-    /// Whether the body is a JSON object with a string `type`, as every DAP message is.
-    /// debugpy's adapter ends its session on a body it cannot parse, leaving the step
-    /// held with nobody to release it: the gate does not pass one on.
+    /// The body's `type` and `command`, or `None` when the body is not a JSON object with
+    /// a string `type`, as every DAP message is. debugpy's adapter ends its session on a
+    /// body it cannot parse, leaving the step held with nobody to release it: the gate
+    /// does not pass one on.
     ///
     /// ```
     /// use amlx_agent::session::dap::Framer;
     /// let mut framer = Framer::default();
     /// framer.push(b"Content-Length: 5\r\n\r\n{{{{{");
-    /// assert!(!framer.next_message().unwrap().unwrap().is_dap());
+    /// assert!(framer.next_message().unwrap().unwrap().head().is_none());
     /// ```
-    pub fn is_dap(&self) -> bool {
-        #[derive(serde::Deserialize)]
-        struct Kind {
-            #[serde(rename = "type")]
-            _kind: String,
-        }
-        serde_json::from_slice::<Kind>(self.body()).is_ok()
+    pub fn head(&self) -> Option<Head> {
+        serde_json::from_slice(self.body()).ok()
+    }
+}
+
+/// What the gate reads of a DAP message: its kind and, for requests and responses, its
+/// command.
+#[derive(Debug, serde::Deserialize)]
+pub struct Head {
+    #[serde(rename = "type")]
+    kind: String,
+    command: Option<String>,
+}
+
+impl Head {
+    /// The command of a request (`None` for responses and events).
+    pub fn request_command(self) -> Option<String> {
+        self.command_of("request")
     }
 
-    fn command_of(&self, kind: &str) -> Option<String> {
-        #[derive(serde::Deserialize)]
-        struct Head {
-            #[serde(rename = "type")]
-            kind: Option<String>,
-            command: Option<String>,
-        }
-        let head: Head = serde_json::from_slice(self.body()).ok()?;
-        (head.kind.as_deref() == Some(kind))
-            .then_some(head.command)
-            .flatten()
+    fn command_of(self, kind: &str) -> Option<String> {
+        (self.kind == kind).then_some(self.command).flatten()
     }
 }
 

@@ -71,10 +71,7 @@ impl GateState {
         }
         self.framer.push(bytes);
         while let Some(message) = self.framer.next_message()? {
-            if !message.is_dap() {
-                return Err(NotDap::BadBody);
-            }
-            let command = message.request_command();
+            let command = message.head().ok_or(NotDap::BadBody)?.request_command();
             self.unsent.extend_from_slice(&message.raw);
             if let Some(command) = command {
                 if command == "configurationDone" {
