@@ -219,12 +219,10 @@ impl Shared {
         if state.configured() {
             // Before the flag leaves the list, so `owned` never misses it.
             self.was_configured.store(true, Ordering::Release);
+            let _ = self.events.send(Event::Configured);
         }
         self.live_flags()
             .retain(|flag| !Arc::ptr_eq(flag, &configured));
-        if state.configured() {
-            let _ = self.events.send(Event::Configured);
-        }
         if keep {
             *self.held.lock().await = Some(Held { debugpy, state });
         }
