@@ -4,6 +4,8 @@
 //! a waiting step at the attach timeout when nobody comes.
 
 use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
 
 use super::harness::{
     Attach, BREAKPOINT_LINE, DapClient, DeveloperSide, Outcome, SESSION_DEADLINE, VARIABLE,
@@ -39,6 +41,22 @@ fn assert_breakpoint_hit(outcome: &Outcome, agent: &Running) {
     assert_eq!(outcome.value.as_deref(), Some(VARIABLE.1), "wrong value");
 }
 
+/// `exec --debug --mode listen --wait-for-client` in front of step.py, pointed at
+/// `developer`'s relay, with `attach_timeout` and the debug ports `range`.
+fn waiting_listen_step(
+    developer: &DeveloperSide,
+    locks: &Path,
+    attach_timeout: &str,
+    range: &str,
+) -> Command {
+    let mut cmd = developer.agent(locks);
+    cmd.args(["exec", "--debug", "--mode", "listen", "--wait-for-client"])
+        .args(["--attach-timeout", attach_timeout, "--port-range", range])
+        .args(["--", "python3"])
+        .arg(step_py());
+    cmd
+}
+
 /// Waits (bounded) until debugpy listens on `port`: the step is at its startup wait.
 fn wait_debugpy_listening(port: u16) {
     util::wait_for(
@@ -53,14 +71,12 @@ fn listen_mode_holds_the_step_until_the_developer_attaches_through_relay_connect
     let locks = tempfile::tempdir().expect("tempdir");
     let developer = DeveloperSide::relay_only("debug");
     let (debug_port, _, range) = port_range(4);
-    let mut agent = Running::spawn(
-        developer
-            .agent(locks.path())
-            .args(["exec", "--debug", "--mode", "listen", "--wait-for-client"])
-            .args(["--attach-timeout", "60s", "--port-range", &range])
-            .args(["--", "python3"])
-            .arg(step_py()),
-    );
+    let mut agent = Running::spawn(&mut waiting_listen_step(
+        &developer,
+        locks.path(),
+        "60s",
+        &range,
+    ));
     agent.wait_stderr("debug session waiting-for-debugger");
     wait_debugpy_listening(debug_port);
     // The step waits at startup: running, and none of its output yet.
@@ -179,13 +195,7 @@ fn listen_mode_takes_a_debugger_that_comes_after_the_attach_timeout() {
     let developer = DeveloperSide::relay_only("debug");
     let (debug_port, _, range) = port_range(4);
     let mut agent = Running::spawn(
-        developer
-            .agent(locks.path())
-            .args(["exec", "--debug", "--mode", "listen", "--wait-for-client"])
-            .args(["--attach-timeout", "2s", "--port-range", &range])
-            .args(["--", "python3"])
-            .arg(step_py())
-            .env("STEP_GATE", &gate),
+        waiting_listen_step(&developer, locks.path(), "2s", &range).env("STEP_GATE", &gate),
     );
     agent.wait_stderr("debug session timed-out");
     assert!(
