@@ -65,7 +65,7 @@ const RUN: &[(&str, &str)] = &[
         "a Kubeflow MPIJob pod process is not an MPI rank",
     ),
     (
-        r#"PATH=/opt/amlx/launcher-shims/bin:$PATH AMLX_DEBUG=1 AMLX_RANKS=1 AMLX_DEBUG_MODE=direct AMLX_NODE_IP=127.0.0.1 mpiexec -n 2 python3 -c 'import os; print(os.environ["AMLX_RANK"], os.environ["AMLX_DEBUG_TARGET"])'"#,
+        r#"PATH=/opt/amlx/launcher-shims/bin:$PATH AMLX_DEBUG=1 AMLX_RANKS=1 AMLX_DEBUG_MODE=direct AMLX_NODE_IP=127.0.0.1 mpiexec -n 2 python3 -c 'import os; print("%(AMLX_RANK)s %(AMLX_DEBUG_TARGET)s" % os.environ)'"#,
         "1 true",
     ),
     (

@@ -17,7 +17,7 @@ use crate::util;
 const STEP: &str = "import os, sys\n\
 rank = int(os.environ.get('AMLX_RANK', '0'))\n\
 value = rank * 10 + 7\n\
-print(f'user step rank {rank} value {value}', flush=True)  # breakpoint\n\
+sys.stdout.write(f'user step rank {rank} value {value}\\n'); sys.stdout.flush()  # breakpoint\n\
 sys.exit(3)\n";
 /// The line of `# breakpoint` in [`STEP`].
 pub const STEP_LINE: u32 = 4;
@@ -528,7 +528,7 @@ fn run_with_post_mortem_hands_the_crashed_rank_to_vscode() {
     const CRASHING_STEP: &str = "import os, sys\n\
 rank = int(os.environ.get('AMLX_RANK', '0'))\n\
 value = rank * 10 + 7\n\
-print(f'user step rank {rank} value {value}', flush=True)  # breakpoint\n\
+sys.stdout.write(f'user step rank {rank} value {value}\\n'); sys.stdout.flush()  # breakpoint\n\
 if rank == 1:\n    raise ValueError(f'rank {rank} failed with value {value}')\n\
 sys.exit(3)\n";
     const RAISE_LINE: u32 = 6;

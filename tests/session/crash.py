@@ -36,6 +36,12 @@ def rank_of_this_process():
     return 0
 
 
+def say(line):
+    # One write per line: the ranks share mpiexec's stdout, and under PYTHONUNBUFFERED
+    # print() writes each argument and the newline separately, so lines interleave.
+    os.write(1, (line + "\n").encode())
+
+
 class Unprintable(Exception):
     def __str__(self):
         raise RuntimeError("no text")
@@ -72,6 +78,6 @@ if where == "thread":
     worker = threading.Thread(target=train, args=(rank,), name="loader")
     worker.start()
     worker.join()
-    print("rank", rank, "main thread done", flush=True)
+    say("rank %d main thread done" % rank)
 else:
-    print("rank", rank, "result", train(rank), flush=True)
+    say("rank %d result %d" % (rank, train(rank)))

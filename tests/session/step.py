@@ -18,7 +18,9 @@ def train(steps):
 if __name__ == "__main__":
     total, _ = train(4)
     rank = os.environ.get("AMLX_RANK") or "?"
-    print(f"step.py rank {rank} done total {total}", flush=True)
+    # One write: the ranks share mpiexec's stdout, and under PYTHONUNBUFFERED print()
+    # writes the text and its newline separately, so lines could interleave.
+    os.write(1, f"step.py rank {rank} done total {total}\n".encode())
     gate = os.environ.get("STEP_GATE")
     if gate:
         # A test holds the step here to look at its live session (bounded: 60 s).
