@@ -2,10 +2,20 @@
 
 use std::time::Duration;
 
-/// A duration that could not be parsed; the text is not secret, so it is quoted.
+/// The longest duration any setting takes (100 years of 365.25 days, as `100y` reads):
+/// "forever" for every timeout here, and still a deadline a clock can hold (`now + d`
+/// must not overflow an `Instant`).
+pub const LONGEST_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// A duration that could not be parsed, or one over [`LONGEST_DURATION`]; the text is not
+/// secret, so it is quoted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?} (expected e.g. 30s, 10m)")]
-pub struct DurationError(String);
+pub enum DurationError {
+    #[error("invalid duration {0:?} (expected e.g. 30s, 10m)")]
+    Invalid(String),
+    #[error("duration {0:?} is longer than 100 years, the longest any setting takes")]
+    TooLong(String),
+}
 
 /// Parses a humantime duration such as `30s`, `10m`, `1h 30m` or `500ms`.
 ///
@@ -16,7 +26,12 @@ pub struct DurationError(String);
 /// assert!(parse_duration("10 parsecs").is_err());
 /// ```
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    humantime::parse_duration(text.trim()).map_err(|_| DurationError(text.to_owned()))
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|_| DurationError::Invalid(text.to_owned()))?;
+    if duration > LONGEST_DURATION {
+        return Err(DurationError::TooLong(text.to_owned()));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -36,6 +51,10 @@ mod tests {
             ("10", None),
             ("", None),
             ("-5s", None),
+            ("100y", Some(3_155_760_000_000)),
+            ("101y", None),
+            ("500000000000y", None),
+            ("18446744073709551615s", None),
         ];
         for (text, millis) in cases {
             let got = parse_duration(text).ok().map(|d| d.as_millis() as u64);
@@ -49,6 +68,11 @@ mod tests {
         assert_eq!(
             err.to_string(),
             r#"invalid duration "10 parsecs" (expected e.g. 30s, 10m)"#
+        );
+        let err = parse_duration("200y").expect_err("too long");
+        assert_eq!(
+            err.to_string(),
+            r#"duration "200y" is longer than 100 years, the longest any setting takes"#
         );
     }
 }

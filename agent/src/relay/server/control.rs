@@ -89,7 +89,7 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
                         }
                         Err(err) => break Ended::BadRenewal(err.to_string()),
                     },
-                    Ok(other) => tracing::debug!("ignoring control command {}", command_name(&other)),
+                    Ok(other) => tracing::debug!("ignoring control command {}", crate::logging::loggable(command_name(&other))),
                     Err(err) => tracing::debug!("ignoring a control message that is not a command: {err}"),
                 },
                 Some(Ok(Message::Binary(b))) => {
@@ -147,14 +147,31 @@ fn command_name(msg: &ControlMessage) -> &str {
     }
 }
 
-/// The instant a token expiring at unix second `expiry` runs out.
+/// The longest a listener's token is honoured, whatever expiry it was signed with: a
+/// token may say `se=18446744073709551615`, which no clock can add to now.
+const LONGEST_TOKEN_LIFE: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// The instant a token expiring at unix second `expiry` runs out (at most
+/// [`LONGEST_TOKEN_LIFE`] from now).
 fn deadline(expiry: u64) -> Instant {
-    Instant::now() + Duration::from_secs(expiry.saturating_sub(auth::now()))
+    let left = Duration::from_secs(expiry.saturating_sub(auth::now())).min(LONGEST_TOKEN_LIFE);
+    Instant::now() + left
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_signed_to_expire_at_any_time_has_a_deadline() {
+        let now = auth::now();
+        for expiry in [0, now, now + 60, u64::MAX / 2, u64::MAX - 1, u64::MAX] {
+            let at = deadline(expiry);
+            assert!(at <= Instant::now() + LONGEST_TOKEN_LIFE, "{expiry}");
+        }
+        let soon = deadline(now + 60);
+        assert!(soon <= Instant::now() + Duration::from_secs(61));
+    }
 
     #[test]
     fn names_commands_without_their_content() {
