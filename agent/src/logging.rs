@@ -84,3 +84,52 @@ fn filter_subscriber(
         ),
     }
 }
+
+/// `text` as it may go into a text log line: control characters (a newline that would
+/// start a forged line, a carriage return, a terminal escape) and bidirectional overrides
+/// escaped as Rust writes them (`\n`, `\u{1b}`). For anything a peer chose, such as a
+/// tracking id or a path from a request nobody has authenticated yet.
+pub fn loggable(text: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_in_a_line(c: char) -> bool {
+        c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(unsafe_in_a_line) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_in_a_line(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod loggable_tests {
+    use super::loggable;
+
+    #[test]
+    fn a_peer_cannot_start_a_line_or_steer_the_terminal() {
+        let cases = [
+            ("hc/port-0", "hc/port-0"),
+            ("é ü 中文 🙂", "é ü 中文 🙂"),
+            (
+                "x\n2026-01-01T00:00:00Z ERROR forged",
+                "x\\n2026-01-01T00:00:00Z ERROR forged",
+            ),
+            ("a\r\nb", "a\\r\\nb"),
+            ("\u{1b}[31mred", "\\u{1b}[31mred"),
+            ("tab\there", "tab\\there"),
+            ("\u{202e}txt.exe", "\\u{202e}txt.exe"),
+            ("nul\0", "nul\\u{0}"),
+            ("", ""),
+        ];
+        for (text, want) in cases {
+            assert_eq!(loggable(text), want, "{text:?}");
+            assert!(!loggable(text).contains('\n'));
+        }
+    }
+}

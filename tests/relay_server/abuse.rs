@@ -661,3 +661,69 @@ async fn a_peer_that_never_answers_a_close_is_dropped_at_the_deadline() {
     }
     assert_still_serving(&mut relay, "unanswered Closes", "after-mute").await;
 }
+
+/// A listener's token may be signed to expire at any second, `u64::MAX` included (the
+/// signature is valid; only the clock cannot add it to now): the listener is served
+/// until then like any other, at connect and at `renewToken`, and nothing panics.
+#[tokio::test]
+async fn a_token_signed_to_expire_beyond_any_clock_is_served_like_any_other() {
+    use amlx_agent::config::Secret;
+    use amlx_agent::relay::sas;
+    let mut relay = Relay::start("");
+    let path = "far-expiry";
+    let far = |expiry: u64| {
+        sas::sign(
+            &sas::audience("127.0.0.1", path),
+            ROOT,
+            &Secret::new(KEY),
+            expiry,
+        )
+        .expect("short key")
+        .expose()
+        .to_owned()
+    };
+    for expiry in [u64::MAX, u64::MAX / 2, 99_999_999_999] {
+        let tok = far(expiry);
+        let mut control = open(request(&relay.url(path, "listen"), Some(&tok)))
+            .await
+            .unwrap_or_else(|status| panic!("se={expiry}: refused with {status}"));
+        let (mut sender, mut data) = rendezvous(&relay, &mut control, path).await;
+        assert_relays(&mut sender, &mut data, b"before the renewal").await;
+        let renew = serde_json::json!({"renewToken": {"token": far(u64::MAX)}}).to_string();
+        control
+            .send(Message::Text(renew.into()))
+            .await
+            .expect("send renewToken");
+        let (mut sender, mut data) = rendezvous(&relay, &mut control, path).await;
+        assert_relays(&mut data, &mut sender, b"after the renewal").await;
+        relay.assert_alive(&format!("a listener token with se={expiry}"));
+    }
+    let log = relay.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Text a client chose (its tracking id, its path) reaches the log before anyone has
+/// authenticated it: a newline cannot start a forged line, nor a carriage return or a
+/// terminal escape reach the log raw.
+#[tokio::test]
+async fn a_client_cannot_forge_a_line_of_the_log() {
+    const FORGED: &str = "2026-01-01T00:00:00.000000Z ERROR relay serve: FORGED";
+    let mut relay = Relay::start("");
+    let id = "x%0A2026-01-01T00:00:00.000000Z%20ERROR%20relay%20serve:%20FORGED%0D%1B%5B31m";
+    let target = format!("/$hc/hc%0A{}?sb-hc-action=connect&sb-hc-id={id}", "p%E2%80%AE");
+    let status = send_raw(&relay, &upgrade_to(target.as_bytes(), b"")).await;
+    assert_eq!(status, Some(401), "no token");
+    let mut log = String::new();
+    let until = Instant::now() + DEADLINE;
+    while !log.contains("refused") && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log.push_str(&relay.log());
+    }
+    assert!(log.contains("refused"), "no refusal logged:\n{log}");
+    for line in log.lines() {
+        assert!(!line.starts_with(FORGED), "a forged line:\n{log}");
+        assert!(!line.contains(['\r', '\u{1b}', '\u{202e}']), "{line:?}");
+    }
+    assert!(log.contains("x\\n2026-01-01T00:00:00.000000Z ERROR"), "{log}");
+    relay.assert_alive("a forged tracking id");
+}

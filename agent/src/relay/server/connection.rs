@@ -22,6 +22,7 @@ use super::registry::{CONTROL_QUEUE, ListenerHandle};
 use super::rendezvous::{Decision, Leg, Pending};
 use super::upgrade::{self, HeadError, Request};
 use super::{Server, Slot, accept, auth, control, relay};
+use crate::logging::loggable;
 use crate::relay::protocol::{
     self, Action, HEADER_TOKEN, HcRequest, NO_LISTENER_TEXT, ProtocolError, close_code, status,
 };
@@ -58,7 +59,7 @@ pub(super) async fn handle(
             return;
         }
         Ok(Err(err)) => {
-            tracing::debug!("handshake failed: {err}");
+            tracing::debug!("handshake failed: {}", loggable(&err.to_string()));
             return;
         }
         Ok(Ok(None)) => return,
@@ -193,7 +194,13 @@ impl Ctx {
             let msg = "Bad Request: sb-hc-action must be listen, connect or accept";
             return upgrade::write_status(&mut stream, 400, msg).await;
         };
-        let span = tracing::info_span!("hc", tracking = %tracking, %action, path = %hc.path);
+        // Both are the client's own text, logged before it is authenticated.
+        let span = tracing::info_span!(
+            "hc",
+            tracking = %loggable(&tracking),
+            %action,
+            path = %loggable(&hc.path)
+        );
         let call = Call { key, hc, tracking };
         match action {
             Action::Listen => self.listen(stream, call).instrument(span).await,
@@ -250,7 +257,7 @@ impl Ctx {
             commands: tx,
         };
         if let Err(full) = server.registry.add(entity, handle) {
-            tracing::warn!("listener refused: {full}");
+            tracing::warn!("listener refused: {}", loggable(&full.to_string()));
             return upgrade::write_status(&mut stream, status::FORBIDDEN, &full.to_string()).await;
         }
         let registration = Registration {
@@ -298,7 +305,7 @@ impl Ctx {
             tracing::info!("sender refused: no listener");
             return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
         };
-        tracing::debug!(listener_path = %entity_path, "sender waiting for a listener");
+        tracing::debug!(listener_path = %loggable(&entity_path), "sender waiting for a listener");
         let (ticket, decision) = server.rendezvous.open(tracking, &call.hc.path);
         let wait = server.settings.config.rendezvous_timeout;
         let deadline = tokio::time::Instant::now() + wait;
@@ -386,7 +393,7 @@ impl Ctx {
             let msg = "Not Found: this rendezvous address is unknown, used or expired";
             return upgrade::write_status(&mut stream, status::NOT_FOUND, msg).await;
         };
-        let span = tracing::info_span!("rendezvous", tracking = %pending.tracking_id);
+        let span = tracing::info_span!("rendezvous", tracking = %loggable(&pending.tracking_id));
         self.decide(stream, call, pending).instrument(span).await;
     }
 
@@ -453,7 +460,7 @@ struct Call {
 /// Answers a failed authorisation: 401 or 403 with the reason (never the token).
 async fn refuse(stream: &mut Stream, err: &SasError) {
     let status = err.status();
-    tracing::info!(status, "refused: {err}");
+    tracing::info!(status, "refused: {}", loggable(&err.to_string()));
     let title = if status == 401 {
         "Unauthorized"
     } else {
