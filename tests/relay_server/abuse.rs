@@ -710,7 +710,10 @@ async fn a_client_cannot_forge_a_line_of_the_log() {
     const FORGED: &str = "2026-01-01T00:00:00.000000Z ERROR relay serve: FORGED";
     let mut relay = Relay::start("");
     let id = "x%0A2026-01-01T00:00:00.000000Z%20ERROR%20relay%20serve:%20FORGED%0D%1B%5B31m";
-    let target = format!("/$hc/hc%0A{}?sb-hc-action=connect&sb-hc-id={id}", "p%E2%80%AE");
+    let target = format!(
+        "/$hc/hc%0A{}?sb-hc-action=connect&sb-hc-id={id}",
+        "p%E2%80%AE"
+    );
     let status = send_raw(&relay, &upgrade_to(target.as_bytes(), b"")).await;
     assert_eq!(status, Some(401), "no token");
     let mut log = String::new();
@@ -724,6 +727,59 @@ async fn a_client_cannot_forge_a_line_of_the_log() {
         assert!(!line.starts_with(FORGED), "a forged line:\n{log}");
         assert!(!line.contains(['\r', '\u{1b}', '\u{202e}']), "{line:?}");
     }
-    assert!(log.contains("x\\n2026-01-01T00:00:00.000000Z ERROR"), "{log}");
+    assert!(
+        log.contains("x\\n2026-01-01T00:00:00.000000Z ERROR"),
+        "{log}"
+    );
     relay.assert_alive("a forged tracking id");
+}
+
+/// A sender that stops reading while its listener sends, then the listener vanishes
+/// (reset, control channel gone): the relay drops the pair once a frame has waited
+/// `stalled_write_timeout` to be written, instead of holding both slots for as long as
+/// the sender keeps its socket.
+#[tokio::test]
+async fn a_sender_that_stops_reading_does_not_hold_the_pair_after_the_listener_left() {
+    const STALLED_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+    let relay = Relay::start(&format!(
+        "stalled_write_timeout = \"{}s\"",
+        STALLED_WRITE_TIMEOUT.as_secs()
+    ));
+    let path = "deaf-sender";
+    let tok = token(ROOT, KEY, path, 3600);
+    let mut control = listen(&relay, path).await;
+    let url = relay.url(path, "connect");
+    let sender =
+        tokio::spawn(
+            async move { RawWs::connect(&url, &[("ServiceBusAuthorization", &tok)]).await },
+        );
+    let accept = next_accept(&mut control).await;
+    let address = accept["accept"]["address"].as_str().expect("address");
+    let mut data = RawWs::connect(address, &[]).await;
+    // Never read from here on.
+    let deaf = sender.await.expect("sender task");
+    relay.wait_status("relayed", 1).await;
+    let chunk = vec![0x5a; 60_000];
+    let mut blocked = false;
+    for _ in 0..4000 {
+        let sent = tokio::time::timeout(Duration::from_millis(300), data.send(OP_BINARY, &chunk));
+        if sent.await.is_err() {
+            blocked = true;
+            break;
+        }
+    }
+    assert!(
+        blocked,
+        "every buffer took 240 MB: the sender was read after all"
+    );
+    drop(data);
+    drop(control);
+    let left = Instant::now();
+    relay.wait_status("relayed", 0).await;
+    assert!(
+        left.elapsed() < STALLED_WRITE_TIMEOUT + SLACK,
+        "the pair stayed {:?}",
+        left.elapsed()
+    );
+    drop(deaf);
 }

@@ -36,6 +36,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// other side may stay silent before the pair is dropped; each frame it still sends
 /// restarts the clock. Generous: that side may be finishing a reply under load.
 pub const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a relayed frame may take to be written to its destination (the peer's
+/// receive window closed: it stopped reading, or vanished without a reset reaching us)
+/// before the pair is dropped. While a write waits, nothing is read from the other side,
+/// so without this bound a peer that stops reading would hold both legs forever, even
+/// after the other side has gone. azbridge bounds its writes at 60 s too.
+pub const DEFAULT_STALLED_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time a listener has to open the rendezvous address of an accept (Azure: about 30 s).
 pub const DEFAULT_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest control-channel message accepted, in bytes (Azure: 64 kB).
@@ -73,6 +79,8 @@ pub struct ServerSettings {
     pub rendezvous_timeout: Duration,
     /// Silence allowed from the side of a relayed connection that was forwarded a Close.
     pub half_close_timeout: Duration,
+    /// Time a relayed frame may take to be written before the pair is dropped.
+    pub stalled_write_timeout: Duration,
     /// Largest control-channel message in bytes.
     pub max_control_message: usize,
     /// Time open connections get to finish on shutdown.
@@ -95,6 +103,7 @@ impl Default for ServerSettings {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
             half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
+            stalled_write_timeout: DEFAULT_STALLED_WRITE_TIMEOUT,
             max_control_message: DEFAULT_MAX_CONTROL_MESSAGE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             keys: Vec::new(),
@@ -223,6 +232,8 @@ pub(super) struct ServerSection {
     rendezvous_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_duration")]
     half_close_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    stalled_write_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_count")]
     max_control_message: Option<usize>,
     #[serde(default, deserialize_with = "positive_duration")]
@@ -357,6 +368,9 @@ impl ServerSection {
             handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
             rendezvous_timeout: self.rendezvous_timeout.unwrap_or(d.rendezvous_timeout),
             half_close_timeout: self.half_close_timeout.unwrap_or(d.half_close_timeout),
+            stalled_write_timeout: self
+                .stalled_write_timeout
+                .unwrap_or(d.stalled_write_timeout),
             max_control_message: self.max_control_message.unwrap_or(d.max_control_message),
             shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
             keys: Vec::with_capacity(self.keys.len()),

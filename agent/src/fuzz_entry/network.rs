@@ -227,8 +227,11 @@ pub async fn server_frame_relay(data: &[u8]) {
         leg(from_sender),
         leg(from_listener),
         CancellationToken::new(),
-        // Time is paused in the fuzz runtime: the close deadline fires at once when due.
-        std::time::Duration::from_secs(30),
+        // Time is paused in the fuzz runtime: the deadlines fire at once when due.
+        pump::Deadlines {
+            close: std::time::Duration::from_secs(30),
+            write: std::time::Duration::from_secs(60),
+        },
     )
     .await;
     let reason = text(from_listener);

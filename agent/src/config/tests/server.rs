@@ -150,7 +150,7 @@ fn server_errors_name_file_line_and_key() {
             "2: unknown key relay.server.port (known keys: listen, tls_cert, tls_key, \
              insecure_ws, allow_insecure_remote, max_listeners_per_path, max_connections, max_handshakes, \
              max_handshakes_per_source, handshake_timeout, rendezvous_timeout, half_close_timeout, \
-             max_control_message, shutdown_grace, keys)",
+             stalled_write_timeout, max_control_message, shutdown_grace, keys)",
         ),
         (
             format!("[[relay.server.keys]]\nname = \"{long}\"\nkey = \"k\"\n"),

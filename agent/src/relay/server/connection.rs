@@ -371,7 +371,10 @@ impl Ctx {
             stream,
             leg.stream,
             server.hard_stop.clone(),
-            server.settings.config.half_close_timeout,
+            relay::Deadlines {
+                close: server.settings.config.half_close_timeout,
+                write: server.settings.config.stalled_write_timeout,
+            },
         )
         .await;
         drop(relayed);

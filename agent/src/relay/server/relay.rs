@@ -3,7 +3,10 @@
 //! half-close: it is forwarded and the other direction keeps flowing until that side
 //! closes too (azbridge's `CloseOutput`) — as long as that side keeps sending: once it
 //! was sent a Close, each frame it still sends (its own Close included) must arrive
-//! within `half_close_timeout`, or the pair is dropped.
+//! within `half_close_timeout`, or the pair is dropped. Every frame written to a side
+//! must be taken within `stalled_write_timeout`: while a write waits nothing is read
+//! from the other side, so a peer that stops reading would otherwise hold both legs
+//! forever, even after the other side has gone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,14 +91,23 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// The two bounds of a relayed pair.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// Silence allowed from a side that was sent a Close (`half_close_timeout`).
+    pub close: Duration,
+    /// Time one frame may take to be written to a side (`stalled_write_timeout`).
+    pub write: Duration,
+}
+
 /// Relays between `sender` and `listener` until both have closed, one fails, one sent a
-/// Close stays silent for `close_deadline` (`half_close_timeout`), or `hard_stop` fires
-/// (then both get Close 1001).
+/// Close stays silent for `deadlines.close`, a frame is not taken within
+/// `deadlines.write`, or `hard_stop` fires (then both get Close 1001).
 pub async fn pump(
     sender: Stream,
     listener: Stream,
     hard_stop: CancellationToken,
-    close_deadline: Duration,
+    deadlines: Deadlines,
 ) -> Outcome {
     let (sr, sw) = tokio::io::split(sender);
     let (lr, lw) = tokio::io::split(listener);
@@ -107,8 +119,8 @@ pub async fn pump(
     );
     let abort = hard_stop.child_token();
     let (s2l, l2s) = tokio::join!(
-        forward(sr, sw.clone(), lw.clone(), abort.clone(), close_deadline),
-        forward(lr, lw.clone(), sw.clone(), abort.clone(), close_deadline),
+        forward(sr, sw.clone(), lw.clone(), abort.clone(), deadlines),
+        forward(lr, lw.clone(), sw.clone(), abort.clone(), deadlines),
     );
     if hard_stop.is_cancelled() {
         for out in [&sw, &lw] {
@@ -143,8 +155,9 @@ async fn forward(
     src_out: Shared,
     dst_out: Shared,
     abort: CancellationToken,
-    close_deadline: Duration,
+    deadlines: Deadlines,
 ) -> (End, u64) {
+    let close_deadline = deadlines.close;
     let mut bytes = 0u64;
     loop {
         // Once the source was sent a Close, its next frame has `close_deadline` to arrive
@@ -157,7 +170,7 @@ async fn forward(
         // need not be: both cancellations (`abort`, the close deadline) tear the whole
         // pair down.
         let step = tokio::select! {
-            step = step(&mut src, &src_out, &dst_out) => step,
+            step = step(&mut src, &src_out, &dst_out, deadlines.write) => step,
             () = abort.cancelled() => return (End::Aborted, bytes),
             () = unanswered => Ok(Step::Unanswered),
         };
@@ -178,7 +191,30 @@ async fn forward(
                 .await;
                 return (End::Unanswered, bytes);
             }
-            Err(err) => {
+            Err(Stalled { side, within }) => {
+                tracing::debug!(
+                    "relayed connection: a frame was not taken within {within:?}; dropping the pair"
+                );
+                abort.cancel();
+                // Its stream may end inside a frame: no Close after it, only the shutdown.
+                // (A writer still holding its lock is the other direction's, aborted too.)
+                if let Ok(mut out) = side.out.try_lock() {
+                    out.closed = true;
+                }
+                let other = if Arc::ptr_eq(&side, &dst_out) {
+                    &src_out
+                } else {
+                    &dst_out
+                };
+                goodbye(
+                    other,
+                    close_code::GOING_AWAY,
+                    "the other side stopped reading",
+                )
+                .await;
+                return (End::Gone, bytes);
+            }
+            Err(Failed(err)) => {
                 tracing::debug!("relayed connection: {err}");
                 abort.cancel();
                 goodbye(&dst_out, close_code::GOING_AWAY, "the other side went away").await;
@@ -200,42 +236,93 @@ enum Step {
     Unanswered,
 }
 
+/// Why a step ended the pair.
+enum StepError {
+    /// `side` did not take a frame within `within` (its lock included).
+    Stalled { side: Shared, within: Duration },
+    /// The source vanished or broke the protocol, or a write failed.
+    Failed(FrameError),
+}
+use StepError::{Failed, Stalled};
+
+impl From<FrameError> for StepError {
+    fn from(err: FrameError) -> Self {
+        Failed(err)
+    }
+}
+
+impl From<std::io::Error> for StepError {
+    fn from(err: std::io::Error) -> Self {
+        Failed(FrameError::Io(err))
+    }
+}
+
+/// Runs `write` (which locks `side` and writes to it) within `within`.
+async fn bounded_write<T>(
+    side: &Shared,
+    within: Duration,
+    write: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, StepError> {
+    match tokio::time::timeout(within, write).await {
+        Ok(written) => Ok(written?),
+        Err(_) => Err(Stalled {
+            side: Arc::clone(side),
+            within,
+        }),
+    }
+}
+
 /// Forwards one frame (or one piece of a long data frame: the codec hands data on in
-/// bounded pieces, re-fragmenting as RFC 6455 lets an intermediary).
+/// bounded pieces, re-fragmenting as RFC 6455 lets an intermediary); each write has
+/// `write_deadline`.
 async fn step(
     src: &mut FrameReader<ReadHalf<Stream>>,
     src_out: &Shared,
     dst_out: &Shared,
-) -> Result<Step, FrameError> {
+    write_deadline: Duration,
+) -> Result<Step, StepError> {
     let Some(frame) = src.read_frame().await? else {
-        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        return Err(Failed(FrameError::Io(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        )));
     };
     match frame.opcode {
         OpCode::Ping => {
-            let mut out = src_out.out.lock().await;
-            if !out.closed {
-                out.w.write_frame(OpCode::Pong, &frame.payload).await?;
-            }
+            let pong = async {
+                let mut out = src_out.out.lock().await;
+                if !out.closed {
+                    out.w.write_frame(OpCode::Pong, &frame.payload).await?;
+                }
+                Ok(())
+            };
+            bounded_write(src_out, write_deadline, pong).await?;
             Ok(Step::Control)
         }
         OpCode::Pong => Ok(Step::Control),
         OpCode::Close => {
-            let mut out = dst_out.out.lock().await;
-            if !out.closed {
-                dst_out.mark_closed(&mut out);
-                out.w.write_frame(OpCode::Close, &frame.payload).await?;
-            }
+            let close = async {
+                let mut out = dst_out.out.lock().await;
+                if !out.closed {
+                    dst_out.mark_closed(&mut out);
+                    out.w.write_frame(OpCode::Close, &frame.payload).await?;
+                }
+                Ok(())
+            };
+            bounded_write(dst_out, write_deadline, close).await?;
             Ok(Step::Close)
         }
         OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-            let mut out = dst_out.out.lock().await;
-            out.w
-                .send(OutFrame {
-                    opcode: frame.opcode,
-                    fin: frame.fin,
-                    payload: &frame.payload,
-                })
-                .await?;
+            let data = async {
+                let mut out = dst_out.out.lock().await;
+                out.w
+                    .send(OutFrame {
+                        opcode: frame.opcode,
+                        fin: frame.fin,
+                        payload: &frame.payload,
+                    })
+                    .await
+            };
+            bounded_write(dst_out, write_deadline, data).await?;
             Ok(Step::Data(frame.payload.len() as u64))
         }
     }
@@ -272,6 +359,8 @@ mod tests {
     /// The close deadline of the pumps under test (long: these tests do not probe it;
     /// `tests/relay_server/abuse.rs` does, through the binary).
     const CLOSE_DEADLINE: Duration = Duration::from_secs(30);
+    /// The write deadline of the pumps under test (long, as above).
+    const WRITE_DEADLINE: Duration = Duration::from_secs(60);
 
     fn pair() -> (Client, Client, tokio::task::JoinHandle<Outcome>) {
         let (sender_client, sender_server) = tokio::io::duplex(64 * 1024);
@@ -281,7 +370,10 @@ mod tests {
             wrap(sender_server),
             wrap(listener_server),
             CancellationToken::new(),
-            CLOSE_DEADLINE,
+            Deadlines {
+                close: CLOSE_DEADLINE,
+                write: WRITE_DEADLINE,
+            },
         ));
         let client = |s: DuplexStream| {
             let (r, w) = tokio::io::split(s);
@@ -395,6 +487,39 @@ mod tests {
             );
             pump.await.expect("pump task");
         }
+    }
+
+    /// A sender that stops reading while the listener sends, then the listener
+    /// vanishes: nothing reads the vanished leg while the write to the sender waits, so
+    /// only the write deadline ends the pair (time is paused: it passes when all wait).
+    #[tokio::test(start_paused = true)]
+    async fn a_side_that_stops_reading_is_dropped_at_the_write_deadline() {
+        let (s, l, pump) = pair();
+        let Client {
+            r: l_read,
+            w: mut l_write,
+        } = l;
+        let frame = client_frame(OpCode::Binary, &vec![7u8; 16 * 1024]);
+        let flood = tokio::spawn(async move {
+            // Far more than both in-memory pipes hold: the last writes wait for good.
+            for _ in 0..64 {
+                l_write.write_all(&frame).await.expect("listener data");
+            }
+        });
+        // Until every buffer between the listener and the sender is full.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = tokio::time::Instant::now();
+        flood.abort();
+        let _ = flood.await;
+        drop(l_read);
+        let outcome = tokio::time::timeout(WRITE_DEADLINE * 2, pump)
+            .await
+            .expect("the pair outlived its write deadline")
+            .expect("pump task");
+        assert!(started.elapsed() <= WRITE_DEADLINE + GOODBYE_TIMEOUT * 2);
+        assert_eq!(outcome.listener_to_sender.0, End::Gone);
+        assert_eq!(outcome.sender_to_listener.0, End::Aborted);
+        drop(s);
     }
 
     #[tokio::test]
