@@ -191,6 +191,8 @@ def run_session(exc_type, exc, tb, thread_name, helper_argv, spawn_worker):
                     "the post-mortem helper did not end the session %d s after its deadline; "
                     "the process exits as it would have" % deadline_grace_s
                 )
+                # It hangs: waiting for it to end on its own would only add to the bound.
+                helper.kill()
                 return
             ended.wait(poll_s)
         if ended.is_set():
