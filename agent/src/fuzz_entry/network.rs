@@ -66,6 +66,13 @@ pub fn hc_request_target(data: &[u8]) {
     let _ = protocol::path_prefixes(&hc.path).count();
     let base = base_url();
     let id = hc.id.clone().unwrap_or_default();
+    // What `relay serve` logs of them: one line, whatever the client sent.
+    for logged in [
+        crate::logging::loggable(&hc.path),
+        crate::logging::loggable(&id),
+    ] {
+        assert!(!logged.contains(['\n', '\r']), "{logged:?}");
+    }
     let accept = protocol::accept_url(&base, &hc.path, &hc.app_query, &id);
     let _ = HcRequest::parse(&format!(
         "{}?{}",
