@@ -231,6 +231,8 @@ struct Streaming {
 pub struct Codec {
     /// Clients mask every frame they send; servers never do.
     mask_outgoing: bool,
+    /// Refuse a frame that is not masked: `relay serve` reading a client (RFC 6455 5.1).
+    require_mask: bool,
     streaming: Option<Streaming>,
     /// A fragmented message is open: its first frame came, its final one not yet.
     in_message: bool,
@@ -238,13 +240,22 @@ pub struct Codec {
 
 impl Codec {
     /// `mask_outgoing`: true on a client, false on a server. Incoming frames are
-    /// accepted masked or not (Microsoft's clients and ours always mask; tolerating
-    /// either costs nothing).
+    /// accepted masked or not, unless [`Codec::from_clients`] says otherwise.
     pub fn new(mask_outgoing: bool) -> Codec {
         Codec {
             mask_outgoing,
+            require_mask: false,
             streaming: None,
             in_message: false,
+        }
+    }
+
+    /// A server's codec for what a client sends: a frame that is not masked is a
+    /// protocol error (RFC 6455 5.1: the server must close the connection).
+    pub fn from_clients() -> Codec {
+        Codec {
+            require_mask: true,
+            ..Codec::new(false)
         }
     }
 
@@ -343,6 +354,9 @@ impl Decoder for Codec {
                 src.reserve(MAX_HEADER_LEN);
                 return Ok(None);
             };
+            if self.require_mask && header.mask.is_none() {
+                return Err(FrameError::Protocol("a client frame that is not masked"));
+            }
             // Bounded by MAX_FRAME_LEN, itself a usize.
             let len =
                 usize::try_from(header.len).map_err(|_| FrameError::TooBig { len: header.len })?;
@@ -504,6 +518,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: ReadBuffer::new(already_read),
             codec: Codec::new(false),
             eof: false,
+        }
+    }
+
+    /// A server's reader of a client: frames that are not masked are refused
+    /// ([`Codec::from_clients`]).
+    pub fn from_client(inner: R, already_read: Vec<u8>) -> Self {
+        FrameReader {
+            codec: Codec::from_clients(),
+            ..FrameReader::new(inner, already_read)
         }
     }
 

@@ -747,3 +747,56 @@ async fn an_idle_reader_holds_no_memory() {
         "an idle reader holds nothing"
     );
 }
+
+#[test]
+fn a_server_reading_clients_refuses_every_unmasked_frame_and_nothing_else() {
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("masked binary", wire(0x82, b"hi", Some(KEY)), true),
+        ("masked ping", wire(0x89, b"", Some(KEY)), true),
+        (
+            "masked close",
+            wire(0x88, &1000u16.to_be_bytes(), Some(KEY)),
+            true,
+        ),
+        ("unmasked binary", wire(0x82, b"hi", None), false),
+        ("unmasked empty text", wire(0x81, b"", None), false),
+        ("unmasked ping", wire(0x89, b"", None), false),
+        (
+            "unmasked close",
+            wire(0x88, &1000u16.to_be_bytes(), None),
+            false,
+        ),
+        (
+            "masked, then unmasked continuation",
+            [wire(0x02, b"a", Some(KEY)), wire(0x80, b"b", None)].concat(),
+            false,
+        ),
+    ];
+    for (name, bytes, accepted) in cases {
+        let mut codec = Codec::from_clients();
+        let mut buf = BytesMut::from(bytes.as_slice());
+        let mut result = Ok(());
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        match (accepted, result) {
+            (true, Ok(())) => {}
+            (false, Err(err)) => {
+                assert_eq!(err.close_code(), Some(close_code::PROTOCOL_ERROR), "{name}");
+                assert!(err.to_string().contains("not masked"), "{name}: {err}");
+            }
+            (want, got) => panic!("{name}: accepted {want}, got {got:?}"),
+        }
+        // The same bytes from a server are fine for a client (which tolerates either).
+        if name.starts_with("unmasked binary") {
+            assert!(decode_all(&bytes).is_ok(), "{name}");
+        }
+    }
+}

@@ -113,9 +113,10 @@ pub async fn pump(
     let (lr, lw) = tokio::io::split(listener);
     let (sw, lw): (Shared, Shared) = (Side::new(sw), Side::new(lw));
     // The upgrade's leftover bytes are replayed by `Prefixed`.
+    // Both legs are clients of ours (the sender, the listener's rendezvous): masked.
     let (sr, lr) = (
-        FrameReader::new(sr, Vec::new()),
-        FrameReader::new(lr, Vec::new()),
+        FrameReader::from_client(sr, Vec::new()),
+        FrameReader::from_client(lr, Vec::new()),
     );
     let abort = hard_stop.child_token();
     let (s2l, l2s) = tokio::join!(
@@ -463,9 +464,22 @@ mod tests {
         rsv1[0] |= 0x40;
         let mut too_big = vec![0x82, 0x80 | 127];
         too_big.extend_from_slice(&(MAX_FRAME_LEN as u64 + 1).to_be_bytes());
+        let mut unmasked = BytesMut::new();
+        Codec::new(false)
+            .encode(
+                OutFrame {
+                    opcode: OpCode::Binary,
+                    fin: true,
+                    payload: b"in the clear",
+                },
+                &mut unmasked,
+            )
+            .expect("encodable");
         let cases = [
             ("reserved bit", rsv1, ws_close::PROTOCOL_ERROR),
             ("frame over the limit", too_big, ws_close::TOO_BIG),
+            // RFC 6455 5.1: a server must close on a client frame that is not masked.
+            ("unmasked", unmasked.to_vec(), ws_close::PROTOCOL_ERROR),
         ];
         for (name, bad, code) in cases {
             let (mut s, mut l, pump) = pair();
