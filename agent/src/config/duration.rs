@@ -7,8 +7,8 @@ use std::time::Duration;
 /// must not overflow an `Instant`).
 pub const LONGEST_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
-/// A duration that could not be parsed, or one over [`LONGEST_DURATION`]; the text is not
-/// secret, so it is quoted.
+/// A duration that could not be parsed, or one over `LONGEST_DURATION` (100 years); the
+/// text is not secret, so it is quoted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
     #[error("invalid duration {0:?} (expected e.g. 30s, 10m)")]
