@@ -482,3 +482,94 @@ fn without_debugpy_and_on_debug_failure_fail_the_step_does_not_run() {
     assert!(stderr.contains("--on-debug-failure fail"), "{stderr}");
     assert!(matches!(report, Report::Missing(_)), "{report:?}");
 }
+
+/// A step held by debugpy's `--wait-for-client` lets itself go `release_after` past its
+/// start, with no sidecar at all, whether nobody came or a client connected to
+/// debugpy, sent `initialize` and `attach` and then stayed silent (debugpy's adapter
+/// then has a client that never finishes, and a release over DAP may not be heard).
+#[test]
+fn a_waiting_step_lets_itself_go_when_its_release_deadline_passes() {
+    const RELEASE_AFTER: Duration = Duration::from_secs(4);
+    for client in ["nobody", "silent after attach"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let step = write_step(dir.path());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let argv: Vec<OsString> = vec!["python3".into(), "-u".into(), step];
+        let endpoint = Endpoint {
+            mode: DebugMode::Listen,
+            port,
+            node_ip: None,
+        };
+        let options = DebugpyOptions {
+            wait_for_client: true,
+            release_after: Some(RELEASE_AFTER),
+            ..DebugpyOptions::default()
+        };
+        let (mut cmd, _) = injected_with(&argv, endpoint, options);
+        // Files, not pipes: debugpy's adapter (a child of the step) inherits them and
+        // lives until its client leaves, so a pipe's end would come only then.
+        let out_path = dir.path().join("stdout");
+        let err_path = dir.path().join("stderr");
+        let started = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+            .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+            .spawn()
+            .expect("spawn the step");
+        let _guard = KillOnPanic(child.id());
+        let mut held = None;
+        if client == "silent after attach" {
+            // debugpy's adapter listens once it has started (bounded by the step's deadline).
+            let mut conn = loop {
+                match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(conn) => break conn,
+                    Err(_) if started.elapsed() < RELEASE_AFTER => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(err) => panic!("debugpy never listened on {port}: {err}"),
+                }
+            };
+            dap_send(
+                &mut conn,
+                1,
+                "initialize",
+                serde_json::json!({"adapterID": "x"}),
+            );
+            dap_send(&mut conn, 2, "attach", serde_json::json!({}));
+            held = Some(conn);
+        }
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait the step") {
+                break status;
+            }
+            assert!(
+                started.elapsed() < RELEASE_AFTER + STEP_DEADLINE,
+                "{client}: the step still waits after {:?}",
+                started.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = started.elapsed();
+        let output = Output {
+            status,
+            stdout: std::fs::read(&out_path).expect("read stdout"),
+            stderr: std::fs::read(&err_path).expect("read stderr"),
+        };
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let report = report(&output);
+        assert!(
+            took >= RELEASE_AFTER && took < RELEASE_AFTER + Duration::from_secs(15),
+            "{client}: released after {took:?}\n{stderr}"
+        );
+        assert!(
+            stderr.contains("the step runs on without one"),
+            "{client}: {stderr}"
+        );
+        assert!(report["argv"].is_array(), "{client}: {report}");
+        drop(held);
+    }
+}

@@ -12,6 +12,9 @@ FAULT is one of:
   garbage            send bytes that are not DAP, then hold the connection open
   bad-body           send a well-framed message whose body is not JSON, then hold
   silent             hold the connection open without sending anything
+  silent-after-attach  send `initialize` and an `attach` without arguments, then hold
+                     the connection open without a byte more (debugpy's adapter then
+                     has a client that never finishes its setup)
 
 Holding faults stay until the peer closes or HOLD_LIMIT passes (bounded). In listen
 mode the bound port is written to PORT_FILE once listening. Prints "fault done" when its
@@ -79,6 +82,10 @@ def misbehave(conn, fault):
         conn.sendall(b"\x00\xffHELLO this is not DAP\r\n\r\n" * 4)
     if fault == "bad-body":
         conn.sendall(b"Content-Length: 5\r\n\r\n{{{{{")
+    if fault == "silent-after-attach":
+        # In one write, `attach` without arguments (debugpy's adapter fails it and is
+        # left with a client that can neither configure nor be released over DAP).
+        conn.sendall(SETUP[0] + request(2, "attach", {}))
     print("fault done", flush=True)
     hold(conn)
     conn.close()

@@ -4,7 +4,7 @@
 # command line exactly as `python -m debugpy <args> <target> <args>` would, or, when
 # debugpy cannot be imported, runs the target without it in this same interpreter and
 # says why. One interpreter either way: asking a second one first cost ~80 ms a start.
-# The agent fills in the three values below; everything else is fixed text.
+# The agent fills in the four values below; everything else is fixed text.
 import os
 import sys
 
@@ -54,6 +54,50 @@ def _amlx_bootstrap(report_fd, debugpy_args, fail):
     return cli
 
 
+def _amlx_bound_the_wait(release_after):
+    # debugpy's `--wait-for-client` holds the step until a client finishes its setup.
+    # The sidecar releases it at the attach deadline over DAP, which needs debugpy's
+    # adapter to play along; one that a client left half set up may not. So the wait is
+    # also cancelled from here once `release_after` has passed since this start, if it
+    # still waits: a last resort that needs nothing but this process.
+    import threading
+    import time
+
+    import debugpy
+
+    at = time.monotonic() + min(release_after, threading.TIMEOUT_MAX / 2)
+    wait = debugpy.wait_for_client
+
+    def bounded_wait(*args, **kwargs):
+        done = threading.Event()
+
+        def cancel_at_the_deadline():
+            if done.wait(max(0.0, at - time.monotonic())):
+                return
+            sys.stderr.write(
+                "amlx-agent: no debugger finished attaching within %g s of the step's "
+                "start; the step runs on without one\n" % release_after
+            )
+            sys.stderr.flush()
+            # debugpy makes its cancel hook when the wait begins: try until it ends.
+            while not done.is_set():
+                try:
+                    wait.cancel()
+                except Exception:
+                    pass
+                done.wait(0.1)
+
+        threading.Thread(
+            target=cancel_at_the_deadline, name="amlx-agent release", daemon=True
+        ).start()
+        try:
+            return wait(*args, **kwargs)
+        finally:
+            done.set()
+
+    debugpy.wait_for_client = bounded_wait
+
+
 def _amlx_run_plain(target):
     # The target as `python <target>` runs it, but in this interpreter.
     import runpy
@@ -80,6 +124,11 @@ def _amlx_run_plain(target):
 
 _amlx_cli = _amlx_bootstrap(AMLX_REPORT_FD, AMLX_DEBUGPY_ARGS, AMLX_FAIL)
 if _amlx_cli is not None:
+    if AMLX_RELEASE_AFTER is not None and "--wait-for-client" in AMLX_DEBUGPY_ARGS:
+        try:
+            _amlx_bound_the_wait(AMLX_RELEASE_AFTER)
+        except Exception as error:
+            sys.stderr.write("amlx-agent: cannot bound debugpy's wait (%s)\n" % error)
     _amlx_cli.main()
 else:
     _amlx_run_plain(sys.argv[1:])

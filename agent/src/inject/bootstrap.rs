@@ -2,15 +2,22 @@
 //! or runs without it when debugpy cannot be imported, and how it tells the sidecar.
 //!
 //! The step runs `python <options> -c LAUNCHER <target> <args>`. [`LAUNCHER`] executes
-//! the text of `bootstrap.py` (next to this file), which the agent puts, with three
+//! the text of `bootstrap.py` (next to this file), which the agent puts, with four
 //! values filled in, into [`BOOTSTRAP_VAR`]; the launcher pops that variable, so no
 //! child of the step sees it. The text imports debugpy's command line and starts it
 //! with the debugpy arguments in front of the target: what `python -m debugpy …` does.
 //! When the import fails it runs the target in the same interpreter without debugpy
 //! (or exits 1 under `--on-debug-failure fail`), and says why on stderr. Either way it
 //! writes one line ([`Report`]) to a pipe the sidecar reads, then closes it.
+//!
+//! A step that waits for a client (`--wait-for-client`) is released by the sidecar at the
+//! attach deadline over DAP. That needs debugpy's adapter to play along, and an adapter
+//! that a client left half set up may not: so the bootstrap also bounds debugpy's wait
+//! itself (`release_after`), cancelling it from a thread of its own if it still waits
+//! then. Nothing the debugger, the relay or the sidecar does can hold the step longer.
 
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 /// The `-c` program of an injected step: runs the bootstrap text from the environment.
 pub const LAUNCHER: &str = "import os;exec(os.environ.pop('AMLX_DEBUGPY_BOOTSTRAP'))";
@@ -24,23 +31,42 @@ const TEXT: &str = include_str!("bootstrap.py");
 /// The most a report may hold; the bootstrap writes at most 4000 bytes.
 pub const MAX_REPORT_BYTES: usize = 4096;
 
+/// The longest `release_after` the bootstrap is given: far beyond any session (Python's
+/// waits refuse timeouts over ~292 years).
+const LONGEST_RELEASE_AFTER: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
 /// The bootstrap text for these debugpy arguments (`--connect ADDR …`), report pipe
-/// (`None`: nobody listens) and failure policy (`fail`: exit 1 instead of running the
-/// step without debugpy).
+/// (`None`: nobody listens), failure policy (`fail`: exit 1 instead of running the step
+/// without debugpy) and, for a step that waits for a client, how long after its start
+/// the bootstrap cancels that wait itself if it still waits (`None`: never).
 ///
 /// ```
+/// use std::time::Duration;
 /// use amlx_agent::inject::bootstrap;
 /// let args = ["--connect".to_owned(), "127.0.0.1:5678".to_owned()];
-/// let text = bootstrap::text(&args, Some(7), false);
-/// assert!(text.starts_with("AMLX_REPORT_FD = 7\nAMLX_DEBUGPY_ARGS = [\"--connect\",\"127.0.0.1:5678\"]\nAMLX_FAIL = False\n"));
+/// let text = bootstrap::text(&args, Some(7), false, Some(Duration::from_millis(20_500)));
+/// assert!(text.starts_with("AMLX_REPORT_FD = 7\nAMLX_DEBUGPY_ARGS = [\"--connect\",\"127.0.0.1:5678\"]\nAMLX_FAIL = False\nAMLX_RELEASE_AFTER = 20.5\n"));
 /// ```
-pub fn text(debugpy_args: &[String], report_fd: Option<RawFd>, fail: bool) -> String {
+pub fn text(
+    debugpy_args: &[String],
+    report_fd: Option<RawFd>,
+    fail: bool,
+    release_after: Option<Duration>,
+) -> String {
     // The arguments are the agent's own (switches, an address, a port, true/false):
     // JSON string literals of them are Python string literals too.
     let args = serde_json::to_string(debugpy_args).unwrap_or_else(|_| "[]".to_owned());
     let fail = if fail { "True" } else { "False" };
+    let release_after = match release_after {
+        Some(after) => format!("{:.3}", after.min(LONGEST_RELEASE_AFTER).as_secs_f64())
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned(),
+        None => "None".to_owned(),
+    };
     format!(
-        "AMLX_REPORT_FD = {}\nAMLX_DEBUGPY_ARGS = {args}\nAMLX_FAIL = {fail}\n{TEXT}",
+        "AMLX_REPORT_FD = {}\nAMLX_DEBUGPY_ARGS = {args}\nAMLX_FAIL = {fail}\n\
+         AMLX_RELEASE_AFTER = {release_after}\n{TEXT}",
         report_fd.unwrap_or(-1)
     )
 }
@@ -112,12 +138,30 @@ mod tests {
     }
 
     #[test]
-    fn the_text_fills_in_exactly_the_three_values() {
-        let text = text(&[], None, true);
-        assert!(
-            text.starts_with("AMLX_REPORT_FD = -1\nAMLX_DEBUGPY_ARGS = []\nAMLX_FAIL = True\n")
-        );
-        for name in ["AMLX_REPORT_FD", "AMLX_DEBUGPY_ARGS", "AMLX_FAIL"] {
+    fn the_text_fills_in_exactly_the_four_values() {
+        let text = text(&[], None, true, None);
+        assert!(text.starts_with(
+            "AMLX_REPORT_FD = -1\nAMLX_DEBUGPY_ARGS = []\nAMLX_FAIL = True\nAMLX_RELEASE_AFTER = None\n"
+        ));
+        let cases = [
+            (Duration::from_secs(20), "20"),
+            (Duration::from_millis(1500), "1.5"),
+            (Duration::ZERO, "0"),
+            (Duration::MAX, "315360000"),
+        ];
+        for (after, want) in cases {
+            let text = super::text(&[], None, false, Some(after));
+            assert!(
+                text.contains(&format!("\nAMLX_RELEASE_AFTER = {want}\n")),
+                "{after:?}"
+            );
+        }
+        for name in [
+            "AMLX_REPORT_FD",
+            "AMLX_DEBUGPY_ARGS",
+            "AMLX_FAIL",
+            "AMLX_RELEASE_AFTER",
+        ] {
             assert!(TEXT.contains(name), "{name} is used by bootstrap.py");
             assert!(
                 !TEXT.contains(&format!("{name} =")),

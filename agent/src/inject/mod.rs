@@ -186,6 +186,9 @@ pub struct DebugpyOptions {
     pub report_fd: Option<std::os::fd::RawFd>,
     /// `--on-debug-failure fail`: without debugpy the step exits 1 instead of running.
     pub fail_without_debugpy: bool,
+    /// With `wait_for_client`: how long after its start the step cancels debugpy's wait
+    /// itself if it still waits (the sidecar's release failed); `None`: never.
+    pub release_after: Option<std::time::Duration>,
 }
 
 /// The rewritten command and what to add to its environment.
@@ -252,6 +255,7 @@ pub fn rewrite(
         &debugpy_args,
         options.report_fd,
         options.fail_without_debugpy,
+        options.release_after,
     );
     Ok(Injected {
         argv,

@@ -229,6 +229,14 @@ fn prepare(
                 sub_process: false,
                 report_fd,
                 fail_without_debugpy: settings.session.on_failure == FailurePolicy::Fail,
+                // The sidecar releases a waiting step at the attach deadline, retrying for
+                // RELEASE_GRACE; past that the step lets itself go.
+                release_after: settings.session.wait_for_client.then(|| {
+                    settings
+                        .session
+                        .attach_timeout
+                        .saturating_add(crate::session::RELEASE_GRACE)
+                }),
             };
             Some(inject::rewrite(&python, &endpoint, &options)?)
         }
