@@ -224,3 +224,52 @@ fn sas_vectors_from_the_design_doc() {
         assert_ne!(sig, "+YqzGWp4u+wBLg7i1zQ9G1iMmAba79GQZvsU8xEfOE4=");
     }
 }
+
+/// A relay's own text (an accept's id and sender address, a malformed control message
+/// quoting itself, an error body) goes into the client's log escaped and short: a hostile
+/// relay cannot forge a line of it, steer the terminal, or pour megabytes into it.
+#[test]
+fn a_hostile_relay_cannot_forge_or_flood_the_listeners_log() {
+    use tokio_tungstenite::tungstenite::{Message, accept};
+    const FORGED: &str = "2026-01-01T00:00:00Z ERROR forged";
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let relay = std::thread::spawn(move || {
+        let (tcp, _) = server.accept().expect("the listener connects");
+        let mut ws = accept(tcp).expect("upgrade");
+        let accept_msg = serde_json::json!({"accept": {
+            "address": "ws://127.0.0.1:9/$hc/hc?sb-hc-action=accept&sb-hc-id=x",
+            "id": format!("x\n{FORGED}\u{1b}[2J"),
+            "connectHeaders": {},
+            "remoteEndpoint": {"address": format!("\r\n{FORGED}\u{202e}"), "port": 1},
+        }});
+        ws.send(Message::Text(accept_msg.to_string().into()))
+            .expect("send accept");
+        let huge = format!(
+            "{{\"accept\": {{\"id\": 1, \"x\": \"{}\"}}}}",
+            "y".repeat(300_000)
+        );
+        ws.send(Message::Text(huge.into()))
+            .expect("send a malformed message");
+        // Hold the control channel until the test is done reading the log.
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    });
+    let cs = format!(
+        "Endpoint=sb://{addr}/;SharedAccessKeyName=k;SharedAccessKey=c2VjcmV0;EntityPath=hc"
+    );
+    let listener = listen_without_relay(&cs, &["--forward", "x=127.0.0.1:9"]);
+    listener
+        .stderr
+        .wait_for("malformed control message")
+        .unwrap_or_else(|| panic!("no warning:\n{}", listener.dump()));
+    // The accept's rendezvous (port 9: refused) fails with a line in the accept's span.
+    let _ = listener.stderr.wait_for("rendezvous");
+    let log = listener.dump();
+    for line in log.lines() {
+        assert!(!line.starts_with(FORGED), "a forged line:\n{log}");
+        assert!(!line.contains(['\u{1b}', '\r', '\u{202e}']), "{line:?}");
+        assert!(line.len() < 2000, "a line of {} bytes", line.len());
+    }
+    drop(listener);
+    relay.join().expect("fake relay");
+}

@@ -258,11 +258,13 @@ fn dechunk(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Collapses a status text to one short line of at most `MAX_TEXT_CHARS` characters.
+/// Collapses a status text to one short line of at most `MAX_TEXT_CHARS` characters,
+/// with what could steer a terminal escaped (the relay chose it).
 fn one_line(text: &str) -> String {
     let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut chars = joined.chars();
     let short: String = chars.by_ref().take(MAX_TEXT_CHARS).collect();
+    let short = crate::logging::loggable(&short).into_owned();
     if chars.next().is_some() {
         format!("{short}...")
     } else {
@@ -277,6 +279,7 @@ mod tests {
     #[test]
     fn texts() {
         assert_eq!(one_line(" a\r\n b  c\n"), "a b c");
+        assert_eq!(one_line("\u{1b}[2Jred"), "\\u{1b}[2Jred");
         assert_eq!(one_line(&"x".repeat(400)).len(), MAX_TEXT_CHARS + 3);
         assert_eq!(
             one_line(&"é".repeat(400)).chars().count(),

@@ -24,6 +24,7 @@ use super::backoff;
 use super::error::{ConnectError, Role};
 use super::handshake::{self, WebSocket};
 use super::{Endpoint, Tunnel};
+use crate::logging::loggable;
 use crate::relay::protocol::{self, Accept, ControlMessage, RenewToken, close_code, status};
 use crate::relay::websocket::{self, OpCode};
 
@@ -46,6 +47,9 @@ pub use crate::config::DEFAULT_MAX_TUNNELS;
 pub const MAX_PENDING_REJECTS: usize = 32;
 /// The HTTP status a sender gets when the listener already serves its most tunnels.
 const BUSY_STATUS: u16 = 503;
+/// The most of a parser's message about a malformed control message that is logged: it
+/// may quote the relay's text, up to the 1 MiB a control message may hold.
+const MAX_LOGGED_ERROR_CHARS: usize = 200;
 
 /// What to do with one sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,10 +337,11 @@ fn dispatch<H: AcceptHandler>(
     let text = String::from_utf8_lossy(text);
     match ControlMessage::parse(&text) {
         Ok(ControlMessage::Accept(accept)) => {
+            // The relay's text: escaped, so that it cannot forge a line of our log.
             let span = tracing::info_span!(
                 "accept",
-                id = %accept.id,
-                remote = %format!("{}:{}", accept.remote_endpoint.address, accept.remote_endpoint.port),
+                id = %loggable(&accept.id),
+                remote = %loggable(&format!("{}:{}", accept.remote_endpoint.address, accept.remote_endpoint.port)),
             );
             let endpoint = Arc::clone(endpoint);
             let handler = Arc::clone(handler);
@@ -362,7 +367,15 @@ fn dispatch<H: AcceptHandler>(
             tracing::debug!(command, "ignoring unknown control command")
         }
         Ok(other) => tracing::debug!(?other, "ignoring control message"),
-        Err(e) => tracing::warn!("ignoring malformed control message: {e}"),
+        Err(e) => {
+            // The parser's message may quote the relay's text: short, and escaped.
+            let why: String = e.to_string().chars().take(MAX_LOGGED_ERROR_CHARS).collect();
+            tracing::warn!(
+                "ignoring a malformed control message of {} bytes: {}",
+                text.len(),
+                loggable(&why)
+            );
+        }
     }
 }
 
