@@ -14,6 +14,7 @@ use url::Url;
 use super::error::{ConnectError, Role};
 use super::tls::{self, BoxedIo};
 use crate::config::Secret;
+use crate::relay::connection_string::is_loopback_host;
 use crate::relay::protocol;
 use crate::relay::websocket::{FrameReader, FrameWriter};
 
@@ -68,6 +69,19 @@ pub async fn connect_address(
         url: address.to_owned(),
         detail: format!("the rendezvous address is not a URL: {e}"),
     })?;
+    // The relay chose this address: no weaker transport than the relay's own (a relay
+    // reached over TLS cannot send us to plain ws://), and plain ws:// only to loopback,
+    // as for the relay itself.
+    let plain = url.scheme() == "ws";
+    let host = url.host_str().unwrap_or_default();
+    if plain && (tls_config.is_some() || !is_loopback_host(host)) {
+        return Err(ConnectError::Protocol {
+            url: display_url(&url),
+            detail: "the relay named a rendezvous address without TLS (ws://); refused: \
+                     plain ws:// is only for a loopback relay reached without TLS"
+                .to_owned(),
+        });
+    }
     let target = verbatim_target(address).unwrap_or_else(|| "/".to_owned());
     connect_with_target(&url, target, None, tls_config, role, timeout).await
 }
@@ -275,6 +289,53 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rendezvous address the relay sends is refused before any connection when its
+    /// transport is weaker than the relay's, plain off loopback, or not a WebSocket.
+    #[tokio::test]
+    async fn a_rendezvous_address_is_judged_before_anything_is_connected() {
+        let watcher = tokio::net::TcpListener::bind("0.0.0.0:0")
+            .await
+            .expect("bind");
+        let port = watcher.local_addr().expect("addr").port();
+        let tls = Arc::new(
+            tls::config_with_roots(rustls::RootCertStore::empty()).expect("client config"),
+        );
+        let target = "/$hc/hc?sb-hc-action=accept&sb-hc-id=x";
+        let cases: Vec<(String, Option<&Arc<rustls::ClientConfig>>, &str)> = vec![
+            (
+                format!("ws://127.0.0.1:{port}{target}"),
+                Some(&tls),
+                "without TLS",
+            ),
+            (format!("ws://0.0.0.0:{port}{target}"), None, "without TLS"),
+            (
+                format!("http://127.0.0.1:{port}{target}"),
+                None,
+                "unsupported scheme",
+            ),
+            (
+                format!("gopher://127.0.0.1:{port}{target}"),
+                Some(&tls),
+                "unsupported scheme",
+            ),
+            (
+                format!("wss://127.0.0.1:{port}{target}"),
+                None,
+                "no TLS configuration",
+            ),
+        ];
+        for (address, tls, why) in cases {
+            let result =
+                connect_address(&address, tls, Role::Rendezvous, Duration::from_secs(2)).await;
+            let err = result
+                .err()
+                .unwrap_or_else(|| panic!("{address}: connected"));
+            assert!(err.to_string().contains(why), "{address}: {err}");
+            let accepted = tokio::time::timeout(Duration::from_millis(100), watcher.accept()).await;
+            assert!(accepted.is_err(), "{address}: a connection was made");
+        }
+    }
 
     #[test]
     fn texts() {

@@ -89,6 +89,24 @@ pub async fn connect(
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<BoxedIo, ConnectError> {
     let host = url.host_str().unwrap_or_default().to_owned();
+    // The scheme decides before any connection is made: a URL the relay sent (a
+    // rendezvous address) must not make us connect or resolve anything first.
+    let secure = match url.scheme() {
+        "ws" => false,
+        "wss" => true,
+        other => {
+            return Err(ConnectError::Protocol {
+                url: url.to_string(),
+                detail: format!("unsupported scheme {other:?} (expected ws or wss)"),
+            });
+        }
+    };
+    if secure && tls.is_none() {
+        return Err(ConnectError::Tls {
+            host,
+            source: std::io::Error::other("no TLS configuration for a wss:// address"),
+        });
+    }
     let port = url.port_or_known_default().unwrap_or(443);
     let bare = host
         .trim_start_matches('[')
@@ -111,15 +129,13 @@ pub async fn connect(
         })?;
     // Small frames (debugger messages) should leave at once.
     let _ = tcp.set_nodelay(true);
-    match url.scheme() {
-        "ws" => Ok(Box::new(tcp)),
-        "wss" => {
-            let Some(config) = tls else {
-                return Err(ConnectError::Tls {
-                    host,
-                    source: std::io::Error::other("no TLS configuration for a wss:// address"),
-                });
-            };
+    match (secure, tls) {
+        (false, _) => Ok(Box::new(tcp)),
+        (true, None) => Err(ConnectError::Tls {
+            host,
+            source: std::io::Error::other("no TLS configuration for a wss:// address"),
+        }),
+        (true, Some(config)) => {
             let name = ServerName::try_from(bare.clone()).map_err(|e| ConnectError::Tls {
                 host: host.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
@@ -133,9 +149,5 @@ pub async fn connect(
                 .map_err(|source| ConnectError::Tls { host, source })?;
             Ok(Box::new(stream))
         }
-        other => Err(ConnectError::Protocol {
-            url: url.to_string(),
-            detail: format!("unsupported scheme {other:?} (expected ws or wss)"),
-        }),
     }
 }
