@@ -102,8 +102,13 @@ async fn connect_with_target(
     role: Role,
     timeout: Duration,
 ) -> Result<WebSocket, ConnectError> {
-    let io = tls::connect(url, tls_config).await?;
-    match tokio::time::timeout(timeout, upgrade(io, url, target, token, role)).await {
+    // One bound for all of it: TCP, TLS and the upgrade (the connect's own 30 s bound
+    // would otherwise come on top).
+    let open = async {
+        let io = tls::connect(url, tls_config).await?;
+        upgrade(io, url, target, token, role).await
+    };
+    match tokio::time::timeout(timeout, open).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout {
             url: display_url(url),
