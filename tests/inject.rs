@@ -13,6 +13,8 @@ use amlx_agent::inject::bootstrap::{self, Report};
 use amlx_agent::inject::{self, DebugpyOptions, Endpoint, InjectMode, Plan};
 use amlx_agent::session::DebugMode;
 
+use crate::session::harness::free_port;
+
 /// Upper bound for a debugged step to finish (debugpy's adapter start dominates).
 const STEP_DEADLINE: Duration = Duration::from_secs(60);
 /// Upper bound for debugpy to connect out to our listener.
@@ -129,10 +131,7 @@ fn report(output: &Output) -> serde_json::Value {
 fn listen_mode_runs_the_step_under_debugpy_to_completion() {
     let dir = tempfile::tempdir().expect("tempdir");
     let step = write_step(dir.path());
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let probe = format!("probe={port}");
     let argv: Vec<OsString> = vec!["python3".into(), "-u".into(), step, probe.clone().into()];
     let endpoint = Endpoint {
@@ -493,10 +492,7 @@ fn a_waiting_step_lets_itself_go_when_its_release_deadline_passes() {
     for client in ["nobody", "silent after attach"] {
         let dir = tempfile::tempdir().expect("tempdir");
         let step = write_step(dir.path());
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let argv: Vec<OsString> = vec!["python3".into(), "-u".into(), step];
         let endpoint = Endpoint {
             mode: DebugMode::Listen,

@@ -618,17 +618,8 @@ async fn a_peer_that_never_answers_a_close_is_dropped_at_the_deadline() {
     };
     let relayed_close_unanswered = async {
         let path = "mute-relayed";
-        let tok = token(ROOT, KEY, path, 3600);
         let mut control = listen(&relay, path).await;
-        let url = relay.url(path, "connect");
-        let sender_tok = tok.clone();
-        let sender = tokio::spawn(async move {
-            RawWs::connect(&url, &[("ServiceBusAuthorization", &sender_tok)]).await
-        });
-        let accept = next_accept(&mut control).await;
-        let address = accept["accept"]["address"].as_str().expect("address");
-        let mut mute = RawWs::connect(address, &[]).await;
-        let mut sender = sender.await.expect("sender task");
+        let (mut sender, mut mute) = raw_rendezvous(&relay, &mut control, path).await;
         sender.send(OP_CLOSE, &1000u16.to_be_bytes()).await;
         assert_eq!(
             mute.recv_close().await.as_deref(),
@@ -667,21 +658,9 @@ async fn a_peer_that_never_answers_a_close_is_dropped_at_the_deadline() {
 /// until then like any other, at connect and at `renewToken`, and nothing panics.
 #[tokio::test]
 async fn a_token_signed_to_expire_beyond_any_clock_is_served_like_any_other() {
-    use amlx_agent::config::Secret;
-    use amlx_agent::relay::sas;
     let mut relay = Relay::start("");
     let path = "far-expiry";
-    let far = |expiry: u64| {
-        sas::sign(
-            &sas::audience("127.0.0.1", path),
-            ROOT,
-            &Secret::new(KEY),
-            expiry,
-        )
-        .expect("short key")
-        .expose()
-        .to_owned()
-    };
+    let far = |expiry: u64| token_expiring_at(ROOT, KEY, path, expiry);
     for expiry in [u64::MAX, u64::MAX / 2, 99_999_999_999] {
         let tok = far(expiry);
         let mut control = open(request(&relay.url(path, "listen"), Some(&tok)))
@@ -746,18 +725,9 @@ async fn a_sender_that_stops_reading_does_not_hold_the_pair_after_the_listener_l
         STALLED_WRITE_TIMEOUT.as_secs()
     ));
     let path = "deaf-sender";
-    let tok = token(ROOT, KEY, path, 3600);
     let mut control = listen(&relay, path).await;
-    let url = relay.url(path, "connect");
-    let sender =
-        tokio::spawn(
-            async move { RawWs::connect(&url, &[("ServiceBusAuthorization", &tok)]).await },
-        );
-    let accept = next_accept(&mut control).await;
-    let address = accept["accept"]["address"].as_str().expect("address");
-    let mut data = RawWs::connect(address, &[]).await;
-    // Never read from here on.
-    let deaf = sender.await.expect("sender task");
+    // The sender never reads from here on.
+    let (deaf, mut data) = raw_rendezvous(&relay, &mut control, path).await;
     relay.wait_status("relayed", 1).await;
     let chunk = vec![0x5a; 60_000];
     let mut blocked = false;

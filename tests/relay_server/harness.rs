@@ -201,7 +201,11 @@ impl Drop for Relay {
 /// A token for `path` signed with `name`, expiring `ttl` seconds from now (negative:
 /// already expired), with the .NET-style audience.
 pub fn token(name: &str, key: &str, path: &str, ttl: i64) -> String {
-    let expiry = (sas::unix_now() as i64 + ttl) as u64;
+    token_expiring_at(name, key, path, (sas::unix_now() as i64 + ttl) as u64)
+}
+
+/// A token for `path` signed with `name`, expiring at unix second `expiry` (any `u64`).
+pub fn token_expiring_at(name: &str, key: &str, path: &str, expiry: u64) -> String {
     sas::sign(
         &sas::audience("127.0.0.1", path),
         name,

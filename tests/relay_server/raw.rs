@@ -4,7 +4,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::harness::DEADLINE;
+use super::harness::{DEADLINE, KEY, ROOT, Relay, Ws, next_accept, token};
 
 /// A WebSocket upgrade request head for raw HTTP.
 pub fn upgrade_head(url: &str, extra_headers: &[(&str, &str)]) -> String {
@@ -148,4 +148,19 @@ impl RawWs {
         self.tcp.read_exact(&mut payload).await.ok()?;
         Some((b0 & 0x0F, payload))
     }
+}
+
+/// A sender on `path` (root key) and the listener's rendezvous leg for it, both raw, with
+/// `control` the listener's control channel on `path`: (sender, listener's leg).
+pub async fn raw_rendezvous(relay: &Relay, control: &mut Ws, path: &str) -> (RawWs, RawWs) {
+    let tok = token(ROOT, KEY, path, 3600);
+    let url = relay.url(path, "connect");
+    let sender =
+        tokio::spawn(
+            async move { RawWs::connect(&url, &[("ServiceBusAuthorization", &tok)]).await },
+        );
+    let accept = next_accept(control).await;
+    let address = accept["accept"]["address"].as_str().expect("address");
+    let leg = RawWs::connect(address, &[]).await;
+    (sender.await.expect("sender task"), leg)
 }

@@ -226,16 +226,7 @@ async fn a_sender_times_out_when_the_listener_never_answers() {
 async fn a_close_is_a_half_close() {
     let relay = Relay::start("");
     let mut control = listen(&relay, "hc").await;
-    let tok = token(ROOT, KEY, "hc", 3600);
-    let url = relay.url("hc", "connect");
-    let sender =
-        tokio::spawn(
-            async move { RawWs::connect(&url, &[("ServiceBusAuthorization", &tok)]).await },
-        );
-    let accept = next_accept(&mut control).await;
-    let address = accept["accept"]["address"].as_str().expect("address");
-    let mut listener = RawWs::connect(address, &[]).await;
-    let mut sender = sender.await.expect("sender task");
+    let (mut sender, mut listener) = raw_rendezvous(&relay, &mut control, "hc").await;
 
     sender.send(OP_BINARY, b"request").await;
     assert_eq!(
