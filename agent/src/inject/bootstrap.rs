@@ -31,10 +31,6 @@ const TEXT: &str = include_str!("bootstrap.py");
 /// The most a report may hold; the bootstrap writes at most 4000 bytes.
 pub const MAX_REPORT_BYTES: usize = 4096;
 
-/// The longest `release_after` the bootstrap is given: far beyond any session (Python's
-/// waits refuse timeouts over ~292 years).
-const LONGEST_RELEASE_AFTER: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
-
 /// The bootstrap text for these debugpy arguments (`--connect ADDR …`), report pipe
 /// (`None`: nobody listens), failure policy (`fail`: exit 1 instead of running the step
 /// without debugpy) and, for a step that waits for a client, how long after its start
@@ -57,11 +53,15 @@ pub fn text(
     // JSON string literals of them are Python string literals too.
     let args = serde_json::to_string(debugpy_args).unwrap_or_else(|_| "[]".to_owned());
     let fail = if fail { "True" } else { "False" };
+    // Saturated as every session timer is (Python's waits refuse ~292 years and more).
     let release_after = match release_after {
-        Some(after) => format!("{:.3}", after.min(LONGEST_RELEASE_AFTER).as_secs_f64())
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_owned(),
+        Some(after) => format!(
+            "{:.3}",
+            after.min(crate::session::LONGEST_WAIT).as_secs_f64()
+        )
+        .trim_end_matches('0')
+        .trim_end_matches('.')
+        .to_owned(),
         None => "None".to_owned(),
     };
     format!(
