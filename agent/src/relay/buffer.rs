@@ -28,6 +28,13 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// What one read of the socket under TLS takes: several 16 KiB records at once.
 pub const TLS_READ_LEN: usize = 64 * 1024;
 
+/// How much rustls may hold of records not sent yet, for each TLS connection of the relay:
+/// room for a whole WebSocket frame (a 64 KiB piece and its header, as 16 KiB records), so
+/// a frame goes out in one write. rustls' default (64 KiB) took a frame in two writes,
+/// the second a few bytes, which doubled the sends and wake-ups of every hop under TLS.
+/// The room is used only while records wait for the socket: an idle connection holds none.
+pub const TLS_SEND_LIMIT: usize = 2 * crate::relay::websocket::PIECE_LEN;
+
 /// Released buffers each thread keeps for its next reads. A thread moves data for one
 /// tunnel direction at a time, and a round of `relay serve` (read a frame, write it on)
 /// holds two; four leave room for the TLS socket's buffer under each.

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use url::Url;
 
 use super::error::ConnectError;
-use crate::relay::buffer::BufferedReads;
+use crate::relay::buffer::{BufferedReads, TLS_SEND_LIMIT};
 
 /// A byte stream to the relay, plain or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
@@ -142,11 +142,12 @@ pub async fn connect(
             })?;
             let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
             let tcp = BufferedReads::new(tcp);
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+            let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
                 .await
                 .map_err(|_| timed_out("TLS handshake"))
                 .and_then(|r| r)
                 .map_err(|source| ConnectError::Tls { host, source })?;
+            stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_LIMIT));
             Ok(Box::new(stream))
         }
     }

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::relay::buffer::BufferedReads;
+use crate::relay::buffer::{BufferedReads, TLS_SEND_LIMIT};
 
 /// A loaded certificate and key, ready to terminate TLS.
 #[derive(Clone)]
@@ -66,13 +66,93 @@ impl Tls {
         &self,
         tcp: TcpStream,
     ) -> std::io::Result<TlsStream<BufferedReads<TcpStream>>> {
-        self.acceptor.accept(BufferedReads::new(tcp)).await
+        let mut stream = self.acceptor.accept(BufferedReads::new(tcp)).await?;
+        stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_LIMIT));
+        Ok(stream)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The largest write of the relay's data path: a whole piece and the longest header.
+    const WHOLE_FRAME: usize = crate::relay::websocket::PIECE_LEN + 14;
+
+    /// Every step of the exchange below is bounded by this.
+    const TEST_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn both_ends_take_a_whole_frame_in_one_write() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pair = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .expect("rcgen generates");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, pair.cert.pem()).expect("write cert");
+        std::fs::write(&key, pair.signing_key.serialize_pem()).expect("write key");
+        let tls = Tls::load(&cert, &key).expect("pair loads");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let url = url::Url::parse(&format!(
+            "wss://{}/",
+            listener.local_addr().expect("bound address")
+        ))
+        .expect("url");
+        let config = crate::relay::client::tls::client_config(Some(&cert)).expect("CA loads");
+        let (client, server) = tokio::time::timeout(TEST_BOUND, async {
+            tokio::join!(
+                crate::relay::client::tls::connect(&url, Some(&config)),
+                async {
+                    let (tcp, _) = listener.accept().await.expect("accept");
+                    tls.accept(tcp).await
+                }
+            )
+        })
+        .await
+        .expect("the handshake ends within the test's bound");
+        let (mut client, mut server) = (client.expect("client"), server.expect("server"));
+        let header = [0x82u8, 127, 0, 0, 0, 0, 0, 1, 0, 4];
+        let payload = vec![7u8; WHOLE_FRAME - header.len()];
+        let frame = [
+            std::io::IoSlice::new(&header),
+            std::io::IoSlice::new(&payload),
+        ];
+        let bounded = |what| {
+            move |r: Result<std::io::Result<usize>, tokio::time::error::Elapsed>| {
+                r.unwrap_or_else(|_| panic!("{what} took over {TEST_BOUND:?}"))
+                    .unwrap_or_else(|e| panic!("{what}: {e}"))
+            }
+        };
+        // rustls takes what it accepts into its buffer at once: the whole frame, or the
+        // first of two writes.
+        let taken = tokio::time::timeout(TEST_BOUND, client.write_vectored(&frame)).await;
+        assert_eq!(
+            bounded("client write")(taken),
+            WHOLE_FRAME,
+            "the client took the frame in one write"
+        );
+        let mut got = vec![0u8; WHOLE_FRAME];
+        let (flushed, read) = tokio::join!(
+            tokio::time::timeout(TEST_BOUND, async { client.flush().await.map(|()| 0) }),
+            tokio::time::timeout(TEST_BOUND, server.read_exact(&mut got)),
+        );
+        bounded("client flush")(flushed);
+        assert_eq!(bounded("server read")(read), WHOLE_FRAME);
+        let taken = tokio::time::timeout(TEST_BOUND, server.write_vectored(&frame)).await;
+        assert_eq!(
+            bounded("server write")(taken),
+            WHOLE_FRAME,
+            "the server took the frame in one write"
+        );
+        let (flushed, read) = tokio::join!(
+            tokio::time::timeout(TEST_BOUND, async { server.flush().await.map(|()| 0) }),
+            tokio::time::timeout(TEST_BOUND, client.read_exact(&mut got)),
+        );
+        bounded("server flush")(flushed);
+        assert_eq!(bounded("client read")(read), WHOLE_FRAME);
+    }
 
     #[test]
     fn loads_a_generated_pair_and_refuses_junk() {
