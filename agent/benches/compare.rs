@@ -196,7 +196,7 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `python3` when it can import debugpy (figures 9 and 10 need it).
+/// `python3` when it can import debugpy (figures 9, 10 and 12 need it).
 /// The interpreter itself (`sys.executable`), not a launcher script such as pyenv's shim,
 /// whose own start would count as the step's.
 fn python_with_debugpy(report: &mut Report) -> Option<PathBuf> {
@@ -210,8 +210,8 @@ fn python_with_debugpy(report: &mut Report) -> Option<PathBuf> {
     });
     if python.is_none() {
         report.note(
-            "python3 with debugpy is missing (pip install -r tests/requirements.txt): \
-             figures 9 and 10 are skipped"
+            "python3 with debugpy is missing (tests/bench.sh installs it in target/bench-venv): \
+             figures 9, 10 and 12 are skipped"
                 .to_owned(),
         );
         return None;
