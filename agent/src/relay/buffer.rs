@@ -48,7 +48,8 @@ const SMALLEST_SPARE: usize = 64 * 1024;
 const LARGEST_SPARE: usize = 256 * 1024;
 
 thread_local! {
-    /// This thread's released buffers, each empty and owned by no one else.
+    /// This thread's released buffers, each empty. Its room is its own; the allocation
+    /// behind it may still hold a payload handed on, which it never overlaps.
     static SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -62,8 +63,9 @@ fn take_spare() -> BytesMut {
 }
 
 /// Keeps `bytes` (empty) for this thread's next read when there is room, else frees it.
-/// Room still shared with a payload handed on counts only where it is ours alone
-/// (`try_reclaim` moves to the front of an allocation nobody else holds any more).
+/// The room counted is what `bytes` may write: past the end of a payload split off and
+/// still alive, or the whole allocation once nobody else holds it (`try_reclaim` then
+/// moves to its front).
 fn give_back(mut bytes: BytesMut) {
     if !bytes.try_reclaim(SMALLEST_SPARE) || bytes.capacity() > LARGEST_SPARE {
         return;
@@ -108,7 +110,10 @@ impl ReadBuffer {
         cx: &mut Context<'_>,
         len: usize,
     ) -> Poll<io::Result<usize>> {
-        if self.bytes.capacity() == 0 {
+        // A buffer whose contents were all used up keeps its allocation when nothing else
+        // holds it any more (the reserve below moves to its front); only a buffer without
+        // one takes a spare.
+        if self.bytes.capacity() == 0 && !self.bytes.try_reclaim(len) {
             self.bytes = take_spare();
         }
         // Reuses the allocation when its earlier contents were handed on and dropped.
@@ -243,13 +248,41 @@ mod tests {
         assert_eq!(spares_on_this_thread(), 0, "the next read took it back");
         assert_eq!(buf.bytes_mut().as_ref(), b"second");
 
-        // Memory still lent to a payload is not shelved while the part left is too small
-        // to be of use; it is freed with the payload.
-        let lent = buf.bytes_mut().split().freeze();
-        let small = BytesMut::with_capacity(16);
-        give_back(small);
+        // A buffer too small to serve a read is freed, not shelved.
+        give_back(BytesMut::with_capacity(16));
         assert_eq!(spares_on_this_thread(), 0, "a small buffer is freed");
-        drop(lent);
+
+        // A shelved buffer whose allocation still holds a payload handed on writes only
+        // past it: the payload stays intact while the spare serves the next read.
+        buf.bytes_mut().clear();
+        let pending = poll_fn(|cx| Poll::Ready(buf.poll_fill(&mut ours, cx, TLS_READ_LEN))).await;
+        assert!(pending.is_pending());
+        SPARES.with(|spares| spares.borrow_mut().clear());
+        let mut shared = BytesMut::with_capacity(4 * SMALLEST_SPARE);
+        shared.extend_from_slice(b"payload");
+        let payload = shared.split().freeze();
+        let room = shared.as_ptr();
+        give_back(shared);
+        assert_eq!(
+            spares_on_this_thread(),
+            1,
+            "its room past the payload is ours"
+        );
+        peer.write_all(&[0xAA; 64]).await.expect("write");
+        poll_fn(|cx| buf.poll_fill(&mut ours, cx, TLS_READ_LEN))
+            .await
+            .expect("read");
+        assert_eq!(
+            buf.bytes_mut().as_ptr(),
+            room,
+            "the read went into the spare"
+        );
+        assert_eq!(buf.bytes_mut().as_ref(), &[0xAA; 64]);
+        assert_eq!(payload.as_ref(), b"payload");
+        buf.bytes_mut().clear();
+        let pending = poll_fn(|cx| Poll::Ready(buf.poll_fill(&mut ours, cx, TLS_READ_LEN))).await;
+        assert!(pending.is_pending());
+        SPARES.with(|spares| spares.borrow_mut().clear());
 
         // Many idle tunnels releasing at once leave at most a few spares.
         let mut idle: Vec<ReadBuffer> = (0..3 * SPARES_PER_THREAD)
@@ -264,6 +297,35 @@ mod tests {
             assert_eq!(reader.capacity(), 0);
         }
         assert_eq!(spares_on_this_thread(), SPARES_PER_THREAD);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_buffer_read_full_and_used_up_keeps_its_allocation() {
+        SPARES.with(|spares| spares.borrow_mut().clear());
+        let (mut peer, mut ours) = tokio::io::duplex(1 << 20);
+        let mut buf = ReadBuffer::new(Vec::new());
+        peer.write_all(&[1u8; TLS_READ_LEN]).await.expect("write");
+        let n = poll_fn(|cx| buf.poll_fill(&mut ours, cx, TLS_READ_LEN))
+            .await
+            .expect("read");
+        assert_eq!(n, TLS_READ_LEN);
+        let first = buf.bytes_mut().as_ptr();
+        // What BufferedReads does when rustls takes all of it.
+        buf.bytes_mut().advance(TLS_READ_LEN);
+        assert_eq!(buf.capacity(), 0);
+        // A spare on the shelf must not be taken (nor the allocation freed for it).
+        give_back(BytesMut::with_capacity(2 * TLS_READ_LEN));
+        peer.write_all(b"x").await.expect("write");
+        poll_fn(|cx| buf.poll_fill(&mut ours, cx, TLS_READ_LEN))
+            .await
+            .expect("read");
+        assert_eq!(
+            buf.bytes_mut().as_ptr(),
+            first,
+            "the same allocation, from its front"
+        );
+        assert_eq!(spares_on_this_thread(), 1, "the spare stayed on the shelf");
+        SPARES.with(|spares| spares.borrow_mut().clear());
     }
 
     #[tokio::test]
