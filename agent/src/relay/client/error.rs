@@ -53,9 +53,7 @@ pub enum ConnectError {
         "cannot reach relay {addr}: {source}; check the Endpoint host and port in the connection string and that the relay is running"
     )]
     Connect { addr: String, source: io::Error },
-    #[error(
-        "TLS with relay {host} failed: {source}; for a relay with a private CA pass --ca-file, for a loopback relay without TLS use --insecure-ws"
-    )]
+    #[error("TLS with relay {host} failed: {source}; {}", tls_fix(source))]
     Tls { host: String, source: io::Error },
     #[error(
         "relay {url} did not finish the WebSocket handshake within {timeout:?}; check that the relay is healthy"
@@ -143,6 +141,37 @@ impl ConnectError {
                 | ConnectError::Forbidden { .. }
                 | ConnectError::NotFound { .. }
         )
+    }
+}
+
+/// What to do about a failed TLS handshake with the relay, judged from rustls' verdict on
+/// its certificate (the error inside `source`).
+pub fn tls_fix(source: &io::Error) -> &'static str {
+    use rustls::CertificateError as Cert;
+    const UNTRUSTED: &str = "for a relay with a private CA pass --ca-file, for a loopback relay without TLS use --insecure-ws";
+    let verdict = source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let Some(rustls::Error::InvalidCertificate(cert)) = verdict else {
+        return UNTRUSTED;
+    };
+    match cert {
+        Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+            "the relay's certificate does not name the host of the Endpoint; use a name the certificate lists (its subjectAltName)"
+        }
+        Cert::Expired
+        | Cert::ExpiredContext { .. }
+        | Cert::NotValidYet
+        | Cert::NotValidYetContext { .. } => {
+            "the relay's certificate is outside its validity period; renew it, and check this machine's clock"
+        }
+        Cert::Other(other)
+            if other.0.downcast_ref::<webpki::Error>()
+                == Some(&webpki::Error::CaUsedAsEndEntity) =>
+        {
+            "the relay serves a CA certificate (basic constraints CA:TRUE) as its own; serve a certificate that CA signed (or a self-signed one without CA:TRUE) and pass the CA with --ca-file"
+        }
+        _ => UNTRUSTED,
     }
 }
 

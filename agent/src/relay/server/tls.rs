@@ -154,6 +154,85 @@ mod tests {
         assert_eq!(bounded("client read")(read), WHOLE_FRAME);
     }
 
+    /// A relay serving `served` (certificate and key PEM) and a client trusting
+    /// `trusted` (PEM), reaching it as `host`: the client's error.
+    async fn refused(served: (String, String), trusted: &str, host: &str) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key, ca) = (
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+            dir.path().join("ca.pem"),
+        );
+        std::fs::write(&cert, served.0).expect("write cert");
+        std::fs::write(&key, served.1).expect("write key");
+        std::fs::write(&ca, trusted).expect("write CA");
+        let tls = Tls::load(&cert, &key).expect("pair loads");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let port = listener.local_addr().expect("bound address").port();
+        let url = url::Url::parse(&format!("wss://{host}:{port}/")).expect("url");
+        let config = crate::relay::client::tls::client_config(Some(&ca)).expect("CA loads");
+        let (client, _server) = tokio::time::timeout(TEST_BOUND, async {
+            tokio::join!(
+                crate::relay::client::tls::connect(&url, Some(&config)),
+                async {
+                    let (tcp, _) = listener.accept().await.expect("accept");
+                    tls.accept(tcp).await
+                }
+            )
+        })
+        .await
+        .expect("the handshake ends within the test's bound");
+        match client {
+            Ok(_) => panic!("the handshake with {host} succeeded"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_relay_certificate_is_named_with_its_fix() {
+        let pem = |cert: rcgen::Certificate, key: rcgen::KeyPair| (cert.pem(), key.serialize_pem());
+        let leaf = |names: &[&str], ca: bool| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = rcgen::CertificateParams::new(names).expect("names");
+            if ca {
+                params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            }
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = params.self_signed(&key).expect("self-signed");
+            pem(cert, key)
+        };
+        let ca_as_leaf = leaf(&["127.0.0.1"], true);
+        let other_name = leaf(&["relay.example"], false);
+        let stranger = leaf(&["127.0.0.1"], false);
+        let someone_else = leaf(&["127.0.0.1"], false);
+        let cases = [
+            (
+                "a CA certificate served as the relay's own",
+                ca_as_leaf.clone(),
+                ca_as_leaf.0.clone(),
+                "serves a CA certificate",
+            ),
+            (
+                "a certificate for another name",
+                other_name.clone(),
+                other_name.0.clone(),
+                "does not name the host",
+            ),
+            (
+                "a certificate nobody trusted signed",
+                stranger,
+                someone_else.0,
+                "pass --ca-file",
+            ),
+        ];
+        for (what, served, trusted, fix) in cases {
+            let err = refused(served, &trusted, "127.0.0.1").await;
+            assert!(err.contains(fix), "{what}: {err}");
+        }
+    }
+
     #[test]
     fn loads_a_generated_pair_and_refuses_junk() {
         let dir = tempfile::tempdir().expect("temp dir");
