@@ -223,6 +223,19 @@ mod tests {
         assert_eq!(end.expect("clean end"), 0);
     }
 
+    /// One read of up to [`TLS_READ_LEN`] bytes into `buf`, which must find data.
+    async fn read_once(buf: &mut ReadBuffer, from: &mut tokio::io::DuplexStream) -> usize {
+        poll_fn(|cx| buf.poll_fill(from, cx, TLS_READ_LEN))
+            .await
+            .expect("read")
+    }
+
+    /// Polls one read of `buf` that must find nothing waiting.
+    async fn read_finds_nothing(buf: &mut ReadBuffer, from: &mut tokio::io::DuplexStream) {
+        let pending = poll_fn(|cx| Poll::Ready(buf.poll_fill(from, cx, TLS_READ_LEN))).await;
+        assert!(pending.is_pending(), "nothing was written");
+    }
+
     fn spares_on_this_thread() -> usize {
         SPARES.with(|spares| spares.borrow().len())
     }
@@ -233,18 +246,13 @@ mod tests {
         let (mut peer, mut ours) = tokio::io::duplex(1 << 20);
         let mut buf = ReadBuffer::new(Vec::new());
         peer.write_all(b"first").await.expect("write");
-        poll_fn(|cx| buf.poll_fill(&mut ours, cx, TLS_READ_LEN))
-            .await
-            .expect("read");
+        read_once(&mut buf, &mut ours).await;
         buf.bytes_mut().clear();
-        let pending = poll_fn(|cx| Poll::Ready(buf.poll_fill(&mut ours, cx, TLS_READ_LEN))).await;
-        assert!(pending.is_pending());
+        read_finds_nothing(&mut buf, &mut ours).await;
         assert_eq!(buf.capacity(), 0, "the tunnel holds nothing while idle");
         assert_eq!(spares_on_this_thread(), 1, "its memory went to the shelf");
         peer.write_all(b"second").await.expect("write");
-        poll_fn(|cx| buf.poll_fill(&mut ours, cx, TLS_READ_LEN))
-            .await
-            .expect("read");
+        read_once(&mut buf, &mut ours).await;
         assert_eq!(spares_on_this_thread(), 0, "the next read took it back");
         assert_eq!(buf.bytes_mut().as_ref(), b"second");
 
@@ -255,8 +263,7 @@ mod tests {
         // A shelved buffer whose allocation still holds a payload handed on writes only
         // past it: the payload stays intact while the spare serves the next read.
         buf.bytes_mut().clear();
-        let pending = poll_fn(|cx| Poll::Ready(buf.poll_fill(&mut ours, cx, TLS_READ_LEN))).await;
-        assert!(pending.is_pending());
+        read_finds_nothing(&mut buf, &mut ours).await;
         SPARES.with(|spares| spares.borrow_mut().clear());
         let mut shared = BytesMut::with_capacity(4 * SMALLEST_SPARE);
         shared.extend_from_slice(b"payload");
@@ -269,9 +276,7 @@ mod tests {
             "its room past the payload is ours"
         );
         peer.write_all(&[0xAA; 64]).await.expect("write");
-        poll_fn(|cx| buf.poll_fill(&mut ours, cx, TLS_READ_LEN))
-            .await
-            .expect("read");
+        read_once(&mut buf, &mut ours).await;
         assert_eq!(
             buf.bytes_mut().as_ptr(),
             room,
@@ -280,8 +285,7 @@ mod tests {
         assert_eq!(buf.bytes_mut().as_ref(), &[0xAA; 64]);
         assert_eq!(payload.as_ref(), b"payload");
         buf.bytes_mut().clear();
-        let pending = poll_fn(|cx| Poll::Ready(buf.poll_fill(&mut ours, cx, TLS_READ_LEN))).await;
-        assert!(pending.is_pending());
+        read_finds_nothing(&mut buf, &mut ours).await;
         SPARES.with(|spares| spares.borrow_mut().clear());
 
         // Many idle tunnels releasing at once leave at most a few spares.
@@ -305,9 +309,7 @@ mod tests {
         let (mut peer, mut ours) = tokio::io::duplex(1 << 20);
         let mut buf = ReadBuffer::new(Vec::new());
         peer.write_all(&[1u8; TLS_READ_LEN]).await.expect("write");
-        let n = poll_fn(|cx| buf.poll_fill(&mut ours, cx, TLS_READ_LEN))
-            .await
-            .expect("read");
+        let n = read_once(&mut buf, &mut ours).await;
         assert_eq!(n, TLS_READ_LEN);
         let first = buf.bytes_mut().as_ptr();
         // What BufferedReads does when rustls takes all of it.
@@ -316,9 +318,7 @@ mod tests {
         // A spare on the shelf must not be taken (nor the allocation freed for it).
         give_back(BytesMut::with_capacity(2 * TLS_READ_LEN));
         peer.write_all(b"x").await.expect("write");
-        poll_fn(|cx| buf.poll_fill(&mut ours, cx, TLS_READ_LEN))
-            .await
-            .expect("read");
+        read_once(&mut buf, &mut ours).await;
         assert_eq!(
             buf.bytes_mut().as_ptr(),
             first,
