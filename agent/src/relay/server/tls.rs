@@ -82,26 +82,34 @@ mod tests {
     /// Every step of the exchange below is bounded by this.
     const TEST_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
-    #[tokio::test]
-    async fn both_ends_take_a_whole_frame_in_one_write() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A relay serving `served` (certificate and key PEM) on loopback and a client
+    /// trusting `trusted` (PEM) reaching it as `host`: both ends of the TLS handshake,
+    /// within the test's bound.
+    async fn handshake(
+        served: (String, String),
+        trusted: &str,
+        host: &str,
+    ) -> (
+        Result<crate::relay::client::tls::BoxedIo, crate::relay::client::error::ConnectError>,
+        std::io::Result<TlsStream<BufferedReads<TcpStream>>>,
+    ) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let pair = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
-            .expect("rcgen generates");
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&cert, pair.cert.pem()).expect("write cert");
-        std::fs::write(&key, pair.signing_key.serialize_pem()).expect("write key");
+        let (cert, key, ca) = (
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+            dir.path().join("ca.pem"),
+        );
+        std::fs::write(&cert, served.0).expect("write cert");
+        std::fs::write(&key, served.1).expect("write key");
+        std::fs::write(&ca, trusted).expect("write CA");
         let tls = Tls::load(&cert, &key).expect("pair loads");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
-        let url = url::Url::parse(&format!(
-            "wss://{}/",
-            listener.local_addr().expect("bound address")
-        ))
-        .expect("url");
-        let config = crate::relay::client::tls::client_config(Some(&cert)).expect("CA loads");
-        let (client, server) = tokio::time::timeout(TEST_BOUND, async {
+        let port = listener.local_addr().expect("bound address").port();
+        let url = url::Url::parse(&format!("wss://{host}:{port}/")).expect("url");
+        let config = crate::relay::client::tls::client_config(Some(&ca)).expect("CA loads");
+        tokio::time::timeout(TEST_BOUND, async {
             tokio::join!(
                 crate::relay::client::tls::connect(&url, Some(&config)),
                 async {
@@ -111,7 +119,25 @@ mod tests {
             )
         })
         .await
-        .expect("the handshake ends within the test's bound");
+        .expect("the handshake ends within the test's bound")
+    }
+
+    /// The client's error when the handshake of [`handshake`] must fail.
+    async fn refused(served: (String, String), trusted: &str, host: &str) -> String {
+        match handshake(served, trusted, host).await.0 {
+            Ok(_) => panic!("the handshake with {host} succeeded"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn both_ends_take_a_whole_frame_in_one_write() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pair = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .expect("rcgen generates");
+        let cert = pair.cert.pem();
+        let served = (cert.clone(), pair.signing_key.serialize_pem());
+        let (client, server) = handshake(served, &cert, "127.0.0.1").await;
         let (mut client, mut server) = (client.expect("client"), server.expect("server"));
         let header = [0x82u8, 127, 0, 0, 0, 0, 0, 1, 0, 4];
         let payload = vec![7u8; WHOLE_FRAME - header.len()];
@@ -152,42 +178,6 @@ mod tests {
         );
         bounded("server flush")(flushed);
         assert_eq!(bounded("client read")(read), WHOLE_FRAME);
-    }
-
-    /// A relay serving `served` (certificate and key PEM) and a client trusting
-    /// `trusted` (PEM), reaching it as `host`: the client's error.
-    async fn refused(served: (String, String), trusted: &str, host: &str) -> String {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (cert, key, ca) = (
-            dir.path().join("cert.pem"),
-            dir.path().join("key.pem"),
-            dir.path().join("ca.pem"),
-        );
-        std::fs::write(&cert, served.0).expect("write cert");
-        std::fs::write(&key, served.1).expect("write key");
-        std::fs::write(&ca, trusted).expect("write CA");
-        let tls = Tls::load(&cert, &key).expect("pair loads");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let port = listener.local_addr().expect("bound address").port();
-        let url = url::Url::parse(&format!("wss://{host}:{port}/")).expect("url");
-        let config = crate::relay::client::tls::client_config(Some(&ca)).expect("CA loads");
-        let (client, _server) = tokio::time::timeout(TEST_BOUND, async {
-            tokio::join!(
-                crate::relay::client::tls::connect(&url, Some(&config)),
-                async {
-                    let (tcp, _) = listener.accept().await.expect("accept");
-                    tls.accept(tcp).await
-                }
-            )
-        })
-        .await
-        .expect("the handshake ends within the test's bound");
-        match client {
-            Ok(_) => panic!("the handshake with {host} succeeded"),
-            Err(err) => err.to_string(),
-        }
     }
 
     #[tokio::test]
