@@ -101,12 +101,17 @@ pub async fn connect(
             });
         }
     };
-    if secure && tls.is_none() {
-        return Err(ConnectError::Tls {
-            host,
-            source: std::io::Error::other("no TLS configuration for a wss:// address"),
-        });
-    }
+    // The TLS configuration a wss:// address needs, decided before anything is connected.
+    let tls = match (secure, tls) {
+        (false, _) => None,
+        (true, Some(config)) => Some(config),
+        (true, None) => {
+            return Err(ConnectError::Tls {
+                host,
+                source: std::io::Error::other("no TLS configuration for a wss:// address"),
+            });
+        }
+    };
     let port = url.port_or_known_default().unwrap_or(443);
     let bare = host
         .trim_start_matches('[')
@@ -129,13 +134,9 @@ pub async fn connect(
         })?;
     // Small frames (debugger messages) should leave at once.
     let _ = tcp.set_nodelay(true);
-    match (secure, tls) {
-        (false, _) => Ok(Box::new(tcp)),
-        (true, None) => Err(ConnectError::Tls {
-            host,
-            source: std::io::Error::other("no TLS configuration for a wss:// address"),
-        }),
-        (true, Some(config)) => {
+    match tls {
+        None => Ok(Box::new(tcp)),
+        Some(config) => {
             let name = ServerName::try_from(bare.clone()).map_err(|e| ConnectError::Tls {
                 host: host.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
