@@ -42,19 +42,13 @@ fi
 # Figures 9, 10 and 12 start steps under debugpy: a virtual environment of the bench's
 # own holds it (Debian's Python refuses `pip install` outside one), pinned as the tests pin it.
 if ! python3 -c 'import debugpy' 2>/dev/null; then
-  venv=target/bench-venv
-  if [ ! -x "$venv/bin/python3" ]; then
-    python3 -m venv "$venv" >&2 || {
-      rm -rf "$venv"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >&2
-      python3 -m venv "$venv" >&2
-    } || echo "bench.sh: no virtual environment for debugpy; figures 9, 10 and 12 are skipped" >&2
-  fi
-  if [ -x "$venv/bin/python3" ]; then
-    "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check \
+  source tests/python-venv.sh
+  if python_venv target/bench-venv >&2; then
+    python3 -m pip install --quiet --disable-pip-version-check \
       "$(grep -m1 '^debugpy==' tests/requirements.txt)" >&2 \
       || echo "bench.sh: pip could not install debugpy; figures 9, 10 and 12 are skipped" >&2
-    export PATH="$PWD/$venv/bin:$PATH"
+  else
+    echo "bench.sh: no virtual environment for debugpy; figures 9, 10 and 12 are skipped" >&2
   fi
 fi
 

@@ -8,17 +8,8 @@ echo "== installing test dependencies"
 # A virtual environment of our own: Debian's system Python refuses `pip install` outside
 # one (PEP 668). Its bin/ goes first on PATH, so every `python3` (and the mpich wheel's
 # `mpiexec`) the tests start is this one, with debugpy and the rest installed.
-venv=target/test-venv
-if [ ! -x "$venv/bin/python3" ]; then
-  if ! python3 -m venv "$venv"; then
-    echo "== installing python3-venv"
-    rm -rf "$venv"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
-    python3 -m venv "$venv"
-  fi
-fi
-export PATH="$PWD/$venv/bin:$PATH"
+source tests/python-venv.sh
+python_venv target/test-venv
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 for dir in tests/dap tests/interop; do
   if [ -f "$dir/package-lock.json" ]; then
