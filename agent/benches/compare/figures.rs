@@ -39,8 +39,18 @@ pub fn throughput(
     direct: SocketAddr,
     tunnels: &[(&'static str, Tunnel)],
     wss: &Tunnel,
+    shipped: Option<&Shipped>,
 ) -> anyhow::Result<Vec<Row>> {
     let mut one = Row::new("1 tunnel throughput, 1 stream (iperf3)", "Gbit/s").higher_is_better();
+    // The same through the static build (what ships), next to the same peers' runs.
+    let mut shipped_one = Row::new(
+        "1 the same through the static musl build that ships, 1 stream",
+        "Gbit/s",
+    )
+    .higher_is_better();
+    let mut shipped_tls = Row::new("3 the same over TLS (wss), static musl build", "Gbit/s")
+        .higher_is_better()
+        .only_agent();
     let mut many = Row::new(
         &format!("1 tunnel throughput, {STREAMS} streams (iperf3)"),
         "Gbit/s",
@@ -71,13 +81,34 @@ pub fn throughput(
                     measure(tunnel, streams).with_context(|| format!("iperf3 through {name}"))?;
                 row.sample(name, gbit);
                 cpu.sample(name, cpu_per_gb);
+                if streams == 1 && *name != AGENT {
+                    shipped_one.sample(name, gbit);
+                }
             }
             if streams == 1 {
                 tls.sample(AGENT, measure(wss, 1).context("iperf3 through wss")?.0);
+                if let Some(shipped) = shipped {
+                    let plain =
+                        measure(&shipped.plain, 1).context("iperf3 through the static build")?;
+                    shipped_one.sample(AGENT, plain.0);
+                    let tls = measure(&shipped.wss, 1)
+                        .context("iperf3 through the static build over wss")?;
+                    shipped_tls.sample(AGENT, tls.0);
+                }
             }
         }
     }
-    Ok(vec![one, many, cpu, tls])
+    let mut rows = vec![one, many, cpu, tls];
+    if shipped.is_some() {
+        rows.extend([shipped_one, shipped_tls]);
+    }
+    Ok(rows)
+}
+
+/// The static build's own tunnels (plain ws and wss), for the rows of the binary that ships.
+pub struct Shipped {
+    pub plain: Tunnel,
+    pub wss: Tunnel,
 }
 
 /// Figure 4: request/response round trips on one open connection per tunnel, interleaved.
