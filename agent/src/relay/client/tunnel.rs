@@ -26,17 +26,29 @@ use crate::relay::websocket::{FrameError, FrameReader, FrameWriter, OpCode};
 /// few system calls and frames, and what the relay hands on as one piece anyway.
 const CHUNK: usize = crate::relay::websocket::PIECE_LEN;
 
-/// A frame the relay has not taken off our hands within this is a dead tunnel: a relay
-/// that stops reading must not hold a debug session (and its task) forever.
+/// A write that either end of a tunnel has not taken within this is a dead tunnel: a
+/// relay that stops reading, or a local peer that does (a hung debugger, a stopped
+/// process), must not hold a debug session, its task and its place under the tunnel cap
+/// forever. A reader that is merely slow takes a frame (64 KiB at most) well within it.
 pub const TUNNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs one frame write, bounded by [`TUNNEL_WRITE_TIMEOUT`].
+/// Runs one frame write to the relay, bounded by [`TUNNEL_WRITE_TIMEOUT`].
 async fn bounded(write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    bounded_to("the relay took no frame", write).await
+}
+
+/// Runs one write to the local side, bounded by [`TUNNEL_WRITE_TIMEOUT`].
+async fn bounded_local(write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    bounded_to("the local side took no bytes", write).await
+}
+
+/// Runs `write` within [`TUNNEL_WRITE_TIMEOUT`]; past it, an error that says `stalled`.
+async fn bounded_to(stalled: &str, write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
     match tokio::time::timeout(TUNNEL_WRITE_TIMEOUT, write).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            format!("the relay took no frame for {TUNNEL_WRITE_TIMEOUT:?}"),
+            format!("{stalled} for {TUNNEL_WRITE_TIMEOUT:?}"),
         )),
     }
 }
@@ -243,15 +255,15 @@ impl Tunnel {
             let mut received = 0u64;
             let pending = std::mem::take(&mut self.pending);
             if !pending.is_empty() {
-                tcp_write.write_all(&pending).await?;
+                bounded_local(tcp_write.write_all(&pending)).await?;
                 received += pending.len() as u64;
             }
             while let Some(data) = self.next_data().await? {
-                tcp_write.write_all(&data).await?;
+                bounded_local(tcp_write.write_all(&data)).await?;
                 received += data.len() as u64;
             }
             // The peer will send no more: pass the half-close on to the local side.
-            tcp_write.shutdown().await?;
+            bounded_local(tcp_write.shutdown()).await?;
             Ok::<u64, io::Error>(received)
         };
         let outbound = async {

@@ -223,3 +223,32 @@ async fn frames_that_break_the_protocol_are_refused_with_their_close_code() {
         writing.abort();
     }
 }
+
+/// A local side that stops reading ends the tunnel within the write bound (the relay
+/// side's stall is bounded the same way): nothing holds the task, its sockets and its
+/// place under the tunnel cap forever.
+#[tokio::test(start_paused = true)]
+async fn a_local_side_that_stops_reading_ends_the_tunnel_within_the_bound() {
+    let (tunnel, mut peer) = tunnel_and_peer();
+    // The app's end is kept open and never read: its pipe fills after 4 KiB.
+    let (_app, local) = tokio::io::duplex(4096);
+    let splice = tokio::spawn(tunnel.splice(local));
+    let frame = vec![0x5A; 16 * 1024];
+    for _ in 0..4 {
+        peer.1
+            .write_frame(OpCode::Binary, &frame)
+            .await
+            .expect("the relay's write");
+    }
+    // Paused time runs ahead whenever everything waits, so this costs no real time.
+    let ended = tokio::time::timeout(TUNNEL_WRITE_TIMEOUT + DEADLINE, splice)
+        .await
+        .expect("the splice ended within the bound")
+        .expect("the task did not panic");
+    let err = ended.expect_err("a stalled local side is an error");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(
+        err.to_string().contains("the local side took no bytes"),
+        "the error names the stalled side: {err}"
+    );
+}
