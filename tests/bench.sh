@@ -3,7 +3,8 @@
 # `cargo bench --bench compare` (agent/benches/compare.rs) on the optimised build.
 #   bash tests/bench.sh                  # about 5 minutes after the first build
 #   BENCH_TUNNELS=250 bash tests/bench.sh   # idle-tunnel memory at 250 tunnels instead of 5000
-# Peers: rathole, bore and websocat are built once into target/bench-peers (cargo install,
+# The static build that ships is built first (docker/build-static.sh, with musl-tools and the
+# Rust target installed when missing). Peers: rathole, bore and websocat are built once into target/bench-peers (cargo install,
 # about 10 minutes on 2 cores the first time); iperf3, tini, strace and valgrind come from
 # apt when missing. A peer that still cannot be had is named in the output and its cells
 # say "missing"; the rest is measured. Not part of tests/run.sh or CI. (No hyperfine: it
@@ -50,6 +51,25 @@ if ! python3 -c 'import debugpy' 2>/dev/null; then
   else
     echo "bench.sh: no virtual environment for debugpy; figures 9, 10 and 12 are skipped" >&2
   fi
+fi
+
+# Figures 1, 3, 8 and 12 measure the static build that ships (docker/build-static.sh), so
+# it is built here, from the same sources as the release build (incremental: seconds when
+# nothing changed). A stale one would measure older code.
+if ! command -v musl-gcc >/dev/null; then
+  echo "== apt-get install musl-tools" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >&2 \
+    || echo "bench.sh: apt-get install musl-tools failed" >&2
+fi
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+  echo "== rustup target add x86_64-unknown-linux-musl" >&2
+  rustup target add x86_64-unknown-linux-musl >&2 || echo "bench.sh: rustup target add failed" >&2
+fi
+echo "== bash docker/build-static.sh" >&2
+if ! bash docker/build-static.sh >/dev/null; then
+  # An old build must not stand in for this one.
+  rm -f target/x86_64-unknown-linux-musl/release/amlx-agent
+  echo "bench.sh: the static build failed: its rows are skipped, exec is measured on the release build" >&2
 fi
 
 # Thousands of idle tunnels need thousands of descriptors (the bench raises the soft
