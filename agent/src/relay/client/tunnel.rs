@@ -29,7 +29,8 @@ const CHUNK: usize = crate::relay::websocket::PIECE_LEN;
 /// A write that either end of a tunnel has not taken within this is a dead tunnel: a
 /// relay that stops reading, or a local peer that does (a hung debugger, a stopped
 /// process), must not hold a debug session, its task and its place under the tunnel cap
-/// forever. A reader that is merely slow takes a frame (64 KiB at most) well within it.
+/// forever. The relay must take each frame (64 KiB at most) within it; the local side,
+/// some bytes (so a local reader that is slow but reading is never cut off).
 pub const TUNNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs one frame write to the relay, bounded by [`TUNNEL_WRITE_TIMEOUT`].
@@ -37,13 +38,26 @@ async fn bounded(write: impl Future<Output = io::Result<()>>) -> io::Result<()> 
     bounded_to("the relay took no frame", write).await
 }
 
-/// Runs one write to the local side, bounded by [`TUNNEL_WRITE_TIMEOUT`].
-async fn bounded_local(write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+/// Runs one write or shutdown of the local side, bounded by [`TUNNEL_WRITE_TIMEOUT`].
+async fn bounded_local<T>(write: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     bounded_to("the local side took no bytes", write).await
 }
 
+/// Writes all of `data` to the local side; each write has [`TUNNEL_WRITE_TIMEOUT`] to take
+/// some of it.
+async fn write_local<W: AsyncWrite + Unpin>(local: &mut W, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = bounded_local(local.write(data)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data = data.get(n..).unwrap_or_default();
+    }
+    Ok(())
+}
+
 /// Runs `write` within [`TUNNEL_WRITE_TIMEOUT`]; past it, an error that says `stalled`.
-async fn bounded_to(stalled: &str, write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+async fn bounded_to<T>(stalled: &str, write: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     match tokio::time::timeout(TUNNEL_WRITE_TIMEOUT, write).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
@@ -255,11 +269,11 @@ impl Tunnel {
             let mut received = 0u64;
             let pending = std::mem::take(&mut self.pending);
             if !pending.is_empty() {
-                bounded_local(tcp_write.write_all(&pending)).await?;
+                write_local(&mut tcp_write, &pending).await?;
                 received += pending.len() as u64;
             }
             while let Some(data) = self.next_data().await? {
-                bounded_local(tcp_write.write_all(&data)).await?;
+                write_local(&mut tcp_write, &data).await?;
                 received += data.len() as u64;
             }
             // The peer will send no more: pass the half-close on to the local side.

@@ -252,3 +252,36 @@ async fn a_local_side_that_stops_reading_ends_the_tunnel_within_the_bound() {
         "the error names the stalled side: {err}"
     );
 }
+
+/// The bound is on progress, not on a whole piece: a local reader that takes a little
+/// every second is never cut off, however long a 64 KiB piece takes it.
+#[tokio::test(start_paused = true)]
+async fn a_slow_but_reading_local_side_keeps_the_tunnel() {
+    let (tunnel, mut peer) = tunnel_and_peer();
+    let (mut app, local) = tokio::io::duplex(4096);
+    let splice = tokio::spawn(tunnel.splice(local));
+    const PIECE: usize = 64 * 1024;
+    peer.1
+        .write_frame(OpCode::Binary, &vec![0x5A; PIECE])
+        .await
+        .expect("the relay's write");
+    // 512 bytes a second: 128 s for the piece, four times the bound.
+    let reader = tokio::spawn(async move {
+        let (mut got, mut chunk) = (0usize, [0u8; 512]);
+        while got < PIECE {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match app.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        got
+    });
+    let got = tokio::time::timeout(4 * TUNNEL_WRITE_TIMEOUT + DEADLINE, reader)
+        .await
+        .expect("the reader finished within its bound")
+        .expect("the reader did not panic");
+    assert_eq!(got, PIECE, "the slow reader got the whole piece");
+    assert!(!splice.is_finished(), "the tunnel is still open");
+    splice.abort();
+}
