@@ -753,3 +753,65 @@ async fn a_sender_that_stops_reading_does_not_hold_the_pair_after_the_listener_l
     );
     drop(deaf);
 }
+
+/// A listener that sends Pings on its control channel and never reads the Pongs: the
+/// relay holds a bounded amount of them (tungstenite's default write buffer is unlimited,
+/// and 40 MB of Pings grew the relay by 30 MB), and stays up for everyone else.
+#[tokio::test]
+async fn pings_on_a_control_channel_that_is_never_read_cost_the_relay_bounded_memory() {
+    // Without the bound the relay grew by about 30 MB here (the rest sits in socket buffers).
+    const MOST_GROWTH_KIB: u64 = 12 * 1024;
+    let mut relay = Relay::start("");
+    let path = "deaf-listener";
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    // A small receive buffer: the Pongs back up in the relay, not in our kernel.
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut tcp = socket.connect(relay.addr).await.expect("connect");
+    let tok = token(ROOT, KEY, path, 3600);
+    let head = upgrade_head(
+        &relay.url(path, "listen"),
+        &[("ServiceBusAuthorization", &tok)],
+    );
+    tcp.write_all(head.as_bytes()).await.expect("send upgrade");
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        let b = tokio::time::timeout(DEADLINE, tcp.read_u8())
+            .await
+            .expect("101 in time")
+            .expect("read 101");
+        answer.push(b);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 101"), "listener upgraded");
+    let before = relay.rss_kib();
+    let ping = masked_frame(FIN | OP_PING, 125, &[b'P'; 125]);
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 8000)
+        .collect();
+    // 40 MB of Pings, each burst bounded: the relay keeps reading its control channel.
+    for _ in 0..40 {
+        tokio::time::timeout(DEADLINE, tcp.write_all(&burst))
+            .await
+            .expect("the relay kept reading Pings")
+            .expect("send Pings");
+    }
+    // The relay may still be answering the last bursts: take the largest of a few looks.
+    let mut grown = 0;
+    for _ in 0..10 {
+        grown = grown.max(relay.rss_kib().saturating_sub(before));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        grown < MOST_GROWTH_KIB,
+        "the relay grew by {grown} KiB holding Pongs nobody reads"
+    );
+    assert_still_serving(
+        &mut relay,
+        "a Ping flood on a deaf control channel",
+        "after-pings",
+    )
+    .await;
+    drop(tcp);
+}

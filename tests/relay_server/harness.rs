@@ -113,6 +113,17 @@ impl Relay {
         }
     }
 
+    /// The relay's resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the relay's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     /// `ws://127.0.0.1:PORT/$hc/{path}?sb-hc-action={action}`.
     pub fn url(&self, path: &str, action: &str) -> String {
         format!(

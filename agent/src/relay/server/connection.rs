@@ -28,6 +28,18 @@ use crate::relay::protocol::{
 };
 use crate::relay::sas::{Right, SasError};
 
+/// What a listener's control channel reads at a time. Control messages are small (a
+/// `renewToken`); tungstenite's default (128 KiB, allocated for the channel's life) made an
+/// idle listener cost 130 KB of the relay.
+const CONTROL_READ_BUFFER: usize = 4 * 1024;
+
+/// What the relay holds of control frames a listener has not taken off the wire yet:
+/// accept commands (each under the sender's request head, at most
+/// [`upgrade::MAX_HEAD_BYTES`]), Pongs and the Close. Past it a send fails (the listener is
+/// dropped) and only the latest Pong is kept. tungstenite's default is unlimited: a
+/// listener that sent Pings and never read grew the relay by every byte it sent.
+const CONTROL_WRITE_BUFFER: usize = 8 * upgrade::MAX_HEAD_BYTES;
+
 /// The stats document.
 const STATUS_PATH: &str = "/$status";
 
@@ -272,7 +284,10 @@ impl Ctx {
         tracing::info!(key = %grant.key_name, "listener connected");
         let config = WebSocketConfig::default()
             .max_message_size(Some(server.settings.config.max_control_message))
-            .max_frame_size(Some(server.settings.config.max_control_message));
+            .max_frame_size(Some(server.settings.config.max_control_message))
+            .read_buffer_size(CONTROL_READ_BUFFER)
+            .write_buffer_size(0)
+            .max_write_buffer_size(CONTROL_WRITE_BUFFER);
         let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
         let ended = control::serve(
             ws,
