@@ -815,3 +815,25 @@ async fn pings_on_a_control_channel_that_is_never_read_cost_the_relay_bounded_me
     .await;
     drop(tcp);
 }
+
+/// The relay arms TCP keepalive on what it accepts (30 s idle, then probes), so a
+/// listener or a relayed end that vanished without a FIN (a partition, a host gone) is
+/// dropped by the kernel instead of being held until its token expires or for good.
+#[tokio::test]
+async fn accepted_connections_are_probed_when_silent() {
+    /// Clock ticks per second in /proc/net/tcp (USER_HZ).
+    const TICKS: u64 = 100;
+    let relay = Relay::start("");
+    let control = listen(&relay, "probed").await;
+    let client = match control.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().expect("local address"),
+        _ => panic!("a plain ws listener"),
+    };
+    let (timer, when) = relay.socket_timer(client);
+    assert_eq!(timer, 2, "a keepalive timer runs on the relay's end");
+    assert!(
+        when <= 30 * TICKS,
+        "the first probe comes within 30 s of silence, not {when} ticks"
+    );
+    drop(control);
+}
