@@ -766,22 +766,10 @@ async fn pings_on_a_control_channel_that_is_never_read_cost_the_relay_bounded_me
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     // A small receive buffer: the Pongs back up in the relay, not in our kernel.
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let mut tcp = socket.connect(relay.addr).await.expect("connect");
+    let tcp = socket.connect(relay.addr).await.expect("connect");
     let tok = token(ROOT, KEY, path, 3600);
-    let head = upgrade_head(
-        &relay.url(path, "listen"),
-        &[("ServiceBusAuthorization", &tok)],
-    );
-    tcp.write_all(head.as_bytes()).await.expect("send upgrade");
-    let mut answer = Vec::new();
-    while !answer.ends_with(b"\r\n\r\n") {
-        let b = tokio::time::timeout(DEADLINE, tcp.read_u8())
-            .await
-            .expect("101 in time")
-            .expect("read 101");
-        answer.push(b);
-    }
-    assert!(answer.starts_with(b"HTTP/1.1 101"), "listener upgraded");
+    let url = relay.url(path, "listen");
+    let mut listener = RawWs::upgrade(tcp, &url, &[("ServiceBusAuthorization", &tok)]).await;
     let before = relay.rss_kib();
     let ping = masked_frame(FIN | OP_PING, 125, &[b'P'; 125]);
     let burst: Vec<u8> = ping
@@ -792,10 +780,9 @@ async fn pings_on_a_control_channel_that_is_never_read_cost_the_relay_bounded_me
         .collect();
     // 40 MB of Pings, each burst bounded: the relay keeps reading its control channel.
     for _ in 0..40 {
-        tokio::time::timeout(DEADLINE, tcp.write_all(&burst))
+        tokio::time::timeout(DEADLINE, listener.send_bytes(&burst))
             .await
-            .expect("the relay kept reading Pings")
-            .expect("send Pings");
+            .expect("the relay kept reading Pings");
     }
     // The relay may still be answering the last bursts: take the largest of a few looks.
     let mut grown = 0;
@@ -813,7 +800,7 @@ async fn pings_on_a_control_channel_that_is_never_read_cost_the_relay_bounded_me
         "after-pings",
     )
     .await;
-    drop(tcp);
+    drop(listener);
 }
 
 /// The relay arms TCP keepalive on what it accepts (30 s idle, then probes), so a

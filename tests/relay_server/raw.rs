@@ -76,7 +76,12 @@ impl RawWs {
             parsed.host_str().expect("host"),
             parsed.port().expect("port")
         );
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        RawWs::upgrade(tcp, url, extra_headers).await
+    }
+
+    /// Upgrades `tcp`, already connected to `url`'s relay; panics unless the answer is 101.
+    pub async fn upgrade(mut tcp: TcpStream, url: &str, extra_headers: &[(&str, &str)]) -> RawWs {
         tcp.write_all(upgrade_head(url, extra_headers).as_bytes())
             .await
             .expect("send upgrade");
