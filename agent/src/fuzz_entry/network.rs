@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -283,9 +283,7 @@ pub async fn serve_control_channel(data: &[u8]) {
     };
     let io = ScriptedIo::new(script, usize::from(shape >> 1) * 16 + 1);
     let stream = Prefixed::new(Vec::new(), Box::new(io) as BoxIo);
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_CONTROL_MESSAGE))
-        .max_frame_size(Some(MAX_CONTROL_MESSAGE));
+    let config = control::websocket_config(MAX_CONTROL_MESSAGE);
     let ws = WebSocketStream::from_raw_socket(stream, WsRole::Server, Some(config)).await;
     let keys = fuzz_keys();
     // The sender half stays alive while the channel runs: dropping it means shutdown.

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::Instrument as _;
 
 use super::admission::{HandshakeSlot, Overload};
@@ -28,18 +28,6 @@ use crate::relay::protocol::{
     self, Action, HEADER_TOKEN, HcRequest, NO_LISTENER_TEXT, ProtocolError, close_code, status,
 };
 use crate::relay::sas::{Right, SasError};
-
-/// What a listener's control channel reads at a time. Control messages are small (a
-/// `renewToken`); tungstenite's default (128 KiB, allocated for the channel's life) made an
-/// idle listener cost 130 KB of the relay.
-const CONTROL_READ_BUFFER: usize = 4 * 1024;
-
-/// What the relay holds of control frames a listener has not taken off the wire yet:
-/// accept commands (each under the sender's request head, at most
-/// [`upgrade::MAX_HEAD_BYTES`]), Pongs and the Close. Past it a send fails (the listener is
-/// dropped) and only the latest Pong is kept. tungstenite's default is unlimited: a
-/// listener that sent Pings and never read grew the relay by every byte it sent.
-const CONTROL_WRITE_BUFFER: usize = 8 * upgrade::MAX_HEAD_BYTES;
 
 /// The stats document.
 const STATUS_PATH: &str = "/$status";
@@ -309,12 +297,7 @@ impl Ctx {
             return;
         }
         tracing::info!(key = %grant.key_name, "listener connected");
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(server.settings.config.max_control_message))
-            .max_frame_size(Some(server.settings.config.max_control_message))
-            .read_buffer_size(CONTROL_READ_BUFFER)
-            .write_buffer_size(0)
-            .max_write_buffer_size(CONTROL_WRITE_BUFFER);
+        let config = control::websocket_config(server.settings.config.max_control_message);
         let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
         let ended = control::serve(
             ws,

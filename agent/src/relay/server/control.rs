@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::io::{BoxIo, Prefixed};
@@ -23,6 +23,30 @@ use crate::relay::sas::Right;
 /// A listener that does not take an accept command off the wire within this (its
 /// socket buffers are full: it stopped reading) is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a listener's control channel reads at a time. Control messages are small (a
+/// `renewToken`); tungstenite's default (128 KiB, allocated for the channel's life) made an
+/// idle listener cost 130 KB of the relay.
+const CONTROL_READ_BUFFER: usize = 4 * 1024;
+
+/// What the relay holds of control frames a listener has not taken off the wire yet:
+/// accept commands (each under the sender's request head, at most
+/// [`super::upgrade::MAX_HEAD_BYTES`]), Pongs and the Close. Past it a send fails (the listener is
+/// dropped) and only the latest Pong is kept. tungstenite's default is unlimited: a
+/// listener that sent Pings and never read grew the relay by every byte it sent.
+const CONTROL_WRITE_BUFFER: usize = 8 * super::upgrade::MAX_HEAD_BYTES;
+
+/// The WebSocket settings of a listener's control channel: messages up to
+/// `max_control_message` bytes, read [`CONTROL_READ_BUFFER`] at a time, frames written
+/// as they are sent, at most [`CONTROL_WRITE_BUFFER`] of them held unsent.
+pub fn websocket_config(max_control_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_control_message))
+        .max_frame_size(Some(max_control_message))
+        .read_buffer_size(CONTROL_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(CONTROL_WRITE_BUFFER)
+}
 
 /// Why a control channel ended (logged by the caller).
 #[derive(Debug, Clone, PartialEq, Eq)]
