@@ -66,9 +66,21 @@ pub async fn connect_address(
     timeout: Duration,
 ) -> Result<WebSocket, ConnectError> {
     let url = Url::parse(address).map_err(|e| ConnectError::Protocol {
-        url: address.to_owned(),
+        url: crate::logging::loggable(address).into_owned(),
         detail: format!("the rendezvous address is not a URL: {e}"),
     })?;
+    // Its path and query go into our request as written: a line break there would end
+    // the request line and let the relay write requests of its own (a whole second
+    // request, with a body) to whatever host it named. `Url::parse` drops such
+    // characters silently, so the check is on the text.
+    if address.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ConnectError::Protocol {
+            url: display_url(&url),
+            detail: "the relay named a rendezvous address with a control character or a \
+                     space in it; refused (it would break the upgrade request)"
+                .to_owned(),
+        });
+    }
     // The relay chose this address: no weaker transport than the relay's own (a relay
     // reached over TLS cannot send us to plain ws://), and plain ws:// only to loopback,
     // as for the relay itself.
@@ -329,6 +341,34 @@ mod tests {
                 None,
                 "no TLS configuration",
             ),
+            // A relay smuggling a request of its own into ours.
+            (
+                format!(
+                    "ws://127.0.0.1:{port}/x HTTP/1.1\r\nHost: victim\r\n\r\n\
+                     POST /admin/delete HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+                ),
+                None,
+                "control character",
+            ),
+            (
+                format!("ws://127.0.0.1:{port}{target}\n"),
+                None,
+                "control character",
+            ),
+            (
+                format!("ws://127.0.0.1:{port}/a b{target}"),
+                None,
+                "control character or a space",
+            ),
+            // Not a URL: the relay's text is escaped and cut in the error (and the log).
+            (
+                format!(
+                    "\u{1b}[2Jnot a url\n2026-01-01T00:00:00Z INFO forged{}",
+                    "h".repeat(5000)
+                ),
+                None,
+                "not a URL",
+            ),
         ];
         for (address, tls, why) in cases {
             let result =
@@ -337,6 +377,16 @@ mod tests {
                 .err()
                 .unwrap_or_else(|| panic!("{address}: connected"));
             assert!(err.to_string().contains(why), "{address}: {err}");
+            let shown = err.to_string();
+            assert!(
+                !shown.contains(['\n', '\r', '\u{1b}']),
+                "the error is one safe line: {shown:?}"
+            );
+            assert!(
+                shown.len() < 2048,
+                "the error is short: {} bytes",
+                shown.len()
+            );
             let accepted = tokio::time::timeout(Duration::from_millis(100), watcher.accept()).await;
             assert!(accepted.is_err(), "{address}: a connection was made");
         }
