@@ -107,6 +107,7 @@ pub async fn run_with_cap<H: AcceptHandler>(
         max_tunnels,
         tunnels: Arc::new(Semaphore::new(max_tunnels)),
         rejects: Arc::new(Semaphore::new(MAX_PENDING_REJECTS)),
+        ignored: Arc::default(),
     };
     let result = listen_loop(&endpoint, &handler, &tracker, &admission, &shutdown).await;
     tracker.close();
@@ -127,6 +128,36 @@ struct Admission {
     max_tunnels: usize,
     tunnels: Arc<Semaphore>,
     rejects: Arc<Semaphore>,
+    /// Senders ignored because every slot was taken, for a rate-limited warning.
+    ignored: Arc<std::sync::Mutex<Ignored>>,
+}
+
+/// The warning about ignored senders comes at most this often: a relay (or whoever holds
+/// one) sending accepts as fast as it can wrote 63,000 warnings a second, 180 MB of log in
+/// 2.5 s, while memory and descriptors stayed bounded.
+const IGNORED_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Senders ignored since the last warning about them.
+#[derive(Debug, Default)]
+struct Ignored {
+    since_warning: u64,
+    warned_at: Option<Instant>,
+}
+
+impl Ignored {
+    /// Counts one more ignored sender; `Some(count)` when a warning is due at `now`
+    /// (the first, then at most one per [`IGNORED_WARNING_EVERY`]), counting this one.
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        self.since_warning += 1;
+        let due = self
+            .warned_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= IGNORED_WARNING_EVERY);
+        if !due {
+            return None;
+        }
+        self.warned_at = Some(now);
+        Some(std::mem::take(&mut self.since_warning))
+    }
 }
 
 async fn listen_loop<H: AcceptHandler>(
@@ -356,7 +387,14 @@ fn dispatch<H: AcceptHandler>(
                         _permit: permit,
                     },
                     Err(_) => {
-                        tracing::warn!(parent: &span, "{} relayed connections and {MAX_PENDING_REJECTS} rejects in flight; ignoring the sender", admission.max_tunnels);
+                        let due = admission
+                            .ignored
+                            .lock()
+                            .map(|mut ignored| ignored.note(Instant::now()))
+                            .unwrap_or(None);
+                        if let Some(count) = due {
+                            tracing::warn!(parent: &span, "{} relayed connections and {MAX_PENDING_REJECTS} rejects in flight; ignoring senders ({count} since the last warning; at most one warning every {IGNORED_WARNING_EVERY:?})", admission.max_tunnels);
+                        }
                         return;
                     }
                 },
