@@ -56,6 +56,7 @@ pub mod buffer;
 pub mod cipher;
 pub mod client;
 pub mod connection_string;
+pub mod keepalive;
 pub mod open_files;
 pub mod protocol;
 pub mod sas;

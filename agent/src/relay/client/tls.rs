@@ -134,6 +134,10 @@ pub async fn connect(
         })?;
     // Small frames (debugger messages) should leave at once.
     let _ = tcp.set_nodelay(true);
+    // A relay that vanished is noticed even while nothing flows (an idle tunnel).
+    if let Err(err) = crate::relay::keepalive::probe_when_silent(&tcp) {
+        tracing::debug!("TCP keepalive not set: {err}");
+    }
     match tls {
         None => Ok(Box::new(tcp)),
         Some(config) => {

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -32,29 +31,6 @@ use crate::relay::sas::{Right, SasError};
 /// The stats document.
 const STATUS_PATH: &str = "/$status";
 
-/// A connection silent for this long has its peer probed by the kernel (TCP keepalive),
-/// every [`KEEPALIVE_INTERVAL`]; [`KEEPALIVE_PROBES`] unanswered probes end it. Nothing
-/// else notices a peer that vanished without a FIN or RST (a partition, a host gone):
-/// the relay sends no Pings of its own, so a dead listener kept its registration (and
-/// drew senders that then waited 30 s for nothing) until its token expired, and a pair
-/// whose two ends both vanished was held for good. With these, about a minute. The
-/// probes are the kernel's: no client sees a byte of them.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
-/// Between unanswered keepalive probes.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// Unanswered keepalive probes that end a connection.
-const KEEPALIVE_PROBES: u32 = 3;
-
-/// Turns on TCP keepalive for an accepted connection, with the timing above.
-fn keep_alive(tcp: &TcpStream) -> nix::Result<()> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-    setsockopt(tcp, sockopt::TcpKeepIdle, &secs(KEEPALIVE_IDLE))?;
-    setsockopt(tcp, sockopt::TcpKeepInterval, &secs(KEEPALIVE_INTERVAL))?;
-    setsockopt(tcp, sockopt::TcpKeepCount, &KEEPALIVE_PROBES)?;
-    setsockopt(tcp, sockopt::KeepAlive, &true)
-}
-
 type Stream = Prefixed<BoxIo>;
 
 /// Serves one accepted TCP connection to the end; errors are logged here.
@@ -65,7 +41,7 @@ pub(super) async fn handle(
     handshake: HandshakeSlot,
 ) {
     let _ = tcp.set_nodelay(true);
-    if let Err(err) = keep_alive(&tcp) {
+    if let Err(err) = crate::relay::keepalive::probe_when_silent(&tcp) {
         tracing::debug!("TCP keepalive not set: {err}");
     }
     let local = tcp.local_addr().ok();
