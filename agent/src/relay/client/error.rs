@@ -42,6 +42,10 @@ pub enum ConnectError {
         text: String,
     },
     #[error(
+        "relay {url}: every listener that answered forwards other port names (421 Misdirected: {text}); {WRONG_LISTENER_FIX}"
+    )]
+    WrongListener { url: String, text: String },
+    #[error(
         "relay {url} answered HTTP {status} ({text}) instead of a WebSocket upgrade; check that Endpoint points at a Hybrid Connections relay"
     )]
     Unexpected {
@@ -49,9 +53,7 @@ pub enum ConnectError {
         status: u16,
         text: String,
     },
-    #[error(
-        "cannot reach relay {addr}: {source}; check the Endpoint host and port in the connection string and that the relay is running"
-    )]
+    #[error("cannot reach relay {addr}: {source}; {}", connect_fix(source))]
     Connect { addr: String, source: io::Error },
     #[error("TLS with relay {host} failed: {source}; {}", tls_fix(source))]
     Tls { host: String, source: io::Error },
@@ -67,6 +69,8 @@ pub enum ConnectError {
 pub const NOT_FOUND_LISTEN_FIX: &str = "create the Hybrid Connection or fix --hc / EntityPath";
 /// Fix for a 404 on connect (nobody listening).
 pub const NOT_FOUND_SEND_FIX: &str = "start `amlx-agent relay listen` (or azbridge -R) for this Hybrid Connection, or fix --hc / EntityPath";
+/// Fix for a sender that only ever reached listeners of other ports (421).
+pub const WRONG_LISTENER_FIX: &str = "check --port-name against the names the listener forwards (`relay listen --forward NAME=...`, or the debug port of the node), and that the listener for it is running";
 /// Extra hint for a sender's 403.
 pub const FORBIDDEN_SEND_HINT: &str = " (or the listener refused this sender)";
 
@@ -106,6 +110,7 @@ impl ConnectError {
                 },
             },
             status::GONE => ConnectError::Gone { url, text },
+            status::MISDIRECTED => ConnectError::WrongListener { url, text },
             500..=599 => ConnectError::Server {
                 url,
                 status: status_code,
@@ -126,6 +131,7 @@ impl ConnectError {
             ConnectError::Forbidden { .. } => Some(status::FORBIDDEN),
             ConnectError::NotFound { .. } => Some(status::NOT_FOUND),
             ConnectError::Gone { .. } => Some(status::GONE),
+            ConnectError::WrongListener { .. } => Some(status::MISDIRECTED),
             ConnectError::Server { status, .. } | ConnectError::Unexpected { status, .. } => {
                 Some(*status)
             }
@@ -141,6 +147,24 @@ impl ConnectError {
                 | ConnectError::Forbidden { .. }
                 | ConnectError::NotFound { .. }
         )
+    }
+}
+
+/// What to do about a relay that could not be reached: out of descriptors is this
+/// process's limit, not the relay's fault; anything else is the address or the relay.
+pub fn connect_fix(source: &io::Error) -> &'static str {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    match source.raw_os_error() {
+        Some(EMFILE) => {
+            "this process is out of file descriptors (too many tunnels open); raise its limit (ulimit -n, LimitNOFILE=) or lower --max-tunnels"
+        }
+        Some(ENFILE) => {
+            "this machine is out of file descriptors (fs.file-max); close some or raise the limit"
+        }
+        _ => {
+            "check the Endpoint host and port in the connection string and that the relay is running"
+        }
     }
 }
 
@@ -190,6 +214,7 @@ mod tests {
             (Role::Rendezvous, 410, "410 Gone", false),
             (Role::Send, 503, "HTTP 503", false),
             (Role::Send, 200, "instead of a WebSocket upgrade", false),
+            (Role::Send, 421, "check --port-name", false),
         ];
         for (role, code, needle, permanent) in cases {
             let err = ConnectError::from_status(role, "ws://h/$hc/x".into(), code, "why".into());
@@ -198,6 +223,25 @@ mod tests {
             assert!(!text.contains('\n'), "{text}");
             assert_eq!(err.status(), Some(code));
             assert_eq!(err.is_permanent(), permanent, "{code}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_relay_names_the_limit_when_it_is_ours() {
+        // (OS error, part of the fix)
+        let cases = [
+            (24, "this process is out of file descriptors"),
+            (23, "this machine is out of file descriptors"),
+            (111, "check the Endpoint host and port"),
+        ];
+        for (errno, fix) in cases {
+            let err = ConnectError::Connect {
+                addr: "relay:443".into(),
+                source: io::Error::from_raw_os_error(errno),
+            };
+            let text = err.to_string();
+            assert!(text.contains(fix), "{errno}: {text}");
+            assert!(!text.contains('\n'), "{text}");
         }
     }
 }
