@@ -224,3 +224,19 @@ pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> std::pr
 pub fn output_bounded(cmd: &mut Command) -> std::process::Output {
     output_within(cmd, DEADLINE)
 }
+
+/// The kernel's timer on process `pid`'s end of the TCP connection from its local port
+/// `ours` to port `theirs`, from `/proc/<pid>/net/tcp`: (`tr`, `tm->when` in clock ticks).
+/// `tr` 2 is a keepalive timer. `None` when no such connection is listed.
+pub fn tcp_timer(pid: u32, ours: u16, theirs: u16) -> Option<(u8, u64)> {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if port(fields.get(1)?)? != ours || port(fields.get(2)?)? != theirs {
+            return None;
+        }
+        let (tr, when) = fields.get(5)?.split_once(':')?;
+        Some((tr.parse().ok()?, u64::from_str_radix(when, 16).ok()?))
+    })
+}

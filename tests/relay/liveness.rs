@@ -102,3 +102,41 @@ fn a_listener_whose_relay_goes_silent_reconnects_within_the_silence_limit() {
         .unwrap_or_else(|| panic!("{}", listener.dump()));
     assert!(why.contains("nothing from the relay"), "{why}");
 }
+
+/// `relay listen`'s connection to its relay has TCP keepalive armed (30 s idle, then
+/// probes), so a relay that vanished without a FIN is noticed even while nothing flows.
+#[test]
+fn a_listeners_connection_to_its_relay_is_probed_when_silent() {
+    /// Clock ticks per second in /proc/net/tcp (USER_HZ).
+    const TICKS: u64 = 100;
+    let relay = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = relay.local_addr().expect("bound");
+    let (accepted, connections) = mpsc::channel();
+    thread::spawn(move || {
+        if let Ok(conn) = relay.accept() {
+            let _ = accepted.send(conn);
+        }
+    });
+    let cs = format!(
+        "Endpoint=sb://{addr}/;SharedAccessKeyName=k;SharedAccessKey=c2lsZW50;EntityPath=probed"
+    );
+    let listener = listen_without_relay(&cs, &["--ports", "5678"]);
+    let (_conn, peer) = connections
+        .recv_timeout(DEADLINE)
+        .unwrap_or_else(|_| panic!("no control channel:\n{}", listener.dump()));
+    // The listener arms keepalive just after connecting, and its upgrade request may be
+    // unacknowledged for a moment (a retransmit timer shows then): poll, bounded.
+    let pid = listener.child.id();
+    let when = crate::util::wait_for(
+        "a keepalive timer on the listener's end of its relay connection",
+        Duration::from_secs(5),
+        || match crate::util::tcp_timer(pid, peer.port(), addr.port()) {
+            Some((2, when)) => Some(when),
+            _ => None,
+        },
+    );
+    assert!(
+        when <= 30 * TICKS,
+        "the first probe comes within 30 s, not {when} ticks"
+    );
+}

@@ -125,29 +125,10 @@ impl Relay {
     }
 
     /// The kernel's timer on the relay's end of the TCP connection from `client` (a local
-    /// address of ours), from `/proc/<pid>/net/tcp`: (`tr`, `tm->when` in clock ticks),
-    /// where `tr` 2 is a keepalive timer.
+    /// address of ours): (`tr`, `tm->when` in clock ticks), where `tr` 2 is a keepalive timer.
     pub fn socket_timer(&self, client: SocketAddr) -> (u8, u64) {
-        let table = std::fs::read_to_string(format!("/proc/{}/net/tcp", self.child.id()))
-            .expect("the relay's /proc net/tcp");
-        let port = |addr: &str| {
-            addr.rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-        };
-        table
-            .lines()
-            .skip(1)
-            .find_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let (local, remote) = (fields.get(1)?, fields.get(2)?);
-                if port(local)? != self.addr.port() || port(remote)? != client.port() {
-                    return None;
-                }
-                let (tr, when) = fields.get(5)?.split_once(':')?;
-                Some((tr.parse().ok()?, u64::from_str_radix(when, 16).ok()?))
-            })
-            .unwrap_or_else(|| panic!("no relay socket for {client} in:\n{table}"))
+        util::tcp_timer(self.child.id(), self.addr.port(), client.port())
+            .unwrap_or_else(|| panic!("no relay socket for {client}"))
     }
 
     /// `ws://127.0.0.1:PORT/$hc/{path}?sb-hc-action={action}`.

@@ -49,39 +49,4 @@ mod tests {
         );
         assert_eq!(getsockopt(&tcp, sockopt::TcpKeepCount).expect("count"), 3);
     }
-
-    /// The kernel's timer on our end of the connection from local port `ours` to `theirs`
-    /// (`/proc/self/net/tcp`: `tr` 2 is a keepalive timer).
-    fn timer(ours: u16, theirs: u16) -> Option<u8> {
-        let table = std::fs::read_to_string("/proc/self/net/tcp").ok()?;
-        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
-        table.lines().skip(1).find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if port(fields.get(1)?)? != ours || port(fields.get(2)?)? != theirs {
-                return None;
-            }
-            fields.get(5)?.split_once(':')?.0.parse().ok()
-        })
-    }
-
-    #[tokio::test]
-    async fn a_client_connection_to_a_relay_is_probed() {
-        let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let relay_port = relay.local_addr().expect("addr").port();
-        let url = url::Url::parse(&format!("ws://127.0.0.1:{relay_port}/")).expect("url");
-        let within = Duration::from_secs(10);
-        let (client, accepted) = tokio::join!(
-            tokio::time::timeout(within, crate::relay::client::tls::connect(&url, None)),
-            tokio::time::timeout(within, relay.accept()),
-        );
-        let _client = client.expect("connected in time").expect("connected");
-        let (_tcp, from) = accepted.expect("accepted in time").expect("accepted");
-        assert_eq!(
-            timer(from.port(), relay_port),
-            Some(2),
-            "a keepalive timer runs"
-        );
-    }
 }
