@@ -56,15 +56,8 @@ fi
 # Figures 1, 3, 8 and 12 measure the static build that ships (docker/build-static.sh), so
 # it is built here, from the same sources as the release build (incremental: seconds when
 # nothing changed). A stale one would measure older code.
-if ! command -v musl-gcc >/dev/null; then
-  echo "== apt-get install musl-tools" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >&2 \
-    || echo "bench.sh: apt-get install musl-tools failed" >&2
-fi
-if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
-  echo "== rustup target add x86_64-unknown-linux-musl" >&2
-  rustup target add x86_64-unknown-linux-musl >&2 || echo "bench.sh: rustup target add failed" >&2
-fi
+source tests/static-toolchain.sh
+static_toolchain >&2 || echo "bench.sh: musl-tools or the musl Rust target could not be installed" >&2
 echo "== bash docker/build-static.sh" >&2
 if ! bash docker/build-static.sh >/dev/null; then
   # An old build must not stand in for this one.

@@ -9,7 +9,6 @@ cd "$(dirname "$0")/../.."
 missing=()
 command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
 command -v docker >/dev/null || missing+=(docker.io)
-command -v musl-gcc >/dev/null || missing+=(musl-tools)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -19,9 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
-  rustup target add x86_64-unknown-linux-musl
-fi
+source tests/static-toolchain.sh
+static_toolchain
 
 echo "== static release binary (docker/build-static.sh)"
 bash docker/build-static.sh >/dev/null
