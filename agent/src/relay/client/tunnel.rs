@@ -3,7 +3,8 @@
 //!
 //! - Local TCP read hits EOF: send Close (azbridge's `CloseOutput`) and keep reading.
 //! - Close arrives: shut down the local write side and keep sending the other direction
-//!   until the local side ends too; only then is our Close sent.
+//!   until the local side ends too; only then is our Close sent. Should the relay's
+//!   connection end first, the tunnel ends with it: nothing sent after that could arrive.
 //!
 //! Message boundaries mean nothing: every data frame is a slice of the stream.
 
@@ -188,6 +189,31 @@ impl Tunnel {
         }
     }
 
+    /// Reads the transport after the peer's Close until it ends, and says so. A peer sends
+    /// nothing after its Close; whatever it does send is dropped.
+    async fn transport_end(&mut self) -> io::Error {
+        loop {
+            match self.reader.read_frame().await {
+                Ok(Some(frame)) => {
+                    tracing::debug!(opcode = ?frame.opcode, "ignoring a frame after the peer's Close");
+                }
+                Ok(None) => {
+                    return io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the relay ended the connection after its Close, before our direction was done",
+                    );
+                }
+                Err(err) => {
+                    let err = io::Error::from(err);
+                    return io::Error::new(
+                        err.kind(),
+                        format!("the relayed connection failed after the peer's Close: {err}"),
+                    );
+                }
+            }
+        }
+    }
+
     /// Tells the peer (best effort, bounded) why its frames are refused, and turns the
     /// refusal into the error the reading caller sees.
     async fn refuse(&mut self, err: FrameError) -> io::Error {
@@ -299,19 +325,31 @@ impl Tunnel {
                 data.clear();
             }
         };
-        tokio::pin!(inbound, outbound);
-        let (mut inbound_done, mut outbound_done) = (false, false);
-        // Dropping the other future on an error is the intended abort of both directions.
-        while !(inbound_done && outbound_done) {
+        tokio::pin!(outbound);
+        let mut outbound_done = false;
+        {
+            tokio::pin!(inbound);
+            // Dropping the other future on an error is the intended abort of both directions.
+            loop {
+                tokio::select! {
+                    r = &mut inbound => {
+                        stats.received = r?;
+                        break;
+                    }
+                    r = &mut outbound, if !outbound_done => {
+                        stats.sent = r?;
+                        outbound_done = true;
+                    }
+                }
+            }
+        }
+        if !outbound_done {
+            // Our direction still needs the relay's connection. Should it end now, nothing
+            // the local side sends can arrive: end the tunnel rather than wait for a local
+            // peer that may never send or close (its socket and ours sat in CLOSE-WAIT).
             tokio::select! {
-                r = &mut inbound, if !inbound_done => {
-                    stats.received = r?;
-                    inbound_done = true;
-                }
-                r = &mut outbound, if !outbound_done => {
-                    stats.sent = r?;
-                    outbound_done = true;
-                }
+                r = &mut outbound => stats.sent = r?,
+                err = self.transport_end() => return Err(err),
             }
         }
         let mut w = writer.lock().await;

@@ -124,6 +124,43 @@ async fn peer_close_shuts_local_write_and_keeps_sending() {
         .expect("clean end");
 }
 
+/// The relay closes our peer's direction and then drops the connection while the local
+/// side neither sends nor closes: our direction can never be delivered, so the tunnel ends
+/// (it had held both sockets, the relay's in CLOSE-WAIT, for as long as the local peer
+/// kept its socket).
+#[tokio::test]
+async fn a_relay_gone_after_its_close_ends_the_tunnel_while_the_local_side_is_silent() {
+    let (tunnel, mut peer) = tunnel_and_peer();
+    let (mut app, local) = tcp_pair().await;
+    let splice = tokio::spawn(tunnel.splice(local));
+    peer.1
+        .write_close(close_code::NORMAL, "")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, app.read_to_end(&mut got))
+        .await
+        .expect("EOF within the deadline")
+        .expect("read");
+    drop(peer);
+    let result = tokio::time::timeout(DEADLINE, splice)
+        .await
+        .expect("the tunnel ends although the local side keeps its socket")
+        .expect("task");
+    let err = result.expect_err("our direction was cut: an error, not a clean end");
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+    assert!(err.to_string().contains("after its Close"), "{err}");
+    // The local side learns it too: its socket is closed (a write draws a reset, the
+    // next one fails), not left open.
+    let sent = tokio::time::timeout(DEADLINE, async {
+        while app.write_all(b"x").await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(sent.is_ok(), "writes to the closed tunnel fail");
+}
+
 #[tokio::test]
 async fn preamble_bytes_and_stream_share_frames() {
     let (mut tunnel, mut peer) = tunnel_and_peer();
