@@ -1,5 +1,6 @@
 //! Rendezvous: the accept command, refusals with their statuses, reject, timeout, half-close.
 
+use futures_util::StreamExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -262,4 +263,86 @@ async fn a_close_is_a_half_close() {
     assert_eq!(sender.recv().await, None);
     assert_eq!(listener.recv().await, None);
     relay.wait_status("relayed", 0).await;
+}
+
+/// Sends a raw upgrade and reads only the response head's status.
+async fn upgrade_status(addr: std::net::SocketAddr, head: String) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.expect("connect relay");
+    tcp.write_all(head.as_bytes()).await.expect("send request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(2 * DEADLINE, tcp.read(&mut buf))
+            .await
+            .expect("an answer within the rendezvous timeout")
+            .expect("read answer");
+        assert!(n > 0, "closed without an answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code")
+}
+
+/// A listener that stops reading its control channel is dropped after 10 s (the relay's
+/// send timeout). The accept commands still queued for it go to another listener of the
+/// path, whose senders are connected then; before, they were dropped in silence and their
+/// senders waited out the rendezvous timeout for a 504.
+#[tokio::test]
+async fn accepts_queued_behind_a_stuck_listener_go_to_another_listener() {
+    const SENDERS: u64 = 150;
+    let relay = Relay::start("rendezvous_timeout = \"25s\"");
+    let tok = token(ROOT, KEY, "hc", 3600);
+    // The stuck listener: a small receive buffer it never reads.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = socket.connect(relay.addr).await.expect("connect relay");
+    let auth = [("ServiceBusAuthorization", tok.as_str())];
+    let _stuck = RawWs::upgrade(tcp, &relay.url("hc", "listen"), &auth).await;
+    relay.wait_status("listeners", 1).await;
+    // Each accept command carries its sender's headers (30 KB here): 150 of them fill
+    // the stuck listener's socket and queue behind it.
+    let pad = "p".repeat(30_000);
+    let head = upgrade_head(
+        &relay.url("hc", "connect"),
+        &[("ServiceBusAuthorization", &tok), ("X-Pad", &pad)],
+    );
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|_| tokio::spawn(upgrade_status(relay.addr, head.clone())))
+        .collect();
+    relay.wait_status("pending", SENDERS).await;
+    // A healthy listener joins and takes every accept it is given.
+    let mut healthy = listen(&relay, "hc").await;
+    let taker = tokio::spawn(async move {
+        let mut legs = Vec::new();
+        while let Some(Ok(message)) = healthy.next().await {
+            let Ok(text) = message.to_text() else {
+                continue;
+            };
+            let accept: serde_json::Value = serde_json::from_str(text).expect("JSON command");
+            if let Some(address) = accept["accept"]["address"].as_str() {
+                legs.push(tokio::spawn(open(request(address, None))));
+            }
+        }
+    });
+    let mut connected = 0;
+    let mut timed_out = 0;
+    for sender in senders {
+        let status = sender.await.expect("sender task");
+        match status {
+            101 => connected += 1,
+            504 => timed_out += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    taker.abort();
+    // Those whose command had gone onto the stuck listener's wire still time out.
+    assert!(
+        connected > 0,
+        "no queued accept reached the other listener ({timed_out} timed out)"
+    );
+    assert!(relay.log().contains("trying the others"), "{}", relay.log());
 }

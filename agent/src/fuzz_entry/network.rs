@@ -21,6 +21,7 @@ use crate::relay::client::tls::BoxedIo;
 use crate::relay::connection_string::{self, ConnectionString, Transport};
 use crate::relay::protocol::{self, ControlMessage, HEADER_TOKEN, HcRequest};
 use crate::relay::sas::{self, Audience, Right, SasError, SasToken};
+use crate::relay::server::Rendezvous;
 use crate::relay::server::io::{BoxIo, Prefixed};
 use crate::relay::server::relay as pump;
 use crate::relay::server::{accept, auth, control, upgrade};
@@ -288,11 +289,13 @@ pub async fn serve_control_channel(data: &[u8]) {
     let keys = fuzz_keys();
     // The sender half stays alive while the channel runs: dropping it means shutdown.
     let (commands_tx, commands) = mpsc::channel(1);
+    let rendezvous = Rendezvous::default();
     let channel = control::Channel {
         path: "fuzz",
         keys: &keys,
         expiry: auth::now().saturating_add(3600),
         commands,
+        rendezvous: &rendezvous,
         shutdown: CancellationToken::new(),
     };
     let _ = control::serve(ws, channel).await;

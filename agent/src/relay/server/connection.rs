@@ -18,7 +18,7 @@ use tracing::Instrument as _;
 
 use super::admission::{HandshakeSlot, Overload};
 use super::io::{BoxIo, Prefixed};
-use super::registry::{CONTROL_QUEUE, ListenerHandle};
+use super::registry::{CONTROL_QUEUE, ListenerHandle, Queued};
 use super::rendezvous::{Decision, Leg, Pending};
 use super::upgrade::{self, HeadError, Request};
 use super::{Server, Slot, accept, auth, control, relay};
@@ -282,6 +282,7 @@ impl Ctx {
                 keys: &server.settings.config.keys,
                 expiry: grant.expiry,
                 commands: rx,
+                rendezvous: &server.rendezvous,
                 shutdown: server.shutdown.clone(),
             },
         )
@@ -307,32 +308,60 @@ impl Ctx {
             return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
         };
         tracing::debug!(listener_path = %loggable(&entity_path), "sender waiting for a listener");
-        let (ticket, decision) = server.rendezvous.open(tracking, &call.hc.path);
         let wait = server.settings.config.rendezvous_timeout;
         let deadline = tokio::time::Instant::now() + wait;
-        let command = |l: &ListenerHandle| {
-            accept::command(&l.base, &self.request, &call.hc, &ticket.id, self.peer)
-        };
-        let mut delivered = listeners
-            .iter()
-            .any(|l| l.commands.try_send(command(l)).is_ok());
-        if !delivered && let Some(first) = listeners.first() {
-            // Every queue is full (a burst of senders): wait for room, within our deadline.
-            let send = first.commands.send(command(first));
-            delivered = matches!(tokio::time::timeout_at(deadline, send).await, Ok(Ok(())));
-        }
-        if !delivered {
-            tracing::info!("sender refused: no listener took the accept in time");
-            return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
-        }
-        let decision = tokio::select! {
-            () = server.shutdown.cancelled() => {
-                let msg = "Service Unavailable: the relay is shutting down";
-                return upgrade::write_status(&mut stream, 503, msg).await;
+        let mut listeners = listeners;
+        // Listeners whose control channel ended with this sender's command unsent.
+        let mut gone: Vec<u64> = Vec::new();
+        let decision = loop {
+            let (ticket, decision) = server.rendezvous.open(tracking, &call.hc.path);
+            let queued = |l: &ListenerHandle| Queued {
+                json: accept::command(&l.base, &self.request, &call.hc, &ticket.id, self.peer),
+                rendezvous_id: ticket.id.clone(),
+            };
+            let mut taker = listeners
+                .iter()
+                .find(|l| l.commands.try_send(queued(l)).is_ok())
+                .map(|l| l.id);
+            if taker.is_none()
+                && let Some(first) = listeners.first()
+            {
+                // Every queue is full (a burst of senders): wait for room, within our deadline.
+                let send = first.commands.send(queued(first));
+                if matches!(tokio::time::timeout_at(deadline, send).await, Ok(Ok(()))) {
+                    taker = Some(first.id);
+                }
             }
-            d = tokio::time::timeout_at(deadline, decision) => d,
+            let Some(taker) = taker else {
+                tracing::info!("sender refused: no listener took the accept in time");
+                return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
+            };
+            let decision = tokio::select! {
+                () = server.shutdown.cancelled() => {
+                    let msg = "Service Unavailable: the relay is shutting down";
+                    return upgrade::write_status(&mut stream, 503, msg).await;
+                }
+                d = tokio::time::timeout_at(deadline, decision) => d,
+            };
+            drop(ticket);
+            if !matches!(decision, Ok(Ok(Decision::Undelivered))) {
+                break decision;
+            }
+            // That listener went away before it heard of us: the others still may. Bounded
+            // by the deadline, and each turn needs a listener's control channel to end.
+            gone.push(taker);
+            tracing::info!("the listener left before taking the accept; trying the others");
+            listeners = server
+                .registry
+                .resolve(&call.hc.path)
+                .map(|(_, list)| list)
+                .unwrap_or_default();
+            listeners.retain(|l| !gone.contains(&l.id));
+            if listeners.is_empty() {
+                tracing::info!("sender refused: its listener left and no other is connected");
+                return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
+            }
         };
-        drop(ticket);
         match decision {
             Err(_) => {
                 tracing::info!("sender failed: no accept within {wait:?}");
@@ -342,7 +371,7 @@ impl Ctx {
                 );
                 upgrade::write_status(&mut stream, 504, &msg).await;
             }
-            Ok(Err(_)) => {
+            Ok(Err(_) | Ok(Decision::Undelivered)) => {
                 let msg = "Internal Server Error: rendezvous lost";
                 upgrade::write_status(&mut stream, status::SERVER_ERROR, msg).await;
             }

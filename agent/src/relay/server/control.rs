@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::io::{BoxIo, Prefixed};
+use super::registry::Queued;
+use super::rendezvous::Rendezvous;
 use super::{CLOSE_HANDSHAKE_TIMEOUT, auth};
 use crate::config::ServerKey;
 use crate::relay::protocol::{self, ControlMessage};
@@ -75,7 +77,9 @@ pub struct Channel<'a> {
     /// Unix seconds at which the current token expires.
     pub expiry: u64,
     /// Accept commands queued by senders.
-    pub commands: mpsc::Receiver<String>,
+    pub commands: mpsc::Receiver<Queued>,
+    /// The senders waiting, told when their command is dropped unsent.
+    pub rendezvous: &'a Rendezvous,
     pub shutdown: CancellationToken,
 }
 
@@ -91,15 +95,20 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
             () = ch.shutdown.cancelled() => break Ended::Shutdown,
             () = &mut expiry => break Ended::TokenExpired,
             cmd = ch.commands.recv() => {
-                let Some(json) = cmd else { break Ended::Shutdown };
-                match tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::text(json))).await {
-                    Ok(Ok(())) => {}
+                let Some(queued) = cmd else { break Ended::Shutdown };
+                let send = ws.send(Message::text(queued.json));
+                let ended = match tokio::time::timeout(SEND_TIMEOUT, send).await {
+                    Ok(Ok(())) => continue,
                     Ok(Err(err)) => {
                         tracing::debug!("control channel send failed: {err}");
-                        break Ended::ByListener;
+                        Ended::ByListener
                     }
-                    Err(_) => break Ended::Stuck,
-                }
+                    Err(_) => Ended::Stuck,
+                };
+                // Not taken off the wire: to the sender, as good as never sent (should the
+                // listener read it after all, its rendezvous finds the id gone).
+                ch.rendezvous.undelivered(&queued.rendezvous_id);
+                break ended;
             }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => match ControlMessage::parse(&text) {
@@ -132,6 +141,12 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
             },
         }
     };
+    // No command queues from here on, and none queued is lost in silence: its sender
+    // moves on now instead of waiting out its rendezvous timeout.
+    ch.commands.close();
+    while let Ok(queued) = ch.commands.try_recv() {
+        ch.rendezvous.undelivered(&queued.rendezvous_id);
+    }
     let close = match &ended {
         Ended::ByListener | Ended::Stuck => None,
         Ended::TokenExpired => Some((CloseCode::Policy, "token expired".to_owned())),
@@ -185,6 +200,67 @@ fn deadline(expiry: u64) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::server::rendezvous::Decision;
+
+    /// Accept commands queued for a listener that stops reading, or that goes away, reach
+    /// their senders as undelivered when the channel ends, the one being sent and the
+    /// ones behind it; the queue takes no more. (Before, they were dropped in silence and
+    /// their senders waited out the rendezvous timeout, 30 s, for a 504.)
+    #[tokio::test(start_paused = true)]
+    async fn commands_a_listener_never_took_reach_their_senders_as_undelivered() {
+        for (listener_gone, want) in [(false, Ended::Stuck), (true, Ended::ByListener)] {
+            // 64 bytes of room: the first command does not fit.
+            let (relay_end, listener_end) = tokio::io::duplex(64);
+            if listener_gone {
+                drop(listener_end);
+            } else {
+                std::mem::forget(listener_end);
+            }
+            let stream = Prefixed::new(Vec::new(), Box::new(relay_end) as BoxIo);
+            let config = websocket_config(64 * 1024);
+            let ws = WebSocketStream::from_raw_socket(
+                stream,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                Some(config),
+            )
+            .await;
+            let rendezvous = Rendezvous::default();
+            let (tx, rx) = mpsc::channel(8);
+            let mut senders = Vec::new();
+            for i in 0..3 {
+                let (ticket, decision) = rendezvous.open(&format!("t{i}"), "hc");
+                let queued = Queued {
+                    json: "x".repeat(1000),
+                    rendezvous_id: ticket.id.clone(),
+                };
+                tx.try_send(queued).expect("room in the queue");
+                senders.push((ticket, decision));
+            }
+            let channel = Channel {
+                path: "hc",
+                keys: &[],
+                expiry: auth::now() + 3600,
+                commands: rx,
+                rendezvous: &rendezvous,
+                shutdown: CancellationToken::new(),
+            };
+            let ended = serve(ws, channel).await;
+            assert_eq!(ended, want);
+            for (i, (_ticket, decision)) in senders.into_iter().enumerate() {
+                // Past the rendezvous timeout the sender would have given up anyway.
+                let told = tokio::time::timeout(Duration::from_secs(60), decision).await;
+                assert!(
+                    matches!(told, Ok(Ok(Decision::Undelivered))),
+                    "sender {i} (listener gone: {listener_gone}): {told:?}"
+                );
+            }
+            let late = Queued {
+                json: String::new(),
+                rendezvous_id: String::new(),
+            };
+            assert!(tx.try_send(late).is_err(), "the queue is closed");
+        }
+    }
 
     #[test]
     fn a_token_signed_to_expire_at_any_time_has_a_deadline() {

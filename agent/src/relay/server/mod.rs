@@ -33,7 +33,7 @@ pub(crate) mod auth;
 mod connection;
 pub(crate) mod control;
 pub(crate) mod io;
-mod registry;
+pub(crate) mod registry;
 pub(crate) mod relay;
 mod rendezvous;
 mod tls;
@@ -58,7 +58,7 @@ pub use tls::Tls;
 use crate::config::ServerSettings;
 use admission::{Admission, Overload};
 use registry::Registry;
-use rendezvous::Rendezvous;
+pub(crate) use rendezvous::Rendezvous;
 
 /// After the grace, how long cut connections get to say goodbye before `run` returns.
 const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -174,7 +174,7 @@ impl Server {
 
 /// An authenticated connection's place under `max_connections`.
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 

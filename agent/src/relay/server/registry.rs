@@ -20,8 +20,25 @@ pub struct ListenerHandle {
     /// Scheme and `Host` the listener connected with: reachable by that listener, so
     /// its accept addresses use them.
     pub base: url::Url,
-    /// Accept commands (JSON text) for the control-channel task to send.
-    pub commands: mpsc::Sender<String>,
+    /// Accept commands for the control-channel task to send.
+    pub commands: mpsc::Sender<Queued>,
+}
+
+/// An accept command waiting for a listener's control channel to send it.
+pub struct Queued {
+    /// The `{"accept":{...}}` text.
+    pub json: String,
+    /// The sender's rendezvous id: a command the channel drops unsent is reported under it
+    /// ([`super::rendezvous::Rendezvous::undelivered`]), so the sender need not wait out
+    /// its rendezvous timeout for a listener that never heard of it.
+    pub rendezvous_id: String,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Both fields carry the rendezvous id, the one credential of the rendezvous leg.
+        f.debug_struct("Queued").finish_non_exhaustive()
+    }
 }
 
 /// A listener could not be added.

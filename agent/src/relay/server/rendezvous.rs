@@ -35,6 +35,9 @@ pub enum Decision {
         status: u16,
         description: String,
     },
+    /// The listener's control channel ended before the accept command went out: the
+    /// listener never heard of this sender, which may try another.
+    Undelivered,
 }
 
 /// A sender waiting for its rendezvous.
@@ -100,6 +103,14 @@ impl Rendezvous {
     /// (and everyone after expiry) gets `None`.
     pub fn take(&self, id: &str) -> Option<Pending> {
         lock(&self.pending).remove(id)
+    }
+
+    /// Tells the sender of rendezvous `id` (if it still waits) that its accept command was
+    /// dropped unsent.
+    pub fn undelivered(&self, id: &str) {
+        if let Some(pending) = self.take(id) {
+            let _ = pending.decision.send(Decision::Undelivered);
+        }
     }
 
     /// Senders waiting right now.
