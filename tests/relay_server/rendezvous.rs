@@ -206,6 +206,41 @@ async fn a_reject_reaches_the_sender_and_the_rendezvous_gets_410() {
     assert_eq!(open(request(address, None)).await.err(), Some(404));
 }
 
+/// A reject whose status is no HTTP status still rejects: the sender gets a 502 at once
+/// (it had waited out its rendezvous timeout), the listener a 400 that says why.
+#[tokio::test]
+async fn a_reject_with_a_malformed_status_reaches_the_sender_at_once() {
+    // Longer than the harness's deadline: a sender left waiting fails the test.
+    let relay = Relay::start("rendezvous_timeout = \"60s\"");
+    let mut control = listen(&relay, "hc").await;
+    let tok = token(ROOT, KEY, "hc", 3600);
+    for bad in ["abc", "99", "600", "%C3%A9", ""] {
+        let head = upgrade_head(
+            &relay.url("hc", "connect"),
+            &[("ServiceBusAuthorization", &tok)],
+        );
+        let addr = relay.addr;
+        let sender = tokio::spawn(async move { http(addr, &head).await });
+        let accept = next_accept(&mut control).await;
+        let address = accept["accept"]["address"].as_str().expect("address");
+        let reject = format!(
+            "{address}&sb-hc-statusCode={bad}&sb-hc-statusDescription={}",
+            enc("listener text")
+        );
+        let (status, _, body) = http(relay.addr, &upgrade_head(&reject, &[])).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("is not an HTTP status"), "{bad}: {body}");
+        let (status, _, body) = sender.await.expect("sender task");
+        assert_eq!(status, 502, "{bad}: {body}");
+        assert!(body.contains("the listener rejected"), "{bad}: {body}");
+        // Used once.
+        assert_eq!(open(request(address, None)).await.err(), Some(404), "{bad}");
+    }
+    // Elsewhere a malformed status is still refused as before.
+    let url = format!("{}&sb-hc-statusCode=abc", relay.url("hc", "connect"));
+    assert_eq!(open(request(&url, Some(&tok))).await.err(), Some(400));
+}
+
 #[tokio::test]
 async fn a_sender_times_out_when_the_listener_never_answers() {
     let relay = Relay::start("rendezvous_timeout = \"1s\"");

@@ -19,7 +19,7 @@ use crate::relay::client::error::Role as ClientRole;
 use crate::relay::client::handshake::{self, WebSocket};
 use crate::relay::client::tls::BoxedIo;
 use crate::relay::connection_string::{self, ConnectionString, Transport};
-use crate::relay::protocol::{self, ControlMessage, HEADER_TOKEN, HcRequest};
+use crate::relay::protocol::{self, ControlMessage, HEADER_TOKEN, HcRequest, RejectStatus};
 use crate::relay::sas::{self, Audience, Right, SasError, SasToken};
 use crate::relay::server::Rendezvous;
 use crate::relay::server::io::{BoxIo, Prefixed};
@@ -83,7 +83,10 @@ pub fn hc_request_target(data: &[u8]) {
     let _ = protocol::listen_url(&base, &hc.path, &id);
     let _ = protocol::connect_url(&base, &hc.path, None, &hc.app_query, &id);
     if let Some(description) = &hc.status_description {
-        let code = hc.status_code.unwrap_or(404);
+        let code = match hc.status_code {
+            Some(RejectStatus::Status(code)) => code,
+            _ => 404,
+        };
         let _ = protocol::reject_url(accept.as_str(), code, description);
     }
 }
@@ -126,8 +129,11 @@ pub async fn serve_upgrade_request(data: &[u8]) {
     if let Some(base) = accept::listener_base("wss", host) {
         let _ = accept::command(&base, &request, &hc, "fuzz-id", peer());
     }
-    if let Some(code) = hc.status_code {
-        let code = accept::reject_status(code);
+    if let Some(asked) = &hc.status_code {
+        let code = accept::reject_status(asked);
+        if let Some(err) = asked.problem() {
+            let _ = upgrade::status_response(400, &err.to_string());
+        }
         let description = hc.status_description.as_deref().unwrap_or_default();
         let _ = upgrade::status_response(code, description);
     }

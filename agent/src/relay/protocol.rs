@@ -238,6 +238,27 @@ fn is_protocol_param(name: &str) -> bool {
         .is_some_and(|head| head.eq_ignore_ascii_case(QUERY_PREFIX.as_bytes()))
 }
 
+/// `sb-hc-statusCode` as a listener sent it. A value that is no HTTP status is kept
+/// (not a parse error): the rendezvous it came on still names a waiting sender, who must
+/// learn of the rejection rather than wait out its timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectStatus {
+    /// An HTTP status, 100 to 599.
+    Status(u16),
+    /// Anything else, as sent (decoded).
+    Invalid(String),
+}
+
+impl RejectStatus {
+    /// Why a server refuses it, when it is [`RejectStatus::Invalid`].
+    pub fn problem(&self) -> Option<ProtocolError> {
+        match self {
+            RejectStatus::Status(_) => None,
+            RejectStatus::Invalid(text) => Some(ProtocolError::BadStatusCode(text.clone())),
+        }
+    }
+}
+
 /// What a server reads from a request target (`/$hc/path?query`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HcRequest {
@@ -250,7 +271,7 @@ pub struct HcRequest {
     /// `sb-hc-token` decoded once (what [`crate::relay::sas::SasToken::parse`] takes).
     pub token: Option<String>,
     /// `sb-hc-statusCode` on a reject rendezvous.
-    pub status_code: Option<u16>,
+    pub status_code: Option<RejectStatus>,
     /// `sb-hc-statusDescription` on a reject rendezvous.
     pub status_description: Option<String>,
     /// Every query argument not starting with `sb-hc-`, in order.
@@ -284,12 +305,11 @@ impl HcRequest {
             } else if k.eq_ignore_ascii_case(QUERY_TOKEN) {
                 req.token = Some(v.into_owned());
             } else if k.eq_ignore_ascii_case(QUERY_STATUS_CODE) {
-                let code = v
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|c| (100..=599).contains(c))
-                    .ok_or_else(|| ProtocolError::BadStatusCode(v.clone().into_owned()))?;
-                req.status_code = Some(code);
+                let code = v.parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+                req.status_code = Some(match code {
+                    Some(code) => RejectStatus::Status(code),
+                    None => RejectStatus::Invalid(v.into_owned()),
+                });
             } else if k.eq_ignore_ascii_case(QUERY_STATUS_DESCRIPTION) {
                 req.status_description = Some(v.into_owned());
             } else if !is_protocol_param(&k) {

@@ -76,7 +76,7 @@ fn request_targets() {
     )
     .expect("valid");
     assert_eq!(reject.path, "hc");
-    assert_eq!(reject.status_code, Some(403));
+    assert_eq!(reject.status_code, Some(RejectStatus::Status(403)));
     assert_eq!(reject.status_description.as_deref(), Some("no way"));
 
     let cases = [
@@ -89,17 +89,36 @@ fn request_targets() {
             "/$hc/hc?sb-hc-action=dance",
             ProtocolError::UnknownAction("dance".into()),
         ),
-        (
-            "/$hc/hc?sb-hc-statusCode=abc",
-            ProtocolError::BadStatusCode("abc".into()),
-        ),
-        (
-            "/$hc/hc?sb-hc-statusCode=99",
-            ProtocolError::BadStatusCode("99".into()),
-        ),
     ];
     for (target, expected) in cases {
         assert_eq!(HcRequest::parse(target), Err(expected), "{target}");
+    }
+}
+
+#[test]
+fn a_status_code_that_is_no_http_status_is_kept_as_sent() {
+    let cases = [
+        ("403", RejectStatus::Status(403)),
+        ("599", RejectStatus::Status(599)),
+        ("100", RejectStatus::Status(100)),
+        ("abc", RejectStatus::Invalid("abc".into())),
+        ("99", RejectStatus::Invalid("99".into())),
+        ("600", RejectStatus::Invalid("600".into())),
+        ("", RejectStatus::Invalid(String::new())),
+        ("%C3%A9", RejectStatus::Invalid("é".into())),
+        ("70000", RejectStatus::Invalid("70000".into())),
+    ];
+    for (raw, want) in cases {
+        let target = format!("/$hc/hc?sb-hc-action=accept&sb-hc-id=i&sb-hc-statusCode={raw}");
+        let req = HcRequest::parse(&target).expect("an HC target");
+        assert_eq!(req.id.as_deref(), Some("i"), "{raw}");
+        let problem = want.problem();
+        assert_eq!(
+            req.status_code.as_ref().and_then(RejectStatus::problem),
+            problem,
+            "{raw}"
+        );
+        assert_eq!(req.status_code, Some(want), "{raw}");
     }
 }
 
@@ -228,11 +247,8 @@ fn hostile_targets_parse_without_panicking() {
             Err(ProtocolError::UnknownAction("é".into())),
             &[],
         ),
-        (
-            "/$hc/x?sb-hc-statusCode=%C3%A9",
-            Err(ProtocolError::BadStatusCode("é".into())),
-            &[],
-        ),
+        // Kept as sent (RejectStatus::Invalid), for the server to refuse.
+        ("/$hc/x?sb-hc-statusCode=%C3%A9", Ok("x"), &[]),
     ];
     for (target, want, query) in cases {
         let got = HcRequest::parse(target);

@@ -10,7 +10,7 @@ use url::Url;
 
 use super::upgrade::Request;
 use crate::relay::protocol::{
-    self, Accept, ControlMessage, HEADER_TOKEN, HcRequest, RemoteEndpoint,
+    self, Accept, ControlMessage, HEADER_TOKEN, HcRequest, RejectStatus, RemoteEndpoint,
 };
 
 /// Headers never forwarded: the sender's token is a Send credential, not the listener's.
@@ -98,12 +98,12 @@ fn canonical(name: &str) -> String {
         .join("-")
 }
 
-/// The status a rejecting listener asked for; anything but a 4xx/5xx becomes 502.
-pub fn reject_status(asked: u16) -> u16 {
-    if (400..=599).contains(&asked) {
-        asked
-    } else {
-        INVALID_REJECT_STATUS
+/// The status a rejecting listener asked for; anything but a 4xx/5xx (a malformed value
+/// too) becomes 502.
+pub fn reject_status(asked: &RejectStatus) -> u16 {
+    match asked {
+        RejectStatus::Status(code) if (400..=599).contains(code) => *code,
+        _ => INVALID_REJECT_STATUS,
     }
 }
 
@@ -204,7 +204,11 @@ mod tests {
     #[test]
     fn reject_statuses() {
         for (asked, want) in [(403, 403), (404, 404), (200, 502), (101, 502), (599, 599)] {
-            assert_eq!(reject_status(asked), want, "{asked}");
+            assert_eq!(reject_status(&RejectStatus::Status(asked)), want, "{asked}");
+        }
+        for text in ["abc", "99", "", "é"] {
+            let asked = RejectStatus::Invalid(text.to_owned());
+            assert_eq!(reject_status(&asked), INVALID_REJECT_STATUS, "{text:?}");
         }
     }
 }

@@ -24,7 +24,8 @@ use super::upgrade::{self, HeadError, Request};
 use super::{Server, Slot, accept, auth, control, relay};
 use crate::logging::loggable;
 use crate::relay::protocol::{
-    self, Action, HEADER_TOKEN, HcRequest, NO_LISTENER_TEXT, ProtocolError, close_code, status,
+    self, Action, HEADER_TOKEN, HcRequest, NO_LISTENER_TEXT, ProtocolError, RejectStatus,
+    close_code, status,
 };
 use crate::relay::sas::{Right, SasError};
 
@@ -197,6 +198,13 @@ impl Ctx {
             let msg = "Bad Request: sb-hc-action must be listen, connect or accept";
             return upgrade::write_status(&mut stream, 400, msg).await;
         };
+        // Only a reject rendezvous carries a status; there a malformed one still names a
+        // waiting sender (`decide`).
+        if action != Action::Accept
+            && let Some(err) = hc.status_code.as_ref().and_then(RejectStatus::problem)
+        {
+            return upgrade::write_status(&mut stream, 400, &format!("Bad Request: {err}")).await;
+        }
         // Both are the client's own text, logged before it is authenticated.
         let span = tracing::info_span!(
             "hc",
@@ -432,15 +440,28 @@ impl Ctx {
 
     async fn decide(mut self, mut stream: Stream, call: Call, pending: Pending) {
         if let Some(asked) = call.hc.status_code {
-            let description = call.hc.status_description.unwrap_or_default();
-            let status = accept::reject_status(asked);
+            let status = accept::reject_status(&asked);
             tracing::info!(status, "listener rejected the connection");
+            let description = match asked.problem() {
+                // The listener's own text is about a status the sender never sees.
+                Some(_) => "Bad Gateway: the listener rejected the connection".to_owned(),
+                None => call.hc.status_description.unwrap_or_default(),
+            };
             let _ = pending.decision.send(Decision::Reject {
                 status,
                 description,
             });
-            let msg = "Gone: the connection was rejected as asked";
-            return upgrade::write_status(&mut stream, status::GONE, msg).await;
+            return match asked.problem() {
+                // The rejection took effect; the listener learns what was wrong with it.
+                Some(err) => {
+                    let msg = format!("Bad Request: {err}; the sender got {status}");
+                    upgrade::write_status(&mut stream, 400, &msg).await;
+                }
+                None => {
+                    let msg = "Gone: the connection was rejected as asked";
+                    upgrade::write_status(&mut stream, status::GONE, msg).await;
+                }
+            };
         }
         if pending.decision.is_closed() {
             let msg = "Not Found: the sender is gone";
