@@ -468,16 +468,6 @@ async fn broken_frames_and_control_messages_never_end_the_relay() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
-/// Raises this process's open-file limit to its hard limit: the flood below holds
-/// 1,500 sockets here, and `relay serve` (a child) inherits the raised limit.
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise RLIMIT_NOFILE");
-    }
-}
-
 /// Idle connections of the flood.
 const IDLE_CONNECTIONS: usize = 1500;
 /// The flood relay's handshake deadline (short, so the test is).

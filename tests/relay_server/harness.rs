@@ -381,3 +381,14 @@ pub fn normal_close() -> CloseFrame {
         reason: "done".into(),
     }
 }
+
+/// Raises this process's open-file limit to its hard limit, for tests that hold many
+/// sockets at once (a flood, hundreds of senders); `relay serve` (a child started after)
+/// inherits the raised limit.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise RLIMIT_NOFILE");
+    }
+}

@@ -42,6 +42,20 @@ async fn read_stream(peer: &mut Peer, n: usize) -> Vec<u8> {
     got
 }
 
+/// The peer closes its direction: returns what the app read up to the EOF that became.
+async fn peer_closes(peer: &mut Peer, app: &mut TcpStream) -> Vec<u8> {
+    peer.1
+        .write_close(close_code::NORMAL, "")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, app.read_to_end(&mut got))
+        .await
+        .expect("EOF within the deadline")
+        .expect("read");
+    got
+}
+
 #[tokio::test]
 async fn local_eof_sends_close_and_keeps_receiving() {
     let (tunnel, mut peer) = tunnel_and_peer();
@@ -65,15 +79,7 @@ async fn local_eof_sends_close_and_keeps_receiving() {
         .write_frame(OpCode::Binary, b"onse")
         .await
         .expect("write");
-    peer.1
-        .write_close(close_code::NORMAL, "")
-        .await
-        .expect("write");
-    let mut got = Vec::new();
-    tokio::time::timeout(DEADLINE, app.read_to_end(&mut got))
-        .await
-        .expect("EOF within the deadline")
-        .expect("read");
+    let got = peer_closes(&mut peer, &mut app).await;
     assert_eq!(got, b"response");
     let stats = tokio::time::timeout(DEADLINE, splice)
         .await
@@ -99,15 +105,7 @@ async fn peer_close_shuts_local_write_and_keeps_sending() {
         .write_frame(OpCode::Binary, b"hello")
         .await
         .expect("write");
-    peer.1
-        .write_close(close_code::NORMAL, "")
-        .await
-        .expect("write");
-    let mut got = Vec::new();
-    tokio::time::timeout(DEADLINE, app.read_to_end(&mut got))
-        .await
-        .expect("EOF within the deadline")
-        .expect("read");
+    let got = peer_closes(&mut peer, &mut app).await;
     assert_eq!(got, b"hello", "peer Close becomes local EOF");
 
     // No automatic Close answer: our direction is still open.
@@ -133,15 +131,7 @@ async fn a_relay_gone_after_its_close_ends_the_tunnel_while_the_local_side_is_si
     let (tunnel, mut peer) = tunnel_and_peer();
     let (mut app, local) = tcp_pair().await;
     let splice = tokio::spawn(tunnel.splice(local));
-    peer.1
-        .write_close(close_code::NORMAL, "")
-        .await
-        .expect("write");
-    let mut got = Vec::new();
-    tokio::time::timeout(DEADLINE, app.read_to_end(&mut got))
-        .await
-        .expect("EOF within the deadline")
-        .expect("read");
+    assert!(peer_closes(&mut peer, &mut app).await.is_empty());
     drop(peer);
     let result = tokio::time::timeout(DEADLINE, splice)
         .await
@@ -175,15 +165,7 @@ async fn preamble_bytes_and_stream_share_frames() {
     );
     let (mut app, local) = tcp_pair().await;
     let splice = tokio::spawn(tunnel.splice(local));
-    peer.1
-        .write_close(close_code::NORMAL, "")
-        .await
-        .expect("write");
-    let mut got = Vec::new();
-    tokio::time::timeout(DEADLINE, app.read_to_end(&mut got))
-        .await
-        .expect("EOF within the deadline")
-        .expect("read");
+    let got = peer_closes(&mut peer, &mut app).await;
     assert_eq!(got, b"abc", "bytes after the preamble are not lost");
     drop(app);
     let _ = tokio::time::timeout(DEADLINE, splice)

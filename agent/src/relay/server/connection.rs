@@ -331,33 +331,45 @@ impl Ctx {
                 .iter()
                 .find(|l| l.commands.try_send(queued(l)).is_ok())
                 .map(|l| l.id);
+            let mut undelivered = None;
             if taker.is_none()
                 && let Some(first) = listeners.first()
             {
                 // Every queue is full (a burst of senders): wait for room, within our deadline.
                 let send = first.commands.send(queued(first));
-                if matches!(tokio::time::timeout_at(deadline, send).await, Ok(Ok(()))) {
-                    taker = Some(first.id);
+                match tokio::time::timeout_at(deadline, send).await {
+                    Ok(Ok(())) => taker = Some(first.id),
+                    // Its channel ended while we waited: as if it had dropped our command.
+                    Ok(Err(_)) => undelivered = Some(first.id),
+                    Err(_) => {}
                 }
             }
-            let Some(taker) = taker else {
-                tracing::info!("sender refused: no listener took the accept in time");
-                return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
-            };
-            let decision = tokio::select! {
-                () = server.shutdown.cancelled() => {
-                    let msg = "Service Unavailable: the relay is shutting down";
-                    return upgrade::write_status(&mut stream, 503, msg).await;
+            // Here the sender has a decision (the loop ends) or the listener that left.
+            let left = match (taker, undelivered) {
+                (Some(taker), _) => {
+                    let decision = tokio::select! {
+                        () = server.shutdown.cancelled() => {
+                            let msg = "Service Unavailable: the relay is shutting down";
+                            return upgrade::write_status(&mut stream, 503, msg).await;
+                        }
+                        d = tokio::time::timeout_at(deadline, decision) => d,
+                    };
+                    if !matches!(decision, Ok(Ok(Decision::Undelivered))) {
+                        break decision;
+                    }
+                    taker
                 }
-                d = tokio::time::timeout_at(deadline, decision) => d,
+                (None, Some(left)) => left,
+                (None, None) => {
+                    tracing::info!("sender refused: no listener took the accept in time");
+                    return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener)
+                        .await;
+                }
             };
             drop(ticket);
-            if !matches!(decision, Ok(Ok(Decision::Undelivered))) {
-                break decision;
-            }
             // That listener went away before it heard of us: the others still may. Bounded
             // by the deadline, and each turn needs a listener's control channel to end.
-            gone.push(taker);
+            gone.push(left);
             tracing::info!("the listener left before taking the accept; trying the others");
             listeners = server
                 .registry
@@ -431,6 +443,10 @@ impl Ctx {
             .take(id)
             .filter(|p| p.path == call.hc.path.to_ascii_lowercase());
         let Some(pending) = pending else {
+            if let Some(err) = call.hc.status_code.as_ref().and_then(RejectStatus::problem) {
+                let msg = format!("Bad Request: {err}");
+                return upgrade::write_status(&mut stream, 400, &msg).await;
+            }
             let msg = "Not Found: this rendezvous address is unknown, used or expired";
             return upgrade::write_status(&mut stream, status::NOT_FOUND, msg).await;
         };

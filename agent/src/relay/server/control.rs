@@ -90,26 +90,14 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
     tokio::pin!(expiry);
     let ended = loop {
         // Every branch is cancel-safe: `cancelled`, `recv`, `Sleep` and the WebSocket's
-        // `next` keep their state in their owners, not in the dropped future.
+        // `next` keep their state in their owners, not in the dropped future. In this
+        // order: what the listener sent (its Close above all) is read before another
+        // command goes out, so a command queued behind a Close that has arrived is reported
+        // undelivered rather than written to a listener that has gone.
         tokio::select! {
+            biased;
             () = ch.shutdown.cancelled() => break Ended::Shutdown,
             () = &mut expiry => break Ended::TokenExpired,
-            cmd = ch.commands.recv() => {
-                let Some(queued) = cmd else { break Ended::Shutdown };
-                let send = ws.send(Message::text(queued.json));
-                let ended = match tokio::time::timeout(SEND_TIMEOUT, send).await {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(err)) => {
-                        tracing::debug!("control channel send failed: {err}");
-                        Ended::ByListener
-                    }
-                    Err(_) => Ended::Stuck,
-                };
-                // Not taken off the wire: to the sender, as good as never sent (should the
-                // listener read it after all, its rendezvous finds the id gone).
-                ch.rendezvous.undelivered(&queued.rendezvous_id);
-                break ended;
-            }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => match ControlMessage::parse(&text) {
                     Ok(ControlMessage::RenewToken(renew)) => match auth::authorize(
@@ -139,6 +127,22 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
                     break Ended::ByListener;
                 }
             },
+            cmd = ch.commands.recv() => {
+                let Some(queued) = cmd else { break Ended::Shutdown };
+                let send = ws.send(Message::text(queued.json));
+                let ended = match tokio::time::timeout(SEND_TIMEOUT, send).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(err)) => {
+                        tracing::debug!("control channel send failed: {err}");
+                        Ended::ByListener
+                    }
+                    Err(_) => Ended::Stuck,
+                };
+                // Not taken off the wire: to the sender, as good as never sent (should the
+                // listener read it after all, its rendezvous finds the id gone).
+                ch.rendezvous.undelivered(&queued.rendezvous_id);
+                break ended;
+            }
         }
     };
     // No command queues from here on, and none queued is lost in silence: its sender
@@ -259,6 +263,51 @@ mod tests {
                 rendezvous_id: String::new(),
             };
             assert!(tx.try_send(late).is_err(), "the queue is closed");
+        }
+    }
+
+    /// The listener's Close has arrived and a command is queued: the command is reported
+    /// undelivered, not written after the Close (an unordered select did that in about
+    /// half the rounds, and the sender waited out its rendezvous timeout).
+    #[tokio::test(start_paused = true)]
+    async fn a_command_queued_behind_an_arrived_close_is_undelivered() {
+        use tokio::io::AsyncWriteExt;
+        for round in 0..20 {
+            let (relay_end, mut listener_end) = tokio::io::duplex(64 * 1024);
+            // A masked Close frame (code 1000, mask key zero) from the listener.
+            listener_end
+                .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
+                .await
+                .expect("write close");
+            let stream = Prefixed::new(Vec::new(), Box::new(relay_end) as BoxIo);
+            let ws = WebSocketStream::from_raw_socket(
+                stream,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                Some(websocket_config(64 * 1024)),
+            )
+            .await;
+            let rendezvous = Rendezvous::default();
+            let (tx, rx) = mpsc::channel(8);
+            let (ticket, decision) = rendezvous.open("t", "hc");
+            let queued = Queued {
+                json: "x".into(),
+                rendezvous_id: ticket.id.clone(),
+            };
+            tx.try_send(queued).expect("room");
+            let channel = Channel {
+                path: "hc",
+                keys: &[],
+                expiry: auth::now() + 3600,
+                commands: rx,
+                rendezvous: &rendezvous,
+                shutdown: CancellationToken::new(),
+            };
+            assert_eq!(serve(ws, channel).await, Ended::ByListener);
+            let told = tokio::time::timeout(Duration::from_secs(60), decision).await;
+            assert!(
+                matches!(told, Ok(Ok(Decision::Undelivered))),
+                "round {round}: {told:?}"
+            );
         }
     }
 

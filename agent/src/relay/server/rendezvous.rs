@@ -53,17 +53,32 @@ pub struct Pending {
 type Map = Arc<Mutex<HashMap<String, Pending>>>;
 
 /// Every pending rendezvous.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Rendezvous {
     pending: Map,
 }
 
+impl std::fmt::Debug for Rendezvous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The map's keys are the live rendezvous ids: credentials, never printed.
+        f.debug_struct("Rendezvous")
+            .field("pending", &self.count())
+            .finish()
+    }
+}
+
 /// Removes its entry when the sender stops waiting (accepted, rejected, timed out, gone):
 /// that is what makes an address expire and single-use.
-#[derive(Debug)]
 pub struct Ticket {
     pub id: String,
     map: Map,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The id is the rendezvous leg's only credential.
+        f.debug_struct("Ticket").finish_non_exhaustive()
+    }
 }
 
 impl Drop for Ticket {
@@ -122,6 +137,16 @@ impl Rendezvous {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_live_id() {
+        let rv = Rendezvous::default();
+        let (ticket, _rx) = rv.open("t1", "hc");
+        for shown in [format!("{rv:?}"), format!("{ticket:?}"), format!("{rv:#?}")] {
+            assert!(!shown.contains(&ticket.id), "{shown}");
+        }
+        assert_eq!(format!("{rv:?}"), "Rendezvous { pending: 1 }");
+    }
 
     #[test]
     fn single_use_and_expiring_with_the_ticket() {
