@@ -251,6 +251,31 @@ async fn a_reject_with_a_malformed_status_reaches_the_sender_at_once() {
     assert_eq!(open(request(&url, Some(&tok))).await.err(), Some(400));
 }
 
+/// A rendezvous with its sender's id on another path is refused (404) and fails that
+/// sender at once with a 502 that says why (it had got a bare 500).
+#[tokio::test]
+async fn a_rendezvous_on_another_path_fails_its_sender_with_the_reason() {
+    let relay = Relay::start("");
+    let mut control = listen(&relay, "hc").await;
+    let tok = token(ROOT, KEY, "hc", 3600);
+    let head = upgrade_head(
+        &relay.url("hc", "connect"),
+        &[("ServiceBusAuthorization", &tok)],
+    );
+    let addr = relay.addr;
+    let sender = tokio::spawn(async move { http(addr, &head).await });
+    let accept = next_accept(&mut control).await;
+    let address = accept["accept"]["address"].as_str().expect("address");
+    let elsewhere = address.replacen("/$hc/hc?", "/$hc/other?", 1);
+    assert_ne!(elsewhere, address);
+    assert_eq!(open(request(&elsewhere, None)).await.err(), Some(404));
+    let (status, _, body) = sender.await.expect("sender task");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("another path"), "{body}");
+    // Used up: the right path finds nothing either.
+    assert_eq!(open(request(address, None)).await.err(), Some(404));
+}
+
 #[tokio::test]
 async fn a_sender_times_out_when_the_listener_never_answers() {
     let relay = Relay::start("rendezvous_timeout = \"1s\"");

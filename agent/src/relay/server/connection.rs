@@ -437,11 +437,24 @@ impl Ctx {
     async fn accept(self, mut stream: Stream, call: Call) {
         let id = call.hc.id.as_deref().unwrap_or_default();
         // The address is the capability; the path must still be the one it was issued for.
-        let pending = self
-            .server
-            .rendezvous
-            .take(id)
-            .filter(|p| p.path == call.hc.path.to_ascii_lowercase());
+        let pending = match self.server.rendezvous.take(id) {
+            Some(wrong) if wrong.path != call.hc.path.to_ascii_lowercase() => {
+                // The listener had the id, so this is its answer, and a wrong one: the
+                // sender learns so now (it had got a bare 500).
+                tracing::info!(
+                    tracking = %loggable(&wrong.tracking_id),
+                    "a rendezvous came on another path than its sender's; the sender is refused"
+                );
+                let _ = wrong.decision.send(Decision::Reject {
+                    status: 502,
+                    description: "Bad Gateway: the listener's rendezvous named another path"
+                        .to_owned(),
+                });
+                let msg = "Not Found: this rendezvous address was issued for another path";
+                return upgrade::write_status(&mut stream, status::NOT_FOUND, msg).await;
+            }
+            pending => pending,
+        };
         let Some(pending) = pending else {
             if let Some(err) = call.hc.status_code.as_ref().and_then(RejectStatus::problem) {
                 let msg = format!("Bad Request: {err}");
