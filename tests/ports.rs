@@ -340,3 +340,75 @@ fn ports_list_table_and_missing_directory() {
         "{row}"
     );
 }
+
+/// Files anyone may plant in a shared lock directory: a FIFO, a lock file another user
+/// left closed to others (root's 0600, as a kill between create and chmod did), and a
+/// live record saying year 10000 with terminal escapes in its command. `ports list`
+/// neither hangs (the FIFO), panics (the date), nor passes the escapes on; a reserver of
+/// another user skips the two bad ports (it had refused the whole directory) and the
+/// step gets the third.
+#[test]
+fn hostile_files_in_the_lock_directory_cost_only_their_own_ports() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::new(3);
+    let top = node.lock_dir.parent().expect("temp dir");
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::create_dir(&node.lock_dir).expect("lock dir");
+    std::fs::set_permissions(&node.lock_dir, std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod 1777");
+    let lock = |port: u16| node.lock_dir.join(format!("{port}.lock"));
+    nix::unistd::mkfifo(
+        &lock(node.start),
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+    )
+    .expect("mkfifo");
+    std::fs::write(lock(node.start + 1), b"").expect("root's file");
+    std::fs::set_permissions(lock(node.start + 1), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod 600");
+    // A live record (we hold its lock) that no formatter can write as a date.
+    let forged = lock(node.start + 2);
+    std::fs::write(
+        &forged,
+        br#"{"pid":1,"rank":0,"command":"\u001b[2J\nforged row\r","since":253402300800}"#,
+    )
+    .expect("forged record");
+    let held = File::open(&forged).expect("open forged");
+    held.try_lock().expect("hold the forged lock");
+
+    let out = output_within(
+        agent()
+            .args(["ports", "list", "--lock-dir"])
+            .arg(&node.lock_dir),
+        SHORT_RUN,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{errors}");
+    assert!(text.contains("@253402300800"), "{text}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains("\nforged row"),
+        "{text}"
+    );
+    assert!(text.contains("a FIFO"), "{text}");
+    drop(held);
+
+    // Another user: the FIFO and root's closed file cost their ports, not the directory.
+    let run = output_within(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_amlx-agent"))
+            .args(["exec", "--debug", "--ranks", "all", "--mode", "direct"])
+            .args(["--node-ip", "127.0.0.1", "--lock-dir"])
+            .arg(&node.lock_dir)
+            .args(["--port-range", &node.range()])
+            .args(["--", "sh", "-c", "echo \"port=$AMLX_DEBUG_PORT\""]),
+        SHORT_RUN,
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("port={}", node.start + 2)),
+        "{stdout}{stderr}"
+    );
+}

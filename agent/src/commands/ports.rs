@@ -18,13 +18,23 @@ const COMMAND_COLUMN: usize = 60;
 #[derive(Debug, Serialize)]
 struct Report {
     /// The directory listed; `null` when none of the candidates exists.
+    #[serde(serialize_with = "lossy_lock_dir")]
     lock_dir: Option<PathBuf>,
     /// Every directory considered, in order.
+    #[serde(serialize_with = "crate::ports::listing::lossy_paths")]
     candidates: Vec<PathBuf>,
     /// The `--port-range` filter, when one was given.
     range: Option<String>,
     #[serde(flatten)]
     listing: Listing,
+}
+
+/// [`crate::ports::listing::lossy_path`] for the optional directory.
+fn lossy_lock_dir<S: serde::Serializer>(dir: &Option<PathBuf>, out: S) -> Result<S::Ok, S::Error> {
+    match dir {
+        Some(dir) => crate::ports::listing::lossy_path(dir, out),
+        None => out.serialize_none(),
+    }
 }
 
 pub fn list(args: &PortsListArgs, settings: &Settings) -> anyhow::Result<i32> {
@@ -122,11 +132,11 @@ fn row(entry: &Entry) -> String {
     let rank = record
         .rank
         .map_or_else(|| "-".to_owned(), |r| r.to_string());
-    let since = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.since),
-    );
-    let mut command: String = record.command.chars().take(COMMAND_COLUMN).collect();
-    if command.len() < record.command.len() {
+    let since = crate::publish::status_file::rfc3339(record.since);
+    // Lock records are files anyone may write: no terminal escapes or forged rows.
+    let shown = crate::logging::loggable(&record.command);
+    let mut command: String = shown.chars().take(COMMAND_COLUMN).collect();
+    if command.len() < shown.len() {
         command.push('…');
     }
     let note = if entry.holder_running {
@@ -136,9 +146,6 @@ fn row(entry: &Entry) -> String {
     };
     format!(
         "{:<6} {:<8} {:<5} {:<21} {command}{note}",
-        entry.port,
-        record.pid,
-        rank,
-        since.to_string()
+        entry.port, record.pid, rank, since
     )
 }

@@ -6,13 +6,15 @@
 //! state_dir`); without one, every place a step of any user can record itself is read.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
 use crate::config::Settings;
-use crate::publish::status_file::{self, SESSIONS_DIR, SYSTEM_STATE_DIR, Unreadable, unix_now};
+use crate::logging::loggable;
+use crate::publish::status_file::{
+    self, SESSIONS_DIR, SYSTEM_STATE_DIR, Unreadable, rfc3339, unix_now,
+};
 use crate::publish::{Holder, Listing, SessionEntry, SessionState};
 use crate::role::ProcessEnv;
 use crate::session::DebugMode;
@@ -39,6 +41,7 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<i32> {
             sessions: sessions.iter().map(|e| SessionView::of(e, now)).collect(),
             unreadable: &unreadable,
         };
+        // Paths go out lossily and every other field is text or a number: it serializes.
         let text = serde_json::to_string_pretty(&report).expect("the report always serializes");
         println!("{text}");
     } else if sessions.is_empty() {
@@ -62,8 +65,10 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<i32> {
 #[derive(Debug, Serialize)]
 struct Report<'a> {
     /// The configured state directory, else the node-wide default.
+    #[serde(serialize_with = "crate::ports::listing::lossy_path")]
     state_dir: &'a Path,
     /// Every state directory read (only the configured one when there is one).
+    #[serde(serialize_with = "crate::ports::listing::lossy_paths")]
     searched: &'a [PathBuf],
     sessions: Vec<SessionView>,
     unreadable: &'a [Unreadable],
@@ -122,10 +127,6 @@ impl SessionView {
     }
 }
 
-fn rfc3339(unix_seconds: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_seconds)).to_string()
-}
-
 /// A compact age without spaces, so columns stay awk-friendly: 45s, 2m05s, 3h04m, 2d03h.
 fn human_age(seconds: u64) -> String {
     const MINUTE: u64 = 60;
@@ -162,8 +163,10 @@ fn table(sessions: &[SessionEntry], now: u64) -> String {
                 r.mode.to_string(),
                 state,
                 human_age(now.saturating_sub(r.since)),
-                r.endpoint.clone(),
-                e.reason().unwrap_or_else(|| "-".to_owned()),
+                // Records are files anyone may write: no terminal escapes or forged lines.
+                loggable(&r.endpoint).into_owned(),
+                e.reason()
+                    .map_or_else(|| "-".to_owned(), |why| loggable(&why).into_owned()),
             ]
         })
         .collect();
@@ -195,7 +198,7 @@ fn table(sessions: &[SessionEntry], now: u64) -> String {
     for warning in sessions.iter().filter_map(|e| e.record.warning.as_deref()) {
         if !warned.contains(&warning) {
             warned.push(warning);
-            out.push_str(&format!("warning: {warning}\n"));
+            out.push_str(&format!("warning: {}\n", loggable(warning)));
         }
     }
     out
@@ -225,8 +228,12 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_is_utc_seconds() {
+    fn rfc3339_is_utc_seconds_whatever_a_record_says() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        // Past what the format can hold: shown as the number (these had panicked).
+        assert_eq!(rfc3339(253_402_300_800), "@253402300800");
+        assert_eq!(rfc3339(u64::MAX), format!("@{}", u64::MAX));
     }
 }

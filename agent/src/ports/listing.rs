@@ -16,6 +16,7 @@ use super::reserve::Holder;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Entry {
     pub port: u16,
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// The last holder's record; `None` when it could not be read.
     #[serde(flatten)]
@@ -50,8 +51,20 @@ pub struct Listing {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Unreadable {
     pub port: u16,
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     pub error: String,
+}
+
+/// Serializes a path as text, bytes that are not UTF-8 replaced (U+FFFD): serde refuses
+/// such a path, which left a JSON report half written (or panicked its writer).
+pub fn lossy_path<S: serde::Serializer>(path: &Path, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(&path.to_string_lossy())
+}
+
+/// [`lossy_path`] for a list of paths.
+pub fn lossy_paths<S: serde::Serializer>(paths: &[PathBuf], out: S) -> Result<S::Ok, S::Error> {
+    out.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
 }
 
 impl Listing {
@@ -91,12 +104,17 @@ pub fn scan(dir: &Path) -> io::Result<Listing> {
 }
 
 fn inspect(path: &Path) -> io::Result<(LockState, Option<HolderRecord>)> {
+    // O_NONBLOCK: a FIFO must not block the open (it is refused just below).
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
         .open(path)?;
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::other("not a plain file"));
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(io::Error::other(format!(
+            "{}, not a lock file; remove it",
+            lockfile::file_kind(&kind)
+        )));
     }
     let state = lockfile::lock_state(&file)?;
     let record = HolderRecord::from_bytes(&lockfile::read_record(&file)?);

@@ -53,13 +53,17 @@ pub struct LockFile {
 /// New files get mode 0644 plus group/other write when the directory grants them, so
 /// whoever may create lock files may also take over a free one and write its record.
 pub fn open_lock_file(path: &Path) -> io::Result<LockFile> {
-    let nofollow = nix::fcntl::OFlag::O_NOFOLLOW.bits();
+    // O_NONBLOCK: a FIFO planted under a lock file's name must not block the open (it
+    // is refused as no plain file below); on a plain file the flag changes nothing.
+    let flags = (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits();
+    // Readable by all from the start: killed before the chmod below, a file left 0600 by
+    // root would be closed to every other user (flock needs only a read-only open).
     let created = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0o600)
-        .custom_flags(nofollow)
+        .mode(0o644)
+        .custom_flags(flags)
         .open(path);
     let (file, writable) = match created {
         Ok(file) => {
@@ -72,12 +76,23 @@ pub fn open_lock_file(path: &Path) -> io::Result<LockFile> {
                 OpenOptions::new()
                     .read(true)
                     .write(write)
-                    .custom_flags(nofollow)
+                    .custom_flags(flags)
                     .open(path)
             };
             match open(true) {
                 Ok(file) => (file, true),
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => (open(false)?, false),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => match open(false) {
+                    Ok(file) => (file, false),
+                    // This file only, not the directory: its port is unusable, the others
+                    // are not (the caller tells the two apart by the error's kind).
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                        return Err(io::Error::other(format!(
+                            "{} cannot be opened by this user ({e}); remove it",
+                            path.display()
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                },
                 Err(e) => return Err(e),
             }
         }
@@ -86,13 +101,33 @@ pub fn open_lock_file(path: &Path) -> io::Result<LockFile> {
     let meta = file.metadata()?;
     if !meta.file_type().is_file() || meta.nlink() != 1 {
         return Err(io::Error::other(format!(
-            "{} is not a plain lock file (type {:?}, {} links); remove it",
+            "{} is not a plain lock file ({}, {} links); remove it",
             path.display(),
-            meta.file_type(),
+            file_kind(&meta.file_type()),
             meta.nlink()
         )));
     }
     Ok(LockFile { file, writable })
+}
+
+/// What a file is, in words, for messages.
+pub fn file_kind(kind: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_file() {
+        "a regular file"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// 0644, plus group/other write when the directory is group/other writable.
@@ -152,6 +187,36 @@ pub fn write_record(file: &File, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Anyone may create files in a shared lock directory: a FIFO under a lock file's
+    /// name is refused at once, saying what it is, both by a reserver (which opens it
+    /// read-write) and by the scan of `ports list` and of slot-limited reservations (which
+    /// opens it read-only, and blocked there for ever).
+    #[test]
+    fn a_fifo_under_a_lock_name_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = lock_path(dir.path(), 5678);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o666))
+            .expect("mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let scanned = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let opened = open_lock_file(&path).map(|_| ());
+            let _ = tx.send((opened, super::super::listing::scan(&scanned)));
+        });
+        let (opened, listing) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("returned within 10 s");
+        let err = opened.expect_err("a FIFO is no lock file");
+        assert!(err.to_string().contains("a FIFO"), "{err}");
+        assert!(err.to_string().contains("remove it"), "{err}");
+        let listing = listing.expect("the directory is listed");
+        assert_eq!(listing.unreadable.len(), 1, "{listing:?}");
+        assert!(
+            listing.unreadable[0].error.contains("a FIFO"),
+            "{listing:?}"
+        );
+    }
 
     #[test]
     fn port_file_names() {

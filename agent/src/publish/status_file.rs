@@ -242,6 +242,7 @@ pub struct Listing {
 /// A record file that could not be used, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Unreadable {
+    #[serde(serialize_with = "crate::ports::listing::lossy_path")]
     pub path: PathBuf,
     pub error: String,
 }
@@ -482,10 +483,41 @@ fn is_record_name(path: &Path) -> bool {
         .is_some_and(|n| n.ends_with(".json") && !n.starts_with('.'))
 }
 
+/// Most bytes a status record file may hold; real ones are a few hundred.
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
 fn read_record(path: &Path) -> anyhow::Result<StatusRecord> {
-    let text = fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
+    let text =
+        read_small_file(path).with_context(|| format!("could not read {}", path.display()))?;
     serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a status record", path.display()))
+}
+
+/// Reads a record file of the shared sessions directory, which anyone may write to: no
+/// link is followed (a link to `/dev/zero` read on for ever), a FIFO does not block the
+/// open, only a regular file is read, and at most [`MAX_RECORD_BYTES`] of it.
+fn read_small_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(io::Error::other(format!(
+            "{}, not a status record; remove it",
+            crate::ports::lockfile::file_kind(&kind)
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_RECORD_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Err(io::Error::other(format!(
+            "larger than {MAX_RECORD_BYTES} bytes, not a status record; remove it"
+        )));
+    }
+    Ok(bytes)
 }
 
 fn is_not_found(err: &anyhow::Error) -> bool {
@@ -528,6 +560,20 @@ fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)?;
     file.write_all(bytes)
+}
+
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
+const LAST_WRITABLE_SECOND: u64 = 253_402_300_799;
+
+/// `unix_seconds` as an RFC 3339 UTC time (`2023-11-14T22:13:20Z`). Records are files
+/// anyone may write, so any number is possible: one past year 9999 is shown as itself
+/// (`@<seconds>`) rather than panicking in the formatter or the clock arithmetic.
+pub fn rfc3339(unix_seconds: u64) -> String {
+    if unix_seconds > LAST_WRITABLE_SECOND {
+        return format!("@{unix_seconds}");
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds))
+        .to_string()
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -301,3 +301,45 @@ fn a_record_without_process_ids_still_parses() {
     assert_eq!(back.sidecar_pid, None);
     assert_eq!(back.keeper_pid, None);
 }
+
+/// Runs `f` on a thread and waits at most 10 s for it: a read that blocks fails the test
+/// instead of hanging it.
+fn within_bound<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("returned within 10 s (a blocked open or an endless read hangs here)")
+}
+
+/// Anyone may write to the sessions directory: a FIFO, a link to `/dev/zero` and an
+/// oversized file under record names are refused at once, without blocking (`status`
+/// hung on the FIFO) and without reading on (it grew to 8.5 GB on `/dev/zero`).
+#[test]
+fn hostile_files_under_record_names_are_refused_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sessions = dir.path().join(SESSIONS_DIR);
+    fs::create_dir(&sessions).expect("sessions dir");
+    nix::unistd::mkfifo(
+        &sessions.join("99999.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+    )
+    .expect("mkfifo");
+    std::os::unix::fs::symlink("/dev/zero", sessions.join("12345.json")).expect("symlink");
+    fs::write(sessions.join("777.json"), vec![b' '; 100 * 1024]).expect("big file");
+    let cases = [
+        ("99999.json", "FIFO"),
+        ("12345.json", ""),
+        ("777.json", "larger than"),
+    ];
+    for (name, says) in cases {
+        let path = sessions.join(name);
+        let err = within_bound(move || read_record(&path).expect_err("refused"));
+        assert!(format!("{err:#}").contains(says), "{name}: {err:#}");
+    }
+    let state_dir = dir.path().to_path_buf();
+    let listing = within_bound(move || list_sessions(&state_dir).expect("listing"));
+    assert!(listing.sessions.is_empty());
+    assert_eq!(listing.unreadable.len(), 3, "{:?}", listing.unreadable);
+}
