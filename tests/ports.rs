@@ -320,6 +320,15 @@ fn ports_list_table_and_missing_directory() {
         !node.lock_dir.exists(),
         "ports list must not create the lock dir"
     );
+    // Something else under that name is named as such, not called missing.
+    let file = node.out.join("not-a-dir");
+    File::create(&file).expect("a regular file");
+    let listed = output_within(
+        agent().args(["ports", "list", "--lock-dir"]).arg(&file),
+        SHORT_RUN,
+    );
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.contains("is a regular file"), "{text}");
 
     let holder = node.start_holder();
     let port = node.port_of(holder);

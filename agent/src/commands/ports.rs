@@ -82,7 +82,15 @@ fn write_table(
         let tried: Vec<String> = report
             .candidates
             .iter()
-            .map(|p| p.display().to_string())
+            .map(|p| match std::fs::symlink_metadata(p) {
+                // Something else by that name: say so rather than call it missing.
+                Ok(meta) if !meta.is_dir() => format!(
+                    "{} is {}",
+                    p.display(),
+                    crate::ports::lockfile::file_kind(&meta.file_type())
+                ),
+                _ => p.display().to_string(),
+            })
             .collect();
         return writeln!(
             out,

@@ -211,7 +211,11 @@ pub fn reserve(req: &ReserveRequest<'_>) -> Result<Reservation, ReserveError> {
     let _guard = match req.slot_limit {
         Some(limit) => {
             let guard = take_guard(req.lock_dir)?;
-            let listing = listing::scan(req.lock_dir).map_err(|e| dir_error(req.lock_dir, &e))?;
+            // Only this range's reservations are debug slots: the directory is node-wide,
+            // and a lock outside it (another job's range, `run`'s VS Code port) is not one.
+            let listing = listing::scan(req.lock_dir)
+                .map_err(|e| dir_error(req.lock_dir, &e))?
+                .within(req.range);
             if listing.live.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
                 return Err(ReserveError::SlotsFull {
                     limit,

@@ -151,6 +151,25 @@ fn slot_limit_counts_live_reservations() {
     assert_eq!(c.port, f.range.start);
 }
 
+/// The lock directory is node-wide: a reservation outside this range (another job's, or
+/// `run`'s VS Code port) takes none of this range's slots (it had filled the only one).
+#[test]
+fn slot_limit_counts_only_this_ranges_reservations() {
+    let f = fixture(2);
+    let outside = if f.range.start > 1024 {
+        f.range.start - 1
+    } else {
+        f.range.end + 1
+    };
+    let lock = lockfile::open_lock_file(&lockfile::lock_path(f.dir.path(), outside))
+        .expect("a lock file outside the range");
+    lock.file.try_lock().expect("held outside the range");
+    let r = reserve(&f.request(None, Some(1))).expect("the one slot is free");
+    assert_eq!(r.port, f.range.start);
+    let err = reserve(&f.request(None, Some(1))).expect_err("now it is taken");
+    assert!(matches!(err, ReserveError::SlotsFull { .. }), "{err:?}");
+}
+
 #[test]
 fn slot_limit_holds_under_concurrency() {
     const THREADS: usize = 12;
