@@ -592,7 +592,7 @@ fn occurs(message: &str, source: &str) -> bool {
     let parts: Vec<&str> = message.split(PLACEHOLDER).collect();
     let first = parts[0];
     let mut start = 0;
-    while let Some(found) = source[start..].find(first) {
+    while let Some(found) = source.get(start..).and_then(|rest| rest.find(first)) {
         let begin = start + found;
         let mut at = begin + first.len();
         let all = parts[1..].iter().all(|part| {
@@ -609,7 +609,10 @@ fn occurs(message: &str, source: &str) -> bool {
         if all {
             return true;
         }
-        start = begin + first.len().max(1);
+        // On past this match, to the next character (a message that starts with a
+        // placeholder matches everywhere, and a byte step could land inside a `…`).
+        let next_char = source[begin..].chars().next().map_or(1, char::len_utf8);
+        start = begin + first.len().max(next_char);
     }
     false
 }
