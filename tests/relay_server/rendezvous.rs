@@ -182,9 +182,13 @@ async fn refusals_have_the_documented_statuses_and_text() {
 /// HTTP answer as `http` returns it: (status, reason, body).
 type Answer = (u16, String, String);
 
-/// A sender on `hc` whose listener (`control`) rejects it with `query` appended to the
-/// rendezvous address: (the rendezvous' answer, the sender's answer, the address).
-async fn reject_sender(relay: &Relay, control: &mut Ws, query: &str) -> (Answer, Answer, String) {
+/// A sender on `hc` whose listener (`control`) answers by opening `rendezvous(address)`:
+/// (the rendezvous' answer, the sender's answer, the address it was given).
+async fn answer_sender(
+    relay: &Relay,
+    control: &mut Ws,
+    rendezvous: impl FnOnce(&str) -> String,
+) -> (Answer, Answer, String) {
     let tok = token(ROOT, KEY, "hc", 3600);
     let head = upgrade_head(
         &relay.url("hc", "connect"),
@@ -197,8 +201,13 @@ async fn reject_sender(relay: &Relay, control: &mut Ws, query: &str) -> (Answer,
         .as_str()
         .expect("address")
         .to_owned();
-    let rendezvous = http(relay.addr, &upgrade_head(&format!("{address}{query}"), &[])).await;
-    (rendezvous, sender.await.expect("sender task"), address)
+    let answer = http(relay.addr, &upgrade_head(&rendezvous(&address), &[])).await;
+    (answer, sender.await.expect("sender task"), address)
+}
+
+/// [`answer_sender`] with a reject: `query` appended to the rendezvous address.
+async fn reject_sender(relay: &Relay, control: &mut Ws, query: &str) -> (Answer, Answer, String) {
+    answer_sender(relay, control, |address| format!("{address}{query}")).await
 }
 
 #[tokio::test]
@@ -257,23 +266,18 @@ async fn a_reject_with_a_malformed_status_reaches_the_sender_at_once() {
 async fn a_rendezvous_on_another_path_fails_its_sender_with_the_reason() {
     let relay = Relay::start("");
     let mut control = listen(&relay, "hc").await;
-    let tok = token(ROOT, KEY, "hc", 3600);
-    let head = upgrade_head(
-        &relay.url("hc", "connect"),
-        &[("ServiceBusAuthorization", &tok)],
-    );
-    let addr = relay.addr;
-    let sender = tokio::spawn(async move { http(addr, &head).await });
-    let accept = next_accept(&mut control).await;
-    let address = accept["accept"]["address"].as_str().expect("address");
-    let elsewhere = address.replacen("/$hc/hc?", "/$hc/other?", 1);
-    assert_ne!(elsewhere, address);
-    assert_eq!(open(request(&elsewhere, None)).await.err(), Some(404));
-    let (status, _, body) = sender.await.expect("sender task");
+    let elsewhere = |address: &str| {
+        let moved = address.replacen("/$hc/hc?", "/$hc/other?", 1);
+        assert_ne!(moved, address);
+        moved
+    };
+    let ((status, _, body), sender, address) = answer_sender(&relay, &mut control, elsewhere).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _, body) = sender;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("another path"), "{body}");
     // Used up: the right path finds nothing either.
-    assert_eq!(open(request(address, None)).await.err(), Some(404));
+    assert_eq!(open(request(&address, None)).await.err(), Some(404));
 }
 
 #[tokio::test]

@@ -206,6 +206,25 @@ mod tests {
     use super::*;
     use crate::relay::server::rendezvous::Decision;
 
+    /// The relay's end of a listener's control channel over `relay_end`.
+    async fn control_ws(relay_end: tokio::io::DuplexStream) -> WebSocketStream<Prefixed<BoxIo>> {
+        let stream = Prefixed::new(Vec::new(), Box::new(relay_end) as BoxIo);
+        let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
+        WebSocketStream::from_raw_socket(stream, role, Some(websocket_config(64 * 1024))).await
+    }
+
+    /// A channel on `hc` with a valid token, fed by `commands`.
+    fn channel(commands: mpsc::Receiver<Queued>, rendezvous: &Rendezvous) -> Channel<'_> {
+        Channel {
+            path: "hc",
+            keys: &[],
+            expiry: auth::now() + 3600,
+            commands,
+            rendezvous,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
     /// Accept commands queued for a listener that stops reading, or that goes away, reach
     /// their senders as undelivered when the channel ends, the one being sent and the
     /// ones behind it; the queue takes no more. (Before, they were dropped in silence and
@@ -220,14 +239,7 @@ mod tests {
             } else {
                 std::mem::forget(listener_end);
             }
-            let stream = Prefixed::new(Vec::new(), Box::new(relay_end) as BoxIo);
-            let config = websocket_config(64 * 1024);
-            let ws = WebSocketStream::from_raw_socket(
-                stream,
-                tokio_tungstenite::tungstenite::protocol::Role::Server,
-                Some(config),
-            )
-            .await;
+            let ws = control_ws(relay_end).await;
             let rendezvous = Rendezvous::default();
             let (tx, rx) = mpsc::channel(8);
             let mut senders = Vec::new();
@@ -240,15 +252,7 @@ mod tests {
                 tx.try_send(queued).expect("room in the queue");
                 senders.push((ticket, decision));
             }
-            let channel = Channel {
-                path: "hc",
-                keys: &[],
-                expiry: auth::now() + 3600,
-                commands: rx,
-                rendezvous: &rendezvous,
-                shutdown: CancellationToken::new(),
-            };
-            let ended = serve(ws, channel).await;
+            let ended = serve(ws, channel(rx, &rendezvous)).await;
             assert_eq!(ended, want);
             for (i, (_ticket, decision)) in senders.into_iter().enumerate() {
                 // Past the rendezvous timeout the sender would have given up anyway.
@@ -279,13 +283,7 @@ mod tests {
                 .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
                 .await
                 .expect("write close");
-            let stream = Prefixed::new(Vec::new(), Box::new(relay_end) as BoxIo);
-            let ws = WebSocketStream::from_raw_socket(
-                stream,
-                tokio_tungstenite::tungstenite::protocol::Role::Server,
-                Some(websocket_config(64 * 1024)),
-            )
-            .await;
+            let ws = control_ws(relay_end).await;
             let rendezvous = Rendezvous::default();
             let (tx, rx) = mpsc::channel(8);
             let (ticket, decision) = rendezvous.open("t", "hc");
@@ -294,15 +292,7 @@ mod tests {
                 rendezvous_id: ticket.id.clone(),
             };
             tx.try_send(queued).expect("room");
-            let channel = Channel {
-                path: "hc",
-                keys: &[],
-                expiry: auth::now() + 3600,
-                commands: rx,
-                rendezvous: &rendezvous,
-                shutdown: CancellationToken::new(),
-            };
-            assert_eq!(serve(ws, channel).await, Ended::ByListener);
+            assert_eq!(serve(ws, channel(rx, &rendezvous)).await, Ended::ByListener);
             let told = tokio::time::timeout(Duration::from_secs(60), decision).await;
             assert!(
                 matches!(told, Ok(Ok(Decision::Undelivered))),
