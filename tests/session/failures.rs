@@ -203,3 +203,39 @@ pub(super) fn down_relay(port: u16) -> String {
         KEY_BOTH.0, KEY_BOTH.1
     )
 }
+
+/// A step that closes every descriptor it was started with (`os.closerange`) closes the
+/// session's lifeline and its port lock with them: the session ends, and the log says
+/// why (it had said only "debug session ended"). A step that simply exits does not draw
+/// that warning.
+#[test]
+fn a_step_that_closes_its_inherited_descriptors_is_told_why_the_session_ended() {
+    let cases = [
+        (
+            "import os, time; os.closerange(3, 65536); time.sleep(3)",
+            true,
+        ),
+        ("import time; time.sleep(1)", false),
+    ];
+    for (code, closes) in cases {
+        let locks = tempfile::tempdir().expect("tempdir");
+        let (_, _, range) = port_range(4);
+        let out = util::output_within(
+            util::agent()
+                .env("AMLX_LOCK_DIR", locks.path())
+                .env("AMLX_STATE_DIR", locks.path().join("state"))
+                .env("NO_COLOR", "1")
+                .args(["exec", "--replace", "--debug", "--rank", "0"])
+                .args(["--mode", "direct", "--node-ip", "127.0.0.1"])
+                .args(["--port-range", &range, "--", "python3", "-c", code]),
+            SESSION_DEADLINE,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{code}: {stderr}");
+        assert_eq!(
+            stderr.contains("the step closed the descriptors it was started with"),
+            closes,
+            "{code}: {stderr}"
+        );
+    }
+}

@@ -139,6 +139,7 @@ fn serve(
         hostname: node.hostname.clone(),
         node_ip: node.ip,
         holder_pid: slot_record.pid,
+        step_holds_lifeline: false,
         attach_timeout: settings.session.post_mortem_timeout,
         wait_for_client: true,
         relay,

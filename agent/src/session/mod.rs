@@ -26,7 +26,7 @@ use crate::inject::bootstrap::{self, Report};
 use crate::publish::SessionState;
 use crate::relay::client::Endpoint;
 use report::Reporter;
-use sidecar::{Lifeline, ReadySignal};
+use sidecar::{Lifeline, LifelineEnd, ReadySignal};
 
 use serde::Serialize;
 
@@ -121,6 +121,10 @@ pub struct SessionSpec {
     /// The process the session belongs to: the agent, which becomes (replace) or
     /// supervises the step. The status record is alive exactly as long as it is.
     pub holder_pid: u32,
+    /// The step itself holds the lifeline (replace mode): if the lifeline closes while
+    /// the step still runs, the step closed the descriptors it inherited, and the log
+    /// says so (in supervise mode the supervisor closes it when the step has exited).
+    pub step_holds_lifeline: bool,
     pub attach_timeout: Duration,
     /// The step waits at startup for a debugger (listen/direct modes; connect mode
     /// always waits, debugpy's `--connect` does).
@@ -223,7 +227,18 @@ pub fn run_sidecar(
     };
     runtime.block_on(async move {
         let mut reporter = Reporter::start(&spec);
-        let ended = lifeline.ended();
+        let step_holds_lifeline = spec.step_holds_lifeline;
+        let port = spec.port;
+        let ended = async move {
+            let why = lifeline.ended().await;
+            if why == LifelineEnd::Closed && step_holds_lifeline {
+                tracing::warn!(
+                    "the step closed the descriptors it was started with while still running \
+                     (os.closerange, a daemonising library): the debug session ends here and \
+                     port {port} is no longer reserved for it"
+                );
+            }
+        };
         tokio::pin!(ended);
         let without_debugpy = {
             let session = async {

@@ -92,6 +92,15 @@ impl ReadySignal {
     }
 }
 
+/// How a session's lifeline ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifelineEnd {
+    /// The agent's process (the step in replace mode) is gone.
+    StepGone,
+    /// Every holder closed the write end while the agent's process still ran.
+    Closed,
+}
+
 /// The sidecar's end of the lifeline: resolves [`Lifeline::ended`] at EOF, or when the
 /// step is gone.
 #[derive(Debug)]
@@ -109,23 +118,25 @@ impl Lifeline {
     }
 
     /// Resolves once the session is over: every holder of the write end is gone, or the
-    /// step (the agent's process) died. Must run inside a Tokio runtime.
-    pub async fn ended(self) {
+    /// step (the agent's process) died, and says which. Must run inside a Tokio runtime.
+    pub async fn ended(self) -> LifelineEnd {
         use tokio::io::AsyncReadExt as _;
+        let interest = tokio::io::Interest::READABLE;
+        // SAFETY: the AsyncFd owns the OwnedFd it registers, so the descriptor stays
+        // open and the same for the AsyncFd's whole life.
+        #[allow(unsafe_code)]
+        let registered =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(self.step, interest) };
+        let step = registered
+            .inspect_err(|err| {
+                tracing::warn!("sidecar cannot watch the step ({err}); the keeper ends it");
+            })
+            .ok();
+        // A pidfd becomes readable when its process is gone.
         let step_gone = async {
-            let interest = tokio::io::Interest::READABLE;
-            // SAFETY: the AsyncFd owns the OwnedFd it registers, so the descriptor stays
-            // open and the same for the AsyncFd's whole life.
-            #[allow(unsafe_code)]
-            let registered =
-                unsafe { tokio::io::unix::AsyncFd::register_with_interest(self.step, interest) };
-            match registered {
-                // A pidfd becomes readable when its process is gone.
-                Ok(step) => drop(step.readable().await),
-                Err(err) => {
-                    tracing::warn!("sidecar cannot watch the step ({err}); the keeper ends it");
-                    std::future::pending::<()>().await;
-                }
+            match &step {
+                Some(step) => drop(step.readable().await),
+                None => std::future::pending::<()>().await,
             }
         };
         let pipe_closed = async {
@@ -137,11 +148,26 @@ impl Lifeline {
             while matches!(pipe.read(&mut sink).await, Ok(n) if n > 0) {}
         };
         tokio::select! {
-            () = step_gone => {}
+            () = step_gone => return LifelineEnd::StepGone,
             () = pipe_closed => {}
+        }
+        // A process that exits closes its descriptors a moment before its pidfd says it
+        // is gone: only a step still there after that moment closed the lifeline itself.
+        let Some(step) = &step else {
+            return LifelineEnd::StepGone;
+        };
+        match tokio::time::timeout(STEP_EXIT_GRACE, step.readable()).await {
+            Ok(_) => LifelineEnd::StepGone,
+            Err(_) => LifelineEnd::Closed,
         }
     }
 }
+
+/// How long after its lifeline closed a step that is exiting may take to be gone: the
+/// kernel closes a process's descriptors among the last steps of its exit, just before
+/// it signals the pidfd. Well inside the keeper's [`super::keeper::SIDECAR_EXIT_GRACE`],
+/// so the sidecar still logs and publishes its final state.
+const STEP_EXIT_GRACE: Duration = Duration::from_millis(100);
 
 /// The agent's handle on a running session: the lifeline's write end, and a pipe whose
 /// EOF says the keeper (which outlives the sidecar it reaps) is gone.

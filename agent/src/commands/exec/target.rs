@@ -68,6 +68,7 @@ pub fn run(
             SessionSpec {
                 warning: warning.clone(),
                 attach_timeout,
+                step_holds_lifeline: mode == ProcessMode::Replace,
                 ..spec
             },
             injected,
@@ -258,6 +259,7 @@ fn prepare(
         hostname: node.hostname.clone(),
         node_ip: node.ip,
         holder_pid: std::process::id(),
+        step_holds_lifeline: false,
         attach_timeout: settings.session.attach_timeout,
         wait_for_client: settings.session.wait_for_client,
         relay,
