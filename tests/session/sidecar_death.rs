@@ -197,6 +197,31 @@ fn killed_step(mode: &str, process: &str) {
         "{mode} {process}: sidecar and keeper {processes:?} gone {took:?} after kill -9 of the step"
     );
     let _ = util::wait_within(&mut agent.child, SESSION_DEADLINE);
+    // No debugpy adapter of the step outlives it (one killed before its debug server
+    // connected back had waited for it for ever, holding the port and the step's output).
+    let marker = format!("AMLX_AGENT_PID={}", agent.pid());
+    util::wait_for(
+        &format!("{mode} {process}: the step's debugpy adapters to be gone"),
+        SIDECAR_GONE_WITHIN,
+        || debugpy_adapters_with(&marker).is_empty().then_some(()),
+    );
+}
+
+/// Live debugpy adapters whose environment holds `var` (`NAME=value`).
+fn debugpy_adapters_with(var: &str) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains("debugpy/adapter")
+                && environ.split(|b| *b == 0).any(|v| v == var.as_bytes())
+        })
+        .filter(|pid| live_process(*pid).is_some())
+        .collect()
 }
 
 #[test]
@@ -205,5 +230,64 @@ fn a_killed_step_takes_its_sidecar_and_keeper_within_a_second() {
         for process in ["--replace", "--supervise"] {
             killed_step(mode, process);
         }
+    }
+}
+
+/// Kills the processes it names when dropped (a failed test leaves none behind).
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(*pid).unwrap_or(i32::MAX)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A debugpy adapter the step left behind is ended with the step. debugpy's adapter waits
+/// for the step's debug server to connect before it waits for it to go, so a step killed
+/// in between (as `kill -9` during debugpy's start did in CI) left one for ever, holding
+/// the debug port and the step's output. Here the step starts a stand-in with an
+/// adapter's command line (`…/debugpy/adapter --for-server …`), then is killed.
+#[test]
+fn an_adapter_the_killed_step_left_behind_is_ended() {
+    for process in ["--replace", "--supervise"] {
+        let locks = tempfile::tempdir().expect("tempdir");
+        let (_, _, range) = port_range(4);
+        let step = r#"python3 -c 'import time; time.sleep(120)' /stand-in/debugpy/adapter --for-server 1 &
+echo "adapter=$!"; wait"#;
+        let mut cmd = util::agent();
+        cmd.env("AMLX_LOCK_DIR", locks.path())
+            .env("AMLX_STATE_DIR", locks.path().join("state"))
+            .args(["exec", process, "--debug", "--rank", "0"])
+            .args(["--mode", "direct", "--node-ip", "127.0.0.1"])
+            .args(["--port-range", &range, "--", "sh", "-c", step]);
+        let mut agent = Running::spawn(&mut cmd);
+        let marker = format!("AMLX_AGENT_PID={}", agent.pid());
+        let adapters = util::wait_for("the stand-in adapter", SESSION_DEADLINE, || {
+            Some(debugpy_adapters_with(&marker)).filter(|found| !found.is_empty())
+        });
+        let _cleanup = KillOnDrop(adapters.clone());
+        // The step: the agent itself (replace), else the supervisor's `sh` child.
+        let step = if process == "--replace" {
+            agent.pid()
+        } else {
+            util::wait_for("the supervised step", SESSION_DEADLINE, || {
+                children(agent.pid()).into_iter().find_map(|(child, _)| {
+                    let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
+                    cmdline.starts_with(b"sh\0").then_some(child)
+                })
+            })
+        };
+        kill(step);
+        let _ = util::wait_within(&mut agent.child, SESSION_DEADLINE);
+        util::wait_for(
+            &format!("{process}: the stand-in adapter {adapters:?} to be ended"),
+            SIDECAR_GONE_WITHIN,
+            || debugpy_adapters_with(&marker).is_empty().then_some(()),
+        );
     }
 }

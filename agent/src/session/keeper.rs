@@ -23,6 +23,7 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+mod adapters;
 mod release;
 
 use super::sidecar::{pidfd_open, poll_timeout};
@@ -90,13 +91,34 @@ enum Wake {
 
 /// The keeper's whole life; returns its exit code.
 pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
+    let code = keep_session(duties, &watch);
+    // The session is over. If that is because the step is gone (replace mode: the agent's
+    // process; supervise mode: the supervisor ends the session when its step has exited),
+    // no debugpy adapter of that step may outlive it.
+    if let Some(spec) = &duties.session
+        && spec.post_mortem.is_none()
+        && (!spec.step_holds_lifeline || !still_running(&watch.step))
+    {
+        let ended = adapters::end_orphans(spec.holder_pid);
+        if !ended.is_empty() {
+            tracing::info!(
+                "ended the debugpy adapter(s) {ended:?} the step left behind (it was gone \
+                 before debugpy could finish starting)"
+            );
+        }
+    }
+    code
+}
+
+/// Keeps the session until it is over; returns the keeper's exit code.
+fn keep_session(duties: &Duties, watch: &Watch) -> i32 {
     let sidecar_fd = pidfd_open(watch.sidecar)
         .map_err(|err| tracing::debug!("no pidfd of the sidecar ({err}); polling it"))
         .ok();
     let mut debuggee: Option<OwnedFd> = None;
     loop {
         let wake = wait_session(
-            &watch,
+            watch,
             sidecar_fd.as_ref(),
             watch.channel.as_ref(),
             // Idle unless there is debugpy's connection to look after (or no pidfd
@@ -121,21 +143,16 @@ pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
             Ok(WaitStatus::Exited(_, 0)) => {
                 // Finished on its own (a setup failure it recorded): nothing to add.
                 drop(debuggee.take());
-                wait_session(&watch, None, None, Duration::MAX);
+                wait_session(watch, None, None, Duration::MAX);
                 return 0;
             }
             Ok(status) => {
-                sidecar_died(
-                    duties,
-                    &watch,
-                    &death_cause(watch.sidecar, status),
-                    debuggee,
-                );
+                sidecar_died(duties, watch, &death_cause(watch.sidecar, status), debuggee);
                 return 0;
             }
             Err(err) => {
                 tracing::warn!("the keeper lost its sidecar ({err}); it waits for the step");
-                wait_session(&watch, None, None, Duration::MAX);
+                wait_session(watch, None, None, Duration::MAX);
                 return 0;
             }
         }
