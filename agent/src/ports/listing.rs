@@ -1,8 +1,7 @@
 //! What `ports list` shows: the live reservations and the stale lock files in a lock directory.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -104,18 +103,7 @@ pub fn scan(dir: &Path) -> io::Result<Listing> {
 }
 
 fn inspect(path: &Path) -> io::Result<(LockState, Option<HolderRecord>)> {
-    // O_NONBLOCK: a FIFO must not block the open (it is refused just below).
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
-        .open(path)?;
-    let kind = file.metadata()?.file_type();
-    if !kind.is_file() {
-        return Err(io::Error::other(format!(
-            "{}, not a lock file; remove it",
-            lockfile::file_kind(&kind)
-        )));
-    }
+    let file = lockfile::open_shared_read_only(path, "a lock file")?;
     let state = lockfile::lock_state(&file)?;
     let record = HolderRecord::from_bytes(&lockfile::read_record(&file)?);
     Ok((state, record))

@@ -110,6 +110,24 @@ pub fn open_lock_file(path: &Path) -> io::Result<LockFile> {
     Ok(LockFile { file, writable })
 }
 
+/// Opens a file of a directory anyone may write to, read-only, for reading a record:
+/// no link is followed, a FIFO does not block the open (O_NONBLOCK), and anything but a
+/// regular file is refused as `<what it is>, not <what>; remove it`.
+pub fn open_shared_read_only(path: &Path, what: &str) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(io::Error::other(format!(
+            "{}, not {what}; remove it",
+            file_kind(&kind)
+        )));
+    }
+    Ok(file)
+}
+
 /// What a file is, in words, for messages.
 pub fn file_kind(kind: &fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;

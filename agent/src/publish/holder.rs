@@ -23,6 +23,8 @@ pub enum Holder {
 pub struct ProcStat {
     /// Field 3: R, S, D, Z (zombie), X (dead), ...
     pub state: char,
+    /// Field 4: the parent's PID.
+    pub parent: u32,
     /// Field 22: start time in clock ticks since boot.
     pub start_time: u64,
 }
@@ -33,9 +35,28 @@ pub fn parse_stat(line: &str) -> Option<ProcStat> {
     let (_, rest) = line.rsplit_once(')')?;
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?.chars().next()?;
-    // `fields` now starts at field 4; field 22 is 18 further on.
-    let start_time = fields.nth(18)?.parse().ok()?;
-    Some(ProcStat { state, start_time })
+    let parent = fields.next()?.parse().ok()?;
+    // `fields` now starts at field 5; field 22 is 17 further on.
+    let start_time = fields.nth(17)?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        parent,
+        start_time,
+    })
+}
+
+/// Most processes [`pids`] yields: a bound on any walk of `/proc`, whatever the node runs.
+const MAX_PROCESSES: usize = 100_000;
+
+/// The PIDs in `/proc` (this PID namespace), at most [`MAX_PROCESSES`] of them; none when
+/// `/proc` cannot be read.
+pub fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .take(MAX_PROCESSES)
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
 }
 
 /// Reads `/proc/<pid>/stat`; `None` when the process does not exist (or `/proc` is absent).
@@ -122,6 +143,20 @@ mod tests {
             let got = parse_stat(line).map(|s| (s.state, s.start_time));
             assert_eq!(got, want, "{line:?}");
         }
+        // The parent, after a name with spaces and parentheses too.
+        for (line, parent) in [
+            (plain.as_str(), 4),
+            (nested.as_str(), 4),
+            (STAT_SLEEP, 1),
+            (STAT_ODD_NAME, 1),
+        ] {
+            assert_eq!(parse_stat(line).map(|s| s.parent), Some(parent), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn pids_include_this_process() {
+        assert!(pids().any(|pid| pid == std::process::id()));
     }
 
     #[test]
@@ -142,11 +177,13 @@ mod tests {
         let running = |start| {
             Some(ProcStat {
                 state: 'S',
+                parent: 1,
                 start_time: start,
             })
         };
         let zombie = Some(ProcStat {
             state: 'Z',
+            parent: 1,
             start_time: 10,
         });
         let cases = [

@@ -498,18 +498,7 @@ fn read_record(path: &Path) -> anyhow::Result<StatusRecord> {
 /// open, only a regular file is read, and at most [`MAX_RECORD_BYTES`] of it.
 fn read_small_file(path: &Path) -> io::Result<Vec<u8>> {
     use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)?;
-    let kind = file.metadata()?.file_type();
-    if !kind.is_file() {
-        return Err(io::Error::other(format!(
-            "{}, not a status record; remove it",
-            crate::ports::lockfile::file_kind(&kind)
-        )));
-    }
+    let file = crate::ports::lockfile::open_shared_read_only(path, "a status record")?;
     let mut bytes = Vec::new();
     file.take(MAX_RECORD_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_RECORD_BYTES {

@@ -134,46 +134,13 @@ pub fn leftovers(timeout: Duration) {
 /// SIGKILLs every child of this process (found through /proc).
 fn kill_children() {
     let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let parent = std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|stat| parent_pid(&stat));
-        if parent == Some(me) {
+    for pid in crate::publish::holder::pids() {
+        let parent = crate::publish::holder::read_stat(pid).map(|stat| stat.parent);
+        if parent == Some(me)
+            && let Ok(raw) = i32::try_from(pid)
+        {
             tracing::warn!("process {pid} outlived the step; killing it");
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
-/// The parent PID in a /proc/PID/stat line (the field after the `(comm)` and state).
-fn parent_pid(stat: &str) -> Option<u32> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(1)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parent_pid_reads_the_fourth_field() {
-        let cases = [
-            ("123 (python3) S 77 123 123 0", Some(77)),
-            ("9 (a) b) c) R 1 9 9", Some(1)),
-            ("garbage", None),
-        ];
-        for (stat, want) in cases {
-            assert_eq!(parent_pid(stat), want, "{stat}");
+            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
         }
     }
 }

@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 mod adapters;
 mod release;
 
-use super::sidecar::{pidfd_open, poll_timeout};
+use super::sidecar::{STEP_EXIT_GRACE, pidfd_open, poll_timeout};
 use super::{SessionSpec, report};
 use crate::publish::{SessionState, StatusFile};
 use crate::role::ProcessEnv;
@@ -97,7 +97,7 @@ pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
     // no debugpy adapter of that step may outlive it.
     if let Some(spec) = &duties.session
         && spec.post_mortem.is_none()
-        && (!spec.step_holds_lifeline || !still_running(&watch.step))
+        && (!spec.step_holds_lifeline || gone_within(&watch.step, STEP_EXIT_GRACE))
     {
         let ended = adapters::end_orphans(spec.holder_pid);
         if !ended.is_empty() {
@@ -214,6 +214,14 @@ fn wait_session(
             return Wake::Ready;
         }
     }
+}
+
+/// Whether the process of `pidfd` is gone within `grace`: one whose lifeline just closed
+/// may be exiting, and the kernel signals the pidfd a moment after it closes the fds
+/// (the sidecar judges the same moment with the same grace).
+fn gone_within(pidfd: &OwnedFd, grace: Duration) -> bool {
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, poll_timeout(grace)) == Ok(1)
 }
 
 /// Whether the process of `pidfd` still runs (its pidfd is not readable yet).

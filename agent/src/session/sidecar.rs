@@ -167,7 +167,7 @@ impl Lifeline {
 /// kernel closes a process's descriptors among the last steps of its exit, just before
 /// it signals the pidfd. Well inside the keeper's [`super::keeper::SIDECAR_EXIT_GRACE`],
 /// so the sidecar still logs and publishes its final state.
-const STEP_EXIT_GRACE: Duration = Duration::from_millis(100);
+pub(super) const STEP_EXIT_GRACE: Duration = Duration::from_millis(100);
 
 /// The agent's handle on a running session: the lifeline's write end, and a pipe whose
 /// EOF says the keeper (which outlives the sidecar it reaps) is gone.

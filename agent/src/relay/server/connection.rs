@@ -471,7 +471,8 @@ impl Ctx {
         if let Some(asked) = call.hc.status_code {
             let status = accept::reject_status(&asked);
             tracing::info!(status, "listener rejected the connection");
-            let description = match asked.problem() {
+            let problem = asked.problem();
+            let description = match problem {
                 // The listener's own text is about a status the sender never sees.
                 Some(_) => "Bad Gateway: the listener rejected the connection".to_owned(),
                 None => call.hc.status_description.unwrap_or_default(),
@@ -480,7 +481,7 @@ impl Ctx {
                 status,
                 description,
             });
-            return match asked.problem() {
+            return match problem {
                 // The rejection took effect; the listener learns what was wrong with it.
                 Some(err) => {
                     let msg = format!("Bad Request: {err}; the sender got {status}");

@@ -23,26 +23,13 @@ const MAX_CMDLINE_BYTES: u64 = 16 * 1024;
 /// Most of a process's environment read (where `AMLX_AGENT_PID` is looked for).
 const MAX_ENVIRON_BYTES: u64 = 1024 * 1024;
 
-/// Most processes looked at: a bound on the walk of `/proc`, whatever the node runs.
-const MAX_PROCESSES: usize = 100_000;
-
 /// SIGKILLs every debugpy adapter whose environment names `agent_pid` as its agent, and
 /// returns their pids. Processes it may not read are skipped.
 pub fn end_orphans(agent_pid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let marker = format!("{AGENT_PID_VAR}={agent_pid}");
     let mut ended = Vec::new();
-    for entry in entries.flatten().take(MAX_PROCESSES) {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let dir = entry.path();
+    for pid in crate::publish::holder::pids() {
+        let dir = Path::new("/proc").join(pid.to_string());
         let is_adapter = read_capped(&dir.join("cmdline"), MAX_CMDLINE_BYTES)
             .is_some_and(|cmdline| is_debugpy_adapter(&cmdline));
         if !is_adapter {
