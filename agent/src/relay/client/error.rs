@@ -153,8 +153,7 @@ impl ConnectError {
 /// What to do about a relay that could not be reached: out of descriptors is this
 /// process's limit, not the relay's fault; anything else is the address or the relay.
 pub fn connect_fix(source: &io::Error) -> &'static str {
-    const EMFILE: i32 = 24;
-    const ENFILE: i32 = 23;
+    use nix::libc::{EMFILE, ENFILE};
     match source.raw_os_error() {
         Some(EMFILE) => {
             "this process is out of file descriptors (too many tunnels open); raise its limit (ulimit -n, LimitNOFILE=) or lower --max-tunnels"
