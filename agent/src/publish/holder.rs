@@ -46,7 +46,7 @@ pub fn parse_stat(line: &str) -> Option<ProcStat> {
 }
 
 /// Most processes [`pids`] yields: a bound on any walk of `/proc`, whatever the node runs.
-const MAX_PROCESSES: usize = 100_000;
+pub const MAX_PROCESSES: usize = 100_000;
 
 /// The PIDs in `/proc` (this PID namespace), at most [`MAX_PROCESSES`] of them; none when
 /// `/proc` cannot be read.
