@@ -53,25 +53,9 @@ fn demo_in_range(
 
 /// Processes still carrying `marker` in their environment.
 pub fn processes_with(marker: &str) -> Vec<String> {
-    let needle = format!("{MARKER_VAR}={marker}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter(|e| {
-            std::fs::read(e.path().join("environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
-        })
-        .map(|e| {
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            format!(
-                "{} {}",
-                e.file_name().to_string_lossy(),
-                String::from_utf8_lossy(&cmdline).replace('\0', " ")
-            )
-        })
+    util::processes_with_env(&format!("{MARKER_VAR}={marker}"))
+        .into_iter()
+        .map(|pid| format!("{pid} {}", util::command_line(pid)))
         .collect()
 }
 

@@ -7,7 +7,7 @@
 //! polls for it (bounded) before sending a signal. Every loop in a step script is bounded.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use nix::sys::signal::{Signal, kill};
@@ -247,17 +247,10 @@ exit 5"#;
 }
 
 /// Pids whose command line mentions `needle`.
-fn processes_mentioning(needle: &Path) -> Vec<PathBuf> {
+fn processes_mentioning(needle: &Path) -> Vec<u32> {
     let needle = needle.to_string_lossy().into_owned();
-    fs::read_dir("/proc")
-        .expect("read /proc")
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| {
-            fs::read(path.join("cmdline"))
-                .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(&needle))
-                .unwrap_or(false)
-        })
+    util::processes()
+        .filter(|pid| util::command_line(*pid).contains(&needle))
         .collect()
 }
 
@@ -636,11 +629,9 @@ fn send_raw(pid: i32, signo: i32) -> bool {
 /// The one child of `parent` (polled: it may not be there yet).
 fn only_child(parent: i32, what: &str) -> i32 {
     util::wait_for(what, util::DEADLINE, || {
-        let children: Vec<i32> = fs::read_dir("/proc")
-            .ok()?
-            .filter_map(Result::ok)
-            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|&pid| parent_pid(pid) == Some(parent))
+        let children: Vec<i32> = util::children_of(u32::try_from(parent).ok()?)
+            .into_iter()
+            .filter_map(|(pid, _)| i32::try_from(pid).ok())
             .collect();
         match children[..] {
             [child] => Some(child),
@@ -649,19 +640,9 @@ fn only_child(parent: i32, what: &str) -> i32 {
     })
 }
 
-/// A process's parent from `/proc/<pid>/stat`, `None` when it does not exist.
-fn parent_pid(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split(' ').nth(1)?.parse().ok()
-}
-
 /// A process's state letter from `/proc/<pid>/stat`, `None` when it does not exist.
 fn process_state(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain anything, ')' included: the state follows the last.
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.chars().next()
+    amlx_agent::publish::holder::read_stat(u32::try_from(pid).ok()?).map(|stat| stat.state)
 }
 
 /// Waits for `path` to exist and returns its content.

@@ -240,3 +240,35 @@ pub fn tcp_timer(pid: u32, ours: u16, theirs: u16) -> Option<(u8, u64)> {
         Some((tr.parse().ok()?, u64::from_str_radix(when, 16).ok()?))
     })
 }
+
+/// The processes of this PID namespace (the agent's own bounded `/proc` walk).
+pub fn processes() -> impl Iterator<Item = u32> {
+    amlx_agent::publish::holder::pids()
+}
+
+/// Children of `parent` in any state, zombies included, with their state letter.
+pub fn children_of(parent: u32) -> Vec<(u32, char)> {
+    processes()
+        .filter_map(|pid| {
+            let stat = amlx_agent::publish::holder::read_stat(pid)?;
+            (stat.parent == parent).then_some((pid, stat.state))
+        })
+        .collect()
+}
+
+/// Processes whose environment holds exactly the entry `entry` (`NAME=value`). Zombies
+/// have no environment, so they never match.
+pub fn processes_with_env(entry: &str) -> Vec<u32> {
+    processes()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == entry.as_bytes()))
+        })
+        .collect()
+}
+
+/// A process's command line with its NUL separators as spaces (empty once it is gone).
+pub fn command_line(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+}

@@ -153,14 +153,8 @@ pub(super) fn assert_session_over(state_dir: &Path, pid: u32) {
 
 /// A process's parent and start time, from /proc (None once it is gone or a zombie).
 pub(super) fn live_process(pid: u32) -> Option<(u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after "(comm)": state ppid ... starttime is field 22 overall.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+    let stat = amlx_agent::publish::holder::read_stat(pid)?;
+    (stat.state != 'Z').then_some((stat.parent, stat.start_time))
 }
 
 /// A session's sidecar and keeper as `status --json` names them, with their start times.
@@ -198,21 +192,14 @@ pub(super) fn wait_gone(processes: &[(u32, u64)], within: Duration) -> Duration 
 
 /// Processes with `path` open, with their command lines (for failure messages).
 fn holders_of(path: &Path) -> Vec<(u32, String)> {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    util::processes()
         .filter(|pid| {
             std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
                 fds.filter_map(Result::ok)
                     .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == path))
             })
         })
-        .map(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            (pid, String::from_utf8_lossy(&cmd).replace('\0', " "))
-        })
+        .map(|pid| (pid, util::command_line(pid)))
         .collect()
 }
 

@@ -150,19 +150,9 @@ impl Drop for Job {
 
 /// Live processes whose environment holds the entry `marker` (zombies have none).
 fn processes_with(marker: &str) -> Vec<Pid> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
-                environ
-                    .split(|b| *b == 0)
-                    .any(|entry| entry == marker.as_bytes())
-            })
-        })
-        .map(Pid::from_raw)
+    util::processes_with_env(marker)
+        .into_iter()
+        .filter_map(|pid| Some(Pid::from_raw(i32::try_from(pid).ok()?)))
         .collect()
 }
 

@@ -462,31 +462,21 @@ impl Drop for Running {
 }
 
 fn children_of(parent: Pid) -> Vec<Pid> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let Ok(parent) = u32::try_from(parent.as_raw()) else {
         return Vec::new();
     };
-    dir.filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                // The parent is the second field after the command's closing parenthesis.
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
-                    == Some(parent.as_raw())
-            })
-        })
-        .map(Pid::from_raw)
+    util::children_of(parent)
+        .into_iter()
+        .filter_map(|(pid, _)| Some(Pid::from_raw(i32::try_from(pid).ok()?)))
         .collect()
 }
 
 fn gone(pid: Pid) -> bool {
     // A zombie still has a /proc entry: its state is Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
+    u32::try_from(pid.as_raw())
+        .ok()
+        .and_then(amlx_agent::publish::holder::read_stat)
+        .is_none_or(|stat| stat.state == 'Z')
 }
 
 /// What can go wrong while a crashed process is held, and what must happen then: it

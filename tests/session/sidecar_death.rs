@@ -67,20 +67,7 @@ fn wait_held(state_dir: &Path, agent: &Running, mode: &str, debug_port: u16) -> 
 
 /// Children of `pid` in any state (zombies included), from /proc.
 fn children(pid: u32) -> Vec<(u32, char)> {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|child| {
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
-            let rest = stat.get(stat.rfind(')')? + 2..)?;
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let ppid: u32 = fields.next()?.parse().ok()?;
-            (ppid == pid).then_some((child, state))
-        })
-        .collect()
+    util::children_of(pid)
 }
 
 /// The step's PID: the agent's own in replace mode, in supervise mode its child running
@@ -209,17 +196,9 @@ fn killed_step(mode: &str, process: &str) {
 
 /// Live debugpy adapters whose environment holds `var` (`NAME=value`).
 fn debugpy_adapters_with(var: &str) -> Vec<u32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains("debugpy/adapter")
-                && environ.split(|b| *b == 0).any(|v| v == var.as_bytes())
-        })
+    util::processes_with_env(var)
+        .into_iter()
+        .filter(|pid| util::command_line(*pid).contains("debugpy/adapter"))
         .filter(|pid| live_process(*pid).is_some())
         .collect()
 }
