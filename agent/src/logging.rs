@@ -1,5 +1,7 @@
 //! Logging to stderr: text or JSON, `RUST_LOG`-style filter with an `info` default.
 
+use std::time::{Duration, Instant};
+
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -120,6 +122,97 @@ pub fn loggable(text: &str) -> std::borrow::Cow<'_, str> {
         out.push_str(&format!("… ({cut} more bytes)"));
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// How often a line about something a peer can repeat at will may be written: a refused
+/// upgrade, a malformed control message, a rendezvous that failed. Floods of them wrote
+/// 60 MB of log a second (`relay listen` fed malformed messages by a hostile relay) and
+/// 1 MB a second (`relay serve` refusing unauthenticated upgrades).
+pub const REPEATED_LINE_EVERY: Duration = Duration::from_secs(10);
+
+/// One kind of log line a peer can repeat at will: the first is written, then at most one
+/// per [`REPEATED_LINE_EVERY`], and each written line says how many were left out before it.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    state: std::sync::Mutex<ThrottleState>,
+}
+
+#[derive(Debug, Default)]
+struct ThrottleState {
+    left_out: u64,
+    written_at: Option<Instant>,
+}
+
+impl Throttle {
+    /// Counts one occurrence at `now`; `Some` when its line is to be written, holding the
+    /// occurrences left out since the last one written (show it after the line).
+    pub fn admit(&self, now: Instant) -> Option<LeftOut> {
+        // The state is two counters, consistent after any panic: a poisoned lock is usable.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let due = state
+            .written_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= REPEATED_LINE_EVERY);
+        if !due {
+            state.left_out = state.left_out.saturating_add(1);
+            return None;
+        }
+        state.written_at = Some(now);
+        Some(LeftOut(std::mem::take(&mut state.left_out)))
+    }
+}
+
+/// Lines of one kind left out of the log since the last one written; shown as a suffix
+/// (nothing when none were).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeftOut(pub u64);
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(
+                f,
+                " ({n} more like it since the last such line, not logged: at most one every {}s)",
+                REPEATED_LINE_EVERY.as_secs()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_writes_one_line_per_interval_and_counts_the_rest() {
+        let throttle = Throttle::default();
+        let start = Instant::now();
+        assert_eq!(
+            throttle.admit(start),
+            Some(LeftOut(0)),
+            "the first is written"
+        );
+        for i in 1..=1000u32 {
+            assert_eq!(
+                throttle.admit(start + Duration::from_millis(i.into())),
+                None
+            );
+        }
+        let later = start + REPEATED_LINE_EVERY;
+        let written = throttle.admit(later).expect("one line per interval");
+        assert_eq!(written, LeftOut(1000));
+        assert!(
+            written.to_string().contains("1000 more like it"),
+            "{written}"
+        );
+        assert_eq!(LeftOut(0).to_string(), "");
+        // A clock that goes backwards (another thread's earlier `now`) is not due.
+        assert_eq!(throttle.admit(start), None);
+        assert_eq!(
+            throttle.admit(later + REPEATED_LINE_EVERY),
+            Some(LeftOut(1))
+        );
+    }
 }
 
 #[cfg(test)]

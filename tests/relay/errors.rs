@@ -273,3 +273,73 @@ fn a_hostile_relay_cannot_forge_or_flood_the_listeners_log() {
     drop(listener);
     relay.join().expect("fake relay");
 }
+
+/// A relay that sends, as fast as it can, control messages that do not parse and accepts
+/// naming an address nobody listens on. Each kind is logged once, then at most once per
+/// interval with a count: before, `relay listen` wrote a line for every one (60 MB of log a
+/// second). The rendezvous failure names the relay's accept message, not the connection
+/// string, as the place the address came from.
+#[test]
+fn a_relay_flooding_the_control_channel_gets_a_line_per_kind_not_per_message() {
+    use tokio_tungstenite::tungstenite::{Message, accept};
+    const MALFORMED: usize = 5000;
+    const ACCEPTS: usize = 2000;
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let relay = std::thread::spawn(move || {
+        let (tcp, _) = server.accept().expect("the listener connects");
+        // Bounds the reads below: a listener that never answers fails the test, not hangs it.
+        tcp.set_read_timeout(Some(util::DEADLINE))
+            .expect("read timeout");
+        let mut ws = accept(tcp).expect("upgrade");
+        for _ in 0..MALFORMED {
+            ws.write(Message::Text("{not json".into()))
+                .expect("queue a malformed message");
+        }
+        for n in 0..ACCEPTS {
+            let accept_msg = serde_json::json!({"accept": {
+                "address": format!("ws://127.0.0.1:9/$hc/hc?sb-hc-action=accept&sb-hc-id={n}"),
+                "id": n.to_string(),
+                "connectHeaders": {},
+                "remoteEndpoint": {"address": "10.0.0.1", "port": 1},
+            }});
+            ws.write(Message::Text(accept_msg.to_string().into()))
+                .expect("queue an accept");
+        }
+        ws.flush().expect("send the flood");
+        // The listener has read everything once it answers the Close.
+        ws.close(None).expect("close");
+        while ws.read().is_ok() {}
+    });
+    let cs = format!(
+        "Endpoint=sb://{addr}/;SharedAccessKeyName=k;SharedAccessKey=c2VjcmV0;EntityPath=hc"
+    );
+    let listener = listen_without_relay(&cs, &["--forward", "x=127.0.0.1:9"]);
+    listener
+        .stderr
+        .wait_for("listener offline")
+        .unwrap_or_else(|| panic!("the flood never ended:\n{}", listener.dump()));
+    relay.join().expect("fake relay");
+    // Every message was read before the Close was answered.
+    let log = listener.stderr.all();
+    let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
+    let head = format!(
+        "{} lines, the first: {:#?}",
+        log.len(),
+        &log[..log.len().min(20)]
+    );
+    assert_eq!(count("malformed control message"), 1, "{head}");
+    assert!(count("rendezvous failed") <= 2, "{head}");
+    assert!(count("ignoring the sender") <= 2, "{head}");
+    assert!(count("rejecting the sender") <= 2, "{head}");
+    assert!(log.len() < 40, "{head}");
+    let rendezvous = listener
+        .stderr
+        .wait_for("rendezvous failed")
+        .unwrap_or_else(|| panic!("no rendezvous line:\n{}", listener.dump()));
+    assert!(
+        rendezvous.contains("the relay named it in its accept message")
+            && !rendezvous.contains("connection string"),
+        "{rendezvous}"
+    );
+}

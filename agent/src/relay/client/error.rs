@@ -55,6 +55,13 @@ pub enum ConnectError {
     },
     #[error("cannot reach relay {addr}: {source}; {}", connect_fix(source))]
     Connect { addr: String, source: io::Error },
+    /// The rendezvous address came from the relay's accept message, not from the
+    /// connection string: the connection string's fix would mislead.
+    #[error(
+        "cannot reach the rendezvous address {addr} that the relay sent: {source}; {}",
+        rendezvous_fix(source)
+    )]
+    RendezvousUnreachable { addr: String, source: io::Error },
     #[error("TLS with relay {host} failed: {source}; {}", tls_fix(source))]
     Tls { host: String, source: io::Error },
     #[error(
@@ -167,6 +174,18 @@ pub fn connect_fix(source: &io::Error) -> &'static str {
     }
 }
 
+/// What to do about a rendezvous address that could not be reached: our own limit, as
+/// for the relay; otherwise the address is the relay's choice.
+pub fn rendezvous_fix(source: &io::Error) -> &'static str {
+    use nix::libc::{EMFILE, ENFILE};
+    match source.raw_os_error() {
+        Some(EMFILE | ENFILE) => connect_fix(source),
+        _ => {
+            "the relay named it in its accept message: check that this machine can reach that host and port, and the relay's health (for a self-hosted relay, its log)"
+        }
+    }
+}
+
 /// What to do about a failed TLS handshake with the relay, judged from rustls' verdict on
 /// its certificate (the error inside `source`).
 pub fn tls_fix(source: &io::Error) -> &'static str {
@@ -241,6 +260,20 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(fix), "{errno}: {text}");
             assert!(!text.contains('\n'), "{text}");
+        }
+        // A rendezvous address is the relay's choice, not the connection string's.
+        let rendezvous = [
+            (24, "this process is out of file descriptors"),
+            (111, "the relay named it in its accept message"),
+        ];
+        for (errno, fix) in rendezvous {
+            let err = ConnectError::RendezvousUnreachable {
+                addr: "relay:9".into(),
+                source: io::Error::from_raw_os_error(errno),
+            };
+            let text = err.to_string();
+            assert!(text.contains(fix), "{errno}: {text}");
+            assert!(!text.contains("connection string"), "{text}");
         }
     }
 }

@@ -94,8 +94,25 @@ pub async fn connect_address(
                 .to_owned(),
         });
     }
+    // And no stronger one than we have: a relay reached with --insecure-ws that names a
+    // wss:// address is misconfigured (TLS advice to us would mislead).
+    if url.scheme() == "wss" && tls_config.is_none() {
+        return Err(ConnectError::Protocol {
+            url: display_url(&url),
+            detail: "the relay, reached without TLS, named a wss:// rendezvous address; a \
+                     relay reached over ws:// must name ws:// addresses (check its configuration)"
+                .to_owned(),
+        });
+    }
     let target = verbatim_target(address).unwrap_or_else(|| "/".to_owned());
-    connect_with_target(&url, target, None, tls_config, role, timeout).await
+    connect_with_target(&url, target, None, tls_config, role, timeout)
+        .await
+        .map_err(|err| match err {
+            ConnectError::Connect { addr, source } => {
+                ConnectError::RendezvousUnreachable { addr, source }
+            }
+            other => other,
+        })
 }
 
 /// Path and query of `address` exactly as written (`None` when it has no path).
@@ -339,7 +356,7 @@ mod tests {
             (
                 format!("wss://127.0.0.1:{port}{target}"),
                 None,
-                "no TLS configuration",
+                "the relay, reached without TLS, named a wss:// rendezvous address",
             ),
             // A relay smuggling a request of its own into ours.
             (

@@ -24,7 +24,7 @@ use super::backoff;
 use super::error::{ConnectError, Role};
 use super::handshake::{self, WebSocket};
 use super::{Endpoint, Tunnel};
-use crate::logging::loggable;
+use crate::logging::{LeftOut, Throttle, loggable};
 use crate::relay::protocol::{self, Accept, ControlMessage, RenewToken, close_code, status};
 use crate::relay::websocket::{self, OpCode};
 
@@ -107,7 +107,7 @@ pub async fn run_with_cap<H: AcceptHandler>(
         max_tunnels,
         tunnels: Arc::new(Semaphore::new(max_tunnels)),
         rejects: Arc::new(Semaphore::new(MAX_PENDING_REJECTS)),
-        ignored: Arc::default(),
+        lines: Arc::default(),
     };
     let result = listen_loop(&endpoint, &handler, &tracker, &admission, &shutdown).await;
     tracker.close();
@@ -128,35 +128,32 @@ struct Admission {
     max_tunnels: usize,
     tunnels: Arc<Semaphore>,
     rejects: Arc<Semaphore>,
-    /// Senders ignored because every slot was taken, for a rate-limited warning.
-    ignored: Arc<std::sync::Mutex<Ignored>>,
+    /// The log lines a relay can make us repeat at will, each rate-limited.
+    lines: Arc<RepeatedLines>,
 }
 
-/// The warning about ignored senders comes at most this often: a relay (or whoever holds
-/// one) sending accepts as fast as it can wrote 63,000 warnings a second, 180 MB of log in
-/// 2.5 s, while memory and descriptors stayed bounded.
-const IGNORED_WARNING_EVERY: Duration = Duration::from_secs(10);
-
-/// Senders ignored since the last warning about them.
+/// What a relay (or whoever holds one) can make the listener log as fast as it sends:
+/// 63,000 warnings a second about ignored senders (180 MB in 2.5 s), 60 MB a second about
+/// malformed control messages or accepts that name an unreachable address. Memory and
+/// descriptors stayed bounded; the log did not.
 #[derive(Debug, Default)]
-struct Ignored {
-    since_warning: u64,
-    warned_at: Option<Instant>,
+struct RepeatedLines {
+    /// Every tunnel and reject slot taken: the sender is ignored.
+    ignored: Throttle,
+    /// Every tunnel slot taken: the sender is rejected.
+    busy: Throttle,
+    /// A control message that does not parse.
+    malformed: Throttle,
+    /// A rendezvous (accepting) that could not be opened.
+    rendezvous_failed: Throttle,
+    /// A reject rendezvous that did not end in the relay's 410.
+    reject_failed: Throttle,
 }
 
-impl Ignored {
-    /// Counts one more ignored sender; `Some(count)` when a warning is due at `now`
-    /// (the first, then at most one per [`IGNORED_WARNING_EVERY`]), counting this one.
-    fn note(&mut self, now: Instant) -> Option<u64> {
-        self.since_warning += 1;
-        let due = self
-            .warned_at
-            .is_none_or(|at| now.saturating_duration_since(at) >= IGNORED_WARNING_EVERY);
-        if !due {
-            return None;
-        }
-        self.warned_at = Some(now);
-        Some(std::mem::take(&mut self.since_warning))
+/// Runs `log` with what was left out when `throttle` lets this occurrence's line through.
+fn throttled(throttle: &Throttle, log: impl FnOnce(LeftOut)) {
+    if let Some(left_out) = throttle.admit(std::time::Instant::now()) {
+        log(left_out);
     }
 }
 
@@ -387,19 +384,15 @@ fn dispatch<H: AcceptHandler>(
                         _permit: permit,
                     },
                     Err(_) => {
-                        let due = admission
-                            .ignored
-                            .lock()
-                            .map(|mut ignored| ignored.note(Instant::now()))
-                            .unwrap_or(None);
-                        if let Some(count) = due {
-                            tracing::warn!(parent: &span, "{} relayed connections and {MAX_PENDING_REJECTS} rejects in flight; ignoring senders ({count} since the last warning; at most one warning every {IGNORED_WARNING_EVERY:?})", admission.max_tunnels);
-                        }
+                        throttled(&admission.lines.ignored, |left_out| {
+                            tracing::warn!(parent: &span, "{} relayed connections and {MAX_PENDING_REJECTS} rejects in flight; ignoring the sender{left_out}", admission.max_tunnels);
+                        });
                         return;
                     }
                 },
             };
-            tracker.spawn(rendezvous(accept, endpoint, handler, slot).instrument(span));
+            let lines = Arc::clone(&admission.lines);
+            tracker.spawn(rendezvous(accept, endpoint, handler, slot, lines).instrument(span));
         }
         Ok(ControlMessage::Unknown(command)) => {
             tracing::debug!(command, "ignoring unknown control command")
@@ -408,11 +401,13 @@ fn dispatch<H: AcceptHandler>(
         Err(e) => {
             // The parser's message may quote the relay's text: short, and escaped.
             let why: String = e.to_string().chars().take(MAX_LOGGED_ERROR_CHARS).collect();
-            tracing::warn!(
-                "ignoring a malformed control message of {} bytes: {}",
-                text.len(),
-                loggable(&why)
-            );
+            throttled(&admission.lines.malformed, |left_out| {
+                tracing::warn!(
+                    "ignoring a malformed control message of {} bytes: {}{left_out}",
+                    text.len(),
+                    loggable(&why)
+                );
+            });
         }
     }
 }
@@ -430,9 +425,14 @@ async fn rendezvous<H: AcceptHandler>(
     endpoint: Arc<Endpoint>,
     handler: Arc<H>,
     slot: Slot,
+    lines: Arc<RepeatedLines>,
 ) {
     let decision = if slot.busy {
-        tracing::warn!("already serving the most relayed connections; rejecting the sender");
+        throttled(&lines.busy, |left_out| {
+            tracing::warn!(
+                "already serving the most relayed connections; rejecting the sender{left_out}"
+            );
+        });
         Decision::Reject {
             status: BUSY_STATUS,
             description: "the listener serves as many connections as it can".to_owned(),
@@ -457,7 +457,9 @@ async fn rendezvous<H: AcceptHandler>(
                 Err(e) if e.status() == Some(status::GONE) => {
                     tracing::info!(status = code, description, "rejected sender");
                 }
-                Err(e) => tracing::warn!("reject rendezvous failed: {e}"),
+                Err(e) => throttled(&lines.reject_failed, |left_out| {
+                    tracing::warn!("reject rendezvous failed: {e}{left_out}");
+                }),
                 Ok(ws) => {
                     tracing::warn!(
                         "the relay opened a reject rendezvous instead of answering 410; closing it"
@@ -479,7 +481,9 @@ async fn rendezvous<H: AcceptHandler>(
                 {
                     Ok(ws) => Some(Tunnel::new(ws)),
                     Err(e) => {
-                        tracing::warn!("rendezvous failed: {e}");
+                        throttled(&lines.rendezvous_failed, |left_out| {
+                            tracing::warn!("rendezvous failed: {e}{left_out}");
+                        });
                         None
                     }
                 }

@@ -150,24 +150,3 @@ async fn control_writes_end_by_the_silence_deadline_whatever_the_write_does() {
         assert!(started.elapsed() < CONTROL_WRITE_TIMEOUT, "{name}");
     }
 }
-
-#[test]
-fn the_warning_about_ignored_senders_is_rate_limited_and_counts_them() {
-    let mut ignored = Ignored::default();
-    let start = Instant::now();
-    assert_eq!(
-        ignored.note(start),
-        Some(1),
-        "the first is warned of at once"
-    );
-    for i in 0..1000 {
-        let now = start + Duration::from_millis(i);
-        assert_eq!(ignored.note(now), None, "no warning within the interval");
-    }
-    assert_eq!(
-        ignored.note(start + IGNORED_WARNING_EVERY),
-        Some(1001),
-        "the next warning counts every sender since the last"
-    );
-    assert_eq!(ignored.note(start + IGNORED_WARNING_EVERY), None);
-}
