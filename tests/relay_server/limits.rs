@@ -133,3 +133,41 @@ async fn the_control_channel_pings_renews_and_expires() {
     .expect("listener");
     assert_eq!(next_close(&mut lapsing).await, Some(1008));
 }
+
+/// Refusals a client can repeat at will, with no credentials (401) or from a client
+/// library reconnecting in a tight loop to a full path (403), are logged once, then at
+/// most once per interval: one line per refusal let one client grow the log by 1 MB a
+/// second.
+#[tokio::test]
+async fn refusals_anyone_can_repeat_are_logged_once_per_interval() {
+    const TRIES: usize = 300;
+    let relay = Relay::start("max_listeners_per_path = 1");
+    let _first = listen(&relay, "hc").await;
+    let tok = token(ROOT, KEY, "hc", 3600);
+    for _ in 0..TRIES {
+        let no_token = open(request(&relay.url("hc", "listen"), None)).await;
+        assert_eq!(no_token.err(), Some(401));
+        let path_full = open(request(&relay.url("hc", "listen"), Some(&tok))).await;
+        assert_eq!(path_full.err(), Some(403));
+    }
+    // Its line is written after every refusal's: once it is read, all of theirs are.
+    let _barrier = listen(&relay, "barrier").await;
+    let mut log = String::new();
+    let until = std::time::Instant::now() + DEADLINE;
+    while log.matches("listener connected").count() < 2 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log.push_str(&relay.log());
+    }
+    assert_eq!(log.matches("listener connected").count(), 2, "{log}");
+    let unauthorized = log
+        .lines()
+        .filter(|l| l.contains("refused: ") && l.contains("401"))
+        .count();
+    let full = log
+        .lines()
+        .filter(|l| l.contains("listener refused: "))
+        .count();
+    let lines = log.lines().count();
+    assert_eq!((unauthorized, full), (1, 1), "{lines} lines:\n{log}");
+    assert!(lines < 20, "{lines} lines:\n{log}");
+}

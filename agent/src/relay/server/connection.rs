@@ -22,7 +22,7 @@ use super::registry::{CONTROL_QUEUE, ListenerHandle, Queued};
 use super::rendezvous::{Decision, Leg, Pending};
 use super::upgrade::{self, HeadError, Request};
 use super::{Server, Slot, accept, auth, control, relay};
-use crate::logging::loggable;
+use crate::logging::{Throttle, loggable};
 use crate::relay::protocol::{
     self, Action, HEADER_TOKEN, HcRequest, NO_LISTENER_TEXT, ProtocolError, RejectStatus,
     close_code, status,
@@ -248,7 +248,7 @@ impl Ctx {
     async fn listen(mut self, mut stream: Stream, call: Call) {
         let grant = match self.authorize(&call, Right::Listen) {
             Ok(g) => g,
-            Err(err) => return refuse(&mut stream, &err).await,
+            Err(err) => return refuse(&mut stream, &err, &self.server.refusals_logged).await,
         };
         let server = self.server.clone();
         let Some(base) = accept::listener_base(server.settings.scheme(), &self.host()) else {
@@ -268,7 +268,12 @@ impl Ctx {
             commands: tx,
         };
         if let Err(full) = server.registry.add(entity, handle) {
-            tracing::warn!("listener refused: {}", loggable(&full.to_string()));
+            if let Some(left_out) = server.full_path_logged.admit(std::time::Instant::now()) {
+                tracing::warn!(
+                    "listener refused: {}{left_out}",
+                    loggable(&full.to_string())
+                );
+            }
             return upgrade::write_status(&mut stream, status::FORBIDDEN, &full.to_string()).await;
         }
         let registration = Registration {
@@ -302,7 +307,7 @@ impl Ctx {
 
     async fn connect(mut self, mut stream: Stream, call: Call) {
         if let Err(err) = self.authorize(&call, Right::Send) {
-            return refuse(&mut stream, &err).await;
+            return refuse(&mut stream, &err, &self.server.refusals_logged).await;
         }
         let Some(permit) = self.take_relayed_slot() else {
             tracing::info!("sender refused: max_connections reached");
@@ -541,10 +546,13 @@ struct Call {
     tracking: String,
 }
 
-/// Answers a failed authorisation: 401 or 403 with the reason (never the token).
-async fn refuse(stream: &mut Stream, err: &SasError) {
+/// Answers a failed authorisation: 401 or 403 with the reason (never the token); the log
+/// line is `logged`'s to allow.
+async fn refuse(stream: &mut Stream, err: &SasError, logged: &Throttle) {
     let status = err.status();
-    tracing::info!(status, "refused: {}", loggable(&err.to_string()));
+    if let Some(left_out) = logged.admit(std::time::Instant::now()) {
+        tracing::info!(status, "refused: {}{left_out}", loggable(&err.to_string()));
+    }
     let title = if status == 401 {
         "Unauthorized"
     } else {

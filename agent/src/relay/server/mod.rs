@@ -56,6 +56,7 @@ use tracing::Instrument as _;
 pub use tls::Tls;
 
 use crate::config::ServerSettings;
+use crate::logging::Throttle;
 use admission::{Admission, Overload};
 use registry::Registry;
 pub(crate) use rendezvous::Rendezvous;
@@ -145,6 +146,12 @@ struct Server {
     shutdown: CancellationToken,
     /// The grace is over: cut relayed connections.
     hard_stop: CancellationToken,
+    /// Lines anyone can make us repeat: a refused (401/403) upgrade needs no credentials,
+    /// and one client wrote 25,600 of them in 5 s.
+    refusals_logged: Throttle,
+    /// A listener refused because its path has the most listeners; a client library
+    /// reconnecting in a tight loop (hyco-ws does) wrote 2,000 of them in 10 s.
+    full_path_logged: Throttle,
 }
 
 impl Server {
@@ -251,6 +258,8 @@ pub async fn run(
         relayed_total: AtomicU64::new(0),
         shutdown: shutdown.clone(),
         hard_stop: CancellationToken::new(),
+        refusals_logged: Throttle::default(),
+        full_path_logged: Throttle::default(),
         settings,
     });
     let tracker = TaskTracker::new();
