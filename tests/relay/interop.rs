@@ -64,10 +64,11 @@ fn hyco_sender_reaches_relay_listen(relay: Relay) {
     );
 }
 
-fn relay_connect_reaches_hyco_listener(relay: Relay) {
+/// A hyco-ws listener on "tonode", online: (the process, its stdout, its stderr).
+fn hyco_listener(relay: &Relay) -> (KillOnDrop, Lines, Lines) {
     let mut cmd = node(
-        &relay,
-        &["listen", &base(&relay), "tonode", KEY_BOTH.0, "-"],
+        relay,
+        &["listen", &base(relay), "tonode", KEY_BOTH.0, "-"],
         KEY_BOTH.1,
     );
     cmd.stdin(Stdio::null())
@@ -76,13 +77,18 @@ fn relay_connect_reaches_hyco_listener(relay: Relay) {
     let mut child = cmd.spawn().expect("run node (install nodejs)");
     let stdout = Lines::from_reader(child.stdout.take().expect("piped"));
     let stderr = Lines::from_reader(child.stderr.take().expect("piped"));
-    let _guard = KillOnDrop(child);
+    let guard = KillOnDrop(child);
     assert!(
         stdout.wait_for("LISTENING").is_some(),
         "hyco-ws listener did not come online:\n{}\nrelay:\n{}",
         stderr.all().join("\n"),
         relay.proc.dump()
     );
+    (guard, stdout, stderr)
+}
+
+fn relay_connect_reaches_hyco_listener(relay: Relay) {
+    let (_guard, stdout, stderr) = hyco_listener(&relay);
     let cs = relay.connection_string(KEY_BOTH, "tonode");
     let (connect, addr) = relay.connect(&cs, "5678");
     let data = random_bytes(1 << 20);
@@ -119,6 +125,62 @@ fn relay_connect_through_relay_serve_to_hyco_ws_listener() {
 #[test]
 fn relay_connect_to_hyco_ws_listener_over_tls() {
     relay_connect_reaches_hyco_listener(Relay::start_tls());
+}
+
+/// A sender that offers a WebSocket extension (which the relay never negotiates) is
+/// relayed to a hyco-ws listener like any other: the offer once reached the listener in
+/// the accept's `connectHeaders`, and hyco-ws crashed acting on it.
+#[test]
+fn a_sender_offering_an_extension_leaves_a_hyco_ws_listener_running() {
+    use amlx_agent::config::Secret;
+    use amlx_agent::relay::sas;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let relay = Relay::start();
+    let (mut listener, _stdout, stderr) = hyco_listener(&relay);
+    let audience = format!("http://127.0.0.1:{}/tonode", relay.addr.port());
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 3600;
+    let token = sas::sign(&audience, KEY_BOTH.0, &Secret::new(KEY_BOTH.1), expiry).expect("sign");
+    let mut request = format!("{}/$hc/tonode?sb-hc-action=connect", base(&relay))
+        .into_client_request()
+        .expect("request");
+    let headers = request.headers_mut();
+    headers.insert(
+        "ServiceBusAuthorization",
+        HeaderValue::from_str(token.expose()).expect("header"),
+    );
+    headers.insert(
+        "Sec-WebSocket-Extensions",
+        HeaderValue::from_static("permessage-deflate; server_max_window_bits=99"),
+    );
+    let tcp = std::net::TcpStream::connect(relay.addr).expect("connect");
+    tcp.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let upgraded = tokio_tungstenite::tungstenite::client(request, tcp);
+    let exited = listener.0.try_wait().expect("try_wait");
+    assert!(
+        upgraded.is_ok() && exited.is_none(),
+        "upgrade {:?}; hyco-ws exited: {exited:?}\nnode:\n{}\nrelay:\n{}",
+        upgraded.err(),
+        stderr.all().join("\n"),
+        relay.proc.dump()
+    );
+    drop(upgraded);
+    // And it still serves the next sender.
+    let cs = relay.connection_string(KEY_BOTH, "tonode");
+    let (connect, addr) = relay.connect(&cs, "5678");
+    let data = random_bytes(4096);
+    let back = round_trip(addr, &data).unwrap_or_default();
+    assert_eq!(
+        sha256(&back),
+        sha256(&data),
+        "connect:\n{}\nnode:\n{}",
+        connect.dump(),
+        stderr.all().join("\n")
+    );
 }
 
 /// Kills a child process when dropped.

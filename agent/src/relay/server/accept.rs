@@ -13,8 +13,12 @@ use crate::relay::protocol::{
     self, Accept, ControlMessage, HEADER_TOKEN, HcRequest, RejectStatus, RemoteEndpoint,
 };
 
-/// Headers never forwarded: the sender's token is a Send credential, not the listener's.
-const WITHHELD_HEADERS: &[&str] = &[HEADER_TOKEN];
+/// Headers never forwarded: the sender's token is a Send credential, not the listener's;
+/// an extension offer is one the relay never negotiates (each leg runs without
+/// extensions), and hyco-ws listeners that act on it crash (`abortConnection` calls an
+/// undefined `WebSocketClient`): one sender offering `permessage-deflate;
+/// server_max_window_bits=99` ended Microsoft's Node listener.
+const WITHHELD_HEADERS: &[&str] = &[HEADER_TOKEN, "Sec-WebSocket-Extensions"];
 
 /// Canonical spellings of the headers listeners look up (Java uses a case-sensitive map;
 /// many clients send lower case).
@@ -178,6 +182,7 @@ mod tests {
                 ("sec-websocket-key", "k=="),
                 ("sec-websocket-version", "13"),
                 ("ServiceBusAuthorization", "SharedAccessSignature secret"),
+                ("sec-websocket-extensions", "permessage-deflate"),
                 ("x-custom-thing", "a"),
                 ("X-Custom-Thing", "b"),
             ],
@@ -197,6 +202,12 @@ mod tests {
         assert_eq!(a["connectHeaders"]["Sec-WebSocket-Key"], "k==");
         assert_eq!(a["connectHeaders"]["Sec-WebSocket-Version"], "13");
         assert_eq!(a["connectHeaders"]["X-Custom-Thing"], "a, b");
+        assert!(
+            a["connectHeaders"]
+                .get("Sec-WebSocket-Extensions")
+                .is_none(),
+            "no extension offer: the relay negotiates none: {text}"
+        );
         assert_eq!(a["remoteEndpoint"]["address"], "10.1.2.3");
         assert_eq!(a["remoteEndpoint"]["port"], 50123);
     }
