@@ -171,3 +171,42 @@ async fn refusals_anyone_can_repeat_are_logged_once_per_interval() {
     assert_eq!((unauthorized, full), (1, 1), "{lines} lines:\n{log}");
     assert!(lines < 20, "{lines} lines:\n{log}");
 }
+
+/// Out of file descriptors, `accept` fails: the overload warning names the OS error and
+/// the fix (it said only "N accept failure(s)", the cause was at debug level), and the
+/// relay serves again once descriptors are free.
+#[tokio::test]
+async fn out_of_descriptors_is_logged_with_its_cause_and_fix_and_serving_resumes() {
+    const LIMIT: &str = "--nofile=32:32";
+    const HELD: usize = 64;
+    let relay = Relay::start("max_handshakes = 1000\nmax_handshakes_per_source = 1000");
+    // The relay raised its own limit at start; lower it under it (util-linux prlimit).
+    let lowered = std::process::Command::new("prlimit")
+        .args(["--pid", &relay.pid().to_string(), LIMIT])
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(lowered.success(), "prlimit {LIMIT}: {lowered}");
+    let mut held = Vec::new();
+    for _ in 0..HELD {
+        held.push(TcpStream::connect(relay.addr).await.expect("connect"));
+    }
+    let mut log = String::new();
+    let until = std::time::Instant::now() + DEADLINE;
+    while !log.contains("the last accept failure") && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log.push_str(&relay.log());
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains("the last accept failure"))
+        .unwrap_or_else(|| panic!("no accept failure named:\n{log}"));
+    assert!(
+        line.contains("Too many open files")
+            && line.contains("LimitNOFILE=")
+            && line.contains("resumes by itself"),
+        "{line}"
+    );
+    drop(held);
+    let _listener = listen(&relay, "after").await;
+    relay.wait_status("listeners", 1).await;
+}

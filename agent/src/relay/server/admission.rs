@@ -158,8 +158,6 @@ pub enum Overload {
     HandshakeTimeout,
     /// An authenticated upgrade found every `max_connections` slot taken (503).
     ConnectionsFull,
-    /// `accept` failed (out of file descriptors, usually).
-    AcceptFailed,
 }
 
 #[derive(Debug, Default)]
@@ -169,6 +167,8 @@ struct Counts {
     timeouts: u64,
     connections_full: u64,
     accept_failed: u64,
+    /// The last accept failure's OS error, to name the cause and the fix in the warning.
+    last_accept_error: Option<std::io::Error>,
     last_warning: Option<Instant>,
 }
 
@@ -206,9 +206,16 @@ impl OverloadLog {
             Overload::HandshakeCapFull => &mut counts.handshake_cap,
             Overload::HandshakeTimeout => &mut counts.timeouts,
             Overload::ConnectionsFull => &mut counts.connections_full,
-            Overload::AcceptFailed => &mut counts.accept_failed,
         };
         *n = n.saturating_add(1);
+        self.warn_if_due(&mut counts);
+    }
+
+    /// Counts a failed `accept`, keeping its error for the warning.
+    pub fn note_accept_failure(&self, err: std::io::Error) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.accept_failed = counts.accept_failed.saturating_add(1);
+        counts.last_accept_error = Some(err);
         self.warn_if_due(&mut counts);
     }
 
@@ -235,20 +242,43 @@ impl OverloadLog {
             "relay serve: overloaded: {} handshake(s) cut to make room ({} over the per-source \
              cap, {} over the total cap), {} handshake(s) timed out, {} upgrade(s) refused \
              at max_connections (503), {} accept failure(s) since the last warning (at most \
-             one warning per {}s)",
+             one warning per {}s){}",
             counts.source_cap + counts.handshake_cap,
             counts.source_cap,
             counts.handshake_cap,
             counts.timeouts,
             counts.connections_full,
             counts.accept_failed,
-            self.interval.as_secs()
+            self.interval.as_secs(),
+            counts
+                .last_accept_error
+                .as_ref()
+                .map(accept_failure)
+                .unwrap_or_default()
         );
         *counts = Counts {
             last_warning: Some(Instant::now()),
             ..Counts::default()
         };
     }
+}
+
+/// The last accept failure, its cause and fix, as the end of the overload warning.
+fn accept_failure(err: &std::io::Error) -> String {
+    use nix::libc::{EMFILE, ENFILE};
+    let fix = match err.raw_os_error() {
+        Some(EMFILE) => {
+            ": this process is out of file descriptors; raise its limit (LimitNOFILE= in the \
+             systemd unit, ulimit -n) or lower max_connections. Accepting resumes by itself \
+             once descriptors are free"
+        }
+        Some(ENFILE) => {
+            ": this machine is out of file descriptors (fs.file-max); close some or raise the \
+             limit. Accepting resumes by itself once descriptors are free"
+        }
+        _ => "",
+    };
+    format!("; the last accept failure: {err}{fix}")
 }
 
 #[cfg(test)]

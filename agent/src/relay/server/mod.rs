@@ -278,7 +278,7 @@ pub async fn run(
                 Ok(pair) => pair,
                 Err(err) => {
                     tracing::debug!("relay serve: accept failed: {err}");
-                    server.admission.overload.note(Overload::AcceptFailed);
+                    server.admission.overload.note_accept_failure(err);
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
