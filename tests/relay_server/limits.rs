@@ -210,3 +210,28 @@ async fn out_of_descriptors_is_logged_with_its_cause_and_fix_and_serving_resumes
     let _listener = listen(&relay, "after").await;
     relay.wait_status("listeners", 1).await;
 }
+
+/// A path with a `.` or `..` segment is a 400 that says so: such a sender used to get an
+/// accept whose rendezvous address (URLs drop dot segments) named another path, and a
+/// 502 blaming the listener.
+#[tokio::test]
+async fn a_path_with_dot_segments_is_a_bad_request() {
+    let relay = Relay::start("");
+    let _listener = listen(&relay, "hc").await;
+    let tok = token(ROOT, KEY, "hc", 3600);
+    for path in ["hc/x/..", "hc/./x", "hc/%2E%2E/hc"] {
+        let (status, _, body) = http(
+            relay.addr,
+            &format!(
+                "GET /$hc/{path}?sb-hc-action=connect HTTP/1.1\r\nHost: {}\r\n\
+                 Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+                 ServiceBusAuthorization: {tok}\r\n\r\n",
+                relay.addr
+            ),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("'.' or '..' segment"), "{path}: {body}");
+    }
+}

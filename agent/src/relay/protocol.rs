@@ -149,6 +149,10 @@ pub enum ProtocolError {
     UnknownAction(String),
     #[error("sb-hc-statusCode {0:?} is not an HTTP status")]
     BadStatusCode(String),
+    /// URLs drop such segments (`a/x/..` is `a`), so the rendezvous address issued for
+    /// this path could never name it again.
+    #[error("the path has a '.' or '..' segment; name the Hybrid Connection and suffix plainly")]
+    DotSegment,
 }
 
 /// A fresh tracking id (`sb-hc-id`) for one request, also used in logs.
@@ -287,9 +291,14 @@ impl HcRequest {
         if !first.eq_ignore_ascii_case(HC_SEGMENT) && !first.eq_ignore_ascii_case("%24hc") {
             return Err(ProtocolError::NotHybridConnection);
         }
-        let path = percent_decode_str(rest.trim_matches('/'))
-            .decode_utf8_lossy()
-            .into_owned();
+        let decoded = percent_decode_str(rest).decode_utf8_lossy();
+        // Empty segments (`a//b`) are dropped, as they are from every URL built of a path:
+        // `a//b` names what `a/b` names.
+        let segments: Vec<&str> = decoded.split('/').filter(|s| !s.is_empty()).collect();
+        if segments.iter().any(|s| *s == "." || *s == "..") {
+            return Err(ProtocolError::DotSegment);
+        }
+        let path = segments.join("/");
         if path.is_empty() {
             return Err(ProtocolError::NoEntity);
         }

@@ -89,10 +89,36 @@ fn request_targets() {
             "/$hc/hc?sb-hc-action=dance",
             ProtocolError::UnknownAction("dance".into()),
         ),
+        (
+            "/$hc/hc/x/..?sb-hc-action=connect",
+            ProtocolError::DotSegment,
+        ),
+        (
+            "/$hc/hc/./x?sb-hc-action=connect",
+            ProtocolError::DotSegment,
+        ),
+        ("/$hc/hc/%2E%2E/other", ProtocolError::DotSegment),
+        ("/$hc/../hc", ProtocolError::DotSegment),
     ];
     for (target, expected) in cases {
         assert_eq!(HcRequest::parse(target), Err(expected), "{target}");
     }
+    // Empty segments name what the path without them names (URLs built from a path
+    // drop them, so a rendezvous address must too).
+    let doubled = HcRequest::parse("/$hc//hc//x/?sb-hc-action=connect").expect("valid");
+    assert_eq!(doubled.path, "hc/x");
+    let base = Url::parse("ws://relay:1/").expect("literal");
+    let address = accept_url(&base, &doubled.path, &[], "id");
+    assert_eq!(
+        HcRequest::parse(&format!(
+            "{}?{}",
+            address.path(),
+            address.query().unwrap_or("")
+        ))
+        .expect("valid")
+        .path,
+        doubled.path
+    );
 }
 
 #[test]

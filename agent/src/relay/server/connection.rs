@@ -174,7 +174,9 @@ impl Ctx {
                     ProtocolError::NotHybridConnection | ProtocolError::NoEntity => {
                         status::NOT_FOUND
                     }
-                    ProtocolError::UnknownAction(_) | ProtocolError::BadStatusCode(_) => 400,
+                    ProtocolError::UnknownAction(_)
+                    | ProtocolError::BadStatusCode(_)
+                    | ProtocolError::DotSegment => 400,
                 };
                 let title = if code == 400 {
                     "Bad Request"
