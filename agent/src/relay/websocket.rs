@@ -168,6 +168,27 @@ impl From<FrameError> for io::Error {
     }
 }
 
+/// What is wrong with a received Close payload, if anything (RFC 6455 5.5.1, 7.4.1, 8.1):
+/// one byte, a code no endpoint may send (1005 "no status" and 1006 are only ever
+/// reported), or a reason that is not UTF-8. A relay that forwarded such a Close made
+/// strict peers (Node's `ws`) fail the connection with 1002 instead of closing.
+fn close_payload_problem(payload: &[u8]) -> Option<&'static str> {
+    match payload {
+        [] => None,
+        [_] => Some("close payload of one byte"),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                Some("close code that no endpoint may send")
+            } else if std::str::from_utf8(reason).is_err() {
+                Some("close reason that is not UTF-8")
+            } else {
+                None
+            }
+        }
+    }
+}
+
 /// A close payload: `code` then `reason`, cut on a character boundary so the whole fits
 /// a control frame. The one place the agent shortens a close reason.
 pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
@@ -371,8 +392,10 @@ impl Decoder for Codec {
                 if let Some(key) = header.mask {
                     apply_mask(&mut payload, key, 0);
                 }
-                if header.opcode == OpCode::Close && payload.len() == 1 {
-                    return Err(FrameError::Protocol("close payload of one byte"));
+                if header.opcode == OpCode::Close
+                    && let Some(problem) = close_payload_problem(&payload)
+                {
+                    return Err(FrameError::Protocol(problem));
                 }
                 return Ok(Some(Frame {
                     opcode: header.opcode,

@@ -800,3 +800,42 @@ fn a_server_reading_clients_refuses_every_unmasked_frame_and_nothing_else() {
         }
     }
 }
+
+#[test]
+fn close_payloads_are_checked_as_rfc_6455_says() {
+    let close = |code: u16, reason: &[u8]| {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason);
+        wire(0x88, &payload, None)
+    };
+    // (the frame, accepted)
+    let cases = [
+        (wire(0x88, b"", None), true),
+        (wire(0x88, b"x", None), false),
+        (close(1000, b"bye"), true),
+        (close(1001, "é".as_bytes()), true),
+        (close(1003, b""), true),
+        (close(1004, b""), false),
+        (close(1005, b""), false),
+        (close(1006, b""), false),
+        (close(1007, b""), true),
+        (close(1011, b""), true),
+        (close(1014, b""), true),
+        (close(1015, b""), false),
+        (close(2999, b""), false),
+        (close(3000, b""), true),
+        (close(4999, b""), true),
+        (close(5000, b""), false),
+        (close(999, b""), false),
+        (close(0, b""), false),
+        (close(1000, b"\xff"), false),
+        (close(1000, b"\xe2\x82"), false),
+    ];
+    for (frame, accepted) in cases {
+        let result = decode_all(&frame);
+        assert_eq!(result.is_ok(), accepted, "{frame:?}: {result:?}");
+        if let Err(err) = result {
+            assert_eq!(err.close_code(), Some(close_code::PROTOCOL_ERROR), "{err}");
+        }
+    }
+}

@@ -71,6 +71,9 @@ pub enum End {
     Aborted,
     /// The source was sent a Close and then stayed silent past the close deadline.
     Unanswered,
+    /// The destination did not take a frame within the write deadline (it stopped
+    /// reading); the pair was torn down.
+    DestinationStalled,
 }
 
 /// What a finished relayed connection did, for the log.
@@ -215,15 +218,22 @@ async fn forward(
                     "the other side stopped reading",
                 )
                 .await;
-                return (End::Gone, bytes);
+                // The destination stopped reading, or the source did (a Pong it was sent).
+                let end = if Arc::ptr_eq(&side, &dst_out) {
+                    End::DestinationStalled
+                } else {
+                    End::Gone
+                };
+                return (end, bytes);
             }
             Err(Failed(err)) => {
                 tracing::debug!("relayed connection: {err}");
                 abort.cancel();
                 goodbye(&dst_out, close_code::GOING_AWAY, "the other side went away").await;
-                // 1002 for a protocol error, 1009 for a frame over the limit.
+                // 1002 for a protocol error, 1009 for a frame over the limit, with the
+                // error itself as the reason (cut to fit).
                 if let Some(code) = err.close_code() {
-                    goodbye(&src_out, code, "WebSocket protocol error").await;
+                    goodbye(&src_out, code, &err.to_string()).await;
                 }
                 return (End::Gone, bytes);
             }
@@ -512,13 +522,60 @@ mod tests {
                 &mut unmasked,
             )
             .expect("encodable");
+        let close = |code: u16, reason: &[u8]| {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason);
+            client_frame(OpCode::Close, &payload)
+        };
+        // (what, the frame, the code and part of the reason the offender gets)
         let cases = [
-            ("reserved bit", rsv1, ws_close::PROTOCOL_ERROR),
-            ("frame over the limit", too_big, ws_close::TOO_BIG),
+            (
+                "reserved bit",
+                rsv1,
+                ws_close::PROTOCOL_ERROR,
+                "protocol error",
+            ),
+            (
+                "frame over the limit",
+                too_big,
+                ws_close::TOO_BIG,
+                "exceeds",
+            ),
             // RFC 6455 5.1: a server must close on a client frame that is not masked.
-            ("unmasked", unmasked.to_vec(), ws_close::PROTOCOL_ERROR),
+            (
+                "unmasked",
+                unmasked.to_vec(),
+                ws_close::PROTOCOL_ERROR,
+                "mask",
+            ),
+            // Close codes only ever reported, never sent (7.4.1), and a non-UTF-8 reason
+            // (8.1): forwarded as they were, strict peers failed the connection.
+            (
+                "close 1005",
+                close(1005, b""),
+                ws_close::PROTOCOL_ERROR,
+                "close code",
+            ),
+            (
+                "close 999",
+                close(999, b"x"),
+                ws_close::PROTOCOL_ERROR,
+                "close code",
+            ),
+            (
+                "close 2999",
+                close(2999, b""),
+                ws_close::PROTOCOL_ERROR,
+                "close code",
+            ),
+            (
+                "reason",
+                close(1000, b"\xff\xfe"),
+                ws_close::PROTOCOL_ERROR,
+                "UTF-8",
+            ),
         ];
-        for (name, bad, code) in cases {
+        for (name, bad, code, why) in cases {
             let (mut s, mut l, pump) = pair();
             s.w.write_all(&bad).await.expect("bad frame");
             let (op, payload) = server_frame(&mut s).await.expect("close to the offender");
@@ -527,6 +584,8 @@ mod tests {
                 (OpCode::Close, Some(&code.to_be_bytes()[..])),
                 "{name}"
             );
+            let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
+            assert!(reason.contains(why), "{name}: {reason}");
             let (op, payload) = server_frame(&mut l).await.expect("close to the other side");
             assert_eq!(
                 (op, payload.get(..2)),
@@ -568,7 +627,8 @@ mod tests {
             .expect("the pair outlived its write deadline")
             .expect("pump task");
         assert!(started.elapsed() <= WRITE_DEADLINE + GOODBYE_TIMEOUT * 2);
-        assert_eq!(outcome.listener_to_sender.0, End::Gone);
+        // The log blames the side that stopped reading, not the listener that sent.
+        assert_eq!(outcome.listener_to_sender.0, End::DestinationStalled);
         assert_eq!(outcome.sender_to_listener.0, End::Aborted);
         drop(s);
     }
