@@ -57,6 +57,16 @@ impl Relay {
         flags: &[&str],
         prepare: impl FnOnce(&std::path::Path),
     ) -> Relay {
+        Relay::start_adjusted(server_toml, flags, prepare, |_| {})
+    }
+
+    /// As [`Relay::start_with`], with `adjust` applied to the command before it is spawned.
+    pub fn start_adjusted(
+        server_toml: &str,
+        flags: &[&str],
+        prepare: impl FnOnce(&std::path::Path),
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> Relay {
         let dir = tempfile::tempdir().expect("temp dir");
         prepare(dir.path());
         let config = dir.path().join("relay.toml");
@@ -69,17 +79,17 @@ impl Relay {
             ),
         )
         .expect("write config");
-        let mut child = util::agent()
-            .current_dir(dir.path())
+        let mut cmd = util::agent();
+        cmd.current_dir(dir.path())
             .arg("--config")
             .arg(&config)
             .args(["relay", "serve", "--listen", "127.0.0.1:0"])
             .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn amlx-agent relay serve");
+            .stderr(Stdio::piped());
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn amlx-agent relay serve");
         let stderr = child.stderr.take().expect("piped stderr");
         let lines = util::line_channel(stderr);
         let started = Instant::now();

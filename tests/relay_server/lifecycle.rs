@@ -181,3 +181,40 @@ fn serve_refuses_unsafe_or_useless_setups() {
         assert!(text.contains(want), "help lacks {want}: {text}");
     }
 }
+
+/// SIGHUP (the terminal that started it went away) drains like SIGTERM; it used to end
+/// the relay at once, with no Close frames and no log line. Under `nohup` (SIGHUP ignored
+/// when it starts) it stays ignored.
+#[tokio::test]
+#[allow(unsafe_code)]
+async fn sighup_drains_unless_it_was_ignored_at_start() {
+    let mut relay = Relay::start("shutdown_grace = \"1s\"");
+    let mut control = listen(&relay, "hc").await;
+    relay.signal(Signal::SIGHUP);
+    assert_eq!(next_close(&mut control).await, Some(1001), "a drain");
+    let (status, log) = relay.wait_exit(DEADLINE).await;
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("SIGHUP received; shutting down"), "{log}");
+
+    let relay = Relay::start_adjusted(
+        "",
+        &["--insecure-ws"],
+        |_| {},
+        |cmd| {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: between fork and exec only sigaction runs: async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigIgn)
+                        .map(|_| ())
+                        .map_err(std::io::Error::from)
+                });
+            }
+        },
+    );
+    relay.signal(Signal::SIGHUP);
+    // Still serving after the hang-up: a listener connects.
+    let _control = listen(&relay, "hc").await;
+    relay.wait_status("listeners", 1).await;
+    assert!(!relay.log().contains("SIGHUP"));
+}

@@ -53,7 +53,7 @@ pub(super) fn inherited() -> Option<Inherited> {
 /// Whether `signal` is ignored right now, read without changing it (`None`: the query
 /// failed, which `sigaction` only does for an invalid signal number).
 #[allow(unsafe_code)]
-pub(super) fn is_ignored(signal: Signal) -> Option<bool> {
+pub fn is_ignored(signal: Signal) -> Option<bool> {
     let mut current = MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: with a null new action, sigaction only writes the current action into
     // `current`, a valid and writable `struct sigaction`.

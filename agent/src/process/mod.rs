@@ -34,7 +34,7 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 
 pub use exit::StepExit;
-pub use inherited::record_inherited_signals;
+pub use inherited::{is_ignored, record_inherited_signals};
 pub use program::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
 pub use signals::SignalMask;
 pub use supervise::Supervisor;

@@ -16,33 +16,48 @@ pub fn run(args: &RelayArgs, settings: &Settings) -> anyhow::Result<i32> {
     }
 }
 
-/// A token cancelled at the first SIGINT or SIGTERM (must run inside a runtime).
+/// A token cancelled at the first SIGINT, SIGTERM or SIGHUP (must run inside a runtime).
+/// SIGHUP (the terminal went away) drains like the others, unless it was ignored when we
+/// started (`nohup`): then it stays ignored. Before, a hang-up ended the process at once,
+/// with no drain, no Close frames and no log line.
 fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
-    use tokio::signal::unix::{SignalKind, signal};
+    use tokio::signal::unix::{Signal, SignalKind, signal};
     let token = tokio_util::sync::CancellationToken::new();
     let cancel = token.clone();
     // Registered now, not in the task: the caller prints its "listening" line next, and a
     // SIGTERM right after it (systemd stopping a unit it just started) must drain, not
     // kill the process with the default disposition before the task first runs.
-    let term = signal(SignalKind::terminate());
-    let interrupt = signal(SignalKind::interrupt());
+    let hangup_ignored = crate::process::is_ignored(nix::sys::signal::Signal::SIGHUP) == Some(true);
+    let mut watched: Vec<(&'static str, Signal)> = Vec::new();
+    let wanted = [
+        ("SIGTERM", SignalKind::terminate(), true),
+        ("SIGINT", SignalKind::interrupt(), true),
+        ("SIGHUP", SignalKind::hangup(), !hangup_ignored),
+    ];
+    for (name, kind, wanted) in wanted {
+        if !wanted {
+            continue;
+        }
+        match signal(kind) {
+            Ok(watch) => watched.push((name, watch)),
+            Err(err) => {
+                tracing::warn!("cannot watch {name} ({err}); it stops this process without a drain")
+            }
+        }
+    }
     tokio::spawn(async move {
-        match (term, interrupt) {
-            (Ok(mut term), Ok(mut interrupt)) => {
-                tokio::select! {
-                    _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
-                    _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-                }
-            }
-            (Err(err), Ok(mut interrupt)) => {
-                tracing::warn!("cannot watch SIGTERM ({err}); stop with SIGINT");
-                interrupt.recv().await;
-            }
-            (Ok(mut term), Err(err)) => {
-                tracing::warn!("cannot watch SIGINT ({err}); stop with SIGTERM");
-                term.recv().await;
-            }
-            (Err(err), Err(_)) => tracing::warn!("cannot watch SIGTERM or SIGINT ({err})"),
+        if watched.is_empty() {
+            return;
+        }
+        let first = futures_util::future::select_all(
+            watched
+                .iter_mut()
+                .map(|(name, watch)| Box::pin(async move { watch.recv().await.map(|_| *name) })),
+        )
+        .await
+        .0;
+        if let Some(name) = first {
+            tracing::info!("{name} received; shutting down");
         }
         cancel.cancel();
     });
