@@ -270,3 +270,44 @@ echo "adapter=$!"; wait"#;
         );
     }
 }
+
+/// A sidecar stopped (SIGSTOP) while it holds a connect-mode step: nothing released the
+/// step, ever (debugpy's wait has no bound, and the keeper only watched for the
+/// sidecar's death). The keeper now ends a sidecar that still holds the step past the
+/// attach deadline, its release bound and a margin, records why, and releases the step,
+/// which finishes with its own output and exit code.
+fn stopped_sidecar(process: &str) {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let developer = DeveloperSide::relay_only("debug");
+    let (mut cmd, debug_port) = waiting_step(&developer, locks.path(), "connect", process);
+    let mut agent = Running::spawn(&mut cmd);
+    let session = wait_held(&state_dir, &agent, "connect", debug_port);
+    let [sidecar, keeper] = session_processes(&session);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(sidecar.0).expect("a PID fits i32"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("kill -STOP");
+    let _unstop = KillOnDrop(vec![sidecar.0]);
+    let status = util::wait_within(
+        &mut agent.child,
+        ATTACH_TIMEOUT + RELEASE_GRACE * 2 + STUCK_SIDECAR_MARGIN,
+    );
+    assert_eq!(status.code(), Some(0), "{process}:\n{}", agent.log());
+    assert!(
+        agent.stdout.wait_for("done total 6").is_some(),
+        "{process}: the step did not run to its end:\n{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(log.contains("stopped or stuck"), "{process}:\n{log}");
+    wait_gone(&[sidecar, keeper], SIDECAR_GONE_WITHIN);
+}
+
+/// `session::keeper::STUCK_SIDECAR_MARGIN`.
+const STUCK_SIDECAR_MARGIN: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_stopped_sidecar_is_ended_by_the_keeper_and_the_step_released() {
+    for process in ["--replace", "--supervise"] {
+        stopped_sidecar(process);
+    }
+}

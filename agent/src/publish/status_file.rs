@@ -145,11 +145,7 @@ impl StatusFile {
     /// another process wrote and can no longer update (a sidecar that died): the caller
     /// becomes its one owner. `Ok(None)` when there is no such record.
     pub fn adopt(state_dir: &Path, holder_pid: u32) -> anyhow::Result<Option<StatusFile>> {
-        let key = StatusRecord {
-            pid_ns: holder::pid_namespace(),
-            ..StatusRecord::new(holder_pid, 0, DebugMode::default(), "")
-        };
-        let path = state_dir.join(SESSIONS_DIR).join(key.file_name());
+        let path = record_path(state_dir, holder_pid);
         match read_record(&path) {
             Ok(record) => Ok(Some(StatusFile { path, record })),
             Err(err) if is_not_found(&err) => Ok(None),
@@ -198,6 +194,23 @@ impl Drop for StatusFile {
             ),
         }
     }
+}
+
+/// Where the record of `holder_pid`'s session (this PID namespace) lives in `state_dir`.
+fn record_path(state_dir: &Path, holder_pid: u32) -> PathBuf {
+    let key = StatusRecord {
+        pid_ns: holder::pid_namespace(),
+        ..StatusRecord::new(holder_pid, 0, DebugMode::default(), "")
+    };
+    state_dir.join(SESSIONS_DIR).join(key.file_name())
+}
+
+/// The state recorded for `holder_pid`'s session in `state_dir`, read without taking the
+/// record over; `None` when there is no readable record.
+pub fn recorded_state(state_dir: &Path, holder_pid: u32) -> Option<SessionState> {
+    read_record(&record_path(state_dir, holder_pid))
+        .ok()
+        .map(|record| record.state)
 }
 
 /// One record found by a reader, with the verdict on its holder.

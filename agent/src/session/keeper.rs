@@ -38,6 +38,13 @@ pub const SIDECAR_EXIT_GRACE: Duration = Duration::from_millis(500);
 /// How often the keeper looks whether the sidecar still holds debugpy's connection.
 const KEEPER_TICK: Duration = Duration::from_millis(200);
 
+/// How long past the attach deadline and the sidecar's own release bound
+/// ([`RELEASE_GRACE`](super::RELEASE_GRACE)) the keeper lets a sidecar that still holds
+/// debugpy's connection, with no debugger attached, go on: past it the sidecar is stuck
+/// (stopped with SIGSTOP, or wedged) and the keeper ends it and releases the step itself.
+/// In connect mode nothing else would: debugpy's wait has no bound of its own.
+pub const STUCK_SIDECAR_MARGIN: Duration = Duration::from_secs(5);
+
 /// What the keeper does for a session when its sidecar dies before the step.
 #[derive(Debug, Clone)]
 pub struct Duties {
@@ -54,6 +61,25 @@ impl Duties {
             session: Some(spec.clone()),
             attach_deadline: Instant::now().checked_add(spec.attach_timeout),
         }
+    }
+
+    /// When a sidecar still holding a waiting step counts as stuck (None: never).
+    fn stuck_after(&self) -> Option<Instant> {
+        self.attach_deadline?
+            .checked_add(super::RELEASE_GRACE)?
+            .checked_add(STUCK_SIDECAR_MARGIN)
+    }
+
+    /// Whether the session's record says a debugger is attached (an unreadable or missing
+    /// record says no).
+    fn debugger_attached(&self) -> bool {
+        let Some(spec) = &self.session else {
+            return false;
+        };
+        crate::publish::state_dir(spec.state_dir.as_deref(), &ProcessEnv)
+            .ok()
+            .and_then(|dir| crate::publish::status_file::recorded_state(&dir, spec.holder_pid))
+            == Some(SessionState::Attached)
     }
 
     /// No session: the keeper only reaps and ends the sidecar.
@@ -166,6 +192,28 @@ fn keep_session(duties: &Duties, watch: &Watch) -> i32 {
         {
             tracing::debug!("the sidecar let go of debugpy's connection; so does the keeper");
             debuggee = None;
+        }
+        // Still holding debugpy's connection long past every bound of its own, with no
+        // debugger attached: the sidecar is stuck (a SIGSTOP, a wedge), and the step
+        // waits on it for good. End it and release the step as after its death.
+        if debuggee.is_some()
+            && duties
+                .stuck_after()
+                .is_some_and(|after| Instant::now() >= after)
+            && !duties.debugger_attached()
+        {
+            let _ = kill(watch.sidecar, Signal::SIGKILL);
+            let _ = waitpid(watch.sidecar, None);
+            let cause = format!(
+                "the debug sidecar (pid {}) still held the step {} after the attach \
+                 deadline (stopped or stuck); the keeper ended it",
+                watch.sidecar,
+                humantime::format_duration(
+                    super::RELEASE_GRACE.saturating_add(STUCK_SIDECAR_MARGIN)
+                )
+            );
+            sidecar_died(duties, watch, &cause, debuggee);
+            return 0;
         }
     }
 }
