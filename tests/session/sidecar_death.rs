@@ -311,3 +311,30 @@ fn a_stopped_sidecar_is_ended_by_the_keeper_and_the_step_released() {
         stopped_sidecar(process);
     }
 }
+
+/// Supervise mode, connect mode: the supervisor killed (kill -9) while its step waits for
+/// a debugger. The step lives on, orphaned, and was held for good: the keeper ended the
+/// sidecar and dropped debugpy's connection without releasing it. It now releases it.
+#[test]
+fn a_killed_supervisor_leaves_its_step_released_not_held() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let developer = DeveloperSide::relay_only("debug");
+    let (mut cmd, debug_port) = waiting_step(&developer, locks.path(), "connect", "--supervise");
+    let mut agent = Running::spawn(&mut cmd);
+    let session = wait_held(&state_dir, &agent, "connect", debug_port);
+    let step = step_pid(&agent, "--supervise");
+    let _step_left = KillOnDrop(vec![step]);
+    let [sidecar, keeper] = session_processes(&session);
+    kill(agent.pid());
+    let _ = util::wait_bounded(&mut agent.child);
+    assert!(
+        agent.stdout.wait_for("done total 6").is_some(),
+        "the orphaned step did not run to its end:\n{}",
+        agent.log()
+    );
+    util::wait_for("the orphaned step to exit", RELEASE_GRACE, || {
+        live_process(step).is_none().then_some(())
+    });
+    wait_gone(&[sidecar, keeper], SIDECAR_GONE_WITHIN);
+}

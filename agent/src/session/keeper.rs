@@ -157,6 +157,15 @@ fn keep_session(duties: &Duties, watch: &Watch) -> i32 {
         );
         if wake == Wake::SessionOver {
             end_sidecar(watch.sidecar, sidecar_fd.as_ref());
+            // Supervise mode, the supervisor killed (one that ends the session normally
+            // has seen its step exit, and waits for us): its step may live on, held by
+            // debugpy over the connection we now hold alone.
+            if let (Some(spec), Some(socket)) = (&duties.session, debuggee.take())
+                && !spec.step_holds_lifeline
+                && !still_running(&watch.step)
+            {
+                release::release_orphaned(socket);
+            }
             return 0;
         }
         // Every connection shared so far: the last one is debugpy's current connection.

@@ -43,7 +43,7 @@ pub(super) fn release(
             let stream = TcpStream::from(socket);
             // A refusal (debugpy not ready yet) is retried on the same connection, the
             // only one there is in connect mode.
-            retry_release(watch, || release_over(&stream, watch));
+            retry_release(watch, || release_over(&stream, Some(watch)));
             let _ = stream.shutdown(Shutdown::Both);
         }
         DebugMode::Listen | DebugMode::Direct if !spec.wait_for_client => {}
@@ -66,6 +66,23 @@ pub(super) fn release(
     }
 }
 
+/// The session ended with its supervisor (killed: a supervisor that exits normally has
+/// seen its step exit first) while debugpy's connection was ours, in connect mode: the
+/// step, orphaned, may still be held waiting for a debugger, and nobody else is left to
+/// release it. One bounded attempt over that connection; a step that is gone answers
+/// nothing and costs at most the answer bound.
+pub(super) fn release_orphaned(debuggee: OwnedFd) {
+    let stream = TcpStream::from(debuggee);
+    match release_over(&stream, None) {
+        Ok(()) => tracing::warn!(
+            "the session's supervisor is gone: released its step, which debugpy held \
+             waiting for a debugger"
+        ),
+        Err(why) => tracing::debug!("no orphaned step to release: {why}"),
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
 /// Attaches to debugpy and leaves (listen and direct modes), retrying for
 /// [`RELEASE_GRACE`] until debugpy acknowledges `configurationDone`.
 fn release_listening(spec: &SessionSpec, watch: &Watch) {
@@ -74,7 +91,7 @@ fn release_listening(spec: &SessionSpec, watch: &Watch) {
         TcpStream::connect_timeout(&address, RELEASE_CONNECT_TIMEOUT)
             .map_err(|err| format!("could not reach debugpy at {address}: {err}"))
             .and_then(|stream| {
-                let released = release_over(&stream, watch);
+                let released = release_over(&stream, Some(watch));
                 let _ = stream.shutdown(Shutdown::Both);
                 released
             })
@@ -107,7 +124,7 @@ fn retry_release(watch: &Watch, mut attempt: impl FnMut() -> Result<(), String>)
 /// `configurationDone`: success releases the step, a refusal is an error (retried). After
 /// a success it leaves the step [`dap::DISCONNECT_SETTLE`] to run on, sends `disconnect`
 /// and waits, within the same bound again, for debugpy to take it and close.
-fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
+fn release_over(stream: &TcpStream, watch: Option<&Watch>) -> Result<(), String> {
     let fail = |what: &str, err: std::io::Error| format!("{what}: {err}");
     // Unread bytes from before (a half-read message) would confuse the answer parser.
     stream
@@ -145,7 +162,7 @@ fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
     }
     // Released. The step's main thread must leave its wait before `disconnect` clears
     // what released it (see `dap::DISCONNECT_SETTLE`).
-    if wait_session(watch, None, None, dap::DISCONNECT_SETTLE) == Wake::SessionOver {
+    if pause(watch, dap::DISCONNECT_SETTLE) == Wake::SessionOver {
         return Ok(());
     }
     if (&*stream).write_all(&dap::disconnect_request()).is_err() {
@@ -166,7 +183,7 @@ fn release_over(stream: &TcpStream, watch: &Watch) -> Result<(), String> {
 /// an error when the deadline passed or the read failed.
 fn read_before(
     stream: &TcpStream,
-    watch: &Watch,
+    watch: Option<&Watch>,
     deadline: Instant,
     chunk: &mut [u8],
 ) -> Result<Option<usize>, String> {
@@ -185,13 +202,27 @@ fn read_before(
     }
 }
 
-/// Waits up to `timeout` for `fd` to be readable, or the session to end.
-fn wait_readable(watch: &Watch, fd: BorrowedFd<'_>, timeout: Duration) -> Wake {
+/// Waits `pause` unless the session (when `watch` is given) ends first.
+fn pause(watch: Option<&Watch>, pause: Duration) -> Wake {
+    match watch {
+        Some(watch) => wait_session(watch, None, None, pause),
+        None => {
+            std::thread::sleep(pause);
+            Wake::Timeout
+        }
+    }
+}
+
+/// Waits up to `timeout` for `fd` to be readable, or the session (when `watch` is
+/// given) to end.
+fn wait_readable(watch: Option<&Watch>, fd: BorrowedFd<'_>, timeout: Duration) -> Wake {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
+        // Without a session to watch, the fd is polled twice: the same answer.
+        let step = watch.map_or(fd, |watch| watch.step.as_fd());
         let mut fds = [
-            PollFd::new(watch.step.as_fd(), PollFlags::POLLIN),
+            PollFd::new(step, PollFlags::POLLIN),
             PollFd::new(fd, PollFlags::POLLIN),
         ];
         match poll(&mut fds, poll_timeout(left)) {
@@ -201,7 +232,7 @@ fn wait_readable(watch: &Watch, fd: BorrowedFd<'_>, timeout: Duration) -> Wake {
             Err(_) => return Wake::Timeout,
         }
         let fired = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
-        if fired(&fds[0]) {
+        if watch.is_some() && fired(&fds[0]) {
             return Wake::SessionOver;
         }
         if fired(&fds[1]) {
