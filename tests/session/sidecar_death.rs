@@ -338,3 +338,45 @@ fn a_killed_supervisor_leaves_its_step_released_not_held() {
     });
     wait_gone(&[sidecar, keeper], SIDECAR_GONE_WITHIN);
 }
+
+/// Signals a scheduler sends the whole process group (Slurm's `--signal`, Lightning's
+/// requeue: SIGUSR1; timers: SIGALRM; real-time signals) are the step's business: they
+/// reached the sidecar and keeper too, and their default action ended both without a
+/// word while `status` still said the session waited. Sent here to the two of them
+/// directly (the step would take its own share): the session goes on and ends as usual.
+#[test]
+fn group_signals_meant_for_the_step_leave_the_session_alone() {
+    use nix::sys::signal::Signal;
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let developer = DeveloperSide::relay_only("debug");
+    let (mut cmd, debug_port) = waiting_step(&developer, locks.path(), "listen", "--replace");
+    let mut agent = Running::spawn(&mut cmd);
+    let session = wait_held(&state_dir, &agent, "listen", debug_port);
+    let [sidecar, keeper] = session_processes(&session);
+    for pid in [sidecar.0, keeper.0] {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a PID fits i32"));
+        for signal in [
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+            Signal::SIGALRM,
+            Signal::SIGTSTP,
+        ] {
+            nix::sys::signal::kill(pid, signal).expect("signal");
+        }
+        // nix names no real-time signal: the first one, by number.
+        // SAFETY: kill takes two integers and touches no memory of ours.
+        #[allow(unsafe_code)]
+        let sent = unsafe { nix::libc::kill(pid.as_raw(), nix::libc::SIGRTMIN()) };
+        assert_eq!(sent, 0, "kill SIGRTMIN");
+    }
+    let status = util::wait_within(&mut agent.child, ATTACH_TIMEOUT + RELEASE_GRACE);
+    let log = agent.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains("killed by signal"), "{log}");
+    assert!(
+        agent.stdout.wait_for("done total 6").is_some(),
+        "the step did not run to its end:\n{log}"
+    );
+    wait_gone(&[sidecar, keeper], SIDECAR_GONE_WITHIN);
+}

@@ -47,13 +47,26 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// it closed the lifeline: longer than the keeper's own grace for the sidecar.
 pub const TERMINATE_GRACE: Duration = Duration::from_secs(1);
 
-/// Signals a launcher sends to the whole process group that are the step's business:
-/// the keeper ignores them, and the sidecar inherits that.
-const STEP_SIGNALS: [Signal; 4] = [
+/// Signals a launcher, a scheduler or a terminal sends to the whole process group that
+/// are the step's business: the keeper ignores them, and the sidecar inherits that. The
+/// user signals are what Slurm's `--signal` and PyTorch Lightning's requeue send; their
+/// default action killed the sidecar and keeper without a word, while `status` went on
+/// saying the session waited for a debugger. Job-control stops would freeze the session
+/// with the step. Real-time signals are added by number in [`ignore_step_signals`].
+const STEP_SIGNALS: [Signal; 13] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGIO,
+    Signal::SIGTSTP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
 ];
 
 /// What the sidecar reported before the step starts.
@@ -458,6 +471,13 @@ fn ignore_step_signals() {
         // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety concern.
         #[allow(unsafe_code)]
         let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) };
+    }
+    // The real-time signals the C library leaves to applications (their default action
+    // ends the process too); nix has no names for them.
+    for number in nix::libc::SIGRTMIN()..=nix::libc::SIGRTMAX() {
+        // SAFETY: as above: SIG_IGN, no handler code.
+        #[allow(unsafe_code)]
+        let _ = unsafe { nix::libc::signal(number, nix::libc::SIG_IGN) };
     }
 }
 
