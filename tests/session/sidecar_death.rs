@@ -380,3 +380,43 @@ fn group_signals_meant_for_the_step_leave_the_session_alone() {
     );
     wait_gone(&[sidecar, keeper], SIDECAR_GONE_WITHIN);
 }
+
+/// A relay that takes the TCP connection and never answers (stopped, wedged): the
+/// readiness probe is part of the wait the attach timeout bounds, so with a short attach
+/// timeout the step starts after it, not after the probe's own 15 s.
+#[test]
+fn a_silent_relay_delays_the_step_no_longer_than_the_attach_timeout() {
+    const ATTACH: Duration = Duration::from_secs(1);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let relay = silent.local_addr().expect("addr");
+    let locks = tempfile::tempdir().expect("tempdir");
+    for mode in ["connect", "listen"] {
+        let (_, _, range) = port_range(4);
+        let mut cmd = util::agent();
+        cmd.env(
+            "AMLX_RELAY_CONNECTION_STRING",
+            format!(
+                "Endpoint=sb://{relay}/;SharedAccessKeyName=k;SharedAccessKey=a2V5;EntityPath=hc"
+            ),
+        )
+        .env("AMLX_RELAY_INSECURE_WS", "true")
+        .env("AMLX_LOCK_DIR", locks.path())
+        .env("AMLX_STATE_DIR", locks.path().join("state"))
+        .args(["exec", "--debug", "--rank", "0", "--mode", mode])
+        .args(["--attach-timeout", &format!("{}s", ATTACH.as_secs())])
+        .args(["--port-range", &range, "--", "python3"])
+        .arg(step_py());
+        let started = Instant::now();
+        let out = util::output_within(&mut cmd, SESSION_DEADLINE);
+        let took = started.elapsed();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{mode}: {log}");
+        assert!(log.contains("within 1s"), "{mode}: {log}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("done total 6"),
+            "{mode}: the step did not run: {log}"
+        );
+        // The README's bound: the attach timeout plus the release grace.
+        assert!(took < ATTACH + RELEASE_GRACE, "{mode}: {took:?}\n{log}");
+    }
+}

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::gate::{self, GateState, PumpEnd};
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
-use super::{READY_PROBE_TIMEOUT, SessionSpec, deadline_after, setup_failed};
+use super::{SessionSpec, deadline_after, setup_failed};
 use crate::publish::SessionState;
 use crate::relay::bridge;
 use crate::relay::client::{Endpoint, Tunnel, backoff, sender};
@@ -44,7 +44,7 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
     // means nobody listens yet). If it finds a listener, its relayed connection is kept
     // for debugpy's first connection instead of being thrown away.
     let mut spare: Option<Tunnel> = None;
-    match tokio::time::timeout(READY_PROBE_TIMEOUT, sender::connect(&endpoint, None)).await {
+    match tokio::time::timeout(spec.ready_probe_timeout(), sender::connect(&endpoint, None)).await {
         Ok(Ok(tunnel)) => spare = Some(tunnel),
         Ok(Err(err)) if err.status() == Some(404) => {}
         Ok(Err(err)) => {
@@ -54,7 +54,7 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
         Err(_) => {
             let why = format!(
                 "the relay did not answer within {}",
-                humantime::format_duration(READY_PROBE_TIMEOUT)
+                humantime::format_duration(spec.ready_probe_timeout())
             );
             setup_failed(spec, &mut ready, reporter, &why);
             return;

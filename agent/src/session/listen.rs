@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::attach::{self, Developer, Shared};
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
-use super::{READY_PROBE_TIMEOUT, SessionSpec, setup_failed};
+use super::{SessionSpec, setup_failed};
 use crate::publish::SessionState;
 use crate::relay::bridge::{self, Forward, Forwards};
 use crate::relay::client::Tunnel;
@@ -129,9 +129,9 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
             Ok(()) => "the relay listener stopped".to_owned(),
             Err(err) => err.to_string(),
         }),
-        () = tokio::time::sleep(READY_PROBE_TIMEOUT) => Err(format!(
+        () = tokio::time::sleep(spec.ready_probe_timeout()) => Err(format!(
             "the relay listener was not online within {}",
-            humantime::format_duration(READY_PROBE_TIMEOUT)
+            humantime::format_duration(spec.ready_probe_timeout())
         )),
     };
     if let Err(why) = ready_outcome {

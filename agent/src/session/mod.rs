@@ -79,8 +79,13 @@ pub(crate) use keyword_enum;
 keyword_enum!(DebugMode, "debug mode", "connect" => DebugMode::Connect, "listen" => DebugMode::Listen, "direct" => DebugMode::Direct);
 keyword_enum!(FailurePolicy, "failure policy", "continue" => FailurePolicy::Continue, "fail" => FailurePolicy::Fail);
 
-/// How long the relay may take to answer the readiness probe before the step starts.
+/// How long the relay may take to answer the readiness probe before the step starts,
+/// at most (see [`SessionSpec::ready_probe_timeout`]).
 pub const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The shortest readiness probe, whatever the attach timeout: a relay on the other side
+/// of the world answers in well under a second.
+pub const SHORTEST_READY_PROBE: Duration = Duration::from_secs(1);
 
 /// How long releasing a step that debugpy still holds may take after the attach
 /// deadline: attempts (each bounded by [`dap::RELEASE_DRAIN_TIMEOUT`]) repeat until
@@ -171,6 +176,13 @@ impl PostMortem {
 }
 
 impl SessionSpec {
+    /// The readiness probe's bound: [`READY_PROBE_TIMEOUT`], or the attach timeout when
+    /// that is shorter (at least [`SHORTEST_READY_PROBE`]). The probe is part of the wait
+    /// the attach timeout bounds: a relay that accepted and never answered held the step
+    /// 15 s with `--attach-timeout 1s`.
+    pub fn ready_probe_timeout(&self) -> Duration {
+        READY_PROBE_TIMEOUT.min(self.attach_timeout.max(SHORTEST_READY_PROBE))
+    }
     /// How a developer reaches this session, for the status record and the run tag.
     pub fn endpoint_text(&self) -> String {
         match (&self.relay, self.mode) {
