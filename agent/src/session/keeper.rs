@@ -128,8 +128,8 @@ pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
         let ended = adapters::end_orphans(spec.holder_pid);
         if !ended.is_empty() {
             tracing::info!(
-                "ended the debugpy adapter(s) {ended:?} the step left behind (it was gone \
-                 before debugpy could finish starting)"
+                "ended the debugpy adapter(s) {ended:?} still running after the step \
+                 ended (an adapter whose step is gone serves no debugger)"
             );
         }
     }
