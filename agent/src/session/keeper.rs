@@ -70,16 +70,11 @@ impl Duties {
             .checked_add(STUCK_SIDECAR_MARGIN)
     }
 
-    /// Whether the session's record says a debugger is attached (an unreadable or missing
-    /// record says no).
-    fn debugger_attached(&self) -> bool {
-        let Some(spec) = &self.session else {
-            return false;
-        };
-        crate::publish::state_dir(spec.state_dir.as_deref(), &ProcessEnv)
-            .ok()
-            .and_then(|dir| crate::publish::status_file::recorded_state(&dir, spec.holder_pid))
-            == Some(SessionState::Attached)
+    /// The state the session's record holds (None: no readable record).
+    fn recorded_state(&self) -> Option<SessionState> {
+        let spec = self.session.as_ref()?;
+        let dir = crate::publish::state_dir(spec.state_dir.as_deref(), &ProcessEnv).ok()?;
+        crate::publish::status_file::recorded_state(&dir, spec.holder_pid)
     }
 
     /// No session: the keeper only reaps and ends the sidecar.
@@ -209,7 +204,7 @@ fn keep_session(duties: &Duties, watch: &Watch) -> i32 {
             && duties
                 .stuck_after()
                 .is_some_and(|after| Instant::now() >= after)
-            && !duties.debugger_attached()
+            && sidecar_stuck(duties.recorded_state(), watch.sidecar)
         {
             let _ = kill(watch.sidecar, Signal::SIGKILL);
             let _ = waitpid(watch.sidecar, None);
@@ -323,6 +318,20 @@ fn end_sidecar(sidecar: Pid, sidecar_fd: Option<&OwnedFd>) {
     }
 }
 
+/// Whether a sidecar still holding debugpy's connection past every bound is stuck: its
+/// record says no debugger is attached; or, with no record to ask (a state directory
+/// nobody could write), it is stopped. An attached debugger may hold the step for as long
+/// as the developer likes.
+fn sidecar_stuck(recorded: Option<SessionState>, sidecar: Pid) -> bool {
+    match recorded {
+        Some(state) => state != SessionState::Attached,
+        None => u32::try_from(sidecar.as_raw())
+            .ok()
+            .and_then(crate::publish::holder::read_stat)
+            .is_some_and(|stat| matches!(stat.state, 'T' | 't')),
+    }
+}
+
 /// How the sidecar died, in words: "was killed by signal 9 (SIGKILL)".
 fn death_cause(sidecar: Pid, status: WaitStatus) -> String {
     let how = match status {
@@ -428,6 +437,16 @@ fn holds_socket(sidecar: Pid, ours: BorrowedFd<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sidecar_is_stuck_only_without_an_attached_debugger() {
+        let me = Pid::this();
+        assert!(sidecar_stuck(Some(SessionState::WaitingForDebugger), me));
+        assert!(sidecar_stuck(Some(SessionState::TimedOut), me));
+        assert!(!sidecar_stuck(Some(SessionState::Attached), me));
+        // No record: only a stopped sidecar is stuck (this process runs).
+        assert!(!sidecar_stuck(None, me));
+    }
 
     #[test]
     fn causes_name_the_signal_or_the_code() {
