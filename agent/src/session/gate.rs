@@ -33,7 +33,12 @@ pub struct GateState {
     unsent: Vec<u8>,
     /// Bytes of `unsent` up to the end of the developer's `configurationDone`.
     configuration_done_at: Option<usize>,
-    /// The debuggee received `configurationDone`: it runs, the gate is transparent.
+    /// The developer's `configurationDone` was written and debugpy has not answered it
+    /// yet: its answer, read here, decides whether the step runs. debugpy refuses one
+    /// that comes out of order (before `attach`), and a gate that counted the written
+    /// request as done let such a client hold the step past the deadline.
+    awaiting_answer: Option<AckScanner>,
+    /// debugpy accepted `configurationDone`: the step runs, the gate is transparent.
     /// Shared so the deadline's owner can read it while a pump holds the state.
     configured: Arc<AtomicBool>,
     /// The last request the developer's side sent (for the log and `status`).
@@ -63,9 +68,34 @@ impl GateState {
         }
     }
 
+    /// Whether the developer's `configurationDone` went out and debugpy has not answered.
+    fn awaiting_answer(&self) -> bool {
+        self.awaiting_answer.is_some()
+    }
+
+    /// Reads debuggee bytes on their way to the developer for debugpy's answer to
+    /// `configurationDone`: a success configures the gate; a refusal sends it back to
+    /// framing the developer's messages (the setup goes on, or the deadline releases).
+    fn observe_debuggee(&mut self, bytes: &[u8]) {
+        let Some(scanner) = self.awaiting_answer.as_mut() else {
+            return;
+        };
+        match scanner.scan(bytes) {
+            Some(true) => {
+                self.awaiting_answer = None;
+                self.set_configured();
+            }
+            Some(false) => {
+                self.awaiting_answer = None;
+                self.framer = Framer::default();
+            }
+            None => {}
+        }
+    }
+
     /// Takes developer bytes: whole messages are queued for the debuggee.
     fn accept(&mut self, bytes: &[u8]) -> Result<(), NotDap> {
-        if self.configured() || self.configuration_done_at.is_some() {
+        if self.configured() || self.configuration_done_at.is_some() || self.awaiting_answer() {
             self.unsent.extend_from_slice(bytes);
             return Ok(());
         }
@@ -101,7 +131,7 @@ impl GateState {
                 let left = at.saturating_sub(written);
                 self.configuration_done_at = (left > 0).then_some(left);
                 if left == 0 {
-                    self.set_configured();
+                    self.awaiting_answer = Some(AckScanner::default());
                 }
             }
         }
@@ -147,6 +177,17 @@ where
                 // A broken developer connection ends like a closed one.
                 let n: usize = read.unwrap_or_default();
                 if n == 0 {
+                    // Gone right after its configurationDone: debugpy's answer decides.
+                    while state.awaiting_answer() {
+                        let m = debuggee_in.read(&mut from_debuggee).await.unwrap_or(0);
+                        if m == 0 {
+                            let _ = developer_out.shutdown().await;
+                            return PumpEnd::DebuggeeClosed;
+                        }
+                        let chunk = from_debuggee.get(..m).unwrap_or_default();
+                        state.observe_debuggee(chunk);
+                        let _ = developer_out.write_all(chunk).await;
+                    }
                     if !state.configured() {
                         return PumpEnd::LeftDuringSetup;
                     }
@@ -171,6 +212,7 @@ where
                     return PumpEnd::DebuggeeClosed;
                 }
                 let chunk = from_debuggee.get(..n).unwrap_or_default();
+                state.observe_debuggee(chunk);
                 if developer_out.write_all(chunk).await.is_err() && !state.configured() {
                     return PumpEnd::LeftDuringSetup;
                 }
@@ -258,6 +300,7 @@ where
             }
             match scanner.scan(buf.get(..n).unwrap_or_default()) {
                 Some(true) => {
+                    state.awaiting_answer = None;
                     state.set_configured();
                     return Ok(());
                 }
