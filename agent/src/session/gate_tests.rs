@@ -15,6 +15,15 @@ fn request(command: &str) -> Vec<u8> {
 /// Runs one developer session: `developer_bytes` are sent, then the developer leaves;
 /// the debuggee reads until the gate closes its direction (or is dropped), then closes.
 async fn session(developer_bytes: Vec<u8>) -> (PumpEnd, GateState, Vec<u8>) {
+    answered_session(developer_bytes, None).await
+}
+
+/// As [`session`], with a debuggee that answers `configurationDone` with `answer` (none:
+/// it never answers) and reads on to the end.
+async fn answered_session(
+    developer_bytes: Vec<u8>,
+    answer: Option<bool>,
+) -> (PumpEnd, GateState, Vec<u8>) {
     let (mut ours, mut theirs) = duplex(1 << 16);
     let (dev_local, mut dev_remote) = duplex(1 << 16);
     let mut state = GateState::default();
@@ -26,9 +35,27 @@ async fn session(developer_bytes: Vec<u8>) -> (PumpEnd, GateState, Vec<u8>) {
         let _ = dev_remote.read_to_end(&mut sink).await;
     });
     let debuggee = tokio::spawn(async move {
+        let mut framer = Framer::default();
         let mut received = Vec::new();
-        let _ = theirs.read_to_end(&mut received).await;
-        received
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = theirs.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return received;
+            }
+            received.extend_from_slice(&buf[..n]);
+            let Some(success) = answer else { continue };
+            framer.push(&buf[..n]);
+            while let Ok(Some(message)) = framer.next_message() {
+                if message.request_command().as_deref() == Some("configurationDone") {
+                    let body = format!(
+                        r#"{{"type":"response","command":"configurationDone","success":{success}}}"#
+                    );
+                    let reply = format!("Content-Length: {}\r\n\r\n{body}", body.len());
+                    theirs.write_all(reply.as_bytes()).await.expect("reply");
+                }
+            }
+        }
     });
     let end = pump(&mut state, &mut ours, dev_local).await;
     drop(ours);
@@ -130,50 +157,6 @@ async fn bytes_that_are_not_dap_are_cut_off() {
     }
 }
 
-/// As [`session`], with a debuggee that answers `configurationDone` with `success`
-/// (and reads on to the end).
-async fn answered_session(
-    developer_bytes: Vec<u8>,
-    success: bool,
-) -> (PumpEnd, GateState, Vec<u8>) {
-    let (mut ours, mut theirs) = duplex(1 << 16);
-    let (dev_local, mut dev_remote) = duplex(1 << 16);
-    let mut state = GateState::default();
-    let developer = tokio::spawn(async move {
-        dev_remote.write_all(&developer_bytes).await.expect("write");
-        dev_remote.shutdown().await.expect("shutdown");
-        let mut sink = Vec::new();
-        let _ = dev_remote.read_to_end(&mut sink).await;
-    });
-    let debuggee = tokio::spawn(async move {
-        let mut framer = Framer::default();
-        let mut received = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = theirs.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                return received;
-            }
-            received.extend_from_slice(&buf[..n]);
-            framer.push(&buf[..n]);
-            while let Ok(Some(message)) = framer.next_message() {
-                if message.request_command().as_deref() == Some("configurationDone") {
-                    let body = format!(
-                        r#"{{"type":"response","command":"configurationDone","success":{success}}}"#
-                    );
-                    let reply = format!("Content-Length: {}\r\n\r\n{body}", body.len());
-                    theirs.write_all(reply.as_bytes()).await.expect("reply");
-                }
-            }
-        }
-    });
-    let end = pump(&mut state, &mut ours, dev_local).await;
-    drop(ours);
-    developer.await.expect("developer task");
-    let received = debuggee.await.expect("debuggee task");
-    (end, state, received)
-}
-
 #[tokio::test]
 async fn configuration_done_makes_the_gate_transparent_once_debugpy_accepts_it() {
     let sent = [
@@ -184,7 +167,7 @@ async fn configuration_done_makes_the_gate_transparent_once_debugpy_accepts_it()
     ]
     .concat();
     // The developer leaves right after sending: debugpy's answer still decides.
-    let (end, state, received) = answered_session(sent.clone(), true).await;
+    let (end, state, received) = answered_session(sent.clone(), Some(true)).await;
     assert!(matches!(end, PumpEnd::Finished), "{end:?}");
     assert!(state.configured());
     assert_eq!(received, sent);
@@ -195,7 +178,8 @@ async fn configuration_done_makes_the_gate_transparent_once_debugpy_accepts_it()
 /// sidecar used to count the written request as done, and the step waited for good).
 #[tokio::test]
 async fn a_refused_configuration_done_leaves_the_step_held_for_the_release() {
-    let (end, mut state, received) = answered_session(request("configurationDone"), false).await;
+    let (end, mut state, received) =
+        answered_session(request("configurationDone"), Some(false)).await;
     assert!(matches!(end, PumpEnd::LeftDuringSetup), "{end:?}");
     assert!(!state.configured());
     assert_eq!(received, request("configurationDone"));
