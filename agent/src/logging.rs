@@ -159,6 +159,14 @@ impl Throttle {
         state.written_at = Some(now);
         Some(LeftOut(std::mem::take(&mut state.left_out)))
     }
+
+    /// Writes this occurrence's line with `line` (given what was left out) when the
+    /// throttle lets it through now.
+    pub fn log(&self, line: impl FnOnce(LeftOut)) {
+        if let Some(left_out) = self.admit(Instant::now()) {
+            line(left_out);
+        }
+    }
 }
 
 /// Lines of one kind left out of the log since the last one written; shown as a suffix

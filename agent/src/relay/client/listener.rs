@@ -24,7 +24,7 @@ use super::backoff;
 use super::error::{ConnectError, Role};
 use super::handshake::{self, WebSocket};
 use super::{Endpoint, Tunnel};
-use crate::logging::{LeftOut, Throttle, loggable};
+use crate::logging::{Throttle, loggable};
 use crate::relay::protocol::{self, Accept, ControlMessage, RenewToken, close_code, status};
 use crate::relay::websocket::{self, OpCode};
 
@@ -148,13 +148,6 @@ struct RepeatedLines {
     rendezvous_failed: Throttle,
     /// A reject rendezvous that did not end in the relay's 410.
     reject_failed: Throttle,
-}
-
-/// Runs `log` with what was left out when `throttle` lets this occurrence's line through.
-fn throttled(throttle: &Throttle, log: impl FnOnce(LeftOut)) {
-    if let Some(left_out) = throttle.admit(std::time::Instant::now()) {
-        log(left_out);
-    }
 }
 
 async fn listen_loop<H: AcceptHandler>(
@@ -384,7 +377,7 @@ fn dispatch<H: AcceptHandler>(
                         _permit: permit,
                     },
                     Err(_) => {
-                        throttled(&admission.lines.ignored, |left_out| {
+                        admission.lines.ignored.log(|left_out| {
                             tracing::warn!(parent: &span, "{} relayed connections and {MAX_PENDING_REJECTS} rejects in flight; ignoring the sender{left_out}", admission.max_tunnels);
                         });
                         return;
@@ -401,7 +394,7 @@ fn dispatch<H: AcceptHandler>(
         Err(e) => {
             // The parser's message may quote the relay's text: short, and escaped.
             let why: String = e.to_string().chars().take(MAX_LOGGED_ERROR_CHARS).collect();
-            throttled(&admission.lines.malformed, |left_out| {
+            admission.lines.malformed.log(|left_out| {
                 tracing::warn!(
                     "ignoring a malformed control message of {} bytes: {}{left_out}",
                     text.len(),
@@ -428,7 +421,7 @@ async fn rendezvous<H: AcceptHandler>(
     lines: Arc<RepeatedLines>,
 ) {
     let decision = if slot.busy {
-        throttled(&lines.busy, |left_out| {
+        lines.busy.log(|left_out| {
             tracing::warn!(
                 "already serving the most relayed connections; rejecting the sender{left_out}"
             );
@@ -457,7 +450,7 @@ async fn rendezvous<H: AcceptHandler>(
                 Err(e) if e.status() == Some(status::GONE) => {
                     tracing::info!(status = code, description, "rejected sender");
                 }
-                Err(e) => throttled(&lines.reject_failed, |left_out| {
+                Err(e) => lines.reject_failed.log(|left_out| {
                     tracing::warn!("reject rendezvous failed: {e}{left_out}");
                 }),
                 Ok(ws) => {
@@ -481,7 +474,7 @@ async fn rendezvous<H: AcceptHandler>(
                 {
                     Ok(ws) => Some(Tunnel::new(ws)),
                     Err(e) => {
-                        throttled(&lines.rendezvous_failed, |left_out| {
+                        lines.rendezvous_failed.log(|left_out| {
                             tracing::warn!("rendezvous failed: {e}{left_out}");
                         });
                         None

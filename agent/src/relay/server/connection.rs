@@ -270,12 +270,12 @@ impl Ctx {
             commands: tx,
         };
         if let Err(full) = server.registry.add(entity, handle) {
-            if let Some(left_out) = server.full_path_logged.admit(std::time::Instant::now()) {
+            server.full_path_logged.log(|left_out| {
                 tracing::warn!(
                     "listener refused: {}{left_out}",
                     loggable(&full.to_string())
                 );
-            }
+            });
             return upgrade::write_status(&mut stream, status::FORBIDDEN, &full.to_string()).await;
         }
         let registration = Registration {
@@ -552,9 +552,9 @@ struct Call {
 /// line is `logged`'s to allow.
 async fn refuse(stream: &mut Stream, err: &SasError, logged: &Throttle) {
     let status = err.status();
-    if let Some(left_out) = logged.admit(std::time::Instant::now()) {
+    logged.log(|left_out| {
         tracing::info!(status, "refused: {}{left_out}", loggable(&err.to_string()));
-    }
+    });
     let title = if status == 401 {
         "Unauthorized"
     } else {
