@@ -15,6 +15,8 @@
 //! No async runtime here: the keeper must stay alive and small whatever the sidecar did.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -52,6 +54,9 @@ pub struct Duties {
     session: Option<SessionSpec>,
     /// When the attach timeout runs out (None: never).
     attach_deadline: Option<Instant>,
+    /// The session's state directory, found (and prepared) once: the stuck-sidecar check
+    /// reads the record on every tick while a debugger stays attached past the deadline.
+    state_dir: OnceLock<Option<PathBuf>>,
 }
 
 impl Duties {
@@ -60,6 +65,7 @@ impl Duties {
         Duties {
             session: Some(spec.clone()),
             attach_deadline: Instant::now().checked_add(spec.attach_timeout),
+            state_dir: OnceLock::new(),
         }
     }
 
@@ -73,8 +79,10 @@ impl Duties {
     /// The state the session's record holds (None: no readable record).
     fn recorded_state(&self) -> Option<SessionState> {
         let spec = self.session.as_ref()?;
-        let dir = crate::publish::state_dir(spec.state_dir.as_deref(), &ProcessEnv).ok()?;
-        crate::publish::status_file::recorded_state(&dir, spec.holder_pid)
+        let dir = self
+            .state_dir
+            .get_or_init(|| crate::publish::state_dir(spec.state_dir.as_deref(), &ProcessEnv).ok());
+        crate::publish::status_file::recorded_state(dir.as_deref()?, spec.holder_pid)
     }
 
     /// No session: the keeper only reaps and ends the sidecar.
@@ -82,6 +90,7 @@ impl Duties {
         Duties {
             session: None,
             attach_deadline: None,
+            state_dir: OnceLock::new(),
         }
     }
 }
