@@ -269,14 +269,20 @@ impl DeveloperSide {
 
     /// `amlx-agent exec` for a step on the node, pointed at this relay.
     pub fn agent(&self, lock_dir: &Path) -> Command {
-        let mut cmd = util::agent();
-        cmd.env("AMLX_RELAY_CONNECTION_STRING", self.connection_string())
-            .env("AMLX_RELAY_INSECURE_WS", "true")
-            .env("AMLX_LOCK_DIR", lock_dir)
-            .env("AMLX_STATE_DIR", lock_dir.join("state"))
-            .env("NO_COLOR", "1");
-        cmd
+        agent_for(&self.connection_string(), lock_dir)
     }
+}
+
+/// The agent for a node whose relay is `connection_string` (plain ws), with its lock
+/// directory `lock_dir` and its state directory inside it.
+pub fn agent_for(connection_string: &str, lock_dir: &Path) -> Command {
+    let mut cmd = util::agent();
+    cmd.env("AMLX_RELAY_CONNECTION_STRING", connection_string)
+        .env("AMLX_RELAY_INSECURE_WS", "true")
+        .env("AMLX_LOCK_DIR", lock_dir)
+        .env("AMLX_STATE_DIR", lock_dir.join("state"))
+        .env("NO_COLOR", "1");
+    cmd
 }
 
 /// The developer ready for rank 0's connect-mode session: VS Code (the DAP client, one

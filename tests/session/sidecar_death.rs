@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::harness::{DeveloperSide, SESSION_DEADLINE, is_listening, port_range, step_py};
+use super::harness::{
+    DeveloperSide, SESSION_DEADLINE, agent_for, is_listening, port_range, step_py,
+};
 use super::lifecycle::{
     Running, SIDECAR_GONE_WITHIN, gone, live_process, session_of, session_processes, wait_gone,
     wait_state_why,
@@ -392,20 +394,14 @@ fn a_silent_relay_delays_the_step_no_longer_than_the_attach_timeout() {
     let locks = tempfile::tempdir().expect("tempdir");
     for mode in ["connect", "listen"] {
         let (_, _, range) = port_range(4);
-        let mut cmd = util::agent();
-        cmd.env(
-            "AMLX_RELAY_CONNECTION_STRING",
-            format!(
-                "Endpoint=sb://{relay}/;SharedAccessKeyName=k;SharedAccessKey=a2V5;EntityPath=hc"
-            ),
-        )
-        .env("AMLX_RELAY_INSECURE_WS", "true")
-        .env("AMLX_LOCK_DIR", locks.path())
-        .env("AMLX_STATE_DIR", locks.path().join("state"))
-        .args(["exec", "--debug", "--rank", "0", "--mode", mode])
-        .args(["--attach-timeout", &format!("{}s", ATTACH.as_secs())])
-        .args(["--port-range", &range, "--", "python3"])
-        .arg(step_py());
+        let connection_string = format!(
+            "Endpoint=sb://{relay}/;SharedAccessKeyName=k;SharedAccessKey=a2V5;EntityPath=hc"
+        );
+        let mut cmd = agent_for(&connection_string, locks.path());
+        cmd.args(["exec", "--debug", "--rank", "0", "--mode", mode])
+            .args(["--attach-timeout", &format!("{}s", ATTACH.as_secs())])
+            .args(["--port-range", &range, "--", "python3"])
+            .arg(step_py());
         let started = Instant::now();
         let out = util::output_within(&mut cmd, SESSION_DEADLINE);
         let took = started.elapsed();
