@@ -416,3 +416,99 @@ fn a_silent_relay_delays_the_step_no_longer_than_the_attach_timeout() {
         assert!(took < ATTACH + RELEASE_GRACE, "{mode}: {took:?}\n{log}");
     }
 }
+
+/// A sitecustomize that delays every Python start by `delay`: debugpy's connection then
+/// comes well after the sidecar is ready, so a test can act on the sidecar before it.
+fn slow_python_start(dir: &Path, delay: Duration) {
+    std::fs::write(
+        dir.join("sitecustomize.py"),
+        format!("import time\ntime.sleep({})\n", delay.as_secs_f64()),
+    )
+    .expect("write sitecustomize.py");
+}
+
+/// What happens to the session before debugpy connects, and the line that says how the
+/// step got away.
+#[derive(Debug, Clone, Copy)]
+enum EarlyEnd {
+    /// The sidecar stopped (SIGSTOP): the keeper ends it once past the attach deadline.
+    SidecarStopped,
+    /// The sidecar killed: the keeper's copy of the listening socket takes debugpy.
+    SidecarKilled,
+    /// Sidecar and keeper killed: debugpy's connect is refused, and the bootstrap runs
+    /// the step without it.
+    BothKilled,
+}
+
+impl EarlyEnd {
+    const ALL: [EarlyEnd; 3] = [
+        EarlyEnd::SidecarStopped,
+        EarlyEnd::SidecarKilled,
+        EarlyEnd::BothKilled,
+    ];
+
+    fn logged(self) -> &'static str {
+        match self {
+            EarlyEnd::SidecarStopped => "stopped or stuck",
+            EarlyEnd::SidecarKilled => "debugpy connected after the sidecar was gone",
+            EarlyEnd::BothKilled => "debugging disabled for this run: debugpy could not connect",
+        }
+    }
+}
+
+/// Connect mode, the session's processes stopped or killed before the sidecar accepted
+/// debugpy's connection. Before, with the sidecar stopped, the kernel completed
+/// debugpy's connection on the listening socket and debugpy, which has no bound of its
+/// own, waited on it for good; with it killed, debugpy's connect was refused and the
+/// step died with a traceback and exit code 1. The step now runs to its end with its own
+/// exit code, within the attach timeout, the release bound and the margin.
+fn session_gone_before_debugpy_connects(end: EarlyEnd, process: &str) {
+    use nix::sys::signal::Signal;
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let site = tempfile::tempdir().expect("tempdir");
+    slow_python_start(site.path(), Duration::from_secs(2));
+    let developer = DeveloperSide::relay_only("debug");
+    let (mut cmd, _) = waiting_step(&developer, locks.path(), "connect", process);
+    cmd.env("PYTHONPATH", site.path());
+    let mut agent = Running::spawn(&mut cmd);
+    let session = wait_state_why(
+        &state_dir,
+        agent.pid(),
+        "waiting-for-debugger",
+        "waiting for debugpy",
+        &agent,
+    );
+    let [sidecar, keeper] = session_processes(&session);
+    let pid = |p: u32| nix::unistd::Pid::from_raw(i32::try_from(p).expect("a PID fits i32"));
+    let signalled = match end {
+        EarlyEnd::SidecarStopped => vec![(sidecar.0, Signal::SIGSTOP)],
+        EarlyEnd::SidecarKilled => vec![(sidecar.0, Signal::SIGKILL)],
+        EarlyEnd::BothKilled => vec![(keeper.0, Signal::SIGKILL), (sidecar.0, Signal::SIGKILL)],
+    };
+    for (process, signal) in signalled {
+        nix::sys::signal::kill(pid(process), signal).expect("signal the session");
+    }
+    let _unstop = KillOnDrop(vec![sidecar.0]);
+    let status = util::wait_within(
+        &mut agent.child,
+        ATTACH_TIMEOUT + RELEASE_GRACE * 2 + STUCK_SIDECAR_MARGIN,
+    );
+    let log = agent.log();
+    assert_eq!(status.code(), Some(0), "{end:?} {process}:\n{log}");
+    assert!(
+        agent.stdout.wait_for("done total 6").is_some(),
+        "{end:?} {process}: the step did not run to its end:\n{log}"
+    );
+    assert!(log.contains(end.logged()), "{end:?} {process}:\n{log}");
+    wait_gone(&[sidecar, keeper], SIDECAR_GONE_WITHIN);
+}
+
+#[test]
+fn a_session_gone_before_debugpy_connects_leaves_the_step_to_run() {
+    for end in EarlyEnd::ALL {
+        for process in ["--replace", "--supervise"] {
+            session_gone_before_debugpy_connects(end, process);
+        }
+    }
+}

@@ -98,6 +98,33 @@ def _amlx_bound_the_wait(release_after):
     debugpy.wait_for_client = bounded_wait
 
 
+class _AmlxNoDebugger(Exception):
+    pass
+
+
+def _amlx_survive_a_refused_connect():
+    # debugpy's `--connect` ends the whole step with a traceback when nothing listens on
+    # the node's debug port (the sidecar and its keeper both gone before debugpy
+    # started). A debugger that cannot come must not fail the step: the CLI's one call
+    # is turned into `_AmlxNoDebugger`, and the step runs without debugpy. One call only:
+    # a later `debugpy.connect` of the step's own is the step's business.
+    import debugpy
+
+    connect = debugpy.connect
+
+    def connect_or_run_undebugged(*args, **kwargs):
+        debugpy.connect = connect
+        try:
+            return connect(*args, **kwargs)
+        except OSError as error:
+            raise _AmlxNoDebugger(
+                "debugpy could not connect to the debug sidecar (%s: %s)"
+                % (type(error).__name__, error)
+            )
+
+    debugpy.connect = connect_or_run_undebugged
+
+
 def _amlx_run_plain(target):
     # The target as `python <target>` runs it, but in this interpreter.
     import runpy
@@ -122,6 +149,7 @@ def _amlx_run_plain(target):
         runpy.run_path(target[0], run_name="__main__")
 
 
+_amlx_target = sys.argv[1:]
 _amlx_cli = _amlx_bootstrap(AMLX_REPORT_FD, AMLX_DEBUGPY_ARGS, AMLX_FAIL)
 if _amlx_cli is not None:
     if AMLX_RELEASE_AFTER is not None and "--wait-for-client" in AMLX_DEBUGPY_ARGS:
@@ -129,6 +157,29 @@ if _amlx_cli is not None:
             _amlx_bound_the_wait(AMLX_RELEASE_AFTER)
         except Exception as error:
             sys.stderr.write("amlx-agent: cannot bound debugpy's wait (%s)\n" % error)
-    _amlx_cli.main()
+    # debugpy's CLI connects only when no debugpy runs yet (its own guard, the same test).
+    if (
+        "--connect" in AMLX_DEBUGPY_ARGS
+        and os.environ.get("DEBUGPY_RUNNING", "false") != "true"
+    ):
+        try:
+            _amlx_survive_a_refused_connect()
+        except Exception as error:
+            sys.stderr.write("amlx-agent: cannot guard debugpy's connect (%s)\n" % error)
+    try:
+        _amlx_cli.main()
+    except _AmlxNoDebugger as error:
+        if AMLX_FAIL:
+            sys.stderr.write(
+                "amlx-agent: %s; not running the step (--on-debug-failure fail)\n" % error
+            )
+            sys.stderr.flush()
+            os._exit(1)
+        sys.stderr.write(
+            "amlx-agent: debugging disabled for this run: %s; running the step without "
+            "a debugger\n" % error
+        )
+        sys.stderr.flush()
+        _amlx_run_plain(_amlx_target)
 else:
-    _amlx_run_plain(sys.argv[1:])
+    _amlx_run_plain(_amlx_target)

@@ -6,6 +6,7 @@
 //! then holds debugpy's socket (the step waits in `--connect`) and retries on the
 //! reconnect schedule until the attach timeout, when it releases the step (see `dap`).
 
+use std::os::fd::AsFd as _;
 use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncWriteExt as _;
@@ -13,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::gate::{self, GateState, PumpEnd};
 use super::report::Reporter;
-use super::sidecar::ReadySignal;
+use super::sidecar::{ReadySignal, Shared, share_with_keeper};
 use super::{SessionSpec, deadline_after, setup_failed};
 use crate::publish::SessionState;
 use crate::relay::bridge;
@@ -40,6 +41,7 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
             return;
         }
     };
+    share_with_keeper(Shared::Listener, listener.as_fd());
     // The probe proves the relay is reachable and the credentials are good (404 just
     // means nobody listens yet). If it finds a listener, its relayed connection is kept
     // for debugpy's first connection instead of being thrown away.
@@ -76,7 +78,7 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
                 continue;
             }
         };
-        super::sidecar::share_debuggee_with_keeper(std::os::fd::AsFd::as_fd(&debuggee));
+        share_with_keeper(Shared::Debuggee, debuggee.as_fd());
         let _ = debuggee.set_nodelay(true);
         relay_debuggee(spec, &endpoint, &mut spare, debuggee, reporter).await;
         if spec.post_mortem.is_some() {

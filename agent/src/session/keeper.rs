@@ -14,20 +14,21 @@
 //!
 //! No async runtime here: the keeper must stay alive and small whatever the sidecar did.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 mod adapters;
+mod held;
 mod release;
 
+use self::held::Held;
 use super::sidecar::{STEP_EXIT_GRACE, pidfd_open, poll_timeout};
 use super::{SessionSpec, report};
 use crate::publish::{SessionState, StatusFile};
@@ -145,26 +146,20 @@ fn keep_session(duties: &Duties, watch: &Watch) -> i32 {
     let sidecar_fd = pidfd_open(watch.sidecar)
         .map_err(|err| tracing::debug!("no pidfd of the sidecar ({err}); polling it"))
         .ok();
-    let mut debuggee: Option<OwnedFd> = None;
+    let mut held = Held::default();
     loop {
         let wake = wait_session(
             watch,
             sidecar_fd.as_ref(),
             watch.channel.as_ref(),
-            // Idle unless there is debugpy's connection to look after (or no pidfd
-            // wakes the keeper when the sidecar dies).
-            if debuggee.is_some() || sidecar_fd.is_none() {
-                KEEPER_TICK
-            } else {
-                Duration::MAX
-            },
+            next_look(duties, &held, sidecar_fd.is_some()),
         );
         if wake == Wake::SessionOver {
             end_sidecar(watch.sidecar, sidecar_fd.as_ref());
             // Supervise mode, the supervisor killed (one that ends the session normally
             // has seen its step exit, and waits for us): its step may live on, held by
             // debugpy over the connection we now hold alone.
-            if let (Some(spec), Some(socket)) = (&duties.session, debuggee.take())
+            if let (Some(spec), Some(socket)) = (&duties.session, held.debuggee.take())
                 && !spec.step_holds_lifeline
                 && !still_running(&watch.step)
             {
@@ -172,25 +167,24 @@ fn keep_session(duties: &Duties, watch: &Watch) -> i32 {
             }
             return 0;
         }
-        // Every connection shared so far: the last one is debugpy's current connection.
-        while let Some(shared) = watch.channel.as_ref().and_then(receive_debuggee) {
-            tracing::debug!("the keeper holds debugpy's connection");
-            debuggee = Some(shared);
+        if let Some(channel) = &watch.channel {
+            held.receive(channel);
         }
         match waitpid(watch.sidecar, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {}
             Ok(WaitStatus::Exited(_, 0)) => {
                 // Finished on its own (a setup failure it recorded): nothing to add.
-                drop(debuggee.take());
+                held.drop_all(watch.channel.as_ref());
                 wait_session(watch, None, None, Duration::MAX);
                 return 0;
             }
             Ok(status) => {
-                sidecar_died(duties, watch, &death_cause(watch.sidecar, status), debuggee);
+                sidecar_died(duties, watch, &death_cause(watch.sidecar, status), held);
                 return 0;
             }
             Err(err) => {
                 tracing::warn!("the keeper lost its sidecar ({err}); it waits for the step");
+                held.drop_all(watch.channel.as_ref());
                 wait_session(watch, None, None, Duration::MAX);
                 return 0;
             }
@@ -199,20 +193,21 @@ fn keep_session(duties: &Duties, watch: &Watch) -> i32 {
         // released): our copy must not keep pydevd from seeing it close.
         // A sidecar that died meanwhile holds nothing, but its connection is ours to
         // release: look (without reaping) whether it still runs.
-        if let Some(socket) = &debuggee
-            && !holds_socket(watch.sidecar, socket.as_fd())
+        if let Some(socket) = &held.debuggee
+            && !held::holds_socket(watch.sidecar, socket.as_fd())
             && sidecar_fd.as_ref().is_some_and(still_running)
         {
             tracing::debug!("the sidecar let go of debugpy's connection; so does the keeper");
-            debuggee = None;
+            held.debuggee = None;
         }
-        // Still holding debugpy's connection long past every bound of its own, with no
-        // debugger attached: the sidecar is stuck (a SIGSTOP, a wedge), and the step
-        // waits on it for good. End it and release the step as after its death.
-        if debuggee.is_some()
-            && duties
-                .stuck_after()
-                .is_some_and(|after| Instant::now() >= after)
+        // Still holding debugpy's connection long past every bound of its own (or never
+        // having accepted it), with no debugger attached: the sidecar is stuck (a
+        // SIGSTOP, a wedge), and the step waits on it for good. End it and release the
+        // step as after its death.
+        if duties
+            .stuck_after()
+            .is_some_and(|after| Instant::now() >= after)
+            && (held.unaccepted_twice() || held.debuggee.is_some())
             && sidecar_stuck(duties.recorded_state(), watch.sidecar)
         {
             let _ = kill(watch.sidecar, Signal::SIGKILL);
@@ -225,9 +220,25 @@ fn keep_session(duties: &Duties, watch: &Watch) -> i32 {
                     super::RELEASE_GRACE.saturating_add(STUCK_SIDECAR_MARGIN)
                 )
             );
-            sidecar_died(duties, watch, &cause, debuggee);
+            sidecar_died(duties, watch, &cause, held);
             return 0;
         }
+    }
+}
+
+/// How long the keeper may sleep before it next looks at the sidecar (the session's end
+/// and the channel wake it anyway): a tick while it holds debugpy's connection (or has
+/// no pidfd to wake it when the sidecar dies); with only debugpy's listening socket,
+/// nothing until the sidecar could count as stuck, then a tick; otherwise for ever.
+fn next_look(duties: &Duties, held: &Held, sidecar_has_pidfd: bool) -> Duration {
+    if held.debuggee.is_some() || !sidecar_has_pidfd {
+        return KEEPER_TICK;
+    }
+    match (&held.listener, duties.stuck_after()) {
+        (Some(_), Some(after)) => after
+            .saturating_duration_since(Instant::now())
+            .max(KEEPER_TICK),
+        _ => Duration::MAX,
     }
 }
 
@@ -359,7 +370,7 @@ fn death_cause(sidecar: Pid, status: WaitStatus) -> String {
 
 /// The sidecar died while the step lives: record it, release the step, and keep the
 /// record until the session is over.
-fn sidecar_died(duties: &Duties, watch: &Watch, cause: &str, debuggee: Option<OwnedFd>) {
+fn sidecar_died(duties: &Duties, watch: &Watch, cause: &str, mut held: Held) {
     let reason = format!("{cause}; the step runs on without a debugger");
     tracing::warn!(
         "debug session {}: {reason}",
@@ -370,7 +381,8 @@ fn sidecar_died(duties: &Duties, watch: &Watch, cause: &str, debuggee: Option<Ow
         .as_ref()
         .and_then(|spec| record_death(spec, &reason));
     if let Some(spec) = &duties.session {
-        release::release(spec, duties.attach_deadline, watch, debuggee);
+        let debuggee = held.take_connection();
+        release::release(spec, duties.attach_deadline, watch, debuggee, held.listener);
     }
     wait_session(watch, None, None, Duration::MAX);
     // Dropping the record removes it: the session ended with the step.
@@ -394,53 +406,6 @@ fn record_death(spec: &SessionSpec, reason: &str) -> Option<StatusFile> {
         tracing::warn!("could not record the sidecar's death: {err:#}");
     }
     Some(file)
-}
-
-/// Takes a descriptor the sidecar shared, if one is waiting on the channel.
-fn receive_debuggee(channel: &OwnedFd) -> Option<OwnedFd> {
-    let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let message = recvmsg::<()>(
-        channel.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .ok()?;
-    let mut received = None;
-    for cmsg in message.cmsgs().ok()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for fd in fds {
-                // SAFETY: SCM_RIGHTS just installed this descriptor in our table; we are
-                // its only owner.
-                #[allow(unsafe_code)]
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                received = Some(owned);
-            }
-        }
-    }
-    received
-}
-
-/// Whether `sidecar` still has the socket `ours` refers to open (from /proc). When
-/// /proc cannot say, it assumes it does: dropping our copy early is the worse mistake
-/// (a step left waiting for good), keeping it a little longer only delays a close.
-fn holds_socket(sidecar: Pid, ours: BorrowedFd<'_>) -> bool {
-    let Ok(stat) = nix::sys::stat::fstat(ours) else {
-        return true;
-    };
-    let target = format!("socket:[{}]", stat.st_ino);
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{sidecar}/fd")) else {
-        return true;
-    };
-    let links: Vec<_> = entries
-        .flatten()
-        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
-        .collect();
-    // A dying process shows no descriptors at all before its pidfd turns readable: that
-    // is a sidecar being killed, not one that let go.
-    links.is_empty() || links.iter().any(|link| link.as_os_str() == target.as_str())
 }
 
 #[cfg(test)]

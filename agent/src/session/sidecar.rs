@@ -426,17 +426,48 @@ pub fn keeper_pid() -> Option<u32> {
     KEEPER.get().map(|link| link.pid.as_raw().unsigned_abs())
 }
 
-/// Hands the keeper a duplicate of debugpy's connection (connect mode), so that when the
-/// sidecar dies the keeper can still release a step that waits in pydevd (closing that
-/// socket would leave it hung for good). Call it right after accepting the connection.
-/// A no-op (with a debug log) when this process has no keeper.
-pub fn share_debuggee_with_keeper(fd: BorrowedFd<'_>) {
+/// What the sidecar hands its keeper over their channel (connect mode), so that the
+/// keeper can still release a step that waits in pydevd when the sidecar dies or is
+/// stopped: debugpy's wait has no bound of its own, and closing its socket would leave
+/// it hung for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// The socket debugpy connects to, right after the bind: a connection the sidecar
+    /// never accepted (it was stopped, or died first) waits there, and the keeper's
+    /// copy keeps it listening, so debugpy's connect succeeds whatever became of the
+    /// sidecar.
+    Listener,
+    /// debugpy's connection, right after the accept.
+    Debuggee,
+}
+
+impl Shared {
+    /// The one byte that travels with the descriptor.
+    pub fn tag(self) -> u8 {
+        match self {
+            Shared::Listener => b'l',
+            Shared::Debuggee => b'd',
+        }
+    }
+
+    /// The kind a received tag names (None: not one of ours).
+    pub fn from_tag(tag: u8) -> Option<Shared> {
+        [Shared::Listener, Shared::Debuggee]
+            .into_iter()
+            .find(|kind| kind.tag() == tag)
+    }
+}
+
+/// Hands the keeper a duplicate of `fd` (see [`Shared`]). Call it right after the bind
+/// or the accept. A no-op (with a debug log) when this process has no keeper.
+pub fn share_with_keeper(what: Shared, fd: BorrowedFd<'_>) {
     let Some(channel) = KEEPER.get().and_then(|link| link.channel.as_ref()) else {
-        tracing::debug!("no keeper to share debugpy's connection with");
+        tracing::debug!("no keeper to share {what:?} with");
         return;
     };
     let fds = [fd.as_raw_fd()];
-    let message = [IoSlice::new(b"d")];
+    let tag = [what.tag()];
+    let message = [IoSlice::new(&tag)];
     let sent = sendmsg::<()>(
         channel.as_raw_fd(),
         &message,
@@ -445,7 +476,7 @@ pub fn share_debuggee_with_keeper(fd: BorrowedFd<'_>) {
         None,
     );
     if let Err(err) = sent {
-        tracing::warn!("could not share debugpy's connection with the keeper: {err}");
+        tracing::warn!("could not share debugpy's {what:?} socket with the keeper: {err}");
     }
 }
 

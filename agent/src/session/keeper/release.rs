@@ -3,12 +3,13 @@
 //! with blocking I/O, every wait bounded and the step watched throughout.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, poll};
 
+use super::held::accept_pending;
 use super::{Wake, Watch, wait_session};
 use crate::ports::connections::established_on;
 use crate::session::dap::{self, AckScanner};
@@ -33,18 +34,17 @@ pub(super) fn release(
     attach_deadline: Option<Instant>,
     watch: &Watch,
     debuggee: Option<OwnedFd>,
+    listener: Option<TcpListener>,
 ) {
     match spec.mode {
         DebugMode::Connect => {
-            let Some(socket) = debuggee else {
-                tracing::debug!("debugpy had not connected to the sidecar: nothing to release");
-                return;
-            };
-            let stream = TcpStream::from(socket);
-            // A refusal (debugpy not ready yet) is retried on the same connection, the
-            // only one there is in connect mode.
-            retry_release(watch, || release_over(&stream, Some(watch)));
-            let _ = stream.shutdown(Shutdown::Both);
+            match debuggee {
+                Some(socket) => release_connection(watch, socket),
+                None => tracing::debug!("debugpy had not connected to the sidecar yet"),
+            }
+            if let Some(listener) = listener {
+                release_later_connections(watch, &listener);
+            }
         }
         DebugMode::Listen | DebugMode::Direct if !spec.wait_for_client => {}
         DebugMode::Listen => release_listening(spec, watch),
@@ -63,6 +63,50 @@ pub(super) fn release(
             }
             release_listening(spec, watch);
         }
+    }
+}
+
+/// Releases the step held over debugpy's connection `socket` (connect mode). A refusal
+/// (debugpy not ready yet) is retried on the same connection, the only one there is.
+fn release_connection(watch: &Watch, socket: OwnedFd) {
+    let stream = TcpStream::from(socket);
+    retry_release(watch, || release_over(&stream, Some(watch)));
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Connect mode, the sidecar gone: debugpy may connect later still (a step slow to
+/// start, a reconnect), and with the keeper's copy of the listening socket its connect
+/// succeeds and it waits for a debugger that cannot come. Each such connection is
+/// released, for as long as the step lives. Without that copy debugpy's connect would be
+/// refused, and the step would run without a debugger only by the bootstrap's grace.
+fn release_later_connections(watch: &Watch, listener: &TcpListener) {
+    let listening = OwnedFd::from(match listener.try_clone() {
+        Ok(copy) => copy,
+        Err(err) => {
+            tracing::warn!("the keeper cannot watch debugpy's listening socket: {err}");
+            return;
+        }
+    });
+    loop {
+        match wait_session(watch, Some(&listening), None, Duration::MAX) {
+            Wake::SessionOver => return,
+            Wake::Ready | Wake::Timeout => {}
+        }
+        let socket = match accept_pending(listener) {
+            Ok(Some(socket)) => socket,
+            Ok(None) => continue,
+            Err(err) => {
+                // Rather than spin on a socket that stays readable: debugpy's next
+                // connect is refused, and the bootstrap runs the step without it.
+                tracing::warn!(
+                    "the keeper could not accept debugpy's connection ({err}); it stops \
+                     listening for debugpy"
+                );
+                return;
+            }
+        };
+        tracing::info!("debugpy connected after the sidecar was gone: releasing the step");
+        release_connection(watch, socket);
     }
 }
 

@@ -1,0 +1,184 @@
+//! What the keeper holds of the sidecar's sockets in connect mode (see
+//! [`Shared`](crate::session::sidecar::Shared)): debugpy's listening socket and its
+//! current connection, received over the channel, and when to let go of them.
+
+use std::io::ErrorKind;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use nix::unistd::Pid;
+
+use crate::session::sidecar::Shared;
+
+/// The sidecar's sockets the keeper holds copies of.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    /// debugpy's current connection: the last one the sidecar shared.
+    pub debuggee: Option<OwnedFd>,
+    /// The socket debugpy connects to. A connection the sidecar never accepted waits
+    /// there; the keeper's copy keeps it listening after the sidecar is gone.
+    pub listener: Option<TcpListener>,
+    /// Whether a connection waited unaccepted at the last look (see
+    /// [`Held::unaccepted_twice`]).
+    pending_seen: bool,
+}
+
+impl Held {
+    /// Takes every descriptor waiting on the channel.
+    pub fn receive(&mut self, channel: &OwnedFd) {
+        while let Some((kind, fd)) = receive(channel) {
+            tracing::debug!("the keeper holds debugpy's {kind:?} socket");
+            match kind {
+                Shared::Debuggee => self.debuggee = Some(fd),
+                Shared::Listener => self.listener = Some(TcpListener::from(fd)),
+            }
+        }
+    }
+
+    /// Lets go of everything, including what still waits on the channel: a descriptor
+    /// in flight is held open by the channel as surely as one received.
+    pub fn drop_all(&mut self, channel: Option<&OwnedFd>) {
+        if let Some(channel) = channel {
+            self.receive(channel);
+        }
+        *self = Held::default();
+    }
+
+    /// Whether a connection to debugpy's listening socket waits unaccepted now and did
+    /// at the last look too: a sidecar that runs accepts within microseconds, so two
+    /// looks a keeper tick apart both seeing one mean nobody accepts (the sidecar was
+    /// stopped before debugpy connected), and debugpy waits on it for good.
+    pub fn unaccepted_twice(&mut self) -> bool {
+        let pending = self.debuggee.is_none() && self.listener.as_ref().is_some_and(has_pending);
+        let twice = pending && self.pending_seen;
+        self.pending_seen = pending;
+        twice
+    }
+
+    /// debugpy's connection to release: the one held, or one waiting unaccepted.
+    pub fn take_connection(&mut self) -> Option<OwnedFd> {
+        self.debuggee.take().or_else(|| {
+            accept_pending(self.listener.as_ref()?)
+                .map_err(|err| {
+                    tracing::warn!("the keeper could not accept debugpy's connection: {err}")
+                })
+                .ok()
+                .flatten()
+        })
+    }
+}
+
+/// Whether a connection waits to be accepted on `listener` (without waiting).
+fn has_pending(listener: &TcpListener) -> bool {
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO) == Ok(1)
+}
+
+/// Accepts one waiting connection, without waiting (the socket is non-blocking: the
+/// sidecar's runtime made it so, and the keeper's copy shares that). The connection
+/// itself is blocking, as the release expects. `Ok(None)`: nothing waits.
+pub(super) fn accept_pending(listener: &TcpListener) -> std::io::Result<Option<OwnedFd>> {
+    loop {
+        return match listener.accept() {
+            Ok((stream, _)) => Ok(Some(OwnedFd::from(stream))),
+            Err(err) if err.kind() == ErrorKind::WouldBlock => Ok(None),
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+            Err(err) => Err(err),
+        };
+    }
+}
+
+/// Takes a descriptor the sidecar shared, if one is waiting on the channel. A message
+/// with an unknown tag is dropped (its descriptor closed) and the next one looked at;
+/// the end of the channel (the sidecar gone) and an empty channel both end the look.
+fn receive(channel: &OwnedFd) -> Option<(Shared, OwnedFd)> {
+    loop {
+        let mut tag = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut tag)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let message = recvmsg::<()>(
+            channel.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .ok()?;
+        if message.bytes == 0 {
+            return None;
+        }
+        let mut received = None;
+        for cmsg in message.cmsgs().ok()? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                for fd in fds {
+                    // SAFETY: SCM_RIGHTS just installed this descriptor in our table;
+                    // we are its only owner.
+                    #[allow(unsafe_code)]
+                    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                    received = Some(owned);
+                }
+            }
+        }
+        let [tag] = tag;
+        match (Shared::from_tag(tag), received) {
+            (Some(kind), Some(fd)) => return Some((kind, fd)),
+            (kind, _) => tracing::debug!("the keeper dropped a message ({kind:?}, tag {tag})"),
+        }
+    }
+}
+
+/// Whether `sidecar` still has the socket `ours` refers to open (from /proc). When
+/// /proc cannot say, it assumes it does: dropping our copy early is the worse mistake
+/// (a step left waiting for good), keeping it a little longer only delays a close.
+pub(super) fn holds_socket(sidecar: Pid, ours: BorrowedFd<'_>) -> bool {
+    let Ok(stat) = nix::sys::stat::fstat(ours) else {
+        return true;
+    };
+    let target = format!("socket:[{}]", stat.st_ino);
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{sidecar}/fd")) else {
+        return true;
+    };
+    let links: Vec<_> = entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .collect();
+    // A dying process shows no descriptors at all before its pidfd turns readable: that
+    // is a sidecar being killed, not one that let go.
+    links.is_empty() || links.iter().any(|link| link.as_os_str() == target.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+
+    use super::*;
+
+    #[test]
+    fn tags_name_their_kind_and_nothing_else() {
+        for kind in [Shared::Listener, Shared::Debuggee] {
+            assert_eq!(Shared::from_tag(kind.tag()), Some(kind));
+        }
+        assert_eq!(Shared::from_tag(0), None);
+        assert_eq!(Shared::from_tag(b'x'), None);
+    }
+
+    #[test]
+    fn a_connection_counts_as_unaccepted_only_when_seen_twice() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let address = listener.local_addr().expect("address");
+        let mut held = Held {
+            listener: Some(listener),
+            ..Held::default()
+        };
+        assert!(!held.unaccepted_twice(), "nothing waits");
+        let _debugpy = TcpStream::connect(address).expect("connect");
+        assert!(!held.unaccepted_twice(), "seen once");
+        assert!(held.unaccepted_twice(), "seen twice");
+        let taken = held.take_connection();
+        assert!(taken.is_some(), "the waiting connection is accepted");
+        assert!(!held.unaccepted_twice(), "nothing waits any more");
+        assert!(held.take_connection().is_none());
+    }
+}
