@@ -228,7 +228,6 @@ fn kill_9_of_a_holder_frees_its_port_for_the_next_process() {
     let mut victim = node.children.remove(0);
     victim.kill().expect("kill -9 the first step");
     reap(victim);
-    // Its `sleep` child inherited the lock descriptor and exits within 0.1 s.
     wait_for("the killed step's lock to be free", EXIT, || {
         ports_in(&node.list(), "stale")
             .contains(&first_port)
@@ -242,6 +241,55 @@ fn kill_9_of_a_holder_frees_its_port_for_the_next_process() {
         "the freed port is reserved again"
     );
     assert_eq!(ports_in(&node.list(), "live").len(), 2);
+}
+
+/// Replace mode: a child the step starts and leaves running does not keep the step's
+/// port. Before, the lock was the step's own descriptor, kept across execve and so
+/// inherited by every child the step forked: `ports list` showed the port live ("held by
+/// a child that inherited the lock") until that child exited. The session's keeper now
+/// holds it, for exactly the step's life.
+#[test]
+fn a_child_the_step_leaves_running_does_not_keep_its_port() {
+    let node = Node::new(2);
+    let step = r#"sleep 120 </dev/null >/dev/null 2>&1 & echo $! > "$OUT/left"
+echo "$AMLX_DEBUG_PORT" > "$OUT/port""#;
+    let out = output_within(&mut node.exec(&[], step), SHORT_RUN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| {
+        std::fs::read_to_string(node.out.join(name))
+            .unwrap_or_default()
+            .trim()
+            .parse::<u32>()
+            .unwrap_or_else(|_| panic!("the step wrote no {name}"))
+    };
+    let left = read("left");
+    let _end_it = KillOnDrop(left);
+    let port = u16::try_from(read("port")).expect("a port");
+    wait_for("the step's port to be free", EXIT, || {
+        (!ports_in(&node.list(), "live").contains(&port)).then_some(())
+    });
+    assert!(
+        std::path::Path::new(&format!("/proc/{left}")).exists(),
+        "the child the step left running still runs"
+    );
+}
+
+/// Kills a process when dropped (a test that fails leaves nothing behind).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 use std::fs::{File, TryLockError};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,18 +37,6 @@ impl Reservation {
     /// The locked file (its descriptor must stay open for the reservation to hold).
     pub fn file(&self) -> &File {
         &self.file
-    }
-
-    /// Lets the lock survive `execve` (replace mode) by clearing `FD_CLOEXEC` on its
-    /// descriptor, so the step process holds the port for its whole life. Keep `self`
-    /// alive until the exec: dropping it closes the descriptor and releases the port.
-    /// Supervise mode does not call this: the agent holds the lock, and close-on-exec
-    /// keeps it out of the step. Returns the descriptor (for `Step::keep_fds`).
-    pub fn keep_across_exec(&self) -> io::Result<RawFd> {
-        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-        let flags = FdFlag::from_bits_retain(fcntl(&self.file, FcntlArg::F_GETFD)?);
-        fcntl(&self.file, FcntlArg::F_SETFD(flags - FdFlag::FD_CLOEXEC))?;
-        Ok(self.file.as_raw_fd())
     }
 }
 

@@ -215,19 +215,3 @@ fn missing_lock_dir_is_a_lock_dir_error() {
     };
     assert_eq!(inner.tried[0].0, missing);
 }
-
-#[test]
-fn keep_across_exec_clears_close_on_exec() {
-    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-    let f = fixture(1);
-    let r = f.reserve(None);
-    let flags =
-        |file: &File| FdFlag::from_bits_retain(fcntl(file, FcntlArg::F_GETFD).expect("F_GETFD"));
-    assert!(
-        flags(r.file()).contains(FdFlag::FD_CLOEXEC),
-        "std opens O_CLOEXEC"
-    );
-    let fd = r.keep_across_exec().expect("clear FD_CLOEXEC");
-    assert_eq!(fd, r.file().as_raw_fd());
-    assert!(!flags(r.file()).contains(FdFlag::FD_CLOEXEC));
-}

@@ -121,8 +121,11 @@ enum Wake {
 }
 
 /// The keeper's whole life; returns its exit code.
-pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
-    let code = keep_session(duties, &watch);
+///
+/// `lock` is the port lock the keeper holds for the step (replace mode): it is let go of
+/// the moment the session is over, before the sidecar's grace.
+pub(super) fn keep(duties: &Duties, watch: Watch, lock: Option<OwnedFd>) -> i32 {
+    let code = keep_session(duties, &watch, lock);
     // The session is over. If that is because the step is gone (replace mode: the agent's
     // process; supervise mode: the supervisor ends the session when its step has exited),
     // no debugpy adapter of that step may outlive it.
@@ -142,7 +145,7 @@ pub(super) fn keep(duties: &Duties, watch: Watch) -> i32 {
 }
 
 /// Keeps the session until it is over; returns the keeper's exit code.
-fn keep_session(duties: &Duties, watch: &Watch) -> i32 {
+fn keep_session(duties: &Duties, watch: &Watch, lock: Option<OwnedFd>) -> i32 {
     let sidecar_fd = pidfd_open(watch.sidecar)
         .map_err(|err| tracing::debug!("no pidfd of the sidecar ({err}); polling it"))
         .ok();
@@ -155,6 +158,7 @@ fn keep_session(duties: &Duties, watch: &Watch) -> i32 {
             next_look(duties, &held, sidecar_fd.is_some()),
         );
         if wake == Wake::SessionOver {
+            drop(lock);
             end_sidecar(watch.sidecar, sidecar_fd.as_ref());
             // Supervise mode, the supervisor killed (one that ends the session normally
             // has seen its step exit, and waits for us): its step may live on, held by

@@ -248,11 +248,14 @@ pub(super) fn poll_timeout(left: Duration) -> PollTimeout {
 /// sidecar dies before the step.
 ///
 /// `close_in_child` are descriptors neither the keeper nor the sidecar may keep (the
-/// port lock: the step holds it, and a lingering copy would outlive the step). `body`
-/// returns the sidecar's exit code; it must call `ready()` or `failed()` on the signal
-/// it gets.
+/// agent's own copy of the port lock). `lock`, when given, is a copy of the port lock
+/// the keeper holds for the step (replace mode), and lets go of the moment the step is
+/// gone: the step itself does not keep the lock across `execve`, or a child it forked
+/// and left running would hold the port after it. `body` returns the sidecar's exit
+/// code; it must call `ready()` or `failed()` on the signal it gets.
 pub fn spawn<F>(
     close_in_child: &[RawFd],
+    lock: Option<OwnedFd>,
     duties: Duties,
     body: F,
 ) -> anyhow::Result<(Sidecar, Readiness)>
@@ -290,6 +293,7 @@ where
                 lifeline: lifeline_read,
                 ready: write_end,
                 gone: gone_write,
+                lock,
             };
             std::process::exit(fork_keeper(keeper, duties, body));
         }
@@ -298,6 +302,7 @@ where
             drop(lifeline_read);
             drop(gone_write);
             drop(step);
+            drop(lock);
             // The intermediate exits right after its fork: reaping it here means the step
             // never has a zombie child of ours.
             if let Err(err) = waitpid(child, None) {
@@ -319,6 +324,8 @@ struct KeeperStart {
     lifeline: OwnedFd,
     ready: OwnedFd,
     gone: OwnedFd,
+    /// The port lock the keeper holds for the step (replace mode).
+    lock: Option<OwnedFd>,
 }
 
 /// In the intermediate: forks the keeper and returns the intermediate's exit code.
@@ -352,6 +359,7 @@ where
         lifeline,
         ready,
         gone,
+        lock,
     } = start;
     // Datagrams keep one shared descriptor per message; close-on-exec like the rest.
     let channel = socketpair(
@@ -379,6 +387,7 @@ where
         Ok(ForkResult::Child) => {
             drop(keeper_end);
             drop(gone);
+            drop(lock);
             let _ = KEEPER.set(KeeperLink {
                 pid: keeper_pid,
                 channel: sidecar_end,
@@ -400,7 +409,7 @@ where
                 channel: keeper_end,
                 _gone: gone,
             };
-            keeper::keep(&duties, watch)
+            keeper::keep(&duties, watch, lock)
         }
         Err(err) => {
             ReadySignal(Some(File::from(ready)))
@@ -586,7 +595,7 @@ mod tests {
     #[test]
     fn refuses_to_fork_a_threaded_process() {
         let _other = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(200)));
-        let err = spawn(&[], Duties::none(), |_, _| 0).expect_err("must refuse");
+        let err = spawn(&[], None, Duties::none(), |_, _| 0).expect_err("must refuse");
         assert!(err.to_string().contains("threads"), "{err}");
     }
 }

@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::{env_pair, mark_undebugged};
 use crate::commands::EXIT_AGENT_ERROR;
@@ -88,11 +88,29 @@ pub fn run(
     let mut close_in_sidecar = vec![lock_fd];
     close_in_sidecar.extend(report_write.as_ref().map(AsRawFd::as_raw_fd));
     let duties = keeper::Duties::of(&spec);
+    // Replace mode: the keeper holds the port lock for the step, for exactly the step's
+    // life. A copy kept across execve by the step would be inherited by every child the
+    // step forks, and one the step leaves running would hold the port after it.
+    let keeper_lock = match mode {
+        ProcessMode::Replace => match reservation.file().try_clone() {
+            Ok(copy) => Some(OwnedFd::from(copy)),
+            Err(err) => {
+                let why = format!("could not hand the port lock to the session's keeper: {err}");
+                record_undebugged(settings, detection, &node, port, &why);
+                return debug_failed(settings, &why, mode, step);
+            }
+        },
+        ProcessMode::Supervise => None,
+    };
     // The closure owns the report's read end: the sidecar runs it; here it is dropped
     // (closed) when `spawn` returns.
-    let sidecar = match sidecar::spawn(&close_in_sidecar, duties, move |ready, lifeline| {
-        session::run_sidecar(spec, ready, lifeline, report_read)
-    }) {
+    let spawned = sidecar::spawn(
+        &close_in_sidecar,
+        keeper_lock,
+        duties,
+        move |ready, lifeline| session::run_sidecar(spec, ready, lifeline, report_read),
+    );
+    let sidecar = match spawned {
         Ok((sidecar, Readiness::Ready)) => sidecar,
         Ok((sidecar, Readiness::Failed(why))) => {
             // The sidecar recorded this failure itself.
@@ -110,20 +128,14 @@ pub fn run(
         tracing::warn!("{warning}");
     }
     if mode == ProcessMode::Replace {
-        // The step itself must hold the lock and the sidecar's lifeline after execve,
-        // for exactly its lifetime. Arranged before the command is rewritten, so a
-        // failure here runs the step exactly as given.
-        let kept = reservation
+        // The step itself holds the sidecar's lifeline after execve (the keeper holds the
+        // port lock). Arranged before the command is rewritten, so a failure here runs
+        // the step exactly as given.
+        let kept = sidecar
             .keep_across_exec()
-            .map_err(|err| format!("could not keep the port lock across exec: {err}"))
-            .and_then(|lock| {
-                let lifeline = sidecar.keep_across_exec().map_err(|err| {
-                    format!("could not keep the sidecar's lifeline across exec: {err}")
-                })?;
-                Ok([lock, lifeline])
-            });
+            .map_err(|err| format!("could not keep the sidecar's lifeline across exec: {err}"));
         match kept {
-            Ok(fds) => step.keep_fds.extend(fds),
+            Ok(fd) => step.keep_fds.push(fd),
             Err(why) => {
                 sidecar.terminate();
                 return debug_failed(settings, &why, mode, step);
