@@ -36,14 +36,46 @@ fn waiting_step(
     mode: &str,
     process: &str,
 ) -> (Command, u16) {
+    waiting_step_with(developer, locks, mode, process, Debugpy::Injected)
+}
+
+/// Who starts debugpy in the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Debugpy {
+    /// The agent (its bootstrap, with its own last-resort bound).
+    Injected,
+    /// The step's own code (`--inject none`, `debugpy.connect(AMLX_DEBUG_PORT)`, the
+    /// prior art's way): nothing but the sidecar and its keeper can release it.
+    Own,
+}
+
+/// [`waiting_step`] with debugpy started by `debugpy`.
+fn waiting_step_with(
+    developer: &DeveloperSide,
+    locks: &Path,
+    mode: &str,
+    process: &str,
+    debugpy: Debugpy,
+) -> (Command, u16) {
     let (debug_port, _, range) = port_range(4);
     let timeout = format!("{}s", ATTACH_TIMEOUT.as_secs());
     let mut cmd = developer.agent(locks);
     cmd.args(["exec", process, "--debug", "--rank", "0", "--mode", mode])
         .args(["--node-ip", "127.0.0.1", "--wait-for-client"])
-        .args(["--attach-timeout", &timeout, "--port-range", &range])
-        .args(["--", "python3"])
-        .arg(step_py());
+        .args(["--attach-timeout", &timeout, "--port-range", &range]);
+    match debugpy {
+        Debugpy::Injected => {
+            cmd.args(["--", "python3"]).arg(step_py());
+        }
+        Debugpy::Own => {
+            let code = "import os, runpy, sys, debugpy\n\
+                        debugpy.connect(int(os.environ['AMLX_DEBUG_PORT']))\n\
+                        sys.argv = sys.argv[1:]\n\
+                        runpy.run_path(sys.argv[0], run_name='__main__')\n";
+            cmd.args(["--inject", "none", "--", "python3", "-c", code])
+                .arg(step_py());
+        }
+    }
     (cmd, debug_port)
 }
 
@@ -282,7 +314,9 @@ fn stopped_sidecar(process: &str) {
     let locks = tempfile::tempdir().expect("tempdir");
     let state_dir = locks.path().join("state");
     let developer = DeveloperSide::relay_only("debug");
-    let (mut cmd, debug_port) = waiting_step(&developer, locks.path(), "connect", process);
+    // The step's own debugpy: an injected one is let go by its bootstrap first.
+    let (mut cmd, debug_port) =
+        waiting_step_with(&developer, locks.path(), "connect", process, Debugpy::Own);
     let mut agent = Running::spawn(&mut cmd);
     let session = wait_held(&state_dir, &agent, "connect", debug_port);
     let [sidecar, keeper] = session_processes(&session);
@@ -438,30 +472,47 @@ enum EarlyEnd {
     /// Sidecar and keeper killed: debugpy's connect is refused, and the bootstrap runs
     /// the step without it.
     BothKilled,
+    /// Sidecar and keeper killed after debugpy connected (`pkill -9 amlx-agent`): the
+    /// bootstrap lets the step go at its last-resort bound.
+    BothKilledAfterConnect,
 }
 
 impl EarlyEnd {
-    const ALL: [EarlyEnd; 3] = [
+    const ALL: [EarlyEnd; 4] = [
+        EarlyEnd::BothKilledAfterConnect,
         EarlyEnd::SidecarStopped,
         EarlyEnd::SidecarKilled,
         EarlyEnd::BothKilled,
     ];
+
+    /// A stopped sidecar is the keeper's to deal with only when nothing in the step
+    /// bounds debugpy's wait: the step's own debugpy. The other cases need the
+    /// bootstrap (when nothing listens at all, or with the keeper gone too).
+    fn debugpy(self) -> Debugpy {
+        match self {
+            EarlyEnd::SidecarStopped => Debugpy::Own,
+            _ => Debugpy::Injected,
+        }
+    }
 
     fn logged(self) -> &'static str {
         match self {
             EarlyEnd::SidecarStopped => "stopped or stuck",
             EarlyEnd::SidecarKilled => "debugpy connected after the sidecar was gone",
             EarlyEnd::BothKilled => "debugging disabled for this run: debugpy could not connect",
+            EarlyEnd::BothKilledAfterConnect => "no debugger finished attaching within",
         }
     }
 }
 
-/// Connect mode, the session's processes stopped or killed before the sidecar accepted
-/// debugpy's connection. Before, with the sidecar stopped, the kernel completed
-/// debugpy's connection on the listening socket and debugpy, which has no bound of its
-/// own, waited on it for good; with it killed, debugpy's connect was refused and the
-/// step died with a traceback and exit code 1. The step now runs to its end with its own
-/// exit code, within the attach timeout, the release bound and the margin.
+/// Connect mode, the session's processes stopped or killed while debugpy waits on them.
+/// Before: with the sidecar stopped before it accepted debugpy's connection, the kernel
+/// completed that connection on the listening socket and debugpy, which has no bound of
+/// its own, waited on it for good; with the sidecar killed first, debugpy's connect was
+/// refused and the step died with a traceback and exit code 1; with sidecar and keeper
+/// killed after debugpy connected (`pkill -9 amlx-agent`), the step waited for good. The
+/// step now runs to its end with its own exit code, within the attach timeout, the
+/// release bound and the margin.
 fn session_gone_before_debugpy_connects(end: EarlyEnd, process: &str) {
     use nix::sys::signal::Signal;
     let locks = tempfile::tempdir().expect("tempdir");
@@ -469,22 +520,23 @@ fn session_gone_before_debugpy_connects(end: EarlyEnd, process: &str) {
     let site = tempfile::tempdir().expect("tempdir");
     slow_python_start(site.path(), Duration::from_secs(2));
     let developer = DeveloperSide::relay_only("debug");
-    let (mut cmd, _) = waiting_step(&developer, locks.path(), "connect", process);
+    let (mut cmd, _) =
+        waiting_step_with(&developer, locks.path(), "connect", process, end.debugpy());
     cmd.env("PYTHONPATH", site.path());
     let mut agent = Running::spawn(&mut cmd);
-    let session = wait_state_why(
-        &state_dir,
-        agent.pid(),
-        "waiting-for-debugger",
-        "waiting for debugpy",
-        &agent,
-    );
+    let why = match end {
+        EarlyEnd::BothKilledAfterConnect => "no listener on the Hybrid Connection yet",
+        _ => "waiting for debugpy",
+    };
+    let session = wait_state_why(&state_dir, agent.pid(), "waiting-for-debugger", why, &agent);
     let [sidecar, keeper] = session_processes(&session);
     let pid = |p: u32| nix::unistd::Pid::from_raw(i32::try_from(p).expect("a PID fits i32"));
     let signalled = match end {
         EarlyEnd::SidecarStopped => vec![(sidecar.0, Signal::SIGSTOP)],
         EarlyEnd::SidecarKilled => vec![(sidecar.0, Signal::SIGKILL)],
-        EarlyEnd::BothKilled => vec![(keeper.0, Signal::SIGKILL), (sidecar.0, Signal::SIGKILL)],
+        EarlyEnd::BothKilled | EarlyEnd::BothKilledAfterConnect => {
+            vec![(keeper.0, Signal::SIGKILL), (sidecar.0, Signal::SIGKILL)]
+        }
     };
     for (process, signal) in signalled {
         nix::sys::signal::kill(pid(process), signal).expect("signal the session");
@@ -505,7 +557,7 @@ fn session_gone_before_debugpy_connects(end: EarlyEnd, process: &str) {
 }
 
 #[test]
-fn a_session_gone_before_debugpy_connects_leaves_the_step_to_run() {
+fn a_session_gone_while_debugpy_waits_leaves_the_step_to_run() {
     for end in EarlyEnd::ALL {
         for process in ["--replace", "--supervise"] {
             session_gone_before_debugpy_connects(end, process);

@@ -102,18 +102,66 @@ class _AmlxNoDebugger(Exception):
     pass
 
 
-def _amlx_survive_a_refused_connect():
-    # debugpy's `--connect` ends the whole step with a traceback when nothing listens on
-    # the node's debug port (the sidecar and its keeper both gone before debugpy
-    # started). A debugger that cannot come must not fail the step: the CLI's one call
-    # is turned into `_AmlxNoDebugger`, and the step runs without debugpy. One call only:
-    # a later `debugpy.connect` of the step's own is the step's business.
+def _amlx_guard_the_connect(release_after):
+    # debugpy's `--connect` holds the step until a debugger finishes its setup, with no
+    # bound of its own and nothing to cancel it with. The sidecar releases it at the
+    # attach deadline over debugpy's connection, and the sidecar's keeper does if the
+    # sidecar dies; with both gone (`pkill -9 amlx-agent`) nothing would. So past
+    # `release_after` since this start, if the connect still waits, pydevd is told to
+    # run, as a debugger's configurationDone would: a last resort that needs nothing but
+    # this process.
+    # And when nothing listens at all (the sidecar and its keeper gone before debugpy
+    # started), debugpy's connect ends the whole step with a traceback: the CLI's call
+    # raises `_AmlxNoDebugger` instead, and the step runs without debugpy.
+    # One call only: a later `debugpy.connect` of the step's own is the step's business.
+    import threading
+    import time
+
     import debugpy
 
     connect = debugpy.connect
+    at = None
+    if release_after is not None:
+        at = time.monotonic() + min(release_after, threading.TIMEOUT_MAX / 2)
 
-    def connect_or_run_undebugged(*args, **kwargs):
+    def debugger():
+        try:
+            return sys.modules["pydevd"].get_global_debugger()
+        except Exception:  # not imported yet, or half way
+            return None
+
+    def run_at_the_deadline(done):
+        # pydevd forgets its debugger when its connection closes, while the step still
+        # waits on that debugger: take hold of it first (it exists within milliseconds).
+        py_db = None
+        while py_db is None and time.monotonic() < at and not done.wait(0.05):
+            py_db = debugger()
+        if done.wait(max(0.0, at - time.monotonic())):
+            return
+        sys.stderr.write(
+            "amlx-agent: no debugger finished attaching within %g s of the step's "
+            "start; the step runs on without one\n" % release_after
+        )
+        sys.stderr.flush()
+        while not done.is_set():
+            try:
+                py_db = py_db or debugger()
+                py_db.ready_to_run = True
+                py_db._py_db_command_thread_event.set()
+            except Exception:
+                pass
+            done.wait(0.1)
+
+    def guarded_connect(*args, **kwargs):
         debugpy.connect = connect
+        done = threading.Event()
+        if at is not None:
+            threading.Thread(
+                target=run_at_the_deadline,
+                args=(done,),
+                name="amlx-agent release",
+                daemon=True,
+            ).start()
         try:
             return connect(*args, **kwargs)
         except OSError as error:
@@ -121,8 +169,10 @@ def _amlx_survive_a_refused_connect():
                 "debugpy could not connect to the debug sidecar (%s: %s)"
                 % (type(error).__name__, error)
             )
+        finally:
+            done.set()
 
-    debugpy.connect = connect_or_run_undebugged
+    debugpy.connect = guarded_connect
 
 
 def _amlx_run_plain(target):
@@ -163,7 +213,7 @@ if _amlx_cli is not None:
         and os.environ.get("DEBUGPY_RUNNING", "false") != "true"
     ):
         try:
-            _amlx_survive_a_refused_connect()
+            _amlx_guard_the_connect(AMLX_RELEASE_AFTER)
         except Exception as error:
             sys.stderr.write("amlx-agent: cannot guard debugpy's connect (%s)\n" % error)
     try:

@@ -243,13 +243,15 @@ fn prepare(
                 report_fd,
                 fail_without_debugpy: settings.session.on_failure == FailurePolicy::Fail,
                 // The sidecar releases a waiting step at the attach deadline, retrying for
-                // RELEASE_GRACE; past that the step lets itself go.
-                release_after: settings.session.wait_for_client.then(|| {
-                    settings
-                        .session
-                        .attach_timeout
-                        .saturating_add(crate::session::RELEASE_GRACE)
-                }),
+                // RELEASE_GRACE; past that the step lets itself go. A connect-mode step
+                // always waits (debugpy's --connect holds it until a debugger is set up).
+                release_after: (settings.session.wait_for_client || mode == DebugMode::Connect)
+                    .then(|| {
+                        settings
+                            .session
+                            .attach_timeout
+                            .saturating_add(crate::session::RELEASE_GRACE)
+                    }),
             };
             Some(inject::rewrite(&python, &endpoint, &options)?)
         }
