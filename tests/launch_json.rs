@@ -222,6 +222,129 @@ fn a_file_it_cannot_parse_is_left_alone() {
     assert!(!dir.path().join("launch.json.bak").exists());
 }
 
+/// Files in `dir` whose names say they are left over from a write (temporary files).
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".amlx-tmp"))
+        .collect()
+}
+
+/// `launch-json` in `dir`, bounded (a file that is not a regular one once made it read
+/// for ever).
+fn launch_json_within(dir: &Path, args: &[&str]) -> Output {
+    crate::util::output_within(
+        agent().current_dir(dir).arg("launch-json").args(args),
+        crate::util::DEADLINE,
+    )
+}
+
+/// A launch.json that is not a regular file, or a symlink to one that is not: a FIFO
+/// was read for ever (`run` and `launch-json` hung); a character device behind a symlink
+/// was read (`/dev/zero`: until memory ran out) or replaced by a regular file (as root,
+/// `-o /dev/stdout` with stdout on /dev/null turned /dev/null into a file). Each is now
+/// refused at once, saying what it is, and left as it was.
+#[test]
+fn a_launch_json_that_is_not_a_regular_file_is_refused_and_left_alone() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    nix::unistd::mkfifo(
+        &dir.path().join("fifo.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("mkfifo");
+    std::os::unix::fs::symlink("/dev/null", dir.path().join("null.json")).expect("symlink");
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.json")).expect("symlink");
+    std::fs::create_dir(dir.path().join("dir.json")).expect("mkdir");
+    for (name, what) in [
+        ("fifo.json", "is a FIFO"),
+        ("null.json", "is a character device"),
+        ("zero.json", "is a character device"),
+        ("dir.json", "is a directory"),
+    ] {
+        let output = launch_json_within(dir.path(), &["--ranks", "0", "--output", name]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(what), "{name}: {stderr}");
+        assert!(stderr.contains("not a regular file"), "{name}: {stderr}");
+    }
+    let null = std::fs::metadata("/dev/null").expect("/dev/null");
+    assert!(null.file_type().is_char_device(), "/dev/null was replaced");
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+    assert!(!Path::new("/dev/null.bak").exists());
+}
+
+/// A launch.json past the size limit is refused without being read whole.
+#[test]
+fn a_launch_json_over_the_size_limit_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("launch.json");
+    // Sparse: no disk space taken.
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(64 * 1024 * 1024 + 1).expect("set_len");
+    let output = launch_json_within(dir.path(), &["--ranks", "0", "--output", "launch.json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("larger than 64 MiB"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(&path).expect("still there").len(),
+        64 * 1024 * 1024 + 1
+    );
+}
+
+/// Writers at once on one launch.json (two `run`s of one project): they shared one
+/// temporary file name and truncated each other's file, which left launch.json invalid
+/// (every later run refused it) or without the user's entries. Each writer now has its
+/// own temporary file and waits for the others, so the file stays valid, keeps the
+/// user's entries and comments, and no temporary file is left.
+#[test]
+fn writers_at_once_leave_a_valid_file_with_the_users_entries() {
+    const WRITERS: usize = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("launch.json");
+    std::fs::write(&path, USER_LAUNCH_JSON).expect("write");
+    let mut children: Vec<_> = (0..WRITERS)
+        .map(|n| {
+            agent()
+                .current_dir(dir.path())
+                .args(["launch-json", "--output", "launch.json", "--ranks"])
+                .arg(format!("0-{n}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for child in &mut children {
+        let status = crate::util::wait_within(child, crate::util::DEADLINE);
+        assert!(status.success(), "a writer failed: {status}");
+    }
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert!(
+        text.contains("// Team settings: do not lose this comment."),
+        "{text}"
+    );
+    assert!(text.contains("\"Python: current file\""), "{text}");
+    // Still a file the merge can read: one more writer succeeds.
+    let again = launch_json_within(dir.path(), &["--ranks", "0-2", "--output", "launch.json"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+}
+
 /// `--post-mortem`: one more configuration where VS Code listens for whichever rank
 /// crashes (alone: the only one, no compound), and the relay command that feeds it.
 #[test]

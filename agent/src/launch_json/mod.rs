@@ -12,19 +12,18 @@
 //! - Only entries whose name starts with [`NAME_PREFIX`] are ever replaced; everything
 //!   else in the file, comments included, is kept byte for byte.
 
+mod file;
 mod jsonc;
 mod merge;
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::policy::RankSpec;
 use crate::session::DebugMode;
 
+pub use file::{LOCK_WAIT, MAX_LAUNCH_JSON_BYTES, WriteOutcome, backup_path, write};
 pub use jsonc::SyntaxError;
 pub use merge::MergeError;
 
@@ -274,95 +273,6 @@ pub fn merge(existing: &str, spec: &LaunchSpec) -> Result<String, MergeError> {
 /// A complete launch.json holding only the generated entries (plain JSON, no comment).
 pub fn render(spec: &LaunchSpec) -> String {
     merge(NEW_DOCUMENT, spec).expect("the built-in document is a JSON object")
-}
-
-/// What [`write()`] did to the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// The file did not exist.
-    Created,
-    /// The file changed; its previous content is in `backup`.
-    Updated { backup: PathBuf },
-    /// The file already held exactly these entries; not touched.
-    Unchanged,
-}
-
-/// Creates or merges into `path`; keeps the previous content in `<path>.bak` when it changes.
-pub fn write(path: &Path, spec: &LaunchSpec) -> anyhow::Result<WriteOutcome> {
-    // Write through a symlinked launch.json (dotfiles) instead of replacing the link.
-    let resolved;
-    let path = if path.is_symlink() {
-        resolved = std::fs::canonicalize(path)
-            .with_context(|| format!("could not resolve the symlink {}", path.display()))?;
-        resolved.as_path()
-    } else {
-        path
-    };
-    let old = match std::fs::read(path) {
-        Ok(bytes) => Some(
-            String::from_utf8(bytes)
-                .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?,
-        ),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-        Err(err) => return Err(err).with_context(|| format!("could not read {}", path.display())),
-    };
-    let Some(old) = old else {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("could not create {}", dir.display()))?;
-        }
-        let text = merge(NEW_FILE, spec).expect("the built-in file is a JSON object");
-        replace_file(path, &text, None)?;
-        return Ok(WriteOutcome::Created);
-    };
-    let base = if old.trim().is_empty() {
-        NEW_FILE
-    } else {
-        &old
-    };
-    let text = merge(base, spec).with_context(|| {
-        format!(
-            "{} was left unchanged: cannot merge into it",
-            path.display()
-        )
-    })?;
-    if text == old {
-        return Ok(WriteOutcome::Unchanged);
-    }
-    let backup = backup_path(path);
-    std::fs::write(&backup, &old)
-        .with_context(|| format!("could not write the backup {}", backup.display()))?;
-    let permissions = std::fs::metadata(path).ok().map(|m| m.permissions());
-    replace_file(path, &text, permissions)?;
-    Ok(WriteOutcome::Updated { backup })
-}
-
-/// `launch.json` → `launch.json.bak`.
-pub fn backup_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(".bak");
-    path.with_file_name(name)
-}
-
-/// Writes a sibling temporary file and renames it over `path`: never a half-written file.
-fn replace_file(
-    path: &Path,
-    text: &str,
-    permissions: Option<std::fs::Permissions>,
-) -> anyhow::Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".amlx-tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut file = std::fs::File::create(&tmp)
-        .with_context(|| format!("could not create {}", tmp.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("could not write {}", tmp.display()))?;
-    if let Some(permissions) = permissions {
-        std::fs::set_permissions(&tmp, permissions)
-            .with_context(|| format!("could not set permissions on {}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("could not replace {}", path.display()))
 }
 
 #[cfg(test)]
