@@ -123,3 +123,61 @@ fn exec_help_has_a_relay_section_with_credentials() {
         "the connection string must not be a flag:\n{help}"
     );
 }
+
+/// Commands that print, with stdout a pipe nobody reads any more (`amlx-agent status |
+/// head -1` once head has gone): `println!` panicked ("failed printing to stdout: Broken
+/// pipe", exit 101). Each now fails with a one-line error and exit code 1.
+#[test]
+fn a_stdout_nobody_reads_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let cases: [&[&str]; 5] = [
+        &["status"],
+        &["status", "--json"],
+        &["targets", "list", "--no-check"],
+        &["launch-json", "--ranks", "0", "--output", "launch.json"],
+        &["ports", "list"],
+    ];
+    for args in cases {
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        drop(read);
+        let mut cmd = agent();
+        // As a Python parent, a CI runner or `nohup` leave it: with SIGPIPE's default
+        // action the agent just ends, as every Unix tool does.
+        // SAFETY: between fork and exec only signal(2), which is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGPIPE,
+                    nix::sys::signal::SigHandler::SigIgn,
+                )
+                .map(drop)
+                .map_err(std::io::Error::from)
+            });
+        }
+        let stderr_file = tempfile::tempfile().expect("stderr file");
+        let mut child = cmd
+            .current_dir(dir.path())
+            .env("AMLX_STATE_DIR", &state)
+            .env("AMLX_LOCK_DIR", dir.path().join("locks"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(write))
+            .stderr(stderr_file.try_clone().expect("clone"))
+            .spawn()
+            .expect("spawn");
+        let status = crate::util::wait_within(&mut child, crate::util::DEADLINE);
+        let stderr = {
+            use std::io::{Read as _, Seek as _};
+            let mut file = stderr_file;
+            let mut text = String::new();
+            file.rewind().expect("rewind");
+            file.read_to_string(&mut text).expect("read stderr");
+            text
+        };
+        assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+}

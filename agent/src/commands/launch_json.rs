@@ -82,22 +82,23 @@ pub fn run(args: &LaunchJsonArgs, settings: &Settings) -> anyhow::Result<i32> {
             launch_json::POST_MORTEM_NAME
         ),
     };
-    match launch_json::write(path, &spec)? {
-        WriteOutcome::Created => println!("wrote {summary} to new {}", path.display()),
-        WriteOutcome::Updated { backup } => println!(
-            "wrote {summary} to {} (previous version: {})",
+    let done = match launch_json::write(path, &spec)? {
+        WriteOutcome::Created => format!("wrote {summary} to new {}\n", path.display()),
+        WriteOutcome::Updated { backup } => format!(
+            "wrote {summary} to {} (previous version: {})\n",
             path.display(),
             backup.display()
         ),
-        WriteOutcome::Unchanged => println!("{} already has {summary}", path.display()),
-    }
+        WriteOutcome::Unchanged => format!("{} already has {summary}\n", path.display()),
+    };
+    super::print_out(&done)?;
     if let Some(port) = post_mortem_port {
-        println!(
+        super::print_out(&format!(
             "for \"{}\": start it in VS Code, then run `amlx-agent relay listen --forward \
-             any={}:{port}` here; the crashed rank's session arrives whatever its port",
+             any={}:{port}` here; the crashed rank's session arrives whatever its port\n",
             launch_json::POST_MORTEM_NAME,
             args.host
-        );
+        ))?;
     }
     Ok(0)
 }

@@ -22,6 +22,16 @@ use crate::role::{self, Detection, Overrides, ProcessEnv};
 /// Exit code for errors in the agent itself (bad config, I/O), as opposed to the step's.
 pub const EXIT_AGENT_ERROR: i32 = 1;
 
+/// Writes `text` to stdout. A reader that went away (`| head -1`) is an error the caller
+/// returns, not a panic as `println!` makes it.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|err| anyhow::anyhow!("could not write to stdout: {err}"))
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let verbosity =

@@ -84,11 +84,11 @@ pub fn list_targets(args: &TargetsListArgs, settings: &Settings) -> anyhow::Resu
     // The project's file wins for a name in both, as `run -t NAME` does.
     targets.extend(read_project_targets(&project)?.unwrap_or_default());
     if targets.is_empty() {
-        println!(
+        super::print_out(&format!(
             "no named targets: add [targets.NAME] tables to {} or the config file \
-             (kind = \"local\" | \"docker\" | \"ssh\")",
+             (kind = \"local\" | \"docker\" | \"ssh\")\n",
             project.join(crate::config::PROJECT_TARGETS_FILE).display()
-        );
+        ))?;
         return Ok(0);
     }
     let mut unreachable = 0;
@@ -112,10 +112,10 @@ pub fn list_targets(args: &TargetsListArgs, settings: &Settings) -> anyhow::Resu
                 }
             }
         };
-        println!(
-            "{}  {}  {place}  ({}){status}",
+        super::print_out(&format!(
+            "{}  {}  {place}  ({}){status}\n",
             spec.name, spec.kind, spec.defined_at
-        );
+        ))?;
     }
     Ok(i32::from(unreachable > 0))
 }

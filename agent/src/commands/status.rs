@@ -43,7 +43,7 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<i32> {
         };
         // Paths go out lossily and every other field is text or a number: it serializes.
         let text = serde_json::to_string_pretty(&report).expect("the report always serializes");
-        println!("{text}");
+        super::print_out(&format!("{text}\n"))?;
     } else if sessions.is_empty() {
         let looked: Vec<String> = dirs
             .iter()
@@ -54,9 +54,9 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<i32> {
         } else {
             looked.join(", ")
         };
-        println!("no debug sessions on this node ({looked})");
+        super::print_out(&format!("no debug sessions on this node ({looked})\n"))?;
     } else {
-        print!("{}", table(&sessions, now));
+        super::print_out(&table(&sessions, now))?;
     }
     Ok(0)
 }
