@@ -36,10 +36,37 @@ pub fn breakpoint_code() -> &'static str {
     line.split('#').next().unwrap_or(line).trim()
 }
 
-/// Writes the example step into `dir`; returns its path.
+/// Writes the example step into `dir`; returns its path. A file of that name that is not
+/// the example step (the user's own `train.py` in the `--dir` they gave) is never
+/// overwritten: that is an error naming it.
 pub fn write_step(dir: &Path) -> anyhow::Result<PathBuf> {
     let path = dir.join(STEP_FILE);
-    std::fs::write(&path, EXAMPLE_STEP)
+    match std::fs::symlink_metadata(&path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(err).with_context(|| format!("could not look at {}", path.display()));
+        }
+        Ok(meta) => {
+            // Bounded: the example is small, and a file much larger is not it.
+            let ours = meta.is_file()
+                && meta.len() == EXAMPLE_STEP.len() as u64
+                && std::fs::read(&path).is_ok_and(|text| text == EXAMPLE_STEP.as_bytes());
+            anyhow::ensure!(
+                ours,
+                "{} already exists and is not the demo's example step; the demo does not \
+                 overwrite it: give --dir an empty or new folder (or leave --dir out for a \
+                 temporary one)",
+                path.display()
+            );
+            return Ok(path);
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("could not create the example step {}", path.display()))?;
+    std::io::Write::write_all(&mut file, EXAMPLE_STEP.as_bytes())
         .with_context(|| format!("could not write the example step {}", path.display()))?;
     Ok(path)
 }
@@ -47,6 +74,27 @@ pub fn write_step(dir: &Path) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_is_not_the_example_is_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_step(dir.path()).expect("a new folder");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), EXAMPLE_STEP);
+        // The example itself, from an earlier demo: used again.
+        assert_eq!(write_step(dir.path()).expect("the example again"), path);
+        for theirs in ["# my training code\n", ""] {
+            std::fs::write(&path, theirs).expect("write");
+            let err = write_step(dir.path()).expect_err("must refuse");
+            assert!(
+                format!("{err:#}").contains("does not overwrite it"),
+                "{err:#}"
+            );
+            assert_eq!(std::fs::read_to_string(&path).expect("read"), theirs);
+        }
+        std::fs::remove_file(&path).expect("remove");
+        std::fs::create_dir(&path).expect("a folder named train.py");
+        assert!(write_step(dir.path()).is_err());
+    }
 
     #[test]
     fn the_breakpoint_line_is_code_in_the_loop() {
