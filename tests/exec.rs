@@ -72,6 +72,32 @@ fn missing_command_exits_127_with_one_line() {
     }
 }
 
+/// A debug target whose command cannot start: 127 and the one line, and nothing else. The
+/// sidecar used to read the agent's own end of the session as "the step closed the
+/// descriptors it was started with while still running" and warn about that.
+#[test]
+fn a_debug_target_whose_command_is_missing_exits_127_without_a_false_warning() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let (start, end) = util::free_port_range(4);
+    for mode in MODES {
+        let mut cmd = util::agent();
+        cmd.args(["exec", mode, "--debug", "--rank", "0", "--mode", "direct"])
+            .args(["--node-ip", "127.0.0.1", "--lock-dir"])
+            .arg(locks.path())
+            .env("AMLX_STATE_DIR", locks.path().join("state"))
+            .args(["--port-range", &format!("{start}-{end}")])
+            .args(["--", "amlx-test-no-such-command"]);
+        let out = output_bounded(&mut cmd);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(127), "{mode}: {stderr}");
+        assert!(stderr.contains("command not found"), "{mode}: {stderr}");
+        assert!(
+            !stderr.contains("closed the descriptors"),
+            "{mode}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn non_executable_file_or_directory_exits_126() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -112,7 +112,14 @@ pub enum LifelineEnd {
     StepGone,
     /// Every holder closed the write end while the agent's process still ran.
     Closed,
+    /// The agent ended the session itself ([`Sidecar::terminate`]: its step could not
+    /// start, or a supervised step has exited).
+    Ended,
 }
+
+/// What [`Sidecar::terminate`] writes on the lifeline before closing it: the session
+/// ends on purpose, not because a step closed descriptors it inherited.
+const ENDED_ON_PURPOSE: u8 = b'e';
 
 /// The sidecar's end of the lifeline: resolves [`Lifeline::ended`] at EOF, or when the
 /// step is gone.
@@ -158,11 +165,20 @@ impl Lifeline {
                 return std::future::pending().await;
             };
             let mut sink = [0u8; 64];
-            while matches!(pipe.read(&mut sink).await, Ok(n) if n > 0) {}
+            let mut on_purpose = false;
+            while let Ok(n) = pipe.read(&mut sink).await
+                && n > 0
+            {
+                on_purpose |= sink.get(..n).is_some_and(|b| b.contains(&ENDED_ON_PURPOSE));
+            }
+            on_purpose
         };
-        tokio::select! {
+        let on_purpose = tokio::select! {
             () = step_gone => return LifelineEnd::StepGone,
-            () = pipe_closed => {}
+            on_purpose = pipe_closed => on_purpose,
+        };
+        if on_purpose {
+            return LifelineEnd::Ended;
         }
         // A process that exits closes its descriptors a moment before its pidfd says it
         // is gone: only a step still there after that moment closed the lifeline itself.
@@ -211,7 +227,10 @@ impl Sidecar {
     /// gone. The keeper gives the sidecar a short grace to publish its final state, then
     /// SIGKILLs and reaps it.
     pub fn terminate(mut self) {
-        drop(self.lifeline.take());
+        if let Some(lifeline) = self.lifeline.take() {
+            // Best effort: a full pipe (nobody reads it) changes only the log line.
+            let _ = nix::unistd::write(&lifeline, &[ENDED_ON_PURPOSE]);
+        }
         let deadline = Instant::now() + TERMINATE_GRACE;
         let mut pipe = File::from(self.keeper_gone);
         loop {
