@@ -213,31 +213,41 @@ fn demo_help_names_its_options_and_examples() {
     }
 }
 
+/// SIGTERM, Ctrl-C (SIGINT) and SIGHUP (the terminal closed) to the demo while its step
+/// waits for VS Code: the step and everything else stop. SIGHUP used to end the demo at
+/// once with its default action, leaving the step and both agents running, orphaned.
 #[test]
-fn sigterm_to_the_demo_stops_the_waiting_step_and_everything_else() {
-    let state = tempfile::tempdir().expect("tempdir");
-    let marker = new_marker();
-    let (mut child, output) = Captured::spawn(&mut demo(state.path(), free_port(), "10m", &marker));
-    // The step's debugpy came through the relay: the session waits for VS Code.
-    util::wait_for("the step to wait for VS Code", SESSION_DEADLINE, || {
-        output
-            .stdout()
-            .contains("is waiting for VS Code")
-            .then_some(())
-    });
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM the demo");
-    let status = util::wait_within(&mut child, SESSION_DEADLINE);
-    let stdout = output.stdout();
-    let all = format!("stdout:\n{stdout}\nstderr:\n{}", output.stderr());
-    position(&stdout, "amlx-agent demo: stopping the step");
-    position(
-        &stdout,
-        "amlx-agent demo: stopped before a debugger attached",
-    );
-    assert!(!status.success(), "a stopped step does not exit 0\n{all}");
-    let left = processes_with(&marker);
-    assert!(left.is_empty(), "left running: {left:?}\n{all}");
+fn stop_signals_to_the_demo_stop_the_waiting_step_and_everything_else() {
+    use nix::sys::signal::Signal;
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        let state = tempfile::tempdir().expect("tempdir");
+        let marker = new_marker();
+        let (mut child, output) =
+            Captured::spawn(&mut demo(state.path(), free_port(), "10m", &marker));
+        // The step's debugpy came through the relay: the session waits for VS Code.
+        util::wait_for("the step to wait for VS Code", SESSION_DEADLINE, || {
+            output
+                .stdout()
+                .contains("is waiting for VS Code")
+                .then_some(())
+        });
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+        nix::sys::signal::kill(pid, signal).expect("signal the demo");
+        let status = util::wait_within(&mut child, SESSION_DEADLINE);
+        let stdout = output.stdout();
+        let all = format!("{signal}: stdout:\n{stdout}\nstderr:\n{}", output.stderr());
+        assert!(
+            stdout.contains("amlx-agent demo: stopping the step"),
+            "{all}"
+        );
+        assert!(
+            stdout.contains("amlx-agent demo: stopped before a debugger attached"),
+            "{all}"
+        );
+        assert!(!status.success(), "a stopped step does not exit 0\n{all}");
+        let left = processes_with(&marker);
+        assert!(left.is_empty(), "{signal}: left running: {left:?}\n{all}");
+    }
 }
 
 /// A running demo's stdout and stderr, through files (readable while it runs, and a

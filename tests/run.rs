@@ -301,6 +301,46 @@ fn a_named_target_from_the_project_file_sets_the_ranks() {
     assert_eq!(configs.len(), 2);
 }
 
+/// A stop signal while the target is being prepared (here `docker version` against an
+/// engine that accepts the connection and never answers): `run` used to catch signals
+/// only once the step ran, so SIGTERM ended it at once and left the docker client it
+/// waited on running, orphaned, for as long as that client waits (it has no bound of its
+/// own). Now the command is stopped with it, and `run` exits 128 + the signal.
+#[test]
+fn a_stop_signal_while_the_target_is_prepared_stops_what_it_ran() {
+    use nix::sys::signal::Signal;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let engine = format!("tcp://{}", silent.local_addr().expect("address"));
+    for signal in [Signal::SIGTERM, Signal::SIGHUP] {
+        let (_dir, project) = project();
+        let state = tempfile::tempdir().expect("tempdir");
+        let marker = new_marker();
+        let mut cmd = run_in(&project, state.path(), &marker);
+        cmd.env("DOCKER_HOST", &engine).args([
+            "-t",
+            "docker",
+            "--image",
+            "amlx-nothing",
+            "--",
+            "python3",
+            "step.py",
+        ]);
+        let run = Running::start(&mut cmd, marker.clone());
+        let pid = run.child.id();
+        util::wait_for("run's docker client", SESSION_DEADLINE, || {
+            util::children_of(pid)
+                .into_iter()
+                .any(|(child, _)| util::command_line(child).contains("docker"))
+                .then_some(())
+        });
+        let raw = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits"));
+        nix::sys::signal::kill(raw, signal).expect("signal run");
+        let (code, all) = run.finish();
+        assert_eq!(code, 128 + signal as i32, "{signal}: {all}");
+        assert!(all.contains("before the step started"), "{signal}: {all}");
+    }
+}
+
 /// Bad targets and bad `run` input: a clear error naming the cause, exit 1, and the step
 /// never started.
 #[test]

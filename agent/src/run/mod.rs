@@ -31,9 +31,10 @@ use std::ffi::OsString;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use nix::sys::signal::Signal;
 
 use crate::launch_json::{self, DebugTarget, LaunchSpec};
 use crate::policy::RankSpec;
@@ -213,13 +214,27 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
     if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!("cannot adopt the step's leftover processes ({err}); they end on their own");
     }
-    target.prepare()?;
     // One thread for the relay, the listener and the watcher: the quiet log default
     // below is per thread, and a run needs no more.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
+    let mut stops = {
+        let _context = runtime.enter();
+        reap::Stops::catch()
+    };
+    if let Some(signal) = prepare_unless_stopped(&runtime, target, stops.as_mut())? {
+        say!(
+            "{}: {signal} before the step started; stopped what the target's preparation ran",
+            options.label
+        );
+        target.cleanup();
+        runtime.block_on(async {
+            let _ = tokio::task::spawn_blocking(|| reap::leftovers(LEFTOVER_TIMEOUT)).await;
+        });
+        return Ok(SIGNAL_EXIT_BASE.saturating_add(signal as i32));
+    }
     let _quiet = quiet_logs();
     let plan = Plan {
         options,
@@ -229,11 +244,61 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
         post_mortem,
         port_range,
     };
-    let result = runtime.block_on(session(&plan, target));
+    let result = runtime.block_on(session(&plan, target, stops.as_mut()));
     runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
     target.cleanup();
     drop(vscode);
     result
+}
+
+/// Exit code of a `run` stopped by signal N before its step started: 128 + N, as a shell
+/// reports a command the signal ended.
+const SIGNAL_EXIT_BASE: i32 = 128;
+
+/// Between two looks whether a stopped preparation has ended.
+const PREPARE_POLL: Duration = Duration::from_millis(20);
+
+/// Gets the target ready (a docker build, an ssh copy: bounded by the target) on a thread
+/// of its own while this one watches for a stop signal. On one, every child of this
+/// process (the commands the preparation waits on) is asked to stop, the preparation is
+/// waited for (its own bounds hold) and the signal returned.
+fn prepare_unless_stopped(
+    runtime: &tokio::runtime::Runtime,
+    target: &mut dyn Target,
+    stops: Option<&mut reap::Stops>,
+) -> anyhow::Result<Option<Signal>> {
+    std::thread::scope(|scope| {
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let preparing = scope.spawn(move || {
+            let prepared = target.prepare();
+            let _ = done.send(());
+            prepared
+        });
+        let stopped = runtime.block_on(async {
+            tokio::select! {
+                _ = finished => None,
+                signal = reap::Stops::asked(stops) => Some(signal),
+            }
+        });
+        if stopped.is_some() {
+            // SIGTERM first (docker cancels its build), SIGKILL past the grace.
+            reap::stop_children(Signal::SIGTERM);
+            let asked = Instant::now();
+            while !preparing.is_finished() {
+                if asked.elapsed() >= STOP_GRACE {
+                    reap::stop_children(Signal::SIGKILL);
+                }
+                std::thread::sleep(PREPARE_POLL);
+            }
+        }
+        let prepared = preparing
+            .join()
+            .map_err(|_| anyhow::anyhow!("the target's preparation panicked"))?;
+        match stopped {
+            Some(signal) => Ok(Some(signal)),
+            None => prepared.map(|()| None),
+        }
+    })
 }
 
 /// Everything decided before the session starts.
@@ -295,7 +360,11 @@ impl Relay {
     }
 }
 
-async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32> {
+async fn session(
+    plan: &Plan<'_>,
+    target: &mut dyn Target,
+    stops: Option<&mut reap::Stops>,
+) -> anyhow::Result<i32> {
     let options = plan.options;
     let relay = Relay::start(&options.relay).await?;
     let listener = match relay.endpoint() {
@@ -327,7 +396,7 @@ async fn session(plan: &Plan<'_>, target: &mut dyn Target) -> anyhow::Result<i32
         }
     };
     let watcher = state_dir.map(|dir| Watcher::start(dir, format!("relay:{}/", relay.hc())));
-    let ended = reap::wait_step(child, lifeline, STOP_GRACE, options.label).await;
+    let ended = reap::wait_step(child, lifeline, stops, STOP_GRACE, options.label).await;
     let _ = tokio::task::spawn_blocking(|| reap::leftovers(LEFTOVER_TIMEOUT)).await;
     let followed = watcher.is_some();
     let history = match watcher {
@@ -547,7 +616,7 @@ fn instructions(plan: &Plan<'_>, target: &dyn Target, relay: &Relay) -> anyhow::
     text.push_str(&format!(
         "  1. Open the folder in VS Code: code {}\n     \
          Its .vscode/launch.json holds {} (or paste {} into yours):\n",
-        options.project.display(),
+        crate::process::shell_word(&options.project.to_string_lossy()),
         if several {
             "these configurations and a compound starting the ranks' ones"
         } else {

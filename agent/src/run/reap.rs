@@ -23,44 +23,75 @@ pub struct Ended {
     pub interrupted: bool,
 }
 
-/// Waits for the step; on SIGINT or SIGTERM to this process, asks the step to stop —
-/// by closing its `lifeline` when it has one (a remote host stops the step when its
-/// input ends), else by SIGTERM (a container's client passes it on) — and gives it
-/// `grace` before SIGKILL. `label` starts the line that says so.
+/// The signals that ask `run` to stop: SIGINT (Ctrl-C), SIGTERM, and SIGHUP (the
+/// terminal closed, or a supervisor that signals only this process). Caught from the
+/// run's start: watched only while the step ran, one that came while the target was
+/// prepared (a docker build, an ssh copy) ended `run` at once and left its children
+/// running, and SIGHUP always did, leaving the step and its agents orphaned.
+#[derive(Debug)]
+pub struct Stops {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Stops {
+    /// Catches the three signals from now on (needs a runtime's context); `None`, with a
+    /// warning, when that cannot be done: they then keep their default action.
+    pub fn catch() -> Option<Stops> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let caught = (|| {
+            Ok::<_, std::io::Error>(Stops {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+                hangup: signal(SignalKind::hangup())?,
+            })
+        })();
+        caught
+            .map_err(|err| {
+                tracing::warn!(
+                    "cannot catch SIGINT/SIGTERM/SIGHUP ({err}); they end `run` at once"
+                );
+            })
+            .ok()
+    }
+
+    /// Resolves with the next stop signal (one that came since the catch counts). Pending
+    /// for ever without `stops`. Cancel-safe: signal streams keep their state.
+    pub async fn asked(stops: Option<&mut Stops>) -> Signal {
+        let Some(stops) = stops else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = stops.interrupt.recv() => Signal::SIGINT,
+            _ = stops.terminate.recv() => Signal::SIGTERM,
+            _ = stops.hangup.recv() => Signal::SIGHUP,
+        }
+    }
+}
+
+/// Waits for the step; on a stop signal (see [`Stops`]), asks the step to stop — by
+/// closing its `lifeline` when it has one (a remote host stops the step when its input
+/// ends), else by SIGTERM (a container's client passes it on) — and gives it `grace`
+/// before SIGKILL. `label` starts the line that says so.
 pub async fn wait_step(
     child: Child,
     lifeline: Option<ChildStdin>,
+    stops: Option<&mut Stops>,
     grace: Duration,
     label: &str,
 ) -> anyhow::Result<Ended> {
-    use tokio::signal::unix::{SignalKind, signal};
     let pid = pid_of(&child);
     let mut child = child;
     let waiter = tokio::task::spawn_blocking(move || child.wait());
     tokio::pin!(waiter);
-    let stop_asked = async {
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut interrupt), Ok(mut terminate)) => {
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            (Err(err), _) | (_, Err(err)) => {
-                tracing::warn!("cannot watch SIGINT/SIGTERM ({err}); the step runs to its end");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+    let stop_asked = Stops::asked(stops);
     // Both branches are cancel-safe: a join handle and signal streams keep their state.
     tokio::select! {
         status = &mut waiter => {
             return joined(status).map(|status| Ended { status, interrupted: false });
         }
-        () = stop_asked => {}
+        signal = stop_asked => tracing::debug!("{signal} asks `run` to stop"),
     }
     // `say!`, never println!: with stdout a closed pipe (`run … | head`) a panic here
     // would skip stopping the step, and dropping the runtime would then wait for the
@@ -133,14 +164,25 @@ pub fn leftovers(timeout: Duration) {
 
 /// SIGKILLs every child of this process (found through /proc).
 fn kill_children() {
+    for pid in children() {
+        tracing::warn!("process {pid} outlived the step; killing it");
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+}
+
+/// This process's children (from /proc).
+fn children() -> Vec<Pid> {
     let me = std::process::id();
-    for pid in crate::publish::holder::pids() {
-        let parent = crate::publish::holder::read_stat(pid).map(|stat| stat.parent);
-        if parent == Some(me)
-            && let Ok(raw) = i32::try_from(pid)
-        {
-            tracing::warn!("process {pid} outlived the step; killing it");
-            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-        }
+    crate::publish::holder::pids()
+        .filter(|&pid| crate::publish::holder::read_stat(pid).map(|stat| stat.parent) == Some(me))
+        .filter_map(|pid| i32::try_from(pid).ok().map(Pid::from_raw))
+        .collect()
+}
+
+/// Sends `signal` to every child of this process: the commands a target's preparation
+/// waits on, when a stop signal comes meanwhile.
+pub fn stop_children(signal: Signal) {
+    for pid in children() {
+        let _ = kill(pid, signal);
     }
 }

@@ -51,6 +51,10 @@ pub struct Docker {
     name: String,
     /// The run's status-record directory, mounted into the container.
     state: Option<PathBuf>,
+    /// Whether the container's `docker run` was made: without it there is no container
+    /// to remove (a stop during the preparation), and asking an engine that does not
+    /// answer would hold the stop for the engine's timeout.
+    command_made: std::cell::Cell<bool>,
 }
 
 impl Docker {
@@ -72,6 +76,7 @@ impl Docker {
             env,
             name,
             state: None,
+            command_made: std::cell::Cell::new(false),
         }
     }
 
@@ -190,20 +195,23 @@ impl Target for Docker {
             cmd.env_remove(name);
         }
         cmd.stdin(std::process::Stdio::null());
+        self.command_made.set(true);
         Ok(cmd)
     }
 
     fn cleanup(&mut self) {
         // `--rm` removes a container that exited; this catches one that did not (Ctrl-C
         // before it started, a killed client). "No such container" is the usual answer.
-        let mut rm = self.docker();
-        rm.args(["rm", "--force", &self.name]);
-        match output_within(rm, ENGINE_TIMEOUT, "docker rm") {
-            Ok(out) if out.status.success() => {
-                tracing::debug!("removed container {}", self.name);
+        if self.command_made.get() {
+            let mut rm = self.docker();
+            rm.args(["rm", "--force", &self.name]);
+            match output_within(rm, ENGINE_TIMEOUT, "docker rm") {
+                Ok(out) if out.status.success() => {
+                    tracing::debug!("removed container {}", self.name);
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!("could not remove container {}: {err:#}", self.name),
             }
-            Ok(_) => {}
-            Err(err) => tracing::warn!("could not remove container {}: {err:#}", self.name),
         }
         if let Some(state) = self.state.take()
             && let Err(err) = std::fs::remove_dir_all(&state)

@@ -27,7 +27,7 @@ pub struct StateDirs {
 }
 
 /// A place a step runs: this machine, a container, a remote host.
-pub trait Target: std::fmt::Debug {
+pub trait Target: std::fmt::Debug + Send {
     /// For messages: `this machine`, `Docker container NAME of IMAGE`.
     fn describe(&self) -> String;
 
