@@ -247,6 +247,33 @@ fn unreadable_records_are_reported_not_fatal() {
     );
 }
 
+/// Anyone may put a file in a shared sessions directory, and the warning about an
+/// unreadable one names it: a newline in the name printed a line of its own, which could
+/// pass for one of the agent's (`…Z  INFO all good`). It is now escaped.
+#[test]
+fn an_unreadable_records_name_cannot_forge_a_log_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sessions = dir.path().join("sessions");
+    std::fs::create_dir_all(&sessions).expect("dir");
+    let forged = "2026-01-01T00:00:00Z  INFO all good";
+    std::fs::write(sessions.join(format!("a\n{forged}.json")), "{").expect("write");
+    let out = crate::util::output_within(
+        agent()
+            .args(["status", "--state-dir"])
+            .arg(dir.path())
+            .env("NO_COLOR", "1"),
+        crate::util::DEADLINE,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("skipping"), "{stderr}");
+    assert!(
+        !stderr.lines().any(|line| line.starts_with(forged)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("a\\n2026"), "{stderr}");
+}
+
 #[test]
 fn status_help_has_examples() {
     let out = agent()

@@ -31,7 +31,13 @@ pub fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<i32> {
         None => status_file::list_sessions_in(&dirs),
     };
     for file in &unreadable {
-        tracing::warn!("skipping {}: {}", file.path.display(), file.error);
+        // Anyone may name a file in a shared sessions directory: escaped, so a newline
+        // in a name cannot print a forged log line.
+        tracing::warn!(
+            "skipping {}: {}",
+            loggable(&file.path.display().to_string()),
+            loggable(&file.error)
+        );
     }
     let now = unix_now();
     if args.json {

@@ -119,14 +119,18 @@ pub fn targets_from_ranks(spec: &str, base: u16) -> Result<Vec<DebugTarget>, Tar
     ranks
         .into_iter()
         .map(|rank| {
-            u16::try_from(rank)
+            let port = u16::try_from(rank)
                 .ok()
                 .and_then(|r| base.checked_add(r))
-                .map(|port| DebugTarget {
-                    rank: Some(rank),
-                    port,
-                })
-                .ok_or(TargetError::PortOverflow { rank, base })
+                .ok_or(TargetError::PortOverflow { rank, base })?;
+            // `--port-base 0`: rank 0 would get port 0, which `--ports 0` refuses too.
+            if port == 0 {
+                return Err(TargetError::PortZero);
+            }
+            Ok(DebugTarget {
+                rank: Some(rank),
+                port,
+            })
         })
         .collect()
 }

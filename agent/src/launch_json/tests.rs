@@ -59,6 +59,9 @@ fn targets_from_rank_specs() {
         Err(TargetError::TooMany(_))
     ));
     assert_eq!(ranks("0-1023", 1000).map(|t| t.len()), Ok(MAX_TARGETS));
+    // `--port-base 0` gave rank 0 port 0, which `--ports 0` refuses.
+    assert_eq!(ranks("0-1", 0), Err(TargetError::PortZero));
+    assert_eq!(ranks("1-2", 0), Ok(vec![(Some(1), 1), (Some(2), 2)]));
 }
 
 #[test]

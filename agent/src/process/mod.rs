@@ -83,6 +83,35 @@ pub fn command_line(argv: &[OsString]) -> String {
         .join(" ")
 }
 
+/// `text` as one single-quoted POSIX shell word, whatever it holds.
+///
+/// ```
+/// assert_eq!(amlx_agent::process::shell_quote("it's"), r"'it'\''s'");
+/// ```
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// `text` as one shell word to paste: as it is when no shell reads anything special in
+/// it, else quoted ([`shell_quote`]).
+///
+/// ```
+/// use amlx_agent::process::shell_word;
+/// assert_eq!(shell_word("/home/me/src/trainer"), "/home/me/src/trainer");
+/// assert_eq!(shell_word("/home/me/my $(id) proj"), "'/home/me/my $(id) proj'");
+/// ```
+pub fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%,=".contains(&b));
+    if plain {
+        text.to_owned()
+    } else {
+        shell_quote(text)
+    }
+}
+
 /// Replace when not PID 1, supervise when PID 1 (container ENTRYPOINT).
 pub fn default_mode() -> ProcessMode {
     if std::process::id() == 1 {

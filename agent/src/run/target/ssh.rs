@@ -23,6 +23,7 @@ use super::command::succeed_within;
 use super::docker::{AGENT_IN_CONTAINER, Mounts, PROJECT_IN_CONTAINER, run_args};
 use super::{SshAddress, StateDirs, Target};
 use crate::config::ENV_RELAY_CONNECTION_STRING;
+use crate::process::shell_quote as quote;
 use crate::run::step::{Launch, StepCommand};
 
 /// The SSH client program (OpenSSH: the user's config, agent and known hosts apply).
@@ -486,11 +487,6 @@ fn hex(bytes: &[u8], count: usize) -> String {
         let _ = write!(out, "{b:02x}");
         out
     })
-}
-
-/// `text` as one single-quoted shell word.
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// An argument as one shell word. Arguments are checked to be UTF-8 before the script
