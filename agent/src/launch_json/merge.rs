@@ -13,12 +13,25 @@ use super::jsonc::{self, Member, SyntaxError, Value};
 /// Why an existing launch.json cannot be merged into; the file is left alone.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MergeError {
+    // Not `#[from]`: that makes the syntax error the source too, and an error chain
+    // (`{err:#}`) then printed it twice.
     #[error("it is not JSON with comments ({0})")]
-    Syntax(#[from] SyntaxError),
+    Syntax(SyntaxError),
     #[error("its top level is not an object")]
     NotAnObject,
     #[error("its \"{0}\" is not an array")]
     NotAnArray(String),
+    #[error(
+        "it has \"{0}\" twice at its top level, and VS Code reads only the last one: \
+         merge the two into one"
+    )]
+    DuplicateKey(String),
+}
+
+impl From<SyntaxError> for MergeError {
+    fn from(err: SyntaxError) -> MergeError {
+        MergeError::Syntax(err)
+    }
 }
 
 /// Indentation step when the file gives no example of its own.
@@ -52,6 +65,12 @@ fn array_items<'v>(
     root: &'v Value,
     key: &str,
 ) -> Result<Option<(&'v Member, &'v [Value])>, MergeError> {
+    if let Value::Object { members, .. } = root
+        && members.iter().filter(|m| m.key == key).count() > 1
+    {
+        // Entries added to the first would be invisible to VS Code, which keeps the last.
+        return Err(MergeError::DuplicateKey(key.to_owned()));
+    }
     match root.member(key) {
         None => Ok(None),
         Some(member) => match &member.value {

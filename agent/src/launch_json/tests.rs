@@ -322,6 +322,10 @@ fn merge_refuses_what_it_cannot_edit() {
         ("{\"compounds\": 3}", "\"compounds\" is not an array"),
         ("{\n  \"a\": 1\n  \"b\": 2\n}", "line 3, column 3"),
         ("// only a comment\n", "end of the text"),
+        (
+            "{\"configurations\": [], \"configurations\": [{\"name\": \"b\"}]}",
+            "has \"configurations\" twice",
+        ),
     ];
     for (text, expected) in cases {
         let err = merge(text, &spec).expect_err(text);
