@@ -233,7 +233,7 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
         runtime.block_on(async {
             let _ = tokio::task::spawn_blocking(|| reap::leftovers(LEFTOVER_TIMEOUT)).await;
         });
-        return Ok(SIGNAL_EXIT_BASE.saturating_add(signal as i32));
+        return Ok(report::signal_exit_code(signal));
     }
     let _quiet = quiet_logs();
     let plan = Plan {
@@ -250,10 +250,6 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
     drop(vscode);
     result
 }
-
-/// Exit code of a `run` stopped by signal N before its step started: 128 + N, as a shell
-/// reports a command the signal ended.
-const SIGNAL_EXIT_BASE: i32 = 128;
 
 /// Between two looks whether a stopped preparation has ended.
 const PREPARE_POLL: Duration = Duration::from_millis(20);
@@ -411,9 +407,13 @@ async fn session(
         ranks: plan.ranks.to_vec(),
         history,
         attached,
-        interrupted: ended.interrupted,
+        interrupted: ended.interrupted.is_some(),
         attach_timeout: options.attach_timeout,
-        code: exit_code(ended.status),
+        // Stopped by Ctrl-C: 130, as a shell reports an interrupted command, whatever
+        // the step made of the SIGTERM it was sent.
+        code: ended
+            .interrupted
+            .map_or_else(|| exit_code(ended.status), report::signal_exit_code),
         followed,
     };
     say!("{}", report.summary());

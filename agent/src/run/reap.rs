@@ -19,8 +19,9 @@ const AFTER_KILL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy)]
 pub struct Ended {
     pub status: ExitStatus,
-    /// This process was asked to stop (Ctrl-C, SIGTERM) and stopped the step.
-    pub interrupted: bool,
+    /// The signal that asked this process to stop (Ctrl-C, SIGTERM, SIGHUP), after
+    /// which it stopped the step.
+    pub interrupted: Option<Signal>,
 }
 
 /// The signals that ask `run` to stop: SIGINT (Ctrl-C), SIGTERM, and SIGHUP (the
@@ -87,12 +88,12 @@ pub async fn wait_step(
     tokio::pin!(waiter);
     let stop_asked = Stops::asked(stops);
     // Both branches are cancel-safe: a join handle and signal streams keep their state.
-    tokio::select! {
+    let signal = tokio::select! {
         status = &mut waiter => {
-            return joined(status).map(|status| Ended { status, interrupted: false });
+            return joined(status).map(|status| Ended { status, interrupted: None });
         }
-        signal = stop_asked => tracing::debug!("{signal} asks `run` to stop"),
-    }
+        signal = stop_asked => signal,
+    };
     // `say!`, never println!: with stdout a closed pipe (`run … | head`) a panic here
     // would skip stopping the step, and dropping the runtime would then wait for the
     // step's waiter: `run` would hang until the step ended on its own.
@@ -113,7 +114,7 @@ pub async fn wait_step(
     };
     status.map(|status| Ended {
         status,
-        interrupted: true,
+        interrupted: Some(signal),
     })
 }
 

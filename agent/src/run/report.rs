@@ -19,6 +19,12 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
+/// The exit code of a `run` that signal `signal` stopped: 128 + N, as a shell reports a
+/// command that signal ended (Ctrl-C: 130).
+pub fn signal_exit_code(signal: nix::sys::signal::Signal) -> i32 {
+    SIGNAL_EXIT_BASE + signal as i32
+}
+
 /// What `run` saw, for its closing line.
 #[derive(Debug)]
 pub struct Report {
