@@ -673,13 +673,49 @@ fn command_line(command: &[OsString]) -> String {
 
 /// `path` made absolute and real: breakpoints match on the path debugpy sees.
 pub fn project_dir(path: &Path) -> anyhow::Result<PathBuf> {
-    path.canonicalize()
-        .with_context(|| format!("the project folder {} is not usable", path.display()))
+    let dir = path
+        .canonicalize()
+        .with_context(|| format!("the project folder {} is not usable", path.display()))?;
+    anyhow::ensure!(
+        dir.is_dir(),
+        "the project folder {} is not a folder: give --dir the folder that holds the step \
+         (its .vscode/launch.json is written there)",
+        path.display()
+    );
+    // launch.json's localRoot must name the folder exactly: a name that is not UTF-8
+    // would be written with U+FFFD in it, and no breakpoint would ever match.
+    anyhow::ensure!(
+        dir.to_str().is_some(),
+        "the project folder {} has a path that is not UTF-8, which launch.json cannot \
+         name; rename it or run from a folder whose path is UTF-8",
+        dir.display()
+    );
+    Ok(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_project_folder_must_be_a_folder_with_a_utf8_path() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(project_dir(dir.path()).is_ok());
+        let file = dir.path().join("step.py");
+        std::fs::write(&file, "").expect("write");
+        let err = format!("{:#}", project_dir(&file).expect_err("a file"));
+        assert!(err.contains("is not a folder"), "{err}");
+        let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"bad\xffname"));
+        std::fs::create_dir(&odd).expect("mkdir");
+        let err = format!("{:#}", project_dir(&odd).expect_err("not UTF-8"));
+        assert!(err.contains("not UTF-8"), "{err}");
+        let missing = format!(
+            "{:#}",
+            project_dir(&dir.path().join("nope")).expect_err("gone")
+        );
+        assert!(missing.contains("is not usable"), "{missing}");
+    }
 
     #[test]
     fn debugged_ranks_are_explicit_or_all_and_within_the_processes() {
