@@ -151,7 +151,7 @@ const EXERCISED_BY: &[(&str, &str)] = &[
     ),
     (
         "amlx-agent demo --ranks-count 1 --attach-timeout 10m",
-        "demo.rs::sigterm_to_the_demo_stops_the_waiting_step_and_everything_else",
+        "demo.rs::stop_signals_to_the_demo_stop_the_waiting_step_and_everything_else",
     ),
     (
         "amlx-agent demo --vscode-port 5690 --dir ./amlx-demo",

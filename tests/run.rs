@@ -345,51 +345,95 @@ fn a_stop_signal_while_the_target_is_prepared_stops_what_it_ran() {
 /// never started.
 #[test]
 fn bad_targets_and_bad_input_fail_before_anything_starts() {
-    let cases: [(&str, Option<&str>, &[&str], &str); 7] = [
+    /// Why, the targets file, run's options, the command, what stderr says.
+    type Case<'a> = (
+        &'a str,
+        Option<&'a str>,
+        &'a [&'a str],
+        &'a [&'a str],
+        &'a str,
+    );
+    const STEP: &[&str] = &["python3", "step.py"];
+    let cases: [Case; 10] = [
         (
             "malformed targets file",
             Some("[targets.vm]\nkind = \"ssh\"\nhots = \"x\"\n"),
             &["-t", "vm"],
+            STEP,
             ".amlx/targets.toml:3: unknown key targets.vm.hots",
         ),
         (
             "a bad value names its line and key",
             Some("[targets.vm]\n\nkind = \"ssh\"\nhost = \"x\"\nport = 0\n"),
             &["-t", "vm"],
+            STEP,
             ".amlx/targets.toml:5: targets.vm.port: port 0 is not an SSH port",
         ),
         (
             "unknown target name",
             Some("[targets.vm]\nkind = \"local\"\n"),
             &["-t", "gpu"],
+            STEP,
             "unknown target \"gpu\": expected local, docker, ssh://[USER@]HOST[:PORT] or a name; named targets: vm",
         ),
         (
             "rank past the processes",
             None,
             &["--ranks", "3"],
+            STEP,
             "--ranks 3: rank 3 is past the 1 process(es)",
         ),
         (
             "a policy word run cannot use",
             None,
             &["--ranks", "master"],
+            STEP,
             "list the ranks to debug",
         ),
         (
             "image on the local target",
             None,
             &["--image", "x"],
+            STEP,
             "--image is for docker and ssh targets",
         ),
         (
             "bad ssh address",
             None,
             &["-t", "ssh://-oProxyCommand=x"],
+            STEP,
             "bad ssh address",
         ),
+        (
+            "the step given under mpiexec: run starts the ranks itself",
+            None,
+            &[],
+            &["mpiexec", "-n", "2", "python3", "step.py"],
+            "give the step alone and the number of ranks, for example `amlx-agent run --ranks-count 4",
+        ),
+        (
+            "mpirun by its path",
+            None,
+            &[],
+            &["/usr/bin/mpirun", "-np", "2", "python3", "step.py"],
+            "`mpirun` starts the job's ranks",
+        ),
+        (
+            "torchrun's module starts workers the agent would not reach",
+            None,
+            &[],
+            &[
+                "python3",
+                "-m",
+                "torch.distributed.run",
+                "--nproc-per-node",
+                "2",
+                "step.py",
+            ],
+            "`torchrun` starts the job's workers itself",
+        ),
     ];
-    for (why, targets, args, message) in cases {
+    for (why, targets, args, command, message) in cases {
         let (_dir, project) = project();
         if let Some(text) = targets {
             std::fs::create_dir(project.join(".amlx")).expect("mkdir");
@@ -399,7 +443,8 @@ fn bad_targets_and_bad_input_fail_before_anything_starts() {
         let out = util::output_bounded(
             run_in(&project, state.path(), &new_marker())
                 .args(args)
-                .args(["--", "python3", "step.py"]),
+                .arg("--")
+                .args(command),
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{why}: {stderr}");

@@ -37,7 +37,7 @@ use anyhow::Context as _;
 use nix::sys::signal::Signal;
 
 use crate::launch_json::{self, DebugTarget, LaunchSpec};
-use crate::policy::RankSpec;
+use crate::policy::{ProcessKind, RankSpec};
 use crate::ports::PortRange;
 use crate::session::DebugMode;
 use relay::{LaptopListener, LocalRelay, PostMortemRoute, Route};
@@ -156,6 +156,9 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
         !options.command.is_empty(),
         "no command to run: put it after --, e.g. `amlx-agent run -- python train.py`"
     );
+    if let ProcessKind::Launcher(launcher) = crate::policy::kind_of(&options.command) {
+        anyhow::bail!(launcher_refusal(launcher));
+    }
     let launch = target.launch(options.ranks_count);
     let ranks = debugged_ranks(&options.ranks, launch.count())?;
     // With --post-mortem any rank may take its port (base + rank) for a crash.
@@ -498,6 +501,27 @@ fn start_step(
         None => None,
     };
     Ok((child, lifeline, state_dir.map(|dirs| dirs.here)))
+}
+
+/// Why `run` refuses a command that starts with a launcher of the job's processes: the
+/// agent in front of it would see the launcher, which is never a debug target, so the run
+/// would wait for no rank and debug nothing. The error names what to give instead.
+fn launcher_refusal(launcher: &str) -> String {
+    const MPI: [&str; 4] = ["mpiexec", "mpirun", "prterun", "srun"];
+    if MPI.contains(&launcher) {
+        format!(
+            "`{launcher}` starts the job's ranks, and `run` starts them itself: give the step \
+             alone and the number of ranks, for example `amlx-agent run --ranks-count 4 -- \
+             python step.py` (run starts `mpiexec -n 4` with the agent in front of each rank)"
+        )
+    } else {
+        format!(
+            "`{launcher}` starts the job's workers itself, so the agent in front of it would \
+             debug none of them: give `run` the training script (with --ranks-count N for N \
+             ranks under mpiexec), or on the cluster put the agent in front of each worker \
+             with the launcher shims (launcher-shims/README.md)"
+        )
+    }
 }
 
 /// A free block of debug ports for ranks 0..=`last_rank`: the agent gives rank r the
