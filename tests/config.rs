@@ -154,6 +154,38 @@ fn bad_variable_and_bad_flag_are_named() {
     );
 }
 
+/// A variable that is not UTF-8 is a config error naming it, never quoting its value (it
+/// may be a secret): the step still runs. Before, `AMLX_RELAY_HC` was read by clap, which
+/// refused the whole command line (the step never ran), and the others were silently
+/// taken as unset.
+#[test]
+fn a_variable_that_is_not_utf8_is_named_and_the_step_still_runs() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let fixture = Fixture::new("");
+    let garbage = std::ffi::OsStr::from_bytes(b"secret\xff\xfe");
+    for name in [
+        "AMLX_RELAY_HC",
+        "AMLX_RELAY_CONNECTION_STRING",
+        "AMLX_RELAY_CA_FILE",
+        "AMLX_ATTACH_TIMEOUT",
+        "AMLX_DEBUG",
+    ] {
+        let mut cmd = fixture.exec(&[]);
+        cmd.env(name, garbage);
+        let stderr = assert_step_ran(&run_bounded(cmd));
+        assert!(
+            stderr.contains(&format!(
+                "config error: {name} is set to a value that is not valid UTF-8"
+            )),
+            "{name}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("secret"),
+            "{name}: the value is not shown: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn missing_config_file_is_named() {
     let fixture = Fixture::new("");

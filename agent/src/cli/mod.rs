@@ -69,14 +69,6 @@ pub struct GlobalArgs {
     pub quiet: u8,
 }
 
-/// The variables `exec`'s flags take values from (clap's `env = …`): `--hc`,
-/// `--connection-string-file`, `--ca-file`. A test checks the list against the flags.
-const EXEC_FLAG_VARS: [&str; 3] = [
-    "AMLX_RELAY_HC",
-    "AMLX_RELAY_CONNECTION_STRING_FILE",
-    "AMLX_RELAY_CA_FILE",
-];
-
 impl Cli {
     /// Parses the process's arguments. `amlx-agent exec …`, which runs in front of every
     /// process of a job, takes a shortcut when it has no option of the agent's
@@ -86,7 +78,7 @@ impl Cli {
     /// and errors are the same either way.
     pub fn parse_args() -> Cli {
         let args: Vec<OsString> = std::env::args_os().collect();
-        Cli::exec_shortcut(&args, |name| std::env::var_os(name))
+        Cli::exec_shortcut(&args)
             .or_else(|| Cli::exec_only(&args))
             .unwrap_or_else(|| Cli::parse_from(args))
     }
@@ -94,35 +86,23 @@ impl Cli {
     /// `amlx-agent exec -- CMD [ARGS…]` with no option of the agent's: the line every
     /// launcher runs for every process, parsed without building any command tree (what
     /// clap costs even for the `exec` tree alone was half of a non-target's
-    /// instructions). The only values such a line has besides the command are the
-    /// variables of [`EXEC_FLAG_VARS`], read here as clap reads them; one that is not
-    /// UTF-8 is left to clap, which reports it.
-    fn exec_shortcut(args: &[OsString], var: impl Fn(&str) -> Option<OsString>) -> Option<Cli> {
+    /// instructions). No flag takes a value from the environment through clap (the
+    /// `config` layer reads every `AMLX_*` variable), so such a line has no value but
+    /// the command.
+    fn exec_shortcut(args: &[OsString]) -> Option<Cli> {
         let [_, exec, dashes, command @ ..] = args else {
             return None;
         };
         if exec != "exec" || dashes != "--" || command.is_empty() {
             return None;
         }
-        // clap takes a variable that is set and not empty as the flag's value.
-        let var = |name: &str| var(name).filter(|value| !value.is_empty());
-        let hc = match var(EXEC_FLAG_VARS[0]) {
-            Some(value) => Some(value.into_string().ok()?),
-            None => None,
-        };
-        let relay = RelayClientArgs {
-            hc,
-            connection_string_file: var(EXEC_FLAG_VARS[1]).map(PathBuf::from),
-            ca_file: var(EXEC_FLAG_VARS[2]).map(PathBuf::from),
-            ..RelayClientArgs::default()
-        };
         let exec = ExecArgs {
             role: RoleArgs::default(),
             policy: PolicyArgs::default(),
             ports: PortArgs::default(),
             node: NodeArgs::default(),
             session: SessionArgs::default(),
-            relay,
+            relay: RelayClientArgs::default(),
             replace: false,
             supervise: false,
             command: command.to_vec(),
@@ -544,55 +524,30 @@ mod tests {
             .collect()
     }
 
-    /// The shortcut reads the flag variables as clap does: set and not empty is a value,
-    /// a `--hc` that is not UTF-8 goes to clap (which reports it).
+    /// No flag of any command takes its value from the environment through clap: the
+    /// `config` layer reads every `AMLX_*` variable (a value that is not UTF-8 becomes a
+    /// config error, after which `exec` still runs the step), while clap would refuse it
+    /// and `exec` would never run the step. And no flag of `exec` has a default the
+    /// shortcut would miss: a new one fails here, not in a job.
     #[test]
-    fn the_exec_shortcut_reads_the_flag_variables() {
-        use std::os::unix::ffi::OsStringExt as _;
-        let args = with_name(&["exec", "--", "x"]);
-        let with = |pairs: Vec<(&'static str, OsString)>| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(key, _)| *key == name)
-                    .map(|(_, value)| value.clone())
+    fn no_flag_reads_the_environment_and_exec_has_no_default_the_shortcut_misses() {
+        fn walk(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if let Some(name) = arg.get_env() {
+                    found.push(format!("{path} --{}: {name:?}", arg.get_id()));
+                }
             }
-        };
-        let relay = |cli: Cli| match cli.command {
-            Command::Exec(exec) => exec.relay,
-            _ => panic!("not exec"),
-        };
-        let set = with(vec![
-            ("AMLX_RELAY_HC", "debug".into()),
-            (
-                "AMLX_RELAY_CONNECTION_STRING_FILE",
-                "/etc/amlx/relay".into(),
-            ),
-            ("AMLX_RELAY_CA_FILE", "".into()),
-        ]);
-        let parsed = relay(Cli::exec_shortcut(&args, set).expect("shortcut"));
-        assert_eq!(parsed.hc.as_deref(), Some("debug"));
-        assert_eq!(
-            parsed.connection_string_file,
-            Some(PathBuf::from("/etc/amlx/relay"))
-        );
-        assert_eq!(parsed.ca_file, None, "empty is unset");
-        let not_utf8 = with(vec![("AMLX_RELAY_HC", OsString::from_vec(vec![0xff]))]);
-        assert!(Cli::exec_shortcut(&args, not_utf8).is_none());
-    }
-
-    /// Every flag of `exec` that takes a value from the environment is one the shortcut
-    /// reads, and none has a default it would miss: a new one fails here, not in a job.
-    #[test]
-    fn the_exec_shortcut_knows_every_variable_and_default_of_exec() {
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), found);
+            }
+        }
         let mut cli = Cli::command();
         cli.build();
+        let mut found = Vec::new();
+        walk(&cli, "amlx-agent", &mut found);
+        assert!(found.is_empty(), "{found:#?}");
         let exec = cli.find_subcommand("exec").expect("exec");
-        let mut vars: Vec<String> = Vec::new();
         for arg in exec.get_arguments() {
-            if let Some(name) = arg.get_env() {
-                vars.push(name.to_string_lossy().into_owned());
-            }
             let defaults: Vec<_> = arg.get_default_values().to_vec();
             let flag_default = defaults.is_empty()
                 || matches!(
@@ -608,10 +563,6 @@ mod tests {
                 arg.get_id()
             );
         }
-        vars.sort();
-        let mut known = EXEC_FLAG_VARS.map(str::to_owned).to_vec();
-        known.sort();
-        assert_eq!(vars, known);
     }
 
     /// The `exec`-only tree parses every `exec` command line as the whole tree does, and
@@ -677,10 +628,9 @@ mod tests {
             &["exec", "--", "--help"],
             &["exec", "--", "é", "--ünïcode"],
         ];
-        let env = |name: &str| std::env::var_os(name);
         for words in shortcut {
             let args = with_name(words);
-            let fast = Cli::exec_shortcut(&args, env).unwrap_or_else(|| panic!("{words:?}"));
+            let fast = Cli::exec_shortcut(&args).unwrap_or_else(|| panic!("{words:?}"));
             let whole = Cli::try_parse_from(&args).expect("the whole tree parses it");
             assert_eq!(format!("{fast:?}"), format!("{whole:?}"), "{words:?}");
         }
@@ -689,10 +639,7 @@ mod tests {
             &["exec", "true"],
             &["exec", "-v", "--", "x"],
         ] {
-            assert!(
-                Cli::exec_shortcut(&with_name(words), env).is_none(),
-                "{words:?}"
-            );
+            assert!(Cli::exec_shortcut(&with_name(words)).is_none(), "{words:?}");
         }
         let left_to_the_whole_tree: &[&[&str]] = &[
             &["exec", "--help"],

@@ -113,18 +113,19 @@ pub struct ServeArgs {
 #[command(next_help_heading = "Relay")]
 pub struct RelayClientArgs {
     /// Hybrid Connection name (wins over EntityPath in the connection string)
-    #[arg(long = "hc", value_name = "NAME", env = "AMLX_RELAY_HC")]
+    /// [env: AMLX_RELAY_HC]
+    #[arg(long = "hc", value_name = "NAME")]
     pub hc: Option<String>,
 
     /// File holding the connection string (keep it chmod 600); wins over
     /// AMLX_RELAY_CONNECTION_STRING and the config file. The connection string itself is
-    /// never a flag: `ps` would show it
-    #[arg(long, value_name = "FILE", env = "AMLX_RELAY_CONNECTION_STRING_FILE")]
+    /// never a flag: `ps` would show it [env: AMLX_RELAY_CONNECTION_STRING_FILE]
+    #[arg(long, value_name = "FILE")]
     pub connection_string_file: Option<PathBuf>,
 
     /// PEM file with the CA that signed the relay's certificate (private relays);
-    /// without it the system roots are trusted
-    #[arg(long, value_name = "FILE", env = "AMLX_RELAY_CA_FILE")]
+    /// without it the system roots are trusted [env: AMLX_RELAY_CA_FILE]
+    #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
 
     /// Use plain ws:// instead of wss:// (refused unless the relay is on a loopback address)

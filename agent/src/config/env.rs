@@ -25,14 +25,20 @@ pub const ENV_RELAY_CONNECTION_STRING: &str = "AMLX_RELAY_CONNECTION_STRING";
 pub const ENV_RELAY_CONNECTION_STRING_FILE: &str = "AMLX_RELAY_CONNECTION_STRING_FILE";
 
 /// The variable's value, `None` when unset or empty (an exported empty variable is a
-/// common way of "unsetting" in job specs).
-pub(super) fn nonempty(env: &dyn Env, name: &str) -> Option<String> {
-    env.var(name).filter(|v| !v.trim().is_empty())
+/// common way of "unsetting" in job specs); a value that is not valid UTF-8 is an error
+/// naming the variable (never quoting the value: it may be a secret), not a silent unset.
+pub(super) fn nonempty(env: &dyn Env, name: &str) -> Result<Option<String>, ConfigError> {
+    if env.is_not_unicode(name) {
+        return Err(ConfigError::new(format!(
+            "{name} is set to a value that is not valid UTF-8: give it a UTF-8 value or unset it"
+        )));
+    }
+    Ok(env.var(name).filter(|v| !v.trim().is_empty()))
 }
 
 /// Parses a non-secret variable; the error names the variable and quotes the value.
 fn get<T: FromConfig>(env: &dyn Env, name: &str) -> Result<Option<T>, ConfigError> {
-    nonempty(env, name)
+    nonempty(env, name)?
         .map(|v| T::from_config(&v).map_err(|m| ConfigError::new(format!("{name}: {m}"))))
         .transpose()
 }
@@ -84,7 +90,7 @@ pub(super) fn apply(env: &dyn Env, s: &mut Settings) -> Result<(), ConfigError> 
     if let Some(v) = get::<LogFormat>(env, "AMLX_LOG_FORMAT")? {
         s.log_format = Some(v);
     }
-    let inline = nonempty(env, ENV_RELAY_CONNECTION_STRING).map(|v| Secret::new(v.trim()));
+    let inline = nonempty(env, ENV_RELAY_CONNECTION_STRING)?.map(|v| Secret::new(v.trim()));
     let file = get::<PathBuf>(env, ENV_RELAY_CONNECTION_STRING_FILE)?;
     super::set_credentials(&mut s.relay, inline, file);
     if let Some(v) = get::<String>(env, "AMLX_RELAY_HC")? {

@@ -230,7 +230,7 @@ pub(crate) fn load_with_default(
     env: &dyn Env,
     default_path: &Path,
 ) -> Result<Settings, ConfigError> {
-    let file = match find_file(flags, env, default_path) {
+    let file = match find_file(flags, env, default_path)? {
         Some((path, origin)) => {
             let text = file::read_bounded(&path).map_err(|why| {
                 ConfigError::new(format!("{origin}: cannot read {}: {why}", path.display()))
@@ -247,16 +247,20 @@ pub(crate) fn load_with_default(
 
 /// Which file to read and what named it: `--config` and `AMLX_CONFIG` must exist, the
 /// default only counts when it does.
-fn find_file(flags: &Flags<'_>, env: &dyn Env, default_path: &Path) -> Option<(PathBuf, String)> {
+fn find_file(
+    flags: &Flags<'_>,
+    env: &dyn Env,
+    default_path: &Path,
+) -> Result<Option<(PathBuf, String)>, ConfigError> {
     if let Some(path) = flags.config {
-        return Some((path.to_owned(), "--config".to_owned()));
+        return Ok(Some((path.to_owned(), "--config".to_owned())));
     }
-    if let Some(path) = env::nonempty(env, ENV_CONFIG) {
-        return Some((PathBuf::from(path), ENV_CONFIG.to_owned()));
+    if let Some(path) = env::nonempty(env, ENV_CONFIG)? {
+        return Ok(Some((PathBuf::from(path), ENV_CONFIG.to_owned())));
     }
-    default_path
+    Ok(default_path
         .exists()
-        .then(|| (default_path.to_owned(), "default config".to_owned()))
+        .then(|| (default_path.to_owned(), "default config".to_owned())))
 }
 
 /// Defaults, then the file (path and text), then the step's own arguments, then the

@@ -1,7 +1,7 @@
 //! Who this process is in the job: launcher, global/local rank, world size, node master.
 //!
 //! One detector per launcher family, applied innermost launcher first (see
-//! `shared/docs/launchers.md`): explicit overrides, torchrun, Open MPI, MVAPICH2,
+//! `docs/launchers.md`): explicit overrides, torchrun, Open MPI, MVAPICH2,
 //! PMI (MPICH Hydra / Intel MPI / Cray PALS), PMIx, Horovod, bare `RANK`
 //! (DeepSpeed, Azure ML PyTorch, Kubeflow PyTorchJob), Kubeflow MPIJob pods,
 //! Slurm, then the node-level Azure Batch / Azure ML variables. Bad values are
@@ -26,6 +26,12 @@ use values::{Value, Vars};
 pub trait Env {
     /// The variable's value, `None` when unset (or not valid Unicode).
     fn var(&self, name: &str) -> Option<String>;
+
+    /// Whether the variable is set to a value that is not valid Unicode, which
+    /// [`Env::var`] reports as unset: readers say so instead of ignoring it silently.
+    fn is_not_unicode(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// The real process environment.
@@ -35,6 +41,10 @@ pub struct ProcessEnv;
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
+    }
+
+    fn is_not_unicode(&self, name: &str) -> bool {
+        matches!(std::env::var(name), Err(std::env::VarError::NotUnicode(_)))
     }
 }
 

@@ -58,7 +58,7 @@ impl<'a> Vars<'a> {
 
     /// The trimmed value of `name`; an empty value is unknown, with a warning.
     pub fn text(&mut self, name: &'static str) -> Option<String> {
-        let raw = self.env.var(name)?;
+        let raw = self.read(name)?;
         let trimmed = raw.trim();
         if trimmed.is_empty() {
             self.reject(name, &raw, "empty");
@@ -89,7 +89,7 @@ impl<'a> Vars<'a> {
 
     /// A `true`/`false` string, compared case-insensitively (`"false"` is false).
     pub fn flag(&mut self, name: &'static str) -> Option<bool> {
-        let raw = self.env.var(name)?;
+        let raw = self.read(name)?;
         match parse_flag(&raw) {
             Ok(value) => Some(value),
             Err(why) => {
@@ -114,6 +114,19 @@ impl<'a> Vars<'a> {
         );
     }
 
+    /// The value of `name`; one that is not valid Unicode is unknown, with a warning
+    /// (the value is not quoted: it may not even print).
+    fn read(&mut self, name: &'static str) -> Option<String> {
+        let value = self.env.var(name);
+        if value.is_none() && self.env.is_not_unicode(name) {
+            self.warn(
+                name,
+                format!("ignoring {name}: its value is not valid UTF-8; treating it as unknown"),
+            );
+        }
+        value
+    }
+
     pub fn into_warnings(self) -> Vec<String> {
         self.warnings
     }
@@ -123,7 +136,7 @@ impl<'a> Vars<'a> {
         name: &'static str,
         parse: fn(&str) -> Result<u32, &'static str>,
     ) -> Option<Value> {
-        let raw = self.env.var(name)?;
+        let raw = self.read(name)?;
         match parse(&raw) {
             Ok(n) => Some(Value { n, from: name }),
             Err(why) => {

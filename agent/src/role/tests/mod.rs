@@ -159,3 +159,40 @@ fn launcher_names() {
         assert_eq!(launcher.to_string(), name);
     }
 }
+
+/// An environment where some variables hold bytes that are not valid Unicode.
+struct WithGarbage {
+    vars: HashMap<String, String>,
+    garbage: &'static [&'static str],
+}
+
+impl Env for WithGarbage {
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars.var(name)
+    }
+
+    fn is_not_unicode(&self, name: &str) -> bool {
+        self.garbage.contains(&name)
+    }
+}
+
+/// A launcher variable that is not valid Unicode is unknown with one warning naming it,
+/// like any other bad value, instead of silently unset.
+#[test]
+fn a_launcher_variable_that_is_not_unicode_is_unknown_with_a_warning() {
+    let env = WithGarbage {
+        vars: [("PMI_RANK", "2"), ("PMI_SIZE", "4")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        garbage: &["MPI_LOCALRANKID"],
+    };
+    let got = detect_on(&env, &Overrides::default(), &FakeHost);
+    assert_eq!(got.role.rank, Some(2));
+    assert_eq!(got.role.world_size, Some(4));
+    assert_eq!(got.role.local_rank, None);
+    assert_eq!(
+        got.warnings,
+        ["ignoring MPI_LOCALRANKID: its value is not valid UTF-8; treating it as unknown"]
+    );
+}
