@@ -14,7 +14,7 @@
 //!
 //! No async runtime here: the keeper must stay alive and small whatever the sidecar did.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -258,7 +258,10 @@ fn wait_session(
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let mut fds = vec![
             PollFd::new(watch.step.as_fd(), PollFlags::POLLIN),
-            PollFd::new(watch.lifeline.as_fd(), PollFlags::POLLIN),
+            // No events asked: poll reports POLLHUP (every writer gone) regardless, and
+            // the keeper never reads the pipe, whose bytes are the sidecar's (the
+            // ENDED_ON_PURPOSE byte says why the lifeline closed).
+            PollFd::new(watch.lifeline.as_fd(), PollFlags::empty()),
         ];
         fds.extend(
             [extra, channel]
@@ -283,7 +286,7 @@ fn wait_session(
         };
         let (step_gone, lifeline_moved, other) = (fired(0), fired(1), fired(2) || fired(3));
         drop(fds);
-        if step_gone || (lifeline_moved && lifeline_closed(watch.lifeline.as_fd())) {
+        if step_gone || lifeline_moved {
             return Wake::SessionOver;
         }
         if other {
@@ -304,16 +307,6 @@ fn gone_within(pidfd: &OwnedFd, grace: Duration) -> bool {
 fn still_running(pidfd: &OwnedFd) -> bool {
     let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
     poll(&mut fds, PollTimeout::ZERO) == Ok(0)
-}
-
-/// Reads what the lifeline has (nobody writes to it): true at EOF.
-fn lifeline_closed(lifeline: BorrowedFd<'_>) -> bool {
-    let mut sink = [0u8; 64];
-    match nix::unistd::read(lifeline, &mut sink) {
-        Ok(0) => true,
-        Ok(_) | Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => false,
-        Err(_) => true,
-    }
 }
 
 /// The session is over: the sidecar publishes its final state within the grace, or is
@@ -424,6 +417,33 @@ mod tests {
         assert!(!sidecar_stuck(Some(SessionState::Attached), me));
         // No record: only a stopped sidecar is stuck (this process runs).
         assert!(!sidecar_stuck(None, me));
+    }
+
+    /// The keeper ends the session when the lifeline's last writer is gone, without
+    /// reading it: the byte the agent writes before closing it on purpose is the
+    /// sidecar's to read (the keeper took it once, and the sidecar then warned that the
+    /// step had closed its descriptors).
+    #[test]
+    fn the_keeper_sees_the_lifeline_close_and_leaves_its_bytes_to_the_sidecar() {
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        let (gone, _gone_write) = nix::unistd::pipe().expect("pipe");
+        let watch = Watch {
+            step: pidfd_open(Pid::this()).expect("pidfd of this process"),
+            lifeline: read,
+            sidecar: Pid::this(),
+            channel: None,
+            _gone: gone,
+        };
+        // Bytes alone do not end the session.
+        nix::unistd::write(&write, b"e").expect("write");
+        let wake = wait_session(&watch, None, None, Duration::from_millis(50));
+        assert_eq!(wake, Wake::Timeout);
+        drop(write);
+        let wake = wait_session(&watch, None, None, Duration::from_secs(10));
+        assert_eq!(wake, Wake::SessionOver);
+        let mut byte = [0u8; 4];
+        let n = nix::unistd::read(&watch.lifeline, &mut byte).expect("read");
+        assert_eq!(byte.get(..n), Some(&b"e"[..]), "the byte is still there");
     }
 
     #[test]
