@@ -564,3 +564,44 @@ fn a_session_gone_while_debugpy_waits_leaves_the_step_to_run() {
         }
     }
 }
+
+/// A debugpy that connects long after the session's attach deadline (the step's own
+/// `debugpy.connect` late in the run, the prior art's way) gets an attach timeout of its
+/// own from the sidecar: the keeper must not take the sidecar, busy with that connection,
+/// for one stuck past the session's deadline, kill it and log it as "stopped or stuck".
+#[test]
+fn a_debugpy_connecting_long_after_the_deadline_is_served_not_taken_for_a_stuck_sidecar() {
+    // Past the session's deadline + RELEASE_GRACE + the keeper's 5 s margin.
+    const LATE: Duration = Duration::from_secs(17);
+    let locks = tempfile::tempdir().expect("tempdir");
+    let developer = DeveloperSide::relay_only("debug");
+    let (_, _, range) = port_range(4);
+    let code = format!(
+        "import os, sys, time, debugpy\n\
+         time.sleep({})\n\
+         debugpy.connect(int(os.environ['AMLX_DEBUG_PORT']))\n\
+         print('late step done', flush=True)\n\
+         sys.exit(3)\n",
+        LATE.as_secs()
+    );
+    let mut cmd = developer.agent(locks.path());
+    cmd.args([
+        "exec",
+        "--replace",
+        "--debug",
+        "--rank",
+        "0",
+        "--mode",
+        "connect",
+    ])
+    .args(["--node-ip", "127.0.0.1", "--attach-timeout", "1s"])
+    .args(["--port-range", &range, "--inject", "none"])
+    .args(["--", "python3", "-c", &code]);
+    let mut agent = Running::spawn(&mut cmd);
+    let status = util::wait_within(&mut agent.child, LATE + RELEASE_GRACE + ATTACH_TIMEOUT);
+    let log = agent.log();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(agent.stdout.wait_for("late step done").is_some(), "{log}");
+    assert!(!log.contains("stopped or stuck"), "{log}");
+    assert!(log.contains("released the step"), "{log}");
+}

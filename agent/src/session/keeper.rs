@@ -70,9 +70,18 @@ impl Duties {
         }
     }
 
-    /// When a sidecar still holding a waiting step counts as stuck (None: never).
-    fn stuck_after(&self) -> Option<Instant> {
-        self.attach_deadline?
+    /// When a sidecar still holding a waiting step counts as stuck (None: never). The
+    /// sidecar gives every debugpy connection it accepts an attach timeout of its own (a
+    /// step whose own code calls `debugpy.connect` late in the run, a Python that starts
+    /// late): the bound runs from the session's deadline or from the last connection's,
+    /// whichever is later. `debuggee_since`: when the keeper got the last connection.
+    fn stuck_after(&self, debuggee_since: Option<Instant>) -> Option<Instant> {
+        let session = self.attach_deadline?;
+        let timeout = self.session.as_ref()?.attach_timeout;
+        let deadline = debuggee_since
+            .and_then(|since| since.checked_add(timeout))
+            .map_or(session, |latest| latest.max(session));
+        deadline
             .checked_add(super::RELEASE_GRACE)?
             .checked_add(STUCK_SIDECAR_MARGIN)
     }
@@ -209,7 +218,7 @@ fn keep_session(duties: &Duties, watch: &Watch, lock: Option<OwnedFd>) -> i32 {
         // SIGSTOP, a wedge), and the step waits on it for good. End it and release the
         // step as after its death.
         if duties
-            .stuck_after()
+            .stuck_after(held.debuggee_since)
             .is_some_and(|after| Instant::now() >= after)
             && (held.unaccepted_twice() || held.debuggee.is_some())
             && sidecar_stuck(duties.recorded_state(), watch.sidecar)
@@ -238,7 +247,7 @@ fn next_look(duties: &Duties, held: &Held, sidecar_has_pidfd: bool) -> Duration 
     if held.debuggee.is_some() || !sidecar_has_pidfd {
         return KEEPER_TICK;
     }
-    match (&held.listener, duties.stuck_after()) {
+    match (&held.listener, duties.stuck_after(held.debuggee_since)) {
         (Some(_), Some(after)) => after
             .saturating_duration_since(Instant::now())
             .max(KEEPER_TICK),

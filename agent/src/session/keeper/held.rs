@@ -5,6 +5,7 @@
 use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
@@ -17,6 +18,9 @@ use crate::session::sidecar::Shared;
 pub(super) struct Held {
     /// debugpy's current connection: the last one the sidecar shared.
     pub debuggee: Option<OwnedFd>,
+    /// When the keeper got the last debugpy connection (kept after the sidecar lets go
+    /// of it): the sidecar's attach timeout for it runs from about then.
+    pub debuggee_since: Option<Instant>,
     /// The socket debugpy connects to. A connection the sidecar never accepted waits
     /// there; the keeper's copy keeps it listening after the sidecar is gone.
     pub listener: Option<TcpListener>,
@@ -31,7 +35,10 @@ impl Held {
         while let Some((kind, fd)) = receive(channel) {
             tracing::debug!("the keeper holds debugpy's {kind:?} socket");
             match kind {
-                Shared::Debuggee => self.debuggee = Some(fd),
+                Shared::Debuggee => {
+                    self.debuggee = Some(fd);
+                    self.debuggee_since = Some(Instant::now());
+                }
                 Shared::Listener => self.listener = Some(TcpListener::from(fd)),
             }
         }
