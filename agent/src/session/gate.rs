@@ -68,6 +68,13 @@ impl GateState {
         }
     }
 
+    /// A new developer connection begins: what the last one left unframed (half a
+    /// message, or bytes that are not DAP) never reached the debuggee and is not the
+    /// start of this one's stream. Whole messages still queued go out as they are.
+    fn new_developer(&mut self) {
+        drop(self.framer.take_rest());
+    }
+
     /// Whether the developer's `configurationDone` went out and debugpy has not answered.
     fn awaiting_answer(&self) -> bool {
         self.awaiting_answer.is_some()
@@ -167,6 +174,7 @@ where
     let (mut developer_in, mut developer_out) = tokio::io::split(developer);
     let mut from_developer = vec![0u8; CHUNK];
     let mut from_debuggee = vec![0u8; CHUNK];
+    state.new_developer();
     if let Err(err) = state.flush(&mut debuggee_out).await {
         return PumpEnd::DebuggeeBroken(err);
     }

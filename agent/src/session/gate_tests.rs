@@ -24,9 +24,18 @@ async fn answered_session(
     developer_bytes: Vec<u8>,
     answer: Option<bool>,
 ) -> (PumpEnd, GateState, Vec<u8>) {
+    session_on(GateState::default(), developer_bytes, answer).await
+}
+
+/// As [`answered_session`], continuing from `state` (the same debuggee connection, a
+/// later developer connection).
+async fn session_on(
+    mut state: GateState,
+    developer_bytes: Vec<u8>,
+    answer: Option<bool>,
+) -> (PumpEnd, GateState, Vec<u8>) {
     let (mut ours, mut theirs) = duplex(1 << 16);
     let (dev_local, mut dev_remote) = duplex(1 << 16);
-    let mut state = GateState::default();
     let developer = tokio::spawn(async move {
         dev_remote.write_all(&developer_bytes).await.expect("write");
         dev_remote.shutdown().await.expect("shutdown");
@@ -103,6 +112,33 @@ async fn a_developer_leaving_during_setup_leaves_the_debuggee_at_a_message_bound
         assert!(!state.configured(), "{name}");
         assert_eq!(&received, expected, "{name}");
         assert_eq!(state.progress(), *progress, "{name}");
+    }
+}
+
+/// What one developer connection left unfinished (half a message, bytes that are not
+/// DAP) never reached the debuggee, and is not the start of the next connection's
+/// stream: the next debugger attaches. Before, the framer kept it, and every later
+/// debugger was cut off as "not a debugger" until the deadline.
+#[tokio::test]
+async fn a_bad_or_unfinished_developer_connection_does_not_spoil_the_next() {
+    let cases: &[(&str, Vec<u8>)] = &[
+        ("binary (a TLS hello)", vec![0x16, 0x03, 0x01, 0x00]),
+        ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("half a header", b"Content-Len".to_vec()),
+        (
+            "half a message",
+            b"Content-Length: 40\r\n\r\n{\"se".to_vec(),
+        ),
+        ("endless header", vec![b'a'; MAX_HEADER_BYTES + 1]),
+    ];
+    for (name, first) in cases {
+        let (_, state, received) = session(first.clone()).await;
+        assert!(received.is_empty(), "{name}: {received:?}");
+        let setup = [request("initialize"), request("attach")].concat();
+        let (end, state, received) = session_on(state, setup.clone(), None).await;
+        assert!(matches!(end, PumpEnd::LeftDuringSetup), "{name}: {end:?}");
+        assert_eq!(received, setup, "{name}");
+        assert_eq!(state.progress(), "after \"attach\"", "{name}");
     }
 }
 
