@@ -451,6 +451,57 @@ fn a_silent_relay_delays_the_step_no_longer_than_the_attach_timeout() {
     }
 }
 
+/// A sidecar stopped (SIGSTOP) while it probes a relay that never answers: the agent's
+/// wait for its readiness is bounded by the probe's own bound (here the attach timeout)
+/// plus a setup margin, not by a fixed 30 s whatever the attach timeout.
+#[test]
+fn a_sidecar_stopped_during_its_readiness_probe_delays_the_step_no_longer_than_the_attach_timeout()
+{
+    const ATTACH: Duration = Duration::from_secs(5);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let relay = silent.local_addr().expect("addr");
+    let locks = tempfile::tempdir().expect("tempdir");
+    let (_, _, range) = port_range(4);
+    let connection_string =
+        format!("Endpoint=sb://{relay}/;SharedAccessKeyName=k;SharedAccessKey=a2V5;EntityPath=hc");
+    let mark = format!("AMLX_TEST_READINESS={}", std::process::id());
+    let (name, value) = mark.split_once('=').expect("NAME=value");
+    let mut cmd = agent_for(&connection_string, locks.path());
+    cmd.env(name, value)
+        .args(["exec", "--debug", "--rank", "0", "--mode", "connect"])
+        .args(["--attach-timeout", &format!("{}s", ATTACH.as_secs())])
+        .args(["--port-range", &range, "--", "python3"])
+        .arg(step_py());
+    let started = Instant::now();
+    let mut agent = Running::spawn(&mut cmd);
+    // The sidecar: the one of the agent's processes whose parent (the keeper) is one too.
+    let sidecar = util::wait_for("the sidecar", SESSION_DEADLINE, || {
+        let ours = util::processes_with_env(&mark);
+        ours.iter().copied().find(|pid| {
+            amlx_agent::publish::holder::read_stat(*pid)
+                .is_some_and(|stat| stat.parent != agent.pid() && ours.contains(&stat.parent))
+        })
+    });
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(sidecar).expect("a PID fits i32"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    assert!(
+        started.elapsed() < ATTACH,
+        "stopped after the probe's bound: the test proves nothing"
+    );
+    let status = util::wait_within(&mut agent.child, SESSION_DEADLINE);
+    let took = started.elapsed();
+    let log = agent.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        agent.stdout.wait_for("done total 6").is_some(),
+        "the step did not run: {log}"
+    );
+    assert!(log.contains("not ready within"), "{log}");
+    // The README's bound: the attach timeout plus the release grace.
+    assert!(took < ATTACH + RELEASE_GRACE, "{took:?}\n{log}");
+    drop(silent);
+}
+
 /// A sitecustomize that delays every Python start by `delay`: debugpy's connection then
 /// comes well after the sidecar is ready, so a test can act on the sidecar before it.
 fn slow_python_start(dir: &Path, delay: Duration) {

@@ -95,6 +95,22 @@ impl Duties {
         crate::publish::status_file::recorded_state(dir.as_deref()?, spec.holder_pid)
     }
 
+    /// How long the agent waits for the sidecar's readiness: the readiness probe's own
+    /// bound (the attach timeout when that is shorter) plus
+    /// [`READY_SETUP_MARGIN`](super::sidecar::READY_SETUP_MARGIN), at most
+    /// [`READY_TIMEOUT`](super::sidecar::READY_TIMEOUT). A sidecar stopped or stuck in
+    /// its setup delays the step no longer than the wait the attach timeout bounds.
+    pub fn ready_within(&self) -> Duration {
+        use super::sidecar::{READY_SETUP_MARGIN, READY_TIMEOUT};
+        match &self.session {
+            Some(spec) => spec
+                .ready_probe_timeout()
+                .saturating_add(READY_SETUP_MARGIN)
+                .min(READY_TIMEOUT),
+            None => READY_TIMEOUT,
+        }
+    }
+
     /// No session: the keeper only reaps and ends the sidecar.
     pub fn none() -> Duties {
         Duties {

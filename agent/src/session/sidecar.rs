@@ -40,8 +40,13 @@ use nix::unistd::{ForkResult, Pid};
 
 use super::keeper::{self, Duties, Watch};
 
-/// How long the parent waits for the sidecar to report that the relay path is usable.
+/// The longest the parent waits for the sidecar to report that the relay path is usable
+/// (a session's own bound is shorter: [`Duties::ready_within`]).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the sidecar's setup (its runtime, the debug port's socket, the status record) may
+/// take on top of its readiness probe before the parent stops waiting for it.
+pub const READY_SETUP_MARGIN: Duration = Duration::from_secs(5);
 
 /// How long the agent waits for the keeper (and with it the sidecar) to be gone once
 /// it closed the lifeline: longer than the keeper's own grace for the sidecar.
@@ -281,6 +286,7 @@ pub fn spawn<F>(
 where
     F: FnOnce(ReadySignal, Lifeline) -> i32,
 {
+    let ready_within = duties.ready_within();
     let threads = settled_thread_count();
     if threads != Some(1) {
         bail!("cannot fork the relay sidecar from a process with {threads:?} threads");
@@ -327,7 +333,7 @@ where
             if let Err(err) = waitpid(child, None) {
                 tracing::warn!("could not reap the sidecar's intermediate process: {err}");
             }
-            let readiness = wait_ready(read_end, READY_TIMEOUT);
+            let readiness = wait_ready(read_end, ready_within);
             let sidecar = Sidecar {
                 lifeline: Some(lifeline_write),
                 keeper_gone: gone_read,
@@ -556,7 +562,8 @@ fn wait_ready(read_end: OwnedFd, timeout: Duration) -> Readiness {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Readiness::Failed(format!(
-                "the relay sidecar was not ready within {timeout:?}"
+                "the relay sidecar was not ready within {} (stopped, or stuck in its setup)",
+                humantime::format_duration(timeout)
             ));
         }
         let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
