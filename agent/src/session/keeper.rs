@@ -363,14 +363,21 @@ fn end_sidecar(sidecar: Pid, sidecar_fd: Option<&OwnedFd>) {
 /// Whether a sidecar still holding debugpy's connection past every bound is stuck: its
 /// record says no debugger is attached; or, with no record to ask (a state directory
 /// nobody could write), it is stopped. An attached debugger may hold the step for as long
-/// as the developer likes.
+/// as the developer likes, but only through a running sidecar: a sidecar stopped with
+/// SIGSTOP ('T') carries no debugger's bytes, and its record, which it can no longer
+/// update, says "attached" after the developer has gone. (A ptrace stop, 't', is
+/// someone inspecting the sidecar, and counts only without a record.)
 fn sidecar_stuck(recorded: Option<SessionState>, sidecar: Pid) -> bool {
-    match recorded {
-        Some(state) => state != SessionState::Attached,
-        None => u32::try_from(sidecar.as_raw())
+    let state = || {
+        u32::try_from(sidecar.as_raw())
             .ok()
             .and_then(crate::publish::holder::read_stat)
-            .is_some_and(|stat| matches!(stat.state, 'T' | 't')),
+            .map(|stat| stat.state)
+    };
+    match recorded {
+        Some(SessionState::Attached) => state() == Some('T'),
+        Some(_) => true,
+        None => matches!(state(), Some('T' | 't')),
     }
 }
 
@@ -435,13 +442,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_sidecar_is_stuck_only_without_an_attached_debugger() {
+    fn a_sidecar_is_stuck_only_without_an_attached_debugger_or_when_stopped() {
         let me = Pid::this();
         assert!(sidecar_stuck(Some(SessionState::WaitingForDebugger), me));
         assert!(sidecar_stuck(Some(SessionState::TimedOut), me));
         assert!(!sidecar_stuck(Some(SessionState::Attached), me));
         // No record: only a stopped sidecar is stuck (this process runs).
         assert!(!sidecar_stuck(None, me));
+        // A stopped one is stuck whatever its record says (it cannot update it).
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("a PID fits i32"));
+        kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+        let stopped = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(2));
+            crate::publish::holder::read_stat(child.id()).is_some_and(|stat| stat.state == 'T')
+        });
+        let judged = [
+            sidecar_stuck(Some(SessionState::Attached), pid),
+            sidecar_stuck(None, pid),
+        ];
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(stopped, "the child never showed as stopped");
+        assert_eq!(judged, [true, true]);
     }
 
     /// The keeper ends the session when the lifeline's last writer is gone, without
