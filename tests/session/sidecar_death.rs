@@ -549,7 +549,9 @@ impl EarlyEnd {
     fn logged(self) -> &'static str {
         match self {
             EarlyEnd::SidecarStopped => "stopped or stuck",
-            EarlyEnd::SidecarKilled => "debugpy connected after the sidecar was gone",
+            EarlyEnd::SidecarKilled => {
+                "a connection reached the debug port after the sidecar was gone"
+            }
             EarlyEnd::BothKilled => "debugging disabled for this run: debugpy could not connect",
             EarlyEnd::BothKilledAfterConnect => "no debugger finished attaching within",
         }

@@ -105,7 +105,10 @@ fn release_later_connections(watch: &Watch, listener: &TcpListener) {
                 return;
             }
         };
-        tracing::info!("debugpy connected after the sidecar was gone: releasing the step");
+        tracing::info!(
+            "a connection reached the debug port after the sidecar was gone (debugpy's, as a \
+             rule): releasing the step over it"
+        );
         release_connection(watch, socket);
     }
 }
@@ -118,10 +121,11 @@ fn release_later_connections(watch: &Watch, listener: &TcpListener) {
 pub(super) fn release_orphaned(debuggee: OwnedFd) {
     let stream = TcpStream::from(debuggee);
     match release_over(&stream, None) {
-        Ok(()) => tracing::warn!(
+        Ok(Release::Done) => tracing::warn!(
             "the session's supervisor is gone: released its step, which debugpy held \
              waiting for a debugger"
         ),
+        Ok(Release::SessionOver) => {}
         Err(why) => tracing::debug!("no orphaned step to release: {why}"),
     }
     let _ = stream.shutdown(Shutdown::Both);
@@ -142,14 +146,27 @@ fn release_listening(spec: &SessionSpec, watch: &Watch) {
     });
 }
 
+/// How a release attempt ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// debugpy acknowledged: the step runs on.
+    Done,
+    /// The step ended before debugpy answered: there was nothing (left) to release.
+    SessionOver,
+}
+
 /// Runs `attempt` until it releases the step, the session ends, or [`RELEASE_GRACE`]
 /// has passed, pausing [`RELEASE_RETRY_PAUSE`] between attempts.
-fn retry_release(watch: &Watch, mut attempt: impl FnMut() -> Result<(), String>) {
+fn retry_release(watch: &Watch, mut attempt: impl FnMut() -> Result<Release, String>) {
     let deadline = Instant::now() + RELEASE_GRACE;
     loop {
         match attempt() {
-            Ok(()) => {
+            Ok(Release::Done) => {
                 tracing::info!("released the step after the sidecar's death");
+                return;
+            }
+            Ok(Release::SessionOver) => {
+                tracing::debug!("the step ended before the release was answered");
                 return;
             }
             Err(why) if Instant::now() >= deadline => {
@@ -168,7 +185,7 @@ fn retry_release(watch: &Watch, mut attempt: impl FnMut() -> Result<(), String>)
 /// `configurationDone`: success releases the step, a refusal is an error (retried). After
 /// a success it leaves the step [`dap::DISCONNECT_SETTLE`] to run on, sends `disconnect`
 /// and waits, within the same bound again, for debugpy to take it and close.
-fn release_over(stream: &TcpStream, watch: Option<&Watch>) -> Result<(), String> {
+fn release_over(stream: &TcpStream, watch: Option<&Watch>) -> Result<Release, String> {
     let fail = |what: &str, err: std::io::Error| format!("{what}: {err}");
     // Unread bytes from before (a half-read message) would confuse the answer parser.
     stream
@@ -193,7 +210,7 @@ fn release_over(stream: &TcpStream, watch: Option<&Watch>) -> Result<(), String>
     loop {
         let n = match read_before(stream, watch, deadline, &mut chunk)? {
             Some(n) => n,
-            None => return Ok(()),
+            None => return Ok(Release::SessionOver),
         };
         if n == 0 {
             return Err("debugpy closed the connection before it answered".into());
@@ -207,10 +224,10 @@ fn release_over(stream: &TcpStream, watch: Option<&Watch>) -> Result<(), String>
     // Released. The step's main thread must leave its wait before `disconnect` clears
     // what released it (see `dap::DISCONNECT_SETTLE`).
     if pause(watch, dap::DISCONNECT_SETTLE) == Wake::SessionOver {
-        return Ok(());
+        return Ok(Release::Done);
     }
     if (&*stream).write_all(&dap::disconnect_request()).is_err() {
-        return Ok(());
+        return Ok(Release::Done);
     }
     // debugpy answers `disconnect` and closes: closing first, before it has taken the
     // disconnect, left the step held in tests. Failures here change nothing any more.
@@ -220,7 +237,7 @@ fn release_over(stream: &TcpStream, watch: Option<&Watch>) -> Result<(), String>
             break;
         }
     }
-    Ok(())
+    Ok(Release::Done)
 }
 
 /// Reads what `stream` has before `deadline`: `Ok(None)` when the session ended first,
