@@ -150,7 +150,10 @@ fn row(entry: &Entry) -> String {
     let note = if entry.holder_running {
         ""
     } else {
-        "  (pid gone: held by a child that inherited the lock)"
+        // The step no longer holds its lock across exec: its session's keeper does, and
+        // lets go when the session ends (a moment after the step; later only when the
+        // keeper is stopped or stuck).
+        "  (pid gone: its debug session's keeper still holds the lock)"
     };
     format!(
         "{:<6} {:<8} {:<5} {:<21} {command}{note}",

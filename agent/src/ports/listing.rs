@@ -21,7 +21,8 @@ pub struct Entry {
     #[serde(flatten)]
     pub record: Option<HolderRecord>,
     /// Whether the recorded process still runs (same pid *and* start time). A live lock
-    /// whose recorded process is gone is held by a child that inherited the descriptor.
+    /// whose recorded process is gone is held by its session's keeper (replace mode), which
+    /// lets go when the session ends.
     pub holder_running: bool,
 }
 
