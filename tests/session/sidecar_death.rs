@@ -658,3 +658,62 @@ fn a_debugpy_connecting_long_after_the_deadline_is_served_not_taken_for_a_stuck_
     assert!(!log.contains("stopped or stuck"), "{log}");
     assert!(log.contains("released the step"), "{log}");
 }
+
+/// The injected bootstrap's last resort (sidecar and keeper both stopped, so neither can
+/// release the step) counts from the agent's start, not from the interpreter's: a Python
+/// slow to start does not lengthen the bound the README gives (attach timeout + release
+/// grace). Before, a 5 s start made it 5 s longer.
+#[test]
+fn the_bootstraps_last_resort_counts_from_the_agents_start_not_pythons() {
+    use nix::sys::signal::Signal;
+    const ATTACH: Duration = Duration::from_secs(2);
+    const SLOW_START: Duration = Duration::from_secs(5);
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let site = tempfile::tempdir().expect("tempdir");
+    slow_python_start(site.path(), SLOW_START);
+    let developer = DeveloperSide::relay_only("debug");
+    let (_, _, range) = port_range(4);
+    let mut cmd = developer.agent(locks.path());
+    cmd.args(["exec", "--replace", "--debug", "--rank", "0"])
+        .args(["--mode", "connect", "--node-ip", "127.0.0.1"])
+        .args(["--attach-timeout", &format!("{}s", ATTACH.as_secs())])
+        .args(["--port-range", &range, "--", "python3"])
+        .arg(step_py())
+        .env("PYTHONPATH", site.path());
+    let started = Instant::now();
+    let mut agent = Running::spawn(&mut cmd);
+    let session = wait_state_why(
+        &state_dir,
+        agent.pid(),
+        "waiting-for-debugger",
+        "waiting for debugpy",
+        &agent,
+    );
+    let [sidecar, keeper] = session_processes(&session);
+    let _end_them = KillOnDrop(vec![sidecar.0, keeper.0]);
+    for process in [keeper.0, sidecar.0] {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(process).expect("a PID fits i32"));
+        nix::sys::signal::kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    }
+    assert!(
+        started.elapsed() < SLOW_START,
+        "stopped after Python started"
+    );
+    let status = util::wait_within(&mut agent.child, SESSION_DEADLINE);
+    let took = started.elapsed();
+    let log = agent.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        agent.stdout.wait_for("done total 6").is_some(),
+        "the step did not run to its end:\n{log}"
+    );
+    assert!(
+        log.contains("no debugger finished attaching within 12 s of the debug session's start"),
+        "{log}"
+    );
+    // The bound is ATTACH + RELEASE_GRACE from the agent's start; the step's own work
+    // after it takes well under the slack.
+    let slack = Duration::from_secs(3);
+    assert!(took < ATTACH + RELEASE_GRACE + slack, "{took:?}\n{log}");
+}
