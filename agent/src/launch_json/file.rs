@@ -24,7 +24,7 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Pause between two attempts at the folder's lock.
 const LOCK_RETRY: Duration = Duration::from_millis(20);
 
-/// What [`write`] did.
+/// What [`write()`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
     /// The file did not exist.
