@@ -562,3 +562,35 @@ fn a_closed_stderr_loses_log_lines_not_the_step() {
         assert_eq!(status.code(), Some(7), "{mode}: {status:?}");
     }
 }
+
+/// The agent in front of a launcher debugs none of its workers: with debugging on, the
+/// log says so at the default level and names where the agent goes instead; without,
+/// it says nothing. The launcher runs as given either way, with its exit code.
+#[test]
+fn a_launcher_under_the_agent_is_named_with_where_the_agent_goes_instead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let launcher = dir.path().join("torchrun");
+    write_file(&launcher, "#!/bin/sh\necho launched\nexit 4\n", 0o755);
+    for (debug, says) in [(true, true), (false, false)] {
+        let mut cmd = util::agent();
+        cmd.arg("exec");
+        if debug {
+            cmd.arg("--debug");
+        }
+        cmd.arg("--").arg(&launcher);
+        let out = output_bounded(&mut cmd);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{stderr}");
+        assert_eq!(text(&out.stdout).trim(), "launched");
+        assert_eq!(
+            stderr.contains("not a debug target: torchrun starts the job's workers"),
+            says,
+            "debug {debug}: {stderr}"
+        );
+        assert_eq!(
+            stderr.contains("the agent goes after the launcher"),
+            says,
+            "debug {debug}: {stderr}"
+        );
+    }
+}

@@ -64,7 +64,20 @@ pub fn run(args: &ExecArgs, settings: Result<Settings, ConfigError>) -> i32 {
     }
     match (decision.verdict, &settings) {
         (Verdict::NotTarget, _) | (_, None) => {
-            tracing::debug!(reason = %decision.reason, "not a debug target");
+            let debugging = settings.as_ref().is_some_and(|s| s.policy.enabled);
+            if debugging && matches!(facts.kind, policy::ProcessKind::Launcher(_)) {
+                // Said at info: with debugging on, the agent in front of a launcher is
+                // either the shims at work (one line per node) or a command line that
+                // will debug nothing, which the user must hear about.
+                tracing::info!(
+                    "not a debug target: {}; to debug them, the agent goes after the \
+                     launcher (`mpiexec -n 4 amlx-agent exec -- python step.py`) or the \
+                     launcher shims bring them under it",
+                    decision.reason
+                );
+            } else {
+                tracing::debug!(reason = %decision.reason, "not a debug target");
+            }
             // The shortest path discovers nothing: the node IP is exported when it was
             // given (--node-ip, AMLX_NODE_IP, [node] ip), detected only for targets.
             if let Some(ip) = settings.as_ref().and_then(|s| s.node_ip) {
