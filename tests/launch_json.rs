@@ -281,6 +281,23 @@ fn a_launch_json_that_is_not_a_regular_file_is_refused_and_left_alone() {
     assert!(!Path::new("/dev/null.bak").exists());
 }
 
+/// A file where the `.vscode` folder goes: the error names it and the fix (it said only
+/// "could not create .vscode: File exists"), and the file is left as it was.
+#[test]
+fn a_vscode_that_is_a_file_is_named_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(".vscode"), "mine").expect("write");
+    let output = launch_json(dir.path(), &["--ranks", "0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(".vscode is not a folder, and launch.json goes in it: rename or remove it"),
+        "{stderr}"
+    );
+    let kept = std::fs::read_to_string(dir.path().join(".vscode")).expect("read");
+    assert_eq!(kept, "mine");
+}
+
 /// A launch.json past the size limit is refused without being read whole.
 #[test]
 fn a_launch_json_over_the_size_limit_is_refused() {

@@ -52,7 +52,16 @@ pub fn write(path: &Path, spec: &LaunchSpec) -> anyhow::Result<WriteOutcome> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    if let Err(err) = std::fs::create_dir_all(dir) {
+        // A file where the folder goes (a stray `.vscode` file): say which, and what to do.
+        if dir.exists() && !dir.is_dir() {
+            anyhow::bail!(
+                "{} is not a folder, and launch.json goes in it: rename or remove it",
+                dir.display()
+            );
+        }
+        return Err(err).with_context(|| format!("could not create {}", dir.display()));
+    }
     let _lock = lock_folder(dir)?;
     let Some(old) = read_existing(path)? else {
         let text = merge(NEW_FILE, spec).expect("the built-in file is a JSON object");
