@@ -54,29 +54,18 @@ def _amlx_bootstrap(report_fd, debugpy_args, fail):
     return cli
 
 
-def _amlx_release_at(release_after, release_at):
-    # The agent's deadline on the clock time.monotonic() reads (CLOCK_MONOTONIC), so a
-    # Python slow to start does not lengthen the bound; failing that, from now.
-    import threading
-    import time
-
-    if release_at is not None:
-        return release_at
-    return time.monotonic() + min(release_after, threading.TIMEOUT_MAX / 2)
-
-
-def _amlx_bound_the_wait(release_after, release_at):
+def _amlx_bound_the_wait(release_after):
     # debugpy's `--wait-for-client` holds the step until a client finishes its setup.
     # The sidecar releases it at the attach deadline over DAP, which needs debugpy's
     # adapter to play along; one that a client left half set up may not. So the wait is
-    # also cancelled from here once `release_after` has passed since the session began,
-    # if it still waits: a last resort that needs nothing but this process.
+    # also cancelled from here once `release_after` has passed since this start, if it
+    # still waits: a last resort that needs nothing but this process.
     import threading
     import time
 
     import debugpy
 
-    at = _amlx_release_at(release_after, release_at)
+    at = time.monotonic() + min(release_after, threading.TIMEOUT_MAX / 2)
     wait = debugpy.wait_for_client
 
     def bounded_wait(*args, **kwargs):
@@ -86,8 +75,8 @@ def _amlx_bound_the_wait(release_after, release_at):
             if done.wait(max(0.0, at - time.monotonic())):
                 return
             sys.stderr.write(
-                "amlx-agent: no debugger finished attaching within %g s of the debug "
-                "session's start; the step runs on without one\n" % release_after
+                "amlx-agent: no debugger finished attaching within %g s of the step's "
+                "start; the step runs on without one\n" % release_after
             )
             sys.stderr.flush()
             # debugpy makes its cancel hook when the wait begins: try until it ends.
@@ -113,12 +102,12 @@ class _AmlxNoDebugger(Exception):
     pass
 
 
-def _amlx_guard_the_connect(release_after, release_at):
+def _amlx_guard_the_connect(release_after):
     # debugpy's `--connect` holds the step until a debugger finishes its setup, with no
     # bound of its own and nothing to cancel it with. The sidecar releases it at the
     # attach deadline over debugpy's connection, and the sidecar's keeper does if the
     # sidecar dies; with both gone (`pkill -9 amlx-agent`) nothing would. So past
-    # `release_after` since the session began, if the connect still waits, pydevd is told to
+    # `release_after` since this start, if the connect still waits, pydevd is told to
     # run, as a debugger's configurationDone would: a last resort that needs nothing but
     # this process.
     # And when nothing listens at all (the sidecar and its keeper gone before debugpy
@@ -133,7 +122,7 @@ def _amlx_guard_the_connect(release_after, release_at):
     connect = debugpy.connect
     at = None
     if release_after is not None:
-        at = _amlx_release_at(release_after, release_at)
+        at = time.monotonic() + min(release_after, threading.TIMEOUT_MAX / 2)
 
     def debugger():
         try:
@@ -150,8 +139,8 @@ def _amlx_guard_the_connect(release_after, release_at):
         if done.wait(max(0.0, at - time.monotonic())):
             return
         sys.stderr.write(
-            "amlx-agent: no debugger finished attaching within %g s of the debug "
-            "session's start; the step runs on without one\n" % release_after
+            "amlx-agent: no debugger finished attaching within %g s of the step's "
+            "start; the step runs on without one\n" % release_after
         )
         sys.stderr.flush()
         while not done.is_set():
@@ -215,7 +204,7 @@ _amlx_cli = _amlx_bootstrap(AMLX_REPORT_FD, AMLX_DEBUGPY_ARGS, AMLX_FAIL)
 if _amlx_cli is not None:
     if AMLX_RELEASE_AFTER is not None and "--wait-for-client" in AMLX_DEBUGPY_ARGS:
         try:
-            _amlx_bound_the_wait(AMLX_RELEASE_AFTER, AMLX_RELEASE_AT)
+            _amlx_bound_the_wait(AMLX_RELEASE_AFTER)
         except Exception as error:
             sys.stderr.write("amlx-agent: cannot bound debugpy's wait (%s)\n" % error)
     # debugpy's CLI connects only when no debugpy runs yet (its own guard, the same test).
@@ -224,7 +213,7 @@ if _amlx_cli is not None:
         and os.environ.get("DEBUGPY_RUNNING", "false") != "true"
     ):
         try:
-            _amlx_guard_the_connect(AMLX_RELEASE_AFTER, AMLX_RELEASE_AT)
+            _amlx_guard_the_connect(AMLX_RELEASE_AFTER)
         except Exception as error:
             sys.stderr.write("amlx-agent: cannot guard debugpy's connect (%s)\n" % error)
     try:

@@ -13,8 +13,8 @@
 //! A step that waits for a client (`--wait-for-client`) is released by the sidecar at the
 //! attach deadline over DAP. That needs debugpy's adapter to play along, and an adapter
 //! that a client left half set up may not: so the bootstrap also bounds debugpy's wait
-//! itself (`release_after`, counted from the agent's start: [`ReleaseAt`]), cancelling
-//! it from a thread of its own if it still waits then. Nothing the debugger, the relay or the sidecar does can hold the step longer.
+//! itself (`release_after`), cancelling it from a thread of its own if it still waits
+//! then. Nothing the debugger, the relay or the sidecar does can hold the step longer.
 
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -31,59 +31,23 @@ const TEXT: &str = include_str!("bootstrap.py");
 /// The most a report may hold; the bootstrap writes at most 4000 bytes.
 pub const MAX_REPORT_BYTES: usize = 4096;
 
-/// When an injected step lets debugpy's wait go by itself: `after` the session began,
-/// which is `at` on `CLOCK_MONOTONIC` (the clock Python's `time.monotonic()` reads on
-/// Linux). The bootstrap waits until `at`, so the bound counts from the agent's start,
-/// not from the interpreter's: a Python slow to start does not lengthen it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReleaseAt {
-    /// The bound, for the message.
-    pub after: Duration,
-    /// The same bound as a `CLOCK_MONOTONIC` reading.
-    pub at: Duration,
-}
-
-impl ReleaseAt {
-    /// `after` from now (saturated as every session timer is); `None` only if the clock
-    /// cannot be read, and the bootstrap then counts `after` from its own start.
-    pub fn from_now(after: Duration) -> Option<ReleaseAt> {
-        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
-        let after = after.min(crate::session::LONGEST_WAIT);
-        Some(ReleaseAt {
-            after,
-            at: Duration::from(now).saturating_add(after),
-        })
-    }
-}
-
-/// Seconds as a Python literal with at most millisecond digits: `20.5`, `12`.
-fn seconds(duration: Duration) -> String {
-    format!("{:.3}", duration.as_secs_f64())
-        .trim_end_matches('0')
-        .trim_end_matches('.')
-        .to_owned()
-}
-
 /// The bootstrap text for these debugpy arguments (`--connect ADDR …`), report pipe
 /// (`None`: nobody listens), failure policy (`fail`: exit 1 instead of running the step
-/// without debugpy) and, for a step that waits for a client, the bound after which the
-/// bootstrap cancels that wait itself if it still waits (`None`: never): until
-/// `release.at` when given, else for `release_after` from its own start.
+/// without debugpy) and, for a step that waits for a client, how long after its start
+/// the bootstrap cancels that wait itself if it still waits (`None`: never).
 ///
 /// ```
 /// use std::time::Duration;
 /// use amlx_agent::inject::bootstrap;
 /// let args = ["--connect".to_owned(), "127.0.0.1:5678".to_owned()];
-/// let release = bootstrap::ReleaseAt { after: Duration::from_millis(20_500), at: Duration::from_secs(1000) };
-/// let text = bootstrap::text(&args, Some(7), false, Some(release.after), Some(release));
-/// assert!(text.starts_with("AMLX_REPORT_FD = 7\nAMLX_DEBUGPY_ARGS = [\"--connect\",\"127.0.0.1:5678\"]\nAMLX_FAIL = False\nAMLX_RELEASE_AFTER = 20.5\nAMLX_RELEASE_AT = 1000\n"));
+/// let text = bootstrap::text(&args, Some(7), false, Some(Duration::from_millis(20_500)));
+/// assert!(text.starts_with("AMLX_REPORT_FD = 7\nAMLX_DEBUGPY_ARGS = [\"--connect\",\"127.0.0.1:5678\"]\nAMLX_FAIL = False\nAMLX_RELEASE_AFTER = 20.5\n"));
 /// ```
 pub fn text(
     debugpy_args: &[String],
     report_fd: Option<RawFd>,
     fail: bool,
     release_after: Option<Duration>,
-    release: Option<ReleaseAt>,
 ) -> String {
     // The arguments are the agent's own (switches, an address, a port, true/false):
     // JSON string literals of them are Python string literals too.
@@ -91,16 +55,18 @@ pub fn text(
     let fail = if fail { "True" } else { "False" };
     // Saturated as every session timer is (Python's waits refuse ~292 years and more).
     let release_after = match release_after {
-        Some(after) => seconds(after.min(crate::session::LONGEST_WAIT)),
-        None => "None".to_owned(),
-    };
-    let release_at = match release.filter(|_| release_after != "None") {
-        Some(release) => seconds(release.at),
+        Some(after) => format!(
+            "{:.3}",
+            after.min(crate::session::LONGEST_WAIT).as_secs_f64()
+        )
+        .trim_end_matches('0')
+        .trim_end_matches('.')
+        .to_owned(),
         None => "None".to_owned(),
     };
     format!(
         "AMLX_REPORT_FD = {}\nAMLX_DEBUGPY_ARGS = {args}\nAMLX_FAIL = {fail}\n\
-         AMLX_RELEASE_AFTER = {release_after}\nAMLX_RELEASE_AT = {release_at}\n{TEXT}",
+         AMLX_RELEASE_AFTER = {release_after}\n{TEXT}",
         report_fd.unwrap_or(-1)
     )
 }
@@ -172,25 +138,11 @@ mod tests {
     }
 
     #[test]
-    fn the_text_fills_in_exactly_the_five_values() {
-        let text = text(&[], None, true, None, None);
+    fn the_text_fills_in_exactly_the_four_values() {
+        let text = text(&[], None, true, None);
         assert!(text.starts_with(
-            "AMLX_REPORT_FD = -1\nAMLX_DEBUGPY_ARGS = []\nAMLX_FAIL = True\nAMLX_RELEASE_AFTER = None\nAMLX_RELEASE_AT = None\n"
+            "AMLX_REPORT_FD = -1\nAMLX_DEBUGPY_ARGS = []\nAMLX_FAIL = True\nAMLX_RELEASE_AFTER = None\n"
         ));
-        // A deadline on the monotonic clock, a little past now; none without a bound.
-        let release = ReleaseAt::from_now(Duration::from_secs(30)).expect("the clock");
-        let text = super::text(&[], None, false, Some(release.after), Some(release));
-        let at: f64 = text
-            .lines()
-            .find_map(|line| line.strip_prefix("AMLX_RELEASE_AT = "))
-            .and_then(|value| value.parse().ok())
-            .expect("AMLX_RELEASE_AT is a number");
-        assert!(
-            (at - release.at.as_secs_f64()).abs() < 0.001,
-            "{at} {release:?}"
-        );
-        let text = super::text(&[], None, false, None, Some(release));
-        assert!(text.contains("\nAMLX_RELEASE_AT = None\n"));
         let cases = [
             (Duration::from_secs(20), "20"),
             (Duration::from_millis(1500), "1.5"),
@@ -198,7 +150,7 @@ mod tests {
             (Duration::MAX, "315360000"),
         ];
         for (after, want) in cases {
-            let text = super::text(&[], None, false, Some(after), None);
+            let text = super::text(&[], None, false, Some(after));
             assert!(
                 text.contains(&format!("\nAMLX_RELEASE_AFTER = {want}\n")),
                 "{after:?}"
@@ -209,7 +161,6 @@ mod tests {
             "AMLX_DEBUGPY_ARGS",
             "AMLX_FAIL",
             "AMLX_RELEASE_AFTER",
-            "AMLX_RELEASE_AT",
         ] {
             assert!(TEXT.contains(name), "{name} is used by bootstrap.py");
             assert!(

@@ -186,9 +186,8 @@ pub struct DebugpyOptions {
     pub report_fd: Option<std::os::fd::RawFd>,
     /// `--on-debug-failure fail`: without debugpy the step exits 1 instead of running.
     pub fail_without_debugpy: bool,
-    /// With `wait_for_client`: how long after now (the session's start) the step cancels
-    /// debugpy's wait itself if it still waits (the sidecar's release failed); `None`:
-    /// never.
+    /// With `wait_for_client`: how long after its start the step cancels debugpy's wait
+    /// itself if it still waits (the sidecar's release failed); `None`: never.
     pub release_after: Option<std::time::Duration>,
 }
 
@@ -257,9 +256,6 @@ pub fn rewrite(
         options.report_fd,
         options.fail_without_debugpy,
         options.release_after,
-        options
-            .release_after
-            .and_then(bootstrap::ReleaseAt::from_now),
     );
     Ok(Injected {
         argv,
