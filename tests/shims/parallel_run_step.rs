@@ -217,6 +217,18 @@ fn parallel_run_step_workers_compete_for_slots_and_a_breakpoint_hits_inside_run(
         "{}",
         node.log()
     );
+    // The step's bootstrap lets debugpy go by itself from the same 2.5 min (plus the
+    // 10 s release grace), not from the general 10 min (its environment, as execve gave
+    // it, still holds the text the launcher took).
+    for (pid, _) in &sessions {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let needle = b"AMLX_RELEASE_AFTER = 160\n";
+        assert!(
+            environ.windows(needle.len()).any(|w| w == needle),
+            "worker {pid}: {}",
+            String::from_utf8_lossy(&environ)
+        );
+    }
     assert_eq!(
         node.status_text().matches(warning).count(),
         1,

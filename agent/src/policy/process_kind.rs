@@ -274,8 +274,8 @@ pub fn parallel_worker_warning(role: &Role, facts: &StepFacts) -> Option<String>
 /// A ParallelRunStep worker held in `init()` longer than 3 x run_invocation_timeout + 30 s
 /// fails the job: 210 s with the default 60 s. Left at the general default, a worker's
 /// attach timeout is this, so nobody attaching never fails the job: it leaves 60 s for
-/// what comes before the wait (the debugpy check, up to 10 s; the sidecar's readiness,
-/// up to 30 s; two interpreter starts).
+/// what comes before the wait (the sidecar's readiness, up to 20 s; the interpreter's
+/// start) and the release after it (up to 10 s, the bootstrap's last resort included).
 pub const PARALLEL_WORKER_ATTACH_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// The attach timeout of a ParallelRunStep worker: `configured`, except that the general

@@ -60,8 +60,24 @@ pub fn run(
         .inspect_err(|err| tracing::debug!("no bootstrap report pipe: {err}"))
         .ok();
     let report_fd = report.as_ref().map(|(_, write)| write.as_raw_fd());
+    // The bootstrap's own last resort counts from the same attach timeout as the session
+    // (a ParallelRunStep worker's shorter one included), or it would hold the worker long
+    // after the session let it go.
+    let adjusted;
+    let for_step = if attach_timeout == settings.session.attach_timeout {
+        settings
+    } else {
+        adjusted = Settings {
+            session: crate::config::SessionSettings {
+                attach_timeout,
+                ..settings.session.clone()
+            },
+            ..settings.clone()
+        };
+        &adjusted
+    };
     let prepared = prepare(
-        settings, detection, &node, port, &step.argv, token_ttl, report_fd,
+        for_step, detection, &node, port, &step.argv, token_ttl, report_fd,
     );
     let (spec, injected) = match prepared {
         Ok((spec, injected)) => (
