@@ -175,6 +175,7 @@ fn keep_session(duties: &Duties, watch: &Watch, lock: Option<OwnedFd>) -> i32 {
         .map_err(|err| tracing::debug!("no pidfd of the sidecar ({err}); polling it"))
         .ok();
     let mut held = Held::default();
+    let mut stops = StopSightings::default();
     loop {
         let wake = wait_session(
             watch,
@@ -237,7 +238,7 @@ fn keep_session(duties: &Duties, watch: &Watch, lock: Option<OwnedFd>) -> i32 {
             .stuck_after(held.debuggee_since)
             .is_some_and(|after| Instant::now() >= after)
             && (held.unaccepted_twice() || held.debuggee.is_some())
-            && sidecar_stuck(duties.recorded_state(), watch.sidecar)
+            && sidecar_stuck(duties.recorded_state(), watch.sidecar, &mut stops)
         {
             let _ = kill(watch.sidecar, Signal::SIGKILL);
             let _ = waitpid(watch.sidecar, None);
@@ -366,18 +367,53 @@ fn end_sidecar(sidecar: Pid, sidecar_fd: Option<&OwnedFd>) {
 /// as the developer likes, but only through a running sidecar: a sidecar stopped with
 /// SIGSTOP ('T') carries no debugger's bytes, and its record, which it can no longer
 /// update, says "attached" after the developer has gone. (A ptrace stop, 't', is
-/// someone inspecting the sidecar, and counts only without a record.)
-fn sidecar_stuck(recorded: Option<SessionState>, sidecar: Pid) -> bool {
+/// someone inspecting the sidecar, and counts only without a record.) A stop counts only
+/// once [`StopSightings`] confirms it.
+fn sidecar_stuck(recorded: Option<SessionState>, sidecar: Pid, stops: &mut StopSightings) -> bool {
     let state = || {
         u32::try_from(sidecar.as_raw())
             .ok()
             .and_then(crate::publish::holder::read_stat)
             .map(|stat| stat.state)
     };
+    let now = Instant::now();
     match recorded {
-        Some(SessionState::Attached) => state() == Some('T'),
+        Some(SessionState::Attached) => stops.confirmed(state() == Some('T'), now),
         Some(_) => true,
-        None => matches!(state(), Some('T' | 't')),
+        None => stops.confirmed(matches!(state(), Some('T' | 't')), now),
+    }
+}
+
+/// Longest gap between two of the keeper's looks at a stopped sidecar that still makes
+/// them consecutive: a longer one means the keeper itself did not run meanwhile.
+const STOP_LOOK_GAP: Duration = Duration::from_secs(1);
+
+/// The keeper's looks at whether the sidecar is stopped. A batch system suspends a whole
+/// job with SIGSTOP to every process and resumes it with SIGCONT in turn (LSF `bstop`,
+/// PBS `qsig -s suspend`, Slurm gang scheduling): the keeper, continued first, would see
+/// a healthy sidecar still stopped. So a stop counts only when seen on two looks at
+/// least a keeper tick apart, with no gap longer than [`STOP_LOOK_GAP`] before either.
+#[derive(Debug, Default)]
+struct StopSightings {
+    /// When the current run of stopped sightings began.
+    first: Option<Instant>,
+    /// The last look, stopped or not.
+    last_look: Option<Instant>,
+}
+
+impl StopSightings {
+    /// Records a look at `now`; true once the stop is confirmed.
+    fn confirmed(&mut self, stopped: bool, now: Instant) -> bool {
+        let gap = self
+            .last_look
+            .map(|last| now.saturating_duration_since(last));
+        self.last_look = Some(now);
+        if !stopped || gap.is_none_or(|gap| gap > STOP_LOOK_GAP) {
+            self.first = stopped.then_some(now);
+            return false;
+        }
+        let first = *self.first.get_or_insert(now);
+        now.saturating_duration_since(first) >= KEEPER_TICK
     }
 }
 
@@ -444,11 +480,16 @@ mod tests {
     #[test]
     fn a_sidecar_is_stuck_only_without_an_attached_debugger_or_when_stopped() {
         let me = Pid::this();
-        assert!(sidecar_stuck(Some(SessionState::WaitingForDebugger), me));
-        assert!(sidecar_stuck(Some(SessionState::TimedOut), me));
-        assert!(!sidecar_stuck(Some(SessionState::Attached), me));
+        let mut stops = StopSightings::default();
+        assert!(sidecar_stuck(
+            Some(SessionState::WaitingForDebugger),
+            me,
+            &mut stops
+        ));
+        assert!(sidecar_stuck(Some(SessionState::TimedOut), me, &mut stops));
+        assert!(!sidecar_stuck(Some(SessionState::Attached), me, &mut stops));
         // No record: only a stopped sidecar is stuck (this process runs).
-        assert!(!sidecar_stuck(None, me));
+        assert!(!sidecar_stuck(None, me, &mut stops));
         // A stopped one is stuck whatever its record says (it cannot update it).
         let mut child = std::process::Command::new("sleep")
             .arg("30")
@@ -460,14 +501,58 @@ mod tests {
             std::thread::sleep(Duration::from_millis(2));
             crate::publish::holder::read_stat(child.id()).is_some_and(|stat| stat.state == 'T')
         });
-        let judged = [
-            sidecar_stuck(Some(SessionState::Attached), pid),
-            sidecar_stuck(None, pid),
-        ];
+        // Confirmed on a second look a tick later, not on the first.
+        let looks = |recorded| {
+            let mut stops = StopSightings::default();
+            let first = sidecar_stuck(recorded, pid, &mut stops);
+            std::thread::sleep(KEEPER_TICK);
+            [first, sidecar_stuck(recorded, pid, &mut stops)]
+        };
+        let judged = [looks(Some(SessionState::Attached)), looks(None)];
         let _ = child.kill();
         let _ = child.wait();
         assert!(stopped, "the child never showed as stopped");
-        assert_eq!(judged, [true, true]);
+        assert_eq!(judged, [[false, true], [false, true]]);
+    }
+
+    /// Two looks a tick apart confirm a stop; a look that follows a long gap (the keeper
+    /// itself was stopped with the job) or sees the sidecar running starts over.
+    #[test]
+    fn a_stop_counts_only_on_two_close_looks() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        /// Milliseconds after the first look, and whether the sidecar looked stopped.
+        type Looks<'a> = &'a [(u64, bool)];
+        let cases: &[(&str, Looks, bool)] = &[
+            ("one look", &[(0, true)], false),
+            ("two looks a tick apart", &[(0, true), (200, true)], true),
+            ("two looks too close", &[(0, true), (50, true)], false),
+            ("then a third", &[(0, true), (50, true), (250, true)], true),
+            (
+                "running between",
+                &[(0, true), (200, false), (400, true)],
+                false,
+            ),
+            ("after a long gap", &[(0, false), (5000, true)], false),
+            (
+                "a long gap between stops",
+                &[(0, true), (5000, true)],
+                false,
+            ),
+            (
+                "the gap, then two close looks",
+                &[(0, true), (5000, true), (5200, true)],
+                true,
+            ),
+        ];
+        for (name, looks, want) in cases {
+            let mut stops = StopSightings::default();
+            let last = looks
+                .iter()
+                .map(|&(ms, stopped)| stops.confirmed(stopped, at(ms)))
+                .last();
+            assert_eq!(last, Some(*want), "{name}");
+        }
     }
 
     /// The keeper ends the session when the lifeline's last writer is gone, without
