@@ -76,8 +76,9 @@ pub(super) fn apply(flags: &Flags<'_>, s: &mut Settings) -> Result<(), ConfigErr
         s.state_dir = Some(dir.to_owned());
     }
     if let Some(r) = flags.relay {
-        // clap folds AMLX_RELAY_HC, AMLX_RELAY_CONNECTION_STRING_FILE and AMLX_RELAY_CA_FILE
-        // into these (the relay commands' contract); they equal what `env` read.
+        // Flags only: AMLX_RELAY_HC, AMLX_RELAY_CONNECTION_STRING_FILE and AMLX_RELAY_CA_FILE
+        // are read by `env` (clap reads no variable, so one that is not UTF-8 is a config
+        // error here rather than a refused command line).
         super::set_credentials(&mut s.relay, None, r.connection_string_file.clone());
         if let Some(hc) = r.hc.as_deref().map(str::trim).filter(|h| !h.is_empty()) {
             s.relay.hybrid_connection = Some(hc.to_owned());
