@@ -426,3 +426,58 @@ async fn accepts_queued_behind_a_stuck_listener_go_to_another_listener() {
     );
     assert!(relay.log().contains("trying the others"), "{}", relay.log());
 }
+
+/// A key's `paths` are checked against the Hybrid Connection a sender reaches, the
+/// longest prefix of its path with a listener, not against the whole path it asked for
+/// (entity and suffix). Before: a key for `team-a/alice` reached the listener of `team-a`
+/// (the key's scope bypassed), and a key for `debug` was refused for `debug/5678`, the
+/// sender path `relay connect --port-name 5678` uses (the setup docs/relay.md shows). An
+/// empty token header does not hide the query's token.
+#[tokio::test]
+async fn a_keys_paths_cover_the_hybrid_connection_a_sender_reaches() {
+    let scoped = |name: &str, path: &str| {
+        format!(
+            "[[relay.server.keys]]\nname = \"{name}\"\nkey = \"{KEY}\"\nrights = [\"send\"]\n\
+             paths = [\"{path}\"]\n"
+        )
+    };
+    let relay = Relay::start(&format!(
+        "{}{}",
+        scoped("alice", "team-a/alice"),
+        scoped("debugger", "debug")
+    ));
+    let _team = listen(&relay, "team-a").await;
+    let alice = token("alice", KEY, "team-a/alice", 3600);
+    let bypass = open(request(&relay.url("team-a/alice", "connect"), Some(&alice))).await;
+    assert_eq!(bypass.err(), Some(403), "alice's key reached team-a");
+    // No listener under its path at all: refused as out of scope, not told "no listener".
+    let elsewhere = open(request(&relay.url("team-b/x", "connect"), Some(&alice))).await;
+    assert_eq!(elsewhere.err(), Some(403));
+
+    let mut control = listen(&relay, "debug").await;
+    let debugger = token("debugger", KEY, "debug", 3600);
+    let url = format!(
+        "{}&sb-hc-token={}",
+        relay.url("debug/5678", "connect"),
+        enc(&debugger)
+    );
+    let mut req = request(&url, None);
+    req.headers_mut()
+        .insert("ServiceBusAuthorization", HeaderValue::from_static(""));
+    let sender = tokio::spawn(open(req));
+    let accept = next_accept(&mut control).await;
+    let address = accept["accept"]["address"]
+        .as_str()
+        .expect("address")
+        .to_owned();
+    let mut data = open(request(&address, None))
+        .await
+        .expect("rendezvous accepted");
+    let mut sender = sender
+        .await
+        .expect("sender task")
+        .expect("the debug key reaches the debug listener with a port suffix");
+    assert_relays(&mut sender, &mut data, b"through").await;
+    let log = relay.log();
+    assert!(!log.contains(&debugger), "the token is never logged");
+}

@@ -84,7 +84,7 @@ fn an_unusable_relay_runs_the_step_undebugged_and_the_log_names_the_cause() {
             "listen-only key",
             relay.connection_string(KEY_LISTEN, "debug"),
             format!(
-                "refused access (403 Forbidden: Forbidden: SAS key \"{}\" lacks the Send right",
+                "refused access (403 Forbidden: SAS key \"{}\" lacks the Send right",
                 KEY_LISTEN.0
             ),
         ),

@@ -125,6 +125,15 @@ pub async fn serve_upgrade_request(data: &[u8]) {
             let _ = upgrade::status_response(err.status(), &err.to_string());
         }
     }
+    // A sender's check, against each Hybrid Connection its path could reach, and none.
+    let entities = crate::relay::protocol::path_prefixes(&hc.path).map(Some);
+    for entity in entities.chain([None]) {
+        let checked =
+            auth::authorize_sender(&fuzz_keys(), token.as_deref(), &hc.path, entity, FUZZ_NOW);
+        if let Err(err) = checked {
+            let _ = upgrade::status_response(err.status(), &err.to_string());
+        }
+    }
     let host = request.header("Host").unwrap_or("relay.test");
     if let Some(base) = accept::listener_base("wss", host) {
         let _ = accept::command(&base, &request, &hc, "fuzz-id", peer());

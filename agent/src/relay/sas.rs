@@ -58,6 +58,12 @@ pub enum SasError {
     WrongPath { audience: String, path: String },
     #[error("SAS key {key_name:?} lacks the {right} right")]
     MissingRight { key_name: String, right: Right },
+    /// The token is good, but the relay's key may not reach this Hybrid Connection.
+    #[error(
+        "SAS key {key_name:?} may not reach Hybrid Connection {path:?}: the key's paths in \
+         [relay.server] do not cover it"
+    )]
+    OutOfScope { key_name: String, path: String },
     #[error("SAS key name or key longer than {MAX_KEY_FIELD_CHARS} characters")]
     TooLong,
 }
@@ -67,7 +73,9 @@ impl SasError {
     /// valid token that does not cover the requested path or action.
     pub fn status(&self) -> u16 {
         match self {
-            SasError::WrongPath { .. } | SasError::MissingRight { .. } => 403,
+            SasError::WrongPath { .. }
+            | SasError::MissingRight { .. }
+            | SasError::OutOfScope { .. } => 403,
             _ => 401,
         }
     }

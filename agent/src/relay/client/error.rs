@@ -95,6 +95,12 @@ pub enum Role {
 impl ConnectError {
     /// Maps a non-101 handshake answer.
     pub fn from_status(role: Role, url: String, status_code: u16, text: String) -> ConnectError {
+        // A relay (ours included) may start its text with the status's reason phrase,
+        // which the message below names already: said once, not "Forbidden: Forbidden:".
+        let text = ["Unauthorized: ", "Forbidden: ", "Not Found: "]
+            .iter()
+            .find_map(|phrase| text.strip_prefix(phrase))
+            .map_or_else(|| text.clone(), str::to_owned);
         match status_code {
             status::UNAUTHORIZED => ConnectError::Unauthorized { url, text },
             status::FORBIDDEN => ConnectError::Forbidden {

@@ -24,18 +24,80 @@ pub fn authorize(
     right: Right,
     now: u64,
 ) -> Result<Grant, SasError> {
+    let (key, token, audience) = verified(keys, token, now)?;
+    covered(&audience, path)?;
+    in_scope(key, key.covers(path), path)?;
+    granted(key, &token, right)
+}
+
+/// A sender's check. Its path is `ENTITY[/SUFFIX]`: the token must cover that path (its
+/// audience may name the namespace, the entity or the whole path), and the key's `paths`
+/// must cover the Hybrid Connection the relay delivers it to, `entity` (the longest
+/// prefix with a listener). Checking the key against the whole path instead let a key
+/// for `team-a/alice` reach the listener of `team-a`, and refused a key for `debug` the
+/// sender `debug/5678` of its own listener. With no listener (`entity` is `None`) the key
+/// must cover the path or one of its prefixes, so the 404 that follows tells nothing to a
+/// key with no business there.
+pub fn authorize_sender(
+    keys: &[ServerKey],
+    token: Option<&str>,
+    path: &str,
+    entity: Option<&str>,
+    now: u64,
+) -> Result<Grant, SasError> {
+    let (key, token, audience) = verified(keys, token, now)?;
+    covered(&audience, path)?;
+    match entity {
+        Some(entity) => in_scope(key, key.covers(entity), entity)?,
+        None => in_scope(
+            key,
+            crate::relay::protocol::path_prefixes(path).any(|p| key.covers(p)),
+            path,
+        )?,
+    }
+    granted(key, &token, Right::Send)
+}
+
+/// The key that signed `token`, the parsed token and the audience it verified for: 401
+/// for a token missing, malformed, of an unknown key, forged or expired.
+fn verified<'k>(
+    keys: &'k [ServerKey],
+    token: Option<&str>,
+    now: u64,
+) -> Result<(&'k ServerKey, SasToken, sas::Audience), SasError> {
     let token = SasToken::parse(token.ok_or(SasError::Missing)?)?;
     let key = keys
         .iter()
         .find(|k| k.name == token.key_name)
         .ok_or_else(|| SasError::UnknownKey(token.key_name.clone()))?;
     let audience = token.verify(&key.key, now)?;
-    if !audience.covers(path) || !key.covers(path) {
-        return Err(SasError::WrongPath {
-            audience: format!("{}/{}", audience.host, audience.path),
-            path: path.to_owned(),
-        });
+    Ok((key, token, audience))
+}
+
+/// 403 unless the token's audience covers `path`.
+fn covered(audience: &sas::Audience, path: &str) -> Result<(), SasError> {
+    if audience.covers(path) {
+        return Ok(());
     }
+    Err(SasError::WrongPath {
+        audience: format!("{}/{}", audience.host, audience.path),
+        path: path.to_owned(),
+    })
+}
+
+/// 403 naming the key unless `covers` (whether its paths cover `path`).
+fn in_scope(key: &ServerKey, covers: bool, path: &str) -> Result<(), SasError> {
+    if covers {
+        return Ok(());
+    }
+    Err(SasError::OutOfScope {
+        key_name: key.name.clone(),
+        path: path.to_owned(),
+    })
+}
+
+/// 403 unless the key has `right`; else the grant.
+fn granted(key: &ServerKey, token: &SasToken, right: Right) -> Result<Grant, SasError> {
     if !key.rights.contains(&right) {
         return Err(SasError::MissingRight {
             key_name: key.name.clone(),
@@ -296,6 +358,95 @@ mod tests {
                 key_name: "listen".into(),
                 expiry: NOW + 99
             }
+        );
+    }
+
+    /// A sender's key must cover the Hybrid Connection it reaches (`entity`), its token
+    /// the path it asked for; with no listener, the key must cover a prefix of the path.
+    #[test]
+    fn a_sender_is_checked_against_the_hybrid_connection_it_reaches() {
+        let ok = |uri: &str, name: &str| token(uri, name, KEY, NOW + 60);
+        // (name, token, sender path, entity reached, expected key name or status)
+        type Case<'a> = (
+            &'a str,
+            String,
+            &'a str,
+            Option<&'a str>,
+            Result<&'a str, u16>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "a suffix under the key's path",
+                ok("http://h/shared", "send-a"),
+                "shared/5678",
+                Some("shared"),
+                Ok("send-a"),
+            ),
+            (
+                "a pattern covers the entity",
+                ok("http://h/team-a/x", "send-a"),
+                "team-a/x/5678",
+                Some("team-a/x"),
+                Ok("send-a"),
+            ),
+            (
+                "the key names a path below the entity it would reach",
+                ok("http://h/team-a", "send-a"),
+                "team-a",
+                Some("team-a"),
+                Err(403),
+            ),
+            (
+                "the token does not cover the path",
+                ok("http://h/other", "send-a"),
+                "shared/1",
+                Some("shared"),
+                Err(403),
+            ),
+            (
+                "no listener, the key covers a prefix",
+                ok("http://h/shared", "send-a"),
+                "shared/1",
+                None,
+                Ok("send-a"),
+            ),
+            (
+                "no listener, the key covers nothing of it",
+                ok("http://h/", "send-a"),
+                "team-b/1",
+                None,
+                Err(403),
+            ),
+            (
+                "a listen-only key",
+                ok("http://h/hc", "listen"),
+                "hc/1",
+                Some("hc"),
+                Err(403),
+            ),
+            (
+                "forged",
+                ok("http://h/hc", "root").replace("sig=", "sig=AA"),
+                "hc",
+                Some("hc"),
+                Err(401),
+            ),
+        ];
+        for (name, tok, path, entity, want) in cases {
+            let got = authorize_sender(&keys(), Some(&tok), path, entity, NOW);
+            let got = got
+                .as_ref()
+                .map(|g| g.key_name.as_str())
+                .map_err(|e| e.status());
+            assert_eq!(got, want, "{name}");
+        }
+        let tok = ok("http://h/team-a", "send-a");
+        let err = authorize_sender(&keys(), Some(&tok), "team-a", Some("team-a"), NOW)
+            .expect_err("out of scope");
+        assert_eq!(
+            err.to_string(),
+            "SAS key \"send-a\" may not reach Hybrid Connection \"team-a\": the key's paths in \
+             [relay.server] do not cover it"
         );
     }
 }

@@ -222,15 +222,20 @@ impl Ctx {
         }
     }
 
-    /// Checks the token from the header, else from `sb-hc-token` (decoded once).
-    fn authorize(&self, call: &Call, right: Right) -> Result<auth::Grant, SasError> {
-        let token = self
-            .request
+    /// The token from the header, else from `sb-hc-token` (decoded once). An empty
+    /// header is no token: it must not hide one in the query.
+    fn token<'a>(&'a self, call: &'a Call) -> Option<&'a str> {
+        self.request
             .header(HEADER_TOKEN)
-            .or(call.hc.token.as_deref());
+            .filter(|t| !t.trim().is_empty())
+            .or(call.hc.token.as_deref())
+    }
+
+    /// Checks the token ([`Self::token`]) for `right` on the call's own path.
+    fn authorize(&self, call: &Call, right: Right) -> Result<auth::Grant, SasError> {
         auth::authorize(
             &self.server.settings.config.keys,
-            token,
+            self.token(call),
             &call.hc.path,
             right,
             auth::now(),
@@ -308,17 +313,26 @@ impl Ctx {
     }
 
     async fn connect(mut self, mut stream: Stream, call: Call) {
-        if let Err(err) = self.authorize(&call, Right::Send) {
+        let server = self.server.clone();
+        // The Hybrid Connection this sender would reach: the key must cover that one.
+        let resolved = server.registry.resolve(&call.hc.path);
+        let authorized = auth::authorize_sender(
+            &server.settings.config.keys,
+            self.token(&call),
+            &call.hc.path,
+            resolved.as_ref().map(|(entity, _)| entity.as_str()),
+            auth::now(),
+        );
+        if let Err(err) = authorized {
             return refuse(&mut stream, &err, &self.server.refusals_logged).await;
         }
         let Some(permit) = self.take_relayed_slot() else {
             tracing::info!("sender refused: max_connections reached");
             return upgrade::write_status(&mut stream, 503, CONNECTIONS_FULL).await;
         };
-        let server = self.server.clone();
         let tracking = call.tracking.as_str();
         let no_listener = format!("{NO_LISTENER_TEXT} TrackingId:{tracking}");
-        let Some((entity_path, listeners)) = server.registry.resolve(&call.hc.path) else {
+        let Some((entity_path, listeners)) = resolved else {
             tracing::info!("sender refused: no listener");
             return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
         };
@@ -378,9 +392,12 @@ impl Ctx {
             // by the deadline, and each turn needs a listener's control channel to end.
             gone.push(left);
             tracing::info!("the listener left before taking the accept; trying the others");
+            // Only the Hybrid Connection the sender was authorized for: another prefix
+            // of its path may be one its key does not cover.
             listeners = server
                 .registry
                 .resolve(&call.hc.path)
+                .filter(|(entity, _)| *entity == entity_path)
                 .map(|(_, list)| list)
                 .unwrap_or_default();
             listeners.retain(|l| !gone.contains(&l.id));
