@@ -88,7 +88,7 @@ const RUN: &[(&str, &str)] = &[
         "torchrun starts the job's workers",
     ),
     (
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 -subj /CN=relay.example -addext subjectAltName=DNS:relay.example -keyout key.pem -out cert.pem",
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 -subj /CN=relay.example -addext subjectAltName=DNS:relay.example -addext basicConstraints=critical,CA:FALSE -keyout key.pem -out cert.pem",
         "",
     ),
     ("curl -fsS 'http://127.0.0.1:9351/$status'", "{"),

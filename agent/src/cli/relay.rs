@@ -39,7 +39,8 @@ pub enum RelayCommand {
         amlx-agent relay serve --config relay.toml --insecure-ws        # ws://127.0.0.1:9351\n  \
         # TLS for remote clients (a self-signed pair for testing):\n  \
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \\\n      \
-        -subj /CN=relay.example -addext subjectAltName=DNS:relay.example -keyout key.pem -out cert.pem\n  \
+        -subj /CN=relay.example -addext subjectAltName=DNS:relay.example \\\n      \
+        -addext basicConstraints=critical,CA:FALSE -keyout key.pem -out cert.pem\n  \
         amlx-agent relay serve --config relay.toml --listen 0.0.0.0:9443 --tls-cert cert.pem --tls-key key.pem")]
     Serve(ServeArgs),
     // --- end relay serve ---
