@@ -232,6 +232,8 @@ fn sas_vectors_from_the_design_doc() {
 fn a_hostile_relay_cannot_forge_or_flood_the_listeners_log() {
     use tokio_tungstenite::tungstenite::{Message, accept};
     const FORGED: &str = "2026-01-01T00:00:00Z ERROR forged";
+    // With the address, the id opens the rendezvous: the log shows its first 8 characters.
+    const RENDEZVOUS_ID: &str = "opens-the-rendezvous-0123456789";
     let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = server.local_addr().expect("addr");
     let relay = std::thread::spawn(move || {
@@ -239,7 +241,7 @@ fn a_hostile_relay_cannot_forge_or_flood_the_listeners_log() {
         let mut ws = accept(tcp).expect("upgrade");
         let accept_msg = serde_json::json!({"accept": {
             "address": "ws://127.0.0.1:9/$hc/hc?sb-hc-action=accept&sb-hc-id=x",
-            "id": format!("x\n{FORGED}\u{1b}[2J"),
+            "id": format!("{RENDEZVOUS_ID}\n{FORGED}\u{1b}[2J"),
             "connectHeaders": {},
             "remoteEndpoint": {"address": format!("\r\n{FORGED}\u{202e}"), "port": 1},
         }});
@@ -265,6 +267,11 @@ fn a_hostile_relay_cannot_forge_or_flood_the_listeners_log() {
     // The accept's rendezvous (port 9: refused) fails with a line in the accept's span.
     let _ = listener.stderr.wait_for("rendezvous");
     let log = listener.dump();
+    assert!(log.contains("id=opens-th"), "{log}");
+    assert!(
+        !log.contains("opens-the-"),
+        "the whole id is logged:\n{log}"
+    );
     for line in log.lines() {
         assert!(!line.starts_with(FORGED), "a forged line:\n{log}");
         assert!(!line.contains(['\u{1b}', '\r', '\u{202e}']), "{line:?}");

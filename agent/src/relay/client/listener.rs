@@ -28,6 +28,9 @@ use crate::logging::{Throttle, loggable};
 use crate::relay::protocol::{self, Accept, ControlMessage, RenewToken, close_code, status};
 use crate::relay::websocket::{self, OpCode};
 
+/// Characters of an accept's id the log shows (see `dispatch`).
+const LOGGED_ID_CHARS: usize = 8;
+
 /// How long the listener waits for a rendezvous upgrade (what .NET uses).
 pub const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(20);
 /// Ping the control channel this often: idle NATs keep it, and the relay's Pong proves it
@@ -358,10 +361,13 @@ fn dispatch<H: AcceptHandler>(
     let text = String::from_utf8_lossy(text);
     match ControlMessage::parse(&text) {
         Ok(ControlMessage::Accept(accept)) => {
-            // The relay's text: escaped, so that it cannot forge a line of our log.
+            // The relay's text: escaped, so that it cannot forge a line of our log. Only the
+            // start of the id: with the address it opens the rendezvous (a relay may make
+            // it the capability, as ours does), and the start is enough to match lines.
+            let id_start: String = accept.id.chars().take(LOGGED_ID_CHARS).collect();
             let span = tracing::info_span!(
                 "accept",
-                id = %loggable(&accept.id),
+                id = %loggable(&id_start),
                 remote = %loggable(&format!("{}:{}", accept.remote_endpoint.address, accept.remote_endpoint.port)),
             );
             let endpoint = Arc::clone(endpoint);
