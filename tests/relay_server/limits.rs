@@ -173,6 +173,36 @@ async fn refusals_anyone_can_repeat_are_logged_once_per_interval() {
     assert!(lines < 20, "{lines} lines:\n{log}");
 }
 
+/// Requests the relay cannot serve (no such endpoint, malformed) are logged, once per
+/// interval with a count of the rest: they were answered but logged at no verbosity.
+#[tokio::test]
+async fn bad_requests_are_logged_once_per_interval() {
+    const TRIES: usize = 50;
+    let relay = Relay::start("");
+    for _ in 0..TRIES {
+        let (status, _, _) = http(relay.addr, "GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status, 404);
+    }
+    // Its line is written after every refusal's: once it is read, all of theirs are.
+    let _barrier = listen(&relay, "barrier").await;
+    let mut log = String::new();
+    let until = std::time::Instant::now() + DEADLINE;
+    while !log.contains("listener connected") && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log.push_str(&relay.log());
+    }
+    assert!(log.contains("listener connected"), "{log}");
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("bad request: "))
+        .collect();
+    assert_eq!(bad.len(), 1, "{log}");
+    assert!(
+        bad[0].contains("Not Found") && bad[0].contains("status=404"),
+        "{log}"
+    );
+}
+
 /// Out of file descriptors, `accept` fails: the overload warning names the OS error and
 /// the fix (it said only "N accept failure(s)", the cause was at debug level), and the
 /// relay serves again once descriptors are free.

@@ -72,8 +72,7 @@ pub(super) async fn handle(
     let request = match request {
         Ok(r) => r,
         Err(HeadError { status, message }) => {
-            upgrade::write_status(&mut stream, status, &message).await;
-            return;
+            return bad_request(&mut stream, status, &message, &server.bad_requests_logged).await;
         }
     };
     let ctx = Ctx {
@@ -184,12 +183,16 @@ impl Ctx {
                     "Not Found"
                 };
                 let msg = format!("{title}: {err}");
-                return upgrade::write_status(&mut stream, code, &msg).await;
+                let logged = &self.server.bad_requests_logged;
+                return bad_request(&mut stream, code, &msg, logged).await;
             }
         };
         let key = match self.request.websocket_key() {
             Ok(k) => k.to_owned(),
-            Err(e) => return upgrade::write_status(&mut stream, e.status, &e.message).await,
+            Err(e) => {
+                let logged = &self.server.bad_requests_logged;
+                return bad_request(&mut stream, e.status, &e.message, logged).await;
+            }
         };
         let tracking = hc
             .id
@@ -198,14 +201,15 @@ impl Ctx {
             .unwrap_or_else(protocol::new_tracking_id);
         let Some(action) = hc.action else {
             let msg = "Bad Request: sb-hc-action must be listen, connect or accept";
-            return upgrade::write_status(&mut stream, 400, msg).await;
+            return bad_request(&mut stream, 400, msg, &self.server.bad_requests_logged).await;
         };
         // Only a reject rendezvous carries a status; there a malformed one still names a
         // waiting sender (`decide`).
         if action != Action::Accept
             && let Some(err) = hc.status_code.as_ref().and_then(RejectStatus::problem)
         {
-            return upgrade::write_status(&mut stream, 400, &format!("Bad Request: {err}")).await;
+            let msg = format!("Bad Request: {err}");
+            return bad_request(&mut stream, 400, &msg, &self.server.bad_requests_logged).await;
         }
         // Both are the client's own text, logged before it is authenticated.
         let span = tracing::info_span!(
@@ -567,6 +571,16 @@ struct Call {
 
 /// Answers a failed authorisation: 401 or 403 with the reason (never the token); the log
 /// line is `logged`'s to allow.
+/// Answers a request the relay cannot serve (malformed, too large, no such endpoint) with
+/// `status` and `message`, and says so in the log at most once per interval with a count
+/// of the rest: anyone can repeat a bad request at will.
+async fn bad_request(stream: &mut Stream, status: u16, message: &str, logged: &Throttle) {
+    logged.log(|left_out| {
+        tracing::info!(status, "bad request: {}{left_out}", loggable(message));
+    });
+    upgrade::write_status(stream, status, message).await;
+}
+
 async fn refuse(stream: &mut Stream, err: &SasError, logged: &Throttle) {
     let status = err.status();
     logged.log(|left_out| {

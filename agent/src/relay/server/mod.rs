@@ -149,6 +149,9 @@ struct Server {
     /// Lines anyone can make us repeat: a refused (401/403) upgrade needs no credentials,
     /// and one client wrote 25,600 of them in 5 s.
     refusals_logged: Throttle,
+    /// Malformed or unroutable requests (400, 404, 431): logged as refusals are, on a
+    /// throttle of their own so that neither kind hides the other.
+    bad_requests_logged: Throttle,
     /// A listener refused because its path has the most listeners; a client library
     /// reconnecting in a tight loop (hyco-ws does) wrote 2,000 of them in 10 s.
     full_path_logged: Throttle,
@@ -259,6 +262,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         hard_stop: CancellationToken::new(),
         refusals_logged: Throttle::default(),
+        bad_requests_logged: Throttle::default(),
         full_path_logged: Throttle::default(),
         settings,
     });
