@@ -407,6 +407,24 @@ async fn broken_frames_and_control_messages_never_end_the_relay() {
             Some(1002),
         ),
         (
+            "reserved bits and an unknown opcode (control)",
+            Leg::Control,
+            masked_frame(0xF3, 3, b"???"),
+            Some(1002),
+        ),
+        (
+            "a fragmented Ping (control)",
+            Leg::Control,
+            masked_frame(OP_PING, 2, b"hi"),
+            Some(1002),
+        ),
+        (
+            "a text message that is not UTF-8 (control)",
+            Leg::Control,
+            whole_frame(0x01, b"{\"renewToken\xff\xfe"),
+            Some(1007),
+        ),
+        (
             "reserved bits and an unknown opcode (relayed)",
             Leg::Relayed,
             masked_frame(0xF3, 3, b"???"),
@@ -466,6 +484,11 @@ async fn broken_frames_and_control_messages_never_end_the_relay() {
     }
     let log = relay.log();
     assert!(!log.contains("panicked"), "{log}");
+    // A listener that broke the protocol is named so in the log, not as one that left.
+    assert!(
+        log.contains("listener disconnected: ProtocolViolation"),
+        "{log}"
+    );
 }
 
 /// Idle connections of the flood.

@@ -63,6 +63,9 @@ pub enum Ended {
     BadRenewal(String),
     /// A control message exceeded the limit (1009).
     TooLarge,
+    /// The listener broke the WebSocket protocol (1002: a bad opcode, reserved bits, an
+    /// unmasked or fragmented control frame; 1007: text that is not UTF-8).
+    ProtocolViolation(CloseCode, String),
     /// The relay is shutting down (1001).
     Shutdown,
 }
@@ -122,6 +125,12 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                     break Ended::TooLarge;
                 }
+                Some(Err(err @ WsError::Protocol(_))) => {
+                    break Ended::ProtocolViolation(CloseCode::Protocol, err.to_string());
+                }
+                Some(Err(err @ WsError::Utf8(_))) => {
+                    break Ended::ProtocolViolation(CloseCode::Invalid, err.to_string());
+                }
                 Some(Err(err)) => {
                     tracing::debug!("control channel read failed: {err}");
                     break Ended::ByListener;
@@ -156,6 +165,7 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
         Ended::TokenExpired => Some((CloseCode::Policy, "token expired".to_owned())),
         Ended::BadRenewal(why) => Some((CloseCode::Policy, format!("renewToken refused: {why}"))),
         Ended::TooLarge => Some((CloseCode::Size, "control message too large".to_owned())),
+        Ended::ProtocolViolation(code, why) => Some((*code, why.clone())),
         Ended::Shutdown => Some((CloseCode::Away, "relay shutting down".to_owned())),
     };
     finish(ws, close).await;
