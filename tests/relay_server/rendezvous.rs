@@ -481,3 +481,33 @@ async fn a_keys_paths_cover_the_hybrid_connection_a_sender_reaches() {
     let log = relay.log();
     assert!(!log.contains(&debugger), "the token is never logged");
 }
+
+/// A sender that leaves while it waits for its listener's decision gives its place back
+/// at once: it held a `max_connections` slot (and a pending entry) until the rendezvous
+/// timeout. The listener's rendezvous for it then finds nobody.
+#[tokio::test]
+async fn a_sender_that_leaves_while_waiting_is_let_go_at_once() {
+    let relay = Relay::start("rendezvous_timeout = \"5m\"");
+    let mut control = listen(&relay, "hc").await;
+    let tok = token(ROOT, KEY, "hc", 3600);
+    let url = relay.url("hc", "connect");
+    let sender = tokio::spawn(async move { open(request(&url, Some(&tok))).await });
+    let accept = next_accept(&mut control).await;
+    relay.wait_status("pending", 1).await;
+    // Its connection ends (the task holding it is dropped) before the listener decides.
+    sender.abort();
+    let _ = sender.await;
+    relay.wait_status("pending", 0).await;
+    let address = accept["accept"]["address"]
+        .as_str()
+        .expect("address")
+        .to_owned();
+    assert_eq!(open(request(&address, None)).await.err(), Some(404));
+    let mut log = String::new();
+    let until = std::time::Instant::now() + DEADLINE;
+    while !log.contains("sender left before a listener took it") {
+        assert!(std::time::Instant::now() < until, "{log}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        log.push_str(&relay.log());
+    }
+}

@@ -34,6 +34,11 @@ const STATUS_PATH: &str = "/$status";
 
 type Stream = Prefixed<BoxIo>;
 
+/// What a sender waiting for its listener may send before the upgrade is answered (a
+/// client that does not wait for the 101) and still have relayed: read and kept, so that
+/// the relay sees the sender go; past it, the relay stops reading until the decision.
+const SENDER_EARLY_BYTES: usize = 64 * 1024;
+
 /// Serves one accepted TCP connection to the end; errors are logged here.
 pub(super) async fn handle(
     server: Arc<Server>,
@@ -378,6 +383,13 @@ impl Ctx {
                             return upgrade::write_status(&mut stream, 503, msg).await;
                         }
                         d = tokio::time::timeout_at(deadline, decision) => d,
+                        // A sender gone meanwhile gives its slot back now, not at the
+                        // deadline; its ticket goes with it, so the listener's rendezvous
+                        // finds nobody. (Cancel-safe: bytes are kept only as reads end.)
+                        () = stream.gone(SENDER_EARLY_BYTES) => {
+                            tracing::info!("sender left before a listener took it");
+                            return;
+                        }
                     };
                     if !matches!(decision, Ok(Ok(Decision::Undelivered))) {
                         break decision;

@@ -64,12 +64,60 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> Prefixed<S> {
+    /// Resolves once the peer is gone (end of stream or a read error) while it should be
+    /// waiting for our answer; bytes it sends meanwhile are kept for the reader, up to
+    /// `keep`, after which it stops reading and never resolves. Cancel-safe: bytes are
+    /// kept only when a read completes.
+    pub async fn gone(&mut self, keep: usize) {
+        use tokio::io::AsyncReadExt as _;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if self.prefix.len() >= keep {
+                return std::future::pending().await;
+            }
+            match self.inner.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => self
+                    .prefix
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            }
+        }
+    }
+}
+
 forward_writes_to_inner!(Prefixed);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// A peer that sends while it waits keeps its bytes (read again in order, after any
+    /// prefix); one that ends its stream is gone.
+    #[tokio::test]
+    async fn a_waiting_peers_bytes_are_kept_and_its_end_is_seen() {
+        let (mut peer, ours) = tokio::io::duplex(1024);
+        let mut s = Prefixed::new(b"ab".to_vec(), ours);
+        tokio::io::AsyncWriteExt::write_all(&mut peer, b"cd")
+            .await
+            .expect("write");
+        drop(peer);
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.gone(1 << 16))
+            .await
+            .expect("the end is seen");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("read");
+        assert_eq!(out, b"abcd");
+        // Past `keep`, it stops reading and waits for ever.
+        let (mut peer, ours) = tokio::io::duplex(1024);
+        let mut s = Prefixed::new(Vec::new(), ours);
+        tokio::io::AsyncWriteExt::write_all(&mut peer, b"xyz")
+            .await
+            .expect("write");
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(100), s.gone(2)).await;
+        assert!(waited.is_err(), "resolved while the peer is there");
+    }
 
     #[tokio::test]
     async fn prefix_is_read_before_the_stream() {
