@@ -54,6 +54,27 @@ def _amlx_bootstrap(report_fd, debugpy_args, fail):
     return cli
 
 
+def _amlx_let_go_at(at, done, release_after, let_go):
+    # The last resort of both guards below: once `at` (time.monotonic()) has passed
+    # without `done` being set, says so once, then calls `let_go` until the wait ends
+    # (debugpy may not be ready to be let go at first: it is tried every 0.1 s).
+    import time
+
+    if done.wait(max(0.0, at - time.monotonic())):
+        return
+    sys.stderr.write(
+        "amlx-agent: no debugger finished attaching within %g s of the step's "
+        "start; the step runs on without one\n" % release_after
+    )
+    sys.stderr.flush()
+    while not done.is_set():
+        try:
+            let_go()
+        except Exception:
+            pass
+        done.wait(0.1)
+
+
 def _amlx_bound_the_wait(release_after):
     # debugpy's `--wait-for-client` holds the step until a client finishes its setup.
     # The sidecar releases it at the attach deadline over DAP, which needs debugpy's
@@ -72,20 +93,8 @@ def _amlx_bound_the_wait(release_after):
         done = threading.Event()
 
         def cancel_at_the_deadline():
-            if done.wait(max(0.0, at - time.monotonic())):
-                return
-            sys.stderr.write(
-                "amlx-agent: no debugger finished attaching within %g s of the step's "
-                "start; the step runs on without one\n" % release_after
-            )
-            sys.stderr.flush()
-            # debugpy makes its cancel hook when the wait begins: try until it ends.
-            while not done.is_set():
-                try:
-                    wait.cancel()
-                except Exception:
-                    pass
-                done.wait(0.1)
+            # debugpy makes its cancel hook when the wait begins: tried until it ends.
+            _amlx_let_go_at(at, done, release_after, wait.cancel)
 
         threading.Thread(
             target=cancel_at_the_deadline, name="amlx-agent release", daemon=True
@@ -133,24 +142,17 @@ def _amlx_guard_the_connect(release_after):
     def run_at_the_deadline(done):
         # pydevd forgets its debugger when its connection closes, while the step still
         # waits on that debugger: take hold of it first (it exists within milliseconds).
-        py_db = None
-        while py_db is None and time.monotonic() < at and not done.wait(0.05):
-            py_db = debugger()
-        if done.wait(max(0.0, at - time.monotonic())):
-            return
-        sys.stderr.write(
-            "amlx-agent: no debugger finished attaching within %g s of the step's "
-            "start; the step runs on without one\n" % release_after
-        )
-        sys.stderr.flush()
-        while not done.is_set():
-            try:
-                py_db = py_db or debugger()
-                py_db.ready_to_run = True
-                py_db._py_db_command_thread_event.set()
-            except Exception:
-                pass
-            done.wait(0.1)
+        held = [None]
+        while held[0] is None and time.monotonic() < at and not done.wait(0.05):
+            held[0] = debugger()
+
+        def run():
+            # As a debugger's configurationDone would.
+            held[0] = held[0] or debugger()
+            held[0].ready_to_run = True
+            held[0]._py_db_command_thread_event.set()
+
+        _amlx_let_go_at(at, done, release_after, run)
 
     def guarded_connect(*args, **kwargs):
         debugpy.connect = connect
