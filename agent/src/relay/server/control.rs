@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
@@ -124,6 +124,10 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
                 Some(Ok(Message::Close(_))) | None => break Ended::ByListener,
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                     break Ended::TooLarge;
+                }
+                // A dropped connection is reported as a protocol error too: it is not one.
+                Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                    break Ended::ByListener;
                 }
                 Some(Err(err @ WsError::Protocol(_))) => {
                     break Ended::ProtocolViolation(CloseCode::Protocol, err.to_string());
