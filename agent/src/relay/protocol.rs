@@ -1,7 +1,7 @@
 //! Hybrid Connections wire protocol: URLs, query names, status texts and the control
 //! channel's JSON messages, shared by the client and `relay serve`.
 //!
-//! See shared/docs/hybrid-connections.md. Everything here is pure (no I/O), and parses
+//! See docs/relay.md, "The wire protocol". Everything here is pure (no I/O), and parses
 //! text from outside: no byte-index slicing, no indexing that could panic.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 

@@ -1,6 +1,6 @@
 //! Shared Access Signature tokens: signing (clients) and lenient verification (`relay serve`).
 //!
-//! Wire facts (shared/docs/hybrid-connections.md): the string to sign is
+//! Wire facts (docs/relay.md, "The wire protocol"): the string to sign is
 //! `UrlEncode(resource) + "\n" + expiry`, the HMAC-SHA256 key is the UTF-8 bytes of the
 //! key string *as written* (never base64-decoded), and the token is
 //! `SharedAccessSignature sr=<enc uri>&sig=<enc b64>&se=<expiry>&skn=<key name>`.

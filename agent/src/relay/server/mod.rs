@@ -1,6 +1,6 @@
 //! `relay serve`: a self-hostable Azure Relay Hybrid Connections server for the protocol
 //! subset the agent, azbridge and Microsoft's own clients use (listen, connect, accept,
-//! reject, renewToken; see shared/docs/hybrid-connections.md).
+//! reject, renewToken; docs/relay.md, "The wire protocol", sums it up).
 //!
 //! [`run`] takes a bound listener and a shutdown token (mini-redis style), so tests bind
 //! port 0. `GET /$status` on the same port answers a small JSON document with live counts
