@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the checked-in seed corpora under fuzz/corpus/<target>/: a few small valid
 inputs per target (the SAS test vector and connection strings of
-shared/docs/hybrid-connections.md, real upgrade requests, frames, configs, argv ...).
+docs/relay.md "The wire protocol", real upgrade requests, frames, configs, argv ...).
 
 Run it again after changing an input shape in agent/src/fuzz_entry; files that already
 exist with the same name are overwritten, others (e.g. crash regressions added by hand)
@@ -149,7 +149,7 @@ def main():
     write("sas_token", "sign_roundtrip",
           b"\x01http://contoso.servicebus.windows.net/hyco/\0RootManageSharedAccessKey\0hyco/a")
 
-    # Connection strings (shared/docs/hybrid-connections.md).
+    # Connection strings (the format docs/relay.md describes).
     write("connection_string", "azure",
           "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=name;SharedAccessKey=key;EntityPath=hc")
     write("connection_string", "self_hosted_port",
