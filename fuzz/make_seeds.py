@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the checked-in seed corpora under fuzz/corpus/<target>/: a few small valid
-inputs per target (the SAS test vector and connection strings of
-docs/relay.md "The wire protocol", real upgrade requests, frames, configs, argv ...).
+inputs per target (the SAS test vector of agent/src/relay/sas_tests.rs, connection
+strings, real upgrade requests as docs/relay.md "The wire protocol" describes them,
+frames, configs, argv ...).
 
 Run it again after changing an input shape in agent/src/fuzz_entry; files that already
 exist with the same name are overwritten, others (e.g. crash regressions added by hand)
