@@ -47,12 +47,25 @@ pub fn run(
     };
     let port = reservation.port;
     let warning = policy::parallel_worker_warning(&detection.role, facts);
-    let attach_timeout = match &warning {
-        Some(_) => policy::parallel_worker_attach_timeout(
-            settings.session.attach_timeout,
-            DEFAULT_ATTACH_TIMEOUT,
-        ),
-        None => settings.session.attach_timeout,
+    // A ParallelRunStep worker has a shorter attach timeout by default: the session and
+    // the step's bootstrap (its own last resort) both count from it, or the bootstrap
+    // would hold the worker long after the session let it go.
+    let adjusted;
+    let settings = match &warning {
+        Some(_) => {
+            adjusted = Settings {
+                session: crate::config::SessionSettings {
+                    attach_timeout: policy::parallel_worker_attach_timeout(
+                        settings.session.attach_timeout,
+                        DEFAULT_ATTACH_TIMEOUT,
+                    ),
+                    ..settings.session.clone()
+                },
+                ..settings.clone()
+            };
+            &adjusted
+        }
+        None => settings,
     };
     // The bootstrap's report pipe (see `inject::bootstrap`): the step writes whether it
     // could import debugpy, the sidecar reads. Without it the session just never hears.
@@ -60,30 +73,13 @@ pub fn run(
         .inspect_err(|err| tracing::debug!("no bootstrap report pipe: {err}"))
         .ok();
     let report_fd = report.as_ref().map(|(_, write)| write.as_raw_fd());
-    // The bootstrap's own last resort counts from the same attach timeout as the session
-    // (a ParallelRunStep worker's shorter one included), or it would hold the worker long
-    // after the session let it go.
-    let adjusted;
-    let for_step = if attach_timeout == settings.session.attach_timeout {
-        settings
-    } else {
-        adjusted = Settings {
-            session: crate::config::SessionSettings {
-                attach_timeout,
-                ..settings.session.clone()
-            },
-            ..settings.clone()
-        };
-        &adjusted
-    };
     let prepared = prepare(
-        for_step, detection, &node, port, &step.argv, token_ttl, report_fd,
+        settings, detection, &node, port, &step.argv, token_ttl, report_fd,
     );
     let (spec, injected) = match prepared {
         Ok((spec, injected)) => (
             SessionSpec {
                 warning: warning.clone(),
-                attach_timeout,
                 step_holds_lifeline: mode == ProcessMode::Replace,
                 ..spec
             },
