@@ -28,12 +28,12 @@ pub const ENV_RELAY_CONNECTION_STRING_FILE: &str = "AMLX_RELAY_CONNECTION_STRING
 /// common way of "unsetting" in job specs); a value that is not valid UTF-8 is an error
 /// naming the variable (never quoting the value: it may be a secret), not a silent unset.
 pub(super) fn nonempty(env: &dyn Env, name: &str) -> Result<Option<String>, ConfigError> {
-    if env.is_not_unicode(name) {
-        return Err(ConfigError::new(format!(
+    let value = env.lookup(name).map_err(|crate::role::NotUnicode| {
+        ConfigError::new(format!(
             "{name} is set to a value that is not valid UTF-8: give it a UTF-8 value or unset it"
-        )));
-    }
-    Ok(env.var(name).filter(|v| !v.trim().is_empty()))
+        ))
+    })?;
+    Ok(value.filter(|v| !v.trim().is_empty()))
 }
 
 /// Parses a non-secret variable; the error names the variable and quotes the value.

@@ -27,12 +27,16 @@ pub trait Env {
     /// The variable's value, `None` when unset (or not valid Unicode).
     fn var(&self, name: &str) -> Option<String>;
 
-    /// Whether the variable is set to a value that is not valid Unicode, which
-    /// [`Env::var`] reports as unset: readers say so instead of ignoring it silently.
-    fn is_not_unicode(&self, _name: &str) -> bool {
-        false
+    /// As [`Env::var`] in one lookup, but a value that is not valid Unicode is `Err`, not
+    /// unset: readers say so instead of ignoring it silently.
+    fn lookup(&self, name: &str) -> Result<Option<String>, NotUnicode> {
+        Ok(self.var(name))
     }
 }
+
+/// A variable set to bytes that are not valid Unicode (see [`Env::lookup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotUnicode;
 
 /// The real process environment.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,8 +47,12 @@ impl Env for ProcessEnv {
         std::env::var(name).ok()
     }
 
-    fn is_not_unicode(&self, name: &str) -> bool {
-        matches!(std::env::var(name), Err(std::env::VarError::NotUnicode(_)))
+    fn lookup(&self, name: &str) -> Result<Option<String>, NotUnicode> {
+        match std::env::var(name) {
+            Ok(value) => Ok(Some(value)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(NotUnicode),
+        }
     }
 }
 

@@ -117,14 +117,13 @@ impl<'a> Vars<'a> {
     /// The value of `name`; one that is not valid Unicode is unknown, with a warning
     /// (the value is not quoted: it may not even print).
     fn read(&mut self, name: &'static str) -> Option<String> {
-        let value = self.env.var(name);
-        if value.is_none() && self.env.is_not_unicode(name) {
+        self.env.lookup(name).unwrap_or_else(|super::NotUnicode| {
             self.warn(
                 name,
                 format!("ignoring {name}: its value is not valid UTF-8; treating it as unknown"),
             );
-        }
-        value
+            None
+        })
     }
 
     pub fn into_warnings(self) -> Vec<String> {

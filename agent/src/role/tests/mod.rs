@@ -171,8 +171,11 @@ impl Env for WithGarbage {
         self.vars.var(name)
     }
 
-    fn is_not_unicode(&self, name: &str) -> bool {
-        self.garbage.contains(&name)
+    fn lookup(&self, name: &str) -> Result<Option<String>, NotUnicode> {
+        match self.garbage.contains(&name) {
+            true => Err(NotUnicode),
+            false => Ok(self.var(name)),
+        }
     }
 }
 
