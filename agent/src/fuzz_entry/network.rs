@@ -115,21 +115,16 @@ pub async fn serve_upgrade_request(data: &[u8]) {
             return;
         }
     };
-    let token = request
-        .header(HEADER_TOKEN)
-        .map(str::to_owned)
-        .or_else(|| hc.token.clone());
+    let token = auth::token_of(request.header(HEADER_TOKEN), hc.token.as_deref());
     for right in [Right::Listen, Right::Send] {
-        if let Err(err) = auth::authorize(&fuzz_keys(), token.as_deref(), &hc.path, right, FUZZ_NOW)
-        {
+        if let Err(err) = auth::authorize(&fuzz_keys(), token, &hc.path, right, FUZZ_NOW) {
             let _ = upgrade::status_response(err.status(), &err.to_string());
         }
     }
     // A sender's check, against each Hybrid Connection its path could reach, and none.
     let entities = crate::relay::protocol::path_prefixes(&hc.path).map(Some);
     for entity in entities.chain([None]) {
-        let checked =
-            auth::authorize_sender(&fuzz_keys(), token.as_deref(), &hc.path, entity, FUZZ_NOW);
+        let checked = auth::authorize_sender(&fuzz_keys(), token, &hc.path, entity, FUZZ_NOW);
         if let Err(err) = checked {
             let _ = upgrade::status_response(err.status(), &err.to_string());
         }

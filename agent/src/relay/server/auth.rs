@@ -14,6 +14,12 @@ pub struct Grant {
     pub expiry: u64,
 }
 
+/// The token a request carries: the header's, else the `sb-hc-token` query value
+/// (decoded once). An empty header is no token: it must not hide one in the query.
+pub fn token_of<'a>(header: Option<&'a str>, query: Option<&'a str>) -> Option<&'a str> {
+    header.filter(|t| !t.trim().is_empty()).or(query)
+}
+
 /// Checks `token` (a header value, or the `sb-hc-token` query value decoded once) for
 /// `right` on entity `path`. Errors map to 401 (missing, forged, expired) or 403 (valid
 /// but not for this path or action) through [`SasError::status`].

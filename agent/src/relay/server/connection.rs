@@ -231,13 +231,9 @@ impl Ctx {
         }
     }
 
-    /// The token from the header, else from `sb-hc-token` (decoded once). An empty
-    /// header is no token: it must not hide one in the query.
+    /// The request's token ([`auth::token_of`]).
     fn token<'a>(&'a self, call: &'a Call) -> Option<&'a str> {
-        self.request
-            .header(HEADER_TOKEN)
-            .filter(|t| !t.trim().is_empty())
-            .or(call.hc.token.as_deref())
+        auth::token_of(self.request.header(HEADER_TOKEN), call.hc.token.as_deref())
     }
 
     /// Checks the token ([`Self::token`]) for `right` on the call's own path.
