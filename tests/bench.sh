@@ -3,6 +3,7 @@
 # `cargo bench --bench compare` (agent/benches/compare.rs) on the optimised build.
 #   bash tests/bench.sh                  # about 5 minutes after the first build
 #   BENCH_TUNNELS=250 bash tests/bench.sh   # idle-tunnel memory at 250 tunnels instead of 5000
+#   BENCH_FIGURES=4,6 bash tests/bench.sh   # only figures 4 and 6 (numbers as the table's rows start)
 # The static build that ships is built first (docker/build-static.sh, with musl-tools and the
 # Rust target installed when missing). Peers: rathole, bore and websocat are built once into target/bench-peers (cargo install,
 # about 10 minutes on 2 cores the first time); iperf3, tini, strace and valgrind come from

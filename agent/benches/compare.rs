@@ -9,7 +9,8 @@
 //! tunnels of the memory figure, default 5000, fewer when the hard open-file limit does not
 //! allow them, and websocat at most 250), `BENCH_SECONDS` (per iperf3 run, default 2),
 //! `BENCH_ROUNDS` (iperf3 runs per figure, default 3), `BENCH_IDLE_SECONDS` (sidecar
-//! window, default 10).
+//! window, default 10), `BENCH_FIGURES` (which figures, by number: `4,6` or `1-3,8`;
+//! default all) for a quick look at one figure after a change.
 
 // A crate root resolves `mod` next to itself, where cargo would take it for a bench.
 #[path = "compare/figures.rs"]
@@ -44,6 +45,52 @@ pub struct Settings {
     pub seconds: u64,
     pub rounds: usize,
     pub idle: Duration,
+    /// The figures to measure, by number (`BENCH_FIGURES`); all when unset.
+    pub figures: Figures,
+}
+
+/// The figures a run measures: a set of numbers 1 to [`Figures::LAST`].
+#[derive(Debug, Clone, Copy)]
+pub struct Figures(u32);
+
+impl Figures {
+    /// The highest figure number.
+    const LAST: u32 = 12;
+
+    fn all() -> Figures {
+        Figures((1..=Self::LAST).fold(0, |set, n| set | 1 << n))
+    }
+
+    /// `4,6` or `1-3,8`; every number from 1 to [`Figures::LAST`].
+    fn parse(spec: &str) -> anyhow::Result<Figures> {
+        let number = |text: &str| -> anyhow::Result<u32> {
+            text.trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=Self::LAST).contains(n))
+                .with_context(|| {
+                    format!(
+                        "BENCH_FIGURES: {text:?} is not a figure from 1 to {}",
+                        Self::LAST
+                    )
+                })
+        };
+        let mut set = 0;
+        for part in spec.split(',') {
+            let (from, to) = match part.split_once('-') {
+                Some((from, to)) => (number(from)?, number(to)?),
+                None => (number(part)?, number(part)?),
+            };
+            anyhow::ensure!(from <= to, "BENCH_FIGURES: {part:?} is a range backwards");
+            set = (from..=to).fold(set, |set, n| set | 1 << n);
+        }
+        Ok(Figures(set))
+    }
+
+    /// Whether any figure from `from` to `to` is measured.
+    pub fn any(self, from: u32, to: u32) -> bool {
+        (from..=to).any(|n| self.0 & 1 << n != 0)
+    }
 }
 
 impl Settings {
@@ -62,6 +109,10 @@ impl Settings {
             seconds: var("BENCH_SECONDS", 2)?,
             rounds: var("BENCH_ROUNDS", 3)?,
             idle: Duration::from_secs(var("BENCH_IDLE_SECONDS", 10)?),
+            figures: match std::env::var("BENCH_FIGURES") {
+                Ok(spec) => Figures::parse(&spec)?,
+                Err(_) => Figures::all(),
+            },
         })
     }
 }
@@ -79,6 +130,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
+    let only = settings.figures;
     let load_at_start = load_average();
     raise_open_files();
     let agent = Path::new(env!("CARGO_BIN_EXE_amlx-agent"));
@@ -107,11 +159,12 @@ fn run() -> anyhow::Result<()> {
         iperf: iperf.as_ref().map_or(echo, |i| i.addr),
         echo,
     };
-    let mut tunnels: Vec<(&'static str, Tunnel)> = vec![(
-        AGENT,
-        tunnels::agent(agent, targets, false, settings.tunnels)?,
-    )];
-    for peer in PEERS {
+    let mut tunnels: Vec<(&'static str, Tunnel)> = Vec::new();
+    if only.any(1, 7) {
+        let agent = tunnels::agent(agent, targets, false, settings.tunnels)?;
+        tunnels.push((AGENT, agent));
+    }
+    for peer in PEERS.into_iter().filter(|_| only.any(1, 7)) {
         let Some(bin) = procs::which(peer) else {
             report.missing(peer, "not installed");
             continue;
@@ -126,13 +179,16 @@ fn run() -> anyhow::Result<()> {
             Err(err) => report.missing(peer, &format!("did not start: {err:#}")),
         }
     }
-    let wss = tunnels::agent(agent, targets, true, 16)?;
+    let wss = only
+        .any(1, 3)
+        .then(|| tunnels::agent(agent, targets, true, 16))
+        .transpose()?;
     // `exec` and the shipped-build throughput rows are measured on the binary that ships
     // (docker/build-static.sh's static, position-dependent build) when it has been built;
     // `exec` falls back to the release build.
     let shipped = figures::static_build(agent);
     let mut shipped_tunnels = None;
-    if let (Some(bin), Some(_)) = (&shipped, &iperf) {
+    if let (Some(bin), Some(_), true) = (&shipped, &iperf, only.any(1, 3)) {
         let started = tunnels::agent(bin, targets, false, 16).and_then(|plain| {
             Ok(figures::Shipped {
                 plain,
@@ -147,12 +203,12 @@ fn run() -> anyhow::Result<()> {
         }
     }
 
-    if let Some(iperf) = &iperf {
+    if let (Some(iperf), Some(wss)) = (&iperf, &wss) {
         let figure = figures::throughput(
             &settings,
             iperf.addr,
             &tunnels,
-            &wss,
+            wss,
             shipped_tunnels.as_ref(),
             &mut report,
         );
@@ -160,14 +216,20 @@ fn run() -> anyhow::Result<()> {
     }
     // Six processes that no later figure uses.
     drop(shipped_tunnels);
-    report.figures(figures::round_trips(echo, &tunnels), "4 round trip");
-    if strace.is_some() {
+    if only.any(4, 4) {
+        report.figures(figures::round_trips(echo, &tunnels), "4 round trip");
+    }
+    if strace.is_some() && only.any(5, 5) {
         let figure = figures::syscalls(&mut tunnels);
         report.figures(figure, "5 syscalls");
     }
-    report.figures(figures::opens(echo, &tunnels), "6 new tunnel");
-    let figure = figures::idle_memory(settings.tunnels, &tunnels, &mut report);
-    report.figures(figure, "7 idle tunnels");
+    if only.any(6, 6) {
+        report.figures(figures::opens(echo, &tunnels), "6 new tunnel");
+    }
+    if only.any(7, 7) {
+        let figure = figures::idle_memory(settings.tunnels, &tunnels, &mut report);
+        report.figures(figure, "7 idle tunnels");
+    }
     drop(tunnels);
     drop(wss);
     let exec_agent = shipped.as_deref().unwrap_or(agent);
@@ -177,23 +239,33 @@ fn run() -> anyhow::Result<()> {
                 .to_owned(),
         );
     }
-    report.figures(
-        figures::exec(exec_agent, tini.as_deref(), valgrind.is_some()),
-        "8 exec",
-    );
-    if let Some(python) = &python {
-        report.figures(figures::target_start(agent, python), "9 target start");
+    if only.any(8, 8) {
         report.figures(
-            figures::idle_sidecar(agent, python, settings.idle),
-            "10 idle sidecar",
-        );
-        report.figures(
-            figures::post_mortem_hook(exec_agent, python),
-            "12 post-mortem hook",
+            figures::exec(exec_agent, tini.as_deref(), valgrind.is_some()),
+            "8 exec",
         );
     }
-    let figure = figures::binary(agent, &mut report);
-    report.figures(figure, "11 binary");
+    if let Some(python) = &python {
+        if only.any(9, 9) {
+            report.figures(figures::target_start(agent, python), "9 target start");
+        }
+        if only.any(10, 10) {
+            report.figures(
+                figures::idle_sidecar(agent, python, settings.idle),
+                "10 idle sidecar",
+            );
+        }
+        if only.any(12, 12) {
+            report.figures(
+                figures::post_mortem_hook(exec_agent, python),
+                "12 post-mortem hook",
+            );
+        }
+    }
+    if only.any(11, 11) {
+        let figure = figures::binary(agent, &mut report);
+        report.figures(figure, "11 binary");
+    }
     report.note(format!(
         "settings: {}x{}s iperf3 runs per figure; {} round trips of {} B after \
          {} warm-up; {} round trips under strace; \

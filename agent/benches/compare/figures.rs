@@ -225,7 +225,9 @@ pub fn tunnel_room(n: usize) -> Option<(usize, String)> {
         (
             room,
             format!(
-                "7: measured at {room} idle tunnels, not {n}: the hard open-file limit is                  {hard} and each tunnel takes two descriptors in the bench and in each                  tunnel process (raise it: ulimit -Hn as root)"
+                "7: measured at {room} idle tunnels, not {n}: the hard open-file limit is \
+                 {hard} and each tunnel takes two descriptors in the bench and in each \
+                 tunnel process (raise it: ulimit -Hn as root)"
             ),
         )
     })
