@@ -1,6 +1,7 @@
 //! amlx-agent: makes exactly the right processes of a distributed training job
 //! remotely debuggable. The binary is a thin shell over this library.
 
+pub mod atomic_file;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -3,7 +3,7 @@
 //! replaced through a temporary file of this process's own, removed again on failure.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::{LaunchSpec, NEW_FILE, merge};
+use crate::atomic_file::{self, Durability, Permissions};
 
 /// The largest launch.json merged into: far past any real one (a few KiB; 40,000
 /// configurations are ~10 MiB), and a bound on what a file (or `/dev/zero` behind a
@@ -23,6 +24,9 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Pause between two attempts at the folder's lock.
 const LOCK_RETRY: Duration = Duration::from_millis(20);
+
+/// A new launch.json's permission bits before the umask, as an editor makes a file.
+const NEW_FILE_MODE: u32 = 0o666;
 
 /// What [`write()`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,44 +190,13 @@ fn lock_folder(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
     }
 }
 
-/// Writes a temporary file of this process's own next to `path` and renames it over
-/// `path`: never a half-written file, and the temporary file is removed when anything
-/// fails.
+/// Replaces `path` whole with `text`, synced to disk first (the developer keeps this
+/// file): with `permissions` when it had some, else as any new file.
 fn replace_file(
     path: &Path,
     text: &str,
     permissions: Option<std::fs::Permissions>,
 ) -> anyhow::Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(format!(".amlx-tmp.{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let written = write_new(&tmp, text, permissions).and_then(|()| {
-        std::fs::rename(&tmp, path).with_context(|| format!("could not replace {}", path.display()))
-    });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
-}
-
-/// Creates `tmp` (replacing a leftover of a process that had this PID) and writes `text`.
-fn write_new(
-    tmp: &Path,
-    text: &str,
-    permissions: Option<std::fs::Permissions>,
-) -> anyhow::Result<()> {
-    let _ = std::fs::remove_file(tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)
-        .with_context(|| format!("could not create {}", tmp.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("could not write {}", tmp.display()))?;
-    if let Some(permissions) = permissions {
-        std::fs::set_permissions(tmp, permissions)
-            .with_context(|| format!("could not set permissions on {}", tmp.display()))?;
-    }
-    Ok(())
+    let permissions = permissions.map_or(Permissions::New(NEW_FILE_MODE), Permissions::Keep);
+    atomic_file::replace(path, text.as_bytes(), permissions, Durability::Synced)
 }

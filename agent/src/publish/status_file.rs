@@ -19,6 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::SessionState;
 use super::holder;
 pub use super::holder::Holder;
+use crate::atomic_file::{self, Durability, Permissions};
 use crate::role::Env;
 use crate::session::DebugMode;
 
@@ -336,6 +337,9 @@ pub fn state_dir(explicit: Option<&Path>, env: &dyn Env) -> anyhow::Result<PathB
 const SHARED_SESSIONS_MODE: u32 = 0o1777;
 /// Mode of a per-user state directory and its `sessions` directory.
 const PRIVATE_DIR_MODE: u32 = 0o700;
+/// A record's permission bits (before the umask): every user's `ports list` and `status`
+/// read it; only its writer writes it.
+const RECORD_MODE: u32 = 0o644;
 /// Where each user's per-user fallback lives (`/tmp/amlx-<uid>`, shared with the lock
 /// directory's `/tmp/amlx-<uid>/ports`).
 const TMP_DIR_PREFIX: &str = "/tmp/amlx-";
@@ -527,41 +531,18 @@ fn is_not_found(err: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
 }
 
-/// Writes to a temp file in the same directory, then renames it over `path`, so a
-/// reader sees the old record or the new one, never half of one.
+/// Replaces the record at `path` whole, so a reader sees the old record or the new one,
+/// never half of one. Not synced: records live in `/run` or `/tmp` and mean nothing after
+/// a crash, and one is written at every change of a session's state.
 fn write_atomic(path: &Path, record: &StatusRecord) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("record paths are built from a file name");
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let mut json = serde_json::to_vec(record).expect("a status record always serializes");
     json.push(b'\n');
-    write_new(&tmp, &json).with_context(|| format!("could not write {}", tmp.display()))?;
-    fs::rename(&tmp, path).map_err(|err| {
-        let _ = fs::remove_file(&tmp);
-        anyhow::Error::new(err).context(format!("could not write {}", path.display()))
-    })
-}
-
-/// Creates `path` afresh and writes `bytes`. The sessions directory may be shared by
-/// every user (mode 1777), so never follow a link or reuse a file someone else put there:
-/// a leftover of ours (a crashed writer with our PID) is removed first.
-fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err),
-    }
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)?;
-    file.write_all(bytes)
+    atomic_file::replace(
+        path,
+        &json,
+        Permissions::New(RECORD_MODE),
+        Durability::Unsynced,
+    )
 }
 
 /// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
