@@ -40,6 +40,9 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 /// One control frame the relay does not take within this means a dead channel.
 pub const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the goodbye Close may take when shutting down: a relay that takes no frame
+/// must not hold a SIGTERM for a whole [`CONTROL_WRITE_TIMEOUT`].
+pub const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest control message we assemble (Azure caps bodies at 64 kB).
 pub const MAX_CONTROL_MESSAGE: usize = 1024 * 1024;
 /// How long relayed connections may finish after shutdown is asked for.
@@ -250,7 +253,7 @@ async fn control_loop<H: AcceptHandler>(
         tokio::select! {
             () = shutdown.cancelled() => {
                 let bye = writer.write_close(close_code::NORMAL, "listener shutting down");
-                let _ = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, bye).await;
+                let _ = tokio::time::timeout(GOODBYE_TIMEOUT, bye).await;
                 return "shutting down".into();
             }
             () = &mut silence => {
@@ -265,14 +268,14 @@ async fn control_loop<H: AcceptHandler>(
                 };
                 let text = ControlMessage::RenewToken(RenewToken { token }).to_json();
                 let renewal = writer.write_frame(OpCode::Text, text.as_bytes());
-                if let Err(why) = control_write(renewal, silence.deadline()).await {
+                if let Err(why) = control_write(renewal, silence.deadline(), shutdown).await {
                     return why;
                 }
                 tracing::debug!("token renewed");
             }
             _ = ping.tick() => {
                 let probe = writer.write_frame(OpCode::Ping, b"");
-                if let Err(why) = control_write(probe, silence.deadline()).await {
+                if let Err(why) = control_write(probe, silence.deadline(), shutdown).await {
                     return why;
                 }
             }
@@ -283,7 +286,7 @@ async fn control_loop<H: AcceptHandler>(
                     Err(e) => {
                         if let Some(code) = e.close_code() {
                             let bye = writer.write_close(code, "WebSocket protocol error");
-                            let _ = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, bye).await;
+                            closing(bye, shutdown).await;
                         }
                         return format!("control channel read failed: {e}");
                     }
@@ -292,7 +295,7 @@ async fn control_loop<H: AcceptHandler>(
                 match frame.opcode {
                     OpCode::Ping => {
                         let pong = writer.write_frame(OpCode::Pong, &frame.payload);
-                        if let Err(why) = control_write(pong, silence.deadline()).await {
+                        if let Err(why) = control_write(pong, silence.deadline(), shutdown).await {
                             return why;
                         }
                     }
@@ -303,7 +306,7 @@ async fn control_loop<H: AcceptHandler>(
                             let _ = writer.write_close(code_to_echo(code), "").await;
                             let _ = writer.shutdown().await;
                         };
-                        let _ = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, bye).await;
+                        closing(bye, shutdown).await;
                         let why = if code == close_code::POLICY { " (token expired or refused)" } else { "" };
                         return format!("the relay closed the control channel with {code} {reason:?}{why}");
                     }
@@ -311,7 +314,7 @@ async fn control_loop<H: AcceptHandler>(
                         message.extend_from_slice(&frame.payload);
                         if message.len() > MAX_CONTROL_MESSAGE {
                             let bye = writer.write_close(websocket::close_code::TOO_BIG, "message too big");
-                            let _ = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, bye).await;
+                            closing(bye, shutdown).await;
                             return format!("control message over {MAX_CONTROL_MESSAGE} bytes");
                         }
                         if frame.fin {
@@ -327,19 +330,35 @@ async fn control_loop<H: AcceptHandler>(
 
 /// Runs one control-channel write, bounded by [`CONTROL_WRITE_TIMEOUT`] and never past
 /// `silent_at`, so a dead relay is declared within [`SILENCE_LIMIT`] whatever we were
-/// doing. `Err` says why the channel is dead.
+/// doing; given up at once when `shutdown` is asked for (a relay that stopped reading
+/// held a SIGTERM for the whole write bound). `Err` says why the channel is done.
 async fn control_write(
     write: impl Future<Output = std::io::Result<()>>,
     silent_at: Instant,
+    shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let limit = (Instant::now() + CONTROL_WRITE_TIMEOUT).min(silent_at);
-    match tokio::time::timeout_at(limit, write).await {
+    // Both cancel-safe to drop: a frame half written ends with the channel anyway.
+    let written = tokio::select! {
+        written = tokio::time::timeout_at(limit, write) => written,
+        () = shutdown.cancelled() => return Err("shutting down".into()),
+    };
+    match written {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("control channel write failed: {e}")),
         Err(_) => Err(format!(
             "the relay took no control frame within {CONTROL_WRITE_TIMEOUT:?} \
              (or was silent for {SILENCE_LIMIT:?})"
         )),
+    }
+}
+
+/// Runs a last write before the channel is given up (a Close), bounded by
+/// [`CONTROL_WRITE_TIMEOUT`] and dropped at once when `shutdown` is asked for.
+async fn closing<T>(write: impl Future<Output = T>, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, write) => {}
+        () = shutdown.cancelled() => {}
     }
 }
 

@@ -122,24 +122,36 @@ async fn control_writes_end_by_the_silence_deadline_whatever_the_write_does() {
     type Write = std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
     let far = Instant::now() + Duration::from_secs(3600);
     let soon = Instant::now() + Duration::from_millis(100);
-    let cases: Vec<(&str, Write, Instant, Option<&str>)> = vec![
-        ("written", Box::pin(async { Ok(()) }), far, None),
+    let stopped = CancellationToken::new();
+    stopped.cancel();
+    let running = CancellationToken::new();
+    let cases: Vec<(&str, Write, Instant, &CancellationToken, Option<&str>)> = vec![
+        ("written", Box::pin(async { Ok(()) }), far, &running, None),
         (
             "broken pipe",
             Box::pin(async { Err(std::io::ErrorKind::BrokenPipe.into()) }),
             far,
+            &running,
             Some("write failed"),
         ),
         (
             "relay never takes the frame",
             Box::pin(std::future::pending()),
             soon,
+            &running,
             Some("took no control frame"),
         ),
+        (
+            "relay never takes the frame, and a shutdown is asked for",
+            Box::pin(std::future::pending()),
+            far,
+            &stopped,
+            Some("shutting down"),
+        ),
     ];
-    for (name, write, silent_at, want) in cases {
+    for (name, write, silent_at, shutdown, want) in cases {
         let started = Instant::now();
-        let got = tokio::time::timeout(DEADLINE, control_write(write, silent_at))
+        let got = tokio::time::timeout(DEADLINE, control_write(write, silent_at, shutdown))
             .await
             .unwrap_or_else(|_| panic!("{name}: control_write outlived its deadline"));
         match (got, want) {
@@ -149,4 +161,87 @@ async fn control_writes_end_by_the_silence_deadline_whatever_the_write_does() {
         }
         assert!(started.elapsed() < CONTROL_WRITE_TIMEOUT, "{name}");
     }
+}
+
+/// A relay that answers the control channel's upgrade, then floods Pings and never reads:
+/// the listener's Pongs fill the socket and its write stalls. A shutdown asked for then
+/// must end the listener within the goodbye bound, not wait out the write bound (it took
+/// 9.4 s).
+#[tokio::test]
+async fn a_shutdown_ends_the_listener_while_the_relay_takes_no_frame() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let relay = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let addr = relay.local_addr().expect("bound");
+    let stop_flood = CancellationToken::new();
+    let flood = {
+        let stop_flood = stop_flood.clone();
+        tokio::spawn(async move {
+            let (mut socket, _) = relay.accept().await.expect("the listener connects");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+                socket.read_exact(&mut byte).await.expect("request head");
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .expect("a WebSocket key")
+                .trim()
+                .to_owned();
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            socket.write_all(answer.as_bytes()).await.expect("101");
+            // Unmasked server Pings with the largest control payload, never reading the
+            // Pongs; bounded by the test's end and a count.
+            let mut ping = vec![0x89, 125];
+            ping.extend([b'p'; 125]);
+            for _ in 0..1_000_000 {
+                tokio::select! {
+                    written = socket.write_all(&ping) => if written.is_err() { break },
+                    () = stop_flood.cancelled() => break,
+                }
+            }
+            drop(socket);
+        })
+    };
+    let connection: ConnectionString = format!(
+        "Endpoint=sb://{addr}/;SharedAccessKeyName={KEY_NAME};SharedAccessKey={KEY};EntityPath={HC}"
+    )
+    .parse()
+    .expect("connection string");
+    let endpoint =
+        Arc::new(Endpoint::new(connection, None, Transport::InsecureWs, None).expect("endpoint"));
+    let (online, mut came_online) = mpsc::unbounded_channel();
+    let handler = Arc::new(Holder {
+        online,
+        release: Arc::new(Notify::new()),
+    });
+    let shutdown = CancellationToken::new();
+    let listening = tokio::spawn(run_with_cap(endpoint, handler, shutdown.clone(), 1));
+    tokio::time::timeout(DEADLINE, came_online.recv())
+        .await
+        .expect("listener online in time");
+    // Long enough for the Pongs to fill both socket buffers and the write to stall.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = Instant::now();
+    shutdown.cancel();
+    let ended = tokio::time::timeout(DEADLINE, listening)
+        .await
+        .expect("the listener ends after a shutdown");
+    let took = asked.elapsed();
+    stop_flood.cancel();
+    let _ = tokio::time::timeout(DEADLINE, flood).await;
+    assert!(ended.expect("no panic").is_ok());
+    assert!(
+        took < CONTROL_WRITE_TIMEOUT / 2,
+        "the shutdown took {took:?}, as long as a stalled control write"
+    );
 }
