@@ -144,6 +144,17 @@ struct ThrottleState {
 }
 
 impl Throttle {
+    /// A throttle that has written nothing yet (for a `static` of a module whose lines any
+    /// sender can cause, whoever calls it).
+    pub const fn new() -> Throttle {
+        Throttle {
+            state: std::sync::Mutex::new(ThrottleState {
+                left_out: 0,
+                written_at: None,
+            }),
+        }
+    }
+
     /// Counts one occurrence at `now`; `Some` when its line is to be written, holding the
     /// occurrences left out since the last one written (show it after the line).
     pub fn admit(&self, now: Instant) -> Option<LeftOut> {

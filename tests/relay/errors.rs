@@ -350,3 +350,72 @@ fn a_relay_flooding_the_control_channel_gets_a_line_per_kind_not_per_message() {
         "{rendezvous}"
     );
 }
+
+/// A sender with the Send right opening tunnels with every kind of bad preamble (an
+/// unknown version, a port name nobody forwards, UDP, nothing at all), as fast as the
+/// relay takes them: `relay listen` logs each kind once, then at most once per interval
+/// with a count. Before, every tunnel wrote a warning (1,100 lines a second), and the
+/// listener still serves a good sender afterwards.
+#[test]
+fn a_sender_flooding_bad_preambles_gets_a_line_per_kind_not_per_tunnel() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::{Message, client};
+    const EACH: usize = 40;
+    let relay = Relay::start();
+    let cs = relay.connection_string(KEY_BOTH, "flood");
+    let echo = echo_server();
+    let listener = relay.listen_online(&cs, &["--forward", &format!("echo={echo}")]);
+    let audience = format!("http://127.0.0.1:{}/flood", relay.addr.port());
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 3600;
+    let token = sas::sign(&audience, KEY_SEND.0, &Secret::new(KEY_SEND.1), expiry).expect("sign");
+    let preambles: [&[u8]; 4] = [
+        &[9, 9, 9],              // an unknown version
+        b"\x01\x00\x00\x04nope", // a port name nobody forwards
+        b"\x01\x00\x01\x04echo", // UDP
+        &[],                     // nothing: the sender closes at once
+    ];
+    for _ in 0..EACH {
+        for preamble in preambles {
+            let url = format!(
+                "ws://127.0.0.1:{}/$hc/flood?sb-hc-action=connect",
+                relay.addr.port()
+            );
+            let mut request = url.into_client_request().expect("request");
+            request.headers_mut().insert(
+                "ServiceBusAuthorization",
+                HeaderValue::from_str(token.expose()).expect("header"),
+            );
+            let tcp = TcpStream::connect(relay.addr).expect("connect");
+            tcp.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            let (mut ws, _) = client(request, tcp).expect("the listener accepts the sender");
+            if !preamble.is_empty() {
+                ws.send(Message::Binary(preamble.to_vec().into()))
+                    .expect("send the preamble");
+            }
+            ws.close(None).expect("close");
+            // Until the listener's Close (or the end): the tunnel is over on both sides.
+            while ws.read().is_ok() {}
+        }
+    }
+    // The listener is still there for a good sender.
+    let (_connect, addr) = relay.connect(&cs, "echo");
+    let data = random_bytes(1024);
+    let back = round_trip(addr, &data).unwrap_or_default();
+    assert_eq!(sha256(&back), sha256(&data), "{}", listener.dump());
+    let log = listener.stderr.all();
+    let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
+    let head = format!("{} lines:\n{}", log.len(), listener.dump());
+    for needle in [
+        "unknown preamble version",
+        "port name not in the forward list",
+        "UDP asked for a TCP forward",
+    ] {
+        assert_eq!(count(needle), 1, "{needle}: {head}");
+    }
+    assert!(log.len() < 30, "{head}");
+}

@@ -14,6 +14,7 @@ use std::io;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::logging::Throttle;
 use crate::relay::client::Tunnel;
 use crate::relay::client::tunnel::Answer;
 use crate::relay::protocol::close_code;
@@ -200,6 +201,23 @@ pub async fn accept_exact(
     .await
 }
 
+/// The refusals any sender can make a listener log as fast as it opens connections (one
+/// with the Send right wrote 1,100 lines a second of bad preambles): one throttle per kind,
+/// for the whole process, whichever listener refused.
+struct RefusedLines {
+    unknown_version: Throttle,
+    no_preamble: Throttle,
+    unknown_name: Throttle,
+    udp: Throttle,
+}
+
+static REFUSED: RefusedLines = RefusedLines {
+    unknown_version: Throttle::new(),
+    no_preamble: Throttle::new(),
+    unknown_name: Throttle::new(),
+    udp: Throttle::new(),
+};
+
 async fn accept_matching(
     mut tunnel: Tunnel,
     forwards: &Forwards,
@@ -209,7 +227,9 @@ async fn accept_matching(
     let (mode, name) = match request {
         Ok(Ok(Request::Valid { mode, name })) => (mode, name),
         Ok(Ok(Request::UnknownVersion(head))) => {
-            tracing::warn!(?head, "sender speaks an unknown preamble version");
+            REFUSED.unknown_version.log(|left_out| {
+                tracing::warn!(?head, "sender speaks an unknown preamble version{left_out}");
+            });
             tunnel.write(&REPLY_UNKNOWN_VERSION).await?;
             tunnel.finish(close_code::NORMAL, "").await;
             return Ok(None);
@@ -220,21 +240,30 @@ async fn accept_matching(
         }
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => {
-            tracing::warn!("sender sent no preamble within {PREAMBLE_TIMEOUT:?}");
+            REFUSED.no_preamble.log(|left_out| {
+                tracing::warn!("sender sent no preamble within {PREAMBLE_TIMEOUT:?}{left_out}");
+            });
             tunnel.finish(close_code::NORMAL, "").await;
             return Ok(None);
         }
     };
     let Some(forward) = resolve(forwards, &name).cloned() else {
-        tracing::warn!(
-            port_name = name,
-            "refused: port name not in the forward list"
-        );
+        REFUSED.unknown_name.log(|left_out| {
+            tracing::warn!(
+                port_name = name,
+                "refused: port name not in the forward list{left_out}"
+            );
+        });
         tunnel.finish(close_code::NORMAL, "").await;
         return Ok(None);
     };
     if mode == MODE_UDP {
-        tracing::warn!(port_name = name, "refused: UDP asked for a TCP forward");
+        REFUSED.udp.log(|left_out| {
+            tracing::warn!(
+                port_name = name,
+                "refused: UDP asked for a TCP forward{left_out}"
+            );
+        });
         tunnel.write(&REPLY_EXPECTED_TCP).await?;
         tunnel.finish(close_code::NORMAL, "").await;
         return Ok(None);

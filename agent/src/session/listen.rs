@@ -17,6 +17,7 @@ use super::attach::{self, Developer, Shared};
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
 use super::{SessionSpec, setup_failed};
+use crate::logging::Throttle;
 use crate::publish::SessionState;
 use crate::relay::bridge::{self, Forward, Forwards};
 use crate::relay::client::Tunnel;
@@ -57,6 +58,10 @@ fn named_port(entity: &str, address: &str) -> Option<String> {
     (!suffix.is_empty()).then(|| suffix.to_owned())
 }
 
+/// A developer connection that broke during its preamble: anyone with the Send right can
+/// repeat it as fast as they open connections, so it is logged once per interval.
+static PREAMBLE_FAILED: Throttle = Throttle::new();
+
 impl AcceptHandler for Forwarder {
     fn decide(&self, accept: &Accept) -> Decision {
         match self.named_port(accept) {
@@ -80,7 +85,9 @@ impl AcceptHandler for Forwarder {
             Ok(Some((tunnel, _forward))) => tunnel,
             Ok(None) => return,
             Err(err) => {
-                tracing::warn!("a developer connection failed its preamble: {err}");
+                PREAMBLE_FAILED.log(|left_out| {
+                    tracing::warn!("a developer connection failed its preamble: {err}{left_out}");
+                });
                 return;
             }
         };
@@ -95,7 +102,9 @@ impl AcceptHandler for Forwarder {
         };
         // The sender waits for the listener's go-ahead before sending anything.
         if let Err(err) = bridge::confirm(&tunnel).await {
-            tracing::warn!("a developer connection failed its preamble: {err}");
+            PREAMBLE_FAILED.log(|left_out| {
+                tracing::warn!("a developer connection failed its preamble: {err}{left_out}");
+            });
             return;
         }
         self.shared.serve(Developer::Relayed(tunnel), debugpy).await;

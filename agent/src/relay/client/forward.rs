@@ -17,6 +17,7 @@ use tracing::Instrument as _;
 use super::listener::{AcceptHandler, DRAIN_TIMEOUT, Decision};
 use super::tunnel::Expect;
 use super::{Endpoint, Tunnel, sender};
+use crate::logging::Throttle;
 use crate::relay::bridge::{self, BridgeError, Forward, Forwards};
 use crate::relay::protocol::{Accept, close_code, status};
 
@@ -75,6 +76,24 @@ impl IpNet {
         net & mask == addr & mask
     }
 }
+
+/// The failures of relayed connections that any sender can make `relay listen` log as
+/// fast as it opens them (a hostile sender made 1,100 lines a second): one throttle per
+/// kind, for the process.
+struct FailedLines {
+    /// The tunnel broke before or while the preamble was answered.
+    preamble: Throttle,
+    /// The forward's target could not be reached.
+    target: Throttle,
+    /// A tunnel broke while relaying.
+    broke: Throttle,
+}
+
+static FAILED: FailedLines = FailedLines {
+    preamble: Throttle::new(),
+    target: Throttle::new(),
+    broke: Throttle::new(),
+};
 
 /// `relay listen`: forwards relayed connections by port name, rejecting senders from
 /// outside the allowed networks with 403.
@@ -148,7 +167,9 @@ impl RemoteForwarder {
             Ok(Some(found)) => found,
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!("relayed connection failed: {e}");
+                FAILED.preamble.log(|left_out| {
+                    tracing::warn!("relayed connection failed: {e}{left_out}");
+                });
                 return;
             }
         };
@@ -160,7 +181,9 @@ impl RemoteForwarder {
         let tcp = match tcp {
             Ok(tcp) => tcp,
             Err(why) => {
-                tracing::warn!(port_name = forward.name, "{why}");
+                FAILED.target.log(|left_out| {
+                    tracing::warn!(port_name = forward.name, "{why}{left_out}");
+                });
                 tunnel
                     .finish(close_code::SERVER_ERROR, "local target unreachable")
                     .await;
@@ -169,7 +192,9 @@ impl RemoteForwarder {
         };
         let _ = tcp.set_nodelay(true);
         if let Err(e) = bridge::confirm(&tunnel).await {
-            tracing::warn!("relayed connection failed: {e}");
+            FAILED.preamble.log(|left_out| {
+                tracing::warn!("relayed connection failed: {e}{left_out}");
+            });
             return;
         }
         tracing::info!(port_name = forward.name, "forwarding to {host}:{port}");
@@ -342,7 +367,9 @@ async fn splice(tunnel: Tunnel, tcp: TcpStream) {
             received = stats.received,
             "relayed connection closed"
         ),
-        Err(e) => tracing::warn!("relayed connection broke: {e}"),
+        Err(e) => FAILED.broke.log(|left_out| {
+            tracing::warn!("relayed connection broke: {e}{left_out}");
+        }),
     }
 }
 

@@ -154,6 +154,8 @@ struct RepeatedLines {
     rendezvous_failed: Throttle,
     /// A reject rendezvous that did not end in the relay's 410.
     reject_failed: Throttle,
+    /// A sender rejected as asked (any sender the listener turns away can repeat it).
+    rejected: Throttle,
 }
 
 async fn listen_loop<H: AcceptHandler>(
@@ -472,16 +474,19 @@ async fn rendezvous<H: AcceptHandler>(
             )
             .await
             {
-                Err(e) if e.status() == Some(status::GONE) => {
-                    tracing::info!(status = code, description, "rejected sender");
-                }
+                Err(e) if e.status() == Some(status::GONE) => lines.rejected.log(|left_out| {
+                    tracing::info!(status = code, description, "rejected sender{left_out}");
+                }),
                 Err(e) => lines.reject_failed.log(|left_out| {
                     tracing::warn!("reject rendezvous failed: {e}{left_out}");
                 }),
                 Ok(ws) => {
-                    tracing::warn!(
-                        "the relay opened a reject rendezvous instead of answering 410; closing it"
-                    );
+                    lines.reject_failed.log(|left_out| {
+                        tracing::warn!(
+                            "the relay opened a reject rendezvous instead of answering 410; \
+                             closing it{left_out}"
+                        );
+                    });
                     Tunnel::new(ws).finish(close_code::NORMAL, "").await;
                 }
             }
