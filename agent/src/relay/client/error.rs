@@ -97,10 +97,17 @@ impl ConnectError {
     pub fn from_status(role: Role, url: String, status_code: u16, text: String) -> ConnectError {
         // A relay (ours included) may start its text with the status's reason phrase,
         // which the message below names already: said once, not "Forbidden: Forbidden:".
-        let text = ["Unauthorized: ", "Forbidden: ", "Not Found: "]
-            .iter()
-            .find_map(|phrase| text.strip_prefix(phrase))
-            .map_or_else(|| text.clone(), str::to_owned);
+        // A text that is the phrase alone says nothing more.
+        const PHRASES: [&str; 3] = ["Unauthorized", "Forbidden", "Not Found"];
+        let trimmed = text.trim();
+        let text = if trimmed.is_empty() || PHRASES.contains(&trimmed) {
+            "no reason given".to_owned()
+        } else {
+            PHRASES
+                .iter()
+                .find_map(|phrase| text.strip_prefix(phrase)?.strip_prefix(": "))
+                .map_or_else(|| text.clone(), str::to_owned)
+        };
         match status_code {
             status::UNAUTHORIZED => ConnectError::Unauthorized { url, text },
             status::FORBIDDEN => ConnectError::Forbidden {
@@ -122,8 +129,10 @@ impl ConnectError {
                     NOT_FOUND_SEND_FIX
                 },
             },
-            status::GONE => ConnectError::Gone { url, text },
-            status::MISDIRECTED => ConnectError::WrongListener { url, text },
+            // Only a reject rendezvous is answered 410, and only a sender is sent on to
+            // another listener (421): to anyone else either is a relay speaking out of turn.
+            status::GONE if role == Role::Rendezvous => ConnectError::Gone { url, text },
+            status::MISDIRECTED if role == Role::Send => ConnectError::WrongListener { url, text },
             500..=599 => ConnectError::Server {
                 url,
                 status: status_code,
@@ -239,6 +248,16 @@ mod tests {
             (Role::Send, 503, "HTTP 503", false),
             (Role::Send, 200, "instead of a WebSocket upgrade", false),
             (Role::Send, 421, "check --port-name", false),
+            // Out of turn for this role: no advice meant for another.
+            (Role::Listen, 421, "instead of a WebSocket upgrade", false),
+            (
+                Role::Rendezvous,
+                421,
+                "instead of a WebSocket upgrade",
+                false,
+            ),
+            (Role::Listen, 410, "instead of a WebSocket upgrade", false),
+            (Role::Send, 410, "instead of a WebSocket upgrade", false),
         ];
         for (role, code, needle, permanent) in cases {
             let err = ConnectError::from_status(role, "ws://h/$hc/x".into(), code, "why".into());
@@ -247,6 +266,30 @@ mod tests {
             assert!(!text.contains('\n'), "{text}");
             assert_eq!(err.status(), Some(code));
             assert_eq!(err.is_permanent(), permanent, "{code}");
+        }
+    }
+
+    /// The reason phrase is said once, and a text that is only the phrase (or nothing) is
+    /// not repeated as if it were the relay's reason.
+    #[test]
+    fn the_relays_text_is_shown_once_and_never_as_an_echo_of_the_status() {
+        let cases = [
+            (403, "Forbidden", "(403 Forbidden: no reason given)"),
+            (403, "", "(403 Forbidden: no reason given)"),
+            (404, "Not Found", "(404 Not Found: no reason given)"),
+            (401, " Unauthorized ", "(401 Unauthorized: no reason given)"),
+            (
+                403,
+                "Forbidden: key k has no Listen",
+                "(403 Forbidden: key k has no Listen)",
+            ),
+            (403, "Forbiddenness", "(403 Forbidden: Forbiddenness)"),
+            (404, "Not Found: no such hc", "(404 Not Found: no such hc)"),
+        ];
+        for (code, text, want) in cases {
+            let err =
+                ConnectError::from_status(Role::Listen, "ws://h/$hc/x".into(), code, text.into());
+            assert!(err.to_string().contains(want), "{text:?}: {err}");
         }
     }
 
