@@ -295,6 +295,52 @@ fn run_over_ssh_copies_the_agent_once_and_the_breakpoint_hits_through_the_revers
     assert!(!all.contains("copied the agent"), "copied again:\n{all}");
     position(&all, "user step rank 0 value 7");
     position(&all, "user step rank 1 value 17");
+
+    // A copy cut short (a Ctrl-C during it once left one under the agent's own name, and
+    // every later run took it and crashed): it is not taken for the agent, and is copied
+    // anew.
+    let remote = host.dir.path().join("remote");
+    let copied: Vec<PathBuf> = std::fs::read_dir(&remote)
+        .expect("the remote folder")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("agent-"))
+        })
+        .collect();
+    let [agent] = copied.as_slice() else {
+        panic!("one agent on the host: {copied:?}");
+    };
+    let full = std::fs::metadata(agent).expect("stat").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(agent)
+        .expect("open the agent")
+        .set_len(full / 3)
+        .expect("truncate");
+    let marker3 = new_marker();
+    std::fs::write(
+        project.join(".amlx/targets.toml"),
+        host.target("vm", &marker3),
+    )
+    .expect("targets.toml");
+    let third = Running::start(
+        run_in(&project, state.path(), &marker3).args([
+            "-t",
+            "vm",
+            "--attach-timeout",
+            "1s",
+            "--",
+            "python3",
+            "step.py",
+        ]),
+        marker3,
+    );
+    let (code, all) = third.finish();
+    assert_eq!(code, STEP_EXIT, "{all}");
+    position(&all, "amlx-agent run: copied the agent to");
+    position(&all, "user step rank 0 value 7");
+    assert_eq!(std::fs::metadata(agent).expect("stat").len(), full);
 }
 
 #[test]

@@ -259,6 +259,12 @@ impl Target for Ssh {
 
     fn prepare(&mut self) -> anyhow::Result<()> {
         let hash = file_hash(&self.agent)?;
+        // A copy cut short (a Ctrl-C kills ssh, and the remote `cat` sees a clean end)
+        // must never pass for the agent: the size is checked before it takes its name, and
+        // again by the probe, which copies anew over a short file left by an older agent.
+        let size = std::fs::metadata(&self.agent)
+            .with_context(|| format!("could not read {}", self.agent.display()))?
+            .len();
         let base = self.remote_base();
         let name = quote(&self.project_name());
         let agent_file = format!("agent-{hash}");
@@ -266,7 +272,8 @@ impl Target for Ssh {
         // content is there already.
         let probe = format!(
             "set -e; mkdir -p {base}/projects/{name}; cd {base}/projects/{name}; pwd; \
-             cd {base}; pwd; if [ -x {agent_file} ]; then echo present; else echo missing; fi"
+             cd {base}; pwd; if [ -x {agent_file} ] && [ \"$(wc -c < {agent_file})\" -eq {size} ]; \
+             then echo present; else echo missing; fi"
         );
         let mut cmd = self.ssh();
         cmd.arg(remote_sh(&probe));
@@ -288,9 +295,12 @@ impl Target for Ssh {
                 self.place()
             );
         } else {
+            let part = format!("{agent_file}.part.$$");
             let copy = format!(
-                "set -e; cd {}; cat > {agent_file}.part.$$; chmod 755 {agent_file}.part.$$; \
-                 mv -f {agent_file}.part.$$ {agent_file}",
+                "set -e; cd {}; cat > {part}; \
+                 if [ \"$(wc -c < {part})\" -ne {size} ]; then rm -f {part}; \
+                 echo \"the copy of the agent arrived incomplete\" >&2; exit 1; fi; \
+                 chmod 755 {part}; mv -f {part} {agent_file}",
                 quote(base_dir)
             );
             let mut cmd = self.ssh();
