@@ -213,13 +213,19 @@ fn demo_help_names_its_options_and_examples() {
     }
 }
 
-/// SIGTERM, Ctrl-C (SIGINT) and SIGHUP (the terminal closed) to the demo while its step
-/// waits for VS Code: the step and everything else stop. SIGHUP used to end the demo at
-/// once with its default action, leaving the step and both agents running, orphaned.
+/// SIGTERM, Ctrl-C (SIGINT), SIGHUP (the terminal closed) and Ctrl-\\ (SIGQUIT) to the
+/// demo while its step waits for VS Code: the step and everything else stop. SIGHUP and
+/// SIGQUIT used to end the demo at once with their default action, leaving the step and
+/// both agents running, orphaned.
 #[test]
 fn stop_signals_to_the_demo_stop_the_waiting_step_and_everything_else() {
     use nix::sys::signal::Signal;
-    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         let state = tempfile::tempdir().expect("tempdir");
         let marker = new_marker();
         let (mut child, output) =

@@ -6,6 +6,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -339,6 +340,57 @@ fn a_stop_signal_while_the_target_is_prepared_stops_what_it_ran() {
         assert_eq!(code, 128 + signal as i32, "{signal}: {all}");
         assert!(all.contains("before the step started"), "{signal}: {all}");
     }
+}
+
+/// A step that ignores the SIGTERM a Ctrl-C sends it: a second Ctrl-C kills it at once
+/// instead of leaving the user to wait out the grace in silence (the first line says
+/// both), and the closing line tells the step's own end from what `run` exits with.
+#[test]
+fn a_second_ctrl_c_kills_a_step_that_ignores_the_first() {
+    use nix::sys::signal::Signal;
+    let (_dir, project) = project();
+    let state = tempfile::tempdir().expect("tempdir");
+    let marker = new_marker();
+    let mut cmd = run_in(&project, state.path(), &marker);
+    cmd.args([
+        "--attach-timeout",
+        "1s",
+        "--",
+        "python3",
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); \
+         print('step-' + 'ignores-term', flush=True); time.sleep(600)",
+    ]);
+    let run = Running::start(&mut cmd, marker.clone());
+    // Its own line, not the command's echo in run's banner (which names it in pieces).
+    util::wait_for("the step to ignore SIGTERM", SESSION_DEADLINE, || {
+        run.output
+            .stdout()
+            .contains("step-ignores-term")
+            .then_some(())
+    });
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(run.child.id()).expect("pid fits"));
+    nix::sys::signal::kill(pid, Signal::SIGINT).expect("first Ctrl-C");
+    util::wait_for("run to stop the step", SESSION_DEADLINE, || {
+        run.output
+            .stdout()
+            .contains("again to kill it now")
+            .then_some(())
+    });
+    let second = std::time::Instant::now();
+    nix::sys::signal::kill(pid, Signal::SIGINT).expect("second Ctrl-C");
+    let (code, all) = run.finish();
+    assert!(
+        second.elapsed() < Duration::from_secs(4),
+        "waited {:?} after the second Ctrl-C\n{all}",
+        second.elapsed()
+    );
+    assert_eq!(code, 130, "{all}");
+    assert!(all.contains("SIGINT again: killing the step now"), "{all}");
+    assert!(
+        all.contains("the step exited 137, and amlx-agent run exits 130"),
+        "{all}"
+    );
 }
 
 /// Bad targets and bad `run` input: a clear error naming the cause, exit 1, and the step

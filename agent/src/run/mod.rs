@@ -417,6 +417,7 @@ async fn session(
         code: ended
             .interrupted
             .map_or_else(|| exit_code(ended.status), report::signal_exit_code),
+        step_code: exit_code(ended.status),
         followed,
     };
     say!("{}", report.summary());

@@ -24,16 +24,18 @@ pub struct Ended {
     pub interrupted: Option<Signal>,
 }
 
-/// The signals that ask `run` to stop: SIGINT (Ctrl-C), SIGTERM, and SIGHUP (the
-/// terminal closed, or a supervisor that signals only this process). Caught from the
-/// run's start: watched only while the step ran, one that came while the target was
-/// prepared (a docker build, an ssh copy) ended `run` at once and left its children
-/// running, and SIGHUP always did, leaving the step and its agents orphaned.
+/// The signals that ask `run` to stop: SIGINT (Ctrl-C), SIGTERM, SIGHUP (the
+/// terminal closed, or a supervisor that signals only this process) and SIGQUIT
+/// (Ctrl-\\). Caught from the run's start: watched only while the step ran, one that
+/// came while the target was prepared (a docker build, an ssh copy) ended `run` at once
+/// and left its children running; SIGHUP and SIGQUIT always did, leaving the step and
+/// its agents orphaned (and the demo's folder behind).
 #[derive(Debug)]
 pub struct Stops {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
 }
 
 impl Stops {
@@ -46,12 +48,13 @@ impl Stops {
                 interrupt: signal(SignalKind::interrupt())?,
                 terminate: signal(SignalKind::terminate())?,
                 hangup: signal(SignalKind::hangup())?,
+                quit: signal(SignalKind::quit())?,
             })
         })();
         caught
             .map_err(|err| {
                 tracing::warn!(
-                    "cannot catch SIGINT/SIGTERM/SIGHUP ({err}); they end `run` at once"
+                    "cannot catch SIGINT/SIGTERM/SIGHUP/SIGQUIT ({err}); they end `run` at once"
                 );
             })
             .ok()
@@ -67,6 +70,7 @@ impl Stops {
             _ = stops.interrupt.recv() => Signal::SIGINT,
             _ = stops.terminate.recv() => Signal::SIGTERM,
             _ = stops.hangup.recv() => Signal::SIGHUP,
+            _ = stops.quit.recv() => Signal::SIGQUIT,
         }
     }
 }
@@ -74,11 +78,12 @@ impl Stops {
 /// Waits for the step; on a stop signal (see [`Stops`]), asks the step to stop — by
 /// closing its `lifeline` when it has one (a remote host stops the step when its input
 /// ends), else by SIGTERM (a container's client passes it on) — and gives it `grace`
-/// before SIGKILL. `label` starts the line that says so.
+/// before SIGKILL, which a second stop signal sends at once. `label` starts the lines
+/// that say so.
 pub async fn wait_step(
     child: Child,
     lifeline: Option<ChildStdin>,
-    stops: Option<&mut Stops>,
+    mut stops: Option<&mut Stops>,
     grace: Duration,
     label: &str,
 ) -> anyhow::Result<Ended> {
@@ -86,18 +91,20 @@ pub async fn wait_step(
     let mut child = child;
     let waiter = tokio::task::spawn_blocking(move || child.wait());
     tokio::pin!(waiter);
-    let stop_asked = Stops::asked(stops);
     // Both branches are cancel-safe: a join handle and signal streams keep their state.
     let signal = tokio::select! {
         status = &mut waiter => {
             return joined(status).map(|status| Ended { status, interrupted: None });
         }
-        signal = stop_asked => signal,
+        signal = Stops::asked(stops.as_deref_mut()) => signal,
     };
     // `say!`, never println!: with stdout a closed pipe (`run … | head`) a panic here
     // would skip stopping the step, and dropping the runtime would then wait for the
     // step's waiter: `run` would hang until the step ended on its own.
-    say!("{label}: stopping the step");
+    say!(
+        "{label}: stopping the step (killed in {}s if it has not stopped; again to kill it now)",
+        grace.as_secs()
+    );
     match lifeline {
         Some(lifeline) => drop(lifeline),
         // The waiter has not reaped the step yet (it would have returned): the PID is its.
@@ -105,9 +112,15 @@ pub async fn wait_step(
             let _ = kill(pid, Signal::SIGTERM);
         }
     }
-    let status = match tokio::time::timeout(grace, &mut waiter).await {
-        Ok(status) => joined(status),
-        Err(_) => {
+    // Cancel-safe as above; the sleep is dropped once the step is reaped or killed.
+    let status = tokio::select! {
+        status = &mut waiter => joined(status),
+        () = tokio::time::sleep(grace) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            joined(waiter.await)
+        }
+        again = Stops::asked(stops) => {
+            say!("{label}: {again} again: killing the step now");
             let _ = kill(pid, Signal::SIGKILL);
             joined(waiter.await)
         }

@@ -38,7 +38,11 @@ pub struct Report {
     pub attached: BTreeSet<u32>,
     pub interrupted: bool,
     pub attach_timeout: Duration,
+    /// What `run` exits with: the step's code, or 128 + the signal that stopped `run`.
     pub code: i32,
+    /// The step's own exit code ([`exit_code`]), which differs from `code` when a signal
+    /// stopped the run.
+    pub step_code: i32,
     /// Whether the step's status records were followed (local and docker targets).
     pub followed: bool,
 }
@@ -60,11 +64,12 @@ impl Report {
         let was = |state| history.is_some_and(|h| h.was(state));
         // The step's own record, where it is readable here, knows best: the listener
         // only sees that VS Code's port took the connection, not that a debugger set up.
-        if was(SessionState::Attached) {
-            Outcome::Attached
-        } else if was(SessionState::TimedOut) {
+        // Timed out first: `attached` is recorded for any connection that arrived,
+        // debugger or not (a silent peer on VS Code's port), and a session that timed out
+        // had no debugger.
+        if was(SessionState::TimedOut) {
             Outcome::TimedOut
-        } else if self.attached.contains(&rank) {
+        } else if was(SessionState::Attached) || self.attached.contains(&rank) {
             Outcome::Attached
         } else if self.interrupted {
             Outcome::Interrupted
@@ -107,9 +112,9 @@ impl Report {
                 _ => String::new(),
             };
             return format!(
-                "{label}: {session}{}; the step exited {}{states}",
+                "{label}: {session}{}; {}{states}",
                 self.crashes(),
-                self.code
+                self.ending()
             );
         }
         // Several ranks: one clause per outcome, naming its ranks.
@@ -144,11 +149,24 @@ impl Report {
             })
             .collect();
         format!(
-            "{label}: {}{}; the step exited {}",
+            "{label}: {}{}; {}",
             clauses.join("; "),
             self.crashes(),
-            self.code
+            self.ending()
         )
+    }
+
+    /// `the step exited N`, and what `run` exits with when a signal made that differ
+    /// (the step caught the SIGTERM it was sent and exited 42: `run` still exits 130).
+    fn ending(&self) -> String {
+        if self.code == self.step_code {
+            format!("the step exited {}", self.code)
+        } else {
+            format!(
+                "the step exited {}, and {} exits {}, as a command stopped by a signal",
+                self.step_code, self.label, self.code
+            )
+        }
     }
 
     /// `; rank R crashed …` for each rank that had a post-mortem session (empty when
@@ -205,6 +223,7 @@ mod tests {
             interrupted: false,
             attach_timeout: Duration::from_secs(60),
             code: 0,
+            step_code: 0,
             followed: true,
         }
     }
@@ -287,6 +306,7 @@ mod tests {
         let interrupted = Report {
             interrupted: true,
             code: 143,
+            step_code: 143,
             ..report(
                 &[0],
                 Histories::from([(Some(0), history(&[WaitingForDebugger], Some("waiting")))]),
@@ -297,6 +317,35 @@ mod tests {
             interrupted.summary(),
             "amlx-agent demo: stopped before a debugger attached; the step exited 143 \
              [session: waiting-for-debugger]"
+        );
+        // The step caught the signal it was sent and exited with its own code: said as it
+        // was, next to what `run` exits with.
+        let caught = Report {
+            code: 130,
+            step_code: 42,
+            ..interrupted
+        };
+        assert_eq!(
+            caught.summary(),
+            "amlx-agent demo: stopped before a debugger attached; the step exited 42, and \
+             amlx-agent demo exits 130, as a command stopped by a signal \
+             [session: waiting-for-debugger]"
+        );
+    }
+
+    /// Something on VS Code's port that is no debugger (a silent or garbage peer): the
+    /// listener handed it the connection and the record says `attached`, then the
+    /// session timed out. That is nobody attaching, not "VS Code attached".
+    #[test]
+    fn a_session_that_timed_out_after_a_connection_is_not_called_attached() {
+        use SessionState::*;
+        let timed_out = history(&[WaitingForDebugger, Attached, TimedOut], None);
+        let report = report(&[0], Histories::from([(Some(0), timed_out)]), &[0]);
+        assert_eq!(
+            report.summary(),
+            "amlx-agent demo: nobody attached within 1m, so rank 0 ran on without a \
+             debugger; the step exited 0 \
+             [session: waiting-for-debugger → attached → timed-out]"
         );
     }
 
