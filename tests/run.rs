@@ -393,6 +393,32 @@ fn a_second_ctrl_c_kills_a_step_that_ignores_the_first() {
     );
 }
 
+/// `--ranks-count 4` on a machine whose PATH has no mpiexec: refused before anything
+/// starts, naming the fix. It ran one process and exited 0, as if the job had been the
+/// four ranks asked for (the demo still falls back to one process, and says so).
+#[test]
+fn ranks_asked_for_without_mpiexec_are_refused() {
+    let (_dir, project) = project();
+    let state = tempfile::tempdir().expect("tempdir");
+    let marker = new_marker();
+    let bare = tempfile::tempdir().expect("a PATH without mpiexec");
+    let python = util::python_scripts_dir().join("python3");
+    std::os::unix::fs::symlink(&python, bare.path().join("python3")).expect("python3");
+    let mut cmd = run_in(&project, state.path(), &marker);
+    cmd.env("PATH", bare.path())
+        .args(["--ranks-count", "4", "--", "python3", "step.py"]);
+    let run = Running::start(&mut cmd, marker);
+    let (code, all) = run.finish();
+    assert_eq!(code, 1, "{all}");
+    assert!(
+        all.contains(
+            "--ranks-count 4 runs the step under mpiexec, and this machine's PATH has no mpiexec"
+        ),
+        "{all}"
+    );
+    assert!(!all.contains("user step rank"), "the step ran:\n{all}");
+}
+
 /// Bad targets and bad `run` input: a clear error naming the cause, exit 1, and the step
 /// never started.
 #[test]

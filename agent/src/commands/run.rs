@@ -39,6 +39,7 @@ pub fn run(args: &RunArgs, settings: &Settings, config: Option<&Path>) -> anyhow
         vscode_port: args.vscode_port,
         attach_timeout: args.attach_timeout,
         ranks_count: args.ranks_count.or(spec.ranks_count).unwrap_or(1),
+        one_process_without_mpiexec: false,
         ranks: args
             .ranks
             .clone()

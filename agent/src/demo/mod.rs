@@ -69,6 +69,7 @@ pub fn run(options: &Options) -> anyhow::Result<i32> {
         vscode_port: options.vscode_port,
         attach_timeout: options.attach_timeout,
         ranks_count: options.ranks_count,
+        one_process_without_mpiexec: true,
         ranks: "0".to_owned(),
         port_range: Some(options.port_range),
         config: options.config.clone(),

@@ -78,6 +78,10 @@ pub struct Options {
     pub attach_timeout: Duration,
     /// Processes to start; more than one runs under `mpiexec -n`.
     pub ranks_count: u32,
+    /// With more than one rank asked for and no `mpiexec` on this machine's PATH, run
+    /// one process and say so (the demo: it shows the debugger either way) instead of
+    /// refusing (`run`: the user asked for that many ranks).
+    pub one_process_without_mpiexec: bool,
     /// Which ranks wait for VS Code: `all` or explicit ranks (`0`, `0,2`, `1-3`).
     pub ranks: String,
     /// Debug ports the step's agents may reserve on the target; `None`: a free block.
@@ -160,6 +164,13 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
         anyhow::bail!(launcher_refusal(launcher));
     }
     let launch = target.launch(options.ranks_count);
+    anyhow::ensure!(
+        launch.count() >= options.ranks_count || options.one_process_without_mpiexec,
+        "--ranks-count {} runs the step under mpiexec, and this machine's PATH has no \
+         mpiexec: install an MPI where the step runs (for example `pip install mpich` in its \
+         environment), or leave out --ranks-count to run one process",
+        options.ranks_count
+    );
     let ranks = debugged_ranks(&options.ranks, launch.count())?;
     // With --post-mortem any rank may take its port (base + rank) for a crash.
     let last_rank = match options.post_mortem {
