@@ -393,6 +393,47 @@ fn a_second_ctrl_c_kills_a_step_that_ignores_the_first() {
     );
 }
 
+/// `run`'s logging flags reach the step's agent: with `-qq` it writes no info lines, and
+/// with `--log-format json` every line it writes is JSON. Both used to be run's alone.
+#[test]
+fn the_steps_agent_logs_as_run_was_told() {
+    for (flags, check) in [
+        (&["-qq"][..], "quiet"),
+        (&["--log-format", "json"][..], "json"),
+    ] {
+        let (_dir, project) = project();
+        let state = tempfile::tempdir().expect("tempdir");
+        let marker = new_marker();
+        let mut cmd = run_in(&project, state.path(), &marker);
+        cmd.args(flags)
+            .args(["--attach-timeout", "1s", "--", "python3", "-c", "pass"]);
+        let run = Running::start(&mut cmd, marker);
+        let (code, all) = run.finish();
+        assert_eq!(code, 0, "{all}");
+        let stderr: Vec<&str> = all
+            .split_once("\nstderr:\n")
+            .map_or("", |(_, e)| e)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        match check {
+            "quiet" => assert!(
+                !stderr
+                    .iter()
+                    .any(|l| l.contains("INFO") || l.contains("WARN")),
+                "{flags:?}: {all}"
+            ),
+            _ => {
+                assert!(!stderr.is_empty(), "{flags:?}: no log lines at all: {all}");
+                for line in &stderr {
+                    serde_json::from_str::<Value>(line)
+                        .unwrap_or_else(|e| panic!("{flags:?}: not JSON ({e}): {line}\n{all}"));
+                }
+            }
+        }
+    }
+}
+
 /// `--ranks-count 4` on a machine whose PATH has no mpiexec: refused before anything
 /// starts, naming the fix. It ran one process and exited 0, as if the job had been the
 /// four ranks asked for (the demo still falls back to one process, and says so).

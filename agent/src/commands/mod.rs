@@ -79,10 +79,10 @@ pub fn run(cli: Cli) -> i32 {
             .and_then(|s| status::run(args, &s)),
         Command::Demo(args) => settings
             .map_err(Into::into)
-            .and_then(|s| demo::run(args, &s, cli.global.config.as_deref())),
+            .and_then(|s| demo::run(args, &s, &cli.global)),
         Command::Run(args) => settings
             .map_err(Into::into)
-            .and_then(|s| run::run(args, &s, cli.global.config.as_deref())),
+            .and_then(|s| run::run(args, &s, &cli.global)),
         Command::Targets(TargetsCommand::List(args)) => settings
             .map_err(Into::into)
             .and_then(|s| run::list_targets(args, &s)),
@@ -184,4 +184,55 @@ fn detect_role(args: &RoleArgs) -> Detection {
         tracing::warn!("{warning}");
     }
     detection
+}
+
+/// The logging flags `run` and `demo` were given, for the step's agents: their lines are
+/// in the same format and at the same level as the command's own (`-qq` and
+/// `--log-format json` did not reach them). `format` is the settings' (flag, variable or
+/// config file).
+fn step_log_args(
+    global: &crate::cli::GlobalArgs,
+    format: Option<crate::cli::LogFormat>,
+) -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
+    if format == Some(crate::cli::LogFormat::Json) {
+        args.extend(["--log-format".into(), "json".into()]);
+    }
+    args.extend((0..global.verbose).map(|_| "-v".into()));
+    args.extend((0..global.quiet).map(|_| "-q".into()));
+    args
+}
+
+#[cfg(test)]
+mod step_log_args_tests {
+    use super::*;
+    use crate::cli::{GlobalArgs, LogFormat};
+
+    #[test]
+    fn the_steps_agents_log_as_the_command_does() {
+        let global = |verbose, quiet| GlobalArgs {
+            verbose,
+            quiet,
+            ..GlobalArgs::default()
+        };
+        let cases: [(GlobalArgs, Option<LogFormat>, &[&str]); 4] = [
+            (global(0, 0), None, &[]),
+            (global(0, 0), Some(LogFormat::Text), &[]),
+            (
+                global(0, 2),
+                Some(LogFormat::Json),
+                &["--log-format", "json", "-q", "-q"],
+            ),
+            (global(1, 0), None, &["-v"]),
+        ];
+        for (global, format, want) in cases {
+            let got = step_log_args(&global, format);
+            assert_eq!(
+                got,
+                want.iter()
+                    .map(std::ffi::OsString::from)
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::cli::{RunArgs, TargetsListArgs};
+use crate::cli::{GlobalArgs, RunArgs, TargetsListArgs};
 use crate::config::{Settings, read_project_targets};
 use crate::ports;
 use crate::publish;
@@ -17,7 +17,8 @@ const LABEL: &str = "amlx-agent run";
 /// The variable `--agent-binary` falls back to.
 const ENV_AGENT_BINARY: &str = "AMLX_AGENT_BINARY";
 
-pub fn run(args: &RunArgs, settings: &Settings, config: Option<&Path>) -> anyhow::Result<i32> {
+pub fn run(args: &RunArgs, settings: &Settings, global: &GlobalArgs) -> anyhow::Result<i32> {
+    let config = global.config.as_deref();
     let project = run::project_dir(args.dir.as_deref().unwrap_or(Path::new(".")))?;
     let project_targets = read_project_targets(&project)?;
     let spec = target::choose(&args.target, project_targets.as_ref(), &settings.targets)?;
@@ -52,6 +53,7 @@ pub fn run(args: &RunArgs, settings: &Settings, config: Option<&Path>) -> anyhow
         hint: None,
         relay: relay_choice(args, settings)?,
         post_mortem: args.post_mortem,
+        log_args: super::step_log_args(global, settings.log_format),
     };
     run::run(&options, target.as_mut())
 }

@@ -43,6 +43,8 @@ pub struct Options {
     pub lock_dir: Option<PathBuf>,
     /// `--post-mortem`: the other ranks are hooked (see `run::Options::post_mortem`).
     pub post_mortem: bool,
+    /// Logging flags for the step's agents (see `run::Options::log_args`).
+    pub log_args: Vec<std::ffi::OsString>,
 }
 
 /// Runs the demo; returns the step's exit code.
@@ -78,6 +80,7 @@ pub fn run(options: &Options) -> anyhow::Result<i32> {
         hint: Some(hint),
         relay: run::RelayChoice::InProcess,
         post_mortem: options.post_mortem,
+        log_args: options.log_args.clone(),
     };
     let mut target = Local {
         project: workdir.path().to_path_buf(),

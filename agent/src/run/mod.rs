@@ -101,6 +101,9 @@ pub struct Options {
     /// reaches VS Code on one more port ("amlx: post-mortem (any rank)"), waiting up to
     /// the attach timeout.
     pub post_mortem: bool,
+    /// Logging flags for the step's agents (`--log-format json`, `-v`, `-q`): the same
+    /// as the command's own.
+    pub log_args: Vec<OsString>,
 }
 
 /// Which relay carries the debug connections.
@@ -491,6 +494,7 @@ fn start_step(
         ca_file,
         state_dir: state_dir.as_ref().map(|dirs| dirs.on_target.as_path()),
         post_mortem: options.post_mortem,
+        log_args: &options.log_args,
     };
     instructions(plan, target, relay)?;
     let mut cmd = target.command(&command, local_relay)?;

@@ -99,6 +99,8 @@ pub struct StepCommand<'a> {
     pub state_dir: Option<&'a Path>,
     /// `--post-mortem` for the step's agents, with the attach timeout as its timeout.
     pub post_mortem: bool,
+    /// Logging flags for the step's agents, right after `exec`.
+    pub log_args: &'a [OsString],
 }
 
 impl StepCommand<'_> {
@@ -116,9 +118,9 @@ impl StepCommand<'_> {
             args.push("--config".into());
             args.push(config.into());
         }
-        for arg in [
-            "exec", "--debug", "--ranks", self.ranks, "--mode", "connect",
-        ] {
+        args.push("exec".into());
+        args.extend(self.log_args.iter().cloned());
+        for arg in ["--debug", "--ranks", self.ranks, "--mode", "connect"] {
             args.push(arg.into());
         }
         if *self.launch == Launch::Single {
@@ -271,6 +273,7 @@ mod tests {
                 ca_file: None,
                 state_dir: None,
                 post_mortem,
+                log_args: &[],
             };
             let argv = step.argv();
             assert_eq!(words(&argv), want);
@@ -281,5 +284,33 @@ mod tests {
                     .any(|(_, v)| v.to_string_lossy().contains("hunter2"))
             );
         }
+        // The command's logging flags reach the step's agents, right after `exec`.
+        let log_args: Vec<OsString> = ["--log-format", "json", "-q"].map(Into::into).to_vec();
+        let step = StepCommand {
+            agent: Path::new("/bin/amlx-agent"),
+            launch: &Launch::Single,
+            command: &command,
+            ranks: "0",
+            attach_timeout: Duration::from_secs(300),
+            port_range: PortRange {
+                start: 5700,
+                end: 5799,
+            },
+            config: None,
+            connection_string: &secret,
+            hc: "amlx-run-1",
+            insecure_ws: true,
+            ca_file: None,
+            state_dir: None,
+            post_mortem: false,
+            log_args: &log_args,
+        };
+        assert!(
+            words(&step.argv()).starts_with(
+                "/bin/amlx-agent exec --log-format json -q --debug --ranks 0 --mode connect"
+            ),
+            "{}",
+            words(&step.argv())
+        );
     }
 }

@@ -412,6 +412,7 @@ mod tests {
             ca_file: None,
             state_dir: None,
             post_mortem: false,
+            log_args: &[],
         };
         let cmd = docker.command(&step, None).expect("command");
         let args: Vec<String> = cmd

@@ -659,6 +659,7 @@ mod tests {
             ca_file: None,
             state_dir: None,
             post_mortem: false,
+            log_args: &[],
         };
         let cmd = ssh
             .command(&step, Some(SocketAddr::from(([127, 0, 0, 1], 4242))))
