@@ -122,6 +122,26 @@ fn the_demo_prints_how_to_attach_runs_the_step_times_out_and_leaves_nothing_runn
     assert!(!Path::new(dir).exists(), "{dir} was not removed");
 }
 
+/// `demo --dir` naming a file: an error that says it is not a folder and what to give
+/// instead, not "could not create …: File exists".
+#[test]
+fn a_dir_that_is_a_file_is_named_as_such() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let file = tempfile::NamedTempFile::new().expect("a file");
+    let out = util::output_within(
+        demo(state.path(), free_port(), "1s", &new_marker())
+            .arg("--dir")
+            .arg(file.path()),
+        SESSION_DEADLINE,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not a folder: give --dir an empty or new folder"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn vscode_attaching_during_the_demo_hits_a_breakpoint_in_the_example_step() {
     let state = tempfile::tempdir().expect("tempdir");

@@ -107,8 +107,16 @@ impl WorkDir {
                 (std::env::temp_dir().join(name), true)
             }
         };
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("could not create {}", path.display()))?;
+        if let Err(err) = std::fs::create_dir_all(&path) {
+            // Something that is not a folder where it goes (--dir naming a file): say so.
+            anyhow::ensure!(
+                path.is_dir() || !path.exists(),
+                "--dir {} is not a folder: give --dir an empty or new folder (or leave it out \
+                 for a temporary one)",
+                path.display()
+            );
+            return Err(err).with_context(|| format!("could not create {}", path.display()));
+        }
         // Breakpoints match on the path debugpy sees: make it the real one.
         let path = path
             .canonicalize()
