@@ -142,6 +142,31 @@ fn a_dir_that_is_a_file_is_named_as_such() {
     );
 }
 
+/// `demo --python` an interpreter that cannot import debugpy: refused before any
+/// instructions, naming the fix. It printed how to attach, then ran the step without a
+/// debugger and exited 0.
+#[test]
+fn a_python_without_debugpy_is_refused_before_the_instructions() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let out = util::output_within(
+        demo(state.path(), free_port(), "1s", &new_marker())
+            .arg("--python")
+            .arg("/bin/false"),
+        SESSION_DEADLINE,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("the demo's step needs debugpy, and /bin/false cannot import it"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("Run and Debug"),
+        "instructions printed:\n{stdout}"
+    );
+}
+
 #[test]
 fn vscode_attaching_during_the_demo_hits_a_breakpoint_in_the_example_step() {
     let state = tempfile::tempdir().expect("tempdir");

@@ -47,6 +47,31 @@ pub struct Options {
     pub log_args: Vec<std::ffi::OsString>,
 }
 
+/// How long `--python` may take to say whether it can import debugpy.
+const DEBUGPY_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Refuses a `--python` that cannot import debugpy, before any instructions are printed:
+/// the demo is about the debugger, and its step would only run on without one. (Steps of
+/// `run` are not checked: they run whatever happens, and their agent's log says why.)
+fn has_debugpy(python: &Path) -> anyhow::Result<()> {
+    let mut check = std::process::Command::new(python);
+    check.args(["-c", "import debugpy"]);
+    let fix = format!(
+        "install it there (`{} -m pip install debugpy`, in a virtual environment), or give \
+         --python an interpreter that has it",
+        python.display()
+    );
+    let what = format!("{} -c 'import debugpy'", python.display());
+    match crate::run::target::command::output_within(check, DEBUGPY_CHECK_TIMEOUT, &what) {
+        Ok(output) if output.status.success() => Ok(()),
+        Ok(_) => anyhow::bail!(
+            "the demo's step needs debugpy, and {} cannot import it: {fix}",
+            python.display()
+        ),
+        Err(err) => Err(err).context("give --python a Python interpreter that has debugpy"),
+    }
+}
+
 /// Runs the demo; returns the step's exit code.
 pub fn run(options: &Options) -> anyhow::Result<i32> {
     anyhow::ensure!(
@@ -57,6 +82,7 @@ pub fn run(options: &Options) -> anyhow::Result<i32> {
         options.port_range.start,
         options.port_range.end
     );
+    has_debugpy(&options.python)?;
     let workdir = WorkDir::new(options.dir.as_deref())?;
     let step_path = step::write_step(workdir.path())?;
     let hint = format!(

@@ -2,7 +2,7 @@
 //! that runs the step there (its output is the step's), clean up. One module per kind.
 
 mod choose;
-mod command;
+pub mod command;
 mod docker;
 mod local;
 mod ssh;
