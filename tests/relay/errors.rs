@@ -366,13 +366,7 @@ fn a_sender_flooding_bad_preambles_gets_a_line_per_kind_not_per_tunnel() {
     let cs = relay.connection_string(KEY_BOTH, "flood");
     let echo = echo_server();
     let listener = relay.listen_online(&cs, &["--forward", &format!("echo={echo}")]);
-    let audience = format!("http://127.0.0.1:{}/flood", relay.addr.port());
-    let expiry = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-        + 3600;
-    let token = sas::sign(&audience, KEY_SEND.0, &Secret::new(KEY_SEND.1), expiry).expect("sign");
+    let token = relay.token(KEY_SEND, "flood");
     let preambles: [&[u8]; 4] = [
         &[9, 9, 9],              // an unknown version
         b"\x01\x00\x00\x04nope", // a port name nobody forwards

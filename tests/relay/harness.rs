@@ -248,6 +248,19 @@ impl Relay {
         )
     }
 
+    /// A SAS token for `key` on Hybrid Connection `hc` of this relay, valid for an hour
+    /// (for tests that speak to the relay as a raw WebSocket client).
+    pub fn token(&self, key: (&str, &str), hc: &str) -> amlx_agent::config::Secret {
+        let audience = format!("http://127.0.0.1:{}/{hc}", self.addr.port());
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+            + 3600;
+        let key_secret = amlx_agent::config::Secret::new(key.1);
+        amlx_agent::relay::sas::sign(&audience, key.0, &key_secret, expiry).expect("sign")
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -132,19 +132,11 @@ fn relay_connect_to_hyco_ws_listener_over_tls() {
 /// the accept's `connectHeaders`, and hyco-ws crashed acting on it.
 #[test]
 fn a_sender_offering_an_extension_leaves_a_hyco_ws_listener_running() {
-    use amlx_agent::config::Secret;
-    use amlx_agent::relay::sas;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::http::HeaderValue;
     let relay = Relay::start();
     let (mut listener, _stdout, stderr) = hyco_listener(&relay);
-    let audience = format!("http://127.0.0.1:{}/tonode", relay.addr.port());
-    let expiry = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-        + 3600;
-    let token = sas::sign(&audience, KEY_BOTH.0, &Secret::new(KEY_BOTH.1), expiry).expect("sign");
+    let token = relay.token(KEY_BOTH, "tonode");
     let mut request = format!("{}/$hc/tonode?sb-hc-action=connect", base(&relay))
         .into_client_request()
         .expect("request");

@@ -231,11 +231,13 @@ mod tests {
             mpiexec: PathBuf::from("/opt/mpiexec"),
             count: 4,
         };
-        let cases = [
+        let json_quiet: Vec<OsString> = ["--log-format", "json", "-q"].map(Into::into).to_vec();
+        let cases: [(&Launch, &str, bool, &[OsString], &str); 4] = [
             (
                 &single,
                 "0",
                 false,
+                &[],
                 "/bin/amlx-agent exec --debug --ranks 0 --mode connect --rank 0 \
                  --attach-timeout 5m --port-range 5700-5799 -- python3 /tmp/x/train.py",
             ),
@@ -243,6 +245,7 @@ mod tests {
                 &mpi,
                 "all",
                 false,
+                &[],
                 "/opt/mpiexec -n 4 /bin/amlx-agent exec --debug --ranks all --mode connect \
                  --attach-timeout 5m --port-range 5700-5799 -- python3 /tmp/x/train.py",
             ),
@@ -250,12 +253,22 @@ mod tests {
                 &mpi,
                 "0",
                 true,
+                &[],
                 "/opt/mpiexec -n 4 /bin/amlx-agent exec --debug --ranks 0 --mode connect \
                  --attach-timeout 5m --port-range 5700-5799 --post-mortem \
                  --post-mortem-timeout 5m -- python3 /tmp/x/train.py",
             ),
+            // The command's logging flags reach the step's agents, right after `exec`.
+            (
+                &single,
+                "0",
+                false,
+                &json_quiet,
+                "/bin/amlx-agent exec --log-format json -q --debug --ranks 0 --mode connect \
+                 --rank 0 --attach-timeout 5m --port-range 5700-5799 -- python3 /tmp/x/train.py",
+            ),
         ];
-        for (launch, ranks, post_mortem, want) in cases {
+        for (launch, ranks, post_mortem, log_args, want) in cases {
             let step = StepCommand {
                 agent: Path::new("/bin/amlx-agent"),
                 launch,
@@ -273,7 +286,7 @@ mod tests {
                 ca_file: None,
                 state_dir: None,
                 post_mortem,
-                log_args: &[],
+                log_args,
             };
             let argv = step.argv();
             assert_eq!(words(&argv), want);
@@ -284,33 +297,5 @@ mod tests {
                     .any(|(_, v)| v.to_string_lossy().contains("hunter2"))
             );
         }
-        // The command's logging flags reach the step's agents, right after `exec`.
-        let log_args: Vec<OsString> = ["--log-format", "json", "-q"].map(Into::into).to_vec();
-        let step = StepCommand {
-            agent: Path::new("/bin/amlx-agent"),
-            launch: &Launch::Single,
-            command: &command,
-            ranks: "0",
-            attach_timeout: Duration::from_secs(300),
-            port_range: PortRange {
-                start: 5700,
-                end: 5799,
-            },
-            config: None,
-            connection_string: &secret,
-            hc: "amlx-run-1",
-            insecure_ws: true,
-            ca_file: None,
-            state_dir: None,
-            post_mortem: false,
-            log_args: &log_args,
-        };
-        assert!(
-            words(&step.argv()).starts_with(
-                "/bin/amlx-agent exec --log-format json -q --debug --ranks 0 --mode connect"
-            ),
-            "{}",
-            words(&step.argv())
-        );
     }
 }
