@@ -395,6 +395,7 @@ fn a_second_ctrl_c_kills_a_step_that_ignores_the_first() {
 
 /// `run`'s logging flags reach the step's agent: with `-qq` it writes no info lines, and
 /// with `--log-format json` every line it writes is JSON. Both used to be run's alone.
+/// (And with nobody attaching, its lines give the laptop listener's reason.)
 #[test]
 fn the_steps_agent_logs_as_run_was_told() {
     for (flags, check) in [
@@ -425,6 +426,9 @@ fn the_steps_agent_logs_as_run_was_told() {
             ),
             _ => {
                 assert!(!stderr.is_empty(), "{flags:?}: no log lines at all: {all}");
+                // Nobody attached because VS Code was not listening: said as the laptop's
+                // listener said it, not guessed at between a wrong port and no debugger.
+                assert!(all.contains("VS Code is not listening"), "{all}");
                 for line in &stderr {
                     serde_json::from_str::<Value>(line)
                         .unwrap_or_else(|e| panic!("{flags:?}: not JSON ({e}): {line}\n{all}"));

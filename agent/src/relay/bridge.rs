@@ -47,6 +47,9 @@ pub enum BridgeError {
         "the listener closed the connection before answering: either port {0:?} is not forwarded there (check its --ports/--forward or azbridge -R list) or nothing listens on the port it forwards to (is the debugger, e.g. VS Code's \"listen\" configuration, started?)"
     )]
     Refused(String),
+    /// The listener closed with a reason (ours say why their target was unreachable).
+    #[error("the listener closed the connection before answering: {0}")]
+    RefusedWith(String),
     #[error("the listener does not speak azbridge preamble 1.0 (it answered [0,0,0])")]
     UnknownVersion,
     #[error("the listener forwards port {0:?} as UDP, not TCP")]
@@ -73,7 +76,7 @@ pub fn encode_request(port_name: &str) -> Result<Vec<u8>, BridgeError> {
 pub async fn open(tunnel: &mut Tunnel, port_name: &str) -> Result<(), BridgeError> {
     request(tunnel, port_name).await?;
     let reply = tokio::time::timeout(PREAMBLE_TIMEOUT, tunnel.read_exact(REPLY_LEN)).await;
-    check_reply(reply, port_name)
+    check_reply(reply, tunnel.peer_close_reason(), port_name)
 }
 
 /// Length of the listener's answer to a preamble.
@@ -89,11 +92,20 @@ pub async fn request(tunnel: &Tunnel, port_name: &str) -> Result<(), BridgeError
     Ok(())
 }
 
-/// Sender side: what the listener's answer (read within [`PREAMBLE_TIMEOUT`]) means.
-pub fn check_reply(answer: Answer, port_name: &str) -> Result<(), BridgeError> {
+/// Sender side: what the listener's answer (read within [`PREAMBLE_TIMEOUT`]) means;
+/// `closed_with` is the reason of the listener's Close, when it closed with one instead.
+pub fn check_reply(
+    answer: Answer,
+    closed_with: Option<&str>,
+    port_name: &str,
+) -> Result<(), BridgeError> {
     let reply = answer
         .map_err(|_| BridgeError::Timeout)??
-        .ok_or_else(|| BridgeError::Refused(port_name.to_owned()))?;
+        .ok_or_else(|| match closed_with {
+            // The listener's text: escaped and short in our messages.
+            Some(reason) => BridgeError::RefusedWith(crate::logging::loggable(reason).into_owned()),
+            None => BridgeError::Refused(port_name.to_owned()),
+        })?;
     match reply.as_slice() {
         [a, b, c] => match [*a, *b, *c] {
             REPLY_OK_TCP => Ok(()),

@@ -76,14 +76,23 @@ async fn sender_understands_every_reply() {
     use crate::relay::client::tunnel::test_support::tunnel_and_peer;
     use crate::relay::websocket::OpCode;
 
-    let cases: &[(Option<[u8; 3]>, &str)] = &[
-        (Some(REPLY_OK_TCP), "ok"),
-        (Some(REPLY_UNKNOWN_VERSION), "does not speak"),
-        (Some(REPLY_EXPECTED_UDP), "as UDP"),
-        (Some([9, 9, 9]), "instead of [1,0,0]"),
-        (None, "not forwarded there"),
+    // (the answer, or a Close with this reason instead; what the sender makes of it)
+    let cases: &[(Option<[u8; 3]>, &str, &str)] = &[
+        (Some(REPLY_OK_TCP), "", "ok"),
+        (Some(REPLY_UNKNOWN_VERSION), "", "does not speak"),
+        (Some(REPLY_EXPECTED_UDP), "", "as UDP"),
+        (Some([9, 9, 9]), "", "instead of [1,0,0]"),
+        (None, "", "not forwarded there"),
+        // A listener that says why (ours: its target did not answer) is quoted, not
+        // guessed at; its text is escaped.
+        (
+            None,
+            "VS Code is not listening",
+            "closed the connection before answering: VS Code is not listening",
+        ),
+        (None, "a\x1b[31mred", "before answering: a\\u{1b}[31mred"),
     ];
-    for (reply, expected) in cases {
+    for (reply, reason, expected) in cases {
         let (mut tunnel, (mut peer_reader, mut peer_writer)) = tunnel_and_peer();
         match reply {
             Some(r) => peer_writer
@@ -91,7 +100,7 @@ async fn sender_understands_every_reply() {
                 .await
                 .expect("write"),
             None => peer_writer
-                .write_close(close_code::NORMAL, "")
+                .write_close(close_code::SERVER_ERROR, reason)
                 .await
                 .expect("write"),
         }
@@ -185,7 +194,9 @@ async fn sender_sends_early_and_delivers_only_after_an_ok() {
         let expect = Expect {
             len: REPLY_LEN,
             within: DEADLINE,
-            check: Box::new(|answer| check_reply(answer, "5678").map_err(io::Error::other)),
+            check: Box::new(|answer, closed_with| {
+                check_reply(answer, closed_with, "5678").map_err(io::Error::other)
+            }),
         };
         let splice = tokio::spawn(tunnel.splice_after(local, expect));
         app.write_all(b"early").await.expect("write");

@@ -293,8 +293,8 @@ async fn forward_local(
     let expect = Expect {
         len: bridge::REPLY_LEN,
         within: bridge::PREAMBLE_TIMEOUT,
-        check: Box::new(move |answer| {
-            bridge::check_reply(answer, &name).map_err(std::io::Error::other)
+        check: Box::new(move |answer, closed_with| {
+            bridge::check_reply(answer, closed_with, &name).map_err(std::io::Error::other)
         }),
     };
     tracing::info!(port_name, "connection from {peer} relayed");

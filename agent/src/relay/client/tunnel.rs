@@ -85,11 +85,18 @@ pub struct Tunnel {
     pending: Vec<u8>,
     /// The peer's Close arrived (its direction is finished).
     peer_closed: bool,
+    /// The reason its Close gave, when it gave one (a listener that could not reach its
+    /// target says why: "VS Code is not listening").
+    peer_close_reason: Option<String>,
 }
 
 /// The peer's answer as [`Tunnel::splice_after`] read it: `Err` when it did not come in
 /// time, else what [`Tunnel::read_exact`] returned.
 pub type Answer = Result<io::Result<Option<Vec<u8>>>, tokio::time::error::Elapsed>;
+
+/// Judges the peer's answer ([`Answer`]), given the reason of its Close when it closed
+/// with one instead of answering.
+pub type AnswerCheck = Box<dyn FnOnce(Answer, Option<&str>) -> io::Result<()> + Send>;
 
 /// What [`Tunnel::splice_after`] waits for from the peer before its bytes reach the local
 /// side.
@@ -98,8 +105,9 @@ pub struct Expect {
     pub len: usize,
     /// How long the peer has to send them.
     pub within: Duration,
-    /// Accepts the answer (`Ok`) or says why not.
-    pub check: Box<dyn FnOnce(Answer) -> io::Result<()> + Send>,
+    /// Accepts the answer (`Ok`) or says why not; given the reason of the peer's Close
+    /// when it closed with one instead of answering.
+    pub check: AnswerCheck,
 }
 
 impl std::fmt::Debug for Expect {
@@ -130,7 +138,13 @@ impl Tunnel {
             })),
             pending: Vec::new(),
             peer_closed: false,
+            peer_close_reason: None,
         }
+    }
+
+    /// The reason the peer's Close gave, if it closed with one.
+    pub fn peer_close_reason(&self) -> Option<&str> {
+        self.peer_close_reason.as_deref()
     }
 
     /// Reads exactly `n` stream bytes; `None` if the peer closed (or the transport
@@ -183,6 +197,7 @@ impl Tunnel {
                     let (code, reason) = frame.close_code();
                     tracing::debug!(code, reason, "peer closed its direction");
                     self.peer_closed = true;
+                    self.peer_close_reason = Some(reason).filter(|r| !r.is_empty());
                     return Ok(None);
                 }
             }
@@ -290,7 +305,7 @@ impl Tunnel {
         let inbound = async {
             if let Some(expect) = expect {
                 let answer = tokio::time::timeout(expect.within, self.read_exact(expect.len)).await;
-                (expect.check)(answer)?;
+                (expect.check)(answer, self.peer_close_reason.as_deref())?;
             }
             let mut received = 0u64;
             let pending = std::mem::take(&mut self.pending);
