@@ -258,17 +258,13 @@ impl AcceptHandler for VsCodeForwarder {
             "{label}: VS Code on 127.0.0.1:{} has the debug connection of {who}",
             route.vscode_port
         );
-        // debugpy connected out once and does not connect again: whichever way the
-        // connection ends, a debugger cannot attach to this rank again in this run.
-        const AGAIN: &str =
-            "its debugpy does not connect again, so no debugger can attach to it in this run";
         match tunnel.splice(vscode).await {
-            Ok(_) => say!("{label}: VS Code detached from {who}; {AGAIN}"),
+            Ok(_) => say!("{label}: VS Code detached from {who}"),
             // Most often VS Code closed its end first (Stop, Disconnect, a closed window):
             // a broken pipe or a reset, not a fault of the relay.
             Err(err) => say!(
                 "{label}: the debug connection of {who} ended ({err}: VS Code closed it, or \
-                 the step's side went away); {AGAIN}"
+                 the step's side went away)"
             ),
         }
     }
