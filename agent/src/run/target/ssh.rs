@@ -296,11 +296,13 @@ impl Target for Ssh {
             );
         } else {
             let part = format!("{agent_file}.part.$$");
+            // Only a copy measured whole takes the name: a size that cannot be read
+            // fails like a short one, and the part file goes whatever ends the script.
             let copy = format!(
-                "set -e; cd {}; cat > {part}; \
-                 if [ \"$(wc -c < {part})\" -ne {size} ]; then rm -f {part}; \
-                 echo \"the copy of the agent arrived incomplete\" >&2; exit 1; fi; \
-                 chmod 755 {part}; mv -f {part} {agent_file}",
+                "set -e; cd {}; trap \"rm -f {part}\" EXIT; cat > {part}; \
+                 if [ \"$(wc -c < {part})\" -eq {size} ]; then \
+                 chmod 755 {part}; mv -f {part} {agent_file}; \
+                 else echo \"the copy of the agent arrived incomplete\" >&2; exit 1; fi",
                 quote(base_dir)
             );
             let mut cmd = self.ssh();
