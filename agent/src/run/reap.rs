@@ -93,6 +93,7 @@ pub async fn wait_step(
     tokio::pin!(waiter);
     // Both branches are cancel-safe: a join handle and signal streams keep their state.
     let signal = tokio::select! {
+        biased;
         status = &mut waiter => {
             return joined(status).map(|status| Ended { status, interrupted: None });
         }
@@ -112,17 +113,28 @@ pub async fn wait_step(
             let _ = kill(pid, Signal::SIGTERM);
         }
     }
-    // Cancel-safe as above; the sleep is dropped once the step is reaped or killed.
-    let status = tokio::select! {
-        status = &mut waiter => joined(status),
-        () = tokio::time::sleep(grace) => {
-            let _ = kill(pid, Signal::SIGKILL);
-            joined(waiter.await)
-        }
-        again = Stops::asked(stops) => {
-            say!("{label}: {again} again: killing the step now");
-            let _ = kill(pid, Signal::SIGKILL);
-            joined(waiter.await)
+    let grace_over = tokio::time::sleep(grace);
+    tokio::pin!(grace_over);
+    // Cancel-safe as above. Biased, waiter first: a step already reaped is never
+    // signalled (its PID may be another process's by then).
+    let status = loop {
+        tokio::select! {
+            biased;
+            status = &mut waiter => break joined(status),
+            () = &mut grace_over => {
+                let _ = kill(pid, Signal::SIGKILL);
+                break joined(waiter.await);
+            }
+            again = Stops::asked(stops.as_deref_mut()) => {
+                // A closing terminal sends SIGHUP twice (the kernel, then the shell to
+                // its jobs): that is no second request.
+                if again == Signal::SIGHUP {
+                    continue;
+                }
+                say!("{label}: {again} again: killing the step now");
+                let _ = kill(pid, Signal::SIGKILL);
+                break joined(waiter.await);
+            }
         }
     };
     status.map(|status| Ended {
