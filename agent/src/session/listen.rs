@@ -97,7 +97,13 @@ impl AcceptHandler for Forwarder {
         tracing::info!("a developer reached rank {rank} (port {})", self.port);
         self.shared.arrived();
         let Some(debugpy) = self.shared.connect_debugpy().await else {
-            tunnel.finish(close_code::NORMAL, "").await;
+            // Said in the Close, so the developer's side quotes it instead of guessing.
+            tunnel
+                .finish(
+                    close_code::SERVER_ERROR,
+                    "debugpy is not listening on the target",
+                )
+                .await;
             return;
         };
         // The sender waits for the listener's go-ahead before sending anything.
