@@ -156,6 +156,8 @@ struct RepeatedLines {
     reject_failed: Throttle,
     /// A sender rejected as asked (any sender the listener turns away can repeat it).
     rejected: Throttle,
+    /// A reject rendezvous the relay answered with 101 instead of 410.
+    reject_opened: Throttle,
 }
 
 async fn listen_loop<H: AcceptHandler>(
@@ -481,7 +483,7 @@ async fn rendezvous<H: AcceptHandler>(
                     tracing::warn!("reject rendezvous failed: {e}{left_out}");
                 }),
                 Ok(ws) => {
-                    lines.reject_failed.log(|left_out| {
+                    lines.reject_opened.log(|left_out| {
                         tracing::warn!(
                             "the relay opened a reject rendezvous instead of answering 410; \
                              closing it{left_out}"

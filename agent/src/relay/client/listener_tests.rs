@@ -175,8 +175,13 @@ async fn a_shutdown_ends_the_listener_while_the_relay_takes_no_frame() {
         .expect("bind");
     let addr = relay.local_addr().expect("bound");
     let stop_flood = CancellationToken::new();
+    // Notified once a Ping has waited this long to be written: the listener has stopped
+    // reading, stuck itself in writing a Pong nobody takes.
+    const STALLED: Duration = Duration::from_millis(300);
+    let stalled = Arc::new(Notify::new());
     let flood = {
         let stop_flood = stop_flood.clone();
+        let stalled = Arc::clone(&stalled);
         tokio::spawn(async move {
             let (mut socket, _) = relay.accept().await.expect("the listener connects");
             let mut head = Vec::new();
@@ -203,10 +208,24 @@ async fn a_shutdown_ends_the_listener_while_the_relay_takes_no_frame() {
             // Pongs; bounded by the test's end and a count.
             let mut ping = vec![0x89, 125];
             ping.extend([b'p'; 125]);
+            let mut told = false;
             for _ in 0..1_000_000 {
-                tokio::select! {
-                    written = socket.write_all(&ping) => if written.is_err() { break },
+                let write = socket.write_all(&ping);
+                tokio::pin!(write);
+                let written = tokio::select! {
+                    written = &mut write => written,
+                    () = tokio::time::sleep(STALLED), if !told => {
+                        told = true;
+                        stalled.notify_one();
+                        tokio::select! {
+                            written = &mut write => written,
+                            () = stop_flood.cancelled() => break,
+                        }
+                    }
                     () = stop_flood.cancelled() => break,
+                };
+                if written.is_err() {
+                    break;
                 }
             }
             drop(socket);
@@ -229,8 +248,10 @@ async fn a_shutdown_ends_the_listener_while_the_relay_takes_no_frame() {
     tokio::time::timeout(DEADLINE, came_online.recv())
         .await
         .expect("listener online in time");
-    // Long enough for the Pongs to fill both socket buffers and the write to stall.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The Pongs filled both socket buffers: the listener's write is stalled.
+    tokio::time::timeout(DEADLINE, stalled.notified())
+        .await
+        .expect("the listener stops reading once its Pongs are not taken");
     let asked = Instant::now();
     shutdown.cancel();
     let ended = tokio::time::timeout(DEADLINE, listening)
