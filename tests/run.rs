@@ -457,7 +457,7 @@ fn ranks_asked_for_without_mpiexec_are_refused() {
     assert_eq!(code, 1, "{all}");
     assert!(
         all.contains(
-            "--ranks-count 4 runs the step under mpiexec, and this machine's PATH has no mpiexec"
+            "4 ranks (--ranks-count, or ranks_count in the target's settings) run under mpiexec, and this machine's PATH has no mpiexec"
         ),
         "{all}"
     );

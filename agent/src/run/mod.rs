@@ -169,9 +169,9 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
     let launch = target.launch(options.ranks_count);
     anyhow::ensure!(
         launch.count() >= options.ranks_count || options.one_process_without_mpiexec,
-        "--ranks-count {} runs the step under mpiexec, and this machine's PATH has no \
-         mpiexec: install an MPI where the step runs (for example `pip install mpich` in its \
-         environment), or leave out --ranks-count to run one process",
+        "{} ranks (--ranks-count, or ranks_count in the target's settings) run under \
+         mpiexec, and this machine's PATH has no mpiexec: install an MPI where the step runs \
+         (for example `pip install mpich` in its environment), or ask for one rank",
         options.ranks_count
     );
     let ranks = debugged_ranks(&options.ranks, launch.count())?;
