@@ -64,10 +64,19 @@ fn has_debugpy(python: &Path) -> anyhow::Result<()> {
     let what = format!("{} -c 'import debugpy'", python.display());
     match crate::run::target::command::output_within(check, DEBUGPY_CHECK_TIMEOUT, &what) {
         Ok(output) if output.status.success() => Ok(()),
-        Ok(_) => anyhow::bail!(
-            "the demo's step needs debugpy, and {} cannot import it: {fix}",
-            python.display()
-        ),
+        Ok(output) => {
+            // What Python said (its last line: `ModuleNotFoundError: …`, or why an
+            // installed debugpy does not load), escaped and short.
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let said = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            let said = said.map_or_else(String::new, |line| {
+                format!(" ({})", crate::logging::loggable(line.trim()))
+            });
+            anyhow::bail!(
+                "the demo's step needs debugpy, and {} cannot import it{said}: {fix}",
+                python.display()
+            )
+        }
         Err(err) => Err(err).context("give --python a Python interpreter that has debugpy"),
     }
 }
