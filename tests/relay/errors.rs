@@ -409,7 +409,8 @@ fn a_sender_flooding_bad_preambles_gets_a_line_per_kind_not_per_tunnel() {
         "port name not in the forward list",
         "UDP asked for a TCP forward",
     ] {
-        assert_eq!(count(needle), 1, "{needle}: {head}");
+        // Once, or twice when the flood outlasted one throttle interval on a slow machine.
+        assert!((1..=2).contains(&count(needle)), "{needle}: {head}");
     }
     assert!(log.len() < 30, "{head}");
 }
