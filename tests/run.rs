@@ -344,53 +344,71 @@ fn a_stop_signal_while_the_target_is_prepared_stops_what_it_ran() {
 
 /// A step that ignores the SIGTERM a Ctrl-C sends it: a second Ctrl-C kills it at once
 /// instead of leaving the user to wait out the grace in silence (the first line says
-/// both), and the closing line tells the step's own end from what `run` exits with.
+/// both), and the closing line tells the step's own end from what `run` exits with. A
+/// second SIGHUP is no such request (a closing terminal sends two): the grace runs out.
 #[test]
 fn a_second_ctrl_c_kills_a_step_that_ignores_the_first() {
     use nix::sys::signal::Signal;
-    let (_dir, project) = project();
-    let state = tempfile::tempdir().expect("tempdir");
-    let marker = new_marker();
-    let mut cmd = run_in(&project, state.path(), &marker);
-    cmd.args([
-        "--attach-timeout",
-        "1s",
-        "--",
-        "python3",
-        "-c",
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); \
-         print('step-' + 'ignores-term', flush=True); time.sleep(600)",
-    ]);
-    let run = Running::start(&mut cmd, marker.clone());
-    // Its own line, not the command's echo in run's banner (which names it in pieces).
-    util::wait_for("the step to ignore SIGTERM", SESSION_DEADLINE, || {
-        run.output
-            .stdout()
-            .contains("step-ignores-term")
-            .then_some(())
-    });
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(run.child.id()).expect("pid fits"));
-    nix::sys::signal::kill(pid, Signal::SIGINT).expect("first Ctrl-C");
-    util::wait_for("run to stop the step", SESSION_DEADLINE, || {
-        run.output
-            .stdout()
-            .contains("again to kill it now")
-            .then_some(())
-    });
-    let second = std::time::Instant::now();
-    nix::sys::signal::kill(pid, Signal::SIGINT).expect("second Ctrl-C");
-    let (code, all) = run.finish();
-    assert!(
-        second.elapsed() < Duration::from_secs(4),
-        "waited {:?} after the second Ctrl-C\n{all}",
-        second.elapsed()
-    );
-    assert_eq!(code, 130, "{all}");
-    assert!(all.contains("SIGINT again: killing the step now"), "{all}");
-    assert!(
-        all.contains("the step exited 137, and amlx-agent run exits 130"),
-        "{all}"
-    );
+    // (the signal sent twice, whether the second kills at once, run's exit code)
+    for (signal, at_once, code) in [(Signal::SIGINT, true, 130), (Signal::SIGHUP, false, 129)] {
+        let (_dir, project) = project();
+        let state = tempfile::tempdir().expect("tempdir");
+        let marker = new_marker();
+        let mut cmd = run_in(&project, state.path(), &marker);
+        cmd.args([
+            "--attach-timeout",
+            "1s",
+            "--",
+            "python3",
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); \
+             print('step-' + 'ignores-term', flush=True); time.sleep(600)",
+        ]);
+        let run = Running::start(&mut cmd, marker.clone());
+        // Its own line, not the command's echo in run's banner (which names it in pieces).
+        util::wait_for("the step to ignore SIGTERM", SESSION_DEADLINE, || {
+            run.output
+                .stdout()
+                .contains("step-ignores-term")
+                .then_some(())
+        });
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(run.child.id()).expect("pid fits"));
+        nix::sys::signal::kill(pid, signal).expect("first signal");
+        util::wait_for("run to stop the step", SESSION_DEADLINE, || {
+            run.output
+                .stdout()
+                .contains("again to kill it now")
+                .then_some(())
+        });
+        let second = std::time::Instant::now();
+        nix::sys::signal::kill(pid, signal).expect("second signal");
+        let (exit, all) = run.finish();
+        let took = second.elapsed();
+        assert_eq!(exit, code, "{signal}: {all}");
+        assert_eq!(
+            all.contains("again: killing the step now"),
+            at_once,
+            "{signal}: {all}"
+        );
+        if at_once {
+            assert!(
+                took < Duration::from_secs(4),
+                "{signal}: waited {took:?}\n{all}"
+            );
+        } else {
+            // The grace (5 s from the first signal) ran out first.
+            assert!(
+                took > Duration::from_secs(3),
+                "{signal}: killed after {took:?}\n{all}"
+            );
+        }
+        assert!(
+            all.contains(&format!(
+                "the step exited 137, and amlx-agent run exits {code}"
+            )),
+            "{signal}: {all}"
+        );
+    }
 }
 
 /// `run`'s logging flags reach the step's agent: with `-qq` it writes no info lines, and
