@@ -424,18 +424,13 @@ async fn session(
         ranks: plan.ranks.to_vec(),
         history,
         attached,
-        interrupted: ended.interrupted.is_some(),
+        stopped_by: ended.interrupted,
         attach_timeout: options.attach_timeout,
-        // Stopped by Ctrl-C: 130, as a shell reports an interrupted command, whatever
-        // the step made of the SIGTERM it was sent.
-        code: ended
-            .interrupted
-            .map_or_else(|| exit_code(ended.status), report::signal_exit_code),
         step_code: exit_code(ended.status),
         followed,
     };
     say!("{}", report.summary());
-    Ok(report.code)
+    Ok(report.code())
 }
 
 /// Writes launch.json, prints how to attach, and starts the step on the target; its

@@ -36,12 +36,10 @@ pub struct Report {
     pub history: Histories,
     /// Ranks whose debug connection the laptop side handed to VS Code.
     pub attached: BTreeSet<u32>,
-    pub interrupted: bool,
+    /// The signal that stopped `run` (and so the step), if one did.
+    pub stopped_by: Option<nix::sys::signal::Signal>,
     pub attach_timeout: Duration,
-    /// What `run` exits with: the step's code, or 128 + the signal that stopped `run`.
-    pub code: i32,
-    /// The step's own exit code ([`exit_code`]), which differs from `code` when a signal
-    /// stopped the run.
+    /// The step's own exit code ([`exit_code`]).
     pub step_code: i32,
     /// Whether the step's status records were followed (local and docker targets).
     pub followed: bool,
@@ -71,7 +69,7 @@ impl Report {
             Outcome::TimedOut
         } else if was(SessionState::Attached) || self.attached.contains(&rank) {
             Outcome::Attached
-        } else if self.interrupted {
+        } else if self.stopped_by.is_some() {
             Outcome::Interrupted
         } else if let Some(reason) = history.and_then(|h| h.last_reason.clone()) {
             Outcome::NotAttached(reason)
@@ -159,14 +157,22 @@ impl Report {
     /// `the step exited N`, and what `run` exits with when a signal made that differ
     /// (the step caught the SIGTERM it was sent and exited 42: `run` still exits 130).
     fn ending(&self) -> String {
-        if self.code == self.step_code {
-            format!("the step exited {}", self.code)
+        let code = self.code();
+        if code == self.step_code {
+            format!("the step exited {code}")
         } else {
             format!(
-                "the step exited {}, and {} exits {}, as a command stopped by a signal",
-                self.step_code, self.label, self.code
+                "the step exited {}, and {} exits {code}, as a command stopped by a signal",
+                self.step_code, self.label
             )
         }
+    }
+
+    /// What `run` exits with: the step's code, or 128 + the signal that stopped `run`
+    /// (Ctrl-C: 130, as a shell reports an interrupted command, whatever the step made of
+    /// the SIGTERM it was sent).
+    pub fn code(&self) -> i32 {
+        self.stopped_by.map_or(self.step_code, signal_exit_code)
     }
 
     /// `; rank R crashed …` for each rank that had a post-mortem session (empty when
@@ -190,7 +196,7 @@ impl Report {
                     format!("; {who} crashed and VS Code attached to its post-mortem session")
                 } else if let Some(reason) = history.last_reason.as_deref() {
                     format!("; {who} crashed; its post-mortem session ended without a debugger ({reason})")
-                } else if self.interrupted {
+                } else if self.stopped_by.is_some() {
                     format!(
                         "; {who} crashed and the run was stopped before a debugger attached to \
                          its post-mortem session"
@@ -220,9 +226,8 @@ mod tests {
             ranks: ranks.to_vec(),
             history,
             attached: attached.iter().copied().collect(),
-            interrupted: false,
+            stopped_by: None,
             attach_timeout: Duration::from_secs(60),
-            code: 0,
             step_code: 0,
             followed: true,
         }
@@ -249,7 +254,7 @@ mod tests {
         histories.insert(Some(1), history(&[PostMortem], None));
         histories.insert(Some(2), history(&[PostMortem], Some("the helper ended")));
         let mut stopped = report(&[0], histories.clone(), &[]);
-        stopped.interrupted = true;
+        stopped.stopped_by = Some(nix::sys::signal::Signal::SIGINT);
         assert!(
             stopped.summary().contains(
                 "rank 1 crashed and the run was stopped before a debugger attached to its \
@@ -304,8 +309,7 @@ mod tests {
             assert_eq!(report.summary(), format!("amlx-agent demo: {want}"));
         }
         let interrupted = Report {
-            interrupted: true,
-            code: 143,
+            stopped_by: Some(nix::sys::signal::Signal::SIGTERM),
             step_code: 143,
             ..report(
                 &[0],
@@ -321,7 +325,7 @@ mod tests {
         // The step caught the signal it was sent and exited with its own code: said as it
         // was, next to what `run` exits with.
         let caught = Report {
-            code: 130,
+            stopped_by: Some(nix::sys::signal::Signal::SIGINT),
             step_code: 42,
             ..interrupted
         };
