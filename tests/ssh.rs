@@ -268,28 +268,27 @@ fn run_over_ssh_copies_the_agent_once_and_the_breakpoint_hits_through_the_revers
         "the project was copied"
     );
 
-    // Again, two ranks under the host's mpiexec: nothing to copy for the agent.
-    let marker2 = new_marker();
-    std::fs::write(
-        project.join(".amlx/targets.toml"),
-        host.target("vm", &marker2),
-    )
-    .expect("targets.toml");
-    let again = Running::start(
-        run_in(&project, state.path(), &marker2).args([
-            "-t",
-            "vm",
-            "--ranks-count",
-            "2",
+    // The step on "vm" again, with `args` before the command (a fresh marker each time).
+    let run_on_vm = |args: &[&str]| {
+        let marker = new_marker();
+        std::fs::write(
+            project.join(".amlx/targets.toml"),
+            host.target("vm", &marker),
+        )
+        .expect("targets.toml");
+        let mut cmd = run_in(&project, state.path(), &marker);
+        cmd.args(["-t", "vm"]).args(args).args([
             "--attach-timeout",
             "1s",
             "--",
             "python3",
             "step.py",
-        ]),
-        marker2,
-    );
-    let (code, all) = again.finish();
+        ]);
+        Running::start(&mut cmd, marker).finish()
+    };
+
+    // Again, two ranks under the host's mpiexec: nothing to copy for the agent.
+    let (code, all) = run_on_vm(&["--ranks-count", "2"]);
     assert_eq!(code, STEP_EXIT, "{all}");
     position(&all, "amlx-agent run: the agent is on");
     assert!(!all.contains("copied the agent"), "copied again:\n{all}");
@@ -318,25 +317,7 @@ fn run_over_ssh_copies_the_agent_once_and_the_breakpoint_hits_through_the_revers
         .expect("open the agent")
         .set_len(full / 3)
         .expect("truncate");
-    let marker3 = new_marker();
-    std::fs::write(
-        project.join(".amlx/targets.toml"),
-        host.target("vm", &marker3),
-    )
-    .expect("targets.toml");
-    let third = Running::start(
-        run_in(&project, state.path(), &marker3).args([
-            "-t",
-            "vm",
-            "--attach-timeout",
-            "1s",
-            "--",
-            "python3",
-            "step.py",
-        ]),
-        marker3,
-    );
-    let (code, all) = third.finish();
+    let (code, all) = run_on_vm(&[]);
     assert_eq!(code, STEP_EXIT, "{all}");
     position(&all, "amlx-agent run: copied the agent to");
     position(&all, "user step rank 0 value 7");
