@@ -181,3 +181,62 @@ fn a_stdout_nobody_reads_is_an_error_not_a_panic() {
         assert!(stderr.contains("Broken pipe"), "{args:?}: {stderr}");
     }
 }
+
+/// Port and process-count values no run can use are usage errors (exit 2) that say what
+/// a good value is, before anything starts. `--vscode-port 0` was an error with exit 1
+/// after the work had begun.
+#[test]
+fn impossible_ports_and_rank_counts_are_usage_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["run", "--vscode-port", "0", "--", "true"],
+            "0 is not a port VS Code can listen on; pick one like 5678",
+        ),
+        (
+            &["run", "--vscode-port", "70000", "--", "true"],
+            "a port is a number from 1 to 65535",
+        ),
+        (
+            &["demo", "--vscode-port", "0"],
+            "0 is not a port VS Code can listen on",
+        ),
+        (
+            &[
+                "launch-json",
+                "--ranks",
+                "0",
+                "--post-mortem",
+                "--post-mortem-port",
+                "0",
+            ],
+            "0 is not a port VS Code can listen on",
+        ),
+        (&["run", "--ranks-count", "0", "--", "true"], "1..=64"),
+        (&["run", "--ranks-count", "65", "--", "true"], "1..=64"),
+        (&["demo", "--ranks-count", "65"], "1..=64"),
+    ];
+    for (args, expected) in cases {
+        let mut cmd = agent();
+        cmd.current_dir(dir.path()).args(args);
+        let out = crate::util::output_bounded(&mut cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // The help gives the range before anyone gets it wrong.
+    for command in ["run", "demo"] {
+        let help = stdout_of(&[command, "--help"]);
+        assert!(
+            help.contains("Processes to start (1 to 64)"),
+            "{command}:\n{help}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .next()
+            .is_none(),
+        "nothing was written"
+    );
+}

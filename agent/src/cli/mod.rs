@@ -512,6 +512,16 @@ pub struct SessionArgs {
     pub post_mortem_max: Option<String>,
 }
 
+/// A port VS Code listens on: 1 to 65535. Port 0 would ask the system for any free port,
+/// which VS Code's launch.json cannot name, so it is a usage error (exit 2) at parsing.
+pub fn vscode_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(0) => Err("0 is not a port VS Code can listen on; pick one like 5678".to_owned()),
+        Ok(port) => Ok(port),
+        Err(e) => Err(format!("{e}: a port is a number from 1 to 65535")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,8 +28,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub agent_binary: Option<PathBuf>,
 
-    /// Processes to start, under `mpiexec -n N` when more than one [default: the named
-    /// target's, else 1]
+    /// Processes to start (1 to 64), under `mpiexec -n N` when more than one [default: the
+    /// named target's, else 1]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_RANKS_COUNT)))]
     pub ranks_count: Option<u32>,
 
@@ -49,7 +49,7 @@ pub struct RunArgs {
 
     /// The first port VS Code listens on; rank by rank from there. Ports another run
     /// holds are skipped.
-    #[arg(long, value_name = "PORT", default_value_t = crate::launch_json::DEFAULT_PORT_BASE)]
+    #[arg(long, value_name = "PORT", default_value_t = crate::launch_json::DEFAULT_PORT_BASE, value_parser = crate::cli::vscode_port)]
     pub vscode_port: u16,
 
     /// Debug ports the step's agents reserve on the target; rank R takes START + R

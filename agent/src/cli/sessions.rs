@@ -54,7 +54,7 @@ pub struct LaunchJsonArgs {
     pub post_mortem: bool,
 
     /// The port VS Code listens on for post-mortem sessions [default: --port-base - 1]
-    #[arg(long, value_name = "PORT", requires = "post_mortem")]
+    #[arg(long, value_name = "PORT", requires = "post_mortem", value_parser = crate::cli::vscode_port)]
     pub post_mortem_port: Option<u16>,
 
     /// File to create or merge into; `-` prints the configurations instead.
@@ -85,16 +85,16 @@ pub struct StatusArgs {
 #[derive(Debug, Args, Clone)]
 pub struct DemoArgs {
     /// Port VS Code listens on for debugpy (the launch.json "listen" port).
-    #[arg(long, value_name = "PORT", default_value_t = crate::launch_json::DEFAULT_PORT_BASE)]
+    #[arg(long, value_name = "PORT", default_value_t = crate::launch_json::DEFAULT_PORT_BASE, value_parser = crate::cli::vscode_port)]
     pub vscode_port: u16,
 
     /// How long the step waits for VS Code before running on without a debugger.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::config::parse_duration)]
     pub attach_timeout: std::time::Duration,
 
-    /// Processes to start, under `mpiexec -n N` when mpiexec is on PATH (else one);
-    /// rank 0 is the debug target.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Processes to start (1 to 64), under `mpiexec -n N` when mpiexec is on PATH (else
+    /// one); rank 0 is the debug target.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_RANKS_COUNT)))]
     pub ranks_count: u32,
 
     /// Debug ports the step's agent may reserve; must not hold --vscode-port, since
