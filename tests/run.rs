@@ -411,6 +411,70 @@ fn a_second_ctrl_c_kills_a_step_that_ignores_the_first() {
     }
 }
 
+/// A step the kernel does not let go after SIGKILL (uninterruptible sleep on a hung
+/// filesystem or GPU driver; here a tracer that never collects its exit, which holds it
+/// the same way): `run` waited for it for ever after a second Ctrl-C. Now it gives the
+/// step a bounded time after SIGKILL, says it leaves it behind, and exits 130.
+#[test]
+fn a_step_that_survives_sigkill_is_left_behind_within_a_bound() {
+    use nix::sys::signal::Signal;
+    let (_dir, project) = project();
+    let state = tempfile::tempdir().expect("tempdir");
+    let marker = new_marker();
+    let mut cmd = run_in(&project, state.path(), &marker);
+    cmd.args([
+        "--attach-timeout",
+        "1s",
+        "--",
+        "python3",
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); \
+         print('step-' + 'held-by-a-tracer', flush=True); time.sleep(600)",
+    ]);
+    let run = Running::start(&mut cmd, marker.clone());
+    util::wait_for("the step to start", SESSION_DEADLINE, || {
+        run.output
+            .stdout()
+            .contains("step-held-by-a-tracer")
+            .then_some(())
+    });
+    let step = util::children_of(run.child.id())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .find(|&pid| util::command_line(pid).contains("held-by-a-tracer"))
+        .expect("the step is run's child");
+    let step = nix::unistd::Pid::from_raw(i32::try_from(step).expect("pid fits"));
+    // This thread becomes the step's tracer and never collects its exit until the end.
+    nix::sys::ptrace::seize(step, nix::sys::ptrace::Options::empty()).expect("trace the step");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(run.child.id()).expect("pid fits"));
+    nix::sys::signal::kill(pid, Signal::SIGINT).expect("first Ctrl-C");
+    util::wait_for("run to stop the step", SESSION_DEADLINE, || {
+        run.output
+            .stdout()
+            .contains("again to kill it now")
+            .then_some(())
+    });
+    let second = std::time::Instant::now();
+    nix::sys::signal::kill(pid, Signal::SIGINT).expect("second Ctrl-C");
+    let (exit, all) = run.finish();
+    let took = second.elapsed();
+    // Release the step: collect its exit as its tracer; its parent (gone) is init's now.
+    let _ = nix::sys::wait::waitpid(step, Some(nix::sys::wait::WaitPidFlag::__WALL));
+    assert_eq!(exit, 130, "{all}");
+    assert!(
+        all.contains("has not ended 2s after SIGKILL") && all.contains("leaving it"),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "the step had not ended after SIGKILL and was left behind, and amlx-agent run exits 130"
+        ),
+        "{all}"
+    );
+    // 2 s for the step and 2 s for its leftovers after SIGKILL, and the relay's stop.
+    assert!(took < Duration::from_secs(9), "took {took:?}\n{all}");
+}
+
 /// `run`'s logging flags reach the step's agent: with `-qq` it writes no info lines, and
 /// with `--log-format json` every line it writes is JSON. Both used to be run's alone.
 /// (And with nobody attaching, its lines give the laptop listener's reason.)

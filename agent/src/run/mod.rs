@@ -410,7 +410,13 @@ async fn session(
     };
     let watcher = state_dir.map(|dir| Watcher::start(dir, format!("relay:{}/", relay.hc())));
     let ended = reap::wait_step(child, lifeline, stops, STOP_GRACE, options.label).await;
-    let _ = tokio::task::spawn_blocking(|| reap::leftovers(LEFTOVER_TIMEOUT)).await;
+    // A step the kernel holds after SIGKILL was killed on request (a second Ctrl-C, or the
+    // grace ran out): what it left gets SIGKILL at once too, not another wait.
+    let leftover_timeout = match &ended {
+        Ok(reap::Ended { status: None, .. }) => Duration::ZERO,
+        _ => LEFTOVER_TIMEOUT,
+    };
+    let _ = tokio::task::spawn_blocking(move || reap::leftovers(leftover_timeout)).await;
     let followed = watcher.is_some();
     let history = match watcher {
         Some(watcher) => watcher.finish().await,
@@ -426,7 +432,7 @@ async fn session(
         attached,
         stopped_by: ended.interrupted,
         attach_timeout: options.attach_timeout,
-        step_code: exit_code(ended.status),
+        step_code: ended.status.map(exit_code),
         followed,
     };
     say!("{}", report.summary());

@@ -12,13 +12,17 @@ use nix::unistd::Pid;
 
 /// Between two looks for exited leftovers.
 const REAP_POLL: Duration = Duration::from_millis(20);
-/// After SIGKILL, how long leftovers get to be reaped before they are given up on.
+/// After SIGKILL, how long the step and leftovers get to be reaped before they are given
+/// up on. SIGKILL ends a process at once unless the kernel holds it: uninterruptible sleep
+/// (a hung network filesystem or GPU driver) or a tracer that does not let its exit be
+/// reported. Without this bound a second Ctrl-C left `run` waiting for ever.
 const AFTER_KILL: Duration = Duration::from_secs(2);
 
 /// How the step ended.
 #[derive(Debug, Clone, Copy)]
 pub struct Ended {
-    pub status: ExitStatus,
+    /// `None`: the step had not ended [`AFTER_KILL`] after SIGKILL and was left behind.
+    pub status: Option<ExitStatus>,
     /// The signal that asked this process to stop (Ctrl-C, SIGTERM, SIGHUP), after
     /// which it stopped the step.
     pub interrupted: Option<Signal>,
@@ -89,19 +93,30 @@ pub async fn wait_step(
 ) -> anyhow::Result<Ended> {
     let pid = pid_of(&child);
     let mut child = child;
-    let waiter = tokio::task::spawn_blocking(move || child.wait());
+    // A thread of its own, not the runtime's blocking pool: a step the kernel holds after
+    // SIGKILL is left behind with its waiter, and the runtime's shutdown would otherwise
+    // wait out its whole bound for that thread.
+    let (reaped, waiter) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("step-waiter".to_owned())
+        .spawn(move || {
+            let _ = reaped.send(child.wait());
+        })
+        .context("could not start a thread to wait for the step")?;
     tokio::pin!(waiter);
-    // Both branches are cancel-safe: a join handle and signal streams keep their state.
+    // Both branches are cancel-safe: a oneshot receiver and signal streams keep their state.
     let signal = tokio::select! {
         biased;
         status = &mut waiter => {
-            return joined(status).map(|status| Ended { status, interrupted: None });
+            return joined(status).map(|status| Ended {
+                status: Some(status),
+                interrupted: None,
+            });
         }
         signal = Stops::asked(stops.as_deref_mut()) => signal,
     };
     // `say!`, never println!: with stdout a closed pipe (`run … | head`) a panic here
-    // would skip stopping the step, and dropping the runtime would then wait for the
-    // step's waiter: `run` would hang until the step ended on its own.
+    // would skip stopping the step, and `run` would end with the step still running.
     say!(
         "{label}: stopping the step (killed in {}s if it has not stopped; again to kill it now)",
         grace.as_secs()
@@ -120,10 +135,10 @@ pub async fn wait_step(
     let status = loop {
         tokio::select! {
             biased;
-            status = &mut waiter => break joined(status),
+            status = &mut waiter => break joined(status).map(Some),
             () = &mut grace_over => {
                 let _ = kill(pid, Signal::SIGKILL);
-                break joined(waiter.await);
+                break reaped_after_kill(waiter, pid, label).await;
             }
             again = Stops::asked(stops.as_deref_mut()) => {
                 // A closing terminal sends SIGHUP twice (the kernel, then the shell to
@@ -133,7 +148,7 @@ pub async fn wait_step(
                 }
                 say!("{label}: {again} again: killing the step now");
                 let _ = kill(pid, Signal::SIGKILL);
-                break joined(waiter.await);
+                break reaped_after_kill(waiter, pid, label).await;
             }
         }
     };
@@ -143,8 +158,29 @@ pub async fn wait_step(
     })
 }
 
+/// The step's status once SIGKILL has been sent, or `None` when it has not ended within
+/// [`AFTER_KILL`]: it is left behind, and its waiter thread with it.
+async fn reaped_after_kill(
+    waiter: std::pin::Pin<&mut tokio::sync::oneshot::Receiver<std::io::Result<ExitStatus>>>,
+    pid: Pid,
+    label: &str,
+) -> anyhow::Result<Option<ExitStatus>> {
+    match tokio::time::timeout(AFTER_KILL, waiter).await {
+        Ok(status) => joined(status).map(Some),
+        Err(_) => {
+            say!(
+                "{label}: the step (PID {pid}) has not ended {}s after SIGKILL: the kernel \
+                 holds it (uninterruptible sleep, such as a hung filesystem or device, or a \
+                 tracer); leaving it",
+                AFTER_KILL.as_secs()
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn joined(
-    status: Result<std::io::Result<ExitStatus>, tokio::task::JoinError>,
+    status: Result<std::io::Result<ExitStatus>, tokio::sync::oneshot::error::RecvError>,
 ) -> anyhow::Result<ExitStatus> {
     status
         .context("the step's waiter failed")?

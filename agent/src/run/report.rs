@@ -39,8 +39,9 @@ pub struct Report {
     /// The signal that stopped `run` (and so the step), if one did.
     pub stopped_by: Option<nix::sys::signal::Signal>,
     pub attach_timeout: Duration,
-    /// The step's own exit code ([`exit_code`]).
-    pub step_code: i32,
+    /// The step's own exit code ([`exit_code`]); `None` when it had not ended after
+    /// SIGKILL and was left behind.
+    pub step_code: Option<i32>,
     /// Whether the step's status records were followed (local and docker targets).
     pub followed: bool,
 }
@@ -158,13 +159,17 @@ impl Report {
     /// (the step caught the SIGTERM it was sent and exited 42: `run` still exits 130).
     fn ending(&self) -> String {
         let code = self.code();
-        if code == self.step_code {
-            format!("the step exited {code}")
-        } else {
-            format!(
-                "the step exited {}, and {} exits {code}, as a command stopped by a signal",
-                self.step_code, self.label
-            )
+        match self.step_code {
+            Some(step_code) if step_code == code => format!("the step exited {code}"),
+            Some(step_code) => format!(
+                "the step exited {step_code}, and {} exits {code}, as a command stopped by a \
+                 signal",
+                self.label
+            ),
+            None => format!(
+                "the step had not ended after SIGKILL and was left behind, and {} exits {code}",
+                self.label
+            ),
         }
     }
 
@@ -172,7 +177,12 @@ impl Report {
     /// (Ctrl-C: 130, as a shell reports an interrupted command, whatever the step made of
     /// the SIGTERM it was sent).
     pub fn code(&self) -> i32 {
-        self.stopped_by.map_or(self.step_code, signal_exit_code)
+        // A step is left behind only after a stop signal; as killed by SIGKILL otherwise.
+        self.stopped_by.map_or(
+            self.step_code
+                .unwrap_or(SIGNAL_EXIT_BASE + nix::sys::signal::Signal::SIGKILL as i32),
+            signal_exit_code,
+        )
     }
 
     /// `; rank R crashed …` for each rank that had a post-mortem session (empty when
@@ -228,7 +238,7 @@ mod tests {
             attached: attached.iter().copied().collect(),
             stopped_by: None,
             attach_timeout: Duration::from_secs(60),
-            step_code: 0,
+            step_code: Some(0),
             followed: true,
         }
     }
@@ -310,7 +320,7 @@ mod tests {
         }
         let interrupted = Report {
             stopped_by: Some(nix::sys::signal::Signal::SIGTERM),
-            step_code: 143,
+            step_code: Some(143),
             ..report(
                 &[0],
                 Histories::from([(Some(0), history(&[WaitingForDebugger], Some("waiting")))]),
@@ -326,13 +336,25 @@ mod tests {
         // was, next to what `run` exits with.
         let caught = Report {
             stopped_by: Some(nix::sys::signal::Signal::SIGINT),
-            step_code: 42,
+            step_code: Some(42),
             ..interrupted
         };
         assert_eq!(
             caught.summary(),
             "amlx-agent demo: stopped before a debugger attached; the step exited 42, and \
              amlx-agent demo exits 130, as a command stopped by a signal \
+             [session: waiting-for-debugger]"
+        );
+        // The kernel held the step after SIGKILL and it was left behind.
+        let left = Report {
+            step_code: None,
+            ..caught
+        };
+        assert_eq!(left.code(), 130);
+        assert_eq!(
+            left.summary(),
+            "amlx-agent demo: stopped before a debugger attached; the step had not ended \
+             after SIGKILL and was left behind, and amlx-agent demo exits 130 \
              [session: waiting-for-debugger]"
         );
     }
