@@ -83,6 +83,7 @@ pub fn start_vscode(configs: &[Value], project: &Path) -> DapClient {
             line: STEP_LINE,
             hold_until_file: None,
             post_mortem: false,
+            terminate: false,
         })
         .collect();
     DapClient::start_in(&sessions, &project.join("step.py"), "value")
@@ -859,12 +860,14 @@ sys.exit(3)\n";
             line: STEP_LINE,
             hold_until_file: None,
             post_mortem: false,
+            terminate: false,
         },
         Attach {
             attach: configs[1].clone(),
             line: RAISE_LINE,
             hold_until_file: None,
             post_mortem: true,
+            terminate: false,
         },
     ];
     let client = DapClient::start_in(&sessions, &project.join("step.py"), "value");

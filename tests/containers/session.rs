@@ -35,6 +35,7 @@ fn a_breakpoint_hits_in_a_container_through_the_relay_and_the_step_exits_0() {
             line: breakpoint_line(),
             hold_until_file: None,
             post_mortem: false,
+            terminate: false,
         },
         &program,
         VARIABLE.0,

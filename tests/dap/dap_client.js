@@ -13,6 +13,8 @@
 // "postMortem": true (optional) sets no breakpoint: the debuggee is a crashed process
 // that stops by itself at the frame that raised; the session reads the exception's
 // message ("exception" in its result) and detaches with `disconnect` instead of continuing.
+// "terminate": true (optional) ends the session at the breakpoint as VS Code's Stop does on a
+// session it may end: `disconnect` with `terminateDebuggee: true` ("end": "terminated").
 // "holdUntilFile" (optional) keeps the debuggee stopped at the breakpoint until that file
 // exists (bounded by timeoutMs), so a test can observe other processes meanwhile.
 // Prints {"index", "event": "stopped", "line"} when a session stops at the breakpoint, and
@@ -101,6 +103,15 @@ async function runSession(spec, session, index) {
     result.value = found ? found.value : null;
     console.log(JSON.stringify({ index, event: 'stopped', line: frame.line }));
     if (session.holdUntilFile) await holdUntil(session.holdUntilFile, timeout);
+    if (session.terminate) {
+      await dc.disconnectRequest({ terminateDebuggee: true });
+      result.ok = true;
+      result.end = 'terminated';
+      unfinished.delete(index);
+      console.log(JSON.stringify(result));
+      try { await dc.stop(); } catch (_) { /* the adapter may be gone with the debuggee */ }
+      return result;
+    }
     if (session.postMortem) {
       const info = await dc.exceptionInfoRequest({ threadId });
       result.exception = info.body.description;

@@ -49,3 +49,41 @@ fn a_breakpoint_hits_through_the_relay_and_the_step_exits_0() {
         "{stderr}"
     );
 }
+
+/// VS Code's Stop on a session it may end (`disconnect` with `terminateDebuggee`):
+/// debugpy ends the step. The session's record and log said "the debugger detached; the
+/// step runs on", which was false: the gate stopped reading the developer's requests
+/// after `configurationDone`.
+#[test]
+fn a_debugger_that_terminates_the_step_is_not_logged_as_detaching() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let ListeningDeveloper {
+        side: developer,
+        client,
+        range,
+        ..
+    } = ListeningDeveloper::start("debug", 4, |port| Attach::listen(port).terminate());
+
+    let out = util::output_within(
+        developer
+            .agent(locks.path())
+            .args(["exec", "--debug", "--port-range", &range, "--", "python3"])
+            .arg(step_py()),
+        super::harness::SESSION_DEADLINE,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let outcome = &client.finish(1)[0];
+    assert!(
+        outcome.ok,
+        "the DAP session failed: {outcome:?}\nagent:\n{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("done total"),
+        "the step ran to its end after the debugger terminated it:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("asked debugpy to terminate the step (terminateDebuggee)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("the step runs on"), "{stderr}");
+}

@@ -71,6 +71,9 @@ pub struct Attach {
     /// A crashed process: no breakpoint, it stops at the frame that raised; the session
     /// reads the exception and detaches.
     pub post_mortem: bool,
+    /// End the session at the breakpoint as VS Code's Stop does: `disconnect` with
+    /// `terminateDebuggee: true`.
+    pub terminate: bool,
 }
 
 impl Attach {
@@ -81,6 +84,7 @@ impl Attach {
             line: BREAKPOINT_LINE,
             hold_until_file: None,
             post_mortem: false,
+            terminate: false,
         }
     }
 
@@ -91,7 +95,14 @@ impl Attach {
             line: BREAKPOINT_LINE,
             hold_until_file: None,
             post_mortem: false,
+            terminate: false,
         }
+    }
+
+    /// Stops at the breakpoint, then ends the session asking debugpy to end the step.
+    pub fn terminate(mut self) -> Attach {
+        self.terminate = true;
+        self
     }
 
     /// A post-mortem session: stops where the process raised, detaches after reading.
@@ -147,6 +158,7 @@ impl DapClient {
                 "variable": variable,
                 "holdUntilFile": s.hold_until_file,
                 "postMortem": s.post_mortem,
+                "terminate": s.terminate,
             })).collect::<Vec<_>>(),
         });
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dap/dap_client.js");

@@ -230,3 +230,38 @@ fn listen_mode_takes_a_debugger_that_comes_after_the_attach_timeout() {
     let status = agent.wait_exit();
     assert!(status.success(), "{status:?}:\n{}", agent.log());
 }
+
+/// Listen mode: VS Code's Stop on a session it may end (`disconnect` with
+/// `terminateDebuggee`) ends the step, and the log says so instead of "the debugger
+/// detached; the step runs on".
+#[test]
+fn listen_mode_says_when_the_debugger_terminates_the_step() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let developer = DeveloperSide::relay_only("debug");
+    let (debug_port, _, range) = port_range(4);
+    let mut agent = Running::spawn(&mut waiting_listen_step(
+        &developer,
+        locks.path(),
+        "60s",
+        &range,
+    ));
+    agent.wait_stderr("debug session waiting-for-debugger");
+    wait_debugpy_listening(debug_port);
+    let (_connect, bound) = developer
+        .relay
+        .connect(&developer.connection_string(), &debug_port.to_string());
+    let client = DapClient::start(&[Attach::connect("127.0.0.1", bound.port()).terminate()]);
+    let outcome = &client.finish(1)[0];
+    assert!(outcome.ok, "{outcome:?}\n{}", agent.log());
+    agent.wait_exit();
+    assert!(
+        agent.stdout.wait_for("done total 6").is_none(),
+        "the step ran to its end"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("asked debugpy to terminate the step (terminateDebuggee)"),
+        "{log}"
+    );
+    assert!(!log.contains("the step runs on"), "{log}");
+}

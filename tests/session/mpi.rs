@@ -313,6 +313,7 @@ fn ranks_all_attaches_four_debuggers_through_the_launch_json_compound() {
             line: BREAKPOINT_LINE,
             hold_until_file: None,
             post_mortem: false,
+            terminate: false,
         })
         .collect();
     let client = DapClient::start(&sessions);

@@ -17,7 +17,7 @@ pub use local::{
     mlflow_response, post_mortem_crash, rank_spec_text, role_environment,
 };
 pub use network::{
-    bridge_preamble, client_frame_reader, connection_string_text, control_message_text,
+    bridge_preamble, client_frame_reader, connection_string_text, control_message_text, dap_gate,
     hc_request_target, sas_token_text, serve_control_channel, serve_upgrade_request,
     server_frame_relay, upgrade_response,
 };

@@ -1,6 +1,6 @@
 //! Fuzz entry points for what arrives from the network or in relay credentials: request
 //! targets, upgrade requests and responses, SAS tokens, connection strings, WebSocket
-//! frames in both directions, control messages and the azbridge preamble.
+//! frames in both directions, control messages, the azbridge preamble and the DAP gate.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -417,4 +417,42 @@ fn server_frames(stream: &[u8], size: usize) -> Vec<u8> {
         out.extend_from_slice(piece);
     }
     out
+}
+
+/// The DAP gate between a developer's connection and debugpy: the input (after the
+/// selector) is the developer's stream, carried by [`gate::pump`] to a debuggee that
+/// accepts `configurationDone`, so it is read both while framed and once passed on. Then
+/// the gate's parsers alone, the input split where the selector says: framing, the scan
+/// for debugpy's acknowledgement, and the watch for a request that ends the debuggee.
+pub async fn dap_gate(data: &[u8]) {
+    use crate::session::dap::{AckScanner, EndWatcher, Framer};
+    use crate::session::gate::{self, GateState};
+    let (shape, rest) = selector(data);
+    let chunk = usize::from(shape) + 1;
+    let answer = r#"{"seq":1,"type":"response","request_seq":1,"command":"configurationDone","success":true}"#;
+    let answer = format!("Content-Length: {}\r\n\r\n{answer}", answer.len());
+    let mut state = GateState::default();
+    let mut debuggee = ScriptedIo::new(answer.into_bytes(), chunk);
+    let developer = ScriptedIo::new(rest.to_vec(), chunk);
+    let _ = gate::pump(&mut state, &mut debuggee, developer).await;
+    let _ = (state.configured(), state.ends_debuggee(), state.progress());
+
+    let at = chunk.min(rest.len());
+    let (first, second) = (
+        rest.get(..at).unwrap_or_default(),
+        rest.get(at..).unwrap_or_default(),
+    );
+    let mut framer = Framer::default();
+    for part in [first, second] {
+        framer.push(part);
+        while let Ok(Some(message)) = framer.next_message() {
+            let _ = (message.request_command(), message.response_command());
+        }
+    }
+    let mut scanner = AckScanner::default();
+    let _ = (scanner.scan(first), scanner.scan(second));
+    let mut watcher = EndWatcher::default();
+    watcher.push(first);
+    watcher.push(second);
+    let _ = watcher.ends_debuggee();
 }

@@ -39,8 +39,8 @@ pub enum Event {
     LeftDuringSetup(String),
     /// The developer's side is not a debugger (what it sent).
     NotDap(String),
-    /// A configured debugger detached.
-    Detached,
+    /// A configured debugger detached; `ends_debuggee`: it asked debugpy to end the step.
+    Detached { ends_debuggee: bool },
     /// debugpy closed (or broke) the connection of a developer who had not finished
     /// its setup (how far it got).
     DebuggeeLeftSetup(String),
@@ -196,7 +196,9 @@ impl Shared {
         };
         let detached = |state: &GateState| {
             if state.configured() {
-                Event::Detached
+                Event::Detached {
+                    ends_debuggee: state.ends_debuggee(),
+                }
             } else {
                 Event::DebuggeeLeftSetup(state.progress())
             }
@@ -306,14 +308,22 @@ where
                     });
                 }
                 Event::Configured => held = false,
-                Event::Detached if post_mortem => {
-                    let why = "the debugger detached; the process exits as it would have";
+                Event::Detached { ends_debuggee } if post_mortem => {
+                    let why = if ends_debuggee {
+                        super::connect::ENDED_BY_DEBUGGER
+                    } else {
+                        "the debugger detached; the process exits as it would have"
+                    };
                     reporter.set(SessionState::RunningUndebugged, Some(why));
                     return why.to_owned();
                 }
-                Event::Detached => reporter.set(
+                Event::Detached { ends_debuggee } => reporter.set(
                     SessionState::RunningUndebugged,
-                    Some("the debugger detached; the step runs on"),
+                    Some(if ends_debuggee {
+                        super::connect::ENDED_BY_DEBUGGER
+                    } else {
+                        "the debugger detached; the step runs on"
+                    }),
                 ),
                 Event::LeftDuringSetup(_) | Event::NotDap(_) | Event::DebuggeeLeftSetup(_)
                     if shared.owned() =>
@@ -415,6 +425,6 @@ fn setup_failure(event: &Event) -> String {
             "debugpy closed the connection of a debugger that had not finished its setup \
              ({progress})"
         ),
-        Event::Connected | Event::Configured | Event::Detached => String::new(),
+        Event::Connected | Event::Configured | Event::Detached { .. } => String::new(),
     }
 }

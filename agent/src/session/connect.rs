@@ -99,6 +99,11 @@ enum AttachEnd {
     Refused(String),
 }
 
+/// Why a session ended when the debugger asked debugpy to end the step (VS Code's Stop
+/// on a session it may terminate): the step ends, it does not run on.
+pub(crate) const ENDED_BY_DEBUGGER: &str =
+    "the debugger detached and asked debugpy to terminate the step (terminateDebuggee)";
+
 /// Carries one debugpy connection to the developer, retrying while nobody listens.
 ///
 /// This function owns the attach deadline: whatever the attach machinery is doing when
@@ -138,6 +143,10 @@ async fn relay_debuggee(
     };
     let post_mortem = spec.post_mortem.is_some();
     let why = match end {
+        Some(AttachEnd::Debugged | AttachEnd::DebuggeeGone) if gate.ends_debuggee() => {
+            reporter.set(SessionState::RunningUndebugged, Some(ENDED_BY_DEBUGGER));
+            return;
+        }
         Some(AttachEnd::Debugged) => {
             let why = if post_mortem {
                 "the debugger detached; the process exits as it would have"

@@ -297,6 +297,120 @@ impl AckScanner {
     }
 }
 
+/// The largest message body [`EndWatcher`] reads; the body of a longer one is skipped
+/// unread. A request that ends a session is a few dozen bytes.
+pub const WATCHED_BODY_BYTES: usize = 4096;
+
+/// Watches a developer's DAP stream once the gate passes it on as it comes (after
+/// `configurationDone`) for a request that ends the debuggee: `terminate`, or
+/// `disconnect` with `terminateDebuggee: true` (VS Code's Stop on a session it may end).
+/// Only for what the log says when the debugger leaves: the bytes are forwarded whatever
+/// it finds. It holds at most one header section and one small body; a stream that stops
+/// looking like DAP ends the watch, never the connection. Never panics, whatever the bytes.
+#[derive(Debug)]
+pub struct EndWatcher {
+    at: WatchAt,
+    ends_debuggee: bool,
+}
+
+/// Where [`EndWatcher`] is in the stream.
+#[derive(Debug)]
+enum WatchAt {
+    /// In a header section: what it has of it so far.
+    Header(Vec<u8>),
+    /// In a body: bytes left, and the body so far when it is small enough to read.
+    Body { left: usize, kept: Option<Vec<u8>> },
+    /// Not DAP any more (a header too long or without a length): no longer watched.
+    Lost,
+}
+
+impl Default for EndWatcher {
+    fn default() -> EndWatcher {
+        EndWatcher {
+            at: WatchAt::Header(Vec::new()),
+            ends_debuggee: false,
+        }
+    }
+}
+
+impl EndWatcher {
+    /// Whether the developer asked debugpy to end the debuggee.
+    pub fn ends_debuggee(&self) -> bool {
+        self.ends_debuggee
+    }
+
+    /// Reads the next bytes of the developer's stream, which must start at a message
+    /// boundary the first time.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        const BLANK_LINE: &[u8] = b"\r\n\r\n";
+        while !bytes.is_empty() {
+            match &mut self.at {
+                WatchAt::Lost => return,
+                WatchAt::Header(header) => {
+                    let room = (MAX_HEADER_BYTES + BLANK_LINE.len()).saturating_sub(header.len());
+                    let taken = bytes.len().min(room);
+                    // A blank line may straddle two reads: look from just before the new bytes.
+                    let from = header.len().saturating_sub(BLANK_LINE.len() - 1);
+                    header.extend_from_slice(bytes.get(..taken).unwrap_or_default());
+                    let found = header.get(from..).and_then(|tail| {
+                        tail.windows(BLANK_LINE.len()).position(|w| w == BLANK_LINE)
+                    });
+                    let Some(at) = found else {
+                        if taken < bytes.len()
+                            || header.len() >= MAX_HEADER_BYTES + BLANK_LINE.len()
+                        {
+                            self.at = WatchAt::Lost;
+                            return;
+                        }
+                        bytes = &[];
+                        continue;
+                    };
+                    let end = from + at + BLANK_LINE.len();
+                    // Bytes taken past the blank line belong to the body.
+                    let past = header.len().saturating_sub(end);
+                    bytes = bytes.get(taken.saturating_sub(past)..).unwrap_or_default();
+                    self.at = match content_length(header.get(..end).unwrap_or_default()) {
+                        Some(left) => WatchAt::Body {
+                            left,
+                            kept: (left <= WATCHED_BODY_BYTES).then(|| Vec::with_capacity(left)),
+                        },
+                        None => WatchAt::Lost,
+                    };
+                }
+                WatchAt::Body { left, kept } => {
+                    let n = (*left).min(bytes.len());
+                    if let Some(kept) = kept {
+                        kept.extend_from_slice(bytes.get(..n).unwrap_or_default());
+                    }
+                    *left -= n;
+                    bytes = bytes.get(n..).unwrap_or_default();
+                }
+            }
+            self.finish_body();
+        }
+        self.finish_body();
+    }
+
+    /// A body read to its end: looked at (when kept), and the next header begins.
+    fn finish_body(&mut self) {
+        let WatchAt::Body { left: 0, kept } = &mut self.at else {
+            return;
+        };
+        if let Some(body) = kept.take() {
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let request = body["type"] == "request";
+            let command = &body["command"];
+            if request
+                && (command == "terminate"
+                    || (command == "disconnect" && body["arguments"]["terminateDebuggee"] == true))
+            {
+                self.ends_debuggee = true;
+            }
+        }
+        self.at = WatchAt::Header(Vec::new());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +473,91 @@ mod tests {
         let mut framer = Framer::default();
         framer.push(&[b'a'; MAX_HEADER_BYTES + 1]);
         assert_eq!(framer.next_message(), Err(NotDap::HeaderTooLong));
+    }
+
+    /// The requests that end the debuggee are seen wherever the reads split them, next to
+    /// messages too big to read, after an empty body, and never in a stream that is not DAP.
+    #[test]
+    fn a_request_that_ends_the_debuggee_is_seen_across_reads() {
+        let big = framed(&format!(
+            r#"{{"type":"request","command":"evaluate","arguments":{{"expression":"{}"}}}}"#,
+            "x".repeat(WATCHED_BODY_BYTES)
+        ));
+        let empty = b"Content-Length: 0\r\n\r\n".to_vec();
+        let detach = framed(
+            r#"{"type":"request","command":"disconnect","arguments":{"terminateDebuggee":false}}"#,
+        );
+        let cases: [(Vec<u8>, bool); 8] = [
+            (
+                framed(
+                    r#"{"type":"request","command":"disconnect","arguments":{"terminateDebuggee":true}}"#,
+                ),
+                true,
+            ),
+            (
+                framed(r#"{"type":"request","command":"terminate","seq":9}"#),
+                true,
+            ),
+            (detach.clone(), false),
+            (
+                framed(r#"{"type":"request","command":"disconnect"}"#),
+                false,
+            ),
+            // A response or event that names the command is no request to end anything.
+            (
+                framed(r#"{"type":"response","command":"terminate","success":true}"#),
+                false,
+            ),
+            // A big body hiding the words is skipped unread.
+            (
+                framed(&format!(
+                    r#"{{"type":"request","command":"terminate","pad":"{}"}}"#,
+                    "y".repeat(WATCHED_BODY_BYTES)
+                )),
+                false,
+            ),
+            (
+                [
+                    big.clone(),
+                    empty.clone(),
+                    detach.clone(),
+                    framed(r#"{"type":"request","command":"terminate"}"#),
+                ]
+                .concat(),
+                true,
+            ),
+            // Not DAP: the watch ends, whatever follows.
+            (
+                [
+                    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                    framed(r#"{"type":"request","command":"terminate"}"#),
+                ]
+                .concat(),
+                false,
+            ),
+        ];
+        for (stream, ends) in cases {
+            for cut in 0..=stream.len() {
+                let mut watcher = EndWatcher::default();
+                watcher.push(&stream[..cut]);
+                watcher.push(&stream[cut..]);
+                assert_eq!(
+                    watcher.ends_debuggee(),
+                    ends,
+                    "cut at {cut} of {}",
+                    String::from_utf8_lossy(&stream)
+                );
+            }
+            let mut byte_by_byte = EndWatcher::default();
+            for byte in &stream {
+                byte_by_byte.push(std::slice::from_ref(byte));
+            }
+            assert_eq!(byte_by_byte.ends_debuggee(), ends);
+        }
+        // A header section that never ends is given up on, holding no more than its bound.
+        let mut watcher = EndWatcher::default();
+        watcher.push(&[b'a'; 10 * MAX_HEADER_BYTES]);
+        assert!(matches!(watcher.at, WatchAt::Lost));
     }
 
     #[test]

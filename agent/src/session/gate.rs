@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::dap::{AckScanner, Framer, NotDap};
+use super::dap::{AckScanner, EndWatcher, Framer, NotDap};
 use crate::relay::client::Tunnel;
 
 /// Bytes read per transfer in either direction.
@@ -43,6 +43,9 @@ pub struct GateState {
     configured: Arc<AtomicBool>,
     /// The last request the developer's side sent (for the log and `status`).
     last_request: Option<String>,
+    /// What the developer sends once the gate passes it on: whether it asked debugpy to
+    /// end the step (for what the log says when the debugger leaves).
+    ends: EndWatcher,
 }
 
 impl GateState {
@@ -60,6 +63,12 @@ impl GateState {
         self.configured.store(true, Ordering::Release);
     }
 
+    /// Whether the developer asked debugpy to end the step (`terminate`, or `disconnect`
+    /// with `terminateDebuggee`) after the setup: the step ends, it does not run on.
+    pub fn ends_debuggee(&self) -> bool {
+        self.ends.ends_debuggee()
+    }
+
     /// How far the setup got, in words: `before any request`, `after "attach"`.
     pub fn progress(&self) -> String {
         match &self.last_request {
@@ -73,6 +82,7 @@ impl GateState {
     /// start of this one's stream. Whole messages still queued go out as they are.
     fn new_developer(&mut self) {
         drop(self.framer.take_rest());
+        self.ends = EndWatcher::default();
     }
 
     /// Whether the developer's `configurationDone` went out and debugpy has not answered.
@@ -104,6 +114,7 @@ impl GateState {
     fn accept(&mut self, bytes: &[u8]) -> Result<(), NotDap> {
         if self.configured() || self.configuration_done_at.is_some() || self.awaiting_answer() {
             self.unsent.extend_from_slice(bytes);
+            self.ends.push(bytes);
             return Ok(());
         }
         self.framer.push(bytes);
@@ -116,6 +127,7 @@ impl GateState {
                     // Whatever follows goes through as it comes.
                     let rest = self.framer.take_rest();
                     self.unsent.extend_from_slice(&rest);
+                    self.ends.push(&rest);
                     self.last_request = Some(command);
                     break;
                 }
