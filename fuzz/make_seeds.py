@@ -296,6 +296,23 @@ def main():
     write("post_mortem_crash", "slot_record",
           '{"pid":4242,"rank":2,"exception":"ValueError: bad","since":1796375559}\n')
 
+    # The DAP gate: a selector byte (read size - 1), then the developer's stream.
+    def dap(body):
+        return b"Content-Length: %d\r\n\r\n" % len(body) + body
+    setup = b"".join(dap(body) for body in [
+        b'{"seq":1,"type":"request","command":"initialize"}',
+        b'{"seq":2,"type":"request","command":"attach"}',
+        b'{"seq":3,"type":"request","command":"configurationDone"}'])
+    write("dap_gate", "setup_then_terminate", bytes([7]) + setup + dap(
+        b'{"seq":4,"type":"request","command":"disconnect","arguments":{"terminateDebuggee":true}}'))
+    write("dap_gate", "setup_then_detach",
+          bytes([200]) + setup + dap(b'{"seq":4,"type":"request","command":"disconnect"}'))
+    write("dap_gate", "terminate_request",
+          bytes([0]) + setup + dap(b'{"type":"request","command":"terminate"}'))
+    write("dap_gate", "big_body", bytes([63]) + setup + dap(
+        b'{"type":"request","command":"evaluate","x":"' + b"y" * 5000 + b'"}'))
+    write("dap_gate", "not_dap", bytes([3]) + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
 
 if __name__ == "__main__":
     main()
