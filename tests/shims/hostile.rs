@@ -292,3 +292,92 @@ fn an_old_supervising_agent_does_not_make_the_hook_wrap_without_end() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A PATH with the shims and an interpreter's folder and nothing else (no coreutils):
+/// `env -i PATH=<shims>/bin:<venv>/bin <shims>/bin/python3 -c 'print(1)'` exec'd itself
+/// for ever, debugging off or on, because the shim told itself from the next program on
+/// PATH with readlink, head and grep. Without an interpreter after it, it looped too,
+/// instead of exiting 127 with a message. So did the mpiexec shim.
+#[test]
+fn a_path_without_coreutils_runs_the_program_and_never_loops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let python_dir = real_python()
+        .parent()
+        .expect("the interpreter has a folder")
+        .to_owned();
+    let only = dir.path().join("only");
+    std::fs::create_dir(&only).expect("mkdir");
+    write_exe(&only.join("mpiexec"), "#!/bin/sh\nexit 5\n");
+    let bin = shims_dir().join("bin");
+    // (program, PATH after the shims, AMLX_DEBUG, expected exit code, expected stderr)
+    let cases: [(&str, &Path, &str, i32, &str); 5] = [
+        ("python3", &python_dir, "0", 3, ""),
+        ("python3", &python_dir, "1", 3, ""),
+        (
+            "python3",
+            Path::new("/nonexistent"),
+            "0",
+            127,
+            "no python3 on PATH after the shim",
+        ),
+        ("mpiexec", &only, "0", 5, ""),
+        (
+            "mpiexec",
+            Path::new("/nonexistent"),
+            "1",
+            127,
+            "no mpiexec on PATH after the shim",
+        ),
+    ];
+    for (program, after, debug, code, said) in cases {
+        let mut path = OsString::from(&bin);
+        path.push(":");
+        path.push(after);
+        let mut cmd = Command::new(bin.join(program));
+        cmd.env_clear();
+        debug_on(&mut cmd, dir.path());
+        cmd.env("PATH", path)
+            .env("AMLX_DEBUG", debug)
+            .env("AMLX_AGENT_BIN", util::agent_bin())
+            .args(["-c", "import sys; sys.exit(3)"]);
+        let out = util::output_within(&mut cmd, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{program} {after:?} {debug}: {stderr}"
+        );
+        assert!(
+            stderr.contains(said),
+            "{program} {after:?} {debug}: {stderr}"
+        );
+        assert!(
+            stderr.lines().count() <= 3,
+            "{program} {after:?} {debug}: {stderr}"
+        );
+    }
+}
+
+/// `AMLX_SHIM=off` turns every shim off (README), but the entrypoint shim still put the
+/// hook on PYTHONPATH and ran the command under `amlx-agent exec`.
+#[test]
+fn the_entrypoint_shim_switched_off_runs_the_command_plainly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = util::clean(Command::new(shims_dir().join("bin/amlx-entrypoint")));
+    debug_on(&mut cmd, dir.path());
+    cmd.env("PATH", path_with(None))
+        .env("AMLX_SHIM", "off")
+        .env_remove("PYTHONPATH")
+        .args([
+            "sh",
+            "-c",
+            "echo \"[$PYTHONPATH] [${AMLX_AGENT_PID:-}]\"; exit 6",
+        ]);
+    let out = util::output_bounded(&mut cmd);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[] []",
+        "{out:?}"
+    );
+}
