@@ -48,6 +48,12 @@ pub const MAX_TAG_VALUE_CHARS: usize = 5000;
 /// How much of an error response body goes into the warning.
 const MAX_ERROR_BODY_CHARS: usize = 300;
 
+/// The most of a response body read. MLflow answers in a few hundred bytes and only the
+/// start of an error's body is shown; a server sending more is not read on. An endless
+/// body, read to the request's time bound, grew an agent to gigabytes on loopback, on a
+/// node whose memory the step needs.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
 /// The tag key for one session: `amlx.debug.rank<N>`, or, when the rank is unknown
 /// (several rankless workers per node), `amlx.debug.<host>.port<P>`.
 pub fn session_tag_key(rank: Option<u32>, host: &str, port: u16) -> String {
@@ -292,10 +298,18 @@ impl MlflowTags {
             Auth::Basic { user, password } => request.basic_auth(user, Some(password.expose())),
         };
         let exchange = async {
-            let response = request.send().await?;
+            let mut response = request.send().await?;
             let status = response.status();
-            let text = response.text().await?;
-            Ok::<_, reqwest::Error>((status, text))
+            let mut body = Vec::new();
+            while body.len() < MAX_RESPONSE_BYTES {
+                let Some(chunk) = response.chunk().await? else {
+                    break;
+                };
+                let room = MAX_RESPONSE_BYTES - body.len();
+                body.extend_from_slice(chunk.get(..room).unwrap_or(&chunk));
+            }
+            // What is left unread is dropped with the connection.
+            Ok::<_, reqwest::Error>((status, String::from_utf8_lossy(&body).into_owned()))
         };
         // The client timeout covers the request; this outer bound also covers the body.
         let (status, text) = match tokio::time::timeout(self.timeout, exchange).await {

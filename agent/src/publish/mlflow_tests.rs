@@ -346,3 +346,48 @@ fn publisher_needs_a_runtime() {
     let tags = tags_for("http://127.0.0.1:1", &[]);
     assert!(TagPublisher::spawn(tags, "k".into()).is_err());
 }
+
+/// A server that answers with an endless body: the agent reads a bounded prefix and
+/// stops. It read the whole body until the request's bound (5 s), which on loopback grew
+/// one agent process past 2.7 GB: memory a training node's step needs.
+#[tokio::test]
+async fn an_endless_response_body_is_read_only_up_to_its_bound() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    /// What the server offers at most (the test's own bound); far more than the cap.
+    const OFFERED: usize = 512 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let written = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&written);
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\n")
+            .await;
+        let chunk = vec![b'x'; 64 * 1024];
+        while counted.load(Ordering::Relaxed) < OFFERED {
+            if stream.write_all(&chunk).await.is_err() {
+                break;
+            }
+            counted.fetch_add(chunk.len(), Ordering::Relaxed);
+        }
+    });
+    let err = tags_for(&format!("http://{addr}"), &[])
+        .with_timeout(Duration::from_secs(20))
+        .set_tag("k", "v")
+        .await
+        .expect_err("500");
+    assert!(
+        matches!(&err, MlflowError::Status { status: 500, detail } if detail.starts_with("xxx")),
+        "{err}"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
+    // What the server wrote before the agent hung up: the cap plus socket buffers.
+    let written = written.load(Ordering::Relaxed);
+    assert!(written < 64 << 20, "the agent read {written} bytes");
+}
