@@ -5,8 +5,9 @@ on RAISE_LINE (tests/session/post_mortem.rs), where `scale` is a local variable;
 says where: "main" (default), "thread" (a worker thread), "daemon" (a daemon thread,
 the main thread exiting 0.5 s later), "exit" (sys.exit(3), not a crash), "unprintable"
 (an exception whose str() fails), "str-exits" (whose str() raises SystemExit(5)),
-"handled" (caught, reported through sys.excepthook, exit 0), "fill" (64000 bytes on
-stdout first). The others print their result and exit 0. CRASH_LOOKUP_THREADING=1 looks
+"handled" (caught, reported through sys.excepthook, exit 0), "handled-thread" (the
+same in a worker thread), "handled-atexit" (the same in an atexit handler), "fill" (64000
+bytes on stdout first). The others print their result and exit 0. CRASH_LOOKUP_THREADING=1 looks
 `threading` up (importlib.util.find_spec) before importing it.
 """
 
@@ -65,6 +66,23 @@ if where == "handled":
         train(rank)
     except ValueError:
         sys.excepthook(*sys.exc_info())
+    sys.exit(0)
+if where in ("handled-thread", "handled-atexit"):
+    import atexit
+
+    def report():
+        try:
+            train(rank)
+        except ValueError:
+            sys.excepthook(*sys.exc_info())
+        say("rank %d reported a handled error" % rank)
+
+    if where == "handled-atexit":
+        atexit.register(report)
+    else:
+        worker = threading.Thread(target=report, name="loader")
+        worker.start()
+        worker.join()
     sys.exit(0)
 if where == "fill":
     os.write(1, b"x" * 64000)

@@ -19,7 +19,7 @@ use crate::relay::harness::Lines;
 use crate::util;
 
 /// The line of `raise ValueError(...)` in tests/session/crash.py.
-const RAISE_LINE: u32 = 28;
+const RAISE_LINE: u32 = 29;
 /// The local variable of that frame the tests read.
 const VARIABLE: &str = "scale";
 
@@ -180,6 +180,27 @@ fn nobody_attaches_and_the_process_exits_exactly_as_without_the_agent() {
             false,
         ),
         (
+            "the same in a worker thread",
+            &post_mortem,
+            &[crash],
+            &[("CRASH_IN", "handled-thread")],
+            false,
+        ),
+        (
+            "the same in an atexit handler",
+            &post_mortem,
+            &[crash],
+            &[("CRASH_IN", "handled-atexit")],
+            false,
+        ),
+        (
+            "an unhandled KeyboardInterrupt, threading not imported",
+            &post_mortem,
+            &["-c", "print('working', flush=True); raise KeyboardInterrupt"],
+            &[],
+            false,
+        ),
+        (
             "no crash",
             &post_mortem,
             &[crash],
@@ -205,6 +226,7 @@ fn nobody_attaches_and_the_process_exits_exactly_as_without_the_agent() {
             String::from_utf8_lossy(&want.stderr)
         );
         assert_eq!(got.status.code(), want.status.code(), "{context}");
+        assert_eq!(got.status.signal(), want.status.signal(), "{context}");
         assert_eq!(got.stderr, want.stderr, "stderr differs: {context}");
         assert_eq!(
             stdout.contains("post-mortem session on host"),

@@ -28,13 +28,6 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
     state = {"used": False}
     # Code objects where the step's own frames begin: frames above them are ours.
     anchors = []
-    # The bottom of the main thread's stack while the step runs (the launcher's module):
-    # an excepthook called with it still on the stack is called by the step's own code.
-    bottom = sys._getframe()
-    while bottom.f_back is not None:
-        bottom = bottom.f_back
-    launcher_code = bottom.f_code
-    del bottom
 
     def strip(tb):
         here = tb
@@ -79,26 +72,25 @@ def _amlx_install_post_mortem(helper_argv, spawn_worker):
                 exc.__traceback__ = tb
         except BaseException:
             pass
-        # Called by the step's own code (a framework reporting an exception it handled),
-        # not by the interpreter for an unhandled one: nothing is crashing.
-        direct = False
-        try:
-            frame = sys._getframe(1)
-            while frame is not None:
-                direct = direct or frame.f_code is launcher_code
-                frame = frame.f_back
-        except BaseException:
-            pass
         original_excepthook(exc_type, exc, tb)
         flush_stderr()
-        if not direct:
-            try:
-                import threading
-
-                name = threading.current_thread().name
-            except BaseException:
-                name = "MainThread"
-            session(exc_type, exc, tb, name)
+        # Only the exception that ended the step's main module crashed it: the one the
+        # interpreter reports after it left the launcher (`escaped`). Anything else is the
+        # step's own code calling the hook (a framework reporting an exception it handled,
+        # in any thread or in an atexit handler): Python's report, no session. An
+        # interrupted step is left at once, importing nothing: a hook that imports a
+        # module makes Python forget that KeyboardInterrupt ended the process (exit 1,
+        # not a death by SIGINT).
+        if exc is None or state.get("escaped") is not exc:
+            return
+        if issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            return
+        try:
+            threading = sys.modules.get("threading")
+            name = threading.current_thread().name if threading is not None else "MainThread"
+        except BaseException:
+            name = "MainThread"
+        session(exc_type, exc, tb, name)
 
     sys.excepthook = excepthook
 
@@ -220,4 +212,10 @@ def _amlx_run(target, anchors, state):
 
 
 _amlx_anchors, _amlx_state = _amlx_install_post_mortem(AMLX_HELPER_ARGV, AMLX_SPAWN_WORKER)
-_amlx_run(sys.argv[1:], _amlx_anchors, _amlx_state)
+try:
+    _amlx_run(sys.argv[1:], _amlx_anchors, _amlx_state)
+except BaseException as _amlx_error:
+    # What the interpreter reports next through sys.excepthook is a crash.
+    _amlx_state["escaped"] = _amlx_error
+    del _amlx_error
+    raise
