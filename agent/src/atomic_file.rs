@@ -16,8 +16,10 @@ use anyhow::Context as _;
 pub enum Permissions {
     /// These bits less the umask, as for any new file.
     New(u32),
-    /// Exactly these (the file being replaced had them; the umask does not apply).
-    Keep(fs::Permissions),
+    /// The mode and owner of the file being replaced (its metadata): the mode exactly
+    /// (the umask does not apply), the owner where this process may give it (root
+    /// replacing a user's file leaves it the user's; anyone else keeps their own).
+    Keep(fs::Metadata),
 }
 
 /// Whether the contents reach the disk before the rename.
@@ -44,13 +46,33 @@ pub fn replace(
     permissions: Permissions,
     durability: Durability,
 ) -> anyhow::Result<()> {
+    replace_if(path, bytes, permissions, durability, || Ok(true)).map(|_| ())
+}
+
+/// [`replace`], renaming only when `still` says so once the new contents are written
+/// (and synced), right before the rename: a merge that read `path` checks nobody wrote
+/// it meanwhile. `Ok(false)`: not replaced, the temporary file removed, `path` as it is.
+pub fn replace_if(
+    path: &Path,
+    bytes: &[u8],
+    permissions: Permissions,
+    durability: Durability,
+    still: impl FnOnce() -> io::Result<bool>,
+) -> anyhow::Result<bool> {
     let tmp = temporary_name(path)?;
     let written = write_new(&tmp, bytes, &permissions, durability)
         .with_context(|| format!("could not write {}", tmp.display()))
         .and_then(|()| {
-            fs::rename(&tmp, path).with_context(|| format!("could not replace {}", path.display()))
+            still().with_context(|| format!("could not look at {} again", path.display()))
+        })
+        .and_then(|go| {
+            if go {
+                fs::rename(&tmp, path)
+                    .with_context(|| format!("could not replace {}", path.display()))?;
+            }
+            Ok(go)
         });
-    if written.is_err() {
+    if !matches!(written, Ok(true)) {
         let _ = fs::remove_file(&tmp);
     }
     written
@@ -82,7 +104,7 @@ fn write_new(
     }
     let mode = match permissions {
         Permissions::New(mode) => *mode,
-        Permissions::Keep(kept) => kept.mode(),
+        Permissions::Keep(kept) => kept.permissions().mode(),
     };
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -92,7 +114,16 @@ fn write_new(
         .open(tmp)?;
     file.write_all(bytes)?;
     if let Permissions::Keep(kept) = permissions {
-        file.set_permissions(kept.clone())?;
+        use std::os::unix::fs::MetadataExt as _;
+        // Only root can give a file away; for anyone else the file stays theirs (as a
+        // new one would), so a refusal is no failure. Before the mode: a chown clears
+        // set-id bits.
+        if kept.uid() != nix::unistd::geteuid().as_raw()
+            || kept.gid() != nix::unistd::getegid().as_raw()
+        {
+            let _ = std::os::unix::fs::fchown(&file, Some(kept.uid()), Some(kept.gid()));
+        }
+        file.set_permissions(kept.permissions())?;
     }
     if durability == Durability::Synced {
         file.sync_all()?;
@@ -187,7 +218,9 @@ mod tests {
     fn kept_permissions_are_exact_and_new_ones_pass_the_umask() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("launch.json");
-        let kept = fs::Permissions::from_mode(0o600);
+        fs::write(&path, "old").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let kept = fs::metadata(&path).expect("stat");
         replace(&path, b"a", Permissions::Keep(kept), Durability::Synced).expect("replace");
         let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -196,5 +229,57 @@ mod tests {
         let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode & !0o664, 0, "{mode:o}");
         assert_eq!(fs::read_to_string(&path).expect("read"), "b");
+    }
+
+    /// Root replacing a user's file (`sudo amlx-agent run` in their project) leaves it the
+    /// user's: it became root's, and the user could no longer save their own launch.json.
+    /// Anyone else keeps the file as a new one of theirs.
+    #[test]
+    fn a_kept_file_keeps_its_owner_where_this_process_may_give_it() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("launch.json");
+        fs::write(&path, "old").expect("write");
+        let root = nix::unistd::geteuid().is_root();
+        let nobody = 65534;
+        if root {
+            std::os::unix::fs::chown(&path, Some(nobody), Some(nobody)).expect("chown");
+        }
+        let kept = fs::metadata(&path).expect("stat");
+        replace(&path, b"new", Permissions::Keep(kept), Durability::Synced).expect("replace");
+        let now = fs::metadata(&path).expect("stat");
+        let owner = if root {
+            nobody
+        } else {
+            nix::unistd::geteuid().as_raw()
+        };
+        assert_eq!(
+            (now.uid(), now.gid()),
+            (owner, if root { nobody } else { now.gid() })
+        );
+        assert_eq!(fs::read_to_string(&path).expect("read"), "new");
+    }
+
+    /// The condition is asked right before the rename: no, and `path` is as it was, with
+    /// no temporary file left; an error is an error, with the same clean-up.
+    #[test]
+    fn replace_if_renames_only_when_the_condition_still_holds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("launch.json");
+        fs::write(&path, "theirs").expect("write");
+        let perms = || Permissions::New(0o644);
+        let done = replace_if(&path, b"ours", perms(), Durability::Synced, || Ok(false))
+            .expect("no error");
+        assert!(!done);
+        assert_eq!(fs::read_to_string(&path).expect("read"), "theirs");
+        let err = replace_if(&path, b"ours", perms(), Durability::Synced, || {
+            Err(io::Error::other("gone"))
+        })
+        .expect_err("the condition failed");
+        assert!(format!("{err:#}").contains("could not look at"), "{err:#}");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "theirs");
+        assert_eq!(others(dir.path(), &["launch.json"]), Vec::<String>::new());
+        assert!(replace_if(&path, b"ours", perms(), Durability::Synced, || Ok(true)).expect("ok"));
+        assert_eq!(fs::read_to_string(&path).expect("read"), "ours");
     }
 }

@@ -196,7 +196,10 @@ fn nobody_attaches_and_the_process_exits_exactly_as_without_the_agent() {
         (
             "an unhandled KeyboardInterrupt, threading not imported",
             &post_mortem,
-            &["-c", "print('working', flush=True); raise KeyboardInterrupt"],
+            &[
+                "-c",
+                "print('working', flush=True); raise KeyboardInterrupt",
+            ],
             &[],
             false,
         ),
