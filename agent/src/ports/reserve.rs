@@ -70,7 +70,9 @@ impl fmt::Display for Holder {
                 if let Some(rank) = r.rank {
                     write!(f, ", rank {rank}")?;
                 }
-                write!(f, ", `{}`)", r.command)
+                // The command is anyone's text (a `python -c` script of several lines; a
+                // record any user may rewrite): escaped, so it cannot add lines to the log.
+                write!(f, ", `{}`)", crate::logging::loggable(&r.command))
             }
             None => write!(f, "port {} (holder unknown)", self.port),
         }

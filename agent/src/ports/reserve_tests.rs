@@ -132,6 +132,25 @@ fn exhausted_message_summarises_many_holders() {
     assert!(text.contains("and 3 more"), "{text}");
 }
 
+/// A holder's command with a line break (`python -c $'import time\ntime.sleep(4)'`, or a
+/// record another user rewrote) is escaped in the message: printed as it was, it made
+/// one error several lines of the log, the later ones looking like the agent's own.
+#[test]
+fn a_holders_command_cannot_add_lines_to_the_message() {
+    let f = fixture(1);
+    let mut request = f.request(None, None);
+    request.record = HolderRecord::for_current_process(
+        None,
+        "python -c import time\n2026-12-05T00:00:00Z ERROR forged\ttime.sleep(4)",
+    );
+    let _held = reserve(&request).expect("the one port");
+    let text = reserve(&f.request(None, None))
+        .expect_err("range exhausted")
+        .to_string();
+    assert!(!text.contains('\n') && !text.contains('\t'), "{text}");
+    assert!(text.contains("forged"), "{text}");
+}
+
 #[test]
 fn slot_limit_counts_live_reservations() {
     let f = fixture(4);
