@@ -6,10 +6,8 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-use super::lockfile::{GUARD_FILE, open_lock_file};
 
 /// The node-wide default, shared by every user and container on the node.
 pub const SYSTEM_LOCK_DIR: &str = "/run/amlx/ports";
@@ -129,7 +127,10 @@ pub fn find_lock_dir(explicit: Option<&Path>) -> LockDirLookup {
 }
 
 /// Creates `candidate` if missing (with its mode) and checks that files can be created in
-/// it by creating the guard file. The error says what failed, for [`LockDirError`].
+/// it, with a file of this process's own that it removes again. The error says what
+/// failed, for [`LockDirError`]. Not with the guard file: only slot-limited reservers use
+/// it, and a FIFO another user planted at its name disabled debugging for every target
+/// on the node.
 fn prepare(candidate: &Candidate) -> Result<(), String> {
     let path = &candidate.path;
     if let Sharing::User {
@@ -145,9 +146,19 @@ fn prepare(candidate: &Candidate) -> Result<(), String> {
         Sharing::User { .. } => PRIVATE_DIR_MODE,
     };
     ensure_dir(path, mode)?;
-    open_lock_file(&path.join(GUARD_FILE))
-        .map(drop)
-        .map_err(|e| format!("cannot create files in it ({e})"))
+    let probe = path.join(format!(".probe.{}", std::process::id()));
+    // Afresh and never through a link (a leftover of a crashed process with our PID, or
+    // a planted link, is removed first; in a sticky folder only its owner can).
+    let _ = fs::remove_file(&probe);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&probe)
+        .map_err(|e| format!("cannot create files in it ({e})"))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Creates `dir` (and missing parents, with default modes) and, only when we created the
@@ -198,6 +209,7 @@ fn check_private(dir: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::lockfile::{GUARD_FILE, open_lock_file};
 
     #[test]
     fn default_candidates_in_order() {
@@ -227,6 +239,27 @@ mod tests {
         }
     }
 
+    /// Any user who may write a shared lock folder can plant a FIFO (or a link, or a
+    /// folder) named `.guard`: the folder stays usable for every reservation, which
+    /// needs no guard unless slots are limited.
+    #[test]
+    fn a_planted_guard_does_not_make_the_folder_unusable() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("ports");
+        fs::create_dir(&dir).expect("mkdir");
+        nix::unistd::mkfifo(
+            &dir.join(GUARD_FILE),
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+        )
+        .expect("mkfifo");
+        assert_eq!(lock_dir(Some(&dir)), Ok(dir.clone()));
+        let names: Vec<_> = fs::read_dir(&dir)
+            .expect("read")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, [GUARD_FILE], "the check leaves nothing behind");
+    }
+
     #[test]
     fn explicit_dir_is_created_shared_and_has_no_fallback() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -234,8 +267,14 @@ mod tests {
         assert_eq!(lock_dir(Some(&dir)), Ok(dir.clone()));
         let mode = fs::metadata(&dir).expect("created").mode() & 0o7777;
         assert_eq!(mode, SHARED_DIR_MODE);
-        let guard = fs::metadata(dir.join(GUARD_FILE)).expect("guard created");
-        assert_eq!(guard.mode() & 0o777, 0o666, "files in a 1777 dir are 0666");
+        assert_eq!(
+            fs::read_dir(&dir).expect("read").count(),
+            0,
+            "the check leaves nothing behind"
+        );
+        drop(open_lock_file(&dir.join("5678.lock")).expect("a lock file"));
+        let lock = fs::metadata(dir.join("5678.lock")).expect("lock created");
+        assert_eq!(lock.mode() & 0o777, 0o666, "files in a 1777 dir are 0666");
 
         let file = tmp.path().join("not-a-dir");
         fs::write(&file, b"").expect("write");
