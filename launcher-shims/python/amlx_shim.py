@@ -98,6 +98,18 @@ def _program(argv):
     return os.fsencode(running)
 
 
+def _is_interpreter():
+    """Whether this process is a Python interpreter started as one, not a program that
+    embeds Python (uwsgi, gdb, Triton's backend stub): re-executing such a host would run
+    what it did before starting Python a second time. An embedded interpreter starts with
+    no original command line (3.10+); before 3.10 the program's own name tells."""
+    orig_argv = getattr(sys, "orig_argv", None)
+    if orig_argv is not None:
+        return len(orig_argv) > 0
+    name = os.path.basename(os.readlink("/proc/self/exe")).lower()
+    return name.startswith("python") or name.startswith("pypy")
+
+
 def _fits(argv, env):
     """Whether argv and env leave the agent room under the kernel's ARG_MAX."""
     try:
@@ -137,6 +149,8 @@ def activate(env=None):
     env = os.environ if env is None else env
     try:
         if not enabled(env):
+            return
+        if not _is_interpreter():
             return
         if is_step(env, os.getpid(), os.getppid()):
             env.pop(_REEXEC_VAR, None)

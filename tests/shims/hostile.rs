@@ -381,3 +381,35 @@ fn the_entrypoint_shim_switched_off_runs_the_command_plainly() {
         "{out:?}"
     );
 }
+
+/// A program that embeds Python (uwsgi, gdb, Triton's backend stub) with the hook on
+/// PYTHONPATH and debugging on: the hook re-executed the host itself under the agent,
+/// so whatever the host did before starting Python ran twice (and read stdin twice). An
+/// embedded interpreter starts with no original command line: the hook leaves it be.
+/// Played here by an interpreter whose `sys.orig_argv` is emptied before the hook acts.
+#[test]
+fn a_program_that_embeds_python_is_not_re_executed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = with_python_hook("python3");
+    debug_on(&mut cmd, dir.path());
+    cmd.env("AMLX_SHIM", "off").args([
+        "-c",
+        "import os, sys, amlx_shim\n\
+         print('host work', flush=True)\n\
+         sys.orig_argv = []\n\
+         env = dict(os.environ, AMLX_SHIM='on', AMLX_AGENT_BIN=sys.argv[1])\n\
+         amlx_shim._activated = False\n\
+         amlx_shim.activate(env)\n\
+         print('left alone', flush=True)",
+    ]);
+    cmd.arg(util::agent_bin());
+    let out = util::output_bounded(&mut cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.matches("host work").count(),
+        1,
+        "re-executed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("left alone"), "{out:?}");
+}
