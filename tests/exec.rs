@@ -594,3 +594,50 @@ fn a_launcher_under_the_agent_is_named_with_where_the_agent_goes_instead() {
         );
     }
 }
+
+/// A Python 2 step (`python2 step.py`, here a stand-in that prints what it was given)
+/// as a debug target or under `--post-mortem`: it runs with its own arguments and exit
+/// code, unchanged. The agent added `-Xfrozen_modules=off` and its Python 3 launcher, and
+/// Python 2 refused both (usage error, or an ImportError before the step ran).
+#[test]
+fn a_python_2_step_runs_as_it_is() {
+    use crate::session::harness::{SESSION_DEADLINE, port_range};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let python2 = dir.path().join("python2.7");
+    std::fs::write(&python2, "#!/bin/sh\necho \"args: $*\"\nexit 7\n").expect("write");
+    std::fs::set_permissions(
+        &python2,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let (_, _, range) = port_range(4);
+    let debug = [
+        "--debug",
+        "--mode",
+        "direct",
+        "--node-ip",
+        "127.0.0.1",
+        "--attach-timeout",
+        "1s",
+        "--port-range",
+        &range,
+    ];
+    for flags in [&debug[..], &["--post-mortem"][..]] {
+        let mut cmd = util::agent();
+        cmd.env("AMLX_LOCK_DIR", dir.path().join("locks"))
+            .env("AMLX_STATE_DIR", dir.path().join("state"))
+            .arg("exec")
+            .args(flags)
+            .arg("--")
+            .arg(&python2)
+            .args(["step.py", "--lr", "0.1"]);
+        let out = util::output_within(&mut cmd, SESSION_DEADLINE);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "{flags:?}: {stderr}");
+        assert_eq!(
+            text(&out.stdout).trim(),
+            "args: step.py --lr 0.1",
+            "{flags:?}: {stderr}"
+        );
+    }
+}

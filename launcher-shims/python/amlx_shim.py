@@ -150,6 +150,9 @@ def activate(env=None):
     try:
         if not enabled(env):
             return
+        if sys.version_info[0] < 3:
+            # Python 2: debugpy and the agent's hooks need Python 3; the step runs as it is.
+            return
         if not _is_interpreter():
             return
         if is_step(env, os.getpid(), os.getppid()):

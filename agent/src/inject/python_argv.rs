@@ -74,6 +74,10 @@ pub enum NotInjectable {
     MissingArgument { option: String },
     #[error("the script name {script:?} starts with '-', which debugpy reads as a switch")]
     DashScript { script: String },
+    /// Its name says Python 2 (`python2`, `python2.7`): debugpy and the post-mortem hook
+    /// need Python 3, and Python 2 refuses the `-X` option the injection adds.
+    #[error("{program} is Python 2, which debugpy does not support")]
+    Python2 { program: String },
 }
 
 /// CPython flags that take no argument (`-t` is a no-op kept for old scripts).
@@ -146,6 +150,12 @@ pub fn parse(argv: &[OsString]) -> Result<PythonCommand, NotInjectable> {
     })?;
     if !is_python_interpreter(interpreter) {
         return Err(NotInjectable::NotPython {
+            program: lossy(interpreter),
+        });
+    }
+    let name = Path::new(interpreter).file_name().unwrap_or_default();
+    if name.as_bytes().starts_with(b"python2") {
+        return Err(NotInjectable::Python2 {
             program: lossy(interpreter),
         });
     }

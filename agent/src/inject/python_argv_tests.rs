@@ -309,6 +309,19 @@ fn not_injectable_command_lines() {
             },
         ),
         (&["python", ""], NotInjectable::NoTarget),
+        // Python 2: the step runs as it is (Python 2 refuses `-X`: the step did not start).
+        (
+            &["python2", "s.py"],
+            NotInjectable::Python2 {
+                program: "python2".into(),
+            },
+        ),
+        (
+            &["env", "A=1", "/usr/bin/python2.7", "-m", "m"],
+            NotInjectable::Python2 {
+                program: "/usr/bin/python2.7".into(),
+            },
+        ),
     ];
     for (words, expected) in cases {
         assert_eq!(parse(&argv(words)), Err(expected), "{words:?}");
