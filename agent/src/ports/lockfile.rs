@@ -65,6 +65,7 @@ pub fn open_lock_file(path: &Path) -> io::Result<LockFile> {
         .mode(0o644)
         .custom_flags(flags)
         .open(path);
+    let created = created.map_err(|e| named_refusal(path, e));
     let (file, writable) = match created {
         Ok(file) => {
             let mode = file_mode_for_dir(path.parent().unwrap_or(Path::new(".")));
@@ -78,6 +79,7 @@ pub fn open_lock_file(path: &Path) -> io::Result<LockFile> {
                     .write(write)
                     .custom_flags(flags)
                     .open(path)
+                    .map_err(|e| named_refusal(path, e))
             };
             match open(true) {
                 Ok(file) => (file, true),
@@ -117,7 +119,13 @@ pub fn open_shared_read_only(path: &Path, what: &str) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
-        .open(path)?;
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => {
+                io::Error::other(format!("a symbolic link, not {what}; remove it"))
+            }
+            _ => e,
+        })?;
     let kind = file.metadata()?.file_type();
     if !kind.is_file() {
         return Err(io::Error::other(format!(
@@ -126,6 +134,21 @@ pub fn open_shared_read_only(path: &Path, what: &str) -> io::Result<File> {
         )));
     }
     Ok(file)
+}
+
+/// An open refused because of what is at `path` (a link, which O_NOFOLLOW refuses; a
+/// directory) says so and how to fix it, as any other thing that is not a plain lock file
+/// does; other errors are returned as they are.
+fn named_refusal(path: &Path, err: io::Error) -> io::Error {
+    let what = match err.raw_os_error() {
+        Some(nix::libc::ELOOP) => "a symbolic link",
+        Some(nix::libc::EISDIR) => "a directory",
+        _ => return err,
+    };
+    io::Error::other(format!(
+        "{} is not a plain lock file ({what}); remove it",
+        path.display()
+    ))
 }
 
 /// What a file is, in words, for messages.
@@ -233,6 +256,33 @@ mod tests {
         assert!(
             listing.unreadable[0].error.contains("a FIFO"),
             "{listing:?}"
+        );
+    }
+
+    /// A link or a folder under a lock file's name is named as such, with the fix, like a
+    /// FIFO: it said "Too many levels of symbolic links (os error 40)" or "Is a directory
+    /// (os error 21)".
+    #[test]
+    fn a_link_or_a_folder_under_a_lock_name_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let link = lock_path(dir.path(), 5678);
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &link).expect("symlink");
+        let folder = lock_path(dir.path(), 5679);
+        fs::create_dir(&folder).expect("mkdir");
+        for (path, what) in [(&link, "a symbolic link"), (&folder, "a directory")] {
+            let err = open_lock_file(path).expect_err("no lock file");
+            let text = err.to_string();
+            assert!(text.contains(what) && text.contains("remove it"), "{text}");
+        }
+        let err = open_shared_read_only(&link, "a lock file").expect_err("a link");
+        assert!(
+            err.to_string()
+                .contains("a symbolic link, not a lock file; remove it"),
+            "{err}"
+        );
+        assert!(
+            !dir.path().join("elsewhere").exists(),
+            "the link was not followed"
         );
     }
 
