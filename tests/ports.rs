@@ -469,3 +469,61 @@ fn hostile_files_in_the_lock_directory_cost_only_their_own_ports() {
         "{stdout}{stderr}"
     );
 }
+
+/// A user who may not listen below 1024 with a range that starts there: the range goes
+/// on to 1024 and up, and no lock file is left for a port this user cannot use. The
+/// first privileged port ended the search with "Permission denied (os error 13):
+/// Permission denied (os error 13)", and its lock file stayed.
+#[test]
+fn a_range_across_1024_skips_the_privileged_ports_for_an_ordinary_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let locks = dir.path().join("ports");
+    std::fs::create_dir(&locks).expect("mkdir");
+    std::fs::set_permissions(&locks, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+        .expect("chmod");
+    let run = output_within(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_amlx-agent"))
+            .args([
+                "exec",
+                "--debug",
+                "--mode",
+                "direct",
+                "--node-ip",
+                "127.0.0.1",
+            ])
+            .args([
+                "--inject",
+                "none",
+                "--port-range",
+                "1020-1100",
+                "--lock-dir",
+            ])
+            .arg(&locks)
+            .args(["--", "sh", "-c", "echo \"port=$AMLX_DEBUG_PORT\""]),
+        SHORT_RUN,
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}{stderr}");
+    let port: u16 = stdout
+        .trim()
+        .strip_prefix("port=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no debug port: {stdout}{stderr}"));
+    assert!((1024..=1100).contains(&port), "{stdout}{stderr}");
+    let below: Vec<String> = std::fs::read_dir(&locks)
+        .expect("read")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.strip_suffix(".lock")
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_some_and(|p| p < 1024)
+        })
+        .collect();
+    assert!(
+        below.is_empty(),
+        "lock files for privileged ports: {below:?}"
+    );
+}

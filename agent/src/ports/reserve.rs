@@ -87,7 +87,7 @@ pub enum ReserveError {
         "no free debug port in {range} (lock dir {}): {}; choose a wider or different \
          range with --port-range or AMLX_PORT_RANGE",
         lock_dir.display(),
-        exhausted_detail(holders, busy, unusable)
+        exhausted_detail(holders, busy, unusable, privileged)
     )]
     Exhausted {
         range: PortRange,
@@ -98,6 +98,8 @@ pub enum ReserveError {
         busy: Vec<u16>,
         /// Ports whose lock file could not be used, and why.
         unusable: Vec<(u16, String)>,
+        /// Ports below 1024, which this process may not listen on.
+        privileged: Vec<u16>,
     },
     /// The node already has `limit` live reservations.
     #[error(
@@ -123,11 +125,14 @@ pub enum ReserveError {
     GuardTimeout { guard: PathBuf, waited: Duration },
     /// The bind probe failed for a reason other than "in use": the address or the range
     /// itself is wrong (not a local address, privileged port).
-    #[error("cannot listen on {addr} for the debugger: {source}")]
+    #[error(
+        "cannot listen on {addr} for the debugger: {cause}{}",
+        probe_fix(addr, cause)
+    )]
     Probe {
         addr: SocketAddr,
-        #[source]
-        source: io::Error,
+        /// Part of the message, not a source: a chain printed the cause twice.
+        cause: io::Error,
     },
 }
 
@@ -139,7 +144,26 @@ impl ReserveError {
     }
 }
 
-fn exhausted_detail(holders: &[Holder], busy: &[u16], unusable: &[(u16, String)]) -> String {
+/// What to do about a bind probe's failure, when the error says.
+fn probe_fix(addr: &SocketAddr, cause: &io::Error) -> String {
+    match cause.raw_os_error() {
+        Some(nix::libc::EADDRNOTAVAIL) => format!(
+            "; {} is not an address of this machine: check --node-ip (AMLX_NODE_IP)",
+            addr.ip()
+        ),
+        Some(nix::libc::EACCES) => {
+            "; this process may not listen there: choose another --port-range".to_owned()
+        }
+        _ => String::new(),
+    }
+}
+
+fn exhausted_detail(
+    holders: &[Holder],
+    busy: &[u16],
+    unusable: &[(u16, String)],
+    privileged: &[u16],
+) -> String {
     let mut parts = Vec::new();
     if !holders.is_empty() {
         parts.push(format!(
@@ -162,6 +186,14 @@ fn exhausted_detail(holders: &[Holder], busy: &[u16], unusable: &[(u16, String)]
             "{} with unusable lock files ({})",
             unusable.len(),
             named_then_more(&why)
+        ));
+    }
+    if !privileged.is_empty() {
+        let ports: Vec<String> = privileged.iter().map(u16::to_string).collect();
+        parts.push(format!(
+            "{} below 1024, which need privileges this process does not have ({})",
+            privileged.len(),
+            named_then_more(&ports)
         ));
     }
     parts.join(", ")
@@ -192,6 +224,8 @@ enum Attempt {
     Held(Holder),
     Busy,
     Unusable(String),
+    /// Below 1024, and this process may not listen there.
+    Privileged,
 }
 
 /// Reserves one port per `req`: the preferred port when free, else the first free one in
@@ -217,13 +251,15 @@ pub fn reserve(req: &ReserveRequest<'_>) -> Result<Reservation, ReserveError> {
         }
         None => None,
     };
-    let (mut holders, mut busy, mut unusable) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut holders, mut busy, mut unusable, mut privileged) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for port in req.range.scan_order(req.preferred) {
         match try_port(req, port)? {
             Attempt::Reserved(reservation) => return Ok(reservation),
             Attempt::Held(holder) => holders.push(holder),
             Attempt::Busy => busy.push(port),
             Attempt::Unusable(why) => unusable.push((port, why)),
+            Attempt::Privileged => privileged.push(port),
         }
     }
     holders.sort_by_key(|h| h.port);
@@ -233,6 +269,7 @@ pub fn reserve(req: &ReserveRequest<'_>) -> Result<Reservation, ReserveError> {
         holders,
         busy,
         unusable,
+        privileged,
     })
 }
 
@@ -244,6 +281,13 @@ fn dir_error(dir: &Path, err: &io::Error) -> ReserveError {
 
 /// Locks `port`'s file, probes the port, and writes our record when both succeed.
 fn try_port(req: &ReserveRequest<'_>, port: u16) -> Result<Attempt, ReserveError> {
+    // A port this process may not listen on is skipped before its lock file is made: it
+    // would stay behind (lock files are never deleted) for a port nobody here can use.
+    if port < 1024
+        && bind_probe(SocketAddr::new(req.bind_ip, port)) == Err(nix::errno::Errno::EACCES)
+    {
+        return Ok(Attempt::Privileged);
+    }
     let path = lockfile::lock_path(req.lock_dir, port);
     let lock = match lockfile::open_lock_file(&path) {
         Ok(lock) => lock,
@@ -276,10 +320,12 @@ fn try_port(req: &ReserveRequest<'_>, port: u16) -> Result<Attempt, ReserveError
         Ok(()) => {}
         // Dropping `lock` releases it for the next reserver, who will skip it too.
         Err(nix::errno::Errno::EADDRINUSE) => return Ok(Attempt::Busy),
+        // A range that starts below 1024 goes on to the ports this process may use.
+        Err(nix::errno::Errno::EACCES) if port < 1024 => return Ok(Attempt::Privileged),
         Err(errno) => {
             return Err(ReserveError::Probe {
                 addr,
-                source: io::Error::from(errno),
+                cause: io::Error::from(errno),
             });
         }
     }

@@ -151,6 +151,23 @@ fn a_holders_command_cannot_add_lines_to_the_message() {
     assert!(text.contains("forged"), "{text}");
 }
 
+/// An address that is not this machine's: the message says so once, with the fix. The
+/// cause was printed twice ("Cannot assign requested address (os error 99): Cannot
+/// assign requested address (os error 99)") and named no fix.
+#[test]
+fn a_bind_address_not_of_this_machine_names_the_fix_once() {
+    let f = fixture(2);
+    let mut request = f.request(None, None);
+    request.bind_ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let err = reserve(&request).expect_err("not a local address");
+    let text = format!("{:#}", anyhow::Error::from(err));
+    assert_eq!(text.matches("os error").count(), 1, "{text}");
+    assert!(
+        text.contains("192.0.2.1 is not an address of this machine: check --node-ip"),
+        "{text}"
+    );
+}
+
 #[test]
 fn slot_limit_counts_live_reservations() {
     let f = fixture(4);
