@@ -251,3 +251,38 @@ fn the_run_tag_shows_a_crashed_rank_in_post_mortem_with_its_exception() {
         )
     );
 }
+
+/// A tracking server that accepts connections and never answers, and a step that ends
+/// before any request's bound (5 s): the session's end could not be published within its
+/// 400 ms, and nothing in the log said so (the tag kept an earlier state for good). The
+/// step itself is not held up; the line comes from the sidecar, just after.
+#[test]
+fn a_silent_tracking_server_and_a_short_step_leave_a_warning() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let uri = format!("http://{}", silent.local_addr().expect("address"));
+    let locks = tempfile::tempdir().expect("tempdir");
+    let (_, _, range) = port_range(4);
+    let started = Instant::now();
+    let mut agent = Agent::spawn(
+        util::agent()
+            .env("AMLX_LOCK_DIR", locks.path())
+            .env("AMLX_STATE_DIR", locks.path().join("state"))
+            .env("MLFLOW_TRACKING_URI", &uri)
+            .env("MLFLOW_RUN_ID", "run-1")
+            .args(["exec", "--debug", "--rank", "0", "--mode", "direct"])
+            .args(["--node-ip", "127.0.0.1", "--inject", "none"])
+            .args(["--port-range", &range, "--", "sh", "-c", "exit 3"]),
+    );
+    let status = util::wait_within(&mut agent.child, SESSION_DEADLINE);
+    assert_eq!(status.code(), Some(3), "{}", agent.stderr());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{}",
+        agent.stderr()
+    );
+    let warning = "the MLflow tracking server did not take the session's end within 400ms";
+    util::wait_for("the sidecar's warning", SESSION_DEADLINE, || {
+        agent.stderr().contains(warning).then_some(())
+    });
+    drop(silent);
+}

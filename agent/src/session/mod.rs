@@ -275,7 +275,18 @@ pub fn run_sidecar(
             reporter.keep_record();
             ended.await;
         }
-        let _ = tokio::time::timeout(FINAL_PUBLISH_TIMEOUT, reporter.finish()).await;
+        if tokio::time::timeout(FINAL_PUBLISH_TIMEOUT, reporter.finish())
+            .await
+            .is_err()
+        {
+            // Only an MLflow tag can take this long; a short step may never have heard
+            // from a tracking server that does not answer at all.
+            tracing::warn!(
+                "the MLflow tracking server did not take the session's end within {}; the \
+                 run's tag may still show an earlier state",
+                humantime::format_duration(FINAL_PUBLISH_TIMEOUT)
+            );
+        }
     });
     // Dropping the runtime would wait for blocking tasks (a DNS lookup, say): the
     // session is over, so leave them to the process exit.
