@@ -372,6 +372,22 @@ impl PythonCommand {
             .collect()
     }
 
+    /// The interpreter's file name and what it runs (`python3 train.py`, `python -m
+    /// pkg.main`, `python3 -c …`), without options or arguments: what a port's lock record
+    /// says of the step. The record is readable by every user of the node and outlives
+    /// the step, and arguments and code carry tokens (`--hf-token …`).
+    pub fn summary(&self) -> String {
+        let name = Path::new(&self.interpreter)
+            .file_name()
+            .unwrap_or(self.interpreter.as_os_str());
+        let runs = match &self.target {
+            Target::Script(script) => lossy(script),
+            Target::Module(module) => format!("-m {}", lossy(module)),
+            Target::Code(_) => "-c …".to_owned(),
+        };
+        format!("{} {runs}", lossy(name))
+    }
+
     /// The interpreter with its options, for messages (`python3 -u -B`).
     pub fn display_interpreter(&self) -> String {
         std::iter::once(&self.interpreter)
