@@ -138,7 +138,8 @@ impl StatusFile {
         record.updated = unix_now();
         prune_dead(&dir);
         let path = dir.join(record.file_name());
-        write_atomic(&path, &record)?;
+        write_atomic(&path, &record)
+            .map_err(|err| squatted(&path).map_or(err, anyhow::Error::msg))?;
         Ok(StatusFile { path, record })
     }
 
@@ -278,9 +279,13 @@ pub fn list_sessions(state_dir: &Path) -> anyhow::Result<Listing> {
         if !is_record_name(&path) {
             continue;
         }
-        match read_record(&path) {
-            Ok(record) => {
+        match read_owned_record(&path) {
+            Ok((record, owner)) => {
                 let holder = holder::holder_of(record.pid, record.start_time, record.pid_ns);
+                if let Some(error) = foreign_record(&record, owner, holder) {
+                    unreadable.push(Unreadable { path, error });
+                    continue;
+                }
                 sessions.push(SessionEntry {
                     path,
                     record,
@@ -504,18 +509,62 @@ fn is_record_name(path: &Path) -> bool {
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
 fn read_record(path: &Path) -> anyhow::Result<StatusRecord> {
-    let text =
+    read_owned_record(path).map(|(record, _)| record)
+}
+
+/// Why a record could not be written at `path`, when another user's file is there: in a
+/// sticky sessions directory nobody can replace another user's file, so a file planted
+/// under our record's name keeps the session from having one.
+fn squatted(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = fs::symlink_metadata(path).ok()?.uid();
+    let me = nix::unistd::geteuid().as_raw();
+    (owner != me).then(|| {
+        format!(
+            "{} belongs to uid {owner}, another user, and cannot be replaced: remove it, or \
+             give the job a state directory of its own (AMLX_STATE_DIR, or [node] state_dir)",
+            path.display()
+        )
+    })
+}
+
+/// A record and the uid that owns its file.
+fn read_owned_record(path: &Path) -> anyhow::Result<(StatusRecord, u32)> {
+    let (text, owner) =
         read_small_file(path).with_context(|| format!("could not read {}", path.display()))?;
-    serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a status record", path.display()))
+    let record = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a status record", path.display()))?;
+    Ok((record, owner))
+}
+
+/// Why a record cannot be its live holder's own: its file belongs to another user than
+/// the process it names (in a sessions directory every user may write to, anyone can
+/// write a record for someone else's PID, with an endpoint of their choosing). Root's
+/// records count: a step may drop to another user after root's agent wrote its record
+/// (`exec -- gosu user python …`), and root could write anything anyway.
+fn foreign_record(record: &StatusRecord, owner: u32, holder: Holder) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    if holder != Holder::Live || owner == 0 {
+        return None;
+    }
+    let runs_as = fs::metadata(format!("/proc/{}", record.pid)).ok()?.uid();
+    (runs_as != owner).then(|| {
+        format!(
+            "written by uid {owner}, but process {} runs as uid {runs_as}: not its record, \
+             ignored (remove it)",
+            record.pid
+        )
+    })
 }
 
 /// Reads a record file of the shared sessions directory, which anyone may write to: no
 /// link is followed (a link to `/dev/zero` read on for ever), a FIFO does not block the
 /// open, only a regular file is read, and at most [`MAX_RECORD_BYTES`] of it.
-fn read_small_file(path: &Path) -> io::Result<Vec<u8>> {
+fn read_small_file(path: &Path) -> io::Result<(Vec<u8>, u32)> {
     use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
     let file = crate::ports::lockfile::open_shared_read_only(path, "a status record")?;
+    let owner = file.metadata()?.uid();
     let mut bytes = Vec::new();
     file.take(MAX_RECORD_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_RECORD_BYTES {
@@ -523,7 +572,7 @@ fn read_small_file(path: &Path) -> io::Result<Vec<u8>> {
             "larger than {MAX_RECORD_BYTES} bytes, not a status record; remove it"
         )));
     }
-    Ok(bytes)
+    Ok((bytes, owner))
 }
 
 fn is_not_found(err: &anyhow::Error) -> bool {
