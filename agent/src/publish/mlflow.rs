@@ -229,10 +229,19 @@ impl MlflowTags {
                 return None;
             }
         };
-        let auth = match (
-            var("MLFLOW_TRACKING_TOKEN"),
-            var("MLFLOW_TRACKING_USERNAME"),
-        ) {
+        let token = var("MLFLOW_TRACKING_TOKEN");
+        if token
+            .as_deref()
+            .is_some_and(|t| t.chars().any(char::is_control))
+        {
+            // Named, never quoted: it is a secret.
+            tracing::info!(
+                "MLflow run tags off: MLFLOW_TRACKING_TOKEN holds a line break or another \
+                 control character, which no HTTP header can carry (check how the job sets it)"
+            );
+            return None;
+        }
+        let auth = match (token, var("MLFLOW_TRACKING_USERNAME")) {
             (Some(token), _) => Auth::Bearer(Secret::new(token)),
             (None, Some(user)) => Auth::Basic {
                 user,

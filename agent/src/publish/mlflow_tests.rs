@@ -391,3 +391,16 @@ async fn an_endless_response_body_is_read_only_up_to_its_bound() {
     let written = written.load(Ordering::Relaxed);
     assert!(written < 64 << 20, "the agent read {written} bytes");
 }
+
+/// A token with a line break cannot be a header: tags are off at once, with a line that
+/// names the variable and not its value. Every request failed with "builder error:
+/// failed to parse header value", naming nothing.
+#[test]
+fn a_token_with_a_line_break_turns_tags_off_up_front() {
+    let vars = env(&[
+        ("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
+        ("MLFLOW_RUN_ID", "run-1"),
+        ("MLFLOW_TRACKING_TOKEN", "tok-1\ntok-2"),
+    ]);
+    assert!(MlflowTags::from_env(&vars).is_none());
+}
