@@ -237,8 +237,20 @@ fn read_existing(path: &Path) -> anyhow::Result<Option<(String, std::fs::Metadat
             MAX_LAUNCH_JSON_BYTES / (1024 * 1024)
         );
     }
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|err| {
+        let at = err.utf8_error().valid_up_to();
+        let line = 1 + err
+            .as_bytes()
+            .iter()
+            .take(at)
+            .filter(|&&b| b == b'\n')
+            .count();
+        anyhow::anyhow!(
+            "{} is not UTF-8 text (at byte {at}, line {line}); it was left unchanged: save it \
+                 as UTF-8 (as VS Code does) and run again",
+            path.display()
+        )
+    })?;
     Ok(Some((text, meta)))
 }
 
@@ -407,6 +419,20 @@ mod tests {
             started.elapsed() < EMPTY_SETTLE,
             "waited on an old empty file"
         );
+    }
+
+    /// A launch.json that is not UTF-8 is refused with where and what to do, untouched.
+    #[test]
+    fn a_file_that_is_not_utf8_is_refused_saying_where() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("launch.json");
+        let bytes = b"{\n  \"configurations\": [],\n  \"x\": \"caf\xe9\"\n}\n";
+        std::fs::write(&path, bytes).expect("write");
+        let err = write(&path, &spec()).expect_err("not UTF-8");
+        let text = format!("{err:#}");
+        assert!(text.contains("at byte 37, line 3"), "{text}");
+        assert!(text.contains("save it as UTF-8"), "{text}");
+        assert_eq!(std::fs::read(&path).expect("read"), bytes);
     }
 
     /// A file that keeps changing under every try is left as the last writer made it,
