@@ -203,8 +203,8 @@ fn vscode_attaching_during_the_demo_hits_a_breakpoint_in_the_example_step() {
         "amlx-agent demo: VS Code attached to rank 0; the step exited 0",
     );
     // The laptop side saw VS Code take the connection and let it go again.
-    let took = position(&stdout, "has the debug connection of rank 0");
-    assert!(took < position(&stdout, "VS Code detached"), "{all}");
+    let took = position(&stdout, "the debug connection of rank 0 went to");
+    assert!(took < position(&stdout, "detached from rank 0"), "{all}");
 
     // A given directory is kept, with the launch configuration VS Code would open.
     let launch = std::fs::read_to_string(dir_path.join(".vscode/launch.json"))

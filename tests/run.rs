@@ -174,7 +174,10 @@ fn debug_a_run(count: u32, ranks: &str, debugged: &[u32]) {
         );
     }
     for rank in debugged {
-        position(&stdout, &format!("has the debug connection of rank {rank}"));
+        position(
+            &stdout,
+            &format!("the debug connection of rank {rank} went to"),
+        );
     }
     let attached = if debugged.len() == 1 {
         format!("VS Code attached to rank {}", debugged[0])
@@ -890,7 +893,7 @@ sys.exit(3)\n";
     assert_ne!(code, 0, "{all}");
     position(
         &all,
-        "has the debug connection of a crashed rank (post-mortem)",
+        "the debug connection of a crashed rank (post-mortem) went to",
     );
     position(
         &all,

@@ -254,12 +254,12 @@ impl AcceptHandler for VsCodeForwarder {
             self.seen.mark_attached(route.rank);
         }
         let label = self.label;
-        say!(
-            "{label}: VS Code on 127.0.0.1:{} has the debug connection of {who}",
-            route.vscode_port
-        );
+        // Whatever listens on VS Code's port takes the connection: said as a port, not as
+        // VS Code (another program there was reported as VS Code attaching).
+        let port = route.vscode_port;
+        say!("{label}: the debug connection of {who} went to 127.0.0.1:{port}, VS Code's port");
         match tunnel.splice(vscode).await {
-            Ok(_) => say!("{label}: VS Code detached from {who}"),
+            Ok(_) => say!("{label}: the debugger on 127.0.0.1:{port} detached from {who}"),
             // Most often VS Code closed its end first (Stop, Disconnect, a closed window):
             // a broken pipe or a reset, not a fault of the relay.
             Err(err) => say!(
