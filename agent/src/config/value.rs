@@ -64,7 +64,8 @@ impl FromConfig for TargetLimit {
         match text.trim().parse::<u32>() {
             Ok(n) if n >= 1 => Ok(TargetLimit(n)),
             _ => Err(format!(
-                "invalid target count {text:?} (expected a whole number of at least 1)"
+                "invalid target count {text:?} (expected a whole number from 1 to {})",
+                u32::MAX
             )),
         }
     }
@@ -160,7 +161,7 @@ impl<'de, T: FromConfig> Visitor<'de> for ParsedVisitor<T> {
     type Value = Parsed<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
+        f.write_str("a string, a number or true/false")
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Parsed<T>, E> {
@@ -172,6 +173,24 @@ impl<'de, T: FromConfig> Visitor<'de> for ParsedVisitor<T> {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Parsed<T>, E> {
+        Self::parse(&v.to_string())
+    }
+
+    // Past 64 bits, a float or a boolean: the setting's own parser says what is wrong
+    // with it, as for a flag ("invalid type: integer ... as i128, expected a string").
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Parsed<T>, E> {
+        Self::parse(&v.to_string())
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Parsed<T>, E> {
+        Self::parse(&v.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Parsed<T>, E> {
+        Self::parse(&v.to_string())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Parsed<T>, E> {
         Self::parse(&v.to_string())
     }
 }
