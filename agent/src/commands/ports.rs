@@ -153,7 +153,7 @@ fn row(entry: &Entry) -> String {
         // The step no longer holds its lock across exec: its session's keeper does, and
         // lets go when the session ends (a moment after the step; later only when the
         // keeper is stopped or stuck).
-        "  (pid gone: its debug session's keeper still holds the lock)"
+        "  (pid gone, the lock still held: most likely by its debug session's keeper)"
     };
     format!(
         "{:<6} {:<8} {:<5} {:<21} {command}{note}",
