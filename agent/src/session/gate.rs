@@ -105,6 +105,9 @@ impl GateState {
             Some(false) => {
                 self.awaiting_answer = None;
                 self.framer = Framer::default();
+                // It watches again from the next configurationDone's end, a message
+                // boundary, not from wherever the refused setup left it.
+                self.ends = EndWatcher::default();
             }
             None => {}
         }
