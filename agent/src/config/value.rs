@@ -187,7 +187,8 @@ impl<'de, T: FromConfig> Visitor<'de> for ParsedVisitor<T> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Parsed<T>, E> {
-        Self::parse(&v.to_string())
+        // `2.0` as written (Display would drop the `.0` and a count would take it).
+        Self::parse(&format!("{v:?}"))
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Parsed<T>, E> {

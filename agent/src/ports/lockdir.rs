@@ -146,20 +146,36 @@ fn prepare(candidate: &Candidate) -> Result<(), String> {
         Sharing::User { .. } => PRIVATE_DIR_MODE,
     };
     ensure_dir(path, mode)?;
-    let probe = path.join(format!(".probe.{}", std::process::id()));
-    // Afresh and never through a link (a leftover of a crashed process with our PID, or
-    // a planted link, is removed first; in a sticky folder only its owner can).
-    let _ = fs::remove_file(&probe);
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&probe)
-        .map_err(|e| format!("cannot create files in it ({e})"))?;
-    let _ = fs::remove_file(&probe);
-    Ok(())
+    // A random name: PIDs repeat across the node's containers (every entrypoint agent is
+    // PID 1), and a probe another user's crashed agent left behind cannot be removed in
+    // a sticky folder. Afresh and never through a link.
+    let mut last = None;
+    for _ in 0..PROBE_TRIES {
+        let probe = path.join(format!(".probe.{:016x}", rand::random::<u64>()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&probe)
+        {
+            Ok(_) => {
+                let _ = fs::remove_file(&probe);
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(format!("cannot create files in it ({e})")),
+        }
+    }
+    Err(format!(
+        "cannot create files in it ({})",
+        last.map_or_else(String::new, |e| e.to_string())
+    ))
 }
+
+/// Names the write check tries before giving up (each random: a clash means a planted
+/// file, or a very unlucky draw).
+const PROBE_TRIES: usize = 4;
 
 /// Creates `dir` (and missing parents, with default modes) and, only when we created the
 /// leaf, sets `mode` on it exactly (mkdir's mode is cut by the umask). Shared with the

@@ -138,8 +138,10 @@ impl StatusFile {
         record.updated = unix_now();
         prune_dead(&dir);
         let path = dir.join(record.file_name());
-        write_atomic(&path, &record)
-            .map_err(|err| squatted(&path).map_or(err, anyhow::Error::msg))?;
+        write_atomic(&path, &record).map_err(|err| match squatted(&path) {
+            Some(why) => err.context(why),
+            None => err,
+        })?;
         Ok(StatusFile { path, record })
     }
 
@@ -543,18 +545,26 @@ fn read_owned_record(path: &Path) -> anyhow::Result<(StatusRecord, u32)> {
 /// records count: a step may drop to another user after root's agent wrote its record
 /// (`exec -- gosu user python …`), and root could write anything anyway.
 fn foreign_record(record: &StatusRecord, owner: u32, holder: Holder) -> Option<String> {
-    use std::os::unix::fs::MetadataExt as _;
     if holder != Holder::Live || owner == 0 {
         return None;
     }
-    let runs_as = fs::metadata(format!("/proc/{}", record.pid)).ok()?.uid();
-    (runs_as != owner).then(|| {
+    let uids = process_uids(record.pid)?;
+    (!uids.contains(&owner)).then(|| {
         format!(
-            "written by uid {owner}, but process {} runs as uid {runs_as}: not its record, \
+            "written by uid {owner}, but process {} runs as uid {}: not its record, \
              ignored (remove it)",
-            record.pid
+            record.pid, uids[0]
         )
     })
+}
+
+/// The real, effective and saved uids of `pid` (`/proc/<pid>/status`; the owner of
+/// `/proc/<pid>` is root for a process that is not dumpable, whoever runs it).
+fn process_uids(pid: u32) -> Option<[u32; 3]> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|id| id.parse::<u32>().ok());
+    Some([ids.next()??, ids.next()??, ids.next()??])
 }
 
 /// Reads a record file of the shared sessions directory, which anyone may write to: no

@@ -106,39 +106,46 @@ fn listing_judges_holders_and_reports_unreadable_files() {
     assert!(unreadable[0].path.ends_with("garbage.json"));
 }
 
-/// A record another user wrote for a live process that is not theirs (here: PID 1, which
-/// runs as root, in a file of a non-root user) is not shown as that process's session:
-/// in a sessions directory every user may write to, it showed an endpoint of the
-/// writer's choosing for someone else's live step.
+/// A record another user wrote for a live process that is not theirs (here: PID 1, in a
+/// file of a user PID 1 does not run as) is not shown as that process's session: in a
+/// sessions directory every user may write to, it showed an endpoint of the writer's
+/// choosing for someone else's live step. Root's records and dead holders' are judged as
+/// before.
 #[test]
 fn a_record_another_user_wrote_for_a_live_process_is_not_its_session() {
-    use std::os::unix::fs::MetadataExt as _;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sessions = dir.path().join(SESSIONS_DIR);
-    fs::create_dir(&sessions).expect("mkdir");
     let mut forged = StatusRecord::new(1, 5678, DebugMode::Direct, "6.6.6.6:5678");
     forged.start_time = holder::process_start_time(1);
-    forged.pid_ns = holder::pid_namespace();
-    let path = sessions.join("1-forged.json");
-    write_atomic(&path, &forged).expect("write");
-    if nix::unistd::geteuid().is_root() {
-        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown");
-    }
-    let owner = fs::metadata(&path).expect("stat").uid();
-    let init_uid = fs::metadata("/proc/1").expect("/proc/1").uid();
-    assert_ne!(
-        owner, init_uid,
-        "the test needs PID 1 to run as another user"
-    );
-    let listing = list_sessions(dir.path()).expect("list");
-    assert!(listing.sessions.is_empty(), "{:?}", listing.sessions);
-    assert_eq!(listing.unreadable.len(), 1, "{listing:?}");
+    let init = process_uids(1).expect("/proc/1/status is readable");
+    let stranger = if init.contains(&65534) { 65533 } else { 65534 };
+    let why = foreign_record(&forged, stranger, Holder::Live).expect("not its record");
     assert!(
-        listing.unreadable[0].error.contains(&format!(
-            "written by uid {owner}, but process 1 runs as uid {init_uid}"
+        why.contains(&format!(
+            "written by uid {stranger}, but process 1 runs as uid {}",
+            init[0]
         )),
-        "{listing:?}"
+        "{why}"
     );
+    assert_eq!(foreign_record(&forged, init[0], Holder::Live), None);
+    assert_eq!(
+        foreign_record(&forged, 0, Holder::Live),
+        None,
+        "root's records count"
+    );
+    assert_eq!(foreign_record(&forged, stranger, Holder::Dead), None);
+    // And the listing leaves it out, where this process may give a file away.
+    if nix::unistd::geteuid().is_root() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sessions = dir.path().join(SESSIONS_DIR);
+        fs::create_dir(&sessions).expect("mkdir");
+        forged.pid_ns = holder::pid_namespace();
+        let path = sessions.join("1-forged.json");
+        write_atomic(&path, &forged).expect("write");
+        if std::os::unix::fs::chown(&path, Some(stranger), Some(stranger)).is_ok() {
+            let listing = list_sessions(dir.path()).expect("list");
+            assert!(listing.sessions.is_empty(), "{:?}", listing.sessions);
+            assert_eq!(listing.unreadable.len(), 1, "{listing:?}");
+        }
+    }
 }
 
 #[test]

@@ -34,6 +34,12 @@ fn file_errors_name_file_line_and_key() {
             "/cfg/agent.toml:2: debug.max_targets_per_node: invalid target count \"0\" \
              (expected a whole number from 1 to 4294967295)",
         ),
+        // A float is not a count, even a whole one.
+        (
+            "[debug]\nmax_targets_per_node = 2.0\n",
+            "/cfg/agent.toml:2: debug.max_targets_per_node: invalid target count \"2.0\" \
+             (expected a whole number from 1 to 4294967295)",
+        ),
         // Past 64 bits: the setting's own message, not "invalid type: integer ... as i128".
         (
             "[debug]\nmax_targets_per_node = 99999999999999999999\n",
