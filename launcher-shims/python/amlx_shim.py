@@ -101,13 +101,15 @@ def _program(argv):
 def _is_interpreter():
     """Whether this process is a Python interpreter started as one, not a program that
     embeds Python (uwsgi, gdb, Triton's backend stub): re-executing such a host would run
-    what it did before starting Python a second time. An embedded interpreter starts with
-    no original command line (3.10+); before 3.10 the program's own name tells."""
-    orig_argv = getattr(sys, "orig_argv", None)
-    if orig_argv is not None:
-        return len(orig_argv) > 0
+    what it did before starting Python a second time. The program's own file must be
+    named like an interpreter (`python3.11`, `pypy3`), and on 3.10+ it must have been
+    given a command line (`sys.orig_argv`, empty for a host that starts Python without
+    one)."""
     name = os.path.basename(os.readlink("/proc/self/exe")).lower()
-    return name.startswith("python") or name.startswith("pypy")
+    if not (name.startswith("python") or name.startswith("pypy")):
+        return False
+    orig_argv = getattr(sys, "orig_argv", None)
+    return orig_argv is None or len(orig_argv) > 0
 
 
 def _fits(argv, env):
@@ -187,6 +189,22 @@ def activate(env=None):
 def chain_sitecustomize(own_file):
     """Runs the next `sitecustomize` on sys.path after the one in own_file's folder, as
     Python would have without ours, and makes it the `sitecustomize` module."""
+    here = os.path.dirname(os.path.abspath(own_file))
+    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    if sys.version_info[0] < 3:
+        # Python 2 has neither finder: its own `imp` finds and loads the next one.
+        import imp
+
+        try:
+            found = imp.find_module("sitecustomize", rest)
+        except ImportError:
+            return
+        try:
+            imp.load_module("sitecustomize", *found)
+        finally:
+            if found[0] is not None:
+                found[0].close()
+        return
     # The import system's own finder and module factory, loaded at every start (what
     # importlib.machinery and importlib.util export): importing importlib.util pulls in
     # contextlib, functools and types, ~6 ms on every interpreter start.
@@ -197,8 +215,6 @@ def chain_sitecustomize(own_file):
         import importlib.util
 
         finder, make = importlib.machinery.PathFinder, importlib.util.module_from_spec
-    here = os.path.dirname(os.path.abspath(own_file))
-    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     spec = finder.find_spec("sitecustomize", rest)
     if spec is None or spec.loader is None:
         return

@@ -360,24 +360,36 @@ fn a_path_without_coreutils_runs_the_program_and_never_loops() {
 
 /// `AMLX_SHIM=off` turns every shim off (README), but the entrypoint shim still put the
 /// hook on PYTHONPATH and ran the command under `amlx-agent exec`.
+/// (`OFF` and spaces around it count, as for the Python hook; the shell shims compared
+/// with `off` exactly.) With no command at all it says what to give it.
 #[test]
 fn the_entrypoint_shim_switched_off_runs_the_command_plainly() {
     let dir = tempfile::tempdir().expect("tempdir");
+    for off in ["off", " OFF "] {
+        let mut cmd = util::clean(Command::new(shims_dir().join("bin/amlx-entrypoint")));
+        debug_on(&mut cmd, dir.path());
+        cmd.env("PATH", path_with(None))
+            .env("AMLX_SHIM", off)
+            .env_remove("PYTHONPATH")
+            .args([
+                "sh",
+                "-c",
+                "echo \"[$PYTHONPATH] [${AMLX_AGENT_PID:-}]\"; exit 6",
+            ]);
+        let out = util::output_bounded(&mut cmd);
+        assert_eq!(out.status.code(), Some(6), "{off:?}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "[] []",
+            "{off:?}: {out:?}"
+        );
+    }
     let mut cmd = util::clean(Command::new(shims_dir().join("bin/amlx-entrypoint")));
-    debug_on(&mut cmd, dir.path());
-    cmd.env("PATH", path_with(None))
-        .env("AMLX_SHIM", "off")
-        .env_remove("PYTHONPATH")
-        .args([
-            "sh",
-            "-c",
-            "echo \"[$PYTHONPATH] [${AMLX_AGENT_PID:-}]\"; exit 6",
-        ]);
+    cmd.env("PATH", path_with(None)).env("AMLX_SHIM", "off");
     let out = util::output_bounded(&mut cmd);
-    assert_eq!(out.status.code(), Some(6), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "[] []",
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give the command to run"),
         "{out:?}"
     );
 }
