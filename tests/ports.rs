@@ -470,12 +470,21 @@ fn hostile_files_in_the_lock_directory_cost_only_their_own_ports() {
     );
 }
 
-/// A user who may not listen below 1024 with a range that starts there: the range goes
-/// on to 1024 and up, and no lock file is left for a port this user cannot use. The
-/// first privileged port ended the search with "Permission denied (os error 13):
-/// Permission denied (os error 13)", and its lock file stayed.
+/// A user who may not listen on privileged ports with a range that starts among them
+/// (below `net.ipv4.ip_unprivileged_port_start`, 1024 unless changed): the range goes on
+/// to the first unprivileged port and up, and no lock file is left for a port this user
+/// cannot use. The first privileged port ended the search with "Permission denied (os
+/// error 13): Permission denied (os error 13)", and its lock file stayed. Run as root
+/// (setpriv drops to nobody), as the suite is.
 #[test]
 fn a_range_across_1024_skips_the_privileged_ports_for_an_ordinary_user() {
+    let first_free: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1024);
+    // Four privileged ports, then room (a container that sets 0 has none to skip).
+    let start = first_free.max(5) - 4;
+    let range = format!("{start}-{}", start + 80);
     let dir = tempfile::tempdir().expect("tempdir");
     let locks = dir.path().join("ports");
     std::fs::create_dir(&locks).expect("mkdir");
@@ -493,13 +502,7 @@ fn a_range_across_1024_skips_the_privileged_ports_for_an_ordinary_user() {
                 "--node-ip",
                 "127.0.0.1",
             ])
-            .args([
-                "--inject",
-                "none",
-                "--port-range",
-                "1020-1100",
-                "--lock-dir",
-            ])
+            .args(["--inject", "none", "--port-range", &range, "--lock-dir"])
             .arg(&locks)
             .args(["--", "sh", "-c", "echo \"port=$AMLX_DEBUG_PORT\""]),
         SHORT_RUN,
@@ -512,7 +515,10 @@ fn a_range_across_1024_skips_the_privileged_ports_for_an_ordinary_user() {
         .strip_prefix("port=")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no debug port: {stdout}{stderr}"));
-    assert!((1024..=1100).contains(&port), "{stdout}{stderr}");
+    assert!(
+        (first_free.max(start)..=start + 80).contains(&port),
+        "{stdout}{stderr}"
+    );
     let below: Vec<String> = std::fs::read_dir(&locks)
         .expect("read")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

@@ -449,7 +449,10 @@ fn a_step_that_survives_sigkill_is_left_behind_within_a_bound() {
         .expect("the step is run's child");
     let step = nix::unistd::Pid::from_raw(i32::try_from(step).expect("pid fits"));
     // This thread becomes the step's tracer and never collects its exit until the end.
-    nix::sys::ptrace::seize(step, nix::sys::ptrace::Options::empty()).expect("trace the step");
+    nix::sys::ptrace::seize(step, nix::sys::ptrace::Options::empty()).expect(
+        "trace the step (this test needs ptrace of a process of the same user: Yama's \
+         ptrace_scope 0 or 1, or CAP_SYS_PTRACE)",
+    );
     let pid = nix::unistd::Pid::from_raw(i32::try_from(run.child.id()).expect("pid fits"));
     nix::sys::signal::kill(pid, Signal::SIGINT).expect("first Ctrl-C");
     util::wait_for("run to stop the step", SESSION_DEADLINE, || {
@@ -475,8 +478,10 @@ fn a_step_that_survives_sigkill_is_left_behind_within_a_bound() {
         ),
         "{all}"
     );
-    // 2 s for the step and 2 s for its leftovers after SIGKILL, and the relay's stop.
-    assert!(took < Duration::from_secs(9), "took {took:?}\n{all}");
+    // 2 s for the step after SIGKILL, and the relay's stop; the step is not killed again
+    // as its own leftover.
+    assert!(took < Duration::from_secs(6), "took {took:?}\n{all}");
+    assert!(!all.contains("outlived the step"), "{all}");
 }
 
 /// `run`'s logging flags reach the step's agent: with `-qq` it writes no info lines, and

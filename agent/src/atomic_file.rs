@@ -246,6 +246,7 @@ mod tests {
             std::os::unix::fs::chown(&path, Some(nobody), Some(nobody)).expect("chown");
         }
         let kept = fs::metadata(&path).expect("stat");
+        let group = kept.gid();
         replace(&path, b"new", Permissions::Keep(kept), Durability::Synced).expect("replace");
         let now = fs::metadata(&path).expect("stat");
         let owner = if root {
@@ -253,10 +254,7 @@ mod tests {
         } else {
             nix::unistd::geteuid().as_raw()
         };
-        assert_eq!(
-            (now.uid(), now.gid()),
-            (owner, if root { nobody } else { now.gid() })
-        );
+        assert_eq!((now.uid(), now.gid()), (owner, group));
         assert_eq!(fs::read_to_string(&path).expect("read"), "new");
     }
 

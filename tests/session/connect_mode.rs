@@ -82,7 +82,7 @@ fn a_debugger_that_terminates_the_step_is_not_logged_as_detaching() {
         "the step ran to its end after the debugger terminated it:\n{stderr}"
     );
     assert!(
-        stderr.contains("asked debugpy to terminate the step (terminateDebuggee)"),
+        stderr.contains("asked debugpy to end the step (terminate or terminateDebuggee)"),
         "{stderr}"
     );
     assert!(!stderr.contains("the step runs on"), "{stderr}");

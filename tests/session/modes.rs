@@ -260,7 +260,7 @@ fn listen_mode_says_when_the_debugger_terminates_the_step() {
     );
     let log = agent.log();
     assert!(
-        log.contains("asked debugpy to terminate the step (terminateDebuggee)"),
+        log.contains("asked debugpy to end the step (terminate or terminateDebuggee)"),
         "{log}"
     );
     assert!(!log.contains("the step runs on"), "{log}");

@@ -166,6 +166,25 @@ pub fn parse(argv: &[OsString]) -> Result<PythonCommand, NotInjectable> {
     Ok(parsed)
 }
 
+/// What a port's lock record says of a step's command: a Python step's interpreter and
+/// script or module ([`PythonCommand::summary`]), else the program's name and `…` when it
+/// has arguments; never the arguments themselves.
+pub fn command_summary(argv: &[OsString]) -> String {
+    if let Ok(python) = parse(argv) {
+        return python.summary();
+    }
+    let name = argv
+        .first()
+        .and_then(|program| Path::new(program).file_name())
+        .map(lossy)
+        .unwrap_or_default();
+    if argv.len() > 1 {
+        format!("{name} …")
+    } else {
+        name
+    }
+}
+
 /// `NAME=VALUE` as `env` reads it: a non-empty name before the first `=`.
 fn is_env_assignment(word: &OsStr) -> bool {
     let bytes = word.as_bytes();

@@ -375,3 +375,49 @@ fn env_assignments_become_pairs() {
         vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]
     );
 }
+
+/// The lock record names the program and a Python step's script, never arguments or
+/// code: a lock file is readable by every user and outlives the step, and
+/// `--hf-token hf_SECRET` stayed in it.
+#[test]
+fn the_summary_names_the_program_never_its_arguments() {
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["python3", "train.py", "--hf-token", "hf_SECRET"],
+            "python3 train.py",
+        ),
+        (
+            &[
+                "/opt/conda/bin/python",
+                "-u",
+                "-m",
+                "pkg.main",
+                "--key",
+                "hf_SECRET",
+            ],
+            "python -m pkg.main",
+        ),
+        (&["python3", "-c", "token='hf_SECRET'"], "python3 -c …"),
+        (
+            &["env", "HF_TOKEN=hf_SECRET", "python3", "t.py"],
+            "python3 t.py",
+        ),
+        (
+            &[
+                "/usr/bin/torchrun",
+                "--nproc-per-node",
+                "2",
+                "t.py",
+                "hf_SECRET",
+            ],
+            "torchrun …",
+        ),
+        (&["sh"], "sh"),
+        (&[], ""),
+    ];
+    for (words, want) in cases {
+        let got = command_summary(&argv(words));
+        assert_eq!(got, want, "{words:?}");
+        assert!(!got.contains("SECRET"), "{words:?}");
+    }
+}

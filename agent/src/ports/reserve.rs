@@ -98,7 +98,8 @@ pub enum ReserveError {
         busy: Vec<u16>,
         /// Ports whose lock file could not be used, and why.
         unusable: Vec<(u16, String)>,
-        /// Ports below 1024, which this process may not listen on.
+        /// Privileged ports (below `net.ipv4.ip_unprivileged_port_start`, 1024 unless
+        /// changed) this process may not listen on.
         privileged: Vec<u16>,
     },
     /// The node already has `limit` live reservations.
@@ -191,7 +192,7 @@ fn exhausted_detail(
     if !privileged.is_empty() {
         let ports: Vec<String> = privileged.iter().map(u16::to_string).collect();
         parts.push(format!(
-            "{} below 1024, which need privileges this process does not have ({})",
+            "{} privileged, which this process may not listen on ({})",
             privileged.len(),
             named_then_more(&ports)
         ));
@@ -224,7 +225,7 @@ enum Attempt {
     Held(Holder),
     Busy,
     Unusable(String),
-    /// Below 1024, and this process may not listen there.
+    /// A privileged port this process may not listen on.
     Privileged,
 }
 
@@ -283,7 +284,7 @@ fn dir_error(dir: &Path, err: &io::Error) -> ReserveError {
 fn try_port(req: &ReserveRequest<'_>, port: u16) -> Result<Attempt, ReserveError> {
     // A port this process may not listen on is skipped before its lock file is made: it
     // would stay behind (lock files are never deleted) for a port nobody here can use.
-    if port < 1024
+    if port < first_unprivileged_port()
         && bind_probe(SocketAddr::new(req.bind_ip, port)) == Err(nix::errno::Errno::EACCES)
     {
         return Ok(Attempt::Privileged);
@@ -320,8 +321,11 @@ fn try_port(req: &ReserveRequest<'_>, port: u16) -> Result<Attempt, ReserveError
         Ok(()) => {}
         // Dropping `lock` releases it for the next reserver, who will skip it too.
         Err(nix::errno::Errno::EADDRINUSE) => return Ok(Attempt::Busy),
-        // A range that starts below 1024 goes on to the ports this process may use.
-        Err(nix::errno::Errno::EACCES) if port < 1024 => return Ok(Attempt::Privileged),
+        // A range that starts among the privileged ports goes on to the ports this
+        // process may use.
+        Err(nix::errno::Errno::EACCES) if port < first_unprivileged_port() => {
+            return Ok(Attempt::Privileged);
+        }
         Err(errno) => {
             return Err(ReserveError::Probe {
                 addr,
@@ -340,6 +344,15 @@ fn try_port(req: &ReserveRequest<'_>, port: u16) -> Result<Attempt, ReserveError
         path,
         file: lock.file,
     }))
+}
+
+/// The first port any process may listen on (`net.ipv4.ip_unprivileged_port_start`;
+/// 1024 when it cannot be read). Containers often lower it to 0.
+fn first_unprivileged_port() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(1024)
 }
 
 /// Listens on `addr` the way debugpy will (`SO_REUSEADDR`, bind, listen) and closes again,

@@ -159,6 +159,13 @@ fn a_bind_address_not_of_this_machine_names_the_fix_once() {
     let f = fixture(2);
     let mut request = f.request(None, None);
     request.bind_ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let nonlocal_bind = std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind")
+        .is_ok_and(|v| v.trim() == "1");
+    if nonlocal_bind {
+        // This host lets anyone bind any address: there is no error to name.
+        reserve(&request).expect("any address binds here");
+        return;
+    }
     let err = reserve(&request).expect_err("not a local address");
     let text = format!("{:#}", anyhow::Error::from(err));
     assert_eq!(text.matches("os error").count(), 1, "{text}");

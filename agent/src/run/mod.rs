@@ -248,7 +248,7 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
         );
         target.cleanup();
         runtime.block_on(async {
-            let _ = tokio::task::spawn_blocking(|| reap::leftovers(LEFTOVER_TIMEOUT)).await;
+            let _ = tokio::task::spawn_blocking(|| reap::leftovers(LEFTOVER_TIMEOUT, None)).await;
         });
         return Ok(report::signal_exit_code(signal));
     }
@@ -411,12 +411,16 @@ async fn session(
     let watcher = state_dir.map(|dir| Watcher::start(dir, format!("relay:{}/", relay.hc())));
     let ended = reap::wait_step(child, lifeline, stops, STOP_GRACE, options.label).await;
     // A step the kernel holds after SIGKILL was killed on request (a second Ctrl-C, or the
-    // grace ran out): what it left gets SIGKILL at once too, not another wait.
-    let leftover_timeout = match &ended {
-        Ok(reap::Ended { status: None, .. }) => Duration::ZERO,
-        _ => LEFTOVER_TIMEOUT,
+    // grace ran out): what it left gets SIGKILL at once too, and the step itself is not
+    // waited for again.
+    let (leftover_timeout, left_behind) = match &ended {
+        Ok(reap::Ended {
+            status: None, pid, ..
+        }) => (Duration::ZERO, Some(*pid)),
+        _ => (LEFTOVER_TIMEOUT, None),
     };
-    let _ = tokio::task::spawn_blocking(move || reap::leftovers(leftover_timeout)).await;
+    let _ =
+        tokio::task::spawn_blocking(move || reap::leftovers(leftover_timeout, left_behind)).await;
     let followed = watcher.is_some();
     let history = match watcher {
         Some(watcher) => watcher.finish().await,

@@ -23,6 +23,8 @@ const AFTER_KILL: Duration = Duration::from_secs(2);
 pub struct Ended {
     /// `None`: the step had not ended [`AFTER_KILL`] after SIGKILL and was left behind.
     pub status: Option<ExitStatus>,
+    /// The step's PID.
+    pub pid: Pid,
     /// The signal that asked this process to stop (Ctrl-C, SIGTERM, SIGHUP), after
     /// which it stopped the step.
     pub interrupted: Option<Signal>,
@@ -110,6 +112,7 @@ pub async fn wait_step(
         status = &mut waiter => {
             return joined(status).map(|status| Ended {
                 status: Some(status),
+                pid,
                 interrupted: None,
             });
         }
@@ -154,6 +157,7 @@ pub async fn wait_step(
     };
     status.map(|status| Ended {
         status,
+        pid,
         interrupted: Some(signal),
     })
 }
@@ -193,7 +197,9 @@ fn pid_of(child: &Child) -> Pid {
 
 /// Reaps every remaining child (processes the step left behind and the kernel handed to
 /// this process as subreaper) until none is left; kills what remains after `timeout`.
-pub fn leftovers(timeout: Duration) {
+/// `left_behind`: a step the kernel still holds after SIGKILL, which is neither waited
+/// for nor killed again.
+pub fn leftovers(timeout: Duration, left_behind: Option<Pid>) {
     let mut deadline = Instant::now() + timeout;
     let mut killed = false;
     loop {
@@ -205,12 +211,15 @@ pub fn leftovers(timeout: Duration) {
                 return;
             }
             Ok(WaitStatus::StillAlive) => {
+                if left_behind.is_some() && children().iter().all(|&pid| Some(pid) == left_behind) {
+                    return;
+                }
                 if Instant::now() >= deadline {
                     if killed {
                         tracing::warn!("leftover processes survived SIGKILL; leaving them");
                         return;
                     }
-                    kill_children();
+                    kill_children(left_behind);
                     killed = true;
                     // SIGKILL takes effect at once, but the kernel needs a moment.
                     deadline = Instant::now() + AFTER_KILL;
@@ -224,9 +233,9 @@ pub fn leftovers(timeout: Duration) {
     }
 }
 
-/// SIGKILLs every child of this process (found through /proc).
-fn kill_children() {
-    for pid in children() {
+/// SIGKILLs every child of this process (found through /proc) but `spared`.
+fn kill_children(spared: Option<Pid>) {
+    for pid in children().into_iter().filter(|&pid| Some(pid) != spared) {
         tracing::warn!("process {pid} outlived the step; killing it");
         let _ = kill(pid, Signal::SIGKILL);
     }

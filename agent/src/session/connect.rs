@@ -102,7 +102,7 @@ enum AttachEnd {
 /// Why a session ended when the debugger asked debugpy to end the step (VS Code's Stop
 /// on a session it may terminate): the step ends, it does not run on.
 pub(crate) const ENDED_BY_DEBUGGER: &str =
-    "the debugger detached and asked debugpy to terminate the step (terminateDebuggee)";
+    "the debugger detached and asked debugpy to end the step (terminate or terminateDebuggee)";
 
 /// Carries one debugpy connection to the developer, retrying while nobody listens.
 ///

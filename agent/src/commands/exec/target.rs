@@ -199,7 +199,10 @@ fn reserve_port(
         lock_dir: &lock_dir,
         slot_limit: decision.slot_limit,
         bind_ip: debugger_bind_ip(settings, node),
-        record: HolderRecord::for_current_process(detection.role.rank, &record_command(&step.argv)),
+        record: HolderRecord::for_current_process(
+            detection.role.rank,
+            &crate::inject::python_argv::command_summary(&step.argv),
+        ),
     };
     match ports::reserve(&request) {
         Ok(reservation) => Ok(Some(reservation)),
@@ -414,77 +417,6 @@ fn debug_failed(settings: &Settings, why: &str, mode: ProcessMode, mut step: Ste
         FailurePolicy::Fail => {
             tracing::error!("{why}; not running the step (--on-debug-failure fail)");
             EXIT_AGENT_ERROR
-        }
-    }
-}
-
-/// What the port's lock record says of the step: a Python step's interpreter and script
-/// (or module), else the program's name; never the arguments (see
-/// [`PythonCommand::summary`](crate::inject::python_argv::PythonCommand::summary)).
-fn record_command(argv: &[std::ffi::OsString]) -> String {
-    if let Ok(python) = crate::inject::python_argv::parse(argv) {
-        return python.summary();
-    }
-    let program = argv.first().map(std::path::Path::new);
-    let name = program
-        .and_then(std::path::Path::file_name)
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if argv.len() > 1 {
-        format!("{name} …")
-    } else {
-        name
-    }
-}
-
-#[cfg(test)]
-mod record_command_tests {
-    use super::record_command;
-
-    /// The lock record names the program and a Python step's script, never arguments or
-    /// code: a lock file is readable by every user and outlives the step, and
-    /// `--hf-token hf_SECRET` stayed in it.
-    #[test]
-    fn the_record_names_the_program_never_its_arguments() {
-        let cases: [(&[&str], &str); 7] = [
-            (
-                &["python3", "train.py", "--hf-token", "hf_SECRET"],
-                "python3 train.py",
-            ),
-            (
-                &[
-                    "/opt/conda/bin/python",
-                    "-u",
-                    "-m",
-                    "pkg.main",
-                    "--key",
-                    "hf_SECRET",
-                ],
-                "python -m pkg.main",
-            ),
-            (&["python3", "-c", "token='hf_SECRET'"], "python3 -c …"),
-            (
-                &["env", "HF_TOKEN=hf_SECRET", "python3", "t.py"],
-                "python3 t.py",
-            ),
-            (
-                &[
-                    "/usr/bin/torchrun",
-                    "--nproc-per-node",
-                    "2",
-                    "t.py",
-                    "hf_SECRET",
-                ],
-                "torchrun …",
-            ),
-            (&["sh"], "sh"),
-            (&[], ""),
-        ];
-        for (argv, want) in cases {
-            let argv: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
-            let got = record_command(&argv);
-            assert_eq!(got, want, "{argv:?}");
-            assert!(!got.contains("SECRET"), "{argv:?}");
         }
     }
 }
