@@ -420,8 +420,9 @@ fn server_frames(stream: &[u8], size: usize) -> Vec<u8> {
 }
 
 /// The DAP gate between a developer's connection and debugpy: the input (after the
-/// selector) is the developer's stream, carried by [`gate::pump`] to a debuggee that
-/// accepts `configurationDone`, so it is read both while framed and once passed on. Then
+/// selector) is the developer's stream, carried by
+/// [`gate::pump`](crate::session::gate::pump) to a debuggee that accepts
+/// `configurationDone`, so it is read both while framed and once passed on. Then
 /// the gate's parsers alone, the input split where the selector says: framing, the scan
 /// for debugpy's acknowledgement, and the watch for a request that ends the debuggee.
 pub async fn dap_gate(data: &[u8]) {
