@@ -833,3 +833,20 @@ fn as_pid1_signals_from_outside_reach_the_step() {
     }
     assert_eq!(step.finish().code(), Some(0));
 }
+
+/// A command that cannot run, with stderr a pipe nobody reads any more: the supervisor
+/// exits 127 as it says it would. Its one-line reason was written with `eprintln!`, which
+/// panicked on the broken pipe: exit 101.
+#[test]
+fn a_step_that_cannot_run_exits_127_even_with_stderr_gone() {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    let mut cmd = crate::util::agent();
+    cmd.args(["exec", "--supervise", "--", "/nonexistent/amlx-step"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(write));
+    let mut child = cmd.spawn().expect("spawn the agent");
+    let status = wait_bounded(&mut child);
+    assert_eq!(status.code(), Some(127), "{status:?}");
+}

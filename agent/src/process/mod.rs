@@ -147,6 +147,13 @@ pub fn run(mode: ProcessMode, step: &Step) -> i32 {
 
 /// Prints the one-line reason the step could not start and returns its exit code.
 fn report(err: ExecError) -> i32 {
-    eprintln!("amlx-agent: {err} (exit {})", err.exit_code);
+    use std::io::Write as _;
+    // Not eprintln!: with stderr a closed pipe it panics, and a supervisor then exited
+    // 101 instead of the step's 127 or 126.
+    let _ = writeln!(
+        std::io::stderr(),
+        "amlx-agent: {err} (exit {})",
+        err.exit_code
+    );
     err.exit_code
 }

@@ -288,8 +288,15 @@ where
 {
     let ready_within = duties.ready_within();
     let threads = settled_thread_count();
-    if threads != Some(1) {
-        bail!("cannot fork the relay sidecar from a process with {threads:?} threads");
+    match threads {
+        Some(1) => {}
+        Some(threads) => {
+            bail!("cannot fork the relay sidecar from a process with {threads} threads")
+        }
+        None => bail!(
+            "cannot fork the relay sidecar: this process's threads cannot be counted \
+             (/proc/self/task unreadable; out of file descriptors?)"
+        ),
     }
     let (read_end, write_end) =
         nix::unistd::pipe().context("could not create the sidecar readiness pipe")?;
