@@ -376,7 +376,8 @@ fn a_killed_supervisor_leaves_its_step_released_not_held() {
 }
 
 /// Signals a scheduler sends the whole process group (Slurm's `--signal`, Lightning's
-/// requeue: SIGUSR1; timers: SIGALRM; real-time signals) are the step's business: they
+/// requeue: SIGUSR1; timers: SIGALRM; real-time signals; SIGXCPU at a CPU limit) are the
+/// step's business: they
 /// reached the sidecar and keeper too, and their default action ended both without a
 /// word while `status` still said the session waited. Sent here to the two of them
 /// directly (the step would take its own share): the session goes on and ends as usual.
@@ -397,6 +398,12 @@ fn group_signals_meant_for_the_step_leave_the_session_alone() {
             Signal::SIGUSR2,
             Signal::SIGALRM,
             Signal::SIGTSTP,
+            // A CPU limit (LSF, SGE), and fault signals another process sends.
+            Signal::SIGXCPU,
+            Signal::SIGXFSZ,
+            Signal::SIGPWR,
+            Signal::SIGABRT,
+            Signal::SIGTRAP,
         ] {
             nix::sys::signal::kill(pid, signal).expect("signal");
         }

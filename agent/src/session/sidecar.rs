@@ -58,7 +58,13 @@ pub const TERMINATE_GRACE: Duration = Duration::from_secs(1);
 /// default action killed the sidecar and keeper without a word, while `status` went on
 /// saying the session waited for a debugger. Job-control stops would freeze the session
 /// with the step. Real-time signals are added by number in [`ignore_step_signals`].
-const STEP_SIGNALS: [Signal; 13] = [
+///
+/// Also the signals resource limits and batch systems send (SIGXCPU at a CPU limit, which
+/// LSF and SGE send the whole job for it to checkpoint; SIGXFSZ; SIGPWR) and the fault
+/// signals when another process sends them (SIGILL, SIGTRAP, SIGABRT, SIGFPE, SIGSYS,
+/// SIGSTKFLT): a real fault of the sidecar's own is still fatal (the kernel forces the
+/// default action of a fault signal it raises), and so is its own `abort()`.
+const STEP_SIGNALS: [Signal; 22] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
@@ -72,6 +78,15 @@ const STEP_SIGNALS: [Signal; 13] = [
     Signal::SIGTSTP,
     Signal::SIGTTIN,
     Signal::SIGTTOU,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGPWR,
+    Signal::SIGSTKFLT,
+    Signal::SIGILL,
+    Signal::SIGTRAP,
+    Signal::SIGABRT,
+    Signal::SIGFPE,
+    Signal::SIGSYS,
 ];
 
 /// What the sidecar reported before the step starts.
