@@ -850,3 +850,60 @@ fn a_step_that_cannot_run_exits_127_even_with_stderr_gone() {
     let status = wait_bounded(&mut child);
     assert_eq!(status.code(), Some(127), "{status:?}");
 }
+
+/// As PID 1 with `--debug`, a SIGTERM while the debug session is set up (`docker stop`
+/// during the relay check; here a relay that accepts and never answers, so the setup
+/// waits out its bound): it reaches the step once it starts. PID 1 had default handlers
+/// until the supervisor blocked its signals after the setup, so the kernel dropped the
+/// signal and the step ran to its end.
+#[test]
+fn as_pid1_a_sigterm_during_the_debug_setup_reaches_the_step() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let relay = silent.local_addr().expect("address");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .arg(util::agent_bin())
+        .args(["exec", "--debug", "--rank", "0", "--mode", "connect", "--insecure-ws"])
+        .args(["--attach-timeout", "3s", "--lock-dir"])
+        .arg(dir.path().join("locks"))
+        .args(["--", "sh", "-c"])
+        .arg("echo started; i=0; while [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done; echo ran-to-its-end")
+        .env("AMLX_STATE_DIR", dir.path().join("state"))
+        .env(
+            "AMLX_RELAY_CONNECTION_STRING",
+            format!("Endpoint=sb://{relay}/;SharedAccessKeyName=k;SharedAccessKey=a2V5;EntityPath=hc"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AMLX_") && key != "AMLX_STATE_DIR" {
+            cmd.env_remove(key);
+        }
+    }
+    let mut unshare = spawn(&mut cmd);
+    // The agent (PID 1 inside) forks its session's keeper during the setup: once it has
+    // one, the setup is under way and the step not started.
+    let agent = util::wait_for("the agent as PID 1", util::DEADLINE, || {
+        util::children_of(unshare.id()).first().map(|&(pid, _)| pid)
+    });
+    util::wait_for("the debug session's keeper", util::DEADLINE, || {
+        (!util::children_of(agent).is_empty()).then_some(())
+    });
+    let started = std::time::Instant::now();
+    kill(
+        Pid::from_raw(i32::try_from(agent).expect("pid fits")),
+        Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = wait_bounded(&mut unshare);
+    let took = started.elapsed();
+    let mut stdout = String::new();
+    let _ = std::io::Read::read_to_string(&mut unshare.stdout.take().expect("stdout"), &mut stdout);
+    assert!(
+        !stdout.contains("ran-to-its-end"),
+        "the SIGTERM was lost: {stdout}"
+    );
+    assert_eq!(status.code(), Some(143), "{status:?} {stdout}");
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+}

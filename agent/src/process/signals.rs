@@ -81,6 +81,9 @@ fn raised_by(si_code: i32, si_pid: i32, me: i32) -> bool {
     si_code <= libc::SI_USER && si_pid == me
 }
 
+/// The first [`SignalMask::block`] of this process: signals stay blocked from then on.
+static BLOCKED: std::sync::OnceLock<SignalMask> = std::sync::OnceLock::new();
+
 /// Proof that the supervisor's signals are blocked, and the state to restore in the step.
 ///
 /// Create it on the main thread before any other thread exists (see the module docs of
@@ -107,6 +110,32 @@ impl SignalMask {
     /// ignores those two, and makes SIGCHLD reportable. Call it before any other thread
     /// exists.
     pub fn block() -> nix::Result<SignalMask> {
+        // Blocked already (a supervisor that blocks before its debug session's setup, so
+        // that a signal meanwhile waits for the step instead of being lost): the record
+        // of the first block holds what the agent received; a second would see our own
+        // changes (SIGTTIN ignored) as the agent's.
+        if let Some(blocked) = BLOCKED.get() {
+            return Ok(*blocked);
+        }
+        let blocked = Self::block_now()?;
+        Ok(*BLOCKED.get_or_init(|| blocked))
+    }
+
+    /// The signal state helpers forked while the supervisor's signals are blocked (the
+    /// debug session's keeper and sidecar) restore for themselves: the agent's mask and
+    /// its SIGCHLD, SIGTTIN and SIGTTOU dispositions. A no-op when nothing was blocked.
+    /// SIGPIPE stays as Rust's runtime set it (ignored): helpers write to sockets.
+    pub fn restore_in_helper() {
+        let Some(blocked) = BLOCKED.get() else {
+            return;
+        };
+        let _ = set_ignored(Signal::SIGCHLD, blocked.sigchld_ignored);
+        let _ = set_ignored(Signal::SIGTTIN, blocked.ttin_ignored);
+        let _ = set_ignored(Signal::SIGTTOU, blocked.ttou_ignored);
+        let _ = blocked.original.thread_set_mask();
+    }
+
+    fn block_now() -> nix::Result<SignalMask> {
         // sigfillset: every signal, minus the C library's internal ones.
         let mut waited = SigSet::all();
         for signal in IGNORED_BY_SUPERVISOR

@@ -329,6 +329,9 @@ where
     let fork = unsafe { nix::unistd::fork() }.context("could not fork the relay sidecar")?;
     match fork {
         ForkResult::Child => {
+            // A supervisor blocks its signals before the session's setup: the keeper and
+            // sidecar take back the agent's own.
+            crate::process::SignalMask::restore_in_helper();
             drop(read_end);
             drop(lifeline_write);
             drop(gone_read);

@@ -33,6 +33,13 @@ pub fn run(
     mut step: Step,
     token_ttl: Option<std::time::Duration>,
 ) -> i32 {
+    if mode == ProcessMode::Supervise {
+        // Before the setup (up to the readiness bound): as PID 1 with default handlers, a
+        // SIGTERM meanwhile (`docker stop`) was discarded by the kernel and the step ran to
+        // its end; blocked, it waits and reaches the step once it starts. Failing here is
+        // left to the supervisor's own block, as before.
+        let _ = crate::process::SignalMask::block();
+    }
     let node = netinfo::discover(settings.node_ip);
     if let Some(ip) = node.ip {
         step.env.push(env_pair("AMLX_NODE_IP", &ip.to_string()));
