@@ -641,3 +641,63 @@ fn a_python_2_step_runs_as_it_is() {
         );
     }
 }
+
+/// A debug target whose own command line fits the kernel's limit but not with the
+/// debugger's bootstrap added (~9 KB of environment): the step runs without a debugger
+/// and the log says why. It failed to start ("Argument list too long", exit 126). The
+/// limit is made small (a quarter of a 512 KiB stack limit: 128 KiB) so a 125,000-byte
+/// argument sits between the two.
+#[test]
+fn a_command_line_the_bootstrap_pushes_past_arg_max_runs_without_a_debugger() {
+    use crate::session::harness::{SESSION_DEADLINE, port_range};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let python3 = dir.path().join("python3");
+    fs::write(&python3, "#!/bin/sh\necho \"ran with $# args\"\n").expect("write");
+    fs::set_permissions(&python3, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let big = "x".repeat(125_000);
+    for mode in ["--replace", "--supervise"] {
+        let (_, _, range) = port_range(4);
+        let mut cmd = Command::new(util::agent_bin());
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("AMLX_LOCK_DIR", dir.path().join("locks"))
+            .env("AMLX_STATE_DIR", dir.path().join("state"))
+            .args([
+                "exec",
+                mode,
+                "--debug",
+                "--mode",
+                "direct",
+                "--node-ip",
+                "127.0.0.1",
+            ])
+            .args(["--attach-timeout", "1s", "--port-range", &range, "--"])
+            .arg(&python3)
+            .args(["step.py", &big]);
+        // SAFETY: between fork and exec only setrlimit, which is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let limit = 512 << 10;
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_STACK,
+                    limit,
+                    limit,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+        let out = util::output_within(&mut cmd, SESSION_DEADLINE);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{mode}: {stderr}");
+        assert_eq!(
+            text(&out.stdout).trim(),
+            "ran with 2 args",
+            "{mode}: {stderr}"
+        );
+        assert!(
+            stderr.contains("too long for the kernel (E2BIG"),
+            "{mode}: {stderr}"
+        );
+    }
+}

@@ -73,6 +73,8 @@ pub struct ExecError {
     pub exit_code: i32,
     /// One line: "cannot run 'foo': command not found".
     pub message: String,
+    /// The kernel refused the command line and environment as too long (E2BIG).
+    pub too_long: bool,
 }
 
 /// A command line for logs and records: the words joined by spaces (lossy UTF-8).
@@ -125,8 +127,30 @@ pub fn default_mode() -> ProcessMode {
 /// the step's exit code (128+N when it died of signal N). Failures to start the step are
 /// reported as one line on stderr and returned as 127 / 126.
 pub fn run(mode: ProcessMode, step: &Step) -> i32 {
+    run_or(mode, step, None)
+}
+
+/// [`run`], falling back to `plain` when the kernel refuses `step` as too long (E2BIG)
+/// and `plain` is given: a debug target's injected command line and environment (the
+/// bootstrap is ~9 KB) can pass ARG_MAX where the step's own fit, and debugging must
+/// not keep the step from running.
+pub fn run_or(mode: ProcessMode, step: &Step, plain: Option<&Step>) -> i32 {
+    let fallback = |err: &ExecError| {
+        let plain = plain.filter(|_| err.too_long)?;
+        tracing::warn!(
+            "the debugger's bootstrap makes the step's command line and environment too \
+             long for the kernel (E2BIG, near ARG_MAX); running the step without a debugger"
+        );
+        Some(plain)
+    };
     match mode {
-        ProcessMode::Replace => report(replace::exec(step)),
+        ProcessMode::Replace => {
+            let err = replace::exec(step);
+            match fallback(&err) {
+                Some(plain) => report(replace::exec(plain)),
+                None => report(err),
+            }
+        }
         ProcessMode::Supervise => {
             let signals = match SignalMask::block() {
                 Ok(signals) => signals,
@@ -137,7 +161,14 @@ pub fn run(mode: ProcessMode, step: &Step) -> i32 {
                     return report(replace::exec(step));
                 }
             };
-            match Supervisor::spawn(step, signals) {
+            let spawned = match Supervisor::spawn(step, signals) {
+                Err(err) => match fallback(&err) {
+                    Some(plain) => Supervisor::spawn(plain, signals),
+                    None => Err(err),
+                },
+                spawned => spawned,
+            };
+            match spawned {
                 Ok(supervisor) => supervisor.wait().code(),
                 Err(err) => report(err),
             }

@@ -156,13 +156,17 @@ fn classify(name: &OsStr, program: &Path, err: &io::Error) -> ExecError {
         Some(Errno::ENOEXEC) => (EXIT_NOT_EXECUTABLE, "exec format error".to_owned()),
         _ => (EXIT_NOT_EXECUTABLE, err.to_string()),
     };
-    exec_error(name, code, &reason)
+    ExecError {
+        too_long: errno == Some(Errno::E2BIG),
+        ..exec_error(name, code, &reason)
+    }
 }
 
 fn exec_error(name: &OsStr, exit_code: i32, reason: &str) -> ExecError {
     ExecError {
         exit_code,
         message: format!("cannot run '{}': {reason}", name.to_string_lossy()),
+        too_long: false,
     }
 }
 

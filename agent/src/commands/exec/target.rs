@@ -166,6 +166,9 @@ pub fn run(
     } else {
         StepKind::Other
     };
+    // The step as given, with the session's lifeline: what runs if the kernel refuses the
+    // injected command line as too long.
+    let plain = injected.is_some().then(|| step.clone());
     if let Some(injected) = injected {
         step.argv = injected.argv;
         step.env.extend(injected.env);
@@ -182,7 +185,7 @@ pub fn run(
         "AMLX_DEBUG_MODE",
         &settings.session.mode.to_string(),
     ));
-    let code = process::run(mode, &step);
+    let code = process::run_or(mode, &step, plain.as_ref());
     drop(report_write);
     // Supervise mode (or a failed execve): the session ends with the step.
     sidecar.terminate();
