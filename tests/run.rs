@@ -346,6 +346,29 @@ fn a_stop_signal_while_the_target_is_prepared_stops_what_it_ran() {
     }
 }
 
+/// `run` of a step that ignores SIGTERM and sleeps, once it said `step-<word>` (its own
+/// line, not the command's echo in run's banner, which names it in pieces): the
+/// project and state folders (kept until the caller is done) and the run.
+fn run_a_step_ignoring_sigterm(word: &str) -> (tempfile::TempDir, tempfile::TempDir, Running) {
+    let (dir, project) = project();
+    let state = tempfile::tempdir().expect("tempdir");
+    let marker = new_marker();
+    let mut cmd = run_in(&project, state.path(), &marker);
+    cmd.args(["--attach-timeout", "1s", "--", "python3", "-c"])
+        .arg(format!(
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); \
+         print('step-' + '{word}', flush=True); time.sleep(600)"
+        ));
+    let run = Running::start(&mut cmd, marker);
+    util::wait_for("the step to ignore SIGTERM", SESSION_DEADLINE, || {
+        run.output
+            .stdout()
+            .contains(&format!("step-{word}"))
+            .then_some(())
+    });
+    (dir, state, run)
+}
+
 /// A step that ignores the SIGTERM a Ctrl-C sends it: a second Ctrl-C kills it at once
 /// instead of leaving the user to wait out the grace in silence (the first line says
 /// both), and the closing line tells the step's own end from what `run` exits with. A
@@ -355,27 +378,7 @@ fn a_second_ctrl_c_kills_a_step_that_ignores_the_first() {
     use nix::sys::signal::Signal;
     // (the signal sent twice, whether the second kills at once, run's exit code)
     for (signal, at_once, code) in [(Signal::SIGINT, true, 130), (Signal::SIGHUP, false, 129)] {
-        let (_dir, project) = project();
-        let state = tempfile::tempdir().expect("tempdir");
-        let marker = new_marker();
-        let mut cmd = run_in(&project, state.path(), &marker);
-        cmd.args([
-            "--attach-timeout",
-            "1s",
-            "--",
-            "python3",
-            "-c",
-            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); \
-             print('step-' + 'ignores-term', flush=True); time.sleep(600)",
-        ]);
-        let run = Running::start(&mut cmd, marker.clone());
-        // Its own line, not the command's echo in run's banner (which names it in pieces).
-        util::wait_for("the step to ignore SIGTERM", SESSION_DEADLINE, || {
-            run.output
-                .stdout()
-                .contains("step-ignores-term")
-                .then_some(())
-        });
+        let (_project, _state, run) = run_a_step_ignoring_sigterm("ignores-term");
         let pid = nix::unistd::Pid::from_raw(i32::try_from(run.child.id()).expect("pid fits"));
         nix::sys::signal::kill(pid, signal).expect("first signal");
         util::wait_for("run to stop the step", SESSION_DEADLINE, || {
@@ -422,26 +425,7 @@ fn a_second_ctrl_c_kills_a_step_that_ignores_the_first() {
 #[test]
 fn a_step_that_survives_sigkill_is_left_behind_within_a_bound() {
     use nix::sys::signal::Signal;
-    let (_dir, project) = project();
-    let state = tempfile::tempdir().expect("tempdir");
-    let marker = new_marker();
-    let mut cmd = run_in(&project, state.path(), &marker);
-    cmd.args([
-        "--attach-timeout",
-        "1s",
-        "--",
-        "python3",
-        "-c",
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); \
-         print('step-' + 'held-by-a-tracer', flush=True); time.sleep(600)",
-    ]);
-    let run = Running::start(&mut cmd, marker.clone());
-    util::wait_for("the step to start", SESSION_DEADLINE, || {
-        run.output
-            .stdout()
-            .contains("step-held-by-a-tracer")
-            .then_some(())
-    });
+    let (_project, _state, run) = run_a_step_ignoring_sigterm("held-by-a-tracer");
     let step = util::children_of(run.child.id())
         .into_iter()
         .map(|(pid, _)| pid)

@@ -2,19 +2,20 @@
 //! the developer's side behind `relay listen`; an unchanged step runs under
 //! `amlx-agent exec --debug` through `relay serve`; the breakpoint hits.
 
-use super::harness::{Attach, BREAKPOINT_LINE, ListeningDeveloper, VARIABLE, step_py};
+use super::harness::{Attach, BREAKPOINT_LINE, ListeningDeveloper, Outcome, VARIABLE, step_py};
 use crate::util;
 
-#[test]
-fn a_breakpoint_hits_through_the_relay_and_the_step_exits_0() {
+/// VS Code listening (its attach config from `attach`) behind `relay listen`, and step.py
+/// under `exec --debug` through `relay serve`: the agent's output, the DAP session's
+/// outcome (asserted to have succeeded) and the debug port.
+fn debug_step_py(attach: impl FnOnce(u16) -> Attach) -> (std::process::Output, Outcome, u16) {
     let locks = tempfile::tempdir().expect("tempdir");
     let ListeningDeveloper {
         side: developer,
         client,
         debug_port,
         range,
-    } = ListeningDeveloper::start("debug", 4, Attach::listen);
-
+    } = ListeningDeveloper::start("debug", 4, attach);
     let out = util::output_within(
         developer
             .agent(locks.path())
@@ -23,11 +24,18 @@ fn a_breakpoint_hits_through_the_relay_and_the_step_exits_0() {
         super::harness::SESSION_DEADLINE,
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let outcome = &client.finish(1)[0];
+    let outcome = client.finish(1).remove(0);
     assert!(
         outcome.ok,
         "the DAP session failed: {outcome:?}\nagent:\n{stderr}"
     );
+    (out, outcome, debug_port)
+}
+
+#[test]
+fn a_breakpoint_hits_through_the_relay_and_the_step_exits_0() {
+    let (out, outcome, debug_port) = debug_step_py(Attach::listen);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(outcome.line, Some(BREAKPOINT_LINE), "stopped elsewhere");
     assert_eq!(
         outcome.value.as_deref(),
@@ -56,27 +64,8 @@ fn a_breakpoint_hits_through_the_relay_and_the_step_exits_0() {
 /// after `configurationDone`.
 #[test]
 fn a_debugger_that_terminates_the_step_is_not_logged_as_detaching() {
-    let locks = tempfile::tempdir().expect("tempdir");
-    let ListeningDeveloper {
-        side: developer,
-        client,
-        range,
-        ..
-    } = ListeningDeveloper::start("debug", 4, |port| Attach::listen(port).terminate());
-
-    let out = util::output_within(
-        developer
-            .agent(locks.path())
-            .args(["exec", "--debug", "--port-range", &range, "--", "python3"])
-            .arg(step_py()),
-        super::harness::SESSION_DEADLINE,
-    );
+    let (out, _, _) = debug_step_py(|port| Attach::listen(port).terminate());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let outcome = &client.finish(1)[0];
-    assert!(
-        outcome.ok,
-        "the DAP session failed: {outcome:?}\nagent:\n{stderr}"
-    );
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("done total"),
         "the step ran to its end after the debugger terminated it:\n{stderr}"

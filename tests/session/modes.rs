@@ -66,19 +66,21 @@ fn wait_debugpy_listening(port: u16) {
     );
 }
 
+/// A listen-mode step held at its start (attach timeout 60 s) behind a fresh relay, once
+/// debugpy listens: the developer's side, the agent and the debug port.
+fn held_listen_step(locks: &Path) -> (DeveloperSide, Running, u16) {
+    let developer = DeveloperSide::relay_only("debug");
+    let (debug_port, _, range) = port_range(4);
+    let agent = Running::spawn(&mut waiting_listen_step(&developer, locks, "60s", &range));
+    agent.wait_stderr("debug session waiting-for-debugger");
+    wait_debugpy_listening(debug_port);
+    (developer, agent, debug_port)
+}
+
 #[test]
 fn listen_mode_holds_the_step_until_the_developer_attaches_through_relay_connect() {
     let locks = tempfile::tempdir().expect("tempdir");
-    let developer = DeveloperSide::relay_only("debug");
-    let (debug_port, _, range) = port_range(4);
-    let mut agent = Running::spawn(&mut waiting_listen_step(
-        &developer,
-        locks.path(),
-        "60s",
-        &range,
-    ));
-    agent.wait_stderr("debug session waiting-for-debugger");
-    wait_debugpy_listening(debug_port);
+    let (developer, mut agent, debug_port) = held_listen_step(locks.path());
     // The step waits at startup: running, and none of its output yet.
     assert!(
         agent.child.try_wait().expect("try_wait").is_none(),
@@ -237,16 +239,7 @@ fn listen_mode_takes_a_debugger_that_comes_after_the_attach_timeout() {
 #[test]
 fn listen_mode_says_when_the_debugger_terminates_the_step() {
     let locks = tempfile::tempdir().expect("tempdir");
-    let developer = DeveloperSide::relay_only("debug");
-    let (debug_port, _, range) = port_range(4);
-    let mut agent = Running::spawn(&mut waiting_listen_step(
-        &developer,
-        locks.path(),
-        "60s",
-        &range,
-    ));
-    agent.wait_stderr("debug session waiting-for-debugger");
-    wait_debugpy_listening(debug_port);
+    let (developer, mut agent, debug_port) = held_listen_step(locks.path());
     let (_connect, bound) = developer
         .relay
         .connect(&developer.connection_string(), &debug_port.to_string());
