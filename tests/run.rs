@@ -369,6 +369,23 @@ fn run_a_step_ignoring_sigterm(word: &str) -> (tempfile::TempDir, tempfile::Temp
     (dir, state, run)
 }
 
+/// Sends `run` `signal`, waits until it says it is stopping the step, sends it again:
+/// run's exit code, everything it printed, and how long it took after the second.
+fn stop_twice(run: Running, signal: nix::sys::signal::Signal) -> (i32, String, Duration) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(run.child.id()).expect("pid fits"));
+    nix::sys::signal::kill(pid, signal).expect("first signal");
+    util::wait_for("run to stop the step", SESSION_DEADLINE, || {
+        run.output
+            .stdout()
+            .contains("again to kill it now")
+            .then_some(())
+    });
+    let second = std::time::Instant::now();
+    nix::sys::signal::kill(pid, signal).expect("second signal");
+    let (exit, all) = run.finish();
+    (exit, all, second.elapsed())
+}
+
 /// A step that ignores the SIGTERM a Ctrl-C sends it: a second Ctrl-C kills it at once
 /// instead of leaving the user to wait out the grace in silence (the first line says
 /// both), and the closing line tells the step's own end from what `run` exits with. A
@@ -379,18 +396,7 @@ fn a_second_ctrl_c_kills_a_step_that_ignores_the_first() {
     // (the signal sent twice, whether the second kills at once, run's exit code)
     for (signal, at_once, code) in [(Signal::SIGINT, true, 130), (Signal::SIGHUP, false, 129)] {
         let (_project, _state, run) = run_a_step_ignoring_sigterm("ignores-term");
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(run.child.id()).expect("pid fits"));
-        nix::sys::signal::kill(pid, signal).expect("first signal");
-        util::wait_for("run to stop the step", SESSION_DEADLINE, || {
-            run.output
-                .stdout()
-                .contains("again to kill it now")
-                .then_some(())
-        });
-        let second = std::time::Instant::now();
-        nix::sys::signal::kill(pid, signal).expect("second signal");
-        let (exit, all) = run.finish();
-        let took = second.elapsed();
+        let (exit, all, took) = stop_twice(run, signal);
         assert_eq!(exit, code, "{signal}: {all}");
         assert_eq!(
             all.contains("again: killing the step now"),
@@ -437,18 +443,7 @@ fn a_step_that_survives_sigkill_is_left_behind_within_a_bound() {
         "trace the step (this test needs ptrace of a process of the same user: Yama's \
          ptrace_scope 0 or 1, or CAP_SYS_PTRACE)",
     );
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(run.child.id()).expect("pid fits"));
-    nix::sys::signal::kill(pid, Signal::SIGINT).expect("first Ctrl-C");
-    util::wait_for("run to stop the step", SESSION_DEADLINE, || {
-        run.output
-            .stdout()
-            .contains("again to kill it now")
-            .then_some(())
-    });
-    let second = std::time::Instant::now();
-    nix::sys::signal::kill(pid, Signal::SIGINT).expect("second Ctrl-C");
-    let (exit, all) = run.finish();
-    let took = second.elapsed();
+    let (exit, all, took) = stop_twice(run, Signal::SIGINT);
     // Release the step: collect its exit as its tracer; its parent (gone) is init's now.
     let _ = nix::sys::wait::waitpid(step, Some(nix::sys::wait::WaitPidFlag::__WALL));
     assert_eq!(exit, 130, "{all}");
