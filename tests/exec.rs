@@ -701,3 +701,38 @@ fn a_command_line_the_bootstrap_pushes_past_arg_max_runs_without_a_debugger() {
         );
     }
 }
+
+/// A debug target whose program cannot be found: 127 and the reason, with no port
+/// reserved, no sidecar and no "debug port" announced for a step that never starts.
+#[test]
+fn a_debug_target_that_cannot_start_sets_up_no_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let locks = dir.path().join("locks");
+    for program in ["/nonexistent/amlx-step", "no-such-command-amlx"] {
+        let mut cmd = util::agent();
+        cmd.env("AMLX_STATE_DIR", dir.path().join("state"))
+            .args([
+                "exec",
+                "--debug",
+                "--mode",
+                "direct",
+                "--node-ip",
+                "127.0.0.1",
+            ])
+            .arg("--lock-dir")
+            .arg(&locks)
+            .args(["--", program]);
+        let out = output_bounded(&mut cmd);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(127), "{program}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot run '{program}'")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("debug port"), "{program}: {stderr}");
+    }
+    assert!(
+        !locks.exists() || fs::read_dir(&locks).expect("read").next().is_none(),
+        "a port was reserved"
+    );
+}

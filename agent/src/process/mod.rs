@@ -123,6 +123,11 @@ pub fn default_mode() -> ProcessMode {
     }
 }
 
+/// Whether the step's program can be found and run (a `PATH` lookup, no exec).
+pub fn findable(step: &Step) -> bool {
+    program::findable(step)
+}
+
 /// Runs the step. Replace mode returns only when `execve` failed; supervise mode returns
 /// the step's exit code (128+N when it died of signal N). Failures to start the step are
 /// reported as one line on stderr and returned as 127 / 126.

@@ -25,6 +25,15 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Runs files the kernel refuses with `ENOEXEC` (no `#!`), as `execvp` and shells do.
 const FALLBACK_SHELL: &str = "/bin/sh";
 
+/// Whether the step's program can be found and run at all (`PATH` lookup, as
+/// [`launch`] does): a debug session for a step that cannot start is set up for nothing.
+pub(super) fn findable(step: &Step) -> bool {
+    step.argv.first().is_some_and(|name| {
+        // A name with a slash is taken as given, found or not.
+        find(name, step_path(step).as_deref()).is_ok_and(|program| program.exists())
+    })
+}
+
 /// Resolves the step's program and hands a ready [`Command`] to `attempt` (which execs or
 /// spawns it). A file without `#!` that the kernel refuses is retried through `/bin/sh`.
 pub(super) fn launch<T>(

@@ -40,6 +40,11 @@ pub fn run(
         // left to the supervisor's own block, as before.
         let _ = crate::process::SignalMask::block();
     }
+    if !process::findable(&step) {
+        // No port, sidecar or announcement for a step that cannot start: its 127 or 126
+        // and the reason come from running it.
+        return process::run(mode, &step);
+    }
     let node = netinfo::discover(settings.node_ip);
     if let Some(ip) = node.ip {
         step.env.push(env_pair("AMLX_NODE_IP", &ip.to_string()));
