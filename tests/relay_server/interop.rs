@@ -13,19 +13,23 @@ async fn microsofts_hyco_ws_listener_and_sender_talk_through_the_relay() {
         "hyco-ws is not installed: run `npm ci` in {} (tests/run.sh does)",
         dir.display()
     );
-    let run = tokio::process::Command::new("node")
-        .arg("hyco_ws_roundtrip.js")
+    // std's Command on a thread of its own, bounded and killed at its deadline, while the
+    // in-process relay runs on: tokio's process support would install a SIGCHLD handler
+    // in the whole test binary for good, and every child's exit would then interrupt the
+    // socket reads with a timeout of the tests running next to it (EINTR, which such
+    // reads never restart).
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg("hyco_ws_roundtrip.js")
         .current_dir(&dir)
         .env("RELAY_BASE", format!("ws://{}", relay.addr))
         .env("HC_PATH", "hyco")
         .env("RELAY_KEY_NAME", ROOT)
-        .env("RELAY_KEY", KEY)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("node script finished in time")
-        .expect("node runs");
+        .env("RELAY_KEY", KEY);
+    let out = tokio::task::spawn_blocking(move || {
+        crate::util::output_within(&mut cmd, Duration::from_secs(60))
+    })
+    .await
+    .expect("the node script's waiter");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
