@@ -254,8 +254,10 @@ pub fn reserve(req: &ReserveRequest<'_>) -> Result<Reservation, ReserveError> {
     };
     let (mut holders, mut busy, mut unusable, mut privileged) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Read once per reservation, not per port tried.
+    let unprivileged = first_unprivileged_port();
     for port in req.range.scan_order(req.preferred) {
-        match try_port(req, port)? {
+        match try_port(req, port, unprivileged)? {
             Attempt::Reserved(reservation) => return Ok(reservation),
             Attempt::Held(holder) => holders.push(holder),
             Attempt::Busy => busy.push(port),
@@ -280,11 +282,17 @@ fn dir_error(dir: &Path, err: &io::Error) -> ReserveError {
     })
 }
 
-/// Locks `port`'s file, probes the port, and writes our record when both succeed.
-fn try_port(req: &ReserveRequest<'_>, port: u16) -> Result<Attempt, ReserveError> {
+/// Locks `port`'s file, probes the port, and writes our record when both succeed. Ports
+/// below `unprivileged` ([`first_unprivileged_port`]) may need privileges this process
+/// lacks.
+fn try_port(
+    req: &ReserveRequest<'_>,
+    port: u16,
+    unprivileged: u16,
+) -> Result<Attempt, ReserveError> {
     // A port this process may not listen on is skipped before its lock file is made: it
     // would stay behind (lock files are never deleted) for a port nobody here can use.
-    if port < first_unprivileged_port()
+    if port < unprivileged
         && bind_probe(SocketAddr::new(req.bind_ip, port)) == Err(nix::errno::Errno::EACCES)
     {
         return Ok(Attempt::Privileged);
@@ -323,7 +331,7 @@ fn try_port(req: &ReserveRequest<'_>, port: u16) -> Result<Attempt, ReserveError
         Err(nix::errno::Errno::EADDRINUSE) => return Ok(Attempt::Busy),
         // A range that starts among the privileged ports goes on to the ports this
         // process may use.
-        Err(nix::errno::Errno::EACCES) if port < first_unprivileged_port() => {
+        Err(nix::errno::Errno::EACCES) if port < unprivileged => {
             return Ok(Attempt::Privileged);
         }
         Err(errno) => {
