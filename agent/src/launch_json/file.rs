@@ -114,8 +114,13 @@ fn write_observed(
         }
         let backup = backup_path(path);
         // The backup as the file was: the same mode and owner.
-        replace_file_if(&backup, &old, Some(read.clone()), Some(Version::Any))
-            .with_context(|| format!("could not write the backup {}", backup.display()))?;
+        atomic_file::replace(
+            &backup,
+            old.as_bytes(),
+            Permissions::Keep(read.clone()),
+            Durability::Synced,
+        )
+        .with_context(|| format!("could not write the backup {}", backup.display()))?;
         let version = Version::of(&read);
         if replace_file_if(path, &text, Some(read), Some(version))? {
             return Ok(WriteOutcome::Updated { backup });
@@ -154,23 +159,18 @@ fn settle_left_of(path: &Path) -> Option<Duration> {
 /// One version of a file on disk: a write in place changes its size or its times, a
 /// replacement its inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Version {
-    /// Whatever is there, or nothing.
-    Any,
-    /// Exactly this file, unchanged.
-    Of {
-        dev: u64,
-        ino: u64,
-        size: u64,
-        modified: (i64, i64),
-        changed: (i64, i64),
-    },
+struct Version {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
 }
 
 impl Version {
     fn of(meta: &std::fs::Metadata) -> Version {
         use std::os::unix::fs::MetadataExt as _;
-        Version::Of {
+        Version {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.size(),
@@ -186,10 +186,7 @@ impl Version {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
             Err(err) => return Err(err),
         };
-        Ok(match expected {
-            Some(Version::Any) => true,
-            expected => now == expected,
-        })
+        Ok(now == expected)
     }
 }
 
