@@ -126,13 +126,10 @@ impl SignalMask {
     /// its SIGCHLD, SIGTTIN and SIGTTOU dispositions. A no-op when nothing was blocked.
     /// SIGPIPE stays as Rust's runtime set it (ignored): helpers write to sockets.
     pub fn restore_in_helper() {
-        let Some(blocked) = BLOCKED.get() else {
-            return;
-        };
-        let _ = set_ignored(Signal::SIGCHLD, blocked.sigchld_ignored);
-        let _ = set_ignored(Signal::SIGTTIN, blocked.ttin_ignored);
-        let _ = set_ignored(Signal::SIGTTOU, blocked.ttou_ignored);
-        let _ = blocked.original.thread_set_mask();
+        if let Some(blocked) = BLOCKED.get() {
+            // Nothing to report to from a just-forked helper: it goes on regardless.
+            let _ = blocked.restore(false);
+        }
     }
 
     fn block_now() -> nix::Result<SignalMask> {
@@ -212,10 +209,16 @@ impl SignalMask {
     /// Runs after std has reset SIGPIPE to the default, and after `tcsetpgrp` (which
     /// needs SIGTTOU still ignored).
     pub(super) fn restore_in_child(&self) -> io::Result<()> {
+        Ok(self.restore(true)?)
+    }
+
+    /// The agent's SIGCHLD, SIGTTIN and SIGTTOU dispositions, SIGPIPE's too when `sigpipe`
+    /// (and recorded), then its mask. Only `sigaction` and `pthread_sigmask`.
+    fn restore(&self, sigpipe: bool) -> nix::Result<()> {
         set_ignored(Signal::SIGCHLD, self.sigchld_ignored)?;
         set_ignored(Signal::SIGTTIN, self.ttin_ignored)?;
         set_ignored(Signal::SIGTTOU, self.ttou_ignored)?;
-        if let Some(ignored) = self.sigpipe_ignored {
+        if let Some(ignored) = self.sigpipe_ignored.filter(|_| sigpipe) {
             set_ignored(Signal::SIGPIPE, ignored)?;
         }
         self.original.thread_set_mask()?;
