@@ -120,11 +120,9 @@ pub fn open_shared_read_only(path: &Path, what: &str) -> io::Result<File> {
         .read(true)
         .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
         .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(nix::libc::ELOOP) => {
-                io::Error::other(format!("a symbolic link, not {what}; remove it"))
-            }
-            _ => e,
+        .map_err(|e| match refused_as(&e) {
+            Some(kind) => io::Error::other(format!("{kind}, not {what}; remove it")),
+            None => e,
         })?;
     let kind = file.metadata()?.file_type();
     if !kind.is_file() {
@@ -140,15 +138,23 @@ pub fn open_shared_read_only(path: &Path, what: &str) -> io::Result<File> {
 /// directory) says so and how to fix it, as any other thing that is not a plain lock file
 /// does; other errors are returned as they are.
 fn named_refusal(path: &Path, err: io::Error) -> io::Error {
-    let what = match err.raw_os_error() {
-        Some(nix::libc::ELOOP) => "a symbolic link",
-        Some(nix::libc::EISDIR) => "a directory",
-        _ => return err,
-    };
-    io::Error::other(format!(
-        "{} is not a plain lock file ({what}); remove it",
-        path.display()
-    ))
+    match refused_as(&err) {
+        Some(what) => io::Error::other(format!(
+            "{} is not a plain lock file ({what}); remove it",
+            path.display()
+        )),
+        None => err,
+    }
+}
+
+/// What an open's error says is at the path, when it refused because of that: a link
+/// (O_NOFOLLOW) or a directory (opened for writing).
+fn refused_as(err: &io::Error) -> Option<&'static str> {
+    match err.raw_os_error() {
+        Some(nix::libc::ELOOP) => Some("a symbolic link"),
+        Some(nix::libc::EISDIR) => Some("a directory"),
+        _ => None,
+    }
 }
 
 /// What a file is, in words, for messages.
