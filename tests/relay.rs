@@ -6,4 +6,5 @@ pub mod harness;
 mod interop;
 mod liveness;
 mod reconnect;
+mod spares;
 mod tunnels;

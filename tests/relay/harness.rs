@@ -283,8 +283,19 @@ impl Relay {
 
     /// `relay connect` bound to a free port; returns it with its bound address.
     pub fn connect(&self, connection_string: &str, port_name: &str) -> (Proc, SocketAddr) {
+        self.connect_with(connection_string, port_name, &[])
+    }
+
+    /// [`Relay::connect`] with more arguments.
+    pub fn connect_with(
+        &self,
+        connection_string: &str,
+        port_name: &str,
+        args: &[&str],
+    ) -> (Proc, SocketAddr) {
         let mut cmd = self.client_cmd("connect", connection_string);
-        cmd.args(["--bind", "127.0.0.1:0", "--port-name", port_name]);
+        cmd.args(["--bind", "127.0.0.1:0", "--port-name", port_name])
+            .args(args);
         let p = Proc::spawn(cmd);
         let line = p
             .stderr

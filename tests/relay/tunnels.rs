@@ -77,7 +77,7 @@ fn two_hundred_concurrent_tunnels() {
 }
 
 /// `GET /$status` from a running `relay serve`.
-fn relay_status(addr: std::net::SocketAddr) -> Option<serde_json::Value> {
+pub(super) fn relay_status(addr: std::net::SocketAddr) -> Option<serde_json::Value> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(DEADLINE)).ok()?;
     stream

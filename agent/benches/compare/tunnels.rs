@@ -46,6 +46,9 @@ pub struct Tunnel {
     pub parts: Vec<Part>,
     pub iperf: SocketAddr,
     pub echo: SocketAddr,
+    /// amlx-agent only: a `relay connect --spare-tunnels 1` for the echo service and its
+    /// entry address, kept out of `parts` (it is idle in every figure but 6).
+    pub echo_spare: Option<(Proc, SocketAddr)>,
     /// Holds config files and keys until the processes are gone (dropped after `parts`).
     _dir: tempfile::TempDir,
 }
@@ -208,6 +211,20 @@ pub fn agent(agent: &Path, to: Targets, tls: bool, max_tunnels: usize) -> anyhow
             proc,
         });
     }
+    // The same service once more, through a connect that keeps a spare tunnel (figure 6).
+    let mut spare = Proc::spawn(
+        "relay connect",
+        relay.client(&[
+            "connect",
+            "--bind",
+            "127.0.0.1:0",
+            "--port-name",
+            "echo",
+            "--spare-tunnels",
+            "1",
+        ]),
+    )?;
+    let spare_entry = address_after(&spare.wait_for("listening on ")?, "listening on ")?;
     let Relay {
         serve, _dir: dir, ..
     } = relay;
@@ -228,6 +245,7 @@ pub fn agent(agent: &Path, to: Targets, tls: bool, max_tunnels: usize) -> anyhow
         parts,
         iperf: entries[0],
         echo: entries[1],
+        echo_spare: Some((spare, spare_entry)),
         _dir: dir,
     })
 }
@@ -300,6 +318,7 @@ pub fn rathole(bin: &Path, to: Targets) -> anyhow::Result<Tunnel> {
         ],
         iperf: loopback(iperf),
         echo: loopback(echo),
+        echo_spare: None,
         _dir: dir,
     })
 }
@@ -357,6 +376,7 @@ pub fn bore(bin: &Path, to: Targets) -> anyhow::Result<Tunnel> {
         parts,
         iperf: entries[0],
         echo: entries[1],
+        echo_spare: None,
         _dir: dir,
     })
 }
@@ -401,6 +421,7 @@ pub fn websocat(bin: &Path, to: Targets) -> anyhow::Result<Tunnel> {
         parts,
         iperf: entries[0],
         echo: entries[1],
+        echo_spare: None,
         _dir: dir,
     })
 }

@@ -183,5 +183,13 @@ pub struct ConnectArgs {
     /// [env: AMLX_RELAY_MAX_TUNNELS] [default: 256]
     #[arg(long, value_name = "N")]
     pub max_tunnels: Option<String>,
+
+    /// Relayed connections to keep open before a local one needs them (0-8), so a
+    /// debugger attaching skips the relay's rendezvous: about half of a new tunnel's time,
+    /// several round trips to Azure Relay. Each is a connection at the relay and the
+    /// listener, renewed every 45 s while unused
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=i64::from(crate::relay::client::spare::MAX_SPARES)))]
+    pub spare_tunnels: u8,
 }
 // --- end client side ---

@@ -87,7 +87,19 @@ pub const REPLY_LEN: usize = 3;
 /// client's first bytes already travel (the listener keeps them until its target is
 /// connected; a refusing listener drops them with the connection).
 pub async fn request(tunnel: &Tunnel, port_name: &str) -> Result<(), BridgeError> {
-    let request = encode_request(port_name)?;
+    request_with(tunnel, port_name, &[]).await
+}
+
+/// [`request`], with the client's first bytes `first` in the same frame: one write, and on
+/// the first exchange one wake-up fewer of the relay and of the listener (which reads the
+/// preamble and keeps the rest for its target).
+pub async fn request_with(
+    tunnel: &Tunnel,
+    port_name: &str,
+    first: &[u8],
+) -> Result<(), BridgeError> {
+    let mut request = encode_request(port_name)?;
+    request.extend_from_slice(first);
     tunnel.write(&request).await?;
     Ok(())
 }

@@ -594,6 +594,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         FrameWriter { inner, mask }
     }
 
+    /// The transport under the frames, for tests that send bytes no frame writer would.
+    #[cfg(test)]
+    pub(crate) fn get_mut_for_tests(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
     /// Writes one frame (header and payload in one vectored write) and flushes it. A
     /// client masks a copy of the payload; the data path lends its buffer to
     /// [`FrameWriter::send_in_place`] instead.

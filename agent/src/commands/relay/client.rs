@@ -66,9 +66,13 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
     let endpoint = Arc::new(endpoint(&args.relay, settings)?);
     let max_tunnels = settings.relay.max_tunnels;
     super::forwarder_runtime()?.block_on(async move {
-        // Each tunnel is the local connection and its WebSocket to the relay.
-        let needed = (max_tunnels as u64).saturating_mul(2);
-        let cap = format!("max_tunnels {max_tunnels} (2 each)");
+        // Each tunnel is the local connection and its WebSocket to the relay; a spare is
+        // a WebSocket.
+        let spares = args.spare_tunnels;
+        let needed = (max_tunnels as u64)
+            .saturating_mul(2)
+            .saturating_add(u64::from(spares));
+        let cap = format!("max_tunnels {max_tunnels} (2 each) + {spares} spare tunnels");
         open_files::raise("relay connect", needed, &cap);
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
@@ -84,7 +88,11 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
             "amlx-agent relay connect: listening on {bound} (port name {port_name}, hc {})",
             endpoint.entity
         );
-        forward::serve_local(listener, endpoint, port_name, max_tunnels, shutdown).await;
+        let limits = forward::LocalLimits {
+            max_tunnels,
+            spares,
+        };
+        forward::serve_local(listener, endpoint, port_name, limits, shutdown).await;
         Ok(0)
     })
 }

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use super::listener::{AcceptHandler, DRAIN_TIMEOUT, Decision};
+use super::spare::{self, Spares};
 use super::tunnel::Expect;
 use super::{Endpoint, Tunnel, sender};
 use crate::logging::Throttle;
@@ -133,7 +134,14 @@ impl AcceptHandler for RemoteForwarder {
         rendezvous: impl Future<Output = Option<Tunnel>> + Send,
         accept: Accept,
     ) {
-        let Some(named) = self.named_forward(&accept).cloned() else {
+        // A spare's preamble may come much later, or never: its target (a debug adapter
+        // takes one client) is only reached for a preamble.
+        let named = if spare::is_spare(&accept.address) {
+            None
+        } else {
+            self.named_forward(&accept).cloned()
+        };
+        let Some(named) = named else {
             if let Some(tunnel) = rendezvous.await {
                 self.forward(tunnel, None).await;
             }
@@ -178,7 +186,7 @@ impl RemoteForwarder {
             Some((named, tcp)) if named == forward => tcp,
             _ => connect_local(&forward).await,
         };
-        let tcp = match tcp {
+        let mut tcp = match tcp {
             Ok(tcp) => tcp,
             Err(why) => {
                 FAILED.target.log(|left_out| {
@@ -191,6 +199,21 @@ impl RemoteForwarder {
             }
         };
         let _ = tcp.set_nodelay(true);
+        // The sender's first bytes (sent with its preamble) reach the target before the
+        // answer goes back: the target starts on them one write sooner.
+        let mut tunnel = tunnel;
+        if let Err(e) = tunnel.deliver_pending(&mut tcp).await {
+            FAILED.target.log(|left_out| {
+                tracing::warn!(
+                    port_name = forward.name,
+                    "{host}:{port} took no bytes: {e}{left_out}"
+                );
+            });
+            tunnel
+                .finish(close_code::SERVER_ERROR, "local target unreachable")
+                .await;
+            return;
+        }
         if let Err(e) = bridge::confirm(&tunnel).await {
             FAILED.preamble.log(|left_out| {
                 tracing::warn!("relayed connection failed: {e}{left_out}");
@@ -217,16 +240,26 @@ async fn connect_local(forward: &Forward) -> Result<TcpStream, String> {
 
 /// `relay connect`: accepts on `listener` and forwards each connection through the
 /// relay under `port_name`, until `shutdown`; at most `max_tunnels` at once (later
-/// connections wait in the kernel's accept backlog until one ends).
+/// connections wait in the kernel's accept backlog until one ends). Keeps `spares`
+/// tunnels open ahead of them ([`spare`]).
 pub async fn serve_local(
     listener: TcpListener,
     endpoint: Arc<Endpoint>,
     port_name: String,
-    max_tunnels: usize,
+    limits: LocalLimits,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(max_tunnels));
+    let slots = Arc::new(Semaphore::new(limits.max_tunnels));
+    let spares = Arc::new(Spares::default());
+    spare::keep(
+        &spares,
+        limits.spares,
+        &endpoint,
+        &port_name,
+        &tracker,
+        &shutdown,
+    );
     loop {
         // Both branches are cancel-safe: a permit not yet granted is simply not taken.
         let slot = tokio::select! {
@@ -251,9 +284,10 @@ pub async fn serve_local(
         };
         let endpoint = Arc::clone(&endpoint);
         let port_name = port_name.clone();
+        let spares = Arc::clone(&spares);
         let span = tracing::info_span!("local", peer = %peer);
         let forward = async move {
-            forward_local(tcp, peer, endpoint, port_name).await;
+            forward_local(tcp, peer, &endpoint, &spares, port_name).await;
             drop(slot);
         };
         tracker.spawn(forward.instrument(span));
@@ -267,22 +301,41 @@ pub async fn serve_local(
     }
 }
 
+/// What `relay connect` holds open at most, and ahead of time.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalLimits {
+    /// Local connections forwarded at once.
+    pub max_tunnels: usize,
+    /// Tunnels kept open before a local connection needs one ([`spare`]).
+    pub spares: u8,
+}
+
 async fn forward_local(
     tcp: TcpStream,
     peer: SocketAddr,
-    endpoint: Arc<Endpoint>,
+    endpoint: &Endpoint,
+    spares: &Spares,
     port_name: String,
 ) {
     let _ = tcp.set_nodelay(true);
-    let tunnel = match connect_to_owner(&endpoint, &port_name).await {
-        Ok(t) => t,
-        Err(e) => {
-            // One line naming the cause and the fix; the local client sees its socket close.
-            tracing::error!("{e}");
-            return;
-        }
+    let (tunnel, spare) = match spares.take().await {
+        Some(tunnel) => (tunnel, true),
+        None => match sender::connect_to_owner(endpoint, &port_name, &[]).await {
+            Ok(tunnel) => (tunnel, false),
+            Err(e) => {
+                // One line naming the cause and the fix; the local client sees its socket
+                // close.
+                tracing::error!("{e}");
+                return;
+            }
+        },
     };
-    if let Err(e) = bridge::request(&tunnel, &port_name).await {
+    let Some(first) = waiting_bytes(&tcp) else {
+        // The client reset its connection already.
+        tunnel.finish(close_code::NORMAL, "").await;
+        return;
+    };
+    if let Err(e) = bridge::request_with(&tunnel, &port_name, &first).await {
         tracing::error!("{e}");
         tunnel.finish(close_code::NORMAL, "").await;
         return;
@@ -297,7 +350,7 @@ async fn forward_local(
             bridge::check_reply(answer, closed_with, &name).map_err(std::io::Error::other)
         }),
     };
-    tracing::info!(port_name, "connection from {peer} relayed");
+    tracing::info!(port_name, spare, "connection from {peer} relayed");
     match tunnel.splice_after(tcp, expect).await {
         Ok(stats) => tracing::info!(
             sent = stats.sent,
@@ -312,50 +365,17 @@ async fn forward_local(
     }
 }
 
-/// How many times a sender tries again when a listener answers that another listener
-/// serves its port: the relay spreads senders across listeners at random, so with L
-/// listeners all attempts miss with probability ((L-1)/L)^n — about 1e-8 for 4
-/// listeners, 3e-5 for Azure's maximum of 25.
-pub const WRONG_LISTENER_ATTEMPTS: usize = 256;
-/// Tries after a wrong listener that go again at once: with a few listeners one of the
-/// first is the right one.
-const WRONG_LISTENER_FREE_TRIES: usize = 4;
-/// After those, each try waits this much longer than the one before...
-const WRONG_LISTENER_PAUSE_STEP: Duration = Duration::from_millis(10);
-/// ...up to this: a relay (or a listener) that answers 421 every time costs at most twenty
-/// upgrades a second for each local connection, not thousands, and all
-/// [`WRONG_LISTENER_ATTEMPTS`] take about 13 s (a connection whose listener is gone fails
-/// that soon, not after a minute).
-const WRONG_LISTENER_PAUSE_MAX: Duration = Duration::from_millis(50);
-
-/// The pause before try `attempt + 1` after `attempt` reached a listener for another port.
-fn wrong_listener_pause(attempt: usize) -> Duration {
-    let steps = attempt.saturating_sub(WRONG_LISTENER_FREE_TRIES);
-    WRONG_LISTENER_PAUSE_STEP
-        .saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX))
-        .min(WRONG_LISTENER_PAUSE_MAX)
-}
-
-/// Connects as a sender naming `port_name` in the path suffix, so that only the
-/// listener serving that port accepts (several debug targets can listen on one Hybrid
-/// Connection); tries again while the relay picks a listener that serves another port,
-/// pausing longer after each miss ([`wrong_listener_pause`]).
-async fn connect_to_owner(
-    endpoint: &Endpoint,
-    port_name: &str,
-) -> Result<Tunnel, super::error::ConnectError> {
-    let mut attempt = 1;
-    loop {
-        match sender::connect(endpoint, Some(port_name)).await {
-            Err(e)
-                if e.status() == Some(status::MISDIRECTED) && attempt < WRONG_LISTENER_ATTEMPTS =>
-            {
-                tracing::debug!(attempt, "reached a listener for another port; again");
-                tokio::time::sleep(wrong_listener_pause(attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
+/// What the local client has sent already, read without waiting (empty when nothing is
+/// there yet, or at its end, which the splice reads again); `None` when its connection
+/// failed. A client that speaks first (a debugger's `initialize`) has its first bytes go out
+/// with the preamble.
+fn waiting_bytes(tcp: &TcpStream) -> Option<Vec<u8>> {
+    // A DAP `initialize` fits; whatever else is waiting follows in the splice.
+    let mut first = Vec::with_capacity(4096);
+    match tcp.try_read_buf(&mut first) {
+        Ok(_) => Some(first),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(first),
+        Err(_) => None,
     }
 }
 
@@ -377,73 +397,6 @@ async fn splice(tunnel: Tunnel, tcp: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wrong_listener_tries_slow_down_to_a_bound() {
-        let pauses: Vec<Duration> = (1..=WRONG_LISTENER_ATTEMPTS)
-            .map(wrong_listener_pause)
-            .collect();
-        assert!(
-            pauses
-                .iter()
-                .take(WRONG_LISTENER_FREE_TRIES)
-                .all(Duration::is_zero)
-        );
-        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "never shorter");
-        assert_eq!(pauses.last(), Some(&WRONG_LISTENER_PAUSE_MAX));
-        let total: Duration = pauses.iter().sum();
-        assert!(total < Duration::from_secs(15), "all tries take {total:?}");
-        assert_eq!(wrong_listener_pause(usize::MAX), WRONG_LISTENER_PAUSE_MAX);
-    }
-
-    /// A relay that answers every sender with 421 (a listener for another port, every
-    /// time): the sender tries again, but a few times a second, not back to back (it made
-    /// 256 upgrades in about 0.1 s).
-    #[tokio::test]
-    async fn a_relay_that_always_answers_421_is_not_hammered() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-        use crate::relay::connection_string::{ConnectionString, Transport};
-
-        let relay = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = relay.local_addr().expect("bound");
-        let upgrades = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&upgrades);
-        let answering = tokio::spawn(async move {
-            // Bounded by the test, which aborts it.
-            loop {
-                let Ok((mut socket, _)) = relay.accept().await else {
-                    break;
-                };
-                counted.fetch_add(1, Ordering::Relaxed);
-                let mut head = [0u8; 4096];
-                let _ = socket.read(&mut head).await;
-                let _ = socket
-                    .write_all(
-                        b"HTTP/1.1 421 Misdirected Request\r\nContent-Length: 0\r\n\
-                          Connection: close\r\n\r\n",
-                    )
-                    .await;
-            }
-        });
-        let connection: ConnectionString = format!(
-            "Endpoint=sb://{addr}/;SharedAccessKeyName=k;SharedAccessKey=a2V5;EntityPath=hc"
-        )
-        .parse()
-        .expect("connection string");
-        let endpoint =
-            Endpoint::new(connection, None, Transport::InsecureWs, None).expect("endpoint");
-        let window = Duration::from_secs(1);
-        let outcome = tokio::time::timeout(window, connect_to_owner(&endpoint, "5678")).await;
-        answering.abort();
-        assert!(outcome.is_err(), "still trying after {window:?}");
-        let made = upgrades.load(Ordering::Relaxed);
-        assert!(
-            (WRONG_LISTENER_FREE_TRIES..=40).contains(&made),
-            "{made} upgrades in {window:?}"
-        );
-    }
 
     #[test]
     fn networks() {

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod handshake;
 pub mod listener;
 pub mod sender;
+pub mod spare;
 pub mod tls;
 pub mod tunnel;
 

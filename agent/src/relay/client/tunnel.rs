@@ -83,6 +83,9 @@ pub struct Tunnel {
     writer: Arc<Mutex<Writer>>,
     /// Stream bytes received but not consumed yet (e.g. read past the preamble).
     pending: Vec<u8>,
+    /// Bytes of `pending` already written to the local side by [`Tunnel::deliver_pending`]
+    /// (counted in the splice's [`SpliceStats::received`]).
+    delivered: u64,
     /// The peer's Close arrived (its direction is finished).
     peer_closed: bool,
     /// The reason its Close gave, when it gave one (a listener that could not reach its
@@ -137,6 +140,7 @@ impl Tunnel {
                 closed: false,
             })),
             pending: Vec::new(),
+            delivered: 0,
             peer_closed: false,
             peer_close_reason: None,
         }
@@ -160,6 +164,19 @@ impl Tunnel {
         }
         let rest = self.pending.split_off(n);
         Ok(Some(std::mem::replace(&mut self.pending, rest)))
+    }
+
+    /// Writes the stream bytes received but not consumed yet (what came with the preamble)
+    /// to the local side now, rather than when the splice starts: a listener hands a
+    /// client's first request to its target before it answers the sender.
+    pub async fn deliver_pending<W: AsyncWrite + Unpin>(
+        &mut self,
+        local: &mut W,
+    ) -> io::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        write_local(local, &pending).await?;
+        self.delivered += pending.len() as u64;
+        Ok(())
     }
 
     /// The next data payload; answers Pings on the way. `None` at the peer's Close, an
@@ -199,6 +216,56 @@ impl Tunnel {
                     self.peer_closed = true;
                     self.peer_close_reason = Some(reason).filter(|r| !r.is_empty());
                     return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Holds a tunnel that carries nothing yet (a spare: [`super::spare`]) until `stop`
+    /// resolves, answering Pings meanwhile; then hands back the tunnel, still unused, with
+    /// what `stop` gave. `Err` when the tunnel died first: the peer closed it, sent bytes
+    /// (nothing may come before our preamble), broke the protocol or the transport ended.
+    /// The tunnel is closed then (each write bounded by [`TUNNEL_WRITE_TIMEOUT`]).
+    pub async fn idle_until<F: Future>(mut self, stop: F) -> io::Result<(Tunnel, F::Output)> {
+        tokio::pin!(stop);
+        loop {
+            // Only reads race `stop`: they are cancel-safe (a part-read frame stays in
+            // the reader), where a Pong cut off mid-write would spoil the stream.
+            let frame = tokio::select! {
+                out = &mut stop => return Ok((self, out)),
+                frame = self.reader.read_frame() => frame,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the relayed connection ended without a Close frame",
+                    ));
+                }
+                Err(err) => return Err(self.refuse(err).await),
+            };
+            match frame.opcode {
+                OpCode::Ping => {
+                    let mut w = self.writer.lock().await;
+                    bounded(w.frames.write_frame(OpCode::Pong, &frame.payload)).await?;
+                }
+                OpCode::Pong => {}
+                OpCode::Close => {
+                    let (code, reason) = frame.close_code();
+                    self.finish(close_code::NORMAL, "").await;
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("the peer closed it (code {code}) {reason:?}"),
+                    ));
+                }
+                OpCode::Binary | OpCode::Text | OpCode::Continuation => {
+                    self.finish(close_code::POLICY, "bytes before the preamble")
+                        .await;
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the peer sent bytes before the preamble",
+                    ));
                 }
             }
         }
@@ -307,7 +374,7 @@ impl Tunnel {
                 let answer = tokio::time::timeout(expect.within, self.read_exact(expect.len)).await;
                 (expect.check)(answer, self.peer_close_reason.as_deref())?;
             }
-            let mut received = 0u64;
+            let mut received = self.delivered;
             let pending = std::mem::take(&mut self.pending);
             if !pending.is_empty() {
                 write_local(&mut tcp_write, &pending).await?;

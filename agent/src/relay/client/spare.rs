@@ -1,0 +1,200 @@
+//! Spare tunnels: relayed connections `relay connect --spare-tunnels N` opens before any
+//! local connection needs one, so a debugger attaching skips the relay's rendezvous (the
+//! sender's upgrade, the accept message, the listener's own upgrade: several round trips
+//! to Azure Relay, about half of a new tunnel's time on loopback).
+//!
+//! A spare has sent nothing, not even its preamble: the listener holds it, unconnected,
+//! until the preamble comes (the query argument [`SPARE_QUERY`] tells `relay listen` not
+//! to reach its target early, since a debug adapter takes one client). Each spare is kept
+//! by a task of its own that answers Pings, notices the listener closing it, and replaces
+//! it after [`SPARE_LIFETIME`], before the listener's bound on a preamble
+//! ([`bridge::PREAMBLE_TIMEOUT`]) would close it. Spares that die before use are opened
+//! again on the reconnect schedule ([`backoff`](super::backoff)), never in a tight loop.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use super::backoff::reconnect_delay;
+use super::{Endpoint, Tunnel, sender};
+use crate::relay::bridge;
+use crate::relay::protocol::close_code;
+
+/// How long a spare waits for a local connection before it is replaced: under the
+/// listener's 60 s bound on a preamble, with room for a slow relay.
+pub const SPARE_LIFETIME: Duration = Duration::from_secs(45);
+const _: () = assert!(SPARE_LIFETIME.as_secs() + 10 <= bridge::PREAMBLE_TIMEOUT.as_secs());
+
+/// How long a keeper waits after handing its spare over before it opens the next: the
+/// new tunnel's upgrade and rendezvous would otherwise compete, in all three processes,
+/// with the first bytes of the connection that took the spare (they added a third to its
+/// first exchange on loopback).
+pub const SPARE_REPLACE_DELAY: Duration = Duration::from_millis(10);
+
+/// Most spares `relay connect` keeps: each is a connection at the relay and the listener.
+pub const MAX_SPARES: u8 = 8;
+
+/// The query argument (`amlx-spare=1`) a spare's upgrade carries; the relay passes it on
+/// in the accept address (Azure Relay passes app arguments as well).
+pub const SPARE_QUERY: &str = "amlx-spare";
+
+/// Whether a rendezvous address is a spare's (it carries [`SPARE_QUERY`]).
+pub fn is_spare(address: &str) -> bool {
+    url::Url::parse(address).is_ok_and(|url| url.query_pairs().any(|(k, _)| k == SPARE_QUERY))
+}
+
+/// A spare's keeper hands its tunnel over through this.
+type Handover = oneshot::Sender<Tunnel>;
+
+/// The spares ready to be taken; shared by their keepers and the local connections.
+#[derive(Debug, Default)]
+pub struct Spares {
+    /// One entry per spare that waits, newest last; an entry whose keeper moved on
+    /// (its spare died or was replaced) is closed and skipped.
+    ready: Mutex<Vec<oneshot::Sender<Handover>>>,
+}
+
+impl Spares {
+    /// A spare, if one is ready. Waits only for its keeper's answer, which comes at once
+    /// or after one Pong write (bounded by the tunnel's write timeout).
+    pub async fn take(&self) -> Option<Tunnel> {
+        loop {
+            let offer = self.ready.lock().ok()?.pop()?;
+            let (handover, handed) = oneshot::channel();
+            if offer.send(handover).is_err() {
+                continue;
+            }
+            if let Ok(tunnel) = handed.await {
+                return Some(tunnel);
+            }
+        }
+    }
+
+    /// Offers a spare; the keeper learns through the receiver that it was taken.
+    fn offer(&self) -> oneshot::Receiver<Handover> {
+        let (offer, asked) = oneshot::channel();
+        if let Ok(mut ready) = self.ready.lock() {
+            // Entries of replaced spares go here, so the list never grows past the spares.
+            ready.retain(|entry| !entry.is_closed());
+            ready.push(offer);
+        }
+        asked
+    }
+
+    /// How many spares wait (for tests).
+    pub fn waiting(&self) -> usize {
+        self.ready.lock().map_or(0, |ready| {
+            ready.iter().filter(|entry| !entry.is_closed()).count()
+        })
+    }
+}
+
+/// What ended a spare's wait.
+enum Stop {
+    Taken(Result<Handover, oneshot::error::RecvError>),
+    Aged,
+    Shutdown,
+}
+
+/// Starts `count` keepers, each keeping one spare for `port_name` in `spares` until
+/// `shutdown`.
+pub fn keep(
+    spares: &Arc<Spares>,
+    count: u8,
+    endpoint: &Arc<Endpoint>,
+    port_name: &str,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    for slot in 0..count {
+        let keeper = keeper(
+            Arc::clone(spares),
+            Arc::clone(endpoint),
+            port_name.to_owned(),
+            shutdown.clone(),
+        );
+        tracker.spawn(keeper.instrument(tracing::debug_span!("spare", slot)));
+    }
+}
+
+async fn keeper(
+    spares: Arc<Spares>,
+    endpoint: Arc<Endpoint>,
+    port_name: String,
+    shutdown: CancellationToken,
+) {
+    let marker = [(SPARE_QUERY.to_owned(), "1".to_owned())];
+    let mut failures = 0;
+    loop {
+        let opened = tokio::select! {
+            opened = sender::connect_to_owner(&endpoint, &port_name, &marker) => opened,
+            () = shutdown.cancelled() => return,
+        };
+        let tunnel = match opened {
+            Ok(tunnel) => tunnel,
+            Err(e) => {
+                // A local connection that finds no spare opens its own tunnel and says
+                // why that failed; this line is for whoever looks closer.
+                tracing::debug!("could not open a spare tunnel: {e}");
+                if pause(&mut failures, &shutdown).await {
+                    continue;
+                }
+                return;
+            }
+        };
+        tracing::debug!("a spare tunnel is ready");
+        let asked = spares.offer();
+        let stop = async {
+            tokio::select! {
+                handover = asked => Stop::Taken(handover),
+                () = tokio::time::sleep(SPARE_LIFETIME) => Stop::Aged,
+                () = shutdown.cancelled() => Stop::Shutdown,
+            }
+        };
+        match tunnel.idle_until(stop).await {
+            Ok((tunnel, Stop::Taken(Ok(handover)))) => {
+                failures = 0;
+                if let Err(unused) = handover.send(tunnel) {
+                    unused.finish(close_code::NORMAL, "").await;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(SPARE_REPLACE_DELAY) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            Ok((tunnel, Stop::Aged)) => {
+                failures = 0;
+                tunnel.finish(close_code::NORMAL, "").await;
+            }
+            Ok((tunnel, Stop::Taken(Err(_)) | Stop::Shutdown)) => {
+                tunnel.finish(close_code::GOING_AWAY, "").await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("a spare tunnel ended before use: {e}");
+                if !pause(&mut failures, &shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits the reconnect schedule's step for failure number `failures` (then counts it);
+/// `false` when `shutdown` came first.
+async fn pause(failures: &mut usize, shutdown: &CancellationToken) -> bool {
+    let delay = reconnect_delay(*failures);
+    *failures = failures.saturating_add(1);
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = shutdown.cancelled() => false,
+    }
+}
+
+#[cfg(test)]
+#[path = "spare_tests.rs"]
+mod tests;
