@@ -97,6 +97,14 @@ fn a_spare_waits_unconnected_and_carries_the_next_connection() {
         "both connections took a spare:\n{}",
         connect.dump()
     );
+    // Every byte counted, those sent with the preamble too.
+    for sent in ["sent=5 received=5", "sent=6 received=6"] {
+        assert!(
+            connect.stderr.wait_for(sent).is_some(),
+            "no {sent:?}:\n{}",
+            connect.dump()
+        );
+    }
 }
 
 #[test]
@@ -150,4 +158,110 @@ fn a_spare_ends_with_relay_connect() {
     let status = connect.wait_exit();
     assert!(status.success(), "{status:?}\n{}", connect.dump());
     relayed_becomes(&relay, 0, "a stopped connect's spare", &[&listen]);
+}
+
+/// A TCP proxy in front of the relay that can turn every connection made so far into a
+/// black hole: sockets stay open, bytes are dropped both ways (a laptop that slept, a
+/// network that changed under an idle connection). Connections made later pass.
+struct Blackholing {
+    addr: SocketAddr,
+    /// Connections numbered below this drop what they read.
+    dead_below: Arc<AtomicUsize>,
+    made: Arc<AtomicUsize>,
+}
+
+impl Blackholing {
+    fn start(upstream: SocketAddr) -> Blackholing {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let dead_below = Arc::new(AtomicUsize::new(0));
+        let made = Arc::new(AtomicUsize::new(0));
+        let (dead, count) = (Arc::clone(&dead_below), Arc::clone(&made));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let number = count.fetch_add(1, Ordering::SeqCst);
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                        continue;
+                    };
+                    let dead = Arc::clone(&dead);
+                    // Ends when either socket does (the test's processes end).
+                    std::thread::spawn(move || {
+                        use std::io::{Read as _, Write as _};
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n @ 1..) = from.read(&mut buf) {
+                            if number >= dead.load(Ordering::SeqCst)
+                                && to.write_all(&buf[..n]).is_err()
+                            {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Blackholing {
+            addr,
+            dead_below,
+            made,
+        }
+    }
+
+    fn kill_existing(&self) {
+        self.dead_below
+            .store(self.made.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+/// A spare whose connection died without a word (nothing closed it: a black hole) is
+/// found dead when taken (no Pong from the relay within the proof bound) and the
+/// connection goes through a new tunnel with every byte, instead of waiting out the
+/// listener's 60 s answer bound and failing.
+#[test]
+fn a_spare_dead_without_a_word_gives_way_to_a_new_tunnel_and_nothing_is_lost() {
+    let relay = Relay::start();
+    let echo = echo_server();
+    let cs = relay.connection_string(KEY_BOTH, "hyco");
+    let forward = format!("5678=127.0.0.1:{}", echo.port());
+    let listen = relay.listen_online(&cs, &["--forward", &forward]);
+    let proxy = Blackholing::start(relay.addr);
+    let through_proxy = cs.replace(
+        &format!("127.0.0.1:{}", relay.addr.port()),
+        &proxy.addr.to_string(),
+    );
+    let (connect, addr) = relay.connect_with(&through_proxy, "5678", &["--spare-tunnels", "1"]);
+    relayed_becomes(&relay, 1, "the spare", &[&connect, &listen]);
+    proxy.kill_existing();
+
+    let data = random_bytes(256 * 1024);
+    let began = std::time::Instant::now();
+    let back = round_trip(addr, &data).unwrap_or_else(|e| {
+        panic!(
+            "through a new tunnel: {e}\n{}\n---\n{}",
+            connect.dump(),
+            listen.dump()
+        )
+    });
+    assert_eq!(sha256(&back), sha256(&data), "bytes lost or changed");
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "took {:?}: the dead spare was waited on",
+        began.elapsed()
+    );
+    assert!(
+        connect
+            .stderr
+            .wait_for("the spare tunnel was dead")
+            .is_some(),
+        "{}",
+        connect.dump()
+    );
 }

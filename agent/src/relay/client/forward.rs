@@ -15,7 +15,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use super::listener::{AcceptHandler, DRAIN_TIMEOUT, Decision};
-use super::spare::{self, Spares};
+use super::sender::WRONG_LISTENER_ATTEMPTS;
+use super::spare::{self, Proof, Spares};
 use super::tunnel::Expect;
 use super::{Endpoint, Tunnel, sender};
 use crate::logging::Throttle;
@@ -210,7 +211,7 @@ impl RemoteForwarder {
                 );
             });
             tunnel
-                .finish(close_code::SERVER_ERROR, "local target unreachable")
+                .finish(close_code::SERVER_ERROR, "local target took no bytes")
                 .await;
             return;
         }
@@ -318,10 +319,13 @@ async fn forward_local(
     port_name: String,
 ) {
     let _ = tcp.set_nodelay(true);
-    let (tunnel, spare) = match spares.take().await {
-        Some(tunnel) => (tunnel, true),
-        None => match sender::connect_to_owner(endpoint, &port_name, &[]).await {
-            Ok(tunnel) => (tunnel, false),
+    let spare = spares.take().await;
+    let used_spare = spare.is_some();
+    let fresh = || sender::connect_to_owner(endpoint, &port_name, &[], WRONG_LISTENER_ATTEMPTS);
+    let tunnel = match spare {
+        Some(tunnel) => tunnel,
+        None => match fresh().await {
+            Ok(tunnel) => tunnel,
             Err(e) => {
                 // One line naming the cause and the fix; the local client sees its socket
                 // close.
@@ -335,14 +339,42 @@ async fn forward_local(
         tunnel.finish(close_code::NORMAL, "").await;
         return;
     };
-    if let Err(e) = bridge::request_with(&tunnel, &port_name, &first).await {
+    tracing::info!(
+        port_name,
+        spare = used_spare,
+        "connection from {peer} relayed"
+    );
+    if used_spare {
+        match spare::prove(tunnel, &port_name, &first).await {
+            Proof::Answered(tunnel) => return splice_local(tunnel, tcp, None, first.len()).await,
+            Proof::Refused(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+            // Nothing reached the client: the same bytes go through a new tunnel.
+            Proof::Dead(why) => {
+                tracing::info!("the spare tunnel was dead ({why}); opening a new one")
+            }
+        }
+        match fresh().await {
+            Ok(tunnel) => return fresh_local(tunnel, tcp, &port_name, &first).await,
+            Err(e) => tracing::error!("{e}"),
+        }
+        return;
+    }
+    fresh_local(tunnel, tcp, &port_name, &first).await;
+}
+
+/// A new tunnel's side of [`forward_local`]: the preamble with the client's `first` bytes,
+/// and the client's further bytes at once instead of a round trip through the relay later;
+/// the listener's answer is checked before any byte reaches the client.
+async fn fresh_local(tunnel: Tunnel, tcp: TcpStream, port_name: &str, first: &[u8]) {
+    if let Err(e) = bridge::request_with(&tunnel, port_name, first).await {
         tracing::error!("{e}");
         tunnel.finish(close_code::NORMAL, "").await;
         return;
     }
-    // The client's bytes follow the preamble at once instead of a round trip through the
-    // relay later; the listener's answer is checked before any byte reaches the client.
-    let name = port_name.clone();
+    let name = port_name.to_owned();
     let expect = Expect {
         len: bridge::REPLY_LEN,
         within: bridge::PREAMBLE_TIMEOUT,
@@ -350,10 +382,19 @@ async fn forward_local(
             bridge::check_reply(answer, closed_with, &name).map_err(std::io::Error::other)
         }),
     };
-    tracing::info!(port_name, spare, "connection from {peer} relayed");
-    match tunnel.splice_after(tcp, expect).await {
+    splice_local(tunnel, tcp, Some(expect), first.len()).await;
+}
+
+/// Splices a local connection with its tunnel (after `expect`, if given), then logs the
+/// byte counts, `first_sent` bytes sent with the preamble included, or why it broke.
+async fn splice_local(tunnel: Tunnel, tcp: TcpStream, expect: Option<Expect>, first_sent: usize) {
+    let spliced = match expect {
+        Some(expect) => tunnel.splice_after(tcp, expect).await,
+        None => tunnel.splice(tcp).await,
+    };
+    match spliced {
         Ok(stats) => tracing::info!(
-            sent = stats.sent,
+            sent = stats.sent + first_sent as u64,
             received = stats.received,
             "relayed connection closed"
         ),
@@ -370,11 +411,21 @@ async fn forward_local(
 /// failed. A client that speaks first (a debugger's `initialize`) has its first bytes go out
 /// with the preamble.
 fn waiting_bytes(tcp: &TcpStream) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd as _;
+
+    use nix::errno::Errno;
+    use nix::sys::socket::{MsgFlags, recv};
+
     // A DAP `initialize` fits; whatever else is waiting follows in the splice.
-    let mut first = Vec::with_capacity(4096);
-    match tcp.try_read_buf(&mut first) {
-        Ok(_) => Some(first),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(first),
+    let mut first = vec![0; 4096];
+    // Straight from the socket: tokio's own read would answer "not ready" until its
+    // reactor has seen the socket readable, however long the bytes have waited.
+    match recv(tcp.as_raw_fd(), &mut first, MsgFlags::MSG_DONTWAIT) {
+        Ok(n) => {
+            first.truncate(n);
+            Some(first)
+        }
+        Err(Errno::EAGAIN | Errno::EINTR) => Some(Vec::new()),
         Err(_) => None,
     }
 }

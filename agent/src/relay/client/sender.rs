@@ -78,18 +78,17 @@ fn wrong_listener_pause(attempt: usize) -> Duration {
 /// Connects as a sender naming `port_name` in the path suffix, so that only the
 /// listener serving that port accepts (several debug targets can listen on one Hybrid
 /// Connection); tries again while the relay picks a listener that serves another port,
-/// pausing longer after each miss (`wrong_listener_pause`).
+/// pausing longer after each miss (`wrong_listener_pause`), up to `attempts` upgrades in all.
 pub async fn connect_to_owner(
     endpoint: &Endpoint,
     port_name: &str,
     app_query: &[(String, String)],
+    attempts: usize,
 ) -> Result<Tunnel, ConnectError> {
     let mut attempt = 1;
     loop {
         match connect_with(endpoint, Some(port_name), app_query).await {
-            Err(e)
-                if e.status() == Some(status::MISDIRECTED) && attempt < WRONG_LISTENER_ATTEMPTS =>
-            {
+            Err(e) if e.status() == Some(status::MISDIRECTED) && attempt < attempts => {
                 tracing::debug!(attempt, "reached a listener for another port; again");
                 tokio::time::sleep(wrong_listener_pause(attempt)).await;
                 attempt += 1;
@@ -99,42 +98,22 @@ pub async fn connect_to_owner(
     }
 }
 
+/// A relay that answers every sender with 421, for tests of the senders' retries.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
 
-    use super::*;
+    use crate::relay::client::Endpoint;
+    use crate::relay::connection_string::{ConnectionString, Transport};
 
-    #[test]
-    fn wrong_listener_tries_slow_down_to_a_bound() {
-        let pauses: Vec<Duration> = (1..=WRONG_LISTENER_ATTEMPTS)
-            .map(wrong_listener_pause)
-            .collect();
-        assert!(
-            pauses
-                .iter()
-                .take(WRONG_LISTENER_FREE_TRIES)
-                .all(Duration::is_zero)
-        );
-        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "never shorter");
-        assert_eq!(pauses.last(), Some(&WRONG_LISTENER_PAUSE_MAX));
-        let total: Duration = pauses.iter().sum();
-        assert!(total < Duration::from_secs(15), "all tries take {total:?}");
-        assert_eq!(wrong_listener_pause(usize::MAX), WRONG_LISTENER_PAUSE_MAX);
-    }
-
-    /// A relay that answers every sender with 421 (a listener for another port, every
-    /// time): the sender tries again, but a few times a second, not back to back (it made
-    /// 256 upgrades in about 0.1 s).
-    #[tokio::test]
-    async fn a_relay_that_always_answers_421_is_not_hammered() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-        use crate::relay::connection_string::{ConnectionString, Transport};
-
+    /// A relay on loopback that answers every upgrade 421 ("a listener for another
+    /// port"), counting them; it runs until the returned task is aborted.
+    pub(crate) async fn misdirecting_relay()
+    -> (Endpoint, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
         let relay = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = relay.local_addr().expect("bound");
         let upgrades = Arc::new(AtomicUsize::new(0));
@@ -163,8 +142,46 @@ mod tests {
         .expect("connection string");
         let endpoint =
             Endpoint::new(connection, None, Transport::InsecureWs, None).expect("endpoint");
+        (endpoint, upgrades, answering)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    #[test]
+    fn wrong_listener_tries_slow_down_to_a_bound() {
+        let pauses: Vec<Duration> = (1..=WRONG_LISTENER_ATTEMPTS)
+            .map(wrong_listener_pause)
+            .collect();
+        assert!(
+            pauses
+                .iter()
+                .take(WRONG_LISTENER_FREE_TRIES)
+                .all(Duration::is_zero)
+        );
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "never shorter");
+        assert_eq!(pauses.last(), Some(&WRONG_LISTENER_PAUSE_MAX));
+        let total: Duration = pauses.iter().sum();
+        assert!(total < Duration::from_secs(15), "all tries take {total:?}");
+        assert_eq!(wrong_listener_pause(usize::MAX), WRONG_LISTENER_PAUSE_MAX);
+    }
+
+    /// A relay that answers every sender with 421 (a listener for another port, every
+    /// time): the sender tries again, but a few times a second, not back to back (it made
+    /// 256 upgrades in about 0.1 s).
+    #[tokio::test]
+    async fn a_relay_that_always_answers_421_is_not_hammered() {
+        let (endpoint, upgrades, answering) = test_support::misdirecting_relay().await;
         let window = Duration::from_secs(1);
-        let outcome = tokio::time::timeout(window, connect_to_owner(&endpoint, "5678", &[])).await;
+        let outcome = tokio::time::timeout(
+            window,
+            connect_to_owner(&endpoint, "5678", &[], WRONG_LISTENER_ATTEMPTS),
+        )
+        .await;
         answering.abort();
         assert!(outcome.is_err(), "still trying after {window:?}");
         let made = upgrades.load(Ordering::Relaxed);

@@ -12,14 +12,14 @@
 //! again on the reconnect schedule ([`backoff`](super::backoff)), never in a tight loop.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use super::backoff::reconnect_delay;
+use super::backoff::{STABLE_CONNECTION, reconnect_delay};
 use super::{Endpoint, Tunnel, sender};
 use crate::relay::bridge;
 use crate::relay::protocol::close_code;
@@ -35,6 +35,18 @@ const _: () = assert!(SPARE_LIFETIME.as_secs() + 10 <= bridge::PREAMBLE_TIMEOUT.
 /// first exchange on loopback).
 pub const SPARE_REPLACE_DELAY: Duration = Duration::from_millis(10);
 
+/// How many listeners for other ports a spare's upgrade may reach before the open counts
+/// as failed (and waits its step of the reconnect schedule): a local connection tries up
+/// to [`sender::WRONG_LISTENER_ATTEMPTS`] times, but an idle keeper that did so for a port
+/// whose owner is gone made some 20 upgrades a second, and every other listener a
+/// rejection each time. With 4 listeners, 8 tries reach the owner 9 times in 10.
+pub const SPARE_WRONG_LISTENER_ATTEMPTS: usize = 8;
+
+/// How long a local connection waits for a keeper to hand its spare over: at once, unless
+/// the keeper is in a Pong write (bounded by the tunnel's write timeout, 30 s); past this
+/// the connection opens a tunnel of its own.
+pub const SPARE_HANDOVER_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// Most spares `relay connect` keeps: each is a connection at the relay and the listener.
 pub const MAX_SPARES: u8 = 8;
 
@@ -47,8 +59,27 @@ pub fn is_spare(address: &str) -> bool {
     url::Url::parse(address).is_ok_and(|url| url.query_pairs().any(|(k, _)| k == SPARE_QUERY))
 }
 
+/// A spare as its keeper hands it over.
+#[derive(Debug)]
+pub struct Spare {
+    pub tunnel: Tunnel,
+    /// When it was opened, by the wall clock: tokio's clock stops while a laptop sleeps,
+    /// the relay's connections do not.
+    opened: SystemTime,
+}
+
+impl Spare {
+    /// Whether it is older than [`SPARE_LIFETIME`] by the wall clock (or the clock went
+    /// back): after a laptop's sleep the relay has most likely closed it.
+    fn stale(&self) -> bool {
+        SystemTime::now()
+            .duration_since(self.opened)
+            .map_or(true, |age| age >= SPARE_LIFETIME)
+    }
+}
+
 /// A spare's keeper hands its tunnel over through this.
-type Handover = oneshot::Sender<Tunnel>;
+type Handover = oneshot::Sender<Spare>;
 
 /// The spares ready to be taken; shared by their keepers and the local connections.
 #[derive(Debug, Default)]
@@ -59,8 +90,9 @@ pub struct Spares {
 }
 
 impl Spares {
-    /// A spare, if one is ready. Waits only for its keeper's answer, which comes at once
-    /// or after one Pong write (bounded by the tunnel's write timeout).
+    /// A spare, if one is ready: the newest whose keeper hands it over within
+    /// [`SPARE_HANDOVER_TIMEOUT`] and that is not stale (older than [`SPARE_LIFETIME`] by
+    /// the wall clock; those are closed, and their keepers open new ones).
     pub async fn take(&self) -> Option<Tunnel> {
         loop {
             let offer = self.ready.lock().ok()?.pop()?;
@@ -68,9 +100,18 @@ impl Spares {
             if offer.send(handover).is_err() {
                 continue;
             }
-            if let Ok(tunnel) = handed.await {
-                return Some(tunnel);
+            // A keeper that answers later finds nobody waiting and closes its spare.
+            let Ok(Ok(spare)) = tokio::time::timeout(SPARE_HANDOVER_TIMEOUT, handed).await else {
+                continue;
+            };
+            if spare.stale() {
+                tracing::debug!(
+                    "a spare tunnel outlived its lifetime (the machine slept?); closed"
+                );
+                tokio::spawn(spare.tunnel.finish(close_code::NORMAL, ""));
+                continue;
             }
+            return Some(spare.tunnel);
         }
     }
 
@@ -90,6 +131,69 @@ impl Spares {
         self.ready.lock().map_or(0, |ready| {
             ready.iter().filter(|entry| !entry.is_closed()).count()
         })
+    }
+}
+
+/// How long a spare, once taken, has to show it is alive (the relay's Pong to the Ping
+/// sent with the preamble, or the listener's answer) before the connection moves to a new
+/// tunnel: a spare whose connection died unnoticed (a changed network, a relay that
+/// restarted) would otherwise hold the debugger for the listener's whole answer bound.
+pub const SPARE_PROOF_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a taken spare turned out to be ([`prove`]).
+#[derive(Debug)]
+pub enum Proof {
+    /// The listener answered: splice it.
+    Answered(Tunnel),
+    /// The listener refused the preamble (why, naming the fix).
+    Refused(bridge::BridgeError),
+    /// The spare is dead (why); nothing was delivered, a new tunnel may carry the bytes.
+    Dead(String),
+}
+
+/// Sends a taken spare's Ping, preamble and the client's `first` bytes, and reads the
+/// listener's answer: within [`SPARE_PROOF_TIMEOUT`] when no Pong came, else within the
+/// preamble's bound ([`bridge::PREAMBLE_TIMEOUT`]).
+pub async fn prove(mut tunnel: Tunnel, port_name: &str, first: &[u8]) -> Proof {
+    // The relay answers a Ping itself, at once: the Pong shows the spare's own connection
+    // alive while the listener may still be connecting its target.
+    if let Err(e) = tunnel.ping(b"amlx-spare").await {
+        return Proof::Dead(e.to_string());
+    }
+    if let Err(e) = bridge::request_with(&tunnel, port_name, first).await {
+        return Proof::Dead(e.to_string());
+    }
+    let start = tokio::time::Instant::now();
+    let answer = loop {
+        let bound = if tunnel.pong_seen() {
+            bridge::PREAMBLE_TIMEOUT
+        } else {
+            SPARE_PROOF_TIMEOUT
+        };
+        let read = tunnel.read_exact(bridge::REPLY_LEN);
+        let answer = tokio::time::timeout_at(start + bound, read).await;
+        match answer {
+            // The Pong came while waiting: the rest of the preamble's bound.
+            Err(_) if tunnel.pong_seen() && bound < bridge::PREAMBLE_TIMEOUT => continue,
+            Err(_) if !tunnel.pong_seen() => {
+                // Closed on the side: its writes may wait out their bound on a dead path.
+                tokio::spawn(tunnel.finish(close_code::GOING_AWAY, ""));
+                return Proof::Dead(format!("no answer within {SPARE_PROOF_TIMEOUT:?}"));
+            }
+            Ok(Err(e)) => return Proof::Dead(e.to_string()),
+            // Closed without a reason and without a Pong: the connection, not the listener.
+            Ok(Ok(None)) if !tunnel.pong_seen() && tunnel.peer_close_reason().is_none() => {
+                return Proof::Dead("closed before its answer".to_owned());
+            }
+            answer => break answer,
+        }
+    };
+    match bridge::check_reply(answer, tunnel.peer_close_reason(), port_name) {
+        Ok(()) => Proof::Answered(tunnel),
+        Err(e) => {
+            tunnel.finish(close_code::NORMAL, "").await;
+            Proof::Refused(e)
+        }
     }
 }
 
@@ -130,8 +234,14 @@ async fn keeper(
     let marker = [(SPARE_QUERY.to_owned(), "1".to_owned())];
     let mut failures = 0;
     loop {
+        let open = sender::connect_to_owner(
+            &endpoint,
+            &port_name,
+            &marker,
+            SPARE_WRONG_LISTENER_ATTEMPTS,
+        );
         let opened = tokio::select! {
-            opened = sender::connect_to_owner(&endpoint, &port_name, &marker) => opened,
+            opened = open => opened,
             () = shutdown.cancelled() => return,
         };
         let tunnel = match opened {
@@ -147,6 +257,7 @@ async fn keeper(
             }
         };
         tracing::debug!("a spare tunnel is ready");
+        let (since, opened) = (Instant::now(), SystemTime::now());
         let asked = spares.offer();
         let stop = async {
             tokio::select! {
@@ -158,8 +269,8 @@ async fn keeper(
         match tunnel.idle_until(stop).await {
             Ok((tunnel, Stop::Taken(Ok(handover)))) => {
                 failures = 0;
-                if let Err(unused) = handover.send(tunnel) {
-                    unused.finish(close_code::NORMAL, "").await;
+                if let Err(unused) = handover.send(Spare { tunnel, opened }) {
+                    unused.tunnel.finish(close_code::NORMAL, "").await;
                 }
                 tokio::select! {
                     () = tokio::time::sleep(SPARE_REPLACE_DELAY) => {}
@@ -176,6 +287,11 @@ async fn keeper(
             }
             Err(e) => {
                 tracing::debug!("a spare tunnel ended before use: {e}");
+                // One that lived a while was healthy: the schedule starts over (a relay
+                // or proxy that drops idle connections early must not push it to 30 s).
+                if since.elapsed() >= STABLE_CONNECTION {
+                    failures = 0;
+                }
                 if !pause(&mut failures, &shutdown).await {
                     return;
                 }

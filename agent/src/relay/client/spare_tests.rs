@@ -2,6 +2,8 @@
 
 use tokio::io::AsyncWriteExt as _;
 
+use std::time::SystemTime;
+
 use super::*;
 use crate::relay::client::tunnel::test_support::tunnel_and_peer;
 use crate::relay::websocket::{OpCode, close_code as ws_close};
@@ -45,7 +47,11 @@ async fn a_taker_skips_offers_whose_keeper_moved_on() {
     let (tunnel, _peer) = tunnel_and_peer();
     let keeper = tokio::spawn(async move {
         let handover = live.await.expect("asked");
-        assert!(handover.send(tunnel).is_ok());
+        let spare = Spare {
+            tunnel,
+            opened: SystemTime::now(),
+        };
+        assert!(handover.send(spare).is_ok());
     });
     let taken = tokio::time::timeout(Duration::from_secs(5), spares.take()).await;
     assert!(
@@ -135,4 +141,183 @@ async fn a_spare_dies_when_the_peer_closes_sends_bytes_or_goes() {
             assert_eq!(close.close_code().0, code);
         }
     }
+}
+
+/// A spare older than its lifetime by the wall clock (a laptop slept with it: tokio's
+/// clock did not move) is closed, not handed out; a keeper that does not answer in time
+/// is passed over. Either way the connection opens its own tunnel.
+#[tokio::test]
+async fn stale_spares_and_slow_keepers_are_passed_over() {
+    let spares = Arc::new(Spares::default());
+    let asked = spares.offer();
+    let (tunnel, (mut peer_reader, _peer_writer)) = tunnel_and_peer();
+    let keeper = tokio::spawn(async move {
+        let handover = asked.await.expect("asked");
+        let slept = SystemTime::now() - SPARE_LIFETIME - Duration::from_secs(1);
+        let _ = handover.send(Spare {
+            tunnel,
+            opened: slept,
+        });
+    });
+    assert!(
+        spares.take().await.is_none(),
+        "a stale spare was handed out"
+    );
+    keeper.await.expect("keeper");
+    let close = tokio::time::timeout(Duration::from_secs(5), peer_reader.read_frame())
+        .await
+        .expect("closed within the bound")
+        .expect("read")
+        .expect("frame");
+    assert_eq!(close.opcode, OpCode::Close);
+
+    let _silent = spares.offer(); // a keeper stuck in a Pong write never answers
+    let began = std::time::Instant::now();
+    assert!(spares.take().await.is_none());
+    assert!(
+        began.elapsed() < SPARE_HANDOVER_TIMEOUT * 5,
+        "{:?}",
+        began.elapsed()
+    );
+}
+
+/// What a taken spare's peer (the relay, then the listener) does, and what [`prove`]
+/// makes of it. Time is paused: the bounds pass at once when nothing happens.
+#[tokio::test(start_paused = true)]
+async fn a_taken_spare_is_proven_alive_or_dead_before_any_byte_reaches_the_client() {
+    #[derive(Debug, Clone, Copy)]
+    enum Peer {
+        PongThenAnswer,
+        Silent,
+        CloseWithoutReason,
+        PongThenCloseWithoutReason,
+        PongThenLateAnswer,
+        CloseWithReason,
+        Vanish,
+        PongThenSilent,
+    }
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Answered,
+        Refused(&'static str),
+        Dead,
+    }
+    let cases = [
+        (Peer::PongThenAnswer, Seen::Answered),
+        (Peer::Silent, Seen::Dead),
+        (Peer::CloseWithoutReason, Seen::Dead),
+        (Peer::PongThenCloseWithoutReason, Seen::Refused("5678")),
+        (Peer::PongThenLateAnswer, Seen::Answered),
+        (
+            Peer::CloseWithReason,
+            Seen::Refused("VS Code is not listening"),
+        ),
+        (Peer::Vanish, Seen::Dead),
+        (Peer::PongThenSilent, Seen::Refused("within 60s")),
+    ];
+    for (peer, expected) in cases {
+        let (tunnel, (mut peer_reader, mut peer_writer)) = tunnel_and_peer();
+        let proving = tokio::spawn(async move { prove(tunnel, "5678", b"first").await });
+        // What reaches the relay: the Ping, then the preamble with the client's bytes.
+        let ping = peer_reader.read_frame().await.expect("read").expect("ping");
+        assert_eq!(ping.opcode, OpCode::Ping, "{peer:?}");
+        let preamble = peer_reader
+            .read_frame()
+            .await
+            .expect("read")
+            .expect("preamble");
+        assert_eq!(
+            &preamble.payload[..],
+            b"\x01\x00\x00\x045678first",
+            "{peer:?}"
+        );
+        let pong = ping.payload.clone();
+        match peer {
+            Peer::PongThenAnswer => {
+                peer_writer
+                    .write_frame(OpCode::Pong, &pong)
+                    .await
+                    .expect("pong");
+                peer_writer
+                    .write_frame(OpCode::Binary, b"\x01\x00\x00")
+                    .await
+            }
+            Peer::Silent => Ok(()),
+            Peer::CloseWithoutReason => peer_writer.write_close(close_code::NORMAL, "").await,
+            Peer::PongThenCloseWithoutReason => {
+                peer_writer
+                    .write_frame(OpCode::Pong, &pong)
+                    .await
+                    .expect("pong");
+                peer_writer.write_close(close_code::NORMAL, "").await
+            }
+            Peer::PongThenLateAnswer => {
+                peer_writer
+                    .write_frame(OpCode::Pong, &pong)
+                    .await
+                    .expect("pong");
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                peer_writer
+                    .write_frame(OpCode::Binary, b"\x01\x00\x00")
+                    .await
+            }
+            Peer::CloseWithReason => {
+                peer_writer
+                    .write_close(close_code::SERVER_ERROR, "VS Code is not listening")
+                    .await
+            }
+            Peer::Vanish => peer_writer.shutdown().await,
+            Peer::PongThenSilent => peer_writer.write_frame(OpCode::Pong, &pong).await,
+        }
+        .expect("peer writes");
+        let proof = tokio::time::timeout(bridge::PREAMBLE_TIMEOUT * 2, proving)
+            .await
+            .unwrap_or_else(|_| panic!("{peer:?}: not within the bound"))
+            .expect("task");
+        let seen = match proof {
+            Proof::Answered(_) => Seen::Answered,
+            Proof::Dead(_) => Seen::Dead,
+            Proof::Refused(e) => {
+                let text = e.to_string();
+                let Seen::Refused(needle) = expected else {
+                    panic!("{peer:?}: refused: {text}");
+                };
+                assert!(text.contains(needle), "{peer:?}: {text}");
+                Seen::Refused(needle)
+            }
+        };
+        assert_eq!(seen, expected, "{peer:?}");
+        drop(peer_writer);
+    }
+}
+
+/// An idle keeper whose port's owner is not among the listeners (every one answers 421):
+/// a few upgrades per open, opens on the reconnect schedule. It made 20 a second, for
+/// ever, with no local connection at all.
+#[tokio::test]
+async fn an_idle_keeper_does_not_hammer_listeners_for_other_ports() {
+    use std::sync::atomic::Ordering;
+
+    let (endpoint, upgrades, answering) =
+        crate::relay::client::sender::test_support::misdirecting_relay().await;
+    let (spares, tracker, shutdown) = (
+        Arc::new(Spares::default()),
+        TaskTracker::new(),
+        CancellationToken::new(),
+    );
+    keep(&spares, 1, &Arc::new(endpoint), "5678", &tracker, &shutdown);
+    // Opens at about 0-0.5 s, then 1 s and 2 s later: three at most in 3 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    shutdown.cancel();
+    tracker.close();
+    tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .expect("the keeper ends at shutdown");
+    answering.abort();
+    let made = upgrades.load(Ordering::Relaxed);
+    assert!(
+        (SPARE_WRONG_LISTENER_ATTEMPTS..=3 * SPARE_WRONG_LISTENER_ATTEMPTS).contains(&made),
+        "{made} upgrades in 3 s"
+    );
+    assert_eq!(spares.waiting(), 0);
 }

@@ -86,6 +86,8 @@ pub struct Tunnel {
     /// Bytes of `pending` already written to the local side by [`Tunnel::deliver_pending`]
     /// (counted in the splice's [`SpliceStats::received`]).
     delivered: u64,
+    /// A Pong arrived since our last [`Tunnel::ping`].
+    pong_seen: bool,
     /// The peer's Close arrived (its direction is finished).
     peer_closed: bool,
     /// The reason its Close gave, when it gave one (a listener that could not reach its
@@ -141,6 +143,7 @@ impl Tunnel {
             })),
             pending: Vec::new(),
             delivered: 0,
+            pong_seen: false,
             peer_closed: false,
             peer_close_reason: None,
         }
@@ -209,7 +212,7 @@ impl Tunnel {
                         bounded(w.frames.write_frame(OpCode::Pong, &frame.payload)).await?;
                     }
                 }
-                OpCode::Pong => {}
+                OpCode::Pong => self.pong_seen = true,
                 OpCode::Close => {
                     let (code, reason) = frame.close_code();
                     tracing::debug!(code, reason, "peer closed its direction");
@@ -321,6 +324,25 @@ impl Tunnel {
             bounded(w.frames.write_frame(OpCode::Binary, chunk)).await?;
         }
         Ok(())
+    }
+
+    /// Sends a Ping; [`Tunnel::pong_seen`] says when its Pong (or any) has been read.
+    pub async fn ping(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.pong_seen = false;
+        let mut w = self.writer.lock().await;
+        if w.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel already closed",
+            ));
+        }
+        bounded(w.frames.write_frame(OpCode::Ping, payload)).await
+    }
+
+    /// Whether a Pong was read since the last [`Tunnel::ping`]: the path to the peer (the
+    /// relay, which answers Pings itself) is alive.
+    pub fn pong_seen(&self) -> bool {
+        self.pong_seen
     }
 
     /// Sends our Close (ends our direction); a second call does nothing.
