@@ -151,16 +151,17 @@ pub enum Proof {
     Dead(String),
 }
 
-/// Sends a taken spare's Ping, preamble and the client's `first` bytes, and reads the
+/// Sends a taken spare's preamble with the client's `first` bytes and a Ping, and reads the
 /// listener's answer: within [`SPARE_PROOF_TIMEOUT`] when no Pong came, else within the
 /// preamble's bound ([`bridge::PREAMBLE_TIMEOUT`]).
 pub async fn prove(mut tunnel: Tunnel, port_name: &str, first: &[u8]) -> Proof {
-    // The relay answers a Ping itself, at once: the Pong shows the spare's own connection
-    // alive while the listener may still be connecting its target.
-    if let Err(e) = tunnel.ping(b"amlx-spare").await {
+    if let Err(e) = bridge::request_with(&tunnel, port_name, first).await {
         return Proof::Dead(e.to_string());
     }
-    if let Err(e) = bridge::request_with(&tunnel, port_name, first).await {
+    // The relay answers a Ping itself, at once: the Pong shows the spare's own connection
+    // alive while the listener may still be connecting its target. After the preamble,
+    // which has the longer way to go.
+    if let Err(e) = tunnel.ping(b"amlx-spare").await {
         return Proof::Dead(e.to_string());
     }
     let start = tokio::time::Instant::now();

@@ -218,9 +218,7 @@ async fn a_taken_spare_is_proven_alive_or_dead_before_any_byte_reaches_the_clien
     for (peer, expected) in cases {
         let (tunnel, (mut peer_reader, mut peer_writer)) = tunnel_and_peer();
         let proving = tokio::spawn(async move { prove(tunnel, "5678", b"first").await });
-        // What reaches the relay: the Ping, then the preamble with the client's bytes.
-        let ping = peer_reader.read_frame().await.expect("read").expect("ping");
-        assert_eq!(ping.opcode, OpCode::Ping, "{peer:?}");
+        // What reaches the relay: the preamble with the client's bytes, then the Ping.
         let preamble = peer_reader
             .read_frame()
             .await
@@ -231,6 +229,8 @@ async fn a_taken_spare_is_proven_alive_or_dead_before_any_byte_reaches_the_clien
             b"\x01\x00\x00\x045678first",
             "{peer:?}"
         );
+        let ping = peer_reader.read_frame().await.expect("read").expect("ping");
+        assert_eq!(ping.opcode, OpCode::Ping, "{peer:?}");
         let pong = ping.payload.clone();
         match peer {
             Peer::PongThenAnswer => {
