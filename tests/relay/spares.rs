@@ -25,6 +25,17 @@ fn counting_echo() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
+/// A relay and a `relay listen` forwarding port name 5678 to `target` (a named forward:
+/// without a spare's mark, the listener would connect its target during the rendezvous,
+/// and a debug adapter takes one client); the connection string and the forward too.
+fn relay_and_listener(target: SocketAddr) -> (Relay, Proc, String, String) {
+    let relay = Relay::start();
+    let cs = relay.connection_string(KEY_BOTH, "hyco");
+    let forward = format!("5678=127.0.0.1:{}", target.port());
+    let listen = relay.listen_online(&cs, &["--forward", &forward]);
+    (relay, listen, cs, forward)
+}
+
 /// Waits until the relay carries exactly `n` relayed connections.
 fn relayed_becomes(relay: &Relay, n: u64, what: &str, dumps: &[&Proc]) {
     relayed_becomes_of(relay, (n, None), what, dumps);
@@ -50,13 +61,8 @@ fn relayed_becomes_of(relay: &Relay, (n, total): (u64, Option<u64>), what: &str,
 
 #[test]
 fn a_spare_waits_unconnected_and_carries_the_next_connection() {
-    let relay = Relay::start();
     let (echo, accepted) = counting_echo();
-    let cs = relay.connection_string(KEY_BOTH, "hyco");
-    // A named forward: without the spare's mark, `relay listen` would connect its target
-    // during the rendezvous (a debug adapter takes one client).
-    let forward = format!("5678=127.0.0.1:{}", echo.port());
-    let listen = relay.listen_online(&cs, &["--forward", &forward]);
+    let (relay, listen, cs, _) = relay_and_listener(echo);
     let (connect, addr) = relay.connect_with(&cs, "5678", &["--spare-tunnels", "1"]);
     relayed_becomes(&relay, 1, "the spare", &[&connect, &listen]);
     std::thread::sleep(QUIET);
@@ -109,11 +115,7 @@ fn a_spare_waits_unconnected_and_carries_the_next_connection() {
 
 #[test]
 fn spares_come_back_after_the_listener_does_and_connections_never_wait_for_them() {
-    let relay = Relay::start();
-    let echo = echo_server();
-    let cs = relay.connection_string(KEY_BOTH, "hyco");
-    let forward = format!("5678=127.0.0.1:{}", echo.port());
-    let mut listen = relay.listen_online(&cs, &["--forward", &forward]);
+    let (relay, mut listen, cs, forward) = relay_and_listener(echo_server());
     let (connect, addr) = relay.connect_with(&cs, "5678", &["--spare-tunnels", "2"]);
     relayed_becomes(&relay, 2, "two spares", &[&connect, &listen]);
 
@@ -146,12 +148,8 @@ fn spares_come_back_after_the_listener_does_and_connections_never_wait_for_them(
 
 #[test]
 fn a_spare_ends_with_relay_connect() {
-    let relay = Relay::start();
-    let echo = echo_server();
-    let cs = relay.connection_string(KEY_BOTH, "hyco");
-    let listen = relay.listen_online(&cs, &["--ports", &echo.port().to_string()]);
-    let (mut connect, _addr) =
-        relay.connect_with(&cs, &echo.port().to_string(), &["--spare-tunnels", "1"]);
+    let (relay, listen, cs, _) = relay_and_listener(echo_server());
+    let (mut connect, _addr) = relay.connect_with(&cs, "5678", &["--spare-tunnels", "1"]);
     relayed_becomes(&relay, 1, "the spare", &[&connect, &listen]);
     let pid = nix::unistd::Pid::from_raw(i32::try_from(connect.child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
@@ -227,11 +225,7 @@ impl Blackholing {
 /// listener's 60 s answer bound and failing.
 #[test]
 fn a_spare_dead_without_a_word_gives_way_to_a_new_tunnel_and_nothing_is_lost() {
-    let relay = Relay::start();
-    let echo = echo_server();
-    let cs = relay.connection_string(KEY_BOTH, "hyco");
-    let forward = format!("5678=127.0.0.1:{}", echo.port());
-    let listen = relay.listen_online(&cs, &["--forward", &forward]);
+    let (relay, listen, cs, _) = relay_and_listener(echo_server());
     let proxy = Blackholing::start(relay.addr);
     let through_proxy = cs.replace(
         &format!("127.0.0.1:{}", relay.addr.port()),

@@ -153,6 +153,16 @@ impl Relay {
         })
     }
 
+    /// A started `relay connect` for port name `name` on a free loopback port, with more
+    /// `args`, and its entry address.
+    fn connect(&self, name: &str, args: &[&str]) -> anyhow::Result<(Proc, SocketAddr)> {
+        let mut cmd = self.client(&["connect", "--bind", "127.0.0.1:0", "--port-name", name]);
+        cmd.args(args);
+        let mut proc = Proc::spawn("relay connect", cmd)?;
+        let entry = address_after(&proc.wait_for("listening on ")?, "listening on ")?;
+        Ok((proc, entry))
+    }
+
     /// `amlx-agent relay ARGS...` set up to reach this relay.
     pub fn client(&self, args: &[&str]) -> Command {
         let mut cmd = agent_command(&self.agent);
@@ -189,22 +199,8 @@ pub fn agent(agent: &Path, to: Targets, tls: bool, max_tunnels: usize) -> anyhow
     let mut entries = Vec::new();
     let mut connects = Vec::new();
     for (name, service) in [("iperf", Service::Iperf), ("echo", Service::Echo)] {
-        let mut proc = Proc::spawn(
-            "relay connect",
-            relay.client(&[
-                "connect",
-                "--bind",
-                "127.0.0.1:0",
-                "--port-name",
-                name,
-                "--max-tunnels",
-                &cap,
-            ]),
-        )?;
-        entries.push(address_after(
-            &proc.wait_for("listening on ")?,
-            "listening on ",
-        )?);
+        let (proc, entry) = relay.connect(name, &["--max-tunnels", &cap])?;
+        entries.push(entry);
         connects.push(Part {
             role: "relay connect",
             service: Some(service),
@@ -212,19 +208,7 @@ pub fn agent(agent: &Path, to: Targets, tls: bool, max_tunnels: usize) -> anyhow
         });
     }
     // The same service once more, through a connect that keeps a spare tunnel (figure 6).
-    let mut spare = Proc::spawn(
-        "relay connect",
-        relay.client(&[
-            "connect",
-            "--bind",
-            "127.0.0.1:0",
-            "--port-name",
-            "echo",
-            "--spare-tunnels",
-            "1",
-        ]),
-    )?;
-    let spare_entry = address_after(&spare.wait_for("listening on ")?, "listening on ")?;
+    let spare = relay.connect("echo", &["--spare-tunnels", "1"])?;
     let Relay {
         serve, _dir: dir, ..
     } = relay;
@@ -245,7 +229,7 @@ pub fn agent(agent: &Path, to: Targets, tls: bool, max_tunnels: usize) -> anyhow
         parts,
         iperf: entries[0],
         echo: entries[1],
-        echo_spare: Some((spare, spare_entry)),
+        echo_spare: Some(spare),
         _dir: dir,
     })
 }
