@@ -347,7 +347,7 @@ async fn forward_local(
     if used_spare {
         match spare::prove(tunnel, &port_name, &first).await {
             Proof::Answered(tunnel) => return splice_local(tunnel, tcp, None, first.len()).await,
-            Proof::Refused(e) => {
+            Proof::Failed(e) => {
                 tracing::error!("{e}");
                 return;
             }

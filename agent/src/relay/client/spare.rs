@@ -145,9 +145,12 @@ pub const SPARE_PROOF_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Proof {
     /// The listener answered: splice it.
     Answered(Tunnel),
-    /// The listener refused the preamble (why, naming the fix).
-    Refused(bridge::BridgeError),
-    /// The spare is dead (why); nothing was delivered, a new tunnel may carry the bytes.
+    /// The preamble failed once it may have reached the listener: refused (why, naming
+    /// the fix), unanswered, or the connection broke after the relay's Pong. No second
+    /// tunnel then: the listener may have reached a target that takes one client.
+    Failed(bridge::BridgeError),
+    /// The spare is dead (why): no sign that anything got past the relay, so a new tunnel
+    /// may carry the bytes.
     Dead(String),
 }
 
@@ -181,7 +184,8 @@ pub async fn prove(mut tunnel: Tunnel, port_name: &str, first: &[u8]) -> Proof {
                 tokio::spawn(tunnel.finish(close_code::GOING_AWAY, ""));
                 return Proof::Dead(format!("no answer within {SPARE_PROOF_TIMEOUT:?}"));
             }
-            Ok(Err(e)) => return Proof::Dead(e.to_string()),
+            Ok(Err(e)) if !tunnel.pong_seen() => return Proof::Dead(e.to_string()),
+            Ok(Err(e)) => return Proof::Failed(bridge::BridgeError::Io(e)),
             // Closed without a reason and without a Pong: the connection, not the listener.
             Ok(Ok(None)) if !tunnel.pong_seen() && tunnel.peer_close_reason().is_none() => {
                 return Proof::Dead("closed before its answer".to_owned());
@@ -193,7 +197,7 @@ pub async fn prove(mut tunnel: Tunnel, port_name: &str, first: &[u8]) -> Proof {
         Ok(()) => Proof::Answered(tunnel),
         Err(e) => {
             tunnel.finish(close_code::NORMAL, "").await;
-            Proof::Refused(e)
+            Proof::Failed(e)
         }
     }
 }

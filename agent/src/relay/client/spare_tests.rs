@@ -195,25 +195,30 @@ async fn a_taken_spare_is_proven_alive_or_dead_before_any_byte_reaches_the_clien
         CloseWithReason,
         Vanish,
         PongThenSilent,
+        PongThenVanish,
+        PongThenGarbage,
     }
     #[derive(Debug, PartialEq)]
     enum Seen {
         Answered,
-        Refused(&'static str),
+        Failed(&'static str),
         Dead,
     }
     let cases = [
         (Peer::PongThenAnswer, Seen::Answered),
         (Peer::Silent, Seen::Dead),
         (Peer::CloseWithoutReason, Seen::Dead),
-        (Peer::PongThenCloseWithoutReason, Seen::Refused("5678")),
+        (Peer::PongThenCloseWithoutReason, Seen::Failed("5678")),
         (Peer::PongThenLateAnswer, Seen::Answered),
         (
             Peer::CloseWithReason,
-            Seen::Refused("VS Code is not listening"),
+            Seen::Failed("VS Code is not listening"),
         ),
         (Peer::Vanish, Seen::Dead),
-        (Peer::PongThenSilent, Seen::Refused("within 60s")),
+        (Peer::PongThenSilent, Seen::Failed("within 60s")),
+        // The preamble may have reached the listener: no second tunnel.
+        (Peer::PongThenVanish, Seen::Failed("before answering")),
+        (Peer::PongThenGarbage, Seen::Failed("during the preamble")),
     ];
     for (peer, expected) in cases {
         let (tunnel, (mut peer_reader, mut peer_writer)) = tunnel_and_peer();
@@ -268,6 +273,24 @@ async fn a_taken_spare_is_proven_alive_or_dead_before_any_byte_reaches_the_clien
             }
             Peer::Vanish => peer_writer.shutdown().await,
             Peer::PongThenSilent => peer_writer.write_frame(OpCode::Pong, &pong).await,
+            Peer::PongThenVanish => {
+                peer_writer
+                    .write_frame(OpCode::Pong, &pong)
+                    .await
+                    .expect("pong");
+                peer_writer.shutdown().await
+            }
+            Peer::PongThenGarbage => {
+                peer_writer
+                    .write_frame(OpCode::Pong, &pong)
+                    .await
+                    .expect("pong");
+                // A reserved opcode: the connection breaks with an error.
+                peer_writer
+                    .get_mut_for_tests()
+                    .write_all(&[0x83, 0x00])
+                    .await
+            }
         }
         .expect("peer writes");
         let proof = tokio::time::timeout(bridge::PREAMBLE_TIMEOUT * 2, proving)
@@ -277,13 +300,13 @@ async fn a_taken_spare_is_proven_alive_or_dead_before_any_byte_reaches_the_clien
         let seen = match proof {
             Proof::Answered(_) => Seen::Answered,
             Proof::Dead(_) => Seen::Dead,
-            Proof::Refused(e) => {
+            Proof::Failed(e) => {
                 let text = e.to_string();
-                let Seen::Refused(needle) = expected else {
+                let Seen::Failed(needle) = expected else {
                     panic!("{peer:?}: refused: {text}");
                 };
                 assert!(text.contains(needle), "{peer:?}: {text}");
-                Seen::Refused(needle)
+                Seen::Failed(needle)
             }
         };
         assert_eq!(seen, expected, "{peer:?}");
