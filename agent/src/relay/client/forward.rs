@@ -345,8 +345,14 @@ async fn forward_local(
         "connection from {peer} relayed"
     );
     if used_spare {
-        match spare::prove(tunnel, &port_name, &first).await {
-            Proof::Answered(tunnel) => return splice_local(tunnel, tcp, None, first.len()).await,
+        let proof = spare::prove(tunnel, &port_name, &first).await;
+        match proof {
+            Proof::Answered(tunnel) => {
+                let sent = first.len();
+                // Not held for the tunnel's life.
+                drop(first);
+                return splice_local(tunnel, tcp, None, sent).await;
+            }
             Proof::Failed(e) => {
                 tracing::error!("{e}");
                 return;
@@ -357,23 +363,26 @@ async fn forward_local(
             }
         }
         match fresh().await {
-            Ok(tunnel) => return fresh_local(tunnel, tcp, &port_name, &first).await,
+            Ok(tunnel) => return fresh_local(tunnel, tcp, &port_name, first).await,
             Err(e) => tracing::error!("{e}"),
         }
         return;
     }
-    fresh_local(tunnel, tcp, &port_name, &first).await;
+    fresh_local(tunnel, tcp, &port_name, first).await;
 }
 
 /// A new tunnel's side of [`forward_local`]: the preamble with the client's `first` bytes,
 /// and the client's further bytes at once instead of a round trip through the relay later;
 /// the listener's answer is checked before any byte reaches the client.
-async fn fresh_local(tunnel: Tunnel, tcp: TcpStream, port_name: &str, first: &[u8]) {
-    if let Err(e) = bridge::request_with(&tunnel, port_name, first).await {
+async fn fresh_local(tunnel: Tunnel, tcp: TcpStream, port_name: &str, first: Vec<u8>) {
+    if let Err(e) = bridge::request_with(&tunnel, port_name, &first).await {
         tracing::error!("{e}");
         tunnel.finish(close_code::NORMAL, "").await;
         return;
     }
+    let sent = first.len();
+    // Not held for the tunnel's life.
+    drop(first);
     let name = port_name.to_owned();
     let expect = Expect {
         len: bridge::REPLY_LEN,
@@ -382,7 +391,7 @@ async fn fresh_local(tunnel: Tunnel, tcp: TcpStream, port_name: &str, first: &[u
             bridge::check_reply(answer, closed_with, &name).map_err(std::io::Error::other)
         }),
     };
-    splice_local(tunnel, tcp, Some(expect), first.len()).await;
+    splice_local(tunnel, tcp, Some(expect), sent).await;
 }
 
 /// Splices a local connection with its tunnel (after `expect`, if given), then logs the
@@ -417,14 +426,11 @@ fn waiting_bytes(tcp: &TcpStream) -> Option<Vec<u8>> {
     use nix::sys::socket::{MsgFlags, recv};
 
     // A DAP `initialize` fits; whatever else is waiting follows in the splice.
-    let mut first = vec![0; 4096];
+    let mut first = [0; 4096];
     // Straight from the socket: tokio's own read would answer "not ready" until its
     // reactor has seen the socket readable, however long the bytes have waited.
     match recv(tcp.as_raw_fd(), &mut first, MsgFlags::MSG_DONTWAIT) {
-        Ok(n) => {
-            first.truncate(n);
-            Some(first)
-        }
+        Ok(n) => Some(first.get(..n).unwrap_or_default().to_vec()),
         Err(Errno::EAGAIN | Errno::EINTR) => Some(Vec::new()),
         Err(_) => None,
     }
