@@ -275,6 +275,7 @@ pub fn control_message_text(data: &[u8]) {
             let _ = Url::parse(&reject);
             let _ = Url::parse(&accept.address);
             let _ = handshake::verbatim_target(&accept.address);
+            let _ = crate::relay::client::spare::is_spare(&accept.address);
         }
         ControlMessage::RenewToken(renew) => {
             let _ = SasToken::parse(renew.token.expose());
@@ -364,8 +365,9 @@ pub async fn upgrade_response(data: &[u8]) {
 
 /// azbridge's preamble on a relayed connection. Shape bit 0: the input is raw frames
 /// (else stream bytes, framed here); bit 1: the sender's side (reading the reply) instead
-/// of the listener's; bit 2: two named forwards instead of one numeric; bits 3-7: frame
-/// size. The input is also tried as a `--forward name=host:port` spec.
+/// of the listener's; bit 2: two named forwards instead of one numeric (the listener's
+/// side), or a taken spare proving itself (the sender's); bits 3-7: frame size. The input
+/// is also tried as a `--forward name=host:port` spec.
 pub async fn bridge_preamble(data: &[u8]) {
     let (shape, rest) = selector(data);
     let script = if shape & 1 == 1 {
@@ -379,7 +381,9 @@ pub async fn bridge_preamble(data: &[u8]) {
         reader: FrameReader::new(read_half, Vec::new()),
         writer: FrameWriter::new(write_half, true),
     });
-    if shape & 2 == 2 {
+    if shape & 6 == 6 {
+        let _ = crate::relay::client::spare::prove(tunnel, "5678", b"first").await;
+    } else if shape & 2 == 2 {
         let _ = bridge::open(&mut tunnel, "5678").await;
     } else {
         let forwards = if shape & 4 == 4 {
