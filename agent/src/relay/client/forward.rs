@@ -172,7 +172,7 @@ impl RemoteForwarder {
     /// made before the preamble to the forward the address named, used only when the
     /// preamble names that same forward.
     async fn forward(&self, tunnel: Tunnel, early: Option<(Forward, Result<TcpStream, String>)>) {
-        let (tunnel, forward) = match bridge::accept(tunnel, &self.forwards).await {
+        let (mut tunnel, forward) = match bridge::accept(tunnel, &self.forwards).await {
             Ok(Some(found)) => found,
             Ok(None) => return,
             Err(e) => {
@@ -202,7 +202,6 @@ impl RemoteForwarder {
         let _ = tcp.set_nodelay(true);
         // The sender's first bytes (sent with its preamble) reach the target before the
         // answer goes back: the target starts on them one write sooner.
-        let mut tunnel = tunnel;
         if let Err(e) = tunnel.deliver_pending(&mut tcp).await {
             FAILED.target.log(|left_out| {
                 tracing::warn!(

@@ -206,12 +206,7 @@ impl Tunnel {
                 OpCode::Binary | OpCode::Text | OpCode::Continuation => {
                     return Ok(Some(frame.payload));
                 }
-                OpCode::Ping => {
-                    let mut w = self.writer.lock().await;
-                    if !w.closed {
-                        bounded(w.frames.write_frame(OpCode::Pong, &frame.payload)).await?;
-                    }
-                }
+                OpCode::Ping => self.answer_ping(&frame.payload).await?,
                 OpCode::Pong => self.pong_seen = true,
                 OpCode::Close => {
                     let (code, reason) = frame.close_code();
@@ -249,10 +244,7 @@ impl Tunnel {
                 Err(err) => return Err(self.refuse(err).await),
             };
             match frame.opcode {
-                OpCode::Ping => {
-                    let mut w = self.writer.lock().await;
-                    bounded(w.frames.write_frame(OpCode::Pong, &frame.payload)).await?;
-                }
+                OpCode::Ping => self.answer_ping(&frame.payload).await?,
                 OpCode::Pong => {}
                 OpCode::Close => {
                     let (code, reason) = frame.close_code();
@@ -313,13 +305,7 @@ impl Tunnel {
     /// Sends stream bytes as binary frames of at most `CHUNK` bytes (the peer's frame
     /// limit never matters, and a frame write stays short).
     pub async fn write(&self, data: &[u8]) -> io::Result<()> {
-        let mut w = self.writer.lock().await;
-        if w.closed {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "tunnel already closed",
-            ));
-        }
+        let mut w = self.open_writer().await?;
         for chunk in data.chunks(CHUNK) {
             bounded(w.frames.write_frame(OpCode::Binary, chunk)).await?;
         }
@@ -329,14 +315,29 @@ impl Tunnel {
     /// Sends a Ping; [`Tunnel::pong_seen`] says when its Pong (or any) has been read.
     pub async fn ping(&mut self, payload: &[u8]) -> io::Result<()> {
         self.pong_seen = false;
+        let mut w = self.open_writer().await?;
+        bounded(w.frames.write_frame(OpCode::Ping, payload)).await
+    }
+
+    /// Answers a Ping with its payload, unless our Close went out (nothing may follow it).
+    async fn answer_ping(&self, payload: &[u8]) -> io::Result<()> {
         let mut w = self.writer.lock().await;
+        if w.closed {
+            return Ok(());
+        }
+        bounded(w.frames.write_frame(OpCode::Pong, payload)).await
+    }
+
+    /// The sending half, for data or a Ping: `BrokenPipe` once our Close went out.
+    async fn open_writer(&self) -> io::Result<tokio::sync::MutexGuard<'_, Writer>> {
+        let w = self.writer.lock().await;
         if w.closed {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "tunnel already closed",
             ));
         }
-        bounded(w.frames.write_frame(OpCode::Ping, payload)).await
+        Ok(w)
     }
 
     /// Whether a Pong was read since the last [`Tunnel::ping`]: the path to the peer (the
