@@ -188,7 +188,7 @@ fn a_stdout_nobody_reads_is_an_error_not_a_panic() {
 #[test]
 fn impossible_ports_and_rank_counts_are_usage_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["run", "--vscode-port", "0", "--", "true"],
             "0 is not a port VS Code can listen on; pick one like 5678",
@@ -215,14 +215,9 @@ fn impossible_ports_and_rank_counts_are_usage_errors() {
         (&["run", "--ranks-count", "0", "--", "true"], "1..=64"),
         (&["run", "--ranks-count", "65", "--", "true"], "1..=64"),
         (&["demo", "--ranks-count", "65"], "1..=64"),
-        (&["relay", "connect", "--spare-tunnels", "9"], "0..=8"),
         (
             &["relay", "connect", "--spare-tunnels", "-1"],
             "unexpected argument '-1'",
-        ),
-        (
-            &["relay", "connect", "--spare-tunnels", "one"],
-            "invalid digit",
         ),
     ];
     for (args, expected) in cases {

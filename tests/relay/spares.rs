@@ -116,7 +116,12 @@ fn a_spare_waits_unconnected_and_carries_the_next_connection() {
 #[test]
 fn spares_come_back_after_the_listener_does_and_connections_never_wait_for_them() {
     let (relay, mut listen, cs, forward) = relay_and_listener(echo_server());
-    let (connect, addr) = relay.connect_with(&cs, "5678", &["--spare-tunnels", "2"]);
+    // The count from the config file this time (the other tests pass the flag).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[relay]\nspare_tunnels = 2\n").expect("config file");
+    let config = config.to_str().expect("UTF-8 temp path");
+    let (connect, addr) = relay.connect_with(&cs, "5678", &["--config", config]);
     relayed_becomes(&relay, 2, "two spares", &[&connect, &listen]);
 
     // The listener goes: its spares die with it, and no listener means no spare.

@@ -188,8 +188,8 @@ pub struct ConnectArgs {
     /// debugger attaching skips the relay's rendezvous: about half of a new tunnel's time,
     /// several round trips to Azure Relay. Each is a connection at the relay and the
     /// listener, renewed every 45 s while unused
-    #[arg(long, value_name = "N", default_value_t = 0,
-          value_parser = clap::value_parser!(u8).range(0..=i64::from(crate::relay::client::spare::MAX_SPARES)))]
-    pub spare_tunnels: u8,
+    /// [env: AMLX_RELAY_SPARE_TUNNELS] [default: 0]
+    #[arg(long, value_name = "N")]
+    pub spare_tunnels: Option<String>,
 }
 // --- end client side ---

@@ -138,15 +138,23 @@ fn flags_for<'a>(cli: &'a Cli, step: Option<&'a StepHints>) -> Flags<'a> {
                 RelayCommand::Listen(ListenArgs {
                     relay, max_tunnels, ..
                 }),
-        })
-        | Command::Relay(RelayArgs {
+        }) => Flags {
+            relay: Some(relay),
+            max_tunnels: max_tunnels.as_ref(),
+            ..base
+        },
+        Command::Relay(RelayArgs {
             command:
                 RelayCommand::Connect(ConnectArgs {
-                    relay, max_tunnels, ..
+                    relay,
+                    max_tunnels,
+                    spare_tunnels,
+                    ..
                 }),
         }) => Flags {
             relay: Some(relay),
             max_tunnels: max_tunnels.as_ref(),
+            spare_tunnels: spare_tunnels.as_ref(),
             ..base
         },
         Command::Status(args) => Flags {

@@ -14,7 +14,7 @@ use crate::ports::PortRange;
 use crate::role::Env;
 use crate::session::{DebugMode, FailurePolicy};
 
-use super::value::{FromConfig, PostMortemLimit, TargetLimit, TunnelLimit};
+use super::value::{FromConfig, PostMortemLimit, SpareTunnels, TargetLimit, TunnelLimit};
 use super::{ConfigError, Secret, Settings};
 
 /// The config file to read when `--config` is not given.
@@ -104,6 +104,9 @@ pub(super) fn apply(env: &dyn Env, s: &mut Settings) -> Result<(), ConfigError> 
     }
     if let Some(TunnelLimit(v)) = get::<TunnelLimit>(env, "AMLX_RELAY_MAX_TUNNELS")? {
         s.relay.max_tunnels = v;
+    }
+    if let Some(SpareTunnels(v)) = get::<SpareTunnels>(env, "AMLX_RELAY_SPARE_TUNNELS")? {
+        s.relay.spare_tunnels = v;
     }
     if let Some(v) = get::<PathBuf>(env, "AMLX_STATE_DIR")? {
         s.state_dir = Some(v);

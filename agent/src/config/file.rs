@@ -19,7 +19,7 @@ use super::ConfigError;
 use super::secret::Secret;
 use super::server::ServerSection;
 use super::targets::TargetSection;
-use super::value::{Parsed, PostMortemLimit, TargetLimit, TunnelLimit};
+use super::value::{Parsed, PostMortemLimit, SpareTunnels, TargetLimit, TunnelLimit};
 use toml::Spanned;
 
 /// The whole file as written; every key is optional, absent means "not set here".
@@ -79,6 +79,7 @@ pub(super) struct RelaySection {
     pub ca_file: Option<PathBuf>,
     pub insecure_ws: Option<bool>,
     pub max_tunnels: Option<Parsed<TunnelLimit>>,
+    pub spare_tunnels: Option<Parsed<SpareTunnels>>,
     #[serde(default)]
     pub server: ServerSection,
 }

@@ -3,7 +3,7 @@
 use crate::policy::RankSpec;
 use crate::ports::PortRange;
 
-use super::value::{FromConfig, PostMortemLimit, TargetLimit, TunnelLimit};
+use super::value::{FromConfig, PostMortemLimit, SpareTunnels, TargetLimit, TunnelLimit};
 use super::{ConfigError, Flags, Settings};
 
 /// Parses one flag value; the error names the flag and quotes the value.
@@ -92,6 +92,9 @@ pub(super) fn apply(flags: &Flags<'_>, s: &mut Settings) -> Result<(), ConfigErr
     }
     if let Some(TunnelLimit(v)) = parse::<TunnelLimit>("--max-tunnels", flags.max_tunnels)? {
         s.relay.max_tunnels = v;
+    }
+    if let Some(SpareTunnels(v)) = parse::<SpareTunnels>("--spare-tunnels", flags.spare_tunnels)? {
+        s.relay.spare_tunnels = v;
     }
     Ok(())
 }

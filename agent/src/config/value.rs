@@ -104,6 +104,23 @@ impl FromConfig for TunnelLimit {
     }
 }
 
+/// How many relayed connections `relay connect` keeps open ahead of local connections:
+/// a count from 0 to [`MAX_SPARES`](crate::relay::client::spare::MAX_SPARES).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpareTunnels(pub u8);
+
+impl FromConfig for SpareTunnels {
+    fn from_config(text: &str) -> Result<Self, String> {
+        let max = crate::relay::client::spare::MAX_SPARES;
+        match text.trim().parse::<u8>() {
+            Ok(n) if n <= max => Ok(SpareTunnels(n)),
+            _ => Err(format!(
+                "invalid spare tunnel count {text:?} (expected a whole number from 0 to {max})"
+            )),
+        }
+    }
+}
+
 impl FromConfig for IpAddr {
     fn from_config(text: &str) -> Result<Self, String> {
         text.trim()
@@ -235,6 +252,25 @@ mod tests {
         ] {
             assert_eq!(
                 TargetLimit::from_config(text).ok().map(|t| t.0),
+                want,
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn spare_tunnel_counts() {
+        for (text, want) in [
+            ("0", Some(0)),
+            (" 8 ", Some(8)),
+            ("9", None),
+            ("256", None),
+            ("-1", None),
+            ("one", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                SpareTunnels::from_config(text).ok().map(|t| t.0),
                 want,
                 "{text:?}"
             );

@@ -24,7 +24,7 @@ use crate::role::{self, Host, Overrides};
 use crate::session::DebugMode;
 
 /// The variables the config's environment layer reads (`config/env.rs`).
-const CONFIG_VARS: [&str; 18] = [
+const CONFIG_VARS: [&str; 19] = [
     "AMLX_DEBUG",
     "AMLX_RANKS",
     "AMLX_MAX_TARGETS_PER_NODE",
@@ -42,6 +42,7 @@ const CONFIG_VARS: [&str; 18] = [
     "AMLX_RELAY_CA_FILE",
     "AMLX_RELAY_INSECURE_WS",
     "AMLX_RELAY_MAX_TUNNELS",
+    "AMLX_RELAY_SPARE_TUNNELS",
     "AMLX_STATE_DIR",
 ];
 
@@ -147,6 +148,7 @@ pub fn config_file_and_env(data: &[u8]) {
         state_dir: None,
         relay: None,
         max_tunnels: None,
+        spare_tunnels: None,
         step: None,
     };
     let file = Some((Path::new("fuzz.toml"), file_text.as_str()));

@@ -68,7 +68,7 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
     super::forwarder_runtime()?.block_on(async move {
         // Each tunnel is the local connection and its WebSocket to the relay; a spare is
         // a WebSocket.
-        let spares = args.spare_tunnels;
+        let spares = settings.relay.spare_tunnels;
         let needed = (max_tunnels as u64)
             .saturating_mul(2)
             .saturating_add(u64::from(spares));

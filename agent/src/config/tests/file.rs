@@ -69,12 +69,17 @@ fn file_errors_name_file_line_and_key() {
             "[relay]\nhybrid_connection = \"hc\"\nentity = \"x\"\n",
             "/cfg/agent.toml:3: unknown key relay.entity (known keys: connection_string, \
              connection_string_file, hybrid_connection, ca_file, insecure_ws, max_tunnels, \
-             server)",
+             spare_tunnels, server)",
         ),
         (
             "[relay]\ninsecure_ws = true\nmax_tunnels = 0\n",
             "/cfg/agent.toml:3: relay.max_tunnels: invalid tunnel count \"0\" \
              (expected a whole number of at least 1)",
+        ),
+        (
+            "[relay]\nspare_tunnels = 9\n",
+            "/cfg/agent.toml:2: relay.spare_tunnels: invalid spare tunnel count \"9\" \
+             (expected a whole number from 0 to 8)",
         ),
         (
             "[relay]\n\nmax_tunnels = -5\n",

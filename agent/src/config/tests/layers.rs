@@ -18,6 +18,7 @@ struct Args {
     session: SessionArgs,
     relay: RelayClientArgs,
     max_tunnels: Option<String>,
+    spare_tunnels: Option<String>,
     state_dir: Option<PathBuf>,
     step: Option<StepHints>,
 }
@@ -34,6 +35,7 @@ impl Args {
             state_dir: self.state_dir.as_deref(),
             relay: Some(&self.relay),
             max_tunnels: self.max_tunnels.as_ref(),
+            spare_tunnels: self.spare_tunnels.as_ref(),
             step: self.step.as_ref(),
         }
     }
@@ -184,6 +186,13 @@ fn precedence_cases() -> Vec<Case> {
             flag: Some(|a| a.max_tunnels = s("7")),
             get: |s| s.relay.max_tunnels.to_string(),
             want: ["256", "5000", "10", "7"],
+        },
+        Case {
+            file: "[relay]\nspare_tunnels = 2",
+            env: ("AMLX_RELAY_SPARE_TUNNELS", "8"),
+            flag: Some(|a| a.spare_tunnels = s("1")),
+            get: |s| s.relay.spare_tunnels.to_string(),
+            want: ["0", "2", "8", "1"],
         },
         Case {
             file: "[node]\nstate_dir = \"/f\"",
@@ -489,6 +498,11 @@ fn env_errors_name_the_variable() {
         ("AMLX_WAIT_FOR_CLIENT", "x", "invalid switch \"x\""),
         ("AMLX_LOG_FORMAT", "x", "invalid log format \"x\""),
         ("AMLX_RELAY_MAX_TUNNELS", "0", "invalid tunnel count \"0\""),
+        (
+            "AMLX_RELAY_SPARE_TUNNELS",
+            "-1",
+            "invalid spare tunnel count \"-1\"",
+        ),
     ];
     for (name, value, want) in cases {
         let err = layer(&Flags::default(), &env(&[(name, value)]), None).expect_err(name);
@@ -535,6 +549,10 @@ fn flag_errors_name_the_flag() {
         (
             |a| a.max_tunnels = s("many"),
             "--max-tunnels: invalid tunnel count \"many\"",
+        ),
+        (
+            |a| a.spare_tunnels = s("9"),
+            "--spare-tunnels: invalid spare tunnel count \"9\" (expected a whole number from 0 to 8)",
         ),
     ];
     for (set_flag, want) in cases {
