@@ -9,7 +9,9 @@
 //! by a task of its own that answers Pings, notices the listener closing it, and replaces
 //! it after [`SPARE_LIFETIME`], before the listener's bound on a preamble
 //! ([`bridge::PREAMBLE_TIMEOUT`]) would close it. Spares that die before use are opened
-//! again on the reconnect schedule ([`backoff`](super::backoff)), never in a tight loop.
+//! again on the reconnect schedule ([`backoff`](super::backoff)), never in a tight loop;
+//! the keepers share that schedule and open one spare at a time, so N spares facing a
+//! relay or listener that is down cost it what one does.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -87,6 +89,35 @@ pub struct Spares {
     /// One entry per spare that waits, newest last; an entry whose keeper moved on
     /// (its spare died or was replaced) is closed and skipped.
     ready: Mutex<Vec<oneshot::Sender<Handover>>>,
+    /// Where the keepers stand on the reconnect schedule, together.
+    schedule: Mutex<Schedule>,
+    /// Held by the one keeper opening a spare: the others wait their turn, so while the
+    /// relay or the listener is down one keeper tries at each step of the schedule, not
+    /// all of them (8 spares made 128 upgrades in the first second against listeners that
+    /// all answered 421).
+    opener: tokio::sync::Mutex<()>,
+}
+
+/// The keepers' shared place on the reconnect schedule for opening spares.
+#[derive(Debug, Default)]
+struct Schedule {
+    /// Opens failed since a spare last lived its life (was taken or aged).
+    failures: usize,
+    /// No spare is opened before this.
+    not_before: Option<tokio::time::Instant>,
+}
+
+impl Schedule {
+    /// Counts a failed open and puts the next one its step of the schedule away. Opens
+    /// take turns, so this counts each try once.
+    fn failed(&mut self) {
+        self.not_before = Some(tokio::time::Instant::now() + reconnect_delay(self.failures));
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    fn reset(&mut self) {
+        *self = Schedule::default();
+    }
 }
 
 impl Spares {
@@ -124,6 +155,42 @@ impl Spares {
             ready.push(offer);
         }
         asked
+    }
+
+    /// The keepers' schedule (its values stay whole if a holder panicked).
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens a spare when its turn comes: after any other keeper's open, and not before
+    /// the schedule allows. `None` when it failed (counted on the schedule). Cancel-safe:
+    /// dropped, it gives the turn back.
+    async fn open(
+        &self,
+        endpoint: &Endpoint,
+        port_name: &str,
+        marker: &[(String, String)],
+    ) -> Option<Tunnel> {
+        let _turn = self.opener.lock().await;
+        let not_before = self.schedule().not_before;
+        if let Some(at) = not_before {
+            tokio::time::sleep_until(at).await;
+        }
+        let opened =
+            sender::connect_to_owner(endpoint, port_name, marker, SPARE_WRONG_LISTENER_ATTEMPTS)
+                .await;
+        match opened {
+            Ok(tunnel) => Some(tunnel),
+            Err(e) => {
+                // A local connection that finds no spare opens its own tunnel and says
+                // why that failed; this line is for whoever looks closer.
+                tracing::debug!("could not open a spare tunnel: {e}");
+                self.schedule().failed();
+                None
+            }
+        }
     }
 
     /// How many spares wait (for tests).
@@ -237,30 +304,18 @@ async fn keeper(
     shutdown: CancellationToken,
 ) {
     let marker = [(SPARE_QUERY.to_owned(), "1".to_owned())];
-    let mut failures = 0;
+    // This keeper's spares that died unused before they lived [`STABLE_CONNECTION`]: a
+    // listener or relay that closes each new spare at once must not see a tight loop.
+    // (Spares that die together, their listener gone, each wait their own first step,
+    // zero; the opens after them take turns on the shared schedule.)
+    let mut early_deaths = 0;
     loop {
-        let open = sender::connect_to_owner(
-            &endpoint,
-            &port_name,
-            &marker,
-            SPARE_WRONG_LISTENER_ATTEMPTS,
-        );
         let opened = tokio::select! {
-            opened = open => opened,
+            opened = spares.open(&endpoint, &port_name, &marker) => opened,
             () = shutdown.cancelled() => return,
         };
-        let tunnel = match opened {
-            Ok(tunnel) => tunnel,
-            Err(e) => {
-                // A local connection that finds no spare opens its own tunnel and says
-                // why that failed; this line is for whoever looks closer.
-                tracing::debug!("could not open a spare tunnel: {e}");
-                if pause(&mut failures, &shutdown).await {
-                    continue;
-                }
-                return;
-            }
-        };
+        // A failure waits its step of the schedule in the next `open`.
+        let Some(tunnel) = opened else { continue };
         tracing::debug!("a spare tunnel is ready");
         let (since, opened) = (Instant::now(), SystemTime::now());
         let asked = spares.offer();
@@ -273,7 +328,8 @@ async fn keeper(
         };
         match tunnel.idle_until(stop).await {
             Ok((tunnel, Stop::Taken(Ok(handover)))) => {
-                failures = 0;
+                early_deaths = 0;
+                spares.schedule().reset();
                 if let Err(unused) = handover.send(Spare { tunnel, opened }) {
                     unused.tunnel.finish(close_code::NORMAL, "").await;
                 }
@@ -283,7 +339,8 @@ async fn keeper(
                 }
             }
             Ok((tunnel, Stop::Aged)) => {
-                failures = 0;
+                early_deaths = 0;
+                spares.schedule().reset();
                 tunnel.finish(close_code::NORMAL, "").await;
             }
             Ok((tunnel, Stop::Taken(Err(_)) | Stop::Shutdown)) => {
@@ -295,9 +352,9 @@ async fn keeper(
                 // One that lived a while was healthy: the schedule starts over (a relay
                 // or proxy that drops idle connections early must not push it to 30 s).
                 if since.elapsed() >= STABLE_CONNECTION {
-                    failures = 0;
+                    early_deaths = 0;
                 }
-                if !pause(&mut failures, &shutdown).await {
+                if !pause(&mut early_deaths, &shutdown).await {
                     return;
                 }
             }
