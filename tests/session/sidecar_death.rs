@@ -665,3 +665,124 @@ fn a_debugpy_connecting_long_after_the_deadline_is_served_not_taken_for_a_stuck_
     assert!(!log.contains("stopped or stuck"), "{log}");
     assert!(log.contains("released the step"), "{log}");
 }
+
+/// The same late debugpy, meeting a sidecar that the machine did not run for a moment (a
+/// loaded node; here its cgroup frozen for about 2 s around the connection): the keeper
+/// saw the connection unaccepted on two looks a tick apart, took the sidecar for a stuck
+/// one, ended it and the late session with it ("stopped or stuck"). A sidecar that is not
+/// stopped now has 2 s to accept. Needs root and a cgroup2 hierarchy (the freezer).
+#[test]
+fn a_late_debugpy_meeting_a_sidecar_not_run_for_a_moment_is_served() {
+    // As above: past the session's deadline + RELEASE_GRACE + the keeper's 5 s margin.
+    const LATE: Duration = Duration::from_secs(17);
+    /// The sidecar is frozen this long before debugpy connects...
+    const FROZEN_BEFORE: Duration = Duration::from_secs(1);
+    /// ...and this long in all (under the keeper's 2 s bound once the connection waits).
+    const FROZEN_FOR: Duration = Duration::from_millis(1_900);
+    let Some(cgroups) = Freezer::root() else {
+        eprintln!("skipped: needs root and a writable cgroup2 hierarchy to freeze a process");
+        return;
+    };
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let marker = locks.path().join("connecting-soon");
+    let developer = DeveloperSide::relay_only("debug");
+    let (_, _, range) = port_range(4);
+    let code = format!(
+        "import os, sys, time, debugpy\n\
+         time.sleep({})\n\
+         open(sys.argv[1], 'w').close()\n\
+         time.sleep({})\n\
+         debugpy.connect(int(os.environ['AMLX_DEBUG_PORT']))\n\
+         print('late step done', flush=True)\n\
+         sys.exit(3)\n",
+        (LATE - FROZEN_BEFORE).as_secs_f64(),
+        FROZEN_BEFORE.as_secs_f64(),
+    );
+    let mut cmd = developer.agent(locks.path());
+    cmd.args([
+        "exec",
+        "--replace",
+        "--debug",
+        "--rank",
+        "0",
+        "--mode",
+        "connect",
+    ])
+    .args(["--node-ip", "127.0.0.1", "--attach-timeout", "1s"])
+    .args(["--port-range", &range, "--inject", "none"])
+    .args(["--", "python3", "-c", &code])
+    .arg(&marker);
+    let mut agent = Running::spawn(&mut cmd);
+    let session = util::wait_for("the session's record", SESSION_DEADLINE, || {
+        session_of(&state_dir, agent.pid()).filter(|s| s["sidecar_pid"].is_u64())
+    });
+    let [sidecar, _] = session_processes(&session);
+    util::wait_for("the step about to connect", LATE + SESSION_DEADLINE, || {
+        marker.exists().then_some(())
+    });
+    let frozen = cgroups.freeze(sidecar.0);
+    std::thread::sleep(FROZEN_FOR);
+    drop(frozen);
+    let status = util::wait_within(&mut agent.child, LATE + RELEASE_GRACE + ATTACH_TIMEOUT);
+    let log = agent.log();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(agent.stdout.wait_for("late step done").is_some(), "{log}");
+    assert!(!log.contains("stopped or stuck"), "{log}");
+}
+
+/// A cgroup2 hierarchy this test may write (root, cgroup2 mounted).
+struct Freezer {
+    root: std::path::PathBuf,
+}
+
+/// A process frozen in a cgroup of its own; thawed and moved back when dropped.
+struct Frozen {
+    group: std::path::PathBuf,
+    root: std::path::PathBuf,
+    pid: u32,
+}
+
+impl Freezer {
+    fn root() -> Option<Freezer> {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+        let root = mounts
+            .lines()
+            .map(|line| line.split(' ').collect::<Vec<_>>())
+            .find(|fields| fields.get(2) == Some(&"cgroup2"))
+            .and_then(|fields| fields.get(1).map(std::path::PathBuf::from))?;
+        root.join("cgroup.procs")
+            .exists()
+            .then_some(Freezer { root })
+    }
+
+    /// Freezes `pid` (all its threads) and waits until the kernel says it is frozen.
+    fn freeze(&self, pid: u32) -> Frozen {
+        let group = self.root.join(format!("amlx-test-freeze-{pid}"));
+        std::fs::create_dir(&group).expect("create the cgroup");
+        let frozen = Frozen {
+            group: group.clone(),
+            root: self.root.clone(),
+            pid,
+        };
+        std::fs::write(group.join("cgroup.procs"), pid.to_string()).expect("move the process");
+        std::fs::write(group.join("cgroup.freeze"), "1").expect("freeze");
+        util::wait_for("the cgroup to freeze", SESSION_DEADLINE, || {
+            std::fs::read_to_string(group.join("cgroup.events"))
+                .ok()
+                .filter(|events| events.lines().any(|l| l == "frozen 1"))
+        });
+        frozen
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.group.join("cgroup.freeze"), "0");
+        let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.group);
+    }
+}

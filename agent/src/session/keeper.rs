@@ -234,11 +234,19 @@ fn keep_session(duties: &Duties, watch: &Watch, lock: Option<OwnedFd>) -> i32 {
         // having accepted it), with no debugger attached: the sidecar is stuck (a
         // SIGSTOP, a wedge), and the step waits on it for good. End it and release the
         // step as after its death.
+        let now = Instant::now();
         if duties
             .stuck_after(held.debuggee_since)
-            .is_some_and(|after| Instant::now() >= after)
-            && (held.unaccepted_twice() || held.debuggee.is_some())
-            && sidecar_stuck(duties.recorded_state(), watch.sidecar, &mut stops)
+            .is_some_and(|after| now >= after)
+            && let unaccepted = held.unaccepted_since(now)
+            && (unaccepted.is_some() || held.debuggee.is_some())
+            && sidecar_stuck(
+                duties.recorded_state(),
+                watch.sidecar,
+                &mut stops,
+                unaccepted,
+                now,
+            )
         {
             let _ = kill(watch.sidecar, Signal::SIGKILL);
             let _ = waitpid(watch.sidecar, None);
@@ -363,26 +371,47 @@ fn end_sidecar(sidecar: Pid, sidecar_fd: Option<&OwnedFd>) {
 
 /// Whether a sidecar still holding debugpy's connection past every bound is stuck: its
 /// record says no debugger is attached; or, with no record to ask (a state directory
-/// nobody could write), it is stopped. An attached debugger may hold the step for as long
+/// nobody could write), it is stopped. One that leaves debugpy's connection unaccepted
+/// (`unaccepted_since`) is stuck when stopped, or once the connection has waited
+/// [`UNACCEPTED_STUCK_AFTER`]. An attached debugger may hold the step for as long
 /// as the developer likes, but only through a running sidecar: a sidecar stopped with
 /// SIGSTOP ('T') carries no debugger's bytes, and its record, which it can no longer
 /// update, says "attached" after the developer has gone. (A ptrace stop, 't', is
 /// someone inspecting the sidecar, and counts only without a record.) A stop counts only
 /// once [`StopSightings`] confirms it.
-fn sidecar_stuck(recorded: Option<SessionState>, sidecar: Pid, stops: &mut StopSightings) -> bool {
+fn sidecar_stuck(
+    recorded: Option<SessionState>,
+    sidecar: Pid,
+    stops: &mut StopSightings,
+    unaccepted_since: Option<Instant>,
+    now: Instant,
+) -> bool {
     let state = || {
         u32::try_from(sidecar.as_raw())
             .ok()
             .and_then(crate::publish::holder::read_stat)
             .map(|stat| stat.state)
     };
-    let now = Instant::now();
-    match recorded {
-        Some(SessionState::Attached) => stops.confirmed(state() == Some('T'), now),
-        Some(_) => true,
-        None => stops.confirmed(matches!(state(), Some('T' | 't')), now),
+    match (recorded, unaccepted_since) {
+        (Some(SessionState::Attached), _) => stops.confirmed(state() == Some('T'), now),
+        // Only a connection that waits unaccepted (a late debugpy): a stopped sidecar
+        // never takes it, a running one takes it at once, and one that a loaded machine
+        // did not schedule for a moment (or a frozen cgroup) takes it late.
+        (Some(_), Some(since)) => {
+            stops.confirmed(state() == Some('T'), now)
+                || now.saturating_duration_since(since) >= UNACCEPTED_STUCK_AFTER
+        }
+        (Some(_), None) => true,
+        (None, _) => stops.confirmed(matches!(state(), Some('T' | 't')), now),
     }
 }
+
+/// How long a connection may wait unaccepted on debugpy's listening socket, past every
+/// bound, before a sidecar that is not stopped counts as stuck: it accepts within
+/// microseconds when it runs, but a sidecar left unscheduled for a moment (a loaded
+/// machine, a frozen cgroup) was taken for a stuck one after two looks a keeper tick
+/// apart, and a late debugpy lost its session.
+const UNACCEPTED_STUCK_AFTER: Duration = Duration::from_secs(2);
 
 /// Longest gap between two of the keeper's looks at a stopped sidecar that still makes
 /// them consecutive: a longer one means the keeper itself did not run meanwhile.
@@ -481,15 +510,30 @@ mod tests {
     fn a_sidecar_is_stuck_only_without_an_attached_debugger_or_when_stopped() {
         let me = Pid::this();
         let mut stops = StopSightings::default();
+        let now = Instant::now;
         assert!(sidecar_stuck(
             Some(SessionState::WaitingForDebugger),
             me,
-            &mut stops
+            &mut stops,
+            None,
+            now()
         ));
-        assert!(sidecar_stuck(Some(SessionState::TimedOut), me, &mut stops));
-        assert!(!sidecar_stuck(Some(SessionState::Attached), me, &mut stops));
+        assert!(sidecar_stuck(
+            Some(SessionState::TimedOut),
+            me,
+            &mut stops,
+            None,
+            now()
+        ));
+        assert!(!sidecar_stuck(
+            Some(SessionState::Attached),
+            me,
+            &mut stops,
+            None,
+            now()
+        ));
         // No record: only a stopped sidecar is stuck (this process runs).
-        assert!(!sidecar_stuck(None, me, &mut stops));
+        assert!(!sidecar_stuck(None, me, &mut stops, None, now()));
         // A stopped one is stuck whatever its record says (it cannot update it).
         let mut child = std::process::Command::new("sleep")
             .arg("30")
@@ -502,17 +546,46 @@ mod tests {
             crate::publish::holder::read_stat(child.id()).is_some_and(|stat| stat.state == 'T')
         });
         // Confirmed on a second look a tick later, not on the first.
-        let looks = |recorded| {
+        let looks = |recorded, unaccepted: bool| {
             let mut stops = StopSightings::default();
-            let first = sidecar_stuck(recorded, pid, &mut stops);
+            let since = Instant::now();
+            let look = |stops: &mut StopSightings| {
+                let now = Instant::now();
+                sidecar_stuck(recorded, pid, stops, unaccepted.then_some(since), now)
+            };
+            let first = look(&mut stops);
             std::thread::sleep(KEEPER_TICK);
-            [first, sidecar_stuck(recorded, pid, &mut stops)]
+            [first, look(&mut stops)]
         };
-        let judged = [looks(Some(SessionState::Attached)), looks(None)];
+        let judged = [
+            looks(Some(SessionState::Attached), false),
+            looks(None, false),
+            // A stopped sidecar never accepts a late debugpy: no long wait needed.
+            looks(Some(SessionState::TimedOut), true),
+        ];
         let _ = child.kill();
         let _ = child.wait();
         assert!(stopped, "the child never showed as stopped");
-        assert_eq!(judged, [[false, true], [false, true]]);
+        assert_eq!(judged, [[false, true], [false, true], [false, true]]);
+    }
+
+    /// A connection left unaccepted by a sidecar that is not stopped (a loaded machine
+    /// did not run it for a moment) makes it stuck only after [`UNACCEPTED_STUCK_AFTER`]:
+    /// two looks a tick apart took a healthy sidecar for a stuck one, and ended the
+    /// session of a debugpy that connected late.
+    #[test]
+    fn a_running_sidecar_slow_to_accept_is_given_time() {
+        let me = Pid::this();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for (waited_ms, want) in [(0, false), (200, false), (1_900, false), (2_000, true)] {
+            let mut stops = StopSightings::default();
+            let judged =
+                [SessionState::TimedOut, SessionState::WaitingForDebugger].map(|recorded| {
+                    sidecar_stuck(Some(recorded), me, &mut stops, Some(t0), at(waited_ms))
+                });
+            assert_eq!(judged, [want, want], "after {waited_ms} ms");
+        }
     }
 
     /// Two looks a tick apart confirm a stop; a look that follows a long gap (the keeper

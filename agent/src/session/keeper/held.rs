@@ -24,9 +24,9 @@ pub(super) struct Held {
     /// The socket debugpy connects to. A connection the sidecar never accepted waits
     /// there; the keeper's copy keeps it listening after the sidecar is gone.
     pub listener: Option<TcpListener>,
-    /// Whether a connection waited unaccepted at the last look (see
-    /// [`Held::unaccepted_twice`]).
-    pending_seen: bool,
+    /// Since the first of the looks in a row that found a connection waiting unaccepted
+    /// (see [`Held::unaccepted_since`]).
+    pending_since: Option<Instant>,
 }
 
 impl Held {
@@ -53,15 +53,18 @@ impl Held {
         *self = Held::default();
     }
 
-    /// Whether a connection to debugpy's listening socket waits unaccepted now and did
-    /// at the last look too: a sidecar that runs accepts within microseconds, so two
-    /// looks a keeper tick apart both seeing one mean nobody accepts (the sidecar was
+    /// Whether a connection to debugpy's listening socket waits unaccepted at this look
+    /// (`now`), and since when the looks in a row have seen one: a sidecar that runs
+    /// accepts within microseconds, so a long wait means nobody accepts (the sidecar was
     /// stopped before debugpy connected), and debugpy waits on it for good.
-    pub fn unaccepted_twice(&mut self) -> bool {
+    pub fn unaccepted_since(&mut self, now: Instant) -> Option<Instant> {
         let pending = self.debuggee.is_none() && self.listener.as_ref().is_some_and(has_pending);
-        let twice = pending && self.pending_seen;
-        self.pending_seen = pending;
-        twice
+        self.pending_since = if pending {
+            Some(self.pending_since.unwrap_or(now))
+        } else {
+            None
+        };
+        self.pending_since
     }
 
     /// debugpy's connection to release: the one held, or one waiting unaccepted.
@@ -171,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_counts_as_unaccepted_only_when_seen_twice() {
+    fn an_unaccepted_connection_counts_from_the_first_look_that_saw_it() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("non-blocking");
         let address = listener.local_addr().expect("address");
@@ -179,13 +182,26 @@ mod tests {
             listener: Some(listener),
             ..Held::default()
         };
-        assert!(!held.unaccepted_twice(), "nothing waits");
+        let t0 = Instant::now();
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        assert_eq!(held.unaccepted_since(at(0)), None, "nothing waits");
         let _debugpy = TcpStream::connect(address).expect("connect");
-        assert!(!held.unaccepted_twice(), "seen once");
-        assert!(held.unaccepted_twice(), "seen twice");
+        assert_eq!(held.unaccepted_since(at(200)), Some(at(200)), "first seen");
+        assert_eq!(
+            held.unaccepted_since(at(400)),
+            Some(at(200)),
+            "still waiting"
+        );
         let taken = held.take_connection();
         assert!(taken.is_some(), "the waiting connection is accepted");
-        assert!(!held.unaccepted_twice(), "nothing waits any more");
+        assert_eq!(
+            held.unaccepted_since(at(600)),
+            None,
+            "nothing waits any more"
+        );
+        let _again = TcpStream::connect(address).expect("connect");
+        assert_eq!(held.unaccepted_since(at(800)), Some(at(800)), "a new wait");
+        assert!(held.take_connection().is_some());
         assert!(held.take_connection().is_none());
     }
 }
