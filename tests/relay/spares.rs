@@ -63,7 +63,7 @@ fn relayed_becomes_of(relay: &Relay, (n, total): (u64, Option<u64>), what: &str,
 fn a_spare_waits_unconnected_and_carries_the_next_connection() {
     let (echo, accepted) = counting_echo();
     let (relay, listen, cs, _) = relay_and_listener(echo);
-    let (connect, addr) = relay.connect_with(&cs, "5678", &["--spare-tunnels", "1"]);
+    let (mut connect, addr) = relay.connect_with(&cs, "5678", &["--spare-tunnels", "1"]);
     relayed_becomes(&relay, 1, "the spare", &[&connect, &listen]);
     std::thread::sleep(QUIET);
     assert_eq!(
@@ -111,6 +111,22 @@ fn a_spare_waits_unconnected_and_carries_the_next_connection() {
             connect.dump()
         );
     }
+    // The relay logs a spare only once it carried bytes: the two used here, not the one
+    // left waiting (each unused spare, renewed every 45 s, made two info lines).
+    connect.kill();
+    relayed_becomes(&relay, 0, "the last spare closed", &[&listen]);
+    let lines = relay.proc.stderr.all();
+    let count = |text: &str| lines.iter().filter(|line| line.contains(text)).count();
+    assert_eq!(
+        [
+            count("relayed connection open"),
+            count("relayed connection closed (a spare, used)"),
+            count("relayed connection closed"),
+        ],
+        [0, 2, 2],
+        "{}",
+        relay.proc.dump()
+    );
 }
 
 #[test]

@@ -63,6 +63,13 @@ pub mod close_code {
     pub const SERVER_ERROR: u16 = 1011;
 }
 
+/// The query argument (`amlx-spare=1`) the upgrade of a spare tunnel carries (one
+/// `relay connect --spare-tunnels` opens before a local connection needs it): the relay
+/// passes it on in the accept address (Azure Relay passes app arguments as well), so
+/// `relay listen` does not reach its target before the preamble, and `relay serve` logs
+/// the spare only once it carried bytes.
+pub const SPARE_QUERY: &str = "amlx-spare";
+
 /// Longest Close reason in bytes: a control frame carries at most 125 payload bytes, two
 /// of which are the close code (RFC 6455 5.5, 5.5.1).
 pub const MAX_CLOSE_REASON_BYTES: usize = 123;

@@ -52,9 +52,7 @@ pub const SPARE_HANDOVER_TIMEOUT: Duration = Duration::from_millis(200);
 /// Most spares `relay connect` keeps: each is a connection at the relay and the listener.
 pub const MAX_SPARES: u8 = 8;
 
-/// The query argument (`amlx-spare=1`) a spare's upgrade carries; the relay passes it on
-/// in the accept address (Azure Relay passes app arguments as well).
-pub const SPARE_QUERY: &str = "amlx-spare";
+pub use crate::relay::protocol::SPARE_QUERY;
 
 /// Whether a rendezvous address is a spare's (it carries [`SPARE_QUERY`]).
 pub fn is_spare(address: &str) -> bool {

@@ -25,7 +25,7 @@ use super::{Server, Slot, accept, auth, control, relay};
 use crate::logging::{Throttle, loggable};
 use crate::relay::protocol::{
     self, Action, HEADER_TOKEN, HcRequest, NO_LISTENER_TEXT, ProtocolError, RejectStatus,
-    close_code, status,
+    SPARE_QUERY, close_code, status,
 };
 use crate::relay::sas::{Right, SasError};
 
@@ -438,12 +438,18 @@ impl Ctx {
                 tracing::info!(status, "sender rejected by the listener");
                 upgrade::write_status(&mut stream, status, &description).await;
             }
-            Ok(Ok(Decision::Accept(leg))) => self.relay(stream, &call.key, leg, permit).await,
+            Ok(Ok(Decision::Accept(leg))) => {
+                let spare = call.hc.app_query.iter().any(|(k, _)| k == SPARE_QUERY);
+                self.relay(stream, &call.key, leg, permit, spare).await;
+            }
         }
     }
 
-    /// Completes the sender's upgrade and pumps bytes until both sides are done.
-    async fn relay(self, mut stream: Stream, key: &str, leg: Leg, permit: Slot) {
+    /// Completes the sender's upgrade and pumps bytes until both sides are done. A
+    /// `spare` (a connection `relay connect` opens ahead and renews every 45 s while
+    /// unused) is logged only once it carried bytes: otherwise each would add two info
+    /// lines per renewal.
+    async fn relay(self, mut stream: Stream, key: &str, leg: Leg, permit: Slot, spare: bool) {
         let server = self.server.clone();
         if let Err(err) = upgrade::write_switching(&mut stream, key, leg.protocol.as_deref()).await
         {
@@ -452,7 +458,11 @@ impl Ctx {
             return;
         }
         let relayed = Relayed::new(&server);
-        tracing::info!(listener = %leg.peer, "relayed connection open");
+        if spare {
+            tracing::debug!(listener = %leg.peer, "relayed connection open (a spare)");
+        } else {
+            tracing::info!(listener = %leg.peer, "relayed connection open");
+        }
         let outcome = relay::pump(
             stream,
             leg.stream,
@@ -464,7 +474,13 @@ impl Ctx {
         )
         .await;
         drop(relayed);
-        tracing::info!("relayed connection closed: {outcome}");
+        if spare && outcome.sender_to_listener.1 == 0 && outcome.listener_to_sender.1 == 0 {
+            tracing::debug!("relayed connection closed (a spare, unused): {outcome}");
+        } else if spare {
+            tracing::info!(listener = %leg.peer, "relayed connection closed (a spare, used): {outcome}");
+        } else {
+            tracing::info!("relayed connection closed: {outcome}");
+        }
         drop((leg.permit, permit));
     }
 
