@@ -244,3 +244,43 @@ fn impossible_ports_and_rank_counts_are_usage_errors() {
         "nothing was written"
     );
 }
+
+/// A spare tunnel count out of range is a config error (exit 1) naming where it came from
+/// and the range, from the flag as from the environment, before anything connects.
+#[test]
+fn a_spare_tunnel_count_out_of_range_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: [(&[&str], Option<&str>, &str); 3] = [
+        (
+            &["--spare-tunnels", "9"],
+            None,
+            "--spare-tunnels: invalid spare tunnel count \"9\"",
+        ),
+        (
+            &["--spare-tunnels", "one"],
+            None,
+            "--spare-tunnels: invalid spare tunnel count \"one\"",
+        ),
+        (
+            &[],
+            Some("12"),
+            "AMLX_RELAY_SPARE_TUNNELS: invalid spare tunnel count \"12\"",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut cmd = agent();
+        cmd.current_dir(dir.path())
+            .args(["relay", "connect", "--hc", "debug", "--bind", "127.0.0.1:0"])
+            .args(args);
+        if let Some(value) = env {
+            cmd.env("AMLX_RELAY_SPARE_TUNNELS", value);
+        }
+        let out = crate::util::output_bounded(&mut cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(expected) && stderr.contains("(expected a whole number from 0 to 8)"),
+            "{args:?} {env:?}: {stderr}"
+        );
+    }
+}

@@ -693,6 +693,7 @@ fn a_late_debugpy_meeting_a_sidecar_not_run_for_a_moment_is_served() {
          time.sleep({})\n\
          open(sys.argv[1], 'w').close()\n\
          time.sleep({})\n\
+         print('connecting at', time.time(), flush=True)\n\
          debugpy.connect(int(os.environ['AMLX_DEBUG_PORT']))\n\
          print('late step done', flush=True)\n\
          sys.exit(3)\n",
@@ -722,24 +723,39 @@ fn a_late_debugpy_meeting_a_sidecar_not_run_for_a_moment_is_served() {
         marker.exists().then_some(())
     });
     let frozen = cgroups.freeze(sidecar.0);
+    let froze_at = std::time::SystemTime::now();
     std::thread::sleep(FROZEN_FOR);
     drop(frozen);
+    let thawed_at = std::time::SystemTime::now();
     let status = util::wait_within(&mut agent.child, LATE + RELEASE_GRACE + ATTACH_TIMEOUT);
     let log = agent.log();
+    // The case under test happened: debugpy connected while the sidecar was frozen.
+    let connected_at = agent
+        .stdout
+        .wait_for("connecting at ")
+        .and_then(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs_f64(secs))
+        .unwrap_or_else(|| panic!("the step never said when it connected:\n{log}"));
+    assert!(
+        froze_at < connected_at && connected_at < thawed_at,
+        "debugpy connected at {connected_at:?}, outside the freeze ({froze_at:?} to \
+         {thawed_at:?}): the machine was too slow for this test\n{log}"
+    );
     assert_eq!(status.code(), Some(3), "{log}");
     assert!(agent.stdout.wait_for("late step done").is_some(), "{log}");
     assert!(!log.contains("stopped or stuck"), "{log}");
 }
 
-/// A cgroup2 hierarchy this test may write (root, cgroup2 mounted).
+/// A cgroup2 hierarchy this test may write (root, cgroup2 mounted, not read-only).
 struct Freezer {
     root: std::path::PathBuf,
 }
 
-/// A process frozen in a cgroup of its own; thawed and moved back when dropped.
+/// A process frozen in a cgroup of its own; thawed and moved back to its own cgroup when
+/// dropped.
 struct Frozen {
     group: std::path::PathBuf,
-    root: std::path::PathBuf,
+    home: std::path::PathBuf,
     pid: u32,
 }
 
@@ -754,18 +770,32 @@ impl Freezer {
             .map(|line| line.split(' ').collect::<Vec<_>>())
             .find(|fields| fields.get(2) == Some(&"cgroup2"))
             .and_then(|fields| fields.get(1).map(std::path::PathBuf::from))?;
-        root.join("cgroup.procs")
-            .exists()
-            .then_some(Freezer { root })
+        // Writable (a container's cgroupfs often is not): a group can be made here.
+        let probe = root.join(format!("amlx-test-probe-{}", std::process::id()));
+        std::fs::create_dir(&probe).ok()?;
+        let _ = std::fs::remove_dir(&probe);
+        Some(Freezer { root })
     }
 
     /// Freezes `pid` (all its threads) and waits until the kernel says it is frozen.
     fn freeze(&self, pid: u32) -> Frozen {
+        // Its own cgroup v2 group ("0::/path"), to go back to.
+        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find(|l| l.starts_with("0::"))?;
+                Some(
+                    line.trim_start_matches("0::")
+                        .trim_start_matches('/')
+                        .to_owned(),
+                )
+            })
+            .unwrap_or_default();
         let group = self.root.join(format!("amlx-test-freeze-{pid}"));
         std::fs::create_dir(&group).expect("create the cgroup");
         let frozen = Frozen {
             group: group.clone(),
-            root: self.root.clone(),
+            home: self.root.join(own),
             pid,
         };
         std::fs::write(group.join("cgroup.procs"), pid.to_string()).expect("move the process");
@@ -782,7 +812,7 @@ impl Freezer {
 impl Drop for Frozen {
     fn drop(&mut self) {
         let _ = std::fs::write(self.group.join("cgroup.freeze"), "0");
-        let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::write(self.home.join("cgroup.procs"), self.pid.to_string());
         let _ = std::fs::remove_dir(&self.group);
     }
 }

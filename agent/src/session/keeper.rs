@@ -238,7 +238,7 @@ fn keep_session(duties: &Duties, watch: &Watch, lock: Option<OwnedFd>) -> i32 {
         if duties
             .stuck_after(held.debuggee_since)
             .is_some_and(|after| now >= after)
-            && let unaccepted = held.unaccepted_since(now)
+            && let unaccepted = held.unaccepted_since(now, STOP_LOOK_GAP)
             && (unaccepted.is_some() || held.debuggee.is_some())
             && sidecar_stuck(
                 duties.recorded_state(),
@@ -251,7 +251,7 @@ fn keep_session(duties: &Duties, watch: &Watch, lock: Option<OwnedFd>) -> i32 {
             let _ = kill(watch.sidecar, Signal::SIGKILL);
             let _ = waitpid(watch.sidecar, None);
             let cause = format!(
-                "the debug sidecar (pid {}) still held the step {} after the attach \
+                "the debug sidecar (pid {}) still held the step over {} after the attach \
                  deadline (stopped or stuck); the keeper ended it",
                 watch.sidecar,
                 humantime::format_duration(
@@ -510,30 +510,30 @@ mod tests {
     fn a_sidecar_is_stuck_only_without_an_attached_debugger_or_when_stopped() {
         let me = Pid::this();
         let mut stops = StopSightings::default();
-        let now = Instant::now;
+        let at_once = Instant::now;
         assert!(sidecar_stuck(
             Some(SessionState::WaitingForDebugger),
             me,
             &mut stops,
             None,
-            now()
+            at_once()
         ));
         assert!(sidecar_stuck(
             Some(SessionState::TimedOut),
             me,
             &mut stops,
             None,
-            now()
+            at_once()
         ));
         assert!(!sidecar_stuck(
             Some(SessionState::Attached),
             me,
             &mut stops,
             None,
-            now()
+            at_once()
         ));
         // No record: only a stopped sidecar is stuck (this process runs).
-        assert!(!sidecar_stuck(None, me, &mut stops, None, now()));
+        assert!(!sidecar_stuck(None, me, &mut stops, None, at_once()));
         // A stopped one is stuck whatever its record says (it cannot update it).
         let mut child = std::process::Command::new("sleep")
             .arg("30")

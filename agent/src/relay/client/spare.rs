@@ -94,12 +94,16 @@ pub struct Spares {
     /// all of them (8 spares made 128 upgrades in the first second against listeners that
     /// all answered 421).
     opener: tokio::sync::Mutex<()>,
+    /// Wakes the keepers waiting out the schedule when an open worked (the relay and the
+    /// listener are back): the spares still missing follow at once, not after the step
+    /// they were waiting out.
+    reopened: tokio::sync::Notify,
 }
 
 /// The keepers' shared place on the reconnect schedule for opening spares.
 #[derive(Debug, Default)]
 struct Schedule {
-    /// Opens failed since a spare last lived its life (was taken or aged).
+    /// Opens failed since the last one that worked.
     failures: usize,
     /// No spare is opened before this.
     not_before: Option<tokio::time::Instant>,
@@ -113,8 +117,15 @@ impl Schedule {
         self.failures = self.failures.saturating_add(1);
     }
 
+    /// Back to the start: an open worked.
     fn reset(&mut self) {
         *self = Schedule::default();
+    }
+
+    /// When the next open may start, if that is still ahead.
+    fn wait_until(&self) -> Option<tokio::time::Instant> {
+        self.not_before
+            .filter(|at| *at > tokio::time::Instant::now())
     }
 }
 
@@ -162,32 +173,54 @@ impl Spares {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Opens a spare when its turn comes: after any other keeper's open, and not before
-    /// the schedule allows. `None` when it failed (counted on the schedule). Cancel-safe:
-    /// dropped, it gives the turn back.
+    /// Opens a spare when its turn comes: not before the schedule allows (an open that
+    /// works meanwhile ends the wait), and after any other keeper's open. `None` when it
+    /// failed (counted on the schedule). Cancel-safe: dropped, it gives the turn back.
     async fn open(
         &self,
         endpoint: &Endpoint,
         port_name: &str,
         marker: &[(String, String)],
     ) -> Option<Tunnel> {
-        let _turn = self.opener.lock().await;
-        let not_before = self.schedule().not_before;
-        if let Some(at) = not_before {
-            tokio::time::sleep_until(at).await;
-        }
-        let opened =
-            sender::connect_to_owner(endpoint, port_name, marker, SPARE_WRONG_LISTENER_ATTEMPTS)
-                .await;
-        match opened {
-            Ok(tunnel) => Some(tunnel),
-            Err(e) => {
-                // A local connection that finds no spare opens its own tunnel and says
-                // why that failed; this line is for whoever looks closer.
-                tracing::debug!("could not open a spare tunnel: {e}");
-                self.schedule().failed();
-                None
+        loop {
+            // Registered before the schedule is read, so a reset in between still wakes.
+            let reopened = self.reopened.notified();
+            tokio::pin!(reopened);
+            reopened.as_mut().enable();
+            let wait = self.schedule().wait_until();
+            if let Some(at) = wait {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = reopened => {}
+                }
+                continue;
             }
+            let _turn = self.opener.lock().await;
+            // Another keeper's open failed while this one waited for its turn.
+            if self.schedule().wait_until().is_some() {
+                continue;
+            }
+            let opened = sender::connect_to_owner(
+                endpoint,
+                port_name,
+                marker,
+                SPARE_WRONG_LISTENER_ATTEMPTS,
+            )
+            .await;
+            return match opened {
+                Ok(tunnel) => {
+                    self.schedule().reset();
+                    self.reopened.notify_waiters();
+                    Some(tunnel)
+                }
+                Err(e) => {
+                    // A local connection that finds no spare opens its own tunnel and
+                    // says why that failed; this line is for whoever looks closer.
+                    tracing::debug!("could not open a spare tunnel: {e}");
+                    self.schedule().failed();
+                    None
+                }
+            };
         }
     }
 
@@ -327,7 +360,6 @@ async fn keeper(
         match tunnel.idle_until(stop).await {
             Ok((tunnel, Stop::Taken(Ok(handover)))) => {
                 early_deaths = 0;
-                spares.schedule().reset();
                 if let Err(unused) = handover.send(Spare { tunnel, opened }) {
                     unused.tunnel.finish(close_code::NORMAL, "").await;
                 }
@@ -338,7 +370,6 @@ async fn keeper(
             }
             Ok((tunnel, Stop::Aged)) => {
                 early_deaths = 0;
-                spares.schedule().reset();
                 tunnel.finish(close_code::NORMAL, "").await;
             }
             Ok((tunnel, Stop::Taken(Err(_)) | Stop::Shutdown)) => {

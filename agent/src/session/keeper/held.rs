@@ -5,7 +5,7 @@
 use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
@@ -27,6 +27,8 @@ pub(super) struct Held {
     /// Since the first of the looks in a row that found a connection waiting unaccepted
     /// (see [`Held::unaccepted_since`]).
     pending_since: Option<Instant>,
+    /// The last of those looks.
+    pending_look: Option<Instant>,
 }
 
 impl Held {
@@ -38,6 +40,8 @@ impl Held {
                 Shared::Debuggee => {
                     self.debuggee = Some(fd);
                     self.debuggee_since = Some(Instant::now());
+                    // The sidecar accepted: a later wait starts its own count.
+                    self.pending_since = None;
                 }
                 Shared::Listener => self.listener = Some(TcpListener::from(fd)),
             }
@@ -56,14 +60,20 @@ impl Held {
     /// Whether a connection to debugpy's listening socket waits unaccepted at this look
     /// (`now`), and since when the looks in a row have seen one: a sidecar that runs
     /// accepts within microseconds, so a long wait means nobody accepts (the sidecar was
-    /// stopped before debugpy connected), and debugpy waits on it for good.
-    pub fn unaccepted_since(&mut self, now: Instant) -> Option<Instant> {
+    /// stopped before debugpy connected), and debugpy waits on it for good. Looks more
+    /// than `max_gap` apart are not in a row: the keeper itself did not run between them
+    /// (a loaded machine), so the sidecar may not have either.
+    pub fn unaccepted_since(&mut self, now: Instant, max_gap: Duration) -> Option<Instant> {
         let pending = self.debuggee.is_none() && self.listener.as_ref().is_some_and(has_pending);
-        self.pending_since = if pending {
-            Some(self.pending_since.unwrap_or(now))
-        } else {
-            None
+        let in_a_row = self
+            .pending_look
+            .is_some_and(|last| now.saturating_duration_since(last) <= max_gap);
+        self.pending_since = match (pending, self.pending_since) {
+            (false, _) => None,
+            (true, Some(since)) if in_a_row => Some(since),
+            (true, _) => Some(now),
         };
+        self.pending_look = self.pending_since.map(|_| now);
         self.pending_since
     }
 
@@ -174,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unaccepted_connection_counts_from_the_first_look_that_saw_it() {
+    fn an_unaccepted_connection_counts_from_the_first_of_the_looks_in_a_row_that_saw_it() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("non-blocking");
         let address = listener.local_addr().expect("address");
@@ -183,24 +193,44 @@ mod tests {
             ..Held::default()
         };
         let t0 = Instant::now();
-        let at = |ms| t0 + std::time::Duration::from_millis(ms);
-        assert_eq!(held.unaccepted_since(at(0)), None, "nothing waits");
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let gap = Duration::from_secs(1);
+        assert_eq!(held.unaccepted_since(at(0), gap), None, "nothing waits");
         let _debugpy = TcpStream::connect(address).expect("connect");
-        assert_eq!(held.unaccepted_since(at(200)), Some(at(200)), "first seen");
         assert_eq!(
-            held.unaccepted_since(at(400)),
+            held.unaccepted_since(at(200), gap),
             Some(at(200)),
-            "still waiting"
+            "first seen"
+        );
+        assert_eq!(
+            held.unaccepted_since(at(400), gap),
+            Some(at(200)),
+            "in a row"
+        );
+        // The keeper did not run for 3 s: its count starts over.
+        assert_eq!(
+            held.unaccepted_since(at(3_400), gap),
+            Some(at(3_400)),
+            "a gap"
+        );
+        assert_eq!(
+            held.unaccepted_since(at(3_600), gap),
+            Some(at(3_400)),
+            "in a row"
         );
         let taken = held.take_connection();
         assert!(taken.is_some(), "the waiting connection is accepted");
         assert_eq!(
-            held.unaccepted_since(at(600)),
+            held.unaccepted_since(at(3_800), gap),
             None,
             "nothing waits any more"
         );
         let _again = TcpStream::connect(address).expect("connect");
-        assert_eq!(held.unaccepted_since(at(800)), Some(at(800)), "a new wait");
+        assert_eq!(
+            held.unaccepted_since(at(4_000), gap),
+            Some(at(4_000)),
+            "a new wait"
+        );
         assert!(held.take_connection().is_some());
         assert!(held.take_connection().is_none());
     }
