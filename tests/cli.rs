@@ -284,3 +284,87 @@ fn a_spare_tunnel_count_out_of_range_is_a_config_error() {
         );
     }
 }
+
+/// Files named for a secret, a CA or `relay serve`'s certificate and key are read only
+/// when they are regular files within a size bound: `/dev/zero` grew the process by
+/// gigabytes and a FIFO blocked it for good.
+#[test]
+fn secret_and_certificate_files_must_be_small_regular_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let fifo = fifo.to_str().expect("UTF-8 temp path");
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'A'; 5 * 1024 * 1024]).expect("write");
+    let big = big.to_str().expect("UTF-8 temp path");
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "[relay.server]\n[[relay.server.keys]]\nname = \"k\"\n\
+         key = \"0123456789abcdef0123456789abcdef\"\nrights = [\"listen\", \"send\"]\n",
+    )
+    .expect("write");
+    let config = config.to_str().expect("UTF-8 temp path");
+    let connect = [
+        "relay",
+        "connect",
+        "--bind",
+        "127.0.0.1:0",
+        "--port-name",
+        "p",
+    ];
+    let serve = [
+        "relay",
+        "serve",
+        "--config",
+        config,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let cases: Vec<(Vec<&str>, &str)> = [
+        (
+            &connect[..],
+            &["--connection-string-file", "/dev/zero"][..],
+            "connection string file /dev/zero: it is larger than the 64 KiB limit",
+        ),
+        (
+            &connect[..],
+            &["--connection-string-file", fifo][..],
+            "it is a FIFO or socket",
+        ),
+        (
+            &connect[..],
+            &["--ca-file", "/dev/zero"][..],
+            "CA file /dev/zero: it is larger than the 4096 KiB limit",
+        ),
+        (
+            &connect[..],
+            &["--ca-file", big][..],
+            "larger than the 4096 KiB limit for CA files",
+        ),
+        (
+            &serve[..],
+            &["--tls-cert", "/dev/zero", "--tls-key", "/dev/zero"][..],
+            "TLS certificate /dev/zero: it is larger than the 4096 KiB limit",
+        ),
+        (
+            &serve[..],
+            &["--tls-cert", big, "--tls-key", fifo][..],
+            "larger than the 4096 KiB limit for certificate files",
+        ),
+    ]
+    .into_iter()
+    .map(|(command, args, want)| ([command, args].concat(), want))
+    .collect();
+    for (args, want) in cases {
+        let mut cmd = agent();
+        cmd.current_dir(dir.path()).args(&args).env(
+            "AMLX_RELAY_CONNECTION_STRING",
+            "Endpoint=sb://127.0.0.1:1/;SharedAccessKeyName=k;SharedAccessKey=x;EntityPath=hc",
+        );
+        let out = crate::util::output_bounded(&mut cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}

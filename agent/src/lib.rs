@@ -21,3 +21,4 @@ pub mod relay;
 pub mod role;
 pub mod run;
 pub mod session;
+pub mod small_file;

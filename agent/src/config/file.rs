@@ -88,34 +88,9 @@ pub(super) struct RelaySection {
 /// `--config /dev/zero` (or a huge log file) from filling memory.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
-/// Reads a config file of at most [`MAX_CONFIG_BYTES`]; the error says what is wrong
-/// (directory, FIFO, too big, not UTF-8) without the file's name, which the caller adds.
-///
-/// A FIFO is refused before opening it: opening one blocks until a writer comes.
+/// Reads a config file of at most [`MAX_CONFIG_BYTES`] ([`small_file::read_text`]).
 pub(super) fn read_bounded(path: &Path) -> Result<String, String> {
-    use std::io::Read as _;
-    use std::os::unix::fs::FileTypeExt as _;
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    let kind = meta.file_type();
-    if kind.is_dir() {
-        return Err("it is a directory, not a file".to_owned());
-    }
-    if kind.is_fifo() || kind.is_socket() {
-        return Err("it is a FIFO or socket, not a regular file".to_owned());
-    }
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
-    // One byte past the limit tells "exactly at the limit" from "over it".
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    if u64::try_from(bytes.len()).map_or(true, |n| n > MAX_CONFIG_BYTES) {
-        return Err(format!(
-            "it is larger than the {} KiB limit for config files",
-            MAX_CONFIG_BYTES / 1024
-        ));
-    }
-    String::from_utf8(bytes).map_err(|e| format!("it is not UTF-8 text ({e})"))
+    crate::small_file::read_text(path, MAX_CONFIG_BYTES, "config files")
 }
 
 /// The file being read, for error messages (`path:line: key: message`).

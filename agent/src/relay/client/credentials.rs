@@ -52,6 +52,9 @@ pub fn endpoint_and_secret(
     Ok((Endpoint::new(connection, hc, transport, ca_file)?, text))
 }
 
+/// Largest connection string file read: a connection string is a few hundred bytes.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
 /// Reads a connection string file, warning when others may read it.
 pub fn read_secret_file(path: &Path) -> anyhow::Result<Secret> {
     let meta = std::fs::metadata(path)
@@ -62,8 +65,13 @@ pub fn read_secret_file(path: &Path) -> anyhow::Result<Secret> {
             path.display()
         );
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("could not read connection string file {}", path.display()))?;
+    let text = crate::small_file::read_text(path, MAX_SECRET_FILE_BYTES, "connection string files")
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "could not read connection string file {}: {e}",
+                path.display()
+            )
+        })?;
     let text = text.trim();
     anyhow::ensure!(
         !text.is_empty(),

@@ -1,7 +1,6 @@
 //! Transport to the relay: TCP, then rustls (ring) for `wss://` with the system roots
 //! or a private CA file.
 
-use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,14 +30,18 @@ pub type BoxedIo = Box<dyn Io>;
 /// How long a TCP connect plus TLS handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Largest PEM file read (a CA file, `relay serve`'s certificate chain and key): a whole
+/// system CA bundle is about 200 KiB.
+pub const MAX_PEM_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// A rustls client config (ring provider): trust only `ca_file` when given, else the
 /// system roots.
 pub fn client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let pem = fs::read(path)
-                .with_context(|| format!("could not read CA file {}", path.display()))?;
+            let pem = crate::small_file::read(path, MAX_PEM_FILE_BYTES, "CA files")
+                .map_err(|e| anyhow::anyhow!("could not read CA file {}: {e}", path.display()))?;
             let mut count = 0;
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
                 let cert =

@@ -1,7 +1,5 @@
 //! TLS for `relay serve`: a PEM certificate chain and key, rustls with the ring provider.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -27,22 +25,24 @@ impl std::fmt::Debug for Tls {
 impl Tls {
     /// Loads `cert` (PEM chain, leaf first) and `key` (PEM PKCS#8, PKCS#1 or SEC1).
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Tls> {
-        let certs = rustls_pemfile::certs(&mut BufReader::new(
-            File::open(cert)
-                .with_context(|| format!("could not open TLS certificate {}", cert.display()))?,
-        ))
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("could not read PEM certificates from {}", cert.display()))?;
+        use crate::relay::client::tls::MAX_PEM_FILE_BYTES;
+        let cert_pem = crate::small_file::read(cert, MAX_PEM_FILE_BYTES, "certificate files")
+            .map_err(|e| {
+                anyhow::anyhow!("could not open TLS certificate {}: {e}", cert.display())
+            })?;
+        let key_pem = crate::small_file::read(key, MAX_PEM_FILE_BYTES, "key files")
+            .map_err(|e| anyhow::anyhow!("could not open TLS key {}: {e}", key.display()))?;
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("could not read PEM certificates from {}", cert.display()))?;
         anyhow::ensure!(
             !certs.is_empty(),
             "no certificate found in {} (expected PEM \"BEGIN CERTIFICATE\")",
             cert.display()
         );
-        let private_key = rustls_pemfile::private_key(&mut BufReader::new(
-            File::open(key).with_context(|| format!("could not open TLS key {}", key.display()))?,
-        ))
-        .with_context(|| format!("could not read the PEM key in {}", key.display()))?
-        .with_context(|| format!("no private key found in {}", key.display()))?;
+        let private_key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            .with_context(|| format!("could not read the PEM key in {}", key.display()))?
+            .with_context(|| format!("no private key found in {}", key.display()))?;
         let provider = crate::relay::cipher::provider();
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
