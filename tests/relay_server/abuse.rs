@@ -837,3 +837,46 @@ async fn accepted_connections_are_probed_when_silent() {
     );
     drop(control);
 }
+
+/// A client whose connection string lost a `;` signs with its key as the key name: the
+/// relay's 401 and its log say the name is unknown without repeating it (they used to
+/// echo it, spreading the secret to the log and anyone reading the reply).
+#[tokio::test]
+async fn a_key_sent_as_a_key_name_is_not_echoed() {
+    const PASTED_KEY: &str = "c2VjcmV0LXBhc3RlZC1hcy1hLWtleS1uYW1lIQ==";
+    let mut relay = Relay::start("");
+    let cases = [
+        (PASTED_KEY, false, "a base64 key"),
+        ("nobody", true, "a plausible name"),
+    ];
+    for (name, echoed, what) in cases {
+        let tok = token(name, KEY, "hc", 3600);
+        let head = format!(
+            "GET /$hc/hc?sb-hc-action=connect&sb-hc-token={} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            enc(&tok)
+        );
+        let (status, reason, body) = http(relay.addr, &head).await;
+        assert_eq!(status, 401, "{what}: {reason} {body}");
+        let reply = format!("{reason} {body}");
+        assert!(
+            reply.contains("is not known to this relay"),
+            "{what}: {reply}"
+        );
+        assert_eq!(reply.contains(name), echoed, "{what}: {reply}");
+    }
+    // The first refusal from a peer is logged (repeats are counted, not logged).
+    let mut log = String::new();
+    let until = Instant::now() + DEADLINE;
+    while !log.contains("is not known") && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log.push_str(&relay.log());
+    }
+    assert!(
+        log.contains("SAS key name of 40 characters (not shown"),
+        "{log}"
+    );
+    assert!(!log.contains(PASTED_KEY), "{log}");
+    relay.assert_alive("a key as a key name");
+}

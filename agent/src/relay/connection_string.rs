@@ -20,10 +20,21 @@ use crate::relay::sas;
 pub enum ConnectionStringError {
     #[error("connection string part {0} has no '=' (expected Key=Value)")]
     NoEquals(usize),
+    /// The key as [`shown_part_key`] shows it: a secret after a stray `;` is not echoed.
     #[error(
-        "unknown connection string key {0:?} (known: Endpoint, EntityPath, SharedAccessKeyName, SharedAccessKey, SharedAccessSignature, OperationTimeout, Authentication)"
+        "unknown connection string key {0} (known: Endpoint, EntityPath, SharedAccessKeyName, SharedAccessKey, SharedAccessSignature, OperationTimeout, Authentication)"
     )]
     UnknownKey(String),
+    /// A value holds another part (`SharedAccessKeyName=nSharedAccessKey=k`): the value
+    /// would carry a secret into a token's key name or the wrong field.
+    #[error(
+        "connection string {0} holds '{1}=': is a ';' missing before {1}? (the value is not shown)"
+    )]
+    MissingSeparator(&'static str, &'static str),
+    #[error(
+        "connection string SharedAccessKeyName contains '=' (the value is not shown): it looks like a key; is a ';' missing, or are the name and key swapped?"
+    )]
+    KeyNameWithEquals,
     #[error("connection string key {0} appears twice")]
     Duplicate(&'static str),
     #[error("connection string has no Endpoint=sb://<namespace>/")]
@@ -120,7 +131,13 @@ impl FromStr for ConnectionString {
             let slot = KNOWN_KEYS
                 .iter()
                 .position(|k| k.eq_ignore_ascii_case(key))
-                .ok_or_else(|| ConnectionStringError::UnknownKey(key.to_owned()))?;
+                .ok_or_else(|| ConnectionStringError::UnknownKey(shown_part_key(key)))?;
+            if let Some(inner) = embedded_part(value) {
+                return Err(ConnectionStringError::MissingSeparator(
+                    KNOWN_KEYS[slot],
+                    inner,
+                ));
+            }
             if values[slot].replace(value.trim()).is_some() {
                 return Err(ConnectionStringError::Duplicate(KNOWN_KEYS[slot]));
             }
@@ -138,6 +155,9 @@ impl FromStr for ConnectionString {
         let credentials = match (key_name, key, signature) {
             (None, None, Some(sig)) => Credentials::Signature(Secret::new(sig)),
             (Some(name), Some(key), None) => {
+                if name.contains('=') {
+                    return Err(ConnectionStringError::KeyNameWithEquals);
+                }
                 if name.chars().count() > sas::MAX_KEY_FIELD_CHARS
                     || key.chars().count() > sas::MAX_KEY_FIELD_CHARS
                 {
@@ -181,8 +201,52 @@ impl FromStr for ConnectionString {
     }
 }
 
+/// The longest unknown part key an error shows as written.
+const MAX_SHOWN_PART_KEY_CHARS: usize = 32;
+
+/// An unknown part's key for the error: as written when it looks like a key name (ASCII
+/// letters, at most [`MAX_SHOWN_PART_KEY_CHARS`]), else only its length — after a stray
+/// `;` the "key" may be the start of a secret.
+fn shown_part_key(key: &str) -> String {
+    let plausible = !key.is_empty()
+        && key.len() <= MAX_SHOWN_PART_KEY_CHARS
+        && key.bytes().all(|b| b.is_ascii_alphabetic());
+    if plausible {
+        format!("{key:?}")
+    } else {
+        format!("of {} characters (not shown)", key.chars().count())
+    }
+}
+
+/// A known part written inside a value, `Key=` followed by more text: the `;` before it
+/// is missing. A base64 key may end in `=` padding, so only a known key name with text
+/// after its `=` counts.
+fn embedded_part(value: &str) -> Option<&'static str> {
+    KNOWN_KEYS.iter().copied().find(|known| {
+        let needle = format!("{}=", known.to_ascii_lowercase());
+        let lower = value.to_ascii_lowercase();
+        lower
+            .match_indices(&needle)
+            .any(|(at, _)| lower.len() > at + needle.len())
+    })
+}
+
+/// An Endpoint for an error message, user info (`sb://user:password@host/`) masked.
+fn shown_endpoint(value: &str) -> String {
+    match value.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => value.to_owned(),
+        },
+        None => match value.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => value.to_owned(),
+        },
+    }
+}
+
 fn parse_endpoint(value: &str) -> Result<(String, Option<u16>), ConnectionStringError> {
-    let bad = || ConnectionStringError::BadEndpoint(value.to_owned());
+    let bad = || ConnectionStringError::BadEndpoint(shown_endpoint(value));
     let url = Url::parse(value).map_err(|_| bad())?;
     if !matches!(url.scheme(), "sb" | "https" | "wss") {
         return Err(bad());

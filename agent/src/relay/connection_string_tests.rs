@@ -45,6 +45,13 @@ fn accepted_variants() {
             Some(7),
             None,
         ),
+        // A base64 key may happen to end in a part's name and its '=' padding.
+        (
+            "Endpoint=sb://ns/;SharedAccessKeyName=n;SharedAccessKey=abcdEntityPath=",
+            "ns",
+            None,
+            None,
+        ),
         (
             "Endpoint=https://ns/;SharedAccessKeyName=n;SharedAccessKey=k;EntityPath=",
             "ns",
@@ -65,7 +72,35 @@ fn refused_variants_name_the_problem_not_the_secret() {
     let cases: &[(&str, ConnectionStringError)] = &[
         (
             "Endpoint=sb://h/;SharedAccessKeyName=n;SharedAccessKey=k;Colour=blue",
-            ConnectionStringError::UnknownKey("Colour".into()),
+            ConnectionStringError::UnknownKey("\"Colour\"".into()),
+        ),
+        (
+            "Endpoint=sb://h/;SharedAccessKeyName=n;SharedAccessKey=;topsecret+/k==",
+            ConnectionStringError::UnknownKey("of 12 characters (not shown)".into()),
+        ),
+        (
+            "Endpoint=sb://h/;SharedAccessKeyName=nSharedAccessKey=topsecret==",
+            ConnectionStringError::MissingSeparator("SharedAccessKeyName", "SharedAccessKey"),
+        ),
+        (
+            "Endpoint=sb://h/SharedAccessKeyName=n;SharedAccessKey=topsecret==",
+            ConnectionStringError::MissingSeparator("Endpoint", "SharedAccessKeyName"),
+        ),
+        (
+            "Endpoint=sb://h/;SharedAccessKeyName=n;SharedAccessKey=topsecret==EntityPath=hc",
+            ConnectionStringError::MissingSeparator("SharedAccessKey", "EntityPath"),
+        ),
+        (
+            "Endpoint=sb://h/;SharedAccessKeyName=topsecret==;SharedAccessKey=n",
+            ConnectionStringError::KeyNameWithEquals,
+        ),
+        (
+            "Endpoint=ftp://user:topsecret@h/;SharedAccessKeyName=n;SharedAccessKey=k",
+            ConnectionStringError::BadEndpoint("ftp://***@h/".into()),
+        ),
+        (
+            "Endpoint=sb://user:topsecret@h/;SharedAccessKeyName=n;SharedAccessKey=k",
+            ConnectionStringError::BadEndpoint("sb://***@h/".into()),
         ),
         (
             "Endpoint=sb://h/;SharedAccessKeyName=n;topsecret",

@@ -41,6 +41,38 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'(')
     .remove(b')');
 
+/// The longest key name [`shown_key_name`] shows as written.
+const MAX_SHOWN_KEY_NAME_CHARS: usize = 64;
+
+/// A key name for a message or log line: quoted when it looks like a name (letters,
+/// digits, `.`, `_`, `-`, at most [`MAX_SHOWN_KEY_NAME_CHARS`]), else only its length.
+/// A client whose connection string lost a `;` sends its key as the key name; echoing
+/// that in a 401 and the relay's log would spread the secret.
+///
+/// ```
+/// use amlx_agent::relay::sas::shown_key_name;
+/// assert_eq!(shown_key_name("RootManageSharedAccessKey"), "\"RootManageSharedAccessKey\"");
+/// assert_eq!(
+///     shown_key_name("c2VjcmV0a2V5=="),
+///     "of 14 characters (not shown: it does not look like a key name; is a key in its place?)"
+/// );
+/// ```
+pub fn shown_key_name(name: &str) -> String {
+    let plausible = !name.is_empty()
+        && name.chars().count() <= MAX_SHOWN_KEY_NAME_CHARS
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if plausible {
+        format!("{name:?}")
+    } else {
+        format!(
+            "of {} characters (not shown: it does not look like a key name; is a key in its place?)",
+            name.chars().count()
+        )
+    }
+}
+
 /// Why a token was refused. [`SasError::status`] is the HTTP status the relay answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SasError {
@@ -48,7 +80,8 @@ pub enum SasError {
     Missing,
     #[error("malformed SAS token: {0}")]
     Malformed(&'static str),
-    #[error("SAS key name {0:?} is not known to this relay")]
+    /// The name as [`shown_key_name`] shows it: a key pasted where its name goes is not echoed.
+    #[error("SAS key name {0} is not known to this relay")]
     UnknownKey(String),
     #[error("SAS signature does not match (wrong key for key name {0:?})")]
     BadSignature(String),

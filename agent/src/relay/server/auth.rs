@@ -75,7 +75,7 @@ fn verified<'k>(
     let key = keys
         .iter()
         .find(|k| k.name == token.key_name)
-        .ok_or_else(|| SasError::UnknownKey(token.key_name.clone()))?;
+        .ok_or_else(|| SasError::UnknownKey(sas::shown_key_name(&token.key_name)))?;
     let audience = token.verify(&key.key, now)?;
     Ok((key, token, audience))
 }
@@ -350,7 +350,7 @@ mod tests {
     fn an_unknown_key_is_named() {
         let tok = token("http://h/hc/", "nobody", KEY, NOW + 60);
         let err = authorize(&keys(), Some(&tok), "hc", Right::Listen, NOW).expect_err("unknown");
-        assert_eq!(err, SasError::UnknownKey("nobody".into()));
+        assert_eq!(err, SasError::UnknownKey("\"nobody\"".into()));
         assert_eq!(err.status(), 401);
     }
 
