@@ -258,14 +258,20 @@ impl AcceptHandler for VsCodeForwarder {
         // VS Code (another program there was reported as VS Code attaching).
         let port = route.vscode_port;
         say!("{label}: the debug connection of {who} went to 127.0.0.1:{port}, VS Code's port");
-        match tunnel.splice(vscode).await {
+        let mut vscode = vscode;
+        match tunnel.splice(&mut vscode).await {
             Ok(_) => say!("{label}: the debugger on 127.0.0.1:{port} detached from {who}"),
             // Most often VS Code closed its end first (Stop, Disconnect, a closed window):
-            // a broken pipe or a reset, not a fault of the relay.
-            Err(err) => say!(
-                "{label}: the debug connection of {who} ended ({err}: VS Code closed it, or \
-                 the step's side went away)"
-            ),
+            // a broken pipe or a reset, not a fault of the relay. VS Code's connection is
+            // reset, not closed: should the step's side have broken, it must not read as a
+            // clean end.
+            Err(err) => {
+                crate::relay::client::tunnel::reset_local(vscode);
+                say!(
+                    "{label}: the debug connection of {who} ended ({err}: VS Code closed it, or \
+                     the step's side went away)"
+                )
+            }
         }
     }
 }

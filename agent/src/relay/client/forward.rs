@@ -17,7 +17,7 @@ use tracing::Instrument as _;
 use super::listener::{AcceptHandler, DRAIN_TIMEOUT, Decision};
 use super::sender::WRONG_LISTENER_ATTEMPTS;
 use super::spare::{self, Proof, Spares};
-use super::tunnel::Expect;
+use super::tunnel::{Expect, reset_local};
 use super::{Endpoint, Tunnel, sender};
 use crate::logging::Throttle;
 use crate::relay::bridge::{self, BridgeError, Forward, Forwards};
@@ -326,9 +326,10 @@ async fn forward_local(
         None => match fresh().await {
             Ok(tunnel) => tunnel,
             Err(e) => {
-                // One line naming the cause and the fix; the local client sees its socket
-                // close.
+                // One line naming the cause and the fix; the local client sees its
+                // connection reset.
                 tracing::error!("{e}");
+                reset_local(tcp);
                 return;
             }
         },
@@ -354,6 +355,7 @@ async fn forward_local(
             }
             Proof::Failed(e) => {
                 tracing::error!("{e}");
+                reset_local(tcp);
                 return;
             }
             // Nothing reached the client: the same bytes go through a new tunnel.
@@ -363,7 +365,10 @@ async fn forward_local(
         }
         match fresh().await {
             Ok(tunnel) => return fresh_local(tunnel, tcp, &port_name, first).await,
-            Err(e) => tracing::error!("{e}"),
+            Err(e) => {
+                tracing::error!("{e}");
+                reset_local(tcp);
+            }
         }
         return;
     }
@@ -377,6 +382,7 @@ async fn fresh_local(tunnel: Tunnel, tcp: TcpStream, port_name: &str, first: Vec
     if let Err(e) = bridge::request_with(&tunnel, port_name, &first).await {
         tracing::error!("{e}");
         tunnel.finish(close_code::NORMAL, "").await;
+        reset_local(tcp);
         return;
     }
     let sent = first.len();
@@ -394,12 +400,21 @@ async fn fresh_local(tunnel: Tunnel, tcp: TcpStream, port_name: &str, first: Vec
 }
 
 /// Splices a local connection with its tunnel (after `expect`, if given), then logs the
-/// byte counts, `first_sent` bytes sent with the preamble included, or why it broke.
-async fn splice_local(tunnel: Tunnel, tcp: TcpStream, expect: Option<Expect>, first_sent: usize) {
+/// byte counts, `first_sent` bytes sent with the preamble included, or why it broke (and
+/// resets the local connection).
+async fn splice_local(
+    tunnel: Tunnel,
+    mut tcp: TcpStream,
+    expect: Option<Expect>,
+    first_sent: usize,
+) {
     let spliced = match expect {
-        Some(expect) => tunnel.splice_after(tcp, expect).await,
-        None => tunnel.splice(tcp).await,
+        Some(expect) => tunnel.splice_after(&mut tcp, expect).await,
+        None => tunnel.splice(&mut tcp).await,
     };
+    if spliced.is_err() {
+        reset_local(tcp);
+    }
     match spliced {
         Ok(stats) => tracing::info!(
             sent = stats.sent + first_sent as u64,
@@ -436,9 +451,13 @@ fn waiting_bytes(tcp: &TcpStream) -> Option<Vec<u8>> {
 }
 
 /// Splices a relayed connection with its local socket until both ends close, logging
-/// the byte counts or why it broke.
-async fn splice(tunnel: Tunnel, tcp: TcpStream) {
-    match tunnel.splice(tcp).await {
+/// the byte counts or why it broke (and resetting the local connection).
+async fn splice(tunnel: Tunnel, mut tcp: TcpStream) {
+    let spliced = tunnel.splice(&mut tcp).await;
+    if spliced.is_err() {
+        reset_local(tcp);
+    }
+    match spliced {
         Ok(stats) => tracing::info!(
             sent = stats.sent,
             received = stats.received,

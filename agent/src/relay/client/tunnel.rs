@@ -7,6 +7,12 @@
 //!   connection end first, the tunnel ends with it: nothing sent after that could arrive.
 //!
 //! Message boundaries mean nothing: every data frame is a slice of the stream.
+//!
+//! A break is not an end: a Close with any code but 1000 (or none), or a transport that
+//! ends without a Close, fails the splice, and its caller resets the local connection
+//! ([`reset_local`]) rather than closing it, so the local program never takes a cut stream for
+//! a complete one. A local connection that fails (reset, a write not taken) sends Close
+//! 1011 for the far side to do the same.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -33,6 +39,39 @@ const CHUNK: usize = crate::relay::websocket::PIECE_LEN;
 /// forever. The relay must take each frame (64 KiB at most) within it; the local side,
 /// some bytes (so a local reader that is slow but reading is never cut off).
 pub const TUNNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the Close that tells the far side our local connection failed may take: the
+/// splice has ended already, so this is only a courtesy.
+const BROKEN_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The reason of the Close 1011 sent when the local connection failed.
+const LOCAL_FAILED_REASON: &str = "the far side's local connection failed";
+
+/// Whether a Close with `code` ends a stream in order: 1000, or no code at all (some
+/// clients, Node's `ws` among them, close without one). Any other code (1001 "going
+/// away" from a relay whose other side vanished, 1011) means the stream was cut.
+pub fn is_orderly_close(code: u16) -> bool {
+    code == close_code::NORMAL || code == crate::relay::websocket::close_code::NO_STATUS
+}
+
+/// Resets `tcp` (RST, not FIN) as it is dropped: a local program whose tunnel broke must
+/// see a failure, not the clean end of a stream that was cut short.
+pub fn reset_local(tcp: tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_zero_linger() {
+        tracing::debug!("could not reset the local connection: {e}");
+    }
+}
+
+/// A failure of the local side of a splice (as opposed to the relay's): the far side is
+/// told with Close 1011.
+#[derive(Debug, thiserror::Error)]
+#[error("the local connection failed: {0}")]
+struct LocalFailure(io::Error);
+
+/// Wraps an error of the local side as a [`LocalFailure`], keeping its kind.
+fn local_failure(err: io::Error) -> io::Error {
+    io::Error::new(err.kind(), LocalFailure(err))
+}
 
 /// Runs one frame write to the relay, bounded by [`TUNNEL_WRITE_TIMEOUT`].
 async fn bounded(write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
@@ -74,6 +113,20 @@ struct Writer {
     frames: FrameWriter<WriteHalf<BoxedIo>>,
     /// Our Close went out: nothing else may be sent (not even a Pong).
     closed: bool,
+    /// A frame write started and did not finish (its future was dropped, or it failed):
+    /// the stream may end inside a frame, so nothing more may be written.
+    torn: bool,
+}
+
+impl Writer {
+    /// Writes one frame, bounded by [`TUNNEL_WRITE_TIMEOUT`]; marks the writer torn until
+    /// the write completes.
+    async fn frame(&mut self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
+        self.torn = true;
+        bounded(self.frames.write_frame(opcode, payload)).await?;
+        self.torn = false;
+        Ok(())
+    }
 }
 
 /// A relayed connection after the WebSocket upgrade.
@@ -93,6 +146,8 @@ pub struct Tunnel {
     /// The reason its Close gave, when it gave one (a listener that could not reach its
     /// target says why: "VS Code is not listening").
     peer_close_reason: Option<String>,
+    /// The code of the peer's Close (1005 when it had none).
+    peer_close_code: Option<u16>,
 }
 
 /// The peer's answer as [`Tunnel::splice_after`] read it: `Err` when it did not come in
@@ -140,12 +195,14 @@ impl Tunnel {
             writer: Arc::new(Mutex::new(Writer {
                 frames: ws.writer,
                 closed: false,
+                torn: false,
             })),
             pending: Vec::new(),
             delivered: 0,
             pong_seen: false,
             peer_closed: false,
             peer_close_reason: None,
+            peer_close_code: None,
         }
     }
 
@@ -213,6 +270,7 @@ impl Tunnel {
                     tracing::debug!(code, reason, "peer closed its direction");
                     self.peer_closed = true;
                     self.peer_close_reason = Some(reason).filter(|r| !r.is_empty());
+                    self.peer_close_code = Some(code);
                     return Ok(None);
                 }
             }
@@ -307,7 +365,7 @@ impl Tunnel {
     pub async fn write(&self, data: &[u8]) -> io::Result<()> {
         let mut w = self.open_writer().await?;
         for chunk in data.chunks(CHUNK) {
-            bounded(w.frames.write_frame(OpCode::Binary, chunk)).await?;
+            w.frame(OpCode::Binary, chunk).await?;
         }
         Ok(())
     }
@@ -316,7 +374,7 @@ impl Tunnel {
     pub async fn ping(&mut self, payload: &[u8]) -> io::Result<()> {
         self.pong_seen = false;
         let mut w = self.open_writer().await?;
-        bounded(w.frames.write_frame(OpCode::Ping, payload)).await
+        w.frame(OpCode::Ping, payload).await
     }
 
     /// Answers a Ping with its payload, unless our Close went out (nothing may follow it).
@@ -325,13 +383,13 @@ impl Tunnel {
         if w.closed {
             return Ok(());
         }
-        bounded(w.frames.write_frame(OpCode::Pong, payload)).await
+        w.frame(OpCode::Pong, payload).await
     }
 
     /// The sending half, for data or a Ping: `BrokenPipe` once our Close went out.
     async fn open_writer(&self) -> io::Result<tokio::sync::MutexGuard<'_, Writer>> {
         let w = self.writer.lock().await;
-        if w.closed {
+        if w.closed || w.torn {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "tunnel already closed",
@@ -349,7 +407,7 @@ impl Tunnel {
     /// Sends our Close (ends our direction); a second call does nothing.
     pub async fn close(&self, code: u16, reason: &str) -> io::Result<()> {
         let mut w = self.writer.lock().await;
-        if w.closed {
+        if w.closed || w.torn {
             return Ok(());
         }
         w.closed = true;
@@ -384,7 +442,36 @@ impl Tunnel {
         self.pump(local, Some(expect)).await
     }
 
-    async fn pump<S>(mut self, local: S, expect: Option<Expect>) -> io::Result<SpliceStats>
+    /// [`pump_both`](Self::pump_both); when the local side failed, tells the far side
+    /// with Close 1011 (bounded by [`BROKEN_CLOSE_TIMEOUT`]) so it resets its own local
+    /// connection in turn.
+    async fn pump<S>(self, local: S, expect: Option<Expect>) -> io::Result<SpliceStats>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin,
+    {
+        let writer = Arc::clone(&self.writer);
+        let result = self.pump_both(local, expect).await;
+        if let Err(err) = &result
+            && err
+                .get_ref()
+                .is_some_and(|inner| inner.is::<LocalFailure>())
+        {
+            let mut w = writer.lock().await;
+            if !w.closed && !w.torn {
+                w.closed = true;
+                let goodbye = async {
+                    w.frames
+                        .write_close(close_code::SERVER_ERROR, LOCAL_FAILED_REASON)
+                        .await?;
+                    w.frames.shutdown().await
+                };
+                let _ = tokio::time::timeout(BROKEN_CLOSE_TIMEOUT, goodbye).await;
+            }
+        }
+        result
+    }
+
+    async fn pump_both<S>(mut self, local: S, expect: Option<Expect>) -> io::Result<SpliceStats>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin,
     {
@@ -400,15 +487,29 @@ impl Tunnel {
             let mut received = self.delivered;
             let pending = std::mem::take(&mut self.pending);
             if !pending.is_empty() {
-                write_local(&mut tcp_write, &pending).await?;
+                write_local(&mut tcp_write, &pending)
+                    .await
+                    .map_err(local_failure)?;
                 received += pending.len() as u64;
             }
             while let Some(data) = self.next_data().await? {
-                write_local(&mut tcp_write, &data).await?;
+                write_local(&mut tcp_write, &data)
+                    .await
+                    .map_err(local_failure)?;
                 received += data.len() as u64;
             }
+            if let Some(code) = self.peer_close_code.filter(|c| !is_orderly_close(*c)) {
+                // A cut stream: the caller resets the local connection instead.
+                let reason = self.peer_close_reason.as_deref().unwrap_or_default();
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!("the far side's connection broke (Close {code} {reason:?})"),
+                ));
+            }
             // The peer will send no more: pass the half-close on to the local side.
-            bounded_local(tcp_write.shutdown()).await?;
+            bounded_local(tcp_write.shutdown())
+                .await
+                .map_err(local_failure)?;
             Ok::<u64, io::Error>(received)
         };
         let outbound = async {
@@ -416,8 +517,16 @@ impl Tunnel {
             // Holds memory only while the local side sends (an idle tunnel holds none).
             let mut buf = ReadBuffer::new(Vec::new());
             loop {
-                let n = poll_fn(|cx| buf.poll_fill(&mut tcp_read, cx, CHUNK)).await?;
+                let n = poll_fn(|cx| buf.poll_fill(&mut tcp_read, cx, CHUNK))
+                    .await
+                    .map_err(local_failure)?;
                 let mut w = writer.lock().await;
+                if w.torn {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "a frame to the relay was cut short",
+                    ));
+                }
                 if n == 0 {
                     w.closed = true;
                     bounded(w.frames.write_close(close_code::NORMAL, "")).await?;
@@ -425,7 +534,9 @@ impl Tunnel {
                 }
                 // Masked where it was read: the payload is never copied.
                 let data = buf.bytes_mut();
+                w.torn = true;
                 bounded(w.frames.send_in_place(OpCode::Binary, true, data)).await?;
+                w.torn = false;
                 sent += data.len() as u64;
                 data.clear();
             }

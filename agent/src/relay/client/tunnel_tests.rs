@@ -304,3 +304,80 @@ async fn a_slow_but_reading_local_side_keeps_the_tunnel() {
     assert!(!splice.is_finished(), "the tunnel is still open");
     splice.abort();
 }
+
+/// The peer's Close code tells an ended stream from a cut one: 1000 or no code ends the
+/// splice in order (the app reads EOF); any other code fails it, for the caller to reset
+/// the local connection.
+#[tokio::test]
+async fn only_an_orderly_close_ends_the_stream_in_order() {
+    let cases: [(&[u8], bool); 6] = [
+        (&close_code::NORMAL.to_be_bytes(), true),
+        (b"", true),
+        (&close_code::GOING_AWAY.to_be_bytes(), false),
+        (&close_code::SERVER_ERROR.to_be_bytes(), false),
+        (&close_code::POLICY.to_be_bytes(), false),
+        (&4000u16.to_be_bytes(), false),
+    ];
+    for (payload, orderly) in cases {
+        let (tunnel, mut peer) = tunnel_and_peer();
+        let (mut app, local) = tcp_pair().await;
+        let splice = tokio::spawn(tunnel.splice(local));
+        peer.1
+            .write_frame(OpCode::Binary, b"data")
+            .await
+            .expect("write");
+        peer.1
+            .write_frame(OpCode::Close, payload)
+            .await
+            .expect("write");
+        let mut got = [0u8; 4];
+        tokio::time::timeout(DEADLINE, app.read_exact(&mut got))
+            .await
+            .expect("data within the deadline")
+            .expect("read");
+        assert_eq!(&got, b"data");
+        if orderly {
+            app.shutdown().await.expect("half-close");
+            let done = tokio::time::timeout(DEADLINE, splice)
+                .await
+                .expect("splice ends")
+                .expect("task");
+            assert!(done.is_ok(), "{payload:?}: {done:?}");
+        } else {
+            let err = tokio::time::timeout(DEADLINE, splice)
+                .await
+                .expect("splice ends")
+                .expect("task")
+                .expect_err("a cut stream fails the splice");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{payload:?}");
+            assert!(err.to_string().contains("broke (Close"), "{err}");
+        }
+    }
+}
+
+/// A local connection that is reset tells the far side with Close 1011, so it resets its
+/// own local connection in turn (a FIN-less end of the transport would read as a relay
+/// fault, and the far side's program would see a clean end).
+#[tokio::test]
+async fn a_local_reset_sends_close_1011() {
+    let (tunnel, mut peer) = tunnel_and_peer();
+    let (app, local) = tcp_pair().await;
+    let splice = tokio::spawn(tunnel.splice(local));
+    app.set_zero_linger().expect("SO_LINGER");
+    drop(app);
+    let close = next(&mut peer).await;
+    assert_eq!(close.opcode, OpCode::Close);
+    assert_eq!(
+        close.close_code(),
+        (close_code::SERVER_ERROR, LOCAL_FAILED_REASON.to_owned())
+    );
+    let err = tokio::time::timeout(DEADLINE, splice)
+        .await
+        .expect("splice ends")
+        .expect("task")
+        .expect_err("a reset fails the splice");
+    assert!(
+        err.to_string().contains("the local connection failed"),
+        "{err}"
+    );
+}
