@@ -154,6 +154,8 @@ fn port_names_pick_targets_and_unknown_names_are_refused() {
         let (_c, addr) = relay.connect(&cs, &target.port().to_string());
         assert_eq!(round_trip(addr, b"").expect("round trip"), tag);
     }
+    // A name no listener forwards: each listener answers 421 (another may serve it), and
+    // relay connect gives up after its bounded tries, naming the fix.
     let (c, addr) = relay.connect(&cs, "web");
     assert_eq!(
         round_trip(addr, b"x").unwrap_or_default(),
@@ -162,7 +164,45 @@ fn port_names_pick_targets_and_unknown_names_are_refused() {
     );
     let line = c
         .stderr
-        .wait_for("not forwarded")
+        .wait_for("every listener that answered forwards other port names")
         .unwrap_or_else(|| panic!("{}", c.dump()));
-    assert!(line.contains("\"web\""), "{line}");
+    assert!(
+        line.contains("port web is not forwarded by this listener") && line.contains("--port-name"),
+        "{line}"
+    );
+}
+
+/// Listeners of one Hybrid Connection that forward different ports: the relay hands each
+/// sender to any of them, and a listener that does not forward the port the sender named
+/// answers 421 for it to try again, until it reaches the one that does. Before, the
+/// wrong listener took the sender and closed it at the preamble.
+#[test]
+fn listeners_of_one_hybrid_connection_share_it_by_port_name() {
+    let relay = Relay::start();
+    let tagged = |tag: &'static [u8]| {
+        serve_each(move |mut s| {
+            let _ = s.write_all(tag);
+            let _ = s.shutdown(Shutdown::Write);
+        })
+    };
+    let (a, b, c) = (tagged(b"A"), tagged(b"B"), tagged(b"C"));
+    let cs = relay.connection_string(KEY_BOTH, "shared");
+    let _la = relay.listen_online(&cs, &["--forward", &format!("a=127.0.0.1:{}", a.port())]);
+    let _lbc = relay.listen_online(
+        &cs,
+        &[
+            "--forward",
+            &format!("b=127.0.0.1:{}", b.port()),
+            "--forward",
+            &format!("c=127.0.0.1:{}", c.port()),
+        ],
+    );
+    for (name, tag) in [("a", b"A"), ("b", b"B"), ("c", b"C")] {
+        let (connect, addr) = relay.connect(&cs, name);
+        // Enough connections that each lands on the wrong listener at least once by chance.
+        for round in 0..12 {
+            let back = round_trip(addr, b"").unwrap_or_default();
+            assert_eq!(back, tag, "{name} #{round}:\n{}", connect.dump());
+        }
+    }
 }

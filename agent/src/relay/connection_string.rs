@@ -20,7 +20,8 @@ use crate::relay::sas;
 pub enum ConnectionStringError {
     #[error("connection string part {0} has no '=' (expected Key=Value)")]
     NoEquals(usize),
-    /// The key as [`shown_part_key`] shows it: a secret after a stray `;` is not echoed.
+    /// The key as written when it looks like a key name, else only its length: a secret
+    /// after a stray `;` is not echoed.
     #[error(
         "unknown connection string key {0} (known: Endpoint, EntityPath, SharedAccessKeyName, SharedAccessKey, SharedAccessSignature, OperationTimeout, Authentication)"
     )]

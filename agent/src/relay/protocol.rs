@@ -336,6 +336,23 @@ impl HcRequest {
     }
 }
 
+/// The sender's path suffix after `$hc/{entity}/` in a rendezvous address, if any (where
+/// `relay connect` and the debug sidecars name the port they want). The path is read as
+/// `relay serve` reads request targets ([`HcRequest::parse`]); the entity matches at a
+/// segment boundary only (`debug` is not a prefix of `debugger/1`).
+///
+/// ```
+/// use amlx_agent::relay::protocol::sender_suffix;
+/// assert_eq!(sender_suffix("debug", "wss://h/$hc/debug/5678?sb-hc-action=accept").as_deref(), Some("5678"));
+/// assert_eq!(sender_suffix("debug", "wss://h/$hc/debug?sb-hc-action=accept"), None);
+/// ```
+pub fn sender_suffix(entity: &str, address: &str) -> Option<String> {
+    let url = url::Url::parse(address).ok()?;
+    let request = HcRequest::parse(url.path()).ok()?;
+    let suffix = request.path.strip_prefix(entity)?.strip_prefix('/')?;
+    (!suffix.is_empty()).then(|| suffix.to_owned())
+}
+
 /// Candidate entity names for `path`, longest first, at segment boundaries:
 /// `a/b/c` gives `a/b/c`, `a/b`, `a`. A server picks the first one it knows; the rest
 /// is the sender's suffix.

@@ -339,3 +339,25 @@ fn path_prefixes_of_non_ascii_paths() {
     let got: Vec<&str> = path_prefixes("é/ü/€").collect();
     assert_eq!(got, ["é/ü/€", "é/ü", "é"]);
 }
+
+#[test]
+fn the_port_a_sender_named_is_its_path_suffix() {
+    let cases = [
+        ("ws://h:1/$hc/debug/5678?sb-hc-action=accept", Some("5678")),
+        ("ws://h:1/%24hc/debug/5678/?x=1", Some("5678")),
+        ("wss://h/$hc/debug?sb-hc-action=accept", None),
+        ("wss://h/$hc/debug/", None),
+        ("wss://h/$hc/debugger/5678", None),
+        ("wss://h/$hc/other/5678", None),
+        ("not a url", None),
+        ("wss://h/$hc/debug/%C3%A9", Some("é")),
+        ("wss://h/$hc/debug/%FF", Some("\u{FFFD}")),
+    ];
+    for (address, expected) in cases {
+        assert_eq!(
+            sender_suffix("debug", address).as_deref(),
+            expected,
+            "{address}"
+        );
+    }
+}

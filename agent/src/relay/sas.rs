@@ -45,7 +45,7 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 const MAX_SHOWN_KEY_NAME_CHARS: usize = 64;
 
 /// A key name for a message or log line: quoted when it looks like a name (letters,
-/// digits, `.`, `_`, `-`, at most [`MAX_SHOWN_KEY_NAME_CHARS`]), else only its length.
+/// digits, `.`, `_`, `-`, at most 64 characters), else only its length.
 /// A client whose connection string lost a `;` sends its key as the key name; echoing
 /// that in a 401 and the relay's log would spread the secret.
 ///

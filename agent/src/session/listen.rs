@@ -22,7 +22,7 @@ use crate::publish::SessionState;
 use crate::relay::bridge::{self, Forward, Forwards};
 use crate::relay::client::Tunnel;
 use crate::relay::client::listener::{self, AcceptHandler, Decision};
-use crate::relay::protocol::{Accept, HcRequest, close_code, status};
+use crate::relay::protocol::{self, Accept, close_code, status};
 
 /// The status a sidecar refuses a sender with when the sender named another port:
 /// "misdirected request" — the relay picked the wrong listener, try again.
@@ -44,18 +44,8 @@ struct Forwarder {
 impl Forwarder {
     /// The port a sender named in its path suffix (`$hc/{entity}/{port}`), if any.
     fn named_port(&self, accept: &Accept) -> Option<String> {
-        named_port(&self.entity, &accept.address)
+        protocol::sender_suffix(&self.entity, &accept.address)
     }
-}
-
-/// The path suffix after `$hc/{entity}/` in a rendezvous address, if any (the path is
-/// read as `relay serve` reads request targets: [`HcRequest::parse`]).
-fn named_port(entity: &str, address: &str) -> Option<String> {
-    let url = url::Url::parse(address).ok()?;
-    let request = HcRequest::parse(url.path()).ok()?;
-    // At a segment boundary only: entity `debug` is not a prefix of `debugger/1`.
-    let suffix = request.path.strip_prefix(entity)?.strip_prefix('/')?;
-    (!suffix.is_empty()).then(|| suffix.to_owned())
 }
 
 /// A developer connection that broke during its preamble: anyone with the Send right can
@@ -176,31 +166,4 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
     );
     // The record stays, saying why, for as long as the step runs.
     std::future::pending().await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::named_port;
-
-    #[test]
-    fn the_port_a_sender_named_is_its_path_suffix() {
-        let cases = [
-            ("ws://h:1/$hc/debug/5678?sb-hc-action=accept", Some("5678")),
-            ("ws://h:1/%24hc/debug/5678/?x=1", Some("5678")),
-            ("wss://h/$hc/debug?sb-hc-action=accept", None),
-            ("wss://h/$hc/debug/", None),
-            ("wss://h/$hc/debugger/5678", None),
-            ("wss://h/$hc/other/5678", None),
-            ("not a url", None),
-            ("wss://h/$hc/debug/%C3%A9", Some("é")),
-            ("wss://h/$hc/debug/%FF", Some("\u{FFFD}")),
-        ];
-        for (address, expected) in cases {
-            assert_eq!(
-                named_port("debug", address).as_deref(),
-                expected,
-                "{address}"
-            );
-        }
-    }
 }

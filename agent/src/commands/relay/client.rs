@@ -35,7 +35,11 @@ pub fn listen(args: &ListenArgs, settings: &Settings) -> anyhow::Result<i32> {
     for f in &forwards.0 {
         tracing::info!("forwarding port name {f}");
     }
-    let handler = Arc::new(RemoteForwarder { forwards, allow });
+    let handler = Arc::new(RemoteForwarder {
+        entity: endpoint.entity.clone(),
+        forwards,
+        allow,
+    });
     let max_tunnels = settings.relay.max_tunnels;
     super::forwarder_runtime()?.block_on(async move {
         // Each tunnel is the rendezvous WebSocket and the local connection; a reject

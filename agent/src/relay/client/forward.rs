@@ -21,7 +21,7 @@ use super::tunnel::{Expect, reset_local};
 use super::{Endpoint, Tunnel, sender};
 use crate::logging::Throttle;
 use crate::relay::bridge::{self, BridgeError, Forward, Forwards};
-use crate::relay::protocol::{Accept, close_code, status};
+use crate::relay::protocol::{self, Accept, close_code, status};
 
 /// How long connecting to a local forward target may take.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,9 +98,13 @@ static FAILED: FailedLines = FailedLines {
 };
 
 /// `relay listen`: forwards relayed connections by port name, rejecting senders from
-/// outside the allowed networks with 403.
+/// outside the allowed networks with 403, and senders whose path names a port it does not
+/// forward with 421 (another listener of the Hybrid Connection serves it: the sender tries
+/// again and the relay picks a listener anew).
 #[derive(Debug)]
 pub struct RemoteForwarder {
+    /// The Hybrid Connection, to tell a sender's path suffix (its port name) from it.
+    pub entity: String,
     pub forwards: Forwards,
     /// Empty means every sender is allowed.
     pub allow: Vec<IpNet>,
@@ -108,19 +112,30 @@ pub struct RemoteForwarder {
 
 impl AcceptHandler for RemoteForwarder {
     fn decide(&self, accept: &Accept) -> Decision {
-        if self.allow.is_empty() {
-            return Decision::Accept;
+        if !self.allow.is_empty() {
+            let from = accept.remote_endpoint.address.parse::<IpAddr>();
+            if !matches!(from, Ok(ip) if self.allow.iter().any(|net| net.contains(ip))) {
+                return Decision::Reject {
+                    status: status::FORBIDDEN,
+                    description: format!(
+                        "sender address {} is not allowed by this listener",
+                        accept.remote_endpoint.address
+                    ),
+                };
+            }
         }
-        let from = accept.remote_endpoint.address.parse::<IpAddr>();
-        match from {
-            Ok(ip) if self.allow.iter().any(|net| net.contains(ip)) => Decision::Accept,
-            _ => Decision::Reject {
-                status: status::FORBIDDEN,
+        // By the preamble's own rule (a lone numeric forward takes any number), so that
+        // what is accepted here is never refused at the preamble for its name. A sender
+        // that names no port (azbridge, hyco-ws) is judged by its preamble alone.
+        match protocol::sender_suffix(&self.entity, &accept.address) {
+            Some(named) if self.forwards.resolve(&named).is_none() => Decision::Reject {
+                status: status::MISDIRECTED,
                 description: format!(
-                    "sender address {} is not allowed by this listener",
-                    accept.remote_endpoint.address
+                    "port {named} is not forwarded by this listener (another listener of \
+                     the Hybrid Connection may serve it)"
                 ),
             },
+            _ => Decision::Accept,
         }
     }
 
@@ -157,14 +172,10 @@ impl AcceptHandler for RemoteForwarder {
 }
 
 impl RemoteForwarder {
-    /// The forward named by the last segment of the sender's address (where
-    /// `relay connect` and the debug sidecar put the port name), if one is named exactly.
+    /// The forward named by the sender's path suffix (where `relay connect` and the debug
+    /// sidecar put the port name), if one is named exactly.
     fn named_forward(&self, accept: &Accept) -> Option<&Forward> {
-        let url = url::Url::parse(&accept.address).ok()?;
-        let last = url.path_segments()?.next_back()?;
-        let name = percent_encoding::percent_decode_str(last)
-            .decode_utf8()
-            .ok()?;
+        let name = protocol::sender_suffix(&self.entity, &accept.address)?;
         self.forwards.0.iter().find(|f| f.name == name)
     }
 
@@ -499,6 +510,7 @@ mod tests {
     #[test]
     fn the_address_names_a_forward_only_exactly() {
         let forwarder = RemoteForwarder {
+            entity: "hc".into(),
             forwards: Forwards(vec![
                 "echo=127.0.0.1:7".parse().expect("valid"),
                 "a b=127.0.0.1:8".parse().expect("valid"),
@@ -517,6 +529,8 @@ mod tests {
             ("ws://h/$hc/hc?sb-hc-action=accept", None),
             ("ws://h/$hc/hc/echo2?x=1", None),
             ("ws://h/$hc/hc/%FF?x=1", None),
+            ("ws://h/$hc/echo?x=1", None),
+            ("ws://h/$hc/other/echo?x=1", None),
             ("not a url", None),
             ("", None),
         ];
@@ -538,6 +552,7 @@ mod tests {
     #[test]
     fn allowlist_rejects_with_403() {
         let forwarder = RemoteForwarder {
+            entity: "hc".into(),
             forwards: Forwards::default(),
             allow: vec!["10.0.0.0/8".parse().expect("valid")],
         };
@@ -557,10 +572,54 @@ mod tests {
         accept.remote_endpoint.address = "10.9.9.9".into();
         assert_eq!(forwarder.decide(&accept), Decision::Accept);
         let open = RemoteForwarder {
+            entity: "hc".into(),
             forwards: Forwards::default(),
             allow: vec![],
         };
         accept.remote_endpoint.address = "garbage".into();
         assert_eq!(open.decide(&accept), Decision::Accept);
+    }
+
+    /// A sender that names a port this listener does not forward is sent on with 421 (the
+    /// relay picks another listener on its retry); by the preamble's rule, so a lone
+    /// numeric forward takes any number; a sender that names no port is let through.
+    #[test]
+    fn a_port_served_elsewhere_is_misdirected() {
+        let accept = |address: &str| Accept {
+            address: address.into(),
+            id: "i".into(),
+            connect_headers: Default::default(),
+            remote_endpoint: crate::relay::protocol::RemoteEndpoint {
+                address: "10.1.1.1".into(),
+                port: 1,
+            },
+        };
+        let forwarder = |specs: &[&str], allow: &[&str]| RemoteForwarder {
+            entity: "hc".into(),
+            forwards: Forwards(specs.iter().map(|s| s.parse().expect(s)).collect()),
+            allow: allow.iter().map(|n| n.parse().expect(n)).collect(),
+        };
+        let two = ["a=127.0.0.1:7", "b=127.0.0.1:8"];
+        /// (forwards, allowed networks, rendezvous address, the status it is rejected with)
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a str, Option<u16>);
+        let cases: [Case; 9] = [
+            (&two, &[], "ws://h/$hc/hc/a?sb-hc-action=accept", None),
+            (&two, &[], "ws://h/$hc/hc/c?sb-hc-action=accept", Some(421)),
+            (&two, &[], "ws://h/$hc/hc/c?amlx-spare=1", Some(421)),
+            (&two, &[], "ws://h/$hc/hc?sb-hc-action=accept", None),
+            (&two, &[], "ws://h/$hc/hc/a/b?x=1", Some(421)),
+            (&["5678=127.0.0.1:9"], &[], "ws://h/$hc/hc/5679", None),
+            (&["5678=127.0.0.1:9"], &[], "ws://h/$hc/hc/x", Some(421)),
+            // The network check comes first: a stranger learns nothing about ports.
+            (&two, &["10.0.0.0/8"], "ws://h/$hc/hc/c", Some(421)),
+            (&two, &["192.168.0.0/16"], "ws://h/$hc/hc/c", Some(403)),
+        ];
+        for (specs, allow, address, want) in cases {
+            let got = match forwarder(specs, allow).decide(&accept(address)) {
+                Decision::Accept => None,
+                Decision::Reject { status, .. } => Some(status),
+            };
+            assert_eq!(got, want, "{specs:?} {allow:?} {address}");
+        }
     }
 }
