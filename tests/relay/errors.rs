@@ -414,3 +414,35 @@ fn a_sender_flooding_bad_preambles_gets_a_line_per_kind_not_per_tunnel() {
     }
     assert!(log.len() < 30, "{head}");
 }
+
+/// A relay that holds as many listeners as it allows on a Hybrid Connection answers 403
+/// "quota exceeded": `relay listen` keeps trying (it used to exit, told to use a key with
+/// the Listen right), and comes online once a place frees.
+#[test]
+fn a_full_relay_is_waited_out_not_taken_for_a_missing_right() {
+    let relay = Relay::start_with("max_listeners_per_path = 1");
+    let cs = relay.connection_string(KEY_BOTH, "full");
+    let mut first = relay.listen_online(&cs, &["--ports", "5678"]);
+    let mut second = relay.listen(&cs, &["--ports", "5679"]);
+    let line = second
+        .stderr
+        .wait_for("listener offline")
+        .unwrap_or_else(|| panic!("{}", second.dump()));
+    assert!(
+        line.contains("is full (403 quota exceeded") && line.contains("reconnecting in"),
+        "{line}"
+    );
+    assert!(!line.contains("Listen right"), "{line}");
+    assert!(
+        second.child.try_wait().expect("try_wait").is_none(),
+        "relay listen exited:\n{}",
+        second.dump()
+    );
+    first.kill();
+    // The backoff's first steps are 0, 1 and 2 s: well inside the deadline.
+    assert!(
+        second.stderr.wait_for("listener online").is_some(),
+        "{}",
+        second.dump()
+    );
+}

@@ -160,6 +160,8 @@ pub struct Relay {
     /// CA (the self-signed certificate) when serving TLS.
     pub ca_file: Option<PathBuf>,
     dir: tempfile::TempDir,
+    /// Extra `[relay.server]` lines, kept for a restart.
+    settings: String,
 }
 
 impl Relay {
@@ -175,12 +177,18 @@ impl Relay {
 
     pub fn start_at(port: Option<u16>, tls: bool) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
-        Relay::start_in(dir, port, tls)
+        Relay::start_in(dir, port, tls, "")
     }
 
-    fn start_in(dir: tempfile::TempDir, port: Option<u16>, tls: bool) -> Relay {
+    /// Plain ws on a free port, with `settings` (TOML lines) in `[relay.server]`.
+    pub fn start_with(settings: &str) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Relay::start_in(dir, None, false, settings)
+    }
+
+    fn start_in(dir: tempfile::TempDir, port: Option<u16>, tls: bool, settings: &str) -> Relay {
         let config = dir.path().join("relay.toml");
-        let mut text = String::from("[relay.server]\n");
+        let mut text = format!("[relay.server]\n{settings}\n");
         for ((name, key), rights) in [
             (KEY_BOTH, r#"["listen", "send"]"#),
             (KEY_SEND, r#"["send"]"#),
@@ -227,6 +235,7 @@ impl Relay {
             addr,
             ca_file,
             dir,
+            settings: settings.to_owned(),
         }
     }
 
@@ -235,8 +244,8 @@ impl Relay {
         self.proc.kill();
         let tls = self.ca_file.is_some();
         let port = self.addr.port();
-        let Relay { dir, .. } = self;
-        Relay::start_in(dir, Some(port), tls)
+        let Relay { dir, settings, .. } = self;
+        Relay::start_in(dir, Some(port), tls, &settings)
     }
 
     pub fn connection_string(&self, key: (&str, &str), hc: &str) -> String {

@@ -50,8 +50,10 @@ pub enum RelayCommand {
     /// port chosen by its azbridge port name (like `azbridge -R`).
     ///
     /// Senders (`amlx-agent relay connect`, azbridge -L, the agent's debug sidecar) name a
-    /// port; names not in --ports/--forward are refused. Reconnects after 0, 1, 2, 5, 10,
-    /// 30 s (then every 30 s); a 401, 403 or 404 from the relay ends it with the reason.
+    /// port; names not in --ports/--forward are refused (421 for a sender that names its
+    /// port in its path, so it tries another listener of the Hybrid Connection).
+    /// Reconnects after 0, 1, 2, 5, 10, 30 s (then every 30 s); a 401, 403 or 404 from the
+    /// relay ends it with the reason, except a full relay's 403 (quota), which is waited out.
     /// Credentials: AMLX_RELAY_CONNECTION_STRING, --connection-string-file or `[relay]
     /// connection_string` in the config file, never a flag.
     #[command(after_help = "Examples:\n  \

@@ -23,6 +23,12 @@ pub enum ConnectError {
         /// For senders: a listener may also refuse with 403.
         hint: &'static str,
     },
+    /// A 403 that is not about rights: the relay holds as many listeners (or connections)
+    /// as it allows on this Hybrid Connection. Passes when one of them leaves.
+    #[error(
+        "relay {url} is full (403 quota exceeded: {text}); this passes when a listener leaves: stop one you no longer need on this Hybrid Connection, or raise the relay's limit (relay serve: max_listeners_per_path)"
+    )]
+    QuotaExceeded { url: String, text: String },
     #[error("relay {url} has no such endpoint (404 Not Found: {text}); {fix}")]
     NotFound {
         url: String,
@@ -110,6 +116,10 @@ impl ConnectError {
         };
         match status_code {
             status::UNAUTHORIZED => ConnectError::Unauthorized { url, text },
+            // `relay serve` says "quota exceeded", Azure Relay "QuotaExceeded".
+            status::FORBIDDEN if text.to_ascii_lowercase().contains("quota") => {
+                ConnectError::QuotaExceeded { url, text }
+            }
             status::FORBIDDEN => ConnectError::Forbidden {
                 url,
                 text,
@@ -150,7 +160,9 @@ impl ConnectError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ConnectError::Unauthorized { .. } => Some(status::UNAUTHORIZED),
-            ConnectError::Forbidden { .. } => Some(status::FORBIDDEN),
+            ConnectError::Forbidden { .. } | ConnectError::QuotaExceeded { .. } => {
+                Some(status::FORBIDDEN)
+            }
             ConnectError::NotFound { .. } => Some(status::NOT_FOUND),
             ConnectError::Gone { .. } => Some(status::GONE),
             ConnectError::WrongListener { .. } => Some(status::MISDIRECTED),
@@ -161,7 +173,8 @@ impl ConnectError {
         }
     }
 
-    /// True when waiting cannot help: wrong credentials, rights or name.
+    /// True when waiting cannot help: wrong credentials, rights or name (a full relay,
+    /// [`ConnectError::QuotaExceeded`], is not: a place frees when a listener leaves).
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
@@ -266,6 +279,18 @@ mod tests {
             assert!(!text.contains('\n'), "{text}");
             assert_eq!(err.status(), Some(code));
             assert_eq!(err.is_permanent(), permanent, "{code}");
+        }
+        // A full relay is not a missing right: it passes, so a listener waits it out.
+        let texts = [
+            "quota exceeded: at most 25 listeners may be connected to one Hybrid Connection",
+            "QuotaExceeded: listener limit reached",
+        ];
+        for (role, text) in [Role::Listen, Role::Send].into_iter().zip(texts) {
+            let err = ConnectError::from_status(role, "ws://h/$hc/x".into(), 403, text.into());
+            assert!(matches!(err, ConnectError::QuotaExceeded { .. }), "{err}");
+            assert!(!err.is_permanent(), "{err}");
+            assert!(err.to_string().contains("this passes when"), "{err}");
+            assert_eq!(err.status(), Some(403));
         }
     }
 
