@@ -446,3 +446,55 @@ fn a_full_relay_is_waited_out_not_taken_for_a_missing_right() {
         second.dump()
     );
 }
+
+/// A `relay listen` that is stopped (SIGSTOP: its sockets still take bytes) is dropped by
+/// the relay once it leaves the Ping after an accept unanswered, and its sender goes to
+/// the other listener of the Hybrid Connection. Before, that sender waited out the
+/// rendezvous timeout (30 s) for a 504, and so did every later one the relay picked it for.
+#[test]
+fn a_stopped_listener_is_dropped_and_its_senders_served_by_another() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let relay = Relay::start_with("listener_answer_timeout = \"1s\"");
+    let echo = echo_server();
+    let cs = relay.connection_string(KEY_BOTH, "stopped");
+    let forward = format!("e=127.0.0.1:{}", echo.port());
+    let mut stopped = relay.listen_online(&cs, &["--forward", &forward]);
+    let _working = relay.listen_online(&cs, &["--forward", &forward]);
+    let pid = Pid::from_raw(stopped.child.id() as i32);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let (connect, addr) = relay.connect(&cs, "e");
+    // The relay picks a listener at random: twelve connections all but surely try the
+    // stopped one.
+    for round in 0..12 {
+        let back = round_trip(addr, b"ping").unwrap_or_default();
+        assert_eq!(
+            back,
+            b"ping",
+            "#{round}\nrelay:\n{}\nconnect:\n{}",
+            relay.proc.dump(),
+            connect.dump()
+        );
+    }
+    assert!(
+        relay
+            .proc
+            .stderr
+            .wait_for("listener disconnected: Unresponsive")
+            .is_some(),
+        "{}",
+        relay.proc.dump()
+    );
+    // Woken, it finds its control channel gone and comes back.
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    let (first, _) = stopped
+        .stderr
+        .wait_for_from(0, "listener online", DEADLINE)
+        .expect("online once");
+    let online = stopped
+        .stderr
+        .wait_for_from(first + 1, "listener online", DEADLINE)
+        .is_some();
+    assert!(online, "{}", stopped.dump());
+    stopped.kill();
+}

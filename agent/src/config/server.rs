@@ -32,6 +32,12 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 512;
 /// Time a client has to send its whole request head (TLS included).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a listener has to answer the Ping sent after each accept command: one that
+/// does not (stopped, frozen, its host gone without a reset) is dropped, and the senders
+/// it was sent go to another listener (or get 404) instead of waiting out the rendezvous
+/// timeout for a 504. Listeners answer Pings as they read, so only a stopped one misses
+/// this; generous all the same, since dropping a slow listener costs it a reconnect.
+pub const DEFAULT_LISTENER_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// After one side of a relayed connection closed (its Close forwarded), how long the
 /// other side may stay silent before the pair is dropped; each frame it still sends
 /// restarts the clock. Generous: that side may be finishing a reply under load.
@@ -77,6 +83,8 @@ pub struct ServerSettings {
     pub handshake_timeout: Duration,
     /// Time a listener has to open an accept's rendezvous address.
     pub rendezvous_timeout: Duration,
+    /// Time a listener has to answer the Ping sent after an accept command.
+    pub listener_answer_timeout: Duration,
     /// Silence allowed from the side of a relayed connection that was forwarded a Close.
     pub half_close_timeout: Duration,
     /// Time a relayed frame may take to be written before the pair is dropped.
@@ -102,6 +110,7 @@ impl Default for ServerSettings {
             max_handshakes_per_source: DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
+            listener_answer_timeout: DEFAULT_LISTENER_ANSWER_TIMEOUT,
             half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
             stalled_write_timeout: DEFAULT_STALLED_WRITE_TIMEOUT,
             max_control_message: DEFAULT_MAX_CONTROL_MESSAGE,
@@ -230,6 +239,8 @@ pub(super) struct ServerSection {
     handshake_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_duration")]
     rendezvous_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    listener_answer_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_duration")]
     half_close_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_duration")]
@@ -367,6 +378,9 @@ impl ServerSection {
                 .unwrap_or(d.max_handshakes_per_source),
             handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
             rendezvous_timeout: self.rendezvous_timeout.unwrap_or(d.rendezvous_timeout),
+            listener_answer_timeout: self
+                .listener_answer_timeout
+                .unwrap_or(d.listener_answer_timeout),
             half_close_timeout: self.half_close_timeout.unwrap_or(d.half_close_timeout),
             stalled_write_timeout: self
                 .stalled_write_timeout

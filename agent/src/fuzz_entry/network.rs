@@ -307,6 +307,7 @@ pub async fn serve_control_channel(data: &[u8]) {
         expiry: auth::now().saturating_add(3600),
         commands,
         rendezvous: &rendezvous,
+        answer_timeout: std::time::Duration::from_secs(10),
         shutdown: CancellationToken::new(),
     };
     let _ = control::serve(ws, channel).await;

@@ -308,6 +308,7 @@ impl Ctx {
                 expiry: grant.expiry,
                 commands: rx,
                 rendezvous: &server.rendezvous,
+                answer_timeout: server.settings.config.listener_answer_timeout,
                 shutdown: server.shutdown.clone(),
             },
         )

@@ -1,6 +1,12 @@
 //! One listener's control channel: deliver accept commands, take `renewToken`, answer
 //! Pings, and close it when its token expires (1008), a message is too large (1009) or
 //! the relay stops (1001).
+//!
+//! Each accept command is followed by a Ping (unless one is out already): a listener that
+//! does not answer within `answer_timeout` has stopped (SIGSTOP, a frozen VM, a host gone
+//! without a reset, whose kernel or network still takes the bytes). It is dropped, and
+//! the senders whose commands it was sent since its last answer go to another listener
+//! instead of waiting out the rendezvous timeout. Idle, the probe costs nothing.
 
 use std::time::Duration;
 
@@ -57,6 +63,8 @@ pub enum Ended {
     ByListener,
     /// The listener stopped reading its control channel.
     Stuck,
+    /// The listener did not answer the Ping after an accept command in time.
+    Unresponsive,
     /// Its token expired without a valid `renewToken` (1008).
     TokenExpired,
     /// A `renewToken` carried an invalid token (1008).
@@ -83,6 +91,8 @@ pub struct Channel<'a> {
     pub commands: mpsc::Receiver<Queued>,
     /// The senders waiting, told when their command is dropped unsent.
     pub rendezvous: &'a Rendezvous,
+    /// Time the listener has to answer the Ping after an accept command.
+    pub answer_timeout: Duration,
     pub shutdown: CancellationToken,
 }
 
@@ -91,6 +101,7 @@ pub struct Channel<'a> {
 pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>) -> Ended {
     let expiry = tokio::time::sleep_until(deadline(ch.expiry));
     tokio::pin!(expiry);
+    let mut probe = Probe::default();
     let ended = loop {
         // Every branch is cancel-safe: `cancelled`, `recv`, `Sleep` and the WebSocket's
         // `next` keep their state in their owners, not in the dropped future. In this
@@ -101,6 +112,7 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
             biased;
             () = ch.shutdown.cancelled() => break Ended::Shutdown,
             () = &mut expiry => break Ended::TokenExpired,
+            () = probe.overdue() => break Ended::Unresponsive,
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => match ControlMessage::parse(&text) {
                     Ok(ControlMessage::RenewToken(renew)) => match auth::authorize(
@@ -119,8 +131,18 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
                 Some(Ok(Message::Binary(b))) => {
                     tracing::debug!(len = b.len(), "ignoring binary control message");
                 }
-                // Pings are answered by tungstenite on the next read; Pongs need nothing.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                // Pings are answered by tungstenite on the next read.
+                Some(Ok(Message::Pong(payload))) => {
+                    if let Some(ping) = probe.answered(&payload, ch.answer_timeout) {
+                        let send = ws.send(Message::Ping(ping.into()));
+                        match tokio::time::timeout(SEND_TIMEOUT, send).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break Ended::ByListener,
+                            Err(_) => break Ended::Stuck,
+                        }
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break Ended::ByListener,
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                     break Ended::TooLarge;
@@ -142,7 +164,14 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
             },
             cmd = ch.commands.recv() => {
                 let Some(queued) = cmd else { break Ended::Shutdown };
-                let send = ws.send(Message::text(queued.json));
+                let ping = probe.sent(queued.rendezvous_id.clone(), ch.answer_timeout);
+                let send = async {
+                    ws.send(Message::text(queued.json)).await?;
+                    match ping {
+                        Some(payload) => ws.send(Message::Ping(payload.into())).await,
+                        None => Ok(()),
+                    }
+                };
                 let ended = match tokio::time::timeout(SEND_TIMEOUT, send).await {
                     Ok(Ok(())) => continue,
                     Ok(Err(err)) => {
@@ -164,8 +193,16 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
     while let Ok(queued) = ch.commands.try_recv() {
         ch.rendezvous.undelivered(&queued.rendezvous_id);
     }
+    if matches!(ended, Ended::Unresponsive | Ended::Stuck) {
+        // Sent, but to a listener that no longer acts on them: those of its senders still
+        // waiting (their rendezvous not opened) move on now. Should it wake and open one
+        // after all, it finds the id gone.
+        for id in probe.unanswered() {
+            ch.rendezvous.undelivered(&id);
+        }
+    }
     let close = match &ended {
-        Ended::ByListener | Ended::Stuck => None,
+        Ended::ByListener | Ended::Stuck | Ended::Unresponsive => None,
         Ended::TokenExpired => Some((CloseCode::Policy, "token expired".to_owned())),
         Ended::BadRenewal(why) => Some((CloseCode::Policy, format!("renewToken refused: {why}"))),
         Ended::TooLarge => Some((CloseCode::Size, "control message too large".to_owned())),
@@ -174,6 +211,72 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
     };
     finish(ws, close).await;
     ended
+}
+
+/// The Ping that follows accept commands, and what waits on its answer.
+#[derive(Default)]
+struct Probe {
+    /// The payload of the Ping out, and when its answer is due.
+    out: Option<(Vec<u8>, Instant)>,
+    /// Rendezvous ids of the accept commands sent before the Ping out: its answer shows
+    /// the listener read them.
+    covered: Vec<String>,
+    /// Those sent after it: the next Ping covers them.
+    uncovered: Vec<String>,
+    /// Counts Pings, so that each payload is new: an unsolicited Pong (some clients send
+    /// them) or a late one never answers a later Ping.
+    pings: u64,
+}
+
+impl Probe {
+    /// Records an accept command sent for `rendezvous_id`; the payload of a Ping to send
+    /// after it when none is out (answer due within `within`).
+    fn sent(&mut self, rendezvous_id: String, within: Duration) -> Option<Vec<u8>> {
+        if self.out.is_some() {
+            self.uncovered.push(rendezvous_id);
+            return None;
+        }
+        self.covered.push(rendezvous_id);
+        Some(self.ping(within))
+    }
+
+    /// A Pong with `payload` arrived. When it answers the Ping out, the listener read
+    /// everything sent before it; returns the payload of the next Ping to send when
+    /// commands went out after that one (answer due within `within`).
+    fn answered(&mut self, payload: &[u8], within: Duration) -> Option<Vec<u8>> {
+        if self.out.as_ref().is_none_or(|(out, _)| out != payload) {
+            return None;
+        }
+        self.out = None;
+        self.covered = std::mem::take(&mut self.uncovered);
+        (!self.covered.is_empty()).then(|| self.ping(within))
+    }
+
+    /// A new Ping out: its payload, its answer due within `within`.
+    fn ping(&mut self, within: Duration) -> Vec<u8> {
+        self.pings = self.pings.wrapping_add(1);
+        let payload = format!("amlx-probe-{}", self.pings).into_bytes();
+        // A timeout too large to add to now is as good as none: ten years from now.
+        let due = Instant::now()
+            .checked_add(within)
+            .unwrap_or_else(|| Instant::now() + LONGEST_TOKEN_LIFE);
+        self.out = Some((payload.clone(), due));
+        payload
+    }
+
+    /// The rendezvous ids sent and not shown read.
+    fn unanswered(&mut self) -> impl Iterator<Item = String> + '_ {
+        self.covered.drain(..).chain(self.uncovered.drain(..))
+    }
+
+    /// Resolves when the Ping out has gone unanswered past its due time; pending while
+    /// none is out. Cancel-safe: a `Sleep` made anew each time.
+    async fn overdue(&self) {
+        match &self.out {
+            Some((_, due)) => tokio::time::sleep_until(*due).await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Sends our Close (if any) and waits, bounded, for the stream to end.
@@ -216,128 +319,5 @@ fn deadline(expiry: u64) -> Instant {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::relay::server::rendezvous::Decision;
-
-    /// The relay's end of a listener's control channel over `relay_end`.
-    async fn control_ws(relay_end: tokio::io::DuplexStream) -> WebSocketStream<Prefixed<BoxIo>> {
-        let stream = Prefixed::new(Vec::new(), Box::new(relay_end) as BoxIo);
-        let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
-        WebSocketStream::from_raw_socket(stream, role, Some(websocket_config(64 * 1024))).await
-    }
-
-    /// A channel on `hc` with a valid token, fed by `commands`.
-    fn channel(commands: mpsc::Receiver<Queued>, rendezvous: &Rendezvous) -> Channel<'_> {
-        Channel {
-            path: "hc",
-            keys: &[],
-            expiry: auth::now() + 3600,
-            commands,
-            rendezvous,
-            shutdown: CancellationToken::new(),
-        }
-    }
-
-    /// Accept commands queued for a listener that stops reading, or that goes away, reach
-    /// their senders as undelivered when the channel ends, the one being sent and the
-    /// ones behind it; the queue takes no more. (Before, they were dropped in silence and
-    /// their senders waited out the rendezvous timeout, 30 s, for a 504.)
-    #[tokio::test(start_paused = true)]
-    async fn commands_a_listener_never_took_reach_their_senders_as_undelivered() {
-        for (listener_gone, want) in [(false, Ended::Stuck), (true, Ended::ByListener)] {
-            // 64 bytes of room: the first command does not fit.
-            let (relay_end, listener_end) = tokio::io::duplex(64);
-            if listener_gone {
-                drop(listener_end);
-            } else {
-                std::mem::forget(listener_end);
-            }
-            let ws = control_ws(relay_end).await;
-            let rendezvous = Rendezvous::default();
-            let (tx, rx) = mpsc::channel(8);
-            let mut senders = Vec::new();
-            for i in 0..3 {
-                let (ticket, decision) = rendezvous.open(&format!("t{i}"), "hc");
-                let queued = Queued {
-                    json: "x".repeat(1000),
-                    rendezvous_id: ticket.id.clone(),
-                };
-                tx.try_send(queued).expect("room in the queue");
-                senders.push((ticket, decision));
-            }
-            let ended = serve(ws, channel(rx, &rendezvous)).await;
-            assert_eq!(ended, want);
-            for (i, (_ticket, decision)) in senders.into_iter().enumerate() {
-                // Past the rendezvous timeout the sender would have given up anyway.
-                let told = tokio::time::timeout(Duration::from_secs(60), decision).await;
-                assert!(
-                    matches!(told, Ok(Ok(Decision::Undelivered))),
-                    "sender {i} (listener gone: {listener_gone}): {told:?}"
-                );
-            }
-            let late = Queued {
-                json: String::new(),
-                rendezvous_id: String::new(),
-            };
-            assert!(tx.try_send(late).is_err(), "the queue is closed");
-        }
-    }
-
-    /// The listener's Close has arrived and a command is queued: the command is reported
-    /// undelivered, not written after the Close (an unordered select did that in about
-    /// half the rounds, and the sender waited out its rendezvous timeout).
-    #[tokio::test(start_paused = true)]
-    async fn a_command_queued_behind_an_arrived_close_is_undelivered() {
-        use tokio::io::AsyncWriteExt;
-        for round in 0..20 {
-            let (relay_end, mut listener_end) = tokio::io::duplex(64 * 1024);
-            // A masked Close frame (code 1000, mask key zero) from the listener.
-            listener_end
-                .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
-                .await
-                .expect("write close");
-            let ws = control_ws(relay_end).await;
-            let rendezvous = Rendezvous::default();
-            let (tx, rx) = mpsc::channel(8);
-            let (ticket, decision) = rendezvous.open("t", "hc");
-            let queued = Queued {
-                json: "x".into(),
-                rendezvous_id: ticket.id.clone(),
-            };
-            tx.try_send(queued).expect("room");
-            assert_eq!(serve(ws, channel(rx, &rendezvous)).await, Ended::ByListener);
-            let told = tokio::time::timeout(Duration::from_secs(60), decision).await;
-            assert!(
-                matches!(told, Ok(Ok(Decision::Undelivered))),
-                "round {round}: {told:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_token_signed_to_expire_at_any_time_has_a_deadline() {
-        let now = auth::now();
-        for expiry in [0, now, now + 60, u64::MAX / 2, u64::MAX - 1, u64::MAX] {
-            let at = deadline(expiry);
-            assert!(at <= Instant::now() + LONGEST_TOKEN_LIFE, "{expiry}");
-        }
-        let soon = deadline(now + 60);
-        assert!(soon <= Instant::now() + Duration::from_secs(61));
-    }
-
-    #[test]
-    fn names_commands_without_their_content() {
-        let cases = [
-            (
-                r#"{"renewToken":{"token":"SharedAccessSignature sr=a"}}"#,
-                "renewToken",
-            ),
-            (r#"{"someFutureCommand":{"x":1}}"#, "someFutureCommand"),
-        ];
-        for (text, want) in cases {
-            let msg = ControlMessage::parse(text).expect("command");
-            assert_eq!(command_name(&msg), want, "{text}");
-        }
-    }
-}
+#[path = "control_tests.rs"]
+mod tests;
