@@ -188,7 +188,11 @@ fn a_stdout_nobody_reads_is_an_error_not_a_panic() {
 #[test]
 fn impossible_ports_and_rank_counts_are_usage_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["relay", "listen", "--ports", "5678,0"],
+            "0 is not in 1..=65535",
+        ),
         (
             &["run", "--vscode-port", "0", "--", "true"],
             "0 is not a port VS Code can listen on; pick one like 5678",
@@ -366,5 +370,33 @@ fn secret_and_certificate_files_must_be_small_regular_files() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
+
+/// Two targets under one port name: the second could never be reached, so `relay listen`
+/// refuses to start and names both (exit 1, before it connects).
+#[test]
+fn a_port_name_forwarded_twice_is_refused() {
+    let cases: [&[&str]; 2] = [
+        &[
+            "--forward",
+            "dbg=127.0.0.1:5678",
+            "--forward",
+            "dbg=127.0.0.1:5679",
+        ],
+        &["--ports", "5678", "--forward", "5678=127.0.0.1:6000"],
+    ];
+    for args in cases {
+        let mut cmd = agent();
+        cmd.args(["relay", "listen", "--insecure-ws"])
+            .args(args)
+            .env(
+                "AMLX_RELAY_CONNECTION_STRING",
+                "Endpoint=sb://127.0.0.1:1/;SharedAccessKeyName=k;SharedAccessKey=x;EntityPath=hc",
+            );
+        let out = crate::util::output_bounded(&mut cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("is forwarded twice"), "{args:?}: {stderr}");
     }
 }

@@ -149,7 +149,8 @@ pub struct ListenArgs {
 
     /// Forward these ports to 127.0.0.1 under their own numbers as port names
     /// (azbridge `-R hc:127.0.0.1:5678;5679`)
-    #[arg(long, value_name = "PORT,...", value_delimiter = ',')]
+    #[arg(long, value_name = "PORT,...", value_delimiter = ',',
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
     /// Forward port name NAME to HOST:PORT (repeatable)

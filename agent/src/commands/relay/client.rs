@@ -23,6 +23,16 @@ pub fn listen(args: &ListenArgs, settings: &Settings) -> anyhow::Result<i32> {
         !forwards.0.is_empty(),
         "nothing to forward: pass --ports 5678[,5679] or --forward NAME=HOST:PORT"
     );
+    // A second target for a name would never be reached: the first one wins.
+    for (i, f) in forwards.0.iter().enumerate() {
+        if let Some(earlier) = forwards.0.iter().take(i).find(|e| e.name == f.name) {
+            anyhow::bail!(
+                "port name {:?} is forwarded twice ({earlier} and {f}); give each target its own \
+                 name (--forward NAME=HOST:PORT) or drop one",
+                f.name
+            );
+        }
+    }
     let allow = args
         .allow_remote
         .iter()
