@@ -1,6 +1,6 @@
 //! Refusals reach the user as one line naming the cause and the fix.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use amlx_agent::config::Secret;
@@ -497,4 +497,43 @@ fn a_stopped_listener_is_dropped_and_its_senders_served_by_another() {
         .is_some();
     assert!(online, "{}", stopped.dump());
     stopped.kill();
+}
+
+/// A `relay listen` at its `--max-tunnels` refuses a further sender with 503, and the
+/// sender's log says it was the listener's limit and what to do (it read as the relay's
+/// fault before: "the listener serves as many connections as it can").
+#[test]
+fn a_listener_at_its_tunnel_limit_says_so_to_the_sender() {
+    let relay = Relay::start();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    // The target holds each connection open until the test ends.
+    let target = serve_each(move |s| {
+        let _ = held_tx.send(s);
+    });
+    let cs = relay.connection_string(KEY_BOTH, "busy");
+    let _listener = relay.listen_online(
+        &cs,
+        &[
+            "--forward",
+            &format!("t=127.0.0.1:{}", target.port()),
+            "--max-tunnels",
+            "1",
+        ],
+    );
+    let (connect, addr) = relay.connect(&cs, "t");
+    let mut first = TcpStream::connect(addr).expect("connect");
+    first.write_all(b"hold").expect("write");
+    let _held = held_rx
+        .recv_timeout(DEADLINE)
+        .expect("the first tunnel reached the target");
+    let second = round_trip(addr, b"x").unwrap_or_default();
+    assert!(second.is_empty(), "{second:?}");
+    let line = connect
+        .stderr
+        .wait_for("HTTP 503")
+        .unwrap_or_else(|| panic!("{}", connect.dump()));
+    assert!(
+        line.contains("as many relayed connections as it is allowed (--max-tunnels"),
+        "{line}"
+    );
 }

@@ -457,7 +457,7 @@ async fn rendezvous<H: AcceptHandler>(
         });
         Decision::Reject {
             status: BUSY_STATUS,
-            description: "the listener serves as many connections as it can".to_owned(),
+            description: "the listener already carries as many relayed connections as it is allowed (--max-tunnels, [relay] max_tunnels); retry when one ends".to_owned(),
         }
     } else {
         handler.decide(&accept)
