@@ -537,3 +537,24 @@ fn a_listener_at_its_tunnel_limit_says_so_to_the_sender() {
         "{line}"
     );
 }
+
+/// `relay serve` warns when its config file, which holds its keys, may be read by group or
+/// others (anyone who reads a key can sign tokens for the relay); not when it is 0600.
+#[test]
+fn relay_serve_warns_about_keys_others_may_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const WARNING: &str = "holds the relay's keys, ";
+    let mut relay = Relay::start();
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        let config = relay.dir().join("relay.toml");
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        relay = relay.restart();
+        // The warning comes before the line that says the relay listens.
+        let lines = relay.proc.stderr.all();
+        let warning = lines.iter().find(|l| l.contains(WARNING));
+        assert_eq!(warning.is_some(), warned, "{mode:o}:\n{}", lines.join("\n"));
+        if let Some(line) = warning {
+            assert!(line.contains("chmod 600 it"), "{line}");
+        }
+    }
+}
