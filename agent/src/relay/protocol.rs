@@ -375,6 +375,17 @@ pub struct RemoteEndpoint {
     pub port: u16,
 }
 
+/// `address:port`, an IPv6 address in brackets (`[::1]:5000`) so the port reads apart.
+impl std::fmt::Display for RemoteEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.address.contains(':') {
+            write!(f, "[{}]:{}", self.address, self.port)
+        } else {
+            write!(f, "{}:{}", self.address, self.port)
+        }
+    }
+}
+
 /// `{"accept":{...}}`: a sender is waiting; open `address` to take it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -361,3 +361,20 @@ fn the_port_a_sender_named_is_its_path_suffix() {
         );
     }
 }
+
+#[test]
+fn a_remote_endpoint_reads_apart_from_its_port() {
+    let cases = [
+        ("127.0.0.1", 5000, "127.0.0.1:5000"),
+        ("::1", 5000, "[::1]:5000"),
+        ("fd00::2", 1, "[fd00::2]:1"),
+        ("", 0, ":0"),
+    ];
+    for (address, port, want) in cases {
+        let remote = RemoteEndpoint {
+            address: address.into(),
+            port,
+        };
+        assert_eq!(remote.to_string(), want);
+    }
+}

@@ -391,7 +391,7 @@ fn dispatch<H: AcceptHandler>(
             let span = tracing::info_span!(
                 "accept",
                 id = %loggable(&id_start),
-                remote = %loggable(&format!("{}:{}", accept.remote_endpoint.address, accept.remote_endpoint.port)),
+                remote = %loggable(&accept.remote_endpoint.to_string()),
             );
             let endpoint = Arc::clone(endpoint);
             let handler = Arc::clone(handler);
