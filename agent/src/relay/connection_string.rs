@@ -43,6 +43,10 @@ pub enum ConnectionStringError {
     #[error("connection string Endpoint {0:?} is not sb://host[:port]/")]
     BadEndpoint(String),
     #[error(
+        "connection string Endpoint {0:?} has a host name that is not ASCII; write it in its Punycode form (xn--...)"
+    )]
+    NonAsciiHost(String),
+    #[error(
         "connection string has no credentials: add SharedAccessKeyName and SharedAccessKey, or SharedAccessSignature"
     )]
     NoCredentials,
@@ -248,11 +252,28 @@ fn shown_endpoint(value: &str) -> String {
 
 fn parse_endpoint(value: &str) -> Result<(String, Option<u16>), ConnectionStringError> {
     let bad = || ConnectionStringError::BadEndpoint(shown_endpoint(value));
-    let url = Url::parse(value).map_err(|_| bad())?;
+    // Without Unicode tables (idna_adapter 1.0: see Cargo.lock) the URL parser refuses an
+    // internationalised name: say so rather than "not sb://host".
+    let url = Url::parse(value).map_err(|_| {
+        if value.is_ascii() {
+            bad()
+        } else {
+            ConnectionStringError::NonAsciiHost(shown_endpoint(value))
+        }
+    })?;
     if !matches!(url.scheme(), "sb" | "https" | "wss") {
         return Err(bad());
     }
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+    // `sb` is no scheme the URL parser knows, so it keeps a host as written, percent-
+    // encoding what is not ASCII: no relay has such a name.
+    if host.contains('%') {
+        return Err(if value.is_ascii() {
+            bad()
+        } else {
+            ConnectionStringError::NonAsciiHost(shown_endpoint(value))
+        });
+    }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad());
     }

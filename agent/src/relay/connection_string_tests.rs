@@ -45,6 +45,13 @@ fn accepted_variants() {
             Some(7),
             None,
         ),
+        // An internationalised name in its Punycode form.
+        (
+            "Endpoint=sb://xn--bcher-kva.example/;SharedAccessKeyName=n;SharedAccessKey=k",
+            "xn--bcher-kva.example",
+            None,
+            None,
+        ),
         // A base64 key may happen to end in a part's name and its '=' padding.
         (
             "Endpoint=sb://ns/;SharedAccessKeyName=n;SharedAccessKey=abcdEntityPath=",
@@ -117,6 +124,18 @@ fn refused_variants_name_the_problem_not_the_secret() {
         (
             "Endpoint=ftp://h/;SharedAccessKeyName=n;SharedAccessKey=k",
             ConnectionStringError::BadEndpoint("ftp://h/".into()),
+        ),
+        (
+            "Endpoint=sb://bücher.example/;SharedAccessKeyName=n;SharedAccessKey=k",
+            ConnectionStringError::NonAsciiHost("sb://bücher.example/".into()),
+        ),
+        (
+            "Endpoint=wss://bücher.example/;SharedAccessKeyName=n;SharedAccessKey=k",
+            ConnectionStringError::NonAsciiHost("wss://bücher.example/".into()),
+        ),
+        (
+            "Endpoint=sb://b%41d/;SharedAccessKeyName=n;SharedAccessKey=k",
+            ConnectionStringError::BadEndpoint("sb://b%41d/".into()),
         ),
         ("Endpoint=sb://h/", ConnectionStringError::NoCredentials),
         (
