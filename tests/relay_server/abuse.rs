@@ -845,8 +845,10 @@ async fn accepted_connections_are_probed_when_silent() {
 async fn a_key_sent_as_a_key_name_is_not_echoed() {
     const PASTED_KEY: &str = "c2VjcmV0LXBhc3RlZC1hcy1hLWtleS1uYW1lIQ==";
     let mut relay = Relay::start("");
+    let hex_key = "3f9a1c2e7b4d5a6f".repeat(4);
     let cases = [
         (PASTED_KEY, false, "a base64 key"),
+        (hex_key.as_str(), false, "a hex key, no '=' to give it away"),
         ("nobody", true, "a plausible name"),
     ];
     for (name, echoed, what) in cases {

@@ -44,8 +44,13 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// The longest key name [`shown_key_name`] shows as written.
 const MAX_SHOWN_KEY_NAME_CHARS: usize = 64;
 
+/// From this length, a key name with a digit in it is taken for a key (a 32-byte key is
+/// 43 base64 or 64 hex characters) and not shown.
+const KEY_LIKE_CHARS: usize = 32;
+
 /// A key name for a message or log line: quoted when it looks like a name (letters,
-/// digits, `.`, `_`, `-`, at most 64 characters), else only its length.
+/// digits, `.`, `_`, `-`, at most 64 characters, and not 32 or more with a digit among
+/// them, as generated keys are), else only its length.
 /// A client whose connection string lost a `;` sends its key as the key name; echoing
 /// that in a 401 and the relay's log would spread the secret.
 ///
@@ -56,10 +61,17 @@ const MAX_SHOWN_KEY_NAME_CHARS: usize = 64;
 ///     shown_key_name("c2VjcmV0a2V5=="),
 ///     "of 14 characters (not shown: it does not look like a key name; is a key in its place?)"
 /// );
+/// // A hex key has no '=' to give it away.
+/// assert!(shown_key_name(&"3f9a1c2e".repeat(8)).starts_with("of 64 characters"));
 /// ```
 pub fn shown_key_name(name: &str) -> String {
+    let chars = name.chars().count();
+    // A generated key (hex, base64 without its padding) is long and has digits among its
+    // letters; key names people choose (`RootManageSharedAccessKey`) rarely are both.
+    let key_like = chars >= KEY_LIKE_CHARS && name.chars().any(|c| c.is_ascii_digit());
     let plausible = !name.is_empty()
-        && name.chars().count() <= MAX_SHOWN_KEY_NAME_CHARS
+        && chars <= MAX_SHOWN_KEY_NAME_CHARS
+        && !key_like
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));

@@ -129,3 +129,26 @@ fn over_long_key_fields_are_refused() {
     let ok = "k".repeat(MAX_KEY_FIELD_CHARS);
     sign(URI, &ok, &Secret::new(ok.clone()), 1).expect("256 characters are allowed");
 }
+
+/// Key names are shown in refusals; what looks like a key (a connection string that lost
+/// its `;` or swapped its fields sends the key as the name) is shown only by its length.
+#[test]
+fn a_key_in_the_place_of_its_name_is_not_shown() {
+    let cases = [
+        ("RootManageSharedAccessKey", true),
+        ("nobody", true),
+        ("team-a.listen_2024", true),
+        ("my-team-relay-listen-policy-for-debugging", true),
+        ("Zm9vYmFyLWJvdGgta2V5LWZvci10ZXN0cw==", false),
+        ("Zm9vYmFyLWJvdGgta2V5LWZvci10ZXN0cw", false),
+        ("3f9a1c2e7b4d5a6f8c9b0a1f3f9a1c2e7b4d5a6f8c9b0a1f3f9a1c2e7b4d5a6f", false),
+        ("aB3_-xY9zQ8wV7uT6sR5qP4oN3mL2kJ1iH0gF", false),
+        ("", false),
+        ("bad name", false),
+        ("é", false),
+    ];
+    for (name, shown) in cases {
+        let text = shown_key_name(name);
+        assert_eq!(text.contains(name) && !name.is_empty(), shown, "{name:?}: {text}");
+    }
+}
