@@ -558,3 +558,42 @@ fn relay_serve_warns_about_keys_others_may_read() {
         }
     }
 }
+
+/// A listener that stops while idle (SIGSTOP, no sender coming) holds the path's only
+/// place under `max_listeners_per_path`: the relay Pings a silent listener, drops it when
+/// it does not answer, and the listener waiting on the quota comes online. Before, the
+/// stopped one kept the place until a sender's connection was lost on it.
+#[test]
+fn a_listener_stopped_while_idle_gives_up_its_place() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let relay = Relay::start_with(
+        "max_listeners_per_path = 1\nlistener_ping_interval = \"3s\"\nlistener_answer_timeout = \"1s\"",
+    );
+    let cs = relay.connection_string(KEY_BOTH, "idle");
+    let stopped = relay.listen_online(&cs, &["--ports", "5678"]);
+    let pid = Pid::from_raw(stopped.child.id() as i32);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let waiting = relay.listen(&cs, &["--ports", "5679"]);
+    assert!(
+        waiting.stderr.wait_for("quota exceeded").is_some(),
+        "{}",
+        waiting.dump()
+    );
+    assert!(
+        waiting.stderr.wait_for("listener online").is_some(),
+        "the place was never freed:\nwaiting:\n{}\nrelay:\n{}",
+        waiting.dump(),
+        relay.proc.dump()
+    );
+    assert!(
+        relay
+            .proc
+            .stderr
+            .wait_for("listener disconnected: Unresponsive")
+            .is_some(),
+        "{}",
+        relay.proc.dump()
+    );
+    let _ = kill(pid, Signal::SIGCONT);
+}

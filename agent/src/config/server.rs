@@ -38,6 +38,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// timeout for a 504. Listeners answer Pings as they read, so only a stopped one misses
 /// this; generous all the same, since dropping a slow listener costs it a reconnect.
 pub const DEFAULT_LISTENER_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a listener's control channel may carry nothing before the relay Pings it
+/// (answer due within [`DEFAULT_LISTENER_ANSWER_TIMEOUT`]): a listener that stopped while
+/// idle would otherwise hold its place, and the path's listener quota, until a sender came.
+pub const DEFAULT_LISTENER_PING_INTERVAL: Duration = Duration::from_secs(60);
 /// After one side of a relayed connection closed (its Close forwarded), how long the
 /// other side may stay silent before the pair is dropped; each frame it still sends
 /// restarts the clock. Generous: that side may be finishing a reply under load.
@@ -85,6 +89,8 @@ pub struct ServerSettings {
     pub rendezvous_timeout: Duration,
     /// Time a listener has to answer the Ping sent after an accept command.
     pub listener_answer_timeout: Duration,
+    /// Silence on a listener's control channel after which the relay Pings it.
+    pub listener_ping_interval: Duration,
     /// Silence allowed from the side of a relayed connection that was forwarded a Close.
     pub half_close_timeout: Duration,
     /// Time a relayed frame may take to be written before the pair is dropped.
@@ -111,6 +117,7 @@ impl Default for ServerSettings {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
             listener_answer_timeout: DEFAULT_LISTENER_ANSWER_TIMEOUT,
+            listener_ping_interval: DEFAULT_LISTENER_PING_INTERVAL,
             half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
             stalled_write_timeout: DEFAULT_STALLED_WRITE_TIMEOUT,
             max_control_message: DEFAULT_MAX_CONTROL_MESSAGE,
@@ -241,6 +248,8 @@ pub(super) struct ServerSection {
     rendezvous_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_duration")]
     listener_answer_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    listener_ping_interval: Option<Duration>,
     #[serde(default, deserialize_with = "positive_duration")]
     half_close_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "positive_duration")]
@@ -381,6 +390,9 @@ impl ServerSection {
             listener_answer_timeout: self
                 .listener_answer_timeout
                 .unwrap_or(d.listener_answer_timeout),
+            listener_ping_interval: self
+                .listener_ping_interval
+                .unwrap_or(d.listener_ping_interval),
             half_close_timeout: self.half_close_timeout.unwrap_or(d.half_close_timeout),
             stalled_write_timeout: self
                 .stalled_write_timeout

@@ -308,6 +308,7 @@ pub async fn serve_control_channel(data: &[u8]) {
         commands,
         rendezvous: &rendezvous,
         answer_timeout: std::time::Duration::from_secs(10),
+        ping_interval: std::time::Duration::from_secs(60),
         shutdown: CancellationToken::new(),
     };
     let _ = control::serve(ws, channel).await;

@@ -141,7 +141,10 @@ fn a_key_in_the_place_of_its_name_is_not_shown() {
         ("my-team-relay-listen-policy-for-debugging", true),
         ("Zm9vYmFyLWJvdGgta2V5LWZvci10ZXN0cw==", false),
         ("Zm9vYmFyLWJvdGgta2V5LWZvci10ZXN0cw", false),
-        ("3f9a1c2e7b4d5a6f8c9b0a1f3f9a1c2e7b4d5a6f8c9b0a1f3f9a1c2e7b4d5a6f", false),
+        (
+            "3f9a1c2e7b4d5a6f8c9b0a1f3f9a1c2e7b4d5a6f8c9b0a1f3f9a1c2e7b4d5a6f",
+            false,
+        ),
         ("aB3_-xY9zQ8wV7uT6sR5qP4oN3mL2kJ1iH0gF", false),
         ("", false),
         ("bad name", false),
@@ -149,6 +152,10 @@ fn a_key_in_the_place_of_its_name_is_not_shown() {
     ];
     for (name, shown) in cases {
         let text = shown_key_name(name);
-        assert_eq!(text.contains(name) && !name.is_empty(), shown, "{name:?}: {text}");
+        assert_eq!(
+            text.contains(name) && !name.is_empty(),
+            shown,
+            "{name:?}: {text}"
+        );
     }
 }

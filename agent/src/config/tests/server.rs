@@ -149,7 +149,7 @@ fn server_errors_name_file_line_and_key() {
             "[relay.server]\nport = 1\n".into(),
             "2: unknown key relay.server.port (known keys: listen, tls_cert, tls_key, \
              insecure_ws, allow_insecure_remote, max_listeners_per_path, max_connections, max_handshakes, \
-             max_handshakes_per_source, handshake_timeout, rendezvous_timeout, listener_answer_timeout, half_close_timeout, \
+             max_handshakes_per_source, handshake_timeout, rendezvous_timeout, listener_answer_timeout, listener_ping_interval, half_close_timeout, \
              stalled_write_timeout, max_control_message, shutdown_grace, keys)",
         ),
         (

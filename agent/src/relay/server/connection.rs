@@ -309,6 +309,7 @@ impl Ctx {
                 commands: rx,
                 rendezvous: &server.rendezvous,
                 answer_timeout: server.settings.config.listener_answer_timeout,
+                ping_interval: server.settings.config.listener_ping_interval,
                 shutdown: server.shutdown.clone(),
             },
         )

@@ -6,7 +6,9 @@
 //! does not answer within `answer_timeout` has stopped (SIGSTOP, a frozen VM, a host gone
 //! without a reset, whose kernel or network still takes the bytes). It is dropped, and
 //! the senders whose commands it was sent since its last answer go to another listener
-//! instead of waiting out the rendezvous timeout. Idle, the probe costs nothing.
+//! instead of waiting out the rendezvous timeout. A channel that carries nothing for
+//! `ping_interval` is sent a Ping too, so that a listener that stopped while idle does not
+//! keep its place (and a place under the path's listener quota) until a sender comes.
 
 use std::time::Duration;
 
@@ -93,6 +95,8 @@ pub struct Channel<'a> {
     pub rendezvous: &'a Rendezvous,
     /// Time the listener has to answer the Ping after an accept command.
     pub answer_timeout: Duration,
+    /// Silence after which the listener is sent a Ping all the same.
+    pub ping_interval: Duration,
     pub shutdown: CancellationToken,
 }
 
@@ -113,7 +117,15 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
             () = ch.shutdown.cancelled() => break Ended::Shutdown,
             () = &mut expiry => break Ended::TokenExpired,
             () = probe.overdue() => break Ended::Unresponsive,
-            msg = ws.next() => match msg {
+            () = probe.quiet_for(ch.ping_interval) => {
+                let ping = probe.ping(ch.answer_timeout);
+                match tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Ping(ping.into()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break Ended::ByListener,
+                    Err(_) => break Ended::Stuck,
+                }
+            }
+            msg = ws.next() => { probe.heard(); match msg {
                 Some(Ok(Message::Text(text))) => match ControlMessage::parse(&text) {
                     Ok(ControlMessage::RenewToken(renew)) => match auth::authorize(
                         ch.keys, Some(renew.token.expose()), ch.path, Right::Listen, auth::now(),
@@ -161,7 +173,7 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
                     tracing::debug!("control channel read failed: {err}");
                     break Ended::ByListener;
                 }
-            },
+            }},
             cmd = ch.commands.recv() => {
                 let Some(queued) = cmd else { break Ended::Shutdown };
                 let ping = probe.sent(queued.rendezvous_id.clone(), ch.answer_timeout);
@@ -213,9 +225,10 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
     ended
 }
 
-/// The Ping that follows accept commands, and what waits on its answer.
-#[derive(Default)]
+/// The Ping that follows accept commands (or a silence), and what waits on its answer.
 struct Probe {
+    /// When the listener last sent anything.
+    heard_at: Instant,
     /// The payload of the Ping out, and when its answer is due.
     out: Option<(Vec<u8>, Instant)>,
     /// Rendezvous ids of the accept commands sent before the Ping out: its answer shows
@@ -228,7 +241,39 @@ struct Probe {
     pings: u64,
 }
 
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            heard_at: Instant::now(),
+            out: None,
+            covered: Vec::new(),
+            uncovered: Vec::new(),
+            pings: 0,
+        }
+    }
+}
+
 impl Probe {
+    /// The listener sent something (a frame, or its connection ended).
+    fn heard(&mut self) {
+        self.heard_at = Instant::now();
+    }
+
+    /// Resolves once the listener has been silent for `interval` with no Ping out;
+    /// pending while one is out. Cancel-safe: a `Sleep` made anew each time.
+    async fn quiet_for(&self, interval: Duration) {
+        match &self.out {
+            Some(_) => std::future::pending().await,
+            None => {
+                let at = self.heard_at.checked_add(interval);
+                match at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            }
+        }
+    }
+
     /// Records an accept command sent for `rendezvous_id`; the payload of a Ping to send
     /// after it when none is out (answer due within `within`).
     fn sent(&mut self, rendezvous_id: String, within: Duration) -> Option<Vec<u8>> {

@@ -20,12 +20,64 @@ fn channel(commands: mpsc::Receiver<Queued>, rendezvous: &Rendezvous) -> Channel
         commands,
         rendezvous,
         answer_timeout: ANSWER,
+        ping_interval: QUIET,
         shutdown: CancellationToken::new(),
     }
 }
 
 /// The answer timeout of the channels in these tests.
 const ANSWER: Duration = Duration::from_secs(10);
+
+/// The silence after which these channels Ping their listener.
+const QUIET: Duration = Duration::from_secs(60);
+
+/// A listener that stops while idle (no sender comes) is Pinged after a silence and
+/// dropped when it does not answer, freeing its place under the quota; one that reads
+/// answers and stays for as long as the relay runs.
+#[tokio::test(start_paused = true)]
+async fn an_idle_listener_is_pinged_and_dropped_only_when_it_does_not_answer() {
+    for reading in [false, true] {
+        let (relay_end, listener_end) = tokio::io::duplex(64 * 1024);
+        let role = tokio_tungstenite::tungstenite::protocol::Role::Client;
+        let mut listener = WebSocketStream::from_raw_socket(listener_end, role, None).await;
+        let reader = tokio::spawn(async move {
+            if reading {
+                while let Some(Ok(_)) = listener.next().await {}
+            } else {
+                std::future::pending::<()>().await;
+            }
+            listener
+        });
+        let ws = control_ws(relay_end).await;
+        let rendezvous = Rendezvous::default();
+        let (_tx, rx) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        let mut ch = channel(rx, &rendezvous);
+        ch.shutdown = shutdown.clone();
+        let start = Instant::now();
+        let served = async {
+            let ended = serve(ws, ch).await;
+            (ended, start.elapsed())
+        };
+        let stop_later = async {
+            // Several silences long.
+            tokio::time::sleep(QUIET * 5).await;
+            shutdown.cancel();
+        };
+        let ((ended, after), ()) = tokio::join!(served, stop_later);
+        if reading {
+            assert_eq!(ended, Ended::Shutdown);
+        } else {
+            assert_eq!(ended, Ended::Unresponsive);
+            assert!(after >= QUIET + ANSWER, "{after:?}");
+            assert!(
+                after <= QUIET + ANSWER + CLOSE_HANDSHAKE_TIMEOUT,
+                "{after:?}"
+            );
+        }
+        reader.abort();
+    }
+}
 
 /// A listener that stops acting (SIGSTOP: its socket still takes bytes) is dropped
 /// once the Ping after an accept goes unanswered, and the senders it was sent move on
