@@ -59,6 +59,8 @@ enum Break {
     ClientResets,
     /// `relay listen` is killed (-9).
     ListenKilled,
+    /// `relay connect` is killed (-9).
+    ConnectKilled,
     /// `relay serve` is killed (-9).
     RelayKilled,
     /// No break: the target ends its stream in order (the control case).
@@ -71,7 +73,18 @@ fn a_broken_tunnel_reaches_both_ends_as_a_reset() {
     let cases = [
         (Break::TargetResets, Some(Ending::Reset), None),
         (Break::ClientResets, None, Some(Ending::Reset)),
-        (Break::ListenKilled, Some(Ending::Reset), None),
+        // The killed process's own local connection is reset by the kernel too: it is
+        // armed to reset while a tunnel carries it.
+        (
+            Break::ListenKilled,
+            Some(Ending::Reset),
+            Some(Ending::Reset),
+        ),
+        (
+            Break::ConnectKilled,
+            Some(Ending::Reset),
+            Some(Ending::Reset),
+        ),
         (Break::RelayKilled, Some(Ending::Reset), Some(Ending::Reset)),
         (Break::TargetCloses, Some(Ending::Eof), None),
     ];
@@ -86,8 +99,8 @@ fn a_broken_tunnel_reaches_both_ends_as_a_reset() {
             &cs,
             &["--forward", &format!("t=127.0.0.1:{}", target.port())],
         );
-        let (connect, addr) = relay.connect(&cs, "t");
-        let logs = |relay: &Relay, listen: &Proc| {
+        let (mut connect, addr) = relay.connect(&cs, "t");
+        let logs = |relay: &Relay, listen: &Proc, connect: &Proc| {
             format!(
                 "{what:?}\nrelay:\n{}\nlisten:\n{}\nconnect:\n{}",
                 relay.proc.dump(),
@@ -99,9 +112,12 @@ fn a_broken_tunnel_reaches_both_ends_as_a_reset() {
         // Both directions carry bytes before the break.
         let mut client = TcpStream::connect(addr).expect("connect to relay connect");
         client.write_all(b"request").expect("client writes");
-        let mut first_at_target = target_conns
-            .recv_timeout(DEADLINE)
-            .unwrap_or_else(|_| panic!("the target got no connection: {}", logs(&relay, &listen)));
+        let mut first_at_target = target_conns.recv_timeout(DEADLINE).unwrap_or_else(|_| {
+            panic!(
+                "the target got no connection: {}",
+                logs(&relay, &listen, &connect)
+            )
+        });
         let mut request = [0u8; 7];
         first_at_target
             .set_read_timeout(Some(DEADLINE))
@@ -124,6 +140,7 @@ fn a_broken_tunnel_reaches_both_ends_as_a_reset() {
             Break::TargetResets => reset(at_target.take().expect("the target's connection")),
             Break::ClientResets => reset(client.take().expect("the client's connection")),
             Break::ListenKilled => listen.kill(),
+            Break::ConnectKilled => connect.kill(),
             Break::RelayKilled => {
                 let pid = Pid::from_raw(relay.proc.child.id() as i32);
                 kill(pid, Signal::SIGKILL).expect("kill relay serve");
@@ -140,24 +157,27 @@ fn a_broken_tunnel_reaches_both_ends_as_a_reset() {
         if let Some(want) = client_gets {
             let (rest, got) = ending(client.as_mut().expect("the client's connection"));
             assert!(rest.is_empty(), "{what:?}: more bytes: {rest:?}");
-            assert_eq!(got, want, "the client: {}", logs(&relay, &listen));
+            assert_eq!(got, want, "the client: {}", logs(&relay, &listen, &connect));
         }
         if let Some(want) = target_gets {
             let (rest, got) = ending(at_target.as_mut().expect("the target's connection"));
             assert!(rest.is_empty(), "{what:?}: more bytes: {rest:?}");
-            assert_eq!(got, want, "the target: {}", logs(&relay, &listen));
+            assert_eq!(got, want, "the target: {}", logs(&relay, &listen, &connect));
         }
         // A break ends one tunnel, never a client: the next connection still works (not
         // after the relay itself was killed).
-        if !matches!(what, Break::RelayKilled | Break::ListenKilled) {
+        if !matches!(
+            what,
+            Break::RelayKilled | Break::ListenKilled | Break::ConnectKilled
+        ) {
             let echo_back = TcpStream::connect(addr).and_then(|mut s| {
                 s.write_all(b"again")?;
                 Ok(s)
             });
             let mut next = echo_back.expect("a new connection");
-            let mut at_target = target_conns
-                .recv_timeout(DEADLINE)
-                .unwrap_or_else(|_| panic!("no second connection: {}", logs(&relay, &listen)));
+            let mut at_target = target_conns.recv_timeout(DEADLINE).unwrap_or_else(|_| {
+                panic!("no second connection: {}", logs(&relay, &listen, &connect))
+            });
             at_target.set_read_timeout(Some(DEADLINE)).expect("timeout");
             let mut again = [0u8; 5];
             at_target.read_exact(&mut again).expect("second request");

@@ -259,8 +259,12 @@ impl AcceptHandler for VsCodeForwarder {
         let port = route.vscode_port;
         say!("{label}: the debug connection of {who} went to 127.0.0.1:{port}, VS Code's port");
         let mut vscode = vscode;
+        crate::relay::client::tunnel::reset_unless_ended_in_order(&vscode);
         match tunnel.splice(&mut vscode).await {
-            Ok(_) => say!("{label}: the debugger on 127.0.0.1:{port} detached from {who}"),
+            Ok(_) => {
+                crate::relay::client::tunnel::end_in_order(&vscode);
+                say!("{label}: the debugger on 127.0.0.1:{port} detached from {who}")
+            }
             // Most often VS Code closed its end first (Stop, Disconnect, a closed window):
             // a broken pipe or a reset, not a fault of the relay. VS Code's connection is
             // reset, not closed: should the step's side have broken, it must not read as a

@@ -17,7 +17,7 @@ use tracing::Instrument as _;
 use super::listener::{AcceptHandler, DRAIN_TIMEOUT, Decision};
 use super::sender::WRONG_LISTENER_ATTEMPTS;
 use super::spare::{self, Proof, Spares};
-use super::tunnel::{Expect, reset_local};
+use super::tunnel::{Expect, end_in_order, reset_local, reset_unless_ended_in_order};
 use super::{Endpoint, Tunnel, sender};
 use crate::logging::Throttle;
 use crate::relay::bridge::{self, BridgeError, Forward, Forwards};
@@ -211,6 +211,7 @@ impl RemoteForwarder {
             }
         };
         let _ = tcp.set_nodelay(true);
+        reset_unless_ended_in_order(&tcp);
         // The sender's first bytes (sent with its preamble) reach the target before the
         // answer goes back: the target starts on them one write sooner.
         if let Err(e) = tunnel.deliver_pending(&mut tcp).await {
@@ -329,6 +330,7 @@ async fn forward_local(
     port_name: String,
 ) {
     let _ = tcp.set_nodelay(true);
+    reset_unless_ended_in_order(&tcp);
     let spare = spares.take().await;
     let used_spare = spare.is_some();
     let fresh = || sender::connect_to_owner(endpoint, &port_name, &[], WRONG_LISTENER_ATTEMPTS);
@@ -423,8 +425,9 @@ async fn splice_local(
         Some(expect) => tunnel.splice_after(&mut tcp, expect).await,
         None => tunnel.splice(&mut tcp).await,
     };
-    if spliced.is_err() {
-        reset_local(tcp);
+    match &spliced {
+        Ok(_) => end_in_order(&tcp),
+        Err(_) => reset_local(tcp),
     }
     match spliced {
         Ok(stats) => tracing::info!(
@@ -465,8 +468,9 @@ fn waiting_bytes(tcp: &TcpStream) -> Option<Vec<u8>> {
 /// the byte counts or why it broke (and resetting the local connection).
 async fn splice(tunnel: Tunnel, mut tcp: TcpStream) {
     let spliced = tunnel.splice(&mut tcp).await;
-    if spliced.is_err() {
-        reset_local(tcp);
+    match &spliced {
+        Ok(_) => end_in_order(&tcp),
+        Err(_) => reset_local(tcp),
     }
     match spliced {
         Ok(stats) => tracing::info!(

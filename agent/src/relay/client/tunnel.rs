@@ -57,8 +57,28 @@ pub fn is_orderly_close(code: u16) -> bool {
 /// Resets `tcp` (RST, not FIN) as it is dropped: a local program whose tunnel broke must
 /// see a failure, not the clean end of a stream that was cut short.
 pub fn reset_local(tcp: tokio::net::TcpStream) {
+    reset_unless_ended_in_order(&tcp);
+}
+
+/// Makes `tcp` end with a reset however it is closed, until [`end_in_order`]: should this
+/// process die (kill -9) while a tunnel carries it, the kernel's close is a reset too,
+/// not the FIN of a stream that ended. Set from the moment a local connection is taken.
+pub fn reset_unless_ended_in_order(tcp: &tokio::net::TcpStream) {
     if let Err(e) = tcp.set_zero_linger() {
-        tracing::debug!("could not reset the local connection: {e}");
+        tracing::debug!("could not arm the local connection's reset: {e}");
+    }
+}
+
+/// Undoes [`reset_unless_ended_in_order`] once both directions ended in order: the close
+/// is a FIN again, and bytes the local program has not read yet are not thrown away.
+pub fn end_in_order(tcp: &tokio::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt::Linger};
+    let off = nix::libc::linger {
+        l_onoff: 0,
+        l_linger: 0,
+    };
+    if let Err(e) = setsockopt(tcp, Linger, &off) {
+        tracing::debug!("could not clear the local connection's reset: {e}");
     }
 }
 
