@@ -597,3 +597,20 @@ fn a_listener_stopped_while_idle_gives_up_its_place() {
     );
     let _ = kill(pid, Signal::SIGCONT);
 }
+
+/// `--ca-file` with plain ws (`--insecure-ws`) has nothing to verify: said, not silently
+/// ignored.
+#[test]
+fn a_ca_file_without_tls_is_said_to_be_unused() {
+    let relay = Relay::start();
+    let cs = relay.connection_string(KEY_BOTH, "plain");
+    let (connect, _addr) = relay.connect_with(&cs, "p", &["--ca-file", "/dev/zero"]);
+    let line = connect
+        .stderr
+        .wait_for("is not used")
+        .unwrap_or_else(|| panic!("{}", connect.dump()));
+    assert!(
+        line.contains("/dev/zero") && line.contains("--insecure-ws"),
+        "{line}"
+    );
+}

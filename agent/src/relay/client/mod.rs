@@ -62,7 +62,16 @@ impl Endpoint {
         let base = connection.ws_base(transport)?;
         let tls = match transport {
             Transport::Tls => Some(super::client::tls::client_config(ca_file)?),
-            Transport::InsecureWs => None,
+            Transport::InsecureWs => {
+                if let Some(ca) = ca_file {
+                    tracing::warn!(
+                        "the CA file {} is not used: plain ws (--insecure-ws) has no TLS; \
+                         drop one of the two",
+                        ca.display()
+                    );
+                }
+                None
+            }
         };
         let operation_timeout = connection
             .operation_timeout
