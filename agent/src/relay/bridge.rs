@@ -292,6 +292,15 @@ async fn accept_matching(
         tunnel.finish(close_code::NORMAL, "").await;
         return Ok(None);
     }
+    if forward.name != name {
+        // azbridge's lone-forward rule took another number: say so, since a listener that
+        // shares its Hybrid Connection may have been meant.
+        tracing::info!(
+            port_name = forward.name,
+            asked = name,
+            "the sender asked for port {name}; this listener's only forward takes any number"
+        );
+    }
     Ok(Some((tunnel, forward)))
 }
 
