@@ -53,15 +53,8 @@ pub mod status {
     pub const SERVER_ERROR: u16 = 500;
 }
 
-/// WebSocket close codes with a protocol meaning.
-pub mod close_code {
-    pub const NORMAL: u16 = 1000;
-    /// The entity (Hybrid Connection) went away, or the server is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// Token expired or invalid, or another policy violation.
-    pub const POLICY: u16 = 1008;
-    pub const SERVER_ERROR: u16 = 1011;
-}
+/// WebSocket close codes: the one list lives with the codec.
+pub use crate::relay::websocket::close_code;
 
 /// The query argument (`amlx-spare=1`) the upgrade of a spare tunnel carries (one
 /// `relay connect --spare-tunnels` opens before a local connection needs it): the relay

@@ -55,15 +55,23 @@ const MAX_HEADER_LEN: usize = 14;
 /// full frames takes one read (one system call) per piece.
 const READ_LEN: usize = PIECE_LEN + MAX_HEADER_LEN;
 
-/// Close codes the codec's callers send (the relay's own codes live in
-/// `protocol::close_code`).
+/// WebSocket close codes (RFC 6455 7.4.1) that the codec, the clients and the relay use:
+/// one list for all of them (also reachable as `protocol::close_code`).
 pub mod close_code {
+    /// The stream ended in order.
+    pub const NORMAL: u16 = 1000;
+    /// The entity (Hybrid Connection) went away, or the server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
     /// The peer broke RFC 6455.
     pub const PROTOCOL_ERROR: u16 = 1002;
-    /// A frame or message longer than we accept.
-    pub const TOO_BIG: u16 = 1009;
     /// "No status received": only ever reported, never sent.
     pub const NO_STATUS: u16 = 1005;
+    /// Token expired or invalid, or another policy violation.
+    pub const POLICY: u16 = 1008;
+    /// A frame or message longer than we accept.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server (or a client's local side) failed.
+    pub const SERVER_ERROR: u16 = 1011;
 }
 
 /// Frame opcodes (RFC 6455 section 5.2).

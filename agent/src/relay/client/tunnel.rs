@@ -51,7 +51,7 @@ const LOCAL_FAILED_REASON: &str = "the far side's local connection failed";
 /// clients, Node's `ws` among them, close without one). Any other code (1001 "going
 /// away" from a relay whose other side vanished, 1011) means the stream was cut.
 pub fn is_orderly_close(code: u16) -> bool {
-    code == close_code::NORMAL || code == crate::relay::websocket::close_code::NO_STATUS
+    code == close_code::NORMAL || code == close_code::NO_STATUS
 }
 
 /// Resets `tcp` (RST, not FIN) as it is dropped: a local program whose tunnel broke must
