@@ -882,3 +882,27 @@ async fn a_key_sent_as_a_key_name_is_not_echoed() {
     assert!(!log.contains(PASTED_KEY), "{log}");
     relay.assert_alive("a key as a key name");
 }
+
+/// One client that never finishes its request head (a slowloris) is cut at the handshake
+/// timeout and reported as a slow client, not as the relay being overloaded: nothing was
+/// evicted or refused for room.
+#[tokio::test]
+async fn one_slow_client_is_not_an_overload() {
+    let mut relay = Relay::start("handshake_timeout = \"1s\"");
+    let mut slow = TcpStream::connect(relay.addr).await.expect("connect");
+    slow.write_all(b"GET /$hc/hc?sb-hc-action=listen HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("part of a head");
+    let mut out = Vec::new();
+    let cut = tokio::time::timeout(DEADLINE, slow.read_to_end(&mut out)).await;
+    assert!(cut.is_ok(), "the slow client was not cut");
+    let mut log = String::new();
+    let until = Instant::now() + DEADLINE;
+    while !log.contains("timed out") && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log.push_str(&relay.log());
+    }
+    assert!(log.contains("relay serve: slow clients:"), "{log}");
+    assert!(!log.contains("overloaded"), "{log}");
+    relay.assert_alive("one slow client");
+}

@@ -233,13 +233,25 @@ impl OverloadLog {
         if !due || !counts.any() {
             return;
         }
+        // Timed-out handshakes alone are slow or idle clients (one slowloris), not a relay
+        // out of room: the headline says which.
+        let headline = if counts.source_cap
+            + counts.handshake_cap
+            + counts.connections_full
+            + counts.accept_failed
+            > 0
+        {
+            "overloaded"
+        } else {
+            "slow clients"
+        };
         tracing::warn!(
             evicted_per_source = counts.source_cap,
             evicted_total = counts.handshake_cap,
             handshake_timeouts = counts.timeouts,
             refused_connections_full = counts.connections_full,
             accept_failures = counts.accept_failed,
-            "relay serve: overloaded: {} handshake(s) cut to make room ({} over the per-source \
+            "relay serve: {headline}: {} handshake(s) cut to make room ({} over the per-source \
              cap, {} over the total cap), {} handshake(s) timed out, {} upgrade(s) refused \
              at max_connections (503), {} accept failure(s) since the last warning (at most \
              one warning per {}s){}",
