@@ -158,9 +158,21 @@ fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
             });
         }
         Err(err) => {
+            // httparse names the part in its own words ("invalid token" is a malformed
+            // method or header name, which a reader takes for a SAS token): say which part.
+            let part = match err {
+                httparse::Error::Token => "a malformed method or header name",
+                httparse::Error::HeaderName => "a malformed header name",
+                httparse::Error::HeaderValue => "a malformed header value",
+                httparse::Error::NewLine | httparse::Error::Status => "a malformed line",
+                httparse::Error::Version => "not HTTP/1.x",
+                httparse::Error::TooManyHeaders => "too many headers",
+            };
             return Err(HeadError {
                 status: 400,
-                message: format!("Bad Request: {err}"),
+                message: format!(
+                    "Bad Request: {part} (expected a WebSocket upgrade: GET /$hc/PATH?sb-hc-action=... HTTP/1.1)"
+                ),
             });
         }
     };
@@ -333,6 +345,35 @@ mod tests {
                 Err(err) => Err(err.status),
             };
             assert_eq!(got, Err(*status), "{head:?}");
+        }
+    }
+
+    /// A head the parser refuses says which part is wrong in words a reader of the relay's
+    /// answer understands ("invalid token" read as a SAS token's fault).
+    #[tokio::test]
+    async fn a_malformed_head_names_the_part() {
+        let cases = [
+            ("GARBAGE\r\n\r\n", "Bad Request: a malformed"),
+            (
+                "G(T / HTTP/1.1\r\n\r\n",
+                "a malformed method or header name",
+            ),
+            ("GET / HTTP/9.9\r\n\r\n", "not HTTP/1.x"),
+            (
+                "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+                "a malformed header name",
+            ),
+        ];
+        for (head, want) in cases {
+            let mut input = head.as_bytes();
+            let err = match read_request(&mut input).await.expect("read").expect("some") {
+                Ok(_) => panic!("{head:?} parsed"),
+                Err(err) => err,
+            };
+            assert_eq!(err.status, 400, "{head:?}");
+            assert!(err.message.contains(want), "{head:?}: {}", err.message);
+            assert!(err.message.contains("GET /$hc/PATH"), "{}", err.message);
+            assert!(!err.message.contains("token"), "{}", err.message);
         }
     }
 
