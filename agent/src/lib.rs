@@ -22,3 +22,4 @@ pub mod role;
 pub mod run;
 pub mod session;
 pub mod small_file;
+pub mod web_url;

@@ -272,8 +272,8 @@ pub fn control_message_text(data: &[u8]) {
     match &message {
         ControlMessage::Accept(accept) => {
             let reject = protocol::reject_url(&accept.address, 404, &accept.id);
-            let _ = Url::parse(&reject);
-            let _ = Url::parse(&accept.address);
+            let _ = crate::web_url::parse(&reject);
+            let _ = crate::web_url::parse(&accept.address);
             let _ = handshake::verbatim_target(&accept.address);
             let _ = crate::relay::client::spare::is_spare(&accept.address);
         }

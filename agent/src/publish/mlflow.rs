@@ -150,7 +150,7 @@ pub enum UriError {
 /// assert!(rest_base("file:///tmp/mlruns").is_err());
 /// ```
 pub fn rest_base(uri: &str) -> Result<Url, UriError> {
-    let mut url = Url::parse(uri.trim()).map_err(|_| UriError::NotAUrl)?;
+    let mut url = crate::web_url::parse(uri.trim()).map_err(|_| UriError::NotAUrl)?;
     match url.scheme() {
         "http" | "https" => {}
         "azureml" => {
@@ -159,7 +159,7 @@ pub fn rest_base(uri: &str) -> Result<Url, UriError> {
             }
             // Url refuses to switch a non-special scheme to a special one: rebuild it.
             let rest = &url.as_str()["azureml:".len()..];
-            url = Url::parse(&format!("https:{rest}")).map_err(|_| UriError::NotAUrl)?;
+            url = crate::web_url::parse(&format!("https:{rest}")).map_err(|_| UriError::NotAUrl)?;
         }
         other => return Err(UriError::Unsupported(other.to_owned())),
     }

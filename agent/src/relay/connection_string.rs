@@ -254,7 +254,7 @@ fn parse_endpoint(value: &str) -> Result<(String, Option<u16>), ConnectionString
     let bad = || ConnectionStringError::BadEndpoint(shown_endpoint(value));
     // Without Unicode tables (idna_adapter 1.0: see Cargo.lock) the URL parser refuses an
     // internationalised name: say so rather than "not sb://host".
-    let url = Url::parse(value).map_err(|_| {
+    let url = crate::web_url::parse(value).map_err(|_| {
         if value.is_ascii() {
             bad()
         } else {
@@ -326,8 +326,10 @@ impl ConnectionString {
             Some(port) => format!("{}:{port}", bracket_ipv6(&self.host)),
             None => bracket_ipv6(&self.host),
         };
-        Url::parse(&format!("{scheme}://{authority}/")).map_err(|_| InsecureTransportError {
-            host: self.host.clone(),
+        crate::web_url::parse(&format!("{scheme}://{authority}/")).map_err(|_| {
+            InsecureTransportError {
+                host: self.host.clone(),
+            }
         })
     }
 

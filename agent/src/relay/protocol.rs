@@ -340,7 +340,7 @@ impl HcRequest {
 /// assert_eq!(sender_suffix("debug", "wss://h/$hc/debug?sb-hc-action=accept"), None);
 /// ```
 pub fn sender_suffix(entity: &str, address: &str) -> Option<String> {
-    let url = url::Url::parse(address).ok()?;
+    let url = crate::web_url::parse(address).ok()?;
     let request = HcRequest::parse(url.path()).ok()?;
     let suffix = request.path.strip_prefix(entity)?.strip_prefix('/')?;
     (!suffix.is_empty()).then(|| suffix.to_owned())

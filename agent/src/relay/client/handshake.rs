@@ -65,7 +65,7 @@ pub async fn connect_address(
     role: Role,
     timeout: Duration,
 ) -> Result<WebSocket, ConnectError> {
-    let url = Url::parse(address).map_err(|e| ConnectError::Protocol {
+    let url = crate::web_url::parse(address).map_err(|e| ConnectError::Protocol {
         url: crate::logging::loggable(address).into_owned(),
         detail: format!("the rendezvous address is not a URL: {e}"),
     })?;

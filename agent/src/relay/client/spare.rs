@@ -56,7 +56,7 @@ pub use crate::relay::protocol::SPARE_QUERY;
 
 /// Whether a rendezvous address is a spare's (it carries [`SPARE_QUERY`]).
 pub fn is_spare(address: &str) -> bool {
-    url::Url::parse(address).is_ok_and(|url| url.query_pairs().any(|(k, _)| k == SPARE_QUERY))
+    crate::web_url::parse(address).is_ok_and(|url| url.query_pairs().any(|(k, _)| k == SPARE_QUERY))
 }
 
 /// A spare as its keeper hands it over.

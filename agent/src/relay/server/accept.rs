@@ -41,7 +41,7 @@ pub const INVALID_REJECT_STATUS: u16 = 502;
 /// Where a listener reaches this relay: its scheme and the `Host` it connected with.
 /// `None` when that `Host` is not a valid authority.
 pub fn listener_base(scheme: &str, host: &str) -> Option<Url> {
-    Url::parse(&format!("{scheme}://{host}/"))
+    crate::web_url::parse(&format!("{scheme}://{host}/"))
         .ok()
         .filter(|u| u.path() == "/" && u.query().is_none() && u.username().is_empty())
 }
