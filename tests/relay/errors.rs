@@ -614,3 +614,37 @@ fn a_ca_file_without_tls_is_said_to_be_unused() {
         "{line}"
     );
 }
+
+/// `relay connect` and `relay serve` listen with a backlog of 4096 (the kernel may cap it
+/// at somaxconn), not the standard library's 128: past `--max-tunnels` relay connect stops
+/// accepting, and a burst over 128 overflowed the queue, where a client that wrote and
+/// closed at once lost its bytes silently. `ss` (iproute2) shows a listener's backlog as
+/// its Send-Q.
+#[test]
+fn relay_connect_and_serve_keep_a_deep_accept_queue() {
+    let relay = Relay::start();
+    let cs = relay.connection_string(KEY_BOTH, "backlog");
+    let (_connect, addr) = relay.connect(&cs, "p");
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let want = somaxconn.min(4096);
+    for (what, port) in [
+        ("relay connect", addr.port()),
+        ("relay serve", relay.addr.port()),
+    ] {
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2; tests/run.sh installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // State Recv-Q Send-Q Local Peer: for a listener Send-Q is the backlog.
+        let backlog: Option<u32> = text
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|q| q.parse().ok());
+        assert_eq!(backlog, Some(want), "{what} on port {port}: {text}");
+    }
+}

@@ -62,3 +62,21 @@ pub mod protocol;
 pub mod sas;
 pub mod server;
 pub mod websocket;
+
+/// Connections the kernel holds for `relay connect` and `relay serve` before they accept
+/// them (the kernel caps it at `net.core.somaxconn`, 4096 by default). The standard
+/// library's 128 overflowed under a burst: past `--max-tunnels` `relay connect` stops
+/// accepting, and a client that wrote and closed at once lost its bytes without a word.
+pub const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket at `addr` (address reuse on, as the standard library does)
+/// with [`ACCEPT_BACKLOG`].
+pub fn listen_socket(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}

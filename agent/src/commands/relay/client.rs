@@ -88,8 +88,7 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
             .saturating_add(u64::from(spares));
         let cap = format!("max_tunnels {max_tunnels} (2 each) + {spares} spare tunnels");
         open_files::raise("relay connect", needed, &cap);
-        let listener = tokio::net::TcpListener::bind(args.bind)
-            .await
+        let listener = crate::relay::listen_socket(args.bind)
             .with_context(|| format!("could not bind {}", args.bind))?;
         let bound = listener
             .local_addr()

@@ -2,7 +2,6 @@
 //! address, run until SIGTERM/SIGINT.
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
 use crate::config::{ServerSettings, Settings, TlsFiles};
@@ -20,8 +19,7 @@ pub fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<i32> {
         warn_if_others_may_read(&tls.key, "the TLS private key");
     }
     super::runtime()?.block_on(async move {
-        let listener = TcpListener::bind(config.listen)
-            .await
+        let listener = crate::relay::listen_socket(config.listen)
             .with_context(|| format!("relay serve: could not bind {}", config.listen))?;
         let bound = listener
             .local_addr()

@@ -221,7 +221,11 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
         Ended::ProtocolViolation(code, why) => Some((*code, why.clone())),
         Ended::Shutdown => Some((CloseCode::Away, "relay shutting down".to_owned())),
     };
-    finish(ws, close).await;
+    // A listener that stopped acting (or reading) would not answer a close handshake
+    // either: it is dropped at once, not after CLOSE_HANDSHAKE_TIMEOUT more.
+    if !matches!(ended, Ended::Unresponsive | Ended::Stuck) {
+        finish(ws, close).await;
+    }
     ended
 }
 

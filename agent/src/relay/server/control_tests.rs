@@ -70,10 +70,7 @@ async fn an_idle_listener_is_pinged_and_dropped_only_when_it_does_not_answer() {
         } else {
             assert_eq!(ended, Ended::Unresponsive);
             assert!(after >= QUIET + ANSWER, "{after:?}");
-            assert!(
-                after <= QUIET + ANSWER + CLOSE_HANDSHAKE_TIMEOUT,
-                "{after:?}"
-            );
+            assert!(after <= QUIET + ANSWER + ANSWER / 10, "{after:?}");
         }
         reader.abort();
     }
@@ -151,9 +148,9 @@ async fn a_listener_that_stops_answering_is_dropped_and_its_senders_move_on() {
             }
         }
         if !reading {
-            // Dropped at the answer timeout after the first accept (then the bounded
-            // wind-down of its socket), not later.
-            assert!(after <= ANSWER + CLOSE_HANDSHAKE_TIMEOUT, "{after:?}");
+            // Dropped at the answer timeout after the first accept, with no close
+            // handshake to wait out.
+            assert!(after <= ANSWER + ANSWER / 10, "{after:?}");
         }
         reader.abort();
     }
