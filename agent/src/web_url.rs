@@ -19,6 +19,10 @@ pub enum WebUrlError {
         "its host is not a plain ASCII name (letters, digits, '-', '.') or an IP address; write an internationalised name in its Punycode form (xn--...)"
     )]
     Host,
+    /// The parser drops tabs and line breaks wherever they are (`w\rss:` reads `wss:`),
+    /// which would hide a scheme, a host or the end of a line from any check on the text.
+    #[error("it holds a tab or a line break")]
+    Control,
     #[error("{0}")]
     Parse(#[from] url::ParseError),
 }
@@ -34,6 +38,9 @@ pub enum WebUrlError {
 /// assert_eq!(parse("wss://bücher.example/"), Err(WebUrlError::Host));
 /// ```
 pub fn parse(input: &str) -> Result<Url, WebUrlError> {
+    if input.contains(['\t', '\r', '\n']) {
+        return Err(WebUrlError::Control);
+    }
     if let Some(host) = special_host(input)
         && !plain_host(host)
     {
@@ -89,7 +96,7 @@ mod tests {
     /// plain names, IP addresses and other schemes' hosts go through.
     #[test]
     fn only_plain_hosts_reach_the_parser() {
-        let cases: [(&str, Option<&str>); 16] = [
+        let cases: [(&str, Option<&str>); 19] = [
             ("wss://relay.example/$hc/a?x=%C3%A9", Some("relay.example")),
             ("WSS://RELAY.example:9/", Some("relay.example")),
             ("https://user:p%40ss@Host.example/", Some("host.example")),
@@ -108,6 +115,9 @@ mod tests {
             ("wss://ex\u{FFFD}ample/", None),
             ("ws://[::1%25eth0]/", None),
             ("wss://a b/", None),
+            ("w\rss:sM\u{FFFD}/", None),
+            ("wss://a\tb.example/", None),
+            ("wss://ab.example/\n", None),
             ("not a url", None),
         ];
         for (input, host) in cases {
@@ -139,7 +149,7 @@ mod tests {
     /// assertions on, as here): refused or parsed, never a panic.
     #[test]
     fn hostile_hosts_never_panic() {
-        let alphabet: Vec<char> = "aAbBzZ09-._=~!$&'()*+,;xXnN%\u{e9}\u{FFFD}@:[]\\"
+        let alphabet: Vec<char> = "aAbBzZ09-._=~!$&'()*+,;xXnN%\u{e9}\u{FFFD}@:[]\\\t\r"
             .chars()
             .collect();
         let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
@@ -157,7 +167,14 @@ mod tests {
                 let at = usize::try_from(bits % alphabet.len() as u64).unwrap_or(0);
                 host.push(alphabet.get(at).copied().unwrap_or('a'));
             }
-            for scheme in ["wss://", "https:", "http:\\\\", "ws:/"] {
+            for scheme in [
+                "wss://",
+                "https:",
+                "http:\\\\",
+                "ws:/",
+                "w\rss:",
+                "h\ttps://",
+            ] {
                 let _ = parse(&format!("{scheme}{host}/p"));
             }
         }
