@@ -65,9 +65,19 @@ pub async fn connect_address(
     role: Role,
     timeout: Duration,
 ) -> Result<WebSocket, ConnectError> {
+    const CONTROL: &str = "the relay named a rendezvous address with a control character or \
+                           a space in it; refused (it would break the upgrade request)";
     let url = crate::web_url::parse(address).map_err(|e| ConnectError::Protocol {
         url: crate::logging::loggable(address).into_owned(),
-        detail: format!("the rendezvous address is not a URL: {e}"),
+        detail: match e {
+            // A URL but for its line breaks: the request-smuggling case, said as such.
+            crate::web_url::WebUrlError::Control
+                if crate::web_url::parse(&address.replace(['\t', '\r', '\n'], "")).is_ok() =>
+            {
+                CONTROL.to_owned()
+            }
+            e => format!("the rendezvous address is not a URL: {e}"),
+        },
     })?;
     // Its path and query go into our request as written: a line break there would end
     // the request line and let the relay write requests of its own (a whole second
@@ -76,9 +86,7 @@ pub async fn connect_address(
     if address.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(ConnectError::Protocol {
             url: display_url(&url),
-            detail: "the relay named a rendezvous address with a control character or a \
-                     space in it; refused (it would break the upgrade request)"
-                .to_owned(),
+            detail: CONTROL.to_owned(),
         });
     }
     // The relay chose this address: no weaker transport than the relay's own (a relay
