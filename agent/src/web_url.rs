@@ -54,7 +54,7 @@ const SPECIAL_SCHEMES: [&str; 6] = ["http", "https", "ws", "wss", "ftp", "file"]
 
 /// The host (with any port) of `input` when its scheme is one whose host the parser
 /// maps (WHATWG URL: leading spaces and controls dropped, any run of `/` or `\` after the
-/// scheme, user info up to the last `@`); `None` for other schemes.
+/// scheme, user info up to the last `@` except in a file URL); `None` for other schemes.
 fn special_host(input: &str) -> Option<&str> {
     let input = input.trim_start_matches(|c: char| c <= ' ');
     let (scheme, rest) = input.split_once(':')?;
@@ -67,6 +67,10 @@ fn special_host(input: &str) -> Option<&str> {
     let rest = rest.trim_start_matches(['/', '\\']);
     let end = rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len());
     let authority = rest.get(..end)?;
+    // A file URL has no user info: all of its authority is the host.
+    if scheme.eq_ignore_ascii_case("file") {
+        return Some(authority);
+    }
     Some(
         authority
             .rsplit_once('@')
@@ -96,7 +100,7 @@ mod tests {
     /// plain names, IP addresses and other schemes' hosts go through.
     #[test]
     fn only_plain_hosts_reach_the_parser() {
-        let cases: [(&str, Option<&str>); 19] = [
+        let cases: [(&str, Option<&str>); 20] = [
             ("wss://relay.example/$hc/a?x=%C3%A9", Some("relay.example")),
             ("WSS://RELAY.example:9/", Some("relay.example")),
             ("https://user:p%40ss@Host.example/", Some("host.example")),
@@ -116,6 +120,7 @@ mod tests {
             ("ws://[::1%25eth0]/", None),
             ("wss://a b/", None),
             ("w\rss:sM\u{FFFD}/", None),
+            ("file://1TTT\u{FFFD}Z@Groa7s/r", None),
             ("wss://a\tb.example/", None),
             ("wss://ab.example/\n", None),
             ("not a url", None),
@@ -174,6 +179,7 @@ mod tests {
                 "ws:/",
                 "w\rss:",
                 "h\ttps://",
+                "file://",
             ] {
                 let _ = parse(&format!("{scheme}{host}/p"));
             }
