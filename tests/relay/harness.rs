@@ -239,6 +239,15 @@ impl Relay {
         }
     }
 
+    /// Waits (bounded) for a line of the relay's log containing `needle`; fails the test
+    /// with the whole log when none comes.
+    pub fn wait_logged(&self, needle: &str) -> String {
+        self.proc
+            .stderr
+            .wait_for(needle)
+            .unwrap_or_else(|| panic!("relay serve never logged {needle:?}:\n{}", self.proc.dump()))
+    }
+
     /// Kills this relay and starts a new one on the same port (and certificate).
     pub fn restart(mut self) -> Relay {
         self.proc.kill();

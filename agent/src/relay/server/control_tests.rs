@@ -31,24 +31,36 @@ const ANSWER: Duration = Duration::from_secs(10);
 /// The silence after which these channels Ping their listener.
 const QUIET: Duration = Duration::from_secs(60);
 
+/// The relay's end of a control channel, and a task playing the listener: one that reads
+/// (tungstenite answers each Ping as it reads) or one that has stopped (SIGSTOP: its socket
+/// still takes bytes). Abort the task when done.
+async fn listener_pair(
+    reading: bool,
+) -> (
+    WebSocketStream<Prefixed<BoxIo>>,
+    tokio::task::JoinHandle<WebSocketStream<tokio::io::DuplexStream>>,
+) {
+    let (relay_end, listener_end) = tokio::io::duplex(64 * 1024);
+    let role = tokio_tungstenite::tungstenite::protocol::Role::Client;
+    let mut listener = WebSocketStream::from_raw_socket(listener_end, role, None).await;
+    let reader = tokio::spawn(async move {
+        if reading {
+            while let Some(Ok(_)) = listener.next().await {}
+        } else {
+            std::future::pending::<()>().await;
+        }
+        listener
+    });
+    (control_ws(relay_end).await, reader)
+}
+
 /// A listener that stops while idle (no sender comes) is Pinged after a silence and
 /// dropped when it does not answer, freeing its place under the quota; one that reads
 /// answers and stays for as long as the relay runs.
 #[tokio::test(start_paused = true)]
 async fn an_idle_listener_is_pinged_and_dropped_only_when_it_does_not_answer() {
     for reading in [false, true] {
-        let (relay_end, listener_end) = tokio::io::duplex(64 * 1024);
-        let role = tokio_tungstenite::tungstenite::protocol::Role::Client;
-        let mut listener = WebSocketStream::from_raw_socket(listener_end, role, None).await;
-        let reader = tokio::spawn(async move {
-            if reading {
-                while let Some(Ok(_)) = listener.next().await {}
-            } else {
-                std::future::pending::<()>().await;
-            }
-            listener
-        });
-        let ws = control_ws(relay_end).await;
+        let (ws, reader) = listener_pair(reading).await;
         let rendezvous = Rendezvous::default();
         let (_tx, rx) = mpsc::channel(8);
         let shutdown = CancellationToken::new();
@@ -83,19 +95,7 @@ async fn an_idle_listener_is_pinged_and_dropped_only_when_it_does_not_answer() {
 #[tokio::test(start_paused = true)]
 async fn a_listener_that_stops_answering_is_dropped_and_its_senders_move_on() {
     for reading in [false, true] {
-        let (relay_end, listener_end) = tokio::io::duplex(64 * 1024);
-        let role = tokio_tungstenite::tungstenite::protocol::Role::Client;
-        let mut listener = WebSocketStream::from_raw_socket(listener_end, role, None).await;
-        let reader = tokio::spawn(async move {
-            if reading {
-                // tungstenite answers each Ping as it reads.
-                while let Some(Ok(_)) = listener.next().await {}
-            } else {
-                std::future::pending::<()>().await;
-            }
-            listener
-        });
-        let ws = control_ws(relay_end).await;
+        let (ws, reader) = listener_pair(reading).await;
         let rendezvous = Rendezvous::default();
         let (tx, rx) = mpsc::channel(8);
         let shutdown = CancellationToken::new();
