@@ -625,6 +625,30 @@ fn a_session_gone_while_debugpy_waits_leaves_the_step_to_run() {
     }
 }
 
+/// `exec` of rank 0 in connect mode with a 1 s attach timeout, the step `python3 -c code`
+/// calling `debugpy.connect` itself (`--inject none`) whenever it likes.
+fn late_connect_step(
+    developer: &DeveloperSide,
+    locks: &std::path::Path,
+    range: &str,
+    code: &str,
+) -> std::process::Command {
+    let mut cmd = developer.agent(locks);
+    cmd.args([
+        "exec",
+        "--replace",
+        "--debug",
+        "--rank",
+        "0",
+        "--mode",
+        "connect",
+    ])
+    .args(["--node-ip", "127.0.0.1", "--attach-timeout", "1s"])
+    .args(["--port-range", range, "--inject", "none"])
+    .args(["--", "python3", "-c", code]);
+    cmd
+}
+
 /// A debugpy that connects long after the session's attach deadline (the step's own
 /// `debugpy.connect` late in the run, the prior art's way) gets an attach timeout of its
 /// own from the sidecar: the keeper must not take the sidecar, busy with that connection,
@@ -644,19 +668,7 @@ fn a_debugpy_connecting_long_after_the_deadline_is_served_not_taken_for_a_stuck_
          sys.exit(3)\n",
         LATE.as_secs()
     );
-    let mut cmd = developer.agent(locks.path());
-    cmd.args([
-        "exec",
-        "--replace",
-        "--debug",
-        "--rank",
-        "0",
-        "--mode",
-        "connect",
-    ])
-    .args(["--node-ip", "127.0.0.1", "--attach-timeout", "1s"])
-    .args(["--port-range", &range, "--inject", "none"])
-    .args(["--", "python3", "-c", &code]);
+    let mut cmd = late_connect_step(&developer, locks.path(), &range, &code);
     let mut agent = Running::spawn(&mut cmd);
     let status = util::wait_within(&mut agent.child, LATE + RELEASE_GRACE + ATTACH_TIMEOUT);
     let log = agent.log();
@@ -700,20 +712,8 @@ fn a_late_debugpy_meeting_a_sidecar_not_run_for_a_moment_is_served() {
         (LATE - FROZEN_BEFORE).as_secs_f64(),
         FROZEN_BEFORE.as_secs_f64(),
     );
-    let mut cmd = developer.agent(locks.path());
-    cmd.args([
-        "exec",
-        "--replace",
-        "--debug",
-        "--rank",
-        "0",
-        "--mode",
-        "connect",
-    ])
-    .args(["--node-ip", "127.0.0.1", "--attach-timeout", "1s"])
-    .args(["--port-range", &range, "--inject", "none"])
-    .args(["--", "python3", "-c", &code])
-    .arg(&marker);
+    let mut cmd = late_connect_step(&developer, locks.path(), &range, &code);
+    cmd.arg(&marker);
     let mut agent = Running::spawn(&mut cmd);
     let session = util::wait_for("the session's record", SESSION_DEADLINE, || {
         session_of(&state_dir, agent.pid()).filter(|s| s["sidecar_pid"].is_u64())
