@@ -267,15 +267,12 @@ impl AcceptHandler for VsCodeForwarder {
             }
             // Most often VS Code closed its end first (Stop, Disconnect, a closed window):
             // a broken pipe or a reset, not a fault of the relay. VS Code's connection is
-            // reset, not closed: should the step's side have broken, it must not read as a
-            // clean end.
-            Err(err) => {
-                crate::relay::client::tunnel::reset_local(vscode);
-                say!(
-                    "{label}: the debug connection of {who} ended ({err}: VS Code closed it, or \
-                     the step's side went away)"
-                )
-            }
+            // dropped armed, so reset, not closed: should the step's side have broken, it
+            // must not read as a clean end.
+            Err(err) => say!(
+                "{label}: the debug connection of {who} ended ({err}: VS Code closed it, or \
+                 the step's side went away)"
+            ),
         }
     }
 }

@@ -17,7 +17,7 @@ use tracing::Instrument as _;
 use super::listener::{AcceptHandler, DRAIN_TIMEOUT, Decision};
 use super::sender::WRONG_LISTENER_ATTEMPTS;
 use super::spare::{self, Proof, Spares};
-use super::tunnel::{Expect, end_in_order, reset_local, reset_unless_ended_in_order};
+use super::tunnel::{Expect, end_in_order, reset_unless_ended_in_order};
 use super::{Endpoint, Tunnel, sender};
 use crate::logging::Throttle;
 use crate::relay::bridge::{self, BridgeError, Forward, Forwards};
@@ -340,9 +340,8 @@ async fn forward_local(
             Ok(tunnel) => tunnel,
             Err(e) => {
                 // One line naming the cause and the fix; the local client sees its
-                // connection reset.
+                // connection reset (it is armed to reset as it is dropped).
                 tracing::error!("{e}");
-                reset_local(tcp);
                 return;
             }
         },
@@ -368,7 +367,6 @@ async fn forward_local(
             }
             Proof::Failed(e) => {
                 tracing::error!("{e}");
-                reset_local(tcp);
                 return;
             }
             // Nothing reached the client: the same bytes go through a new tunnel.
@@ -378,10 +376,7 @@ async fn forward_local(
         }
         match fresh().await {
             Ok(tunnel) => return fresh_local(tunnel, tcp, &port_name, first).await,
-            Err(e) => {
-                tracing::error!("{e}");
-                reset_local(tcp);
-            }
+            Err(e) => tracing::error!("{e}"),
         }
         return;
     }
@@ -395,7 +390,6 @@ async fn fresh_local(tunnel: Tunnel, tcp: TcpStream, port_name: &str, first: Vec
     if let Err(e) = bridge::request_with(&tunnel, port_name, &first).await {
         tracing::error!("{e}");
         tunnel.finish(close_code::NORMAL, "").await;
-        reset_local(tcp);
         return;
     }
     let sent = first.len();
@@ -413,8 +407,8 @@ async fn fresh_local(tunnel: Tunnel, tcp: TcpStream, port_name: &str, first: Vec
 }
 
 /// Splices a local connection with its tunnel (after `expect`, if given), then logs the
-/// byte counts, `first_sent` bytes sent with the preamble included, or why it broke (and
-/// resets the local connection).
+/// byte counts, `first_sent` bytes sent with the preamble included, or why it broke (the
+/// local connection then reset).
 async fn splice_local(
     tunnel: Tunnel,
     mut tcp: TcpStream,
@@ -425,9 +419,9 @@ async fn splice_local(
         Some(expect) => tunnel.splice_after(&mut tcp, expect).await,
         None => tunnel.splice(&mut tcp).await,
     };
-    match &spliced {
-        Ok(_) => end_in_order(&tcp),
-        Err(_) => reset_local(tcp),
+    // Broken, it is dropped armed: a reset.
+    if spliced.is_ok() {
+        end_in_order(&tcp);
     }
     match spliced {
         Ok(stats) => tracing::info!(
@@ -465,12 +459,12 @@ fn waiting_bytes(tcp: &TcpStream) -> Option<Vec<u8>> {
 }
 
 /// Splices a relayed connection with its local socket until both ends close, logging
-/// the byte counts or why it broke (and resetting the local connection).
+/// the byte counts or why it broke (the local connection then reset).
 async fn splice(tunnel: Tunnel, mut tcp: TcpStream) {
     let spliced = tunnel.splice(&mut tcp).await;
-    match &spliced {
-        Ok(_) => end_in_order(&tcp),
-        Err(_) => reset_local(tcp),
+    // Broken, it is dropped armed: a reset.
+    if spliced.is_ok() {
+        end_in_order(&tcp);
     }
     match spliced {
         Ok(stats) => tracing::info!(

@@ -9,9 +9,9 @@
 //! Message boundaries mean nothing: every data frame is a slice of the stream.
 //!
 //! A break is not an end: a Close with any code but 1000 (or none), or a transport that
-//! ends without a Close, fails the splice, and its caller resets the local connection
-//! ([`reset_local`]) rather than closing it, so the local program never takes a cut stream for
-//! a complete one. A local connection that fails (reset, a write not taken) sends Close
+//! ends without a Close, fails the splice, and the local connection, armed to reset from
+//! the moment it was taken ([`reset_unless_ended_in_order`]), is dropped with a reset, so
+//! the local program never takes a cut stream for a complete one. A local connection that fails (reset, a write not taken) sends Close
 //! 1011 for the far side to do the same.
 
 use std::future::{Future, poll_fn};
@@ -50,19 +50,15 @@ const LOCAL_FAILED_REASON: &str = "the far side's local connection failed";
 /// Whether a Close with `code` ends a stream in order: 1000, or no code at all (some
 /// clients, Node's `ws` among them, close without one). Any other code (1001 "going
 /// away" from a relay whose other side vanished, 1011) means the stream was cut.
-pub fn is_orderly_close(code: u16) -> bool {
+fn is_orderly_close(code: u16) -> bool {
     code == close_code::NORMAL || code == close_code::NO_STATUS
 }
 
-/// Resets `tcp` (RST, not FIN) as it is dropped: a local program whose tunnel broke must
-/// see a failure, not the clean end of a stream that was cut short.
-pub fn reset_local(tcp: tokio::net::TcpStream) {
-    reset_unless_ended_in_order(&tcp);
-}
-
-/// Makes `tcp` end with a reset however it is closed, until [`end_in_order`]: should this
-/// process die (kill -9) while a tunnel carries it, the kernel's close is a reset too,
-/// not the FIN of a stream that ended. Set from the moment a local connection is taken.
+/// Makes `tcp` end with a reset however it is closed, until [`end_in_order`]: a local
+/// program whose tunnel broke (or could not be opened) sees a failure, not the clean end
+/// of a stream that was cut short, and should this process die (kill -9) the kernel's
+/// close is a reset too. Set from the moment a local connection is taken; every path
+/// that drops it without [`end_in_order`] resets it.
 pub fn reset_unless_ended_in_order(tcp: &tokio::net::TcpStream) {
     if let Err(e) = tcp.set_zero_linger() {
         tracing::debug!("could not arm the local connection's reset: {e}");
@@ -140,10 +136,19 @@ struct Writer {
 
 impl Writer {
     /// Writes one frame, bounded by [`TUNNEL_WRITE_TIMEOUT`]; marks the writer torn until
-    /// the write completes.
+    /// the write completes (a write cut short, failed or its future dropped, leaves it so).
     async fn frame(&mut self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
         self.torn = true;
         bounded(self.frames.write_frame(opcode, payload)).await?;
+        self.torn = false;
+        Ok(())
+    }
+
+    /// Sends `data` as one binary frame, masked where it lies (never copied); torn as
+    /// [`Writer::frame`].
+    async fn data_in_place(&mut self, data: &mut [u8]) -> io::Result<()> {
+        self.torn = true;
+        bounded(self.frames.send_in_place(OpCode::Binary, true, data)).await?;
         self.torn = false;
         Ok(())
     }
@@ -554,9 +559,7 @@ impl Tunnel {
                 }
                 // Masked where it was read: the payload is never copied.
                 let data = buf.bytes_mut();
-                w.torn = true;
-                bounded(w.frames.send_in_place(OpCode::Binary, true, data)).await?;
-                w.torn = false;
+                w.data_in_place(data).await?;
                 sent += data.len() as u64;
                 data.clear();
             }
