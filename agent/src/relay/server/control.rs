@@ -118,11 +118,8 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
             () = &mut expiry => break Ended::TokenExpired,
             () = probe.overdue() => break Ended::Unresponsive,
             () = probe.quiet_for(ch.ping_interval) => {
-                let ping = probe.ping(ch.answer_timeout);
-                match tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Ping(ping.into()))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break Ended::ByListener,
-                    Err(_) => break Ended::Stuck,
+                if let Err(ended) = send_probe(&mut ws, probe.ping(ch.answer_timeout)).await {
+                    break ended;
                 }
             }
             msg = ws.next() => { probe.heard(); match msg {
@@ -145,13 +142,10 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
                 }
                 // Pings are answered by tungstenite on the next read.
                 Some(Ok(Message::Pong(payload))) => {
-                    if let Some(ping) = probe.answered(&payload, ch.answer_timeout) {
-                        let send = ws.send(Message::Ping(ping.into()));
-                        match tokio::time::timeout(SEND_TIMEOUT, send).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => break Ended::ByListener,
-                            Err(_) => break Ended::Stuck,
-                        }
+                    if let Some(ping) = probe.answered(&payload, ch.answer_timeout)
+                        && let Err(ended) = send_probe(&mut ws, ping).await
+                    {
+                        break ended;
                     }
                 }
                 Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
@@ -227,6 +221,19 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
         finish(ws, close).await;
     }
     ended
+}
+
+/// Sends a probe Ping with `payload` within [`SEND_TIMEOUT`]; `Err` says how the channel
+/// ended when it could not.
+async fn send_probe(
+    ws: &mut WebSocketStream<Prefixed<BoxIo>>,
+    payload: Vec<u8>,
+) -> Result<(), Ended> {
+    match tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Ping(payload.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ended::ByListener),
+        Err(_) => Err(Ended::Stuck),
+    }
 }
 
 /// The Ping that follows accept commands (or a silence), and what waits on its answer.
