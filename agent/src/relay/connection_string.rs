@@ -227,9 +227,9 @@ fn shown_part_key(key: &str) -> String {
 /// is missing. A base64 key may end in `=` padding, so only a known key name with text
 /// after its `=` counts.
 fn embedded_part(value: &str) -> Option<&'static str> {
+    let lower = value.to_ascii_lowercase();
     KNOWN_KEYS.iter().copied().find(|known| {
         let needle = format!("{}=", known.to_ascii_lowercase());
-        let lower = value.to_ascii_lowercase();
         lower
             .match_indices(&needle)
             .any(|(at, _)| lower.len() > at + needle.len())
@@ -252,27 +252,25 @@ fn shown_endpoint(value: &str) -> String {
 
 fn parse_endpoint(value: &str) -> Result<(String, Option<u16>), ConnectionStringError> {
     let bad = || ConnectionStringError::BadEndpoint(shown_endpoint(value));
-    // Without Unicode tables (idna_adapter 1.0: see Cargo.lock) the URL parser refuses an
-    // internationalised name: say so rather than "not sb://host".
-    let url = crate::web_url::parse(value).map_err(|_| {
+    // A host no relay has: an internationalised name is said to be one (write it in
+    // Punycode), anything else is a bad Endpoint.
+    let bad_host = || {
         if value.is_ascii() {
             bad()
         } else {
             ConnectionStringError::NonAsciiHost(shown_endpoint(value))
         }
-    })?;
+    };
+    // web_url refuses a host that is not a plain ASCII name for https/wss.
+    let url = crate::web_url::parse(value).map_err(|_| bad_host())?;
     if !matches!(url.scheme(), "sb" | "https" | "wss") {
         return Err(bad());
     }
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(bad)?;
     // `sb` is no scheme the URL parser knows, so it keeps a host as written, percent-
-    // encoding what is not ASCII: no relay has such a name.
+    // encoding what is not ASCII.
     if host.contains('%') {
-        return Err(if value.is_ascii() {
-            bad()
-        } else {
-            ConnectionStringError::NonAsciiHost(shown_endpoint(value))
-        });
+        return Err(bad_host());
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad());
