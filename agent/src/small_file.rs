@@ -44,6 +44,21 @@ pub fn read(path: &Path, limit: u64, kind: &str) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// Warns when group or others may read `path`, a file holding a secret (`what` names it:
+/// "connection string file"): it is still used. Nothing is said when it cannot be looked
+/// at; reading it says why.
+pub fn warn_if_others_may_read(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "{what} {} is readable by group or others; chmod 600 it",
+            path.display()
+        );
+    }
+}
+
 /// [`read`] of a text file: the bytes must be UTF-8.
 pub fn read_text(path: &Path, limit: u64, kind: &str) -> Result<String, String> {
     let bytes = read(path, limit, kind)?;

@@ -13,10 +13,15 @@ pub fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<i32> {
     if !config.keys.is_empty()
         && let Some(path) = &settings.source
     {
-        warn_if_others_may_read(path, "the config file, which holds the relay's keys,");
+        // Anyone who reads the relay's keys can sign tokens for it.
+        crate::small_file::warn_if_others_may_read(
+            path,
+            "the config file, which holds the relay's keys,",
+        );
     }
     if let Some(tls) = &config.tls {
-        warn_if_others_may_read(&tls.key, "the TLS private key");
+        // Its TLS key lets its reader pose as the relay.
+        crate::small_file::warn_if_others_may_read(&tls.key, "the TLS private key");
     }
     super::runtime()?.block_on(async move {
         let listener = crate::relay::listen_socket(config.listen)
@@ -35,20 +40,6 @@ pub fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<i32> {
         server::run(listener, server_settings, shutdown).await
     })?;
     Ok(0)
-}
-
-/// Warns when group or others may read `path` (`what` names it): anyone who can read the
-/// relay's keys can sign tokens for it, and its TLS key lets them pose as the relay.
-fn warn_if_others_may_read(path: &std::path::Path, what: &str) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            "{what} {} is readable by group or others; chmod 600 it",
-            path.display()
-        );
-    }
 }
 
 /// The flags over `[relay.server]` (already layered over the defaults by `config`).

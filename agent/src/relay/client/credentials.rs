@@ -1,7 +1,6 @@
 //! Which relay, as whom: the endpoint from the layered settings plus command-line
 //! overrides. Credentials never come from argv: a file, the environment or the config.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -57,14 +56,7 @@ pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// Reads a connection string file, warning when others may read it.
 pub fn read_secret_file(path: &Path) -> anyhow::Result<Secret> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("could not read connection string file {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(
-            "connection string file {} is readable by group or others; chmod 600 it",
-            path.display()
-        );
-    }
+    crate::small_file::warn_if_others_may_read(path, "connection string file");
     let text = crate::small_file::read_text(path, MAX_SECRET_FILE_BYTES, "connection string files")
         .map_err(|e| {
             anyhow::anyhow!(
