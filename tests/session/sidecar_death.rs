@@ -649,6 +649,9 @@ fn late_connect_step(
     cmd
 }
 
+/// The sidecar's last line for a session, logged also when the step has already exited.
+const SESSION_ENDED: &str = "debug session ended";
+
 /// A debugpy that connects long after the session's attach deadline (the step's own
 /// `debugpy.connect` late in the run, the prior art's way) gets an attach timeout of its
 /// own from the sidecar: the keeper must not take the sidecar, busy with that connection,
@@ -671,6 +674,9 @@ fn a_debugpy_connecting_long_after_the_deadline_is_served_not_taken_for_a_stuck_
     let mut cmd = late_connect_step(&developer, locks.path(), &range, &code);
     let mut agent = Running::spawn(&mut cmd);
     let status = util::wait_within(&mut agent.child, LATE + RELEASE_GRACE + ATTACH_TIMEOUT);
+    // The step may exit before the sidecar has logged the late session's end (a loaded
+    // machine: CI saw "released the step" 0.7 s after the exit); its last line is awaited.
+    agent.wait_stderr(SESSION_ENDED);
     let log = agent.log();
     assert_eq!(status.code(), Some(3), "{log}");
     assert!(agent.stdout.wait_for("late step done").is_some(), "{log}");
@@ -728,6 +734,7 @@ fn a_late_debugpy_meeting_a_sidecar_not_run_for_a_moment_is_served() {
     drop(frozen);
     let thawed_at = std::time::SystemTime::now();
     let status = util::wait_within(&mut agent.child, LATE + RELEASE_GRACE + ATTACH_TIMEOUT);
+    agent.wait_stderr(SESSION_ENDED);
     let log = agent.log();
     // The case under test happened: debugpy connected while the sidecar was frozen.
     let connected_at = agent
