@@ -11,3 +11,4 @@ mod modes;
 mod mpi;
 mod post_mortem;
 mod sidecar_death;
+mod step_end;

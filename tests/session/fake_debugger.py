@@ -15,6 +15,9 @@ FAULT is one of:
   silent-after-attach  send `initialize` and an `attach` without arguments, then hold
                      the connection open without a byte more (debugpy's adapter then
                      has a client that never finishes its setup)
+  configure-and-watch  finish the setup (`initialize`, `attach`, `configurationDone`),
+                     then read until the connection ends; print "ended eof" or "ended
+                     reset" with the DAP events seen after the setup
 
 Holding faults stay until the peer closes or HOLD_LIMIT passes (bounded). In listen
 mode the bound port is written to PORT_FILE once listening. Prints "fault done" when its
@@ -22,6 +25,7 @@ part is over so the test knows the fault happened.
 """
 
 import json
+import re
 import socket
 import sys
 import time
@@ -66,7 +70,35 @@ def hold(conn):
         return
 
 
+def watch(conn):
+    """Reads until the connection ends; says how it ended and which events came."""
+    conn.sendall(SETUP[0] + SETUP[1] + request(3, "configurationDone", {}))
+    print("fault done", flush=True)
+    conn.settimeout(HOLD_LIMIT)
+    seen = b""
+    how = "timeout"
+    try:
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                how = "eof"
+                break
+            seen += chunk
+    except ConnectionResetError:
+        how = "reset"
+    except OSError as err:
+        how = "error %s" % err
+    events = re.findall(rb'"event":\s*"(\w+)"', seen)
+    print(
+        "ended %s events=%s" % (how, ",".join(e.decode() for e in events)), flush=True
+    )
+
+
 def misbehave(conn, fault):
+    if fault == "configure-and-watch":
+        watch(conn)
+        conn.close()
+        return
     if fault in SENT_BEFORE_DROP:
         for message in SETUP[: SENT_BEFORE_DROP[fault]]:
             conn.sendall(message)

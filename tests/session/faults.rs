@@ -135,13 +135,13 @@ fn fake_debugger() -> PathBuf {
 }
 
 /// A running fake_debugger.py; killed on drop.
-struct Fake {
+pub(super) struct Fake {
     child: Child,
-    stdout: Lines,
+    pub(super) stdout: Lines,
 }
 
 impl Fake {
-    fn spawn(args: &[&str]) -> Fake {
+    pub(super) fn spawn(args: &[&str]) -> Fake {
         let mut child = Command::new("python3")
             .arg(fake_debugger())
             .args(args)
@@ -155,7 +155,7 @@ impl Fake {
     }
 
     /// Waits (bounded) until the fake has played its part.
-    fn wait_done(&self, agent: &Running) {
+    pub(super) fn wait_done(&self, agent: &Running) {
         assert!(
             self.stdout
                 .wait_for_from(0, "fault done", SESSION_DEADLINE)

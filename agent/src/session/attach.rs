@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::gate::{self, GateState, PumpEnd};
 use super::report::Reporter;
+use super::step_end::StepEnd;
 use super::{SessionSpec, deadline_after, release_listening_debuggee};
 use crate::publish::SessionState;
 use crate::relay::client::{Tunnel, backoff};
@@ -78,6 +79,8 @@ pub struct Shared {
     /// A debugger configured the debuggee and has left (its events may still be on
     /// their way to the deadline's owner).
     was_configured: Arc<AtomicBool>,
+    /// Announced when the step has ended: relayed connections end in order.
+    step_end: StepEnd,
 }
 
 /// An adapter connection kept open after its developer left during the setup.
@@ -91,7 +94,7 @@ struct Held {
 const CUTOFF_SETTLE: Duration = Duration::from_secs(1);
 
 impl Shared {
-    pub fn new(debugpy: SocketAddr) -> (Shared, mpsc::UnboundedReceiver<Event>) {
+    pub fn new(debugpy: SocketAddr, step_end: StepEnd) -> (Shared, mpsc::UnboundedReceiver<Event>) {
         let (events, receiver) = mpsc::unbounded_channel();
         let shared = Shared {
             debugpy,
@@ -102,6 +105,7 @@ impl Shared {
             served: Arc::new(Notify::new()),
             live: Arc::default(),
             was_configured: Arc::default(),
+            step_end,
         };
         (shared, receiver)
     }
@@ -186,7 +190,9 @@ impl Shared {
         };
         let pumping = async {
             match developer {
-                Developer::Relayed(tunnel) => gate::carry(tunnel, &mut state, &mut debugpy).await,
+                Developer::Relayed(tunnel) => {
+                    gate::carry(tunnel, &mut state, &mut debugpy, &self.step_end).await
+                }
                 Developer::Direct(tcp) => gate::pump(&mut state, &mut debugpy, tcp).await,
             }
         };
@@ -203,6 +209,7 @@ impl Shared {
                 Event::DebuggeeLeftSetup(state.progress())
             }
         };
+        let step_ended = matches!(end, Some(PumpEnd::StepEnded));
         let event = match end {
             Some(PumpEnd::Finished | PumpEnd::DebuggeeClosed) => Some(detached(&state)),
             Some(PumpEnd::DebuggeeBroken(err)) => {
@@ -211,9 +218,11 @@ impl Shared {
             }
             Some(PumpEnd::LeftDuringSetup) => Some(Event::LeftDuringSetup(state.progress())),
             Some(PumpEnd::NotDap(not_dap)) => Some(Event::NotDap(not_dap.to_string())),
-            None => None,
+            // The step's end: the session is over, nothing to report (or hold, below).
+            Some(PumpEnd::StepEnded) | None => None,
         };
-        let keep = !state.configured()
+        let keep = !step_ended
+            && !state.configured()
             && matches!(
                 &event,
                 None | Some(Event::LeftDuringSetup(_) | Event::NotDap(_))

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::gate::{self, GateState, PumpEnd};
 use super::report::Reporter;
 use super::sidecar::{ReadySignal, Shared, share_with_keeper};
+use super::step_end::StepEnd;
 use super::{SessionSpec, deadline_after, setup_failed};
 use crate::publish::SessionState;
 use crate::relay::bridge;
@@ -25,7 +26,12 @@ use crate::relay::client::{Endpoint, Tunnel, backoff, sender};
 /// listener schedule's 30 s for the next try.
 const MAX_ATTACH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
-pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Reporter) {
+pub async fn run(
+    spec: &SessionSpec,
+    mut ready: ReadySignal,
+    reporter: &mut Reporter,
+    step_end: &StepEnd,
+) {
     let Some(endpoint) = spec.relay.clone() else {
         ready.failed("connect mode needs a relay; none is configured");
         return;
@@ -80,12 +86,25 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
         };
         share_with_keeper(Shared::Debuggee, debuggee.as_fd());
         let _ = debuggee.set_nodelay(true);
-        relay_debuggee(spec, &endpoint, &mut spare, debuggee, reporter).await;
+        let mut developer = Developer {
+            endpoint: &endpoint,
+            spare: &mut spare,
+            step_end,
+        };
+        relay_debuggee(spec, &mut developer, debuggee, reporter).await;
         if spec.post_mortem.is_some() {
             // One crash, one chance: its end is the session's.
             return;
         }
     }
+}
+
+/// The way to the developer: the relay, a relayed connection the readiness probe opened
+/// (used first), and the step's end, at which a carried connection ends in order.
+struct Developer<'a> {
+    endpoint: &'a Endpoint,
+    spare: &'a mut Option<Tunnel>,
+    step_end: &'a StepEnd,
 }
 
 /// How one debuggee connection's attach phase ended.
@@ -112,8 +131,7 @@ pub(crate) const ENDED_BY_DEBUGGER: &str =
 /// step is released on debugpy's own connection, retried until debugpy acknowledges.
 async fn relay_debuggee(
     spec: &SessionSpec,
-    endpoint: &Endpoint,
-    spare: &mut Option<Tunnel>,
+    developer: &mut Developer<'_>,
     mut debuggee: TcpStream,
     reporter: &mut Reporter,
 ) {
@@ -123,8 +141,7 @@ async fn relay_debuggee(
     let mut cause = Cause::NobodyCame;
     let attach = attach(
         spec,
-        endpoint,
-        spare,
+        developer,
         &mut debuggee,
         &mut gate,
         reporter,
@@ -243,8 +260,7 @@ impl Cause {
 /// until cancelled by the deadline (every await here may be dropped at any point).
 async fn attach(
     spec: &SessionSpec,
-    endpoint: &Endpoint,
-    spare: &mut Option<Tunnel>,
+    developer: &mut Developer<'_>,
     debuggee: &mut TcpStream,
     gate: &mut GateState,
     reporter: &mut Reporter,
@@ -253,9 +269,9 @@ async fn attach(
     let port_name = spec.port.to_string();
     let mut failures = 0usize;
     loop {
-        let attempt = match spare.take() {
+        let attempt = match developer.spare.take() {
             Some(tunnel) => Ok(tunnel),
-            None => sender::connect(endpoint, None).await,
+            None => sender::connect(developer.endpoint, None).await,
         };
         match attempt {
             Ok(mut tunnel) => match bridge::open(&mut tunnel, &port_name).await {
@@ -263,9 +279,11 @@ async fn attach(
                     failures = 0;
                     reporter.set(SessionState::Attached, None);
                     cause.note(Cause::InSetup);
-                    match gate::carry(tunnel, gate, debuggee).await {
+                    match gate::carry(tunnel, gate, debuggee, developer.step_end).await {
                         PumpEnd::Finished => return AttachEnd::Debugged,
-                        PumpEnd::DebuggeeClosed => return AttachEnd::DebuggeeGone,
+                        PumpEnd::DebuggeeClosed | PumpEnd::StepEnded => {
+                            return AttachEnd::DebuggeeGone;
+                        }
                         PumpEnd::DebuggeeBroken(err) => {
                             tracing::warn!("the connection to debugpy broke: {err}");
                             return AttachEnd::DebuggeeGone;

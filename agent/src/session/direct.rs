@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::attach::{self, Developer, Shared};
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
+use super::step_end::StepEnd;
 use super::{SessionSpec, deadline_after, release_listening_debuggee};
 use crate::ports::connections::established_on;
 use crate::publish::SessionState;
@@ -22,7 +23,12 @@ use crate::publish::SessionState;
 /// Pause after a failed accept (e.g. out of descriptors) so the loop cannot spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(200);
 
-pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Reporter) {
+pub async fn run(
+    spec: &SessionSpec,
+    mut ready: ReadySignal,
+    reporter: &mut Reporter,
+    step_end: &StepEnd,
+) {
     if spec.proxy_port.is_none() {
         return watch(spec, ready, reporter).await;
     }
@@ -41,7 +47,7 @@ pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Repo
     };
     ready.ready();
     reporter.set(SessionState::WaitingForDebugger, None);
-    let (shared, events) = Shared::new(spec.debugpy_address());
+    let (shared, events) = Shared::new(spec.debugpy_address(), step_end.clone());
     let accepting = accept_loop(listener, shared.clone());
     let why = attach::hold(spec, &shared, events, reporter, accepting).await;
     if spec.post_mortem.is_some() {

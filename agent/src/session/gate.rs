@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::dap::{AckScanner, EndWatcher, Framer, NotDap};
+use super::step_end::{self, StepEnd};
 use crate::relay::client::Tunnel;
 
 /// Bytes read per transfer in either direction.
@@ -175,6 +176,9 @@ pub enum PumpEnd {
     DebuggeeClosed,
     /// Writing to the debuggee failed.
     DebuggeeBroken(io::Error),
+    /// The step ended while the connection was carried ([`carry`] only): debugpy's last
+    /// bytes were passed on and the developer's connection ended in order.
+    StepEnded,
 }
 
 /// Carries one developer connection to `debuggee` through the gate until it ends.
@@ -247,31 +251,55 @@ where
 /// One developer connection: the relayed tunnel is spliced to an in-process pipe whose
 /// other end goes through the gate to the debuggee. Ends when the gate's pump ends; the
 /// splice then gets `SPLICE_CLOSE_GRACE` to finish its Close and is dropped.
-pub async fn carry<D>(tunnel: Tunnel, state: &mut GateState, debuggee: &mut D) -> PumpEnd
+///
+/// Once `step_end` is announced the pump goes on for [`step_end::DRAIN`] at most (debugpy's
+/// last messages), then ends: the tunnel is ended in order either way, and the carry
+/// says [`PumpEnd::StepEnded`].
+pub async fn carry<D>(
+    tunnel: Tunnel,
+    state: &mut GateState,
+    debuggee: &mut D,
+    step_end: &StepEnd,
+) -> PumpEnd
 where
     D: AsyncRead + AsyncWrite + Unpin,
 {
+    let _carried = step_end.carrying();
     let (gate_end, tunnel_end) = tokio::io::duplex(PIPE_CAPACITY);
     let splice = tunnel.splice(tunnel_end);
     tokio::pin!(splice);
-    let pump = pump(state, debuggee, gate_end);
-    tokio::pin!(pump);
     let mut splice_done = false;
-    let end = loop {
-        tokio::select! {
-            end = &mut pump => break end,
-            result = &mut splice, if !splice_done => {
-                splice_done = true;
-                if let Err(err) = result {
-                    tracing::debug!("the developer's relayed connection ended: {err}");
+    let mut step_ended = false;
+    let end = {
+        // Dropped at the end of this block with the gate's end of the pipe: the splice
+        // then reads the pipe's end and closes the tunnel in order.
+        let pump = pump(state, debuggee, gate_end);
+        tokio::pin!(pump);
+        let drained = async {
+            step_end.announced().await;
+            tokio::time::sleep(step_end::DRAIN).await;
+        };
+        tokio::pin!(drained);
+        let announced = step_end.announced();
+        tokio::pin!(announced);
+        loop {
+            tokio::select! {
+                end = &mut pump => break end,
+                result = &mut splice, if !splice_done => {
+                    splice_done = true;
+                    if let Err(err) = result {
+                        tracing::debug!("the developer's relayed connection ended: {err}");
+                    }
                 }
+                () = &mut announced, if !step_ended => step_ended = true,
+                () = &mut drained => break PumpEnd::StepEnded,
             }
         }
     };
     if !splice_done {
         let _ = tokio::time::timeout(SPLICE_CLOSE_GRACE, splice).await;
     }
-    end
+    if step_ended { PumpEnd::StepEnded } else { end }
 }
 
 /// Bytes buffered between a tunnel and its gate.

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::attach::{self, Developer, Shared};
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
+use super::step_end::StepEnd;
 use super::{SessionSpec, setup_failed};
 use crate::logging::Throttle;
 use crate::publish::SessionState;
@@ -111,12 +112,17 @@ impl AcceptHandler for Forwarder {
     }
 }
 
-pub async fn run(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Reporter) {
+pub async fn run(
+    spec: &SessionSpec,
+    mut ready: ReadySignal,
+    reporter: &mut Reporter,
+    step_end: &StepEnd,
+) {
     let Some(endpoint) = spec.relay.clone() else {
         ready.failed("listen mode needs a relay; none is configured");
         return;
     };
-    let (shared, events) = Shared::new(spec.debugpy_address());
+    let (shared, events) = Shared::new(spec.debugpy_address(), step_end.clone());
     let forwarder = Arc::new(Forwarder {
         entity: endpoint.entity.clone(),
         port: spec.port,

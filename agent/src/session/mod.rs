@@ -14,6 +14,7 @@ mod listen;
 pub mod peers;
 pub mod report;
 pub mod sidecar;
+pub mod step_end;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
@@ -27,6 +28,7 @@ use crate::publish::SessionState;
 use crate::relay::client::Endpoint;
 use report::Reporter;
 use sidecar::{Lifeline, LifelineEnd, ReadySignal};
+use step_end::StepEnd;
 
 use serde::Serialize;
 
@@ -108,6 +110,15 @@ pub fn deadline_after(wait: Duration) -> Instant {
 /// must be gone within a second of the step, and its keeper kills it after
 /// [`keeper::SIDECAR_EXIT_GRACE`].
 const FINAL_PUBLISH_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// What the final state's publishing gets at least when the developer's connections
+/// took part of [`FINAL_PUBLISH_TIMEOUT`] to end in order ([`step_end::BOUND`]).
+const SHORTEST_FINAL_PUBLISH: Duration = Duration::from_millis(100);
+
+const _: () = assert!(
+    step_end::BOUND.as_millis() + SHORTEST_FINAL_PUBLISH.as_millis()
+        <= FINAL_PUBLISH_TIMEOUT.as_millis()
+);
 
 /// Everything the sidecar needs, prepared by the agent before it forks.
 #[derive(Debug, Clone)]
@@ -252,17 +263,35 @@ pub fn run_sidecar(
             }
         };
         tokio::pin!(ended);
+        let step_end = StepEnd::default();
+        let mut ended_at = None;
         let without_debugpy = {
             let session = async {
                 match spec.mode {
-                    DebugMode::Connect => connect::run(&spec, ready, &mut reporter).await,
-                    DebugMode::Listen => listen::run(&spec, ready, &mut reporter).await,
-                    DebugMode::Direct => direct::run(&spec, ready, &mut reporter).await,
+                    DebugMode::Connect => {
+                        connect::run(&spec, ready, &mut reporter, &step_end).await;
+                    }
+                    DebugMode::Listen => listen::run(&spec, ready, &mut reporter, &step_end).await,
+                    DebugMode::Direct => direct::run(&spec, ready, &mut reporter, &step_end).await,
                 }
             };
+            tokio::pin!(session);
             tokio::select! {
-                () = session => None,
-                () = &mut ended => None,
+                () = &mut session => None,
+                () = &mut ended => {
+                    // The developer's connections pass on debugpy's last bytes and end in
+                    // order (bounded) instead of being dropped unfinished.
+                    ended_at = Some(Instant::now());
+                    step_end.announce();
+                    let _ = tokio::time::timeout(step_end::BOUND, async {
+                        tokio::select! {
+                            () = &mut session => {}
+                            () = step_end.idle() => {}
+                        }
+                    })
+                    .await;
+                    None
+                }
                 why = bootstrap_missing(bootstrap) => Some(why),
             }
         };
@@ -275,7 +304,13 @@ pub fn run_sidecar(
             reporter.keep_record();
             ended.await;
         }
-        if tokio::time::timeout(FINAL_PUBLISH_TIMEOUT, reporter.finish())
+        // The whole end, drain and publishing, fits in FINAL_PUBLISH_TIMEOUT.
+        let publish_within = ended_at.map_or(FINAL_PUBLISH_TIMEOUT, |at| {
+            FINAL_PUBLISH_TIMEOUT
+                .saturating_sub(at.elapsed())
+                .max(SHORTEST_FINAL_PUBLISH)
+        });
+        if tokio::time::timeout(publish_within, reporter.finish())
             .await
             .is_err()
         {
