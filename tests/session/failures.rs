@@ -239,3 +239,80 @@ fn a_step_that_closes_its_inherited_descriptors_is_told_why_the_session_ended() 
         );
     }
 }
+
+/// Binds the debug port before debugpy can (as another process of the node might, after
+/// the agent chose the port): `sitecustomize` runs at the interpreter's start, before the
+/// bootstrap starts debugpy, and holds 127.0.0.1:$AMLX_DEBUG_PORT while the step runs.
+const TAKE_THE_DEBUG_PORT: &str = "\
+import os, socket
+_amlx_test_taken = None
+try:
+    if os.environ.get('TAKE_DEBUG_PORT') == '1' and os.environ.get('AMLX_DEBUG_PORT'):
+        _amlx_test_taken = socket.socket()
+        _amlx_test_taken.bind(('127.0.0.1', int(os.environ['AMLX_DEBUG_PORT'])))
+        _amlx_test_taken.listen(1)
+        os.environ['TAKE_DEBUG_PORT'] = '0'
+except OSError:
+    pass
+";
+
+/// debugpy that cannot listen (its port taken by another process) ended the whole step
+/// with debugpy's traceback (`RuntimeError: Can't listen for client connections: [Errno
+/// 98] Address already in use`, seen in CI when another test took direct mode's loopback
+/// port). Now the step runs without a debugger, with its own exit code, and the log and
+/// `status` say why; with `--on-debug-failure fail` it does not run and the agent exits 1.
+#[test]
+fn debugpy_unable_to_listen_runs_the_step_undebugged_and_says_why() {
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::write(site.path().join("sitecustomize.py"), TAKE_THE_DEBUG_PORT)
+        .expect("write sitecustomize.py");
+    for on_failure in ["continue", "fail"] {
+        let locks = tempfile::tempdir().expect("tempdir");
+        let state_dir = locks.path().join("state");
+        let gate = Gate::in_dir(locks.path());
+        let developer = DeveloperSide::relay_only("taken");
+        let (_, _, range) = port_range(4);
+        let mut cmd = developer.agent(locks.path());
+        cmd.env("PYTHONPATH", site.path())
+            .env("TAKE_DEBUG_PORT", "1")
+            .env("STEP_GATE", gate.path())
+            .env("STEP_EXIT_CODE", STEP_CODE.to_string())
+            .args(["exec", "--debug", "--rank", "0", "--mode", "listen"])
+            .args(["--on-debug-failure", on_failure, "--port-range", &range])
+            .args(["--", "python3"])
+            .arg(step_py());
+        let mut agent = Running::spawn(&mut cmd);
+        if on_failure == "fail" {
+            let status = agent.wait_exit();
+            let log = agent.log();
+            assert_eq!(status.code(), Some(1), "{log}");
+            assert!(agent.stdout.all().is_empty(), "the step ran:\n{log}");
+            assert!(
+                log.contains("debugpy could not listen on 127.0.0.1:"),
+                "{log}"
+            );
+            continue;
+        }
+        let pid = agent.pid();
+        let session = wait_state(&state_dir, pid, "running-undebugged", &agent);
+        let reason = session["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("debugpy could not listen on 127.0.0.1:") && reason.contains("in use"),
+            "{session}\n{}",
+            agent.log()
+        );
+        gate.open();
+        assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
+        let log = agent.log();
+        assert!(
+            log.contains("debugging disabled for this run: debugpy could not listen on"),
+            "{log}"
+        );
+        assert!(!log.contains("Traceback"), "{log}");
+        assert!(
+            agent.stdout.wait_for("done total 6").is_some(),
+            "the step did not run to its end:\n{log}"
+        );
+        assert_session_over(&state_dir, pid);
+    }
+}

@@ -49,9 +49,11 @@ def _amlx_bootstrap(report_fd, debugpy_args, fail):
         )
         sys.stderr.flush()
         return None
-    report("ok")
+    if "--listen" not in debugpy_args:
+        report("ok")
+    # else: said once debugpy listens, or why it could not (`_amlx_guard_the_listen`).
     sys.argv[1:1] = debugpy_args
-    return cli
+    return cli, report
 
 
 def _amlx_let_go_at(at, done, release_after, let_go):
@@ -177,6 +179,37 @@ def _amlx_guard_the_connect(release_after):
     debugpy.connect = guarded_connect
 
 
+def _amlx_guard_the_listen(report):
+    # debugpy's `--listen` ends the whole step with a traceback when it cannot listen
+    # (another process took the port after the agent chose it, say): the CLI's call
+    # raises `_AmlxNoDebugger` instead, and the step runs without debugpy. The sidecar
+    # hears "ok" once debugpy listens, or why it does not, and records it.
+    # One call only: a later `debugpy.listen` of the step's own is the step's business.
+    import debugpy
+
+    listen = debugpy.listen
+
+    def guarded_listen(*args, **kwargs):
+        debugpy.listen = listen
+        try:
+            endpoint = listen(*args, **kwargs)
+        except Exception as error:
+            where = args[0] if args else kwargs.get("address")
+            if isinstance(where, tuple) and len(where) == 2:
+                where = "%s:%s" % where
+            why = "debugpy could not listen on %s (%s: %s)" % (
+                where,
+                type(error).__name__,
+                error,
+            )
+            report("missing " + why)
+            raise _AmlxNoDebugger(why)
+        report("ok")
+        return endpoint
+
+    debugpy.listen = guarded_listen
+
+
 def _amlx_run_plain(target):
     # The target as `python <target>` runs it, but in this interpreter.
     import runpy
@@ -202,8 +235,15 @@ def _amlx_run_plain(target):
 
 
 _amlx_target = sys.argv[1:]
-_amlx_cli = _amlx_bootstrap(AMLX_REPORT_FD, AMLX_DEBUGPY_ARGS, AMLX_FAIL)
-if _amlx_cli is not None:
+_amlx_started = _amlx_bootstrap(AMLX_REPORT_FD, AMLX_DEBUGPY_ARGS, AMLX_FAIL)
+if _amlx_started is not None:
+    _amlx_cli, _amlx_report = _amlx_started
+    if "--listen" in AMLX_DEBUGPY_ARGS:
+        try:
+            _amlx_guard_the_listen(_amlx_report)
+        except Exception as error:
+            _amlx_report("ok")
+            sys.stderr.write("amlx-agent: cannot guard debugpy's listen (%s)\n" % error)
     if AMLX_RELEASE_AFTER is not None and "--wait-for-client" in AMLX_DEBUGPY_ARGS:
         try:
             _amlx_bound_the_wait(AMLX_RELEASE_AFTER)
