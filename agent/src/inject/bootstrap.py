@@ -10,11 +10,15 @@ import sys
 
 
 def _amlx_bootstrap(report_fd, debugpy_args, fail):
+    said = []
+
     def report(line):
         # One line to the sidecar (the session's status), then the pipe is gone, so no
-        # child of the step inherits it.
-        if report_fd < 0:
+        # child of the step inherits it. Only the first call writes: the descriptor's
+        # number may belong to another file after the close.
+        if report_fd < 0 or said:
             return
+        said.append(line)
         try:
             os.write(report_fd, line.encode("utf-8", "replace")[:4000] + b"\n")
         except OSError:
