@@ -21,7 +21,7 @@ use crate::relay::harness::Lines;
 use crate::util;
 
 /// The exit code the step chooses.
-const STEP_CODE: i32 = 5;
+pub(super) const STEP_CODE: i32 = 5;
 
 /// The attach timeout of every case but the zero one: long enough for debugpy to start
 /// and the fault to be played before it passes, on a loaded machine.
@@ -33,7 +33,7 @@ const ATTACH_TIMEOUT_TEXT: &str = "10s";
 const STARTUP_ALLOWANCE: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(super) enum Mode {
     Connect,
     Listen,
     Direct,
@@ -154,6 +154,21 @@ impl Fake {
         Fake { child, stdout }
     }
 
+    /// The fake in listen mode (for connect-mode steps), playing `script`, and the port it
+    /// listens on; writes its port file in `dir`.
+    pub(super) fn listening(dir: &Path, script: &str) -> (Fake, u16) {
+        let port_file = dir.join("fake-port");
+        let fake = Fake::spawn(&["listen", &port_file.to_string_lossy(), script]);
+        let port: u16 = util::wait_for("the fake debugger's port", SESSION_DEADLINE, || {
+            std::fs::read_to_string(&port_file)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        });
+        (fake, port)
+    }
+
     /// Waits (bounded) until the fake has played its part.
     pub(super) fn wait_done(&self, agent: &Running) {
         assert!(
@@ -186,15 +201,7 @@ fn run_case(mode: Mode, case: &Case) {
     if mode == Mode::Connect
         && let Fault::Scripted(name) = fault_script(case.fault)
     {
-        let port_file = dir.path().join("fake-port");
-        let started = Fake::spawn(&["listen", &port_file.to_string_lossy(), name]);
-        let fake_port: u16 = util::wait_for("the fake debugger's port", SESSION_DEADLINE, || {
-            std::fs::read_to_string(&port_file)
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        });
+        let (started, fake_port) = Fake::listening(dir.path(), name);
         developer.listen(&[(debug_port, fake_port)]);
         fake = Some(started);
     }
@@ -203,23 +210,7 @@ fn run_case(mode: Mode, case: &Case) {
         _ => ATTACH_TIMEOUT_TEXT,
     };
     let gate = Gate::in_dir(dir.path());
-    let mut cmd = developer.agent(dir.path());
-    cmd.env("STEP_EXIT_CODE", STEP_CODE.to_string())
-        .env("RUST_LOG", "amlx_agent=debug")
-        .env("STEP_GATE", gate.path())
-        .args([
-            "exec",
-            "--debug",
-            "--mode",
-            mode.name(),
-            "--node-ip",
-            "127.0.0.1",
-        ])
-        .args(["--attach-timeout", timeout, "--port-range", &range]);
-    if mode != Mode::Connect {
-        cmd.arg("--wait-for-client");
-    }
-    cmd.args(["--", "python3"]).arg(step_py());
+    let mut cmd = step_command(&developer, dir.path(), mode, &gate, timeout, &range);
     let started = Instant::now();
     let mut agent = Running::spawn(&mut cmd);
 
@@ -315,6 +306,30 @@ fn run_case(mode: Mode, case: &Case) {
     drop(fake);
 }
 
+/// `exec --debug` of step.py in `mode` (held for a debugger in every mode), exiting
+/// with [`STEP_CODE`] once `gate` opens, with debug logging.
+pub(super) fn step_command(
+    developer: &DeveloperSide,
+    dir: &Path,
+    mode: Mode,
+    gate: &Gate,
+    attach_timeout: &str,
+    port_range: &str,
+) -> Command {
+    let mut cmd = developer.agent(dir);
+    cmd.env("STEP_EXIT_CODE", STEP_CODE.to_string())
+        .env("RUST_LOG", "amlx_agent=debug")
+        .env("STEP_GATE", gate.path())
+        .args(["exec", "--debug", "--mode", mode.name()])
+        .args(["--node-ip", "127.0.0.1", "--attach-timeout", attach_timeout])
+        .args(["--port-range", port_range]);
+    if mode != Mode::Connect {
+        cmd.arg("--wait-for-client");
+    }
+    cmd.args(["--", "python3"]).arg(step_py());
+    cmd
+}
+
 /// The script fault a case plays (a relay kill is played over a silent debugger).
 fn fault_script(fault: Fault) -> Fault {
     match fault {
@@ -346,15 +361,7 @@ fn rank_0_under_mpiexec_is_released_when_its_debugger_leaves_during_setup() {
     let mut developer = DeveloperSide::relay_only("faults-mpi");
     // Rank 0's port is the window's first (base + rank).
     let (rank0_port, _, range) = port_range(4);
-    let port_file = dir.path().join("fake-port");
-    let fake = Fake::spawn(&["listen", &port_file.to_string_lossy(), "drop-after-attach"]);
-    let fake_port: u16 = util::wait_for("the fake debugger's port", SESSION_DEADLINE, || {
-        std::fs::read_to_string(&port_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    });
+    let (fake, fake_port) = Fake::listening(dir.path(), "drop-after-attach");
     developer.listen(&[(rank0_port, fake_port)]);
     let started = Instant::now();
     let mut job = super::mpi::Job::start(

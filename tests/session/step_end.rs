@@ -7,22 +7,13 @@
 
 use std::time::Duration;
 
-use super::faults::Fake;
-use super::harness::{DeveloperSide, SESSION_DEADLINE, port_range, step_py};
+use super::faults::{Fake, Mode, STEP_CODE, step_command};
+use super::harness::{DeveloperSide, SESSION_DEADLINE, port_range};
 use super::lifecycle::{Gate, Running};
 use crate::util;
 
-/// The exit code the step chooses.
-const STEP_CODE: i32 = 4;
-
 /// Rounds per mode: the old fault was a race the sidecar lost about half the time.
 const ROUNDS: usize = 4;
-
-#[derive(Debug, Clone, Copy)]
-enum Mode {
-    Connect,
-    Listen,
-}
 
 /// One round: a debugger finishes its setup, the step ends, the debugger's connection
 /// must end in order within the session deadline.
@@ -31,50 +22,17 @@ fn round(mode: Mode, index: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut developer = DeveloperSide::relay_only("step-end");
     let (debug_port, _, range) = port_range(4);
-    let port_file = dir.path().join("fake-port");
     let mut fake = None;
-    if let Mode::Connect = mode {
-        let started = Fake::spawn(&[
-            "listen",
-            &port_file.to_string_lossy(),
-            "configure-and-watch",
-        ]);
-        let fake_port: u16 = util::wait_for("the fake debugger's port", SESSION_DEADLINE, || {
-            std::fs::read_to_string(&port_file)
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        });
+    if mode == Mode::Connect {
+        let (started, fake_port) = Fake::listening(dir.path(), "configure-and-watch");
         developer.listen(&[(debug_port, fake_port)]);
         fake = Some(started);
     }
     let gate = Gate::in_dir(dir.path());
-    let mode_name = match mode {
-        Mode::Connect => "connect",
-        Mode::Listen => "listen",
-    };
-    let mut cmd = developer.agent(dir.path());
-    cmd.env("STEP_EXIT_CODE", STEP_CODE.to_string())
-        .env("RUST_LOG", "amlx_agent=debug")
-        .env("STEP_GATE", gate.path())
-        .args([
-            "exec",
-            "--debug",
-            "--mode",
-            mode_name,
-            "--node-ip",
-            "127.0.0.1",
-        ])
-        .args(["--attach-timeout", "30s", "--port-range", &range]);
-    if let Mode::Listen = mode {
-        // Held until configured, so the step's end comes with the debugger attached.
-        cmd.arg("--wait-for-client");
-    }
-    cmd.args(["--", "python3"]).arg(step_py());
+    let mut cmd = step_command(&developer, dir.path(), mode, &gate, "30s", &range);
     let mut agent = Running::spawn(&mut cmd);
     let mut _relay_connect = None;
-    if let Mode::Listen = mode {
+    if mode == Mode::Listen {
         agent.wait_stderr("debug session waiting-for-debugger");
         let (connect, bound) = developer
             .relay
