@@ -9,6 +9,7 @@ mod lifecycle;
 mod mlflow_tags;
 mod modes;
 mod mpi;
+mod own_debugpy;
 mod post_mortem;
 mod sidecar_death;
 mod step_end;

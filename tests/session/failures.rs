@@ -243,7 +243,7 @@ fn a_step_that_closes_its_inherited_descriptors_is_told_why_the_session_ended() 
 /// Binds the debug port before debugpy can (as another process of the node might, after
 /// the agent chose the port): `sitecustomize` runs at the interpreter's start, before the
 /// bootstrap starts debugpy, and holds 127.0.0.1:$AMLX_DEBUG_PORT while the step runs.
-const TAKE_THE_DEBUG_PORT: &str = "\
+pub(super) const TAKE_THE_DEBUG_PORT: &str = "\
 import os, socket
 _amlx_test_taken = None
 try:
@@ -252,6 +252,9 @@ try:
         _amlx_test_taken.bind(('127.0.0.1', int(os.environ['AMLX_DEBUG_PORT'])))
         _amlx_test_taken.listen(1)
         os.environ['TAKE_DEBUG_PORT'] = '0'
+        # A moment in which a developer can reach the port's holder before debugpy tries.
+        import time
+        time.sleep(float(os.environ.get('TAKE_DEBUG_PORT_THEN_WAIT', '0')))
 except OSError:
     pass
 ";

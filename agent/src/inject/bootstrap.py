@@ -9,6 +9,21 @@ import os
 import sys
 
 
+def _amlx_say(text):
+    # One line for the step's stderr. A stderr that is closed, gone or a pipe nobody reads
+    # any more must not end the step: without the agent nothing would have been written.
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def _amlx_not_run(fail):
+    # What the sidecar's record adds when the step will not run at all.
+    return "; the step does not run (--on-debug-failure fail)" if fail else ""
+
+
 def _amlx_bootstrap(report_fd, debugpy_args, fail):
     said = []
 
@@ -36,22 +51,20 @@ def _amlx_bootstrap(report_fd, debugpy_args, fail):
             type(error).__name__,
             error,
         )
-        report("missing " + why)
+        report("missing " + why + _amlx_not_run(fail))
         fix = "install it in the step's environment (`%s -m pip install debugpy`)" % (
             sys.executable,
         )
         if fail:
-            sys.stderr.write(
+            _amlx_say(
                 "amlx-agent: %s: %s; not running the step (--on-debug-failure fail)\n"
                 % (why, fix)
             )
-            sys.stderr.flush()
             os._exit(1)
-        sys.stderr.write(
+        _amlx_say(
             "amlx-agent: debugging disabled for this run: %s: %s or use --inject none; "
             "running the step without a debugger\n" % (why, fix)
         )
-        sys.stderr.flush()
         return None
     if "--listen" not in debugpy_args:
         report("ok")
@@ -68,11 +81,10 @@ def _amlx_let_go_at(at, done, release_after, let_go):
 
     if done.wait(max(0.0, at - time.monotonic())):
         return
-    sys.stderr.write(
+    _amlx_say(
         "amlx-agent: no debugger finished attaching within %g s of the step's "
         "start; the step runs on without one\n" % release_after
     )
-    sys.stderr.flush()
     while not done.is_set():
         try:
             let_go()
@@ -183,12 +195,12 @@ def _amlx_guard_the_connect(release_after):
     debugpy.connect = guarded_connect
 
 
-def _amlx_guard_the_listen(report):
+def _amlx_guard_the_listen(report, fail):
     # debugpy's `--listen` ends the whole step with a traceback when it cannot listen
     # (another process took the port after the agent chose it, say): the CLI's call
     # raises `_AmlxNoDebugger` instead, and the step runs without debugpy. The sidecar
     # hears "ok" once debugpy listens, or why it does not, and records it.
-    # One call only: a later `debugpy.listen` of the step's own is the step's business.
+    # One call only: later ones are the step's own (`_amlx_answer_the_steps_listen`).
     import debugpy
 
     listen = debugpy.listen
@@ -206,12 +218,41 @@ def _amlx_guard_the_listen(report):
                 type(error).__name__,
                 error,
             )
-            report("missing " + why)
+            report("missing " + why + _amlx_not_run(fail))
             raise _AmlxNoDebugger(why)
         report("ok")
+        _amlx_answer_the_steps_listen(endpoint)
         return endpoint
 
     debugpy.listen = guarded_listen
+
+
+# debugpy's own `listen`, while `_amlx_answer_the_steps_listen` stands in for it.
+_amlx_listen_of_debugpy = []
+
+
+def _amlx_answer_the_steps_listen(endpoint):
+    # A step's own `debugpy.listen(5678)` (the prior art's code: listen, then
+    # `wait_for_client()`) after the agent started debugpy raised "listen() has already
+    # been called", or "Address already in use" on the agent's port in connect mode, and
+    # ended the step. debugpy already serves this process: the call is answered with its
+    # endpoint (`endpoint`, or the address asked for when debugpy connected out) and a
+    # note, and changes nothing.
+    import debugpy
+
+    _amlx_listen_of_debugpy.append(debugpy.listen)
+
+    def steps_listen(address, *args, **kwargs):
+        answer = endpoint
+        if answer is None:
+            answer = address if isinstance(address, tuple) else ("127.0.0.1", address)
+        _amlx_say(
+            "amlx-agent: the step's own debugpy.listen(%r) does nothing: debugpy already "
+            "serves this process (started by amlx-agent)\n" % (address,)
+        )
+        return answer
+
+    debugpy.listen = steps_listen
 
 
 def _amlx_run_plain(target):
@@ -242,17 +283,19 @@ _amlx_target = sys.argv[1:]
 _amlx_started = _amlx_bootstrap(AMLX_REPORT_FD, AMLX_DEBUGPY_ARGS, AMLX_FAIL)
 if _amlx_started is not None:
     _amlx_cli, _amlx_report = _amlx_started
-    if "--listen" in AMLX_DEBUGPY_ARGS:
-        try:
-            _amlx_guard_the_listen(_amlx_report)
-        except Exception as error:
-            _amlx_report("ok")
-            sys.stderr.write("amlx-agent: cannot guard debugpy's listen (%s)\n" % error)
+    try:
+        if "--listen" in AMLX_DEBUGPY_ARGS:
+            _amlx_guard_the_listen(_amlx_report, AMLX_FAIL)
+        else:
+            _amlx_answer_the_steps_listen(None)
+    except Exception as error:
+        _amlx_report("ok")
+        _amlx_say("amlx-agent: cannot guard debugpy's listen (%s)\n" % error)
     if AMLX_RELEASE_AFTER is not None and "--wait-for-client" in AMLX_DEBUGPY_ARGS:
         try:
             _amlx_bound_the_wait(AMLX_RELEASE_AFTER)
         except Exception as error:
-            sys.stderr.write("amlx-agent: cannot bound debugpy's wait (%s)\n" % error)
+            _amlx_say("amlx-agent: cannot bound debugpy's wait (%s)\n" % error)
     # debugpy's CLI connects only when no debugpy runs yet (its own guard, the same test).
     if (
         "--connect" in AMLX_DEBUGPY_ARGS
@@ -261,21 +304,24 @@ if _amlx_started is not None:
         try:
             _amlx_guard_the_connect(AMLX_RELEASE_AFTER)
         except Exception as error:
-            sys.stderr.write("amlx-agent: cannot guard debugpy's connect (%s)\n" % error)
+            _amlx_say("amlx-agent: cannot guard debugpy's connect (%s)\n" % error)
     try:
         _amlx_cli.main()
     except _AmlxNoDebugger as error:
+        # debugpy does not serve this process after all: the step's own listen is its own.
+        if _amlx_listen_of_debugpy:
+            import debugpy
+
+            debugpy.listen = _amlx_listen_of_debugpy[0]
         if AMLX_FAIL:
-            sys.stderr.write(
+            _amlx_say(
                 "amlx-agent: %s; not running the step (--on-debug-failure fail)\n" % error
             )
-            sys.stderr.flush()
             os._exit(1)
-        sys.stderr.write(
+        _amlx_say(
             "amlx-agent: debugging disabled for this run: %s; running the step without "
             "a debugger\n" % error
         )
-        sys.stderr.flush()
         _amlx_run_plain(_amlx_target)
 else:
     _amlx_run_plain(_amlx_target)

@@ -147,7 +147,7 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A developer's connection arrived (before debugpy is reached: it may be starting).
+    /// A developer's connection reached debugpy (the session is `attached`).
     pub fn arrived(&self) {
         let _ = self.events.send(Event::Connected);
     }

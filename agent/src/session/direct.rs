@@ -72,12 +72,13 @@ async fn accept_loop(listener: TcpListener, shared: Shared) -> String {
             }
         };
         let _ = tcp.set_nodelay(true);
-        shared.arrived();
         let shared = shared.clone();
         tokio::spawn(async move {
             let Some(debugpy) = shared.connect_debugpy().await else {
                 return;
             };
+            // Attached once debugpy is reached, not while it is awaited.
+            shared.arrived();
             shared.serve(Developer::Direct(tcp), debugpy).await;
         });
     }

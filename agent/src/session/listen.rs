@@ -86,7 +86,6 @@ impl AcceptHandler for Forwarder {
             .rank
             .map_or_else(|| "?".to_owned(), |rank| rank.to_string());
         tracing::info!("a developer reached rank {rank} (port {})", self.port);
-        self.shared.arrived();
         let Some(debugpy) = self.shared.connect_debugpy().await else {
             // Said in the Close, so the developer's side quotes it instead of guessing.
             tunnel
@@ -97,6 +96,9 @@ impl AcceptHandler for Forwarder {
                 .await;
             return;
         };
+        // Attached from here: debugpy is reached (`status` said "attached" while debugpy
+        // was still awaited, and for good when it never came).
+        self.shared.arrived();
         // The sender waits for the listener's go-ahead before sending anything.
         if let Err(err) = bridge::confirm(&tunnel).await {
             PREAMBLE_FAILED.log(|left_out| {

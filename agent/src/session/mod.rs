@@ -296,7 +296,12 @@ pub fn run_sidecar(
             }
         };
         if let Some(why) = without_debugpy {
-            // The step runs without a debugger: nothing to wait for or release.
+            // The step runs without a debugger: nothing to wait for or release. A developer
+            // who reached the debug port before the step said so met whatever holds it
+            // (another process, when debugpy could not listen there): ended in order now,
+            // not left connected to it for the step's life.
+            step_end.announce();
+            let _ = tokio::time::timeout(step_end::BOUND, step_end.idle()).await;
             reporter.set(
                 SessionState::RunningUndebugged,
                 Some(&format!("debugging disabled for this run: {why}")),

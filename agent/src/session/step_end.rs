@@ -7,6 +7,8 @@
 //! Instead the sidecar announces the end: each carried connection then passes on what
 //! debugpy still sends for at most [`DRAIN`] and ends in order (Close 1000), and the
 //! sidecar waits for that, bounded by [`BOUND`], only while such a connection exists.
+//! The sidecar announces it too when the step's bootstrap reports that debugpy does not
+//! run (a connection made before then reached whatever holds the debug port).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,177 @@
+//! Steps the agent starts under debugpy that meet debugpy themselves, or whose start of
+//! debugpy fails where nobody reads its words: none of it may cost the step its run.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::failures::TAKE_THE_DEBUG_PORT;
+use super::faults::Fake;
+use super::harness::{DeveloperSide, SESSION_DEADLINE, port_range, step_py};
+use super::lifecycle::{Gate, Running, session_of};
+use crate::util;
+
+/// The exit code the steps choose.
+const STEP_CODE: i32 = 6;
+
+/// Prior-art step code: debugpy started by the step itself, on the port the agent
+/// exports, then the step goes on.
+const STARTS_DEBUGPY_ITSELF: &str = "\
+import os, sys, debugpy
+print('own listen answered', debugpy.listen(int(os.environ.get('AMLX_DEBUG_PORT', '5678'))), flush=True)
+sys.exit(6)
+";
+
+/// A step calling `debugpy.listen` itself after the agent started debugpy ended with
+/// "debugpy.listen() has already been called" (listen, direct) or "Address already in
+/// use" on the agent's port (connect): the step broken by its own prior-art line. Now
+/// the call is answered, changes nothing, and the step runs to its end with its code.
+#[test]
+fn a_step_that_starts_debugpy_itself_runs_to_its_end_in_every_mode() {
+    for mode in ["connect", "listen", "direct"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let developer = DeveloperSide::relay_only("own-debugpy");
+        let (_, _, range) = port_range(4);
+        let out = util::output_within(
+            developer
+                .agent(dir.path())
+                .args(["exec", "--debug", "--rank", "0", "--mode", mode])
+                .args(["--node-ip", "127.0.0.1", "--attach-timeout", "1s"])
+                .args(["--port-range", &range, "--", "python3", "-c"])
+                .arg(STARTS_DEBUGPY_ITSELF),
+            SESSION_DEADLINE,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(STEP_CODE), "{mode}:\n{stderr}");
+        assert!(stdout.contains("own listen answered"), "{mode}:\n{stderr}");
+        assert!(
+            stderr.contains("the step's own debugpy.listen(")
+                && stderr.contains("does nothing: debugpy already serves this process"),
+            "{mode}:\n{stderr}"
+        );
+        assert!(!stderr.contains("Traceback"), "{mode}:\n{stderr}");
+    }
+}
+
+/// When debugpy cannot start (its port taken, or not importable) the bootstrap says so
+/// on stderr; a stderr that is a pipe nobody reads any more made that line raise
+/// BrokenPipeError, and the step never ran (exit 1). Without the agent the same step
+/// runs to its end: so must it with the agent.
+#[test]
+fn debugpy_failing_to_start_with_stderr_a_broken_pipe_still_runs_the_step() {
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::write(site.path().join("sitecustomize.py"), TAKE_THE_DEBUG_PORT)
+        .expect("write sitecustomize.py");
+    // (python flags, what makes debugpy fail)
+    let cases: [(&[&str], &str); 2] = [(&[], "its port taken"), (&["-S"], "not importable")];
+    for (python_flags, what) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let developer = DeveloperSide::relay_only("own-debugpy");
+        let (_, _, range) = port_range(4);
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        drop(read);
+        let stdout_file = tempfile::NamedTempFile::new().expect("stdout file");
+        let mut cmd = developer.agent(dir.path());
+        cmd.env("PYTHONPATH", site.path())
+            .env("TAKE_DEBUG_PORT", "1")
+            .env("STEP_EXIT_CODE", STEP_CODE.to_string())
+            .args(["exec", "--debug", "--rank", "0", "--mode", "listen"])
+            .args(["--port-range", &range, "--", "python3"])
+            .args(python_flags)
+            .arg(step_py())
+            .stdin(Stdio::null())
+            .stdout(stdout_file.reopen().expect("reopen stdout file"))
+            .stderr(Stdio::from(write));
+        let mut child = cmd.spawn().expect("spawn amlx-agent exec");
+        let status = util::wait_within(&mut child, SESSION_DEADLINE);
+        let stdout = std::fs::read_to_string(stdout_file.path()).expect("read stdout");
+        assert_eq!(status.code(), Some(STEP_CODE), "{what}: {stdout}");
+        assert!(stdout.contains("done total 6"), "{what}: {stdout}");
+    }
+}
+
+/// A developer who reached the debug port of a listen-mode step before its bootstrap
+/// found that debugpy could not listen there was connected to whatever held the port (a
+/// process that had taken it), for as long as the step ran. The sidecar now ends such a
+/// connection in order when the bootstrap reports, and the step runs on with its code.
+#[test]
+fn a_developer_who_reached_a_taken_debug_port_is_let_go_when_debugpy_cannot_listen() {
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::write(site.path().join("sitecustomize.py"), TAKE_THE_DEBUG_PORT)
+        .expect("write sitecustomize.py");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let developer = DeveloperSide::relay_only("taken-port");
+    let (debug_port, _, range) = port_range(4);
+    let gate = Gate::in_dir(dir.path());
+    let mut cmd = developer.agent(dir.path());
+    cmd.env("PYTHONPATH", site.path())
+        .env("TAKE_DEBUG_PORT", "1")
+        .env("TAKE_DEBUG_PORT_THEN_WAIT", "3")
+        .env("STEP_GATE", gate.path())
+        .env("STEP_EXIT_CODE", STEP_CODE.to_string())
+        .args(["exec", "--debug", "--rank", "0", "--mode", "listen"])
+        .args(["--port-range", &range, "--", "python3"])
+        .arg(step_py());
+    let mut agent = Running::spawn(&mut cmd);
+    agent.wait_stderr("debug session waiting-for-debugger");
+    let (_connect, bound) = developer
+        .relay
+        .connect(&developer.connection_string(), &debug_port.to_string());
+    let fake = Fake::spawn(&["connect", &bound.port().to_string(), "configure-and-watch"]);
+    fake.wait_done(&agent);
+    agent.wait_stderr("debugging disabled for this run: debugpy could not listen on");
+    // The step is held at its gate: the connection must end now, not with the step.
+    let ended = fake
+        .stdout
+        .wait_for_from(0, "ended ", Duration::from_secs(10))
+        .map(|(_, line)| line)
+        .unwrap_or_else(|| {
+            panic!(
+                "the developer stayed connected to the port's holder\n{}",
+                agent.log()
+            )
+        });
+    assert!(ended.starts_with("ended "), "{ended}");
+    gate.open();
+    assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
+}
+
+/// A developer who reaches a listen-mode node whose debugpy is not (yet) listening is
+/// not attached: `status` said "attached" from the relayed connection's arrival, and for
+/// good when debugpy never came (`--inject none`, a step that starts no debugpy), though
+/// nobody was attached to anything. It now says so only once debugpy is reached.
+#[test]
+fn status_says_attached_only_once_the_developer_reaches_debugpy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let developer = DeveloperSide::relay_only("no-debugpy-yet");
+    let (debug_port, _, range) = port_range(4);
+    let gate = Gate::in_dir(dir.path());
+    let mut cmd = developer.agent(dir.path());
+    cmd.env("STEP_GATE", gate.path())
+        .env("STEP_EXIT_CODE", STEP_CODE.to_string())
+        .args(["exec", "--debug", "--rank", "0", "--mode", "listen"])
+        .args(["--inject", "none", "--port-range", &range, "--", "python3"])
+        .arg(step_py());
+    let mut agent = Running::spawn(&mut cmd);
+    agent.wait_stderr("debug session waiting-for-debugger");
+    let (_connect, bound) = developer
+        .relay
+        .connect(&developer.connection_string(), &debug_port.to_string());
+    let _fake = Fake::spawn(&["connect", &bound.port().to_string(), "configure-and-watch"]);
+    agent.wait_stderr("a developer reached rank 0");
+    // The sidecar tries debugpy for a while; meanwhile nobody is attached.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let session = session_of(&state_dir, agent.pid()).expect("the session's record");
+        assert_eq!(
+            session["state"],
+            "waiting-for-debugger",
+            "{session}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    gate.open();
+    assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
+}
