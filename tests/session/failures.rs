@@ -206,8 +206,9 @@ pub(super) fn down_relay(port: u16) -> String {
 
 /// A step that closes every descriptor it was started with (`os.closerange`) closes the
 /// session's lifeline and its port lock with them: the session ends, and the log says
-/// why (it had said only "debug session ended"). A step that simply exits does not draw
-/// that warning.
+/// why (it had said only "debug session ended"), and while the step runs on `status`
+/// shows it `running-undebugged` with that reason (its record had vanished as if the
+/// step had ended). A step that simply exits does not draw that warning.
 #[test]
 fn a_step_that_closes_its_inherited_descriptors_is_told_why_the_session_ended() {
     let cases = [
@@ -219,23 +220,32 @@ fn a_step_that_closes_its_inherited_descriptors_is_told_why_the_session_ended() 
     ];
     for (code, closes) in cases {
         let locks = tempfile::tempdir().expect("tempdir");
+        let state_dir = locks.path().join("state");
         let (_, _, range) = port_range(4);
-        let out = util::output_within(
-            util::agent()
-                .env("AMLX_LOCK_DIR", locks.path())
-                .env("AMLX_STATE_DIR", locks.path().join("state"))
-                .env("NO_COLOR", "1")
-                .args(["exec", "--replace", "--debug", "--rank", "0"])
-                .args(["--mode", "direct", "--node-ip", "127.0.0.1"])
-                .args(["--port-range", &range, "--", "python3", "-c", code]),
-            SESSION_DEADLINE,
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{code}: {stderr}");
+        let mut cmd = util::agent();
+        cmd.env("AMLX_LOCK_DIR", locks.path())
+            .env("AMLX_STATE_DIR", &state_dir)
+            .env("NO_COLOR", "1")
+            .args(["exec", "--replace", "--debug", "--rank", "0"])
+            .args(["--mode", "direct", "--node-ip", "127.0.0.1"])
+            .args(["--port-range", &range, "--", "python3", "-c", code]);
+        let mut agent = Running::spawn(&mut cmd);
+        if closes {
+            let session = wait_state(&state_dir, agent.pid(), "running-undebugged", &agent);
+            let reason = session["reason"].as_str().unwrap_or_default();
+            assert!(
+                reason.contains("closed the descriptors it was started with"),
+                "{session}\n{}",
+                agent.log()
+            );
+        }
+        let status = agent.wait_exit();
+        let log = agent.log();
+        assert!(status.success(), "{code}: {log}");
         assert_eq!(
-            stderr.contains("the step closed the descriptors it was started with"),
+            log.contains("the step closed the descriptors it was started with"),
             closes,
-            "{code}: {stderr}"
+            "{code}: {log}"
         );
     }
 }

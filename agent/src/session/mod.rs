@@ -252,19 +252,24 @@ pub fn run_sidecar(
         let mut reporter = Reporter::start(&spec);
         let step_holds_lifeline = spec.step_holds_lifeline;
         let port = spec.port;
+        // Resolves with whether the step lives on without its session (it closed the
+        // lifeline itself).
         let ended = async move {
             let why = lifeline.ended().await;
-            if why == LifelineEnd::Closed && step_holds_lifeline {
+            let step_lives_on = why == LifelineEnd::Closed && step_holds_lifeline;
+            if step_lives_on {
                 tracing::warn!(
                     "the step closed the descriptors it was started with while still running \
                      (os.closerange, a daemonising library): the debug session ends here and \
                      port {port} is no longer reserved for it"
                 );
             }
+            step_lives_on
         };
         tokio::pin!(ended);
         let step_end = StepEnd::default();
         let mut ended_at = None;
+        let mut lives_on = false;
         let without_debugpy = {
             let session = async {
                 match spec.mode {
@@ -278,7 +283,8 @@ pub fn run_sidecar(
             tokio::pin!(session);
             tokio::select! {
                 () = &mut session => None,
-                () = &mut ended => {
+                step_lives_on = &mut ended => {
+                    lives_on = step_lives_on;
                     // The developer's connections pass on debugpy's last bytes and end in
                     // order (bounded) instead of being dropped unfinished.
                     ended_at = Some(Instant::now());
@@ -307,7 +313,20 @@ pub fn run_sidecar(
                 Some(&format!("debugging disabled for this run: {why}")),
             );
             reporter.keep_record();
-            ended.await;
+            lives_on = ended.await;
+        }
+        if lives_on {
+            // The step runs on: its record says so (and why) for as long as it does,
+            // instead of vanishing as if the step had ended.
+            reporter.set(
+                SessionState::RunningUndebugged,
+                Some(&format!(
+                    "the step closed the descriptors it was started with (os.closerange, a \
+                     daemonising library): the debug session ended there and port {port} is \
+                     no longer reserved for it"
+                )),
+            );
+            reporter.keep_record();
         }
         // The whole end, drain and publishing, fits in FINAL_PUBLISH_TIMEOUT.
         let publish_within = ended_at.map_or(FINAL_PUBLISH_TIMEOUT, |at| {
