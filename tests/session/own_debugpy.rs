@@ -175,3 +175,47 @@ fn status_says_attached_only_once_the_developer_reaches_debugpy() {
     gate.open();
     assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
 }
+
+/// Prior-art step code that starts debugpy and waits for a client itself, a moment into
+/// its run (imports first).
+const LISTENS_AND_WAITS_ITSELF: &str = "\
+import os, sys, time, debugpy
+time.sleep(float(os.environ['STEP_DELAY']))
+debugpy.listen(int(os.environ.get('AMLX_DEBUG_PORT', '5678')))
+debugpy.wait_for_client()
+print('own wait over', flush=True)
+sys.exit(6)
+";
+
+/// The step's own `debugpy.wait_for_client()` (after its own `debugpy.listen`, answered
+/// by the bootstrap) waited for ever in connect mode once the session's deadline had
+/// passed (no debugger could end it), or raised "listen() or connect() must be called
+/// first" once the released session's connection had closed; in listen mode without
+/// `--wait-for-client` it was not bounded either. Every such wait now ends within the
+/// attach timeout plus the release grace of its call, and the step keeps its exit code.
+#[test]
+fn a_steps_own_wait_for_a_client_is_bounded_in_every_mode() {
+    // (mode, seconds the step runs before it listens and waits)
+    let cases = [("connect", "2"), ("connect", "8"), ("listen", "0")];
+    for (mode, delay) in cases {
+        let what = format!("{mode}, waiting after {delay} s");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let developer = DeveloperSide::relay_only("own-wait");
+        let (_, _, range) = port_range(4);
+        let out = util::output_within(
+            developer
+                .agent(dir.path())
+                .env("STEP_DELAY", delay)
+                .args(["exec", "--debug", "--rank", "0", "--mode", mode])
+                .args(["--attach-timeout", "1s", "--port-range", &range])
+                .args(["--", "python3", "-c", LISTENS_AND_WAITS_ITSELF]),
+            // 8 s before the wait, then at most 1 s + RELEASE_GRACE (10 s) in it.
+            SESSION_DEADLINE,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(STEP_CODE), "{what}:\n{stderr}");
+        assert!(stdout.contains("own wait over"), "{what}:\n{stderr}");
+        assert!(!stderr.contains("Traceback"), "{what}:\n{stderr}");
+    }
+}

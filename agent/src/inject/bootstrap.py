@@ -82,8 +82,8 @@ def _amlx_let_go_at(at, done, release_after, let_go):
     if done.wait(max(0.0, at - time.monotonic())):
         return
     _amlx_say(
-        "amlx-agent: no debugger finished attaching within %g s of the step's "
-        "start; the step runs on without one\n" % release_after
+        "amlx-agent: no debugger finished attaching within %g s; the step runs on "
+        "without one\n" % release_after
     )
     while not done.is_set():
         try:
@@ -93,21 +93,29 @@ def _amlx_let_go_at(at, done, release_after, let_go):
         done.wait(0.1)
 
 
-def _amlx_bound_the_wait(release_after):
-    # debugpy's `--wait-for-client` holds the step until a client finishes its setup.
-    # The sidecar releases it at the attach deadline over DAP, which needs debugpy's
-    # adapter to play along; one that a client left half set up may not. So the wait is
-    # also cancelled from here once `release_after` has passed since this start, if it
-    # still waits: a last resort that needs nothing but this process.
+def _amlx_bound_the_wait(release_after, agents_wait):
+    # debugpy's `wait_for_client` holds the step until a client finishes its setup: the
+    # agent's own (`--wait-for-client`) and a step's own call alike (prior-art code:
+    # `debugpy.listen(5678)`, then `debugpy.wait_for_client()`, which in connect mode, with
+    # the listen answered by `_amlx_answer_the_steps_listen`, no debugger ever ends). The
+    # sidecar releases the agent's wait at the attach deadline over DAP, which needs
+    # debugpy's adapter to play along; one that a client left half set up may not. So
+    # every wait is also cancelled from here once `release_after` has passed, if it still
+    # waits: since this start for the first (the agent's own), since its call for later
+    # ones (a step that waits late in its run gets its own count). A last resort that
+    # needs nothing but this process.
     import threading
     import time
 
     import debugpy
 
-    at = time.monotonic() + min(release_after, threading.TIMEOUT_MAX / 2)
+    bound = min(release_after, threading.TIMEOUT_MAX / 2)
+    first = [time.monotonic() + bound] if agents_wait else []
     wait = debugpy.wait_for_client
 
     def bounded_wait(*args, **kwargs):
+        steps_own = not first
+        at = first.pop() if first else time.monotonic() + bound
         done = threading.Event()
 
         def cancel_at_the_deadline():
@@ -119,6 +127,17 @@ def _amlx_bound_the_wait(release_after):
         ).start()
         try:
             return wait(*args, **kwargs)
+        except RuntimeError as error:
+            # The session debugpy was started for is over (its connection closed after a
+            # release): debugpy says no listen() or connect() was made. Nobody is coming;
+            # the step's own wait ends here instead of ending the step.
+            if not steps_own or "must be called first" not in str(error):
+                raise
+            _amlx_say(
+                "amlx-agent: the step's own debugpy.wait_for_client() returns at once: the "
+                "debug session is over (%s)\n" % error
+            )
+            return None
         finally:
             done.set()
 
@@ -291,9 +310,11 @@ if _amlx_started is not None:
     except Exception as error:
         _amlx_report("ok")
         _amlx_say("amlx-agent: cannot guard debugpy's listen (%s)\n" % error)
-    if AMLX_RELEASE_AFTER is not None and "--wait-for-client" in AMLX_DEBUGPY_ARGS:
+    if AMLX_RELEASE_AFTER is not None:
         try:
-            _amlx_bound_the_wait(AMLX_RELEASE_AFTER)
+            _amlx_bound_the_wait(
+                AMLX_RELEASE_AFTER, "--wait-for-client" in AMLX_DEBUGPY_ARGS
+            )
         except Exception as error:
             _amlx_say("amlx-agent: cannot bound debugpy's wait (%s)\n" % error)
     # debugpy's CLI connects only when no debugpy runs yet (its own guard, the same test).

@@ -273,15 +273,15 @@ fn prepare(
                 report_fd,
                 fail_without_debugpy: settings.session.on_failure == FailurePolicy::Fail,
                 // The sidecar releases a waiting step at the attach deadline, retrying for
-                // RELEASE_GRACE; past that the step lets itself go. A connect-mode step
-                // always waits (debugpy's --connect holds it until a debugger is set up).
-                release_after: (settings.session.wait_for_client || mode == DebugMode::Connect)
-                    .then(|| {
-                        settings
-                            .session
-                            .attach_timeout
-                            .saturating_add(crate::session::RELEASE_GRACE)
-                    }),
+                // RELEASE_GRACE; past that the step lets itself go. Every mode: a
+                // connect-mode step waits in debugpy's --connect, and a step's own
+                // `wait_for_client()` (prior-art code) waits in any mode.
+                release_after: Some(
+                    settings
+                        .session
+                        .attach_timeout
+                        .saturating_add(crate::session::RELEASE_GRACE),
+                ),
             };
             Some(inject::rewrite(&python, &endpoint, &options)?)
         }
