@@ -8,7 +8,19 @@ use super::failures::TAKE_THE_DEBUG_PORT;
 use super::faults::Fake;
 use super::harness::{DeveloperSide, SESSION_DEADLINE, port_range, step_py};
 use super::lifecycle::{Gate, Running, session_of};
+use crate::relay::harness::Proc;
 use crate::util;
+
+/// Once the listen-mode session of `agent` waits, a developer reaches its `debug_port`
+/// through `relay connect`: the fake debugger, which finishes its DAP setup and watches.
+fn developer_arrives(developer: &DeveloperSide, agent: &Running, debug_port: u16) -> (Proc, Fake) {
+    agent.wait_stderr("debug session waiting-for-debugger");
+    let (connect, bound) = developer
+        .relay
+        .connect(&developer.connection_string(), &debug_port.to_string());
+    let fake = Fake::spawn(&["connect", &bound.port().to_string(), "configure-and-watch"]);
+    (connect, fake)
+}
 
 /// The exit code the steps choose.
 const STEP_CODE: i32 = 6;
@@ -113,11 +125,7 @@ fn a_developer_who_reached_a_taken_debug_port_is_let_go_when_debugpy_cannot_list
         .args(["--port-range", &range, "--", "python3"])
         .arg(step_py());
     let mut agent = Running::spawn(&mut cmd);
-    agent.wait_stderr("debug session waiting-for-debugger");
-    let (_connect, bound) = developer
-        .relay
-        .connect(&developer.connection_string(), &debug_port.to_string());
-    let fake = Fake::spawn(&["connect", &bound.port().to_string(), "configure-and-watch"]);
+    let (_connect, fake) = developer_arrives(&developer, &agent, debug_port);
     fake.wait_done(&agent);
     agent.wait_stderr("debugging disabled for this run: debugpy could not listen on");
     // The step is held at its gate: the connection must end now, not with the step.
@@ -154,11 +162,7 @@ fn status_says_attached_only_once_the_developer_reaches_debugpy() {
         .args(["--inject", "none", "--port-range", &range, "--", "python3"])
         .arg(step_py());
     let mut agent = Running::spawn(&mut cmd);
-    agent.wait_stderr("debug session waiting-for-debugger");
-    let (_connect, bound) = developer
-        .relay
-        .connect(&developer.connection_string(), &debug_port.to_string());
-    let _fake = Fake::spawn(&["connect", &bound.port().to_string(), "configure-and-watch"]);
+    let (_connect, _fake) = developer_arrives(&developer, &agent, debug_port);
     agent.wait_stderr("a developer reached rank 0");
     // The sidecar tries debugpy for a while; meanwhile nobody is attached.
     let until = std::time::Instant::now() + Duration::from_secs(3);
