@@ -262,9 +262,14 @@ try:
         _amlx_test_taken.bind(('127.0.0.1', int(os.environ['AMLX_DEBUG_PORT'])))
         _amlx_test_taken.listen(1)
         os.environ['TAKE_DEBUG_PORT'] = '0'
-        # A moment in which a developer can reach the port's holder before debugpy tries.
+        # Until the test says so (bounded: 60 s), so that a developer can reach the
+        # port's holder before debugpy tries.
         import time
-        time.sleep(float(os.environ.get('TAKE_DEBUG_PORT_THEN_WAIT', '0')))
+        _amlx_test_go = os.environ.get('TAKE_DEBUG_PORT_UNTIL')
+        for _ in range(600 if _amlx_test_go else 0):
+            if os.path.exists(_amlx_test_go):
+                break
+            time.sleep(0.1)
 except OSError:
     pass
 ";

@@ -118,7 +118,7 @@ fn a_developer_who_reached_a_taken_debug_port_is_let_go_when_debugpy_cannot_list
     let mut cmd = developer.agent(dir.path());
     cmd.env("PYTHONPATH", site.path())
         .env("TAKE_DEBUG_PORT", "1")
-        .env("TAKE_DEBUG_PORT_THEN_WAIT", "3")
+        .env("TAKE_DEBUG_PORT_UNTIL", dir.path().join("go"))
         .env("STEP_GATE", gate.path())
         .env("STEP_EXIT_CODE", STEP_CODE.to_string())
         .args(["exec", "--debug", "--rank", "0", "--mode", "listen"])
@@ -127,6 +127,9 @@ fn a_developer_who_reached_a_taken_debug_port_is_let_go_when_debugpy_cannot_list
     let mut agent = Running::spawn(&mut cmd);
     let (_connect, fake) = developer_arrives(&developer, &agent, debug_port);
     fake.wait_done(&agent);
+    // Carried to the port's holder (it accepted); only then does debugpy try the port.
+    agent.wait_stderr("debug session attached");
+    std::fs::write(dir.path().join("go"), b"").expect("write the go file");
     agent.wait_stderr("debugging disabled for this run: debugpy could not listen on");
     // The step is held at its gate: the connection must end now, not with the step.
     let ended = fake
