@@ -269,7 +269,6 @@ where
     let splice = tunnel.splice(tunnel_end);
     tokio::pin!(splice);
     let mut splice_done = false;
-    let mut step_ended = false;
     let end = {
         // Dropped at the end of this block with the gate's end of the pipe: the splice
         // then reads the pipe's end and closes the tunnel in order.
@@ -280,8 +279,6 @@ where
             tokio::time::sleep(step_end::DRAIN).await;
         };
         tokio::pin!(drained);
-        let announced = step_end.announced();
-        tokio::pin!(announced);
         loop {
             tokio::select! {
                 end = &mut pump => break end,
@@ -291,11 +288,12 @@ where
                         tracing::debug!("the developer's relayed connection ended: {err}");
                     }
                 }
-                () = &mut announced, if !step_ended => step_ended = true,
                 () = &mut drained => break PumpEnd::StepEnded,
             }
         }
     };
+    // A pump that finished during the drain finished because the step ended.
+    let step_ended = step_end.is_announced();
     if !splice_done {
         let _ = tokio::time::timeout(SPLICE_CLOSE_GRACE, splice).await;
     }

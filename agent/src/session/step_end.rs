@@ -66,6 +66,11 @@ impl StepEnd {
         self.ended.cancelled().await;
     }
 
+    /// Whether the step's end has been announced.
+    pub fn is_announced(&self) -> bool {
+        self.ended.is_cancelled()
+    }
+
     /// Counts a carried connection until the guard is dropped.
     pub fn carrying(&self) -> CarryGuard {
         self.carrying.count.fetch_add(1, Ordering::AcqRel);
