@@ -4,6 +4,7 @@
 mod connect_mode;
 mod failures;
 mod faults;
+mod full_stderr;
 pub mod harness;
 mod lifecycle;
 mod mlflow_tags;

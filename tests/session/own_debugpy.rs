@@ -27,7 +27,7 @@ const STEP_CODE: i32 = 6;
 
 /// Prior-art step code: debugpy started by the step itself, on the port the agent
 /// exports, then the step goes on.
-const STARTS_DEBUGPY_ITSELF: &str = "\
+pub(super) const STARTS_DEBUGPY_ITSELF: &str = "\
 import os, sys, debugpy
 print('own listen answered', debugpy.listen(int(os.environ.get('AMLX_DEBUG_PORT', '5678'))), flush=True)
 sys.exit(6)

@@ -174,7 +174,7 @@ fn report(result: anyhow::Result<i32>) -> i32 {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("amlx-agent: error: {err:#}");
+            crate::logging::stderr::say(&format!("amlx-agent: error: {err:#}"));
             EXIT_AGENT_ERROR
         }
     }

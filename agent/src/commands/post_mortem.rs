@@ -29,7 +29,9 @@ use super::exec::target::{debugger_bind_ip, free_loopback_port, relay_endpoint};
 const CRASH_LINE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn run(args: &PostMortemArgs, settings: Result<Settings, ConfigError>) -> i32 {
-    never_block_on_the_log();
+    // The log goes to the crashed process's stdout: when that is a pipe nobody empties,
+    // a log line must be lost rather than hold the session (its deadline included).
+    crate::logging::stderr::never_wait();
     let Some(mut reply) = stdout_file() else {
         return 1;
     };
@@ -239,33 +241,6 @@ fn read_crash_line() -> Result<Crash, String> {
         bytes.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
     Crash::parse(&bytes).ok_or_else(|| "the hook's crash line is unreadable".to_owned())
-}
-
-/// The log goes to the crashed process's stdout: when that is a pipe nobody empties, a
-/// log line must be lost rather than block the session (its deadline included). A pipe
-/// reopened through /proc is a new open file: non-blocking there, the process's own
-/// stdout stays as it was. (Files never block; other kinds are left alone.)
-fn never_block_on_the_log() {
-    use nix::sys::stat::{SFlag, fstat};
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let is_pipe = fstat(std::io::stderr().as_fd()).is_ok_and(|stat| {
-        SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO
-    });
-    if !is_pipe {
-        return;
-    }
-    let reopened = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open("/proc/self/fd/2");
-    match reopened {
-        Ok(file) => {
-            if let Err(err) = nix::unistd::dup2_stderr(file.as_fd()) {
-                tracing::debug!("the log may block on a full pipe: {err}");
-            }
-        }
-        Err(err) => tracing::debug!("the log may block on a full pipe: {err}"),
-    }
 }
 
 /// This process's stdout as a file (unbuffered: each line reaches the hook at once).

@@ -4,17 +4,32 @@
 # command line exactly as `python -m debugpy <args> <target> <args>` would, or, when
 # debugpy cannot be imported, runs the target without it in this same interpreter and
 # says why. One interpreter either way: asking a second one first cost ~80 ms a start.
-# The agent fills in the four values below; everything else is fixed text.
+# The agent fills in the five values below; everything else is fixed text.
 import os
 import sys
 
 
+_amlx_stderr_waited = []
+
+
 def _amlx_say(text):
-    # One line for the step's stderr. A stderr that is closed, gone or a pipe nobody reads
-    # any more must not end the step: without the agent nothing would have been written.
+    # One line for the step's stderr (fd 2). A stderr that is closed, gone, or a pipe nobody
+    # reads or empties any more must neither end the step nor hold it: without the agent
+    # nothing would have been written. So a line is written once select says there is room
+    # (a pipe with room takes up to 4096 bytes whole); the first line that finds none waits
+    # up to AMLX_STDERR_WAIT seconds, and after that a line that finds none is dropped.
     try:
-        sys.stderr.write(text)
-        sys.stderr.flush()
+        import select
+        import time
+
+        data = text.encode("utf-8", "backslashreplace")
+        deadline = time.monotonic() + (0.0 if _amlx_stderr_waited else AMLX_STDERR_WAIT)
+        while data:
+            left = max(0.0, deadline - time.monotonic())
+            if not select.select([], [2], [], left)[1]:
+                _amlx_stderr_waited.append(True)
+                return
+            data = data[os.write(2, data[:4096]) :]
     except Exception:
         pass
 

@@ -2,7 +2,7 @@
 //! or runs without it when debugpy cannot be imported, and how it tells the sidecar.
 //!
 //! The step runs `python <options> -c LAUNCHER <target> <args>`. [`LAUNCHER`] executes
-//! the text of `bootstrap.py` (next to this file), which the agent puts, with four
+//! the text of `bootstrap.py` (next to this file), which the agent puts, with five
 //! values filled in, into [`BOOTSTRAP_VAR`]; the launcher pops that variable, so no
 //! child of the step sees it. The text imports debugpy's command line and starts it
 //! with the debugpy arguments in front of the target: what `python -m debugpy …` does.
@@ -66,8 +66,10 @@ pub fn text(
     };
     format!(
         "AMLX_REPORT_FD = {}\nAMLX_DEBUGPY_ARGS = {args}\nAMLX_FAIL = {fail}\n\
-         AMLX_RELEASE_AFTER = {release_after}\n{TEXT}",
-        report_fd.unwrap_or(-1)
+         AMLX_RELEASE_AFTER = {release_after}\nAMLX_STDERR_WAIT = {}\n{TEXT}",
+        report_fd.unwrap_or(-1),
+        // The agent's own bound, so the step's notes wait no longer than its log does.
+        crate::logging::stderr::STDERR_WAIT_BOUND.as_secs_f64()
     )
 }
 
@@ -138,10 +140,11 @@ mod tests {
     }
 
     #[test]
-    fn the_text_fills_in_exactly_the_four_values() {
+    fn the_text_fills_in_exactly_the_five_values() {
         let text = text(&[], None, true, None);
         assert!(text.starts_with(
-            "AMLX_REPORT_FD = -1\nAMLX_DEBUGPY_ARGS = []\nAMLX_FAIL = True\nAMLX_RELEASE_AFTER = None\n"
+            "AMLX_REPORT_FD = -1\nAMLX_DEBUGPY_ARGS = []\nAMLX_FAIL = True\nAMLX_RELEASE_AFTER = None\n\
+             AMLX_STDERR_WAIT = 1\n"
         ));
         let cases = [
             (Duration::from_secs(20), "20"),
@@ -161,6 +164,7 @@ mod tests {
             "AMLX_DEBUGPY_ARGS",
             "AMLX_FAIL",
             "AMLX_RELEASE_AFTER",
+            "AMLX_STDERR_WAIT",
         ] {
             assert!(TEXT.contains(name), "{name} is used by bootstrap.py");
             assert!(

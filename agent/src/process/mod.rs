@@ -183,13 +183,8 @@ pub fn run_or(mode: ProcessMode, step: &Step, plain: Option<&Step>) -> i32 {
 
 /// Prints the one-line reason the step could not start and returns its exit code.
 fn report(err: ExecError) -> i32 {
-    use std::io::Write as _;
     // Not eprintln!: with stderr a closed pipe it panics, and a supervisor then exited
-    // 101 instead of the step's 127 or 126.
-    let _ = writeln!(
-        std::io::stderr(),
-        "amlx-agent: {err} (exit {})",
-        err.exit_code
-    );
+    // 101 instead of the step's 127 or 126; and a full one must not hold the exit.
+    crate::logging::stderr::say(&format!("amlx-agent: {err} (exit {})", err.exit_code));
     err.exit_code
 }

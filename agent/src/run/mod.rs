@@ -581,7 +581,7 @@ fn quiet_logs() -> Option<tracing::subscriber::DefaultGuard> {
     }
     let quiet = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::logging::stderr::Stderr)
         .with_ansi(false)
         .with_target(false)
         .finish();

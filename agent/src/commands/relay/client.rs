@@ -97,10 +97,10 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
         // it drains.
         let shutdown = super::shutdown_on_signal();
         // A stable line for scripts and tests (port 0 picks the port).
-        eprintln!(
+        crate::logging::stderr::say(&format!(
             "amlx-agent relay connect: listening on {bound} (port name {port_name}, hc {})",
             endpoint.entity
-        );
+        ));
         let limits = forward::LocalLimits {
             max_tunnels,
             spares,

@@ -33,10 +33,10 @@ pub fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<i32> {
         // it drains.
         let shutdown = super::shutdown_on_signal();
         // A stable line for scripts and tests (port 0 picks the port).
-        eprintln!(
+        crate::logging::stderr::say(&format!(
             "relay serve: listening on {}://{bound}",
             server_settings.scheme()
-        );
+        ));
         server::run(listener, server_settings, shutdown).await
     })?;
     Ok(0)

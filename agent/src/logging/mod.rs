@@ -1,4 +1,5 @@
-//! Logging to stderr: text or JSON, `RUST_LOG`-style filter with an `info` default.
+//! Logging to stderr: text or JSON, `RUST_LOG`-style filter with an `info` default; a
+//! stderr with no room holds a process at most once, briefly ([`stderr`]).
 
 use std::time::{Duration, Instant};
 
@@ -7,6 +8,8 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::cli::LogFormat;
+
+pub mod stderr;
 
 /// Libraries whose verbose logs would print secrets, capped at info whatever `RUST_LOG`
 /// asks for.
@@ -29,7 +32,7 @@ pub fn init(format: LogFormat, verbosity: i8) {
     macro_rules! install {
         ($builder:expr) => {{
             let builder = $builder
-                .with_writer(std::io::stderr)
+                .with_writer(stderr::Stderr)
                 // Colour only for a person at a terminal; job logs must stay plain text.
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_target(false)
@@ -71,7 +74,7 @@ fn filter_subscriber(
 ) -> Result<(), tracing::subscriber::SetGlobalDefaultError> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(stderr::Stderr)
         .with_ansi(ansi)
         .with_target(false)
         .log_internal_errors(false);
