@@ -22,6 +22,9 @@ const STEP_CODE: i32 = 6;
 /// loaded machine. Every case hung for ever before.
 const CASE_BOUND: Duration = Duration::from_secs(45);
 
+/// Variables for the step (name, value).
+type StepEnv<'a> = &'a [(&'a str, &'a str)];
+
 /// A pipe whose write end is full and blocking (as a step's stderr is), and its read end,
 /// which the test keeps open and never reads until the step is over.
 fn full_pipe() -> (OwnedFd, OwnedFd) {
@@ -47,7 +50,7 @@ fn a_debug_target_whose_stderr_is_a_full_pipe_nobody_empties_still_runs_the_step
     let step = step.to_str().expect("a UTF-8 path");
     // (what, mode, the step's python arguments, its environment): each case makes
     // different processes of the agent write to the full pipe.
-    let cases: [(&str, &str, &[&str], &[(&str, &str)]); 5] = [
+    let cases: [(&str, &str, &[&str], StepEnv); 5] = [
         ("connect mode, nobody attaching", "connect", &[step], &[]),
         ("listen mode, nobody attaching", "listen", &[step], &[]),
         ("debugpy not importable", "listen", &["-S", step], &[]),
