@@ -104,14 +104,17 @@ fn debugpy_failing_to_start_with_stderr_a_broken_pipe_still_runs_the_step() {
 
 /// A developer who reached the debug port of a listen-mode step before its bootstrap
 /// found that debugpy could not listen there was connected to whatever held the port (a
-/// process that had taken it), for as long as the step ran. The sidecar now ends such a
-/// connection in order when the bootstrap reports, and the step runs on with its code.
+/// process that had taken it) and shown `attached`, for as long as the step ran. Now a
+/// developer is connected only once the bootstrap says debugpy listens: here they wait,
+/// are never carried to the port's holder, and are told why when the bootstrap reports
+/// that debugpy could not listen; the step runs on with its code.
 #[test]
-fn a_developer_who_reached_a_taken_debug_port_is_let_go_when_debugpy_cannot_listen() {
+fn a_developer_who_reaches_a_taken_debug_port_is_never_carried_to_its_holder() {
     let site = tempfile::tempdir().expect("tempdir");
     std::fs::write(site.path().join("sitecustomize.py"), TAKE_THE_DEBUG_PORT)
         .expect("write sitecustomize.py");
     let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
     let developer = DeveloperSide::relay_only("taken-port");
     let (debug_port, _, range) = port_range(4);
     let gate = Gate::in_dir(dir.path());
@@ -127,23 +130,85 @@ fn a_developer_who_reached_a_taken_debug_port_is_let_go_when_debugpy_cannot_list
     let mut agent = Running::spawn(&mut cmd);
     let (_connect, fake) = developer_arrives(&developer, &agent, debug_port);
     fake.wait_done(&agent);
-    // Carried to the port's holder (it accepted); only then does debugpy try the port.
-    agent.wait_stderr("debug session attached");
+    agent.wait_stderr("a developer reached rank 0");
+    // The port's holder accepts connections; the developer must not be carried to it.
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        let session = session_of(&state_dir, agent.pid()).expect("the session's record");
+        assert_eq!(
+            session["state"],
+            "waiting-for-debugger",
+            "{session}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::fs::write(dir.path().join("go"), b"").expect("write the go file");
-    agent.wait_stderr("debugging disabled for this run: debugpy could not listen on");
-    // The step is held at its gate: the connection must end now, not with the step.
+    agent.wait_stderr(
+        "a developer could not be connected to debugpy: debugpy did not start on the target: \
+         debugpy could not listen on",
+    );
+    // The step is held at its gate: the developer's connection ends now.
     let ended = fake
         .stdout
         .wait_for_from(0, "ended ", Duration::from_secs(10))
         .map(|(_, line)| line)
-        .unwrap_or_else(|| {
-            panic!(
-                "the developer stayed connected to the port's holder\n{}",
-                agent.log()
-            )
-        });
+        .unwrap_or_else(|| panic!("the developer was never let go\n{}", agent.log()));
     assert!(ended.starts_with("ended "), "{ended}");
+    assert!(
+        !agent.log().contains("debug session attached"),
+        "{}",
+        agent.log()
+    );
     gate.open();
+    assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
+}
+
+/// A developer who reached a listen-mode node while the step's interpreter was still
+/// starting (a sitecustomize that takes a while, a large environment on a network file
+/// system) was turned away after about 10 s with "debugpy is not listening on the
+/// target", though debugpy came a moment later. Now they wait for the step's bootstrap
+/// to say debugpy listens (bounded) and are then carried to it.
+#[test]
+fn a_developer_who_arrives_while_the_interpreter_starts_slowly_is_carried_to_debugpy() {
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        site.path().join("sitecustomize.py"),
+        "import os, time\ntime.sleep(float(os.environ.get('SLOW_START', '0')))\n",
+    )
+    .expect("write sitecustomize.py");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let developer = DeveloperSide::relay_only("slow-start");
+    let (debug_port, _, range) = port_range(4);
+    let gate = Gate::in_dir(dir.path());
+    let mut cmd = developer.agent(dir.path());
+    cmd.env("PYTHONPATH", site.path())
+        // Longer than the ~10 s of tries that turned the developer away.
+        .env("SLOW_START", "12")
+        .env("STEP_GATE", gate.path())
+        .env("STEP_EXIT_CODE", STEP_CODE.to_string())
+        .args(["exec", "--debug", "--rank", "0", "--mode", "listen"])
+        .args(["--port-range", &range, "--", "python3"])
+        .arg(step_py());
+    let mut agent = Running::spawn(&mut cmd);
+    let (_connect, fake) = developer_arrives(&developer, &agent, debug_port);
+    fake.wait_done(&agent);
+    agent.wait_stderr("a developer reached rank 0");
+    util::wait_for("the developer attached", SESSION_DEADLINE, || {
+        let log = agent.log();
+        assert!(
+            !log.contains("a developer could not be connected"),
+            "turned away:\n{log}"
+        );
+        log.contains("debug session attached").then_some(())
+    });
+    gate.open();
+    let ended = fake
+        .stdout
+        .wait_for_from(0, "ended ", SESSION_DEADLINE)
+        .map(|(_, line)| line)
+        .unwrap_or_else(|| panic!("the debugger never saw the end\n{}", agent.log()));
+    assert!(ended.contains("terminated"), "{ended}\n{}", agent.log());
     assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
 }
 

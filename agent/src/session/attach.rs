@@ -19,15 +19,28 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::gate::{self, GateState, PumpEnd};
 use super::report::Reporter;
 use super::step_end::StepEnd;
 use super::{SessionSpec, deadline_after, release_listening_debuggee};
+use crate::inject::bootstrap::Report;
 use crate::publish::SessionState;
 use crate::relay::client::{Tunnel, backoff};
+
+/// What the step's bootstrap has said about debugpy so far (`None`: nothing yet). Until
+/// it says debugpy started, whatever accepts on debugpy's port is not known to be debugpy
+/// (another process may hold the port, and debugpy's listen then fails): a developer is
+/// connected to it only once the bootstrap said so, or when it says nothing usable
+/// (`--inject none`: no bootstrap; a step that replaced its process).
+pub type BootstrapWord = watch::Receiver<Option<Report>>;
+
+/// How long a developer who arrived before the step's bootstrap said how debugpy's start
+/// went waits for it: an interpreter that starts slowly (a large environment on a network
+/// file system) turned developers away with "debugpy is not listening" after ~10 s.
+const BOOTSTRAP_WORD_WAIT: Duration = Duration::from_secs(60);
 
 /// What happened to a developer connection, for the deadline's owner.
 #[derive(Debug)]
@@ -81,6 +94,8 @@ pub struct Shared {
     was_configured: Arc<AtomicBool>,
     /// Announced when the step has ended: relayed connections end in order.
     step_end: StepEnd,
+    /// Whether debugpy started, as the step's bootstrap said.
+    bootstrap: BootstrapWord,
 }
 
 /// An adapter connection kept open after its developer left during the setup.
@@ -94,7 +109,11 @@ struct Held {
 const CUTOFF_SETTLE: Duration = Duration::from_secs(1);
 
 impl Shared {
-    pub fn new(debugpy: SocketAddr, step_end: StepEnd) -> (Shared, mpsc::UnboundedReceiver<Event>) {
+    pub fn new(
+        debugpy: SocketAddr,
+        step_end: StepEnd,
+        bootstrap: BootstrapWord,
+    ) -> (Shared, mpsc::UnboundedReceiver<Event>) {
         let (events, receiver) = mpsc::unbounded_channel();
         let shared = Shared {
             debugpy,
@@ -106,6 +125,7 @@ impl Shared {
             live: Arc::default(),
             was_configured: Arc::default(),
             step_end,
+            bootstrap,
         };
         (shared, receiver)
     }
@@ -152,12 +172,31 @@ impl Shared {
         let _ = self.events.send(Event::Connected);
     }
 
-    /// Connects to debugpy, which may still be starting (bounded retries).
-    pub async fn connect_debugpy(&self) -> Option<TcpStream> {
+    /// Connects to debugpy once the step's bootstrap said it started (bounded by
+    /// [`BOOTSTRAP_WORD_WAIT`]), then with bounded retries; `Err` says why not, for the
+    /// developer.
+    pub async fn connect_debugpy(&self) -> Result<TcpStream, String> {
+        let mut word = self.bootstrap.clone();
+        match tokio::time::timeout(BOOTSTRAP_WORD_WAIT, word.wait_for(Option::is_some)).await {
+            Ok(Ok(said)) => {
+                if let Some(Report::Missing(why)) = &*said {
+                    return Err(format!("debugpy did not start on the target: {why}"));
+                }
+            }
+            // The session is ending (the sender is gone): the tries below are bounded.
+            Ok(Err(_)) => {}
+            Err(_) => {
+                return Err(format!(
+                    "the step has not started debugpy within {}s (its interpreter is still \
+                     starting, or it hangs before its first line); try again later",
+                    BOOTSTRAP_WORD_WAIT.as_secs()
+                ));
+            }
+        }
         for attempt in 0..DEBUGPY_CONNECT_ATTEMPTS {
             let connect = TcpStream::connect(self.debugpy);
             match tokio::time::timeout(DEBUGPY_CONNECT_TIMEOUT, connect).await {
-                Ok(Ok(stream)) => return Some(stream),
+                Ok(Ok(stream)) => return Ok(stream),
                 Ok(Err(err)) if attempt + 1 == DEBUGPY_CONNECT_ATTEMPTS => {
                     tracing::warn!("debugpy does not listen on {}: {err}", self.debugpy);
                 }
@@ -167,7 +206,7 @@ impl Shared {
                 _ => tokio::time::sleep(backoff::reconnect_delay(1)).await,
             }
         }
-        None
+        Err("debugpy is not listening on the target".to_owned())
     }
 
     /// Serves one developer connection through the gate to `debugpy`; reports how it

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use super::attach::{self, Developer, Shared};
+use super::attach::{self, BootstrapWord, Developer, Shared};
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
 use super::step_end::StepEnd;
@@ -28,6 +28,7 @@ pub async fn run(
     mut ready: ReadySignal,
     reporter: &mut Reporter,
     step_end: &StepEnd,
+    bootstrap: BootstrapWord,
 ) {
     if spec.proxy_port.is_none() {
         return watch(spec, ready, reporter).await;
@@ -47,7 +48,7 @@ pub async fn run(
     };
     ready.ready();
     reporter.set(SessionState::WaitingForDebugger, None);
-    let (shared, events) = Shared::new(spec.debugpy_address(), step_end.clone());
+    let (shared, events) = Shared::new(spec.debugpy_address(), step_end.clone(), bootstrap);
     let accepting = accept_loop(listener, shared.clone());
     let why = attach::hold(spec, &shared, events, reporter, accepting).await;
     if spec.post_mortem.is_some() {
@@ -74,8 +75,12 @@ async fn accept_loop(listener: TcpListener, shared: Shared) -> String {
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let Some(debugpy) = shared.connect_debugpy().await else {
-                return;
+            let debugpy = match shared.connect_debugpy().await {
+                Ok(debugpy) => debugpy,
+                Err(why) => {
+                    tracing::warn!("a developer could not be connected to debugpy: {why}");
+                    return;
+                }
             };
             // Attached once debugpy is reached, not while it is awaited.
             shared.arrived();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::attach::{self, Developer, Shared};
+use super::attach::{self, BootstrapWord, Developer, Shared};
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
 use super::step_end::StepEnd;
@@ -86,15 +86,14 @@ impl AcceptHandler for Forwarder {
             .rank
             .map_or_else(|| "?".to_owned(), |rank| rank.to_string());
         tracing::info!("a developer reached rank {rank} (port {})", self.port);
-        let Some(debugpy) = self.shared.connect_debugpy().await else {
-            // Said in the Close, so the developer's side quotes it instead of guessing.
-            tunnel
-                .finish(
-                    close_code::SERVER_ERROR,
-                    "debugpy is not listening on the target",
-                )
-                .await;
-            return;
+        let debugpy = match self.shared.connect_debugpy().await {
+            Ok(debugpy) => debugpy,
+            Err(why) => {
+                tracing::warn!("a developer could not be connected to debugpy: {why}");
+                // Said in the Close, so the developer's side quotes it instead of guessing.
+                tunnel.finish(close_code::SERVER_ERROR, &why).await;
+                return;
+            }
         };
         // Attached from here: debugpy is reached (`status` said "attached" while debugpy
         // was still awaited, and for good when it never came).
@@ -119,12 +118,13 @@ pub async fn run(
     mut ready: ReadySignal,
     reporter: &mut Reporter,
     step_end: &StepEnd,
+    bootstrap: BootstrapWord,
 ) {
     let Some(endpoint) = spec.relay.clone() else {
         ready.failed("listen mode needs a relay; none is configured");
         return;
     };
-    let (shared, events) = Shared::new(spec.debugpy_address(), step_end.clone());
+    let (shared, events) = Shared::new(spec.debugpy_address(), step_end.clone(), bootstrap);
     let forwarder = Arc::new(Forwarder {
         entity: endpoint.entity.clone(),
         port: spec.port,

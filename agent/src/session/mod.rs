@@ -268,6 +268,9 @@ pub fn run_sidecar(
         };
         tokio::pin!(ended);
         let step_end = StepEnd::default();
+        // What the step's bootstrap says about debugpy, for the developers who arrive
+        // before it did (listen and direct modes).
+        let (bootstrap_said, bootstrap_word) = tokio::sync::watch::channel(None);
         let mut ended_at = None;
         let mut lives_on = false;
         let without_debugpy = {
@@ -276,8 +279,12 @@ pub fn run_sidecar(
                     DebugMode::Connect => {
                         connect::run(&spec, ready, &mut reporter, &step_end).await;
                     }
-                    DebugMode::Listen => listen::run(&spec, ready, &mut reporter, &step_end).await,
-                    DebugMode::Direct => direct::run(&spec, ready, &mut reporter, &step_end).await,
+                    DebugMode::Listen => {
+                        listen::run(&spec, ready, &mut reporter, &step_end, bootstrap_word).await;
+                    }
+                    DebugMode::Direct => {
+                        direct::run(&spec, ready, &mut reporter, &step_end, bootstrap_word).await;
+                    }
                 }
             };
             tokio::pin!(session);
@@ -298,7 +305,7 @@ pub fn run_sidecar(
                     .await;
                     None
                 }
-                why = bootstrap_missing(bootstrap) => Some(why),
+                why = bootstrap_missing(bootstrap, bootstrap_said) => Some(why),
             }
         };
         if let Some(why) = without_debugpy {
@@ -353,10 +360,15 @@ pub fn run_sidecar(
     0
 }
 
-/// Resolves (with the reason) only when the step's bootstrap reports that it could not
-/// import debugpy; a started debugpy, a silent step or no pipe at all never resolve.
-async fn bootstrap_missing(report: Option<OwnedFd>) -> String {
+/// Reads the step's bootstrap report and passes it on through `said` (no pipe at all, or
+/// nothing usable, is [`Report::Silent`]); resolves (with the reason) only when the
+/// bootstrap could not start debugpy.
+async fn bootstrap_missing(
+    report: Option<OwnedFd>,
+    said: tokio::sync::watch::Sender<Option<Report>>,
+) -> String {
     use tokio::io::AsyncReadExt as _;
+    let mut heard = Report::Silent;
     if let Some(fd) = report {
         // One line, then the bootstrap closes its end; a supervisor may still hold a
         // copy of the write end, so the line's end, not EOF, ends the read.
@@ -374,15 +386,21 @@ async fn bootstrap_missing(report: Option<OwnedFd>) -> String {
             Ok::<_, std::io::Error>(bytes)
         };
         match read.await {
-            Ok(bytes) => match bootstrap::read_report(&bytes) {
-                Report::Missing(why) => return why,
-                Report::Started => tracing::debug!("the step's bootstrap started debugpy"),
-                Report::Silent => tracing::debug!("the step's bootstrap did not report"),
-            },
+            Ok(bytes) => heard = bootstrap::read_report(&bytes),
             Err(err) => tracing::debug!("reading the step's bootstrap report: {err}"),
         }
     }
-    std::future::pending().await
+    match &heard {
+        Report::Missing(_) => {}
+        Report::Started => tracing::debug!("the step's bootstrap started debugpy"),
+        Report::Silent => tracing::debug!("the step's bootstrap did not report"),
+    }
+    // Kept for the developers who ask later (a receiver reads the last value).
+    said.send_replace(Some(heard.clone()));
+    match heard {
+        Report::Missing(why) => why,
+        Report::Started | Report::Silent => std::future::pending().await,
+    }
 }
 
 /// The relay path cannot be set up: record why, tell the agent, and (when the step runs
