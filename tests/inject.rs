@@ -151,7 +151,8 @@ fn listen_mode_runs_the_step_under_debugpy_to_completion() {
     );
     let output = run_bounded(cmd, STEP_DEADLINE);
     drop(write);
-    assert_eq!(read_pipe(read), Report::Started);
+    // With the port debugpy's adapter listens on.
+    assert_eq!(read_pipe(read), Report::Started(Some(port)));
     let report = report(&output);
     assert_eq!(report["loaded"], true);
     assert_eq!(report["running"], "true");
@@ -163,6 +164,50 @@ fn listen_mode_runs_the_step_under_debugpy_to_completion() {
     let argv0 = report["argv"][0].as_str().unwrap_or_default();
     assert!(argv0.ends_with("step.py"), "{report}");
     assert_eq!(report["argv"][1], probe.as_str());
+}
+
+/// Port 0 lets debugpy's adapter pick its port when it binds (direct mode's loopback
+/// port: one chosen before the step started could be taken by another process first);
+/// the bootstrap's report says which, and debugpy listens there.
+#[test]
+fn listen_on_port_zero_reports_the_port_debugpys_adapter_picked() {
+    let argv = words(&["python3", "-c", "import time; time.sleep(60)"]);
+    let endpoint = Endpoint {
+        mode: DebugMode::Listen,
+        port: 0,
+        node_ip: None,
+    };
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    let options = DebugpyOptions {
+        report_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&write)),
+        ..DebugpyOptions::default()
+    };
+    let (mut cmd, _) = injected_with(&argv, endpoint, options);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn the step");
+    drop(write);
+    let (sender, reported) = mpsc::channel();
+    std::thread::spawn(move || sender.send(read_pipe(read)));
+    let report = reported.recv_timeout(STEP_DEADLINE);
+    let reached = match &report {
+        Ok(Report::Started(Some(port))) => Some(TcpStream::connect(("127.0.0.1", *port))),
+        _ => None,
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let report = report.expect("the bootstrap's report within the deadline");
+    let Report::Started(Some(port)) = report else {
+        panic!("no port in the report: {report:?}");
+    };
+    assert_ne!(port, 0);
+    let reached = reached.expect("tried");
+    assert!(
+        reached.is_ok(),
+        "debugpy does not listen on {port}: {reached:?}"
+    );
 }
 
 #[test]

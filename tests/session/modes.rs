@@ -158,6 +158,57 @@ fn direct_mode_logs_the_address_a_debugger_attaches_to() {
     );
 }
 
+/// A sitecustomize that takes direct mode's loopback port for debugpy, read from the
+/// bootstrap's debugpy arguments, just before debugpy binds it: what another process of
+/// a busy node did when the agent chose the port before the step started (CI saw it).
+const TAKE_DEBUGPYS_LOOPBACK_PORT: &str = "\
+import os, re, socket
+_amlx_test_taken = None
+_amlx_test_port = re.search(r'127\\.0\\.0\\.1:(\\d+)', os.environ.get('AMLX_DEBUGPY_BOOTSTRAP', ''))
+if _amlx_test_port and int(_amlx_test_port.group(1)) != 0:
+    _amlx_test_taken = socket.socket()
+    _amlx_test_taken.bind(('127.0.0.1', int(_amlx_test_port.group(1))))
+    _amlx_test_taken.listen(1)
+";
+
+/// Direct mode's debugpy listens on a loopback port behind the sidecar. The agent chose
+/// that port before the step started and debugpy bound it later: another process could
+/// take it in between, and the session was lost (debugpy could not listen). Now
+/// debugpy's adapter picks its port when it binds and the bootstrap reports it.
+#[test]
+fn direct_mode_s_loopback_port_cannot_be_taken_before_debugpy_binds_it() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        site.path().join("sitecustomize.py"),
+        TAKE_DEBUGPYS_LOOPBACK_PORT,
+    )
+    .expect("write sitecustomize.py");
+    let (_, _, range) = port_range(4);
+    let mut agent = Running::spawn(
+        util::agent()
+            .env("AMLX_LOCK_DIR", locks.path())
+            .env("AMLX_STATE_DIR", locks.path().join("state"))
+            .env("PYTHONPATH", site.path())
+            .env("NO_COLOR", "1")
+            .args(["exec", "--debug", "--mode", "direct"])
+            .args(["--node-ip", "127.0.0.1"])
+            .args(["--wait-for-client", "--attach-timeout", "60s"])
+            .args(["--port-range", &range, "--", "python3"])
+            .arg(step_py()),
+    );
+    let line = agent.wait_stderr(" debug port ");
+    let (ip, port) = announced_address(&line);
+    wait_debugpy_listening(port);
+    let client = DapClient::start(&[Attach::connect(&ip.to_string(), port)]);
+    let outcome = &client.finish(1)[0];
+    assert_breakpoint_hit(outcome, &agent);
+    let status = agent.wait_exit();
+    assert!(status.success(), "{status:?}:\n{}", agent.log());
+    let log = agent.log();
+    assert!(!log.contains("debugging disabled"), "{log}");
+}
+
 #[test]
 fn a_waiting_step_is_released_at_the_attach_timeout_when_nobody_attaches() {
     for mode in ["listen", "direct"] {

@@ -254,7 +254,11 @@ def _amlx_guard_the_listen(report, fail):
             )
             report("missing " + why + _amlx_not_run(fail))
             raise _AmlxNoDebugger(why)
-        report("ok")
+        # With the port the adapter listens on: the agent may have let it pick one.
+        try:
+            report("ok %d" % int(endpoint[1]))
+        except Exception:
+            report("ok")
         _amlx_answer_the_steps_listen(endpoint)
         return endpoint
 

@@ -76,8 +76,11 @@ pub fn text(
 /// What the bootstrap told the sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    /// debugpy was imported: the session goes on.
-    Started,
+    /// debugpy was imported (and, for `--listen`, listens): the session goes on. With the
+    /// port debugpy's adapter listens on when the bootstrap said it (`--listen` with
+    /// port 0 lets the adapter pick one: direct mode, where no other process can take
+    /// the port between its choice and the adapter's bind).
+    Started(Option<u16>),
     /// debugpy could not be imported (why): the step runs without it.
     Missing(String),
     /// Nothing usable: the step ended (or was replaced) before its bootstrap wrote.
@@ -88,7 +91,8 @@ pub enum Report {
 ///
 /// ```
 /// use amlx_agent::inject::bootstrap::{Report, read_report};
-/// assert_eq!(read_report(b"ok\n"), Report::Started);
+/// assert_eq!(read_report(b"ok\n"), Report::Started(None));
+/// assert_eq!(read_report(b"ok 40123\n"), Report::Started(Some(40123)));
 /// assert_eq!(read_report(b"missing no debugpy\n"), Report::Missing("no debugpy".into()));
 /// assert_eq!(read_report(b""), Report::Silent);
 /// assert_eq!(read_report(b"\xff\xfe"), Report::Silent);
@@ -97,7 +101,16 @@ pub fn read_report(bytes: &[u8]) -> Report {
     let bytes = bytes.get(..MAX_REPORT_BYTES).unwrap_or(bytes);
     let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
     if line == b"ok" {
-        return Report::Started;
+        return Report::Started(None);
+    }
+    if let Some(port) = line.strip_prefix(b"ok ") {
+        // debugpy started; a port that does not read as one is not used.
+        let port = std::str::from_utf8(port)
+            .ok()
+            .filter(|port| port.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|port| port.parse::<u16>().ok())
+            .filter(|port| *port != 0);
+        return Report::Started(port);
     }
     match line.strip_prefix(b"missing ") {
         Some(why) => {
@@ -118,8 +131,14 @@ mod tests {
     fn reports_of_any_shape_are_read_without_panicking() {
         let long = [b"missing ".as_slice(), &[b'x'; 10_000]].concat();
         let cases: Vec<(&[u8], Report)> = vec![
-            (b"ok", Report::Started),
-            (b"ok\nmissing x\n", Report::Started),
+            (b"ok", Report::Started(None)),
+            (b"ok\nmissing x\n", Report::Started(None)),
+            (b"ok 5678\n", Report::Started(Some(5678))),
+            (b"ok 0\n", Report::Started(None)),
+            (b"ok 65536\n", Report::Started(None)),
+            (b"ok +1\n", Report::Started(None)),
+            (b"ok \xff\n", Report::Started(None)),
+            (b"ok -1\n", Report::Started(None)),
             (b"okay\n", Report::Silent),
             (
                 b"missing \xe9t\xc3\xa9\x1b[31m\n",

@@ -72,7 +72,8 @@ pub enum Developer {
 /// What every developer connection of one session shares with its owner.
 #[derive(Debug, Clone)]
 pub struct Shared {
-    /// Where debugpy listens.
+    /// Where debugpy listens (port 0: where the step's bootstrap says; see
+    /// [`Shared::debugpy_now`]).
     pub debugpy: SocketAddr,
     pub events: mpsc::UnboundedSender<Event>,
     /// Cancelled at the attach deadline: connections still in their setup *then* are
@@ -172,6 +173,16 @@ impl Shared {
         let _ = self.events.send(Event::Connected);
     }
 
+    /// Where debugpy listens: the session's address, with the port the step's bootstrap
+    /// reported when it reported one (direct mode lets debugpy's adapter pick its port:
+    /// until the report, the address has port 0 and nothing is reached there).
+    fn debugpy_now(&self) -> SocketAddr {
+        match &*self.bootstrap.borrow() {
+            Some(Report::Started(Some(port))) => SocketAddr::new(self.debugpy.ip(), *port),
+            _ => self.debugpy,
+        }
+    }
+
     /// Connects to debugpy once the step's bootstrap said it started (bounded by
     /// [`BOOTSTRAP_WORD_WAIT`]), then with bounded retries; `Err` says why not, for the
     /// developer.
@@ -193,15 +204,16 @@ impl Shared {
                 ));
             }
         }
+        let debugpy = self.debugpy_now();
         for attempt in 0..DEBUGPY_CONNECT_ATTEMPTS {
-            let connect = TcpStream::connect(self.debugpy);
+            let connect = TcpStream::connect(debugpy);
             match tokio::time::timeout(DEBUGPY_CONNECT_TIMEOUT, connect).await {
                 Ok(Ok(stream)) => return Ok(stream),
                 Ok(Err(err)) if attempt + 1 == DEBUGPY_CONNECT_ATTEMPTS => {
-                    tracing::warn!("debugpy does not listen on {}: {err}", self.debugpy);
+                    tracing::warn!("debugpy does not listen on {debugpy}: {err}");
                 }
                 Err(_) if attempt + 1 == DEBUGPY_CONNECT_ATTEMPTS => {
-                    tracing::warn!("debugpy on {} does not accept", self.debugpy);
+                    tracing::warn!("debugpy on {debugpy} does not accept");
                 }
                 _ => tokio::time::sleep(backoff::reconnect_delay(1)).await,
             }
@@ -315,7 +327,7 @@ impl Shared {
                 ),
             }
         }
-        release_listening_debuggee(self.debugpy).await;
+        release_listening_debuggee(|| self.debugpy_now()).await;
     }
 }
 

@@ -123,7 +123,7 @@ async fn watch(spec: &SessionSpec, mut ready: ReadySignal, reporter: &mut Report
                 SessionState::TimedOut,
                 Some(&format!("{why}; the step runs on without one")),
             );
-            release_listening_debuggee(spec.published_address()).await;
+            release_listening_debuggee(|| spec.published_address()).await;
             released = true;
         }
         // Wake at the deadline itself when it is still ahead and comes before the next

@@ -131,6 +131,10 @@ pub(super) struct Watch {
     pub sidecar: Pid,
     /// The keeper's end of the channel the sidecar shares debugpy's connection over.
     pub channel: Option<OwnedFd>,
+    /// The keeper's copy of the read end of the step's bootstrap report (see
+    /// [`crate::inject::bootstrap`]): what the sidecar did not read when it died is read
+    /// here (direct mode's debugpy port).
+    pub report: Option<OwnedFd>,
     /// Held, never written: the agent sees EOF once the keeper is gone.
     pub _gone: OwnedFd,
 }
@@ -475,8 +479,19 @@ fn sidecar_died(duties: &Duties, watch: &Watch, cause: &str, mut held: Held) {
         .as_ref()
         .and_then(|spec| record_death(spec, &reason));
     if let Some(spec) = &duties.session {
+        // What the sidecar sent just before it died (debugpy's port, say).
+        if let Some(channel) = &watch.channel {
+            held.receive(channel);
+        }
         let debuggee = held.take_connection();
-        release::release(spec, duties.attach_deadline, watch, debuggee, held.listener);
+        release::release(
+            spec,
+            duties.attach_deadline,
+            watch,
+            debuggee,
+            held.listener,
+            held.debugpy_port,
+        );
     }
     wait_session(watch, None, None, Duration::MAX);
     // Dropping the record removes it: the session ended with the step.
@@ -641,6 +656,7 @@ mod tests {
             lifeline: read,
             sidecar: Pid::this(),
             channel: None,
+            report: None,
             _gone: gone,
         };
         // Bytes alone do not end the session.

@@ -128,7 +128,9 @@ pub struct SessionSpec {
     pub port: u16,
     /// Direct mode with debugpy injected: the loopback port debugpy listens on, while
     /// the sidecar listens on the published `node-ip:port` and passes developers
-    /// through the DAP gate. `None`: debugpy (or the step's own code) owns `port`.
+    /// through the DAP gate; 0 when debugpy's adapter picks it and the step's bootstrap
+    /// reports it (see [`attach::Shared`]). `None`: debugpy (or the step's own code)
+    /// owns `port`.
     pub proxy_port: Option<u16>,
     pub rank: Option<u32>,
     pub local_rank: Option<u32>,
@@ -207,7 +209,8 @@ impl SessionSpec {
         }
     }
 
-    /// Where debugpy listens (listen and direct modes).
+    /// Where debugpy listens (listen and direct modes); port 0 in direct mode when
+    /// debugpy's adapter picks its port and the step's bootstrap reports it.
     pub(crate) fn debugpy_address(&self) -> SocketAddr {
         match (self.mode, self.proxy_port) {
             (DebugMode::Direct, Some(port)) => {
@@ -392,14 +395,21 @@ async fn bootstrap_missing(
     }
     match &heard {
         Report::Missing(_) => {}
-        Report::Started => tracing::debug!("the step's bootstrap started debugpy"),
+        Report::Started(port) => {
+            tracing::debug!("the step's bootstrap started debugpy (port {port:?})");
+            if let Some(port) = *port {
+                // The keeper releases the step after a sidecar death: it needs the port
+                // when debugpy's adapter picked it.
+                sidecar::tell_keeper_debugpy_port(port);
+            }
+        }
         Report::Silent => tracing::debug!("the step's bootstrap did not report"),
     }
     // Kept for the developers who ask later (a receiver reads the last value).
     said.send_replace(Some(heard.clone()));
     match heard {
         Report::Missing(why) => why,
-        Report::Started | Report::Silent => std::future::pending().await,
+        Report::Started(_) | Report::Silent => std::future::pending().await,
     }
 }
 
@@ -417,9 +427,11 @@ fn setup_failed(spec: &SessionSpec, ready: &mut ReadySignal, reporter: &mut Repo
 /// direct modes with `--wait-for-client`) is released by attaching and leaving, on a
 /// fresh connection each try (debugpy may not listen yet, or may be busy with a client
 /// that just left), until it acknowledges; bounded by [`RELEASE_GRACE`].
-async fn release_listening_debuggee(address: SocketAddr) {
+async fn release_listening_debuggee(debugpy: impl Fn() -> SocketAddr) {
     let outcome = tokio::time::timeout(RELEASE_GRACE, async {
         loop {
+            // Asked again each try: a port debugpy's adapter picked may be reported late.
+            let address = debugpy();
             let attempt = async {
                 let mut stream = tokio::net::TcpStream::connect(address).await?;
                 gate::release(&mut gate::GateState::default(), &mut stream)
@@ -435,6 +447,7 @@ async fn release_listening_debuggee(address: SocketAddr) {
         }
     })
     .await;
+    let address = debugpy();
     match outcome {
         Ok(()) => tracing::info!("released the step waiting for a debugger at {address}"),
         Err(_) => tracing::warn!(

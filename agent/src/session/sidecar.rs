@@ -287,7 +287,9 @@ pub(super) fn poll_timeout(left: Duration) -> PollTimeout {
 /// sidecar dies before the step.
 ///
 /// `close_in_child` are descriptors neither the keeper nor the sidecar may keep (the
-/// agent's own copy of the port lock). `lock`, when given, is a copy of the port lock
+/// agent's own copy of the port lock). `report` is the keeper's own copy of the read end
+/// of the step's bootstrap report (the sidecar's is `body`'s): after a sidecar death the
+/// keeper reads what the sidecar did not. `lock`, when given, is a copy of the port lock
 /// the keeper holds for the step (replace mode), and lets go of the moment the step is
 /// gone: the step itself does not keep the lock across `execve`, or a child it forked
 /// and left running would hold the port after it. `body` returns the sidecar's exit
@@ -295,6 +297,7 @@ pub(super) fn poll_timeout(left: Duration) -> PollTimeout {
 pub fn spawn<F>(
     close_in_child: &[RawFd],
     lock: Option<OwnedFd>,
+    report: Option<OwnedFd>,
     duties: Duties,
     body: F,
 ) -> anyhow::Result<(Sidecar, Readiness)>
@@ -344,6 +347,7 @@ where
                 ready: write_end,
                 gone: gone_write,
                 lock,
+                report,
             };
             std::process::exit(fork_keeper(keeper, duties, body));
         }
@@ -353,6 +357,7 @@ where
             drop(gone_write);
             drop(step);
             drop(lock);
+            drop(report);
             // The intermediate exits right after its fork: reaping it here means the step
             // never has a zombie child of ours.
             if let Err(err) = waitpid(child, None) {
@@ -376,6 +381,8 @@ struct KeeperStart {
     gone: OwnedFd,
     /// The port lock the keeper holds for the step (replace mode).
     lock: Option<OwnedFd>,
+    /// The keeper's copy of the bootstrap report's read end.
+    report: Option<OwnedFd>,
 }
 
 /// In the intermediate: forks the keeper and returns the intermediate's exit code.
@@ -410,6 +417,7 @@ where
         ready,
         gone,
         lock,
+        report,
     } = start;
     // Datagrams keep one shared descriptor per message; close-on-exec like the rest.
     let channel = socketpair(
@@ -438,6 +446,7 @@ where
             drop(keeper_end);
             drop(gone);
             drop(lock);
+            drop(report);
             let _ = KEEPER.set(KeeperLink {
                 pid: keeper_pid,
                 channel: sidecar_end,
@@ -457,6 +466,7 @@ where
                 lifeline,
                 sidecar: child,
                 channel: keeper_end,
+                report,
                 _gone: gone,
             };
             keeper::keep(&duties, watch, lock)
@@ -536,6 +546,34 @@ pub fn share_with_keeper(what: Shared, fd: BorrowedFd<'_>) {
     );
     if let Err(err) = sent {
         tracing::warn!("could not share debugpy's {what:?} socket with the keeper: {err}");
+    }
+}
+
+/// The tag of the message that tells the keeper debugpy's port (two bytes, big-endian,
+/// after it; no descriptor): direct mode lets debugpy's adapter pick its loopback port,
+/// which only the step's bootstrap report says, and the keeper needs it to release the
+/// step at the deadline after a sidecar death.
+pub const DEBUGPY_PORT_TAG: u8 = b'p';
+
+/// Tells the keeper the port debugpy's adapter listens on (see [`DEBUGPY_PORT_TAG`]). A
+/// no-op (with a debug log) when this process has no keeper.
+pub fn tell_keeper_debugpy_port(port: u16) {
+    let Some(channel) = KEEPER.get().and_then(|link| link.channel.as_ref()) else {
+        tracing::debug!("no keeper to tell debugpy's port {port}");
+        return;
+    };
+    let [high, low] = port.to_be_bytes();
+    let bytes = [DEBUGPY_PORT_TAG, high, low];
+    let message = [IoSlice::new(&bytes)];
+    let sent = sendmsg::<()>(
+        channel.as_raw_fd(),
+        &message,
+        &[],
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
+    if let Err(err) = sent {
+        tracing::warn!("could not tell the keeper debugpy's port {port}: {err}");
     }
 }
 
@@ -646,7 +684,7 @@ mod tests {
     #[test]
     fn refuses_to_fork_a_threaded_process() {
         let _other = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(200)));
-        let err = spawn(&[], None, Duties::none(), |_, _| 0).expect_err("must refuse");
+        let err = spawn(&[], None, None, Duties::none(), |_, _| 0).expect_err("must refuse");
         assert!(err.to_string().contains("threads"), "{err}");
     }
 }

@@ -128,9 +128,17 @@ pub fn run(
     };
     // The closure owns the report's read end: the sidecar runs it; here it is dropped
     // (closed) when `spawn` returns.
+    // The keeper's own copy of the report's read end: after a sidecar death it reads
+    // what the sidecar did not (direct mode's debugpy port).
+    let keeper_report = report_read.as_ref().and_then(|fd| {
+        fd.try_clone()
+            .inspect_err(|err| tracing::debug!("{err}"))
+            .ok()
+    });
     let spawned = sidecar::spawn(
         &close_in_sidecar,
         keeper_lock,
+        keeper_report,
         duties,
         move |ready, lifeline| session::run_sidecar(spec, ready, lifeline, report_read),
     );
@@ -251,13 +259,15 @@ fn prepare(
             // at its start (`inject::bootstrap`), which tells the sidecar.
             let endpoint = match mode {
                 // debugpy listens on a loopback port of its own; the sidecar owns the
-                // published port and gates every developer (session::direct).
+                // published port and gates every developer (session::direct). Port 0:
+                // debugpy's adapter picks it when it binds and the step's bootstrap
+                // reports it, so no other process can take it in between (a port
+                // chosen here and bound later was, on a busy node).
                 DebugMode::Direct => {
-                    let loopback = free_loopback_port()?;
-                    proxy_port = Some(loopback);
+                    proxy_port = Some(0);
                     inject::Endpoint {
                         mode: DebugMode::Listen,
-                        port: loopback,
+                        port: 0,
                         node_ip: node.ip,
                     }
                 }
@@ -315,10 +325,10 @@ fn prepare(
     Ok((spec, injected))
 }
 
-/// A loopback port free right now, for debugpy behind the direct-mode gate. The kernel
-/// hands out ephemeral ports in a spread order, so the moment between this probe and
-/// debugpy's bind is not a practical race; if it ever loses, the step still runs (debugpy
-/// fails to listen and the release finds nobody).
+/// A loopback port free right now, for a post-mortem session's debugpy behind the
+/// direct-mode gate. Another process may take it between this probe and debugpy's bind
+/// (a debug step's own direct mode lets debugpy pick its port instead); then debugpy
+/// cannot listen and the crashed process exits as it would have without the agent.
 pub(in crate::commands) fn free_loopback_port() -> anyhow::Result<u16> {
     let probe = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|err| anyhow::anyhow!("could not find a loopback port for debugpy: {err}"))?;

@@ -11,7 +11,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use nix::unistd::Pid;
 
-use crate::session::sidecar::Shared;
+use crate::session::sidecar::{DEBUGPY_PORT_TAG, Shared};
 
 /// The sidecar's sockets the keeper holds copies of.
 #[derive(Debug, Default)]
@@ -29,12 +29,29 @@ pub(super) struct Held {
     pending_since: Option<Instant>,
     /// The last of those looks.
     pending_look: Option<Instant>,
+    /// The port debugpy's adapter listens on, when the sidecar told it (direct mode: the
+    /// adapter picks it).
+    pub debugpy_port: Option<u16>,
+}
+
+/// One message from the sidecar.
+enum Message {
+    Descriptor(Shared, OwnedFd),
+    DebugpyPort(u16),
 }
 
 impl Held {
     /// Takes every descriptor waiting on the channel.
     pub fn receive(&mut self, channel: &OwnedFd) {
-        while let Some((kind, fd)) = receive(channel) {
+        while let Some(message) = receive(channel) {
+            let (kind, fd) = match message {
+                Message::Descriptor(kind, fd) => (kind, fd),
+                Message::DebugpyPort(port) => {
+                    tracing::debug!("debugpy's adapter listens on port {port}");
+                    self.debugpy_port = Some(port);
+                    continue;
+                }
+            };
             tracing::debug!("the keeper holds debugpy's {kind:?} socket");
             match kind {
                 Shared::Debuggee => {
@@ -110,13 +127,14 @@ pub(super) fn accept_pending(listener: &TcpListener) -> std::io::Result<Option<O
     }
 }
 
-/// Takes a descriptor the sidecar shared, if one is waiting on the channel. A message
-/// with an unknown tag is dropped (its descriptor closed) and the next one looked at;
-/// the end of the channel (the sidecar gone) and an empty channel both end the look.
-fn receive(channel: &OwnedFd) -> Option<(Shared, OwnedFd)> {
+/// Takes a message of the sidecar (a descriptor it shared, or debugpy's port), if one is
+/// waiting on the channel. A message with an unknown tag is dropped (its descriptor
+/// closed) and the next one looked at; the end of the channel (the sidecar gone) and an
+/// empty channel both end the look.
+fn receive(channel: &OwnedFd) -> Option<Message> {
     loop {
-        let mut tag = [0u8; 1];
-        let mut iov = [std::io::IoSliceMut::new(&mut tag)];
+        let mut bytes = [0u8; 3];
+        let mut iov = [std::io::IoSliceMut::new(&mut bytes)];
         let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
         let message = recvmsg::<()>(
             channel.as_raw_fd(),
@@ -125,7 +143,8 @@ fn receive(channel: &OwnedFd) -> Option<(Shared, OwnedFd)> {
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
         )
         .ok()?;
-        if message.bytes == 0 {
+        let len = message.bytes;
+        if len == 0 {
             return None;
         }
         let mut received = None;
@@ -140,9 +159,17 @@ fn receive(channel: &OwnedFd) -> Option<(Shared, OwnedFd)> {
                 }
             }
         }
-        let [tag] = tag;
+        let [tag, high, low] = bytes;
+        if tag == DEBUGPY_PORT_TAG && len == 3 && received.is_none() {
+            let port = u16::from_be_bytes([high, low]);
+            if port != 0 {
+                return Some(Message::DebugpyPort(port));
+            }
+        }
         match (Shared::from_tag(tag), received) {
-            (Some(kind), Some(fd)) => return Some((kind, fd)),
+            (Some(kind), Some(fd)) if len == 1 => {
+                return Some(Message::Descriptor(kind, fd));
+            }
             (kind, _) => tracing::debug!("the keeper dropped a message ({kind:?}, tag {tag})"),
         }
     }

@@ -35,6 +35,7 @@ pub(super) fn release(
     watch: &Watch,
     debuggee: Option<OwnedFd>,
     listener: Option<TcpListener>,
+    debugpy_port: Option<u16>,
 ) {
     match spec.mode {
         DebugMode::Connect => {
@@ -47,7 +48,7 @@ pub(super) fn release(
             }
         }
         DebugMode::Listen | DebugMode::Direct if !spec.wait_for_client => {}
-        DebugMode::Listen => release_listening(spec, watch),
+        DebugMode::Listen => release_listening(spec, watch, debugpy_port),
         DebugMode::Direct => {
             // debugpy itself listens on the node: a developer can still attach until the
             // attach timeout, without the sidecar.
@@ -61,7 +62,7 @@ pub(super) fn release(
                 tracing::info!("a debugger is attached to debugpy: it releases the step");
                 return;
             }
-            release_listening(spec, watch);
+            release_listening(spec, watch, debugpy_port);
         }
     }
 }
@@ -132,9 +133,25 @@ pub(super) fn release_orphaned(debuggee: OwnedFd) {
 }
 
 /// Attaches to debugpy and leaves (listen and direct modes), retrying for
-/// [`RELEASE_GRACE`] until debugpy acknowledges `configurationDone`.
-fn release_listening(spec: &SessionSpec, watch: &Watch) {
-    let address = spec.debugpy_address();
+/// [`RELEASE_GRACE`] until debugpy acknowledges `configurationDone`. `debugpy_port`:
+/// the port the sidecar said debugpy's adapter picked (direct mode).
+fn release_listening(spec: &SessionSpec, watch: &Watch, debugpy_port: Option<u16>) {
+    let mut address = spec.debugpy_address();
+    if address.port() == 0 {
+        let reported = debugpy_port.or_else(|| {
+            let report = watch.report.as_ref()?;
+            reported_port(report.as_fd(), watch)
+        });
+        let Some(port) = reported else {
+            // The step's bootstrap lets itself go at its own bound.
+            tracing::info!(
+                "debugpy's port was never reported (debugpy did not start, or the step \
+                 ended): the step's own bound releases it if it waits"
+            );
+            return;
+        };
+        address.set_port(port);
+    }
     retry_release(watch, || {
         TcpStream::connect_timeout(&address, RELEASE_CONNECT_TIMEOUT)
             .map_err(|err| format!("could not reach debugpy at {address}: {err}"))
@@ -144,6 +161,41 @@ fn release_listening(spec: &SessionSpec, watch: &Watch) {
                 released
             })
     });
+}
+
+/// The port debugpy's adapter picked, from the step's bootstrap report (the keeper's copy
+/// of its read end) when the sidecar died before it read it: waits for the report up to
+/// [`RELEASE_GRACE`] (an interpreter still starting), less when the step ends first.
+fn reported_port(report: BorrowedFd<'_>, watch: &Watch) -> Option<u16> {
+    let deadline = Instant::now() + RELEASE_GRACE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [
+            PollFd::new(report, PollFlags::POLLIN),
+            PollFd::new(watch.step.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, poll_timeout(left)) {
+            Ok(0) if left.is_zero() => return None,
+            Ok(0) => {}
+            Ok(_) => {
+                let [report_events, step_events] =
+                    fds.map(|fd| fd.revents().unwrap_or(PollFlags::empty()));
+                if report_events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+                    let mut bytes = [0u8; crate::inject::bootstrap::MAX_REPORT_BYTES];
+                    let n = nix::unistd::read(report, &mut bytes).ok()?;
+                    return match crate::inject::bootstrap::read_report(bytes.get(..n)?) {
+                        crate::inject::bootstrap::Report::Started(port) => port,
+                        _ => None,
+                    };
+                }
+                if !step_events.is_empty() {
+                    return None;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 /// How a release attempt ended, when it did not fail.
