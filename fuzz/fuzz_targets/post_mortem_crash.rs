@@ -1,5 +1,6 @@
-//! Fuzz target: the post-mortem hook's crash line (from a crashed interpreter) and a
-//! node slot's record (from another rank), as the helper reads them.
+//! Fuzz target: the post-mortem hook's crash line (from a crashed interpreter), the
+//! debugpy bootstrap's report (from a step's interpreter) and a node slot's record (from
+//! another rank), as the agent reads them.
 
 #![no_main]
 

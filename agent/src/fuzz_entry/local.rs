@@ -323,10 +323,17 @@ pub fn inject_python_argv(data: &[u8]) {
     let _ = crate::post_mortem::helper_argv(agent, &argv, usize::from(shape >> 5));
 }
 
-/// The post-mortem hook's crash line as the helper reads it, and a slot's record as a
-/// crashing rank reads another's.
+/// The post-mortem hook's crash line as the helper reads it, the debugpy bootstrap's
+/// report as the sidecar (or the keeper) reads it, both from the step's interpreter, and a
+/// slot's record as a crashing rank reads another's.
 pub fn post_mortem_crash(data: &[u8]) {
+    use crate::inject::bootstrap::{Report, read_report};
     use crate::post_mortem::crash::Crash;
+    match read_report(data) {
+        Report::Missing(why) => assert!(!why.chars().any(char::is_control), "{why:?}"),
+        Report::Started(port) => assert_ne!(port, Some(0)),
+        Report::Silent => {}
+    }
     if let Some(crash) = Crash::parse(data) {
         let summary = crash.summary();
         assert!(!summary.chars().any(char::is_control), "{summary:?}");
