@@ -22,6 +22,22 @@ fn developer_arrives(developer: &DeveloperSide, agent: &Running, debug_port: u16
     (connect, fake)
 }
 
+/// The session of `agent` says `waiting-for-debugger` (nobody attached) at every look
+/// for `how_long`.
+fn stays_waiting(state_dir: &std::path::Path, agent: &Running, how_long: Duration) {
+    let until = std::time::Instant::now() + how_long;
+    while std::time::Instant::now() < until {
+        let session = session_of(state_dir, agent.pid()).expect("the session's record");
+        assert_eq!(
+            session["state"],
+            "waiting-for-debugger",
+            "{session}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The exit code the steps choose.
 const STEP_CODE: i32 = 6;
 
@@ -132,17 +148,7 @@ fn a_developer_who_reaches_a_taken_debug_port_is_never_carried_to_its_holder() {
     fake.wait_done(&agent);
     agent.wait_stderr("a developer reached rank 0");
     // The port's holder accepts connections; the developer must not be carried to it.
-    let until = std::time::Instant::now() + Duration::from_secs(2);
-    while std::time::Instant::now() < until {
-        let session = session_of(&state_dir, agent.pid()).expect("the session's record");
-        assert_eq!(
-            session["state"],
-            "waiting-for-debugger",
-            "{session}\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    stays_waiting(&state_dir, &agent, Duration::from_secs(2));
     std::fs::write(dir.path().join("go"), b"").expect("write the go file");
     agent.wait_stderr(
         "a developer could not be connected to debugpy: debugpy did not start on the target: \
@@ -233,17 +239,7 @@ fn status_says_attached_only_once_the_developer_reaches_debugpy() {
     let (_connect, _fake) = developer_arrives(&developer, &agent, debug_port);
     agent.wait_stderr("a developer reached rank 0");
     // The sidecar tries debugpy for a while; meanwhile nobody is attached.
-    let until = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < until {
-        let session = session_of(&state_dir, agent.pid()).expect("the session's record");
-        assert_eq!(
-            session["state"],
-            "waiting-for-debugger",
-            "{session}\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    stays_waiting(&state_dir, &agent, Duration::from_secs(3));
     gate.open();
     assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
 }
