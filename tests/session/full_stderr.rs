@@ -100,3 +100,75 @@ fn a_debug_target_whose_stderr_is_a_full_pipe_nobody_empties_still_runs_the_step
         drop(read);
     }
 }
+
+/// A terminal whose reader stopped with a little room left (an ssh session that stalled):
+/// `poll` says there is room, and a blocking write of a longer line waits until all of it
+/// fits. The agent stopped there before it ran the step (listen mode), its sidecar did
+/// and the step started only when the bootstrap let itself go (connect mode), or the
+/// bootstrap's own note did (debugpy not importable, the agent itself quiet).
+#[test]
+fn a_debug_target_whose_stderr_is_a_stalled_terminal_still_runs_the_step() {
+    use nix::fcntl::{OFlag, open};
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::stat::Mode;
+    // (mode, the agent's own flags, python's flags)
+    let cases: [(&str, &[&str], &[&str]); 3] = [
+        ("listen", &[], &[]),
+        ("connect", &[], &[]),
+        ("listen", &["-qq"], &["-S"]),
+    ];
+    for (mode, quiet, python_flags) in cases {
+        let pty = nix::pty::openpty(None, None).expect("a pty");
+        let filler = open(
+            format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&pty.slave)
+            )
+            .as_str(),
+            OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )
+        .expect("the terminal, non-blocking");
+        let mut filled = 0usize;
+        // Byte by byte: full to the last byte.
+        while let Ok(n) = nix::unistd::write(&filler, b"x") {
+            filled += n;
+            assert!(filled < 64 << 20, "a terminal that never fills");
+        }
+        // The reader takes a byte, then stalls. The terminal frees room in a chunk, a
+        // moment later; most of it is taken again: a little room is left (poll says
+        // POLLOUT), less than one line.
+        let mut some = [0u8; 1];
+        let _ = nix::unistd::read(&pty.master, &mut some);
+        let mut room = [PollFd::new(filler.as_fd(), PollFlags::POLLOUT)];
+        let _ = poll(&mut room, PollTimeout::from(5000u16));
+        let _ = nix::unistd::write(&filler, &[b'x'; 500]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let developer = DeveloperSide::relay_only("stalled-terminal");
+        let (_, _, range) = port_range(4);
+        let stdout_file = tempfile::NamedTempFile::new().expect("stdout file");
+        let mut cmd = developer.agent(dir.path());
+        cmd.env("STEP_EXIT_CODE", STEP_CODE.to_string())
+            .args(quiet)
+            .args(["exec", "--debug", "--rank", "0", "--mode", mode])
+            .args(["--wait-for-client", "--attach-timeout", "2s"])
+            .args(["--port-range", &range, "--", "python3"])
+            .args(python_flags)
+            .arg(step_py())
+            .stdin(Stdio::null())
+            .stdout(stdout_file.reopen().expect("reopen stdout file"))
+            .stderr(Stdio::from(pty.slave));
+        let started = Instant::now();
+        let mut child = cmd.spawn().expect("spawn amlx-agent exec");
+        let status = util::wait_within(&mut child, CASE_BOUND);
+        let stdout = std::fs::read_to_string(stdout_file.path()).expect("read stdout");
+        assert_eq!(
+            status.code(),
+            Some(STEP_CODE),
+            "{mode}: after {:?}: {stdout}",
+            started.elapsed()
+        );
+        assert!(stdout.contains("done total 6"), "{mode}: {stdout}");
+        drop(pty.master);
+    }
+}

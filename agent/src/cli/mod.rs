@@ -80,7 +80,7 @@ impl Cli {
         let args: Vec<OsString> = std::env::args_os().collect();
         Cli::exec_shortcut(&args)
             .or_else(|| Cli::exec_only(&args))
-            .unwrap_or_else(|| Cli::parse_from(args))
+            .unwrap_or_else(|| Cli::try_parse_from(args).unwrap_or_else(|err| exit_with(&err)))
     }
 
     /// `amlx-agent exec -- CMD [ARGS…]` with no option of the agent's: the line every
@@ -125,6 +125,19 @@ impl Cli {
             .ok()
             .and_then(|matches| Cli::from_arg_matches(&matches).ok())
     }
+}
+
+/// Prints clap's usage error (or the help or version asked for) and exits with its code.
+/// An error goes through the log's bounded writer: a job whose stderr is a pipe nobody
+/// empties must fail with exit 2 on a bad flag, not hang every process on the message.
+fn exit_with(err: &clap::Error) -> ! {
+    if err.use_stderr() {
+        let text = err.render().to_string();
+        crate::logging::stderr::say(text.trim_end());
+    } else {
+        let _ = err.print();
+    }
+    std::process::exit(err.exit_code());
 }
 
 /// Log output format.

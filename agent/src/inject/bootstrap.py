@@ -13,23 +13,58 @@ _amlx_stderr_waited = []
 
 
 def _amlx_say(text):
-    # One line for the step's stderr (fd 2). A stderr that is closed, gone, or a pipe nobody
-    # reads or empties any more must neither end the step nor hold it: without the agent
-    # nothing would have been written. So a line is written once select says there is room
-    # (a pipe with room takes up to 4096 bytes whole); the first line that finds none waits
-    # up to AMLX_STDERR_WAIT seconds, and after that a line that finds none is dropped.
+    # One line for the step's stderr (fd 2). A stderr that is closed, gone, or a pipe or
+    # terminal nobody reads or empties any more must neither end the step nor hold it:
+    # without the agent nothing would have been written. A pipe or a terminal is written
+    # through an open file of its own, non-blocking (the step's fd 2 stays blocking; one
+    # written after select said there was room still blocked: a terminal until the whole
+    # line fit, a pipe another writer filled first), a socket with MSG_DONTWAIT. The
+    # first line that finds no room waits up to AMLX_STDERR_WAIT seconds for some; after
+    # that a line that finds none is dropped. Opened and closed each time: the step may
+    # close descriptors it did not open, and a number kept here could name its file.
     try:
         import select
+        import stat
         import time
 
         data = text.encode("utf-8", "backslashreplace")
         deadline = time.monotonic() + (0.0 if _amlx_stderr_waited else AMLX_STDERR_WAIT)
-        while data:
-            left = max(0.0, deadline - time.monotonic())
-            if not select.select([], [2], [], left)[1]:
-                _amlx_stderr_waited.append(True)
-                return
-            data = data[os.write(2, data[:4096]) :]
+        mode = os.fstat(2).st_mode
+        fd, sock = 2, None
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            try:
+                fd = os.open(
+                    "/proc/self/fd/2",
+                    os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY,
+                )
+            except OSError:
+                fd = 2
+        elif stat.S_ISSOCK(mode):
+            import socket
+
+            sock = socket.socket(fileno=os.dup(2))
+        try:
+            while data:
+                left = max(0.0, deadline - time.monotonic())
+                if not select.select([], [fd if sock is None else sock], [], left)[1]:
+                    _amlx_stderr_waited.append(True)
+                    return
+                try:
+                    if sock is None:
+                        written = os.write(fd, data[:4096])
+                    else:
+                        written = sock.send(data[:4096], socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if left == 0.0:
+                        _amlx_stderr_waited.append(True)
+                        return
+                    continue
+                data = data[written:]
+        finally:
+            if fd != 2:
+                os.close(fd)
+            if sock is not None:
+                sock.close()
     except Exception:
         pass
 

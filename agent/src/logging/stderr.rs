@@ -11,19 +11,22 @@
 //! each line is written if there is room at that moment and counted as lost if not,
 //! and the next line written says how many were lost.
 //!
-//! A pipe is written through a second open file of it (reopened through `/proc`),
-//! non-blocking there, so no write can block however the reader behaves; the step's
-//! own stderr, the same pipe through the inherited open file, stays blocking. Other
-//! kinds (files, terminals, sockets) are written once `poll` says there is room.
+//! A pipe or a terminal is written through a second open file of it (reopened through
+//! `/proc`), non-blocking there, so no write can block however the reader behaves (a
+//! terminal with a little room left blocked a whole line's write until the line fit);
+//! the step's own stderr, the same pipe or terminal through the inherited open file,
+//! stays blocking. A socket is written with `MSG_DONTWAIT`, which asks the same of one
+//! call only. A file never holds a write for long.
 
 use std::io;
-use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::MsgFlags;
 
 /// The longest a process waits, once, for room in its stderr; after that, lines that
 /// find no room are lost (and counted) instead of waited for.
@@ -77,6 +80,17 @@ impl BoundedLog {
     /// Writes `line` (one whole log line, its newline included) to `fd`, waiting for room
     /// at most `bound` unless an earlier line already waited in vain.
     pub fn write_line(&self, fd: BorrowedFd<'_>, line: &[u8], bound: Duration) -> Written {
+        self.write_line_as(fd, Kind::Other, line, bound)
+    }
+
+    /// [`BoundedLog::write_line`] to a descriptor of this kind.
+    fn write_line_as(
+        &self,
+        fd: BorrowedFd<'_>,
+        kind: Kind,
+        line: &[u8],
+        bound: Duration,
+    ) -> Written {
         let wait = if self.gave_up.load(Ordering::Relaxed) {
             Duration::ZERO
         } else {
@@ -90,7 +104,7 @@ impl BoundedLog {
                  for {}s (a pipe its reader stopped emptying?)\n",
                 STDERR_WAIT_BOUND.as_secs()
             );
-            match write_all_by(fd, note.as_bytes(), deadline) {
+            match write_all_by(fd, kind, note.as_bytes(), deadline) {
                 Written::Whole => {}
                 other => {
                     // Still to be reported, with this line.
@@ -99,7 +113,7 @@ impl BoundedLog {
                 }
             }
         }
-        match write_all_by(fd, line, deadline) {
+        match write_all_by(fd, kind, line, deadline) {
             Written::Whole => Written::Whole,
             other => self.count(other),
         }
@@ -122,7 +136,7 @@ impl Default for BoundedLog {
 
 /// Writes all of `bytes` to `fd` in whole-write pieces, each once there is room, giving
 /// up at `deadline` (at once when it has passed, if there is no room).
-fn write_all_by(fd: BorrowedFd<'_>, mut bytes: &[u8], deadline: Instant) -> Written {
+fn write_all_by(fd: BorrowedFd<'_>, kind: Kind, mut bytes: &[u8], deadline: Instant) -> Written {
     while !bytes.is_empty() {
         match room_by(fd, deadline) {
             Room::Some => {}
@@ -130,7 +144,15 @@ fn write_all_by(fd: BorrowedFd<'_>, mut bytes: &[u8], deadline: Instant) -> Writ
             Room::Gone => return Written::Gone,
         }
         let piece = bytes.get(..WHOLE_WRITE).unwrap_or(bytes);
-        match nix::unistd::write(fd, piece) {
+        let written = match kind {
+            Kind::Socket => nix::sys::socket::send(
+                fd.as_raw_fd(),
+                piece,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ),
+            Kind::Other => nix::unistd::write(fd, piece),
+        };
+        match written {
             Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
             // No room after all (another writer took it, or a non-blocking open file):
             // wait again, within the same deadline.
@@ -139,6 +161,15 @@ fn write_all_by(fd: BorrowedFd<'_>, mut bytes: &[u8], deadline: Instant) -> Writ
         }
     }
     Written::Whole
+}
+
+/// How a descriptor is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A socket: each send is non-blocking by itself.
+    Socket,
+    /// Anything else: a non-blocking open file, or one that does not block for long.
+    Other,
 }
 
 enum Room {
@@ -177,22 +208,43 @@ fn room_by(fd: BorrowedFd<'_>, deadline: Instant) -> Room {
 /// This process's log (fd 2), lossy after one bounded wait.
 static STDERR: BoundedLog = BoundedLog::new();
 
-/// A non-blocking open file of this process's stderr when it is a pipe (`None`: not a
-/// pipe, or it could not be reopened: fd 2 itself is written). Close-on-exec: the step never inherits it.
-static REOPENED_PIPE: OnceLock<Option<OwnedFd>> = OnceLock::new();
+/// How this process's stderr is written: through a non-blocking open file of it of our
+/// own (a pipe, a FIFO, a terminal), as a socket, or as it is (a file, or what could not
+/// be reopened). The reopened file is close-on-exec: the step never inherits it.
+enum Destination {
+    Reopened(OwnedFd),
+    Socket,
+    AsItIs,
+}
 
-/// fd 2 opened again, non-blocking, when it is a pipe or FIFO (a new open file of the
-/// same pipe: its flags are not the step's).
-fn reopen_pipe() -> Option<OwnedFd> {
-    use nix::fcntl::{OFlag, open};
-    use nix::sys::stat::{Mode, SFlag, fstat};
-    let stat = fstat(io::stderr().as_fd()).ok()?;
-    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
-        return None;
+static DESTINATION: OnceLock<Destination> = OnceLock::new();
+
+/// What fd 2 is, looked at once, at the first line written (a non-target that logs
+/// nothing pays nothing).
+fn destination() -> Destination {
+    use nix::sys::stat::{SFlag, fstat};
+    let Ok(stat) = fstat(io::stderr().as_fd()) else {
+        return Destination::AsItIs;
+    };
+    let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFSOCK {
+        return Destination::Socket;
     }
+    if kind != SFlag::S_IFIFO && kind != SFlag::S_IFCHR {
+        return Destination::AsItIs;
+    }
+    reopen_nonblocking(io::stderr().as_fd()).map_or(Destination::AsItIs, Destination::Reopened)
+}
+
+/// A new open file of the pipe or terminal `fd` is (through `/proc`), non-blocking and
+/// close-on-exec: its flags are not those of `fd`'s open file, which others share.
+fn reopen_nonblocking(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    // O_NOCTTY: a terminal opened again must not become this process's controlling one.
     open(
-        "/proc/self/fd/2",
-        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
         Mode::empty(),
     )
     .ok()
@@ -201,9 +253,16 @@ fn reopen_pipe() -> Option<OwnedFd> {
 /// Writes one whole line (newline included) to this process's stderr, bounded as the
 /// module says.
 pub fn write_line(line: &[u8]) -> Written {
-    match REOPENED_PIPE.get_or_init(reopen_pipe) {
-        Some(pipe) => STDERR.write_line(pipe.as_fd(), line, STDERR_WAIT_BOUND),
-        None => STDERR.write_line(io::stderr().as_fd(), line, STDERR_WAIT_BOUND),
+    match DESTINATION.get_or_init(destination) {
+        Destination::Reopened(fd) => {
+            STDERR.write_line_as(fd.as_fd(), Kind::Other, line, STDERR_WAIT_BOUND)
+        }
+        Destination::Socket => {
+            STDERR.write_line_as(io::stderr().as_fd(), Kind::Socket, line, STDERR_WAIT_BOUND)
+        }
+        Destination::AsItIs => {
+            STDERR.write_line_as(io::stderr().as_fd(), Kind::Other, line, STDERR_WAIT_BOUND)
+        }
     }
 }
 
@@ -348,6 +407,38 @@ mod tests {
         );
         assert!(started.elapsed() < STDERR_WAIT_BOUND);
         assert_eq!(log.lost(), 0, "nobody will read a count");
+    }
+
+    /// A terminal with a little room left: poll says there is room, and a blocking write
+    /// of a longer line waited until all of it fit, for ever when nobody reads. Through
+    /// the reopened, non-blocking open file it is bounded.
+    #[test]
+    fn a_terminal_with_a_little_room_left_costs_one_bounded_wait() {
+        let pty = nix::pty::openpty(None, None).expect("a pty");
+        let terminal = reopen_nonblocking(pty.slave.as_fd()).expect("reopened");
+        // Fill the terminal, then let its reader take a little and stop.
+        while nix::unistd::write(&terminal, b"x").is_ok() {}
+        let mut some = [0u8; 1];
+        let _ = nix::unistd::read(&pty.master, &mut some);
+        // The terminal frees room in a chunk a moment later; most of it is taken again.
+        let mut room = [PollFd::new(terminal.as_fd(), PollFlags::POLLOUT)];
+        let _ = poll(&mut room, PollTimeout::from(5000u16));
+        let _ = nix::unistd::write(&terminal, &[b'x'; 500]);
+        let log = BoundedLog::new();
+        let bound = Duration::from_millis(200);
+        let started = Instant::now();
+        let line = [b'y'; 3000];
+        assert_eq!(
+            log.write_line(terminal.as_fd(), &line, bound),
+            Written::Lost
+        );
+        let waited = started.elapsed();
+        assert!(waited < 10 * bound, "waited {waited:?}");
+        // The terminal's own open file is still blocking: only ours is not.
+        let flags = nix::fcntl::fcntl(&pty.slave, nix::fcntl::FcntlArg::F_GETFL).expect("flags");
+        assert!(
+            !nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK)
+        );
     }
 
     #[test]
