@@ -239,6 +239,10 @@ fn run_case(mode: Mode, case: &Case) {
         developer.relay.proc.kill();
     }
     if let Fault::SidecarKilled = case.fault {
+        // Once the sidecar said it is ready (the agent then announces the debug port):
+        // the record says waiting-for-debugger from the session's start, and a sidecar
+        // killed before it was ready is a setup failure, not this case (CI saw it).
+        agent.wait_stderr(" debug port ");
         // Connect mode: once debugpy's connection reached the sidecar (it then says
         // nobody listens yet), so the keeper holds a copy of it to release the step.
         let after = match mode {

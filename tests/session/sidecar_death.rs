@@ -82,6 +82,9 @@ fn waiting_step_with(
 /// Waits until the step is held by debugpy and the session waits for the developer;
 /// returns the session as `status --json` shows it.
 fn wait_held(state_dir: &Path, agent: &Running, mode: &str, debug_port: u16) -> serde_json::Value {
+    // The sidecar is ready once the agent announces the debug port (the record says
+    // waiting-for-debugger from the session's start, before that).
+    agent.wait_stderr(" debug port ");
     // Connect mode says so only once debugpy's connection reached the sidecar.
     let why = if mode == "connect" {
         "no listener on the Hybrid Connection yet"
