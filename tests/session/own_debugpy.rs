@@ -244,6 +244,47 @@ fn status_says_attached_only_once_the_developer_reaches_debugpy() {
     assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
 }
 
+/// A developer who waits for debugpy while the step's interpreter starts is told why when
+/// the step ends first (here it exits before its bootstrap ran): the tunnel was dropped
+/// with the sidecar, and `relay connect` said only that the other side went away.
+#[test]
+fn a_developer_waiting_for_debugpy_hears_that_the_step_ended() {
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        site.path().join("sitecustomize.py"),
+        "import os, time\n\
+         gate = os.environ.get('EXIT_AT_GATE')\n\
+         for _ in range(600 if gate else 0):\n\
+         \x20   if os.path.exists(gate):\n\
+         \x20       os._exit(4)\n\
+         \x20   time.sleep(0.1)\n",
+    )
+    .expect("write sitecustomize.py");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let developer = DeveloperSide::relay_only("step-ends");
+    let (debug_port, _, range) = port_range(4);
+    let gate = dir.path().join("gate");
+    let mut cmd = developer.agent(dir.path());
+    cmd.env("PYTHONPATH", site.path())
+        .env("EXIT_AT_GATE", &gate)
+        .args(["exec", "--debug", "--rank", "0", "--mode", "listen"])
+        .args(["--port-range", &range, "--", "python3"])
+        .arg(step_py());
+    let mut agent = Running::spawn(&mut cmd);
+    let (connect, _fake) = developer_arrives(&developer, &agent, debug_port);
+    agent.wait_stderr("a developer reached rank 0");
+    std::fs::write(&gate, b"").expect("open the gate");
+    assert_eq!(agent.wait_exit().code(), Some(4), "{}", agent.log());
+    assert!(
+        connect
+            .stderr
+            .wait_for("the step ended before debugpy was reached")
+            .is_some(),
+        "relay connect did not say why\n{}",
+        agent.log()
+    );
+}
+
 /// Prior-art step code that starts debugpy and waits for a client itself, a moment into
 /// its run (imports first).
 const LISTENS_AND_WAITS_ITSELF: &str = "\

@@ -39,8 +39,9 @@ pub type BootstrapWord = watch::Receiver<Option<Report>>;
 
 /// How long a developer who arrived before the step's bootstrap said how debugpy's start
 /// went waits for it: an interpreter that starts slowly (a large environment on a network
-/// file system) turned developers away with "debugpy is not listening" after ~10 s.
-const BOOTSTRAP_WORD_WAIT: Duration = Duration::from_secs(60);
+/// file system) turned developers away with "debugpy is not listening" after ~10 s. Less
+/// than `relay connect` waits for the preamble's answer (60 s), so the developer hears why.
+const BOOTSTRAP_WORD_WAIT: Duration = Duration::from_secs(45);
 
 /// What happened to a developer connection, for the deadline's owner.
 #[derive(Debug)]
@@ -173,6 +174,12 @@ impl Shared {
         let _ = self.events.send(Event::Connected);
     }
 
+    /// Counts a developer connection that waits for debugpy as carried, so that the step's
+    /// end waits (bounded) for it to be told why it is not served.
+    pub fn waiting(&self) -> super::step_end::CarryGuard {
+        self.step_end.carrying()
+    }
+
     /// Where debugpy listens: the session's address, with the port the step's bootstrap
     /// reported when it reported one (direct mode lets debugpy's adapter pick its port:
     /// until the report, the address has port 0 and nothing is reached there).
@@ -187,13 +194,37 @@ impl Shared {
     /// [`BOOTSTRAP_WORD_WAIT`]), then with bounded retries; `Err` says why not, for the
     /// developer.
     pub async fn connect_debugpy(&self) -> Result<TcpStream, String> {
+        tokio::select! {
+            // Biased: a word already there decides, not the end announced after it.
+            biased;
+            reached = self.reach_debugpy() => reached,
+            () = self.step_end.announced() => Err(match &*self.bootstrap.borrow() {
+                // The sidecar announces the end to its connections when debugpy is missing.
+                Some(Report::Missing(why)) => format!("debugpy did not start on the target: {why}"),
+                _ => "the step ended before debugpy was reached".to_owned(),
+            }),
+        }
+    }
+
+    /// A developer left while debugpy was awaited, after sending `sent` (which never
+    /// reached debugpy): the deadline's owner hears it as a setup left unfinished.
+    pub fn left_while_waiting(&self, sent: &[u8]) {
+        let progress = GateState::progress_of(sent);
+        let _ = self.events.send(Event::LeftDuringSetup(progress));
+    }
+
+    /// [`Shared::connect_debugpy`], whatever becomes of the step meanwhile.
+    async fn reach_debugpy(&self) -> Result<TcpStream, String> {
         let mut word = self.bootstrap.clone();
-        match tokio::time::timeout(BOOTSTRAP_WORD_WAIT, word.wait_for(Option::is_some)).await {
-            Ok(Ok(said)) => {
-                if let Some(Report::Missing(why)) = &*said {
-                    return Err(format!("debugpy did not start on the target: {why}"));
-                }
+        let heard = tokio::time::timeout(BOOTSTRAP_WORD_WAIT, word.wait_for(Option::is_some))
+            .await
+            // Owned at once: the channel's guard must not live across an await.
+            .map(|said| said.map(|said| said.clone()));
+        match heard {
+            Ok(Ok(Some(Report::Missing(why)))) => {
+                return Err(format!("debugpy did not start on the target: {why}"));
             }
+            Ok(Ok(_)) => {}
             // The session is ending (the sender is gone): the tries below are bounded.
             Ok(Err(_)) => {}
             Err(_) => {

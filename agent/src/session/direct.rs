@@ -75,7 +75,23 @@ async fn accept_loop(listener: TcpListener, shared: Shared) -> String {
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let debugpy = match shared.connect_debugpy().await {
+            // A developer who leaves while debugpy is awaited is let go, not connected to
+            // it later (several such left debugpy's adapter unable to serve the next).
+            let reached = tokio::select! {
+                // Biased: debugpy reached at once decides (a developer who left is then
+                // found out by the gate, as before).
+                biased;
+                reached = shared.connect_debugpy() => reached,
+                () = left(&tcp) => {
+                    tracing::info!("a developer left before debugpy was reached");
+                    // What it sent (never read: it reached nothing), for how far it got.
+                    let mut sent = vec![0u8; crate::relay::client::tunnel::MAX_HELD_BYTES];
+                    let n = tcp.try_read(&mut sent).unwrap_or(0);
+                    shared.left_while_waiting(sent.get(..n).unwrap_or_default());
+                    return;
+                }
+            };
+            let debugpy = match reached {
                 Ok(debugpy) => debugpy,
                 Err(why) => {
                     tracing::warn!("a developer could not be connected to debugpy: {why}");
@@ -86,6 +102,21 @@ async fn accept_loop(listener: TcpListener, shared: Shared) -> String {
             shared.arrived();
             shared.serve(Developer::Direct(tcp), debugpy).await;
         });
+    }
+}
+
+/// How often a developer who sent bytes while debugpy is awaited is looked at again for
+/// having left (with bytes waiting, readiness cannot wait for the close alone).
+const LEFT_LOOK: Duration = Duration::from_millis(100);
+
+/// Resolves once the developer's side of `tcp` is closed (or broken).
+async fn left(tcp: &tokio::net::TcpStream) {
+    loop {
+        match tcp.ready(tokio::io::Interest::READABLE).await {
+            Ok(ready) if ready.is_read_closed() || ready.is_error() => return,
+            Ok(_) => tokio::time::sleep(LEFT_LOOK).await,
+            Err(_) => return,
+        }
     }
 }
 

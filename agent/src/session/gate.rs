@@ -78,6 +78,14 @@ impl GateState {
         }
     }
 
+    /// How far a setup got in `bytes`, what a developer sent that never reached the
+    /// debuggee (it left while debugpy was awaited): [`GateState::progress`] of them.
+    pub fn progress_of(bytes: &[u8]) -> String {
+        let mut state = GateState::default();
+        let _ = state.accept(bytes);
+        state.progress()
+    }
+
     /// A new developer connection begins: what the last one left unframed (half a
     /// message, or bytes that are not DAP) never reached the debuggee and is not the
     /// start of this one's stream. Whole messages still queued go out as they are.

@@ -72,7 +72,7 @@ impl AcceptHandler for Forwarder {
             host: "127.0.0.1".to_owned(),
             port: self.port,
         }]);
-        let tunnel = match bridge::accept_exact(tunnel, &own).await {
+        let mut tunnel = match bridge::accept_exact(tunnel, &own).await {
             Ok(Some((tunnel, _forward))) => tunnel,
             Ok(None) => return,
             Err(err) => {
@@ -86,7 +86,16 @@ impl AcceptHandler for Forwarder {
             .rank
             .map_or_else(|| "?".to_owned(), |rank| rank.to_string());
         tracing::info!("a developer reached rank {rank} (port {})", self.port);
-        let debugpy = match self.shared.connect_debugpy().await {
+        // Until debugpy is reached the tunnel is held: Pings answered, a developer who
+        // leaves meanwhile is let go (connected to debugpy later, several such left
+        // debugpy's adapter unable to serve the next developer).
+        let waiting = self.shared.waiting();
+        let Some(reached) = tunnel.hold_until(self.shared.connect_debugpy()).await else {
+            tracing::info!("a developer left before debugpy was reached");
+            self.shared.left_while_waiting(tunnel.held());
+            return;
+        };
+        let debugpy = match reached {
             Ok(debugpy) => debugpy,
             Err(why) => {
                 tracing::warn!("a developer could not be connected to debugpy: {why}");
@@ -105,6 +114,7 @@ impl AcceptHandler for Forwarder {
             });
             return;
         }
+        drop(waiting);
         self.shared.serve(Developer::Relayed(tunnel), debugpy).await;
     }
 

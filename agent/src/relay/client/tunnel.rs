@@ -47,6 +47,10 @@ const BROKEN_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The reason of the Close 1011 sent when the local connection failed.
 const LOCAL_FAILED_REASON: &str = "the far side's local connection failed";
 
+/// The most stream bytes [`Tunnel::hold_until`] keeps for later; past that it stops
+/// reading (the relay's flow control holds the peer) until it is done holding.
+pub const MAX_HELD_BYTES: usize = 64 * 1024;
+
 /// Whether a Close with `code` ends a stream in order: 1000, or no code at all (some
 /// clients, Node's `ws` among them, close without one). Any other code (1001 "going
 /// away" from a relay whose other side vanished, 1011) means the stream was cut.
@@ -231,6 +235,11 @@ impl Tunnel {
         }
     }
 
+    /// Stream bytes received and not delivered yet (see [`Tunnel::hold_until`]).
+    pub fn held(&self) -> &[u8] {
+        &self.pending
+    }
+
     /// The reason the peer's Close gave, if it closed with one.
     pub fn peer_close_reason(&self) -> Option<&str> {
         self.peer_close_reason.as_deref()
@@ -344,6 +353,61 @@ impl Tunnel {
                         io::ErrorKind::InvalidData,
                         "the peer sent bytes before the preamble",
                     ));
+                }
+            }
+        }
+    }
+
+    /// Holds a tunnel whose bytes have nowhere to go yet (a developer waiting while the
+    /// debuggee starts) until `stop` resolves, answering Pings meanwhile; stream bytes that
+    /// arrive are kept (up to [`MAX_HELD_BYTES`]) for the splice to deliver first. `None`
+    /// when the peer left first (its Close, a broken frame, or the transport's end): a
+    /// peer gone is not to be connected to anything.
+    pub async fn hold_until<F: Future>(&mut self, stop: F) -> Option<F::Output> {
+        tokio::pin!(stop);
+        loop {
+            if self.peer_closed {
+                return None;
+            }
+            // `stop` first: done at once, it decides, whatever the peer did meanwhile (a
+            // peer that left is then found out where its bytes go).
+            if self.pending.len() >= MAX_HELD_BYTES {
+                return Some(stop.await);
+            }
+            // Only reads race `stop`: they are cancel-safe (a part-read frame stays in the
+            // reader), where a Pong cut off mid-write would spoil the stream.
+            let frame = tokio::select! {
+                biased;
+                out = &mut stop => return Some(out),
+                frame = self.reader.read_frame() => frame,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    self.peer_closed = true;
+                    return None;
+                }
+                Err(err) => {
+                    let _ = self.refuse(err).await;
+                    return None;
+                }
+            };
+            match frame.opcode {
+                OpCode::Ping => {
+                    if self.answer_ping(&frame.payload).await.is_err() {
+                        return None;
+                    }
+                }
+                OpCode::Pong => {}
+                OpCode::Close => {
+                    let (code, reason) = frame.close_code();
+                    self.peer_closed = true;
+                    self.peer_close_reason = Some(reason).filter(|r| !r.is_empty());
+                    self.peer_close_code = Some(code);
+                    return None;
+                }
+                OpCode::Binary | OpCode::Text | OpCode::Continuation => {
+                    self.pending.extend_from_slice(&frame.payload);
                 }
             }
         }
