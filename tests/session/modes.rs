@@ -209,6 +209,50 @@ fn direct_mode_s_loopback_port_cannot_be_taken_before_debugpy_binds_it() {
     assert!(!log.contains("debugging disabled"), "{log}");
 }
 
+/// Developers who came and went while the step's interpreter was starting (a port check,
+/// a debugger that gave up) were all connected to debugpy the moment it listened, and its
+/// adapter then served nobody: the next developer got no answer and the step was held
+/// past its deadline. They are now let go when they leave.
+#[test]
+fn developers_who_left_while_debugpy_started_do_not_spoil_it_for_the_next() {
+    let locks = tempfile::tempdir().expect("tempdir");
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        site.path().join("sitecustomize.py"),
+        "import time\ntime.sleep(4)\n",
+    )
+    .expect("write sitecustomize.py");
+    let (_, _, range) = port_range(4);
+    let mut agent = Running::spawn(
+        util::agent()
+            .env("AMLX_LOCK_DIR", locks.path())
+            .env("AMLX_STATE_DIR", locks.path().join("state"))
+            .env("PYTHONPATH", site.path())
+            .env("NO_COLOR", "1")
+            .args(["-v", "exec", "--debug", "--mode", "direct"])
+            .args(["--node-ip", "127.0.0.1"])
+            .args(["--wait-for-client", "--attach-timeout", "60s"])
+            .args(["--port-range", &range, "--", "python3"])
+            .arg(step_py()),
+    );
+    let line = agent.wait_stderr(" debug port ");
+    let (ip, port) = announced_address(&line);
+    for _ in 0..2 {
+        drop(std::net::TcpStream::connect((ip, port)).expect("connect and leave"));
+    }
+    agent.wait_stderr("the step's bootstrap started debugpy");
+    let client = DapClient::start(&[Attach::connect(&ip.to_string(), port)]);
+    let outcome = &client.finish(1)[0];
+    assert_breakpoint_hit(outcome, &agent);
+    let status = agent.wait_exit();
+    assert!(status.success(), "{status:?}:\n{}", agent.log());
+    let left = agent
+        .log()
+        .matches("a developer left before debugpy was reached")
+        .count();
+    assert_eq!(left, 2, "{}", agent.log());
+}
+
 #[test]
 fn a_waiting_step_is_released_at_the_attach_timeout_when_nobody_attaches() {
     for mode in ["listen", "direct"] {
@@ -236,6 +280,47 @@ fn a_waiting_step_is_released_at_the_attach_timeout_when_nobody_attaches() {
             "{mode}:\n{stderr}"
         );
     }
+}
+
+/// An interpreter that starts after the attach deadline (and the release's grace) has
+/// passed: `status` already says the step runs on without a debugger, so debugpy must not
+/// hold it when it comes. The bootstrap's own bound counted from its start, and held the
+/// step a whole attach timeout and grace more (12 s here).
+#[test]
+fn a_step_whose_interpreter_starts_after_the_deadline_is_not_held_again() {
+    use std::time::Duration;
+    const SLOW_START: Duration = Duration::from_secs(13);
+    let locks = tempfile::tempdir().expect("tempdir");
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        site.path().join("sitecustomize.py"),
+        // Popped: debugpy's adapter, another Python started by the step, starts at once.
+        "import os, time\ntime.sleep(float(os.environ.pop('SLOW_START', '0')))\n",
+    )
+    .expect("write sitecustomize.py");
+    let developer = DeveloperSide::relay_only("debug");
+    let (_, _, range) = port_range(4);
+    let started = std::time::Instant::now();
+    let out = util::output_within(
+        developer
+            .agent(locks.path())
+            .env("PYTHONPATH", site.path())
+            .env("SLOW_START", SLOW_START.as_secs().to_string())
+            .env("STEP_EXIT_CODE", "5")
+            .args(["exec", "--debug", "--mode", "listen"])
+            .args(["--wait-for-client", "--attach-timeout", "2s"])
+            .args(["--port-range", &range, "--", "python3"])
+            .arg(step_py()),
+        SESSION_DEADLINE,
+    );
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    // Held again, it would take SLOW_START + 2 s + 10 s.
+    assert!(
+        took < SLOW_START + Duration::from_secs(7),
+        "took {took:?}:\n{stderr}"
+    );
 }
 
 /// A developer who comes after the attach timeout (the step already runs on) can still

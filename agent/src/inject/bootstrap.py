@@ -4,7 +4,7 @@
 # command line exactly as `python -m debugpy <args> <target> <args>` would, or, when
 # debugpy cannot be imported, runs the target without it in this same interpreter and
 # says why. One interpreter either way: asking a second one first cost ~80 ms a start.
-# The agent fills in the five values below; everything else is fixed text.
+# The agent fills in the six values below; everything else is fixed text.
 import os
 import sys
 
@@ -123,6 +123,17 @@ def _amlx_bootstrap(report_fd, debugpy_args, fail):
     return cli, report
 
 
+def _amlx_release_at(bound):
+    # When the agent's own wait is let go (time.monotonic()): the agent's AMLX_RELEASE_AT,
+    # counted from the session's start, or `bound` from now without it.
+    import time
+
+    now = time.monotonic()
+    if AMLX_RELEASE_AT is None:
+        return now + bound
+    return min(AMLX_RELEASE_AT, now + bound)
+
+
 def _amlx_let_go_at(at, done, release_after, let_go):
     # The last resort of both guards below: once `at` (time.monotonic()) has passed
     # without `done` being set, says so once, then calls `let_go` until the wait ends
@@ -160,7 +171,9 @@ def _amlx_bound_the_wait(release_after, agents_wait):
     import debugpy
 
     bound = min(release_after, threading.TIMEOUT_MAX / 2)
-    first = [time.monotonic() + bound] if agents_wait else []
+    # The agent's own wait ends at the session's time (AMLX_RELEASE_AT, on this machine's
+    # monotonic clock), however late this interpreter started.
+    first = [_amlx_release_at(bound)] if agents_wait else []
     wait = debugpy.wait_for_client
 
     def bounded_wait(*args, **kwargs):
@@ -218,7 +231,7 @@ def _amlx_guard_the_connect(release_after):
     connect = debugpy.connect
     at = None
     if release_after is not None:
-        at = time.monotonic() + min(release_after, threading.TIMEOUT_MAX / 2)
+        at = _amlx_release_at(min(release_after, threading.TIMEOUT_MAX / 2))
 
     def debugger():
         try:

@@ -2,7 +2,7 @@
 //! or runs without it when debugpy cannot be imported, and how it tells the sidecar.
 //!
 //! The step runs `python <options> -c LAUNCHER <target> <args>`. [`LAUNCHER`] executes
-//! the text of `bootstrap.py` (next to this file), which the agent puts, with five
+//! the text of `bootstrap.py` (next to this file), which the agent puts, with six
 //! values filled in, into [`BOOTSTRAP_VAR`]; the launcher pops that variable, so no
 //! child of the step sees it. The text imports debugpy's command line and starts it
 //! with the debugpy arguments in front of the target: what `python -m debugpy …` does.
@@ -53,6 +53,17 @@ pub fn text(
     // JSON string literals of them are Python string literals too.
     let args = serde_json::to_string(debugpy_args).unwrap_or_else(|_| "[]".to_owned());
     let fail = if fail { "True" } else { "False" };
+    // When the agent's own wait (and a connect's) is let go: `release_after` from now, on
+    // the clock Python's time.monotonic() reads (CLOCK_MONOTONIC, one per machine), so
+    // an interpreter that starts late does not start the count again (it held the step a
+    // whole attach timeout past the session's deadline).
+    let release_at = release_after.zip(monotonic_now()).map_or_else(
+        || "None".to_owned(),
+        |(after, now)| {
+            let after = after.min(crate::session::LONGEST_WAIT).as_secs_f64();
+            format!("{:.3}", now + after)
+        },
+    );
     // Saturated as every session timer is (Python's waits refuse ~292 years and more).
     let release_after = match release_after {
         Some(after) => format!(
@@ -66,11 +77,20 @@ pub fn text(
     };
     format!(
         "AMLX_REPORT_FD = {}\nAMLX_DEBUGPY_ARGS = {args}\nAMLX_FAIL = {fail}\n\
-         AMLX_RELEASE_AFTER = {release_after}\nAMLX_STDERR_WAIT = {}\n{TEXT}",
+         AMLX_RELEASE_AFTER = {release_after}\nAMLX_STDERR_WAIT = {}\n\
+         AMLX_RELEASE_AT = {release_at}\n{TEXT}",
         report_fd.unwrap_or(-1),
         // The agent's own bound, so the step's notes wait no longer than its log does.
         crate::logging::stderr::STDERR_WAIT_BOUND.as_secs_f64()
     )
+}
+
+/// This machine's CLOCK_MONOTONIC in seconds (what Python's `time.monotonic()` reads).
+fn monotonic_now() -> Option<f64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    let nanos = u32::try_from(now.tv_nsec()).ok()?;
+    let secs = u64::try_from(now.tv_sec()).ok()?;
+    Some(Duration::new(secs, nanos).as_secs_f64())
 }
 
 /// What the bootstrap told the sidecar.
@@ -159,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn the_text_fills_in_exactly_the_five_values() {
+    fn the_text_fills_in_exactly_the_six_values() {
         let text = text(&[], None, true, None);
         assert!(text.starts_with(
             "AMLX_REPORT_FD = -1\nAMLX_DEBUGPY_ARGS = []\nAMLX_FAIL = True\nAMLX_RELEASE_AFTER = None\n\
@@ -184,6 +204,7 @@ mod tests {
             "AMLX_FAIL",
             "AMLX_RELEASE_AFTER",
             "AMLX_STDERR_WAIT",
+            "AMLX_RELEASE_AT",
         ] {
             assert!(TEXT.contains(name), "{name} is used by bootstrap.py");
             assert!(
