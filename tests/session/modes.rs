@@ -115,30 +115,65 @@ fn listen_mode_holds_the_step_until_the_developer_attaches_through_relay_connect
     assert!(!log.contains("timed-out"), "{log}");
 }
 
-#[test]
-fn direct_mode_logs_the_address_a_debugger_attaches_to() {
+/// A direct-mode step held for a debugger (attach timeout 60 s), with `sitecustomize` on
+/// its PYTHONPATH when given and the agent's `-v` when `verbose`, once it announced the
+/// address a debugger attaches to.
+struct DirectStep {
+    agent: Running,
+    ip: IpAddr,
+    port: u16,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn held_direct_step(sitecustomize: Option<&str>, verbose: bool) -> DirectStep {
     let locks = tempfile::tempdir().expect("tempdir");
+    let mut cmd = util::agent();
+    cmd.env("AMLX_LOCK_DIR", locks.path())
+        .env("AMLX_STATE_DIR", locks.path().join("state"))
+        .env("NO_COLOR", "1");
+    let mut dirs = vec![locks];
+    if let Some(text) = sitecustomize {
+        let site = tempfile::tempdir().expect("tempdir");
+        std::fs::write(site.path().join("sitecustomize.py"), text).expect("write sitecustomize.py");
+        cmd.env("PYTHONPATH", site.path());
+        dirs.push(site);
+    }
+    if verbose {
+        cmd.arg("-v");
+    }
     let (_, _, range) = port_range(4);
-    let mut agent = Running::spawn(
-        util::agent()
-            .env("AMLX_LOCK_DIR", locks.path())
-            .env("AMLX_STATE_DIR", locks.path().join("state"))
-            .env("NO_COLOR", "1")
-            .args([
-                "exec",
-                "--debug",
-                "--mode",
-                "direct",
-                "--node-ip",
-                "127.0.0.1",
-            ])
-            .args(["--wait-for-client", "--attach-timeout", "60s"])
-            .args(["--port-range", &range, "--", "python3"])
-            .arg(step_py()),
+    let agent = Running::spawn(
+        cmd.args([
+            "exec",
+            "--debug",
+            "--mode",
+            "direct",
+            "--node-ip",
+            "127.0.0.1",
+        ])
+        .args(["--wait-for-client", "--attach-timeout", "60s"])
+        .args(["--port-range", &range, "--", "python3"])
+        .arg(step_py()),
     );
     let line = agent.wait_stderr(" debug port ");
     let (ip, port) = announced_address(&line);
-    assert_eq!(ip.to_string(), "127.0.0.1", "{line}");
+    DirectStep {
+        agent,
+        ip,
+        port,
+        _dirs: dirs,
+    }
+}
+
+#[test]
+fn direct_mode_logs_the_address_a_debugger_attaches_to() {
+    let DirectStep {
+        mut agent,
+        ip,
+        port,
+        _dirs: _kept,
+    } = held_direct_step(None, false);
+    assert_eq!(ip.to_string(), "127.0.0.1");
     wait_debugpy_listening(port);
     let client = DapClient::start(&[Attach::connect(&ip.to_string(), port)]);
     let outcome = &client.finish(1)[0];
@@ -177,28 +212,12 @@ if _amlx_test_port and int(_amlx_test_port.group(1)) != 0:
 /// debugpy's adapter picks its port when it binds and the bootstrap reports it.
 #[test]
 fn direct_mode_s_loopback_port_cannot_be_taken_before_debugpy_binds_it() {
-    let locks = tempfile::tempdir().expect("tempdir");
-    let site = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        site.path().join("sitecustomize.py"),
-        TAKE_DEBUGPYS_LOOPBACK_PORT,
-    )
-    .expect("write sitecustomize.py");
-    let (_, _, range) = port_range(4);
-    let mut agent = Running::spawn(
-        util::agent()
-            .env("AMLX_LOCK_DIR", locks.path())
-            .env("AMLX_STATE_DIR", locks.path().join("state"))
-            .env("PYTHONPATH", site.path())
-            .env("NO_COLOR", "1")
-            .args(["exec", "--debug", "--mode", "direct"])
-            .args(["--node-ip", "127.0.0.1"])
-            .args(["--wait-for-client", "--attach-timeout", "60s"])
-            .args(["--port-range", &range, "--", "python3"])
-            .arg(step_py()),
-    );
-    let line = agent.wait_stderr(" debug port ");
-    let (ip, port) = announced_address(&line);
+    let DirectStep {
+        mut agent,
+        ip,
+        port,
+        _dirs: _kept,
+    } = held_direct_step(Some(TAKE_DEBUGPYS_LOOPBACK_PORT), false);
     wait_debugpy_listening(port);
     let client = DapClient::start(&[Attach::connect(&ip.to_string(), port)]);
     let outcome = &client.finish(1)[0];
@@ -215,28 +234,12 @@ fn direct_mode_s_loopback_port_cannot_be_taken_before_debugpy_binds_it() {
 /// past its deadline. They are now let go when they leave.
 #[test]
 fn developers_who_left_while_debugpy_started_do_not_spoil_it_for_the_next() {
-    let locks = tempfile::tempdir().expect("tempdir");
-    let site = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        site.path().join("sitecustomize.py"),
-        "import time\ntime.sleep(4)\n",
-    )
-    .expect("write sitecustomize.py");
-    let (_, _, range) = port_range(4);
-    let mut agent = Running::spawn(
-        util::agent()
-            .env("AMLX_LOCK_DIR", locks.path())
-            .env("AMLX_STATE_DIR", locks.path().join("state"))
-            .env("PYTHONPATH", site.path())
-            .env("NO_COLOR", "1")
-            .args(["-v", "exec", "--debug", "--mode", "direct"])
-            .args(["--node-ip", "127.0.0.1"])
-            .args(["--wait-for-client", "--attach-timeout", "60s"])
-            .args(["--port-range", &range, "--", "python3"])
-            .arg(step_py()),
-    );
-    let line = agent.wait_stderr(" debug port ");
-    let (ip, port) = announced_address(&line);
+    let DirectStep {
+        mut agent,
+        ip,
+        port,
+        _dirs: _kept,
+    } = held_direct_step(Some("import time\ntime.sleep(4)\n"), true);
     for _ in 0..2 {
         drop(std::net::TcpStream::connect((ip, port)).expect("connect and leave"));
     }
