@@ -129,7 +129,7 @@ pub struct SessionSpec {
     /// Direct mode with debugpy injected: the loopback port debugpy listens on, while
     /// the sidecar listens on the published `node-ip:port` and passes developers
     /// through the DAP gate; 0 when debugpy's adapter picks it and the step's bootstrap
-    /// reports it (see [`attach::Shared`]). `None`: debugpy (or the step's own code)
+    /// reports it (see `attach::Shared::debugpy_now`). `None`: debugpy (or the step's own code)
     /// owns `port`.
     pub proxy_port: Option<u16>,
     pub rank: Option<u32>,
