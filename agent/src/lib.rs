@@ -13,6 +13,7 @@ pub mod launch_json;
 pub mod logging;
 pub mod netinfo;
 pub mod policy;
+pub mod poll_deadline;
 pub mod ports;
 pub mod post_mortem;
 pub mod process;

@@ -213,16 +213,16 @@ fn show(value: Option<u32>) -> String {
 
 /// The hook's crash line from stdin, bounded in size and time.
 fn read_crash_line() -> Result<Crash, String> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use crate::poll_deadline::poll_timeout;
+    use nix::poll::{PollFd, PollFlags, poll};
     let stdin = std::io::stdin();
     let mut bytes = Vec::new();
     let deadline = std::time::Instant::now() + CRASH_LINE_TIMEOUT;
     let mut chunk = [0u8; 4096];
     while !bytes.contains(&b'\n') && bytes.len() < crash::MAX_LINE_BYTES {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO);
         let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
+        match poll(&mut fds, poll_timeout(left)) {
             Ok(0) => return Err("the hook did not say what raised in time".to_owned()),
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,

@@ -25,8 +25,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::MsgFlags;
+
+use crate::poll_deadline::poll_timeout;
 
 /// The longest a process waits, once, for room in its stderr; after that, lines that
 /// find no room are lost (and counted) instead of waited for.
@@ -182,9 +184,8 @@ enum Room {
 fn room_by(fd: BorrowedFd<'_>, deadline: Instant) -> Room {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let timeout = PollTimeout::from(u16::try_from(left.as_millis()).unwrap_or(u16::MAX));
         let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-        match poll(&mut fds, timeout) {
+        match poll(&mut fds, poll_timeout(left)) {
             Ok(0) => {
                 if left.is_zero() {
                     return Room::None;
@@ -422,7 +423,7 @@ mod tests {
         let _ = nix::unistd::read(&pty.master, &mut some);
         // The terminal frees room in a chunk a moment later; most of it is taken again.
         let mut room = [PollFd::new(terminal.as_fd(), PollFlags::POLLOUT)];
-        let _ = poll(&mut room, PollTimeout::from(5000u16));
+        let _ = poll(&mut room, poll_timeout(Duration::from_secs(5)));
         let _ = nix::unistd::write(&terminal, &[b'x'; 500]);
         let log = BoundedLog::new();
         let bound = Duration::from_millis(200);

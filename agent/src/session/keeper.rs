@@ -29,8 +29,9 @@ mod held;
 mod release;
 
 use self::held::Held;
-use super::sidecar::{STEP_EXIT_GRACE, pidfd_open, poll_timeout};
+use super::sidecar::{STEP_EXIT_GRACE, pidfd_open};
 use super::{SessionSpec, report};
+use crate::poll_deadline::poll_timeout;
 use crate::publish::{SessionState, StatusFile};
 use crate::role::ProcessEnv;
 

@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{SigHandler, Signal};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
@@ -39,6 +39,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
 use super::keeper::{self, Duties, Watch};
+use crate::poll_deadline::poll_timeout;
 
 /// The longest the parent waits for the sidecar to report that the relay path is usable
 /// (a session's own bound is shorter: [`Duties::ready_within`]).
@@ -275,11 +276,6 @@ impl Sidecar {
             }
         }
     }
-}
-
-/// A poll timeout of at most `left` (saturating at poll's maximum).
-pub(super) fn poll_timeout(left: Duration) -> PollTimeout {
-    PollTimeout::from(u16::try_from(left.as_millis()).unwrap_or(u16::MAX))
 }
 
 /// Forks the keeper, which forks the sidecar and runs `body` in it, and waits (bounded)

@@ -11,9 +11,9 @@ use nix::poll::{PollFd, PollFlags, poll};
 
 use super::held::accept_pending;
 use super::{Wake, Watch, wait_session};
+use crate::poll_deadline::poll_timeout;
 use crate::ports::connections::established_on;
 use crate::session::dap::{self, AckScanner};
-use crate::session::sidecar::poll_timeout;
 use crate::session::{DebugMode, SessionSpec};
 
 /// How long the keeper keeps trying to release a waiting step after the sidecar died.
