@@ -13,8 +13,12 @@
 //! default all) for a quick look at one figure after a change.
 
 // A crate root resolves `mod` next to itself, where cargo would take it for a bench.
+#[path = "compare/cpus.rs"]
+mod cpus;
 #[path = "compare/figures.rs"]
 mod figures;
+#[path = "compare/forwarders.rs"]
+mod forwarders;
 #[path = "compare/procs.rs"]
 mod procs;
 #[path = "compare/report.rs"]
@@ -118,6 +122,19 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
+    // The bench run again as one process of a plain forwarder chain (figures 4 to 6).
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, role, target] = args.as_slice()
+        && role == forwarders::FORWARDER_ARG
+    {
+        return match forwarders::serve(target) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("{role}: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Every child is killed by its guard when `run` returns, error or not.
     match run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -216,6 +233,15 @@ fn run() -> anyhow::Result<()> {
     }
     // Six processes that no later figure uses.
     drop(shipped_tunnels);
+    // The plain forwarder chains take part in figures 4 to 6 only.
+    if only.any(4, 6) {
+        match forwarders::chains(echo) {
+            Ok(chains) => tunnels.extend(chains),
+            Err(err) => report.note(format!(
+                "4-6: the plain forwarder chains did not start, their columns are empty: {err:#}"
+            )),
+        }
+    }
     if only.any(4, 4) {
         report.figures(figures::round_trips(echo, &tunnels), "4 round trip");
     }
@@ -226,6 +252,7 @@ fn run() -> anyhow::Result<()> {
     if only.any(6, 6) {
         report.figures(figures::opens(echo, &tunnels), "6 new tunnel");
     }
+    tunnels.retain(|(name, _)| ![forwarders::TWO, forwarders::THREE].contains(name));
     if only.any(7, 7) {
         let figure = figures::idle_memory(settings.tunnels, &tunnels, &mut report);
         report.figures(figure, "7 idle tunnels");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::Settings;
+use super::cpus::OneCpu;
 use super::procs;
 use super::report::{AGENT, DIRECT, Report, Row, TINI};
 use super::session;
@@ -148,23 +149,37 @@ pub fn round_trips(
                 .with_context(|| format!("warm-up through {name}"))?;
         }
     }
-    let mut row = Row::new(
-        &format!(
-            "4 added round trip p50 over direct, {} B (direct: its own p50)",
-            traffic::PING
-        ),
-        "us",
-    )
-    .added_over_direct();
+    let label = format!(
+        "4 added round trip p50 over direct, {} B (direct: its own p50)",
+        traffic::PING
+    );
+    let mut rows = vec![ping_rounds(&label, &mut pingers)?];
+    let pids: Vec<u32> = tunnels.iter().flat_map(|(_, t)| t.pids()).collect();
+    // The two-CPU row stands without this one (a machine without taskset, one CPU).
+    match OneCpu::pin(&pids) {
+        Ok(Some(_pinned)) => {
+            let label = "4 the same with every process on one CPU (no wake-up crosses CPUs: \
+                         the programs' own work)";
+            rows.push(ping_rounds(label, &mut pingers)?);
+        }
+        Ok(None) => eprintln!("bench: one CPU only: figure 4 is not measured again on one"),
+        Err(err) => eprintln!("bench: figure 4 on one CPU skipped: {err:#}"),
+    }
+    Ok(rows)
+}
+
+/// [`ROUND_TRIPS`] interleaved rounds of one round trip through each of `pingers`.
+fn ping_rounds(label: &str, pingers: &mut [(&'static str, Pinger)]) -> anyhow::Result<Row> {
+    let mut row = Row::new(label, "us").added_over_direct();
     for _ in 0..ROUND_TRIPS {
-        for (name, pinger) in &mut pingers {
+        for (name, pinger) in pingers.iter_mut() {
             let rtt = pinger
                 .ping()
                 .with_context(|| format!("round trip through {name}"))?;
             row.sample(name, micros(rtt));
         }
     }
-    Ok(vec![row])
+    Ok(row)
 }
 
 /// Figure 5: system calls of every process of a tunnel per round trip.

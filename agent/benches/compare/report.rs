@@ -3,12 +3,24 @@
 
 use std::collections::BTreeMap;
 
+use super::forwarders;
+
 /// Column of the traffic or command without any wrapper.
 pub const DIRECT: &str = "direct";
 pub const AGENT: &str = "amlx-agent";
 pub const TINI: &str = "tini";
-/// Every column, in order.
-const COLUMNS: [&str; 6] = [DIRECT, AGENT, "rathole", "bore", "websocat", TINI];
+/// Every column, in order: the last two are the plain forwarder chains, the floor of a
+/// path of two and three processes (figures 4 to 6 only).
+const COLUMNS: [&str; 8] = [
+    DIRECT,
+    AGENT,
+    "rathole",
+    "bore",
+    "websocat",
+    TINI,
+    forwarders::TWO,
+    forwarders::THREE,
+];
 /// The tunnel peers a row applies to unless it says otherwise.
 const TUNNEL_PEERS: [&str; 3] = ["rathole", "bore", "websocat"];
 

@@ -69,6 +69,18 @@ impl Tunnel {
             .filter(|p| p.service != Some(Service::Iperf))
     }
 
+    /// A tunnel of `parts` that carries only the echo service, entered at `echo` (figures
+    /// 1 and 7 never see it).
+    pub fn echo_only(parts: Vec<Part>, echo: SocketAddr) -> anyhow::Result<Tunnel> {
+        Ok(Tunnel {
+            parts,
+            iperf: echo,
+            echo,
+            echo_spare: None,
+            _dir: tempfile::tempdir().context("could not create a temp dir")?,
+        })
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.parts.iter().map(|p| p.proc.pid()).collect()
     }
