@@ -522,7 +522,7 @@ fn a_listener_at_its_tunnel_limit_says_so_to_the_sender() {
     assert!(second.is_empty(), "{second:?}");
     let line = connect
         .stderr
-        .wait_for("HTTP 503")
+        .wait_for("503 Service Unavailable")
         .unwrap_or_else(|| panic!("{}", connect.dump()));
     assert!(
         line.contains("as many relayed connections as it is allowed (--max-tunnels"),

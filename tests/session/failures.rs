@@ -334,3 +334,82 @@ fn debugpy_unable_to_listen_runs_the_step_undebugged_and_says_why() {
         assert_session_over(&state_dir, pid);
     }
 }
+
+/// A developer who came for a listen-mode step that runs without debugpy (its interpreter
+/// cannot import it) was told by the relay that no listener is connected, which reads as a
+/// wrong port name or a step that never started. Now the target's listener stays and
+/// refuses every developer who comes for its port with the reason, for the step's life;
+/// the step runs on and its exit code comes through.
+#[test]
+fn a_developer_who_comes_for_a_step_without_debugpy_is_told_why() {
+    use std::io::Read as _;
+    use std::time::{Duration, Instant};
+
+    let developer = DeveloperSide::relay_only("no-debugpy");
+    let locks = tempfile::tempdir().expect("tempdir");
+    let state_dir = locks.path().join("state");
+    let gate = Gate::in_dir(locks.path());
+    let (debug_port, _, range) = port_range(4);
+    let mut cmd = developer.agent(locks.path());
+    // -S: no site-packages, where the test requirements put debugpy.
+    cmd.args(["exec", "--debug", "--rank", "0", "--mode", "listen"])
+        .args(["--port-range", &range, "--", "python3", "-S"])
+        .arg(step_py())
+        .env("STEP_GATE", gate.path())
+        .env("STEP_EXIT_CODE", STEP_CODE.to_string());
+    let mut agent = Running::spawn(&mut cmd);
+    wait_state(&state_dir, agent.pid(), "running-undebugged", &agent);
+    let (connect, entry) = developer
+        .relay
+        .connect(&developer.connection_string(), &debug_port.to_string());
+    let refusal = "debugging is disabled for this run of port";
+    // A developer each time: one who comes the moment the step said so may still meet the
+    // relay between the session's listener and the one that refuses (bounded tries).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refused = 0;
+    while refused < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no developer was told why within 30 s:\n{}\n{}",
+            connect.dump(),
+            agent.log()
+        );
+        let mut local = std::net::TcpStream::connect(entry).expect("connect to relay connect");
+        local
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        // relay connect ends the local connection once the tunnel is refused.
+        let mut byte = [0u8; 1];
+        assert!(
+            !matches!(local.read(&mut byte), Ok(1)),
+            "a developer was carried somewhere:\n{}",
+            connect.dump()
+        );
+        let heard = connect
+            .stderr
+            .all()
+            .iter()
+            .filter(|line| line.contains(refusal))
+            .count();
+        if heard > refused {
+            refused = heard;
+        } else {
+            // Met the relay without a listener: the next developer a moment later.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let lines = connect.stderr.all();
+    let first = lines
+        .iter()
+        .find(|line| line.contains(refusal))
+        .expect("a refusal");
+    assert!(
+        first.contains(&format!("port {debug_port}: debugpy is not importable by"))
+            && first.contains("503 Service Unavailable")
+            && first.contains("the step runs without a debugger"),
+        "{first}"
+    );
+    gate.open();
+    assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
+    assert_session_over(&state_dir, agent.pid());
+}

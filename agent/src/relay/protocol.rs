@@ -51,6 +51,8 @@ pub mod status {
     pub const MISDIRECTED: u16 = 421;
     /// Service error.
     pub const SERVER_ERROR: u16 = 500;
+    /// Busy, or unable to serve now: a listener's refusal that names why.
+    pub const SERVICE_UNAVAILABLE: u16 = 503;
 }
 
 /// WebSocket close codes: the one list lives with the codec.

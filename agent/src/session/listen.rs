@@ -53,6 +53,70 @@ impl Forwarder {
 /// repeat it as fast as they open connections, so it is logged once per interval.
 static PREAMBLE_FAILED: Throttle = Throttle::new();
 
+/// Longest reason a refused developer is given (the relay passes at most 512 characters
+/// of a status description on).
+const MAX_REFUSAL_CHARS: usize = 400;
+
+/// The listener of a listen-mode target whose step runs without debugpy: every developer
+/// who comes for this target's port is refused with the reason, for the step's life,
+/// instead of meeting a relay that says no listener is connected (which reads as a typo in
+/// the port name or a step that never started).
+#[derive(Debug)]
+struct Refuser {
+    entity: String,
+    port: u16,
+    /// What the developer's `relay connect` prints.
+    why: String,
+}
+
+impl AcceptHandler for Refuser {
+    fn decide(&self, accept: &Accept) -> Decision {
+        match protocol::sender_suffix(&self.entity, &accept.address) {
+            // Another target's developer, sent here at random: they try again.
+            Some(named) if named != self.port.to_string() => Decision::Reject {
+                status: WRONG_LISTENER,
+                description: format!("port {named} is served by another listener"),
+            },
+            _ => Decision::Reject {
+                status: status::SERVICE_UNAVAILABLE,
+                description: self.why.clone(),
+            },
+        }
+    }
+
+    async fn handle(self: Arc<Self>, _tunnel: Tunnel, _accept: Accept) {
+        // Never reached: every sender is rejected before a rendezvous opens.
+    }
+}
+
+/// Refuses developers with `why` for as long as it is polled (the caller stops it when the
+/// step ends); returns only when the relay refuses the listener itself for good.
+pub async fn refuse(spec: &SessionSpec, why: &str) {
+    let Some(endpoint) = spec.relay.clone() else {
+        return std::future::pending().await;
+    };
+    let why: String = format!(
+        "debugging is disabled for this run of port {}: {why}; the step runs without a \
+         debugger",
+        spec.port
+    )
+    .chars()
+    .take(MAX_REFUSAL_CHARS)
+    .collect();
+    let refuser = Arc::new(Refuser {
+        entity: endpoint.entity.clone(),
+        port: spec.port,
+        why,
+    });
+    if let Err(err) = listener::run(Arc::new(endpoint), refuser, CancellationToken::new()).await {
+        tracing::warn!(
+            "developers who come for this step now meet no listener: the relay refused it: \
+             {err}"
+        );
+    }
+    std::future::pending().await
+}
+
 impl AcceptHandler for Forwarder {
     fn decide(&self, accept: &Accept) -> Decision {
         match self.named_port(accept) {
@@ -184,4 +248,45 @@ pub async fn run(
     );
     // The record stays, saying why, for as long as the step runs.
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A target without debugpy refuses its own developers with the reason, and sends
+    /// another target's developers on (421) so that they reach the target that has debugpy.
+    #[test]
+    fn a_refuser_turns_away_its_own_developers_with_the_reason_and_sends_others_on() {
+        let refuser = Refuser {
+            entity: "debug".to_owned(),
+            port: 5678,
+            why: "debugging is disabled for this run of port 5678: no debugpy".to_owned(),
+        };
+        let accept = |address: &str| Accept {
+            address: address.to_owned(),
+            id: "id".to_owned(),
+            connect_headers: Default::default(),
+            remote_endpoint: Default::default(),
+        };
+        let own = Decision::Reject {
+            status: status::SERVICE_UNAVAILABLE,
+            description: refuser.why.clone(),
+        };
+        let cases = [
+            ("ws://h/$hc/debug/5678?sb-hc-action=accept", own.clone()),
+            // No port named (an older client, azbridge): this target's developer.
+            ("ws://h/$hc/debug?sb-hc-action=accept", own),
+            (
+                "ws://h/$hc/debug/5679?sb-hc-action=accept",
+                Decision::Reject {
+                    status: WRONG_LISTENER,
+                    description: "port 5679 is served by another listener".to_owned(),
+                },
+            ),
+        ];
+        for (address, want) in cases {
+            assert_eq!(refuser.decide(&accept(address)), want, "{address}");
+        }
+    }
 }

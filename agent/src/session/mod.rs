@@ -323,7 +323,14 @@ pub fn run_sidecar(
                 Some(&format!("debugging disabled for this run: {why}")),
             );
             reporter.keep_record();
-            lives_on = ended.await;
+            lives_on = match spec.mode {
+                // The developers who come later hear why, not "no such endpoint".
+                DebugMode::Listen => tokio::select! {
+                    step_lives_on = &mut ended => step_lives_on,
+                    () = listen::refuse(&spec, &why) => ended.await,
+                },
+                DebugMode::Connect | DebugMode::Direct => ended.await,
+            };
         }
         if lives_on {
             // The step runs on: its record says so (and why) for as long as it does,

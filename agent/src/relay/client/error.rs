@@ -39,6 +39,11 @@ pub enum ConnectError {
         "relay {url} answered 410 Gone ({text}); the rendezvous expired or was already used, retry"
     )]
     Gone { url: String, text: String },
+    /// 503: the relay or the listener cannot take the connection now, and its text says
+    /// why (a full relay, a listener at its `--max-tunnels`, a target that refuses
+    /// developers because its step runs without debugpy).
+    #[error("relay {url} cannot take this connection now (503 Service Unavailable: {text})")]
+    Unavailable { url: String, text: String },
     #[error(
         "relay {url} failed with HTTP {status} ({text}); retry later, or check the relay's log"
     )]
@@ -104,7 +109,12 @@ impl ConnectError {
         // A relay (ours included) may start its text with the status's reason phrase,
         // which the message below names already: said once, not "Forbidden: Forbidden:".
         // A text that is the phrase alone says nothing more.
-        const PHRASES: [&str; 3] = ["Unauthorized", "Forbidden", "Not Found"];
+        const PHRASES: [&str; 4] = [
+            "Unauthorized",
+            "Forbidden",
+            "Not Found",
+            "Service Unavailable",
+        ];
         let trimmed = text.trim();
         let text = if trimmed.is_empty() || PHRASES.contains(&trimmed) {
             "no reason given".to_owned()
@@ -143,6 +153,7 @@ impl ConnectError {
             // another listener (421): to anyone else either is a relay speaking out of turn.
             status::GONE if role == Role::Rendezvous => ConnectError::Gone { url, text },
             status::MISDIRECTED if role == Role::Send => ConnectError::WrongListener { url, text },
+            status::SERVICE_UNAVAILABLE => ConnectError::Unavailable { url, text },
             500..=599 => ConnectError::Server {
                 url,
                 status: status_code,
@@ -166,6 +177,7 @@ impl ConnectError {
             ConnectError::NotFound { .. } => Some(status::NOT_FOUND),
             ConnectError::Gone { .. } => Some(status::GONE),
             ConnectError::WrongListener { .. } => Some(status::MISDIRECTED),
+            ConnectError::Unavailable { .. } => Some(status::SERVICE_UNAVAILABLE),
             ConnectError::Server { status, .. } | ConnectError::Unexpected { status, .. } => {
                 Some(*status)
             }
@@ -258,7 +270,9 @@ mod tests {
             (Role::Send, 404, "relay listen", true),
             (Role::Listen, 404, "create the Hybrid Connection", true),
             (Role::Rendezvous, 410, "410 Gone", false),
-            (Role::Send, 503, "HTTP 503", false),
+            (Role::Send, 503, "503 Service Unavailable: why", false),
+            (Role::Listen, 503, "503 Service Unavailable: why", false),
+            (Role::Send, 502, "HTTP 502", false),
             (Role::Send, 200, "instead of a WebSocket upgrade", false),
             (Role::Send, 421, "check --port-name", false),
             // Out of turn for this role: no advice meant for another.
@@ -310,6 +324,16 @@ mod tests {
             ),
             (403, "Forbiddenness", "(403 Forbidden: Forbiddenness)"),
             (404, "Not Found: no such hc", "(404 Not Found: no such hc)"),
+            (
+                503,
+                "Service Unavailable: the relay is at its connection limit",
+                "(503 Service Unavailable: the relay is at its connection limit)",
+            ),
+            (
+                503,
+                "Service Unavailable",
+                "(503 Service Unavailable: no reason given)",
+            ),
         ];
         for (code, text, want) in cases {
             let err =

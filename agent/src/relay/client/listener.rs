@@ -52,7 +52,7 @@ pub use crate::config::DEFAULT_MAX_TUNNELS;
 /// sender's upgrade when the rendezvous never comes).
 pub const MAX_PENDING_REJECTS: usize = 32;
 /// The HTTP status a sender gets when the listener already serves its most tunnels.
-const BUSY_STATUS: u16 = 503;
+const BUSY_STATUS: u16 = status::SERVICE_UNAVAILABLE;
 /// The most of a parser's message about a malformed control message that is logged: it
 /// may quote the relay's text, up to the 1 MiB a control message may hold.
 const MAX_LOGGED_ERROR_CHARS: usize = 200;
