@@ -906,3 +906,88 @@ async fn one_slow_client_is_not_an_overload() {
     assert!(!log.contains("overloaded"), "{log}");
     relay.assert_alive("one slow client");
 }
+
+/// A sender's path of thousands of segments (it fits the 32 KiB request head) had the
+/// relay hash every one of its prefixes while looking for the Hybrid Connection, before it
+/// looked at the token: ~56 ms of CPU per request, so anyone, without a key, kept a core
+/// busy with a few requests a second and held up every other client's handshake. Only
+/// prefixes that can name a Hybrid Connection (260 bytes at most, as Azure's names) are
+/// looked up now, and a listener cannot register a longer path that no sender could reach.
+#[tokio::test]
+async fn a_sender_path_of_thousands_of_segments_costs_the_relay_little() {
+    const REQUESTS: usize = 40;
+    // Before, 40 such requests cost about 2.2 s of the relay's CPU here.
+    const MOST_CPU: Duration = Duration::from_secs(1);
+    let mut relay = Relay::start("");
+    // The lookup walks the registry: it cost nothing while nobody listened.
+    let _listener = listen(&relay, "deep").await;
+    let deep = vec!["x"; 15_000].join("/");
+    let head = upgrade_to(
+        format!("/$hc/deep/{deep}?sb-hc-action=connect").as_bytes(),
+        b"",
+    );
+    let before = cpu_time(relay.pid());
+    for _ in 0..REQUESTS {
+        // No token: refused, as before; what it costs is the point.
+        assert_eq!(send_raw(&relay, &head).await, Some(401));
+    }
+    let used = cpu_time(relay.pid()).saturating_sub(before);
+    assert!(
+        used < MOST_CPU,
+        "{REQUESTS} requests with deep paths cost the relay {used:?} of CPU"
+    );
+    // The longest Hybrid Connection path is served; one byte more is refused up front.
+    let longest = "a".repeat(260);
+    drop(listen(&relay, &longest).await);
+    let too_long = "a".repeat(261);
+    let root = token(ROOT, KEY, &too_long, 3600);
+    let head = upgrade_to(
+        format!("/$hc/{too_long}?sb-hc-action=listen").as_bytes(),
+        format!("ServiceBusAuthorization: {root}\r\n").as_bytes(),
+    );
+    assert_eq!(send_raw(&relay, &head).await, Some(400));
+    assert_still_serving(&mut relay, "deep sender paths", "after-deep-paths").await;
+}
+
+/// User + system CPU time of `pid` so far (`/proc/<pid>/stat`, clock ticks of 1/100 s).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().expect("a number of ticks"))
+        .collect();
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
+}
+
+/// A listener may renew its token with every message it sends: two listeners renewing in
+/// a loop had the relay write 275,000 log lines a second (a disk filled in hours, or
+/// journald's rate limit dropping everyone else's lines). A control channel's renewals
+/// are logged at most once per interval now, with a count of the rest, and each still
+/// takes effect.
+#[tokio::test]
+async fn a_listener_renewing_in_a_loop_does_not_flood_the_log() {
+    const RENEWALS: usize = 500;
+    let mut relay = Relay::start("");
+    let path = "renewing";
+    let mut control = listen(&relay, path).await;
+    let renew = serde_json::json!({"renewToken": {"token": token(ROOT, KEY, path, 3600)}});
+    for _ in 0..RENEWALS {
+        tokio::time::timeout(DEADLINE, control.send(Message::text(renew.to_string())))
+            .await
+            .expect("the relay kept reading the control channel")
+            .expect("send a renewal");
+    }
+    // The channel handles its messages in order: an accept after them means all were read.
+    let (mut sender, mut data) = rendezvous(&relay, &mut control, path).await;
+    assert_relays(&mut sender, &mut data, b"after the renewals").await;
+    let log = relay.log();
+    let lines = log.matches("control channel token renewed").count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} renewal lines for {RENEWALS} renewals:\n{log}"
+    );
+    assert_still_serving(&mut relay, "a renewal loop", "after-renewals").await;
+}

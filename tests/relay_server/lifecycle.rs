@@ -218,3 +218,23 @@ async fn sighup_drains_unless_it_was_ignored_at_start() {
     relay.wait_status("listeners", 1).await;
     assert!(!relay.log().contains("SIGHUP"));
 }
+
+/// `/$status` counts every connection the relay holds: with relayed pairs open it left out
+/// each pair's listener leg (handed from the task that accepted it to the sender's), so a
+/// relay at its `max_connections` said it had half of them left.
+#[tokio::test]
+async fn status_counts_both_legs_of_every_relayed_connection() {
+    const PAIRS: u64 = 3;
+    let relay = Relay::start("");
+    let mut control = listen(&relay, "counted").await;
+    let mut pairs = Vec::new();
+    for _ in 0..PAIRS {
+        pairs.push(rendezvous(&relay, &mut control, "counted").await);
+    }
+    relay.wait_status("relayed", PAIRS).await;
+    // The control channel, two legs a pair, and the `/$status` request itself.
+    relay.wait_status("connections", 1 + 2 * PAIRS + 1).await;
+    drop(pairs);
+    relay.wait_status("relayed", 0).await;
+    relay.wait_status("connections", 1 + 1).await;
+}

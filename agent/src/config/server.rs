@@ -81,7 +81,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Connections in their handshake at once (handshake slots), every source together.
     pub max_handshakes: usize,
-    /// Connections in their handshake at once from one source address.
+    /// Connections in their handshake at once from one source (an IPv4 address or an
+    /// IPv6 /64).
     pub max_handshakes_per_source: usize,
     /// Time a client has to send its whole request head.
     pub handshake_timeout: Duration,

@@ -166,6 +166,28 @@ fn prefixes_longest_first() {
     assert_eq!(path_prefixes("").count(), 0);
 }
 
+/// A deep path yields only prefixes that could name a Hybrid Connection: the lookup of a
+/// sender's entity hashes at most MAX_ENTITY_PATH_BYTES per candidate, and there are at
+/// most half as many candidates, however many segments the path has.
+#[test]
+fn prefixes_of_a_deep_path_are_only_those_short_enough_to_be_an_entity() {
+    let deep = vec!["x"; 16_000].join("/");
+    let got: Vec<&str> = path_prefixes(&deep).collect();
+    assert!(!got.is_empty());
+    assert!(got.len() <= MAX_ENTITY_PATH_BYTES / 2 + 1, "{}", got.len());
+    assert!(got.iter().all(|p| p.len() <= MAX_ENTITY_PATH_BYTES));
+    assert_eq!(got.last(), Some(&"x"));
+    // The longest entity itself is a candidate; one byte more is not.
+    let longest = "a".repeat(MAX_ENTITY_PATH_BYTES);
+    let sender = format!("{longest}/5678");
+    assert_eq!(
+        path_prefixes(&sender).collect::<Vec<_>>(),
+        [longest.as_str()]
+    );
+    let too_long = "a".repeat(MAX_ENTITY_PATH_BYTES + 1);
+    assert_eq!(path_prefixes(&too_long).count(), 0);
+}
+
 #[test]
 fn accept_message_round_trip_and_shape() {
     let text = r#"{"accept":{"address":"wss://h/$hc/p?sb-hc-action=accept&sb-hc-id=1","id":"g","connectHeaders":{"Sec-WebSocket-Key":"k","Sec-WebSocket-Version":"13"},"remoteEndpoint":{"address":"1.2.3.4","port":50123}}}"#;

@@ -2,11 +2,16 @@
 //! is authenticated (then it trades it for a relayed slot under `max_connections`), so a
 //! flood of idle or slow connections can never take the slots real tunnels use.
 //!
-//! Handshake slots are capped per source address and in total. A connection that finds
-//! its cap full is still admitted: the *oldest* pending handshake of that source (or of
-//! all, for the total cap) is cut instead. A real client sends its whole request head
-//! within a round trip, so it is never the oldest for long; an idle flood only ever
-//! evicts itself, and new connections (a real tunnel, `/$status`) are served at once.
+//! Handshake slots are capped per source and in total; a source is an IPv4 address or an
+//! IPv6 /64 (one host or subnet usually has a whole /64, so counting its addresses one
+//! by one would give it as many caps as it likes). A connection that finds its cap full
+//! is still admitted: the *oldest* pending handshake of its source is cut instead, and
+//! for the total cap, the oldest of the source that holds the *most* pending handshakes.
+//! A real client sends its whole request head within a round trip and holds one or two;
+//! an idle flood only ever evicts itself, even from several sources at once and against
+//! a client whose handshake takes a slow link's 100–400 ms (evicting the oldest of all let
+//! a flood from two addresses cut every such client), and new connections (a real
+//! tunnel, `/$status`) are served at once.
 //! The overload is logged at most once per [`OVERLOAD_LOG_INTERVAL`], with counts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -57,8 +62,28 @@ impl Pending {
         self.by_source.get(&source)?.first().copied()
     }
 
-    fn oldest(&self) -> Option<u64> {
-        self.all.keys().next().copied()
+    /// The oldest pending handshake of the source with the most (of those with equally
+    /// many, the one whose oldest is oldest).
+    fn oldest_of_busiest(&self) -> Option<u64> {
+        self.by_source
+            .values()
+            .filter_map(|ids| Some((ids.len(), std::cmp::Reverse(*ids.first()?))))
+            .max()
+            .map(|(_, std::cmp::Reverse(id))| id)
+    }
+}
+
+/// The source a connection from `peer` counts for: an IPv4 address (also when it comes
+/// IPv4-mapped over IPv6), or an IPv6 address's /64.
+fn source_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+        },
     }
 }
 
@@ -104,16 +129,19 @@ impl Admission {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A handshake slot for a connection from `source`, evicting the oldest pending
-    /// handshake of that source (or of all) when a cap is full.
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> HandshakeSlot {
+    /// A handshake slot for a connection from `peer`, evicting the oldest pending
+    /// handshake of its source, or of the busiest source, when a cap is full.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> HandshakeSlot {
+        let source = source_of(peer);
         let mut pending = self.lock();
         let victim = if pending.source_count(source) >= self.max_per_source {
             pending
                 .oldest_of(source)
                 .map(|id| (id, Overload::SourceCapFull))
         } else if pending.all.len() >= self.max_pending {
-            pending.oldest().map(|id| (id, Overload::HandshakeCapFull))
+            pending
+                .oldest_of_busiest()
+                .map(|id| (id, Overload::HandshakeCapFull))
         } else {
             None
         };
@@ -328,6 +356,44 @@ mod tests {
         assert_eq!(evicted, [true, false, false]);
         assert!(!newest.evicted.is_cancelled());
         assert_eq!(admission.count(), 3);
+    }
+
+    /// A client whose handshake takes a slow link's time is the oldest pending one while a
+    /// flood from several addresses fills the server: the flood's sources, which hold the
+    /// most, lose theirs instead.
+    #[test]
+    fn a_full_server_evicts_from_the_busiest_source_not_a_slow_client() {
+        let admission = Arc::new(Admission::new(16, 100));
+        let slow = admission.admit(ip(1));
+        let flood: Vec<HandshakeSlot> = (0..2000u32)
+            .map(|i| admission.admit(ip(2 + (i % 8) as u8)))
+            .collect();
+        assert!(!slow.evicted.is_cancelled(), "the slow client was cut");
+        let alive = flood.iter().filter(|s| !s.evicted.is_cancelled()).count();
+        assert_eq!(alive, 15);
+        assert_eq!(admission.count(), 16);
+    }
+
+    /// An IPv6 /64 is one source (one host can use all of it), an IPv4-mapped address is
+    /// its IPv4 address.
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        let v6 = |s: &str| IpAddr::V6(s.parse().expect("an IPv6 address"));
+        let cases = [
+            (ip(7), ip(7)),
+            (v6("2001:db8:1:2:aaaa::1"), v6("2001:db8:1:2::")),
+            (v6("2001:db8:1:2:ffff:ffff:ffff:ffff"), v6("2001:db8:1:2::")),
+            (v6("2001:db8:1:3::1"), v6("2001:db8:1:3::")),
+            (v6("::ffff:10.0.0.7"), ip(7)),
+        ];
+        for (peer, source) in cases {
+            assert_eq!(source_of(peer), source, "{peer}");
+        }
+        let admission = Arc::new(Admission::new(100, 2));
+        let first = admission.admit(v6("2001:db8::1"));
+        let _second = admission.admit(v6("2001:db8::2"));
+        let _third = admission.admit(v6("2001:db8::3"));
+        assert!(first.evicted.is_cancelled(), "one /64 has one cap");
     }
 
     #[test]

@@ -21,11 +21,11 @@ use super::io::{BoxIo, Prefixed};
 use super::registry::{CONTROL_QUEUE, ListenerHandle, Queued};
 use super::rendezvous::{Decision, Leg, Pending};
 use super::upgrade::{self, HeadError, Request};
-use super::{Server, Slot, accept, auth, control, relay};
+use super::{Open, Server, Slot, accept, auth, control, relay};
 use crate::logging::{Throttle, loggable};
 use crate::relay::protocol::{
-    self, Action, HEADER_TOKEN, HcRequest, NO_LISTENER_TEXT, ProtocolError, RejectStatus,
-    SPARE_QUERY, close_code, status,
+    self, Action, HEADER_TOKEN, HcRequest, MAX_ENTITY_PATH_BYTES, NO_LISTENER_TEXT, ProtocolError,
+    RejectStatus, SPARE_QUERY, close_code, status,
 };
 use crate::relay::sas::{Right, SasError};
 
@@ -258,6 +258,13 @@ impl Ctx {
     }
 
     async fn listen(mut self, mut stream: Stream, call: Call) {
+        if call.hc.path.len() > MAX_ENTITY_PATH_BYTES {
+            // No sender could ever reach it (only prefixes that short are looked up).
+            let msg = format!(
+                "Bad Request: a Hybrid Connection path is at most {MAX_ENTITY_PATH_BYTES} bytes"
+            );
+            return upgrade::write_status(&mut stream, 400, &msg).await;
+        }
         let grant = match self.authorize(&call, Right::Listen) {
             Ok(g) => g,
             Err(err) => return refuse(&mut stream, &err, &self.server.refusals_logged).await,
@@ -268,7 +275,9 @@ impl Ctx {
             return upgrade::write_status(&mut stream, 400, msg).await;
         };
         let Some(permit) = self.take_relayed_slot() else {
-            tracing::info!("listener refused: max_connections reached");
+            self.server.at_limit_logged.log(|left_out| {
+                tracing::info!("listener refused: max_connections reached{left_out}");
+            });
             return upgrade::write_status(&mut stream, 503, CONNECTIONS_FULL).await;
         };
         let entity = call.hc.path.as_str();
@@ -334,7 +343,9 @@ impl Ctx {
             return refuse(&mut stream, &err, &self.server.refusals_logged).await;
         }
         let Some(permit) = self.take_relayed_slot() else {
-            tracing::info!("sender refused: max_connections reached");
+            self.server.at_limit_logged.log(|left_out| {
+                tracing::info!("sender refused: max_connections reached{left_out}");
+            });
             return upgrade::write_status(&mut stream, 503, CONNECTIONS_FULL).await;
         };
         let tracking = call.tracking.as_str();
@@ -483,7 +494,7 @@ impl Ctx {
         } else {
             tracing::info!("relayed connection closed: {outcome}");
         }
-        drop((leg.permit, permit));
+        drop((leg.permit, leg.open, permit));
     }
 
     /// The listener's rendezvous: accept (101, hand the socket to the sender) or reject
@@ -552,7 +563,9 @@ impl Ctx {
             return upgrade::write_status(&mut stream, status::NOT_FOUND, msg).await;
         }
         let Some(permit) = self.take_relayed_slot() else {
-            tracing::info!("rendezvous refused: max_connections reached");
+            self.server.at_limit_logged.log(|left_out| {
+                tracing::info!("rendezvous refused: max_connections reached{left_out}");
+            });
             let _ = pending.decision.send(Decision::Reject {
                 status: 503,
                 description: CONNECTIONS_FULL.to_owned(),
@@ -578,6 +591,7 @@ impl Ctx {
             protocol,
             peer: self.peer,
             permit,
+            open: Open::new(self.server.open.clone()),
         };
         if let Err(Decision::Accept(leg)) = pending.decision.send(Decision::Accept(leg)) {
             tracing::info!("sender gave up just before the accept");
@@ -595,8 +609,6 @@ struct Call {
     tracking: String,
 }
 
-/// Answers a failed authorisation: 401 or 403 with the reason (never the token); the log
-/// line is `logged`'s to allow.
 /// Answers a request the relay cannot serve (malformed, too large, no such endpoint) with
 /// `status` and `message`, and says so in the log at most once per interval with a count
 /// of the rest: anyone can repeat a bad request at will.
@@ -607,6 +619,8 @@ async fn bad_request(stream: &mut Stream, status: u16, message: &str, logged: &T
     upgrade::write_status(stream, status, message).await;
 }
 
+/// Answers a failed authorisation: 401 or 403 with the reason (never the token); the log
+/// line is `logged`'s to allow.
 async fn refuse(stream: &mut Stream, err: &SasError, logged: &Throttle) {
     let status = err.status();
     logged.log(|left_out| {

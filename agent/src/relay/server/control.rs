@@ -27,6 +27,7 @@ use super::registry::Queued;
 use super::rendezvous::Rendezvous;
 use super::{CLOSE_HANDSHAKE_TIMEOUT, auth};
 use crate::config::ServerKey;
+use crate::logging::Throttle;
 use crate::relay::protocol::{self, ControlMessage};
 use crate::relay::sas::Right;
 
@@ -106,6 +107,9 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
     let expiry = tokio::time::sleep_until(deadline(ch.expiry));
     tokio::pin!(expiry);
     let mut probe = Probe::default();
+    // A listener may renew its token as often as it sends messages: two renewing in a
+    // loop wrote 275,000 log lines a second and slowed everyone's handshakes.
+    let renewals_logged = Throttle::default();
     let ended = loop {
         // Every branch is cancel-safe: `cancelled`, `recv`, `Sleep` and the WebSocket's
         // `next` keep their state in their owners, not in the dropped future. In this
@@ -128,7 +132,9 @@ pub async fn serve(mut ws: WebSocketStream<Prefixed<BoxIo>>, mut ch: Channel<'_>
                         ch.keys, Some(renew.token.expose()), ch.path, Right::Listen, auth::now(),
                     ) {
                         Ok(grant) => {
-                            tracing::info!(key = %grant.key_name, expiry = grant.expiry, "control channel token renewed");
+                            renewals_logged.log(|left_out| {
+                                tracing::info!(key = %grant.key_name, expiry = grant.expiry, "control channel token renewed{left_out}");
+                            });
                             ch.expiry = grant.expiry;
                             expiry.as_mut().reset(deadline(ch.expiry));
                         }

@@ -155,6 +155,9 @@ struct Server {
     /// A listener refused because its path has the most listeners; a client library
     /// reconnecting in a tight loop (hyco-ws does) wrote 2,000 of them in 10 s.
     full_path_logged: Throttle,
+    /// Connections refused at `max_connections`: at the limit, each new one is refused
+    /// with a line, as fast as anyone can connect.
+    at_limit_logged: Throttle,
 }
 
 impl Server {
@@ -190,10 +193,10 @@ pub(crate) struct Slot {
 
 /// Counts one TCP connection in `/$status` while its task lives (unwinding included).
 #[derive(Debug)]
-struct Open(Arc<AtomicUsize>);
+pub(crate) struct Open(Arc<AtomicUsize>);
 
 impl Open {
-    fn new(open: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(open: Arc<AtomicUsize>) -> Self {
         open.fetch_add(1, Ordering::Relaxed);
         Open(open)
     }
@@ -264,6 +267,7 @@ pub async fn run(
         refusals_logged: Throttle::default(),
         bad_requests_logged: Throttle::default(),
         full_path_logged: Throttle::default(),
+        at_limit_logged: Throttle::default(),
         settings,
     });
     let tracker = TaskTracker::new();

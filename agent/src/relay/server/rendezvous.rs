@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use super::Slot;
 use super::io::{BoxIo, Prefixed};
+use super::{Open, Slot};
 
 /// The listener's end of an accepted rendezvous, handed to the sender's task.
 #[derive(Debug)]
@@ -24,6 +24,9 @@ pub struct Leg {
     pub peer: SocketAddr,
     /// The connection slot of the listener's leg, released when the pump ends.
     pub permit: Slot,
+    /// Counts the leg in `/$status` while the sender's task pumps it (the task that
+    /// accepted it, which counted it so far, ends with the hand-over): held, never read.
+    pub open: Open,
 }
 
 /// What the listener decided.
