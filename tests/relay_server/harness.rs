@@ -67,6 +67,27 @@ impl Relay {
         prepare: impl FnOnce(&std::path::Path),
         adjust: impl FnOnce(&mut std::process::Command),
     ) -> Relay {
+        Relay::start_full(server_toml, "", flags, prepare, adjust)
+    }
+
+    /// As [`Relay::start`], with `sender_key_toml` added to the [`SEND_ONLY`] key's table.
+    pub fn start_with_sender_key(server_toml: &str, sender_key_toml: &str) -> Relay {
+        Relay::start_full(
+            server_toml,
+            sender_key_toml,
+            &["--insecure-ws"],
+            |_| {},
+            |_| {},
+        )
+    }
+
+    fn start_full(
+        server_toml: &str,
+        sender_key_toml: &str,
+        flags: &[&str],
+        prepare: impl FnOnce(&std::path::Path),
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> Relay {
         let dir = tempfile::tempdir().expect("temp dir");
         prepare(dir.path());
         let config = dir.path().join("relay.toml");
@@ -75,7 +96,8 @@ impl Relay {
             format!(
                 "[relay.server]\n{server_toml}\n\
                  [[relay.server.keys]]\nname = \"{ROOT}\"\nkey = \"{KEY}\"\nrights = [\"listen\", \"send\"]\n\
-                 [[relay.server.keys]]\nname = \"{SEND_ONLY}\"\nkey = \"{KEY}\"\nrights = [\"send\"]\npaths = [\"*\"]\n"
+                 [[relay.server.keys]]\nname = \"{SEND_ONLY}\"\nkey = \"{KEY}\"\nrights = [\"send\"]\npaths = [\"*\"]\n\
+                 {sender_key_toml}\n"
             ),
         )
         .expect("write config");
@@ -360,7 +382,17 @@ pub fn interop_dir() -> PathBuf {
 
 /// A sender on `path` (root key) and the listener's accepted rendezvous, both open.
 pub async fn rendezvous(relay: &Relay, control: &mut Ws, path: &str) -> (Ws, Ws) {
-    let tok = token(ROOT, KEY, path, 3600);
+    rendezvous_as(relay, control, path, ROOT).await
+}
+
+/// [`rendezvous`] with a sender whose token key `key_name` signed.
+pub async fn rendezvous_as(
+    relay: &Relay,
+    control: &mut Ws,
+    path: &str,
+    key_name: &str,
+) -> (Ws, Ws) {
+    let tok = token(key_name, KEY, path, 3600);
     let sender = tokio::spawn(open(request(&relay.url(path, "connect"), Some(&tok))));
     let accept = next_accept(control).await;
     let address = accept["accept"]["address"]

@@ -266,3 +266,59 @@ async fn a_path_with_dot_segments_is_a_bad_request() {
         assert!(body.contains("'.' or '..' segment"), "{path}: {body}");
     }
 }
+
+/// A key with its own `max_connections`: a holder of a node's send key who opened
+/// tunnels (or connections that never sent a byte) until the relay was full refused
+/// every other key with 503 for as long as they liked. Its tunnels now count against its
+/// own limit, both legs of each (the sender's and the listener's), and every other key
+/// goes on being served; a slot it frees is its own again.
+#[tokio::test]
+async fn a_key_with_its_own_limit_cannot_take_the_slots_of_the_others() {
+    let relay = Relay::start_with_sender_key("", "max_connections = 4");
+    let path = "limited";
+    let mut control = listen(&relay, path).await;
+    // Two tunnels are four slots of the send-only key.
+    let first = rendezvous_as(&relay, &mut control, path, SEND_ONLY).await;
+    let _second = rendezvous_as(&relay, &mut control, path, SEND_ONLY).await;
+    let tok = token(SEND_ONLY, KEY, path, 3600);
+    let refused = open(request(&relay.url(path, "connect"), Some(&tok))).await;
+    assert_eq!(refused.err(), Some(503), "a fifth slot for the key");
+    let log = relay.log();
+    assert!(
+        log.contains(&format!(
+            "sender refused: key {SEND_ONLY} holds its most connections (4, the max_connections"
+        )),
+        "{log}"
+    );
+    // Every other key is served as before.
+    let (mut sender, mut data) = rendezvous(&relay, &mut control, path).await;
+    assert_relays(&mut sender, &mut data, b"the root key is not limited").await;
+    // A tunnel of the key ends: its two slots are the key's again.
+    drop(first);
+    let started = std::time::Instant::now();
+    let (mut sender, mut data) = loop {
+        let tok = token(SEND_ONLY, KEY, path, 3600);
+        let mut sender = tokio::spawn(open(request(&relay.url(path, "connect"), Some(&tok))));
+        tokio::select! {
+            accept = next_accept(&mut control) => {
+                let address = accept["accept"]["address"].as_str().expect("address").to_owned();
+                let data = open(request(&address, None)).await.expect("rendezvous accepted");
+                let sender = (&mut sender)
+                    .await
+                    .expect("sender task")
+                    .expect("the key's freed slots took its tunnel");
+                break (sender, data);
+            }
+            answered = &mut sender => {
+                // Refused while the relay has not yet seen the first tunnel end.
+                assert_eq!(answered.expect("sender task").err(), Some(503));
+            }
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the key's slots never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_relays(&mut sender, &mut data, b"a freed slot").await;
+}

@@ -176,6 +176,11 @@ pub struct ServerKey {
     /// Hybrid Connection paths it covers: exact names or globs where `*` matches any run
     /// of characters, `/` included (`*`, `team-a/*`); compared case-insensitively.
     pub paths: Vec<String>,
+    /// Most connection slots (of `max_connections`) that connections authenticated with
+    /// this key hold at once: its control channels, its senders, and the listener's leg
+    /// of each of its senders' tunnels. `None`: only the relay's own limit, so one holder
+    /// of the key (a leaked node key) can take every slot from every other key.
+    pub max_connections: Option<usize>,
 }
 
 impl ServerKey {
@@ -275,6 +280,8 @@ struct KeySection {
     rights: Option<Vec<Right>>,
     #[serde(default, deserialize_with = "paths")]
     paths: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "positive_count")]
+    max_connections: Option<usize>,
 }
 
 fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
@@ -434,6 +441,7 @@ impl ServerSection {
                 key: k.key,
                 rights: k.rights.unwrap_or_else(|| vec![Right::Listen, Right::Send]),
                 paths: k.paths.unwrap_or_else(|| vec!["*".to_owned()]),
+                max_connections: k.max_connections,
             });
         }
         Ok(settings)

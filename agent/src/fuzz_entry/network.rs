@@ -51,6 +51,7 @@ fn fuzz_keys() -> Vec<ServerKey> {
         key: Secret::new(FUZZ_KEY),
         rights: vec![Right::Listen, Right::Send],
         paths: vec!["*".to_owned()],
+        max_connections: None,
     }]
 }
 

@@ -65,6 +65,7 @@ impl LocalRelay {
                 key: key.clone(),
                 rights: vec![Right::Listen, Right::Send],
                 paths: vec![hc.clone()],
+                max_connections: None,
             }],
             ..ServerSettings::default()
         };

@@ -189,7 +189,12 @@ fn server_errors_name_file_line_and_key() {
         ),
         (
             "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nright = [\"send\"]\n".into(),
-            "4: unknown key relay.server.keys[0].right (known keys: name, key, rights, paths)",
+            "4: unknown key relay.server.keys[0].right (known keys: name, key, rights, paths, \
+             max_connections)",
+        ),
+        (
+            "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nmax_connections = 0\n".into(),
+            "4: relay.server.keys[0].max_connections: must be at least 1",
         ),
     ];
     for (text, want) in &cases {

@@ -28,6 +28,7 @@ async fn relay(shutdown: &CancellationToken) -> Arc<Endpoint> {
             key: Secret::new(KEY),
             rights: vec![Right::Listen, Right::Send],
             paths: vec![HC.to_owned()],
+            max_connections: None,
         }],
         ..ServerSettings::default()
     };

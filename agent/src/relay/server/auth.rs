@@ -136,18 +136,21 @@ mod tests {
                 key: Secret::new(KEY),
                 rights: vec![Right::Listen],
                 paths: vec!["*".into()],
+                max_connections: None,
             },
             ServerKey {
                 name: "send-a".into(),
                 key: Secret::new(KEY),
                 rights: vec![Right::Send],
                 paths: vec!["team-a/*".into(), "shared".into()],
+                max_connections: None,
             },
             ServerKey {
                 name: "root".into(),
                 key: Secret::new(KEY),
                 rights: vec![Right::Listen, Right::Send],
                 paths: vec!["*".into()],
+                max_connections: None,
             },
         ]
     }

@@ -21,7 +21,7 @@ use super::io::{BoxIo, Prefixed};
 use super::registry::{CONTROL_QUEUE, ListenerHandle, Queued};
 use super::rendezvous::{Decision, Leg, Pending};
 use super::upgrade::{self, HeadError, Request};
-use super::{Open, Server, Slot, accept, auth, control, relay};
+use super::{Full, Open, Server, Slot, accept, auth, control, relay};
 use crate::logging::{Throttle, loggable};
 use crate::relay::protocol::{
     self, Action, HEADER_TOKEN, HcRequest, MAX_ENTITY_PATH_BYTES, NO_LISTENER_TEXT, ProtocolError,
@@ -149,13 +149,38 @@ impl Drop for Relayed<'_> {
 /// What a client past `max_connections` reads.
 const CONNECTIONS_FULL: &str = "Service Unavailable: the relay is at its connection limit";
 
+/// The 503 text for a connection that found no slot.
+fn full_text(full: &Full) -> String {
+    match full {
+        Full::Relay => CONNECTIONS_FULL.to_owned(),
+        Full::Key { name, max } => format!(
+            "Service Unavailable: key {} holds its most connections ({max}, the \
+             max_connections of its [[relay.server.keys]] entry)",
+            loggable(name)
+        ),
+    }
+}
+
 impl Ctx {
-    /// Trades the handshake slot for a relayed slot; `None` (answer 503) when every
-    /// relayed slot is taken, in which case the handshake slot is kept until the answer.
-    fn take_relayed_slot(&mut self) -> Option<Slot> {
-        let slot = self.server.relayed_slot()?;
+    /// Trades the handshake slot for a relayed slot on behalf of `key`; `Err` (answer 503
+    /// with [`full_text`]) when the relay's or the key's slots are all taken, in which
+    /// case the handshake slot is kept until the answer.
+    fn take_relayed_slot(&mut self, key: &str) -> Result<Slot, Full> {
+        let slot = self.server.relayed_slot(key)?;
         self.handshake = None;
-        Some(slot)
+        Ok(slot)
+    }
+
+    /// Logs (throttled) that `who` found no slot, and says why for the 503.
+    fn no_slot(&self, who: &str, full: &Full) -> String {
+        let text = full_text(full);
+        self.server.at_limit_logged.log(|left_out| {
+            tracing::info!(
+                "{who} refused: {}{left_out}",
+                text.trim_start_matches("Service Unavailable: ")
+            );
+        });
+        text
     }
 
     async fn route(self, mut stream: Stream) {
@@ -274,11 +299,12 @@ impl Ctx {
             let msg = "Bad Request: the Host header is not a host[:port]";
             return upgrade::write_status(&mut stream, 400, msg).await;
         };
-        let Some(permit) = self.take_relayed_slot() else {
-            self.server.at_limit_logged.log(|left_out| {
-                tracing::info!("listener refused: max_connections reached{left_out}");
-            });
-            return upgrade::write_status(&mut stream, 503, CONNECTIONS_FULL).await;
+        let permit = match self.take_relayed_slot(&grant.key_name) {
+            Ok(permit) => permit,
+            Err(full) => {
+                let text = self.no_slot("listener", &full);
+                return upgrade::write_status(&mut stream, 503, &text).await;
+            }
         };
         let entity = call.hc.path.as_str();
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
@@ -339,14 +365,16 @@ impl Ctx {
             resolved.as_ref().map(|(entity, _)| entity.as_str()),
             auth::now(),
         );
-        if let Err(err) = authorized {
-            return refuse(&mut stream, &err, &self.server.refusals_logged).await;
-        }
-        let Some(permit) = self.take_relayed_slot() else {
-            self.server.at_limit_logged.log(|left_out| {
-                tracing::info!("sender refused: max_connections reached{left_out}");
-            });
-            return upgrade::write_status(&mut stream, 503, CONNECTIONS_FULL).await;
+        let grant = match authorized {
+            Ok(grant) => grant,
+            Err(err) => return refuse(&mut stream, &err, &self.server.refusals_logged).await,
+        };
+        let permit = match self.take_relayed_slot(&grant.key_name) {
+            Ok(permit) => permit,
+            Err(full) => {
+                let text = self.no_slot("sender", &full);
+                return upgrade::write_status(&mut stream, 503, &text).await;
+            }
         };
         let tracking = call.tracking.as_str();
         let no_listener = format!("{NO_LISTENER_TEXT} TrackingId:{tracking}");
@@ -361,7 +389,10 @@ impl Ctx {
         // Listeners whose control channel ended with this sender's command unsent.
         let mut gone: Vec<u64> = Vec::new();
         let decision = loop {
-            let (ticket, decision) = server.rendezvous.open(tracking, &call.hc.path);
+            let (ticket, decision) =
+                server
+                    .rendezvous
+                    .open(tracking, &call.hc.path, &grant.key_name);
             let queued = |l: &ListenerHandle| Queued {
                 json: accept::command(&l.base, &self.request, &call.hc, &ticket.id, self.peer),
                 rendezvous_id: ticket.id.clone(),
@@ -562,15 +593,18 @@ impl Ctx {
             let msg = "Not Found: the sender is gone";
             return upgrade::write_status(&mut stream, status::NOT_FOUND, msg).await;
         }
-        let Some(permit) = self.take_relayed_slot() else {
-            self.server.at_limit_logged.log(|left_out| {
-                tracing::info!("rendezvous refused: max_connections reached{left_out}");
-            });
-            let _ = pending.decision.send(Decision::Reject {
-                status: 503,
-                description: CONNECTIONS_FULL.to_owned(),
-            });
-            return upgrade::write_status(&mut stream, 503, CONNECTIONS_FULL).await;
+        // The listener's leg of a tunnel counts for the sender's key: a key that may only
+        // send holds two slots per tunnel, and its limit covers both.
+        let permit = match self.take_relayed_slot(&pending.key) {
+            Ok(permit) => permit,
+            Err(full) => {
+                let text = self.no_slot("rendezvous", &full);
+                let _ = pending.decision.send(Decision::Reject {
+                    status: 503,
+                    description: text.clone(),
+                });
+                return upgrade::write_status(&mut stream, 503, &text).await;
+            }
         };
         let protocol = self
             .request

@@ -40,6 +40,7 @@ mod tls;
 pub(crate) mod upgrade;
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -136,6 +137,8 @@ struct Server {
     /// Relayed slots (`max_connections`): a permit lives as long as an authenticated
     /// connection (control channel, waiting sender, relayed leg).
     connections: Arc<Semaphore>,
+    /// The slots of each key with its own `max_connections`, and that number.
+    key_slots: HashMap<String, (Arc<Semaphore>, usize)>,
     /// TCP connections open now, in any phase (each task holds an [`Open`]).
     open: Arc<AtomicUsize>,
     /// Relayed (sender ↔ listener) connections open now.
@@ -173,22 +176,45 @@ impl Server {
         .to_string()
     }
 
-    /// A relayed slot, if one is free (the caller answers 503 otherwise).
-    fn relayed_slot(&self) -> Option<Slot> {
+    /// A relayed slot for a connection on behalf of `key`, if the relay and the key each
+    /// have one free (the caller answers 503 otherwise).
+    fn relayed_slot(&self, key: &str) -> Result<Slot, Full> {
+        let key_permit = match self.key_slots.get(key) {
+            Some((slots, max)) => {
+                Some(slots.clone().try_acquire_owned().map_err(|_| Full::Key {
+                    name: key.to_owned(),
+                    max: *max,
+                })?)
+            }
+            None => None,
+        };
         match self.connections.clone().try_acquire_owned() {
-            Ok(permit) => Some(Slot { _permit: permit }),
+            Ok(permit) => Ok(Slot {
+                _permit: permit,
+                _key_permit: key_permit,
+            }),
             Err(_) => {
                 self.admission.overload.note(Overload::ConnectionsFull);
-                None
+                Err(Full::Relay)
             }
         }
     }
 }
 
-/// An authenticated connection's place under `max_connections`.
+/// An authenticated connection's place under `max_connections`, and under its key's.
 #[derive(Debug)]
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
+    _key_permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Why a connection found no slot.
+#[derive(Debug)]
+pub(crate) enum Full {
+    /// Every one of the relay's `max_connections` is taken.
+    Relay,
+    /// The key it is on behalf of holds its own `max_connections`.
+    Key { name: String, max: usize },
 }
 
 /// Counts one TCP connection in `/$status` while its task lives (unwinding included).
@@ -259,6 +285,15 @@ pub async fn run(
             settings.config.max_handshakes_per_source,
         )),
         connections: Arc::new(Semaphore::new(max)),
+        key_slots: settings
+            .config
+            .keys
+            .iter()
+            .filter_map(|k| {
+                let max = k.max_connections?;
+                Some((k.name.clone(), (Arc::new(Semaphore::new(max)), max)))
+            })
+            .collect(),
         open: Arc::new(AtomicUsize::new(0)),
         relayed: AtomicUsize::new(0),
         relayed_total: AtomicU64::new(0),

@@ -50,6 +50,8 @@ pub struct Pending {
     pub tracking_id: String,
     /// Entity path the sender asked for (the rendezvous must use the same).
     pub path: String,
+    /// The name of the sender's key: the listener's leg counts for it.
+    pub key: String,
     pub decision: oneshot::Sender<Decision>,
 }
 
@@ -97,7 +99,12 @@ fn lock(map: &Map) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
 
 impl Rendezvous {
     /// Registers a waiting sender; the returned ticket keeps the address alive.
-    pub fn open(&self, tracking_id: &str, path: &str) -> (Ticket, oneshot::Receiver<Decision>) {
+    pub fn open(
+        &self,
+        tracking_id: &str,
+        path: &str,
+        key: &str,
+    ) -> (Ticket, oneshot::Receiver<Decision>) {
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(
@@ -105,6 +112,7 @@ impl Rendezvous {
             Pending {
                 tracking_id: tracking_id.to_owned(),
                 path: path.trim_matches('/').to_ascii_lowercase(),
+                key: key.to_owned(),
                 decision: tx,
             },
         );
@@ -144,7 +152,7 @@ mod tests {
     #[test]
     fn debug_output_never_shows_a_live_id() {
         let rv = Rendezvous::default();
-        let (ticket, _rx) = rv.open("t1", "hc");
+        let (ticket, _rx) = rv.open("t1", "hc", "k");
         for shown in [format!("{rv:?}"), format!("{ticket:?}"), format!("{rv:#?}")] {
             assert!(!shown.contains(&ticket.id), "{shown}");
         }
@@ -154,14 +162,14 @@ mod tests {
     #[test]
     fn single_use_and_expiring_with_the_ticket() {
         let rv = Rendezvous::default();
-        let (ticket, _rx) = rv.open("t1", "/HC/");
+        let (ticket, _rx) = rv.open("t1", "/HC/", "k");
         assert_eq!(rv.count(), 1);
         let claimed = rv.take(&ticket.id).expect("first claim wins");
         assert_eq!(claimed.path, "hc");
         assert_eq!(claimed.tracking_id, "t1");
         assert!(rv.take(&ticket.id).is_none(), "second claim fails");
 
-        let (ticket, _rx) = rv.open("t2", "hc");
+        let (ticket, _rx) = rv.open("t2", "hc", "k");
         let id = ticket.id.clone();
         drop(ticket);
         assert!(rv.take(&id).is_none(), "expired with the sender's wait");
