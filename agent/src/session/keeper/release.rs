@@ -71,7 +71,8 @@ pub(super) fn release(
 /// (debugpy not ready yet) is retried on the same connection, the only one there is.
 fn release_connection(watch: &Watch, socket: OwnedFd) {
     let stream = TcpStream::from(socket);
-    retry_release(watch, || release_over(&stream, Some(watch)));
+    let deadline = Instant::now() + RELEASE_GRACE;
+    retry_release(watch, deadline, || release_over(&stream, Some(watch)));
     let _ = stream.shutdown(Shutdown::Both);
 }
 
@@ -132,15 +133,17 @@ pub(super) fn release_orphaned(debuggee: OwnedFd) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// Attaches to debugpy and leaves (listen and direct modes), retrying for
-/// [`RELEASE_GRACE`] until debugpy acknowledges `configurationDone`. `debugpy_port`:
-/// the port the sidecar said debugpy's adapter picked (direct mode).
+/// Attaches to debugpy and leaves (listen and direct modes), retrying until debugpy
+/// acknowledges `configurationDone`, for [`RELEASE_GRACE`] in all (the wait for debugpy's
+/// port included). `debugpy_port`: the port the sidecar said debugpy's adapter picked
+/// (direct mode).
 fn release_listening(spec: &SessionSpec, watch: &Watch, debugpy_port: Option<u16>) {
+    let deadline = Instant::now() + RELEASE_GRACE;
     let mut address = spec.debugpy_address();
     if address.port() == 0 {
         let reported = debugpy_port.or_else(|| {
             let report = watch.report.as_ref()?;
-            reported_port(report.as_fd(), watch)
+            reported_port(report.as_fd(), watch, deadline)
         });
         let Some(port) = reported else {
             // The step's bootstrap lets itself go at its own bound.
@@ -152,7 +155,7 @@ fn release_listening(spec: &SessionSpec, watch: &Watch, debugpy_port: Option<u16
         };
         address.set_port(port);
     }
-    retry_release(watch, || {
+    retry_release(watch, deadline, || {
         TcpStream::connect_timeout(&address, RELEASE_CONNECT_TIMEOUT)
             .map_err(|err| format!("could not reach debugpy at {address}: {err}"))
             .and_then(|stream| {
@@ -164,10 +167,9 @@ fn release_listening(spec: &SessionSpec, watch: &Watch, debugpy_port: Option<u16
 }
 
 /// The port debugpy's adapter picked, from the step's bootstrap report (the keeper's copy
-/// of its read end) when the sidecar died before it read it: waits for the report up to
-/// [`RELEASE_GRACE`] (an interpreter still starting), less when the step ends first.
-fn reported_port(report: BorrowedFd<'_>, watch: &Watch) -> Option<u16> {
-    let deadline = Instant::now() + RELEASE_GRACE;
+/// of its read end) when the sidecar died before it read it: waits for the report until
+/// `deadline` (an interpreter still starting), less when the step ends first.
+fn reported_port(report: BorrowedFd<'_>, watch: &Watch, deadline: Instant) -> Option<u16> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut fds = [
@@ -207,10 +209,13 @@ enum Release {
     SessionOver,
 }
 
-/// Runs `attempt` until it releases the step, the session ends, or [`RELEASE_GRACE`]
-/// has passed, pausing [`RELEASE_RETRY_PAUSE`] between attempts.
-fn retry_release(watch: &Watch, mut attempt: impl FnMut() -> Result<Release, String>) {
-    let deadline = Instant::now() + RELEASE_GRACE;
+/// Runs `attempt` until it releases the step, the session ends, or `deadline` has
+/// passed (one attempt at least), pausing [`RELEASE_RETRY_PAUSE`] between attempts.
+fn retry_release(
+    watch: &Watch,
+    deadline: Instant,
+    mut attempt: impl FnMut() -> Result<Release, String>,
+) {
     loop {
         match attempt() {
             Ok(Release::Done) => {
@@ -222,7 +227,7 @@ fn retry_release(watch: &Watch, mut attempt: impl FnMut() -> Result<Release, Str
                 return;
             }
             Err(why) if Instant::now() >= deadline => {
-                tracing::warn!("gave up releasing the step after {RELEASE_GRACE:?}: {why}");
+                tracing::warn!("gave up releasing the step within {RELEASE_GRACE:?}: {why}");
                 return;
             }
             Err(why) => tracing::debug!("release attempt failed: {why}"),
