@@ -19,7 +19,8 @@ use crate::ports::{self, HolderRecord, ReserveRequest};
 use crate::post_mortem::crash::{self, Crash};
 use crate::post_mortem::slots::{self, Claim, SlotRecord};
 use crate::role::{Detection, ProcessEnv};
-use crate::session::sidecar::{self, Lifeline, ReadySignal};
+use crate::session::lifeline::Lifeline;
+use crate::session::sidecar::{self, ReadySignal};
 use crate::session::{self, DebugMode, FailurePolicy, PostMortem, SessionSpec};
 
 use super::exec::target::{debugger_bind_ip, free_loopback_port, relay_endpoint};

@@ -29,7 +29,8 @@ mod held;
 mod release;
 
 use self::held::Held;
-use super::sidecar::{STEP_EXIT_GRACE, pidfd_open};
+use super::lifeline::STEP_EXIT_GRACE;
+use super::sidecar::pidfd_open;
 use super::{SessionSpec, report};
 use crate::poll_deadline::poll_timeout;
 use crate::publish::{SessionState, StatusFile};

@@ -10,6 +10,7 @@ pub mod dap;
 mod direct;
 pub mod gate;
 pub mod keeper;
+pub mod lifeline;
 mod listen;
 pub mod peers;
 pub mod report;
@@ -26,8 +27,9 @@ use tokio::time::Instant;
 use crate::inject::bootstrap::{self, Report};
 use crate::publish::SessionState;
 use crate::relay::client::Endpoint;
+use lifeline::{Lifeline, LifelineEnd};
 use report::Reporter;
-use sidecar::{Lifeline, LifelineEnd, ReadySignal};
+use sidecar::ReadySignal;
 use step_end::StepEnd;
 
 use serde::Serialize;
