@@ -427,3 +427,59 @@ fn listen_mode_releases_the_step_whatever_the_debugger_does() {
 fn direct_mode_releases_the_step_whatever_the_debugger_does() {
     run_table(Mode::Direct);
 }
+
+/// At the attach deadline the step is released, which takes up to 20 s when debugpy does
+/// not acknowledge (a developer stuck after an `attach` it never finished has its
+/// adapter); meanwhile a listen-mode target did not serve its relay listener at all: the
+/// relay dropped it, and a developer who came then got no answer, then "no listeners".
+/// Now the developers' side is served during the release.
+#[test]
+fn a_listen_mode_target_answers_developers_while_it_releases_the_step() {
+    use std::io::{Read as _, Write as _};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let developer = DeveloperSide::relay_only("releasing");
+    let (debug_port, _, range) = port_range(4);
+    let gate = Gate::in_dir(dir.path());
+    let mut cmd = step_command(
+        &developer,
+        dir.path(),
+        Mode::Listen,
+        &gate,
+        ATTACH_TIMEOUT_TEXT,
+        &range,
+    );
+    let mut agent = Running::spawn(&mut cmd);
+    agent.wait_stderr("debug session waiting-for-debugger");
+    let (_connect, entry) = developer
+        .relay
+        .connect(&developer.connection_string(), &debug_port.to_string());
+    let fake = Fake::spawn(&["connect", &entry.port().to_string(), "silent-after-attach"]);
+    fake.wait_done(&agent);
+    agent.wait_stderr("debug session timed-out");
+    // A developer during the release: their `initialize` reaches debugpy's adapter.
+    let mut probe = std::net::TcpStream::connect(entry).expect("connect to relay connect");
+    probe
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("read timeout");
+    let body =
+        r#"{"seq":1,"type":"request","command":"initialize","arguments":{"adapterID":"debugpy"}}"#;
+    write!(probe, "Content-Length: {}\r\n\r\n{body}", body.len()).expect("send initialize");
+    let mut answer = [0u8; 512];
+    let n = probe.read(&mut answer).unwrap_or(0);
+    let answer = String::from_utf8_lossy(answer.get(..n).unwrap_or_default());
+    assert!(
+        answer.contains("Content-Length"),
+        "no answer during the release ({answer:?})\n{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        !log.contains("did not acknowledge a release within"),
+        "the release was over before the developer came; the case proves nothing\n{log}"
+    );
+    drop(probe);
+    gate.open();
+    assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
+    drop(fake);
+}

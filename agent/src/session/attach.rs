@@ -491,7 +491,19 @@ where
                     ),
                 };
                 reporter.set(SessionState::TimedOut, Some(&why));
-                shared.release().await;
+                // The developers' side (`source`) is served while the step is released: a
+                // relay listener left unpolled for the release (up to 20 s when debugpy
+                // does not acknowledge) answered nothing, the relay dropped it, and
+                // developers were told that no listener was connected.
+                let release = shared.release();
+                tokio::pin!(release);
+                tokio::select! {
+                    () = &mut release => {}
+                    why = &mut source => {
+                        release.await;
+                        return why;
+                    }
+                }
                 held = false;
             }
             why = &mut source => {
