@@ -86,7 +86,9 @@ pub enum ConnectError {
 /// Fix for a 404 on listen (the Hybrid Connection does not exist).
 pub const NOT_FOUND_LISTEN_FIX: &str = "create the Hybrid Connection or fix --hc / EntityPath";
 /// Fix for a 404 on connect (nobody listening).
-pub const NOT_FOUND_SEND_FIX: &str = "start `amlx-agent relay listen` (or azbridge -R) for this Hybrid Connection, or fix --hc / EntityPath";
+/// `relay connect` is a developer's way to a listen-mode target as well as to a `relay
+/// listen`, so the fix names both.
+pub const NOT_FOUND_SEND_FIX: &str = "for a listen-mode debug target, nothing listens for it now: its step has not started its session yet, has ended, or its debug sidecar is gone (`amlx-agent status` on the node says which); otherwise start `amlx-agent relay listen` (or azbridge -R) for this Hybrid Connection, or fix --hc / EntityPath";
 /// Fix for a sender that only ever reached listeners of other ports (421).
 pub const WRONG_LISTENER_FIX: &str = "check --port-name against the names the listener forwards (`relay listen --forward NAME=...`, or the debug port of the node), and that the listener for it is running";
 /// Extra hint for a sender's 403.
