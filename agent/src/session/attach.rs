@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tokio::sync::{Mutex, Notify, RwLock, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::gate::{self, GateState, PumpEnd};
@@ -98,6 +98,10 @@ pub struct Shared {
     step_end: StepEnd,
     /// Whether debugpy started, as the step's bootstrap said.
     bootstrap: BootstrapWord,
+    /// Taken for writing while the step is released: the release is a debugger session
+    /// of its own, and debugpy's adapter refuses another debugger until it has ended
+    /// ("already being debugged"), so a developer who comes meanwhile waits for it.
+    releasing: Arc<RwLock<()>>,
 }
 
 /// An adapter connection kept open after its developer left during the setup.
@@ -128,6 +132,7 @@ impl Shared {
             was_configured: Arc::default(),
             step_end,
             bootstrap,
+            releasing: Arc::default(),
         };
         (shared, receiver)
     }
@@ -235,6 +240,8 @@ impl Shared {
                 ));
             }
         }
+        // A release under way ends first (bounded by its own bounds).
+        drop(self.releasing.read().await);
         let debugpy = self.debugpy_now();
         for attempt in 0..DEBUGPY_CONNECT_ATTEMPTS {
             let connect = TcpStream::connect(debugpy);
@@ -330,6 +337,7 @@ impl Shared {
     /// connection when there is one, else over fresh ones; bounded by RELEASE_GRACE
     /// (plus [`CUTOFF_SETTLE`] for cut connections to come back).
     pub async fn release(&self) {
+        let _releasing = self.releasing.write().await;
         self.cut_setups();
         let _ = tokio::time::timeout(CUTOFF_SETTLE, async {
             while self.serving.load(Ordering::Acquire) > 0 {
