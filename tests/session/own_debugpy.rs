@@ -328,3 +328,50 @@ fn a_steps_own_wait_for_a_client_is_bounded_in_every_mode() {
         assert!(!stderr.contains("Traceback"), "{what}:\n{stderr}");
     }
 }
+
+/// debugpy's listen() waits for its adapter's process with no bound of its own: an adapter
+/// whose interpreter hung or crawled (here 60 s in its sitecustomize, while the step's own
+/// interpreter starts at once) held the step as long, though nobody had asked to wait for
+/// a debugger. The agent's bootstrap gives the adapter 15 s (or twice the interpreter's own
+/// start); then the step runs without debugpy, and the log says why.
+#[test]
+fn an_adapter_that_does_not_start_does_not_hold_the_step() {
+    // Well past the bootstrap's bound, well inside SESSION_DEADLINE.
+    const ADAPTER_SLOW: Duration = Duration::from_secs(60);
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        site.path().join("sitecustomize.py"),
+        "import os, time\n\
+         if b'adapter' in open('/proc/self/cmdline', 'rb').read():\n    \
+         time.sleep(float(os.environ.get('ADAPTER_SLOW', '0')))\n",
+    )
+    .expect("write sitecustomize.py");
+    for mode in ["listen", "direct"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let developer = DeveloperSide::relay_only("slow-adapter");
+        let (_, _, range) = port_range(4);
+        let mut cmd = developer.agent(dir.path());
+        cmd.env("PYTHONPATH", site.path())
+            .env("ADAPTER_SLOW", ADAPTER_SLOW.as_secs().to_string())
+            .env("STEP_EXIT_CODE", STEP_CODE.to_string())
+            .args(["exec", "--debug", "--rank", "0", "--mode", mode])
+            .args(["--node-ip", "127.0.0.1", "--port-range", &range])
+            .args(["--", "python3"])
+            .arg(step_py());
+        let started = std::time::Instant::now();
+        let mut agent = Running::spawn(&mut cmd);
+        let status = agent.wait_exit();
+        let took = started.elapsed();
+        let log = agent.log();
+        assert_eq!(status.code(), Some(STEP_CODE), "{mode}: {log}");
+        assert!(
+            took < ADAPTER_SLOW,
+            "{mode}: the step was held {took:?}, as long as its adapter took\n{log}"
+        );
+        assert!(
+            log.contains("debugpy's adapter did not start within 15 s")
+                && log.contains("running the step without a debugger"),
+            "{mode}: {log}"
+        );
+    }
+}

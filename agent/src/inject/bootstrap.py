@@ -277,6 +277,84 @@ def _amlx_guard_the_connect(release_after):
     debugpy.connect = guarded_connect
 
 
+# The longest the agent's debugpy.listen() may take to start debugpy's adapter before the
+# step runs without debugpy: listen() waits for the adapter's first process with no bound,
+# then up to 30 s for its endpoints, then reads them with none, so an adapter whose
+# interpreter hung or crawled (a network file system, a stopped process) held the step,
+# waiting for a debugger or not, for as long. Twice this interpreter's own start when that
+# is longer: a slow environment slows the adapter's interpreter as much.
+_AMLX_ADAPTER_START_BOUND = 15.0
+
+
+class _AmlxAlarm(BaseException):
+    # Raised into debugpy's listen() by the alarm of `_amlx_within`: a BaseException
+    # passes its `except Exception` handlers (which would wrap or swallow it) untouched.
+    pass
+
+
+def _amlx_own_start():
+    # Seconds since this process started (its interpreter's start among them), or 0.
+    try:
+        with open("/proc/self/stat") as stat:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as uptime:
+            up = float(uptime.read().split()[0])
+        return max(0.0, up - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except Exception:
+        return 0.0
+
+
+def _amlx_within(seconds, call, *args, **kwargs):
+    # `call(*args, **kwargs)`, ended with RuntimeError after `seconds` by a SIGALRM timer.
+    # Only where the alarm is free: in the main thread (where Python runs handlers), with
+    # no handler, timer or block of the step's own on SIGALRM; else the call is unbounded,
+    # as without the agent. The handler and the timer are put back as they were.
+    import signal
+    import threading
+
+    try:
+        free = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+            and signal.SIGALRM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            and signal.getitimer(signal.ITIMER_REAL)[0] == 0.0
+        )
+    except Exception:
+        free = False
+    if not free:
+        return call(*args, **kwargs)
+    returned = []
+    armed = [True]
+
+    def alarm(signum, frame):
+        if armed[0] and not returned:
+            raise _AmlxAlarm()
+
+    signal.signal(signal.SIGALRM, alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+        try:
+            returned.append(call(*args, **kwargs))
+        except _AmlxAlarm:
+            raise RuntimeError("debugpy's adapter did not start within %g s" % seconds)
+    finally:
+        armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    return returned[0]
+
+
+def _amlx_end_the_late_adapter():
+    # The adapter process a listen() given up on: ended, and reaped if it goes at once, so
+    # it neither starts listening later nor stays a zombie child of the step.
+    try:
+        adapter = sys.modules["debugpy.server.api"]._adapter_process
+        adapter.kill()
+        adapter.wait(timeout=1)
+    except Exception:
+        pass
+
+
 def _amlx_guard_the_listen(report, fail):
     # debugpy's `--listen` ends the whole step with a traceback when it cannot listen
     # (another process took the port after the agent chose it, say): the CLI's call
@@ -289,9 +367,12 @@ def _amlx_guard_the_listen(report, fail):
 
     def guarded_listen(*args, **kwargs):
         debugpy.listen = listen
+        bound = max(_AMLX_ADAPTER_START_BOUND, 2.0 * _amlx_own_start())
         try:
-            endpoint = listen(*args, **kwargs)
+            endpoint = _amlx_within(bound, listen, *args, **kwargs)
         except Exception as error:
+            if "adapter did not start within" in str(error):
+                _amlx_end_the_late_adapter()
             where = args[0] if args else kwargs.get("address")
             if isinstance(where, tuple) and len(where) == 2:
                 where = "%s:%s" % where
