@@ -37,6 +37,10 @@ use crate::relay::client::{Tunnel, backoff};
 /// (`--inject none`: no bootstrap; a step that replaced its process).
 pub type BootstrapWord = watch::Receiver<Option<Report>>;
 
+/// How the reason a developer is refused for starts when the step's bootstrap said why
+/// debugpy did not start.
+pub(super) const DEBUGPY_DID_NOT_START: &str = "debugpy did not start on the target: ";
+
 /// How long a developer who arrived before the step's bootstrap said how debugpy's start
 /// went waits for it: an interpreter that starts slowly (a large environment on a network
 /// file system) turned developers away with "debugpy is not listening" after ~10 s. Less
@@ -205,7 +209,7 @@ impl Shared {
             reached = self.reach_debugpy() => reached,
             () = self.step_end.announced() => Err(match &*self.bootstrap.borrow() {
                 // The sidecar announces the end to its connections when debugpy is missing.
-                Some(Report::Missing(why)) => format!("debugpy did not start on the target: {why}"),
+                Some(Report::Missing(why)) => format!("{DEBUGPY_DID_NOT_START}{why}"),
                 _ => "the step ended before debugpy was reached".to_owned(),
             }),
         }
@@ -227,7 +231,7 @@ impl Shared {
             .map(|said| said.map(|said| said.clone()));
         match heard {
             Ok(Ok(Some(Report::Missing(why)))) => {
-                return Err(format!("debugpy did not start on the target: {why}"));
+                return Err(format!("{DEBUGPY_DID_NOT_START}{why}"));
             }
             Ok(Ok(_)) => {}
             // The session is ending (the sender is gone): the tries below are bounded.

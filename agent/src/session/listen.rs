@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::attach::{self, BootstrapWord, Developer, Shared};
+use super::attach::{self, BootstrapWord, DEBUGPY_DID_NOT_START, Developer, Shared};
 use super::report::Reporter;
 use super::sidecar::ReadySignal;
 use super::step_end::StepEnd;
@@ -52,6 +52,37 @@ impl Forwarder {
 /// A developer connection that broke during its preamble: anyone with the Send right can
 /// repeat it as fast as they open connections, so it is logged once per interval.
 static PREAMBLE_FAILED: Throttle = Throttle::new();
+
+/// `why` as a developer's Close can carry it (123 bytes): without the interpreter's path
+/// and the leading words when it does not fit (the node's log has them), then cut with an
+/// ellipsis. Cut blindly, "debugpy is not importable by `/opt/conda/envs/…/python3`
+/// (ModuleNotFoundError: No module named" lost the module's name.
+fn close_text(why: &str) -> String {
+    let fits = |text: &str| text.len() <= protocol::MAX_CLOSE_REASON_BYTES;
+    if fits(why) {
+        return why.to_owned();
+    }
+    let mut text = why
+        .strip_prefix(DEBUGPY_DID_NOT_START)
+        .unwrap_or(why)
+        .to_owned();
+    // Each `quoted` part (a path) becomes "the step's Python".
+    while let Some(open) = text.find('`') {
+        let Some(close) = text.get(open + 1..).and_then(|rest| rest.find('`')) else {
+            break;
+        };
+        text.replace_range(open..open + 1 + close + 1, "the step's Python");
+    }
+    if fits(&text) {
+        return text;
+    }
+    let cut = protocol::close_reason(&text);
+    let mut end = cut.len().saturating_sub('…'.len_utf8());
+    while !cut.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    format!("{}…", cut.get(..end).unwrap_or_default())
+}
 
 /// Longest reason a refused developer is given (the relay passes at most 512 characters
 /// of a status description on).
@@ -164,7 +195,9 @@ impl AcceptHandler for Forwarder {
             Err(why) => {
                 tracing::warn!("a developer could not be connected to debugpy: {why}");
                 // Said in the Close, so the developer's side quotes it instead of guessing.
-                tunnel.finish(close_code::SERVER_ERROR, &why).await;
+                tunnel
+                    .finish(close_code::SERVER_ERROR, &close_text(&why))
+                    .await;
                 return;
             }
         };
@@ -253,6 +286,39 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reason too long for a Close keeps what the developer needs: the exception and
+    /// the module, not the interpreter's path; what still does not fit ends with "…".
+    #[test]
+    fn a_close_reason_keeps_the_cause_and_fits_a_close_frame() {
+        let path = format!("/opt/conda/envs/{}/bin/python3", "training-env".repeat(4));
+        let missing = format!(
+            "{DEBUGPY_DID_NOT_START}debugpy is not importable by `{path}` \
+             (ModuleNotFoundError: No module named 'debugpy')"
+        );
+        let long = format!("{DEBUGPY_DID_NOT_START}{}", "é".repeat(200));
+        let cases: [(&str, &str); 3] = [
+            (
+                "the step ended before debugpy was reached",
+                "the step ended before debugpy was reached",
+            ),
+            (
+                &missing,
+                "debugpy is not importable by the step's Python (ModuleNotFoundError: No \
+                 module named 'debugpy')",
+            ),
+            (&long, ""),
+        ];
+        for (why, want) in cases {
+            let text = close_text(why);
+            assert!(text.len() <= protocol::MAX_CLOSE_REASON_BYTES, "{text}");
+            if want.is_empty() {
+                assert!(text.ends_with('…') && text.starts_with('é'), "{text}");
+            } else {
+                assert_eq!(text, want);
+            }
+        }
+    }
 
     /// A target without debugpy refuses its own developers with the reason, and sends
     /// another target's developers on (421) so that they reach the target that has debugpy.
