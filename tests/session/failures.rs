@@ -151,12 +151,24 @@ fn status_says_why_while_a_step_runs_undebugged() {
         &'a [&'a str],
         String,
     );
-    let cases: [Case<'_>; 3] = [
+    let listen: &[&str] = &["--mode", "listen"];
+    let cases: [Case<'_>; 4] = [
         (
             &relay_down,
             &[],
             &[],
             format!("cannot reach relay 127.0.0.1:{closed}"),
+        ),
+        // Listen mode retries the relay until its ready bound, then says what the last
+        // try met (it said only that the listener was not online in time).
+        (
+            &relay_down,
+            listen,
+            &[],
+            format!(
+                "the relay listener was not online within 15s (the last try: cannot reach \
+                 relay 127.0.0.1:{closed}"
+            ),
         ),
         (&[], &[], &[], "no relay credentials".to_owned()),
         // -S: no site-packages, where the test requirements put debugpy.

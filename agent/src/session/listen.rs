@@ -39,6 +39,8 @@ struct Forwarder {
     rank: Option<u32>,
     /// Signalled when the control channel is up.
     online: Notify,
+    /// Why the control channel was last down, for a listener that never came online.
+    last_offline: std::sync::Mutex<Option<String>>,
     shared: Shared,
 }
 
@@ -218,6 +220,13 @@ impl AcceptHandler for Forwarder {
     fn online(&self) {
         self.online.notify_one();
     }
+
+    fn offline(&self, why: &str) {
+        *self
+            .last_offline
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(why.to_owned());
+    }
 }
 
 pub async fn run(
@@ -237,6 +246,7 @@ pub async fn run(
         port: spec.port,
         rank: spec.rank,
         online: Notify::new(),
+        last_offline: std::sync::Mutex::new(None),
         shared: shared.clone(),
     });
     let shutdown = CancellationToken::new();
@@ -249,10 +259,18 @@ pub async fn run(
             Ok(()) => "the relay listener stopped".to_owned(),
             Err(err) => err.to_string(),
         }),
-        () = tokio::time::sleep(spec.ready_probe_timeout()) => Err(format!(
-            "the relay listener was not online within {}",
-            humantime::format_duration(spec.ready_probe_timeout())
-        )),
+        () = tokio::time::sleep(spec.ready_probe_timeout()) => {
+            let last = forwarder
+                .last_offline
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
+            Err(format!(
+                "the relay listener was not online within {}{}",
+                humantime::format_duration(spec.ready_probe_timeout()),
+                last.map_or_else(String::new, |why| format!(" (the last try: {why})"))
+            ))
+        }
     };
     if let Err(why) = ready_outcome {
         setup_failed(spec, &mut ready, reporter, &why);

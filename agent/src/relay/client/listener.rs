@@ -90,6 +90,9 @@ pub trait AcceptHandler: Send + Sync + 'static {
     }
     /// The control channel is up (again): senders can reach this listener now.
     fn online(&self) {}
+    /// The control channel is down (or could not be opened), for `why`; the listener
+    /// tries again after its backoff.
+    fn offline(&self, _why: &str) {}
 }
 
 /// Runs the listener until `shutdown` (then `Ok`) or a terminal refusal (`Err`).
@@ -209,6 +212,7 @@ async fn listen_loop<H: AcceptHandler>(
             Err(err) if err.is_permanent() => return Err(err),
             Err(err) => err.to_string(),
         };
+        handler.offline(&reason);
         let step = backoff::schedule_step(failures);
         let delay = backoff::reconnect_delay(failures);
         failures = failures.saturating_add(1);
