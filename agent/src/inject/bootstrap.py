@@ -143,8 +143,8 @@ def _amlx_let_go_at(at, done, release_after, let_go):
     if done.wait(max(0.0, at - time.monotonic())):
         return
     _amlx_say(
-        "amlx-agent: no debugger finished attaching within %g s; the step runs on "
-        "without one\n" % release_after
+        "amlx-agent: no debugger finished attaching within %g s (the attach timeout and "
+        "the agent's release grace); the step runs on without one\n" % release_after
     )
     while not done.is_set():
         try:
