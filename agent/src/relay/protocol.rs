@@ -79,11 +79,24 @@ pub const MAX_CLOSE_REASON_BYTES: usize = 123;
 /// assert_eq!(close_reason(&"é".repeat(100)).len(), 122);
 /// ```
 pub fn close_reason(reason: &str) -> &str {
-    let mut end = reason.len().min(MAX_CLOSE_REASON_BYTES);
-    while !reason.is_char_boundary(end) {
+    prefix_within(reason, MAX_CLOSE_REASON_BYTES)
+}
+
+/// The longest prefix of `text` of at most `max_bytes` bytes that ends at a character
+/// boundary.
+///
+/// ```
+/// use amlx_agent::relay::protocol::prefix_within;
+/// assert_eq!(prefix_within("héllo", 2), "h");
+/// assert_eq!(prefix_within("héllo", 3), "hé");
+/// assert_eq!(prefix_within("hi", 10), "hi");
+/// ```
+pub fn prefix_within(text: &str, max_bytes: usize) -> &str {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
         end = end.saturating_sub(1);
     }
-    reason.get(..end).unwrap_or_default()
+    text.get(..end).unwrap_or_default()
 }
 
 /// Characters escaped in one path segment (everything but unreserved and `$`-style sub-delims).

@@ -44,10 +44,16 @@ struct Forwarder {
     shared: Shared,
 }
 
-impl Forwarder {
-    /// The port a sender named in its path suffix (`$hc/{entity}/{port}`), if any.
-    fn named_port(&self, accept: &Accept) -> Option<String> {
-        protocol::sender_suffix(&self.entity, &accept.address)
+/// The refusal of a sender that named another target's port in its path suffix
+/// (`$hc/{entity}/{port}`): the relay picked this listener at random, and the sender tries
+/// again. `None` for this target's own developers (and senders that name no port).
+fn misdirected(entity: &str, port: u16, accept: &Accept) -> Option<Decision> {
+    match protocol::sender_suffix(entity, &accept.address) {
+        Some(named) if named != port.to_string() => Some(Decision::Reject {
+            status: WRONG_LISTENER,
+            description: format!("port {named} is served by another listener"),
+        }),
+        _ => None,
     }
 }
 
@@ -78,12 +84,8 @@ fn close_text(why: &str) -> String {
     if fits(&text) {
         return text;
     }
-    let cut = protocol::close_reason(&text);
-    let mut end = cut.len().saturating_sub('…'.len_utf8());
-    while !cut.is_char_boundary(end) {
-        end = end.saturating_sub(1);
-    }
-    format!("{}…", cut.get(..end).unwrap_or_default())
+    let room = protocol::MAX_CLOSE_REASON_BYTES - '…'.len_utf8();
+    format!("{}…", protocol::prefix_within(&text, room))
 }
 
 /// Longest reason a refused developer is given (the relay passes at most 512 characters
@@ -104,17 +106,10 @@ struct Refuser {
 
 impl AcceptHandler for Refuser {
     fn decide(&self, accept: &Accept) -> Decision {
-        match protocol::sender_suffix(&self.entity, &accept.address) {
-            // Another target's developer, sent here at random: they try again.
-            Some(named) if named != self.port.to_string() => Decision::Reject {
-                status: WRONG_LISTENER,
-                description: format!("port {named} is served by another listener"),
-            },
-            _ => Decision::Reject {
-                status: status::SERVICE_UNAVAILABLE,
-                description: self.why.clone(),
-            },
-        }
+        misdirected(&self.entity, self.port, accept).unwrap_or_else(|| Decision::Reject {
+            status: status::SERVICE_UNAVAILABLE,
+            description: self.why.clone(),
+        })
     }
 
     async fn handle(self: Arc<Self>, _tunnel: Tunnel, _accept: Accept) {
@@ -152,13 +147,7 @@ pub async fn refuse(spec: &SessionSpec, why: &str) {
 
 impl AcceptHandler for Forwarder {
     fn decide(&self, accept: &Accept) -> Decision {
-        match self.named_port(accept) {
-            Some(named) if named != self.port.to_string() => Decision::Reject {
-                status: WRONG_LISTENER,
-                description: format!("port {named} is served by another listener"),
-            },
-            _ => Decision::Accept,
-        }
+        misdirected(&self.entity, self.port, accept).unwrap_or(Decision::Accept)
     }
 
     async fn handle(self: Arc<Self>, tunnel: Tunnel, _accept: Accept) {
