@@ -287,7 +287,7 @@ _AMLX_ADAPTER_START_BOUND = 15.0
 
 
 class _AmlxAlarm(BaseException):
-    # Raised into debugpy's listen() by the alarm of `_amlx_within`: a BaseException
+    # Raised into debugpy's listen() by the alarm of `_amlx_listen_within`: a BaseException
     # passes its `except Exception` handlers (which would wrap or swallow it) untouched.
     pass
 
@@ -304,8 +304,9 @@ def _amlx_own_start():
         return 0.0
 
 
-def _amlx_within(seconds, call, *args, **kwargs):
-    # `call(*args, **kwargs)`, ended with RuntimeError after `seconds` by a SIGALRM timer.
+def _amlx_listen_within(seconds, listen, *args, **kwargs):
+    # debugpy's `listen(*args, **kwargs)`, ended after `seconds` by a SIGALRM timer: the
+    # late adapter is ended (`_amlx_end_the_late_adapter`) and RuntimeError says so.
     # Only where the alarm is free: in the main thread (where Python runs handlers), with
     # no handler, timer or block of the step's own on SIGALRM; else the call is unbounded,
     # as without the agent. The handler and the timer are put back as they were.
@@ -322,7 +323,7 @@ def _amlx_within(seconds, call, *args, **kwargs):
     except Exception:
         free = False
     if not free:
-        return call(*args, **kwargs)
+        return listen(*args, **kwargs)
     returned = []
     armed = [True]
 
@@ -334,8 +335,9 @@ def _amlx_within(seconds, call, *args, **kwargs):
     try:
         signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
         try:
-            returned.append(call(*args, **kwargs))
+            returned.append(listen(*args, **kwargs))
         except _AmlxAlarm:
+            _amlx_end_the_late_adapter()
             raise RuntimeError("debugpy's adapter did not start within %g s" % seconds)
     finally:
         armed[0] = False
@@ -345,7 +347,7 @@ def _amlx_within(seconds, call, *args, **kwargs):
 
 
 def _amlx_end_the_late_adapter():
-    # The adapter process a listen() given up on: ended, and reaped if it goes at once, so
+    # The adapter process of a listen() given up on: ended, and reaped if it goes at once, so
     # it neither starts listening later nor stays a zombie child of the step.
     try:
         adapter = sys.modules["debugpy.server.api"]._adapter_process
@@ -369,10 +371,8 @@ def _amlx_guard_the_listen(report, fail):
         debugpy.listen = listen
         bound = max(_AMLX_ADAPTER_START_BOUND, 2.0 * _amlx_own_start())
         try:
-            endpoint = _amlx_within(bound, listen, *args, **kwargs)
+            endpoint = _amlx_listen_within(bound, listen, *args, **kwargs)
         except Exception as error:
-            if "adapter did not start within" in str(error):
-                _amlx_end_the_late_adapter()
             where = args[0] if args else kwargs.get("address")
             if isinstance(where, tuple) and len(where) == 2:
                 where = "%s:%s" % where

@@ -146,16 +146,13 @@ impl Drop for Relayed<'_> {
     }
 }
 
-/// What a client past `max_connections` reads.
-const CONNECTIONS_FULL: &str = "Service Unavailable: the relay is at its connection limit";
-
-/// The 503 text for a connection that found no slot.
-fn full_text(full: &Full) -> String {
+/// Why a connection found no slot, in the words of its log line and its 503.
+fn full_reason(full: &Full) -> String {
     match full {
-        Full::Relay => CONNECTIONS_FULL.to_owned(),
+        Full::Relay => "the relay is at its connection limit".to_owned(),
         Full::Key { name, max } => format!(
-            "Service Unavailable: key {} holds its most connections ({max}, the \
-             max_connections of its [[relay.server.keys]] entry)",
+            "key {} holds its most connections ({max}, the max_connections of its \
+             [[relay.server.keys]] entry)",
             loggable(name)
         ),
     }
@@ -163,7 +160,7 @@ fn full_text(full: &Full) -> String {
 
 impl Ctx {
     /// Trades the handshake slot for a relayed slot on behalf of `key`; `Err` (answer 503
-    /// with [`full_text`]) when the relay's or the key's slots are all taken, in which
+    /// with [`Ctx::no_slot`]'s text) when the relay's or the key's slots are all taken, in which
     /// case the handshake slot is kept until the answer.
     fn take_relayed_slot(&mut self, key: &str) -> Result<Slot, Full> {
         let slot = self.server.relayed_slot(key)?;
@@ -171,16 +168,13 @@ impl Ctx {
         Ok(slot)
     }
 
-    /// Logs (throttled) that `who` found no slot, and says why for the 503.
+    /// Logs (throttled) that `who` found no slot, and returns the 503's text saying why.
     fn no_slot(&self, who: &str, full: &Full) -> String {
-        let text = full_text(full);
+        let reason = full_reason(full);
         self.server.at_limit_logged.log(|left_out| {
-            tracing::info!(
-                "{who} refused: {}{left_out}",
-                text.trim_start_matches("Service Unavailable: ")
-            );
+            tracing::info!("{who} refused: {reason}{left_out}");
         });
-        text
+        format!("Service Unavailable: {reason}")
     }
 
     async fn route(self, mut stream: Stream) {
