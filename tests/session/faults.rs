@@ -110,9 +110,17 @@ fn table(mode: Mode) -> Vec<Case> {
         timed_out(Fault::Scripted("garbage"), "not a debugger"),
         timed_out(Fault::Scripted("bad-body"), "not a debugger"),
         timed_out(Fault::Scripted("silent"), silent_cause),
-        // debugpy's adapter has a client that never finishes: releasing through it or
-        // beside it can fail, and the step must still go on.
-        timed_out(Fault::Scripted("silent-after-attach"), silent_cause),
+        // debugpy's adapter (listen, direct) fails an `attach` without arguments and
+        // gives that client the debuggee for good, where nobody can configure or release
+        // it: the gate cuts such a client off and closes its adapter connection. In
+        // connect mode the debuggee takes the `attach` itself; the client is then silent.
+        timed_out(
+            Fault::Scripted("silent-after-attach"),
+            match mode {
+                Mode::Connect => silent_cause,
+                Mode::Listen | Mode::Direct => "debugpy refused a debugger's attach",
+            },
+        ),
         timed_out(
             Fault::DeadlineBeforeDebugpy,
             "no debugger attached within 0s",
@@ -429,17 +437,16 @@ fn direct_mode_releases_the_step_whatever_the_debugger_does() {
 }
 
 /// At the attach deadline the step is released, which takes up to 20 s when debugpy does
-/// not acknowledge (a developer stuck after an `attach` it never finished has its
-/// adapter); meanwhile a listen-mode target did not serve its relay listener at all: a
-/// developer who came then was not taken (the relay dropped the silent listener and
-/// said no listener was connected). Now the developers' side is served during the
-/// release: a developer who comes then reaches the target at once, and is held there
-/// until the release is over (it is a debugger session of its own, and debugpy's adapter
-/// takes one at a time).
+/// not acknowledge (here its adapter is stopped with SIGSTOP); meanwhile a listen-mode
+/// target did not serve its relay listener at all: a developer who came then was not
+/// taken (the relay dropped the silent listener and said no listener was connected). Now
+/// the developers' side is served during the release: a developer who comes then reaches
+/// the target at once, and is held there until the release is over (it is a debugger
+/// session of its own, and debugpy's adapter takes one at a time).
 #[test]
 fn a_listen_mode_target_answers_developers_while_it_releases_the_step() {
     use std::io::Write as _;
-    // Far inside the release (10 s on the held connection, then 10 s on fresh ones).
+    // Far inside the release (10 s on fresh connections to a stopped adapter).
     const TAKEN_WITHIN: Duration = Duration::from_secs(5);
     const REACHED: &str = "a developer reached rank";
 
@@ -457,11 +464,17 @@ fn a_listen_mode_target_answers_developers_while_it_releases_the_step() {
     );
     let mut agent = Running::spawn(&mut cmd);
     agent.wait_stderr("debug session waiting-for-debugger");
+    let marker = format!("AMLX_AGENT_PID={}", agent.pid());
+    let adapter = util::wait_for("the step's debugpy adapter", SESSION_DEADLINE, || {
+        super::harness::is_listening(debug_port)
+            .then(|| super::sidecar_death::debugpy_adapters_with(&marker))
+            .and_then(|adapters| adapters.first().copied())
+    });
+    // Stopped, the adapter acknowledges no release; continued when this test ends.
+    let stopped = Stopped::stop(adapter);
     let (connect, entry) = developer
         .relay
         .connect(&developer.connection_string(), &debug_port.to_string());
-    let fake = Fake::spawn(&["connect", &entry.port().to_string(), "silent-after-attach"]);
-    fake.wait_done(&agent);
     agent.wait_stderr("debug session timed-out");
     let reached_before = agent.log().matches(REACHED).count();
     // A developer during the release.
@@ -482,9 +495,10 @@ fn a_listen_mode_target_answers_developers_while_it_releases_the_step() {
     }
     let log = agent.log();
     assert!(
-        !log.contains("did not acknowledge a release within"),
+        !log.contains("released the step") && !log.contains("did not acknowledge a release"),
         "the release was over before the developer came; the case proves nothing\n{log}"
     );
+    drop(stopped);
     drop(probe);
     gate.open();
     assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
@@ -493,5 +507,112 @@ fn a_listen_mode_target_answers_developers_while_it_releases_the_step() {
         !log.contains("listener offline"),
         "the target's listener went silent during the release\n{log}"
     );
-    drop(fake);
+}
+
+/// A process stopped with SIGSTOP, continued when dropped (a failed test leaves none
+/// stopped).
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A developer who comes right after another one failed its setup attaches, long before
+/// the deadline (listen and direct modes: each developer has its own connection to
+/// debugpy's adapter, and the adapter lets one session have the debuggee at a time):
+/// - debugpy's adapter fails an `attach` without arguments and gives that client's session
+///   the debuggee all the same: a client that then stayed connected held the debuggee
+///   where no debugger could configure it ("already being debugged") and no release could
+///   free it, for the rest of the step. The gate now cuts such a client off;
+/// - an adapter connection closed while its session has the debuggee frees it a moment
+///   later: a developer whose `attach` came in that moment was refused, and the adapter
+///   then took no connection at all. The agent now ends such a session in order (a
+///   `disconnect`, answered once the debuggee is free) before the next developer's
+///   requests reach the adapter.
+#[test]
+fn the_next_developer_attaches_whatever_the_last_one_left_behind() {
+    // Far beyond what a case takes: a release at the deadline is the bug.
+    const LONG_ATTACH_TIMEOUT: &str = "120s";
+    let cases = [
+        ("silent-after-attach", "debugpy refused a debugger's attach"),
+        ("drop-after-attach", "left after \"attach\""),
+        ("drop-after-bp", "left after \"setBreakpoints\""),
+    ];
+    for mode in [Mode::Listen, Mode::Direct] {
+        for (fault, cause) in cases {
+            let what = format!("{} / {fault}", mode.name());
+            eprintln!("case: {what}");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let state_dir = dir.path().join("state");
+            let developer = DeveloperSide::relay_only("next");
+            let (debug_port, _, range) = port_range(4);
+            let gate = Gate::in_dir(dir.path());
+            let mut cmd = step_command(
+                &developer,
+                dir.path(),
+                mode,
+                &gate,
+                LONG_ATTACH_TIMEOUT,
+                &range,
+            );
+            let mut agent = Running::spawn(&mut cmd);
+            agent.wait_stderr("debug session waiting-for-debugger");
+            let mut _relay_connect = None;
+            let port = match mode {
+                Mode::Listen => {
+                    let (connect, bound) = developer
+                        .relay
+                        .connect(&developer.connection_string(), &debug_port.to_string());
+                    _relay_connect = Some(connect);
+                    bound.port()
+                }
+                _ => debug_port,
+            };
+            let faulty = Fake::spawn(&["connect", &port.to_string(), fault]);
+            faulty.wait_done(&agent);
+            wait_state_why(
+                &state_dir,
+                agent.pid(),
+                "waiting-for-debugger",
+                cause,
+                &agent,
+            );
+            // At once (a holding fault still holds its connection): the next developer,
+            // who finishes its setup.
+            let good = Fake::spawn(&["connect", &port.to_string(), "configure-and-watch"]);
+            good.wait_done(&agent);
+            assert!(
+                agent
+                    .stdout
+                    .wait_for_from(0, "done total 6", SESSION_DEADLINE)
+                    .is_some(),
+                "{what}: the step was never released\n{}",
+                agent.log()
+            );
+            let log = agent.log();
+            assert!(
+                !log.contains("debug session timed-out"),
+                "{what}: the step ran only at the attach deadline, not by the next \
+                 developer's configurationDone\n{log}"
+            );
+            gate.open();
+            assert_eq!(
+                agent.wait_exit().code(),
+                Some(STEP_CODE),
+                "{what}\n{}",
+                agent.log()
+            );
+            drop((faulty, good));
+        }
+    }
 }

@@ -232,7 +232,7 @@ fn killed_step(mode: &str, process: &str) {
 }
 
 /// Live debugpy adapters whose environment holds `var` (`NAME=value`).
-fn debugpy_adapters_with(var: &str) -> Vec<u32> {
+pub(super) fn debugpy_adapters_with(var: &str) -> Vec<u32> {
     util::processes_with_env(var)
         .into_iter()
         .filter(|pid| util::command_line(*pid).contains("debugpy/adapter"))

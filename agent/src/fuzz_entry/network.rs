@@ -430,8 +430,8 @@ fn server_frames(stream: &[u8], size: usize) -> Vec<u8> {
 /// selector) is the developer's stream, carried by
 /// [`gate::pump`](crate::session::gate::pump) to a debuggee that accepts
 /// `configurationDone`, so it is read both while framed and once passed on. Then
-/// the gate's parsers alone, the input split where the selector says: framing, the scan
-/// for debugpy's acknowledgement, and the watch for a request that ends the debuggee.
+/// the gate's parsers alone, the input split where the selector says: framing, the scans
+/// for debugpy's answers, and the watch for a request that ends the debuggee.
 pub async fn dap_gate(data: &[u8]) {
     use crate::session::dap::{AckScanner, EndWatcher, Framer};
     use crate::session::gate::{self, GateState};
@@ -459,6 +459,13 @@ pub async fn dap_gate(data: &[u8]) {
     }
     let mut scanner = AckScanner::default();
     let _ = (scanner.scan(first), scanner.scan(second));
+    let mut answers = AckScanner::default();
+    for part in [first, second] {
+        let mut next = answers.next_answer(part);
+        while next.is_some() {
+            next = answers.next_answer(&[]);
+        }
+    }
     let mut watcher = EndWatcher::default();
     watcher.push(first);
     watcher.push(second);

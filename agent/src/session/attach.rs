@@ -12,6 +12,15 @@
 //! honoured). Without a held connection the release uses a fresh one. Either way it is
 //! retried until debugpy acknowledges, bounded by [`super::RELEASE_GRACE`]. A developer
 //! may still attach after that.
+//!
+//! The adapter lets one session have the debuggee at a time, and a session whose
+//! connection merely closed lets go of it a moment later: a developer whose `attach` came
+//! in that moment was refused ("already being debugged"), and the adapter then took no
+//! connection at all. So an adapter connection the agent lets go of (a held one when the
+//! next developer comes, one the release could not use) is ended in order first
+//! ([`gate::end_session`]). So is the connection of a developer whose `attach` debugpy
+//! refused: the adapter gives that session the debuggee all the same, where it can be
+//! neither configured nor released, so the gate cuts that developer off.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::gate::{self, GateState, PumpEnd};
 use super::report::Reporter;
 use super::step_end::StepEnd;
-use super::{SessionSpec, deadline_after, release_listening_debuggee};
+use super::{Refusal, SessionSpec, deadline_after, release_listening_debuggee};
 use crate::inject::bootstrap::Report;
 use crate::publish::SessionState;
 use crate::relay::client::{Tunnel, backoff};
@@ -58,6 +67,9 @@ pub enum Event {
     LeftDuringSetup(String),
     /// The developer's side is not a debugger (what it sent).
     NotDap(String),
+    /// debugpy refused the developer's `attach` (its message); the connection was closed,
+    /// which frees the debuggee for the next developer.
+    AttachRefused(String),
     /// A configured debugger detached; `ends_debuggee`: it asked debugpy to end the step.
     Detached { ends_debuggee: bool },
     /// debugpy closed (or broke) the connection of a developer who had not finished
@@ -268,8 +280,12 @@ impl Shared {
     /// developer has not finished its setup.
     pub async fn serve(&self, developer: Developer, mut debugpy: TcpStream) {
         self.serving.fetch_add(1, Ordering::AcqRel);
-        // The new connection exists now: an older held one may go.
-        drop(self.held.lock().await.take());
+        // The new connection exists now: an older held one may go, in order, before this
+        // developer's requests reach the adapter.
+        let older = self.held.lock().await.take();
+        if let Some(mut older) = older {
+            self.end_session(&mut older.state, &mut older.debugpy).await;
+        }
         let mut state = GateState::default();
         let configured = state.configured_flag();
         self.live_flags().push(Arc::clone(&configured));
@@ -311,11 +327,16 @@ impl Shared {
             }
             Some(PumpEnd::LeftDuringSetup) => Some(Event::LeftDuringSetup(state.progress())),
             Some(PumpEnd::NotDap(not_dap)) => Some(Event::NotDap(not_dap.to_string())),
+            Some(PumpEnd::AttachRefused(said)) => Some(Event::AttachRefused(said)),
             // The step's end: the session is over, nothing to report (or hold, below).
             Some(PumpEnd::StepEnded) | None => None,
         };
+        if matches!(event, Some(Event::AttachRefused(_))) {
+            self.end_session(&mut state, &mut debugpy).await;
+        }
         let keep = !step_ended
             && !state.configured()
+            && !state.attach_was_refused()
             && matches!(
                 &event,
                 None | Some(Event::LeftDuringSetup(_) | Event::NotDap(_))
@@ -335,6 +356,14 @@ impl Shared {
         }
         self.serving.fetch_sub(1, Ordering::AcqRel);
         self.served.notify_waiters();
+    }
+
+    /// Ends a session with debugpy's adapter in order ([`gate::end_session`]); developers
+    /// who come meanwhile wait for it, as for a release (unless one is under way: it waits
+    /// for this connection, bounded, before it goes on).
+    async fn end_session(&self, state: &mut GateState, debugpy: &mut TcpStream) {
+        let _ending = self.releasing.try_write();
+        gate::end_session(state, debugpy).await;
     }
 
     /// Cuts the connections still in their setup and releases the step: over the held
@@ -359,15 +388,18 @@ impl Shared {
             mut state,
         }) = held
         {
-            match super::release_on(&mut state, &mut debugpy).await {
+            match super::release_on(&mut state, &mut debugpy, Refusal::GiveUp).await {
                 Ok(()) => {
                     tracing::info!("released the step over the connection a developer left");
                     return;
                 }
-                Err(err) => tracing::info!(
-                    "the held connection to debugpy could not release the step ({err}); \
-                     trying fresh connections"
-                ),
+                Err(err) => {
+                    tracing::info!(
+                        "the held connection to debugpy could not release the step ({err}); \
+                         trying fresh connections"
+                    );
+                    gate::end_session(&mut state, &mut debugpy).await;
+                }
             }
         }
         release_listening_debuggee(|| self.debugpy_now()).await;
@@ -428,7 +460,10 @@ where
                         "the debugger detached; the step runs on"
                     }),
                 ),
-                Event::LeftDuringSetup(_) | Event::NotDap(_) | Event::DebuggeeLeftSetup(_)
+                Event::LeftDuringSetup(_)
+                | Event::NotDap(_)
+                | Event::DebuggeeLeftSetup(_)
+                | Event::AttachRefused(_)
                     if shared.owned() =>
                 {
                     // Another connection, while (or after) a debugger owned the step:
@@ -455,18 +490,20 @@ where
                         Some(&format!("{why}; the step runs on")),
                     );
                 }
-                Event::LeftDuringSetup(_) => {
+                Event::LeftDuringSetup(_) | Event::AttachRefused(_) | Event::NotDap(_) => {
                     let why = setup_failure(&event);
-                    reporter.set(SessionState::WaitingForDebugger, Some(&format!(
-                        "{why}; waiting for another until the attach deadline"
-                    )));
-                    cause = Some(why);
-                }
-                Event::NotDap(_) => {
-                    let why = setup_failure(&event);
-                    reporter.set(SessionState::WaitingForDebugger, Some(&format!(
-                        "{why}; cut it off, waiting for a debugger until the attach deadline"
-                    )));
+                    // Past the deadline (or never held), the step runs: no deadline to name.
+                    let next = match (&event, held) {
+                        (Event::NotDap(_), true) => {
+                            "cut it off, waiting for a debugger until the attach deadline"
+                        }
+                        (Event::NotDap(_), false) => {
+                            "cut it off; the step runs on, and a debugger may still attach"
+                        }
+                        (_, true) => "waiting for another until the attach deadline",
+                        (_, false) => "the step runs on, and another debugger may attach",
+                    };
+                    reporter.set(SessionState::WaitingForDebugger, Some(&format!("{why}; {next}")));
                     cause = Some(why);
                 }
             },
@@ -536,6 +573,11 @@ fn setup_failure(event: &Event) -> String {
             format!("a debugger connected but left {progress} without finishing its setup")
         }
         Event::NotDap(what) => format!("the developer's side is not a debugger (it sent {what})"),
+        Event::AttachRefused(said) => {
+            format!(
+                "debugpy refused a debugger's attach ({said}); the agent closed that connection"
+            )
+        }
         Event::DebuggeeLeftSetup(progress) => format!(
             "debugpy closed the connection of a debugger that had not finished its setup \
              ({progress})"

@@ -203,6 +203,8 @@ enum Cause {
     InSetup,
     LeftDuringSetup,
     NotADebugger(String),
+    /// debugpy refused a debugger's `attach` (what it said).
+    AttachRefused(String),
     Refused(String),
 }
 
@@ -212,7 +214,10 @@ impl Cause {
         let rank = |cause: &Cause| match cause {
             Cause::NobodyCame => 0,
             Cause::Refused(_) => 1,
-            Cause::InSetup | Cause::LeftDuringSetup | Cause::NotADebugger(_) => 2,
+            Cause::InSetup
+            | Cause::LeftDuringSetup
+            | Cause::NotADebugger(_)
+            | Cause::AttachRefused(_) => 2,
         };
         if rank(&next) >= rank(self) {
             *self = next;
@@ -247,6 +252,9 @@ impl Cause {
             Cause::NotADebugger(what) => format!(
                 "the developer's side is not a debugger ({what}); no debugger attached \
                  within {limit}; the step runs on without one"
+            ),
+            Cause::AttachRefused(what) => format!(
+                "{what}, and no debugger attached within {limit}; the step runs on without one"
             ),
             Cause::Refused(what) => format!(
                 "the developer's listener refused the connection ({what}); no debugger \
@@ -299,6 +307,17 @@ async fn attach(
                                 )),
                             );
                         }
+                        PumpEnd::AttachRefused(said) => {
+                            let what = format!("debugpy refused a debugger's attach ({said})");
+                            reporter.set(
+                                SessionState::WaitingForDebugger,
+                                Some(&format!(
+                                    "{what}; cut it off, waiting for another until the attach \
+                                     deadline"
+                                )),
+                            );
+                            cause.note(Cause::AttachRefused(what));
+                        }
                         PumpEnd::NotDap(not_dap) => {
                             let what = format!("it sent {not_dap}");
                             reporter.set(
@@ -337,7 +356,7 @@ async fn attach(
 
 /// Releases a step still held by debugpy on debugpy's own connection.
 async fn release_held(gate: &mut GateState, debuggee: &mut TcpStream, why: &str) {
-    match super::release_on(gate, debuggee).await {
+    match super::release_on(gate, debuggee, super::Refusal::Retry).await {
         Ok(()) => tracing::info!("released the step: {why}"),
         Err(err) => tracing::warn!("{err}"),
     }

@@ -249,9 +249,30 @@ fn content_length(header: &[u8]) -> Option<usize> {
     })
 }
 
-/// Finds a debuggee's answer to `configurationDone` in its byte stream, which may start
-/// in the middle of a message (a developer read part of it and left): framing resumes
-/// at the next `Content-Length` header.
+/// What debugpy answered that decides a setup, as [`AckScanner::next_answer`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// `configurationDone` succeeded: the step runs.
+    Configured,
+    /// `configurationDone` was refused (sent out of order, or the adapter was not ready).
+    ConfigurationRefused,
+    /// `attach` (or `launch`) failed, with debugpy's message. The adapter may already
+    /// have given this connection's session the debuggee, and it refuses that session's
+    /// `configurationDone` from now on: kept open, the connection holds the debuggee
+    /// where no debugger (and no release) can reach it; closed, it frees it.
+    AttachRefused(String),
+    /// `disconnect` was answered: debugpy's adapter has let go of the debuggee (it
+    /// answers only after that).
+    Disconnected,
+}
+
+/// The longest part of debugpy's message on a refused `attach` that is kept (for the log
+/// and `status`): it may repeat what the developer's side sent.
+pub const MAX_REFUSAL_MESSAGE_BYTES: usize = 200;
+
+/// Finds a debuggee's answers to `attach` and `configurationDone` in its byte stream,
+/// which may start in the middle of a message (a developer read part of it and left):
+/// framing resumes at the next `Content-Length` header.
 #[derive(Debug, Default)]
 pub struct AckScanner {
     framer: Framer,
@@ -260,17 +281,40 @@ pub struct AckScanner {
 impl AckScanner {
     const HEADER: &'static [u8] = b"Content-Length";
 
-    /// Scans the next bytes: `Some(true)` once `configurationDone` succeeded,
-    /// `Some(false)` if debugpy refused it (a retry is due), `None` while neither.
+    /// Scans the next bytes for the answer to `configurationDone` alone (what a release
+    /// waits for; the refusal of its own repeated `attach` is expected on a connection a
+    /// developer left): `Some(true)` once it succeeded, `Some(false)` if debugpy refused
+    /// it (a retry is due), `None` while neither.
     pub fn scan(&mut self, bytes: &[u8]) -> Option<bool> {
+        let mut next = self.next_answer(bytes);
+        loop {
+            match next? {
+                Answer::Configured => return Some(true),
+                Answer::ConfigurationRefused => return Some(false),
+                Answer::AttachRefused(_) | Answer::Disconnected => next = self.next_answer(&[]),
+            }
+        }
+    }
+
+    /// Scans the next bytes for the next answer that decides a setup; `None` once the
+    /// bytes so far hold no more. Call again with no bytes after an answer: one read may
+    /// hold several.
+    ///
+    /// ```
+    /// use amlx_agent::session::dap::{AckScanner, Answer};
+    /// let body = r#"{"type":"response","command":"attach","success":false,"message":"no"}"#;
+    /// let bytes = format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    /// let mut scanner = AckScanner::default();
+    /// assert_eq!(scanner.next_answer(bytes.as_bytes()), Some(Answer::AttachRefused("no".into())));
+    /// assert_eq!(scanner.next_answer(&[]), None);
+    /// ```
+    pub fn next_answer(&mut self, bytes: &[u8]) -> Option<Answer> {
         self.framer.push(bytes);
         loop {
             match self.framer.next_message() {
                 Ok(Some(message)) => {
-                    if message.response_command().as_deref() == Some("configurationDone") {
-                        let body: serde_json::Value =
-                            serde_json::from_slice(message.body()).unwrap_or_default();
-                        return Some(body["success"] == true);
+                    if let Some(answer) = answer_of(&message) {
+                        return Some(answer);
                     }
                 }
                 Ok(None) => return None,
@@ -294,6 +338,24 @@ impl AckScanner {
                 }
             }
         }
+    }
+}
+
+/// The setup answer `message` is, if it is one.
+fn answer_of(message: &Message) -> Option<Answer> {
+    let command = message.response_command()?;
+    let body: serde_json::Value = serde_json::from_slice(message.body()).unwrap_or_default();
+    let success = body["success"] == true;
+    match command.as_str() {
+        "configurationDone" if success => Some(Answer::Configured),
+        "configurationDone" => Some(Answer::ConfigurationRefused),
+        "attach" | "launch" if !success => {
+            let said = body["message"].as_str().unwrap_or("no reason given");
+            let said = crate::relay::protocol::prefix_within(said, MAX_REFUSAL_MESSAGE_BYTES);
+            Some(Answer::AttachRefused(said.to_owned()))
+        }
+        "disconnect" => Some(Answer::Disconnected),
+        _ => None,
     }
 }
 
@@ -584,5 +646,65 @@ mod tests {
         assert_eq!(AckScanner::default().scan(&refused), Some(false));
         assert_eq!(AckScanner::default().scan(&capabilities), None);
         assert_eq!(AckScanner::default().scan(b"garbage with no header"), None);
+    }
+
+    #[test]
+    fn a_refused_attach_is_an_answer_of_its_own() {
+        let refused_attach = framed(
+            r#"{"type":"response","command":"attach","success":false,"message":"AttachRequest.__init__() missing 1 required positional argument: 'arguments'"}"#,
+        );
+        let refused_launch = framed(r#"{"type":"response","command":"launch","success":false}"#);
+        let attached = framed(r#"{"type":"response","command":"attach","success":true}"#);
+        let done = framed(r#"{"type":"response","command":"configurationDone","success":true}"#);
+        let long = "é".repeat(MAX_REFUSAL_MESSAGE_BYTES);
+        let long_refusal = framed(&format!(
+            r#"{{"type":"response","command":"attach","success":false,"message":"{long}"}}"#
+        ));
+        let cases: [(&[u8], Vec<Answer>); 5] = [
+            (
+                &refused_attach,
+                vec![Answer::AttachRefused(
+                    "AttachRequest.__init__() missing 1 required positional argument: 'arguments'"
+                        .into(),
+                )],
+            ),
+            (
+                &refused_launch,
+                vec![Answer::AttachRefused("no reason given".into())],
+            ),
+            // debugpy answers a good attach after configurationDone: not a setup answer.
+            (&[attached.clone(), done.clone()].concat(), vec![Answer::Configured]),
+            (
+                &[refused_attach.clone(), done.clone()].concat(),
+                vec![
+                    Answer::AttachRefused(
+                        "AttachRequest.__init__() missing 1 required positional argument: 'arguments'"
+                            .into(),
+                    ),
+                    Answer::Configured,
+                ],
+            ),
+            (
+                &long_refusal,
+                vec![Answer::AttachRefused("é".repeat(MAX_REFUSAL_MESSAGE_BYTES / 2))],
+            ),
+        ];
+        for (stream, expected) in cases {
+            for cut in 0..=stream.len() {
+                let mut scanner = AckScanner::default();
+                let mut found = Vec::new();
+                for part in [&stream[..cut], &stream[cut..]] {
+                    let mut next = scanner.next_answer(part);
+                    while let Some(answer) = next {
+                        found.push(answer);
+                        next = scanner.next_answer(&[]);
+                    }
+                }
+                assert_eq!(found, expected, "cut at {cut}");
+            }
+        }
+        // A release waits past the refusal of its own repeated attach.
+        let stream = [refused_attach, done].concat();
+        assert_eq!(AckScanner::default().scan(&stream), Some(true));
     }
 }

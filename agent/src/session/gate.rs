@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::dap::{AckScanner, EndWatcher, Framer, NotDap};
+use super::dap::{AckScanner, Answer, EndWatcher, Framer, NotDap};
 use super::step_end::{self, StepEnd};
 use crate::relay::client::Tunnel;
 
@@ -34,11 +34,17 @@ pub struct GateState {
     unsent: Vec<u8>,
     /// Bytes of `unsent` up to the end of the developer's `configurationDone`.
     configuration_done_at: Option<usize>,
+    /// Reads debugpy's side of the connection until the debuggee is configured, for the
+    /// answers that decide the setup ([`Answer`]).
+    answers: AckScanner,
     /// The developer's `configurationDone` was written and debugpy has not answered it
-    /// yet: its answer, read here, decides whether the step runs. debugpy refuses one
-    /// that comes out of order (before `attach`), and a gate that counted the written
-    /// request as done let such a client hold the step past the deadline.
-    awaiting_answer: Option<AckScanner>,
+    /// yet: its answer decides whether the step runs. debugpy refuses one that comes out
+    /// of order (before `attach`), and a gate that counted the written request as done
+    /// let such a client hold the step past the deadline.
+    awaiting_answer: bool,
+    /// debugpy refused the developer's `attach` (its message): this connection's setup
+    /// can never complete, and kept open it holds the debuggee from everyone else.
+    attach_refused: Option<String>,
     /// debugpy accepted `configurationDone`: the step runs, the gate is transparent.
     /// Shared so the deadline's owner can read it while a pump holds the state.
     configured: Arc<AtomicBool>,
@@ -96,29 +102,52 @@ impl GateState {
 
     /// Whether the developer's `configurationDone` went out and debugpy has not answered.
     fn awaiting_answer(&self) -> bool {
-        self.awaiting_answer.is_some()
+        self.awaiting_answer
     }
 
-    /// Reads debuggee bytes on their way to the developer for debugpy's answer to
-    /// `configurationDone`: a success configures the gate; a refusal sends it back to
-    /// framing the developer's messages (the setup goes on, or the deadline releases).
+    /// Whether debugpy refused the developer's `attach` on this connection (a connection
+    /// to debugpy's adapter that must not be held).
+    pub fn attach_was_refused(&self) -> bool {
+        self.attach_refused.is_some()
+    }
+
+    /// debugpy's message if it refused the developer's `attach` (or `launch`) on this
+    /// connection, taken: the pump ends with it ([`PumpEnd::AttachRefused`]).
+    fn take_attach_refused(&mut self) -> Option<String> {
+        self.attach_refused.take()
+    }
+
+    /// Reads debuggee bytes on their way to the developer, until the debuggee is
+    /// configured, for debugpy's answers: a successful `configurationDone` configures the
+    /// gate; a refused one sends it back to framing the developer's messages (the setup
+    /// goes on, or the deadline releases); a refused `attach` is recorded.
     fn observe_debuggee(&mut self, bytes: &[u8]) {
-        let Some(scanner) = self.awaiting_answer.as_mut() else {
+        if self.configured() {
             return;
-        };
-        match scanner.scan(bytes) {
-            Some(true) => {
-                self.awaiting_answer = None;
-                self.set_configured();
+        }
+        let mut next = self.answers.next_answer(bytes);
+        while let Some(answer) = next {
+            match answer {
+                Answer::Configured if self.awaiting_answer => {
+                    self.awaiting_answer = false;
+                    self.set_configured();
+                    return;
+                }
+                Answer::ConfigurationRefused if self.awaiting_answer => {
+                    self.awaiting_answer = false;
+                    self.framer = Framer::default();
+                    // It watches again from the next configurationDone's end, a message
+                    // boundary, not from wherever the refused setup left it.
+                    self.ends = EndWatcher::default();
+                }
+                Answer::AttachRefused(said) => {
+                    self.attach_refused.get_or_insert(said);
+                }
+                // An answer to no configurationDone of this developer's (not theirs), or
+                // to a `disconnect` the developer sent during its setup.
+                Answer::Configured | Answer::ConfigurationRefused | Answer::Disconnected => {}
             }
-            Some(false) => {
-                self.awaiting_answer = None;
-                self.framer = Framer::default();
-                // It watches again from the next configurationDone's end, a message
-                // boundary, not from wherever the refused setup left it.
-                self.ends = EndWatcher::default();
-            }
-            None => {}
+            next = self.answers.next_answer(&[]);
         }
     }
 
@@ -162,7 +191,7 @@ impl GateState {
                 let left = at.saturating_sub(written);
                 self.configuration_done_at = (left > 0).then_some(left);
                 if left == 0 {
-                    self.awaiting_answer = Some(AckScanner::default());
+                    self.awaiting_answer = true;
                 }
             }
         }
@@ -180,6 +209,10 @@ pub enum PumpEnd {
     LeftDuringSetup,
     /// The developer's side sent bytes that are not DAP; it was cut off.
     NotDap(NotDap),
+    /// debugpy refused the developer's `attach` (its message): the developer was given
+    /// the refusal and cut off. A connection to debugpy's adapter (listen and direct
+    /// modes) is then closed, not held: see [`Answer::AttachRefused`].
+    AttachRefused(String),
     /// The debuggee closed its connection (the step ended, or debugpy gave up).
     DebuggeeClosed,
     /// Writing to the debuggee failed.
@@ -223,6 +256,9 @@ where
                         state.observe_debuggee(chunk);
                         let _ = developer_out.write_all(chunk).await;
                     }
+                    if let Some(said) = state.take_attach_refused() {
+                        return PumpEnd::AttachRefused(said);
+                    }
                     if !state.configured() {
                         return PumpEnd::LeftDuringSetup;
                     }
@@ -248,7 +284,19 @@ where
                 }
                 let chunk = from_debuggee.get(..n).unwrap_or_default();
                 state.observe_debuggee(chunk);
-                if developer_out.write_all(chunk).await.is_err() && !state.configured() {
+                let delivered = developer_out.write_all(chunk).await.is_ok();
+                if let Some(said) = state.take_attach_refused() {
+                    if delivered {
+                        // The developer reads the refusal, then the end of the connection.
+                        let _ = developer_out.shutdown().await;
+                        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                            while developer_in.read(&mut from_developer).await.is_ok_and(|n| n > 0) {}
+                        })
+                        .await;
+                    }
+                    return PumpEnd::AttachRefused(said);
+                }
+                if !delivered && !state.configured() {
                     return PumpEnd::LeftDuringSetup;
                 }
             }
@@ -308,6 +356,11 @@ where
     if step_ended { PumpEnd::StepEnded } else { end }
 }
 
+/// How long a developer whose `attach` debugpy refused may take to read the refusal and
+/// close its side (what it sends meanwhile is dropped): closing a socket with unread bytes
+/// resets it, and the reset can overtake the refusal.
+const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Bytes buffered between a tunnel and its gate.
 const PIPE_CAPACITY: usize = 64 * 1024;
 
@@ -357,7 +410,7 @@ where
             }
             match scanner.scan(buf.get(..n).unwrap_or_default()) {
                 Some(true) => {
-                    state.awaiting_answer = None;
+                    state.awaiting_answer = false;
                     state.set_configured();
                     return Ok(());
                 }
@@ -389,6 +442,54 @@ where
     })
     .await;
     Ok(())
+}
+
+/// Ends a session with debugpy's adapter in order, leaving the debuggee as it is: completes
+/// a message a cancelled write left half-sent, sends `disconnect` (without ending the
+/// debuggee) and reads, bounded by
+/// [`super::dap::RELEASE_DRAIN_TIMEOUT`], until the adapter has answered it or closed.
+///
+/// The adapter answers only once its session has let go of the debuggee. A connection
+/// merely closed lets go of it a moment later, and a developer whose `attach` came in that
+/// moment was refused ("already being debugged"), after which the adapter took no
+/// connection at all: every later developer, and the release, met silence.
+pub async fn end_session<D>(state: &mut GateState, debuggee: &mut D)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let ended = async {
+        state.flush(debuggee).await?;
+        debuggee
+            .write_all(&super::dap::disconnect_request())
+            .await?;
+        debuggee.flush().await?;
+        let mut answers = AckScanner::default();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = debuggee.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            let mut next = answers.next_answer(buf.get(..n).unwrap_or_default());
+            while let Some(answer) = next {
+                if answer == Answer::Disconnected {
+                    return Ok(());
+                }
+                next = answers.next_answer(&[]);
+            }
+        }
+    };
+    let outcome: Result<io::Result<()>, _> =
+        tokio::time::timeout(super::dap::RELEASE_DRAIN_TIMEOUT, ended).await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::debug!("ending a session with debugpy: {err}"),
+        Err(_) => tracing::debug!(
+            "debugpy did not answer a disconnect within {:?}",
+            super::dap::RELEASE_DRAIN_TIMEOUT
+        ),
+    }
+    let _ = debuggee.shutdown().await;
 }
 
 #[cfg(test)]

@@ -332,3 +332,147 @@ async fn release_of_a_debuggee_that_never_closes_is_bounded() {
     let bound = crate::session::dap::RELEASE_DRAIN_TIMEOUT * 2 + DISCONNECT_SETTLE;
     assert!(started.elapsed() <= bound);
 }
+
+fn response(command: &str, success: bool, message: &str) -> Vec<u8> {
+    let body = format!(
+        r#"{{"seq":9,"type":"response","request_seq":2,"command":"{command}","success":{success},"message":"{message}"}}"#
+    );
+    format!("Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// debugpy's adapter fails an `attach` without arguments and gives that session the
+/// debuggee all the same: a developer who then stays connected holds it from everyone.
+/// However debugpy's bytes are cut, the pump passes the refusal on to a developer who
+/// stays and ends with it; a successful `attach` answer does not. A developer who left
+/// before the refusal came left during its setup (its connection is held, and ended in
+/// order when the next developer or the release comes).
+#[tokio::test(start_paused = true)]
+async fn a_refused_attach_ends_the_pump_after_the_developer_has_the_refusal() {
+    let refusal = response("attach", false, "missing 'arguments'");
+    let before = response("initialize", true, "");
+    let stream = [before.clone(), refusal.clone()].concat();
+    // (what debugpy sends, split where, the developer stays connected, how the pump ends)
+    let cases: Vec<(Vec<u8>, usize, bool, &str)> = vec![
+        (stream.clone(), stream.len(), true, "refused"),
+        (stream.clone(), before.len() + 7, true, "refused"),
+        (stream.clone(), 3, true, "refused"),
+        (stream.clone(), 3, false, "left"),
+        (response("launch", false, "no"), 10, true, "refused"),
+        (response("attach", true, ""), 10, true, "goes on"),
+        (
+            response("configurationDone", false, ""),
+            10,
+            true,
+            "goes on",
+        ),
+    ];
+    for (debugpy_says, cut, stays, ends) in cases {
+        let (mut ours, mut theirs) = duplex(1 << 16);
+        let (dev_local, mut dev_remote) = duplex(1 << 16);
+        let setup = [request("initialize"), request("attach")].concat();
+        let developer = tokio::spawn(async move {
+            dev_remote.write_all(&setup).await.expect("write");
+            if !stays {
+                dev_remote.shutdown().await.expect("shutdown");
+            }
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                dev_remote.read_to_end(&mut got),
+            )
+            .await;
+            got
+        });
+        let said = debugpy_says.clone();
+        let debuggee = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let _ = theirs.read(&mut buf).await;
+            let (first, second) = said.split_at(cut.min(said.len()));
+            theirs.write_all(first).await.expect("first");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            theirs.write_all(second).await.expect("second");
+            // Holds its end open: only the gate may end this.
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            drop(theirs);
+        });
+        let mut state = GateState::default();
+        let started = tokio::time::Instant::now();
+        let end = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            pump(&mut state, &mut ours, dev_local),
+        )
+        .await;
+        let case = String::from_utf8_lossy(&debugpy_says).into_owned();
+        if ends == "left" {
+            assert!(
+                matches!(end, Ok(PumpEnd::LeftDuringSetup)),
+                "{case}: {end:?}"
+            );
+        } else if ends == "refused" {
+            let Ok(PumpEnd::AttachRefused(said)) = end else {
+                panic!("{case}: {end:?}");
+            };
+            assert!(!said.is_empty());
+            assert!(started.elapsed() <= REFUSAL_LINGER + std::time::Duration::from_secs(1));
+            assert!(!state.attach_was_refused(), "{case}: taken with the end");
+            let got = developer.await.expect("developer");
+            assert_eq!(got, debugpy_says, "{case}: the developer has every byte");
+        } else {
+            // Not decided by the answer: the pump goes on (here until cut off).
+            assert!(end.is_err(), "{case}: {end:?}");
+            developer.abort();
+        }
+        debuggee.abort();
+    }
+}
+
+/// A session with debugpy's adapter ends in order: `disconnect` goes out, and the end
+/// waits for its answer (the adapter lets go of the debuggee first) or the adapter's close,
+/// bounded when neither comes.
+#[tokio::test(start_paused = true)]
+async fn a_session_ends_with_an_answered_disconnect_bounded() {
+    // (the adapter answers, closes, or neither; the answer comes after this long)
+    let cases = [
+        ("answers", std::time::Duration::from_millis(40)),
+        ("closes", std::time::Duration::from_millis(40)),
+        ("silent", std::time::Duration::from_secs(3600)),
+    ];
+    for (how, after) in cases {
+        let (mut ours, mut theirs) = duplex(1 << 16);
+        let adapter = tokio::spawn(async move {
+            let mut framer = Framer::default();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = theirs.read(&mut buf).await.unwrap_or(0);
+                assert!(n > 0, "{how}: closed before a disconnect");
+                framer.push(&buf[..n]);
+                if let Ok(Some(message)) = framer.next_message() {
+                    assert_eq!(message.request_command().as_deref(), Some("disconnect"));
+                    break;
+                }
+            }
+            tokio::time::sleep(after).await;
+            if how == "answers" {
+                let answer = [
+                    response("output", true, ""),
+                    response("disconnect", true, ""),
+                ]
+                .concat();
+                theirs.write_all(&answer).await.expect("answer");
+            }
+            if how != "silent" {
+                drop(theirs);
+            } else {
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            }
+        });
+        let started = tokio::time::Instant::now();
+        end_session(&mut GateState::default(), &mut ours).await;
+        let took = started.elapsed();
+        match how {
+            "silent" => assert_eq!(took, crate::session::dap::RELEASE_DRAIN_TIMEOUT),
+            _ => assert_eq!(took, after, "{how}"),
+        }
+        adapter.abort();
+    }
+}

@@ -466,12 +466,25 @@ async fn release_listening_debuggee(debugpy: impl Fn() -> SocketAddr) {
     }
 }
 
+/// What [`release_on`] does when debugpy refuses the release's `configurationDone`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Tries again on the same connection (connect mode: debugpy's only connection).
+    Retry,
+    /// Gives the connection up: an adapter connection a developer left refuses it only
+    /// when that developer's `attach` failed there (debugpy's adapter allows
+    /// `configurationDone` only while an `attach` is under way), and it never will accept
+    /// one; the release goes on over fresh connections.
+    GiveUp,
+}
+
 /// Releases a step held by debugpy over an open connection (connect mode's debugpy
 /// connection, or an adapter connection a developer left), retrying until debugpy
 /// acknowledges; bounded by [`RELEASE_GRACE`].
 async fn release_on(
     state: &mut gate::GateState,
     debuggee: &mut tokio::net::TcpStream,
+    on_refusal: Refusal,
 ) -> Result<(), String> {
     let released = tokio::time::timeout(RELEASE_GRACE, async {
         loop {
@@ -481,6 +494,12 @@ async fn release_on(
                     return Err(format!(
                         "debugpy's connection ended during the release: {err}"
                     ));
+                }
+                Err(gate::ReleaseError::Refused) if on_refusal == Refusal::GiveUp => {
+                    return Err(
+                        "debugpy refused the release there (the developer's attach had failed)"
+                            .to_owned(),
+                    );
                 }
                 Err(gate::ReleaseError::NoAck(_) | gate::ReleaseError::Refused) => {
                     tracing::debug!("debugpy has not acknowledged the release yet; again");
