@@ -177,6 +177,16 @@ fn run() -> anyhow::Result<()> {
         echo,
     };
     let mut tunnels: Vec<(&'static str, Tunnel)> = Vec::new();
+    // The plain forwarder chains (the floor of a path of two and three processes) take
+    // part in figures 1, 2 and 4 to 6.
+    if only.any(1, 6) {
+        match forwarders::chains(targets) {
+            Ok(chains) => tunnels.extend(chains),
+            Err(err) => report.note(format!(
+                "1-6: the plain forwarder chains did not start, their columns are empty: {err:#}"
+            )),
+        }
+    }
     if only.any(1, 7) {
         let agent = tunnels::agent(agent, targets, false, settings.tunnels)?;
         tunnels.push((AGENT, agent));
@@ -233,15 +243,6 @@ fn run() -> anyhow::Result<()> {
     }
     // Six processes that no later figure uses.
     drop(shipped_tunnels);
-    // The plain forwarder chains take part in figures 4 to 6 only.
-    if only.any(4, 6) {
-        match forwarders::chains(echo) {
-            Ok(chains) => tunnels.extend(chains),
-            Err(err) => report.note(format!(
-                "4-6: the plain forwarder chains did not start, their columns are empty: {err:#}"
-            )),
-        }
-    }
     if only.any(4, 4) {
         report.figures(figures::round_trips(echo, &tunnels), "4 round trip");
     }

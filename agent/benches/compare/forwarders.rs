@@ -8,14 +8,16 @@
 //! other CPU, which no program on the path controls. Next to rathole's and bore's two
 //! processes, the agent's path has three (`relay connect`, `relay serve`, `relay listen`:
 //! the Hybrid Connections topology, both ends outbound to a relay). The two chains say what
-//! two and three processes cost here before any program does any work of its own.
+//! two and three processes cost here before any program does any work of its own: per
+//! round trip (figures 4 to 6) and per byte (figures 1 and 2: each byte is copied through
+//! the kernel twice per process).
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
 
 use super::procs::{Proc, address_after};
-use super::tunnels::{Part, Tunnel};
+use super::tunnels::{Part, Service, Targets, Tunnel};
 
 /// argv\[1\] that makes the bench executable a plain forwarder to argv\[2\].
 pub const FORWARDER_ARG: &str = "plain-forwarder";
@@ -25,13 +27,26 @@ pub const THREE: &str = "3 plain fwd";
 /// What a forwarder prints once it accepts, before its address.
 const LISTENING: &str = "plain forwarder on ";
 
-/// The chains measured, by column: two and three processes.
-pub fn chains(echo: SocketAddr) -> anyhow::Result<Vec<(&'static str, Tunnel)>> {
-    Ok(vec![(TWO, chain(2, echo)?), (THREE, chain(3, echo)?)])
+/// The chains measured, by column: two and three processes, each one chain per service
+/// (as every tunnel of the bench carries iperf3 and the echo service apart).
+pub fn chains(targets: Targets) -> anyhow::Result<Vec<(&'static str, Tunnel)>> {
+    let mut tunnels = Vec::new();
+    for (name, hops) in [(TWO, 2), (THREE, 3)] {
+        let (mut parts, iperf) = chain(hops, targets.iperf, Service::Iperf)?;
+        let (echo_parts, echo) = chain(hops, targets.echo, Service::Echo)?;
+        parts.extend(echo_parts);
+        tunnels.push((name, Tunnel::of_parts(parts, iperf, echo)?));
+    }
+    Ok(tunnels)
 }
 
-/// `hops` forwarders, the last connecting to `target`; the tunnel's entry is the first.
-fn chain(hops: usize, target: SocketAddr) -> anyhow::Result<Tunnel> {
+/// `hops` forwarders carrying `service`, the last connecting to `target`; returns them and
+/// the chain's entry (the first).
+fn chain(
+    hops: usize,
+    target: SocketAddr,
+    service: Service,
+) -> anyhow::Result<(Vec<Part>, SocketAddr)> {
     let exe = std::env::current_exe().context("the bench has no path to run again")?;
     let mut next = target;
     let mut parts = Vec::new();
@@ -42,11 +57,11 @@ fn chain(hops: usize, target: SocketAddr) -> anyhow::Result<Tunnel> {
         next = address_after(&proc.wait_for(LISTENING)?, LISTENING)?;
         parts.push(Part {
             role: "plain forwarder",
-            service: None,
+            service: Some(service),
             proc,
         });
     }
-    Tunnel::echo_only(parts, next)
+    Ok((parts, next))
 }
 
 /// The forwarder's process: accepts on 127.0.0.1:0, prints its address, and copies each

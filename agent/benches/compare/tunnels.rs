@@ -69,12 +69,16 @@ impl Tunnel {
             .filter(|p| p.service != Some(Service::Iperf))
     }
 
-    /// A tunnel of `parts` that carries only the echo service, entered at `echo` (figures
-    /// 1 and 7 never see it).
-    pub fn echo_only(parts: Vec<Part>, echo: SocketAddr) -> anyhow::Result<Tunnel> {
+    /// A tunnel of `parts` (processes the bench started itself) entered at `iperf` and
+    /// `echo`.
+    pub fn of_parts(
+        parts: Vec<Part>,
+        iperf: SocketAddr,
+        echo: SocketAddr,
+    ) -> anyhow::Result<Tunnel> {
         Ok(Tunnel {
             parts,
-            iperf: echo,
+            iperf,
             echo,
             echo_spare: None,
             _dir: tempfile::tempdir().context("could not create a temp dir")?,
