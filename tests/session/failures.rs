@@ -425,3 +425,50 @@ fn a_developer_who_comes_for_a_step_without_debugpy_is_told_why() {
     assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
     assert_session_over(&state_dir, agent.pid());
 }
+
+/// A listen-mode target whose relay goes away says so in `status` (`relay-unreachable`,
+/// with the listener's reason: developers cannot reach it) instead of still saying it
+/// waits for a debugger, and says it listens again once the relay is back.
+#[test]
+fn status_says_when_developers_cannot_reach_a_listen_mode_target() {
+    use super::faults::{Mode, step_command};
+    use super::lifecycle::wait_state_why;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let mut developer = DeveloperSide::relay_only("outage");
+    let (_, _, range) = port_range(4);
+    let gate = Gate::in_dir(dir.path());
+    let mut cmd = step_command(&developer, dir.path(), Mode::Listen, &gate, "120s", &range);
+    let agent = Running::spawn(&mut cmd);
+    wait_state_why(
+        &state_dir,
+        agent.pid(),
+        "waiting-for-debugger",
+        "listening on the Hybrid Connection",
+        &agent,
+    );
+    developer.relay.proc.kill();
+    wait_state_why(
+        &state_dir,
+        agent.pid(),
+        "relay-unreachable",
+        "the relay listener is offline",
+        &agent,
+    );
+    let DeveloperSide { relay, hc, listen } = developer;
+    let _developer = DeveloperSide {
+        relay: relay.restart(),
+        hc,
+        listen,
+    };
+    wait_state_why(
+        &state_dir,
+        agent.pid(),
+        "waiting-for-debugger",
+        "listening on the Hybrid Connection again",
+        &agent,
+    );
+    // The step is still held (its attach timeout is far away): the agent ends with the test.
+    assert_eq!(agent.stdout.len(), 0, "the step ran:\n{}", agent.log());
+}

@@ -75,6 +75,11 @@ pub enum Event {
     /// debugpy closed (or broke) the connection of a developer who had not finished
     /// its setup (how far it got).
     DebuggeeLeftSetup(String),
+    /// The relay listener lost its control channel (or could not open it again), for
+    /// this reason: developers cannot reach the target until it is back.
+    ListenerOffline(String),
+    /// The relay listener's control channel is up again.
+    ListenerOnline,
 }
 
 /// A developer's connection, as it arrived.
@@ -435,6 +440,21 @@ where
     loop {
         tokio::select! {
             Some(event) = events.recv() => match event {
+                // Said only over a state that waits for developers: an attached debugger
+                // keeps its tunnel, and after the session's end it changes nothing.
+                Event::ListenerOffline(why) => {
+                    if reporter.state() == Some(SessionState::WaitingForDebugger) {
+                        reporter.set(SessionState::RelayUnreachable, Some(&format!(
+                            "the relay listener is offline ({why}); developers cannot reach \
+                             this target until it is back (it keeps trying)"
+                        )));
+                    }
+                }
+                Event::ListenerOnline => {
+                    if reporter.state() == Some(SessionState::RelayUnreachable) {
+                        reporter.set(SessionState::WaitingForDebugger, Some(LISTENING_AGAIN));
+                    }
+                }
                 Event::Connected => {
                     reporter.set(SessionState::Attached, None);
                     cause.get_or_insert_with(|| {
@@ -566,6 +586,10 @@ where
     }
 }
 
+/// What `status` says when the relay listener is back after an outage.
+const LISTENING_AGAIN: &str =
+    "listening on the Hybrid Connection again; attach with `amlx-agent relay connect`";
+
 /// What went wrong with a connection that did not finish its setup, in words.
 fn setup_failure(event: &Event) -> String {
     match event {
@@ -582,6 +606,10 @@ fn setup_failure(event: &Event) -> String {
             "debugpy closed the connection of a debugger that had not finished its setup \
              ({progress})"
         ),
-        Event::Connected | Event::Configured | Event::Detached { .. } => String::new(),
+        Event::Connected
+        | Event::Configured
+        | Event::Detached { .. }
+        | Event::ListenerOffline(_)
+        | Event::ListenerOnline => String::new(),
     }
 }

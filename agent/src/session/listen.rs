@@ -41,6 +41,9 @@ struct Forwarder {
     online: Notify,
     /// Why the control channel was last down, for a listener that never came online.
     last_offline: std::sync::Mutex<Option<String>>,
+    /// Set once the session is ready: from then on the listener going offline and coming
+    /// back is the deadline owner's news (`status` says so), not the readiness probe's.
+    announcing: std::sync::atomic::AtomicBool,
     shared: Shared,
 }
 
@@ -208,6 +211,9 @@ impl AcceptHandler for Forwarder {
 
     fn online(&self) {
         self.online.notify_one();
+        if self.announcing.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = self.shared.events.send(attach::Event::ListenerOnline);
+        }
     }
 
     fn offline(&self, why: &str) {
@@ -215,6 +221,12 @@ impl AcceptHandler for Forwarder {
             .last_offline
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(why.to_owned());
+        if self.announcing.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = self
+                .shared
+                .events
+                .send(attach::Event::ListenerOffline(why.to_owned()));
+        }
     }
 }
 
@@ -236,6 +248,7 @@ pub async fn run(
         rank: spec.rank,
         online: Notify::new(),
         last_offline: std::sync::Mutex::new(None),
+        announcing: std::sync::atomic::AtomicBool::new(false),
         shared: shared.clone(),
     });
     let shutdown = CancellationToken::new();
@@ -270,6 +283,9 @@ pub async fn run(
         SessionState::WaitingForDebugger,
         Some("listening on the Hybrid Connection; attach with `amlx-agent relay connect`"),
     );
+    forwarder
+        .announcing
+        .store(true, std::sync::atomic::Ordering::Release);
     // The listener only stops for good on a refusal (revoked key, deleted Hybrid
     // Connection).
     let stopped = async {

@@ -71,6 +71,11 @@ impl Reporter {
         }
     }
 
+    /// The state last recorded (`None` before the first).
+    pub fn state(&self) -> Option<SessionState> {
+        self.state.as_ref().map(|(state, _)| *state)
+    }
+
     /// Records a state change (repeats of the same state and reason are ignored).
     pub fn set(&mut self, state: SessionState, reason: Option<&str>) {
         let crashed;
