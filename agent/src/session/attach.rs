@@ -56,6 +56,18 @@ pub(super) const DEBUGPY_DID_NOT_START: &str = "debugpy did not start on the tar
 /// than `relay connect` waits for the preamble's answer (60 s), so the developer hears why.
 const BOOTSTRAP_WORD_WAIT: Duration = Duration::from_secs(45);
 
+/// The whole of a developer's wait for debugpy: the bootstrap's word
+/// ([`BOOTSTRAP_WORD_WAIT`]), a release under way (up to [`super::RELEASE_GRACE`] and its
+/// settling), the connection tries. Each has a bound of its own, and together they could
+/// pass the 60 s `relay connect` waits for the answer to its preamble
+/// ([`crate::relay::bridge::PREAMBLE_TIMEOUT`]), so the developer's side gave up without
+/// hearing why. This one bound is under it.
+const DEVELOPER_WAIT: Duration = Duration::from_secs(55);
+const _: () = assert!(
+    BOOTSTRAP_WORD_WAIT.as_secs() < DEVELOPER_WAIT.as_secs()
+        && DEVELOPER_WAIT.as_secs() < crate::relay::bridge::PREAMBLE_TIMEOUT.as_secs()
+);
+
 /// What happened to a developer connection, for the deadline's owner.
 #[derive(Debug)]
 pub enum Event {
@@ -220,10 +232,21 @@ impl Shared {
     /// [`BOOTSTRAP_WORD_WAIT`]), then with bounded retries; `Err` says why not, for the
     /// developer.
     pub async fn connect_debugpy(&self) -> Result<TcpStream, String> {
+        let reached = async {
+            tokio::time::timeout(DEVELOPER_WAIT, self.reach_debugpy())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "debugpy could not be reached within {}s (a release of the step was \
+                         under way, or debugpy did not accept); try again",
+                        DEVELOPER_WAIT.as_secs()
+                    ))
+                })
+        };
         tokio::select! {
             // Biased: a word already there decides, not the end announced after it.
             biased;
-            reached = self.reach_debugpy() => reached,
+            reached = reached => reached,
             () = self.step_end.announced() => Err(match &*self.bootstrap.borrow() {
                 // The sidecar announces the end to its connections when debugpy is missing.
                 Some(Report::Missing(why)) => format!("{DEBUGPY_DID_NOT_START}{why}"),
@@ -611,5 +634,41 @@ fn setup_failure(event: &Event) -> String {
         | Event::Detached { .. }
         | Event::ListenerOffline(_)
         | Event::ListenerOnline => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A developer's wait for debugpy has one bound, under `relay connect`'s wait for the
+    /// answer to its preamble, whatever holds it (here a release that never ends, after a
+    /// bootstrap that spoke late): the developer's side hears why instead of giving up.
+    #[tokio::test(start_paused = true)]
+    async fn a_developer_waits_for_debugpy_within_one_bound() {
+        let (word, bootstrap) = watch::channel(None);
+        let unused: SocketAddr = "127.0.0.1:9".parse().expect("an address");
+        let (shared, _events) = Shared::new(unused, StepEnd::default(), bootstrap);
+        let _release = shared.releasing.write().await;
+        let started = tokio::time::Instant::now();
+        let speaks_late = async {
+            tokio::time::sleep(BOOTSTRAP_WORD_WAIT - Duration::from_secs(1)).await;
+            let _ = word.send(Some(Report::Started(None)));
+            std::future::pending::<()>().await;
+        };
+        let waited = async {
+            tokio::select! {
+                outcome = shared.connect_debugpy() => outcome,
+                () = speaks_late => unreachable!("pends"),
+            }
+        };
+        let outcome = tokio::time::timeout(crate::relay::bridge::PREAMBLE_TIMEOUT, waited)
+            .await
+            .expect("the developer's wait outlasted relay connect's");
+        let Err(why) = outcome else {
+            panic!("reached debugpy at an unused address");
+        };
+        assert!(why.contains("within 55s"), "{why}");
+        assert_eq!(started.elapsed(), DEVELOPER_WAIT);
     }
 }
