@@ -228,16 +228,8 @@ fn run_case(mode: Mode, case: &Case) {
         && let Fault::Scripted(name) = fault_script(case.fault)
     {
         agent.wait_stderr("debug session waiting-for-debugger");
-        let port = match mode {
-            Mode::Listen => {
-                let (connect, bound) = developer
-                    .relay
-                    .connect(&developer.connection_string(), &debug_port.to_string());
-                _relay_connect = Some(connect);
-                bound.port()
-            }
-            _ => debug_port,
-        };
+        let (connect, port) = developer_entry(&developer, mode, debug_port);
+        _relay_connect = connect;
         fake = Some(Fake::spawn(&["connect", &port.to_string(), name]));
     }
     if let Some(fake) = &fake {
@@ -316,6 +308,24 @@ fn run_case(mode: Mode, case: &Case) {
         case.cause
     );
     drop(fake);
+}
+
+/// Where a developer of a listen- or direct-mode target connects: a `relay connect` to
+/// the target's port (listen; keep the process) or the debug port itself (direct).
+fn developer_entry(
+    developer: &DeveloperSide,
+    mode: Mode,
+    debug_port: u16,
+) -> (Option<crate::relay::harness::Proc>, u16) {
+    match mode {
+        Mode::Listen => {
+            let (connect, bound) = developer
+                .relay
+                .connect(&developer.connection_string(), &debug_port.to_string());
+            (Some(connect), bound.port())
+        }
+        Mode::Direct | Mode::Connect => (None, debug_port),
+    }
 }
 
 /// `exec --debug` of step.py in `mode` (held for a debugger in every mode), exiting
@@ -567,17 +577,7 @@ fn the_next_developer_attaches_whatever_the_last_one_left_behind() {
             );
             let mut agent = Running::spawn(&mut cmd);
             agent.wait_stderr("debug session waiting-for-debugger");
-            let mut _relay_connect = None;
-            let port = match mode {
-                Mode::Listen => {
-                    let (connect, bound) = developer
-                        .relay
-                        .connect(&developer.connection_string(), &debug_port.to_string());
-                    _relay_connect = Some(connect);
-                    bound.port()
-                }
-                _ => debug_port,
-            };
+            let (_relay_connect, port) = developer_entry(&developer, mode, debug_port);
             let faulty = Fake::spawn(&["connect", &port.to_string(), fault]);
             faulty.wait_done(&agent);
             wait_state_why(
