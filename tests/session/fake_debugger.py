@@ -12,12 +12,18 @@ FAULT is one of:
   garbage            send bytes that are not DAP, then hold the connection open
   bad-body           send a well-framed message whose body is not JSON, then hold
   silent             hold the connection open without sending anything
-  silent-after-attach  send `initialize` and an `attach` without arguments, then hold
-                     the connection open without a byte more (debugpy's adapter then
-                     has a client that never finishes its setup)
+  silent-after-attach  send `initialize` and an `attach` without arguments, read until
+                     debugpy refuses it (5 s at most), then hold the connection open
+                     without a byte more (debugpy's adapter then has a client that
+                     never finishes its setup)
   configure-and-watch  finish the setup (`initialize`, `attach`, `configurationDone`),
                      then read until the connection ends; print "ended eof" or "ended
                      reset" with the DAP events seen after the setup
+  connect-flood      20 connections in a row, each closed 50 ms after it opened without
+                     reading a byte (a port scanner, a client retrying in a loop)
+  vanish-and-return  finish the setup, then close without `disconnect` (a dropped
+                     connection) and at once connect again and attach; print "returned
+                     attached" or "returned refused: MESSAGE", then hold the connection
 
 Holding faults stay until the peer closes or HOLD_LIMIT passes (bounded). In listen
 mode the bound port is written to PORT_FILE once listening. Prints "fault done" when its
@@ -94,7 +100,66 @@ def watch(conn):
     )
 
 
-def misbehave(conn, fault):
+def answer_to(conn, command, limit):
+    """Reads until debugpy answers `command`; returns the response (None: it never came)."""
+    conn.settimeout(limit)
+    buf = b""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        end = buf.find(b"\r\n\r\n")
+        length = re.search(rb"Content-Length:\s*(\d+)", buf[:end]) if end >= 0 else None
+        if length and len(buf) >= end + 4 + int(length.group(1)):
+            start = end + 4
+            body, buf = buf[start : start + int(length.group(1))], buf[start + int(length.group(1)) :]
+            message = json.loads(body)
+            if message.get("type") == "response" and message.get("command") == command:
+                return message
+            continue
+        try:
+            chunk = conn.recv(65536)
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        buf += chunk
+    return None
+
+
+def vanish_and_return(conn, where):
+    conn.sendall(SETUP[0] + SETUP[1] + request(3, "configurationDone", {}))
+    if not answer_to(conn, "attach", HOLD_LIMIT):
+        print("first session not attached", flush=True)
+        return
+    conn.close()
+    again = socket.create_connection(("127.0.0.1", int(where)), timeout=5)
+    again.sendall(SETUP[0] + SETUP[1] + request(3, "configurationDone", {}))
+    answer = answer_to(again, "attach", HOLD_LIMIT)
+    print("fault done", flush=True)
+    if answer and answer.get("success"):
+        print("returned attached", flush=True)
+    else:
+        print("returned refused: %s" % (answer or {}).get("message"), flush=True)
+    hold(again)
+    again.close()
+
+
+def connect_flood(conn, where):
+    for _ in range(20):
+        time.sleep(0.05)
+        conn.close()
+        conn = socket.create_connection(("127.0.0.1", int(where)), timeout=5)
+    time.sleep(0.05)
+    conn.close()
+    print("fault done", flush=True)
+
+
+def misbehave(conn, fault, where):
+    if fault == "connect-flood":
+        connect_flood(conn, where)
+        return
+    if fault == "vanish-and-return":
+        vanish_and_return(conn, where)
+        return
     if fault == "configure-and-watch":
         watch(conn)
         conn.close()
@@ -116,8 +181,11 @@ def misbehave(conn, fault):
         conn.sendall(b"Content-Length: 5\r\n\r\n{{{{{")
     if fault == "silent-after-attach":
         # In one write, `attach` without arguments (debugpy's adapter fails it and is
-        # left with a client that can neither configure nor be released over DAP).
+        # left with a client that can neither configure nor be released over DAP); the
+        # fault is played once the refusal came (within 5 s: in connect mode the debuggee
+        # takes such an `attach` and answers nothing before `configurationDone`).
         conn.sendall(SETUP[0] + request(2, "attach", {}))
+        answer_to(conn, "attach", 5.0)
     print("fault done", flush=True)
     hold(conn)
     conn.close()
@@ -146,7 +214,7 @@ def main():
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-    misbehave(conn, fault)
+    misbehave(conn, fault, where)
 
 
 if __name__ == "__main__":

@@ -557,13 +557,15 @@ fn the_next_developer_attaches_whatever_the_last_one_left_behind() {
         ("silent-after-attach", "debugpy refused a debugger's attach"),
         ("drop-after-attach", "left after \"attach\""),
         ("drop-after-bp", "left after \"setBreakpoints\""),
+        // Not here: "connect-flood" (20 connections closed unread, 50 ms apart). debugpy
+        // 1.8.22's own adapter stops taking connections after two that overlapped closed
+        // before any request; the agent's ordered ends make it rarer, not impossible.
     ];
     for mode in [Mode::Listen, Mode::Direct] {
         for (fault, cause) in cases {
             let what = format!("{} / {fault}", mode.name());
             eprintln!("case: {what}");
             let dir = tempfile::tempdir().expect("tempdir");
-            let state_dir = dir.path().join("state");
             let developer = DeveloperSide::relay_only("next");
             let (debug_port, _, range) = port_range(4);
             let gate = Gate::in_dir(dir.path());
@@ -578,17 +580,14 @@ fn the_next_developer_attaches_whatever_the_last_one_left_behind() {
             let mut agent = Running::spawn(&mut cmd);
             agent.wait_stderr("debug session waiting-for-debugger");
             let (_relay_connect, port) = developer_entry(&developer, mode, debug_port);
+            // Once debugpy listens: developers who come before it are connected together
+            // when it does, and debugpy refuses all but the first ("already being
+            // debugged"), which is not the case here.
+            agent.wait_stderr("the step's bootstrap started debugpy");
             let faulty = Fake::spawn(&["connect", &port.to_string(), fault]);
             faulty.wait_done(&agent);
-            wait_state_why(
-                &state_dir,
-                agent.pid(),
-                "waiting-for-debugger",
-                cause,
-                &agent,
-            );
-            // At once (a holding fault still holds its connection): the next developer,
-            // who finishes its setup.
+            // At once (a holding fault still holds its connection, debugpy's refusal may
+            // still be on its way): the next developer, who finishes its setup.
             let good = Fake::spawn(&["connect", &port.to_string(), "configure-and-watch"]);
             good.wait_done(&agent);
             assert!(
@@ -605,6 +604,10 @@ fn the_next_developer_attaches_whatever_the_last_one_left_behind() {
                 "{what}: the step ran only at the attach deadline, not by the next \
                  developer's configurationDone\n{log}"
             );
+            assert!(
+                log.contains(cause),
+                "{what}: the log does not say {cause:?}\n{log}"
+            );
             gate.open();
             assert_eq!(
                 agent.wait_exit().code(),
@@ -613,6 +616,50 @@ fn the_next_developer_attaches_whatever_the_last_one_left_behind() {
                 agent.log()
             );
             drop((faulty, good));
+        }
+    }
+}
+
+/// A debugger whose connection drops after its setup (no `disconnect`: VS Code killed, a
+/// network break) and that connects again at once attaches again. debugpy's adapter ends
+/// the dropped session on the close, but a moment later: an `attach` that came meanwhile
+/// was refused ("already being debugged"), and the adapter then took no connection at all
+/// for the rest of the step. The gate now ends such a session in order (a `disconnect`,
+/// answered once the adapter let go of the step) and the returning debugger waits for it.
+#[test]
+fn a_debugger_whose_connection_dropped_attaches_again_at_once() {
+    const ROUNDS: usize = 3;
+    for mode in [Mode::Direct, Mode::Listen] {
+        for round in 0..ROUNDS {
+            let what = format!("{} round {round}", mode.name());
+            let dir = tempfile::tempdir().expect("tempdir");
+            let developer = DeveloperSide::relay_only("dropped");
+            let (debug_port, _, range) = port_range(4);
+            let gate = Gate::in_dir(dir.path());
+            let mut cmd = step_command(&developer, dir.path(), mode, &gate, "120s", &range);
+            let mut agent = Running::spawn(&mut cmd);
+            agent.wait_stderr("debug session waiting-for-debugger");
+            let (_relay_connect, port) = developer_entry(&developer, mode, debug_port);
+            let fake = Fake::spawn(&["connect", &port.to_string(), "vanish-and-return"]);
+            fake.wait_done(&agent);
+            let returned = fake
+                .stdout
+                .wait_for_from(0, "returned ", SESSION_DEADLINE)
+                .map(|(_, line)| line)
+                .unwrap_or_default();
+            assert!(
+                returned.contains("returned attached"),
+                "{what}: the debugger that came back was not attached: {returned}\n{}",
+                agent.log()
+            );
+            gate.open();
+            assert_eq!(
+                agent.wait_exit().code(),
+                Some(STEP_CODE),
+                "{what}\n{}",
+                agent.log()
+            );
+            drop(fake);
         }
     }
 }

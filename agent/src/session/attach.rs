@@ -7,7 +7,7 @@
 //! is cut off) during its setup does not take its adapter connection along: the adapter
 //! ends for good once its last session ends, and an adapter that already took an
 //! `attach` then leaves the step waiting forever. So that connection is kept, *held*,
-//! until the next developer's connection exists, and the release at the deadline goes
+//! until the next developer comes (it is ended before that one is connected), and the release at the deadline goes
 //! over it (a repeated `initialize`/`attach` is refused, `configurationDone` is
 //! honoured). Without a held connection the release uses a fresh one. Either way it is
 //! retried until debugpy acknowledges, bounded by [`super::RELEASE_GRACE`]. A developer
@@ -18,7 +18,9 @@
 //! in that moment was refused ("already being debugged"), and the adapter then took no
 //! connection at all. So an adapter connection the agent lets go of (a held one when the
 //! next developer comes, one the release could not use) is ended in order first
-//! ([`gate::end_session`]). So is the connection of a developer whose `attach` debugpy
+//! ([`gate::end_session`]), the gate does the same for a configured developer whose
+//! connection dropped, and a new developer waits ([`Shared::handover`]) while a
+//! configured one's connection is still live. So is the connection of a developer whose `attach` debugpy
 //! refused: the adapter gives that session the debuggee all the same, where it can be
 //! neither configured nor released, so the gate cuts that developer off.
 
@@ -135,6 +137,9 @@ pub struct Shared {
     /// of its own, and debugpy's adapter refuses another debugger until it has ended
     /// ("already being debugged"), so a developer who comes meanwhile waits for it.
     releasing: Arc<RwLock<()>>,
+    /// Held while a developer's connection to debugpy is being opened (see
+    /// [`Shared::connect_debugpy`]).
+    connecting: Arc<Mutex<()>>,
 }
 
 /// An adapter connection kept open after its developer left during the setup.
@@ -143,6 +148,12 @@ struct Held {
     debugpy: TcpStream,
     state: GateState,
 }
+
+/// How long a developer waits for a configured debugger's connection to end before its
+/// own requests go to debugpy ([`Shared::handover`]): the end of a dropped one takes
+/// debugpy's answer to a `disconnect` (well under a second), and the gate passes
+/// debugpy's last answers on for at most 5 s.
+const HANDOVER: Duration = Duration::from_secs(5);
 
 /// How long the deadline's owner waits for cut connections to come back as held ones.
 const CUTOFF_SETTLE: Duration = Duration::from_secs(1);
@@ -166,6 +177,7 @@ impl Shared {
             step_end,
             bootstrap,
             releasing: Arc::default(),
+            connecting: Arc::default(),
         };
         (shared, receiver)
     }
@@ -286,6 +298,14 @@ impl Shared {
         }
         // A release under way ends first (bounded by its own bounds).
         drop(self.releasing.read().await);
+        // One connection to debugpy's adapter opened at a time, and an older held one
+        // ended (in order) before: debugpy 1.8.22's adapter took no connection at all
+        // after connections that overlapped like this closed.
+        let _connecting = self.connecting.lock().await;
+        let older = self.held.lock().await.take();
+        if let Some(mut older) = older {
+            self.end_session(&mut older.state, &mut older.debugpy).await;
+        }
         let debugpy = self.debugpy_now();
         for attempt in 0..DEBUGPY_CONNECT_ATTEMPTS {
             let connect = TcpStream::connect(debugpy);
@@ -308,13 +328,11 @@ impl Shared {
     /// developer has not finished its setup.
     pub async fn serve(&self, developer: Developer, mut debugpy: TcpStream) {
         self.serving.fetch_add(1, Ordering::AcqRel);
-        // The new connection exists now: an older held one may go, in order, before this
-        // developer's requests reach the adapter.
-        let older = self.held.lock().await.take();
-        if let Some(mut older) = older {
-            self.end_session(&mut older.state, &mut older.debugpy).await;
-        }
+        self.handover().await;
+        // A session being ended (a refused one) ends first (bounded by its own bound).
+        drop(self.releasing.read().await);
         let mut state = GateState::default();
+        state.end_sessions_in_order(Arc::clone(&self.releasing));
         let configured = state.configured_flag();
         self.live_flags().push(Arc::clone(&configured));
         let setup_cutoff = self.current_cutoff();
@@ -356,15 +374,20 @@ impl Shared {
             Some(PumpEnd::LeftDuringSetup) => Some(Event::LeftDuringSetup(state.progress())),
             Some(PumpEnd::NotDap(not_dap)) => Some(Event::NotDap(not_dap.to_string())),
             Some(PumpEnd::AttachRefused(said)) => Some(Event::AttachRefused(said)),
+            // Cut at the deadline while the developer read debugpy's refusal.
+            None if state.attach_refusal().is_some() => Some(Event::AttachRefused(
+                state.attach_refusal().unwrap_or_default().to_owned(),
+            )),
             // The step's end: the session is over, nothing to report (or hold, below).
             Some(PumpEnd::StepEnded) | None => None,
         };
-        if matches!(event, Some(Event::AttachRefused(_))) {
+        let refused = state.attach_was_refused() || matches!(event, Some(Event::AttachRefused(_)));
+        if refused {
             self.end_session(&mut state, &mut debugpy).await;
         }
         let keep = !step_ended
             && !state.configured()
-            && !state.attach_was_refused()
+            && !refused
             && matches!(
                 &event,
                 None | Some(Event::LeftDuringSetup(_) | Event::NotDap(_))
@@ -376,14 +399,41 @@ impl Shared {
         }
         self.live_flags()
             .retain(|flag| !Arc::ptr_eq(flag, &configured));
-        if keep {
+        let unheld = if keep {
             *self.held.lock().await = Some(Held { debugpy, state });
-        }
+            None
+        } else {
+            Some(debugpy)
+        };
         if let Some(event) = event {
             let _ = self.events.send(event);
         }
         self.serving.fetch_sub(1, Ordering::AcqRel);
         self.served.notify_waiters();
+        // Never a reset (see gate::close_gracefully); a refused one is closed already.
+        if let Some(mut debugpy) = unheld
+            && !refused
+        {
+            gate::close_gracefully(&mut debugpy).await;
+        }
+    }
+
+    /// Waits, bounded by [`HANDOVER`], while a configured debugger's connection is live: one
+    /// whose connection just dropped is still being ended (its gate ends its adapter
+    /// session in order, and the adapter refused an `attach` that came meanwhile, then took
+    /// no connection at all). A debugger that really is attached keeps the step; the new
+    /// one goes on after the bound and is refused by debugpy ("already being debugged").
+    async fn handover(&self) {
+        let _ = tokio::time::timeout(HANDOVER, async {
+            loop {
+                let served = self.served.notified();
+                if !self.attached_now() {
+                    return;
+                }
+                served.await;
+            }
+        })
+        .await;
     }
 
     /// Ends a session with debugpy's adapter in order ([`gate::end_session`]); developers
@@ -391,7 +441,7 @@ impl Shared {
     /// for this connection, bounded, before it goes on).
     async fn end_session(&self, state: &mut GateState, debugpy: &mut TcpStream) {
         let _ending = self.releasing.try_write();
-        gate::end_session(state, debugpy).await;
+        gate::end_session(state, debugpy, gate::SESSION_END_TIMEOUT).await;
     }
 
     /// Cuts the connections still in their setup and releases the step: over the held
@@ -426,7 +476,8 @@ impl Shared {
                         "the held connection to debugpy could not release the step ({err}); \
                          trying fresh connections"
                     );
-                    gate::end_session(&mut state, &mut debugpy).await;
+                    gate::end_session(&mut state, &mut debugpy, super::dap::RELEASE_DRAIN_TIMEOUT)
+                        .await;
                 }
             }
         }

@@ -57,6 +57,21 @@ pub fn release_requests() -> Vec<u8> {
     out
 }
 
+/// An `initialize` of the agent's own, for an adapter session the developer left before
+/// sending any request (see `gate::end_session`).
+///
+/// ```
+/// let text = String::from_utf8(amlx_agent::session::dap::initialize_request()).unwrap();
+/// assert!(text.contains(r#""command":"initialize""#));
+/// ```
+pub fn initialize_request() -> Vec<u8> {
+    request(
+        1,
+        "initialize",
+        serde_json::json!({"adapterID": "amlx-agent", "clientID": "amlx-agent"}),
+    )
+}
+
 /// The `disconnect` that ends the release, leaving the debuggee running.
 ///
 /// ```
@@ -264,6 +279,8 @@ pub enum Answer {
     /// `disconnect` was answered: debugpy's adapter has let go of the debuggee (it
     /// answers only after that).
     Disconnected,
+    /// `initialize` was answered.
+    Initialized,
 }
 
 /// The longest part of debugpy's message on a refused `attach` that is kept (for the log
@@ -291,7 +308,9 @@ impl AckScanner {
             match next? {
                 Answer::Configured => return Some(true),
                 Answer::ConfigurationRefused => return Some(false),
-                Answer::AttachRefused(_) | Answer::Disconnected => next = self.next_answer(&[]),
+                Answer::AttachRefused(_) | Answer::Disconnected | Answer::Initialized => {
+                    next = self.next_answer(&[]);
+                }
             }
         }
     }
@@ -355,6 +374,7 @@ fn answer_of(message: &Message) -> Option<Answer> {
             Some(Answer::AttachRefused(said.to_owned()))
         }
         "disconnect" => Some(Answer::Disconnected),
+        "initialize" => Some(Answer::Initialized),
         _ => None,
     }
 }
@@ -373,6 +393,9 @@ pub const WATCHED_BODY_BYTES: usize = 4096;
 pub struct EndWatcher {
     at: WatchAt,
     ends_debuggee: bool,
+    /// The developer sent `disconnect`: debugpy's adapter ended its session when it
+    /// answered.
+    disconnected: bool,
 }
 
 /// Where [`EndWatcher`] is in the stream.
@@ -391,6 +414,7 @@ impl Default for EndWatcher {
         EndWatcher {
             at: WatchAt::Header(Vec::new()),
             ends_debuggee: false,
+            disconnected: false,
         }
     }
 }
@@ -399,6 +423,18 @@ impl EndWatcher {
     /// Whether the developer asked debugpy to end the debuggee.
     pub fn ends_debuggee(&self) -> bool {
         self.ends_debuggee
+    }
+
+    /// Whether the developer sent `disconnect` (its session with debugpy's adapter ended
+    /// in order).
+    pub fn disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// Whether the stream so far ends between two whole messages (a message written
+    /// after it is read as one).
+    pub fn at_boundary(&self) -> bool {
+        matches!(&self.at, WatchAt::Header(header) if header.is_empty())
     }
 
     /// Reads the next bytes of the developer's stream, which must start at a message
@@ -467,6 +503,9 @@ impl EndWatcher {
                     || (command == "disconnect" && body["arguments"]["terminateDebuggee"] == true))
             {
                 self.ends_debuggee = true;
+            }
+            if request && command == "disconnect" {
+                self.disconnected = true;
             }
         }
         self.at = WatchAt::Header(Vec::new());
@@ -620,6 +659,34 @@ mod tests {
         let mut watcher = EndWatcher::default();
         watcher.push(&[b'a'; 10 * MAX_HEADER_BYTES]);
         assert!(matches!(watcher.at, WatchAt::Lost));
+    }
+
+    /// A `disconnect` of any kind is seen (the session ended in order), and the watch
+    /// knows whether the stream stops between two messages.
+    #[test]
+    fn a_disconnect_and_the_message_boundaries_are_seen() {
+        let detach = framed(r#"{"type":"request","command":"disconnect"}"#);
+        let threads = framed(r#"{"type":"request","command":"threads"}"#);
+        let cases: [(Vec<u8>, bool); 4] = [
+            (detach.clone(), true),
+            (threads.clone(), false),
+            ([threads.clone(), detach.clone()].concat(), true),
+            (framed(r#"{"type":"event","command":"disconnect"}"#), false),
+        ];
+        for (stream, disconnected) in cases {
+            let mut watcher = EndWatcher::default();
+            assert!(watcher.at_boundary());
+            for (at, byte) in stream.iter().enumerate() {
+                watcher.push(std::slice::from_ref(byte));
+                let whole = at + 1 == stream.len();
+                assert_eq!(
+                    watcher.at_boundary(),
+                    whole || at + 1 == threads.len() && stream.starts_with(&threads),
+                    "{at}"
+                );
+            }
+            assert_eq!(watcher.disconnected(), disconnected);
+        }
     }
 
     #[test]

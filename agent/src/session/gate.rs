@@ -51,8 +51,24 @@ pub struct GateState {
     /// The last request the developer's side sent (for the log and `status`).
     last_request: Option<String>,
     /// What the developer sends once the gate passes it on: whether it asked debugpy to
-    /// end the step (for what the log says when the debugger leaves).
+    /// end the step (for what the log says when the debugger leaves), and whether it
+    /// ended its session in order.
     ends: EndWatcher,
+    /// Set for a connection to debugpy's adapter (listen and direct modes): a configured
+    /// developer gone without `disconnect` has its session ended in order, with this lock
+    /// taken for writing meanwhile, so that developers who come then wait (see
+    /// [`end_session`]).
+    goodbye: Option<Arc<tokio::sync::RwLock<()>>>,
+    /// This connection's adapter session was ended in order (a `disconnect` answered).
+    session_ended: bool,
+    /// The developer sent `attach` (or `launch`) here: the adapter may have given this
+    /// session the debuggee, so ending it takes a `disconnect` (an adapter session that
+    /// never got that far has nothing to let go of, and does not answer one before
+    /// `initialize`).
+    bound: bool,
+    /// The developer's side sent a request here (any: a session without one must not be
+    /// closed as it is, see [`end_session`]).
+    requested: bool,
 }
 
 impl GateState {
@@ -105,6 +121,14 @@ impl GateState {
         self.awaiting_answer
     }
 
+    /// Makes this a connection to debugpy's adapter (listen and direct modes): a
+    /// configured developer gone without `disconnect` has its session ended in order, with
+    /// `lock` taken for writing meanwhile so that developers who come then wait (see
+    /// [`end_session`]).
+    pub fn end_sessions_in_order(&mut self, lock: Arc<tokio::sync::RwLock<()>>) {
+        self.goodbye = Some(lock);
+    }
+
     /// Whether debugpy refused the developer's `attach` on this connection (a connection
     /// to debugpy's adapter that must not be held).
     pub fn attach_was_refused(&self) -> bool {
@@ -112,9 +136,9 @@ impl GateState {
     }
 
     /// debugpy's message if it refused the developer's `attach` (or `launch`) on this
-    /// connection, taken: the pump ends with it ([`PumpEnd::AttachRefused`]).
-    fn take_attach_refused(&mut self) -> Option<String> {
-        self.attach_refused.take()
+    /// connection.
+    pub fn attach_refusal(&self) -> Option<&str> {
+        self.attach_refused.as_deref()
     }
 
     /// Reads debuggee bytes on their way to the developer, until the debuggee is
@@ -145,7 +169,10 @@ impl GateState {
                 }
                 // An answer to no configurationDone of this developer's (not theirs), or
                 // to a `disconnect` the developer sent during its setup.
-                Answer::Configured | Answer::ConfigurationRefused | Answer::Disconnected => {}
+                Answer::Configured
+                | Answer::ConfigurationRefused
+                | Answer::Disconnected
+                | Answer::Initialized => {}
             }
             next = self.answers.next_answer(&[]);
         }
@@ -163,6 +190,10 @@ impl GateState {
             let command = message.head().ok_or(NotDap::BadBody)?.request_command();
             self.unsent.extend_from_slice(&message.raw);
             if let Some(command) = command {
+                self.requested = true;
+                if command == "attach" || command == "launch" {
+                    self.bound = true;
+                }
                 if command == "configurationDone" {
                     self.configuration_done_at = Some(self.unsent.len());
                     // Whatever follows goes through as it comes.
@@ -256,15 +287,47 @@ where
                         state.observe_debuggee(chunk);
                         let _ = developer_out.write_all(chunk).await;
                     }
-                    if let Some(said) = state.take_attach_refused() {
+                    if let Some(said) = state.attach_refused.clone() {
+                        end_refused_session(state, &mut debuggee_in, &mut debuggee_out).await;
+                        state.attach_refused = None;
                         return PumpEnd::AttachRefused(said);
                     }
                     if !state.configured() {
                         return PumpEnd::LeftDuringSetup;
                     }
+                    // A developer gone from an adapter session without `disconnect` (its
+                    // connection dropped): the adapter ends that session on the close, but
+                    // a moment later, and a developer whose `attach` came meanwhile was
+                    // refused and left the adapter taking no connection at all. So the
+                    // gate sends the `disconnect` (what the adapter does itself: the
+                    // debuggee runs on), and developers who come wait until the adapter
+                    // has closed (it answers the `disconnect` first).
+                    let in_order = state.goodbye.is_some()
+                        && !state.ends.disconnected()
+                        && state.ends.at_boundary();
+                    let _ending = match &state.goodbye {
+                        Some(lock) if in_order => Arc::clone(lock).try_write_owned().ok(),
+                        _ => None,
+                    };
+                    if in_order {
+                        // Its answer, not the close: the adapter closes a connection as
+                        // soon as it reads its end, before it has let go of the step.
+                        say_goodbye(
+                            &mut debuggee_in,
+                            &mut debuggee_out,
+                            &mut developer_out,
+                            SESSION_END_TIMEOUT,
+                        )
+                        .await;
+                        state.session_ended = true;
+                    }
                     // Pass the developer's half-close on; the debuggee may still answer.
                     let _ = debuggee_out.shutdown().await;
-                    let _ = tokio::io::copy(&mut debuggee_in, &mut developer_out).await;
+                    let _ = tokio::time::timeout(
+                        GOODBYE_DRAIN,
+                        tokio::io::copy(&mut debuggee_in, &mut developer_out),
+                    )
+                    .await;
                     let _ = developer_out.shutdown().await;
                     return PumpEnd::Finished;
                 }
@@ -285,7 +348,10 @@ where
                 let chunk = from_debuggee.get(..n).unwrap_or_default();
                 state.observe_debuggee(chunk);
                 let delivered = developer_out.write_all(chunk).await.is_ok();
-                if let Some(said) = state.take_attach_refused() {
+                if let Some(said) = state.attach_refused.clone() {
+                    // Ended first: a developer who comes meanwhile waits for it, not for
+                    // this one's linger.
+                    end_refused_session(state, &mut debuggee_in, &mut debuggee_out).await;
                     if delivered {
                         // The developer reads the refusal, then the end of the connection.
                         let _ = developer_out.shutdown().await;
@@ -294,6 +360,7 @@ where
                         })
                         .await;
                     }
+                    state.attach_refused = None;
                     return PumpEnd::AttachRefused(said);
                 }
                 if !delivered && !state.configured() {
@@ -355,6 +422,29 @@ where
     }
     if step_ended { PumpEnd::StepEnded } else { end }
 }
+
+/// Ends the adapter session of a refused `attach` at once (listen and direct modes), with
+/// the lock developers wait on taken meanwhile; a connection to the debuggee itself
+/// (connect mode) stays as it is.
+async fn end_refused_session<R, W>(state: &mut GateState, reader: &mut R, writer: &mut W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Some(lock) = state.goodbye.clone() else {
+        return;
+    };
+    if state.session_ended {
+        return;
+    }
+    let _ending = lock.try_write_owned().ok();
+    say_goodbye(reader, writer, &mut tokio::io::sink(), SESSION_END_TIMEOUT).await;
+    state.session_ended = true;
+}
+
+/// How long debugpy's last answers are passed on to a configured developer that ended its
+/// side (a half-close): until debugpy closes, within this bound.
+const GOODBYE_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a developer whose `attach` debugpy refused may take to read the refusal and
 /// close its side (what it sends meanwhile is dropped): closing a socket with unread bytes
@@ -444,33 +534,74 @@ where
     Ok(())
 }
 
+/// How long ending a session with debugpy's adapter in order may wait for its answer to
+/// `disconnect` when developers wait for it (a held connection the next developer
+/// replaces, a refused `attach`). debugpy answers requests in turn, and a developer may
+/// have queued many before its `attach` failed (200 `setBreakpoints` took it 3.7 s); a
+/// connection closed before the answer left the adapter failing on the late answer and
+/// serving nobody.
+pub const SESSION_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long closing a connection to debugpy reads what debugpy still sends (see
+/// [`close_gracefully`]).
+const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Ends a session with debugpy's adapter in order, leaving the debuggee as it is: completes
 /// a message a cancelled write left half-sent, sends `disconnect` (without ending the
-/// debuggee) and reads, bounded by
-/// [`super::dap::RELEASE_DRAIN_TIMEOUT`], until the adapter has answered it or closed.
+/// debuggee) and reads, bounded by `within`, until the adapter has answered it or closed;
+/// then closes the connection gracefully ([`close_gracefully`]).
 ///
 /// The adapter answers only once its session has let go of the debuggee. A connection
 /// merely closed lets go of it a moment later, and a developer whose `attach` came in that
 /// moment was refused ("already being debugged"), after which the adapter took no
 /// connection at all: every later developer, and the release, met silence.
-pub async fn end_session<D>(state: &mut GateState, debuggee: &mut D)
+pub async fn end_session<D>(state: &mut GateState, debuggee: &mut D, within: std::time::Duration)
 where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    let ended = async {
-        state.flush(debuggee).await?;
-        debuggee
-            .write_all(&super::dap::disconnect_request())
-            .await?;
-        debuggee.flush().await?;
+    if !state.session_ended {
+        let (mut reader, mut writer) = tokio::io::split(&mut *debuggee);
+        let flushed = state.flush(&mut writer).await;
+        if flushed.is_ok() {
+            if state.bound {
+                say_goodbye(&mut reader, &mut writer, &mut tokio::io::sink(), within).await;
+            } else if !state.requested {
+                // debugpy 1.8.22's adapter took no connection at all after one that had
+                // sent no request closed while another was open (a connection retried, a
+                // port scanner): an `initialize` first makes it an ordinary session.
+                say_hello(&mut reader, &mut writer, within).await;
+            }
+        }
+        state.session_ended = true;
+    }
+    close_gracefully(debuggee).await;
+}
+
+/// Sends `disconnect` over an adapter session and reads (passing what comes on to `to`)
+/// until the adapter answered it or closed, bounded by `within`.
+async fn say_goodbye<R, W, T>(
+    reader: &mut R,
+    writer: &mut W,
+    to: &mut T,
+    within: std::time::Duration,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    T: AsyncWrite + Unpin,
+{
+    let answered = async {
+        writer.write_all(&super::dap::disconnect_request()).await?;
+        writer.flush().await?;
         let mut answers = AckScanner::default();
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let n = debuggee.read(&mut buf).await?;
+            let n = reader.read(&mut buf).await?;
             if n == 0 {
                 return Ok(());
             }
-            let mut next = answers.next_answer(buf.get(..n).unwrap_or_default());
+            let chunk = buf.get(..n).unwrap_or_default();
+            let _ = to.write_all(chunk).await;
+            let mut next = answers.next_answer(chunk);
             while let Some(answer) = next {
                 if answer == Answer::Disconnected {
                     return Ok(());
@@ -479,17 +610,60 @@ where
             }
         }
     };
-    let outcome: Result<io::Result<()>, _> =
-        tokio::time::timeout(super::dap::RELEASE_DRAIN_TIMEOUT, ended).await;
+    let outcome: Result<io::Result<()>, _> = tokio::time::timeout(within, answered).await;
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::debug!("ending a session with debugpy: {err}"),
-        Err(_) => tracing::debug!(
-            "debugpy did not answer a disconnect within {:?}",
-            super::dap::RELEASE_DRAIN_TIMEOUT
+        Err(_) => tracing::warn!(
+            "debugpy did not answer a disconnect within {}s (it answers requests in turn)",
+            within.as_secs()
         ),
     }
+}
+
+/// Sends `initialize` over an adapter session and reads until the adapter answered it or
+/// closed, bounded by `within`.
+async fn say_hello<R, W>(reader: &mut R, writer: &mut W, within: std::time::Duration)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let answered = async {
+        writer.write_all(&super::dap::initialize_request()).await?;
+        writer.flush().await?;
+        let mut answers = AckScanner::default();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), io::Error>(());
+            }
+            let mut next = answers.next_answer(buf.get(..n).unwrap_or_default());
+            while let Some(answer) = next {
+                if answer == Answer::Initialized {
+                    return Ok(());
+                }
+                next = answers.next_answer(&[]);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, answered).await;
+}
+
+/// Closes a connection to debugpy without a reset: ends our side, then reads (and drops)
+/// what debugpy still sends until it closes, bounded (2 s). A socket closed
+/// with bytes unread is reset, and three resets in a row (debugpy 1.8.22 sends telemetry
+/// events on every connection) left its adapter accepting no connection at all.
+pub async fn close_gracefully<D>(debuggee: &mut D)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
     let _ = debuggee.shutdown().await;
+    let mut buf = vec![0u8; CHUNK];
+    let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+        while debuggee.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
 }
 
 #[cfg(test)]

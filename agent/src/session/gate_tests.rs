@@ -426,38 +426,63 @@ async fn a_refused_attach_ends_the_pump_after_the_developer_has_the_refusal() {
     }
 }
 
-/// A session with debugpy's adapter ends in order: `disconnect` goes out, and the end
-/// waits for its answer (the adapter lets go of the debuggee first) or the adapter's close,
-/// bounded when neither comes.
+/// A session with debugpy's adapter ends in order: `disconnect` goes out when the
+/// developer's `attach` may have bound the debuggee (`initialize` when it sent no request
+/// at all), and the end waits for its answer or the adapter's close, bounded when neither
+/// comes; then the connection is closed without a reset.
 #[tokio::test(start_paused = true)]
 async fn a_session_ends_with_an_answered_disconnect_bounded() {
-    // (the adapter answers, closes, or neither; the answer comes after this long)
+    // (what the developer got to, the request that ends it, the adapter answers, closes or
+    // neither, the answer comes after this long)
     let cases = [
-        ("answers", std::time::Duration::from_millis(40)),
-        ("closes", std::time::Duration::from_millis(40)),
-        ("silent", std::time::Duration::from_secs(3600)),
+        (
+            "bound",
+            "disconnect",
+            "answers",
+            std::time::Duration::from_millis(40),
+        ),
+        (
+            "bound",
+            "disconnect",
+            "closes",
+            std::time::Duration::from_millis(40),
+        ),
+        (
+            "bound",
+            "disconnect",
+            "silent",
+            std::time::Duration::from_secs(3600),
+        ),
+        (
+            "nothing",
+            "initialize",
+            "answers",
+            std::time::Duration::from_millis(40),
+        ),
+        (
+            "nothing",
+            "initialize",
+            "silent",
+            std::time::Duration::from_secs(3600),
+        ),
     ];
-    for (how, after) in cases {
+    for (got_to, ends_with, how, after) in cases {
         let (mut ours, mut theirs) = duplex(1 << 16);
         let adapter = tokio::spawn(async move {
             let mut framer = Framer::default();
             let mut buf = [0u8; 4096];
             loop {
                 let n = theirs.read(&mut buf).await.unwrap_or(0);
-                assert!(n > 0, "{how}: closed before a disconnect");
+                assert!(n > 0, "{how}: closed before a {ends_with}");
                 framer.push(&buf[..n]);
                 if let Ok(Some(message)) = framer.next_message() {
-                    assert_eq!(message.request_command().as_deref(), Some("disconnect"));
+                    assert_eq!(message.request_command().as_deref(), Some(ends_with));
                     break;
                 }
             }
             tokio::time::sleep(after).await;
             if how == "answers" {
-                let answer = [
-                    response("output", true, ""),
-                    response("disconnect", true, ""),
-                ]
-                .concat();
+                let answer = [response("output", true, ""), response(ends_with, true, "")].concat();
                 theirs.write_all(&answer).await.expect("answer");
             }
             if how != "silent" {
@@ -466,13 +491,94 @@ async fn a_session_ends_with_an_answered_disconnect_bounded() {
                 tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
             }
         });
+        let mut state = GateState::default();
+        if got_to == "bound" {
+            state
+                .accept(&[request("initialize"), request("attach")].concat())
+                .expect("dap");
+            state.unsent.clear();
+        }
         let started = tokio::time::Instant::now();
-        end_session(&mut GateState::default(), &mut ours).await;
+        let within = std::time::Duration::from_secs(3);
+        end_session(&mut state, &mut ours, within).await;
         let took = started.elapsed();
         match how {
-            "silent" => assert_eq!(took, crate::session::dap::RELEASE_DRAIN_TIMEOUT),
-            _ => assert_eq!(took, after, "{how}"),
+            // The answer's bound, then the graceful close's.
+            "silent" => assert_eq!(took, within + CLOSE_DRAIN, "{got_to}"),
+            // After the answer the adapter closes (here at once): no wait.
+            "answers" => assert_eq!(took, after, "{got_to}"),
+            _ => assert_eq!(took, after, "{got_to} {how}"),
         }
         adapter.abort();
+    }
+}
+
+/// A configured developer gone from an adapter session without `disconnect` has its
+/// session ended in order: the gate sends the `disconnect`, holds the lock developers wait
+/// on until debugpy answers it, and only then passes the half-close on. One that sent its
+/// own `disconnect` gets none added.
+#[tokio::test(start_paused = true)]
+async fn a_developer_gone_without_disconnect_has_its_session_ended_in_order() {
+    let setup = [
+        request("initialize"),
+        request("attach"),
+        request("configurationDone"),
+    ]
+    .concat();
+    for said_goodbye in [false, true] {
+        let lock = Arc::new(tokio::sync::RwLock::new(()));
+        let (mut ours, mut theirs) = duplex(1 << 16);
+        let (dev_local, mut dev_remote) = duplex(1 << 16);
+        let mut sent = setup.clone();
+        if said_goodbye {
+            sent.extend(request("disconnect"));
+        }
+        let developer = tokio::spawn(async move {
+            dev_remote.write_all(&sent).await.expect("write");
+            // Gone once the setup is acknowledged (the gate is transparent by then).
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drop(dev_remote);
+        });
+        let watching = Arc::clone(&lock);
+        let adapter = tokio::spawn(async move {
+            let mut framer = Framer::default();
+            let mut buf = [0u8; 4096];
+            let mut disconnects = 0;
+            let mut held_during_answer = None;
+            loop {
+                let n = theirs.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return (disconnects, held_during_answer);
+                }
+                framer.push(&buf[..n]);
+                while let Ok(Some(message)) = framer.next_message() {
+                    let command = message.request_command().unwrap_or_default();
+                    if command == "configurationDone" || command == "disconnect" {
+                        if command == "disconnect" {
+                            disconnects += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            held_during_answer = Some(watching.try_read().is_err());
+                        }
+                        let reply = response(&command, true, "");
+                        theirs.write_all(&reply).await.expect("reply");
+                    }
+                }
+            }
+        });
+        let mut state = GateState::default();
+        state.end_sessions_in_order(Arc::clone(&lock));
+        let end = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            pump(&mut state, &mut ours, dev_local),
+        )
+        .await;
+        assert!(matches!(end, Ok(PumpEnd::Finished)), "{end:?}");
+        drop(ours);
+        developer.await.expect("developer");
+        let (disconnects, held) = adapter.await.expect("adapter");
+        assert_eq!(disconnects, 1, "said goodbye itself: {said_goodbye}");
+        if !said_goodbye {
+            assert_eq!(held, Some(true), "developers did not wait for the end");
+        }
     }
 }

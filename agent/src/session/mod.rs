@@ -441,13 +441,19 @@ async fn release_listening_debuggee(debugpy: impl Fn() -> SocketAddr) {
         loop {
             // Asked again each try: a port debugpy's adapter picked may be reported late.
             let address = debugpy();
+            let mut stream = None;
             let attempt = async {
-                let mut stream = tokio::net::TcpStream::connect(address).await?;
-                gate::release(&mut gate::GateState::default(), &mut stream)
+                let stream = stream.insert(tokio::net::TcpStream::connect(address).await?);
+                gate::release(&mut gate::GateState::default(), stream)
                     .await
                     .map_err(std::io::Error::other)
             };
-            match tokio::time::timeout(dap::RELEASE_DRAIN_TIMEOUT, attempt).await {
+            let outcome = tokio::time::timeout(dap::RELEASE_DRAIN_TIMEOUT, attempt).await;
+            // Never a reset: three in a row left debugpy's adapter taking no connection.
+            if let Some(mut stream) = stream {
+                gate::close_gracefully(&mut stream).await;
+            }
+            match outcome {
                 Ok(Ok(())) => return,
                 Ok(Err(err)) => tracing::debug!("releasing debugpy at {address}: {err}; again"),
                 Err(_) => tracing::debug!("debugpy at {address} did not answer; again"),
@@ -471,10 +477,11 @@ async fn release_listening_debuggee(debugpy: impl Fn() -> SocketAddr) {
 enum Refusal {
     /// Tries again on the same connection (connect mode: debugpy's only connection).
     Retry,
-    /// Gives the connection up: an adapter connection a developer left refuses it only
-    /// when that developer's `attach` failed there (debugpy's adapter allows
-    /// `configurationDone` only while an `attach` is under way), and it never will accept
-    /// one; the release goes on over fresh connections.
+    /// Gives the connection up after one try: an adapter connection a developer left
+    /// refuses it only when that developer's `attach` failed there (debugpy's adapter
+    /// allows `configurationDone` only while an `attach` is under way), and it never will
+    /// accept one; one that does not answer may be busy with a request the developer left.
+    /// The release goes on over fresh connections.
     GiveUp,
 }
 
@@ -498,6 +505,16 @@ async fn release_on(
                 Err(gate::ReleaseError::Refused) if on_refusal == Refusal::GiveUp => {
                     return Err(
                         "debugpy refused the release there (the developer's attach had failed)"
+                            .to_owned(),
+                    );
+                }
+                // debugpy answers requests in turn: one the developer left pending there
+                // (an attach to a process that does not exist waits 60 s) holds the
+                // release back, and fresh connections may be answered at once.
+                Err(gate::ReleaseError::NoAck(_)) if on_refusal == Refusal::GiveUp => {
+                    return Err(
+                        "debugpy did not answer the release there (a request the developer \
+                         left is still pending)"
                             .to_owned(),
                     );
                 }
