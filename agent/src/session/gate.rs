@@ -589,29 +589,9 @@ async fn say_goodbye<R, W, T>(
     W: AsyncWrite + Unpin,
     T: AsyncWrite + Unpin,
 {
-    let answered = async {
-        writer.write_all(&super::dap::disconnect_request()).await?;
-        writer.flush().await?;
-        let mut answers = AckScanner::default();
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = reader.read(&mut buf).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            let chunk = buf.get(..n).unwrap_or_default();
-            let _ = to.write_all(chunk).await;
-            let mut next = answers.next_answer(chunk);
-            while let Some(answer) = next {
-                if answer == Answer::Disconnected {
-                    return Ok(());
-                }
-                next = answers.next_answer(&[]);
-            }
-        }
-    };
-    let outcome: Result<io::Result<()>, _> = tokio::time::timeout(within, answered).await;
-    match outcome {
+    let request = super::dap::disconnect_request();
+    let asked = ask(reader, writer, to, &request, Answer::Disconnected, within).await;
+    match asked {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::debug!("ending a session with debugpy: {err}"),
         Err(_) => tracing::warn!(
@@ -628,26 +608,48 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let request = super::dap::initialize_request();
+    let sink = &mut tokio::io::sink();
+    let _ = ask(reader, writer, sink, &request, Answer::Initialized, within).await;
+}
+
+/// Sends `request` and reads (passing what comes on to `to`) until `answer` or the end of
+/// the stream, bounded by `within` (`Err` when the bound passed).
+async fn ask<R, W, T>(
+    reader: &mut R,
+    writer: &mut W,
+    to: &mut T,
+    request: &[u8],
+    answer: Answer,
+    within: std::time::Duration,
+) -> Result<io::Result<()>, tokio::time::error::Elapsed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    T: AsyncWrite + Unpin,
+{
     let answered = async {
-        writer.write_all(&super::dap::initialize_request()).await?;
+        writer.write_all(request).await?;
         writer.flush().await?;
         let mut answers = AckScanner::default();
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = reader.read(&mut buf).await?;
             if n == 0 {
-                return Ok::<(), io::Error>(());
+                return Ok(());
             }
-            let mut next = answers.next_answer(buf.get(..n).unwrap_or_default());
-            while let Some(answer) = next {
-                if answer == Answer::Initialized {
+            let chunk = buf.get(..n).unwrap_or_default();
+            let _ = to.write_all(chunk).await;
+            let mut next = answers.next_answer(chunk);
+            while let Some(found) = next {
+                if found == answer {
                     return Ok(());
                 }
                 next = answers.next_answer(&[]);
             }
         }
     };
-    let _ = tokio::time::timeout(within, answered).await;
+    tokio::time::timeout(within, answered).await
 }
 
 /// Closes a connection to debugpy without a reset: ends our side, then reads (and drops)
