@@ -7,9 +7,9 @@
 //! is cut off) during its setup does not take its adapter connection along: the adapter
 //! ends for good once its last session ends, and an adapter that already took an
 //! `attach` then leaves the step waiting forever. So that connection is kept, *held*,
-//! until the next developer comes (it is ended before that one is connected), and the release at the deadline goes
-//! over it (a repeated `initialize`/`attach` is refused, `configurationDone` is
-//! honoured). Without a held connection the release uses a fresh one. Either way it is
+//! until the next developer comes (it is ended before that one is connected), and the
+//! release at the deadline goes over it (a repeated `initialize`/`attach` is refused,
+//! `configurationDone` is honoured). Without a held connection the release uses a fresh one. Either way it is
 //! retried until debugpy acknowledges, bounded by [`super::RELEASE_GRACE`]. A developer
 //! may still attach after that.
 //!
@@ -18,11 +18,11 @@
 //! in that moment was refused ("already being debugged"), and the adapter then took no
 //! connection at all. So an adapter connection the agent lets go of (a held one when the
 //! next developer comes, one the release could not use) is ended in order first
-//! ([`gate::end_session`]), the gate does the same for a configured developer whose
-//! connection dropped, and a new developer waits ([`Shared::handover`]) while a
-//! configured one's connection is still live. So is the connection of a developer whose `attach` debugpy
-//! refused: the adapter gives that session the debuggee all the same, where it can be
-//! neither configured nor released, so the gate cuts that developer off.
+//! ([`gate::end_session`]), and so is the connection of a developer whose `attach`
+//! debugpy refused: the adapter gives that session the debuggee all the same, where it
+//! can be neither configured nor released, so the gate cuts that developer off. The gate
+//! also ends the session of a configured developer whose connection dropped, and a new
+//! developer waits ([`Shared::handover`]) while a configured one's connection is live.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -374,14 +374,15 @@ impl Shared {
             Some(PumpEnd::LeftDuringSetup) => Some(Event::LeftDuringSetup(state.progress())),
             Some(PumpEnd::NotDap(not_dap)) => Some(Event::NotDap(not_dap.to_string())),
             Some(PumpEnd::AttachRefused(said)) => Some(Event::AttachRefused(said)),
-            // Cut at the deadline while the developer read debugpy's refusal.
-            None if state.attach_refusal().is_some() => Some(Event::AttachRefused(
-                state.attach_refusal().unwrap_or_default().to_owned(),
-            )),
+            // Cut at the deadline: news only if the developer was reading debugpy's refusal.
+            None => state
+                .attach_refusal()
+                .map(|said| Event::AttachRefused(said.to_owned())),
             // The step's end: the session is over, nothing to report (or hold, below).
-            Some(PumpEnd::StepEnded) | None => None,
+            Some(PumpEnd::StepEnded) => None,
         };
-        let refused = state.attach_was_refused() || matches!(event, Some(Event::AttachRefused(_)));
+        let refused =
+            state.attach_refusal().is_some() || matches!(event, Some(Event::AttachRefused(_)));
         if refused {
             self.end_session(&mut state, &mut debugpy).await;
         }

@@ -72,9 +72,6 @@ pub struct GateState {
     /// never got that far has nothing to let go of, and does not answer one before
     /// `initialize`).
     bound: bool,
-    /// The developer's side sent a request here (any: a session without one must not be
-    /// closed as it is, see [`end_session`]).
-    requested: bool,
 }
 
 impl GateState {
@@ -135,14 +132,8 @@ impl GateState {
         self.goodbye = Some(lock);
     }
 
-    /// Whether debugpy refused the developer's `attach` on this connection (a connection
-    /// to debugpy's adapter that must not be held).
-    pub fn attach_was_refused(&self) -> bool {
-        self.attach_refused.is_some()
-    }
-
     /// debugpy's message if it refused the developer's `attach` (or `launch`) on this
-    /// connection.
+    /// connection (a connection to debugpy's adapter that must not be held).
     pub fn attach_refusal(&self) -> Option<&str> {
         self.attach_refused.as_deref()
     }
@@ -196,7 +187,6 @@ impl GateState {
             let command = message.head().ok_or(NotDap::BadBody)?.request_command();
             self.unsent.extend_from_slice(&message.raw);
             if let Some(command) = command {
-                self.requested = true;
                 if command == "attach" || command == "launch" {
                     self.bound = true;
                 }

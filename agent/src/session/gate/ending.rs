@@ -64,7 +64,7 @@ where
         if flushed.is_ok() {
             if state.bound {
                 say_goodbye(&mut reader, &mut writer, &mut tokio::io::sink(), within).await;
-            } else if !state.requested {
+            } else if state.last_request.is_none() {
                 // debugpy 1.8.22's adapter took no connection at all after one that had
                 // sent no request closed while another was open (a connection retried, a
                 // port scanner): an `initialize` first makes it an ordinary session.
