@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use amlx_agent::demo::{STEP_FILE, breakpoint_line};
 
@@ -59,8 +60,16 @@ pub fn processes_with(marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// A marker no other run of this test binary carries: the process ID and a counter. (A free
+/// port in its place once repeated: the OS handed the same port to two tests running at once,
+/// and one test took the other's run for a leftover of its own.)
 pub fn new_marker() -> String {
-    format!("{}-{}", std::process::id(), free_port())
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The position of `needle` in `text`, or a failure showing the text.
