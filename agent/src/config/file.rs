@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_path_to_error::Segment;
 
 use crate::cli::LogFormat;
 use crate::inject::InjectMode;
@@ -121,13 +120,15 @@ impl FileContext<'_> {
 
     /// [`parse`](Self::parse) into any schema (a targets file holds only `[targets.*]`).
     pub fn parse_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        let de = toml::Deserializer::parse(self.text)
+        let root = toml::de::DeTable::parse(self.text)
             .map_err(|e| self.error(e.span(), "", &format!("malformed TOML: {}", e.message())))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = dotted(e.path());
-            let inner = e.into_inner();
-            let (key, message) = explain(key, inner.message());
-            self.error(inner.span(), &key, &message)
+        T::deserialize(toml::de::Deserializer::from(root)).map_err(|e| {
+            let key = e
+                .span()
+                .map(|span| key_at(self.text, &span))
+                .unwrap_or_default();
+            let (key, message) = explain(key, e.message());
+            self.error(e.span(), &key, &message)
         })
     }
 }
@@ -142,23 +143,52 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// `relay.server.keys[0].name`, leaving out the private fields of `toml::Spanned`.
-fn dotted(path: &serde_path_to_error::Path) -> String {
-    let mut out = String::new();
-    for segment in path {
-        match segment {
-            Segment::Map { key } if key.starts_with("$__") => {}
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Unknown => {}
-        }
+/// The dotted key whose entry holds `span` of `text` (`relay.server.keys[0].name`; empty
+/// at the top level), read from the document's spans. The error of a setting carries its
+/// span, not its key: the text is parsed once more, only for an error. (A crate that
+/// tracks the path during deserialization cost the static binary 318 KB, more than any
+/// other part of the configuration.)
+pub(super) fn key_at(text: &str, span: &Range<usize>) -> String {
+    toml::de::DeTable::parse(text)
+        .ok()
+        .and_then(|root| path_to(&toml::de::DeValue::Table(root.into_inner()), span, 0))
+        .unwrap_or_default()
+}
+
+/// How deep [`path_to`] looks: settings sit a few tables down; below this (only a hostile
+/// file nests deeper) the search stops and the error names the deepest key found.
+pub(super) const MAX_KEY_DEPTH: usize = 32;
+
+/// The path below `value` to the entry whose key or value covers `span`. A table's own
+/// span covers its header only (`[relay.server]`), not the keys under it, so every entry
+/// is searched, not only those that cover the span.
+fn path_to(value: &toml::de::DeValue<'_>, span: &Range<usize>, depth: usize) -> Option<String> {
+    if depth >= MAX_KEY_DEPTH {
+        return None;
     }
-    out
+    let covers = |outer: Range<usize>| outer.start <= span.start && span.end <= outer.end;
+    match value {
+        toml::de::DeValue::Table(table) => table.iter().find_map(|(key, value)| {
+            let below = path_to(value.get_ref(), span, depth + 1);
+            let here = covers(key.span()) || covers(value.span());
+            match below {
+                // An array's items follow their key directly: `keys[0]`.
+                Some(below) if below.starts_with('[') => Some(format!("{}{below}", key.get_ref())),
+                Some(below) => Some(format!("{}.{below}", key.get_ref())),
+                None => here.then(|| key.get_ref().to_string()),
+            }
+        }),
+        toml::de::DeValue::Array(array) => {
+            array.into_iter().enumerate().find_map(|(index, item)| {
+                match path_to(item.get_ref(), span, depth + 1) {
+                    Some(below) if below.starts_with('[') => Some(format!("[{index}]{below}")),
+                    Some(below) => Some(format!("[{index}].{below}")),
+                    None => covers(item.span()).then(|| format!("[{index}]")),
+                }
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Rewrites serde's wording for keys ("unknown field `x`, expected one of `a`, `b`")
@@ -173,7 +203,7 @@ fn explain(key: String, message: &str) -> (String, String) {
     };
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (field, known) = rest.split_once('`').unwrap_or((rest, ""));
-        // serde_path_to_error may or may not have pushed the unknown key itself.
+        // The key found by its span may be the unknown key itself, or its table.
         let full = if key == field || key.ends_with(&format!(".{field}")) {
             key.clone()
         } else if key.is_empty() {

@@ -197,3 +197,56 @@ fn config_files_are_read_with_a_bound() {
         "{err}"
     );
 }
+
+/// The key an error names is found from its span: in tables under headers (whose own span
+/// is only the header), arrays of tables, inline tables and arrays, with non-ASCII and
+/// quoted keys; no key outside any entry, the deepest one searched in a document nested
+/// deeper; never a panic.
+#[test]
+fn the_key_an_error_names_is_found_by_its_span() {
+    use super::super::file::{MAX_KEY_DEPTH, key_at};
+    let deep = format!(
+        "x = {}1{}\n",
+        "[".repeat(MAX_KEY_DEPTH + 5),
+        "]".repeat(MAX_KEY_DEPTH + 5)
+    );
+    // (document, the text the span covers, the key named)
+    let cases: &[(&str, &str, &str)] = &[
+        ("a = 1\nb = 2\n", "2", "b"),
+        (
+            "[debug]\nenabled = true\n\nrank = 3\n",
+            "rank",
+            "debug.rank",
+        ),
+        (
+            "[relay.server]\nlisten = \"x:1\"\n",
+            "\"x:1\"",
+            "relay.server.listen",
+        ),
+        (
+            "[[relay.server.keys]]\nname = \"a\"\n[[relay.server.keys]]\nname = \"zz\"\n",
+            "\"zz\"",
+            "relay.server.keys[1].name",
+        ),
+        ("t = { \"ü\" = 5, v = [7, 8] }\n", "8", "t.v[1]"),
+        ("[\"ü\"]\nk = 1\n", "1", "ü.k"),
+        ("\"a.b\" = 9\n", "9", "a.b"),
+        ("a = 1\n# only a comment here\n", "# only", ""),
+    ];
+    for (document, covered, want) in cases {
+        let start = document.find(covered).expect("the covered text");
+        let span = start..start + covered.len();
+        assert_eq!(
+            key_at(document, &span),
+            *want,
+            "{document:?} at {covered:?}"
+        );
+    }
+    let start = deep.find('1').expect("the value");
+    let key = key_at(&deep, &(start..start + 1));
+    assert!(key.starts_with("x[0][0]") && !key.contains("].["), "{key}");
+    assert_eq!(key.matches('[').count(), MAX_KEY_DEPTH - 1, "{key}");
+    // Spans past the end, and text that is not TOML: no key.
+    assert_eq!(key_at("a = 1\n", &(100..200)), "");
+    assert_eq!(key_at("a = = 1", &(0..1)), "");
+}
