@@ -5,6 +5,7 @@
 
 use std::process::Output;
 
+use super::faults::Fake;
 use super::harness::{DeveloperSide, SESSION_DEADLINE, free_port, port_range, step_py};
 use super::lifecycle::{Gate, Running, assert_session_over, wait_state};
 use crate::relay::harness::{KEY_BOTH, KEY_LISTEN, Relay};
@@ -424,6 +425,73 @@ fn a_developer_who_comes_for_a_step_without_debugpy_is_told_why() {
     gate.open();
     assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
     assert_session_over(&state_dir, agent.pid());
+}
+
+/// A debugger that reached a direct-mode step whose debugpy then failed to start was let
+/// go with a bare close, which VS Code reports as a connection that closed. Now the answer
+/// to its first request says why (VS Code shows an answer's message), and the step runs
+/// on with its exit code.
+#[test]
+fn a_debugger_at_a_direct_mode_step_whose_debugpy_failed_is_told_why_in_dap() {
+    const WITHHELD: &str = "debugpy withheld by the test";
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(site.path().join("debugpy")).expect("mkdir");
+    // A debugpy that fails to import once the test says so (bounded).
+    std::fs::write(
+        site.path().join("debugpy/__init__.py"),
+        format!(
+            "import os, time\n\
+             deadline = time.monotonic() + 60\n\
+             while not os.path.exists(os.environ['DEBUGPY_FAILS_AFTER']) \
+             and time.monotonic() < deadline:\n    time.sleep(0.05)\n\
+             raise ImportError({WITHHELD:?})\n"
+        ),
+    )
+    .expect("write debugpy/__init__.py");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let developer = DeveloperSide::relay_only("direct-no-debugpy");
+    let gate = Gate::in_dir(dir.path());
+    let (debug_port, _, range) = port_range(4);
+    let mut cmd = developer.agent(dir.path());
+    cmd.env("PYTHONPATH", site.path())
+        .env("DEBUGPY_FAILS_AFTER", &go)
+        .env("STEP_GATE", gate.path())
+        .env("STEP_EXIT_CODE", STEP_CODE.to_string())
+        .args(["exec", "--debug", "--rank", "0", "--mode", "direct"])
+        .args([
+            "--node-ip",
+            "127.0.0.1",
+            "--port-range",
+            &range,
+            "--",
+            "python3",
+        ])
+        .arg(step_py());
+    let mut agent = Running::spawn(&mut cmd);
+    agent.wait_stderr("debug session waiting-for-debugger");
+    let debugger = Fake::spawn(&["connect", &debug_port.to_string(), "configure-and-watch"]);
+    debugger.wait_done(&agent);
+    agent.wait_stderr("developer connection from");
+    std::fs::write(&go, b"").expect("write the go file");
+    let refused = debugger
+        .stdout
+        .wait_for_from(0, "refused initialize: ", SESSION_DEADLINE)
+        .map(|(_, line)| line)
+        .unwrap_or_else(|| {
+            panic!(
+                "the debugger was not told why\n{}\n{}",
+                debugger.stdout.all().join("\n"),
+                agent.log()
+            )
+        });
+    assert!(
+        refused.contains("amlx-agent: debugpy did not start on the target: ")
+            && refused.contains(WITHHELD),
+        "{refused}"
+    );
+    gate.open();
+    assert_eq!(agent.wait_exit().code(), Some(STEP_CODE), "{}", agent.log());
 }
 
 /// A listen-mode target whose relay goes away says so in `status` (`relay-unreachable`,

@@ -18,9 +18,12 @@ FAULT is one of:
                      never finishes its setup)
   configure-and-watch  finish the setup (`initialize`, `attach`, `configurationDone`),
                      then read until the connection ends; print "ended eof" or "ended
-                     reset" with the DAP events seen after the setup
+                     reset" with the DAP events seen after the setup, then "refused
+                     COMMAND: MESSAGE" for each request that was answered with a failure
   connect-flood      20 connections in a row, each closed 50 ms after it opened without
                      reading a byte (a port scanner, a client retrying in a loop)
+  bad-body-flood     the same, each sending one well-framed message whose body is not
+                     JSON before it closes
   vanish-and-return  finish the setup, then close without `disconnect` (a dropped
                      connection) and at once connect again and attach; print "returned
                      attached" or "returned refused: MESSAGE", then hold the connection
@@ -98,6 +101,27 @@ def watch(conn):
     print(
         "ended %s events=%s" % (how, ",".join(e.decode() for e in events)), flush=True
     )
+    for message in messages(seen):
+        if message.get("type") == "response" and message.get("success") is False:
+            print(
+                "refused %s: %s" % (message.get("command"), message.get("message")),
+                flush=True,
+            )
+
+
+def messages(buf):
+    """The whole DAP messages in `buf`, parsed."""
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        length = re.search(rb"Content-Length:\s*(\d+)", buf[:end]) if end >= 0 else None
+        if not length or len(buf) < end + 4 + int(length.group(1)):
+            return
+        start = end + 4
+        body, buf = buf[start : start + int(length.group(1))], buf[start + int(length.group(1)) :]
+        try:
+            yield json.loads(body)
+        except ValueError:
+            continue
 
 
 def answer_to(conn, command, limit):
@@ -143,11 +167,13 @@ def vanish_and_return(conn, where):
     again.close()
 
 
-def connect_flood(conn, where):
+def connect_flood(conn, where, send=b""):
     for _ in range(20):
+        conn.sendall(send)
         time.sleep(0.05)
         conn.close()
         conn = socket.create_connection(("127.0.0.1", int(where)), timeout=5)
+    conn.sendall(send)
     time.sleep(0.05)
     conn.close()
     print("fault done", flush=True)
@@ -156,6 +182,9 @@ def connect_flood(conn, where):
 def misbehave(conn, fault, where):
     if fault == "connect-flood":
         connect_flood(conn, where)
+        return
+    if fault == "bad-body-flood":
+        connect_flood(conn, where, b"Content-Length: 5\r\n\r\n{{{{{")
         return
     if fault == "vanish-and-return":
         vanish_and_return(conn, where)

@@ -231,7 +231,8 @@ fn direct_mode_s_loopback_port_cannot_be_taken_before_debugpy_binds_it() {
 /// Developers who came and went while the step's interpreter was starting (a port check,
 /// a debugger that gave up) were all connected to debugpy the moment it listened, and its
 /// adapter then served nobody: the next developer got no answer and the step was held
-/// past its deadline. They are now let go when they leave.
+/// past its deadline. They are now let go when they leave (here before their first DAP
+/// message, which direct mode waits for before it reaches debugpy).
 #[test]
 fn developers_who_left_while_debugpy_started_do_not_spoil_it_for_the_next() {
     let DirectStep {
@@ -251,7 +252,10 @@ fn developers_who_left_while_debugpy_started_do_not_spoil_it_for_the_next() {
     assert!(status.success(), "{status:?}:\n{}", agent.log());
     let left = agent
         .log()
-        .matches("a developer left before debugpy was reached")
+        .matches(
+            "a connection to the debug port closed before it sent a whole DAP message; \
+             debugpy was not reached",
+        )
         .count();
     assert_eq!(left, 2, "{}", agent.log());
 }

@@ -455,6 +455,15 @@ pub async fn dap_gate(data: &[u8]) {
         framer.push(part);
         while let Ok(Some(message)) = framer.next_message() {
             let _ = (message.request_command(), message.response_command());
+            // What direct mode answers a first request it cannot serve: it must frame again.
+            if let Some(answer) = crate::session::dap::refusal_response(&message, "why") {
+                let mut again = Framer::default();
+                again.push(&answer);
+                assert!(
+                    matches!(again.next_message(), Ok(Some(_))),
+                    "a refusal that is not one whole DAP message"
+                );
+            }
         }
     }
     let mut scanner = AckScanner::default();

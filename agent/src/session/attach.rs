@@ -101,8 +101,9 @@ pub enum Event {
 pub enum Developer {
     /// Through the relay, preamble done and confirmed.
     Relayed(Tunnel),
-    /// Straight to the node (direct mode).
-    Direct(TcpStream),
+    /// Straight to the node (direct mode), with what it sent before debugpy was reached
+    /// (its first whole message at least).
+    Direct { tcp: TcpStream, sent: Vec<u8> },
 }
 
 /// What every developer connection of one session shares with its owner.
@@ -267,6 +268,12 @@ impl Shared {
         }
     }
 
+    /// A connection turned out not to be a debugger before it reached debugpy (what it
+    /// sent, in words).
+    pub fn not_a_debugger(&self, what: String) {
+        let _ = self.events.send(Event::NotDap(what));
+    }
+
     /// A developer left while debugpy was awaited, after sending `sent` (which never
     /// reached debugpy): the deadline's owner hears it as a setup left unfinished.
     pub fn left_while_waiting(&self, sent: &[u8]) {
@@ -348,7 +355,11 @@ impl Shared {
                 Developer::Relayed(tunnel) => {
                     gate::carry(tunnel, &mut state, &mut debugpy, &self.step_end).await
                 }
-                Developer::Direct(tcp) => gate::pump(&mut state, &mut debugpy, tcp).await,
+                Developer::Direct { tcp, sent } => {
+                    // What it sent first, then the rest as it comes.
+                    state.developer_sent_first(sent);
+                    gate::pump(&mut state, &mut debugpy, tcp).await
+                }
             }
         };
         let end = tokio::select! {
@@ -590,10 +601,10 @@ where
                     // Past the deadline (or never held), the step runs: no deadline to name.
                     let next = match (&event, held) {
                         (Event::NotDap(_), true) => {
-                            "cut it off, waiting for a debugger until the attach deadline"
+                            "let it go, waiting for a debugger until the attach deadline"
                         }
                         (Event::NotDap(_), false) => {
-                            "cut it off; the step runs on, and a debugger may still attach"
+                            "let it go; the step runs on, and a debugger may still attach"
                         }
                         (_, true) => "waiting for another until the attach deadline",
                         (_, false) => "the step runs on, and another debugger may attach",

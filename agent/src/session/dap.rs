@@ -100,6 +100,36 @@ fn request(seq: u32, command: &str, arguments: serde_json::Value) -> Vec<u8> {
     out
 }
 
+/// A failed answer to `request` saying `why` (VS Code shows an answer's `message` to the
+/// developer, where a closed connection says only that it closed); `None` when `request`
+/// is not a request with a numeric `seq` (nothing to answer).
+///
+/// ```
+/// use amlx_agent::session::dap::{Framer, refusal_response};
+/// let mut framer = Framer::default();
+/// framer.push(b"Content-Length: 49\r\n\r\n{\"seq\":7,\"type\":\"request\",\"command\":\"initialize\"}");
+/// let request = framer.next_message().unwrap().unwrap();
+/// let text = String::from_utf8(refusal_response(&request, "debugpy did not start").unwrap()).unwrap();
+/// assert!(text.contains(r#""request_seq":7"#) && text.contains(r#""success":false"#));
+/// ```
+pub fn refusal_response(request: &Message, why: &str) -> Option<Vec<u8>> {
+    // As text, as the relay's control messages are read (one parser in the binary).
+    let body = std::str::from_utf8(request.body()).ok()?;
+    let body: serde_json::Map<String, serde_json::Value> = serde_json::from_str(body).ok()?;
+    if body.get("type")?.as_str()? != "request" {
+        return None;
+    }
+    let seq = body.get("seq")?.as_u64()?;
+    let command = serde_json::to_string(body.get("command")?.as_str()?).ok()?;
+    let message = serde_json::to_string(why).ok()?;
+    let body = format!(
+        r#"{{"seq":1,"type":"response","request_seq":{seq},"success":false,"command":{command},"message":{message}}}"#
+    );
+    let mut out = format!("Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    Some(out)
+}
+
 /// The longest header section (everything before the blank line) a DAP peer may send:
 /// real clients send one `Content-Length` line, so anything longer is not a debugger.
 pub const MAX_HEADER_BYTES: usize = 1024;

@@ -72,6 +72,8 @@ pub struct GateState {
     /// never got that far has nothing to let go of, and does not answer one before
     /// `initialize`).
     bound: bool,
+    /// See [`GateState::developer_sent_first`].
+    sent_first: Vec<u8>,
 }
 
 impl GateState {
@@ -111,12 +113,27 @@ impl GateState {
         state.progress()
     }
 
+    /// Whether the gate would pass `bytes` on as the start of a developer's stream
+    /// (whole messages with a readable body; the rest cannot be judged yet), or why not.
+    pub fn vet(bytes: &[u8]) -> Result<(), NotDap> {
+        GateState::default().accept(bytes)
+    }
+
     /// A new developer connection begins: what the last one left unframed (half a
     /// message, or bytes that are not DAP) never reached the debuggee and is not the
     /// start of this one's stream. Whole messages still queued go out as they are.
-    fn new_developer(&mut self) {
+    fn new_developer(&mut self) -> Result<(), NotDap> {
         drop(self.framer.take_rest());
         self.ends = EndWatcher::default();
+        let first = std::mem::take(&mut self.sent_first);
+        self.accept(&first)
+    }
+
+    /// What the next developer sent before its connection reached the debuggee (direct
+    /// mode reads a connection's first message before it reaches debugpy): the start of
+    /// its stream, taken before anything [`pump`] reads.
+    pub fn developer_sent_first(&mut self, bytes: Vec<u8>) {
+        self.sent_first = bytes;
     }
 
     /// Whether the developer's `configurationDone` went out and debugpy has not answered.
@@ -261,7 +278,9 @@ where
     let (mut developer_in, mut developer_out) = tokio::io::split(developer);
     let mut from_developer = vec![0u8; CHUNK];
     let mut from_debuggee = vec![0u8; CHUNK];
-    state.new_developer();
+    if let Err(not_dap) = state.new_developer() {
+        return PumpEnd::NotDap(not_dap);
+    }
     if let Err(err) = state.flush(&mut debuggee_out).await {
         return PumpEnd::DebuggeeBroken(err);
     }
