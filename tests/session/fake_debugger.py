@@ -11,6 +11,8 @@ FAULT is one of:
   drop-mid-message   ... and half of a `configurationDone`, then close
   garbage            send bytes that are not DAP, then hold the connection open
   bad-body           send a well-framed message whose body is not JSON, then hold
+  lowercase-header   send `initialize` under a `content-length` header (debugpy reads only
+                     `Content-Length`), then hold
   silent             hold the connection open without sending anything
   silent-after-attach  send `initialize` and an `attach` without arguments, read until
                      debugpy refuses it (5 s at most), then hold the connection open
@@ -206,6 +208,8 @@ def misbehave(conn, fault, where):
         return
     if fault == "garbage":
         conn.sendall(b"\x00\xffHELLO this is not DAP\r\n\r\n" * 4)
+    if fault == "lowercase-header":
+        conn.sendall(SETUP[0].replace(b"Content-Length", b"content-length"))
     if fault == "bad-body":
         conn.sendall(b"Content-Length: 5\r\n\r\n{{{{{")
     if fault == "silent-after-attach":

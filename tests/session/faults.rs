@@ -113,6 +113,9 @@ fn table(mode: Mode) -> Vec<Case> {
         ),
         timed_out(Fault::Scripted("garbage"), "not a debugger"),
         timed_out(Fault::Scripted("bad-body"), "not a debugger"),
+        // debugpy reads only `Content-Length`: a message under another spelling was
+        // passed on, and the setup stalled unseen until the deadline.
+        timed_out(Fault::Scripted("lowercase-header"), "not a debugger"),
         // In direct mode a connection that sends nothing is not known to be a debugger:
         // it never reaches debugpy (see the_next_developer_attaches_whatever_the_last_one
         // _left_behind), and nobody attached.

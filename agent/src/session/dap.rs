@@ -134,9 +134,11 @@ pub fn refusal_response(request: &Message, why: &str) -> Option<Vec<u8>> {
 /// real clients send one `Content-Length` line, so anything longer is not a debugger.
 pub const MAX_HEADER_BYTES: usize = 1024;
 
-/// The largest DAP message held back whole before the debuggee is configured. Setup
-/// messages are small; a larger one is not a debugger setting up a session.
-pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// The largest DAP message held back whole before the debuggee is configured: debugpy's
+/// own limit (`MAX_BODY_SIZE`, one byte under 16 MiB; debugpy fails the connection on a
+/// larger one). Setup messages are small; a larger one is not a debugger setting up a
+/// session.
+pub const MAX_MESSAGE_BYTES: usize = 0xFF_FFFF;
 
 /// Why a byte stream is not the Debug Adapter Protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -281,17 +283,31 @@ impl Framer {
     }
 }
 
-/// The `Content-Length` of a header section (ASCII, lines split by CRLF).
+/// The `Content-Length` of a header section, read as debugpy reads it
+/// (`debugpy/common/messaging.py`): lines end with CRLF (a lone LF does not end one), the
+/// name is exactly `Content-Length`, and a later one replaces an earlier one. Read any other
+/// way, the gate and debugpy would disagree on where a message ends, and a message the gate
+/// passed on would be one debugpy cannot read.
 fn content_length(header: &[u8]) -> Option<usize> {
-    header.split(|&byte| byte == b'\n').find_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|&byte| byte == b':')?;
-        let (name, value) = (line.get(..colon)?, line.get(colon + 1..)?);
-        if !name.trim_ascii().eq_ignore_ascii_case(b"content-length") {
-            return None;
+    let mut length = None;
+    let mut rest = Some(header);
+    while let Some(lines) = rest {
+        let end = lines.windows(2).position(|pair| pair == b"\r\n");
+        let line = end.map_or(Some(lines), |end| lines.get(..end))?;
+        rest = end.and_then(|end| lines.get(end + 2..));
+        let colon = line.iter().position(|&byte| byte == b':');
+        let name = colon.map_or(Some(line), |colon| line.get(..colon))?;
+        if name != b"Content-Length" {
+            continue;
         }
-        std::str::from_utf8(value.trim_ascii()).ok()?.parse().ok()
-    })
+        let value = colon
+            .and_then(|colon| line.get(colon + 1..))
+            .unwrap_or_default();
+        length = std::str::from_utf8(value.trim_ascii())
+            .ok()
+            .and_then(|value| value.parse().ok());
+    }
+    length
 }
 
 /// What debugpy answered that decides a setup, as [`AckScanner::next_answer`] finds it.
@@ -554,7 +570,7 @@ mod tests {
     fn messages_split_at_any_byte_come_out_whole() {
         let stream = [
             framed(r#"{"type":"request","command":"initialize"}"#),
-            b"content-length:2\r\nContent-Type: x\r\n\r\n{}".to_vec(),
+            b"Content-Length:2\r\nContent-Type: x\r\n\r\n{}".to_vec(),
             framed(r#"{"type":"request","command":"attach","x":"é"}"#),
         ]
         .concat();
@@ -592,8 +608,17 @@ mod tests {
                 NotDap::MissingLength,
             ),
             (
-                b"Content-Length: 16777217\r\n\r\n",
-                NotDap::TooLarge(16_777_217),
+                b"Content-Length: 16777216\r\n\r\n",
+                NotDap::TooLarge(16_777_216),
+            ),
+            // As debugpy reads headers: the exact name, lines ended by CRLF, the last one.
+            (b"content-length: 2\r\n\r\n", NotDap::MissingLength),
+            (b" Content-Length: 2\r\n\r\n", NotDap::MissingLength),
+            (b"X: y\nContent-Length: 2\r\n\r\n", NotDap::MissingLength),
+            (b"Content-Length\r\n\r\n", NotDap::MissingLength),
+            (
+                b"Content-Length: 2\r\nContent-Length: x\r\n\r\n",
+                NotDap::MissingLength,
             ),
         ];
         for (bytes, expected) in cases {
@@ -604,6 +629,23 @@ mod tests {
         let mut framer = Framer::default();
         framer.push(&[b'a'; MAX_HEADER_BYTES + 1]);
         assert_eq!(framer.next_message(), Err(NotDap::HeaderTooLong));
+    }
+
+    /// The length comes from the header debugpy would read it from.
+    #[test]
+    fn the_length_is_read_as_debugpy_reads_it() {
+        let cases: &[&[u8]] = &[
+            b"Content-Length: 9\r\nContent-Length: 2\r\n\r\n{}",
+            b"Content-Type: x\r\nContent-Length:  2 \r\n\r\n{}",
+            b"Content-Length: 002\r\nX-Any: Content-Length: 7\r\n\r\n{}",
+        ];
+        for bytes in cases {
+            let mut framer = Framer::default();
+            framer.push(bytes);
+            let message = framer.next_message().expect("dap").expect("whole");
+            assert_eq!(message.body(), b"{}", "{bytes:?}");
+            assert_eq!(framer.buffered(), 0, "{bytes:?}");
+        }
     }
 
     /// The requests that end the debuggee are seen wherever the reads split them, next to
