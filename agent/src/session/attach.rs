@@ -9,9 +9,9 @@
 //! `attach` then leaves the step waiting forever. So that connection is kept, *held*,
 //! until the next developer comes (it is ended before that one is connected), and the
 //! release at the deadline goes over it (a repeated `initialize`/`attach` is refused,
-//! `configurationDone` is honoured). Without a held connection the release uses a fresh one. Either way it is
-//! retried until debugpy acknowledges, bounded by [`super::RELEASE_GRACE`]. A developer
-//! may still attach after that.
+//! `configurationDone` is honoured). Without a held connection the release uses a fresh
+//! one. Either way it is retried until debugpy acknowledges, bounded by
+//! [`super::RELEASE_GRACE`]. A developer may still attach after that.
 //!
 //! The adapter lets one session have the debuggee at a time, and a session whose
 //! connection merely closed lets go of it a moment later: a developer whose `attach` came

@@ -88,13 +88,19 @@ pub fn disconnect_request() -> Vec<u8> {
 
 /// One DAP request, framed.
 fn request(seq: u32, command: &str, arguments: serde_json::Value) -> Vec<u8> {
-    let body = serde_json::json!({
-        "seq": seq,
-        "type": "request",
-        "command": command,
-        "arguments": arguments,
-    })
-    .to_string();
+    framed(
+        &serde_json::json!({
+            "seq": seq,
+            "type": "request",
+            "command": command,
+            "arguments": arguments,
+        })
+        .to_string(),
+    )
+}
+
+/// A DAP message: `body` behind its `Content-Length` header.
+fn framed(body: &str) -> Vec<u8> {
     let mut out = format!("Content-Length: {}\r\n\r\n", body.len()).into_bytes();
     out.extend_from_slice(body.as_bytes());
     out
@@ -122,12 +128,9 @@ pub fn refusal_response(request: &Message, why: &str) -> Option<Vec<u8>> {
     let seq = body.get("seq")?.as_u64()?;
     let command = serde_json::to_string(body.get("command")?.as_str()?).ok()?;
     let message = serde_json::to_string(why).ok()?;
-    let body = format!(
+    Some(framed(&format!(
         r#"{{"seq":1,"type":"response","request_seq":{seq},"success":false,"command":{command},"message":{message}}}"#
-    );
-    let mut out = format!("Content-Length: {}\r\n\r\n", body.len()).into_bytes();
-    out.extend_from_slice(body.as_bytes());
-    Some(out)
+    )))
 }
 
 /// The longest header section (everything before the blank line) a DAP peer may send:
@@ -561,10 +564,6 @@ impl EndWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn framed(body: &str) -> Vec<u8> {
-        format!("Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
-    }
 
     #[test]
     fn messages_split_at_any_byte_come_out_whole() {
