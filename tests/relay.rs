@@ -8,4 +8,4 @@ mod interop;
 mod liveness;
 mod reconnect;
 mod spares;
-mod tunnels;
+pub(crate) mod tunnels;

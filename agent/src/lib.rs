@@ -11,6 +11,7 @@ pub mod fuzz_entry;
 pub mod inject;
 pub mod launch_json;
 pub mod logging;
+pub mod memory_copies;
 pub mod netinfo;
 pub mod policy;
 pub mod poll_deadline;

@@ -160,3 +160,16 @@ fn the_static_binary_runs_in_an_empty_chroot() {
         "the root was empty but for the binary"
     );
 }
+
+/// The static build wraps musl's `memcpy` and `memmove` (agent/src/memory_copies.rs, linked
+/// with `--wrap` by docker/build-static.sh): every copy of the relay's data path, and
+/// rustls' moves of a buffer onto itself over TLS, go through them. 16 MiB each way through
+/// `relay connect` → `relay serve` → `relay listen` of the static binary, over wss and ws,
+/// come back intact.
+#[test]
+fn the_static_binary_relays_sixteen_mib_each_way_intact_over_wss_and_ws() {
+    use crate::relay::harness::Relay;
+    for tls in [true, false] {
+        crate::relay::tunnels::sixteen_mib_each_way(Relay::start_with_agent(static_binary(), tls));
+    }
+}

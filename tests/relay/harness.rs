@@ -162,6 +162,8 @@ pub struct Relay {
     dir: tempfile::TempDir,
     /// Extra `[relay.server]` lines, kept for a restart.
     settings: String,
+    /// The amlx-agent binary of `relay serve` and of the clients this relay starts.
+    agent: PathBuf,
 }
 
 impl Relay {
@@ -177,16 +179,29 @@ impl Relay {
 
     pub fn start_at(port: Option<u16>, tls: bool) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
-        Relay::start_in(dir, port, tls, "")
+        Relay::start_in(dir, port, tls, "", util::agent_bin())
+    }
+
+    /// Plain ws (or wss when `tls`) on a free port, `relay serve` and every client of
+    /// this relay run from `agent` instead of the test build (the static release binary).
+    pub fn start_with_agent(agent: &Path, tls: bool) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Relay::start_in(dir, None, tls, "", agent.to_owned())
     }
 
     /// Plain ws on a free port, with `settings` (TOML lines) in `[relay.server]`.
     pub fn start_with(settings: &str) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
-        Relay::start_in(dir, None, false, settings)
+        Relay::start_in(dir, None, false, settings, util::agent_bin())
     }
 
-    fn start_in(dir: tempfile::TempDir, port: Option<u16>, tls: bool, settings: &str) -> Relay {
+    fn start_in(
+        dir: tempfile::TempDir,
+        port: Option<u16>,
+        tls: bool,
+        settings: &str,
+        agent: PathBuf,
+    ) -> Relay {
         let config = dir.path().join("relay.toml");
         let mut text = format!("[relay.server]\n{settings}\n");
         for ((name, key), rights) in [
@@ -199,7 +214,7 @@ impl Relay {
             ));
         }
         std::fs::write(&config, text).expect("write relay config");
-        let mut cmd = util::agent();
+        let mut cmd = util::clean(std::process::Command::new(&agent));
         cmd.args(["relay", "serve", "--config"]).arg(&config);
         cmd.args(["--listen", &format!("127.0.0.1:{}", port.unwrap_or(0))]);
         let ca_file = if tls {
@@ -236,6 +251,7 @@ impl Relay {
             ca_file,
             dir,
             settings: settings.to_owned(),
+            agent,
         }
     }
 
@@ -253,8 +269,13 @@ impl Relay {
         self.proc.kill();
         let tls = self.ca_file.is_some();
         let port = self.addr.port();
-        let Relay { dir, settings, .. } = self;
-        Relay::start_in(dir, Some(port), tls, &settings)
+        let Relay {
+            dir,
+            settings,
+            agent,
+            ..
+        } = self;
+        Relay::start_in(dir, Some(port), tls, &settings, agent)
     }
 
     pub fn connection_string(&self, key: (&str, &str), hc: &str) -> String {
@@ -329,7 +350,7 @@ impl Relay {
     }
 
     fn client_cmd(&self, sub: &str, connection_string: &str) -> std::process::Command {
-        let mut cmd = util::agent();
+        let mut cmd = util::clean(std::process::Command::new(&self.agent));
         cmd.args(["relay", sub])
             .env("AMLX_RELAY_CONNECTION_STRING", connection_string);
         match &self.ca_file {

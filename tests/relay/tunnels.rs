@@ -7,7 +7,8 @@ use std::thread;
 
 use super::harness::*;
 
-fn sixteen_mib_each_way(relay: Relay) {
+/// 16 MiB of random bytes to an echo server and back through `relay`'s tunnel, intact.
+pub(crate) fn sixteen_mib_each_way(relay: Relay) {
     let echo = echo_server();
     let cs = relay.connection_string(KEY_BOTH, "hyco");
     let forward = format!("5678=127.0.0.1:{}", echo.port());
