@@ -10,19 +10,25 @@
 //!   that after every read that did not complete a record (its deframer "discards" zero
 //!   bytes by moving what it holds onto itself), up to 16 KiB each time.
 //! - musl's `memcpy` copies eight bytes per step (`rep movsq`); on a CPU with fast string
-//!   moves (ERMS) `rep movsb` moves large blocks several times faster, which is what glibc
-//!   does for large copies too.
+//!   moves (ERMS) `rep movsb` moves blocks of a few KiB and more faster (glibc uses it from
+//!   a few KiB up to about the cache's size, where it switches to non-temporal stores; the
+//!   relay's copies are at most 64 KiB).
 //!
 //! docker/build-static.sh links with `--wrap=memcpy --wrap=memmove`, so every call to
 //! either, from Rust and from musl itself, reaches the wrappers below, which take the two
 //! cases above and hand every other call to musl's own function unchanged. Other builds
-//! (glibc, where the C library's copies are already fast) do not wrap anything.
+//! (glibc, where the C library's copies are already fast) do not wrap anything. A move to
+//! a higher address that overlaps its source is still musl's backward byte copy; nothing
+//! on the relay's path was seen making one.
 
 /// Copies of at least this many bytes use [`copy_forward`] (when the CPU has fast string
 /// moves); shorter ones stay musl's. TLS records (16 KiB) and relay frames (up to 64 KiB)
-/// are above it; the few copies of a non-target `exec` are below, so its path is unchanged
-/// (512 here measured the same for TLS and cost `exec` 2 % more instructions).
+/// are above it; the few copies of a non-target `exec` are below (512 here measured the
+/// same for TLS and cost `exec` 2 % more instructions).
 pub const LARGE_COPY: usize = 4096;
+
+/// A C library's `memcpy` or `memmove`.
+pub type CopyFn = unsafe extern "C" fn(*mut u8, *const u8, usize) -> *mut u8;
 
 /// Copies `n` bytes from `src` to `dst` with `rep movsb`, first byte first.
 ///
@@ -44,21 +50,63 @@ pub unsafe fn copy_forward(dst: *mut u8, src: *const u8, n: usize) {
     }
 }
 
-/// Whether a `memcpy` of `n` bytes goes to [`copy_forward`] rather than musl's.
+/// `memcpy` as the static build does it: [`copy_forward`] for a large copy on a CPU with
+/// fast string moves, `otherwise` (musl's) for the rest. Returns `dst`, as `memcpy` does.
+///
+/// # Safety
+/// As `memcpy`, and `otherwise` is a `memcpy`.
 #[cfg(target_arch = "x86_64")]
-pub fn forward_is_faster(n: usize) -> bool {
-    n >= LARGE_COPY && std::arch::is_x86_feature_detected!("ermsb")
+#[allow(unsafe_code)]
+#[inline]
+pub unsafe fn memcpy_via(dst: *mut u8, src: *const u8, n: usize, otherwise: CopyFn) -> *mut u8 {
+    if n >= LARGE_COPY {
+        // SAFETY: the caller's contract.
+        return unsafe { large_copy(dst, src, n, otherwise) };
+    }
+    // SAFETY: as above. A short copy is a compare and a jump to musl's.
+    unsafe { otherwise(dst, src, n) }
 }
 
-/// What a `memmove(dst, src, n)` needs: nothing (the bytes are already there), or musl's.
-pub fn move_is_needed(dst: *const u8, src: *const u8, n: usize) -> bool {
-    n != 0 && !std::ptr::eq(dst, src)
+/// The large-copy branch of [`memcpy_via`], kept out of line so that the short path (most
+/// calls) saves no registers.
+///
+/// # Safety
+/// As [`memcpy_via`].
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[cold]
+#[inline(never)]
+unsafe fn large_copy(dst: *mut u8, src: *const u8, n: usize, otherwise: CopyFn) -> *mut u8 {
+    // The detection runs once (cpuid, cached in an atomic): no call, no allocation, so
+    // it is safe before main, in a signal handler and in a forked child.
+    if std::arch::is_x86_feature_detected!("ermsb") {
+        // SAFETY: the caller's contract.
+        unsafe { copy_forward(dst, src, n) };
+        return dst;
+    }
+    // SAFETY: as above.
+    unsafe { otherwise(dst, src, n) }
+}
+
+/// `memmove` as the static build does it: nothing for a move onto itself or of nothing,
+/// `otherwise` (musl's) for the rest. Returns `dst`, as `memmove` does.
+///
+/// # Safety
+/// As `memmove`, and `otherwise` is a `memmove`.
+#[allow(unsafe_code)]
+#[inline]
+pub unsafe fn memmove_via(dst: *mut u8, src: *const u8, n: usize, otherwise: CopyFn) -> *mut u8 {
+    if n == 0 || std::ptr::eq(dst.cast_const(), src) {
+        return dst;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { otherwise(dst, src, n) }
 }
 
 #[cfg(all(target_env = "musl", target_arch = "x86_64"))]
 #[allow(unsafe_code)]
 mod wrappers {
-    use super::{copy_forward, forward_is_faster, move_is_needed};
+    use super::{memcpy_via, memmove_via};
 
     unsafe extern "C" {
         /// musl's `memcpy` (the linker's `--wrap` names the original `__real_memcpy`).
@@ -73,13 +121,8 @@ mod wrappers {
     /// As `memcpy`.
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __wrap_memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-        if forward_is_faster(n) {
-            // SAFETY: memcpy's own contract, which the caller keeps.
-            unsafe { copy_forward(dst, src, n) };
-            return dst;
-        }
-        // SAFETY: as above.
-        unsafe { __real_memcpy(dst, src, n) }
+        // SAFETY: memcpy's own contract, which the caller keeps.
+        unsafe { memcpy_via(dst, src, n, __real_memcpy) }
     }
 
     /// Every `memmove` of the static build (`--wrap=memmove`).
@@ -88,17 +131,16 @@ mod wrappers {
     /// As `memmove`.
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __wrap_memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-        if !move_is_needed(dst, src, n) {
-            return dst;
-        }
         // SAFETY: memmove's own contract, which the caller keeps.
-        unsafe { __real_memmove(dst, src, n) }
+        unsafe { memmove_via(dst, src, n, __real_memmove) }
     }
 }
 
 #[cfg(test)]
 #[allow(unsafe_code)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     /// A buffer of distinct-looking bytes (no period of 4 or 8 that could hide a shift).
@@ -108,18 +150,38 @@ mod tests {
             .collect()
     }
 
+    /// Calls of [`counted_memcpy`] and [`counted_memmove`] (the tests that count run
+    /// one after another in one test function each).
+    static MEMCPY_CALLS: AtomicUsize = AtomicUsize::new(0);
+    static MEMMOVE_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    /// The host C library's `memcpy`, counted: what musl's is to the wrappers.
+    unsafe extern "C" fn counted_memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        MEMCPY_CALLS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: the caller's contract (libc::memcpy's own).
+        unsafe { libc::memcpy(dst.cast(), src.cast(), n).cast() }
+    }
+
+    unsafe extern "C" fn counted_memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        MEMMOVE_CALLS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: the caller's contract (libc::memmove's own).
+        unsafe { libc::memmove(dst.cast(), src.cast(), n).cast() }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn copy_forward_copies_every_length_and_alignment_exactly() {
-        // Lengths around the word size, the threshold and a record; both alignments move.
+    fn memcpy_via_copies_every_length_and_alignment_exactly_and_returns_dst() {
+        // Lengths around the word size, the threshold, a TLS record and a relay frame;
+        // both alignments move.
         let lengths = (0..=70).chain([
             LARGE_COPY - 1,
             LARGE_COPY,
+            LARGE_COPY + 1,
             LARGE_COPY + 7,
-            4095,
-            4096,
             16_384 + 21,
+            65_536,
         ]);
+        let ermsb = std::arch::is_x86_feature_detected!("ermsb");
         for len in lengths {
             for src_at in [0usize, 1, 3, 8, 13] {
                 for dst_at in [0usize, 1, 5, 8, 31] {
@@ -127,10 +189,17 @@ mod tests {
                     let mut dst = vec![0xAAu8; dst_at + len + 16];
                     let mut expected = dst.clone();
                     expected[dst_at..dst_at + len].copy_from_slice(&src[src_at..src_at + len]);
-                    // SAFETY: both ranges are inside their own vectors.
+                    let before = MEMCPY_CALLS.load(Ordering::SeqCst);
+                    // SAFETY: both ranges are inside their own vectors, which do not overlap.
                     unsafe {
-                        copy_forward(dst.as_mut_ptr().add(dst_at), src.as_ptr().add(src_at), len);
+                        let to = dst.as_mut_ptr().add(dst_at);
+                        let returned =
+                            memcpy_via(to, src.as_ptr().add(src_at), len, counted_memcpy);
+                        assert_eq!(returned, to, "len {len}: memcpy returns dst");
                     }
+                    let delegated = MEMCPY_CALLS.load(Ordering::SeqCst) - before;
+                    let expect_delegated = usize::from(len < LARGE_COPY || !ermsb);
+                    assert_eq!(delegated, expect_delegated, "len {len}: who copied");
                     assert!(
                         dst == expected,
                         "len {len}, src at {src_at}, dst at {dst_at}: bytes outside or inside differ"
@@ -140,32 +209,40 @@ mod tests {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
     #[test]
-    fn only_large_copies_take_the_forward_path() {
-        assert!(!forward_is_faster(0));
-        assert!(!forward_is_faster(LARGE_COPY - 1));
-        assert_eq!(
-            forward_is_faster(LARGE_COPY),
-            std::arch::is_x86_feature_detected!("ermsb")
-        );
-    }
-
-    #[test]
-    fn a_move_onto_itself_or_of_nothing_is_skipped_and_every_other_is_made() {
-        let buf = pattern(64);
-        let at = |i: usize| buf[i..].as_ptr();
-        // (dst, src, n, needed)
+    fn memmove_via_skips_a_move_onto_itself_or_of_nothing_and_hands_on_every_other() {
+        // (dst offset, src offset, n, handed to the C library's memmove)
         let cases = [
-            (at(0), at(0), 64, false),
-            (at(5), at(5), 10, false),
-            (at(0), at(8), 0, false),
-            (at(0), at(8), 56, true),
-            (at(8), at(0), 56, true),
-            (at(1), at(0), 1, true),
+            (0, 0, 64, false),
+            (5, 5, 10, false),
+            (0, 8, 0, false),
+            (0, 8, 56, true),
+            (8, 0, 56, true),
+            (1, 0, 1, true),
+            (1, 0, 63, true),
+            (0, 1, 63, true),
+            (0, 0, LARGE_COPY * 4, false),
+            (0, 7, LARGE_COPY * 4 - 7, true),
+            (7, 0, LARGE_COPY * 4 - 7, true),
         ];
-        for (dst, src, n, needed) in cases {
-            assert_eq!(move_is_needed(dst, src, n), needed, "{dst:?} {src:?} {n}");
+        for (dst_at, src_at, n, handed_on) in cases {
+            let mut buf = pattern(LARGE_COPY * 4 + 8);
+            let mut expected = buf.clone();
+            expected.copy_within(src_at..src_at + n, dst_at);
+            let before = MEMMOVE_CALLS.load(Ordering::SeqCst);
+            // SAFETY: both ranges are inside `buf`; memmove allows them to overlap.
+            unsafe {
+                let base = buf.as_mut_ptr();
+                let returned = memmove_via(base.add(dst_at), base.add(src_at), n, counted_memmove);
+                assert_eq!(returned, base.add(dst_at), "memmove returns dst");
+            }
+            let calls = MEMMOVE_CALLS.load(Ordering::SeqCst) - before;
+            assert_eq!(
+                calls,
+                usize::from(handed_on),
+                "{dst_at} {src_at} {n}: handed on"
+            );
+            assert!(buf == expected, "{dst_at} {src_at} {n}: bytes differ");
         }
     }
 }
