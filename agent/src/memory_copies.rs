@@ -103,36 +103,56 @@ pub unsafe fn memmove_via(dst: *mut u8, src: *const u8, n: usize, otherwise: Cop
     unsafe { otherwise(dst, src, n) }
 }
 
-#[cfg(all(target_env = "musl", target_arch = "x86_64"))]
+/// The two functions the static build's `--wrap` sends every `memcpy` and `memmove` to.
+/// They are compiled (and linted and unit-tested) in every x86-64 build; only the musl
+/// build exports them under their C names and hands on to musl's originals, which `--wrap`
+/// names `__real_memcpy` and `__real_memmove`. Elsewhere they hand on to the C library's
+/// own functions and nothing calls them but the tests.
+#[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-mod wrappers {
+pub mod wrappers {
     use super::{memcpy_via, memmove_via};
 
+    #[cfg(target_env = "musl")]
     unsafe extern "C" {
         /// musl's `memcpy` (the linker's `--wrap` names the original `__real_memcpy`).
-        fn __real_memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8;
+        #[link_name = "__real_memcpy"]
+        fn c_memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8;
         /// musl's `memmove`.
-        fn __real_memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8;
+        #[link_name = "__real_memmove"]
+        fn c_memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8;
+    }
+
+    #[cfg(not(target_env = "musl"))]
+    unsafe extern "C" fn c_memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        // SAFETY: the caller's contract (memcpy's own).
+        unsafe { libc::memcpy(dst.cast(), src.cast(), n).cast() }
+    }
+
+    #[cfg(not(target_env = "musl"))]
+    unsafe extern "C" fn c_memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        // SAFETY: the caller's contract (memmove's own).
+        unsafe { libc::memmove(dst.cast(), src.cast(), n).cast() }
     }
 
     /// Every `memcpy` of the static build (`--wrap=memcpy`).
     ///
     /// # Safety
     /// As `memcpy`.
-    #[unsafe(no_mangle)]
+    #[cfg_attr(target_env = "musl", unsafe(no_mangle))]
     pub unsafe extern "C" fn __wrap_memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
         // SAFETY: memcpy's own contract, which the caller keeps.
-        unsafe { memcpy_via(dst, src, n, __real_memcpy) }
+        unsafe { memcpy_via(dst, src, n, c_memcpy) }
     }
 
     /// Every `memmove` of the static build (`--wrap=memmove`).
     ///
     /// # Safety
     /// As `memmove`.
-    #[unsafe(no_mangle)]
+    #[cfg_attr(target_env = "musl", unsafe(no_mangle))]
     pub unsafe extern "C" fn __wrap_memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
         // SAFETY: memmove's own contract, which the caller keeps.
-        unsafe { memmove_via(dst, src, n, __real_memmove) }
+        unsafe { memmove_via(dst, src, n, c_memmove) }
     }
 }
 
@@ -243,6 +263,52 @@ mod tests {
                 "{dst_at} {src_at} {n}: handed on"
             );
             assert!(buf == expected, "{dst_at} {src_at} {n}: bytes differ");
+        }
+    }
+
+    /// The exported functions themselves (here handing on to glibc's), on the cases that
+    /// take each path: a short and a long copy, a move onto itself, moves both ways.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_wrappers_return_dst_and_copy_exactly() {
+        use wrappers::{__wrap_memcpy, __wrap_memmove};
+        for len in [0, 1, 17, LARGE_COPY - 1, LARGE_COPY, 3 * LARGE_COPY + 5] {
+            let src = pattern(len + 3);
+            let mut dst = vec![0u8; len + 9];
+            let mut expected = dst.clone();
+            expected[5..5 + len].copy_from_slice(&src[3..3 + len]);
+            // SAFETY: both ranges are inside their own vectors.
+            unsafe {
+                let to = dst.as_mut_ptr().add(5);
+                assert_eq!(
+                    __wrap_memcpy(to, src.as_ptr().add(3), len),
+                    to,
+                    "memcpy {len}"
+                );
+            }
+            assert!(dst == expected, "memcpy {len}: bytes differ");
+        }
+        // (dst offset, src offset, n)
+        for (dst_at, src_at, n) in [
+            (0, 0, 2 * LARGE_COPY),
+            (0, 3, 2 * LARGE_COPY),
+            (3, 0, 2 * LARGE_COPY),
+            (1, 0, 9),
+            (0, 0, 0),
+        ] {
+            let mut buf = pattern(2 * LARGE_COPY + 8);
+            let mut expected = buf.clone();
+            expected.copy_within(src_at..src_at + n, dst_at);
+            // SAFETY: both ranges are inside `buf`; memmove allows them to overlap.
+            unsafe {
+                let base = buf.as_mut_ptr();
+                let to = base.add(dst_at);
+                assert_eq!(__wrap_memmove(to, base.add(src_at), n), to, "memmove");
+            }
+            assert!(
+                buf == expected,
+                "memmove {dst_at} {src_at} {n}: bytes differ"
+            );
         }
     }
 }
