@@ -31,10 +31,12 @@ export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-musl-gcc}"
 # start (41 % of a non-target `exec`'s instructions), and its relocation tables make it
 # larger. Set for this target only, so host builds (build scripts, proc macros) keep
 # their defaults.
+flags="-C relocation-model=static -C target-feature=+crt-static"
 # --wrap: every memcpy and memmove (ours and musl's own) goes through the agent's
 # wrappers first (agent/src/memory_copies.rs): musl copies a buffer onto itself byte by
 # byte, and rustls asks for that after most reads over TLS.
-export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C relocation-model=static -C target-feature=+crt-static -C link-arg=-Wl,--wrap=memcpy -C link-arg=-Wl,--wrap=memmove"
+flags+=" -C link-arg=-Wl,--wrap=memcpy -C link-arg=-Wl,--wrap=memmove"
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="$flags"
 # Optimised for size: 5.7 MB against 7.5 MB at opt-level 3 (the ceiling above is 6 MB).
 export CARGO_PROFILE_RELEASE_OPT_LEVEL=s
 nice -n 10 cargo build --release --locked -p amlx-agent --bin amlx-agent --target "$target" >&2
