@@ -132,22 +132,14 @@ impl Node {
     /// machine can come a scheduling slice after the test has reaped the step; a lock
     /// still held after [`EXIT`] outlived its step.
     fn list_once_let_go(&self, ports: &BTreeSet<u16>) -> Value {
-        let deadline = std::time::Instant::now() + EXIT;
-        loop {
-            let last = self.list();
-            let held: BTreeSet<u16> = ports_in(&last, "live")
-                .intersection(ports)
-                .copied()
-                .collect();
-            if held.is_empty() {
-                return last;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "locks outlived their steps by {EXIT:?}: {held:?}\n{last:#}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(
+            &format!("the locks of {ports:?} to be let go (locks outliving their steps)"),
+            EXIT,
+            || {
+                let list = self.list();
+                ports_in(&list, "live").is_disjoint(ports).then_some(list)
+            },
+        )
     }
 
     fn release(&self) {

@@ -170,6 +170,56 @@ mod tests {
             .collect()
     }
 
+    /// A `memcpy` of `len` bytes from offset `src_at` of a patterned buffer to offset
+    /// `dst_at` of another, through `copy`: it returns `dst` and changes exactly those bytes.
+    fn check_copy(
+        len: usize,
+        src_at: usize,
+        dst_at: usize,
+        copy: impl Fn(*mut u8, *const u8, usize) -> *mut u8,
+    ) {
+        let src = pattern(src_at + len + 16);
+        let mut dst = vec![0xAAu8; dst_at + len + 16];
+        let mut expected = dst.clone();
+        expected[dst_at..dst_at + len].copy_from_slice(&src[src_at..src_at + len]);
+        // SAFETY: both ranges are inside their own vectors, which do not overlap.
+        unsafe {
+            let to = dst.as_mut_ptr().add(dst_at);
+            assert_eq!(
+                copy(to, src.as_ptr().add(src_at), len),
+                to,
+                "len {len}: returns dst"
+            );
+        }
+        assert!(
+            dst == expected,
+            "len {len}, src at {src_at}, dst at {dst_at}: bytes outside or inside differ"
+        );
+    }
+
+    /// A `memmove` of `n` bytes from offset `src_at` to offset `dst_at` of one patterned
+    /// buffer, through `mv`: it returns `dst` and leaves what `copy_within` leaves.
+    fn check_move(
+        dst_at: usize,
+        src_at: usize,
+        n: usize,
+        mv: impl Fn(*mut u8, *const u8, usize) -> *mut u8,
+    ) {
+        let mut buf = pattern(dst_at.max(src_at) + n + 8);
+        let mut expected = buf.clone();
+        expected.copy_within(src_at..src_at + n, dst_at);
+        // SAFETY: both ranges are inside `buf`; memmove allows them to overlap.
+        unsafe {
+            let base = buf.as_mut_ptr();
+            let to = base.add(dst_at);
+            assert_eq!(mv(to, base.add(src_at), n), to, "memmove returns dst");
+        }
+        assert!(
+            buf == expected,
+            "memmove {dst_at} {src_at} {n}: bytes differ"
+        );
+    }
+
     /// Calls of [`counted_memcpy`] and [`counted_memmove`] (the tests that count run
     /// one after another in one test function each).
     static MEMCPY_CALLS: AtomicUsize = AtomicUsize::new(0);
@@ -205,25 +255,14 @@ mod tests {
         for len in lengths {
             for src_at in [0usize, 1, 3, 8, 13] {
                 for dst_at in [0usize, 1, 5, 8, 31] {
-                    let src = pattern(src_at + len + 16);
-                    let mut dst = vec![0xAAu8; dst_at + len + 16];
-                    let mut expected = dst.clone();
-                    expected[dst_at..dst_at + len].copy_from_slice(&src[src_at..src_at + len]);
                     let before = MEMCPY_CALLS.load(Ordering::SeqCst);
-                    // SAFETY: both ranges are inside their own vectors, which do not overlap.
-                    unsafe {
-                        let to = dst.as_mut_ptr().add(dst_at);
-                        let returned =
-                            memcpy_via(to, src.as_ptr().add(src_at), len, counted_memcpy);
-                        assert_eq!(returned, to, "len {len}: memcpy returns dst");
-                    }
+                    check_copy(len, src_at, dst_at, |dst, src, n| {
+                        // SAFETY: check_copy's ranges, which do not overlap.
+                        unsafe { memcpy_via(dst, src, n, counted_memcpy) }
+                    });
                     let delegated = MEMCPY_CALLS.load(Ordering::SeqCst) - before;
                     let expect_delegated = usize::from(len < LARGE_COPY || !ermsb);
                     assert_eq!(delegated, expect_delegated, "len {len}: who copied");
-                    assert!(
-                        dst == expected,
-                        "len {len}, src at {src_at}, dst at {dst_at}: bytes outside or inside differ"
-                    );
                 }
             }
         }
@@ -246,23 +285,17 @@ mod tests {
             (7, 0, LARGE_COPY * 4 - 7, true),
         ];
         for (dst_at, src_at, n, handed_on) in cases {
-            let mut buf = pattern(LARGE_COPY * 4 + 8);
-            let mut expected = buf.clone();
-            expected.copy_within(src_at..src_at + n, dst_at);
             let before = MEMMOVE_CALLS.load(Ordering::SeqCst);
-            // SAFETY: both ranges are inside `buf`; memmove allows them to overlap.
-            unsafe {
-                let base = buf.as_mut_ptr();
-                let returned = memmove_via(base.add(dst_at), base.add(src_at), n, counted_memmove);
-                assert_eq!(returned, base.add(dst_at), "memmove returns dst");
-            }
+            check_move(dst_at, src_at, n, |dst, src, n| {
+                // SAFETY: check_move's ranges; memmove allows them to overlap.
+                unsafe { memmove_via(dst, src, n, counted_memmove) }
+            });
             let calls = MEMMOVE_CALLS.load(Ordering::SeqCst) - before;
             assert_eq!(
                 calls,
                 usize::from(handed_on),
                 "{dst_at} {src_at} {n}: handed on"
             );
-            assert!(buf == expected, "{dst_at} {src_at} {n}: bytes differ");
         }
     }
 
@@ -273,20 +306,10 @@ mod tests {
     fn the_wrappers_return_dst_and_copy_exactly() {
         use wrappers::{__wrap_memcpy, __wrap_memmove};
         for len in [0, 1, 17, LARGE_COPY - 1, LARGE_COPY, 3 * LARGE_COPY + 5] {
-            let src = pattern(len + 3);
-            let mut dst = vec![0u8; len + 9];
-            let mut expected = dst.clone();
-            expected[5..5 + len].copy_from_slice(&src[3..3 + len]);
-            // SAFETY: both ranges are inside their own vectors.
-            unsafe {
-                let to = dst.as_mut_ptr().add(5);
-                assert_eq!(
-                    __wrap_memcpy(to, src.as_ptr().add(3), len),
-                    to,
-                    "memcpy {len}"
-                );
-            }
-            assert!(dst == expected, "memcpy {len}: bytes differ");
+            // SAFETY: check_copy's ranges, which do not overlap.
+            check_copy(len, 3, 5, |dst, src, n| unsafe {
+                __wrap_memcpy(dst, src, n)
+            });
         }
         // (dst offset, src offset, n)
         for (dst_at, src_at, n) in [
@@ -296,19 +319,10 @@ mod tests {
             (1, 0, 9),
             (0, 0, 0),
         ] {
-            let mut buf = pattern(2 * LARGE_COPY + 8);
-            let mut expected = buf.clone();
-            expected.copy_within(src_at..src_at + n, dst_at);
-            // SAFETY: both ranges are inside `buf`; memmove allows them to overlap.
-            unsafe {
-                let base = buf.as_mut_ptr();
-                let to = base.add(dst_at);
-                assert_eq!(__wrap_memmove(to, base.add(src_at), n), to, "memmove");
-            }
-            assert!(
-                buf == expected,
-                "memmove {dst_at} {src_at} {n}: bytes differ"
-            );
+            // SAFETY: check_move's ranges; memmove allows them to overlap.
+            check_move(dst_at, src_at, n, |dst, src, n| unsafe {
+                __wrap_memmove(dst, src, n)
+            });
         }
     }
 }
