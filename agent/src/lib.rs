@@ -2,6 +2,7 @@
 //! remotely debuggable. The binary is a thin shell over this library.
 
 pub mod atomic_file;
+pub mod block_cache;
 pub mod cli;
 pub mod commands;
 pub mod config;

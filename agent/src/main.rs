@@ -1,5 +1,12 @@
 //! The `amlx-agent` binary: parse, dispatch, exit code. Everything else is in the library.
 
+/// The static build's heap: musl's allocator behind a cache of freed blocks of a few KiB
+/// (`amlx_agent::block_cache` says why). Other builds keep their C library's allocator.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static HEAP: amlx_agent::block_cache::BlockCache<std::alloc::System> =
+    amlx_agent::block_cache::BlockCache::new(std::alloc::System);
+
 fn main() {
     let cli = amlx_agent::cli::Cli::parse_args();
     let code = amlx_agent::commands::run(cli);
