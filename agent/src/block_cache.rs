@@ -10,14 +10,20 @@
 //! the static build spend 13 % more CPU per GB over wss than the glibc build, whose
 //! allocator keeps freed blocks of these sizes.
 //!
-//! [`BlockCache`] keeps up to [`SLOTS`] freed blocks of each size class (multiples of 4 KiB
-//! up to [`LARGEST`]) and hands them out again; every other allocation, and every block the
+//! [`BlockCache`] keeps up to [`SLOTS`] freed blocks of each size class ([`CLASS_SIZES`],
+//! 4 to 36 KiB) and hands them out again; every other allocation, and every block the
 //! cache has no room for, goes to the allocator behind it unchanged. A block of a cached
 //! size is always allocated at its class's size, so any freed block of a class serves any
-//! later request of that class, and a reallocation within a class keeps its block. At most
-//! `SLOTS` × (4 + 8 + … + 32) KiB (1.1 MiB) stay cached; nothing is cached until blocks of
-//! these sizes are freed (a non-target `exec` frees none). The slots are atomic pointers:
-//! taking a block swaps its slot empty, so no two threads get one block, and nothing locks.
+//! later request of that class, and a reallocation within a class keeps its block. The
+//! classes are musl's own slot sizes less its 4-byte header, so a request takes the slot
+//! it would have taken without the cache (both TLS sizes above share one). What stays
+//! cached is what the process freed of these sizes, at most `SLOTS` blocks a class: under
+//! wss, sixteen of the one class of TLS records (300 KB); were every class full, 3.4 MB.
+//! Nothing is cached until blocks of these sizes are freed (a non-target `exec` frees
+//! none). The slots are atomic
+//! pointers: taking a block swaps its slot empty, so no two threads get one block, and
+//! nothing locks. A block freed while it is already cached (a double free, which musl
+//! would stop on) aborts the process rather than be handed out twice.
 //!
 //! Only the static build installs it (`main.rs`); the tests run it on the host's allocator.
 
@@ -25,24 +31,50 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-/// The step between size classes, and the smallest size cached: smaller blocks are the
-/// inner allocator's fast path already.
-pub const CLASS_STEP: usize = 4096;
+/// The largest request of each size class, smallest first: the slot sizes of musl's
+/// allocator from 4 KiB to just over 32 KiB (its classes are multiples of 16 bytes) less
+/// the 4 bytes it keeps in front of each block. The last takes 32 KiB itself: rustls'
+/// read buffer doubles to it from 16 KiB. Smaller requests are the inner allocator's fast
+/// path already; the relay's frame buffers (64 KiB and more) have a shelf of their own
+/// (`relay::buffer`).
+pub const CLASS_SIZES: [usize; 13] = [
+    4668, 5436, 6540, 8172, 9340, 10908, 13084, 16364, 18700, 21820, 26188, 32748, 37436,
+];
 
-/// The largest size cached: TLS records and the deframer's buffer are under it; the relay's
-/// frame buffers (64 KiB and more) have a shelf of their own (`relay::buffer`).
-pub const LARGEST: usize = 8 * CLASS_STEP;
+/// Requests of at most this many bytes are never cached: the largest of musl's slots
+/// under [`CLASS_SIZES`], less its header.
+const SMALLEST_CACHED: usize = 4076 + 1;
 
-/// Size classes: 4 KiB, 8 KiB, …, [`LARGEST`].
-const CLASSES: usize = LARGEST / CLASS_STEP;
+/// Size classes.
+const CLASSES: usize = CLASS_SIZES.len();
 
 /// Freed blocks kept per class: a TLS connection frees the records of one write together
-/// (up to 128 KiB of them, `relay::buffer::TLS_SEND_LIMIT`), eight at most.
-pub const SLOTS: usize = 8;
+/// (up to 128 KiB of them, `relay::buffer::TLS_SEND_LIMIT`: eight), and records received
+/// and sent share a class, with two connections for each relayed one in `relay serve`.
+/// With eight, `relay serve` still made a third of its `mmap` calls.
+pub const SLOTS: usize = 16;
 
 /// Blocks of a cached size come from `malloc`, which aligns every block to 16 bytes on
 /// x86-64; a request for more alignment is never cached.
 const MAX_ALIGN: usize = 16;
+
+/// What every block of each class is allocated as, checked when the program is compiled
+/// (so no check, and no panic, is left inside the allocator).
+const CLASS_LAYOUTS: [Layout; CLASSES] = {
+    let mut layouts = [Layout::new::<u8>(); CLASSES];
+    let mut class = 0;
+    while class < CLASSES {
+        layouts[class] = match Layout::from_size_align(CLASS_SIZES[class], MAX_ALIGN) {
+            Ok(layout) => layout,
+            Err(_) => panic!("a class size is a valid layout"),
+        };
+        class += 1;
+    }
+    layouts
+};
+
+/// The largest request cached.
+pub const LARGEST: usize = CLASS_SIZES[CLASSES - 1];
 
 /// A heap allocator: `inner`, with up to [`SLOTS`] freed blocks of each size class kept for
 /// reuse.
@@ -63,16 +95,20 @@ impl<A> BlockCache<A> {
 
     /// The size class of `layout`, if blocks of it are cached.
     fn class_of(layout: Layout) -> Option<usize> {
-        (CLASS_STEP..=LARGEST)
-            .contains(&layout.size())
-            .then(|| (layout.size() - 1) / CLASS_STEP)
-            .filter(|_| layout.align() <= MAX_ALIGN)
+        let size = layout.size();
+        if !(SMALLEST_CACHED..=LARGEST).contains(&size) || layout.align() > MAX_ALIGN {
+            return None;
+        }
+        CLASS_SIZES.iter().position(|&largest| size <= largest)
     }
 
     /// What every block of `class` is allocated as.
     fn class_layout(class: usize) -> Layout {
-        Layout::from_size_align((class + 1) * CLASS_STEP, MAX_ALIGN)
-            .expect("a multiple of 4 KiB up to 32 KiB, aligned to 16, is a valid layout")
+        // Every class comes from `class_of`, which indexes `CLASS_SIZES`: never the default.
+        CLASS_LAYOUTS
+            .get(class)
+            .copied()
+            .unwrap_or(Layout::new::<u8>())
     }
 
     /// A cached block of `class`, if there is one.
@@ -88,17 +124,44 @@ impl<A> BlockCache<A> {
         })
     }
 
-    /// Keeps `block` of `class` in an empty slot; false when every slot is taken.
+    /// Keeps `block` of `class` in an empty slot; false when every slot is taken. Aborts
+    /// when the block is cached already: it was freed twice, and would be handed out to
+    /// two owners.
     fn keep(&self, class: usize, block: *mut u8) -> bool {
         let Some(slots) = self.slots.get(class) else {
             return false;
         };
+        if slots
+            .iter()
+            .any(|slot| slot.load(Ordering::Relaxed) == block)
+        {
+            std::process::abort();
+        }
         slots.iter().any(|slot| {
             slot.load(Ordering::Relaxed).is_null()
                 && slot
                     .compare_exchange(null_mut(), block, Ordering::Release, Ordering::Relaxed)
                     .is_ok()
         })
+    }
+
+    /// Gives every cached block back to the inner allocator (for tests, whose inner
+    /// allocator checks each block comes back with the layout it went out with).
+    #[cfg(test)]
+    #[allow(unsafe_code)]
+    fn drain(&self)
+    where
+        A: GlobalAlloc,
+    {
+        for (class, slots) in self.slots.iter().enumerate() {
+            for slot in slots {
+                let block = slot.swap(null_mut(), Ordering::Acquire);
+                if !block.is_null() {
+                    // SAFETY: a cached block is owned by the cache and has its class layout.
+                    unsafe { self.inner.dealloc(block, Self::class_layout(class)) };
+                }
+            }
+        }
     }
 
     /// Blocks cached now (for tests).
@@ -114,7 +177,8 @@ impl<A> BlockCache<A> {
 
 // SAFETY: every block handed out is either the inner allocator's answer to a layout at
 // least as large and as aligned as the one asked for (a class's layout covers every size
-// of the class and 16-byte alignment, more than any cached request asks), or a block of
+// of the class and 16-byte alignment, more than any cached request asks; `class_layout`'s
+// fallback is never taken), or a block of
 // that same class layout which its owner freed and which left its slot by an atomic swap,
 // so it has exactly one owner again. Blocks go back to the inner allocator with the layout
 // they were allocated with (the class layout for cached sizes; the caller's otherwise,
