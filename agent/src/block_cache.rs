@@ -20,10 +20,10 @@
 //! cached is what the process freed of these sizes, at most `SLOTS` blocks a class: under
 //! wss, sixteen of the one class of TLS records (300 KB); were every class full, 3.4 MB.
 //! Nothing is cached until blocks of these sizes are freed (a non-target `exec` frees
-//! none). The slots are atomic
-//! pointers: taking a block swaps its slot empty, so no two threads get one block, and
-//! nothing locks. A block freed while it is already cached (a double free, which musl
-//! would stop on) aborts the process rather than be handed out twice.
+//! none). The slots are atomic pointers: taking a block swaps its slot empty, so no two
+//! threads get one block, and nothing locks. A block freed while it is already cached (a
+//! double free, which musl would stop on) aborts the process rather than be handed out
+//! twice.
 //!
 //! Only the static build installs it (`main.rs`); the tests run it on the host's allocator.
 
@@ -178,9 +178,8 @@ impl<A> BlockCache<A> {
 // SAFETY: every block handed out is either the inner allocator's answer to a layout at
 // least as large and as aligned as the one asked for (a class's layout covers every size
 // of the class and 16-byte alignment, more than any cached request asks; `class_layout`'s
-// fallback is never taken), or a block of
-// that same class layout which its owner freed and which left its slot by an atomic swap,
-// so it has exactly one owner again. Blocks go back to the inner allocator with the layout
+// fallback is never taken), or a block of that same class layout which its owner freed
+// and which left its slot by an atomic swap, so it has exactly one owner again. Blocks go back to the inner allocator with the layout
 // they were allocated with (the class layout for cached sizes; the caller's otherwise,
 // which never falls in a class: `class_of` depends only on the layout).
 #[allow(unsafe_code)]
