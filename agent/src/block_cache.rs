@@ -76,6 +76,13 @@ const CLASS_LAYOUTS: [Layout; CLASSES] = {
 /// The largest request cached.
 pub const LARGEST: usize = CLASS_SIZES[CLASSES - 1];
 
+/// A size class: which slots hold its blocks, and the layout each is allocated with.
+#[derive(Debug, Clone, Copy)]
+struct Class {
+    index: usize,
+    layout: Layout,
+}
+
 /// A heap allocator: `inner`, with up to [`SLOTS`] freed blocks of each size class kept for
 /// reuse.
 #[derive(Debug)]
@@ -94,26 +101,21 @@ impl<A> BlockCache<A> {
     }
 
     /// The size class of `layout`, if blocks of it are cached.
-    fn class_of(layout: Layout) -> Option<usize> {
+    fn class_of(layout: Layout) -> Option<Class> {
         let size = layout.size();
-        if !(SMALLEST_CACHED..=LARGEST).contains(&size) || layout.align() > MAX_ALIGN {
+        if size < SMALLEST_CACHED || layout.align() > MAX_ALIGN {
             return None;
         }
-        CLASS_SIZES.iter().position(|&largest| size <= largest)
-    }
-
-    /// What every block of `class` is allocated as.
-    fn class_layout(class: usize) -> Layout {
-        // Every class comes from `class_of`, which indexes `CLASS_SIZES`: never the default.
         CLASS_LAYOUTS
-            .get(class)
-            .copied()
-            .unwrap_or(Layout::new::<u8>())
+            .iter()
+            .enumerate()
+            .find(|(_, class)| size <= class.size())
+            .map(|(index, &layout)| Class { index, layout })
     }
 
     /// A cached block of `class`, if there is one.
-    fn take(&self, class: usize) -> Option<*mut u8> {
-        self.slots.get(class)?.iter().find_map(|slot| {
+    fn take(&self, class: Class) -> Option<*mut u8> {
+        self.slots.get(class.index)?.iter().find_map(|slot| {
             // Looking first keeps threads from writing to slots that are empty anyway.
             if slot.load(Ordering::Relaxed).is_null() {
                 return None;
@@ -127,8 +129,8 @@ impl<A> BlockCache<A> {
     /// Keeps `block` of `class` in an empty slot; false when every slot is taken. Aborts
     /// when the block is cached already: it was freed twice, and would be handed out to
     /// two owners.
-    fn keep(&self, class: usize, block: *mut u8) -> bool {
-        let Some(slots) = self.slots.get(class) else {
+    fn keep(&self, class: Class, block: *mut u8) -> bool {
+        let Some(slots) = self.slots.get(class.index) else {
             return false;
         };
         if slots
@@ -153,12 +155,12 @@ impl<A> BlockCache<A> {
     where
         A: GlobalAlloc,
     {
-        for (class, slots) in self.slots.iter().enumerate() {
+        for (slots, &layout) in self.slots.iter().zip(&CLASS_LAYOUTS) {
             for slot in slots {
                 let block = slot.swap(null_mut(), Ordering::Acquire);
                 if !block.is_null() {
                     // SAFETY: a cached block is owned by the cache and has its class layout.
-                    unsafe { self.inner.dealloc(block, Self::class_layout(class)) };
+                    unsafe { self.inner.dealloc(block, layout) };
                 }
             }
         }
@@ -177,8 +179,8 @@ impl<A> BlockCache<A> {
 
 // SAFETY: every block handed out is either the inner allocator's answer to a layout at
 // least as large and as aligned as the one asked for (a class's layout covers every size
-// of the class and 16-byte alignment, more than any cached request asks; `class_layout`'s
-// fallback is never taken), or a block of that same class layout which its owner freed
+// of the class and 16-byte alignment, more than any cached request asks), or a block of
+// that same class layout which its owner freed
 // and which left its slot by an atomic swap, so it has exactly one owner again. Blocks go back to the inner allocator with the layout
 // they were allocated with (the class layout for cached sizes; the caller's otherwise,
 // which never falls in a class: `class_of` depends only on the layout).
@@ -189,7 +191,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for BlockCache<A> {
             // SAFETY: a class layout has a non-zero size.
             Some(class) => self
                 .take(class)
-                .unwrap_or_else(|| unsafe { self.inner.alloc(Self::class_layout(class)) }),
+                .unwrap_or_else(|| unsafe { self.inner.alloc(class.layout) }),
             // SAFETY: the caller's layout, as the caller's contract has it.
             None => unsafe { self.inner.alloc(layout) },
         }
@@ -207,7 +209,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for BlockCache<A> {
                 block
             }
             // SAFETY: a class layout has a non-zero size.
-            None => unsafe { self.inner.alloc_zeroed(Self::class_layout(class)) },
+            None => unsafe { self.inner.alloc_zeroed(class.layout) },
         }
     }
 
@@ -216,7 +218,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for BlockCache<A> {
             Some(class) => {
                 if !self.keep(class, ptr) {
                     // SAFETY: blocks of a cached size were allocated with their class layout.
-                    unsafe { self.inner.dealloc(ptr, Self::class_layout(class)) }
+                    unsafe { self.inner.dealloc(ptr, class.layout) }
                 }
             }
             // SAFETY: allocated by the inner allocator with this layout.
@@ -232,7 +234,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for BlockCache<A> {
             // SAFETY: the caller's contract, unchanged; neither size is a cached one.
             (None, None) => unsafe { self.inner.realloc(ptr, layout, new_size) },
             // The block already holds the whole class.
-            (Some(old), Some(new)) if old == new => ptr,
+            (Some(old), Some(new)) if old.index == new.index => ptr,
             _ => {
                 // SAFETY: `new_layout` is valid and non-zero-sized (the caller's contract).
                 let moved = unsafe { self.alloc(new_layout) };

@@ -260,7 +260,7 @@ fn reallocation_keeps_the_contents_within_and_across_classes() {
         }
         assert!(holds(new, from.min(to), 3), "{from} -> {to}: contents kept");
         // The block takes the largest size of its class, as a block from the cache would.
-        let room = BlockCache::<Strict>::class_of(layout(to, 8)).map_or(to, |c| CLASS_SIZES[c]);
+        let room = BlockCache::<Strict>::class_of(layout(to, 8)).map_or(to, |c| c.layout.size());
         let grown = unsafe { heap.realloc(new, layout(to, 8), room) };
         heap.inner.assert_room(grown, room);
         fill(grown, room, 4);
@@ -304,11 +304,10 @@ fn threads_freeing_and_taking_at_once_never_share_a_block() {
                 for round in 0..ROUNDS {
                     let size = 4096 + (round % 3) * 6000;
                     let block = unsafe { heap.alloc(layout(size, 8)) };
-                    let bytes = unsafe { std::slice::from_raw_parts_mut(block, size) };
-                    bytes.fill(seed);
+                    fill(block, size, seed);
                     std::thread::yield_now();
                     assert!(
-                        bytes.iter().all(|&b| b == seed),
+                        holds(block, size, seed),
                         "another thread wrote into our block"
                     );
                     unsafe { heap.dealloc(block, layout(size, 8)) };
