@@ -271,25 +271,30 @@ async fn a_path_with_dot_segments_is_a_bad_request() {
 /// tunnels (or connections that never sent a byte) until the relay was full refused
 /// every other key with 503 for as long as they liked. Its tunnels now count against its
 /// own limit, both legs of each (the sender's and the listener's), and every other key
-/// goes on being served; a slot it frees is its own again.
+/// goes on being served; a slot it frees is its own again. A sender takes both of its
+/// tunnel's slots at once: with one slot left it is refused at once (it was let in, and
+/// the listener it reached then had its rendezvous refused with 503).
 #[tokio::test]
 async fn a_key_with_its_own_limit_cannot_take_the_slots_of_the_others() {
-    let relay = Relay::start_with_sender_key("", "max_connections = 4");
+    let relay = Relay::start_with_sender_key("", "max_connections = 5");
     let path = "limited";
     let mut control = listen(&relay, path).await;
-    // Two tunnels are four slots of the send-only key.
+    // Two tunnels are four slots of the send-only key; one is left, a tunnel takes two.
     let first = rendezvous_as(&relay, &mut control, path, SEND_ONLY).await;
     let _second = rendezvous_as(&relay, &mut control, path, SEND_ONLY).await;
     let tok = token(SEND_ONLY, KEY, path, 3600);
     let refused = open(request(&relay.url(path, "connect"), Some(&tok))).await;
-    assert_eq!(refused.err(), Some(503), "a fifth slot for the key");
+    assert_eq!(refused.err(), Some(503), "a third tunnel for the key");
     let log = relay.log();
     assert!(
         log.contains(&format!(
-            "sender refused: key {SEND_ONLY} holds its most connections (4, the max_connections"
+            "sender refused: key {SEND_ONLY} holds its most connections (5, the max_connections \
+             of its [[relay.server.keys]] entry; a tunnel takes two"
         )),
         "{log}"
     );
+    // The listener never heard of the refused sender: the next accept it gets is the
+    // root key's sender's (`rendezvous` opens the address of the next accept).
     // Every other key is served as before.
     let (mut sender, mut data) = rendezvous(&relay, &mut control, path).await;
     assert_relays(&mut sender, &mut data, b"the root key is not limited").await;
@@ -321,4 +326,33 @@ async fn a_key_with_its_own_limit_cannot_take_the_slots_of_the_others() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_relays(&mut sender, &mut data, b"a freed slot").await;
+}
+
+/// The relay's own `max_connections` counts a tunnel's two legs the same way: with one slot
+/// left (a control channel and a tunnel hold three of four) a sender is refused at once,
+/// before its listener hears of it. It was let in, and the rendezvous its listener then
+/// opened was refused with 503: the listener was asked for work that could not be done.
+#[tokio::test]
+async fn the_relay_lets_a_tunnel_in_whole_or_not_at_all() {
+    let relay = Relay::start("max_connections = 4");
+    let path = "whole";
+    let mut control = listen(&relay, path).await;
+    let tunnel = rendezvous(&relay, &mut control, path).await;
+    let tok = token(ROOT, KEY, path, 3600);
+    let refused = open(request(&relay.url(path, "connect"), Some(&tok))).await;
+    assert_eq!(refused.err(), Some(503), "a tunnel in the last slot");
+    let log = relay.log();
+    assert!(
+        log.contains("sender refused: the relay is at its connection limit"),
+        "{log}"
+    );
+    assert!(!log.contains("rendezvous refused"), "{log}");
+    drop(tunnel);
+    // Its slots are free once only the control channel and the `/$status` request are
+    // open (each task's count ends after the slots it held).
+    relay.wait_status("connections", 1 + 1).await;
+    // The listener never heard of the refused sender: the next accept it gets is this
+    // sender's (`rendezvous` opens the address of the next accept).
+    let (mut sender, mut data) = rendezvous(&relay, &mut control, path).await;
+    assert_relays(&mut sender, &mut data, b"a whole tunnel").await;
 }

@@ -242,7 +242,7 @@ pub(super) struct ServerSection {
     allow_insecure_remote: Option<bool>,
     #[serde(default, deserialize_with = "positive_count")]
     max_listeners_per_path: Option<usize>,
-    #[serde(default, deserialize_with = "positive_count")]
+    #[serde(default, deserialize_with = "room_for_a_tunnel")]
     max_connections: Option<usize>,
     #[serde(default, deserialize_with = "positive_count")]
     max_handshakes: Option<usize>,
@@ -287,6 +287,18 @@ struct KeySection {
 fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     match usize::deserialize(d)? {
         0 => Err(de::Error::custom("must be at least 1")),
+        n => Ok(Some(n)),
+    }
+}
+
+/// The relay's `max_connections`: below 3 no tunnel could ever be made (a listener's
+/// control channel, and a tunnel's sender and listener legs).
+fn room_for_a_tunnel<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    match usize::deserialize(d)? {
+        n @ 0..=2 => Err(de::Error::custom(format!(
+            "must be at least 3 (it is {n}): a listener's control channel takes one and each \
+             tunnel two, its sender's leg and its listener's"
+        ))),
         n => Ok(Some(n)),
     }
 }
@@ -436,10 +448,19 @@ impl ServerSection {
                     &format!("duplicate key name {name:?}"),
                 ));
             }
+            let rights = k.rights.unwrap_or_else(|| vec![Right::Listen, Right::Send]);
+            if rights.contains(&Right::Send) && k.max_connections == Some(1) {
+                return Err(ctx.error(
+                    Some(span),
+                    &format!("relay.server.keys[{i}].max_connections"),
+                    "must be at least 2 for a key that may send: each of its tunnels takes two, \
+                     its sender's leg and its listener's (or give the key rights = [\"listen\"])",
+                ));
+            }
             settings.keys.push(ServerKey {
                 name,
                 key: k.key,
-                rights: k.rights.unwrap_or_else(|| vec![Right::Listen, Right::Send]),
+                rights,
                 paths: k.paths.unwrap_or_else(|| vec!["*".to_owned()]),
                 max_connections: k.max_connections,
             });

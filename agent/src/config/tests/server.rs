@@ -30,6 +30,13 @@ name = "laptop"
 key = "k2"
 rights = ["send"]
 paths = ["team-a/*"]
+max_connections = 2
+
+[[relay.server.keys]]
+name = "one-listener"
+key = "k3"
+rights = ["listen"]
+max_connections = 1
 "#
     );
     let server = from_file(&text).relay.server;
@@ -71,6 +78,13 @@ paths = ["team-a/*"]
     assert!(laptop.allows(Right::Send, "team-a/job1"));
     assert!(!laptop.allows(Right::Listen, "team-a/job1"));
     assert!(!laptop.allows(Right::Send, "team-b/job1"));
+    assert_eq!(laptop.max_connections, Some(2), "a sender's one tunnel");
+    let listener = server.key("one-listener").expect("listen-only key");
+    assert_eq!(
+        listener.max_connections,
+        Some(1),
+        "a listener's one control channel"
+    );
     assert!(server.key("nobody").is_none());
     assert!(!format!("{server:?}").contains(SECRET));
 }
@@ -135,7 +149,13 @@ fn server_errors_name_file_line_and_key() {
         ),
         (
             "[relay.server]\nmax_connections = 0\n".into(),
-            "2: relay.server.max_connections: must be at least 1",
+            "2: relay.server.max_connections: must be at least 3 (it is 0): a listener's \
+             control channel takes one and each tunnel two, its sender's leg and its listener's",
+        ),
+        (
+            "[relay.server]\nmax_connections = 2\n".into(),
+            "2: relay.server.max_connections: must be at least 3 (it is 2): a listener's \
+             control channel takes one and each tunnel two, its sender's leg and its listener's",
         ),
         (
             "[relay.server]\nhandshake_timeout = \"0s\"\n".into(),
@@ -195,6 +215,12 @@ fn server_errors_name_file_line_and_key() {
         (
             "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nmax_connections = 0\n".into(),
             "4: relay.server.keys[0].max_connections: must be at least 1",
+        ),
+        (
+            "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nmax_connections = 1\n".into(),
+            "2: relay.server.keys[0].max_connections: must be at least 2 for a key that may \
+             send: each of its tunnels takes two, its sender's leg and its listener's (or give \
+             the key rights = [\"listen\"])",
         ),
     ];
     for (text, want) in &cases {

@@ -19,7 +19,7 @@ use tracing::Instrument as _;
 use super::admission::{HandshakeSlot, Overload};
 use super::io::{BoxIo, Prefixed};
 use super::registry::{CONTROL_QUEUE, ListenerHandle, Queued};
-use super::rendezvous::{Decision, Leg, Pending};
+use super::rendezvous::{Decision, Leg, Pending, ReservedSlot};
 use super::upgrade::{self, HeadError, Request};
 use super::{Full, Open, Server, Slot, accept, auth, control, relay};
 use crate::logging::{Throttle, loggable};
@@ -150,10 +150,15 @@ impl Drop for Relayed<'_> {
 fn full_reason(full: &Full) -> String {
     match full {
         Full::Relay => "the relay is at its connection limit".to_owned(),
-        Full::Key { name, max } => format!(
+        Full::Key { name, max, tunnel } => format!(
             "key {} holds its most connections ({max}, the max_connections of its \
-             [[relay.server.keys]] entry)",
-            loggable(name)
+             [[relay.server.keys]] entry{})",
+            loggable(name),
+            if *tunnel {
+                "; a tunnel takes two, its sender's and its listener's"
+            } else {
+                ""
+            }
         ),
     }
 }
@@ -166,6 +171,14 @@ impl Ctx {
         let slot = self.server.relayed_slot(key)?;
         self.handshake = None;
         Ok(slot)
+    }
+
+    /// [`Ctx::take_relayed_slot`] for a sender: its own slot, and the one its tunnel's
+    /// listener leg will take.
+    fn take_tunnel_slots(&mut self, key: &str) -> Result<(Slot, ReservedSlot), Full> {
+        let (own, listener) = self.server.tunnel_slots(key)?;
+        self.handshake = None;
+        Ok((own, ReservedSlot::new(listener)))
     }
 
     /// Logs (throttled) that `who` found no slot, and returns the 503's text saying why.
@@ -363,8 +376,8 @@ impl Ctx {
             Ok(grant) => grant,
             Err(err) => return refuse(&mut stream, &err, &self.server.refusals_logged).await,
         };
-        let permit = match self.take_relayed_slot(&grant.key_name) {
-            Ok(permit) => permit,
+        let (permit, listener_slot) = match self.take_tunnel_slots(&grant.key_name) {
+            Ok(slots) => slots,
             Err(full) => {
                 let text = self.no_slot("sender", &full);
                 return upgrade::write_status(&mut stream, 503, &text).await;
@@ -383,10 +396,12 @@ impl Ctx {
         // Listeners whose control channel ended with this sender's command unsent.
         let mut gone: Vec<u64> = Vec::new();
         let decision = loop {
-            let (ticket, decision) =
-                server
-                    .rendezvous
-                    .open(tracking, &call.hc.path, &grant.key_name);
+            let (ticket, decision) = server.rendezvous.open(
+                tracking,
+                &call.hc.path,
+                &grant.key_name,
+                listener_slot.clone(),
+            );
             let queued = |l: &ListenerHandle| Queued {
                 json: accept::command(&l.base, &self.request, &call.hc, &ticket.id, self.peer),
                 rendezvous_id: ticket.id.clone(),
@@ -456,6 +471,8 @@ impl Ctx {
                 return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
             }
         };
+        // Taken by the leg if it was accepted; otherwise free now, not after the answer.
+        drop(listener_slot);
         match decision {
             Err(_) => {
                 tracing::info!("sender failed: no accept within {wait:?}");
@@ -588,8 +605,17 @@ impl Ctx {
             return upgrade::write_status(&mut stream, status::NOT_FOUND, msg).await;
         }
         // The listener's leg of a tunnel counts for the sender's key: a key that may only
-        // send holds two slots per tunnel, and its limit covers both.
-        let permit = match self.take_relayed_slot(&pending.key) {
+        // send holds two slots per tunnel, and its limit covers both. The sender took this
+        // leg's with its own; only an entry whose slot another rendezvous of the same
+        // sender took (none does: each ends the sender's wait) would need a new one.
+        let slot = match pending.listener_slot.take() {
+            Some(reserved) => {
+                self.handshake = None;
+                Ok(reserved)
+            }
+            None => self.take_relayed_slot(&pending.key),
+        };
+        let permit = match slot {
             Ok(permit) => permit,
             Err(full) => {
                 let text = self.no_slot("rendezvous", &full);

@@ -11,7 +11,9 @@
 //!
 //! Admission (see the `admission` module): a connection holds a *handshake slot* until its request
 //! head is read and its upgrade authenticated, then a *relayed slot* (`max_connections`)
-//! for as long as it is a control channel, a waiting sender or a relayed leg. Handshakes
+//! for as long as it is a control channel, a waiting sender or a relayed leg; a sender
+//! takes its tunnel's listener leg's slot along with its own, so a tunnel the relay lets
+//! in is never refused halfway. Handshakes
 //! have a deadline (`handshake_timeout`) and caps in total and per source address that
 //! evict the oldest instead of refusing the newest, so an idle or slowloris flood never
 //! keeps a real tunnel or `/$status` out. A peer the relay sent its own Close (control
@@ -184,6 +186,7 @@ impl Server {
                 Some(slots.clone().try_acquire_owned().map_err(|_| Full::Key {
                     name: key.to_owned(),
                     max: *max,
+                    tunnel: false,
                 })?)
             }
             None => None,
@@ -199,6 +202,45 @@ impl Server {
             }
         }
     }
+
+    /// A sender's two relayed slots, taken together: its own leg's, and the one its
+    /// tunnel's listener leg will hold (the listener's leg counts for the sender's key).
+    /// A sender either fits whole or is refused at once: taking one left a key one short
+    /// of its limit admitting the sender, asking the listener for a rendezvous and then
+    /// refusing that rendezvous with 503.
+    fn tunnel_slots(&self, key: &str) -> Result<(Slot, Slot), Full> {
+        let key_permits = match self.key_slots.get(key) {
+            Some((slots, max)) => Some(two_permits(slots).ok_or_else(|| Full::Key {
+                name: key.to_owned(),
+                max: *max,
+                tunnel: true,
+            })?),
+            None => None,
+        };
+        let Some((sender, listener)) = two_permits(&self.connections) else {
+            self.admission.overload.note(Overload::ConnectionsFull);
+            return Err(Full::Relay);
+        };
+        let (sender_key, listener_key) = key_permits.unzip();
+        Ok((
+            Slot {
+                _permit: sender,
+                _key_permit: sender_key,
+            },
+            Slot {
+                _permit: listener,
+                _key_permit: listener_key,
+            },
+        ))
+    }
+}
+
+/// Two permits of `slots`, taken in one step (two takers of the last two never get one
+/// each), as one per leg; `None` when fewer than two are free.
+fn two_permits(slots: &Arc<Semaphore>) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    let mut first = slots.clone().try_acquire_many_owned(2).ok()?;
+    let second = first.split(1)?;
+    Some((first, second))
 }
 
 /// An authenticated connection's place under `max_connections`, and under its key's.
@@ -213,8 +255,13 @@ pub(crate) struct Slot {
 pub(crate) enum Full {
     /// Every one of the relay's `max_connections` is taken.
     Relay,
-    /// The key it is on behalf of holds its own `max_connections`.
-    Key { name: String, max: usize },
+    /// The key it is on behalf of holds its own `max_connections` (for a `tunnel`, has
+    /// fewer than the two slots a sender takes free).
+    Key {
+        name: String,
+        max: usize,
+        tunnel: bool,
+    },
 }
 
 /// Counts one TCP connection in `/$status` while its task lives (unwinding included).

@@ -43,6 +43,26 @@ pub enum Decision {
     Undelivered,
 }
 
+/// The relayed slot a waiting sender keeps for its tunnel's listener leg
+/// ([`super::Server::tunnel_slots`]). Every accept command the sender has sent shares it:
+/// the rendezvous that answers takes it, and it is free again once the sender and every
+/// command's entry are gone (accepted leg aside).
+#[derive(Debug, Clone)]
+pub struct ReservedSlot(Arc<Mutex<Option<Slot>>>);
+
+impl ReservedSlot {
+    pub fn new(slot: Slot) -> Self {
+        ReservedSlot(Arc::new(Mutex::new(Some(slot))))
+    }
+
+    /// The slot, for the first caller only.
+    pub fn take(&self) -> Option<Slot> {
+        // The critical section is one `Option::take`: a poisoned lock still holds a
+        // consistent value.
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// A sender waiting for its rendezvous.
 #[derive(Debug)]
 pub struct Pending {
@@ -52,6 +72,8 @@ pub struct Pending {
     pub path: String,
     /// The name of the sender's key: the listener's leg counts for it.
     pub key: String,
+    /// The slot the listener's leg takes.
+    pub listener_slot: ReservedSlot,
     pub decision: oneshot::Sender<Decision>,
 }
 
@@ -104,6 +126,7 @@ impl Rendezvous {
         tracking_id: &str,
         path: &str,
         key: &str,
+        listener_slot: ReservedSlot,
     ) -> (Ticket, oneshot::Receiver<Decision>) {
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
@@ -113,6 +136,7 @@ impl Rendezvous {
                 tracking_id: tracking_id.to_owned(),
                 path: path.trim_matches('/').to_ascii_lowercase(),
                 key: key.to_owned(),
+                listener_slot,
                 decision: tx,
             },
         );
@@ -146,13 +170,50 @@ impl Rendezvous {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A slot of a semaphore of its own, for tests that do not count slots.
+    pub(crate) fn reserved() -> ReservedSlot {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        ReservedSlot::new(Slot {
+            _permit: slots.try_acquire_owned().expect("a free permit"),
+            _key_permit: None,
+        })
+    }
+
+    #[test]
+    fn a_reserved_slot_goes_to_one_taker_and_is_freed_with_its_last_holder() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let reserved = ReservedSlot::new(Slot {
+            _permit: slots.clone().try_acquire_owned().expect("a free permit"),
+            _key_permit: None,
+        });
+        let shared = reserved.clone();
+        drop(reserved);
+        assert_eq!(slots.available_permits(), 0, "a holder is left");
+        let taken = shared.take().expect("the first taker");
+        assert!(shared.take().is_none(), "a second taker");
+        drop(shared);
+        assert_eq!(slots.available_permits(), 0, "the taker holds it");
+        drop(taken);
+        assert_eq!(slots.available_permits(), 1);
+        let reserved = ReservedSlot::new(Slot {
+            _permit: slots.clone().try_acquire_owned().expect("a free permit"),
+            _key_permit: None,
+        });
+        drop(reserved);
+        assert_eq!(
+            slots.available_permits(),
+            1,
+            "untaken, freed with its holders"
+        );
+    }
 
     #[test]
     fn debug_output_never_shows_a_live_id() {
         let rv = Rendezvous::default();
-        let (ticket, _rx) = rv.open("t1", "hc", "k");
+        let (ticket, _rx) = rv.open("t1", "hc", "k", reserved());
         for shown in [format!("{rv:?}"), format!("{ticket:?}"), format!("{rv:#?}")] {
             assert!(!shown.contains(&ticket.id), "{shown}");
         }
@@ -162,14 +223,14 @@ mod tests {
     #[test]
     fn single_use_and_expiring_with_the_ticket() {
         let rv = Rendezvous::default();
-        let (ticket, _rx) = rv.open("t1", "/HC/", "k");
+        let (ticket, _rx) = rv.open("t1", "/HC/", "k", reserved());
         assert_eq!(rv.count(), 1);
         let claimed = rv.take(&ticket.id).expect("first claim wins");
         assert_eq!(claimed.path, "hc");
         assert_eq!(claimed.tracking_id, "t1");
         assert!(rv.take(&ticket.id).is_none(), "second claim fails");
 
-        let (ticket, _rx) = rv.open("t2", "hc", "k");
+        let (ticket, _rx) = rv.open("t2", "hc", "k", reserved());
         let id = ticket.id.clone();
         drop(ticket);
         assert!(rv.take(&id).is_none(), "expired with the sender's wait");
