@@ -1,6 +1,9 @@
 //! Unit tests for the frame codec: every frame form, every refusal, truncation at every
 //! byte, bounded buffering, and the async reader/writer.
 
+use bytes::BytesMut;
+use tokio_util::codec::{Decoder, Encoder};
+
 use super::*;
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
