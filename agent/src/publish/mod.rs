@@ -7,6 +7,7 @@
 
 pub mod holder;
 pub mod mlflow;
+mod state_dir;
 pub mod status_file;
 pub mod tag_publisher;
 

@@ -9,7 +9,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,8 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::SessionState;
 use super::holder;
 pub use super::holder::Holder;
+pub use super::state_dir::{record_dirs, state_dir};
 use crate::atomic_file::{self, Durability, Permissions};
-use crate::role::Env;
 use crate::session::DebugMode;
 
 /// The node-wide default, shared by every user and container that mounts it.
@@ -309,158 +308,6 @@ pub fn list_sessions(state_dir: &Path) -> anyhow::Result<Listing> {
     })
 }
 
-/// The state directory a session writes its record to: `explicit` (flag,
-/// `AMLX_STATE_DIR` or `[node] state_dir`, already layered by the caller), else the first
-/// of `/run/amlx`, `$XDG_RUNTIME_DIR/amlx`, `/tmp/amlx-<uid>` whose `sessions`
-/// directory can be created and written. Created if missing.
-///
-/// The same order as the port lock directory, with the same sharing: a `sessions`
-/// directory we create in `/run/amlx` or an explicit directory is world-writable and
-/// sticky (every user's step records itself where `status` looks first; nobody can
-/// remove another user's record); the per-user fallbacks are private, and
-/// [`record_dirs`] finds them for `status`.
-pub fn state_dir(explicit: Option<&Path>, env: &dyn Env) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = explicit {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("could not create the state directory {}", dir.display()))?;
-        prepare_sessions_dir(dir, SHARED_SESSIONS_MODE).map_err(|why| {
-            anyhow::anyhow!("could not use the state directory {}: {why}", dir.display())
-        })?;
-        return Ok(dir.to_path_buf());
-    }
-    let uid = nix::unistd::getuid().as_raw();
-    let mut candidates = vec![(PathBuf::from(SYSTEM_STATE_DIR), None)];
-    if let Some(runtime) = env.var("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        candidates.push((Path::new(&runtime).join("amlx"), Some(uid)));
-    }
-    // In world-writable /tmp, only a directory we own is ours (no squatting). A fixed
-    // /tmp, not $TMPDIR, so `status` of another user finds it (like the lock directory).
-    candidates.push((private_tmp_dir(uid), Some(uid)));
-    first_usable(&candidates)
-}
-
-/// Mode of a `sessions` directory shared by the node's users: everyone may add a record,
-/// the sticky bit keeps each record its writer's.
-const SHARED_SESSIONS_MODE: u32 = 0o1777;
-/// Mode of a per-user state directory and its `sessions` directory.
-const PRIVATE_DIR_MODE: u32 = 0o700;
-/// A record's permission bits (before the umask): every user's `ports list` and `status`
-/// read it; only its writer writes it.
-const RECORD_MODE: u32 = 0o644;
-/// Where each user's per-user fallback lives (`/tmp/amlx-<uid>`, shared with the lock
-/// directory's `/tmp/amlx-<uid>/ports`).
-const TMP_DIR_PREFIX: &str = "/tmp/amlx-";
-/// Where systemd puts each user's `$XDG_RUNTIME_DIR` (`/run/user/<uid>`).
-const USER_RUNTIME_ROOT: &str = "/run/user";
-
-fn private_tmp_dir(uid: u32) -> PathBuf {
-    PathBuf::from(format!("{TMP_DIR_PREFIX}{uid}"))
-}
-
-/// The first candidate directory whose `sessions` directory can be created and written
-/// (and, when an owner uid is given, that is owned by it; such a directory is private).
-fn first_usable(candidates: &[(PathBuf, Option<u32>)]) -> anyhow::Result<PathBuf> {
-    let mut tried = Vec::new();
-    for (dir, owner) in candidates {
-        match usable_dir(dir, *owner) {
-            Ok(()) => return Ok(dir.clone()),
-            Err(why) => tried.push(format!("{}: {why}", dir.display())),
-        }
-    }
-    anyhow::bail!(
-        "no usable state directory (set --state-dir or AMLX_STATE_DIR): {}",
-        tried.join("; ")
-    )
-}
-
-/// Creates `dir` if needed, checks it is a directory (owned by `owner`), and prepares
-/// its `sessions` directory: shared without an owner, private with one.
-fn usable_dir(dir: &Path, owner: Option<u32>) -> Result<(), String> {
-    match owner {
-        Some(_) => crate::ports::lockdir::ensure_dir(dir, PRIVATE_DIR_MODE)?,
-        None => fs::create_dir_all(dir).map_err(|e| e.to_string())?,
-    }
-    let meta = fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
-    if !meta.is_dir() {
-        return Err("not a directory".to_owned());
-    }
-    if let Some(uid) = owner
-        && meta.uid() != uid
-    {
-        return Err(format!("owned by uid {}, not {uid}", meta.uid()));
-    }
-    let mode = match owner {
-        Some(_) => PRIVATE_DIR_MODE,
-        None => SHARED_SESSIONS_MODE,
-    };
-    prepare_sessions_dir(dir, mode)
-}
-
-/// Creates `<dir>/sessions` with `mode` if missing and checks we can add records to it.
-fn prepare_sessions_dir(dir: &Path, mode: u32) -> Result<(), String> {
-    let sessions = dir.join(SESSIONS_DIR);
-    crate::ports::lockdir::ensure_dir(&sessions, mode)?;
-    let rwx = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
-    nix::unistd::access(&sessions, rwx)
-        .map_err(|e| format!("{} is not writable: {e}", sessions.display()))
-}
-
-/// Every state directory a session record can be in, for readers; nothing is created.
-///
-/// `explicit` alone when given (a configured directory has no fallback, as for writers).
-/// Else `/run/amlx`, this user's `$XDG_RUNTIME_DIR/amlx`, and for every user the
-/// per-user fallbacks a step running as them may have used: `/run/user/<uid>/amlx` and
-/// `/tmp/amlx-<uid>`, each only when owned by that uid (a directory someone else created
-/// under another user's name is not that user's) and readable by us (root reads all).
-pub fn record_dirs(explicit: Option<&Path>, env: &dyn Env) -> Vec<PathBuf> {
-    if let Some(dir) = explicit {
-        return vec![dir.to_path_buf()];
-    }
-    let mut dirs = vec![PathBuf::from(SYSTEM_STATE_DIR)];
-    if let Some(runtime) = env.var("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        dirs.push(Path::new(&runtime).join("amlx"));
-    }
-    dirs.extend(per_user_dirs(Path::new(USER_RUNTIME_ROOT), "", "amlx"));
-    let (tmp, prefix) = TMP_DIR_PREFIX
-        .rsplit_once('/')
-        .expect("the prefix is an absolute path");
-    dirs.extend(per_user_dirs(Path::new(tmp), prefix, ""));
-    let mut seen = std::collections::HashSet::new();
-    dirs.into_iter()
-        .filter(|dir| dir.is_dir())
-        .filter(|dir| seen.insert(fs::canonicalize(dir).unwrap_or_else(|_| dir.clone())))
-        .collect()
-}
-
-/// `<root>/<prefix><uid>[/<leaf>]` for every entry of `root` named `<prefix><uid>` whose
-/// directory (the leaf, when given) belongs to that uid and that we may read.
-fn per_user_dirs(root: &Path, prefix: &str, leaf: &str) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(root) else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name();
-            let uid: u32 = name.to_str()?.strip_prefix(prefix)?.parse().ok()?;
-            let dir = if leaf.is_empty() {
-                entry.path()
-            } else {
-                entry.path().join(leaf)
-            };
-            let meta = fs::symlink_metadata(&dir).ok()?;
-            let readable = nix::unistd::access(
-                &dir,
-                nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK,
-            )
-            .is_ok();
-            (meta.is_dir() && meta.uid() == uid && readable).then_some(dir)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// Every record in the `sessions` directory of each candidate of [`record_dirs`], merged
 /// and sorted like [`list_sessions`]. A candidate we may not read is skipped (logged at
 /// debug level): it may be another user's. Read a configured directory with
@@ -589,6 +436,10 @@ fn is_not_found(err: &anyhow::Error) -> bool {
     err.downcast_ref::<io::Error>()
         .is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
 }
+
+/// A record's permission bits (before the umask): every user's `ports list` and `status`
+/// read it; only its writer writes it.
+const RECORD_MODE: u32 = 0o644;
 
 /// Replaces the record at `path` whole, so a reader sees the old record or the new one,
 /// never half of one. Not synced: records live in `/run` or `/tmp` and mean nothing after

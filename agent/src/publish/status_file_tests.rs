@@ -1,4 +1,4 @@
-//! Unit tests for status records: lifecycle, listing, dead holders, state directory.
+//! Unit tests for status records: lifecycle, listing, dead holders.
 
 use super::*;
 
@@ -171,90 +171,6 @@ fn records_from_another_pid_namespace_are_not_judged() {
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].holder, Holder::Unknown);
     assert_eq!(entries[0].state(), file.record().state);
-}
-
-#[test]
-fn first_usable_skips_files_and_foreign_owners() {
-    let root = tempfile::tempdir().expect("temp dir");
-    let file = root.path().join("a-file");
-    fs::write(&file, "").expect("file");
-    let not_ours = root.path().join("not-ours");
-    let ours = root.path().join("nested").join("ours");
-    let me = nix::unistd::getuid().as_raw();
-    let candidates = [
-        (file.clone(), None),
-        (not_ours.clone(), Some(me.wrapping_add(1))),
-        (ours.clone(), Some(me)),
-    ];
-    assert_eq!(first_usable(&candidates).expect("one is usable"), ours);
-    let err = first_usable(&candidates[..2]).expect_err("none usable");
-    let text = format!("{err:#}");
-    assert!(text.contains("AMLX_STATE_DIR"), "{text}");
-    assert!(text.contains("a-file"), "{text}");
-    assert!(text.contains("owned by uid"), "{text}");
-}
-
-#[test]
-fn explicit_state_dir_wins_and_is_created() {
-    let root = tempfile::tempdir().expect("temp dir");
-    let wanted = root.path().join("x").join("y");
-    let env = std::collections::HashMap::new();
-    assert_eq!(state_dir(Some(&wanted), &env).expect("explicit"), wanted);
-    assert!(wanted.is_dir());
-}
-
-/// A shared candidate (no owner) gets a world-writable sticky `sessions` directory, so
-/// every user's step can record itself where `status` looks first; a per-user one stays
-/// private.
-#[test]
-fn shared_state_dirs_have_a_sticky_sessions_dir_and_private_ones_do_not() {
-    use std::os::unix::fs::PermissionsExt as _;
-    let root = tempfile::tempdir().expect("temp dir");
-    let me = nix::unistd::getuid().as_raw();
-    let cases = [
-        (root.path().join("shared"), None, 0o1777),
-        (root.path().join("private"), Some(me), 0o700),
-    ];
-    for (dir, owner, mode) in cases {
-        let got = first_usable(&[(dir.clone(), owner)]).expect("usable");
-        assert_eq!(got, dir);
-        let sessions = fs::metadata(dir.join(SESSIONS_DIR)).expect("sessions dir created");
-        assert_eq!(sessions.permissions().mode() & 0o7777, mode, "{owner:?}");
-    }
-    let explicit = root.path().join("explicit");
-    let env = std::collections::HashMap::new();
-    state_dir(Some(&explicit), &env).expect("explicit");
-    let sessions = fs::metadata(explicit.join(SESSIONS_DIR)).expect("created");
-    assert_eq!(sessions.permissions().mode() & 0o7777, 0o1777);
-}
-
-/// Readers find every user's per-user directory by name, but only when that user owns it.
-#[test]
-fn per_user_dirs_are_found_by_name_and_owner() {
-    let root = tempfile::tempdir().expect("temp dir");
-    let me = nix::unistd::getuid().as_raw();
-    let other = me.wrapping_add(1);
-    for name in [
-        format!("amlx-{me}"),
-        format!("amlx-{other}"),
-        "amlx-abc".to_owned(),
-        format!("amlx-{me}x"),
-        format!("other-{me}"),
-    ] {
-        fs::create_dir(root.path().join(name)).expect("mkdir");
-    }
-    fs::write(root.path().join("amlx-12345678"), "").expect("a file, not a dir");
-    // (prefix, leaf) -> the directories found; `amlx-<other>` is ours, so it is a squat.
-    let found = per_user_dirs(root.path(), "amlx-", "");
-    assert_eq!(found, [root.path().join(format!("amlx-{me}"))]);
-
-    let runtime = tempfile::tempdir().expect("temp dir");
-    for uid in [me, other] {
-        fs::create_dir_all(runtime.path().join(uid.to_string()).join("amlx")).expect("mkdir");
-    }
-    let found = per_user_dirs(runtime.path(), "", "amlx");
-    assert_eq!(found, [runtime.path().join(me.to_string()).join("amlx")]);
-    assert!(per_user_dirs(&root.path().join("missing"), "", "amlx").is_empty());
 }
 
 /// `status` reads every candidate: records of several directories merge in rank order; a
