@@ -20,6 +20,7 @@ macro_rules! say {
 }
 
 mod instructions;
+mod ranks;
 mod reap;
 mod relay;
 mod report;
@@ -30,14 +31,13 @@ mod watch;
 
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nix::sys::signal::Signal;
 
-use crate::policy::{ProcessKind, RankSpec};
+use crate::policy::ProcessKind;
 use crate::ports::PortRange;
 use instructions::{instructions, rank_list};
 use relay::{LaptopListener, LocalRelay, PostMortemRoute, Route};
@@ -54,15 +54,6 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// After Ctrl-C or SIGTERM, how long the step gets to stop before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// Where a default debug port block may start on the target: above the ports people
-/// configure by hand, below the kernel's usual ephemeral range (32768-60999 on Linux,
-/// where a block could collide with outgoing connections).
-const DEBUG_PORTS_FROM: u16 = 20000;
-/// The end (exclusive) of that window.
-const DEBUG_PORTS_TO: u16 = 32000;
-/// Random blocks tried before giving up on finding free debug ports on this machine.
-const DEBUG_PORT_TRIES: usize = 32;
-
 /// What `run` runs, from the command line and the settings.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -130,33 +121,6 @@ pub struct ExternalRelay {
     pub ca_file: Option<PathBuf>,
 }
 
-/// The ranks that wait for VS Code, from `--ranks` and the number of processes.
-pub fn debugged_ranks(spec: &str, count: u32) -> anyhow::Result<Vec<u32>> {
-    let parsed: RankSpec = spec.parse().with_context(|| format!("--ranks {spec:?}"))?;
-    let ranks: Vec<u32> = match parsed {
-        RankSpec::All => (0..count).collect(),
-        RankSpec::Ranks(ranges) => {
-            let mut ranks = std::collections::BTreeSet::new();
-            for range in ranges {
-                anyhow::ensure!(
-                    *range.start() < count,
-                    "--ranks {spec}: rank {} is past the {count} process(es) this run starts \
-                     (--ranks-count {count}); ranks count from 0",
-                    range.start()
-                );
-                ranks.extend(*range.start()..=(*range.end()).min(count - 1));
-            }
-            ranks.into_iter().collect()
-        }
-        _ => anyhow::bail!(
-            "--ranks {spec}: `run` starts the processes itself, so list the ranks to debug \
-             (0, 0,2, 1-3) or say all"
-        ),
-    };
-    anyhow::ensure!(!ranks.is_empty(), "--ranks {spec} selects no rank");
-    Ok(ranks)
-}
-
 /// Runs the step on `target`; returns the step's exit code.
 pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
     anyhow::ensure!(
@@ -174,7 +138,7 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
          (for example `pip install mpich` in its environment), or ask for one rank",
         options.ranks_count
     );
-    let ranks = debugged_ranks(&options.ranks, launch.count())?;
+    let ranks = ranks::debugged_ranks(&options.ranks, launch.count())?;
     // With --post-mortem any rank may take its port (base + rank) for a crash.
     let last_rank = match options.post_mortem {
         true => launch.count().saturating_sub(1),
@@ -182,40 +146,19 @@ pub fn run(options: &Options, target: &mut dyn Target) -> anyhow::Result<i32> {
     };
     let port_range = match options.port_range {
         Some(range) => range,
-        None => free_debug_ports(last_rank, target.shares_this_network())?,
+        None => ranks::free_debug_ports(last_rank, target.shares_this_network())?,
     };
     let vscode = vscode_ports::reserve(
         options.lock_dir.as_deref(),
         options.vscode_port,
         ranks.len() + usize::from(options.post_mortem),
     )?;
-    let routes: Vec<Route> = ranks
-        .iter()
-        .zip(vscode.ports())
-        .map(|(&rank, vscode_port)| {
-            let debug_port = u16::try_from(rank)
-                .ok()
-                .and_then(|r| port_range.start.checked_add(r))
-                .filter(|port| port_range.contains(*port))
-                .with_context(|| {
-                    format!(
-                        "rank {rank} has no port in --port-range {port_range}: the agent \
-                         gives rank r the port start + r, so widen the range"
-                    )
-                })?;
-            anyhow::ensure!(
-                !target.shares_this_network() || !port_range.contains(vscode_port),
-                "VS Code port {vscode_port} is inside the debug port range {port_range}: \
-                 both listen on this machine, so pick a --vscode-port or a --port-range \
-                 that do not overlap"
-            );
-            Ok(Route {
-                rank,
-                debug_port,
-                vscode_port,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let routes = ranks::routes(
+        &ranks,
+        vscode.ports(),
+        port_range,
+        target.shares_this_network(),
+    )?;
     let post_mortem = match options.post_mortem {
         true => Some(PostMortemRoute {
             debug_ports: port_range,
@@ -545,34 +488,6 @@ fn launcher_refusal(launcher: &str) -> String {
     }
 }
 
-/// A free block of debug ports for ranks 0..=`last_rank`: the agent gives rank r the
-/// range's start + r. Probed on this machine when the target shares its network.
-fn free_debug_ports(last_rank: u32, probe_here: bool) -> anyhow::Result<PortRange> {
-    let size = u16::try_from(last_rank)
-        .ok()
-        .filter(|n| *n < DEBUG_PORTS_TO - DEBUG_PORTS_FROM)
-        .context("too many ranks for one block of debug ports")?;
-    let span = DEBUG_PORTS_TO - DEBUG_PORTS_FROM - size;
-    for _ in 0..DEBUG_PORT_TRIES {
-        let start = DEBUG_PORTS_FROM + rand::random_range(0..span);
-        let range = PortRange {
-            start,
-            end: start + size,
-        };
-        let free = !probe_here
-            || (range.start..=range.end)
-                .all(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok());
-        if free {
-            return Ok(range);
-        }
-    }
-    anyhow::bail!(
-        "found no {} free debug port(s) in {DEBUG_PORTS_FROM}-{DEBUG_PORTS_TO} after \
-         {DEBUG_PORT_TRIES} tries; give one with --port-range",
-        size + 1
-    )
-}
-
 /// The in-process relay's and listener's own logs: warnings only on this thread, unless
 /// `-v` asked for more. The step's agent logs the session itself, which is the point.
 fn quiet_logs() -> Option<tracing::subscriber::DefaultGuard> {
@@ -646,36 +561,6 @@ mod tests {
             project_dir(&dir.path().join("nope")).expect_err("gone")
         );
         assert!(missing.contains("is not usable"), "{missing}");
-    }
-
-    #[test]
-    fn debugged_ranks_are_explicit_or_all_and_within_the_processes() {
-        type Want = Result<Vec<u32>, &'static str>;
-        let cases: [(&str, u32, Want); 8] = [
-            ("0", 1, Ok(vec![0])),
-            ("all", 4, Ok(vec![0, 1, 2, 3])),
-            ("0,2", 4, Ok(vec![0, 2])),
-            ("1-9", 4, Ok(vec![1, 2, 3])),
-            ("3", 2, Err("rank 3 is past the 2 process(es)")),
-            ("master", 4, Err("list the ranks to debug")),
-            ("local0", 4, Err("list the ranks to debug")),
-            ("x", 4, Err("--ranks \"x\"")),
-        ];
-        for (spec, count, want) in cases {
-            let got = debugged_ranks(spec, count).map_err(|e| format!("{e:#}"));
-            match (got, want) {
-                (Ok(got), Ok(want)) => assert_eq!(got, want, "{spec}"),
-                (Err(got), Err(want)) => assert!(got.contains(want), "{spec}: {got}"),
-                (got, want) => panic!("{spec}: {got:?}, wanted {want:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn a_free_block_of_debug_ports_covers_every_rank() {
-        let range = free_debug_ports(3, true).expect("a free block");
-        assert_eq!(range.end - range.start, 3);
-        assert!(range.start >= DEBUG_PORTS_FROM && range.end < DEBUG_PORTS_TO);
     }
 
     #[test]
