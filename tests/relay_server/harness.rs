@@ -209,6 +209,29 @@ impl Relay {
         );
     }
 
+    /// The stderr lines printed so far and not yet taken, once `done` holds for them; panics
+    /// with them past [`DEADLINE`]. The relay writes a line before the answer it goes
+    /// with, but a thread forwards its stderr to the test: a client may hear its answer
+    /// before the line arrives here, so a test that looks for a line waits for it.
+    pub async fn log_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let mut log = self.log();
+        let until = std::time::Instant::now() + DEADLINE;
+        while !done(&log) {
+            assert!(
+                std::time::Instant::now() < until,
+                "the log never showed {what}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            log.push_str(&self.log());
+        }
+        log
+    }
+
+    /// [`Relay::log_until`] it contains `want`.
+    pub async fn log_containing(&self, want: &str) -> String {
+        self.log_until(want, |log| log.contains(want)).await
+    }
+
     /// The stderr lines printed so far and not yet taken (never waits).
     pub fn log(&self) -> String {
         let mut text = String::new();

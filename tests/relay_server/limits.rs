@@ -152,12 +152,11 @@ async fn refusals_anyone_can_repeat_are_logged_once_per_interval() {
     }
     // Its line is written after every refusal's: once it is read, all of theirs are.
     let _barrier = listen(&relay, "barrier").await;
-    let mut log = String::new();
-    let until = std::time::Instant::now() + DEADLINE;
-    while log.matches("listener connected").count() < 2 && std::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        log.push_str(&relay.log());
-    }
+    let log = relay
+        .log_until("two listeners connected", |log| {
+            log.matches("listener connected").count() >= 2
+        })
+        .await;
     assert_eq!(log.matches("listener connected").count(), 2, "{log}");
     let unauthorized = log
         .lines()
@@ -185,13 +184,7 @@ async fn bad_requests_are_logged_once_per_interval() {
     }
     // Its line is written after every refusal's: once it is read, all of theirs are.
     let _barrier = listen(&relay, "barrier").await;
-    let mut log = String::new();
-    let until = std::time::Instant::now() + DEADLINE;
-    while !log.contains("listener connected") && std::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        log.push_str(&relay.log());
-    }
-    assert!(log.contains("listener connected"), "{log}");
+    let log = relay.log_containing("listener connected").await;
     let bad: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("bad request: "))
@@ -221,12 +214,7 @@ async fn out_of_descriptors_is_logged_with_its_cause_and_fix_and_serving_resumes
     for _ in 0..HELD {
         held.push(TcpStream::connect(relay.addr).await.expect("connect"));
     }
-    let mut log = String::new();
-    let until = std::time::Instant::now() + DEADLINE;
-    while !log.contains("the last accept failure") && std::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        log.push_str(&relay.log());
-    }
+    let log = relay.log_containing("the last accept failure").await;
     let line = log
         .lines()
         .find(|l| l.contains("the last accept failure"))
@@ -285,14 +273,13 @@ async fn a_key_with_its_own_limit_cannot_take_the_slots_of_the_others() {
     let tok = token(SEND_ONLY, KEY, path, 3600);
     let refused = open(request(&relay.url(path, "connect"), Some(&tok))).await;
     assert_eq!(refused.err(), Some(503), "a third tunnel for the key");
-    let log = relay.log();
-    assert!(
-        log.contains(&format!(
-            "sender refused: key {SEND_ONLY} holds its most connections (5, the max_connections \
-             of its [[relay.server.keys]] entry; a tunnel takes two"
-        )),
-        "{log}"
-    );
+    relay
+        .log_containing(&format!(
+            "sender refused: key {SEND_ONLY} has fewer than the two free connections a tunnel \
+             takes, its sender's leg and its listener's (5, the max_connections of its \
+             [[relay.server.keys]] entry)"
+        ))
+        .await;
     // The listener never heard of the refused sender: the next accept it gets is the
     // root key's sender's (`rendezvous` opens the address of the next accept).
     // Every other key is served as before.
@@ -341,12 +328,9 @@ async fn the_relay_lets_a_tunnel_in_whole_or_not_at_all() {
     let tok = token(ROOT, KEY, path, 3600);
     let refused = open(request(&relay.url(path, "connect"), Some(&tok))).await;
     assert_eq!(refused.err(), Some(503), "a tunnel in the last slot");
-    let log = relay.log();
-    assert!(
-        log.contains("sender refused: the relay is at its connection limit"),
-        "{log}"
-    );
-    assert!(!log.contains("rendezvous refused"), "{log}");
+    relay
+        .log_containing("sender refused: the relay is at its connection limit (a tunnel takes two")
+        .await;
     drop(tunnel);
     // Its slots are free once only the control channel and the `/$status` request are
     // open (each task's count ends after the slots it held).
@@ -355,4 +339,65 @@ async fn the_relay_lets_a_tunnel_in_whole_or_not_at_all() {
     // sender's (`rendezvous` opens the address of the next accept).
     let (mut sender, mut data) = rendezvous(&relay, &mut control, path).await;
     assert_relays(&mut sender, &mut data, b"a whole tunnel").await;
+}
+
+/// A sender that is answered anything but a tunnel (the listener rejects it, the
+/// listener's rendezvous names another path, nobody accepts in time) has given both of its
+/// slots back by the time it hears the answer: a client of a key with room for one tunnel
+/// that tries again at once was refused with 503 now and then, the slots being freed only
+/// after the answer was written.
+#[tokio::test]
+async fn a_sender_answered_without_a_tunnel_may_try_again_at_once() {
+    const ROUNDS: usize = 100;
+    let relay =
+        Relay::start_with_sender_key("rendezvous_timeout = \"200ms\"", "max_connections = 2");
+    let path = "again";
+    let mut control = listen(&relay, path).await;
+    let reject =
+        |address: &str| format!("{address}&sb-hc-statusCode=403&sb-hc-statusDescription=no");
+    let wrong_path = |address: &str| address.replacen("/$hc/again?", "/$hc/other?", 1);
+    // (what answers the sender, the listener's rendezvous address for it, the status)
+    type Answer<'a> = &'a dyn Fn(&str) -> String;
+    let cases: [(&str, Answer, u16); 2] = [
+        ("a reject", &reject, 403),
+        ("a rendezvous on another path", &wrong_path, 502),
+    ];
+    for (what, answer, want) in cases {
+        for round in 0..ROUNDS {
+            let mut sender = send_raw_connect(&relay, path);
+            let accept = tokio::select! {
+                accept = next_accept(&mut control) => accept,
+                answered = &mut sender => panic!(
+                    "after {what}, round {round}: the sender was answered before its listener \
+                     heard of it: {answered:?}"
+                ),
+            };
+            let address = accept["accept"]["address"].as_str().expect("address");
+            let rendezvous = answer(address);
+            let addr = relay.addr;
+            let listener = tokio::spawn(async move {
+                http(addr, &super::raw::upgrade_head(&rendezvous, &[])).await
+            });
+            let (status, _, body) = sender.await.expect("sender task");
+            assert_eq!(status, want, "after {what}, round {round}: {body}");
+            listener.await.expect("listener task");
+        }
+    }
+    // Nobody accepts: 504 each time, never 503.
+    for round in 0..5 {
+        let (status, _, body) = send_raw_connect(&relay, path).await.expect("sender task");
+        assert_eq!(status, 504, "nobody accepts, round {round}: {body}");
+        let _ = next_accept(&mut control).await;
+    }
+}
+
+/// A sender's upgrade with the send-only key, written raw: its answer's status and body.
+fn send_raw_connect(relay: &Relay, path: &str) -> tokio::task::JoinHandle<(u16, String, String)> {
+    let tok = token(SEND_ONLY, KEY, path, 3600);
+    let head = super::raw::upgrade_head(
+        &relay.url(path, "connect"),
+        &[("ServiceBusAuthorization", &tok)],
+    );
+    let addr = relay.addr;
+    tokio::spawn(async move { http(addr, &head).await })
 }

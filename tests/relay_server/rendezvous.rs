@@ -426,7 +426,7 @@ async fn accepts_queued_behind_a_stuck_listener_go_to_another_listener() {
         connected > 0,
         "no queued accept reached the other listener ({timed_out} timed out)"
     );
-    assert!(relay.log().contains("trying the others"), "{}", relay.log());
+    relay.log_containing("trying the others").await;
 }
 
 /// A key's `paths` are checked against the Hybrid Connection a sender reaches, the
@@ -505,11 +505,7 @@ async fn a_sender_that_leaves_while_waiting_is_let_go_at_once() {
         .expect("address")
         .to_owned();
     assert_eq!(open(request(&address, None)).await.err(), Some(404));
-    let mut log = String::new();
-    let until = std::time::Instant::now() + DEADLINE;
-    while !log.contains("sender left before a listener took it") {
-        assert!(std::time::Instant::now() < until, "{log}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        log.push_str(&relay.log());
-    }
+    relay
+        .log_containing("sender left before a listener took it")
+        .await;
 }

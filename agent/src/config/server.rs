@@ -280,8 +280,8 @@ struct KeySection {
     rights: Option<Vec<Right>>,
     #[serde(default, deserialize_with = "paths")]
     paths: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "positive_count")]
-    max_connections: Option<usize>,
+    /// Checked against the key's rights (a key that may send needs two per tunnel).
+    max_connections: Option<Spanned<usize>>,
 }
 
 fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
@@ -289,6 +289,20 @@ fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::E
         0 => Err(de::Error::custom("must be at least 1")),
         n => Ok(Some(n)),
     }
+}
+
+/// The most connections a `max_connections` (the relay's or a key's) may allow: each
+/// holds a descriptor, and this is the largest open-file limit Linux lets a process have
+/// (`fs.nr_open`'s maximum). Past it the number means nothing, and far past it (2^61)
+/// the relay could not even count its slots.
+pub const MOST_CONNECTIONS: usize = 1_073_741_816;
+
+/// What a `max_connections` past [`MOST_CONNECTIONS`] is told.
+fn too_many_connections(n: usize) -> String {
+    format!(
+        "must be at most {MOST_CONNECTIONS} (it is {n}): each connection holds a file \
+         descriptor, and no Linux process may open more"
+    )
 }
 
 /// The relay's `max_connections`: below 3 no tunnel could ever be made (a listener's
@@ -299,6 +313,7 @@ fn room_for_a_tunnel<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D
             "must be at least 3 (it is {n}): a listener's control channel takes one and each \
              tunnel two, its sender's leg and its listener's"
         ))),
+        n if n > MOST_CONNECTIONS => Err(de::Error::custom(too_many_connections(n))),
         n => Ok(Some(n)),
     }
 }
@@ -449,20 +464,42 @@ impl ServerSection {
                 ));
             }
             let rights = k.rights.unwrap_or_else(|| vec![Right::Listen, Right::Send]);
-            if rights.contains(&Right::Send) && k.max_connections == Some(1) {
-                return Err(ctx.error(
-                    Some(span),
-                    &format!("relay.server.keys[{i}].max_connections"),
-                    "must be at least 2 for a key that may send: each of its tunnels takes two, \
-                     its sender's leg and its listener's (or give the key rights = [\"listen\"])",
-                ));
-            }
+            let max_connections = match k.max_connections {
+                None => None,
+                Some(max) => {
+                    let may_send = rights.contains(&Right::Send);
+                    let least = if may_send { 2 } else { 1 };
+                    let n = *max.get_ref();
+                    let why = if n < least && may_send {
+                        Some(
+                            "must be at least 2 for a key that may send: each of its tunnels \
+                             takes two, its sender's leg and its listener's (or give the key \
+                             rights = [\"listen\"])"
+                                .to_owned(),
+                        )
+                    } else if n < least {
+                        Some("must be at least 1".to_owned())
+                    } else if n > MOST_CONNECTIONS {
+                        Some(too_many_connections(n))
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        return Err(ctx.error(
+                            Some(max.span()),
+                            &format!("relay.server.keys[{i}].max_connections"),
+                            &why,
+                        ));
+                    }
+                    Some(max.into_inner())
+                }
+            };
             settings.keys.push(ServerKey {
                 name,
                 key: k.key,
                 rights,
                 paths: k.paths.unwrap_or_else(|| vec!["*".to_owned()]),
-                max_connections: k.max_connections,
+                max_connections,
             });
         }
         Ok(settings)

@@ -214,11 +214,33 @@ fn server_errors_name_file_line_and_key() {
         ),
         (
             "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nmax_connections = 0\n".into(),
-            "4: relay.server.keys[0].max_connections: must be at least 1",
+            "4: relay.server.keys[0].max_connections: must be at least 2 for a key that may \
+             send: each of its tunnels takes two, its sender's leg and its listener's (or give \
+             the key rights = [\"listen\"])",
+        ),
+        (
+            "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nrights = [\"listen\"]\n\
+             max_connections = 0\n"
+                .into(),
+            "5: relay.server.keys[0].max_connections: must be at least 1",
+        ),
+        (
+            "[relay.server]\nmax_connections = 4611686018427387904\n".into(),
+            "2: relay.server.max_connections: must be at most 1073741816 (it is \
+             4611686018427387904): each connection holds a file descriptor, and no Linux \
+             process may open more",
+        ),
+        (
+            "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\n\
+             max_connections = 18446744073709551615\n"
+                .into(),
+            "4: relay.server.keys[0].max_connections: must be at most 1073741816 (it is \
+             18446744073709551615): each connection holds a file descriptor, and no Linux \
+             process may open more",
         ),
         (
             "[[relay.server.keys]]\nname = \"a\"\nkey = \"k\"\nmax_connections = 1\n".into(),
-            "2: relay.server.keys[0].max_connections: must be at least 2 for a key that may \
+            "4: relay.server.keys[0].max_connections: must be at least 2 for a key that may \
              send: each of its tunnels takes two, its sender's leg and its listener's (or give \
              the key rights = [\"listen\"])",
         ),
@@ -261,4 +283,20 @@ fn path_patterns() {
     for (pattern, path, want) in cases {
         assert_eq!(path_matches(pattern, path), *want, "{pattern} vs {path}");
     }
+}
+
+/// The bound of a `max_connections` is itself allowed, for the relay and for a key (the
+/// relay's slot counter holds it: tokio's semaphore panicked past 2^61).
+#[test]
+fn the_largest_max_connections_is_accepted() {
+    let most = crate::config::server::MOST_CONNECTIONS;
+    let server = from_file(&format!(
+        "[relay.server]\nmax_connections = {most}\n[[relay.server.keys]]\nname = \"a\"\n\
+         key = \"k\"\nmax_connections = {most}\n"
+    ))
+    .relay
+    .server;
+    assert_eq!(server.max_connections, most);
+    assert_eq!(server.key("a").expect("key").max_connections, Some(most));
+    assert!(most <= tokio::sync::Semaphore::MAX_PERMITS);
 }

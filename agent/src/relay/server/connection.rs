@@ -149,16 +149,28 @@ impl Drop for Relayed<'_> {
 /// Why a connection found no slot, in the words of its log line and its 503.
 fn full_reason(full: &Full) -> String {
     match full {
-        Full::Relay => "the relay is at its connection limit".to_owned(),
-        Full::Key { name, max, tunnel } => format!(
+        Full::Relay { tunnel: false } => "the relay is at its connection limit".to_owned(),
+        Full::Relay { tunnel: true } => "the relay is at its connection limit (a tunnel \
+            takes two of its max_connections, its sender's leg and its listener's)"
+            .to_owned(),
+        Full::Key {
+            name,
+            max,
+            tunnel: false,
+        } => format!(
             "key {} holds its most connections ({max}, the max_connections of its \
-             [[relay.server.keys]] entry{})",
-            loggable(name),
-            if *tunnel {
-                "; a tunnel takes two, its sender's and its listener's"
-            } else {
-                ""
-            }
+             [[relay.server.keys]] entry)",
+            loggable(name)
+        ),
+        Full::Key {
+            name,
+            max,
+            tunnel: true,
+        } => format!(
+            "key {} has fewer than the two free connections a tunnel takes, its sender's \
+             leg and its listener's ({max}, the max_connections of its [[relay.server.keys]] \
+             entry)",
+            loggable(name)
         ),
     }
 }
@@ -376,18 +388,22 @@ impl Ctx {
             Ok(grant) => grant,
             Err(err) => return refuse(&mut stream, &err, &self.server.refusals_logged).await,
         };
+        let tracking = call.tracking.as_str();
+        let no_listener = format!("{NO_LISTENER_TEXT} TrackingId:{tracking}");
+        // Nobody to reach is said before any slot is taken: it is the answer whatever the
+        // slots.
+        let Some((entity_path, listeners)) = resolved else {
+            tracing::info!("sender refused: no listener");
+            return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
+        };
+        // Every answer but a tunnel gives both slots back before it is written: a client
+        // that tries again the moment it hears it must find them free.
         let (permit, listener_slot) = match self.take_tunnel_slots(&grant.key_name) {
             Ok(slots) => slots,
             Err(full) => {
                 let text = self.no_slot("sender", &full);
                 return upgrade::write_status(&mut stream, 503, &text).await;
             }
-        };
-        let tracking = call.tracking.as_str();
-        let no_listener = format!("{NO_LISTENER_TEXT} TrackingId:{tracking}");
-        let Some((entity_path, listeners)) = resolved else {
-            tracing::info!("sender refused: no listener");
-            return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
         };
         tracing::debug!(listener_path = %loggable(&entity_path), "sender waiting for a listener");
         let wait = server.settings.config.rendezvous_timeout;
@@ -396,12 +412,10 @@ impl Ctx {
         // Listeners whose control channel ended with this sender's command unsent.
         let mut gone: Vec<u64> = Vec::new();
         let decision = loop {
-            let (ticket, decision) = server.rendezvous.open(
-                tracking,
-                &call.hc.path,
-                &grant.key_name,
-                listener_slot.clone(),
-            );
+            let (ticket, decision) =
+                server
+                    .rendezvous
+                    .open(tracking, &call.hc.path, listener_slot.clone());
             let queued = |l: &ListenerHandle| Queued {
                 json: accept::command(&l.base, &self.request, &call.hc, &ticket.id, self.peer),
                 rendezvous_id: ticket.id.clone(),
@@ -428,6 +442,7 @@ impl Ctx {
                 (Some(taker), _) => {
                     let decision = tokio::select! {
                         () = server.shutdown.cancelled() => {
+                            drop((permit, listener_slot, ticket));
                             let msg = "Service Unavailable: the relay is shutting down";
                             return upgrade::write_status(&mut stream, 503, msg).await;
                         }
@@ -448,6 +463,7 @@ impl Ctx {
                 (None, Some(left)) => left,
                 (None, None) => {
                     tracing::info!("sender refused: no listener took the accept in time");
+                    drop((permit, listener_slot, ticket));
                     return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener)
                         .await;
                 }
@@ -468,6 +484,7 @@ impl Ctx {
             listeners.retain(|l| !gone.contains(&l.id));
             if listeners.is_empty() {
                 tracing::info!("sender refused: its listener left and no other is connected");
+                drop((permit, listener_slot));
                 return upgrade::write_status(&mut stream, status::NOT_FOUND, &no_listener).await;
             }
         };
@@ -475,6 +492,7 @@ impl Ctx {
         drop(listener_slot);
         match decision {
             Err(_) => {
+                drop(permit);
                 tracing::info!("sender failed: no accept within {wait:?}");
                 let msg = format!(
                     "Gateway Timeout: the listener did not accept within {}. TrackingId:{tracking}",
@@ -483,6 +501,7 @@ impl Ctx {
                 upgrade::write_status(&mut stream, 504, &msg).await;
             }
             Ok(Err(_) | Ok(Decision::Undelivered)) => {
+                drop(permit);
                 let msg = "Internal Server Error: rendezvous lost";
                 upgrade::write_status(&mut stream, status::SERVER_ERROR, msg).await;
             }
@@ -490,6 +509,7 @@ impl Ctx {
                 status,
                 description,
             })) => {
+                drop(permit);
                 tracing::info!(status, "sender rejected by the listener");
                 upgrade::write_status(&mut stream, status, &description).await;
             }
@@ -552,6 +572,7 @@ impl Ctx {
                     tracking = %loggable(&wrong.tracking_id),
                     "a rendezvous came on another path than its sender's; the sender is refused"
                 );
+                drop(wrong.listener_slot.take());
                 let _ = wrong.decision.send(Decision::Reject {
                     status: 502,
                     description: "Bad Gateway: the listener's rendezvous named another path"
@@ -575,6 +596,10 @@ impl Ctx {
     }
 
     async fn decide(mut self, mut stream: Stream, call: Call, pending: Pending) {
+        // The slot the sender took for this leg (the listener's leg of a tunnel counts for
+        // the sender's key): the leg's if it is accepted, and free again before the sender
+        // hears any other answer, so that it may try again at once.
+        let reserved = pending.listener_slot.take();
         if let Some(asked) = call.hc.status_code {
             let status = accept::reject_status(&asked);
             tracing::info!(status, "listener rejected the connection");
@@ -584,6 +609,7 @@ impl Ctx {
                 Some(_) => "Bad Gateway: the listener rejected the connection".to_owned(),
                 None => call.hc.status_description.unwrap_or_default(),
             };
+            drop(reserved);
             let _ = pending.decision.send(Decision::Reject {
                 status,
                 description,
@@ -601,31 +627,21 @@ impl Ctx {
             };
         }
         if pending.decision.is_closed() {
+            drop(reserved);
             let msg = "Not Found: the sender is gone";
             return upgrade::write_status(&mut stream, status::NOT_FOUND, msg).await;
         }
-        // The listener's leg of a tunnel counts for the sender's key: a key that may only
-        // send holds two slots per tunnel, and its limit covers both. The sender took this
-        // leg's with its own; only an entry whose slot another rendezvous of the same
-        // sender took (none does: each ends the sender's wait) would need a new one.
-        let slot = match pending.listener_slot.take() {
-            Some(reserved) => {
-                self.handshake = None;
-                Ok(reserved)
-            }
-            None => self.take_relayed_slot(&pending.key),
+        let Some(permit) = reserved else {
+            // Not reached: an entry is claimed once, and only its claimer takes the slot.
+            // Taking a new one here would let a tunnel in halfway again.
+            let lost = "Internal Server Error: the rendezvous lost its connection slot";
+            let _ = pending.decision.send(Decision::Reject {
+                status: status::SERVER_ERROR,
+                description: lost.to_owned(),
+            });
+            return upgrade::write_status(&mut stream, status::SERVER_ERROR, lost).await;
         };
-        let permit = match slot {
-            Ok(permit) => permit,
-            Err(full) => {
-                let text = self.no_slot("rendezvous", &full);
-                let _ = pending.decision.send(Decision::Reject {
-                    status: 503,
-                    description: text.clone(),
-                });
-                return upgrade::write_status(&mut stream, 503, &text).await;
-            }
-        };
+        self.handshake = None;
         let protocol = self
             .request
             .header("Sec-WebSocket-Protocol")
@@ -634,6 +650,7 @@ impl Ctx {
         let switched = upgrade::write_switching(&mut stream, &call.key, protocol.as_deref()).await;
         if let Err(err) = switched {
             tracing::info!("listener's rendezvous vanished during the handshake: {err}");
+            drop(permit);
             let _ = pending.decision.send(Decision::Reject {
                 status: 502,
                 description: "Bad Gateway: the listener's rendezvous failed".to_owned(),
@@ -649,7 +666,9 @@ impl Ctx {
         };
         if let Err(Decision::Accept(leg)) = pending.decision.send(Decision::Accept(leg)) {
             tracing::info!("sender gave up just before the accept");
-            relay::close(leg.stream, close_code::GOING_AWAY, "the sender went away").await;
+            let Leg { stream, permit, .. } = leg;
+            drop(permit);
+            relay::close(stream, close_code::GOING_AWAY, "the sender went away").await;
         }
     }
 }

@@ -107,7 +107,7 @@ async fn a_listener_that_stops_answering_is_dropped_and_its_senders_move_on() {
         let feed = async {
             // Accepts now and then, some while a Ping is out.
             for i in 0..5 {
-                let (ticket, decision) = rendezvous.open(&format!("t{i}"), "hc", "k", reserved());
+                let (ticket, decision) = rendezvous.open(&format!("t{i}"), "hc", reserved());
                 let queued = Queued {
                     json: format!("{{\"accept\":{i}}}"),
                     rendezvous_id: ticket.id.clone(),
@@ -176,7 +176,7 @@ async fn commands_a_listener_never_took_reach_their_senders_as_undelivered() {
         let (tx, rx) = mpsc::channel(8);
         let mut senders = Vec::new();
         for i in 0..3 {
-            let (ticket, decision) = rendezvous.open(&format!("t{i}"), "hc", "k", reserved());
+            let (ticket, decision) = rendezvous.open(&format!("t{i}"), "hc", reserved());
             let queued = Queued {
                 json: "x".repeat(1000),
                 rendezvous_id: ticket.id.clone(),
@@ -218,7 +218,7 @@ async fn a_command_queued_behind_an_arrived_close_is_undelivered() {
         let ws = control_ws(relay_end).await;
         let rendezvous = Rendezvous::default();
         let (tx, rx) = mpsc::channel(8);
-        let (ticket, decision) = rendezvous.open("t", "hc", "k", reserved());
+        let (ticket, decision) = rendezvous.open("t", "hc", reserved());
         let queued = Queued {
             json: "x".into(),
             rendezvous_id: ticket.id.clone(),

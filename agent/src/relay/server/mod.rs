@@ -198,7 +198,7 @@ impl Server {
             }),
             Err(_) => {
                 self.admission.overload.note(Overload::ConnectionsFull);
-                Err(Full::Relay)
+                Err(Full::Relay { tunnel: false })
             }
         }
     }
@@ -219,7 +219,7 @@ impl Server {
         };
         let Some((sender, listener)) = two_permits(&self.connections) else {
             self.admission.overload.note(Overload::ConnectionsFull);
-            return Err(Full::Relay);
+            return Err(Full::Relay { tunnel: true });
         };
         let (sender_key, listener_key) = key_permits.unzip();
         Ok((
@@ -253,10 +253,10 @@ pub(crate) struct Slot {
 /// Why a connection found no slot.
 #[derive(Debug)]
 pub(crate) enum Full {
-    /// Every one of the relay's `max_connections` is taken.
-    Relay,
-    /// The key it is on behalf of holds its own `max_connections` (for a `tunnel`, has
-    /// fewer than the two slots a sender takes free).
+    /// Every one of the relay's `max_connections` is taken (for a `tunnel`, all but one).
+    Relay { tunnel: bool },
+    /// The key it is on behalf of holds its own `max_connections` (for a `tunnel`, all
+    /// but one).
     Key {
         name: String,
         max: usize,

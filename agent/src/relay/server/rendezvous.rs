@@ -70,8 +70,6 @@ pub struct Pending {
     pub tracking_id: String,
     /// Entity path the sender asked for (the rendezvous must use the same).
     pub path: String,
-    /// The name of the sender's key: the listener's leg counts for it.
-    pub key: String,
     /// The slot the listener's leg takes.
     pub listener_slot: ReservedSlot,
     pub decision: oneshot::Sender<Decision>,
@@ -125,7 +123,6 @@ impl Rendezvous {
         &self,
         tracking_id: &str,
         path: &str,
-        key: &str,
         listener_slot: ReservedSlot,
     ) -> (Ticket, oneshot::Receiver<Decision>) {
         let id = uuid::Uuid::new_v4().to_string();
@@ -135,7 +132,6 @@ impl Rendezvous {
             Pending {
                 tracking_id: tracking_id.to_owned(),
                 path: path.trim_matches('/').to_ascii_lowercase(),
-                key: key.to_owned(),
                 listener_slot,
                 decision: tx,
             },
@@ -213,7 +209,7 @@ pub(crate) mod tests {
     #[test]
     fn debug_output_never_shows_a_live_id() {
         let rv = Rendezvous::default();
-        let (ticket, _rx) = rv.open("t1", "hc", "k", reserved());
+        let (ticket, _rx) = rv.open("t1", "hc", reserved());
         for shown in [format!("{rv:?}"), format!("{ticket:?}"), format!("{rv:#?}")] {
             assert!(!shown.contains(&ticket.id), "{shown}");
         }
@@ -223,14 +219,14 @@ pub(crate) mod tests {
     #[test]
     fn single_use_and_expiring_with_the_ticket() {
         let rv = Rendezvous::default();
-        let (ticket, _rx) = rv.open("t1", "/HC/", "k", reserved());
+        let (ticket, _rx) = rv.open("t1", "/HC/", reserved());
         assert_eq!(rv.count(), 1);
         let claimed = rv.take(&ticket.id).expect("first claim wins");
         assert_eq!(claimed.path, "hc");
         assert_eq!(claimed.tracking_id, "t1");
         assert!(rv.take(&ticket.id).is_none(), "second claim fails");
 
-        let (ticket, _rx) = rv.open("t2", "hc", "k", reserved());
+        let (ticket, _rx) = rv.open("t2", "hc", reserved());
         let id = ticket.id.clone();
         drop(ticket);
         assert!(rv.take(&id).is_none(), "expired with the sender's wait");
