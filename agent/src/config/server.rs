@@ -291,14 +291,10 @@ fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::E
     }
 }
 
-/// The most connections a `max_connections` (the relay's or a key's) may allow: each
-/// holds a descriptor, and this is the largest open-file limit Linux lets a process have
-/// (`fs.nr_open`'s maximum). Past it the number means nothing, and far past it (2^61)
-/// the relay could not even count its slots.
-pub const MOST_CONNECTIONS: usize = 1_073_741_816;
-
-/// What a `max_connections` past [`MOST_CONNECTIONS`] is told.
+/// What a `max_connections` past [`MOST_CONNECTIONS`](super::value::MOST_CONNECTIONS) is
+/// told.
 fn too_many_connections(n: usize) -> String {
+    use super::value::MOST_CONNECTIONS;
     format!(
         "must be at most {MOST_CONNECTIONS} (it is {n}): each connection holds a file \
          descriptor, and no Linux process may open more"
@@ -313,7 +309,7 @@ fn room_for_a_tunnel<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D
             "must be at least 3 (it is {n}): a listener's control channel takes one and each \
              tunnel two, its sender's leg and its listener's"
         ))),
-        n if n > MOST_CONNECTIONS => Err(de::Error::custom(too_many_connections(n))),
+        n if n > super::value::MOST_CONNECTIONS => Err(de::Error::custom(too_many_connections(n))),
         n => Ok(Some(n)),
     }
 }
@@ -479,7 +475,7 @@ impl ServerSection {
                         )
                     } else if n < least {
                         Some("must be at least 1".to_owned())
-                    } else if n > MOST_CONNECTIONS {
+                    } else if n > super::value::MOST_CONNECTIONS {
                         Some(too_many_connections(n))
                     } else {
                         None

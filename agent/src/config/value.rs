@@ -88,17 +88,24 @@ impl FromConfig for PostMortemLimit {
     }
 }
 
+/// The most connections any limit may allow (`relay serve`'s `max_connections`, a key's,
+/// `--max-tunnels`): each holds a descriptor, and this is the largest open-file limit
+/// Linux lets a process have (`fs.nr_open`'s maximum). Past it the number means nothing,
+/// and far past it (2^61) the slot counter could not hold it: tokio's semaphore panicked.
+pub const MOST_CONNECTIONS: usize = 1_073_741_816;
+
 /// The cap on relayed connections one `relay listen` or `relay connect` serves at once:
-/// a count of at least one.
+/// a count from 1 to [`MOST_CONNECTIONS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelLimit(pub usize);
 
 impl FromConfig for TunnelLimit {
     fn from_config(text: &str) -> Result<Self, String> {
         match text.trim().parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(TunnelLimit(n)),
+            Ok(n) if (1..=MOST_CONNECTIONS).contains(&n) => Ok(TunnelLimit(n)),
             _ => Err(format!(
-                "invalid tunnel count {text:?} (expected a whole number of at least 1)"
+                "invalid tunnel count {text:?} (expected a whole number from 1 to \
+                 {MOST_CONNECTIONS})"
             )),
         }
     }

@@ -74,7 +74,7 @@ fn file_errors_name_file_line_and_key() {
         (
             "[relay]\ninsecure_ws = true\nmax_tunnels = 0\n",
             "/cfg/agent.toml:3: relay.max_tunnels: invalid tunnel count \"0\" \
-             (expected a whole number of at least 1)",
+             (expected a whole number from 1 to 1073741816)",
         ),
         (
             "[relay]\nspare_tunnels = 9\n",
@@ -82,9 +82,14 @@ fn file_errors_name_file_line_and_key() {
              (expected a whole number from 0 to 8)",
         ),
         (
+            "[relay]\nmax_tunnels = 4611686018427387904\n",
+            "/cfg/agent.toml:2: relay.max_tunnels: invalid tunnel count \"4611686018427387904\" \
+             (expected a whole number from 1 to 1073741816)",
+        ),
+        (
             "[relay]\n\nmax_tunnels = -5\n",
             "/cfg/agent.toml:3: relay.max_tunnels: invalid tunnel count \"-5\" \
-             (expected a whole number of at least 1)",
+             (expected a whole number from 1 to 1073741816)",
         ),
         (
             "[debug\nenabled = true\n",

@@ -289,7 +289,7 @@ fn path_patterns() {
 /// relay's slot counter holds it: tokio's semaphore panicked past 2^61).
 #[test]
 fn the_largest_max_connections_is_accepted() {
-    let most = crate::config::server::MOST_CONNECTIONS;
+    let most = crate::config::value::MOST_CONNECTIONS;
     let server = from_file(&format!(
         "[relay.server]\nmax_connections = {most}\n[[relay.server.keys]]\nname = \"a\"\n\
          key = \"k\"\nmax_connections = {most}\n"
