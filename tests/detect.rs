@@ -94,7 +94,8 @@ fn mpiexec_reports(args: &[&str]) -> Vec<Value> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "mpiexec failed: {}",
+        "mpiexec failed ({}): stderr {:?}, stdout {stdout:?}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     // Each line must be one whole report: four processes share this stdout.
