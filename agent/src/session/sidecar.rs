@@ -22,25 +22,35 @@
 //! inherits it across `execve`. SIGTERM cannot serve here, since launchers signal whole
 //! process groups while the step may trap the signal and run on; the keeper and the
 //! sidecar ignore it.
+//!
+//! `readiness` holds the readiness pipe's two ends; `keeper_link` what the sidecar tells
+//! its keeper over their socket pair.
 
 use std::fs::File;
-use std::io::{IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::OnceLock;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{SigHandler, Signal};
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
-};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
 use super::keeper::{self, Duties, Watch};
 use super::lifeline::{ENDED_ON_PURPOSE, Lifeline};
 use crate::poll_deadline::poll_timeout;
+
+mod keeper_link;
+mod readiness;
+
+pub use keeper_link::{
+    DEBUGPY_PORT_TAG, Shared, keeper_pid, share_with_keeper, tell_keeper_debugpy_port,
+};
+use keeper_link::{KEEPER, KeeperLink};
+use readiness::wait_ready;
+pub use readiness::{Readiness, ReadySignal};
 
 /// The longest the parent waits for the sidecar to report that the relay path is usable
 /// (a session's own bound is shorter: [`Duties::ready_within`]).
@@ -90,42 +100,6 @@ const STEP_SIGNALS: [Signal; 22] = [
     Signal::SIGFPE,
     Signal::SIGSYS,
 ];
-
-/// What the sidecar reported before the step starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness {
-    Ready,
-    /// The sidecar could not make the debug path usable; the message says why.
-    Failed(String),
-}
-
-/// The child's end of the readiness pipe.
-#[derive(Debug)]
-pub struct ReadySignal(Option<File>);
-
-impl ReadySignal {
-    /// A readiness signal written to `pipe` (a post-mortem helper answers its hook so).
-    pub fn new(pipe: File) -> ReadySignal {
-        ReadySignal(Some(pipe))
-    }
-
-    /// Tells the parent the relay path is usable.
-    pub fn ready(&mut self) {
-        self.send("ready");
-    }
-
-    /// Tells the parent why the debug path is not usable.
-    pub fn failed(&mut self, why: &str) {
-        self.send(&format!("error {}", why.replace('\n', " ")));
-    }
-
-    fn send(&mut self, line: &str) {
-        if let Some(mut pipe) = self.0.take() {
-            // The parent may have given up waiting; nothing useful to do about that here.
-            let _ = writeln!(pipe, "{line}");
-        }
-    }
-}
 
 /// The agent's handle on a running session: the lifeline's write end, and a pipe whose
 /// EOF says the keeper (which outlives the sidecar it reaps) is gone.
@@ -380,104 +354,6 @@ where
     }
 }
 
-/// What the sidecar knows about its keeper.
-#[derive(Debug)]
-struct KeeperLink {
-    pid: Pid,
-    /// The sidecar's end of the socket pair descriptors are shared over.
-    channel: Option<OwnedFd>,
-}
-
-/// Set once in the sidecar, right after its fork.
-static KEEPER: OnceLock<KeeperLink> = OnceLock::new();
-
-/// The keeper's PID, in the sidecar (None in any other process).
-pub fn keeper_pid() -> Option<u32> {
-    KEEPER.get().map(|link| link.pid.as_raw().unsigned_abs())
-}
-
-/// What the sidecar hands its keeper over their channel (connect mode), so that the
-/// keeper can still release a step that waits in pydevd when the sidecar dies or is
-/// stopped: debugpy's wait has no bound of its own, and closing its socket would leave
-/// it hung for good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shared {
-    /// The socket debugpy connects to, right after the bind: a connection the sidecar
-    /// never accepted (it was stopped, or died first) waits there, and the keeper's
-    /// copy keeps it listening, so debugpy's connect succeeds whatever became of the
-    /// sidecar.
-    Listener,
-    /// debugpy's connection, right after the accept.
-    Debuggee,
-}
-
-impl Shared {
-    /// The one byte that travels with the descriptor.
-    pub fn tag(self) -> u8 {
-        match self {
-            Shared::Listener => b'l',
-            Shared::Debuggee => b'd',
-        }
-    }
-
-    /// The kind a received tag names (None: not one of ours).
-    pub fn from_tag(tag: u8) -> Option<Shared> {
-        [Shared::Listener, Shared::Debuggee]
-            .into_iter()
-            .find(|kind| kind.tag() == tag)
-    }
-}
-
-/// Hands the keeper a duplicate of `fd` (see [`Shared`]). Call it right after the bind
-/// or the accept. A no-op (with a debug log) when this process has no keeper.
-pub fn share_with_keeper(what: Shared, fd: BorrowedFd<'_>) {
-    let Some(channel) = KEEPER.get().and_then(|link| link.channel.as_ref()) else {
-        tracing::debug!("no keeper to share {what:?} with");
-        return;
-    };
-    let fds = [fd.as_raw_fd()];
-    let tag = [what.tag()];
-    let message = [IoSlice::new(&tag)];
-    let sent = sendmsg::<()>(
-        channel.as_raw_fd(),
-        &message,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        None,
-    );
-    if let Err(err) = sent {
-        tracing::warn!("could not share debugpy's {what:?} socket with the keeper: {err}");
-    }
-}
-
-/// The tag of the message that tells the keeper debugpy's port (two bytes, big-endian,
-/// after it; no descriptor): direct mode lets debugpy's adapter pick its loopback port,
-/// which only the step's bootstrap report says, and the keeper needs it to release the
-/// step at the deadline after a sidecar death.
-pub const DEBUGPY_PORT_TAG: u8 = b'p';
-
-/// Tells the keeper the port debugpy's adapter listens on (see [`DEBUGPY_PORT_TAG`]). A
-/// no-op (with a debug log) when this process has no keeper.
-pub fn tell_keeper_debugpy_port(port: u16) {
-    let Some(channel) = KEEPER.get().and_then(|link| link.channel.as_ref()) else {
-        tracing::debug!("no keeper to tell debugpy's port {port}");
-        return;
-    };
-    let [high, low] = port.to_be_bytes();
-    let bytes = [DEBUGPY_PORT_TAG, high, low];
-    let message = [IoSlice::new(&bytes)];
-    let sent = sendmsg::<()>(
-        channel.as_raw_fd(),
-        &message,
-        &[],
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        None,
-    );
-    if let Err(err) = sent {
-        tracing::warn!("could not tell the keeper debugpy's port {port}: {err}");
-    }
-}
-
 /// `pidfd_open(2)`: a close-on-exec descriptor that becomes readable once `pid` is gone.
 pub fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1; no
@@ -515,43 +391,6 @@ fn ignore_step_signals() {
 fn redirect_stdin_to_null() {
     if let Ok(null) = File::open("/dev/null") {
         let _ = nix::unistd::dup2_stdin(null.as_fd());
-    }
-}
-
-fn wait_ready(read_end: OwnedFd, timeout: Duration) -> Readiness {
-    let deadline = Instant::now() + timeout;
-    let mut pipe = File::from(read_end);
-    let mut line = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Readiness::Failed(format!(
-                "the relay sidecar was not ready within {} (stopped, or stuck in its setup)",
-                humantime::format_duration(timeout)
-            ));
-        }
-        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, poll_timeout(left)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Ok(_) => {}
-            Err(err) => return Readiness::Failed(format!("readiness pipe: {err}")),
-        }
-        let mut byte = [0u8; 1];
-        match pipe.read(&mut byte) {
-            Ok(0) => {
-                return Readiness::Failed("the relay sidecar exited before it was ready".into());
-            }
-            Ok(_) if byte[0] == b'\n' => break,
-            Ok(_) => line.push(byte[0]),
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(err) => return Readiness::Failed(format!("readiness pipe: {err}")),
-        }
-    }
-    let line = String::from_utf8_lossy(&line);
-    match line.strip_prefix("error ") {
-        Some(why) => Readiness::Failed(why.to_owned()),
-        None if line == "ready" => Readiness::Ready,
-        None => Readiness::Failed(format!("unexpected readiness report {line:?}")),
     }
 }
 
