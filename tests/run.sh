@@ -36,4 +36,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
 echo "== cargo doc"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
+# Private items too: most of the crate is private, and its links are read by the team.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet --document-private-items

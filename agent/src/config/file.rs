@@ -87,7 +87,7 @@ pub(super) struct RelaySection {
 /// `--config /dev/zero` (or a huge log file) from filling memory.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
-/// Reads a config file of at most [`MAX_CONFIG_BYTES`] ([`small_file::read_text`]).
+/// Reads a config file of at most [`MAX_CONFIG_BYTES`] ([`crate::small_file::read_text`]).
 pub(super) fn read_bounded(path: &Path) -> Result<String, String> {
     crate::small_file::read_text(path, MAX_CONFIG_BYTES, "config files")
 }

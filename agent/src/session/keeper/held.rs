@@ -1,5 +1,5 @@
 //! What the keeper holds of the sidecar's sockets in connect mode (see
-//! [`Shared`](crate::session::sidecar::Shared)): debugpy's listening socket and its
+//! [`Shared`]): debugpy's listening socket and its
 //! current connection, received over the channel, and when to let go of them.
 
 use std::io::ErrorKind;

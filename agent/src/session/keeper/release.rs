@@ -1,5 +1,5 @@
 //! How the keeper releases a step still held waiting for a debugger after the sidecar
-//! died: it plays the debugger that attaches and leaves (see [`dap`](crate::session::dap)),
+//! died: it plays the debugger that attaches and leaves (see [`crate::session::dap`]),
 //! with blocking I/O, every wait bounded and the step watched throughout.
 
 use std::io::{ErrorKind, Read, Write};
