@@ -188,7 +188,7 @@ fn a_stdout_nobody_reads_is_an_error_not_a_panic() {
 #[test]
 fn impossible_ports_and_rank_counts_are_usage_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 13] = [
         (
             &["relay", "listen", "--ports", "5678,0"],
             "0 is not in 1..=65535",
@@ -222,6 +222,23 @@ fn impossible_ports_and_rank_counts_are_usage_errors() {
         (
             &["relay", "connect", "--spare-tunnels", "-1"],
             "unexpected argument '-1'",
+        ),
+        // A token's expiry and renewal are clock arithmetic: these panicked.
+        (
+            &["relay", "listen", "--token-ttl", "18446744073709551615s"],
+            "longer than 100 years",
+        ),
+        (
+            &["relay", "connect", "--token-ttl", "9223372036854775808s"],
+            "longer than 100 years",
+        ),
+        (
+            &["exec", "--token-ttl", "0s", "--", "true"],
+            "a token lives at least 1s",
+        ),
+        (
+            &["relay", "listen", "--token-ttl", "500ms"],
+            "a token lives at least 1s",
         ),
     ];
     for (args, expected) in cases {

@@ -826,3 +826,48 @@ impl Drop for Frozen {
         let _ = std::fs::remove_dir(&self.group);
     }
 }
+
+/// A panic in the sidecar ends the sidecar where it was forked. It unwound into the
+/// agent's frames that the fork had copied: their destructors closed descriptors the
+/// child had closed already (a debug build aborted with "IO Safety violation"; a release
+/// build could close whatever reused the number) and removed what the agent owns. The
+/// step runs once, with its own exit code, and the log says it runs undebugged.
+#[test]
+fn a_panicking_sidecar_ends_alone_and_the_step_runs_once() {
+    for process in ["--replace", "--supervise"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = util::agent();
+        cmd.env("AMLX_TEST_SIDECAR_PANIC", "1")
+            .env(
+                "AMLX_RELAY_CONNECTION_STRING",
+                "Endpoint=sb://127.0.0.1:9/;SharedAccessKeyName=k;SharedAccessKey=abc;\
+                 EntityPath=hc",
+            )
+            .env("AMLX_STATE_DIR", dir.path().join("state"))
+            .env("AMLX_LOCK_DIR", dir.path().join("locks"))
+            .args(["exec", "--debug", "--insecure-ws", "--rank", "0"])
+            .args(["--attach-timeout", "5s", process, "--", "python3", "-c"])
+            .arg("print('the step ran'); raise SystemExit(3)");
+        let out = util::output_within(&mut cmd, SESSION_DEADLINE);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{process}: {stderr}");
+        assert_eq!(
+            stdout.matches("the step ran").count(),
+            1,
+            "{process}: {stdout}"
+        );
+        assert!(
+            stderr.contains("AMLX_TEST_SIDECAR_PANIC is set"),
+            "{process}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("fatal runtime error"),
+            "{process}: {stderr}"
+        );
+        assert!(
+            stderr.contains("the relay sidecar exited before it was ready"),
+            "{process}: {stderr}"
+        );
+    }
+}

@@ -137,8 +137,18 @@ pub struct RelayClientArgs {
     pub insecure_ws: bool,
 
     /// Lifetime of the SAS tokens this client signs (renewed before expiry), e.g. 1h
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, hide = true)]
+    #[arg(long, value_name = "DURATION", value_parser = token_ttl, hide = true)]
     pub token_ttl: Option<Duration>,
+}
+
+/// `--token-ttl`: a duration from 1s to the longest any setting takes (100 years; a
+/// token's expiry and its renewal are clock arithmetic that must not overflow).
+fn token_ttl(text: &str) -> Result<Duration, String> {
+    match crate::config::parse_duration(text) {
+        Ok(ttl) if ttl.as_secs() >= 1 => Ok(ttl),
+        Ok(_) => Err("a token lives at least 1s".to_owned()),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 /// `relay listen`.

@@ -347,7 +347,7 @@ impl ConnectionString {
                 &sas::audience(&self.host, path),
                 name,
                 key,
-                now + ttl.as_secs(),
+                now.saturating_add(ttl.as_secs()),
             ),
         }
     }
@@ -355,7 +355,7 @@ impl ConnectionString {
     /// Expiry (unix seconds) of the token [`ConnectionString::token`] would produce, when known.
     pub fn token_expiry(&self, now: u64, ttl: Duration) -> Option<u64> {
         match &self.credentials {
-            Credentials::Key { .. } => Some(now + ttl.as_secs()),
+            Credentials::Key { .. } => Some(now.saturating_add(ttl.as_secs())),
             Credentials::Signature(sig) => {
                 sas::SasToken::parse(sig.expose()).ok().map(|t| t.expiry)
             }

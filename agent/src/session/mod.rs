@@ -235,6 +235,12 @@ impl SessionSpec {
     }
 }
 
+/// In debug builds (the tests'), a sidecar started with this variable set panics at
+/// once: the test that a panic there ends the sidecar alone, not the agent's frames the
+/// fork copied. Release builds do not read it.
+#[cfg(debug_assertions)]
+pub const TEST_SIDECAR_PANIC: &str = "AMLX_TEST_SIDECAR_PANIC";
+
 /// The sidecar's whole life: returns its exit code. Reports readiness through `ready`
 /// before the step starts, then serves the session until the step dies or the lifeline
 /// closes (see [`Lifeline::ended`]), or the step's bootstrap reports through `bootstrap`
@@ -246,6 +252,11 @@ pub fn run_sidecar(
     lifeline: Lifeline,
     bootstrap: Option<OwnedFd>,
 ) -> i32 {
+    // Debug builds only, for the test that a sidecar's panic ends the sidecar alone.
+    #[cfg(debug_assertions)]
+    if std::env::var_os(TEST_SIDECAR_PANIC).is_some() {
+        panic!("{TEST_SIDECAR_PANIC} is set");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -227,7 +227,15 @@ where
                 lock,
                 report,
             };
-            std::process::exit(fork_keeper(keeper, duties, body));
+            // A panic in the intermediate, the keeper or the sidecar must end that process
+            // here: unwinding on would run the destructors of the agent's frames this fork
+            // copied (close descriptors already closed above or reused since, remove the
+            // agent's status record, even go on to the agent's own work in this process).
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                fork_keeper(keeper, duties, body)
+            }))
+            .unwrap_or(PANICKED_EXIT_CODE);
+            std::process::exit(code);
         }
         ForkResult::Parent { child } => {
             drop(write_end);
@@ -250,6 +258,10 @@ where
         }
     }
 }
+
+/// The exit code of a forked helper (intermediate, keeper, sidecar) that panicked, as
+/// Rust's own for a panicking `main`: the panic message is on stderr already.
+pub const PANICKED_EXIT_CODE: i32 = 101;
 
 /// What the intermediate hands the keeper.
 struct KeeperStart {
