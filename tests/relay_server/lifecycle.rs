@@ -63,6 +63,33 @@ async fn sigterm_cuts_what_is_left_at_the_end_of_the_grace() {
     );
 }
 
+/// A second stop signal cuts what the first left draining: with a long `shutdown_grace`
+/// (100y here) nothing but SIGKILL ended the drain, and with it went the Close frames and
+/// the last log lines. The tunnel still carries bytes between the two signals.
+#[tokio::test]
+async fn a_second_stop_signal_cuts_a_long_drain() {
+    let mut relay = Relay::start("shutdown_grace = \"100y\"");
+    let mut control = listen(&relay, "hc").await;
+    let (mut sender, mut data) = rendezvous(&relay, &mut control, "hc").await;
+    relay.wait_status("relayed", 1).await;
+    relay.signal(Signal::SIGTERM);
+    relay.log_containing("relay serve: shutting down").await;
+    assert_relays(&mut sender, &mut data, b"still draining").await;
+    relay.signal(Signal::SIGINT);
+    assert_eq!(next_close(&mut sender).await, Some(1001));
+    assert_eq!(next_close(&mut data).await, Some(1001));
+    let (status, log) = relay.wait_exit(DEADLINE).await;
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains("SIGINT received; cutting what is left now"),
+        "{log}"
+    );
+    assert!(
+        log.contains("0 relayed connection(s) drained, 1 cut at a second stop signal"),
+        "{log}"
+    );
+}
+
 #[tokio::test]
 async fn tls_rendezvous_uses_wss_addresses() {
     let cert =

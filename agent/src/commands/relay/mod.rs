@@ -16,14 +16,26 @@ pub fn run(args: &RelayArgs, settings: &Settings) -> anyhow::Result<i32> {
     }
 }
 
-/// A token cancelled at the first SIGINT, SIGTERM or SIGHUP (must run inside a runtime).
-/// SIGHUP (the terminal went away) drains like the others, unless it was ignored when we
-/// started (`nohup`): then it stays ignored. Before, a hang-up ended the process at once,
-/// with no drain, no Close frames and no log line.
-fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+/// What the stop signals ask: `drain` is cancelled at the first SIGINT, SIGTERM or SIGHUP,
+/// `cut` at a second one (of any of them), for an operator who will not wait out a long
+/// `shutdown_grace`: before, only SIGKILL ended a drain, and with it went the Close frames
+/// and the last log lines.
+pub(super) struct StopSignals {
+    pub drain: tokio_util::sync::CancellationToken,
+    pub cut: tokio_util::sync::CancellationToken,
+}
+
+/// Watches the stop signals (must run inside a runtime); see [`StopSignals`]. SIGHUP (the
+/// terminal went away) drains like the others, unless it was ignored when we started
+/// (`nohup`): then it stays ignored. Before, a hang-up ended the process at once, with no
+/// drain, no Close frames and no log line.
+fn shutdown_on_signal() -> StopSignals {
     use tokio::signal::unix::{Signal, SignalKind, signal};
-    let token = tokio_util::sync::CancellationToken::new();
-    let cancel = token.clone();
+    let stop = StopSignals {
+        drain: tokio_util::sync::CancellationToken::new(),
+        cut: tokio_util::sync::CancellationToken::new(),
+    };
+    let (drain, cut) = (stop.drain.clone(), stop.cut.clone());
     // Registered now, not in the task: the caller prints its "listening" line next, and a
     // SIGTERM right after it (systemd stopping a unit it just started) must drain, not
     // kill the process with the default disposition before the task first runs.
@@ -49,19 +61,20 @@ fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
         if watched.is_empty() {
             return;
         }
-        let first = futures_util::future::select_all(
-            watched
-                .iter_mut()
-                .map(|(name, watch)| Box::pin(async move { watch.recv().await.map(|_| *name) })),
-        )
-        .await
-        .0;
-        if let Some(name) = first {
-            tracing::info!("{name} received; shutting down");
+        for (token, what) in [(drain, "shutting down"), (cut, "cutting what is left now")] {
+            let next =
+                futures_util::future::select_all(watched.iter_mut().map(|(name, watch)| {
+                    Box::pin(async move { watch.recv().await.map(|_| *name) })
+                }))
+                .await
+                .0;
+            if let Some(name) = next {
+                tracing::info!("{name} received; {what}");
+            }
+            token.cancel();
         }
-        cancel.cancel();
     });
-    token
+    stop
 }
 
 /// `relay serve`'s runtime: a worker per core, since one relay serves many users'

@@ -31,13 +31,13 @@ pub fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<i32> {
             .context("relay serve: bound address")?;
         // Signals are watched before the line announces the relay, so a stop right after
         // it drains.
-        let shutdown = super::shutdown_on_signal();
+        let stop = super::shutdown_on_signal();
         // A stable line for scripts and tests (port 0 picks the port).
         crate::logging::stderr::say(&format!(
             "relay serve: listening on {}://{bound}",
             server_settings.scheme()
         ));
-        server::run(listener, server_settings, shutdown).await
+        server::run_until_cut(listener, server_settings, stop.drain, stop.cut).await
     })?;
     Ok(0)
 }

@@ -321,6 +321,16 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_until_cut(listener, settings, shutdown, CancellationToken::new()).await
+}
+
+/// [`run`], where `cut` ends the grace early (a second stop signal).
+pub async fn run_until_cut(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: CancellationToken,
+    cut: CancellationToken,
+) -> anyhow::Result<()> {
     let max = settings.config.max_connections;
     let grace = settings.config.shutdown_grace;
     check_fd_limit(max, settings.config.max_handshakes);
@@ -387,7 +397,16 @@ pub async fn run(
         "relay serve: shutting down: {at_shutdown} relayed connection(s) open, grace {}",
         humantime::format_duration(grace)
     );
-    let cut = if tokio::time::timeout(grace, tracker.wait()).await.is_ok() {
+    let drained = tokio::select! {
+        waited = tokio::time::timeout(grace, tracker.wait()) => waited.is_ok(),
+        () = cut.cancelled() => false,
+    };
+    let when = if cut.is_cancelled() {
+        "at a second stop signal"
+    } else {
+        "at the end of the grace"
+    };
+    let cut = if drained {
         0
     } else {
         let cut = server.relayed.load(Ordering::Relaxed);
@@ -401,7 +420,7 @@ pub async fn run(
         cut
     };
     tracing::info!(
-        "relay serve: stopped: {} relayed connection(s) drained, {cut} cut at the end of the grace",
+        "relay serve: stopped: {} relayed connection(s) drained, {cut} cut {when}",
         at_shutdown.saturating_sub(cut)
     );
     Ok(())
