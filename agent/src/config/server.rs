@@ -330,6 +330,21 @@ fn key_name<'de, D: Deserializer<'de>>(d: D) -> Result<Spanned<String>, D::Error
             "key name must be 1 to {MAX_KEY_CHARS} characters (it has {len})"
         )));
     }
+    // Azure's rule for SAS policy names. A token carries the name in `skn=`, which some
+    // clients (Microsoft's hyco-ws among them) do not URL-encode: a name with `&`, `%`,
+    // `+` or a space reached the relay as another name, and every token signed with it
+    // was refused with 401.
+    if let Some(bad) = name
+        .get_ref()
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(de::Error::custom(format!(
+            "key name may hold letters, digits, '.', '-' and '_' only (as Azure's SAS policy \
+             names), not {bad:?}: a token carries it in its skn= field, which not every \
+             client URL-encodes"
+        )));
+    }
     Ok(name)
 }
 

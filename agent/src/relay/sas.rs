@@ -194,8 +194,11 @@ pub fn sign(
     let se = expiry.to_string();
     let sig = BASE64.encode(hmac(key, &sr, &se));
     let sig = utf8_percent_encode(&sig, URI_COMPONENT);
+    // Encoded like the other fields: the relay decodes `skn`, and a name with `&` or `%`
+    // (a connection string's SharedAccessKeyName may hold one) reached it as another.
+    let skn = utf8_percent_encode(key_name, URI_COMPONENT);
     Ok(Secret::new(format!(
-        "{TOKEN_PREFIX} sr={sr}&sig={sig}&se={se}&skn={key_name}"
+        "{TOKEN_PREFIX} sr={sr}&sig={sig}&se={se}&skn={skn}"
     )))
 }
 

@@ -60,6 +60,18 @@ fn query_form_is_decoded_once() {
         .expect("query token verifies");
 }
 
+/// A key name with characters a query string gives meaning to comes back whole: it was
+/// put in `skn=` unencoded, so `a&b` reached the relay as `a`.
+#[test]
+fn a_key_name_is_encoded_and_comes_back_whole() {
+    for name in ["a&b", "50%", "x+y z", "é", "RootManageSharedAccessKey"] {
+        let token = sign("http://h/hc", name, &key(), EXPIRY).expect("short key");
+        let parsed = SasToken::parse(token.expose()).expect("parses");
+        assert_eq!(parsed.key_name, name, "{}", token.expose());
+        parsed.verify(&key(), EXPIRY - 1).expect("verifies");
+    }
+}
+
 #[test]
 fn hyco_ws_style_audience_with_port_and_no_slash_verifies() {
     // hyco-ws signs the URI with its port and without a trailing slash.

@@ -181,6 +181,12 @@ fn server_errors_name_file_line_and_key() {
             "3: relay.server.keys[0].key: key must be 1 to 256 characters (it has 257)",
         ),
         (
+            "[[relay.server.keys]]\nname = \"a&b\"\nkey = \"k\"\n".into(),
+            "2: relay.server.keys[0].name: key name may hold letters, digits, '.', '-' and '_' \
+             only (as Azure's SAS policy names), not '&': a token carries it in its skn= \
+             field, which not every client URL-encodes",
+        ),
+        (
             "[[relay.server.keys]]\nname = \"a\"\nkey = \"\"\n".into(),
             "3: relay.server.keys[0].key: key must be 1 to 256 characters (it has 0)",
         ),
