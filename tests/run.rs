@@ -547,7 +547,14 @@ fn bad_targets_and_bad_input_fail_before_anything_starts() {
         &'a str,
     );
     const STEP: &[&str] = &["python3", "step.py"];
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
+        (
+            "an image docker would read as an option",
+            None,
+            &["-t", "docker", "--image=-v/:/host"],
+            STEP,
+            "image \"-v/:/host\": not an image name: it must not start with '-'",
+        ),
         (
             "malformed targets file",
             Some("[targets.vm]\nkind = \"ssh\"\nhots = \"x\"\n"),

@@ -34,8 +34,8 @@ pub use server::{
     DEFAULT_SHUTDOWN_GRACE, MAX_KEY_CHARS, ServerKey, ServerSettings, TlsFiles, path_matches,
 };
 pub use targets::{
-    MAX_RANKS_COUNT, PROJECT_TARGETS_FILE, TargetKind, TargetSpec, parse_targets_file,
-    read_project_targets,
+    IMAGE_RULE, MAX_RANKS_COUNT, PROJECT_TARGETS_FILE, TargetKind, TargetSpec, parse_targets_file,
+    read_project_targets, valid_image,
 };
 
 /// The config file read when neither `--config` nor `AMLX_CONFIG` names one (if present).

@@ -253,6 +253,11 @@ fn into_spec(
             "build runs on this machine's engine: only docker targets take it",
         ));
     }
+    if let Some(image) = &t.image
+        && !valid_image(image)
+    {
+        return Err(fail("image", IMAGE_RULE));
+    }
     if t.build.is_some() && t.image.is_none() {
         return Err(fail(
             "build",
@@ -294,6 +299,16 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// What an image name must be, said when it is not (a targets file or `--image`).
+pub const IMAGE_RULE: &str = "not an image name: it must not start with '-' (docker would \
+    read it as an option, such as --privileged) or hold spaces or control characters";
+
+/// An image name docker cannot mistake for an option of `docker run` or split into words:
+/// a cloned project's targets file names the image its `run` uses.
+pub fn valid_image(image: &str) -> bool {
+    valid_ssh_word(image)
 }
 
 /// A host or user name ssh cannot mistake for an option or split into words.
@@ -391,6 +406,16 @@ mod tests {
                 "\n[targets.a]\nkind = \"ssh\"\n",
                 "/p/.amlx/targets.toml:2: targets.a.host",
                 "an ssh target needs a host",
+            ),
+            (
+                "[targets.a]\nkind = \"docker\"\nimage = \"--privileged\"\n",
+                "/p/.amlx/targets.toml:1: targets.a.image",
+                "must not start with '-' (docker would read it as an option",
+            ),
+            (
+                "[targets.a]\nkind = \"ssh\"\nhost = \"h\"\nimage = \"-v/:/host\"\n",
+                "targets.a.image",
+                "not an image name",
             ),
             (
                 "[targets.a]\nkind = \"local\"\nimage = \"x\"\n",

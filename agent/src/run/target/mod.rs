@@ -97,6 +97,13 @@ pub fn open(
     use crate::config::TargetKind;
     use anyhow::Context as _;
     let image = overrides.image.clone().or_else(|| spec.image.clone());
+    if let Some(image) = &image {
+        anyhow::ensure!(
+            crate::config::valid_image(image),
+            "image {image:?}: {}",
+            crate::config::IMAGE_RULE
+        );
+    }
     let spec = &in_project(spec, project);
     let agent = match &overrides.agent_binary {
         Some(path) => path.clone(),
