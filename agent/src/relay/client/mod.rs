@@ -59,6 +59,15 @@ impl Endpoint {
             .entity(explicit_entity)
             .context("no Hybrid Connection name: pass --hc NAME, set AMLX_RELAY_HC, or add EntityPath= to the connection string")?
             .to_owned();
+        // Past it a relay answers 431 or 400 to every attempt, which a listener retried
+        // for good, logging the whole name twice each time.
+        let most = crate::relay::protocol::MAX_ENTITY_PATH_BYTES;
+        anyhow::ensure!(
+            entity.len() <= most,
+            "the Hybrid Connection name is {} bytes, over the {most} a relay takes (Azure's \
+             limit too): shorten --hc, AMLX_RELAY_HC or the connection string's EntityPath",
+            entity.len()
+        );
         let base = connection.ws_base(transport)?;
         let tls = match transport {
             Transport::Tls => Some(super::client::tls::client_config(ca_file)?),
@@ -127,5 +136,27 @@ mod tests {
             let got = renew_interval(Duration::from_secs(ttl)).as_secs_f64();
             assert_eq!(got, every, "ttl {ttl}");
         }
+    }
+
+    /// A Hybrid Connection name longer than a relay takes is refused when the endpoint is
+    /// made, naming where it came from; the longest allowed is accepted.
+    #[test]
+    fn a_hybrid_connection_name_past_the_limit_is_refused_up_front() {
+        let most = crate::relay::protocol::MAX_ENTITY_PATH_BYTES;
+        let endpoint = |hc: &str| {
+            let connection: ConnectionString =
+                "Endpoint=sb://127.0.0.1:9/;SharedAccessKeyName=k;SharedAccessKey=abc"
+                    .parse()
+                    .expect("connection string");
+            Endpoint::new(connection, Some(hc), Transport::InsecureWs, None)
+        };
+        assert!(endpoint(&"a".repeat(most)).is_ok());
+        let err = endpoint(&"a".repeat(most + 1)).expect_err("too long");
+        let text = format!("{err:#}");
+        assert!(text.contains("261 bytes, over the 260"), "{text}");
+        assert!(
+            !text.contains(&"a".repeat(100)),
+            "the name is not echoed: {text}"
+        );
     }
 }
