@@ -114,7 +114,7 @@ pub struct PortArgs {
     /// Node-wide lock directory shared by every process (and container) on the node
     /// [env: AMLX_LOCK_DIR] [default: /run/amlx/ports, then $XDG_RUNTIME_DIR/amlx/ports,
     /// then /tmp/amlx-UID/ports]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::cli::directory)]
     pub lock_dir: Option<PathBuf>,
 }
 

@@ -373,6 +373,14 @@ pub fn vscode_port(text: &str) -> Result<u16, String> {
     }
 }
 
+/// A directory flag: an empty one would name the current directory.
+pub fn directory(text: &str) -> Result<PathBuf, String> {
+    if text.is_empty() {
+        return Err("an empty path names no directory; give one".to_owned());
+    }
+    Ok(PathBuf::from(text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,7 +73,7 @@ pub struct StatusArgs {
     /// Node-wide state directory holding one record per session [env: AMLX_STATE_DIR]
     /// [config: [node] state_dir] [default: every place a session can record itself:
     /// /run/amlx, $XDG_RUNTIME_DIR/amlx and /tmp/amlx-UID of every user]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::cli::directory)]
     pub state_dir: Option<PathBuf>,
 
     /// Print one JSON object (times in RFC 3339) instead of a table.

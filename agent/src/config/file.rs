@@ -53,6 +53,7 @@ pub(super) struct DebugSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct PortsSection {
     pub range: Option<Parsed<PortRange>>,
+    #[serde(default, deserialize_with = "directory")]
     pub lock_dir: Option<PathBuf>,
 }
 
@@ -60,7 +61,20 @@ pub(super) struct PortsSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct NodeSection {
     pub ip: Option<Parsed<IpAddr>>,
+    #[serde(default, deserialize_with = "directory")]
     pub state_dir: Option<PathBuf>,
+}
+
+/// A directory setting: an empty one named the current directory, so records and locks
+/// landed wherever the step happened to start.
+fn directory<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let dir = PathBuf::deserialize(d)?;
+    if dir.as_os_str().is_empty() {
+        return Err(serde::de::Error::custom(
+            "is empty: name a directory, or leave the key out for the default",
+        ));
+    }
+    Ok(Some(dir))
 }
 
 #[derive(Debug, Default, Deserialize)]

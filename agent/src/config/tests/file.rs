@@ -82,6 +82,16 @@ fn file_errors_name_file_line_and_key() {
              (expected a whole number from 0 to 8)",
         ),
         (
+            "[node]\nstate_dir = \"\"\n",
+            "/cfg/agent.toml:2: node.state_dir: is empty: name a directory, or leave the key \
+             out for the default",
+        ),
+        (
+            "[ports]\nlock_dir = \"\"\n",
+            "/cfg/agent.toml:2: ports.lock_dir: is empty: name a directory, or leave the key \
+             out for the default",
+        ),
+        (
             "[relay]\nmax_tunnels = 4611686018427387904\n",
             "/cfg/agent.toml:2: relay.max_tunnels: invalid tunnel count \"4611686018427387904\" \
              (expected a whole number from 1 to 1073741816)",
