@@ -188,7 +188,7 @@ fn a_stdout_nobody_reads_is_an_error_not_a_panic() {
 #[test]
 fn impossible_ports_and_rank_counts_are_usage_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: [(&[&str], &str); 15] = [
+    let cases: [(&[&str], &str); 17] = [
         (
             &["relay", "listen", "--ports", "5678,0"],
             "0 is not in 1..=65535",
@@ -222,6 +222,15 @@ fn impossible_ports_and_rank_counts_are_usage_errors() {
         (
             &["relay", "connect", "--spare-tunnels", "-1"],
             "unexpected argument '-1'",
+        ),
+        // debugpy listened there and the step waited for a debugger nobody could send.
+        (
+            &["exec", "--node-ip", "255.255.255.255", "--", "true"],
+            "the broadcast address: a debugger cannot connect to it",
+        ),
+        (
+            &["exec", "--node-ip", "::", "--", "true"],
+            "node IP :: is unspecified",
         ),
         // An empty directory named the current one: records landed where the step started.
         (

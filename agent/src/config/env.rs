@@ -3,7 +3,6 @@
 //! `AMLX_RANK`, `AMLX_LOCAL_RANK` and `AMLX_WORLD_SIZE` are role overrides and belong to
 //! the `role` module. `AMLX_CONFIG` picks the file (see `load`).
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use crate::ports::PortRange;
 use crate::role::Env;
 use crate::session::{DebugMode, FailurePolicy};
 
-use super::value::{FromConfig, PostMortemLimit, SpareTunnels, TargetLimit, TunnelLimit};
+use super::value::{FromConfig, NodeIp, PostMortemLimit, SpareTunnels, TargetLimit, TunnelLimit};
 use super::{ConfigError, Secret, Settings};
 
 /// The config file to read when `--config` is not given.
@@ -60,7 +59,7 @@ pub(super) fn apply(env: &dyn Env, s: &mut Settings) -> Result<(), ConfigError> 
     if let Some(v) = get::<PathBuf>(env, "AMLX_LOCK_DIR")? {
         s.ports.lock_dir = Some(v);
     }
-    if let Some(v) = get::<IpAddr>(env, "AMLX_NODE_IP")? {
+    if let Some(NodeIp(v)) = get::<NodeIp>(env, "AMLX_NODE_IP")? {
         s.node_ip = Some(v);
     }
     if let Some(v) = get::<DebugMode>(env, "AMLX_DEBUG_MODE")? {

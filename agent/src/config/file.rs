@@ -1,7 +1,6 @@
 //! The TOML file: its schema (an unknown key is an error), and errors naming file, line, key.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use super::ConfigError;
 use super::secret::Secret;
 use super::server::ServerSection;
 use super::targets::TargetSection;
-use super::value::{Parsed, PostMortemLimit, SpareTunnels, TargetLimit, TunnelLimit};
+use super::value::{NodeIp, Parsed, PostMortemLimit, SpareTunnels, TargetLimit, TunnelLimit};
 use toml::Spanned;
 
 /// The whole file as written; every key is optional, absent means "not set here".
@@ -60,7 +59,7 @@ pub(super) struct PortsSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NodeSection {
-    pub ip: Option<Parsed<IpAddr>>,
+    pub ip: Option<Parsed<NodeIp>>,
     #[serde(default, deserialize_with = "directory")]
     pub state_dir: Option<PathBuf>,
 }

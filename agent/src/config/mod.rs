@@ -37,6 +37,7 @@ pub use targets::{
     IMAGE_RULE, MAX_RANKS_COUNT, PROJECT_TARGETS_FILE, TargetKind, TargetSpec, parse_targets_file,
     read_project_targets, valid_image,
 };
+pub use value::node_ip;
 
 /// The config file read when neither `--config` nor `AMLX_CONFIG` names one (if present).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/amlx/agent.toml";
@@ -415,7 +416,7 @@ fn apply_file(ctx: file::FileContext<'_>, s: &mut Settings) -> Result<(), Config
     );
     set(&mut s.ports.range, f.ports.range.map(|v| v.0));
     set(&mut s.ports.lock_dir, f.ports.lock_dir.map(Some));
-    set(&mut s.node_ip, f.node.ip.map(|v| Some(v.0)));
+    set(&mut s.node_ip, f.node.ip.map(|v| Some(v.0.0)));
     set(&mut s.state_dir, f.node.state_dir.map(Some));
     set(&mut s.log_format, f.log.format.map(|v| Some(v.0)));
     let r = f.relay;

@@ -136,6 +136,36 @@ impl FromConfig for IpAddr {
     }
 }
 
+/// The address a node is announced at (`--node-ip`, `AMLX_NODE_IP`, `[node] ip`): one a
+/// debugger can connect to. A broadcast, multicast or unspecified address was taken:
+/// debugpy listened on it, `status` said it waited for a debugger, and the step waited out
+/// its attach timeout for an endpoint nobody could reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeIp(pub IpAddr);
+
+impl FromConfig for NodeIp {
+    fn from_config(text: &str) -> Result<Self, String> {
+        let ip = IpAddr::from_config(text)?;
+        node_ip(ip).map(NodeIp)
+    }
+}
+
+/// `ip` when a debugger can connect to it; otherwise why not.
+pub fn node_ip(ip: IpAddr) -> Result<IpAddr, String> {
+    let what = if ip.is_unspecified() {
+        "unspecified (it means every address; give the one debuggers reach)"
+    } else if ip.is_multicast() {
+        "a multicast address"
+    } else if ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+        "the broadcast address"
+    } else {
+        return Ok(ip);
+    };
+    Err(format!(
+        "node IP {ip} is {what}: a debugger cannot connect to it; give this node's own address"
+    ))
+}
+
 impl FromConfig for SocketAddr {
     fn from_config(text: &str) -> Result<Self, String> {
         text.trim().parse().map_err(|_| {

@@ -82,6 +82,11 @@ fn file_errors_name_file_line_and_key() {
              (expected a whole number from 0 to 8)",
         ),
         (
+            "[node]\nip = \"224.0.0.1\"\n",
+            "/cfg/agent.toml:2: node.ip: node IP 224.0.0.1 is a multicast address: a debugger \
+             cannot connect to it; give this node's own address",
+        ),
+        (
             "[node]\nstate_dir = \"\"\n",
             "/cfg/agent.toml:2: node.state_dir: is empty: name a directory, or leave the key \
              out for the default",
