@@ -49,13 +49,7 @@ impl Tls {
             .context("TLS protocol versions")?
             .with_no_client_auth()
             .with_single_cert(certs, private_key)
-            .with_context(|| {
-                format!(
-                    "TLS certificate {} does not match key {}",
-                    cert.display(),
-                    key.display()
-                )
-            })?;
+            .map_err(|err| pair_error(&err, cert, key))?;
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
         })
@@ -69,6 +63,28 @@ impl Tls {
         let mut stream = self.acceptor.accept(BufferedReads::new(tcp)).await?;
         stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_LIMIT));
         Ok(stream)
+    }
+}
+
+/// Why a certificate and key could not serve, in words: every failure was "does not
+/// match", also for a malformed certificate or a key of a kind the relay cannot sign with.
+fn pair_error(err: &rustls::Error, cert: &Path, key: &Path) -> anyhow::Error {
+    use rustls::{Error, InconsistentKeys};
+    let (cert, key) = (cert.display(), key.display());
+    match err {
+        Error::InconsistentKeys(InconsistentKeys::KeyMismatch) => anyhow::anyhow!(
+            "TLS certificate {cert} does not match key {key} (the key is not the certificate's)"
+        ),
+        Error::InvalidCertificate(why) => anyhow::anyhow!(
+            "TLS certificate {cert} cannot be read ({why:?}): its first PEM block must be the \
+             server's X.509 certificate"
+        ),
+        // The key provider's refusal: an unsupported algorithm or size, or bytes that are
+        // not a key.
+        other => anyhow::anyhow!(
+            "TLS key {key} cannot be used ({other}): give an ECDSA P-256 or P-384, Ed25519, \
+             or RSA (2048 to 8192 bits) key in PEM"
+        ),
     }
 }
 
@@ -127,6 +143,41 @@ mod tests {
         match handshake(served, trusted, host).await.0 {
             Ok(_) => panic!("the handshake with {host} succeeded"),
             Err(err) => err.to_string(),
+        }
+    }
+
+    /// A pair that cannot serve is refused with what is wrong with it: every case read
+    /// "certificate does not match key", a malformed certificate and a key the relay cannot
+    /// sign with included.
+    #[test]
+    fn a_pair_that_cannot_serve_says_what_is_wrong() {
+        let one = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+        let two = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+        let garbage_cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let garbage_key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let cases = [
+            (
+                one.cert.pem(),
+                two.signing_key.serialize_pem(),
+                "does not match key",
+            ),
+            (
+                garbage_cert.to_owned(),
+                one.signing_key.serialize_pem(),
+                "cannot be read",
+            ),
+            (one.cert.pem(), garbage_key.to_owned(), "cannot be used"),
+        ];
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        for (cert_pem, key_pem, want) in cases {
+            std::fs::write(&cert, &cert_pem).expect("write cert");
+            std::fs::write(&key, &key_pem).expect("write key");
+            let err = match Tls::load(&cert, &key) {
+                Ok(_) => panic!("{want}: the pair loaded"),
+                Err(err) => format!("{err:#}"),
+            };
+            assert!(err.contains(want), "{want}: {err}");
         }
     }
 
