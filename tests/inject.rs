@@ -231,6 +231,39 @@ fn module_and_code_targets_run_under_debugpy() {
     }
 }
 
+/// A script the interpreter cannot open ends the step as `python FILE` would: exit 2 and
+/// Python's own line. debugpy's runner raised a traceback and exited 1 instead, so a
+/// debugged step's exit code differed from the same step's without the agent. A
+/// directory is still run as Python runs one (its `__main__.py`).
+#[test]
+fn a_script_python_cannot_open_exits_2_as_without_the_agent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let endpoint = Endpoint {
+        mode: DebugMode::Listen,
+        port: 0,
+        node_ip: None,
+    };
+    let missing = dir.path().join("missing.py");
+    let missing = missing.to_str().expect("UTF-8 temp path");
+    let (cmd, _) = injected_command(&words(&["python3", missing, "a"]), endpoint);
+    let output = run_bounded(cmd, STEP_DEADLINE);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "can't open file '{missing}': [Errno 2] No such file or directory"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Traceback"), "{stderr}");
+    let package = dir.path().join("package");
+    std::fs::create_dir(&package).expect("mkdir");
+    std::fs::write(package.join("__main__.py"), "raise SystemExit(5)\n").expect("write");
+    let package = package.to_str().expect("UTF-8 temp path");
+    let (cmd, _) = injected_command(&words(&["python3", package]), endpoint);
+    assert_eq!(run_bounded(cmd, STEP_DEADLINE).status.code(), Some(5));
+}
+
 #[test]
 fn connect_mode_holds_the_step_until_released() {
     let dir = tempfile::tempdir().expect("tempdir");

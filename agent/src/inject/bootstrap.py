@@ -446,7 +446,27 @@ def _amlx_run_plain(target):
         runpy.run_path(target[0], run_name="__main__")
 
 
+def _amlx_exit_unless_openable(target):
+    # `python FILE` with a FILE it cannot open says why and exits 2. debugpy's runner
+    # raised a traceback and exited 1 instead: a missing script changed the step's exit
+    # code. A directory (or zip) with `__main__.py` is Python's to judge, as before.
+    if not target or target[0] in ("-m", "-c") or os.path.isdir(target[0]):
+        return
+    try:
+        with open(target[0], "rb"):
+            pass
+    except OSError as error:
+        program = (getattr(sys, "orig_argv", None) or [sys.executable])[0]
+        sys.stderr.write(
+            "%s: can't open file %r: [Errno %s] %s\n"
+            % (program, target[0], error.errno, error.strerror)
+        )
+        sys.stderr.flush()
+        os._exit(2)
+
+
 _amlx_target = sys.argv[1:]
+_amlx_exit_unless_openable(_amlx_target)
 _amlx_started = _amlx_bootstrap(AMLX_REPORT_FD, AMLX_DEBUGPY_ARGS, AMLX_FAIL)
 if _amlx_started is not None:
     _amlx_cli, _amlx_report = _amlx_started
