@@ -10,6 +10,7 @@ mod file;
 mod flags;
 mod secret;
 mod server;
+mod server_key;
 mod targets;
 mod value;
 
