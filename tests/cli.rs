@@ -229,8 +229,8 @@ fn impossible_ports_and_rank_counts_are_usage_errors() {
             "the broadcast address: a debugger cannot connect to it",
         ),
         (
-            &["exec", "--node-ip", "::", "--", "true"],
-            "node IP :: is unspecified",
+            &["exec", "--node-ip", "ff02::1", "--", "true"],
+            "node IP ff02::1 is a multicast address",
         ),
         // An empty directory named the current one: records landed where the step started.
         (

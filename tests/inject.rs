@@ -256,6 +256,16 @@ fn a_script_python_cannot_open_exits_2_as_without_the_agent() {
         "{stderr}"
     );
     assert!(!stderr.contains("Traceback"), "{stderr}");
+    // Given relative, named absolute, as Python names it.
+    let (mut cmd, _) = injected_command(&words(&["python3", "missing.py"]), endpoint);
+    cmd.current_dir(dir.path());
+    let output = run_bounded(cmd, STEP_DEADLINE);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("can't open file '{missing}'")),
+        "{stderr}"
+    );
     let package = dir.path().join("package");
     std::fs::create_dir(&package).expect("mkdir");
     std::fs::write(package.join("__main__.py"), "raise SystemExit(5)\n").expect("write");

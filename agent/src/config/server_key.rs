@@ -123,14 +123,15 @@ impl KeySection {
         let max_connections = match self.max_connections {
             None => None,
             Some(max) => {
-                let may_send = rights.contains(&Right::Send);
-                let least = if may_send { 2 } else { 1 };
+                // A key that may only send uses its slots in twos; one that may also listen
+                // may be meant for one control channel.
+                let only_sends = rights == [Right::Send];
+                let least = if only_sends { 2 } else { 1 };
                 let n = *max.get_ref();
-                let why = if n < least && may_send {
+                let why = if n < least && only_sends {
                     Some(
-                        "must be at least 2 for a key that may send: each of its tunnels \
-                     takes two, its sender's leg and its listener's (or give the key \
-                     rights = [\"listen\"])"
+                        "must be at least 2 for a key that may only send: each of its tunnels \
+                         takes two, its sender's leg and its listener's"
                             .to_owned(),
                     )
                 } else if n < least {
@@ -168,19 +169,18 @@ fn key_name<'de, D: Deserializer<'de>>(d: D) -> Result<Spanned<String>, D::Error
             "key name must be 1 to {MAX_KEY_CHARS} characters (it has {len})"
         )));
     }
-    // Azure's rule for SAS policy names. A token carries the name in `skn=`, which some
-    // clients (Microsoft's hyco-ws among them) do not URL-encode: a name with `&`, `%`,
-    // `+` or a space reached the relay as another name, and every token signed with it
-    // was refused with 401.
+    // A token carries the name in `skn=`, which some clients (Microsoft's hyco-ws among
+    // them) do not URL-encode: a name with `&`, `%`, `+`, `#`, `=` or a space reached the
+    // relay as another name, and every token signed with it was refused with 401.
     if let Some(bad) = name
         .get_ref()
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+        .find(|c| matches!(c, '&' | '%' | '+' | '#' | '=') || c.is_whitespace() || c.is_control())
     {
         return Err(de::Error::custom(format!(
-            "key name may hold letters, digits, '.', '-' and '_' only (as Azure's SAS policy \
-             names), not {bad:?}: a token carries it in its skn= field, which not every \
-             client URL-encodes"
+            "key name may not hold {bad:?}: '&', '%', '+', '#', '=', spaces and control \
+             characters change meaning in a token's skn= field, which not every client \
+             URL-encodes"
         )));
     }
     Ok(name)

@@ -137,7 +137,7 @@ impl FromConfig for IpAddr {
 }
 
 /// The address a node is announced at (`--node-ip`, `AMLX_NODE_IP`, `[node] ip`): one a
-/// debugger can connect to. A broadcast, multicast or unspecified address was taken:
+/// debugger can connect to. A broadcast or multicast address was taken:
 /// debugpy listened on it, `status` said it waited for a debugger, and the step waited out
 /// its attach timeout for an endpoint nobody could reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,9 +152,9 @@ impl FromConfig for NodeIp {
 
 /// `ip` when a debugger can connect to it; otherwise why not.
 pub fn node_ip(ip: IpAddr) -> Result<IpAddr, String> {
-    let what = if ip.is_unspecified() {
-        "unspecified (it means every address; give the one debuggers reach)"
-    } else if ip.is_multicast() {
+    // The unspecified address stays allowed: in direct mode debugpy then listens on every
+    // interface, which a loopback forward (`kubectl port-forward`) relies on.
+    let what = if ip.is_multicast() {
         "a multicast address"
     } else if ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
         "the broadcast address"

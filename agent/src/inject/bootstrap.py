@@ -449,17 +449,22 @@ def _amlx_run_plain(target):
 def _amlx_exit_unless_openable(target):
     # `python FILE` with a FILE it cannot open says why and exits 2. debugpy's runner
     # raised a traceback and exited 1 instead: a missing script changed the step's exit
-    # code. A directory (or zip) with `__main__.py` is Python's to judge, as before.
-    if not target or target[0] in ("-m", "-c") or os.path.isdir(target[0]):
+    # code. Only looked at, never opened: opening a FIFO would take the one write a
+    # writer makes. A directory (or zip) with `__main__.py` is Python's to judge.
+    import stat
+
+    if not target or target[0] in ("-m", "-c"):
         return
+    path = target[0]
     try:
-        with open(target[0], "rb"):
-            pass
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode) and not os.access(path, os.R_OK):
+            raise PermissionError(13, os.strerror(13))
     except OSError as error:
         program = (getattr(sys, "orig_argv", None) or [sys.executable])[0]
         sys.stderr.write(
             "%s: can't open file %r: [Errno %s] %s\n"
-            % (program, target[0], error.errno, error.strerror)
+            % (program, os.path.abspath(path), error.errno, error.strerror)
         )
         sys.stderr.flush()
         os._exit(2)

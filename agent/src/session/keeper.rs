@@ -462,6 +462,11 @@ fn death_cause(sidecar: Pid, status: WaitStatus) -> String {
                 signal.as_str()
             )
         }
+        WaitStatus::Exited(_, super::sidecar::PANICKED_EXIT_CODE) => format!(
+            "panicked (exit code {}; a bug of amlx-agent: its message is on the step's \
+             stderr, please report it)",
+            super::sidecar::PANICKED_EXIT_CODE
+        ),
         WaitStatus::Exited(_, code) => format!("exited with code {code}"),
         other => format!("ended ({other:?})"),
     };
@@ -682,6 +687,11 @@ mod tests {
             "the debug sidecar (pid 42) was killed by signal 9 (SIGKILL)"
         );
         let crashed = death_cause(pid, WaitStatus::Exited(pid, 101));
-        assert_eq!(crashed, "the debug sidecar (pid 42) exited with code 101");
+        assert!(
+            crashed.starts_with("the debug sidecar (pid 42) panicked (exit code 101; a bug"),
+            "{crashed}"
+        );
+        let exited = death_cause(pid, WaitStatus::Exited(pid, 3));
+        assert_eq!(exited, "the debug sidecar (pid 42) exited with code 3");
     }
 }

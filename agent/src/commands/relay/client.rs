@@ -62,7 +62,7 @@ pub fn listen(args: &ListenArgs, settings: &Settings) -> anyhow::Result<i32> {
             listener::MAX_PENDING_REJECTS
         );
         open_files::raise("relay listen", needed, &cap);
-        let shutdown = super::shutdown_on_signal().drain;
+        let shutdown = super::shutdown_on_signal(false).drain;
         listener::run_with_cap(endpoint, handler, shutdown, max_tunnels).await?;
         Ok(0)
     })
@@ -95,7 +95,7 @@ pub fn connect(args: &ConnectArgs, settings: &Settings) -> anyhow::Result<i32> {
             .context("bound socket has no address")?;
         // Signals are watched before the line announces the port, so a stop right after
         // it drains.
-        let shutdown = super::shutdown_on_signal().drain;
+        let shutdown = super::shutdown_on_signal(false).drain;
         // A stable line for scripts and tests (port 0 picks the port).
         crate::logging::stderr::say(&format!(
             "amlx-agent relay connect: listening on {bound} (port name {port_name}, hc {})",

@@ -17,19 +17,20 @@ pub fn run(args: &RelayArgs, settings: &Settings) -> anyhow::Result<i32> {
 }
 
 /// What the stop signals ask: `drain` is cancelled at the first SIGINT, SIGTERM or SIGHUP,
-/// `cut` at a second one (of any of them), for an operator who will not wait out a long
+/// `cut` at a SIGTERM or SIGINT after it, for an operator who will not wait out a long
 /// `shutdown_grace`: before, only SIGKILL ended a drain, and with it went the Close frames
-/// and the last log lines.
+/// and the last log lines. Only `relay serve` has a drain long enough to cut.
 pub(super) struct StopSignals {
     pub drain: tokio_util::sync::CancellationToken,
     pub cut: tokio_util::sync::CancellationToken,
 }
 
-/// Watches the stop signals (must run inside a runtime); see [`StopSignals`]. SIGHUP (the
-/// terminal went away) drains like the others, unless it was ignored when we started
-/// (`nohup`): then it stays ignored. Before, a hang-up ended the process at once, with no
-/// drain, no Close frames and no log line.
-fn shutdown_on_signal() -> StopSignals {
+/// Watches the stop signals (must run inside a runtime); see [`StopSignals`]. With `cuts`,
+/// a SIGTERM or SIGINT after the first signal cancels `cut` (a caller whose drain is short
+/// passes false). SIGHUP (the terminal went away) drains like the others, unless it was
+/// ignored when we started (`nohup`): then it stays ignored. Before, a hang-up ended the
+/// process at once, with no drain, no Close frames and no log line.
+fn shutdown_on_signal(cuts: bool) -> StopSignals {
     use tokio::signal::unix::{Signal, SignalKind, signal};
     let stop = StopSignals {
         drain: tokio_util::sync::CancellationToken::new(),
@@ -58,23 +59,36 @@ fn shutdown_on_signal() -> StopSignals {
         }
     }
     tokio::spawn(async move {
-        if watched.is_empty() {
-            return;
+        if let Some(name) = next_signal(&mut watched).await {
+            tracing::info!("{name} received; shutting down");
+            drain.cancel();
         }
-        for (token, what) in [(drain, "shutting down"), (cut, "cutting what is left now")] {
-            let next =
-                futures_util::future::select_all(watched.iter_mut().map(|(name, watch)| {
-                    Box::pin(async move { watch.recv().await.map(|_| *name) })
-                }))
-                .await
-                .0;
-            if let Some(name) = next {
-                tracing::info!("{name} received; {what}");
-            }
-            token.cancel();
+        // Only SIGTERM or SIGINT cuts: a terminal that closes sends SIGHUP twice (the shell
+        // passes one on, the kernel sends its own), and that must drain.
+        watched.retain(|(name, _)| cuts && *name != "SIGHUP");
+        if let Some(name) = next_signal(&mut watched).await {
+            tracing::info!("{name} received during the drain; cutting what is left now");
+            cut.cancel();
         }
     });
     stop
+}
+
+/// The name of the next of `watched` to arrive; `None` when none is watched (or none can
+/// come any more).
+async fn next_signal(
+    watched: &mut [(&'static str, tokio::signal::unix::Signal)],
+) -> Option<&'static str> {
+    if watched.is_empty() {
+        return None;
+    }
+    futures_util::future::select_all(
+        watched
+            .iter_mut()
+            .map(|(name, watch)| Box::pin(async move { watch.recv().await.map(|_| *name) })),
+    )
+    .await
+    .0
 }
 
 /// `relay serve`'s runtime: a worker per core, since one relay serves many users'

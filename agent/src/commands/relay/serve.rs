@@ -31,7 +31,7 @@ pub fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<i32> {
             .context("relay serve: bound address")?;
         // Signals are watched before the line announces the relay, so a stop right after
         // it drains.
-        let stop = super::shutdown_on_signal();
+        let stop = super::shutdown_on_signal(true);
         // A stable line for scripts and tests (port 0 picks the port).
         crate::logging::stderr::say(&format!(
             "relay serve: listening on {}://{bound}",
