@@ -35,7 +35,7 @@ fn agent() -> Command {
 /// `mpiexec -n <n> amlx-agent <args>` with the same clean environment.
 fn mpiexec(n: u32, args: &[&str]) -> Command {
     let clean = agent();
-    let mut cmd = Command::new(util::mpiexec());
+    let mut cmd = util::mpiexec_command();
     for (key, value) in clean.get_envs() {
         match value {
             Some(value) => cmd.env(key, value),

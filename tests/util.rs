@@ -68,6 +68,29 @@ pub fn python_scripts_dir() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// `mpiexec` to spawn, with SIGPIPE ignored. The mpich wheel's hydra (5.0.2) writes to a
+/// proxy's socket after the proxy closed it when the ranks end within milliseconds (a C
+/// hello world does it, so does `amlx-agent detect`): with SIGPIPE's default action
+/// mpiexec then dies, exit 141 and no output at all, in about one run of ten on a loaded
+/// machine (CI saw it twice in one day). Ignored, hydra gets EPIPE and ends normally (no
+/// failure in 150 runs). Training ranks live far longer than that window.
+pub fn mpiexec_command() -> Command {
+    let mut cmd = Command::new(mpiexec());
+    // SAFETY: between fork and exec only signal(2), which is async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
+            .map(drop)
+            .map_err(std::io::Error::from)
+        });
+    }
+    cmd
+}
+
 /// `mpiexec` from the `mpich` wheel; panics with the fix when it is missing.
 pub fn mpiexec() -> PathBuf {
     let candidate = python_scripts_dir().join("mpiexec");

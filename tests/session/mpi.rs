@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -58,7 +58,7 @@ impl Job {
         env: &[(&str, &str)],
     ) -> Job {
         let agent = developer.agent(locks);
-        let mut cmd = Command::new(util::mpiexec());
+        let mut cmd = util::mpiexec_command();
         for (key, value) in agent.get_envs() {
             match value {
                 Some(value) => cmd.env(key, value),
