@@ -181,26 +181,7 @@ impl Server {
     /// A relayed slot for a connection on behalf of `key`, if the relay and the key each
     /// have one free (the caller answers 503 otherwise).
     fn relayed_slot(&self, key: &str) -> Result<Slot, Full> {
-        let key_permit = match self.key_slots.get(key) {
-            Some((slots, max)) => {
-                Some(slots.clone().try_acquire_owned().map_err(|_| Full::Key {
-                    name: key.to_owned(),
-                    max: *max,
-                    tunnel: false,
-                })?)
-            }
-            None => None,
-        };
-        match self.connections.clone().try_acquire_owned() {
-            Ok(permit) => Ok(Slot {
-                _permit: permit,
-                _key_permit: key_permit,
-            }),
-            Err(_) => {
-                self.admission.overload.note(Overload::ConnectionsFull);
-                Err(Full::Relay { tunnel: false })
-            }
-        }
+        self.relayed_slots(key, 1)
     }
 
     /// A sender's two relayed slots, taken together: its own leg's, and the one its
@@ -209,38 +190,38 @@ impl Server {
     /// of its limit admitting the sender, asking the listener for a rendezvous and then
     /// refusing that rendezvous with 503.
     fn tunnel_slots(&self, key: &str) -> Result<(Slot, Slot), Full> {
-        let key_permits = match self.key_slots.get(key) {
-            Some((slots, max)) => Some(two_permits(slots).ok_or_else(|| Full::Key {
-                name: key.to_owned(),
-                max: *max,
-                tunnel: true,
-            })?),
+        let mut sender = self.relayed_slots(key, 2)?;
+        // Two permits of each were taken, so one of each splits off; were it not, both
+        // slots go back as the refusal drops them.
+        let listener = sender.split_leg().ok_or(Full::Relay { tunnel: true })?;
+        Ok((sender, listener))
+    }
+
+    /// `legs` relayed slots of the relay and of `key`, each taken in one step (two takers
+    /// of the last two never get one each), held as one [`Slot`].
+    fn relayed_slots(&self, key: &str, legs: u32) -> Result<Slot, Full> {
+        let tunnel = legs > 1;
+        let key_permit = match self.key_slots.get(key) {
+            Some((slots, max)) => Some(slots.clone().try_acquire_many_owned(legs).map_err(
+                |_| Full::Key {
+                    name: key.to_owned(),
+                    max: *max,
+                    tunnel,
+                },
+            )?),
             None => None,
         };
-        let Some((sender, listener)) = two_permits(&self.connections) else {
-            self.admission.overload.note(Overload::ConnectionsFull);
-            return Err(Full::Relay { tunnel: true });
-        };
-        let (sender_key, listener_key) = key_permits.unzip();
-        Ok((
-            Slot {
-                _permit: sender,
-                _key_permit: sender_key,
-            },
-            Slot {
-                _permit: listener,
-                _key_permit: listener_key,
-            },
-        ))
+        match self.connections.clone().try_acquire_many_owned(legs) {
+            Ok(permit) => Ok(Slot {
+                _permit: permit,
+                _key_permit: key_permit,
+            }),
+            Err(_) => {
+                self.admission.overload.note(Overload::ConnectionsFull);
+                Err(Full::Relay { tunnel })
+            }
+        }
     }
-}
-
-/// Two permits of `slots`, taken in one step (two takers of the last two never get one
-/// each), as one per leg; `None` when fewer than two are free.
-fn two_permits(slots: &Arc<Semaphore>) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
-    let mut first = slots.clone().try_acquire_many_owned(2).ok()?;
-    let second = first.split(1)?;
-    Some((first, second))
 }
 
 /// An authenticated connection's place under `max_connections`, and under its key's.
@@ -248,6 +229,24 @@ fn two_permits(slots: &Arc<Semaphore>) -> Option<(OwnedSemaphorePermit, OwnedSem
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
     _key_permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    /// One leg's share of a slot taken for several (the relay's permit and the key's),
+    /// now held apart; `None` when this slot holds one leg only.
+    fn split_leg(&mut self) -> Option<Slot> {
+        if self._permit.num_permits() < 2 {
+            return None;
+        }
+        let key_permit = match self._key_permit.as_mut() {
+            Some(permit) => Some(permit.split(1)?),
+            None => None,
+        };
+        Some(Slot {
+            _permit: self._permit.split(1)?,
+            _key_permit: key_permit,
+        })
+    }
 }
 
 /// Why a connection found no slot.
@@ -429,6 +428,30 @@ pub async fn run_until_cut(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tunnel's slot splits into two legs, each holding one permit of the relay and one
+    /// of the key, given back when that leg ends; a one-leg slot does not split.
+    #[test]
+    fn a_tunnel_slot_splits_into_legs_that_each_give_their_permits_back() {
+        let (relay, key) = (Arc::new(Semaphore::new(3)), Arc::new(Semaphore::new(2)));
+        let mut sender = Slot {
+            _permit: relay
+                .clone()
+                .try_acquire_many_owned(2)
+                .expect("two of the relay"),
+            _key_permit: Some(
+                key.clone()
+                    .try_acquire_many_owned(2)
+                    .expect("two of the key"),
+            ),
+        };
+        let listener = sender.split_leg().expect("two legs");
+        assert!(sender.split_leg().is_none(), "one leg left");
+        drop(listener);
+        assert_eq!((relay.available_permits(), key.available_permits()), (2, 1));
+        drop(sender);
+        assert_eq!((relay.available_permits(), key.available_permits()), (3, 2));
+    }
 
     #[tokio::test]
     async fn a_panicking_connection_task_is_confined_and_uncounted() {
