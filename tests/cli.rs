@@ -144,18 +144,7 @@ fn a_stdout_nobody_reads_is_an_error_not_a_panic() {
         let mut cmd = agent();
         // As a Python parent, a CI runner or `nohup` leave it: with SIGPIPE's default
         // action the agent just ends, as every Unix tool does.
-        // SAFETY: between fork and exec only signal(2), which is async-signal-safe.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                nix::sys::signal::signal(
-                    nix::sys::signal::Signal::SIGPIPE,
-                    nix::sys::signal::SigHandler::SigIgn,
-                )
-                .map(drop)
-                .map_err(std::io::Error::from)
-            });
-        }
+        crate::util::ignore_sigpipe(&mut cmd);
         let stderr_file = tempfile::tempfile().expect("stderr file");
         let mut child = cmd
             .current_dir(dir.path())

@@ -76,10 +76,16 @@ pub fn python_scripts_dir() -> PathBuf {
 /// failure in 150 runs). Training ranks live far longer than that window.
 pub fn mpiexec_command() -> Command {
     let mut cmd = Command::new(mpiexec());
+    ignore_sigpipe(&mut cmd);
+    cmd
+}
+
+/// `cmd` starts with SIGPIPE ignored (std resets it to the default action in children).
+pub fn ignore_sigpipe(cmd: &mut Command) {
     // SAFETY: between fork and exec only signal(2), which is async-signal-safe.
     #[allow(unsafe_code)]
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
             nix::sys::signal::signal(
                 nix::sys::signal::Signal::SIGPIPE,
                 nix::sys::signal::SigHandler::SigIgn,
@@ -88,7 +94,6 @@ pub fn mpiexec_command() -> Command {
             .map_err(std::io::Error::from)
         });
     }
-    cmd
 }
 
 /// `mpiexec` from the `mpich` wheel; panics with the fix when it is missing.
