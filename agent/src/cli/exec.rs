@@ -123,7 +123,7 @@ pub struct PortArgs {
 #[command(next_help_heading = "Node")]
 pub struct NodeArgs {
     /// IP address to publish for this node instead of the detected one [env: AMLX_NODE_IP]
-    #[arg(long, value_name = "IP", value_parser = node_ip)]
+    #[arg(long, value_name = "IP", value_parser = crate::config::parse_node_ip)]
     pub node_ip: Option<IpAddr>,
 }
 
@@ -170,12 +170,4 @@ pub struct SessionArgs {
     /// the rest exit as they would have) [env: AMLX_POST_MORTEM_MAX] [default: 1]
     #[arg(long, value_name = "N")]
     pub post_mortem_max: Option<String>,
-}
-
-/// `--node-ip`: an address a debugger can connect to.
-fn node_ip(text: &str) -> Result<IpAddr, String> {
-    let ip: IpAddr = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not an IP address (e.g. 10.0.0.4 or fd00::4)"))?;
-    crate::config::node_ip(ip)
 }

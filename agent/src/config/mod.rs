@@ -38,7 +38,7 @@ pub use targets::{
     IMAGE_RULE, MAX_RANKS_COUNT, PROJECT_TARGETS_FILE, TargetKind, TargetSpec, parse_targets_file,
     read_project_targets, valid_image,
 };
-pub use value::node_ip;
+pub use value::parse_node_ip;
 
 /// The config file read when neither `--config` nor `AMLX_CONFIG` names one (if present).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/amlx/agent.toml";

@@ -150,8 +150,13 @@ impl FromConfig for NodeIp {
     }
 }
 
+/// `--node-ip`'s parser: the same text and checks as `AMLX_NODE_IP` and `[node] ip`.
+pub fn parse_node_ip(text: &str) -> Result<IpAddr, String> {
+    NodeIp::from_config(text).map(|NodeIp(ip)| ip)
+}
+
 /// `ip` when a debugger can connect to it; otherwise why not.
-pub fn node_ip(ip: IpAddr) -> Result<IpAddr, String> {
+fn node_ip(ip: IpAddr) -> Result<IpAddr, String> {
     // The unspecified address stays allowed: in direct mode debugpy then listens on every
     // interface, which a loopback forward (`kubectl port-forward`) relies on.
     let what = if ip.is_multicast() {
